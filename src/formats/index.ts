@@ -1,0 +1,4 @@
+export * from './layer.js';
+export * from './open.js';
+export * from './raw/index.js';
+export * from './types.js';

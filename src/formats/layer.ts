@@ -1,0 +1,63 @@
+import { type ByteSource, clampRead, type Extent, pushExtent } from '../io/byte-source.js';
+import { StrataError } from '../util/errors.js';
+import type { DiskImage } from './types.js';
+
+/**
+ * Fill `out[at, at+length)` with what lies beneath this layer at virtual `offset`: the
+ * backing image's bytes (zeros past its end), or zeros when there is no backing.
+ */
+export async function readBelow(
+  backing: ByteSource | undefined,
+  offset: number,
+  length: number,
+  out: Uint8Array,
+  at: number,
+): Promise<void> {
+  if (!backing || offset >= backing.size) {
+    out.fill(0, at, at + length);
+    return;
+  }
+  const n = Math.min(length, backing.size - offset);
+  const b = await backing.read(offset, n);
+  out.set(b.subarray(0, n), at);
+  if (b.length < n) out.fill(0, at + b.length, at + n);
+  if (n < length) out.fill(0, at + n, at + length);
+}
+
+/**
+ * Status through the whole chain: 'unallocated' ranges are asked of the backing image;
+ * what nothing holds is 'zero'. The result only has 'data' and 'zero' kinds.
+ */
+export async function resolvedStatus(img: DiskImage, offset: number, length: number, depth = 0): Promise<Extent[]> {
+  if (depth > 64) throw new StrataError('LOOP', 'backing chain deeper than 64', { file: img.name });
+  const n = clampRead(img, offset, length);
+  const out: Extent[] = [];
+  for (const e of await img.status(offset, n)) {
+    if (e.kind !== 'unallocated') {
+      pushExtent(out, e.offset, e.length, e.kind);
+      continue;
+    }
+    const b = img.backing;
+    const inB = b ? Math.max(0, Math.min(e.length, b.size - e.offset)) : 0;
+    if (b && inB > 0) {
+      for (const s of await resolvedStatus(b, e.offset, inB, depth + 1)) pushExtent(out, s.offset, s.length, s.kind);
+    }
+    pushExtent(out, e.offset + inB, e.length - inB, 'zero');
+  }
+  return out;
+}
+
+/** Walk the chain from top to bottom. */
+export function* chain(img: DiskImage): Generator<DiskImage> {
+  let cur: DiskImage | undefined = img;
+  let n = 0;
+  while (cur && n++ < 1000) {
+    yield cur;
+    cur = cur.backing;
+  }
+}
+
+/** Close an image and everything below it. */
+export async function closeChain(img: DiskImage): Promise<void> {
+  for (const layer of [...chain(img)]) await layer.close();
+}

@@ -1,0 +1,34 @@
+import type { ByteSource, Extent } from '../../io/byte-source.js';
+import { clampRead } from '../../io/byte-source.js';
+import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
+
+/** A raw image: the file is the disk. Detection falls back to it. */
+export class RawImage implements DiskImage {
+  readonly format = 'raw';
+  readonly warnings: string[] = [];
+  readonly size: number;
+  readonly fileSize: number;
+  readonly name: string;
+  constructor(private readonly src: ByteSource) {
+    this.size = src.size;
+    this.fileSize = src.size;
+    this.name = src.name;
+  }
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.src.read(offset, length);
+  }
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const n = clampRead(this, offset, length);
+    if (this.src.status) return this.src.status(offset, n);
+    return n > 0 ? [{ offset, length: n, kind: 'data' }] : [];
+  }
+  async close(): Promise<void> {
+    await this.src.close?.();
+  }
+}
+
+export const rawDriver: FormatDriver = {
+  name: 'raw',
+  probe: () => true,
+  open: async (ctx: OpenContext) => new RawImage(ctx.source),
+};

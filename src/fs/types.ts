@@ -1,0 +1,128 @@
+import type { ByteSource } from '../io/byte-source.js';
+
+/** File types, named as `ls --json` prints them. */
+export type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
+
+/** A timestamp with nanoseconds: seconds since the epoch (may exceed 2^31) plus 0..999,999,999 ns. */
+export interface Timestamp {
+  sec: number;
+  nsec: number;
+}
+
+/** An inode (or the file-system's equivalent record), enough for stat and ls -l. */
+export interface Inode {
+  /** The inode number or the file system's stable id for the object. */
+  ino: number;
+  type: FileType;
+  /** Permission and special bits (07777), without the type bits. */
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  nlink: number;
+  atime?: Timestamp;
+  mtime?: Timestamp;
+  ctime?: Timestamp;
+  crtime?: Timestamp;
+  /** Device number for char/block nodes. */
+  rdev?: { major: number; minor: number };
+  /** File-system specific flags (ext inode flags, NTFS attributes ...), for stat. */
+  flags?: number;
+  /** Bytes the file occupies on the volume (allocated blocks). */
+  allocatedBytes?: number;
+}
+
+export interface DirEntry {
+  /** One path component: never empty, never contains '/' or NUL, never '.' or '..'. */
+  name: string;
+  ino: number;
+  /** Type from the directory entry when the file system records it, else from the inode. */
+  type: FileType;
+}
+
+/**
+ * Where a range of a file's bytes lives on the volume.
+ * - Plain extent: file bytes [fileOffset, fileOffset+length) are volume bytes
+ *   [volumeOffset, volumeOffset+length).
+ * - `encoded` (compressed/inline-encoded): the disk bytes [volumeOffset, volumeOffset+diskLength)
+ *   decode to the file range [fileOffset, fileOffset+length); the two lengths differ.
+ * - `unwritten`: allocated but reads as zeros (ext4 uninitialized, preallocated).
+ * - `inline`: the data lives inside metadata (ext4 inline_data, NTFS resident); volumeOffset
+ *   points at the bytes inside the metadata structure when known.
+ * - `shared`: other files (reflinks, snapshots) may map the same disk bytes.
+ * Holes are simply absent.
+ */
+export interface FileExtent {
+  fileOffset: number;
+  length: number;
+  volumeOffset: number;
+  diskLength?: number;
+  encoded?: string;
+  unwritten?: boolean;
+  inline?: boolean;
+  shared?: boolean;
+}
+
+/** A byte range of the volume and what owns it. */
+export interface OwnedRange {
+  offset: number;
+  length: number;
+  /** Structure kind: 'superblock', 'group-descriptors', 'block-bitmap', 'inode-bitmap', 'inode-table', 'journal', 'extent-tree', 'directory', 'xattr-block', ... */
+  kind: string;
+  /** e.g. 'group 3', 'inode 12'. */
+  detail?: string;
+  ino?: number;
+}
+
+/** A set of [offset, offset+length) ranges in ascending order, non-overlapping, merged. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface FsInfo {
+  kind: string; // 'ext2' | 'ext3' | 'ext4' | 'xfs' | ...
+  label?: string;
+  uuid?: string;
+  blockSize: number;
+  totalBytes: number;
+  freeBytes: number;
+  totalInodes?: number;
+  freeInodes?: number;
+  features?: string[];
+  /** Anything else from the superblock worth showing (created, mounted, state ...). */
+  extra?: Record<string, unknown>;
+}
+
+/** A read-only file system over a volume. Every method fails with StrataError on bad input. */
+export interface FileSystem {
+  readonly kind: string;
+  readonly blockSize: number;
+  readonly volume: ByteSource;
+  /** Non-fatal findings: checksum mismatches (naming the structure), needs_recovery, ... */
+  readonly warnings: string[];
+  info(): Promise<FsInfo>;
+  root(): Promise<Inode>;
+  /** Inode by number (ext), object id, ... */
+  inode(ino: number): Promise<Inode>;
+  /** Resolve an absolute path ("/etc/passwd"); follows symlinks in directories but not the last component. */
+  lookup(path: string): Promise<Inode>;
+  readdir(dir: Inode): AsyncIterable<DirEntry>;
+  read(file: Inode, offset: number, length: number): Promise<Uint8Array>;
+  readlink(link: Inode): Promise<string>;
+  xattrs(file: Inode): Promise<Map<string, Uint8Array>>;
+  extents(file: Inode): AsyncIterable<FileExtent>;
+  /** The volume's in-use byte ranges (metadata + file data), merged, ascending. */
+  allocation(): Promise<ByteRange[]>;
+  /** Metadata structures and the bytes they own. */
+  metadataRegions(): AsyncIterable<OwnedRange>;
+  close?(): Promise<void>;
+}
+
+/** A file-system driver: detect by content and open. */
+export interface FsDriver {
+  readonly kind: string;
+  /** `head` is at least the first 128 KiB of the volume (or all of it if smaller). */
+  probe(head: Uint8Array, size: number): boolean;
+  open(volume: ByteSource): Promise<FileSystem>;
+}

@@ -1,0 +1,76 @@
+import { execFile, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const pexec = promisify(execFile);
+
+/** Repository root (tests run from dist/test/..., sources live in test/...). */
+export const ROOT = (() => {
+  let d = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
+  return d;
+})();
+
+/** Where generated fixtures are cached between runs (gitignored). */
+export const FIXTURES = process.env.STRATA_FIXTURES ?? path.join(ROOT, '.cache', 'fixtures');
+mkdirSync(FIXTURES, { recursive: true });
+
+/** Run a tool and return stdout; throws with stderr on non-zero exit. */
+export async function run(cmd: string, args: string[], opts: { input?: string; cwd?: string } = {}): Promise<string> {
+  try {
+    const r = await pexec(cmd, args, { maxBuffer: 1 << 30, cwd: opts.cwd, encoding: 'utf8' });
+    return r.stdout;
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${err.stderr || err.message}`);
+  }
+}
+
+/** Same as run, but binary stdout. */
+export async function runBuffer(cmd: string, args: string[]): Promise<Buffer> {
+  const r = await pexec(cmd, args, { maxBuffer: 1 << 30, encoding: 'buffer' });
+  return r.stdout;
+}
+
+/** True when a command exists on PATH (or at an absolute path). */
+export function have(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * A cached fixture: `make(tmpPath)` writes the file; the result is moved into place
+ * atomically, keyed by `key` (include every parameter that changes the output, and bump
+ * a version suffix when the recipe changes).
+ */
+export async function fixture(key: string, make: (out: string) => Promise<void>): Promise<string> {
+  const safe = key.replace(/[^A-Za-z0-9._-]+/g, '_');
+  const final = path.join(FIXTURES, safe);
+  if (existsSync(final)) return final;
+  const tmp = `${final}.tmp-${process.pid}-${Date.now()}`;
+  try {
+    await make(tmp);
+    renameSync(tmp, final);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  return final;
+}
+
+export function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** A fresh scratch directory under the fixture cache, removed by the caller if wanted. */
+export function scratch(name: string): string {
+  const d = path.join(
+    FIXTURES,
+    'scratch',
+    `${name}-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`,
+  );
+  mkdirSync(d, { recursive: true });
+  return d;
+}
