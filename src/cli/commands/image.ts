@@ -26,7 +26,7 @@ export function registerImageCommands(program: Command): void {
       ];
       if (info.clusterSize) lines.push(`cluster size:   ${info.clusterSize}`);
       lines.push(`allocated:      ${humanSize(info.allocatedBytes)}`, `zero:           ${humanSize(info.zeroBytes)}`);
-      info.backing.forEach((b, i) => lines.push(`backing[${i}]:     ${b.path} (${b.format})`));
+      for (const [i, b] of info.backing.entries()) lines.push(`backing[${i}]:     ${b.path} (${b.format})`);
       for (const w of info.warnings) lines.push(`warning:        ${w}`);
       process.stdout.write(`${lines.join('\n')}\n`);
     } finally {
