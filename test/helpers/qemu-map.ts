@@ -1,0 +1,85 @@
+import type { DiskImage } from '../../src/formats/types.js';
+import { mapImage } from '../../src/library/image-info.js';
+import { run } from './tools.js';
+
+/** One merged range of a disk, in the shape `mapImage` (src/library/image-info.ts) yields. */
+export interface MapRange {
+  start: number;
+  length: number;
+  /** Some layer of the chain stores bytes here. */
+  data: boolean;
+  /** Reads as zeros without stored data (always `!data` after merging). */
+  zero: boolean;
+}
+
+/** One entry of `qemu-img map --output=json`, as qemu prints it. */
+export interface QemuMapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present?: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+  filename?: string;
+}
+
+export interface QemuMapOptions {
+  /** Image format for `-f` (skips qemu's own probing; needed for raw images). */
+  format?: string;
+  /** Extra arguments placed before the file name (e.g. ['--image-opts']). */
+  extraArgs?: string[];
+}
+
+/** Run `qemu-img map --output=json` and return its entries unchanged. */
+export async function qemuMapRaw(file: string, opts: QemuMapOptions = {}): Promise<QemuMapEntry[]> {
+  const args = ['map', '--output=json', '-U'];
+  if (opts.format) args.push('-f', opts.format);
+  args.push(...(opts.extraArgs ?? []), file);
+  const out = await run('qemu-img', args);
+  const parsed = JSON.parse(out) as QemuMapEntry[];
+  if (!Array.isArray(parsed))
+    throw new Error(`qemu-img map printed something that is not a list: ${out.slice(0, 200)}`);
+  return parsed;
+}
+
+/**
+ * Merge ranges by whether they hold data, the way `mapImage` does: adjacent ranges with
+ * the same `data` flag become one, and `zero` is set to `!data`. (qemu may report
+ * `data:true, zero:true` for data clusters over host-file holes; that is still data.)
+ * Throws when the ranges leave gaps or overlap, so a broken oracle cannot pass silently.
+ */
+export function mergeMap(entries: Iterable<{ start: number; length: number; data: boolean }>): MapRange[] {
+  const out: MapRange[] = [];
+  let expect: number | undefined;
+  for (const e of entries) {
+    if (e.length <= 0) continue;
+    if (expect !== undefined && e.start !== expect) {
+      throw new Error(`map ranges are not contiguous: expected start ${expect}, got ${e.start}`);
+    }
+    expect = e.start + e.length;
+    const last = out[out.length - 1];
+    if (last && last.data === e.data && last.start + last.length === e.start) last.length += e.length;
+    else out.push({ start: e.start, length: e.length, data: e.data, zero: !e.data });
+  }
+  return out;
+}
+
+/** `qemu-img map --output=json`, merged with `mergeMap`: the oracle for a disk's data/zero layout. */
+export async function qemuMap(file: string, opts: QemuMapOptions = {}): Promise<MapRange[]> {
+  return mergeMap(await qemuMapRaw(file, opts));
+}
+
+/** Strata's own merged map of an opened image (through its whole backing chain). */
+export async function strataMap(img: DiskImage): Promise<MapRange[]> {
+  const all: MapRange[] = [];
+  for await (const r of mapImage(img)) all.push({ ...r });
+  return mergeMap(all);
+}
+
+/** Total bytes of the disk the map marks as data (handy for "is this map trivially empty?" checks). */
+export function dataBytes(map: MapRange[]): number {
+  let n = 0;
+  for (const r of map) if (r.data) n += r.length;
+  return n;
+}
