@@ -1,0 +1,144 @@
+import type { ByteSource } from '../../io/byte-source.js';
+import { StrataError } from '../../util/errors.js';
+import { readBelow } from '../layer.js';
+
+/**
+ * A read plan shared by the vhd and vhdx readers: the pieces of one virtual read, each
+ * served from the container file, from the layer below (backing image or zeros), or as
+ * zeros. Adjacent pieces whose sources are contiguous are merged as they are added, so
+ * a run of blocks stored back to back in the file becomes one large host read.
+ */
+const FILE = 0;
+const BELOW = 1;
+const ZERO = 2;
+
+interface Piece {
+  kind: number;
+  /** Host offset (FILE) or virtual offset (BELOW); unused for ZERO. */
+  src: number;
+  /** Offset inside the output buffer. */
+  at: number;
+  len: number;
+  structure: string;
+}
+
+export class ReadPlan {
+  private readonly pieces: Piece[] = [];
+
+  private add(kind: number, src: number, at: number, len: number, structure: string): void {
+    if (len <= 0) return;
+    const last = this.pieces[this.pieces.length - 1];
+    if (last && last.kind === kind && last.at + last.len === at && (kind === ZERO || last.src + last.len === src)) {
+      last.len += len;
+      return;
+    }
+    this.pieces.push({ kind, src, at, len, structure });
+  }
+
+  file(host: number, at: number, len: number, structure: string): void {
+    this.add(FILE, host, at, len, structure);
+  }
+  below(virt: number, at: number, len: number): void {
+    this.add(BELOW, virt, at, len, '');
+  }
+  zero(at: number, len: number): void {
+    this.add(ZERO, 0, at, len, '');
+  }
+
+  /** Execute the plan into `out`; host ranges are checked against the file size first. */
+  async run(file: ByteSource, backing: ByteSource | undefined, out: Uint8Array): Promise<void> {
+    for (const p of this.pieces) {
+      if (p.kind === FILE) {
+        if (p.src < 0 || p.src + p.len > file.size) {
+          throw new StrataError('TRUNCATED', `${p.len} bytes at host offset ${p.src} lie past the end of the file`, {
+            file: file.name,
+            structure: p.structure,
+            offset: p.src,
+          });
+        }
+        const b = await file.read(p.src, p.len);
+        if (b.length !== p.len) {
+          throw new StrataError('TRUNCATED', `short read: wanted ${p.len} bytes, got ${b.length}`, {
+            file: file.name,
+            structure: p.structure,
+            offset: p.src,
+          });
+        }
+        out.set(b, p.at);
+      } else if (p.kind === BELOW) {
+        await readBelow(backing, p.src, p.len, out, p.at);
+      } else {
+        out.fill(0, p.at, p.at + p.len);
+      }
+    }
+  }
+}
+
+/** A small LRU of per-block sector bitmaps, bounded by total bytes. */
+export class BitmapCache {
+  private readonly map = new Map<number, Uint8Array>();
+  private bytes = 0;
+  constructor(private readonly capacity = 16 << 20) {}
+
+  get(key: number): Uint8Array | undefined {
+    const v = this.map.get(key);
+    if (v) {
+      this.map.delete(key);
+      this.map.set(key, v);
+    }
+    return v;
+  }
+
+  set(key: number, value: Uint8Array): void {
+    const old = this.map.get(key);
+    if (old) {
+      this.bytes -= old.length;
+      this.map.delete(key);
+    }
+    this.map.set(key, value);
+    this.bytes += value.length;
+    while (this.bytes > this.capacity && this.map.size > 1) {
+      const k = this.map.keys().next().value as number;
+      this.bytes -= (this.map.get(k) as Uint8Array).length;
+      this.map.delete(k);
+    }
+  }
+}
+
+/**
+ * Split sectors [first, first+count) of a bitmap into runs of equal bit value and call
+ * `emit(startSector, runLength, set)` for each. `msbFirst` selects the bit order (VHD
+ * numbers bits from the most significant, VHDX from the least). Whole 0x00/0xff bytes
+ * are skipped a byte at a time.
+ */
+export function bitmapRuns(
+  bm: Uint8Array,
+  first: number,
+  count: number,
+  msbFirst: boolean,
+  emit: (start: number, len: number, set: boolean) => void,
+): void {
+  const end = first + count;
+  const bit = (s: number) => {
+    const b = bm[s >>> 3] ?? 0;
+    return ((msbFirst ? b >>> (7 - (s & 7)) : b >>> (s & 7)) & 1) === 1;
+  };
+  let s = first;
+  while (s < end) {
+    const v = bit(s);
+    const start = s;
+    s++;
+    while (s < end) {
+      if ((s & 7) === 0 && s + 8 <= end) {
+        const byte = bm[s >>> 3] ?? 0;
+        if (byte === (v ? 0xff : 0)) {
+          s += 8;
+          continue;
+        }
+      }
+      if (bit(s) !== v) break;
+      s++;
+    }
+    emit(start, s - start, v);
+  }
+}
