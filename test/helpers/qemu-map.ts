@@ -29,6 +29,8 @@ export interface QemuMapOptions {
   format?: string;
   /** Extra arguments placed before the file name (e.g. ['--image-opts']). */
   extraArgs?: string[];
+  /** Working directory for qemu-img (qemu opens relative data-file names from the cwd). */
+  cwd?: string;
 }
 
 /** Run `qemu-img map --output=json` and return its entries unchanged. */
@@ -36,7 +38,7 @@ export async function qemuMapRaw(file: string, opts: QemuMapOptions = {}): Promi
   const args = ['map', '--output=json', '-U'];
   if (opts.format) args.push('-f', opts.format);
   args.push(...(opts.extraArgs ?? []), file);
-  const out = await run('qemu-img', args);
+  const out = await run('qemu-img', args, { cwd: opts.cwd });
   const parsed = JSON.parse(out) as QemuMapEntry[];
   if (!Array.isArray(parsed))
     throw new Error(`qemu-img map printed something that is not a list: ${out.slice(0, 200)}`);
@@ -82,4 +84,57 @@ export function dataBytes(map: MapRange[]): number {
   let n = 0;
   for (const r of map) if (r.data) n += r.length;
   return n;
+}
+
+/** One merged range of what a single layer holds, like `DiskImage.status` reports it. */
+export interface LayerRange {
+  start: number;
+  length: number;
+  kind: 'data' | 'zero' | 'unallocated';
+}
+
+function mergeLayer(entries: Iterable<LayerRange>): LayerRange[] {
+  const out: LayerRange[] = [];
+  let expect: number | undefined;
+  for (const e of entries) {
+    if (e.length <= 0) continue;
+    if (expect !== undefined && e.start !== expect) {
+      throw new Error(`layer ranges are not contiguous: expected start ${expect}, got ${e.start}`);
+    }
+    expect = e.start + e.length;
+    const last = out[out.length - 1];
+    if (last && last.kind === e.kind) last.length += e.length;
+    else out.push({ start: e.start, length: e.length, kind: e.kind });
+  }
+  return out;
+}
+
+/**
+ * What the top layer itself holds, from `qemu-img map --output=json`: ranges qemu reports
+ * `present` at depth 0 are `data` (or `zero` when they hold no data); everything else is
+ * `unallocated` at this layer. Needs a qemu that prints `present` (>= 6.0).
+ */
+export async function qemuLayerMap(file: string, opts: QemuMapOptions = {}): Promise<LayerRange[]> {
+  const raw = await qemuMapRaw(file, opts);
+  if (raw.length > 0 && raw[0].present === undefined)
+    throw new Error('qemu-img map does not report "present"; need qemu >= 6.0');
+  return mergeLayer(
+    raw.map((e) => ({
+      start: e.start,
+      length: e.length,
+      kind: e.depth === 0 && e.present ? (e.data ? 'data' : 'zero') : 'unallocated',
+    })),
+  );
+}
+
+/** Strata's own status of one layer, merged the same way. */
+export async function strataLayerMap(img: DiskImage): Promise<LayerRange[]> {
+  const all: LayerRange[] = [];
+  const step = 1 << 30;
+  for (let off = 0; off < img.size; off += step) {
+    for (const e of await img.status(off, Math.min(step, img.size - off))) {
+      all.push({ start: e.offset, length: e.length, kind: e.kind });
+    }
+  }
+  return mergeLayer(all);
 }
