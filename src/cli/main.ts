@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { isStrataError } from '../util/errors.js';
+import { registerFsCommands } from './commands/fs.js';
 import { registerImageCommands } from './commands/image.js';
 
 /**
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     .showHelpAfterError(false)
     .exitOverride();
   registerImageCommands(program);
+  registerFsCommands(program);
   return program;
 }
 

@@ -1,0 +1,206 @@
+import { closeChain } from '../formats/layer.js';
+import { openImage } from '../formats/open.js';
+import type { DiskImage, OpenOptions } from '../formats/types.js';
+import type { FileSystem } from '../fs/types.js';
+import type { ByteSource } from '../io/byte-source.js';
+import { StrataError } from '../util/errors.js';
+import type { Volume } from '../volumes/types.js';
+import { volumeDiskOffset } from './listing.js';
+
+/**
+ * The one address syntax of every file-system command: `IMAGE [--part N | --lv VG/LV]`.
+ * N is a volume id as discoverVolumes numbers them ("1".."4" MBR primaries, "5"+ logicals,
+ * GPT entry indexes); VG/LV names an LVM logical volume. With neither, the only volume that
+ * holds a file system is used; when several do, the one holding an OS root (/etc and /usr,
+ * or /Windows/System32) if exactly one does; else a USAGE error lists the candidates.
+ */
+export interface Address {
+  part?: string;
+  lv?: string;
+}
+
+export interface OpenedDisk {
+  image: DiskImage;
+  /** 'mbr' | 'gpt' | 'whole' ... as discoverVolumes reports it. */
+  scheme: string;
+  volumes: Volume[];
+  warnings: string[];
+  close(): Promise<void>;
+}
+
+export interface OpenedAddress {
+  image: DiskImage;
+  volume: Volume;
+  fs: FileSystem;
+  /** Where the volume starts in the virtual disk (null when it is not one window of it, e.g. a multi-segment LV). */
+  diskOffset: number | null;
+  /** Image, volume and file-system warnings, in that order. */
+  warnings: string[];
+  close(): Promise<void>;
+}
+
+/** Content names (as probeContent gives them) that are file systems we may open. */
+const NOT_FS = new Set(['LVM2_member', 'swap', 'swsuspend', 'crypto_LUKS', 'jbd', 'gpt', 'mbr', 'lvm2-pv']);
+export const holdsFileSystem = (content: string | undefined): boolean => !!content && !NOT_FS.has(content);
+
+// The volume and file-system layers are built alongside this file; they are loaded by name
+// so this module compiles before they exist.
+interface DiscoverResult {
+  scheme: string;
+  volumes: Volume[];
+  warnings: string[];
+}
+type DiscoverFn = (disk: ByteSource) => Promise<DiscoverResult> | DiscoverResult;
+type FindFn = (volumes: Volume[], addr: Address) => Volume;
+type ProbeFn = (src: ByteSource) => Promise<string | undefined>;
+type OpenFsFn = (volume: ByteSource) => Promise<FileSystem>;
+
+const DISCOVER = '../volumes/discover.js';
+const SELECT = '../volumes/select.js';
+const PROBE = '../fs/probe.js';
+const OPEN_FS = '../fs/open.js';
+
+async function layers(): Promise<{ discover: DiscoverFn; find: FindFn; probe: ProbeFn; openFs: OpenFsFn }> {
+  const [d, s, p, o] = await Promise.all([import(DISCOVER), import(SELECT), import(PROBE), import(OPEN_FS)]);
+  return {
+    discover: d.discoverVolumes as DiscoverFn,
+    find: s.findVolume as FindFn,
+    probe: p.probeContent as ProbeFn,
+    openFs: o.openFileSystem as OpenFsFn,
+  };
+}
+
+/** Open an image and find its volumes (partitions, logical volumes, or the whole disk). */
+export async function openDisk(image: string, openOptions: OpenOptions = {}): Promise<OpenedDisk> {
+  const img = await openImage(image, openOptions);
+  try {
+    const { discover, probe } = await layers();
+    const found = await discover(img);
+    for (const v of found.volumes) {
+      if (v.content === undefined && !(v.flags ?? []).includes('extended')) {
+        try {
+          v.content = await probe(v.source);
+        } catch {
+          // unreadable volume: leave its content unknown
+        }
+      }
+    }
+    return {
+      image: img,
+      scheme: found.scheme,
+      volumes: found.volumes,
+      warnings: [...img.warnings, ...found.warnings],
+      close: () => closeChain(img),
+    };
+  } catch (e) {
+    await closeChain(img);
+    throw e;
+  }
+}
+
+/** Open the file system an address names. The caller must `close()` the result. */
+export async function openAddress(
+  image: string,
+  addr: Address = {},
+  openOptions: OpenOptions = {},
+): Promise<OpenedAddress> {
+  const disk = await openDisk(image, openOptions);
+  try {
+    const { find, openFs } = await layers();
+    let volume: Volume;
+    let fs: FileSystem | undefined;
+    if (addr.part !== undefined || addr.lv !== undefined) {
+      volume = find(disk.volumes, addr);
+    } else {
+      ({ volume, fs } = await chooseDefault(image, disk.volumes, openFs));
+    }
+    if (!fs) {
+      try {
+        fs = await openFs(volume.source);
+      } catch (e) {
+        if (e instanceof StrataError && e.code === 'UNSUPPORTED' && !holdsFileSystem(volume.content)) {
+          throw new StrataError(
+            'USAGE',
+            `volume ${describe(volume)} holds no file system we can read${volume.content ? ` (${volume.content})` : ''}`,
+            { file: image },
+          );
+        }
+        throw e;
+      }
+    }
+    const opened = fs;
+    return {
+      image: disk.image,
+      volume,
+      fs: opened,
+      diskOffset: volumeDiskOffset(volume.source, disk.image),
+      warnings: [...disk.warnings, ...opened.warnings],
+      close: async () => {
+        await opened.close?.();
+        await disk.close();
+      },
+    };
+  } catch (e) {
+    await disk.close();
+    throw e;
+  }
+}
+
+/** "1 (Linux filesystem, 32.0 MiB, ext4)" */
+export function describe(v: Volume): string {
+  const id = v.id === '' ? '(whole disk)' : v.id;
+  const mib = (v.size / 1048576).toFixed(1);
+  return `${id} (${v.type}, ${mib} MiB, ${v.content ?? 'unknown'})`;
+}
+
+async function chooseDefault(
+  image: string,
+  volumes: Volume[],
+  openFs: OpenFsFn,
+): Promise<{ volume: Volume; fs?: FileSystem }> {
+  const candidates = volumes.filter((v) => holdsFileSystem(v.content));
+  if (candidates.length === 1) return { volume: candidates[0] };
+  if (candidates.length === 0) {
+    throw new StrataError(
+      'USAGE',
+      `no volume holds a file system we recognise (volumes: ${volumes.map(describe).join(', ') || 'none'})`,
+      { file: image },
+    );
+  }
+  const roots: { volume: Volume; fs: FileSystem }[] = [];
+  for (const v of candidates) {
+    let fs: FileSystem | undefined;
+    try {
+      fs = await openFs(v.source);
+      if (await isOsRoot(fs)) {
+        roots.push({ volume: v, fs });
+        continue;
+      }
+    } catch {
+      // a volume we cannot open is not an OS root
+    }
+    await fs?.close?.();
+  }
+  if (roots.length === 1) return roots[0];
+  for (const r of roots) await r.fs.close?.();
+  const why = roots.length === 0 ? 'none holds an OS root' : `${roots.length} hold an OS root`;
+  throw new StrataError(
+    'USAGE',
+    `${candidates.length} volumes hold file systems and ${why}; choose one with --part or --lv. Candidates: ${candidates.map(describe).join('; ')}`,
+    { file: image },
+  );
+}
+
+async function isDir(fs: FileSystem, path: string): Promise<boolean> {
+  try {
+    return (await fs.lookup(path)).type === 'dir';
+  } catch {
+    return false;
+  }
+}
+
+/** /etc and /usr (Unix), or /Windows/System32 (in either usual spelling). */
+export async function isOsRoot(fs: FileSystem): Promise<boolean> {
+  if ((await isDir(fs, '/etc')) && (await isDir(fs, '/usr'))) return true;
+  return (await isDir(fs, '/Windows/System32')) || (await isDir(fs, '/WINDOWS/system32'));
+}

@@ -1,0 +1,418 @@
+import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
+import { chmod, type FileHandle, lchown, link, lstat, lutimes, mkdir, open, realpath, symlink } from 'node:fs/promises';
+import * as nodePath from 'node:path';
+import { promisify } from 'node:util';
+import type { FileExtent, FileSystem, Inode, Timestamp } from '../fs/types.js';
+import { StrataError } from '../util/errors.js';
+import { imagePath, safeName, type WalkItem, walkTree } from './listing.js';
+
+const pexec = promisify(execFile);
+
+export interface ExtractOptions {
+  /** Files written at the same time (default 8). */
+  concurrency?: number;
+  /** chown to the image's uid/gid (default: when running as root). */
+  preserveOwner?: boolean;
+  /** Largest single read from the volume (default 8 MiB). */
+  chunkSize?: number;
+  /** Each warning as it happens (also collected in the result, up to 1000). */
+  onWarning?: (message: string) => void;
+}
+
+export interface ExtractResult {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  fifos: number;
+  devices: number;
+  /** File bytes written (holes excluded). */
+  bytes: number;
+  /** Entries not extracted (refused names, unsupported types, existing targets, read errors). */
+  skipped: number;
+  warnings: string[];
+}
+
+const O_CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const MAX_KEPT_WARNINGS = 1000;
+
+const toSeconds = (t: Timestamp | undefined): number | undefined => (t ? t.sec + t.nsec / 1e9 : undefined);
+
+/** Error codes from the destination that concern one entry, not the whole run. */
+const ENTRY_ERRORS = new Set(['EEXIST', 'ENAMETOOLONG', 'EILSEQ', 'ENOTDIR', 'ELOOP', 'EINVAL']);
+
+/**
+ * Copy a file or a tree out of a file system into `dest`, never writing outside it.
+ *
+ * - A directory's contents go into `dest` (created when missing); a single non-directory
+ *   is written as `dest/<its name>`.
+ * - Every name is checked: '', '.', '..', names with '/' or NUL are refused with a warning,
+ *   with their subtree. Files are created with O_EXCL|O_NOFOLLOW, directories with mkdir,
+ *   so nothing already in `dest` (a symlink pointing out, a file) is followed or
+ *   overwritten; an existing entry that is not a real directory stops that subtree.
+ * - Symlinks are created as symlinks (their target is data, never followed); hard links
+ *   link to the first extracted path of the inode; fifos via mkfifo; device nodes via
+ *   mknod when root, else skipped with a warning; sockets are skipped.
+ * - Modes, times (atime/mtime; lutimes for symlinks) and, as root, owners are kept;
+ *   directories get theirs after their contents are written.
+ * - Sparse files stay sparse: only the file's extents are written (unwritten ones too are
+ *   left as holes) and the file is truncated to its size.
+ */
+export async function extractTree(
+  fs: FileSystem,
+  srcPath: string,
+  dest: string,
+  opts: ExtractOptions = {},
+): Promise<ExtractResult> {
+  const result: ExtractResult = {
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    hardlinks: 0,
+    fifos: 0,
+    devices: 0,
+    bytes: 0,
+    skipped: 0,
+    warnings: [],
+  };
+  const warn = (m: string) => {
+    if (result.warnings.length < MAX_KEPT_WARNINGS) result.warnings.push(m);
+    else if (result.warnings.length === MAX_KEPT_WARNINGS) result.warnings.push('... more warnings not kept');
+    opts.onWarning?.(m);
+  };
+  const skip = (m: string) => {
+    result.skipped++;
+    warn(m);
+  };
+  const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+  const owner = opts.preserveOwner ?? isRoot;
+  const chunk = Math.max(65536, opts.chunkSize ?? 8 << 20);
+  const limit = Math.max(1, opts.concurrency ?? 8);
+
+  const src = imagePath(srcPath);
+  const top = await fs.lookup(src);
+
+  let created = false;
+  try {
+    await mkdir(dest);
+    created = true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw destError(e, dest);
+  }
+  const destReal = await realpath(dest);
+  if (!(await lstat(destReal)).isDirectory()) {
+    throw new StrataError('USAGE', 'destination exists and is not a directory', { file: dest });
+  }
+
+  // --- one entry -----------------------------------------------------------------------
+  const firstLink = new Map<number, Promise<string | undefined>>();
+
+  const setMeta = async (target: string, ino: Inode, how: 'handle' | 'path', fh?: FileHandle) => {
+    const mt = toSeconds(ino.mtime);
+    const at = toSeconds(ino.atime) ?? mt;
+    if (how === 'handle' && fh) {
+      if (owner) await fh.chown(ino.uid, ino.gid);
+      await fh.chmod(ino.mode & 0o7777);
+      if (mt !== undefined && at !== undefined) await fh.utimes(at, mt);
+    } else {
+      if (owner) await lchown(target, ino.uid, ino.gid);
+      if (mt !== undefined && at !== undefined) await lutimes(target, at, mt);
+    }
+  };
+
+  const writeFile = async (item: WalkItem, target: string) => {
+    const ino = item.inode;
+    const fh = await open(target, O_CREATE_NEW, 0o600);
+    try {
+      let end = 0;
+      if (ino.size > 0) {
+        const c = await copyData(fs, ino, item.path, fh, chunk);
+        result.bytes += c.bytes;
+        end = c.end;
+      }
+      if (end !== ino.size) await fh.truncate(ino.size); // a trailing hole
+      await setMeta(target, ino, 'handle', fh);
+    } finally {
+      await fh.close();
+    }
+    result.files++;
+  };
+
+  const makeNode = async (item: WalkItem, target: string): Promise<boolean> => {
+    const ino = item.inode;
+    switch (ino.type) {
+      case 'file':
+        await writeFile(item, target);
+        return true;
+      case 'symlink': {
+        const text = await fs.readlink(ino);
+        await symlink(text, target);
+        await setMeta(target, ino, 'path');
+        result.symlinks++;
+        return true;
+      }
+      case 'fifo':
+        try {
+          await pexec('mkfifo', ['-m', (ino.mode & 0o7777).toString(8), '--', target]);
+        } catch (e) {
+          skip(`${item.path}: fifo not created (${firstLine(e)})`);
+          return false;
+        }
+        await setMeta(target, ino, 'path');
+        result.fifos++;
+        return true;
+      case 'char':
+      case 'block': {
+        if (!isRoot) {
+          skip(`${item.path}: ${ino.type} device not created (needs root)`);
+          return false;
+        }
+        const dev = ino.rdev ?? { major: 0, minor: 0 };
+        try {
+          await pexec('mknod', [
+            '-m',
+            (ino.mode & 0o7777).toString(8),
+            '--',
+            target,
+            ino.type === 'char' ? 'c' : 'b',
+            String(dev.major),
+            String(dev.minor),
+          ]);
+        } catch (e) {
+          skip(`${item.path}: device node not created (${firstLine(e)})`);
+          return false;
+        }
+        await setMeta(target, ino, 'path');
+        result.devices++;
+        return true;
+      }
+      default:
+        skip(`${item.path}: ${ino.type} not extracted`);
+        return false;
+    }
+  };
+
+  /** Extract one non-directory; hard links after the first become links to it. */
+  const extractOne = async (item: WalkItem, target: string): Promise<void> => {
+    const ino = item.inode;
+    const guarded = async (): Promise<string | undefined> => {
+      try {
+        return (await makeNode(item, target)) ? target : undefined;
+      } catch (e) {
+        entryFailure(e, item.path, target);
+        return undefined;
+      }
+    };
+    if (ino.nlink > 1) {
+      const first = firstLink.get(ino.ino);
+      if (first) {
+        const firstPath = await first;
+        if (firstPath) {
+          try {
+            await link(firstPath, target);
+            result.hardlinks++;
+            return;
+          } catch (e) {
+            entryFailure(e, item.path, target);
+            return;
+          }
+        }
+      } else {
+        const p = guarded();
+        firstLink.set(ino.ino, p);
+        await p;
+        return;
+      }
+    }
+    await guarded();
+  };
+
+  const entryFailure = (e: unknown, path: string, target: string) => {
+    const code = (e as NodeJS.ErrnoException)?.code;
+    if (e instanceof StrataError) skip(`${path}: not extracted: ${e.message}`);
+    else if (code === 'EEXIST') skip(`${path}: ${target} already exists, not overwritten`);
+    else if (code && ENTRY_ERRORS.has(code)) skip(`${path}: not extracted (${code})`);
+    else throw destError(e, target);
+  };
+
+  // --- bounded pool ----------------------------------------------------------------------
+  const inflight = new Set<Promise<void>>();
+  let failure: unknown;
+  const submit = async (task: () => Promise<void>) => {
+    while (inflight.size >= limit) await Promise.race(inflight);
+    if (failure) throw failure;
+    const p: Promise<void> = task()
+      .catch((e) => {
+        failure ??= e;
+      })
+      .finally(() => inflight.delete(p));
+    inflight.add(p);
+  };
+  const drain = async () => {
+    while (inflight.size > 0) await Promise.race(inflight);
+    if (failure) throw failure;
+  };
+
+  // --- a single non-directory ------------------------------------------------------------
+  if (top.type !== 'dir') {
+    const name = nodePath.posix.basename(src);
+    if (!safeName(name)) throw new StrataError('USAGE', `cannot extract ${JSON.stringify(src)} under that name`);
+    await extractOne({ path: src, name, inode: top, depth: 0 }, nodePath.join(destReal, name));
+    return result;
+  }
+
+  // --- a tree ------------------------------------------------------------------------------
+  const dirs: { target: string; inode: Inode }[] = [];
+  if (created) dirs.push({ target: destReal, inode: top });
+  const refused = new Set<string>(); // image paths of directories whose subtree is skipped
+  const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
+
+  for await (const item of walkTree(fs, src, top, {
+    recursive: true,
+    onWarning: (m) => skip(m),
+    enter: (it) => !refused.has(it.path),
+  })) {
+    if (failure) break;
+    const target = destReal + rel(item.path);
+    if (item.inode.type === 'dir') {
+      try {
+        await mkdir(target, 0o700);
+        dirs.push({ target, inode: item.inode });
+        result.dirs++;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        let ok = false;
+        if (code === 'EEXIST') {
+          const st = await lstat(target);
+          ok = st.isDirectory() && !st.isSymbolicLink();
+          if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
+          else dirs.push({ target, inode: item.inode });
+        } else if (code && ENTRY_ERRORS.has(code)) {
+          skip(`${item.path}: directory not created (${code}); subtree not extracted`);
+        } else throw destError(e, target);
+        if (!ok) refused.add(item.path);
+      }
+      continue;
+    }
+    await submit(() => extractOne(item, target));
+  }
+  await drain();
+
+  // Directory modes and times last, deepest first, so writing children does not undo them.
+  for (let i = dirs.length - 1; i >= 0; i--) {
+    const { target, inode } = dirs[i];
+    try {
+      if (owner) await lchown(target, inode.uid, inode.gid);
+      await chmod(target, inode.mode & 0o7777);
+      const mt = toSeconds(inode.mtime);
+      const at = toSeconds(inode.atime) ?? mt;
+      if (mt !== undefined && at !== undefined) await lutimes(target, at, mt);
+    } catch (e) {
+      warn(`${target}: directory attributes not set (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+  }
+  return result;
+}
+
+/**
+ * Write a file's bytes at their offsets, leaving holes unwritten. Plain extents are read
+ * straight from the volume in large chunks (adjacent extents merged); encoded or inline ones
+ * through the file system.
+ */
+async function copyData(
+  fs: FileSystem,
+  ino: Inode,
+  path: string,
+  fh: FileHandle,
+  chunk: number,
+): Promise<{ bytes: number; end: number }> {
+  const size = ino.size;
+  let extents: FileExtent[] | undefined;
+  try {
+    extents = [];
+    for await (const e of fs.extents(ino)) {
+      if (e.unwritten || e.length <= 0 || e.fileOffset >= size) continue;
+      extents.push(e);
+    }
+  } catch (e) {
+    if (!(e instanceof StrataError) || e.code !== 'UNSUPPORTED') throw e;
+    extents = undefined;
+  }
+  if (!extents) {
+    // No extent map from this file system: copy everything through read().
+    let written = 0;
+    for (let off = 0; off < size; off += chunk) {
+      const b = await fs.read(ino, off, Math.min(chunk, size - off));
+      await writeAll(fh, b, off);
+      written += b.length;
+    }
+    return { bytes: written, end: written };
+  }
+  extents.sort((a, b) => a.fileOffset - b.fileOffset);
+  const volume = fs.volume;
+  let written = 0;
+  let last = 0;
+  let i = 0;
+  while (i < extents.length) {
+    const e = extents[i];
+    const end = Math.min(size, e.fileOffset + e.length);
+    if (e.encoded || e.inline || e.diskLength !== undefined) {
+      for (let off = e.fileOffset; off < end; off += chunk) {
+        const b = await fs.read(ino, off, Math.min(chunk, end - off));
+        await writeAll(fh, b, off);
+        written += b.length;
+      }
+      last = Math.max(last, end);
+      i++;
+      continue;
+    }
+    // Merge following plain extents contiguous both in the file and on the volume.
+    let runEnd = end;
+    let j = i + 1;
+    while (j < extents.length) {
+      const n = extents[j];
+      if (n.encoded || n.inline || n.diskLength !== undefined) break;
+      if (n.fileOffset !== runEnd || n.volumeOffset !== e.volumeOffset + (runEnd - e.fileOffset)) break;
+      runEnd = Math.min(size, n.fileOffset + n.length);
+      j++;
+    }
+    const volStart = e.volumeOffset;
+    if (volStart < 0 || volStart + (runEnd - e.fileOffset) > volume.size) {
+      throw new StrataError('CORRUPT', `extent at file offset ${e.fileOffset} lies past the end of the volume`, {
+        file: volume.name,
+        structure: `${fs.kind} inode ${ino.ino} (${path}) extent`,
+        offset: volStart,
+      });
+    }
+    for (let off = e.fileOffset; off < runEnd; off += chunk) {
+      const n = Math.min(chunk, runEnd - off);
+      const b = await volume.read(volStart + (off - e.fileOffset), n);
+      await writeAll(fh, b, off);
+      written += n;
+    }
+    last = Math.max(last, runEnd);
+    i = j;
+  }
+  return { bytes: written, end: last };
+}
+
+async function writeAll(fh: FileHandle, b: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < b.length) {
+    const { bytesWritten } = await fh.write(b, done, b.length - done, position + done);
+    if (bytesWritten <= 0) throw new StrataError('IO', 'write made no progress', { offset: position + done });
+    done += bytesWritten;
+  }
+}
+
+function destError(e: unknown, target: string): StrataError {
+  if (e instanceof StrataError) return e;
+  const err = e as NodeJS.ErrnoException;
+  return new StrataError('IO', `cannot write: ${err.code ?? ''} ${err.message}`.trim(), { file: target });
+}
+
+function firstLine(e: unknown): string {
+  const err = e as { stderr?: string; message?: string };
+  return (err.stderr || err.message || String(e)).split('\n')[0].trim();
+}

@@ -1,0 +1,295 @@
+import type { DirEntry, FileExtent, FileSystem, FileType, Inode, Timestamp } from '../fs/types.js';
+import type { ByteSource } from '../io/byte-source.js';
+import { SliceSource } from '../io/slice-source.js';
+import { StrataError } from '../util/errors.js';
+
+/**
+ * Records for `ls` and `stat`, and the tree walk both `ls -R` and `extract` use. Nothing
+ * here prints: the CLI formats these records, other library verbs reuse them.
+ */
+
+/** One `ls --json` line. `mode` is the permission and special bits (07777); `type` carries the kind. */
+export interface LsRecord {
+  path: string;
+  type: FileType;
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  ino: number;
+  /** ISO 8601 UTC with nanoseconds, or null when the file system keeps no mtime. */
+  mtime: string | null;
+  target?: string;
+  rdev?: { major: number; minor: number };
+}
+
+/** Seconds + nanoseconds as `2024-01-02T03:04:05.123456789Z` (years past 2038 and before 1970 included). */
+export function isoTime(ts: Timestamp | undefined): string | null {
+  if (!ts) return null;
+  const sec = Math.floor(ts.sec);
+  const nsec = Math.min(999_999_999, Math.max(0, Math.trunc(ts.nsec)));
+  const d = new Date(sec * 1000);
+  if (Number.isNaN(d.getTime())) return null;
+  // toISOString gives "...:05.000Z" (or "+275760-..." style for extreme years): swap in the nanoseconds.
+  const base = d.toISOString();
+  const dot = base.lastIndexOf('.');
+  return `${base.slice(0, dot)}.${String(nsec).padStart(9, '0')}Z`;
+}
+
+const TYPE_CHAR: Record<FileType, string> = {
+  file: '-',
+  dir: 'd',
+  symlink: 'l',
+  char: 'c',
+  block: 'b',
+  fifo: 'p',
+  socket: 's',
+  unknown: '?',
+};
+
+/** `-rwsr-xr-x` style, as ls -l prints it. */
+export function modeString(type: FileType, mode: number): string {
+  const rwx = (bits: number, special: boolean, ch: string) =>
+    `${bits & 4 ? 'r' : '-'}${bits & 2 ? 'w' : '-'}${special ? (bits & 1 ? ch : ch.toUpperCase()) : bits & 1 ? 'x' : '-'}`;
+  return (
+    TYPE_CHAR[type] +
+    rwx((mode >> 6) & 7, (mode & 0o4000) !== 0, 's') +
+    rwx((mode >> 3) & 7, (mode & 0o2000) !== 0, 's') +
+    rwx(mode & 7, (mode & 0o1000) !== 0, 't')
+  );
+}
+
+/** Join a directory path and one component: "/" + "etc" = "/etc". */
+export function joinPath(dir: string, name: string): string {
+  return dir === '/' ? `/${name}` : `${dir}/${name}`;
+}
+
+/** Normalise a user path inside the image to an absolute one without empty or '.' parts. */
+export function imagePath(p: string | undefined): string {
+  if (!p || p === '/') return '/';
+  if (p.includes('\0')) throw new StrataError('USAGE', `path contains NUL: ${JSON.stringify(p)}`);
+  const parts = p.split('/').filter((x) => x !== '' && x !== '.');
+  return `/${parts.join('/')}`;
+}
+
+export async function lsRecord(fs: FileSystem, path: string, ino: Inode): Promise<LsRecord> {
+  const r: LsRecord = {
+    path,
+    type: ino.type,
+    size: ino.size,
+    mode: ino.mode & 0o7777,
+    uid: ino.uid,
+    gid: ino.gid,
+    nlink: ino.nlink,
+    ino: ino.ino,
+    mtime: isoTime(ino.mtime),
+  };
+  if (ino.type === 'symlink') r.target = await fs.readlink(ino);
+  if ((ino.type === 'char' || ino.type === 'block') && ino.rdev) r.rdev = ino.rdev;
+  return r;
+}
+
+/** Run `fn` over `items` with at most `limit` in flight, results in input order. */
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (x: T, i: number) => Promise<R>,
+): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+const utf8 = new TextEncoder();
+/** Byte order of the UTF-8 names (what `LC_ALL=C ls` uses): stable and locale-free. */
+export function compareNames(a: string, b: string): number {
+  if (a === b) return 0;
+  // Fast path: for BMP-only strings without surrogates, UTF-16 order equals UTF-8 order.
+  let ascii = true;
+  for (let i = 0; i < a.length && ascii; i++) if (a.charCodeAt(i) >= 0xd800) ascii = false;
+  for (let i = 0; i < b.length && ascii; i++) if (b.charCodeAt(i) >= 0xd800) ascii = false;
+  if (ascii) return a < b ? -1 : 1;
+  return Buffer.compare(utf8.encode(a), utf8.encode(b));
+}
+
+/** Is this directory-entry name one we may turn into a path component? */
+export function safeName(name: string): boolean {
+  return name !== '' && name !== '.' && name !== '..' && !name.includes('/') && !name.includes('\0');
+}
+
+export interface WalkItem {
+  path: string;
+  name: string;
+  inode: Inode;
+  depth: number;
+}
+
+export interface WalkOptions {
+  recursive?: boolean;
+  /** Parallel inode reads per directory (default 32). */
+  concurrency?: number;
+  /** Called for entries skipped as unsafe or looping (the walk goes on). */
+  onWarning?: (message: string) => void;
+  /** Deepest directory nesting followed (default 4096). */
+  maxDepth?: number;
+  /** With `recursive`: return false to not descend into this directory. */
+  enter?: (item: WalkItem) => boolean;
+}
+
+/**
+ * The children of `dir` (sorted by name, inodes loaded with bounded concurrency), and with
+ * `recursive`, their subtrees depth-first in pre-order: a directory comes right before its
+ * contents. Holds one sorted listing per open directory level, never the whole tree. Names
+ * that cannot be a path component ('', '.', '..', '/', NUL) and directory loops are skipped
+ * with a warning.
+ */
+export async function* walkTree(
+  fs: FileSystem,
+  dirPath: string,
+  dir: Inode,
+  opts: WalkOptions = {},
+): AsyncGenerator<WalkItem> {
+  const conc = opts.concurrency ?? 32;
+  const maxDepth = opts.maxDepth ?? 4096;
+  const warn = opts.onWarning ?? (() => {});
+  const seenDirs = new Set<number>([dir.ino]);
+
+  const listDir = async (path: string, d: Inode): Promise<WalkItem[]> => {
+    const entries: DirEntry[] = [];
+    for await (const e of fs.readdir(d)) {
+      if (!safeName(e.name)) {
+        warn(`${path}: refused directory entry ${JSON.stringify(e.name)} (inode ${e.ino})`);
+        continue;
+      }
+      entries.push(e);
+    }
+    entries.sort((a, b) => compareNames(a.name, b.name));
+    const depth = path === '/' ? 1 : path.split('/').length;
+    return mapLimit(entries, conc, async (e) => ({
+      path: joinPath(path, e.name),
+      name: e.name,
+      inode: await fs.inode(e.ino),
+      depth,
+    }));
+  };
+
+  // Stack of listings being consumed; a subdirectory's listing is started while its parent's
+  // earlier siblings are still being yielded (one directory of look-ahead).
+  const stack: { items: WalkItem[]; i: number }[] = [{ items: await listDir(dirPath, dir), i: 0 }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.i >= top.items.length) {
+      stack.pop();
+      continue;
+    }
+    const item = top.items[top.i++];
+    yield item;
+    if (!opts.recursive || item.inode.type !== 'dir') continue;
+    if (opts.enter && !opts.enter(item)) continue;
+    if (seenDirs.has(item.inode.ino)) {
+      warn(`${item.path}: directory inode ${item.inode.ino} seen twice (loop or hard-linked directory), not entered`);
+      continue;
+    }
+    if (stack.length >= maxDepth) {
+      warn(`${item.path}: deeper than ${maxDepth} levels, not entered`);
+      continue;
+    }
+    seenDirs.add(item.inode.ino);
+    stack.push({ items: await listDir(item.path, item.inode), i: 0 });
+  }
+}
+
+/** One extent as `stat --json` prints it. */
+export interface StatExtent {
+  fileOffset: number;
+  length: number;
+  volumeOffset: number;
+  /** Offset in the virtual disk, when the volume is a plain window of it. */
+  diskOffset: number | null;
+  flags: string[];
+  /** Bytes on disk when they differ from `length` (compressed extents). */
+  diskLength?: number;
+}
+
+export interface StatRecord extends LsRecord {
+  atime: string | null;
+  ctime: string | null;
+  crtime: string | null;
+  flags?: number;
+  allocatedBytes?: number;
+  xattrs: string[];
+  extents: StatExtent[];
+}
+
+/** Where the volume starts inside `disk`, when it is a chain of plain slices of it. */
+export function volumeDiskOffset(volume: ByteSource, disk: ByteSource): number | null {
+  let off = 0;
+  let cur: ByteSource = volume;
+  for (let n = 0; n < 64; n++) {
+    if (cur === disk) return off;
+    if (!(cur instanceof SliceSource)) return null;
+    off += cur.start;
+    cur = cur.parent;
+  }
+  return null;
+}
+
+export function extentFlags(e: FileExtent): string[] {
+  const f: string[] = [];
+  if (e.unwritten) f.push('unwritten');
+  if (e.inline) f.push('inline');
+  if (e.shared) f.push('shared');
+  if (e.encoded) f.push(`encoded:${e.encoded}`);
+  return f;
+}
+
+export async function statRecord(
+  fs: FileSystem,
+  path: string,
+  ino: Inode,
+  diskBase: number | null,
+): Promise<StatRecord> {
+  const base = await lsRecord(fs, path, ino);
+  const xattrs = [...(await fs.xattrs(ino)).keys()].sort();
+  const extents: StatExtent[] = [];
+  if (ino.type === 'file' || ino.type === 'dir' || ino.type === 'symlink') {
+    for await (const e of fs.extents(ino)) {
+      const x: StatExtent = {
+        fileOffset: e.fileOffset,
+        length: e.length,
+        volumeOffset: e.volumeOffset,
+        diskOffset: diskBase === null || e.inline ? null : diskBase + e.volumeOffset,
+        flags: extentFlags(e),
+      };
+      if (e.diskLength !== undefined) x.diskLength = e.diskLength;
+      extents.push(x);
+    }
+  }
+  const r: StatRecord = {
+    ...base,
+    atime: isoTime(ino.atime),
+    ctime: isoTime(ino.ctime),
+    crtime: isoTime(ino.crtime),
+    xattrs,
+    extents,
+  };
+  if (ino.flags !== undefined) r.flags = ino.flags;
+  if (ino.allocatedBytes !== undefined) r.allocatedBytes = ino.allocatedBytes;
+  return r;
+}
+
+/** `ls -l` style line (numeric owners, like `ls -ln`). */
+export function longLine(r: LsRecord, name: string): string {
+  const size = r.rdev ? `${r.rdev.major}, ${r.rdev.minor}` : String(r.size);
+  const when = r.mtime ? `${r.mtime.slice(0, 10)} ${r.mtime.slice(11, 16)}` : '????-??-?? ??:??';
+  const target = r.target !== undefined ? ` -> ${r.target}` : '';
+  return `${modeString(r.type, r.mode)} ${String(r.nlink).padStart(3)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${size.padStart(10)} ${when} ${name}${target}`;
+}
