@@ -23,6 +23,8 @@ export interface Volume {
   parent?: string;
   /** Detected content: 'ext4', 'xfs', 'lvm2-pv', 'swap', ... (filled by probing). */
   content?: string;
+  /** Scheme-specific facts (GPT LBAs and attribute bits, MBR sectors, LVM segments ...), for --json. */
+  details?: Record<string, unknown>;
 }
 
 export interface PartitionTable {
