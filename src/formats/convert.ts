@@ -1,0 +1,270 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, realpathSync } from 'node:fs';
+import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
+import * as path from 'node:path';
+import { StrataError } from '../util/errors.js';
+import { chain, resolvedStatus } from './layer.js';
+import type { DiskImage } from './types.js';
+import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from './writers/index.js';
+
+export interface ConvertOptions {
+  format: 'raw' | 'qcow2';
+  compression?: 'zlib' | 'zstd';
+  clusterSize?: number;
+  /** qcow2 only: record `path` (as given) as the backing file; only what differs from `image` is written. */
+  backing?: { path: string; format: string; image: DiskImage };
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ConvertResult {
+  virtualSize: number;
+  /** Bytes read from the source (and the backing image, when comparing against it). */
+  bytesRead: number;
+  /** Bytes written to the output file. */
+  bytesWritten: number;
+}
+
+/** Largest read handed to the writer at once. */
+const CHUNK = 4 * 1024 * 1024;
+/** Reads kept in flight ahead of the writer (bytes and count). */
+const READ_AHEAD_BYTES = 32 * 1024 * 1024;
+const READ_AHEAD_ITEMS = 64;
+/** Status is asked in windows of this size (a multiple of every cluster size). */
+const STATUS_WINDOW = 1024 * 1024 * 1024;
+/** Data ranges closer than this are read as one (the zeros between are cheap to check). */
+const MERGE_GAP = 1024 * 1024;
+
+interface Item {
+  offset: number;
+  length: number;
+  kind: 'data' | 'zero';
+}
+
+/**
+ * Convert an opened image (its whole backing chain, as the guest sees it) into a new raw
+ * or qcow2 file. Zero and unallocated ranges are skipped without reading; data ranges
+ * are read ahead in large chunks while the writer works, and all-zero clusters in them
+ * are not stored. The output appears atomically: it is written to a temporary file next
+ * to `outPath` and renamed over it only when complete.
+ */
+export async function convertImage(src: DiskImage, outPath: string, opts: ConvertOptions): Promise<ConvertResult> {
+  if (opts.format !== 'raw' && opts.format !== 'qcow2') {
+    throw new StrataError('USAGE', `cannot write format '${opts.format}' (known: raw, qcow2)`, { file: outPath });
+  }
+  if (opts.format === 'raw' && (opts.compression || opts.backing || opts.clusterSize)) {
+    throw new StrataError('USAGE', 'compression, cluster size and backing files need -O qcow2', { file: outPath });
+  }
+  if (opts.compression && opts.compression !== 'zlib' && opts.compression !== 'zstd') {
+    throw new StrataError('USAGE', `unknown compression type '${opts.compression}' (known: zlib, zstd)`, {
+      file: outPath,
+    });
+  }
+  refuseOverwritingInputs(src, outPath, opts.backing?.image);
+
+  const abs = path.resolve(outPath);
+  const tmp = path.join(
+    path.dirname(abs),
+    `.${path.basename(abs)}.strata-${process.pid}-${randomBytes(4).toString('hex')}.tmp`,
+  );
+  let fh: FileHandle | undefined;
+  try {
+    try {
+      fh = await open(tmp, 'wx', 0o644);
+    } catch (e) {
+      throw new StrataError('IO', `cannot create output: ${(e as Error).message}`, { file: outPath }, { cause: e });
+    }
+    const writer: ImageWriter =
+      opts.format === 'raw'
+        ? await RawWriter.create(fh, outPath, src.size)
+        : await Qcow2Writer.create(fh, outPath, {
+            virtualSize: src.size,
+            clusterSize: opts.clusterSize,
+            compression: opts.compression,
+            backing: opts.backing ? { path: opts.backing.path, format: opts.backing.format } : undefined,
+          });
+    const bytesRead = await pump(src, writer, opts.backing?.image, opts.onProgress);
+    const { bytesWritten } = await writer.finish();
+    await fh.datasync();
+    await fh.close();
+    fh = undefined;
+    try {
+      await rename(tmp, abs);
+    } catch (e) {
+      throw new StrataError(
+        'IO',
+        `cannot put the output in place: ${(e as Error).message}`,
+        { file: outPath },
+        { cause: e },
+      );
+    }
+    return { virtualSize: src.size, bytesRead, bytesWritten };
+  } catch (e) {
+    await fh?.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+function refuseOverwritingInputs(src: DiskImage, outPath: string, backing?: DiskImage): void {
+  if (!existsSync(outPath)) return;
+  const out = realpathSync(outPath);
+  const inputs = [...chain(src), ...(backing ? [...chain(backing)] : [])];
+  for (const layer of inputs) {
+    let p: string;
+    try {
+      p = realpathSync(layer.name);
+    } catch {
+      continue;
+    }
+    if (p === out) {
+      throw new StrataError('USAGE', `output would overwrite an input image (${layer.name})`, { file: outPath });
+    }
+  }
+}
+
+/** Cluster-aligned data and zero ranges of the whole disk, data split into chunks. */
+async function* plan(img: DiskImage, gran: number): AsyncGenerator<Item> {
+  const size = img.size;
+  const chunk = Math.max(gran, Math.floor(CHUNK / gran) * gran);
+  let cursor = 0;
+  let ds = -1;
+  let de = -1;
+  function* flush(): Generator<Item> {
+    if (ds < 0) return;
+    if (ds > cursor) yield { offset: cursor, length: ds - cursor, kind: 'zero' };
+    for (let o = ds; o < de; ) {
+      const end = Math.min(de, (Math.floor(o / chunk) + 1) * chunk);
+      yield { offset: o, length: end - o, kind: 'data' };
+      o = end;
+    }
+    cursor = de;
+    ds = de = -1;
+  }
+  for (let w = 0; w < size; w += STATUS_WINDOW) {
+    for (const e of await resolvedStatus(img, w, Math.min(STATUS_WINDOW, size - w))) {
+      if (e.kind !== 'data' || e.length <= 0) continue;
+      const s = Math.floor(e.offset / gran) * gran;
+      const en = Math.min(size, Math.ceil((e.offset + e.length) / gran) * gran);
+      if (ds >= 0 && s <= de + MERGE_GAP) de = Math.max(de, en);
+      else {
+        yield* flush();
+        ds = s;
+        de = en;
+      }
+    }
+  }
+  yield* flush();
+  if (cursor < size) yield { offset: cursor, length: size - cursor, kind: 'zero' };
+}
+
+interface Pending {
+  item: Item;
+  data?: Promise<Uint8Array>;
+  below?: Promise<Uint8Array | undefined>;
+}
+
+async function pump(
+  src: DiskImage,
+  writer: ImageWriter,
+  backing: DiskImage | undefined,
+  onProgress?: (done: number, total: number) => void,
+): Promise<number> {
+  const gran = writer.granularity;
+  const total = src.size;
+  let bytesRead = 0;
+  const queue: Pending[] = [];
+  let queued = 0;
+
+  const start = (item: Item): Pending => {
+    const p: Pending = { item };
+    if (item.kind === 'data') {
+      p.data = src.read(item.offset, item.length);
+      p.data.catch(() => {});
+      if (backing) {
+        p.below = readBacking(backing, item.offset, item.length);
+        p.below.catch(() => {});
+      }
+      queued += item.length;
+    }
+    return p;
+  };
+
+  const finishOne = async (p: Pending): Promise<void> => {
+    const { item } = p;
+    if (item.kind === 'zero') {
+      if (backing) await zeroOverBacking(backing, writer, item, gran);
+    } else {
+      queued -= item.length;
+      const data = await p.data!;
+      if (data.length !== item.length) {
+        throw new StrataError('TRUNCATED', `short read: wanted ${item.length} bytes, got ${data.length}`, {
+          file: src.name,
+          structure: 'virtual disk',
+          offset: item.offset,
+        });
+      }
+      bytesRead += data.length;
+      const below = p.below ? await p.below : undefined;
+      if (backing) {
+        bytesRead += below?.length ?? 0;
+        await writeDifferences(writer, item.offset, data, below, gran);
+      } else await writer.writeData(item.offset, data);
+    }
+    onProgress?.(item.offset + item.length, total);
+  };
+
+  for await (const item of plan(src, gran)) {
+    queue.push(start(item));
+    while (queue.length >= READ_AHEAD_ITEMS || queued >= READ_AHEAD_BYTES) await finishOne(queue.shift()!);
+  }
+  while (queue.length > 0) await finishOne(queue.shift()!);
+  onProgress?.(total, total);
+  return bytesRead;
+}
+
+/** The backing image's bytes over [offset, offset+length), or undefined when they are all zeros. */
+async function readBacking(b: DiskImage, offset: number, length: number): Promise<Uint8Array | undefined> {
+  const n = Math.max(0, Math.min(length, b.size - offset));
+  if (n === 0) return undefined;
+  const st = await resolvedStatus(b, offset, n);
+  if (!st.some((e) => e.kind === 'data')) return undefined;
+  const got = await b.read(offset, n);
+  if (n === length && got.length === length) return got;
+  const out = new Uint8Array(length);
+  out.set(got.subarray(0, n));
+  return out;
+}
+
+/** Write only the clusters that differ from the backing image (zero ones become zero clusters). */
+async function writeDifferences(
+  writer: ImageWriter,
+  offset: number,
+  data: Uint8Array,
+  below: Uint8Array | undefined,
+  gran: number,
+): Promise<void> {
+  let run = -1;
+  for (let p = 0; p < data.length; p += gran) {
+    const q = Math.min(data.length, p + gran);
+    const differs = below ? Buffer.compare(data.subarray(p, q), below.subarray(p, q)) !== 0 : !isZeroRange(data, p, q);
+    if (differs && run < 0) run = p;
+    if (!differs && run >= 0) {
+      await writer.writeData(offset + run, data.subarray(run, p));
+      run = -1;
+    }
+  }
+  if (run >= 0) await writer.writeData(offset + run, data.subarray(run));
+}
+
+/** A source range reads as zeros: where the backing holds data there, say so explicitly. */
+async function zeroOverBacking(b: DiskImage, writer: ImageWriter, item: Item, gran: number): Promise<void> {
+  const end = Math.min(item.offset + item.length, b.size);
+  for (let w = item.offset; w < end; w += STATUS_WINDOW) {
+    for (const e of await resolvedStatus(b, w, Math.min(STATUS_WINDOW, end - w))) {
+      if (e.kind !== 'data') continue;
+      const s = Math.floor(e.offset / gran) * gran;
+      const en = Math.ceil((e.offset + e.length) / gran) * gran;
+      writer.zero(s, en - s);
+    }
+  }
+}

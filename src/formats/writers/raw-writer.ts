@@ -1,0 +1,63 @@
+import type { FileHandle } from 'node:fs/promises';
+import type { ImageWriter, WriterResult } from './index.js';
+import { firstNonZeroBlock, writeAll } from './index.js';
+
+/** Zero runs shorter than this inside a data buffer are written rather than skipped. */
+const RAW_GRANULE = 4096;
+/** Writes kept in flight before `writeData` waits for the oldest. */
+const MAX_INFLIGHT = 4;
+
+/**
+ * A sparse raw writer: the file is the disk. Zero blocks (4 KiB granules) are not
+ * written; the file is sized with ftruncate, so they stay holes.
+ */
+export class RawWriter implements ImageWriter {
+  readonly format = 'raw';
+  readonly granularity = RAW_GRANULE;
+  private bytesWritten = 0;
+  private inflight: Promise<void>[] = [];
+
+  private constructor(
+    private readonly fh: FileHandle,
+    readonly path: string,
+    readonly virtualSize: number,
+  ) {}
+
+  /** `fh` must be a fresh, empty file opened for writing. */
+  static async create(fh: FileHandle, path: string, virtualSize: number): Promise<RawWriter> {
+    await fh.truncate(virtualSize);
+    return new RawWriter(fh, path, virtualSize);
+  }
+
+  async writeData(offset: number, data: Uint8Array): Promise<void> {
+    const n = Math.min(data.length, this.virtualSize - offset);
+    let pos = 0;
+    while (pos < n) {
+      // Skip a zero run, then write the following non-zero run in one call.
+      const start = firstNonZeroBlock(data, pos, n, RAW_GRANULE, false);
+      if (start >= n) break;
+      const end = firstNonZeroBlock(data, start, n, RAW_GRANULE, true);
+      await this.issue(data.subarray(start, end), offset + start);
+      pos = end;
+    }
+  }
+
+  zero(_offset: number, _length: number): void {
+    // A fresh file reads as zeros wherever nothing was written.
+  }
+
+  private async issue(buf: Uint8Array, at: number): Promise<void> {
+    this.bytesWritten += buf.length;
+    const p = writeAll(this.fh, buf, at, this.path, 'raw data');
+    this.inflight.push(p);
+    p.catch(() => {}); // surfaced by the await below or in finish()
+    if (this.inflight.length >= MAX_INFLIGHT) await this.inflight.shift();
+  }
+
+  async finish(): Promise<WriterResult> {
+    const pending = this.inflight;
+    this.inflight = [];
+    await Promise.all(pending);
+    return { bytesWritten: this.bytesWritten };
+  }
+}
