@@ -108,6 +108,11 @@ export interface FileSystem {
   /** Resolve an absolute path ("/etc/passwd"); follows symlinks in directories but not the last component. */
   lookup(path: string): Promise<Inode>;
   readdir(dir: Inode): AsyncIterable<DirEntry>;
+  /**
+   * Optional fast path: one name in a directory (undefined when absent). Readers with an
+   * index or a name cache implement it; `resolvePath` falls back to scanning `readdir`.
+   */
+  lookupChild?(dir: Inode, name: string): Promise<DirEntry | undefined>;
   read(file: Inode, offset: number, length: number): Promise<Uint8Array>;
   readlink(link: Inode): Promise<string>;
   xattrs(file: Inode): Promise<Map<string, Uint8Array>>;

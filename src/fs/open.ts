@@ -1,0 +1,56 @@
+import type { ByteSource } from '../io/byte-source.js';
+import { StrataError } from '../util/errors.js';
+import { extDriver } from './ext/index.js';
+import type { FileSystem, FsDriver } from './types.js';
+
+/** File-system readers, tried in order; each probes the volume's first 128 KiB. */
+export const FS_DRIVERS: FsDriver[] = [extDriver];
+
+/** Bytes of the volume head handed to probes. */
+export const PROBE_BYTES = 128 * 1024;
+
+const ascii = (b: Uint8Array, at: number, s: string): boolean => {
+  if (at + s.length > b.length) return false;
+  for (let i = 0; i < s.length; i++) if (b[at + i] !== s.charCodeAt(i)) return false;
+  return true;
+};
+
+/**
+ * Content we recognise but do not read (yet). Checked after the drivers, so a driver
+ * added to FS_DRIVERS takes precedence over its entry here.
+ */
+export function recognizeUnsupported(head: Uint8Array, size: number): string | undefined {
+  if (ascii(head, 0, 'XFSB')) return 'xfs';
+  if (ascii(head, 0x10040, '_BHRfS_M')) return 'btrfs';
+  if (ascii(head, 3, 'NTFS    ')) return 'ntfs';
+  if (ascii(head, 0x8001, 'CD001')) return 'iso9660';
+  if (ascii(head, 3, 'EXFAT   ')) return 'exfat';
+  const sig = head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa;
+  if (sig && (ascii(head, 54, 'FAT12') || ascii(head, 54, 'FAT16') || ascii(head, 82, 'FAT32'))) return 'vfat';
+  if (ascii(head, 0x10000 + 0x34, 'ReIsEr')) return 'reiserfs';
+  if (ascii(head, 0x200, 'LABELONE') || ascii(head, 0x218, 'LVM2 001')) return 'LVM2_member';
+  for (const page of [4096, 8192, 16384, 65536]) {
+    if (page <= size && ascii(head, page - 10, 'SWAPSPACE2')) return 'swap';
+  }
+  if (ascii(head, 0, 'LUKS\xba\xbe')) return 'crypto_LUKS';
+  return undefined;
+}
+
+/** Detect the file system on a volume by content and open it read-only. */
+export async function openFileSystem(volume: ByteSource): Promise<FileSystem> {
+  if (volume.size === 0) {
+    throw new StrataError('CORRUPT', 'empty volume: no file system', { file: volume.name, offset: 0 });
+  }
+  const head = await volume.read(0, Math.min(volume.size, PROBE_BYTES));
+  for (const d of FS_DRIVERS) if (d.probe(head, volume.size)) return d.open(volume);
+  const kind = recognizeUnsupported(head, volume.size);
+  if (kind) {
+    throw new StrataError('UNSUPPORTED', `${kind} is recognised but not readable by this version of Strata`, {
+      file: volume.name,
+      structure: `${kind} signature`,
+    });
+  }
+  throw new StrataError('UNSUPPORTED', 'no known file system signature (unknown content or an empty volume)', {
+    file: volume.name,
+  });
+}

@@ -1,0 +1,174 @@
+import { StrataError } from '../util/errors.js';
+import type { DirEntry, FileSystem, Inode } from './types.js';
+
+/** Most symlinks followed while resolving one path (Linux uses 40). */
+export const MAX_SYMLINKS = 40;
+/** Most path components processed for one path (after symlink expansion). */
+const MAX_COMPONENTS = 64 * 1024;
+
+export interface ResolveOptions {
+  /** Follow a symlink in the last component too (stat vs lstat). */
+  followLast?: boolean;
+}
+
+/** One name in a directory: the reader's fast path when it has one, else a readdir scan. */
+export async function lookupName(fs: FileSystem, dir: Inode, name: string): Promise<DirEntry | undefined> {
+  if (fs.lookupChild) return fs.lookupChild(dir, name);
+  for await (const e of fs.readdir(dir)) if (e.name === name) return e;
+  return undefined;
+}
+
+/**
+ * Resolve an absolute path ("/a/b/c"; a relative one is taken from the root). '.' and '..'
+ * are handled by the path walk, not trusted from disk; '..' at the root stays at the root.
+ * Symlinks in directory components are followed (relative to their directory, absolute
+ * ones from the root), the last component only with `followLast`; more than
+ * MAX_SYMLINKS links fail with LOOP.
+ */
+export async function resolvePath(fs: FileSystem, path: string, opts: ResolveOptions = {}): Promise<Inode> {
+  const root = await fs.root();
+  const stack: Inode[] = [root];
+  const todo = splitPath(path).reverse(); // pop() takes the next component
+  let links = 0;
+  let steps = 0;
+  while (todo.length > 0) {
+    if (++steps > MAX_COMPONENTS) {
+      throw new StrataError('LIMIT', `path expands to more than ${MAX_COMPONENTS} components`, {
+        file: fs.volume.name,
+        structure: `path ${path}`,
+      });
+    }
+    const name = todo.pop()!;
+    if (name === '..') {
+      if (stack.length > 1) stack.pop();
+      continue;
+    }
+    const dir = stack[stack.length - 1];
+    if (dir.type !== 'dir') {
+      throw new StrataError('NOT_FOUND', `not a directory on the way to ${path}`, {
+        file: fs.volume.name,
+        structure: `path ${path}`,
+      });
+    }
+    const e = await lookupName(fs, dir, name);
+    if (!e) {
+      throw new StrataError('NOT_FOUND', `no such file or directory: ${path}`, {
+        file: fs.volume.name,
+        structure: `path ${path}`,
+      });
+    }
+    const node = await fs.inode(e.ino);
+    const last = todo.length === 0;
+    if (node.type === 'symlink' && (!last || opts.followLast)) {
+      if (++links > MAX_SYMLINKS) {
+        throw new StrataError('LOOP', `more than ${MAX_SYMLINKS} symbolic links while resolving ${path}`, {
+          file: fs.volume.name,
+          structure: `path ${path}`,
+        });
+      }
+      const target = await fs.readlink(node);
+      if (target.length === 0) {
+        throw new StrataError('NOT_FOUND', `empty symlink target while resolving ${path}`, {
+          file: fs.volume.name,
+          structure: `path ${path}`,
+        });
+      }
+      if (target.startsWith('/')) stack.length = 1;
+      const parts = splitPath(target);
+      for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]);
+      continue;
+    }
+    stack.push(node);
+  }
+  return stack[stack.length - 1];
+}
+
+function splitPath(p: string): string[] {
+  return p.split('/').filter((c) => c !== '' && c !== '.');
+}
+
+export interface WalkItem {
+  /** Path from the walk's start, joined with '/' (e.g. "/etc/passwd" when started at "/" with path "/"). */
+  path: string;
+  inode: Inode;
+  entry: DirEntry;
+}
+
+export interface WalkOptions {
+  /** Do not descend deeper than this many directory levels below the start (default unlimited). */
+  maxDepth?: number;
+  /**
+   * Called for a child that cannot be read (bad inode, unreadable directory); the walk goes
+   * on. Without it, the first such error is thrown.
+   */
+  onError?: (error: StrataError, path: string) => void;
+}
+
+function joinPath(base: string, name: string): string {
+  return base.endsWith('/') ? base + name : `${base}/${name}`;
+}
+
+/**
+ * Depth-first, pre-order walk below `dir` (not including `dir` itself), names sorted in
+ * each directory so the order is stable. A directory inode is descended into at most once:
+ * a second path to it (a cycle or a hard-linked directory) is yielded but not entered, and
+ * noted in `fs.warnings`.
+ */
+export async function* walk(fs: FileSystem, dir: Inode, path = '/', opts: WalkOptions = {}): AsyncGenerator<WalkItem> {
+  const visited = new Set<number>([dir.ino]);
+  const maxDepth = opts.maxDepth ?? Number.POSITIVE_INFINITY;
+  interface Frame {
+    path: string;
+    entries: DirEntry[];
+    i: number;
+    depth: number;
+  }
+  const list = async (d: Inode, p: string): Promise<DirEntry[] | undefined> => {
+    try {
+      const out: DirEntry[] = [];
+      for await (const e of fs.readdir(d)) out.push(e);
+      out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      return out;
+    } catch (e) {
+      if (opts.onError && e instanceof StrataError) {
+        opts.onError(e, p);
+        return undefined;
+      }
+      throw e;
+    }
+  };
+  const first = await list(dir, path);
+  if (!first) return;
+  const stack: Frame[] = [{ path, entries: first, i: 0, depth: 1 }];
+  while (stack.length > 0) {
+    const f = stack[stack.length - 1];
+    if (f.i >= f.entries.length) {
+      stack.pop();
+      continue;
+    }
+    const entry = f.entries[f.i++];
+    const p = joinPath(f.path, entry.name);
+    let inode: Inode;
+    try {
+      inode = await fs.inode(entry.ino);
+    } catch (e) {
+      if (opts.onError && e instanceof StrataError) {
+        opts.onError(e, p);
+        continue;
+      }
+      throw e;
+    }
+    yield { path: p, inode, entry };
+    if (inode.type !== 'dir' || f.depth >= maxDepth) continue;
+    if (visited.has(inode.ino)) {
+      if (fs.warnings.length < 1000)
+        fs.warnings.push(
+          `${p}: directory inode ${inode.ino} was already visited (cycle or hard-linked directory); not entered`,
+        );
+      continue;
+    }
+    visited.add(inode.ino);
+    const entries = await list(inode, p);
+    if (entries) stack.push({ path: p, entries, i: 0, depth: f.depth + 1 });
+  }
+}
