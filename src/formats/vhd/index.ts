@@ -198,7 +198,7 @@ export class VhdImage implements DiskImage {
         where,
       );
     }
-    if (!Number.isSafeInteger(footer.currentSize) || footer.currentSize < 0) {
+    if (footer.currentSize < 0) {
       throw new StrataError('CORRUPT', `current size field is out of range`, where);
     }
     if (footer.currentSize > LIMITS.maxVirtualSize) {
