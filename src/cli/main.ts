@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { isStrataError } from '../util/errors.js';
+import { registerConvertCommand } from './commands/convert.js';
 import { registerFsCommands } from './commands/fs.js';
 import { registerImageCommands } from './commands/image.js';
 
@@ -13,6 +14,7 @@ export function buildProgram(): Command {
     .showHelpAfterError(false)
     .exitOverride();
   registerImageCommands(program);
+  registerConvertCommand(program);
   registerFsCommands(program);
   return program;
 }

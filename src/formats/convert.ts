@@ -14,6 +14,8 @@ export interface ConvertOptions {
   /** qcow2 only: record `path` (as given) as the backing file; only what differs from `image` is written. */
   backing?: { path: string; format: string; image: DiskImage };
   onProgress?: (done: number, total: number) => void;
+  /** Stop early (Ctrl-C): the temporary file is removed and nothing appears at `outPath`. */
+  signal?: AbortSignal;
 }
 
 export interface ConvertResult {
@@ -82,7 +84,7 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
             compression: opts.compression,
             backing: opts.backing ? { path: opts.backing.path, format: opts.backing.format } : undefined,
           });
-    const bytesRead = await pump(src, writer, opts.backing?.image, opts.onProgress);
+    const bytesRead = await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
     await fh.datasync();
     await fh.close();
@@ -168,6 +170,7 @@ async function pump(
   writer: ImageWriter,
   backing: DiskImage | undefined,
   onProgress?: (done: number, total: number) => void,
+  signal?: AbortSignal,
 ): Promise<number> {
   const gran = writer.granularity;
   const total = src.size;
@@ -214,6 +217,7 @@ async function pump(
   };
 
   for await (const item of plan(src, gran)) {
+    if (signal?.aborted) throw new StrataError('USAGE', 'conversion interrupted', { file: src.name });
     queue.push(start(item));
     while (queue.length >= READ_AHEAD_ITEMS || queued >= READ_AHEAD_BYTES) await finishOne(queue.shift()!);
   }

@@ -1,0 +1,100 @@
+import * as path from 'node:path';
+import cliProgress from 'cli-progress';
+import type { Command } from 'commander';
+import { type ConvertOptions, convertImage } from '../../formats/convert.js';
+import { closeChain } from '../../formats/layer.js';
+import { openImage } from '../../formats/open.js';
+import type { DiskImage } from '../../formats/types.js';
+import { StrataError } from '../../util/errors.js';
+import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { printJson } from '../output.js';
+
+/** "65536", "64K", "64k", "2M", "2MiB" -> bytes. */
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+)\s*([kmg]?)(?:i?b)?$/i.exec(text.trim());
+  if (!m) throw new StrataError('USAGE', `bad ${what} '${text}' (e.g. 65536, 64K, 2M)`);
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Number(m[1]) * mult;
+}
+
+/** `convert IN OUT -O raw|qcow2`: write the disk an image presents into a new raw or qcow2 file. */
+export function registerConvertCommand(program: Command): void {
+  addOpenOptions(
+    program
+      .command('convert')
+      .description('convert an image (whole backing chain) to a new raw or qcow2 file, like qemu-img convert')
+      .argument('<in>', 'source image file or http(s) URL')
+      .argument('<out>', 'output file (written to a temporary file, then renamed into place)')
+      .requiredOption('-O, --output-format <fmt>', 'output format: raw or qcow2')
+      .option('-c, --compress', 'qcow2: compress data clusters (each only when that saves space)')
+      .option('--compression-type <type>', 'qcow2: zlib (default) or zstd; implies -c')
+      .option('--cluster-size <n>', 'qcow2: cluster size, a power of two from 512 to 2M (default 64K)')
+      .option('-B, --backing <file>', 'qcow2: backing file to record (relative to OUT); only differences are written')
+      .option('-F, --backing-format <fmt>', 'format of the backing file (default: detect)')
+      .option('--json', 'print a JSON summary'),
+  ).action(async (input: string, out: string, o: Record<string, unknown>) => {
+    const fmt = String(o.outputFormat);
+    if (fmt !== 'raw' && fmt !== 'qcow2') {
+      throw new StrataError('USAGE', `unknown output format '${fmt}' (known: raw, qcow2)`);
+    }
+    const ctype = o.compressionType as string | undefined;
+    if (ctype !== undefined && ctype !== 'zlib' && ctype !== 'zstd') {
+      throw new StrataError('USAGE', `unknown compression type '${ctype}' (known: zlib, zstd)`);
+    }
+    const opts: ConvertOptions = { format: fmt };
+    if (o.compress || ctype) opts.compression = (ctype ?? 'zlib') as 'zlib' | 'zstd';
+    if (o.clusterSize !== undefined) opts.clusterSize = parseSize(String(o.clusterSize), 'cluster size');
+    const backingPath = typeof o.backing === 'string' ? o.backing : undefined;
+    if (o.backingFormat !== undefined && !backingPath) {
+      throw new StrataError('USAGE', '--backing-format needs --backing');
+    }
+    const openOpts = openOptionsFrom(o);
+    const img = await openImage(input, openOpts);
+    let backing: DiskImage | undefined;
+    const ac = new AbortController();
+    const onSignal = () => ac.abort();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    let bar: cliProgress.SingleBar | undefined;
+    try {
+      if (backingPath) {
+        // Like qemu, a relative backing name is relative to the image that records it.
+        const resolved = path.resolve(path.dirname(path.resolve(out)), backingPath);
+        backing = await openImage(resolved, {
+          ...openOpts,
+          noBacking: false,
+          format: o.backingFormat as string | undefined,
+        });
+        opts.backing = {
+          path: backingPath,
+          format: (o.backingFormat as string | undefined) ?? backing.format,
+          image: backing,
+        };
+      }
+      if (process.stderr.isTTY) {
+        bar = new cliProgress.SingleBar(
+          {
+            stream: process.stderr,
+            format: 'converting [{bar}] {percentage}% | {value}/{total} MiB | ETA {eta_formatted}',
+            hideCursor: true,
+            clearOnComplete: true,
+          },
+          cliProgress.Presets.shades_classic,
+        );
+        bar.start(Math.ceil(img.size / 2 ** 20), 0);
+        opts.onProgress = (done) => bar?.update(Math.floor(done / 2 ** 20));
+      }
+      opts.signal = ac.signal;
+      const r = await convertImage(img, out, opts);
+      bar?.stop();
+      bar = undefined;
+      if (o.json) printJson({ input, output: out, format: fmt, compression: opts.compression ?? null, ...r });
+    } finally {
+      bar?.stop();
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      if (backing) await closeChain(backing);
+      await closeChain(img);
+    }
+  });
+}
