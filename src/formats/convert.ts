@@ -31,8 +31,11 @@ const CHUNK = 4 * 1024 * 1024;
 /** Reads kept in flight ahead of the writer (bytes and count). */
 const READ_AHEAD_BYTES = 32 * 1024 * 1024;
 const READ_AHEAD_ITEMS = 64;
-/** Status is asked in windows of this size (a multiple of every cluster size). */
-const STATUS_WINDOW = 1024 * 1024 * 1024;
+/**
+ * Status is asked in windows of this size (a multiple of every cluster size, and below
+ * the read-size limit some drivers apply to status requests too).
+ */
+const STATUS_WINDOW = 64 * 1024 * 1024;
 /** Data ranges closer than this are read as one (the zeros between are cheap to check). */
 const MERGE_GAP = 1024 * 1024;
 
