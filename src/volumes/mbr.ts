@@ -228,7 +228,7 @@ async function walkEbrChain(
       out.push(p);
     }
     if (link === undefined) return;
-    if (link <= extStart || link >= extEnd) {
+    if (link < extStart || link >= extEnd) {
       warnings.push(`EBR link at byte ${at} points outside the extended partition (sector ${link}); chain stopped`);
       return;
     }
