@@ -1,0 +1,429 @@
+import { inflateSync } from 'node:zlib';
+import { type ByteSource, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
+import { CachedSource } from '../../io/cached-source.js';
+import { StrataError } from '../../util/errors.js';
+import { LIMITS } from '../../util/limits.js';
+import type { Below, VmdkExtent } from './extents.js';
+
+/**
+ * A hosted sparse extent ("KDMV"): a 512-byte header, an optional embedded descriptor, a
+ * grain directory (GD) of 32-bit sector offsets of grain tables (GT), and GTs of 32-bit
+ * sector offsets of grains. GTE 0 = never written; GTE 1 = zeroed grain when the header
+ * sets the zeroed-grain flag. Stream-optimized extents store each grain deflated behind a
+ * 12-byte marker (lba, size), and may put the GD in a footer near the end of the file.
+ */
+
+export const SPARSE_MAGIC = 0x564d444b; // "KDMV" little-endian
+export const COWD_MAGIC = 0x44574f43; // "COWD": ESX sparse (VMFSSPARSE), not read
+const GD_AT_END = 0xffffffffffffffffn;
+const FLAG_NEWLINE_TEST = 1 << 0;
+const FLAG_RGD = 1 << 1;
+const FLAG_ZEROED_GRAIN = 1 << 2;
+const FLAG_COMPRESSED = 1 << 16;
+const FLAG_MARKERS = 1 << 17;
+const MAX_GRAIN_SECTORS = 1 << 16; // 32 MiB grains
+const MAX_GTES = 1 << 16;
+const MARKER_FOOTER = 3;
+
+export interface SparseHeader {
+  version: number;
+  flags: number;
+  capacity: number; // sectors
+  grainSectors: number;
+  descriptorOffset: number; // sectors
+  descriptorSize: number; // sectors
+  gtes: number;
+  rgdOffset: number; // sectors
+  gdOffset: number; // sectors
+  overhead: number;
+  compressAlgorithm: number;
+  gdAtEnd: boolean;
+}
+
+function sec64(dv: DataView, at: number, file: string, base: number, what: string): number {
+  const v = dv.getBigUint64(at, true);
+  if (v > BigInt(Math.floor(Number.MAX_SAFE_INTEGER / 512))) {
+    throw new StrataError('CORRUPT', `${what} ${v} is out of range`, {
+      file,
+      structure: 'vmdk sparse extent header',
+      offset: base + at,
+    });
+  }
+  return Number(v);
+}
+
+/** Parse and sanity-check a 512-byte sparse extent header found at `base` in `file`. */
+export function parseSparseHeader(b: Uint8Array, file: string, base: number): SparseHeader {
+  const where = (at: number) => ({ file, structure: 'vmdk sparse extent header', offset: base + at });
+  if (b.length < 512) throw new StrataError('TRUNCATED', 'sparse extent header is cut short', where(0));
+  const dv = new DataView(b.buffer, b.byteOffset, 512);
+  const magic = dv.getUint32(0, true);
+  if (magic === COWD_MAGIC) {
+    throw new StrataError('UNSUPPORTED', 'ESX COWD sparse extents (VMFSSPARSE) are not read', where(0));
+  }
+  if (magic !== SPARSE_MAGIC) throw new StrataError('CORRUPT', 'no KDMV magic: not a sparse extent', where(0));
+  const version = dv.getUint32(4, true);
+  if (version < 1 || version > 3) throw new StrataError('UNSUPPORTED', `sparse extent version ${version}`, where(4));
+  const flags = dv.getUint32(8, true);
+  const capacityBig = dv.getBigUint64(12, true);
+  if (capacityBig * 512n > BigInt(LIMITS.maxVirtualSize)) {
+    throw new StrataError(
+      'LIMIT',
+      `capacity of ${capacityBig} sectors exceeds the ${LIMITS.maxVirtualSize}-byte limit`,
+      where(12),
+    );
+  }
+  const grainBig = dv.getBigUint64(20, true);
+  if (grainBig < 1n || grainBig > BigInt(MAX_GRAIN_SECTORS)) {
+    throw new StrataError('CORRUPT', `grain size of ${grainBig} sectors is out of range`, where(20));
+  }
+  const gtes = dv.getUint32(44, true);
+  if (gtes < 1 || gtes > MAX_GTES) {
+    throw new StrataError('CORRUPT', `${gtes} entries per grain table is out of range`, where(44));
+  }
+  const gdRaw = dv.getBigUint64(56, true);
+  if (flags & FLAG_NEWLINE_TEST) {
+    if (b[73] !== 0x0a || b[74] !== 0x20 || b[75] !== 0x0d || b[76] !== 0x0a) {
+      throw new StrataError('CORRUPT', 'newline test characters are wrong (file transferred in text mode?)', where(73));
+    }
+  }
+  return {
+    version,
+    flags,
+    capacity: Number(capacityBig),
+    grainSectors: Number(grainBig),
+    descriptorOffset: sec64(dv, 28, file, base, 'descriptor offset'),
+    descriptorSize: sec64(dv, 36, file, base, 'descriptor size'),
+    gtes,
+    rgdOffset: sec64(dv, 48, file, base, 'redundant grain directory offset'),
+    gdOffset: gdRaw === GD_AT_END ? 0 : sec64(dv, 56, file, base, 'grain directory offset'),
+    overhead: sec64(dv, 64, file, base, 'overhead'),
+    compressAlgorithm: dv.getUint16(77, true),
+    gdAtEnd: gdRaw === GD_AT_END,
+  };
+}
+
+/**
+ * Read the header of a sparse extent, resolving a stream-optimized footer when the GD
+ * offset says GD_AT_END (the real header then sits 1024 bytes before the end of the file,
+ * after a footer marker and before the end-of-stream marker).
+ */
+export async function readSparseHeader(src: ByteSource): Promise<{ header: SparseHeader; first: SparseHeader }> {
+  const first = parseSparseHeader(await readExact(src, 0, 512, 'vmdk sparse extent header'), src.name, 0);
+  if (!first.gdAtEnd) return { header: first, first };
+  const at = src.size - 1536;
+  if (at < 512) {
+    throw new StrataError('TRUNCATED', 'grain directory is "at end" but the file has no room for a footer', {
+      file: src.name,
+      structure: 'vmdk footer',
+      offset: Math.max(0, at),
+    });
+  }
+  const tail = await readExact(src, at, 1024, 'vmdk footer');
+  const mdv = new DataView(tail.buffer, tail.byteOffset, 512);
+  if (mdv.getUint32(8, true) !== 0 || mdv.getUint32(12, true) !== MARKER_FOOTER) {
+    throw new StrataError('CORRUPT', 'no footer marker before the footer', {
+      file: src.name,
+      structure: 'vmdk footer marker',
+      offset: at,
+    });
+  }
+  const header = parseSparseHeader(tail.subarray(512), src.name, at + 512);
+  if (header.gdAtEnd) {
+    throw new StrataError('CORRUPT', 'footer also says the grain directory is at the end', {
+      file: src.name,
+      structure: 'vmdk footer',
+      offset: at + 512 + 56,
+    });
+  }
+  return { header, first };
+}
+
+/** Decompressed grains kept per extent (small reads of a stream-optimized disk hit these). */
+const GRAIN_CACHE = 32;
+/** Bytes of grain tables cached per extent. */
+const GT_CACHE_BYTES = 32 << 20;
+
+export class SparseExtent implements VmdkExtent {
+  readonly kind = 'SPARSE';
+  readonly bytes: number;
+  readonly grainBytes: number;
+  readonly compressed: boolean;
+  readonly markers: boolean;
+  readonly zeroedGrain: boolean;
+  private readonly gd: Uint32Array;
+  private readonly gtBytes: number;
+  private readonly gtCache = new Map<number, Promise<Uint32Array>>();
+  private readonly gtCacheMax: number;
+  private readonly grainCache = new Map<number, Uint8Array>();
+  private readonly data: ByteSource;
+
+  private constructor(
+    private readonly src: ByteSource,
+    readonly start: number,
+    sectors: number,
+    readonly header: SparseHeader,
+    gd: Uint32Array,
+    readonly file: string,
+  ) {
+    this.bytes = sectors * 512;
+    this.grainBytes = header.grainSectors * 512;
+    this.compressed = (header.flags & FLAG_COMPRESSED) !== 0 && header.compressAlgorithm !== 0;
+    this.markers = (header.flags & FLAG_MARKERS) !== 0;
+    this.zeroedGrain = (header.flags & FLAG_ZEROED_GRAIN) !== 0;
+    this.gd = gd;
+    this.gtBytes = header.gtes * 4;
+    this.gtCacheMax = Math.max(4, Math.floor(GT_CACHE_BYTES / this.gtBytes));
+    // Compressed grains are small scattered reads: serve them from a block cache.
+    this.data = this.compressed ? new CachedSource(src, { blockSize: 1 << 20, capacity: 16 << 20 }) : src;
+  }
+
+  /**
+   * Open a sparse extent that covers `sectors` sectors of the disk starting at byte `start`
+   * (`sectors` undefined: the header's capacity).
+   */
+  static async open(src: ByteSource, start: number, sectors: number | undefined, file: string): Promise<SparseExtent> {
+    const { header } = await readSparseHeader(src);
+    const name = src.name;
+    const n = sectors ?? header.capacity;
+    if (n > header.capacity) {
+      throw new StrataError(
+        'CORRUPT',
+        `descriptor gives the extent ${n} sectors but its header holds only ${header.capacity}`,
+        { file: name, structure: 'vmdk sparse extent header', offset: 12 },
+      );
+    }
+    if (header.compressAlgorithm > 1) {
+      throw new StrataError('UNSUPPORTED', `compression algorithm ${header.compressAlgorithm}`, {
+        file: name,
+        structure: 'vmdk sparse extent header',
+        offset: 77,
+      });
+    }
+    const perGt = header.grainSectors * header.gtes;
+    const entries = Math.ceil(n / perGt);
+    if (entries * 4 > LIMITS.maxTableBytes) {
+      throw new StrataError('LIMIT', `grain directory of ${entries} entries is too large`, {
+        file: name,
+        structure: 'vmdk grain directory',
+        offset: header.gdOffset * 512,
+      });
+    }
+    let gdSector = header.gdOffset;
+    const fits = (s: number) => s > 0 && s * 512 + entries * 4 <= src.size;
+    if (!fits(gdSector)) {
+      const rgd = header.flags & FLAG_RGD ? header.rgdOffset : 0;
+      if (!fits(rgd)) {
+        throw new StrataError(
+          gdSector * 512 >= src.size || gdSector === 0 ? 'CORRUPT' : 'TRUNCATED',
+          `grain directory of ${entries} entries at sector ${gdSector} does not fit in the file (size ${src.size})`,
+          { file: name, structure: 'vmdk grain directory', offset: gdSector * 512 },
+        );
+      }
+      gdSector = rgd;
+    }
+    const raw = await readExact(src, gdSector * 512, entries * 4, 'vmdk grain directory');
+    const gd = toU32(raw);
+    const ext = new SparseExtent(src, start, n, header, gd, file);
+    if (gdSector !== header.gdOffset)
+      ext.warnings.push(`${name}: primary grain directory unusable, read the redundant one`);
+    return ext;
+  }
+
+  readonly warnings: string[] = [];
+
+  private table(index: number): Promise<Uint32Array> | undefined {
+    const sector = this.gd[index];
+    if (sector === 0) return undefined;
+    const hit = this.gtCache.get(index);
+    if (hit) {
+      this.gtCache.delete(index);
+      this.gtCache.set(index, hit);
+      return hit;
+    }
+    const off = sector * 512;
+    const p = (async () => {
+      if (off + this.gtBytes > this.src.size) {
+        throw new StrataError(
+          'CORRUPT',
+          `grain table ${index} at ${off} lies past the end of the file (size ${this.src.size})`,
+          { file: this.src.name, structure: 'vmdk grain table', offset: off },
+        );
+      }
+      return toU32(await readExact(this.src, off, this.gtBytes, 'vmdk grain table'));
+    })();
+    p.catch(() => this.gtCache.delete(index));
+    this.gtCache.set(index, p);
+    while (this.gtCache.size > this.gtCacheMax) this.gtCache.delete(this.gtCache.keys().next().value as number);
+    return p;
+  }
+
+  /**
+   * Walk [off, off+len) grain by grain, calling `visit(pos, n, gte, inGrain)` with runs that
+   * share one grain (pos relative to `off`).
+   */
+  private async walk(
+    off: number,
+    len: number,
+    visit: (pos: number, n: number, gte: number, inGrain: number) => void | Promise<void>,
+  ): Promise<void> {
+    const gb = this.grainBytes;
+    const perGt = gb * this.header.gtes;
+    let pos = 0;
+    while (pos < len) {
+      const v = off + pos;
+      const gtIndex = Math.floor(v / perGt);
+      const gtEnd = Math.min(len, (gtIndex + 1) * perGt - off);
+      const tp = this.table(gtIndex);
+      if (!tp) {
+        await visit(pos, gtEnd - pos, 0, 0);
+        pos = gtEnd;
+        continue;
+      }
+      const gt = await tp;
+      while (pos < gtEnd) {
+        const w = off + pos;
+        const g = Math.floor(w / gb);
+        const inGrain = w - g * gb;
+        const n = Math.min(gb - inGrain, gtEnd - pos);
+        await visit(pos, n, gt[g % this.header.gtes], inGrain);
+        pos += n;
+      }
+    }
+  }
+
+  private isZero(gte: number): boolean {
+    return gte === 1 && this.zeroedGrain;
+  }
+
+  async status(off: number, len: number, out: Extent[]): Promise<void> {
+    await this.walk(off, len, (pos, n, gte) => {
+      pushExtent(out, this.start + off + pos, n, gte === 0 ? 'unallocated' : this.isZero(gte) ? 'zero' : 'data');
+    });
+  }
+
+  /** When [off, off+len) is one contiguous run of stored, uncompressed grains: read it in one go. */
+  async readDirect(off: number, len: number): Promise<Uint8Array | undefined> {
+    if (this.compressed) return undefined;
+    let host = -1;
+    let ok = true;
+    await this.walk(off, len, (pos, n, gte, inGrain) => {
+      if (!ok) return;
+      const h = gte * 512 + inGrain;
+      if (gte === 0 || this.isZero(gte) || (host >= 0 && h !== host + pos) || h + n > this.src.size) ok = false;
+      else if (host < 0) host = h;
+    });
+    if (!ok || host < 0) return undefined;
+    return readExact(this.src, host, len, 'vmdk grain');
+  }
+
+  async read(off: number, len: number, out: Uint8Array, at: number, below: Below): Promise<void> {
+    // Pending run: contiguous host bytes (kind 1) or contiguous unallocated range (kind 2).
+    let kind = 0;
+    let runPos = 0;
+    let runLen = 0;
+    let runHost = 0;
+    const flush = async () => {
+      if (kind === 1) {
+        out.set(await readExact(this.src, runHost, runLen, 'vmdk grain'), at + runPos);
+      } else if (kind === 2) {
+        await below(this.start + off + runPos, runLen, at + runPos);
+      }
+      kind = 0;
+    };
+    await this.walk(off, len, async (pos, n, gte, inGrain) => {
+      if (gte === 0) {
+        if (kind === 2 && runPos + runLen === pos) runLen += n;
+        else {
+          await flush();
+          kind = 2;
+          runPos = pos;
+          runLen = n;
+        }
+        return;
+      }
+      if (this.isZero(gte)) {
+        await flush(); // zeroed grain: `out` holds zeros already
+        return;
+      }
+      if (this.compressed) {
+        await flush();
+        const grain = await this.grain(gte, Math.floor((off + pos) / this.grainBytes));
+        const avail = Math.max(0, Math.min(n, grain.length - inGrain));
+        out.set(grain.subarray(inGrain, inGrain + avail), at + pos); // a short grain's tail stays zero
+        return;
+      }
+      const host = gte * 512 + inGrain;
+      if (host + n > this.src.size) {
+        throw new StrataError(
+          'CORRUPT',
+          `grain at sector ${gte} lies past the end of the file (size ${this.src.size})`,
+          { file: this.src.name, structure: 'vmdk grain table entry', offset: gte * 512 },
+        );
+      }
+      if (kind === 1 && runHost + runLen === host && runPos + runLen === pos) runLen += n;
+      else {
+        await flush();
+        kind = 1;
+        runPos = pos;
+        runLen = n;
+        runHost = host;
+      }
+    });
+    await flush();
+  }
+
+  /** Inflate one compressed grain (behind its marker when the extent has markers). */
+  private async grain(sector: number, lbaGrain: number): Promise<Uint8Array> {
+    const hit = this.grainCache.get(sector);
+    if (hit) return hit;
+    const off = sector * 512;
+    const where = { file: this.src.name, structure: 'vmdk compressed grain', offset: off };
+    const maxCompressed = this.grainBytes + (this.grainBytes >>> 3) + 4096;
+    let payload: Uint8Array;
+    if (this.markers) {
+      const m = await readExact(this.data, off, 12, 'vmdk grain marker');
+      const dv = new DataView(m.buffer, m.byteOffset, 12);
+      const size = dv.getUint32(8, true);
+      if (size === 0 || size > maxCompressed) {
+        throw new StrataError('CORRUPT', `grain marker gives a compressed size of ${size}`, where);
+      }
+      const lba = dv.getBigUint64(0, true);
+      if (lba !== BigInt(lbaGrain) * BigInt(this.header.grainSectors)) {
+        // qemu and VMware ignore it on read; a mismatch is only worth a note.
+        if (this.warnings.length < 8) this.warnings.push(`${this.src.name}: grain marker at ${off} says lba ${lba}`);
+      }
+      payload = await readExact(this.data, off + 12, size, 'vmdk compressed grain');
+    } else {
+      if (off >= this.src.size)
+        throw new StrataError('CORRUPT', 'compressed grain lies past the end of the file', where);
+      payload = await this.data.read(off, Math.min(maxCompressed, this.src.size - off));
+    }
+    let grain: Uint8Array;
+    try {
+      grain = inflateSync(payload, { maxOutputLength: this.grainBytes });
+    } catch (e) {
+      throw new StrataError('CORRUPT', `grain does not inflate: ${(e as Error).message}`, where, { cause: e });
+    }
+    this.grainCache.set(sector, grain);
+    if (this.grainCache.size > GRAIN_CACHE) this.grainCache.delete(this.grainCache.keys().next().value as number);
+    return grain;
+  }
+
+  /** Drop caches; the file itself is closed by the image that opened it. */
+  async close(): Promise<void> {
+    this.gtCache.clear();
+    this.grainCache.clear();
+  }
+}
+
+const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function toU32(raw: Uint8Array): Uint32Array {
+  const n = raw.length >>> 2;
+  if (HOST_LE) return new Uint32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + n * 4));
+  const out = new Uint32Array(n);
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  for (let i = 0; i < n; i++) out[i] = dv.getUint32(i * 4, true);
+  return out;
+}
