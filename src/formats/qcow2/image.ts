@@ -155,8 +155,7 @@ export class Qcow2Image implements DiskImage {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
-    const out = new Uint8Array(n);
-    if (n === 0) return out;
+    if (n === 0) return new Uint8Array(0);
     const segs: Seg[] = [];
     await this.walk(offset, n, (off, len, kind, host, clen, cstart) => {
       const last = segs[segs.length - 1];
@@ -173,6 +172,25 @@ export class Qcow2Image implements DiskImage {
       segs.push({ off, len, kind, host, clen, cstart });
     });
 
+    // One contiguous run (the common case for large reads of a converted image): hand back the
+    // lower layer's buffer instead of allocating and copying a second one.
+    if (segs.length === 1) {
+      const s = segs[0];
+      const direct =
+        s.kind === DATA
+          ? this.data.read(s.host, n)
+          : s.kind === UNALLOC && this.backing
+            ? this.backing.read(offset, n)
+            : undefined;
+      if (direct) {
+        const b = await direct;
+        if (b.length === n) return b;
+        const out = new Uint8Array(n);
+        out.set(b.subarray(0, n));
+        return out;
+      }
+    }
+    const out = new Uint8Array(n);
     const jobs: Array<() => Promise<void>> = [];
     const compressed: Seg[] = [];
     for (const s of segs) {
@@ -378,7 +396,7 @@ export class Qcow2Image implements DiskImage {
       }
     } else {
       try {
-        outb = await inflateRaw(comp, { maxOutputLength: cs, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+        outb = await inflateRaw(comp, { chunkSize: cs, maxOutputLength: cs, finishFlush: zlib.constants.Z_SYNC_FLUSH });
       } catch (e) {
         throw new StrataError('CORRUPT', `deflate decompression failed: ${(e as Error)?.message ?? e}`, where);
       }
