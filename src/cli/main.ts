@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { isStrataError } from '../util/errors.js';
 import { registerConvertCommand } from './commands/convert.js';
+import { registerDemoCommand } from './commands/demo.js';
 import { registerFsCommands } from './commands/fs.js';
 import { registerImageCommands } from './commands/image.js';
 
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
   registerImageCommands(program);
   registerConvertCommand(program);
   registerFsCommands(program);
+  registerDemoCommand(program);
   return program;
 }
 
