@@ -1,5 +1,14 @@
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { closeChain } from '../../src/formats/layer.js';
@@ -13,8 +22,21 @@ import { patchVhd, writeVhdDiff } from '../helpers/vhd-writer.js';
 
 const MiB = 1024 * 1024;
 
-async function patternRaw(size: number, seed: number): Promise<string> {
-  return fixture(`vhd-pattern-${size}-${seed}-v1.raw`, async (out) => writePatternDisk(out, size, seed));
+/**
+ * A pattern disk with whole MiB-aligned ranges zeroed (`holes`: [start, length] in MiB),
+ * so that some blocks of the image are never written and the map has zero ranges.
+ */
+async function patternRaw(size: number, seed: number, holes: Array<[number, number]> = []): Promise<string> {
+  const key = holes.map(([s, l]) => `${s}+${l}`).join('_');
+  return fixture(`vhd-pattern-${size}-${seed}-h${key}-v2.raw`, async (out) => {
+    writePatternDisk(out, size, seed);
+    const fd = openSync(out, 'r+');
+    try {
+      for (const [s, l] of holes) writeSync(fd, Buffer.alloc(Math.min(l * MiB, size - s * MiB)), 0, undefined, s * MiB);
+    } finally {
+      closeSync(fd);
+    }
+  });
 }
 
 /** A VHD made by qemu-img from a pattern raw (`-S 0` for fixed: see the map test). */
@@ -71,17 +93,17 @@ function overlayMap(base: MapRange[], ranges: Array<[number, number]>): MapRange
   return mergeMap(out);
 }
 
-const CASES: Array<{ name: string; size: number; opts: string[] }> = [
-  { name: 'dynamic', size: 6 * MiB + 7 * 512, opts: ['subformat=dynamic'] },
-  { name: 'fixed', size: 5 * MiB + 3 * 512, opts: ['subformat=fixed'] },
-  { name: 'dynamic-force-size', size: 6 * MiB, opts: ['subformat=dynamic', 'force_size=on'] },
-  { name: 'fixed-force-size', size: 3 * MiB + 512, opts: ['subformat=fixed', 'force_size=on'] },
+const CASES: Array<{ name: string; size: number; opts: string[]; holes: Array<[number, number]> }> = [
+  { name: 'dynamic', size: 6 * MiB + 7 * 512, opts: ['subformat=dynamic'], holes: [[2, 2]] },
+  { name: 'fixed', size: 5 * MiB + 3 * 512, opts: ['subformat=fixed'], holes: [[1, 1]] },
+  { name: 'dynamic-force-size', size: 6 * MiB, opts: ['subformat=dynamic', 'force_size=on'], holes: [[0, 2]] },
+  { name: 'fixed-force-size', size: 3 * MiB + 512, opts: ['subformat=fixed', 'force_size=on'], holes: [] },
 ];
 
 for (const c of CASES) {
   test(`vhd ${c.name}: every byte and the map agree with qemu-img`, async () => {
-    const raw = await patternRaw(c.size, 31);
-    const image = await qemuVhd(raw, c.opts, `vhd-${c.name}-${c.size}`);
+    const raw = await patternRaw(c.size, 31, c.holes);
+    const image = await qemuVhd(raw, c.opts, `vhd-${c.name}-${c.size}-h${c.holes.join('_')}`);
     const expected = await qemuRaw(image, 'vpc');
     const img = await openImage(image);
     try {
@@ -107,8 +129,8 @@ for (const c of CASES) {
 
 /** A parent VHD (dynamic, by qemu) copied into `dir`, and its qemu-converted raw. */
 async function parentIn(dir: string): Promise<{ parent: string; parentRaw: Buffer }> {
-  const raw = await patternRaw(6 * MiB, 41);
-  const image = await qemuVhd(raw, ['subformat=dynamic'], 'vhd-parent-6m');
+  const raw = await patternRaw(6 * MiB, 41, [[4, 2]]);
+  const image = await qemuVhd(raw, ['subformat=dynamic'], 'vhd-parent-6m-h4');
   const parent = path.join(dir, 'parent.vhd');
   copyFileSync(image, parent);
   return { parent, parentRaw: readFileSync(await qemuRaw(image, 'vpc')) };
