@@ -292,7 +292,8 @@ test('vhdx with a non-empty log: opens with a warning that the log was not repla
   try {
     assert.equal(img.warnings.length, 1);
     assert.match(img.warnings[0], /log.*not replayed/);
-    assert.equal((img.details?.().log as { state: string }).state, 'not replayed');
+    const d = img.details?.() as { log: { state: string } };
+    assert.equal(d.log.state, 'not replayed');
     assert.deepEqual(await img.read(MiB, 4096), bytes(4096, 5));
   } finally {
     await img.close();
