@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { promisify } from 'node:util';
+import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { fixture, ROOT, run, scratch } from '../helpers/tools.js';
+
+const pexec = promisify(execFile);
+const BIN = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const SIZE = 20 * 1024 * 1024 + 4321;
+
+interface Outcome {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run the built CLI with pipes (so stdout/stderr are not TTYs). */
+function strata(args: string[], cwd?: string): Promise<Outcome> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [BIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const pattern = () => fixture(`cli-convert-${SIZE}-s5-v1.raw`, async (out) => writePatternDisk(out, SIZE, 5));
+
+async function compare(a: string, aFmt: string, b: string, bFmt: string): Promise<void> {
+  try {
+    await pexec('qemu-img', ['compare', '-f', aFmt, '-F', bFmt, a, b]);
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string };
+    assert.fail(`qemu-img compare ${a} ${b}: ${err.stdout ?? ''}${err.stderr ?? ''}`);
+  }
+}
+
+async function checkClean(file: string): Promise<void> {
+  const j = JSON.parse(await run('qemu-img', ['check', '--output=json', '-f', 'qcow2', file])) as Record<
+    string,
+    number
+  >;
+  assert.equal(j['check-errors'], 0);
+  assert.equal(j.corruptions ?? 0, 0);
+  assert.equal(j.leaks ?? 0, 0);
+}
+
+function assertOneLineError(o: Outcome, mention: RegExp): void {
+  assert.equal(o.code, 1, `exit code (stderr: ${o.stderr})`);
+  const lines = o.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `one line: ${o.stderr}`);
+  assert.match(lines[0], /^strata: /);
+  assert.match(lines[0], mention);
+  assert.doesNotMatch(o.stderr, /internal error|at .*\.js:\d+/);
+}
+
+test('convert raw -> qcow2 -> raw: exit 0, silent without a TTY, identical per qemu-img', async () => {
+  const src = await pattern();
+  const dir = scratch('cli-conv');
+  const q = path.join(dir, 'out.qcow2');
+  const r1 = await strata(['convert', src, q, '-O', 'qcow2']);
+  assert.equal(r1.code, 0, r1.stderr);
+  assert.equal(r1.stdout, '');
+  assert.equal(r1.stderr, '', 'no progress output when stderr is not a TTY');
+  await checkClean(q);
+  await compare(src, 'raw', q, 'qcow2');
+  const back = path.join(dir, 'back.raw');
+  const r2 = await strata(['convert', q, back, '-O', 'raw']);
+  assert.equal(r2.code, 0, r2.stderr);
+  assert.equal(r2.stderr, '');
+  await compare(src, 'raw', back, 'raw');
+  // qcow2 counts whole 512-byte sectors (as qemu does), so the round trip pads the tail.
+  assert.equal(statSync(back).size, Math.ceil(SIZE / 512) * 512);
+  assert.deepEqual(readdirSync(dir).sort(), ['back.raw', 'out.qcow2'], 'no temporary files left');
+});
+
+test('convert options: zstd compression, cluster size, backing file, --json summary', async () => {
+  const base = await pattern();
+  const dir = scratch('cli-conv-opts');
+  const derived = path.join(dir, 'derived.raw');
+  writeFileSync(derived, readFileSync(base));
+  writeFileSync(path.join(dir, 'base.raw'), readFileSync(base));
+  const buf = readFileSync(derived);
+  buf.fill(0x42, 1_000_000, 1_300_000);
+  buf.fill(0, 4_000_000, 6_000_000);
+  writeFileSync(derived, buf);
+
+  const z = path.join(dir, 'z.qcow2');
+  const r = await strata([
+    'convert',
+    derived,
+    z,
+    '-O',
+    'qcow2',
+    '--compression-type',
+    'zstd',
+    '--cluster-size',
+    '128K',
+    '--json',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const summary = JSON.parse(r.stdout) as { virtualSize: number; bytesWritten: number; compression: string };
+  assert.equal(summary.virtualSize, SIZE);
+  assert.equal(summary.compression, 'zstd');
+  assert.equal(summary.bytesWritten <= statSync(z).size, true);
+  await checkClean(z);
+  await compare(derived, 'raw', z, 'qcow2');
+  const zi = JSON.parse(await run('qemu-img', ['info', '--output=json', z])) as Record<string, unknown>;
+  assert.equal(zi['cluster-size'], 128 * 1024);
+  assert.equal((zi['format-specific'] as { data: Record<string, unknown> }).data['compression-type'], 'zstd');
+
+  const o = path.join(dir, 'overlay.qcow2');
+  const rb = await strata(['convert', derived, o, '-O', 'qcow2', '-B', 'base.raw', '-F', 'raw']);
+  assert.equal(rb.code, 0, rb.stderr);
+  await checkClean(o);
+  await compare(derived, 'raw', o, 'qcow2');
+  const oi = JSON.parse(await run('qemu-img', ['info', '--output=json', o])) as Record<string, unknown>;
+  assert.equal(oi['backing-filename'], 'base.raw');
+  assert.equal(oi['backing-filename-format'], 'raw');
+  assert.ok(statSync(o).size < statSync(z).size, 'the overlay holds only the differences');
+});
+
+test('bad input and bad options: exit 1 with one line, no output file', async () => {
+  const src = await pattern();
+  const dir = scratch('cli-conv-bad');
+  const out = path.join(dir, 'out.img');
+  assertOneLineError(await strata(['convert', path.join(dir, 'missing.img'), out, '-O', 'raw']), /missing\.img/);
+  assertOneLineError(await strata(['convert', src, out, '-O', 'vmdk']), /vmdk/);
+  assertOneLineError(await strata(['convert', src, out, '-O', 'raw', '-c']), /qcow2/);
+  assertOneLineError(await strata(['convert', src, out, '-O', 'qcow2', '--cluster-size', '3000']), /cluster size/);
+  assertOneLineError(await strata(['convert', src, out, '-O', 'qcow2', '--compression-type', 'lz4']), /lz4/);
+  assertOneLineError(await strata(['convert', src, out, '-O', 'qcow2', '-B', 'nope.qcow2']), /nope\.qcow2/);
+  assert.deepEqual(readdirSync(dir), [], 'nothing written, not even a temporary file');
+});
+
+test('a convert that fails midway leaves no output and keeps an existing file intact', async () => {
+  const big = await fixture('cli-convert-96M-s6-v1.raw', async (out) => writePatternDisk(out, 96 * 1024 * 1024, 6));
+  const dir = scratch('cli-conv-fail');
+  // A qcow2 cut short: its first clusters read fine, later L2 entries point past the end.
+  const cut = path.join(dir, 'cut.qcow2');
+  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', big, cut]);
+  truncateSync(cut, Math.floor(statSync(cut).size * 0.8));
+  const out = path.join(dir, 'out.raw');
+  writeFileSync(out, 'precious');
+  const r = await strata(['convert', cut, out, '-O', 'raw']);
+  assertOneLineError(r, /cut\.qcow2/);
+  assert.equal(readFileSync(out, 'utf8'), 'precious', 'the existing output is untouched');
+  assert.deepEqual(readdirSync(dir).sort(), ['cut.qcow2', 'out.raw'], 'the temporary file is removed');
+
+  // Output names an existing directory: all data is written, then putting it in place fails.
+  const target = path.join(dir, 'adir');
+  mkdirSync(target);
+  const r2 = await strata(['convert', await pattern(), target, '-O', 'qcow2']);
+  assertOneLineError(r2, /adir/);
+  assert.deepEqual(readdirSync(target), []);
+  assert.deepEqual(readdirSync(dir).sort(), ['adir', 'cut.qcow2', 'out.raw']);
+  assert.equal(existsSync(path.join(dir, 'out.raw')), true);
+});
+
+test('a progress bar appears on stderr when it is a TTY (script(1) provides one)', async () => {
+  const src = await pattern();
+  const dir = scratch('cli-conv-tty');
+  const out = path.join(dir, 'out.qcow2');
+  // script(1) runs the command on a pseudo-terminal and copies what it prints.
+  const cmd = `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} convert ${JSON.stringify(src)} ${JSON.stringify(out)} -O qcow2`;
+  const { stdout } = await pexec('script', ['-qefc', cmd, '/dev/null']);
+  assert.match(stdout, /converting/);
+  assert.match(stdout, /\d+% \| \d+\/\d+ MiB/);
+  await compare(src, 'raw', out, 'qcow2');
+});
