@@ -11,6 +11,7 @@
  * these tests need. LV contents are written with plain file writes at the PV offsets the tools
  * report.
  */
+import { spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { fixture, run } from './tools.js';
@@ -490,4 +491,36 @@ export function metadataWraps(disk: string): boolean {
   } finally {
     closeSync(fd);
   }
+}
+
+/** One allocated row of `mmls -a`: start and length in the units mmls states, plus its description. */
+export interface MmlsRow {
+  start: number;
+  length: number;
+  description: string;
+}
+
+/** Run The Sleuth Kit's `mmls -a` (allocated volumes only) and parse its table. */
+export async function mmls(file: string, extra: string[] = []): Promise<{ unit: number; rows: MmlsRow[] }> {
+  const out = await run('mmls', ['-a', ...extra, file]);
+  const unit = Number(/Units are in (\d+)-byte sectors/.exec(out)?.[1]);
+  if (!Number.isSafeInteger(unit)) throw new Error(`mmls printed no unit: ${out}`);
+  const rows: MmlsRow[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^\d+:\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)\s*(.*)$/.exec(line);
+    if (m) rows.push({ start: Number(m[1]), length: Number(m[3]), description: m[4].trim() });
+  }
+  if (rows.length === 0) throw new Error(`mmls listed no volumes: ${out}`);
+  return { unit, rows };
+}
+
+/** `blkid -p` on a byte range of a file: the TYPE it reports, or undefined when it finds nothing (exit 2). */
+export async function blkidType(file: string, offset = 0, size?: number): Promise<string | undefined> {
+  const args = ['-p', '-o', 'value', '-s', 'TYPE', '-O', String(offset)];
+  if (size !== undefined) args.push('-S', String(size));
+  const r = spawnSync('blkid', [...args, file], { encoding: 'utf8' });
+  if (r.status === 2) return undefined; // blkid: nothing found
+  if (r.status !== 0) throw new Error(`blkid ${args.join(' ')} ${file} failed (${r.status}): ${r.stderr}`);
+  const t = r.stdout.trim();
+  return t === '' ? undefined : t;
 }
