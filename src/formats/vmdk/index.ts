@@ -155,7 +155,9 @@ const SPARSE_TYPES = new Set(['SPARSE', 'VMFSSPARSE']);
 async function openVmdk(ctx: OpenContext): Promise<DiskImage> {
   const src = ctx.source;
   const file = ctx.location;
-  if (src.size === 0) throw new StrataError('CORRUPT', 'empty file: no vmdk header', { file, offset: 0 });
+  if (src.size === 0) {
+    throw new StrataError('CORRUPT', 'empty file: no vmdk header', { file, structure: 'vmdk header', offset: 0 });
+  }
   const head = await src.read(0, Math.min(512, src.size));
   const magic = head.length >= 4 ? new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true) : 0;
   const sources: ByteSource[] = [src];
@@ -308,7 +310,13 @@ async function openExtent(
   }
   let s = opened.get(line.file);
   if (!s) {
-    s = await ctx.openCompanion(line.file, 'vmdk extent file');
+    try {
+      s = await ctx.openCompanion(line.file, 'vmdk extent file');
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      // Say which descriptor line named the file (a bare "cannot open" loses that).
+      throw new StrataError(e.code, `${line.type} extent "${line.file}": ${e.message}`, where, { cause: e });
+    }
     opened.set(line.file, s);
     sources.push(s);
   }

@@ -1,0 +1,373 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import {
+  closeSync,
+  copyFileSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { closeChain } from '../../src/formats/layer.js';
+import { openImage, openImageSource } from '../../src/formats/open.js';
+import type { DiskImage } from '../../src/formats/types.js';
+import { FileSource } from '../../src/io/file-source.js';
+import { StrataError } from '../../src/util/errors.js';
+import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { dataBytes, qemuMap, strataMap } from '../helpers/qemu-map.js';
+import { fixture, run, scratch } from '../helpers/tools.js';
+
+const MiB = 1024 * 1024;
+/** 6 MiB and 7 sectors: a multiple of 512 (qemu's unit) but not of the 64 KiB grain. */
+const SMALL = 6 * MiB + 7 * 512;
+
+/** sha256 of a local file, read in large chunks (fine for sparse multi-GiB raws). */
+function sha256File(file: string): string {
+  const h = createHash('sha256');
+  const fd = openSync(file, 'r');
+  const buf = Buffer.allocUnsafeSlow(8 * MiB);
+  try {
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/** sha256 of the whole virtual disk as Strata reads it (chunked like a converter would). */
+async function sha256Image(img: DiskImage): Promise<string> {
+  const h = createHash('sha256');
+  const step = 8 * MiB;
+  for (let off = 0; off < img.size; off += step) h.update(await img.read(off, Math.min(step, img.size - off)));
+  return h.digest('hex');
+}
+
+async function smallRaw(): Promise<string> {
+  return fixture(`vmdk-src-${SMALL}-s5.raw`, async (out) => writePatternDisk(out, SMALL, 5));
+}
+
+/**
+ * A raw disk a little over 2 GiB (so qemu's twoGbMaxExtent* subformats split it), sparse
+ * except for pattern data at the start, across the 2 GiB extent boundary and at the end.
+ */
+async function bigRaw(): Promise<string> {
+  const size = 2 * 1024 * MiB + 3 * MiB;
+  return fixture(`vmdk-src-big-${size}-v1.raw`, async (out) => {
+    const piece = `${out}.piece`;
+    writePatternDisk(piece, 3 * MiB, 9);
+    const bytes = readFileSync(piece);
+    const fd = openSync(out, 'w');
+    try {
+      writeSync(fd, bytes, 0, bytes.length, 0);
+      writeSync(fd, bytes, 0, 2 * MiB, 2 * 1024 * MiB - MiB - 4096);
+      writeSync(fd, bytes, 0, bytes.length, size - bytes.length);
+    } finally {
+      closeSync(fd);
+    }
+    truncateSync(out, size);
+    await run('rm', ['-f', piece]);
+  });
+}
+
+/** A directory fixture holding `disk.vmdk` (and its extent files) converted from `raw`. */
+async function converted(raw: string, subformat: string, extra: string[] = []): Promise<string> {
+  const key = `vmdk-${subformat}-${path.basename(raw)}-${extra.join('_')}-v1`;
+  const dir = await fixture(key, async (out) => {
+    mkdirSync(out);
+    await run(
+      'qemu-img',
+      ['convert', '-f', 'raw', '-O', 'vmdk', ...extra, '-o', `subformat=${subformat}`, raw, 'disk.vmdk'],
+      {
+        cwd: out,
+      },
+    );
+  });
+  return path.join(dir, 'disk.vmdk');
+}
+
+/** The two oracles: bytes equal the source raw's, and the merged map equals qemu-img map's. */
+async function checkAgainst(file: string, expectedSha: string, subformat: string): Promise<DiskImage> {
+  const img = await openImage(file);
+  try {
+    assert.equal(img.format, 'vmdk');
+    assert.equal(img.subformat, subformat);
+    assert.equal(await sha256Image(img), expectedSha, `${subformat}: virtual disk bytes differ from the source`);
+    const ours = await strataMap(img);
+    const theirs = await qemuMap(file);
+    assert.ok(dataBytes(theirs) > 0, 'the oracle map has data');
+    assert.deepEqual(ours, theirs, `${subformat}: map differs from qemu-img map`);
+  } catch (e) {
+    await closeChain(img);
+    throw e;
+  }
+  return img;
+}
+
+test('monolithicSparse reads like its source raw and maps like qemu-img', async () => {
+  const raw = await smallRaw();
+  const img = await checkAgainst(await converted(raw, 'monolithicSparse'), sha256File(raw), 'monolithicSparse');
+  assert.equal(img.size, SMALL);
+  assert.equal(img.clusterSize, 65536);
+  assert.equal((img.details?.() as { compression: string }).compression, 'none');
+  await img.close();
+});
+
+test('streamOptimized (deflated grains behind markers) reads like its source raw', async () => {
+  const raw = await smallRaw();
+  const img = await checkAgainst(await converted(raw, 'streamOptimized'), sha256File(raw), 'streamOptimized');
+  assert.equal((img.details?.() as { compression: string }).compression, 'deflate');
+  // Small unaligned reads across grain boundaries go through the inflate path too.
+  const whole = readFileSync(raw);
+  for (const [off, len] of [
+    [65536 - 100, 300],
+    [3 * MiB + 17, 70000],
+    [SMALL - 1000, 1000],
+  ]) {
+    assert.deepEqual(Buffer.from(await img.read(off, len)), whole.subarray(off, off + len));
+  }
+  await img.close();
+});
+
+test('streamOptimized with the grain directory in a footer (GD_AT_END) reads the footer', async () => {
+  // qemu writes the GD offset into the header; VMware writes GD_AT_END and a footer. Make
+  // the VMware layout from qemu's file by the spec: header gdOffset = ~0, then footer
+  // marker, footer (the real header) and end-of-stream marker appended. qemu reads it too.
+  const raw = await smallRaw();
+  const src = await converted(raw, 'streamOptimized');
+  const dir = await fixture('vmdk-gd-at-end-v1', async (out) => {
+    mkdirSync(out);
+    const b = readFileSync(src);
+    const header = Buffer.from(b.subarray(0, 512));
+    const first = Buffer.from(header);
+    first.writeBigUInt64LE(0xffffffffffffffffn, 56);
+    const footerMarker = Buffer.alloc(512);
+    footerMarker.writeUInt32LE(3, 12);
+    writeFileSync(
+      path.join(out, 'disk.vmdk'),
+      Buffer.concat([first, b.subarray(512), footerMarker, header, Buffer.alloc(512)]),
+    );
+  });
+  const img = await checkAgainst(path.join(dir, 'disk.vmdk'), sha256File(raw), 'streamOptimized');
+  await img.close();
+});
+
+test('monolithicFlat reads like its source raw and maps like qemu-img', async () => {
+  const raw = await smallRaw();
+  // -S 0: write the flat extent without holes. qemu-img map may report holes of a flat host
+  // file as zero (SEEK_HOLE), which a reader cannot see through plain reads.
+  const img = await checkAgainst(
+    await converted(raw, 'monolithicFlat', ['-S', '0']),
+    sha256File(raw),
+    'monolithicFlat',
+  );
+  const d = img.details?.() as { extents: Array<{ type: string; file: string }> };
+  assert.deepEqual(
+    d.extents.map((e) => e.type),
+    ['FLAT'],
+  );
+  await img.close();
+});
+
+test('twoGbMaxExtentSparse and twoGbMaxExtentFlat (split over several files) read and map like qemu-img', async () => {
+  const raw = await bigRaw();
+  const expected = sha256File(raw);
+  for (const sub of ['twoGbMaxExtentSparse', 'twoGbMaxExtentFlat']) {
+    // The flat split case keeps qemu's holes (-S 0 would write 2 GiB): qemu 7.2 reports flat
+    // holes as data:true zero:true, which the merge treats as data, as we do.
+    const img = await checkAgainst(await converted(raw, sub), expected, sub);
+    const d = img.details?.() as { extents: Array<{ type: string; sectors: number }> };
+    assert.ok(d.extents.length >= 2, `${sub}: split into ${d.extents.length} extents`);
+    assert.equal(
+      d.extents.reduce((a, e) => a + e.sectors * 512, 0),
+      img.size,
+    );
+    await img.close();
+  }
+});
+
+test('zeroed grains (GTE 1) read as zeros and report zero, not unallocated', async () => {
+  const dir = await fixture('vmdk-zeroed-grain-v1', async (out) => {
+    mkdirSync(out);
+    await run('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'zeroed_grain=on', 'disk.vmdk', `${SMALL}`], {
+      cwd: out,
+    });
+    await run(
+      'qemu-io',
+      [
+        '-f',
+        'vmdk',
+        '-c',
+        'write -P 0xab 0 2M',
+        '-c',
+        'write -z 512k 1M',
+        '-c',
+        `write -P 0xcd ${SMALL - 4096} 4096`,
+        'disk.vmdk',
+      ],
+      { cwd: out },
+    );
+    await run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', 'disk.vmdk', 'oracle.raw'], { cwd: out });
+  });
+  const file = path.join(dir, 'disk.vmdk');
+  const img = await openImage(file);
+  assert.equal(await sha256Image(img), sha256File(path.join(dir, 'oracle.raw')));
+  const theirs = await qemuMap(file);
+  assert.deepEqual(await strataMap(img), theirs);
+  // qemu says [512k, 1.5M) holds no data although it was written: the zeroed-grain GTEs.
+  assert.ok(theirs.some((r) => !r.data && r.start <= 512 * 1024 && r.start + r.length >= 1536 * 1024));
+  const layer = await img.status(0, img.size);
+  assert.ok(
+    layer.some((e) => e.kind === 'zero' && e.offset <= 512 * 1024 && e.offset + e.length >= 1536 * 1024),
+    `zeroed grains reported as zero: ${JSON.stringify(layer)}`,
+  );
+  assert.equal((img.details?.() as { zeroedGrain: boolean }).zeroedGrain, true);
+  await img.close();
+});
+
+test('a differencing vmdk reads its parent where it has no grains', async () => {
+  const raw = await smallRaw();
+  const base = await converted(raw, 'monolithicSparse');
+  const dir = await fixture('vmdk-diff-v1', async (out) => {
+    mkdirSync(out);
+    copyFileSync(base, path.join(out, 'base.vmdk'));
+    await run('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', 'child.vmdk'], { cwd: out });
+    await run(
+      'qemu-io',
+      [
+        '-f',
+        'vmdk',
+        '-c',
+        'write -P 0x5a 1M 200k',
+        '-c',
+        'write -P 0x33 4000k 64k',
+        '-c',
+        `write -P 0x77 ${SMALL - 512} 512`,
+        'child.vmdk',
+      ],
+      { cwd: out },
+    );
+    await run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', 'child.vmdk', 'oracle.raw'], { cwd: out });
+  });
+  const file = path.join(dir, 'child.vmdk');
+  const img = await openImage(file);
+  try {
+    assert.equal(img.backingRef?.path, 'base.vmdk');
+    assert.ok(img.backing, 'the parent was opened');
+    assert.equal(await sha256Image(img), sha256File(path.join(dir, 'oracle.raw')));
+    assert.deepEqual(await strataMap(img), await qemuMap(file));
+    // This layer alone has far fewer data bytes than the chain.
+    const own = (await img.status(0, img.size)).filter((e) => e.kind === 'data').reduce((a, e) => a + e.length, 0);
+    assert.ok(own < 1024 * 1024, `child stores ${own} bytes`);
+    const alone = await openImage(file, { noBacking: true });
+    assert.equal(alone.backing, undefined);
+    await alone.close();
+  } finally {
+    await closeChain(img);
+  }
+});
+
+// ---- bad input -------------------------------------------------------------------------
+
+function isStrata(code: string | RegExp, structure: RegExp, file: string) {
+  return (e: unknown) => {
+    assert.ok(e instanceof StrataError, `expected a StrataError, got ${(e as Error)?.stack ?? e}`);
+    if (typeof code === 'string') assert.equal(e.code, code, e.message);
+    else assert.match(e.code, code, e.message);
+    assert.match(e.structure ?? '', structure, e.message);
+    assert.ok(e.message.includes(file), `message names the file: ${e.message}`);
+    return true;
+  };
+}
+
+async function openAndReadAll(file: string, opts = {}): Promise<void> {
+  const img = await openImage(file, opts);
+  try {
+    await sha256Image(img);
+    await strataMap(img);
+  } finally {
+    await closeChain(img);
+  }
+}
+
+/** A patched copy of a fixture in a fresh scratch folder. */
+function patched(src: string, name: string, edit: (b: Buffer) => Buffer): string {
+  const dir = scratch('vmdk-bad');
+  const out = path.join(dir, name);
+  writeFileSync(out, edit(readFileSync(src)));
+  return out;
+}
+
+test('a truncated sparse extent fails with a StrataError naming the structure', async () => {
+  const src = await converted(await smallRaw(), 'monolithicSparse');
+  const f = patched(src, 'trunc.vmdk', (b) => b.subarray(0, Math.floor(b.length * 0.6)));
+  await assert.rejects(openAndReadAll(f), isStrata(/CORRUPT|TRUNCATED/, /vmdk grain/, f));
+});
+
+test('a grain directory offset past the end of the file is refused', async () => {
+  const src = await converted(await smallRaw(), 'monolithicSparse');
+  const f = patched(src, 'gd.vmdk', (b) => {
+    b.writeBigUInt64LE(0x7fffffffn, 56); // gdOffset
+    b.writeBigUInt64LE(0x7ffffff0n, 48); // rgdOffset
+    return b;
+  });
+  await assert.rejects(openImage(f), isStrata('CORRUPT', /vmdk grain directory/, f));
+});
+
+test('an absurd capacity is refused before any allocation', async () => {
+  const src = await converted(await smallRaw(), 'monolithicSparse');
+  const f = patched(src, 'cap.vmdk', (b) => {
+    b.writeBigUInt64LE(1n << 62n, 12);
+    return b;
+  });
+  await assert.rejects(openImage(f), isStrata('LIMIT', /vmdk sparse extent header/, f));
+});
+
+test('a descriptor naming an extent outside its folder is DENIED', async () => {
+  const dir = scratch('vmdk-escape');
+  const f = path.join(dir, 'escape.vmdk');
+  writeFileSync(
+    f,
+    '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n' +
+      'RW 8 FLAT "/etc/hostname" 0\n',
+  );
+  await assert.rejects(openImage(f), isStrata('DENIED', /vmdk/, f));
+  writeFileSync(f, '# Disk DescriptorFile\ncreateType="monolithicFlat"\nRW 8 FLAT "../../escape-flat.vmdk" 0\n');
+  await assert.rejects(openImage(f), isStrata('DENIED', /vmdk/, f));
+});
+
+test('a missing extent file is NOT_FOUND, naming the descriptor line', async () => {
+  const dir = scratch('vmdk-missing');
+  const f = path.join(dir, 'missing.vmdk');
+  writeFileSync(f, '# Disk DescriptorFile\ncreateType="twoGbMaxExtentFlat"\nRW 2048 FLAT "missing-f001.vmdk" 0\n');
+  await assert.rejects(openImage(f), isStrata('NOT_FOUND', /vmdk descriptor extent line 3/, f));
+});
+
+test('a flat extent shorter than its descriptor says is refused', async () => {
+  const dir = scratch('vmdk-short');
+  const f = path.join(dir, 'short.vmdk');
+  writeFileSync(path.join(dir, 'short-flat.vmdk'), Buffer.alloc(4096));
+  writeFileSync(f, '# Disk DescriptorFile\ncreateType="monolithicFlat"\nRW 2048 FLAT "short-flat.vmdk" 0\n');
+  await assert.rejects(openImage(f), isStrata('TRUNCATED', /vmdk flat extent/, 'short-flat.vmdk'));
+});
+
+test('an empty file is refused with a StrataError naming file and structure', async () => {
+  const dir = scratch('vmdk-empty');
+  const f = path.join(dir, 'empty.vmdk');
+  writeFileSync(f, '');
+  await assert.rejects(
+    openImage(f, { format: 'vmdk' }),
+    (e: unknown) => e instanceof StrataError && e.message.includes(f),
+  );
+  const src = await FileSource.open(f);
+  await assert.rejects(openImageSource(src, { format: 'vmdk' }), isStrata('CORRUPT', /vmdk header/, f));
+  await src.close();
+});
