@@ -115,6 +115,9 @@ export class Qcow2Image implements DiskImage {
         'qcow2 dirty bit set: the image was not closed cleanly (refcounts may be stale; reads are unaffected)',
       );
     }
+    for (const t of p.header.unknownExtensions) {
+      this.warnings.push(`unknown qcow2 header extension 0x${t.toString(16)} skipped`);
+    }
     if (p.header.incompatible & INCOMPAT_CORRUPT) {
       this.warnings.push('qcow2 corrupt bit set: qemu found an inconsistency in this image; data may be wrong');
     }
