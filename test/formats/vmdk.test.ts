@@ -51,6 +51,11 @@ async function sha256Image(img: DiskImage): Promise<string> {
   return h.digest('hex');
 }
 
+/** The image's details(), as a plain record (empty when it has none). */
+function details(img: DiskImage): Record<string, unknown> {
+  return img.details?.() ?? {};
+}
+
 async function smallRaw(): Promise<string> {
   return fixture(`vmdk-src-${SMALL}-s5.raw`, async (out) => writePatternDisk(out, SMALL, 5));
 }
@@ -117,14 +122,14 @@ test('monolithicSparse reads like its source raw and maps like qemu-img', async 
   const img = await checkAgainst(await converted(raw, 'monolithicSparse'), sha256File(raw), 'monolithicSparse');
   assert.equal(img.size, SMALL);
   assert.equal(img.clusterSize, 65536);
-  assert.equal((img.details?.() as { compression: string }).compression, 'none');
+  assert.equal((details(img) as unknown as { compression: string }).compression, 'none');
   await img.close();
 });
 
 test('streamOptimized (deflated grains behind markers) reads like its source raw', async () => {
   const raw = await smallRaw();
   const img = await checkAgainst(await converted(raw, 'streamOptimized'), sha256File(raw), 'streamOptimized');
-  assert.equal((img.details?.() as { compression: string }).compression, 'deflate');
+  assert.equal((details(img) as unknown as { compression: string }).compression, 'deflate');
   // Small unaligned reads across grain boundaries go through the inflate path too.
   const whole = readFileSync(raw);
   for (const [off, len] of [
@@ -169,7 +174,7 @@ test('monolithicFlat reads like its source raw and maps like qemu-img', async ()
     sha256File(raw),
     'monolithicFlat',
   );
-  const d = img.details?.() as { extents: Array<{ type: string; file: string }> };
+  const d = details(img) as unknown as { extents: Array<{ type: string; file: string }> };
   assert.deepEqual(
     d.extents.map((e) => e.type),
     ['FLAT'],
@@ -184,7 +189,7 @@ test('twoGbMaxExtentSparse and twoGbMaxExtentFlat (split over several files) rea
     // The flat split case keeps qemu's holes (-S 0 would write 2 GiB): qemu 7.2 reports flat
     // holes as data:true zero:true, which the merge treats as data, as we do.
     const img = await checkAgainst(await converted(raw, sub), expected, sub);
-    const d = img.details?.() as { extents: Array<{ type: string; sectors: number }> };
+    const d = details(img) as unknown as { extents: Array<{ type: string; sectors: number }> };
     assert.ok(d.extents.length >= 2, `${sub}: split into ${d.extents.length} extents`);
     assert.equal(
       d.extents.reduce((a, e) => a + e.sectors * 512, 0),
@@ -229,7 +234,7 @@ test('zeroed grains (GTE 1) read as zeros and report zero, not unallocated', asy
     layer.some((e) => e.kind === 'zero' && e.offset <= 512 * 1024 && e.offset + e.length >= 1536 * 1024),
     `zeroed grains reported as zero: ${JSON.stringify(layer)}`,
   );
-  assert.equal((img.details?.() as { zeroedGrain: boolean }).zeroedGrain, true);
+  assert.equal((details(img) as unknown as { zeroedGrain: boolean }).zeroedGrain, true);
   await img.close();
 });
 
