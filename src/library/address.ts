@@ -1,9 +1,11 @@
 import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { DiskImage, OpenOptions } from '../formats/types.js';
+import { openFileSystem } from '../fs/open.js';
 import type { FileSystem } from '../fs/types.js';
-import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { discoverVolumes } from '../volumes/discover.js';
+import { findVolume } from '../volumes/select.js';
 import type { Volume } from '../volumes/types.js';
 import { volumeDiskOffset } from './listing.js';
 
@@ -43,48 +45,11 @@ export interface OpenedAddress {
 const NOT_FS = new Set(['LVM2_member', 'swap', 'swsuspend', 'crypto_LUKS', 'jbd', 'gpt', 'mbr', 'lvm2-pv']);
 export const holdsFileSystem = (content: string | undefined): boolean => !!content && !NOT_FS.has(content);
 
-// The volume and file-system layers are built alongside this file; they are loaded by name
-// so this module compiles before they exist.
-interface DiscoverResult {
-  scheme: string;
-  volumes: Volume[];
-  warnings: string[];
-}
-type DiscoverFn = (disk: ByteSource) => Promise<DiscoverResult> | DiscoverResult;
-type FindFn = (volumes: Volume[], addr: Address) => Volume;
-type ProbeFn = (src: ByteSource) => Promise<string | undefined>;
-type OpenFsFn = (volume: ByteSource) => Promise<FileSystem>;
-
-const DISCOVER = '../volumes/discover.js';
-const SELECT = '../volumes/select.js';
-const PROBE = '../fs/probe.js';
-const OPEN_FS = '../fs/open.js';
-
-async function layers(): Promise<{ discover: DiscoverFn; find: FindFn; probe: ProbeFn; openFs: OpenFsFn }> {
-  const [d, s, p, o] = await Promise.all([import(DISCOVER), import(SELECT), import(PROBE), import(OPEN_FS)]);
-  return {
-    discover: d.discoverVolumes as DiscoverFn,
-    find: s.findVolume as FindFn,
-    probe: p.probeContent as ProbeFn,
-    openFs: o.openFileSystem as OpenFsFn,
-  };
-}
-
 /** Open an image and find its volumes (partitions, logical volumes, or the whole disk). */
 export async function openDisk(image: string, openOptions: OpenOptions = {}): Promise<OpenedDisk> {
   const img = await openImage(image, openOptions);
   try {
-    const { discover, probe } = await layers();
-    const found = await discover(img);
-    for (const v of found.volumes) {
-      if (v.content === undefined && !(v.flags ?? []).includes('extended')) {
-        try {
-          v.content = await probe(v.source);
-        } catch {
-          // unreadable volume: leave its content unknown
-        }
-      }
-    }
+    const found = await discoverVolumes(img);
     return {
       image: img,
       scheme: found.scheme,
@@ -106,17 +71,16 @@ export async function openAddress(
 ): Promise<OpenedAddress> {
   const disk = await openDisk(image, openOptions);
   try {
-    const { find, openFs } = await layers();
     let volume: Volume;
     let fs: FileSystem | undefined;
     if (addr.part !== undefined || addr.lv !== undefined) {
-      volume = find(disk.volumes, addr);
+      volume = findVolume(disk.volumes, addr);
     } else {
-      ({ volume, fs } = await chooseDefault(image, disk.volumes, openFs));
+      ({ volume, fs } = await chooseDefault(image, disk.volumes));
     }
     if (!fs) {
       try {
-        fs = await openFs(volume.source);
+        fs = await openFileSystem(volume.source);
       } catch (e) {
         if (e instanceof StrataError && e.code === 'UNSUPPORTED' && !holdsFileSystem(volume.content)) {
           throw new StrataError(
@@ -153,11 +117,7 @@ export function describe(v: Volume): string {
   return `${id} (${v.type}, ${mib} MiB, ${v.content ?? 'unknown'})`;
 }
 
-async function chooseDefault(
-  image: string,
-  volumes: Volume[],
-  openFs: OpenFsFn,
-): Promise<{ volume: Volume; fs?: FileSystem }> {
+async function chooseDefault(image: string, volumes: Volume[]): Promise<{ volume: Volume; fs?: FileSystem }> {
   const candidates = volumes.filter((v) => holdsFileSystem(v.content));
   if (candidates.length === 1) return { volume: candidates[0] };
   if (candidates.length === 0) {
@@ -171,7 +131,7 @@ async function chooseDefault(
   for (const v of candidates) {
     let fs: FileSystem | undefined;
     try {
-      fs = await openFs(v.source);
+      fs = await openFileSystem(v.source);
       if (await isOsRoot(fs)) {
         roots.push({ volume: v, fs });
         continue;

@@ -90,229 +90,242 @@ export async function extractTree(
   const chunk = Math.max(65536, opts.chunkSize ?? 8 << 20);
   const limit = Math.max(1, opts.concurrency ?? 8);
 
-  const src = imagePath(srcPath);
-  const top = await fs.lookup(src);
-
-  let created = false;
+  // Findings of the reader during this run (unsafe names it dropped, bad checksums) are ours too.
+  const fsWarningsBefore = fs.warnings.length;
+  const adoptFsWarnings = () => {
+    for (const w of fs.warnings.slice(fsWarningsBefore)) warn(w);
+  };
   try {
-    await mkdir(dest);
-    created = true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw destError(e, dest);
-  }
-  const destReal = await realpath(dest);
-  if (!(await lstat(destReal)).isDirectory()) {
-    throw new StrataError('USAGE', 'destination exists and is not a directory', { file: dest });
+    return await run();
+  } finally {
+    adoptFsWarnings();
   }
 
-  // --- one entry -----------------------------------------------------------------------
-  const firstLink = new Map<number, Promise<string | undefined>>();
+  async function run(): Promise<ExtractResult> {
+    const src = imagePath(srcPath);
+    const top = await fs.lookup(src);
 
-  const setMeta = async (target: string, ino: Inode, how: 'handle' | 'path', fh?: FileHandle) => {
-    const mt = toSeconds(ino.mtime);
-    const at = toSeconds(ino.atime) ?? mt;
-    if (how === 'handle' && fh) {
-      if (owner) await fh.chown(ino.uid, ino.gid);
-      await fh.chmod(ino.mode & 0o7777);
-      if (mt !== undefined && at !== undefined) await fh.utimes(at, mt);
-    } else {
-      if (owner) await lchown(target, ino.uid, ino.gid);
-      if (mt !== undefined && at !== undefined) await lutimes(target, at, mt);
-    }
-  };
-
-  const writeFile = async (item: WalkItem, target: string) => {
-    const ino = item.inode;
-    const fh = await open(target, O_CREATE_NEW, 0o600);
+    let created = false;
     try {
-      let end = 0;
-      if (ino.size > 0) {
-        const c = await copyData(fs, ino, item.path, fh, chunk);
-        result.bytes += c.bytes;
-        end = c.end;
-      }
-      if (end !== ino.size) await fh.truncate(ino.size); // a trailing hole
-      await setMeta(target, ino, 'handle', fh);
-    } finally {
-      await fh.close();
+      await mkdir(dest);
+      created = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw destError(e, dest);
     }
-    result.files++;
-  };
-
-  const makeNode = async (item: WalkItem, target: string): Promise<boolean> => {
-    const ino = item.inode;
-    switch (ino.type) {
-      case 'file':
-        await writeFile(item, target);
-        return true;
-      case 'symlink': {
-        const text = await fs.readlink(ino);
-        await symlink(text, target);
-        await setMeta(target, ino, 'path');
-        result.symlinks++;
-        return true;
-      }
-      case 'fifo':
-        try {
-          await pexec('mkfifo', ['-m', (ino.mode & 0o7777).toString(8), '--', target]);
-        } catch (e) {
-          skip(`${item.path}: fifo not created (${firstLine(e)})`);
-          return false;
-        }
-        await setMeta(target, ino, 'path');
-        result.fifos++;
-        return true;
-      case 'char':
-      case 'block': {
-        if (!isRoot) {
-          skip(`${item.path}: ${ino.type} device not created (needs root)`);
-          return false;
-        }
-        const dev = ino.rdev ?? { major: 0, minor: 0 };
-        try {
-          await pexec('mknod', [
-            '-m',
-            (ino.mode & 0o7777).toString(8),
-            '--',
-            target,
-            ino.type === 'char' ? 'c' : 'b',
-            String(dev.major),
-            String(dev.minor),
-          ]);
-        } catch (e) {
-          skip(`${item.path}: device node not created (${firstLine(e)})`);
-          return false;
-        }
-        await setMeta(target, ino, 'path');
-        result.devices++;
-        return true;
-      }
-      default:
-        skip(`${item.path}: ${ino.type} not extracted`);
-        return false;
+    const destReal = await realpath(dest);
+    if (!(await lstat(destReal)).isDirectory()) {
+      throw new StrataError('USAGE', 'destination exists and is not a directory', { file: dest });
     }
-  };
 
-  /** Extract one non-directory; hard links after the first become links to it. */
-  const extractOne = async (item: WalkItem, target: string): Promise<void> => {
-    const ino = item.inode;
-    const guarded = async (): Promise<string | undefined> => {
-      try {
-        return (await makeNode(item, target)) ? target : undefined;
-      } catch (e) {
-        entryFailure(e, item.path, target);
-        return undefined;
+    // --- one entry -----------------------------------------------------------------------
+    const firstLink = new Map<number, Promise<string | undefined>>();
+
+    const setMeta = async (target: string, ino: Inode, how: 'handle' | 'path', fh?: FileHandle) => {
+      const mt = toSeconds(ino.mtime);
+      const at = toSeconds(ino.atime) ?? mt;
+      if (how === 'handle' && fh) {
+        if (owner) await fh.chown(ino.uid, ino.gid);
+        await fh.chmod(ino.mode & 0o7777);
+        if (mt !== undefined && at !== undefined) await fh.utimes(at, mt);
+      } else {
+        if (owner) await lchown(target, ino.uid, ino.gid);
+        if (mt !== undefined && at !== undefined) await lutimes(target, at, mt);
       }
     };
-    if (ino.nlink > 1) {
-      const first = firstLink.get(ino.ino);
-      if (first) {
-        const firstPath = await first;
-        if (firstPath) {
-          try {
-            await link(firstPath, target);
-            result.hardlinks++;
-            return;
-          } catch (e) {
-            entryFailure(e, item.path, target);
-            return;
-          }
+
+    const writeFile = async (item: WalkItem, target: string) => {
+      const ino = item.inode;
+      const fh = await open(target, O_CREATE_NEW, 0o600);
+      try {
+        let end = 0;
+        if (ino.size > 0) {
+          const c = await copyData(fs, ino, item.path, fh, chunk);
+          result.bytes += c.bytes;
+          end = c.end;
         }
-      } else {
-        const p = guarded();
-        firstLink.set(ino.ino, p);
-        await p;
-        return;
+        if (end !== ino.size) await fh.truncate(ino.size); // a trailing hole
+        await setMeta(target, ino, 'handle', fh);
+      } finally {
+        await fh.close();
+      }
+      result.files++;
+    };
+
+    const makeNode = async (item: WalkItem, target: string): Promise<boolean> => {
+      const ino = item.inode;
+      switch (ino.type) {
+        case 'file':
+          await writeFile(item, target);
+          return true;
+        case 'symlink': {
+          const text = await fs.readlink(ino);
+          await symlink(text, target);
+          await setMeta(target, ino, 'path');
+          result.symlinks++;
+          return true;
+        }
+        case 'fifo':
+          try {
+            await pexec('mkfifo', ['-m', (ino.mode & 0o7777).toString(8), '--', target]);
+          } catch (e) {
+            skip(`${item.path}: fifo not created (${firstLine(e)})`);
+            return false;
+          }
+          await setMeta(target, ino, 'path');
+          result.fifos++;
+          return true;
+        case 'char':
+        case 'block': {
+          if (!isRoot) {
+            skip(`${item.path}: ${ino.type} device not created (needs root)`);
+            return false;
+          }
+          const dev = ino.rdev ?? { major: 0, minor: 0 };
+          try {
+            await pexec('mknod', [
+              '-m',
+              (ino.mode & 0o7777).toString(8),
+              '--',
+              target,
+              ino.type === 'char' ? 'c' : 'b',
+              String(dev.major),
+              String(dev.minor),
+            ]);
+          } catch (e) {
+            skip(`${item.path}: device node not created (${firstLine(e)})`);
+            return false;
+          }
+          await setMeta(target, ino, 'path');
+          result.devices++;
+          return true;
+        }
+        default:
+          skip(`${item.path}: ${ino.type} not extracted`);
+          return false;
+      }
+    };
+
+    /** Extract one non-directory; hard links after the first become links to it. */
+    const extractOne = async (item: WalkItem, target: string): Promise<void> => {
+      const ino = item.inode;
+      const guarded = async (): Promise<string | undefined> => {
+        try {
+          return (await makeNode(item, target)) ? target : undefined;
+        } catch (e) {
+          entryFailure(e, item.path, target);
+          return undefined;
+        }
+      };
+      if (ino.nlink > 1) {
+        const first = firstLink.get(ino.ino);
+        if (first) {
+          const firstPath = await first;
+          if (firstPath) {
+            try {
+              await link(firstPath, target);
+              result.hardlinks++;
+              return;
+            } catch (e) {
+              entryFailure(e, item.path, target);
+              return;
+            }
+          }
+        } else {
+          const p = guarded();
+          firstLink.set(ino.ino, p);
+          await p;
+          return;
+        }
+      }
+      await guarded();
+    };
+
+    const entryFailure = (e: unknown, path: string, target: string) => {
+      const code = (e as NodeJS.ErrnoException)?.code;
+      if (e instanceof StrataError) skip(`${path}: not extracted: ${e.message}`);
+      else if (code === 'EEXIST') skip(`${path}: ${target} already exists, not overwritten`);
+      else if (code && ENTRY_ERRORS.has(code)) skip(`${path}: not extracted (${code})`);
+      else throw destError(e, target);
+    };
+
+    // --- bounded pool ----------------------------------------------------------------------
+    const inflight = new Set<Promise<void>>();
+    let failure: unknown;
+    const submit = async (task: () => Promise<void>) => {
+      while (inflight.size >= limit) await Promise.race(inflight);
+      if (failure) throw failure;
+      const p: Promise<void> = task()
+        .catch((e) => {
+          failure ??= e;
+        })
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    };
+    const drain = async () => {
+      while (inflight.size > 0) await Promise.race(inflight);
+      if (failure) throw failure;
+    };
+
+    // --- a single non-directory ------------------------------------------------------------
+    if (top.type !== 'dir') {
+      const name = nodePath.posix.basename(src);
+      if (!safeName(name)) throw new StrataError('USAGE', `cannot extract ${JSON.stringify(src)} under that name`);
+      await extractOne({ path: src, name, inode: top, depth: 0 }, nodePath.join(destReal, name));
+      return result;
+    }
+
+    // --- a tree ------------------------------------------------------------------------------
+    const dirs: { target: string; inode: Inode }[] = [];
+    if (created) dirs.push({ target: destReal, inode: top });
+    const refused = new Set<string>(); // image paths of directories whose subtree is skipped
+    const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
+
+    for await (const item of walkTree(fs, src, top, {
+      recursive: true,
+      onWarning: (m) => skip(m),
+      enter: (it) => !refused.has(it.path),
+    })) {
+      if (failure) break;
+      const target = destReal + rel(item.path);
+      if (item.inode.type === 'dir') {
+        try {
+          await mkdir(target, 0o700);
+          dirs.push({ target, inode: item.inode });
+          result.dirs++;
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          let ok = false;
+          if (code === 'EEXIST') {
+            const st = await lstat(target);
+            ok = st.isDirectory() && !st.isSymbolicLink();
+            if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
+            else dirs.push({ target, inode: item.inode });
+          } else if (code && ENTRY_ERRORS.has(code)) {
+            skip(`${item.path}: directory not created (${code}); subtree not extracted`);
+          } else throw destError(e, target);
+          if (!ok) refused.add(item.path);
+        }
+        continue;
+      }
+      await submit(() => extractOne(item, target));
+    }
+    await drain();
+
+    // Directory modes and times last, deepest first, so writing children does not undo them.
+    for (let i = dirs.length - 1; i >= 0; i--) {
+      const { target, inode } = dirs[i];
+      try {
+        if (owner) await lchown(target, inode.uid, inode.gid);
+        await chmod(target, inode.mode & 0o7777);
+        const mt = toSeconds(inode.mtime);
+        const at = toSeconds(inode.atime) ?? mt;
+        if (mt !== undefined && at !== undefined) await lutimes(target, at, mt);
+      } catch (e) {
+        warn(`${target}: directory attributes not set (${(e as NodeJS.ErrnoException).code ?? e})`);
       }
     }
-    await guarded();
-  };
-
-  const entryFailure = (e: unknown, path: string, target: string) => {
-    const code = (e as NodeJS.ErrnoException)?.code;
-    if (e instanceof StrataError) skip(`${path}: not extracted: ${e.message}`);
-    else if (code === 'EEXIST') skip(`${path}: ${target} already exists, not overwritten`);
-    else if (code && ENTRY_ERRORS.has(code)) skip(`${path}: not extracted (${code})`);
-    else throw destError(e, target);
-  };
-
-  // --- bounded pool ----------------------------------------------------------------------
-  const inflight = new Set<Promise<void>>();
-  let failure: unknown;
-  const submit = async (task: () => Promise<void>) => {
-    while (inflight.size >= limit) await Promise.race(inflight);
-    if (failure) throw failure;
-    const p: Promise<void> = task()
-      .catch((e) => {
-        failure ??= e;
-      })
-      .finally(() => inflight.delete(p));
-    inflight.add(p);
-  };
-  const drain = async () => {
-    while (inflight.size > 0) await Promise.race(inflight);
-    if (failure) throw failure;
-  };
-
-  // --- a single non-directory ------------------------------------------------------------
-  if (top.type !== 'dir') {
-    const name = nodePath.posix.basename(src);
-    if (!safeName(name)) throw new StrataError('USAGE', `cannot extract ${JSON.stringify(src)} under that name`);
-    await extractOne({ path: src, name, inode: top, depth: 0 }, nodePath.join(destReal, name));
     return result;
   }
-
-  // --- a tree ------------------------------------------------------------------------------
-  const dirs: { target: string; inode: Inode }[] = [];
-  if (created) dirs.push({ target: destReal, inode: top });
-  const refused = new Set<string>(); // image paths of directories whose subtree is skipped
-  const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
-
-  for await (const item of walkTree(fs, src, top, {
-    recursive: true,
-    onWarning: (m) => skip(m),
-    enter: (it) => !refused.has(it.path),
-  })) {
-    if (failure) break;
-    const target = destReal + rel(item.path);
-    if (item.inode.type === 'dir') {
-      try {
-        await mkdir(target, 0o700);
-        dirs.push({ target, inode: item.inode });
-        result.dirs++;
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        let ok = false;
-        if (code === 'EEXIST') {
-          const st = await lstat(target);
-          ok = st.isDirectory() && !st.isSymbolicLink();
-          if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
-          else dirs.push({ target, inode: item.inode });
-        } else if (code && ENTRY_ERRORS.has(code)) {
-          skip(`${item.path}: directory not created (${code}); subtree not extracted`);
-        } else throw destError(e, target);
-        if (!ok) refused.add(item.path);
-      }
-      continue;
-    }
-    await submit(() => extractOne(item, target));
-  }
-  await drain();
-
-  // Directory modes and times last, deepest first, so writing children does not undo them.
-  for (let i = dirs.length - 1; i >= 0; i--) {
-    const { target, inode } = dirs[i];
-    try {
-      if (owner) await lchown(target, inode.uid, inode.gid);
-      await chmod(target, inode.mode & 0o7777);
-      const mt = toSeconds(inode.mtime);
-      const at = toSeconds(inode.atime) ?? mt;
-      if (mt !== undefined && at !== undefined) await lutimes(target, at, mt);
-    } catch (e) {
-      warn(`${target}: directory attributes not set (${(e as NodeJS.ErrnoException).code ?? e})`);
-    }
-  }
-  return result;
 }
 
 /**
