@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import type { DiskImage } from '../../src/formats/types.js';
 import { mapImage } from '../../src/library/image-info.js';
 import { run } from './tools.js';
@@ -37,7 +38,9 @@ export interface QemuMapOptions {
 export async function qemuMapRaw(file: string, opts: QemuMapOptions = {}): Promise<QemuMapEntry[]> {
   const args = ['map', '--output=json', '-U'];
   if (opts.format) args.push('-f', opts.format);
-  args.push(...(opts.extraArgs ?? []), file);
+  // With a cwd, a relative name would be taken from there: resolve it from ours first.
+  const target = opts.cwd && !/^[a-z]+:/i.test(file) ? path.resolve(file) : file;
+  args.push(...(opts.extraArgs ?? []), target);
   const out = await run('qemu-img', args, { cwd: opts.cwd });
   const parsed = JSON.parse(out) as QemuMapEntry[];
   if (!Array.isArray(parsed))
