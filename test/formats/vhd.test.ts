@@ -238,7 +238,7 @@ test('vhd differencing: a missing relative parent falls back to the MacX locator
     assert.equal(lone.backingRef?.path, 'gone.vhd');
     const b = await lone.read(MiB - 512, 4096 + 1024);
     assert.ok(b.subarray(0, 512).every((x) => x === 0));
-    assert.deepEqual(b.subarray(512, 512 + 4096), bytes(4096, 9));
+    assert.deepEqual(Buffer.from(b.subarray(512, 512 + 4096)), Buffer.from(bytes(4096, 9)));
   } finally {
     await lone.close();
   }
@@ -350,4 +350,22 @@ test('vhd parent locators: outside the folder is DENIED, a chain onto itself is 
     writes: [{ offset: 0, data: bytes(512, 2) }],
   });
   await assert.rejects(openImage(self), isStrata('LOOP', /backing chain/, self));
+});
+
+test('vhd: a 3 GiB dynamic disk maps in 1 GiB status steps exactly like qemu-img map', async () => {
+  const f = await fixture('vhd-sparse-3g-v1.vhd', async (out) => {
+    await run('qemu-img', ['create', '-q', '-f', 'vpc', out, '3G']);
+    await run('qemu-io', ['-f', 'vpc', '-c', `write -P 0x5a ${2.5 * 1024 * MiB} 65536`, out]);
+  });
+  const img = await openImage(f);
+  try {
+    assert.equal(img.size, await qemuSize(f, 'vpc'));
+    assert.deepEqual(await strataMap(img), await qemuMap(f, { format: 'vpc' }));
+    const b = await img.read(2.5 * 1024 * MiB - 512, 65536 + 1024);
+    assert.ok(b.subarray(0, 512).every((x) => x === 0));
+    assert.ok(b.subarray(512, 512 + 65536).every((x) => x === 0x5a));
+    assert.ok(b.subarray(512 + 65536).every((x) => x === 0));
+  } finally {
+    await img.close();
+  }
 });

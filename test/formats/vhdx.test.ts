@@ -294,7 +294,7 @@ test('vhdx with a non-empty log: opens with a warning that the log was not repla
     assert.match(img.warnings[0], /log.*not replayed/);
     const d = img.details?.() as { log: { state: string } };
     assert.equal(d.log.state, 'not replayed');
-    assert.deepEqual(await img.read(MiB, 4096), bytes(4096, 5));
+    assert.deepEqual(Buffer.from(await img.read(MiB, 4096)), Buffer.from(bytes(4096, 5)));
   } finally {
     await img.close();
   }
@@ -422,4 +422,34 @@ test('vhdx parent locators: outside the folder is DENIED, a chain onto itself is
     parent: { file: parent, relativePath: 'self.vhdx' },
   });
   await assert.rejects(openImage(self), isStrata('LOOP', /backing chain/, self));
+});
+
+test('vhdx: a 3 GiB dynamic disk maps in 1 GiB status steps; only the written block is data', async () => {
+  const at = 2.5 * 1024 * MiB;
+  const f = await fixture('vhdx-sparse-3g-v1.vhdx', async (out) => {
+    await run('qemu-img', ['create', '-q', '-f', 'vhdx', out, '3G']);
+    await run('qemu-io', ['-f', 'vhdx', '-c', `write -P 0x5a ${at} 65536`, out]);
+  });
+  const info = JSON.parse(await run('qemu-img', ['info', '--output=json', f])) as {
+    'virtual-size': number;
+    'cluster-size': number;
+  };
+  const bs = info['cluster-size'];
+  const img = await openImage(f);
+  try {
+    assert.equal(img.size, info['virtual-size']);
+    const blk = Math.floor(at / bs) * bs;
+    const want = mergeMap([
+      { start: 0, length: blk, data: false },
+      { start: blk, length: bs, data: true },
+      { start: blk + bs, length: img.size - blk - bs, data: false },
+    ]);
+    assert.deepEqual(await strataMap(img), want);
+    const b = await img.read(at - 512, 65536 + 1024);
+    assert.ok(b.subarray(0, 512).every((x) => x === 0));
+    assert.ok(b.subarray(512, 512 + 65536).every((x) => x === 0x5a));
+    assert.ok(b.subarray(512 + 65536).every((x) => x === 0));
+  } finally {
+    await img.close();
+  }
 });

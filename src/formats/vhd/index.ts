@@ -2,7 +2,7 @@ import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { BitmapCache, bitmapRuns, ReadPlan } from './plan.js';
+import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from './plan.js';
 
 /*
  * VHD (Microsoft Virtual Hard Disk, qemu's "vpc"): a 512-byte big-endian footer at the
@@ -343,7 +343,6 @@ export class VhdImage implements DiskImage {
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
     if (this.footer.diskType === VHD_FIXED) return n === 0 ? new Uint8Array(0) : this.src.read(offset, n);
-    const out = new Uint8Array(n);
     const plan = new ReadPlan();
     const bs = this.blockSize;
     const diff = this.footer.diskType === VHD_DIFFERENCING;
@@ -362,8 +361,7 @@ export class VhdImage implements DiskImage {
       }
       pos += len;
     }
-    await plan.run(this.src, this.backing, out);
-    return out;
+    return plan.exec(this.src, this.backing, n);
   }
 
   /** Differencing block: sectors whose bitmap bit is set come from this file, the rest from below. */
@@ -391,7 +389,7 @@ export class VhdImage implements DiskImage {
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampRead(this, offset, length);
+    const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
     if (this.footer.diskType === VHD_FIXED) {
       pushExtent(out, offset, n, 'data');

@@ -45,26 +45,49 @@ export class ReadPlan {
     this.add(ZERO, 0, at, len, '');
   }
 
-  /** Execute the plan into `out`; host ranges are checked against the file size first. */
+  /**
+   * Execute the plan for a read of `n` bytes; host ranges are checked against the file
+   * size first. A plan that is one host range hands back the file's own buffer: fresh
+   * large buffers cost as much as the read itself, so we never allocate two.
+   */
+  async exec(file: ByteSource, backing: ByteSource | undefined, n: number): Promise<Uint8Array> {
+    const only = this.pieces.length === 1 ? this.pieces[0] : undefined;
+    if (only && only.kind === FILE && only.len === n) return this.readFile(file, only);
+    if (only && only.kind === ZERO) return new Uint8Array(n);
+    if (only && only.kind === BELOW && backing && only.src + n <= backing.size) {
+      const b = await backing.read(only.src, n);
+      if (b.length === n) return b;
+    }
+    // Every byte of [0, n) is covered by exactly one piece, so no zero-fill is needed.
+    const out = Buffer.allocUnsafe(n);
+    await this.run(file, backing, out);
+    return out;
+  }
+
+  private async readFile(file: ByteSource, p: Piece): Promise<Uint8Array> {
+    if (p.src < 0 || p.src + p.len > file.size) {
+      throw new StrataError('TRUNCATED', `${p.len} bytes at host offset ${p.src} lie past the end of the file`, {
+        file: file.name,
+        structure: p.structure,
+        offset: p.src,
+      });
+    }
+    const b = await file.read(p.src, p.len);
+    if (b.length !== p.len) {
+      throw new StrataError('TRUNCATED', `short read: wanted ${p.len} bytes, got ${b.length}`, {
+        file: file.name,
+        structure: p.structure,
+        offset: p.src,
+      });
+    }
+    return b;
+  }
+
+  /** Execute the plan into `out`. */
   async run(file: ByteSource, backing: ByteSource | undefined, out: Uint8Array): Promise<void> {
     for (const p of this.pieces) {
       if (p.kind === FILE) {
-        if (p.src < 0 || p.src + p.len > file.size) {
-          throw new StrataError('TRUNCATED', `${p.len} bytes at host offset ${p.src} lie past the end of the file`, {
-            file: file.name,
-            structure: p.structure,
-            offset: p.src,
-          });
-        }
-        const b = await file.read(p.src, p.len);
-        if (b.length !== p.len) {
-          throw new StrataError('TRUNCATED', `short read: wanted ${p.len} bytes, got ${b.length}`, {
-            file: file.name,
-            structure: p.structure,
-            offset: p.src,
-          });
-        }
-        out.set(b, p.at);
+        out.set(await this.readFile(file, p), p.at);
       } else if (p.kind === BELOW) {
         await readBelow(backing, p.src, p.len, out, p.at);
       } else {
@@ -72,6 +95,17 @@ export class ReadPlan {
       }
     }
   }
+}
+
+/**
+ * Clamp a status request to the disk. Unlike reads, status ranges are not limited to
+ * LIMITS.maxReadBytes (mapImage asks in 1 GiB steps); they only have to make sense.
+ */
+export function clampStatus(img: { name: string; size: number }, offset: number, length: number): number {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new StrataError('USAGE', `bad status request (${offset}, ${length})`, { file: img.name });
+  }
+  return Math.max(0, Math.min(length, img.size - offset));
 }
 
 /** A small LRU of per-block sector bitmaps, bounded by total bytes. */

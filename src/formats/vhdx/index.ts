@@ -3,7 +3,7 @@ import { crc32c } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { BitmapCache, bitmapRuns, ReadPlan } from '../vhd/plan.js';
+import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../vhd/plan.js';
 import {
   batEntries,
   bitmapEntry,
@@ -517,7 +517,6 @@ export class VhdxImage implements DiskImage {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
-    const out = new Uint8Array(n);
     const plan = new ReadPlan();
     const bs = this.blockSize;
     let pos = 0;
@@ -568,12 +567,11 @@ export class VhdxImage implements DiskImage {
       }
       pos += len;
     }
-    await plan.run(this.src, this.backing, out);
-    return out;
+    return plan.exec(this.src, this.backing, n);
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampRead(this, offset, length);
+    const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
     const bs = this.blockSize;
     let pos = 0;
