@@ -586,3 +586,50 @@ test('qcow2 unknown incompatible features are UNSUPPORTED; dirty and corrupt bit
     await img.close();
   }
 });
+
+// ---- more shapes qemu makes ----
+
+test('qcow2 with internal snapshots reads the active layer', async () => {
+  const raw = await patternRaw(4 * MiB, 1000);
+  const q = await fixture(`qcow2t-snapshots-${V}.qcow2`, async (out) => {
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, out]);
+    await run('qemu-img', ['snapshot', '-c', 'one', out]);
+    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x77 1M 200k', '-c', 'write -z 0 64k', out]);
+    await run('qemu-img', ['snapshot', '-c', 'two', out]);
+    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x78 3M 10k', out]);
+  });
+  const img = await openImage(q);
+  try {
+    assert.equal(img.details?.().snapshots, 2);
+    await checkAgainstQemu(q, img, await qemuRawSha(q));
+  } finally {
+    await img.close();
+  }
+});
+
+for (const prealloc of ['metadata', 'falloc']) {
+  test(`qcow2 preallocation=${prealloc}`, async () => {
+    const q = await fixture(`qcow2t-prealloc-${prealloc}-${V}.qcow2`, async (out) => {
+      await run('qemu-img', ['create', '-f', 'qcow2', '-o', `preallocation=${prealloc}`, out, '4M']);
+      await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 100k 10k', '-c', 'write -P 2 4000k 96k', out]);
+    });
+    const img = await openImage(q);
+    try {
+      await checkAgainstQemu(q, img, await qemuRawSha(q));
+    } finally {
+      await img.close();
+    }
+  });
+}
+
+test('qcow2 compressed clusters in an extended-L2 image (zstd)', async () => {
+  const raw = await patternRaw(4 * MiB + 8192, 1100);
+  const q = await convertQcow2(raw, 'extended_l2=on,compression_type=zstd', true);
+  const img = await openImage(q);
+  try {
+    assert.equal(img.details?.().extendedL2, true);
+    await checkAgainstQemu(q, img, fileSha(raw));
+  } finally {
+    await img.close();
+  }
+});
