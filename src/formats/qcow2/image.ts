@@ -247,15 +247,14 @@ export class Qcow2Image implements DiskImage {
         const e = ci * this.entrySize;
         const hi = dv.getUint32(e);
         const lo = dv.getUint32(e + 4);
-        const where = () => ({
-          file: this.name,
-          structure: `qcow2 L2 table entry ${ci} (L1 index ${l1i})`,
-          offset: l2Off + e,
-        });
         if (hi & 0x40000000) {
           // Compressed cluster: offset in the low x bits, (sectors - 1) in the bits above.
           if (this.dataFile) {
-            throw new StrataError('CORRUPT', 'compressed cluster in an image with an external data file', where());
+            throw new StrataError(
+              'CORRUPT',
+              'compressed cluster in an image with an external data file',
+              this.l2Where(ci, l1i, l2Off + e),
+            );
           }
           const hiBits = 70 - this.h.clusterBits - 32;
           const host = (hi & ((1 << hiBits) - 1)) * TWO32 + lo;
@@ -265,7 +264,7 @@ export class Qcow2Image implements DiskImage {
             throw new StrataError(
               'CORRUPT',
               `compressed cluster at ${host} lies past the end of the file (size ${this.src.size})`,
-              where(),
+              this.l2Where(ci, l1i, l2Off + e),
             );
           }
           emit(pos, cEnd - pos, COMPRESSED, host, clen, cStart);
@@ -274,22 +273,11 @@ export class Qcow2Image implements DiskImage {
         }
         const host = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
         const hasHost = host !== 0 || (this.dataFile !== undefined && (hi & 0x80000000) !== 0);
-        const checkHost = () => {
-          if (host % cs !== 0)
-            throw new StrataError('CORRUPT', `data cluster offset ${host} is not cluster aligned`, where());
-          if (host >= this.data.size) {
-            throw new StrataError(
-              'CORRUPT',
-              `data cluster at ${host} lies past the end of ${this.data.name} (size ${this.data.size})`,
-              where(),
-            );
-          }
-        };
         if (this.entrySize === 8) {
           if (lo & 1) emit(pos, cEnd - pos, ZERO, 0, 0, 0);
           else if (!hasHost) unalloc(pos, cEnd - pos);
           else {
-            checkHost();
+            this.checkHost(host, ci, l1i, l2Off + e);
             emit(pos, cEnd - pos, DATA, host + (pos - cStart), 0, 0);
           }
           pos = cEnd;
@@ -299,12 +287,20 @@ export class Qcow2Image implements DiskImage {
         const zeroBits = dv.getUint32(e + 8);
         const allocBits = dv.getUint32(e + 12);
         if ((zeroBits & allocBits) !== 0) {
-          throw new StrataError('CORRUPT', 'subcluster marked both allocated and zero', where());
+          throw new StrataError(
+            'CORRUPT',
+            'subcluster marked both allocated and zero',
+            this.l2Where(ci, l1i, l2Off + e),
+          );
         }
         if (allocBits !== 0) {
           if (!hasHost)
-            throw new StrataError('CORRUPT', 'subclusters allocated in a cluster without a host offset', where());
-          checkHost();
+            throw new StrataError(
+              'CORRUPT',
+              'subclusters allocated in a cluster without a host offset',
+              this.l2Where(ci, l1i, l2Off + e),
+            );
+          this.checkHost(host, ci, l1i, l2Off + e);
         }
         if (allocBits === 0 && zeroBits === 0) {
           unalloc(pos, cEnd - pos);
@@ -322,6 +318,24 @@ export class Qcow2Image implements DiskImage {
           pos = sEnd;
         }
       }
+    }
+  }
+
+  private l2Where(ci: number, l1i: number, at: number) {
+    return { file: this.name, structure: `qcow2 L2 table entry ${ci} (L1 index ${l1i})`, offset: at };
+  }
+
+  /** A data cluster's host offset must be aligned and start inside the data file. */
+  private checkHost(host: number, ci: number, l1i: number, at: number): void {
+    if (host % this.clusterSize !== 0) {
+      throw new StrataError('CORRUPT', `data cluster offset ${host} is not cluster aligned`, this.l2Where(ci, l1i, at));
+    }
+    if (host >= this.data.size) {
+      throw new StrataError(
+        'CORRUPT',
+        `data cluster at ${host} lies past the end of ${this.data.name} (size ${this.data.size})`,
+        this.l2Where(ci, l1i, at),
+      );
     }
   }
 
