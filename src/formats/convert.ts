@@ -14,6 +14,8 @@ export interface ConvertOptions {
   /** qcow2 only: record `path` (as given) as the backing file; only what differs from `image` is written. */
   backing?: { path: string; format: string; image: DiskImage };
   onProgress?: (done: number, total: number) => void;
+  /** fdatasync the output before renaming it into place (qemu-img convert does not sync by default). */
+  sync?: boolean;
   /** Stop early (Ctrl-C): the temporary file is removed and nothing appears at `outPath`. */
   signal?: AbortSignal;
 }
@@ -89,7 +91,7 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
           });
     const bytesRead = await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
-    await fh.datasync();
+    if (opts.sync) await fh.datasync();
     await fh.close();
     fh = undefined;
     try {
@@ -128,9 +130,13 @@ function refuseOverwritingInputs(src: DiskImage, outPath: string, backing?: Disk
 }
 
 /** Cluster-aligned data and zero ranges of the whole disk, data split into chunks. */
+function chunkSize(gran: number): number {
+  return Math.max(gran, Math.floor(CHUNK / gran) * gran);
+}
+
 async function* plan(img: DiskImage, gran: number): AsyncGenerator<Item> {
   const size = img.size;
-  const chunk = Math.max(gran, Math.floor(CHUNK / gran) * gran);
+  const chunk = chunkSize(gran);
   let cursor = 0;
   let ds = -1;
   let de = -1;
@@ -166,7 +172,12 @@ interface Pending {
   item: Item;
   data?: Promise<Uint8Array>;
   below?: Promise<Uint8Array | undefined>;
+  /** A pooled buffer to hand back once the item is written. */
+  pooled?: Uint8Array;
 }
+
+/** Read buffers kept for reuse when the source can read into them (fresh memory costs page faults). */
+const POOL_BUFFERS = 8;
 
 async function pump(
   src: DiskImage,
@@ -177,14 +188,24 @@ async function pump(
 ): Promise<number> {
   const gran = writer.granularity;
   const total = src.size;
+  const chunk = chunkSize(gran);
   let bytesRead = 0;
   const queue: Pending[] = [];
   let queued = 0;
+  const pool: Uint8Array[] = [];
+  let pooledInFlight = 0;
+  const readInto = src.readInto?.bind(src);
 
   const start = (item: Item): Pending => {
     const p: Pending = { item };
     if (item.kind === 'data') {
-      p.data = src.read(item.offset, item.length);
+      if (readInto) {
+        const buf = pool.pop() ?? Buffer.allocUnsafe(chunk);
+        const view = buf.subarray(0, item.length);
+        p.pooled = buf;
+        pooledInFlight++;
+        p.data = readInto(item.offset, view).then((n) => view.subarray(0, n));
+      } else p.data = src.read(item.offset, item.length);
       p.data.catch(() => {});
       if (backing) {
         p.below = readBacking(backing, item.offset, item.length);
@@ -215,14 +236,19 @@ async function pump(
         bytesRead += below?.length ?? 0;
         await writeDifferences(writer, item.offset, data, below, gran);
       } else await writer.writeData(item.offset, data);
+      if (p.pooled) {
+        pool.push(p.pooled);
+        pooledInFlight--;
+      }
     }
     onProgress?.(item.offset + item.length, total);
   };
 
+  const full = () => queue.length >= READ_AHEAD_ITEMS || queued >= READ_AHEAD_BYTES || pooledInFlight >= POOL_BUFFERS;
   for await (const item of plan(src, gran)) {
     if (signal?.aborted) throw new StrataError('USAGE', 'conversion interrupted', { file: src.name });
+    while (queue.length > 0 && full()) await finishOne(queue.shift()!);
     queue.push(start(item));
-    while (queue.length >= READ_AHEAD_ITEMS || queued >= READ_AHEAD_BYTES) await finishOne(queue.shift()!);
   }
   while (queue.length > 0) await finishOne(queue.shift()!);
   onProgress?.(total, total);

@@ -25,6 +25,12 @@ export interface ByteSource {
   read(offset: number, length: number): Promise<Uint8Array>;
   /** Allocation status of [offset, offset+length), covering it without gaps, in order. */
   status?(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Optional: read up to `out.length` bytes at `offset` into `out` and return how many were
+   * read (fewer only at the end). Bulk readers (convert) use it to reuse their buffers
+   * instead of faulting in fresh memory on every read.
+   */
+  readInto?(offset: number, out: Uint8Array): Promise<number>;
   close?(): Promise<void>;
 }
 

@@ -46,6 +46,18 @@ export class FileSource implements ByteSource {
     return buf;
   }
 
+  async readInto(offset: number, out: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, out.length);
+    let done = 0;
+    while (done < n) {
+      const { bytesRead } = await this.fh.read(out, done, n - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    if (done < n) out.fill(0, done, n); // file shrank under us: never hand out stale memory
+    return n;
+  }
+
   async close(): Promise<void> {
     await this.fh.close();
   }

@@ -31,6 +31,7 @@ export function registerConvertCommand(program: Command): void {
       .option('--cluster-size <n>', 'qcow2: cluster size, a power of two from 512 to 2M (default 64K)')
       .option('-B, --backing <file>', 'qcow2: backing file to record (relative to OUT); only differences are written')
       .option('-F, --backing-format <fmt>', 'format of the backing file (default: detect)')
+      .option('--sync', 'fdatasync the output before renaming it into place')
       .option('--json', 'print a JSON summary'),
   ).action(async (input: string, out: string, o: Record<string, unknown>) => {
     const fmt = String(o.outputFormat);
@@ -41,7 +42,7 @@ export function registerConvertCommand(program: Command): void {
     if (ctype !== undefined && ctype !== 'zlib' && ctype !== 'zstd') {
       throw new StrataError('USAGE', `unknown compression type '${ctype}' (known: zlib, zstd)`);
     }
-    const opts: ConvertOptions = { format: fmt };
+    const opts: ConvertOptions = { format: fmt, sync: Boolean(o.sync) };
     if (o.compress || ctype) opts.compression = (ctype ?? 'zlib') as 'zlib' | 'zstd';
     if (o.clusterSize !== undefined) opts.clusterSize = parseSize(String(o.clusterSize), 'cluster size');
     const backingPath = typeof o.backing === 'string' ? o.backing : undefined;

@@ -17,6 +17,12 @@ export class RawImage implements DiskImage {
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.src.read(offset, length);
   }
+  async readInto(offset: number, out: Uint8Array): Promise<number> {
+    if (this.src.readInto) return this.src.readInto(offset, out);
+    const b = await this.src.read(offset, out.length);
+    out.set(b);
+    return b.length;
+  }
   async status(offset: number, length: number): Promise<Extent[]> {
     const n = clampRead(this, offset, length);
     if (this.src.status) return this.src.status(offset, n);

@@ -22,7 +22,8 @@ export interface ImageWriter {
   readonly granularity: number;
   /**
    * The disk holds `data` at `offset` (a multiple of `granularity`). Bytes past the
-   * virtual size are ignored. The buffer must not be changed until the promise settles.
+   * virtual size are ignored. The writer is done with the buffer when the promise settles
+   * (the caller may then reuse it).
    */
   writeData(offset: number, data: Uint8Array): Promise<void>;
   /** The disk reads as zeros here, even where a backing file holds data (granularity aligned). */

@@ -27,7 +27,6 @@ const REFCOUNT_ORDER = 4; // 16-bit refcounts
 const MAX_REFCOUNT = 0xffff;
 /** qemu refuses L1 tables above 32 MiB; an image it cannot open is no use. */
 const MAX_L1_BYTES = 32 * 1024 * 1024;
-const MAX_INFLIGHT = 4;
 const TWO32 = 2 ** 32;
 
 /**
@@ -50,7 +49,6 @@ export class Qcow2Writer implements ImageWriter {
   /** Next free byte in the host file (byte granular for compressed data). */
   private head: number;
   private bytesWritten = 0;
-  private inflight: Promise<void>[] = [];
   private readonly compressedShift: number;
   private readonly header: Uint8Array;
 
@@ -227,16 +225,10 @@ export class Qcow2Writer implements ImageWriter {
 
   private async issue(buf: Uint8Array, at: number): Promise<void> {
     this.bytesWritten += buf.length;
-    const p = writeAll(this.fh, buf, at, this.path, 'qcow2 data cluster');
-    this.inflight.push(p);
-    p.catch(() => {});
-    if (this.inflight.length >= MAX_INFLIGHT) await this.inflight.shift();
+    await writeAll(this.fh, buf, at, this.path, 'qcow2 data cluster');
   }
 
   async finish(): Promise<WriterResult> {
-    const pending = this.inflight;
-    this.inflight = [];
-    await Promise.all(pending);
     const cs = this.clusterSize;
     this.alignHead();
     let next = this.head / cs;
@@ -288,9 +280,6 @@ export class Qcow2Writer implements ImageWriter {
     await this.issue(l1, l1Offset);
     await this.issue(rt, rtOffset);
     await this.issue(rb, firstBlock * cs);
-    const last = this.inflight;
-    this.inflight = [];
-    await Promise.all(last);
     // Header last: until now cluster 0 holds no magic, so a torn file is not an image.
     const h = new DataView(this.header.buffer, this.header.byteOffset, this.header.length);
     h.setUint32(36, this.l1Size);

@@ -4,8 +4,6 @@ import { firstNonZeroBlock, writeAll } from './index.js';
 
 /** Zero runs shorter than this inside a data buffer are written rather than skipped. */
 const RAW_GRANULE = 4096;
-/** Writes kept in flight before `writeData` waits for the oldest. */
-const MAX_INFLIGHT = 4;
 
 /**
  * A sparse raw writer: the file is the disk. Zero blocks (4 KiB granules) are not
@@ -15,7 +13,6 @@ export class RawWriter implements ImageWriter {
   readonly format = 'raw';
   readonly granularity = RAW_GRANULE;
   private bytesWritten = 0;
-  private inflight: Promise<void>[] = [];
 
   private constructor(
     private readonly fh: FileHandle,
@@ -48,16 +45,10 @@ export class RawWriter implements ImageWriter {
 
   private async issue(buf: Uint8Array, at: number): Promise<void> {
     this.bytesWritten += buf.length;
-    const p = writeAll(this.fh, buf, at, this.path, 'raw data');
-    this.inflight.push(p);
-    p.catch(() => {}); // surfaced by the await below or in finish()
-    if (this.inflight.length >= MAX_INFLIGHT) await this.inflight.shift();
+    await writeAll(this.fh, buf, at, this.path, 'raw data');
   }
 
   async finish(): Promise<WriterResult> {
-    const pending = this.inflight;
-    this.inflight = [];
-    await Promise.all(pending);
     return { bytesWritten: this.bytesWritten };
   }
 }
