@@ -196,12 +196,16 @@ export class Qcow2Image implements DiskImage {
     const out = new Uint8Array(n);
     const jobs: Array<() => Promise<void>> = [];
     const compressed: Seg[] = [];
+    const data: Seg[] = [];
     for (const s of segs) {
       const at = s.off - offset;
-      if (s.kind === DATA) jobs.push(() => this.readData(s.host, s.len, out, at));
+      if (s.kind === DATA) data.push(s);
       else if (s.kind === UNALLOC) {
         if (this.backing) jobs.push(() => readBelow(this.backing, s.off, s.len, out, at));
       } else if (s.kind === COMPRESSED) compressed.push(s);
+    }
+    for (const g of groupByHost(data, (x) => x.host + x.len, DATA_GAP)) {
+      jobs.push(() => this.readDataGroup(g, out, offset));
     }
     if (compressed.length > 0) jobs.push(() => this.readCompressedSegs(compressed, out, offset));
     await runLimited(jobs, READ_CONCURRENCY);
@@ -358,10 +362,15 @@ export class Qcow2Image implements DiskImage {
 
   // ---- data ----
 
-  private async readData(host: number, len: number, out: Uint8Array, at: number): Promise<void> {
+  /** One host read for runs that lie close together in the data file, then each copied into place. */
+  private async readDataGroup(g: HostGroup, out: Uint8Array, base: number): Promise<void> {
     // Past the end of the data file reads as zeros (as qemu does); `out` starts zeroed.
-    const b = await this.data.read(host, len);
-    out.set(b.subarray(0, Math.min(b.length, len)), at);
+    const b = await this.data.read(g.start, g.end - g.start);
+    for (const s of g.segs) {
+      const from = s.host - g.start;
+      if (from >= b.length) continue;
+      out.set(b.subarray(from, Math.min(b.length, from + s.len)), s.off - base);
+    }
   }
 
   /** Read compressed clusters, fetching neighbours in the file with one read, then inflate each once. */
@@ -375,15 +384,7 @@ export class Qcow2Image implements DiskImage {
       if (hit) cached.push(hit.then((c) => place(s, c)));
       else pending.push(s);
     }
-    pending.sort((a, b) => a.host - b.host);
-    const groups: Array<{ segs: Seg[]; start: number; end: number }> = [];
-    for (const s of pending) {
-      const g = groups[groups.length - 1];
-      if (g && s.host <= g.end + 4096 && s.host + s.clen - g.start <= 16 << 20) {
-        g.segs.push(s);
-        g.end = Math.max(g.end, s.host + s.clen);
-      } else groups.push({ segs: [s], start: s.host, end: s.host + s.clen });
-    }
+    const groups = groupByHost(pending, (x) => x.host + x.clen, 4096);
     const jobs = groups.map(({ segs: g, start, end: gEnd }) => async () => {
       const end = Math.min(gEnd, this.src.size);
       const buf = await this.src.read(start, end - start);
@@ -423,6 +424,35 @@ export class Qcow2Image implements DiskImage {
     }
     return outb;
   }
+}
+
+interface HostGroup {
+  segs: Seg[];
+  start: number;
+  end: number;
+}
+
+/** Bytes of unneeded data we read rather than split a host read (page-cache reads are cheap, syscalls are not). */
+const DATA_GAP = 64 * 1024;
+/** Largest single host read made by grouping. */
+const MAX_GROUP = 16 * 1024 * 1024;
+
+/**
+ * Group runs by where they lie in the host file: sorted by host offset, a run joins the
+ * previous group when it starts within `gap` bytes of that group's end.
+ */
+function groupByHost(segs: Seg[], endOf: (s: Seg) => number, gap: number): HostGroup[] {
+  const sorted = [...segs].sort((a, b) => a.host - b.host);
+  const groups: HostGroup[] = [];
+  for (const s of sorted) {
+    const g = groups[groups.length - 1];
+    const e = endOf(s);
+    if (g && s.host <= g.end + gap && e - g.start <= MAX_GROUP) {
+      g.segs.push(s);
+      if (e > g.end) g.end = e;
+    } else groups.push({ segs: [s], start: s.host, end: e });
+  }
+  return groups;
 }
 
 /** Run async jobs with at most `limit` in flight; the first failure is thrown after all settle. */
