@@ -146,7 +146,7 @@ export class ExtFileSystem implements FileSystem {
 
   static async open(volume: ByteSource): Promise<ExtFileSystem> {
     const raw = await readExact(volume, 1024, 1024, 'ext superblock');
-    const sb = parseSuperblock(raw.slice(), volume.name, 1024);
+    const sb = parseSuperblock(new Uint8Array(raw), volume.name, 1024);
     const unknown = sb.incompat & ~INCOMPAT_SUPPORTED;
     if (unknown) {
       const names: string[] = [];
@@ -304,7 +304,7 @@ export class ExtFileSystem implements FileSystem {
     const idx = (ino - 1) % sb.inodesPerGroup;
     const at = this.groups[g].inodeTable * sb.blockSize + idx * sb.inodeSize;
     const structure = `ext inode ${ino}`;
-    const raw = (await readExact(this.meta, at, sb.inodeSize, structure)).slice();
+    const raw = new Uint8Array(await readExact(this.meta, at, sb.inodeSize, structure));
     const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const modeBits = v.getUint16(0, true);
     const flags = v.getUint32(0x20, true);
@@ -316,8 +316,8 @@ export class ExtFileSystem implements FileSystem {
     const generation = v.getUint32(0x64, true);
     if (this.metadataCsum) {
       const hasHi = extraIsize >= 4;
-      const save = raw.slice(0x7c, 0x7e);
-      const saveHi = hasHi ? raw.slice(0x82, 0x84) : undefined;
+      const save = new Uint8Array(raw.subarray(0x7c, 0x7e));
+      const saveHi = hasHi ? new Uint8Array(raw.subarray(0x82, 0x84)) : undefined;
       const stored = v.getUint16(0x7c, true) + (hasHi ? v.getUint16(0x82, true) * 65536 : 0);
       raw[0x7c] = raw[0x7d] = 0;
       if (hasHi) raw[0x82] = raw[0x83] = 0;
@@ -769,7 +769,7 @@ export class ExtFileSystem implements FileSystem {
       throw new StrataError('CORRUPT', `xattr block claims ${v.getUint32(8, true)} blocks`, this.where(structure, at));
     }
     if (this.metadataCsum) {
-      const copy = buf.slice();
+      const copy = new Uint8Array(buf);
       copy.fill(0, 0x10, 0x14);
       const b8 = new Uint8Array(8);
       const dv = new DataView(b8.buffer);
@@ -840,10 +840,33 @@ export class ExtFileSystem implements FileSystem {
         for (let k = 0; k < cnt; k++) {
           const blk = buf.subarray(k * bs, (k + 1) * bs);
           const first = r.lblk + b + k === 0;
-          yield* this.parseDirBlock(n, blk, at + k * bs, structure, first ? 0 : 2, true);
+          const bv = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
+          const rec0 = bv.getUint16(4, true);
+          let dx = 0;
+          if (first && n.flags & FL.INDEX) dx = 0x20;
+          else if (!first && bv.getUint32(0, true) === 0 && (rec0 === bs || (bs === 65536 && rec0 === 0))) dx = 8;
+          if (dx && this.metadataCsum) this.checkDxTail(n, blk, dx, at + k * bs, structure);
+          yield* this.parseDirBlock(n, blk, at + k * bs, structure, first ? 0 : 2, dx === 0);
         }
       }
     }
+  }
+
+  /** Verify an htree (dx) block's tail checksum; `countOffset` is where limit/count sit. */
+  private checkDxTail(n: ExtNode, blk: Uint8Array, countOffset: number, at: number, structure: string): void {
+    if (countOffset + 4 > blk.length) return;
+    const v = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
+    const limit = v.getUint16(countOffset, true);
+    const count = v.getUint16(countOffset + 2, true);
+    const tail = countOffset + limit * 8;
+    if (count > limit || tail + 8 > blk.length) {
+      this.warn(`${structure}: htree block at ${at} has count ${count} / limit ${limit}; not verified`);
+      return;
+    }
+    let c = crc32cRaw(this.inodeSeed(n), blk.subarray(0, countOffset + count * 8));
+    c = crc32cRaw(c, blk.subarray(tail, tail + 4));
+    c = crc32cRaw(c, new Uint8Array(4));
+    if (c !== v.getUint32(tail + 4, true)) this.warn(`${structure}: htree block at ${at} checksum mismatch`);
   }
 
   /**

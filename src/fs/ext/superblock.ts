@@ -250,7 +250,7 @@ export function parseSuperblock(raw: Uint8Array, file: string, offset: number): 
     compat: revLevel >= 1 ? u32(0x5c) : 0,
     incompat,
     roCompat,
-    uuid: raw.slice(0x68, 0x78),
+    uuid: new Uint8Array(raw.subarray(0x68, 0x78)),
     volumeName: cstr(raw.subarray(0x78, 0x88)),
     lastMounted: cstr(raw.subarray(0x88, 0xc8)),
     reservedGdtBlocks: u16(0xce),

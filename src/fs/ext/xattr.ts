@@ -63,7 +63,7 @@ export function parseXattrEntries(
           offset: where.offset + pos,
         });
       }
-      out.push({ name, value: buf.slice(vs, vs + valueSize), valueSize });
+      out.push({ name, value: new Uint8Array(buf.subarray(vs, vs + valueSize)), valueSize });
     }
     pos += (16 + nameLen + 3) & ~3;
   }
