@@ -44,6 +44,69 @@ export interface VhdxWriteOptions {
   };
   /** A non-zero log GUID in the current header: the log is "not empty". */
   logGuid?: string;
+  /**
+   * Log entries to write (needs `logGuid`), made from the final layout: each entry is a
+   * list of operations, a 4 KiB `page` to write at `fileOffset` or `zeroLength` zero bytes.
+   * The data the log describes is NOT applied to the file: a reader must replay it.
+   */
+  log?: (layout: VhdxLayout) => Array<Array<{ fileOffset: number; page?: Uint8Array; zeroLength?: number }>>;
+}
+
+/** Where the writer put things (host offsets). */
+export interface VhdxLayout {
+  fileSize: number;
+  batOffset: number;
+  /** The BAT as written (a copy). */
+  bat: Uint8Array;
+  /** Host offset of each stored payload block. */
+  payloadAt: Map<number, number>;
+}
+
+/** Log entries at 1 MiB: header, descriptors, data sectors; sequence numbers from 10. */
+function writeLog(
+  out: Uint8Array,
+  logGuid: string,
+  entries: Array<Array<{ fileOffset: number; page?: Uint8Array; zeroLength?: number }>>,
+): void {
+  let at = MiB;
+  entries.forEach((ops, i) => {
+    const seq = 10n + BigInt(i);
+    const dataOps = ops.filter((o) => o.page);
+    const descBytes = Math.ceil((64 + ops.length * 32) / 4096) * 4096;
+    const length = descBytes + dataOps.length * 4096;
+    if (at + length > 2 * MiB) throw new Error('log entries do not fit in the 1 MiB log');
+    const e = out.subarray(at, at + length);
+    const dv = new DataView(e.buffer, e.byteOffset, e.byteLength);
+    e.set(ascii('loge'), 0);
+    dv.setUint32(8, length, true);
+    dv.setUint32(12, 0, true); // tail: the first entry, at the start of the log
+    dv.setBigUint64(16, seq, true);
+    dv.setUint32(24, ops.length, true);
+    e.set(guidBytes(logGuid), 32);
+    dv.setBigUint64(48, BigInt(out.length), true); // flushed file offset
+    dv.setBigUint64(56, BigInt(out.length), true); // last file offset
+    let dataAt = descBytes;
+    ops.forEach((op, k) => {
+      const d = 64 + k * 32;
+      dv.setBigUint64(d + 16, BigInt(op.fileOffset), true);
+      dv.setBigUint64(d + 24, seq, true);
+      if (op.page) {
+        e.set(ascii('desc'), d);
+        e.set(op.page.subarray(4092, 4096), d + 4); // trailing bytes
+        e.set(op.page.subarray(0, 8), d + 8); // leading bytes
+        e.set(ascii('data'), dataAt);
+        dv.setUint32(dataAt + 4, Number(seq >> 32n), true);
+        e.set(op.page.subarray(8, 4092), dataAt + 8);
+        dv.setUint32(dataAt + 4092, Number(seq & 0xffffffffn), true);
+        dataAt += 4096;
+      } else {
+        e.set(ascii('zero'), d);
+        dv.setBigUint64(d + 8, BigInt(op.zeroLength ?? 0), true);
+      }
+    });
+    fixCrc(e);
+    at += length;
+  });
 }
 
 /** The DataWriteGuid of the current header of a VHDX file (highest valid sequence number). */
@@ -74,7 +137,7 @@ export function fixCrc(b: Uint8Array): void {
 const utf16 = (s: string) => Buffer.from(s, 'utf16le');
 const ascii = (s: string) => Buffer.from(s, 'latin1');
 
-export function writeVhdx(file: string, o: VhdxWriteOptions): void {
+export function writeVhdx(file: string, o: VhdxWriteOptions): VhdxLayout {
   const bs = o.blockSize ?? MiB;
   const ls = 512;
   const ratio = chunkRatio(ls, bs);
@@ -233,5 +296,16 @@ export function writeVhdx(file: string, o: VhdxWriteOptions): void {
     const sb = bitmapChunks.get(k);
     if (sb !== undefined) out.set(t.bits, sb + (blk % ratio) * (spb / 8));
   }
+  const layout: VhdxLayout = {
+    fileSize: out.length,
+    batOffset: batAt,
+    bat: new Uint8Array(bat.buffer.slice(0)),
+    payloadAt,
+  };
+  if (o.log) {
+    if (!o.logGuid) throw new Error('a log needs a logGuid');
+    writeLog(out, o.logGuid, o.log(layout));
+  }
   writeFileSync(file, out);
+  return layout;
 }

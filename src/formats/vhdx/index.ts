@@ -27,6 +27,7 @@ import {
   REGION2_OFFSET,
   SB_BLOCK_PRESENT,
 } from './layout.js';
+import { replayLog } from './log.js';
 
 /*
  * VHDX ([MS-VHDX]): a file identifier, two 4 KiB headers (CRC-32C, the valid one with the
@@ -123,8 +124,11 @@ export class VhdxImage implements DiskImage {
   private readonly bitmaps = new BitmapCache();
   private creator = '';
 
+  /** Log replay outcome for details(). */
+  private logState = 'empty';
+
   private constructor(
-    private readonly src: ByteSource,
+    private src: ByteSource,
     warnings: string[],
   ) {
     this.name = src.name;
@@ -180,12 +184,7 @@ export class VhdxImage implements DiskImage {
     if (typeof h1 === 'string') this.header = h2 as VhdxHeader;
     else if (typeof h2 === 'string') this.header = h1;
     else this.header = h2.sequenceNumber > h1.sequenceNumber ? h2 : h1;
-    if (this.header.logGuid !== ZERO_GUID) {
-      ctx.warn(
-        `the log is not empty (log GUID ${this.header.logGuid} in header ${this.header.slot}): ` +
-          'it was not replayed, so recently written metadata or data may be missing',
-      );
-    }
+    if (this.header.logGuid !== ZERO_GUID) await this.replay(ctx);
 
     // Region table (copy 2 if copy 1 is damaged).
     let regions: Map<string, Region> | undefined;
@@ -237,13 +236,38 @@ export class VhdxImage implements DiskImage {
     if (batBytes > LIMITS.maxTableBytes) {
       throw this.err('LIMIT', `BAT of ${batBytes} bytes exceeds the table limit`, 'vhdx BAT', batRegion.offset);
     }
-    const bat = await readExact(src, batRegion.offset, batBytes, 'vhdx BAT');
+    const bat = await readExact(this.src, batRegion.offset, batBytes, 'vhdx BAT');
     this.bat = new DataView(bat.buffer, bat.byteOffset, bat.byteLength);
     this.batOffset = batRegion.offset;
     this.clusterSize = this.blockSize;
     this.subformat = this.hasParent ? 'differencing' : this.leaveAllocated ? 'fixed' : 'dynamic';
 
     if (this.hasParent) await this.openParent(ctx);
+  }
+
+  /**
+   * A non-empty log: replay it in memory (the file is never written) so the BAT and
+   * metadata read as the writer left them. A log we cannot replay is a warning, and the
+   * image is read as the file stands.
+   */
+  private async replay(ctx: OpenContext): Promise<void> {
+    const h = this.header;
+    const what = `the log is not empty (log GUID ${h.logGuid} in header ${h.slot})`;
+    try {
+      const r = await replayLog(this.src, h.logOffset, h.logLength, h.logGuid);
+      if (!r) {
+        this.logState = 'not replayed: no valid log sequence';
+        ctx.warn(`${what} but holds no valid sequence of entries: nothing was replayed`);
+        return;
+      }
+      this.src = r.source;
+      this.logState = `replayed in memory (${r.entries} entries, sequence ${r.firstSeq}..${r.lastSeq})`;
+      ctx.warn(`${what}: ${r.entries} log entries were replayed in memory; the file itself was not changed`);
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      this.logState = `not replayed: ${e.message}`;
+      ctx.warn(`${what} and was not replayed (${e.message}): recently written metadata or data may be missing`);
+    }
   }
 
   /** Parse one region table copy; a string explains why it is unusable ("!..." = unsupported, fatal). */
@@ -637,7 +661,7 @@ export class VhdxImage implements DiskImage {
       dataWriteGuid: h.dataWriteGuid,
       fileWriteGuid: h.fileWriteGuid,
       log: {
-        state: h.logGuid === ZERO_GUID ? 'empty' : 'not replayed',
+        state: this.logState,
         guid: h.logGuid,
         offset: h.logOffset,
         length: h.logLength,
