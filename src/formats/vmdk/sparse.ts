@@ -141,8 +141,17 @@ export async function readSparseHeader(src: ByteSource): Promise<{ header: Spars
 
 /** Decompressed grains kept per extent (small reads of a stream-optimized disk hit these). */
 const GRAIN_CACHE = 32;
+
 /** Bytes of grain tables cached per extent. */
 const GT_CACHE_BYTES = 32 << 20;
+
+interface GrainJob {
+  pos: number;
+  n: number;
+  gte: number;
+  inGrain: number;
+  lbaGrain: number;
+}
 
 export class SparseExtent implements VmdkExtent {
   readonly kind = 'SPARSE';
@@ -155,7 +164,7 @@ export class SparseExtent implements VmdkExtent {
   private readonly gtBytes: number;
   private readonly gtCache = new Map<number, Promise<Uint32Array>>();
   private readonly gtCacheMax: number;
-  private readonly grainCache = new Map<number, Uint8Array>();
+  private readonly grainCache = new Map<number, Promise<Uint8Array>>();
   private readonly data: ByteSource;
 
   private constructor(
@@ -331,6 +340,7 @@ export class SparseExtent implements VmdkExtent {
       }
       kind = 0;
     };
+    const jobs: GrainJob[] = [];
     await this.walk(off, len, async (pos, n, gte, inGrain) => {
       if (gte === 0) {
         if (kind === 2 && runPos + runLen === pos) runLen += n;
@@ -348,9 +358,7 @@ export class SparseExtent implements VmdkExtent {
       }
       if (this.compressed) {
         await flush();
-        const grain = await this.grain(gte, Math.floor((off + pos) / this.grainBytes));
-        const avail = Math.max(0, Math.min(n, grain.length - inGrain));
-        out.set(grain.subarray(inGrain, inGrain + avail), at + pos); // a short grain's tail stays zero
+        jobs.push({ pos, n, gte, inGrain, lbaGrain: Math.floor((off + pos) / this.grainBytes) });
         return;
       }
       const host = gte * 512 + inGrain;
@@ -371,43 +379,123 @@ export class SparseExtent implements VmdkExtent {
       }
     });
     await flush();
+    if (jobs.length > 0) await this.inflateAll(jobs, out, at);
+  }
+
+  /**
+   * Inflate the compressed grains of one read. A stream-optimized file stores them one after
+   * another, so one large read of the span that holds them replaces a small read per grain.
+   */
+  private async inflateAll(jobs: GrainJob[], out: Uint8Array, at: number): Promise<void> {
+    let lo = Number.POSITIVE_INFINITY;
+    let hi = 0;
+    for (const j of jobs) {
+      const o = j.gte * 512;
+      if (o < lo) lo = o;
+      if (o > hi) hi = o;
+    }
+    hi = Math.min(this.src.size, hi + this.maxCompressed + 12);
+    let window: Uint8Array | undefined;
+    const dense = hi - lo <= jobs.length * (this.maxCompressed + 1024) && hi - lo <= 64 << 20;
+    if (jobs.length > 1 && hi > lo && dense) window = await readExact(this.src, lo, hi - lo, 'vmdk compressed grains');
+    for (const j of jobs) {
+      let grain: Uint8Array;
+      const hit = this.grainCache.get(j.gte);
+      if (hit) grain = await hit;
+      else {
+        const payload = window && this.payloadIn(window, lo, j.gte, j.lbaGrain);
+        grain = payload ? this.inflate(payload, j.gte) : await this.grain(j.gte, j.lbaGrain);
+        if (payload) this.remember(j.gte, Promise.resolve(grain));
+      }
+      const avail = Math.max(0, Math.min(j.n, grain.length - j.inGrain));
+      out.set(grain.subarray(j.inGrain, j.inGrain + avail), at + j.pos); // a short grain's tail stays zero
+    }
+  }
+
+  private get maxCompressed(): number {
+    return this.grainBytes + (this.grainBytes >>> 3) + 4096;
+  }
+
+  /** The compressed bytes of the grain at `sector` when `window` (file bytes from `lo`) holds them. */
+  private payloadIn(window: Uint8Array, lo: number, sector: number, lbaGrain: number): Uint8Array | undefined {
+    const o = sector * 512 - lo;
+    if (!this.markers) return window.subarray(o, Math.min(window.length, o + this.maxCompressed));
+    if (o + 12 > window.length) return undefined;
+    const dv = new DataView(window.buffer, window.byteOffset + o, 12);
+    const size = this.checkMarker(dv, sector, lbaGrain);
+    if (o + 12 + size > window.length) return undefined;
+    return window.subarray(o + 12, o + 12 + size);
+  }
+
+  /** Validate a grain marker (lba, size); returns the compressed size. */
+  private checkMarker(dv: DataView, sector: number, lbaGrain: number): number {
+    const size = dv.getUint32(8, true);
+    if (size === 0 || size > this.maxCompressed) {
+      throw new StrataError('CORRUPT', `grain marker gives a compressed size of ${size}`, {
+        file: this.src.name,
+        structure: 'vmdk grain marker',
+        offset: sector * 512,
+      });
+    }
+    const lba = dv.getBigUint64(0, true);
+    if (lba !== BigInt(lbaGrain) * BigInt(this.header.grainSectors) && this.warnings.length < 8) {
+      // qemu and VMware ignore it on read; a mismatch is only worth a note.
+      this.warnings.push(`${this.src.name}: grain marker at ${sector * 512} says lba ${lba}`);
+    }
+    return size;
+  }
+
+  private inflate(payload: Uint8Array, sector: number): Uint8Array {
+    try {
+      // One output chunk of a whole grain: no concatenation of 16 KiB pieces.
+      return inflateSync(payload, { maxOutputLength: this.grainBytes, chunkSize: Math.max(64, this.grainBytes) });
+    } catch (e) {
+      throw new StrataError(
+        'CORRUPT',
+        `grain does not inflate: ${(e as Error).message}`,
+        {
+          file: this.src.name,
+          structure: 'vmdk compressed grain',
+          offset: sector * 512,
+        },
+        { cause: e },
+      );
+    }
+  }
+
+  private remember(sector: number, p: Promise<Uint8Array>): void {
+    this.grainCache.set(sector, p);
+    if (this.grainCache.size > GRAIN_CACHE) this.grainCache.delete(this.grainCache.keys().next().value as number);
   }
 
   /** Inflate one compressed grain (behind its marker when the extent has markers). */
-  private async grain(sector: number, lbaGrain: number): Promise<Uint8Array> {
+  private grain(sector: number, lbaGrain: number): Promise<Uint8Array> {
     const hit = this.grainCache.get(sector);
     if (hit) return hit;
+    const p = this.loadGrain(sector, lbaGrain);
+    p.catch(() => this.grainCache.delete(sector));
+    this.remember(sector, p);
+    return p;
+  }
+
+  private async loadGrain(sector: number, lbaGrain: number): Promise<Uint8Array> {
     const off = sector * 512;
-    const where = { file: this.src.name, structure: 'vmdk compressed grain', offset: off };
-    const maxCompressed = this.grainBytes + (this.grainBytes >>> 3) + 4096;
     let payload: Uint8Array;
     if (this.markers) {
       const m = await readExact(this.data, off, 12, 'vmdk grain marker');
-      const dv = new DataView(m.buffer, m.byteOffset, 12);
-      const size = dv.getUint32(8, true);
-      if (size === 0 || size > maxCompressed) {
-        throw new StrataError('CORRUPT', `grain marker gives a compressed size of ${size}`, where);
-      }
-      const lba = dv.getBigUint64(0, true);
-      if (lba !== BigInt(lbaGrain) * BigInt(this.header.grainSectors)) {
-        // qemu and VMware ignore it on read; a mismatch is only worth a note.
-        if (this.warnings.length < 8) this.warnings.push(`${this.src.name}: grain marker at ${off} says lba ${lba}`);
-      }
+      const size = this.checkMarker(new DataView(m.buffer, m.byteOffset, 12), sector, lbaGrain);
       payload = await readExact(this.data, off + 12, size, 'vmdk compressed grain');
     } else {
-      if (off >= this.src.size)
-        throw new StrataError('CORRUPT', 'compressed grain lies past the end of the file', where);
-      payload = await this.data.read(off, Math.min(maxCompressed, this.src.size - off));
+      if (off >= this.src.size) {
+        throw new StrataError('CORRUPT', 'compressed grain lies past the end of the file', {
+          file: this.src.name,
+          structure: 'vmdk compressed grain',
+          offset: off,
+        });
+      }
+      payload = await this.data.read(off, Math.min(this.maxCompressed, this.src.size - off));
     }
-    let grain: Uint8Array;
-    try {
-      grain = inflateSync(payload, { maxOutputLength: this.grainBytes });
-    } catch (e) {
-      throw new StrataError('CORRUPT', `grain does not inflate: ${(e as Error).message}`, where, { cause: e });
-    }
-    this.grainCache.set(sector, grain);
-    if (this.grainCache.size > GRAIN_CACHE) this.grainCache.delete(this.grainCache.keys().next().value as number);
-    return grain;
+    return this.inflate(payload, sector);
   }
 
   /** Drop caches; the file itself is closed by the image that opened it. */
