@@ -102,6 +102,15 @@ function resealVhdx(b: Uint8Array): void {
   }
 }
 
+/** Re-seal the CRC-32C of every plausible log entry in the 1 MiB log at 1 MiB. */
+function resealLog(b: Uint8Array): void {
+  for (let at = MiB; at + 64 <= Math.min(b.length, 2 * MiB); at += 4096) {
+    if (b[at] !== 0x6c || b[at + 1] !== 0x6f || b[at + 2] !== 0x67 || b[at + 3] !== 0x65) continue; // "loge"
+    const len = new DataView(b.buffer, b.byteOffset + at, 12).getUint32(8, true);
+    if (len >= 4096 && len % 4096 === 0 && at + len <= Math.min(b.length, 2 * MiB)) fixCrc(b.subarray(at, at + len));
+  }
+}
+
 interface Target {
   name: string;
   cases: number;
@@ -146,8 +155,31 @@ test('fuzz: mutated vhd and vhdx images open and read cleanly or fail with Strat
     zeroBlocks: [3],
     parent: { file: vhdxParent, relativePath: '.\\parent.vhdx' },
   });
+  // A VHDX with a dirty log of two entries (replayed in memory by the reader).
+  const vhdxLog = path.join(dir, 'log-src.vhdx');
+  writeVhdx(vhdxLog, {
+    virtualSize: 4 * MiB,
+    writes: [
+      { offset: 0, data: new Uint8Array(MiB).fill(3) },
+      { offset: MiB, data: new Uint8Array(MiB).fill(4) },
+    ],
+    logGuid: 'deadbeef-0000-4000-8000-00000000f00d',
+    log: (l) => {
+      const b1 = l.payloadAt.get(1) as number;
+      const batPage = new Uint8Array(4096);
+      batPage.set(l.bat.subarray(0, Math.min(4096, l.bat.length)));
+      batPage.fill(0, 0, 8);
+      return [
+        [{ fileOffset: b1 + 8192, page: new Uint8Array(4096).fill(5) }],
+        [
+          { fileOffset: l.batOffset, page: batPage },
+          { fileOffset: b1 + 65536, zeroLength: 8192 },
+        ],
+      ];
+    },
+  });
   // Sanity: the unmutated images open and read.
-  for (const f of [vhdChild, vhdxChild]) await fromFile(f);
+  for (const f of [vhdChild, vhdxChild, vhdxLog]) await fromFile(f);
   await fromMemory(vhdDyn, 'vhd-dyn', 'vhd');
   await fromMemory(vhdFixed, 'vhd-fixed', 'vhd');
   await fromMemory(vhdxDyn, 'vhdx-dyn', 'vhdx');
@@ -156,6 +188,7 @@ test('fuzz: mutated vhd and vhdx images open and read cleanly or fail with Strat
   const vhdxMeta = 3 * MiB; // qemu's layout: BAT region at 2 MiB, metadata at 3 MiB
   const childVhd = readFileSync(vhdChild);
   const childVhdx = readFileSync(vhdxChild);
+  const logVhdx = readFileSync(vhdxLog);
   const inDir = (ext: string) => async (b: Uint8Array, i: number) => {
     const f = path.join(dir, `case-${i}.${ext}`);
     writeFileSync(f, b);
@@ -227,6 +260,23 @@ test('fuzz: mutated vhd and vhdx images open and read cleanly or fail with Strat
       ],
       reseal: resealVhdx,
       run: inDir('vhdx'),
+    },
+    {
+      name: 'vhdx dirty log',
+      cases: 40,
+      bytes: logVhdx,
+      regions: [
+        [128 * KiB + 48, 128 * KiB + 80],
+        [MiB, MiB + 128],
+        [MiB + 4096, MiB + 4096 + 64],
+        [MiB + 8192, MiB + 8192 + 128],
+        [MiB + 12288, MiB + 12288 + 64],
+      ],
+      reseal: (b) => {
+        resealVhdx(b);
+        resealLog(b);
+      },
+      run: (b, i) => fromMemory(b, `vhdx-log-case-${i}`, 'vhdx'),
     },
   ];
 
