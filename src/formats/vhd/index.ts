@@ -435,6 +435,9 @@ export class VhdImage implements DiskImage {
       currentSize: f.currentSize,
       originalSize: f.originalSize,
       geometry: { cylinders: f.cylinders, heads: f.heads, sectorsPerTrack: f.sectorsPerTrack },
+      // The virtual size is the footer's current size; Virtual PC (and qemu for images
+      // from some creators) shows the CHS size instead, which may be a little smaller.
+      geometrySize: f.cylinders * f.heads * f.sectorsPerTrack * SECTOR,
       uniqueId: f.uniqueId,
       savedState: f.savedState !== 0,
     };
