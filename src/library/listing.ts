@@ -162,35 +162,61 @@ export async function* walkTree(
   const warn = opts.onWarning ?? (() => {});
   const seenDirs = new Set<number>([dir.ino]);
 
-  const listDir = async (path: string, d: Inode): Promise<WalkItem[]> => {
+  type Listing = { items: WalkItem[]; warnings: string[] };
+  const listDir = async (path: string, d: Inode): Promise<Listing> => {
     const entries: DirEntry[] = [];
+    const warnings: string[] = [];
     for await (const e of fs.readdir(d)) {
       if (!safeName(e.name)) {
-        warn(`${path}: refused directory entry ${JSON.stringify(e.name)} (inode ${e.ino})`);
+        warnings.push(`${path}: refused directory entry ${JSON.stringify(e.name)} (inode ${e.ino})`);
         continue;
       }
       entries.push(e);
     }
     entries.sort((a, b) => compareNames(a.name, b.name));
     const depth = path === '/' ? 1 : path.split('/').length;
-    return mapLimit(entries, conc, async (e) => ({
+    const items = await mapLimit(entries, conc, async (e) => ({
       path: joinPath(path, e.name),
       name: e.name,
       inode: await fs.inode(e.ino),
       depth,
     }));
+    return { items, warnings };
   };
 
-  // Stack of listings being consumed; a subdirectory's listing is started while its parent's
-  // earlier siblings are still being yielded (one directory of look-ahead).
-  const stack: { items: WalkItem[]; i: number }[] = [{ items: await listDir(dirPath, dir), i: 0 }];
+  // Stack of listings being consumed. While a directory's entries are yielded, the listings
+  // of its next few subdirectories are already being read (LOOKAHEAD per level), so a slow
+  // source (qcow2, HTTP) is kept busy. Their warnings are only reported when entered.
+  const LOOKAHEAD = opts.recursive ? 4 : 0;
+  type Level = { items: WalkItem[]; i: number; ahead: Map<number, Promise<Listing>>; scan: number };
+  const open = (l: Listing): Level => {
+    for (const w of l.warnings) warn(w);
+    return { items: l.items, i: 0, ahead: new Map(), scan: 0 };
+  };
+  const prefetch = (lv: Level) => {
+    if (lv.scan < lv.i) lv.scan = lv.i;
+    while (lv.scan < lv.items.length && lv.ahead.size < LOOKAHEAD) {
+      const it = lv.items[lv.scan];
+      if (it.inode.type === 'dir' && !seenDirs.has(it.inode.ino)) {
+        const p = listDir(it.path, it.inode);
+        p.catch(() => {}); // reported when awaited
+        lv.ahead.set(lv.scan, p);
+      }
+      lv.scan++;
+    }
+  };
+  const stack: Level[] = [open(await listDir(dirPath, dir))];
   while (stack.length > 0) {
     const top = stack[stack.length - 1];
     if (top.i >= top.items.length) {
       stack.pop();
       continue;
     }
-    const item = top.items[top.i++];
+    prefetch(top);
+    const idx = top.i++;
+    const item = top.items[idx];
+    const ahead = top.ahead.get(idx);
+    top.ahead.delete(idx);
     yield item;
     if (!opts.recursive || item.inode.type !== 'dir') continue;
     if (opts.enter && !opts.enter(item)) continue;
@@ -203,7 +229,7 @@ export async function* walkTree(
       continue;
     }
     seenDirs.add(item.inode.ino);
-    stack.push({ items: await listDir(item.path, item.inode), i: 0 });
+    stack.push(open(await (ahead ?? listDir(item.path, item.inode))));
   }
 }
 

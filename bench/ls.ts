@@ -1,0 +1,316 @@
+/**
+ * bench:ls — `strata ls -R -l --json` and `strata extract` against the peers on a real
+ * Debian tree, in one run, best of N each, JSON lines on stdout.
+ *
+ * Set-up (cached under .cache/bench): `debootstrap --variant=minbase bookworm` from the
+ * mirror apt already uses, then `mkfs.ext4 -d` of that tree into a raw image.
+ *
+ * Cases:
+ * - ls: strata vs `fls -r -p` (The Sleuth Kit) and vs debugfs listing every directory with
+ *   `ls -p DIR` (one debugfs process per tree level, fed a command file with one line per
+ *   directory of that level — debugfs has no recursive ls);
+ * - extract: strata vs `debugfs -R 'rdump / DIR'`; both trees are then compared (file
+ *   count, every path's type, sha256 of a sample).
+ *
+ * Options: --runs N (default 3), --profile (also write V8 CPU profiles of one strata ls and
+ * one extract and print their hottest functions), --image FILE (bench another ext image).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = (() => {
+  let d = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
+  return d;
+})();
+const BENCH = path.join(ROOT, '.cache', 'bench');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+
+const args = process.argv.slice(2);
+const opt = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const RUNS = Number(opt('--runs') ?? 3);
+const PROFILE = args.includes('--profile');
+
+function log(msg: string): void {
+  process.stderr.write(`bench:ls: ${msg}\n`);
+}
+
+function need(cmd: string, pkg: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
+    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
+  }
+}
+
+function sh(cmd: string, argv: string[], opts: { input?: string } = {}): string {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, input: opts.input });
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** The Debian mirror apt uses (deb822 URIs: or one-line deb entries), else deb.debian.org. */
+function aptMirror(): string {
+  const files = ['/etc/apt/sources.list'];
+  const d = '/etc/apt/sources.list.d';
+  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
+  for (const f of files) {
+    if (!existsSync(f)) continue;
+    const text = readFileSync(f, 'utf8');
+    for (const m of text.matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
+    for (const m of text.matchAll(/^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm)) {
+      if (/\/debian\/?$/.test(m[1])) return m[1];
+    }
+  }
+  return 'http://deb.debian.org/debian';
+}
+
+function setup(): string {
+  const given = opt('--image');
+  if (given) return path.resolve(given);
+  mkdirSync(BENCH, { recursive: true });
+  const rootfs = path.join(BENCH, 'rootfs');
+  if (!existsSync(rootfs)) {
+    need('debootstrap', 'debootstrap');
+    const tmp = `${rootfs}.tmp`;
+    rmSync(tmp, { recursive: true, force: true });
+    const mirror = aptMirror();
+    log(`debootstrap --variant=minbase bookworm from ${mirror} (once)`);
+    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, mirror]);
+    renameSync(tmp, rootfs);
+  }
+  const image = path.join(BENCH, 'bookworm-minbase.ext4');
+  if (!existsSync(image)) {
+    need('mkfs.ext4', 'e2fsprogs');
+    const bytes = Number(sh('du', ['-sb', rootfs]).split(/\s/)[0]);
+    const size = Math.ceil((bytes * 1.4 + (96 << 20)) / (1 << 20));
+    log(`mkfs.ext4 -d ${rootfs} (${size} MiB, once)`);
+    sh('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'bench-root', '-d', rootfs, `${image}.tmp`, `${size}M`]);
+    renameSync(`${image}.tmp`, image);
+  }
+  return image;
+}
+
+/** Wall time of one process, stdout discarded (or kept when `keep`). */
+function timed(cmd: string, argv: string[], keep = false): Promise<{ ms: number; out: string }> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const c = spawn(cmd, argv, { stdio: ['ignore', keep ? 'pipe' : 'ignore', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    c.stdout?.on('data', (b: Buffer) => out.push(b));
+    c.stderr?.on('data', (b: Buffer) => {
+      if (err.length < 4000) err += b;
+    });
+    c.on('error', reject);
+    c.on('close', (code) => {
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (code !== 0) reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
+      else resolve({ ms, out: Buffer.concat(out).toString('utf8') });
+    });
+  });
+}
+
+/** debugfs has no recursive ls: one process per tree level, one `ls -p DIR` line per directory. */
+async function debugfsListAll(image: string): Promise<{ ms: number; entries: number }> {
+  const cmdfile = path.join(BENCH, 'debugfs-ls.cmd');
+  let level = ['/'];
+  let entries = 0;
+  const t0 = process.hrtime.bigint();
+  while (level.length > 0) {
+    writeFileSync(cmdfile, `${level.map((d) => `ls -p "${d}"`).join('\n')}\n`);
+    const { out } = await timed('debugfs', ['-f', cmdfile, image], true);
+    const next: string[] = [];
+    let cur = '';
+    for (const line of out.split('\n')) {
+      if (line.startsWith('debugfs: ls -p "')) {
+        cur = line.slice('debugfs: ls -p "'.length, -1);
+        continue;
+      }
+      const m = /^\/(\d+)\/(\d+)\/(\d+)\/(\d+)\/(.*)\/(\d*)\/$/.exec(line);
+      if (!m || m[5] === '.' || m[5] === '..') continue;
+      entries++;
+      if (m[2].startsWith('04')) next.push(cur === '/' ? `/${m[5]}` : `${cur}/${m[5]}`);
+    }
+    level = next;
+  }
+  return { ms: Number(process.hrtime.bigint() - t0) / 1e6, entries };
+}
+
+async function best(n: number, f: () => Promise<number>): Promise<number> {
+  let b = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < n; i++) b = Math.min(b, await f());
+  return b;
+}
+
+function line(o: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify(o)}\n`);
+}
+
+const round = (x: number) => Math.round(x * 10) / 10;
+
+function report(kase: string, strataMs: number, peer: string, peerMs: number, extra: Record<string, unknown> = {}) {
+  line({
+    case: kase,
+    strataMs: round(strataMs),
+    peerMs: round(peerMs),
+    peer,
+    ratio: round((strataMs / peerMs) * 1000) / 1000,
+    ...extra,
+  });
+}
+
+/** Every path under a tree with its type; regular files' relative paths. */
+function treeIndex(root: string): { types: Map<string, string>; files: string[] } {
+  const types = new Map<string, string>();
+  const files: string[] = [];
+  const walk = (rel: string) => {
+    for (const name of readdirSync(path.join(root, rel))) {
+      const r = rel ? `${rel}/${name}` : name;
+      const st = lstatSync(path.join(root, r));
+      const t = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+      types.set(r, t);
+      if (t === 'file') files.push(r);
+      if (t === 'dir') walk(r);
+    }
+  };
+  walk('');
+  files.sort();
+  return { types, files };
+}
+
+const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+
+/** Hottest functions (self time) of a V8 .cpuprofile. */
+function hotSpots(file: string, top = 15): Array<{ fn: string; where: string; selfMs: number; pct: number }> {
+  const p = JSON.parse(readFileSync(file, 'utf8')) as {
+    nodes: Array<{
+      id: number;
+      hitCount?: number;
+      callFrame: { functionName: string; url: string; lineNumber: number };
+    }>;
+    startTime: number;
+    endTime: number;
+    samples: number[];
+  };
+  const interval = (p.endTime - p.startTime) / 1000 / Math.max(1, p.samples.length);
+  const byFn = new Map<string, { fn: string; where: string; hits: number }>();
+  let total = 0;
+  for (const n of p.nodes) {
+    const hits = n.hitCount ?? 0;
+    total += hits;
+    const url = n.callFrame.url.replace(`file://${ROOT}/`, '');
+    const key = `${n.callFrame.functionName}@${url}:${n.callFrame.lineNumber + 1}`;
+    const e = byFn.get(key) ?? {
+      fn: n.callFrame.functionName || '(anonymous)',
+      where: `${url}:${n.callFrame.lineNumber + 1}`,
+      hits: 0,
+    };
+    e.hits += hits;
+    byFn.set(key, e);
+  }
+  return [...byFn.values()]
+    .sort((a, b) => b.hits - a.hits)
+    .slice(0, top)
+    .map((e) => ({
+      fn: e.fn,
+      where: e.where,
+      selfMs: round(e.hits * interval),
+      pct: round((100 * e.hits) / Math.max(1, total)),
+    }));
+}
+
+async function main(): Promise<void> {
+  need('fls', 'sleuthkit');
+  need('debugfs', 'e2fsprogs');
+  if (!existsSync(CLI)) throw new Error(`${CLI} missing: npm run build first`);
+  const image = setup();
+  log(`image ${image} (${statSync(image).size} bytes), best of ${RUNS}`);
+  const node = process.execPath;
+
+  // --- ls -------------------------------------------------------------------------------
+  const lsArgs = [CLI, 'ls', '-R', '-l', '--json', image, '/'];
+  const counted = await timed(node, lsArgs, true);
+  const strataEntries = counted.out.split('\n').filter(Boolean).length;
+  const flsOut = await timed('fls', ['-r', '-p', image], true);
+  // fls adds virtual entries ($OrphanFiles and the like, 'V/V'); count real ones
+  const flsEntries = flsOut.out
+    .split('\n')
+    .filter((l) => l && !l.startsWith('V/V') && !l.includes('$OrphanFiles')).length;
+  const strataLs = await best(RUNS, async () => (await timed(node, lsArgs)).ms);
+  const flsMs = await best(RUNS, async () => (await timed('fls', ['-r', '-p', image])).ms);
+  report('ls -R', strataLs, 'fls -r -p', flsMs, { entries: strataEntries, peerEntries: flsEntries });
+  let dbgEntries = 0;
+  const dbgMs = await best(RUNS, async () => {
+    const r = await debugfsListAll(image);
+    dbgEntries = r.entries;
+    return r.ms;
+  });
+  report('ls -R', strataLs, 'debugfs ls -p per directory', dbgMs, { entries: strataEntries, peerEntries: dbgEntries });
+
+  // --- extract ----------------------------------------------------------------------------
+  const outS = path.join(BENCH, 'extract-strata');
+  const outD = path.join(BENCH, 'extract-debugfs');
+  const strataX = await best(RUNS, async () => {
+    rmSync(outS, { recursive: true, force: true });
+    return (await timed(node, [CLI, 'extract', image, '/', outS])).ms;
+  });
+  const dbgX = await best(RUNS, async () => {
+    rmSync(outD, { recursive: true, force: true });
+    mkdirSync(outD);
+    return (await timed('debugfs', ['-R', `rdump / ${outD}`, image])).ms;
+  });
+  const a = treeIndex(outS);
+  const b = treeIndex(outD);
+  let typeMismatch = 0;
+  for (const [p, t] of b.types) if (a.types.get(p) !== t) typeMismatch++;
+  const sample = a.files.filter((_, i) => i % 25 === 0);
+  let shaMismatch = 0;
+  for (const f of sample)
+    if (!existsSync(path.join(outD, f)) || sha(path.join(outS, f)) !== sha(path.join(outD, f))) shaMismatch++;
+  report('extract /', strataX, 'debugfs rdump', dbgX, {
+    files: a.files.length,
+    peerFiles: b.files.length,
+    paths: a.types.size,
+    peerPaths: b.types.size,
+    typeMismatch,
+    sampled: sample.length,
+    shaMismatch,
+  });
+
+  // --- profile ------------------------------------------------------------------------------
+  if (PROFILE) {
+    const dir = path.join(BENCH, 'prof');
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    for (const [name, argv] of [
+      ['ls', ['ls', '-R', '-l', '--json', image, '/']],
+      ['extract', ['extract', image, '/', path.join(dir, 'x')]],
+    ] as const) {
+      const before = new Set(readdirSync(dir));
+      await timed(node, ['--cpu-prof', '--cpu-prof-dir', dir, CLI, ...argv]);
+      const prof = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && !before.has(f));
+      if (prof) line({ case: `profile ${name}`, file: path.join(dir, prof), top: hotSpots(path.join(dir, prof)) });
+    }
+    rmSync(path.join(dir, 'x'), { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench:ls: ${(e as Error).message}\n`);
+  process.exitCode = 1;
+});
