@@ -84,6 +84,7 @@ async function readAll(img: DiskImage): Promise<void> {
   const end = Math.min(img.size, READ_CAP);
   for (let off = 0; off < end; off += 4 * MiB) await img.read(off, Math.min(4 * MiB, end - off));
   if (img.size > READ_CAP) await img.read(img.size - MiB, MiB);
+  if (img.readInto) await img.readInto(Math.max(0, img.size - 3 * MiB), new Uint8Array(3 * MiB + 7));
   await img.status(0, Math.min(img.size, 2 * READ_CAP));
 }
 

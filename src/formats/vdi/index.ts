@@ -2,7 +2,7 @@ import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { statusLength } from '../vmdk/extents.js';
+import { readHost, statusLength } from '../vmdk/extents.js';
 
 /**
  * VirtualBox VDI (header version 1.1): a 64-byte text banner, the signature 0xbeda107f at
@@ -102,6 +102,41 @@ export class VdiImage implements DiskImage {
     }
     await flush();
     return out ?? new Uint8Array(n);
+  }
+
+  /** Read into a caller's (reused, not zeroed) buffer; returns the byte count. */
+  async readInto(offset: number, buf: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, buf.length);
+    const bs = this.blockSize;
+    let runHost = -1;
+    let runAt = 0;
+    let runLen = 0;
+    const flush = async () => {
+      if (runLen === 0) return;
+      await readHost(this.src, runHost, runLen, buf, runAt, 'vdi data block');
+      runLen = 0;
+    };
+    let pos = 0;
+    while (pos < n) {
+      const v = offset + pos;
+      const blk = Math.floor(v / bs);
+      const inBlk = v - blk * bs;
+      const len = Math.min(bs - inBlk, n - pos);
+      const e = this.map[blk];
+      if (e !== BLOCK_FREE && e !== BLOCK_ZERO) {
+        const h = this.host(e, blk, inBlk + len) + inBlk;
+        if (runLen > 0 && runHost + runLen === h) runLen += len;
+        else {
+          await flush();
+          runHost = h;
+          runAt = pos;
+          runLen = len;
+        }
+      } else buf.fill(0, pos, pos + len);
+      pos += len;
+    }
+    await flush();
+    return n;
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {

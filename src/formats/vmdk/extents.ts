@@ -39,7 +39,7 @@ export class FlatExtent implements VmdkExtent {
     }
   }
   async read(off: number, len: number, out: Uint8Array, at: number): Promise<void> {
-    out.set(await readExact(this.src, this.fileOffset + off, len, 'vmdk flat extent'), at);
+    await readHost(this.src, this.fileOffset + off, len, out, at, 'vmdk flat extent');
   }
   async status(off: number, len: number, out: Extent[]): Promise<void> {
     pushExtent(out, this.start + off, len, 'data');
@@ -72,4 +72,30 @@ export function statusLength(src: { name: string; size: number }, offset: number
     throw new StrataError('USAGE', `bad status request (${offset}, ${length})`, { file: src.name });
   }
   return Math.max(0, Math.min(length, src.size - offset));
+}
+
+/**
+ * Read host bytes [offset, offset+len) of `src` straight into out[at, at+len): through
+ * `readInto` when the source has it (no fresh buffer), else one read and a copy.
+ */
+export async function readHost(
+  src: ByteSource,
+  offset: number,
+  len: number,
+  out: Uint8Array,
+  at: number,
+  structure: string,
+): Promise<void> {
+  if (!src.readInto || offset < 0 || offset + len > src.size) {
+    out.set(await readExact(src, offset, len, structure), at);
+    return;
+  }
+  const got = await src.readInto(offset, out.subarray(at, at + len));
+  if (got !== len) {
+    throw new StrataError('TRUNCATED', `short read: wanted ${len} bytes, got ${got}`, {
+      file: src.name,
+      structure,
+      offset,
+    });
+  }
 }

@@ -131,6 +131,23 @@ export class VmdkImage implements DiskImage {
     return out;
   }
 
+  /**
+   * Read into a caller's (reused, not zeroed) buffer: bulk readers such as convert avoid
+   * faulting in fresh memory on every read. Returns the byte count (short only at the end).
+   */
+  async readInto(offset: number, buf: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, buf.length);
+    if (n === 0) return 0;
+    const out = buf.subarray(0, n);
+    out.fill(0); // extents leave zero ranges alone
+    const backing = this.opts.backing;
+    const below = backing
+      ? (virt: number, len: number, at: number) => readBelow(backing, virt, len, out, at)
+      : async () => {};
+    await this.each(offset, n, (e, off, len, pos) => e.read(off, len, out, pos, below));
+    return n;
+  }
+
   async status(offset: number, length: number): Promise<Extent[]> {
     const n = statusLength(this, offset, length);
     const out: Extent[] = [];

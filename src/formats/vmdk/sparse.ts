@@ -3,7 +3,7 @@ import { type ByteSource, type Extent, pushExtent, readExact } from '../../io/by
 import { CachedSource } from '../../io/cached-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
-import type { Below, VmdkExtent } from './extents.js';
+import { type Below, readHost, type VmdkExtent } from './extents.js';
 
 /**
  * A hosted sparse extent ("KDMV"): a 512-byte header, an optional embedded descriptor, a
@@ -334,7 +334,7 @@ export class SparseExtent implements VmdkExtent {
     let runHost = 0;
     const flush = async () => {
       if (kind === 1) {
-        out.set(await readExact(this.src, runHost, runLen, 'vmdk grain'), at + runPos);
+        await readHost(this.src, runHost, runLen, out, at + runPos, 'vmdk grain');
       } else if (kind === 2) {
         await below(this.start + off + runPos, runLen, at + runPos);
       }
