@@ -39,7 +39,7 @@ const READ_AHEAD_ITEMS = 64;
  */
 const STATUS_WINDOW = 64 * 1024 * 1024;
 /** Data ranges closer than this are read as one (the zeros between are cheap to check). */
-const MERGE_GAP = 1024 * 1024;
+const MERGE_GAP = 0;
 
 interface Item {
   offset: number;

@@ -1,0 +1,211 @@
+/**
+ * Convert throughput: Strata's CLI against `qemu-img convert` on the same inputs, in the
+ * same run. Prints one JSON line per case and a summary line.
+ *
+ *   npm run bench:convert            # 1 GiB disk, best of 3
+ *   BENCH_SIZE_MIB=2048 BENCH_RUNS=2 npm run bench:convert
+ *   BENCH_DIR=/dev/shm/strata-bench npm run bench:convert   # inputs and outputs on tmpfs
+ */
+import { execFile, spawn } from 'node:child_process';
+import { createCipheriv } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const pexec = promisify(execFile);
+const ROOT = (() => {
+  let d = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
+  return d;
+})();
+const BIN = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const DIR = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
+const OUT = path.join(DIR, 'out');
+const SIZE = Number(process.env.BENCH_SIZE_MIB ?? 1024) * 1024 * 1024;
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+/** Extra node flags for the Strata child (e.g. BENCH_NODE_FLAGS=--cpu-prof). */
+const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+
+/**
+ * A mixed disk: incompressible runs (AES-CTR keystream), zero runs (holes), repeated
+ * text patterns, in runs of 64 KiB to 8 MiB picked by a seeded PRNG, data at the end.
+ */
+function makeMixedRaw(file: string, size: number): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'w');
+  try {
+    ftruncateSync(fd, size);
+    const aes = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, 0));
+    let s = 0x12345678;
+    const rand = () => {
+      s ^= s << 13;
+      s >>>= 0;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      s >>>= 0;
+      return s;
+    };
+    let pos = 0;
+    let run = 0;
+    while (pos < size) {
+      const len = Math.min(size - pos, (1 + (rand() % 128)) * 65536 + (rand() % 2 === 0 ? rand() % 65536 : 0));
+      const kind = rand() % 10; // 0-3 random, 4-6 zero, 7-9 pattern
+      for (let o = 0; o < len; o += 8 << 20) {
+        const n = Math.min(8 << 20, len - o);
+        if (kind <= 3) writeSync(fd, aes.update(Buffer.alloc(n)), 0, n, pos + o);
+        else if (kind >= 7) {
+          const pat = Buffer.from(`strata bench pattern run ${run} `.repeat(3));
+          const b = Buffer.alloc(n);
+          for (let k = 0; k < n; k += pat.length) pat.copy(b, k, 0, Math.min(pat.length, n - k));
+          writeSync(fd, b, 0, n, pos + o);
+        }
+      }
+      pos += len;
+      run++;
+    }
+    const tail = Buffer.from('END-OF-BENCH-DISK');
+    writeSync(fd, tail, 0, tail.length, size - tail.length);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+}
+
+async function cached(name: string, make: (out: string) => Promise<void> | void): Promise<string> {
+  const f = path.join(DIR, name);
+  if (existsSync(f)) return f;
+  const tmp = `${f}.tmp-${process.pid}`;
+  rmSync(tmp, { force: true });
+  await make(tmp);
+  renameSync(tmp, f);
+  return f;
+}
+
+function runChild(cmd: string, args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d) => (err += d));
+    p.on('error', reject);
+    p.on('close', (code) => {
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (code === 0) resolve(ms);
+      else reject(new Error(`${path.basename(cmd)} ${args.join(' ')} exited ${code}: ${err.trim()}`));
+    });
+  });
+}
+
+interface Case {
+  name: string;
+  input: () => Promise<string>;
+  inFmt: string;
+  outFmt: 'raw' | 'qcow2';
+  compress?: boolean;
+}
+
+async function main(): Promise<void> {
+  mkdirSync(OUT, { recursive: true });
+  const gib = (SIZE / 2 ** 30).toString().replace('.', '_');
+  const raw = await cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
+  const via = (ext: string, args: string[]) => () =>
+    cached(`mixed-${gib}g-v1.${ext}`, async (out) => {
+      await pexec('qemu-img', ['convert', '-f', 'raw', ...args, raw, out]);
+    });
+  const cases: Case[] = [
+    { name: 'qcow2->raw', input: via('qcow2', ['-O', 'qcow2']), inFmt: 'qcow2', outFmt: 'raw' },
+    {
+      name: 'vmdk(streamOptimized)->raw',
+      input: via('stream.vmdk', ['-O', 'vmdk', '-o', 'subformat=streamOptimized']),
+      inFmt: 'vmdk',
+      outFmt: 'raw',
+    },
+    { name: 'vhdx->raw', input: via('vhdx', ['-O', 'vhdx']), inFmt: 'vhdx', outFmt: 'raw' },
+    { name: 'raw->qcow2', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2' },
+    { name: 'raw->qcow2 -c (zlib)', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2', compress: true },
+  ];
+  const results: Array<Record<string, unknown>> = [];
+  for (const c of cases) {
+    try {
+      const input = await c.input();
+      const sOut = path.join(OUT, `strata.${c.outFmt}`);
+      const qOut = path.join(OUT, `qemu.${c.outFmt}`);
+      let bestS = Infinity;
+      let bestQ = Infinity;
+      for (let i = 0; i < RUNS; i++) {
+        // Alternate who goes first so neither always meets a warmer page cache.
+        const order = i % 2 === 0 ? ['strata', 'qemu'] : ['qemu', 'strata'];
+        for (const who of order) {
+          rmSync(who === 'strata' ? sOut : qOut, { force: true });
+          if (who === 'strata') {
+            const args = [...NODE_FLAGS, BIN, 'convert', '-f', c.inFmt, input, sOut, '-O', c.outFmt];
+            if (c.compress) args.push('-c');
+            bestS = Math.min(bestS, await runChild(process.execPath, args));
+            if (i === 0) await pexec('qemu-img', ['compare', '-f', c.inFmt, '-F', c.outFmt, input, sOut]);
+          } else {
+            const args = ['convert', '-f', c.inFmt, '-O', c.outFmt, ...(c.compress ? ['-c'] : []), input, qOut];
+            bestQ = Math.min(bestQ, await runChild('qemu-img', args));
+          }
+        }
+      }
+      const r = {
+        case: c.name,
+        bytes: SIZE,
+        strataMBps: round((SIZE / 1e6 / bestS) * 1000),
+        qemuMBps: round((SIZE / 1e6 / bestQ) * 1000),
+        ratio: round(bestQ / bestS, 3),
+        strataMs: round(bestS),
+        qemuMs: round(bestQ),
+        strataOutBytes: statSync(sOut).size,
+        qemuOutBytes: statSync(qOut).size,
+      };
+      results.push(r);
+      console.log(JSON.stringify(r));
+    } catch (e) {
+      const r = { case: c.name, error: ((e as Error).message ?? String(e)).split('\n')[0].slice(0, 400) };
+      results.push(r);
+      console.log(JSON.stringify(r));
+    } finally {
+      rmSync(path.join(OUT, 'strata.raw'), { force: true });
+      rmSync(path.join(OUT, 'strata.qcow2'), { force: true });
+      rmSync(path.join(OUT, 'qemu.raw'), { force: true });
+      rmSync(path.join(OUT, 'qemu.qcow2'), { force: true });
+    }
+  }
+  const ok = results.filter((r) => typeof r.ratio === 'number');
+  const uncompressed = ok.filter((r) => !String(r.case).includes('-c'));
+  console.log(
+    JSON.stringify({
+      summary: true,
+      bytes: SIZE,
+      runs: RUNS,
+      cases: results.length,
+      failed: results.length - ok.length,
+      minRatioUncompressed: uncompressed.length ? Math.min(...uncompressed.map((r) => r.ratio as number)) : null,
+      geomeanRatio: ok.length
+        ? round(Math.exp(ok.reduce((s, r) => s + Math.log(r.ratio as number), 0) / ok.length), 3)
+        : null,
+    }),
+  );
+}
+
+function round(x: number, digits = 1): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exitCode = 1;
+});
