@@ -120,7 +120,7 @@ export class VhdxImage implements DiskImage {
   private bat!: DataView;
   private batOffset = 0;
   private batCount = 0;
-  private parentEntries: Record<string, string> = {};
+  private parentEntries: Record<string, string> = Object.create(null);
   private readonly bitmaps = new BitmapCache();
   private creator = '';
 
@@ -433,7 +433,7 @@ export class VhdxImage implements DiskImage {
       const e = 20 + i * 12;
       const key = str(dv.getUint32(e, true), dv.getUint16(e + 8, true), `key ${i}`);
       const value = str(dv.getUint32(e + 4, true), dv.getUint16(e + 10, true), `value ${i}`);
-      if (key in this.parentEntries) throw this.err('CORRUPT', `key "${key}" appears twice`, S, at);
+      if (Object.hasOwn(this.parentEntries, key)) throw this.err('CORRUPT', `key "${key}" appears twice`, S, at);
       this.parentEntries[key] = value;
     }
     if (!this.parentEntries.parent_linkage) throw this.err('CORRUPT', 'no parent_linkage entry', S, at);
