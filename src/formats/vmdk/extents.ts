@@ -11,9 +11,10 @@ export interface VmdkExtent {
   readonly bytes: number;
   /**
    * Fill out[at, at+len) with extent bytes [off, off+len) (offsets relative to the extent).
-   * `out` arrives zero-filled: ranges that read as zeros may be left alone.
+   * Unless `dirty`, `out` arrives zero-filled and ranges that read as zeros may be left
+   * alone; a dirty buffer (readInto) must have them zeroed.
    */
-  read(off: number, len: number, out: Uint8Array, at: number, below: Below): Promise<void>;
+  read(off: number, len: number, out: Uint8Array, at: number, below: Below, dirty?: boolean): Promise<void>;
   /** Push this extent's status of [off, off+len) (virtual offsets) onto `out`. */
   status(off: number, len: number, out: Extent[]): Promise<void>;
   /** The bytes of [off, off+len) as one host read when they are stored contiguously (else undefined). */
@@ -57,8 +58,8 @@ export class ZeroExtent implements VmdkExtent {
     readonly start: number,
     readonly bytes: number,
   ) {}
-  async read(): Promise<void> {
-    // `out` is zero-filled already.
+  async read(_off: number, len: number, out: Uint8Array, at: number, _below: Below, dirty?: boolean): Promise<void> {
+    if (dirty) out.fill(0, at, at + len); // else `out` is zero-filled already
   }
   async status(off: number, len: number, out: Extent[]): Promise<void> {
     pushExtent(out, this.start + off, len, 'zero');

@@ -139,12 +139,10 @@ export class VmdkImage implements DiskImage {
     const n = clampRead(this, offset, buf.length);
     if (n === 0) return 0;
     const out = buf.subarray(0, n);
-    out.fill(0); // extents leave zero ranges alone
     const backing = this.opts.backing;
-    const below = backing
-      ? (virt: number, len: number, at: number) => readBelow(backing, virt, len, out, at)
-      : async () => {};
-    await this.each(offset, n, (e, off, len, pos) => e.read(off, len, out, pos, below));
+    // `out` is dirty: unallocated ranges are zeroed here, zero grains/extents by the extents.
+    const below = (virt: number, len: number, at: number) => readBelow(backing, virt, len, out, at);
+    await this.each(offset, n, (e, off, len, pos) => e.read(off, len, out, pos, below, true));
     return n;
   }
 

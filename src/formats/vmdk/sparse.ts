@@ -326,7 +326,7 @@ export class SparseExtent implements VmdkExtent {
     return readExact(this.src, host, len, 'vmdk grain');
   }
 
-  async read(off: number, len: number, out: Uint8Array, at: number, below: Below): Promise<void> {
+  async read(off: number, len: number, out: Uint8Array, at: number, below: Below, dirty = false): Promise<void> {
     // Pending run: contiguous host bytes (kind 1) or contiguous unallocated range (kind 2).
     let kind = 0;
     let runPos = 0;
@@ -353,7 +353,8 @@ export class SparseExtent implements VmdkExtent {
         return;
       }
       if (this.isZero(gte)) {
-        await flush(); // zeroed grain: `out` holds zeros already
+        await flush();
+        if (dirty) out.fill(0, at + pos, at + pos + n); // zeroed grain (else `out` holds zeros)
         return;
       }
       if (this.compressed) {
@@ -379,14 +380,14 @@ export class SparseExtent implements VmdkExtent {
       }
     });
     await flush();
-    if (jobs.length > 0) await this.inflateAll(jobs, out, at);
+    if (jobs.length > 0) await this.inflateAll(jobs, out, at, dirty);
   }
 
   /**
    * Inflate the compressed grains of one read. A stream-optimized file stores them one after
    * another, so one large read of the span that holds them replaces a small read per grain.
    */
-  private async inflateAll(jobs: GrainJob[], out: Uint8Array, at: number): Promise<void> {
+  private async inflateAll(jobs: GrainJob[], out: Uint8Array, at: number, dirty: boolean): Promise<void> {
     let lo = Number.POSITIVE_INFINITY;
     let hi = 0;
     for (const j of jobs) {
@@ -408,7 +409,8 @@ export class SparseExtent implements VmdkExtent {
         if (payload) this.remember(j.gte, Promise.resolve(grain));
       }
       const avail = Math.max(0, Math.min(j.n, grain.length - j.inGrain));
-      out.set(grain.subarray(j.inGrain, j.inGrain + avail), at + j.pos); // a short grain's tail stays zero
+      out.set(grain.subarray(j.inGrain, j.inGrain + avail), at + j.pos);
+      if (dirty && avail < j.n) out.fill(0, at + j.pos + avail, at + j.pos + j.n); // a short grain's tail
     }
   }
 
