@@ -12,8 +12,9 @@ import {
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { closeChain } from '../../src/formats/layer.js';
-import { openImage } from '../../src/formats/open.js';
+import { openImage, openImageSource } from '../../src/formats/open.js';
 import type { DiskImage } from '../../src/formats/types.js';
+import { MemorySource } from '../../src/io/memory-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { type MapRange, mergeMap, qemuMap, strataMap } from '../helpers/qemu-map.js';
@@ -124,6 +125,13 @@ for (const c of CASES) {
     } finally {
       await img.close();
     }
+    // The same bytes from memory (a source whose reads are views of bytes it keeps):
+    // same disk, and the source is left untouched.
+    const bytes = readFileSync(image);
+    const before = sha256(bytes);
+    const mem = await openImageSource(new MemorySource(bytes, image), { format: 'vhd' });
+    assert.equal(await readAllSha(mem), sha256(readFileSync(expected)));
+    assert.equal(sha256(bytes), before);
   });
 }
 

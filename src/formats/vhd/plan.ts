@@ -1,4 +1,5 @@
 import type { ByteSource } from '../../io/byte-source.js';
+import { FileSource } from '../../io/file-source.js';
 import { StrataError } from '../../util/errors.js';
 import { readBelow } from '../layer.js';
 
@@ -11,6 +12,8 @@ import { readBelow } from '../layer.js';
 const FILE = 0;
 const BELOW = 1;
 const ZERO = 2;
+/** Largest host gap between two pieces that one spanning read may cover. */
+const MAX_GAP = 64 * 1024;
 
 interface Piece {
   kind: number;
@@ -54,6 +57,8 @@ export class ReadPlan {
     const only = this.pieces.length === 1 ? this.pieces[0] : undefined;
     if (only && only.kind === FILE && only.len === n) return this.readFile(file, only);
     if (only && only.kind === ZERO) return new Uint8Array(n);
+    const spanned = await this.readSpan(file, n);
+    if (spanned) return spanned;
     if (only && only.kind === BELOW && backing && only.src + n <= backing.size) {
       const b = await backing.read(only.src, n);
       if (b.length === n) return b;
@@ -62,6 +67,52 @@ export class ReadPlan {
     const out = Buffer.allocUnsafe(n);
     await this.run(file, backing, out);
     return out;
+  }
+
+  /**
+   * All pieces from the file, in host order with only small gaps between them (a VHD
+   * block's sector bitmap sits between two blocks' data): read the whole host span at
+   * once and close the gaps in place, so the read costs one buffer, like a raw file.
+   */
+  private async readSpan(file: ByteSource, n: number): Promise<Uint8Array | undefined> {
+    const ps = this.pieces;
+    if (ps.length < 2) return undefined;
+    let gaps = 0;
+    for (let i = 0; i < ps.length; i++) {
+      const p = ps[i];
+      if (p.kind !== FILE) return undefined;
+      if (i > 0) {
+        const q = ps[i - 1];
+        const gap = p.src - (q.src + q.len);
+        if (gap < 0 || gap > MAX_GAP) return undefined;
+        gaps += gap;
+      }
+    }
+    if (gaps > n / 8) return undefined;
+    const first = ps[0];
+    const last = ps[ps.length - 1];
+    const span: Piece = {
+      kind: FILE,
+      src: first.src,
+      at: 0,
+      len: last.src + last.len - first.src,
+      structure: first.structure,
+    };
+    const b = await this.readFile(file, span);
+    // A FileSource hands out a fresh buffer we may rearrange; other sources (memory,
+    // caches) may hand out views of bytes they keep, so those are copied out instead.
+    if (!(file instanceof FileSource)) {
+      const out = Buffer.allocUnsafe(n);
+      for (const p of ps) out.set(b.subarray(p.src - first.src, p.src - first.src + p.len), p.at);
+      return out;
+    }
+    // Pieces move only towards the start (their output offset never exceeds their span
+    // offset), so copying them in order never overwrites one not yet moved.
+    for (const p of ps) {
+      const from = p.src - first.src;
+      if (from !== p.at) b.copyWithin(p.at, from, from + p.len);
+    }
+    return b.subarray(0, n);
   }
 
   private async readFile(file: ByteSource, p: Piece): Promise<Uint8Array> {
