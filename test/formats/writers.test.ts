@@ -245,3 +245,25 @@ test('the output may not overwrite its own input', async () => {
   assert.ok(readFileSync(f).equals(before));
   assert.deepEqual(readdirSync(dir), ['disk.raw']);
 });
+
+test('an empty disk converts to a clean empty qcow2 and an empty raw', async () => {
+  const dir = scratch('w-empty');
+  const src = path.join(dir, 'empty.qcow2');
+  await run('qemu-img', ['create', '-f', 'qcow2', src, '0']);
+  for (const [format, name] of [
+    ['qcow2', 'out.qcow2'],
+    ['raw', 'out.raw'],
+  ] as const) {
+    const out = path.join(dir, name);
+    const img = await openImage(src);
+    try {
+      const r = await convertImage(img, out, { format });
+      assert.equal(r.virtualSize, 0);
+    } finally {
+      await closeChain(img);
+    }
+    if (format === 'qcow2') await qemuCheck(out);
+    await qemuCompare(src, 'qcow2', out, format);
+  }
+  assert.equal(statSync(path.join(dir, 'out.raw')).size, 0);
+});

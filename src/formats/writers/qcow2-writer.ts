@@ -233,7 +233,7 @@ export class Qcow2Writer implements ImageWriter {
     this.alignHead();
     let next = this.head / cs;
     // L2 tables, then the L1 table.
-    const l1 = new Uint8Array(Math.max(1, Math.ceil((this.l1Size * 8) / cs)) * cs);
+    const l1 = new Uint8Array(Math.ceil((this.l1Size * 8) / cs) * cs); // none for an empty disk
     const l1v = new DataView(l1.buffer);
     const l2Host: number[] = [];
     for (let i = 0; i < this.l1Size; i++) {
@@ -243,7 +243,7 @@ export class Qcow2Writer implements ImageWriter {
       l1v.setUint32(i * 8, 0x80000000 + Math.floor(host / TWO32));
       l1v.setUint32(i * 8 + 4, host % TWO32);
     }
-    const l1Offset = next * cs;
+    const l1Offset = l1.length > 0 ? next * cs : 0;
     next += l1.length / cs;
     // Refcount table and blocks must also count themselves: find the fixed point.
     const perBlock = cs / 2;
@@ -277,7 +277,7 @@ export class Qcow2Writer implements ImageWriter {
     for (let j = 0; j < l2Host.length; j += 2) {
       await this.issue(this.l2[l2Host[j]]!, l2Host[j + 1]);
     }
-    await this.issue(l1, l1Offset);
+    if (l1.length > 0) await this.issue(l1, l1Offset);
     await this.issue(rt, rtOffset);
     await this.issue(rb, firstBlock * cs);
     // Header last: until now cluster 0 holds no magic, so a torn file is not an image.
