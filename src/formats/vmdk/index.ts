@@ -12,7 +12,7 @@ import {
   parseDescriptor,
 } from './descriptor.js';
 import { FlatExtent, statusLength, type VmdkExtent, ZeroExtent } from './extents.js';
-import { COWD_MAGIC, SPARSE_MAGIC, SparseExtent } from './sparse.js';
+import { COWD_MAGIC, GT_CACHE_BYTES, SPARSE_MAGIC, SparseExtent } from './sparse.js';
 
 export { type Descriptor, parseDescriptor } from './descriptor.js';
 export { parseSparseHeader, type SparseHeader } from './sparse.js';
@@ -224,6 +224,11 @@ async function openVmdk(ctx: OpenContext): Promise<DiskImage> {
         throw new StrataError('CORRUPT', 'descriptor lists no extents', { file, structure: 'vmdk descriptor' });
       }
       const opened = new Map<string, ByteSource>();
+      // The grain directories of all extents together stay within one table budget.
+      const budget = {
+        tableBytes: LIMITS.maxTableBytes,
+        gtCacheBytes: Math.floor(GT_CACHE_BYTES / desc.extents.length),
+      };
       let start = 0;
       for (const line of desc.extents) {
         const bytes = line.sectors * 512;
@@ -234,7 +239,7 @@ async function openVmdk(ctx: OpenContext): Promise<DiskImage> {
           sectors: line.sectors,
           offset: line.offset || undefined,
         });
-        extents.push(await openExtent(ctx, line, start, bytes, opened, sources));
+        extents.push(await openExtent(ctx, line, start, bytes, opened, sources, budget));
         start += bytes;
       }
       for (const s of opened.values()) fileSize += s.size;
@@ -310,6 +315,7 @@ async function openExtent(
   bytes: number,
   opened: Map<string, ByteSource>,
   sources: ByteSource[],
+  budget: { tableBytes: number; gtCacheBytes: number },
 ): Promise<VmdkExtent> {
   const file = ctx.location;
   const where = { file, structure: `vmdk descriptor extent line ${line.line}` };
@@ -337,7 +343,7 @@ async function openExtent(
   }
   if (FLAT_TYPES.has(line.type)) return new FlatExtent(s, start, bytes, line.offset * 512);
   if (line.offset !== 0) throw new StrataError('UNSUPPORTED', 'sparse extent with a file offset', where);
-  return SparseExtent.open(s, start, line.sectors, line.file);
+  return SparseExtent.open(s, start, line.sectors, line.file, budget, budget.gtCacheBytes);
 }
 
 export const vmdkDriver: FormatDriver = {

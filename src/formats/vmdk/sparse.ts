@@ -142,8 +142,8 @@ export async function readSparseHeader(src: ByteSource): Promise<{ header: Spars
 /** Decompressed grains kept per extent (small reads of a stream-optimized disk hit these). */
 const GRAIN_CACHE = 32;
 
-/** Bytes of grain tables cached per extent. */
-const GT_CACHE_BYTES = 32 << 20;
+/** Bytes of grain tables cached per image (shared out among its sparse extents). */
+export const GT_CACHE_BYTES = 32 << 20;
 
 interface GrainJob {
   pos: number;
@@ -174,6 +174,7 @@ export class SparseExtent implements VmdkExtent {
     readonly header: SparseHeader,
     gd: Uint32Array,
     readonly file: string,
+    gtCacheBytes: number,
   ) {
     this.bytes = sectors * 512;
     this.grainBytes = header.grainSectors * 512;
@@ -182,16 +183,23 @@ export class SparseExtent implements VmdkExtent {
     this.zeroedGrain = (header.flags & FLAG_ZEROED_GRAIN) !== 0;
     this.gd = gd;
     this.gtBytes = header.gtes * 4;
-    this.gtCacheMax = Math.max(4, Math.floor(GT_CACHE_BYTES / this.gtBytes));
+    this.gtCacheMax = Math.max(4, Math.floor(gtCacheBytes / this.gtBytes));
     // Compressed grains are small scattered reads: serve them from a block cache.
-    this.data = this.compressed ? new CachedSource(src, { blockSize: 1 << 20, capacity: 16 << 20 }) : src;
+    this.data = this.compressed ? new CachedSource(src, { blockSize: 256 << 10, capacity: 2 << 20 }) : src;
   }
 
   /**
    * Open a sparse extent that covers `sectors` sectors of the disk starting at byte `start`
    * (`sectors` undefined: the header's capacity).
    */
-  static async open(src: ByteSource, start: number, sectors: number | undefined, file: string): Promise<SparseExtent> {
+  static async open(
+    src: ByteSource,
+    start: number,
+    sectors: number | undefined,
+    file: string,
+    budget: { tableBytes: number } = { tableBytes: LIMITS.maxTableBytes },
+    gtCacheBytes = GT_CACHE_BYTES,
+  ): Promise<SparseExtent> {
     const { header } = await readSparseHeader(src);
     const name = src.name;
     const n = sectors ?? header.capacity;
@@ -211,12 +219,17 @@ export class SparseExtent implements VmdkExtent {
     }
     const perGt = header.grainSectors * header.gtes;
     const entries = Math.ceil(n / perGt);
-    if (entries * 4 > LIMITS.maxTableBytes) {
-      throw new StrataError('LIMIT', `grain directory of ${entries} entries is too large`, {
-        file: name,
-        structure: 'vmdk grain directory',
-        offset: header.gdOffset * 512,
-      });
+    budget.tableBytes -= entries * 4;
+    if (entries * 4 > LIMITS.maxTableBytes || budget.tableBytes < 0) {
+      throw new StrataError(
+        'LIMIT',
+        `grain directory of ${entries} entries is too large (or all of them together are)`,
+        {
+          file: name,
+          structure: 'vmdk grain directory',
+          offset: header.gdOffset * 512,
+        },
+      );
     }
     let gdSector = header.gdOffset;
     const fits = (s: number) => s > 0 && s * 512 + entries * 4 <= src.size;
@@ -233,7 +246,7 @@ export class SparseExtent implements VmdkExtent {
     }
     const raw = await readExact(src, gdSector * 512, entries * 4, 'vmdk grain directory');
     const gd = toU32(raw);
-    const ext = new SparseExtent(src, start, n, header, gd, file);
+    const ext = new SparseExtent(src, start, n, header, gd, file, gtCacheBytes);
     if (gdSector !== header.gdOffset)
       ext.warnings.push(`${name}: primary grain directory unusable, read the redundant one`);
     return ext;
