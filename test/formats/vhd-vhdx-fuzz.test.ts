@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { closeChain } from '../../src/formats/layer.js';
@@ -192,7 +192,11 @@ test('fuzz: mutated vhd and vhdx images open and read cleanly or fail with Strat
   const inDir = (ext: string) => async (b: Uint8Array, i: number) => {
     const f = path.join(dir, `case-${i}.${ext}`);
     writeFileSync(f, b);
-    await fromFile(f);
+    try {
+      await fromFile(f);
+    } finally {
+      rmSync(f, { force: true });
+    }
   };
   const targets: Target[] = [
     {
