@@ -75,7 +75,9 @@ function mutateFast(base: Uint8Array, regions: Array<[number, number]>, rand: ()
     n += e - s;
   }
   const compact = new Uint8Array(n);
-  spans.forEach(([s, e], i) => compact.set(base.subarray(s, e), at[i]));
+  spans.forEach(([s, e], i) => {
+    compact.set(base.subarray(s, e), at[i]);
+  });
   const toCompact = (x: number) => {
     const i = spans.findIndex(([s, e]) => x >= s && x <= e);
     return at[i] + (x - spans[i][0]);
