@@ -135,6 +135,7 @@ for (const c of CASES) {
     const img = await openImage(image);
     try {
       assert.equal(img.format, 'vhdx');
+      assert.equal(img.subformat, c.opts[0].split('=')[1]);
       assert.equal(img.size, expected.length);
       assert.equal(img.size, c.size);
       if (c.blockSize) assert.equal(img.clusterSize, c.blockSize);
