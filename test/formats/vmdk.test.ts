@@ -345,6 +345,26 @@ test('a grain directory offset past the end of the file is refused', async () =>
   await assert.rejects(openImage(f), isStrata('CORRUPT', /vmdk grain directory/, f));
 });
 
+test('a primary grain directory past EOF falls back to the redundant one (qemu writes both)', async () => {
+  const raw = await smallRaw();
+  const src = await converted(raw, 'monolithicSparse');
+  const f = patched(src, 'rgd.vmdk', (b) => {
+    assert.ok(b.readUInt32LE(8) & 2, 'qemu sets the redundant-GD flag');
+    b.writeBigUInt64LE(0x7fffffffn, 56); // gdOffset only; rgdOffset stays valid
+    return b;
+  });
+  const img = await openImage(f);
+  try {
+    assert.equal(await sha256Image(img), sha256File(raw));
+    assert.ok(
+      img.warnings.some((w) => /redundant/.test(w)),
+      `warned: ${JSON.stringify(img.warnings)}`,
+    );
+  } finally {
+    await img.close();
+  }
+});
+
 test('an absurd capacity is refused before any allocation', async () => {
   const src = await converted(await smallRaw(), 'monolithicSparse');
   const f = patched(src, 'cap.vmdk', (b) => {
