@@ -169,7 +169,7 @@ function report(kase: string, strataMs: number, peer: string, peerMs: number, ex
     strataMs: round(strataMs),
     peerMs: round(peerMs),
     peer,
-    ratio: round((strataMs / peerMs) * 1000) / 1000,
+    ratio: Math.round((strataMs / peerMs) * 1000) / 1000,
     ...extra,
   });
 }

@@ -20,8 +20,9 @@ import {
 import * as nodePath from 'node:path';
 import { promisify } from 'node:util';
 import type { FileExtent, FileSystem, Inode, Timestamp } from '../fs/types.js';
-import type { ByteSource } from '../io/byte-source.js';
+import { type ByteSource, clampRead } from '../io/byte-source.js';
 import { CachedSource } from '../io/cached-source.js';
+import { SliceSource } from '../io/slice-source.js';
 import { StrataError } from '../util/errors.js';
 import { imagePath, safeName, type WalkItem, walkTree } from './listing.js';
 
@@ -110,6 +111,7 @@ export async function extractTree(
   // Small files sit next to each other on the volume: read them through 1 MiB blocks so a
   // directory of small files costs a few large reads, not one read each.
   const data = smallReadCache(fs.volume);
+  const bulk = bulkReader(fs.volume);
 
   // Findings of the reader during this run (unsafe names it dropped, bad checksums) are ours too.
   const fsWarningsBefore = fs.warnings.length;
@@ -160,7 +162,7 @@ export async function extractTree(
       try {
         let end = 0;
         if (ino.size > 0) {
-          const c = await copyData(fs, data, ino, item.path, fd, chunk);
+          const c = await copyData(fs, data, bulk, ino, item.path, fd, chunk);
           result.bytes += c.bytes;
           end = c.end;
         }
@@ -357,6 +359,7 @@ export async function extractTree(
 async function copyData(
   fs: FileSystem,
   volume: ByteSource,
+  bulk: BulkReader | undefined,
   ino: Inode,
   path: string,
   fd: number,
@@ -419,11 +422,27 @@ async function copyData(
         offset: volStart,
       });
     }
-    for (let off = e.fileOffset; off < runEnd; off += chunk) {
-      const n = Math.min(chunk, runEnd - off);
-      const b = await volume.read(volStart + (off - e.fileOffset), n);
-      writeAll(fd, b, off);
-      written += n;
+    if (runEnd - e.fileOffset >= BIG_READ && bulk) {
+      // Large runs: reuse one pooled buffer instead of faulting in fresh memory per chunk.
+      const buf = takeBuffer(chunk);
+      try {
+        for (let off = e.fileOffset; off < runEnd; off += chunk) {
+          const n = Math.min(chunk, runEnd - off);
+          const got = await bulk(volStart + (off - e.fileOffset), buf.subarray(0, n));
+          if (got < n) buf.fill(0, got, n);
+          writeAll(fd, buf.subarray(0, n), off);
+          written += n;
+        }
+      } finally {
+        giveBuffer(buf);
+      }
+    } else {
+      for (let off = e.fileOffset; off < runEnd; off += chunk) {
+        const n = Math.min(chunk, runEnd - off);
+        const b = await volume.read(volStart + (off - e.fileOffset), n);
+        writeAll(fd, b, off);
+        written += n;
+      }
     }
     last = Math.max(last, runEnd);
     i = j;
@@ -459,4 +478,34 @@ function smallReadCache(v: ByteSource): ByteSource {
     size: v.size,
     read: (offset, length) => (length >= 256 << 10 ? v.read(offset, length) : cache.read(offset, length)),
   };
+}
+
+/** Runs at least this long are read with pooled buffers. */
+const BIG_READ = 256 << 10;
+
+type BulkReader = (offset: number, out: Uint8Array) => Promise<number>;
+
+/** `readInto` of the volume, looking through partition slices to the disk; undefined when there is none. */
+function bulkReader(src: ByteSource, depth = 0): BulkReader | undefined {
+  if (src.readInto) return (offset, out) => src.readInto!(offset, out);
+  if (src instanceof SliceSource && depth < 16) {
+    const inner = bulkReader(src.parent, depth + 1);
+    if (!inner) return undefined;
+    return async (offset, out) => {
+      const n = clampRead(src, offset, out.length);
+      const got = n > 0 ? await inner(src.start + offset, out.subarray(0, n)) : 0;
+      if (got < n) out.fill(0, got, n); // the slice runs past its parent's end: zeros
+      return n;
+    };
+  }
+  return undefined;
+}
+
+const pool: Uint8Array[] = [];
+function takeBuffer(size: number): Uint8Array {
+  const b = pool.pop();
+  return b && b.length === size ? b : new Uint8Array(size);
+}
+function giveBuffer(b: Uint8Array): void {
+  if (pool.length < 32) pool.push(b);
 }
