@@ -459,6 +459,16 @@ export async function fsImage(kind: string): Promise<string> {
     ntfs: [16 * MiB, 'mkntfs', ['-q', '-F', '-f']],
   };
   return fixture(`vol-fs-${kind}-v1`, async (out) => {
+    if (kind === 'luks') {
+      // LUKS2 header made by cryptsetup (no device-mapper needed to format a file); cheap KDF.
+      await sparse(out, 32 * MiB);
+      await runInput(
+        'cryptsetup',
+        ['luksFormat', '-q', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', '-', out],
+        'strata-test',
+      );
+      return;
+    }
     if (kind === 'iso9660') {
       const src = `${out}.d`;
       mkdirSync(src, { recursive: true });

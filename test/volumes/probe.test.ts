@@ -9,9 +9,9 @@ import { blkidType, fsImage } from '../helpers/volume-images.js';
 
 /**
  * Each kind is made by its own mkfs (e2fsprogs, xfsprogs, btrfs-progs, dosfstools, util-linux
- * mkswap, ntfs-3g mkntfs, genisoimage) on a plain file; blkid -p is the oracle for the name.
+ * mkswap, ntfs-3g mkntfs, genisoimage, cryptsetup luksFormat) on a plain file; blkid -p is the oracle for the name.
  */
-const KINDS = ['ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'fat12', 'fat16', 'fat32', 'swap', 'ntfs', 'iso9660'];
+const KINDS = ['ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'fat12', 'fat16', 'fat32', 'swap', 'ntfs', 'iso9660', 'luks'];
 
 for (const kind of KINDS) {
   test(`whole-disk ${kind}: probeContent agrees with blkid -p, discover gives one volume ""`, async () => {
