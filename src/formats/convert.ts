@@ -28,8 +28,14 @@ export interface ConvertResult {
   bytesWritten: number;
 }
 
-/** Largest read handed to the writer at once. */
-const CHUNK = 4 * 1024 * 1024;
+/**
+ * Largest read handed to the writer at once: 4 MiB into reused buffers when the source can
+ * read into ours; otherwise 256 KiB, because the reader then allocates a buffer per read
+ * and big fresh allocations cost page faults on every use (measured on the 1 GiB bench
+ * disk: vhdx->raw 4 MiB 10.4 s, 1 MiB 6-7.9 s, 256 KiB 3.7-4.3 s).
+ */
+const CHUNK_POOLED = 4 * 1024 * 1024;
+const CHUNK_FRESH = 256 * 1024;
 /** Reads kept in flight ahead of the writer (bytes and count). */
 const READ_AHEAD_BYTES = 32 * 1024 * 1024;
 const READ_AHEAD_ITEMS = 64;
@@ -130,13 +136,13 @@ function refuseOverwritingInputs(src: DiskImage, outPath: string, backing?: Disk
 }
 
 /** Cluster-aligned data and zero ranges of the whole disk, data split into chunks. */
-function chunkSize(gran: number): number {
-  return Math.max(gran, Math.floor(CHUNK / gran) * gran);
+function chunkSize(gran: number, pooled: boolean): number {
+  const c = pooled ? CHUNK_POOLED : CHUNK_FRESH;
+  return Math.max(gran, Math.floor(c / gran) * gran);
 }
 
-async function* plan(img: DiskImage, gran: number): AsyncGenerator<Item> {
+async function* plan(img: DiskImage, gran: number, chunk: number): AsyncGenerator<Item> {
   const size = img.size;
-  const chunk = chunkSize(gran);
   let cursor = 0;
   let ds = -1;
   let de = -1;
@@ -188,13 +194,13 @@ async function pump(
 ): Promise<number> {
   const gran = writer.granularity;
   const total = src.size;
-  const chunk = chunkSize(gran);
+  const readInto = src.readInto?.bind(src);
+  const chunk = chunkSize(gran, readInto !== undefined);
   let bytesRead = 0;
   const queue: Pending[] = [];
   let queued = 0;
   const pool: Uint8Array[] = [];
   let pooledInFlight = 0;
-  const readInto = src.readInto?.bind(src);
 
   const start = (item: Item): Pending => {
     const p: Pending = { item };
@@ -245,7 +251,7 @@ async function pump(
   };
 
   const full = () => queue.length >= READ_AHEAD_ITEMS || queued >= READ_AHEAD_BYTES || pooledInFlight >= POOL_BUFFERS;
-  for await (const item of plan(src, gran)) {
+  for await (const item of plan(src, gran, chunk)) {
     if (signal?.aborted) throw new StrataError('USAGE', 'conversion interrupted', { file: src.name });
     while (queue.length > 0 && full()) await finishOne(queue.shift()!);
     queue.push(start(item));
