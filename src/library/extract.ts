@@ -112,6 +112,7 @@ export async function extractTree(
   // directory of small files costs a few large reads, not one read each.
   const data = smallReadCache(fs.volume);
   const bulk = bulkReader(fs.volume);
+  const slots = bulk ? new BlockSlots(bulk, fs.volume.size, 2 * limit + 8) : undefined;
 
   // Findings of the reader during this run (unsafe names it dropped, bad checksums) are ours too.
   const fsWarningsBefore = fs.warnings.length;
@@ -162,7 +163,7 @@ export async function extractTree(
       try {
         let end = 0;
         if (ino.size > 0) {
-          const c = await copyData(fs, data, bulk, ino, item.path, fd, chunk);
+          const c = await copyData(fs, data, bulk, slots, ino, item.path, fd, chunk);
           result.bytes += c.bytes;
           end = c.end;
         }
@@ -360,6 +361,7 @@ async function copyData(
   fs: FileSystem,
   volume: ByteSource,
   bulk: BulkReader | undefined,
+  slots: BlockSlots | undefined,
   ino: Inode,
   path: string,
   fd: number,
@@ -439,8 +441,9 @@ async function copyData(
     } else {
       for (let off = e.fileOffset; off < runEnd; off += chunk) {
         const n = Math.min(chunk, runEnd - off);
-        const b = await volume.read(volStart + (off - e.fileOffset), n);
-        writeAll(fd, b, off);
+        const at = volStart + (off - e.fileOffset);
+        if (slots) await slots.use(at, n, (view) => writeAll(fd, view, off));
+        else writeAll(fd, await volume.read(at, n), off);
         written += n;
       }
     }
@@ -508,4 +511,80 @@ function takeBuffer(size: number): Uint8Array {
 }
 function giveBuffer(b: Uint8Array): void {
   if (pool.length < 32) pool.push(b);
+}
+
+interface Slot {
+  block: number;
+  buf: Uint8Array;
+  loading: Promise<number>;
+  pins: number;
+}
+
+/**
+ * A small cache of 1 MiB blocks read with readInto into buffers that are reused, for the
+ * many small files of a tree: neighbours on the volume cost one read, and no fresh memory
+ * is faulted in per file. A block is pinned while a caller waits for it and while its
+ * callback (synchronous) runs, so a slot is never refilled under a reader.
+ */
+class BlockSlots {
+  private readonly slots: Slot[] = [];
+  private readonly byBlock = new Map<number, Slot>();
+  private static readonly BS = 1 << 20;
+
+  constructor(
+    private readonly read: BulkReader,
+    private readonly size: number,
+    private readonly max: number,
+  ) {}
+
+  async use(offset: number, length: number, fn: (view: Uint8Array) => void): Promise<void> {
+    const bs = BlockSlots.BS;
+    const idx = Math.floor(offset / bs);
+    if (length === 0) return fn(new Uint8Array(0));
+    if (Math.floor((offset + length - 1) / bs) !== idx) {
+      // crosses a block boundary (rare for small files): read it on its own
+      const b = new Uint8Array(length);
+      const got = await this.read(offset, b);
+      if (got < length) b.fill(0, got);
+      return fn(b);
+    }
+    let s = this.byBlock.get(idx);
+    if (!s) {
+      s = this.slots.find((x) => x.pins === 0);
+      if (s) this.byBlock.delete(s.block);
+      else {
+        s = { block: -1, buf: new Uint8Array(bs), loading: Promise.resolve(0), pins: 0 };
+        if (this.slots.length < this.max) this.slots.push(s);
+      }
+      const slot = s;
+      const start = idx * bs;
+      const want = Math.max(0, Math.min(bs, this.size - start));
+      slot.block = idx;
+      slot.loading = this.read(start, slot.buf.subarray(0, want));
+      slot.loading.catch(() => {
+        if (this.byBlock.get(idx) === slot) this.byBlock.delete(idx);
+      });
+      this.byBlock.set(idx, slot);
+    }
+    // most recently used at the end: reuse scans from the front
+    const at = this.slots.indexOf(s);
+    if (at >= 0 && at !== this.slots.length - 1) {
+      this.slots.splice(at, 1);
+      this.slots.push(s);
+    }
+    s.pins++;
+    try {
+      const got = await s.loading;
+      const from = offset - idx * BlockSlots.BS;
+      if (from + length > got) {
+        throw new StrataError('TRUNCATED', `read of ${length} bytes at ${offset} past the end of the volume`, {
+          offset,
+        });
+      }
+      fn(s.buf.subarray(from, from + length));
+    } finally {
+      s.pins--;
+      if (s.pins === 0 && !this.slots.includes(s) && this.byBlock.get(idx) === s) this.byBlock.delete(idx);
+    }
+  }
 }
