@@ -64,7 +64,12 @@ export async function discoverVolumes(disk: ByteSource, opts: DiscoverOptions = 
     else if (protective) ss = (await backupGptSectorSize(disk)) ?? 512;
   }
   const sectorSize = ss ?? 512;
-  if (protective || (await hasGptSignature(disk, sectorSize))) {
+  const gptSig = await hasGptSignature(disk, sectorSize);
+  if (gptSig && !protective && mbrLike) {
+    // Like Linux: a valid MBR without a 0xEE entry wins over a GPT signature (a stale GPT
+    // left behind by re-partitioning), with a warning.
+    warnings.push('a GPT header exists but the MBR has no protective (0xEE) entry; using the MBR');
+  } else if (protective || gptSig) {
     if (!protective) warnings.push('GPT found without a protective MBR');
     const gpt = await parseGpt(disk, sectorSize);
     warnings.push(...gpt.warnings);

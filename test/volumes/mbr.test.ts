@@ -156,3 +156,16 @@ test('MBR: no signature and no file system -> scheme none; tiny disks are refuse
     (e: unknown) => e instanceof StrataError && e.code === 'TRUNCATED',
   );
 });
+
+test('MBR: a stale GPT signature without a protective entry does not hide the MBR', async () => {
+  const { disk } = await mbrDisk();
+  const bytes = new Uint8Array(readFileSync(disk));
+  bytes.set(Buffer.from('EFI PART'), 512);
+  const r = await discoverVolumes(new MemorySource(bytes, 'stale-gpt'));
+  assert.equal(r.scheme, 'mbr');
+  assert.equal(r.volumes.length, 7);
+  assert.ok(
+    r.warnings.some((w) => /no protective .*using the MBR/.test(w)),
+    JSON.stringify(r.warnings),
+  );
+});
