@@ -153,6 +153,17 @@ test('LVM over two PVs: a linear LV spanning both reads right, the striped LV is
     ranges.reduce((n, x) => n + x.length, 0),
   );
   await checkMarkers(bytes, oracle, ['svg/span'], '2pv');
+  // A read across the boundary between the two PVs stitches both disk ranges together.
+  const [r0, r1] = ranges;
+  const across = await span.source.read(r1.lvOffset - 100, 200);
+  assert.deepEqual(
+    Buffer.from(across),
+    Buffer.concat([
+      bytes.subarray(r0.diskOffset + r0.length - 100, r0.diskOffset + r0.length),
+      bytes.subarray(r1.diskOffset, r1.diskOffset + 100),
+    ]),
+  );
+  assert.equal(r1.lvOffset, r0.length);
 
   // Wipe the label of the PV in partition 2: the VG is incomplete.
   const p2 = Object.values(oracle.devices).find((d) => d.part === '2')!;
