@@ -465,3 +465,46 @@ describe('strata extract (CLI)', () => {
     }
   });
 });
+
+describe('LVM address (--lv VG/LV)', () => {
+  test('--lv reads the file system inside a logical volume; extents map to the disk bytes the LVM tools report', async () => {
+    const { gptDisk, lvRanges } = await import('../helpers/volume-images.js');
+    const g = await gptDisk();
+    const [range] = lvRanges(g.oracle, 'gvg', 'data');
+    const info = await strata(['fsinfo', '--json', g.disk, '--lv', 'gvg/data']);
+    assert.equal(info.code, 0, info.stderr);
+    const fi = JSON.parse(info.stdout);
+    assert.equal(fi.kind, 'ext2');
+    assert.equal(fi.label, 'inlv');
+    // the root directory's blocks, as debugfs sees them in a copy of the LV's bytes
+    const lvCopy = path.join(scratch('lv-copy'), 'lv.img');
+    try {
+      await run('dd', [
+        `if=${g.disk}`,
+        `of=${lvCopy}`,
+        'bs=64K',
+        `skip=${range.diskOffset}`,
+        `count=${range.length}`,
+        'iflag=skip_bytes,count_bytes',
+        'status=none',
+      ]);
+      const blocks = (await run('debugfs', ['-R', 'blocks /', lvCopy])).trim().split(/\s+/).map(Number);
+      const st = await strata(['stat', '--json', g.disk, '--lv', 'gvg/data', '/']);
+      assert.equal(st.code, 0, st.stderr);
+      const j = JSON.parse(st.stdout);
+      const mine: number[] = [];
+      for (const e of j.extents) {
+        for (let b = 0; b < Math.ceil(e.length / fi.blockSize); b++) mine.push(e.volumeOffset / fi.blockSize + b);
+        if (e.diskOffset !== null) assert.equal(e.diskOffset, range.diskOffset + e.volumeOffset);
+      }
+      assert.deepEqual(mine, blocks);
+    } finally {
+      rmSync(path.dirname(lvCopy), { recursive: true, force: true });
+    }
+    // vfat, ext4 and the LV's ext2 all hold file systems, none an OS root: the default is refused
+    const amb = await strata(['ls', g.disk]);
+    assert.notEqual(amb.code, 0);
+    assert.match(amb.stderr, /gvg\/data \(/);
+    assert.match(amb.stderr, /\b2 \(.*ext4/);
+  });
+});
