@@ -403,7 +403,19 @@ for (const spec of VARIANTS) {
       });
 
       await t.test('inode flags match debugfs (htree on the big directory where dir_index is on)', async () => {
-        for (const p of ['/big', '/files/size-1500000', '/sparse/fragmented', '/names']) {
+        for (const p of [
+          '/big',
+          '/files/size-1500000',
+          '/files/size-59',
+          '/files/size-200000',
+          '/sparse/fragmented',
+          '/names',
+          '/links',
+          '/links/len1000',
+          '/links/fast',
+          '/xattrs',
+          '/deep/level-0',
+        ]) {
           const i = await fs.lookup(p);
           const out = await run('debugfs', ['-R', `stat "${p}"`, img]);
           const m = /Flags: 0x([0-9a-f]+)/.exec(out);
@@ -413,6 +425,18 @@ for (const spec of VARIANTS) {
         const big = await fs.lookup('/big');
         const features = (await fs.info()).features ?? [];
         if (features.includes('dir_index')) assert.ok((big.flags ?? 0) & 0x1000, '/big is an htree directory');
+        if (features.includes('inline_data')) {
+          const small = await fs.lookup('/files/size-59');
+          assert.ok((small.flags ?? 0) & 0x10000000, 'small files are inline');
+          const xdir = await fs.lookup('/xattrs');
+          assert.ok((xdir.flags ?? 0) & 0x10000000, 'a small directory is inline');
+          const ex: FileExtent[] = [];
+          for await (const e of fs.extents(small)) ex.push(e);
+          assert.deepEqual(
+            ex.map((e) => [e.fileOffset, e.length, e.inline]),
+            [[0, 59, true]],
+          );
+        }
       });
 
       await t.test('path resolution follows symlinks like the kernel', async () => {
