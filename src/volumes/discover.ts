@@ -184,21 +184,23 @@ function makeVolume(disk: ByteSource, warnings: string[], spec: VolumeSpec): Vol
 
 async function finish(disk: ByteSource, result: DiscoverResult, alreadyProbed = false): Promise<DiscoverResult> {
   const { volumes, warnings } = result;
-  // Overlaps among partitions (the extended container naturally holds its logicals).
-  const plain = volumes.filter((v) => v.size > 0 && v.id !== '');
-  for (let i = 0; i < plain.length; i++) {
-    for (let k = i + 1; k < plain.length; k++) {
-      const a = plain[i];
-      const b = plain[k];
-      const container =
-        (a.flags?.includes('extended') && b.flags?.includes('logical')) ||
-        (b.flags?.includes('extended') && a.flags?.includes('logical'));
-      if (container) continue;
-      if (a.start < b.start + b.size && b.start < a.start + a.size) {
-        warnings.push(`partitions ${a.id} and ${b.id} overlap`);
+  // Overlaps among partitions: primaries/GPT entries (with the extended container) among
+  // themselves, and logicals among themselves (they live inside the container). Sort and
+  // sweep, so hostile tables with thousands of entries stay O(n log n).
+  let overlaps = 0;
+  const sweep = (group: Volume[]) => {
+    let reach: Volume | undefined;
+    for (const v of group.sort((a, b) => a.start - b.start)) {
+      if (reach && v.start < reach.start + reach.size && ++overlaps <= 32) {
+        warnings.push(`partitions ${reach.id} and ${v.id} overlap`);
       }
+      if (!reach || v.start + v.size > reach.start + reach.size) reach = v;
     }
-  }
+  };
+  const sized = volumes.filter((v) => v.size > 0 && v.id !== '');
+  sweep(sized.filter((v) => !v.flags?.includes('logical')));
+  sweep(sized.filter((v) => v.flags?.includes('logical')));
+  if (overlaps > 32) warnings.push(`${overlaps - 32} more overlapping partition pairs`);
   if (!alreadyProbed) {
     for (const v of volumes) {
       if (v.flags?.includes('extended') || v.size === 0) continue;

@@ -247,6 +247,10 @@ export async function parseGpt(disk: ByteSource, ss: number): Promise<GptTable> 
 
   const partitions: GptPartition[] = [];
   const dv = new DataView(array.buffer, array.byteOffset, array.byteLength);
+  let entryWarnings = 0;
+  const warnEntry = (w: string) => {
+    if (++entryWarnings <= 32) warnings.push(w);
+  };
   for (let i = 0; i < header.entryCount; i++) {
     const e = i * header.entrySize;
     const typeGuid = guidAt(array, e);
@@ -262,11 +266,11 @@ export async function parseGpt(disk: ByteSource, ss: number): Promise<GptTable> 
     }
     const id = String(i + 1);
     if (lastLbaE < firstLba) {
-      warnings.push(`GPT entry ${id}: last LBA ${lastLbaE} is before first LBA ${firstLba}; ignored`);
+      warnEntry(`GPT entry ${id}: last LBA ${lastLbaE} is before first LBA ${firstLba}; ignored`);
       continue;
     }
     if (firstLba < header.firstUsableLba || lastLbaE > header.lastUsableLba) {
-      warnings.push(`GPT entry ${id} (LBA ${firstLba}..${lastLbaE}) lies outside the usable range`);
+      warnEntry(`GPT entry ${id} (LBA ${firstLba}..${lastLbaE}) lies outside the usable range`);
     }
     const start = firstLba * ss;
     const size = (lastLbaE - firstLba + 1) * ss;
@@ -285,6 +289,7 @@ export async function parseGpt(disk: ByteSource, ss: number): Promise<GptTable> 
       name: fixSurrogates(name),
     });
   }
+  if (entryWarnings > 32) warnings.push(`${entryWarnings - 32} more GPT entry warnings`);
   return { sectorSize: ss, header, usedBackup, diskGuid: header.diskGuid, partitions, warnings };
 }
 

@@ -73,7 +73,7 @@ export async function readPvLabel(src: ByteSource): Promise<PvLabel | undefined>
       throw new StrataError('CORRUPT', `PV header offset ${hdr} out of bounds`, where);
     const pvWhere = { ...where, structure: 'LVM2 PV header', offset: s * SECTOR + hdr };
     const uuid = text(sec, hdr, hdr + 32);
-    if (!/^[A-Za-z0-9!#+.]{32}$/.test(uuid) && !/^[\x21-\x7e]{32}$/.test(uuid)) {
+    if (!/^[\x21-\x7e]{32}$/.test(uuid)) {
       throw new StrataError('CORRUPT', 'PV UUID is not printable', pvWhere);
     }
     const deviceSize = u64(dv, hdr + 32, pvWhere);

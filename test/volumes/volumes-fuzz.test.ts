@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import { type ByteSource, clampRead } from '../../src/io/byte-source.js';
+import { MemorySource } from '../../src/io/memory-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { discoverVolumes } from '../../src/volumes/discover.js';
 import { lvmCrc, parseVgMetadata } from '../../src/volumes/lvm.js';
@@ -286,4 +287,87 @@ test('fuzz: the VG interpreter on mutated metadata text throws only StrataError'
     if (f) failures.push(`seed ${seed}: ${f}`);
   }
   assert.deepEqual(failures, []);
+});
+
+test('crafted extremes: 16384 overlapping GPT entries, 200 chained EBRs, an oversized entry array', async () => {
+  // A protective MBR, a GPT header at LBA 1 and 16384 used, overlapping 128-byte entries.
+  const size = 4 * 1024 * 1024;
+  const b = new Uint8Array(size);
+  const dv = new DataView(b.buffer);
+  b[510] = 0x55;
+  b[511] = 0xaa;
+  b[446 + 4] = 0xee;
+  dv.setUint32(446 + 8, 1, true);
+  dv.setUint32(446 + 12, size / 512 - 1, true);
+  const count = 16384;
+  const linuxFs = [0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4];
+  for (let i = 0; i < count; i++) {
+    const e = 1024 + i * 128;
+    b.set(linuxFs, e);
+    dv.setUint32(e + 16, i + 1, true);
+    dv.setBigUint64(e + 32, 40n + BigInt(i % 7), true);
+    dv.setBigUint64(e + 40, 4000n, true);
+  }
+  const h = 512;
+  b.set(Buffer.from('EFI PART'), h);
+  dv.setUint32(h + 8, 0x10000, true);
+  dv.setUint32(h + 12, 92, true);
+  dv.setBigUint64(h + 24, 1n, true);
+  dv.setBigUint64(h + 32, BigInt(size / 512 - 1), true);
+  dv.setBigUint64(h + 40, 34n + BigInt((count * 128) / 512), true);
+  dv.setBigUint64(h + 48, BigInt(size / 512 - 34), true);
+  dv.setBigUint64(h + 72, 2n, true);
+  dv.setUint32(h + 80, count, true);
+  dv.setUint32(h + 84, 128, true);
+  const sign = () => {
+    dv.setUint32(h + 88, crc32(b.subarray(1024, 1024 + count * 128)) >>> 0, true);
+    dv.setUint32(h + 16, 0, true);
+    dv.setUint32(h + 16, crc32(b.subarray(h, h + 92)) >>> 0, true);
+  };
+  sign();
+  let outcome: unknown;
+  const f = await expectCleanOutcome(async () => {
+    outcome = await discoverVolumes(new MemorySource(b, 'many-entries'));
+  }, 5000);
+  assert.equal(f, null);
+  const r = outcome as Awaited<ReturnType<typeof discoverVolumes>>;
+  assert.equal(r.volumes.length, count);
+  assert.ok(r.warnings.some((w) => /more overlapping partition pairs/.test(w)));
+  assert.ok(r.warnings.length < 100, `warnings stay bounded (${r.warnings.length})`);
+
+  // One entry more than the cap: the header is refused (and there is no backup).
+  dv.setUint32(h + 80, count + 1, true);
+  sign();
+  await assert.rejects(
+    discoverVolumes(new MemorySource(b, 'too-many')),
+    (e: unknown) => e instanceof StrataError && e.code === 'CORRUPT' && /exceed the limit/.test(e.message),
+  );
+
+  // 200 logical partitions chained by EBRs: at most 128 are listed, with a warning.
+  const m = new Uint8Array(size);
+  const mv = new DataView(m.buffer);
+  m[510] = 0x55;
+  m[511] = 0xaa;
+  m[446 + 4] = 0x05;
+  mv.setUint32(446 + 8, 2048, true);
+  mv.setUint32(446 + 12, size / 512 - 2048, true);
+  for (let i = 0; i < 200; i++) {
+    const ebr = (2048 + i * 16) * 512;
+    m[ebr + 510] = 0x55;
+    m[ebr + 511] = 0xaa;
+    m[ebr + 446 + 4] = 0x83;
+    mv.setUint32(ebr + 446 + 8, 1, true);
+    mv.setUint32(ebr + 446 + 12, 15, true);
+    if (i < 199) {
+      m[ebr + 446 + 16 + 4] = 0x05;
+      mv.setUint32(ebr + 446 + 16 + 8, (i + 1) * 16, true);
+      mv.setUint32(ebr + 446 + 16 + 12, 16, true);
+    }
+  }
+  const r2 = await discoverVolumes(new MemorySource(m, 'many-logicals'));
+  assert.equal(r2.volumes.filter((v) => v.flags?.includes('logical')).length, 128);
+  assert.ok(
+    r2.warnings.some((w) => /more than 128 logical partitions/.test(w)),
+    JSON.stringify(r2.warnings),
+  );
 });
