@@ -182,6 +182,9 @@ interface Pending {
   pooled?: Uint8Array;
 }
 
+/** Writes kept in flight while the next chunks are checked. */
+const MAX_WRITES = 2;
+
 /** Read buffers kept for reuse when the source can read into them (fresh memory costs page faults). */
 const POOL_BUFFERS = 8;
 
@@ -201,6 +204,7 @@ async function pump(
   let queued = 0;
   const pool: Uint8Array[] = [];
   let pooledInFlight = 0;
+  const writes: Promise<void>[] = [];
 
   const start = (item: Item): Pending => {
     const p: Pending = { item };
@@ -241,13 +245,22 @@ async function pump(
       if (backing) {
         bytesRead += below?.length ?? 0;
         await writeDifferences(writer, item.offset, data, below, gran);
-      } else await writer.writeData(item.offset, data);
-      if (p.pooled) {
-        pool.push(p.pooled);
-        pooledInFlight--;
+        release(p);
+      } else {
+        // Let a few writes run while the next chunks are checked; the buffer returns to the pool when its write is done.
+        const w = writer.writeData(item.offset, data).then(() => release(p));
+        w.catch(() => {});
+        writes.push(w);
+        while (writes.length > MAX_WRITES) await writes.shift();
       }
     }
     onProgress?.(item.offset + item.length, total);
+  };
+  const release = (p: Pending) => {
+    if (p.pooled) {
+      pool.push(p.pooled);
+      pooledInFlight--;
+    }
   };
 
   const full = () => queue.length >= READ_AHEAD_ITEMS || queued >= READ_AHEAD_BYTES || pooledInFlight >= POOL_BUFFERS;
@@ -257,6 +270,7 @@ async function pump(
     queue.push(start(item));
   }
   while (queue.length > 0) await finishOne(queue.shift()!);
+  await Promise.all(writes);
   onProgress?.(total, total);
   return bytesRead;
 }

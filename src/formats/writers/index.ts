@@ -23,7 +23,7 @@ export interface ImageWriter {
   /**
    * The disk holds `data` at `offset` (a multiple of `granularity`). Bytes past the
    * virtual size are ignored. The writer is done with the buffer when the promise settles
-   * (the caller may then reuse it).
+   * (the caller may then reuse it). Calls may overlap (several writes in flight).
    */
   writeData(offset: number, data: Uint8Array): Promise<void>;
   /** The disk reads as zeros here, even where a backing file holds data (granularity aligned). */

@@ -124,24 +124,18 @@ export class Qcow2Writer implements ImageWriter {
   private async writePlain(offset: number, data: Uint8Array, pieces: Array<[number, number]>): Promise<void> {
     const cs = this.clusterSize;
     this.alignHead();
-    let runStart = -1;
-    let runEnd = -1;
-    let runHost = 0;
+    // Allocate every cluster before the first await, so concurrent calls never interleave.
+    const runs: Array<[number, number, number]> = []; // [start in data, end in data, host]
     for (const [p, q] of pieces) {
       const host = this.head;
       this.head += cs;
       this.addRef(host / cs);
       this.setEntry((offset + p) / cs, 0x80000000 + Math.floor(host / TWO32), host % TWO32);
-      if (runStart >= 0 && p === runEnd && host === runHost + (runEnd - runStart)) {
-        runEnd = q;
-        continue;
-      }
-      if (runStart >= 0) await this.issue(data.subarray(runStart, runEnd), runHost);
-      runStart = p;
-      runEnd = q;
-      runHost = host;
+      const last = runs[runs.length - 1];
+      if (last && p === last[1] && host === last[2] + (last[1] - last[0])) last[1] = q;
+      else runs.push([p, q, host]);
     }
-    if (runStart >= 0) await this.issue(data.subarray(runStart, runEnd), runHost);
+    await Promise.all(runs.map(([p, q, host]) => this.issue(data.subarray(p, q), host)));
   }
 
   private async writeCompressed(offset: number, data: Uint8Array, pieces: Array<[number, number]>): Promise<void> {
