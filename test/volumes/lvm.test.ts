@@ -109,19 +109,23 @@ test('LVM: metadata text that wraps around the circular buffer is read', async (
 
 test('LVM PV inside a GPT partition: LVs nested under the partition, ext2 inside found', async () => {
   const { disk, oracle } = await gptDisk();
-  const r = await discoverVolumes(await FileSource.open(disk));
-  const lv = findVolume(r.volumes, { lv: 'gvg/data' });
-  assert.equal(lv.parent, '4');
-  const [range] = lvRanges(oracle, 'gvg', 'data');
-  assert.equal(lv.size, range.length);
-  assert.equal(lv.content, await blkidType(disk, range.diskOffset, range.length));
-  assert.equal(lv.content, 'ext2');
-  const whole = readFileSync(disk);
-  assert.deepEqual(
-    Buffer.from(await lv.source.read(1024, 1024)),
-    whole.subarray(range.diskOffset + 1024, range.diskOffset + 2048),
-  );
-  await lv.source.close?.();
+  const src = await FileSource.open(disk);
+  try {
+    const r = await discoverVolumes(src);
+    const lv = findVolume(r.volumes, { lv: 'gvg/data' });
+    assert.equal(lv.parent, '4');
+    const [range] = lvRanges(oracle, 'gvg', 'data');
+    assert.equal(lv.size, range.length);
+    assert.equal(lv.content, await blkidType(disk, range.diskOffset, range.length));
+    assert.equal(lv.content, 'ext2');
+    const whole = readFileSync(disk);
+    assert.deepEqual(
+      Buffer.from(await lv.source.read(1024, 1024)),
+      whole.subarray(range.diskOffset + 1024, range.diskOffset + 2048),
+    );
+  } finally {
+    await src.close();
+  }
 });
 
 test('LVM over two PVs: a linear LV spanning both reads right, the striped LV is UNSUPPORTED, a missing PV is NOT_FOUND', async () => {
