@@ -189,6 +189,10 @@ export async function extractTree(
           return true;
         }
         case 'fifo':
+          if (ino.nlink <= 1) {
+            specials.push({ item, target });
+            return false;
+          }
           try {
             await pexec('mkfifo', ['-m', (ino.mode & 0o7777).toString(8), '--', target]);
           } catch (e) {
@@ -202,6 +206,10 @@ export async function extractTree(
         case 'block': {
           if (!isRoot) {
             skip(`${item.path}: ${ino.type} device not created (needs root)`);
+            return false;
+          }
+          if (ino.nlink <= 1) {
+            specials.push({ item, target });
             return false;
           }
           const dev = ino.rdev ?? { major: 0, minor: 0 };
@@ -226,6 +234,57 @@ export async function extractTree(
         default:
           skip(`${item.path}: ${ino.type} not extracted`);
           return false;
+      }
+    };
+
+    /**
+     * Fifos and device nodes (not hard-linked) are made at the end by one `sh` running
+     * mkfifo/mknod for each: a child process per node costs a fork of this whole process.
+     * Paths are positional arguments, never part of the script.
+     */
+    const specials: { item: WalkItem; target: string }[] = [];
+    const makeSpecials = async () => {
+      const script =
+        'while [ $# -gt 0 ]; do if [ "$3" = p ]; then mkfifo -m "$1" -- "$2"; else mknod -m "$1" -- "$2" "$3" "$4" "$5"; fi; shift 5; done';
+      for (let i = 0; i < specials.length; i += 256) {
+        const batch = specials.slice(i, i + 256);
+        const argv: string[] = [];
+        for (const { item, target } of batch) {
+          const ino = item.inode;
+          const dev = ino.rdev ?? { major: 0, minor: 0 };
+          const kind = ino.type === 'fifo' ? 'p' : ino.type === 'char' ? 'c' : 'b';
+          argv.push((ino.mode & 0o7777).toString(8), target, kind, String(dev.major), String(dev.minor));
+        }
+        let err = '';
+        try {
+          await pexec('sh', ['-c', script, 'sh', ...argv]);
+        } catch (e) {
+          err = firstLine(e);
+        }
+        for (const { item, target } of batch) {
+          const ino = item.inode;
+          let st: ReturnType<typeof lstatSync> | undefined;
+          try {
+            st = lstatSync(target);
+          } catch {
+            st = undefined;
+          }
+          const ok =
+            st &&
+            (ino.type === 'fifo' ? st.isFIFO() : ino.type === 'char' ? st.isCharacterDevice() : st.isBlockDevice());
+          if (!ok) {
+            skip(`${item.path}: ${ino.type} not created${err ? ` (${err})` : ''}`);
+            continue;
+          }
+          try {
+            setMeta(target, ino);
+          } catch (e) {
+            entryFailure(e, item.path, target);
+            continue;
+          }
+          if (ino.type === 'fifo') result.fifos++;
+          else result.devices++;
+        }
       }
     };
 
@@ -295,6 +354,7 @@ export async function extractTree(
       const name = nodePath.posix.basename(src);
       if (!safeName(name)) throw new StrataError('USAGE', `cannot extract ${JSON.stringify(src)} under that name`);
       await extractOne({ path: src, name, inode: top, depth: 0 }, nodePath.join(destReal, name));
+      await makeSpecials();
       return result;
     }
 
@@ -334,6 +394,7 @@ export async function extractTree(
       await submit(() => extractOne(item, target));
     }
     await drain();
+    await makeSpecials();
 
     // Directory modes and times last, deepest first, so writing children does not undo them.
     for (let i = dirs.length - 1; i >= 0; i--) {
