@@ -17,6 +17,10 @@ export function parseSize(text: string, what: string): number {
   return Number(m[1]) * mult;
 }
 
+/** Format names as qemu records them in a qcow2 backing format extension, and back. */
+const QEMU_NAME: Record<string, string> = { vhd: 'vpc' };
+const OUR_NAME: Record<string, string> = { vpc: 'vhd', file: 'raw' };
+
 /** `convert IN OUT -O raw|qcow2`: write the disk an image presents into a new raw or qcow2 file. */
 export function registerConvertCommand(program: Command): void {
   addOpenOptions(
@@ -61,16 +65,14 @@ export function registerConvertCommand(program: Command): void {
       if (backingPath) {
         // Like qemu, a relative backing name is relative to the image that records it.
         const resolved = path.resolve(path.dirname(path.resolve(out)), backingPath);
+        const given = o.backingFormat as string | undefined;
         backing = await openImage(resolved, {
           ...openOpts,
           noBacking: false,
-          format: o.backingFormat as string | undefined,
+          format: given === undefined ? undefined : (OUR_NAME[given] ?? given),
         });
-        opts.backing = {
-          path: backingPath,
-          format: (o.backingFormat as string | undefined) ?? backing.format,
-          image: backing,
-        };
+        // Record the name qemu knows the format by (our 'vhd' is its 'vpc').
+        opts.backing = { path: backingPath, format: QEMU_NAME[backing.format] ?? backing.format, image: backing };
       }
       if (process.stderr.isTTY) {
         bar = new cliProgress.SingleBar(
