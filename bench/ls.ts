@@ -151,12 +151,6 @@ async function debugfsListAll(image: string): Promise<{ ms: number; entries: num
   return { ms: Number(process.hrtime.bigint() - t0) / 1e6, entries };
 }
 
-async function best(n: number, f: () => Promise<number>): Promise<number> {
-  let b = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < n; i++) b = Math.min(b, await f());
-  return b;
-}
-
 function line(o: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(o)}\n`);
 }
@@ -251,29 +245,44 @@ async function main(): Promise<void> {
   const flsEntries = flsOut.out
     .split('\n')
     .filter((l) => l && !l.startsWith('V/V') && !l.includes('$OrphanFiles')).length;
-  const strataLs = await best(RUNS, async () => (await timed(node, lsArgs)).ms);
-  const flsMs = await best(RUNS, async () => (await timed('fls', ['-r', '-p', image])).ms);
-  report('ls -R', strataLs, 'fls -r -p', flsMs, { entries: strataEntries, peerEntries: flsEntries });
+  // Runs alternate between the tools (who goes first swaps each round) so drift in the
+  // machine's load hits all of them alike; each keeps its best.
+  const bestOf = async (fns: Array<() => Promise<number>>): Promise<number[]> => {
+    const bestMs = fns.map(() => Number.POSITIVE_INFINITY);
+    for (let r = 0; r < RUNS; r++) {
+      const order = fns.map((_, i) => i);
+      if (r % 2 === 1) order.reverse();
+      for (const i of order) bestMs[i] = Math.min(bestMs[i], await fns[i]());
+    }
+    return bestMs;
+  };
   let dbgEntries = 0;
-  const dbgMs = await best(RUNS, async () => {
-    const r = await debugfsListAll(image);
-    dbgEntries = r.entries;
-    return r.ms;
-  });
+  const [strataLs, flsMs, dbgMs] = await bestOf([
+    async () => (await timed(node, lsArgs)).ms,
+    async () => (await timed('fls', ['-r', '-p', image])).ms,
+    async () => {
+      const r = await debugfsListAll(image);
+      dbgEntries = r.entries;
+      return r.ms;
+    },
+  ]);
+  report('ls -R', strataLs, 'fls -r -p', flsMs, { entries: strataEntries, peerEntries: flsEntries });
   report('ls -R', strataLs, 'debugfs ls -p per directory', dbgMs, { entries: strataEntries, peerEntries: dbgEntries });
 
   // --- extract ----------------------------------------------------------------------------
   const outS = path.join(BENCH, 'extract-strata');
   const outD = path.join(BENCH, 'extract-debugfs');
-  const strataX = await best(RUNS, async () => {
-    rmSync(outS, { recursive: true, force: true });
-    return (await timed(node, [CLI, 'extract', image, '/', outS])).ms;
-  });
-  const dbgX = await best(RUNS, async () => {
-    rmSync(outD, { recursive: true, force: true });
-    mkdirSync(outD);
-    return (await timed('debugfs', ['-R', `rdump / ${outD}`, image])).ms;
-  });
+  const [strataX, dbgX] = await bestOf([
+    async () => {
+      rmSync(outS, { recursive: true, force: true });
+      return (await timed(node, [CLI, 'extract', image, '/', outS])).ms;
+    },
+    async () => {
+      rmSync(outD, { recursive: true, force: true });
+      mkdirSync(outD);
+      return (await timed('debugfs', ['-R', `rdump / ${outD}`, image])).ms;
+    },
+  ]);
   const a = treeIndex(outS);
   const b = treeIndex(outD);
   let typeMismatch = 0;
