@@ -216,6 +216,8 @@ export interface KernelEntry {
   nlink: number;
   ino: number;
   mtimeNs: bigint;
+  /** st_blocks * 512 (i_blocks as the kernel reports it). */
+  allocated?: number;
   rdev?: { major: number; minor: number };
   target?: string;
   sha256?: string;
@@ -267,6 +269,7 @@ export async function kernelView(image: string, hashLimit = 64 << 20): Promise<M
         nlink: Number(st.nlink),
         ino: Number(st.ino),
         mtimeNs: st.mtimeNs,
+        allocated: Number(st.blocks) * 512,
       };
       if (type === 'char' || type === 'block') {
         const d = st.rdev;
@@ -379,7 +382,7 @@ export async function extImage(spec: ExtImageSpec, tree?: string): Promise<strin
  * under a given fixture key, so neither does the kernel's view of it).
  */
 export async function kernelViewCached(image: string): Promise<Map<string, KernelEntry>> {
-  const file = await fixture(`${path.basename(image)}.kernel-view.json`, async (out) => {
+  const file = await fixture(`${path.basename(image)}.kernel-view-v2.json`, async (out) => {
     const v = await kernelView(image);
     writeFileSync(
       out,

@@ -50,6 +50,8 @@ const MAX_XATTR_VALUE = 64 << 20;
 const INODE_CACHE = 8192;
 const MAP_CACHE = 512;
 const DIR_CACHE_ENTRIES = 400_000;
+/** File reads up to this size go through the metadata block cache. */
+const SMALL_READ = 32 * 1024;
 
 /** A mapped piece of a file: logical blocks [lblk, lblk+len) at physical block pblk. */
 interface Run {
@@ -99,10 +101,62 @@ const TYPE_BY_DIRENT: FileType[] = ['unknown', 'file', 'dir', 'char', 'block', '
 
 const td = new TextDecoder('utf-8');
 
+const scratch4 = new Uint8Array(4);
+const scratchView = new DataView(scratch4.buffer);
+/** A little-endian u32 in a shared scratch array: only for immediate, synchronous use (crc input). */
 function le32(n: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n >>> 0, true);
-  return b;
+  scratchView.setUint32(0, n >>> 0, true);
+  return scratch4;
+}
+const ZERO2 = new Uint8Array(2);
+
+/**
+ * Inode copies are carved from shared slabs: one ArrayBuffer per 256 inodes instead of one
+ * per inode (small off-heap buffers are slow to allocate and to collect).
+ */
+class Slab {
+  private buf = new Uint8Array(0);
+  private used = 0;
+  constructor(private readonly piece: number) {}
+  copy(src: Uint8Array): Uint8Array {
+    if (this.used + this.piece > this.buf.length) {
+      this.buf = new Uint8Array(this.piece * 256);
+      this.used = 0;
+    }
+    const out = this.buf.subarray(this.used, this.used + this.piece);
+    this.used += this.piece;
+    out.set(src.subarray(0, this.piece));
+    return out;
+  }
+}
+
+/**
+ * A bounded cache in two generations: hits in the old generation move to the new one; when
+ * the new one fills, the old one is dropped whole. No per-entry deletes, so no Map tombstones
+ * for iteration to skip (delete-plus-reinsert LRUs degrade badly in V8).
+ */
+class GenCache<K, V> {
+  private cur = new Map<K, V>();
+  private old = new Map<K, V>();
+  constructor(private readonly half: number) {}
+  get(k: K): V | undefined {
+    const v = this.cur.get(k);
+    if (v !== undefined) return v;
+    const o = this.old.get(k);
+    if (o !== undefined) this.set(k, o);
+    return o;
+  }
+  set(k: K, v: V): void {
+    if (this.cur.size >= this.half) {
+      this.old = this.cur;
+      this.cur = new Map();
+    }
+    this.cur.set(k, v);
+  }
+  clear(): void {
+    this.cur.clear();
+    this.old.clear();
+  }
 }
 
 /** Push a byte range onto a sorted list, merging with the previous one when touching. */
@@ -125,8 +179,9 @@ export class ExtFileSystem implements FileSystem {
   private readonly groupCount: number;
   private readonly csumSeed: number;
   private readonly metadataCsum: boolean;
-  private readonly inodeCache = new Map<number, ExtNode>();
-  private readonly mapCache = new Map<number, Run[]>();
+  private readonly inodeCache = new GenCache<number, ExtNode>(INODE_CACHE / 2);
+  private readonly slab: Slab;
+  private readonly mapCache = new GenCache<number, Run[]>(MAP_CACHE / 2);
   private readonly dirCache = new Map<number, Map<string, DirEntry>>();
   private dirCacheEntries = 0;
   private warningsDropped = 0;
@@ -138,6 +193,7 @@ export class ExtFileSystem implements FileSystem {
     this.name = volume.name;
     this.blockSize = sb.blockSize;
     this.meta = new CachedSource(volume, { blockSize: 128 * 1024, capacity: 48 << 20 });
+    this.slab = new Slab(sb.inodeSize);
     this.groupCount = Math.ceil((sb.blocksCount - sb.firstDataBlock) / sb.blocksPerGroup);
     this.metadataCsum = (sb.roCompat & RO_COMPAT.METADATA_CSUM) !== 0;
     this.csumSeed = sb.incompat & INCOMPAT.CSUM_SEED ? sb.checksumSeed : crc32cRaw(0xffffffff, sb.uuid);
@@ -238,7 +294,7 @@ export class ExtFileSystem implements FileSystem {
         if (this.metadataCsum) {
           let c = crc32cRaw(this.csumSeed, le32(g));
           c = crc32cRaw(c, buf.subarray(o, o + 0x1e));
-          c = crc32cRaw(c, new Uint8Array(2));
+          c = crc32cRaw(c, ZERO2);
           if (ds > 0x20) c = crc32cRaw(c, buf.subarray(o + 0x20, o + ds));
           if ((c & 0xffff) !== v.getUint16(o + 0x1e, true)) {
             this.warn(`group descriptor ${g} checksum mismatch (metadata_csum)`);
@@ -280,14 +336,9 @@ export class ExtFileSystem implements FileSystem {
 
   private async node(ino: number): Promise<ExtNode> {
     const hit = this.inodeCache.get(ino);
-    if (hit) {
-      this.inodeCache.delete(ino);
-      this.inodeCache.set(ino, hit);
-      return hit;
-    }
+    if (hit) return hit;
     const n = await this.loadInode(ino);
     this.inodeCache.set(ino, n);
-    if (this.inodeCache.size > INODE_CACHE) this.inodeCache.delete(this.inodeCache.keys().next().value as number);
     return n;
   }
 
@@ -304,7 +355,7 @@ export class ExtFileSystem implements FileSystem {
     const idx = (ino - 1) % sb.inodesPerGroup;
     const at = this.groups[g].inodeTable * sb.blockSize + idx * sb.inodeSize;
     const structure = `ext inode ${ino}`;
-    const raw = new Uint8Array(await readExact(this.meta, at, sb.inodeSize, structure));
+    const raw = this.slab.copy(await readExact(this.meta, at, sb.inodeSize, structure));
     const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const modeBits = v.getUint16(0, true);
     const flags = v.getUint32(0x20, true);
@@ -316,16 +367,17 @@ export class ExtFileSystem implements FileSystem {
     const generation = v.getUint32(0x64, true);
     if (this.metadataCsum) {
       const hasHi = extraIsize >= 4;
-      const save = new Uint8Array(raw.subarray(0x7c, 0x7e));
-      const saveHi = hasHi ? new Uint8Array(raw.subarray(0x82, 0x84)) : undefined;
       const stored = v.getUint16(0x7c, true) + (hasHi ? v.getUint16(0x82, true) * 65536 : 0);
-      raw[0x7c] = raw[0x7d] = 0;
-      if (hasHi) raw[0x82] = raw[0x83] = 0;
+      // crc over the inode with the checksum fields taken as zeros
       let c = crc32cRaw(this.csumSeed, le32(ino));
       c = crc32cRaw(c, le32(generation));
-      c = crc32cRaw(c, raw);
-      raw.set(save, 0x7c);
-      if (saveHi) raw.set(saveHi, 0x82);
+      c = crc32cRaw(c, raw.subarray(0, 0x7c));
+      c = crc32cRaw(c, ZERO2);
+      if (hasHi) {
+        c = crc32cRaw(c, raw.subarray(0x7e, 0x82));
+        c = crc32cRaw(c, ZERO2);
+        c = crc32cRaw(c, raw.subarray(0x84));
+      } else c = crc32cRaw(c, raw.subarray(0x7e));
       const want = hasHi ? c >>> 0 : c & 0xffff;
       if (want !== stored) this.warn(`${structure}: checksum mismatch (metadata_csum)`);
     }
@@ -356,7 +408,8 @@ export class ExtFileSystem implements FileSystem {
       mtime: time(0x10, 0x88),
       ctime: time(0xc, 0x84),
       flags,
-      allocatedBytes: blocks * 512,
+      // like the kernel's stat: an inline regular file counts its sectors so it does not look sparse
+      allocatedBytes: (blocks + (flags & FL.INLINE_DATA && type === 'file' ? Math.ceil(size / 512) : 0)) * 512,
     };
     if (extraIsize >= 0x94 - 0x80 + 4) pub.crtime = time(0x90, 0x94);
     if (type === 'char' || type === 'block') {
@@ -405,11 +458,7 @@ export class ExtFileSystem implements FileSystem {
   private async runs(n: ExtNode, meta?: number[]): Promise<Run[]> {
     if (!meta) {
       const hit = this.mapCache.get(n.ino);
-      if (hit) {
-        this.mapCache.delete(n.ino);
-        this.mapCache.set(n.ino, hit);
-        return hit;
-      }
+      if (hit) return hit;
     }
     let runs: Run[];
     if (n.flags & FL.INLINE_DATA) runs = [];
@@ -418,7 +467,6 @@ export class ExtFileSystem implements FileSystem {
     else runs = await this.indirectRuns(n, meta);
     if (!meta) {
       this.mapCache.set(n.ino, runs);
-      if (this.mapCache.size > MAP_CACHE) this.mapCache.delete(this.mapCache.keys().next().value as number);
     }
     return runs;
   }
@@ -639,8 +687,10 @@ export class ExtFileSystem implements FileSystem {
       const e = Math.min(rs + r.len * bs, end);
       if (e <= s) continue;
       const vol = r.pblk * bs + (s - rs);
+      // small pieces go through the block cache (neighbouring small files share its blocks)
+      const via = e - s <= SMALL_READ ? this.meta : this.volume;
       reads.push(
-        readExact(this.volume, vol, e - s, `ext inode ${n.ino} data`).then((b) => {
+        readExact(via, vol, e - s, `ext inode ${n.ino} data`).then((b) => {
           out.set(b, s - offset);
         }),
       );
