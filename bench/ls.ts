@@ -12,7 +12,8 @@
  * - extract: strata vs `debugfs -R 'rdump / DIR'`; both trees are then compared (file
  *   count, every path's type, sha256 of a sample).
  *
- * Options: --runs N (default 3), --profile (also write V8 CPU profiles of one strata ls and
+ * Options: --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-ls),
+ * --profile (also write V8 CPU profiles of one strata ls and
  * one extract and print their hottest functions), --image FILE (bench another ext image).
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -270,8 +271,12 @@ async function main(): Promise<void> {
   report('ls -R', strataLs, 'debugfs ls -p per directory', dbgMs, { entries: strataEntries, peerEntries: dbgEntries });
 
   // --- extract ----------------------------------------------------------------------------
-  const outS = path.join(BENCH, 'extract-strata');
-  const outD = path.join(BENCH, 'extract-debugfs');
+  // Extraction targets on tmpfs by default: disk write-back of the previous run's 200 MB
+  // otherwise decides who wins. Both tools write to the same place.
+  const outRoot = opt('--out') ?? (existsSync('/dev/shm') ? '/dev/shm/strata-bench-ls' : BENCH);
+  mkdirSync(outRoot, { recursive: true });
+  const outS = path.join(outRoot, 'extract-strata');
+  const outD = path.join(outRoot, 'extract-debugfs');
   const [strataX, dbgX] = await bestOf([
     async () => {
       rmSync(outS, { recursive: true, force: true });
@@ -300,6 +305,9 @@ async function main(): Promise<void> {
     sampled: sample.length,
     shaMismatch,
   });
+
+  rmSync(outS, { recursive: true, force: true });
+  rmSync(outD, { recursive: true, force: true });
 
   // --- profile ------------------------------------------------------------------------------
   if (PROFILE) {
