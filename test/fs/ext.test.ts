@@ -72,6 +72,8 @@ async function sha256Of(fs: FileSystem, f: Inode): Promise<string> {
   return h.digest('hex');
 }
 
+const ns = (t: { sec: number; nsec: number } | undefined) => (t ? BigInt(t.sec) * 1_000_000_000n + BigInt(t.nsec) : 0n);
+
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 
 /**
@@ -215,6 +217,9 @@ for (const spec of VARIANTS) {
                 i.nlink,
                 i.ino,
                 String(mtimeNs),
+                String(ns(i.atime)),
+                String(ns(i.ctime)),
+                String(ns(i.crtime)),
                 i.allocatedBytes,
                 k.rdev ? i.rdev : undefined,
                 k.target !== undefined ? await fs.readlink(i) : undefined,
@@ -234,6 +239,9 @@ for (const spec of VARIANTS) {
                 k.nlink,
                 k.ino,
                 String(k.mtimeNs),
+                String(k.atimeNs),
+                String(k.ctimeNs),
+                String(k.birthNs),
                 k.allocated,
                 k.rdev,
                 k.target,

@@ -216,6 +216,10 @@ export interface KernelEntry {
   nlink: number;
   ino: number;
   mtimeNs: bigint;
+  atimeNs?: bigint;
+  ctimeNs?: bigint;
+  /** statx birth time (ext4 crtime); 0 when the kernel has none. */
+  birthNs?: bigint;
   /** st_blocks * 512 (i_blocks as the kernel reports it). */
   allocated?: number;
   rdev?: { major: number; minor: number };
@@ -270,6 +274,9 @@ export async function kernelView(image: string, hashLimit = 64 << 20): Promise<M
         ino: Number(st.ino),
         mtimeNs: st.mtimeNs,
         allocated: Number(st.blocks) * 512,
+        atimeNs: st.atimeNs,
+        ctimeNs: st.ctimeNs,
+        birthNs: st.birthtimeNs,
       };
       if (type === 'char' || type === 'block') {
         const d = st.rdev;
@@ -382,7 +389,7 @@ export async function extImage(spec: ExtImageSpec, tree?: string): Promise<strin
  * under a given fixture key, so neither does the kernel's view of it).
  */
 export async function kernelViewCached(image: string): Promise<Map<string, KernelEntry>> {
-  const file = await fixture(`${path.basename(image)}.kernel-view-v2.json`, async (out) => {
+  const file = await fixture(`${path.basename(image)}.kernel-view-v3.json`, async (out) => {
     const v = await kernelView(image);
     writeFileSync(
       out,
