@@ -131,8 +131,7 @@ export async function extractTree(
 
     let created = false;
     try {
-      mkdirSync(dest);
-      created = true;
+      created = mkdirSync(dest, { recursive: true }) !== undefined;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw destError(e, dest);
     }
