@@ -18,6 +18,7 @@ import { walk } from '../../src/fs/walk.js';
 import { FileSource } from '../../src/io/file-source.js';
 import { MemorySource } from '../../src/io/memory-source.js';
 import { StrataError } from '../../src/util/errors.js';
+import { kernelViewCached } from '../helpers/ext-tree.js';
 import { expectCleanOutcome } from '../helpers/fuzz.js';
 import { fixture, run } from '../helpers/tools.js';
 
@@ -365,4 +366,25 @@ test('a real vfat volume (mkfs.vfat) is named as vfat', async () => {
     openImg(img),
     (e: StrataError) => e instanceof StrataError && e.code === 'UNSUPPORTED' && /vfat/.test(e.message),
   );
+});
+
+test('ext2 without the filetype feature: entry types come from the inodes and match the kernel', async () => {
+  const tree = await smallTree();
+  const img = await fixture('ext-bad-nofiletype-v1.img', async (out) => {
+    writeFileSync(out, '');
+    truncateSync(out, 16 << 20);
+    await run('mkfs.ext2', ['-q', '-F', '-b', '1024', '-O', '^filetype', '-d', tree, out]);
+  });
+  const kernel = await kernelViewCached(img);
+  const fs = await openImg(img);
+  assert.ok(!(await fs.info()).features?.includes('filetype'));
+  let n = 0;
+  for await (const it of walk(fs, await fs.root(), '/')) {
+    const k = kernel.get(it.path);
+    assert.ok(k, `${it.path} exists for the kernel`);
+    assert.equal(it.entry.type, k.type, `${it.path}: entry type`);
+    assert.equal(it.inode.type, k.type, `${it.path}: inode type`);
+    n++;
+  }
+  assert.equal(n, kernel.size - 1);
 });

@@ -864,7 +864,19 @@ export class ExtFileSystem implements FileSystem {
     if (n.pub.type !== 'dir') {
       throw new StrataError('USAGE', 'not a directory', this.where(`ext inode ${n.ino}`, n.at));
     }
-    yield* this.dirEntries(n);
+    for await (const e of this.dirEntries(n)) {
+      if (e.type !== 'unknown') yield e;
+      else {
+        // no file type in the entry (ext2 without filetype, or an odd value): ask the inode
+        let type: FileType = 'unknown';
+        try {
+          type = (await this.node(e.ino)).pub.type;
+        } catch (err) {
+          if (!(err instanceof StrataError)) throw err;
+        }
+        yield { ...e, type };
+      }
+    }
   }
 
   private async *dirEntries(n: ExtNode): AsyncGenerator<DirEntry> {
