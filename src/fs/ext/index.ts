@@ -52,6 +52,8 @@ const MAP_CACHE = 512;
 const DIR_CACHE_ENTRIES = 400_000;
 /** File reads up to this size go through the metadata block cache. */
 const SMALL_READ = 32 * 1024;
+/** Inode tables are read and kept in pieces of this size. */
+const IT_CHUNK = 64 * 1024;
 
 /** A mapped piece of a file: logical blocks [lblk, lblk+len) at physical block pblk. */
 interface Run {
@@ -181,6 +183,7 @@ export class ExtFileSystem implements FileSystem {
   private readonly metadataCsum: boolean;
   private readonly inodeCache = new GenCache<number, ExtNode>(INODE_CACHE / 2);
   private readonly slab: Slab;
+  private readonly itCache = new GenCache<number, Uint8Array>(128);
   private readonly mapCache = new GenCache<number, Run[]>(MAP_CACHE / 2);
   private readonly dirCache = new Map<number, Map<string, DirEntry>>();
   private dirCacheEntries = 0;
@@ -355,7 +358,12 @@ export class ExtFileSystem implements FileSystem {
     const idx = (ino - 1) % sb.inodesPerGroup;
     const at = this.groups[g].inodeTable * sb.blockSize + idx * sb.inodeSize;
     const structure = `ext inode ${ino}`;
-    const raw = this.slab.copy(await readExact(this.meta, at, sb.inodeSize, structure));
+    const cs = at - (at % IT_CHUNK);
+    const chunk = this.itCache.get(cs) ?? (await this.loadItChunk(cs, structure));
+    if (at + sb.inodeSize > cs + chunk.length) {
+      throw new StrataError('TRUNCATED', 'the inode lies past the end of the volume', this.where(structure, at));
+    }
+    const raw = this.slab.copy(chunk.subarray(at - cs, at - cs + sb.inodeSize));
     const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const modeBits = v.getUint16(0, true);
     const flags = v.getUint32(0x20, true);
@@ -434,6 +442,14 @@ export class ExtFileSystem implements FileSystem {
       links: pub.nlink,
       blocks512: blocks,
     };
+  }
+
+  /** A 64 KiB piece of an inode table (kept so most inode loads need no I/O and no await). */
+  private async loadItChunk(cs: number, structure: string): Promise<Uint8Array> {
+    const len = Math.min(IT_CHUNK, this.volume.size - cs);
+    const chunk = await readExact(this.volume, cs, Math.max(len, 0), structure);
+    this.itCache.set(cs, chunk);
+    return chunk;
   }
 
   private inodeSeed(n: ExtNode): number {
@@ -864,9 +880,12 @@ export class ExtFileSystem implements FileSystem {
     if (n.pub.type !== 'dir') {
       throw new StrataError('USAGE', 'not a directory', this.where(`ext inode ${n.ino}`, n.at));
     }
-    for await (const e of this.dirEntries(n)) {
-      if (e.type !== 'unknown') yield e;
-      else {
+    for await (const batch of this.dirBatches(n)) {
+      for (const e of batch) {
+        if (e.type !== 'unknown') {
+          yield e;
+          continue;
+        }
         // no file type in the entry (ext2 without filetype, or an odd value): ask the inode
         let type: FileType = 'unknown';
         try {
@@ -879,14 +898,17 @@ export class ExtFileSystem implements FileSystem {
     }
   }
 
-  private async *dirEntries(n: ExtNode): AsyncGenerator<DirEntry> {
+  /** Directory entries in batches (one per read of up to 64 blocks): far fewer async hops than one per entry. */
+  private async *dirBatches(n: ExtNode): AsyncGenerator<DirEntry[]> {
     const structure = `ext directory inode ${n.ino}`;
     if (n.flags & FL.INLINE_DATA) {
       const all = await this.inlineData(n);
       const limit = Math.min(all.length, Math.max(60, n.size));
       // first 4 bytes: parent inode ('..'); then entries in the body, then in system.data
-      yield* this.parseDirBlock(n, all.subarray(4, Math.min(60, limit)), n.at + 0x2c, structure, 2, false);
-      if (limit > 60) yield* this.parseDirBlock(n, all.subarray(60, limit), n.at, structure, 2, false);
+      const out: DirEntry[] = [];
+      this.parseDirBlock(n, all.subarray(4, Math.min(60, limit)), n.at + 0x2c, structure, 2, false, out);
+      if (limit > 60) this.parseDirBlock(n, all.subarray(60, limit), n.at, structure, 2, false, out);
+      yield out;
       return;
     }
     const bs = this.sb.blockSize;
@@ -899,6 +921,7 @@ export class ExtFileSystem implements FileSystem {
         const cnt = Math.min(chunk, r.len - b, nblocks - r.lblk - b);
         const at = (r.pblk + b) * bs;
         const buf = await readExact(this.meta, at, cnt * bs, structure);
+        const out: DirEntry[] = [];
         for (let k = 0; k < cnt; k++) {
           const blk = buf.subarray(k * bs, (k + 1) * bs);
           const first = r.lblk + b + k === 0;
@@ -908,8 +931,9 @@ export class ExtFileSystem implements FileSystem {
           if (first && n.flags & FL.INDEX) dx = 0x20;
           else if (!first && bv.getUint32(0, true) === 0 && (rec0 === bs || (bs === 65536 && rec0 === 0))) dx = 8;
           if (dx && this.metadataCsum) this.checkDxTail(n, blk, dx, at + k * bs, structure);
-          yield* this.parseDirBlock(n, blk, at + k * bs, structure, first ? 0 : 2, dx === 0);
+          this.parseDirBlock(n, blk, at + k * bs, structure, first ? 0 : 2, dx === 0, out);
         }
+        yield out;
       }
     }
   }
@@ -935,14 +959,15 @@ export class ExtFileSystem implements FileSystem {
    * Parse one directory block. `slot0` is how many leading '.'/'..' entries are expected
    * (2 for block 0, else 0 means none are legitimate; inline dirs pass 2 since '.' and '..' are implicit).
    */
-  private *parseDirBlock(
+  private parseDirBlock(
     n: ExtNode,
     blk: Uint8Array,
     at: number,
     structure: string,
     dotsSeen: number,
     checkTail: boolean,
-  ): Generator<DirEntry> {
+    out: DirEntry[],
+  ): void {
     const v = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
     const size = blk.length;
     const filetype = (this.sb.incompat & INCOMPAT.FILETYPE) !== 0;
@@ -980,7 +1005,7 @@ export class ExtFileSystem implements FileSystem {
         } else if (ino > this.sb.inodesCount) {
           this.warn(`${structure}: entry at ${at + pos} names inode ${ino}, out of range; skipped`);
         } else {
-          yield { name: td.decode(nb), ino, type: TYPE_BY_DIRENT[ft] ?? 'unknown' };
+          out.push({ name: td.decode(nb), ino, type: TYPE_BY_DIRENT[ft] ?? 'unknown' });
         }
       }
       pos += rec;
@@ -999,7 +1024,7 @@ export class ExtFileSystem implements FileSystem {
         throw new StrataError('USAGE', 'not a directory', this.where(`ext inode ${n.ino}`, n.at));
       }
       m = new Map();
-      for await (const e of this.dirEntries(n)) if (!m.has(e.name)) m.set(e.name, e);
+      for await (const batch of this.dirBatches(n)) for (const e of batch) if (!m.has(e.name)) m.set(e.name, e);
       this.dirCache.set(dir.ino, m);
       this.dirCacheEntries += m.size;
       while (this.dirCacheEntries > DIR_CACHE_ENTRIES && this.dirCache.size > 1) {
@@ -1261,6 +1286,7 @@ export class ExtFileSystem implements FileSystem {
 
   async close(): Promise<void> {
     this.inodeCache.clear();
+    this.itCache.clear();
     this.mapCache.clear();
     this.dirCache.clear();
     await this.meta.close();
