@@ -184,6 +184,7 @@ export class ExtFileSystem implements FileSystem {
   private readonly inodeCache = new GenCache<number, ExtNode>(INODE_CACHE / 2);
   private readonly slab: Slab;
   private readonly itCache = new GenCache<number, Uint8Array>(128);
+  private readonly itPending = new Map<number, Promise<Uint8Array>>();
   private readonly mapCache = new GenCache<number, Run[]>(MAP_CACHE / 2);
   private readonly dirCache = new Map<number, Map<string, DirEntry>>();
   private dirCacheEntries = 0;
@@ -445,11 +446,24 @@ export class ExtFileSystem implements FileSystem {
   }
 
   /** A 64 KiB piece of an inode table (kept so most inode loads need no I/O and no await). */
-  private async loadItChunk(cs: number, structure: string): Promise<Uint8Array> {
+  private loadItChunk(cs: number, structure: string): Promise<Uint8Array> {
+    // concurrent loads of one piece (callers fetch inodes in parallel) share a single read
+    const pending = this.itPending.get(cs);
+    if (pending) return pending;
     const len = Math.min(IT_CHUNK, this.volume.size - cs);
-    const chunk = await readExact(this.volume, cs, Math.max(len, 0), structure);
-    this.itCache.set(cs, chunk);
-    return chunk;
+    const p = readExact(this.volume, cs, Math.max(len, 0), structure).then(
+      (chunk) => {
+        this.itCache.set(cs, chunk);
+        this.itPending.delete(cs);
+        return chunk;
+      },
+      (e: unknown) => {
+        this.itPending.delete(cs);
+        throw e;
+      },
+    );
+    this.itPending.set(cs, p);
+    return p;
   }
 
   private inodeSeed(n: ExtNode): number {
