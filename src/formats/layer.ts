@@ -18,10 +18,16 @@ export async function readBelow(
     return;
   }
   const n = Math.min(length, backing.size - offset);
-  const b = await backing.read(offset, n);
-  out.set(b.subarray(0, n), at);
-  if (b.length < n) out.fill(0, at + b.length, at + n);
-  if (n < length) out.fill(0, at + n, at + length);
+  let got: number;
+  if (backing.readInto) {
+    // Straight into the caller's buffer: no fresh buffer (and its page faults) per read.
+    got = await backing.readInto(offset, out.subarray(at, at + n));
+  } else {
+    const b = await backing.read(offset, n);
+    got = Math.min(n, b.length);
+    out.set(b.subarray(0, got), at);
+  }
+  if (got < length) out.fill(0, at + got, at + length);
 }
 
 /**

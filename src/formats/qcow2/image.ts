@@ -156,9 +156,8 @@ export class Qcow2Image implements DiskImage {
     return out;
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const n = clampRead(this, offset, length);
-    if (n === 0) return new Uint8Array(0);
+  /** The runs of [offset, offset+n), neighbours of one kind (and contiguous host bytes) merged. */
+  private async segments(offset: number, n: number): Promise<Seg[]> {
     const segs: Seg[] = [];
     await this.walk(offset, n, (off, len, kind, host, clen, cstart) => {
       const last = segs[segs.length - 1];
@@ -174,6 +173,13 @@ export class Qcow2Image implements DiskImage {
       }
       segs.push({ off, len, kind, host, clen, cstart });
     });
+    return segs;
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const n = clampRead(this, offset, length);
+    if (n === 0) return new Uint8Array(0);
+    const segs = await this.segments(offset, n);
 
     // One contiguous run (the common case for large reads of a converted image): hand back the
     // lower layer's buffer instead of allocating and copying a second one.
@@ -210,6 +216,45 @@ export class Qcow2Image implements DiskImage {
     if (compressed.length > 0) jobs.push(() => this.readCompressedSegs(compressed, out, offset));
     await runLimited(jobs, READ_CONCURRENCY);
     return out;
+  }
+
+  /**
+   * Read into a caller's (reused, not zeroed) buffer: data runs go straight from the file
+   * into `buf`, zero runs are filled, unallocated runs come from the backing image (through
+   * its own readInto when it has one). Returns the byte count (short only at the end).
+   */
+  async readInto(offset: number, buf: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, buf.length);
+    if (n === 0) return 0;
+    const out = buf.subarray(0, n);
+    const segs = await this.segments(offset, n);
+    const jobs: Array<() => Promise<void>> = [];
+    const compressed: Seg[] = [];
+    for (const s of segs) {
+      const at = s.off - offset;
+      if (s.kind === DATA) jobs.push(() => this.readDataInto(s.host, out.subarray(at, at + s.len)));
+      else if (s.kind === UNALLOC && this.backing) jobs.push(() => readBelow(this.backing, s.off, s.len, out, at));
+      else if (s.kind === COMPRESSED)
+        compressed.push(s); // inflates to whole clusters (checked)
+      else out.fill(0, at, at + s.len);
+    }
+    if (compressed.length > 0) jobs.push(() => this.readCompressedSegs(compressed, out, offset));
+    if (jobs.length === 1) await jobs[0]();
+    else if (jobs.length > 1) await runLimited(jobs, READ_CONCURRENCY);
+    return n;
+  }
+
+  /** Host bytes of the data file into `dst`; what lies past the end of the data file reads as zeros. */
+  private async readDataInto(host: number, dst: Uint8Array): Promise<void> {
+    const d = this.data;
+    let got: number;
+    if (d.readInto) got = host >= d.size ? 0 : await d.readInto(host, dst);
+    else {
+      const b = await d.read(host, dst.length);
+      got = Math.min(b.length, dst.length);
+      dst.set(b.subarray(0, got));
+    }
+    if (got < dst.length) dst.fill(0, got);
   }
 
   async close(): Promise<void> {

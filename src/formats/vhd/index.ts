@@ -343,6 +343,28 @@ export class VhdImage implements DiskImage {
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
     if (this.footer.diskType === VHD_FIXED) return n === 0 ? new Uint8Array(0) : this.src.read(offset, n);
+    const plan = await this.plan(offset, n);
+    return plan.exec(this.src, this.backing, n);
+  }
+
+  /** Read into a caller's (reused, not zeroed) buffer, host runs straight from the file; returns the byte count. */
+  async readInto(offset: number, buf: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, buf.length);
+    if (n === 0) return 0;
+    const out = buf.subarray(0, n);
+    if (this.footer.diskType === VHD_FIXED) {
+      const plan = new ReadPlan();
+      plan.file(offset, 0, n, 'vhd fixed disk data');
+      await plan.into(this.src, undefined, out);
+      return n;
+    }
+    const plan = await this.plan(offset, n);
+    await plan.into(this.src, this.backing, out);
+    return n;
+  }
+
+  /** Where each piece of [offset, offset+n) comes from: the file or the layer below. */
+  private async plan(offset: number, n: number): Promise<ReadPlan> {
     const plan = new ReadPlan();
     const bs = this.blockSize;
     const diff = this.footer.diskType === VHD_DIFFERENCING;
@@ -361,7 +383,7 @@ export class VhdImage implements DiskImage {
       }
       pos += len;
     }
-    return plan.exec(this.src, this.backing, n);
+    return plan;
   }
 
   /** Differencing block: sectors whose bitmap bit is set come from this file, the rest from below. */

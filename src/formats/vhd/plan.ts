@@ -134,6 +134,31 @@ export class ReadPlan {
     return b;
   }
 
+  /**
+   * Execute the plan into a caller's (reused, not zeroed) buffer: host ranges are read
+   * straight into it through `readInto` when the file has one, so no fresh buffer is made.
+   */
+  async into(file: ByteSource, backing: ByteSource | undefined, out: Uint8Array): Promise<void> {
+    if (!file.readInto) return this.run(file, backing, out);
+    for (const p of this.pieces) {
+      if (p.kind === FILE) {
+        if (p.src < 0 || p.src + p.len > file.size) await this.readFile(file, p); // throws TRUNCATED
+        const got = await file.readInto(p.src, out.subarray(p.at, p.at + p.len));
+        if (got !== p.len) {
+          throw new StrataError('TRUNCATED', `short read: wanted ${p.len} bytes, got ${got}`, {
+            file: file.name,
+            structure: p.structure,
+            offset: p.src,
+          });
+        }
+      } else if (p.kind === BELOW) {
+        await readBelow(backing, p.src, p.len, out, p.at);
+      } else {
+        out.fill(0, p.at, p.at + p.len);
+      }
+    }
+  }
+
   /** Execute the plan into `out`. */
   async run(file: ByteSource, backing: ByteSource | undefined, out: Uint8Array): Promise<void> {
     for (const p of this.pieces) {

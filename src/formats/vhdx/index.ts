@@ -541,6 +541,21 @@ export class VhdxImage implements DiskImage {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
+    const plan = await this.plan(offset, n);
+    return plan.exec(this.src, this.backing, n);
+  }
+
+  /** Read into a caller's (reused, not zeroed) buffer, host runs straight from the file; returns the byte count. */
+  async readInto(offset: number, buf: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, buf.length);
+    if (n === 0) return 0;
+    const plan = await this.plan(offset, n);
+    await plan.into(this.src, this.backing, buf.subarray(0, n));
+    return n;
+  }
+
+  /** Where each piece of [offset, offset+n) comes from: the file, the parent, or zeros. */
+  private async plan(offset: number, n: number): Promise<ReadPlan> {
     const plan = new ReadPlan();
     const bs = this.blockSize;
     let pos = 0;
@@ -591,7 +606,7 @@ export class VhdxImage implements DiskImage {
       }
       pos += len;
     }
-    return plan.exec(this.src, this.backing, n);
+    return plan;
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
