@@ -124,9 +124,10 @@ export function buildExtTree(dir: string, opts: TreeOptions = {}): void {
     execFileSync('mknod', [path.join(special, 'null-ish'), 'c', '1', '3']);
     execFileSync('mknod', [path.join(special, 'blockdev'), 'b', '8', '17']);
     execFileSync('mknod', [path.join(special, 'bigdev'), 'c', '300', '70000']);
-    execFileSync('python3', [
-      '-c',
-      'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])',
+    // a unix socket: bound by a child node process that exits leaving the socket file
+    execFileSync(process.execPath, [
+      '-e',
+      "require('net').createServer().listen(process.argv[1], () => process.exit(0))",
       path.join(special, 'sock'),
     ]);
   }
