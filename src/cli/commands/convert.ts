@@ -1,9 +1,7 @@
 import * as path from 'node:path';
-import cliProgress from 'cli-progress';
+import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import { type ConvertOptions, convertImage } from '../../formats/convert.js';
-import { closeChain } from '../../formats/layer.js';
-import { openImage } from '../../formats/open.js';
+import type { ConvertOptions } from '../../formats/convert.js';
 import type { DiskImage } from '../../formats/types.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
@@ -53,6 +51,12 @@ export function registerConvertCommand(program: Command): void {
     if (o.backingFormat !== undefined && !backingPath) {
       throw new StrataError('USAGE', '--backing-format needs --backing');
     }
+    // Loaded here, not at start-up: every other command skips them (and Node's start-up is a large part of a short run).
+    const [{ convertImage }, { closeChain }, { openImage }] = await Promise.all([
+      import('../../formats/convert.js'),
+      import('../../formats/layer.js'),
+      import('../../formats/open.js'),
+    ]);
     const openOpts = openOptionsFrom(o);
     const img = await openImage(input, openOpts);
     let backing: DiskImage | undefined;
@@ -60,7 +64,7 @@ export function registerConvertCommand(program: Command): void {
     const onSignal = () => ac.abort();
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
-    let bar: cliProgress.SingleBar | undefined;
+    let bar: SingleBar | undefined;
     try {
       if (backingPath) {
         // Like qemu, a relative backing name is relative to the image that records it.
@@ -75,6 +79,7 @@ export function registerConvertCommand(program: Command): void {
         opts.backing = { path: backingPath, format: QEMU_NAME[backing.format] ?? backing.format, image: backing };
       }
       if (process.stderr.isTTY) {
+        const { default: cliProgress } = await import('cli-progress'); // only for a terminal
         bar = new cliProgress.SingleBar(
           {
             stream: process.stderr,

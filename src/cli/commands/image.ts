@@ -1,7 +1,4 @@
 import type { Command } from 'commander';
-import { closeChain } from '../../formats/layer.js';
-import { openImage } from '../../formats/open.js';
-import { imageInfo, mapImage } from '../../library/image-info.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson } from '../output.js';
 
@@ -14,6 +11,7 @@ export function registerImageCommands(program: Command): void {
       .argument('<image>', 'image file or http(s) URL')
       .option('--json', 'machine-readable output'),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    const { closeChain, openImage, imageInfo } = await load();
     const img = await openImage(image, openOptionsFrom(o));
     try {
       const info = await imageInfo(img, image);
@@ -41,6 +39,7 @@ export function registerImageCommands(program: Command): void {
       .argument('<image>', 'image file or http(s) URL')
       .option('--json', 'JSON array of {start, length, data, zero}'),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    const { closeChain, openImage, mapImage } = await load();
     const img = await openImage(image, openOptionsFrom(o));
     try {
       if (o.json) {
@@ -63,4 +62,14 @@ export function registerImageCommands(program: Command): void {
       await closeChain(img);
     }
   });
+}
+
+/** The readers, loaded when a command runs rather than at start-up. */
+async function load() {
+  const [{ closeChain }, { openImage }, { imageInfo, mapImage }] = await Promise.all([
+    import('../../formats/layer.js'),
+    import('../../formats/open.js'),
+    import('../../library/image-info.js'),
+  ]);
+  return { closeChain, openImage, imageInfo, mapImage };
 }
