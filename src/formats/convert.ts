@@ -210,7 +210,7 @@ async function pump(
     const p: Pending = { item };
     if (item.kind === 'data') {
       if (readInto) {
-        const buf = pool.pop() ?? Buffer.allocUnsafe(chunk);
+        const buf = pool.pop() ?? pooledBuffer(chunk);
         const view = buf.subarray(0, item.length);
         p.pooled = buf;
         pooledInFlight++;
@@ -273,6 +273,14 @@ async function pump(
   await Promise.all(writes);
   onProgress?.(total, total);
   return bytesRead;
+}
+
+/**
+ * A read buffer for the pool: backed by a SharedArrayBuffer, so readers that decompress in
+ * worker threads (stream-optimized VMDK) can inflate straight into it.
+ */
+function pooledBuffer(n: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(n));
 }
 
 /** The backing image's bytes over [offset, offset+length), or undefined when they are all zeros. */

@@ -85,6 +85,8 @@ async function readAll(img: DiskImage): Promise<void> {
   for (let off = 0; off < end; off += 4 * MiB) await img.read(off, Math.min(4 * MiB, end - off));
   if (img.size > READ_CAP) await img.read(img.size - MiB, MiB);
   if (img.readInto) await img.readInto(Math.max(0, img.size - 3 * MiB), new Uint8Array(3 * MiB + 7));
+  // Shared memory (as convert's pool uses): compressed grains inflate in worker threads.
+  if (img.readInto) await img.readInto(0, new Uint8Array(new SharedArrayBuffer(Math.min(img.size, 4 * MiB) + 7)));
   await img.status(0, Math.min(img.size, 2 * READ_CAP));
 }
 

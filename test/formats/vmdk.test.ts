@@ -57,10 +57,12 @@ function details(img: DiskImage): Record<string, unknown> {
 }
 
 /** The same through readInto with one reused buffer full of junk (as convert uses it). */
-async function sha256ImageInto(img: DiskImage): Promise<string> {
+async function sha256ImageInto(img: DiskImage, shared = false): Promise<string> {
   assert.ok(img.readInto, 'the image offers readInto');
   const h = createHash('sha256');
-  const buf = Buffer.alloc(3 * MiB + 512, 0xee); // not a multiple of the grain: unaligned reads
+  const size = 3 * MiB + 512; // not a multiple of the grain: unaligned reads
+  // A SharedArrayBuffer (as convert's pool uses) lets compressed grains inflate in worker threads.
+  const buf = shared ? Buffer.from(new SharedArrayBuffer(size)).fill(0xee) : Buffer.alloc(size, 0xee);
   for (let off = 0; off < img.size; ) {
     buf.fill(0xee);
     const n = await img.readInto(off, buf);
@@ -122,6 +124,7 @@ async function checkAgainst(file: string, expectedSha: string, subformat: string
     assert.equal(img.subformat, subformat);
     assert.equal(await sha256Image(img), expectedSha, `${subformat}: virtual disk bytes differ from the source`);
     assert.equal(await sha256ImageInto(img), expectedSha, `${subformat}: readInto bytes differ from the source`);
+    assert.equal(await sha256ImageInto(img, true), expectedSha, `${subformat}: readInto into shared memory differs`);
     const ours = await strataMap(img);
     const theirs = await qemuMap(file);
     assert.ok(dataBytes(theirs) > 0, 'the oracle map has data');

@@ -4,6 +4,7 @@ import { CachedSource } from '../../io/cached-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { type Below, readHost, type VmdkExtent } from './extents.js';
+import { inflatePool } from './inflate-pool.js';
 
 /**
  * A hosted sparse extent ("KDMV"): a 512-byte header, an optional embedded descriptor, a
@@ -138,6 +139,9 @@ export async function readSparseHeader(src: ByteSource): Promise<{ header: Spars
   }
   return { header, first };
 }
+
+/** Reads with at least this many compressed grains inflate in the worker pool (when the output buffer is shared). */
+const WORKER_MIN_GRAINS = 4;
 
 /** Decompressed grains kept per extent (small reads of a stream-optimized disk hit these). */
 const GRAIN_CACHE = 32;
@@ -411,6 +415,9 @@ export class SparseExtent implements VmdkExtent {
     hi = Math.min(this.src.size, hi + this.maxCompressed + 12);
     let window: Uint8Array | undefined;
     const dense = hi - lo <= jobs.length * (this.maxCompressed + 1024) && hi - lo <= 64 << 20;
+    if (jobs.length >= WORKER_MIN_GRAINS && hi > lo && dense && out.buffer instanceof SharedArrayBuffer) {
+      if (await this.inflateInWorkers(jobs, lo, hi, out, at)) return;
+    }
     if (jobs.length > 1 && hi > lo && dense) window = await readExact(this.src, lo, hi - lo, 'vmdk compressed grains');
     for (const j of jobs) {
       let grain: Uint8Array;
@@ -424,6 +431,62 @@ export class SparseExtent implements VmdkExtent {
       const avail = Math.max(0, Math.min(j.n, grain.length - j.inGrain));
       out.set(grain.subarray(j.inGrain, j.inGrain + avail), at + j.pos);
       if (dirty && avail < j.n) out.fill(0, at + j.pos + avail, at + j.pos + j.n); // a short grain's tail
+    }
+  }
+
+  /**
+   * Inflate the grains of one read in the worker pool, straight into `out` (backed by a
+   * SharedArrayBuffer); the compressed span [lo, hi) is read into a reused shared buffer.
+   * Markers are checked here, so a bad one fails as on the main thread. Returns false when
+   * the pool is unavailable (the caller then inflates here).
+   */
+  private async inflateInWorkers(jobs: GrainJob[], lo: number, hi: number, out: Uint8Array, at: number) {
+    const pool = inflatePool();
+    if (!pool) return false;
+    const input = pool.input(hi - lo);
+    try {
+      await readHost(this.src, lo, hi - lo, input, 0, 'vmdk compressed grains');
+      const spec: number[] = [];
+      const sent: GrainJob[] = [];
+      const rest: GrainJob[] = [];
+      for (const j of jobs) {
+        const payload = this.payloadIn(input, lo, j.gte, j.lbaGrain);
+        if (!payload) {
+          rest.push(j);
+          continue;
+        }
+        spec.push(payload.byteOffset, payload.length, out.byteOffset + at + j.pos, j.inGrain, j.n);
+        sent.push(j);
+      }
+      let failure: Awaited<ReturnType<typeof pool.run>>;
+      try {
+        failure = await pool.run(
+          input.buffer as SharedArrayBuffer,
+          out.buffer as SharedArrayBuffer,
+          this.grainBytes,
+          spec,
+        );
+      } catch {
+        pool.broken = true;
+        return false;
+      }
+      if (failure && failure.job < 0) return false; // the worker died: inflate here instead
+      if (failure) {
+        throw new StrataError('CORRUPT', `grain does not inflate: ${failure.message}`, {
+          file: this.src.name,
+          structure: 'vmdk compressed grain',
+          offset: sent[failure.job].gte * 512,
+        });
+      }
+      for (const j of rest) {
+        const grain = await this.grain(j.gte, j.lbaGrain);
+        const avail = Math.max(0, Math.min(j.n, grain.length - j.inGrain));
+        out.set(grain.subarray(j.inGrain, j.inGrain + avail), at + j.pos);
+        if (avail < j.n) out.fill(0, at + j.pos + avail, at + j.pos + j.n);
+      }
+      return true;
+    } finally {
+      pool.release(input);
     }
   }
 
