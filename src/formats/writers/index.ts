@@ -36,6 +36,8 @@ const ZEROS = Buffer.alloc(2 * 1024 * 1024);
 
 /** True when `b[from, to)` is all zeros (native memcmp against a zero page). */
 export function isZeroRange(b: Uint8Array, from: number, to: number): boolean {
+  // Data blocks nearly always have a non-zero first or last byte: answer those without a native call.
+  if (to > from && (b[from] !== 0 || b[to - 1] !== 0)) return false;
   let p = from;
   while (p < to) {
     const n = Math.min(to - p, ZEROS.length);
