@@ -50,7 +50,7 @@ export class InflatePool {
     input: SharedArrayBuffer,
     out: SharedArrayBuffer,
     grainBytes: number,
-    jobs: number[],
+    jobs: Float64Array,
   ): Promise<InflateFailure | undefined> {
     const slot = this.pick();
     const id = this.nextId++;

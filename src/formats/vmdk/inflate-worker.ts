@@ -14,7 +14,7 @@ interface Job {
   input: SharedArrayBuffer;
   out: SharedArrayBuffer;
   grainBytes: number;
-  jobs: number[];
+  jobs: Float64Array;
 }
 
 const port = parentPort;
