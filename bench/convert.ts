@@ -14,11 +14,13 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
+  readFileSync,
   renameSync,
   rmSync,
   statSync,
   writeSync,
 } from 'node:fs';
+import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -92,7 +94,20 @@ async function cached(name: string, make: (out: string) => Promise<void> | void)
   return f;
 }
 
-function runChild(cmd: string, args: string[]): Promise<number> {
+/** User + system CPU ms of this process's finished children (/proc/self/stat cutime + cstime), or NaN. */
+function childCpuMs(): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[13]) + Number(f[14])) * 1000) / 100; // fields 16 and 17, in USER_HZ (100)
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Run a child; resolves with its wall time and its user + system CPU time (ms). */
+function runChild(cmd: string, args: string[]): Promise<{ ms: number; cpuMs: number }> {
+  const cpu0 = childCpuMs();
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -101,7 +116,7 @@ function runChild(cmd: string, args: string[]): Promise<number> {
     p.on('error', reject);
     p.on('close', (code) => {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      if (code === 0) resolve(ms);
+      if (code === 0) resolve({ ms, cpuMs: childCpuMs() - cpu0 });
       else reject(new Error(`${path.basename(cmd)} ${args.join(' ')} exited ${code}: ${err.trim()}`));
     });
   });
@@ -143,6 +158,9 @@ async function main(): Promise<void> {
       const qOut = path.join(OUT, `qemu.${c.outFmt}`);
       let bestS = Infinity;
       let bestQ = Infinity;
+      let cpuS = Number.NaN;
+      let cpuQ = Number.NaN;
+      const load = loadavg()[0];
       for (let i = 0; i < RUNS; i++) {
         // Alternate who goes first so neither always meets a warmer page cache.
         const order = i % 2 === 0 ? ['strata', 'qemu'] : ['qemu', 'strata'];
@@ -151,11 +169,13 @@ async function main(): Promise<void> {
           if (who === 'strata') {
             const args = [...NODE_FLAGS, BIN, 'convert', '-f', c.inFmt, input, sOut, '-O', c.outFmt];
             if (c.compress) args.push('-c');
-            bestS = Math.min(bestS, await runChild(process.execPath, args));
+            const r = await runChild(process.execPath, args);
+            if (r.ms < bestS) [bestS, cpuS] = [r.ms, r.cpuMs];
             if (i === 0) await pexec('qemu-img', ['compare', '-f', c.inFmt, '-F', c.outFmt, input, sOut]);
           } else {
             const args = ['convert', '-f', c.inFmt, '-O', c.outFmt, ...(c.compress ? ['-c'] : []), input, qOut];
-            bestQ = Math.min(bestQ, await runChild('qemu-img', args));
+            const r = await runChild('qemu-img', args);
+            if (r.ms < bestQ) [bestQ, cpuQ] = [r.ms, r.cpuMs];
           }
         }
       }
@@ -167,6 +187,9 @@ async function main(): Promise<void> {
         ratio: round(bestQ / bestS, 3),
         strataMs: round(bestS),
         qemuMs: round(bestQ),
+        strataCpuMs: round(cpuS),
+        qemuCpuMs: round(cpuQ),
+        load1: round(load, 2),
         strataOutBytes: statSync(sOut).size,
         qemuOutBytes: statSync(qOut).size,
       };
