@@ -74,6 +74,14 @@ export function imagePath(p: string | undefined): string {
 }
 
 export async function lsRecord(fs: FileSystem, path: string, ino: Inode): Promise<LsRecord> {
+  return lsRecordWith(path, ino, ino.type === 'symlink' ? await fs.readlink(ino) : undefined);
+}
+
+/**
+ * lsRecord without the file system: `target` is the symlink's text (ignored for other
+ * types). Synchronous, for listings of many entries where only symlinks need a read.
+ */
+export function lsRecordWith(path: string, ino: Inode, target: string | undefined): LsRecord {
   const r: LsRecord = {
     path,
     type: ino.type,
@@ -85,7 +93,7 @@ export async function lsRecord(fs: FileSystem, path: string, ino: Inode): Promis
     ino: ino.ino,
     mtime: isoTime(ino.mtime),
   };
-  if (ino.type === 'symlink') r.target = await fs.readlink(ino);
+  if (ino.type === 'symlink' && target !== undefined) r.target = target;
   if ((ino.type === 'char' || ino.type === 'block') && ino.rdev) r.rdev = ino.rdev;
   return r;
 }

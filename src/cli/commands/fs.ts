@@ -6,7 +6,7 @@ import {
   imagePath,
   isoTime,
   longLine,
-  lsRecord,
+  lsRecordWith,
   modeString,
   statRecord,
   type WalkItem,
@@ -110,11 +110,14 @@ export function registerFsCommands(program: Command): void {
       const top = await fs.lookup(p);
       const out = new LineWriter();
       const long = Boolean(o.long);
+      // Synchronous per entry except for symlink targets (a read) and full output chunks.
       const emit = async (item: WalkItem, display: string) => {
-        if (o.json) out.line(JSON.stringify(await lsRecord(fs, item.path, item.inode)));
-        else if (long) out.line(longLine(await lsRecord(fs, item.path, item.inode), display));
-        else out.line(display);
-        await out.maybeFlush();
+        if (o.json || long) {
+          const ino = item.inode;
+          const r = lsRecordWith(item.path, ino, ino.type === 'symlink' ? await fs.readlink(ino) : undefined);
+          out.line(o.json ? JSON.stringify(r) : longLine(r, display));
+        } else out.line(display);
+        if (out.full()) await out.flush();
       };
       if (top.type !== 'dir' || o.directory) {
         await emit({ path: p, name: p, inode: top, depth: 0 }, p);
@@ -287,8 +290,11 @@ class LineWriter {
     this.parts.push(s, '\n');
     this.bytes += s.length + 1;
   }
+  full(): boolean {
+    return this.bytes >= 1 << 16;
+  }
   async maybeFlush(): Promise<void> {
-    if (this.bytes >= 1 << 16) await this.flush();
+    if (this.full()) await this.flush();
   }
   async flush(): Promise<void> {
     if (this.parts.length === 0) return;

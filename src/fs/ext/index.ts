@@ -341,14 +341,31 @@ export class ExtFileSystem implements FileSystem {
   // ---------------------------------------------------------------- inodes
 
   private async node(ino: number): Promise<ExtNode> {
-    const hit = this.inodeCache.get(ino);
-    if (hit) return hit;
+    const now = this.nodeNow(ino);
+    if (now) return now;
     const n = await this.loadInode(ino);
     this.inodeCache.set(ino, n);
     return n;
   }
 
-  private async loadInode(ino: number): Promise<ExtNode> {
+  /**
+   * The node when it is cached or its inode-table piece is in memory (no I/O, no await),
+   * else undefined. Throws like loadInode for out-of-range numbers and bad inodes.
+   */
+  private nodeNow(ino: number): ExtNode | undefined {
+    const hit = this.inodeCache.get(ino);
+    if (hit) return hit;
+    const at = this.inodeAt(ino);
+    const cs = at - (at % IT_CHUNK);
+    const chunk = this.itCache.get(cs);
+    if (!chunk) return undefined;
+    const n = this.parseInode(ino, at, cs, chunk);
+    this.inodeCache.set(ino, n);
+    return n;
+  }
+
+  /** Volume offset of an inode (NOT_FOUND when the number is out of range). */
+  private inodeAt(ino: number): number {
     const sb = this.sb;
     if (!Number.isSafeInteger(ino) || ino < 1 || ino > sb.inodesCount) {
       throw new StrataError(
@@ -359,10 +376,20 @@ export class ExtFileSystem implements FileSystem {
     }
     const g = Math.floor((ino - 1) / sb.inodesPerGroup);
     const idx = (ino - 1) % sb.inodesPerGroup;
-    const at = this.groups[g].inodeTable * sb.blockSize + idx * sb.inodeSize;
-    const structure = `ext inode ${ino}`;
+    return this.groups[g].inodeTable * sb.blockSize + idx * sb.inodeSize;
+  }
+
+  private async loadInode(ino: number): Promise<ExtNode> {
+    const at = this.inodeAt(ino);
     const cs = at - (at % IT_CHUNK);
-    const chunk = this.itCache.get(cs) ?? (await this.loadItChunk(cs, structure));
+    const chunk = this.itCache.get(cs) ?? (await this.loadItChunk(cs, `ext inode ${ino}`));
+    return this.parseInode(ino, at, cs, chunk);
+  }
+
+  /** Parse (and checksum) inode `ino` at volume offset `at` from the inode-table piece starting at `cs`. */
+  private parseInode(ino: number, at: number, cs: number, chunk: Uint8Array): ExtNode {
+    const sb = this.sb;
+    const structure = `ext inode ${ino}`;
     if (at + sb.inodeSize > cs + chunk.length) {
       throw new StrataError('TRUNCATED', 'the inode lies past the end of the volume', this.where(structure, at));
     }
@@ -480,8 +507,16 @@ export class ExtFileSystem implements FileSystem {
     return n.pub;
   }
 
-  async inode(ino: number): Promise<Inode> {
-    return (await this.node(ino)).pub;
+  inode(ino: number): Promise<Inode> {
+    // Most loads of a walk find their inode-table piece in memory: answer without an async
+    // function frame and its extra promise hops (thousands per listing).
+    try {
+      const n = this.nodeNow(ino);
+      if (n) return Promise.resolve(n.pub);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.node(ino).then((n) => n.pub);
   }
 
   // ---------------------------------------------------------------- block maps
