@@ -6,6 +6,7 @@ import { closeChain } from '../formats/layer.js';
 import { openImage, openImageSource } from '../formats/open.js';
 import type { DiskImage } from '../formats/types.js';
 import { MemorySource } from '../io/memory-source.js';
+import { xorshift32 } from '../util/prng.js';
 import { type ImageInfo, imageInfo, mapImage } from './image-info.js';
 
 export interface DemoStep {
@@ -32,15 +33,7 @@ export interface DemoResult {
  */
 export function demoDisk(size: number, seed = 7): Uint8Array {
   const disk = new Uint8Array(size);
-  let s = seed >>> 0;
-  const rand = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
+  const rand = xorshift32(seed);
   const text = new TextEncoder().encode('Strata reads disk images as structured data. ');
   let pos = 0;
   while (pos < size) {

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { xorshift32 } from '../../src/util/prng.js';
 
 /**
  * Deterministic mixed content for test disks: random runs, zero runs, repeated patterns,
@@ -9,15 +10,7 @@ export function writePatternDisk(file: string, size: number, seed = 1): void {
   const fd = openSync(file, 'w');
   try {
     ftruncateSync(fd, size);
-    let rng = seed >>> 0 || 1;
-    const rand = () => {
-      rng ^= rng << 13;
-      rng >>>= 0;
-      rng ^= rng >>> 17;
-      rng ^= rng << 5;
-      rng >>>= 0;
-      return rng;
-    };
+    const rand = xorshift32(seed >>> 0 || 1);
     let pos = 0;
     let block = 0;
     while (pos < size) {

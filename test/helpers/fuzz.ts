@@ -1,17 +1,8 @@
 import { StrataError } from '../../src/util/errors.js';
+import { xorshift32 } from '../../src/util/prng.js';
 
 /** A small deterministic PRNG for fuzzing (xorshift32). */
-export function prng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
+export const prng = xorshift32;
 
 /**
  * Mutate a copy of `bytes` within the given "interesting" regions (headers, tables):
