@@ -88,7 +88,8 @@ export function registerFsCommands(program: Command): void {
       if (info.totalInodes !== undefined)
         lines.push(`inodes:        ${info.totalInodes} (${info.freeInodes ?? '?'} free)`);
       if (info.features?.length) lines.push(`features:      ${info.features.join(' ')}`);
-      for (const [k, v] of Object.entries(info.extra ?? {})) lines.push(`${`${k}:`.padEnd(15)}${fmtValue(v)}`);
+      for (const [k, v] of Object.entries(info.extra ?? {}))
+        if (v !== undefined && v !== null && v !== '') lines.push(`${`${k}:`.padEnd(15)}${fmtValue(v)}`);
       process.stdout.write(`${lines.join('\n')}\n`);
     });
   });
