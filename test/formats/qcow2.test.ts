@@ -8,45 +8,12 @@ import { openImage } from '../../src/formats/open.js';
 import type { DiskImage, OpenOptions } from '../../src/formats/types.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { imageSha as diskSha } from '../helpers/image-sha.js';
 import { dataBytes, qemuLayerMap, qemuMap, strataLayerMap, strataMap } from '../helpers/qemu-map.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
 const V = 'v1'; // bump when a recipe changes
-
-/** sha256 of a whole virtual disk read through Strata in 4 MiB requests. */
-async function diskSha(img: DiskImage): Promise<string> {
-  const h = createHash('sha256');
-  const step = 4 * MiB;
-  for (let off = 0; off < img.size; off += step) {
-    const n = Math.min(step, img.size - off);
-    const b = await img.read(off, n);
-    assert.equal(b.length, n, `short read at ${off}`);
-    h.update(b);
-  }
-  const sha = h.digest('hex');
-  assert.equal(await readIntoSha(img), sha, 'readInto into a junk-filled buffer equals read');
-  return sha;
-}
-
-/**
- * sha256 of the whole disk through readInto, one reused buffer full of junk and an odd
- * size (unaligned reads), as convert uses it: it must equal what read() gives.
- */
-async function readIntoSha(img: DiskImage): Promise<string> {
-  const { createHash } = await import('node:crypto');
-  assert.ok(img.readInto, `${img.format} offers readInto`);
-  const h = createHash('sha256');
-  const buf = Buffer.alloc(3 * MiB + 512, 0xee);
-  for (let off = 0; off < img.size; ) {
-    buf.fill(0xee);
-    const n = await img.readInto(off, buf);
-    assert.equal(n, Math.min(buf.length, img.size - off), `readInto at ${off}`);
-    h.update(buf.subarray(0, n));
-    off += n;
-  }
-  return h.digest('hex');
-}
 
 const fileSha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 

@@ -17,6 +17,7 @@ import type { DiskImage } from '../../src/formats/types.js';
 import { MemorySource } from '../../src/io/memory-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { readIntoSha } from '../helpers/image-sha.js';
 import { type MapRange, mergeMap, qemuMap, strataMap } from '../helpers/qemu-map.js';
 import { fixture, run, scratch, sha256 } from '../helpers/tools.js';
 import { patchVhd, writeVhdDiff } from '../helpers/vhd-writer.js';
@@ -77,25 +78,6 @@ export async function readAllSha(img: DiskImage): Promise<string> {
   const sha = h.digest('hex');
   assert.equal(await readIntoSha(img), sha, 'readInto into a junk-filled buffer equals read');
   return sha;
-}
-
-/**
- * sha256 of the whole disk through readInto, one reused buffer full of junk and an odd
- * size (unaligned reads), as convert uses it: it must equal what read() gives.
- */
-async function readIntoSha(img: DiskImage): Promise<string> {
-  const { createHash } = await import('node:crypto');
-  assert.ok(img.readInto, `${img.format} offers readInto`);
-  const h = createHash('sha256');
-  const buf = Buffer.alloc(3 * MiB + 512, 0xee);
-  for (let off = 0; off < img.size; ) {
-    buf.fill(0xee);
-    const n = await img.readInto(off, buf);
-    assert.equal(n, Math.min(buf.length, img.size - off), `readInto at ${off}`);
-    h.update(buf.subarray(0, n));
-    off += n;
-  }
-  return h.digest('hex');
 }
 
 /** The map an overlay gives: `ranges` are data, everything else as in `base`. */

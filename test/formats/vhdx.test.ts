@@ -13,10 +13,10 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { closeChain } from '../../src/formats/layer.js';
 import { openImage } from '../../src/formats/open.js';
-import type { DiskImage } from '../../src/formats/types.js';
 import { isZero } from '../../src/io/byte-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { imageSha as readAllSha } from '../helpers/image-sha.js';
 import { type MapRange, mergeMap, qemuMap, qemuMapRaw, strataMap } from '../helpers/qemu-map.js';
 import { fixture, run, scratch, sha256 } from '../helpers/tools.js';
 import { fixCrc, writeVhdx } from '../helpers/vhdx-writer.js';
@@ -55,38 +55,6 @@ async function qemuRaw(image: string): Promise<Buffer> {
     await run('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', image, out]);
   });
   return readFileSync(f);
-}
-
-async function readAllSha(img: DiskImage): Promise<string> {
-  const { createHash } = await import('node:crypto');
-  const h = createHash('sha256');
-  for (let off = 0; off < img.size; off += 4 * MiB) {
-    const b = await img.read(off, Math.min(4 * MiB, img.size - off));
-    assert.equal(b.length, Math.min(4 * MiB, img.size - off));
-    h.update(b);
-  }
-  const sha = h.digest('hex');
-  assert.equal(await readIntoSha(img), sha, 'readInto into a junk-filled buffer equals read');
-  return sha;
-}
-
-/**
- * sha256 of the whole disk through readInto, one reused buffer full of junk and an odd
- * size (unaligned reads), as convert uses it: it must equal what read() gives.
- */
-async function readIntoSha(img: DiskImage): Promise<string> {
-  const { createHash } = await import('node:crypto');
-  assert.ok(img.readInto, `${img.format} offers readInto`);
-  const h = createHash('sha256');
-  const buf = Buffer.alloc(3 * MiB + 512, 0xee);
-  for (let off = 0; off < img.size; ) {
-    buf.fill(0xee);
-    const n = await img.readInto(off, buf);
-    assert.equal(n, Math.min(buf.length, img.size - off), `readInto at ${off}`);
-    h.update(buf.subarray(0, n));
-    off += n;
-  }
-  return h.digest('hex');
 }
 
 /**
