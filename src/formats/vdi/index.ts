@@ -1,8 +1,8 @@
 import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { clampStatus, ReadPlan } from '../read-plan.js';
 import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { readHost, statusLength } from '../vmdk/extents.js';
 
 /**
  * VirtualBox VDI (header version 1.1): a 64-byte text banner, the signature 0xbeda107f at
@@ -66,56 +66,20 @@ export class VdiImage implements DiskImage {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
-    const bs = this.blockSize;
-    let out: Uint8Array | undefined;
-    let runHost = -1;
-    let runAt = 0;
-    let runLen = 0;
-    const flush = async () => {
-      if (runLen === 0) return;
-      const b = await readExact(this.src, runHost, runLen, 'vdi data block');
-      if (runAt === 0 && runLen === n && out === undefined) out = b;
-      else {
-        out ??= new Uint8Array(n);
-        out.set(b, runAt);
-      }
-      runLen = 0;
-    };
-    let pos = 0;
-    while (pos < n) {
-      const v = offset + pos;
-      const blk = Math.floor(v / bs);
-      const inBlk = v - blk * bs;
-      const len = Math.min(bs - inBlk, n - pos);
-      const e = this.map[blk];
-      if (e !== BLOCK_FREE && e !== BLOCK_ZERO) {
-        const h = this.host(e, blk, inBlk + len) + inBlk;
-        if (runLen > 0 && runHost + runLen === h) runLen += len;
-        else {
-          await flush();
-          runHost = h;
-          runAt = pos;
-          runLen = len;
-        }
-      }
-      pos += len;
-    }
-    await flush();
-    return out ?? new Uint8Array(n);
+    return this.plan(offset, n).exec(this.src, undefined, n);
   }
 
   /** Read into a caller's (reused, not zeroed) buffer; returns the byte count. */
   async readInto(offset: number, buf: Uint8Array): Promise<number> {
     const n = clampRead(this, offset, buf.length);
+    if (n > 0) await this.plan(offset, n).into(this.src, undefined, buf.subarray(0, n));
+    return n;
+  }
+
+  /** Where each piece of [offset, offset+n) comes from: a stored block, or zeros. */
+  private plan(offset: number, n: number): ReadPlan {
+    const plan = new ReadPlan();
     const bs = this.blockSize;
-    let runHost = -1;
-    let runAt = 0;
-    let runLen = 0;
-    const flush = async () => {
-      if (runLen === 0) return;
-      await readHost(this.src, runHost, runLen, buf, runAt, 'vdi data block');
-      runLen = 0;
-    };
     let pos = 0;
     while (pos < n) {
       const v = offset + pos;
@@ -123,24 +87,15 @@ export class VdiImage implements DiskImage {
       const inBlk = v - blk * bs;
       const len = Math.min(bs - inBlk, n - pos);
       const e = this.map[blk];
-      if (e !== BLOCK_FREE && e !== BLOCK_ZERO) {
-        const h = this.host(e, blk, inBlk + len) + inBlk;
-        if (runLen > 0 && runHost + runLen === h) runLen += len;
-        else {
-          await flush();
-          runHost = h;
-          runAt = pos;
-          runLen = len;
-        }
-      } else buf.fill(0, pos, pos + len);
+      if (e === BLOCK_FREE || e === BLOCK_ZERO) plan.zero(pos, len);
+      else plan.file(this.host(e, blk, inBlk + len) + inBlk, pos, len, 'vdi data block');
       pos += len;
     }
-    await flush();
-    return n;
+    return plan;
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = statusLength(this, offset, length);
+    const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
     const bs = this.blockSize;
     let pos = 0;

@@ -1,8 +1,8 @@
 import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from './plan.js';
 
 /*
  * VHD (Microsoft Virtual Hard Disk, qemu's "vpc"): a 512-byte big-endian footer at the
@@ -342,7 +342,6 @@ export class VhdImage implements DiskImage {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
-    if (this.footer.diskType === VHD_FIXED) return n === 0 ? new Uint8Array(0) : this.src.read(offset, n);
     const plan = await this.plan(offset, n);
     return plan.exec(this.src, this.backing, n);
   }
@@ -351,21 +350,45 @@ export class VhdImage implements DiskImage {
   async readInto(offset: number, buf: Uint8Array): Promise<number> {
     const n = clampRead(this, offset, buf.length);
     if (n === 0) return 0;
-    const out = buf.subarray(0, n);
-    if (this.footer.diskType === VHD_FIXED) {
-      const plan = new ReadPlan();
-      plan.file(offset, 0, n, 'vhd fixed disk data');
-      await plan.into(this.src, undefined, out);
-      return n;
-    }
     const plan = await this.plan(offset, n);
-    await plan.into(this.src, this.backing, out);
+    await plan.into(this.src, this.backing, buf.subarray(0, n));
     return n;
   }
 
   /** Where each piece of [offset, offset+n) comes from: the file or the layer below. */
   private async plan(offset: number, n: number): Promise<ReadPlan> {
     const plan = new ReadPlan();
+    await this.walk(offset, n, (data, v, pos, len, host, structure) => {
+      if (data) plan.file(host, pos, len, structure);
+      else plan.below(v, pos, len);
+    });
+    return plan;
+  }
+
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const out: Extent[] = [];
+    await this.walk(offset, clampStatus(this, offset, length), (data, v, _pos, len) =>
+      pushExtent(out, v, len, data ? 'data' : 'unallocated'),
+    );
+    return out;
+  }
+
+  /**
+   * Walk [offset, offset+n) of the virtual disk, calling `visit` for each run in order:
+   * data in this file (at `host`) or not (served by the parent, or zeros). A fixed disk is
+   * one run; like qemu (block/vpc.c), an allocated block of a dynamic disk is data as a
+   * whole (its sector bitmap is not consulted; qemu writes it all ones anyway); in a
+   * differencing disk the bitmap decides sector by sector.
+   */
+  private async walk(
+    offset: number,
+    n: number,
+    visit: (data: boolean, v: number, pos: number, len: number, host: number, structure: string) => void,
+  ): Promise<void> {
+    if (this.footer.diskType === VHD_FIXED) {
+      visit(true, offset, 0, n, offset, 'vhd fixed disk data');
+      return;
+    }
     const bs = this.blockSize;
     const diff = this.footer.diskType === VHD_DIFFERENCING;
     let pos = 0;
@@ -376,75 +399,22 @@ export class VhdImage implements DiskImage {
       const len = Math.min(n - pos, bs - inBlk);
       const host = this.blockAt(blk);
       const structure = `vhd data block ${blk}`;
-      if (host < 0) plan.below(v, pos, len);
-      else if (!diff) plan.file(host + this.bitmapBytes + inBlk, pos, len, structure);
+      if (host < 0) visit(false, v, pos, len, 0, structure);
+      else if (!diff) visit(true, v, pos, len, host + this.bitmapBytes + inBlk, structure);
       else {
-        await this.planBitmap(plan, blk, host, v, pos, len, structure);
-      }
-      pos += len;
-    }
-    return plan;
-  }
-
-  /** Differencing block: sectors whose bitmap bit is set come from this file, the rest from below. */
-  private async planBitmap(
-    plan: ReadPlan,
-    blk: number,
-    host: number,
-    v: number,
-    pos: number,
-    len: number,
-    structure: string,
-  ): Promise<void> {
-    const bm = await this.bitmap(blk, host);
-    const blockStart = blk * this.blockSize;
-    const data = host + this.bitmapBytes;
-    const s0 = Math.floor((v - blockStart) / SECTOR);
-    const s1 = Math.ceil((v + len - blockStart) / SECTOR);
-    bitmapRuns(bm, s0, s1 - s0, true, (start, count, set) => {
-      const a = Math.max(v, blockStart + start * SECTOR);
-      const b = Math.min(v + len, blockStart + (start + count) * SECTOR);
-      if (b <= a) return;
-      if (set) plan.file(data + (a - blockStart), pos + (a - v), b - a, structure);
-      else plan.below(a, pos + (a - v), b - a);
-    });
-  }
-
-  async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampStatus(this, offset, length);
-    const out: Extent[] = [];
-    if (this.footer.diskType === VHD_FIXED) {
-      pushExtent(out, offset, n, 'data');
-      return out;
-    }
-    const bs = this.blockSize;
-    const diff = this.footer.diskType === VHD_DIFFERENCING;
-    let pos = 0;
-    while (pos < n) {
-      const v = offset + pos;
-      const blk = Math.floor(v / bs);
-      const inBlk = v - blk * bs;
-      const len = Math.min(n - pos, bs - inBlk);
-      const host = this.blockAt(blk);
-      if (host < 0) pushExtent(out, v, len, 'unallocated');
-      else if (!diff) {
-        // Like qemu (block/vpc.c), a dynamic disk's allocated block is data as a whole:
-        // its sector bitmap is not consulted (qemu writes it all ones anyway).
-        pushExtent(out, v, len, 'data');
-      } else {
         const bm = await this.bitmap(blk, host);
         const blockStart = blk * bs;
+        const data = host + this.bitmapBytes;
         const s0 = Math.floor(inBlk / SECTOR);
         const s1 = Math.ceil((inBlk + len) / SECTOR);
         bitmapRuns(bm, s0, s1 - s0, true, (start, count, set) => {
           const a = Math.max(v, blockStart + start * SECTOR);
           const b = Math.min(v + len, blockStart + (start + count) * SECTOR);
-          pushExtent(out, a, b - a, set ? 'data' : 'unallocated');
+          if (b > a) visit(set, a, pos + (a - v), b - a, data + (a - blockStart), structure);
         });
       }
       pos += len;
     }
-    return out;
   }
 
   details(): Record<string, unknown> {

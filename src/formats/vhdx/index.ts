@@ -1,9 +1,16 @@
-import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
+import {
+  type ByteSource,
+  clampRead,
+  type Extent,
+  type ExtentKind,
+  pushExtent,
+  readExact,
+} from '../../io/byte-source.js';
 import { crc32c } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../vhd/plan.js';
 import {
   batEntries,
   bitmapEntry,
@@ -557,6 +564,30 @@ export class VhdxImage implements DiskImage {
   /** Where each piece of [offset, offset+n) comes from: the file, the parent, or zeros. */
   private async plan(offset: number, n: number): Promise<ReadPlan> {
     const plan = new ReadPlan();
+    await this.walk(offset, n, (kind, v, pos, len, host, structure) => {
+      if (kind === 'data') plan.file(host, pos, len, structure);
+      else if (kind === 'unallocated') plan.below(v, pos, len);
+      else plan.zero(pos, len);
+    });
+    return plan;
+  }
+
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const out: Extent[] = [];
+    await this.walk(offset, clampStatus(this, offset, length), (kind, v, _pos, len) => pushExtent(out, v, len, kind));
+    return out;
+  }
+
+  /**
+   * Walk [offset, offset+n) of the virtual disk through the BAT (and the sector bitmaps of
+   * partially present blocks), calling `visit` for each run in order: `pos` is the run's
+   * offset from `offset`, `host` its file offset when it is data.
+   */
+  private async walk(
+    offset: number,
+    n: number,
+    visit: (kind: ExtentKind, v: number, pos: number, len: number, host: number, structure: string) => void,
+  ): Promise<void> {
     const bs = this.blockSize;
     let pos = 0;
     while (pos < n) {
@@ -569,15 +600,15 @@ export class VhdxImage implements DiskImage {
       const { state, host } = this.entry(idx, structure);
       switch (state) {
         case PAYLOAD_BLOCK_FULLY_PRESENT:
-          plan.file(host + inBlk, pos, len, structure);
+          visit('data', v, pos, len, host + inBlk, structure);
           break;
         case PAYLOAD_BLOCK_NOT_PRESENT:
-          plan.below(v, pos, len);
+          visit('unallocated', v, pos, len, 0, structure);
           break;
         case PAYLOAD_BLOCK_ZERO:
         case PAYLOAD_BLOCK_UNMAPPED:
         case PAYLOAD_BLOCK_UNDEFINED:
-          plan.zero(pos, len);
+          visit('zero', v, pos, len, 0, structure);
           break;
         case PAYLOAD_BLOCK_PARTIALLY_PRESENT: {
           if (!this.hasParent)
@@ -596,8 +627,7 @@ export class VhdxImage implements DiskImage {
             const a = Math.max(v, blockStart + start * ls);
             const b = Math.min(v + len, blockStart + (start + count) * ls);
             if (b <= a) return;
-            if (set) plan.file(host + (a - blockStart), pos + (a - v), b - a, structure);
-            else plan.below(a, pos + (a - v), b - a);
+            visit(set ? 'data' : 'unallocated', a, pos + (a - v), b - a, host + (a - blockStart), structure);
           });
           break;
         }
@@ -606,59 +636,6 @@ export class VhdxImage implements DiskImage {
       }
       pos += len;
     }
-    return plan;
-  }
-
-  async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampStatus(this, offset, length);
-    const out: Extent[] = [];
-    const bs = this.blockSize;
-    let pos = 0;
-    while (pos < n) {
-      const v = offset + pos;
-      const blk = Math.floor(v / bs);
-      const inBlk = v - blk * bs;
-      const len = Math.min(n - pos, bs - inBlk);
-      const idx = payloadEntry(blk, this.ratio);
-      const { state } = this.entry(idx, `vhdx payload block ${blk}`);
-      switch (state) {
-        case PAYLOAD_BLOCK_FULLY_PRESENT:
-          pushExtent(out, v, len, 'data');
-          break;
-        case PAYLOAD_BLOCK_NOT_PRESENT:
-          pushExtent(out, v, len, 'unallocated');
-          break;
-        case PAYLOAD_BLOCK_ZERO:
-        case PAYLOAD_BLOCK_UNMAPPED:
-        case PAYLOAD_BLOCK_UNDEFINED:
-          pushExtent(out, v, len, 'zero');
-          break;
-        case PAYLOAD_BLOCK_PARTIALLY_PRESENT: {
-          if (!this.hasParent)
-            throw this.err(
-              'CORRUPT',
-              `payload block ${blk} is partially present in a disk without a parent`,
-              'vhdx BAT',
-              this.batOffset + idx * 8,
-            );
-          const bm = await this.sectorBitmap(blk);
-          const ls = this.logicalSector;
-          const s0 = Math.floor(inBlk / ls);
-          const s1 = Math.ceil((inBlk + len) / ls);
-          const blockStart = blk * bs;
-          bitmapRuns(bm, s0, s1 - s0, false, (start, count, set) => {
-            const a = Math.max(v, blockStart + start * ls);
-            const b = Math.min(v + len, blockStart + (start + count) * ls);
-            pushExtent(out, a, b - a, set ? 'data' : 'unallocated');
-          });
-          break;
-        }
-        default:
-          throw this.badState(state, idx);
-      }
-      pos += len;
-    }
-    return out;
   }
 
   details(): Record<string, unknown> {

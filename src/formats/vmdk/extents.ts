@@ -1,5 +1,6 @@
 import { type ByteSource, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
+import { readHost } from '../read-plan.js';
 
 /** Fill `out[at, at+len)` with what lies below this layer at virtual offset `virt`. */
 export type Below = (virt: number, len: number, at: number) => Promise<void>;
@@ -68,35 +69,3 @@ export class ZeroExtent implements VmdkExtent {
 }
 
 /** Clamp a status request: like clampRead, but status ranges may exceed the read-size limit. */
-export function statusLength(src: { name: string; size: number }, offset: number, length: number): number {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new StrataError('USAGE', `bad status request (${offset}, ${length})`, { file: src.name });
-  }
-  return Math.max(0, Math.min(length, src.size - offset));
-}
-
-/**
- * Read host bytes [offset, offset+len) of `src` straight into out[at, at+len): through
- * `readInto` when the source has it (no fresh buffer), else one read and a copy.
- */
-export async function readHost(
-  src: ByteSource,
-  offset: number,
-  len: number,
-  out: Uint8Array,
-  at: number,
-  structure: string,
-): Promise<void> {
-  if (!src.readInto || offset < 0 || offset + len > src.size) {
-    out.set(await readExact(src, offset, len, structure), at);
-    return;
-  }
-  const got = await src.readInto(offset, out.subarray(at, at + len));
-  if (got !== len) {
-    throw new StrataError('TRUNCATED', `short read: wanted ${len} bytes, got ${got}`, {
-      file: src.name,
-      structure,
-      offset,
-    });
-  }
-}

@@ -2,6 +2,7 @@ import { type ByteSource, clampRead, type Extent, readExact } from '../../io/byt
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { closeChain, readBelow } from '../layer.js';
+import { clampStatus } from '../read-plan.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
 import {
   type Descriptor,
@@ -11,7 +12,7 @@ import {
   MAX_DESCRIPTOR_BYTES,
   parseDescriptor,
 } from './descriptor.js';
-import { FlatExtent, statusLength, type VmdkExtent, ZeroExtent } from './extents.js';
+import { FlatExtent, type VmdkExtent, ZeroExtent } from './extents.js';
 import { COWD_MAGIC, GT_CACHE_BYTES, SPARSE_MAGIC, SparseExtent } from './sparse.js';
 
 export { type Descriptor, parseDescriptor } from './descriptor.js';
@@ -147,7 +148,7 @@ export class VmdkImage implements DiskImage {
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = statusLength(this, offset, length);
+    const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
     await this.each(offset, n, (e, off, len) => e.status(off, len, out));
     return out;

@@ -3,7 +3,8 @@ import { type ByteSource, type Extent, pushExtent, readExact } from '../../io/by
 import { CachedSource } from '../../io/cached-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
-import { type Below, readHost, type VmdkExtent } from './extents.js';
+import { readHost } from '../read-plan.js';
+import type { Below, VmdkExtent } from './extents.js';
 import { inflatePool } from './inflate-pool.js';
 
 /**

@@ -1,10 +1,10 @@
-import type { ByteSource } from '../../io/byte-source.js';
-import { FileSource } from '../../io/file-source.js';
-import { StrataError } from '../../util/errors.js';
-import { readBelow } from '../layer.js';
+import { type ByteSource, readExact } from '../io/byte-source.js';
+import { FileSource } from '../io/file-source.js';
+import { StrataError } from '../util/errors.js';
+import { readBelow } from './layer.js';
 
 /**
- * A read plan shared by the vhd and vhdx readers: the pieces of one virtual read, each
+ * A read plan shared by the block-mapped readers (vhd, vhdx, vdi): the pieces of one virtual read, each
  * served from the container file, from the layer below (backing image or zeros), or as
  * zeros. Adjacent pieces whose sources are contiguous are merged as they are added, so
  * a run of blocks stored back to back in the file becomes one large host read.
@@ -65,7 +65,7 @@ export class ReadPlan {
     }
     // Every byte of [0, n) is covered by exactly one piece, so no zero-fill is needed.
     const out = Buffer.allocUnsafe(n);
-    await this.run(file, backing, out);
+    await this.into(file, backing, out);
     return out;
   }
 
@@ -139,36 +139,10 @@ export class ReadPlan {
    * straight into it through `readInto` when the file has one, so no fresh buffer is made.
    */
   async into(file: ByteSource, backing: ByteSource | undefined, out: Uint8Array): Promise<void> {
-    if (!file.readInto) return this.run(file, backing, out);
     for (const p of this.pieces) {
-      if (p.kind === FILE) {
-        if (p.src < 0 || p.src + p.len > file.size) await this.readFile(file, p); // throws TRUNCATED
-        const got = await file.readInto(p.src, out.subarray(p.at, p.at + p.len));
-        if (got !== p.len) {
-          throw new StrataError('TRUNCATED', `short read: wanted ${p.len} bytes, got ${got}`, {
-            file: file.name,
-            structure: p.structure,
-            offset: p.src,
-          });
-        }
-      } else if (p.kind === BELOW) {
-        await readBelow(backing, p.src, p.len, out, p.at);
-      } else {
-        out.fill(0, p.at, p.at + p.len);
-      }
-    }
-  }
-
-  /** Execute the plan into `out`. */
-  async run(file: ByteSource, backing: ByteSource | undefined, out: Uint8Array): Promise<void> {
-    for (const p of this.pieces) {
-      if (p.kind === FILE) {
-        out.set(await this.readFile(file, p), p.at);
-      } else if (p.kind === BELOW) {
-        await readBelow(backing, p.src, p.len, out, p.at);
-      } else {
-        out.fill(0, p.at, p.at + p.len);
-      }
+      if (p.kind === FILE) await readHost(file, p.src, p.len, out, p.at, p.structure);
+      else if (p.kind === BELOW) await readBelow(backing, p.src, p.len, out, p.at);
+      else out.fill(0, p.at, p.at + p.len);
     }
   }
 }
@@ -250,5 +224,32 @@ export function bitmapRuns(
       s++;
     }
     emit(start, s - start, v);
+  }
+}
+
+/**
+ * Read host bytes [offset, offset+len) of `src` straight into out[at, at+len): through
+ * `readInto` when the source has it (no fresh buffer), else one read and a copy. Ranges
+ * past the end of the source fail as TRUNCATED/CORRUPT naming `structure`.
+ */
+export async function readHost(
+  src: ByteSource,
+  offset: number,
+  len: number,
+  out: Uint8Array,
+  at: number,
+  structure: string,
+): Promise<void> {
+  if (!src.readInto || offset < 0 || offset + len > src.size) {
+    out.set(await readExact(src, offset, len, structure), at);
+    return;
+  }
+  const got = await src.readInto(offset, out.subarray(at, at + len));
+  if (got !== len) {
+    throw new StrataError('TRUNCATED', `short read: wanted ${len} bytes, got ${got}`, {
+      file: src.name,
+      structure,
+      offset,
+    });
   }
 }
