@@ -24,6 +24,7 @@ import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { xorshift32 } from '../src/util/prng.js';
 
 const pexec = promisify(execFile);
 const ROOT = (() => {
@@ -49,15 +50,7 @@ function makeMixedRaw(file: string, size: number): void {
   try {
     ftruncateSync(fd, size);
     const aes = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, 0));
-    let s = 0x12345678;
-    const rand = () => {
-      s ^= s << 13;
-      s >>>= 0;
-      s ^= s >>> 17;
-      s ^= s << 5;
-      s >>>= 0;
-      return s;
-    };
+    const rand = xorshift32(0x12345678);
     let pos = 0;
     let run = 0;
     while (pos < size) {

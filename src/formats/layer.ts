@@ -1,4 +1,4 @@
-import { type ByteSource, type Extent, pushExtent } from '../io/byte-source.js';
+import { type ByteSource, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
 import type { DiskImage } from './types.js';
 
@@ -36,11 +36,7 @@ export async function readBelow(
  */
 export async function resolvedStatus(img: DiskImage, offset: number, length: number, depth = 0): Promise<Extent[]> {
   if (depth > 64) throw new StrataError('LOOP', 'backing chain deeper than 64', { file: img.name });
-  // Status ranges are not reads: mapImage asks for 1 GiB steps, above LIMITS.maxReadBytes.
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new StrataError('USAGE', `bad status request (${offset}, ${length})`, { file: img.name });
-  }
-  const n = Math.max(0, Math.min(length, img.size - offset));
+  const n = clampStatus(img, offset, length);
   const out: Extent[] = [];
   for (const e of await img.status(offset, n)) {
     if (e.kind !== 'unallocated') {

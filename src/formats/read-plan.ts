@@ -1,4 +1,7 @@
 import { type ByteSource, readExact } from '../io/byte-source.js';
+
+export { clampStatus } from '../io/byte-source.js';
+
 import { FileSource } from '../io/file-source.js';
 import { StrataError } from '../util/errors.js';
 import { readBelow } from './layer.js';
@@ -145,17 +148,6 @@ export class ReadPlan {
       else out.fill(0, p.at, p.at + p.len);
     }
   }
-}
-
-/**
- * Clamp a status request to the disk. Unlike reads, status ranges are not limited to
- * LIMITS.maxReadBytes (mapImage asks in 1 GiB steps); they only have to make sense.
- */
-export function clampStatus(img: { name: string; size: number }, offset: number, length: number): number {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new StrataError('USAGE', `bad status request (${offset}, ${length})`, { file: img.name });
-  }
-  return Math.max(0, Math.min(length, img.size - offset));
 }
 
 /** A small LRU of per-block sector bitmaps, bounded by total bytes. */

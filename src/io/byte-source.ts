@@ -49,6 +49,17 @@ export function clampRead(src: { name: string; size: number }, offset: number, l
   return Math.min(length, src.size - offset);
 }
 
+/**
+ * Clamp a status request to the source. Unlike reads, status ranges are not limited to
+ * LIMITS.maxReadBytes (a map walks a disk in 1 GiB steps); they only have to make sense.
+ */
+export function clampStatus(src: { name: string; size: number }, offset: number, length: number): number {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new StrataError('USAGE', `bad status request (${offset}, ${length})`, { file: src.name });
+  }
+  return Math.max(0, Math.min(length, src.size - offset));
+}
+
 /** Read exactly `length` bytes or fail with TRUNCATED naming the structure. */
 export async function readExact(
   src: ByteSource,

@@ -67,5 +67,3 @@ export class ZeroExtent implements VmdkExtent {
   }
   async close(): Promise<void> {}
 }
-
-/** Clamp a status request: like clampRead, but status ranges may exceed the read-size limit. */
