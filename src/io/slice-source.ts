@@ -1,5 +1,5 @@
 import { StrataError } from '../util/errors.js';
-import { type ByteSource, clampRead, type Extent } from './byte-source.js';
+import { type ByteSource, clampRead, clampStatus, type Extent } from './byte-source.js';
 
 /** A window [start, start+size) of another source: a partition, an LV segment, an extent file. */
 export class SliceSource implements ByteSource {
@@ -24,7 +24,7 @@ export class SliceSource implements ByteSource {
     return out;
   }
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampRead(this, offset, length);
+    const n = clampStatus(this, offset, length);
     if (n === 0) return [];
     if (!this.parent.status) return [{ offset, length: n, kind: 'data' }];
     const inner = await this.parent.status(this.start + offset, n);

@@ -1,4 +1,4 @@
-import { type ByteSource, clampRead, type Extent, pushExtent } from '../io/byte-source.js';
+import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
 
 /** One piece of a concatenation: `length` bytes read from `source` starting at its offset 0. */
@@ -75,7 +75,7 @@ export class ConcatSource implements ByteSource {
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampRead(this, offset, length);
+    const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
     if (n === 0) return out;
     for await (const [i, within, len] of this.pieces(offset, n)) {

@@ -3,6 +3,7 @@ import * as zlib from 'node:zlib';
 import {
   type ByteSource,
   clampRead,
+  clampStatus,
   type Extent,
   type ExtentKind,
   pushExtent,
@@ -150,7 +151,7 @@ export class Qcow2Image implements DiskImage {
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampRead(this, offset, length);
+    const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
     await this.walk(offset, n, (off, len, kind) => pushExtent(out, off, len, KIND_NAME[kind]));
     return out;

@@ -1,5 +1,5 @@
 import type { ByteSource, Extent } from '../../io/byte-source.js';
-import { clampRead } from '../../io/byte-source.js';
+import { clampStatus } from '../../io/byte-source.js';
 import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
 
 /** A raw image: the file is the disk. Detection falls back to it. */
@@ -24,7 +24,7 @@ export class RawImage implements DiskImage {
     return b.length;
   }
   async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampRead(this, offset, length);
+    const n = clampStatus(this, offset, length);
     if (this.src.status) return this.src.status(offset, n);
     return n > 0 ? [{ offset, length: n, kind: 'data' }] : [];
   }
