@@ -1,0 +1,208 @@
+import { StrataError } from '../util/errors.js';
+import type { BlockMap, Owner } from './block-map.js';
+import { NO_INODE, NO_NAME, NO_VOLUME } from './claims.js';
+import { classOf, KIND_CODE, KINDS, type Kind, type KindClass } from './kinds.js';
+
+/** One block-level access of a trace: bytes [offset, offset+length) of the virtual disk. */
+export interface TraceAccess {
+  offset: number;
+  length: number;
+  time?: number | string;
+  op?: string;
+}
+
+export interface ResolvedAccess extends TraceAccess {
+  /** Every owner the access touched, clipped to it (fileOffset where the access enters a file). */
+  owners: Owner[];
+}
+
+export interface TraceSummary {
+  accesses: number;
+  bytes: number;
+  /** Accesses that start past the disk end (ignored) or run past it (clipped). */
+  outside: number;
+  byClass: Record<KindClass, { accesses: number; bytes: number }>;
+  byKind: Array<{ kind: Kind; class: KindClass; accesses: number; bytes: number }>;
+  /** Files and directories touched, most bytes first. */
+  byFile: Array<{ kind: Kind; volume?: string; inode?: number; path: string; accesses: number; bytes: number }>;
+}
+
+/** Most bytes a trace line may hold (a longer one is not a trace). */
+const MAX_LINE = 64 * 1024;
+
+/**
+ * Trace lines: JSON objects `{"offset": N, "length": N, "time": T, "op": "R"}` one per
+ * line, or CSV `offset,length[,time,op]` (a first line that is not numeric is a header).
+ * Numbers may be decimal or 0x-hex. Empty lines and lines starting with '#' are skipped.
+ */
+export function parseTraceLine(line: string, lineNo: number, file = 'trace'): TraceAccess | undefined {
+  const t = line.trim();
+  if (t === '' || t.startsWith('#')) return undefined;
+  const bad = (why: string) =>
+    new StrataError('CORRUPT', `line ${lineNo}: ${why}`, { file, structure: `trace line ${lineNo}` });
+  if (t.length > MAX_LINE) throw bad(`longer than ${MAX_LINE} bytes`);
+  let offset: unknown;
+  let length: unknown;
+  let time: unknown;
+  let op: unknown;
+  if (t.startsWith('{')) {
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(t) as Record<string, unknown>;
+    } catch {
+      throw bad('not valid JSON');
+    }
+    offset = typeof o.offset === 'string' ? Number(o.offset) : o.offset;
+    length = typeof o.length === 'string' ? Number(o.length) : o.length;
+    time = o.time;
+    op = o.op;
+  } else {
+    const f = t.split(',');
+    offset = Number(f[0]);
+    length = Number(f[1]);
+    if (lineNo === 1 && Number.isNaN(offset)) return undefined; // header
+    if (f.length > 2 && f[2].trim() !== '') {
+      const n = Number(f[2]);
+      time = Number.isNaN(n) ? f[2].trim() : n;
+    }
+    if (f.length > 3) op = f[3].trim();
+  }
+  if (!Number.isSafeInteger(offset) || (offset as number) < 0) throw bad(`bad offset ${String(offset)}`);
+  if (!Number.isSafeInteger(length) || (length as number) < 0) throw bad(`bad length ${String(length)}`);
+  const a: TraceAccess = { offset: offset as number, length: length as number };
+  if (typeof time === 'number' || typeof time === 'string') a.time = time;
+  if (typeof op === 'string' && op !== '') a.op = op;
+  return a;
+}
+
+/** Trace lines from chunks of text (a file stream), parsed as they come. */
+export async function* readTrace(
+  chunks: AsyncIterable<string | Uint8Array>,
+  file = 'trace',
+): AsyncGenerator<TraceAccess> {
+  const dec = new TextDecoder();
+  let rest = '';
+  let lineNo = 0;
+  for await (const c of chunks) {
+    const text = rest + (typeof c === 'string' ? c : dec.decode(c, { stream: true }));
+    const lines = text.split('\n');
+    rest = lines.pop() ?? '';
+    if (rest.length > MAX_LINE) {
+      throw new StrataError('CORRUPT', `line ${lineNo + 1}: longer than ${MAX_LINE} bytes`, {
+        file,
+        structure: `trace line ${lineNo + 1}`,
+      });
+    }
+    for (const l of lines) {
+      const a = parseTraceLine(l, ++lineNo, file);
+      if (a) yield a;
+    }
+  }
+  const a = parseTraceLine(rest + dec.decode(), ++lineNo, file);
+  if (a) yield a;
+}
+
+/**
+ * Resolves accesses against a map and keeps the summary: bytes and accesses per kind, per
+ * class (data / metadata / unused) and per file. Counting works on the map's columns
+ * (no objects per access); `resolve` builds the owner list only when asked.
+ */
+export class TraceResolver {
+  private accesses = 0;
+  private bytes = 0;
+  private outside = 0;
+  private readonly kindBytes = new Float64Array(KINDS.length);
+  private readonly kindAccesses = new Float64Array(KINDS.length);
+  private readonly kindSeen = new Float64Array(KINDS.length);
+  /** Per (volume, path): bytes, accesses, the last access that counted, and a record holding it. */
+  private readonly files = new Map<number, { bytes: number; accesses: number; seen: number; record: number }>();
+
+  constructor(readonly map: BlockMap) {
+    this.kindSeen.fill(-1);
+  }
+
+  /** Count one access; returns the first and one-past-last record index it touched. */
+  count(a: TraceAccess): [number, number] {
+    const m = this.map;
+    const id = this.accesses++;
+    if (a.offset >= m.diskSize) {
+      this.outside++;
+      return [0, 0];
+    }
+    let to = a.offset + a.length;
+    if (to > m.diskSize) {
+      this.outside++;
+      to = m.diskSize;
+    }
+    this.bytes += to - a.offset;
+    const first = m.indexOf(a.offset);
+    let i = first;
+    const fileKind = KIND_CODE.file;
+    const dirKind = KIND_CODE.directory;
+    for (; i < m.count && m.start[i] < to; i++) {
+      const s = Math.max(a.offset, m.start[i]);
+      const e = Math.min(to, i + 1 < m.count ? m.start[i + 1] : m.diskSize);
+      const k = m.kind[i];
+      this.kindBytes[k] += e - s;
+      if (this.kindSeen[k] !== id) {
+        this.kindSeen[k] = id;
+        this.kindAccesses[k]++;
+      }
+      const nm = m.name[i];
+      if ((k === fileKind || k === dirKind) && nm !== NO_NAME) {
+        const key = m.volume[i] * 2 ** 31 + nm;
+        let f = this.files.get(key);
+        if (!f) this.files.set(key, (f = { bytes: 0, accesses: 0, seen: -1, record: i }));
+        f.bytes += e - s;
+        if (f.seen !== id) {
+          f.seen = id;
+          f.accesses++;
+        }
+      }
+    }
+    if (a.length === 0) return [first, first];
+    return [first, i];
+  }
+
+  /** Count one access and list its owners. */
+  resolve(a: TraceAccess): ResolvedAccess {
+    const [i0, i1] = this.count(a);
+    const to = Math.min(a.offset + a.length, this.map.diskSize);
+    const owners: Owner[] = [];
+    for (let i = i0; i < i1; i++) owners.push(this.map.owner(i, a.offset, to));
+    return { ...a, owners };
+  }
+
+  summary(): TraceSummary {
+    const m = this.map;
+    const byClass: TraceSummary['byClass'] = {
+      data: { accesses: 0, bytes: 0 },
+      metadata: { accesses: 0, bytes: 0 },
+      unused: { accesses: 0, bytes: 0 },
+    };
+    const byKind: TraceSummary['byKind'] = [];
+    for (let k = 0; k < KINDS.length; k++) {
+      if (this.kindAccesses[k] === 0) continue;
+      const cls = classOf(KINDS[k]);
+      byKind.push({ kind: KINDS[k], class: cls, accesses: this.kindAccesses[k], bytes: this.kindBytes[k] });
+      byClass[cls].bytes += this.kindBytes[k];
+      // an access touching two kinds of one class counts once per kind: an upper bound, documented
+      byClass[cls].accesses += this.kindAccesses[k];
+    }
+    const byFile: TraceSummary['byFile'] = [];
+    for (const f of this.files.values()) {
+      const i = f.record;
+      const row: TraceSummary['byFile'][number] = {
+        kind: KINDS[m.kind[i]],
+        path: m.strings[m.name[i]],
+        accesses: f.accesses,
+        bytes: f.bytes,
+      };
+      if (m.volume[i] !== NO_VOLUME) row.volume = m.volumes[m.volume[i]].id;
+      if (m.ino[i] !== NO_INODE) row.inode = m.ino[i];
+      byFile.push(row);
+    }
+    byFile.sort((a, b) => b.bytes - a.bytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return { accesses: this.accesses, bytes: this.bytes, outside: this.outside, byClass, byKind, byFile };
+  }
+}
