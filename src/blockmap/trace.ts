@@ -77,7 +77,7 @@ export function parseTraceLine(line: string, lineNo: number, file = 'trace'): Tr
 
 /** Trace lines from chunks of text (a file stream), parsed as they come. */
 export async function* readTrace(
-  chunks: AsyncIterable<string | Uint8Array>,
+  chunks: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array>,
   file = 'trace',
 ): AsyncGenerator<TraceAccess> {
   const dec = new TextDecoder();
