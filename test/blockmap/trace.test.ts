@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { buildBlockMap, parseTraceLine, readTrace, TraceResolver } from '../../src/blockmap/index.js';
+import { buildBlockMap, parseTraceLine, readTrace, readTraceBatches, TraceResolver } from '../../src/blockmap/index.js';
 import { openImage } from '../../src/formats/open.js';
 import { openFileSystem } from '../../src/fs/open.js';
 import type { ByteSource } from '../../src/io/byte-source.js';
@@ -164,4 +164,34 @@ test('trace lines: JSON and CSV, hex offsets, headers and comments; bad lines fa
       bad,
     );
   }
+});
+
+test('batched trace reading over split chunks agrees with the line parser (CSV fast path, CRLF, JSON, hex, header)', async () => {
+  const lines = [
+    'offset,length,time,op',
+    '4096,512,1,R',
+    '8192,4096',
+    '0x2000,16,3,W',
+    '{"offset": 12288, "length": 7, "op": "R"}',
+    '100,200,,W',
+    '# note',
+    '300,400,5.5,TRIM',
+    '999999999999999,1,7,R',
+  ];
+  const text = `${lines.join('\r\n')}\n77,88`;
+  const want = [...lines, '77,88'].map((l, i) => parseTraceLine(l, i + 1)).filter((a) => a !== undefined);
+  const bytes = new TextEncoder().encode(text);
+  for (const cut of [1, 3, 7, 16, bytes.length]) {
+    const chunks: Uint8Array[] = [];
+    for (let i = 0; i < bytes.length; i += cut) chunks.push(bytes.subarray(i, i + cut));
+    const got = [];
+    for await (const b of readTraceBatches(chunks)) got.push(...b);
+    assert.deepEqual(got, want, `chunks of ${cut}`);
+  }
+  await assert.rejects(
+    async () => {
+      for await (const _ of readTraceBatches(['1,2\n', 'x'.repeat(70_000)], 'big.csv')) void _;
+    },
+    (e: unknown) => e instanceof StrataError && e.code === 'CORRUPT' && /line 2/.test(e.message),
+  );
 });

@@ -75,22 +75,24 @@ export function registerBlockmapCommands(program: Command): void {
       .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
       .option('--summary', 'only the summary'),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
-    const { readTrace, TraceResolver } = await import('../../blockmap/trace.js');
+    const { readTraceBatches, TraceResolver } = await import('../../blockmap/trace.js');
     const map = await obtainMap(image, o);
     const resolver = new TraceResolver(map);
     const input = tracePath === '-' ? process.stdin : createReadStream(tracePath);
     const name = tracePath === '-' ? 'stdin' : tracePath;
     let buf = '';
-    for await (const a of readTrace(input, name)) {
+    for await (const batch of readTraceBatches(input, name)) {
       if (o.summary) {
-        resolver.count(a);
+        for (const a of batch) resolver.count(a);
         continue;
       }
-      const r = resolver.resolve(a);
-      if (o.json) buf += `${JSON.stringify(r)}\n`;
-      else {
-        const head = `${a.time !== undefined ? `${a.time} ` : ''}${a.op ? `${a.op} ` : ''}${a.offset}+${a.length}`;
-        buf += `${head}\n${r.owners.map((w) => `  ${ownerLine(w)}`).join('\n')}\n`;
+      for (const a of batch) {
+        const r = resolver.resolve(a);
+        if (o.json) buf += `${JSON.stringify(r)}\n`;
+        else {
+          const head = `${a.time !== undefined ? `${a.time} ` : ''}${a.op ? `${a.op} ` : ''}${a.offset}+${a.length}`;
+          buf += `${head}\n${r.owners.map((w) => `  ${ownerLine(w)}`).join('\n')}\n`;
+        }
       }
       if (buf.length > 1 << 16) {
         await write(buf);
