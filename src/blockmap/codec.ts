@@ -119,7 +119,9 @@ export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
   }
   let at = base;
   const take = <T>(make: (b: ArrayBuffer) => T, width: number): T => {
-    const copy = bytes.slice(at, at + count * width);
+    // a fresh, aligned copy (a Node Buffer's slice() would be a view into a shared pool)
+    const copy = new Uint8Array(count * width);
+    copy.set(bytes.subarray(at, at + count * width));
     at += count * width;
     return make(copy.buffer);
   };

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { type BlockMap, buildBlockMap, loadBlockMap, saveBlockMap } from '../../src/blockmap/index.js';
 import { openImage } from '../../src/formats/open.js';
 import { StrataError } from '../../src/util/errors.js';
 import { prng } from '../helpers/fuzz.js';
-import { fixture, run } from '../helpers/tools.js';
+import { fixture, run, scratch } from '../helpers/tools.js';
 import { buildBlockmapTree, mbrBlockmapDisk } from './images.js';
 
 async function mapOf(file: string): Promise<BlockMap> {
@@ -28,6 +28,11 @@ test('save and load: the loaded map answers every record the same', async () => 
   assert.deepEqual([...back.records()], [...map.records()]);
   assert.deepEqual(back.used(), map.used());
   assert.deepEqual(back.warnings, map.warnings);
+  // from a file: a Node Buffer, whose slices are views into a shared pool
+  const file = path.join(scratch('bm-codec'), 'map.bm');
+  writeFileSync(file, bytes);
+  const fromFile = loadBlockMap(readFileSync(file), file);
+  assert.deepEqual([...fromFile.records()], [...map.records()]);
 });
 
 test('load rejects damaged maps with CORRUPT (or UNSUPPORTED for another version), never anything else', async () => {
