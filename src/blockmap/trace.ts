@@ -80,7 +80,7 @@ export async function* readTrace(
   chunks: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array>,
   file = 'trace',
 ): AsyncGenerator<TraceAccess> {
-  for await (const batch of readTraceBatches(chunks, file)) yield* batch;
+  for await (const batch of readTraceBatches(chunks, file)) for (let i = 0; i < batch.count; i++) yield batch.access(i);
 }
 
 const NL = 10;
@@ -92,15 +92,72 @@ const dec = new TextDecoder();
 const OPS: string[] = Array.from({ length: 128 }, (_, i) => String.fromCharCode(i));
 
 /**
+ * Parsed accesses in columns (no object per access): offset, length, time (NaN: none),
+ * op (a one-letter op's byte, 0: none); accesses the columns cannot hold (a string time,
+ * a longer op) are kept whole in `special`.
+ */
+export class TraceBatch {
+  count = 0;
+  offset: Float64Array;
+  length: Float64Array;
+  time: Float64Array;
+  op: Uint8Array;
+  readonly special = new Map<number, TraceAccess>();
+
+  constructor(capacity: number) {
+    const n = Math.max(16, capacity);
+    this.offset = new Float64Array(n);
+    this.length = new Float64Array(n);
+    this.time = new Float64Array(n);
+    this.op = new Uint8Array(n);
+  }
+
+  push(offset: number, length: number, time: number, op: number): void {
+    if (this.count === this.offset.length) {
+      const grow = <T extends Float64Array | Uint8Array>(x: T, y: T): T => {
+        y.set(x as never);
+        return y;
+      };
+      const n = this.count * 2;
+      this.offset = grow(this.offset, new Float64Array(n));
+      this.length = grow(this.length, new Float64Array(n));
+      this.time = grow(this.time, new Float64Array(n));
+      this.op = grow(this.op, new Uint8Array(n));
+    }
+    const i = this.count++;
+    this.offset[i] = offset;
+    this.length[i] = length;
+    this.time[i] = time;
+    this.op[i] = op;
+  }
+
+  pushAccess(a: TraceAccess): void {
+    const simpleOp = a.op === undefined ? 0 : a.op.length === 1 && a.op.charCodeAt(0) < 128 ? a.op.charCodeAt(0) : -1;
+    if (simpleOp < 0 || typeof a.time === 'string') this.special.set(this.count, a);
+    this.push(a.offset, a.length, typeof a.time === 'number' ? a.time : Number.NaN, Math.max(0, simpleOp));
+  }
+
+  access(i: number): TraceAccess {
+    const sp = this.special.get(i);
+    if (sp) return sp;
+    const a: TraceAccess = { offset: this.offset[i], length: this.length[i] };
+    if (!Number.isNaN(this.time[i])) a.time = this.time[i];
+    if (this.op[i] !== 0) a.op = OPS[this.op[i]];
+    return a;
+  }
+}
+
+/**
  * Trace accesses in batches, one per chunk of input: the fast way for big traces (no
- * async step per access). Lines of plain decimal CSV (`offset,length[,time[,op]]` with an
- * integer time and a one-letter op) are parsed straight from the bytes; anything else
- * (JSON, hex, a header, a comment, decimals) goes through parseTraceLine.
+ * async step and no object per access). Lines of plain decimal CSV
+ * (`offset,length[,time[,op]]` with an integer time and a one-letter op) are parsed
+ * straight from the bytes into columns; anything else (JSON, hex, a header, a comment,
+ * decimals) goes through parseTraceLine.
  */
 export async function* readTraceBatches(
   chunks: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array>,
   file = 'trace',
-): AsyncGenerator<TraceAccess[]> {
+): AsyncGenerator<TraceBatch> {
   let rest: Uint8Array = new Uint8Array(0);
   let lineNo = 0;
   for await (const c of chunks) {
@@ -117,15 +174,19 @@ export async function* readTraceBatches(
       if (rest.length > MAX_LINE) throw tooLong(lineNo + 1, file);
       continue;
     }
-    const out: TraceAccess[] = [];
+    const out = new TraceBatch(Math.ceil(lastNl / 24));
     lineNo = parseLines(buf, lastNl + 1, lineNo, file, out);
     rest = buf.slice(lastNl + 1);
     if (rest.length > MAX_LINE) throw tooLong(lineNo + 1, file);
-    if (out.length > 0) yield out;
+    if (out.count > 0) yield out;
   }
   if (rest.length > 0) {
     const a = parseTraceLine(dec.decode(rest), ++lineNo, file);
-    if (a) yield [a];
+    if (a) {
+      const out = new TraceBatch(1);
+      out.pushAccess(a);
+      yield out;
+    }
   }
 }
 
@@ -137,7 +198,7 @@ function tooLong(lineNo: number, file: string): StrataError {
 }
 
 /** Parse the complete lines in b[0, end) (end is just past a newline); returns the last line number. */
-function parseLines(b: Uint8Array, end: number, lineNo: number, file: string, out: TraceAccess[]): number {
+function parseLines(b: Uint8Array, end: number, lineNo: number, file: string, out: TraceBatch): number {
   let i = 0;
   while (i < end) {
     const lineStart = i;
@@ -149,14 +210,14 @@ function parseLines(b: Uint8Array, end: number, lineNo: number, file: string, ou
     let d0 = 0;
     let d1 = 0;
     let d2 = 0;
-    let op = -1;
+    let op = 0;
     let field = 0;
     let ok = true;
     for (; i < end; i++) {
       const ch = b[i];
       if (ch === NL) break;
-      if (ch >= 48 && ch <= 57 && field < 3) {
-        const d = ch - 48;
+      const d = ch - 48;
+      if (d >= 0 && d <= 9 && field < 3) {
         if (field === 0) {
           f0 = f0 * 10 + d;
           d0++;
@@ -168,21 +229,17 @@ function parseLines(b: Uint8Array, end: number, lineNo: number, file: string, ou
           d2++;
         }
       } else if (ch === COMMA && field < 3) field++;
-      else if (field === 3 && op < 0 && ch > 32 && ch < 127) op = ch;
-      else if (ch !== CR || i + 1 < end) ok = ok && ch === CR && b[i + 1] === NL;
-      else ok = false;
+      else if (field === 3 && op === 0 && ch > 32 && ch < 127) op = ch;
+      else if (!(ch === CR && i + 1 < end && b[i + 1] === NL)) ok = false;
     }
     const lineEnd = i;
     i++; // past the newline
     if (ok && field >= 1 && d0 > 0 && d1 > 0 && d0 <= 15 && d1 <= 15 && d2 <= 15) {
-      const a: TraceAccess = { offset: f0, length: f1 };
-      if (d2 > 0) a.time = f2;
-      if (op >= 0) a.op = OPS[op];
-      out.push(a);
+      out.push(f0, f1, d2 > 0 ? f2 : Number.NaN, op);
       continue;
     }
     const a = parseTraceLine(dec.decode(b.subarray(lineStart, lineEnd)), lineNo, file);
-    if (a) out.push(a);
+    if (a) out.pushAccess(a);
   }
   return lineNo;
 }
@@ -206,26 +263,42 @@ export class TraceResolver {
     this.kindSeen.fill(-1);
   }
 
+  /** Count every access of a batch. */
+  countBatch(b: TraceBatch): void {
+    for (let i = 0; i < b.count; i++) this.countRange(b.offset[i], b.length[i]);
+  }
+
   /** Count one access; returns the first and one-past-last record index it touched. */
   count(a: TraceAccess): [number, number] {
+    this.countRange(a.offset, a.length);
+    return [this.first, this.last];
+  }
+
+  /** Records [first, last) the access counted last touched. */
+  private first = 0;
+  private last = 0;
+
+  private countRange(offset: number, length: number): void {
     const m = this.map;
     const id = this.accesses++;
-    if (a.offset >= m.diskSize) {
+    if (offset >= m.diskSize) {
       this.outside++;
-      return [0, 0];
+      this.first = 0;
+      this.last = 0;
+      return;
     }
-    let to = a.offset + a.length;
+    let to = offset + length;
     if (to > m.diskSize) {
       this.outside++;
       to = m.diskSize;
     }
-    this.bytes += to - a.offset;
-    const first = m.indexOf(a.offset);
+    this.bytes += to - offset;
+    const first = m.indexOf(offset);
     let i = first;
     const fileKind = KIND_CODE.file;
     const dirKind = KIND_CODE.directory;
     for (; i < m.count && m.start[i] < to; i++) {
-      const s = Math.max(a.offset, m.start[i]);
+      const s = Math.max(offset, m.start[i]);
       const e = Math.min(to, i + 1 < m.count ? m.start[i + 1] : m.diskSize);
       const k = m.kind[i];
       this.kindBytes[k] += e - s;
@@ -245,8 +318,8 @@ export class TraceResolver {
         }
       }
     }
-    if (a.length === 0) return [first, first];
-    return [first, i];
+    this.first = first;
+    this.last = length === 0 ? first : i;
   }
 
   /** Count one access and list its owners. */

@@ -185,7 +185,7 @@ test('batched trace reading over split chunks agrees with the line parser (CSV f
     const chunks: Uint8Array[] = [];
     for (let i = 0; i < bytes.length; i += cut) chunks.push(bytes.subarray(i, i + cut));
     const got = [];
-    for await (const b of readTraceBatches(chunks)) got.push(...b);
+    for await (const b of readTraceBatches(chunks)) for (let i = 0; i < b.count; i++) got.push(b.access(i));
     assert.deepEqual(got, want, `chunks of ${cut}`);
   }
   await assert.rejects(

@@ -83,10 +83,11 @@ export function registerBlockmapCommands(program: Command): void {
     let buf = '';
     for await (const batch of readTraceBatches(input, name)) {
       if (o.summary) {
-        for (const a of batch) resolver.count(a);
+        resolver.countBatch(batch);
         continue;
       }
-      for (const a of batch) {
+      for (let i = 0; i < batch.count; i++) {
+        const a = batch.access(i);
         const r = resolver.resolve(a);
         if (o.json) buf += `${JSON.stringify(r)}\n`;
         else {
