@@ -47,7 +47,7 @@ export async function volumeLayout(disk: ByteSource, found: DiscoverResult, warn
     for (const s of [...sectors].sort((a, b) => a - b)) {
       structures.push({
         offset: s,
-        length: s === 0 ? 512 : ss,
+        length: ss,
         kind: 'partition-table',
         detail: s === 0 ? 'MBR' : 'EBR',
       });
@@ -58,7 +58,7 @@ export async function volumeLayout(disk: ByteSource, found: DiscoverResult, warn
 }
 
 async function gptStructures(disk: ByteSource, ss: number, out: TableStructure[], warnings: string[]): Promise<void> {
-  out.push({ offset: 0, length: 512, kind: 'partition-table', detail: 'protective MBR' });
+  out.push({ offset: 0, length: ss, kind: 'partition-table', detail: 'protective MBR' });
   let gpt: Awaited<ReturnType<typeof parseGpt>>;
   try {
     gpt = await parseGpt(disk, ss);

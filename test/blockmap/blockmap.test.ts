@@ -275,3 +275,33 @@ test('MBR disk with logical partitions: table sectors vs sfdisk, ext2 (indirect 
   assert.equal(so.kind, 'volume');
   assert.equal(so.detail, 'swap');
 });
+
+test('whole-disk LVM PV with a two-segment LV: every LV range where lvs/pvs put it, label and metadata before pe_start', async () => {
+  const { lvmDisk, lvRanges } = await import('../helpers/volume-images.js');
+  const disk = await lvmDisk();
+  const map = await mapOf(disk.disk);
+  checkCoverage(map);
+  const pv = disk.oracle.pvs[0];
+  const peStart = Number(pv.pe_start);
+  const head = map.whatis(0, peStart);
+  assert.ok(head.some((r) => r.kind === 'lvm-metadata' && r.detail === 'PV label'));
+  for (const r of head) assert.ok(r.kind === 'lvm-metadata' || r.kind === 'unpartitioned', JSON.stringify(r));
+  let lvBytes = 0;
+  for (const lv of ['lv1', 'lv2', 'lv3']) {
+    const ranges = lvRanges(disk.oracle, 'wvg', lv);
+    if (lv === 'lv1') assert.equal(ranges.length, 2);
+    for (const r of ranges) {
+      const owners = map.whatis(r.diskOffset, r.length);
+      assert.deepEqual(
+        owners.map((o) => [o.kind, o.volume]),
+        [['volume', `wvg/${lv}`]],
+        `${lv} at ${r.diskOffset}`,
+      );
+      lvBytes += r.length;
+    }
+  }
+  // the rest of the PV is in no LV
+  const used = map.used().reduce((n, r) => n + r.length, 0);
+  const meta = head.filter((r) => r.kind === 'lvm-metadata').reduce((n, r) => n + r.length, 0);
+  assert.equal(used, lvBytes + meta);
+});
