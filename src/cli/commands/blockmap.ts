@@ -132,17 +132,8 @@ async function obtainMap(image: string, o: Record<string, unknown>): Promise<Blo
 
 /** Open an image, build its block map, close it. */
 export async function buildMapOf(image: string, opts: OpenOptions): Promise<BlockMap> {
-  const [{ openImage }, { closeChain }, { buildBlockMap }] = await Promise.all([
-    import('../../formats/open.js'),
-    import('../../formats/layer.js'),
-    import('../../blockmap/build.js'),
-  ]);
-  const img = await openImage(image, opts);
-  try {
-    return await buildBlockMap(img);
-  } finally {
-    await closeChain(img);
-  }
+  const { blockMapOfImage } = await import('../../blockmap/of-image.js');
+  return blockMapOfImage(image, opts);
 }
 
 function parseRange(s: string): [number, number] {
