@@ -201,6 +201,7 @@ async function listTree(fs: FileSystem, warnings: string[], label: string): Prom
         onError(e, item.path);
       }
     })().finally(() => pending.delete(p));
+    p.catch(() => {}); // observed by the race/all below; never an unhandled rejection if the walk fails first
     pending.add(p);
     return p;
   };
