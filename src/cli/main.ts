@@ -17,6 +17,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     verbs: ['parts', 'fsinfo', 'ls', 'cat', 'stat', 'extract'],
     load: async () => (await import('./commands/fs.js')).registerFsCommands,
   },
+  {
+    verbs: ['whatis', 'blockmap', 'trace'],
+    load: async () => (await import('./commands/blockmap.js')).registerBlockmapCommands,
+  },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
 ];
 

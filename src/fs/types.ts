@@ -72,6 +72,11 @@ export interface OwnedRange {
   /** e.g. 'group 3', 'inode 12'. */
   detail?: string;
   ino?: number;
+  /**
+   * For inode tables: the range holds inode records `first`, `first + 1`, ... each `size`
+   * bytes long, the first at `offset`.
+   */
+  inodes?: { first: number; size: number };
 }
 
 /** A set of [offset, offset+length) ranges in ascending order, non-overlapping, merged. */

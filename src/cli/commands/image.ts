@@ -37,8 +37,10 @@ export function registerImageCommands(program: Command): void {
       .command('map')
       .description('the virtual disk as ranges of data and zeros (like qemu-img map)')
       .argument('<image>', 'image file or http(s) URL')
-      .option('--json', 'JSON array of {start, length, data, zero}'),
+      .option('--json', 'JSON array of {start, length, data, zero}')
+      .option('--used', 'instead: the ranges in use (not free space, not unpartitioned), from the block map'),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    if (o.used) return printUsed(image, o);
     const { closeChain, openImage, mapImage } = await load();
     const img = await openImage(image, openOptionsFrom(o));
     try {
@@ -62,6 +64,15 @@ export function registerImageCommands(program: Command): void {
       await closeChain(img);
     }
   });
+}
+
+/** `map --used`: the block map's used-space view, `[{start, length}]` with --json. */
+async function printUsed(image: string, o: Record<string, unknown>): Promise<void> {
+  const { buildMapOf } = await import('./blockmap.js');
+  const used = (await buildMapOf(image, openOptionsFrom(o))).used();
+  if (o.json) return printJson(used.map((r) => ({ start: r.offset, length: r.length })));
+  process.stdout.write(`${'Offset'.padEnd(20)}${'Length'.padEnd(20)}\n`);
+  for (const r of used) process.stdout.write(`0x${r.offset.toString(16).padEnd(18)}0x${r.length.toString(16)}\n`);
 }
 
 /** The readers, loaded when a command runs rather than at start-up. */

@@ -1263,7 +1263,13 @@ export class ExtFileSystem implements FileSystem {
       const d = this.groups[g];
       yield { offset: d.blockBitmap * bs, length: bs, kind: 'block-bitmap', detail: `group ${g}` };
       yield { offset: d.inodeBitmap * bs, length: bs, kind: 'inode-bitmap', detail: `group ${g}` };
-      yield { offset: d.inodeTable * bs, length: itBlocks * bs, kind: 'inode-table', detail: `group ${g}` };
+      yield {
+        offset: d.inodeTable * bs,
+        length: itBlocks * bs,
+        kind: 'inode-table',
+        detail: `group ${g}`,
+        inodes: { first: g * sb.inodesPerGroup + 1, size: sb.inodeSize },
+      };
     }
     // per-inode structures
     const xattrBlocks = new Set<number>();

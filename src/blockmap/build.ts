@@ -1,0 +1,228 @@
+import { openFileSystem } from '../fs/open.js';
+import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
+import { walk } from '../fs/walk.js';
+import type { ByteSource } from '../io/byte-source.js';
+import { StrataError } from '../util/errors.js';
+import { type DiscoverResult, discoverVolumes } from '../volumes/discover.js';
+import type { Volume } from '../volumes/types.js';
+import { BlockMap, type MapVolume } from './block-map.js';
+import { Claims, MAX_VOLUMES, translate } from './claims.js';
+import { type Kind, kindOfRegion } from './kinds.js';
+import { resolveClaims } from './resolve.js';
+import { volumeLayout } from './volume-layout.js';
+
+export interface BuildOptions {
+  /** Volumes found already (saves a second discovery). */
+  discovered?: DiscoverResult;
+  /** Open a volume's file system (default: openFileSystem); undefined when it holds none. */
+  openFs?: (volume: Volume) => Promise<FileSystem | undefined>;
+}
+
+/** Content names that are not file systems (as probeContent gives them). */
+const NOT_FS = new Set(['LVM2_member', 'swap', 'swsuspend', 'crypto_LUKS', 'jbd', 'gpt', 'mbr', 'lvm2-pv']);
+
+/**
+ * Build the block map of a whole virtual disk from the volumes layer (discoverVolumes and
+ * its table parsers) and the FileSystem interface only (walk, extents, metadataRegions,
+ * allocation, info), so every file system behind that interface is mapped without a
+ * change here. Problems that leave part of the disk unexplained (a volume whose file
+ * system cannot be opened, an unreadable directory) become warnings, and those bytes keep
+ * the coarser owner below them (`volume`, `allocated`).
+ */
+export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): Promise<BlockMap> {
+  const warnings: string[] = [];
+  const found = opts.discovered ?? (await discoverVolumes(disk));
+  warnings.push(...found.warnings);
+  if (found.volumes.length > MAX_VOLUMES - 1) {
+    throw new StrataError('LIMIT', `${found.volumes.length} volumes is more than a block map holds`, {
+      file: disk.name,
+    });
+  }
+  const claims = new Claims(disk.size);
+  claims.add(0, disk.size, 'unpartitioned');
+  const layout = await volumeLayout(disk, found, warnings);
+  for (const s of layout.structures) {
+    const volume = s.volumeId === undefined ? undefined : found.volumes.findIndex((v) => v.id === s.volumeId);
+    claims.add(s.offset, s.length, s.kind, {
+      name: s.detail,
+      volume: volume !== undefined && volume >= 0 ? volume : undefined,
+    });
+  }
+  const volumes: MapVolume[] = [];
+  const open = opts.openFs ?? defaultOpen;
+  for (const [index, v] of found.volumes.entries()) {
+    const mv: MapVolume = { id: v.id, scheme: v.scheme, type: v.type };
+    if (v.content) mv.content = v.content;
+    volumes.push(mv);
+    if (v.size === 0 || v.flags?.includes('extended') || v.content === 'LVM2_member') continue;
+    const runs = layout.runs.get(v.id);
+    const label = v.id === '' ? 'the whole disk' : `volume ${v.id}`;
+    if (!runs) {
+      warnings.push(`${label}: not mapped (its bytes are not a linear range of the disk)`);
+      continue;
+    }
+    const put = (
+      offset: number,
+      length: number,
+      kind: Kind,
+      f: { ino?: number; name?: string; objectOffset?: number } = {},
+    ) => {
+      const base = f.objectOffset ?? 0;
+      translate(runs, offset, length, (d, len, skip) =>
+        claims.add(d, len, kind, { ...f, volume: index, objectOffset: base + skip }),
+      );
+    };
+    put(0, v.size, 'volume', { name: v.content ?? 'unknown content' });
+    let fs: FileSystem | undefined;
+    try {
+      fs = await open(v);
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      warnings.push(`${label}: ${e.message}`);
+    }
+    if (!fs) continue;
+    try {
+      await claimFileSystem(fs, mv, put, warnings, label);
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      warnings.push(`${label}: ${e.message}`);
+    } finally {
+      await fs.close?.();
+    }
+  }
+  const cols = resolveClaims(claims, warnings);
+  return new BlockMap(disk.size, cols, claims.strings, volumes, warnings);
+}
+
+async function defaultOpen(v: Volume): Promise<FileSystem | undefined> {
+  if (!v.content || NOT_FS.has(v.content)) return undefined;
+  return openFileSystem(v.source);
+}
+
+type Put = (
+  offset: number,
+  length: number,
+  kind: Kind,
+  f?: { ino?: number; name?: string; objectOffset?: number },
+) => void;
+
+/**
+ * A file system's claims, in volume offsets: free space under everything, the allocated
+ * ranges over it, then the tree (directories and file data, by path) and the metadata
+ * regions the reader reports.
+ */
+async function claimFileSystem(
+  fs: FileSystem,
+  mv: MapVolume,
+  put: Put,
+  warnings: string[],
+  label: string,
+): Promise<void> {
+  const info = await fs.info();
+  mv.fs = info.kind;
+  mv.blockSize = fs.blockSize;
+  const bs = fs.blockSize;
+  put(0, Math.min(info.totalBytes, fs.volume.size), 'free');
+  for (const r of await fs.allocation()) put(r.offset, r.length, 'allocated');
+
+  // The tree and the metadata regions are read concurrently (both wait on reads most of
+  // the time); claims are made afterwards in a fixed order, so ties resolve the same way.
+  const [tree, regions] = await Promise.all([listTree(fs, warnings, label), collect(fs.metadataRegions())]);
+  for (let i = 0; i < tree.length; i++) {
+    const t = tree[i];
+    for (const e of t.extents) claimExtent(put, bs, t.ino, t.path, t.kind, e);
+  }
+  const dirs = new Set<number>();
+  for (const t of tree) if (t.kind === 'directory') dirs.add(t.ino);
+
+  const journals = new Set<number>();
+  for (const r of regions) {
+    const m = kindOfRegion(r.kind, r.detail);
+    if (m.kind === 'directory' && r.ino !== undefined && dirs.has(r.ino)) continue;
+    if (m.kind === 'journal' && r.ino !== undefined) {
+      journals.add(r.ino);
+      continue;
+    }
+    if (m.kind === 'inode-table' && r.inodes) {
+      mv.inodeSize = r.inodes.size;
+      put(r.offset, r.length, m.kind, { ino: r.inodes.first, name: r.detail });
+      continue;
+    }
+    const detail = [m.detail, r.detail].filter((x) => x !== undefined && x !== `inode ${r.ino}`).join(', ');
+    put(r.offset, r.length, m.kind, { ino: r.ino, name: detail === '' ? undefined : detail });
+  }
+  // the journal by its extents, so each piece knows its offset inside the journal
+  for (const j of journals) {
+    for await (const e of fs.extents(await fs.inode(j))) claimExtent(put, bs, j, 'internal journal', 'journal', e);
+  }
+}
+
+function claimExtent(put: Put, bs: number, ino: number, name: string, kind: Kind, e: FileExtent): void {
+  if (e.inline) return;
+  let len = e.diskLength ?? e.length;
+  if (!e.encoded) len = Math.ceil(len / bs) * bs;
+  put(e.volumeOffset, len, kind, { ino, name, objectOffset: e.fileOffset });
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+interface TreeItem {
+  ino: number;
+  path: string;
+  kind: 'file' | 'directory';
+  extents: FileExtent[];
+}
+
+/** Most extent lists asked for at once while walking. */
+const EXTENT_CONCURRENCY = 16;
+
+/**
+ * Every directory and file (regular or symlink) reachable from the root, each inode once
+ * (the first path in walk order: names sorted per directory), with its extents. Extent
+ * lists are fetched a few at a time while the walk goes on.
+ */
+async function listTree(fs: FileSystem, warnings: string[], label: string): Promise<TreeItem[]> {
+  const out: TreeItem[] = [];
+  let errors = 0;
+  const onError = (err: StrataError, path: string) => {
+    if (++errors <= 20) warnings.push(`${label}: ${path}: ${err.message}`);
+  };
+  const pending = new Set<Promise<void>>();
+  const fetch = (ino: Inode, item: TreeItem) => {
+    const p = (async () => {
+      try {
+        for await (const e of fs.extents(ino)) item.extents.push(e);
+      } catch (e) {
+        if (!(e instanceof StrataError)) throw e;
+        onError(e, item.path);
+      }
+    })().finally(() => pending.delete(p));
+    p.catch(() => {}); // observed by the race/all below; never an unhandled rejection if the walk fails first
+    pending.add(p);
+    return p;
+  };
+  const add = async (ino: Inode, path: string, kind: TreeItem['kind']) => {
+    const item: TreeItem = { ino: ino.ino, path, kind, extents: [] };
+    out.push(item);
+    fetch(ino, item);
+    if (pending.size >= EXTENT_CONCURRENCY) await Promise.race(pending);
+  };
+  const seen = new Set<number>();
+  const root = await fs.root();
+  seen.add(root.ino);
+  await add(root, '/', 'directory');
+  for await (const item of walk(fs, root, '/', { onError })) {
+    const ino = item.inode;
+    if (seen.has(ino.ino)) continue;
+    seen.add(ino.ino);
+    if (ino.type === 'dir') await add(ino, item.path, 'directory');
+    else if (ino.type === 'file' || ino.type === 'symlink') await add(ino, item.path, 'file');
+  }
+  await Promise.all(pending);
+  if (errors > 20) warnings.push(`${label}: ${errors - 20} more unreadable entries`);
+  return out;
+}

@@ -1,0 +1,175 @@
+import { createReadStream } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import type { BlockMap, Owner } from '../../blockmap/block-map.js';
+import type { OpenOptions } from '../../formats/types.js';
+import { StrataError } from '../../util/errors.js';
+import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { humanSize, printJson, printJsonLine } from '../output.js';
+
+/**
+ * Introspection verbs: `whatis` (who owns a disk range), `blockmap` (the whole map, or
+ * bytes per kind), `trace resolve` (a block trace as file-level accesses). Each builds the
+ * map of the image, or loads one saved with `blockmap --save` when given `--map FILE`.
+ */
+export function registerBlockmapCommands(program: Command): void {
+  addOpenOptions(
+    program
+      .command('whatis')
+      .description(
+        'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
+      )
+      .argument('<image>', 'image file or http(s) URL')
+      .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
+      .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+      .option('--json', 'JSON array of {start, length, kind, volume, fs, inode, path, fileOffset, detail}'),
+  ).action(async (image: string, range: string, o: Record<string, unknown>) => {
+    const [offset, length] = parseRange(range);
+    const map = await obtainMap(image, o);
+    const owners = map.whatis(offset, length);
+    if (o.json) return printJson(owners);
+    process.stdout.write(`${owners.map(ownerLine).join('\n')}\n`);
+  });
+
+  addOpenOptions(
+    program
+      .command('blockmap')
+      .description('the block map of a whole image: who owns every byte of the virtual disk')
+      .argument('<image>', 'image file or http(s) URL')
+      .option(
+        '--json',
+        'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+      )
+      .option('--summary', 'bytes and records per kind')
+      .option('--save <file>', 'also save the map in its compact binary form (for --map)')
+      .option('--map <file>', 'load a saved map instead of building it'),
+  ).action(async (image: string, o: Record<string, unknown>) => {
+    const map = await obtainMap(image, o);
+    if (typeof o.save === 'string') {
+      const { saveBlockMap } = await import('../../blockmap/codec.js');
+      await writeFile(o.save, saveBlockMap(map));
+    }
+    for (const w of map.warnings) process.stderr.write(`warning: ${w}\n`);
+    if (o.summary) {
+      const rows = map.summary();
+      if (o.json) return printJson({ diskSize: map.diskSize, records: map.count, kinds: rows });
+      const lines = [`${'KIND'.padEnd(16)} ${'CLASS'.padEnd(9)} ${'RECORDS'.padStart(9)}  BYTES`];
+      for (const r of rows) {
+        lines.push(`${r.kind.padEnd(16)} ${r.class.padEnd(9)} ${String(r.records).padStart(9)}  ${humanSize(r.bytes)}`);
+      }
+      lines.push(`${'disk'.padEnd(16)} ${''.padEnd(9)} ${String(map.count).padStart(9)}  ${humanSize(map.diskSize)}`);
+      process.stdout.write(`${lines.join('\n')}\n`);
+      return;
+    }
+    await writeLines(map, o.json ? (r) => JSON.stringify(r) : ownerLine);
+  });
+
+  const trace = program.command('trace').description('block-level access traces');
+  addOpenOptions(
+    trace
+      .command('resolve')
+      .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
+      .argument('<image>', 'image file or http(s) URL')
+      .argument('<trace>', 'trace file ("-" for stdin)')
+      .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+      .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
+      .option('--summary', 'only the summary'),
+  ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
+    const { readTraceBatches, TraceResolver } = await import('../../blockmap/trace.js');
+    const map = await obtainMap(image, o);
+    const resolver = new TraceResolver(map);
+    const input = tracePath === '-' ? process.stdin : createReadStream(tracePath);
+    const name = tracePath === '-' ? 'stdin' : tracePath;
+    let buf = '';
+    for await (const batch of readTraceBatches(input, name)) {
+      if (o.summary) {
+        resolver.countBatch(batch);
+        continue;
+      }
+      for (let i = 0; i < batch.count; i++) {
+        const a = batch.access(i);
+        const r = resolver.resolve(a);
+        if (o.json) buf += `${JSON.stringify(r)}\n`;
+        else {
+          const head = `${a.time !== undefined ? `${a.time} ` : ''}${a.op ? `${a.op} ` : ''}${a.offset}+${a.length}`;
+          buf += `${head}\n${r.owners.map((w) => `  ${ownerLine(w)}`).join('\n')}\n`;
+        }
+      }
+      if (buf.length > 1 << 16) {
+        await write(buf);
+        buf = '';
+      }
+    }
+    await write(buf);
+    const s = resolver.summary();
+    if (o.json) return printJsonLine({ summary: s });
+    const lines = [
+      `accesses: ${s.accesses}  bytes: ${s.bytes}${s.outside ? `  outside the disk: ${s.outside}` : ''}`,
+      `by class: ${Object.entries(s.byClass)
+        .map(([k, v]) => `${k} ${v.bytes} bytes`)
+        .join(', ')}`,
+      'by kind:',
+      ...s.byKind.map((k) => `  ${k.kind.padEnd(16)} ${String(k.accesses).padStart(9)} accesses  ${k.bytes} bytes`),
+      'by file:',
+      ...s.byFile.map(
+        (f) =>
+          `  ${String(f.accesses).padStart(9)} ${String(f.bytes).padStart(12)}  ${f.volume ? `[${f.volume}] ` : ''}${f.path}`,
+      ),
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  });
+}
+
+/** The map of an image: loaded from `--map FILE`, else built. */
+async function obtainMap(image: string, o: Record<string, unknown>): Promise<BlockMap> {
+  if (typeof o.map === 'string') {
+    const { loadBlockMap } = await import('../../blockmap/codec.js');
+    const map = loadBlockMap(await readFile(o.map), o.map);
+    return map;
+  }
+  return buildMapOf(image, openOptionsFrom(o));
+}
+
+/** Open an image, build its block map, close it. */
+export async function buildMapOf(image: string, opts: OpenOptions): Promise<BlockMap> {
+  const { blockMapOfImage } = await import('../../blockmap/of-image.js');
+  return blockMapOfImage(image, opts);
+}
+
+function parseRange(s: string): [number, number] {
+  const m = /^\s*(0x[0-9a-f]+|\d+)(?:\+(0x[0-9a-f]+|\d+))?\s*$/i.exec(s);
+  const offset = m ? Number(m[1]) : Number.NaN;
+  const length = m?.[2] !== undefined ? Number(m[2]) : 1;
+  if (!m || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length < 1) {
+    throw new StrataError('USAGE', `bad range ${JSON.stringify(s)}: expected OFFSET[+LENGTH] in bytes`);
+  }
+  return [offset, length];
+}
+
+function ownerLine(r: Owner): string {
+  const parts = [String(r.start).padStart(14), String(r.length).padStart(12), r.kind.padEnd(15)];
+  if (r.volume !== undefined) parts.push(`[${r.volume === '' ? 'disk' : r.volume}${r.fs ? ` ${r.fs}` : ''}]`);
+  if (r.inode !== undefined)
+    parts.push(r.lastInode !== undefined ? `inodes ${r.inode}-${r.lastInode}` : `inode ${r.inode}`);
+  if (r.path !== undefined) parts.push(JSON.stringify(r.path));
+  if (r.fileOffset !== undefined) parts.push(`@${r.fileOffset}`);
+  if (r.detail !== undefined) parts.push(`(${r.detail})`);
+  return parts.join(' ');
+}
+
+async function writeLines(map: BlockMap, line: (r: Owner) => string): Promise<void> {
+  let buf = '';
+  for (const r of map.records()) {
+    buf += `${line(r)}\n`;
+    if (buf.length > 1 << 16) {
+      await write(buf);
+      buf = '';
+    }
+  }
+  await write(buf);
+}
+
+/** Write to stdout, waiting for it to drain when it is full (pipes to `head`, slow terminals). */
+async function write(s: string): Promise<void> {
+  if (s.length > 0 && !process.stdout.write(s)) await new Promise((res) => process.stdout.once('drain', res));
+}
