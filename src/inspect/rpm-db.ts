@@ -1,0 +1,70 @@
+import { StrataError } from '../util/errors.js';
+import { decodeRpmHeader, RPMTAG } from './rpm-header.js';
+import type { Package } from './types.js';
+
+const WANT = [RPMTAG.NAME, RPMTAG.VERSION, RPMTAG.RELEASE, RPMTAG.EPOCH, RPMTAG.ARCH];
+
+/** A decoded header as a package (undefined when it has no name). */
+function toPackage(h: Map<number, string | number>): Package | undefined {
+  const name = h.get(RPMTAG.NAME);
+  if (typeof name !== 'string' || name === '') return undefined;
+  const str = (t: number) => {
+    const v = h.get(t);
+    return typeof v === 'string' ? v : '';
+  };
+  const epoch = h.get(RPMTAG.EPOCH);
+  return {
+    name,
+    epoch: typeof epoch === 'number' ? epoch : 0,
+    version: str(RPMTAG.VERSION),
+    release: str(RPMTAG.RELEASE),
+    arch: str(RPMTAG.ARCH),
+  };
+}
+
+/**
+ * Packages of an rpm >= 4.16 sqlite database (rpmdb.sqlite: table Packages(hnum, blob)),
+ * opened from its bytes in memory (better-sqlite3 deserializes a Buffer; nothing is
+ * written anywhere). A blob that does not decode is skipped with a warning.
+ */
+export async function readRpmSqlite(
+  bytes: Uint8Array,
+  file: string,
+  warn: (m: string) => void = () => {},
+): Promise<Package[]> {
+  const { default: Database } = await import('better-sqlite3');
+  let db: InstanceType<typeof Database>;
+  try {
+    db = new Database(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { readonly: true });
+  } catch (e) {
+    throw new StrataError('CORRUPT', `not an SQLite database: ${(e as Error).message}`, {
+      file,
+      structure: 'rpmdb.sqlite',
+    });
+  }
+  try {
+    let rows: Array<{ hnum: number; blob: Uint8Array }>;
+    try {
+      rows = db.prepare('SELECT hnum, blob FROM Packages ORDER BY hnum').all() as typeof rows;
+    } catch (e) {
+      throw new StrataError('CORRUPT', `no readable Packages table: ${(e as Error).message}`, {
+        file,
+        structure: 'rpmdb.sqlite Packages',
+      });
+    }
+    const out: Package[] = [];
+    for (const r of rows) {
+      try {
+        const p = toPackage(decodeRpmHeader(r.blob, `rpm header ${r.hnum}`, WANT));
+        if (p) out.push(p);
+        else warn(`${file}: rpm header ${r.hnum} has no name, skipped`);
+      } catch (e) {
+        if (!(e instanceof StrataError)) throw e;
+        warn(`${file}: ${e.message}, skipped`);
+      }
+    }
+    return out;
+  } finally {
+    db.close();
+  }
+}
