@@ -42,6 +42,7 @@ async function oracle(tree: string): Promise<TreeOracle> {
     '-W',
     `--admindir=${path.join(tree, 'var/lib/dpkg')}`,
     '-f',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own field syntax
     '${db:Status-Abbrev}|${Package}|${Version}|${Architecture}\\n',
   ]);
   const packages = q
