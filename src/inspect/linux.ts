@@ -22,6 +22,7 @@ const DISTRO_NAMES: Record<string, string> = {
 /** Binaries whose ELF header tells the architecture, in the order tried. */
 const ARCH_PROBES = [
   '/bin/sh',
+  '/usr/bin/sh',
   '/usr/bin/ls',
   '/bin/ls',
   '/usr/bin/bash',

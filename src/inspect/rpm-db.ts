@@ -34,8 +34,16 @@ export async function readRpmSqlite(
 ): Promise<Package[]> {
   const { default: Database } = await import('better-sqlite3');
   let db: InstanceType<typeof Database>;
+  // A private copy: rpm keeps its database in WAL mode (header bytes 18 and 19 = 2), which
+  // SQLite cannot open from memory; marking the copy as a rollback-journal database (1, 1)
+  // reads the same pages. Changes still in a -wal file are not seen (the caller warns).
+  const copy = Buffer.from(bytes);
+  if (copy.length >= 100 && copy[18] === 2 && copy[19] === 2) {
+    copy[18] = 1;
+    copy[19] = 1;
+  }
   try {
-    db = new Database(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { readonly: true });
+    db = new Database(copy, { readonly: true });
   } catch (e) {
     throw new StrataError('CORRUPT', `not an SQLite database: ${(e as Error).message}`, {
       file,
