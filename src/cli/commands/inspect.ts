@@ -1,11 +1,9 @@
 import type { Command } from 'commander';
-import { type BlockDiff, diffBlocks, volumeBlockDigests } from '../../inspect/block-diff.js';
-import { fileSystemTree } from '../../inspect/file-manifest.js';
-import { inspectImage } from '../../inspect/inspect.js';
-import { diffPackages, type PackageDiff } from '../../inspect/package-diff.js';
-import { diffTrees, type TreeDiff } from '../../inspect/tree-diff.js';
+import type { BlockDiff } from '../../inspect/block-diff.js';
+import type { PackageDiff } from '../../inspect/package-diff.js';
+import type { TreeDiff } from '../../inspect/tree-diff.js';
 import type { OsInspection } from '../../inspect/types.js';
-import { type Address, type OpenedAddress, openAddress } from '../../library/address.js';
+import type { Address, OpenedAddress } from '../../library/address.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson } from '../output.js';
 
@@ -18,6 +16,8 @@ export function registerInspectCommands(program: Command): void {
       .argument('<image>', 'image file or http(s) URL')
       .option('--json', 'an array with one object per OS root'),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    // Loaded per verb: module loading is a large part of a short run.
+    const { inspectImage } = await import('../../inspect/inspect.js');
     const r = await inspectImage(image, openOptionsFrom(o));
     for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
     if (o.json) return printJson(r.roots);
@@ -40,6 +40,12 @@ export function registerInspectCommands(program: Command): void {
       .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
       .option('--json', 'one object: files, and packages / blocks when asked'),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
+    const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
+      import('../../library/address.js'),
+      import('../../inspect/tree-diff.js'),
+      import('../../inspect/file-manifest.js'),
+      import('../../inspect/block-diff.js'),
+    ]);
     const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
     const oo = openOptionsFrom(o);
     const at: OpenedAddress[] = [];
@@ -74,6 +80,10 @@ async function packageDiff(
   oo: ReturnType<typeof openOptionsFrom>,
   warnings: string[],
 ): Promise<PackageDiff | null> {
+  const [{ inspectImage }, { diffPackages }] = await Promise.all([
+    import('../../inspect/inspect.js'),
+    import('../../inspect/package-diff.js'),
+  ]);
   const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
   const ra = pick((await inspectImage(a, oo)).roots, at[0].volume.id);
   const rb = pick((await inspectImage(b, oo)).roots, at[1].volume.id);
