@@ -61,8 +61,7 @@ async function assembleMounts(
   const warnings = [...alone.warnings];
   const mounts: Mount[] = [{ point: '/', fs: root.fs }];
   const mountpoints: Record<string, Mountpoint> = {};
-  if (text === undefined) return { mounts, mountpoints, warnings };
-  for (const e of parseFstab(text, (m) => warnings.push(m))) {
+  for (const e of parseFstab(text ?? '', (m) => warnings.push(m))) {
     if (!e.point.startsWith('/') || VIRTUAL_FS.has(e.fstype)) continue;
     const vol = matchDevice(e.device, all);
     const mp: Mountpoint = { device: e.device };
@@ -80,6 +79,14 @@ async function assembleMounts(
       continue;
     }
     if (!mounts.some((m) => m.point === e.point)) mounts.push({ point: e.point.replace(/\/+$/, ''), fs: target.fs });
+  }
+  if (!mountpoints['/']) {
+    // No fstab line for / (an unconfigured fstab): the root is where we found it, as virt-inspector reports too.
+    mountpoints['/'] = {
+      device: root.fsUuid ? `UUID=${root.fsUuid}` : root.volume.id,
+      fstype: root.fs.kind,
+      volume: root.volume.id,
+    };
   }
   return { mounts, mountpoints, warnings };
 }
