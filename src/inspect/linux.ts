@@ -1,9 +1,10 @@
+import { StrataError } from '../util/errors.js';
 import { parseApkInstalled } from './apk.js';
 import { parseDpkgStatus } from './dpkg.js';
 import { elfArch } from './elf.js';
 import { parseOsRelease, splitVersion } from './os-release.js';
 import { parseGroup, parsePasswd } from './passwd.js';
-import { readRpmSqlite } from './rpm-db.js';
+import { readRpmBdb, readRpmSqlite } from './rpm-db.js';
 import { MAX_INSPECT_FILE, type OsTree } from './tree.js';
 import type { Kernel, OsInspection, Package } from './types.js';
 
@@ -145,6 +146,13 @@ async function initSystemOf(tree: OsTree): Promise<string | null> {
   return null;
 }
 
+async function rpmManager(tree: OsTree): Promise<'dnf' | 'zypper' | 'yum' | null> {
+  if (await tree.exists('/usr/bin/dnf')) return 'dnf';
+  if (await tree.exists('/usr/bin/zypper')) return 'zypper';
+  if (await tree.exists('/usr/bin/yum')) return 'yum';
+  return null;
+}
+
 async function packagesOf(
   tree: OsTree,
 ): Promise<Pick<OsInspection, 'packageFormat' | 'packageManager'> & { packages: Package[] }> {
@@ -158,23 +166,33 @@ async function packagesOf(
     if (bytes === undefined) continue;
     const wal = await tree.resolve(`${p}-wal`);
     if (wal && wal.inode.size > 0) tree.warn(`${p}-wal: ${wal.inode.size} bytes of unmerged changes not read`);
-    const manager = (await tree.exists('/usr/bin/dnf'))
-      ? 'dnf'
-      : (await tree.exists('/usr/bin/zypper'))
-        ? 'zypper'
-        : (await tree.exists('/usr/bin/yum'))
-          ? 'yum'
-          : null;
+    const manager = await rpmManager(tree);
     try {
       return { packageFormat: 'rpm', packageManager: manager, packages: await readRpmSqlite(bytes, p, warn) };
     } catch (e) {
-      tree.warn(`${p}: ${(e as Error).message}`);
+      if (!(e instanceof StrataError)) throw e;
+      tree.warn(e.message);
       return { packageFormat: 'rpm', packageManager: manager, packages: [] };
     }
   }
-  if ((await tree.exists('/var/lib/rpm/Packages')) || (await tree.exists('/var/lib/rpm/Packages.db'))) {
-    tree.warn('rpm database in Berkeley DB or ndb format: not read by this version');
-    return { packageFormat: 'rpm', packageManager: (await tree.exists('/usr/bin/dnf')) ? 'dnf' : 'yum', packages: [] };
+  const bdb = await tree.readBytes('/var/lib/rpm/Packages', MAX_INSPECT_FILE);
+  if (bdb !== undefined) {
+    const manager = (await rpmManager(tree)) ?? 'yum';
+    try {
+      return {
+        packageFormat: 'rpm',
+        packageManager: manager,
+        packages: readRpmBdb(bdb, '/var/lib/rpm/Packages', warn),
+      };
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      tree.warn(e.message);
+      return { packageFormat: 'rpm', packageManager: manager, packages: [] };
+    }
+  }
+  if (await tree.exists('/var/lib/rpm/Packages.db')) {
+    tree.warn('/var/lib/rpm/Packages.db: rpm ndb database, not read by this version');
+    return { packageFormat: 'rpm', packageManager: await rpmManager(tree), packages: [] };
   }
   const apk = await tree.readText('/lib/apk/db/installed', MAX_INSPECT_FILE);
   if (apk !== undefined) return { packageFormat: 'apk', packageManager: 'apk', packages: parseApkInstalled(apk, warn) };

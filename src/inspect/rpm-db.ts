@@ -1,4 +1,5 @@
 import { StrataError } from '../util/errors.js';
+import { readBdbHash } from './rpm-bdb.js';
 import { decodeRpmHeader, RPMTAG } from './rpm-header.js';
 import type { Package } from './types.js';
 
@@ -75,4 +76,25 @@ export async function readRpmSqlite(
   } finally {
     db.close();
   }
+}
+
+/**
+ * Packages of an rpm < 4.16 Berkeley DB database (/var/lib/rpm/Packages, a hash keyed by
+ * the 4-byte header instance; instance 0 is rpm's counter, not a package).
+ */
+export function readRpmBdb(bytes: Uint8Array, file: string, warn: (m: string) => void = () => {}): Package[] {
+  const out: Package[] = [];
+  for (const r of readBdbHash(bytes, file, warn)) {
+    if (r.key.length !== 4) continue;
+    const hnum = new DataView(r.key.buffer, r.key.byteOffset, 4).getUint32(0, true);
+    if (hnum === 0 || r.value.length <= 8) continue;
+    try {
+      const p = toPackage(decodeRpmHeader(r.value, `rpm header ${hnum}`, WANT));
+      if (p) out.push(p);
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      warn(`${file}: ${e.message}, skipped`);
+    }
+  }
+  return out;
 }
