@@ -77,7 +77,7 @@ export async function diffTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
     warnings: [],
   };
   const pending: Array<Promise<void>> = [];
-  const LIMIT = 8;
+  const LIMIT = 32; // files hashed at once: keeps the I/O thread pool busy on small files
   for await (const rb of b.records()) {
     const ra = inA.get(rb.path);
     if (!ra) {
@@ -92,7 +92,11 @@ export async function diffTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
     const meta = metadataFields(ra, rb);
     const compare = async () => {
       let same = true;
-      if (ra.type === 'file') same = ra.size === rb.size && (await a.digest(ra)) === (await b.digest(rb));
+      if (ra.type === 'file' && ra.size !== rb.size) same = false;
+      else if (ra.type === 'file') {
+        const [da, db] = await Promise.all([a.digest(ra), b.digest(rb)]);
+        same = da === db;
+      }
       if (!same) d.changed.push({ path: rb.path, type: rb.type, sizeA: ra.size, sizeB: rb.size });
       else if (meta.length > 0) d.metadata.push({ path: rb.path, type: rb.type, size: rb.size, fields: meta });
     };
