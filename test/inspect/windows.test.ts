@@ -213,6 +213,40 @@ describe('inspect Windows hives', () => {
     assert.ok(errors > 0, 'corruption must be noticed at least once');
   });
 
+  test('a disk with two OS roots (Windows in GPT partition 1, a Linux tree in 2): both are found', async () => {
+    const w = await windowsImage();
+    const dir = await fixture('inspect-two-roots-v1', async (out) => {
+      mkdirSync(out);
+      const tree = path.join(out, 'linux');
+      for (const d of ['etc', 'usr/bin']) mkdirSync(path.join(tree, d), { recursive: true });
+      writeFileSync(
+        path.join(tree, 'etc/os-release'),
+        'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n',
+      );
+      await run('mkfs.ext4', ['-q', '-F', '-d', tree, path.join(out, 'linux.img'), '8M']);
+      const disk = path.join(out, 'disk.img');
+      await run('truncate', ['-s', '40M', disk]);
+      await run('sgdisk', ['-o', '-n', '1:2048:+16M', '-t', '1:0700', '-n', '2:0:+8M', '-t', '2:8300', disk]);
+      await run('dd', [`if=${w.img}`, `of=${disk}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
+      await run('dd', [
+        `if=${path.join(out, 'linux.img')}`,
+        `of=${disk}`,
+        'bs=1M',
+        'seek=17',
+        'conv=notrunc,sparse',
+        'status=none',
+      ]);
+    });
+    const r = await inspectImage(path.join(dir, 'disk.img'));
+    assert.deepEqual(
+      r.roots.map((x) => [x.root, x.osType, x.productName]),
+      [
+        ['1', 'windows', await hivexget(w.software, CV, 'ProductName')],
+        ['2', 'linux', 'Debian GNU/Linux 12 (bookworm)'],
+      ],
+    );
+  });
+
   test('a garbage SOFTWARE hive in the image: a Windows root with a warning, not a failure', async () => {
     const dir = await fixture('inspect-windows-bad-v1', async (out) => {
       const config = path.join(out, 'tree', 'Windows', 'System32', 'config');
