@@ -21,6 +21,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     verbs: ['whatis', 'blockmap', 'trace'],
     load: async () => (await import('./commands/blockmap.js')).registerBlockmapCommands,
   },
+  { verbs: ['inspect', 'diff'], load: async () => (await import('./commands/inspect.js')).registerInspectCommands },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
 ];
 

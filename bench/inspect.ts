@@ -1,0 +1,286 @@
+/**
+ * bench:inspect — `strata inspect` vs `virt-inspector`, and `strata diff` vs `virt-diff`, on
+ * the same Debian qcow2 images in one run; JSON lines on stdout.
+ *
+ * Inputs (built once under .cache/bench unless given): A = the debootstrapped bookworm
+ * minbase tree (bench/ls's .cache/bench/rootfs, made here with debootstrap when missing) as
+ * ext4 in partition 1 of a GPT disk, qcow2; B = the same tree with files added, removed,
+ * changed and chmod-ed and one package version changed in the dpkg status.
+ * STRATA_BENCH_INSPECT_A / STRATA_BENCH_INSPECT_B name other images.
+ *
+ * libguestfs boots a helper appliance (under TCG where there is no /dev/kvm); each peer
+ * tool runs once (--peer-runs N for more), Strata best of --runs N (default 5). The inspect
+ * case also compares virt-inspector's XML with Strata's JSON field by field. --cases inspect
+ * or --cases diff runs one of them.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = (() => {
+  let d = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
+  return d;
+})();
+const BENCH = path.join(ROOT, '.cache', 'bench');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const args = process.argv.slice(2);
+const opt = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const RUNS = Number(opt('--runs') ?? 5);
+const PEER_RUNS = Number(opt('--peer-runs') ?? 1);
+const CASES = new Set((opt('--cases') ?? 'inspect,diff').split(','));
+
+const log = (m: string) => process.stderr.write(`bench:inspect: ${m}\n`);
+const line = (o: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(o)}\n`);
+const round = (x: number) => Math.round(x * 10) / 10;
+
+function sh(cmd: string, argv: string[]): string {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30 });
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+function need(cmd: string, pkg: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
+    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
+}
+
+function aptMirror(): string {
+  const files = ['/etc/apt/sources.list'];
+  const d = '/etc/apt/sources.list.d';
+  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
+  for (const f of files) {
+    if (!existsSync(f)) continue;
+    for (const m of readFileSync(f, 'utf8').matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
+  }
+  return 'http://deb.debian.org/debian';
+}
+
+function rootfs(): string {
+  const dir = path.join(BENCH, 'rootfs');
+  if (!existsSync(dir)) {
+    need('debootstrap', 'debootstrap');
+    const tmp = `${dir}.tmp`;
+    rmSync(tmp, { recursive: true, force: true });
+    log('debootstrap --variant=minbase bookworm (once)');
+    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, aptMirror()]);
+    renameSync(tmp, dir);
+  }
+  return dir;
+}
+
+/** ext4 of `tree` in partition 1 of a GPT disk, as qcow2 at `out`. */
+function gptQcow2(tree: string, out: string): void {
+  const bytes = Number(sh('du', ['-sb', tree]).split(/\s/)[0]);
+  const mib = Math.ceil((bytes * 1.4 + (96 << 20)) / (1 << 20));
+  const fs = `${out}.ext4.tmp`;
+  const raw = `${out}.raw.tmp`;
+  sh('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'debroot', '-d', tree, fs, `${mib}M`]);
+  sh('truncate', ['-s', `${mib + 2}M`, raw]);
+  sh('sgdisk', ['-o', '-n', '1:2048:0', '-t', '1:8300', '-c', '1:root', raw]);
+  sh('dd', [`if=${fs}`, `of=${raw}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
+  sh('qemu-img', ['convert', '-O', 'qcow2', raw, `${out}.tmp`]);
+  renameSync(`${out}.tmp`, out);
+  rmSync(fs);
+  rmSync(raw);
+}
+
+function setup(): { a: string; b: string } {
+  mkdirSync(BENCH, { recursive: true });
+  const a = process.env.STRATA_BENCH_INSPECT_A ?? path.join(BENCH, 'inspect-debian-a.qcow2');
+  const b = process.env.STRATA_BENCH_INSPECT_B ?? path.join(BENCH, 'inspect-debian-b.qcow2');
+  if (!existsSync(a) || !existsSync(b)) {
+    for (const [c, p] of [
+      ['mkfs.ext4', 'e2fsprogs'],
+      ['sgdisk', 'gdisk'],
+      ['qemu-img', 'qemu-utils'],
+    ])
+      need(c, p);
+    const tree = realpathSync(rootfs()); // .cache/bench/rootfs may be a symlink to a shared tree
+    if (!existsSync(a)) {
+      log(`building ${a}`);
+      gptQcow2(tree, a);
+    }
+    if (!existsSync(b)) {
+      log(`building ${b}`);
+      const t = path.join(BENCH, 'inspect-derived.tmp');
+      rmSync(t, { recursive: true, force: true });
+      mkdirSync(t);
+      sh('cp', ['-a', `${tree}/.`, t]); // a copy: the source tree is never written
+      writeFileSync(path.join(t, 'etc/added.conf'), 'added=1\n');
+      rmSync(path.join(t, 'etc/issue'), { force: true });
+      writeFileSync(path.join(t, 'etc/motd'), 'changed\n');
+      sh('chmod', ['600', path.join(t, 'etc/debian_version')]);
+      const status = path.join(t, 'var/lib/dpkg/status');
+      writeFileSync(
+        status,
+        readFileSync(status, 'utf8').replace(/(Package: bash\n(?:.+\n)*?)Version: .*/, '$1Version: 9.9-1'),
+      );
+      gptQcow2(t, b);
+      rmSync(t, { recursive: true, force: true });
+    }
+  }
+  return { a, b };
+}
+
+function timed(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env) {
+  return new Promise<{ ms: number; out: string; err: string; code: number | null }>((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const out: Buffer[] = [];
+    let err = '';
+    c.stdout.on('data', (x: Buffer) => out.push(x));
+    c.stderr.on('data', (x: Buffer) => {
+      if (err.length < 20000) err += x;
+    });
+    c.on('error', reject);
+    c.on('close', (code) =>
+      resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, out: Buffer.concat(out).toString('utf8'), err, code }),
+    );
+  });
+}
+
+async function best(n: number, cmd: string, argv: string[], env?: NodeJS.ProcessEnv) {
+  let b: Awaited<ReturnType<typeof timed>> | undefined;
+  for (let i = 0; i < n; i++) {
+    const r = await timed(cmd, argv, env);
+    if (r.code !== 0) return r;
+    if (!b || r.ms < b.ms) b = r;
+  }
+  return b!;
+}
+
+const tag = (xml: string, name: string) => new RegExp(`<${name}>([^<]*)</${name}>`).exec(xml)?.[1];
+const unxml = (s: string | undefined) =>
+  s
+    ?.replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&quot;/g, '"')
+    .replace(/&apos;/g, "'")
+    .replace(/&amp;/g, '&');
+
+/** virt-inspector's XML against our JSON for the first OS, field by field. */
+function compareInspect(xml: string, ours: Array<Record<string, unknown>>): Record<string, unknown> {
+  const os = /<operatingsystem>([\s\S]*?)<\/operatingsystem>/.exec(xml)?.[1] ?? '';
+  const o = ours[0] ?? {};
+  const fields: Array<[string, string | undefined, unknown]> = [
+    ['osType', tag(os, 'name'), o.osType],
+    ['distro', tag(os, 'distro'), o.distro],
+    ['productName', unxml(tag(os, 'product_name')), o.productName],
+    ['versionMajor', tag(os, 'major_version'), o.versionMajor],
+    ['versionMinor', tag(os, 'minor_version'), o.versionMinor],
+    ['arch', tag(os, 'arch'), o.arch],
+    ['hostname', tag(os, 'hostname'), o.hostname],
+    ['packageFormat', tag(os, 'package_format'), o.packageFormat],
+    ['packageManager', tag(os, 'package_management'), o.packageManager],
+  ];
+  const out: Record<string, unknown> = {};
+  for (const [k, theirs, mine] of fields)
+    out[k] = {
+      virtInspector: theirs ?? null,
+      strata: mine ?? null,
+      same: String(theirs ?? null) === String(mine ?? null),
+    };
+  const apps = [...os.matchAll(/<application>([\s\S]*?)<\/application>/g)].map((m) =>
+    [
+      tag(m[1], 'name'),
+      tag(m[1], 'epoch') ?? '0',
+      tag(m[1], 'version') ?? '',
+      tag(m[1], 'release') ?? '',
+      tag(m[1], 'arch') ?? '',
+    ].join('|'),
+  );
+  const mine = ((o.packages as Array<Record<string, unknown>>) ?? []).map((p) =>
+    [p.name, p.epoch, p.version, p.release, p.arch].join('|'),
+  );
+  const theirs = new Set(apps);
+  const ourSet = new Set(mine);
+  out.packages = {
+    virtInspector: apps.length,
+    strata: mine.length,
+    onlyVirtInspector: apps.filter((x) => !ourSet.has(x)).slice(0, 10),
+    onlyStrata: mine.filter((x) => !theirs.has(x)).slice(0, 10),
+  };
+  const mounts = [...os.matchAll(/<mountpoint dev="([^"]*)">([^<]*)<\/mountpoint>/g)].map((m) => `${m[2]}=${m[1]}`);
+  out.mountpoints = { virtInspector: mounts, strata: Object.keys((o.mountpoints as object) ?? {}) };
+  return out;
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} missing: npm run build first`);
+  const { a, b } = setup();
+  log(`A ${a} (${statSync(a).size} bytes), B ${b} (${statSync(b).size} bytes)`);
+  const node = process.execPath;
+  const genv = { ...process.env, LIBGUESTFS_BACKEND: process.env.LIBGUESTFS_BACKEND ?? 'direct' };
+
+  if (CASES.has('inspect')) await inspectCase(a, node, genv);
+  if (CASES.has('diff')) await diffCase(a, b, node, genv);
+}
+
+async function inspectCase(a: string, node: string, genv: NodeJS.ProcessEnv): Promise<void> {
+  const si = await best(RUNS, node, [CLI, 'inspect', a, '--json']);
+  if (si.code !== 0) throw new Error(`strata inspect failed: ${si.err}`);
+  const ours = JSON.parse(si.out) as Array<Record<string, unknown>>;
+  const kvm = existsSync('/dev/kvm');
+  const vi = await best(PEER_RUNS, 'virt-inspector', ['-a', a], genv);
+  if (vi.code === 0) {
+    line({
+      case: 'inspect',
+      strataMs: round(si.ms),
+      peer: 'virt-inspector',
+      peerMs: round(vi.ms),
+      ratio: Math.round((si.ms / vi.ms) * 10000) / 10000,
+      speedup: round(vi.ms / si.ms),
+      kvm,
+      packages: (ours[0]?.packages as unknown[])?.length,
+      compare: compareInspect(vi.out, ours),
+    });
+  } else {
+    line({ case: 'inspect', strataMs: round(si.ms), peer: 'virt-inspector', peerFailed: vi.err.slice(-2000), kvm });
+  }
+}
+
+async function diffCase(a: string, b: string, node: string, genv: NodeJS.ProcessEnv): Promise<void> {
+  const kvm = existsSync('/dev/kvm');
+  const sd = await best(RUNS, node, [CLI, 'diff', a, b, '--packages', '--json']);
+  if (sd.code !== 0) throw new Error(`strata diff failed: ${sd.err}`);
+  const d = JSON.parse(sd.out);
+  const vd = await best(PEER_RUNS, 'virt-diff', ['-a', a, '-A', b], genv);
+  const summary = {
+    strata: { ...d.files.summary, packages: { upgraded: d.packages?.upgraded?.length } },
+    virtDiff: vd.code === 0 ? { lines: vd.out.split('\n').filter((l) => /^[-+=]/.test(l)).length } : undefined,
+  };
+  if (vd.code === 0) {
+    line({
+      case: 'diff',
+      strataMs: round(sd.ms),
+      peer: 'virt-diff',
+      peerMs: round(vd.ms),
+      ratio: Math.round((sd.ms / vd.ms) * 10000) / 10000,
+      speedup: round(vd.ms / sd.ms),
+      kvm,
+      summary,
+    });
+  } else {
+    line({ case: 'diff', strataMs: round(sd.ms), peer: 'virt-diff', peerFailed: vd.err.slice(-2000), kvm, summary });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench:inspect: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,157 @@
+import type { Command } from 'commander';
+import type { BlockDiff } from '../../inspect/block-diff.js';
+import type { PackageDiff } from '../../inspect/package-diff.js';
+import type { TreeDiff } from '../../inspect/tree-diff.js';
+import type { OsInspection } from '../../inspect/types.js';
+import type { Address, OpenedAddress } from '../../library/address.js';
+import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { humanSize, printJson } from '../output.js';
+
+/** Inspection verbs: inspect (what OS is in an image) and diff (what changed between two). */
+export function registerInspectCommands(program: Command): void {
+  addOpenOptions(
+    program
+      .command('inspect')
+      .description('find every OS root in an image and report OS, version, packages, users, kernels, mounts')
+      .argument('<image>', 'image file or http(s) URL')
+      .option('--json', 'an array with one object per OS root'),
+  ).action(async (image: string, o: Record<string, unknown>) => {
+    // Loaded per verb: module loading is a large part of a short run.
+    const { inspectImage } = await import('../../inspect/inspect.js');
+    const r = await inspectImage(image, openOptionsFrom(o));
+    for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+    if (o.json) return printJson(r.roots);
+    if (r.roots.length === 0) {
+      process.stdout.write('no operating system found\n');
+      return;
+    }
+    process.stdout.write(`${r.roots.map(humanReport).join('\n')}`);
+  });
+
+  addOpenOptions(
+    program
+      .command('diff')
+      .description('what changed from image A to image B: files, and with flags packages and blocks')
+      .argument('<a>', 'image file or http(s) URL (the old one)')
+      .argument('<b>', 'image file or http(s) URL (the new one)')
+      .option('--part <n>', 'compare this partition of both images')
+      .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
+      .option('--packages', 'also list packages added, removed, upgraded and downgraded')
+      .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
+      .option('--json', 'one object: files, and packages / blocks when asked'),
+  ).action(async (a: string, b: string, o: Record<string, unknown>) => {
+    const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
+      import('../../library/address.js'),
+      import('../../inspect/tree-diff.js'),
+      import('../../inspect/file-manifest.js'),
+      import('../../inspect/block-diff.js'),
+    ]);
+    const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
+    const oo = openOptionsFrom(o);
+    const at: OpenedAddress[] = [];
+    try {
+      at.push(await openAddress(a, addr, oo));
+      at.push(await openAddress(b, addr, oo));
+      const files = await diffTrees(fileSystemTree(at[0].fs), fileSystemTree(at[1].fs));
+      const out: { files: TreeDiff; packages?: PackageDiff | null; blocks?: BlockDiff; warnings: string[] } = {
+        files,
+        warnings: [...at[0].warnings, ...at[1].warnings, ...files.warnings],
+      };
+      if (o.packages) out.packages = await packageDiff(a, b, at, oo, out.warnings);
+      if (o.blocks) {
+        const [fa, fb] = [at[0].fs, at[1].fs];
+        const da = await volumeBlockDigests(fa.volume, await fa.allocation(), fa.blockSize);
+        const db = await volumeBlockDigests(fb.volume, await fb.allocation(), fb.blockSize);
+        out.blocks = diffBlocks(da, db);
+      }
+      if (o.json) return printJson(out);
+      for (const w of out.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+      process.stdout.write(humanDiff(out));
+    } finally {
+      for (const x of at) await x.close();
+    }
+  });
+}
+
+async function packageDiff(
+  a: string,
+  b: string,
+  at: OpenedAddress[],
+  oo: ReturnType<typeof openOptionsFrom>,
+  warnings: string[],
+): Promise<PackageDiff | null> {
+  const [{ inspectImage }, { diffPackages }] = await Promise.all([
+    import('../../inspect/inspect.js'),
+    import('../../inspect/package-diff.js'),
+  ]);
+  const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
+  const ra = pick((await inspectImage(a, oo)).roots, at[0].volume.id);
+  const rb = pick((await inspectImage(b, oo)).roots, at[1].volume.id);
+  if (!ra?.packageFormat || !rb?.packageFormat || ra.packageFormat !== rb.packageFormat) {
+    warnings.push(
+      `packages: not comparable (A: ${ra?.packageFormat ?? 'no package database'}, B: ${rb?.packageFormat ?? 'no package database'})`,
+    );
+    return null;
+  }
+  return diffPackages(ra.packageFormat, ra.packages, rb.packages);
+}
+
+function humanDiff(out: { files: TreeDiff; packages?: PackageDiff | null; blocks?: BlockDiff }): string {
+  const l: string[] = [];
+  const f = out.files;
+  for (const x of f.added) l.push(`+ ${x.type.padEnd(8)} ${String(x.size).padStart(12)} ${x.path}`);
+  for (const x of f.removed) l.push(`- ${x.type.padEnd(8)} ${String(x.size).padStart(12)} ${x.path}`);
+  for (const x of f.changed) l.push(`~ ${x.type.padEnd(8)} ${String(x.sizeB).padStart(12)} ${x.path} (was ${x.sizeA})`);
+  for (const x of f.metadata)
+    l.push(`m ${x.type.padEnd(8)} ${String(x.size).padStart(12)} ${x.path} [${x.fields.join(',')}]`);
+  const s = f.summary;
+  l.push(
+    `files: ${s.added} added (${s.bytesAdded} bytes), ${s.removed} removed (${s.bytesRemoved} bytes), ${s.changed} changed (${s.bytesChanged} bytes), ${s.metadata} metadata only`,
+  );
+  if (out.packages) {
+    const p = out.packages;
+    for (const x of p.added) l.push(`+ package ${x.name} ${x.version} ${x.arch}`);
+    for (const x of p.removed) l.push(`- package ${x.name} ${x.version} ${x.arch}`);
+    for (const x of p.upgraded) l.push(`^ package ${x.name} ${x.from} -> ${x.to} ${x.arch}`);
+    for (const x of p.downgraded) l.push(`v package ${x.name} ${x.from} -> ${x.to} ${x.arch}`);
+    l.push(
+      `packages: ${p.added.length} added, ${p.removed.length} removed, ${p.upgraded.length} upgraded, ${p.downgraded.length} downgraded`,
+    );
+  }
+  if (out.blocks) {
+    const b = out.blocks;
+    l.push(
+      `blocks: ${b.writeBlocks} of B's ${b.usedBlocks} used blocks differ from A (${(b.writeShare * 100).toFixed(2)}%, ${humanSize(b.writeBytes)}); shared with A: ${humanSize(b.sharedBytes)}`,
+    );
+  }
+  return `${l.join('\n')}\n`;
+}
+
+function humanReport(r: OsInspection): string {
+  const version = r.versionMajor === null ? '-' : `${r.versionMajor}.${r.versionMinor ?? 0}`;
+  const lines = [
+    `root:            ${r.root === '' ? '(whole disk)' : r.root}`,
+    `os:              ${r.osType}`,
+    `distro:          ${r.distro ?? '-'}`,
+    `product:         ${r.productName ?? '-'}`,
+    `version:         ${version}`,
+    `arch:            ${r.arch ?? '-'}`,
+    `hostname:        ${r.hostname ?? '-'}`,
+    `packages:        ${r.packages.length} (${r.packageFormat ?? 'none'}${r.packageManager ? `, ${r.packageManager}` : ''})`,
+    `kernels:         ${r.kernels.map((k) => k.version).join(' ') || '-'}`,
+    `init:            ${r.initSystem ?? '-'}`,
+    `users:           ${r.users.map((u) => u.name).join(' ') || '-'}`,
+  ];
+  for (const [point, m] of Object.entries(r.mountpoints)) {
+    lines.push(
+      `mount:           ${point} <- ${m.device}${m.volume !== undefined ? ` (volume ${m.volume || 'whole disk'})` : ''}`,
+    );
+  }
+  if (r.windows) {
+    if (r.windows.edition) lines.push(`edition:         ${r.windows.edition}`);
+    if (r.windows.build) lines.push(`build:           ${r.windows.build}`);
+    lines.push(`programs:        ${r.windows.programs.length}`);
+  }
+  for (const w of r.warnings) lines.push(`warning:         ${w}`);
+  return `${lines.join('\n')}\n`;
+}

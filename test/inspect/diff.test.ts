@@ -1,0 +1,319 @@
+/**
+ * strata diff on two ext4 images made by mkfs.ext4 -d from a base tree (part of the
+ * debootstrapped Debian) and a derived tree (files added, removed, rewritten, chmod-ed,
+ * chown-ed, re-linked, touched, given an xattr; dpkg status with a package upgraded, one
+ * downgraded, one removed, one added). Expected sets are computed by the test from the two
+ * trees on the host (lstat, readlink, sha256, getfattr, dpkg-query and dpkg
+ * --compare-versions), blocks from dumpe2fs's free-block lists and the raw image bytes.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { describe, test } from 'node:test';
+import { debianTree } from '../helpers/debian-tree.js';
+import { fixture, ROOT, run } from '../helpers/tools.js';
+
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+
+interface Pair {
+  base: string;
+  derived: string;
+  a: string;
+  b: string;
+}
+
+function editStatus(text: string): string {
+  const stanzas = text.split(/\n\n+/).filter((s) => s.trim() !== '');
+  const out: string[] = [];
+  for (const s of stanzas) {
+    const name = /^Package: (.+)$/m.exec(s)?.[1];
+    if (name === 'hostname') continue; // removed
+    if (name === 'bash')
+      out.push(s.replace(/^Version: .*$/m, 'Version: 9.9-1')); // upgraded
+    else if (name === 'gzip')
+      out.push(s.replace(/^Version: .*$/m, 'Version: 1.11-1')); // downgraded
+    else out.push(s);
+  }
+  out.push(
+    'Package: strata-probe\nStatus: install ok installed\nVersion: 1:0.1-1\nArchitecture: all\nDescription: added',
+  );
+  return `${out.join('\n\n')}\n`;
+}
+
+async function diffPair(): Promise<Pair> {
+  const tree = await debianTree();
+  const dir = await fixture('inspect-diff-pair-v1', async (out) => {
+    const base = path.join(out, 'base');
+    const derived = path.join(out, 'derived');
+    mkdirSync(path.join(base, 'usr/bin'), { recursive: true });
+    mkdirSync(path.join(base, 'var/lib'), { recursive: true });
+    await run('cp', ['-a', path.join(tree, 'etc'), base]);
+    await run('cp', ['-a', path.join(tree, 'var/lib/dpkg'), path.join(base, 'var/lib/')]);
+    for (const b of ['dash', 'ls', 'cat', 'true', 'gzip'])
+      await run('cp', ['-a', path.join(tree, 'usr/bin', b), path.join(base, 'usr/bin/')]);
+    await run('ln', ['-s', 'usr/bin', path.join(base, 'bin')]);
+    await run('ln', ['-s', 'hostname', path.join(base, 'etc/strata-link')]);
+    await run('cp', ['-a', base, derived]);
+    const d = (p: string) => path.join(derived, p);
+    writeFileSync(d('etc/added.conf'), 'new=1\n');
+    mkdirSync(d('usr/local/newdir'), { recursive: true });
+    await run('cp', [d('usr/bin/ls'), d('usr/local/newdir/ls-copy')]);
+    await run('rm', ['-f', d('etc/issue'), d('usr/bin/cat')]);
+    await run('rm', ['-rf', d('etc/cron.daily')]);
+    writeFileSync(d('etc/hostname'), readFileSync(d('etc/hostname'), 'utf8').toUpperCase()); // same size, new bytes
+    writeFileSync(d('etc/passwd'), `${readFileSync(d('etc/passwd'), 'utf8')}probe:x:3000:3000::/home/probe:/bin/sh\n`);
+    await run('chmod', ['600', d('etc/debian_version')]);
+    await run('chown', ['1000:1000', d('etc/issue.net')]);
+    await run('ln', ['-sfn', 'passwd', d('etc/strata-link')]);
+    await run('touch', ['-d', '2001-02-03 04:05:06', d('etc/shells')]);
+    await run('setfattr', ['-n', 'user.strata', '-v', 'probe', d('etc/motd')]);
+    writeFileSync(d('var/lib/dpkg/status'), editStatus(readFileSync(d('var/lib/dpkg/status'), 'utf8')));
+    for (const [src, img] of [
+      [base, 'a.img'],
+      [derived, 'b.img'],
+    ]) {
+      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-I', '256', '-d', src, path.join(out, img), '40M']);
+    }
+  });
+  return {
+    base: path.join(dir, 'base'),
+    derived: path.join(dir, 'derived'),
+    a: path.join(dir, 'a.img'),
+    b: path.join(dir, 'b.img'),
+  };
+}
+
+interface HostRecord {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeNs: bigint;
+  target?: string;
+  sha?: string;
+  xattrs: string;
+}
+
+/** Every path below `root` as lstat and friends see it. */
+async function hostTree(root: string): Promise<Map<string, HostRecord>> {
+  const xattrs = new Map<string, string[]>();
+  const dump = await run('getfattr', ['-R', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', root]).catch(
+    () => '',
+  );
+  for (const block of dump.split('\n\n')) {
+    const lines = block.trim().split('\n');
+    if (!lines[0].startsWith('# file: ')) continue;
+    xattrs.set(lines[0].slice(8), lines.slice(1).sort());
+  }
+  const out = new Map<string, HostRecord>();
+  const visit = (dir: string) => {
+    for (const name of readdirSync(dir)) {
+      const full = path.join(dir, name);
+      const st = lstatSync(full, { bigint: true });
+      const type = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+      const r: HostRecord = {
+        type,
+        mode: Number(st.mode & 0o7777n),
+        uid: Number(st.uid),
+        gid: Number(st.gid),
+        size: type === 'dir' ? 0 : Number(st.size),
+        mtimeNs: st.mtimeNs,
+        xattrs: JSON.stringify(xattrs.get(full) ?? []),
+      };
+      if (type === 'symlink') r.target = readlinkSync(full);
+      if (type === 'file') r.sha = createHash('sha256').update(readFileSync(full)).digest('hex');
+      out.set(`/${path.relative(root, full)}`, r);
+      if (type === 'dir') visit(full);
+    }
+  };
+  visit(root);
+  return out;
+}
+
+interface Expected {
+  added: string[];
+  removed: string[];
+  changed: string[];
+  metadata: string[];
+}
+
+function expectedDiff(a: Map<string, HostRecord>, b: Map<string, HostRecord>): Expected {
+  const e: Expected = { added: [], removed: [], changed: [], metadata: [] };
+  for (const [p, rb] of b) {
+    const ra = a.get(p);
+    if (!ra) e.added.push(p);
+    else if (ra.type !== rb.type || (rb.type === 'file' && ra.sha !== rb.sha)) e.changed.push(p);
+    else {
+      const f: string[] = [];
+      if (ra.mode !== rb.mode) f.push('mode');
+      if (ra.uid !== rb.uid) f.push('uid');
+      if (ra.gid !== rb.gid) f.push('gid');
+      // mkfs.ext4 -d stores whole seconds (debugfs shows the nanoseconds field 0), so compare seconds.
+      if (ra.mtimeNs / 1_000_000_000n !== rb.mtimeNs / 1_000_000_000n) f.push('mtime');
+      if (ra.xattrs !== rb.xattrs) f.push('xattrs');
+      if (rb.type === 'symlink' && ra.target !== rb.target) f.push('target');
+      if (f.length) e.metadata.push(`${p} [${f.join(',')}]`);
+    }
+  }
+  for (const p of a.keys()) if (!b.has(p)) e.removed.push(p);
+  for (const l of Object.values(e)) l.sort();
+  return e;
+}
+
+/** mkfs.ext4 makes /lost+found in both images; it is not in the trees. */
+const notLostFound = (p: string) => p !== '/lost+found' && !p.startsWith('/lost+found/');
+
+describe('strata diff', { timeout: 600_000 }, () => {
+  test('files added, removed, changed and changed in metadata only match the trees', async () => {
+    const pair = await diffPair();
+    const want = expectedDiff(await hostTree(pair.base), await hostTree(pair.derived));
+    // The edits the fixture made are all there (the expected sets are not trivially empty).
+    assert.ok(want.added.includes('/usr/local/newdir/ls-copy') && want.removed.includes('/usr/bin/cat'));
+    assert.ok(want.changed.includes('/etc/hostname') && want.metadata.includes('/etc/debian_version [mode]'));
+    assert.ok(
+      want.metadata.some((m) => /^\/etc\/strata-link \[(mtime,)?target\]$/.test(m)),
+      want.metadata.join('\n'),
+    );
+    assert.ok(want.metadata.some((m) => m.startsWith('/etc/motd [') && m.includes('xattrs')));
+    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--json'])) as {
+      files: {
+        added: Array<{ path: string; size: number }>;
+        removed: Array<{ path: string }>;
+        changed: Array<{ path: string; sizeA: number; sizeB: number }>;
+        metadata: Array<{ path: string; fields: string[] }>;
+        summary: Record<string, number>;
+      };
+    };
+    const f = got.files;
+    assert.deepEqual(f.added.map((x) => x.path).filter(notLostFound), want.added);
+    assert.deepEqual(f.removed.map((x) => x.path).filter(notLostFound), want.removed);
+    assert.deepEqual(f.changed.map((x) => x.path).filter(notLostFound), want.changed);
+    assert.deepEqual(
+      f.metadata.filter((x) => notLostFound(x.path)).map((x) => `${x.path} [${x.fields.join(',')}]`),
+      want.metadata,
+    );
+    const passwd = f.changed.find((x) => x.path === '/etc/passwd');
+    assert.equal(passwd?.sizeB, lstatSync(path.join(pair.derived, 'etc/passwd')).size);
+    assert.equal(passwd?.sizeA, lstatSync(path.join(pair.base, 'etc/passwd')).size);
+    assert.equal(f.added.find((x) => x.path === '/etc/added.conf')?.size, 6);
+  });
+
+  test('--packages: added, removed, upgraded, downgraded as dpkg-query and dpkg --compare-versions see them', async () => {
+    const pair = await diffPair();
+    const q = async (tree: string) =>
+      new Map(
+        (
+          await run('dpkg-query', [
+            '-W',
+            `--admindir=${path.join(tree, 'var/lib/dpkg')}`,
+            '-f',
+            // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own field syntax
+            '${db:Status-Abbrev}|${Package}|${Version}\\n',
+          ])
+        )
+          .split('\n')
+          .filter((l) => l.startsWith('ii'))
+          .map((l) => l.split('|').slice(1) as [string, string]),
+      );
+    const [pa, pb] = [await q(pair.base), await q(pair.derived)];
+    const want = {
+      added: [] as string[],
+      removed: [] as string[],
+      upgraded: [] as string[],
+      downgraded: [] as string[],
+    };
+    for (const [n, v] of pb) {
+      const old = pa.get(n);
+      if (old === undefined) want.added.push(`${n} ${v}`);
+      else if (old !== v) {
+        const up = await run('sh', ['-c', `dpkg --compare-versions '${old}' lt '${v}' && echo up || echo down`]);
+        (up.trim() === 'up' ? want.upgraded : want.downgraded).push(`${n} ${old} ${v}`);
+      }
+    }
+    for (const [n, v] of pa) if (!pb.has(n)) want.removed.push(`${n} ${v}`);
+    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--packages', '--json'])).packages;
+    assert.deepEqual(
+      got.added.map((x: { name: string; version: string }) => `${x.name} ${x.version}`),
+      want.added.sort(),
+    );
+    assert.deepEqual(
+      got.removed.map((x: { name: string; version: string }) => `${x.name} ${x.version}`),
+      want.removed.sort(),
+    );
+    const ch = (x: { name: string; from: string; to: string }) => `${x.name} ${x.from} ${x.to}`;
+    assert.deepEqual(got.upgraded.map(ch), want.upgraded.sort());
+    assert.deepEqual(got.downgraded.map(ch), want.downgraded.sort());
+    assert.deepEqual(
+      [want.added.length, want.removed.length, want.upgraded.length, want.downgraded.length],
+      [1, 1, 1, 1],
+    );
+  });
+
+  test("--blocks: B's used blocks (dumpe2fs) that differ from A, and the bytes A shares, from the raw images", async () => {
+    const pair = await diffPair();
+    const used = async (img: string) => {
+      const d = await run('dumpe2fs', [img]);
+      const total = Number(/^Block count:\s+(\d+)/m.exec(d)?.[1]);
+      const bs = Number(/^Block size:\s+(\d+)/m.exec(d)?.[1]);
+      const free = new Uint8Array(total);
+      for (const m of d.matchAll(/^\s+Free blocks: (.*)$/gm)) {
+        for (const r of m[1]
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean)) {
+          const [s, e] = r.split('-').map(Number);
+          for (let i = s; i <= (e ?? s); i++) free[i] = 1;
+        }
+      }
+      const blocks: number[] = [];
+      for (let i = 0; i < total; i++) if (!free[i]) blocks.push(i);
+      return { bs, blocks };
+    };
+    const ua = await used(pair.a);
+    const ub = await used(pair.b);
+    const A = readFileSync(pair.a);
+    const B = readFileSync(pair.b);
+    const h = (buf: Buffer, i: number, bs: number) =>
+      createHash('sha256')
+        .update(buf.subarray(i * bs, (i + 1) * bs))
+        .digest('hex');
+    const aUsed = new Set(ua.blocks);
+    const aContent = new Set(ua.blocks.map((i) => h(A, i, ua.bs)));
+    let write = 0;
+    let shared = 0;
+    for (const i of ub.blocks) {
+      const hb = h(B, i, ub.bs);
+      if (!aUsed.has(i) || h(A, i, ua.bs) !== hb) write++;
+      if (aContent.has(hb)) shared++;
+    }
+    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--blocks', '--json'])).blocks;
+    assert.equal(got.blockSize, ub.bs);
+    assert.equal(got.usedBlocks, ub.blocks.length);
+    assert.equal(got.writeBlocks, write);
+    assert.equal(got.sharedBytes, shared * ub.bs);
+    assert.ok(write > 0 && write < ub.blocks.length, `write ${write} of ${ub.blocks.length}`);
+    assert.ok(Math.abs(got.writeShare - write / ub.blocks.length) < 1e-12);
+  });
+
+  test('an image against itself: no differences, every used block shared, nothing to write', async () => {
+    const pair = await diffPair();
+    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.a, '--packages', '--blocks', '--json']));
+    assert.deepEqual(got.files.summary, {
+      added: 0,
+      removed: 0,
+      changed: 0,
+      metadata: 0,
+      bytesAdded: 0,
+      bytesRemoved: 0,
+      bytesChanged: 0,
+    });
+    assert.deepEqual(got.packages, { added: [], removed: [], upgraded: [], downgraded: [] });
+    assert.equal(got.blocks.writeBlocks, 0);
+    assert.equal(got.blocks.sharedBytes, got.blocks.usedBytes);
+    const text = await run('node', [CLI, 'diff', pair.a, pair.b]);
+    assert.match(text, /^\+ file\s+\d+ \/etc\/added\.conf$/m);
+    assert.match(text, /^- file\s+\d+ \/usr\/bin\/cat$/m);
+  });
+});
