@@ -17,6 +17,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     verbs: ['parts', 'fsinfo', 'ls', 'cat', 'stat', 'extract'],
     load: async () => (await import('./commands/fs.js')).registerFsCommands,
   },
+  { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
 ];
 
