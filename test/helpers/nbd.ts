@@ -116,7 +116,7 @@ export async function qemuImgMap(
  * NBD_OPT_GO (optionally with structured replies and base:allocation) and hands back
  * the socket in transmission phase.
  */
-export async function rawTransmission(port: number, structured: boolean): Promise<Socket> {
+export async function rawTransmission(port: number, structured: boolean, name = ''): Promise<Socket> {
   const sock = connect(port, '127.0.0.1');
   sock.setNoDelay(true);
   await new Promise<void>((resolve, reject) => {
@@ -132,16 +132,20 @@ export async function rawTransmission(port: number, structured: boolean): Promis
   };
   const flags = Buffer.alloc(4);
   flags.writeUInt32BE(3, 0);
-  const go = Buffer.alloc(6); // empty name, no info requests
+  const nameBytes = Buffer.from(name);
+  const go = Buffer.alloc(6 + nameBytes.length); // name, no info requests
+  go.writeUInt32BE(nameBytes.length, 0);
+  nameBytes.copy(go, 4);
   const parts = [flags];
   if (structured) {
     parts.push(opt(8, Buffer.alloc(0)));
     const q = Buffer.from('base:allocation');
-    const meta = Buffer.alloc(4 + 4 + 4 + q.length);
-    meta.writeUInt32BE(0, 0);
-    meta.writeUInt32BE(1, 4);
-    meta.writeUInt32BE(q.length, 8);
-    q.copy(meta, 12);
+    const meta = Buffer.alloc(4 + nameBytes.length + 4 + 4 + q.length);
+    meta.writeUInt32BE(nameBytes.length, 0);
+    nameBytes.copy(meta, 4);
+    meta.writeUInt32BE(1, 4 + nameBytes.length);
+    meta.writeUInt32BE(q.length, 8 + nameBytes.length);
+    q.copy(meta, 12 + nameBytes.length);
     parts.push(opt(10, meta));
   }
   parts.push(opt(7, go));
