@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Extent } from '../../io/byte-source.js';
 import { isStrataError } from '../../util/errors.js';
 import { Budget } from './budget.js';
+import type { BufferPool } from './buffer-pool.js';
 import { allocationOf, type NbdExport, readFully } from './export.js';
 import { type HandshakeHost, handshake, type Negotiated, ProtocolError } from './handshake.js';
 import * as P from './protocol.js';
@@ -12,6 +13,7 @@ import type { TraceWriter } from './trace.js';
 /** What a connection needs from its server. */
 export interface ConnectionHost extends HandshakeHost {
   readonly budget: Budget;
+  readonly pool: BufferPool;
   readonly connectionBudget: number;
   readonly handshakeTimeout: number;
   readonly trace?: TraceWriter;
@@ -24,6 +26,12 @@ const SPARSE_READ_MIN = 64 * 1024;
 const HOLE_MIN = 4096;
 /** At most this many block status descriptors per reply. */
 const MAX_DESCRIPTORS = 1 << 16;
+
+/** A reply written into a pooled buffer, returned to the pool once sent. */
+interface Pooled {
+  bytes: Uint8Array;
+  pooled: Buffer;
+}
 
 interface Request {
   flags: number;
@@ -138,24 +146,27 @@ export class Connection {
     }
   }
 
-  /** Write one reply; the request's budget is returned once the socket has taken it. */
-  private send(buf: Uint8Array, cost: number): void {
-    if (this.sock.destroyed) {
+  /** Write one reply; the request's budget (and pooled buffer) come back once the socket has taken it. */
+  private send(buf: Uint8Array, cost: number, pooled?: Buffer): void {
+    const done = () => {
+      if (pooled) this.host.pool.give(pooled);
       this.end(cost);
-      return;
-    }
-    this.sock.write(buf, () => this.end(cost));
+    };
+    if (this.sock.destroyed) done();
+    else this.sock.write(buf, done);
   }
 
   private async serve(neg: Negotiated, req: Request, payload: Buffer | undefined, cost: number): Promise<void> {
     let err = 0;
     let reply: Uint8Array | undefined;
+    let pooled: Buffer | undefined;
     try {
       if (this.closing) err = P.ESHUTDOWN;
       else {
         const r = await this.handle(neg, req, payload);
         if (typeof r === 'number') err = r;
-        else reply = r;
+        else if (r instanceof Uint8Array) reply = r;
+        else ({ bytes: reply, pooled } = r);
       }
     } catch (e) {
       err = errnoOf(e);
@@ -178,11 +189,15 @@ export class Connection {
         ...(err ? { error: err } : {}),
       });
     }
-    this.send(reply, cost);
+    this.send(reply, cost, pooled);
   }
 
   /** The reply bytes of a successful request, or an NBD error number. */
-  private async handle(neg: Negotiated, req: Request, payload: Buffer | undefined): Promise<Uint8Array | number> {
+  private async handle(
+    neg: Negotiated,
+    req: Request,
+    payload: Buffer | undefined,
+  ): Promise<Uint8Array | Pooled | number> {
     const e = neg.export;
     const size = e.source.size;
     const { offset, length } = req;
@@ -230,15 +245,16 @@ export class Connection {
     }
   }
 
-  private async simpleRead(e: NbdExport, req: Request): Promise<Uint8Array> {
-    const buf = Buffer.allocUnsafe(P.SIMPLE_REPLY_SIZE + req.length);
+  private async simpleRead(e: NbdExport, req: Request): Promise<Pooled> {
+    const pooled = this.host.pool.take(P.SIMPLE_REPLY_SIZE + req.length);
+    const buf = pooled.subarray(0, P.SIMPLE_REPLY_SIZE + req.length);
     await readFully(e.source, req.offset, buf.subarray(P.SIMPLE_REPLY_SIZE));
     writeSimpleHeader(buf, req.cookie, 0);
-    return buf;
+    return { bytes: buf, pooled };
   }
 
   /** OFFSET_DATA chunks for data, OFFSET_HOLE chunks for long zero runs, all in one buffer. */
-  private async structuredRead(e: NbdExport, req: Request): Promise<Uint8Array> {
+  private async structuredRead(e: NbdExport, req: Request): Promise<Pooled> {
     const { offset, length } = req;
     let runs: Array<{ offset: number; length: number; hole: boolean }>;
     if (length >= SPARSE_READ_MIN && (req.flags & P.CMD_FLAG_DF) === 0 && e.source.status) {
@@ -248,10 +264,11 @@ export class Connection {
     let total = 0;
     for (const r of runs) total += P.CHUNK_HEADER_SIZE + (r.hole ? 12 : 8 + r.length);
     if (runs.length === 0) total = P.CHUNK_HEADER_SIZE;
-    const buf = Buffer.allocUnsafe(total);
+    const pooled = this.host.pool.take(total);
+    const buf = pooled.subarray(0, total);
     if (runs.length === 0) {
       writeChunkHeader(buf, 0, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, req.cookie, 0);
-      return buf;
+      return { bytes: buf, pooled };
     }
     const reads: Promise<void>[] = [];
     let at = 0;
@@ -271,7 +288,7 @@ export class Connection {
       }
     }
     await Promise.all(reads);
-    return buf;
+    return { bytes: buf, pooled };
   }
 }
 

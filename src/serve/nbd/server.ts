@@ -2,6 +2,7 @@ import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { StrataError } from '../../util/errors.js';
 import { Budget } from './budget.js';
+import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './export.js';
 import * as P from './protocol.js';
@@ -42,6 +43,7 @@ export interface NbdEndpoint {
  */
 export class NbdServer implements ConnectionHost {
   readonly budget: Budget;
+  readonly pool = new BufferPool();
   readonly connectionBudget: number;
   readonly maxRequest: number;
   readonly handshakeTimeout: number;
