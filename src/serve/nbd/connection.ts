@@ -152,9 +152,24 @@ export class Connection {
       if (pooled) this.host.pool.give(pooled);
       this.end(cost);
     };
-    if (this.sock.destroyed) done();
-    else this.sock.write(buf, done);
+    if (this.sock.destroyed) {
+      done();
+      return;
+    }
+    // Replies finished in the same tick go out in one write (cork until the tick ends).
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(this.uncork);
+    }
+    this.sock.write(buf, done);
   }
+
+  private corked = false;
+  private readonly uncork = () => {
+    this.corked = false;
+    this.sock.uncork();
+  };
 
   private async serve(neg: Negotiated, req: Request, payload: Buffer | undefined, cost: number): Promise<void> {
     let err = 0;
