@@ -194,3 +194,46 @@ test('strata nbd CLI: prints the URIs, traces requests, and on SIGTERM leaves a 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('after a SIGKILL, flushed writes survive: qemu-img check -r all repairs the dirty overlay and it compares', async () => {
+  const dir = scratch('nbd-crash');
+  try {
+    const image = path.join(dir, 'base.qcow2');
+    copyFileSync(await baseQcow2(), image);
+    const overlay = path.join(dir, 'overlay.qcow2');
+    const child = spawn(
+      process.execPath,
+      [path.join(ROOT, 'dist/src/cli/bin.js'), 'nbd', image, '--port', '0', '--overlay', overlay],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+    const uri = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (c) => {
+        out += c;
+        const m = /^(nbd:\S+)/.exec(out);
+        if (m && out.includes('\n')) resolve(m[1]);
+      });
+      exited.then(() => reject(new Error('strata nbd exited')));
+    });
+    const writes = ['write -P 0x21 7M 100k', 'write -z 30M 128k', 'flush'];
+    await qemuIo(uri, writes);
+    child.kill('SIGKILL');
+    await exited;
+    // Killed: the header still says dirty, and Strata refuses to continue it until it is repaired.
+    const info = JSON.parse(await run('qemu-img', ['info', '--output=json', overlay]));
+    assert.equal(info['dirty-flag'], true);
+    await assert.rejects(
+      import('../../src/serve/nbd/image-export.js').then((m) => m.openImageExport(image, { overlay })),
+      /dirty/,
+    );
+    await run('qemu-img', ['check', '-r', 'all', overlay]);
+    assert.match(await run('qemu-img', ['check', overlay]), /No errors/);
+    const expected = await expectedRaw(image, writes.slice(0, 2), dir);
+    assert.match(await run('qemu-img', ['compare', '-F', 'raw', overlay, expected]), /identical/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
