@@ -2,6 +2,9 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { CachedSource } from '../../src/io/cached-source.js';
+import { FileSource } from '../../src/io/file-source.js';
+import { sourceExport } from '../../src/serve/nbd/export.js';
 import { openImageExport } from '../../src/serve/nbd/image-export.js';
 import {
   baseQcow2,
@@ -166,6 +169,50 @@ test('errors a real client sees: EINVAL past the end, EPERM on a read-only expor
     assert.equal((await nbdsh(uri(), script)).trim(), 'ok');
   } finally {
     await server.close();
+  }
+  assert.deepEqual(errors, []);
+});
+
+test('any ByteSource plugs in as an export (how a library version will): a cached file source, status from its own map', async () => {
+  const raw = await baseRaw();
+  const file = await FileSource.open(raw);
+  // A source whose status says the second half is a hole (it reads as zeros in this test's view).
+  const half = file.size / 2;
+  const cached = new CachedSource(file, { blockSize: 1 << 20, capacity: 8 << 20 });
+  const source = {
+    name: 'two-halves',
+    size: file.size,
+    read: async (offset: number, length: number) => {
+      const b = new Uint8Array(await cached.read(offset, length));
+      if (offset + b.length > half) b.fill(0, Math.max(0, half - offset));
+      return b;
+    },
+    status: async (offset: number, length: number) => {
+      const out: Array<{ offset: number; length: number; kind: 'data' | 'unallocated' }> = [];
+      const end = Math.min(file.size, offset + length);
+      if (offset < half) out.push({ offset, length: Math.min(end, half) - offset, kind: 'data' });
+      if (end > half)
+        out.push({ offset: Math.max(offset, half), length: end - Math.max(offset, half), kind: 'unallocated' });
+      return out;
+    },
+    close: () => cached.close(),
+  };
+  const { server, errors, uri } = await startServer([sourceExport('v', source)]);
+  const dir = scratch('nbd-source');
+  try {
+    // The oracle: the raw file with its second half zeroed by qemu-io.
+    const expected = path.join(dir, 'expected.raw');
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', raw, expected]);
+    await run('qemu-io', ['-f', 'raw', '-c', `write -z ${half} ${half}`, expected]);
+    assert.match(await run('qemu-img', ['compare', '-F', 'raw', uri(), expected]), /identical/);
+    const map = JSON.parse(await run('nbdinfo', ['--map', '--json', uri()])) as Array<{ offset: number; type: number }>;
+    assert.ok(
+      map.some((e) => e.offset === half && e.type === 3),
+      'the second half is a hole',
+    );
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
   }
   assert.deepEqual(errors, []);
 });

@@ -33,6 +33,24 @@ export interface ExportWriter {
 }
 
 /**
+ * Any ByteSource as a read-only export: how a library version (a manifest's chunks read
+ * on demand through the block cache) or any other source plugs in. Its `status()`, when
+ * it has one, drives base:allocation and the holes in READ replies; `close` releases it.
+ */
+export function sourceExport(
+  name: string,
+  source: ByteSource,
+  opts: { description?: string; close?: () => Promise<void> } = {},
+): NbdExport {
+  return {
+    name,
+    description: opts.description,
+    source,
+    close: opts.close ?? (async () => source.close?.()),
+  };
+}
+
+/**
  * An opened image (and its backing chain) as one ByteSource whose status looks through
  * the chain: a range unallocated in a layer takes the status of the layer below, and only
  * what no layer holds stays `unallocated` (a hole).
