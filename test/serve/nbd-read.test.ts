@@ -216,3 +216,24 @@ test('any ByteSource plugs in as an export (how a library version will): a cache
   }
   assert.deepEqual(errors, []);
 });
+
+test('backpressure: with small budgets nbdcopy is still served whole and the bytes in flight stay within the total', async () => {
+  const img = await baseQcow2();
+  const totalBudget = 2 << 20;
+  const { server, errors, uri } = await startServer([await openImageExport(img)], 'tcp', {
+    connectionBudget: 1 << 20,
+    totalBudget,
+  });
+  const dir = scratch('nbd-budget');
+  try {
+    const copy = path.join(dir, 'copy.raw');
+    // 4 connections x 64 requests of 256 KiB in flight: far more than the budgets allow.
+    await run('nbdcopy', ['--connections=4', '--requests=64', '--request-size=262144', uri(), copy]);
+    assert.match(await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', copy, img]), /identical/);
+    assert.ok(server.budget.peak > 0 && server.budget.peak <= totalBudget, `peak ${server.budget.peak}`);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  assert.deepEqual(errors, []);
+});

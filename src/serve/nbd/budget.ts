@@ -1,10 +1,13 @@
 /**
- * A count of bytes in flight with a soft limit: callers wait (`whenBelow`) before taking
- * more work while `used` is at or above `limit`. One request may overshoot the limit by
- * its own size, so a request of the maximum length always goes through.
+ * A count of bytes in flight with a limit, optionally inside a parent's (a connection's
+ * inside the server's): callers wait (`whenBelow`, `whenRoom`) before taking more work.
+ * A request that finds nothing in flight always goes through, so a request of the
+ * maximum length is never stuck.
  */
 export class Budget {
   used = 0;
+  /** The most that was ever in flight. */
+  peak = 0;
   private waiters: Array<() => void> = [];
 
   constructor(
@@ -18,21 +21,36 @@ export class Budget {
 
   add(n: number): void {
     this.used += n;
+    if (this.used > this.peak) this.peak = this.used;
     this.parent?.add(n);
   }
 
   sub(n: number): void {
     this.used -= n;
     this.parent?.sub(n);
-    if (this.waiters.length > 0 && this.used < this.limit) this.wake();
+    if (this.waiters.length > 0) this.wake();
+  }
+
+  /** True when `n` more bytes fit here and in the parent (always, when nothing is in flight). */
+  fits(n: number): boolean {
+    return (this.used === 0 || this.used + n <= this.limit) && (this.parent?.fits(n) ?? true);
   }
 
   /** Resolves once neither this budget nor its parent is full. */
   async whenBelow(): Promise<void> {
-    while (this.full) {
-      const target: Budget = this.used >= this.limit ? this : this.parent!;
-      await new Promise<void>((resolve) => target.waiters.push(resolve));
+    while (this.full) await this.waitOn(this.used >= this.limit ? this : this.parent!);
+  }
+
+  /** Resolves once `n` more bytes fit (see `fits`): bounds the total, not just each connection. */
+  async whenRoom(n: number): Promise<void> {
+    while (!this.fits(n)) {
+      const here = this.used !== 0 && this.used + n > this.limit;
+      await this.waitOn(here ? this : this.parent!);
     }
+  }
+
+  private waitOn(target: Budget): Promise<void> {
+    return new Promise<void>((resolve) => target.waiters.push(resolve));
   }
 
   private wake(): void {

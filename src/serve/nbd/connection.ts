@@ -120,14 +120,21 @@ export class Connection {
         time: Date.now(),
         start: performance.now(),
       };
+      if (req.type === P.CMD_DISC) return;
+      if (req.type === P.CMD_WRITE && req.length > maxRequest) throw new ProtocolError(`write of ${req.length} bytes`);
+      const cost = req.type === P.CMD_READ || req.type === P.CMD_WRITE ? Math.min(req.length, maxRequest) : 0;
+      // Room for the payload or the reply first, here and over the whole server.
+      if (cost > 0 && !this.budget.fits(cost)) await this.budget.whenRoom(cost);
+      this.begin(cost);
       let payload: Buffer | undefined;
       if (req.type === P.CMD_WRITE) {
-        if (req.length > maxRequest) throw new ProtocolError(`write of ${req.length} bytes`);
-        payload = await this.rd.read(req.length);
+        try {
+          payload = await this.rd.read(req.length);
+        } catch (e) {
+          this.end(cost);
+          throw e;
+        }
       }
-      if (req.type === P.CMD_DISC) return;
-      const cost = req.type === P.CMD_READ ? Math.min(req.length, maxRequest) : (payload?.length ?? 0);
-      this.begin(cost);
       this.serve(neg, req, payload, cost).catch((e) => this.host.onError(e, `connection ${this.id}`));
     }
   }
