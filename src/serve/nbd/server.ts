@@ -16,7 +16,7 @@ export interface NbdServerOptions {
   maxRequest?: number;
   /** Bytes of requests and replies in flight per connection before we stop reading it (default 16 MiB). */
   connectionBudget?: number;
-  /** The same, over all connections (default 128 MiB). */
+  /** The same, over all connections (default 64 MiB). */
   totalBudget?: number;
   /** Connections beyond this are closed at once (default 256). */
   maxConnections?: number;
@@ -67,7 +67,7 @@ export class NbdServer implements ConnectionHost {
     }
     this.maxRequest = opts.maxRequest ?? 32 << 20;
     this.connectionBudget = opts.connectionBudget ?? 16 << 20;
-    this.budget = new Budget(opts.totalBudget ?? 128 << 20);
+    this.budget = new Budget(opts.totalBudget ?? 64 << 20);
     this.maxConnections = opts.maxConnections ?? 256;
     this.handshakeTimeout = opts.handshakeTimeout ?? 30_000;
     this.trace = opts.trace;
