@@ -22,6 +22,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/blockmap.js')).registerBlockmapCommands,
   },
   { verbs: ['inspect', 'diff'], load: async () => (await import('./commands/inspect.js')).registerInspectCommands },
+  { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
 ];
 

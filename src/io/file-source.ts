@@ -1,3 +1,4 @@
+import { read as readCb } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { StrataError } from '../util/errors.js';
 import { type ByteSource, clampRead } from './byte-source.js';
@@ -38,7 +39,7 @@ export class FileSource implements ByteSource {
     const buf = Buffer.allocUnsafe(n);
     let done = 0;
     while (done < n) {
-      const { bytesRead } = await this.fh.read(buf, done, n - done, offset + done);
+      const bytesRead = await pread(this.fh.fd, buf, done, n - done, offset + done);
       if (bytesRead === 0) break;
       done += bytesRead;
     }
@@ -50,7 +51,7 @@ export class FileSource implements ByteSource {
     const n = clampRead(this, offset, out.length);
     let done = 0;
     while (done < n) {
-      const { bytesRead } = await this.fh.read(out, done, n - done, offset + done);
+      const bytesRead = await pread(this.fh.fd, out, done, n - done, offset + done);
       if (bytesRead === 0) break;
       done += bytesRead;
     }
@@ -61,6 +62,16 @@ export class FileSource implements ByteSource {
   async close(): Promise<void> {
     await this.fh.close();
   }
+}
+
+/**
+ * One positional read through fs.read's callback form: about half the CPU of
+ * FileHandle.read's promise form per call, which shows on 4 KiB random reads (NBD, fio).
+ */
+function pread(fd: number, buf: Uint8Array, at: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    readCb(fd, buf, at, length, position, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead)));
+  });
 }
 
 async function blockDeviceSize(fh: FileHandle): Promise<number> {

@@ -1,0 +1,84 @@
+import type { Command } from 'commander';
+import { StrataError } from '../../util/errors.js';
+import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { printJson } from '../output.js';
+import { parseSize } from './convert.js';
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+/** `nbd IMAGE...`: serve images over NBD until SIGINT/SIGTERM. */
+export function registerNbdCommand(program: Command): void {
+  addOpenOptions(
+    program
+      .command('nbd')
+      .description('serve images as NBD exports (read-only unless --overlay), like qemu-nbd')
+      .argument('<image...>', 'image files (any format Strata reads, with backing chains)')
+      .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
+      .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
+      .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
+      .option('-x, --name <name>', 'export name, one per image in order (default: file name)', collect, [])
+      .option('--overlay <file>', 'send writes of the image at the same position to this qcow2 overlay', collect, [])
+      .option('--trace <file>', 'append every request as a JSON line {time, op, offset, length, latency}')
+      .option('--cache-size <size>', 'block cache in front of each image (default 0: the page cache serves files)')
+      .option('--json', 'print the exports and their URIs as JSON'),
+  ).action(async (images: string[], o: Record<string, unknown>) => {
+    const names = o.name as string[];
+    const overlays = o.overlay as string[];
+    if (names.length > images.length) throw new StrataError('USAGE', 'more --name than images');
+    if (overlays.length > images.length) throw new StrataError('USAGE', 'more --overlay than images');
+    if (o.socket !== undefined && o.port !== undefined)
+      throw new StrataError('USAGE', 'use --port or --socket, not both');
+    const port = o.port === undefined ? 10809 : Number(o.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
+    const cacheSize = o.cacheSize === undefined ? 0 : parseSize(String(o.cacheSize), 'cache size');
+
+    const [{ openImageExport }, { NbdServer }, { TraceWriter }] = await Promise.all([
+      import('../../serve/nbd/image-export.js'),
+      import('../../serve/nbd/server.js'),
+      import('../../serve/nbd/trace.js'),
+    ]);
+    const exports = [];
+    try {
+      for (const [i, image] of images.entries()) {
+        exports.push(
+          await openImageExport(image, {
+            name: names[i],
+            overlay: overlays[i],
+            cacheSize,
+            open: openOptionsFrom(o),
+          }),
+        );
+      }
+    } catch (e) {
+      for (const x of exports) await x.close();
+      throw e;
+    }
+    const trace = o.trace ? new TraceWriter(String(o.trace)) : undefined;
+    const server = new NbdServer({ exports, trace });
+    try {
+      await server.listen(o.socket !== undefined ? { socket: String(o.socket) } : { host: String(o.bind), port });
+    } catch (e) {
+      await server.close().catch(() => {});
+      throw new StrataError('IO', `cannot listen: ${(e as Error).message}`);
+    }
+    const list = exports.map((e) => ({
+      name: e.name,
+      uri: server.uri(e.name),
+      size: e.source.size,
+      readOnly: !e.writer,
+    }));
+    if (o.json) printJson({ exports: list, ...server.endpoint });
+    else {
+      for (const e of list) process.stdout.write(`${e.uri}\t${e.readOnly ? 'read-only' : 'read-write'}\t${e.name}\n`);
+      if (list.length === 1) process.stdout.write(`${server.uri('')}\t(default export)\n`);
+    }
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    await server.close();
+  });
+}

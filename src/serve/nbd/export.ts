@@ -1,0 +1,103 @@
+import type { DiskImage } from '../../formats/types.js';
+import { type ByteSource, clampStatus, type Extent, pushExtent, statusOf } from '../../io/byte-source.js';
+import { StrataError } from '../../util/errors.js';
+
+/**
+ * What the NBD server serves: a ByteSource of the virtual disk whose `status()` says which
+ * ranges are `data`, `zero` (reads as zeros) or `unallocated` (a hole: nothing below holds
+ * it, so it reads as zeros too), plus an optional writer. An image file (with its backing
+ * chain resolved), a cached remote source or a library version (chunks fetched on demand)
+ * all plug in the same way: as a ByteSource with status().
+ */
+export interface NbdExport {
+  /** The export name clients ask for ('' selects the default export). */
+  readonly name: string;
+  readonly description?: string;
+  readonly source: ByteSource;
+  /** Where writes go; absent for a read-only export (writes answered EPERM). */
+  readonly writer?: ExportWriter;
+  /** Warm the source for a range (NBD_CMD_CACHE); optional. */
+  prefetch?(offset: number, length: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The write side of an export: a copy-on-write overlay, for instance. */
+export interface ExportWriter {
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Make [offset, offset+length) read as zeros; `mayTrim` lets whole clusters be released. */
+  writeZeroes(offset: number, length: number, mayTrim: boolean): Promise<void>;
+  /** Drop what the client no longer needs; the range may then read as zeros or as before. */
+  trim(offset: number, length: number): Promise<void>;
+  /** Make every completed write durable. */
+  flush(): Promise<void>;
+}
+
+/**
+ * Any ByteSource as a read-only export: how a library version (a manifest's chunks read
+ * on demand through the block cache) or any other source plugs in. Its `status()`, when
+ * it has one, drives base:allocation and the holes in READ replies; `close` releases it.
+ */
+export function sourceExport(
+  name: string,
+  source: ByteSource,
+  opts: { description?: string; close?: () => Promise<void> } = {},
+): NbdExport {
+  return {
+    name,
+    description: opts.description,
+    source,
+    close: opts.close ?? (async () => source.close?.()),
+  };
+}
+
+/**
+ * An opened image (and its backing chain) as one ByteSource whose status looks through
+ * the chain: a range unallocated in a layer takes the status of the layer below, and only
+ * what no layer holds stays `unallocated` (a hole).
+ */
+export function chainSource(img: DiskImage): ByteSource {
+  const src: ByteSource = {
+    name: img.name,
+    size: img.size,
+    read: (offset, length) => img.read(offset, length),
+    status: (offset, length) => chainStatus(img, offset, length, 0),
+  };
+  if (img.readInto) src.readInto = (offset, out) => img.readInto!(offset, out);
+  return src;
+}
+
+async function chainStatus(img: DiskImage, offset: number, length: number, depth: number): Promise<Extent[]> {
+  if (depth > 64) throw new StrataError('LOOP', 'backing chain deeper than 64', { file: img.name });
+  const n = clampStatus(img, offset, length);
+  const out: Extent[] = [];
+  for (const e of await img.status(offset, n)) {
+    const b = img.backing;
+    if (e.kind !== 'unallocated' || !b) {
+      pushExtent(out, e.offset, e.length, e.kind);
+      continue;
+    }
+    const inB = Math.max(0, Math.min(e.length, b.size - e.offset));
+    if (inB > 0) {
+      for (const s of await chainStatus(b, e.offset, inB, depth + 1)) pushExtent(out, s.offset, s.length, s.kind);
+    }
+    pushExtent(out, e.offset + inB, e.length - inB, 'unallocated');
+  }
+  return out;
+}
+
+/** Status of any source, `data` where it has none. */
+export function allocationOf(src: ByteSource, offset: number, length: number): Promise<Extent[]> {
+  return statusOf(src, offset, length);
+}
+
+/** Read exactly out.length bytes (zeros past the end) through readInto where the source has it. */
+export async function readFully(src: ByteSource, offset: number, out: Uint8Array): Promise<void> {
+  let got: number;
+  if (src.readInto) got = await src.readInto(offset, out);
+  else {
+    const b = await src.read(offset, out.length);
+    out.set(b.subarray(0, out.length));
+    got = b.length;
+  }
+  if (got < out.length) out.fill(0, Math.max(0, got));
+}

@@ -1,0 +1,87 @@
+import * as path from 'node:path';
+import { closeChain } from '../../formats/layer.js';
+import { openImage } from '../../formats/open.js';
+import type { DiskImage, OpenOptions } from '../../formats/types.js';
+import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
+import type { ByteSource } from '../../io/byte-source.js';
+import { CachedSource } from '../../io/cached-source.js';
+import { chainSource, type NbdExport } from './export.js';
+
+export interface ImageExportOptions {
+  /** Export name (default: the image's file name). */
+  name?: string;
+  /** Send writes to this qcow2 overlay (created, or reopened when it is ours and backs onto this image). */
+  overlay?: string;
+  /** Bytes of block cache in front of the image (0: none, the page cache serves local files). */
+  cacheSize?: number;
+  open?: OpenOptions;
+}
+
+/** qemu's name for each of our formats, for the overlay's backing-format field. */
+const QEMU_FORMAT: Record<string, string> = { vhd: 'vpc' };
+
+/**
+ * An image file (any format Strata reads, backing chain resolved) as an NBD export,
+ * read-only or writable through a qcow2 overlay whose backing file is the image.
+ */
+export async function openImageExport(image: string, opts: ImageExportOptions = {}): Promise<NbdExport> {
+  const img = await openImage(image, opts.open ?? {});
+  try {
+    let source: ByteSource = chainSource(img);
+    let cache: CachedSource | undefined;
+    if (opts.cacheSize && opts.cacheSize > 0) {
+      const blockSize = opts.cacheSize >= 64 << 20 ? 1 << 20 : 64 << 10;
+      cache = new CachedSource(source, { blockSize, capacity: opts.cacheSize });
+      source = cache;
+    }
+    const name = opts.name ?? path.basename(image);
+    if (!opts.overlay) return imageExport(name, img, source, cache);
+    const overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
+      path: backingPath(opts.overlay, image),
+      format: QEMU_FORMAT[img.format] ?? img.format,
+    });
+    return {
+      name,
+      description: `${describe(img)} with overlay ${opts.overlay}`,
+      source: overlay,
+      writer: overlay,
+      prefetch: cache ? (o, l) => warm(cache, o, l) : undefined,
+      close: async () => {
+        try {
+          await overlay.close();
+        } finally {
+          await closeChain(img);
+        }
+      },
+    };
+  } catch (e) {
+    await closeChain(img);
+    throw e;
+  }
+}
+
+function imageExport(name: string, img: DiskImage, source: ByteSource, cache?: CachedSource): NbdExport {
+  return {
+    name,
+    description: describe(img),
+    source,
+    prefetch: cache ? (o, l) => warm(cache, o, l) : undefined,
+    close: () => closeChain(img),
+  };
+}
+
+function describe(img: DiskImage): string {
+  return `${img.format}${img.subformat ? ` (${img.subformat})` : ''} ${img.name}`;
+}
+
+/** NBD_CMD_CACHE on a cached source: read the range through the cache, 1 MiB at a time. */
+async function warm(cache: CachedSource, offset: number, length: number): Promise<void> {
+  const end = Math.min(cache.size, offset + Math.min(length, cache.capacity));
+  for (let o = offset; o < end; o += 1 << 20) await cache.read(o, Math.min(1 << 20, end - o));
+}
+
+/** The backing path as the overlay records it: relative to the overlay's folder when it can be. */
+function backingPath(overlay: string, image: string): string {
+  const rel = path.relative(path.dirname(path.resolve(overlay)), path.resolve(image));
+  return rel.startsWith('..') || path.isAbsolute(rel) ? path.resolve(image) : rel;
+}
