@@ -95,8 +95,8 @@ export function checkImageName(name: string): void {
   }
 }
 export function checkTag(tag: string): void {
-  if (!TAG.test(tag) || /^\d+$/.test(tag)) {
-    throw new StrataError('USAGE', `bad tag ${JSON.stringify(tag)} (letters, digits, . _ -; not all digits)`);
+  if (!TAG.test(tag)) {
+    throw new StrataError('USAGE', `bad tag ${JSON.stringify(tag)} (letters, digits, . _ -)`);
   }
 }
 

@@ -18,15 +18,47 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/fs.js')).registerFsCommands,
   },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
+  {
+    verbs: ['init', 'checkin', 'checkout', 'images', 'versions', 'describe', 'tag', 'rm', 'gc', 'verify'],
+    load: async () => (await import('./commands/library.js')).registerLibraryCommands,
+  },
 ];
 
+/** Options of `ls`/`cat` that take a value (so their value is not the first positional argument). */
+const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--library']);
+
+/**
+ * `ls`/`cat` read an image file, or a stored version when their first argument is not a
+ * file or URL (a library REF) or `--library` is given.
+ */
+async function storeFsWanted(argv: string[]): Promise<boolean> {
+  if (argv[0] !== 'ls' && argv[0] !== 'cat') return false;
+  if (argv.includes('--library')) return true;
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (VALUED.has(a)) {
+      i++;
+      continue;
+    }
+    if (a.startsWith('-')) continue;
+    if (/^https?:\/\//i.test(a)) return false;
+    const { existsSync } = await import('node:fs');
+    return !existsSync(a);
+  }
+  return false;
+}
+
 /** A program with the commands for `verb` (all of them when `verb` is not one we know). */
-export async function buildProgram(verb?: string): Promise<Command> {
+export async function buildProgram(verb?: string, argv?: string[]): Promise<Command> {
   const { Command } = await import('commander');
   const program = new Command('strata')
     .description('Virtual-machine disk images as structured data')
     .showHelpAfterError(false)
     .exitOverride();
+  if (argv && (await storeFsWanted(argv))) {
+    (await import('./commands/library.js')).registerStoreFsCommands(program);
+    return program;
+  }
   const mine = GROUPS.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : GROUPS) (await g.load())(program);
   return program;
@@ -35,7 +67,7 @@ export async function buildProgram(verb?: string): Promise<Command> {
 export async function main(argv: string[]): Promise<number> {
   const [{ CommanderError }, { isStrataError }] = await Promise.all([import('commander'), import('../util/errors.js')]);
   try {
-    const program = await buildProgram(argv[0]);
+    const program = await buildProgram(argv[0], argv);
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {

@@ -131,20 +131,60 @@ export async function versionFiles(lib: Library, ref: string, part?: string): Pr
   return lib.files(vol.fs!.files);
 }
 
-export function findEntry(files: FilesManifest, p: string): FileEntry {
-  const want =
-    p === '/'
-      ? '/'
-      : `/${p
-          .split('/')
-          .filter((x) => x && x !== '.')
-          .join('/')}`;
-  if (want === '/')
-    return { path: '/', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, nlink: 0, ino: 0, mtime: null };
-  const e = files.entries.find((x) => x.path === want);
-  if (!e) throw new StrataError('NOT_FOUND', `no such file or directory: ${p}`, { structure: 'file manifest' });
-  return e;
+const ROOT_ENTRY: FileEntry = {
+  path: '/',
+  type: 'dir',
+  mode: 0o755,
+  uid: 0,
+  gid: 0,
+  size: 0,
+  nlink: 0,
+  ino: 0,
+  mtime: null,
+};
+
+/**
+ * Resolve a path in a file manifest like the kernel would: '.' and '..' by the walk,
+ * symlinks in directory components followed (and in the last one with `followLast`), at
+ * most 40 links.
+ */
+export function findEntry(files: FilesManifest, p: string, followLast = false): FileEntry {
+  let byPath = pathIndex.get(files);
+  if (!byPath) {
+    byPath = new Map(files.entries.map((e) => [e.path, e]));
+    pathIndex.set(files, byPath);
+  }
+  const todo = p
+    .split('/')
+    .filter((x) => x && x !== '.')
+    .reverse();
+  const stack: string[] = [];
+  let links = 0;
+  let cur = ROOT_ENTRY;
+  while (todo.length > 0) {
+    const name = todo.pop() as string;
+    if (name === '..') {
+      stack.pop();
+      cur = stack.length === 0 ? ROOT_ENTRY : (byPath.get(`/${stack.join('/')}`) ?? ROOT_ENTRY);
+      continue;
+    }
+    if (cur.type !== 'dir') throw new StrataError('NOT_FOUND', `not a directory on the way to ${p}`);
+    const e = byPath.get(`/${[...stack, name].join('/')}`);
+    if (!e) throw new StrataError('NOT_FOUND', `no such file or directory: ${p}`, { structure: 'file manifest' });
+    if (e.type === 'symlink' && e.target !== undefined && (todo.length > 0 || followLast)) {
+      if (++links > 40) throw new StrataError('LOOP', `more than 40 symbolic links while resolving ${p}`);
+      if (e.target.startsWith('/')) stack.length = 0;
+      const parts = e.target.split('/').filter((x) => x && x !== '.');
+      for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]);
+      cur = stack.length === 0 ? ROOT_ENTRY : (byPath.get(`/${stack.join('/')}`) ?? ROOT_ENTRY);
+      continue;
+    }
+    stack.push(name);
+    cur = e;
+  }
+  return cur;
 }
+const pathIndex = new WeakMap<FilesManifest, Map<string, FileEntry>>();
 
 /** Entries directly below `dir` (or every one below it with `recursive`). */
 export function listEntries(files: FilesManifest, dir: string, recursive = false): FileEntry[] {
