@@ -85,7 +85,9 @@ export async function checkout(
     };
     for (let i = 0; i < windows.length; i++) {
       while (inflight.length < AHEAD && i + inflight.length < windows.length) {
-        inflight.push(assemble(windows[i + inflight.length]));
+        const p = assemble(windows[i + inflight.length]);
+        p.catch(() => {}); // awaited in order below; a failure ahead must not go unhandled meanwhile
+        inflight.push(p);
       }
       const buf = await (inflight.shift() as Promise<Uint8Array>);
       await writer.writeData(windows[i], buf);
