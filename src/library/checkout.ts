@@ -7,9 +7,9 @@ import type { Library } from './library.js';
 import { VersionSource } from './version-source.js';
 
 /** Disk windows written at once (a multiple of every writer granularity). */
-const WINDOW = 4 * 1024 * 1024;
+const WINDOW = 16 * 1024 * 1024;
 /** Windows being assembled ahead of the writer. */
-const AHEAD = 4;
+const AHEAD = 3;
 
 export interface CheckoutOptions {
   format?: 'raw' | 'qcow2';
@@ -78,8 +78,11 @@ export async function checkout(
     }
     let done = 0;
     const inflight: Array<Promise<Uint8Array>> = [];
+    // window buffers are reused once the writer is done with them
+    const pool: Uint8Array[] = [];
     const assemble = async (w: number) => {
-      const buf = new Uint8Array(Math.min(WINDOW, src.size - w));
+      const full = pool.pop() ?? Buffer.allocUnsafe(WINDOW);
+      const buf = full.subarray(0, Math.min(WINDOW, src.size - w));
       await src.readInto(w, buf);
       return buf;
     };
@@ -91,6 +94,7 @@ export async function checkout(
       }
       const buf = await (inflight.shift() as Promise<Uint8Array>);
       await writer.writeData(windows[i], buf);
+      if (buf.length === WINDOW) pool.push(buf);
       done += buf.length;
       opts.onProgress?.(done, windows.length * WINDOW);
     }

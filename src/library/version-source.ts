@@ -2,8 +2,8 @@ import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from
 import type { Store } from '../store/store.js';
 import type { LayoutManifest } from './manifest.js';
 
-/** Decoded chunks kept for reuse (bytes): consecutive ranges usually share a chunk. */
-const CACHE_BYTES = 64 * 1024 * 1024;
+/** Chunk reads one fill keeps in flight. */
+const READS_IN_FLIGHT = 8;
 
 /**
  * A stored version as a ByteSource of its virtual disk: reads fetch the chunks they need
@@ -16,8 +16,6 @@ export class VersionSource implements ByteSource {
   private readonly len: Float64Array;
   private readonly chunk: Uint32Array;
   private readonly at: Float64Array;
-  private readonly cache = new Map<number, Promise<Uint8Array>>();
-  private cached = 0;
 
   constructor(
     private readonly store: Store,
@@ -48,58 +46,48 @@ export class VersionSource implements ByteSource {
     return lo;
   }
 
-  private getChunk(i: number): Promise<Uint8Array> {
-    let p = this.cache.get(i);
-    if (p) {
-      this.cache.delete(i);
-      this.cache.set(i, p);
-      return p;
-    }
-    p = this.store.get(this.manifest.chunks[i]);
-    this.cache.set(i, p);
-    this.cached += this.manifest.chunkLengths[i];
-    p.catch(() => this.cache.delete(i));
-    while (this.cached > CACHE_BYTES && this.cache.size > 1) {
-      const oldest = this.cache.keys().next().value as number;
-      this.cache.delete(oldest);
-      this.cached -= this.manifest.chunkLengths[oldest];
-    }
-    return p;
-  }
-
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
-    const out = new Uint8Array(n);
+    const out = Buffer.allocUnsafe(n);
     await this.fill(offset, out);
     return out;
   }
 
   async readInto(offset: number, out: Uint8Array): Promise<number> {
     const n = clampRead(this, offset, out.length);
-    const view = out.subarray(0, n);
-    view.fill(0);
-    await this.fill(offset, view, true);
+    await this.fill(offset, out.subarray(0, n));
     return n;
   }
 
-  /** Copy every range overlapping [offset, offset+out.length) into `out` (zeros elsewhere). */
-  private async fill(offset: number, out: Uint8Array, zeroed = true): Promise<void> {
-    if (!zeroed) out.fill(0);
+  /** Copy every range overlapping [offset, offset+out.length) into `out`, zeros in the gaps. */
+  private async fill(offset: number, out: Uint8Array): Promise<void> {
     const end = offset + out.length;
-    const jobs: Array<Promise<void>> = [];
+    // ranges of one chunk are served by one decode: chunk -> [offset in chunk, length, offset in out]
+    const byChunk = new Map<number, number[]>();
+    let pos = offset;
     for (let i = this.first(offset); i < this.disk.length && this.disk[i] < end; i++) {
       const d = this.disk[i];
       const s = Math.max(offset, d);
       const t = Math.min(end, d + this.len[i]);
-      const from = this.at[i] + (s - d);
-      const idx = this.chunk[i];
-      jobs.push(
-        this.getChunk(idx).then((c) => {
-          out.set(c.subarray(from, from + (t - s)), s - offset);
-        }),
-      );
+      if (s > pos) out.fill(0, pos - offset, s - offset);
+      pos = t;
+      let l = byChunk.get(this.chunk[i]);
+      if (!l) byChunk.set(this.chunk[i], (l = []));
+      l.push(this.at[i] + (s - d), t - s, s - offset);
     }
-    await Promise.all(jobs);
+    if (pos < end) out.fill(0, pos - offset);
+    // a few chunk reads in flight (not one per chunk: each holds pooled buffers)
+    const todo = [...byChunk];
+    let next = 0;
+    const worker = async () => {
+      while (next < todo.length) {
+        const [idx, l] = todo[next++];
+        await this.store.withBlob(this.manifest.chunks[idx], (c) => {
+          for (let k = 0; k < l.length; k += 3) out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, todo.length) }, worker));
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
@@ -133,8 +121,5 @@ export class VersionSource implements ByteSource {
     if (cur) yield cur;
   }
 
-  async close(): Promise<void> {
-    this.cache.clear();
-    this.cached = 0;
-  }
+  async close(): Promise<void> {}
 }

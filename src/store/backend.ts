@@ -15,14 +15,16 @@ export interface BackendEntry {
 export interface Backend {
   /** A human name for errors: the directory or bucket URL. */
   readonly name: string;
-  /** Store `data` under `key`, atomically (replaces an existing object). */
-  put(key: string, data: Uint8Array): Promise<void>;
+  /** Store `data` (the concatenation of the parts) under `key`, atomically (replaces an existing object). */
+  put(key: string, data: Uint8Array | Uint8Array[]): Promise<void>;
   /** Store `data` under `key` only when nothing is there yet; false when something was. */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>;
   /** The whole object; NOT_FOUND when absent. */
   get(key: string): Promise<Uint8Array>;
   /** `length` bytes at `offset` of the object (short only at its end). */
   getRange(key: string, offset: number, length: number): Promise<Uint8Array>;
+  /** Optional: `out.length` bytes at `offset` into `out`; returns how many were read. */
+  getRangeInto?(key: string, offset: number, out: Uint8Array): Promise<number>;
   /** Every object whose key starts with `prefix` (e.g. "packs/"), in no particular order. */
   list(prefix: string): Promise<BackendEntry[]>;
   /** Remove an object; no error when it is already gone. */

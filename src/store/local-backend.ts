@@ -27,16 +27,20 @@ export class LocalBackend implements Backend {
     return path.join(this.root, ...key.split('/'));
   }
 
-  private async writeTemp(file: string, data: Uint8Array): Promise<string> {
+  private async writeTemp(file: string, data: Uint8Array | Uint8Array[]): Promise<string> {
     const dir = path.dirname(file);
     await mkdir(dir, { recursive: true });
     const tmp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     const fh = await open(tmp, 'wx', 0o644);
     try {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await fh.write(data, done, data.length - done, done);
-        done += bytesWritten;
+      let at = 0;
+      for (const part of Array.isArray(data) ? data : [data]) {
+        let done = 0;
+        while (done < part.length) {
+          const { bytesWritten } = await fh.write(part, done, part.length - done, at + done);
+          done += bytesWritten;
+        }
+        at += part.length;
       }
       await fh.datasync();
     } catch (e) {
@@ -59,7 +63,7 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async put(key: string, data: Uint8Array): Promise<void> {
+  async put(key: string, data: Uint8Array | Uint8Array[]): Promise<void> {
     const file = this.file(key);
     const tmp = await this.writeTemp(file, data);
     try {
@@ -91,6 +95,18 @@ export class LocalBackend implements Backend {
     const fh = await this.openFile(key, file);
     const st = await fh.stat();
     return this.readAt(fh, file, 0, st.size);
+  }
+
+  async getRangeInto(key: string, offset: number, out: Uint8Array): Promise<number> {
+    const file = this.file(key);
+    const fh = await this.openFile(key, file);
+    let done = 0;
+    while (done < out.length) {
+      const { bytesRead } = await fh.read(out, done, out.length - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
-import { zstdCompress, zstdDecompress } from '../util/zstd.js';
 import type { Backend } from './backend.js';
 import {
   type BlobType,
@@ -13,6 +12,7 @@ import {
   parsePackTrailer,
   TRAILER_BYTES,
 } from './pack.js';
+import { BufferPool, compressBound, compressInto, decompressInto } from './zstd-into.js';
 
 /**
  * The content-addressed store: blobs named by the sha256 of their plain bytes, encoded
@@ -28,6 +28,9 @@ export const PACK_TARGET = 16 * 1024 * 1024;
 /** Largest blob we accept (chunks are far smaller; manifests of huge trees stay below it). */
 export const MAX_BLOB = 256 * 1024 * 1024;
 const ZSTD_LEVEL = 3;
+/** Blobs up to this size are compressed straight into the pack arena; larger ones get their own buffer. */
+const ARENA_BLOB = 4 * 1024 * 1024;
+const ARENA_BYTES = PACK_TARGET + compressBound(ARENA_BLOB);
 
 export interface IndexEntry {
   pack: string;
@@ -75,6 +78,12 @@ export class Store {
   private indexFiles: string[] = [];
   private pending: Pending[] = [];
   private pendingBytes = 0;
+  /** The pack being filled: small blobs are compressed straight into it. */
+  private arena?: Buffer;
+  private arenaUsed = 0;
+  /** Arenas whose pack is written, ready for reuse. */
+  private readonly spareArenas: Buffer[] = [];
+  private readonly pool = new BufferPool(32);
   private readonly unflushed = new Map<string, Pending>();
   private flushing: Promise<void> = Promise.resolve();
   private flushError?: unknown;
@@ -171,11 +180,31 @@ export class Store {
     if (this.flushError) throw this.flushError;
     if (this.has(digest)) return { digest, added: false, storedBytes: 0 };
     if (plain.length > MAX_BLOB) throw new StrataError('LIMIT', `blob of ${plain.length} bytes`, { file: this.name });
-    let enc: Uint8Array = zstdCompress(plain, ZSTD_LEVEL);
+    let enc: Uint8Array;
     let flags = FLAG_ZSTD;
-    if (enc.length >= plain.length) {
-      enc = Uint8Array.prototype.slice.call(plain); // own copy: the caller may reuse its buffer
-      flags = 0;
+    const bound = compressBound(plain.length);
+    if (plain.length <= ARENA_BLOB) {
+      if (!this.arena) this.arena = this.spareArenas.pop() ?? Buffer.allocUnsafe(ARENA_BYTES);
+      if (ARENA_BYTES - this.arenaUsed < bound) {
+        await this.startFlush();
+        this.arena = this.spareArenas.pop() ?? Buffer.allocUnsafe(ARENA_BYTES);
+      }
+      const at = this.arenaUsed;
+      let n = compressInto(this.arena.subarray(at), plain, ZSTD_LEVEL);
+      if (n >= plain.length) {
+        this.arena.set(plain, at);
+        n = plain.length;
+        flags = 0;
+      }
+      enc = this.arena.subarray(at, at + n);
+      this.arenaUsed += n;
+    } else {
+      const big = Buffer.allocUnsafe(bound);
+      const n = compressInto(big, plain, ZSTD_LEVEL);
+      if (n >= plain.length) {
+        enc = Uint8Array.prototype.slice.call(plain); // own copy: the caller may reuse its buffer
+        flags = 0;
+      } else enc = big.subarray(0, n);
     }
     const p: Pending = {
       entry: { digest, type, flags, offset: this.pendingBytes, encLength: enc.length, plainLength: plain.length },
@@ -201,12 +230,16 @@ export class Store {
     if (batch.length === 0) return;
     this.pending = [];
     this.pendingBytes = 0;
+    const arena = this.arena;
+    this.arena = undefined;
+    this.arenaUsed = 0;
     const prev = this.flushing;
     this.flushing = (async () => {
       await prev;
       if (this.flushError) return;
       try {
         await this.writePack(batch);
+        if (arena) this.spareArenas.push(arena); // its blobs are now read from the pack
       } catch (e) {
         this.flushError = e;
       }
@@ -221,8 +254,7 @@ export class Store {
     for (const p of batch) h.update(p.enc);
     h.update(header);
     const id = h.digest('hex');
-    const body = Buffer.concat([...batch.map((p) => p.enc), header]);
-    await this.backend.put(packKey(id), body);
+    await this.backend.put(packKey(id), [...batch.map((p) => p.enc), header]);
     const ix: IndexFile = {
       version: 1,
       packs: [
@@ -255,10 +287,18 @@ export class Store {
     return key;
   }
 
-  /** A blob's plain bytes, checked against its digest. */
+  /** A blob's plain bytes (a fresh copy), checked against its digest. */
   async get(digest: string): Promise<Uint8Array> {
+    return this.withBlob(digest, (plain) => Buffer.from(plain));
+  }
+
+  /**
+   * Hand a blob's plain bytes, checked against its digest, to `use` — synchronously, in a
+   * pooled buffer that is reused once `use` returns (copy what you keep).
+   */
+  async withBlob<T>(digest: string, use: (plain: Uint8Array) => T): Promise<T> {
     const u = this.unflushed.get(digest);
-    if (u) return this.decode(u.enc, u.entry.flags, u.entry.plainLength, digest, 'unflushed', 0);
+    if (u) return this.decodeWith(u.enc, u.entry.flags, u.entry.plainLength, digest, 'unflushed', 0, use);
     const e = this.index.get(digest);
     if (!e) {
       throw new StrataError('NOT_FOUND', `blob ${digest} is not in the store`, {
@@ -267,38 +307,61 @@ export class Store {
       });
     }
     const key = packKey(e.pack);
-    const enc = await this.backend.getRange(key, e.offset, e.encLength);
-    if (enc.length !== e.encLength) {
-      throw new StrataError('TRUNCATED', `pack ends inside blob ${digest.slice(0, 16)}`, {
-        file: `${this.name}/${key}`,
-        structure: `blob ${digest}`,
-        offset: e.offset,
-      });
+    const encBuf = this.pool.take(e.encLength);
+    try {
+      const enc = encBuf.subarray(0, e.encLength);
+      let got: number;
+      if (this.backend.getRangeInto) got = await this.backend.getRangeInto(key, e.offset, enc);
+      else {
+        const b = await this.backend.getRange(key, e.offset, e.encLength);
+        enc.set(b.subarray(0, e.encLength));
+        got = b.length;
+      }
+      if (got !== e.encLength) {
+        throw new StrataError('TRUNCATED', `pack ends inside blob ${digest.slice(0, 16)}`, {
+          file: `${this.name}/${key}`,
+          structure: `blob ${digest}`,
+          offset: e.offset,
+        });
+      }
+      return this.decodeWith(enc, e.flags, e.plainLength, digest, key, e.offset, use);
+    } finally {
+      this.pool.give(encBuf);
     }
-    return this.decode(enc, e.flags, e.plainLength, digest, key, e.offset);
   }
 
-  private decode(
+  private decodeWith<T>(
     enc: Uint8Array,
     flags: number,
     plainLength: number,
     digest: string,
     key: string,
     offset: number,
-  ): Uint8Array {
+    use: (plain: Uint8Array) => T,
+  ): T {
     const where = { file: `${this.name}/${key}`, structure: `blob ${digest}`, offset };
-    let plain: Uint8Array;
-    if (flags & FLAG_ZSTD) {
+    if (!(flags & FLAG_ZSTD)) {
+      if (enc.length !== plainLength || sha256hex(enc) !== digest) {
+        throw new StrataError('CORRUPT', 'blob content does not match its sha256 (damaged pack)', where);
+      }
+      return use(enc);
+    }
+    const scratch = this.pool.take(plainLength);
+    try {
+      let n: number;
       try {
-        plain = zstdDecompress(enc, plainLength);
+        n = decompressInto(scratch.subarray(0, plainLength), enc);
       } catch (e) {
         throw new StrataError('CORRUPT', `zstd frame does not decode: ${(e as Error).message}`, where);
       }
-    } else plain = enc;
-    if (plain.length !== plainLength || sha256hex(plain) !== digest) {
-      throw new StrataError('CORRUPT', 'blob content does not match its sha256 (damaged pack)', where);
+      const plain = scratch.subarray(0, n);
+      if (n !== plainLength || sha256hex(plain) !== digest) {
+        throw new StrataError('CORRUPT', 'blob content does not match its sha256 (damaged pack)', where);
+      }
+      return use(plain);
+    } finally {
+      this.pool.give(scratch);
     }
-    return plain;
   }
 
   /**
@@ -332,13 +395,14 @@ export class Store {
           m.set(en.digest, en);
           report.blobs++;
           try {
-            this.decode(
+            this.decodeWith(
               body.subarray(en.offset, en.offset + en.encLength),
               en.flags,
               en.plainLength,
               en.digest,
               f.key,
               en.offset,
+              () => undefined,
             );
           } catch (e) {
             report.errors.push((e as Error).message);
