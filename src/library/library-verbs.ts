@@ -24,6 +24,8 @@ export interface GcResult {
   deletedPacks: number;
   rewrittenPacks: number;
   freedBytes: number;
+  /** Leftover temporary files removed. */
+  temporaryFiles: number;
 }
 
 /**
@@ -38,7 +40,9 @@ export async function gc(lib: Library, opts: { lockWaitMs?: number } = {}): Prom
     const roots = await lib.catalog.liveManifests();
     for (const m of roots) await reachable(lib, m, keep);
     const r = await lib.store.prune(keep);
-    return { liveVersions: roots.length, liveBlobs: keep.size, ...r };
+    // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
+    const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;
+    return { liveVersions: roots.length, liveBlobs: keep.size, ...r, temporaryFiles };
   } finally {
     await lock.release();
   }

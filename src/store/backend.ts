@@ -25,6 +25,8 @@ export interface Backend {
   getRange(key: string, offset: number, length: number): Promise<Uint8Array>;
   /** Optional: `out.length` bytes at `offset` into `out`; returns how many were read. */
   getRangeInto?(key: string, offset: number, out: Uint8Array): Promise<number>;
+  /** Optional: remove leftovers of interrupted puts older than `ageMs` (local temporary files). */
+  sweepTemporary?(ageMs: number): Promise<number>;
   /** Every object whose key starts with `prefix` (e.g. "packs/"), in no particular order. */
   list(prefix: string): Promise<BackendEntry[]>;
   /** Remove an object; no error when it is already gone. */

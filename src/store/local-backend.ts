@@ -11,7 +11,7 @@ const OPEN_HANDLES = 32;
  * The embedded default backend: a local directory. Writes go to a temporary file in the
  * target's directory, are fsynced, renamed into place, and the directory is fsynced, so a
  * crash leaves either the old state or the complete new object (plus, at worst, a
- * `.tmp-*` file that `sweepTemporary` removes).
+ * `.tmp-*` file that `sweepTemporary`, run by gc, removes).
  */
 export class LocalBackend implements Backend {
   private readonly handles = new Map<string, Promise<FileHandle>>();
@@ -170,6 +170,32 @@ export class LocalBackend implements Backend {
     };
     await walkDir(this.file(base), base, 0);
     return out;
+  }
+
+  async sweepTemporary(ageMs: number): Promise<number> {
+    let removed = 0;
+    const now = Date.now();
+    const sweep = async (dir: string, depth: number): Promise<void> => {
+      let names: string[];
+      try {
+        names = await readdir(dir);
+      } catch {
+        return;
+      }
+      for (const n of names) {
+        const full = path.join(dir, n);
+        const st = await stat(full).catch(() => undefined);
+        if (!st) continue;
+        if (st.isDirectory()) {
+          if (depth < 4) await sweep(full, depth + 1);
+        } else if (n.startsWith('.tmp-') && now - st.mtimeMs > ageMs) {
+          await unlink(full).catch(() => {});
+          removed++;
+        }
+      }
+    };
+    await sweep(this.root, 0);
+    return removed;
   }
 
   async delete(key: string): Promise<void> {

@@ -131,3 +131,18 @@ test('locks: exclusive waits for shared and gives up with a clear error; a dead 
   await after.release();
   await be.close();
 });
+
+test('sweepTemporary removes old leftovers of interrupted puts and keeps fresh ones', async () => {
+  const root = scratch('store-tmp');
+  const be = new LocalBackend(root);
+  await be.put('packs/ab/x', Buffer.from('x'));
+  const { utimesSync } = await import('node:fs');
+  const old = path.join(root, 'packs', 'ab', '.tmp-1-dead');
+  const fresh = path.join(root, 'packs', 'ab', '.tmp-2-live');
+  writeFileSync(old, 'half');
+  writeFileSync(fresh, 'half');
+  utimesSync(old, new Date(Date.now() - 3600_000), new Date(Date.now() - 3600_000));
+  assert.equal(await be.sweepTemporary(600_000), 1);
+  assert.deepEqual(readdirSync(path.join(root, 'packs', 'ab')).sort(), ['.tmp-2-live', 'x']);
+  await be.close();
+});
