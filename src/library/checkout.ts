@@ -8,7 +8,9 @@ import { VersionSource } from './version-source.js';
 
 /** Disk windows written at once (a multiple of every writer granularity). */
 const WINDOW = 16 * 1024 * 1024;
-/** Windows being assembled ahead of the writer. */
+/** Data spans closer than this are written as one piece. */
+const MERGE_GAP = 256 * 1024;
+/** Pieces being assembled ahead of the writer. */
 const AHEAD = 3;
 
 export interface CheckoutOptions {
@@ -67,36 +69,49 @@ export async function checkout(
       format === 'raw'
         ? await RawWriter.create(fh, out, src.size)
         : await Qcow2Writer.create(fh, out, { virtualSize: src.size });
-    // the windows that hold data, in order
-    const windows: number[] = [];
+    // pieces that hold data, in order: data spans widened to the writer's granularity, spans
+    // closer than MERGE_GAP joined (a few zeros are cheaper than another write), at most WINDOW long
+    const G = writer.granularity;
+    const pieces: Array<[number, number]> = [];
     let dataBytes = 0;
     for (const [s, e] of src.dataSpans()) {
       dataBytes += e - s;
-      for (let w = Math.floor(s / WINDOW) * WINDOW; w < e; w += WINDOW) {
-        if (windows[windows.length - 1] !== w) windows.push(w);
+      const a = Math.floor(s / G) * G;
+      const b = Math.min(src.size, Math.ceil(e / G) * G);
+      const last = pieces[pieces.length - 1];
+      if (last && a - last[1] <= MERGE_GAP && b - last[0] <= WINDOW) last[1] = Math.max(last[1], b);
+      else if (last && a < last[1]) {
+        // overlaps the previous piece's last granule but would make it too long: start after it
+        if (b > last[1]) pieces.push([last[1], b]);
+      } else pieces.push([a, b]);
+      // split what grew past WINDOW (a single long span)
+      const cur = pieces[pieces.length - 1];
+      while (cur[1] - cur[0] > WINDOW) {
+        pieces.splice(pieces.length - 1, 0, [cur[0], cur[0] + WINDOW]);
+        cur[0] += WINDOW;
       }
     }
     let done = 0;
     const inflight: Array<Promise<Uint8Array>> = [];
     // window buffers are reused once the writer is done with them
     const pool: Uint8Array[] = [];
-    const assemble = async (w: number) => {
+    const assemble = async ([a, b]: [number, number]) => {
       const full = pool.pop() ?? Buffer.allocUnsafe(WINDOW);
-      const buf = full.subarray(0, Math.min(WINDOW, src.size - w));
-      await src.readInto(w, buf);
+      const buf = full.subarray(0, b - a);
+      await src.readInto(a, buf);
       return buf;
     };
-    for (let i = 0; i < windows.length; i++) {
-      while (inflight.length < AHEAD && i + inflight.length < windows.length) {
-        const p = assemble(windows[i + inflight.length]);
+    for (let i = 0; i < pieces.length; i++) {
+      while (inflight.length < AHEAD && i + inflight.length < pieces.length) {
+        const p = assemble(pieces[i + inflight.length]);
         p.catch(() => {}); // awaited in order below; a failure ahead must not go unhandled meanwhile
         inflight.push(p);
       }
       const buf = await (inflight.shift() as Promise<Uint8Array>);
-      await writer.writeData(windows[i], buf);
-      if (buf.length === WINDOW) pool.push(buf);
+      await writer.writeData(pieces[i][0], buf);
+      pool.push(Buffer.from(buf.buffer, buf.byteOffset, WINDOW));
       done += buf.length;
-      opts.onProgress?.(done, windows.length * WINDOW);
+      opts.onProgress?.(done, dataBytes);
     }
     const { bytesWritten } = await writer.finish();
     if (opts.sync) await fh.datasync();
