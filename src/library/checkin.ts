@@ -8,6 +8,7 @@ import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import { type ByteSource, isZero } from '../io/byte-source.js';
 import { RepoLock } from '../store/lock.js';
+import { BufferPool } from '../store/zstd-into.js';
 import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
@@ -34,11 +35,14 @@ import { mergeSpans, otherUsed, type Span, subtractSpans } from './used-regions.
  *   disks with no file system): the container's data ranges, block-wise by disk offset;
  * - all-zero chunks are never stored; free space is skipped unless `exact`.
  *
- * File chunk size: measured on the bench pair (bookworm minbase base + derived, see
- * bench/README.md "checkin"): 64 KiB, 256 KiB and 1 MiB file chunks dedup the derived
- * image within a few percent of each other (most changed files are small and whole), while
- * larger chunks compress better and cost fewer index entries; 1 MiB keeps the store
- * smallest. Disk-offset chunks stay at 64 KiB: metadata changes are scattered 4 KiB blocks.
+ * File chunk size, measured with `npm run bench:checkin -- --sweep` (base + derived
+ * 1200 MiB bookworm minbase images, bench/README.md): 64 KiB file chunks stored 122.2 MB
+ * in total (derived new 23.5 MB), 256 KiB 119.8 MB (22.4 MB), 1 MiB 118.0 MB (22.0 MB),
+ * and 1 MiB was also the fastest: most files are smaller than a chunk and dedup whole,
+ * changed large files (packages upgraded) rarely keep aligned 64 KiB pieces, and larger
+ * chunks compress better with fewer index entries. Disk-offset chunks stay at 64 KiB:
+ * metadata changes are scattered 4 KiB blocks. (Content-defined chunking inside large
+ * files was not tried: the sweep shows little to gain within files on this pair.)
  */
 export const FILE_CHUNK = 1024 * 1024;
 export const DISK_CHUNK = 64 * 1024;
@@ -95,6 +99,8 @@ class Builder {
   newBytes = 0;
   newChunks = 0;
   done = 0;
+  /** Chunk buffers: reused once the store has taken a chunk's bytes. */
+  readonly pool = new BufferPool(64);
 
   constructor(
     private readonly lib: Library,
@@ -187,30 +193,42 @@ async function cutFile(
   const plain = exts.filter(isPlain);
   for (const e of plain) fileData.push([w.base + e.volumeOffset, w.base + e.volumeOffset + e.length]);
   const size = ino.size;
-  const hash = createHash('sha256');
+  // one chunk: the file's digest is the chunk's (no second hash); several: hash as we go
+  const hash = size > C ? createHash('sha256') : undefined;
+  let single: string | undefined;
   const chunks: Array<string | null> = [];
   let k = 0;
   for (let cs = 0; cs < size; cs += C) {
     const ce = Math.min(size, cs + C);
-    const buf = Buffer.alloc(ce - cs);
-    const pieces: Array<[number, number, number]> = [];
-    if (viaFs) {
-      buf.set(await w.fs.read(ino, cs, ce - cs));
+    const full = b.pool.take(ce - cs);
+    try {
+      const buf = full.subarray(0, ce - cs);
+      const pieces: Array<[number, number, number]> = [];
+      if (viaFs) buf.set(await w.fs.read(ino, cs, ce - cs));
+      while (k < plain.length && plain[k].fileOffset + plain[k].length <= cs) k++;
+      let covered = 0;
+      for (let j = k; j < plain.length && plain[j].fileOffset < ce; j++) {
+        const e = plain[j];
+        const s = Math.max(cs, e.fileOffset);
+        const t = Math.min(ce, e.fileOffset + e.length);
+        if (t <= s) continue;
+        pieces.push([w.base + e.volumeOffset + (s - e.fileOffset), t - s, s - cs]);
+        covered += t - s;
+      }
+      if (!viaFs) {
+        if (covered < buf.length) buf.fill(0); // holes and unwritten extents read as zeros
+        for (const [disk, n, at] of pieces) await readAt(img, disk, buf.subarray(at, at + n));
+      }
+      hash?.update(buf);
+      const d = await b.add(buf, pieces);
+      chunks.push(d);
+      if (!hash) single = d ?? createHash('sha256').update(buf).digest('hex');
+    } finally {
+      b.pool.give(full);
     }
-    while (k < plain.length && plain[k].fileOffset + plain[k].length <= cs) k++;
-    for (let j = k; j < plain.length && plain[j].fileOffset < ce; j++) {
-      const e = plain[j];
-      const s = Math.max(cs, e.fileOffset);
-      const t = Math.min(ce, e.fileOffset + e.length);
-      if (t <= s) continue;
-      const disk = w.base + e.volumeOffset + (s - e.fileOffset);
-      if (!viaFs) await readAt(img, disk, buf.subarray(s - cs, t - cs));
-      pieces.push([disk, t - s, s - cs]);
-    }
-    hash.update(buf);
-    chunks.push(await b.add(buf, pieces));
   }
-  return { digest: hash.digest('hex'), chunks };
+  const digest = hash ? hash.digest('hex') : (single ?? createHash('sha256').digest('hex'));
+  return { digest, chunks };
 }
 
 /** Cut disk spans (absolute, merged) by disk offset into W-aligned windows. */
