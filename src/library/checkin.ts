@@ -193,6 +193,8 @@ async function cutFile(
   const plain = exts.filter(isPlain);
   for (const e of plain) fileData.push([w.base + e.volumeOffset, w.base + e.volumeOffset + e.length]);
   const size = ino.size;
+  const bs = w.fs.blockSize;
+  const tailLength = (bs - (size % bs)) % bs;
   // one chunk: the file's digest is the chunk's (no second hash); several: hash as we go
   const hash = size > C ? createHash('sha256') : undefined;
   let single: string | undefined;
@@ -200,7 +202,7 @@ async function cutFile(
   let k = 0;
   for (let cs = 0; cs < size; cs += C) {
     const ce = Math.min(size, cs + C);
-    const full = b.pool.take(ce - cs);
+    const full = b.pool.take(ce - cs + bs);
     try {
       const buf = full.subarray(0, ce - cs);
       const pieces: Array<[number, number, number]> = [];
@@ -217,7 +219,14 @@ async function cutFile(
       }
       if (!viaFs) {
         if (covered < buf.length) buf.fill(0); // holes and unwritten extents read as zeros
-        for (const [disk, n, at] of pieces) await readAt(img, disk, buf.subarray(at, at + n));
+        for (const [disk, n, at] of pieces) {
+          // The piece that ends the file also reads the rest of its last block (the tail):
+          // when that is zeros, as it nearly always is, it needs no disk-offset chunk and no
+          // second read later; it counts as covered (and reads back as zeros).
+          const tail = at + n === size - cs && ce === size ? tailLength : 0;
+          await readAt(img, disk, full.subarray(at, at + n + tail));
+          if (tail > 0 && isZero(full.subarray(at + n, at + n + tail))) fileData.push([disk + n, disk + n + tail]);
+        }
       }
       hash?.update(buf);
       const d = await b.add(buf, pieces);

@@ -33,14 +33,37 @@ export class LocalBackend implements Backend {
     const tmp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     const fh = await open(tmp, 'wx', 0o644);
     try {
+      // gathered writes: a pack is thousands of blobs, one syscall per 1024 of them
+      const parts = (Array.isArray(data) ? data : [data]).filter((x) => x.length > 0);
       let at = 0;
-      for (const part of Array.isArray(data) ? data : [data]) {
-        let done = 0;
-        while (done < part.length) {
-          const { bytesWritten } = await fh.write(part, done, part.length - done, at + done);
-          done += bytesWritten;
+      for (let i = 0; i < parts.length; ) {
+        const batch = parts.slice(i, i + 1024);
+        const want = batch.reduce((n, x) => n + x.length, 0);
+        const { bytesWritten } = await fh.writev(batch, at);
+        if (bytesWritten === want) {
+          i += batch.length;
+          at += want;
+          continue;
         }
-        at += part.length;
+        // short write: finish this batch part by part
+        let off = at;
+        let skip = bytesWritten;
+        for (const part of batch) {
+          if (skip >= part.length) {
+            skip -= part.length;
+            off += part.length;
+            continue;
+          }
+          let done = skip;
+          skip = 0;
+          while (done < part.length) {
+            const r = await fh.write(part, done, part.length - done, off + done);
+            done += r.bytesWritten;
+          }
+          off += part.length;
+        }
+        i += batch.length;
+        at += want;
       }
       await fh.datasync();
     } catch (e) {
