@@ -168,9 +168,21 @@ function duBytes(dir: string): number {
   return Number(sh('du', ['-sb', dir]).split(/\s/)[0]);
 }
 
-function timed(cmd: string, argv: string[]): Promise<{ s: number; out: string }> {
+/** User + system CPU seconds of this process's finished children (/proc/self/stat cutime + cstime). */
+function childCpuS(): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[13]) + Number(f[14])) / 100; // fields 16 and 17, in USER_HZ (100)
+  } catch {
+    return Number.NaN;
+  }
+}
+
+function timed(cmd: string, argv: string[]): Promise<{ s: number; cpuS: number; out: string }> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
+    const cpu0 = childCpuS();
     const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     let err = '';
@@ -182,7 +194,7 @@ function timed(cmd: string, argv: string[]): Promise<{ s: number; out: string }>
     c.on('close', (code) => {
       const s = Number(process.hrtime.bigint() - t0) / 1e9;
       if (code !== 0) reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
-      else resolve({ s, out: Buffer.concat(out).toString('utf8') });
+      else resolve({ s, cpuS: round(childCpuS() - cpu0, 2), out: Buffer.concat(out).toString('utf8') });
     });
   });
 }
@@ -314,7 +326,9 @@ async function main(): Promise<void> {
     loadavg1: [round(load0, 2), round(loadavg()[0], 2)],
     strata: {
       seconds: [round(s1.s, 2), round(s2.s, 2)],
+      cpuSeconds: [s1.cpuS, s2.cpuS],
       throughputMBps: round(virtualMB / strataS),
+      cpuThroughputMBps: round(virtualMB / (s1.cpuS + s2.cpuS)),
       storedAfterBaseBytes: storedAfterBase,
       newBytesDerived: storedTotal - storedAfterBase,
       newBytesDerivedReported: r2.newBytes,
@@ -322,13 +336,16 @@ async function main(): Promise<void> {
       dedupRatio: round(nonZero / storedTotal, 2),
       usedBytes: [r1.usedBytes, r2.usedBytes],
       checkoutSeconds: round(co.s, 2),
+      checkoutCpuSeconds: co.cpuS,
       checkoutMBps: round(sizes[1] / MB / co.s),
       checkoutDataMBps: round(coData / MB / co.s),
       checkoutIdentical: identical,
     },
     casync: {
       seconds: [round(c1.s, 2), round(c2.s, 2)],
+      cpuSeconds: [c1.cpuS, c2.cpuS],
       throughputMBps: round(virtualMB / casyncS),
+      cpuThroughputMBps: round(virtualMB / (c1.cpuS + c2.cpuS)),
       storedAfterBaseBytes: casyncAfterBase,
       newBytesDerived: casyncTotal - casyncAfterBase,
       totalStoredBytes: casyncTotal,
@@ -337,6 +354,7 @@ async function main(): Promise<void> {
     fixed64k: fixed,
     ratios: {
       throughputStrataOverCasync: round(casyncS / strataS, 2),
+      cpuStrataOverCasync: round((c1.cpuS + c2.cpuS) / (s1.cpuS + s2.cpuS), 2),
       storedStrataOverCasync: round(storedTotal / casyncTotal, 3),
       newDerivedStrataOverCasync: round((storedTotal - storedAfterBase) / (casyncTotal - casyncAfterBase), 3),
       storedStrataOverFixed64k: round(storedTotal / fixed.totalStoredBytes, 3),

@@ -29,11 +29,16 @@ export class Library {
     readonly catalog: Catalog,
   ) {}
 
-  /** Open (creating when missing) the library at `dir` (see libraryLocation). */
-  static async open(dir?: string): Promise<Library> {
+  /** Open the library at `dir` (see libraryLocation); `create` (the default) makes it when missing. */
+  static async open(dir?: string, opts: { create?: boolean } = {}): Promise<Library> {
     const root = libraryLocation(dir);
     const marker = path.join(root, MARKER);
     if (!existsSync(marker)) {
+      if (opts.create === false) {
+        throw new StrataError('NOT_FOUND', 'no library here (strata init or a first checkin makes one)', {
+          file: root,
+        });
+      }
       if (existsSync(root) && !existsSync(path.join(root, 'store'))) {
         const { readdirSync } = await import('node:fs');
         if (readdirSync(root).length > 0) {

@@ -27,9 +27,10 @@ export const LIBRARY_VERBS = [
 const withLib = (cmd: Command) =>
   cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
 
-async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
+/** Open the library for a verb; only `init` and `checkin` create it. */
+async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
   const { Library } = await import('../../library/library.js');
-  const lib = await Library.open(o.library as string | undefined);
+  const lib = await Library.open(o.library as string | undefined, { create });
   try {
     return await fn(lib);
   } finally {
@@ -64,10 +65,14 @@ export function registerLibraryCommands(program: Command): void {
       .argument('[dir]', 'library directory')
       .option('--json', 'machine-readable output'),
   ).action(async (dir: string | undefined, o: Record<string, unknown>) => {
-    await useLibrary({ library: dir ?? o.library }, async (lib) => {
-      if (o.json) printJson({ library: lib.dir });
-      else process.stdout.write(`library at ${lib.dir}\n`);
-    });
+    await useLibrary(
+      { library: dir ?? o.library },
+      async (lib) => {
+        if (o.json) printJson({ library: lib.dir });
+        else process.stdout.write(`library at ${lib.dir}\n`);
+      },
+      true,
+    );
   });
 
   addOpenOptions(
@@ -85,40 +90,44 @@ export function registerLibraryCommands(program: Command): void {
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const { checkin } = await import('../../library/checkin.js');
-    await useLibrary(o, async (lib) => {
-      const bar = await progressBar('checking in');
-      try {
-        const r = await checkin(lib, image, {
-          name: String(o.name),
-          description: o.description as string | undefined,
-          parents: o.parent as string[] | undefined,
-          tags: (o.tag as string[]) ?? [],
-          exact: Boolean(o.exact),
-          openOptions: openOptionsFrom(o),
-          onProgress: bar
-            ? (done, total) => {
-                bar.setTotal(mib(total));
-                bar.update(mib(done));
-              }
-            : undefined,
-        });
-        bar?.stop();
-        for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
-        if (o.json) return printJson(r);
-        process.stdout.write(
-          [
-            `${r.ref}  manifest ${r.manifest}`,
-            `logical size:     ${humanSize(r.virtualSize)}`,
-            `used (stored):    ${humanSize(r.usedBytes)}`,
-            `new bytes stored: ${humanSize(r.newBytes)}`,
-            `dedup ratio:      ${Number.isFinite(r.dedupRatio) ? r.dedupRatio.toFixed(2) : 'inf'} (used / new)`,
-            '',
-          ].join('\n'),
-        );
-      } finally {
-        bar?.stop();
-      }
-    });
+    await useLibrary(
+      o,
+      async (lib) => {
+        const bar = await progressBar('checking in');
+        try {
+          const r = await checkin(lib, image, {
+            name: String(o.name),
+            description: o.description as string | undefined,
+            parents: o.parent as string[] | undefined,
+            tags: (o.tag as string[]) ?? [],
+            exact: Boolean(o.exact),
+            openOptions: openOptionsFrom(o),
+            onProgress: bar
+              ? (done, total) => {
+                  bar.setTotal(mib(total));
+                  bar.update(mib(done));
+                }
+              : undefined,
+          });
+          bar?.stop();
+          for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
+          if (o.json) return printJson(r);
+          process.stdout.write(
+            [
+              `${r.ref}  manifest ${r.manifest}`,
+              `logical size:     ${humanSize(r.virtualSize)}`,
+              `used (stored):    ${humanSize(r.usedBytes)}`,
+              `new bytes stored: ${humanSize(r.newBytes)}`,
+              `dedup ratio:      ${Number.isFinite(r.dedupRatio) ? r.dedupRatio.toFixed(2) : 'inf'} (used / new)`,
+              '',
+            ].join('\n'),
+          );
+        } finally {
+          bar?.stop();
+        }
+      },
+      true,
+    );
   });
 
   withLib(
