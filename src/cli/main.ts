@@ -28,8 +28,9 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
 const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--library']);
 
 /**
- * `ls`/`cat` read an image file, or a stored version when their first argument is not a
- * file or URL (a library REF) or `--library` is given.
+ * `ls`/`cat` read an image file, or a stored version when `--library` is given or their
+ * first argument is neither a file nor a URL and a library exists (else the image reader
+ * reports the missing file, as before there were libraries).
  */
 async function storeFsWanted(argv: string[]): Promise<boolean> {
   if (argv[0] !== 'ls' && argv[0] !== 'cat') return false;
@@ -42,8 +43,12 @@ async function storeFsWanted(argv: string[]): Promise<boolean> {
     }
     if (a.startsWith('-')) continue;
     if (/^https?:\/\//i.test(a)) return false;
-    const { existsSync } = await import('node:fs');
-    return !existsSync(a);
+    const [{ existsSync }, { libraryLocation, MARKER }, path] = await Promise.all([
+      import('node:fs'),
+      import('../library/library.js'),
+      import('node:path'),
+    ]);
+    return !existsSync(a) && existsSync(path.join(libraryLocation(), MARKER));
   }
   return false;
 }
