@@ -134,10 +134,21 @@ class Builder {
     return digest;
   }
 
-  /** Ranges sorted by disk offset; overlaps (two inodes claiming one block) clipped. */
-  sortedRanges(): LayoutManifest['ranges'] {
-    const order = Array.from(this.disk.keys()).sort((a, b) => this.disk[a] - this.disk[b]);
-    const out: LayoutManifest['ranges'] = { disk: [], length: [], chunk: [], at: [] };
+  /**
+   * The manifest's chunk list and ranges in a canonical order, whatever order concurrent
+   * cutting added them in (so the same image gives the same manifest digest): ranges by
+   * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
+   * first use, chunks no range uses (inline file data) last, by digest.
+   */
+  canonical(): Pick<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges'> {
+    const order = Array.from(this.disk.keys()).sort(
+      (a, b) =>
+        this.disk[a] - this.disk[b] ||
+        cmp(this.chunks[this.chunk[a]], this.chunks[this.chunk[b]]) ||
+        this.at[a] - this.at[b],
+    );
+    const ranges: LayoutManifest['ranges'] = { disk: [], length: [], chunk: [], at: [] };
+    const renumber = new Map<number, number>();
     let end = 0;
     for (const i of order) {
       let d = this.disk[i];
@@ -150,15 +161,28 @@ class Builder {
         a += cut;
         n -= cut;
       }
-      out.disk.push(d);
-      out.length.push(n);
-      out.chunk.push(this.chunk[i]);
-      out.at.push(a);
+      let c = renumber.get(this.chunk[i]);
+      if (c === undefined) renumber.set(this.chunk[i], (c = renumber.size));
+      ranges.disk.push(d);
+      ranges.length.push(n);
+      ranges.chunk.push(c);
+      ranges.at.push(a);
       end = d + n;
     }
-    return out;
+    const unused = this.chunks.map((_, i) => i).filter((i) => !renumber.has(i));
+    unused.sort((a, b) => cmp(this.chunks[a], this.chunks[b]));
+    for (const i of unused) renumber.set(i, renumber.size);
+    const chunks = new Array<string>(this.chunks.length);
+    const chunkLengths = new Array<number>(this.chunks.length);
+    for (const [from, to] of renumber) {
+      chunks[to] = this.chunks[from];
+      chunkLengths[to] = this.chunkLengths[from];
+    }
+    return { chunks, chunkLengths, ranges };
   }
 }
+
+const cmp = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0);
 
 async function readAt(src: ByteSource, offset: number, out: Uint8Array): Promise<void> {
   if (src.readInto) {
@@ -493,9 +517,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
         fileChunkSize: C,
         diskChunkSize: W,
         volumes: layoutVolumes,
-        chunks: b.chunks,
-        chunkLengths: b.chunkLengths,
-        ranges: b.sortedRanges(),
+        ...b.canonical(),
         warnings: warnings.slice(0, 1000),
       };
       const m = await lib.store.put('tree', encodeManifest(layout));

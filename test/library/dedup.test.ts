@@ -33,6 +33,11 @@ test('a derived image stores about what changed; moved files store no new data c
   const a = await checkin(lib, baseImg, { name: 'tree' });
   const b = await checkin(lib, derivedImg, { name: 'tree' });
 
+  // the same image again: the same manifest (cutting order does not leak into it), nothing new
+  const again = await checkin(lib, derivedImg, { name: 'again' });
+  assert.equal(again.manifest, b.manifest);
+  assert.equal(again.newBytes, 0);
+
   // Oracle for "what changed": zstd -3 (the reference CLI) of the changed files.
   let changedCompressed = 0;
   for (const rel of DERIVED_CHANGES) {
