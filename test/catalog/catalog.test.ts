@@ -3,7 +3,8 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { Catalog, SCHEMA } from '../../src/catalog/catalog.js';
 import { SqliteDb, toPostgres } from '../../src/catalog/db.js';
-import { run, scratch } from '../helpers/tools.js';
+import { run } from '../helpers/tools.js';
+import { tempDir } from '../library/images.js';
 
 const sample = (
   image: string,
@@ -23,7 +24,7 @@ const sample = (
 });
 
 test('versions, parents, tags and refs; rows as the sqlite3 CLI reads them', async () => {
-  const file = path.join(scratch('catalog'), 'catalog.db');
+  const file = path.join(tempDir('catalog'), 'catalog.db');
   const c = await Catalog.open(SqliteDb.open(file));
   const m1 = 'a'.repeat(63) + '1';
   const m2 = 'b'.repeat(63) + '2';

@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
-import { run, runBuffer, scratch } from '../helpers/tools.js';
-import { baseTree, derivedTree, extImageOf } from './images.js';
+import { run, runBuffer } from '../helpers/tools.js';
+import { baseTree, derivedTree, extImageOf, tempDir } from './images.js';
 
 /** The library verbs as a user runs them, checked against debugfs and qemu-img. */
 test('strata init/checkin/images/versions/tag/describe/ls/cat/checkout/rm/gc/verify', async () => {
-  const dir = scratch('lib-cli');
+  const dir = tempDir('lib-cli');
   const lib = path.join(dir, 'lib');
   const env = { STRATA_LIBRARY: lib };
   const ok = async (args: string[]) => {

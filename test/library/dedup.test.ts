@@ -6,8 +6,8 @@ import { after, before, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { reachable } from '../../src/library/library-verbs.js';
-import { run, runBuffer, scratch } from '../helpers/tools.js';
-import { baseTree, DERIVED_CHANGES, derivedTree, extImageOf } from './images.js';
+import { run, runBuffer } from '../helpers/tools.js';
+import { baseTree, DERIVED_CHANGES, derivedTree, extImageOf, tempDir } from './images.js';
 
 /**
  * Dedup across a base image and a derived one made by mkfs.ext4 -d from the same tree plus
@@ -16,7 +16,7 @@ import { baseTree, DERIVED_CHANGES, derivedTree, extImageOf } from './images.js'
  */
 let lib: Library;
 before(async () => {
-  lib = await Library.open(path.join(scratch('lib-dedup'), 'lib'));
+  lib = await Library.open(path.join(tempDir('lib-dedup'), 'lib'));
 });
 after(async () => lib?.close());
 

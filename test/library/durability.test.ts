@@ -9,8 +9,8 @@ import { Library } from '../../src/library/library.js';
 import { gc, verifyLibrary } from '../../src/library/library-verbs.js';
 import { xorshift32 } from '../../src/util/prng.js';
 import { CLI, strata } from '../helpers/cli.js';
-import { scratch } from '../helpers/tools.js';
-import { baseTree, derivedTree, extImageOf, sha256File } from './images.js';
+
+import { baseTree, derivedTree, extImageOf, sha256File, tempDir } from './images.js';
 
 /**
  * Nothing is lost: a check-in killed with SIGKILL at random moments leaves a library that
@@ -36,7 +36,7 @@ function spawnCheckin(libDir: string, image: string, name: string) {
 
 test('kill -9 at random points of a check-in, then verify and retry', async () => {
   const image = await extImageOf('ext4', await baseTree(), 'base');
-  const libDir = path.join(scratch('lib-kill'), 'lib');
+  const libDir = path.join(tempDir('lib-kill'), 'lib');
   // how long one whole check-in takes here, so the kills land inside it
   const t0 = Date.now();
   const probe = await strata(['checkin', image, '--name', 'probe', '--library', `${libDir}-probe`]);
@@ -88,7 +88,7 @@ test('kill -9 at random points of a check-in, then verify and retry', async () =
 test('gc beside a running check-in loses nothing', async () => {
   const baseImg = await extImageOf('ext4', await baseTree(), 'base');
   const derivedImg = await extImageOf('ext4', await derivedTree(), 'dedup-derived', 64);
-  const libDir = path.join(scratch('lib-gc'), 'lib');
+  const libDir = path.join(tempDir('lib-gc'), 'lib');
   const lib = await Library.open(libDir);
   try {
     const a = await checkin(lib, baseImg, { name: 'a', exact: true });
@@ -126,7 +126,7 @@ test('gc beside a running check-in loses nothing', async () => {
 
 test('a damaged pack byte is caught by verify (CLI exit 1) and by reads', async () => {
   const image = await extImageOf('ext4', await baseTree(), 'base');
-  const libDir = path.join(scratch('lib-corrupt'), 'lib');
+  const libDir = path.join(tempDir('lib-corrupt'), 'lib');
   const lib = await Library.open(libDir);
   const r = await checkin(lib, image, { name: 'c' });
   await lib.close();

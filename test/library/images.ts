@@ -6,6 +6,7 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  rmSync,
   symlinkSync,
   truncateSync,
   unlinkSync,
@@ -21,6 +22,23 @@ import { fixture, run, scratch } from '../helpers/tools.js';
  * qemu-img) and cached with fixture().
  */
 export const MiB = 1024 * 1024;
+
+const made: string[] = [];
+/**
+ * A scratch directory removed when the test process exits: library tests write stores,
+ * checkouts and partition slices of tens of MiB each, which must not pile up in the
+ * shared fixture cache.
+ */
+export function tempDir(name: string): string {
+  if (made.length === 0) {
+    process.on('exit', () => {
+      for (const d of made) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  const d = scratch(name);
+  made.push(d);
+  return d;
+}
 const VERSION = 'v1';
 
 /** Compressible text: words from a seeded sequence. */
@@ -137,7 +155,12 @@ export function sha256File(file: string): string {
 
 /** sha256 of the virtual disk as qemu sees it (qemu-img convert -O raw). */
 export async function qemuSha(image: string): Promise<string> {
-  const out = path.join(scratch('qemu-sha'), 'disk.raw');
-  await run('qemu-img', ['convert', '-O', 'raw', image, out]);
-  return sha256File(out);
+  const dir = scratch('qemu-sha');
+  try {
+    const out = path.join(dir, 'disk.raw');
+    await run('qemu-img', ['convert', '-O', 'raw', image, out]);
+    return sha256File(out);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

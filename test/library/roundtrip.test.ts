@@ -8,9 +8,9 @@ import { checkout, openVersionSource } from '../../src/library/checkout.js';
 import { Library } from '../../src/library/library.js';
 import { verifyLibrary } from '../../src/library/library-verbs.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
-import { fixture, run, scratch } from '../helpers/tools.js';
+import { fixture, run } from '../helpers/tools.js';
 import { gptDisk, lvRanges, mbrDisk } from '../helpers/volume-images.js';
-import { baseTree, extImageOf, freeRanges, MiB, qemuSha, sha256File } from './images.js';
+import { baseTree, extImageOf, freeRanges, MiB, qemuSha, sha256File, tempDir } from './images.js';
 
 /**
  * Round trips through the library: check in, check out, compare with what qemu-img,
@@ -20,7 +20,7 @@ let lib: Library;
 let dir: string;
 
 before(async () => {
-  dir = scratch('lib-roundtrip');
+  dir = tempDir('lib-roundtrip');
   lib = await Library.open(path.join(dir, 'lib'));
 });
 after(async () => {

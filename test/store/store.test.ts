@@ -7,8 +7,8 @@ import { LocalBackend } from '../../src/store/local-backend.js';
 import { RepoLock } from '../../src/store/lock.js';
 import { Store } from '../../src/store/store.js';
 import { bytesOf } from '../helpers/ext-tree.js';
-import { runBuffer, scratch } from '../helpers/tools.js';
-import { textOf } from '../library/images.js';
+import { runBuffer } from '../helpers/tools.js';
+import { tempDir, textOf } from '../library/images.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -25,7 +25,7 @@ function packFiles(root: string): string[] {
 }
 
 test('blobs round-trip, dedup by sha256, pack names are the sha256 of their bytes, zstd frames decode with the zstd CLI', async () => {
-  const root = scratch('store-basic');
+  const root = tempDir('store-basic');
   const s = await Store.open(new LocalBackend(root));
   const text = textOf('store', 200_000);
   const random = bytesOf('store', 100_000);
@@ -60,7 +60,7 @@ test('blobs round-trip, dedup by sha256, pack names are the sha256 of their byte
 });
 
 test('a tampered index is refused by name; a pack nobody indexes is an orphan that prune removes', async () => {
-  const root = scratch('store-index');
+  const root = tempDir('store-index');
   const s = await Store.open(new LocalBackend(root));
   await s.put('data', textOf('x', 5000));
   await s.flush();
@@ -87,7 +87,7 @@ test('a tampered index is refused by name; a pack nobody indexes is an orphan th
 });
 
 test('prune keeps what is asked, rewrites mixed packs, and everything kept still reads back', async () => {
-  const root = scratch('store-prune');
+  const root = tempDir('store-prune');
   const s = await Store.open(new LocalBackend(root));
   const blobs = Array.from({ length: 40 }, (_, i) =>
     i % 2 ? textOf(`p${i}`, 30_000 + i) : bytesOf(`p${i}`, 20_000 + i),
@@ -111,7 +111,7 @@ test('prune keeps what is asked, rewrites mixed packs, and everything kept still
 });
 
 test('locks: exclusive waits for shared and gives up with a clear error; a dead holder is stale', async () => {
-  const root = scratch('store-lock');
+  const root = tempDir('store-lock');
   const be = new LocalBackend(root);
   const shared = await RepoLock.acquire(be, 'shared', 'test checkin');
   const shared2 = await RepoLock.acquire(be, 'shared', 'another checkin');
@@ -133,7 +133,7 @@ test('locks: exclusive waits for shared and gives up with a clear error; a dead 
 });
 
 test('sweepTemporary removes old leftovers of interrupted puts and keeps fresh ones', async () => {
-  const root = scratch('store-tmp');
+  const root = tempDir('store-tmp');
   const be = new LocalBackend(root);
   await be.put('packs/ab/x', Buffer.from('x'));
   const { utimesSync } = await import('node:fs');
