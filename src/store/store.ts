@@ -92,7 +92,15 @@ export class Store {
 
   static async open(backend: Backend): Promise<Store> {
     const s = new Store(backend);
-    await s.backend.putIfAbsent('config', Buffer.from(JSON.stringify({ version: 1, kind: 'strata-store' })));
+    const config = await s.backend.get('config').catch(() => undefined);
+    if (!config) {
+      await s.backend.putIfAbsent('config', Buffer.from(JSON.stringify({ version: 1, kind: 'strata-store' })));
+    } else if (!/"kind":"strata-store"/.test(Buffer.from(config).toString('utf8'))) {
+      throw new StrataError('CORRUPT', 'not a Strata store (config)', {
+        file: backend.name,
+        structure: 'store config',
+      });
+    }
     await s.loadIndex();
     return s;
   }
