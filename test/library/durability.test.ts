@@ -48,6 +48,8 @@ test('kill -9 at random points of a check-in, then verify and retry', async () =
   // kill at random moments until 4 runs died mid-way (a run that finished first shrinks the window)
   for (let i = 0; i < 16 && killedMidway < 4; i++) {
     const child = spawnCheckin(libDir, image, 'victim');
+    // 'close' can follow 'exit' in the same tick: listen before anything is awaited.
+    const closed = new Promise((r) => child.once('close', r));
     const delay = 100 + (rand() % Math.max(1, window - 100));
     const exited = await new Promise<boolean>((resolve) => {
       const t = setTimeout(() => {
@@ -59,7 +61,7 @@ test('kill -9 at random points of a check-in, then verify and retry', async () =
         resolve(true);
       });
     });
-    await new Promise((r) => child.once('close', r));
+    await closed;
     if (!exited) killedMidway++;
     else window = Math.max(200, Math.floor(window * 0.7));
     await clean(libDir);
@@ -98,9 +100,11 @@ test('gc beside a running check-in loses nothing', async () => {
     const child = spawnCheckin(libDir, derivedImg, 'b');
     const out: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));
+    // Listen for the exit now: under load the child may finish while gc waits for its lock.
+    const closed = new Promise<number | null>((r) => child.on('close', r));
     await new Promise((r) => setTimeout(r, 300));
     const g = await gc(lib, { lockWaitMs: 120_000 });
-    const code = await new Promise<number | null>((r) => child.on('close', r));
+    const code = await closed;
     assert.equal(code, 0, 'the check-in succeeded');
     const b = JSON.parse(Buffer.concat(out).toString('utf8')) as { ref: string };
     assert.ok(g.deletedPacks + g.rewrittenPacks >= 0);
