@@ -24,15 +24,52 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   { verbs: ['inspect', 'diff'], load: async () => (await import('./commands/inspect.js')).registerInspectCommands },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
+  {
+    verbs: ['init', 'checkin', 'checkout', 'images', 'versions', 'describe', 'tag', 'rm', 'gc', 'verify'],
+    load: async () => (await import('./commands/library.js')).registerLibraryCommands,
+  },
 ];
 
+/** Options of `ls`/`cat` that take a value (so their value is not the first positional argument). */
+const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--library']);
+
+/**
+ * `ls`/`cat` read an image file, or a stored version when `--library` is given or their
+ * first argument is neither a file nor a URL and a library exists (else the image reader
+ * reports the missing file, as before there were libraries).
+ */
+async function storeFsWanted(argv: string[]): Promise<boolean> {
+  if (argv[0] !== 'ls' && argv[0] !== 'cat') return false;
+  if (argv.includes('--library')) return true;
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (VALUED.has(a)) {
+      i++;
+      continue;
+    }
+    if (a.startsWith('-')) continue;
+    if (/^https?:\/\//i.test(a)) return false;
+    const [{ existsSync }, { libraryLocation, MARKER }, path] = await Promise.all([
+      import('node:fs'),
+      import('../library/library.js'),
+      import('node:path'),
+    ]);
+    return !existsSync(a) && existsSync(path.join(libraryLocation(), MARKER));
+  }
+  return false;
+}
+
 /** A program with the commands for `verb` (all of them when `verb` is not one we know). */
-export async function buildProgram(verb?: string): Promise<Command> {
+export async function buildProgram(verb?: string, argv?: string[]): Promise<Command> {
   const { Command } = await import('commander');
   const program = new Command('strata')
     .description('Virtual-machine disk images as structured data')
     .showHelpAfterError(false)
     .exitOverride();
+  if (argv && (await storeFsWanted(argv))) {
+    (await import('./commands/library.js')).registerStoreFsCommands(program);
+    return program;
+  }
   const mine = GROUPS.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : GROUPS) (await g.load())(program);
   return program;
@@ -41,7 +78,7 @@ export async function buildProgram(verb?: string): Promise<Command> {
 export async function main(argv: string[]): Promise<number> {
   const [{ CommanderError }, { isStrataError }] = await Promise.all([import('commander'), import('../util/errors.js')]);
   try {
-    const program = await buildProgram(argv[0]);
+    const program = await buildProgram(argv[0], argv);
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {

@@ -1,0 +1,371 @@
+/**
+ * bench:checkin — Strata's library (check-in of a base and a derived Debian image, then a
+ * checkout) against `casync make` of both raw images into one store, and against a
+ * fixed 64 KiB block dedup computed here, in one run. JSON on stdout.
+ *
+ * Inputs (built once, cached under .cache/bench):
+ * - base: `debootstrap --variant=minbase bookworm` (the tree bench:ls uses), `mkfs.ext4 -d`
+ *   into a 1200 MiB image;
+ * - derived: a copy of that tree with packages added (curl, openssh-client, tzdata,
+ *   python3.11-minimal, perl-modules ... unpacked with dpkg-deb -x from apt's cache, or
+ *   fetched with `apt-get download`) and files changed (/etc/hostname, /etc/passwd,
+ *   /var/lib/dpkg/status), `mkfs.ext4 -d` into another 1200 MiB image (so file placement
+ *   differs from the base).
+ *
+ * Figures per tool: check-in throughput (virtual MB / wall s, both images), bytes stored
+ * after the base, new bytes for the derived image, total stored and dedup ratio (non-zero
+ * bytes of both images / total stored); for Strata also checkout throughput (virtual and
+ * data MB/s) and whether the checkout equals the original (sha256).
+ *
+ * Options: --out DIR (stores and checkouts; default /dev/shm/strata-bench-checkin),
+ * --base FILE --derived FILE (other images), --sweep (also check both in with 64 KiB,
+ * 256 KiB and 1 MiB file chunks, in-process, to choose the file chunk size).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  appendFileSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { loadavg } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { checkin } from '../src/library/checkin.js';
+import { Library } from '../src/library/library.js';
+import { zstdCompress } from '../src/util/zstd.js';
+
+const ROOT = (() => {
+  let d = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
+  return d;
+})();
+const BENCH = process.env.STRATA_BENCH ?? path.join(ROOT, '.cache', 'bench');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const args = process.argv.slice(2);
+const opt = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const OUT = opt('--out') ?? '/dev/shm/strata-bench-checkin';
+const MB = 1e6;
+const IMAGE_MIB = 1200;
+const PACKAGES = [
+  'curl',
+  'libcurl4',
+  'openssh-client',
+  'tzdata',
+  'python3.11-minimal',
+  'libpython3.11-minimal',
+  'libpython3.11-stdlib',
+  'perl-modules-5.36',
+  'libperl5.36',
+];
+
+const log = (m: string) => process.stderr.write(`bench:checkin: ${m}\n`);
+
+function sh(cmd: string, argv: string[], cwd?: string): string {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, cwd });
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+function need(cmd: string, pkg: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
+    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
+}
+
+/** The Debian mirror apt uses, else deb.debian.org (as bench:ls finds it). */
+function aptMirror(): string {
+  const files = ['/etc/apt/sources.list'];
+  const d = '/etc/apt/sources.list.d';
+  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
+  for (const f of files) {
+    if (!existsSync(f)) continue;
+    const text = readFileSync(f, 'utf8');
+    for (const m of text.matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
+    for (const m of text.matchAll(/^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm)) {
+      if (/\/debian\/?$/.test(m[1])) return m[1];
+    }
+  }
+  return 'http://deb.debian.org/debian';
+}
+
+function rootfs(): string {
+  const dir = path.join(BENCH, 'rootfs');
+  if (!existsSync(dir)) {
+    need('debootstrap', 'debootstrap');
+    const tmp = `${dir}.tmp`;
+    rmSync(tmp, { recursive: true, force: true });
+    log('debootstrap --variant=minbase bookworm (once)');
+    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, aptMirror()]);
+    renameSync(tmp, dir);
+  }
+  return realpathSync(dir);
+}
+
+/** The .deb files of PACKAGES: apt's cache when it has them, else `apt-get download`. */
+function debs(): string[] {
+  const cache = '/var/cache/apt/archives';
+  const dl = path.join(BENCH, 'checkin-debs');
+  mkdirSync(dl, { recursive: true });
+  const out: string[] = [];
+  for (const p of PACKAGES) {
+    const find = (d: string) =>
+      existsSync(d) ? readdirSync(d).find((f) => f.startsWith(`${p}_`) && f.endsWith('.deb')) : undefined;
+    let f = find(dl);
+    if (f) out.push(path.join(dl, f));
+    else if ((f = find(cache))) out.push(path.join(cache, f));
+    else {
+      log(`apt-get download ${p}`);
+      sh('apt-get', ['download', p], dl);
+      out.push(path.join(dl, find(dl) as string));
+    }
+  }
+  return out;
+}
+
+function derivedRootfs(base: string): string {
+  const dir = path.join(BENCH, 'rootfs-derived-v1');
+  if (existsSync(dir)) return dir;
+  const tmp = `${dir}.tmp`;
+  rmSync(tmp, { recursive: true, force: true });
+  log('derived tree: cp -a, dpkg-deb -x of the packages, edited /etc files (once)');
+  mkdirSync(tmp);
+  sh('cp', ['-a', `${base}/.`, tmp]);
+  const status = path.join(tmp, 'var/lib/dpkg/status');
+  for (const deb of debs()) {
+    sh('dpkg-deb', ['-x', deb, tmp]);
+    appendFileSync(status, `\n${sh('dpkg-deb', ['-f', deb]).trim()}\nStatus: install ok installed\n`);
+  }
+  writeFileSync(path.join(tmp, 'etc/hostname'), 'strata-derived\n');
+  appendFileSync(path.join(tmp, 'etc/passwd'), 'builder:x:1000:1000:Image builder:/home/builder:/bin/bash\n');
+  mkdirSync(path.join(tmp, 'home/builder'), { recursive: true });
+  renameSync(tmp, dir);
+  return dir;
+}
+
+function ext4Image(tree: string, name: string): string {
+  const file = path.join(BENCH, name);
+  if (existsSync(file)) return file;
+  need('mkfs.ext4', 'e2fsprogs');
+  log(`mkfs.ext4 -d ${tree} (${IMAGE_MIB} MiB, once)`);
+  sh('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'bench-root', '-d', tree, `${file}.tmp`, `${IMAGE_MIB}M`]);
+  renameSync(`${file}.tmp`, file);
+  return file;
+}
+
+function duBytes(dir: string): number {
+  return Number(sh('du', ['-sb', dir]).split(/\s/)[0]);
+}
+
+/** User + system CPU seconds of this process's finished children (/proc/self/stat cutime + cstime). */
+function childCpuS(): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[13]) + Number(f[14])) / 100; // fields 16 and 17, in USER_HZ (100)
+  } catch {
+    return Number.NaN;
+  }
+}
+
+function timed(cmd: string, argv: string[]): Promise<{ s: number; cpuS: number; out: string }> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const cpu0 = childCpuS();
+    const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    c.stdout.on('data', (b: Buffer) => out.push(b));
+    c.stderr.on('data', (b: Buffer) => {
+      if (err.length < 4000) err += b;
+    });
+    c.on('error', reject);
+    c.on('close', (code) => {
+      const s = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (code !== 0) reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
+      else resolve({ s, cpuS: round(childCpuS() - cpu0, 2), out: Buffer.concat(out).toString('utf8') });
+    });
+  });
+}
+
+function sha256File(file: string): string {
+  const h = createHash('sha256');
+  const fd = openSync(file, 'r');
+  const buf = Buffer.allocUnsafe(8 << 20);
+  for (let n: number; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
+  closeSync(fd);
+  return h.digest('hex');
+}
+
+/** Fixed 64 KiB block dedup of both images: unique non-zero blocks, each zstd -3 compressed. */
+function fixedBlocks(images: string[]): Record<string, number> {
+  const B = 64 * 1024;
+  const seen = new Set<string>();
+  const zero = Buffer.alloc(B);
+  const buf = Buffer.allocUnsafe(16 << 20);
+  const stored: number[] = [];
+  let nonZero = 0;
+  const t0 = process.hrtime.bigint();
+  for (const img of images) {
+    let bytes = 0;
+    const fd = openSync(img, 'r');
+    for (let n: number; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) {
+      for (let o = 0; o < n; o += B) {
+        const blk = buf.subarray(o, Math.min(n, o + B));
+        if (blk.equals(zero.subarray(0, blk.length))) continue;
+        nonZero += blk.length;
+        const d = createHash('sha256').update(blk).digest('hex');
+        if (seen.has(d)) continue;
+        seen.add(d);
+        bytes += Math.min(blk.length, zstdCompress(blk, 3).length);
+      }
+    }
+    closeSync(fd);
+    stored.push(bytes);
+  }
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  const total = stored[0] + stored[1];
+  return {
+    seconds: round(s, 2),
+    storedAfterBaseBytes: stored[0],
+    newBytesDerived: stored[1],
+    totalStoredBytes: total,
+    dedupRatio: round(nonZero / total, 2),
+  };
+}
+
+const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+
+async function sweep(base: string, derived: string): Promise<unknown[]> {
+  const rows = [];
+  for (const size of [64 * 1024, 256 * 1024, 1024 * 1024]) {
+    const dir = path.join(OUT, `sweep-${size}`);
+    rmSync(dir, { recursive: true, force: true });
+    const lib = await Library.open(dir);
+    const t0 = process.hrtime.bigint();
+    const a = await checkin(lib, base, { name: 'base', fileChunkSize: size });
+    const b = await checkin(lib, derived, { name: 'derived', fileChunkSize: size });
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    await lib.close();
+    rows.push({
+      fileChunkKiB: size / 1024,
+      seconds: round(s, 2),
+      storedAfterBaseBytes: a.newBytes,
+      newBytesDerived: b.newBytes,
+      totalStoredBytes: duBytes(path.join(dir, 'store')),
+      chunks: a.chunks + b.newChunks,
+    });
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+async function main(): Promise<void> {
+  need('casync', 'casync');
+  const tree = rootfs();
+  const base = opt('--base') ?? ext4Image(tree, `checkin-base-v1-${IMAGE_MIB}m.ext4`);
+  const derived = opt('--derived') ?? ext4Image(derivedRootfs(tree), `checkin-derived-v1-${IMAGE_MIB}m.ext4`);
+  rmSync(OUT, { recursive: true, force: true });
+  mkdirSync(OUT, { recursive: true });
+  const { statSync } = await import('node:fs');
+  const sizes = [statSync(base).size, statSync(derived).size];
+  const virtualMB = (sizes[0] + sizes[1]) / MB;
+  const load0 = loadavg()[0];
+
+  // Strata
+  const lib = path.join(OUT, 'strata-lib');
+  const s1 = await timed(process.execPath, [CLI, 'checkin', base, '--name', 'debian', '--library', lib, '--json']);
+  const storedAfterBase = duBytes(path.join(lib, 'store'));
+  const s2 = await timed(process.execPath, [CLI, 'checkin', derived, '--name', 'debian', '--library', lib, '--json']);
+  const storedTotal = duBytes(path.join(lib, 'store'));
+  const r1 = JSON.parse(s1.out);
+  const r2 = JSON.parse(s2.out);
+  const outRaw = path.join(OUT, 'checkout.raw');
+  const co = await timed(process.execPath, [CLI, 'checkout', 'debian@2', outRaw, '--library', lib, '--json']);
+  const coData = JSON.parse(co.out).dataBytes as number;
+  const identical = sha256File(outRaw) === sha256File(derived);
+  rmSync(outRaw, { force: true });
+
+  // casync (zstd, its default 64 KiB average chunks)
+  const store = path.join(OUT, 'casync-store');
+  const c1 = await timed('casync', [
+    'make',
+    '--compression=zstd',
+    `--store=${store}`,
+    path.join(OUT, 'base.caibx'),
+    base,
+  ]);
+  const casyncAfterBase = duBytes(store);
+  const c2 = await timed('casync', [
+    'make',
+    '--compression=zstd',
+    `--store=${store}`,
+    path.join(OUT, 'derived.caibx'),
+    derived,
+  ]);
+  const casyncTotal = duBytes(store);
+
+  const fixed = fixedBlocks([base, derived]);
+  const nonZero = fixed.totalStoredBytes * fixed.dedupRatio;
+  const strataS = s1.s + s2.s;
+  const casyncS = c1.s + c2.s;
+  const result = {
+    bench: 'checkin',
+    images: { base, derived, bytes: sizes },
+    loadavg1: [round(load0, 2), round(loadavg()[0], 2)],
+    strata: {
+      seconds: [round(s1.s, 2), round(s2.s, 2)],
+      cpuSeconds: [s1.cpuS, s2.cpuS],
+      throughputMBps: round(virtualMB / strataS),
+      cpuThroughputMBps: round(virtualMB / (s1.cpuS + s2.cpuS)),
+      storedAfterBaseBytes: storedAfterBase,
+      newBytesDerived: storedTotal - storedAfterBase,
+      newBytesDerivedReported: r2.newBytes,
+      totalStoredBytes: storedTotal,
+      dedupRatio: round(nonZero / storedTotal, 2),
+      usedBytes: [r1.usedBytes, r2.usedBytes],
+      checkoutSeconds: round(co.s, 2),
+      checkoutCpuSeconds: co.cpuS,
+      checkoutMBps: round(sizes[1] / MB / co.s),
+      checkoutDataMBps: round(coData / MB / co.s),
+      checkoutIdentical: identical,
+    },
+    casync: {
+      seconds: [round(c1.s, 2), round(c2.s, 2)],
+      cpuSeconds: [c1.cpuS, c2.cpuS],
+      throughputMBps: round(virtualMB / casyncS),
+      cpuThroughputMBps: round(virtualMB / (c1.cpuS + c2.cpuS)),
+      storedAfterBaseBytes: casyncAfterBase,
+      newBytesDerived: casyncTotal - casyncAfterBase,
+      totalStoredBytes: casyncTotal,
+      dedupRatio: round(nonZero / casyncTotal, 2),
+    },
+    fixed64k: fixed,
+    ratios: {
+      throughputStrataOverCasync: round(casyncS / strataS, 2),
+      cpuStrataOverCasync: round((c1.cpuS + c2.cpuS) / (s1.cpuS + s2.cpuS), 2),
+      storedStrataOverCasync: round(storedTotal / casyncTotal, 3),
+      newDerivedStrataOverCasync: round((storedTotal - storedAfterBase) / (casyncTotal - casyncAfterBase), 3),
+      storedStrataOverFixed64k: round(storedTotal / fixed.totalStoredBytes, 3),
+    },
+    sweep: args.includes('--sweep') ? await sweep(base, derived) : undefined,
+  };
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  rmSync(OUT, { recursive: true, force: true });
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench:checkin: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,329 @@
+import { StrataError } from '../util/errors.js';
+import type { Db } from './db.js';
+
+/**
+ * Images, versions, tags and provenance. Portable SQL only (see db.ts). A version row
+ * holds the digest of its layout manifest in the store; `parents` are the versions it was
+ * derived from. Deleting marks rows 'deleted' (gc then frees their chunks).
+ */
+export const SCHEMA = [
+  `CREATE TABLE IF NOT EXISTS images (
+     name TEXT PRIMARY KEY,
+     description TEXT,
+     created TEXT NOT NULL,
+     state TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS versions (
+     image TEXT NOT NULL,
+     number INTEGER NOT NULL,
+     manifest TEXT NOT NULL,
+     created TEXT NOT NULL,
+     created_by TEXT,
+     source_name TEXT,
+     source_format TEXT,
+     virtual_size BIGINT NOT NULL,
+     used_bytes BIGINT NOT NULL,
+     stored_bytes BIGINT NOT NULL,
+     new_bytes BIGINT NOT NULL,
+     exact INTEGER NOT NULL,
+     state TEXT NOT NULL,
+     PRIMARY KEY (image, number))`,
+  'CREATE INDEX IF NOT EXISTS versions_manifest ON versions (manifest)',
+  `CREATE TABLE IF NOT EXISTS version_parents (
+     image TEXT NOT NULL,
+     number INTEGER NOT NULL,
+     parent_image TEXT NOT NULL,
+     parent_number INTEGER NOT NULL,
+     PRIMARY KEY (image, number, parent_image, parent_number))`,
+  `CREATE TABLE IF NOT EXISTS tags (
+     image TEXT NOT NULL,
+     tag TEXT NOT NULL,
+     number INTEGER NOT NULL,
+     updated TEXT NOT NULL,
+     PRIMARY KEY (image, tag))`,
+];
+
+export interface VersionRow {
+  image: string;
+  number: number;
+  manifest: string;
+  created: string;
+  createdBy: string | null;
+  sourceName: string | null;
+  sourceFormat: string | null;
+  virtualSize: number;
+  usedBytes: number;
+  storedBytes: number;
+  newBytes: number;
+  exact: boolean;
+  state: 'active' | 'deleted';
+  parents: Array<{ image: string; number: number }>;
+  tags: string[];
+}
+
+export interface ImageRow {
+  name: string;
+  description: string | null;
+  created: string;
+  state: string;
+  versions: number;
+  latest: number | null;
+  tags: string[];
+}
+
+export interface NewVersion {
+  image: string;
+  description?: string;
+  manifest: string;
+  createdBy?: string;
+  sourceName?: string;
+  sourceFormat?: string;
+  virtualSize: number;
+  usedBytes: number;
+  storedBytes: number;
+  newBytes: number;
+  exact: boolean;
+  parents: Array<{ image: string; number: number }>;
+  tags: string[];
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$/;
+const TAG = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function checkImageName(name: string): void {
+  if (!NAME.test(name) || name.includes('..')) {
+    throw new StrataError('USAGE', `bad image name ${JSON.stringify(name)} (letters, digits, . _ - /; no ':' or '@')`);
+  }
+}
+export function checkTag(tag: string): void {
+  if (!TAG.test(tag)) {
+    throw new StrataError('USAGE', `bad tag ${JSON.stringify(tag)} (letters, digits, . _ -)`);
+  }
+}
+
+interface RawVersion {
+  image: string;
+  number: number;
+  manifest: string;
+  created: string;
+  created_by: string | null;
+  source_name: string | null;
+  source_format: string | null;
+  virtual_size: number;
+  used_bytes: number;
+  stored_bytes: number;
+  new_bytes: number;
+  exact: number;
+  state: 'active' | 'deleted';
+}
+
+const VERSION_COLS =
+  'image, number, manifest, created, created_by, source_name, source_format, virtual_size, used_bytes, stored_bytes, new_bytes, exact, state';
+
+export class Catalog {
+  private constructor(readonly db: Db) {}
+
+  static async open(db: Db): Promise<Catalog> {
+    await db.transaction(async (tx) => {
+      for (const s of SCHEMA) await tx.run(s);
+    });
+    return new Catalog(db);
+  }
+
+  async addVersion(v: NewVersion): Promise<VersionRow> {
+    checkImageName(v.image);
+    for (const t of v.tags) checkTag(t);
+    const now = new Date().toISOString();
+    const number = await this.db.transaction(async (tx) => {
+      await tx.run(
+        'INSERT INTO images (name, description, created, state) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = ?',
+        [v.image, v.description ?? null, now, 'active', 'active'],
+      );
+      if (v.description !== undefined) {
+        await tx.run('UPDATE images SET description = ? WHERE name = ?', [v.description, v.image]);
+      }
+      const r = await tx.get<{ n: number | null }>('SELECT MAX(number) AS n FROM versions WHERE image = ?', [v.image]);
+      const n = Number(r?.n ?? 0) + 1;
+      await tx.run(`INSERT INTO versions (${VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, [
+        v.image,
+        n,
+        v.manifest,
+        now,
+        v.createdBy ?? null,
+        v.sourceName ?? null,
+        v.sourceFormat ?? null,
+        v.virtualSize,
+        v.usedBytes,
+        v.storedBytes,
+        v.newBytes,
+        v.exact ? 1 : 0,
+        'active',
+      ]);
+      for (const p of v.parents) {
+        await tx.run(
+          'INSERT INTO version_parents (image, number, parent_image, parent_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+          [v.image, n, p.image, p.number],
+        );
+      }
+      for (const t of v.tags) await this.setTagIn(tx, v.image, t, n, now);
+      return n;
+    });
+    return (await this.version(v.image, number)) as VersionRow;
+  }
+
+  private async setTagIn(tx: Db, image: string, tag: string, number: number, now: string): Promise<void> {
+    await tx.run(
+      'INSERT INTO tags (image, tag, number, updated) VALUES (?, ?, ?, ?) ON CONFLICT (image, tag) DO UPDATE SET number = excluded.number, updated = excluded.updated',
+      [image, tag, number, now],
+    );
+  }
+
+  async setTag(image: string, tag: string, number: number): Promise<void> {
+    checkTag(tag);
+    await this.db.transaction((tx) => this.setTagIn(tx, image, tag, number, new Date().toISOString()));
+  }
+
+  private async hydrate(r: RawVersion): Promise<VersionRow> {
+    const parents = await this.db.all<{ parent_image: string; parent_number: number }>(
+      'SELECT parent_image, parent_number FROM version_parents WHERE image = ? AND number = ? ORDER BY parent_image, parent_number',
+      [r.image, r.number],
+    );
+    const tags = await this.db.all<{ tag: string }>(
+      'SELECT tag FROM tags WHERE image = ? AND number = ? ORDER BY tag',
+      [r.image, r.number],
+    );
+    return {
+      image: r.image,
+      number: Number(r.number),
+      manifest: r.manifest,
+      created: r.created,
+      createdBy: r.created_by,
+      sourceName: r.source_name,
+      sourceFormat: r.source_format,
+      virtualSize: Number(r.virtual_size),
+      usedBytes: Number(r.used_bytes),
+      storedBytes: Number(r.stored_bytes),
+      newBytes: Number(r.new_bytes),
+      exact: Number(r.exact) === 1,
+      state: r.state,
+      parents: parents.map((p) => ({ image: p.parent_image, number: Number(p.parent_number) })),
+      tags: tags.map((t) => t.tag),
+    };
+  }
+
+  async version(image: string, number: number): Promise<VersionRow | undefined> {
+    const r = await this.db.get<RawVersion>(`SELECT ${VERSION_COLS} FROM versions WHERE image = ? AND number = ?`, [
+      image,
+      number,
+    ]);
+    return r ? this.hydrate(r) : undefined;
+  }
+
+  async versions(image: string, includeDeleted = false): Promise<VersionRow[]> {
+    const rows = await this.db.all<RawVersion>(
+      `SELECT ${VERSION_COLS} FROM versions WHERE image = ?${includeDeleted ? '' : " AND state = 'active'"} ORDER BY number`,
+      [image],
+    );
+    return Promise.all(rows.map((r) => this.hydrate(r)));
+  }
+
+  async images(): Promise<ImageRow[]> {
+    const rows = await this.db.all<{
+      name: string;
+      description: string | null;
+      created: string;
+      state: string;
+      n: number;
+      latest: number | null;
+    }>(
+      `SELECT i.name, i.description, i.created, i.state, COUNT(v.number) AS n, MAX(v.number) AS latest
+         FROM images i LEFT JOIN versions v ON v.image = i.name AND v.state = 'active'
+        WHERE i.state = 'active' GROUP BY i.name, i.description, i.created, i.state ORDER BY i.name`,
+    );
+    const out: ImageRow[] = [];
+    for (const r of rows) {
+      const tags = await this.db.all<{ tag: string; number: number }>(
+        'SELECT tag, number FROM tags WHERE image = ? ORDER BY tag',
+        [r.name],
+      );
+      out.push({
+        name: r.name,
+        description: r.description,
+        created: r.created,
+        state: r.state,
+        versions: Number(r.n),
+        latest: r.latest === null ? null : Number(r.latest),
+        tags: tags.map((t) => `${t.tag}@${t.number}`),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * A REF: `NAME` (latest active version), `NAME:TAG`, `NAME@N`, or a prefix (>= 6 hex
+   * digits) of a version's manifest digest.
+   */
+  async resolve(ref: string): Promise<VersionRow> {
+    const fail = (why: string) => new StrataError('NOT_FOUND', `${why}: ${ref}`, { structure: 'catalog' });
+    const at = ref.lastIndexOf('@');
+    if (at > 0) {
+      const n = Number(ref.slice(at + 1));
+      if (!Number.isSafeInteger(n) || n < 1) throw new StrataError('USAGE', `bad version number in ${ref}`);
+      const v = await this.version(ref.slice(0, at), n);
+      if (v?.state !== 'active') throw fail('no such version');
+      return v;
+    }
+    const colon = ref.lastIndexOf(':');
+    if (colon > 0) {
+      const image = ref.slice(0, colon);
+      const t = await this.db.get<{ number: number }>('SELECT number FROM tags WHERE image = ? AND tag = ?', [
+        image,
+        ref.slice(colon + 1),
+      ]);
+      if (!t) throw fail('no such tag');
+      const v = await this.version(image, Number(t.number));
+      if (v?.state !== 'active') throw fail('tag points at a deleted version');
+      return v;
+    }
+    const latest = await this.db.get<{ n: number | null }>(
+      "SELECT MAX(number) AS n FROM versions WHERE image = ? AND state = 'active'",
+      [ref],
+    );
+    if (latest?.n !== null && latest?.n !== undefined) return (await this.version(ref, Number(latest.n))) as VersionRow;
+    if (/^[0-9a-f]{6,64}$/.test(ref)) {
+      const rows = await this.db.all<RawVersion>(
+        `SELECT ${VERSION_COLS} FROM versions WHERE manifest LIKE ? AND state = 'active' ORDER BY image, number`,
+        [`${ref}%`],
+      );
+      const distinct = new Set(rows.map((r) => r.manifest));
+      if (distinct.size > 1)
+        throw new StrataError('USAGE', `digest prefix ${ref} is ambiguous (${distinct.size} manifests)`);
+      if (rows.length > 0) return this.hydrate(rows[0]);
+    }
+    throw fail('no such image, version or manifest');
+  }
+
+  /** Mark a version deleted and drop the tags on it; the image goes when its last version does. */
+  async deleteVersion(image: string, number: number): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run("UPDATE versions SET state = 'deleted' WHERE image = ? AND number = ?", [image, number]);
+      await tx.run('DELETE FROM tags WHERE image = ? AND number = ?', [image, number]);
+      const left = await tx.get<{ n: number }>(
+        "SELECT COUNT(*) AS n FROM versions WHERE image = ? AND state = 'active'",
+        [image],
+      );
+      if (Number(left?.n ?? 0) === 0) await tx.run("UPDATE images SET state = 'deleted' WHERE name = ?", [image]);
+    });
+  }
+
+  /** Manifest digests of every active version (gc's roots). */
+  async liveManifests(): Promise<string[]> {
+    const rows = await this.db.all<{ manifest: string }>(
+      "SELECT DISTINCT manifest FROM versions WHERE state = 'active'",
+    );
+    return rows.map((r) => r.manifest);
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}

@@ -1,0 +1,115 @@
+import { createRequire } from 'node:module';
+import { StrataError } from '../util/errors.js';
+
+/**
+ * The catalog's one query layer. Callers write portable SQL (plain CREATE TABLE with
+ * TEXT/BIGINT/INTEGER, `?` placeholders, ON CONFLICT upserts, explicit transactions) and
+ * get rows as plain objects. SQLite (better-sqlite3) is the embedded default; a
+ * PostgreSQL implementation of this interface only has to turn `?` into `$n`
+ * (`toPostgres`) and run the same statements.
+ */
+export type SqlValue = string | number | null;
+export type Row = Record<string, SqlValue>;
+
+export interface Db {
+  readonly dialect: 'sqlite' | 'postgres';
+  all<T = Row>(sql: string, params?: SqlValue[]): Promise<T[]>;
+  get<T = Row>(sql: string, params?: SqlValue[]): Promise<T | undefined>;
+  run(sql: string, params?: SqlValue[]): Promise<{ changes: number }>;
+  /** Run `fn` in one transaction: all its statements or none. */
+  transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+/** `?` placeholders to PostgreSQL's `$1, $2 ...` (outside string literals). */
+export function toPostgres(sql: string): string {
+  let n = 0;
+  let out = '';
+  let inStr = false;
+  for (const ch of sql) {
+    if (ch === "'") inStr = !inStr;
+    out += ch === '?' && !inStr ? `$${++n}` : ch;
+  }
+  return out;
+}
+
+interface Statement {
+  all(...p: SqlValue[]): unknown[];
+  get(...p: SqlValue[]): unknown;
+  run(...p: SqlValue[]): { changes: number };
+}
+interface SqliteDatabase {
+  prepare(sql: string): Statement;
+  exec(sql: string): void;
+  pragma(s: string): unknown;
+  close(): void;
+}
+
+/** SQLite through better-sqlite3 (synchronous underneath; the async face is for PostgreSQL's sake). */
+export class SqliteDb implements Db {
+  readonly dialect = 'sqlite' as const;
+  private readonly stmts = new Map<string, Statement>();
+  private depth = 0;
+
+  private constructor(private readonly db: SqliteDatabase) {}
+
+  static open(file: string): SqliteDb {
+    const Database = createRequire(import.meta.url)('better-sqlite3') as new (
+      f: string,
+      o?: { timeout?: number },
+    ) => SqliteDatabase;
+    let db: SqliteDatabase;
+    try {
+      db = new Database(file, { timeout: 30_000 });
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+    } catch (e) {
+      throw new StrataError('IO', `cannot open the catalog: ${(e as Error).message}`, { file });
+    }
+    return new SqliteDb(db);
+  }
+
+  private prep(sql: string): Statement {
+    let s = this.stmts.get(sql);
+    if (!s) this.stmts.set(sql, (s = this.db.prepare(sql)));
+    return s;
+  }
+
+  async all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
+    return this.prep(sql).all(...params) as T[];
+  }
+
+  async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
+    return this.prep(sql).get(...params) as T | undefined;
+  }
+
+  async run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {
+    if (params.length === 0 && /^\s*create\s/i.test(sql)) {
+      this.db.exec(sql);
+      return { changes: 0 };
+    }
+    const r = this.prep(sql).run(...params);
+    return { changes: Number(r.changes) };
+  }
+
+  async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+    if (this.depth > 0) return fn(this);
+    // BEGIN IMMEDIATE takes the write lock up front, so two writers queue instead of failing mid-way.
+    this.db.exec('BEGIN IMMEDIATE');
+    this.depth++;
+    try {
+      const r = await fn(this);
+      this.db.exec('COMMIT');
+      return r;
+    } catch (e) {
+      this.db.exec('ROLLBACK');
+      throw e;
+    } finally {
+      this.depth--;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+}

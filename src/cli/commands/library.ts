@@ -1,0 +1,399 @@
+import type { SingleBar } from 'cli-progress';
+import type { Command } from 'commander';
+import type { Library } from '../../library/library.js';
+import { StrataError } from '../../util/errors.js';
+import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { humanSize, printJson } from '../output.js';
+
+/**
+ * Library verbs: init, checkin, checkout, images, versions, describe, tag, rm, gc,
+ * verify, and ls/cat of a stored version (main.ts routes `ls`/`cat` here when their
+ * first argument is not an image file). Every one takes --library DIR (else
+ * STRATA_LIBRARY, else the per-user default).
+ */
+export const LIBRARY_VERBS = [
+  'init',
+  'checkin',
+  'checkout',
+  'images',
+  'versions',
+  'describe',
+  'tag',
+  'rm',
+  'gc',
+  'verify',
+] as const;
+
+const withLib = (cmd: Command) =>
+  cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+
+/** Open the library for a verb; only `init` and `checkin` create it. */
+async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
+  const { Library } = await import('../../library/library.js');
+  const lib = await Library.open(o.library as string | undefined, { create });
+  try {
+    return await fn(lib);
+  } finally {
+    await lib.close();
+  }
+}
+
+async function progressBar(label: string): Promise<SingleBar | undefined> {
+  if (!process.stderr.isTTY) return undefined;
+  const { default: cliProgress } = await import('cli-progress');
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} [{bar}] {percentage}% | {value}/{total} MiB | ETA {eta_formatted}`,
+      hideCursor: true,
+      clearOnComplete: true,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(1, 0);
+  return bar;
+}
+
+const mib = (n: number) => Math.floor(n / 2 ** 20);
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+export function registerLibraryCommands(program: Command): void {
+  withLib(
+    program
+      .command('init')
+      .description('create a library (also implied by first use)')
+      .argument('[dir]', 'library directory')
+      .option('--json', 'machine-readable output'),
+  ).action(async (dir: string | undefined, o: Record<string, unknown>) => {
+    await useLibrary(
+      { library: dir ?? o.library },
+      async (lib) => {
+        if (o.json) printJson({ library: lib.dir });
+        else process.stdout.write(`library at ${lib.dir}\n`);
+      },
+      true,
+    );
+  });
+
+  addOpenOptions(
+    withLib(
+      program
+        .command('checkin')
+        .description('store an image as a new version: chunks cut along its file systems, deduplicated')
+        .argument('<image>', 'image file or http(s) URL (raw, qcow2, vmdk, vhd, vhdx, vdi)')
+        .requiredOption('--name <name>', 'image name in the library')
+        .option('--parent <ref>', 'version this one derives from (repeatable; default: the latest of NAME)', collect)
+        .option('--tag <tag>', 'tag the new version (repeatable)', collect, [])
+        .option('--description <text>', 'image description')
+        .option('--exact', 'keep free space too: checkout is then byte-identical to the virtual disk')
+        .option('--json', 'machine-readable output'),
+    ),
+  ).action(async (image: string, o: Record<string, unknown>) => {
+    const { checkin } = await import('../../library/checkin.js');
+    await useLibrary(
+      o,
+      async (lib) => {
+        const bar = await progressBar('checking in');
+        try {
+          const r = await checkin(lib, image, {
+            name: String(o.name),
+            description: o.description as string | undefined,
+            parents: o.parent as string[] | undefined,
+            tags: (o.tag as string[]) ?? [],
+            exact: Boolean(o.exact),
+            openOptions: openOptionsFrom(o),
+            onProgress: bar
+              ? (done, total) => {
+                  bar.setTotal(mib(total));
+                  bar.update(mib(done));
+                }
+              : undefined,
+          });
+          bar?.stop();
+          for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
+          if (o.json) return printJson(r);
+          process.stdout.write(
+            [
+              `${r.ref}  manifest ${r.manifest}`,
+              `logical size:     ${humanSize(r.virtualSize)}`,
+              `used (stored):    ${humanSize(r.usedBytes)}`,
+              `new bytes stored: ${humanSize(r.newBytes)}`,
+              `dedup ratio:      ${Number.isFinite(r.dedupRatio) ? r.dedupRatio.toFixed(2) : 'inf'} (used / new)`,
+              '',
+            ].join('\n'),
+          );
+        } finally {
+          bar?.stop();
+        }
+      },
+      true,
+    );
+  });
+
+  withLib(
+    program
+      .command('checkout')
+      .description('write a stored version as a sparse raw or qcow2 file')
+      .argument('<ref>', 'NAME, NAME:TAG, NAME@VERSION or a manifest digest prefix')
+      .argument('<out>', 'output file')
+      .option('-O, --output-format <fmt>', 'raw or qcow2', 'raw')
+      .option('--sync', 'fdatasync the output before renaming it into place')
+      .option('--json', 'machine-readable output'),
+  ).action(async (ref: string, out: string, o: Record<string, unknown>) => {
+    const { checkout } = await import('../../library/checkout.js');
+    await useLibrary(o, async (lib) => {
+      const bar = await progressBar('checking out');
+      try {
+        const r = await checkout(lib, ref, out, {
+          format: String(o.outputFormat) as 'raw' | 'qcow2',
+          sync: Boolean(o.sync),
+          onProgress: bar
+            ? (done, total) => {
+                bar.setTotal(mib(total));
+                bar.update(mib(done));
+              }
+            : undefined,
+        });
+        bar?.stop();
+        if (o.json) printJson(r);
+        else process.stdout.write(`${r.ref} -> ${r.output} (${r.format}, ${humanSize(r.virtualSize)})\n`);
+      } finally {
+        bar?.stop();
+      }
+    });
+  });
+
+  withLib(
+    program.command('images').description('images in the library').option('--json', 'machine-readable output'),
+  ).action(async (o: Record<string, unknown>) => {
+    await useLibrary(o, async (lib) => {
+      const rows = await lib.catalog.images();
+      if (o.json) return printJson(rows);
+      const out = [`${'NAME'.padEnd(24)} ${'VERSIONS'.padStart(8)} ${'LATEST'.padStart(6)}  TAGS`];
+      for (const r of rows) {
+        out.push(
+          `${r.name.padEnd(24)} ${String(r.versions).padStart(8)} ${String(r.latest ?? '-').padStart(6)}  ${r.tags.join(' ')}`,
+        );
+      }
+      process.stdout.write(`${out.join('\n')}\n`);
+    });
+  });
+
+  withLib(
+    program
+      .command('versions')
+      .description('versions of an image')
+      .argument('<name>', 'image name')
+      .option('--all', 'include deleted versions')
+      .option('--json', 'machine-readable output'),
+  ).action(async (name: string, o: Record<string, unknown>) => {
+    await useLibrary(o, async (lib) => {
+      const rows = await lib.catalog.versions(name, Boolean(o.all));
+      if (rows.length === 0 && !o.all) throw new StrataError('NOT_FOUND', `no image named ${name}`);
+      if (o.json) return printJson(rows);
+      const out = [
+        `${'VERSION'.padEnd(7)} ${'CREATED'.padEnd(24)} ${'SIZE'.padStart(12)} ${'NEW'.padStart(12)} PARENTS / TAGS`,
+      ];
+      for (const v of rows) {
+        out.push(
+          `${String(v.number).padEnd(7)} ${v.created.padEnd(24)} ${String(v.virtualSize).padStart(12)} ${String(v.newBytes).padStart(12)} ${v.parents.map((p) => `${p.image}@${p.number}`).join(',') || '-'} ${v.tags.join(' ')}${v.state === 'deleted' ? ' [deleted]' : ''}`,
+        );
+      }
+      process.stdout.write(`${out.join('\n')}\n`);
+    });
+  });
+
+  withLib(
+    program
+      .command('describe')
+      .description('a version: catalog facts, provenance, layout and file systems')
+      .argument('<ref>', 'NAME, NAME:TAG, NAME@VERSION or a manifest digest prefix')
+      .option('--json', 'machine-readable output'),
+  ).action(async (ref: string, o: Record<string, unknown>) => {
+    const { describeVersion } = await import('../../library/library-verbs.js');
+    await useLibrary(o, async (lib) => {
+      const d = await describeVersion(lib, ref);
+      if (o.json) return printJson(d);
+      const L = d.layout as Record<string, unknown> & { volumes: Array<Record<string, unknown>> };
+      const lines = [
+        `version:      ${d.ref}`,
+        `manifest:     ${d.manifest}`,
+        `created:      ${d.created} by ${d.createdBy ?? '?'}`,
+        `source:       ${d.sourceName} (${d.sourceFormat})`,
+        `virtual size: ${humanSize(Number(d.virtualSize))}`,
+        `used:         ${humanSize(Number(d.usedBytes))}`,
+        `stored:       ${humanSize(Number(d.storedBytes))} (new in this version: ${humanSize(Number(d.newBytes))})`,
+        `exact:        ${d.exact}`,
+        `tags:         ${(d.tags as string[]).join(' ') || '-'}`,
+        `provenance:   ${(d.provenance as string[]).join(' <- ') || '-'}`,
+        `layout:       ${L.scheme}, ${L.chunks} chunks, ${L.ranges} ranges`,
+      ];
+      for (const v of L.volumes) {
+        const fs = v.fs as Record<string, unknown> | undefined;
+        lines.push(
+          `  volume ${v.id === '' ? '(whole disk)' : v.id}: ${v.type}, ${humanSize(Number(v.size))}, ${v.content ?? 'unknown'}${fs ? `, ${fs.fileCount} paths, ${humanSize(Number(fs.usedBytes))} used` : ''}`,
+        );
+      }
+      process.stdout.write(`${lines.join('\n')}\n`);
+    });
+  });
+
+  withLib(
+    program
+      .command('tag')
+      .description('point a tag (TAG or NAME:TAG) at a version; tags move')
+      .argument('<ref>', 'version')
+      .argument('<tag>', 'TAG or NAME:TAG')
+      .option('--json', 'machine-readable output'),
+  ).action(async (ref: string, tag: string, o: Record<string, unknown>) => {
+    await useLibrary(o, async (lib) => {
+      const v = await lib.catalog.resolve(ref);
+      let t = tag;
+      const colon = tag.lastIndexOf(':');
+      if (colon > 0) {
+        if (tag.slice(0, colon) !== v.image) {
+          throw new StrataError('USAGE', `tag ${tag} names image ${tag.slice(0, colon)}, but ${ref} is ${v.image}`);
+        }
+        t = tag.slice(colon + 1);
+      }
+      await lib.catalog.setTag(v.image, t, v.number);
+      if (o.json) printJson({ image: v.image, tag: t, number: v.number });
+      else process.stdout.write(`${v.image}:${t} -> ${v.image}@${v.number}\n`);
+    });
+  });
+
+  withLib(
+    program
+      .command('rm')
+      .description('delete a version (its chunks go at the next gc)')
+      .argument('<ref>', 'version')
+      .option('--json', 'machine-readable output'),
+  ).action(async (ref: string, o: Record<string, unknown>) => {
+    await useLibrary(o, async (lib) => {
+      const v = await lib.catalog.resolve(ref);
+      await lib.catalog.deleteVersion(v.image, v.number);
+      if (o.json) printJson({ deleted: `${v.image}@${v.number}` });
+      else process.stdout.write(`deleted ${v.image}@${v.number}\n`);
+    });
+  });
+
+  withLib(
+    program
+      .command('gc')
+      .description('mark and sweep: drop chunks no active version needs (waits for running check-ins)')
+      .option('--wait <seconds>', 'how long to wait for running check-ins', '600')
+      .option('--json', 'machine-readable output'),
+  ).action(async (o: Record<string, unknown>) => {
+    const { gc } = await import('../../library/library-verbs.js');
+    await useLibrary(o, async (lib) => {
+      const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000 });
+      if (o.json) return printJson(r);
+      process.stdout.write(
+        `${r.liveVersions} versions, ${r.liveBlobs} blobs kept; ${r.deletedPacks} packs removed, ${r.rewrittenPacks} rewritten, ${humanSize(r.freedBytes)} freed\n`,
+      );
+    });
+  });
+
+  withLib(
+    program
+      .command('verify')
+      .description('re-hash every pack (or every blob of one version) and check each version is complete')
+      .argument('[ref]', 'only this version')
+      .option('--json', 'machine-readable output'),
+  ).action(async (ref: string | undefined, o: Record<string, unknown>) => {
+    const { verifyLibrary } = await import('../../library/library-verbs.js');
+    await useLibrary(o, async (lib) => {
+      const r = await verifyLibrary(lib, ref);
+      if (o.json) printJson(r);
+      else {
+        process.stdout.write(
+          `${r.versions} versions, ${r.packs} packs, ${r.blobs} blobs, ${humanSize(r.bytes)} checked; ${r.errors.length} errors, ${r.missing.length} missing blobs, ${r.orphanPacks.length} orphan packs\n`,
+        );
+        for (const e of r.errors.slice(0, 50)) process.stdout.write(`error: ${e}\n`);
+        for (const m of r.missing.slice(0, 50)) process.stdout.write(`missing: ${m}\n`);
+      }
+      if (r.errors.length > 0 || r.missing.length > 0) {
+        throw new StrataError(
+          'CORRUPT',
+          `verify found ${r.errors.length} errors and ${r.missing.length} missing blobs`,
+          {
+            file: lib.dir,
+          },
+        );
+      }
+    });
+  });
+}
+
+/** A broken pipe on stdout (`| head`) ends the command quietly (main.ts returns 0 on EPIPE). */
+let stdoutBroken = false;
+function writeOut(b: Uint8Array | string): Promise<void> {
+  if (process.stdout.listenerCount('error') === 0) {
+    process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') stdoutBroken = true;
+    });
+  }
+  const epipe = () => Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
+  if (stdoutBroken) return Promise.reject(epipe());
+  if (process.stdout.write(b)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      process.stdout.off('drain', done);
+      process.stdout.off('close', done);
+      process.stdout.off('error', done);
+      if (stdoutBroken || process.stdout.destroyed) reject(epipe());
+      else resolve();
+    };
+    process.stdout.once('drain', done);
+    process.stdout.once('close', done);
+    process.stdout.once('error', done);
+  });
+}
+
+/** `ls REF [PATH]` and `cat REF PATH` straight from the store (no checkout). */
+export function registerStoreFsCommands(program: Command): void {
+  withLib(
+    program
+      .command('ls')
+      .description('list a directory of a stored version')
+      .argument('<ref>', 'version')
+      .argument('[path]', 'directory or file', '/')
+      .option('--part <id>', 'volume id (default: the only file system, or the OS root)')
+      .option('-R, --recursive', 'everything below PATH')
+      .option('-l, --long', 'mode, owner, size, time')
+      .option('--json', 'one JSON object per line'),
+  ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
+    const { versionFiles, listEntries } = await import('../../library/library-verbs.js');
+    const { modeString } = await import('../../library/listing.js');
+    await useLibrary(o, async (lib) => {
+      const files = await versionFiles(lib, ref, o.part as string | undefined);
+      const rows = listEntries(files, p, Boolean(o.recursive));
+      for (const e of rows) {
+        if (o.json) {
+          const { chunks, xattrs, ...rest } = e;
+          await writeOut(`${JSON.stringify({ ...rest, xattrs: xattrs ? Object.keys(xattrs) : [] })}\n`);
+        } else if (o.long) {
+          await writeOut(
+            `${modeString(e.type as never, e.mode)} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${String(e.size).padStart(10)} ${e.mtime ?? '-'} ${e.path}${e.target !== undefined ? ` -> ${e.target}` : ''}\n`,
+          );
+        } else await writeOut(`${o.recursive ? e.path : e.path.split('/').pop()}\n`);
+      }
+    });
+  });
+
+  withLib(
+    program
+      .command('cat')
+      .description('print a file of a stored version')
+      .argument('<ref>', 'version')
+      .argument('<path>', 'file')
+      .option('--part <id>', 'volume id (default: the only file system, or the OS root)'),
+  ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
+    const { versionFiles, findEntry, fileContent } = await import('../../library/library-verbs.js');
+    await useLibrary(o, async (lib) => {
+      const files = await versionFiles(lib, ref, o.part as string | undefined);
+      const e = findEntry(files, p, true);
+      for await (const b of fileContent(lib, files, e)) await writeOut(b);
+    });
+  });
+}

@@ -1,0 +1,577 @@
+import { createHash } from 'node:crypto';
+import { hostname, userInfo } from 'node:os';
+import { resolvedStatus } from '../formats/layer.js';
+import { openImage } from '../formats/open.js';
+import type { DiskImage, OpenOptions } from '../formats/types.js';
+import { openFileSystem } from '../fs/open.js';
+import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
+import { walk } from '../fs/walk.js';
+import { type ByteSource, isZero } from '../io/byte-source.js';
+import { RepoLock } from '../store/lock.js';
+import { BufferPool } from '../store/zstd-into.js';
+import { StrataError } from '../util/errors.js';
+import { discoverVolumes } from '../volumes/discover.js';
+import type { Volume } from '../volumes/types.js';
+import { holdsFileSystem } from './address.js';
+import type { Library } from './library.js';
+import { isoTime, mapLimit, volumeDiskOffset } from './listing.js';
+import {
+  encodeManifest,
+  FILES_KIND,
+  type FileEntry,
+  type FilesManifest,
+  LAYOUT_KIND,
+  type LayoutManifest,
+  type LayoutVolume,
+} from './manifest.js';
+import { mergeSpans, otherUsed, type Span, subtractSpans } from './used-regions.js';
+
+/**
+ * Check an image into the library, cut along its structure (DESIGN.md "Stored image"):
+ * - file data by file offset, in FILE_CHUNK pieces (so a file dedups wherever it sits);
+ * - other used bytes of each file system (metadata, directories, journal, file tails,
+ *   unwritten extents) by disk offset, in DISK_CHUNK-aligned windows;
+ * - outside readable file systems (partition tables, LVM metadata, swap, unknown content,
+ *   disks with no file system): the container's data ranges, block-wise by disk offset;
+ * - all-zero chunks are never stored; free space is skipped unless `exact`.
+ *
+ * File chunk size, measured with `npm run bench:checkin -- --sweep` (base + derived
+ * 1200 MiB bookworm minbase images, bench/README.md): 64 KiB file chunks stored 122.2 MB
+ * in total (derived new 23.5 MB), 256 KiB 119.8 MB (22.4 MB), 1 MiB 118.0 MB (22.0 MB),
+ * and 1 MiB was also the fastest: most files are smaller than a chunk and dedup whole,
+ * changed large files (packages upgraded) rarely keep aligned 64 KiB pieces, and larger
+ * chunks compress better with fewer index entries. Disk-offset chunks stay at 64 KiB:
+ * metadata changes are scattered 4 KiB blocks. (Content-defined chunking inside large
+ * files was not tried: the sweep shows little to gain within files on this pair.)
+ */
+export const FILE_CHUNK = 1024 * 1024;
+export const DISK_CHUNK = 64 * 1024;
+/** Status windows for the data scan (some drivers bound status requests like reads). */
+const STATUS_WINDOW = 64 * 1024 * 1024;
+/** Files and windows cut concurrently (reads overlap hashing and compression). */
+const CONCURRENCY = 8;
+
+export interface CheckinOptions {
+  name: string;
+  description?: string;
+  /** Parent version refs; default: the image's latest version, if any. */
+  parents?: string[];
+  tags?: string[];
+  exact?: boolean;
+  openOptions?: OpenOptions;
+  createdBy?: string;
+  fileChunkSize?: number;
+  diskChunkSize?: number;
+  /** How long to wait for a running gc (ms). */
+  lockWaitMs?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface CheckinResult {
+  image: string;
+  number: number;
+  ref: string;
+  manifest: string;
+  virtualSize: number;
+  /** Plain bytes the version's ranges cover (what checkout writes). */
+  usedBytes: number;
+  /** Encoded bytes this check-in added to the store (chunks and manifests). */
+  newBytes: number;
+  /** Encoded bytes of every distinct chunk and manifest the version references. */
+  storedBytes: number;
+  /** usedBytes / newBytes. */
+  dedupRatio: number;
+  chunks: number;
+  newChunks: number;
+  volumes: LayoutVolume[];
+  warnings: string[];
+}
+
+/** Accumulates chunks and ranges; stores each chunk once. */
+class Builder {
+  readonly chunks: string[] = [];
+  readonly chunkLengths: number[] = [];
+  private readonly chunkIndex = new Map<string, number>();
+  readonly disk: number[] = [];
+  readonly length: number[] = [];
+  readonly chunk: number[] = [];
+  readonly at: number[] = [];
+  newBytes = 0;
+  newChunks = 0;
+  done = 0;
+  /** Chunk buffers: reused once the store has taken a chunk's bytes. */
+  readonly pool = new BufferPool(64);
+
+  constructor(
+    private readonly lib: Library,
+    private readonly progress?: () => void,
+  ) {}
+
+  /** Store `buf` (unless all zeros) and map `pieces` ([disk offset, length, offset in buf]) to it. */
+  async add(buf: Uint8Array, pieces: Array<[number, number, number]>): Promise<string | null> {
+    this.done += buf.length;
+    this.progress?.();
+    if (isZero(buf)) return null;
+    const digest = createHash('sha256').update(buf).digest('hex');
+    let idx = this.chunkIndex.get(digest);
+    if (idx === undefined) {
+      idx = this.chunks.length;
+      this.chunks.push(digest);
+      this.chunkLengths.push(buf.length);
+      this.chunkIndex.set(digest, idx);
+      const r = await this.lib.store.put('data', buf, digest);
+      if (r.added) {
+        this.newBytes += r.storedBytes;
+        this.newChunks++;
+      }
+    }
+    for (const [d, n, a] of pieces) {
+      this.disk.push(d);
+      this.length.push(n);
+      this.chunk.push(idx);
+      this.at.push(a);
+    }
+    return digest;
+  }
+
+  /**
+   * The manifest's chunk list and ranges in a canonical order, whatever order concurrent
+   * cutting added them in (so the same image gives the same manifest digest): ranges by
+   * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
+   * first use, chunks no range uses (inline file data) last, by digest.
+   */
+  canonical(): Pick<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges'> {
+    const order = Array.from(this.disk.keys()).sort(
+      (a, b) =>
+        this.disk[a] - this.disk[b] ||
+        cmp(this.chunks[this.chunk[a]], this.chunks[this.chunk[b]]) ||
+        this.at[a] - this.at[b],
+    );
+    const ranges: LayoutManifest['ranges'] = { disk: [], length: [], chunk: [], at: [] };
+    const renumber = new Map<number, number>();
+    let end = 0;
+    for (const i of order) {
+      let d = this.disk[i];
+      let n = this.length[i];
+      let a = this.at[i];
+      if (d < end) {
+        const cut = end - d;
+        if (cut >= n) continue;
+        d += cut;
+        a += cut;
+        n -= cut;
+      }
+      let c = renumber.get(this.chunk[i]);
+      if (c === undefined) renumber.set(this.chunk[i], (c = renumber.size));
+      ranges.disk.push(d);
+      ranges.length.push(n);
+      ranges.chunk.push(c);
+      ranges.at.push(a);
+      end = d + n;
+    }
+    const unused = this.chunks.map((_, i) => i).filter((i) => !renumber.has(i));
+    unused.sort((a, b) => cmp(this.chunks[a], this.chunks[b]));
+    for (const i of unused) renumber.set(i, renumber.size);
+    const chunks = new Array<string>(this.chunks.length);
+    const chunkLengths = new Array<number>(this.chunks.length);
+    for (const [from, to] of renumber) {
+      chunks[to] = this.chunks[from];
+      chunkLengths[to] = this.chunkLengths[from];
+    }
+    return { chunks, chunkLengths, ranges };
+  }
+}
+
+const cmp = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0);
+
+async function readAt(src: ByteSource, offset: number, out: Uint8Array): Promise<void> {
+  if (src.readInto) {
+    await src.readInto(offset, out);
+    return;
+  }
+  out.set(await src.read(offset, out.length));
+}
+
+interface FsWindow {
+  volume: Volume;
+  fs: FileSystem;
+  /** Where the volume starts on the virtual disk. */
+  base: number;
+}
+
+const isPlain = (e: FileExtent) => !e.unwritten && !e.inline && !e.encoded && e.diskLength === undefined;
+
+/** Cut one regular file: its chunks by file offset, and the disk spans its data occupies. */
+async function cutFile(
+  b: Builder,
+  img: DiskImage,
+  w: FsWindow,
+  ino: Inode,
+  C: number,
+  fileData: Span[],
+): Promise<{ digest: string; chunks: Array<string | null> }> {
+  const exts: FileExtent[] = [];
+  for await (const e of w.fs.extents(ino)) exts.push(e);
+  exts.sort((x, y) => x.fileOffset - y.fileOffset);
+  const viaFs = exts.some((e) => !isPlain(e) && !e.unwritten);
+  const plain = exts.filter(isPlain);
+  for (const e of plain) fileData.push([w.base + e.volumeOffset, w.base + e.volumeOffset + e.length]);
+  const size = ino.size;
+  const bs = w.fs.blockSize;
+  const tailLength = (bs - (size % bs)) % bs;
+  // one chunk: the file's digest is the chunk's (no second hash); several: hash as we go
+  const hash = size > C ? createHash('sha256') : undefined;
+  let single: string | undefined;
+  const chunks: Array<string | null> = [];
+  let k = 0;
+  for (let cs = 0; cs < size; cs += C) {
+    const ce = Math.min(size, cs + C);
+    const full = b.pool.take(ce - cs + bs);
+    try {
+      const buf = full.subarray(0, ce - cs);
+      const pieces: Array<[number, number, number]> = [];
+      if (viaFs) buf.set(await w.fs.read(ino, cs, ce - cs));
+      while (k < plain.length && plain[k].fileOffset + plain[k].length <= cs) k++;
+      let covered = 0;
+      for (let j = k; j < plain.length && plain[j].fileOffset < ce; j++) {
+        const e = plain[j];
+        const s = Math.max(cs, e.fileOffset);
+        const t = Math.min(ce, e.fileOffset + e.length);
+        if (t <= s) continue;
+        pieces.push([w.base + e.volumeOffset + (s - e.fileOffset), t - s, s - cs]);
+        covered += t - s;
+      }
+      if (!viaFs) {
+        if (covered < buf.length) buf.fill(0); // holes and unwritten extents read as zeros
+        for (const [disk, n, at] of pieces) {
+          // The piece that ends the file also reads the rest of its last block (the tail):
+          // when that is zeros, as it nearly always is, it needs no disk-offset chunk and no
+          // second read later; it counts as covered (and reads back as zeros).
+          const tail = at + n === size - cs && ce === size ? tailLength : 0;
+          await readAt(img, disk, full.subarray(at, at + n + tail));
+          if (tail > 0 && isZero(full.subarray(at + n, at + n + tail))) fileData.push([disk + n, disk + n + tail]);
+        }
+      }
+      hash?.update(buf);
+      const d = await b.add(buf, pieces);
+      chunks.push(d);
+      if (!hash) single = d ?? createHash('sha256').update(buf).digest('hex');
+    } finally {
+      b.pool.give(full);
+    }
+  }
+  const digest = hash ? hash.digest('hex') : (single ?? createHash('sha256').digest('hex'));
+  return { digest, chunks };
+}
+
+/** Cut disk spans (absolute, merged) by disk offset into W-aligned windows. */
+async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number): Promise<void> {
+  const windows: Array<Span[]> = [];
+  for (const [s0, e] of spans) {
+    let s = s0;
+    while (s < e) {
+      const wEnd = (Math.floor(s / W) + 1) * W;
+      const t = Math.min(e, wEnd);
+      const last = windows[windows.length - 1];
+      if (last && Math.floor(last[0][0] / W) === Math.floor(s / W)) last.push([s, t]);
+      else windows.push([[s, t]]);
+      s = t;
+    }
+  }
+  await mapLimit(windows, CONCURRENCY, async (pieces) => {
+    const from = pieces[0][0];
+    const to = pieces[pieces.length - 1][1];
+    const raw = Buffer.allocUnsafe(to - from);
+    await readAt(img, from, raw);
+    let n = 0;
+    for (const [s, e] of pieces) n += e - s;
+    const buf = pieces.length === 1 ? raw : Buffer.allocUnsafe(n);
+    const out: Array<[number, number, number]> = [];
+    let at = 0;
+    for (const [s, e] of pieces) {
+      if (buf !== raw) buf.set(raw.subarray(s - from, e - from), at);
+      out.push([s, e - s, at]);
+      at += e - s;
+    }
+    await b.add(buf, out);
+  });
+}
+
+/** Data ranges of the whole virtual disk, through the backing chain. */
+async function diskDataSpans(img: DiskImage): Promise<Span[]> {
+  const out: Span[] = [];
+  for (let off = 0; off < img.size; off += STATUS_WINDOW) {
+    const n = Math.min(STATUS_WINDOW, img.size - off);
+    for (const e of await resolvedStatus(img, off, n)) {
+      if (e.kind === 'data') out.push([e.offset, e.offset + e.length]);
+    }
+  }
+  return mergeSpans(out);
+}
+
+/** Open every volume whose file system we can read and that is one window of the disk. */
+async function fsWindows(img: DiskImage, volumes: Volume[], warnings: string[]): Promise<FsWindow[]> {
+  const out: FsWindow[] = [];
+  for (const v of volumes) {
+    if (v.size === 0 || v.flags?.includes('extended') || !holdsFileSystem(v.content)) continue;
+    const base = volumeDiskOffset(v.source, img);
+    if (base === null) {
+      warnings.push(`volume ${v.id}: not one window of the disk (multi-segment LV); stored block-wise`);
+      continue;
+    }
+    if (out.some((w) => base < w.base + w.volume.size && w.base < base + v.size)) continue;
+    try {
+      out.push({ volume: v, fs: await openFileSystem(v.source), base });
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      warnings.push(`volume ${v.id === '' ? '(whole disk)' : v.id}: ${e.message}; stored block-wise`);
+    }
+  }
+  return out;
+}
+
+function xattrRecord(m: Map<string, Uint8Array>): Record<string, string> | undefined {
+  if (m.size === 0) return undefined;
+  const o: Record<string, string> = {};
+  for (const [k, v] of [...m].sort((a, b) => (a[0] < b[0] ? -1 : 1))) o[k] = Buffer.from(v).toString('base64');
+  return o;
+}
+
+/** Cut one file system: walk, file data by file offset, then the rest of its used bytes. */
+async function cutFileSystem(
+  lib: Library,
+  b: Builder,
+  img: DiskImage,
+  w: FsWindow,
+  exact: boolean,
+  dataSpans: Span[],
+  C: number,
+  W: number,
+  warnings: string[],
+  grow: (n: number) => void,
+): Promise<LayoutVolume['fs']> {
+  const { fs } = w;
+  const items: Array<{ path: string; inode: Inode }> = [];
+  const root = await fs.root();
+  for await (const it of walk(fs, root, '/', {
+    onError: (e, p) => {
+      if (warnings.length < 1000) warnings.push(`${p}: ${e.message}`);
+    },
+  })) {
+    items.push({ path: it.path, inode: it.inode });
+  }
+  const allocation = exact
+    ? subtractSpans(dataSpans, subtractSpans(dataSpans, [[w.base, w.base + w.volume.size]]))
+    : mergeSpans((await fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]));
+  let usedBytes = 0;
+  for (const [s, e] of allocation) usedBytes += e - s;
+  grow(usedBytes);
+  const fileData: Span[] = [];
+  const byIno = new Map<number, Promise<{ digest: string; chunks: Array<string | null> }>>();
+  let fileDataBytes = 0;
+  const entries = await mapLimit(items, CONCURRENCY, async ({ path, inode }): Promise<FileEntry> => {
+    const e: FileEntry = {
+      path,
+      type: inode.type,
+      mode: inode.mode & 0o7777,
+      uid: inode.uid,
+      gid: inode.gid,
+      size: inode.size,
+      nlink: inode.nlink,
+      ino: inode.ino,
+      mtime: isoTime(inode.mtime),
+      atime: isoTime(inode.atime),
+      ctime: isoTime(inode.ctime),
+    };
+    if (inode.rdev && (inode.type === 'char' || inode.type === 'block')) e.rdev = inode.rdev;
+    try {
+      if (inode.type === 'symlink') e.target = await fs.readlink(inode);
+      const x = xattrRecord(await fs.xattrs(inode));
+      if (x) e.xattrs = x;
+      if (inode.type === 'file') {
+        let p = byIno.get(inode.ino);
+        if (!p) {
+          p = cutFile(b, img, w, inode, C, fileData);
+          byIno.set(inode.ino, p);
+          fileDataBytes += inode.size;
+        }
+        const r = await p;
+        e.digest = r.digest;
+        e.chunks = r.chunks;
+      }
+    } catch (err) {
+      if (!(err instanceof StrataError)) throw err;
+      if (warnings.length < 1000) warnings.push(`${path}: ${err.message}`);
+    }
+    return e;
+  });
+  const files: FilesManifest = {
+    kind: FILES_KIND,
+    version: 1,
+    volume: w.volume.id,
+    fsKind: fs.kind,
+    fileChunkSize: C,
+    entries,
+  };
+  const fm = await lib.store.put('tree', encodeManifest(files));
+  if (fm.added) b.newBytes += fm.storedBytes;
+  const filesDigest = fm.digest;
+  await cutSpans(b, img, otherUsed(allocation, fileData), W);
+  return {
+    kind: fs.kind,
+    blockSize: fs.blockSize,
+    files: filesDigest,
+    fileCount: entries.length,
+    usedBytes,
+    fileDataBytes,
+  };
+}
+
+/** Check `image` in as a new version of `opts.name`. */
+export async function checkin(lib: Library, image: string, opts: CheckinOptions): Promise<CheckinResult> {
+  const C = opts.fileChunkSize ?? FILE_CHUNK;
+  const W = opts.diskChunkSize ?? DISK_CHUNK;
+  for (const [what, v] of [
+    ['file chunk size', C],
+    ['disk chunk size', W],
+  ] as const) {
+    if (!Number.isSafeInteger(v) || v < 4096 || v > 64 * 1024 * 1024 || (v & (v - 1)) !== 0) {
+      throw new StrataError('USAGE', `${what} must be a power of two from 4 KiB to 64 MiB, not ${v}`);
+    }
+  }
+  const { checkImageName, checkTag } = await import('../catalog/catalog.js');
+  checkImageName(opts.name);
+  for (const t of opts.tags ?? []) checkTag(t);
+  const lock = await RepoLock.acquire(
+    lib.store.backend,
+    'shared',
+    `checkin ${opts.name}`,
+    opts.lockWaitMs ?? 10 * 60_000,
+  );
+  try {
+    await lib.store.loadIndex(); // what a gc that just finished left
+    const parents = [];
+    for (const ref of opts.parents ?? []) {
+      const v = await lib.catalog.resolve(ref);
+      parents.push({ image: v.image, number: v.number });
+    }
+    if (!opts.parents) {
+      const prev = (await lib.catalog.versions(opts.name)).pop();
+      if (prev) parents.push({ image: prev.image, number: prev.number });
+    }
+    const img = await openImage(image, opts.openOptions ?? {});
+    try {
+      const warnings: string[] = [...img.warnings];
+      let total = 0;
+      const b = new Builder(
+        lib,
+        opts.onProgress ? () => opts.onProgress?.(b.done, Math.max(total, b.done)) : undefined,
+      );
+      const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
+      warnings.push(...found.warnings);
+      const windows = await fsWindows(img, found.volumes, warnings);
+      const dataSpans = await diskDataSpans(img);
+      const layoutVolumes: LayoutVolume[] = found.volumes.map((v) => ({
+        id: v.id,
+        scheme: v.scheme,
+        type: v.type,
+        start: v.start,
+        size: v.size,
+        content: v.content,
+      }));
+      try {
+        // outside the file systems: the container's data, block-wise
+        const outside = subtractSpans(
+          dataSpans,
+          mergeSpans(windows.map((w): Span => [w.base, w.base + w.volume.size])),
+        );
+        for (const [s, e] of outside) total += e - s;
+        for (const w of windows) {
+          const fsPart = await cutFileSystem(
+            lib,
+            b,
+            img,
+            w,
+            !!opts.exact,
+            dataSpans,
+            C,
+            W,
+            warnings,
+            (n) => (total += n),
+          );
+          const lv = layoutVolumes.find((x) => x.id === w.volume.id);
+          if (lv) lv.fs = fsPart;
+        }
+        await cutSpans(b, img, outside, W);
+      } finally {
+        for (const w of windows) await w.fs.close?.();
+      }
+      const layout: LayoutManifest = {
+        kind: LAYOUT_KIND,
+        version: 1,
+        virtualSize: img.size,
+        sourceName: image,
+        sourceFormat: img.format,
+        scheme: found.scheme,
+        exact: !!opts.exact,
+        fileChunkSize: C,
+        diskChunkSize: W,
+        volumes: layoutVolumes,
+        ...b.canonical(),
+        warnings: warnings.slice(0, 1000),
+      };
+      const m = await lib.store.put('tree', encodeManifest(layout));
+      await lib.store.flush();
+      let usedBytes = 0;
+      for (const n of layout.ranges.length) usedBytes += n;
+      let storedBytes = lib.store.storedSize(m.digest);
+      for (const d of b.chunks) storedBytes += lib.store.storedSize(d);
+      for (const v of layoutVolumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
+      // the manifests count as new bytes too
+      const newBytes = b.newBytes + (m.added ? m.storedBytes : 0);
+      const row = await lib.catalog.addVersion({
+        image: opts.name,
+        description: opts.description,
+        manifest: m.digest,
+        createdBy: opts.createdBy ?? defaultUser(),
+        sourceName: image,
+        sourceFormat: img.format,
+        virtualSize: img.size,
+        usedBytes,
+        storedBytes,
+        newBytes,
+        exact: !!opts.exact,
+        parents,
+        tags: opts.tags ?? [],
+      });
+      return {
+        image: row.image,
+        number: row.number,
+        ref: `${row.image}@${row.number}`,
+        manifest: m.digest,
+        virtualSize: img.size,
+        usedBytes,
+        newBytes,
+        storedBytes,
+        dedupRatio: newBytes > 0 ? usedBytes / newBytes : usedBytes > 0 ? Number.POSITIVE_INFINITY : 1,
+        chunks: b.chunks.length,
+        newChunks: b.newChunks,
+        volumes: layoutVolumes,
+        warnings,
+      };
+    } finally {
+      const { closeChain } = await import('../formats/layer.js');
+      await closeChain(img);
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+function defaultUser(): string {
+  try {
+    return `${userInfo().username}@${hostname()}`;
+  } catch {
+    return `uid ${process.getuid?.() ?? '?'}@${hostname()}`;
+  }
+}

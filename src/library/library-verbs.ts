@@ -1,0 +1,255 @@
+import { RepoLock } from '../store/lock.js';
+import type { VerifyReport } from '../store/store.js';
+import { StrataError } from '../util/errors.js';
+import type { Library } from './library.js';
+import type { FileEntry, FilesManifest, LayoutManifest } from './manifest.js';
+
+/**
+ * The library verbs beyond check-in and checkout: describe, gc, verify, and reading
+ * files straight from the store (ls, cat).
+ */
+
+/** Every blob a layout manifest needs: itself, its file manifests, its chunks. */
+export async function reachable(lib: Library, manifest: string, into: Set<string>): Promise<LayoutManifest> {
+  into.add(manifest);
+  const m = await lib.layout(manifest);
+  for (const c of m.chunks) into.add(c);
+  for (const v of m.volumes) if (v.fs) into.add(v.fs.files);
+  return m;
+}
+
+export interface GcResult {
+  liveVersions: number;
+  liveBlobs: number;
+  deletedPacks: number;
+  rewrittenPacks: number;
+  freedBytes: number;
+  /** Leftover temporary files removed. */
+  temporaryFiles: number;
+}
+
+/**
+ * Mark and sweep under an exclusive lock (it waits for running check-ins, and check-ins
+ * wait for it): mark every blob reachable from an active version, then prune the rest.
+ */
+export async function gc(lib: Library, opts: { lockWaitMs?: number } = {}): Promise<GcResult> {
+  const lock = await RepoLock.acquire(lib.store.backend, 'exclusive', 'gc', opts.lockWaitMs ?? 10 * 60_000);
+  try {
+    await lib.store.loadIndex();
+    const keep = new Set<string>();
+    const roots = await lib.catalog.liveManifests();
+    for (const m of roots) await reachable(lib, m, keep);
+    const r = await lib.store.prune(keep);
+    // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
+    const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;
+    return { liveVersions: roots.length, liveBlobs: keep.size, ...r, temporaryFiles };
+  } finally {
+    await lock.release();
+  }
+}
+
+export interface LibraryVerifyReport extends VerifyReport {
+  versions: number;
+  /** Blobs active versions need that the store lacks. */
+  missing: string[];
+}
+
+/**
+ * With no ref: re-hash every pack and check every active version's blobs are present.
+ * With a ref: read every blob that version needs (each checked against its digest).
+ */
+export async function verifyLibrary(lib: Library, ref?: string): Promise<LibraryVerifyReport> {
+  await lib.store.loadIndex();
+  if (ref !== undefined) {
+    const v = await lib.catalog.resolve(ref);
+    const need = new Set<string>();
+    const report: LibraryVerifyReport = {
+      packs: 0,
+      blobs: 0,
+      bytes: 0,
+      errors: [],
+      orphanPacks: [],
+      versions: 1,
+      missing: [],
+    };
+    try {
+      await reachable(lib, v.manifest, need);
+    } catch (e) {
+      report.errors.push((e as Error).message);
+      return report;
+    }
+    for (const d of need) {
+      if (!lib.store.has(d)) {
+        report.missing.push(d);
+        continue;
+      }
+      try {
+        const b = await lib.store.get(d);
+        report.blobs++;
+        report.bytes += b.length;
+      } catch (e) {
+        report.errors.push((e as Error).message);
+      }
+    }
+    return report;
+  }
+  const report: LibraryVerifyReport = { ...(await lib.store.verify()), versions: 0, missing: [] };
+  for (const m of await lib.catalog.liveManifests()) {
+    report.versions++;
+    const need = new Set<string>();
+    try {
+      await reachable(lib, m, need);
+    } catch (e) {
+      report.errors.push(`manifest ${m}: ${(e as Error).message}`);
+      continue;
+    }
+    for (const d of need) if (!lib.store.has(d)) report.missing.push(d);
+  }
+  return report;
+}
+
+/** The file manifest of one volume of a version: `part` names it, else the only one (or the OS root). */
+export async function versionFiles(lib: Library, ref: string, part?: string): Promise<FilesManifest> {
+  const v = await lib.catalog.resolve(ref);
+  const m = await lib.layout(v.manifest);
+  const withFs = m.volumes.filter((x) => x.fs);
+  let vol = part !== undefined ? withFs.find((x) => x.id === part) : undefined;
+  if (part !== undefined && !vol) {
+    throw new StrataError('NOT_FOUND', `version ${v.image}@${v.number} has no file system on volume ${part}`);
+  }
+  if (!vol && withFs.length === 1) vol = withFs[0];
+  if (!vol) {
+    // several: the one holding /etc and /usr
+    for (const c of withFs) {
+      const f = await lib.files(c.fs!.files);
+      const dirs = new Set(f.entries.filter((e) => e.type === 'dir').map((e) => e.path));
+      if (dirs.has('/etc') && dirs.has('/usr')) return f;
+    }
+    throw new StrataError(
+      'USAGE',
+      withFs.length === 0
+        ? `version ${v.image}@${v.number} holds no file system Strata read`
+        : `choose a volume with --part (${withFs.map((x) => x.id || '(whole disk)').join(', ')})`,
+    );
+  }
+  return lib.files(vol.fs!.files);
+}
+
+const ROOT_ENTRY: FileEntry = {
+  path: '/',
+  type: 'dir',
+  mode: 0o755,
+  uid: 0,
+  gid: 0,
+  size: 0,
+  nlink: 0,
+  ino: 0,
+  mtime: null,
+};
+
+/**
+ * Resolve a path in a file manifest like the kernel would: '.' and '..' by the walk,
+ * symlinks in directory components followed (and in the last one with `followLast`), at
+ * most 40 links.
+ */
+export function findEntry(files: FilesManifest, p: string, followLast = false): FileEntry {
+  let byPath = pathIndex.get(files);
+  if (!byPath) {
+    byPath = new Map(files.entries.map((e) => [e.path, e]));
+    pathIndex.set(files, byPath);
+  }
+  const todo = p
+    .split('/')
+    .filter((x) => x && x !== '.')
+    .reverse();
+  const stack: string[] = [];
+  let links = 0;
+  let cur = ROOT_ENTRY;
+  while (todo.length > 0) {
+    const name = todo.pop() as string;
+    if (name === '..') {
+      stack.pop();
+      cur = stack.length === 0 ? ROOT_ENTRY : (byPath.get(`/${stack.join('/')}`) ?? ROOT_ENTRY);
+      continue;
+    }
+    if (cur.type !== 'dir') throw new StrataError('NOT_FOUND', `not a directory on the way to ${p}`);
+    const e = byPath.get(`/${[...stack, name].join('/')}`);
+    if (!e) throw new StrataError('NOT_FOUND', `no such file or directory: ${p}`, { structure: 'file manifest' });
+    if (e.type === 'symlink' && e.target !== undefined && (todo.length > 0 || followLast)) {
+      if (++links > 40) throw new StrataError('LOOP', `more than 40 symbolic links while resolving ${p}`);
+      if (e.target.startsWith('/')) stack.length = 0;
+      const parts = e.target.split('/').filter((x) => x && x !== '.');
+      for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]);
+      cur = stack.length === 0 ? ROOT_ENTRY : (byPath.get(`/${stack.join('/')}`) ?? ROOT_ENTRY);
+      continue;
+    }
+    stack.push(name);
+    cur = e;
+  }
+  return cur;
+}
+const pathIndex = new WeakMap<FilesManifest, Map<string, FileEntry>>();
+
+/** Entries directly below `dir` (or every one below it with `recursive`). */
+export function listEntries(files: FilesManifest, dir: string, recursive = false): FileEntry[] {
+  const d = findEntry(files, dir);
+  if (d.type !== 'dir') return [d];
+  const prefix = d.path === '/' ? '/' : `${d.path}/`;
+  return files.entries.filter(
+    (e) => e.path.startsWith(prefix) && e.path !== d.path && (recursive || !e.path.slice(prefix.length).includes('/')),
+  );
+}
+
+/** A regular file's bytes from the store, chunk by chunk. */
+export async function* fileContent(lib: Library, files: FilesManifest, e: FileEntry): AsyncGenerator<Uint8Array> {
+  if (e.type !== 'file') throw new StrataError('USAGE', `not a regular file: ${e.path}`);
+  const C = files.fileChunkSize;
+  const chunks = e.chunks ?? [];
+  for (let i = 0, off = 0; off < e.size; i++, off += C) {
+    const n = Math.min(C, e.size - off);
+    const d = chunks[i];
+    if (d === undefined) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
+    if (d === null) yield new Uint8Array(n);
+    else {
+      const b = await lib.store.get(d);
+      if (b.length !== n) throw new StrataError('CORRUPT', `chunk ${i} of ${e.path} has ${b.length} bytes, not ${n}`);
+      yield b;
+    }
+  }
+}
+
+/** Describe a version: catalog row, provenance chain, layout and file systems. */
+export async function describeVersion(lib: Library, ref: string): Promise<Record<string, unknown>> {
+  const v = await lib.catalog.resolve(ref);
+  const m = await lib.layout(v.manifest);
+  const chain: string[] = [];
+  let cur = v.parents[0];
+  const seen = new Set<string>();
+  while (cur && chain.length < 1000) {
+    const key = `${cur.image}@${cur.number}`;
+    if (seen.has(key)) break;
+    seen.add(key);
+    chain.push(key);
+    cur = (await lib.catalog.version(cur.image, cur.number))?.parents[0] as typeof cur;
+  }
+  let rangeBytes = 0;
+  for (const n of m.ranges.length) rangeBytes += n;
+  return {
+    ref: `${v.image}@${v.number}`,
+    ...v,
+    provenance: chain,
+    layout: {
+      virtualSize: m.virtualSize,
+      sourceFormat: m.sourceFormat,
+      scheme: m.scheme,
+      exact: m.exact,
+      fileChunkSize: m.fileChunkSize,
+      diskChunkSize: m.diskChunkSize,
+      chunks: m.chunks.length,
+      ranges: m.ranges.disk.length,
+      dataBytes: rangeBytes,
+      volumes: m.volumes,
+      warnings: m.warnings,
+    },
+  };
+}

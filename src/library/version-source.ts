@@ -1,0 +1,125 @@
+import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
+import type { Store } from '../store/store.js';
+import type { LayoutManifest } from './manifest.js';
+
+/** Chunk reads one fill keeps in flight. */
+const READS_IN_FLIGHT = 8;
+
+/**
+ * A stored version as a ByteSource of its virtual disk: reads fetch the chunks they need
+ * from the store on demand (each checked against its digest), status() says which ranges
+ * hold data. Checkout, and later the NBD server and FUSE mounts, read through this.
+ */
+export class VersionSource implements ByteSource {
+  readonly size: number;
+  private readonly disk: Float64Array;
+  private readonly len: Float64Array;
+  private readonly chunk: Uint32Array;
+  private readonly at: Float64Array;
+
+  constructor(
+    private readonly store: Store,
+    readonly manifest: LayoutManifest,
+    readonly name: string,
+  ) {
+    this.size = manifest.virtualSize;
+    const r = manifest.ranges;
+    this.disk = Float64Array.from(r.disk);
+    this.len = Float64Array.from(r.length);
+    this.chunk = Uint32Array.from(r.chunk);
+    this.at = Float64Array.from(r.at);
+  }
+
+  get rangeCount(): number {
+    return this.disk.length;
+  }
+
+  /** Index of the first range that ends after `offset`. */
+  private first(offset: number): number {
+    let lo = 0;
+    let hi = this.disk.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.disk[mid] + this.len[mid] <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const n = clampRead(this, offset, length);
+    const out = Buffer.allocUnsafe(n);
+    await this.fill(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, out.length);
+    await this.fill(offset, out.subarray(0, n));
+    return n;
+  }
+
+  /** Copy every range overlapping [offset, offset+out.length) into `out`, zeros in the gaps. */
+  private async fill(offset: number, out: Uint8Array): Promise<void> {
+    const end = offset + out.length;
+    // ranges of one chunk are served by one decode: chunk -> [offset in chunk, length, offset in out]
+    const byChunk = new Map<number, number[]>();
+    let pos = offset;
+    for (let i = this.first(offset); i < this.disk.length && this.disk[i] < end; i++) {
+      const d = this.disk[i];
+      const s = Math.max(offset, d);
+      const t = Math.min(end, d + this.len[i]);
+      if (s > pos) out.fill(0, pos - offset, s - offset);
+      pos = t;
+      let l = byChunk.get(this.chunk[i]);
+      if (!l) byChunk.set(this.chunk[i], (l = []));
+      l.push(this.at[i] + (s - d), t - s, s - offset);
+    }
+    if (pos < end) out.fill(0, pos - offset);
+    // a few chunk reads in flight (not one per chunk: each holds pooled buffers)
+    const todo = [...byChunk];
+    let next = 0;
+    const worker = async () => {
+      while (next < todo.length) {
+        const [idx, l] = todo[next++];
+        await this.store.withBlob(this.manifest.chunks[idx], (c) => {
+          for (let k = 0; k < l.length; k += 3) out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, todo.length) }, worker));
+  }
+
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const n = clampStatus(this, offset, length);
+    const end = offset + n;
+    const out: Extent[] = [];
+    let pos = offset;
+    for (let i = this.first(offset); i < this.disk.length && this.disk[i] < end; i++) {
+      const s = Math.max(pos, this.disk[i]);
+      const t = Math.min(end, this.disk[i] + this.len[i]);
+      pushExtent(out, pos, s - pos, 'zero');
+      pushExtent(out, s, t - s, 'data');
+      pos = t;
+    }
+    pushExtent(out, pos, end - pos, 'zero');
+    return out;
+  }
+
+  /** Data spans in disk order, merged: [start, end) pairs. */
+  *dataSpans(): Generator<[number, number]> {
+    let cur: [number, number] | undefined;
+    for (let i = 0; i < this.disk.length; i++) {
+      const s = this.disk[i];
+      const e = s + this.len[i];
+      if (cur && s <= cur[1]) cur[1] = Math.max(cur[1], e);
+      else {
+        if (cur) yield cur;
+        cur = [s, e];
+      }
+    }
+    if (cur) yield cur;
+  }
+
+  async close(): Promise<void> {}
+}

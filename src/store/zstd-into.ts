@@ -1,0 +1,74 @@
+import { createRequire } from 'node:module';
+import { zstdCompress, zstdDecompress } from '../util/zstd.js';
+
+/**
+ * zstd straight into caller-owned buffers (the store's pack arena, pooled scratch): fresh
+ * megabyte-sized buffers per chunk cost a page fault per 4 KiB on first touch, which was
+ * a third of check-in and checkout time. Uses zstd-napi's context API (ZSTD_compressCCtx /
+ * ZSTD_decompressDCtx); falls back to src/util/zstd.ts plus a copy when the binding is absent.
+ */
+interface Binding {
+  CCtx: new () => { compress(dst: Uint8Array, src: Uint8Array, level: number): number };
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  compressBound(n: number): number;
+}
+
+let binding: Binding | null | undefined;
+let cctx: InstanceType<Binding['CCtx']> | undefined;
+let dctx: InstanceType<Binding['DCtx']> | undefined;
+
+function load(): Binding | null {
+  if (binding === undefined) {
+    try {
+      binding = createRequire(import.meta.url)('zstd-napi/binding') as Binding;
+      cctx = new binding.CCtx();
+      dctx = new binding.DCtx();
+    } catch {
+      binding = null;
+    }
+  }
+  return binding;
+}
+
+/** Worst-case compressed size of `n` bytes (zstd's ZSTD_COMPRESSBOUND). */
+export function compressBound(n: number): number {
+  const b = load();
+  if (b) return b.compressBound(n);
+  return n + (n >>> 8) + (n < 128 << 10 ? ((128 << 10) - n) >>> 11 : 0) + 64;
+}
+
+/** Compress `src` into `dst` (at least compressBound(src.length) long); returns the frame length. */
+export function compressInto(dst: Uint8Array, src: Uint8Array, level: number): number {
+  if (load() && cctx) return cctx.compress(dst, src, level);
+  const f = zstdCompress(src, level);
+  dst.set(f);
+  return f.length;
+}
+
+/** Decompress one frame into `dst`; returns the plain length (throws on a bad frame or a short `dst`). */
+export function decompressInto(dst: Uint8Array, src: Uint8Array): number {
+  if (load() && dctx) return dctx.decompress(dst, src);
+  const p = zstdDecompress(src, dst.length);
+  dst.set(p);
+  return p.length;
+}
+
+/** Reusable buffers in power-of-two size classes (from 64 KiB). */
+export class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  constructor(private readonly keepPerClass = 8) {}
+
+  take(n: number): Buffer {
+    let c = 65536;
+    while (c < n) c *= 2;
+    return this.free.get(c)?.pop() ?? Buffer.allocUnsafe(c);
+  }
+
+  give(b: Buffer): void {
+    const c = b.length;
+    if ((c & (c - 1)) !== 0 || c < 65536) return;
+    let l = this.free.get(c);
+    if (!l) this.free.set(c, (l = []));
+    if (l.length < this.keepPerClass) l.push(b);
+  }
+}

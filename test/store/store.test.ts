@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { LocalBackend } from '../../src/store/local-backend.js';
+import { RepoLock } from '../../src/store/lock.js';
+import { Store } from '../../src/store/store.js';
+import { bytesOf } from '../helpers/ext-tree.js';
+import { runBuffer } from '../helpers/tools.js';
+import { tempDir, textOf } from '../library/images.js';
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+function packFiles(root: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(d, e.name));
+      else if (!e.name.startsWith('.')) out.push(path.join(d, e.name));
+    }
+  };
+  walk(path.join(root, 'packs'));
+  return out;
+}
+
+test('blobs round-trip, dedup by sha256, pack names are the sha256 of their bytes, zstd frames decode with the zstd CLI', async () => {
+  const root = tempDir('store-basic');
+  const s = await Store.open(new LocalBackend(root));
+  const text = textOf('store', 200_000);
+  const random = bytesOf('store', 100_000);
+  const a = await s.put('data', text);
+  assert.equal(a.digest, sha(text));
+  assert.ok(a.added && a.storedBytes < text.length / 2, 'text is compressed');
+  const again = await s.put('data', text);
+  assert.equal(again.added, false);
+  const b = await s.put('data', random);
+  assert.equal(b.storedBytes, random.length, 'incompressible data is kept plain');
+  assert.deepEqual(Buffer.from(await s.get(a.digest)), text, 'read before flush');
+  await s.flush();
+  await s.close();
+
+  const packs = packFiles(root);
+  assert.equal(packs.length, 1);
+  const body = readFileSync(packs[0]);
+  assert.equal(path.basename(packs[0]), sha(body));
+  // the text blob is the first one: a zstd frame the reference tool decodes to the input
+  const framePath = path.join(root, 'frame.zst');
+  writeFileSync(framePath, body.subarray(0, a.storedBytes));
+  assert.deepEqual(await runBuffer('zstd', ['-d', '-c', framePath]), text);
+
+  const s2 = await Store.open(new LocalBackend(root));
+  assert.deepEqual(Buffer.from(await s2.get(b.digest)), random);
+  assert.deepEqual(Buffer.from(await s2.get(a.digest)), text);
+  const v = await s2.verify();
+  assert.deepEqual(v.errors, []);
+  assert.equal(v.blobs, 2);
+  await assert.rejects(s2.get('0'.repeat(64)), /not in the store/);
+  await s2.close();
+});
+
+test('a tampered index is refused by name; a pack nobody indexes is an orphan that prune removes', async () => {
+  const root = tempDir('store-index');
+  const s = await Store.open(new LocalBackend(root));
+  await s.put('data', textOf('x', 5000));
+  await s.flush();
+  await s.close();
+  const ixDir = path.join(root, 'index');
+  const [ix] = readdirSync(ixDir);
+  const orig = readFileSync(path.join(ixDir, ix));
+  writeFileSync(path.join(ixDir, ix), Buffer.from(orig.toString().replace('"data"', '"tree"')));
+  await assert.rejects(Store.open(new LocalBackend(root)), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'CORRUPT');
+    assert.match(e.message, /index/);
+    return true;
+  });
+  // an index that goes missing leaves its pack an orphan: verify says so, prune deletes it
+  const { unlinkSync } = await import('node:fs');
+  unlinkSync(path.join(ixDir, ix));
+  const s2 = await Store.open(new LocalBackend(root));
+  const v = await s2.verify();
+  assert.equal(v.orphanPacks.length, 1);
+  const p = await s2.prune(new Set());
+  assert.equal(p.deletedPacks, 1);
+  assert.equal(packFiles(root).length, 0);
+  await s2.close();
+});
+
+test('prune keeps what is asked, rewrites mixed packs, and everything kept still reads back', async () => {
+  const root = tempDir('store-prune');
+  const s = await Store.open(new LocalBackend(root));
+  const blobs = Array.from({ length: 40 }, (_, i) =>
+    i % 2 ? textOf(`p${i}`, 30_000 + i) : bytesOf(`p${i}`, 20_000 + i),
+  );
+  const digests = [];
+  for (const b of blobs) digests.push((await s.put('data', b)).digest);
+  await s.flush();
+  const keep = new Set(digests.filter((_, i) => i % 3 === 0));
+  const r = await s.prune(keep);
+  assert.equal(r.rewrittenPacks, 1);
+  assert.ok(r.freedBytes > 0);
+  await s.close();
+  const s2 = await Store.open(new LocalBackend(root));
+  for (let i = 0; i < blobs.length; i++) {
+    if (keep.has(digests[i])) assert.deepEqual(Buffer.from(await s2.get(digests[i])), blobs[i]);
+    else assert.equal(s2.has(digests[i]), false);
+  }
+  assert.deepEqual((await s2.verify()).errors, []);
+  assert.equal(readdirSync(path.join(root, 'index')).length, 1, 'one index replaces the old ones');
+  await s2.close();
+});
+
+test('locks: exclusive waits for shared and gives up with a clear error; a dead holder is stale', async () => {
+  const root = tempDir('store-lock');
+  const be = new LocalBackend(root);
+  const shared = await RepoLock.acquire(be, 'shared', 'test checkin');
+  const shared2 = await RepoLock.acquire(be, 'shared', 'another checkin');
+  await assert.rejects(RepoLock.acquire(be, 'exclusive', 'gc', 300), /busy: shared lock held by/);
+  await shared.release();
+  await shared2.release();
+  const ex = await RepoLock.acquire(be, 'exclusive', 'gc');
+  await assert.rejects(RepoLock.acquire(be, 'shared', 'checkin', 300), /busy: exclusive lock held by gc/);
+  await ex.release();
+  // a lock left by a process that no longer exists (pid 2^22+1 is above Linux's pid_max default)
+  const { hostname } = await import('node:os');
+  await be.put(
+    'locks/dead',
+    Buffer.from(JSON.stringify({ kind: 'exclusive', pid: 4194305, host: hostname(), time: Date.now() })),
+  );
+  const after = await RepoLock.acquire(be, 'shared', 'checkin', 0);
+  await after.release();
+  await be.close();
+});
+
+test('sweepTemporary removes old leftovers of interrupted puts and keeps fresh ones', async () => {
+  const root = tempDir('store-tmp');
+  const be = new LocalBackend(root);
+  await be.put('packs/ab/x', Buffer.from('x'));
+  const { utimesSync } = await import('node:fs');
+  const old = path.join(root, 'packs', 'ab', '.tmp-1-dead');
+  const fresh = path.join(root, 'packs', 'ab', '.tmp-2-live');
+  writeFileSync(old, 'half');
+  writeFileSync(fresh, 'half');
+  utimesSync(old, new Date(Date.now() - 3600_000), new Date(Date.now() - 3600_000));
+  assert.equal(await be.sweepTemporary(600_000), 1);
+  assert.deepEqual(readdirSync(path.join(root, 'packs', 'ab')).sort(), ['.tmp-2-live', 'x']);
+  await be.close();
+});
