@@ -73,15 +73,25 @@ export const INSPECTION_SCHEMA = [
   `CREATE TABLE IF NOT EXISTS inspection_files (
      files TEXT NOT NULL,
      path TEXT NOT NULL,
+     dir TEXT NOT NULL,
+     name TEXT NOT NULL,
      type TEXT NOT NULL,
      size BIGINT NOT NULL,
      digest TEXT,
      PRIMARY KEY (files, path))`,
   'CREATE INDEX IF NOT EXISTS inspection_files_path ON inspection_files (path)',
+  'CREATE INDEX IF NOT EXISTS inspection_files_dir ON inspection_files (dir, name)',
+  'CREATE INDEX IF NOT EXISTS inspection_files_name ON inspection_files (name)',
   'CREATE INDEX IF NOT EXISTS inspection_files_digest ON inspection_files (digest)',
 ];
 
 const ready = new WeakSet<Db>();
+
+/** '/etc/passwd' -> ['/etc', 'passwd']; '/etc' -> ['/', 'etc']. */
+export function splitPath(p: string): [string, string] {
+  const i = p.lastIndexOf('/');
+  return [i <= 0 ? '/' : p.slice(0, i), p.slice(i + 1)];
+}
 
 /** Create the inspection tables once per connection. */
 export async function ensureInspectionSchema(db: Db): Promise<void> {
@@ -202,8 +212,8 @@ export async function putInspection(db: Db, v: VersionInspection): Promise<void>
       if (have) continue;
       for (const f of s.entries()) {
         await tx.run(
-          'INSERT INTO inspection_files (files, path, type, size, digest) VALUES (?, ?, ?, ?, ?) ON CONFLICT (files, path) DO NOTHING',
-          [s.files, f.path, f.type, f.size, f.digest],
+          'INSERT INTO inspection_files (files, path, dir, name, type, size, digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (files, path) DO NOTHING',
+          [s.files, f.path, ...splitPath(f.path), f.type, f.size, f.digest],
         );
       }
     }
@@ -343,42 +353,75 @@ export async function findRoots(
   }));
 }
 
+/** Which file rows a search wants: an index lookup, narrowed further by the caller. */
+export type FileWhere =
+  | { digest: string }
+  | { dir: string; nameFrom?: string; nameTo?: string }
+  | { nameFrom: string; nameTo?: string }
+  | { from: string; to?: string };
+
+const range = (col: string, from?: string, to?: string): [string, SqlValue[]] =>
+  from === undefined || from === ''
+    ? ['1 = 1', []]
+    : to === undefined
+      ? [`${col} >= ?`, [from]]
+      : [`${col} >= ? AND ${col} < ?`, [from, to]];
+
 /**
- * Files of active versions whose path is in [from, to) (an index range scan; `to`
- * undefined: no upper bound) or whose content digest is `digest`.
+ * Files of active versions matching `where`, narrowed by `keep` (run on each distinct
+ * file-manifest row before the versions holding it are looked up): the rows are read once
+ * per distinct file manifest, then joined to the versions that share it.
  */
 export async function findFiles(
   db: Db,
-  where: { from: string; to?: string } | { digest: string },
+  where: FileWhere,
+  keep: (path: string) => boolean = () => true,
 ): Promise<Array<VersionKey & StoredFile & { volume: string }>> {
   await ensureInspectionSchema(db);
   let cond: string;
   let params: SqlValue[];
-  if ('digest' in where) {
-    cond = 'f.digest = ?';
-    params = [where.digest];
-  } else if (where.to === undefined) {
-    cond = 'f.path >= ?';
-    params = [where.from];
-  } else {
-    cond = 'f.path >= ? AND f.path < ?';
-    params = [where.from, where.to];
+  if ('digest' in where) [cond, params] = ['digest = ?', [where.digest]];
+  else if ('dir' in where) {
+    const [c, p] = range('name', where.nameFrom, where.nameTo);
+    [cond, params] = [`dir = ? AND ${c}`, [where.dir, ...p]];
+  } else if ('nameFrom' in where) [cond, params] = range('name', where.nameFrom, where.nameTo);
+  else [cond, params] = range('path', where.from, where.to);
+  const rows = (
+    await db.all<{ files: string; path: string; type: string; size: number; digest: string | null }>(
+      `SELECT files, path, type, size, digest FROM inspection_files WHERE ${cond}`,
+      params,
+    )
+  ).filter((r) => keep(r.path));
+  const byManifest = new Map<string, typeof rows>();
+  for (const r of rows) {
+    const l = byManifest.get(r.files) ?? [];
+    l.push(r);
+    byManifest.set(r.files, l);
   }
-  const rows = await db.all<Record<string, SqlValue>>(
-    `SELECT x.image, x.number, x.volume, f.path, f.type, f.size, f.digest
-       FROM inspection_files f JOIN inspection_file_sets x ON x.files = f.files
-      WHERE ${cond} AND ${ACTIVE}`,
-    params,
-  );
-  return rows.map((r) => ({
-    image: String(r.image),
-    number: Number(r.number),
-    volume: String(r.volume),
-    path: String(r.path),
-    type: String(r.type),
-    size: Number(r.size),
-    digest: r.digest === null ? null : String(r.digest),
-  }));
+  const out: Array<VersionKey & StoredFile & { volume: string }> = [];
+  const manifests = [...byManifest.keys()];
+  for (let i = 0; i < manifests.length; i += 500) {
+    const part = manifests.slice(i, i + 500);
+    const sets = await db.all<{ image: string; number: number; volume: string; files: string }>(
+      `SELECT x.image, x.number, x.volume, x.files FROM inspection_file_sets x
+        WHERE x.files IN (${part.map(() => '?').join(', ')}) AND ${ACTIVE}`,
+      part,
+    );
+    for (const s of sets) {
+      for (const r of byManifest.get(s.files) ?? []) {
+        out.push({
+          image: s.image,
+          number: Number(s.number),
+          volume: s.volume,
+          path: r.path,
+          type: r.type,
+          size: Number(r.size),
+          digest: r.digest,
+        });
+      }
+    }
+  }
+  return out;
 }
 
 /** Versions (active) with no stored inspection. */

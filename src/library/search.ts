@@ -1,4 +1,4 @@
-import { findFiles, findPackages, findRoots, findUsers, tagsOf } from '../catalog/inspection.js';
+import { type FileWhere, findFiles, findPackages, findRoots, findUsers, tagsOf } from '../catalog/inspection.js';
 import { compareVersions, fullVersion, type PackageFormat } from '../inspect/version.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
@@ -68,6 +68,28 @@ export function globMatcher(glob: string): { re: RegExp; prefix: string } {
   return { re: new RegExp(`${re}$`, 's'), prefix };
 }
 
+const after = (prefix: string) =>
+  prefix ? prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1) : undefined;
+const WILD = /[*?[]/;
+
+/**
+ * How to look a glob up: by its literal directory (and the literal start of its last
+ * component) when it has one, by the last component when it is a bare name pattern, else
+ * by the literal prefix of the whole path; the RegExp then decides.
+ */
+export function globPlan(glob: string): { re: RegExp; where: FileWhere } {
+  const { re, prefix } = globMatcher(glob);
+  const slash = glob.lastIndexOf('/');
+  const base = glob.slice(slash + 1);
+  const baseLiteral = base.split(WILD)[0];
+  const name = { nameFrom: baseLiteral, nameTo: after(baseLiteral) };
+  if (glob.startsWith('/') && !WILD.test(glob.slice(0, slash)) && !base.includes('**')) {
+    return { re, where: { dir: slash === 0 ? '/' : glob.slice(0, slash), ...name } };
+  }
+  if (slash < 0 && !base.includes('**') && baseLiteral !== '') return { re, where: name };
+  return { re, where: { from: prefix, to: after(prefix) } };
+}
+
 /** NAME[<|<=|=|>=|>VER] */
 export function parsePackageSpec(spec: string): { name: string; op?: '<' | '<=' | '=' | '>=' | '>'; version?: string } {
   const m = /^([^<>=\s]+)\s*(?:(<=|>=|<|>|==?)\s*(\S.*))?$/.exec(spec.trim());
@@ -102,10 +124,8 @@ export async function search(lib: Library, q: SearchQuery): Promise<SearchHit[]>
   let asked = false;
   if (q.path !== undefined) {
     asked = true;
-    const { re, prefix } = globMatcher(q.path);
-    let to: string | undefined;
-    if (prefix) to = prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
-    const rows = (await findFiles(db, { from: prefix, to })).filter((f) => re.test(f.path));
+    const { re, where } = globPlan(q.path);
+    const rows = await findFiles(db, where, (p) => re.test(p));
     add(rows, (h, f) => {
       (h.paths ??= []).push({ volume: f.volume, path: f.path, type: f.type, size: f.size, digest: f.digest });
     });
