@@ -73,40 +73,52 @@ function pieces(m: LayoutManifest): Piece[] {
 }
 
 /**
- * The Emulab measure from two layout manifests: B's stored bytes (its ranges) that differ
- * from A at the same disk offset (must be written to turn A into B), and B's bytes whose
- * chunk A holds too (shared). Granularity is the manifest's chunks (a file's 1 MiB pieces,
- * 64 KiB of metadata); block counts are in units of B's file-system block size.
+ * The Emulab measure from two layout manifests, in blocks of B's file-system block size
+ * (by disk offset): B's used blocks are those its ranges touch (what it stores: allocated,
+ * non-zero); a block must be written to turn A into B unless every byte B stores in it is
+ * the same chunk at the same place in A (equal chunk digest means equal bytes, so a
+ * changed block is never missed; a block inside a changed 1 MiB file chunk or 64 KiB
+ * metadata chunk counts as written even when its own bytes are equal). Shared: B's used
+ * blocks whose every piece's chunk A holds too.
  */
 export function diffLayouts(a: LayoutManifest, b: LayoutManifest): BlockDiff {
   const pa = pieces(a);
   const pb = pieces(b);
   const chunksA = new Set(a.chunks);
-  let used = 0;
-  let same = 0;
-  let shared = 0;
+  const bs = b.volumes.find((v) => v.fs)?.fs?.blockSize ?? 4096;
+  const used = new Set<number>();
+  const write = new Set<number>();
+  const notShared = new Set<number>();
+  const mark = (set: Set<number>, from: number, to: number) => {
+    for (let k = Math.floor(from / bs); k * bs < to; k++) set.add(k);
+  };
   let j = 0;
   for (const x of pb) {
-    used += x.length;
-    if (chunksA.has(x.chunk)) shared += x.length;
     const end = x.disk + x.length;
+    mark(used, x.disk, end);
+    if (!chunksA.has(x.chunk)) mark(notShared, x.disk, end);
     while (j < pa.length && pa[j].disk + pa[j].length <= x.disk) j++;
+    // the parts of x that A holds identically; the gaps between them must be written
+    let at = x.disk;
     for (let k = j; k < pa.length && pa[k].disk < end; k++) {
       const y = pa[k];
       if (y.chunk !== x.chunk || y.at - y.disk !== x.at - x.disk) continue;
-      same += Math.min(end, y.disk + y.length) - Math.max(x.disk, y.disk);
+      const s = Math.max(x.disk, y.disk);
+      if (s > at) mark(write, at, s);
+      at = Math.max(at, Math.min(end, y.disk + y.length));
     }
+    if (at < end) mark(write, at, end);
   }
-  const blockSize = b.volumes.find((v) => v.fs)?.fs?.blockSize ?? 4096;
-  const write = used - same;
+  let shared = 0;
+  for (const k of used) if (!notShared.has(k)) shared++;
   return {
-    blockSize,
-    usedBlocks: Math.ceil(used / blockSize),
-    usedBytes: used,
-    writeBlocks: Math.ceil(write / blockSize),
-    writeBytes: write,
-    writeShare: used === 0 ? 0 : write / used,
-    sharedBytes: shared,
+    blockSize: bs,
+    usedBlocks: used.size,
+    usedBytes: used.size * bs,
+    writeBlocks: write.size,
+    writeBytes: write.size * bs,
+    writeShare: used.size === 0 ? 0 : write.size / used.size,
+    sharedBytes: shared * bs,
   };
 }
 
