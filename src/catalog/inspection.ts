@@ -1,3 +1,4 @@
+import { StrataError } from '../util/errors.js';
 import type { Db, SqlValue } from './db.js';
 
 /**
@@ -253,11 +254,24 @@ export async function getInspection(
     'SELECT root, data FROM inspection_roots WHERE image = ? AND number = ? ORDER BY root',
     [image, number],
   );
+  const parse = <T>(text: string, what: string): T => {
+    try {
+      return JSON.parse(text) as T;
+    } catch (e) {
+      throw new StrataError(
+        'CORRUPT',
+        `stored inspection of ${image}@${number} (${what}) is not JSON: ${(e as Error).message}`,
+        {
+          structure: 'catalog inspection',
+        },
+      );
+    }
+  };
   return {
     inspected: v.inspected,
     strataVersion: v.strata_version,
-    warnings: JSON.parse(v.warnings) as string[],
-    roots: roots.map((r) => JSON.parse(r.data) as Record<string, unknown>),
+    warnings: parse<string[]>(v.warnings, 'inspection_versions.warnings'),
+    roots: roots.map((r) => parse<Record<string, unknown>>(r.data, `inspection_roots.data of root '${r.root}'`)),
   };
 }
 

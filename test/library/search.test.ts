@@ -296,6 +296,22 @@ describe('library inspection and search', { timeout: 600_000 }, () => {
           if (h.image.startsWith('many/'))
             assert.deepEqual(h.tags, [Number(h.image.slice(5)) % 2 === 0 ? 'from-base' : 'from-derived']);
       }
+      // a deleted version is no longer found; its stored rows do not matter
+      await lib.catalog.deleteVersion('many/0000', 1);
+      assert.deepEqual(
+        (await search(lib, { package: 'hostname' })).map((h) => h.ref),
+        ['deb@1', ...many(0).slice(1)],
+      );
+      // a damaged stored inspection is an error naming the version and the table
+      await lib.catalog.db.run("UPDATE inspection_roots SET data = '{oops' WHERE image = ? AND number = ?", [
+        'many/0002',
+        1,
+      ]);
+      await assert.rejects(getInspection(lib.catalog.db, 'many/0002', 1), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'CORRUPT');
+        assert.match(e.message, /many\/0002@1.*inspection_roots\.data/);
+        return true;
+      });
       // figures for the note (never asserted: tests do not time)
       console.log(`# ${N + 2} versions, filled in ${fill.toFixed(0)} ms; in-process search: ${times.join('; ')}`);
     } finally {
