@@ -21,7 +21,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     verbs: ['whatis', 'blockmap', 'trace'],
     load: async () => (await import('./commands/blockmap.js')).registerBlockmapCommands,
   },
-  { verbs: ['inspect', 'diff'], load: async () => (await import('./commands/inspect.js')).registerInspectCommands },
+  {
+    verbs: ['inspect', 'diff', 'search', 'reinspect'],
+    load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
+  },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {

@@ -13,6 +13,7 @@ import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
+import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
 import { isoTime, mapLimit, volumeDiskOffset } from './listing.js';
 import {
@@ -65,6 +66,8 @@ export interface CheckinOptions {
   /** How long to wait for a running gc (ms). */
   lockWaitMs?: number;
   onProgress?: (done: number, total: number) => void;
+  /** Inspect the new version and store what it finds in the catalog (default true). */
+  inspect?: boolean;
 }
 
 export interface CheckinResult {
@@ -544,6 +547,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
         parents,
         tags: opts.tags ?? [],
       });
+      if (opts.inspect !== false) await inspectAfterCheckin(lib, row, warnings);
       return {
         image: row.image,
         number: row.number,

@@ -4,6 +4,8 @@ import type { PackageDiff } from '../../inspect/package-diff.js';
 import type { TreeDiff } from '../../inspect/tree-diff.js';
 import type { OsInspection } from '../../inspect/types.js';
 import type { Address, OpenedAddress } from '../../library/address.js';
+import type { Library } from '../../library/library.js';
+import type { SearchHit } from '../../library/search.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson } from '../output.js';
 
@@ -13,9 +15,23 @@ export function registerInspectCommands(program: Command): void {
     program
       .command('inspect')
       .description('find every OS root in an image and report OS, version, packages, users, kernels, mounts')
-      .argument('<image>', 'image file or http(s) URL')
-      .option('--json', 'an array with one object per OS root'),
+      .argument('<image>', 'image file or http(s) URL, or a library REF (NAME, NAME:TAG, NAME@N)')
+      .option('--json', 'an array with one object per OS root')
+      .option('--library <dir>', 'library directory for a REF (default: $STRATA_LIBRARY or the per-user one)')
+      .option('--refresh', 'for a REF: inspect the stored version again and store the result'),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    if (await isLibraryRef([image], o)) {
+      const { versionInspection } = await import('../../library/inspection.js');
+      const r = await withLibrary(o, (lib) => versionInspection(lib, image, { refresh: Boolean(o.refresh) }));
+      for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+      if (o.json) return printJson(r.roots);
+      if (r.roots.length === 0) {
+        process.stdout.write('no operating system found\n');
+        return;
+      }
+      process.stdout.write(`${r.roots.map(humanReport).join('\n')}`);
+      return;
+    }
     // Loaded per verb: module loading is a large part of a short run.
     const { inspectImage } = await import('../../inspect/inspect.js');
     const r = await inspectImage(image, openOptionsFrom(o));
@@ -32,14 +48,29 @@ export function registerInspectCommands(program: Command): void {
     program
       .command('diff')
       .description('what changed from image A to image B: files, and with flags packages and blocks')
-      .argument('<a>', 'image file or http(s) URL (the old one)')
-      .argument('<b>', 'image file or http(s) URL (the new one)')
+      .argument('<a>', 'image file or http(s) URL, or a library REF (the old one)')
+      .argument('<b>', 'image file or http(s) URL, or a library REF (the new one)')
+      .option('--library <dir>', 'library directory for REFs (default: $STRATA_LIBRARY or the per-user one)')
       .option('--part <n>', 'compare this partition of both images')
       .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
       .option('--packages', 'also list packages added, removed, upgraded and downgraded')
       .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
       .option('--json', 'one object: files, and packages / blocks when asked'),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
+    if (await isLibraryRef([a, b], o)) {
+      const { diffVersions } = await import('../../library/version-diff.js');
+      const out = await withLibrary(o, (lib) =>
+        diffVersions(lib, a, b, {
+          part: o.part as string | undefined,
+          packages: Boolean(o.packages),
+          blocks: Boolean(o.blocks),
+        }),
+      );
+      if (o.json) return printJson(out);
+      for (const w of out.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+      process.stdout.write(humanDiff(out));
+      return;
+    }
     const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
       import('../../library/address.js'),
       import('../../inspect/tree-diff.js'),
@@ -71,6 +102,94 @@ export function registerInspectCommands(program: Command): void {
       for (const x of at) await x.close();
     }
   });
+
+  program
+    .command('search')
+    .description(
+      'every library version holding a path, a file content, a package, an OS or a user (all given must hold)',
+    )
+    .option('--path <glob>', "path glob: * and ? within a component, ** across; no leading '/' matches at any depth")
+    .option('--digest <sha256>', 'a file content digest')
+    .option('--package <spec>', 'NAME, or NAME<VER, NAME<=VER, NAME=VER, NAME>=VER, NAME>VER (ecosystem version order)')
+    .option('--os <name>', 'distro (debian, fedora ...), OS type (linux, windows) or part of the product name')
+    .option('--user <name>', 'a user account name')
+    .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
+    .option('--json', 'an array, one object per matching version')
+    .action(async (o: Record<string, unknown>) => {
+      const { search } = await import('../../library/search.js');
+      const hits = await withLibrary(o, (lib) =>
+        search(lib, {
+          path: o.path as string | undefined,
+          digest: o.digest as string | undefined,
+          package: o.package as string | undefined,
+          os: o.os as string | undefined,
+          user: o.user as string | undefined,
+        }),
+      );
+      if (o.json) return printJson(hits);
+      process.stdout.write(hits.map(humanHit).join(''));
+    });
+
+  program
+    .command('reinspect')
+    .description('inspect stored versions again and store the results (after a Strata upgrade)')
+    .argument('[ref]', 'one version (default: every active version)')
+    .option('--missing', 'only versions with no stored inspection')
+    .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
+    .option('--json', 'machine-readable output')
+    .action(async (ref: string | undefined, o: Record<string, unknown>) => {
+      const { reinspect } = await import('../../library/inspection.js');
+      const done = await withLibrary(o, (lib) =>
+        reinspect(lib, {
+          ref,
+          missingOnly: Boolean(o.missing),
+          onVersion: o.json
+            ? undefined
+            : (r) =>
+                process.stdout.write(
+                  `${r.ref}: ${r.roots.map((x) => `${x.distro ?? x.osType} ${x.versionMajor ?? ''}`.trim()).join(', ') || 'no OS'}${r.warnings.length ? ` (${r.warnings.length} warnings)` : ''}\n`,
+                ),
+        }),
+      );
+      if (o.json)
+        printJson(
+          done.map((r) => ({ ref: r.ref, inspected: r.inspected, roots: r.roots.length, warnings: r.warnings })),
+        );
+    });
+}
+
+function humanHit(h: SearchHit): string {
+  const l = [`${h.ref}${h.tags.length ? ` (${h.tags.join(', ')})` : ''}`];
+  for (const r of h.roots ?? []) l.push(`  os       ${r.osType} ${r.distro ?? ''} ${r.productName ?? ''}`.trimEnd());
+  for (const p of h.packages ?? []) l.push(`  package  ${p.name} ${p.version} ${p.arch}`);
+  for (const u of h.users ?? []) l.push(`  user     ${u.name} uid ${u.uid} gid ${u.gid} ${u.home} ${u.shell}`);
+  for (const p of h.paths ?? []) l.push(`  path     ${p.path} (${p.type}, ${p.size} bytes)`);
+  return `${l.join('\n')}\n`;
+}
+
+/**
+ * Whether the arguments name library versions: --library was given, or none of them is an
+ * existing file or a URL and a library exists (a mistyped image path keeps its error).
+ */
+async function isLibraryRef(args: string[], o: Record<string, unknown>): Promise<boolean> {
+  if (o.library) return true;
+  const [{ existsSync }, { libraryLocation, MARKER }, path] = await Promise.all([
+    import('node:fs'),
+    import('../../library/library.js'),
+    import('node:path'),
+  ]);
+  if (args.some((x) => /^https?:\/\//i.test(x) || existsSync(x))) return false;
+  return existsSync(path.join(libraryLocation(), MARKER));
+}
+
+async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
+  const { Library } = await import('../../library/library.js');
+  const lib = await Library.open(o.library as string | undefined, { create: false });
+  try {
+    return await fn(lib);
+  } finally {
+    await lib.close();
+  }
 }
 
 async function packageDiff(

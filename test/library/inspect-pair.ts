@@ -1,0 +1,181 @@
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { debianTree } from '../helpers/debian-tree.js';
+import { fixture, run } from '../helpers/tools.js';
+
+/**
+ * Two ext4 images made by mkfs.ext4 -d for the library's inspect, search and diff tests: a
+ * base tree (part of the debootstrapped Debian: /etc, the dpkg database, a few binaries)
+ * and a derived tree (files added, removed, rewritten, chmod-ed, chown-ed, re-linked,
+ * touched, given an xattr; a user added; dpkg status with bash upgraded, gzip downgraded,
+ * hostname removed, strata-probe added). Expected answers come from the trees on the host.
+ */
+export interface Pair {
+  base: string;
+  derived: string;
+  a: string;
+  b: string;
+}
+
+function editStatus(text: string): string {
+  const out: string[] = [];
+  for (const s of text.split(/\n\n+/).filter((x) => x.trim() !== '')) {
+    const name = /^Package: (.+)$/m.exec(s)?.[1];
+    if (name === 'hostname') continue;
+    if (name === 'bash') out.push(s.replace(/^Version: .*$/m, 'Version: 9.9-1'));
+    else if (name === 'gzip') out.push(s.replace(/^Version: .*$/m, 'Version: 1.11-1'));
+    else out.push(s);
+  }
+  out.push(
+    'Package: strata-probe\nStatus: install ok installed\nVersion: 1:0.1-1\nArchitecture: all\nDescription: added',
+  );
+  return `${out.join('\n\n')}\n`;
+}
+
+export async function inspectPair(): Promise<Pair> {
+  const tree = await debianTree();
+  const dir = await fixture('library-inspect-pair-v1', async (out) => {
+    const base = path.join(out, 'base');
+    const derived = path.join(out, 'derived');
+    mkdirSync(path.join(base, 'usr/bin'), { recursive: true });
+    mkdirSync(path.join(base, 'var/lib'), { recursive: true });
+    await run('cp', ['-a', path.join(tree, 'etc'), base]);
+    await run('cp', ['-a', path.join(tree, 'var/lib/dpkg'), path.join(base, 'var/lib/')]);
+    for (const b of ['dash', 'ls', 'cat', 'true', 'gzip'])
+      await run('cp', ['-a', path.join(tree, 'usr/bin', b), path.join(base, 'usr/bin/')]);
+    await run('ln', ['-s', 'usr/bin', path.join(base, 'bin')]);
+    await run('ln', ['-s', 'hostname', path.join(base, 'etc/strata-link')]);
+    await run('cp', ['-a', base, derived]);
+    const d = (p: string) => path.join(derived, p);
+    writeFileSync(d('etc/added.conf'), 'new=1\n');
+    mkdirSync(d('usr/local/newdir'), { recursive: true });
+    await run('cp', [d('usr/bin/ls'), d('usr/local/newdir/ls-copy')]);
+    await run('rm', ['-f', d('etc/issue'), d('usr/bin/cat')]);
+    await run('rm', ['-rf', d('etc/cron.daily')]);
+    writeFileSync(d('etc/hostname'), readFileSync(d('etc/hostname'), 'utf8').toUpperCase());
+    writeFileSync(d('etc/passwd'), `${readFileSync(d('etc/passwd'), 'utf8')}probe:x:3000:3000::/home/probe:/bin/sh\n`);
+    await run('chmod', ['600', d('etc/debian_version')]);
+    await run('chown', ['1000:1000', d('etc/issue.net')]);
+    await run('ln', ['-sfn', 'passwd', d('etc/strata-link')]);
+    await run('touch', ['-d', '2001-02-03 04:05:06', d('etc/shells')]);
+    await run('setfattr', ['-n', 'user.strata', '-v', 'probe', d('etc/motd')]);
+    writeFileSync(d('var/lib/dpkg/status'), editStatus(readFileSync(d('var/lib/dpkg/status'), 'utf8')));
+    for (const [src, img] of [
+      [base, 'a.img'],
+      [derived, 'b.img'],
+    ]) {
+      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-I', '256', '-d', src, path.join(out, img), '40M']);
+    }
+  });
+  return {
+    base: path.join(dir, 'base'),
+    derived: path.join(dir, 'derived'),
+    a: path.join(dir, 'a.img'),
+    b: path.join(dir, 'b.img'),
+  };
+}
+
+export interface HostRecord {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeNs: bigint;
+  target?: string;
+  sha?: string;
+  xattrs: string;
+}
+
+/** Every path below `root` as lstat, readlink, sha256 and getfattr see it. */
+export async function hostTree(root: string): Promise<Map<string, HostRecord>> {
+  const xattrs = new Map<string, string[]>();
+  const dump = await run('getfattr', ['-R', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', root]).catch(
+    () => '',
+  );
+  for (const block of dump.split('\n\n')) {
+    const lines = block.trim().split('\n');
+    if (!lines[0].startsWith('# file: ')) continue;
+    xattrs.set(lines[0].slice(8), lines.slice(1).sort());
+  }
+  const out = new Map<string, HostRecord>();
+  const visit = (dir: string) => {
+    for (const name of readdirSync(dir)) {
+      const full = path.join(dir, name);
+      const st = lstatSync(full, { bigint: true });
+      const type = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+      const r: HostRecord = {
+        type,
+        mode: Number(st.mode & 0o7777n),
+        uid: Number(st.uid),
+        gid: Number(st.gid),
+        size: type === 'dir' ? 0 : Number(st.size),
+        mtimeNs: st.mtimeNs,
+        xattrs: JSON.stringify(xattrs.get(full) ?? []),
+      };
+      if (type === 'symlink') r.target = readlinkSync(full);
+      if (type === 'file') r.sha = createHash('sha256').update(readFileSync(full)).digest('hex');
+      out.set(`/${path.relative(root, full)}`, r);
+      if (type === 'dir') visit(full);
+    }
+  };
+  visit(root);
+  return out;
+}
+
+export interface Expected {
+  added: string[];
+  removed: string[];
+  changed: string[];
+  metadata: string[];
+}
+
+export function expectedDiff(a: Map<string, HostRecord>, b: Map<string, HostRecord>): Expected {
+  const e: Expected = { added: [], removed: [], changed: [], metadata: [] };
+  for (const [p, rb] of b) {
+    const ra = a.get(p);
+    if (!ra) e.added.push(p);
+    else if (ra.type !== rb.type || (rb.type === 'file' && ra.sha !== rb.sha)) e.changed.push(p);
+    else {
+      const f: string[] = [];
+      if (ra.mode !== rb.mode) f.push('mode');
+      if (ra.uid !== rb.uid) f.push('uid');
+      if (ra.gid !== rb.gid) f.push('gid');
+      // mkfs.ext4 -d stores whole seconds
+      if (ra.mtimeNs / 1_000_000_000n !== rb.mtimeNs / 1_000_000_000n) f.push('mtime');
+      if (ra.xattrs !== rb.xattrs) f.push('xattrs');
+      if (rb.type === 'symlink' && ra.target !== rb.target) f.push('target');
+      if (f.length) e.metadata.push(`${p} [${f.join(',')}]`);
+    }
+  }
+  for (const p of a.keys()) if (!b.has(p)) e.removed.push(p);
+  for (const l of Object.values(e)) l.sort();
+  return e;
+}
+
+/** Installed packages of a tree's dpkg database (name -> version), as dpkg-query lists them. */
+export async function dpkgPackages(tree: string): Promise<Map<string, string>> {
+  const out = await run('dpkg-query', [
+    '-W',
+    `--admindir=${path.join(tree, 'var/lib/dpkg')}`,
+    '-f',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own field syntax
+    '${db:Status-Abbrev}|${Package}|${Version}\\n',
+  ]);
+  return new Map(
+    out
+      .split('\n')
+      .filter((l) => l.startsWith('ii'))
+      .map((l) => l.split('|').slice(1) as [string, string]),
+  );
+}
+
+/** dpkg --compare-versions a OP b (OP: lt le eq ge gt). */
+export async function dpkgCompare(a: string, op: string, b: string): Promise<boolean> {
+  const r = await run('sh', ['-c', 'dpkg --compare-versions "$1" "$2" "$3" && echo yes || echo no', 'sh', a, op, b]);
+  return r.trim() === 'yes';
+}
+
+/** mkfs.ext4 makes /lost+found; it is not in the trees. */
+export const notLostFound = (p: string) => p !== '/lost+found' && !p.startsWith('/lost+found/');
