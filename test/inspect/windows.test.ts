@@ -1,20 +1,20 @@
 /**
  * Windows: SOFTWARE and SYSTEM hives made by the real hivex tools (`hivexregedit --merge` of
- * .reg text into hivex's own empty hive, images/minimal of hivex at commit 281583667f,
- * vendored as data/hivex-minimal.hive), placed in an ext4 image laid out like a Windows
+ * .reg text into an empty seed hive that test/helpers/empty-hive.ts writes from the format's
+ * published layout: hivex writes every key and value), placed in an ext4 image laid out like a Windows
  * root (/Windows/System32/config). Values are checked against `hivexget` and the program
  * list against `hivexregedit --export`. A corrupted hive gives warnings, never a crash.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { Hive, valueText } from '../../src/inspect/hive.js';
 import { inspectImage } from '../../src/inspect/inspect.js';
 import { StrataError } from '../../src/util/errors.js';
-import { fixture, ROOT, run } from '../helpers/tools.js';
+import { emptyHive } from '../helpers/empty-hive.js';
+import { fixture, run } from '../helpers/tools.js';
 
-const MINIMAL = path.join(ROOT, 'test', 'inspect', 'data', 'hivex-minimal.hive');
 const PROGRAMS = 40;
 const BIG = 'B'.repeat(40_000);
 
@@ -75,14 +75,14 @@ function softwareKeys(): Record<string, Values> {
 }
 
 async function windowsImage(): Promise<{ img: string; software: string; system: string }> {
-  const dir = await fixture('inspect-windows-v1', async (out) => {
+  const dir = await fixture('inspect-windows-v2', async (out) => {
     const config = path.join(out, 'tree', 'Windows', 'System32', 'config');
     mkdirSync(config, { recursive: true });
     mkdirSync(path.join(out, 'tree', 'Windows', 'System32', 'drivers'));
     const software = path.join(config, 'SOFTWARE');
     const system = path.join(config, 'SYSTEM');
-    copyFileSync(MINIMAL, software);
-    copyFileSync(MINIMAL, system);
+    writeFileSync(software, emptyHive());
+    writeFileSync(system, emptyHive());
     writeFileSync(path.join(out, 'software.reg'), regText('HKEY_LOCAL_MACHINE\\SOFTWARE', softwareKeys()));
     writeFileSync(
       path.join(out, 'system.reg'),
@@ -215,7 +215,7 @@ describe('inspect Windows hives', () => {
 
   test('a disk with two OS roots (Windows in GPT partition 1, a Linux tree in 2): both are found', async () => {
     const w = await windowsImage();
-    const dir = await fixture('inspect-two-roots-v1', async (out) => {
+    const dir = await fixture('inspect-two-roots-v2', async (out) => {
       mkdirSync(out);
       const tree = path.join(out, 'linux');
       for (const d of ['etc', 'usr/bin']) mkdirSync(path.join(tree, d), { recursive: true });
@@ -248,10 +248,10 @@ describe('inspect Windows hives', () => {
   });
 
   test('a garbage SOFTWARE hive in the image: a Windows root with a warning, not a failure', async () => {
-    const dir = await fixture('inspect-windows-bad-v1', async (out) => {
+    const dir = await fixture('inspect-windows-bad-v2', async (out) => {
       const config = path.join(out, 'tree', 'Windows', 'System32', 'config');
       mkdirSync(config, { recursive: true });
-      const b = readFileSync(MINIMAL);
+      const b = emptyHive();
       b.writeUInt32LE(0x7fff0000, 0x24); // root cell far outside the hive
       writeFileSync(path.join(config, 'SOFTWARE'), b);
       writeFileSync(path.join(config, 'SYSTEM'), Buffer.from('regf but not really'));
