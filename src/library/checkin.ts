@@ -13,6 +13,7 @@ import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
+import { parseLibraryBacking, versionImage } from './backing.js';
 import type { Library } from './library.js';
 import { isoTime, mapLimit, volumeDiskOffset } from './listing.js';
 import {
@@ -459,7 +460,14 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       const prev = (await lib.catalog.versions(opts.name)).pop();
       if (prev) parents.push({ image: prev.image, number: prev.number });
     }
-    const img = await openImage(image, opts.openOptions ?? {});
+    // an overlay made by `strata nbd REF --overlay` backs onto a library version (see backing.ts)
+    const img = await openImage(image, {
+      ...opts.openOptions,
+      resolveBacking: async (ref, from) => {
+        const digest = parseLibraryBacking(ref.path, from);
+        return digest === undefined ? undefined : versionImage(lib, digest, from);
+      },
+    });
     try {
       const warnings: string[] = [...img.warnings];
       let total = 0;

@@ -55,7 +55,7 @@ async function progressBar(label: string): Promise<SingleBar | undefined> {
 }
 
 const mib = (n: number) => Math.floor(n / 2 ** 20);
-const collect = (v: string, prev: string[]) => [...prev, v];
+const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
 export function registerLibraryCommands(program: Command): void {
   withLib(

@@ -1,0 +1,78 @@
+import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
+import type { ByteSource } from '../../io/byte-source.js';
+import { CachedSource } from '../../io/cached-source.js';
+import { holeStatus, libraryBackingName } from '../../library/backing.js';
+import { openVersionSource } from '../../library/checkout.js';
+import type { Library } from '../../library/library.js';
+import type { NbdExport } from './export.js';
+
+export interface LibraryExportOptions {
+  /** Export name (default: the REF as given). */
+  name?: string;
+  /**
+   * Send writes to this qcow2 overlay (created, or reopened when it is ours and backs onto
+   * this version). Its backing file name is `strata-library:<manifest digest>` (see
+   * library/backing.ts): Strata resolves it back, `strata checkin OVERLAY --parent REF`.
+   */
+  overlay?: string;
+  /** Bytes of block cache in front of the version (default 64 MiB: chunks are decompressed on each miss). */
+  cacheSize?: number;
+}
+
+export const DEFAULT_LIBRARY_CACHE = 64 << 20;
+
+/**
+ * A library version (NAME, NAME:TAG, NAME@N or a manifest digest prefix) as an NBD
+ * export: chunks are read from the store on demand through a block cache; status() says
+ * `data` where the store holds bytes and hole elsewhere, so clients skip free space. The
+ * library stays open as long as the caller keeps it; closing the export leaves it open.
+ */
+export async function openLibraryExport(
+  lib: Library,
+  ref: string,
+  opts: LibraryExportOptions = {},
+): Promise<NbdExport> {
+  const v = await lib.catalog.resolve(ref);
+  const version = await openVersionSource(lib, ref);
+  const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
+  const cache =
+    cacheSize > 0
+      ? new CachedSource(version, { blockSize: cacheSize >= 64 << 20 ? 1 << 20 : 64 << 10, capacity: cacheSize })
+      : undefined;
+  const below: ByteSource = cache ?? version;
+  const source: ByteSource = {
+    name: version.name,
+    size: version.size,
+    read: (o, l) => below.read(o, l),
+    status: async (o, l) => holeStatus(await version.status(o, l)),
+  };
+  if (below.readInto) source.readInto = (o, out) => below.readInto!(o, out);
+  const name = opts.name ?? ref;
+  const description = `library version ${v.image}@${v.number} (manifest ${v.manifest})`;
+  const prefetch = cache ? (o: number, l: number) => warm(cache, o, l) : undefined;
+  if (!opts.overlay) return { name, description, source, prefetch, close: () => version.close() };
+  const overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
+    path: libraryBackingName(v.manifest),
+    format: 'raw',
+  });
+  return {
+    name,
+    description: `${description} with overlay ${opts.overlay}`,
+    source: overlay,
+    writer: overlay,
+    prefetch,
+    close: async () => {
+      try {
+        await overlay.close();
+      } finally {
+        await version.close();
+      }
+    },
+  };
+}
+
+/** NBD_CMD_CACHE: read the range through the cache, 1 MiB at a time. */
+async function warm(cache: CachedSource, offset: number, length: number): Promise<void> {
+  const end = Math.min(cache.size, offset + Math.min(length, cache.capacity));
+  for (let o = offset; o < end; o += 1 << 20) await cache.read(o, Math.min(1 << 20, end - o));
+}
