@@ -36,9 +36,7 @@ export async function openLibraryExport(
   const version = await openVersionSource(lib, ref);
   const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
   const cache =
-    cacheSize > 0
-      ? new CachedSource(version, { blockSize: cacheSize >= 64 << 20 ? 1 << 20 : 64 << 10, capacity: cacheSize })
-      : undefined;
+    cacheSize > 0 ? new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize }) : undefined;
   const below: ByteSource = cache ?? version;
   const source: ByteSource = {
     name: version.name,
@@ -69,6 +67,24 @@ export async function openLibraryExport(
       }
     },
   };
+}
+
+/**
+ * Cache block size matched to how the version was cut: a cache miss decodes every chunk
+ * the block touches, so a 1 MiB block over 64 KiB disk-offset chunks decodes 16 of them for
+ * one 4 KiB read (measured: 632 vs 4007 random 4K IOPS at qd16 on bench/nbd's mixed disk),
+ * while 64 KiB blocks over 1 MiB file chunks decode each chunk up to 16 times on a
+ * sequential pass. The mean range length (bytes stored / ranges) tells which dominates:
+ * the power of two at or below it, between 64 KiB and 1 MiB.
+ */
+export function cacheBlockSize(version: { manifest: { ranges: { length: ArrayLike<number> } } }): number {
+  const lengths = version.manifest.ranges.length;
+  let total = 0;
+  for (let i = 0; i < lengths.length; i++) total += lengths[i];
+  const mean = lengths.length > 0 ? total / lengths.length : 0;
+  let b = 64 << 10;
+  while (b * 2 <= Math.min(mean, 1 << 20)) b *= 2;
+  return b;
 }
 
 /** NBD_CMD_CACHE: read the range through the cache, 1 MiB at a time. */
