@@ -55,7 +55,7 @@ const CONCURRENCY = 8;
 export interface CheckinOptions {
   name: string;
   description?: string;
-  /** Parent version refs; default: the image's latest version, if any. */
+  /** Parent version refs; default: the library version an overlay backs onto, else the image's latest version, if any. */
   parents?: string[];
   tags?: string[];
   exact?: boolean;
@@ -461,13 +461,21 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       if (prev) parents.push({ image: prev.image, number: prev.number });
     }
     // an overlay made by `strata nbd REF --overlay` backs onto a library version (see backing.ts)
+    let bootedFrom: string | undefined;
     const img = await openImage(image, {
       ...opts.openOptions,
       resolveBacking: async (ref, from) => {
         const digest = parseLibraryBacking(ref.path, from);
-        return digest === undefined ? undefined : versionImage(lib, digest, from);
+        if (digest === undefined) return undefined;
+        bootedFrom = digest;
+        return versionImage(lib, digest, from);
       },
     });
+    if (bootedFrom && !opts.parents) {
+      // no --parent: the version the overlay was booted from, not the latest of NAME
+      const v = await lib.catalog.resolve(bootedFrom).catch(() => undefined);
+      if (v) parents.splice(0, parents.length, { image: v.image, number: v.number });
+    }
     try {
       const warnings: string[] = [...img.warnings];
       let total = 0;

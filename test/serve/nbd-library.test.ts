@@ -204,6 +204,12 @@ describe('strata nbd REF: library versions', () => {
     assert.equal(versions.code, 0, versions.stderr);
     const v2 = (JSON.parse(versions.stdout) as Array<{ number: number; parents: unknown }>).find((v) => v.number === 2);
     assert.deepEqual(v2?.parents, [{ image: 'chain', number: 1 }]);
+    // without --parent, under another name: the parent is the version the overlay was booted from
+    const d = await strata(['checkin', '--library', libDir, '--name', 'derived', overlay, '--json']);
+    assert.equal(d.code, 0, d.stderr);
+    const dv = await strata(['versions', '--library', libDir, 'derived', '--json']);
+    assert.deepEqual(JSON.parse(dv.stdout)[0].parents, [{ image: 'chain', number: 1 }]);
+    assert.equal(JSON.parse(d.stdout).manifest, JSON.parse(ci.stdout).manifest, 'same bytes, same manifest');
     const out = path.join(dir, 'chain-2.raw');
     const co = await strata(['checkout', '--library', libDir, 'chain@2', out]);
     assert.equal(co.code, 0, co.stderr);
