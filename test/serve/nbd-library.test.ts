@@ -240,7 +240,7 @@ describe('strata nbd REF: library versions', () => {
     assert.match(bad.stderr, /no such version: nosuch@3/);
     const none = await strata(['nbd', '--library', path.join(dir, 'no-lib'), '--port', '0', 'chain@1']);
     assert.notEqual(none.code, 0);
-    assert.match(none.stderr, /no library here/);
+    assert.match(none.stderr, /chain@1: not a file, and no library at .*no-lib to look it up in as a REF/);
   });
 
   test('checkin of an overlay whose backing version is not in the library fails naming the overlay', async () => {

@@ -63,7 +63,17 @@ export function registerNbdCommand(program: Command): void {
           // not a file: a library REF
           if (!lib) {
             const { Library } = await import('../../library/library.js');
-            lib = await Library.open(o.library as string | undefined, { create: false });
+            const { libraryLocation } = await import('../../library/library.js');
+            try {
+              lib = await Library.open(o.library as string | undefined, { create: false });
+            } catch (e) {
+              throw new StrataError(
+                'NOT_FOUND',
+                `not a file, and no library at ${libraryLocation(o.library as string | undefined)} to look it up in as a REF`,
+                { file: image },
+                { cause: e },
+              );
+            }
           }
           exports.push(await openLibraryExport(lib, image, { name: names[i], overlay: overlays[i], cacheSize }));
           continue;

@@ -49,10 +49,16 @@ export async function openLibraryExport(
   const description = `library version ${v.image}@${v.number} (manifest ${v.manifest})`;
   const prefetch = cache ? (o: number, l: number) => warm(cache, o, l) : undefined;
   if (!opts.overlay) return { name, description, source, prefetch, close: () => version.close() };
-  const overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
-    path: libraryBackingName(v.manifest),
-    format: 'raw',
-  });
+  let overlay: Qcow2Overlay;
+  try {
+    overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
+      path: libraryBackingName(v.manifest),
+      format: 'raw',
+    });
+  } catch (e) {
+    await version.close();
+    throw e;
+  }
   return {
     name,
     description: `${description} with overlay ${opts.overlay}`,
