@@ -122,7 +122,7 @@ describe('strata nbd REF: library versions', () => {
     assert.deepEqual(errors, []);
   });
 
-  test('several concurrent readers through a small cache (qemu-img compare x3, nbdcopy x2)', async () => {
+  test('several concurrent readers, large requests straight from the store and 64 KiB ones through a small cache (qemu-img compare x3, nbdcopy x2)', async () => {
     const { server, errors, uri } = await startServer([
       await openLibraryExport(lib, 'chain@1', { name: 'c', cacheSize: 2 << 20 }),
     ]);
@@ -130,7 +130,8 @@ describe('strata nbd REF: library versions', () => {
       const copies = [0, 1].map((i) => path.join(dir, `copy-${i}.raw`));
       const jobs = [
         ...[0, 1, 2].map(() => run('qemu-img', ['compare', '-f', 'raw', uri('c'), chain.child])),
-        ...copies.map((c) => run('nbdcopy', [uri('c'), c])),
+        // 64 KiB requests over 2 connections each: below the direct-read size, so through the cache
+        ...copies.map((c) => run('nbdcopy', ['--request-size=65536', '--connections=2', uri('c'), c])),
       ];
       for (const out of (await Promise.all(jobs)).slice(0, 3)) assert.match(out, /identical/);
       for (const c of copies) {
