@@ -2,8 +2,8 @@ import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { holeStatus, libraryBackingName } from '../../library/backing.js';
-import { openVersionSource } from '../../library/checkout.js';
 import type { Library } from '../../library/library.js';
+import { VersionSource } from '../../library/version-source.js';
 import type { NbdExport } from './export.js';
 
 export interface LibraryExportOptions {
@@ -35,7 +35,9 @@ export async function openLibraryExport(
   opts: LibraryExportOptions = {},
 ): Promise<NbdExport> {
   const v = await lib.catalog.resolve(ref);
-  const version = await openVersionSource(lib, ref);
+  // from the resolved row's manifest (not a second resolve: a tag moved meanwhile would make
+  // the overlay record one version and serve another)
+  const version = new VersionSource(lib.store, await lib.layout(v.manifest), `${lib.dir}#${v.image}@${v.number}`);
   const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
   const cache =
     cacheSize > 0 ? new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize }) : undefined;
