@@ -224,6 +224,39 @@ describe('strata nbd REF: library versions', () => {
     }
   });
 
+  test('strata nbd FILE REF: an image file and a library version on one server, read-only', async () => {
+    const srv = await strataNbd([
+      '--library',
+      libDir,
+      '--port',
+      '0',
+      chain.child,
+      'chain@1',
+      '-x',
+      'file',
+      '-x',
+      'lib',
+    ]);
+    try {
+      assert.deepEqual(
+        srv.exports.map((e) => [e.name, e.readOnly]),
+        [
+          ['file', true],
+          ['lib', true],
+        ],
+      );
+      for (const e of srv.exports) {
+        assert.match(await run('qemu-img', ['compare', '-f', 'raw', e.uri, chain.child]), /identical/, e.name);
+      }
+      await assert.rejects(
+        qemuIo(srv.exports[1].uri, ['write -P 1 0 4k']),
+        /Permission denied/ /* the export says read-only */,
+      );
+    } finally {
+      assert.equal(await srv.stop(), 0);
+    }
+  });
+
   test('an overlay is reopened only on the version it backs onto; a missing REF or library is a clear error', async () => {
     const overlay = path.join(dir, 'reopen-overlay.qcow2');
     const x = await openLibraryExport(lib, 'chain@1', { overlay });
