@@ -9,6 +9,14 @@
  *   npm run bench:nbd
  *   BENCH_DIR=/work/main/.cache/bench BENCH_RUNS=3 BENCH_FIO_SECONDS=10 npm run bench:nbd
  *   BENCH_NODE_FLAGS=--cpu-prof npm run bench:nbd      # profile the Strata server
+ *   BENCH_CASES=library BENCH_SIZE_MIB=256 npm run bench:nbd   # only the library-version case
+ *
+ * Library case (BENCH_CASES=image,library, both by default): the raw image checked in
+ * (default check-in, cached in BENCH_DIR) and served as `strata nbd --library L NAME@1`
+ * (default 64 MiB block cache, BENCH_LIB_CACHE to change). Cold: a fresh server (empty
+ * block cache; the store's files may sit in the page cache, which is not dropped on a
+ * shared machine); warm: a second pass on the same server. Beside it, in the same run,
+ * `strata nbd` and qemu-nbd on the raw image file, one pass each.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
@@ -60,10 +68,14 @@ interface Running {
 }
 
 /** Start a server and wait until a client can connect. */
-async function start(kind: string, image: string, format: string): Promise<Running> {
+async function start(kind: string, image: string, format: string, extra: string[] = []): Promise<Running> {
   const port = await freePort();
   let proc: ChildProcess;
-  if (kind === 'strata') {
+  if (kind === 'strata-library') {
+    proc = spawn(process.execPath, [...NODE_FLAGS, BIN, 'nbd', ...extra, image, '--port', String(port)], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+  } else if (kind === 'strata') {
     proc = spawn(process.execPath, [...NODE_FLAGS, BIN, 'nbd', image, '--port', String(port)], {
       stdio: ['ignore', 'ignore', 'inherit'],
     });
@@ -179,7 +191,81 @@ async function measureAll(kinds: string[], image: string, format: string): Promi
 
 const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
 
+/**
+ * A library version next to its image file: cold (fresh server) and warm (second pass)
+ * figures for the version, one pass each for `strata nbd` and qemu-nbd on the raw file.
+ */
+async function libraryCase(raw: string): Promise<void> {
+  const lib = await cached(`nbd-lib-${path.basename(raw, '.raw')}`, async (out) => {
+    const t0 = process.hrtime.bigint();
+    await pexec(process.execPath, [BIN, 'checkin', '--library', out, '--name', 'mixed', raw], { maxBuffer: 64 << 20 });
+    console.error(`checked in ${raw} in ${Number(process.hrtime.bigint() - t0) / 1e9} s`);
+  });
+  const extra = [
+    '--library',
+    lib,
+    ...(process.env.BENCH_LIB_CACHE ? ['--cache-size', process.env.BENCH_LIB_CACHE] : []),
+  ];
+  const rows: Record<string, Record<string, number>> = {};
+  const seq = async (k: string, r: Running, pass: string) => {
+    (rows[k] ??= {})[`seqMBs${pass}`] = Math.round(await sequential(r.uri, SIZE));
+  };
+  const rnd = async (k: string, r: Running, pass: string) => {
+    const f = await random(r.uri, 16);
+    rows[k][`qd16Iops${pass}`] = f.iops;
+    rows[k][`qd16P99us${pass}`] = f.p99us;
+  };
+  // sequential: fresh server, cold pass then warm pass
+  let r = await start('strata-library', 'mixed@1', 'raw', extra);
+  try {
+    await seq('strata-library', r, 'Cold');
+    await seq('strata-library', r, 'Warm');
+  } finally {
+    await stop(r);
+  }
+  // random: another fresh server, so the random reads start cold too
+  r = await start('strata-library', 'mixed@1', 'raw', extra);
+  try {
+    await rnd('strata-library', r, 'Cold');
+    await rnd('strata-library', r, 'Warm');
+    rows['strata-library'].peakRssMiB = peakRssMiB(r.proc.pid!);
+  } finally {
+    await stop(r);
+  }
+  await pexec('dd', [`if=${raw}`, 'of=/dev/null', 'bs=8M']);
+  for (const k of ['strata', 'qemu-nbd']) {
+    const s = await start(k, raw, 'raw');
+    try {
+      await seq(k, s, '');
+      rows[k] ??= {};
+      await rnd(k, s, '');
+      rows[k].peakRssMiB = peakRssMiB(s.proc.pid!);
+    } finally {
+      await stop(s);
+    }
+  }
+  const lf = rows['strata-library'];
+  const q = rows['qemu-nbd'];
+  console.log(
+    JSON.stringify({
+      bench: 'nbd',
+      case: 'library version vs image file',
+      image: path.basename(raw),
+      cacheSize: process.env.BENCH_LIB_CACHE ?? '64M',
+      ...rows,
+      ratios: {
+        seqColdVsQemu: ratio(lf.seqMBsCold, q.seqMBs),
+        seqWarmVsQemu: ratio(lf.seqMBsWarm, q.seqMBs),
+        iopsColdVsQemu: ratio(lf.qd16IopsCold, q.qd16Iops),
+        iopsWarmVsQemu: ratio(lf.qd16IopsWarm, q.qd16Iops),
+      },
+      loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
+    }),
+  );
+}
+
 async function main(): Promise<void> {
+  const cases = (process.env.BENCH_CASES ?? 'image,library').split(',');
   const gib = (SIZE / 2 ** 30).toString().replace('.', '_');
   const raw = await cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
   const qcow2 = await cached(`mixed-${gib}g-v1.qcow2`, async (out) => {
@@ -189,6 +275,8 @@ async function main(): Promise<void> {
     () => true,
     () => false,
   );
+  if (cases.includes('library')) await libraryCase(raw);
+  if (!cases.includes('image')) return;
   const summary: Record<string, unknown> = {};
   for (const [format, image] of [
     ['raw', raw],

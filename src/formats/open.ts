@@ -100,6 +100,8 @@ function makeContext(
     warnings,
     warn: (m) => warnings.push(m),
     openBacking: async (ref: BackingRef) => {
+      const resolved = await options.resolveBacking?.(ref, location);
+      if (resolved) return resolved;
       const target = resolveReference(location, ref.path, options, 'backing file');
       return openLayer(target, options, ref.format, seen, depth + 1);
     },

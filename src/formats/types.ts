@@ -44,6 +44,11 @@ export interface OpenOptions {
   noBacking?: boolean;
   /** Headers for HTTP sources. */
   httpHeaders?: Record<string, string>;
+  /**
+   * Opens backing references that are not files (e.g. a library version named by a qcow2
+   * overlay); returns undefined to fall back to the file lookup. Layers above supply it.
+   */
+  resolveBacking?: (ref: BackingRef, from: string) => Promise<DiskImage | undefined>;
 }
 
 /** What a format driver gets to open one container file. */

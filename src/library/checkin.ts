@@ -13,6 +13,7 @@ import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
+import { parseLibraryBacking, versionImage } from './backing.js';
 import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
 import { isoTime, mapLimit, volumeDiskOffset } from './listing.js';
@@ -55,7 +56,7 @@ const CONCURRENCY = 8;
 export interface CheckinOptions {
   name: string;
   description?: string;
-  /** Parent version refs; default: the image's latest version, if any. */
+  /** Parent version refs; default: the library version an overlay backs onto, else the image's latest version, if any. */
   parents?: string[];
   tags?: string[];
   exact?: boolean;
@@ -462,7 +463,22 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       const prev = (await lib.catalog.versions(opts.name)).pop();
       if (prev) parents.push({ image: prev.image, number: prev.number });
     }
-    const img = await openImage(image, opts.openOptions ?? {});
+    // an overlay made by `strata nbd REF --overlay` backs onto a library version (see backing.ts)
+    let bootedFrom: string | undefined;
+    const img = await openImage(image, {
+      ...opts.openOptions,
+      resolveBacking: async (ref, from) => {
+        const digest = parseLibraryBacking(ref.path, from);
+        if (digest === undefined) return undefined;
+        bootedFrom = digest;
+        return versionImage(lib, digest, from);
+      },
+    });
+    if (bootedFrom && !opts.parents) {
+      // no --parent: the version the overlay was booted from, not the latest of NAME
+      const v = await lib.catalog.resolve(bootedFrom).catch(() => undefined);
+      if (v) parents.splice(0, parents.length, { image: v.image, number: v.number });
+    }
     try {
       const warnings: string[] = [...img.warnings];
       let total = 0;

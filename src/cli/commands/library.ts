@@ -55,7 +55,7 @@ async function progressBar(label: string): Promise<SingleBar | undefined> {
 }
 
 const mib = (n: number) => Math.floor(n / 2 ** 20);
-const collect = (v: string, prev: string[]) => [...prev, v];
+const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
 export function registerLibraryCommands(program: Command): void {
   withLib(
@@ -82,7 +82,11 @@ export function registerLibraryCommands(program: Command): void {
         .description('store an image as a new version: chunks cut along its file systems, deduplicated')
         .argument('<image>', 'image file or http(s) URL (raw, qcow2, vmdk, vhd, vhdx, vdi)')
         .requiredOption('--name <name>', 'image name in the library')
-        .option('--parent <ref>', 'version this one derives from (repeatable; default: the latest of NAME)', collect)
+        .option(
+          '--parent <ref>',
+          'version this one derives from (repeatable; default: the version an overlay from strata nbd REF --overlay backs onto, else the latest of NAME)',
+          collect,
+        )
         .option('--tag <tag>', 'tag the new version (repeatable)', collect, [])
         .option('--description <text>', 'image description')
         .option('--exact', 'keep free space too: checkout is then byte-identical to the virtual disk')

@@ -1,4 +1,7 @@
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
+import type { Library } from '../../library/library.js';
+import type { NbdExport } from '../../serve/nbd/export.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
@@ -8,20 +11,28 @@ function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
 
-/** `nbd IMAGE...`: serve images over NBD until SIGINT/SIGTERM. */
+/**
+ * `nbd IMAGE|REF...`: serve images, or library versions, over NBD until SIGINT/SIGTERM. An
+ * argument that is not an existing file (nor a URL) is a library REF (NAME, NAME:TAG,
+ * NAME@N, manifest digest prefix) in --library DIR (else $STRATA_LIBRARY, else the default).
+ */
 export function registerNbdCommand(program: Command): void {
   addOpenOptions(
     program
       .command('nbd')
       .description('serve images as NBD exports (read-only unless --overlay), like qemu-nbd')
-      .argument('<image...>', 'image files (any format Strata reads, with backing chains)')
+      .argument('<image...>', 'image files (any format Strata reads, with backing chains) or library REFs')
+      .option('--library <dir>', 'library for REFs (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
       .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
       .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
-      .option('-x, --name <name>', 'export name, one per image in order (default: file name)', collect, [])
+      .option('-x, --name <name>', 'export name, one per image in order (default: file name, or the REF)', collect, [])
       .option('--overlay <file>', 'send writes of the image at the same position to this qcow2 overlay', collect, [])
       .option('--trace <file>', 'append every request as a JSON line {time, op, offset, length, latency}')
-      .option('--cache-size <size>', 'block cache in front of each image (default 0: the page cache serves files)')
+      .option(
+        '--cache-size <size>',
+        'block cache in front of each image (default 0: the page cache serves files; 64M for library versions)',
+      )
       .option('--json', 'print the exports and their URIs as JSON'),
   ).action(async (images: string[], o: Record<string, unknown>) => {
     const names = o.name as string[];
@@ -32,27 +43,52 @@ export function registerNbdCommand(program: Command): void {
       throw new StrataError('USAGE', 'use --port or --socket, not both');
     const port = o.port === undefined ? 10809 : Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
-    const cacheSize = o.cacheSize === undefined ? 0 : parseSize(String(o.cacheSize), 'cache size');
+    const cacheSize = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
 
-    const [{ openImageExport }, { NbdServer }, { TraceWriter }] = await Promise.all([
+    const [{ openImageExport }, { openLibraryExport }, { NbdServer }, { TraceWriter }] = await Promise.all([
       import('../../serve/nbd/image-export.js'),
+      import('../../serve/nbd/library-export.js'),
       import('../../serve/nbd/server.js'),
       import('../../serve/nbd/trace.js'),
     ]);
-    const exports = [];
+    const exports: NbdExport[] = [];
+    let lib: Library | undefined;
+    const closeAll = async () => {
+      for (const x of exports) await x.close().catch(() => {});
+      await lib?.close().catch(() => {});
+    };
     try {
       for (const [i, image] of images.entries()) {
+        if (!existsSync(image) && !/^https?:\/\//i.test(image)) {
+          // not a file: a library REF
+          if (!lib) {
+            const { Library } = await import('../../library/library.js');
+            const { libraryLocation } = await import('../../library/library.js');
+            try {
+              lib = await Library.open(o.library as string | undefined, { create: false });
+            } catch (e) {
+              throw new StrataError(
+                'NOT_FOUND',
+                `not a file, and no library at ${libraryLocation(o.library as string | undefined)} to look it up in as a REF`,
+                { file: image },
+                { cause: e },
+              );
+            }
+          }
+          exports.push(await openLibraryExport(lib, image, { name: names[i], overlay: overlays[i], cacheSize }));
+          continue;
+        }
         exports.push(
           await openImageExport(image, {
             name: names[i],
             overlay: overlays[i],
-            cacheSize,
+            cacheSize: cacheSize ?? 0,
             open: openOptionsFrom(o),
           }),
         );
       }
     } catch (e) {
-      for (const x of exports) await x.close();
+      await closeAll();
       throw e;
     }
     const trace = o.trace ? new TraceWriter(String(o.trace)) : undefined;
@@ -61,6 +97,7 @@ export function registerNbdCommand(program: Command): void {
       await server.listen(o.socket !== undefined ? { socket: String(o.socket) } : { host: String(o.bind), port });
     } catch (e) {
       await server.close().catch(() => {});
+      await lib?.close().catch(() => {});
       throw new StrataError('IO', `cannot listen: ${(e as Error).message}`);
     }
     const list = exports.map((e) => ({
@@ -79,6 +116,10 @@ export function registerNbdCommand(program: Command): void {
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
     });
-    await server.close();
+    try {
+      await server.close();
+    } finally {
+      await lib?.close();
+    }
   });
 }

@@ -1,0 +1,113 @@
+import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
+import type { ByteSource } from '../../io/byte-source.js';
+import { CachedSource } from '../../io/cached-source.js';
+import { holeStatus, libraryBackingName } from '../../library/backing.js';
+import type { Library } from '../../library/library.js';
+import { VersionSource } from '../../library/version-source.js';
+import type { NbdExport } from './export.js';
+
+export interface LibraryExportOptions {
+  /** Export name (default: the REF as given). */
+  name?: string;
+  /**
+   * Send writes to this qcow2 overlay (created, or reopened when it is ours and backs onto
+   * this version). Its backing file name is `strata-library:<manifest digest>` (see
+   * library/backing.ts): Strata resolves it back, `strata checkin OVERLAY --parent REF`.
+   */
+  overlay?: string;
+  /** Bytes of block cache in front of the version (default 64 MiB: chunks are decompressed on each miss). */
+  cacheSize?: number;
+}
+
+export const DEFAULT_LIBRARY_CACHE = 64 << 20;
+/** Reads at least this long bypass the block cache. */
+const DIRECT_READ = 256 << 10;
+
+/**
+ * A library version (NAME, NAME:TAG, NAME@N or a manifest digest prefix) as an NBD
+ * export: chunks are read from the store on demand through a block cache; status() says
+ * `data` where the store holds bytes and hole elsewhere, so clients skip free space. The
+ * library stays open as long as the caller keeps it; closing the export leaves it open.
+ */
+export async function openLibraryExport(
+  lib: Library,
+  ref: string,
+  opts: LibraryExportOptions = {},
+): Promise<NbdExport> {
+  const v = await lib.catalog.resolve(ref);
+  // from the resolved row's manifest (not a second resolve: a tag moved meanwhile would make
+  // the overlay record one version and serve another)
+  const version = new VersionSource(lib.store, await lib.layout(v.manifest), `${lib.dir}#${v.image}@${v.number}`);
+  const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
+  const cache =
+    cacheSize > 0 ? new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize }) : undefined;
+  // large reads (sequential copies) go straight to the version, which keeps several chunk
+  // reads in flight and writes into the reply buffer; small ones (a guest's random reads)
+  // go through the cache. Measured on bench/nbd's 1 GiB disk: nbdcopy 8.6 s through the
+  // cache, 3.1 s straight.
+  const direct = (n: number) => !cache || n >= DIRECT_READ;
+  const source: ByteSource = {
+    name: version.name,
+    size: version.size,
+    read: (o, l) => (direct(l) ? version.read(o, l) : (cache as CachedSource).read(o, l)),
+    readInto: async (o, out) => {
+      if (direct(out.length)) return version.readInto(o, out);
+      const b = await (cache as CachedSource).read(o, out.length);
+      out.set(b);
+      return b.length;
+    },
+    status: async (o, l) => holeStatus(await version.status(o, l)),
+  };
+  const name = opts.name ?? ref;
+  const description = `library version ${v.image}@${v.number} (manifest ${v.manifest})`;
+  const prefetch = cache ? (o: number, l: number) => warm(cache, o, l) : undefined;
+  if (!opts.overlay) return { name, description, source, prefetch, close: () => version.close() };
+  let overlay: Qcow2Overlay;
+  try {
+    overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
+      path: libraryBackingName(v.manifest),
+      format: 'raw',
+    });
+  } catch (e) {
+    await version.close();
+    throw e;
+  }
+  return {
+    name,
+    description: `${description} with overlay ${opts.overlay}`,
+    source: overlay,
+    writer: overlay,
+    prefetch,
+    close: async () => {
+      try {
+        await overlay.close();
+      } finally {
+        await version.close();
+      }
+    },
+  };
+}
+
+/**
+ * Cache block size matched to how the version was cut: a cache miss decodes every chunk
+ * the block touches, so a 1 MiB block over 64 KiB disk-offset chunks decodes 16 of them for
+ * one 4 KiB read (measured: 632 vs 4007 random 4K IOPS at qd16 on bench/nbd's mixed disk),
+ * while 64 KiB blocks over 1 MiB file chunks decode each chunk up to 16 times on a
+ * sequential pass. The mean range length (bytes stored / ranges) tells which dominates:
+ * the power of two at or below it, between 64 KiB and 1 MiB.
+ */
+export function cacheBlockSize(version: { manifest: { ranges: { length: ArrayLike<number> } } }): number {
+  const lengths = version.manifest.ranges.length;
+  let total = 0;
+  for (let i = 0; i < lengths.length; i++) total += lengths[i];
+  const mean = lengths.length > 0 ? total / lengths.length : 0;
+  let b = 64 << 10;
+  while (b * 2 <= Math.min(mean, 1 << 20)) b *= 2;
+  return b;
+}
+
+/** NBD_CMD_CACHE: read the range through the cache, 1 MiB at a time. */
+async function warm(cache: CachedSource, offset: number, length: number): Promise<void> {
+  const end = Math.min(cache.size, offset + Math.min(length, cache.capacity));
+  for (let o = offset; o < end; o += 1 << 20) await cache.read(o, Math.min(1 << 20, end - o));
+}
