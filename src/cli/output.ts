@@ -17,3 +17,40 @@ export function humanSize(n: number): string {
   }
   return u === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]} (${n} bytes)`;
 }
+
+/** A broken pipe on stdout: the reader went away (`| head`); stop quietly. */
+function epipe(): NodeJS.ErrnoException {
+  const e = new Error('EPIPE') as NodeJS.ErrnoException;
+  e.code = 'EPIPE';
+  return e;
+}
+
+let stdoutBroken = false;
+let stdoutHooked = false;
+function hookStdout(): void {
+  if (stdoutHooked) return;
+  stdoutHooked = true;
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') stdoutBroken = true;
+    else throw e;
+  });
+}
+
+/** Write `b` to stdout, waiting for the pipe to drain; throws EPIPE once the reader is gone. */
+export function writeOut(b: Uint8Array | string): Promise<void> {
+  hookStdout();
+  if (stdoutBroken) return Promise.reject(epipe());
+  if (process.stdout.write(b)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      process.stdout.off('drain', done);
+      process.stdout.off('close', done);
+      process.stdout.off('error', done);
+      if (stdoutBroken || process.stdout.destroyed) reject(epipe());
+      else resolve();
+    };
+    process.stdout.once('drain', done);
+    process.stdout.once('close', done);
+    process.stdout.once('error', done);
+  });
+}

@@ -1,10 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync, realpathSync } from 'node:fs';
-import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
-import * as path from 'node:path';
 import { StrataError } from '../util/errors.js';
 import { chain, resolvedStatus } from './layer.js';
 import type { DiskImage } from './types.js';
+import { openAtomicOutput } from './writers/atomic-output.js';
 import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from './writers/index.js';
 
 export interface ConvertOptions {
@@ -74,22 +72,12 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
   }
   refuseOverwritingInputs(src, outPath, opts.backing?.image);
 
-  const abs = path.resolve(outPath);
-  const tmp = path.join(
-    path.dirname(abs),
-    `.${path.basename(abs)}.strata-${process.pid}-${randomBytes(4).toString('hex')}.tmp`,
-  );
-  let fh: FileHandle | undefined;
+  const out = await openAtomicOutput(outPath);
   try {
-    try {
-      fh = await open(tmp, 'wx', 0o644);
-    } catch (e) {
-      throw new StrataError('IO', `cannot create output: ${(e as Error).message}`, { file: outPath }, { cause: e });
-    }
     const writer: ImageWriter =
       opts.format === 'raw'
-        ? await RawWriter.create(fh, outPath, src.size)
-        : await Qcow2Writer.create(fh, outPath, {
+        ? await RawWriter.create(out.fh, outPath, src.size)
+        : await Qcow2Writer.create(out.fh, outPath, {
             virtualSize: src.size,
             clusterSize: opts.clusterSize,
             compression: opts.compression,
@@ -97,23 +85,10 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
           });
     const bytesRead = await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
-    if (opts.sync) await fh.datasync();
-    await fh.close();
-    fh = undefined;
-    try {
-      await rename(tmp, abs);
-    } catch (e) {
-      throw new StrataError(
-        'IO',
-        `cannot put the output in place: ${(e as Error).message}`,
-        { file: outPath },
-        { cause: e },
-      );
-    }
+    await out.commit(opts.sync);
     return { virtualSize: src.size, bytesRead, bytesWritten };
   } catch (e) {
-    await fh?.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
+    await out.abort();
     throw e;
   }
 }

@@ -1,6 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
-import * as path from 'node:path';
+import { openAtomicOutput } from '../formats/writers/atomic-output.js';
 import { type ImageWriter, Qcow2Writer, RawWriter } from '../formats/writers/index.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
@@ -53,22 +51,15 @@ export async function checkout(
   }
   const v = await lib.catalog.resolve(ref);
   const src = new VersionSource(lib.store, await lib.layout(v.manifest), `${v.image}@${v.number}`);
-  const abs = path.resolve(out);
-  const tmp = path.join(
-    path.dirname(abs),
-    `.${path.basename(abs)}.strata-${process.pid}-${randomBytes(4).toString('hex')}.tmp`,
-  );
-  let fh: FileHandle | undefined;
+  const dest = await openAtomicOutput(out).catch(async (e) => {
+    await src.close();
+    throw e;
+  });
   try {
-    try {
-      fh = await open(tmp, 'wx', 0o644);
-    } catch (e) {
-      throw new StrataError('IO', `cannot create output: ${(e as Error).message}`, { file: out }, { cause: e });
-    }
     const writer: ImageWriter =
       format === 'raw'
-        ? await RawWriter.create(fh, out, src.size)
-        : await Qcow2Writer.create(fh, out, { virtualSize: src.size });
+        ? await RawWriter.create(dest.fh, out, src.size)
+        : await Qcow2Writer.create(dest.fh, out, { virtualSize: src.size });
     // pieces that hold data, in order: data spans widened to the writer's granularity, spans
     // closer than MERGE_GAP joined (a few zeros are cheaper than another write), at most WINDOW long
     const G = writer.granularity;
@@ -114,14 +105,10 @@ export async function checkout(
       opts.onProgress?.(done, dataBytes);
     }
     const { bytesWritten } = await writer.finish();
-    if (opts.sync) await fh.datasync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, abs);
+    await dest.commit(opts.sync);
     return { ref: `${v.image}@${v.number}`, output: out, format, virtualSize: src.size, dataBytes, bytesWritten };
   } catch (e) {
-    await fh?.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
+    await dest.abort();
     throw e;
   } finally {
     await src.close();

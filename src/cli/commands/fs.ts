@@ -14,7 +14,7 @@ import {
 } from '../../library/listing.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
-import { humanSize, printJson } from '../output.js';
+import { humanSize, printJson, writeOut } from '../output.js';
 
 /**
  * File-system verbs: parts, fsinfo, ls, cat, stat, extract. All take the same address:
@@ -244,43 +244,6 @@ function fmtValue(v: unknown): string {
     return JSON.stringify(v);
   }
   return String(v);
-}
-
-/** A broken pipe on stdout: the reader went away (`| head`); stop quietly. */
-function epipe(): NodeJS.ErrnoException {
-  const e = new Error('EPIPE') as NodeJS.ErrnoException;
-  e.code = 'EPIPE';
-  return e;
-}
-
-let stdoutBroken = false;
-let stdoutHooked = false;
-function hookStdout(): void {
-  if (stdoutHooked) return;
-  stdoutHooked = true;
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') stdoutBroken = true;
-    else throw e;
-  });
-}
-
-/** Write `b` to stdout, waiting for the pipe to drain; throws EPIPE once the reader is gone. */
-function writeOut(b: Uint8Array | string): Promise<void> {
-  hookStdout();
-  if (stdoutBroken) return Promise.reject(epipe());
-  if (process.stdout.write(b)) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const done = () => {
-      process.stdout.off('drain', done);
-      process.stdout.off('close', done);
-      process.stdout.off('error', done);
-      if (stdoutBroken || process.stdout.destroyed) reject(epipe());
-      else resolve();
-    };
-    process.stdout.once('drain', done);
-    process.stdout.once('close', done);
-    process.stdout.once('error', done);
-  });
 }
 
 /** Batches text lines into large stdout writes. */

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { Library } from '../../library/library.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
-import { humanSize, printJson } from '../output.js';
+import { humanSize, printJson, writeOut } from '../output.js';
 
 /**
  * Library verbs: init, checkin, checkout, images, versions, describe, tag, rm, gc,
@@ -326,31 +326,6 @@ export function registerLibraryCommands(program: Command): void {
         );
       }
     });
-  });
-}
-
-/** A broken pipe on stdout (`| head`) ends the command quietly (main.ts returns 0 on EPIPE). */
-let stdoutBroken = false;
-function writeOut(b: Uint8Array | string): Promise<void> {
-  if (process.stdout.listenerCount('error') === 0) {
-    process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'EPIPE') stdoutBroken = true;
-    });
-  }
-  const epipe = () => Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
-  if (stdoutBroken) return Promise.reject(epipe());
-  if (process.stdout.write(b)) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const done = () => {
-      process.stdout.off('drain', done);
-      process.stdout.off('close', done);
-      process.stdout.off('error', done);
-      if (stdoutBroken || process.stdout.destroyed) reject(epipe());
-      else resolve();
-    };
-    process.stdout.once('drain', done);
-    process.stdout.once('close', done);
-    process.stdout.once('error', done);
   });
 }
 

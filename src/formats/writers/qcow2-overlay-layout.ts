@@ -1,4 +1,5 @@
 import { StrataError } from '../../util/errors.js';
+import { encodeFeatureNames } from './qcow2-writer.js';
 
 /**
  * The on-disk layout of Strata's qcow2 overlays (version 3, 64 KiB clusters, 16-bit
@@ -124,17 +125,9 @@ export function buildHeader(
 }
 
 function featureNames(): Uint8Array {
-  const names: Array<[number, number, string]> = [
+  return encodeFeatureNames([
     [0, 0, 'dirty'],
     [0, 1, 'corrupt'],
     [1, 0, 'lazy refcounts'],
-  ];
-  const out = new Uint8Array(names.length * 48);
-  const enc = new TextEncoder();
-  names.forEach(([type, bit, name], i) => {
-    out[i * 48] = type;
-    out[i * 48 + 1] = bit;
-    out.set(enc.encode(name), i * 48 + 2);
-  });
-  return out;
+  ]);
 }

@@ -362,6 +362,11 @@ function featureNameTable(): Uint8Array {
     [2, 0, 'bitmaps'],
     [2, 1, 'raw external data'],
   ];
+  return encodeFeatureNames(names);
+}
+
+/** A qcow2 feature name table extension: (type, bit, name) entries of 48 bytes each. */
+export function encodeFeatureNames(names: ReadonlyArray<[number, number, string]>): Uint8Array {
   const out = new Uint8Array(names.length * 48);
   const enc = new TextEncoder();
   names.forEach(([type, bit, name], i) => {
