@@ -52,10 +52,17 @@ export async function fixture(key: string, make: (out: string) => Promise<void>)
   const tmp = `${final}.tmp-${process.pid}-${Date.now()}`;
   try {
     await make(tmp);
-    renameSync(tmp, final);
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
     throw e;
+  }
+  try {
+    renameSync(tmp, final);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    // Another test process built the same fixture meanwhile (a directory cannot be renamed
+    // over a non-empty one): theirs is complete, use it.
+    if (!existsSync(final)) throw e;
   }
   return final;
 }
