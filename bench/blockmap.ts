@@ -15,37 +15,17 @@
  * - tsk: 100 random blocks, `ifind -d BLOCK` then `ffind INODE` when one is found, per block,
  *   next to Strata's per-lookup time on the same blocks, and how many answers agree.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import {
-  createReadStream,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createReadStream, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { buildBlockMap } from '../src/blockmap/build.js';
 import { readTraceBatches, TraceResolver } from '../src/blockmap/trace.js';
 import { openImage } from '../src/formats/open.js';
 import { xorshift32 } from '../src/util/prng.js';
+import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
 
-const ROOT = (() => {
-  let d = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
-  return d;
-})();
 const BENCH = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
-const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
 const RUNS = Number(opt('--runs') ?? 3);
 const LOOKUPS = 100_000;
 const TRACE = 1_000_000;
@@ -54,49 +34,14 @@ const TSK_BLOCKS = 100;
 const log = (m: string) => process.stderr.write(`bench:blockmap: ${m}\n`);
 const emit = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
-function sh(cmd: string, argv: string[]): string {
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30 });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return r.stdout;
-}
-
-function need(cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
-    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
-}
-
-/** The Debian mirror apt uses, else deb.debian.org (as bench/ls.ts). */
-function aptMirror(): string {
-  const files = ['/etc/apt/sources.list'];
-  const d = '/etc/apt/sources.list.d';
-  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
-  for (const f of files) {
-    if (!existsSync(f)) continue;
-    const text = readFileSync(f, 'utf8');
-    for (const m of text.matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
-    for (const m of text.matchAll(/^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm)) {
-      if (/\/debian\/?$/.test(m[1])) return m[1];
-    }
-  }
-  return 'http://deb.debian.org/debian';
-}
-
 function setup(): string {
   const given = opt('--image') ?? process.env.BLOCKMAP_IMAGE;
   if (given) return path.resolve(given);
   mkdirSync(BENCH, { recursive: true });
   const image = path.join(BENCH, 'bookworm-minbase-1200m.ext4');
   if (existsSync(image)) return image;
-  let rootfs = opt('--rootfs') ?? path.join(BENCH, 'rootfs');
-  if (!existsSync(rootfs)) {
-    need('debootstrap', 'debootstrap');
-    rootfs = path.join(BENCH, 'rootfs');
-    const tmp = `${rootfs}.tmp`;
-    rmSync(tmp, { recursive: true, force: true });
-    log(`debootstrap --variant=minbase bookworm (once)`);
-    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, aptMirror()]);
-    renameSync(tmp, rootfs);
-  }
+  const rootfsGiven = opt('--rootfs');
+  const rootfs = rootfsGiven && existsSync(rootfsGiven) ? rootfsGiven : benchRootfs(BENCH, log);
   need('mkfs.ext4', 'e2fsprogs');
   log(`mkfs.ext4 -d ${rootfs} into 1200 MiB (once)`);
   sh('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'bench-root', '-d', rootfs, `${image}.tmp`, '1200M']);

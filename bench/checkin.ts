@@ -21,7 +21,7 @@
  * --base FILE --derived FILE (other images), --sweep (also check both in with 64 KiB,
  * 256 KiB and 1 MiB file chunks, in-process, to choose the file chunk size).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   appendFileSync,
@@ -39,23 +39,12 @@ import {
 } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { checkin } from '../src/library/checkin.js';
 import { Library } from '../src/library/library.js';
 import { zstdCompress } from '../src/util/zstd.js';
+import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
 
-const ROOT = (() => {
-  let d = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
-  return d;
-})();
 const BENCH = process.env.STRATA_BENCH ?? path.join(ROOT, '.cache', 'bench');
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
-const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-checkin';
 const MB = 1e6;
 const IMAGE_MIB = 1200;
@@ -73,44 +62,8 @@ const PACKAGES = [
 
 const log = (m: string) => process.stderr.write(`bench:checkin: ${m}\n`);
 
-function sh(cmd: string, argv: string[], cwd?: string): string {
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, cwd });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return r.stdout;
-}
-
-function need(cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
-    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
-}
-
-/** The Debian mirror apt uses, else deb.debian.org (as bench:ls finds it). */
-function aptMirror(): string {
-  const files = ['/etc/apt/sources.list'];
-  const d = '/etc/apt/sources.list.d';
-  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
-  for (const f of files) {
-    if (!existsSync(f)) continue;
-    const text = readFileSync(f, 'utf8');
-    for (const m of text.matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
-    for (const m of text.matchAll(/^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm)) {
-      if (/\/debian\/?$/.test(m[1])) return m[1];
-    }
-  }
-  return 'http://deb.debian.org/debian';
-}
-
 function rootfs(): string {
-  const dir = path.join(BENCH, 'rootfs');
-  if (!existsSync(dir)) {
-    need('debootstrap', 'debootstrap');
-    const tmp = `${dir}.tmp`;
-    rmSync(tmp, { recursive: true, force: true });
-    log('debootstrap --variant=minbase bookworm (once)');
-    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, aptMirror()]);
-    renameSync(tmp, dir);
-  }
-  return realpathSync(dir);
+  return realpathSync(benchRootfs(BENCH, log));
 }
 
 /** The .deb files of PACKAGES: apt's cache when it has them, else `apt-get download`. */
@@ -127,7 +80,7 @@ function debs(): string[] {
     else if ((f = find(cache))) out.push(path.join(cache, f));
     else {
       log(`apt-get download ${p}`);
-      sh('apt-get', ['download', p], dl);
+      sh('apt-get', ['download', p], { cwd: dl });
       out.push(path.join(dl, find(dl) as string));
     }
   }
@@ -359,7 +312,7 @@ async function main(): Promise<void> {
       newDerivedStrataOverCasync: round((storedTotal - storedAfterBase) / (casyncTotal - casyncAfterBase), 3),
       storedStrataOverFixed64k: round(storedTotal / fixed.totalStoredBytes, 3),
     },
-    sweep: args.includes('--sweep') ? await sweep(base, derived) : undefined,
+    sweep: process.argv.includes('--sweep') ? await sweep(base, derived) : undefined,
   };
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   rmSync(OUT, { recursive: true, force: true });

@@ -13,11 +13,10 @@
  * case also compares virt-inspector's XML with Strata's JSON field by field. --cases inspect
  * or --cases diff runs one of them.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   realpathSync,
   renameSync,
@@ -26,20 +25,9 @@ import {
   writeFileSync,
 } from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
 
-const ROOT = (() => {
-  let d = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
-  return d;
-})();
 const BENCH = path.join(ROOT, '.cache', 'bench');
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
-const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
 const RUNS = Number(opt('--runs') ?? 5);
 const PEER_RUNS = Number(opt('--peer-runs') ?? 1);
 const CASES = new Set((opt('--cases') ?? 'inspect,diff').split(','));
@@ -48,39 +36,8 @@ const log = (m: string) => process.stderr.write(`bench:inspect: ${m}\n`);
 const line = (o: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const round = (x: number) => Math.round(x * 10) / 10;
 
-function sh(cmd: string, argv: string[]): string {
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30 });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return r.stdout;
-}
-
-function need(cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
-    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
-}
-
-function aptMirror(): string {
-  const files = ['/etc/apt/sources.list'];
-  const d = '/etc/apt/sources.list.d';
-  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
-  for (const f of files) {
-    if (!existsSync(f)) continue;
-    for (const m of readFileSync(f, 'utf8').matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
-  }
-  return 'http://deb.debian.org/debian';
-}
-
 function rootfs(): string {
-  const dir = path.join(BENCH, 'rootfs');
-  if (!existsSync(dir)) {
-    need('debootstrap', 'debootstrap');
-    const tmp = `${dir}.tmp`;
-    rmSync(tmp, { recursive: true, force: true });
-    log('debootstrap --variant=minbase bookworm (once)');
-    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, aptMirror()]);
-    renameSync(tmp, dir);
-  }
-  return dir;
+  return benchRootfs(BENCH, log);
 }
 
 /** ext4 of `tree` in partition 1 of a GPT disk, as qcow2 at `out`. */

@@ -16,7 +16,7 @@
  * --profile (also write V8 CPU profiles of one strata ls and
  * one extract and print their hottest functions), --image FILE (bench another ext image).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   existsSync,
@@ -30,70 +30,22 @@ import {
   writeFileSync,
 } from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
 
-const ROOT = (() => {
-  let d = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
-  return d;
-})();
 const BENCH = path.join(ROOT, '.cache', 'bench');
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
 
-const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
 const RUNS = Number(opt('--runs') ?? 3);
-const PROFILE = args.includes('--profile');
+const PROFILE = process.argv.includes('--profile');
 
 function log(msg: string): void {
   process.stderr.write(`bench:ls: ${msg}\n`);
-}
-
-function need(cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
-    throw new Error(`${cmd} not found: apt-get install ${pkg}`);
-  }
-}
-
-function sh(cmd: string, argv: string[], opts: { input?: string } = {}): string {
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, input: opts.input });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return r.stdout;
-}
-
-/** The Debian mirror apt uses (deb822 URIs: or one-line deb entries), else deb.debian.org. */
-function aptMirror(): string {
-  const files = ['/etc/apt/sources.list'];
-  const d = '/etc/apt/sources.list.d';
-  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
-  for (const f of files) {
-    if (!existsSync(f)) continue;
-    const text = readFileSync(f, 'utf8');
-    for (const m of text.matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
-    for (const m of text.matchAll(/^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm)) {
-      if (/\/debian\/?$/.test(m[1])) return m[1];
-    }
-  }
-  return 'http://deb.debian.org/debian';
 }
 
 function setup(): string {
   const given = opt('--image');
   if (given) return path.resolve(given);
   mkdirSync(BENCH, { recursive: true });
-  const rootfs = path.join(BENCH, 'rootfs');
-  if (!existsSync(rootfs)) {
-    need('debootstrap', 'debootstrap');
-    const tmp = `${rootfs}.tmp`;
-    rmSync(tmp, { recursive: true, force: true });
-    const mirror = aptMirror();
-    log(`debootstrap --variant=minbase bookworm from ${mirror} (once)`);
-    sh('debootstrap', ['--variant=minbase', 'bookworm', tmp, mirror]);
-    renameSync(tmp, rootfs);
-  }
+  const rootfs = benchRootfs(BENCH, log);
   const image = path.join(BENCH, 'bookworm-minbase.ext4');
   if (!existsSync(image)) {
     need('mkfs.ext4', 'e2fsprogs');

@@ -23,17 +23,11 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs
 import { createServer } from 'node:net';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { CLI as BIN, ROOT } from './common.js';
 import { makeMixedRaw } from './mixed-disk.js';
 
 const pexec = promisify(execFile);
-const ROOT = (() => {
-  let d = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
-  return d;
-})();
-const BIN = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
 const DIR = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
 const SIZE = Number(process.env.BENCH_SIZE_MIB ?? 1024) * 1024 * 1024;
 const RUNS = Number(process.env.BENCH_RUNS ?? 2);

@@ -6,28 +6,13 @@
  * logical volumes (named /dev/mapper/VG-LV and /dev/VG/LV).
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { aptMirror } from '../../bench/common.js';
 import { fixture, run } from './tools.js';
 import { copyInto, lvm, lvRanges, mkfsImage, sparse, withLoop, writeOracle } from './volume-images.js';
 
 const MiB = 1024 * 1024;
-
-/** The Debian mirror apt uses here (deb822 URIs:), else deb.debian.org. */
-function aptMirror(): string {
-  const files = ['/etc/apt/sources.list'];
-  const d = '/etc/apt/sources.list.d';
-  if (existsSync(d)) for (const f of readdirSync(d)) files.push(path.join(d, f));
-  for (const f of files) {
-    if (!existsSync(f)) continue;
-    const text = readFileSync(f, 'utf8');
-    for (const m of text.matchAll(/^\s*URIs:\s*(\S+)/gm)) if (/\/debian\/?$/.test(m[1])) return m[1];
-    for (const m of text.matchAll(/^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm)) {
-      if (/\/debian\/?$/.test(m[1])) return m[1];
-    }
-  }
-  return 'http://deb.debian.org/debian';
-}
 
 /** `debootstrap --variant=minbase bookworm` (a few minutes, once). */
 export async function debootstrapTree(): Promise<string> {
