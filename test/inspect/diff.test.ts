@@ -8,89 +8,18 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
-import { debianTree } from '../helpers/debian-tree.js';
 import { expectedDiff, hostTree } from '../helpers/host-tree.js';
-import { fixture, ROOT, run } from '../helpers/tools.js';
+import { inspectPair, notLostFound, usedBlocks } from '../helpers/inspect-pair.js';
+import { ROOT, run } from '../helpers/tools.js';
 
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
 
-interface Pair {
-  base: string;
-  derived: string;
-  a: string;
-  b: string;
-}
-
-function editStatus(text: string): string {
-  const stanzas = text.split(/\n\n+/).filter((s) => s.trim() !== '');
-  const out: string[] = [];
-  for (const s of stanzas) {
-    const name = /^Package: (.+)$/m.exec(s)?.[1];
-    if (name === 'hostname') continue; // removed
-    if (name === 'bash')
-      out.push(s.replace(/^Version: .*$/m, 'Version: 9.9-1')); // upgraded
-    else if (name === 'gzip')
-      out.push(s.replace(/^Version: .*$/m, 'Version: 1.11-1')); // downgraded
-    else out.push(s);
-  }
-  out.push(
-    'Package: strata-probe\nStatus: install ok installed\nVersion: 1:0.1-1\nArchitecture: all\nDescription: added',
-  );
-  return `${out.join('\n\n')}\n`;
-}
-
-async function diffPair(): Promise<Pair> {
-  const tree = await debianTree();
-  const dir = await fixture('inspect-diff-pair-v1', async (out) => {
-    const base = path.join(out, 'base');
-    const derived = path.join(out, 'derived');
-    mkdirSync(path.join(base, 'usr/bin'), { recursive: true });
-    mkdirSync(path.join(base, 'var/lib'), { recursive: true });
-    await run('cp', ['-a', path.join(tree, 'etc'), base]);
-    await run('cp', ['-a', path.join(tree, 'var/lib/dpkg'), path.join(base, 'var/lib/')]);
-    for (const b of ['dash', 'ls', 'cat', 'true', 'gzip'])
-      await run('cp', ['-a', path.join(tree, 'usr/bin', b), path.join(base, 'usr/bin/')]);
-    await run('ln', ['-s', 'usr/bin', path.join(base, 'bin')]);
-    await run('ln', ['-s', 'hostname', path.join(base, 'etc/strata-link')]);
-    await run('cp', ['-a', base, derived]);
-    const d = (p: string) => path.join(derived, p);
-    writeFileSync(d('etc/added.conf'), 'new=1\n');
-    mkdirSync(d('usr/local/newdir'), { recursive: true });
-    await run('cp', [d('usr/bin/ls'), d('usr/local/newdir/ls-copy')]);
-    await run('rm', ['-f', d('etc/issue'), d('usr/bin/cat')]);
-    await run('rm', ['-rf', d('etc/cron.daily')]);
-    writeFileSync(d('etc/hostname'), readFileSync(d('etc/hostname'), 'utf8').toUpperCase()); // same size, new bytes
-    writeFileSync(d('etc/passwd'), `${readFileSync(d('etc/passwd'), 'utf8')}probe:x:3000:3000::/home/probe:/bin/sh\n`);
-    await run('chmod', ['600', d('etc/debian_version')]);
-    await run('chown', ['1000:1000', d('etc/issue.net')]);
-    await run('ln', ['-sfn', 'passwd', d('etc/strata-link')]);
-    await run('touch', ['-d', '2001-02-03 04:05:06', d('etc/shells')]);
-    await run('setfattr', ['-n', 'user.strata', '-v', 'probe', d('etc/motd')]);
-    writeFileSync(d('var/lib/dpkg/status'), editStatus(readFileSync(d('var/lib/dpkg/status'), 'utf8')));
-    for (const [src, img] of [
-      [base, 'a.img'],
-      [derived, 'b.img'],
-    ]) {
-      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-I', '256', '-d', src, path.join(out, img), '40M']);
-    }
-  });
-  return {
-    base: path.join(dir, 'base'),
-    derived: path.join(dir, 'derived'),
-    a: path.join(dir, 'a.img'),
-    b: path.join(dir, 'b.img'),
-  };
-}
-
-/** mkfs.ext4 makes /lost+found in both images; it is not in the trees. */
-const notLostFound = (p: string) => p !== '/lost+found' && !p.startsWith('/lost+found/');
-
 describe('strata diff', { timeout: 600_000 }, () => {
   test('files added, removed, changed and changed in metadata only match the trees', async () => {
-    const pair = await diffPair();
+    const pair = await inspectPair();
     const want = expectedDiff(await hostTree(pair.base), await hostTree(pair.derived));
     // The edits the fixture made are all there (the expected sets are not trivially empty).
     assert.ok(want.added.includes('/usr/local/newdir/ls-copy') && want.removed.includes('/usr/bin/cat'));
@@ -124,7 +53,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
   });
 
   test('--packages: added, removed, upgraded, downgraded as dpkg-query and dpkg --compare-versions see them', async () => {
-    const pair = await diffPair();
+    const pair = await inspectPair();
     const q = async (tree: string) =>
       new Map(
         (
@@ -175,27 +104,9 @@ describe('strata diff', { timeout: 600_000 }, () => {
   });
 
   test("--blocks: B's used blocks (dumpe2fs) that differ from A, and the bytes A shares, from the raw images", async () => {
-    const pair = await diffPair();
-    const used = async (img: string) => {
-      const d = await run('dumpe2fs', [img]);
-      const total = Number(/^Block count:\s+(\d+)/m.exec(d)?.[1]);
-      const bs = Number(/^Block size:\s+(\d+)/m.exec(d)?.[1]);
-      const free = new Uint8Array(total);
-      for (const m of d.matchAll(/^\s+Free blocks: (.*)$/gm)) {
-        for (const r of m[1]
-          .split(',')
-          .map((x) => x.trim())
-          .filter(Boolean)) {
-          const [s, e] = r.split('-').map(Number);
-          for (let i = s; i <= (e ?? s); i++) free[i] = 1;
-        }
-      }
-      const blocks: number[] = [];
-      for (let i = 0; i < total; i++) if (!free[i]) blocks.push(i);
-      return { bs, blocks };
-    };
-    const ua = await used(pair.a);
-    const ub = await used(pair.b);
+    const pair = await inspectPair();
+    const ua = await usedBlocks(pair.a);
+    const ub = await usedBlocks(pair.b);
     const A = readFileSync(pair.a);
     const B = readFileSync(pair.b);
     const h = (buf: Buffer, i: number, bs: number) =>
@@ -221,7 +132,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
   });
 
   test('an image against itself: no differences, every used block shared, nothing to write', async () => {
-    const pair = await diffPair();
+    const pair = await inspectPair();
     const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.a, '--packages', '--blocks', '--json']));
     assert.deepEqual(got.files.summary, {
       added: 0,

@@ -1,7 +1,7 @@
 /**
  * Inspection stored at check-in, `strata inspect REF`, `strata reinspect` and `strata
  * search` over a library holding two versions made from a base and a derived tree (see
- * inspect-pair.ts), then over ~1,000 versions. Every expected answer is computed from the
+ * test/helpers/inspect-pair.ts), then over ~1,000 versions. Every expected answer is computed from the
  * trees by real tools (find, sha256 of the files, dpkg-query, dpkg --compare-versions,
  * /etc/passwd, /etc/os-release), never from Strata's output.
  */
@@ -14,9 +14,9 @@ import type { OsInspection } from '../../src/inspect/types.js';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { type SearchHit, search } from '../../src/library/search.js';
+import { dpkgCompare, dpkgPackages, hostTree, inspectPair, type Pair } from '../helpers/inspect-pair.js';
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
-import { dpkgCompare, dpkgPackages, hostTree, inspectPair, type Pair } from './inspect-pair.js';
 
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
 

@@ -1,5 +1,5 @@
 /**
- * `strata diff A B` on two library versions (see inspect-pair.ts), from manifests only:
+ * `strata diff A B` on two library versions (see test/helpers/inspect-pair.ts), from manifests only:
  * files against the trees on the host (lstat, readlink, sha256, getfattr), packages against
  * dpkg-query and dpkg --compare-versions, blocks bounded by the raw images (dumpe2fs's
  * free-block lists and the bytes), and the same answer as the image-file diff.
@@ -10,8 +10,6 @@ import * as path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
-import { ROOT, run } from '../helpers/tools.js';
-import { tempDir } from './images.js';
 import {
   dpkgCompare,
   dpkgPackages,
@@ -20,7 +18,10 @@ import {
   inspectPair,
   notLostFound,
   type Pair,
-} from './inspect-pair.js';
+  usedBlocks,
+} from '../helpers/inspect-pair.js';
+import { ROOT, run } from '../helpers/tools.js';
+import { tempDir } from './images.js';
 
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
 
@@ -28,25 +29,6 @@ let pair: Pair;
 let libDir: string;
 const diff = async (...args: string[]) =>
   JSON.parse(await run('node', [CLI, 'diff', ...args, '--json', '--library', libDir]));
-
-async function usedBlocks(img: string): Promise<{ bs: number; blocks: number[] }> {
-  const d = await run('dumpe2fs', [img]);
-  const total = Number(/^Block count:\s+(\d+)/m.exec(d)?.[1]);
-  const bs = Number(/^Block size:\s+(\d+)/m.exec(d)?.[1]);
-  const free = new Uint8Array(total);
-  for (const m of d.matchAll(/^\s+Free blocks: (.*)$/gm)) {
-    for (const r of m[1]
-      .split(',')
-      .map((x) => x.trim())
-      .filter(Boolean)) {
-      const [s, e] = r.split('-').map(Number);
-      for (let i = s; i <= (e ?? s); i++) free[i] = 1;
-    }
-  }
-  const blocks: number[] = [];
-  for (let i = 0; i < total; i++) if (!free[i]) blocks.push(i);
-  return { bs, blocks };
-}
 
 describe('strata diff of library versions', { timeout: 600_000 }, () => {
   before(async () => {

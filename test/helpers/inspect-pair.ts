@@ -1,9 +1,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { debianTree } from '../helpers/debian-tree.js';
-import { fixture, run } from '../helpers/tools.js';
+import { debianTree } from './debian-tree.js';
+import { fixture, run } from './tools.js';
 
-export { type Expected, expectedDiff, type HostRecord, hostTree } from '../helpers/host-tree.js';
+export { type Expected, expectedDiff, type HostRecord, hostTree } from './host-tree.js';
 
 /**
  * Two ext4 images made by mkfs.ext4 -d for the library's inspect, search and diff tests: a
@@ -36,7 +36,7 @@ function editStatus(text: string): string {
 
 export async function inspectPair(): Promise<Pair> {
   const tree = await debianTree();
-  const dir = await fixture('library-inspect-pair-v1', async (out) => {
+  const dir = await fixture('inspect-pair-v1', async (out) => {
     const base = path.join(out, 'base');
     const derived = path.join(out, 'derived');
     mkdirSync(path.join(base, 'usr/bin'), { recursive: true });
@@ -102,3 +102,23 @@ export async function dpkgCompare(a: string, op: string, b: string): Promise<boo
 
 /** mkfs.ext4 makes /lost+found; it is not in the trees. */
 export const notLostFound = (p: string) => p !== '/lost+found' && !p.startsWith('/lost+found/');
+
+/** The blocks dumpe2fs does not list as free, and the block size. */
+export async function usedBlocks(img: string): Promise<{ bs: number; blocks: number[] }> {
+  const d = await run('dumpe2fs', [img]);
+  const total = Number(/^Block count:\s+(\d+)/m.exec(d)?.[1]);
+  const bs = Number(/^Block size:\s+(\d+)/m.exec(d)?.[1]);
+  const free = new Uint8Array(total);
+  for (const m of d.matchAll(/^\s+Free blocks: (.*)$/gm)) {
+    for (const r of m[1]
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean)) {
+      const [s, e] = r.split('-').map(Number);
+      for (let i = s; i <= (e ?? s); i++) free[i] = 1;
+    }
+  }
+  const blocks: number[] = [];
+  for (let i = 0; i < total; i++) if (!free[i]) blocks.push(i);
+  return { bs, blocks };
+}
