@@ -55,6 +55,14 @@ async function progressBar(label: string): Promise<SingleBar | undefined> {
 }
 
 const mib = (n: number) => Math.floor(n / 2 ** 20);
+/** A progress callback (bytes done, bytes total) that moves `bar` in MiB; none without a bar. */
+const progressIn = (bar: SingleBar | undefined) =>
+  bar
+    ? (done: number, total: number) => {
+        bar.setTotal(mib(total));
+        bar.update(mib(done));
+      }
+    : undefined;
 const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
 export function registerLibraryCommands(program: Command): void {
@@ -106,12 +114,7 @@ export function registerLibraryCommands(program: Command): void {
             tags: (o.tag as string[]) ?? [],
             exact: Boolean(o.exact),
             openOptions: openOptionsFrom(o),
-            onProgress: bar
-              ? (done, total) => {
-                  bar.setTotal(mib(total));
-                  bar.update(mib(done));
-                }
-              : undefined,
+            onProgress: progressIn(bar),
           });
           bar?.stop();
           for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
@@ -151,12 +154,7 @@ export function registerLibraryCommands(program: Command): void {
         const r = await checkout(lib, ref, out, {
           format: String(o.outputFormat) as 'raw' | 'qcow2',
           sync: Boolean(o.sync),
-          onProgress: bar
-            ? (done, total) => {
-                bar.setTotal(mib(total));
-                bar.update(mib(done));
-              }
-            : undefined,
+          onProgress: progressIn(bar),
         });
         bar?.stop();
         if (o.json) printJson(r);
