@@ -3,19 +3,26 @@ import * as path from 'node:path';
 import type { ByteSource } from '../io/byte-source.js';
 import { CachedSource } from '../io/cached-source.js';
 import { FileSource } from '../io/file-source.js';
-import { HttpSource } from '../io/http-source.js';
 import { StrataError } from '../util/errors.js';
 import { LIMITS } from '../util/limits.js';
-import { qcow2Driver } from './qcow2/index.js';
+import { isQcow2, isVdi, isVhd, isVhdx, isVmdk } from './probe.js';
 import { rawDriver } from './raw/index.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext, OpenOptions } from './types.js';
-import { vdiDriver } from './vdi/index.js';
-import { vhdDriver } from './vhd/index.js';
-import { vhdxDriver } from './vhdx/index.js';
-import { vmdkDriver } from './vmdk/index.js';
+
+/** A driver whose reader module is imported on first open: detection only needs the probe. */
+function lazyDriver(name: string, probe: FormatDriver['probe'], load: () => Promise<FormatDriver>): FormatDriver {
+  return { name, probe, open: async (ctx) => (await load()).open(ctx) };
+}
 
 /** Detection order: formats with a magic at offset 0 first, VHD (footer at the end) last, raw as fallback. */
-export const DRIVERS: readonly FormatDriver[] = [qcow2Driver, vhdxDriver, vdiDriver, vmdkDriver, vhdDriver, rawDriver];
+export const DRIVERS: readonly FormatDriver[] = [
+  lazyDriver('qcow2', isQcow2, async () => (await import('./qcow2/index.js')).qcow2Driver),
+  lazyDriver('vhdx', isVhdx, async () => (await import('./vhdx/index.js')).vhdxDriver),
+  lazyDriver('vdi', isVdi, async () => (await import('./vdi/index.js')).vdiDriver),
+  lazyDriver('vmdk', isVmdk, async () => (await import('./vmdk/index.js')).vmdkDriver),
+  lazyDriver('vhd', isVhd, async () => (await import('./vhd/index.js')).vhdDriver),
+  rawDriver,
+];
 
 export function driverByName(name: string): FormatDriver {
   const d = DRIVERS.find((x) => x.name === name);
@@ -29,6 +36,7 @@ const isUrl = (s: string) => /^https?:\/\//i.test(s);
 /** Open a source as plain bytes: a local file, or an http(s) URL read by ranges through a cache. */
 export async function openByteSource(location: string, options: OpenOptions = {}): Promise<ByteSource> {
   if (isUrl(location)) {
+    const { HttpSource } = await import('../io/http-source.js');
     const h = await HttpSource.open(location, { headers: options.httpHeaders });
     return new CachedSource(h, { blockSize: 1 << 20, capacity: 64 << 20 });
   }

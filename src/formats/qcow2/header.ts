@@ -2,7 +2,9 @@ import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 
-export const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
+import { QCOW2_MAGIC } from '../probe.js';
+
+export { QCOW2_MAGIC };
 
 /** Incompatible feature bits we understand. */
 export const INCOMPAT_DIRTY = 1;

@@ -1,6 +1,7 @@
 import type { ByteSource } from '../../io/byte-source.js';
+import { isQcow2 } from '../probe.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
-import { parseHeader, QCOW2_MAGIC } from './header.js';
+import { parseHeader } from './header.js';
 import { loadL1, Qcow2Image } from './image.js';
 
 export { parseHeader, type Qcow2Header } from './header.js';
@@ -46,7 +47,6 @@ async function open(ctx: OpenContext): Promise<DiskImage> {
 /** qcow2 v2/v3: detected by the "QFI\xfb" magic. */
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
-  probe: (head) =>
-    head.length >= 8 && new DataView(head.buffer, head.byteOffset, head.byteLength).getUint32(0) === QCOW2_MAGIC,
+  probe: isQcow2,
   open,
 };

@@ -1,6 +1,7 @@
 import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { isVdi, VDI_SIGNATURE } from '../probe.js';
 import { clampStatus, ReadPlan } from '../read-plan.js';
 import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
 
@@ -11,7 +12,6 @@ import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
  * special values: never written (reads as zeros, nothing stored) or discarded (zeros).
  */
 
-const SIGNATURE = 0xbeda107f;
 const BLOCK_FREE = 0xffffffff;
 const BLOCK_ZERO = 0xfffffffe;
 const TYPE_NAMES: Record<number, string> = { 1: 'dynamic', 2: 'static', 3: 'undo', 4: 'differencing' };
@@ -133,7 +133,7 @@ async function openVdi(ctx: OpenContext): Promise<DiskImage> {
   const h = await readExact(src, 0, HEADER_READ, 'vdi header');
   const dv = new DataView(h.buffer, h.byteOffset, h.byteLength);
   const u32 = (at: number) => dv.getUint32(at, true);
-  if (u32(0x40) !== SIGNATURE) {
+  if (u32(0x40) !== VDI_SIGNATURE) {
     throw new StrataError('CORRUPT', `bad signature 0x${u32(0x40).toString(16)}`, where('vdi header', 0x40));
   }
   const version = u32(0x44);
@@ -235,8 +235,6 @@ async function openVdi(ctx: OpenContext): Promise<DiskImage> {
 
 export const vdiDriver: FormatDriver = {
   name: 'vdi',
-  probe: (head) =>
-    head.length >= 0x44 &&
-    new DataView(head.buffer, head.byteOffset, head.byteLength).getUint32(0x40, true) === SIGNATURE,
+  probe: isVdi,
   open: openVdi,
 };

@@ -1,6 +1,7 @@
 import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { hasMagic, isVhd, VHD_COOKIE, VHD_FOOTER } from '../probe.js';
 import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
 
@@ -12,7 +13,8 @@ import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.
  */
 
 const SECTOR = 512;
-const FOOTER = 512;
+const FOOTER = VHD_FOOTER;
+const COOKIE = VHD_COOKIE;
 const DYN_HEADER = 1024;
 const UNUSED = 0xffffffff;
 
@@ -20,11 +22,7 @@ export const VHD_FIXED = 2;
 export const VHD_DYNAMIC = 3;
 export const VHD_DIFFERENCING = 4;
 
-const COOKIE = [0x63, 0x6f, 0x6e, 0x65, 0x63, 0x74, 0x69, 0x78]; // "conectix"
 const SPARSE = [0x63, 0x78, 0x73, 0x70, 0x61, 0x72, 0x73, 0x65]; // "cxsparse"
-
-const hasMagic = (b: Uint8Array, at: number, magic: number[]) =>
-  b.length >= at + magic.length && magic.every((c, i) => b[at + i] === c);
 
 /** VHD checksum: ones' complement of the byte sum, skipping the 4-byte checksum field. */
 export function vhdChecksum(b: Uint8Array, checksumAt: number): number {
@@ -449,6 +447,6 @@ export class VhdImage implements DiskImage {
 
 export const vhdDriver: FormatDriver = {
   name: 'vhd',
-  probe: (head, tail) => hasMagic(tail, tail.length - FOOTER, COOKIE) || hasMagic(head, 0, COOKIE),
+  probe: isVhd,
   open: (ctx) => VhdImage.open(ctx),
 };

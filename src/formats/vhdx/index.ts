@@ -9,6 +9,7 @@ import {
 import { crc32c } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { hasSignature, isVhdx, VHDX_SIG_FILE } from '../probe.js';
 import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
 import {
@@ -43,13 +44,8 @@ import { replayLog } from './log.js';
  * each chunk of payload-block entries is followed by the entry of its sector bitmap block.
  */
 
-const SIG_FILE = 'vhdxfile';
-
-const sig = (b: Uint8Array, at: number, s: string) => {
-  if (b.length < at + s.length) return false;
-  for (let i = 0; i < s.length; i++) if (b[at + i] !== s.charCodeAt(i)) return false;
-  return true;
-};
+const SIG_FILE = VHDX_SIG_FILE;
+const sig = hasSignature;
 
 /** CRC-32C of a structure with its 4-byte checksum field (at `at`) taken as zero. */
 export function vhdxChecksum(b: Uint8Array, at = 4): number {
@@ -672,6 +668,6 @@ export class VhdxImage implements DiskImage {
 
 export const vhdxDriver: FormatDriver = {
   name: 'vhdx',
-  probe: (head) => sig(head, 0, SIG_FILE),
+  probe: isVhdx,
   open: (ctx) => VhdxImage.open(ctx),
 };

@@ -1,6 +1,7 @@
 import { type ByteSource, clampRead, readExact } from '../../io/byte-source.js';
 import { crc32c } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
+import { hasSignature } from '../probe.js';
 import { guidString, MiB } from './layout.js';
 
 /*
@@ -39,10 +40,7 @@ export interface ReplayResult {
   lastSeq: bigint;
 }
 
-const sig = (b: Uint8Array, at: number, s: string) => {
-  for (let i = 0; i < s.length; i++) if (b[at + i] !== s.charCodeAt(i)) return false;
-  return true;
-};
+const sig = hasSignature;
 
 function u64(dv: DataView, at: number): number {
   const lo = dv.getUint32(at, true);

@@ -2,16 +2,10 @@ import { type ByteSource, clampRead, type Extent, readExact } from '../../io/byt
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { closeChain, readBelow } from '../layer.js';
+import { isVmdk } from '../probe.js';
 import { clampStatus } from '../read-plan.js';
 import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
-import {
-  type Descriptor,
-  type ExtentLine,
-  field,
-  looksLikeDescriptor,
-  MAX_DESCRIPTOR_BYTES,
-  parseDescriptor,
-} from './descriptor.js';
+import { type Descriptor, type ExtentLine, field, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.js';
 import { FlatExtent, type VmdkExtent, ZeroExtent } from './extents.js';
 import { COWD_MAGIC, GT_CACHE_BYTES, SPARSE_MAGIC, SparseExtent } from './sparse.js';
 
@@ -349,12 +343,6 @@ async function openExtent(
 
 export const vmdkDriver: FormatDriver = {
   name: 'vmdk',
-  probe: (head, _tail, size) => {
-    if (head.length >= 4) {
-      const m = new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true);
-      if (m === SPARSE_MAGIC || m === COWD_MAGIC) return true;
-    }
-    return looksLikeDescriptor(head, size);
-  },
+  probe: isVmdk,
   open: openVmdk,
 };

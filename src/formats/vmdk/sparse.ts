@@ -15,8 +15,10 @@ import { inflatePool } from './inflate-pool.js';
  * 12-byte marker (lba, size), and may put the GD in a footer near the end of the file.
  */
 
-export const SPARSE_MAGIC = 0x564d444b; // "KDMV" little-endian
-export const COWD_MAGIC = 0x44574f43; // "COWD": ESX sparse (VMFSSPARSE), not read
+export { VMDK_COWD_MAGIC as COWD_MAGIC, VMDK_SPARSE_MAGIC as SPARSE_MAGIC } from '../probe.js';
+
+import { VMDK_COWD_MAGIC as COWD_MAGIC, VMDK_SPARSE_MAGIC as SPARSE_MAGIC } from '../probe.js';
+
 const GD_AT_END = 0xffffffffffffffffn;
 const FLAG_NEWLINE_TEST = 1 << 0;
 const FLAG_RGD = 1 << 1;
