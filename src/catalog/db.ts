@@ -1,5 +1,5 @@
-import { createRequire } from 'node:module';
 import { StrataError } from '../util/errors.js';
+import { sqliteDatabaseClass } from '../util/sqlite.js';
 
 /**
  * The catalog's one query layer. Callers write portable SQL (plain CREATE TABLE with
@@ -54,10 +54,7 @@ export class SqliteDb implements Db {
   private constructor(private readonly db: SqliteDatabase) {}
 
   static open(file: string): SqliteDb {
-    const Database = createRequire(import.meta.url)('better-sqlite3') as new (
-      f: string,
-      o?: { timeout?: number },
-    ) => SqliteDatabase;
+    const Database = sqliteDatabaseClass() as unknown as new (f: string, o?: { timeout?: number }) => SqliteDatabase;
     let db: SqliteDatabase;
     try {
       db = new Database(file, { timeout: 30_000 });

@@ -118,6 +118,13 @@ export interface FileSystem {
    * index or a name cache implement it; `resolvePath` falls back to scanning `readdir`.
    */
   lookupChild?(dir: Inode, name: string): Promise<DirEntry | undefined>;
+  /**
+   * Optional fast paths for walks over many entries: a whole directory, and many inodes, each
+   * in one promise instead of one per entry (`listDirectory` and `loadInodes` fall back to
+   * `readdir` and `inode`). Same results and errors as the one-at-a-time methods.
+   */
+  readdirAll?(dir: Inode): Promise<DirEntry[]>;
+  inodes?(inos: readonly number[]): Promise<Inode[]>;
   read(file: Inode, offset: number, length: number): Promise<Uint8Array>;
   readlink(link: Inode): Promise<string>;
   xattrs(file: Inode): Promise<Map<string, Uint8Array>>;

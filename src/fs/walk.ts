@@ -18,6 +18,29 @@ export async function lookupName(fs: FileSystem, dir: Inode, name: string): Prom
   return undefined;
 }
 
+/** Every entry of a directory: the reader's one-promise fast path when it has one. */
+export async function listDirectory(fs: FileSystem, dir: Inode): Promise<DirEntry[]> {
+  if (fs.readdirAll) return fs.readdirAll(dir);
+  const out: DirEntry[] = [];
+  for await (const e of fs.readdir(dir)) out.push(e);
+  return out;
+}
+
+/** Many inodes: the reader's batch fast path when it has one, else `limit` loads at a time, in order. */
+export async function loadInodes(fs: FileSystem, inos: readonly number[], limit = 32): Promise<Inode[]> {
+  if (fs.inodes) return fs.inodes(inos);
+  const out = new Array<Inode>(inos.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < inos.length) {
+      const i = next++;
+      out[i] = await fs.inode(inos[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, inos.length) }, worker));
+  return out;
+}
+
 /**
  * Resolve an absolute path ("/a/b/c"; a relative one is taken from the root). '.' and '..'
  * are handled by the path walk, not trusted from disk; '..' at the root stays at the root.
@@ -120,15 +143,21 @@ export async function* walk(fs: FileSystem, dir: Inode, path = '/', opts: WalkOp
   interface Frame {
     path: string;
     entries: DirEntry[];
+    /** The entries' inodes loaded in one batch, when none of them failed. */
+    inodes?: Inode[];
     i: number;
     depth: number;
   }
-  const list = async (d: Inode, p: string): Promise<DirEntry[] | undefined> => {
+  const list = async (d: Inode, p: string): Promise<Omit<Frame, 'path' | 'i' | 'depth'> | undefined> => {
     try {
-      const out: DirEntry[] = [];
-      for await (const e of fs.readdir(d)) out.push(e);
-      out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      return out;
+      const entries = await listDirectory(fs, d);
+      entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      // a bad inode fails the batch: then each is loaded alone, so only that one is reported
+      const inodes = await loadInodes(
+        fs,
+        entries.map((e) => e.ino),
+      ).catch(() => undefined);
+      return { entries, inodes };
     } catch (e) {
       if (opts.onError && e instanceof StrataError) {
         opts.onError(e, p);
@@ -139,18 +168,19 @@ export async function* walk(fs: FileSystem, dir: Inode, path = '/', opts: WalkOp
   };
   const first = await list(dir, path);
   if (!first) return;
-  const stack: Frame[] = [{ path, entries: first, i: 0, depth: 1 }];
+  const stack: Frame[] = [{ path, ...first, i: 0, depth: 1 }];
   while (stack.length > 0) {
     const f = stack[stack.length - 1];
     if (f.i >= f.entries.length) {
       stack.pop();
       continue;
     }
-    const entry = f.entries[f.i++];
+    const at = f.i++;
+    const entry = f.entries[at];
     const p = joinPath(f.path, entry.name);
     let inode: Inode;
     try {
-      inode = await fs.inode(entry.ino);
+      inode = f.inodes ? f.inodes[at] : await fs.inode(entry.ino);
     } catch (e) {
       if (opts.onError && e instanceof StrataError) {
         opts.onError(e, p);
@@ -168,7 +198,7 @@ export async function* walk(fs: FileSystem, dir: Inode, path = '/', opts: WalkOp
       continue;
     }
     visited.add(inode.ino);
-    const entries = await list(inode, p);
-    if (entries) stack.push({ path: p, entries, i: 0, depth: f.depth + 1 });
+    const listed = await list(inode, p);
+    if (listed) stack.push({ path: p, ...listed, i: 0, depth: f.depth + 1 });
   }
 }

@@ -1,4 +1,5 @@
 import { StrataError } from '../util/errors.js';
+import { sqliteDatabaseClass } from '../util/sqlite.js';
 import { readBdbHash } from './rpm-bdb.js';
 import { decodeRpmHeader, RPMTAG } from './rpm-header.js';
 import type { Package } from './types.js';
@@ -33,7 +34,7 @@ export async function readRpmSqlite(
   file: string,
   warn: (m: string) => void = () => {},
 ): Promise<Package[]> {
-  const { default: Database } = await import('better-sqlite3');
+  const Database = sqliteDatabaseClass();
   let db: InstanceType<typeof Database>;
   // A private copy: rpm keeps its database in WAL mode (header bytes 18 and 19 = 2), which
   // SQLite cannot open from memory; marking the copy as a rollback-journal database (1, 1)

@@ -24,7 +24,7 @@ import { type ByteSource, clampRead } from '../io/byte-source.js';
 import { CachedSource } from '../io/cached-source.js';
 import { SliceSource } from '../io/slice-source.js';
 import { StrataError } from '../util/errors.js';
-import { imagePath, safeName, type WalkItem, walkTree } from './listing.js';
+import { imagePath, safeName, type WalkItem, walkBatches } from './listing.js';
 
 const pexec = promisify(execFile);
 
@@ -363,34 +363,36 @@ export async function extractTree(
     const refused = new Set<string>(); // image paths of directories whose subtree is skipped
     const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
 
-    for await (const item of walkTree(fs, src, top, {
+    walk: for await (const batch of walkBatches(fs, src, top, {
       recursive: true,
       onWarning: (m) => skip(m),
       enter: (it) => !refused.has(it.path),
     })) {
-      if (failure) break;
-      const target = destReal + rel(item.path);
-      if (item.inode.type === 'dir') {
-        try {
-          mkdirSync(target, 0o700);
-          dirs.push({ target, inode: item.inode });
-          result.dirs++;
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          let ok = false;
-          if (code === 'EEXIST') {
-            const st = lstatSync(target);
-            ok = st.isDirectory() && !st.isSymbolicLink();
-            if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
-            else dirs.push({ target, inode: item.inode });
-          } else if (code && ENTRY_ERRORS.has(code)) {
-            skip(`${item.path}: directory not created (${code}); subtree not extracted`);
-          } else throw destError(e, target);
-          if (!ok) refused.add(item.path);
+      for (const item of batch) {
+        if (failure) break walk;
+        const target = destReal + rel(item.path);
+        if (item.inode.type === 'dir') {
+          try {
+            mkdirSync(target, 0o700);
+            dirs.push({ target, inode: item.inode });
+            result.dirs++;
+          } catch (e) {
+            const code = (e as NodeJS.ErrnoException).code;
+            let ok = false;
+            if (code === 'EEXIST') {
+              const st = lstatSync(target);
+              ok = st.isDirectory() && !st.isSymbolicLink();
+              if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
+              else dirs.push({ target, inode: item.inode });
+            } else if (code && ENTRY_ERRORS.has(code)) {
+              skip(`${item.path}: directory not created (${code}); subtree not extracted`);
+            } else throw destError(e, target);
+            if (!ok) refused.add(item.path);
+          }
+          continue;
         }
-        continue;
+        await submit(() => extractOne(item, target));
       }
-      await submit(() => extractOne(item, target));
     }
     await drain();
     await makeSpecials();

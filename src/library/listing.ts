@@ -1,4 +1,5 @@
 import type { DirEntry, FileExtent, FileSystem, FileType, Inode, Timestamp } from '../fs/types.js';
+import { listDirectory, loadInodes } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { SliceSource } from '../io/slice-source.js';
 import { StrataError } from '../util/errors.js';
@@ -153,11 +154,10 @@ export interface WalkOptions {
 }
 
 /**
- * The children of `dir` (sorted by name, inodes loaded with bounded concurrency), and with
- * `recursive`, their subtrees depth-first in pre-order: a directory comes right before its
- * contents. Holds one sorted listing per open directory level, never the whole tree. Names
- * that cannot be a path component ('', '.', '..', '/', NUL) and directory loops are skipped
- * with a warning.
+ * The children of `dir` (sorted by name), and with `recursive`, their subtrees depth-first
+ * in pre-order: a directory comes right before its contents. Holds one sorted listing per
+ * open directory level, never the whole tree. Names that cannot be a path component ('',
+ * '.', '..', '/', NUL) and directory loops are skipped with a warning.
  */
 export async function* walkTree(
   fs: FileSystem,
@@ -165,6 +165,22 @@ export async function* walkTree(
   dir: Inode,
   opts: WalkOptions = {},
 ): AsyncGenerator<WalkItem> {
+  for await (const batch of walkBatches(fs, dirPath, dir, opts)) yield* batch;
+}
+
+/**
+ * walkTree in batches: consecutive items of one directory up to and including the next
+ * subdirectory that will be entered (whose own items come in the following batches). One
+ * await per batch instead of several per entry; a consumer handles a batch before the walk
+ * asks `enter` about its last item. A directory is listed and all its inodes loaded in one
+ * call each (the reader's batch fast paths where it has them).
+ */
+export async function* walkBatches(
+  fs: FileSystem,
+  dirPath: string,
+  dir: Inode,
+  opts: WalkOptions = {},
+): AsyncGenerator<WalkItem[]> {
   const conc = opts.concurrency ?? 32;
   const maxDepth = opts.maxDepth ?? 4096;
   const warn = opts.onWarning ?? (() => {});
@@ -174,7 +190,7 @@ export async function* walkTree(
   const listDir = async (path: string, d: Inode): Promise<Listing> => {
     const entries: DirEntry[] = [];
     const warnings: string[] = [];
-    for await (const e of fs.readdir(d)) {
+    for (const e of await listDirectory(fs, d)) {
       if (!safeName(e.name)) {
         warnings.push(`${path}: refused directory entry ${JSON.stringify(e.name)} (inode ${e.ino})`);
         continue;
@@ -183,18 +199,18 @@ export async function* walkTree(
     }
     entries.sort((a, b) => compareNames(a.name, b.name));
     const depth = path === '/' ? 1 : path.split('/').length;
-    const items = await mapLimit(entries, conc, async (e) => ({
-      path: joinPath(path, e.name),
-      name: e.name,
-      inode: await fs.inode(e.ino),
-      depth,
-    }));
+    const inodes = await loadInodes(
+      fs,
+      entries.map((e) => e.ino),
+      conc,
+    );
+    const items = entries.map((e, i) => ({ path: joinPath(path, e.name), name: e.name, inode: inodes[i], depth }));
     return { items, warnings };
   };
 
-  // Stack of listings being consumed. While a directory's entries are yielded, the listings
-  // of its next few subdirectories are already being read (LOOKAHEAD per level), so a slow
-  // source (qcow2, HTTP) is kept busy. Their warnings are only reported when entered.
+  // Stack of listings being consumed. While a directory's entries are handed out, the
+  // listings of its next few subdirectories are already being read (LOOKAHEAD per level), so
+  // a slow source (qcow2, HTTP) is kept busy. Their warnings are only reported when entered.
   const LOOKAHEAD = opts.recursive ? 4 : 0;
   type Level = { items: WalkItem[]; i: number; ahead: Map<number, Promise<Listing>>; scan: number };
   const open = (l: Listing): Level => {
@@ -221,12 +237,17 @@ export async function* walkTree(
       continue;
     }
     prefetch(top);
-    const idx = top.i++;
-    const item = top.items[idx];
-    const ahead = top.ahead.get(idx);
-    top.ahead.delete(idx);
-    yield item;
+    // The batch: up to and including the next directory (the only items the walk may enter).
+    const from = top.i;
+    let to = from;
+    if (opts.recursive) while (to < top.items.length - 1 && top.items[to].inode.type !== 'dir') to++;
+    else to = top.items.length - 1;
+    top.i = to + 1;
+    yield from === 0 && to === top.items.length - 1 ? top.items : top.items.slice(from, to + 1);
+    const item = top.items[to];
     if (!opts.recursive || item.inode.type !== 'dir') continue;
+    const ahead = top.ahead.get(to);
+    top.ahead.delete(to);
     if (opts.enter && !opts.enter(item)) continue;
     if (seenDirs.has(item.inode.ino)) {
       warn(`${item.path}: directory inode ${item.inode.ino} seen twice (loop or hard-linked directory), not entered`);

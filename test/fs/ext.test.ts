@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import { ExtFileSystem } from '../../src/fs/ext/index.js';
 import { openFileSystem } from '../../src/fs/open.js';
-import type { ByteRange, FileExtent, FileSystem, Inode, OwnedRange } from '../../src/fs/types.js';
+import type { ByteRange, DirEntry, FileExtent, FileSystem, Inode, OwnedRange } from '../../src/fs/types.js';
 import { resolvePath, walk } from '../../src/fs/walk.js';
 import { FileSource } from '../../src/io/file-source.js';
 import { StrataError } from '../../src/util/errors.js';
@@ -184,6 +184,19 @@ for (const spec of VARIANTS) {
       });
 
       const ours = await ourTree(fs);
+      await t.test('the batch forms (readdirAll, inodes) say what readdir and inode say', async () => {
+        const ext = fs as ExtFileSystem;
+        for (const o of ours.values()) {
+          if (o.inode.type !== 'dir') continue;
+          const one: DirEntry[] = [];
+          for await (const e of ext.readdir(o.inode)) one.push(e);
+          const all = await ext.readdirAll(o.inode);
+          assert.deepEqual(all, one);
+          const inos = all.map((e) => e.ino);
+          assert.deepEqual(await ext.inodes(inos), await Promise.all(inos.map((n) => ext.inode(n))));
+        }
+        await assert.rejects(ext.inodes([2, 0x7fffffff]), (e: unknown) => e instanceof StrataError);
+      });
       await t.test(
         'the whole tree matches the kernel: names, types, stat fields, targets, xattrs, content',
         async () => {

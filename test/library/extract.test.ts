@@ -14,7 +14,7 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { before, describe, test } from 'node:test';
-import type { FileSystem, Inode } from '../../src/fs/types.js';
+import type { DirEntry, FileSystem, Inode } from '../../src/fs/types.js';
 import { openAddress } from '../../src/library/address.js';
 import { extractTree } from '../../src/library/extract.js';
 import { StrataError } from '../../src/util/errors.js';
@@ -164,6 +164,12 @@ describe('extractTree', () => {
         if (dir.ino === (await real.root()).ino) {
           for (const name of hostile) yield { name, ino: hello.ino, type: 'file' as const };
         }
+      };
+      // the batch form a walk prefers must say the same as readdir
+      fake.readdirAll = async (dir: Inode) => {
+        const out: DirEntry[] = [];
+        for await (const e of fake.readdir(dir)) out.push(e);
+        return out;
       };
       const r = await extractTree(fake, '/', dest);
       assert.deepEqual(readdirSync(box), ['dest']);

@@ -10,7 +10,7 @@ import {
   modeString,
   statRecord,
   type WalkItem,
-  walkTree,
+  walkBatches,
 } from '../../library/listing.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
@@ -111,22 +111,27 @@ export function registerFsCommands(program: Command): void {
       const top = await fs.lookup(p);
       const out = new LineWriter();
       const long = Boolean(o.long);
-      // Synchronous per entry except for symlink targets (a read) and full output chunks.
-      const emit = async (item: WalkItem, display: string) => {
-        if (o.json || long) {
-          const ino = item.inode;
-          const r = lsRecordWith(item.path, ino, ino.type === 'symlink' ? await fs.readlink(ino) : undefined);
-          out.line(o.json ? JSON.stringify(r) : longLine(r, display));
-        } else out.line(display);
+      const recursive = Boolean(o.recursive);
+      // A batch at a time: symlink targets read together, everything else synchronous.
+      const emit = async (items: WalkItem[], single: boolean) => {
+        const targets =
+          o.json || long
+            ? await Promise.all(items.map((it) => (it.inode.type === 'symlink' ? fs.readlink(it.inode) : undefined)))
+            : undefined;
+        for (let i = 0; i < items.length; i++) {
+          const item = items[i];
+          const display = single || recursive ? item.path : item.name;
+          if (targets) {
+            const r = lsRecordWith(item.path, item.inode, targets[i]);
+            out.line(o.json ? JSON.stringify(r) : longLine(r, display));
+          } else out.line(display);
+        }
         if (out.full()) await out.flush();
       };
       if (top.type !== 'dir' || o.directory) {
-        await emit({ path: p, name: p, inode: top, depth: 0 }, p);
+        await emit([{ path: p, name: p, inode: top, depth: 0 }], true);
       } else {
-        const recursive = Boolean(o.recursive);
-        for await (const item of walkTree(fs, p, top, { recursive, onWarning: warn })) {
-          await emit(item, recursive ? item.path : item.name);
-        }
+        for await (const batch of walkBatches(fs, p, top, { recursive, onWarning: warn })) await emit(batch, false);
       }
       await out.flush();
     });

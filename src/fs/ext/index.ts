@@ -519,6 +519,27 @@ export class ExtFileSystem implements FileSystem {
     return this.node(ino).then((n) => n.pub);
   }
 
+  async inodes(inos: readonly number[]): Promise<Inode[]> {
+    const out = new Array<Inode>(inos.length);
+    let missing: number[] | undefined;
+    for (let i = 0; i < inos.length; i++) {
+      const n = this.nodeNow(inos[i]);
+      if (n) out[i] = n.pub;
+      else (missing ??= []).push(i);
+    }
+    if (!missing) return out;
+    // One read per inode-table piece still missing (in parallel), then parse without awaits.
+    const pieces = new Map<number, number>();
+    for (const i of missing) {
+      const at = this.inodeAt(inos[i]);
+      const cs = at - (at % IT_CHUNK);
+      if (!pieces.has(cs)) pieces.set(cs, inos[i]);
+    }
+    await Promise.all([...pieces].map(([cs, ino]) => this.loadItChunk(cs, `ext inode ${ino}`)));
+    for (const i of missing) out[i] = (await this.node(inos[i])).pub;
+    return out;
+  }
+
   // ---------------------------------------------------------------- block maps
 
   /** The file's block runs, sorted by logical block (cached). `meta` collects tree/indirect blocks. */
@@ -927,25 +948,44 @@ export class ExtFileSystem implements FileSystem {
   // ---------------------------------------------------------------- directories
 
   async *readdir(dir: Inode): AsyncIterable<DirEntry> {
+    const n = await this.dirNode(dir);
+    for await (const batch of this.dirBatches(n)) {
+      await this.typeUnknown(batch);
+      yield* batch;
+    }
+  }
+
+  async readdirAll(dir: Inode): Promise<DirEntry[]> {
+    const n = await this.dirNode(dir);
+    let all: DirEntry[] | undefined;
+    for await (const batch of this.dirBatches(n)) {
+      await this.typeUnknown(batch);
+      if (!all) all = batch;
+      else for (const e of batch) all.push(e);
+    }
+    return all ?? [];
+  }
+
+  private async dirNode(dir: Inode): Promise<ExtNode> {
     const n = await this.node(dir.ino);
     if (n.pub.type !== 'dir') {
       throw new StrataError('USAGE', 'not a directory', this.where(`ext inode ${n.ino}`, n.at));
     }
-    for await (const batch of this.dirBatches(n)) {
-      for (const e of batch) {
-        if (e.type !== 'unknown') {
-          yield e;
-          continue;
-        }
-        // no file type in the entry (ext2 without filetype, or an odd value): ask the inode
-        let type: FileType = 'unknown';
-        try {
-          type = (await this.node(e.ino)).pub.type;
-        } catch (err) {
-          if (!(err instanceof StrataError)) throw err;
-        }
-        yield { ...e, type };
+    return n;
+  }
+
+  /** Entries with no file type (ext2 without filetype, or an odd value) take it from their inode. */
+  private async typeUnknown(batch: DirEntry[]): Promise<void> {
+    for (let i = 0; i < batch.length; i++) {
+      const e = batch[i];
+      if (e.type !== 'unknown') continue;
+      let type: FileType = 'unknown';
+      try {
+        type = (await this.node(e.ino)).pub.type;
+      } catch (err) {
+        if (!(err instanceof StrataError)) throw err;
       }
+      batch[i] = { ...e, type };
     }
   }
 
