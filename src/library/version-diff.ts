@@ -1,13 +1,19 @@
 import type { FileType, Timestamp } from '../fs/types.js';
 import type { BlockDiff } from '../inspect/block-diff.js';
 import type { FileRecord, FileTree } from '../inspect/file-manifest.js';
-import { diffPackages, type PackageDiff } from '../inspect/package-diff.js';
-import { diffTrees, type TreeDiff } from '../inspect/tree-diff.js';
+import type { PackageDiff } from '../inspect/package-diff.js';
+import {
+  type ContentChange,
+  type DiffItem,
+  finishTreeDiff,
+  type MetadataChange,
+  type TreeDiff,
+} from '../inspect/tree-diff.js';
 import type { OsInspection } from '../inspect/types.js';
-import { versionInspection, xattrDigest } from './inspection.js';
+import { xattrDigest } from './inspection.js';
 import type { Library } from './library.js';
-import { versionFiles } from './library-verbs.js';
-import type { FilesManifest, LayoutManifest } from './manifest.js';
+import { layoutFiles } from './library-verbs.js';
+import type { FileEntry, FilesManifest, LayoutManifest } from './manifest.js';
 
 /**
  * `strata diff A B` for two library versions, straight from their manifests (no
@@ -54,6 +60,92 @@ export function manifestTree(files: FilesManifest): FileTree {
       return r.digest ?? `none:${r.path}`;
     },
   };
+}
+
+const entrySize = (e: FileEntry) => (e.type === 'dir' ? 0 : e.size);
+
+/** Same mtime as diffTrees sees it: equal, or either side has none (or none that parses). */
+function sameMtime(a: string | null | undefined, b: string | null | undefined): boolean {
+  if (a === b) return true;
+  const ta = parseTime(a);
+  const tb = parseTime(b);
+  return ta === undefined || tb === undefined || (ta.sec === tb.sec && ta.nsec === tb.nsec);
+}
+
+/** Same xattrs as diffTrees sees them (names and the sha256 of each value; none = empty). */
+function sameXattrs(a: Record<string, string> | undefined, b: Record<string, string> | undefined): boolean {
+  const ka = a ? Object.keys(a) : [];
+  const kb = b ? Object.keys(b) : [];
+  if (ka.length !== kb.length) return false;
+  if (ka.length === 0) return true;
+  ka.sort();
+  kb.sort();
+  for (let i = 0; i < ka.length; i++) {
+    if (ka[i] !== kb[i]) return false;
+    const va = (a as Record<string, string>)[ka[i]];
+    const vb = (b as Record<string, string>)[kb[i]];
+    // equal base64 is equal bytes; different text may still decode alike (padding, whitespace)
+    if (va !== vb && xattrDigest(va) !== xattrDigest(vb)) return false;
+  }
+  return true;
+}
+
+/**
+ * diffTrees(manifestTree(a), manifestTree(b)), the same answer without its generality: the
+ * entries are compared where they lie (no FileRecord per entry, no promise per file, a
+ * time parsed only when the two stored strings differ). The tests hold the two equal.
+ */
+export function diffManifests(a: FilesManifest, b: FilesManifest): TreeDiff {
+  const inA = new Map<string, FileEntry>();
+  for (const e of a.entries) if (e.path !== '/') inA.set(e.path, e);
+  const added: DiffItem[] = [];
+  const removed: DiffItem[] = [];
+  const changed: ContentChange[] = [];
+  const metadata: MetadataChange[] = [];
+  for (const eb of b.entries) {
+    const p = eb.path;
+    if (p === '/') continue;
+    const ea = inA.get(p);
+    if (!ea) {
+      added.push({ path: p, type: eb.type as FileType, size: entrySize(eb) });
+      continue;
+    }
+    inA.delete(p);
+    const sizeA = entrySize(ea);
+    const sizeB = entrySize(eb);
+    if (ea.type !== eb.type) {
+      changed.push({ path: p, type: `${ea.type}->${eb.type}`, sizeA, sizeB });
+      continue;
+    }
+    if (ea.type === 'file') {
+      // a file with no stored digest compares unequal to anything but itself (as manifestTree's digest())
+      const same = sizeA === sizeB && (ea.digest || `none:${p}`) === (eb.digest || `none:${p}`);
+      if (!same) {
+        changed.push({ path: p, type: eb.type, sizeA, sizeB });
+        continue;
+      }
+    }
+    if (
+      ea.mode === eb.mode &&
+      ea.uid === eb.uid &&
+      ea.gid === eb.gid &&
+      ea.mtime === eb.mtime &&
+      ea.xattrs === undefined &&
+      eb.xattrs === undefined &&
+      (ea.type !== 'symlink' || ea.target === eb.target)
+    )
+      continue; // the common case: nothing differs
+    const fields: string[] = [];
+    if (ea.mode !== eb.mode) fields.push('mode');
+    if (ea.uid !== eb.uid) fields.push('uid');
+    if (ea.gid !== eb.gid) fields.push('gid');
+    if (!sameMtime(ea.mtime, eb.mtime)) fields.push('mtime');
+    if (!sameXattrs(ea.xattrs, eb.xattrs)) fields.push('xattrs');
+    if (ea.type === 'symlink' && ea.target !== eb.target) fields.push('target');
+    if (fields.length > 0) metadata.push({ path: p, type: eb.type as FileType, size: sizeB, fields });
+  }
+  for (const ea of inA.values()) removed.push({ path: ea.path, type: ea.type as FileType, size: entrySize(ea) });
+  return finishTreeDiff(added, removed, changed, metadata, []);
 }
 
 interface Piece {
@@ -138,8 +230,10 @@ export async function diffVersions(
   opts: { part?: string; packages?: boolean; blocks?: boolean } = {},
 ): Promise<VersionDiff> {
   const [va, vb] = [await lib.catalog.resolve(refA), await lib.catalog.resolve(refB)];
-  const [fa, fb] = [await versionFiles(lib, refA, opts.part), await versionFiles(lib, refB, opts.part)];
-  const files = await diffTrees(manifestTree(fa), manifestTree(fb));
+  // each layout and file manifest read and decoded once (the two versions' at once)
+  const [la, lb] = await Promise.all([lib.layout(va.manifest), lib.layout(vb.manifest)]);
+  const [fa, fb] = await Promise.all([layoutFiles(lib, va, la, opts.part), layoutFiles(lib, vb, lb, opts.part)]);
+  const files = diffManifests(fa, fb);
   const out: VersionDiff = {
     a: `${va.image}@${va.number}`,
     b: `${vb.image}@${vb.number}`,
@@ -147,6 +241,10 @@ export async function diffVersions(
     warnings: [...files.warnings],
   };
   if (opts.packages) {
+    const [{ versionInspection }, { diffPackages }] = await Promise.all([
+      import('./inspection.js'),
+      import('../inspect/package-diff.js'),
+    ]);
     const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
     const ra = pick((await versionInspection(lib, out.a)).roots, fa.volume);
     const rb = pick((await versionInspection(lib, out.b)).roots, fb.volume);
@@ -157,6 +255,6 @@ export async function diffVersions(
       out.packages = null;
     } else out.packages = diffPackages(ra.packageFormat, ra.packages, rb.packages);
   }
-  if (opts.blocks) out.blocks = diffLayouts(await lib.layout(va.manifest), await lib.layout(vb.manifest));
+  if (opts.blocks) out.blocks = diffLayouts(la, lb);
   return out;
 }
