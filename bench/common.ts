@@ -32,6 +32,17 @@ export function opt(name: string): string | undefined {
   return i >= 0 ? args[i + 1] : undefined;
 }
 
+/** User + system CPU ms of this process's finished children (/proc/self/stat cutime + cstime), or NaN. */
+export function childCpuMs(): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[13]) + Number(f[14])) * 1000) / 100; // fields 16 and 17, in USER_HZ (100)
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /** Run a tool and return its stdout; throws with its stderr on a non-zero exit. */
 export function sh(cmd: string, argv: string[], opts: { cwd?: string; input?: string } = {}): string {
   const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, cwd: opts.cwd, input: opts.input });
