@@ -148,20 +148,24 @@ export function diffManifests(a: FilesManifest, b: FilesManifest): TreeDiff {
   return finishTreeDiff(added, removed, changed, metadata, []);
 }
 
-interface Piece {
-  disk: number;
-  length: number;
-  chunk: string;
-  at: number;
-}
-
-function pieces(m: LayoutManifest): Piece[] {
-  const r = m.ranges;
-  const out: Piece[] = new Array(r.disk.length);
-  for (let i = 0; i < r.disk.length; i++) {
-    out[i] = { disk: r.disk[i], length: r.length[i], chunk: m.chunks[r.chunk[i]], at: r.at[i] };
+/**
+ * Counts the blocks that marks touch, for marks that come in disk order and do not overlap
+ * (a block two neighbouring marks share is counted once): no set of block numbers, so the
+ * cost is the number of marks, not of blocks.
+ */
+class BlockCounter {
+  count = 0;
+  private last = -1;
+  constructor(private readonly bs: number) {}
+  /** Blocks holding bytes [from, to). */
+  mark(from: number, to: number): void {
+    const first = Math.max(Math.floor(from / this.bs), this.last + 1);
+    const end = Math.ceil(to / this.bs);
+    if (end > first) {
+      this.count += end - first;
+      this.last = end - 1;
+    }
   }
-  return out;
 }
 
 /**
@@ -174,43 +178,46 @@ function pieces(m: LayoutManifest): Piece[] {
  * blocks whose every piece's chunk A holds too.
  */
 export function diffLayouts(a: LayoutManifest, b: LayoutManifest): BlockDiff {
-  const pa = pieces(a);
-  const pb = pieces(b);
+  const ra = a.ranges;
+  const rb = b.ranges;
   const chunksA = new Set(a.chunks);
-  const bs = b.volumes.find((v) => v.fs)?.fs?.blockSize ?? 4096;
-  const used = new Set<number>();
-  const write = new Set<number>();
-  const notShared = new Set<number>();
-  const mark = (set: Set<number>, from: number, to: number) => {
-    for (let k = Math.floor(from / bs); k * bs < to; k++) set.add(k);
-  };
+  const given = b.volumes.find((v) => v.fs)?.fs?.blockSize;
+  const bs = Number.isSafeInteger(given) && (given as number) > 0 ? (given as number) : 4096;
+  // every mark below follows B's ranges, which are sorted and do not overlap (checked on decode)
+  const used = new BlockCounter(bs);
+  const write = new BlockCounter(bs);
+  const notShared = new BlockCounter(bs);
+  const n = rb.disk.length;
+  const m = ra.disk.length;
   let j = 0;
-  for (const x of pb) {
-    const end = x.disk + x.length;
-    mark(used, x.disk, end);
-    if (!chunksA.has(x.chunk)) mark(notShared, x.disk, end);
-    while (j < pa.length && pa[j].disk + pa[j].length <= x.disk) j++;
-    // the parts of x that A holds identically; the gaps between them must be written
-    let at = x.disk;
-    for (let k = j; k < pa.length && pa[k].disk < end; k++) {
-      const y = pa[k];
-      if (y.chunk !== x.chunk || y.at - y.disk !== x.at - x.disk) continue;
-      const s = Math.max(x.disk, y.disk);
-      if (s > at) mark(write, at, s);
-      at = Math.max(at, Math.min(end, y.disk + y.length));
+  for (let i = 0; i < n; i++) {
+    const disk = rb.disk[i];
+    const end = disk + rb.length[i];
+    const chunk = rb.chunk[i];
+    const shift = rb.at[i] - disk;
+    used.mark(disk, end);
+    if (!chunksA.has(b.chunks[chunk])) notShared.mark(disk, end);
+    while (j < m && ra.disk[j] + ra.length[j] <= disk) j++;
+    // the parts of this range that A holds identically; the gaps between them must be written
+    let at = disk;
+    for (let k = j; k < m && ra.disk[k] < end; k++) {
+      const yd = ra.disk[k];
+      if (a.chunks[ra.chunk[k]] !== b.chunks[chunk] || ra.at[k] - yd !== shift) continue;
+      const s = Math.max(disk, yd);
+      if (s > at) write.mark(at, s);
+      at = Math.max(at, Math.min(end, yd + ra.length[k]));
     }
-    if (at < end) mark(write, at, end);
+    if (at < end) write.mark(at, end);
   }
-  let shared = 0;
-  for (const k of used) if (!notShared.has(k)) shared++;
   return {
     blockSize: bs,
-    usedBlocks: used.size,
-    usedBytes: used.size * bs,
-    writeBlocks: write.size,
-    writeBytes: write.size * bs,
-    writeShare: used.size === 0 ? 0 : write.size / used.size,
-    sharedBytes: shared * bs,
+    usedBlocks: used.count,
+    usedBytes: used.count * bs,
+    writeBlocks: write.count,
+    writeBytes: write.count * bs,
+    writeShare: used.count === 0 ? 0 : write.count / used.count,
+    // every block a range of a chunk A lacks touches is a used block
+    sharedBytes: (used.count - notShared.count) * bs,
   };
 }
 

@@ -4,13 +4,20 @@
  * pairs full of the awkward cases: type changes, equal sizes with other digests, missing
  * digests, times that differ as text but not as instants (or do not parse), xattrs absent vs
  * empty, reordered, or the same bytes in other base64, directory sizes, symlink targets.
- * The real trees are checked against host oracles in version-diff.test.ts.
+ * diffLayouts (--blocks) counts what a set of block numbers per kind counts, on random
+ * unaligned layouts. The real trees are checked against host oracles in version-diff.test.ts.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { diffTrees } from '../../src/inspect/tree-diff.js';
-import { FILES_KIND, type FileEntry, type FilesManifest } from '../../src/library/manifest.js';
-import { diffManifests, manifestTree } from '../../src/library/version-diff.js';
+import {
+  FILES_KIND,
+  type FileEntry,
+  type FilesManifest,
+  LAYOUT_KIND,
+  type LayoutManifest,
+} from '../../src/library/manifest.js';
+import { diffLayouts, diffManifests, manifestTree } from '../../src/library/version-diff.js';
 import { xorshift32 } from '../../src/util/prng.js';
 
 const manifest = (entries: FileEntry[]): FilesManifest => ({
@@ -160,4 +167,115 @@ test('diffManifests: the awkward cases say what they should', () => {
     sizeA: 1,
     sizeB: 1,
   });
+});
+
+/** The measure as first written (a set of block numbers per kind): the model diffLayouts must match. */
+function layoutsModel(a: LayoutManifest, b: LayoutManifest) {
+  const pieces = (m: LayoutManifest) =>
+    m.ranges.disk.map((d, i) => ({
+      disk: d,
+      length: m.ranges.length[i],
+      chunk: m.chunks[m.ranges.chunk[i]],
+      at: m.ranges.at[i],
+    }));
+  const [pa, pb] = [pieces(a), pieces(b)];
+  const chunksA = new Set(a.chunks);
+  const bs = b.volumes.find((v) => v.fs)?.fs?.blockSize ?? 4096;
+  const used = new Set<number>();
+  const write = new Set<number>();
+  const notShared = new Set<number>();
+  const mark = (set: Set<number>, from: number, to: number) => {
+    for (let k = Math.floor(from / bs); k * bs < to; k++) set.add(k);
+  };
+  let j = 0;
+  for (const x of pb) {
+    const end = x.disk + x.length;
+    mark(used, x.disk, end);
+    if (!chunksA.has(x.chunk)) mark(notShared, x.disk, end);
+    while (j < pa.length && pa[j].disk + pa[j].length <= x.disk) j++;
+    let at = x.disk;
+    for (let k = j; k < pa.length && pa[k].disk < end; k++) {
+      const y = pa[k];
+      if (y.chunk !== x.chunk || y.at - y.disk !== x.at - x.disk) continue;
+      const s = Math.max(x.disk, y.disk);
+      if (s > at) mark(write, at, s);
+      at = Math.max(at, Math.min(end, y.disk + y.length));
+    }
+    if (at < end) mark(write, at, end);
+  }
+  let shared = 0;
+  for (const k of used) if (!notShared.has(k)) shared++;
+  return {
+    blockSize: bs,
+    usedBlocks: used.size,
+    usedBytes: used.size * bs,
+    writeBlocks: write.size,
+    writeBytes: write.size * bs,
+    writeShare: used.size === 0 ? 0 : write.size / used.size,
+    sharedBytes: shared * bs,
+  };
+}
+
+/** A layout of sorted, non-overlapping ranges at unaligned offsets over a few shared chunks. */
+function randomLayout(r: () => number, chunks: string[]): LayoutManifest {
+  const size = 1 << 22;
+  const ranges = { disk: [] as number[], length: [] as number[], chunk: [] as number[], at: [] as number[] };
+  const lengths = chunks.map(() => 1 << 16);
+  for (let d = r() % 5000; d < size - (1 << 16); ) {
+    const n = 1 + (r() % 20000);
+    ranges.disk.push(d);
+    ranges.length.push(n);
+    ranges.chunk.push(r() % chunks.length);
+    ranges.at.push(r() % ((1 << 16) - n + 1));
+    d += n + (r() % 3 === 0 ? 0 : r() % 9000);
+  }
+  return {
+    kind: LAYOUT_KIND,
+    version: 1,
+    virtualSize: size,
+    sourceName: 'x',
+    sourceFormat: 'raw',
+    scheme: 'none',
+    exact: false,
+    fileChunkSize: 1 << 20,
+    diskChunkSize: 1 << 16,
+    volumes: [
+      {
+        id: '',
+        scheme: 'none',
+        type: 'fs',
+        start: 0,
+        size,
+        fs: { kind: 'ext4', blockSize: 1024 << (r() % 3), files: 'f', fileCount: 0, usedBytes: 0, fileDataBytes: 0 },
+      },
+    ],
+    chunks,
+    chunkLengths: lengths,
+    ranges,
+    warnings: [],
+  };
+}
+
+test('diffLayouts counts the blocks the set-per-kind model counts', () => {
+  for (let seed = 1; seed <= 100; seed++) {
+    const r = xorshift32(seed);
+    const names = (p: string, n: number) => Array.from({ length: n }, (_, i) => `${p}${i}`);
+    const a = randomLayout(r, names('c', 4));
+    const b = randomLayout(r, [...names('c', 2), ...names('d', 2)]);
+    // A holds some of B's ranges identically (same chunk at the same place)
+    for (let i = 0; i < b.ranges.disk.length; i += 3) {
+      const k = a.ranges.disk.findIndex((d, x) => d <= b.ranges.disk[i] && d + a.ranges.length[x] > b.ranges.disk[i]);
+      if (k >= 0) {
+        b.ranges.chunk[i] = b.chunks.indexOf(a.chunks[a.ranges.chunk[k]]);
+        if (b.ranges.chunk[i] < 0) b.ranges.chunk[i] = 0;
+      }
+    }
+    for (const [x, y] of [
+      [a, b],
+      [b, a],
+      [a, a],
+    ]) {
+      assert.deepEqual(diffLayouts(x, y), layoutsModel(x, y), `seed ${seed}`);
+    }
+  }
 });
