@@ -128,7 +128,7 @@ function derivedDebs(bench: string, log: (m: string) => void): string[] {
  * `BENCH/rootfs-derived-v1`: a copy of the bench tree with DERIVED_PACKAGES unpacked (and
  * added to the dpkg status), /etc/hostname changed, a user added to /etc/passwd. Made once.
  */
-function derivedRootfs(bench: string, log: (m: string) => void): string {
+export function benchDerivedRootfs(bench: string, log: (m: string) => void): string {
   const dir = path.join(bench, 'rootfs-derived-v1');
   if (existsSync(dir)) return dir;
   const base = realpathSync(benchRootfs(bench, log));
@@ -167,5 +167,5 @@ export function benchBaseImage(bench: string, log: (m: string) => void): string 
 
 /** The derived image: the derived tree (packages added, files changed) as 1200 MiB ext4. */
 export function benchDerivedImage(bench: string, log: (m: string) => void): string {
-  return ext4Image(bench, derivedRootfs(bench, log), `checkin-derived-v1-${PAIR_IMAGE_MIB}m.ext4`, log);
+  return ext4Image(bench, benchDerivedRootfs(bench, log), `checkin-derived-v1-${PAIR_IMAGE_MIB}m.ext4`, log);
 }

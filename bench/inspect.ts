@@ -24,6 +24,7 @@ import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   realpathSync,
   renameSync,
@@ -33,7 +34,18 @@ import {
 } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
-import { benchBaseImage, benchDerivedImage, benchRootfs, CLI, childCpuMs, need, opt, ROOT, sh } from './common.js';
+import {
+  benchBaseImage,
+  benchDerivedImage,
+  benchDerivedRootfs,
+  benchRootfs,
+  CLI,
+  childCpuMs,
+  need,
+  opt,
+  ROOT,
+  sh,
+} from './common.js';
 
 const BENCH = path.join(ROOT, '.cache', 'bench');
 const RUNS = Number(opt('--runs') ?? 5);
@@ -102,38 +114,60 @@ function setup(): { a: string; b: string } {
   return { a, b };
 }
 
-function timed(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env) {
-  return new Promise<{ ms: number; cpuMs: number; out: string; err: string; code: number | null }>(
+/**
+ * Run a tool; wall and CPU ms (its and its children's user + system). With `timeoutMs` it
+ * runs in its own process group, killed whole (libguestfs's appliance too) when time is up.
+ */
+function timed(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env, timeoutMs?: number) {
+  return new Promise<{ ms: number; cpuMs: number; out: string; err: string; code: number | null; timedOut: boolean }>(
     (resolve, reject) => {
       const cpu0 = childCpuMs();
       const t0 = process.hrtime.bigint();
-      const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env });
+      const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env, detached: timeoutMs !== undefined });
       const out: Buffer[] = [];
       let err = '';
+      let timedOut = false;
+      const kill = (sig: NodeJS.Signals) => {
+        try {
+          if (c.pid) process.kill(-c.pid, sig);
+        } catch {
+          // already gone
+        }
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              timedOut = true;
+              kill('SIGTERM');
+              setTimeout(() => kill('SIGKILL'), 10_000).unref();
+            }, timeoutMs);
       c.stdout.on('data', (x: Buffer) => out.push(x));
       c.stderr.on('data', (x: Buffer) => {
         if (err.length < 20000) err += x;
       });
       c.on('error', reject);
-      c.on('close', (code) =>
+      c.on('close', (code) => {
+        if (timer) clearTimeout(timer);
         resolve({
           ms: Number(process.hrtime.bigint() - t0) / 1e6,
           cpuMs: childCpuMs() - cpu0,
           out: Buffer.concat(out).toString('utf8'),
           err,
           code,
-        }),
-      );
+          timedOut,
+        });
+      });
     },
   );
 }
 
 /** The run with the best wall time of `n` (and the least CPU time of any run, `minCpuMs`). */
-async function best(n: number, cmd: string, argv: string[], env?: NodeJS.ProcessEnv) {
+async function best(n: number, cmd: string, argv: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number) {
   let b: Awaited<ReturnType<typeof timed>> | undefined;
   let minCpuMs = Number.POSITIVE_INFINITY;
   for (let i = 0; i < Math.max(1, n); i++) {
-    const r = await timed(cmd, argv, env);
+    const r = await timed(cmd, argv, env, timeoutMs);
     if (r.code !== 0) return { ...r, minCpuMs: r.cpuMs };
     minCpuMs = Math.min(minCpuMs, r.cpuMs);
     if (!b || r.ms < b.ms) b = r;
@@ -296,7 +330,30 @@ async function libdiffCase(node: string, genv: NodeJS.ProcessEnv): Promise<void>
     ours.push({ flags, r, d: JSON.parse(r.out) as LibDiffJson });
   }
   const kvm = existsSync('/dev/kvm');
-  const vd = PEER_RUNS > 0 ? await best(PEER_RUNS, 'virt-diff', ['-a', base, '-A', derived], genv) : undefined;
+  const timeout = opt('--peer-timeout'); // seconds
+  const vd =
+    PEER_RUNS > 0
+      ? await best(
+          PEER_RUNS,
+          'virt-diff',
+          ['-a', base, '-A', derived],
+          genv,
+          timeout === undefined ? undefined : Number(timeout) * 1000,
+        )
+      : undefined;
+  // virt-diff prints paths in sorted order: how far it got when stopped (share of B's paths)
+  const progress = (out: string) => {
+    const last = out
+      .split('\n')
+      .filter((l) => /^[-+=] /.test(l))
+      .pop()
+      ?.split(' ')
+      .pop();
+    if (!last) return { peerLastPath: null, peerProgress: 0 };
+    const tree = realpathSync(benchDerivedRootfs(BENCH, log));
+    const paths = readdirSync(tree, { recursive: true }).map((p) => `/${p}`);
+    return { peerLastPath: last, peerProgress: round((paths.filter((p) => p <= last).length / paths.length) * 100) };
+  };
   for (const { flags, r, d } of ours) {
     const summary = {
       strata: {
@@ -311,14 +368,16 @@ async function libdiffCase(node: string, genv: NodeJS.ProcessEnv): Promise<void>
     const peer =
       vd === undefined
         ? { peerSkipped: '--peer-runs 0' }
-        : vd.code === 0
-          ? {
-              peerMs: round(vd.ms),
-              peerCpuMs: round(vd.cpuMs),
-              ratio: Math.round((r.ms / vd.ms) * 10000) / 10000,
-              speedup: round(vd.ms / r.ms),
-            }
-          : { peerFailed: vd.err.slice(-2000) };
+        : vd.timedOut
+          ? { peerTimedOutMs: round(vd.ms), ...progress(vd.out) } // its appliance's CPU is lost with it
+          : vd.code === 0
+            ? {
+                peerMs: round(vd.ms),
+                peerCpuMs: round(vd.cpuMs),
+                ratio: Math.round((r.ms / vd.ms) * 10000) / 10000,
+                speedup: round(vd.ms / r.ms),
+              }
+            : { peerFailed: vd.err.slice(-2000) };
     line({
       case: 'libdiff',
       flags: flags.join(' '),

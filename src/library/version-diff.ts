@@ -29,7 +29,11 @@ function parseTime(s: string | null | undefined): Timestamp | undefined {
   return { sec: Math.floor(ms / 1000), nsec: m ? Number(m[2]) : 0 };
 }
 
-/** A FileTree over a stored file manifest: every record and digest is already there. */
+/**
+ * A FileTree over a stored file manifest: every record and digest is already there. It lets
+ * diffTrees compare a stored version with anything else that is a FileTree (an image's file
+ * system), and it defines what diffManifests must answer for two stored versions.
+ */
 export function manifestTree(files: FilesManifest): FileTree {
   return {
     warnings: [],
