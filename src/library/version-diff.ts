@@ -241,9 +241,11 @@ export async function diffVersions(
   opts: { part?: string; packages?: boolean; blocks?: boolean } = {},
 ): Promise<VersionDiff> {
   const [va, vb] = [await lib.catalog.resolve(refA), await lib.catalog.resolve(refB)];
-  // each layout and file manifest read and decoded once (the two versions' at once)
-  const [la, lb] = await Promise.all([lib.layout(va.manifest), lib.layout(vb.manifest)]);
-  const [fa, fb] = await Promise.all([layoutFiles(lib, va, la, opts.part), layoutFiles(lib, vb, lb, opts.part)]);
+  // each layout and file manifest read and decoded once, A's first (so A's problem is the one reported)
+  const la = await lib.layout(va.manifest);
+  const fa = await layoutFiles(lib, va, la, opts.part);
+  const lb = await lib.layout(vb.manifest);
+  const fb = await layoutFiles(lib, vb, lb, opts.part);
   const files = diffManifests(fa, fb);
   const out: VersionDiff = {
     a: `${va.image}@${va.number}`,
