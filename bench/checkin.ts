@@ -23,100 +23,19 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  appendFileSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readSync,
-  realpathSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { checkin } from '../src/library/checkin.js';
 import { Library } from '../src/library/library.js';
 import { zstdCompress } from '../src/util/zstd.js';
-import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
+import { benchBaseImage, benchDerivedImage, CLI, need, opt, ROOT, sh } from './common.js';
 
 const BENCH = process.env.STRATA_BENCH ?? path.join(ROOT, '.cache', 'bench');
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-checkin';
 const MB = 1e6;
-const IMAGE_MIB = 1200;
-const PACKAGES = [
-  'curl',
-  'libcurl4',
-  'openssh-client',
-  'tzdata',
-  'python3.11-minimal',
-  'libpython3.11-minimal',
-  'libpython3.11-stdlib',
-  'perl-modules-5.36',
-  'libperl5.36',
-];
 
 const log = (m: string) => process.stderr.write(`bench:checkin: ${m}\n`);
-
-function rootfs(): string {
-  return realpathSync(benchRootfs(BENCH, log));
-}
-
-/** The .deb files of PACKAGES: apt's cache when it has them, else `apt-get download`. */
-function debs(): string[] {
-  const cache = '/var/cache/apt/archives';
-  const dl = path.join(BENCH, 'checkin-debs');
-  mkdirSync(dl, { recursive: true });
-  const out: string[] = [];
-  for (const p of PACKAGES) {
-    const find = (d: string) =>
-      existsSync(d) ? readdirSync(d).find((f) => f.startsWith(`${p}_`) && f.endsWith('.deb')) : undefined;
-    let f = find(dl);
-    if (f) out.push(path.join(dl, f));
-    else if ((f = find(cache))) out.push(path.join(cache, f));
-    else {
-      log(`apt-get download ${p}`);
-      sh('apt-get', ['download', p], { cwd: dl });
-      out.push(path.join(dl, find(dl) as string));
-    }
-  }
-  return out;
-}
-
-function derivedRootfs(base: string): string {
-  const dir = path.join(BENCH, 'rootfs-derived-v1');
-  if (existsSync(dir)) return dir;
-  const tmp = `${dir}.tmp`;
-  rmSync(tmp, { recursive: true, force: true });
-  log('derived tree: cp -a, dpkg-deb -x of the packages, edited /etc files (once)');
-  mkdirSync(tmp);
-  sh('cp', ['-a', `${base}/.`, tmp]);
-  const status = path.join(tmp, 'var/lib/dpkg/status');
-  for (const deb of debs()) {
-    sh('dpkg-deb', ['-x', deb, tmp]);
-    appendFileSync(status, `\n${sh('dpkg-deb', ['-f', deb]).trim()}\nStatus: install ok installed\n`);
-  }
-  writeFileSync(path.join(tmp, 'etc/hostname'), 'strata-derived\n');
-  appendFileSync(path.join(tmp, 'etc/passwd'), 'builder:x:1000:1000:Image builder:/home/builder:/bin/bash\n');
-  mkdirSync(path.join(tmp, 'home/builder'), { recursive: true });
-  renameSync(tmp, dir);
-  return dir;
-}
-
-function ext4Image(tree: string, name: string): string {
-  const file = path.join(BENCH, name);
-  if (existsSync(file)) return file;
-  need('mkfs.ext4', 'e2fsprogs');
-  log(`mkfs.ext4 -d ${tree} (${IMAGE_MIB} MiB, once)`);
-  sh('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'bench-root', '-d', tree, `${file}.tmp`, `${IMAGE_MIB}M`]);
-  renameSync(`${file}.tmp`, file);
-  return file;
-}
-
 function duBytes(dir: string): number {
   return Number(sh('du', ['-sb', dir]).split(/\s/)[0]);
 }
@@ -226,9 +145,8 @@ async function sweep(base: string, derived: string): Promise<unknown[]> {
 
 async function main(): Promise<void> {
   need('casync', 'casync');
-  const tree = rootfs();
-  const base = opt('--base') ?? ext4Image(tree, `checkin-base-v1-${IMAGE_MIB}m.ext4`);
-  const derived = opt('--derived') ?? ext4Image(derivedRootfs(tree), `checkin-derived-v1-${IMAGE_MIB}m.ext4`);
+  const base = opt('--base') ?? benchBaseImage(BENCH, log);
+  const derived = opt('--derived') ?? benchDerivedImage(BENCH, log);
   rmSync(OUT, { recursive: true, force: true });
   mkdirSync(OUT, { recursive: true });
   const { statSync } = await import('node:fs');

@@ -3,7 +3,17 @@
  * debootstrapped Debian tree several benches measure.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,6 +30,17 @@ export function opt(name: string): string | undefined {
   const args = process.argv.slice(2);
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
+}
+
+/** User + system CPU ms of this process's finished children (/proc/self/stat cutime + cstime), or NaN. */
+export function childCpuMs(): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[13]) + Number(f[14])) * 1000) / 100; // fields 16 and 17, in USER_HZ (100)
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** Run a tool and return its stdout; throws with its stderr on a non-zero exit. */
@@ -64,4 +85,87 @@ export function benchRootfs(bench: string, log: (m: string) => void): string {
     renameSync(tmp, dir);
   }
   return dir;
+}
+
+/** Size of the bench:checkin base and derived images (>= 1 GiB: the issues' targets are for 1 GiB images). */
+export const PAIR_IMAGE_MIB = 1200;
+
+/** What the derived tree adds to the base one (unpacked with dpkg-deb -x). */
+const DERIVED_PACKAGES = [
+  'curl',
+  'libcurl4',
+  'openssh-client',
+  'tzdata',
+  'python3.11-minimal',
+  'libpython3.11-minimal',
+  'libpython3.11-stdlib',
+  'perl-modules-5.36',
+  'libperl5.36',
+];
+
+/** The .deb files of DERIVED_PACKAGES: apt's cache when it has them, else `apt-get download`. */
+function derivedDebs(bench: string, log: (m: string) => void): string[] {
+  const cache = '/var/cache/apt/archives';
+  const dl = path.join(bench, 'checkin-debs');
+  mkdirSync(dl, { recursive: true });
+  const out: string[] = [];
+  for (const p of DERIVED_PACKAGES) {
+    const find = (d: string) =>
+      existsSync(d) ? readdirSync(d).find((f) => f.startsWith(`${p}_`) && f.endsWith('.deb')) : undefined;
+    let f = find(dl);
+    if (f) out.push(path.join(dl, f));
+    else if ((f = find(cache))) out.push(path.join(cache, f));
+    else {
+      log(`apt-get download ${p}`);
+      sh('apt-get', ['download', p], { cwd: dl });
+      out.push(path.join(dl, find(dl) as string));
+    }
+  }
+  return out;
+}
+
+/**
+ * `BENCH/rootfs-derived-v1`: a copy of the bench tree with DERIVED_PACKAGES unpacked (and
+ * added to the dpkg status), /etc/hostname changed, a user added to /etc/passwd. Made once.
+ */
+export function benchDerivedRootfs(bench: string, log: (m: string) => void): string {
+  const dir = path.join(bench, 'rootfs-derived-v1');
+  if (existsSync(dir)) return dir;
+  const base = realpathSync(benchRootfs(bench, log));
+  const tmp = `${dir}.tmp`;
+  rmSync(tmp, { recursive: true, force: true });
+  log('derived tree: cp -a, dpkg-deb -x of the packages, edited /etc files (once)');
+  mkdirSync(tmp);
+  sh('cp', ['-a', `${base}/.`, tmp]);
+  const status = path.join(tmp, 'var/lib/dpkg/status');
+  for (const deb of derivedDebs(bench, log)) {
+    sh('dpkg-deb', ['-x', deb, tmp]);
+    appendFileSync(status, `\n${sh('dpkg-deb', ['-f', deb]).trim()}\nStatus: install ok installed\n`);
+  }
+  writeFileSync(path.join(tmp, 'etc/hostname'), 'strata-derived\n');
+  appendFileSync(path.join(tmp, 'etc/passwd'), 'builder:x:1000:1000:Image builder:/home/builder:/bin/bash\n');
+  mkdirSync(path.join(tmp, 'home/builder'), { recursive: true });
+  renameSync(tmp, dir);
+  return dir;
+}
+
+/** `mkfs.ext4 -d TREE` into BENCH/NAME (PAIR_IMAGE_MIB), once. */
+function ext4Image(bench: string, tree: string, name: string, log: (m: string) => void): string {
+  const file = path.join(bench, name);
+  if (existsSync(file)) return file;
+  need('mkfs.ext4', 'e2fsprogs');
+  log(`mkfs.ext4 -d ${tree} (${PAIR_IMAGE_MIB} MiB, once)`);
+  sh('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'bench-root', '-d', tree, `${file}.tmp`, `${PAIR_IMAGE_MIB}M`]);
+  renameSync(`${file}.tmp`, file);
+  return file;
+}
+
+/** The base image of bench:checkin and bench:inspect's libdiff: the bench tree as 1200 MiB ext4. */
+export function benchBaseImage(bench: string, log: (m: string) => void): string {
+  return ext4Image(bench, realpathSync(benchRootfs(bench, log)), `checkin-base-v1-${PAIR_IMAGE_MIB}m.ext4`, log);
+}
+
+/** The derived image: the derived tree (packages added, files changed) as 1200 MiB ext4. */
+export function benchDerivedImage(bench: string, log: (m: string) => void): string {
+  return ext4Image(bench, benchDerivedRootfs(bench, log), `checkin-derived-v1-${PAIR_IMAGE_MIB}m.ext4`, log);
 }

@@ -16,11 +16,11 @@
  * conversion itself; the end-to-end `ratio` stays the headline figure.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { CLI as BIN, ROOT } from './common.js';
+import { CLI as BIN, childCpuMs, ROOT } from './common.js';
 import { makeMixedRaw } from './mixed-disk.js';
 
 const pexec = promisify(execFile);
@@ -39,17 +39,6 @@ async function cached(name: string, make: (out: string) => Promise<void> | void)
   await make(tmp);
   renameSync(tmp, f);
   return f;
-}
-
-/** User + system CPU ms of this process's finished children (/proc/self/stat cutime + cstime), or NaN. */
-function childCpuMs(): number {
-  try {
-    const stat = readFileSync('/proc/self/stat', 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[13]) + Number(f[14])) * 1000) / 100; // fields 16 and 17, in USER_HZ (100)
-  } catch {
-    return Number.NaN;
-  }
 }
 
 /** Run a child; resolves with its wall time and its user + system CPU time (ms). */

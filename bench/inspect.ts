@@ -9,14 +9,22 @@
  * STRATA_BENCH_INSPECT_A / STRATA_BENCH_INSPECT_B name other images.
  *
  * libguestfs boots a helper appliance (under TCG where there is no /dev/kvm); each peer
- * tool runs once (--peer-runs N for more), Strata best of --runs N (default 5). The inspect
- * case also compares virt-inspector's XML with Strata's JSON field by field. --cases inspect
- * or --cases diff runs one of them.
+ * tool runs once (--peer-runs N for more, 0 for none), Strata best of --runs N (default 5).
+ * The inspect case also compares virt-inspector's XML with Strata's JSON field by field.
+ *
+ * The libdiff case (not run by default: virt-diff of the pair takes an hour under TCG)
+ * diffs library versions, from their manifests: bench:checkin's 1200 MiB base and derived
+ * bookworm images (bench/common.ts) are checked in to a fresh library (--out DIR, default
+ * /dev/shm/strata-bench-libdiff), then `strata diff --library L base@1 derived@1 --json`
+ * (alone, --packages, --blocks) runs as a child process against `virt-diff -a base -A derived`.
+ *
+ * --cases inspect,diff,libdiff chooses (default inspect,diff).
  */
 import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   realpathSync,
   renameSync,
@@ -24,8 +32,20 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { loadavg } from 'node:os';
 import * as path from 'node:path';
-import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
+import {
+  benchBaseImage,
+  benchDerivedImage,
+  benchDerivedRootfs,
+  benchRootfs,
+  CLI,
+  childCpuMs,
+  need,
+  opt,
+  ROOT,
+  sh,
+} from './common.js';
 
 const BENCH = path.join(ROOT, '.cache', 'bench');
 const RUNS = Number(opt('--runs') ?? 5);
@@ -94,31 +114,65 @@ function setup(): { a: string; b: string } {
   return { a, b };
 }
 
-function timed(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env) {
-  return new Promise<{ ms: number; out: string; err: string; code: number | null }>((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env });
-    const out: Buffer[] = [];
-    let err = '';
-    c.stdout.on('data', (x: Buffer) => out.push(x));
-    c.stderr.on('data', (x: Buffer) => {
-      if (err.length < 20000) err += x;
-    });
-    c.on('error', reject);
-    c.on('close', (code) =>
-      resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, out: Buffer.concat(out).toString('utf8'), err, code }),
-    );
-  });
+/**
+ * Run a tool; wall and CPU ms (its and its children's user + system). With `timeoutMs` it
+ * runs in its own process group, killed whole (libguestfs's appliance too) when time is up.
+ */
+function timed(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env, timeoutMs?: number) {
+  return new Promise<{ ms: number; cpuMs: number; out: string; err: string; code: number | null; timedOut: boolean }>(
+    (resolve, reject) => {
+      const cpu0 = childCpuMs();
+      const t0 = process.hrtime.bigint();
+      const c = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env, detached: timeoutMs !== undefined });
+      const out: Buffer[] = [];
+      let err = '';
+      let timedOut = false;
+      const kill = (sig: NodeJS.Signals) => {
+        try {
+          if (c.pid) process.kill(-c.pid, sig);
+        } catch {
+          // already gone
+        }
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              timedOut = true;
+              kill('SIGTERM');
+              setTimeout(() => kill('SIGKILL'), 10_000).unref();
+            }, timeoutMs);
+      c.stdout.on('data', (x: Buffer) => out.push(x));
+      c.stderr.on('data', (x: Buffer) => {
+        if (err.length < 20000) err += x;
+      });
+      c.on('error', reject);
+      c.on('close', (code) => {
+        if (timer) clearTimeout(timer);
+        resolve({
+          ms: Number(process.hrtime.bigint() - t0) / 1e6,
+          cpuMs: childCpuMs() - cpu0,
+          out: Buffer.concat(out).toString('utf8'),
+          err,
+          code,
+          timedOut,
+        });
+      });
+    },
+  );
 }
 
-async function best(n: number, cmd: string, argv: string[], env?: NodeJS.ProcessEnv) {
+/** The run with the best wall time of `n` (and the least CPU time of any run, `minCpuMs`). */
+async function best(n: number, cmd: string, argv: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number) {
   let b: Awaited<ReturnType<typeof timed>> | undefined;
-  for (let i = 0; i < n; i++) {
-    const r = await timed(cmd, argv, env);
-    if (r.code !== 0) return r;
+  let minCpuMs = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < Math.max(1, n); i++) {
+    const r = await timed(cmd, argv, env, timeoutMs);
+    if (r.code !== 0) return { ...r, minCpuMs: r.cpuMs };
+    minCpuMs = Math.min(minCpuMs, r.cpuMs);
     if (!b || r.ms < b.ms) b = r;
   }
-  return b!;
+  return { ...(b as Awaited<ReturnType<typeof timed>>), minCpuMs };
 }
 
 const tag = (xml: string, name: string) => new RegExp(`<${name}>([^<]*)</${name}>`).exec(xml)?.[1];
@@ -179,13 +233,18 @@ function compareInspect(xml: string, ours: Array<Record<string, unknown>>): Reco
 
 async function main(): Promise<void> {
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: npm run build first`);
-  const { a, b } = setup();
-  log(`A ${a} (${statSync(a).size} bytes), B ${b} (${statSync(b).size} bytes)`);
   const node = process.execPath;
   const genv = { ...process.env, LIBGUESTFS_BACKEND: process.env.LIBGUESTFS_BACKEND ?? 'direct' };
+  if (!CASES.has('inspect') && !CASES.has('diff')) {
+    if (CASES.has('libdiff')) await libdiffCase(node, genv);
+    return;
+  }
+  const { a, b } = setup();
+  log(`A ${a} (${statSync(a).size} bytes), B ${b} (${statSync(b).size} bytes)`);
 
   if (CASES.has('inspect')) await inspectCase(a, node, genv);
   if (CASES.has('diff')) await diffCase(a, b, node, genv);
+  if (CASES.has('libdiff')) await libdiffCase(node, genv);
 }
 
 async function inspectCase(a: string, node: string, genv: NodeJS.ProcessEnv): Promise<void> {
@@ -235,6 +294,106 @@ async function diffCase(a: string, b: string, node: string, genv: NodeJS.Process
   } else {
     line({ case: 'diff', strataMs: round(sd.ms), peer: 'virt-diff', peerFailed: vd.err.slice(-2000), kvm, summary });
   }
+}
+
+interface LibDiffJson {
+  files: { summary: Record<string, number> };
+  packages?: Record<string, unknown[]> | null;
+  blocks?: Record<string, number>;
+}
+
+/**
+ * `strata diff` of two library versions straight from their manifests (no checkout; Node's
+ * start-up included) against virt-diff of the same two images; one line per flag set.
+ */
+async function libdiffCase(node: string, genv: NodeJS.ProcessEnv): Promise<void> {
+  const base = benchBaseImage(BENCH, log);
+  const derived = benchDerivedImage(BENCH, log);
+  const out = opt('--out') ?? '/dev/shm/strata-bench-libdiff';
+  const lib = path.join(out, 'library');
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  for (const [img, name] of [
+    [base, 'base'],
+    [derived, 'derived'],
+  ]) {
+    const r = await timed(node, [CLI, 'checkin', img, '--name', name, '--library', lib, '--json']);
+    if (r.code !== 0) throw new Error(`strata checkin ${img} failed: ${r.err}`);
+    log(`checked in ${name} (${statSync(img).size} bytes) in ${round(r.ms)} ms`);
+  }
+  const bare = await best(RUNS, node, ['-e', '0']);
+  const load1 = round(loadavg()[0]);
+  const ours: Array<{ flags: string[]; r: Awaited<ReturnType<typeof best>>; d: LibDiffJson }> = [];
+  for (const flags of [[], ['--packages'], ['--blocks']]) {
+    const r = await best(RUNS, node, [CLI, 'diff', '--library', lib, 'base@1', 'derived@1', '--json', ...flags]);
+    if (r.code !== 0) throw new Error(`strata diff ${flags.join(' ')} failed: ${r.err}`);
+    ours.push({ flags, r, d: JSON.parse(r.out) as LibDiffJson });
+  }
+  const kvm = existsSync('/dev/kvm');
+  const timeout = opt('--peer-timeout'); // seconds
+  const vd =
+    PEER_RUNS > 0
+      ? await best(
+          PEER_RUNS,
+          'virt-diff',
+          ['-a', base, '-A', derived],
+          genv,
+          timeout === undefined ? undefined : Number(timeout) * 1000,
+        )
+      : undefined;
+  // virt-diff prints paths in sorted order: how far it got when stopped (share of B's paths)
+  const progress = (out: string) => {
+    const last = out
+      .split('\n')
+      .filter((l) => /^[-+=] /.test(l))
+      .pop()
+      ?.split(' ')
+      .pop();
+    if (!last) return { peerLastPath: null, peerProgress: 0 };
+    const tree = realpathSync(benchDerivedRootfs(BENCH, log));
+    const paths = readdirSync(tree, { recursive: true }).map((p) => `/${p}`);
+    return { peerLastPath: last, peerProgress: round((paths.filter((p) => p <= last).length / paths.length) * 100) };
+  };
+  for (const { flags, r, d } of ours) {
+    const summary = {
+      strata: {
+        ...d.files.summary,
+        packages: d.packages
+          ? Object.fromEntries(Object.entries(d.packages).map(([k, v]) => [k, v.length]))
+          : undefined,
+        blocks: d.blocks,
+      },
+      virtDiff: vd?.code === 0 ? { lines: vd.out.split('\n').filter((l) => /^[-+=]/.test(l)).length } : undefined,
+    };
+    const peer =
+      vd === undefined
+        ? { peerSkipped: '--peer-runs 0' }
+        : vd.timedOut
+          ? { peerTimedOutMs: round(vd.ms), ...progress(vd.out) } // its appliance's CPU is lost with it
+          : vd.code === 0
+            ? {
+                peerMs: round(vd.ms),
+                peerCpuMs: round(vd.cpuMs),
+                ratio: Math.round((r.ms / vd.ms) * 10000) / 10000,
+                speedup: round(vd.ms / r.ms),
+              }
+            : { peerFailed: vd.err.slice(-2000) };
+    line({
+      case: 'libdiff',
+      flags: flags.join(' '),
+      bytes: [statSync(base).size, statSync(derived).size],
+      strataMs: round(r.ms),
+      strataCpuMs: round(r.cpuMs),
+      strataMinCpuMs: round(r.minCpuMs),
+      nodeStartMs: round(bare.ms),
+      peer: 'virt-diff',
+      ...peer,
+      kvm,
+      load1,
+      summary,
+    });
+  }
+  rmSync(out, { recursive: true, force: true });
 }
 
 main().catch((e) => {

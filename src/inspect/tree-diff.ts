@@ -68,14 +68,8 @@ const byPath = <T extends { path: string }>(x: T[]) =>
 export async function diffTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
   const inA = new Map<string, FileRecord>();
   for await (const r of a.records()) inA.set(r.path, r);
-  const d: TreeDiff = {
-    added: [],
-    removed: [],
-    changed: [],
-    metadata: [],
-    summary: { added: 0, removed: 0, changed: 0, metadata: 0, bytesAdded: 0, bytesRemoved: 0, bytesChanged: 0 },
-    warnings: [],
-  };
+  const d = { added: [] as DiffItem[], removed: [] as DiffItem[], changed: [] as ContentChange[] };
+  const metadata: MetadataChange[] = [];
   const pending: Array<Promise<void>> = [];
   const LIMIT = 32; // files hashed at once: keeps the I/O thread pool busy on small files
   for await (const rb of b.records()) {
@@ -98,27 +92,46 @@ export async function diffTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
         same = da === db;
       }
       if (!same) d.changed.push({ path: rb.path, type: rb.type, sizeA: ra.size, sizeB: rb.size });
-      else if (meta.length > 0) d.metadata.push({ path: rb.path, type: rb.type, size: rb.size, fields: meta });
+      else if (meta.length > 0) metadata.push({ path: rb.path, type: rb.type, size: rb.size, fields: meta });
     };
     pending.push(compare());
     if (pending.length >= LIMIT) await Promise.all(pending.splice(0));
   }
   await Promise.all(pending);
   for (const ra of inA.values()) d.removed.push({ path: ra.path, type: ra.type, size: ra.size });
-  byPath(d.added);
-  byPath(d.removed);
-  byPath(d.changed);
-  byPath(d.metadata);
+  return finishTreeDiff(d.added, d.removed, d.changed, metadata, [...a.warnings, ...b.warnings]);
+}
+
+/**
+ * The TreeDiff of these lists (any order; sorted by path here, in place), with its summary:
+ * every diff of two trees (an image's, a stored manifest's) ends here, so all print alike.
+ */
+export function finishTreeDiff(
+  added: DiffItem[],
+  removed: DiffItem[],
+  changed: ContentChange[],
+  metadata: MetadataChange[],
+  warnings: string[],
+): TreeDiff {
+  byPath(added);
+  byPath(removed);
+  byPath(changed);
+  byPath(metadata);
   const sum = (x: Array<{ size: number }>) => x.reduce((s, i) => s + i.size, 0);
-  d.summary = {
-    added: d.added.length,
-    removed: d.removed.length,
-    changed: d.changed.length,
-    metadata: d.metadata.length,
-    bytesAdded: sum(d.added),
-    bytesRemoved: sum(d.removed),
-    bytesChanged: d.changed.reduce((s, c) => s + c.sizeB, 0),
+  return {
+    added,
+    removed,
+    changed,
+    metadata,
+    summary: {
+      added: added.length,
+      removed: removed.length,
+      changed: changed.length,
+      metadata: metadata.length,
+      bytesAdded: sum(added),
+      bytesRemoved: sum(removed),
+      bytesChanged: changed.reduce((s, c) => s + c.sizeB, 0),
+    },
+    warnings,
   };
-  d.warnings = [...a.warnings, ...b.warnings];
-  return d;
 }

@@ -8,13 +8,10 @@ import {
   type StoredRoot,
   uninspected,
 } from '../catalog/inspection.js';
-import { inspectVolumes } from '../inspect/inspect.js';
 import type { OsInspection } from '../inspect/types.js';
 import { StrataError } from '../util/errors.js';
-import { discoverVolumes } from '../volumes/discover.js';
 import type { Library } from './library.js';
 import type { FileEntry } from './manifest.js';
-import { VersionSource } from './version-source.js';
 
 /**
  * Inspection of stored versions: check-in calls `recordInspection` on the new version, and
@@ -59,6 +56,12 @@ function storedRoot(r: OsInspection): StoredRoot {
 
 /** Inspect a stored version and keep the result (and its file index) in the catalog. */
 export async function recordInspection(lib: Library, v: VersionRow): Promise<RecordedInspection> {
+  // the readers are loaded here, not with this module: diff and search only read stored results
+  const [{ inspectVolumes }, { discoverVolumes }, { VersionSource }] = await Promise.all([
+    import('../inspect/inspect.js'),
+    import('../volumes/discover.js'),
+    import('./version-source.js'),
+  ]);
   const layout = await lib.layout(v.manifest);
   const name = `${v.image}@${v.number}`;
   const src = new VersionSource(lib.store, layout, name);

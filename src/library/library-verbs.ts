@@ -111,7 +111,16 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
 /** The file manifest of one volume of a version: `part` names it, else the only one (or the OS root). */
 export async function versionFiles(lib: Library, ref: string, part?: string): Promise<FilesManifest> {
   const v = await lib.catalog.resolve(ref);
-  const m = await lib.layout(v.manifest);
+  return layoutFiles(lib, v, await lib.layout(v.manifest), part);
+}
+
+/** versionFiles of a resolved version whose layout manifest `m` is already loaded. */
+export async function layoutFiles(
+  lib: Library,
+  v: { image: string; number: number },
+  m: LayoutManifest,
+  part?: string,
+): Promise<FilesManifest> {
   const withFs = m.volumes.filter((x) => x.fs);
   let vol = part !== undefined ? withFs.find((x) => x.id === part) : undefined;
   if (part !== undefined && !vol) {

@@ -91,7 +91,8 @@ export function decodeManifest<T extends LayoutManifest | FilesManifest>(
 ): T {
   let m: T;
   try {
-    m = JSON.parse(Buffer.from(plain).toString('utf8')) as T;
+    // a view, not a copy (Buffer.from(Uint8Array) copies)
+    m = JSON.parse(Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength).toString('utf8')) as T;
   } catch (e) {
     throw new StrataError('CORRUPT', `manifest is not JSON: ${(e as Error).message}`, { file: where, structure: kind });
   }

@@ -1,13 +1,19 @@
 import type { FileType, Timestamp } from '../fs/types.js';
 import type { BlockDiff } from '../inspect/block-diff.js';
 import type { FileRecord, FileTree } from '../inspect/file-manifest.js';
-import { diffPackages, type PackageDiff } from '../inspect/package-diff.js';
-import { diffTrees, type TreeDiff } from '../inspect/tree-diff.js';
+import type { PackageDiff } from '../inspect/package-diff.js';
+import {
+  type ContentChange,
+  type DiffItem,
+  finishTreeDiff,
+  type MetadataChange,
+  type TreeDiff,
+} from '../inspect/tree-diff.js';
 import type { OsInspection } from '../inspect/types.js';
-import { versionInspection, xattrDigest } from './inspection.js';
+import { xattrDigest } from './inspection.js';
 import type { Library } from './library.js';
-import { versionFiles } from './library-verbs.js';
-import type { FilesManifest, LayoutManifest } from './manifest.js';
+import { layoutFiles } from './library-verbs.js';
+import type { FileEntry, FilesManifest, LayoutManifest } from './manifest.js';
 
 /**
  * `strata diff A B` for two library versions, straight from their manifests (no
@@ -23,7 +29,11 @@ function parseTime(s: string | null | undefined): Timestamp | undefined {
   return { sec: Math.floor(ms / 1000), nsec: m ? Number(m[2]) : 0 };
 }
 
-/** A FileTree over a stored file manifest: every record and digest is already there. */
+/**
+ * A FileTree over a stored file manifest: every record and digest is already there. It lets
+ * diffTrees compare a stored version with anything else that is a FileTree (an image's file
+ * system), and it defines what diffManifests must answer for two stored versions.
+ */
 export function manifestTree(files: FilesManifest): FileTree {
   return {
     warnings: [],
@@ -56,20 +66,110 @@ export function manifestTree(files: FilesManifest): FileTree {
   };
 }
 
-interface Piece {
-  disk: number;
-  length: number;
-  chunk: string;
-  at: number;
+const entrySize = (e: FileEntry) => (e.type === 'dir' ? 0 : e.size);
+
+/** Same mtime as diffTrees sees it: equal, or either side has none (or none that parses). */
+function sameMtime(a: string | null | undefined, b: string | null | undefined): boolean {
+  if (a === b) return true;
+  const ta = parseTime(a);
+  const tb = parseTime(b);
+  return ta === undefined || tb === undefined || (ta.sec === tb.sec && ta.nsec === tb.nsec);
 }
 
-function pieces(m: LayoutManifest): Piece[] {
-  const r = m.ranges;
-  const out: Piece[] = new Array(r.disk.length);
-  for (let i = 0; i < r.disk.length; i++) {
-    out[i] = { disk: r.disk[i], length: r.length[i], chunk: m.chunks[r.chunk[i]], at: r.at[i] };
+/** Same xattrs as diffTrees sees them (names and the sha256 of each value; none = empty). */
+function sameXattrs(a: Record<string, string> | undefined, b: Record<string, string> | undefined): boolean {
+  const ka = a ? Object.keys(a) : [];
+  const kb = b ? Object.keys(b) : [];
+  if (ka.length !== kb.length) return false;
+  if (ka.length === 0) return true;
+  ka.sort();
+  kb.sort();
+  for (let i = 0; i < ka.length; i++) {
+    if (ka[i] !== kb[i]) return false;
+    const va = (a as Record<string, string>)[ka[i]];
+    const vb = (b as Record<string, string>)[kb[i]];
+    // equal base64 is equal bytes; different text may still decode alike (padding, whitespace)
+    if (va !== vb && xattrDigest(va) !== xattrDigest(vb)) return false;
   }
-  return out;
+  return true;
+}
+
+/**
+ * diffTrees(manifestTree(a), manifestTree(b)), the same answer without its generality: the
+ * entries are compared where they lie (no FileRecord per entry, no promise per file, a
+ * time parsed only when the two stored strings differ). The tests hold the two equal.
+ */
+export function diffManifests(a: FilesManifest, b: FilesManifest): TreeDiff {
+  const inA = new Map<string, FileEntry>();
+  for (const e of a.entries) if (e.path !== '/') inA.set(e.path, e);
+  const added: DiffItem[] = [];
+  const removed: DiffItem[] = [];
+  const changed: ContentChange[] = [];
+  const metadata: MetadataChange[] = [];
+  for (const eb of b.entries) {
+    const p = eb.path;
+    if (p === '/') continue;
+    const ea = inA.get(p);
+    if (!ea) {
+      added.push({ path: p, type: eb.type as FileType, size: entrySize(eb) });
+      continue;
+    }
+    inA.delete(p);
+    const sizeA = entrySize(ea);
+    const sizeB = entrySize(eb);
+    if (ea.type !== eb.type) {
+      changed.push({ path: p, type: `${ea.type}->${eb.type}`, sizeA, sizeB });
+      continue;
+    }
+    if (ea.type === 'file') {
+      // a file with no stored digest compares unequal to anything but itself (as manifestTree's digest())
+      const same = sizeA === sizeB && (ea.digest || `none:${p}`) === (eb.digest || `none:${p}`);
+      if (!same) {
+        changed.push({ path: p, type: eb.type, sizeA, sizeB });
+        continue;
+      }
+    }
+    if (
+      ea.mode === eb.mode &&
+      ea.uid === eb.uid &&
+      ea.gid === eb.gid &&
+      ea.mtime === eb.mtime &&
+      ea.xattrs === undefined &&
+      eb.xattrs === undefined &&
+      (ea.type !== 'symlink' || ea.target === eb.target)
+    )
+      continue; // the common case: nothing differs
+    const fields: string[] = [];
+    if (ea.mode !== eb.mode) fields.push('mode');
+    if (ea.uid !== eb.uid) fields.push('uid');
+    if (ea.gid !== eb.gid) fields.push('gid');
+    if (!sameMtime(ea.mtime, eb.mtime)) fields.push('mtime');
+    if (!sameXattrs(ea.xattrs, eb.xattrs)) fields.push('xattrs');
+    if (ea.type === 'symlink' && ea.target !== eb.target) fields.push('target');
+    if (fields.length > 0) metadata.push({ path: p, type: eb.type as FileType, size: sizeB, fields });
+  }
+  for (const ea of inA.values()) removed.push({ path: ea.path, type: ea.type as FileType, size: entrySize(ea) });
+  return finishTreeDiff(added, removed, changed, metadata, []);
+}
+
+/**
+ * Counts the blocks that marks touch, for marks that come in disk order and do not overlap
+ * (a block two neighbouring marks share is counted once): no set of block numbers, so the
+ * cost is the number of marks, not of blocks.
+ */
+class BlockCounter {
+  count = 0;
+  private last = -1;
+  constructor(private readonly bs: number) {}
+  /** Blocks holding bytes [from, to). */
+  mark(from: number, to: number): void {
+    const first = Math.max(Math.floor(from / this.bs), this.last + 1);
+    const end = Math.ceil(to / this.bs);
+    if (end > first) {
+      this.count += end - first;
+      this.last = end - 1;
+    }
+  }
 }
 
 /**
@@ -82,43 +182,46 @@ function pieces(m: LayoutManifest): Piece[] {
  * blocks whose every piece's chunk A holds too.
  */
 export function diffLayouts(a: LayoutManifest, b: LayoutManifest): BlockDiff {
-  const pa = pieces(a);
-  const pb = pieces(b);
+  const ra = a.ranges;
+  const rb = b.ranges;
   const chunksA = new Set(a.chunks);
-  const bs = b.volumes.find((v) => v.fs)?.fs?.blockSize ?? 4096;
-  const used = new Set<number>();
-  const write = new Set<number>();
-  const notShared = new Set<number>();
-  const mark = (set: Set<number>, from: number, to: number) => {
-    for (let k = Math.floor(from / bs); k * bs < to; k++) set.add(k);
-  };
+  const given = b.volumes.find((v) => v.fs)?.fs?.blockSize;
+  const bs = Number.isSafeInteger(given) && (given as number) > 0 ? (given as number) : 4096;
+  // every mark below follows B's ranges, which are sorted and do not overlap (checked on decode)
+  const used = new BlockCounter(bs);
+  const write = new BlockCounter(bs);
+  const notShared = new BlockCounter(bs);
+  const n = rb.disk.length;
+  const m = ra.disk.length;
   let j = 0;
-  for (const x of pb) {
-    const end = x.disk + x.length;
-    mark(used, x.disk, end);
-    if (!chunksA.has(x.chunk)) mark(notShared, x.disk, end);
-    while (j < pa.length && pa[j].disk + pa[j].length <= x.disk) j++;
-    // the parts of x that A holds identically; the gaps between them must be written
-    let at = x.disk;
-    for (let k = j; k < pa.length && pa[k].disk < end; k++) {
-      const y = pa[k];
-      if (y.chunk !== x.chunk || y.at - y.disk !== x.at - x.disk) continue;
-      const s = Math.max(x.disk, y.disk);
-      if (s > at) mark(write, at, s);
-      at = Math.max(at, Math.min(end, y.disk + y.length));
+  for (let i = 0; i < n; i++) {
+    const disk = rb.disk[i];
+    const end = disk + rb.length[i];
+    const chunk = rb.chunk[i];
+    const shift = rb.at[i] - disk;
+    used.mark(disk, end);
+    if (!chunksA.has(b.chunks[chunk])) notShared.mark(disk, end);
+    while (j < m && ra.disk[j] + ra.length[j] <= disk) j++;
+    // the parts of this range that A holds identically; the gaps between them must be written
+    let at = disk;
+    for (let k = j; k < m && ra.disk[k] < end; k++) {
+      const yd = ra.disk[k];
+      if (a.chunks[ra.chunk[k]] !== b.chunks[chunk] || ra.at[k] - yd !== shift) continue;
+      const s = Math.max(disk, yd);
+      if (s > at) write.mark(at, s);
+      at = Math.max(at, Math.min(end, yd + ra.length[k]));
     }
-    if (at < end) mark(write, at, end);
+    if (at < end) write.mark(at, end);
   }
-  let shared = 0;
-  for (const k of used) if (!notShared.has(k)) shared++;
   return {
     blockSize: bs,
-    usedBlocks: used.size,
-    usedBytes: used.size * bs,
-    writeBlocks: write.size,
-    writeBytes: write.size * bs,
-    writeShare: used.size === 0 ? 0 : write.size / used.size,
-    sharedBytes: shared * bs,
+    usedBlocks: used.count,
+    usedBytes: used.count * bs,
+    writeBlocks: write.count,
+    writeBytes: write.count * bs,
+    writeShare: used.count === 0 ? 0 : write.count / used.count,
+    // every block a range of a chunk A lacks touches is a used block
+    sharedBytes: (used.count - notShared.count) * bs,
   };
 }
 
@@ -138,8 +241,12 @@ export async function diffVersions(
   opts: { part?: string; packages?: boolean; blocks?: boolean } = {},
 ): Promise<VersionDiff> {
   const [va, vb] = [await lib.catalog.resolve(refA), await lib.catalog.resolve(refB)];
-  const [fa, fb] = [await versionFiles(lib, refA, opts.part), await versionFiles(lib, refB, opts.part)];
-  const files = await diffTrees(manifestTree(fa), manifestTree(fb));
+  // each layout and file manifest read and decoded once, A's first (so A's problem is the one reported)
+  const la = await lib.layout(va.manifest);
+  const fa = await layoutFiles(lib, va, la, opts.part);
+  const lb = await lib.layout(vb.manifest);
+  const fb = await layoutFiles(lib, vb, lb, opts.part);
+  const files = diffManifests(fa, fb);
   const out: VersionDiff = {
     a: `${va.image}@${va.number}`,
     b: `${vb.image}@${vb.number}`,
@@ -147,6 +254,10 @@ export async function diffVersions(
     warnings: [...files.warnings],
   };
   if (opts.packages) {
+    const [{ versionInspection }, { diffPackages }] = await Promise.all([
+      import('./inspection.js'),
+      import('../inspect/package-diff.js'),
+    ]);
     const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
     const ra = pick((await versionInspection(lib, out.a)).roots, fa.volume);
     const rb = pick((await versionInspection(lib, out.b)).roots, fb.volume);
@@ -157,6 +268,6 @@ export async function diffVersions(
       out.packages = null;
     } else out.packages = diffPackages(ra.packageFormat, ra.packages, rb.packages);
   }
-  if (opts.blocks) out.blocks = diffLayouts(await lib.layout(va.manifest), await lib.layout(vb.manifest));
+  if (opts.blocks) out.blocks = diffLayouts(la, lb);
   return out;
 }
