@@ -100,7 +100,8 @@ class Builder {
   readonly length: number[] = [];
   readonly chunk: number[] = [];
   readonly at: number[] = [];
-  newBytes = 0;
+  /** Blobs this check-in added to the store (their encoded size is known after the flush). */
+  readonly added: string[] = [];
   newChunks = 0;
   done = 0;
   /** Chunk buffers: reused once the store has taken a chunk's bytes. */
@@ -125,7 +126,7 @@ class Builder {
       this.chunkIndex.set(digest, idx);
       const r = await this.lib.store.put('data', buf, digest);
       if (r.added) {
-        this.newBytes += r.storedBytes;
+        this.added.push(digest);
         this.newChunks++;
       }
     }
@@ -418,7 +419,7 @@ async function cutFileSystem(
     entries,
   };
   const fm = await lib.store.put('tree', encodeManifest(files));
-  if (fm.added) b.newBytes += fm.storedBytes;
+  if (fm.added) b.added.push(fm.digest);
   const filesDigest = fm.digest;
   await cutSpans(b, img, otherUsed(allocation, fileData), W);
   return {
@@ -546,8 +547,10 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       let storedBytes = lib.store.storedSize(m.digest);
       for (const d of b.chunks) storedBytes += lib.store.storedSize(d);
       for (const v of layoutVolumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
-      // the manifests count as new bytes too
-      const newBytes = b.newBytes + (m.added ? m.storedBytes : 0);
+      // the manifests count as new bytes too; a blob in a shared frame counts for its share of it
+      if (m.added) b.added.push(m.digest);
+      let newBytes = 0;
+      for (const d of b.added) newBytes += lib.store.storedSize(d);
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { LocalBackend } from '../../src/store/local-backend.js';
 import { RepoLock } from '../../src/store/lock.js';
-import { Store } from '../../src/store/store.js';
+import { SOLO_BLOB, Store } from '../../src/store/store.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { runBuffer } from '../helpers/tools.js';
 import { tempDir, textOf } from '../library/images.js';
@@ -24,19 +24,21 @@ function packFiles(root: string): string[] {
   return out;
 }
 
-test('blobs round-trip, dedup by sha256, pack names are the sha256 of their bytes, zstd frames decode with the zstd CLI', async () => {
+test('blobs round-trip, dedup by sha256, pack names are the sha256 of their bytes, frames decode with the zstd CLI', async () => {
   const root = tempDir('store-basic');
   const s = await Store.open(new LocalBackend(root));
   const text = textOf('store', 200_000);
   const random = bytesOf('store', 100_000);
+  const big = textOf('store-big', SOLO_BLOB + 1000);
   const a = await s.put('data', text);
   assert.equal(a.digest, sha(text));
-  assert.ok(a.added && a.storedBytes < text.length / 2, 'text is compressed');
+  assert.ok(a.added);
   const again = await s.put('data', text);
   assert.equal(again.added, false);
   const b = await s.put('data', random);
-  assert.equal(b.storedBytes, random.length, 'incompressible data is kept plain');
-  assert.deepEqual(Buffer.from(await s.get(a.digest)), text, 'read before flush');
+  const c = await s.put('data', big);
+  assert.deepEqual(Buffer.from(await s.get(a.digest)), text, 'read before flush (open frame)');
+  assert.deepEqual(Buffer.from(await s.get(c.digest)), big, 'read before flush (own frame)');
   await s.flush();
   await s.close();
 
@@ -44,19 +46,45 @@ test('blobs round-trip, dedup by sha256, pack names are the sha256 of their byte
   assert.equal(packs.length, 1);
   const body = readFileSync(packs[0]);
   assert.equal(path.basename(packs[0]), sha(body));
-  // the text blob is the first one: a zstd frame the reference tool decodes to the input
-  const framePath = path.join(root, 'frame.zst');
-  writeFileSync(framePath, body.subarray(0, a.storedBytes));
-  assert.deepEqual(await runBuffer('zstd', ['-d', '-c', framePath]), text);
-
   const s2 = await Store.open(new LocalBackend(root));
+  // the two small blobs share one zstd frame (text then random); the large one has its own
+  const ea = s2.entry(a.digest);
+  const eb = s2.entry(b.digest);
+  const ec = s2.entry(c.digest);
+  assert.ok(ea && eb && ec);
+  assert.equal(ea.offset, eb.offset, 'small blobs share a frame');
+  assert.deepEqual([ea.at, eb.at, ea.framePlain], [0, text.length, text.length + random.length]);
+  assert.ok(ea.flags & 1 && ea.encLength < random.length + text.length / 2, 'the shared frame is compressed');
+  assert.ok(s2.storedSize(a.digest) + s2.storedSize(b.digest) <= ea.encLength + 1);
+  assert.deepEqual([ec.at, ec.framePlain], [0, big.length]);
+  assert.notEqual(ec.offset, ea.offset);
+  for (const [e, want] of [
+    [ea, Buffer.concat([text, random])],
+    [ec, big],
+  ] as const) {
+    const framePath = path.join(root, 'frame.zst');
+    writeFileSync(framePath, body.subarray(e.offset, e.offset + e.encLength));
+    assert.deepEqual(await runBuffer('zstd', ['-d', '-c', framePath]), want, 'the reference tool decodes the frame');
+  }
   assert.deepEqual(Buffer.from(await s2.get(b.digest)), random);
   assert.deepEqual(Buffer.from(await s2.get(a.digest)), text);
+  assert.deepEqual(Buffer.from(await s2.get(c.digest)), big);
   const v = await s2.verify();
   assert.deepEqual(v.errors, []);
-  assert.equal(v.blobs, 2);
+  assert.equal(v.blobs, 3);
   await assert.rejects(s2.get('0'.repeat(64)), /not in the store/);
   await s2.close();
+
+  // a frame that zstd cannot shrink is kept plain
+  const root2 = tempDir('store-plain');
+  const s3 = await Store.open(new LocalBackend(root2));
+  const r = await s3.put('data', random);
+  await s3.flush();
+  const er = s3.entry(r.digest);
+  assert.ok(er);
+  assert.deepEqual([er.flags, er.encLength, s3.storedSize(r.digest)], [0, random.length, random.length]);
+  assert.deepEqual(Buffer.from(await s3.get(r.digest)), random);
+  await s3.close();
 });
 
 test('a tampered index is refused by name; a pack nobody indexes is an orphan that prune removes', async () => {
