@@ -83,7 +83,8 @@ export function parsePackTrailer(
 ): { version: 1 | 2; headerBytes: number } {
   const magic = trailer.length === TRAILER_BYTES ? Buffer.from(trailer.subarray(8)).toString('latin1') : '';
   const where = { file, structure: 'pack trailer', offset: packSize - TRAILER_BYTES };
-  if (magic !== PACK_MAGIC && magic !== PACK_MAGIC_V1) throw new StrataError('CORRUPT', 'pack trailer magic missing', where);
+  if (magic !== PACK_MAGIC && magic !== PACK_MAGIC_V1)
+    throw new StrataError('CORRUPT', 'pack trailer magic missing', where);
   const version = magic === PACK_MAGIC ? 2 : 1;
   const size = version === 2 ? ENTRY_BYTES : ENTRY_BYTES_V1;
   const dv = new DataView(trailer.buffer, trailer.byteOffset, TRAILER_BYTES);
@@ -138,7 +139,11 @@ export function parsePackHeader(header: Uint8Array, blobArea: number, file: stri
             plainLength: dv.getUint32(at + 40, true),
           };
     const sameFrame = prev !== undefined && e.offset === prev.offset && version === 2;
-    if (sameFrame && prev && (e.encLength !== prev.encLength || e.framePlain !== prev.framePlain || e.flags !== prev.flags)) {
+    if (
+      sameFrame &&
+      prev &&
+      (e.encLength !== prev.encLength || e.framePlain !== prev.framePlain || e.flags !== prev.flags)
+    ) {
       throw new StrataError('CORRUPT', 'entries of one frame disagree on it', where);
     }
     if (!sameFrame && e.offset !== end) throw new StrataError('CORRUPT', 'frames do not follow each other', where);

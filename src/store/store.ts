@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
+import { zstdCompress, zstdDecompress } from '../util/zstd.js';
 import type { Backend } from './backend.js';
 import {
   type BlobType,
@@ -21,15 +22,22 @@ import { BufferPool, compressBound, compressInto, decompressInto } from './zstd-
  * Small blobs share frames: a blob below SOLO_BLOB is appended to the open frame (up to
  * FRAME_BYTES of plain bytes), and the frame is compressed as one zstd frame, so the many
  * small files and 64 KiB metadata windows of an image compress together (as a tar does)
- * while dedup stays per blob. Measured on the bench:checkin base tree (bookworm minbase,
- * every distinct file, cut in 1 MiB chunks, zstd level 3): blobs alone 94.0 MB; files
- * below 64 KiB in shared 1 MiB frames save 5.2 MB of that, everything below 1 MiB in 4 MiB
- * frames 10.1 MB (83.9 MB); also sharing frames between 1 MiB chunks saves only 0.1 MB
- * more, so those stay alone (one read and one decode per chunk on checkout). Frames of
- * 8 MiB saved another 0.7 MB but double what a random read of a small blob decodes.
- * Ordering files by extension instead of path inside frames gained < 0.5%: check-in's
- * walk order (by path) is kept. A reader decodes a shared frame once into a small cache
- * of decoded frames (FRAME_CACHE) and hashes only the blob it wants.
+ * while dedup stays per blob. A reader decodes a shared frame once into a small cache of
+ * decoded frames (FRAME_CACHE) and hashes only the blob it wants.
+ *
+ * Why these numbers (bench:checkin images, bench/README.md has the whole table):
+ * - every distinct file of the base tree in 1 MiB chunks, zstd 3, each blob alone:
+ *   94.0 MB; files below 64 KiB in shared 1 MiB frames: -5.2 MB; everything below 1 MiB in
+ *   4 MiB frames: -10.1 MB (83.9 MB, what `tar | zstd -3` of the tree gives); also sharing
+ *   frames between 1 MiB chunks: only -0.1 MB more, so those stay alone (one read and one
+ *   decode each on checkout). Ordering by extension instead of disk order: < 0.5%.
+ * - the whole check-in of base + derived (store bytes): 4 MiB frames, zstd 3 everywhere:
+ *   105.2 MB; 8 MiB frames 104.5 MB; shared frames at zstd 5: 102.7 MB, 6: 101.6 MB,
+ *   7: 101.2 MB; 6 with 1 MiB chunks at 5: 100.7 MB. Per extra second of CPU, frames
+ *   3 -> 6 save ~4.5 MB, chunks 3 -> 5 ~3 MB, frames 6 -> 7 ~1 MB: frames at 6 and
+ *   chunks at 5 are where the bytes are cheapest. 8 MiB frames cost a random read of a
+ *   small blob an 8 MiB decode (~5 ms); sequential readers (checkout) decode each once.
+ * - index files as JSON were ~1% of the store (0.96 MB of 105): they are zstd-compressed.
  *
  * Write order keeps a killed writer harmless: a pack is put (atomically) first, then an
  * index file naming it; a pack that no index names is an orphan that gc removes and that
@@ -45,10 +53,14 @@ export const MAX_BLOB = 256 * 1024 * 1024;
 /** Blobs of at least this many bytes get a frame of their own. */
 export const SOLO_BLOB = 1024 * 1024;
 /** Plain bytes of a shared frame at most. */
-export const FRAME_BYTES = 4 * 1024 * 1024;
-const ZSTD_LEVEL = 3;
+export const FRAME_BYTES = 8 * 1024 * 1024;
+const ZSTD_LEVEL = 5;
+/** Index files are small and written once per pack: compress them hard. */
+const INDEX_LEVEL = 12;
+/** Largest decoded index file we accept. */
+const MAX_INDEX = 1024 * 1024 * 1024;
 /** Shared frames: see the measurements in bench/README.md (checkin). */
-const FRAME_LEVEL = 3;
+const FRAME_LEVEL = 6;
 /** Decoded shared frames kept for readers (checkout reads the blobs of a frame one after another). */
 const FRAME_CACHE = 6;
 /** Blobs up to this size are compressed straight into the pack arena; larger ones get their own buffer. */
@@ -190,7 +202,9 @@ export class Store {
       }
       let parsed: IndexFile;
       try {
-        parsed = JSON.parse(Buffer.from(body).toString('utf8')) as IndexFile;
+        // version 2 index files are zstd frames of the JSON; version 1 ones are plain JSON
+        const json = body[0] === 0x28 && body[1] === 0xb5 ? zstdDecompress(body, MAX_INDEX) : body;
+        parsed = JSON.parse(Buffer.from(json).toString('utf8')) as IndexFile;
       } catch (e) {
         throw new StrataError('CORRUPT', `index is not JSON: ${(e as Error).message}`, {
           file: `${this.backend.name}/${f.key}`,
@@ -405,7 +419,8 @@ export class Store {
   }
 
   private async putIndex(ix: IndexFile): Promise<string> {
-    const body = Buffer.from(JSON.stringify(ix));
+    // zstd: an index lists every blob with its frame; as JSON it was ~1% of the store
+    const body = zstdCompress(Buffer.from(JSON.stringify(ix)), INDEX_LEVEL);
     const key = `index/${sha256hex(body)}`;
     await this.backend.put(key, body);
     this.indexFiles.push(key);
@@ -425,7 +440,8 @@ export class Store {
     const u = this.unflushed.get(digest);
     if (u) {
       const { frame, ref } = u;
-      if (frame.buf) return this.checked(frame.buf.subarray(ref.at, ref.at + ref.plainLength), digest, 'unflushed', 0, use);
+      if (frame.buf)
+        return this.checked(frame.buf.subarray(ref.at, ref.at + ref.plainLength), digest, 'unflushed', 0, use);
       return this.decodeWith(frame.enc as Uint8Array, frame.flags, frame.used, ref, 'unflushed', 0, use);
     }
     const e = this.index.get(digest);
@@ -449,7 +465,8 @@ export class Store {
     // a shared frame: decoded once into the frame cache, pinned while this read uses it
     const ck = `${e.pack}:${e.offset}`;
     let c = this.frames.get(ck);
-    if (c) this.frames.delete(ck); // re-inserted below as the most recently used
+    if (c)
+      this.frames.delete(ck); // re-inserted below as the most recently used
     else {
       const entry: CachedFrame = { pins: 0, plain: Promise.resolve(Buffer.alloc(0)) };
       entry.plain = this.decodeFrame(key, e).then(
@@ -528,7 +545,14 @@ export class Store {
   }
 
   /** Decode one frame into `out` (at least framePlain long); CORRUPT when it does not decode to framePlain bytes. */
-  private decodeInto(out: Buffer, enc: Uint8Array, flags: number, framePlain: number, file: string, offset: number): void {
+  private decodeInto(
+    out: Buffer,
+    enc: Uint8Array,
+    flags: number,
+    framePlain: number,
+    file: string,
+    offset: number,
+  ): void {
     const where = { file, structure: 'pack frame', offset };
     if (!(flags & FLAG_ZSTD)) {
       if (enc.length !== framePlain) throw new StrataError('CORRUPT', 'plain frame of the wrong length', where);
@@ -541,7 +565,8 @@ export class Store {
     } catch (e) {
       throw new StrataError('CORRUPT', `zstd frame does not decode: ${(e as Error).message}`, where);
     }
-    if (n !== framePlain) throw new StrataError('CORRUPT', `zstd frame decodes to ${n} bytes, not ${framePlain}`, where);
+    if (n !== framePlain)
+      throw new StrataError('CORRUPT', `zstd frame decodes to ${n} bytes, not ${framePlain}`, where);
   }
 
   private checked<T>(plain: Uint8Array, digest: string, key: string, offset: number, use: (plain: Uint8Array) => T): T {
@@ -641,7 +666,12 @@ export class Store {
               );
             } catch (e) {
               decoded = false;
-              report.errors.push(`${(e as Error).message} (blobs ${entries.slice(i, j).map((x) => x.digest.slice(0, 16)).join(', ')})`);
+              report.errors.push(
+                `${(e as Error).message} (blobs ${entries
+                  .slice(i, j)
+                  .map((x) => x.digest.slice(0, 16))
+                  .join(', ')})`,
+              );
             }
             for (const en of entries.slice(i, j)) {
               m.set(en.digest, en);
