@@ -33,10 +33,17 @@ import { BufferPool, compressBound, compressInto, decompressInto } from './zstd-
  *   decode each on checkout). Ordering by extension instead of disk order: < 0.5%.
  * - the whole check-in of base + derived (store bytes): 4 MiB frames, zstd 3 everywhere:
  *   105.2 MB; 8 MiB frames 104.5 MB; shared frames at zstd 5: 102.7 MB, 6: 101.6 MB,
- *   7: 101.2 MB; 6 with 1 MiB chunks at 5: 100.7 MB. Per extra second of CPU, frames
- *   3 -> 6 save ~4.5 MB, chunks 3 -> 5 ~3 MB, frames 6 -> 7 ~1 MB: frames at 6 and
- *   chunks at 5 are where the bytes are cheapest. 8 MiB frames cost a random read of a
- *   small blob an 8 MiB decode (~5 ms); sequential readers (checkout) decode each once.
+ *   7: 101.2 MB; 6 with 1 MiB chunks at 5: 100.7 MB (casync: 126.4 MB; 0.8x is 101.1).
+ *   Per extra CPU second, chunks 3 -> 5 save ~3 MB (-0.9 MB for ~0.25 s on the base).
+ * - zstd's levels 3-6 keep a 2 MiB match window; a window as large as the frame
+ *   (windowLog 23) does more than a level for less CPU. The base's shared frames alone
+ *   (8 MiB, measured in-process, CPU ms noisy +-20%): level 3 55.5 MB / ~520 ms,
+ *   3+w23 54.5 / ~520, 4+w23 53.5 / ~630, 5+w23 53.4 / ~670-870, 6 53.5 / ~1130-1450,
+ *   6+w23 52.7 / ~900-1380. Whole check-in with index compression: frames 4+w23 101.0 MB
+ *   (a hair under 0.8x), 5+w23 100.4 MB, 6+w23 99.3 MB: 5 with the 8 MiB window meets
+ *   0.8x with room at about half the compression time of plain level 6.
+ * - 8 MiB frames cost a random read of a small blob an 8 MiB decode (~5 ms); sequential
+ *   readers (checkout) decode each once.
  * - index files as JSON were ~1% of the store (0.96 MB of 105): they are zstd-compressed.
  *
  * Write order keeps a killed writer harmless: a pack is put (atomically) first, then an
@@ -60,7 +67,9 @@ const INDEX_LEVEL = 12;
 /** Largest decoded index file we accept. */
 const MAX_INDEX = 1024 * 1024 * 1024;
 /** Shared frames: see the measurements in bench/README.md (checkin). */
-const FRAME_LEVEL = 6;
+const FRAME_LEVEL = 5;
+/** ... with a match window as large as the frame (2^23 = FRAME_BYTES). */
+const FRAME_WINDOW_LOG = 23;
 /** Decoded shared frames kept for readers (checkout reads the blobs of a frame one after another). */
 const FRAME_CACHE = 6;
 /** Blobs up to this size are compressed straight into the pack arena; larger ones get their own buffer. */
@@ -311,11 +320,15 @@ export class Store {
   }
 
   /** Compress `plain` into the pack arena (or its own buffer when large); plain when zstd does not help. */
-  private async encode(plain: Uint8Array, level: number): Promise<{ enc: Uint8Array; flags: number }> {
+  private async encode(
+    plain: Uint8Array,
+    level: number,
+    windowLog?: number,
+  ): Promise<{ enc: Uint8Array; flags: number }> {
     const bound = compressBound(plain.length);
     if (plain.length > ARENA_BLOB) {
       const big = Buffer.allocUnsafe(bound);
-      const n = compressInto(big, plain, level);
+      const n = compressInto(big, plain, level, windowLog);
       if (n >= plain.length) return { enc: Uint8Array.prototype.slice.call(plain), flags: 0 }; // own copy
       return { enc: big.subarray(0, n), flags: FLAG_ZSTD };
     }
@@ -329,7 +342,7 @@ export class Store {
     }
     const arena = this.arena;
     const at = this.arenaUsed;
-    let n = compressInto(arena.subarray(at), plain, level);
+    let n = compressInto(arena.subarray(at), plain, level, windowLog);
     let flags = FLAG_ZSTD;
     if (n >= plain.length) {
       arena.set(plain, at);
@@ -346,7 +359,7 @@ export class Store {
     if (!f) return;
     this.frame = undefined;
     const buf = f.buf as Buffer;
-    const { enc, flags } = await this.encode(buf.subarray(0, f.used), FRAME_LEVEL);
+    const { enc, flags } = await this.encode(buf.subarray(0, f.used), FRAME_LEVEL, FRAME_WINDOW_LOG);
     f.enc = enc;
     f.flags = flags;
     f.buf = undefined;
