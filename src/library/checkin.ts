@@ -6,7 +6,8 @@ import type { DiskImage, OpenOptions } from '../formats/types.js';
 import { openFileSystem } from '../fs/open.js';
 import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
-import { type ByteSource, isZero } from '../io/byte-source.js';
+import { isZero } from '../io/byte-source.js';
+import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import { BufferPool } from '../store/zstd-into.js';
 import { StrataError } from '../util/errors.js';
@@ -100,7 +101,8 @@ class Builder {
   readonly length: number[] = [];
   readonly chunk: number[] = [];
   readonly at: number[] = [];
-  newBytes = 0;
+  /** Blobs this check-in added to the store (their encoded size is known after the flush). */
+  readonly added: string[] = [];
   newChunks = 0;
   done = 0;
   /** Chunk buffers: reused once the store has taken a chunk's bytes. */
@@ -125,7 +127,7 @@ class Builder {
       this.chunkIndex.set(digest, idx);
       const r = await this.lib.store.put('data', buf, digest);
       if (r.added) {
-        this.newBytes += r.storedBytes;
+        this.added.push(digest);
         this.newChunks++;
       }
     }
@@ -188,14 +190,6 @@ class Builder {
 
 const cmp = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0);
 
-async function readAt(src: ByteSource, offset: number, out: Uint8Array): Promise<void> {
-  if (src.readInto) {
-    await src.readInto(offset, out);
-    return;
-  }
-  out.set(await src.read(offset, out.length));
-}
-
 interface FsWindow {
   volume: Volume;
   fs: FileSystem;
@@ -205,18 +199,26 @@ interface FsWindow {
 
 const isPlain = (e: FileExtent) => !e.unwritten && !e.inline && !e.encoded && e.diskLength === undefined;
 
+/** A regular file to cut: its extents (by file offset), read once before cutting. */
+interface FileJob {
+  inode: Inode;
+  exts: FileExtent[];
+  /** Disk offset of its first plain extent (files are cut in this order: sequential reads). */
+  first: number;
+  error?: unknown;
+}
+
 /** Cut one regular file: its chunks by file offset, and the disk spans its data occupies. */
 async function cutFile(
   b: Builder,
-  img: DiskImage,
+  src: PlannedSource,
   w: FsWindow,
-  ino: Inode,
+  job: FileJob,
   C: number,
   fileData: Span[],
 ): Promise<{ digest: string; chunks: Array<string | null> }> {
-  const exts: FileExtent[] = [];
-  for await (const e of w.fs.extents(ino)) exts.push(e);
-  exts.sort((x, y) => x.fileOffset - y.fileOffset);
+  const ino = job.inode;
+  const exts = job.exts;
   const viaFs = exts.some((e) => !isPlain(e) && !e.unwritten);
   const plain = exts.filter(isPlain);
   for (const e of plain) fileData.push([w.base + e.volumeOffset, w.base + e.volumeOffset + e.length]);
@@ -252,7 +254,7 @@ async function cutFile(
           // when that is zeros, as it nearly always is, it needs no disk-offset chunk and no
           // second read later; it counts as covered (and reads back as zeros).
           const tail = at + n === size - cs && ce === size ? tailLength : 0;
-          await readAt(img, disk, full.subarray(at, at + n + tail));
+          await src.readInto(disk, full.subarray(at, at + n + tail));
           if (tail > 0 && isZero(full.subarray(at + n, at + n + tail))) fileData.push([disk + n, disk + n + tail]);
         }
       }
@@ -282,11 +284,12 @@ async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number): P
       s = t;
     }
   }
+  const src = new PlannedSource(img, spans);
   await mapLimit(windows, CONCURRENCY, async (pieces) => {
     const from = pieces[0][0];
     const to = pieces[pieces.length - 1][1];
     const raw = Buffer.allocUnsafe(to - from);
-    await readAt(img, from, raw);
+    await src.readInto(from, raw);
     let n = 0;
     for (const [s, e] of pieces) n += e - s;
     const buf = pieces.length === 1 ? raw : Buffer.allocUnsafe(n);
@@ -371,8 +374,48 @@ async function cutFileSystem(
   for (const [s, e] of allocation) usedBytes += e - s;
   grow(usedBytes);
   const fileData: Span[] = [];
-  const byIno = new Map<number, Promise<{ digest: string; chunks: Array<string | null> }>>();
+  // Extents of every distinct regular file first, then the files cut in disk order of their
+  // data through one planned reader (large sequential reads instead of one per file).
+  const jobs = new Map<number, FileJob>();
+  for (const { inode } of items) {
+    if (inode.type === 'file' && !jobs.has(inode.ino)) {
+      jobs.set(inode.ino, { inode, exts: [], first: Number.POSITIVE_INFINITY });
+    }
+  }
+  await mapLimit([...jobs.values()], CONCURRENCY, async (job) => {
+    const { inode } = job;
+    try {
+      for await (const e of fs.extents(inode)) job.exts.push(e);
+      job.exts.sort((x, y) => x.fileOffset - y.fileOffset);
+      for (const e of job.exts) if (isPlain(e)) job.first = Math.min(job.first, e.volumeOffset);
+    } catch (err) {
+      job.error = err;
+    }
+  });
+  const bs = fs.blockSize;
+  const plan: Span[] = [];
   let fileDataBytes = 0;
+  for (const job of jobs.values()) {
+    fileDataBytes += job.inode.size;
+    for (const e of job.exts) {
+      if (!isPlain(e)) continue;
+      const s = w.base + e.volumeOffset;
+      plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
+    }
+  }
+  const src = new PlannedSource(img, plan);
+  const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
+  const cut = new Map<number, { digest: string; chunks: Array<string | null> } | { error: unknown }>();
+  await mapLimit(ordered, CONCURRENCY, async (job) => {
+    if (job.error !== undefined) cut.set(job.inode.ino, { error: job.error });
+    else {
+      try {
+        cut.set(job.inode.ino, await cutFile(b, src, w, job, C, fileData));
+      } catch (err) {
+        cut.set(job.inode.ino, { error: err });
+      }
+    }
+  });
   const entries = await mapLimit(items, CONCURRENCY, async ({ path, inode }): Promise<FileEntry> => {
     const e: FileEntry = {
       path,
@@ -393,13 +436,8 @@ async function cutFileSystem(
       const x = xattrRecord(await fs.xattrs(inode));
       if (x) e.xattrs = x;
       if (inode.type === 'file') {
-        let p = byIno.get(inode.ino);
-        if (!p) {
-          p = cutFile(b, img, w, inode, C, fileData);
-          byIno.set(inode.ino, p);
-          fileDataBytes += inode.size;
-        }
-        const r = await p;
+        const r = cut.get(inode.ino) as { digest: string; chunks: Array<string | null> } | { error: unknown };
+        if ('error' in r) throw r.error;
         e.digest = r.digest;
         e.chunks = r.chunks;
       }
@@ -418,7 +456,7 @@ async function cutFileSystem(
     entries,
   };
   const fm = await lib.store.put('tree', encodeManifest(files));
-  if (fm.added) b.newBytes += fm.storedBytes;
+  if (fm.added) b.added.push(fm.digest);
   const filesDigest = fm.digest;
   await cutSpans(b, img, otherUsed(allocation, fileData), W);
   return {
@@ -546,8 +584,10 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       let storedBytes = lib.store.storedSize(m.digest);
       for (const d of b.chunks) storedBytes += lib.store.storedSize(d);
       for (const v of layoutVolumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
-      // the manifests count as new bytes too
-      const newBytes = b.newBytes + (m.added ? m.storedBytes : 0);
+      // the manifests count as new bytes too; a blob in a shared frame counts for its share of it
+      if (m.added) b.added.push(m.digest);
+      let newBytes = 0;
+      for (const d of b.added) newBytes += lib.store.storedSize(d);
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { LocalBackend } from '../../src/store/local-backend.js';
 import { RepoLock } from '../../src/store/lock.js';
-import { Store } from '../../src/store/store.js';
+import { SOLO_BLOB, Store } from '../../src/store/store.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { runBuffer } from '../helpers/tools.js';
 import { tempDir, textOf } from '../library/images.js';
@@ -24,19 +24,21 @@ function packFiles(root: string): string[] {
   return out;
 }
 
-test('blobs round-trip, dedup by sha256, pack names are the sha256 of their bytes, zstd frames decode with the zstd CLI', async () => {
+test('blobs round-trip, dedup by sha256, pack names are the sha256 of their bytes, frames decode with the zstd CLI', async () => {
   const root = tempDir('store-basic');
   const s = await Store.open(new LocalBackend(root));
   const text = textOf('store', 200_000);
   const random = bytesOf('store', 100_000);
+  const big = textOf('store-big', SOLO_BLOB + 1000);
   const a = await s.put('data', text);
   assert.equal(a.digest, sha(text));
-  assert.ok(a.added && a.storedBytes < text.length / 2, 'text is compressed');
+  assert.ok(a.added);
   const again = await s.put('data', text);
   assert.equal(again.added, false);
   const b = await s.put('data', random);
-  assert.equal(b.storedBytes, random.length, 'incompressible data is kept plain');
-  assert.deepEqual(Buffer.from(await s.get(a.digest)), text, 'read before flush');
+  const c = await s.put('data', big);
+  assert.deepEqual(Buffer.from(await s.get(a.digest)), text, 'read before flush (open frame)');
+  assert.deepEqual(Buffer.from(await s.get(c.digest)), big, 'read before flush (own frame)');
   await s.flush();
   await s.close();
 
@@ -44,19 +46,45 @@ test('blobs round-trip, dedup by sha256, pack names are the sha256 of their byte
   assert.equal(packs.length, 1);
   const body = readFileSync(packs[0]);
   assert.equal(path.basename(packs[0]), sha(body));
-  // the text blob is the first one: a zstd frame the reference tool decodes to the input
-  const framePath = path.join(root, 'frame.zst');
-  writeFileSync(framePath, body.subarray(0, a.storedBytes));
-  assert.deepEqual(await runBuffer('zstd', ['-d', '-c', framePath]), text);
-
   const s2 = await Store.open(new LocalBackend(root));
+  // the two small blobs share one zstd frame (text then random); the large one has its own
+  const ea = s2.entry(a.digest);
+  const eb = s2.entry(b.digest);
+  const ec = s2.entry(c.digest);
+  assert.ok(ea && eb && ec);
+  assert.equal(ea.offset, eb.offset, 'small blobs share a frame');
+  assert.deepEqual([ea.at, eb.at, ea.framePlain], [0, text.length, text.length + random.length]);
+  assert.ok(ea.flags & 1 && ea.encLength < random.length + text.length / 2, 'the shared frame is compressed');
+  assert.ok(s2.storedSize(a.digest) + s2.storedSize(b.digest) <= ea.encLength + 1);
+  assert.deepEqual([ec.at, ec.framePlain], [0, big.length]);
+  assert.notEqual(ec.offset, ea.offset);
+  for (const [e, want] of [
+    [ea, Buffer.concat([text, random])],
+    [ec, big],
+  ] as const) {
+    const framePath = path.join(root, 'frame.zst');
+    writeFileSync(framePath, body.subarray(e.offset, e.offset + e.encLength));
+    assert.deepEqual(await runBuffer('zstd', ['-d', '-c', framePath]), want, 'the reference tool decodes the frame');
+  }
   assert.deepEqual(Buffer.from(await s2.get(b.digest)), random);
   assert.deepEqual(Buffer.from(await s2.get(a.digest)), text);
+  assert.deepEqual(Buffer.from(await s2.get(c.digest)), big);
   const v = await s2.verify();
   assert.deepEqual(v.errors, []);
-  assert.equal(v.blobs, 2);
+  assert.equal(v.blobs, 3);
   await assert.rejects(s2.get('0'.repeat(64)), /not in the store/);
   await s2.close();
+
+  // a frame that zstd cannot shrink is kept plain
+  const root2 = tempDir('store-plain');
+  const s3 = await Store.open(new LocalBackend(root2));
+  const r = await s3.put('data', random);
+  await s3.flush();
+  const er = s3.entry(r.digest);
+  assert.ok(er);
+  assert.deepEqual([er.flags, er.encLength, s3.storedSize(r.digest)], [0, random.length, random.length]);
+  assert.deepEqual(Buffer.from(await s3.get(r.digest)), random);
+  await s3.close();
 });
 
 test('a tampered index is refused by name; a pack nobody indexes is an orphan that prune removes', async () => {
@@ -145,4 +173,165 @@ test('sweepTemporary removes old leftovers of interrupted puts and keeps fresh o
   assert.equal(await be.sweepTemporary(600_000), 1);
   assert.deepEqual(readdirSync(path.join(root, 'packs', 'ab')).sort(), ['.tmp-2-live', 'x']);
   await be.close();
+});
+
+/** A blob that compresses well and differs from its neighbours: `n` bytes of `i`, a label up front. */
+function patterned(i: number, n: number): Buffer {
+  const b = Buffer.alloc(n, i & 0xff);
+  b.write(`blob ${i} of ${n} bytes\n`, 0);
+  return b;
+}
+
+test('small blobs share frames; concurrent reads in any order over more frames than the frame cache holds', async () => {
+  const root = tempDir('store-frames');
+  const s = await Store.open(new LocalBackend(root));
+  const blobs = Array.from({ length: 160 }, (_, i) => patterned(i, 512 * 1024 - i));
+  const digests: string[] = [];
+  for (const b of blobs) digests.push((await s.put('data', b)).digest);
+  await s.flush();
+  const frames = new Set(digests.map((d) => s.entry(d)?.offset));
+  const shared = digests.filter((d) => (s.entry(d)?.at ?? 0) > 0);
+  assert.ok(frames.size >= 8, `${frames.size} frames`);
+  assert.ok(shared.length > 100, 'most blobs sit inside a shared frame');
+  await s.close();
+  const s2 = await Store.open(new LocalBackend(root));
+  // a shuffled order, 32 reads in flight: frames are evicted while other reads still wait on them
+  const order = digests.map((_, i) => i).sort((x, y) => ((x * 7919) % 160) - ((y * 7919) % 160));
+  for (let round = 0; round < 2; round++) {
+    await Promise.all(
+      Array.from({ length: 32 }, async (_, w) => {
+        for (let k = w; k < order.length; k += 32) {
+          const i = order[k];
+          assert.deepEqual(Buffer.from(await s2.get(digests[i])), blobs[i], `blob ${i}`);
+        }
+      }),
+    );
+  }
+  const v = await s2.verify();
+  assert.deepEqual(v.errors, []);
+  assert.equal(v.blobs, blobs.length);
+  await s2.close();
+});
+
+/** Flip one byte of a file at `at`. */
+function flip(file: string, at: number): void {
+  const body = readFileSync(file);
+  body[at] ^= 0x40;
+  writeFileSync(file, body);
+}
+
+test('a damaged byte inside a shared frame: verify names it, reads of its blobs fail, never wrong bytes', async () => {
+  // a compressed shared frame
+  const root = tempDir('store-frame-damage');
+  const s = await Store.open(new LocalBackend(root));
+  const blobs = Array.from({ length: 24 }, (_, i) => textOf(`frame-damage-${i}`, 20_000 + i));
+  const digests: string[] = [];
+  for (const b of blobs) digests.push((await s.put('data', b)).digest);
+  await s.flush();
+  const e = s.entry(digests[0]);
+  assert.ok(e && e.flags & 1 && s.entry(digests[23])?.offset === e.offset, 'one compressed frame holds them all');
+  await s.close();
+  const [pack] = packFiles(root);
+  flip(pack, e.offset + Math.floor(e.encLength / 2));
+  const s2 = await Store.open(new LocalBackend(root));
+  const v = await s2.verify();
+  assert.ok(v.errors.length > 0, 'verify reports the damage');
+  let failed = 0;
+  for (let i = 0; i < blobs.length; i++) {
+    try {
+      assert.deepEqual(Buffer.from(await s2.get(digests[i])), blobs[i], 'a blob that reads is exact');
+    } catch (err) {
+      assert.equal((err as { code?: string }).code, 'CORRUPT', String(err));
+      failed++;
+    }
+  }
+  assert.ok(failed > 0, 'reads of the damaged blobs fail');
+  await s2.close();
+
+  // a plain shared frame (incompressible blobs): exactly the blob holding the byte fails
+  const root2 = tempDir('store-frame-damage-plain');
+  const s3 = await Store.open(new LocalBackend(root2));
+  const rnd = Array.from({ length: 10 }, (_, i) => bytesOf(`plain-frame-${i}`, 30_000 + i));
+  const ds: string[] = [];
+  for (const b of rnd) ds.push((await s3.put('data', b)).digest);
+  await s3.flush();
+  const victim = s3.entry(ds[6]);
+  assert.ok(victim && victim.flags === 0 && victim.at > 0);
+  await s3.close();
+  const [pack2] = packFiles(root2);
+  flip(pack2, victim.offset + victim.at + 100);
+  const s4 = await Store.open(new LocalBackend(root2));
+  const v2 = await s4.verify();
+  // the pack's name no longer matches its bytes, and exactly one blob is damaged
+  assert.equal(v2.errors.filter((m) => /content does not match its name/.test(m)).length, 1);
+  const blobErrors = v2.errors.filter((m) => /^blob /.test(m));
+  assert.equal(blobErrors.length, 1);
+  assert.match(blobErrors[0], new RegExp(ds[6]));
+  for (let i = 0; i < rnd.length; i++) {
+    if (i === 6) await assert.rejects(s4.get(ds[i]), /does not match its sha256/);
+    else assert.deepEqual(Buffer.from(await s4.get(ds[i])), rnd[i]);
+  }
+  await s4.close();
+});
+
+test('format 1 packs and index files (one blob per frame) still read and verify; prune rewrites them as format 2', async () => {
+  const root = tempDir('store-v1');
+  const text = textOf('v1', 50_000);
+  const random = bytesOf('v1', 40_000);
+  const { zstdCompress } = await import('../../src/util/zstd.js');
+  const frame = Buffer.from(zstdCompress(text, 3));
+  // [zstd text][plain random][2 x 48-byte entries][trailer "STRPACK1"]
+  const header = Buffer.alloc(2 * 48 + 16);
+  const entry = (i: number, d: Buffer, flags: number, enc: number, plain: number) => {
+    d.copy(header, i * 48);
+    header[i * 48 + 33] = flags;
+    header.writeUInt32LE(enc, i * 48 + 36);
+    header.writeUInt32LE(plain, i * 48 + 40);
+  };
+  entry(0, createHash('sha256').update(text).digest(), 1, frame.length, text.length);
+  entry(1, createHash('sha256').update(random).digest(), 0, random.length, random.length);
+  header.writeUInt32LE(2, 96);
+  header.writeUInt32LE(96, 100);
+  header.write('STRPACK1', 104, 'latin1');
+  const body = Buffer.concat([frame, random, header]);
+  const id = sha(body);
+  const { mkdirSync } = await import('node:fs');
+  mkdirSync(path.join(root, 'packs', id.slice(0, 2)), { recursive: true });
+  mkdirSync(path.join(root, 'index'), { recursive: true });
+  writeFileSync(path.join(root, 'packs', id.slice(0, 2), id), body);
+  const ix = Buffer.from(
+    JSON.stringify({
+      version: 1,
+      packs: [
+        {
+          id,
+          blobs: [
+            [sha(text), 'data', 0, frame.length, text.length, 1],
+            [sha(random), 'data', frame.length, random.length, random.length, 0],
+          ],
+        },
+      ],
+    }),
+  );
+  writeFileSync(path.join(root, 'index', sha(ix)), ix);
+  writeFileSync(path.join(root, 'config'), JSON.stringify({ version: 1, kind: 'strata-store' }));
+
+  const s = await Store.open(new LocalBackend(root));
+  assert.deepEqual(Buffer.from(await s.get(sha(text))), text);
+  assert.deepEqual(Buffer.from(await s.get(sha(random))), random);
+  const v = await s.verify();
+  assert.deepEqual(v.errors, []);
+  assert.equal(v.blobs, 2);
+  // dropping one blob rewrites the pack in format 2; the other still reads
+  const r = await s.prune(new Set([sha(text)]));
+  assert.equal(r.rewrittenPacks, 1);
+  await s.close();
+  const packs = packFiles(root);
+  assert.equal(packs.length, 1);
+  assert.equal(readFileSync(packs[0]).subarray(-8).toString('latin1'), 'STRPACK2');
+  const s2 = await Store.open(new LocalBackend(root));
+  assert.deepEqual(Buffer.from(await s2.get(sha(text))), text);
+  assert.equal(s2.has(sha(random)), false);
+  assert.deepEqual((await s2.verify()).errors, []);
+  await s2.close();
 });

@@ -1,0 +1,128 @@
+import type { ByteSource } from './byte-source.js';
+
+/**
+ * Reads of a source whose caller knows in advance which ranges it will want (check-in:
+ * every file extent and metadata window, in disk order). The known ranges are merged into
+ * runs (gaps up to `gap` bytes are read through) and a request inside a run is served from
+ * one large read of up to `window` bytes of that run, shared by every request that falls in
+ * it, instead of one small read each: an image made by `mkfs -d` holds its files nearly
+ * back to back, so thousands of 4-64 KiB reads (each a threadpool hop or io_uring call,
+ * plus a buffer) become a few hundred large ones into reused buffers.
+ *
+ * Requests outside the plan, or as large as a window, go straight to the source. A few
+ * windows are kept (least recently used goes first), each pinned while a request waits
+ * for it, so requests that arrive a little out of order (concurrent files) still hit.
+ */
+export class PlannedSource {
+  private readonly starts: number[] = [];
+  private readonly ends: number[] = [];
+  private readonly cache = new Map<number, Win>();
+  private readonly spare: Buffer[] = [];
+  /** Large reads made, and requests served from them (for tests and benchmarks). */
+  windowReads = 0;
+  served = 0;
+
+  constructor(
+    private readonly src: ByteSource,
+    spans: ReadonlyArray<readonly [number, number]>,
+    private readonly window = 4 * 1024 * 1024,
+    gap = 64 * 1024,
+    private readonly keep = 4,
+  ) {
+    const sorted = spans.filter(([s, e]) => e > s).sort((a, b) => a[0] - b[0]);
+    for (const [s, e] of sorted) {
+      const last = this.ends.length - 1;
+      if (last >= 0 && s <= this.ends[last] + gap) this.ends[last] = Math.max(this.ends[last], e);
+      else {
+        this.starts.push(s);
+        this.ends.push(e);
+      }
+    }
+  }
+
+  /** Fill `out` with the source's bytes at `offset` (zeros past its end). */
+  async readInto(offset: number, out: Uint8Array): Promise<void> {
+    const end = offset + out.length;
+    const r = this.runOf(offset);
+    if (out.length >= this.window / 2 || r < 0 || end > this.ends[r]) return this.direct(offset, out);
+    // windows are aligned to the window size inside the run, so every request maps to one key
+    const runStart = this.starts[r];
+    const wStart = runStart + Math.floor((offset - runStart) / this.window) * this.window;
+    const wEnd = Math.min(this.ends[r], wStart + this.window, this.src.size);
+    if (end > wEnd) return this.direct(offset, out); // crosses two windows
+    let w = this.cache.get(wStart);
+    if (w) this.cache.delete(wStart);
+    else {
+      const buf = this.spare.pop() ?? Buffer.allocUnsafe(this.window);
+      const nw: Win = { buf, pins: 0, end: wEnd, ready: Promise.resolve() };
+      nw.ready = this.fill(wStart, buf.subarray(0, wEnd - wStart));
+      this.windowReads++;
+      w = nw;
+    }
+    this.cache.set(wStart, w);
+    w.pins++;
+    this.evict();
+    try {
+      await w.ready;
+      out.set(w.buf.subarray(offset - wStart, end - wStart));
+      this.served++;
+    } finally {
+      w.pins--;
+      if (w.pins === 0 && this.cache.get(wStart) !== w && !w.freed) {
+        w.freed = true;
+        this.spare.push(w.buf);
+      }
+    }
+  }
+
+  private evict(): void {
+    for (const [k, w] of this.cache) {
+      if (this.cache.size <= this.keep) break;
+      this.cache.delete(k);
+      if (w.pins === 0 && !w.freed) {
+        w.freed = true;
+        w.ready.then(
+          () => this.spare.push(w.buf),
+          () => {},
+        );
+      }
+    }
+  }
+
+  private runOf(offset: number): number {
+    let lo = 0;
+    let hi = this.starts.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.starts[mid] <= offset) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found >= 0 && offset < this.ends[found] ? found : -1;
+  }
+
+  private async fill(offset: number, out: Uint8Array): Promise<void> {
+    const n = this.src.readInto ? await this.src.readInto(offset, out) : await this.readCopy(offset, out);
+    if (n < out.length) out.fill(0, n);
+  }
+
+  private async readCopy(offset: number, out: Uint8Array): Promise<number> {
+    const b = await this.src.read(offset, out.length);
+    out.set(b.subarray(0, out.length));
+    return b.length;
+  }
+
+  private async direct(offset: number, out: Uint8Array): Promise<void> {
+    await this.fill(offset, out);
+  }
+}
+
+interface Win {
+  buf: Buffer;
+  pins: number;
+  end: number;
+  ready: Promise<void>;
+  freed?: boolean;
+}
