@@ -114,7 +114,7 @@ class Builder {
   ) {}
 
   /** Store `buf` (unless all zeros) and map `pieces` ([disk offset, length, offset in buf]) to it. */
-  async add(buf: Uint8Array, pieces: Array<[number, number, number]>): Promise<string | null> {
+  async add(buf: Uint8Array, pieces: Array<[number, number, number]>, solo = false): Promise<string | null> {
     this.done += buf.length;
     this.progress?.();
     if (isZero(buf)) return null;
@@ -125,7 +125,7 @@ class Builder {
       this.chunks.push(digest);
       this.chunkLengths.push(buf.length);
       this.chunkIndex.set(digest, idx);
-      const r = await this.lib.store.put('data', buf, digest);
+      const r = await this.lib.store.put('data', buf, digest, { solo });
       if (r.added) {
         this.added.push(digest);
         this.newChunks++;
@@ -271,7 +271,7 @@ async function cutFile(
 }
 
 /** Cut disk spans (absolute, merged) by disk offset into W-aligned windows. */
-async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number): Promise<void> {
+async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number, solo = false): Promise<void> {
   const windows: Array<Span[]> = [];
   for (const [s0, e] of spans) {
     let s = s0;
@@ -300,7 +300,7 @@ async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number): P
       out.push([s, e - s, at]);
       at += e - s;
     }
-    await b.add(buf, out);
+    await b.add(buf, out, solo);
   });
 }
 
@@ -559,7 +559,10 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
           const lv = layoutVolumes.find((x) => x.id === w.volume.id);
           if (lv) lv.fs = fsPart;
         }
-        await cutSpans(b, img, outside, W);
+        // Each window its own zstd frame: with no file system to group by, these are read back
+        // by disk offset (checkout, or an NBD client's random reads), and a read of a blob in a
+        // shared frame decodes the whole 8 MiB frame.
+        await cutSpans(b, img, outside, W, true);
       } finally {
         for (const w of windows) await w.fs.close?.();
       }

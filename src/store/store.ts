@@ -292,11 +292,18 @@ export class Store {
    * durable after `flush()`. `digest`, when given, must be the sha256 of `plain`
    * (callers that hashed already skip a second hash). The store copies what it keeps.
    */
-  async put(type: BlobType, plain: Uint8Array, digest = sha256hex(plain)): Promise<PutResult> {
+  async put(
+    type: BlobType,
+    plain: Uint8Array,
+    digest = sha256hex(plain),
+    opts: { solo?: boolean } = {},
+  ): Promise<PutResult> {
     if (this.flushError) throw this.flushError;
     if (this.has(digest)) return { digest, added: false };
     if (plain.length > MAX_BLOB) throw new StrataError('LIMIT', `blob of ${plain.length} bytes`, { file: this.name });
-    if (plain.length >= SOLO_BLOB) {
+    // Alone: large blobs, blobs the caller will read one at a time at random (a shared frame
+    // is decoded whole for any blob in it), and manifests (read whole, never near each other).
+    if (plain.length >= SOLO_BLOB || opts.solo || type === 'tree') {
       const { enc, flags } = await this.encode(plain, ZSTD_LEVEL);
       if (this.has(digest)) return { digest, added: false }; // a concurrent put of the same bytes won
       const ref: BlobRef = { digest, type, at: 0, plainLength: plain.length };

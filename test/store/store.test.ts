@@ -87,6 +87,32 @@ test('blobs round-trip, dedup by sha256, pack names are the sha256 of their byte
   await s3.close();
 });
 
+test('solo blobs and manifests get frames of their own, whatever their size', async () => {
+  const root = tempDir('store-solo');
+  const s = await Store.open(new LocalBackend(root));
+  const shared1 = await s.put('data', textOf('solo-a', 10_000));
+  const solo = await s.put('data', textOf('solo-b', 10_000), undefined, { solo: true });
+  const tree = await s.put('tree', textOf('solo-c', 10_000));
+  const shared2 = await s.put('data', textOf('solo-d', 10_000));
+  await s.flush();
+  await s.close();
+  const s2 = await Store.open(new LocalBackend(root));
+  const [e1, eSolo, eTree, e2] = [shared1, solo, tree, shared2].map((r) => s2.entry(r.digest));
+  assert.ok(e1 && eSolo && eTree && e2);
+  assert.equal(e1.offset, e2.offset, 'plain small data blobs still share a frame');
+  for (const e of [eSolo, eTree]) {
+    assert.deepEqual([e.at, e.framePlain], [0, 10_000], 'alone in its frame');
+    assert.ok(e.offset !== e1.offset);
+  }
+  assert.notEqual(eSolo.offset, eTree.offset);
+  for (const [r, seed] of [
+    [solo, 'solo-b'],
+    [tree, 'solo-c'],
+  ] as const)
+    assert.deepEqual(Buffer.from(await s2.get(r.digest)), textOf(seed, 10_000));
+  await s2.close();
+});
+
 test('a tampered index is refused by name; a pack nobody indexes is an orphan that prune removes', async () => {
   const root = tempDir('store-index');
   const s = await Store.open(new LocalBackend(root));
