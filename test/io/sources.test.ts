@@ -54,6 +54,47 @@ test('file source matches the file; cache returns identical bytes and bounds its
   await assert.rejects(FileSource.open(path.join(dir, 'missing')), (e: StrataError) => e.code === 'NOT_FOUND');
 });
 
+test('file source: small reads done in place and large ones on the pool agree with the file, also after a slow read', async () => {
+  const dir = scratch('io-sync');
+  const f = path.join(dir, 'disk.raw');
+  writePatternDisk(f, 1024 * 1024 + 77, 11);
+  const want = readFileSync(f);
+  const fsrc = await FileSource.open(f);
+  const K = 64 * 1024;
+  const ranges: Array<[number, number]> = [
+    [0, 1],
+    [4096, 4096],
+    [5, K - 1],
+    [7, K],
+    [9, K + 1],
+    [want.length - 3, 4096],
+    [want.length + 10, 4],
+  ];
+  const check = async () => {
+    // in flight together: in-place reads resolve at once, pool reads later; each must get its own bytes
+    const got = await Promise.all(ranges.map(([o, l]) => fsrc.read(o, l)));
+    ranges.forEach(([o, l], i) => assert.deepEqual(Buffer.from(got[i]), want.subarray(o, o + l), `read ${o}+${l}`));
+    for (const [o, l] of ranges) {
+      const out = Buffer.alloc(l, 0xee);
+      const n = await fsrc.readInto(o, out);
+      assert.equal(n, Math.max(0, Math.min(l, want.length - o)));
+      assert.deepEqual(out.subarray(0, n), want.subarray(o, o + n), `readInto ${o}+${l}`);
+    }
+  };
+  await check();
+  // a read that came from the disk (a fault this machine cannot make on demand: every file
+  // here is in the page cache) sends the next reads to the pool; they read the same bytes
+  const s = fsrc as unknown as { backoff: number };
+  s.backoff = 5;
+  const pending = ranges.map(([o, l]) => fsrc.read(o, l));
+  // the five small non-empty reads were issued (synchronously) and each spent one pool read
+  assert.equal(s.backoff, 0);
+  const got = await Promise.all(pending);
+  ranges.forEach(([o, l], i) => assert.deepEqual(Buffer.from(got[i]), want.subarray(o, o + l), `read ${o}+${l}`));
+  await check();
+  await fsrc.close();
+});
+
 test('http range source reads a served file without downloading it whole', async () => {
   const dir = scratch('http');
   const f = path.join(dir, 'disk.raw');
