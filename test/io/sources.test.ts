@@ -73,7 +73,8 @@ test('file source: small reads done in place and large ones on the pool agree wi
   const check = async () => {
     // in flight together: in-place reads resolve at once, pool reads later; each must get its own bytes
     const got = await Promise.all(ranges.map(([o, l]) => fsrc.read(o, l)));
-    ranges.forEach(([o, l], i) => assert.deepEqual(Buffer.from(got[i]), want.subarray(o, o + l), `read ${o}+${l}`));
+    for (const [i, [o, l]] of ranges.entries())
+      assert.deepEqual(Buffer.from(got[i]), want.subarray(o, o + l), `read ${o}+${l}`);
     for (const [o, l] of ranges) {
       const out = Buffer.alloc(l, 0xee);
       const n = await fsrc.readInto(o, out);
@@ -90,7 +91,8 @@ test('file source: small reads done in place and large ones on the pool agree wi
   // the five small non-empty reads were issued (synchronously) and each spent one pool read
   assert.equal(s.backoff, 0);
   const got = await Promise.all(pending);
-  ranges.forEach(([o, l], i) => assert.deepEqual(Buffer.from(got[i]), want.subarray(o, o + l), `read ${o}+${l}`));
+  for (const [i, [o, l]] of ranges.entries())
+    assert.deepEqual(Buffer.from(got[i]), want.subarray(o, o + l), `read ${o}+${l}`);
   await check();
   await fsrc.close();
 });
