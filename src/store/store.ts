@@ -13,6 +13,7 @@ import {
   TRAILER_BYTES,
 } from './pack.js';
 import { BufferPool, compressBound, compressInto, decompressInto } from './zstd-into.js';
+import { ZstdOffload } from './zstd-offload.js';
 
 /**
  * The content-addressed store: blobs named by the sha256 of their plain bytes, encoded
@@ -55,6 +56,13 @@ import { BufferPool, compressBound, compressInto, decompressInto } from './zstd-
  * and index version 1 (one blob per frame, before shared frames) are still read.
  */
 export const PACK_TARGET = 16 * 1024 * 1024;
+/**
+ * With compression on the zstd thread, a pack is cut before its frames' compressed sizes are
+ * known: by plain bytes, at about what PACK_TARGET of compressed bytes holds here.
+ */
+const PACK_TARGET_PLAIN = 3 * PACK_TARGET;
+/** Plain bytes waiting on the zstd thread at most (the check-in waits beyond). */
+const COMPRESSING_BYTES = 32 * 1024 * 1024;
 /** Largest blob we accept (chunks are far smaller; manifests of huge trees stay below it). */
 export const MAX_BLOB = 256 * 1024 * 1024;
 /** Blobs of at least this many bytes get a frame of their own. */
@@ -110,11 +118,14 @@ interface BlobRef {
 /** A frame being filled (buf) or encoded and waiting for its pack (enc). */
 interface Frame {
   blobs: BlobRef[];
+  /** The plain bytes while the frame is open or being compressed (then `enc` is set). */
   buf?: Buffer;
   used: number;
   enc?: Uint8Array;
   flags: number;
   offset: number;
+  /** Settles when `enc` and `flags` are set (compression on the zstd thread). */
+  encP?: Promise<void>;
 }
 
 export interface PutResult {
@@ -168,6 +179,13 @@ export class Store {
   /** Arenas whose pack is written, ready for reuse. */
   private readonly spareArenas: Buffer[] = [];
   private readonly pool = new BufferPool(32);
+  /** Frames being compressed on the zstd thread live here (shared memory, nothing copied). */
+  private readonly sharedPool = new BufferPool(16, true);
+  /** The zstd thread, started by the first write (undefined: not yet, null: compress inline). */
+  private offload?: ZstdOffload | null;
+  /** Frames handed to the zstd thread and not yet back, oldest first. */
+  private readonly compressing: Frame[] = [];
+  private compressingBytes = 0;
   private readonly unflushed = new Map<string, { frame: Frame; ref: BlobRef }>();
   private flushing: Promise<void> = Promise.resolve();
   private flushError?: unknown;
@@ -176,8 +194,10 @@ export class Store {
 
   private constructor(readonly backend: Backend) {}
 
-  static async open(backend: Backend): Promise<Store> {
+  /** `compressInline`: compress on the calling thread (no zstd thread), as where none can start. */
+  static async open(backend: Backend, opts: { compressInline?: boolean } = {}): Promise<Store> {
     const s = new Store(backend);
+    if (opts.compressInline) s.offload = null;
     const config = await s.backend.get('config').catch(() => undefined);
     if (!config) {
       await s.backend.putIfAbsent('config', Buffer.from(JSON.stringify({ version: 1, kind: 'strata-store' })));
@@ -304,6 +324,16 @@ export class Store {
     // Alone: large blobs, blobs the caller will read one at a time at random (a shared frame
     // is decoded whole for any blob in it), and manifests (read whole, never near each other).
     if (plain.length >= SOLO_BLOB || opts.solo || type === 'tree') {
+      if (this.offloader() && plain.length <= ARENA_BLOB) {
+        const copy = this.sharedPool.take(plain.length);
+        copy.set(plain);
+        const ref: BlobRef = { digest, type, at: 0, plainLength: plain.length };
+        const f: Frame = { blobs: [ref], buf: copy, used: plain.length, flags: 0, offset: 0 };
+        this.unflushed.set(digest, { frame: f, ref });
+        await this.compressAway(f, ZSTD_LEVEL);
+        if (this.pendingBytes >= PACK_TARGET_PLAIN) await this.startFlush();
+        return { digest, added: true };
+      }
       const { enc, flags } = await this.encode(plain, ZSTD_LEVEL);
       if (this.has(digest)) return { digest, added: false }; // a concurrent put of the same bytes won
       const ref: BlobRef = { digest, type, at: 0, plainLength: plain.length };
@@ -314,7 +344,10 @@ export class Store {
     } else {
       while (this.frame && this.frame.used + plain.length > FRAME_BYTES) await this.closeFrame();
       if (this.has(digest)) return { digest, added: false };
-      if (!this.frame) this.frame = { blobs: [], buf: this.pool.take(FRAME_BYTES), used: 0, flags: 0, offset: 0 };
+      if (!this.frame) {
+        const buf = this.offloader() ? this.sharedPool.take(FRAME_BYTES) : this.pool.take(FRAME_BYTES);
+        this.frame = { blobs: [], buf, used: 0, flags: 0, offset: 0 };
+      }
       const f = this.frame;
       (f.buf as Buffer).set(plain, f.used);
       const ref: BlobRef = { digest, type, at: f.used, plainLength: plain.length };
@@ -322,7 +355,7 @@ export class Store {
       f.used += plain.length;
       this.unflushed.set(digest, { frame: f, ref });
     }
-    if (this.pendingBytes >= PACK_TARGET) await this.startFlush();
+    if (this.pendingBytes >= (this.offload ? PACK_TARGET_PLAIN : PACK_TARGET)) await this.startFlush();
     return { digest, added: true };
   }
 
@@ -360,11 +393,53 @@ export class Store {
     return { enc: arena.subarray(at, at + n), flags };
   }
 
+  /** The zstd thread (started on first use), or null when compression stays inline. */
+  private offloader(): ZstdOffload | null {
+    if (this.offload === undefined) this.offload = compressBound(1) > 0 ? (ZstdOffload.start() ?? null) : null;
+    return this.offload;
+  }
+
+  /**
+   * Queue frame `f` (its plain bytes in `f.buf`, shared memory) for the next pack and hand it
+   * to the zstd thread. At most COMPRESSING_BYTES wait there: beyond, wait for the oldest.
+   * `f.buf` stays readable (unflushed reads) until `enc` is set; then it returns to the pool.
+   */
+  private async compressAway(f: Frame, level: number, windowLog?: number): Promise<void> {
+    const z = this.offloader() as ZstdOffload;
+    const buf = f.buf as Buffer;
+    const plain = buf.subarray(0, f.used);
+    f.encP = z.compress(plain, level, windowLog).then(({ enc }) => {
+      if (enc) {
+        f.enc = enc;
+        f.flags = FLAG_ZSTD;
+      } else {
+        f.enc = Uint8Array.prototype.slice.call(plain);
+        f.flags = 0;
+      }
+      f.buf = undefined;
+      this.sharedPool.give(buf);
+    });
+    f.encP.catch(() => {}); // reported by the pack write that awaits it
+    this.pending.push(f);
+    this.pendingBytes += f.used;
+    this.compressing.push(f);
+    this.compressingBytes += f.used;
+    while (this.compressingBytes > COMPRESSING_BYTES) {
+      const oldest = this.compressing.shift() as Frame;
+      this.compressingBytes -= oldest.used;
+      await oldest.encP?.catch(() => {});
+    }
+    while (this.compressing.length > 0 && this.compressing[0].enc) {
+      this.compressingBytes -= (this.compressing.shift() as Frame).used;
+    }
+  }
+
   /** Compress the open shared frame and queue it for the next pack. */
   private async closeFrame(): Promise<void> {
     const f = this.frame;
     if (!f) return;
     this.frame = undefined;
+    if (this.offload) return this.compressAway(f, FRAME_LEVEL, FRAME_WINDOW_LOG);
     const buf = f.buf as Buffer;
     const { enc, flags } = await this.encode(buf.subarray(0, f.used), FRAME_LEVEL, FRAME_WINDOW_LOG);
     f.enc = enc;
@@ -409,6 +484,13 @@ export class Store {
   }
 
   private async writePack(batch: Frame[]): Promise<void> {
+    // frames compressed on the zstd thread: wait for them, then lay them out in order
+    await Promise.all(batch.map((f) => f.encP));
+    let offset = 0;
+    for (const f of batch) {
+      f.offset = offset;
+      offset += (f.enc as Uint8Array).length;
+    }
     const entries: PackEntry[] = [];
     for (const f of batch) {
       const enc = f.enc as Uint8Array;
@@ -799,6 +881,9 @@ export class Store {
 
   async close(): Promise<void> {
     await this.flushing.catch(() => {});
+    await Promise.all(this.compressing.map((f) => f.encP?.catch(() => {})));
+    await this.offload?.close();
+    this.offload = null;
     await this.backend.close();
   }
 }

@@ -81,12 +81,16 @@ export function decompressInto(dst: Uint8Array, src: Uint8Array): number {
 /** Reusable buffers in power-of-two size classes (from 64 KiB). */
 export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
-  constructor(private readonly keepPerClass = 8) {}
+  /** `shared`: buffers live in SharedArrayBuffers (another thread may read them). */
+  constructor(
+    private readonly keepPerClass = 8,
+    private readonly shared = false,
+  ) {}
 
   take(n: number): Buffer {
     let c = 65536;
     while (c < n) c *= 2;
-    return this.free.get(c)?.pop() ?? Buffer.allocUnsafe(c);
+    return this.free.get(c)?.pop() ?? (this.shared ? Buffer.from(new SharedArrayBuffer(c)) : Buffer.allocUnsafe(c));
   }
 
   give(b: Buffer): void {

@@ -87,6 +87,37 @@ test('blobs round-trip, dedup by sha256, pack names are the sha256 of their byte
   await s3.close();
 });
 
+test('compression on the zstd thread and inline give the same frames, and both read back and verify', async () => {
+  const blobs = [
+    ...Array.from({ length: 40 }, (_, i) => textOf(`offload-${i}`, 150_000 + i)), // shared frames
+    bytesOf('offload-random', 300_000), // incompressible, inside a shared frame
+    textOf('offload-solo', SOLO_BLOB + 5), // a frame of its own
+    bytesOf('offload-solo-random', SOLO_BLOB + 7), // its own, kept plain
+  ];
+  const shapes: string[][] = [];
+  for (const compressInline of [false, true]) {
+    const root = tempDir(compressInline ? 'store-inline' : 'store-offload');
+    const s = await Store.open(new LocalBackend(root), { compressInline });
+    const digests: string[] = [];
+    for (const b of blobs) digests.push((await s.put('data', b)).digest);
+    await s.flush();
+    await s.close();
+    const s2 = await Store.open(new LocalBackend(root));
+    const shape: string[] = [];
+    for (const [i, d] of digests.entries()) {
+      assert.deepEqual(Buffer.from(await s2.get(d)), blobs[i], `blob ${i} reads back`);
+      const e = s2.entry(d);
+      assert.ok(e);
+      shape.push(`${e.at}/${e.framePlain}/${e.flags}/${e.encLength}`);
+    }
+    const v = await s2.verify();
+    assert.deepEqual(v.errors, []);
+    await s2.close();
+    shapes.push(shape);
+  }
+  assert.deepEqual(shapes[0], shapes[1], 'same frames, flags and compressed sizes');
+});
+
 test('solo blobs and manifests get frames of their own, whatever their size', async () => {
   const root = tempDir('store-solo');
   const s = await Store.open(new LocalBackend(root));
