@@ -1,4 +1,5 @@
 import { StrataError } from '../util/errors.js';
+import { mapLimit } from '../util/map-limit.js';
 import type { DirEntry, FileSystem, Inode } from './types.js';
 
 /** Most symlinks followed while resolving one path (Linux uses 40). */
@@ -29,16 +30,7 @@ export async function listDirectory(fs: FileSystem, dir: Inode): Promise<DirEntr
 /** Many inodes: the reader's batch fast path when it has one, else `limit` loads at a time, in order. */
 export async function loadInodes(fs: FileSystem, inos: readonly number[], limit = 32): Promise<Inode[]> {
   if (fs.inodes) return fs.inodes(inos);
-  const out = new Array<Inode>(inos.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < inos.length) {
-      const i = next++;
-      out[i] = await fs.inode(inos[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, inos.length) }, worker));
-  return out;
+  return mapLimit(inos, limit, (ino) => fs.inode(ino));
 }
 
 /**

@@ -11,13 +11,14 @@ import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import { BufferPool } from '../store/zstd-into.js';
 import { StrataError } from '../util/errors.js';
+import { mapLimit } from '../util/map-limit.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
 import { parseLibraryBacking, versionImage } from './backing.js';
 import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
-import { isoTime, mapLimit, volumeDiskOffset } from './listing.js';
+import { isoTime, volumeDiskOffset } from './listing.js';
 import {
   encodeManifest,
   FILES_KIND,

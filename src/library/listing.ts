@@ -99,24 +99,6 @@ export function lsRecordWith(path: string, ino: Inode, target: string | undefine
   return r;
 }
 
-/** Run `fn` over `items` with at most `limit` in flight, results in input order. */
-export async function mapLimit<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (x: T, i: number) => Promise<R>,
-): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i], i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
-
 const utf8 = new TextEncoder();
 /** Byte order of the UTF-8 names (what `LC_ALL=C ls` uses): stable and locale-free. */
 export function compareNames(a: string, b: string): number {
@@ -158,18 +140,8 @@ export interface WalkOptions {
  * in pre-order: a directory comes right before its contents. Holds one sorted listing per
  * open directory level, never the whole tree. Names that cannot be a path component ('',
  * '.', '..', '/', NUL) and directory loops are skipped with a warning.
- */
-export async function* walkTree(
-  fs: FileSystem,
-  dirPath: string,
-  dir: Inode,
-  opts: WalkOptions = {},
-): AsyncGenerator<WalkItem> {
-  for await (const batch of walkBatches(fs, dirPath, dir, opts)) yield* batch;
-}
-
-/**
- * walkTree in batches: consecutive items of one directory up to and including the next
+ *
+ * Handed out in batches: consecutive items of one directory up to and including the next
  * subdirectory that will be entered (whose own items come in the following batches). One
  * await per batch instead of several per entry; a consumer handles a batch before the walk
  * asks `enter` about its last item. A directory is listed and all its inodes loaded in one

@@ -395,7 +395,7 @@ export class Store {
 
   /** The zstd thread (started on first use), or null when compression stays inline. */
   private offloader(): ZstdOffload | null {
-    if (this.offload === undefined) this.offload = compressBound(1) > 0 ? (ZstdOffload.start() ?? null) : null;
+    if (this.offload === undefined) this.offload = ZstdOffload.start() ?? null;
     return this.offload;
   }
 
