@@ -23,7 +23,7 @@ export const ROOT = (() => {
   while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
   return d;
 })();
-export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+export const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 /** `--name VALUE` from the command line. */
 export function opt(name: string): string | undefined {

@@ -41,7 +41,7 @@ chmod +x "$WORK/root/strata-init"
 (cd "$WORK/root" && echo strata-init | cpio -o -H newc --quiet) > "$WORK/extra.cpio"
 cat "$INITRD" "$WORK/extra.cpio" > "$WORK/initrd"
 
-node dist/src/cli/bin.js nbd "$WORK/disk.qcow2" --port 0 --overlay "$WORK/overlay.qcow2" > "$WORK/uri" &
+node dist/cli/strata.cjs nbd "$WORK/disk.qcow2" --port 0 --overlay "$WORK/overlay.qcow2" > "$WORK/uri" &
 SERVER=$!
 for _ in $(seq 100); do [ -s "$WORK/uri" ] && break; sleep 0.1; done
 URI=$(head -1 "$WORK/uri" | cut -f1)

@@ -1,7 +1,8 @@
-import * as zlib from 'node:zlib';
+import { lazyZlib } from './lazy-zlib.js';
 
-/** CRC-32 (IEEE, as in zlib/GPT). Uses node:zlib's native crc32 where present. */
-const native = (zlib as unknown as { crc32?: (d: Uint8Array, v?: number) => number }).crc32;
+/** CRC-32 (IEEE, as in zlib/GPT). Uses node:zlib's native crc32 where present (Node >= 20.15). */
+type Crc = (d: Uint8Array, v?: number) => number;
+let native: Crc | null | undefined;
 
 const TABLE = new Uint32Array(256);
 for (let i = 0; i < 256; i++) {
@@ -11,6 +12,7 @@ for (let i = 0; i < 256; i++) {
 }
 
 export function crc32(data: Uint8Array, seed = 0): number {
+  if (native === undefined) native = (lazyZlib() as unknown as { crc32?: Crc }).crc32 ?? null;
   if (native) return native(data, seed) >>> 0;
   let c = ~seed >>> 0;
   for (let i = 0; i < data.length; i++) c = TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);

@@ -1,15 +1,16 @@
 import { createRequire } from 'node:module';
-import * as zlib from 'node:zlib';
+import type * as Zlib from 'node:zlib';
+import { lazyZlib } from './lazy-zlib.js';
 
 /**
  * zstd frames in and out. Node >= 22.15 ships zstd in node:zlib; on Node 20 we use
  * zstd-napi (a maintained binding to the reference library, built from source).
  */
-type Z = typeof zlib & {
+type Z = typeof Zlib & {
   zstdCompressSync?: (b: Uint8Array, o?: unknown) => Buffer;
   zstdDecompressSync?: (b: Uint8Array, o?: unknown) => Buffer;
 };
-const z = zlib as Z;
+const z = () => lazyZlib() as Z;
 
 interface Napi {
   compress(b: Uint8Array, params?: { compressionLevel?: number }): Buffer;
@@ -22,9 +23,10 @@ function loadNapi(): Napi {
 }
 
 export function zstdCompress(data: Uint8Array, level = 3): Uint8Array {
-  if (z.zstdCompressSync) {
-    return z.zstdCompressSync(data, {
-      params: { [(zlib.constants as Record<string, number>).ZSTD_c_compressionLevel]: level },
+  const zl = z();
+  if (zl.zstdCompressSync) {
+    return zl.zstdCompressSync(data, {
+      params: { [(zl.constants as Record<string, number>).ZSTD_c_compressionLevel]: level },
     });
   }
   return loadNapi().compress(data, { compressionLevel: level });
@@ -35,7 +37,8 @@ export function zstdCompress(data: Uint8Array, level = 3): Uint8Array {
  * cannot allocate without limit.
  */
 export function zstdDecompress(data: Uint8Array, maxOutput: number): Uint8Array {
-  if (z.zstdDecompressSync) return z.zstdDecompressSync(data, { maxOutputLength: maxOutput });
+  const zl = z();
+  if (zl.zstdDecompressSync) return zl.zstdDecompressSync(data, { maxOutputLength: maxOutput });
   const out = loadNapi().decompress(data);
   if (out.length > maxOutput) throw new RangeError(`zstd output exceeds ${maxOutput} bytes`);
   return out;

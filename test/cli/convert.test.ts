@@ -8,7 +8,7 @@ import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { fixture, ROOT, run, scratch } from '../helpers/tools.js';
 
 const pexec = promisify(execFile);
-const BIN = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const BIN = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 const SIZE = 20 * 1024 * 1024 + 4321;
 
 interface Outcome {

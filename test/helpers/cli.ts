@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { ROOT } from './tools.js';
 
-export const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+export const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 export interface CliResult {
   code: number;

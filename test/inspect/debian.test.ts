@@ -14,7 +14,7 @@ import type { OsInspection } from '../../src/inspect/types.js';
 import { type DebDisk, debianGptDisk, debianLvmDisk, debianTree, HOSTNAME, KERNEL } from '../helpers/debian-tree.js';
 import { ROOT, run } from '../helpers/tools.js';
 
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 interface TreeOracle {
   id: string;

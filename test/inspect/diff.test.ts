@@ -15,7 +15,7 @@ import { expectedDiff, hostTree } from '../helpers/host-tree.js';
 import { inspectPair, notLostFound, usedBlocks } from '../helpers/inspect-pair.js';
 import { ROOT, run } from '../helpers/tools.js';
 
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 describe('strata diff', { timeout: 600_000 }, () => {
   test('files added, removed, changed and changed in metadata only match the trees', async () => {

@@ -18,7 +18,7 @@ import { dpkgCompare, dpkgPackages, hostTree, inspectPair, type Pair } from '../
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
 
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 let pair: Pair;
 let libDir: string;

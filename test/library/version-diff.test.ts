@@ -23,7 +23,7 @@ import {
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
 
-const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'bin.js');
+const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 let pair: Pair;
 let libDir: string;

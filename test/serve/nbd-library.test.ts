@@ -54,7 +54,7 @@ function checkOverlayAlone(overlay: string): Promise<string> {
 
 /** Start `strata nbd ARGS --json` and hand back its exports and a stop function. */
 async function strataNbd(args: string[]) {
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/cli/bin.js'), 'nbd', ...args, '--json'], {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/cli/strata.cjs'), 'nbd', ...args, '--json'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

@@ -139,7 +139,7 @@ test('strata nbd CLI: prints the URIs, traces requests, and on SIGTERM leaves a 
     const child = spawn(
       process.execPath,
       [
-        path.join(ROOT, 'dist/src/cli/bin.js'),
+        path.join(ROOT, 'dist/cli/strata.cjs'),
         'nbd',
         image,
         '--port',
@@ -203,7 +203,7 @@ test('after a SIGKILL, flushed writes survive: qemu-img check -r all repairs the
     const overlay = path.join(dir, 'overlay.qcow2');
     const child = spawn(
       process.execPath,
-      [path.join(ROOT, 'dist/src/cli/bin.js'), 'nbd', image, '--port', '0', '--overlay', overlay],
+      [path.join(ROOT, 'dist/cli/strata.cjs'), 'nbd', image, '--port', '0', '--overlay', overlay],
       {
         stdio: ['ignore', 'pipe', 'pipe'],
       },

@@ -1,5 +1,4 @@
 import { promisify } from 'node:util';
-import * as zlib from 'node:zlib';
 import {
   type ByteSource,
   clampRead,
@@ -10,6 +9,7 @@ import {
   readExact,
 } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
+import { lazyZlib } from '../../util/lazy-zlib.js';
 import { zstdDecompress } from '../../util/zstd.js';
 import { readBelow } from '../layer.js';
 import type { BackingRef, DiskImage } from '../types.js';
@@ -17,7 +17,7 @@ import { featureList, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from 
 import { PromiseLru } from './lru.js';
 import { scanZstdFrames } from './zstd-frames.js';
 
-const inflateRaw = promisify(zlib.inflateRaw);
+let inflateRaw: ((b: Uint8Array, o: object) => Promise<Buffer>) | undefined;
 
 /** What one piece of the virtual disk maps to at this layer. */
 const UNALLOC = 0;
@@ -460,6 +460,8 @@ export class Qcow2Image implements DiskImage {
       }
     } else {
       try {
+        const zlib = lazyZlib();
+        inflateRaw ??= promisify(zlib.inflateRaw) as (b: Uint8Array, o: object) => Promise<Buffer>;
         outb = await inflateRaw(comp, { chunkSize: cs, maxOutputLength: cs, finishFlush: zlib.constants.Z_SYNC_FLUSH });
       } catch (e) {
         throw new StrataError('CORRUPT', `deflate decompression failed: ${(e as Error)?.message ?? e}`, where);

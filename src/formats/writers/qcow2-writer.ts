@@ -1,12 +1,12 @@
 import type { FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import * as zlib from 'node:zlib';
 import { StrataError } from '../../util/errors.js';
+import { lazyZlib } from '../../util/lazy-zlib.js';
 import { zstdCompress } from '../../util/zstd.js';
 import type { ImageWriter, WriterResult } from './index.js';
 import { isZeroRange, writeAll } from './index.js';
 
-const deflateRaw = promisify(zlib.deflateRaw);
+let deflateRawAsync: ((b: Uint8Array, o: object) => Promise<Buffer>) | undefined;
 
 export interface Qcow2WriterOptions {
   virtualSize: number;
@@ -181,7 +181,11 @@ export class Qcow2Writer implements ImageWriter {
   private compress(b: Uint8Array): Promise<Uint8Array> | Uint8Array {
     if (this.opts.compression === 'zstd') return zstdCompress(b, 3);
     // qemu inflates with a 4 KiB window (windowBits -12): compress with the same window.
-    if (b.length >= 16384) return deflateRaw(b, { windowBits: 12 });
+    const zlib = lazyZlib();
+    if (b.length >= 16384) {
+      deflateRawAsync ??= promisify(zlib.deflateRaw) as (b: Uint8Array, o: object) => Promise<Buffer>;
+      return deflateRawAsync(b, { windowBits: 12 });
+    }
     return zlib.deflateRawSync(b, { windowBits: 12 });
   }
 
