@@ -1,5 +1,6 @@
 import { existsSync, realpathSync } from 'node:fs';
 import { StrataError } from '../util/errors.js';
+import { directCopy } from './direct-copy.js';
 import { chain, resolvedStatus } from './layer.js';
 import type { DiskImage } from './types.js';
 import { openAtomicOutput } from './writers/atomic-output.js';
@@ -16,6 +17,12 @@ export interface ConvertOptions {
   sync?: boolean;
   /** Stop early (Ctrl-C): the temporary file is removed and nothing appears at `outPath`. */
   signal?: AbortSignal;
+  /**
+   * The bulk copier on worker threads (direct-copy.ts) for plain outputs: 'auto' (default)
+   * uses it for disks of DIRECT_MIN_BYTES and more, 'always' for any size, 'never' keeps the
+   * single-threaded pump. Both write the same file.
+   */
+  directCopy?: 'auto' | 'always' | 'never';
 }
 
 export interface ConvertResult {
@@ -87,7 +94,10 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
             compression: opts.compression,
             backing: opts.backing ? { path: opts.backing.path, format: opts.backing.format } : undefined,
           });
-    const bytesRead = await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
+    const target = opts.backing || !wantDirect(src, opts) ? undefined : writer.directTarget?.();
+    const bytesRead = target
+      ? await directCopy(src, target, { outName: outPath, onProgress: opts.onProgress, signal: opts.signal })
+      : await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
     await out.commit(opts.sync);
     return { virtualSize: src.size, bytesRead, bytesWritten };
@@ -95,6 +105,17 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
     await out.abort();
     throw e;
   }
+}
+
+/**
+ * Below this virtual size the copy workers' start-up (~20-30 ms of a core each) costs more
+ * than they save.
+ */
+const DIRECT_MIN_BYTES = 64 * 1024 * 1024;
+
+function wantDirect(src: DiskImage, opts: ConvertOptions): boolean {
+  if (!src.direct || opts.directCopy === 'never') return false;
+  return opts.directCopy === 'always' || src.size >= DIRECT_MIN_BYTES;
 }
 
 function refuseOverwritingInputs(src: DiskImage, outPath: string, backing?: DiskImage): void {

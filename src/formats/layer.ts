@@ -1,6 +1,6 @@
 import { type ByteSource, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
-import type { DiskImage } from './types.js';
+import type { DirectPiece, DiskImage } from './types.js';
 
 /**
  * Fill `out[at, at+length)` with what lies beneath this layer at virtual `offset`: the
@@ -66,4 +66,40 @@ export function* chain(img: DiskImage): Generator<DiskImage> {
 /** Close an image and everything below it. */
 export async function closeChain(img: DiskImage): Promise<void> {
   for (const layer of [...chain(img)]) await layer.close();
+}
+
+/** Append a piece, merged with the last one when they continue each other. */
+export function pushDirect(out: DirectPiece[], p: DirectPiece): void {
+  if (p.length <= 0) return;
+  const last = out[out.length - 1];
+  if (last && last.kind === p.kind && last.offset + last.length === p.offset) {
+    if (last.kind !== 'file') {
+      last.length += p.length;
+      return;
+    }
+    if (p.kind === 'file' && last.fd === p.fd && last.host + last.length === p.host) {
+      last.length += p.length;
+      return;
+    }
+  }
+  out.push({ ...p });
+}
+
+/**
+ * The pieces of [offset, offset+length) beneath a layer, appended to `out`: the backing
+ * image's (zeros past its end), zeros without a backing image, and 'other' where the
+ * backing image cannot say.
+ */
+export async function directBelow(
+  backing: DiskImage | undefined,
+  offset: number,
+  length: number,
+  out: DirectPiece[],
+): Promise<void> {
+  const inB = backing ? Math.max(0, Math.min(length, backing.size - offset)) : 0;
+  if (backing && inB > 0) {
+    if (backing.direct) for (const p of await backing.direct(offset, inB)) pushDirect(out, p);
+    else pushDirect(out, { kind: 'other', offset, length: inB });
+  }
+  pushDirect(out, { kind: 'zero', offset: offset + inB, length: length - inB });
 }

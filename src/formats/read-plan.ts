@@ -4,7 +4,8 @@ export { clampStatus } from '../io/byte-source.js';
 
 import { FileSource } from '../io/file-source.js';
 import { StrataError } from '../util/errors.js';
-import { readBelow } from './layer.js';
+import { directBelow, pushDirect, readBelow } from './layer.js';
+import type { DirectPiece, DiskImage } from './types.js';
 
 /**
  * A read plan shared by the block-mapped readers (vhd, vhdx, vdi): the pieces of one virtual read, each
@@ -119,13 +120,7 @@ export class ReadPlan {
   }
 
   private async readFile(file: ByteSource, p: Piece): Promise<Uint8Array> {
-    if (p.src < 0 || p.src + p.len > file.size) {
-      throw new StrataError('TRUNCATED', `${p.len} bytes at host offset ${p.src} lie past the end of the file`, {
-        file: file.name,
-        structure: p.structure,
-        offset: p.src,
-      });
-    }
+    checkHostRange(file, p);
     const b = await file.read(p.src, p.len);
     if (b.length !== p.len) {
       throw new StrataError('TRUNCATED', `short read: wanted ${p.len} bytes, got ${b.length}`, {
@@ -138,6 +133,24 @@ export class ReadPlan {
   }
 
   /**
+   * The plan as pieces for bulk copies (see DiskImage.direct); `virt` is the virtual offset
+   * of the plan's first byte. Host ranges past the end of the file fail as reads do.
+   */
+  async direct(file: ByteSource, backing: DiskImage | undefined, virt: number): Promise<DirectPiece[]> {
+    const out: DirectPiece[] = [];
+    for (const p of this.pieces) {
+      const offset = virt + p.at;
+      if (p.kind === FILE) {
+        checkHostRange(file, p);
+        if (file.fd === undefined) pushDirect(out, { kind: 'other', offset, length: p.len });
+        else pushDirect(out, { kind: 'file', offset, length: p.len, fd: file.fd, file: file.name, host: p.src });
+      } else if (p.kind === BELOW) await directBelow(backing, p.src, p.len, out);
+      else pushDirect(out, { kind: 'zero', offset, length: p.len });
+    }
+    return out;
+  }
+
+  /**
    * Execute the plan into a caller's (reused, not zeroed) buffer: host ranges are read
    * straight into it through `readInto` when the file has one, so no fresh buffer is made.
    */
@@ -147,6 +160,16 @@ export class ReadPlan {
       else if (p.kind === BELOW) await readBelow(backing, p.src, p.len, out, p.at);
       else out.fill(0, p.at, p.at + p.len);
     }
+  }
+}
+
+function checkHostRange(file: ByteSource, p: Piece): void {
+  if (p.src < 0 || p.src + p.len > file.size) {
+    throw new StrataError('TRUNCATED', `${p.len} bytes at host offset ${p.src} lie past the end of the file`, {
+      file: file.name,
+      structure: p.structure,
+      offset: p.src,
+    });
   }
 }
 

@@ -9,6 +9,19 @@ export interface BackingRef {
 }
 
 /**
+ * Where the bytes of a virtual range live, for bulk copies that read the container file
+ * directly instead of through the reader:
+ * - `file`: `length` bytes at `host` in the local file with descriptor `fd` (named `file`);
+ * - `zero`: reads as zeros;
+ * - `other`: only the reader can produce these bytes (compressed, remote, or a layer that
+ *   cannot say).
+ * Pieces cover the asked range in order, without gaps.
+ */
+export type DirectPiece =
+  | { kind: 'file'; offset: number; length: number; fd: number; file: string; host: number }
+  | { kind: 'zero' | 'other'; offset: number; length: number };
+
+/**
  * An opened image container: a ByteSource of the virtual disk, plus what the container
  * says about itself. `read` already resolves the backing chain; `status` reports this
  * layer only ('unallocated' ranges are served by `backing`, or read as zeros without one).
@@ -28,6 +41,11 @@ export interface DiskImage extends ByteSource {
   /** Non-fatal problems found while opening (dirty log, unknown header extension, ...). */
   readonly warnings: string[];
   status(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Optional: where [offset, offset+length) lives (see DirectPiece), through the backing
+   * chain. Same checks as `read`: a range the reader would refuse is refused here too.
+   */
+  direct?(offset: number, length: number): Promise<DirectPiece[]>;
   /** Format-specific facts for `info --json` (version, features, compression type, ...). */
   details?(): Record<string, unknown>;
   close(): Promise<void>;

@@ -31,6 +31,12 @@ export interface ByteSource {
    * instead of faulting in fresh memory on every read.
    */
   readInto?(offset: number, out: Uint8Array): Promise<number>;
+  /**
+   * Optional: the descriptor of the local file this source reads, byte for byte (offset N of
+   * the source is offset N of the file). Bulk copiers read it with positional reads from a
+   * worker thread. Only sources that are plain files have one.
+   */
+  readonly fd?: number;
   close?(): Promise<void>;
 }
 

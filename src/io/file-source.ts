@@ -26,6 +26,10 @@ export class FileSource implements ByteSource {
     readonly size: number,
   ) {}
 
+  get fd(): number {
+    return this.fh.fd;
+  }
+
   static async open(path: string): Promise<FileSource> {
     let fh: FileHandle;
     try {

@@ -11,8 +11,8 @@ import {
 import { StrataError } from '../../util/errors.js';
 import { lazyZlib } from '../../util/lazy-zlib.js';
 import { zstdDecompress } from '../../util/zstd.js';
-import { readBelow } from '../layer.js';
-import type { BackingRef, DiskImage } from '../types.js';
+import { directBelow, pushDirect, readBelow } from '../layer.js';
+import type { BackingRef, DirectPiece, DiskImage } from '../types.js';
 import { featureList, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
 import { PromiseLru } from './lru.js';
 import { scanZstdFrames } from './zstd-frames.js';
@@ -243,6 +243,29 @@ export class Qcow2Image implements DiskImage {
     if (jobs.length === 1) await jobs[0]();
     else if (jobs.length > 1) await runLimited(jobs, READ_CONCURRENCY);
     return n;
+  }
+
+  /**
+   * Where [offset, offset+length) lives: data clusters in the data file (zeros past its
+   * end, as reads give), zero clusters, the backing chain beneath unallocated ones;
+   * compressed clusters, and a data file that is not a local file, are 'other'.
+   */
+  async direct(offset: number, length: number): Promise<DirectPiece[]> {
+    const n = clampRead(this, offset, length);
+    const out: DirectPiece[] = [];
+    const segs = await this.segments(offset, n);
+    const d = this.data;
+    for (const s of segs) {
+      if (s.kind === DATA) {
+        const inFile = Math.max(0, Math.min(s.len, d.size - s.host));
+        if (d.fd === undefined) pushDirect(out, { kind: 'other', offset: s.off, length: inFile });
+        else pushDirect(out, { kind: 'file', offset: s.off, length: inFile, fd: d.fd, file: d.name, host: s.host });
+        pushDirect(out, { kind: 'zero', offset: s.off + inFile, length: s.len - inFile });
+      } else if (s.kind === UNALLOC) await directBelow(this.backing, s.off, s.len, out);
+      else if (s.kind === COMPRESSED) pushDirect(out, { kind: 'other', offset: s.off, length: s.len });
+      else pushDirect(out, { kind: 'zero', offset: s.off, length: s.len });
+    }
+    return out;
   }
 
   /** Host bytes of the data file into `dst`; what lies past the end of the data file reads as zeros. */

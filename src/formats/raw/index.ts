@@ -1,6 +1,6 @@
 import type { ByteSource, Extent } from '../../io/byte-source.js';
-import { clampStatus } from '../../io/byte-source.js';
-import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
+import { clampRead, clampStatus } from '../../io/byte-source.js';
+import type { DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
 
 /** A raw image: the file is the disk. Detection falls back to it. */
 export class RawImage implements DiskImage {
@@ -27,6 +27,13 @@ export class RawImage implements DiskImage {
     const n = clampStatus(this, offset, length);
     if (this.src.status) return this.src.status(offset, n);
     return n > 0 ? [{ offset, length: n, kind: 'data' }] : [];
+  }
+  async direct(offset: number, length: number): Promise<DirectPiece[]> {
+    const n = clampRead(this, offset, length);
+    if (n === 0) return [];
+    const fd = this.src.fd;
+    if (fd === undefined) return [{ kind: 'other', offset, length: n }];
+    return [{ kind: 'file', offset, length: n, fd, file: this.src.name, host: offset }];
   }
   async close(): Promise<void> {
     await this.src.close?.();

@@ -3,7 +3,7 @@ import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { isVdi, VDI_SIGNATURE } from '../probe.js';
 import { clampStatus, ReadPlan } from '../read-plan.js';
-import type { DiskImage, FormatDriver, OpenContext } from '../types.js';
+import type { DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
 
 /**
  * VirtualBox VDI (header version 1.1): a 64-byte text banner, the signature 0xbeda107f at
@@ -74,6 +74,11 @@ export class VdiImage implements DiskImage {
     const n = clampRead(this, offset, buf.length);
     if (n > 0) await this.plan(offset, n).into(this.src, undefined, buf.subarray(0, n));
     return n;
+  }
+
+  async direct(offset: number, length: number): Promise<DirectPiece[]> {
+    const n = clampRead(this, offset, length);
+    return this.plan(offset, n).direct(this.src, undefined, offset);
   }
 
   /** Where each piece of [offset, offset+n) comes from: a stored block, or zeros. */

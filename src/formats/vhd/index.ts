@@ -3,7 +3,7 @@ import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { hasMagic, isVhd, VHD_COOKIE, VHD_FOOTER } from '../probe.js';
 import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
-import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
+import type { BackingRef, DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
 
 /*
  * VHD (Microsoft Virtual Hard Disk, qemu's "vpc"): a 512-byte big-endian footer at the
@@ -351,6 +351,11 @@ export class VhdImage implements DiskImage {
     const plan = await this.plan(offset, n);
     await plan.into(this.src, this.backing, buf.subarray(0, n));
     return n;
+  }
+
+  async direct(offset: number, length: number): Promise<DirectPiece[]> {
+    const n = clampRead(this, offset, length);
+    return (await this.plan(offset, n)).direct(this.src, this.backing, offset);
   }
 
   /** Where each piece of [offset, offset+n) comes from: the file or the layer below. */

@@ -11,7 +11,7 @@ import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { hasSignature, isVhdx, VHDX_SIG_FILE } from '../probe.js';
 import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
-import type { BackingRef, DiskImage, FormatDriver, OpenContext } from '../types.js';
+import type { BackingRef, DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
 import {
   batEntries,
   bitmapEntry,
@@ -555,6 +555,11 @@ export class VhdxImage implements DiskImage {
     const plan = await this.plan(offset, n);
     await plan.into(this.src, this.backing, buf.subarray(0, n));
     return n;
+  }
+
+  async direct(offset: number, length: number): Promise<DirectPiece[]> {
+    const n = clampRead(this, offset, length);
+    return (await this.plan(offset, n)).direct(this.src, this.backing, offset);
   }
 
   /** Where each piece of [offset, offset+n) comes from: the file, the parent, or zeros. */

@@ -31,41 +31,36 @@ export interface ImageWriter {
   zero(offset: number, length: number): void;
   /** Flush everything (metadata last) and report the output size. */
   finish(): Promise<WriterResult>;
-}
-
-const ZEROS = Buffer.alloc(2 * 1024 * 1024);
-
-/** True when `b[from, to)` is all zeros (native memcmp against a zero page). */
-export function isZeroRange(b: Uint8Array, from: number, to: number): boolean {
-  // Data blocks nearly always have a non-zero first or last byte: answer those without a native call.
-  if (to > from && (b[from] !== 0 || b[to - 1] !== 0)) return false;
-  let p = from;
-  while (p < to) {
-    const n = Math.min(to - p, ZEROS.length);
-    if (Buffer.compare(b.subarray(p, p + n), ZEROS.subarray(0, n)) !== 0) return false;
-    p += n;
-  }
-  return true;
+  /** A target for bulk copies from worker threads, when this writer's layout allows one. */
+  directTarget?(): DirectTarget | undefined;
 }
 
 /**
- * Scan blocks of `granule` bytes (aligned to the start of `b`) from `from` (aligned) up
- * to `end`: return the start of the first block that is zero (`wantZero`) or not zero
- * (`!wantZero`), or `end` when there is none.
+ * The output side of a bulk copy done outside the writer (src/formats/direct-copy.ts): the
+ * copier writes data into `fd` itself, from worker threads, then hands back what it wrote.
+ * Only plain layouts offer one: raw, and qcow2 without compression or a backing file.
  */
-export function firstNonZeroBlock(
-  b: Uint8Array,
-  from: number,
-  end: number,
-  granule: number,
-  wantZero: boolean,
-): number {
-  for (let p = from; p < end; p += granule) {
-    const q = Math.min(end, p + granule);
-    if (isZeroRange(b, p, q) === wantZero) return p;
-  }
-  return end;
+export interface DirectTarget {
+  readonly fd: number;
+  /**
+   * 'raw': bytes go to their virtual offset, zero granules skipped (holes). 'qcow2': each
+   * non-zero cluster goes to the next free host cluster from `head`, in virtual order.
+   */
+  readonly layout: 'raw' | 'qcow2';
+  /** The zero-skip granule (raw) or the cluster size (qcow2); copies are aligned to it. */
+  readonly granularity: number;
+  /** qcow2: host offset of the next data cluster. */
+  readonly head: number;
+  /**
+   * qcow2: the clusters of the range at `virt` whose `flags[i]` is 1 (i < `count`) were
+   * written, in order, to consecutive host clusters from `host`.
+   */
+  adopt(virt: number, host: number, flags: Uint8Array, count: number): void;
+  /** The copy is over: the next free host offset (qcow2) and the bytes it wrote. */
+  done(head: number, bytesWritten: number): void;
 }
+
+export { firstNonZeroBlock, isZeroRange } from '../../util/zero.js';
 
 /** Positional write of the whole buffer (loops on short writes), errors naming the file. */
 export async function writeAll(

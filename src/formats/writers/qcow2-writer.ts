@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { StrataError } from '../../util/errors.js';
 import { lazyZlib } from '../../util/lazy-zlib.js';
 import { zstdCompress } from '../../util/zstd.js';
-import type { ImageWriter, WriterResult } from './index.js';
+import type { DirectTarget, ImageWriter, WriterResult } from './index.js';
 import { isZeroRange, writeAll } from './index.js';
 
 let deflateRawAsync: ((b: Uint8Array, o: object) => Promise<Buffer>) | undefined;
@@ -136,6 +136,32 @@ export class Qcow2Writer implements ImageWriter {
       else runs.push([p, q, host]);
     }
     await Promise.all(runs.map(([p, q, host]) => this.issue(data.subarray(p, q), host)));
+  }
+
+  /** Plain clusters only: compressed or backing-relative output stays with writeData. */
+  directTarget(): DirectTarget | undefined {
+    if (this.opts.compression || this.opts.backing) return undefined;
+    this.alignHead();
+    const cs = this.clusterSize;
+    return {
+      fd: this.fh.fd,
+      layout: 'qcow2',
+      granularity: cs,
+      head: this.head,
+      adopt: (virt, host, flags, count) => {
+        let h = host;
+        for (let i = 0; i < count; i++) {
+          if (!flags[i]) continue;
+          this.addRef(h / cs);
+          this.setEntry(virt / cs + i, 0x80000000 + Math.floor(h / TWO32), h % TWO32);
+          h += cs;
+        }
+      },
+      done: (head, bytes) => {
+        this.head = Math.max(this.head, head);
+        this.bytesWritten += bytes;
+      },
+    };
   }
 
   private async writeCompressed(offset: number, data: Uint8Array, pieces: Array<[number, number]>): Promise<void> {

@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import type { ImageWriter, WriterResult } from './index.js';
+import type { DirectTarget, ImageWriter, WriterResult } from './index.js';
 import { firstNonZeroBlock, writeAll } from './index.js';
 
 /** Zero runs shorter than this inside a data buffer are written rather than skipped. */
@@ -46,6 +46,19 @@ export class RawWriter implements ImageWriter {
   private async issue(buf: Uint8Array, at: number): Promise<void> {
     this.bytesWritten += buf.length;
     await writeAll(this.fh, buf, at, this.path, 'raw data');
+  }
+
+  directTarget(): DirectTarget {
+    return {
+      fd: this.fh.fd,
+      layout: 'raw',
+      granularity: RAW_GRANULE,
+      head: 0,
+      adopt: () => {},
+      done: (_head, bytes) => {
+        this.bytesWritten += bytes;
+      },
+    };
   }
 
   async finish(): Promise<WriterResult> {

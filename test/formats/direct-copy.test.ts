@@ -1,0 +1,250 @@
+/**
+ * The bulk copier (src/formats/direct-copy.ts: copy workers reading the container files
+ * themselves) against the single-threaded pump and against qemu-img: for every container
+ * with a direct map, both outputs are byte-identical files, qemu-img compares them equal
+ * to the source and `qemu-img check` finds the qcow2 ones clean. Ranges only the reader
+ * can produce (compressed clusters, a vmdk backing file, sector-granular differencing
+ * blocks) take the main thread's path inside the same copy; errors name the file.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  truncateSync,
+  writeSync,
+} from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { promisify } from 'node:util';
+import { type ConvertOptions, convertImage } from '../../src/formats/convert.js';
+import { closeChain } from '../../src/formats/layer.js';
+import { openImage } from '../../src/formats/open.js';
+import type { DiskImage } from '../../src/formats/types.js';
+import { StrataError } from '../../src/util/errors.js';
+import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { fixture, run, scratch } from '../helpers/tools.js';
+import { writeVhdDiff } from '../helpers/vhd-writer.js';
+
+const pexec = promisify(execFile);
+const MiB = 1024 * 1024;
+/** Several 64 MiB map windows would make the suite slow; this spans many jobs and a partial last one. */
+const SIZE = 40 * MiB + 3 * 4096 + 512;
+
+const patternRaw = () => fixture(`direct-pattern-${SIZE}-s11-v1.raw`, async (out) => writePatternDisk(out, SIZE, 11));
+
+/** The pattern disk in another container, made by qemu-img. */
+const viaQemu = (name: string, args: string[]) =>
+  fixture(`direct-${name}-${SIZE}-s11-v1`, async (out) => {
+    await run('qemu-img', ['convert', '-f', 'raw', ...args, await patternRaw(), out]);
+  });
+
+const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+
+async function qemuCompare(a: string, b: string): Promise<void> {
+  try {
+    await pexec('qemu-img', ['compare', a, b]);
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string };
+    assert.fail(`qemu-img compare ${a} ${b}: ${err.stdout ?? ''}${err.stderr ?? ''}`);
+  }
+}
+
+async function qemuCheck(file: string): Promise<void> {
+  const j = JSON.parse(await run('qemu-img', ['check', '--output=json', '-f', 'qcow2', file])) as Record<
+    string,
+    number
+  >;
+  assert.equal(j['check-errors'], 0, `check errors in ${file}`);
+  assert.equal(j.corruptions ?? 0, 0, `corruptions in ${file}`);
+  assert.equal(j.leaks ?? 0, 0, `leaked clusters in ${file}`);
+}
+
+async function convertWith(input: string, out: string, opts: ConvertOptions): Promise<number> {
+  const img = await openImage(input, { allowAnyPath: true });
+  try {
+    await convertImage(img, out, opts);
+    return img.size;
+  } finally {
+    await closeChain(img);
+  }
+}
+
+/**
+ * Direct and pumped conversions of `input` to both outputs: identical files, equal to the
+ * source (or to `reference`, a raw file, where qemu cannot read the source).
+ */
+async function checkBoth(
+  name: string,
+  input: string,
+  expectOther: boolean,
+  clusterSize?: number,
+  reference = input,
+): Promise<{ maxPieces: number }> {
+  const img = await openImage(input, { allowAnyPath: true });
+  let maxPieces = 0;
+  try {
+    assert.ok(img.direct, `${img.format} has a direct map`);
+    let other = false;
+    // Per 256 KiB (the copier's job size): how many pieces a job has, and whether any is 'other'.
+    for (let o = 0; o < img.size; o += 256 * 1024) {
+      const pieces = await img.direct(o, Math.min(256 * 1024, img.size - o));
+      maxPieces = Math.max(maxPieces, pieces.length);
+      if (pieces.some((p) => p.kind === 'other')) other = true;
+    }
+    assert.equal(other, expectOther, `${name}: ranges only the reader can produce`);
+  } finally {
+    await closeChain(img);
+  }
+  const dir = scratch(`direct-${name}`);
+  for (const format of ['raw', 'qcow2'] as const) {
+    const d = path.join(dir, `direct.${format}`);
+    const p = path.join(dir, `pump.${format}`);
+    const extra = format === 'qcow2' && clusterSize ? { clusterSize } : {};
+    await convertWith(input, d, { format, directCopy: 'always', ...extra });
+    await convertWith(input, p, { format, directCopy: 'never', ...extra });
+    assert.equal(sha(d), sha(p), `${name} -> ${format}: the bulk copier and the pump write the same file`);
+    await qemuCompare(reference, d);
+    if (format === 'qcow2') await qemuCheck(d);
+  }
+  return { maxPieces };
+}
+
+test('raw, qcow2, vhdx, vhd and vdi sources: direct copies equal pumped ones and the source', async () => {
+  await checkBoth('raw', await patternRaw(), false);
+  await checkBoth('qcow2', await viaQemu('qcow2', ['-O', 'qcow2']), false);
+  await checkBoth('qcow2-4k', await viaQemu('qcow2-4k', ['-O', 'qcow2', '-o', 'cluster_size=4096']), false, 4096);
+  await checkBoth('vhdx', await viaQemu('vhdx', ['-O', 'vhdx']), false);
+  await checkBoth('vhd', await viaQemu('vhd', ['-O', 'vpc', '-o', 'subformat=dynamic']), false);
+  await checkBoth('vdi', await viaQemu('vdi', ['-O', 'vdi']), false);
+  await checkBoth('vdi-static', await viaQemu('vdi-static', ['-O', 'vdi', '-o', 'static=on']), false);
+});
+
+test('qcow2 outputs with 2 MiB and 512-byte clusters (one cluster per job; many segments)', async () => {
+  // 512-byte source clusters: every 256 KiB job has more pieces than a job can carry, so the
+  // main thread reads those through the reader.
+  const small = await viaQemu('qcow2-512', ['-O', 'qcow2', '-o', 'cluster_size=512']);
+  const { maxPieces } = await checkBoth('qcow2-512', small, false, 2 * MiB);
+  assert.ok(maxPieces > 8, `some jobs have more pieces than a job carries (${maxPieces})`);
+  await checkBoth('qcow2-to-512', await viaQemu('qcow2', ['-O', 'qcow2']), false, 512);
+});
+
+test('compressed clusters and a vmdk backing file take the reader path inside the same copy', async () => {
+  await checkBoth('qcow2-zlib', await viaQemu('qcow2-zlib', ['-O', 'qcow2', '-c']), true);
+  const dir = scratch('direct-chain');
+  const base = path.join(dir, 'base.vmdk');
+  copyFileSync(await viaQemu('vmdk', ['-O', 'vmdk']), base);
+  const mid = path.join(dir, 'mid.qcow2');
+  await run('qemu-img', ['create', '-f', 'qcow2', '-b', 'base.vmdk', '-F', 'vmdk', mid]);
+  await run('qemu-io', ['-c', 'write -P 0x5a 1M 3M', '-c', 'write -z 8M 1M', '-c', 'write -P 7 39M 64k', mid]);
+  const top = path.join(dir, 'top.qcow2');
+  await run('qemu-img', ['create', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', top]);
+  await run('qemu-io', ['-c', 'write -P 0x33 2M 1536k', top]);
+  await checkBoth('chain-vmdk', top, true);
+  // Over a raw backing file every range is direct.
+  const rawBase = path.join(dir, 'base.raw');
+  copyFileSync(await patternRaw(), rawBase);
+  const over = path.join(dir, 'over-raw.qcow2');
+  await run('qemu-img', ['create', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', over]);
+  await run('qemu-io', ['-c', 'write -P 0x44 5M 2M', '-c', 'write -z 20M 4M', over]);
+  await checkBoth('chain-raw', over, false);
+});
+
+test('a vhd differencing child with sector-sized changes: jobs mix child and parent ranges', async () => {
+  const dir = scratch('direct-vhd-diff');
+  const parent = path.join(dir, 'parent.vhd');
+  copyFileSync(await viaQemu('vhd', ['-O', 'vpc', '-o', 'subformat=dynamic']), parent);
+  const bytes = (n: number, seed: number) => Buffer.alloc(n, seed);
+  const writes = [
+    { offset: 5 * 512, data: bytes(3 * 512, 1) },
+    { offset: 3 * MiB + 7 * 512, data: bytes(64 * 512, 2) },
+    { offset: 17 * MiB, data: bytes(2 * MiB + 512, 3) },
+  ];
+  const child = path.join(dir, 'child.vhd');
+  writeVhdDiff(child, { parentFile: parent, locators: [{ code: 'W2ru', path: '.\\parent.vhd' }], writes });
+  // qemu's vpc driver has no differencing images: the oracle is the parent (as qemu reads it) with the writes.
+  const expected = path.join(dir, 'expected.raw');
+  await run('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', parent, expected]);
+  const fd = openSync(expected, 'r+');
+  try {
+    for (const w of writes) writeSync(fd, w.data, 0, w.data.length, w.offset);
+  } finally {
+    closeSync(fd);
+  }
+  const { maxPieces } = await checkBoth('vhd-diff', child, false, undefined, expected);
+  assert.ok(maxPieces > 1, 'some jobs mix child and parent ranges');
+});
+
+test('a source that shrinks under the copy fails naming the file; nothing is left behind', async () => {
+  const dir = scratch('direct-shrink');
+  const src = path.join(dir, 'disk.raw');
+  copyFileSync(await patternRaw(), src);
+  const img: DiskImage = await openImage(src);
+  try {
+    truncateSync(src, 8 * MiB); // the image was opened at full size
+    const out = path.join(dir, 'out.raw');
+    await assert.rejects(
+      convertImage(img, out, { format: 'raw', directCopy: 'always' }),
+      (e) => e instanceof StrataError && e.code === 'TRUNCATED' && e.file === src && (e.offset ?? 0) >= 8 * MiB,
+    );
+  } finally {
+    await closeChain(img);
+  }
+  assert.deepEqual(readdirSync(dir), ['disk.raw'], 'no output and no temporary file');
+});
+
+test('a full output file system fails naming the output; nothing is left behind', async () => {
+  const dir = scratch('direct-full');
+  const mnt = path.join(dir, 'mnt');
+  await run('mkdir', [mnt]);
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+  try {
+    const out = path.join(mnt, 'out.raw');
+    await assert.rejects(
+      convertWith(await patternRaw(), out, { format: 'raw', directCopy: 'always' }),
+      (e) => e instanceof StrataError && e.code === 'IO' && e.file === out && /ENOSPC|no space/i.test(e.message),
+    );
+    assert.deepEqual(readdirSync(mnt), [], 'the temporary file is removed');
+  } finally {
+    await run('umount', [mnt]);
+  }
+});
+
+test('abort and progress: an aborted copy stops with no output; a whole one reports every byte', async () => {
+  const dir = scratch('direct-abort');
+  const src = await viaQemu('qcow2', ['-O', 'qcow2']);
+  const ac = new AbortController();
+  const out = path.join(dir, 'out.qcow2');
+  let calls = 0;
+  await assert.rejects(
+    convertWith(src, out, {
+      format: 'qcow2',
+      directCopy: 'always',
+      signal: ac.signal,
+      onProgress: () => {
+        if (++calls === 1) ac.abort();
+      },
+    }),
+    (e) => e instanceof StrataError && /interrupted/.test(e.message),
+  );
+  assert.equal(existsSync(out), false);
+  assert.deepEqual(readdirSync(dir), []);
+  let last = 0;
+  let total = 0;
+  const size = await convertWith(src, out, {
+    format: 'raw',
+    directCopy: 'always',
+    onProgress: (done, t) => {
+      assert.ok(done >= last, 'progress never goes back');
+      last = done;
+      total = t;
+    },
+  });
+  assert.equal(total, size);
+  assert.equal(last, size);
+});
