@@ -49,16 +49,29 @@ const common = {
   legalComments: 'none',
 };
 
-// The CLI: import.meta.url (used to find workers and native addons) becomes the bundle's own URL.
+// The CLI, and the entry that loads it with V8's code cache (src/cli/launch.ts): import.meta.url
+// (used to find workers and native addons) becomes each file's own URL.
+const ownUrl = "const __strataUrl = require('node:url').pathToFileURL(__filename).href;";
 await build({
   ...common,
   entryPoints: [path.join(root, 'src', 'cli', 'bin.ts')],
+  outfile: path.join(out, 'strata-main.cjs'),
+  format: 'cjs',
+  define: { 'import.meta.url': '__strataUrl' },
+  banner: { js: ownUrl },
+  plugins: [lazyChildProcess],
+});
+// src/cli/launch.ts compiles the bundle through vm.Script on Node 20, where import() cannot work.
+if (/(^|[^\w$.])import\(/.test(readFileSync(path.join(out, 'strata-main.cjs'), 'utf8'))) {
+  throw new Error('dist/cli/strata-main.cjs has an import(): load that module with a static import or require');
+}
+await build({
+  ...common,
+  entryPoints: [path.join(root, 'src', 'cli', 'launch.ts')],
   outfile: path.join(out, 'strata.cjs'),
   format: 'cjs',
   define: { 'import.meta.url': '__strataUrl' },
-  // (the entry file's own #! line is kept at the top)
-  banner: { js: "const __strataUrl = require('node:url').pathToFileURL(__filename).href;" },
-  plugins: [lazyChildProcess],
+  banner: { js: `#!/usr/bin/env node\n${ownUrl}` },
 });
 
 // Workers are started by URL relative to the module that starts them: in the bundle that is

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 
 /**
@@ -52,11 +54,7 @@ async function storeFsWanted(argv: string[]): Promise<boolean> {
     }
     if (a.startsWith('-')) continue;
     if (/^https?:\/\//i.test(a)) return false;
-    const [{ existsSync }, { libraryLocation, MARKER }, path] = await Promise.all([
-      import('node:fs'),
-      import('../library/library.js'),
-      import('node:path'),
-    ]);
+    const { libraryLocation, MARKER } = await import('../library/library.js');
     return !existsSync(a) && existsSync(path.join(libraryLocation(), MARKER));
   }
   return false;

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { Catalog } from '../catalog/catalog.js';
@@ -40,7 +40,6 @@ export class Library {
         });
       }
       if (existsSync(root) && !existsSync(path.join(root, 'store'))) {
-        const { readdirSync } = await import('node:fs');
         if (readdirSync(root).length > 0) {
           throw new StrataError('USAGE', 'directory exists, is not empty and is not a Strata library', { file: root });
         }

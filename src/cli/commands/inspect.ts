@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { BlockDiff } from '../../inspect/block-diff.js';
 import type { PackageDiff } from '../../inspect/package-diff.js';
@@ -173,11 +175,7 @@ function humanHit(h: SearchHit): string {
  */
 async function isLibraryRef(args: string[], o: Record<string, unknown>): Promise<boolean> {
   if (o.library) return true;
-  const [{ existsSync }, { libraryLocation, MARKER }, path] = await Promise.all([
-    import('node:fs'),
-    import('../../library/library.js'),
-    import('node:path'),
-  ]);
+  const { libraryLocation, MARKER } = await import('../../library/library.js');
   if (args.some((x) => /^https?:\/\//i.test(x) || existsSync(x))) return false;
   return existsSync(path.join(libraryLocation(), MARKER));
 }
