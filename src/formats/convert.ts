@@ -1,4 +1,5 @@
 import { existsSync, realpathSync } from 'node:fs';
+import { pageAlignedBuffer } from '../util/aligned.js';
 import { StrataError } from '../util/errors.js';
 import { directCopy } from './direct-copy.js';
 import { chain, resolvedStatus } from './layer.js';
@@ -202,7 +203,12 @@ async function pump(
   let bytesRead = 0;
   const queue: Pending[] = [];
   let queued = 0;
+  // One page-aligned shared region for all pooled buffers, sliced (each chunk a multiple of 4 KiB).
   const pool: Uint8Array[] = [];
+  if (readInto) {
+    const region = pageAlignedBuffer(chunk * POOL_BUFFERS, true);
+    for (let i = 0; i < POOL_BUFFERS; i++) pool.push(region.subarray(i * chunk, (i + 1) * chunk));
+  }
   let pooledInFlight = 0;
   const writes: Promise<void>[] = [];
 
@@ -210,7 +216,7 @@ async function pump(
     const p: Pending = { item };
     if (item.kind === 'data') {
       if (readInto) {
-        const buf = pool.pop() ?? pooledBuffer(chunk);
+        const buf = pool.pop()!; // never empty: at most POOL_BUFFERS are in flight
         const view = buf.subarray(0, item.length);
         p.pooled = buf;
         pooledInFlight++;
@@ -273,14 +279,6 @@ async function pump(
   await Promise.all(writes);
   onProgress?.(total, total);
   return bytesRead;
-}
-
-/**
- * A read buffer for the pool: backed by a SharedArrayBuffer, so readers that decompress in
- * worker threads (stream-optimized VMDK) can inflate straight into it.
- */
-function pooledBuffer(n: number): Buffer {
-  return Buffer.from(new SharedArrayBuffer(n));
 }
 
 /** The backing image's bytes over [offset, offset+length), or undefined when they are all zeros. */

@@ -5,6 +5,7 @@
  * runs one while the workers start. See direct-copy-protocol.ts for the layout.
  */
 import { readSync, writeSync } from 'node:fs';
+import { pageAlignedBuffer } from '../util/aligned.js';
 import { isZeroRange } from '../util/zero.js';
 import {
   BYTES_DONE,
@@ -66,7 +67,7 @@ export class JobCopier {
     this.progress = new BigInt64Array(d.progress);
     this.head = new Float64Array(d.head);
     this.gran = d.granularity;
-    this.own = Buffer.allocUnsafeSlow(d.jobBytes);
+    this.own = pageAlignedBuffer(d.jobBytes);
     this.flags = new Uint8Array(Math.ceil(d.jobBytes / this.gran));
   }
 
@@ -79,7 +80,7 @@ export class JobCopier {
       if (this.step()) continue;
       if (Atomics.load(ctl, END) && Atomics.load(ctl, CLAIMED) >= Atomics.load(ctl, PUBLISHED)) return;
       Atomics.add(ctl, SLEEPERS, 1);
-      this.waitWhile(PUBLISHED, p);
+      this.waitWhile(PUBLISHED, p, END);
       Atomics.sub(ctl, SLEEPERS, 1);
     }
   }
@@ -111,11 +112,15 @@ export class JobCopier {
     }
   }
 
-  /** Wait until `ctl[i]` is not `value` (or STOP): spin briefly first. */
-  private waitWhile(i: number, value: number): void {
+  /**
+   * Wait until `ctl[i]` is not `value`, or STOP (or the flag `orFlag`, when given, e.g. END:
+   * nothing more will be published) is set. Spins briefly first.
+   */
+  private waitWhile(i: number, value: number, orFlag = STOP): void {
     const ctl = this.ctl;
-    for (let spin = 0; spin < SPINS; spin++) if (Atomics.load(ctl, i) !== value || ctl[STOP]) return;
-    while (Atomics.load(ctl, i) === value && !Atomics.load(ctl, STOP)) Atomics.wait(ctl, i, value, 20);
+    const over = () => Atomics.load(ctl, STOP) !== 0 || Atomics.load(ctl, orFlag) !== 0;
+    for (let spin = 0; spin < SPINS; spin++) if (Atomics.load(ctl, i) !== value || over()) return;
+    while (Atomics.load(ctl, i) === value && !over()) Atomics.wait(ctl, i, value, 20);
   }
 
   /** The job's bytes, in this copier's buffer or in its inline slot. */

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { pageAlignedBuffer } from '../util/aligned.js';
 import { StrataError } from '../util/errors.js';
 import { CopyFailure, JobCopier } from './copy-job.js';
 import {
@@ -80,7 +81,7 @@ export async function directCopy(src: DiskImage, target: DirectTarget, opts: Dir
   const total = src.size;
   const ctl = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
   const jobs = new Float64Array(new SharedArrayBuffer(RING * SLOT_WORDS * 8));
-  const inline = new Uint8Array(new SharedArrayBuffer(INLINE_SLOTS * J));
+  const inline = pageAlignedBuffer(INLINE_SLOTS * J, true);
   const inlineBusy = new Int32Array(new SharedArrayBuffer(INLINE_SLOTS * 4));
   const progress = new BigInt64Array(new SharedArrayBuffer(16));
   const head = new Float64Array(new SharedArrayBuffer(8));
