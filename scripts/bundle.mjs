@@ -5,7 +5,7 @@
 // ~40 ms past Node's own start-up in the ES module loader (resolve, read, translate, link per
 // file) and in built-ins nobody uses on that path; one CommonJS file is read and compiled once.
 // The library (dist/src) stays ES modules; only the command is bundled.
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -75,7 +75,9 @@ await build({
 });
 
 // Workers are started by URL relative to the module that starts them: in the bundle that is
-// dist/cli/, so each worker entry point is bundled there under its own name.
+// dist/cli/, so each worker entry point is bundled there under its own name. As CommonJS (the
+// package.json written beside them says so): a worker then starts ~5 ms sooner than as an ES
+// module, and the copy workers start on every large convert.
 await build({
   ...common,
   entryPoints: {
@@ -84,6 +86,8 @@ await build({
     'copy-worker': path.join(root, 'src', 'formats', 'copy-worker.ts'),
   },
   outdir: out,
-  format: 'esm',
-  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  format: 'cjs',
+  define: { 'import.meta.url': '__strataUrl' },
+  banner: { js: ownUrl },
 });
+writeFileSync(path.join(out, 'package.json'), `${JSON.stringify({ type: 'commonjs' })}\n`);
