@@ -7,9 +7,12 @@ import { type ByteSource, clampRead } from './byte-source.js';
  * Reads up to this size are tried synchronously first. On this kind of VM a read handed to
  * libuv's thread pool costs ~0.1 ms in the hand-off alone, while a page-cache hit read in
  * place costs a few microseconds: NBD's 4 KiB random reads and a file-system walk's
- * metadata reads are mostly such hits. A synchronous read that took longer than SLOW_NS
- * (the data came from the disk) sends the next BACKOFF_READS reads back to the pool, so a
- * cold or slow file blocks the event loop for one read in BACKOFF_READS at most.
+ * metadata reads are mostly such hits. Two synchronous reads in a row that took longer than
+ * SLOW_NS (the data came from the disk) send the next BACKOFF_READS reads back to the pool,
+ * so a cold or slow file blocks the event loop for two reads in BACKOFF_READS at most. One
+ * slow read alone is not enough: on a 2-core VM the thread is often just descheduled for a
+ * millisecond (a GC helper thread ran), and backing off then sent ~300 of the ~570 reads of
+ * an `ls -R` to the pool at ~0.1 ms each (2 runs in 3).
  */
 const SYNC_MAX = 64 * 1024;
 const SLOW_NS = 1_000_000n;
@@ -19,6 +22,8 @@ const BACKOFF_READS = 1024;
 export class FileSource implements ByteSource {
   /** Reads left to hand to the thread pool before trying a synchronous one again. */
   private backoff = 0;
+  /** Whether the last synchronous read was slow. */
+  private lastSlow = false;
 
   private constructor(
     private readonly fh: FileHandle,
@@ -96,7 +101,11 @@ export class FileSource implements ByteSource {
     } catch (e) {
       return Promise.reject(e);
     }
-    if (process.hrtime.bigint() - t0 > SLOW_NS) this.backoff = BACKOFF_READS;
+    const slow = process.hrtime.bigint() - t0 > SLOW_NS;
+    if (slow && this.lastSlow) {
+      this.backoff = BACKOFF_READS;
+      this.lastSlow = false;
+    } else this.lastSlow = slow;
     return Promise.resolve(n);
   }
 }

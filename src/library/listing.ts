@@ -25,17 +25,24 @@ export interface LsRecord {
   rdev?: { major: number; minor: number };
 }
 
+/** The last second formatted by isoTime: files of one package share their mtime, so listings repeat it. */
+let lastSec = Number.NaN;
+let lastBase: string | null = null;
+
 /** Seconds + nanoseconds as `2024-01-02T03:04:05.123456789Z` (years past 2038 and before 1970 included). */
 export function isoTime(ts: Timestamp | undefined): string | null {
   if (!ts) return null;
   const sec = Math.floor(ts.sec);
   const nsec = Math.min(999_999_999, Math.max(0, Math.trunc(ts.nsec)));
-  const d = new Date(sec * 1000);
-  if (Number.isNaN(d.getTime())) return null;
-  // toISOString gives "...:05.000Z" (or "+275760-..." style for extreme years): swap in the nanoseconds.
-  const base = d.toISOString();
-  const dot = base.lastIndexOf('.');
-  return `${base.slice(0, dot)}.${String(nsec).padStart(9, '0')}Z`;
+  if (sec !== lastSec) {
+    const d = new Date(sec * 1000);
+    // toISOString gives "...:05.000Z" (or "+275760-..." style for extreme years): keep what precedes the dot.
+    const iso = Number.isNaN(d.getTime()) ? null : d.toISOString();
+    lastBase = iso === null ? null : iso.slice(0, iso.lastIndexOf('.'));
+    lastSec = sec;
+  }
+  if (lastBase === null) return null;
+  return `${lastBase}.${String(nsec).padStart(9, '0')}Z`;
 }
 
 const TYPE_CHAR: Record<FileType, string> = {
