@@ -23,7 +23,7 @@ import { buildBlockMap } from '../src/blockmap/build.js';
 import { readTraceBatches, TraceResolver } from '../src/blockmap/trace.js';
 import { openImage } from '../src/formats/open.js';
 import { xorshift32 } from '../src/util/prng.js';
-import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
+import { benchChildEnv, benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
 
 const BENCH = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
 const RUNS = Number(opt('--runs') ?? 3);
@@ -76,6 +76,8 @@ function timedChild(cmd: string, argv: string[]): Promise<{ ms: number; out: str
 }
 
 async function main(): Promise<void> {
+  const env = benchChildEnv();
+  console.log(JSON.stringify(env));
   need('ifind', 'sleuthkit');
   const image = setup();
   const first = await buildOnce(image);

@@ -29,7 +29,7 @@ import * as path from 'node:path';
 import { checkin } from '../src/library/checkin.js';
 import { Library } from '../src/library/library.js';
 import { zstdCompress } from '../src/util/zstd.js';
-import { benchBaseImage, benchDerivedImage, CLI, need, opt, ROOT, sh } from './common.js';
+import { benchChildEnv, benchBaseImage, benchDerivedImage, CLI, need, opt, ROOT, sh } from './common.js';
 
 const BENCH = process.env.STRATA_BENCH ?? path.join(ROOT, '.cache', 'bench');
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-checkin';
@@ -144,6 +144,8 @@ async function sweep(base: string, derived: string): Promise<unknown[]> {
 }
 
 async function main(): Promise<void> {
+  const env = benchChildEnv();
+  console.log(JSON.stringify(env));
   need('casync', 'casync');
   const base = opt('--base') ?? benchBaseImage(BENCH, log);
   const derived = opt('--derived') ?? benchDerivedImage(BENCH, log);

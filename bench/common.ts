@@ -25,6 +25,23 @@ export const ROOT = (() => {
 })();
 export const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
+/**
+ * The environment the measured children get. This sandbox sets NODE_EXTRA_CA_CERTS to the
+ * system CA bundle, and Node parses that file at every start-up, before any of our code runs:
+ * `node -e 0` takes ~29 ms without it and ~83 ms with it here (user CPU 21 vs 66 ms). A
+ * user's machine does not normally set it, none of the peer tools reads it, and Strata needs
+ * it only for HTTPS sources signed by an extra CA. So the benchmarks drop it for every child
+ * (peers included) unless BENCH_KEEP_ENV=1; call this first in main() and print what it
+ * returns with the results.
+ */
+export function benchChildEnv(): { childEnv: string } {
+  const extra = process.env.NODE_EXTRA_CA_CERTS;
+  if (extra === undefined) return { childEnv: 'as given' };
+  if (process.env.BENCH_KEEP_ENV === '1') return { childEnv: `as given (NODE_EXTRA_CA_CERTS=${extra} kept)` };
+  delete process.env.NODE_EXTRA_CA_CERTS;
+  return { childEnv: `NODE_EXTRA_CA_CERTS=${extra} dropped (BENCH_KEEP_ENV=1 keeps it)` };
+}
+
 /** `--name VALUE` from the command line. */
 export function opt(name: string): string | undefined {
   const args = process.argv.slice(2);

@@ -20,7 +20,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { CLI as BIN, childCpuMs, ROOT } from './common.js';
+import { benchChildEnv, CLI as BIN, childCpuMs, ROOT } from './common.js';
 import { makeMixedRaw } from './mixed-disk.js';
 
 const pexec = promisify(execFile);
@@ -67,6 +67,9 @@ interface Case {
 }
 
 async function main(): Promise<void> {
+  const env = benchChildEnv();
+  console.log(JSON.stringify(env));
+  mkdirSync(DIR, { recursive: true });
   mkdirSync(OUT, { recursive: true });
   const gib = (SIZE / 2 ** 30).toString().replace('.', '_');
   const raw = await cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
@@ -160,6 +163,7 @@ async function main(): Promise<void> {
       bytes: SIZE,
       runs: RUNS,
       startupMs: round(startupMs),
+      ...env,
       cases: results.length,
       failed: results.length - ok.length,
       minRatioUncompressed: uncompressed.length ? Math.min(...uncompressed.map((r) => r.ratio as number)) : null,

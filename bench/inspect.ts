@@ -35,6 +35,7 @@ import {
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import {
+  benchChildEnv,
   benchBaseImage,
   benchDerivedImage,
   benchDerivedRootfs,
@@ -232,6 +233,8 @@ function compareInspect(xml: string, ours: Array<Record<string, unknown>>): Reco
 }
 
 async function main(): Promise<void> {
+  const env = benchChildEnv();
+  console.log(JSON.stringify(env));
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: npm run build first`);
   const node = process.execPath;
   const genv = { ...process.env, LIBGUESTFS_BACKEND: process.env.LIBGUESTFS_BACKEND ?? 'direct' };

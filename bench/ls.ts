@@ -30,7 +30,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import * as path from 'node:path';
-import { benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
+import { benchChildEnv, benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
 
 const BENCH = path.join(ROOT, '.cache', 'bench');
 
@@ -182,6 +182,8 @@ function hotSpots(file: string, top = 15): Array<{ fn: string; where: string; se
 }
 
 async function main(): Promise<void> {
+  const env = benchChildEnv();
+  console.log(JSON.stringify(env));
   need('fls', 'sleuthkit');
   need('debugfs', 'e2fsprogs');
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: npm run build first`);

@@ -24,7 +24,7 @@ import { createServer } from 'node:net';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { CLI as BIN, ROOT } from './common.js';
+import { benchChildEnv, CLI as BIN, ROOT } from './common.js';
 import { makeMixedRaw } from './mixed-disk.js';
 
 const pexec = promisify(execFile);
@@ -259,6 +259,8 @@ async function libraryCase(raw: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  const env = benchChildEnv();
+  console.log(JSON.stringify(env));
   const cases = (process.env.BENCH_CASES ?? 'image,library').split(',');
   const gib = (SIZE / 2 ** 30).toString().replace('.', '_');
   const raw = await cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
