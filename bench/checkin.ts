@@ -29,7 +29,7 @@ import * as path from 'node:path';
 import { checkin } from '../src/library/checkin.js';
 import { Library } from '../src/library/library.js';
 import { zstdCompress } from '../src/util/zstd.js';
-import { benchChildEnv, benchBaseImage, benchDerivedImage, CLI, need, opt, ROOT, sh } from './common.js';
+import { benchBaseImage, benchChildEnv, benchDerivedImage, CLI, need, opt, ROOT, sh } from './common.js';
 
 const BENCH = process.env.STRATA_BENCH ?? path.join(ROOT, '.cache', 'bench');
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-checkin';

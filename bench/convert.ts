@@ -20,7 +20,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { benchChildEnv, CLI as BIN, childCpuMs, ROOT } from './common.js';
+import { CLI as BIN, benchChildEnv, childCpuMs, ROOT } from './common.js';
 import { makeMixedRaw } from './mixed-disk.js';
 
 const pexec = promisify(execFile);

@@ -35,8 +35,8 @@ import {
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import {
-  benchChildEnv,
   benchBaseImage,
+  benchChildEnv,
   benchDerivedImage,
   benchDerivedRootfs,
   benchRootfs,

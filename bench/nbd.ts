@@ -24,7 +24,7 @@ import { createServer } from 'node:net';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { benchChildEnv, CLI as BIN, ROOT } from './common.js';
+import { CLI as BIN, benchChildEnv, ROOT } from './common.js';
 import { makeMixedRaw } from './mixed-disk.js';
 
 const pexec = promisify(execFile);
