@@ -55,6 +55,7 @@ export interface ExtractResult {
 
 const O_CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 const MAX_KEPT_WARNINGS = 1000;
+const S_ISGID = 0o2000;
 
 const toSeconds = (t: Timestamp | undefined): number | undefined => (t ? t.sec + t.nsec / 1e9 : undefined);
 
@@ -143,22 +144,37 @@ export async function extractTree(
     // --- one entry -----------------------------------------------------------------------
     const firstLink = new Map<number, Promise<string | undefined>>();
 
-    const setMeta = (target: string, ino: Inode, fd?: number) => {
+    // Syscalls per file are most of an extraction's cost, so none is spent on what creation
+    // already got right. A new entry is owned by our effective uid and gid, unless its
+    // directory is set-group-ID (then it takes the directory's group): our own directories
+    // are not (they get their modes last) unless DEST is, and a directory that was already in
+    // DEST may be, so from the first one of those on, every entry is chowned.
+    const euid = typeof process.geteuid === 'function' ? process.geteuid() : -1;
+    const egid = typeof process.getegid === 'function' ? process.getegid() : -1;
+    let ownerFromCreation = (lstatSync(destReal).mode & S_ISGID) === 0;
+    const needsChown = (ino: Inode) => owner && (!ownerFromCreation || ino.uid !== euid || ino.gid !== egid);
+    // Permission bits are given to open() when the umask leaves them whole and there are no
+    // set-ID or sticky bits (a write would clear set-ID bits for a non-root process anyway).
+    const umask = currentUmask();
+    const modeAtOpen = (perm: number) => ((perm & 0o7000) === 0 && (perm & umask) === 0 ? perm : undefined);
+
+    const setMeta = (target: string, ino: Inode, fd?: number, modeSet = false) => {
       const mt = toSeconds(ino.mtime);
       const at = toSeconds(ino.atime) ?? mt;
       if (fd !== undefined) {
-        if (owner) fchownSync(fd, ino.uid, ino.gid);
-        fchmodSync(fd, ino.mode & 0o7777);
+        if (needsChown(ino)) fchownSync(fd, ino.uid, ino.gid);
+        if (!modeSet) fchmodSync(fd, ino.mode & 0o7777);
         if (mt !== undefined && at !== undefined) futimesSync(fd, at, mt);
       } else {
-        if (owner) lchownSync(target, ino.uid, ino.gid);
+        if (needsChown(ino)) lchownSync(target, ino.uid, ino.gid);
         if (mt !== undefined && at !== undefined) lutimesSync(target, at, mt);
       }
     };
 
     const writeFile = async (item: WalkItem, target: string) => {
       const ino = item.inode;
-      const fd = openSync(target, O_CREATE_NEW, 0o600);
+      const perm = modeAtOpen(ino.mode & 0o7777);
+      const fd = openSync(target, O_CREATE_NEW, perm ?? 0o600);
       try {
         let end = 0;
         if (ino.size > 0) {
@@ -167,7 +183,7 @@ export async function extractTree(
           end = c.end;
         }
         if (end !== ino.size) ftruncateSync(fd, ino.size); // a trailing hole
-        setMeta(target, ino, fd);
+        setMeta(target, ino, fd, perm !== undefined);
       } finally {
         closeSync(fd);
       }
@@ -358,7 +374,7 @@ export async function extractTree(
     }
 
     // --- a tree ------------------------------------------------------------------------------
-    const dirs: { target: string; inode: Inode }[] = [];
+    const dirs: { target: string; inode: Inode; existed?: boolean }[] = [];
     if (created) dirs.push({ target: destReal, inode: top });
     const refused = new Set<string>(); // image paths of directories whose subtree is skipped
     const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
@@ -383,7 +399,10 @@ export async function extractTree(
               const st = lstatSync(target);
               ok = st.isDirectory() && !st.isSymbolicLink();
               if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
-              else dirs.push({ target, inode: item.inode });
+              else {
+                dirs.push({ target, inode: item.inode, existed: true });
+                if (st.mode & S_ISGID) ownerFromCreation = false;
+              }
             } else if (code && ENTRY_ERRORS.has(code)) {
               skip(`${item.path}: directory not created (${code}); subtree not extracted`);
             } else throw destError(e, target);
@@ -399,9 +418,9 @@ export async function extractTree(
 
     // Directory modes and times last, deepest first, so writing children does not undo them.
     for (let i = dirs.length - 1; i >= 0; i--) {
-      const { target, inode } = dirs[i];
+      const { target, inode, existed } = dirs[i];
       try {
-        if (owner) lchownSync(target, inode.uid, inode.gid);
+        if (existed ? owner : needsChown(inode)) lchownSync(target, inode.uid, inode.gid);
         chmodSync(target, inode.mode & 0o7777);
         const mt = toSeconds(inode.mtime);
         const at = toSeconds(inode.atime) ?? mt;
@@ -521,6 +540,17 @@ function writeAll(fd: number, b: Uint8Array, position: number): void {
     const bytesWritten = writeSync(fd, b, done, b.length - done, position + done);
     if (bytesWritten <= 0) throw new StrataError('IO', 'write made no progress', { offset: position + done });
     done += bytesWritten;
+  }
+}
+
+/** The process's umask (read by setting and restoring it: Node has no side-effect-free read). */
+function currentUmask(): number {
+  try {
+    const m = process.umask(0o022);
+    process.umask(m);
+    return m;
+  } catch {
+    return 0o7777; // worker threads cannot change it: then every mode is set with fchmod
   }
 }
 

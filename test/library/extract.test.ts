@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import {
   type BigIntStats,
+  chmodSync,
+  chownSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -101,6 +103,36 @@ describe('extractTree', () => {
       assert.equal(sparse.size, 64 * 1024 * 1024);
       assert.ok(sparse.blocks * 512 < 1024 * 1024, `sparse.img holds ${sparse.blocks * 512} bytes on disk`);
     } finally {
+      await at.close();
+      rmSync(box, { recursive: true, force: true });
+    }
+  });
+
+  test("a set-group-ID DEST and a strict umask still give every entry the image's owner and mode", async () => {
+    // New entries in a set-group-ID folder take its group, and the umask trims the mode given
+    // at creation: the extractor must notice both and set owner and mode itself.
+    const box = scratch('extract-sgid');
+    const dest = path.join(box, 'dest');
+    mkdirSync(dest);
+    chownSync(dest, 0, 4242);
+    chmodSync(dest, 0o2775);
+    const at = await openAddress(fx.whole);
+    const old = process.umask(0o077);
+    try {
+      const r = await extractTree(at.fs, '/', dest);
+      assert.equal(r.skipped, 0);
+      let checked = 0;
+      for (const rel of listTree(fx.src)) {
+        const s = lstatSync(path.join(fx.src, rel));
+        const d = lstatSync(path.join(dest, rel));
+        assert.equal(d.uid, s.uid, `${rel}: uid`);
+        assert.equal(d.gid, s.gid, `${rel}: gid (not DEST's 4242)`);
+        if (!s.isSymbolicLink()) assert.equal(d.mode & 0o7777, s.mode & 0o7777, `${rel}: mode under umask 077`);
+        checked++;
+      }
+      assert.ok(checked > 10, `${checked} entries compared`);
+    } finally {
+      process.umask(old);
       await at.close();
       rmSync(box, { recursive: true, force: true });
     }
