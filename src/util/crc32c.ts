@@ -15,10 +15,14 @@ for (let i = 0; i < 256; i++) {
  * standard value. ext4 chains raw updates, so both forms are exposed.
  */
 export function crc32cRaw(crc: number, data: Uint8Array): number {
+  return crc32cRange(crc, data, 0, data.length);
+}
+
+/** crc32cRaw over `data[from, to)`, without a subarray (per-inode checksums call this often). */
+export function crc32cRange(crc: number, data: Uint8Array, from: number, to: number): number {
   let c = crc >>> 0;
-  let i = 0;
-  const n = data.length;
-  for (; i + 8 <= n; i += 8) {
+  let i = from;
+  for (; i + 8 <= to; i += 8) {
     const a = c ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24));
     c =
       T[7 * 256 + (a & 0xff)] ^
@@ -30,7 +34,17 @@ export function crc32cRaw(crc: number, data: Uint8Array): number {
       T[256 + data[i + 6]] ^
       T[data[i + 7]];
   }
-  for (; i < n; i++) c = T[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  for (; i < to; i++) c = T[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  return c >>> 0;
+}
+
+/** crc32cRaw of the 4 little-endian bytes of `n` (no array). */
+export function crc32cU32(crc: number, n: number): number {
+  let c = crc >>> 0;
+  c = T[(c ^ n) & 0xff] ^ (c >>> 8);
+  c = T[(c ^ (n >>> 8)) & 0xff] ^ (c >>> 8);
+  c = T[(c ^ (n >>> 16)) & 0xff] ^ (c >>> 8);
+  c = T[(c ^ (n >>> 24)) & 0xff] ^ (c >>> 8);
   return c >>> 0;
 }
 

@@ -1,6 +1,6 @@
 import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
-import { crc32cRaw } from '../../util/crc32c.js';
+import { crc32cRange, crc32cRaw, crc32cU32 } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import type {
@@ -103,13 +103,6 @@ const TYPE_BY_DIRENT: FileType[] = ['unknown', 'file', 'dir', 'char', 'block', '
 
 const td = new TextDecoder('utf-8');
 
-const scratch4 = new Uint8Array(4);
-const scratchView = new DataView(scratch4.buffer);
-/** A little-endian u32 in a shared scratch array: only for immediate, synchronous use (crc input). */
-function le32(n: number): Uint8Array {
-  scratchView.setUint32(0, n >>> 0, true);
-  return scratch4;
-}
 const ZERO2 = new Uint8Array(2);
 
 /**
@@ -298,7 +291,7 @@ export class ExtFileSystem implements FileSystem {
           itableUnused: v.getUint16(o + 0x1c, true) + hi16(0x32),
         });
         if (this.metadataCsum) {
-          let c = crc32cRaw(this.csumSeed, le32(g));
+          let c = crc32cU32(this.csumSeed, g);
           c = crc32cRaw(c, buf.subarray(o, o + 0x1e));
           c = crc32cRaw(c, ZERO2);
           if (ds > 0x20) c = crc32cRaw(c, buf.subarray(o + 0x20, o + ds));
@@ -407,15 +400,14 @@ export class ExtFileSystem implements FileSystem {
       const hasHi = extraIsize >= 4;
       const stored = v.getUint16(0x7c, true) + (hasHi ? v.getUint16(0x82, true) * 65536 : 0);
       // crc over the inode with the checksum fields taken as zeros
-      let c = crc32cRaw(this.csumSeed, le32(ino));
-      c = crc32cRaw(c, le32(generation));
-      c = crc32cRaw(c, raw.subarray(0, 0x7c));
-      c = crc32cRaw(c, ZERO2);
+      let c = crc32cU32(crc32cU32(this.csumSeed, ino), generation);
+      c = crc32cRange(c, raw, 0, 0x7c);
+      c = crc32cRange(c, ZERO2, 0, 2);
       if (hasHi) {
-        c = crc32cRaw(c, raw.subarray(0x7e, 0x82));
-        c = crc32cRaw(c, ZERO2);
-        c = crc32cRaw(c, raw.subarray(0x84));
-      } else c = crc32cRaw(c, raw.subarray(0x7e));
+        c = crc32cRange(c, raw, 0x7e, 0x82);
+        c = crc32cRange(c, ZERO2, 0, 2);
+        c = crc32cRange(c, raw, 0x84, raw.length);
+      } else c = crc32cRange(c, raw, 0x7e, raw.length);
       const want = hasHi ? c >>> 0 : c & 0xffff;
       if (want !== stored) this.warn(`${structure}: checksum mismatch (metadata_csum)`);
     }
@@ -496,7 +488,7 @@ export class ExtFileSystem implements FileSystem {
   }
 
   private inodeSeed(n: ExtNode): number {
-    return crc32cRaw(crc32cRaw(this.csumSeed, le32(n.ino)), le32(n.generation));
+    return crc32cU32(crc32cU32(this.csumSeed, n.ino), n.generation);
   }
 
   async root(): Promise<Inode> {
