@@ -10,9 +10,9 @@
  * BENCH_OUT_DIR puts only the outputs elsewhere (tmpfs keeps the kernel's dirty-page
  * throttling of a slow disk out of both tools' figures; inputs are read from the page cache).
  *
- * Each run of either tool is a whole process, so Strata pays Node's start-up (about 0.2 s
- * here, measured as `startupMs`: `strata info` of a 1 MiB image) on every case; at 1 GiB that
- * is a third of qemu-img's whole time. `strataMsLessStartup` and `ratioLessStartup` show the
+ * Each run of either tool is a whole process, so Strata pays Node's start-up (~40 ms here
+ * without NODE_EXTRA_CA_CERTS, see benchChildEnv; measured as `startupMs`: `strata info` of a
+ * 1 MiB image) on every case. `strataMsLessStartup` and `ratioLessStartup` show the
  * conversion itself; the end-to-end `ratio` stays the headline figure.
  */
 import { execFile, spawn } from 'node:child_process';
