@@ -49,16 +49,15 @@ const common = {
   legalComments: 'none',
 };
 
-// The CLI, and the entry that loads it with V8's code cache (src/cli/launch.ts): import.meta.url
-// (used to find workers and native addons) becomes each file's own URL.
+// Everything is bundled as CommonJS; import.meta.url (used to find workers and native addons)
+// becomes each file's own URL. First the CLI, and the entry that loads it with V8's code cache
+// (src/cli/launch.ts).
 const ownUrl = "const __strataUrl = require('node:url').pathToFileURL(__filename).href;";
+const cjs = { ...common, format: 'cjs', define: { 'import.meta.url': '__strataUrl' }, banner: { js: ownUrl } };
 await build({
-  ...common,
+  ...cjs,
   entryPoints: [path.join(root, 'src', 'cli', 'bin.ts')],
   outfile: path.join(out, 'strata-main.cjs'),
-  format: 'cjs',
-  define: { 'import.meta.url': '__strataUrl' },
-  banner: { js: ownUrl },
   plugins: [lazyChildProcess],
 });
 // src/cli/launch.ts compiles the bundle through vm.Script on Node 20, where import() cannot work.
@@ -66,11 +65,9 @@ if (/(^|[^\w$.])import\(/.test(readFileSync(path.join(out, 'strata-main.cjs'), '
   throw new Error('dist/cli/strata-main.cjs has an import(): load that module with a static import or require');
 }
 await build({
-  ...common,
+  ...cjs,
   entryPoints: [path.join(root, 'src', 'cli', 'launch.ts')],
   outfile: path.join(out, 'strata.cjs'),
-  format: 'cjs',
-  define: { 'import.meta.url': '__strataUrl' },
   banner: { js: `#!/usr/bin/env node\n${ownUrl}` },
 });
 
@@ -79,15 +76,12 @@ await build({
 // package.json written beside them says so): a worker then starts ~5 ms sooner than as an ES
 // module, and the copy workers start on every large convert.
 await build({
-  ...common,
+  ...cjs,
   entryPoints: {
     'inflate-worker': path.join(root, 'src', 'formats', 'vmdk', 'inflate-worker.ts'),
     'zstd-worker': path.join(root, 'src', 'store', 'zstd-worker.ts'),
     'copy-worker': path.join(root, 'src', 'formats', 'copy-worker.ts'),
   },
   outdir: out,
-  format: 'cjs',
-  define: { 'import.meta.url': '__strataUrl' },
-  banner: { js: ownUrl },
 });
 writeFileSync(path.join(out, 'package.json'), `${JSON.stringify({ type: 'commonjs' })}\n`);

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { readIntoOrCopy } from '../io/byte-source.js';
 import { pageAlignedBuffer } from '../util/aligned.js';
 import { StrataError } from '../util/errors.js';
 import { CopyFailure, JobCopier } from './copy-job.js';
@@ -287,13 +288,7 @@ export async function directCopy(src: DiskImage, target: DirectTarget, opts: Dir
 }
 
 async function readInto(src: DiskImage, offset: number, out: Uint8Array): Promise<void> {
-  let got: number;
-  if (src.readInto) got = await src.readInto(offset, out);
-  else {
-    const b = await src.read(offset, out.length);
-    out.set(b.subarray(0, out.length));
-    got = b.length;
-  }
+  const got = await readIntoOrCopy(src, offset, out);
   if (got !== out.length) {
     throw new StrataError('TRUNCATED', `short read: wanted ${out.length} bytes, got ${got}`, {
       file: src.name,

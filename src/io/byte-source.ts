@@ -66,6 +66,19 @@ export function clampStatus(src: { name: string; size: number }, offset: number,
   return Math.max(0, Math.min(length, src.size - offset));
 }
 
+/**
+ * Read into `out` (from `offset`): through `readInto` where the source has it, else `read`
+ * and a copy. Returns how many bytes arrived (fewer at the source's end); the rest of `out`
+ * is left as it was.
+ */
+export async function readIntoOrCopy(src: ByteSource, offset: number, out: Uint8Array): Promise<number> {
+  if (src.readInto) return src.readInto(offset, out);
+  const b = await src.read(offset, out.length);
+  const n = Math.min(out.length, b.length);
+  out.set(b.subarray(0, n));
+  return n;
+}
+
 /** Read exactly `length` bytes or fail with TRUNCATED naming the structure. */
 export async function readExact(
   src: ByteSource,

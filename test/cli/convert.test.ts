@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
+import { qemuCheck, qemuCompare } from '../helpers/qemu-oracles.js';
 import { fixture, ROOT, run, scratch } from '../helpers/tools.js';
 
 const pexec = promisify(execFile);
@@ -32,25 +33,6 @@ function strata(args: string[], cwd?: string): Promise<Outcome> {
 
 const pattern = () => fixture(`cli-convert-${SIZE}-s5-v1.raw`, async (out) => writePatternDisk(out, SIZE, 5));
 
-async function compare(a: string, aFmt: string, b: string, bFmt: string): Promise<void> {
-  try {
-    await pexec('qemu-img', ['compare', '-f', aFmt, '-F', bFmt, a, b]);
-  } catch (e) {
-    const err = e as { stdout?: string; stderr?: string };
-    assert.fail(`qemu-img compare ${a} ${b}: ${err.stdout ?? ''}${err.stderr ?? ''}`);
-  }
-}
-
-async function checkClean(file: string): Promise<void> {
-  const j = JSON.parse(await run('qemu-img', ['check', '--output=json', '-f', 'qcow2', file])) as Record<
-    string,
-    number
-  >;
-  assert.equal(j['check-errors'], 0);
-  assert.equal(j.corruptions ?? 0, 0);
-  assert.equal(j.leaks ?? 0, 0);
-}
-
 function assertOneLineError(o: Outcome, mention: RegExp): void {
   assert.equal(o.code, 1, `exit code (stderr: ${o.stderr})`);
   const lines = o.stderr.trimEnd().split('\n');
@@ -68,13 +50,13 @@ test('convert raw -> qcow2 -> raw: exit 0, silent without a TTY, identical per q
   assert.equal(r1.code, 0, r1.stderr);
   assert.equal(r1.stdout, '');
   assert.equal(r1.stderr, '', 'no progress output when stderr is not a TTY');
-  await checkClean(q);
-  await compare(src, 'raw', q, 'qcow2');
+  await qemuCheck(q);
+  await qemuCompare(src, 'raw', q, 'qcow2');
   const back = path.join(dir, 'back.raw');
   const r2 = await strata(['convert', q, back, '-O', 'raw']);
   assert.equal(r2.code, 0, r2.stderr);
   assert.equal(r2.stderr, '');
-  await compare(src, 'raw', back, 'raw');
+  await qemuCompare(src, 'raw', back, 'raw');
   // qcow2 counts whole 512-byte sectors (as qemu does), so the round trip pads the tail.
   assert.equal(statSync(back).size, Math.ceil(SIZE / 512) * 512);
   assert.deepEqual(readdirSync(dir).sort(), ['back.raw', 'out.qcow2'], 'no temporary files left');
@@ -109,8 +91,8 @@ test('convert options: zstd compression, cluster size, backing file, --json summ
   assert.equal(summary.virtualSize, SIZE);
   assert.equal(summary.compression, 'zstd');
   assert.equal(summary.bytesWritten <= statSync(z).size, true);
-  await checkClean(z);
-  await compare(derived, 'raw', z, 'qcow2');
+  await qemuCheck(z);
+  await qemuCompare(derived, 'raw', z, 'qcow2');
   const zi = JSON.parse(await run('qemu-img', ['info', '--output=json', z])) as Record<string, unknown>;
   assert.equal(zi['cluster-size'], 128 * 1024);
   assert.equal((zi['format-specific'] as { data: Record<string, unknown> }).data['compression-type'], 'zstd');
@@ -118,8 +100,8 @@ test('convert options: zstd compression, cluster size, backing file, --json summ
   const o = path.join(dir, 'overlay.qcow2');
   const rb = await strata(['convert', derived, o, '-O', 'qcow2', '-B', 'base.raw', '-F', 'raw']);
   assert.equal(rb.code, 0, rb.stderr);
-  await checkClean(o);
-  await compare(derived, 'raw', o, 'qcow2');
+  await qemuCheck(o);
+  await qemuCompare(derived, 'raw', o, 'qcow2');
   const oi = JSON.parse(await run('qemu-img', ['info', '--output=json', o])) as Record<string, unknown>;
   assert.equal(oi['backing-filename'], 'base.raw');
   assert.equal(oi['backing-filename-format'], 'raw');
@@ -172,5 +154,5 @@ test('a progress bar appears on stderr when it is a TTY (script(1) provides one)
   const { stdout } = await pexec('script', ['-qefc', cmd, '/dev/null']);
   assert.match(stdout, /converting/);
   assert.match(stdout, /\d+% \| \d+\/\d+ MiB/);
-  await compare(src, 'raw', out, 'qcow2');
+  await qemuCompare(src, 'raw', out, 'qcow2');
 });

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -12,16 +11,14 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { promisify } from 'node:util';
 import { convertImage } from '../../src/formats/convert.js';
 import { closeChain } from '../../src/formats/layer.js';
 import { openImage } from '../../src/formats/open.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { qemuMapRaw } from '../helpers/qemu-map.js';
+import { qemuCheck, qemuCompare } from '../helpers/qemu-oracles.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
-
-const pexec = promisify(execFile);
 
 /** Not a multiple of any cluster size (nor of 512): the last cluster is partial. */
 const SIZE = 24 * 1024 * 1024 + 12345;
@@ -41,34 +38,6 @@ const derivedRaw = () =>
       closeSync(fd);
     }
   });
-
-interface CheckJson {
-  'check-errors': number;
-  corruptions?: number;
-  leaks?: number;
-  'compressed-clusters'?: number;
-  'allocated-clusters'?: number;
-}
-
-/** `qemu-img check` must exit 0 and report no errors, corruptions or leaks. */
-async function qemuCheck(file: string): Promise<CheckJson> {
-  const out = await run('qemu-img', ['check', '--output=json', '-f', 'qcow2', file]);
-  const j = JSON.parse(out) as CheckJson;
-  assert.equal(j['check-errors'], 0, `check errors in ${file}`);
-  assert.equal(j.corruptions ?? 0, 0, `corruptions in ${file}`);
-  assert.equal(j.leaks ?? 0, 0, `leaked clusters in ${file}`);
-  return j;
-}
-
-/** `qemu-img compare` exits 0 only when both disks read the same. */
-async function qemuCompare(a: string, aFmt: string, b: string, bFmt: string): Promise<void> {
-  try {
-    await pexec('qemu-img', ['compare', '-f', aFmt, '-F', bFmt, a, b]);
-  } catch (e) {
-    const err = e as { stdout?: string; stderr?: string };
-    assert.fail(`qemu-img compare ${a} ${b}: ${err.stdout ?? ''}${err.stderr ?? ''}`);
-  }
-}
 
 async function qemuInfo(file: string): Promise<Record<string, unknown>> {
   return JSON.parse(await run('qemu-img', ['info', '--output=json', '-f', 'qcow2', file])) as Record<string, unknown>;

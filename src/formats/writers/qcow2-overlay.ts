@@ -1,6 +1,14 @@
 import { existsSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
-import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent, statusOf } from '../../io/byte-source.js';
+import {
+  type ByteSource,
+  clampRead,
+  clampStatus,
+  type Extent,
+  pushExtent,
+  readIntoOrCopy,
+  statusOf,
+} from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { writeAll } from './index.js';
 import {
@@ -557,14 +565,6 @@ export class Qcow2Overlay implements ByteSource {
 /** Fill `out` with the backing source's bytes at `offset` (zeros past its end). */
 async function readBelow(src: ByteSource, offset: number, out: Uint8Array): Promise<void> {
   const n = Math.max(0, Math.min(out.length, src.size - offset));
-  let got = 0;
-  if (n > 0) {
-    if (src.readInto) got = await src.readInto(offset, out.subarray(0, n));
-    else {
-      const b = await src.read(offset, n);
-      out.set(b.subarray(0, n));
-      got = Math.min(n, b.length);
-    }
-  }
+  const got = n > 0 ? await readIntoOrCopy(src, offset, out.subarray(0, n)) : 0;
   if (got < out.length) out.fill(0, got);
 }

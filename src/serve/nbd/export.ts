@@ -1,5 +1,12 @@
 import type { DiskImage } from '../../formats/types.js';
-import { type ByteSource, clampStatus, type Extent, pushExtent, statusOf } from '../../io/byte-source.js';
+import {
+  type ByteSource,
+  clampStatus,
+  type Extent,
+  pushExtent,
+  readIntoOrCopy,
+  statusOf,
+} from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 
 /**
@@ -92,12 +99,6 @@ export function allocationOf(src: ByteSource, offset: number, length: number): P
 
 /** Read exactly out.length bytes (zeros past the end) through readInto where the source has it. */
 export async function readFully(src: ByteSource, offset: number, out: Uint8Array): Promise<void> {
-  let got: number;
-  if (src.readInto) got = await src.readInto(offset, out);
-  else {
-    const b = await src.read(offset, out.length);
-    out.set(b.subarray(0, out.length));
-    got = b.length;
-  }
+  const got = await readIntoOrCopy(src, offset, out);
   if (got < out.length) out.fill(0, Math.max(0, got));
 }
