@@ -53,7 +53,12 @@ const common = {
 // becomes each file's own URL. First the CLI, and the entry that loads it with V8's code cache
 // (src/cli/launch.ts).
 const ownUrl = "const __strataUrl = require('node:url').pathToFileURL(__filename).href;";
-const cjs = { ...common, format: 'cjs', define: { 'import.meta.url': '__strataUrl' }, banner: { js: ownUrl } };
+const cjs = {
+  ...common,
+  format: 'cjs',
+  define: { 'import.meta.url': '__strataUrl', __STRATA_VERSION__: JSON.stringify(pkg.version) },
+  banner: { js: ownUrl },
+};
 await build({
   ...cjs,
   entryPoints: [path.join(root, 'src', 'cli', 'bin.ts')],

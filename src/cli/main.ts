@@ -1,5 +1,3 @@
-import { existsSync } from 'node:fs';
-import * as path from 'node:path';
 import type { Command } from 'commander';
 
 /**
@@ -11,6 +9,11 @@ import type { Command } from 'commander';
  * help and unknown verbs load every group.
  */
 type Registrar = (program: Command) => void;
+
+/** The package version, put in by the bundler (scripts/bundle.mjs); tsc builds read package.json. */
+declare const __STRATA_VERSION__: string | undefined;
+const VERSION: string =
+  typeof __STRATA_VERSION__ === 'string' ? __STRATA_VERSION__ : (process.env.npm_package_version ?? 'unknown');
 
 const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }> = [
   { verbs: ['info', 'map'], load: async () => (await import('./commands/image.js')).registerImageCommands },
@@ -35,58 +38,63 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   },
 ];
 
-/** Options of `ls`/`cat` that take a value (so their value is not the first positional argument). */
-const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--library']);
-
-/**
- * `ls`/`cat` read an image file, or a stored version when `--library` is given or their
- * first argument is neither a file nor a URL and a library exists (else the image reader
- * reports the missing file, as before there were libraries).
- */
-async function storeFsWanted(argv: string[]): Promise<boolean> {
-  if (argv[0] !== 'ls' && argv[0] !== 'cat') return false;
-  if (argv.includes('--library')) return true;
-  for (let i = 1; i < argv.length; i++) {
-    const a = argv[i];
-    if (VALUED.has(a)) {
-      i++;
-      continue;
-    }
-    if (a.startsWith('-')) continue;
-    if (/^https?:\/\//i.test(a)) return false;
-    const { libraryLocation, MARKER } = await import('../library/library.js');
-    return !existsSync(a) && existsSync(path.join(libraryLocation(), MARKER));
-  }
-  return false;
-}
-
 /** A program with the commands for `verb` (all of them when `verb` is not one we know). */
-export async function buildProgram(verb?: string, argv?: string[]): Promise<Command> {
+export async function buildProgram(verb?: string): Promise<Command> {
   const { Command } = await import('commander');
   const program = new Command('strata')
     .description('Virtual-machine disk images as structured data')
+    .version(VERSION, '-V, --version', 'print the version')
     .showHelpAfterError(false)
     .exitOverride();
-  if (argv && (await storeFsWanted(argv))) {
-    (await import('./commands/library.js')).registerStoreFsCommands(program);
-    return program;
-  }
   const mine = GROUPS.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : GROUPS) (await g.load())(program);
   return program;
 }
 
+/**
+ * Verbs whose status says something besides success (diff(1), grep(1)): 0 same / found,
+ * 1 differ / none, 2 trouble. Every other verb: 0 success, 1 failure, 2 bad usage.
+ */
+const TRISTATE = new Set(['diff', 'search']);
+
+/**
+ * stdout closed by its reader (`strata map disk | head -1`): the output is no longer
+ * wanted, so stop quietly with status 0 instead of dying with a stack trace. Writes go to
+ * a pipe asynchronously, so EPIPE arrives as an 'error' event on stdout, not at the write.
+ */
+function quietOnClosedPipe(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
-  const [{ CommanderError }, { isStrataError }] = await Promise.all([import('commander'), import('../util/errors.js')]);
+  quietOnClosedPipe();
+  const [{ CommanderError }, { isStrataError }, { exitStatus, finishWarnings }] = await Promise.all([
+    import('commander'),
+    import('../util/errors.js'),
+    import('./output.js'),
+  ]);
+  const failed = TRISTATE.has(argv[0]) ? 2 : 1;
   try {
-    const program = await buildProgram(argv[0], argv);
+    const program = await buildProgram(argv[0]);
     await program.parseAsync(argv, { from: 'user' });
-    return 0;
+    finishWarnings();
+    return exitStatus();
   } catch (e) {
+    finishWarnings();
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if ((e as NodeJS.ErrnoException)?.code === 'EPIPE') return 0;
     if (isStrataError(e)) process.stderr.write(`strata: ${e.message}\n`);
-    else if ((e as NodeJS.ErrnoException)?.code === 'EPIPE') return 0;
+    else if (isSystemError(e)) process.stderr.write(`strata: ${(e as Error).message}\n`);
     else process.stderr.write(`strata: internal error: ${(e as Error)?.stack ?? e}\n`);
-    return 1;
+    return failed;
   }
+}
+
+/** An error from the operating system about a path the user gave (ENOENT, EACCES ...): one line. */
+function isSystemError(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return typeof code === 'string' && /^E[A-Z]+$/.test(code) && typeof (e as NodeJS.ErrnoException).syscall === 'string';
 }

@@ -24,6 +24,8 @@ export interface ConvertOptions {
    * single-threaded pump. Both write the same file.
    */
   directCopy?: 'auto' | 'always' | 'never';
+  /** Replace an existing file at the output path (default true; the CLI refuses unless --force). */
+  overwrite?: boolean;
 }
 
 export interface ConvertResult {
@@ -84,7 +86,7 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
   }
   refuseOverwritingInputs(src, outPath, opts.backing?.image);
 
-  const out = await openAtomicOutput(outPath);
+  const out = await openAtomicOutput(outPath, { overwrite: opts.overwrite });
   try {
     const writer: ImageWriter =
       opts.format === 'raw'

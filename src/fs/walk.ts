@@ -76,10 +76,14 @@ export async function resolvePath(fs: FileSystem, path: string, opts: ResolveOpt
     const last = todo.length === 0;
     if (node.type === 'symlink' && (!last || opts.followLast)) {
       if (++links > MAX_SYMLINKS) {
-        throw new StrataError('LOOP', `more than ${MAX_SYMLINKS} symbolic links while resolving ${path}`, {
-          file: fs.volume.name,
-          structure: `path ${path}`,
-        });
+        throw new StrataError(
+          'LOOP',
+          `symbolic link loop: more than ${MAX_SYMLINKS} links followed while resolving ${path}`,
+          {
+            file: fs.volume.name,
+            structure: `path ${path}`,
+          },
+        );
       }
       const target = await fs.readlink(node);
       if (target.length === 0) {

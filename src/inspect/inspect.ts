@@ -108,9 +108,9 @@ export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<
         opened.push({ volume: v, fs, fsUuid: info.uuid, fsLabel: info.label });
       } catch (e) {
         if (!(e instanceof StrataError)) throw e;
-        if (v.content && e.code !== 'UNSUPPORTED') warnings.push(`${name}: volume ${describeVolume(v)}: ${e.message}`);
-        else if (e.code === 'UNSUPPORTED' && v.content)
-          warnings.push(`${name}: volume ${describeVolume(v)} (${v.content}) not readable yet`);
+        // the reader's own words, so a caller can tell this is the warning the check-in or
+        // block map gave for the same volume (one kind: "vfat is recognised but not readable")
+        if (v.content) warnings.push(`${name}: volume ${describeVolume(v)}: ${e.message}`);
       }
     }
     const roots: OsInspection[] = [];

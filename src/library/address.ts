@@ -1,5 +1,4 @@
 import { closeChain } from '../formats/layer.js';
-import { openImage } from '../formats/open.js';
 import type { DiskImage, OpenOptions } from '../formats/types.js';
 import { openFileSystem } from '../fs/open.js';
 import type { FileSystem } from '../fs/types.js';
@@ -8,9 +7,11 @@ import { discoverVolumes } from '../volumes/discover.js';
 import { findVolume } from '../volumes/select.js';
 import type { Volume } from '../volumes/types.js';
 import { volumeDiskOffset } from './listing.js';
+import { openTargetImage, type Target, type TargetOptions } from './target.js';
 
 /**
- * The one address syntax of every file-system command: `IMAGE [--part N | --lv VG/LV]`.
+ * The one address syntax of every file-system command: `TARGET [--part N | --lv VG/LV]`,
+ * TARGET an image file, a URL or a library version (see target.ts).
  * N is a volume id as discoverVolumes numbers them ("1".."4" MBR primaries, "5"+ logicals,
  * GPT entry indexes); VG/LV names an LVM logical volume. With neither, the only volume that
  * holds a file system is used; when several do, the one holding an OS root (/etc and /usr,
@@ -23,6 +24,10 @@ export interface Address {
 
 export interface OpenedDisk {
   image: DiskImage;
+  /** What the TARGET argument was understood as. */
+  target: Target;
+  /** The image's name for messages (path, URL or NAME@N). */
+  name: string;
   /** 'mbr' | 'gpt' | 'whole' ... as discoverVolumes reports it. */
   scheme: string;
   volumes: Volume[];
@@ -32,6 +37,8 @@ export interface OpenedDisk {
 
 export interface OpenedAddress {
   image: DiskImage;
+  target: Target;
+  name: string;
   volume: Volume;
   fs: FileSystem;
   /** Where the volume starts in the virtual disk (null when it is not one window of it, e.g. a multi-segment LV). */
@@ -45,13 +52,19 @@ export interface OpenedAddress {
 const NOT_FS = new Set(['LVM2_member', 'swap', 'swsuspend', 'crypto_LUKS', 'jbd', 'gpt', 'mbr', 'lvm2-pv']);
 export const holdsFileSystem = (content: string | undefined): boolean => !!content && !NOT_FS.has(content);
 
-/** Open an image and find its volumes (partitions, logical volumes, or the whole disk). */
-export async function openDisk(image: string, openOptions: OpenOptions = {}): Promise<OpenedDisk> {
-  const img = await openImage(image, openOptions);
+/** Open a target and find its volumes (partitions, logical volumes, or the whole disk). */
+export async function openDisk(
+  image: string,
+  openOptions: OpenOptions = {},
+  targetOptions: TargetOptions = {},
+): Promise<OpenedDisk> {
+  const { image: img, target, name } = await openTargetImage(image, openOptions, targetOptions);
   try {
     const found = await discoverVolumes(img);
     return {
       image: img,
+      target,
+      name,
       scheme: found.scheme,
       volumes: found.volumes,
       warnings: [...img.warnings, ...found.warnings],
@@ -68,15 +81,16 @@ export async function openAddress(
   image: string,
   addr: Address = {},
   openOptions: OpenOptions = {},
+  targetOptions: TargetOptions = {},
 ): Promise<OpenedAddress> {
-  const disk = await openDisk(image, openOptions);
+  const disk = await openDisk(image, openOptions, targetOptions);
   try {
     let volume: Volume;
     let fs: FileSystem | undefined;
     if (addr.part !== undefined || addr.lv !== undefined) {
       volume = findVolume(disk.volumes, addr);
     } else {
-      ({ volume, fs } = await chooseDefault(image, disk.volumes));
+      ({ volume, fs } = await chooseDefault(disk.name, disk.volumes));
     }
     if (!fs) {
       try {
@@ -86,7 +100,7 @@ export async function openAddress(
           throw new StrataError(
             'USAGE',
             `volume ${describe(volume)} holds no file system we can read${volume.content ? ` (${volume.content})` : ''}`,
-            { file: image },
+            { file: disk.name },
           );
         }
         throw e;
@@ -95,6 +109,8 @@ export async function openAddress(
     const opened = fs;
     return {
       image: disk.image,
+      target: disk.target,
+      name: disk.name,
       volume,
       fs: opened,
       diskOffset: volumeDiskOffset(volume.source, disk.image),

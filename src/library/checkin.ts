@@ -116,7 +116,9 @@ class Builder {
 
   /** Store `buf` (unless all zeros) and map `pieces` ([disk offset, length, offset in buf]) to it. */
   async add(buf: Uint8Array, pieces: Array<[number, number, number]>, solo = false): Promise<string | null> {
-    this.done += buf.length;
+    // progress counts disk bytes (what the total counts), not chunk bytes: a sparse file's
+    // holes are chunk bytes no disk byte stands for
+    for (const p of pieces) this.done += p[1];
     this.progress?.();
     if (isZero(buf)) return null;
     const digest = createHash('sha256').update(buf).digest('hex');
@@ -317,6 +319,13 @@ async function diskDataSpans(img: DiskImage): Promise<Span[]> {
   return mergeSpans(out);
 }
 
+/** The used bytes of a file system's window (with `exact`, every data byte of the window), in disk offsets. */
+async function windowAllocation(w: FsWindow, exact: boolean, dataSpans: Span[]): Promise<Span[]> {
+  return exact
+    ? subtractSpans(dataSpans, subtractSpans(dataSpans, [[w.base, w.base + w.volume.size]]))
+    : mergeSpans((await w.fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]));
+}
+
 /** Open every volume whose file system we can read and that is one window of the disk. */
 async function fsWindows(img: DiskImage, volumes: Volume[], warnings: string[]): Promise<FsWindow[]> {
   const out: FsWindow[] = [];
@@ -351,12 +360,11 @@ async function cutFileSystem(
   b: Builder,
   img: DiskImage,
   w: FsWindow,
-  exact: boolean,
-  dataSpans: Span[],
   C: number,
   W: number,
   warnings: string[],
-  grow: (n: number) => void,
+  /** Its used bytes (windowAllocation), in disk offsets. */
+  allocation: Span[],
 ): Promise<LayoutVolume['fs']> {
   const { fs } = w;
   const items: Array<{ path: string; inode: Inode }> = [];
@@ -368,12 +376,8 @@ async function cutFileSystem(
   })) {
     items.push({ path: it.path, inode: it.inode });
   }
-  const allocation = exact
-    ? subtractSpans(dataSpans, subtractSpans(dataSpans, [[w.base, w.base + w.volume.size]]))
-    : mergeSpans((await fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]));
   let usedBytes = 0;
   for (const [s, e] of allocation) usedBytes += e - s;
-  grow(usedBytes);
   const fileData: Span[] = [];
   // Extents of every distinct regular file first, then the files cut in disk order of their
   // data through one planned reader (large sequential reads instead of one per file).
@@ -521,10 +525,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
     try {
       const warnings: string[] = [...img.warnings];
       let total = 0;
-      const b = new Builder(
-        lib,
-        opts.onProgress ? () => opts.onProgress?.(b.done, Math.max(total, b.done)) : undefined,
-      );
+      const b = new Builder(lib, opts.onProgress ? () => opts.onProgress?.(Math.min(b.done, total), total) : undefined);
       const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
       warnings.push(...found.warnings);
       const windows = await fsWindows(img, found.volumes, warnings);
@@ -544,19 +545,15 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
           mergeSpans(windows.map((w): Span => [w.base, w.base + w.volume.size])),
         );
         for (const [s, e] of outside) total += e - s;
+        // every window's used bytes up front, so the progress total is known from the start
+        const allocations: Span[][] = [];
         for (const w of windows) {
-          const fsPart = await cutFileSystem(
-            lib,
-            b,
-            img,
-            w,
-            !!opts.exact,
-            dataSpans,
-            C,
-            W,
-            warnings,
-            (n) => (total += n),
-          );
+          const a = await windowAllocation(w, !!opts.exact, dataSpans);
+          for (const [s, e] of a) total += e - s;
+          allocations.push(a);
+        }
+        for (const [i, w] of windows.entries()) {
+          const fsPart = await cutFileSystem(lib, b, img, w, C, W, warnings, allocations[i]);
           const lv = layoutVolumes.find((x) => x.id === w.volume.id);
           if (lv) lv.fs = fsPart;
         }

@@ -15,6 +15,8 @@ export interface CheckoutOptions {
   format?: 'raw' | 'qcow2';
   sync?: boolean;
   onProgress?: (done: number, total: number) => void;
+  /** Replace an existing file at the output path (default true; the CLI refuses unless --force). */
+  overwrite?: boolean;
 }
 
 export interface CheckoutResult {
@@ -51,7 +53,7 @@ export async function checkout(
   }
   const v = await lib.catalog.resolve(ref);
   const src = new VersionSource(lib.store, await lib.layout(v.manifest), `${v.image}@${v.number}`);
-  const dest = await openAtomicOutput(out).catch(async (e) => {
+  const dest = await openAtomicOutput(out, { overwrite: opts.overwrite }).catch(async (e) => {
     await src.close();
     throw e;
   });
@@ -82,6 +84,9 @@ export async function checkout(
         cur[0] += WINDOW;
       }
     }
+    // progress in the bytes the pieces cover (data spans widened and joined), which is what `done` counts
+    let pieceBytes = 0;
+    for (const [a, b] of pieces) pieceBytes += b - a;
     let done = 0;
     const inflight: Array<Promise<Uint8Array>> = [];
     // window buffers are reused once the writer is done with them
@@ -102,7 +107,7 @@ export async function checkout(
       await writer.writeData(pieces[i][0], buf);
       pool.push(Buffer.from(buf.buffer, buf.byteOffset, WINDOW));
       done += buf.length;
-      opts.onProgress?.(done, dataBytes);
+      opts.onProgress?.(done, pieceBytes);
     }
     const { bytesWritten } = await writer.finish();
     await dest.commit(opts.sync);

@@ -15,6 +15,7 @@ import {
   openSync,
   realpathSync,
   symlinkSync,
+  unlinkSync,
   writeSync,
 } from 'node:fs';
 import * as nodePath from 'node:path';
@@ -24,7 +25,7 @@ import { type ByteSource, clampRead } from '../io/byte-source.js';
 import { CachedSource } from '../io/cached-source.js';
 import { SliceSource } from '../io/slice-source.js';
 import { StrataError } from '../util/errors.js';
-import { imagePath, safeName, type WalkItem, walkBatches } from './listing.js';
+import { imagePath, lookupPath, safeName, type WalkItem, walkBatches } from './listing.js';
 
 const pexec = promisify(execFile);
 
@@ -37,6 +38,16 @@ export interface ExtractOptions {
   chunkSize?: number;
   /** Each warning as it happens (also collected in the result, up to 1000). */
   onWarning?: (message: string) => void;
+  /** When the source path itself is a symlink: extract what it points to, inside the image (default false). */
+  follow?: boolean;
+  /**
+   * What to do with an entry DEST already holds: `keep` it (counted in `existing` and
+   * `skipped`, a warning in the result but not through onWarning: one summary is the
+   * caller's), `skip` it silently (counted in `existing` only), or `replace` it (a file,
+   * symlink or special file is removed, never followed, and written anew; a directory in
+   * the way of a non-directory is kept). Default `keep`.
+   */
+  existing?: 'keep' | 'skip' | 'replace';
 }
 
 export interface ExtractResult {
@@ -50,6 +61,10 @@ export interface ExtractResult {
   bytes: number;
   /** Entries not extracted (refused names, unsupported types, existing targets, read errors). */
   skipped: number;
+  /** Entries DEST already held and that were kept. */
+  existing: number;
+  /** Entries DEST already held and that were replaced (`existing: 'replace'`). */
+  replaced: number;
   warnings: string[];
 }
 
@@ -94,12 +109,41 @@ export async function extractTree(
     devices: 0,
     bytes: 0,
     skipped: 0,
+    existing: 0,
+    replaced: 0,
     warnings: [],
   };
-  const warn = (m: string) => {
+  const existingPolicy = opts.existing ?? 'keep';
+  const keep = (m: string) => {
     if (result.warnings.length < MAX_KEPT_WARNINGS) result.warnings.push(m);
     else if (result.warnings.length === MAX_KEPT_WARNINGS) result.warnings.push('... more warnings not kept');
+  };
+  const warn = (m: string) => {
+    keep(m);
     opts.onWarning?.(m);
+  };
+  /** An entry DEST already holds, kept. */
+  const alreadyThere = (m: string) => {
+    result.existing++;
+    if (existingPolicy === 'skip') return;
+    result.skipped++;
+    keep(m);
+  };
+  /** With `replace`: remove what is at `target` unless it is a real directory; true when it is gone. */
+  const clearTarget = (target: string, path: string): boolean => {
+    let st: ReturnType<typeof lstatSync>;
+    try {
+      st = lstatSync(target);
+    } catch {
+      return true;
+    }
+    if (st.isDirectory()) {
+      skip(`${path}: ${target} is a directory, not replaced`);
+      return false;
+    }
+    unlinkSync(target);
+    result.replaced++;
+    return true;
   };
   const skip = (m: string) => {
     result.skipped++;
@@ -128,7 +172,7 @@ export async function extractTree(
 
   async function run(): Promise<ExtractResult> {
     const src = imagePath(srcPath);
-    const top = await fs.lookup(src);
+    const top = await lookupPath(fs, src, opts.follow ?? false);
 
     let created = false;
     try {
@@ -308,6 +352,7 @@ export async function extractTree(
       const ino = item.inode;
       const guarded = async (): Promise<string | undefined> => {
         try {
+          if (existingPolicy === 'replace' && !clearTarget(target, item.path)) return undefined;
           return (await makeNode(item, target)) ? target : undefined;
         } catch (e) {
           entryFailure(e, item.path, target);
@@ -320,6 +365,7 @@ export async function extractTree(
           const firstPath = await first;
           if (firstPath) {
             try {
+              if (existingPolicy === 'replace' && !clearTarget(target, item.path)) return;
               linkSync(firstPath, target);
               result.hardlinks++;
               return;
@@ -341,7 +387,7 @@ export async function extractTree(
     const entryFailure = (e: unknown, path: string, target: string) => {
       const code = (e as NodeJS.ErrnoException)?.code;
       if (e instanceof StrataError) skip(`${path}: not extracted: ${e.message}`);
-      else if (code === 'EEXIST') skip(`${path}: ${target} already exists, not overwritten`);
+      else if (code === 'EEXIST') alreadyThere(`${path}: ${target} already exists, not overwritten`);
       else if (code && ENTRY_ERRORS.has(code)) skip(`${path}: not extracted (${code})`);
       else throw destError(e, target);
     };
@@ -396,7 +442,13 @@ export async function extractTree(
             const code = (e as NodeJS.ErrnoException).code;
             let ok = false;
             if (code === 'EEXIST') {
-              const st = lstatSync(target);
+              let st = lstatSync(target);
+              if (!st.isDirectory() && existingPolicy === 'replace') {
+                unlinkSync(target); // a file or symlink where the image has a directory
+                mkdirSync(target, 0o700);
+                result.replaced++;
+                st = lstatSync(target);
+              }
               ok = st.isDirectory() && !st.isSymbolicLink();
               if (!ok) skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
               else {

@@ -1,6 +1,7 @@
 import { chain, resolvedStatus } from '../formats/layer.js';
 import type { DiskImage } from '../formats/types.js';
 import type { Extent } from '../io/byte-source.js';
+import { discoverVolumes } from '../volumes/discover.js';
 
 export interface ImageInfo {
   path: string;
@@ -74,4 +75,39 @@ export async function imageInfo(img: DiskImage, path: string): Promise<ImageInfo
   const d = img.details?.();
   if (d) info.details = d;
   return info;
+}
+
+/** What the virtual disk holds, in one line, and whether anything was recognised at all. */
+export interface ContentSummary {
+  recognised: boolean;
+  /** 'gpt' | 'mbr' | 'whole' | 'none' */
+  scheme: string;
+  /** e.g. "gpt: 2 partitions (vfat, ext4)", "ext4 on the whole disk". */
+  summary: string;
+}
+
+/**
+ * Look for a partition table, volume manager or file system on the disk (discoverVolumes).
+ * Raw is every image's fallback format, so `info` of any file succeeds; this says whether
+ * the bytes meant anything to Strata.
+ */
+export async function recognised(img: DiskImage): Promise<ContentSummary> {
+  const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [] };
+  if (found.scheme === 'none' || found.volumes.length === 0) {
+    return {
+      recognised: false,
+      scheme: found.scheme,
+      summary: `no partition table or file system recognised${img.format === 'raw' ? ' (read as raw bytes)' : ''}`,
+    };
+  }
+  if (found.scheme === 'whole') {
+    return { recognised: true, scheme: 'whole', summary: `${found.volumes[0].content ?? 'unknown'} on the whole disk` };
+  }
+  const parts = found.volumes.filter((v) => !v.flags?.includes('extended'));
+  const kinds = parts.map((v) => v.content ?? 'unknown');
+  return {
+    recognised: true,
+    scheme: found.scheme,
+    summary: `${found.scheme}: ${parts.length} volume${parts.length === 1 ? '' : 's'} (${kinds.join(', ')})`,
+  };
 }

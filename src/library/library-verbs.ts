@@ -185,7 +185,8 @@ export function findEntry(files: FilesManifest, p: string, followLast = false): 
     const e = byPath.get(`/${[...stack, name].join('/')}`);
     if (!e) throw new StrataError('NOT_FOUND', `no such file or directory: ${p}`, { structure: 'file manifest' });
     if (e.type === 'symlink' && e.target !== undefined && (todo.length > 0 || followLast)) {
-      if (++links > 40) throw new StrataError('LOOP', `more than 40 symbolic links while resolving ${p}`);
+      if (++links > 40)
+        throw new StrataError('LOOP', `symbolic link loop: more than 40 links followed while resolving ${p}`);
       if (e.target.startsWith('/')) stack.length = 0;
       const parts = e.target.split('/').filter((x) => x && x !== '.');
       for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]);

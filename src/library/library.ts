@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { Catalog } from '../catalog/catalog.js';
@@ -23,16 +23,28 @@ export function libraryLocation(given?: string): string {
 }
 
 export class Library {
+  private closed = false;
   private constructor(
     readonly dir: string,
     readonly store: Store,
     readonly catalog: Catalog,
+    /**
+     * This open made the library: `{ folder }` names the first folder it had to make (the
+     * library's own, or a parent), 'contents' says the library's folder was there, empty.
+     */
+    readonly created: false | { folder: string } | 'contents' = false,
   ) {}
+
+  /** Whether `dir` (see libraryLocation) is the per-user default, not one the user named. */
+  static isDefault(dir: string): boolean {
+    return path.resolve(dir) === libraryLocation(undefined) && !process.env.STRATA_LIBRARY;
+  }
 
   /** Open the library at `dir` (see libraryLocation); `create` (the default) makes it when missing. */
   static async open(dir?: string, opts: { create?: boolean } = {}): Promise<Library> {
     const root = libraryLocation(dir);
     const marker = path.join(root, MARKER);
+    let created: false | { folder: string } | 'contents' = false;
     if (!existsSync(marker)) {
       if (opts.create === false) {
         throw new StrataError('NOT_FOUND', 'no library here (strata init or a first checkin makes one)', {
@@ -44,12 +56,28 @@ export class Library {
           throw new StrataError('USAGE', 'directory exists, is not empty and is not a Strata library', { file: root });
         }
       }
+      const first = mkdirSync(root, { recursive: true });
+      created = first === undefined ? 'contents' : { folder: first };
       mkdirSync(path.join(root, 'store'), { recursive: true });
       writeFileSync(marker, `${JSON.stringify({ kind: 'strata-library', version: 1 })}\n`);
     }
     const store = await Store.open(new LocalBackend(path.join(root, 'store')));
     const catalog = await Catalog.open(SqliteDb.open(path.join(root, 'catalog.db')));
-    return new Library(root, store, catalog);
+    return new Library(root, store, catalog, created);
+  }
+
+  /**
+   * Close, and remove the library again when this open created it and it holds no image
+   * (a first check-in that failed must not leave an empty library behind). Only what the
+   * open made goes: the folder when it made it, else the folder's contents (it was empty).
+   */
+  async closeAndDiscardIfNew(): Promise<boolean> {
+    const fresh = this.created !== false && !this.closed && (await this.catalog.images()).length === 0;
+    await this.close();
+    if (!fresh) return false;
+    if (typeof this.created === 'object') rmSync(this.created.folder, { recursive: true, force: true });
+    else for (const e of readdirSync(this.dir)) rmSync(path.join(this.dir, e), { recursive: true, force: true });
+    return true;
   }
 
   // Decoded from the store's own buffer: a copy of a multi-megabyte manifest (fresh pages,
@@ -67,6 +95,8 @@ export class Library {
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.store.close();
     await this.catalog.close();
   }

@@ -1,5 +1,5 @@
 import type { DirEntry, FileExtent, FileSystem, FileType, Inode, Timestamp } from '../fs/types.js';
-import { listDirectory, loadInodes } from '../fs/walk.js';
+import { listDirectory, loadInodes, resolvePath } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { SliceSource } from '../io/slice-source.js';
 import { StrataError } from '../util/errors.js';
@@ -79,6 +79,15 @@ export function imagePath(p: string | undefined): string {
   if (p.includes('\0')) throw new StrataError('USAGE', `path contains NUL: ${JSON.stringify(p)}`);
   const parts = p.split('/').filter((x) => x !== '' && x !== '.');
   return `/${parts.join('/')}`;
+}
+
+/**
+ * The inode at `p`, with a final symlink followed when `follow` (cat, stat, extract) the way
+ * the kernel would inside the image's own root: an absolute target starts at the image's
+ * root, '..' stops there, and a loop (more than 40 links) is an error naming the path.
+ */
+export async function lookupPath(fs: FileSystem, p: string, follow: boolean): Promise<Inode> {
+  return follow ? resolvePath(fs, p, { followLast: true }) : fs.lookup(p);
 }
 
 export async function lsRecord(fs: FileSystem, path: string, ino: Inode): Promise<LsRecord> {

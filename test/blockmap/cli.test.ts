@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import type { Owner } from '../../src/blockmap/index.js';
-import { strata } from '../helpers/cli.js';
+import { jsonLines, strata } from '../helpers/cli.js';
 import { run, scratch } from '../helpers/tools.js';
 import { gptBlockmapDisk } from './images.js';
 import { bmap, dumpe2fs } from './oracles.js';
@@ -18,7 +18,7 @@ test('whatis names the file debugfs places at an offset; --map answers the same 
   const at = p2.diskOffset + blk * 4096 + 100;
   const r = await strata(['whatis', disk.disk, `${at}+10`, '--json']);
   assert.equal(r.code, 0, r.stderr);
-  const owners = json<Owner[]>(r.stdout);
+  const owners = jsonLines<Owner>(r.stdout);
   assert.deepEqual(owners, [
     {
       start: at,
@@ -32,7 +32,7 @@ test('whatis names the file debugfs places at an offset; --map answers the same 
     },
   ]);
   // a range across records: clipped pieces that add up to the range
-  const wide = json<Owner[]>(
+  const wide = jsonLines<Owner>(
     (await strata(['whatis', disk.disk, `0x${(p2.diskOffset - 4096).toString(16)}+65536`, '--json'])).stdout,
   );
   assert.ok(wide.length >= 2);
@@ -53,7 +53,7 @@ test('whatis names the file debugfs places at an offset; --map answers the same 
     summary.diskSize,
   );
   const again = await strata(['whatis', disk.disk, `${at}+10`, '--json', '--map', saved]);
-  assert.deepEqual(json(again.stdout), owners);
+  assert.deepEqual(jsonLines(again.stdout), owners);
   // bad input: one line on stderr, non-zero exit
   const bad = await strata(['whatis', disk.disk, 'nonsense']);
   assert.notEqual(bad.code, 0);
@@ -68,7 +68,7 @@ test('map --used leaves out every block dumpe2fs calls free and keeps every supe
   const disk = await gptBlockmapDisk();
   const r = await strata(['map', disk.disk, '--used', '--json']);
   assert.equal(r.code, 0, r.stderr);
-  const used = json<Array<{ start: number; length: number }>>(r.stdout);
+  const used = jsonLines<{ start: number; length: number }>(r.stdout);
   const isUsed = (o: number) => used.some((u) => o >= u.start && o < u.start + u.length);
   for (const f of disk.fss) {
     const d = await dumpe2fs(f.image);

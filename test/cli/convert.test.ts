@@ -130,7 +130,8 @@ test('a convert that fails midway leaves no output and keeps an existing file in
   truncateSync(cut, Math.floor(statSync(cut).size * 0.8));
   const out = path.join(dir, 'out.raw');
   writeFileSync(out, 'precious');
-  const r = await strata(['convert', cut, out, '-O', 'raw']);
+  // --force: replacing is allowed, so the failure is the read's (without it the existing output is refused first)
+  const r = await strata(['convert', cut, out, '-O', 'raw', '--force']);
   assertOneLineError(r, /cut\.qcow2/);
   assert.equal(readFileSync(out, 'utf8'), 'precious', 'the existing output is untouched');
   assert.deepEqual(readdirSync(dir).sort(), ['cut.qcow2', 'out.raw'], 'the temporary file is removed');
@@ -138,7 +139,7 @@ test('a convert that fails midway leaves no output and keeps an existing file in
   // Output names an existing directory: all data is written, then putting it in place fails.
   const target = path.join(dir, 'adir');
   mkdirSync(target);
-  const r2 = await strata(['convert', await pattern(), target, '-O', 'qcow2']);
+  const r2 = await strata(['convert', await pattern(), target, '-O', 'qcow2', '--force']);
   assertOneLineError(r2, /adir/);
   assert.deepEqual(readdirSync(target), []);
   assert.deepEqual(readdirSync(dir).sort(), ['adir', 'cut.qcow2', 'out.raw']);

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { openImage } from '../../src/formats/open.js';
 import { SliceSource } from '../../src/io/slice-source.js';
-import { strata } from '../helpers/cli.js';
+import { jsonLines, strata } from '../helpers/cli.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { qemuMap } from '../helpers/qemu-map.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
@@ -63,7 +63,7 @@ test('map --json classifies ranges like qemu-img map', async () => {
   const top = path.join(dir, 'top.qcow2');
   const r = await strata(['map', '--json', top]);
   assert.equal(r.code, 0, r.stderr);
-  const ours = JSON.parse(r.stdout) as Array<{ start: number; length: number; data: boolean; zero: boolean }>;
+  const ours = jsonLines<{ start: number; length: number; data: boolean; zero: boolean }>(r.stdout);
   const q = JSON.parse(await run('qemu-img', ['map', '--output=json', top])) as Array<{
     start: number;
     length: number;
@@ -122,7 +122,7 @@ test('info and map cover disks larger than one read may be (3 GiB raw and qcow2)
     assert.equal(JSON.parse(info.stdout).virtualSize, q['virtual-size']);
     const r = await strata(['map', '--json', file]);
     assert.equal(r.code, 0, r.stderr);
-    const ours = JSON.parse(r.stdout) as Array<{ start: number; length: number; data: boolean }>;
+    const ours = jsonLines<{ start: number; length: number; data: boolean }>(r.stdout);
     assert.equal(ours[0].start, 0);
     assert.equal(
       ours.reduce((a, e) => a + e.length, 0),

@@ -35,3 +35,18 @@ export function strata(args: string[], opts: { env?: Record<string, string>; cwd
     });
   });
 }
+
+/** `--json` output of a command that lists records: JSON Lines, one object per line (README, "Output"). */
+export function jsonLines<T>(stdout: string): T[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as T);
+}
+
+/** `strata diff ARGS`: its stdout. Like diff(1), 0 (same) and 1 (different) are answers; anything else fails. */
+export async function diffOutput(args: string[], opts: { env?: Record<string, string> } = {}): Promise<string> {
+  const r = await strata(['diff', ...args], opts);
+  if (r.code !== 0 && r.code !== 1) throw new Error(`strata diff ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}

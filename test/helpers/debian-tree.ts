@@ -190,3 +190,53 @@ export async function debianLvmDisk(): Promise<DebDisk> {
   });
   return { disk: path.join(dir, 'disk.img'), facts: JSON.parse(readFileSync(path.join(dir, 'facts.json'), 'utf8')) };
 }
+
+/** Symlinks the first-hour tests add to the Debian tree (besides Debian's own /etc/os-release). */
+export const EXTRA_LINKS: Record<string, string> = {
+  // absolute: resolved against the image's root, never the host's (whose hostname differs)
+  'etc/strata-abs-link': '/etc/hostname',
+  // climbs past the root: '..' stops there, so this is the image's /etc/hostname
+  'etc/strata-climb-link': '../../../../../../../etc/hostname',
+  // a loop
+  'strata-loop-a': 'strata-loop-b',
+  'strata-loop-b': 'strata-loop-a',
+};
+
+/**
+ * What a new user meets: the Debian tree on a GPT disk (sgdisk) with an EFI system
+ * partition (1, EF00, vfat by mkfs.vfat, a file put there by mtools) and an ext4 root (2,
+ * mkfs.ext4 -d, with EXTRA_LINKS), as qcow2 (qemu-img convert) and as raw. The tree it was
+ * made from is returned as the oracle.
+ */
+export async function debianEfiDisk(): Promise<{ qcow2: string; raw: string; tree: string }> {
+  const base = await debianTree();
+  const dir = await fixture('cli-deb-efi-v2', async (out) => {
+    mkdirSync(out);
+    const tree = path.join(out, 'tree');
+    await run('cp', ['-a', base, tree]);
+    for (const [p, t] of Object.entries(EXTRA_LINKS)) await run('ln', ['-s', t, path.join(tree, p)]);
+    const raw = path.join(out, 'disk.img');
+    await sparse(raw, 120 * MiB);
+    await run('sgdisk', [
+      '-o',
+      ...['-n', '1:2048:+16M', '-t', '1:EF00', '-c', '1:EFI System'],
+      ...['-n', '2:0:0', '-t', '2:8300', '-c', '2:root'],
+      raw,
+    ]);
+    const esp = path.join(out, 'esp.tmp');
+    await sparse(esp, 16 * MiB);
+    await run('mkfs.vfat', ['-F', '16', '-n', 'ESP', esp]);
+    writeFileSync(path.join(out, 'BOOTX64.EFI'), 'not really a boot loader\n');
+    await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
+    await run('mcopy', ['-i', esp, path.join(out, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI']);
+    copyInto(raw, 1 * MiB, esp);
+    rmSync(esp);
+    const rootSize = 120 * MiB - 17 * MiB - 34 * 512;
+    const part = path.join(out, 'root.tmp');
+    await mkfsImage(part, Math.floor(rootSize / 4096) * 4096, 'mkfs.ext4', ['-q', '-F', '-d', tree]);
+    copyInto(raw, 17 * MiB, part);
+    rmSync(part);
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, path.join(out, 'disk.qcow2')]);
+  });
+  return { qcow2: path.join(dir, 'disk.qcow2'), raw: path.join(dir, 'disk.img'), tree: path.join(dir, 'tree') };
+}

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { inspectImage } from '../../src/inspect/inspect.js';
 import type { OsInspection } from '../../src/inspect/types.js';
+import { jsonLines } from '../helpers/cli.js';
 import { type DebDisk, debianGptDisk, debianLvmDisk, debianTree, HOSTNAME, KERNEL } from '../helpers/debian-tree.js';
 import { ROOT, run } from '../helpers/tools.js';
 
@@ -150,7 +151,7 @@ describe('inspect a debootstrapped Debian', { timeout: 900_000 }, () => {
 
   test('strata inspect --json: one object per root with the documented keys; text form names the distro', async () => {
     const d = await debianGptDisk();
-    const out = JSON.parse(await run('node', [CLI, 'inspect', d.disk, '--json'])) as Array<Record<string, unknown>>;
+    const out = jsonLines<Record<string, unknown>>(await run('node', [CLI, 'inspect', d.disk, '--json']));
     assert.equal(out.length, 1);
     for (const k of [
       'root',

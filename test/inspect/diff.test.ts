@@ -11,11 +11,10 @@ import { createHash } from 'node:crypto';
 import { lstatSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
+import { diffOutput } from '../helpers/cli.js';
 import { expectedDiff, hostTree } from '../helpers/host-tree.js';
 import { inspectPair, notLostFound, usedBlocks } from '../helpers/inspect-pair.js';
-import { ROOT, run } from '../helpers/tools.js';
-
-const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
+import { run } from '../helpers/tools.js';
 
 describe('strata diff', { timeout: 600_000 }, () => {
   test('files added, removed, changed and changed in metadata only match the trees', async () => {
@@ -29,7 +28,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
       want.metadata.join('\n'),
     );
     assert.ok(want.metadata.some((m) => m.startsWith('/etc/motd [') && m.includes('xattrs')));
-    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--json'])) as {
+    const got = JSON.parse(await diffOutput([pair.a, pair.b, '--json'])) as {
       files: {
         added: Array<{ path: string; size: number }>;
         removed: Array<{ path: string }>;
@@ -85,7 +84,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
       }
     }
     for (const [n, v] of pa) if (!pb.has(n)) want.removed.push(`${n} ${v}`);
-    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--packages', '--json'])).packages;
+    const got = JSON.parse(await diffOutput([pair.a, pair.b, '--packages', '--json'])).packages;
     assert.deepEqual(
       got.added.map((x: { name: string; version: string }) => `${x.name} ${x.version}`),
       want.added.sort(),
@@ -122,7 +121,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
       if (!aUsed.has(i) || h(A, i, ua.bs) !== hb) write++;
       if (aContent.has(hb)) shared++;
     }
-    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--blocks', '--json'])).blocks;
+    const got = JSON.parse(await diffOutput([pair.a, pair.b, '--blocks', '--json'])).blocks;
     assert.equal(got.blockSize, ub.bs);
     assert.equal(got.usedBlocks, ub.blocks.length);
     assert.equal(got.writeBlocks, write);
@@ -133,7 +132,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
 
   test('an image against itself: no differences, every used block shared, nothing to write', async () => {
     const pair = await inspectPair();
-    const got = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.a, '--packages', '--blocks', '--json']));
+    const got = JSON.parse(await diffOutput([pair.a, pair.a, '--packages', '--blocks', '--json']));
     assert.deepEqual(got.files.summary, {
       added: 0,
       removed: 0,
@@ -146,7 +145,7 @@ describe('strata diff', { timeout: 600_000 }, () => {
     assert.deepEqual(got.packages, { added: [], removed: [], upgraded: [], downgraded: [] });
     assert.equal(got.blocks.writeBlocks, 0);
     assert.equal(got.blocks.sharedBytes, got.blocks.usedBytes);
-    const text = await run('node', [CLI, 'diff', pair.a, pair.b]);
+    const text = await diffOutput([pair.a, pair.b]);
     assert.match(text, /^\+ file\s+\d+ \/etc\/added\.conf$/m);
     assert.match(text, /^- file\s+\d+ \/usr\/bin\/cat$/m);
   });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { strata } from '../helpers/cli.js';
+import { jsonLines, strata } from '../helpers/cli.js';
 import { run, runBuffer } from '../helpers/tools.js';
 import { baseTree, derivedTree, extImageOf, tempDir } from './images.js';
 
@@ -26,15 +26,15 @@ test('strata init/checkin/images/versions/tag/describe/ls/cat/checkout/rm/gc/ver
   const human = await ok(['checkin', base, '--name', 'other']);
   assert.match(human.stdout, /logical size: .*\nused \(stored\): .*\nnew bytes stored: .*\ndedup ratio: /);
 
-  const images = JSON.parse((await ok(['images', '--json'])).stdout);
+  const images = jsonLines<{ name: string; versions: number }>((await ok(['images', '--json'])).stdout);
   assert.deepEqual(
-    images.map((i: { name: string; versions: number }) => [i.name, i.versions]),
+    images.map((i) => [i.name, i.versions]),
     [
       ['other', 1],
       ['tree', 2],
     ],
   );
-  const versions = JSON.parse((await ok(['versions', 'tree', '--json'])).stdout);
+  const versions = jsonLines<{ parents: unknown }>((await ok(['versions', 'tree', '--json'])).stdout);
   assert.deepEqual(versions[1].parents, [{ image: 'tree', number: 1 }]);
   await ok(['tag', 'tree@2', 'tree:next']);
   const d = JSON.parse((await ok(['describe', 'tree:next', '--json'])).stdout);

@@ -14,16 +14,23 @@ import type { OsInspection } from '../../src/inspect/types.js';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { type SearchHit, search } from '../../src/library/search.js';
+import { jsonLines, strata as runCli } from '../helpers/cli.js';
 import { dpkgCompare, dpkgPackages, hostTree, inspectPair, type Pair } from '../helpers/inspect-pair.js';
-import { ROOT, run } from '../helpers/tools.js';
+import { run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
-
-const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 let pair: Pair;
 let libDir: string;
-const strata = async (...args: string[]) => run('node', [CLI, ...args, '--library', libDir]);
-const json = async <T>(...args: string[]) => JSON.parse(await strata(...args, '--json')) as T;
+/** The CLI's stdout; `search` finding nothing exits 1 (grep(1)), which is an answer here, not a failure. */
+const strata = async (...args: string[]) => {
+  const r = await runCli([...args, '--library', libDir]);
+  if (r.code !== 0 && !(args[0] === 'search' && r.code === 1 && r.stdout === '')) {
+    throw new Error(`strata ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+  }
+  return r.stdout;
+};
+/** `--json` of these verbs lists records: JSON Lines. */
+const json = async <T extends unknown[]>(...args: string[]) => jsonLines(await strata(...args, '--json')) as T;
 /** version -> its tree on the host */
 const trees = () => ({ 'deb@1': pair.base, 'deb@2': pair.derived });
 
@@ -68,7 +75,7 @@ describe('library inspection and search', { timeout: 600_000 }, () => {
       ['deb:derived', pair.b, pair.derived],
     ]) {
       const stored = await json<OsInspection[]>('inspect', ref);
-      const direct = JSON.parse(await run('node', [CLI, 'inspect', img, '--json'])) as OsInspection[];
+      const direct = jsonLines<OsInspection>((await runCli(['inspect', img, '--json'])).stdout);
       assert.equal(stored.length, 1);
       assert.deepEqual(stored, direct);
       const pk = await dpkgPackages(tree);
@@ -227,9 +234,10 @@ describe('library inspection and search', { timeout: 600_000 }, () => {
     assert.deepEqual(await json<SearchHit[]>('search', '--package', 'hostname', '--user', 'probe'), []);
     const text = await strata('search', '--user', 'probe');
     assert.match(text, /^deb@2 \(derived\)$/m);
-    const bad = await run('sh', ['-c', `node ${CLI} search --digest xyz --library ${libDir} 2>&1; echo rc=$?`]);
-    assert.match(bad, /sha256/);
-    assert.match(bad, /rc=1/);
+    // an error is 2, like grep(1): 1 means "nothing found"
+    const bad = await runCli(['search', '--digest', 'xyz', '--library', libDir]);
+    assert.match(bad.stderr, /sha256/);
+    assert.equal(bad.code, 2);
   });
 
   test('~1,000 versions: search answers the expected sets (catalog rows added through the catalog API)', async () => {

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
+import { diffOutput } from '../helpers/cli.js';
 import {
   dpkgCompare,
   dpkgPackages,
@@ -20,15 +21,12 @@ import {
   type Pair,
   usedBlocks,
 } from '../helpers/inspect-pair.js';
-import { ROOT, run } from '../helpers/tools.js';
-import { tempDir } from './images.js';
 
-const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
+import { tempDir } from './images.js';
 
 let pair: Pair;
 let libDir: string;
-const diff = async (...args: string[]) =>
-  JSON.parse(await run('node', [CLI, 'diff', ...args, '--json', '--library', libDir]));
+const diff = async (...args: string[]) => JSON.parse(await diffOutput([...args, '--json', '--library', libDir]));
 
 describe('strata diff of library versions', { timeout: 600_000 }, () => {
   before(async () => {
@@ -63,10 +61,10 @@ describe('strata diff of library versions', { timeout: 600_000 }, () => {
     assert.equal(passwd?.sizeB, lstatSync(path.join(pair.derived, 'etc/passwd')).size);
     assert.equal(passwd?.sizeA, lstatSync(path.join(pair.base, 'etc/passwd')).size);
     // the same shapes and answer as the image-file diff
-    const files = JSON.parse(await run('node', [CLI, 'diff', pair.a, pair.b, '--json'])).files;
+    const files = JSON.parse(await diffOutput([pair.a, pair.b, '--json'])).files;
     assert.deepEqual(got.files, files);
-    const text = await run('node', [CLI, 'diff', 'deb@1', 'deb@2', '--library', libDir]);
-    assert.equal(text, await run('node', [CLI, 'diff', pair.a, pair.b]));
+    const text = await diffOutput(['deb@1', 'deb@2', '--library', libDir]);
+    assert.equal(text, await diffOutput([pair.a, pair.b]));
   });
 
   test('--packages: added, removed, upgraded, downgraded as dpkg-query and dpkg --compare-versions see them', async () => {

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { openLibraryExport } from '../../src/serve/nbd/library-export.js';
-import { strata } from '../helpers/cli.js';
+import { jsonLines, strata } from '../helpers/cli.js';
 import { chainDir, qemuImgMap, startServer } from '../helpers/nbd.js';
 import { ROOT, run } from '../helpers/tools.js';
 import { baseTree, extImageOf, freeRanges, tempDir } from '../library/images.js';
@@ -203,13 +203,13 @@ describe('strata nbd REF: library versions', () => {
     assert.equal(JSON.parse(ci.stdout).ref, 'chain@2');
     const versions = await strata(['versions', '--library', libDir, 'chain', '--json']);
     assert.equal(versions.code, 0, versions.stderr);
-    const v2 = (JSON.parse(versions.stdout) as Array<{ number: number; parents: unknown }>).find((v) => v.number === 2);
+    const v2 = jsonLines<{ number: number; parents: unknown }>(versions.stdout).find((v) => v.number === 2);
     assert.deepEqual(v2?.parents, [{ image: 'chain', number: 1 }]);
     // without --parent, under another name: the parent is the version the overlay was booted from
     const d = await strata(['checkin', '--library', libDir, '--name', 'derived', overlay, '--json']);
     assert.equal(d.code, 0, d.stderr);
     const dv = await strata(['versions', '--library', libDir, 'derived', '--json']);
-    assert.deepEqual(JSON.parse(dv.stdout)[0].parents, [{ image: 'chain', number: 1 }]);
+    assert.deepEqual(jsonLines<{ parents: unknown }>(dv.stdout)[0].parents, [{ image: 'chain', number: 1 }]);
     assert.equal(JSON.parse(d.stdout).manifest, JSON.parse(ci.stdout).manifest, 'same bytes, same manifest');
     const out = path.join(dir, 'chain-2.raw');
     const co = await strata(['checkout', '--library', libDir, 'chain@2', out]);

@@ -2,10 +2,16 @@ import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { BlockMap, Owner } from '../../blockmap/block-map.js';
-import type { OpenOptions } from '../../formats/types.js';
 import { StrataError } from '../../util/errors.js';
-import { addOpenOptions, openOptionsFrom } from '../common.js';
-import { humanSize, printJson, printJsonLine } from '../output.js';
+import {
+  addLibraryOption,
+  addOpenOptions,
+  noteTarget,
+  openOptionsFrom,
+  TARGET_HELP,
+  targetOptionsFrom,
+} from '../common.js';
+import { humanSize, printJson, printJsonLine, printJsonLines, warnAll, writeOut } from '../output.js';
 
 /**
  * Introspection verbs: `whatis` (who owns a disk range), `blockmap` (the whole map, or
@@ -14,42 +20,49 @@ import { humanSize, printJson, printJsonLine } from '../output.js';
  */
 export function registerBlockmapCommands(program: Command): void {
   addOpenOptions(
-    program
-      .command('whatis')
-      .description(
-        'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
-      )
-      .argument('<image>', 'image file or http(s) URL')
-      .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
-      .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
-      .option('--json', 'JSON array of {start, length, kind, volume, fs, inode, path, fileOffset, detail}'),
+    addLibraryOption(
+      program
+        .command('whatis')
+        .description(
+          'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
+        )
+        .argument('<target>', TARGET_HELP)
+        .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
+        .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+        .option(
+          '--json',
+          'one JSON object per owner and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+        ),
+    ),
   ).action(async (image: string, range: string, o: Record<string, unknown>) => {
     const [offset, length] = parseRange(range);
     const map = await obtainMap(image, o);
     const owners = map.whatis(offset, length);
-    if (o.json) return printJson(owners);
-    process.stdout.write(`${owners.map(ownerLine).join('\n')}\n`);
+    if (o.json) return printJsonLines(owners);
+    await writeOut(`${owners.map(ownerLine).join('\n')}\n`);
   });
 
   addOpenOptions(
-    program
-      .command('blockmap')
-      .description('the block map of a whole image: who owns every byte of the virtual disk')
-      .argument('<image>', 'image file or http(s) URL')
-      .option(
-        '--json',
-        'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
-      )
-      .option('--summary', 'bytes and records per kind')
-      .option('--save <file>', 'also save the map in its compact binary form (for --map)')
-      .option('--map <file>', 'load a saved map instead of building it'),
+    addLibraryOption(
+      program
+        .command('blockmap')
+        .description('the block map of a whole image: who owns every byte of the virtual disk')
+        .argument('<target>', TARGET_HELP)
+        .option(
+          '--json',
+          'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+        )
+        .option('--summary', 'bytes and records per kind')
+        .option('--save <file>', 'also save the map in its compact binary form (for --map)')
+        .option('--map <file>', 'load a saved map instead of building it'),
+    ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const map = await obtainMap(image, o);
     if (typeof o.save === 'string') {
       const { saveBlockMap } = await import('../../blockmap/codec.js');
       await writeFile(o.save, saveBlockMap(map));
     }
-    for (const w of map.warnings) process.stderr.write(`warning: ${w}\n`);
+    warnAll(map.warnings);
     if (o.summary) {
       const rows = map.summary();
       if (o.json) return printJson({ diskSize: map.diskSize, records: map.count, kinds: rows });
@@ -66,14 +79,16 @@ export function registerBlockmapCommands(program: Command): void {
 
   const trace = program.command('trace').description('block-level access traces');
   addOpenOptions(
-    trace
-      .command('resolve')
-      .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
-      .argument('<image>', 'image file or http(s) URL')
-      .argument('<trace>', 'trace file ("-" for stdin)')
-      .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
-      .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
-      .option('--summary', 'only the summary'),
+    addLibraryOption(
+      trace
+        .command('resolve')
+        .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
+        .argument('<target>', TARGET_HELP)
+        .argument('<trace>', 'trace file ("-" for stdin)')
+        .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+        .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
+        .option('--summary', 'only the summary'),
+    ),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
     const { readTraceBatches, TraceResolver } = await import('../../blockmap/trace.js');
     const map = await obtainMap(image, o);
@@ -116,7 +131,7 @@ export function registerBlockmapCommands(program: Command): void {
           `  ${String(f.accesses).padStart(9)} ${String(f.bytes).padStart(12)}  ${f.volume ? `[${f.volume}] ` : ''}${f.path}`,
       ),
     ];
-    process.stdout.write(`${lines.join('\n')}\n`);
+    await writeOut(`${lines.join('\n')}\n`);
   });
 }
 
@@ -127,13 +142,13 @@ async function obtainMap(image: string, o: Record<string, unknown>): Promise<Blo
     const map = loadBlockMap(await readFile(o.map), o.map);
     return map;
   }
-  return buildMapOf(image, openOptionsFrom(o));
+  return buildMapOf(image, o);
 }
 
-/** Open an image, build its block map, close it. */
-export async function buildMapOf(image: string, opts: OpenOptions): Promise<BlockMap> {
-  const { blockMapOfImage } = await import('../../blockmap/of-image.js');
-  return blockMapOfImage(image, opts);
+/** Open a target (image file, URL, library version), build its block map, close it. */
+export async function buildMapOf(image: string, o: Record<string, unknown>): Promise<BlockMap> {
+  const { blockMapOfTarget } = await import('../../library/target-map.js');
+  return blockMapOfTarget(image, openOptionsFrom(o), { ...targetOptionsFrom(o), onTarget: noteTarget });
 }
 
 function parseRange(s: string): [number, number] {
@@ -171,5 +186,5 @@ async function writeLines(map: BlockMap, line: (r: Owner) => string): Promise<vo
 
 /** Write to stdout, waiting for it to drain when it is full (pipes to `head`, slow terminals). */
 async function write(s: string): Promise<void> {
-  if (s.length > 0 && !process.stdout.write(s)) await new Promise((res) => process.stdout.once('drain', res));
+  if (s.length > 0) await writeOut(s);
 }

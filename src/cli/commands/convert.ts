@@ -1,11 +1,19 @@
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import type { ConvertOptions } from '../../formats/convert.js';
 import type { DiskImage } from '../../formats/types.js';
 import { StrataError } from '../../util/errors.js';
-import { addOpenOptions, openOptionsFrom } from '../common.js';
+import {
+  addLibraryOption,
+  addOpenOptions,
+  noteTarget,
+  openOptionsFrom,
+  TARGET_HELP,
+  targetOptionsFrom,
+} from '../common.js';
 import { printJson } from '../output.js';
+import { type Progress, progressBar } from '../progress.js';
 
 /** "65536", "64K", "64k", "2M", "2MiB" -> bytes. */
 export function parseSize(text: string, what: string): number {
@@ -22,19 +30,22 @@ const OUR_NAME: Record<string, string> = { vpc: 'vhd', file: 'raw' };
 /** `convert IN OUT -O raw|qcow2`: write the disk an image presents into a new raw or qcow2 file. */
 export function registerConvertCommand(program: Command): void {
   addOpenOptions(
-    program
-      .command('convert')
-      .description('convert an image (whole backing chain) to a new raw or qcow2 file, like qemu-img convert')
-      .argument('<in>', 'source image file or http(s) URL')
-      .argument('<out>', 'output file (written to a temporary file, then renamed into place)')
-      .requiredOption('-O, --output-format <fmt>', 'output format: raw or qcow2')
-      .option('-c, --compress', 'qcow2: compress data clusters (each only when that saves space)')
-      .option('--compression-type <type>', 'qcow2: zlib (default) or zstd; implies -c')
-      .option('--cluster-size <n>', 'qcow2: cluster size, a power of two from 512 to 2M (default 64K)')
-      .option('-B, --backing <file>', 'qcow2: backing file to record (relative to OUT); only differences are written')
-      .option('-F, --backing-format <fmt>', 'format of the backing file (default: detect)')
-      .option('--sync', 'fdatasync the output before renaming it into place')
-      .option('--json', 'print a JSON summary'),
+    addLibraryOption(
+      program
+        .command('convert')
+        .description('convert an image (whole backing chain) to a new raw or qcow2 file, like qemu-img convert')
+        .argument('<in>', `source: ${TARGET_HELP}`)
+        .argument('<out>', 'output file (written to a temporary file, then renamed into place)')
+        .requiredOption('-O, --output-format <fmt>', 'output format: raw or qcow2')
+        .option('-c, --compress', 'qcow2: compress data clusters (each only when that saves space)')
+        .option('--compression-type <type>', 'qcow2: zlib (default) or zstd; implies -c')
+        .option('--cluster-size <n>', 'qcow2: cluster size, a power of two from 512 to 2M (default 64K)')
+        .option('-B, --backing <file>', 'qcow2: backing file to record (relative to OUT); only differences are written')
+        .option('-F, --backing-format <fmt>', 'format of the backing file (default: detect)')
+        .option('--sync', 'fdatasync the output before renaming it into place')
+        .option('--force', 'replace OUT when it exists')
+        .option('--json', 'print a JSON summary'),
+    ),
   ).action(async (input: string, out: string, o: Record<string, unknown>) => {
     const fmt = String(o.outputFormat);
     if (fmt !== 'raw' && fmt !== 'qcow2') {
@@ -44,7 +55,7 @@ export function registerConvertCommand(program: Command): void {
     if (ctype !== undefined && ctype !== 'zlib' && ctype !== 'zstd') {
       throw new StrataError('USAGE', `unknown compression type '${ctype}' (known: zlib, zstd)`);
     }
-    const opts: ConvertOptions = { format: fmt, sync: Boolean(o.sync) };
+    const opts: ConvertOptions = { format: fmt, sync: Boolean(o.sync), overwrite: Boolean(o.force) };
     if (o.compress || ctype) opts.compression = (ctype ?? 'zlib') as 'zlib' | 'zstd';
     if (o.clusterSize !== undefined) opts.clusterSize = parseSize(String(o.clusterSize), 'cluster size');
     const backingPath = typeof o.backing === 'string' ? o.backing : undefined;
@@ -52,19 +63,24 @@ export function registerConvertCommand(program: Command): void {
       throw new StrataError('USAGE', '--backing-format needs --backing');
     }
     // Loaded here, not at start-up: every other command skips them (and Node's start-up is a large part of a short run).
-    const [{ convertImage }, { closeChain }, { openImage }] = await Promise.all([
+    const [{ convertImage }, { closeChain }, { openImage }, { openTargetImage }] = await Promise.all([
       import('../../formats/convert.js'),
       import('../../formats/layer.js'),
       import('../../formats/open.js'),
+      import('../../library/target.js'),
     ]);
     const openOpts = openOptionsFrom(o);
-    const img = await openImage(input, openOpts);
+    if (!o.force && existsSync(out))
+      throw new StrataError('USAGE', 'output exists; --force replaces it', { file: out });
+    const source = await openTargetImage(input, openOpts, targetOptionsFrom(o));
+    noteTarget(source.target);
+    const img = source.image;
     let backing: DiskImage | undefined;
     const ac = new AbortController();
     const onSignal = () => ac.abort();
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
-    let bar: SingleBar | undefined;
+    let bar: Progress | undefined;
     try {
       if (backingPath) {
         // Like qemu, a relative backing name is relative to the image that records it.
@@ -78,20 +94,8 @@ export function registerConvertCommand(program: Command): void {
         // Record the name qemu knows the format by (our 'vhd' is its 'vpc').
         opts.backing = { path: backingPath, format: QEMU_NAME[backing.format] ?? backing.format, image: backing };
       }
-      if (process.stderr.isTTY) {
-        const { default: cliProgress } = await import('cli-progress'); // only for a terminal
-        bar = new cliProgress.SingleBar(
-          {
-            stream: process.stderr,
-            format: 'converting [{bar}] {percentage}% | {value}/{total} MiB | ETA {eta_formatted}',
-            hideCursor: true,
-            clearOnComplete: true,
-          },
-          cliProgress.Presets.shades_classic,
-        );
-        bar.start(Math.ceil(img.size / 2 ** 20), 0);
-        opts.onProgress = (done) => bar?.update(Math.floor(done / 2 ** 20));
-      }
+      bar = await progressBar('converting');
+      if (bar) opts.onProgress = (done, total) => bar?.update(done, total);
       opts.signal = ac.signal;
       const r = await convertImage(img, out, opts);
       bar?.stop();

@@ -2,34 +2,51 @@ import type { Command } from 'commander';
 import type { FileSystem, Inode } from '../../fs/types.js';
 import { type Address, type OpenedAddress, openAddress, openDisk } from '../../library/address.js';
 import { extractTree } from '../../library/extract.js';
+import { fileContent } from '../../library/library-verbs.js';
 import {
   imagePath,
   isoTime,
+  type LsRecord,
   longLine,
+  lookupPath,
   lsRecordWith,
   modeString,
   statRecord,
   type WalkItem,
   walkBatches,
 } from '../../library/listing.js';
+import { listStored, openStoredFiles, storedFile } from '../../library/stored-listing.js';
+import { classifyTarget } from '../../library/target.js';
 import { StrataError } from '../../util/errors.js';
-import { addOpenOptions, openOptionsFrom } from '../common.js';
-import { humanSize, printJson, writeOut } from '../output.js';
+import {
+  addAddressOptions,
+  addLibraryOption,
+  addOpenOptions,
+  noteTarget,
+  openOptionsFrom,
+  TARGET_HELP,
+  targetOptionsFrom,
+} from '../common.js';
+import { humanSize, printJson, warn, warnAll, writeOut } from '../output.js';
 
 /**
  * File-system verbs: parts, fsinfo, ls, cat, stat, extract. All take the same address:
- * `IMAGE [--part N | --lv VG/LV]` (see src/library/address.ts).
+ * `TARGET [--part N | --lv VG/LV] [--library DIR]` (see src/library/address.ts, target.ts).
+ * `ls` and `cat` of a library version read its file manifest (no disk block is read).
  */
 export function registerFsCommands(program: Command): void {
   addOpenOptions(
-    program
-      .command('parts')
-      .description('partitions and logical volumes of an image, with what each holds')
-      .argument('<image>', 'image file or http(s) URL')
-      .option('--json', 'machine-readable output'),
+    addLibraryOption(
+      program
+        .command('parts')
+        .description('partitions and logical volumes of an image, with what each holds')
+        .argument('<target>', TARGET_HELP)
+        .option('--json', 'machine-readable output'),
+    ),
   ).action(async (image: string, o: Record<string, unknown>) => {
-    const disk = await openDisk(image, openOptionsFrom(o));
+    const disk = await openDisk(image, openOptionsFrom(o), targetOptionsFrom(o));
     try {
+      noteTarget(disk.target);
       warnAll(disk.warnings);
       const rows = disk.volumes.map((v) => ({
         id: v.id,
@@ -67,7 +84,7 @@ export function registerFsCommands(program: Command): void {
     program
       .command('fsinfo')
       .description('file-system facts: kind, label, UUID, block size, counts, features, free space')
-      .argument('<image>', 'image file or http(s) URL')
+      .argument('<target>', TARGET_HELP)
       .option('--json', 'machine-readable output'),
   ).action(async (image: string, o: Record<string, unknown>) => {
     await withFs(image, o, async (at) => {
@@ -98,20 +115,38 @@ export function registerFsCommands(program: Command): void {
     program
       .command('ls')
       .description('list a directory (or one entry) inside the image')
-      .argument('<image>', 'image file or http(s) URL')
+      .argument('<target>', TARGET_HELP)
       .argument('[path]', 'path inside the file system', '/')
       .option('-l, --long', 'long format (mode, links, owner, size, mtime)')
       .option('-R, --recursive', 'list subdirectories depth-first')
       .option('-d, --directory', 'list a directory itself, not its contents')
       .option('--json', 'one JSON object per line: path, type, size, mode, uid, gid, nlink, ino, mtime, target'),
   ).action(async (image: string, path: string, o: Record<string, unknown>) => {
+    const out = new LineWriter();
+    const long = Boolean(o.long);
+    const recursive = Boolean(o.recursive);
+    const line = (r: LsRecord, display: string) =>
+      out.line(o.json ? JSON.stringify(r) : long ? longLine(r, display) : display);
+    const target = classifyTarget(image, targetOptionsFrom(o));
+    if (target.kind === 'ref') {
+      // straight from the version's file manifest: the same records, order and format
+      const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
+      try {
+        const { records, single } = listStored(stored.files, path, { recursive, directory: Boolean(o.directory) });
+        for (const r of records) {
+          line(r, single || recursive ? r.path : r.path.slice(r.path.lastIndexOf('/') + 1));
+          await out.maybeFlush();
+        }
+        await out.flush();
+      } finally {
+        await stored.close();
+      }
+      return;
+    }
     await withFs(image, o, async (at) => {
       const fs = at.fs;
       const p = imagePath(path);
       const top = await fs.lookup(p);
-      const out = new LineWriter();
-      const long = Boolean(o.long);
-      const recursive = Boolean(o.recursive);
       // A batch at a time: symlink targets read together, everything else synchronous.
       const emit = async (items: WalkItem[], single: boolean) => {
         const targets =
@@ -121,12 +156,10 @@ export function registerFsCommands(program: Command): void {
         for (let i = 0; i < items.length; i++) {
           const item = items[i];
           const display = single || recursive ? item.path : item.name;
-          if (targets) {
-            const r = lsRecordWith(item.path, item.inode, targets[i]);
-            out.line(o.json ? JSON.stringify(r) : longLine(r, display));
-          } else out.line(display);
+          if (targets) line(lsRecordWith(item.path, item.inode, targets[i]), display);
+          else out.line(display);
         }
-        if (out.full()) await out.flush();
+        await out.maybeFlush();
       };
       if (top.type !== 'dir' || o.directory) {
         await emit([{ path: p, name: p, inode: top, depth: 0 }], true);
@@ -140,13 +173,25 @@ export function registerFsCommands(program: Command): void {
   addressed(
     program
       .command('cat')
-      .description('write a file from the image to stdout')
-      .argument('<image>', 'image file or http(s) URL')
+      .description('write a file from the image to stdout (a final symlink is followed inside the image)')
+      .argument('<target>', TARGET_HELP)
       .argument('<path>', 'path inside the file system'),
   ).action(async (image: string, path: string, o: Record<string, unknown>) => {
+    const follow = o.follow !== false;
+    const target = classifyTarget(image, targetOptionsFrom(o));
+    if (target.kind === 'ref') {
+      const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
+      try {
+        const e = storedFile(stored.files, path, follow);
+        for await (const b of fileContent(stored.lib, stored.files, e)) await writeOut(b);
+      } finally {
+        await stored.close();
+      }
+      return;
+    }
     await withFs(image, o, async (at) => {
       const p = imagePath(path);
-      const ino = await at.fs.lookup(p);
+      const ino = await lookupPath(at.fs, p, follow);
       if (ino.type !== 'file') throw new StrataError('USAGE', `${p} is a ${ino.type}, not a regular file`);
       await catFile(at.fs, ino);
     });
@@ -156,17 +201,19 @@ export function registerFsCommands(program: Command): void {
     program
       .command('stat')
       .description('inode fields, times, xattr names and extents (with offsets in the volume and the disk)')
-      .argument('<image>', 'image file or http(s) URL')
+      .argument('<target>', TARGET_HELP)
       .argument('<path>', 'path inside the file system')
       .option('--json', 'machine-readable output'),
   ).action(async (image: string, path: string, o: Record<string, unknown>) => {
     await withFs(image, o, async (at) => {
       const p = imagePath(path);
-      const ino = await at.fs.lookup(p);
+      const own = await at.fs.lookup(p);
+      const followed = own.type === 'symlink' && o.follow !== false;
+      const ino = followed ? await lookupPath(at.fs, p, true) : own;
       const r = await statRecord(at.fs, p, ino, at.diskOffset);
-      if (o.json) return printJson(r);
+      if (o.json) return printJson(followed ? { ...r, link: await at.fs.readlink(own) } : r);
       const lines = [
-        `  File: ${p}${r.target !== undefined ? ` -> ${r.target}` : ''}`,
+        `  File: ${p}${r.target !== undefined ? ` -> ${r.target}` : ''}${followed ? ` (symlink to ${await at.fs.readlink(own)}, followed)` : ''}`,
         `  Type: ${r.type}   Size: ${r.size}   Allocated: ${r.allocatedBytes ?? '?'}   Links: ${r.nlink}`,
         `Access: (${r.mode.toString(8).padStart(4, '0')}/${modeString(r.type, r.mode)})  Uid: ${r.uid}  Gid: ${r.gid}   Inode: ${r.ino}${r.flags !== undefined ? `   Flags: 0x${r.flags.toString(16)}` : ''}`,
       ];
@@ -193,52 +240,61 @@ export function registerFsCommands(program: Command): void {
     program
       .command('extract')
       .description('copy a file or a whole tree out of the image into DEST (never writes outside DEST)')
-      .argument('<image>', 'image file or http(s) URL')
+      .argument('<target>', TARGET_HELP)
       .argument('<path>', 'path inside the file system ("/" for everything)')
       .argument('<dest>', 'destination directory (created when missing)')
       .option('-j, --jobs <n>', 'files written at the same time', '8')
+      .option('--force', 'replace what DEST already holds (files, symlinks; never follows them)')
+      .option('--no-clobber', 'keep what DEST already holds, without a warning')
       .option('--json', 'print the summary as JSON'),
   ).action(async (image: string, path: string, dest: string, o: Record<string, unknown>) => {
+    if (o.force && o.clobber === false) throw new StrataError('USAGE', 'use --force or --no-clobber, not both');
     await withFs(image, o, async (at) => {
       const jobs = Number(o.jobs);
       if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new StrataError('USAGE', `bad --jobs ${o.jobs}`);
-      const r = await extractTree(at.fs, path, dest, { concurrency: jobs, onWarning: warn });
+      const r = await extractTree(at.fs, path, dest, {
+        concurrency: jobs,
+        onWarning: warn,
+        follow: o.follow !== false,
+        existing: o.force ? 'replace' : o.clobber === false ? 'skip' : 'keep',
+      });
       const { warnings, ...counts } = r;
       if (o.json) return printJson({ ...counts, warnings });
+      if (r.existing > 0 && !(o.clobber === false)) {
+        warn(
+          `${r.existing} entries were already in ${dest} and were kept as they are (--force replaces them, --no-clobber keeps them without this warning)`,
+        );
+      }
       process.stderr.write(
-        `extracted ${r.files} files, ${r.dirs} directories, ${r.symlinks} symlinks, ${r.hardlinks} hard links, ${r.fifos} fifos, ${r.devices} devices (${r.bytes} bytes); ${r.skipped} skipped\n`,
+        `extracted ${r.files} files, ${r.dirs} directories, ${r.symlinks} symlinks, ${r.hardlinks} hard links, ${r.fifos} fifos, ${r.devices} devices (${r.bytes} bytes); ${r.skipped} skipped${r.existing ? `, ${r.existing} already there` : ''}${r.replaced ? `, ${r.replaced} replaced` : ''}\n`,
       );
     });
   });
 }
 
+/** The volume address, --library and the open flags; with -L/-P for the verbs that take one path. */
 function addressed(cmd: Command): Command {
-  return addOpenOptions(
+  const name = cmd.name();
+  if (name === 'cat' || name === 'stat' || name === 'extract') {
     cmd
-      .option('--part <n>', 'partition id as `strata parts` shows it (1-4 primary, 5+ logical, GPT index)')
-      .option('--lv <vg/lv>', 'LVM logical volume'),
-  );
+      .option('-L, --follow', 'follow a final symlink, inside the image (the default)')
+      .option('-P, --no-follow', 'act on a final symlink itself');
+  }
+  return addAddressOptions(cmd);
 }
 
 async function withFs(image: string, o: Record<string, unknown>, fn: (at: OpenedAddress) => Promise<void>) {
   const addr: Address = {};
   if (typeof o.part === 'string') addr.part = o.part;
   if (typeof o.lv === 'string') addr.lv = o.lv;
-  const at = await openAddress(image, addr, openOptionsFrom(o));
+  const at = await openAddress(image, addr, openOptionsFrom(o), targetOptionsFrom(o));
   try {
+    noteTarget(at.target);
     warnAll(at.warnings);
     await fn(at);
   } finally {
     await at.close();
   }
-}
-
-function warn(m: string): void {
-  process.stderr.write(`strata: warning: ${m}\n`);
-}
-
-function warnAll(ws: readonly string[]): void {
-  for (const w of ws) warn(w);
 }
 
 function fmtValue(v: unknown): string {

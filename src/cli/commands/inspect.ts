@@ -1,5 +1,3 @@
-import { existsSync } from 'node:fs';
-import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { BlockDiff } from '../../inspect/block-diff.js';
 import type { PackageDiff } from '../../inspect/package-diff.js';
@@ -8,101 +6,86 @@ import type { OsInspection } from '../../inspect/types.js';
 import type { Address, OpenedAddress } from '../../library/address.js';
 import type { Library } from '../../library/library.js';
 import type { SearchHit } from '../../library/search.js';
-import { addOpenOptions, openOptionsFrom } from '../common.js';
-import { humanSize, printJson } from '../output.js';
+import { classifyTarget, type Target } from '../../library/target.js';
+import {
+  addLibraryOption,
+  addOpenOptions,
+  noteTarget,
+  openOptionsFrom,
+  TARGET_HELP,
+  targetOptionsFrom,
+} from '../common.js';
+import { humanSize, printJson, printJsonLines, setExitStatus, warnAll, writeOut } from '../output.js';
 
 /** Inspection verbs: inspect (what OS is in an image) and diff (what changed between two). */
 export function registerInspectCommands(program: Command): void {
   addOpenOptions(
-    program
-      .command('inspect')
-      .description('find every OS root in an image and report OS, version, packages, users, kernels, mounts')
-      .argument('<image>', 'image file or http(s) URL, or a library REF (NAME, NAME:TAG, NAME@N)')
-      .option('--json', 'an array with one object per OS root')
-      .option('--library <dir>', 'library directory for a REF (default: $STRATA_LIBRARY or the per-user one)')
-      .option('--refresh', 'for a REF: inspect the stored version again and store the result'),
+    addLibraryOption(
+      program
+        .command('inspect')
+        .description(
+          'find every OS root in an image and report OS, version, packages, users, kernels, mounts (exit 1: no OS found)',
+        )
+        .argument('<target>', TARGET_HELP)
+        .option('--json', 'one JSON object per OS root and line')
+        .option('--refresh', 'for a library version: inspect it again and store the result'),
+    ),
   ).action(async (image: string, o: Record<string, unknown>) => {
-    if (await isLibraryRef([image], o)) {
+    const target = classifyTarget(image, targetOptionsFrom(o));
+    let r: { roots: OsInspection[]; warnings: string[] };
+    if (target.kind === 'ref') {
       const { versionInspection } = await import('../../library/inspection.js');
-      const r = await withLibrary(o, (lib) => versionInspection(lib, image, { refresh: Boolean(o.refresh) }));
-      for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
-      if (o.json) return printJson(r.roots);
-      if (r.roots.length === 0) {
-        process.stdout.write('no operating system found\n');
-        return;
-      }
-      process.stdout.write(`${r.roots.map(humanReport).join('\n')}`);
-      return;
+      r = await withLibrary(o, (lib) => versionInspection(lib, target.ref, { refresh: Boolean(o.refresh) }));
+    } else {
+      // Loaded per verb: module loading is a large part of a short run.
+      const { inspectTarget } = await import('../../library/target-map.js');
+      r = await inspectTarget(image, openOptionsFrom(o), { ...targetOptionsFrom(o), onTarget: noteTarget });
     }
-    // Loaded per verb: module loading is a large part of a short run.
-    const { inspectImage } = await import('../../inspect/inspect.js');
-    const r = await inspectImage(image, openOptionsFrom(o));
-    for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
-    if (o.json) return printJson(r.roots);
+    warnAll(r.warnings);
     if (r.roots.length === 0) {
-      process.stdout.write('no operating system found\n');
+      // like grep finding nothing: a script can tell "no OS" from a report
+      setExitStatus(1);
+      if (!o.json) process.stderr.write('strata: no operating system found\n');
       return;
     }
-    process.stdout.write(`${r.roots.map(humanReport).join('\n')}`);
+    if (o.json) return printJsonLines(r.roots);
+    await writeOut(r.roots.map(humanReport).join('\n'));
   });
 
   addOpenOptions(
-    program
-      .command('diff')
-      .description('what changed from image A to image B: files, and with flags packages and blocks')
-      .argument('<a>', 'image file or http(s) URL, or a library REF (the old one)')
-      .argument('<b>', 'image file or http(s) URL, or a library REF (the new one)')
-      .option('--library <dir>', 'library directory for REFs (default: $STRATA_LIBRARY or the per-user one)')
-      .option('--part <n>', 'compare this partition of both images')
-      .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
-      .option('--packages', 'also list packages added, removed, upgraded and downgraded')
-      .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
-      .option('--json', 'one object: files, and packages / blocks when asked'),
+    addLibraryOption(
+      program
+        .command('diff')
+        .description(
+          'what changed from A to B: files, and with flags packages and blocks (exit 0 same, 1 different, 2 trouble)',
+        )
+        .argument('<a>', `the old one: ${TARGET_HELP}`)
+        .argument('<b>', 'the new one: the same kinds as A (a file and a library version can be compared)')
+        .option('--part <n>', 'compare this partition of both images')
+        .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
+        .option('--packages', 'also list packages added, removed, upgraded and downgraded')
+        .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
+        .option('--json', 'one object: files, and packages / blocks when asked'),
+    ),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
-    if (await isLibraryRef([a, b], o)) {
+    const ta = classifyTarget(a, targetOptionsFrom(o));
+    const tb = classifyTarget(b, targetOptionsFrom(o));
+    let out: DiffOut;
+    if (ta.kind === 'ref' && tb.kind === 'ref' && o.lv === undefined) {
+      // both stored: from the manifests, no block read
       const { diffVersions } = await import('../../library/version-diff.js');
-      const out = await withLibrary(o, (lib) =>
-        diffVersions(lib, a, b, {
+      out = await withLibrary(o, (lib) =>
+        diffVersions(lib, ta.ref, tb.ref, {
           part: o.part as string | undefined,
           packages: Boolean(o.packages),
           blocks: Boolean(o.blocks),
         }),
       );
-      if (o.json) return printJson(out);
-      for (const w of out.warnings) process.stderr.write(`strata: warning: ${w}\n`);
-      process.stdout.write(humanDiff(out));
-      return;
-    }
-    const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
-      import('../../library/address.js'),
-      import('../../inspect/tree-diff.js'),
-      import('../../inspect/file-manifest.js'),
-      import('../../inspect/block-diff.js'),
-    ]);
-    const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
-    const oo = openOptionsFrom(o);
-    const at: OpenedAddress[] = [];
-    try {
-      at.push(await openAddress(a, addr, oo));
-      at.push(await openAddress(b, addr, oo));
-      const files = await diffTrees(fileSystemTree(at[0].fs), fileSystemTree(at[1].fs));
-      const out: { files: TreeDiff; packages?: PackageDiff | null; blocks?: BlockDiff; warnings: string[] } = {
-        files,
-        warnings: [...at[0].warnings, ...at[1].warnings, ...files.warnings],
-      };
-      if (o.packages) out.packages = await packageDiff(a, b, at, oo, out.warnings);
-      if (o.blocks) {
-        const [fa, fb] = [at[0].fs, at[1].fs];
-        const da = await volumeBlockDigests(fa.volume, await fa.allocation(), fa.blockSize);
-        const db = await volumeBlockDigests(fb.volume, await fb.allocation(), fb.blockSize);
-        out.blocks = diffBlocks(da, db);
-      }
-      if (o.json) return printJson(out);
-      for (const w of out.warnings) process.stderr.write(`strata: warning: ${w}\n`);
-      process.stdout.write(humanDiff(out));
-    } finally {
-      for (const x of at) await x.close();
-    }
+    } else out = await diffOpened(a, b, [ta, tb], o);
+    setExitStatus(differs(out) ? 1 : 0);
+    if (o.json) return printJson(out);
+    warnAll(out.warnings);
+    await writeOut(humanDiff(out));
   });
 
   program
@@ -116,7 +99,7 @@ export function registerInspectCommands(program: Command): void {
     .option('--os <name>', 'distro (debian, fedora ...), OS type (linux, windows) or part of the product name')
     .option('--user <name>', 'a user account name')
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
-    .option('--json', 'an array, one object per matching version')
+    .option('--json', 'one JSON object per matching version and line')
     .action(async (o: Record<string, unknown>) => {
       const { search } = await import('../../library/search.js');
       const hits = await withLibrary(o, (lib) =>
@@ -128,8 +111,10 @@ export function registerInspectCommands(program: Command): void {
           user: o.user as string | undefined,
         }),
       );
-      if (o.json) return printJson(hits);
-      process.stdout.write(hits.map(humanHit).join(''));
+      // like grep(1): 0 found, 1 none, 2 trouble
+      setExitStatus(hits.length > 0 ? 0 : 1);
+      if (o.json) return printJsonLines(hits);
+      await writeOut(hits.map(humanHit).join(''));
     });
 
   program
@@ -154,7 +139,7 @@ export function registerInspectCommands(program: Command): void {
         }),
       );
       if (o.json)
-        printJson(
+        await printJsonLines(
           done.map((r) => ({ ref: r.ref, inspected: r.inspected, roots: r.roots.length, warnings: r.warnings })),
         );
     });
@@ -169,15 +154,50 @@ function humanHit(h: SearchHit): string {
   return `${l.join('\n')}\n`;
 }
 
-/**
- * Whether the arguments name library versions: --library was given, or none of them is an
- * existing file or a URL and a library exists (a mistyped image path keeps its error).
- */
-async function isLibraryRef(args: string[], o: Record<string, unknown>): Promise<boolean> {
-  if (o.library) return true;
-  const { libraryLocation, MARKER } = await import('../../library/library.js');
-  if (args.some((x) => /^https?:\/\//i.test(x) || existsSync(x))) return false;
-  return existsSync(path.join(libraryLocation(), MARKER));
+type DiffOut = {
+  files: TreeDiff;
+  packages?: PackageDiff | null;
+  blocks?: BlockDiff;
+  warnings: string[];
+};
+
+/** Anything added, removed, changed: files, packages (when compared), blocks (when measured). */
+function differs(out: DiffOut): boolean {
+  const f = out.files.summary;
+  if (f.added + f.removed + f.changed + f.metadata > 0) return true;
+  const p = out.packages;
+  if (p && p.added.length + p.removed.length + p.upgraded.length + p.downgraded.length > 0) return true;
+  return (out.blocks?.writeBlocks ?? 0) > 0;
+}
+
+/** diff of two opened targets (files, URLs, versions, in any mix): their file systems compared. */
+async function diffOpened(a: string, b: string, targets: Target[], o: Record<string, unknown>): Promise<DiffOut> {
+  const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
+    import('../../library/address.js'),
+    import('../../inspect/tree-diff.js'),
+    import('../../inspect/file-manifest.js'),
+    import('../../inspect/block-diff.js'),
+  ]);
+  const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
+  const oo = openOptionsFrom(o);
+  const at: OpenedAddress[] = [];
+  try {
+    at.push(await openAddress(a, addr, oo, targetOptionsFrom(o)));
+    at.push(await openAddress(b, addr, oo, targetOptionsFrom(o)));
+    for (const x of at) noteTarget(x.target);
+    const files = await diffTrees(fileSystemTree(at[0].fs), fileSystemTree(at[1].fs));
+    const out: DiffOut = { files, warnings: [...at[0].warnings, ...at[1].warnings, ...files.warnings] };
+    if (o.packages) out.packages = await packageDiff(at, targets, o, out.warnings);
+    if (o.blocks) {
+      const [fa, fb] = [at[0].fs, at[1].fs];
+      const da = await volumeBlockDigests(fa.volume, await fa.allocation(), fa.blockSize);
+      const db = await volumeBlockDigests(fb.volume, await fb.allocation(), fb.blockSize);
+      out.blocks = diffBlocks(da, db);
+    }
+    return out;
+  } finally {
+    for (const x of at) await x.close();
+  }
 }
 
 async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
@@ -191,19 +211,23 @@ async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => 
 }
 
 async function packageDiff(
-  a: string,
-  b: string,
   at: OpenedAddress[],
-  oo: ReturnType<typeof openOptionsFrom>,
+  targets: Target[],
+  o: Record<string, unknown>,
   warnings: string[],
 ): Promise<PackageDiff | null> {
-  const [{ inspectImage }, { diffPackages }] = await Promise.all([
-    import('../../inspect/inspect.js'),
+  const [{ inspectTarget }, { diffPackages }] = await Promise.all([
+    import('../../library/target-map.js'),
     import('../../inspect/package-diff.js'),
   ]);
   const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
-  const ra = pick((await inspectImage(a, oo)).roots, at[0].volume.id);
-  const rb = pick((await inspectImage(b, oo)).roots, at[1].volume.id);
+  const inspectOne = async (i: number) => {
+    const t = targets[i];
+    const arg = t.kind === 'file' ? t.path : t.kind === 'url' ? t.url : `ref:${t.ref}`;
+    return pick((await inspectTarget(arg, openOptionsFrom(o), targetOptionsFrom(o))).roots, at[i].volume.id);
+  };
+  const ra = await inspectOne(0);
+  const rb = await inspectOne(1);
   if (!ra?.packageFormat || !rb?.packageFormat || ra.packageFormat !== rb.packageFormat) {
     warnings.push(
       `packages: not comparable (A: ${ra?.packageFormat ?? 'no package database'}, B: ${rb?.packageFormat ?? 'no package database'})`,

@@ -1,15 +1,15 @@
-import type { SingleBar } from 'cli-progress';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { Library } from '../../library/library.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
-import { humanSize, printJson, writeOut } from '../output.js';
+import { humanSize, printJson, printJsonLines, warnAll } from '../output.js';
+import { progressBar } from '../progress.js';
 
 /**
  * Library verbs: init, checkin, checkout, images, versions, describe, tag, rm, gc,
- * verify, and ls/cat of a stored version (main.ts routes `ls`/`cat` here when their
- * first argument is not an image file). Every one takes --library DIR (else
- * STRATA_LIBRARY, else the per-user default).
+ * verify. Every one takes --library DIR (else STRATA_LIBRARY, else the per-user default).
+ * (`ls`, `cat` and the other image-reading verbs take a version as their TARGET: fs.ts.)
  */
 export const LIBRARY_VERBS = [
   'init',
@@ -27,42 +27,26 @@ export const LIBRARY_VERBS = [
 const withLib = (cmd: Command) =>
   cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
 
-/** Open the library for a verb; only `init` and `checkin` create it. */
+/**
+ * Open the library for a verb; only `init` and `checkin` create it, and a check-in that
+ * fails removes a library it created (nothing is left behind by a mistyped path).
+ */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
   const { Library } = await import('../../library/library.js');
   const lib = await Library.open(o.library as string | undefined, { create });
   try {
     return await fn(lib);
+  } catch (e) {
+    if (create) await lib.closeAndDiscardIfNew().catch(() => {});
+    throw e;
   } finally {
     await lib.close();
   }
 }
 
-async function progressBar(label: string): Promise<SingleBar | undefined> {
-  if (!process.stderr.isTTY) return undefined;
-  const { default: cliProgress } = await import('cli-progress');
-  const bar = new cliProgress.SingleBar(
-    {
-      stream: process.stderr,
-      format: `${label} [{bar}] {percentage}% | {value}/{total} MiB | ETA {eta_formatted}`,
-      hideCursor: true,
-      clearOnComplete: true,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  bar.start(1, 0);
-  return bar;
-}
+/** "(library DIR)": every verb that writes to a library says which one. */
+const inLibrary = (lib: Library) => `library ${lib.dir}`;
 
-const mib = (n: number) => Math.floor(n / 2 ** 20);
-/** A progress callback (bytes done, bytes total) that moves `bar` in MiB; none without a bar. */
-const progressIn = (bar: SingleBar | undefined) =>
-  bar
-    ? (done: number, total: number) => {
-        bar.setTotal(mib(total));
-        bar.update(mib(done));
-      }
-    : undefined;
 const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
 export function registerLibraryCommands(program: Command): void {
@@ -76,8 +60,21 @@ export function registerLibraryCommands(program: Command): void {
     await useLibrary(
       { library: dir ?? o.library },
       async (lib) => {
-        if (o.json) printJson({ library: lib.dir });
-        else process.stdout.write(`library at ${lib.dir}\n`);
+        const { Library } = await import('../../library/library.js');
+        const isDefault = Library.isDefault(lib.dir);
+        const env = process.env.STRATA_LIBRARY;
+        if (o.json) return printJson({ library: lib.dir, created: lib.created !== false, default: isDefault });
+        const lines = [`library at ${lib.dir}${lib.created === false ? ' (already there)' : ''}`];
+        if (isDefault) lines.push('this is the default library: commands use it without --library');
+        else if (env && libraryIs(env, lib.dir)) lines.push('selected by STRATA_LIBRARY in this shell');
+        else {
+          lines.push(
+            'other commands use the default library unless told; select this one with',
+            `  --library ${shellQuote(lib.dir)}`,
+            `or for this shell: export STRATA_LIBRARY=${shellQuote(lib.dir)}`,
+          );
+        }
+        process.stdout.write(`${lines.join('\n')}\n`);
       },
       true,
     );
@@ -114,14 +111,15 @@ export function registerLibraryCommands(program: Command): void {
             tags: (o.tag as string[]) ?? [],
             exact: Boolean(o.exact),
             openOptions: openOptionsFrom(o),
-            onProgress: progressIn(bar),
+            onProgress: bar ? (d, t) => bar.update(d, t) : undefined,
           });
           bar?.stop();
-          for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
-          if (o.json) return printJson(r);
+          warnAll(r.warnings);
+          if (o.json) return printJson({ library: lib.dir, ...r });
           process.stdout.write(
             [
               `${r.ref}  manifest ${r.manifest}`,
+              `stored in:        ${inLibrary(lib)}`,
               `logical size:     ${humanSize(r.virtualSize)}`,
               `used (stored):    ${humanSize(r.usedBytes)}`,
               `new bytes stored: ${humanSize(r.newBytes)}`,
@@ -145,6 +143,7 @@ export function registerLibraryCommands(program: Command): void {
       .argument('<out>', 'output file')
       .option('-O, --output-format <fmt>', 'raw or qcow2', 'raw')
       .option('--sync', 'fdatasync the output before renaming it into place')
+      .option('--force', 'replace OUT when it exists')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, out: string, o: Record<string, unknown>) => {
     const { checkout } = await import('../../library/checkout.js');
@@ -154,7 +153,8 @@ export function registerLibraryCommands(program: Command): void {
         const r = await checkout(lib, ref, out, {
           format: String(o.outputFormat) as 'raw' | 'qcow2',
           sync: Boolean(o.sync),
-          onProgress: progressIn(bar),
+          overwrite: Boolean(o.force),
+          onProgress: bar ? (d, t) => bar.update(d, t) : undefined,
         });
         bar?.stop();
         if (o.json) printJson(r);
@@ -170,7 +170,7 @@ export function registerLibraryCommands(program: Command): void {
   ).action(async (o: Record<string, unknown>) => {
     await useLibrary(o, async (lib) => {
       const rows = await lib.catalog.images();
-      if (o.json) return printJson(rows);
+      if (o.json) return printJsonLines(rows);
       const out = [`${'NAME'.padEnd(24)} ${'VERSIONS'.padStart(8)} ${'LATEST'.padStart(6)}  TAGS`];
       for (const r of rows) {
         out.push(
@@ -192,7 +192,7 @@ export function registerLibraryCommands(program: Command): void {
     await useLibrary(o, async (lib) => {
       const rows = await lib.catalog.versions(name, Boolean(o.all));
       if (rows.length === 0 && !o.all) throw new StrataError('NOT_FOUND', `no image named ${name}`);
-      if (o.json) return printJson(rows);
+      if (o.json) return printJsonLines(rows);
       const out = [
         `${'VERSION'.padEnd(7)} ${'CREATED'.padEnd(24)} ${'SIZE'.padStart(12)} ${'NEW'.padStart(12)} PARENTS / TAGS`,
       ];
@@ -259,8 +259,8 @@ export function registerLibraryCommands(program: Command): void {
         t = tag.slice(colon + 1);
       }
       await lib.catalog.setTag(v.image, t, v.number);
-      if (o.json) printJson({ image: v.image, tag: t, number: v.number });
-      else process.stdout.write(`${v.image}:${t} -> ${v.image}@${v.number}\n`);
+      if (o.json) printJson({ library: lib.dir, image: v.image, tag: t, number: v.number });
+      else process.stdout.write(`${v.image}:${t} -> ${v.image}@${v.number} (${inLibrary(lib)})\n`);
     });
   });
 
@@ -274,8 +274,8 @@ export function registerLibraryCommands(program: Command): void {
     await useLibrary(o, async (lib) => {
       const v = await lib.catalog.resolve(ref);
       await lib.catalog.deleteVersion(v.image, v.number);
-      if (o.json) printJson({ deleted: `${v.image}@${v.number}` });
-      else process.stdout.write(`deleted ${v.image}@${v.number}\n`);
+      if (o.json) printJson({ library: lib.dir, deleted: `${v.image}@${v.number}` });
+      else process.stdout.write(`deleted ${v.image}@${v.number} (${inLibrary(lib)})\n`);
     });
   });
 
@@ -289,9 +289,9 @@ export function registerLibraryCommands(program: Command): void {
     const { gc } = await import('../../library/library-verbs.js');
     await useLibrary(o, async (lib) => {
       const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000 });
-      if (o.json) return printJson(r);
+      if (o.json) return printJson({ library: lib.dir, ...r });
       process.stdout.write(
-        `${r.liveVersions} versions, ${r.liveBlobs} blobs kept; ${r.deletedPacks} packs removed, ${r.rewrittenPacks} rewritten, ${humanSize(r.freedBytes)} freed\n`,
+        `${r.liveVersions} versions, ${r.liveBlobs} blobs kept; ${r.deletedPacks} packs removed, ${r.rewrittenPacks} rewritten, ${humanSize(r.freedBytes)} freed (${inLibrary(lib)})\n`,
       );
     });
   });
@@ -327,50 +327,12 @@ export function registerLibraryCommands(program: Command): void {
   });
 }
 
-/** `ls REF [PATH]` and `cat REF PATH` straight from the store (no checkout). */
-export function registerStoreFsCommands(program: Command): void {
-  withLib(
-    program
-      .command('ls')
-      .description('list a directory of a stored version')
-      .argument('<ref>', 'version')
-      .argument('[path]', 'directory or file', '/')
-      .option('--part <id>', 'volume id (default: the only file system, or the OS root)')
-      .option('-R, --recursive', 'everything below PATH')
-      .option('-l, --long', 'mode, owner, size, time')
-      .option('--json', 'one JSON object per line'),
-  ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, listEntries } = await import('../../library/library-verbs.js');
-    const { modeString } = await import('../../library/listing.js');
-    await useLibrary(o, async (lib) => {
-      const files = await versionFiles(lib, ref, o.part as string | undefined);
-      const rows = listEntries(files, p, Boolean(o.recursive));
-      for (const e of rows) {
-        if (o.json) {
-          const { chunks, xattrs, ...rest } = e;
-          await writeOut(`${JSON.stringify({ ...rest, xattrs: xattrs ? Object.keys(xattrs) : [] })}\n`);
-        } else if (o.long) {
-          await writeOut(
-            `${modeString(e.type as never, e.mode)} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${String(e.size).padStart(10)} ${e.mtime ?? '-'} ${e.path}${e.target !== undefined ? ` -> ${e.target}` : ''}\n`,
-          );
-        } else await writeOut(`${o.recursive ? e.path : e.path.split('/').pop()}\n`);
-      }
-    });
-  });
+/** Whether two spellings name one folder. */
+function libraryIs(a: string, b: string): boolean {
+  return path.resolve(a) === path.resolve(b);
+}
 
-  withLib(
-    program
-      .command('cat')
-      .description('print a file of a stored version')
-      .argument('<ref>', 'version')
-      .argument('<path>', 'file')
-      .option('--part <id>', 'volume id (default: the only file system, or the OS root)'),
-  ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, findEntry, fileContent } = await import('../../library/library-verbs.js');
-    await useLibrary(o, async (lib) => {
-      const files = await versionFiles(lib, ref, o.part as string | undefined);
-      const e = findEntry(files, p, true);
-      for await (const b of fileContent(lib, files, e)) await writeOut(b);
-    });
-  });
+/** A path as one shell word. */
+function shellQuote(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }

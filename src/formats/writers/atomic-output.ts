@@ -1,10 +1,14 @@
-import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { type FileHandle, link, open, rename, unlink } from 'node:fs/promises';
 import * as path from 'node:path';
 import { StrataError } from '../../util/errors.js';
 
 /**
  * An output file that appears whole or not at all: it is written under a temporary name in
- * the same folder and renamed over `outPath` only by `commit`; `abort` removes it.
+ * the same folder and renamed over `outPath` only by `commit`; `abort` removes it. With
+ * `overwrite: false` an existing `outPath` is refused before any work, and again at the
+ * commit (the temporary file is hard-linked into place, which fails when a file appeared
+ * meanwhile).
  */
 export interface AtomicOutput {
   readonly fh: FileHandle;
@@ -37,8 +41,19 @@ async function createTemporary(abs: string, outPath: string): Promise<{ fh: File
   }
 }
 
-export async function openAtomicOutput(outPath: string): Promise<AtomicOutput> {
+export interface AtomicOutputOptions {
+  /** Replace an existing file at the output path (default true; the CLI asks for --force). */
+  overwrite?: boolean;
+}
+
+function exists(outPath: string): StrataError {
+  return new StrataError('USAGE', 'output exists; --force replaces it', { file: outPath });
+}
+
+export async function openAtomicOutput(outPath: string, opts: AtomicOutputOptions = {}): Promise<AtomicOutput> {
   const abs = path.resolve(outPath);
+  const overwrite = opts.overwrite ?? true;
+  if (!overwrite && existsSync(abs)) throw exists(outPath);
   const { fh, tmp } = await createTemporary(abs, outPath);
   let open_ = true;
   return {
@@ -48,9 +63,14 @@ export async function openAtomicOutput(outPath: string): Promise<AtomicOutput> {
       await fh.close();
       open_ = false;
       try {
-        await rename(tmp, abs);
+        if (overwrite) await rename(tmp, abs);
+        else {
+          await link(tmp, abs);
+          await unlink(tmp);
+        }
       } catch (e) {
         await unlink(tmp).catch(() => {});
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw exists(outPath);
         throw new StrataError(
           'IO',
           `cannot put the output in place: ${(e as Error).message}`,

@@ -1,0 +1,155 @@
+import { existsSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { closeChain } from '../formats/layer.js';
+import { openImage } from '../formats/open.js';
+import type { DiskImage, OpenOptions } from '../formats/types.js';
+import { StrataError } from '../util/errors.js';
+import { holeStatus } from './backing.js';
+import { Library, libraryLocation, MARKER } from './library.js';
+import { VersionSource } from './version-source.js';
+
+/**
+ * The one address grammar of every command that reads an image: a TARGET is
+ *
+ * - `ref:NAME` (also `ref:NAME:TAG`, `ref:NAME@N`, `ref:DIGEST`): a library version, always;
+ * - an `http://` or `https://` URL: an image on a web server;
+ * - an existing file: that image (a file wins over a library version of the same name; the
+ *   caller is told, see `note`);
+ * - anything else: a library version (NAME, NAME:TAG, NAME@N, manifest digest prefix) when a
+ *   library is given (`--library DIR`) or the default one exists, else a missing file.
+ *
+ * A path that cannot be a REF (it starts with '/', './', '../' or '~') is always a file, so
+ * a mistyped path is reported as a missing file, never as an unknown library version.
+ */
+export const REF_PREFIX = 'ref:';
+
+export interface TargetOptions {
+  /** `--library DIR`: look REFs up there (else $STRATA_LIBRARY, else the per-user default). */
+  library?: string;
+}
+
+export type Target =
+  | { kind: 'file'; path: string; note?: string }
+  | { kind: 'url'; url: string }
+  | { kind: 'ref'; ref: string; library: string /** Given as ref:NAME. */; forced: boolean };
+
+export type RefTarget = Extract<Target, { kind: 'ref' }>;
+
+const isUrl = (s: string) => /^https?:\/\//i.test(s);
+const pathOnly = (s: string) => /^(\/|\.\.?\/|~)/.test(s) || s === '.' || s === '..';
+
+/** Whether a library is at `dir` (or the default location). */
+function libraryExists(given?: string): boolean {
+  return existsSync(path.join(libraryLocation(given), MARKER));
+}
+
+/**
+ * What `arg` names, without opening anything but the file system's directory entries. A
+ * library version is only confirmed when it is opened (see openTargetImage).
+ */
+export function classifyTarget(arg: string, opts: TargetOptions = {}): Target {
+  if (arg.startsWith(REF_PREFIX)) {
+    const ref = arg.slice(REF_PREFIX.length);
+    if (ref === '') throw new StrataError('USAGE', `'${arg}' names no library version (ref:NAME, ref:NAME@N ...)`);
+    return { kind: 'ref', ref, library: libraryLocation(opts.library), forced: true };
+  }
+  if (isUrl(arg)) return { kind: 'url', url: arg };
+  if (existsSync(arg)) {
+    const t: Target = { kind: 'file', path: arg };
+    if (!pathOnly(arg) && libraryExists(opts.library) && statSync(arg).isFile()) {
+      t.note = `'${arg}' is read as the file here; write ref:${arg} for the library version of that name`;
+    }
+    return t;
+  }
+  if (!pathOnly(arg) && (opts.library !== undefined || libraryExists())) {
+    return { kind: 'ref', ref: arg, library: libraryLocation(opts.library), forced: false };
+  }
+  throw new StrataError('NOT_FOUND', 'no such file', { file: arg });
+}
+
+/** An opened target: the virtual disk and what it was understood as. */
+export interface OpenedTarget {
+  image: DiskImage;
+  target: Target;
+  /** A name for messages: the path, the URL, or NAME@N of a version. */
+  name: string;
+}
+
+/**
+ * Open a target as a disk image. A library version is served from the store (chunks read
+ * on demand); its image's `close()` also closes the library.
+ */
+export async function openTargetImage(
+  arg: string,
+  openOptions: OpenOptions = {},
+  opts: TargetOptions = {},
+): Promise<OpenedTarget> {
+  const target = classifyTarget(arg, opts);
+  if (target.kind === 'file') return { image: await openImage(target.path, openOptions), target, name: target.path };
+  if (target.kind === 'url') return { image: await openImage(target.url, openOptions), target, name: target.url };
+  const lib = await openTargetLibrary(target);
+  try {
+    const v = await resolveTargetVersion(lib, target);
+    const image = versionDiskImage(lib, v, await lib.layout(v.manifest));
+    return { image, target, name: image.name };
+  } catch (e) {
+    await lib.close();
+    throw e;
+  }
+}
+
+/** The library a version target names; a missing one is reported with the argument. */
+export async function openTargetLibrary(target: RefTarget): Promise<Library> {
+  try {
+    return await Library.open(target.library, { create: false });
+  } catch (e) {
+    const what = target.forced ? 'no library' : 'no such file, and no library';
+    throw new StrataError(
+      'NOT_FOUND',
+      `${what} at ${target.library} to look it up in as a version`,
+      { file: target.ref },
+      { cause: e },
+    );
+  }
+}
+
+type VersionRow = Awaited<ReturnType<Library['catalog']['resolve']>>;
+
+/** The catalog row of a version target; an unknown one is reported with the argument. */
+export async function resolveTargetVersion(lib: Library, target: RefTarget): Promise<VersionRow> {
+  try {
+    return await lib.catalog.resolve(target.ref);
+  } catch (e) {
+    if (e instanceof StrataError && e.code === 'NOT_FOUND') {
+      const what = target.forced ? 'no such image, tag or version' : 'no such file, and no such image, tag or version';
+      throw new StrataError('NOT_FOUND', `${what} in the library at ${lib.dir}`, { file: target.ref }, { cause: e });
+    }
+    throw e;
+  }
+}
+
+/** A stored version as a DiskImage (format raw, read from the store); closing it closes `lib`. */
+function versionDiskImage(lib: Library, v: VersionRow, m: Awaited<ReturnType<Library['layout']>>): DiskImage {
+  const src = new VersionSource(lib.store, m, `${v.image}@${v.number}`);
+  return {
+    name: src.name,
+    size: src.size,
+    format: 'raw',
+    subformat: 'library version',
+    fileSize: src.size,
+    warnings: [],
+    read: (o, l) => src.read(o, l),
+    readInto: (o, out) => src.readInto(o, out),
+    status: async (o, l) => holeStatus(await src.status(o, l)),
+    details: () => ({ library: lib.dir, version: `${v.image}@${v.number}`, manifest: v.manifest }),
+    close: async () => {
+      await src.close();
+      await lib.close();
+    },
+  };
+}
+
+/** Close an opened target (its backing chain, or the library of a version). */
+export async function closeTarget(t: OpenedTarget): Promise<void> {
+  await closeChain(t.image);
+}
