@@ -33,6 +33,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
+    verbs: ['completion'],
+    load: async () => (await import('./commands/completion.js')).registerCompletionCommand,
+  },
+  {
     verbs: ['init', 'checkin', 'checkout', 'images', 'versions', 'describe', 'tag', 'rm', 'gc', 'verify'],
     load: async () => (await import('./commands/library.js')).registerLibraryCommands,
   },
@@ -48,6 +52,7 @@ export async function buildProgram(verb?: string): Promise<Command> {
     .exitOverride();
   const mine = GROUPS.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : GROUPS) (await g.load())(program);
+  (await import('./help.js')).addExamples(program);
   return program;
 }
 

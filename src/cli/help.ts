@@ -1,0 +1,76 @@
+import type { Command } from 'commander';
+
+/**
+ * Examples for every command's `--help`, and from the same text the man page
+ * (scripts/man.mjs) and the test that runs each example (test/cli/help-examples.test.ts,
+ * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv and a library with
+ * debian@1 tagged 12). Keyed by the command's path below `strata`.
+ */
+export const EXAMPLES: Record<string, string[]> = {
+  '': ['strata info disk.qcow2', 'strata ls disk.qcow2 /etc -l', 'strata checkin disk.qcow2 --name debian'],
+  info: ['strata info disk.qcow2', 'strata info debian:12 --json'],
+  map: ['strata map disk.qcow2', 'strata map disk.qcow2 --used --json'],
+  convert: [
+    'strata convert disk.qcow2 disk.raw -O raw',
+    'strata convert disk.qcow2 small.qcow2 -O qcow2 --compression-type zstd',
+  ],
+  parts: ['strata parts disk.qcow2'],
+  fsinfo: ['strata fsinfo disk.qcow2 --part 2'],
+  ls: ['strata ls disk.qcow2 /etc -l', 'strata ls debian:12 /etc/apt -R --json'],
+  cat: ['strata cat disk.qcow2 /etc/os-release', 'strata cat ref:debian@1 /etc/hostname'],
+  stat: ['strata stat disk.qcow2 /bin/bash', 'strata stat disk.qcow2 /etc/os-release --no-follow --json'],
+  extract: ['strata extract disk.qcow2 /etc ./etc-copy', 'strata extract disk.qcow2 /etc ./etc-copy --no-clobber'],
+  whatis: ['strata whatis disk.qcow2 0x1200000+4096'],
+  blockmap: ['strata blockmap disk.qcow2 --summary', 'strata blockmap disk.qcow2 --save disk.bm > disk.blocks'],
+  trace: ['strata trace resolve disk.qcow2 trace.csv --summary'],
+  'trace resolve': [
+    'strata trace resolve disk.qcow2 trace.csv --summary',
+    'strata trace resolve disk.qcow2 - < trace.csv',
+  ],
+  inspect: ['strata inspect disk.qcow2', 'strata inspect debian:12 --json'],
+  diff: ['strata diff old.qcow2 new.qcow2', 'strata diff debian@1 new.qcow2 --packages'],
+  search: ["strata search --package 'bash>=5'", "strata search --path '/etc/**/*.conf' --user root --json"],
+  reinspect: ['strata reinspect --missing'],
+  nbd: ['strata nbd disk.qcow2 --port 0'],
+  demo: ['strata demo --dir ./demo'],
+  init: ['strata init ./my-library'],
+  checkin: ['strata checkin disk.qcow2 --name debian --tag 12'],
+  checkout: ['strata checkout debian:12 debian.raw', 'strata checkout debian@1 debian.qcow2 -O qcow2'],
+  images: ['strata images'],
+  versions: ['strata versions debian'],
+  describe: ['strata describe debian@1'],
+  tag: ['strata tag debian@1 debian:stable'],
+  rm: ['strata rm debian@1'],
+  gc: ['strata gc'],
+  verify: ['strata verify'],
+  completion: ['strata completion bash > strata.bash', 'strata completion zsh > _strata'],
+};
+
+/** The examples block as `--help` prints it after the options. */
+export function examplesText(key: string): string {
+  const ex = EXAMPLES[key];
+  if (!ex?.length) return '';
+  return `\nExamples:\n${ex.map((l) => `  $ ${l}`).join('\n')}\n`;
+}
+
+/** The path of a command below `strata`: '' for the program, 'trace resolve' for a subcommand. */
+export function commandKey(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
+}
+
+/** Every command of `program` (depth first, the program itself first). */
+export function allCommands(program: Command): Command[] {
+  const out: Command[] = [program];
+  for (const c of program.commands) out.push(...allCommands(c));
+  return out;
+}
+
+/** Put each command's examples under its `--help`. */
+export function addExamples(program: Command): void {
+  for (const c of allCommands(program)) {
+    const text = examplesText(commandKey(c));
+    if (text) c.addHelpText('after', text);
+  }
+}
