@@ -5,6 +5,7 @@
  * version. Oracles: the tree the image was made from, qemu-img, bash itself for pipes.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -134,6 +135,24 @@ describe('the first hour', { timeout: 900_000 }, () => {
     assert.match(outs.ref.info, /library version/);
     // the stored version is used bytes only (free space skipped): equal to the file where the file system is
     await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', path.join(box, 'conv-url.raw'), deb.qcow2]);
+    // nbd takes the same TARGET: ref:NAME served, and qemu-img reads it as the stored version
+    const server = spawn(process.execPath, [CLI, 'nbd', 'ref:debian', '--port', '0', '--library', lib], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const uri = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        server.stdout.on('data', (b) => {
+          out += b;
+          const m = /^(nbd:\/\/\S+)\t/m.exec(out);
+          if (m) resolve(m[1]);
+        });
+        server.on('close', (code) => reject(new Error(`nbd exited ${code}`)));
+      });
+      await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(box, 'conv-ref.raw'), uri]);
+    } finally {
+      server.kill('SIGTERM');
+    }
     // diff: a library version against a file (the same disk): no differences, exit 0
     const d = await strata(['diff', 'debian@1', deb.qcow2, '--library', lib]);
     assert.equal(d.code, 0, d.stderr);

@@ -274,7 +274,7 @@ describe('strata nbd REF: library versions', () => {
     assert.match(bad.stderr, /no such version: nosuch@3/);
     const none = await strata(['nbd', '--library', path.join(dir, 'no-lib'), '--port', '0', 'chain@1']);
     assert.notEqual(none.code, 0);
-    assert.match(none.stderr, /chain@1: not a file, and no library at .*no-lib to look it up in as a REF/);
+    assert.match(none.stderr, /chain@1: no such file, and no library at .*no-lib to look it up in as a version/);
   });
 
   test('checkin of an overlay whose backing version is not in the library fails naming the overlay', async () => {

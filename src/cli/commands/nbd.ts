@@ -1,9 +1,9 @@
-import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Library } from '../../library/library.js';
+import { classifyTarget, openTargetLibrary } from '../../library/target.js';
 import type { NbdExport } from '../../serve/nbd/export.js';
 import { StrataError } from '../../util/errors.js';
-import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { addOpenOptions, noteTarget, openOptionsFrom, targetOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
 import { parseSize } from './convert.js';
 
@@ -12,16 +12,20 @@ function collect(v: string, prev: string[]): string[] {
 }
 
 /**
- * `nbd IMAGE|REF...`: serve images, or library versions, over NBD until SIGINT/SIGTERM. An
- * argument that is not an existing file (nor a URL) is a library REF (NAME, NAME:TAG,
- * NAME@N, manifest digest prefix) in --library DIR (else $STRATA_LIBRARY, else the default).
+ * `nbd TARGET...`: serve images, or library versions, over NBD until SIGINT/SIGTERM. Each
+ * TARGET is read by the one grammar (library/target.ts): a file, a URL, or a library REF
+ * (NAME, NAME:TAG, NAME@N, manifest digest prefix; ref:NAME forces it) in --library DIR
+ * (else $STRATA_LIBRARY, else the default).
  */
 export function registerNbdCommand(program: Command): void {
   addOpenOptions(
     program
       .command('nbd')
       .description('serve images as NBD exports (read-only unless --overlay), like qemu-nbd')
-      .argument('<image...>', 'image files (any format Strata reads, with backing chains) or library REFs')
+      .argument(
+        '<target...>',
+        'image files (any format Strata reads, with backing chains), URLs or library versions (ref:NAME forces one)',
+      )
       .option('--library <dir>', 'library for REFs (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
       .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
@@ -59,23 +63,12 @@ export function registerNbdCommand(program: Command): void {
     };
     try {
       for (const [i, image] of images.entries()) {
-        if (!existsSync(image) && !/^https?:\/\//i.test(image)) {
-          // not a file: a library REF
-          if (!lib) {
-            const { Library } = await import('../../library/library.js');
-            const { libraryLocation } = await import('../../library/library.js');
-            try {
-              lib = await Library.open(o.library as string | undefined, { create: false });
-            } catch (e) {
-              throw new StrataError(
-                'NOT_FOUND',
-                `not a file, and no library at ${libraryLocation(o.library as string | undefined)} to look it up in as a REF`,
-                { file: image },
-                { cause: e },
-              );
-            }
-          }
-          exports.push(await openLibraryExport(lib, image, { name: names[i], overlay: overlays[i], cacheSize }));
+        const target = classifyTarget(image, targetOptionsFrom(o));
+        noteTarget(target);
+        if (target.kind === 'ref') {
+          // a library version (ref:NAME, or not a file and a library is there)
+          lib ??= await openTargetLibrary(target);
+          exports.push(await openLibraryExport(lib, target.ref, { name: names[i], overlay: overlays[i], cacheSize }));
           continue;
         }
         exports.push(
