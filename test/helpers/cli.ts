@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { ROOT } from './tools.js';
 
-export const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
+/** The built CLI; STRATA_TEST_CLI names another build (e.g. main's, to see a test fail there). */
+export const CLI = process.env.STRATA_TEST_CLI ?? path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 
 export interface CliResult {
   code: number;
