@@ -165,7 +165,16 @@ async function main(): Promise<void> {
   const r1 = JSON.parse(s1.out);
   const r2 = JSON.parse(s2.out);
   const outRaw = path.join(OUT, 'checkout.raw');
-  const co = await timed(process.execPath, [CLI, 'checkout', 'debian@2', outRaw, '--library', lib, '--json']);
+  const co = await timed(process.execPath, [
+    CLI,
+    'checkout',
+    'debian@2',
+    outRaw,
+    '--library',
+    lib,
+    '--force',
+    '--json',
+  ]);
   const coData = JSON.parse(co.out).dataBytes as number;
   const identical = sha256File(outRaw) === sha256File(derived);
   rmSync(outRaw, { force: true });

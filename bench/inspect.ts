@@ -253,7 +253,11 @@ async function main(): Promise<void> {
 async function inspectCase(a: string, node: string, genv: NodeJS.ProcessEnv): Promise<void> {
   const si = await best(RUNS, node, [CLI, 'inspect', a, '--json']);
   if (si.code !== 0) throw new Error(`strata inspect failed: ${si.err}`);
-  const ours = JSON.parse(si.out) as Array<Record<string, unknown>>;
+  // --json of a listing is JSON Lines: one object per OS root
+  const ours = si.out
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   const kvm = existsSync('/dev/kvm');
   const vi = await best(PEER_RUNS, 'virt-inspector', ['-a', a], genv);
   if (vi.code === 0) {
@@ -276,7 +280,8 @@ async function inspectCase(a: string, node: string, genv: NodeJS.ProcessEnv): Pr
 async function diffCase(a: string, b: string, node: string, genv: NodeJS.ProcessEnv): Promise<void> {
   const kvm = existsSync('/dev/kvm');
   const sd = await best(RUNS, node, [CLI, 'diff', a, b, '--packages', '--json']);
-  if (sd.code !== 0) throw new Error(`strata diff failed: ${sd.err}`);
+  // like diff(1): 0 same, 1 different; 2 is trouble
+  if (sd.code !== 0 && sd.code !== 1) throw new Error(`strata diff failed: ${sd.err}`);
   const d = JSON.parse(sd.out);
   const vd = await best(PEER_RUNS, 'virt-diff', ['-a', a, '-A', b], genv);
   const summary = {
@@ -329,7 +334,7 @@ async function libdiffCase(node: string, genv: NodeJS.ProcessEnv): Promise<void>
   const ours: Array<{ flags: string[]; r: Awaited<ReturnType<typeof best>>; d: LibDiffJson }> = [];
   for (const flags of [[], ['--packages'], ['--blocks']]) {
     const r = await best(RUNS, node, [CLI, 'diff', '--library', lib, 'base@1', 'derived@1', '--json', ...flags]);
-    if (r.code !== 0) throw new Error(`strata diff ${flags.join(' ')} failed: ${r.err}`);
+    if (r.code !== 0 && r.code !== 1) throw new Error(`strata diff ${flags.join(' ')} failed: ${r.err}`);
     ours.push({ flags, r, d: JSON.parse(r.out) as LibDiffJson });
   }
   const kvm = existsSync('/dev/kvm');
