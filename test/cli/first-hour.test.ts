@@ -98,6 +98,10 @@ describe('the first hour', { timeout: 900_000 }, () => {
 
   test('2: every image-reading command takes a file, a URL and a library version, with one output', async () => {
     const outs: Record<string, Record<string, string>> = {};
+    // accesses to the EFI partition, the root file system's metadata and its files
+    let accesses = '';
+    for (let off = 1 << 20; off < 120 << 20; off += 3 << 20) accesses += `${off},8192\n`;
+    writeFileSync(path.join(box, 'trace2.csv'), accesses);
     const cmds: Record<string, string[]> = {
       parts: ['parts', '@'],
       fsinfo: ['fsinfo', '@', '--part', '2'],
@@ -107,6 +111,8 @@ describe('the first hour', { timeout: 900_000 }, () => {
       stat: ['stat', '--json', '@', '/usr/bin/bash'],
       whatis: ['whatis', '@', '0x1200000+4096'],
       blockmap: ['blockmap', '--summary', '@'],
+      used: ['map', '--used', '--json', '@'],
+      trace: ['trace', 'resolve', '@', path.join(box, 'trace2.csv')],
       info: ['info', '@'],
       map: ['map', '@'],
       inspect: ['inspect', '@'],
@@ -127,7 +133,19 @@ describe('the first hour', { timeout: 900_000 }, () => {
       assert.equal(cv.code, 0, `convert ${form}: ${cv.stderr}`);
     }
     // what the file system says is the same whichever way the disk came
-    for (const name of ['parts', 'fsinfo', 'ls', 'lsJson', 'cat', 'stat', 'whatis', 'blockmap', 'inspect']) {
+    for (const name of [
+      'parts',
+      'fsinfo',
+      'ls',
+      'lsJson',
+      'cat',
+      'stat',
+      'whatis',
+      'blockmap',
+      'used',
+      'trace',
+      'inspect',
+    ]) {
       assert.equal(outs.url[name], outs.file[name], `${name}: URL vs file`);
       assert.equal(outs.ref[name], outs.file[name], `${name}: library version vs file`);
     }
