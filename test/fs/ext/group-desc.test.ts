@@ -96,7 +96,7 @@ test('group descriptors: a changed byte of a checksummed descriptor gives a diff
  * 16 TiB + 1 GiB file with 4 KiB blocks (only on tmpfs: ext4 hosts cap files at 16 TiB).
  * Made per run (~1 s, ~250 MB of tmpfs) and removed: too big for the fixture cache.
  */
-test('64-bit group descriptors past block 2^32: high halves match dumpe2fs -g for all 131080 groups', async () => {
+test('64-bit group descriptors past block 2^32: high halves match dumpe2fs -g for all 131080 groups, counts dumpe2fs -h', async () => {
   const dir = mkdtempSync('/dev/shm/strata-ext64-');
   const image = path.join(dir, 'big64.img');
   try {
@@ -112,7 +112,13 @@ test('64-bit group descriptors past block 2^32: high halves match dumpe2fs -g fo
     try {
       const rows = await dumpe2fsG(image);
       assert.equal(rows.length, ctx.groupCount);
+      // the superblock's 64-bit counts too
+      const h = await run('dumpe2fs', ['-h', image]);
+      const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(h)?.[1]);
       assert.ok(ctx.sb.blocksCount > 2 ** 32);
+      assert.equal(ctx.sb.blocksCount, field('Block count'));
+      assert.equal(ctx.sb.freeBlocksCount, field('Free blocks'));
+      assert.equal(ctx.sb.rBlocksCount, field('Reserved block count'));
       let past = 0;
       for (let g = 0; g < rows.length; g++) {
         const d = ctx.groups[g];
