@@ -105,7 +105,7 @@ describe('the first hour', { timeout: 900_000 }, () => {
     const cmds: Record<string, string[]> = {
       parts: ['parts', '@'],
       fsinfo: ['fsinfo', '@', '--part', '2'],
-      ls: ['ls', '-l', '-R', '@', '/etc'],
+      ls: ['ls', '-l', '-R', '@', '/'],
       lsJson: ['ls', '--json', '@', '/usr/bin'],
       cat: ['cat', '@', '/etc/passwd'],
       stat: ['stat', '--json', '@', '/usr/bin/bash'],
