@@ -1,10 +1,10 @@
-import { looksLikeMbr, probeContent } from '../fs/probe.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { SliceSource } from '../io/slice-source.js';
 import { StrataError } from '../util/errors.js';
 import { hasGptSignature, parseGpt } from './gpt.js';
 import { type FoundPv, type LvmVg, layoutLv, readPvLabel, readPvMetadata } from './lvm.js';
 import { hexType, mbrTypeName, parseMbr } from './mbr.js';
+import { looksLikeMbr, probeContent } from './probe.js';
 import type { PartitionTable, Volume } from './types.js';
 
 export interface DiscoverOptions {
