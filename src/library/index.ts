@@ -38,8 +38,14 @@ export { listDirectory, resolvePath, walk } from '../fs/walk.js';
 export { type BlockDiff, type BlockDigests, diffBlocks, volumeBlockDigests } from '../inspect/block-diff.js';
 export { type FileRecord, type FileTree, fileSystemTree } from '../inspect/file-manifest.js';
 export { type DiskInspection, inspectImage, inspectVolumes } from '../inspect/inspect.js';
-export { diffPackages, type PackageDiff } from '../inspect/package-diff.js';
-export { diffTrees, type TreeDiff } from '../inspect/tree-diff.js';
+export { diffPackages, type PackageChange, type PackageDiff } from '../inspect/package-diff.js';
+export {
+  type ContentChange,
+  type DiffItem,
+  diffTrees,
+  type MetadataChange,
+  type TreeDiff,
+} from '../inspect/tree-diff.js';
 export type { Group, InstalledProgram, Kernel, Mountpoint, OsInspection, Package, User } from '../inspect/types.js';
 export type { ByteSource, Extent, ExtentKind } from '../io/byte-source.js';
 export type { VerifyReport } from '../store/store.js';

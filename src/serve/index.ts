@@ -4,6 +4,9 @@
  * copy-on-write overlay.
  * @module
  */
+export type { Budget } from './nbd/budget.js';
+export type { BufferPool } from './nbd/buffer-pool.js';
+export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';
 export { DEFAULT_LIBRARY_CACHE, type LibraryExportOptions, openLibraryExport } from './nbd/library-export.js';
