@@ -9,6 +9,8 @@ import type { DiskContext, PartitionTable, StackDriver, TableDriver, Volume, Vol
 export interface DiscoverOptions {
   /** Logical sector size. Default: 512, or 4096 when a GPT is found only at 4096. */
   sectorSize?: number;
+  /** The volume drivers to use, in order. Default: VOLUME_DRIVERS. */
+  drivers?: readonly VolumeDriver[];
 }
 
 /** The result of discovery: the outer scheme ('gpt' | 'mbr' | 'whole' | 'none'), every volume, and warnings. */
@@ -44,7 +46,7 @@ export const wholeDiskDriver: TableDriver = {
 export const VOLUME_DRIVERS: readonly VolumeDriver[] = [gptDriver, wholeDiskDriver, mbrDriver, lvmDriver];
 
 /**
- * Find every volume on a disk, with the drivers of VOLUME_DRIVERS:
+ * Find every volume on a disk, with the drivers of VOLUME_DRIVERS (or `opts.drivers`):
  * - GPT (behind a protective MBR, at 512- or 4096-byte sectors; the backup header is used
  *   with a warning when the primary is damaged; both damaged -> CORRUPT, no MBR fallback
  *   when the MBR is protective),
@@ -88,19 +90,24 @@ export async function discoverVolumes(disk: ByteSource, opts: DiscoverOptions = 
     content: () => (content ??= probeContent(disk)),
   };
 
-  const tables = VOLUME_DRIVERS.filter((d): d is TableDriver => d.level === 'table');
+  const drivers = opts.drivers ?? VOLUME_DRIVERS;
+  const tables = drivers.filter((d): d is TableDriver => d.level === 'table');
   for (const driver of tables) {
     if (!(await driver.probe(ctx))) continue;
     const read = await driver.open(ctx);
     const id = 'diskId' in read ? { diskId: read.diskId } : {};
-    return finish(disk, { scheme: driver.kind, sectorSize, ...id, volumes: read.volumes, warnings });
+    return finish(disk, drivers, { scheme: driver.kind, sectorSize, ...id, volumes: read.volumes, warnings });
   }
   warnings.push('no partition table, volume manager or file system recognized');
   return { scheme: 'none', sectorSize, volumes: [], warnings };
 }
 
 /** Overlap warnings, each volume's content (unless its driver knew it), then the stack drivers. */
-async function finish(disk: ByteSource, result: DiscoverResult): Promise<DiscoverResult> {
+async function finish(
+  disk: ByteSource,
+  drivers: readonly VolumeDriver[],
+  result: DiscoverResult,
+): Promise<DiscoverResult> {
   const { volumes, warnings } = result;
   // Overlaps among partitions: primaries/GPT entries (with the extended container) among
   // themselves, and logicals among themselves (they live inside the container). Sort and
@@ -123,7 +130,7 @@ async function finish(disk: ByteSource, result: DiscoverResult): Promise<Discove
     if (v.content !== undefined || v.flags?.includes('extended') || v.size === 0) continue;
     v.content = await probeContent(v.source);
   }
-  for (const driver of VOLUME_DRIVERS) {
+  for (const driver of drivers) {
     if (driver.level !== 'stack') continue;
     const members = volumes.filter((v) => (driver as StackDriver).probe(v));
     if (members.length > 0) volumes.push(...(await driver.open(members, { disk, warnings })));
