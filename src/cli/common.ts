@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import type { OpenOptions } from '../formats/types.js';
-import type { Target, TargetOptions } from '../library/target.js';
+import type { OpenOptions, Target, TargetOptions } from '../library/index.js';
 
 /** How every command that reads an image describes its TARGET argument. */
 export const TARGET_HELP =

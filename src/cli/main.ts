@@ -34,7 +34,11 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
     verbs: ['completion'],
-    load: async () => (await import('./commands/completion.js')).registerCompletionCommand,
+    // handed buildProgram rather than importing this file (no import cycle; test/layers.test.ts)
+    load: async () => {
+      const { registerCompletionCommand } = await import('./commands/completion.js');
+      return (program) => registerCompletionCommand(program, buildProgram);
+    },
   },
   {
     verbs: ['init', 'checkin', 'checkout', 'images', 'versions', 'describe', 'tag', 'rm', 'gc', 'verify'],
@@ -76,11 +80,11 @@ function quietOnClosedPipe(): void {
 
 export async function main(argv: string[]): Promise<number> {
   quietOnClosedPipe();
-  const [{ CommanderError }, { isStrataError }, { exitStatus, finishWarnings }] = await Promise.all([
+  const [{ CommanderError }, { exitStatus, finishWarnings }] = await Promise.all([
     import('commander'),
-    import('../util/errors.js'),
     import('./output.js'),
   ]);
+  const { isStrataError } = await import('../library/index.js');
   const failed = TRISTATE.has(argv[0]) ? 2 : 1;
   try {
     const program = await buildProgram(argv[0]);

@@ -1,8 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import type { BlockMap, Owner } from '../../blockmap/block-map.js';
-import { StrataError } from '../../util/errors.js';
+import { type BlockMap, type Owner, StrataError } from '../../library/index.js';
 import {
   addLibraryOption,
   addOpenOptions,
@@ -59,7 +58,7 @@ export function registerBlockmapCommands(program: Command): void {
   ).action(async (image: string, o: Record<string, unknown>) => {
     const map = await obtainMap(image, o);
     if (typeof o.save === 'string') {
-      const { saveBlockMap } = await import('../../blockmap/codec.js');
+      const { saveBlockMap } = await import('../../library/index.js');
       await writeFile(o.save, saveBlockMap(map));
     }
     warnAll(map.warnings);
@@ -90,7 +89,7 @@ export function registerBlockmapCommands(program: Command): void {
         .option('--summary', 'only the summary'),
     ),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
-    const { readTraceBatches, TraceResolver } = await import('../../blockmap/trace.js');
+    const { readTraceBatches, TraceResolver } = await import('../../library/index.js');
     const map = await obtainMap(image, o);
     const resolver = new TraceResolver(map);
     const input = tracePath === '-' ? process.stdin : createReadStream(tracePath);
@@ -138,7 +137,7 @@ export function registerBlockmapCommands(program: Command): void {
 /** The map of an image: loaded from `--map FILE`, else built. */
 async function obtainMap(image: string, o: Record<string, unknown>): Promise<BlockMap> {
   if (typeof o.map === 'string') {
-    const { loadBlockMap } = await import('../../blockmap/codec.js');
+    const { loadBlockMap } = await import('../../library/index.js');
     const map = loadBlockMap(await readFile(o.map), o.map);
     return map;
   }
@@ -147,7 +146,7 @@ async function obtainMap(image: string, o: Record<string, unknown>): Promise<Blo
 
 /** Open a target (image file, URL, library version), build its block map, close it. */
 export async function buildMapOf(image: string, o: Record<string, unknown>): Promise<BlockMap> {
-  const { blockMapOfTarget } = await import('../../library/target-map.js');
+  const { blockMapOfTarget } = await import('../../library/index.js');
   return blockMapOfTarget(image, openOptionsFrom(o), { ...targetOptionsFrom(o), onTarget: noteTarget });
 }
 

@@ -1,19 +1,20 @@
 import type { Command, Option } from 'commander';
-import { StrataError } from '../../util/errors.js';
+import { StrataError } from '../../library/index.js';
 
 /**
  * `completion bash|zsh`: a completion script for the shell, generated from the commands and
  * options the program has (so it never falls behind them). Verbs complete at the first
  * word, `trace` takes its subcommand, options complete after '-', anything else is a file.
+ * `everything` builds the program with every verb (main.ts's buildProgram, passed in so this
+ * file need not import main.ts, which loads it).
  */
-export function registerCompletionCommand(program: Command): void {
+export function registerCompletionCommand(program: Command, everything: () => Promise<Command>): void {
   program
     .command('completion')
     .description('print a bash or zsh completion script (source it, or put it where the shell looks)')
     .argument('<shell>', 'bash or zsh')
     .action(async (shell: string) => {
-      const { buildProgram } = await import('../main.js');
-      const full = await buildProgram();
+      const full = await everything();
       if (shell === 'bash') process.stdout.write(bashScript(full));
       else if (shell === 'zsh') process.stdout.write(zshScript(full));
       else throw new StrataError('USAGE', `no completion for '${shell}' (bash or zsh)`);

@@ -1,9 +1,7 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import type { ConvertOptions } from '../../formats/convert.js';
-import type { DiskImage } from '../../formats/types.js';
-import { StrataError } from '../../util/errors.js';
+import { type ConvertOptions, type DiskImage, StrataError } from '../../library/index.js';
 import {
   addLibraryOption,
   addOpenOptions,
@@ -63,12 +61,7 @@ export function registerConvertCommand(program: Command): void {
       throw new StrataError('USAGE', '--backing-format needs --backing');
     }
     // Loaded here, not at start-up: every other command skips them (and Node's start-up is a large part of a short run).
-    const [{ convertImage }, { closeChain }, { openImage }, { openTargetImage }] = await Promise.all([
-      import('../../formats/convert.js'),
-      import('../../formats/layer.js'),
-      import('../../formats/open.js'),
-      import('../../library/target.js'),
-    ]);
+    const { convertImage, closeChain, openImage, openTargetImage } = await import('../../library/index.js');
     const openOpts = openOptionsFrom(o);
     if (!o.force && existsSync(out))
       throw new StrataError('USAGE', 'output exists; --force replaces it', { file: out });

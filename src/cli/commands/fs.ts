@@ -1,23 +1,29 @@
 import type { Command } from 'commander';
-import type { FileSystem, Inode } from '../../fs/types.js';
-import { type Address, type OpenedAddress, openAddress, openDisk } from '../../library/address.js';
-import { extractTree } from '../../library/extract.js';
-import { fileContent } from '../../library/library-verbs.js';
 import {
+  type Address,
+  classifyTarget,
+  extractTree,
+  type FileSystem,
+  fileContent,
+  type Inode,
   imagePath,
   isoTime,
   type LsRecord,
+  listStored,
   longLine,
   lookupPath,
   lsRecordWith,
   modeString,
+  type OpenedAddress,
+  openAddress,
+  openDisk,
+  openStoredFiles,
+  StrataError,
   statRecord,
+  storedFile,
   type WalkItem,
   walkBatches,
-} from '../../library/listing.js';
-import { listStored, openStoredFiles, storedFile } from '../../library/stored-listing.js';
-import { classifyTarget } from '../../library/target.js';
-import { StrataError } from '../../util/errors.js';
+} from '../../library/index.js';
 import {
   addAddressOptions,
   addLibraryOption,

@@ -96,9 +96,6 @@ async function printUsed(image: string, o: Record<string, unknown>): Promise<voi
 
 /** The readers, loaded when a command runs rather than at start-up. */
 async function load() {
-  const [{ closeTarget, openTargetImage }, { imageInfo, mapImage, recognised }] = await Promise.all([
-    import('../../library/target.js'),
-    import('../../library/image-info.js'),
-  ]);
+  const { closeTarget, openTargetImage, imageInfo, mapImage, recognised } = await import('../../library/index.js');
   return { closeTarget, openTargetImage, imageInfo, mapImage, recognised };
 }

@@ -1,12 +1,16 @@
 import type { Command } from 'commander';
-import type { BlockDiff } from '../../inspect/block-diff.js';
-import type { PackageDiff } from '../../inspect/package-diff.js';
-import type { TreeDiff } from '../../inspect/tree-diff.js';
-import type { OsInspection } from '../../inspect/types.js';
-import type { Address, OpenedAddress } from '../../library/address.js';
-import type { Library } from '../../library/library.js';
-import type { SearchHit } from '../../library/search.js';
-import { classifyTarget, type Target } from '../../library/target.js';
+import {
+  type Address,
+  type BlockDiff,
+  classifyTarget,
+  type Library,
+  type OpenedAddress,
+  type OsInspection,
+  type PackageDiff,
+  type SearchHit,
+  type Target,
+  type TreeDiff,
+} from '../../library/index.js';
 import {
   addLibraryOption,
   addOpenOptions,
@@ -34,11 +38,11 @@ export function registerInspectCommands(program: Command): void {
     const target = classifyTarget(image, targetOptionsFrom(o));
     let r: { roots: OsInspection[]; warnings: string[] };
     if (target.kind === 'ref') {
-      const { versionInspection } = await import('../../library/inspection.js');
+      const { versionInspection } = await import('../../library/index.js');
       r = await withLibrary(o, (lib) => versionInspection(lib, target.ref, { refresh: Boolean(o.refresh) }));
     } else {
       // Loaded per verb: module loading is a large part of a short run.
-      const { inspectTarget } = await import('../../library/target-map.js');
+      const { inspectTarget } = await import('../../library/index.js');
       r = await inspectTarget(image, openOptionsFrom(o), { ...targetOptionsFrom(o), onTarget: noteTarget });
     }
     warnAll(r.warnings);
@@ -73,7 +77,7 @@ export function registerInspectCommands(program: Command): void {
     let out: DiffOut;
     if (ta.kind === 'ref' && tb.kind === 'ref' && o.lv === undefined) {
       // both stored: from the manifests, no block read
-      const { diffVersions } = await import('../../library/version-diff.js');
+      const { diffVersions } = await import('../../library/index.js');
       out = await withLibrary(o, (lib) =>
         diffVersions(lib, ta.ref, tb.ref, {
           part: o.part as string | undefined,
@@ -101,7 +105,7 @@ export function registerInspectCommands(program: Command): void {
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'one JSON object per matching version and line')
     .action(async (o: Record<string, unknown>) => {
-      const { search } = await import('../../library/search.js');
+      const { search } = await import('../../library/index.js');
       const hits = await withLibrary(o, (lib) =>
         search(lib, {
           path: o.path as string | undefined,
@@ -125,7 +129,7 @@ export function registerInspectCommands(program: Command): void {
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'machine-readable output')
     .action(async (ref: string | undefined, o: Record<string, unknown>) => {
-      const { reinspect } = await import('../../library/inspection.js');
+      const { reinspect } = await import('../../library/index.js');
       const done = await withLibrary(o, (lib) =>
         reinspect(lib, {
           ref,
@@ -172,12 +176,9 @@ function differs(out: DiffOut): boolean {
 
 /** diff of two opened targets (files, URLs, versions, in any mix): their file systems compared. */
 async function diffOpened(a: string, b: string, targets: Target[], o: Record<string, unknown>): Promise<DiffOut> {
-  const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
-    import('../../library/address.js'),
-    import('../../inspect/tree-diff.js'),
-    import('../../inspect/file-manifest.js'),
-    import('../../inspect/block-diff.js'),
-  ]);
+  const { openAddress, diffTrees, fileSystemTree, diffBlocks, volumeBlockDigests } = await import(
+    '../../library/index.js'
+  );
   const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
   const oo = openOptionsFrom(o);
   const at: OpenedAddress[] = [];
@@ -201,7 +202,7 @@ async function diffOpened(a: string, b: string, targets: Target[], o: Record<str
 }
 
 async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
-  const { Library } = await import('../../library/library.js');
+  const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: false });
   try {
     return await fn(lib);
@@ -216,10 +217,7 @@ async function packageDiff(
   o: Record<string, unknown>,
   warnings: string[],
 ): Promise<PackageDiff | null> {
-  const [{ inspectTarget }, { diffPackages }] = await Promise.all([
-    import('../../library/target-map.js'),
-    import('../../inspect/package-diff.js'),
-  ]);
+  const { inspectTarget, diffPackages } = await import('../../library/index.js');
   const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
   const inspectOne = async (i: number) => {
     const t = targets[i];

@@ -1,7 +1,6 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import type { Library } from '../../library/library.js';
-import { StrataError } from '../../util/errors.js';
+import { type Library, StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, printJsonLines, warnAll } from '../output.js';
 import { progressBar } from '../progress.js';
@@ -32,7 +31,7 @@ const withLib = (cmd: Command) =>
  * fails removes a library it created (nothing is left behind by a mistyped path).
  */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
-  const { Library } = await import('../../library/library.js');
+  const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create });
   try {
     return await fn(lib);
@@ -60,7 +59,7 @@ export function registerLibraryCommands(program: Command): void {
     await useLibrary(
       { library: dir ?? o.library },
       async (lib) => {
-        const { Library } = await import('../../library/library.js');
+        const { Library } = await import('../../library/index.js');
         const isDefault = Library.isDefault(lib.dir);
         const env = process.env.STRATA_LIBRARY;
         if (o.json) return printJson({ library: lib.dir, created: lib.created !== false, default: isDefault });
@@ -98,7 +97,7 @@ export function registerLibraryCommands(program: Command): void {
         .option('--json', 'machine-readable output'),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
-    const { checkin } = await import('../../library/checkin.js');
+    const { checkin } = await import('../../library/index.js');
     await useLibrary(
       o,
       async (lib) => {
@@ -146,7 +145,7 @@ export function registerLibraryCommands(program: Command): void {
       .option('--force', 'replace OUT when it exists')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, out: string, o: Record<string, unknown>) => {
-    const { checkout } = await import('../../library/checkout.js');
+    const { checkout } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const bar = await progressBar('checking out');
       try {
@@ -212,7 +211,7 @@ export function registerLibraryCommands(program: Command): void {
       .argument('<ref>', 'NAME, NAME:TAG, NAME@VERSION or a manifest digest prefix')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, o: Record<string, unknown>) => {
-    const { describeVersion } = await import('../../library/library-verbs.js');
+    const { describeVersion } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const d = await describeVersion(lib, ref);
       if (o.json) return printJson(d);
@@ -286,7 +285,7 @@ export function registerLibraryCommands(program: Command): void {
       .option('--wait <seconds>', 'how long to wait for running check-ins', '600')
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
-    const { gc } = await import('../../library/library-verbs.js');
+    const { gc } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000 });
       if (o.json) return printJson({ library: lib.dir, ...r });
@@ -303,7 +302,7 @@ export function registerLibraryCommands(program: Command): void {
       .argument('[ref]', 'only this version')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string | undefined, o: Record<string, unknown>) => {
-    const { verifyLibrary } = await import('../../library/library-verbs.js');
+    const { verifyLibrary } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const r = await verifyLibrary(lib, ref);
       if (o.json) printJson(r);

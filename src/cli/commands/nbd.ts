@@ -1,8 +1,6 @@
 import type { Command } from 'commander';
-import type { Library } from '../../library/library.js';
-import { classifyTarget, openTargetLibrary } from '../../library/target.js';
-import type { NbdExport } from '../../serve/nbd/export.js';
-import { StrataError } from '../../util/errors.js';
+import { classifyTarget, type Library, openTargetLibrary, StrataError } from '../../library/index.js';
+import type { NbdExport } from '../../serve/index.js';
 import { addOpenOptions, noteTarget, openOptionsFrom, targetOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
 import { parseSize } from './convert.js';
@@ -49,12 +47,7 @@ export function registerNbdCommand(program: Command): void {
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
     const cacheSize = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
 
-    const [{ openImageExport }, { openLibraryExport }, { NbdServer }, { TraceWriter }] = await Promise.all([
-      import('../../serve/nbd/image-export.js'),
-      import('../../serve/nbd/library-export.js'),
-      import('../../serve/nbd/server.js'),
-      import('../../serve/nbd/trace.js'),
-    ]);
+    const { openImageExport, openLibraryExport, NbdServer, TraceWriter } = await import('../../serve/index.js');
     const exports: NbdExport[] = [];
     let lib: Library | undefined;
     const closeAll = async () => {
