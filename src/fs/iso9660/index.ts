@@ -62,15 +62,22 @@ interface DirListing {
   byFold?: Map<string, DirEntry>;
 }
 
-const TYPE_BY_MODE: Record<number, FileType> = {
-  0o010000: 'fifo',
-  0o020000: 'char',
-  0o040000: 'dir',
-  0o060000: 'block',
-  0o100000: 'file',
-  0o120000: 'symlink',
-  0o140000: 'socket',
-};
+/** File type by the S_IFMT nibble of a Rock Ridge mode (mode >> 12). */
+const TYPE_BY_FMT: Array<FileType | undefined> = [
+  undefined,
+  'fifo',
+  'char',
+  undefined,
+  'dir',
+  undefined,
+  'block',
+  undefined,
+  'file',
+  undefined,
+  'symlink',
+  undefined,
+  'socket',
+];
 
 const isBadName = (n: string) => n === '' || n === '.' || n === '..' || n.includes('/') || n.includes('\0');
 
@@ -287,7 +294,7 @@ export class IsoFileSystem implements FileSystem {
     let type: FileType = isDir ? 'dir' : 'file';
     let mode = isDir ? 0o555 : 0o444;
     if (rr?.mode !== undefined) {
-      type = TYPE_BY_MODE[rr.mode & 0o170000] ?? type;
+      type = TYPE_BY_FMT[(rr.mode >>> 12) & 15] ?? type;
       mode = rr.mode & 0o7777;
       if (isDir && type !== 'dir') type = 'dir'; // the directory flag wins: it decides how the extent is read
     }
