@@ -42,6 +42,8 @@ interface FatNode {
   fixedRoot: boolean;
   /** Where the entry (set) is: volume offset, for errors. */
   structure: string;
+  /** A directory whose cluster chain is broken: listing it fails with this. */
+  broken?: StrataError;
 }
 
 interface DirListing {
@@ -254,6 +256,7 @@ export class FatFileSystem implements FileSystem {
 
   /** The clusters of a node's stream, as runs (FAT chain, or contiguous for exFAT NoFatChain). */
   private runs(n: FatNode): ClusterRun[] {
+    if (n.broken) throw n.broken;
     const cached = this.runCache.get(n.pub.ino);
     if (cached) return cached;
     const geo = this.ctx.geo;
@@ -416,7 +419,7 @@ export class FatFileSystem implements FileSystem {
         this.runCache.set(ino, c.runs);
       } catch (e) {
         if (!(e instanceof StrataError)) throw e;
-        this.ctx.warn(`directory entry at ${ino}: ${e.message}`);
+        node.broken = e;
       }
     }
     node.pub.allocatedBytes = Math.ceil(node.size / geo.clusterSize) * geo.clusterSize;
@@ -554,6 +557,7 @@ export class FatFileSystem implements FileSystem {
 
   async readdirAll(dir: Inode): Promise<DirEntry[]> {
     const n = await this.dirNode(dir);
+    if (n.broken) throw n.broken;
     if (n.size === 0 && !n.fixedRoot) return [];
     return (await this.listing(n)).entries.slice();
   }
@@ -561,6 +565,7 @@ export class FatFileSystem implements FileSystem {
   /** Exact name first; FAT names are case-insensitive, so then a case-folded match. */
   async lookupChild(dir: Inode, name: string): Promise<DirEntry | undefined> {
     const n = await this.dirNode(dir);
+    if (n.broken) throw n.broken;
     if (n.size === 0 && !n.fixedRoot) return undefined;
     const l = await this.listing(n);
     const e = l.byName.get(name);

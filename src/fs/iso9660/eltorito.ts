@@ -25,7 +25,7 @@ export interface BootCatalog {
 const le16 = (b: Uint8Array, o: number) => b[o] | (b[o + 1] << 8);
 const le32 = (b: Uint8Array, o: number) => (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
 
-const PLATFORMS: Record<number, string> = { 0: 'x86', 1: 'PowerPC', 2: 'Mac', 239: 'EFI' } // 239 = 0xEF;
+const PLATFORMS: Record<number, string> = { 0: 'x86', 1: 'PowerPC', 2: 'Mac', 239: 'EFI' }; // 239 = 0xEF;
 const MEDIA = ['no emulation', '1.2M floppy', '1.44M floppy', '2.88M floppy', 'hard disk'];
 
 function entry(b: Uint8Array, o: number, platform: number): BootEntry {
