@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
-import { FatFileSystem } from '../../src/fs/fat/index.js';
+import type { FatFileSystem } from '../../src/fs/fat/index.js';
 import { openFileSystem } from '../../src/fs/open.js';
 import type { FileSystem, Inode } from '../../src/fs/types.js';
 import { walk } from '../../src/fs/walk.js';
