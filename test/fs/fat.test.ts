@@ -317,3 +317,46 @@ test('FAT: a cluster chain that cycles fails with LOOP, a chain into a free clus
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('FAT names hostile elsewhere (\\, :, CON, "..") are listed as stored or dropped with a warning, and extraction stays in DEST', async () => {
+  const img = await fatImage(FAT_SPECS[1]);
+  const dir = scratch('fat-names');
+  try {
+    const copy = path.join(dir, 'names.img');
+    const buf = readFileSync(img);
+    /**
+     * Rewrite the one long-name entry of a name of up to 13 units (the short name, and so the
+     * checksum, stay as they are): units at their VFAT offsets, NUL-terminated, 0xFFFF-padded.
+     */
+    const rename = (from: string, to: string) => {
+      const at = findUtf16(buf, from.slice(0, 5)) - 1;
+      assert.equal(buf[at + 11], 0x0f, `${from}: a long-name entry`);
+      assert.equal(buf[at], 0x41, `${from}: the only entry of its name`);
+      const units = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+      for (const [k, o] of units.entries())
+        buf.writeUInt16LE(k < to.length ? to.charCodeAt(k) : k === to.length ? 0 : 0xffff, at + o);
+    };
+    rename('MiXeD.Txt', 'a\\b:c.txt'); // a backslash and a colon: ordinary bytes in a Linux name
+    rename('empty-dir', 'CON'); // the reserved DOS device name
+    rename('empty-file', '..'); // not a usable name: dropped with a warning
+    writeFileSync(copy, buf);
+    const fs = await open(copy);
+    const names = (await fs.readdirAll!(await fs.root())).map((e) => e.name);
+    assert.ok(names.includes('a\\b:c.txt'), names.join(', '));
+    assert.ok(names.includes('CON'), names.join(', '));
+    assert.ok(!names.includes('..') && !names.includes('empty-file'));
+    assert.ok(
+      fs.warnings.some((w) => /"\.\." .*not a usable name/.test(w)),
+      fs.warnings.join('\n'),
+    );
+    const { strata } = await import('../helpers/cli.js');
+    const dest = path.join(dir, 'dest');
+    const r = await strata(['extract', copy, '/', dest]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(path.join(dest, 'a\\b:c.txt'), 'utf8'), 'mixed-case name\n');
+    assert.ok(statSync(path.join(dest, 'CON')).isDirectory());
+    assert.deepEqual((await run('ls', ['-A', dir])).split('\n').filter(Boolean).sort(), ['dest', 'names.img']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -684,6 +684,8 @@ export class FatFileSystem implements FileSystem {
       yield { offset: 0, length: 12 * bps, kind: 'boot-sector', detail: 'main boot region' };
       yield { offset: 12 * bps, length: 12 * bps, kind: 'boot-sector', detail: 'backup boot region' };
     } else {
+      // the whole reserved area first: the structures in it (claimed after) take their sectors
+      yield { offset: 0, length: geo.fatOffset, kind: 'reserved', detail: 'reserved sectors' };
       yield { offset: 0, length: bps, kind: 'boot-sector', detail: 'boot sector' };
       if (geo.fsInfoSector > 0 && geo.fsInfoSector < geo.reservedSectors) {
         yield { offset: geo.fsInfoSector * bps, length: bps, kind: 'superblock', detail: 'FSInfo' };
