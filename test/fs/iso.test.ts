@@ -8,6 +8,7 @@ import type { FileSystem, Inode } from '../../src/fs/types.js';
 import { walk } from '../../src/fs/walk.js';
 import { FileSource } from '../../src/io/file-source.js';
 import { MemorySource } from '../../src/io/memory-source.js';
+import { StrataError } from '../../src/util/errors.js';
 import { bytesFor } from '../helpers/fat-images.js';
 import {
   BIG_MARKS,
@@ -21,6 +22,7 @@ import {
   LONG_LINK,
   xorrisoBig,
   xorrisoBoot,
+  xorrisoZisofs,
 } from '../helpers/iso-images.js';
 import { run, scratch } from '../helpers/tools.js';
 
@@ -297,4 +299,26 @@ test('extraction of hostile names (\\, :, CON, absolute and dangling symlinks) s
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a zisofs-compressed file (Rock Ridge ZF, xorriso --zisofs) is listed with its size and named as unsupported when read', async () => {
+  const img = await xorrisoZisofs();
+  const fs = await open(img);
+  const theirs = await xorrisoList(img);
+  const z = await fs.lookup('/zeros.bin');
+  assert.equal(String(z.size), theirs.get('/zeros.bin')!.size);
+  const ext = [];
+  for await (const e of fs.extents(z)) ext.push(e);
+  assert.equal(ext.length, 1);
+  assert.equal(ext[0].encoded, 'zisofs');
+  assert.ok(ext[0].diskLength! < z.size, 'stored compressed');
+  await assert.rejects(
+    fs.read(z, 0, 10),
+    (e: unknown) => e instanceof StrataError && e.code === 'UNSUPPORTED' && /zisofs/.test(e.message),
+  );
+  assert.ok(
+    fs.warnings.some((w) => /zisofs-compressed file \(Rock Ridge ZF/.test(w)),
+    fs.warnings.join('\n'),
+  );
+  assert.equal(new TextDecoder().decode(await fs.read(await fs.lookup('/plain.txt'), 0, 100)), 'not compressed\n');
 });

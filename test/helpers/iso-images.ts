@@ -159,3 +159,29 @@ export async function xorrisoBig(): Promise<string> {
     }
   });
 }
+
+/** xorriso with its zisofs filter on a compressible file: Rock Ridge ZF entries. */
+export async function xorrisoZisofs(): Promise<string> {
+  return fixture('iso-xorriso-zisofs-v1.iso', async (out) => {
+    const src = `${out}.d`;
+    mkdirSync(src, { recursive: true });
+    writeFileSync(path.join(src, 'zeros.bin'), Buffer.alloc(300_000));
+    writeFileSync(path.join(src, 'plain.txt'), 'not compressed\n');
+    try {
+      await run('xorriso', [
+        '-outdev',
+        out,
+        '-map',
+        src,
+        '/',
+        '-set_filter_r',
+        '--zisofs',
+        '/zeros.bin',
+        '--',
+        '-commit',
+      ]);
+    } finally {
+      spawnSync('rm', ['-rf', src]);
+    }
+  });
+}
