@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
 import { bytesFor, FAT_SPECS, fatImage, fatTree, mtool, TREE_MTIME } from '../helpers/fat-images.js';
-import { genisoRR, isoTree } from '../helpers/iso-images.js';
+import { genisoJoliet, genisoRR, isoTree } from '../helpers/iso-images.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
 import { copyInto, mkfsImage, sparse } from '../helpers/volume-images.js';
 
@@ -32,7 +32,25 @@ async function shas(root: string): Promise<Map<string, string>> {
   return out;
 }
 
-test('FAT32 image through the CLI: ls, cat, stat, extract, blockmap and checkin work unchanged; results match fls, istat and the host tree', async () => {
+/**
+ * Block-map samples against The Sleuth Kit: for file data units spread over the map, `ifind
+ * -d` names the object that owns the unit and `ffind` its path; both must be ours.
+ */
+async function sampleAgainstTsk(img: string, map: Array<Record<string, unknown>>, unit: number): Promise<void> {
+  const files = map.filter(
+    (r) => r.kind === 'file' && typeof r.path === 'string' && /^[\x20-\x7e]+$/.test(r.path as string),
+  );
+  assert.ok(files.length >= 12, `${files.length} file ranges`);
+  for (let k = 0; k < 12; k++) {
+    const r = files[Math.floor((k * files.length) / 12)];
+    const u = Math.floor((r.start as number) / unit);
+    const addr = (await run('ifind', ['-d', String(u), img])).trim();
+    const where = (await run('ffind', [img, addr])).trim();
+    assert.equal(where, r.path, `unit ${u}`);
+  }
+}
+
+test('FAT32 image through the CLI: ls, cat, stat, extract, blockmap and checkin work unchanged; results match fls, istat, ifind/ffind and the host tree', async () => {
   const img = await fatImage(FAT_SPECS[2]);
   const tree = await fatTree();
   // ls -R: the paths fls lists
@@ -196,7 +214,7 @@ test('GPT disk with an EFI system partition and an ext4 root: parts, ls, cat, bl
   }
 });
 
-test('ISO 9660 through the CLI: ls, cat and extract match the host tree', async () => {
+test('ISO 9660 through the CLI: ls, cat and extract match the host tree; block-map samples match ifind/ffind', async () => {
   const img = await genisoRR();
   const tree = await isoTree();
   const ls = lines(await ok(['ls', '--json', img, '/modes']));
@@ -208,6 +226,9 @@ test('ISO 9660 through the CLI: ls, cat and extract match the host tree', async 
     ],
   );
   assert.equal(await ok(['cat', img, '/l1/l2/l3/l4/l5/l6/l7/l8/l9/l10/l11/l12/deep.txt']), 'deep down\n');
+  // TSK reads the Joliet tree of an ISO: sample the Joliet-only image, whose names are the same for both
+  const joliet = await genisoJoliet();
+  await sampleAgainstTsk(joliet, lines(await ok(['blockmap', '--json', joliet])), 2048);
   const dir = scratch('iso-cli');
   try {
     const dest = path.join(dir, 'x');
