@@ -226,13 +226,7 @@ export class FatFileSystem implements FileSystem {
       const sum = upcaseChecksum(table);
       if (sum !== up.value) ctx.warn(`exFAT up-case table checksum ${sum} does not match its entry (${up.value})`);
       this.upcase = UpcaseTable.parse(table);
-      for (const r of ctx.ranges(upRuns))
-        this.specials.push({
-          kind: 'reserved',
-          detail: 'up-case table',
-          offset: r.offset,
-          length: Math.min(r.length, up.size),
-        });
+      for (const r of ctx.ranges(upRuns)) this.specials.push({ kind: 'reserved', detail: 'up-case table', ...r });
     }
   }
 
@@ -680,20 +674,40 @@ export class FatFileSystem implements FileSystem {
   async *metadataRegions(): AsyncIterable<OwnedRange> {
     const geo = this.ctx.geo;
     const bps = geo.bytesPerSector;
+    // the reserved area: its structures, and what lies between them as 'reserved sectors'
+    const head: OwnedRange[] = [];
     if (geo.variant === 'exfat') {
-      yield { offset: 0, length: 12 * bps, kind: 'boot-sector', detail: 'main boot region' };
-      yield { offset: 12 * bps, length: 12 * bps, kind: 'boot-sector', detail: 'backup boot region' };
+      head.push({ offset: 0, length: 12 * bps, kind: 'boot-sector', detail: 'main boot region' });
+      head.push({ offset: 12 * bps, length: 12 * bps, kind: 'boot-sector', detail: 'backup boot region' });
     } else {
-      // the whole reserved area first: the structures in it (claimed after) take their sectors
-      yield { offset: 0, length: geo.fatOffset, kind: 'reserved', detail: 'reserved sectors' };
-      yield { offset: 0, length: bps, kind: 'boot-sector', detail: 'boot sector' };
+      head.push({ offset: 0, length: bps, kind: 'boot-sector', detail: 'boot sector' });
       if (geo.fsInfoSector > 0 && geo.fsInfoSector < geo.reservedSectors) {
-        yield { offset: geo.fsInfoSector * bps, length: bps, kind: 'superblock', detail: 'FSInfo' };
+        head.push({ offset: geo.fsInfoSector * bps, length: bps, kind: 'superblock', detail: 'FSInfo' });
       }
       if (geo.backupBootSector > 0 && geo.backupBootSector < geo.reservedSectors) {
-        yield { offset: geo.backupBootSector * bps, length: bps, kind: 'boot-sector', detail: 'backup boot sector' };
+        head.push({
+          offset: geo.backupBootSector * bps,
+          length: bps,
+          kind: 'boot-sector',
+          detail: 'backup boot sector',
+        });
       }
     }
+    head.sort((x, y) => x.offset - y.offset);
+    let pos = 0;
+    for (const h of head) {
+      if (h.offset < pos) continue; // overlapping (a corrupt BPB): the first claim stands
+      if (h.offset > pos) yield { offset: pos, length: h.offset - pos, kind: 'reserved', detail: 'reserved sectors' };
+      yield h;
+      pos = h.offset + h.length;
+    }
+    if (geo.fatOffset > pos)
+      yield { offset: pos, length: geo.fatOffset - pos, kind: 'reserved', detail: 'reserved sectors' };
+    // alignment between the FATs and the data area (exFAT); FAT12/16 keep their root directory there
+    const fatsEnd = geo.fatOffset + geo.numFats * geo.fatBytes;
+    const gapEnd = this.rootNode.fixedRoot ? geo.rootDirOffset : geo.heapOffset;
+    if (gapEnd > fatsEnd)
+      yield { offset: fatsEnd, length: gapEnd - fatsEnd, kind: 'reserved', detail: 'before the data area' };
     for (let k = 0; k < geo.numFats; k++) {
       yield { offset: geo.fatOffset + k * geo.fatBytes, length: geo.fatBytes, kind: 'bitmap', detail: `FAT ${k + 1}` };
     }
