@@ -41,10 +41,7 @@ async function sampleAgainstTsk(img: string, map: Array<Record<string, unknown>>
   // entry pointing at a unit, deleted ones included (the fragmented file is checked against istat)
   const files = map.filter(
     (r) =>
-      r.kind === 'file' &&
-      typeof r.path === 'string' &&
-      /^[\x20-\x7e]+$/.test(r.path) &&
-      !r.path.startsWith('/frag/'),
+      r.kind === 'file' && typeof r.path === 'string' && /^[\x20-\x7e]+$/.test(r.path) && !r.path.startsWith('/frag/'),
   );
   assert.ok(files.length >= 12, `${files.length} file ranges`);
   for (let k = 0; k < 12; k++) {
