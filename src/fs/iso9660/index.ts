@@ -79,6 +79,9 @@ const TYPE_BY_FMT: Array<FileType | undefined> = [
   'socket',
 ];
 
+const le32 = (b: Uint8Array, o: number) => (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
+const be32 = (b: Uint8Array, o: number) => ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+
 const isBadName = (n: string) => n === '' || n === '.' || n === '..' || n.includes('/') || n.includes('\0');
 
 export class IsoFileSystem implements FileSystem {
@@ -94,7 +97,9 @@ export class IsoFileSystem implements FileSystem {
   private readonly descriptors: Array<{ sector: number; what: string }> = [];
   private udf?: string[];
   private catalog?: BootCatalog;
-  private ceAreas: ByteRange[] = [];
+  private ceAreas = new Map<string, ByteRange>();
+  /** Sectors where some file's data starts (to tell whether the boot catalogue is a file in the tree). */
+  private readonly fileStarts = new Set<number>();
 
   private constructor(
     private readonly ctx: IsoContext,
@@ -285,7 +290,7 @@ export class IsoFileSystem implements FileSystem {
   }
 
   private noteCe(offset: number, length: number): void {
-    if (this.ceAreas.length < 100_000) this.ceAreas.push({ offset, length });
+    if (this.ceAreas.size < 100_000) this.ceAreas.set(`${offset}+${length}`, { offset, length });
   }
 
   private makeNode(ino: number, recs: DirRecord[], rr: RockRidge | undefined, structure: string): IsoNode {
@@ -321,6 +326,7 @@ export class IsoFileSystem implements FileSystem {
     };
     if (rr?.rdev && (type === 'char' || type === 'block')) pub.rdev = rr.rdev;
     const node: IsoNode = { pub, pieces, dirLba: isDir ? r.extent : 0, structure };
+    if (!isDir && pieces.length > 0 && this.fileStarts.size < 1_000_000) this.fileStarts.add(pieces[0].lba);
     if (type === 'symlink') {
       node.symlink = rr?.symlink ?? '';
       pub.size = new TextEncoder().encode(node.symlink).length;
@@ -631,27 +637,20 @@ export class IsoFileSystem implements FileSystem {
     yield { offset: 0, length: FIRST_DESCRIPTOR * SECTOR, kind: 'boot-sector', detail: 'system area' };
     for (const d of this.descriptors)
       yield { offset: d.sector * SECTOR, length: SECTOR, kind: 'superblock', detail: d.what };
-    const pvdRaw = await this.ctx.read(this.pvd.sector * SECTOR, SECTOR, 'ISO 9660 primary volume descriptor');
-    const ptSize = pvdRaw[132] | (pvdRaw[133] << 8) | (pvdRaw[134] << 16) | (pvdRaw[135] << 24);
-    const ptLen = Math.ceil((ptSize >>> 0) / SECTOR) * SECTOR;
-    for (const [o, be] of [
-      [140, false],
-      [148, true],
-    ] as const) {
-      const v = be
-        ? ((pvdRaw[o] << 24) | (pvdRaw[o + 1] << 16) | (pvdRaw[o + 2] << 8) | pvdRaw[o + 3]) >>> 0
-        : (pvdRaw[o] | (pvdRaw[o + 1] << 8) | (pvdRaw[o + 2] << 16) | (pvdRaw[o + 3] << 24)) >>> 0;
-      if (v > 0 && ptLen > 0 && v * SECTOR + ptLen <= this.volume.size) {
-        yield { offset: v * SECTOR, length: ptLen, kind: 'path-table', detail: be ? 'M path table' : 'L path table' };
+    for (const d of [this.pvd, this.joliet]) {
+      if (!d) continue;
+      const raw = await this.ctx.read(d.sector * SECTOR, SECTOR, 'ISO 9660 volume descriptor');
+      const ptLen = Math.ceil(le32(raw, 132) / SECTOR) * SECTOR;
+      const which = d === this.pvd ? '' : ' (Joliet)';
+      for (const [at, name] of [
+        [le32(raw, 140), 'L path table'],
+        [be32(raw, 148), 'M path table'],
+      ] as const) {
+        if (at > 0 && ptLen > 0 && at * SECTOR + ptLen <= this.volume.size) {
+          yield { offset: at * SECTOR, length: ptLen, kind: 'path-table', detail: `${name}${which}` };
+        }
       }
     }
-    if (this.catalog)
-      yield {
-        offset: this.catalog.sector * SECTOR,
-        length: SECTOR,
-        kind: 'boot-catalog',
-        detail: 'El Torito boot catalogue',
-      };
     // directories of the tree we read (by id, claimed through their extents too) and of the other trees
     const seen = new Set<number>();
     const todo: IsoNode[] = [this.rootNode];
@@ -670,7 +669,15 @@ export class IsoFileSystem implements FileSystem {
       }
       for (const e of l.entries) if (e.type === 'dir') todo.push(await this.node(e.ino));
     }
-    for (const c of this.ceAreas) yield { ...c, kind: 'reserved', detail: 'Rock Ridge continuation area' };
+    if (this.catalog && !this.fileStarts.has(this.catalog.sector)) {
+      yield {
+        offset: this.catalog.sector * SECTOR,
+        length: SECTOR,
+        kind: 'boot-catalog',
+        detail: 'El Torito boot catalogue',
+      };
+    }
+    for (const c of this.ceAreas.values()) yield { ...c, kind: 'reserved', detail: 'Rock Ridge continuation area' };
     const other = this.tree === 'joliet' ? this.pvd.rootRecord : this.joliet?.rootRecord;
     if (other) yield* this.otherTree(other, this.tree === 'joliet' ? 'ISO 9660 directory' : 'Joliet directory', seen);
   }
