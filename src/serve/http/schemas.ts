@@ -21,7 +21,7 @@ export const obj = (properties: Record<string, S>, required: string[] = Object.k
 /** An object whose shape the route does not fix (manifests, inspections, diffs). */
 export const anyObject = (description: string): S => ({ type: 'object', additionalProperties: true, description });
 
-export const IMAGE_NAME = '^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$';
+export const IMAGE_NAME = '^(?!.*[.][.])[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$';
 export const TAG = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
 export const PROJECT = '^[a-z0-9][a-z0-9._-]{0,63}$';
 export const DIGEST = '^[0-9a-f]{64}$';
