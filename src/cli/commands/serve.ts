@@ -36,13 +36,23 @@ export function registerServeCommands(program: Command): void {
       .option('--default-project <name>', 'project that owns images checked in locally', 'default')
       .option('--default-visibility <v>', 'visibility of those images (private, shared, public)', 'private')
       .option('--rate-limit <n>', 'requests a minute per token (0: none)', '6000')
+      .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
       .option('--quiet', 'no request log lines on stdout'),
   ).action(async (o: Record<string, unknown>) => {
     const [{ Library }, { startServer }] = await Promise.all([
       import('../../library/library.js'),
       import('../../serve/http/server.js'),
     ]);
-    const lib = await Library.open(o.library as string | undefined, { create: true });
+    let lib: Library;
+    if (o.demo) {
+      const { demoLibrary } = await import('../../serve/http/demo.js');
+      const dir = typeof o.demo === 'string' ? o.demo : '.cache/serve-demo';
+      process.stderr.write(`strata: demo library in ${dir}\n`);
+      const d = await demoLibrary(dir);
+      for (const n of d.notes) process.stderr.write(`strata: ${n}\n`);
+      lib = d.lib;
+      o.defaultProject = 'demo';
+    } else lib = await Library.open(o.library as string | undefined, { create: true });
     const s = await startServer(lib, String(o.listen), {
       logger: o.quiet ? false : { level: 'info' },
       defaultProject: String(o.defaultProject),
@@ -52,6 +62,20 @@ export function registerServeCommands(program: Command): void {
     process.stderr.write(
       `strata: serving ${lib.dir} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
     );
+    if (o.demo) {
+      process.stdout.write(
+        [
+          `Strata library service: ${s.url}`,
+          `  images:  ${s.url}/v1/images`,
+          `  files:   ${s.url}/v1/images/demo%2Ffiles/versions/latest/files?path=/etc`,
+          `  a file:  ${s.url}/v1/images/demo%2Ffiles/versions/1/files/content?path=/etc/motd`,
+          `  diff:    ${s.url}/v1/diff?a=demo/files@1&b=demo/files@2`,
+          `  API:     ${s.url}/openapi.json`,
+          `  CLI:     strata ls demo/files /etc --remote ${s.url}`,
+          '',
+        ].join('\n'),
+      );
+    }
     await new Promise<void>((resolve) => {
       let closing = false;
       const stop = (sig: string) => {
