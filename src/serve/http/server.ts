@@ -69,6 +69,8 @@ export interface ServeOptions {
   uploadLimit?: number;
   /** Requests per token (or per address without one) per minute; 0 for none. Default 6000. */
   rateLimit?: number;
+  /** Decoded manifests kept in memory (default 16). */
+  manifestCache?: number;
   /** ms a request may take (default 10 min: uploads and downloads are long). */
   requestTimeout?: number;
 }
@@ -161,6 +163,7 @@ function sendBytes(
 
 export async function buildServer(lib: Library, opts: ServeOptions = {}): Promise<FastifyInstance> {
   const access = await Access.open(lib.catalog.db);
+  lib.cacheManifests(opts.manifestCache ?? 16);
   const defaults = { project: opts.defaultProject ?? 'default', visibility: opts.defaultVisibility ?? 'private' };
   if (!(await access.projectExists(defaults.project))) await access.addProject(defaults.project);
   const metrics = new Metrics();
