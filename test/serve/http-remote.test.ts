@@ -11,6 +11,7 @@ import { verifyLibrary } from '../../src/library/library-verbs.js';
 import { RemoteLibrary, remoteCheckin } from '../../src/serve/http/client.js';
 import type { RunningServer } from '../../src/serve/http/server.js';
 import { CLI, strata } from '../helpers/cli.js';
+import { inspectPair } from '../helpers/inspect-pair.js';
 import { baseTree, derivedTree, extImageOf, tempDir } from '../library/images.js';
 import { addPeople, serve } from './http-helpers.js';
 
@@ -180,6 +181,59 @@ describe('the CLI, local and remote', () => {
     const r = await strata(['ls', 'own/derived', '/', '--remote', server.url], { env: { STRATA_TOKEN: '' } });
     assert.equal(r.code, 1);
     assert.match(r.stderr, /no such version: own\/derived/);
+  });
+});
+
+describe('the Debian pair, local and remote', () => {
+  before(async () => {
+    const pair = await inspectPair();
+    await checkin(local, pair.a, { name: 'own/deb-a' });
+    await checkin(local, pair.b, { name: 'own/deb-b', parents: ['own/deb-a'] });
+    const remote = new RemoteLibrary(server.url, tokens['own-member']);
+    const a = await remoteCheckin(remote, pair.a, { name: 'own/deb-a' });
+    const b = await remoteCheckin(remote, pair.b, { name: 'own/deb-b', parents: ['own/deb-a'] });
+    assert.equal(a.manifest, (await local.catalog.resolve('own/deb-a')).manifest);
+    assert.equal(b.manifest, (await local.catalog.resolve('own/deb-b')).manifest);
+    assert.ok(b.chunksSent < b.chunks / 2, `${b.chunksSent} of ${b.chunks} chunks sent`);
+  });
+
+  const both = async (args: string[]) => {
+    const l = await strata([...args, '--library', path.join(dir, 'local')]);
+    const r = await strata([...args, '--remote', server.url], { env: { STRATA_TOKEN: tokens['own-reader'] } });
+    assert.equal(l.code, 0, `local ${args.join(' ')}: ${l.stderr}`);
+    assert.equal(r.code, 0, `remote ${args.join(' ')}: ${r.stderr}`);
+    return { l, r };
+  };
+
+  test('search by package, OS and user', async () => {
+    for (const q of [
+      ['--package', 'bash'],
+      ['--package', 'gzip<1.12'],
+      ['--package', 'bash>=9'],
+      ['--os', 'debian'],
+      ['--user', 'probe'],
+      ['--path', '/etc/*.conf', '--package', 'dash'],
+    ]) {
+      const { l, r } = await both(['search', ...q, '--json']);
+      assert.deepEqual(JSON.parse(r.stdout), JSON.parse(l.stdout), q.join(' '));
+      assert.ok(JSON.parse(l.stdout).length > 0, q.join(' '));
+    }
+  });
+
+  test('diff with packages and blocks, ls and cat', async () => {
+    const { l, r } = await both(['diff', 'own/deb-a', 'own/deb-b', '--packages', '--blocks', '--json']);
+    const [dl, dr] = [JSON.parse(l.stdout), JSON.parse(r.stdout)];
+    assert.deepEqual(dr, dl);
+    // what the pair was made with (test/helpers/inspect-pair.ts): bash upgraded to 9.9-1
+    assert.ok(JSON.stringify(dl.packages).includes('9.9-1'));
+    const text = await both(['diff', 'own/deb-a', 'own/deb-b', '--packages']);
+    assert.equal(text.r.stdout, text.l.stdout);
+    const ls = await both(['ls', 'own/deb-b', '/etc', '-l']);
+    assert.equal(ls.r.stdout, ls.l.stdout);
+    for (const p of ['/etc/passwd', '/var/lib/dpkg/status', '/usr/bin/ls']) {
+      const c = await both(['cat', 'own/deb-b', p]);
+      assert.ok(c.l.stdoutBytes.length > 0 && c.r.stdoutBytes.equals(c.l.stdoutBytes), p);
+    }
   });
 });
 
