@@ -587,6 +587,20 @@ describe('operations', () => {
     assert.ok(rows.some((r) => r.username === 'own-admin'));
   });
 
+  test('close() lets a download in flight finish, then refuses new connections', async () => {
+    const s2 = await serve(lib);
+    const res = await fetch(`${s2.url}/v1/images/own%2Fimg-public-none/versions/1/disk`);
+    assert.equal(res.status, 200);
+    const size = Number(res.headers.get('content-length'));
+    const closing = s2.close();
+    let got = 0;
+    for await (const b of res.body as unknown as AsyncIterable<Uint8Array>) got += b.length;
+    await closing;
+    assert.equal(got, size);
+    assert.equal(size, (await lib.catalog.resolve('own/img-public-none')).virtualSize);
+    await assert.rejects(fetch(`${s2.url}/healthz`));
+  });
+
   test('every route of the document was answered and validated', () => {
     const routes = new Set<string>();
     for (const [p, ops] of Object.entries(api.doc.paths))

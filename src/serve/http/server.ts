@@ -309,7 +309,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       n = t ? Number(t.number) : undefined;
     }
     const v = n === undefined ? undefined : await lib.catalog.version(name, n);
-    if (!v || v.state !== 'active') throw noVersion(`${name}/${version}`);
+    if (v?.state !== 'active') throw noVersion(`${name}/${version}`);
     return v;
   };
 
