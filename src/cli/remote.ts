@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import type { RemoteLibrary } from '../serve/http/client.js';
+import type { RemoteLibrary } from '../serve/index.js';
 
 /**
  * `--remote URL` (else STRATA_REMOTE, with STRATA_TOKEN) on the library verbs: the same
@@ -16,7 +16,7 @@ export async function remoteOf(o: Record<string, unknown>, args: string[] = []):
     if (!process.env.STRATA_REMOTE || o.library) return undefined;
     if (args.some((a) => /^https?:\/\//i.test(a) || existsSync(a))) return undefined;
   }
-  const { RemoteLibrary } = await import('../serve/http/client.js');
+  const { RemoteLibrary } = await import('../serve/index.js');
   return RemoteLibrary.fromEnv(given);
 }
 

@@ -1,2 +1,46 @@
-/** The serve layer: the library service over HTTP (and its client). */
-export * from './http/index.js';
+/**
+ * The serve layer's public surface: an NBD server (fixed newstyle, structured replies,
+ * base:allocation block status) exporting images and library versions, read-only or with a
+ * copy-on-write overlay.
+ * @module
+ */
+
+// the library service over HTTP, its typed client and its accounts
+export {
+  Access,
+  buildServer,
+  demoLibrary,
+  encodeChunkRecords,
+  type MemberRow,
+  type Page,
+  PROBLEM_TYPE,
+  type Principal,
+  type Problem,
+  parseDuration,
+  type RemoteCheckinOptions,
+  type RemoteCheckinResult,
+  RemoteError,
+  type RemoteFileEntry,
+  type RemoteImage,
+  RemoteLibrary,
+  RemoteSink,
+  type RemoteVersion,
+  type Role,
+  type RunningServer,
+  remoteCheckin,
+  remoteCheckout,
+  type Scope,
+  type ServeOptions,
+  startServer,
+  type TokenRow,
+  type Usage,
+  type Visibility,
+} from './http/index.js';
+export type { Budget } from './nbd/budget.js';
+export type { BufferPool } from './nbd/buffer-pool.js';
+export type { ConnectionHost } from './nbd/connection.js';
+export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
+export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';
+export { DEFAULT_LIBRARY_CACHE, type LibraryExportOptions, openLibraryExport } from './nbd/library-export.js';
+export { type ListenOptions, type NbdEndpoint, NbdServer, type NbdServerOptions } from './nbd/server.js';
+export { type TraceRecord, TraceWriter } from './nbd/trace.js';

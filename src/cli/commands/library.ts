@@ -1,8 +1,7 @@
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import type { Library } from '../../library/library.js';
-import type { RemoteLibrary } from '../../serve/http/client.js';
-import { StrataError } from '../../util/errors.js';
+import { type Library, StrataError } from '../../library/index.js';
+import type { RemoteLibrary } from '../../serve/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, writeOut } from '../output.js';
 import { pipeBody, remoteOf, withRemote } from '../remote.js';
@@ -37,7 +36,7 @@ async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | u
 
 /** Open the library for a verb; only `init` and `checkin` create it. */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
-  const { Library } = await import('../../library/library.js');
+  const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create });
   try {
     return await fn(lib);
@@ -123,7 +122,7 @@ function registerLibraryVerbs(program: Command): void {
   ).action(async (image: string, o: Record<string, unknown>) => {
     const remote = await remoteOf(o);
     if (remote) {
-      const { remoteCheckin } = await import('../../serve/http/client.js');
+      const { remoteCheckin } = await import('../../serve/index.js');
       const bar = await progressBar('checking in');
       try {
         const r = await remoteCheckin(remote, image, {
@@ -147,7 +146,7 @@ function registerLibraryVerbs(program: Command): void {
       }
       return;
     }
-    const { checkin } = await import('../../library/checkin.js');
+    const { checkin } = await import('../../library/index.js');
     await useLibrary(
       o,
       async (lib) => {
@@ -195,12 +194,16 @@ function registerLibraryVerbs(program: Command): void {
   ).action(async (ref: string, out: string, o: Record<string, unknown>) => {
     const remote = await remoteOf(o);
     if (remote) {
-      const r = await remoteCheckout(remote, ref, out, String(o.outputFormat) as 'raw' | 'qcow2', Boolean(o.sync));
+      const { remoteCheckout } = await import('../../serve/index.js');
+      const r = await remoteCheckout(remote, ref, out, {
+        format: String(o.outputFormat) as 'raw' | 'qcow2',
+        sync: Boolean(o.sync),
+      });
       if (o.json) printJson(r);
       else process.stdout.write(`${r.ref} -> ${r.output} (${r.format}, ${humanSize(r.virtualSize)})\n`);
       return;
     }
-    const { checkout } = await import('../../library/checkout.js');
+    const { checkout } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const bar = await progressBar('checking out');
       try {
@@ -265,7 +268,7 @@ function registerLibraryVerbs(program: Command): void {
       .argument('<ref>', 'NAME, NAME:TAG, NAME@VERSION or a manifest digest prefix')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, o: Record<string, unknown>) => {
-    const { describeVersion } = await import('../../library/library-verbs.js');
+    const { describeVersion } = await import('../../library/index.js');
     await useLibraryOr(o, async (lib) => {
       const d = lib ? await describeVersion(lib, ref) : await describeRemote(ref, o);
       if (o.json) return printJson(d);
@@ -341,7 +344,7 @@ function registerLibraryVerbs(program: Command): void {
       .option('--wait <seconds>', 'how long to wait for running check-ins', '600')
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
-    const { gc } = await import('../../library/library-verbs.js');
+    const { gc } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000 });
       if (o.json) return printJson(r);
@@ -358,7 +361,7 @@ function registerLibraryVerbs(program: Command): void {
       .argument('[ref]', 'only this version')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string | undefined, o: Record<string, unknown>) => {
-    const { verifyLibrary } = await import('../../library/library-verbs.js');
+    const { verifyLibrary } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const r = await verifyLibrary(lib, ref);
       if (o.json) printJson(r);
@@ -400,8 +403,8 @@ function registerStoreFsVerbs(program: Command): void {
       .option('-l, --long', 'mode, owner, size, time')
       .option('--json', 'one JSON object per line'),
   ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, listEntries } = await import('../../library/library-verbs.js');
-    const { modeString } = await import('../../library/listing.js');
+    const { versionFiles, listEntries } = await import('../../library/index.js');
+    const { modeString } = await import('../../library/index.js');
     await useLibraryOr(o, async (lib) => {
       const rows = lib
         ? listEntries(await versionFiles(lib, ref, o.part as string | undefined), p, Boolean(o.recursive)).map((e) => {
@@ -432,7 +435,7 @@ function registerStoreFsVerbs(program: Command): void {
       .argument('<path>', 'file')
       .option('--part <id>', 'volume id (default: the only file system, or the OS root)'),
   ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, findEntry, fileContent } = await import('../../library/library-verbs.js');
+    const { versionFiles, findEntry, fileContent } = await import('../../library/index.js');
     await useLibraryOr(o, async (lib) => {
       if (!lib) {
         const res = await (await remoteOf(o))!.cat(ref, p, { part: o.part as string | undefined });
@@ -460,53 +463,4 @@ async function describeRemote(ref: string, o: Record<string, unknown>): Promise<
     cur = (await remote.resolve(key).catch(() => undefined))?.parents[0] as typeof cur;
   }
   return { ...d, provenance: chain };
-}
-
-/** Checkout from a library service: the raw disk streamed, written sparse (raw) or as qcow2. */
-async function remoteCheckout(remote: RemoteLibrary, ref: string, out: string, format: 'raw' | 'qcow2', sync: boolean) {
-  if (format !== 'raw' && format !== 'qcow2') {
-    throw new StrataError('USAGE', `unknown output format '${format}' (known: raw, qcow2)`, { file: out });
-  }
-  const [{ openAtomicOutput }, { RawWriter, Qcow2Writer }] = await Promise.all([
-    import('../../formats/writers/atomic-output.js'),
-    import('../../formats/writers/index.js'),
-  ]);
-  const { v, res } = await remote.download(ref);
-  const size = v.virtualSize;
-  const dest = await openAtomicOutput(out);
-  try {
-    const writer =
-      format === 'raw'
-        ? await RawWriter.create(dest.fh, out, size)
-        : await Qcow2Writer.create(dest.fh, out, { virtualSize: size });
-    const W = 4 * 1024 * 1024;
-    const buf = Buffer.alloc(W);
-    let fill = 0;
-    let at = 0;
-    let got = 0;
-    const emit = async () => {
-      if (fill > 0) await writer.writeData(at, buf.subarray(0, fill));
-      at += fill;
-      fill = 0;
-    };
-    for await (const b of res.body as unknown as AsyncIterable<Uint8Array>) {
-      got += b.length;
-      for (let o = 0; o < b.length; ) {
-        const n = Math.min(W - fill, b.length - o);
-        buf.set(b.subarray(o, o + n), fill);
-        fill += n;
-        o += n;
-        if (fill === W) await emit();
-      }
-    }
-    await emit();
-    if (got !== size)
-      throw new StrataError('TRUNCATED', `the service sent ${got} of ${size} bytes`, { file: remote.url });
-    const { bytesWritten } = await writer.finish();
-    await dest.commit(sync);
-    return { ref: v.ref, output: out, format, virtualSize: size, dataBytes: v.usedBytes, bytesWritten };
-  } catch (e) {
-    await dest.abort();
-    throw e;
-  }
 }

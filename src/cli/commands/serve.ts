@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import type { Library } from '../../library/library.js';
-import { StrataError } from '../../util/errors.js';
+import { type Library, StrataError } from '../../library/index.js';
+import type { Access } from '../../serve/index.js';
 import { printJson } from '../output.js';
 
 /**
@@ -11,14 +11,9 @@ import { printJson } from '../output.js';
 const withLib = (cmd: Command) =>
   cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
 
-async function withAccess<T>(
-  o: Record<string, unknown>,
-  fn: (lib: Library, access: import('../../catalog/access.js').Access) => Promise<T>,
-): Promise<T> {
-  const [{ Library }, { Access }] = await Promise.all([
-    import('../../library/library.js'),
-    import('../../catalog/access.js'),
-  ]);
+async function withAccess<T>(o: Record<string, unknown>, fn: (lib: Library, access: Access) => Promise<T>): Promise<T> {
+  const { Library } = await import('../../library/index.js');
+  const { Access } = await import('../../serve/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: true });
   try {
     return await fn(lib, await Access.open(lib.catalog.db));
@@ -39,13 +34,11 @@ export function registerServeCommands(program: Command): void {
       .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
       .option('--quiet', 'no request log lines on stdout'),
   ).action(async (o: Record<string, unknown>) => {
-    const [{ Library }, { startServer }] = await Promise.all([
-      import('../../library/library.js'),
-      import('../../serve/http/server.js'),
-    ]);
+    const { Library } = await import('../../library/index.js');
+    const { startServer } = await import('../../serve/index.js');
     let lib: Library;
     if (o.demo) {
-      const { demoLibrary } = await import('../../serve/http/demo.js');
+      const { demoLibrary } = await import('../../serve/index.js');
       const dir = typeof o.demo === 'string' ? o.demo : '.cache/serve-demo';
       process.stderr.write(`strata: demo library in ${dir}\n`);
       const d = await demoLibrary(dir);
@@ -151,7 +144,7 @@ export function registerServeCommands(program: Command): void {
       .option('--expires <d>', 'lifetime: 30d, 12h, 90m ... (default: never)')
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
-    const { parseDuration } = await import('../../catalog/access.js');
+    const { parseDuration } = await import('../../serve/index.js');
     await withAccess(o, async (_lib, access) => {
       const scope = String(o.scope);
       if (scope !== 'read' && scope !== 'write') throw new StrataError('USAGE', '--scope is read or write');

@@ -466,3 +466,59 @@ export async function remoteCheckin(
     await closeChain(img);
   }
 }
+
+/** Checkout from a library service: the raw disk streamed, written sparse (raw) or as qcow2. */
+export async function remoteCheckout(
+  remote: RemoteLibrary,
+  ref: string,
+  out: string,
+  opts: { format?: 'raw' | 'qcow2'; sync?: boolean } = {},
+) {
+  const format = opts.format ?? 'raw';
+  const sync = !!opts.sync;
+  if (format !== 'raw' && format !== 'qcow2') {
+    throw new StrataError('USAGE', `unknown output format '${format}' (known: raw, qcow2)`, { file: out });
+  }
+  const [{ openAtomicOutput }, { RawWriter, Qcow2Writer }] = await Promise.all([
+    import('../../formats/writers/atomic-output.js'),
+    import('../../formats/writers/index.js'),
+  ]);
+  const { v, res } = await remote.download(ref);
+  const size = v.virtualSize;
+  const dest = await openAtomicOutput(out);
+  try {
+    const writer =
+      format === 'raw'
+        ? await RawWriter.create(dest.fh, out, size)
+        : await Qcow2Writer.create(dest.fh, out, { virtualSize: size });
+    const W = 4 * 1024 * 1024;
+    const buf = Buffer.alloc(W);
+    let fill = 0;
+    let at = 0;
+    let got = 0;
+    const emit = async () => {
+      if (fill > 0) await writer.writeData(at, buf.subarray(0, fill));
+      at += fill;
+      fill = 0;
+    };
+    for await (const b of res.body as unknown as AsyncIterable<Uint8Array>) {
+      got += b.length;
+      for (let o = 0; o < b.length; ) {
+        const n = Math.min(W - fill, b.length - o);
+        buf.set(b.subarray(o, o + n), fill);
+        fill += n;
+        o += n;
+        if (fill === W) await emit();
+      }
+    }
+    await emit();
+    if (got !== size)
+      throw new StrataError('TRUNCATED', `the service sent ${got} of ${size} bytes`, { file: remote.url });
+    const { bytesWritten } = await writer.finish();
+    await dest.commit(sync);
+    return { ref: v.ref, output: out, format, virtualSize: size, dataBytes: v.usedBytes, bytesWritten };
+  } catch (e) {
+    await dest.abort();
+    throw e;
+  }
+}
