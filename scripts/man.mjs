@@ -13,7 +13,8 @@ const { allCommands, commandKey, examplesText } = await import(path.join(root, '
 
 /**
  * Text as roff: backslashes, minus signs and quotes escaped (so `--json` and 'bash>=5' come
- * out as typed, not as typographic dashes and quotes), a line starting with '.' kept literal.
+ * out as typed, not as typographic dashes and quotes), other than ASCII as \[uXXXX], a line
+ * starting with '.' kept literal.
  */
 const roff = (s) =>
   s
@@ -21,6 +22,8 @@ const roff = (s) =>
     .replace(/-/g, '\\-')
     .replace(/'/g, '\\(aq')
     .replace(/`/g, '\\(ga')
+    // anything past ASCII by its code point (troff reads its input as Latin-1 otherwise)
+    .replace(/[^\x00-\x7f]/gu, (c) => `\\[u${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}]`)
     .split('\n')
     .map((l) => (l.startsWith('.') ? `\\&${l}` : l))
     .join('\n');

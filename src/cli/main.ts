@@ -31,6 +31,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
+  {
+    verbs: ['serve', 'user', 'project', 'token'],
+    load: async () => (await import('./commands/serve.js')).registerServeCommands,
+  },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
     verbs: ['completion'],

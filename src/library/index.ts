@@ -102,6 +102,7 @@ export type { FileEntry, FilesManifest, LayoutManifest, LayoutVolume } from './m
 export { type SearchHit, type SearchQuery, search } from './search.js';
 // A listing of a stored version, as `ls` and `cat` read it without a checkout.
 export {
+  entryRecord,
   listStored,
   openStoredFiles,
   type StoredFiles,

@@ -37,7 +37,7 @@ async function commandPaths(): Promise<string[]> {
 
 const examplesOf = (help: string) => [...help.matchAll(/^ {2}\$ (strata .*)$/gm)].map((m) => m[1]);
 
-/** Run one example line through sh in the sandbox; `nbd` serves until told to stop. */
+/** Run one example line through sh in the sandbox; `nbd` and `serve` serve until told to stop. */
 function runExample(line: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn('sh', ['-c', line], { cwd: box, env: { ...process.env, ...env } });
@@ -47,15 +47,18 @@ function runExample(line: string): Promise<{ code: number | null; stdout: string
     child.stdout.on('data', (b) => {
       stdout += b;
       // a server: up once it prints where it listens; then stopped as a user would (SIGTERM)
-      if (line.startsWith('strata nbd') && /nbd:\/\//.test(stdout) && !stopped) {
-        stopped = true;
-        // the server is sh's child: signal it (by its parent, which is ours), not sh
-        spawn('pkill', ['-TERM', '-P', String(child.pid)]);
-      }
+      if (line.startsWith('strata nbd') && /nbd:\/\//.test(stdout)) stop();
     });
     child.stderr.on('data', (b) => {
       stderr += b;
+      if (line.startsWith('strata serve') && /serving .* at http:\/\//.test(stderr)) stop();
     });
+    const stop = () => {
+      if (stopped) return;
+      stopped = true;
+      // the server is sh's child: signal it (by its parent, which is ours), not sh
+      spawn('pkill', ['-TERM', '-P', String(child.pid)]);
+    };
     child.on('error', reject);
     child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr }));
   });

@@ -2,7 +2,9 @@ import type { Command } from 'commander';
 import {
   type Address,
   classifyTarget,
+  entryRecord,
   extractTree,
+  type FileEntry,
   type FileSystem,
   fileContent,
   type Inode,
@@ -18,6 +20,7 @@ import {
   openAddress,
   openDisk,
   openStoredFiles,
+  REF_PREFIX,
   StrataError,
   statRecord,
   storedFile,
@@ -34,6 +37,10 @@ import {
   targetOptionsFrom,
 } from '../common.js';
 import { humanSize, printJson, warn, warnAll, writeOut } from '../output.js';
+import { pipeBody, remoteOf } from '../remote.js';
+
+/** A remote version's name: ref:NAME is NAME there too. */
+const unref = (x: string) => (x.startsWith(REF_PREFIX) ? x.slice(REF_PREFIX.length) : x);
 
 /**
  * File-system verbs: parts, fsinfo, ls, cat, stat, extract. All take the same address:
@@ -123,6 +130,10 @@ export function registerFsCommands(program: Command): void {
       .description('list a directory (or one entry) inside the image')
       .argument('<target>', TARGET_HELP)
       .argument('[path]', 'path inside the file system', '/')
+      .option(
+        '--remote <url>',
+        'TARGET is a version of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)',
+      )
       .option('-l, --long', 'long format (mode, links, owner, size, mtime)')
       .option('-R, --recursive', 'list subdirectories depth-first')
       .option('-d, --directory', 'list a directory itself, not its contents')
@@ -133,6 +144,20 @@ export function registerFsCommands(program: Command): void {
     const recursive = Boolean(o.recursive);
     const line = (r: LsRecord, display: string) =>
       out.line(o.json ? JSON.stringify(r) : long ? longLine(r, display) : display);
+    const remote = await remoteOf(o, [image]);
+    if (remote) {
+      // a version of a library service: its file manifest's entries, printed as a stored version's
+      const p = imagePath(path);
+      const entries = await remote.ls(unref(image), p, { recursive, part: (o.part ?? o.lv) as string | undefined });
+      const single = entries.length === 1 && entries[0].path === p && entries[0].type !== 'dir';
+      for (const e of entries) {
+        const r = entryRecord(e as unknown as FileEntry);
+        line(r, single || recursive ? r.path : r.path.slice(r.path.lastIndexOf('/') + 1));
+        await out.maybeFlush();
+      }
+      await out.flush();
+      return;
+    }
     const target = classifyTarget(image, targetOptionsFrom(o));
     if (target.kind === 'ref') {
       // straight from the version's file manifest: the same records, order and format
@@ -181,9 +206,18 @@ export function registerFsCommands(program: Command): void {
       .command('cat')
       .description('write a file from the image to stdout (a final symlink is followed inside the image)')
       .argument('<target>', TARGET_HELP)
-      .argument('<path>', 'path inside the file system'),
+      .argument('<path>', 'path inside the file system')
+      .option(
+        '--remote <url>',
+        'TARGET is a version of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)',
+      ),
   ).action(async (image: string, path: string, o: Record<string, unknown>) => {
     const follow = o.follow !== false;
+    const remote = await remoteOf(o, [image]);
+    if (remote) {
+      const res = await remote.cat(unref(image), imagePath(path), { part: (o.part ?? o.lv) as string | undefined });
+      return pipeBody(res, writeOut);
+    }
     const target = classifyTarget(image, targetOptionsFrom(o));
     if (target.kind === 'ref') {
       const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);

@@ -7,6 +7,7 @@ import {
   type OpenedAddress,
   type OsInspection,
   type PackageDiff,
+  REF_PREFIX,
   type SearchHit,
   type Target,
   type TreeDiff,
@@ -20,6 +21,7 @@ import {
   targetOptionsFrom,
 } from '../common.js';
 import { humanSize, printJson, printJsonLines, setExitStatus, warnAll, writeOut } from '../output.js';
+import { remoteOf } from '../remote.js';
 
 /** Inspection verbs: inspect (what OS is in an image) and diff (what changed between two). */
 export function registerInspectCommands(program: Command): void {
@@ -69,9 +71,24 @@ export function registerInspectCommands(program: Command): void {
         .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
         .option('--packages', 'also list packages added, removed, upgraded and downgraded')
         .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
+        .option('--remote <url>', 'versions of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
         .option('--json', 'one object: files, and packages / blocks when asked'),
     ),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
+    const remote = await remoteOf(o, [a, b]);
+    if (remote) {
+      // versions of a library service (--remote, or STRATA_REMOTE and A, B not files)
+      const unref = (x: string) => (x.startsWith(REF_PREFIX) ? x.slice(REF_PREFIX.length) : x);
+      const out: DiffOut = await remote.diff(unref(a), unref(b), {
+        part: o.part as string | undefined,
+        packages: Boolean(o.packages) || undefined,
+        blocks: Boolean(o.blocks) || undefined,
+      });
+      setExitStatus(differs(out) ? 1 : 0);
+      if (o.json) return printJson(out);
+      warnAll(out.warnings);
+      return writeOut(humanDiff(out));
+    }
     const ta = classifyTarget(a, targetOptionsFrom(o));
     const tb = classifyTarget(b, targetOptionsFrom(o));
     let out: DiffOut;
@@ -103,18 +120,19 @@ export function registerInspectCommands(program: Command): void {
     .option('--os <name>', 'distro (debian, fedora ...), OS type (linux, windows) or part of the product name')
     .option('--user <name>', 'a user account name')
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
+    .option('--remote <url>', 'search a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
     .option('--json', 'one JSON object per matching version and line')
     .action(async (o: Record<string, unknown>) => {
       const { search } = await import('../../library/index.js');
-      const hits = await withLibrary(o, (lib) =>
-        search(lib, {
-          path: o.path as string | undefined,
-          digest: o.digest as string | undefined,
-          package: o.package as string | undefined,
-          os: o.os as string | undefined,
-          user: o.user as string | undefined,
-        }),
-      );
+      const q = {
+        path: o.path as string | undefined,
+        digest: o.digest as string | undefined,
+        package: o.package as string | undefined,
+        os: o.os as string | undefined,
+        user: o.user as string | undefined,
+      };
+      const remote = await remoteOf(o);
+      const hits = remote ? await remote.search(q) : await withLibrary(o, (lib) => search(lib, q));
       // like grep(1): 0 found, 1 none, 2 trouble
       setExitStatus(hits.length > 0 ? 0 : 1);
       if (o.json) return printJsonLines(hits);
