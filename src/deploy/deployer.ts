@@ -93,6 +93,7 @@ export class Deployer {
   private sourceOpen = true;
   private closed = false;
   private copier: Promise<void> | undefined;
+  private ticker: NodeJS.Timeout | undefined;
   private committing: Promise<void> = Promise.resolve();
   private readonly started = Date.now();
   private completeResolve!: () => void;
@@ -259,6 +260,9 @@ export class Deployer {
       this.finish().catch((e) => this.fail(e));
       return;
     }
+    // what became local is recorded twice a second (and at every flush, and at 256 blocks)
+    this.ticker ??= setInterval(() => this.commit().catch((e) => this.fail(e)), 500);
+    this.ticker.unref();
     if (this.opts.noCopier || this.copier) return;
     this.copier = this.copy().catch((e) => this.fail(e));
   }
@@ -307,6 +311,11 @@ export class Deployer {
     await Promise.all(Array.from({ length: this.opts.concurrency ?? 4 }, worker));
     // a guest fetch may still be in flight for the last blocks
     await Promise.all([...this.inflight.values()].map((p) => p.catch(() => {})));
+  }
+
+  /** Resolves when the background copier has stopped (done, failed or closed). */
+  async copying(): Promise<void> {
+    await this.copier;
   }
 
   /** Make blocks [a, b) local: fetch what is neither local nor in flight, wait for what is in flight. */
@@ -428,6 +437,7 @@ export class Deployer {
   }
 
   private async finish(): Promise<void> {
+    clearInterval(this.ticker);
     await this.commit(true);
     if (!this.sourceOpen) return;
     this.sourceOpen = false;
@@ -553,6 +563,7 @@ export class Deployer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.ticker);
     await this.copier;
     await Promise.all([...this.inflight.values()].map((p) => p.catch(() => {})));
     try {

@@ -24,7 +24,7 @@ export function registerDeployCommand(program: Command): void {
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
       .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
       .option('-x, --name <name>', 'export name', '')
-      .option('--exit-when-complete', 'stop serving and exit once TARGET holds everything')
+      .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
   ).action(async (sourceArg: string, o: Record<string, unknown>) => {
     if (o.socket !== undefined && o.port !== undefined)
@@ -99,7 +99,17 @@ export function registerDeployCommand(program: Command): void {
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
-        if (o.exitWhenComplete) d.complete.then(resolve);
+        // once complete and no client is connected (a client mid-read is not cut off)
+        if (o.exitWhenComplete) {
+          d.complete.then(() => {
+            const idle = setInterval(() => {
+              if (server.connectionCount === 0) {
+                clearInterval(idle);
+                resolve();
+              }
+            }, 100);
+          });
+        }
       });
     } finally {
       clearInterval(tick);

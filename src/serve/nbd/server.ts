@@ -73,6 +73,11 @@ export class NbdServer implements ConnectionHost {
     this.trace = opts.trace;
   }
 
+  /** Connections open now. */
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+
   get shuttingDown(): boolean {
     return this.stopping;
   }
