@@ -304,7 +304,8 @@ export class Deployer {
           }
           const s = i;
           while (i < r[1] && !this.local[i] && !this.inflight.has(i)) i++;
-          await this.fetchRun(s, i, false);
+          // a range that cannot be fetched (source gone, chunk corrupt) stays missing: go on with the rest
+          await this.fetchRun(s, i, false).catch((e) => this.fail(e));
         }
       }
     };

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { checkin } from '../../src/library/checkin.js';
 import { checkout } from '../../src/library/checkout.js';
 import { Library } from '../../src/library/library.js';
-import { ROOT, run, runBuffer } from '../helpers/tools.js';
-import { baseTree, derivedTree, extImageOf } from '../library/images.js';
+import { fixture, ROOT, run, runBuffer } from '../helpers/tools.js';
+import { bytesOf } from '../helpers/ext-tree.js';
+import { baseTree, extImageOf } from '../library/images.js';
 
 /** A library holding two versions of an ext4 image (mkfs.ext4 -d of two trees), and their checkouts. */
 export async function twoVersions(dir: string): Promise<{ lib: string; v1: string; v2: string }> {
@@ -14,7 +15,14 @@ export async function twoVersions(dir: string): Promise<{ lib: string; v1: strin
   const l = await Library.open(lib);
   try {
     const a = await extImageOf('ext4', await baseTree(), 'deploy-base', 48);
-    const b = await extImageOf('ext4', await derivedTree(), 'deploy-derived', 48);
+    // N+1: N changed in place as an update would (debugfs writes a new file and removes one)
+    const b = await fixture('deploy-v2-ext4-v1.img', async (out) => {
+      copyFileSync(a, out);
+      const add = `${out}.add`;
+      writeFileSync(add, bytesOf('deploy:update', 3 << 20));
+      await run('debugfs', ['-w', '-R', `write ${add} update.bin`, out]);
+      unlinkSync(add);
+    });
     assert.equal((await checkin(l, a, { name: 'disk' })).ref, 'disk@1');
     assert.equal((await checkin(l, b, { name: 'disk' })).ref, 'disk@2');
     const v1 = path.join(dir, 'v1.raw');
