@@ -1,7 +1,7 @@
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import type { DeployEvent, Deployer as DeployerT } from '../../deploy/deployer.js';
-import { StrataError } from '../../util/errors.js';
+import type { DeployEvent, Deployer as DeployerT } from '../../deploy/index.js';
+import { StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { parseSize } from './convert.js';
 
@@ -34,11 +34,8 @@ export function registerDeployCommand(program: Command): void {
     const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
     const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
     const json = Boolean(o.json);
-    const [{ Deployer }, { openDeploySource }, { NbdServer }] = await Promise.all([
-      import('../../deploy/deployer.js'),
-      import('../../deploy/source.js'),
-      import('../../serve/nbd/server.js'),
-    ]);
+    const { Deployer, openDeploySource } = await import('../../deploy/index.js');
+    const { NbdServer } = await import('../../serve/index.js');
     const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
     let bar: SingleBar | undefined;
     const onEvent = (e: DeployEvent) => {
