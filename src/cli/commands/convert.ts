@@ -1,8 +1,8 @@
 import * as path from 'node:path';
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import type { ConvertOptions } from '../../formats/convert.js';
 import type { DiskImage } from '../../formats/types.js';
+import type { ConvertOptions } from '../../library/convert/convert.js';
 import { StrataError } from '../../util/errors.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
@@ -53,7 +53,7 @@ export function registerConvertCommand(program: Command): void {
     }
     // Loaded here, not at start-up: every other command skips them (and Node's start-up is a large part of a short run).
     const [{ convertImage }, { closeChain }, { openImage }] = await Promise.all([
-      import('../../formats/convert.js'),
+      import('../../library/convert/convert.js'),
       import('../../formats/layer.js'),
       import('../../formats/open.js'),
     ]);
