@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { LocalBackend } from '../../src/store/local-backend.js';
@@ -327,5 +328,53 @@ test('a prune re-run after one stopped past its new packs keeps the live blobs, 
       else assert.equal(s3.has(d), false);
     }
     await s3.close();
+  }
+});
+
+/** Run test/helpers/prune-child.ts on `root`, killed before its `killAt`-th change (0: never). */
+function pruneChild(root: string, live: Set<string>, killAt: number): Promise<{ signal: string | null; out: string }> {
+  const liveFile = path.join(root, '..', `live-${path.basename(root)}.json`);
+  writeFileSync(liveFile, JSON.stringify([...live]));
+  const script = new URL('../helpers/prune-child.js', import.meta.url).pathname;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [script, root, liveFile, String(killAt)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (signal === null && code !== 0) reject(new Error(`prune child failed: ${Buffer.concat(err)}`));
+      else resolve({ signal, out: Buffer.concat(out).toString('utf8') });
+    });
+  });
+}
+
+test('prune in a process killed (SIGKILL) before each of its changes to the store leaves it clean and whole', async () => {
+  // how many changes a whole prune makes
+  const probe = await craft('prune-sigkill-probe');
+  const whole = await pruneChild(probe.root, probe.live, 0);
+  assert.equal(whole.signal, null);
+  const { changes } = JSON.parse(whole.out) as { changes: number };
+  // new pack and its index file, the new index, 5 old index files, 4 old packs
+  assert.equal(changes, 12);
+  for (let killAt = 1; killAt <= changes; killAt++) {
+    const c = await craft(`prune-sigkill-${killAt}`);
+    const r = await pruneChild(c.root, c.live, killAt);
+    assert.equal(r.signal, 'SIGKILL', `killed before change ${killAt}`);
+    const s = await Store.open(new LocalBackend(c.root));
+    const v = await s.verify();
+    assert.deepEqual(v.errors, [], `killed before change ${killAt}`);
+    for (const d of c.live) assert.deepEqual(Buffer.from(await s.get(d)), c.all.get(d), `live blob (${killAt})`);
+    await s.prune(c.live);
+    const v2 = await s.verify();
+    assert.deepEqual([v2.errors, v2.orphanPacks, v2.blobs], [[], [], 6], `after the next prune (${killAt})`);
+    for (const [d, bytes] of c.all) {
+      if (c.live.has(d)) assert.deepEqual(Buffer.from(await s.get(d)), bytes);
+      else assert.equal(s.has(d), false);
+    }
+    await s.close();
   }
 });
