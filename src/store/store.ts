@@ -59,7 +59,7 @@ export class Store {
     compressInline: boolean,
   ) {
     this.ix = new BlobIndex(backend);
-    /** Frames being compressed on the zstd thread live in the shared pool (shared memory, nothing copied). */
+    // frames being compressed on the zstd thread live in the shared pool (shared memory, nothing copied)
     this.packer = new Packer(backend, this.ix, this.pool, new BufferPool(16, true), compressInline);
     this.reader = new BlobReader(backend, this.pool);
   }
