@@ -16,8 +16,9 @@ import type { IndexEntry } from './blob-index.js';
  *      in the same order makes a pack of the same name as an old one, as re-running a
  *      prune killed after step 1 does).
  *
- * Why this order: a reader trusts an index entry only when the pack it names exists, and
- * loads every index file it finds (the first entry for a digest wins). Until step 4 no
+ * Why this order: a reader loads every index file it finds (the first entry for a digest
+ * wins) and reads a blob from the pack its entry names, so an entry must never outlive its
+ * pack, and a live blob must always have an entry whose pack exists. Until step 4 no
  * pack is deleted, so every entry of every index file, old or new, still points at its
  * pack: a store killed in steps 1-3 holds every live blob at least once (at worst twice,
  * in an old pack and a new one), plus orphan packs if step 1 was cut short. By the time a
@@ -25,7 +26,11 @@ import type { IndexEntry } from './blob-index.js';
  * has named a copy of each of its live blobs; a store killed in step 4 has only orphans
  * left, which `verify` reports as harmless and the next prune removes. Deleting packs
  * before the index files that name them would, if killed in between, leave entries that
- * point at nothing: "missing pack" for blobs that may be live.
+ * point at nothing: "missing pack" for blobs that may be live. A blob copied twice (a
+ * prune killed after step 1 leaves one copy in the old pack and one in the new) is read
+ * from whichever entry loads first; the next plan counts the other as dead (`duplicates`).
+ * test/store/prune.test.ts stops the execute after each step, and SIGKILLs it before each
+ * change it makes to the store.
  */
 
 /** A pack as the backend lists it. */
