@@ -1,0 +1,30 @@
+/**
+ * The file-system layer: read-only file systems over a volume (ext2/3/4 today), opened by
+ * probing the drivers of FS_DRIVERS, and path resolution and walks over any of them.
+ * @module
+ */
+export { extDriver } from './ext/index.js';
+export { FS_DRIVERS, openFileSystem, PROBE_BYTES, recognizeUnsupported } from './open.js';
+export type {
+  ByteRange,
+  DirEntry,
+  FileExtent,
+  FileSystem,
+  FileType,
+  FsDriver,
+  FsInfo,
+  Inode,
+  OwnedRange,
+  Timestamp,
+} from './types.js';
+export {
+  listDirectory,
+  loadInodes,
+  lookupName,
+  MAX_SYMLINKS,
+  type ResolveOptions,
+  resolvePath,
+  type WalkItem,
+  type WalkOptions,
+  walk,
+} from './walk.js';
