@@ -2,9 +2,10 @@ import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
 import { extDriver } from './ext/index.js';
 import type { FileSystem, FsDriver } from './types.js';
+import { xfsDriver } from './xfs/index.js';
 
 /** File-system readers, tried in order; each probes the volume's first 128 KiB. */
-export const FS_DRIVERS: FsDriver[] = [extDriver];
+export const FS_DRIVERS: FsDriver[] = [extDriver, xfsDriver];
 
 /** Bytes of the volume head handed to probes. */
 export const PROBE_BYTES = 128 * 1024;
