@@ -57,7 +57,12 @@ const O_CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL |
 const MAX_KEPT_WARNINGS = 1000;
 const S_ISGID = 0o2000;
 
-const toSeconds = (t: Timestamp | undefined): number | undefined => (t ? t.sec + t.nsec / 1e9 : undefined);
+/**
+ * A time for futimes/lutimes: seconds as a number, or a Date before 1970 (Node turns a
+ * negative number into the current time; a Date keeps it, to the millisecond).
+ */
+const toSeconds = (t: Timestamp | undefined): number | Date | undefined =>
+  t ? (t.sec < 0 ? new Date(t.sec * 1000 + Math.trunc(t.nsec / 1e6)) : t.sec + t.nsec / 1e9) : undefined;
 
 /** Error codes from the destination that concern one entry, not the whole run. */
 const ENTRY_ERRORS = new Set(['EEXIST', 'ENAMETOOLONG', 'EILSEQ', 'ENOTDIR', 'ELOOP', 'EINVAL']);
