@@ -1,5 +1,5 @@
 /**
- * XFS v4 (no CRCs) and the log. This kernel refuses to mount v4 (CONFIG_XFS_SUPPORT_V4 is
+ * XFS v4 (no CRCs), the log, and the realtime device. This kernel refuses to mount v4 (CONFIG_XFS_SUPPORT_V4 is
  * off: "Deprecated V4 format (crc=0) not supported by kernel"), so the v4 image is filled by
  * mkfs.xfs -p from a protofile, and the oracles are the source tree (read by the kernel
  * from the host file system) and xfs_db. Attributes are added with xfs_db attr_set.
@@ -305,5 +305,71 @@ test('a clean copy of the same image after log recovery by the kernel has no log
     await src.close();
   } finally {
     rmSync(copy, { force: true });
+  }
+});
+
+test('a file system with a realtime device opens with a warning; a realtime file is a clear UNSUPPORTED error', async () => {
+  // this kernel has no realtime support (mount with rtdev= fails with ENOSYS): mkfs.xfs -r makes
+  // the device, -p fills the data device, and xfs_db sets the realtime flag on one inode
+  const dir = await fixture('xfs-realtime-v1', async (d) => {
+    mkdirSync(d);
+    writeFileSync(path.join(d, 'content'), 'on the data device\n');
+    writeFileSync(
+      path.join(d, 'proto'),
+      `/dev/null\n0 0\nd--755 0 0\nrtfile ---644 0 0 ${path.join(d, 'content')}\nnormal ---644 0 0 ${path.join(d, 'content')}\n$\n`,
+    );
+    const img = path.join(d, 'data.img');
+    const rt = path.join(d, 'rt.img');
+    for (const [f, size] of [
+      [img, SIZE],
+      [rt, 64 << 20],
+    ] as const) {
+      writeFileSync(f, '');
+      truncateSync(f, size);
+    }
+    await run('mkfs.xfs', ['-q', '-f', '-r', `rtdev=${rt}`, '-p', path.join(d, 'proto'), img]);
+    await run('xfs_db', ['-x', '-c', 'path /rtfile', '-c', 'write core.realtime 1', img]);
+  });
+  const img = path.join(dir, 'data.img');
+  const sb = await run('xfs_db', [
+    '-r',
+    '-c',
+    'sb 0',
+    '-c',
+    'print rblocks',
+    '-c',
+    'path /rtfile',
+    '-c',
+    'print core.realtime',
+    img,
+  ]);
+  assert.match(sb, /rblocks = [1-9]/);
+  assert.match(sb, /core.realtime = 1/);
+  const src = await FileSource.open(img);
+  try {
+    const fs = await openFileSystem(src);
+    assert.ok(
+      fs.warnings.some((w) => /realtime device/.test(w)),
+      fs.warnings.join('; '),
+    );
+    assert.ok((await fs.info()).features?.includes('realtime'));
+    const normal = await fs.lookup('/normal');
+    assert.equal(Buffer.from(await fs.read(normal, 0, normal.size)).toString(), 'on the data device\n');
+    const rt = await fs.lookup('/rtfile');
+    await assert.rejects(
+      fs.read(rt, 0, rt.size),
+      (e: unknown) =>
+        e instanceof StrataError && e.code === 'UNSUPPORTED' && /realtime/.test(e.message) && e.offset !== undefined,
+    );
+    await assert.rejects(
+      async () => {
+        for await (const _ of fs.extents(rt)) {
+          // drain
+        }
+      },
+      (e: unknown) => e instanceof StrataError && e.code === 'UNSUPPORTED',
+    );
+  } finally {
+    await src.close();
   }
 });
