@@ -1,6 +1,7 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
+import { GenCache } from '../ext/cache.js';
 import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
 import { resolvePath } from '../walk.js';
 import { type AgHeaders, readAgHeaders } from './ag.js';
@@ -29,27 +30,8 @@ import { readSymlink } from './symlink.js';
 const INODE_CACHE = 8192;
 const MAP_CACHE = 512;
 const DIR_CACHE_ENTRIES = 400_000;
-
-/** A bounded cache in two generations (see the ext reader): no per-entry deletes. */
-class GenCache<K, V> {
-  private cur = new Map<K, V>();
-  private old = new Map<K, V>();
-  constructor(private readonly half: number) {}
-  get(k: K): V | undefined {
-    const v = this.cur.get(k);
-    if (v !== undefined) return v;
-    const o = this.old.get(k);
-    if (o !== undefined) this.set(k, o);
-    return o;
-  }
-  set(k: K, v: V): void {
-    if (this.cur.size >= this.half) {
-      this.old = this.cur;
-      this.cur = new Map();
-    }
-    this.cur.set(k, v);
-  }
-}
+/** Inodes are read and kept in pieces of this size (an inode chunk of 64 x 512 bytes is 32 KiB). */
+const PIECE = 64 * 1024;
 
 function pushRange(out: ByteRange[], offset: number, length: number): void {
   if (length <= 0) return;
@@ -69,6 +51,8 @@ export class XfsFileSystem implements FileSystem {
   private readonly agCache = new Map<number, Promise<AgHeaders>>();
   private readonly inodeCache = new GenCache<number, XfsInode>(INODE_CACHE / 2);
   private readonly mapCache = new GenCache<number, Bmap[]>(MAP_CACHE / 2);
+  private readonly pieces = new GenCache<number, Uint8Array>(128);
+  private readonly piecePending = new Map<number, Promise<Uint8Array>>();
   private readonly dirCache = new Map<number, Map<string, DirEntry>>();
   private dirCacheEntries = 0;
   private readonly refcountCache = new Map<number, Promise<Refcount[]>>();
@@ -157,14 +141,55 @@ export class XfsFileSystem implements FileSystem {
     return this.ctx.agbOffset(agno, agbno) + idx * sb.inodeSize;
   }
 
-  private async node(ino: number): Promise<XfsInode> {
+  /**
+   * The inode when it is cached or its 64 KiB piece of inode chunk is in memory (no I/O, no
+   * await), else undefined. Throws like node() for bad numbers and bad inodes.
+   */
+  private nodeNow(ino: number): XfsInode | undefined {
     const hit = this.inodeCache.get(ino);
     if (hit) return hit;
     const at = this.inodeAt(ino);
-    const raw = await this.ctx.read(at, this.sb.inodeSize, `xfs inode ${ino}`);
-    const n = parseInode(this.ctx, ino, raw.slice(), at);
+    const ps = at - (at % PIECE);
+    const piece = this.pieces.get(ps);
+    if (!piece) return undefined;
+    if (at + this.sb.inodeSize > ps + piece.length) {
+      throw new StrataError(
+        'TRUNCATED',
+        'the inode lies past the end of the volume',
+        this.ctx.where(`xfs inode ${ino}`, at),
+      );
+    }
+    const n = parseInode(this.ctx, ino, piece.slice(at - ps, at - ps + this.sb.inodeSize), at);
     this.inodeCache.set(ino, n);
     return n;
+  }
+
+  /** A 64 KiB piece of the volume holding inodes; concurrent loads of one piece share a read. */
+  private loadPiece(ps: number, structure: string): Promise<Uint8Array> {
+    const pending = this.piecePending.get(ps);
+    if (pending) return pending;
+    const len = Math.max(0, Math.min(PIECE, this.volume.size - ps));
+    const p = readExact(this.volume, ps, len, structure).then(
+      (b) => {
+        this.pieces.set(ps, b);
+        this.piecePending.delete(ps);
+        return b;
+      },
+      (e: unknown) => {
+        this.piecePending.delete(ps);
+        throw e;
+      },
+    );
+    this.piecePending.set(ps, p);
+    return p;
+  }
+
+  private async node(ino: number): Promise<XfsInode> {
+    const now = this.nodeNow(ino);
+    if (now) return now;
+    const at = this.inodeAt(ino);
+    await this.loadPiece(at - (at % PIECE), `xfs inode ${ino}`);
+    return this.nodeNow(ino)!;
   }
 
   async root(): Promise<Inode> {
@@ -175,12 +200,35 @@ export class XfsFileSystem implements FileSystem {
     return n.pub;
   }
 
-  async inode(ino: number): Promise<Inode> {
-    return (await this.node(ino)).pub;
+  inode(ino: number): Promise<Inode> {
+    // most loads of a walk find their piece in memory: answer without an async frame
+    try {
+      const n = this.nodeNow(ino);
+      if (n) return Promise.resolve(n.pub);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.node(ino).then((n) => n.pub);
   }
 
   async inodes(inos: readonly number[]): Promise<Inode[]> {
-    return Promise.all(inos.map((i) => this.inode(i)));
+    const out = new Array<Inode>(inos.length);
+    const missing: number[] = [];
+    for (let i = 0; i < inos.length; i++) {
+      const n = this.nodeNow(inos[i]);
+      if (n) out[i] = n.pub;
+      else missing.push(i);
+    }
+    if (missing.length === 0) return out;
+    // one read per missing piece, in parallel, then parse without awaits
+    const pieces = new Map<number, number>();
+    for (const i of missing) {
+      const at = this.inodeAt(inos[i]);
+      if (!pieces.has(at - (at % PIECE))) pieces.set(at - (at % PIECE), inos[i]);
+    }
+    await Promise.all([...pieces].map(([ps, ino]) => this.loadPiece(ps, `xfs inode ${ino}`)));
+    for (const i of missing) out[i] = (await this.node(inos[i])).pub;
+    return out;
   }
 
   lookup(path: string): Promise<Inode> {
