@@ -32,6 +32,50 @@ const lines = (s: string) =>
     .filter((l) => l !== '')
     .map((l) => JSON.parse(l));
 
+/** A Rocky-like root (rpm database written by rpm, os-release, passwd, fstab) copied by the kernel into mkfs.xfs. */
+async function rockyFixture(): Promise<string> {
+  return fixture('xfs-inspect-rocky-v1', async (out) => {
+    mkdirSync(out);
+    const tree = path.join(out, 'tree');
+    const top = path.join(out, 'build');
+    for (const d of ['etc', 'usr/bin', 'var/lib/rpm']) mkdirSync(path.join(tree, d), { recursive: true });
+    mkdirSync(top, { recursive: true });
+    for (const [name, version] of [
+      ['rocky-release', '9.4'],
+      ['strata-xfs-test', '1.2.3'],
+    ]) {
+      const spec = path.join(top, `${name}.spec`);
+      writeFileSync(
+        spec,
+        `%global debug_package %{nil}\nName: ${name}\nVersion: ${version}\nRelease: 1.el9\nSummary: t\nLicense: MIT\nBuildArch: noarch\n%description\nt\n%files\n`,
+      );
+      await run('rpmbuild', ['--define', `_topdir ${top}`, '-bb', spec]);
+    }
+    const rpms = (await run('find', [path.join(top, 'RPMS'), '-name', '*.rpm'])).trim().split('\n');
+    await run('rpm', ['--root', tree, '--dbpath', '/var/lib/rpm', '--initdb']);
+    await run('rpm', ['--root', tree, '--dbpath', '/var/lib/rpm', '-i', '--nodeps', '--justdb', ...rpms]);
+    writeFileSync(
+      path.join(tree, 'etc/os-release'),
+      'NAME="Rocky Linux"\nVERSION="9.4 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\nPRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\n',
+    );
+    writeFileSync(path.join(tree, 'etc/hostname'), 'rocky-xfs\n');
+    writeFileSync(
+      path.join(tree, 'etc/passwd'),
+      'root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n',
+    );
+    writeFileSync(path.join(tree, 'etc/fstab'), '/dev/mapper/rl-root / xfs defaults 0 0\n');
+    writeFileSync(path.join(tree, 'usr/bin/dnf'), '#!/usr/bin/python3\n');
+    await run('cp', ['/usr/bin/dash', path.join(tree, 'usr/bin/sh')]);
+    const img = path.join(out, 'rocky.img');
+    writeFileSync(img, '');
+    truncateSync(img, 300 * MiB);
+    await run('mkfs.xfs', ['-q', '-f', img]);
+    await withRwMount(img, async (m) => {
+      await run('cp', ['-a', `${tree}/.`, m]);
+    });
+  });
+}
+
 describe('strata on XFS', () => {
   test('ls -R --json matches the kernel walk; cat matches its hashes; stat shows shared extents', async () => {
     const img = await xfsImage(XFS);
@@ -175,46 +219,7 @@ describe('strata on XFS', () => {
   });
 
   test('inspect: a Rocky-like rpm root on XFS (packages as rpm -qa says, users, fstab)', async () => {
-    const dir = await fixture('xfs-inspect-rocky-v1', async (out) => {
-      mkdirSync(out);
-      const tree = path.join(out, 'tree');
-      const top = path.join(out, 'build');
-      for (const d of ['etc', 'usr/bin', 'var/lib/rpm']) mkdirSync(path.join(tree, d), { recursive: true });
-      mkdirSync(top, { recursive: true });
-      for (const [name, version] of [
-        ['rocky-release', '9.4'],
-        ['strata-xfs-test', '1.2.3'],
-      ]) {
-        const spec = path.join(top, `${name}.spec`);
-        writeFileSync(
-          spec,
-          `%global debug_package %{nil}\nName: ${name}\nVersion: ${version}\nRelease: 1.el9\nSummary: t\nLicense: MIT\nBuildArch: noarch\n%description\nt\n%files\n`,
-        );
-        await run('rpmbuild', ['--define', `_topdir ${top}`, '-bb', spec]);
-      }
-      const rpms = (await run('find', [path.join(top, 'RPMS'), '-name', '*.rpm'])).trim().split('\n');
-      await run('rpm', ['--root', tree, '--dbpath', '/var/lib/rpm', '--initdb']);
-      await run('rpm', ['--root', tree, '--dbpath', '/var/lib/rpm', '-i', '--nodeps', '--justdb', ...rpms]);
-      writeFileSync(
-        path.join(tree, 'etc/os-release'),
-        'NAME="Rocky Linux"\nVERSION="9.4 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\nPRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\n',
-      );
-      writeFileSync(path.join(tree, 'etc/hostname'), 'rocky-xfs\n');
-      writeFileSync(
-        path.join(tree, 'etc/passwd'),
-        'root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n',
-      );
-      writeFileSync(path.join(tree, 'etc/fstab'), '/dev/mapper/rl-root / xfs defaults 0 0\n');
-      writeFileSync(path.join(tree, 'usr/bin/dnf'), '#!/usr/bin/python3\n');
-      await run('cp', ['/usr/bin/dash', path.join(tree, 'usr/bin/sh')]);
-      const img = path.join(out, 'rocky.img');
-      writeFileSync(img, '');
-      truncateSync(img, 300 * MiB);
-      await run('mkfs.xfs', ['-q', '-f', img]);
-      await withRwMount(img, async (m) => {
-        await run('cp', ['-a', `${tree}/.`, m]);
-      });
-    });
+    const dir = await rockyFixture();
     const img = path.join(dir, 'rocky.img');
     const qa = (
       await run('rpm', [
@@ -242,5 +247,60 @@ describe('strata on XFS', () => {
       qa,
     );
     assert.ok(JSON.stringify(os.users ?? os).includes('alice'));
+  });
+
+  test('inspect: the same root on XFS inside an LVM logical volume (rl/root), as RHEL-family installs lay it out', async () => {
+    const { copyInto, lvm, sparse, withLoop } = await import('../helpers/volume-images.js');
+    const rocky = path.join(await rockyFixture(), 'rocky.img');
+    const disk = await fixture('xfs-inspect-rocky-lvm-v1.img', async (out) => {
+      await sparse(out, 400 * MiB);
+      await withLoop(out, {}, async (dev) => {
+        await lvm('pvcreate', ['-ff', '-y', dev], [dev]);
+        await lvm('vgcreate', ['rl', dev], [dev]);
+        await lvm(
+          'lvcreate',
+          [
+            '--driverloaded',
+            'n',
+            '--activate',
+            'n',
+            '--zero',
+            'n',
+            '--wipesignatures',
+            'n',
+            '-y',
+            '-n',
+            'root',
+            '-L',
+            '320M',
+            'rl',
+          ],
+          [dev],
+        );
+        const seg = (
+          await lvm(
+            'lvs',
+            ['--noheadings', '--units', 'b', '--nosuffix', '-o', 'seg_pe_ranges,vg_extent_size', 'rl/root'],
+            [dev],
+          )
+        )
+          .trim()
+          .split(/\s+/);
+        const pe = Number(
+          (await lvm('pvs', ['--noheadings', '--units', 'b', '--nosuffix', '-o', 'pe_start', dev], [dev])).trim(),
+        );
+        const m = /:(\d+)-(\d+)$/.exec(seg[0])!;
+        // one linear segment: the LV's bytes are the disk's from pe_start + first extent
+        copyInto(out, pe + Number(m[1]) * Number(seg[1]), rocky);
+      });
+    });
+    const r = await strata(['inspect', '--json', disk]);
+    assert.equal(r.code, 0, r.stderr);
+    const roots = JSON.parse(r.stdout);
+    assert.equal(roots.length, 1);
+    assert.equal(roots[0].distro, 'rocky');
+    assert.ok(roots[0].packages.some((p: { name: string }) => p.name === 'strata-xfs-test'));
+    const ls = await strata(['ls', '--json', disk, '--lv', 'rl/root', '/etc/os-release']);
+    assert.equal(ls.code, 0, ls.stderr);
   });
 });
