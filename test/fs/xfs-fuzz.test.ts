@@ -17,6 +17,7 @@ import { openFileSystem } from '../../src/fs/open.js';
 import type { FileSystem } from '../../src/fs/types.js';
 import { walk } from '../../src/fs/walk.js';
 import type { ByteSource } from '../../src/io/byte-source.js';
+import { FileSource } from '../../src/io/file-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { withRwMount } from '../helpers/ext-tree.js';
 import { expectCleanOutcome, mutate, prng } from '../helpers/fuzz.js';
@@ -195,6 +196,35 @@ function patched(img: string, patches: Array<[number, Uint8Array]>): Uint8Array 
   for (const [at, bytes] of patches) b.set(bytes, at);
   return b;
 }
+
+test('the fuzz image read cleanly: a leaf-form directory matches xfs_db ls, the leaf/node attribute fork holds what setfattr wrote', async () => {
+  const f = await fuzzImage();
+  const bm = await run('xfs_db', ['-r', '-c', 'path /many', '-c', 'bmap', f.image]);
+  // data blocks plus one block at the leaf offset (32 GiB / 4 KiB): a leaf-form directory
+  assert.match(bm, /data offset 8388608 /);
+  assert.ok((bm.match(/data offset \d+ /g) ?? []).length >= 3);
+  const ls = await run('xfs_db', ['-r', '-c', 'ls /many', f.image]);
+  const want = [...ls.matchAll(/^\s*\d+\s+(\d+)\s+\S+\s+\S+\s+\d+\s+(\S+) \(good\)$/gm)]
+    .filter((m) => m[2] !== '.' && m[2] !== '..')
+    .map((m) => `${m[2]} ${m[1]}`)
+    .sort();
+  const src = await FileSource.open(f.image);
+  try {
+    const fs = await openFileSystem(src);
+    const many = await fs.lookup('/many');
+    const got = (await fs.readdirAll!(many)).map((e) => `${e.name} ${e.ino}`).sort();
+    assert.equal(got.length, 400);
+    assert.deepEqual(got, want);
+    const x = await fs.xattrs(await fs.lookup('/medium'));
+    assert.equal(x.size, 200);
+    for (let i = 0; i < 200; i++) assert.equal(Buffer.from(x.get(`user.attr-${i}`)!).toString(), 'x'.repeat(i % 40));
+    const remote = await fs.xattrs(await fs.lookup('/a'));
+    assert.equal(Buffer.from(remote.get('user.remote')!).toString(), 'r'.repeat(5000));
+    assert.equal(await fs.readlink(await fs.lookup('/slow-link')), `${'a/'.repeat(300)}x`);
+  } finally {
+    await src.close();
+  }
+});
 
 test('a BMBT pointer back to its own block is a LOOP error naming the structure, not a hang', async () => {
   const f = await fuzzImage();

@@ -221,6 +221,27 @@ for (const spec of VARIANTS) {
         },
       );
 
+      await t.test(
+        'the forms compared above are the ones xfs_db sees (B+tree and short-form directories, local, leaf and node attributes, BMBT files)',
+        async () => {
+          const db = (p: string, ...c: string[]) =>
+            run('xfs_db', ['-r', '-c', `path ${p}`, ...c.flatMap((x) => ['-c', x]), img]);
+          assert.match(await db('/big', 'print core.format'), /= 3 \(btree\)/);
+          assert.match(await db('/links', 'print core.format'), /= 1 \(local\)/);
+          assert.match(await db('/files', 'print core.format'), /= 2 \(extents\)/);
+          assert.match(await db('/sparse/fragmented', 'print core.format'), /= 3 \(btree\)/);
+          assert.match(await db('/xattrs/small', 'print core.aformat'), /= 1 \(local\)/);
+          assert.match(await db('/xfs-xattrs/node', 'ablock 0', 'print hdr.info.hdr.magic'), /= 0x3ebe/);
+          // 40 attributes fill one leaf with 4 KiB blocks and need a node with 1 KiB blocks
+          assert.match(
+            await db('/xfs-xattrs/leaf', 'ablock 0', 'print hdr.info.hdr.magic'),
+            bs >= 4096 ? /= 0x3bee/ : /= 0x3ebe/,
+          );
+          assert.match(await db('/links/len1000', 'print core.format'), /= 2 \(extents\)/);
+          assert.match(await db('/links/fast', 'print core.format'), /= 1 \(local\)/);
+        },
+      );
+
       await t.test('no warnings on a clean image (every checksum verifies)', () => {
         assert.deepEqual(fs.warnings, []);
       });
