@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { OpenOptions } from '../formats/types.js';
+import type { OpenOptions } from '../library/index.js';
 
 /** Flags every command that opens an image accepts. */
 export function addOpenOptions(cmd: Command): Command {
