@@ -4,9 +4,10 @@ import { extDriver } from './ext/index.js';
 import { exfatDriver, fatDriver } from './fat/index.js';
 import { isoDriver } from './iso9660/index.js';
 import type { FileSystem, FsDriver } from './types.js';
+import { xfsDriver } from './xfs/index.js';
 
 /** File-system readers, tried in order; each probes the volume's first 128 KiB. */
-export const FS_DRIVERS: FsDriver[] = [extDriver, fatDriver, exfatDriver, isoDriver];
+export const FS_DRIVERS: FsDriver[] = [extDriver, xfsDriver, fatDriver, exfatDriver, isoDriver];
 
 /** Bytes of the volume head handed to probes. */
 export const PROBE_BYTES = 128 * 1024;

@@ -57,7 +57,12 @@ export const ENTRY_ERRORS = new Set(['EEXIST', 'ENAMETOOLONG', 'EILSEQ', 'ENOTDI
 /** Names of a path relative to DEST (after its leading '/'): one empty, '.' or '..', or a NUL. */
 const UNSAFE_NAMES = /(^|\/)\.{0,2}(\/|$)|\0/;
 
-const toSeconds = (t: Timestamp | undefined): number | undefined => (t ? t.sec + t.nsec / 1e9 : undefined);
+/**
+ * A time for futimes/lutimes: seconds as a number, or a Date before 1970 (Node turns a
+ * negative number into the current time; a Date keeps it, to the millisecond).
+ */
+const toSeconds = (t: Timestamp | undefined): number | Date | undefined =>
+  t ? (t.sec < 0 ? new Date(t.sec * 1000 + Math.trunc(t.nsec / 1e6)) : t.sec + t.nsec / 1e9) : undefined;
 
 /** What `mkdir` did. */
 export type MkdirOutcome =
