@@ -1,4 +1,5 @@
 import { type ByteSource, readExact } from '../io/byte-source.js';
+import { fileView } from '../io/filter-source.js';
 
 export { clampStatus } from '../io/byte-source.js';
 
@@ -138,12 +139,13 @@ export class ReadPlan {
    */
   async direct(file: ByteSource, backing: DiskImage | undefined, virt: number): Promise<DirectPiece[]> {
     const out: DirectPiece[] = [];
+    const f = fileView(file);
     for (const p of this.pieces) {
       const offset = virt + p.at;
       if (p.kind === FILE) {
         checkHostRange(file, p);
-        if (file.fd === undefined) pushDirect(out, { kind: 'other', offset, length: p.len });
-        else pushDirect(out, { kind: 'file', offset, length: p.len, fd: file.fd, file: file.name, host: p.src });
+        if (!f) pushDirect(out, { kind: 'other', offset, length: p.len });
+        else pushDirect(out, { kind: 'file', offset, length: p.len, fd: f.fd, file: f.name, host: f.offset + p.src });
       } else if (p.kind === BELOW) await directBelow(backing, p.src, p.len, out);
       else pushDirect(out, { kind: 'zero', offset, length: p.len });
     }

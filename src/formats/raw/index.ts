@@ -1,5 +1,6 @@
 import type { ByteSource, Extent } from '../../io/byte-source.js';
 import { clampRead, clampStatus } from '../../io/byte-source.js';
+import { fileView } from '../../io/filter-source.js';
 import type { DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
 
 /** A raw image: the file is the disk. Detection falls back to it. */
@@ -31,9 +32,9 @@ export class RawImage implements DiskImage {
   async direct(offset: number, length: number): Promise<DirectPiece[]> {
     const n = clampRead(this, offset, length);
     if (n === 0) return [];
-    const fd = this.src.fd;
-    if (fd === undefined) return [{ kind: 'other', offset, length: n }];
-    return [{ kind: 'file', offset, length: n, fd, file: this.src.name, host: offset }];
+    const f = fileView(this.src);
+    if (!f) return [{ kind: 'other', offset, length: n }];
+    return [{ kind: 'file', offset, length: n, fd: f.fd, file: f.name, host: f.offset + offset }];
   }
   async close(): Promise<void> {
     await this.src.close?.();
