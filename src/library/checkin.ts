@@ -9,7 +9,7 @@ import { walk } from '../fs/walk.js';
 import { isZero } from '../io/byte-source.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
-import { BufferPool } from '../store/zstd-into.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
 import { discoverVolumes } from '../volumes/discover.js';

@@ -2,6 +2,7 @@ import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { crc32cRange, crc32cRaw, crc32cU32 } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
+import { GenCache } from '../../util/gen-cache.js';
 import { LIMITS } from '../../util/limits.js';
 import type {
   ByteRange,
@@ -122,35 +123,6 @@ class Slab {
     this.used += this.piece;
     out.set(src.subarray(0, this.piece));
     return out;
-  }
-}
-
-/**
- * A bounded cache in two generations: hits in the old generation move to the new one; when
- * the new one fills, the old one is dropped whole. No per-entry deletes, so no Map tombstones
- * for iteration to skip (delete-plus-reinsert LRUs degrade badly in V8).
- */
-class GenCache<K, V> {
-  private cur = new Map<K, V>();
-  private old = new Map<K, V>();
-  constructor(private readonly half: number) {}
-  get(k: K): V | undefined {
-    const v = this.cur.get(k);
-    if (v !== undefined) return v;
-    const o = this.old.get(k);
-    if (o !== undefined) this.set(k, o);
-    return o;
-  }
-  set(k: K, v: V): void {
-    if (this.cur.size >= this.half) {
-      this.old = this.cur;
-      this.cur = new Map();
-    }
-    this.cur.set(k, v);
-  }
-  clear(): void {
-    this.cur.clear();
-    this.old.clear();
   }
 }
 
