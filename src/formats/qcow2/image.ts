@@ -13,7 +13,7 @@ import { StrataError } from '../../util/errors.js';
 import { lazyZlib } from '../../util/lazy-zlib.js';
 import { PromiseLru } from '../../util/promise-lru.js';
 import { zstdDecompress } from '../../util/zstd.js';
-import { directBelow, pushDirect, readBelow } from '../layer.js';
+import { directBelow, pushDirect, pushHostStatus, readBelow } from '../layer.js';
 import type { BackingRef, DirectPiece, DiskImage } from '../types.js';
 import { featureList, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
 import { scanZstdFrames } from './zstd-frames.js';
@@ -154,7 +154,11 @@ export class Qcow2Image implements DiskImage {
   async status(offset: number, length: number): Promise<Extent[]> {
     const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
-    await this.walk(offset, n, (off, len, kind) => pushExtent(out, off, len, KIND_NAME[kind]));
+    // data clusters over holes of the data file (preallocation=metadata) read as zeros
+    for (const s of await this.segments(offset, n)) {
+      if (s.kind === DATA) await pushHostStatus(out, this.data, s.host, s.len, s.off);
+      else pushExtent(out, s.off, s.len, KIND_NAME[s.kind]);
+    }
     return out;
   }
 
