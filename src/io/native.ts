@@ -12,6 +12,7 @@ interface Native {
   ENXIO: number;
 }
 
+const SEEK_END = 2;
 const ADDON = path.join('native', 'build', 'Release', 'strata_native.node');
 let loaded: Native | null | undefined;
 
@@ -55,7 +56,12 @@ export function holesSupported(): boolean {
 export function seekStatus(fd: number, offset: number, n: number): Extent[] | undefined {
   const nat = native();
   if (!nat || nat.SEEK_DATA === undefined || nat.SEEK_HOLE === undefined) return undefined;
-  const end = offset + n;
+  // A file that shrank since it was opened: what lies past its end now stays `data`, so
+  // readers still read it and fail TRUNCATED as before, instead of taking it for a hole.
+  const eof = nat.seek(fd, 0, SEEK_END);
+  if (eof < 0) return undefined;
+  const want = offset + n;
+  const end = Math.min(want, Math.max(offset, eof));
   const out: Extent[] = [];
   let pos = offset;
   while (pos < end) {
@@ -73,5 +79,6 @@ export function seekStatus(fd: number, offset: number, n: number): Extent[] | un
     pushExtent(out, d, Math.min(h, end) - d, 'data');
     pos = h;
   }
+  pushExtent(out, end, want - end, 'data');
   return out;
 }

@@ -34,7 +34,21 @@ export class RawImage implements DiskImage {
     if (n === 0) return [];
     const f = fileView(this.src);
     if (!f) return [{ kind: 'other', offset, length: n }];
-    return [{ kind: 'file', offset, length: n, fd: f.fd, file: f.name, host: f.offset + offset }];
+    // holes of a sparse file are zero pieces: the copier skips them without reading
+    const out: DirectPiece[] = [];
+    for (const e of await this.status(offset, n)) {
+      if (e.kind === 'data') {
+        out.push({
+          kind: 'file',
+          offset: e.offset,
+          length: e.length,
+          fd: f.fd,
+          file: f.name,
+          host: f.offset + e.offset,
+        });
+      } else out.push({ kind: 'zero', offset: e.offset, length: e.length });
+    }
+    return out;
   }
   async close(): Promise<void> {
     await this.src.close?.();
