@@ -1,31 +1,46 @@
 import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import {
+  AUTOCLEAR_DATA_FILE_RAW,
+  EXT_BACKING_FORMAT,
+  EXT_BITMAPS,
+  EXT_CRYPTO,
+  EXT_DATA_FILE,
+  EXT_END,
+  EXT_FEATURE_NAMES,
+  EXT_HEADER_SIZE,
+  EXTENDED_L2_ENTRY_SIZE,
+  FEATURE_AUTOCLEAR,
+  FEATURE_COMPATIBLE,
+  FEATURE_INCOMPATIBLE,
+  FEATURE_NAME_SIZE,
+  HDR,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_EXTL2,
+  INCOMPAT_KNOWN,
+  L2_ENTRY_SIZE,
+  MAX_BACKING_NAME,
+  MAX_CLUSTER_BITS,
+  MAX_L1_BYTES,
+  MIN_CLUSTER_BITS,
+  QCOW2_MAGIC,
+  TWO32,
+  V2_HEADER_LENGTH,
+  V3_HEADER_LENGTH,
+} from './layout.js';
 
-import { QCOW2_MAGIC } from '../probe.js';
-
-export { QCOW2_MAGIC };
-
-/** Incompatible feature bits we understand. */
-export const INCOMPAT_DIRTY = 1;
-export const INCOMPAT_CORRUPT = 2;
-export const INCOMPAT_DATA_FILE = 4;
-export const INCOMPAT_COMPRESSION = 8;
-export const INCOMPAT_EXTL2 = 16;
-const INCOMPAT_KNOWN = 0x1f;
-/** Autoclear bits. */
-export const AUTOCLEAR_BITMAPS = 1;
-export const AUTOCLEAR_DATA_FILE_RAW = 2;
-
-const EXT_END = 0;
-const EXT_BACKING_FORMAT = 0xe2792aca;
-const EXT_FEATURE_TABLE = 0x6803f857;
-const EXT_BITMAPS = 0x23852875;
-const EXT_CRYPTO = 0x0537be77;
-const EXT_DATA_FILE = 0x44415441;
-
-/** The largest L1 table qemu accepts (32 MiB); we use the same bound. */
-const MAX_L1_BYTES = 32 * 1024 * 1024;
+export {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  QCOW2_MAGIC,
+} from './layout.js';
 
 export interface FeatureName {
   type: 'incompatible' | 'compatible' | 'autoclear';
@@ -72,7 +87,7 @@ const hex = (n: number) => `0x${n.toString(16)}`;
 
 /** Read a big-endian u64 as a number; values past 2^53 come back inexact but huge (callers bound them). */
 export function u64(dv: DataView, at: number): number {
-  return dv.getUint32(at) * 0x100000000 + dv.getUint32(at + 4);
+  return dv.getUint32(at) * TWO32 + dv.getUint32(at + 4);
 }
 
 function bitsOf(lo: number, hi: number): number[] {
@@ -89,7 +104,7 @@ function bitsOf(lo: number, hi: number): number[] {
 export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
   const file = src.name;
   const where = (structure: string, offset?: number) => ({ file, structure, offset });
-  if (src.size < 72) {
+  if (src.size < V2_HEADER_LENGTH) {
     throw new StrataError(
       'TRUNCATED',
       `file of ${src.size} bytes is too short for a qcow2 header (72 bytes)`,
@@ -98,42 +113,47 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
   }
   const first = await readExact(src, 0, Math.min(src.size, 4096), 'qcow2 header');
   const dv = new DataView(first.buffer, first.byteOffset, first.byteLength);
-  if (dv.getUint32(0) !== QCOW2_MAGIC) throw new StrataError('CORRUPT', 'bad qcow2 magic', where('qcow2 header', 0));
-  const version = dv.getUint32(4);
+  if (dv.getUint32(HDR.magic) !== QCOW2_MAGIC)
+    throw new StrataError('CORRUPT', 'bad qcow2 magic', where('qcow2 header', HDR.magic));
+  const version = dv.getUint32(HDR.version);
   if (version !== 2 && version !== 3) {
     throw new StrataError(
       'UNSUPPORTED',
       `qcow2 version ${version} is not supported (only 2 and 3)`,
-      where('qcow2 header', 4),
+      where('qcow2 header', HDR.version),
     );
   }
-  const clusterBits = dv.getUint32(20);
-  if (clusterBits < 9 || clusterBits > 21) {
-    throw new StrataError('CORRUPT', `cluster_bits ${clusterBits} outside 9..21`, where('qcow2 header', 20));
+  const clusterBits = dv.getUint32(HDR.clusterBits);
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    throw new StrataError(
+      'CORRUPT',
+      `cluster_bits ${clusterBits} outside 9..21`,
+      where('qcow2 header', HDR.clusterBits),
+    );
   }
   const clusterSize = 2 ** clusterBits;
-  const cryptMethod = dv.getUint32(32);
+  const cryptMethod = dv.getUint32(HDR.cryptMethod);
   if (cryptMethod !== 0) {
     throw new StrataError(
       'UNSUPPORTED',
       `encrypted qcow2 not supported (crypt_method ${cryptMethod === 1 ? 'AES' : cryptMethod === 2 ? 'LUKS' : cryptMethod})`,
-      where('qcow2 header', 32),
+      where('qcow2 header', HDR.cryptMethod),
     );
   }
   const h: Qcow2Header = {
     version,
-    backingFileOffset: u64(dv, 8),
-    backingFileSize: dv.getUint32(16),
+    backingFileOffset: u64(dv, HDR.backingFileOffset),
+    backingFileSize: dv.getUint32(HDR.backingFileSize),
     clusterBits,
     clusterSize,
-    size: u64(dv, 24),
+    size: u64(dv, HDR.size),
     cryptMethod,
-    l1Size: dv.getUint32(36),
-    l1TableOffset: u64(dv, 40),
-    refcountTableOffset: u64(dv, 48),
-    refcountTableClusters: dv.getUint32(56),
-    nbSnapshots: dv.getUint32(60),
-    snapshotsOffset: u64(dv, 64),
+    l1Size: dv.getUint32(HDR.l1Size),
+    l1TableOffset: u64(dv, HDR.l1TableOffset),
+    refcountTableOffset: u64(dv, HDR.refcountTableOffset),
+    refcountTableClusters: dv.getUint32(HDR.refcountTableClusters),
+    nbSnapshots: dv.getUint32(HDR.nbSnapshots),
+    snapshotsOffset: u64(dv, HDR.snapshotsOffset),
     incompatible: 0,
     incompatibleHigh: 0,
     compatible: 0,
@@ -141,7 +161,7 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
     autoclear: 0,
     autoclearHigh: 0,
     refcountOrder: 4,
-    headerLength: 72,
+    headerLength: V2_HEADER_LENGTH,
     compressionType: 0,
     extendedL2: false,
     dataFileRaw: false,
@@ -150,23 +170,23 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
     hasBitmaps: false,
   };
   if (version === 3) {
-    if (src.size < 104) {
+    if (src.size < V3_HEADER_LENGTH) {
       throw new StrataError(
         'TRUNCATED',
         `file of ${src.size} bytes is too short for a qcow2 v3 header`,
         where('qcow2 header', 0),
       );
     }
-    h.incompatibleHigh = dv.getUint32(72);
-    h.incompatible = dv.getUint32(76);
-    h.compatibleHigh = dv.getUint32(80);
-    h.compatible = dv.getUint32(84);
-    h.autoclearHigh = dv.getUint32(88);
-    h.autoclear = dv.getUint32(92);
-    h.refcountOrder = dv.getUint32(96);
-    h.headerLength = dv.getUint32(100);
+    h.incompatibleHigh = dv.getUint32(HDR.incompatibleFeatures);
+    h.incompatible = dv.getUint32(HDR.incompatibleFeatures + 4);
+    h.compatibleHigh = dv.getUint32(HDR.compatibleFeatures);
+    h.compatible = dv.getUint32(HDR.compatibleFeatures + 4);
+    h.autoclearHigh = dv.getUint32(HDR.autoclearFeatures);
+    h.autoclear = dv.getUint32(HDR.autoclearFeatures + 4);
+    h.refcountOrder = dv.getUint32(HDR.refcountOrder);
+    h.headerLength = dv.getUint32(HDR.headerLength);
     if (
-      h.headerLength < 104 ||
+      h.headerLength < V3_HEADER_LENGTH ||
       h.headerLength > clusterSize ||
       h.headerLength > src.size ||
       h.headerLength > first.length
@@ -174,13 +194,17 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
       throw new StrataError(
         'CORRUPT',
         `header_length ${h.headerLength} outside 104..min(cluster size, file size)`,
-        where('qcow2 header', 100),
+        where('qcow2 header', HDR.headerLength),
       );
     }
     if (h.refcountOrder > 6) {
-      throw new StrataError('CORRUPT', `refcount_order ${h.refcountOrder} above 6`, where('qcow2 header', 96));
+      throw new StrataError(
+        'CORRUPT',
+        `refcount_order ${h.refcountOrder} above 6`,
+        where('qcow2 header', HDR.refcountOrder),
+      );
     }
-    if (h.headerLength > 104) h.compressionType = dv.getUint8(104);
+    if (h.headerLength > HDR.compressionType) h.compressionType = dv.getUint8(HDR.compressionType);
   }
 
   // Header extensions: from the end of the header up to the backing file name (or the first cluster's end).
@@ -195,18 +219,18 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
   const text = (at: number, len: number) => decoder.decode(extBytes.subarray(at, at + len)).replace(/\0+$/, '');
   let cryptoExt = false;
   // Every extension takes at least 8 bytes, so this loop is bounded by extEnd / 8.
-  while (pos + 8 <= extEnd) {
+  while (pos + EXT_HEADER_SIZE <= extEnd) {
     const type = ev.getUint32(pos);
     const len = ev.getUint32(pos + 4);
     if (type === EXT_END) break;
-    if (len > extEnd - pos - 8) {
+    if (len > extEnd - pos - EXT_HEADER_SIZE) {
       throw new StrataError(
         'CORRUPT',
         `header extension ${hex(type)} of ${len} bytes runs past ${extEnd}`,
         where('qcow2 header extension', pos),
       );
     }
-    const data = pos + 8;
+    const data = pos + EXT_HEADER_SIZE;
     switch (type) {
       case EXT_BACKING_FORMAT:
         h.backingFormat = text(data, len);
@@ -214,11 +238,19 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
       case EXT_DATA_FILE:
         h.dataFile = text(data, len);
         break;
-      case EXT_FEATURE_TABLE:
-        for (let k = 0; k + 48 <= len; k += 48) {
+      case EXT_FEATURE_NAMES:
+        for (let k = 0; k + FEATURE_NAME_SIZE <= len; k += FEATURE_NAME_SIZE) {
           const t = extBytes[data + k];
-          const type = t === 0 ? 'incompatible' : t === 1 ? 'compatible' : t === 2 ? 'autoclear' : undefined;
-          if (type) h.featureNames.push({ type, bit: extBytes[data + k + 1], name: text(data + k + 2, 46) });
+          const type =
+            t === FEATURE_INCOMPATIBLE
+              ? 'incompatible'
+              : t === FEATURE_COMPATIBLE
+                ? 'compatible'
+                : t === FEATURE_AUTOCLEAR
+                  ? 'autoclear'
+                  : undefined;
+          if (type)
+            h.featureNames.push({ type, bit: extBytes[data + k + 1], name: text(data + k + 2, FEATURE_NAME_SIZE - 2) });
         }
         break;
       case EXT_BITMAPS:
@@ -249,7 +281,7 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
     throw new StrataError(
       'UNSUPPORTED',
       `unknown incompatible feature bits: ${named.join(', ')}`,
-      where('qcow2 header incompatible_features', 72),
+      where('qcow2 header incompatible_features', HDR.incompatibleFeatures),
     );
   }
   h.extendedL2 = (h.incompatible & INCOMPAT_EXTL2) !== 0;
@@ -257,26 +289,30 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
     throw new StrataError(
       'CORRUPT',
       `extended L2 entries need clusters of at least 16 KiB, not ${clusterSize}`,
-      where('qcow2 header', 20),
+      where('qcow2 header', HDR.clusterBits),
     );
   }
   if ((h.incompatible & INCOMPAT_COMPRESSION) !== 0) {
-    if (h.headerLength <= 104) {
+    if (h.headerLength <= HDR.compressionType) {
       throw new StrataError(
         'CORRUPT',
         'compression type feature set but the header has no compression_type field',
-        where('qcow2 header', 100),
+        where('qcow2 header', HDR.headerLength),
       );
     }
   } else if (h.compressionType !== 0) {
     throw new StrataError(
       'CORRUPT',
       `compression_type ${h.compressionType} without the compression type feature bit`,
-      where('qcow2 header', 104),
+      where('qcow2 header', HDR.compressionType),
     );
   }
   if (h.compressionType > 1) {
-    throw new StrataError('UNSUPPORTED', `unknown compression_type ${h.compressionType}`, where('qcow2 header', 104));
+    throw new StrataError(
+      'UNSUPPORTED',
+      `unknown compression_type ${h.compressionType}`,
+      where('qcow2 header', HDR.compressionType),
+    );
   }
   if ((h.incompatible & INCOMPAT_DATA_FILE) !== 0) {
     if (!h.dataFile) {
@@ -296,17 +332,17 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
     throw new StrataError(
       'LIMIT',
       `virtual size ${h.size} exceeds the ${LIMITS.maxVirtualSize}-byte limit`,
-      where('qcow2 header size', 24),
+      where('qcow2 header size', HDR.size),
     );
   }
 
   // Backing file name.
   if (h.backingFileOffset !== 0) {
-    if (h.backingFileSize === 0 || h.backingFileSize > 1023) {
+    if (h.backingFileSize === 0 || h.backingFileSize > MAX_BACKING_NAME) {
       throw new StrataError(
         'CORRUPT',
         `backing file name length ${h.backingFileSize} outside 1..1023`,
-        where('qcow2 backing file name', 16),
+        where('qcow2 backing file name', HDR.backingFileSize),
       );
     }
     if (h.backingFileOffset + h.backingFileSize > Math.min(src.size, clusterSize)) {
@@ -321,20 +357,20 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
   }
 
   // L1 table: large enough for the virtual size, not absurdly large, aligned and inside the file.
-  const l2Entries = clusterSize / (h.extendedL2 ? 16 : 8);
+  const l2Entries = clusterSize / (h.extendedL2 ? EXTENDED_L2_ENTRY_SIZE : L2_ENTRY_SIZE);
   const needL1 = Math.ceil(h.size / (clusterSize * l2Entries));
   if (h.l1Size < needL1) {
     throw new StrataError(
       'CORRUPT',
       `L1 table of ${h.l1Size} entries is too small for virtual size ${h.size} (needs ${needL1})`,
-      where('qcow2 L1 table', 36),
+      where('qcow2 L1 table', HDR.l1Size),
     );
   }
   if (h.l1Size * 8 > Math.min(MAX_L1_BYTES, LIMITS.maxTableBytes)) {
     throw new StrataError(
       'LIMIT',
       `L1 table of ${h.l1Size} entries is larger than ${MAX_L1_BYTES} bytes`,
-      where('qcow2 L1 table', 36),
+      where('qcow2 L1 table', HDR.l1Size),
     );
   }
   if (h.l1Size > 0) {
@@ -342,7 +378,7 @@ export async function parseHeader(src: ByteSource): Promise<Qcow2Header> {
       throw new StrataError(
         'CORRUPT',
         `L1 table offset ${h.l1TableOffset} is not cluster aligned`,
-        where('qcow2 L1 table', 40),
+        where('qcow2 L1 table', HDR.l1TableOffset),
       );
     }
     if (h.l1TableOffset === 0 || h.l1TableOffset + h.l1Size * 8 > src.size) {

@@ -15,7 +15,21 @@ import { PromiseLru } from '../../util/promise-lru.js';
 import { zstdDecompress } from '../../util/zstd.js';
 import { directBelow, pushDirect, pushHostStatus, readBelow } from '../layer.js';
 import type { BackingRef, DirectPiece, DiskImage } from '../types.js';
-import { featureList, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
+import { featureList, type Qcow2Header } from './header.js';
+import {
+  COMPRESSED_FIELD_MASK_HI,
+  compressedOffsetBits,
+  EXTENDED_L2_ENTRY_SIZE,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DIRTY,
+  L2_ENTRY_SIZE,
+  OFFSET_MASK_HI,
+  OFFSET_MASK_LO,
+  OFLAG_COMPRESSED,
+  OFLAG_COPIED,
+  OFLAG_ZERO,
+  TWO32,
+} from './layout.js';
 import { scanZstdFrames } from './zstd-frames.js';
 
 let inflateRaw: ((b: Uint8Array, o: object) => Promise<Buffer>) | undefined;
@@ -41,7 +55,6 @@ interface Seg {
 
 type Emit = (off: number, len: number, kind: Kind, host: number, clen: number, cstart: number) => void;
 
-const TWO32 = 0x100000000;
 /** Parallel host reads per request. */
 const READ_CONCURRENCY = 8;
 
@@ -59,10 +72,11 @@ export interface Qcow2Parts {
 export async function loadL1(src: ByteSource, h: Qcow2Header): Promise<Float64Array> {
   const l1 = new Float64Array(h.l1Size);
   if (h.l1Size === 0) return l1;
-  const b = await readExact(src, h.l1TableOffset, h.l1Size * 8, 'qcow2 L1 table');
+  const b = await readExact(src, h.l1TableOffset, h.l1Size * L2_ENTRY_SIZE, 'qcow2 L1 table');
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   for (let i = 0; i < h.l1Size; i++) {
-    l1[i] = (dv.getUint32(i * 8) & 0x00ffffff) * TWO32 + ((dv.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
+    const e = i * L2_ENTRY_SIZE;
+    l1[i] = (dv.getUint32(e) & OFFSET_MASK_HI) * TWO32 + ((dv.getUint32(e + 4) & OFFSET_MASK_LO) >>> 0);
   }
   return l1;
 }
@@ -105,7 +119,7 @@ export class Qcow2Image implements DiskImage {
     this.backing = p.backing;
     this.backingRef = p.backingRef;
     this.warnings = p.warnings;
-    this.entrySize = p.header.extendedL2 ? 16 : 8;
+    this.entrySize = p.header.extendedL2 ? EXTENDED_L2_ENTRY_SIZE : L2_ENTRY_SIZE;
     this.l2Entries = this.clusterSize / this.entrySize;
     this.l2Coverage = this.l2Entries * this.clusterSize;
     this.subSize = this.clusterSize / 32;
@@ -334,7 +348,7 @@ export class Qcow2Image implements DiskImage {
         const e = ci * this.entrySize;
         const hi = dv.getUint32(e);
         const lo = dv.getUint32(e + 4);
-        if (hi & 0x40000000) {
+        if (hi & OFLAG_COMPRESSED) {
           // Compressed cluster: offset in the low x bits, (sectors - 1) in the bits above.
           if (this.dataFile) {
             throw new StrataError(
@@ -343,9 +357,9 @@ export class Qcow2Image implements DiskImage {
               this.l2Where(ci, l1i, l2Off + e),
             );
           }
-          const hiBits = 70 - this.h.clusterBits - 32;
+          const hiBits = compressedOffsetBits(this.h.clusterBits) - 32;
           const host = (hi & ((1 << hiBits) - 1)) * TWO32 + lo;
-          const sectors = ((hi & 0x3fffffff) >>> hiBits) + 1;
+          const sectors = ((hi & COMPRESSED_FIELD_MASK_HI) >>> hiBits) + 1;
           const clen = sectors * 512 - (host % 512);
           if (host >= this.src.size) {
             throw new StrataError(
@@ -358,10 +372,10 @@ export class Qcow2Image implements DiskImage {
           pos = cEnd;
           continue;
         }
-        const host = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
-        const hasHost = host !== 0 || (this.dataFile !== undefined && (hi & 0x80000000) !== 0);
-        if (this.entrySize === 8) {
-          if (lo & 1) emit(pos, cEnd - pos, ZERO, 0, 0, 0);
+        const host = (hi & OFFSET_MASK_HI) * TWO32 + ((lo & OFFSET_MASK_LO) >>> 0);
+        const hasHost = host !== 0 || (this.dataFile !== undefined && (hi & OFLAG_COPIED) !== 0);
+        if (this.entrySize === L2_ENTRY_SIZE) {
+          if (lo & OFLAG_ZERO) emit(pos, cEnd - pos, ZERO, 0, 0, 0);
           else if (!hasHost) unalloc(pos, cEnd - pos);
           else {
             this.checkHost(host, ci, l1i, l2Off + e);

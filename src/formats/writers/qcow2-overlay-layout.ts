@@ -1,5 +1,22 @@
 import { StrataError } from '../../util/errors.js';
-import { encodeFeatureNames } from './qcow2-writer.js';
+import {
+  DEFAULT_REFCOUNT_ORDER,
+  EXT_BACKING_FORMAT,
+  EXT_FEATURE_NAMES,
+  EXT_HEADER_SIZE,
+  encodeFeatureNames,
+  FEATURE_COMPATIBLE,
+  FEATURE_INCOMPATIBLE,
+  HDR,
+  INCOMPAT_DIRTY,
+  L2_ENTRY_SIZE,
+  MAX_BACKING_NAME,
+  OFLAG_COPIED,
+  OFLAG_ZERO,
+  QCOW2_MAGIC,
+  TWO32,
+  V3_HEADER_LENGTH_WITH_COMPRESSION,
+} from '../qcow2/layout.js';
 
 /**
  * The on-disk layout of Strata's qcow2 overlays (version 3, 64 KiB clusters, 16-bit
@@ -15,17 +32,10 @@ export interface OverlayBackingRef {
 
 export const CLUSTER_BITS = 16;
 export const CS = 1 << CLUSTER_BITS;
-export const L2_ENTRIES = CS / 8;
-export const REFCOUNT_ORDER = 4; // 16-bit refcounts
+export const L2_ENTRIES = CS / L2_ENTRY_SIZE;
+export const REFCOUNT_ORDER = DEFAULT_REFCOUNT_ORDER; // 16-bit refcounts
 export const RC_PER_BLOCK = CS / 2;
-export const HEADER_LENGTH = 112;
-export const INCOMPAT_DIRTY = 1;
-export const EXT_BACKING_FORMAT = 0xe2792aca;
-export const EXT_FEATURE_NAMES = 0x6803f857;
-export const COPIED = 0x80000000;
-export const COMPRESSED = 0x40000000;
-export const TWO32 = 2 ** 32;
-export const OFFSET_MASK_HI = 0x00ffffff;
+const HEADER_LENGTH = V3_HEADER_LENGTH_WITH_COMPRESSION;
 
 /** One L2 table in memory: host offset per cluster (0: none) and the reads-as-zero flag. */
 export interface L2 {
@@ -48,9 +58,9 @@ export function encodeL2(t: L2): Uint8Array {
   for (let k = 0; k < L2_ENTRIES; k++) {
     const h = t.host[k];
     if (h) {
-      dv.setUint32(k * 8, COPIED + Math.floor(h / TWO32));
-      dv.setUint32(k * 8 + 4, (h % TWO32) + t.zero[k]);
-    } else if (t.zero[k]) dv.setUint32(k * 8 + 4, 1);
+      dv.setUint32(k * L2_ENTRY_SIZE, OFLAG_COPIED + Math.floor(h / TWO32));
+      dv.setUint32(k * L2_ENTRY_SIZE + 4, (h % TWO32) + t.zero[k] * OFLAG_ZERO);
+    } else if (t.zero[k]) dv.setUint32(k * L2_ENTRY_SIZE + 4, OFLAG_ZERO);
   }
   return b;
 }
@@ -64,13 +74,13 @@ export function encodeRefBlock(blk: Uint16Array): Uint8Array {
 
 /** A table of host offsets (L1 or refcount table), padded to whole clusters. */
 export function encodeOffsets(table: Float64Array, flag: number, cs: number): Uint8Array {
-  const b = new Uint8Array(Math.max(cs, Math.ceil((table.length * 8) / cs) * cs));
+  const b = new Uint8Array(Math.max(cs, Math.ceil((table.length * L2_ENTRY_SIZE) / cs) * cs));
   const dv = new DataView(b.buffer);
   for (let i = 0; i < table.length; i++) {
     const h = table[i];
     if (h) {
-      dv.setUint32(i * 8, flag + Math.floor(h / TWO32));
-      dv.setUint32(i * 8 + 4, h % TWO32);
+      dv.setUint32(i * L2_ENTRY_SIZE, flag + Math.floor(h / TWO32));
+      dv.setUint32(i * L2_ENTRY_SIZE + 4, h % TWO32);
     }
   }
   return b;
@@ -87,7 +97,7 @@ export function buildHeader(
 ): Uint8Array {
   const enc = new TextEncoder();
   const name = enc.encode(ref.path);
-  if (name.length === 0 || name.length > 1023) {
+  if (name.length === 0 || name.length > MAX_BACKING_NAME) {
     throw new StrataError('USAGE', `backing file name must be 1 to 1023 bytes, not ${name.length}`, {
       file,
       structure: 'qcow2 backing file name',
@@ -98,27 +108,27 @@ export function buildHeader(
   exts.push({ type: EXT_FEATURE_NAMES, data: featureNames() });
   const buf = new Uint8Array(CS);
   const v = new DataView(buf.buffer);
-  v.setUint32(0, 0x514649fb);
-  v.setUint32(4, 3);
-  v.setUint32(20, CLUSTER_BITS);
-  setU64(v, 24, virtualSize);
-  v.setUint32(36, l1Size);
-  setU64(v, 40, l1Offset);
-  setU64(v, 48, rtOffset);
-  v.setUint32(56, rtClusters);
-  setU64(v, 72, INCOMPAT_DIRTY); // until a clean close
-  v.setUint32(96, REFCOUNT_ORDER);
-  v.setUint32(100, HEADER_LENGTH);
+  v.setUint32(HDR.magic, QCOW2_MAGIC);
+  v.setUint32(HDR.version, 3);
+  v.setUint32(HDR.clusterBits, CLUSTER_BITS);
+  setU64(v, HDR.size, virtualSize);
+  v.setUint32(HDR.l1Size, l1Size);
+  setU64(v, HDR.l1TableOffset, l1Offset);
+  setU64(v, HDR.refcountTableOffset, rtOffset);
+  v.setUint32(HDR.refcountTableClusters, rtClusters);
+  setU64(v, HDR.incompatibleFeatures, INCOMPAT_DIRTY); // until a clean close
+  v.setUint32(HDR.refcountOrder, REFCOUNT_ORDER);
+  v.setUint32(HDR.headerLength, HEADER_LENGTH);
   let at = HEADER_LENGTH;
   for (const e of exts) {
     v.setUint32(at, e.type);
     v.setUint32(at + 4, e.data.length);
-    buf.set(e.data, at + 8);
-    at += 8 + Math.ceil(e.data.length / 8) * 8;
+    buf.set(e.data, at + EXT_HEADER_SIZE);
+    at += EXT_HEADER_SIZE + Math.ceil(e.data.length / 8) * 8;
   }
-  at += 8; // end-of-extensions marker (zeros)
-  setU64(v, 8, at);
-  v.setUint32(16, name.length);
+  at += EXT_HEADER_SIZE; // end-of-extensions marker (zeros)
+  setU64(v, HDR.backingFileOffset, at);
+  v.setUint32(HDR.backingFileSize, name.length);
   buf.set(name, at);
   at += name.length;
   return buf.subarray(0, Math.ceil(at / 512) * 512);
@@ -126,8 +136,8 @@ export function buildHeader(
 
 function featureNames(): Uint8Array {
   return encodeFeatureNames([
-    [0, 0, 'dirty'],
-    [0, 1, 'corrupt'],
-    [1, 0, 'lazy refcounts'],
+    [FEATURE_INCOMPATIBLE, 0, 'dirty'],
+    [FEATURE_INCOMPATIBLE, 1, 'corrupt'],
+    [FEATURE_COMPATIBLE, 0, 'lazy refcounts'],
   ]);
 }

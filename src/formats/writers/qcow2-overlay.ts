@@ -10,24 +10,30 @@ import {
   statusOf,
 } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
+import {
+  HDR,
+  INCOMPAT_DIRTY,
+  L2_ENTRY_SIZE,
+  OFFSET_MASK_HI,
+  OFLAG_COMPRESSED,
+  OFLAG_COPIED,
+  OFLAG_ZERO,
+  QCOW2_MAGIC,
+  TWO32,
+} from '../qcow2/layout.js';
 import { writeAll } from './index.js';
 import {
   buildHeader,
   CLUSTER_BITS,
-  COMPRESSED,
-  COPIED,
   CS,
   encodeL2,
   encodeOffsets,
   encodeRefBlock,
-  INCOMPAT_DIRTY,
   type L2,
   L2_ENTRIES,
-  OFFSET_MASK_HI,
   type OverlayBackingRef,
   RC_PER_BLOCK,
   REFCOUNT_ORDER,
-  TWO32,
   u64,
 } from './qcow2-overlay-layout.js';
 
@@ -75,7 +81,7 @@ export class Qcow2Overlay implements ByteSource {
     this.name = path;
     this.size = backing.size;
     const dv = new DataView(header.buffer, header.byteOffset, header.length);
-    this.l1Size = dv.getUint32(36);
+    this.l1Size = dv.getUint32(HDR.l1Size);
     this.l1 = new Float64Array(this.l1Size);
     this.l2 = new Array(this.l1Size);
     this.refTable = new Float64Array((rtClusters * CS) / 8);
@@ -135,42 +141,46 @@ export class Qcow2Overlay implements ByteSource {
       await fh.read(head, 0, CS, 0);
       const dv = new DataView(head.buffer);
       const where = (structure: string, offset?: number) => ({ file, structure, offset });
-      if (dv.getUint32(0) !== 0x514649fb || dv.getUint32(4) !== 3) {
+      if (dv.getUint32(HDR.magic) !== QCOW2_MAGIC || dv.getUint32(HDR.version) !== 3) {
         throw new StrataError(
           'USAGE',
           'exists and is not a qcow2 v3 overlay; remove it or name another',
           where('header', 0),
         );
       }
-      if (dv.getUint32(20) !== CLUSTER_BITS || dv.getUint32(96) !== REFCOUNT_ORDER) {
+      if (dv.getUint32(HDR.clusterBits) !== CLUSTER_BITS || dv.getUint32(HDR.refcountOrder) !== REFCOUNT_ORDER) {
         throw new StrataError(
           'UNSUPPORTED',
           'only overlays with 64 KiB clusters and 16-bit refcounts can be reopened',
-          where('header', 20),
+          where('header', HDR.clusterBits),
         );
       }
-      const incompat = dv.getUint32(72) * TWO32 + dv.getUint32(76);
+      const incompat = u64(dv, HDR.incompatibleFeatures);
       if (incompat & INCOMPAT_DIRTY) {
         throw new StrataError(
           'CORRUPT',
           'overlay was not closed cleanly (dirty bit set); repair it with `qemu-img check -r all` first',
-          where('header', 72),
+          where('header', HDR.incompatibleFeatures),
         );
       }
       if (incompat !== 0)
-        throw new StrataError('UNSUPPORTED', `incompatible features 0x${incompat.toString(16)}`, where('header', 72));
-      const virtualSize = u64(dv, 24);
+        throw new StrataError(
+          'UNSUPPORTED',
+          `incompatible features 0x${incompat.toString(16)}`,
+          where('header', HDR.incompatibleFeatures),
+        );
+      const virtualSize = u64(dv, HDR.size);
       if (virtualSize !== Math.ceil(backing.size / 512) * 512) {
         throw new StrataError(
           'USAGE',
           `overlay is ${virtualSize} bytes but the export is ${backing.size}`,
-          where('header', 24),
+          where('header', HDR.size),
         );
       }
-      const nameOff = u64(dv, 8);
-      const nameLen = dv.getUint32(16);
+      const nameOff = u64(dv, HDR.backingFileOffset);
+      const nameLen = dv.getUint32(HDR.backingFileSize);
       if (nameOff + nameLen > CS)
-        throw new StrataError('CORRUPT', 'backing file name outside cluster 0', where('header', 8));
+        throw new StrataError('CORRUPT', 'backing file name outside cluster 0', where('header', HDR.backingFileOffset));
       const recorded = new TextDecoder().decode(head.subarray(nameOff, nameOff + nameLen));
       if (recorded !== ref.path) {
         throw new StrataError(
@@ -179,14 +189,14 @@ export class Qcow2Overlay implements ByteSource {
           where('backing file name', nameOff),
         );
       }
-      const l1Size = dv.getUint32(36);
-      const l1Offset = u64(dv, 40);
-      const rtOffset = u64(dv, 48);
-      const rtClusters = dv.getUint32(56);
+      const l1Size = dv.getUint32(HDR.l1Size);
+      const l1Offset = u64(dv, HDR.l1TableOffset);
+      const rtOffset = u64(dv, HDR.refcountTableOffset);
+      const rtClusters = dv.getUint32(HDR.refcountTableClusters);
       if (
         l1Size !== Math.ceil(Math.ceil(virtualSize / CS) / L2_ENTRIES) ||
         l1Offset % CS !== 0 ||
-        l1Offset + l1Size * 8 > fileSize
+        l1Offset + l1Size * L2_ENTRY_SIZE > fileSize
       ) {
         throw new StrataError('CORRUPT', 'L1 table out of bounds', where('L1 table', l1Offset));
       }
@@ -216,7 +226,7 @@ export class Qcow2Overlay implements ByteSource {
   /** Read L1, L2 tables and refcount blocks of a reopened overlay, checking every offset. */
   private async load(fileSize: number): Promise<void> {
     const hostOf = (hi: number, lo: number, structure: string, at: number): number => {
-      const host = (hi & OFFSET_MASK_HI) * TWO32 + (lo - (lo & 0x1ff));
+      const host = (hi & OFFSET_MASK_HI) * TWO32 + (lo - (lo & 0x1ff)); // bits 9-55
       if (host % CS !== 0 || host + CS > Math.ceil(fileSize / CS) * CS) {
         throw new StrataError('CORRUPT', `entry points to ${host}, outside the file or unaligned`, {
           file: this.path,
@@ -226,37 +236,38 @@ export class Qcow2Overlay implements ByteSource {
       }
       return host;
     };
-    const l1 = await this.readTable(this.l1Offset, this.l1Size * 8);
+    const E = L2_ENTRY_SIZE;
+    const l1 = await this.readTable(this.l1Offset, this.l1Size * E);
     const l1v = new DataView(l1.buffer);
     for (let i = 0; i < this.l1Size; i++) {
-      const hi = l1v.getUint32(i * 8);
-      const lo = l1v.getUint32(i * 8 + 4);
+      const hi = l1v.getUint32(i * E);
+      const lo = l1v.getUint32(i * E + 4);
       if (hi === 0 && lo === 0) continue;
-      const t = hostOf(hi, lo, 'L1 table', this.l1Offset + i * 8);
+      const t = hostOf(hi, lo, 'L1 table', this.l1Offset + i * E);
       this.l1[i] = t;
       const raw = new DataView((await this.readTable(t, CS)).buffer);
       const tab: L2 = { host: new Float64Array(L2_ENTRIES), zero: new Uint8Array(L2_ENTRIES) };
       for (let k = 0; k < L2_ENTRIES; k++) {
-        const ehi = raw.getUint32(k * 8);
-        const elo = raw.getUint32(k * 8 + 4);
-        if (ehi & COMPRESSED) {
+        const ehi = raw.getUint32(k * E);
+        const elo = raw.getUint32(k * E + 4);
+        if (ehi & OFLAG_COMPRESSED) {
           throw new StrataError('UNSUPPORTED', 'compressed cluster in an overlay', {
             file: this.path,
             structure: 'L2 table',
-            offset: t + k * 8,
+            offset: t + k * E,
           });
         }
-        tab.zero[k] = elo & 1;
-        if ((ehi & OFFSET_MASK_HI) !== 0 || elo >>> 9 !== 0) tab.host[k] = hostOf(ehi, elo, 'L2 table', t + k * 8);
+        tab.zero[k] = elo & OFLAG_ZERO;
+        if ((ehi & OFFSET_MASK_HI) !== 0 || elo >>> 9 !== 0) tab.host[k] = hostOf(ehi, elo, 'L2 table', t + k * E);
       }
       this.l2[i] = tab;
     }
-    const rt = new DataView((await this.readTable(this.rtOffset, this.refTable.length * 8)).buffer);
+    const rt = new DataView((await this.readTable(this.rtOffset, this.refTable.length * E)).buffer);
     for (let i = 0; i < this.refTable.length; i++) {
-      const hi = rt.getUint32(i * 8);
-      const lo = rt.getUint32(i * 8 + 4);
+      const hi = rt.getUint32(i * E);
+      const lo = rt.getUint32(i * E + 4);
       if (hi === 0 && lo === 0) continue;
-      const b = hostOf(hi, lo, 'refcount table', this.rtOffset + i * 8);
+      const b = hostOf(hi, lo, 'refcount table', this.rtOffset + i * E);
       this.refTable[i] = b;
       const raw = await this.readTable(b, CS);
       const blk = new Uint16Array(RC_PER_BLOCK);
@@ -531,7 +542,7 @@ export class Qcow2Overlay implements ByteSource {
     for (const bi of this.dirtyRef) writes.push([encodeRefBlock(this.refBlocks.get(bi)!), this.refTable[bi]]);
     this.dirtyRef.clear();
     if (this.tablesDirty) {
-      writes.push([encodeOffsets(this.l1, COPIED, CS), this.l1Offset]);
+      writes.push([encodeOffsets(this.l1, OFLAG_COPIED, CS), this.l1Offset]);
       writes.push([encodeOffsets(this.refTable, 0, CS), this.rtOffset]);
       this.tablesDirty = false;
     }
@@ -543,8 +554,9 @@ export class Qcow2Overlay implements ByteSource {
 
   private async setDirtyBit(on: boolean): Promise<void> {
     const dv = new DataView(this.header.buffer, this.header.byteOffset, this.header.length);
-    dv.setUint32(76, on ? INCOMPAT_DIRTY : 0);
-    await writeAll(this.fh, this.header.subarray(72, 80), 72, this.path, 'qcow2 header');
+    const at = HDR.incompatibleFeatures;
+    dv.setUint32(at + 4, on ? INCOMPAT_DIRTY : 0);
+    await writeAll(this.fh, this.header.subarray(at, at + 8), at, this.path, 'qcow2 header');
     await this.fh.datasync();
   }
 

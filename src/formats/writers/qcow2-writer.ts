@@ -3,6 +3,33 @@ import { promisify } from 'node:util';
 import { StrataError } from '../../util/errors.js';
 import { lazyZlib } from '../../util/lazy-zlib.js';
 import { zstdCompress } from '../../util/zstd.js';
+import {
+  COMPRESSION_ZLIB,
+  COMPRESSION_ZSTD,
+  compressedOffsetBits,
+  DEFAULT_REFCOUNT_ORDER,
+  EXT_BACKING_FORMAT,
+  EXT_END,
+  EXT_FEATURE_NAMES,
+  EXT_HEADER_SIZE,
+  encodeFeatureNames,
+  FEATURE_AUTOCLEAR,
+  FEATURE_COMPATIBLE,
+  FEATURE_INCOMPATIBLE,
+  HDR,
+  INCOMPAT_COMPRESSION,
+  L2_ENTRY_SIZE,
+  MAX_BACKING_NAME,
+  MAX_CLUSTER_BITS,
+  MAX_L1_BYTES,
+  MIN_CLUSTER_BITS,
+  OFLAG_COMPRESSED,
+  OFLAG_COPIED,
+  OFLAG_ZERO,
+  QCOW2_MAGIC,
+  TWO32,
+  V3_HEADER_LENGTH_WITH_COMPRESSION,
+} from '../qcow2/layout.js';
 import type { DirectTarget, ImageWriter, WriterResult } from './index.js';
 import { isZeroRange, writeAll } from './index.js';
 
@@ -18,16 +45,9 @@ export interface Qcow2WriterOptions {
   backing?: { path: string; format?: string };
 }
 
-const HEADER_LENGTH = 112;
-const EXT_END = 0;
-const EXT_BACKING_FORMAT = 0xe2792aca;
-const EXT_FEATURE_NAMES = 0x6803f857;
-const INCOMPAT_COMPRESSION_TYPE = 8; // bit 3
-const REFCOUNT_ORDER = 4; // 16-bit refcounts
-const MAX_REFCOUNT = 0xffff;
-/** qemu refuses L1 tables above 32 MiB; an image it cannot open is no use. */
-const MAX_L1_BYTES = 32 * 1024 * 1024;
-const TWO32 = 2 ** 32;
+const HEADER_LENGTH = V3_HEADER_LENGTH_WITH_COMPRESSION;
+const REFCOUNT_ORDER = DEFAULT_REFCOUNT_ORDER; // 16-bit refcounts
+const MAX_REFCOUNT = 2 ** (2 ** REFCOUNT_ORDER) - 1;
 
 /**
  * A streaming qcow2 (version 3) writer. Data clusters are appended as they arrive
@@ -60,7 +80,7 @@ export class Qcow2Writer implements ImageWriter {
     // qemu counts qcow2 disks in 512-byte sectors (it drops a partial last one): round up.
     this.virtualSize = Math.ceil(opts.virtualSize / 512) * 512;
     const cs = opts.clusterSize ?? 65536;
-    if (!Number.isInteger(cs) || cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
+    if (!Number.isInteger(cs) || cs < 2 ** MIN_CLUSTER_BITS || cs > 2 ** MAX_CLUSTER_BITS || (cs & (cs - 1)) !== 0) {
       throw new StrataError('USAGE', `qcow2 cluster size must be a power of two from 512 to 2 MiB, not ${cs}`, {
         file: path,
       });
@@ -71,10 +91,10 @@ export class Qcow2Writer implements ImageWriter {
     this.clusterSize = cs;
     this.granularity = cs;
     this.clusterBits = Math.log2(cs);
-    this.l2Entries = cs / 8;
+    this.l2Entries = cs / L2_ENTRY_SIZE;
     const nClusters = Math.ceil(this.virtualSize / cs);
     this.l1Size = Math.ceil(nClusters / this.l2Entries);
-    if (this.l1Size * 8 > MAX_L1_BYTES) {
+    if (this.l1Size * L2_ENTRY_SIZE > MAX_L1_BYTES) {
       throw new StrataError(
         'LIMIT',
         `virtual size ${opts.virtualSize} needs an L1 table above 32 MiB; use a larger cluster size`,
@@ -82,7 +102,7 @@ export class Qcow2Writer implements ImageWriter {
       );
     }
     this.l2 = new Array(this.l1Size);
-    this.compressedShift = 62 - (this.clusterBits - 8);
+    this.compressedShift = compressedOffsetBits(this.clusterBits);
     this.header = this.buildHeaderCluster(); // validates the backing name early
     this.head = cs; // cluster 0 is the header
     this.rc[0] = 1;
@@ -130,7 +150,7 @@ export class Qcow2Writer implements ImageWriter {
       const host = this.head;
       this.head += cs;
       this.addRef(host / cs);
-      this.setEntry((offset + p) / cs, 0x80000000 + Math.floor(host / TWO32), host % TWO32);
+      this.setEntry((offset + p) / cs, OFLAG_COPIED + Math.floor(host / TWO32), host % TWO32);
       const last = runs[runs.length - 1];
       if (last && p === last[1] && host === last[2] + (last[1] - last[0])) last[1] = q;
       else runs.push([p, q, host]);
@@ -153,7 +173,7 @@ export class Qcow2Writer implements ImageWriter {
         for (let i = 0; i < count; i++) {
           if (!flags[i]) continue;
           this.addRef(h / cs);
-          this.setEntry(virt / cs + i, 0x80000000 + Math.floor(h / TWO32), h % TWO32);
+          this.setEntry(virt / cs + i, OFLAG_COPIED + Math.floor(h / TWO32), h % TWO32);
           h += cs;
         }
       },
@@ -186,7 +206,7 @@ export class Qcow2Writer implements ImageWriter {
         const sectors = Math.floor((end - 1) / 512) - Math.floor(host / 512);
         const lastCluster = Math.floor((Math.ceil(end / 512) * 512 - 1) / cs);
         for (let k = Math.floor(host / cs); k <= lastCluster; k++) this.addRef(k);
-        const hi = 0x40000000 + sectors * 2 ** (this.compressedShift - 32) + Math.floor(host / TWO32);
+        const hi = OFLAG_COMPRESSED + sectors * 2 ** (this.compressedShift - 32) + Math.floor(host / TWO32);
         this.setEntry(vcl, hi, host % TWO32);
         parts.push({ at: host, bytes: c });
         this.head = end;
@@ -195,7 +215,7 @@ export class Qcow2Writer implements ImageWriter {
         const host = this.head;
         this.head += cs;
         this.addRef(host / cs);
-        this.setEntry(vcl, 0x80000000 + Math.floor(host / TWO32), host % TWO32);
+        this.setEntry(vcl, OFLAG_COPIED + Math.floor(host / TWO32), host % TWO32);
         parts.push({ at: host, bytes: full[i] });
       }
     }
@@ -233,7 +253,7 @@ export class Qcow2Writer implements ImageWriter {
     const i = Math.floor(vcl / this.l2Entries);
     let t = this.l2[i];
     if (!t) t = this.l2[i] = new Uint8Array(this.clusterSize);
-    return { t: new DataView(t.buffer, t.byteOffset, t.length), at: (vcl % this.l2Entries) * 8 };
+    return { t: new DataView(t.buffer, t.byteOffset, t.length), at: (vcl % this.l2Entries) * L2_ENTRY_SIZE };
   }
 
   private setEntry(vcl: number, hi: number, lo: number): void {
@@ -244,7 +264,7 @@ export class Qcow2Writer implements ImageWriter {
 
   private setZero(vcl: number): void {
     const { t, at } = this.table(vcl);
-    if (t.getUint32(at) === 0 && t.getUint32(at + 4) === 0) t.setUint32(at + 4, 1);
+    if (t.getUint32(at) === 0 && t.getUint32(at + 4) === 0) t.setUint32(at + 4, OFLAG_ZERO);
   }
 
   private async issue(buf: Uint8Array, at: number): Promise<void> {
@@ -257,15 +277,15 @@ export class Qcow2Writer implements ImageWriter {
     this.alignHead();
     let next = this.head / cs;
     // L2 tables, then the L1 table.
-    const l1 = new Uint8Array(Math.ceil((this.l1Size * 8) / cs) * cs); // none for an empty disk
+    const l1 = new Uint8Array(Math.ceil((this.l1Size * L2_ENTRY_SIZE) / cs) * cs); // none for an empty disk
     const l1v = new DataView(l1.buffer);
     const l2Host: number[] = [];
     for (let i = 0; i < this.l1Size; i++) {
       if (!this.l2[i]) continue;
       const host = next++ * cs;
       l2Host.push(i, host);
-      l1v.setUint32(i * 8, 0x80000000 + Math.floor(host / TWO32));
-      l1v.setUint32(i * 8 + 4, host % TWO32);
+      l1v.setUint32(i * L2_ENTRY_SIZE, OFLAG_COPIED + Math.floor(host / TWO32));
+      l1v.setUint32(i * L2_ENTRY_SIZE + 4, host % TWO32);
     }
     const l1Offset = l1.length > 0 ? next * cs : 0;
     next += l1.length / cs;
@@ -306,10 +326,10 @@ export class Qcow2Writer implements ImageWriter {
     await this.issue(rb, firstBlock * cs);
     // Header last: until now cluster 0 holds no magic, so a torn file is not an image.
     const h = new DataView(this.header.buffer, this.header.byteOffset, this.header.length);
-    h.setUint32(36, this.l1Size);
-    setU64(h, 40, l1Offset);
-    setU64(h, 48, rtOffset);
-    h.setUint32(56, tableClusters);
+    h.setUint32(HDR.l1Size, this.l1Size);
+    setU64(h, HDR.l1TableOffset, l1Offset);
+    setU64(h, HDR.refcountTableOffset, rtOffset);
+    h.setUint32(HDR.refcountTableClusters, tableClusters);
     await writeAll(this.fh, this.header, 0, this.path, 'qcow2 header');
     this.bytesWritten += this.header.length;
     await this.fh.truncate(total * cs);
@@ -324,7 +344,7 @@ export class Qcow2Writer implements ImageWriter {
     const backing = this.opts.backing;
     const name = backing ? enc.encode(backing.path) : new Uint8Array(0);
     if (backing) {
-      if (name.length === 0 || name.length > 1023) {
+      if (name.length === 0 || name.length > MAX_BACKING_NAME) {
         throw new StrataError('USAGE', `backing file name must be 1 to 1023 bytes, not ${name.length}`, {
           file: this.path,
           structure: 'qcow2 backing file name',
@@ -334,7 +354,10 @@ export class Qcow2Writer implements ImageWriter {
     }
     const features = featureNameTable();
     const used = (list: typeof exts) =>
-      HEADER_LENGTH + list.reduce((s, e) => s + 8 + Math.ceil(e.data.length / 8) * 8, 0) + 8 + name.length;
+      HEADER_LENGTH +
+      list.reduce((s, e) => s + EXT_HEADER_SIZE + Math.ceil(e.data.length / 8) * 8, 0) +
+      EXT_HEADER_SIZE +
+      name.length;
     if (used([...exts, { type: EXT_FEATURE_NAMES, data: features }]) <= cs) {
       exts.push({ type: EXT_FEATURE_NAMES, data: features });
     }
@@ -346,28 +369,28 @@ export class Qcow2Writer implements ImageWriter {
     }
     const buf = new Uint8Array(cs);
     const v = new DataView(buf.buffer);
-    v.setUint32(0, 0x514649fb);
-    v.setUint32(4, 3);
-    v.setUint32(20, this.clusterBits);
-    setU64(v, 24, this.virtualSize);
+    v.setUint32(HDR.magic, QCOW2_MAGIC);
+    v.setUint32(HDR.version, 3);
+    v.setUint32(HDR.clusterBits, this.clusterBits);
+    setU64(v, HDR.size, this.virtualSize);
     const zstd = this.opts.compression === 'zstd';
-    setU64(v, 72, zstd ? INCOMPAT_COMPRESSION_TYPE : 0);
-    v.setUint32(96, REFCOUNT_ORDER);
-    v.setUint32(100, HEADER_LENGTH);
-    buf[104] = zstd ? 1 : 0;
+    setU64(v, HDR.incompatibleFeatures, zstd ? INCOMPAT_COMPRESSION : 0);
+    v.setUint32(HDR.refcountOrder, REFCOUNT_ORDER);
+    v.setUint32(HDR.headerLength, HEADER_LENGTH);
+    buf[HDR.compressionType] = zstd ? COMPRESSION_ZSTD : COMPRESSION_ZLIB;
     let at = HEADER_LENGTH;
     for (const e of exts) {
       v.setUint32(at, e.type);
       v.setUint32(at + 4, e.data.length);
-      buf.set(e.data, at + 8);
-      at += 8 + Math.ceil(e.data.length / 8) * 8;
+      buf.set(e.data, at + EXT_HEADER_SIZE);
+      at += EXT_HEADER_SIZE + Math.ceil(e.data.length / 8) * 8;
     }
     v.setUint32(at, EXT_END);
     v.setUint32(at + 4, 0);
-    at += 8;
+    at += EXT_HEADER_SIZE;
     if (backing) {
-      setU64(v, 8, at);
-      v.setUint32(16, name.length);
+      setU64(v, HDR.backingFileOffset, at);
+      v.setUint32(HDR.backingFileSize, name.length);
       buf.set(name, at);
       at += name.length;
     }
@@ -383,26 +406,14 @@ function setU64(v: DataView, at: number, n: number): void {
 /** Names for the feature bits a reader may meet (type, bit, name), 48 bytes each. */
 function featureNameTable(): Uint8Array {
   const names: Array<[number, number, string]> = [
-    [0, 0, 'dirty'],
-    [0, 1, 'corrupt'],
-    [0, 2, 'external data file'],
-    [0, 3, 'compression type'],
-    [0, 4, 'extended L2 entries'],
-    [1, 0, 'lazy refcounts'],
-    [2, 0, 'bitmaps'],
-    [2, 1, 'raw external data'],
+    [FEATURE_INCOMPATIBLE, 0, 'dirty'],
+    [FEATURE_INCOMPATIBLE, 1, 'corrupt'],
+    [FEATURE_INCOMPATIBLE, 2, 'external data file'],
+    [FEATURE_INCOMPATIBLE, 3, 'compression type'],
+    [FEATURE_INCOMPATIBLE, 4, 'extended L2 entries'],
+    [FEATURE_COMPATIBLE, 0, 'lazy refcounts'],
+    [FEATURE_AUTOCLEAR, 0, 'bitmaps'],
+    [FEATURE_AUTOCLEAR, 1, 'raw external data'],
   ];
   return encodeFeatureNames(names);
-}
-
-/** A qcow2 feature name table extension: (type, bit, name) entries of 48 bytes each. */
-export function encodeFeatureNames(names: ReadonlyArray<[number, number, string]>): Uint8Array {
-  const out = new Uint8Array(names.length * 48);
-  const enc = new TextEncoder();
-  names.forEach(([type, bit, name], i) => {
-    out[i * 48] = type;
-    out[i * 48 + 1] = bit;
-    out.set(enc.encode(name), i * 48 + 2);
-  });
-  return out;
 }

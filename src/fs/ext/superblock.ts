@@ -1,5 +1,67 @@
 import { StrataError } from '../../util/errors.js';
 
+/**
+ * struct ext4_super_block (fs/ext4/ext4.h): where it lies and the byte offsets of the fields
+ * we read. Fields from rev 1 (dynamic) on are only read when s_rev_level >= 1; the _hi halves
+ * of block counts only with the 64bit feature.
+ */
+export enum SB {
+  inodesCount = 0x0, // u32
+  blocksCountLo = 0x4, // u32
+  rBlocksCountLo = 0x8, // u32
+  freeBlocksCountLo = 0xc, // u32
+  freeInodesCount = 0x10, // u32
+  firstDataBlock = 0x14, // u32
+  logBlockSize = 0x18, // u32
+  logClusterSize = 0x1c, // u32
+  blocksPerGroup = 0x20, // u32
+  clustersPerGroup = 0x24, // u32
+  inodesPerGroup = 0x28, // u32
+  mtime = 0x2c, // u32
+  wtime = 0x30, // u32
+  mntCount = 0x34, // u16
+  maxMntCount = 0x36, // s16
+  magic = 0x38, // u16, 0xef53
+  state = 0x3a, // u16
+  errors = 0x3c, // u16
+  lastCheck = 0x40, // u32
+  creatorOs = 0x48, // u32
+  revLevel = 0x4c, // u32
+  firstIno = 0x54, // u32 (rev 1)
+  inodeSize = 0x58, // u16 (rev 1)
+  featureCompat = 0x5c, // u32 (rev 1)
+  featureIncompat = 0x60, // u32 (rev 1)
+  featureRoCompat = 0x64, // u32 (rev 1)
+  uuid = 0x68, // 16 bytes
+  volumeName = 0x78, // 16 bytes
+  lastMounted = 0x88, // 64 bytes
+  reservedGdtBlocks = 0xce, // u16
+  journalInum = 0xe0, // u32
+  defHashVersion = 0xfc, // u8
+  descSize = 0xfe, // u16 (64bit)
+  firstMetaBg = 0x104, // u32
+  mkfsTime = 0x108, // u32
+  blocksCountHi = 0x150, // u32 (64bit)
+  rBlocksCountHi = 0x154, // u32 (64bit)
+  freeBlocksCountHi = 0x158, // u32 (64bit)
+  minExtraIsize = 0x15c, // u16
+  wantExtraIsize = 0x15e, // u16
+  logGroupsPerFlex = 0x174, // u8
+  checksumType = 0x175, // u8
+  backupBgs = 0x24c, // 2 x u32 (sparse_super2)
+  checksumSeed = 0x270, // u32 (metadata_csum_seed)
+  wtimeHi = 0x274, // u8
+  mtimeHi = 0x275, // u8
+  mkfsTimeHi = 0x276, // u8
+  lastCheckHi = 0x277, // u8
+  checksum = 0x3fc, // u32, crc32c of the bytes before it
+}
+
+export const SB_MAGIC = 0xef53;
+/** Volume offset and size of the primary superblock. */
+export const SB_OFFSET = 1024;
+export const SB_SIZE = 1024;
+
 /** ext2/3/4 feature bits and their names as dumpe2fs prints them. */
 export const COMPAT = {
   DIR_PREALLOC: 0x1,
@@ -184,112 +246,115 @@ function cstr(b: Uint8Array): string {
   return td.decode(z >= 0 ? b.subarray(0, z) : b);
 }
 
-/** Parse the 1024-byte superblock; checks the magic and the values every later step divides by. */
+/** Decode the 1024-byte superblock; checks the magic and the values every later step divides by. */
 export function parseSuperblock(raw: Uint8Array, file: string, offset: number): Superblock {
   const where = { file, structure: 'ext superblock', offset };
-  if (raw.length < 1024) throw new StrataError('TRUNCATED', 'superblock is cut short', where);
+  if (raw.length < SB_SIZE) throw new StrataError('TRUNCATED', 'superblock is cut short', where);
   const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const u32 = (o: number) => v.getUint32(o, true);
   const u16 = (o: number) => v.getUint16(o, true);
-  const magic = u16(0x38);
-  if (magic !== 0xef53) {
+  const magic = u16(SB.magic);
+  if (magic !== SB_MAGIC) {
     throw new StrataError('CORRUPT', `bad magic 0x${magic.toString(16)} (want 0xef53)`, {
       ...where,
-      offset: offset + 0x38,
+      offset: offset + SB.magic,
     });
   }
-  const revLevel = u32(0x4c);
-  const incompat = revLevel >= 1 ? u32(0x60) : 0;
+  const revLevel = u32(SB.revLevel);
+  const incompat = revLevel >= 1 ? u32(SB.featureIncompat) : 0;
   const bit64 = (incompat & INCOMPAT.BIT64) !== 0;
   const hi = (o: number) => (bit64 ? u32(o) * 2 ** 32 : 0);
-  const logBlockSize = u32(0x18);
-  const logClusterSize = u32(0x1c);
+  const logBlockSize = u32(SB.logBlockSize);
+  const logClusterSize = u32(SB.logClusterSize);
   if (logBlockSize > 6) {
     throw new StrataError('CORRUPT', `block size 2^(10+${logBlockSize}) is out of range`, {
       ...where,
-      offset: offset + 0x18,
+      offset: offset + SB.logBlockSize,
     });
   }
-  const roCompat = revLevel >= 1 ? u32(0x64) : 0;
+  const roCompat = revLevel >= 1 ? u32(SB.featureRoCompat) : 0;
   const bigalloc = (roCompat & RO_COMPAT.BIGALLOC) !== 0;
   if (bigalloc && (logClusterSize < logBlockSize || logClusterSize > 20)) {
     throw new StrataError('CORRUPT', `cluster size 2^(10+${logClusterSize}) is out of range`, {
       ...where,
-      offset: offset + 0x1c,
+      offset: offset + SB.logClusterSize,
     });
   }
   const blockSize = 1024 * 2 ** logBlockSize;
   const clusterSize = bigalloc ? 1024 * 2 ** logClusterSize : blockSize;
-  const inodeSize = revLevel >= 1 ? u16(0x58) : 128;
+  const inodeSize = revLevel >= 1 ? u16(SB.inodeSize) : 128;
   const sb: Superblock = {
-    inodesCount: u32(0x0),
-    blocksCount: u32(0x4) + hi(0x150),
-    rBlocksCount: u32(0x8) + hi(0x154),
-    freeBlocksCount: u32(0xc) + hi(0x158),
-    freeInodesCount: u32(0x10),
-    firstDataBlock: u32(0x14),
+    inodesCount: u32(SB.inodesCount),
+    blocksCount: u32(SB.blocksCountLo) + hi(SB.blocksCountHi),
+    rBlocksCount: u32(SB.rBlocksCountLo) + hi(SB.rBlocksCountHi),
+    freeBlocksCount: u32(SB.freeBlocksCountLo) + hi(SB.freeBlocksCountHi),
+    freeInodesCount: u32(SB.freeInodesCount),
+    firstDataBlock: u32(SB.firstDataBlock),
     logBlockSize,
     logClusterSize,
     blockSize,
     clusterSize,
-    blocksPerGroup: u32(0x20),
-    clustersPerGroup: bigalloc ? u32(0x24) : u32(0x20),
-    inodesPerGroup: u32(0x28),
-    mtime: u32(0x2c) + raw[0x275] * 2 ** 32,
-    wtime: u32(0x30) + raw[0x274] * 2 ** 32,
-    mntCount: u16(0x34),
-    maxMntCount: v.getInt16(0x36, true),
+    blocksPerGroup: u32(SB.blocksPerGroup),
+    clustersPerGroup: bigalloc ? u32(SB.clustersPerGroup) : u32(SB.blocksPerGroup),
+    inodesPerGroup: u32(SB.inodesPerGroup),
+    mtime: u32(SB.mtime) + raw[SB.mtimeHi] * 2 ** 32,
+    wtime: u32(SB.wtime) + raw[SB.wtimeHi] * 2 ** 32,
+    mntCount: u16(SB.mntCount),
+    maxMntCount: v.getInt16(SB.maxMntCount, true),
     magic,
-    state: u16(0x3a),
-    errors: u16(0x3c),
-    lastCheck: u32(0x40) + raw[0x277] * 2 ** 32,
-    creatorOs: u32(0x48),
+    state: u16(SB.state),
+    errors: u16(SB.errors),
+    lastCheck: u32(SB.lastCheck) + raw[SB.lastCheckHi] * 2 ** 32,
+    creatorOs: u32(SB.creatorOs),
     revLevel,
-    firstIno: revLevel >= 1 ? u32(0x54) : 11,
+    firstIno: revLevel >= 1 ? u32(SB.firstIno) : 11,
     inodeSize,
-    compat: revLevel >= 1 ? u32(0x5c) : 0,
+    compat: revLevel >= 1 ? u32(SB.featureCompat) : 0,
     incompat,
     roCompat,
-    uuid: new Uint8Array(raw.subarray(0x68, 0x78)),
-    volumeName: cstr(raw.subarray(0x78, 0x88)),
-    lastMounted: cstr(raw.subarray(0x88, 0xc8)),
-    reservedGdtBlocks: u16(0xce),
-    journalInum: u32(0xe0),
-    defHashVersion: raw[0xfc],
-    descSize: bit64 ? u16(0xfe) : 32,
-    firstMetaBg: u32(0x104),
-    mkfsTime: u32(0x108) + raw[0x276] * 2 ** 32,
-    minExtraIsize: u16(0x15c),
-    wantExtraIsize: u16(0x15e),
-    logGroupsPerFlex: raw[0x174],
-    checksumType: raw[0x175],
-    backupBgs: [u32(0x24c), u32(0x250)],
-    checksumSeed: u32(0x270),
-    checksum: u32(0x3fc),
+    uuid: new Uint8Array(raw.subarray(SB.uuid, SB.uuid + 16)),
+    volumeName: cstr(raw.subarray(SB.volumeName, SB.volumeName + 16)),
+    lastMounted: cstr(raw.subarray(SB.lastMounted, SB.lastMounted + 64)),
+    reservedGdtBlocks: u16(SB.reservedGdtBlocks),
+    journalInum: u32(SB.journalInum),
+    defHashVersion: raw[SB.defHashVersion],
+    descSize: bit64 ? u16(SB.descSize) : 32,
+    firstMetaBg: u32(SB.firstMetaBg),
+    mkfsTime: u32(SB.mkfsTime) + raw[SB.mkfsTimeHi] * 2 ** 32,
+    minExtraIsize: u16(SB.minExtraIsize),
+    wantExtraIsize: u16(SB.wantExtraIsize),
+    logGroupsPerFlex: raw[SB.logGroupsPerFlex],
+    checksumType: raw[SB.checksumType],
+    backupBgs: [u32(SB.backupBgs), u32(SB.backupBgs + 4)],
+    checksumSeed: u32(SB.checksumSeed),
+    checksum: u32(SB.checksum),
     raw,
   };
   const bad = (msg: string, at: number) =>
     new StrataError('CORRUPT', msg, { ...where, offset: offset + at, structure: 'ext superblock' });
   if (sb.blocksPerGroup === 0 || sb.blocksPerGroup > blockSize * 8 * (clusterSize / blockSize)) {
-    throw bad(`blocks per group ${sb.blocksPerGroup} is out of range for ${blockSize}-byte blocks`, 0x20);
+    throw bad(`blocks per group ${sb.blocksPerGroup} is out of range for ${blockSize}-byte blocks`, SB.blocksPerGroup);
   }
   if (sb.clustersPerGroup === 0 || sb.clustersPerGroup > blockSize * 8) {
-    throw bad(`clusters per group ${sb.clustersPerGroup} is out of range`, 0x24);
+    throw bad(`clusters per group ${sb.clustersPerGroup} is out of range`, SB.clustersPerGroup);
   }
   if (sb.inodesPerGroup === 0 || sb.inodesPerGroup > blockSize * 8) {
-    throw bad(`inodes per group ${sb.inodesPerGroup} is out of range`, 0x28);
+    throw bad(`inodes per group ${sb.inodesPerGroup} is out of range`, SB.inodesPerGroup);
   }
   if (inodeSize < 128 || inodeSize > blockSize || (inodeSize & (inodeSize - 1)) !== 0) {
-    throw bad(`inode size ${inodeSize} is not a power of two between 128 and the block size`, 0x58);
+    throw bad(`inode size ${inodeSize} is not a power of two between 128 and the block size`, SB.inodeSize);
   }
   if (bit64 && (sb.descSize < 32 || sb.descSize > 1024 || (sb.descSize & (sb.descSize - 1)) !== 0)) {
-    throw bad(`group descriptor size ${sb.descSize} is invalid`, 0xfe);
+    throw bad(`group descriptor size ${sb.descSize} is invalid`, SB.descSize);
   }
   if (sb.blocksCount === 0 || sb.firstDataBlock >= sb.blocksCount) {
-    throw bad(`block count ${sb.blocksCount} / first data block ${sb.firstDataBlock} are inconsistent`, 0x4);
+    throw bad(
+      `block count ${sb.blocksCount} / first data block ${sb.firstDataBlock} are inconsistent`,
+      SB.blocksCountLo,
+    );
   }
-  if (sb.firstDataBlock > 1) throw bad(`first data block ${sb.firstDataBlock} is not 0 or 1`, 0x14);
-  if (sb.inodesCount === 0) throw bad('inode count is zero', 0x0);
+  if (sb.firstDataBlock > 1) throw bad(`first data block ${sb.firstDataBlock} is not 0 or 1`, SB.firstDataBlock);
+  if (sb.inodesCount === 0) throw bad('inode count is zero', SB.inodesCount);
   return sb;
 }
 
