@@ -3,7 +3,6 @@ import { fileView } from '../io/filter-source.js';
 
 export { clampStatus } from '../io/byte-source.js';
 
-import { FileSource } from '../io/file-source.js';
 import { StrataError } from '../util/errors.js';
 import { directBelow, pushDirect, readBelow } from './layer.js';
 import type { DirectPiece, DiskImage } from './types.js';
@@ -104,9 +103,9 @@ export class ReadPlan {
       structure: first.structure,
     };
     const b = await this.readFile(file, span);
-    // A FileSource hands out a fresh buffer we may rearrange; other sources (memory,
-    // caches) may hand out views of bytes they keep, so those are copied out instead.
-    if (!(file instanceof FileSource)) {
+    // A plain file (or a slice of one) hands out a fresh buffer we may rearrange; other
+    // sources (memory, caches) may hand out views of bytes they keep: copied out instead.
+    if (!file.freshReads) {
       const out = Buffer.allocUnsafe(n);
       for (const p of ps) out.set(b.subarray(p.src - first.src, p.src - first.src + p.len), p.at);
       return out;

@@ -38,6 +38,12 @@ export interface ByteSource {
    */
   readonly fd?: number;
   /**
+   * Optional: `read` always returns a fresh buffer that no one else holds, which the caller
+   * may rearrange in place (a plain file does; memory sources and caches hand out views of
+   * bytes they keep).
+   */
+  readonly freshReads?: boolean;
+  /**
    * Optional, on filters (see FilterSource): the source this one reads through and where its
    * offset 0 lies there, so callers see through wrappers (fileView, offsetIn) without
    * knowing their classes.

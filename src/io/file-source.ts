@@ -32,6 +32,9 @@ export class FileSource implements ByteSource {
     readonly size: number,
   ) {}
 
+  /** Every read is a new buffer (see ByteSource.freshReads). */
+  readonly freshReads = true;
+
   get fd(): number {
     return this.fh.fd;
   }

@@ -42,6 +42,11 @@ export abstract class FilterSource implements ByteSource {
     return u.offset === 0 && this.size <= u.source.size ? u.source.fd : undefined;
   }
 
+  /** Whether reads are fresh buffers (ByteSource.freshReads): not by default (a cache hands out views). */
+  get freshReads(): boolean {
+    return false;
+  }
+
   async read(offset: number, length: number): Promise<Uint8Array> {
     const n = clampRead(this, offset, length);
     if (n === 0) return new Uint8Array(0);

@@ -23,6 +23,11 @@ export class SliceSource extends FilterSource {
     }
   }
 
+  /** A slice hands out its parent's buffers (or a fresh one where it pads with zeros). */
+  override get freshReads(): boolean {
+    return this.parent.freshReads === true;
+  }
+
   unwrap(): Unwrapped {
     return { source: this.parent, offset: this.start };
   }

@@ -258,6 +258,11 @@ test('fd shows through filters only where offsets are kept; fileView and offsetI
     readSync(view.fd, direct, 0, 1000, view.offset);
     assert.deepEqual(direct, Buffer.from(await nested.read(0, 1000)));
     assert.ok(nested instanceof FilterSource);
+    // who may rearrange a read in place: a file and its slices yes, a cache (views of its blocks) no
+    assert.equal(file.freshReads, true);
+    assert.equal(at7.freshReads, true);
+    assert.notEqual(cache.freshReads, true);
+    assert.equal(nested.freshReads, false);
   } finally {
     await file.close();
   }
