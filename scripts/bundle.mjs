@@ -37,6 +37,84 @@ const lazyChildProcess = {
   },
 };
 
+/**
+ * The CLI imports the library only through its public surface (src/library/index.ts and
+ * src/serve/index.ts; test/layers.test.ts checks), and loads each verb's part of it when the
+ * verb runs. Bundled as written, every use of an index would make esbuild initialise every
+ * module behind it (crypto, worker_threads, net ... ~40 more Node built-ins for `strata info`).
+ * So in src/cli each `import { a, b } from '…/index.js'` and each
+ * `const { a, b } = await import('…/index.js')` is pointed at a module re-exporting a and b
+ * from the modules that define them (read from the index's `export { … } from` lines): the
+ * bundle loads exactly what it did when the CLI imported those modules itself.
+ */
+const surfaces = new Map(
+  ['library', 'serve'].map((layer) => [path.join(root, 'src', layer, 'index.ts'), undefined]),
+);
+/** name -> [module path, name there] for one index of `export { a, b as c, type T } from './x.js'` lines. */
+function surfaceNames(index) {
+  const names = new Map();
+  const text = readFileSync(index, 'utf8').replace(/\/\/.*|\/\*[\s\S]*?\*\//g, '');
+  for (const m of text.matchAll(/export\s+(type\s+)?\{([^}]*)\}\s*from\s*'([^']+)'/g)) {
+    if (m[1]) continue;
+    const from = path.resolve(path.dirname(index), m[3].replace(/\.js$/, '.ts'));
+    for (const item of m[2].split(',').map((x) => x.trim())) {
+      if (!item || item.startsWith('type ')) continue;
+      const [orig, as] = item.split(/\s+as\s+/);
+      names.set(as ?? orig, [from, orig]);
+    }
+  }
+  return names;
+}
+const valueNames = (list) =>
+  list
+    .split(',')
+    .map((n) => n.trim())
+    .filter((n) => n && !n.startsWith('type '))
+    .map((n) => n.split(/\s*[:]\s*|\s+as\s+/)[0].trim());
+const lazySurface = {
+  name: 'lazy-public-surface',
+  setup(b) {
+    const spec = String.raw`'((?:\.\.\/)+(?:library|serve)\/index\.js)'`;
+    const dynamic = new RegExp(String.raw`const \{([^}]*)\} = await import\(\s*${spec}\s*\)`, 'g');
+    const stat = new RegExp(String.raw`import \{([^}]*)\} from ${spec}`, 'g');
+    b.onLoad({ filter: /[\\/]src[\\/]cli[\\/].*\.ts$/ }, (args) => {
+      // The index as a path from the repository root: the bundle names modules by it.
+      const at = (s) => {
+        const index = path.resolve(path.dirname(args.path), s.replace(/\.js$/, '.ts'));
+        return path.relative(root, index).split(path.sep).join('/');
+      };
+      const surface = (s, names) => `'surface:${at(s)}?${valueNames(names)}'`;
+      const contents = readFileSync(args.path, 'utf8')
+        .replace(dynamic, (_, names, s) => `const {${names}} = await import(${surface(s, names)})`)
+        .replace(stat, (_, names, s) => `import {${names}} from ${surface(s, names)}`);
+      const left = contents.replace(/import type \{[^}]*\} from '[^']*'/g, '');
+      if (/(import\(|from)\s*'(\.\.\/)+(library|serve)\/index\.js'/.test(left)) {
+        throw new Error(`${args.path}: import the public surface as \`import { a } from\` or \`const { a } = await import\``);
+      }
+      return { contents, loader: 'ts' };
+    });
+    b.onResolve({ filter: /^surface:/ }, (args) => ({
+      path: args.path.slice('surface:'.length),
+      namespace: 'surface',
+    }));
+    b.onLoad({ filter: /.*/, namespace: 'surface' }, (args) => {
+      const [rel, list] = args.path.split('?');
+      const index = path.join(root, rel);
+      if (!surfaces.has(index)) throw new Error(`lazy-public-surface: ${index} is not a public surface`);
+      const names = surfaces.get(index) ?? surfaces.set(index, surfaceNames(index)).get(index);
+      const lines = list
+        .split(',')
+        .filter(Boolean)
+        .map((n) => {
+          const found = names.get(n);
+          if (!found) throw new Error(`lazy-public-surface: ${index} exports no value ${n}`);
+          return `export { ${found[1]} as ${n} } from ${JSON.stringify(found[0])};`;
+        });
+      return { contents: lines.join('\n'), loader: 'ts', resolveDir: root };
+    });
+  },
+};
+
 const common = {
   bundle: true,
   platform: 'node',
@@ -58,7 +136,7 @@ await build({
   ...cjs,
   entryPoints: [path.join(root, 'src', 'cli', 'bin.ts')],
   outfile: path.join(out, 'strata-main.cjs'),
-  plugins: [lazyChildProcess],
+  plugins: [lazyChildProcess, lazySurface],
 });
 // src/cli/launch.ts compiles the bundle through vm.Script on Node 20, where import() cannot work.
 if (/(^|[^\w$.])import\(/.test(readFileSync(path.join(out, 'strata-main.cjs'), 'utf8'))) {

@@ -1,6 +1,21 @@
-export * from './block-map.js';
-export * from './build.js';
-export * from './codec.js';
-export * from './kinds.js';
-export * from './of-image.js';
-export * from './trace.js';
+/**
+ * The block-map layer: which file, metadata structure, volume or gap owns each byte of a
+ * disk; saved and loaded in a compact binary form; block I/O traces resolved against it.
+ * @module
+ */
+export { BlockMap, type KindSummary, type MapVolume, type Owner } from './block-map.js';
+export { type BuildOptions, buildBlockMap } from './build.js';
+export { loadBlockMap, saveBlockMap } from './codec.js';
+export { classOf, KINDS, type Kind, type KindClass } from './kinds.js';
+export { blockMapOfImage } from './of-image.js';
+export type { MapColumns } from './resolve.js';
+export {
+  parseTraceLine,
+  type ResolvedAccess,
+  readTrace,
+  readTraceBatches,
+  type TraceAccess,
+  TraceBatch,
+  TraceResolver,
+  type TraceSummary,
+} from './trace.js';

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import type { OpenOptions } from '../formats/types.js';
-import { StrataError } from '../util/errors.js';
+import { type OpenOptions, StrataError } from '../library/index.js';
 
 /** Flags every command that opens an image accepts. */
 export function addOpenOptions(cmd: Command): Command {

@@ -54,7 +54,7 @@ async function storeFsWanted(argv: string[]): Promise<boolean> {
     }
     if (a.startsWith('-')) continue;
     if (/^https?:\/\//i.test(a)) return false;
-    const { libraryLocation, MARKER } = await import('../library/library.js');
+    const { libraryLocation, MARKER } = await import('../library/index.js');
     return !existsSync(a) && existsSync(path.join(libraryLocation(), MARKER));
   }
   return false;
@@ -77,7 +77,8 @@ export async function buildProgram(verb?: string, argv?: string[]): Promise<Comm
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const [{ CommanderError }, { isStrataError }] = await Promise.all([import('commander'), import('../util/errors.js')]);
+  const { CommanderError } = await import('commander');
+  const { isStrataError } = await import('../library/index.js');
   try {
     const program = await buildProgram(argv[0], argv);
     await program.parseAsync(argv, { from: 'user' });

@@ -1,6 +1,8 @@
 import { type ByteSource, readExact } from '../io/byte-source.js';
 import { crc32 } from '../util/crc32.js';
 import { StrataError } from '../util/errors.js';
+import { cutVolume } from './cut.js';
+import type { TableDriver } from './types.js';
 
 /** One used GPT entry, in bytes. */
 export interface GptPartition {
@@ -310,3 +312,78 @@ function attributeFlags(a: bigint): string[] {
 function fixSurrogates(s: string): string {
   return s.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
 }
+
+/**
+ * The logical sector size a GPT says the disk has: 512 or 4096, whichever LBA 1 holds a GPT
+ * header at; with a protective MBR but no primary header, where the backup header sits.
+ * Undefined when there is no GPT to tell.
+ */
+export async function gptSectorSize(disk: ByteSource, protective: boolean): Promise<number | undefined> {
+  if (await hasGptSignature(disk, 512)) return 512;
+  if (await hasGptSignature(disk, 4096)) return 4096;
+  return protective ? backupGptSectorSize(disk) : undefined;
+}
+
+/** With a protective MBR but no primary GPT header, find which sector size the backup header uses. */
+async function backupGptSectorSize(disk: ByteSource): Promise<number | undefined> {
+  for (const ss of [512, 4096]) {
+    const last = Math.floor(disk.size / ss) - 1;
+    if (last < 1) continue;
+    const b = await disk.read(last * ss, 8);
+    if (b.length === 8 && String.fromCharCode(...b) === 'EFI PART') return ss;
+  }
+  return undefined;
+}
+
+function countNonProtective(sector0: Uint8Array): number {
+  let n = 0;
+  for (let i = 0; i < 4; i++) {
+    const t = sector0[446 + i * 16 + 4];
+    if (t !== 0 && t !== 0xee) n++;
+  }
+  return n;
+}
+
+/**
+ * GPT as a volume driver: a protective MBR, or a GPT header at LBA 1 where sector 0 is no
+ * valid DOS table. The backup header is used with a warning when the primary is damaged;
+ * both damaged -> CORRUPT (no MBR fallback behind a protective MBR).
+ */
+export const gptDriver: TableDriver = {
+  level: 'table',
+  kind: 'gpt',
+  async probe(ctx) {
+    const sig = await hasGptSignature(ctx.disk, ctx.sectorSize);
+    if (sig && !ctx.protective && ctx.mbrLike) {
+      // Like Linux: a valid MBR without a 0xEE entry wins over a GPT signature (a stale GPT
+      // left behind by re-partitioning), with a warning.
+      ctx.warnings.push('a GPT header exists but the MBR has no protective (0xEE) entry; using the MBR');
+      return false;
+    }
+    return ctx.protective || sig;
+  },
+  async open({ disk, sector0, mbrLike, protective, sectorSize, warnings }) {
+    if (!protective) warnings.push('GPT found without a protective MBR');
+    const gpt = await parseGpt(disk, sectorSize);
+    warnings.push(...gpt.warnings);
+    if (mbrLike) {
+      const others = countNonProtective(sector0);
+      if (others > 0) warnings.push(`hybrid MBR: ${others} MBR entries besides the protective one are ignored`);
+    }
+    const volumes = gpt.partitions.map((p) =>
+      cutVolume(disk, warnings, {
+        id: p.id,
+        scheme: 'gpt',
+        type: p.typeName,
+        typeCode: p.typeGuid,
+        start: p.start,
+        size: p.size,
+        name: p.name,
+        uuid: p.uniqueGuid,
+        flags: [...p.attributeFlags],
+        details: { firstLba: p.firstLba, lastLba: p.lastLba, attributes: p.attributes, index: p.index },
+      }),
+    );
+    return { diskId: gpt.diskGuid, volumes };
+  },
+};

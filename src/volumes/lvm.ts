@@ -4,6 +4,8 @@ import { crc32 } from '../util/crc32.js';
 import { StrataError } from '../util/errors.js';
 import { type ConcatPart, ConcatSource, FailingSource } from './concat-source.js';
 import { LvmFields, parseLvmText } from './lvm-text.js';
+import { probeContent } from './probe.js';
+import type { StackDriver, Volume } from './types.js';
 
 /** LVM2's CRC: the reflected CRC-32 polynomial seeded with 0xf597a6cf, without final inversion. */
 export const LVM_INITIAL_CRC = 0xf597a6cf;
@@ -419,4 +421,88 @@ export async function readPvMetadata(src: ByteSource, label: PvLabel, warnings: 
   }
   if (!best && lastError) throw lastError;
   return best;
+}
+
+/**
+ * LVM2 as a volume driver: every PV found (whole disk or partition) contributes its VG's
+ * logical volumes, id "VG/LV", parent = the PV's volume id. Problems are warnings (the PVs
+ * are still listed); an LV that cannot be read (unsupported segment type, missing PV) is
+ * listed and throws when read.
+ */
+export const lvmDriver: StackDriver = {
+  level: 'stack',
+  kind: 'lvm',
+  probe: (v) => v.content === 'LVM2_member',
+  open: (members, { disk, warnings }) => logicalVolumes(disk, members, warnings),
+};
+
+async function logicalVolumes(disk: ByteSource, members: Volume[], warnings: string[]): Promise<Volume[]> {
+  const volumes: Volume[] = [];
+  const groups = new Map<string, { vg: LvmVg; pvs: Map<string, FoundPv> }>();
+  for (const v of members) {
+    try {
+      const label = await readPvLabel(v.source);
+      if (!label) continue;
+      const vg = await readPvMetadata(v.source, label, warnings);
+      if (!vg) {
+        warnings.push(`LVM2 PV on ${v.id === '' ? 'the whole disk' : `partition ${v.id}`} belongs to no volume group`);
+        continue;
+      }
+      const key = vg.id || vg.name;
+      let g = groups.get(key);
+      if (!g) groups.set(key, (g = { vg, pvs: new Map() }));
+      else if (vg.seqno > g.vg.seqno) g.vg = vg;
+      g.pvs.set(label.uuid, { label, source: v.source, volumeId: v.id });
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      warnings.push(`LVM2 PV on ${v.id === '' ? 'the whole disk' : `partition ${v.id}`}: ${e.message}`);
+    }
+  }
+  for (const { vg, pvs } of groups.values()) {
+    const missing = vg.pvs.filter((p) => !pvs.has(p.uuid));
+    if (missing.length > 0) {
+      warnings.push(
+        `volume group ${vg.name}: ${missing.length} of ${vg.pvs.length} PVs missing (${missing.map((p) => p.deviceHint ?? p.key).join(', ')}); LVs on them cannot be read`,
+      );
+    }
+    const anyPv = pvs.values().next().value as FoundPv;
+    for (const lv of vg.lvs) {
+      const lay = layoutLv(vg, lv, pvs, disk.name);
+      const flags: string[] = [];
+      if (!lv.visible) flags.push('hidden');
+      if (lay.error?.code === 'UNSUPPORTED') flags.push('unsupported');
+      else if (lay.error?.code === 'NOT_FOUND') flags.push('missing-pv');
+      else if (lay.error) flags.push('corrupt');
+      const vol: Volume = {
+        id: `${vg.name}/${lv.name}`,
+        scheme: 'lvm',
+        type: `LVM ${lv.segType}`,
+        typeCode: lv.segType,
+        start: lay.firstOffset,
+        size: lay.size,
+        name: lv.name,
+        uuid: lv.id,
+        flags,
+        source: lay.source,
+        parent: (lay.firstPv ?? anyPv).volumeId,
+        details: {
+          vg: vg.name,
+          vgUuid: vg.id,
+          extentSize: vg.extentSize,
+          segments: lv.segments.map((s) => ({ ...s, stripes: s.stripes.map((x) => ({ ...x })) })),
+          error: lay.error?.message,
+        },
+      };
+      if (!lay.error && lay.size > 0) {
+        try {
+          vol.content = await probeContent(lay.source);
+        } catch (e) {
+          if (!(e instanceof StrataError)) throw e;
+          warnings.push(`LV ${vol.id}: ${e.message}`);
+        }
+      }
+      volumes.push(vol);
+    }
+  }
+  return volumes;
 }

@@ -1,5 +1,7 @@
 import { type ByteSource, readExact } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { cutVolume } from './cut.js';
+import type { TableDriver } from './types.js';
 
 /** One entry of a DOS partition table (primary or logical), in bytes. */
 export interface MbrPartition {
@@ -235,3 +237,35 @@ async function walkEbrChain(
     ebrLba = link;
   }
 }
+
+/**
+ * MBR as a volume driver: primaries "1".."4" by slot, logicals "5".. in EBR chain order, the
+ * extended container listed with flag 'extended' (and never probed for content).
+ */
+export const mbrDriver: TableDriver = {
+  level: 'table',
+  kind: 'mbr',
+  probe: async (ctx) => ctx.mbrLike,
+  async open({ disk, sectorSize, warnings }) {
+    const mbr = await parseMbr(disk, sectorSize);
+    warnings.push(...mbr.warnings);
+    const volumes = mbr.partitions.map((p) => {
+      const flags: string[] = [];
+      if (p.bootable) flags.push('bootable');
+      if (p.kind === 'extended') flags.push('extended');
+      if (p.kind === 'logical') flags.push('logical');
+      if (p.kind === 'primary') flags.push('primary');
+      return cutVolume(disk, warnings, {
+        id: p.id,
+        scheme: 'mbr',
+        type: p.kind === 'extended' ? 'extended' : mbrTypeName(p.typeByte),
+        typeCode: hexType(p.typeByte),
+        start: p.start,
+        size: p.size,
+        flags,
+        details: { startSector: p.startSector, sectors: p.sectors, entryOffset: p.entryOffset },
+      });
+    });
+    return { diskId: mbr.diskId, volumes };
+  },
+};

@@ -1,9 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import type { BlockMap, Owner } from '../../blockmap/block-map.js';
-import type { OpenOptions } from '../../formats/types.js';
-import { StrataError } from '../../util/errors.js';
+import { type BlockMap, type OpenOptions, type Owner, StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, printJsonLine } from '../output.js';
 
@@ -46,7 +44,7 @@ export function registerBlockmapCommands(program: Command): void {
   ).action(async (image: string, o: Record<string, unknown>) => {
     const map = await obtainMap(image, o);
     if (typeof o.save === 'string') {
-      const { saveBlockMap } = await import('../../blockmap/codec.js');
+      const { saveBlockMap } = await import('../../library/index.js');
       await writeFile(o.save, saveBlockMap(map));
     }
     for (const w of map.warnings) process.stderr.write(`warning: ${w}\n`);
@@ -75,7 +73,7 @@ export function registerBlockmapCommands(program: Command): void {
       .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
       .option('--summary', 'only the summary'),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
-    const { readTraceBatches, TraceResolver } = await import('../../blockmap/trace.js');
+    const { readTraceBatches, TraceResolver } = await import('../../library/index.js');
     const map = await obtainMap(image, o);
     const resolver = new TraceResolver(map);
     const input = tracePath === '-' ? process.stdin : createReadStream(tracePath);
@@ -123,7 +121,7 @@ export function registerBlockmapCommands(program: Command): void {
 /** The map of an image: loaded from `--map FILE`, else built. */
 async function obtainMap(image: string, o: Record<string, unknown>): Promise<BlockMap> {
   if (typeof o.map === 'string') {
-    const { loadBlockMap } = await import('../../blockmap/codec.js');
+    const { loadBlockMap } = await import('../../library/index.js');
     const map = loadBlockMap(await readFile(o.map), o.map);
     return map;
   }
@@ -132,7 +130,7 @@ async function obtainMap(image: string, o: Record<string, unknown>): Promise<Blo
 
 /** Open an image, build its block map, close it. */
 export async function buildMapOf(image: string, opts: OpenOptions): Promise<BlockMap> {
-  const { blockMapOfImage } = await import('../../blockmap/of-image.js');
+  const { blockMapOfImage } = await import('../../library/index.js');
   return blockMapOfImage(image, opts);
 }
 

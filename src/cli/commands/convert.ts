@@ -1,9 +1,7 @@
 import * as path from 'node:path';
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import type { ConvertOptions } from '../../formats/convert.js';
-import type { DiskImage } from '../../formats/types.js';
-import { StrataError } from '../../util/errors.js';
+import { type ConvertOptions, type DiskImage, StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
 
@@ -52,11 +50,7 @@ export function registerConvertCommand(program: Command): void {
       throw new StrataError('USAGE', '--backing-format needs --backing');
     }
     // Loaded here, not at start-up: every other command skips them (and Node's start-up is a large part of a short run).
-    const [{ convertImage }, { closeChain }, { openImage }] = await Promise.all([
-      import('../../formats/convert.js'),
-      import('../../formats/layer.js'),
-      import('../../formats/open.js'),
-    ]);
+    const { convertImage, closeChain, openImage } = await import('../../library/index.js');
     const openOpts = openOptionsFrom(o);
     const img = await openImage(input, openOpts);
     let backing: DiskImage | undefined;

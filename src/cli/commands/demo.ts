@@ -11,7 +11,7 @@ export function registerDemoCommand(program: Command): void {
     .option('--size <bytes>', 'virtual disk size', (v) => Number(v), 32 << 20)
     .option('--json', 'machine-readable output')
     .action(async (o: { dir: string; size: number; json?: boolean }) => {
-      const { runDemo } = await import('../../library/demo.js'); // loaded when the command runs, not at start-up
+      const { runDemo } = await import('../../library/index.js'); // loaded when the command runs, not at start-up
       const r = await runDemo(path.resolve(o.dir), o.size);
       if (o.json) return printJson(r);
       const out: string[] = [

@@ -1,18 +1,22 @@
 import type { Command } from 'commander';
-import type { FileSystem, Inode } from '../../fs/types.js';
-import { type Address, type OpenedAddress, openAddress, openDisk } from '../../library/address.js';
-import { extractTree } from '../../library/extract.js';
 import {
+  type Address,
+  extractTree,
+  type FileSystem,
+  type Inode,
   imagePath,
   isoTime,
   longLine,
   lsRecordWith,
   modeString,
+  type OpenedAddress,
+  openAddress,
+  openDisk,
+  StrataError,
   statRecord,
   type WalkItem,
   walkBatches,
-} from '../../library/listing.js';
-import { StrataError } from '../../util/errors.js';
+} from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, writeOut } from '../output.js';
 

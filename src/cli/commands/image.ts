@@ -77,10 +77,6 @@ async function printUsed(image: string, o: Record<string, unknown>): Promise<voi
 
 /** The readers, loaded when a command runs rather than at start-up. */
 async function load() {
-  const [{ closeChain }, { openImage }, { imageInfo, mapImage }] = await Promise.all([
-    import('../../formats/layer.js'),
-    import('../../formats/open.js'),
-    import('../../library/image-info.js'),
-  ]);
+  const { closeChain, openImage, imageInfo, mapImage } = await import('../../library/index.js');
   return { closeChain, openImage, imageInfo, mapImage };
 }

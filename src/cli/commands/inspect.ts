@@ -1,13 +1,16 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import type { BlockDiff } from '../../inspect/block-diff.js';
-import type { PackageDiff } from '../../inspect/package-diff.js';
-import type { TreeDiff } from '../../inspect/tree-diff.js';
-import type { OsInspection } from '../../inspect/types.js';
-import type { Address, OpenedAddress } from '../../library/address.js';
-import type { Library } from '../../library/library.js';
-import type { SearchHit } from '../../library/search.js';
+import type {
+  Address,
+  BlockDiff,
+  Library,
+  OpenedAddress,
+  OsInspection,
+  PackageDiff,
+  SearchHit,
+  TreeDiff,
+} from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson } from '../output.js';
 
@@ -23,7 +26,7 @@ export function registerInspectCommands(program: Command): void {
       .option('--refresh', 'for a REF: inspect the stored version again and store the result'),
   ).action(async (image: string, o: Record<string, unknown>) => {
     if (await isLibraryRef([image], o)) {
-      const { versionInspection } = await import('../../library/inspection.js');
+      const { versionInspection } = await import('../../library/index.js');
       const r = await withLibrary(o, (lib) => versionInspection(lib, image, { refresh: Boolean(o.refresh) }));
       for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
       if (o.json) return printJson(r.roots);
@@ -35,7 +38,7 @@ export function registerInspectCommands(program: Command): void {
       return;
     }
     // Loaded per verb: module loading is a large part of a short run.
-    const { inspectImage } = await import('../../inspect/inspect.js');
+    const { inspectImage } = await import('../../library/index.js');
     const r = await inspectImage(image, openOptionsFrom(o));
     for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
     if (o.json) return printJson(r.roots);
@@ -60,7 +63,7 @@ export function registerInspectCommands(program: Command): void {
       .option('--json', 'one object: files, and packages / blocks when asked'),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
     if (await isLibraryRef([a, b], o)) {
-      const { diffVersions } = await import('../../library/version-diff.js');
+      const { diffVersions } = await import('../../library/index.js');
       const out = await withLibrary(o, (lib) =>
         diffVersions(lib, a, b, {
           part: o.part as string | undefined,
@@ -73,12 +76,9 @@ export function registerInspectCommands(program: Command): void {
       process.stdout.write(humanDiff(out));
       return;
     }
-    const [{ openAddress }, { diffTrees }, { fileSystemTree }, { diffBlocks, volumeBlockDigests }] = await Promise.all([
-      import('../../library/address.js'),
-      import('../../inspect/tree-diff.js'),
-      import('../../inspect/file-manifest.js'),
-      import('../../inspect/block-diff.js'),
-    ]);
+    const { openAddress, diffTrees, fileSystemTree, diffBlocks, volumeBlockDigests } = await import(
+      '../../library/index.js'
+    );
     const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
     const oo = openOptionsFrom(o);
     const at: OpenedAddress[] = [];
@@ -118,7 +118,7 @@ export function registerInspectCommands(program: Command): void {
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'an array, one object per matching version')
     .action(async (o: Record<string, unknown>) => {
-      const { search } = await import('../../library/search.js');
+      const { search } = await import('../../library/index.js');
       const hits = await withLibrary(o, (lib) =>
         search(lib, {
           path: o.path as string | undefined,
@@ -140,7 +140,7 @@ export function registerInspectCommands(program: Command): void {
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'machine-readable output')
     .action(async (ref: string | undefined, o: Record<string, unknown>) => {
-      const { reinspect } = await import('../../library/inspection.js');
+      const { reinspect } = await import('../../library/index.js');
       const done = await withLibrary(o, (lib) =>
         reinspect(lib, {
           ref,
@@ -175,13 +175,13 @@ function humanHit(h: SearchHit): string {
  */
 async function isLibraryRef(args: string[], o: Record<string, unknown>): Promise<boolean> {
   if (o.library) return true;
-  const { libraryLocation, MARKER } = await import('../../library/library.js');
+  const { libraryLocation, MARKER } = await import('../../library/index.js');
   if (args.some((x) => /^https?:\/\//i.test(x) || existsSync(x))) return false;
   return existsSync(path.join(libraryLocation(), MARKER));
 }
 
 async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
-  const { Library } = await import('../../library/library.js');
+  const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: false });
   try {
     return await fn(lib);
@@ -197,10 +197,7 @@ async function packageDiff(
   oo: ReturnType<typeof openOptionsFrom>,
   warnings: string[],
 ): Promise<PackageDiff | null> {
-  const [{ inspectImage }, { diffPackages }] = await Promise.all([
-    import('../../inspect/inspect.js'),
-    import('../../inspect/package-diff.js'),
-  ]);
+  const { inspectImage, diffPackages } = await import('../../library/index.js');
   const pick = (roots: OsInspection[], volume: string) => roots.find((r) => r.root === volume) ?? roots[0];
   const ra = pick((await inspectImage(a, oo)).roots, at[0].volume.id);
   const rb = pick((await inspectImage(b, oo)).roots, at[1].volume.id);

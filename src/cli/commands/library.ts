@@ -1,7 +1,6 @@
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import type { Library } from '../../library/library.js';
-import { StrataError } from '../../util/errors.js';
+import { type Library, StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, writeOut } from '../output.js';
 
@@ -29,7 +28,7 @@ const withLib = (cmd: Command) =>
 
 /** Open the library for a verb; only `init` and `checkin` create it. */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
-  const { Library } = await import('../../library/library.js');
+  const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create });
   try {
     return await fn(lib);
@@ -101,7 +100,7 @@ export function registerLibraryCommands(program: Command): void {
         .option('--json', 'machine-readable output'),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
-    const { checkin } = await import('../../library/checkin.js');
+    const { checkin } = await import('../../library/index.js');
     await useLibrary(
       o,
       async (lib) => {
@@ -147,7 +146,7 @@ export function registerLibraryCommands(program: Command): void {
       .option('--sync', 'fdatasync the output before renaming it into place')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, out: string, o: Record<string, unknown>) => {
-    const { checkout } = await import('../../library/checkout.js');
+    const { checkout } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const bar = await progressBar('checking out');
       try {
@@ -212,7 +211,7 @@ export function registerLibraryCommands(program: Command): void {
       .argument('<ref>', 'NAME, NAME:TAG, NAME@VERSION or a manifest digest prefix')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, o: Record<string, unknown>) => {
-    const { describeVersion } = await import('../../library/library-verbs.js');
+    const { describeVersion } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const d = await describeVersion(lib, ref);
       if (o.json) return printJson(d);
@@ -286,7 +285,7 @@ export function registerLibraryCommands(program: Command): void {
       .option('--wait <seconds>', 'how long to wait for running check-ins', '600')
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
-    const { gc } = await import('../../library/library-verbs.js');
+    const { gc } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000 });
       if (o.json) return printJson(r);
@@ -303,7 +302,7 @@ export function registerLibraryCommands(program: Command): void {
       .argument('[ref]', 'only this version')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string | undefined, o: Record<string, unknown>) => {
-    const { verifyLibrary } = await import('../../library/library-verbs.js');
+    const { verifyLibrary } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const r = await verifyLibrary(lib, ref);
       if (o.json) printJson(r);
@@ -340,8 +339,7 @@ export function registerStoreFsCommands(program: Command): void {
       .option('-l, --long', 'mode, owner, size, time')
       .option('--json', 'one JSON object per line'),
   ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, listEntries } = await import('../../library/library-verbs.js');
-    const { modeString } = await import('../../library/listing.js');
+    const { versionFiles, listEntries, modeString } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const files = await versionFiles(lib, ref, o.part as string | undefined);
       const rows = listEntries(files, p, Boolean(o.recursive));
@@ -366,7 +364,7 @@ export function registerStoreFsCommands(program: Command): void {
       .argument('<path>', 'file')
       .option('--part <id>', 'volume id (default: the only file system, or the OS root)'),
   ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, findEntry, fileContent } = await import('../../library/library-verbs.js');
+    const { versionFiles, findEntry, fileContent } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const files = await versionFiles(lib, ref, o.part as string | undefined);
       const e = findEntry(files, p, true);

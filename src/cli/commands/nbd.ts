@@ -1,8 +1,7 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import type { Library } from '../../library/library.js';
-import type { NbdExport } from '../../serve/nbd/export.js';
-import { StrataError } from '../../util/errors.js';
+import { type Library, StrataError } from '../../library/index.js';
+import type { NbdExport } from '../../serve/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
 import { parseSize } from './convert.js';
@@ -45,12 +44,7 @@ export function registerNbdCommand(program: Command): void {
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
     const cacheSize = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
 
-    const [{ openImageExport }, { openLibraryExport }, { NbdServer }, { TraceWriter }] = await Promise.all([
-      import('../../serve/nbd/image-export.js'),
-      import('../../serve/nbd/library-export.js'),
-      import('../../serve/nbd/server.js'),
-      import('../../serve/nbd/trace.js'),
-    ]);
+    const { openImageExport, openLibraryExport, NbdServer, TraceWriter } = await import('../../serve/index.js');
     const exports: NbdExport[] = [];
     let lib: Library | undefined;
     const closeAll = async () => {
@@ -62,8 +56,7 @@ export function registerNbdCommand(program: Command): void {
         if (!existsSync(image) && !/^https?:\/\//i.test(image)) {
           // not a file: a library REF
           if (!lib) {
-            const { Library } = await import('../../library/library.js');
-            const { libraryLocation } = await import('../../library/library.js');
+            const { Library, libraryLocation } = await import('../../library/index.js');
             try {
               lib = await Library.open(o.library as string | undefined, { create: false });
             } catch (e) {

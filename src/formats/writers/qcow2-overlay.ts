@@ -21,7 +21,6 @@ import {
   QCOW2_MAGIC,
   TWO32,
 } from '../qcow2/layout.js';
-import { writeAll } from './index.js';
 import {
   buildHeader,
   CLUSTER_BITS,
@@ -36,6 +35,7 @@ import {
   REFCOUNT_ORDER,
   u64,
 } from './qcow2-overlay-layout.js';
+import { writeAll } from './writer.js';
 
 export type { OverlayBackingRef } from './qcow2-overlay-layout.js';
 

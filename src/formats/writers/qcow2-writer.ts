@@ -2,6 +2,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { StrataError } from '../../util/errors.js';
 import { lazyZlib } from '../../util/lazy-zlib.js';
+import { isZeroRange } from '../../util/zero.js';
 import { zstdCompress } from '../../util/zstd.js';
 import {
   COMPRESSION_ZLIB,
@@ -30,8 +31,7 @@ import {
   TWO32,
   V3_HEADER_LENGTH_WITH_COMPRESSION,
 } from '../qcow2/layout.js';
-import type { DirectTarget, ImageWriter, WriterResult } from './index.js';
-import { isZeroRange, writeAll } from './index.js';
+import { type DirectTarget, type ImageWriter, type WriterResult, writeAll } from './writer.js';
 
 let deflateRawAsync: ((b: Uint8Array, o: object) => Promise<Buffer>) | undefined;
 

@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
-import type { DirectTarget, ImageWriter, WriterResult } from './index.js';
-import { firstNonZeroBlock, writeAll } from './index.js';
+import { firstNonZeroBlock } from '../../util/zero.js';
+import { type DirectTarget, type ImageWriter, type WriterResult, writeAll } from './writer.js';
 
 /** Zero runs shorter than this inside a data buffer are written rather than skipped. */
 const RAW_GRANULE = 4096;

@@ -1,10 +1,23 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
-import type { GroupDesc } from './group-desc.js';
 import { INCOMPAT, RO_COMPAT, type Superblock } from './superblock.js';
 
 const MAX_WARNINGS = 1000;
+
+/** A block group's descriptor, decoded (group-desc.ts reads them; the context holds them). */
+export interface GroupDesc {
+  blockBitmap: number;
+  inodeBitmap: number;
+  inodeTable: number;
+  flags: number;
+  freeBlocks: number;
+  freeInodes: number;
+  usedDirs: number;
+  itableUnused: number;
+  /** bg_checksum as stored. */
+  checksum: number;
+}
 
 /** Where a StrataError points: the file, the structure and (when known) its volume offset. */
 export interface Where {

@@ -2,7 +2,7 @@ import { readExact } from '../../io/byte-source.js';
 import { crc32cRaw, crc32cU32 } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
-import { type ExtContext, groupFirstBlock, inodeTableBlocks, ZERO2 } from './context.js';
+import { type ExtContext, type GroupDesc, groupFirstBlock, inodeTableBlocks, ZERO2 } from './context.js';
 import { groupHasSuper, INCOMPAT, type Superblock } from './superblock.js';
 
 /**
@@ -36,18 +36,7 @@ export enum BG {
   INODE_ZEROED = 4,
 }
 
-export interface GroupDesc {
-  blockBitmap: number;
-  inodeBitmap: number;
-  inodeTable: number;
-  flags: number;
-  freeBlocks: number;
-  freeInodes: number;
-  usedDirs: number;
-  itableUnused: number;
-  /** bg_checksum as stored. */
-  checksum: number;
-}
+export type { GroupDesc } from './context.js';
 
 /** Decode the descriptor at byte `o` of `v`; `descSize` is 32, or s_desc_size with 64bit. */
 export function decodeGroupDesc(v: DataView, o: number, descSize: number): GroupDesc {

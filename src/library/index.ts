@@ -1,0 +1,102 @@
+/**
+ * Strata's public surface: the verbs a program (the CLI, a service, your code) calls, and the
+ * types they take and give. The package root (`strata`) is this module; the layers below have
+ * their own entry points (`strata/formats`, `strata/fs`, ...) for code that needs their parts.
+ *
+ * Everything here is read-only on images: images are opened, never changed; the library (a
+ * store of chunks plus a catalog of versions) is the only thing written, by `checkin`, `gc`
+ * and `checkout` (which writes a new image file).
+ * @module
+ */
+
+// Block maps: which file, metadata structure or volume owns each byte of the disk.
+export type { KindSummary, MapVolume, Owner } from '../blockmap/block-map.js';
+export { BlockMap } from '../blockmap/block-map.js';
+export { type BuildOptions, buildBlockMap } from '../blockmap/build.js';
+export { loadBlockMap, saveBlockMap } from '../blockmap/codec.js';
+export { blockMapOfImage } from '../blockmap/of-image.js';
+export {
+  type ResolvedAccess,
+  readTraceBatches,
+  type TraceAccess,
+  TraceResolver,
+  type TraceSummary,
+} from '../blockmap/trace.js';
+// The library: a content-addressed store of versions with a catalog.
+export type { ImageRow, VersionRow } from '../catalog/catalog.js';
+// Convert between containers. (The copy machinery lives in formats/ today; when it moves into
+// the library only this line changes.)
+export { type ConvertOptions, type ConvertResult, convertImage } from '../formats/convert.js';
+// Images: open any container (raw, qcow2, VHD, VHDX, VMDK, VDI; a path or an http(s) URL).
+export { closeChain } from '../formats/layer.js';
+export { openImage, openImageSource } from '../formats/open.js';
+export type { BackingRef, DiskImage, OpenOptions } from '../formats/types.js';
+// Volumes and file systems: an address (`--part N` / `--lv VG/LV`) names one file system.
+export type { DirEntry, FileExtent, FileSystem, FileType, FsInfo, Inode, Timestamp } from '../fs/types.js';
+export { listDirectory, resolvePath, walk } from '../fs/walk.js';
+// Inspection: the operating systems on a disk, and comparisons of trees, packages and blocks.
+export { type BlockDiff, type BlockDigests, diffBlocks, volumeBlockDigests } from '../inspect/block-diff.js';
+export { type FileRecord, type FileTree, fileSystemTree } from '../inspect/file-manifest.js';
+export { type DiskInspection, inspectImage, inspectVolumes } from '../inspect/inspect.js';
+export { diffPackages, type PackageChange, type PackageDiff } from '../inspect/package-diff.js';
+export {
+  type ContentChange,
+  type DiffItem,
+  diffTrees,
+  type MetadataChange,
+  type TreeDiff,
+} from '../inspect/tree-diff.js';
+export type { Group, InstalledProgram, Kernel, Mountpoint, OsInspection, Package, User } from '../inspect/types.js';
+export type { ByteSource, Extent, ExtentKind } from '../io/byte-source.js';
+export type { VerifyReport } from '../store/store.js';
+// Errors: every failure on bad input is a StrataError naming the file, structure and offset.
+export { type ErrorCode, type ErrorWhere, isStrataError, StrataError } from '../util/errors.js';
+export type { DiscoverResult } from '../volumes/discover.js';
+export type { Volume } from '../volumes/types.js';
+export {
+  type Address,
+  describe as describeVolume,
+  holdsFileSystem,
+  type OpenedAddress,
+  type OpenedDisk,
+  openAddress,
+  openDisk,
+} from './address.js';
+export { type CheckinOptions, type CheckinResult, checkin } from './checkin.js';
+export { type CheckoutOptions, type CheckoutResult, checkout, openVersionSource } from './checkout.js';
+export { type DemoResult, type DemoStep, runDemo } from './demo.js';
+export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';
+export { type ImageInfo, imageInfo, mapImage } from './image-info.js';
+export { forgetInspection, type RecordedInspection, reinspect, versionInspection } from './inspection.js';
+export { Library, libraryLocation, MARKER } from './library.js';
+export {
+  describeVersion,
+  fileContent,
+  findEntry,
+  type GcResult,
+  gc,
+  type LibraryVerifyReport,
+  listEntries,
+  verifyLibrary,
+  versionFiles,
+} from './library-verbs.js';
+// What `ls` and `stat` print, as records.
+export {
+  imagePath,
+  isoTime,
+  type LsRecord,
+  longLine,
+  lsRecord,
+  lsRecordWith,
+  modeString,
+  type StatExtent,
+  type StatRecord,
+  statRecord,
+  type WalkItem,
+  type WalkOptions,
+  walkBatches,
+} from './listing.js';
+export type { FileEntry, FilesManifest, LayoutManifest, LayoutVolume } from './manifest.js';
+export { type SearchHit, type SearchQuery, search } from './search.js';
+export { diffManifests, diffVersions, type VersionDiff } from './version-diff.js';
+export { VersionSource } from './version-source.js';

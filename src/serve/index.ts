@@ -1,0 +1,15 @@
+/**
+ * The serve layer's public surface: an NBD server (fixed newstyle, structured replies,
+ * base:allocation block status) exporting images and library versions, read-only or with a
+ * copy-on-write overlay.
+ * @module
+ */
+
+export type { BufferPool } from '../util/buffer-pool.js';
+export type { Budget } from './nbd/budget.js';
+export type { ConnectionHost } from './nbd/connection.js';
+export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
+export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';
+export { DEFAULT_LIBRARY_CACHE, type LibraryExportOptions, openLibraryExport } from './nbd/library-export.js';
+export { type ListenOptions, type NbdEndpoint, NbdServer, type NbdServerOptions } from './nbd/server.js';
+export { type TraceRecord, TraceWriter } from './nbd/trace.js';
