@@ -1,8 +1,7 @@
 import { writeSync } from 'node:fs';
 import type { FileExtent, FileSystem, Inode } from '../../fs/types.js';
-import { type ByteSource, clampRead } from '../../io/byte-source.js';
+import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
-import { SliceSource } from '../../io/slice-source.js';
 import { StrataError } from '../../util/errors.js';
 
 /**
@@ -124,12 +123,7 @@ function writeAll(fd: number, b: Uint8Array, position: number): void {
 
 /** Reads under 256 KiB go through a 32 MiB cache of 1 MiB blocks; larger ones straight to the source. */
 export function smallReadCache(v: ByteSource): ByteSource {
-  const cache = new CachedSource(v, { blockSize: 1 << 20, capacity: 32 << 20 });
-  return {
-    name: v.name,
-    size: v.size,
-    read: (offset, length) => (length >= 256 << 10 ? v.read(offset, length) : cache.read(offset, length)),
-  };
+  return new CachedSource(v, { blockSize: 1 << 20, capacity: 32 << 20, directFrom: 256 << 10 });
 }
 
 /** Runs at least this long are read with pooled buffers. */
@@ -137,19 +131,9 @@ const BIG_READ = 256 << 10;
 
 export type BulkReader = (offset: number, out: Uint8Array) => Promise<number>;
 
-/** `readInto` of the volume, looking through partition slices to the disk; undefined when there is none. */
-export function bulkReader(src: ByteSource, depth = 0): BulkReader | undefined {
+/** `readInto` of the volume (partition slices forward it to the disk); undefined when there is none. */
+export function bulkReader(src: ByteSource): BulkReader | undefined {
   if (src.readInto) return (offset, out) => src.readInto!(offset, out);
-  if (src instanceof SliceSource && depth < 16) {
-    const inner = bulkReader(src.parent, depth + 1);
-    if (!inner) return undefined;
-    return async (offset, out) => {
-      const n = clampRead(src, offset, out.length);
-      const got = n > 0 ? await inner(src.start + offset, out.subarray(0, n)) : 0;
-      if (got < n) out.fill(0, got, n); // the slice runs past its parent's end: zeros
-      return n;
-    };
-  }
   return undefined;
 }
 
