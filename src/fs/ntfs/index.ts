@@ -497,7 +497,7 @@ export class NtfsFileSystem implements FileSystem {
     if (!s || s.attr.dataSize === 0) return;
     const a = s.attr;
     if (a.resident) {
-      yield { fileOffset: 0, length: a.dataSize, volumeOffset: -1, inline: true };
+      yield { fileOffset: 0, length: a.dataSize, volumeOffset: a.valueVolumeOffset ?? 0, inline: true };
       return;
     }
     const cs = this.ctx.boot.clusterSize;

@@ -149,9 +149,10 @@ export interface Attribute {
   flags: number;
   id: number;
   resident: boolean;
-  /** Resident: the value; its offset inside the record is `valueOffset`. */
+  /** Resident: the value, and where it lies on the volume. */
   value?: Uint8Array;
   valueOffset?: number;
+  valueVolumeOffset?: number;
   startVcn: number;
   lastVcn: number;
   runs: Run[];
@@ -270,6 +271,7 @@ export function parseRecord(b: Uint8Array, number: number, clusters: number, fil
         throw fail(file, structure, offset + p + 16, `resident value of ${vlen} bytes at ${voff} past the attribute`);
       a.value = b.slice(p + voff, p + voff + vlen);
       a.valueOffset = p + voff;
+      a.valueVolumeOffset = offset + p + voff;
       a.dataSize = a.initializedSize = a.allocatedSize = vlen;
     } else {
       if (len < 64) throw fail(file, structure, offset + p, 'non-resident attribute header too short');
