@@ -139,7 +139,7 @@ test('extents: sparse holes are absent, compressed units are encoded, resident d
   // ntfsinfo says a.txt's $DATA is resident and small.bin's is not
   const img = await ntfsImage();
   const info = async (p: string) =>
-    /\$DATA \(0x80\)[^]*?Resident:\s+(Yes|No)/.exec(await run('ntfsinfo', ['-F', p, img]))![1];
+    /\$DATA \(0x80\)[\s\S]*?Resident:\s+(Yes|No)/.exec(await run('ntfsinfo', ['-F', p, img]))![1];
   assert.equal(await info('/dir/a.txt'), 'Yes');
   assert.equal(await info('/dir/sub/deeper/small.bin'), 'No');
   const a = await list('/dir/a.txt');

@@ -64,3 +64,25 @@ export function ntfsImage(): Promise<string> {
     });
   });
 }
+
+/** A small NTFS for fuzzing: a few folders, a 300-entry folder (INDX blocks), fragmented, sparse and compressed files. */
+export function ntfsSmallImage(): Promise<string> {
+  return fixture('ntfs-small-v1.img', async (out) => {
+    await run('truncate', ['-s', '8M', out]);
+    await run('mkntfs', ['-F', '-Q', '-c', '1024', out]);
+    await withNtfsMount(out, 'streams_interface=xattr', async (m) => {
+      const p = (...s: string[]) => path.join(m, ...s);
+      mkdirSync(p('a', 'b'), { recursive: true });
+      writeFileSync(p('a', 'b', 'c.txt'), 'c\n');
+      mkdirSync(p('many'));
+      for (let i = 0; i < 300; i++) writeFileSync(p('many', `n${i}`), i % 5 ? '' : 'x'.repeat(i * 10));
+      for (let i = 0; i < 6; i++) writeFileSync(p('frag'), Buffer.alloc(20000, i), { flag: 'a' });
+      await run('ln', ['-s', 'a/b/c.txt', p('link')]);
+      await run('setfattr', ['-n', 'user.s', '-v', 'stream', p('a', 'b', 'c.txt')]);
+      await run('truncate', ['-s', '1M', p('sparse')]);
+      mkdirSync(p('z'));
+      await run('setfattr', ['-n', 'system.ntfs_attrib_be', '-v', '0x00000810', p('z')]);
+      writeFileSync(p('z', 'text'), 'compress me '.repeat(8000));
+    });
+  });
+}
