@@ -121,7 +121,7 @@ export class NtfsFileSystem implements FileSystem {
     const { boot } = this.ctx;
     const at = boot.mftLcn * boot.clusterSize;
     const raw = await this.ctx.read(at, boot.recordSize, 'MFT record 0 ($MFT)');
-    const b = raw.slice();
+    const b = new Uint8Array(raw); // a copy: Buffer.slice would alias the cache
     applyFixups(b, 'FILE', this.ctx.name, 'MFT record 0 ($MFT)', at);
     const rec0 = parseRecord(b, 0, boot.clusters, this.ctx.name, at);
     const data = rec0.attributes.find((a) => a.type === ATTR.DATA && a.name === '' && !a.resident);
@@ -159,7 +159,7 @@ export class NtfsFileSystem implements FileSystem {
     if (!run || run.lcn < 0)
       throw this.ctx.error('CORRUPT', `MFT record ${n} is not mapped by $MFT's runlist`, structure);
     const at = (run.lcn + vcn - run.vcn) * boot.clusterSize + (pos % boot.clusterSize);
-    const b = (await this.ctx.read(at, boot.recordSize, structure)).slice();
+    const b = new Uint8Array(await this.ctx.read(at, boot.recordSize, structure));
     applyFixups(b, 'FILE', this.ctx.name, structure, at);
     return parseRecord(b, n, boot.clusters, this.ctx.name, at);
   }
@@ -567,8 +567,8 @@ export class NtfsFileSystem implements FileSystem {
     const cs = this.ctx.boot.clusterSize;
     yield { offset: 0, length: Math.max(cs, 512), kind: 'boot-sector', detail: '$Boot' };
     const sys: Array<[number, string, string]> = [
-      [0, 'mft', '$MFT'],
-      [1, 'mft-mirror', '$MFTMirr'],
+      [0, 'inode-table', '$MFT'],
+      [1, 'reserved', '$MFTMirr'],
       [2, 'journal', '$LogFile'],
       [6, 'bitmap', '$Bitmap'],
     ];
