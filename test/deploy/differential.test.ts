@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Deployer, type DeployEvent } from '../../src/deploy/deployer.js';
+import { type DeployEvent, Deployer } from '../../src/deploy/deployer.js';
 import { libraryDeploySource } from '../../src/deploy/source.js';
 import { Library } from '../../src/library/library.js';
 import { tempDir } from '../library/images.js';

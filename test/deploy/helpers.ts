@@ -5,8 +5,8 @@ import * as path from 'node:path';
 import { checkin } from '../../src/library/checkin.js';
 import { checkout } from '../../src/library/checkout.js';
 import { Library } from '../../src/library/library.js';
-import { fixture, ROOT, run, runBuffer } from '../helpers/tools.js';
 import { bytesOf } from '../helpers/ext-tree.js';
+import { fixture, ROOT, run, runBuffer } from '../helpers/tools.js';
 import { baseTree, extImageOf } from '../library/images.js';
 
 /** A library holding two versions of an ext4 image (mkfs.ext4 -d of two trees), and their checkouts. */
