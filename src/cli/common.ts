@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { OpenOptions, Target, TargetOptions } from '../library/index.js';
+import { type OpenOptions, StrataError, type Target, type TargetOptions } from '../library/index.js';
 
 /** How every command that reads an image describes its TARGET argument. */
 export const TARGET_HELP =
@@ -11,7 +11,9 @@ export function addOpenOptions(cmd: Command): Command {
     .option('-f, --format <fmt>', 'image format (default: detect from content)')
     .option('--allow-root <dir>', 'also allow backing/extent files under DIR (repeatable)', collect, [])
     .option('--allow-any-path', 'follow backing/extent paths anywhere (trust this image)')
-    .option('--no-backing', 'do not open backing files: unallocated ranges read as zeros');
+    .option('--no-backing', 'do not open backing files: unallocated ranges read as zeros')
+    .option('--timeout <s>', 'HTTP: give up after S seconds without an answer (default 15, $STRATA_HTTP_TIMEOUT)')
+    .option('--connect-timeout <s>', 'HTTP: seconds to connect (default 10, $STRATA_HTTP_CONNECT_TIMEOUT)');
 }
 
 /** `--library DIR`: where a TARGET that is a library version is looked up. */
@@ -43,6 +45,10 @@ export function openOptionsFrom(o: Record<string, unknown>): OpenOptions {
     allowRoots: (o.allowRoot as string[] | undefined) ?? [],
     allowAnyPath: Boolean(o.allowAnyPath),
     noBacking: o.backing === false,
+    http: {
+      idleTimeoutMs: secondsOption(o.timeout, '--timeout'),
+      connectTimeoutMs: secondsOption(o.connectTimeout, '--connect-timeout'),
+    },
   };
 }
 
@@ -53,4 +59,11 @@ export function targetOptionsFrom(o: Record<string, unknown>): TargetOptions {
 /** Say how an ambiguous TARGET was understood (a file that is also a version's name). */
 export function noteTarget(t: Target): void {
   if (t.kind === 'file' && t.note) process.stderr.write(`strata: note: ${t.note}\n`);
+}
+
+function secondsOption(v: unknown, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const s = Number(v);
+  if (!Number.isFinite(s) || s <= 0) throw new StrataError('USAGE', `${flag} takes a positive number of seconds`);
+  return s * 1000;
 }
