@@ -32,7 +32,7 @@ export const EXAMPLES: Record<string, string[]> = {
   search: ["strata search --package 'bash>=5'", "strata search --path '/etc/**/*.conf' --user root --json"],
   reinspect: ['strata reinspect --missing'],
   nbd: ['strata nbd disk.qcow2 --port 0'],
-  deploy: ['strata deploy debian:12 --to debian.raw --port 0 --exit-when-complete'],
+  deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],
   serve: ['strata serve --listen 127.0.0.1:0 --quiet'],
   user: ['strata user add alice --project ops --role member', 'strata user list'],
   'user add': ['strata user add alice --project ops --role member', 'strata user add root --admin'],
