@@ -1,10 +1,11 @@
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { btrfsDriver } from './btrfs/index.js';
 import { extDriver } from './ext/index.js';
 import type { FileSystem, FsDriver } from './types.js';
 
 /** File-system readers, tried in order; each probes the volume's first 128 KiB. */
-export const FS_DRIVERS: FsDriver[] = [extDriver];
+export const FS_DRIVERS: FsDriver[] = [extDriver, btrfsDriver];
 
 /** Bytes of the volume head handed to probes. */
 export const PROBE_BYTES = 128 * 1024;
