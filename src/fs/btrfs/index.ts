@@ -22,7 +22,13 @@ import { ChunkMap, parseChunk, profileName } from './chunks.js';
 import { BtrfsContext } from './context.js';
 import { decompress } from './decompress.js';
 import { dirType, parseDirItems } from './dir-item.js';
-import { parseExtentItem } from './extent-item.js';
+import {
+  dataRefOwner,
+  EXTENT_FLAG_TREE_BLOCK,
+  type ExtentRefs,
+  parseExtentItem,
+  parseInlineRefs,
+} from './extent-item.js';
 import { COMPRESSION, FE_INLINE, FE_PREALLOC, type FileExtentItem, parseFileExtent } from './file-extent.js';
 import { type InodeItem, parseInodeItem, splitRdev, typeOfMode } from './inode.js';
 import { parseRootItem, parseRootRef, type RootItem } from './root-item.js';
@@ -63,6 +69,8 @@ interface Extent {
   /** Logical address of the item's data (inline extents). */
   itemLogical: number;
   itemSize: number;
+  /** Tree blocks from the fs tree root to the leaf holding the item. */
+  path: readonly number[];
 }
 
 export class BtrfsFileSystem implements FileSystem {
@@ -259,7 +267,8 @@ export class BtrfsFileSystem implements FileSystem {
       ctime: x.ctime,
       crtime: x.otime,
       flags: x.flags,
-      allocatedBytes: x.nbytes,
+      // what stat's st_blocks says: nbytes rounded up to the sector
+      allocatedBytes: Math.ceil(x.nbytes / this.blockSize) * this.blockSize,
     };
     if (type === 'char' || type === 'block') out.rdev = splitRdev(x.rdev);
     return out;
@@ -353,7 +362,13 @@ export class BtrfsFileSystem implements FileSystem {
       if (fe.compression >= COMPRESSION.length)
         throw new StrataError('UNSUPPORTED', `compression type ${fe.compression}`, where);
       if (it.key.off > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt('file offset too large', where);
-      out.push({ fileOffset: Number(it.key.off), fe, itemLogical: it.logical, itemSize: it.data.length });
+      out.push({
+        fileOffset: Number(it.key.off),
+        fe,
+        itemLogical: it.logical,
+        itemSize: it.data.length,
+        path: it.path,
+      });
     }
     this.extentCache.set(file.ino, out);
     return out;
@@ -422,9 +437,45 @@ export class BtrfsFileSystem implements FileSystem {
     return td.decode(await this.read(link, 0, link.size));
   }
 
-  private async refsOf(bytenr: number, len: number): Promise<number | undefined> {
-    const it = await findItem(this.ctx, this.extentRoot(), key(bytenr, KT.EXTENT_ITEM, len));
-    return it ? parseExtentItem(it.data, this.ctx.where('btrfs extent item', it.logical)).refs : undefined;
+  /**
+   * May other files map this data extent? Yes when its back references name more than one
+   * (root, inode), or a full (shared-leaf) backref; or when a tree block on the path to the
+   * file extent item is referenced more than once (a snapshot shares it).
+   */
+  private async isShared(fe: FileExtentItem, path: readonly number[]): Promise<boolean> {
+    const refs: ExtentRefs = { owners: new Set(), sharedParents: 0 };
+    const lo = key(fe.diskBytenr, KT.EXTENT_ITEM, 0);
+    const hi = key(fe.diskBytenr, 184, MAX_U64);
+    for await (const it of items(this.ctx, this.extentRoot(), lo, hi)) {
+      const where = this.ctx.where('btrfs extent item', it.logical);
+      if (it.key.type === KT.EXTENT_ITEM) {
+        const head = parseExtentItem(it.data, where);
+        parseInlineRefs(it.data, refs, where, (head.flags & EXTENT_FLAG_TREE_BLOCK) !== 0);
+      } else if (it.key.type === 178) refs.owners.add(dataRefOwner(it.data, where));
+      else if (it.key.type === 184) refs.sharedParents++;
+    }
+    if (refs.owners.size > 1 || refs.sharedParents > 0) return true;
+    for (const node of path) if (await this.blockShared(node)) return true;
+    return false;
+  }
+
+  private readonly blockRefs = new GenCache<number, boolean>(4096);
+
+  private async blockShared(logical: number): Promise<boolean> {
+    const hit = this.blockRefs.get(logical);
+    if (hit !== undefined) return hit;
+    let shared = false;
+    for await (const it of items(
+      this.ctx,
+      this.extentRoot(),
+      key(logical, KT.EXTENT_ITEM, 0),
+      key(logical, KT.METADATA_ITEM, MAX_U64),
+    )) {
+      const head = parseExtentItem(it.data, this.ctx.where('btrfs extent item', it.logical));
+      if (head.refs > 1) shared = true;
+    }
+    this.blockRefs.set(logical, shared);
+    return shared;
   }
 
   private extentRoot(): TreeRoot {
@@ -434,9 +485,6 @@ export class BtrfsFileSystem implements FileSystem {
   }
 
   async *extents(file: Inode): AsyncIterable<FileExtent> {
-    const { tree } = this.decode(file.ino);
-    const ri = this.rootItems.get(tree);
-    const snapGen = Math.max(ri?.lastSnapshot ?? 0, ri?.parentUuid ? (ri.otransid ?? 0) : 0);
     for (const e of await this.fileExtents(file)) {
       const fe = e.fe;
       if (fe.type === FE_INLINE) {
@@ -458,8 +506,7 @@ export class BtrfsFileSystem implements FileSystem {
         continue;
       }
       if (fe.diskBytenr === 0) continue;
-      const refs = await this.refsOf(fe.diskBytenr, fe.diskNumBytes);
-      const shared = (refs ?? 1) > 1 || fe.generation <= snapGen;
+      const shared = await this.isShared(fe, e.path);
       const x: FileExtent = {
         fileOffset: e.fileOffset,
         length: fe.numBytes,

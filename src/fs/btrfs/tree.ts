@@ -36,6 +36,8 @@ export interface Item {
   data: Uint8Array;
   /** Logical address of the item's data (node address + offset), for metadata regions. */
   logical: number;
+  /** Tree blocks from the root down to the leaf holding the item. */
+  path: readonly number[];
 }
 
 /** A decoded tree block (struct btrfs_header plus items or key pointers). */
@@ -154,26 +156,27 @@ export interface TreeRoot {
  */
 export async function* items(ctx: BtrfsContext, root: TreeRoot, lo: Key, hi: Key): AsyncGenerator<Item> {
   let budget = 1_000_000;
-  async function* walk(logical: number, level: number): AsyncGenerator<Item> {
+  async function* walk(logical: number, level: number, up: readonly number[]): AsyncGenerator<Item> {
     if (--budget < 0)
       throw new StrataError('LOOP', 'tree walk visits too many blocks', ctx.where(`btrfs ${root.name}`, logical));
     const n = await readNode(ctx, logical, level, root.name);
+    const path = [...up, logical];
     if (n.level === 0) {
       for (let i = 0; i < n.keys.length; i++) {
         const k = n.keys[i];
         if (cmpKey(k, lo) < 0) continue;
         if (cmpKey(k, hi) > 0) return;
-        yield { key: k, data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]), logical: n.logical + n.ptrs[i] };
+        yield { key: k, data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]), logical: n.logical + n.ptrs[i], path };
       }
       return;
     }
     for (let i = 0; i < n.keys.length; i++) {
       if (cmpKey(n.keys[i], hi) > 0) return;
       if (i + 1 < n.keys.length && cmpKey(n.keys[i + 1], lo) <= 0) continue;
-      yield* walk(n.ptrs[i], n.level - 1);
+      yield* walk(n.ptrs[i], n.level - 1, path);
     }
   }
-  yield* walk(root.logical, root.level);
+  yield* walk(root.logical, root.level, []);
 }
 
 /** All items of one objectid and type. */
