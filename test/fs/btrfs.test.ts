@@ -188,7 +188,8 @@ test('btrfs: mkfs --rootdir tree plus kernel-made subvolumes, snapshots, compres
       const ex: FileExtent[] = [];
       for await (const e of fs.extents(f)) ex.push(e);
       assert.ok(ex.length >= 24, `${alg}: 128 KiB compressed extents`);
-      for (const e of ex)
+      // the 777-byte tail does not shrink, so the kernel stores it plain (filefrag agrees, below)
+      for (const e of ex.slice(0, -1))
         assert.ok(e.encoded === alg && (e.diskLength ?? Infinity) <= e.length, `${alg}: ${JSON.stringify(e)}`);
       const disk = ex.reduce((a, e) => a + (e.diskLength ?? 0), 0);
       assert.ok(disk * 4 < f.size, `${alg}: ${disk} disk bytes for ${f.size}`);
