@@ -315,6 +315,60 @@ export class Catalog {
     });
   }
 
+  /** One active image (undefined when it does not exist or was deleted). */
+  async image(name: string): Promise<ImageRow | undefined> {
+    return (await this.images()).find((i) => i.name === name);
+  }
+
+  /** Make an image with no version yet (the check-in of its first version fills it). */
+  async createImage(name: string, description?: string): Promise<void> {
+    checkImageName(name);
+    const now = new Date().toISOString();
+    await this.db.transaction(async (tx) => {
+      const had = await tx.get<{ state: string }>('SELECT state FROM images WHERE name = ?', [name]);
+      if (had?.state === 'active') throw new StrataError('USAGE', `image ${name} exists`, { structure: 'catalog' });
+      await tx.run(
+        'INSERT INTO images (name, description, created, state) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = ?, description = ?, created = ?',
+        [name, description ?? null, now, 'active', 'active', description ?? null, now],
+      );
+    });
+  }
+
+  async setDescription(name: string, description: string | null): Promise<void> {
+    await this.db.run('UPDATE images SET description = ? WHERE name = ?', [description, name]);
+  }
+
+  /** Delete an image: every version marked deleted, its tags dropped (gc frees the chunks). */
+  async deleteImage(name: string): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run("UPDATE versions SET state = 'deleted' WHERE image = ?", [name]);
+      await tx.run('DELETE FROM tags WHERE image = ?', [name]);
+      await tx.run("UPDATE images SET state = 'deleted' WHERE name = ?", [name]);
+    });
+  }
+
+  async deleteTag(image: string, tag: string): Promise<boolean> {
+    return (await this.db.run('DELETE FROM tags WHERE image = ? AND tag = ?', [image, tag])).changes > 0;
+  }
+
+  /** Active versions derived from image@number (provenance downwards). */
+  async children(image: string, number: number): Promise<Array<{ image: string; number: number }>> {
+    const rows = await this.db.all<{ image: string; number: number }>(
+      `SELECT p.image, p.number FROM version_parents p JOIN versions v ON v.image = p.image AND v.number = p.number
+        WHERE p.parent_image = ? AND p.parent_number = ? AND v.state = 'active' ORDER BY p.image, p.number`,
+      [image, number],
+    );
+    return rows.map((r) => ({ image: r.image, number: Number(r.number) }));
+  }
+
+  /** Every active version: image, number and layout manifest digest. */
+  async activeVersions(): Promise<Array<{ image: string; number: number; manifest: string }>> {
+    const rows = await this.db.all<{ image: string; number: number; manifest: string }>(
+      "SELECT image, number, manifest FROM versions WHERE state = 'active' ORDER BY image, number",
+    );
+    return rows.map((r) => ({ image: r.image, number: Number(r.number), manifest: r.manifest }));
+  }
+
   /** Manifest digests of every active version (gc's roots). */
   async liveManifests(): Promise<string[]> {
     const rows = await this.db.all<{ manifest: string }>(

@@ -28,6 +28,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
+  {
+    verbs: ['serve', 'user', 'project', 'token'],
+    load: async () => (await import('./commands/serve.js')).registerServeCommands,
+  },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
     verbs: ['init', 'checkin', 'checkout', 'images', 'versions', 'describe', 'tag', 'rm', 'gc', 'verify'],
@@ -36,7 +40,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
 ];
 
 /** Options of `ls`/`cat` that take a value (so their value is not the first positional argument). */
-const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--library']);
+const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--library', '--remote']);
 
 /**
  * `ls`/`cat` read an image file, or a stored version when `--library` is given or their
@@ -45,7 +49,7 @@ const VALUED = new Set(['--part', '--lv', '-f', '--format', '--allow-root', '--l
  */
 async function storeFsWanted(argv: string[]): Promise<boolean> {
   if (argv[0] !== 'ls' && argv[0] !== 'cat') return false;
-  if (argv.includes('--library')) return true;
+  if (argv.includes('--library') || argv.includes('--remote')) return true;
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i];
     if (VALUED.has(a)) {
@@ -54,6 +58,7 @@ async function storeFsWanted(argv: string[]): Promise<boolean> {
     }
     if (a.startsWith('-')) continue;
     if (/^https?:\/\//i.test(a)) return false;
+    if (process.env.STRATA_REMOTE && !existsSync(a)) return true;
     const { libraryLocation, MARKER } = await import('../library/index.js');
     return !existsSync(a) && existsSync(path.join(libraryLocation(), MARKER));
   }

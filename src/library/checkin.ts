@@ -9,7 +9,8 @@ import { walk } from '../fs/walk.js';
 import { isZero } from '../io/byte-source.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
-import { BufferPool } from '../store/zstd-into.js';
+import type { PutResult } from '../store/store.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
 import { discoverVolumes } from '../volumes/discover.js';
@@ -104,13 +105,15 @@ class Builder {
   readonly at: number[] = [];
   /** Blobs this check-in added to the store (their encoded size is known after the flush). */
   readonly added: string[] = [];
+  /** The file manifests, encoded, by digest. */
+  readonly trees = new Map<string, Uint8Array>();
   newChunks = 0;
   done = 0;
   /** Chunk buffers: reused once the store has taken a chunk's bytes. */
   readonly pool = new BufferPool(64);
 
   constructor(
-    private readonly lib: Library,
+    private readonly sink: BlobSink,
     private readonly progress?: () => void,
   ) {}
 
@@ -126,7 +129,7 @@ class Builder {
       this.chunks.push(digest);
       this.chunkLengths.push(buf.length);
       this.chunkIndex.set(digest, idx);
-      const r = await this.lib.store.put('data', buf, digest, { solo });
+      const r = await this.sink.put('data', buf, digest, { solo });
       if (r.added) {
         this.added.push(digest);
         this.newChunks++;
@@ -347,7 +350,7 @@ function xattrRecord(m: Map<string, Uint8Array>): Record<string, string> | undef
 
 /** Cut one file system: walk, file data by file offset, then the rest of its used bytes. */
 async function cutFileSystem(
-  lib: Library,
+  sink: BlobSink,
   b: Builder,
   img: DiskImage,
   w: FsWindow,
@@ -456,7 +459,9 @@ async function cutFileSystem(
     fileChunkSize: C,
     entries,
   };
-  const fm = await lib.store.put('tree', encodeManifest(files));
+  const encoded = encodeManifest(files);
+  const fm = await sink.put('tree', encoded);
+  b.trees.set(fm.digest, encoded);
   if (fm.added) b.added.push(fm.digest);
   const filesDigest = fm.digest;
   await cutSpans(b, img, otherUsed(allocation, fileData), W);
@@ -470,10 +475,38 @@ async function cutFileSystem(
   };
 }
 
-/** Check `image` in as a new version of `opts.name`. */
-export async function checkin(lib: Library, image: string, opts: CheckinOptions): Promise<CheckinResult> {
-  const C = opts.fileChunkSize ?? FILE_CHUNK;
-  const W = opts.diskChunkSize ?? DISK_CHUNK;
+/**
+ * Where a check-in puts what it cuts: the local store, or a remote library (the serve
+ * layer's client asks the server which chunks it lacks and uploads only those). `put`
+ * may keep a reference to `plain` only until it returns (the cutter reuses its buffers).
+ */
+export interface BlobSink {
+  put(type: 'data' | 'tree', plain: Uint8Array, digest?: string, opts?: { solo?: boolean }): Promise<PutResult>;
+}
+
+export interface CutOptions {
+  exact?: boolean;
+  openOptions?: OpenOptions;
+  fileChunkSize?: number;
+  diskChunkSize?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** What cutting an image gave: its layout manifest (not yet stored) and what the sink took. */
+export interface CutResult {
+  layout: LayoutManifest;
+  /** The file manifests (encoded, already given to the sink), by digest. */
+  files: Map<string, Uint8Array>;
+  /** Chunks and file manifests the sink reported as new. */
+  added: string[];
+  chunks: number;
+  newChunks: number;
+  warnings: string[];
+  /** Plain bytes the layout's ranges cover. */
+  usedBytes: number;
+}
+
+export function checkChunkSizes(C: number, W: number): void {
   for (const [what, v] of [
     ['file chunk size', C],
     ['disk chunk size', W],
@@ -482,6 +515,83 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       throw new StrataError('USAGE', `${what} must be a power of two from 4 KiB to 64 MiB, not ${v}`);
     }
   }
+}
+
+/**
+ * Cut an opened image along its structure into `sink`: file data by file offset, the
+ * rest of each file system's used bytes and everything outside file systems by disk
+ * offset (see the top of this file). The layout manifest is returned, not stored.
+ */
+export async function cutImage(
+  img: DiskImage,
+  sourceName: string,
+  sink: BlobSink,
+  opts: CutOptions = {},
+): Promise<CutResult> {
+  const C = opts.fileChunkSize ?? FILE_CHUNK;
+  const W = opts.diskChunkSize ?? DISK_CHUNK;
+  checkChunkSizes(C, W);
+  const warnings: string[] = [...img.warnings];
+  let total = 0;
+  const b = new Builder(sink, opts.onProgress ? () => opts.onProgress?.(b.done, Math.max(total, b.done)) : undefined);
+  const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
+  warnings.push(...found.warnings);
+  const windows = await fsWindows(img, found.volumes, warnings);
+  const dataSpans = await diskDataSpans(img);
+  const layoutVolumes: LayoutVolume[] = found.volumes.map((v) => ({
+    id: v.id,
+    scheme: v.scheme,
+    type: v.type,
+    start: v.start,
+    size: v.size,
+    content: v.content,
+  }));
+  try {
+    // outside the file systems: the container's data, block-wise
+    const outside = subtractSpans(dataSpans, mergeSpans(windows.map((w): Span => [w.base, w.base + w.volume.size])));
+    for (const [s, e] of outside) total += e - s;
+    for (const w of windows) {
+      const fsPart = await cutFileSystem(sink, b, img, w, !!opts.exact, dataSpans, C, W, warnings, (n) => (total += n));
+      const lv = layoutVolumes.find((x) => x.id === w.volume.id);
+      if (lv) lv.fs = fsPart;
+    }
+    // Each window its own zstd frame: with no file system to group by, these are read back
+    // by disk offset (checkout, or an NBD client's random reads), and a read of a blob in a
+    // shared frame decodes the whole 8 MiB frame.
+    await cutSpans(b, img, outside, W, true);
+  } finally {
+    for (const w of windows) await w.fs.close?.();
+  }
+  const layout: LayoutManifest = {
+    kind: LAYOUT_KIND,
+    version: 1,
+    virtualSize: img.size,
+    sourceName,
+    sourceFormat: img.format,
+    scheme: found.scheme,
+    exact: !!opts.exact,
+    fileChunkSize: C,
+    diskChunkSize: W,
+    volumes: layoutVolumes,
+    ...b.canonical(),
+    warnings: warnings.slice(0, 1000),
+  };
+  let usedBytes = 0;
+  for (const n of layout.ranges.length) usedBytes += n;
+  return {
+    layout,
+    files: b.trees,
+    added: b.added,
+    chunks: b.chunks.length,
+    newChunks: b.newChunks,
+    warnings,
+    usedBytes,
+  };
+}
+
+/** Check `image` in as a new version of `opts.name`. */
+export async function checkin(lib: Library, image: string, opts: CheckinOptions): Promise<CheckinResult> {
+  checkChunkSizes(opts.fileChunkSize ?? FILE_CHUNK, opts.diskChunkSize ?? DISK_CHUNK);
   const { checkImageName, checkTag } = await import('../catalog/catalog.js');
   checkImageName(opts.name);
   for (const t of opts.tags ?? []) checkTag(t);
@@ -519,79 +629,18 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       if (v) parents.splice(0, parents.length, { image: v.image, number: v.number });
     }
     try {
-      const warnings: string[] = [...img.warnings];
-      let total = 0;
-      const b = new Builder(
-        lib,
-        opts.onProgress ? () => opts.onProgress?.(b.done, Math.max(total, b.done)) : undefined,
-      );
-      const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
-      warnings.push(...found.warnings);
-      const windows = await fsWindows(img, found.volumes, warnings);
-      const dataSpans = await diskDataSpans(img);
-      const layoutVolumes: LayoutVolume[] = found.volumes.map((v) => ({
-        id: v.id,
-        scheme: v.scheme,
-        type: v.type,
-        start: v.start,
-        size: v.size,
-        content: v.content,
-      }));
-      try {
-        // outside the file systems: the container's data, block-wise
-        const outside = subtractSpans(
-          dataSpans,
-          mergeSpans(windows.map((w): Span => [w.base, w.base + w.volume.size])),
-        );
-        for (const [s, e] of outside) total += e - s;
-        for (const w of windows) {
-          const fsPart = await cutFileSystem(
-            lib,
-            b,
-            img,
-            w,
-            !!opts.exact,
-            dataSpans,
-            C,
-            W,
-            warnings,
-            (n) => (total += n),
-          );
-          const lv = layoutVolumes.find((x) => x.id === w.volume.id);
-          if (lv) lv.fs = fsPart;
-        }
-        // Each window its own zstd frame: with no file system to group by, these are read back
-        // by disk offset (checkout, or an NBD client's random reads), and a read of a blob in a
-        // shared frame decodes the whole 8 MiB frame.
-        await cutSpans(b, img, outside, W, true);
-      } finally {
-        for (const w of windows) await w.fs.close?.();
-      }
-      const layout: LayoutManifest = {
-        kind: LAYOUT_KIND,
-        version: 1,
-        virtualSize: img.size,
-        sourceName: image,
-        sourceFormat: img.format,
-        scheme: found.scheme,
-        exact: !!opts.exact,
-        fileChunkSize: C,
-        diskChunkSize: W,
-        volumes: layoutVolumes,
-        ...b.canonical(),
-        warnings: warnings.slice(0, 1000),
-      };
+      const cut = await cutImage(img, image, lib.store, opts);
+      const { layout, warnings, usedBytes } = cut;
       const m = await lib.store.put('tree', encodeManifest(layout));
       await lib.store.flush();
-      let usedBytes = 0;
-      for (const n of layout.ranges.length) usedBytes += n;
+      const added = [...cut.added];
       let storedBytes = lib.store.storedSize(m.digest);
-      for (const d of b.chunks) storedBytes += lib.store.storedSize(d);
-      for (const v of layoutVolumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
+      for (const d of layout.chunks) storedBytes += lib.store.storedSize(d);
+      for (const v of layout.volumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
       // the manifests count as new bytes too; a blob in a shared frame counts for its share of it
-      if (m.added) b.added.push(m.digest);
+      if (m.added) added.push(m.digest);
       let newBytes = 0;
-      for (const d of b.added) newBytes += lib.store.storedSize(d);
+      for (const d of added) newBytes += lib.store.storedSize(d);
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,
@@ -618,9 +667,9 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
         newBytes,
         storedBytes,
         dedupRatio: newBytes > 0 ? usedBytes / newBytes : usedBytes > 0 ? Number.POSITIVE_INFINITY : 1,
-        chunks: b.chunks.length,
-        newChunks: b.newChunks,
-        volumes: layoutVolumes,
+        chunks: cut.chunks,
+        newChunks: cut.newChunks,
+        volumes: layout.volumes,
         warnings,
       };
     } finally {
@@ -632,7 +681,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
   }
 }
 
-function defaultUser(): string {
+export function defaultUser(): string {
   try {
     return `${userInfo().username}@${hostname()}`;
   } catch {

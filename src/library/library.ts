@@ -52,17 +52,47 @@ export class Library {
     return new Library(root, store, catalog);
   }
 
+  /** Decoded manifests kept by digest (they never change), most recently used last; off unless asked. */
+  private manifests?: Map<string, LayoutManifest | FilesManifest>;
+  private manifestLimit = 0;
+
+  /**
+   * Keep up to `n` decoded manifests (a long-running server reads the same ones again and
+   * again; a manifest is immutable under its digest). Callers must not change what they get.
+   */
+  cacheManifests(n: number): void {
+    this.manifestLimit = n;
+    this.manifests = n > 0 ? new Map() : undefined;
+  }
+
+  private async cached<T extends LayoutManifest | FilesManifest>(digest: string, load: () => Promise<T>): Promise<T> {
+    const c = this.manifests;
+    if (!c) return load();
+    const hit = c.get(digest);
+    if (hit) {
+      c.delete(digest);
+      c.set(digest, hit);
+      return hit as T;
+    }
+    const m = await load();
+    c.set(digest, m);
+    while (c.size > this.manifestLimit) c.delete(c.keys().next().value as string);
+    return m;
+  }
+
   // Decoded from the store's own buffer: a copy of a multi-megabyte manifest (fresh pages,
   // a fault each on this VM) cost as much as the JSON parse.
   async layout(digest: string): Promise<LayoutManifest> {
-    return this.store.withBlob(digest, (plain) =>
-      decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, `manifest ${digest}`),
+    return this.cached(digest, () =>
+      this.store.withBlob(digest, (plain) => decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, `manifest ${digest}`)),
     );
   }
 
   async files(digest: string): Promise<FilesManifest> {
-    return this.store.withBlob(digest, (plain) =>
-      decodeManifest<FilesManifest>(plain, FILES_KIND, `file manifest ${digest}`),
+    return this.cached(digest, () =>
+      this.store.withBlob(digest, (plain) =>
+        decodeManifest<FilesManifest>(plain, FILES_KIND, `file manifest ${digest}`),
+      ),
     );
   }
 

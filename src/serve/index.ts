@@ -4,8 +4,40 @@
  * copy-on-write overlay.
  * @module
  */
+
+export type { BufferPool } from '../util/buffer-pool.js';
+// the library service over HTTP, its typed client and its accounts
+export {
+  Access,
+  buildServer,
+  demoLibrary,
+  encodeChunkRecords,
+  type MemberRow,
+  type Page,
+  PROBLEM_TYPE,
+  type Principal,
+  type Problem,
+  parseDuration,
+  type RemoteCheckinOptions,
+  type RemoteCheckinResult,
+  RemoteError,
+  type RemoteFileEntry,
+  type RemoteImage,
+  RemoteLibrary,
+  RemoteSink,
+  type RemoteVersion,
+  type Role,
+  type RunningServer,
+  remoteCheckin,
+  remoteCheckout,
+  type Scope,
+  type ServeOptions,
+  startServer,
+  type TokenRow,
+  type Usage,
+  type Visibility,
+} from './http/index.js';
 export type { Budget } from './nbd/budget.js';
-export type { BufferPool } from './nbd/buffer-pool.js';
 export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';

@@ -3,7 +3,7 @@ import type { ByteSource } from '../io/byte-source.js';
 /**
  * Content probing by magic numbers, named the way util-linux `blkid -p -o value -s TYPE`
  * names things: 'ext2' | 'ext3' | 'ext4' | 'ext4dev' | 'jbd' | 'xfs' | 'btrfs' | 'vfat' |
- * 'ntfs' | 'iso9660' | 'swap' | 'swsuspend' | 'LVM2_member' | 'crypto_LUKS', plus
+ * 'ntfs' | 'exfat' | 'iso9660' | 'swap' | 'swsuspend' | 'LVM2_member' | 'crypto_LUKS', plus
  * 'gpt' / 'mbr' for a nested partition table. Returns undefined when nothing is known.
  *
  * Only magic bytes and a few sanity checks are used; opening the file system is the
@@ -43,6 +43,7 @@ export function probeBytes(head: Uint8Array, size: number): string | undefined {
   if (ext) return ext;
   if (ascii(head, 3, 'NTFS    ') && u16(head, 510) === 0xaa55) return 'ntfs';
   if (probeFat(head)) return 'vfat';
+  if (ascii(head, 3, 'EXFAT   ') && u16(head, 510) === 0xaa55) return 'exfat';
   if (ascii(head, 32769, 'CD001')) return 'iso9660';
   for (const page of [4096, 8192, 16384, 32768, 65536]) {
     if (page > size) break;

@@ -360,7 +360,6 @@ test('content we recognise but do not read is named; unknown content is refused 
     ['xfs', (b) => put(b, 0, 'XFSB')],
     ['btrfs', (b) => put(b, 0x10040, '_BHRfS_M')],
     ['ntfs', (b) => put(b, 3, 'NTFS    ')],
-    ['iso9660', (b) => put(b, 0x8001, 'CD001')],
   ];
   for (const [kind, fill] of cases) {
     await assert.rejects(
@@ -375,15 +374,23 @@ test('content we recognise but do not read is named; unknown content is refused 
   );
 });
 
-test('a real vfat volume (mkfs.vfat) is named as vfat', async () => {
+test('a real vfat volume (mkfs.vfat) is opened by the FAT reader, not mistaken for ext', async () => {
   const img = await fixture('ext-bad-vfat-v1.img', async (out) => {
     writeFileSync(out, '');
     truncateSync(out, 8 << 20);
     await run('mkfs.vfat', [out]);
   });
+  const fs = await openImg(img);
+  assert.equal(fs.kind, 'vfat');
+});
+
+test('a lone ISO 9660 signature with no volume descriptor set is refused by the ISO reader, naming it', async () => {
+  const b = new Uint8Array(256 * 1024);
+  for (let i = 0; i < 5; i++) b[0x8001 + i] = 'CD001'.charCodeAt(i);
   await assert.rejects(
-    openImg(img),
-    (e: StrataError) => e instanceof StrataError && e.code === 'UNSUPPORTED' && /vfat/.test(e.message),
+    openFileSystem(new MemorySource(b, 'sig.img')),
+    (e: StrataError) =>
+      e instanceof StrataError && e.code === 'CORRUPT' && /ISO 9660 volume descriptor/.test(e.message),
   );
 });
 

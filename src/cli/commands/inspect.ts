@@ -13,6 +13,7 @@ import type {
 } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson } from '../output.js';
+import { remoteOf } from '../remote.js';
 
 /** Inspection verbs: inspect (what OS is in an image) and diff (what changed between two). */
 export function registerInspectCommands(program: Command): void {
@@ -60,8 +61,21 @@ export function registerInspectCommands(program: Command): void {
       .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
       .option('--packages', 'also list packages added, removed, upgraded and downgraded')
       .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
+      .option('--remote <url>', 'REFs of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
       .option('--json', 'one object: files, and packages / blocks when asked'),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
+    const remote = await remoteOf(o, [a, b]);
+    if (remote) {
+      const out = await remote.diff(a, b, {
+        part: o.part as string | undefined,
+        packages: Boolean(o.packages) || undefined,
+        blocks: Boolean(o.blocks) || undefined,
+      });
+      if (o.json) return printJson(out);
+      for (const w of out.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+      process.stdout.write(humanDiff(out));
+      return;
+    }
     if (await isLibraryRef([a, b], o)) {
       const { diffVersions } = await import('../../library/index.js');
       const out = await withLibrary(o, (lib) =>
@@ -116,18 +130,19 @@ export function registerInspectCommands(program: Command): void {
     .option('--os <name>', 'distro (debian, fedora ...), OS type (linux, windows) or part of the product name')
     .option('--user <name>', 'a user account name')
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
+    .option('--remote <url>', 'search a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
     .option('--json', 'an array, one object per matching version')
     .action(async (o: Record<string, unknown>) => {
       const { search } = await import('../../library/index.js');
-      const hits = await withLibrary(o, (lib) =>
-        search(lib, {
-          path: o.path as string | undefined,
-          digest: o.digest as string | undefined,
-          package: o.package as string | undefined,
-          os: o.os as string | undefined,
-          user: o.user as string | undefined,
-        }),
-      );
+      const q = {
+        path: o.path as string | undefined,
+        digest: o.digest as string | undefined,
+        package: o.package as string | undefined,
+        os: o.os as string | undefined,
+        user: o.user as string | undefined,
+      };
+      const remote = await remoteOf(o);
+      const hits = remote ? await remote.search(q) : await withLibrary(o, (lib) => search(lib, q));
       if (o.json) return printJson(hits);
       process.stdout.write(hits.map(humanHit).join(''));
     });

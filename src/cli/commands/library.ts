@@ -1,8 +1,10 @@
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { type Library, StrataError } from '../../library/index.js';
+import type { RemoteLibrary } from '../../serve/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, writeOut } from '../output.js';
+import { pipeBody, remoteOf, withRemote } from '../remote.js';
 
 /**
  * Library verbs: init, checkin, checkout, images, versions, describe, tag, rm, gc,
@@ -25,6 +27,12 @@ export const LIBRARY_VERBS = [
 
 const withLib = (cmd: Command) =>
   cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+
+/** useLibrary, but with --remote (or STRATA_REMOTE) `fn` gets no library (it asks the service). */
+async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | undefined) => Promise<T>): Promise<T> {
+  if (await remoteOf(o)) return fn(undefined);
+  return useLibrary(o, fn);
+}
 
 /** Open the library for a verb; only `init` and `checkin` create it. */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
@@ -64,7 +72,18 @@ const progressIn = (bar: SingleBar | undefined) =>
     : undefined;
 const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
+/** Verbs that also work against a library service (--remote). */
+const REMOTE_VERBS = new Set(['checkin', 'checkout', 'images', 'versions', 'describe', 'tag', 'rm', 'ls', 'cat']);
+function addRemoteOption(program: Command): void {
+  for (const c of program.commands) if (REMOTE_VERBS.has(c.name())) withRemote(c);
+}
+
 export function registerLibraryCommands(program: Command): void {
+  registerLibraryVerbs(program);
+  addRemoteOption(program);
+}
+
+function registerLibraryVerbs(program: Command): void {
   withLib(
     program
       .command('init')
@@ -97,9 +116,36 @@ export function registerLibraryCommands(program: Command): void {
         .option('--tag <tag>', 'tag the new version (repeatable)', collect, [])
         .option('--description <text>', 'image description')
         .option('--exact', 'keep free space too: checkout is then byte-identical to the virtual disk')
+        .option('--batch-bytes <n>', 'with --remote: chunk bytes per upload request (default 8 MiB)')
         .option('--json', 'machine-readable output'),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    const remote = await remoteOf(o);
+    if (remote) {
+      const { remoteCheckin } = await import('../../serve/index.js');
+      const bar = await progressBar('checking in');
+      try {
+        const r = await remoteCheckin(remote, image, {
+          name: String(o.name),
+          description: o.description as string | undefined,
+          parents: o.parent as string[] | undefined,
+          tags: (o.tag as string[]) ?? [],
+          exact: Boolean(o.exact),
+          openOptions: openOptionsFrom(o),
+          onProgress: progressIn(bar),
+          batchBytes: o.batchBytes ? Number(o.batchBytes) : undefined,
+        });
+        bar?.stop();
+        for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
+        if (o.json) return printJson(r);
+        process.stdout.write(
+          `${r.ref}  manifest ${r.manifest}\nsent: ${r.chunksSent} of ${r.chunks} chunks, ${humanSize(r.chunkBytesSent)} (${humanSize(r.requestBytes)} in requests)\n`,
+        );
+      } finally {
+        bar?.stop();
+      }
+      return;
+    }
     const { checkin } = await import('../../library/index.js');
     await useLibrary(
       o,
@@ -146,6 +192,17 @@ export function registerLibraryCommands(program: Command): void {
       .option('--sync', 'fdatasync the output before renaming it into place')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, out: string, o: Record<string, unknown>) => {
+    const remote = await remoteOf(o);
+    if (remote) {
+      const { remoteCheckout } = await import('../../serve/index.js');
+      const r = await remoteCheckout(remote, ref, out, {
+        format: String(o.outputFormat) as 'raw' | 'qcow2',
+        sync: Boolean(o.sync),
+      });
+      if (o.json) printJson(r);
+      else process.stdout.write(`${r.ref} -> ${r.output} (${r.format}, ${humanSize(r.virtualSize)})\n`);
+      return;
+    }
     const { checkout } = await import('../../library/index.js');
     await useLibrary(o, async (lib) => {
       const bar = await progressBar('checking out');
@@ -167,8 +224,8 @@ export function registerLibraryCommands(program: Command): void {
   withLib(
     program.command('images').description('images in the library').option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
-    await useLibrary(o, async (lib) => {
-      const rows = await lib.catalog.images();
+    await useLibraryOr(o, async (lib) => {
+      const rows = lib ? await lib.catalog.images() : await (await remoteOf(o))!.images();
       if (o.json) return printJson(rows);
       const out = [`${'NAME'.padEnd(24)} ${'VERSIONS'.padStart(8)} ${'LATEST'.padStart(6)}  TAGS`];
       for (const r of rows) {
@@ -188,8 +245,8 @@ export function registerLibraryCommands(program: Command): void {
       .option('--all', 'include deleted versions')
       .option('--json', 'machine-readable output'),
   ).action(async (name: string, o: Record<string, unknown>) => {
-    await useLibrary(o, async (lib) => {
-      const rows = await lib.catalog.versions(name, Boolean(o.all));
+    await useLibraryOr(o, async (lib) => {
+      const rows = lib ? await lib.catalog.versions(name, Boolean(o.all)) : await (await remoteOf(o))!.versions(name);
       if (rows.length === 0 && !o.all) throw new StrataError('NOT_FOUND', `no image named ${name}`);
       if (o.json) return printJson(rows);
       const out = [
@@ -212,8 +269,8 @@ export function registerLibraryCommands(program: Command): void {
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, o: Record<string, unknown>) => {
     const { describeVersion } = await import('../../library/index.js');
-    await useLibrary(o, async (lib) => {
-      const d = await describeVersion(lib, ref);
+    await useLibraryOr(o, async (lib) => {
+      const d = lib ? await describeVersion(lib, ref) : await describeRemote(ref, o);
       if (o.json) return printJson(d);
       const L = d.layout as Record<string, unknown> & { volumes: Array<Record<string, unknown>> };
       const lines = [
@@ -247,8 +304,9 @@ export function registerLibraryCommands(program: Command): void {
       .argument('<tag>', 'TAG or NAME:TAG')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, tag: string, o: Record<string, unknown>) => {
-    await useLibrary(o, async (lib) => {
-      const v = await lib.catalog.resolve(ref);
+    await useLibraryOr(o, async (lib) => {
+      const remote = lib ? undefined : await remoteOf(o);
+      const v = lib ? await lib.catalog.resolve(ref) : await remote!.resolve(ref);
       let t = tag;
       const colon = tag.lastIndexOf(':');
       if (colon > 0) {
@@ -257,7 +315,8 @@ export function registerLibraryCommands(program: Command): void {
         }
         t = tag.slice(colon + 1);
       }
-      await lib.catalog.setTag(v.image, t, v.number);
+      if (lib) await lib.catalog.setTag(v.image, t, v.number);
+      else await remote!.tag(v.image, t, v.number);
       if (o.json) printJson({ image: v.image, tag: t, number: v.number });
       else process.stdout.write(`${v.image}:${t} -> ${v.image}@${v.number}\n`);
     });
@@ -270,9 +329,9 @@ export function registerLibraryCommands(program: Command): void {
       .argument('<ref>', 'version')
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, o: Record<string, unknown>) => {
-    await useLibrary(o, async (lib) => {
-      const v = await lib.catalog.resolve(ref);
-      await lib.catalog.deleteVersion(v.image, v.number);
+    await useLibraryOr(o, async (lib) => {
+      const v = lib ? await lib.catalog.resolve(ref) : await (await remoteOf(o))!.deleteVersion(ref);
+      if (lib) await lib.catalog.deleteVersion(v.image, v.number);
       if (o.json) printJson({ deleted: `${v.image}@${v.number}` });
       else process.stdout.write(`deleted ${v.image}@${v.number}\n`);
     });
@@ -328,6 +387,11 @@ export function registerLibraryCommands(program: Command): void {
 
 /** `ls REF [PATH]` and `cat REF PATH` straight from the store (no checkout). */
 export function registerStoreFsCommands(program: Command): void {
+  registerStoreFsVerbs(program);
+  addRemoteOption(program);
+}
+
+function registerStoreFsVerbs(program: Command): void {
   withLib(
     program
       .command('ls')
@@ -339,14 +403,21 @@ export function registerStoreFsCommands(program: Command): void {
       .option('-l, --long', 'mode, owner, size, time')
       .option('--json', 'one JSON object per line'),
   ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
-    const { versionFiles, listEntries, modeString } = await import('../../library/index.js');
-    await useLibrary(o, async (lib) => {
-      const files = await versionFiles(lib, ref, o.part as string | undefined);
-      const rows = listEntries(files, p, Boolean(o.recursive));
+    const { versionFiles, listEntries } = await import('../../library/index.js');
+    const { modeString } = await import('../../library/index.js');
+    await useLibraryOr(o, async (lib) => {
+      const rows = lib
+        ? listEntries(await versionFiles(lib, ref, o.part as string | undefined), p, Boolean(o.recursive)).map((e) => {
+            const { chunks, xattrs, ...rest } = e;
+            return { ...rest, xattrs: xattrs ? Object.keys(xattrs) : [] };
+          })
+        : await (await remoteOf(o))!.ls(ref, p, {
+            recursive: Boolean(o.recursive),
+            part: o.part as string | undefined,
+          });
       for (const e of rows) {
         if (o.json) {
-          const { chunks, xattrs, ...rest } = e;
-          await writeOut(`${JSON.stringify({ ...rest, xattrs: xattrs ? Object.keys(xattrs) : [] })}\n`);
+          await writeOut(`${JSON.stringify(e)}\n`);
         } else if (o.long) {
           await writeOut(
             `${modeString(e.type as never, e.mode)} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${String(e.size).padStart(10)} ${e.mtime ?? '-'} ${e.path}${e.target !== undefined ? ` -> ${e.target}` : ''}\n`,
@@ -365,10 +436,31 @@ export function registerStoreFsCommands(program: Command): void {
       .option('--part <id>', 'volume id (default: the only file system, or the OS root)'),
   ).action(async (ref: string, p: string, o: Record<string, unknown>) => {
     const { versionFiles, findEntry, fileContent } = await import('../../library/index.js');
-    await useLibrary(o, async (lib) => {
+    await useLibraryOr(o, async (lib) => {
+      if (!lib) {
+        const res = await (await remoteOf(o))!.cat(ref, p, { part: o.part as string | undefined });
+        return pipeBody(res, writeOut);
+      }
       const files = await versionFiles(lib, ref, o.part as string | undefined);
       const e = findEntry(files, p, true);
       for await (const b of fileContent(lib, files, e)) await writeOut(b);
     });
   });
+}
+
+async function describeRemote(ref: string, o: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const remote = (await remoteOf(o)) as RemoteLibrary;
+  const d = await remote.describe(ref);
+  // the provenance chain, first parents up, as far as this caller may read
+  const chain: string[] = [];
+  let cur = d.parents[0];
+  const seen = new Set<string>();
+  while (cur && chain.length < 1000) {
+    const key = `${cur.image}@${cur.number}`;
+    if (seen.has(key)) break;
+    seen.add(key);
+    chain.push(key);
+    cur = (await remote.resolve(key).catch(() => undefined))?.parents[0] as typeof cur;
+  }
+  return { ...d, provenance: chain };
 }

@@ -131,7 +131,13 @@ export function parseSuperblock(b: Uint8Array, file: string, offset: number): Su
 /** True when a volume head carries the btrfs magic at 64 KiB. */
 export function probeBtrfs(head: Uint8Array): boolean {
   if (head.length < 0x10048) return false;
-  return Buffer.from(head.subarray(0x10040, 0x10048)).toString('latin1') === MAGIC;
+  if (Buffer.from(head.subarray(0x10040, 0x10048)).toString('latin1') !== MAGIC) return false;
+  // a lone signature (csum type crc32c with a wrong checksum) is left to recognizeUnsupported
+  const sb = head.subarray(0x10000, 0x10000 + SUPER_SIZE);
+  if (sb.length < SUPER_SIZE) return false;
+  const csumType = sb[0xc4] | (sb[0xc5] << 8);
+  if (csumType !== 0) return true;
+  return new DataView(sb.buffer, sb.byteOffset).getUint32(0, true) === crc32c(sb.subarray(0x20));
 }
 
 /** Read the primary superblock; the mirrors that fit are checked and their state reported. */

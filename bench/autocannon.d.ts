@@ -1,0 +1,23 @@
+/** The part of autocannon's API bench/serve.ts uses (it ships no types). */
+declare module 'autocannon' {
+  interface Stats {
+    average: number;
+    total: number;
+    p50: number;
+    p99: number;
+  }
+  interface Result {
+    requests: Stats;
+    latency: Stats;
+    errors: number;
+    timeouts: number;
+    non2xx: number;
+  }
+  interface Options {
+    url: string;
+    connections?: number;
+    duration?: number;
+    requests?: Array<{ method?: string; path?: string; headers?: Record<string, string> }>;
+  }
+  export default function autocannon(opts: Options): Promise<Result>;
+}

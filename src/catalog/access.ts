@@ -1,0 +1,485 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { StrataError } from '../util/errors.js';
+import type { Db } from './db.js';
+
+/**
+ * Accounts and access control of a shared library (the serve layer's): users, projects
+ * with a role per member, API tokens, which project owns an image and who else may read
+ * it, the blobs each project has uploaded, and the request log.
+ *
+ * Tables come by numbered migrations, each applied once in its own transaction and
+ * recorded in schema_migrations; portable SQL only (see db.ts): no AUTOINCREMENT, no
+ * SQLite-only types, so the same statements run on PostgreSQL.
+ */
+export const ACCESS_MIGRATIONS: Array<{ id: string; statements: string[] }> = [
+  {
+    id: 'access-1',
+    statements: [
+      `CREATE TABLE IF NOT EXISTS users (
+         name TEXT PRIMARY KEY,
+         created TEXT NOT NULL,
+         admin INTEGER NOT NULL)`,
+      `CREATE TABLE IF NOT EXISTS projects (
+         name TEXT PRIMARY KEY,
+         created TEXT NOT NULL)`,
+      `CREATE TABLE IF NOT EXISTS memberships (
+         project TEXT NOT NULL,
+         username TEXT NOT NULL,
+         role TEXT NOT NULL,
+         PRIMARY KEY (project, username))`,
+      `CREATE TABLE IF NOT EXISTS tokens (
+         id TEXT PRIMARY KEY,
+         hash TEXT NOT NULL UNIQUE,
+         username TEXT NOT NULL,
+         project TEXT,
+         scope TEXT NOT NULL,
+         created TEXT NOT NULL,
+         expires TEXT,
+         revoked TEXT)`,
+      `CREATE TABLE IF NOT EXISTS image_access (
+         image TEXT PRIMARY KEY,
+         project TEXT NOT NULL,
+         visibility TEXT NOT NULL)`,
+      'CREATE INDEX IF NOT EXISTS image_access_project ON image_access (project)',
+      `CREATE TABLE IF NOT EXISTS image_members (
+         image TEXT NOT NULL,
+         project TEXT NOT NULL,
+         status TEXT NOT NULL,
+         created TEXT NOT NULL,
+         updated TEXT NOT NULL,
+         PRIMARY KEY (image, project))`,
+      `CREATE TABLE IF NOT EXISTS held_blobs (
+         project TEXT NOT NULL,
+         digest TEXT NOT NULL,
+         created TEXT NOT NULL,
+         PRIMARY KEY (project, digest))`,
+      `CREATE TABLE IF NOT EXISTS request_log (
+         at TEXT NOT NULL,
+         username TEXT,
+         project TEXT,
+         token TEXT,
+         method TEXT NOT NULL,
+         route TEXT NOT NULL,
+         op TEXT NOT NULL,
+         image TEXT,
+         version INTEGER,
+         status INTEGER NOT NULL,
+         bytes_in BIGINT NOT NULL,
+         bytes_out BIGINT NOT NULL,
+         micros BIGINT NOT NULL)`,
+      'CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at)',
+    ],
+  },
+];
+
+/** Apply the migrations not applied yet, each in one transaction. */
+export async function migrate(db: Db, migrations = ACCESS_MIGRATIONS): Promise<string[]> {
+  await db.run('CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied TEXT NOT NULL)');
+  const applied: string[] = [];
+  for (const m of migrations) {
+    await db.transaction(async (tx) => {
+      if (await tx.get('SELECT id FROM schema_migrations WHERE id = ?', [m.id])) return;
+      for (const s of m.statements) await tx.run(s);
+      await tx.run('INSERT INTO schema_migrations (id, applied) VALUES (?, ?)', [m.id, new Date().toISOString()]);
+      applied.push(m.id);
+    });
+  }
+  return applied;
+}
+
+export type Role = 'admin' | 'member' | 'reader';
+export type Scope = 'read' | 'write';
+export type Visibility = 'private' | 'shared' | 'public';
+export type MemberStatus = 'pending' | 'accepted' | 'rejected';
+export const ROLES: readonly Role[] = ['admin', 'member', 'reader'];
+export const VISIBILITIES: readonly Visibility[] = ['private', 'shared', 'public'];
+
+const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+export function checkAccountName(what: 'user' | 'project', name: string): void {
+  if (!NAME.test(name)) {
+    throw new StrataError('USAGE', `bad ${what} name ${JSON.stringify(name)} (lower-case letters, digits, . _ -)`);
+  }
+}
+
+/** Who a request acts as: a user through one project's token, or nobody (anonymous). */
+export interface Principal {
+  user: string | null;
+  /** The token's project (null: anonymous, or a server admin's token without one). */
+  project: string | null;
+  /** The user's role in `project`. */
+  role: Role | null;
+  scope: Scope;
+  admin: boolean;
+  tokenId: string | null;
+}
+
+export const ANONYMOUS: Principal = {
+  user: null,
+  project: null,
+  role: null,
+  scope: 'read',
+  admin: false,
+  tokenId: null,
+};
+
+export interface TokenRow {
+  id: string;
+  user: string;
+  project: string | null;
+  scope: Scope;
+  created: string;
+  expires: string | null;
+  revoked: string | null;
+}
+
+export interface ImageAccess {
+  image: string;
+  project: string;
+  visibility: Visibility;
+}
+
+export interface MemberRow {
+  image: string;
+  project: string;
+  status: MemberStatus;
+  created: string;
+  updated: string;
+}
+
+/** Token text: a prefix people can grep for, then 32 random bytes. Only its sha256 is kept. */
+const TOKEN_PREFIX = 'strata_';
+const hashToken = (t: string) => createHash('sha256').update(t).digest('hex');
+
+/** `30d`, `12h`, `90m`, `3600s` -> milliseconds. */
+export function parseDuration(s: string): number {
+  const m = /^(\d{1,6})([smhdw])$/.exec(s.trim());
+  if (!m) throw new StrataError('USAGE', `bad duration ${JSON.stringify(s)} (e.g. 30d, 12h, 90m)`);
+  const unit = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3 }[m[2] as 's' | 'm' | 'h' | 'd' | 'w'];
+  return Number(m[1]) * unit;
+}
+
+export class Access {
+  private constructor(readonly db: Db) {}
+
+  static async open(db: Db): Promise<Access> {
+    await migrate(db);
+    return new Access(db);
+  }
+
+  // ---- users and projects
+
+  async addUser(name: string, opts: { admin?: boolean } = {}): Promise<void> {
+    checkAccountName('user', name);
+    const r = await this.db.run(
+      'INSERT INTO users (name, created, admin) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING',
+      [name, new Date().toISOString(), opts.admin ? 1 : 0],
+    );
+    if (r.changes === 0) {
+      if (opts.admin) await this.db.run('UPDATE users SET admin = 1 WHERE name = ?', [name]);
+    }
+  }
+
+  async user(name: string): Promise<{ name: string; admin: boolean; created: string } | undefined> {
+    const r = await this.db.get<{ name: string; admin: number; created: string }>(
+      'SELECT name, admin, created FROM users WHERE name = ?',
+      [name],
+    );
+    return r ? { name: r.name, admin: Number(r.admin) === 1, created: r.created } : undefined;
+  }
+
+  async users(): Promise<Array<{ name: string; admin: boolean; projects: Array<{ project: string; role: Role }> }>> {
+    const us = await this.db.all<{ name: string; admin: number }>('SELECT name, admin FROM users ORDER BY name');
+    const ms = await this.db.all<{ project: string; username: string; role: Role }>(
+      'SELECT project, username, role FROM memberships ORDER BY project',
+    );
+    return us.map((u) => ({
+      name: u.name,
+      admin: Number(u.admin) === 1,
+      projects: ms.filter((m) => m.username === u.name).map((m) => ({ project: m.project, role: m.role })),
+    }));
+  }
+
+  async addProject(name: string): Promise<void> {
+    checkAccountName('project', name);
+    await this.db.run('INSERT INTO projects (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING', [
+      name,
+      new Date().toISOString(),
+    ]);
+  }
+
+  async projectExists(name: string): Promise<boolean> {
+    return !!(await this.db.get('SELECT name FROM projects WHERE name = ?', [name]));
+  }
+
+  async projects(): Promise<string[]> {
+    return (await this.db.all<{ name: string }>('SELECT name FROM projects ORDER BY name')).map((r) => r.name);
+  }
+
+  /** Give `user` `role` in `project` (both must exist). */
+  async setRole(project: string, user: string, role: Role): Promise<void> {
+    if (!ROLES.includes(role)) throw new StrataError('USAGE', `bad role ${role} (admin, member, reader)`);
+    if (!(await this.user(user))) throw new StrataError('NOT_FOUND', `no user ${user}`);
+    if (!(await this.projectExists(project))) throw new StrataError('NOT_FOUND', `no project ${project}`);
+    await this.db.run(
+      'INSERT INTO memberships (project, username, role) VALUES (?, ?, ?) ON CONFLICT (project, username) DO UPDATE SET role = excluded.role',
+      [project, user, role],
+    );
+  }
+
+  async removeRole(project: string, user: string): Promise<void> {
+    await this.db.run('DELETE FROM memberships WHERE project = ? AND username = ?', [project, user]);
+  }
+
+  async role(project: string, user: string): Promise<Role | undefined> {
+    const r = await this.db.get<{ role: Role }>('SELECT role FROM memberships WHERE project = ? AND username = ?', [
+      project,
+      user,
+    ]);
+    return r?.role;
+  }
+
+  // ---- tokens
+
+  /**
+   * A new token for `user` in `project` (a server admin may have none): the secret is
+   * returned here, once; only its sha256 is stored.
+   */
+  async createToken(opts: {
+    user: string;
+    project?: string;
+    scope: Scope;
+    expiresInMs?: number;
+    now?: number;
+  }): Promise<{ token: string; row: TokenRow }> {
+    if (opts.scope !== 'read' && opts.scope !== 'write') throw new StrataError('USAGE', 'scope is read or write');
+    const u = await this.user(opts.user);
+    if (!u) throw new StrataError('NOT_FOUND', `no user ${opts.user}`);
+    if (opts.project === undefined) {
+      if (!u.admin) throw new StrataError('USAGE', 'a token needs --project (only a server admin may have none)');
+    } else if (!(await this.role(opts.project, opts.user))) {
+      throw new StrataError('USAGE', `user ${opts.user} is not a member of project ${opts.project}`);
+    }
+    const now = opts.now ?? Date.now();
+    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    const hash = hashToken(token);
+    const row: TokenRow = {
+      id: hash.slice(0, 16),
+      user: opts.user,
+      project: opts.project ?? null,
+      scope: opts.scope,
+      created: new Date(now).toISOString(),
+      expires: opts.expiresInMs !== undefined ? new Date(now + opts.expiresInMs).toISOString() : null,
+      revoked: null,
+    };
+    await this.db.run(
+      'INSERT INTO tokens (id, hash, username, project, scope, created, expires, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      [row.id, hash, row.user, row.project, row.scope, row.created, row.expires, null],
+    );
+    return { token, row };
+  }
+
+  async revokeToken(id: string): Promise<boolean> {
+    const r = await this.db.run('UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL', [
+      new Date().toISOString(),
+      id,
+    ]);
+    return r.changes > 0;
+  }
+
+  async tokens(user?: string): Promise<TokenRow[]> {
+    const rows = await this.db.all<{
+      id: string;
+      username: string;
+      project: string | null;
+      scope: Scope;
+      created: string;
+      expires: string | null;
+      revoked: string | null;
+    }>(
+      `SELECT id, username, project, scope, created, expires, revoked FROM tokens${user ? ' WHERE username = ?' : ''} ORDER BY created`,
+      user ? [user] : [],
+    );
+    return rows.map((r) => ({
+      id: r.id,
+      user: r.username,
+      project: r.project,
+      scope: r.scope,
+      created: r.created,
+      expires: r.expires,
+      revoked: r.revoked,
+    }));
+  }
+
+  /** The principal a bearer token stands for; undefined when unknown, revoked, expired or orphaned. */
+  async authenticate(token: string, now = Date.now()): Promise<Principal | undefined> {
+    if (!token.startsWith(TOKEN_PREFIX) || token.length > 200) return undefined;
+    const hash = hashToken(token);
+    const r = await this.db.get<{
+      id: string;
+      hash: string;
+      username: string;
+      project: string | null;
+      scope: Scope;
+      expires: string | null;
+      revoked: string | null;
+    }>('SELECT id, hash, username, project, scope, expires, revoked FROM tokens WHERE hash = ?', [hash]);
+    if (!r || !timingSafeEqual(Buffer.from(r.hash), Buffer.from(hash))) return undefined;
+    if (r.revoked !== null) return undefined;
+    if (r.expires !== null && Date.parse(r.expires) <= now) return undefined;
+    const u = await this.user(r.username);
+    if (!u) return undefined;
+    let role: Role | null = null;
+    if (r.project !== null) {
+      role = (await this.role(r.project, r.username)) ?? null;
+      if (!role) return undefined; // no longer a member: the token is dead
+    }
+    return { user: u.name, project: r.project, role, scope: r.scope, admin: u.admin, tokenId: r.id };
+  }
+
+  // ---- image ownership, visibility, members
+
+  async imageAccess(image: string): Promise<ImageAccess | undefined> {
+    return this.db.get<ImageAccess>('SELECT image, project, visibility FROM image_access WHERE image = ?', [image]);
+  }
+
+  async allImageAccess(): Promise<Map<string, ImageAccess>> {
+    const rows = await this.db.all<ImageAccess>('SELECT image, project, visibility FROM image_access');
+    return new Map(rows.map((r) => [r.image, r]));
+  }
+
+  async setImageAccess(image: string, project: string, visibility: Visibility): Promise<void> {
+    if (!VISIBILITIES.includes(visibility)) throw new StrataError('USAGE', `bad visibility ${visibility}`);
+    await this.db.run(
+      'INSERT INTO image_access (image, project, visibility) VALUES (?, ?, ?) ON CONFLICT (image) DO UPDATE SET project = excluded.project, visibility = excluded.visibility',
+      [image, project, visibility],
+    );
+  }
+
+  async dropImage(image: string): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await tx.run('DELETE FROM image_access WHERE image = ?', [image]);
+      await tx.run('DELETE FROM image_members WHERE image = ?', [image]);
+    });
+  }
+
+  /** Images with no owner yet (checked in locally) given to `project` with `visibility`. */
+  async adoptImages(names: string[], project: string, visibility: Visibility): Promise<number> {
+    let n = 0;
+    for (const name of names) {
+      const r = await this.db.run(
+        'INSERT INTO image_access (image, project, visibility) VALUES (?, ?, ?) ON CONFLICT (image) DO NOTHING',
+        [name, project, visibility],
+      );
+      n += r.changes;
+    }
+    return n;
+  }
+
+  async members(image: string): Promise<MemberRow[]> {
+    return this.db.all<MemberRow>(
+      'SELECT image, project, status, created, updated FROM image_members WHERE image = ? ORDER BY project',
+      [image],
+    );
+  }
+
+  async member(image: string, project: string): Promise<MemberRow | undefined> {
+    return this.db.get<MemberRow>(
+      'SELECT image, project, status, created, updated FROM image_members WHERE image = ? AND project = ?',
+      [image, project],
+    );
+  }
+
+  /** Images shared with `project` and accepted by it. */
+  async acceptedImages(project: string): Promise<Set<string>> {
+    const rows = await this.db.all<{ image: string }>(
+      "SELECT image FROM image_members WHERE project = ? AND status = 'accepted'",
+      [project],
+    );
+    return new Set(rows.map((r) => r.image));
+  }
+
+  async addMember(image: string, project: string): Promise<MemberRow> {
+    const now = new Date().toISOString();
+    await this.db.run(
+      'INSERT INTO image_members (image, project, status, created, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT (image, project) DO NOTHING',
+      [image, project, 'pending', now, now],
+    );
+    return (await this.member(image, project)) as MemberRow;
+  }
+
+  async setMemberStatus(image: string, project: string, status: MemberStatus): Promise<void> {
+    await this.db.run('UPDATE image_members SET status = ?, updated = ? WHERE image = ? AND project = ?', [
+      status,
+      new Date().toISOString(),
+      image,
+      project,
+    ]);
+  }
+
+  async removeMember(image: string, project: string): Promise<boolean> {
+    return (
+      (await this.db.run('DELETE FROM image_members WHERE image = ? AND project = ?', [image, project])).changes > 0
+    );
+  }
+
+  // ---- blobs a project has uploaded (it holds them even before a version names them)
+
+  async holdBlobs(project: string, digests: string[]): Promise<void> {
+    if (digests.length === 0) return;
+    const now = new Date().toISOString();
+    await this.db.transaction(async (tx) => {
+      for (const d of digests) {
+        await tx.run('INSERT INTO held_blobs (project, digest, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING', [
+          project,
+          d,
+          now,
+        ]);
+      }
+    });
+  }
+
+  async heldBy(project: string, digests: string[]): Promise<Set<string>> {
+    const out = new Set<string>();
+    for (const d of digests) {
+      if (await this.db.get('SELECT digest FROM held_blobs WHERE project = ? AND digest = ?', [project, d])) out.add(d);
+    }
+    return out;
+  }
+
+  // ---- the request log (the analytics work reads it)
+
+  async logRequest(r: {
+    user: string | null;
+    project: string | null;
+    token: string | null;
+    method: string;
+    route: string;
+    op: string;
+    image: string | null;
+    version: number | null;
+    status: number;
+    bytesIn: number;
+    bytesOut: number;
+    micros: number;
+  }): Promise<void> {
+    await this.db.run(
+      `INSERT INTO request_log (at, username, project, token, method, route, op, image, version, status, bytes_in, bytes_out, micros)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [
+        new Date().toISOString(),
+        r.user,
+        r.project,
+        r.token,
+        r.method,
+        r.route,
+        r.op,
+        r.image,
+        r.version,
+        r.status,
+        r.bytesIn,
+        r.bytesOut,
+        r.micros,
+      ],
+    );
+  }
+}

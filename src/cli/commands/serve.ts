@@ -1,0 +1,192 @@
+import type { Command } from 'commander';
+import { type Library, StrataError } from '../../library/index.js';
+import type { Access } from '../../serve/index.js';
+import { printJson } from '../output.js';
+
+/**
+ * `strata serve` (the library service) and the accounts it checks: `user add|list`,
+ * `project add`, `token create|list|revoke`. Accounts are kept in the library's catalog;
+ * these verbs work on the library directory directly (the server's operator runs them).
+ */
+const withLib = (cmd: Command) =>
+  cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+
+async function withAccess<T>(o: Record<string, unknown>, fn: (lib: Library, access: Access) => Promise<T>): Promise<T> {
+  const { Library } = await import('../../library/index.js');
+  const { Access } = await import('../../serve/index.js');
+  const lib = await Library.open(o.library as string | undefined, { create: true });
+  try {
+    return await fn(lib, await Access.open(lib.catalog.db));
+  } finally {
+    await lib.close();
+  }
+}
+
+export function registerServeCommands(program: Command): void {
+  withLib(
+    program
+      .command('serve')
+      .description('serve the library over HTTP: images, versions, files, inspection, diff, search, check-in by upload')
+      .option('--listen <host:port>', 'address to listen on', '127.0.0.1:8080')
+      .option('--default-project <name>', 'project that owns images checked in locally', 'default')
+      .option('--default-visibility <v>', 'visibility of those images (private, shared, public)', 'private')
+      .option('--rate-limit <n>', 'requests a minute per token (0: none)', '6000')
+      .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
+      .option('--quiet', 'no request log lines on stdout'),
+  ).action(async (o: Record<string, unknown>) => {
+    const { Library } = await import('../../library/index.js');
+    const { startServer } = await import('../../serve/index.js');
+    let lib: Library;
+    if (o.demo) {
+      const { demoLibrary } = await import('../../serve/index.js');
+      const dir = typeof o.demo === 'string' ? o.demo : '.cache/serve-demo';
+      process.stderr.write(`strata: demo library in ${dir}\n`);
+      const d = await demoLibrary(dir);
+      for (const n of d.notes) process.stderr.write(`strata: ${n}\n`);
+      lib = d.lib;
+      o.defaultProject = 'demo';
+    } else lib = await Library.open(o.library as string | undefined, { create: true });
+    const s = await startServer(lib, String(o.listen), {
+      logger: o.quiet ? false : { level: 'info' },
+      defaultProject: String(o.defaultProject),
+      defaultVisibility: String(o.defaultVisibility) as 'private',
+      rateLimit: Number(o.rateLimit),
+    });
+    process.stderr.write(
+      `strata: serving ${lib.dir} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
+    );
+    if (o.demo) {
+      process.stdout.write(
+        [
+          `Strata library service: ${s.url}`,
+          `  images:  ${s.url}/v1/images`,
+          `  files:   ${s.url}/v1/images/demo%2Ffiles/versions/latest/files?path=/etc`,
+          `  a file:  ${s.url}/v1/images/demo%2Ffiles/versions/1/files/content?path=/etc/motd`,
+          `  diff:    ${s.url}/v1/diff?a=demo/files@1&b=demo/files@2`,
+          `  API:     ${s.url}/openapi.json`,
+          `  CLI:     strata ls demo/files /etc --remote ${s.url}`,
+          '',
+        ].join('\n'),
+      );
+    }
+    await new Promise<void>((resolve) => {
+      let closing = false;
+      const stop = (sig: string) => {
+        if (closing) return;
+        closing = true;
+        process.stderr.write(`strata: ${sig}: finishing requests in flight\n`);
+        s.close()
+          .then(() => lib.close())
+          .then(resolve, resolve);
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+  });
+
+  const user = program.command('user').description('accounts of the library service');
+  withLib(
+    user
+      .command('add')
+      .description('add a user (and with --project, give them a role there; the project is made when missing)')
+      .argument('<name>', 'user name')
+      .option('--admin', 'server admin: reads and writes everything')
+      .option('--project <p>', 'project to join')
+      .option('--role <r>', 'admin, member or reader', 'member')
+      .option('--json', 'machine-readable output'),
+  ).action(async (name: string, o: Record<string, unknown>) => {
+    await withAccess(o, async (_lib, access) => {
+      await access.addUser(name, { admin: Boolean(o.admin) });
+      if (o.project) {
+        await access.addProject(String(o.project));
+        await access.setRole(String(o.project), name, String(o.role) as 'member');
+      }
+      const u = (await access.users()).find((x) => x.name === name);
+      if (o.json) printJson(u);
+      else
+        process.stdout.write(
+          `user ${name}${u?.admin ? ' (server admin)' : ''}: ${u?.projects.map((p) => `${p.project}:${p.role}`).join(' ') || 'no project'}\n`,
+        );
+    });
+  });
+  withLib(
+    user.command('list').description('users and their projects').option('--json', 'machine-readable output'),
+  ).action(async (o: Record<string, unknown>) => {
+    await withAccess(o, async (_lib, access) => {
+      const us = await access.users();
+      if (o.json) return printJson(us);
+      for (const u of us) {
+        process.stdout.write(
+          `${u.name}${u.admin ? ' (admin)' : ''}  ${u.projects.map((p) => `${p.project}:${p.role}`).join(' ')}\n`,
+        );
+      }
+    });
+  });
+
+  const project = program.command('project').description('projects of the library service');
+  withLib(project.command('add').argument('<name>', 'project name').description('add a project')).action(
+    async (name: string, o: Record<string, unknown>) => {
+      await withAccess(o, async (_lib, access) => {
+        await access.addProject(name);
+        process.stdout.write(`project ${name}\n`);
+      });
+    },
+  );
+
+  const token = program.command('token').description('API tokens (stored hashed; the secret is shown once)');
+  withLib(
+    token
+      .command('create')
+      .description('a token for USER in PROJECT')
+      .requiredOption('--user <name>', 'whose token')
+      .option('--project <p>', 'the project it acts in (a server admin may omit it)')
+      .option('--scope <s>', 'read or write', 'read')
+      .option('--expires <d>', 'lifetime: 30d, 12h, 90m ... (default: never)')
+      .option('--json', 'machine-readable output'),
+  ).action(async (o: Record<string, unknown>) => {
+    const { parseDuration } = await import('../../serve/index.js');
+    await withAccess(o, async (_lib, access) => {
+      const scope = String(o.scope);
+      if (scope !== 'read' && scope !== 'write') throw new StrataError('USAGE', '--scope is read or write');
+      const r = await access.createToken({
+        user: String(o.user),
+        project: o.project as string | undefined,
+        scope,
+        expiresInMs: o.expires ? parseDuration(String(o.expires)) : undefined,
+      });
+      if (o.json) return printJson({ token: r.token, ...r.row });
+      process.stdout.write(`${r.token}\n`);
+      process.stderr.write(
+        `strata: token ${r.row.id} for ${r.row.user}${r.row.project ? ` in ${r.row.project}` : ''}, ${r.row.scope}, expires ${r.row.expires ?? 'never'} (shown once: keep it)\n`,
+      );
+    });
+  });
+  withLib(
+    token
+      .command('revoke')
+      .description('revoke a token by its id')
+      .argument('<id>', 'token id (token list shows them)'),
+  ).action(async (id: string, o: Record<string, unknown>) => {
+    await withAccess(o, async (_lib, access) => {
+      if (!(await access.revokeToken(id))) throw new StrataError('NOT_FOUND', `no live token ${id}`);
+      process.stdout.write(`revoked ${id}\n`);
+    });
+  });
+  withLib(
+    token
+      .command('list')
+      .description('tokens (ids, never secrets)')
+      .option('--user <name>', 'only this user’s')
+      .option('--json', 'machine-readable output'),
+  ).action(async (o: Record<string, unknown>) => {
+    await withAccess(o, async (_lib, access) => {
+      const rows = await access.tokens(o.user as string | undefined);
+      if (o.json) return printJson(rows);
+      for (const t of rows) {
+        process.stdout.write(
+          `${t.id}  ${t.user}  ${t.project ?? '-'}  ${t.scope}  expires ${t.expires ?? 'never'}${t.revoked ? `  revoked ${t.revoked}` : ''}\n`,
+        );
+      }
+    });
+  });
+}

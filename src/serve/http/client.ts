@@ -1,0 +1,524 @@
+import { createHash } from 'node:crypto';
+import type { VersionRow } from '../../catalog/catalog.js';
+import { type CutOptions, cutImage } from '../../library/checkin.js';
+import type { FileEntry, FilesManifest } from '../../library/manifest.js';
+import type { SearchHit, SearchQuery } from '../../library/search.js';
+import type { VersionDiff } from '../../library/version-diff.js';
+import type { PutResult } from '../../store/store.js';
+import { type ErrorCode, StrataError } from '../../util/errors.js';
+import type { Problem } from './problem.js';
+
+/**
+ * The typed client of the library service (what `--remote URL` uses): every call is one
+ * HTTP request; a problem answer becomes a StrataError carrying its detail (404 ->
+ * NOT_FOUND, 400 -> USAGE, 401/403 -> DENIED, 413/429 -> LIMIT, 409/422 -> CORRUPT).
+ */
+export interface RemoteImage {
+  name: string;
+  description: string | null;
+  created: string;
+  project: string;
+  visibility: 'private' | 'shared' | 'public';
+  versions: number;
+  latest: number | null;
+  tags: string[];
+}
+export type RemoteVersion = VersionRow & { ref: string };
+export interface Page<T> {
+  items: T[];
+  total: number;
+  limit: number;
+  offset: number;
+}
+export type RemoteFileEntry = Omit<FileEntry, 'chunks' | 'xattrs'> & { xattrs: string[] };
+export interface MemberRow {
+  image: string;
+  project: string;
+  status: 'pending' | 'accepted' | 'rejected';
+  created: string;
+  updated: string;
+}
+export interface Usage {
+  name: string;
+  versions: number;
+  logicalBytes: number;
+  usedBytes: number;
+  storedBytes: number;
+  dedupRatio: number;
+}
+
+const STATUS_CODE: Record<number, ErrorCode> = {
+  400: 'USAGE',
+  401: 'DENIED',
+  403: 'DENIED',
+  404: 'NOT_FOUND',
+  409: 'CORRUPT',
+  413: 'LIMIT',
+  416: 'USAGE',
+  422: 'CORRUPT',
+  429: 'LIMIT',
+};
+
+/** A problem answer, as an error that keeps the problem document. */
+export class RemoteError extends StrataError {
+  constructor(
+    readonly status: number,
+    readonly problem: Problem | undefined,
+    url: string,
+  ) {
+    super(STATUS_CODE[status] ?? 'IO', problem?.detail ?? `HTTP ${status}`, { file: url });
+  }
+}
+
+const enc = encodeURIComponent;
+
+export class RemoteLibrary {
+  /** Bytes of request bodies sent (uploads and commits), for the check-in's report. */
+  bytesSent = 0;
+
+  constructor(
+    readonly url: string,
+    readonly token?: string,
+  ) {
+    this.url = url.replace(/\/+$/, '');
+  }
+
+  /** From --remote, else STRATA_REMOTE; the token from STRATA_TOKEN. */
+  static fromEnv(remote?: string): RemoteLibrary | undefined {
+    const url = remote ?? process.env.STRATA_REMOTE;
+    if (!url) return undefined;
+    if (!/^https?:\/\//i.test(url)) throw new StrataError('USAGE', `--remote wants an http(s) URL, not ${url}`);
+    return new RemoteLibrary(url, process.env.STRATA_TOKEN || undefined);
+  }
+
+  private headers(extra: Record<string, string> = {}): Record<string, string> {
+    return this.token ? { authorization: `Bearer ${this.token}`, ...extra } : extra;
+  }
+
+  /** One request; the raw Response when it succeeded. */
+  async fetch(
+    method: string,
+    path: string,
+    opts: { query?: Record<string, unknown>; json?: unknown; body?: Uint8Array; headers?: Record<string, string> } = {},
+  ): Promise<Response> {
+    const u = new URL(this.url + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
+    let body: string | Uint8Array | undefined;
+    const headers = this.headers(opts.headers);
+    if (opts.json !== undefined) {
+      const text = JSON.stringify(opts.json);
+      body = text;
+      headers['content-type'] = 'application/json';
+      this.bytesSent += Buffer.byteLength(text);
+    } else if (opts.body) {
+      body = opts.body;
+      headers['content-type'] = 'application/octet-stream';
+      this.bytesSent += opts.body.length;
+    }
+    let res: Response;
+    try {
+      res = await fetch(u, { method, headers, body });
+    } catch (e) {
+      throw new StrataError('IO', `cannot reach the library service: ${(e as Error).message}`, { file: this.url });
+    }
+    if (!res.ok) {
+      let p: Problem | undefined;
+      try {
+        p = (await res.json()) as Problem;
+      } catch {
+        p = undefined;
+      }
+      throw new RemoteError(res.status, p, u.pathname);
+    }
+    return res;
+  }
+
+  async json<T>(method: string, path: string, opts: Parameters<RemoteLibrary['fetch']>[2] = {}): Promise<T> {
+    const res = await this.fetch(method, path, opts);
+    if (res.status === 204) return undefined as T;
+    return (await res.json()) as T;
+  }
+
+  /** Every item of a paged list. */
+  private async all<T>(path: string, query: Record<string, unknown> = {}): Promise<T[]> {
+    const out: T[] = [];
+    for (let offset = 0; ; ) {
+      const p = await this.json<Page<T>>('GET', path, { query: { ...query, limit: 1000, offset } });
+      out.push(...p.items);
+      offset += p.items.length;
+      if (p.items.length === 0 || offset >= p.total) return out;
+    }
+  }
+
+  whoami() {
+    return this.json<{
+      user: string | null;
+      project: string | null;
+      role: string | null;
+      scope: string;
+      admin: boolean;
+    }>('GET', '/v1/whoami');
+  }
+
+  // images
+  images(q: { project?: string; visibility?: string; prefix?: string } = {}): Promise<RemoteImage[]> {
+    return this.all<RemoteImage>('/v1/images', q);
+  }
+  image(name: string) {
+    return this.json<RemoteImage>('GET', `/v1/images/${enc(name)}`);
+  }
+  createImage(name: string, opts: { description?: string; visibility?: string } = {}) {
+    return this.json<RemoteImage>('POST', '/v1/images', { json: { name, ...opts } });
+  }
+  updateImage(name: string, patch: { description?: string | null; visibility?: string }) {
+    return this.json<RemoteImage>('PATCH', `/v1/images/${enc(name)}`, { json: patch });
+  }
+  deleteImage(name: string) {
+    return this.json<void>('DELETE', `/v1/images/${enc(name)}`);
+  }
+
+  // versions
+  versions(name: string): Promise<RemoteVersion[]> {
+    return this.all<RemoteVersion>(`/v1/images/${enc(name)}/versions`);
+  }
+  /** NAME, NAME@N or NAME:TAG. */
+  resolve(ref: string) {
+    return this.json<RemoteVersion>('GET', '/v1/resolve', { query: { ref } });
+  }
+  private async vpath(ref: string): Promise<{ v: RemoteVersion; path: string }> {
+    const v = await this.resolve(ref);
+    return { v, path: `/v1/images/${enc(v.image)}/versions/${v.number}` };
+  }
+  async describe(ref: string): Promise<RemoteVersion & { layout: Record<string, unknown> }> {
+    const { path } = await this.vpath(ref);
+    return this.json('GET', path);
+  }
+  async deleteVersion(ref: string) {
+    const { v, path } = await this.vpath(ref);
+    await this.json<void>('DELETE', path);
+    return v;
+  }
+  async provenance(ref: string) {
+    const { path } = await this.vpath(ref);
+    return this.json<{
+      ref: string;
+      parents: Array<{ image: string; number: number }>;
+      children: Array<{ image: string; number: number }>;
+    }>('GET', `${path}/provenance`);
+  }
+  tag(name: string, tag: string, version: number) {
+    return this.json<{ image: string; tag: string; number: number }>(
+      'PUT',
+      `/v1/images/${enc(name)}/tags/${enc(tag)}`,
+      {
+        json: { version },
+      },
+    );
+  }
+  untag(name: string, tag: string) {
+    return this.json<void>('DELETE', `/v1/images/${enc(name)}/tags/${enc(tag)}`);
+  }
+
+  // members
+  async members(name: string): Promise<MemberRow[]> {
+    return (await this.json<{ items: MemberRow[] }>('GET', `/v1/images/${enc(name)}/members`)).items;
+  }
+  addMember(name: string, project: string) {
+    return this.json<MemberRow>('POST', `/v1/images/${enc(name)}/members`, { json: { project } });
+  }
+  answerMember(name: string, project: string, status: 'accepted' | 'rejected' | 'pending') {
+    return this.json<MemberRow>('PUT', `/v1/images/${enc(name)}/members/${enc(project)}`, { json: { status } });
+  }
+  removeMember(name: string, project: string) {
+    return this.json<void>('DELETE', `/v1/images/${enc(name)}/members/${enc(project)}`);
+  }
+
+  // files, straight from the manifests
+  async ls(ref: string, path = '/', opts: { recursive?: boolean; part?: string } = {}): Promise<RemoteFileEntry[]> {
+    const p = await this.vpath(ref);
+    return this.all<RemoteFileEntry>(`${p.path}/files`, { path, recursive: opts.recursive, part: opts.part });
+  }
+  async stat(ref: string, path: string, opts: { part?: string; follow?: boolean } = {}): Promise<RemoteFileEntry> {
+    const p = await this.vpath(ref);
+    return this.json('GET', `${p.path}/files/stat`, { query: { path, part: opts.part, follow: opts.follow } });
+  }
+  /** A file's bytes (or [start, end) of them) as the response body stream. */
+  async cat(ref: string, path: string, opts: { part?: string; range?: [number, number] } = {}): Promise<Response> {
+    const p = await this.vpath(ref);
+    return this.fetch('GET', `${p.path}/files/content`, {
+      query: { path, part: opts.part },
+      headers: opts.range ? { range: `bytes=${opts.range[0]}-${opts.range[1] - 1}` } : {},
+    });
+  }
+  /** The raw virtual disk (or a range of it). */
+  async download(ref: string, range?: [number, number]): Promise<{ v: RemoteVersion; res: Response }> {
+    const p = await this.vpath(ref);
+    const res = await this.fetch('GET', `${p.path}/disk`, {
+      headers: range ? { range: `bytes=${range[0]}-${range[1] - 1}` } : {},
+    });
+    return { v: p.v, res };
+  }
+  async inspection(ref: string) {
+    const p = await this.vpath(ref);
+    return this.json<Record<string, unknown>>('GET', `${p.path}/inspection`);
+  }
+  diff(a: string, b: string, opts: { part?: string; packages?: boolean; blocks?: boolean } = {}) {
+    return this.json<VersionDiff>('GET', '/v1/diff', { query: { a, b, ...opts } });
+  }
+  search(q: SearchQuery): Promise<SearchHit[]> {
+    return this.all<SearchHit>('/v1/search', q as Record<string, unknown>);
+  }
+  storage(project?: string) {
+    return this.json<{ images: Usage[]; projects: Usage[]; total: Usage }>('GET', '/v1/storage', {
+      query: { project },
+    });
+  }
+
+  // chunks
+  async missing(digests: string[]): Promise<string[]> {
+    return (await this.json<{ missing: string[] }>('POST', '/v1/chunks/missing', { json: { digests } })).missing;
+  }
+  /** Upload chunks (plain bytes; the server checks each digest). */
+  uploadChunks(chunks: Array<{ digest: string; data: Uint8Array }>) {
+    return this.json<{ received: number; added: number; bytes: number }>('POST', '/v1/chunks', {
+      body: encodeChunkRecords(chunks),
+    });
+  }
+  async chunk(digest: string): Promise<Uint8Array> {
+    return new Uint8Array(await (await this.fetch('GET', `/v1/chunks/${digest}`)).arrayBuffer());
+  }
+  commit(
+    name: string,
+    body: {
+      layout: unknown;
+      files?: unknown[];
+      parents?: string[];
+      tags?: string[];
+      description?: string;
+      visibility?: string;
+    },
+  ) {
+    return this.json<RemoteVersion & { warnings: string[] }>('POST', `/v1/images/${enc(name)}/versions`, {
+      json: body,
+    });
+  }
+}
+
+/** The upload body: per chunk its sha256 (32 bytes), length (u32 big-endian) and bytes. */
+export function encodeChunkRecords(chunks: Array<{ digest: string; data: Uint8Array }>): Uint8Array {
+  let n = 0;
+  for (const c of chunks) n += 36 + c.data.length;
+  const out = Buffer.allocUnsafe(n);
+  let o = 0;
+  for (const c of chunks) {
+    Buffer.from(c.digest, 'hex').copy(out, o);
+    out.writeUInt32BE(c.data.length, o + 32);
+    out.set(c.data, o + 36);
+    o += 36 + c.data.length;
+  }
+  return out;
+}
+
+/**
+ * A check-in's sink that stands for a remote library: chunks gather into batches; per
+ * batch the server says which it lacks (of those this project may see) and only those
+ * are sent. File manifests are kept for the commit.
+ */
+export class RemoteSink {
+  private batch: Array<{ digest: string; data: Uint8Array }> = [];
+  private batchBytes = 0;
+  private readonly seen = new Set<string>();
+  private chain: Promise<void> = Promise.resolve();
+  private failed: unknown;
+  readonly trees = new Map<string, Uint8Array>();
+  chunksOffered = 0;
+  chunksSent = 0;
+  bytesOffered = 0;
+  bytesSent = 0;
+  batches = 0;
+
+  constructor(
+    private readonly remote: RemoteLibrary,
+    private readonly maxBatch = 8 * 1024 * 1024,
+  ) {}
+
+  async put(type: 'data' | 'tree', plain: Uint8Array, digest?: string): Promise<PutResult> {
+    const d = digest ?? createHash('sha256').update(plain).digest('hex');
+    if (type === 'tree') {
+      this.trees.set(d, Buffer.from(plain));
+      return { digest: d, added: false };
+    }
+    if (this.failed) throw this.failed;
+    if (this.seen.has(d)) return { digest: d, added: false };
+    this.seen.add(d);
+    this.chunksOffered++;
+    this.bytesOffered += plain.length;
+    this.batch.push({ digest: d, data: Buffer.from(plain) }); // the cutter reuses its buffer
+    this.batchBytes += plain.length;
+    if (this.batchBytes >= this.maxBatch) await this.send();
+    return { digest: d, added: false };
+  }
+
+  /** Hand the current batch over; at most one batch in flight while the next fills. */
+  private async send(): Promise<void> {
+    const batch = this.batch;
+    this.batch = [];
+    this.batchBytes = 0;
+    const prev = this.chain;
+    this.chain = (async () => {
+      await prev;
+      if (this.failed || batch.length === 0) return;
+      try {
+        const missing = new Set(await this.remote.missing(batch.map((c) => c.digest)));
+        const todo = batch.filter((c) => missing.has(c.digest));
+        if (todo.length > 0) await this.remote.uploadChunks(todo);
+        this.batches++;
+        this.chunksSent += todo.length;
+        for (const c of todo) this.bytesSent += c.data.length;
+      } catch (e) {
+        this.failed = e;
+      }
+    })();
+    await prev;
+    if (this.failed) throw this.failed;
+  }
+
+  async finish(): Promise<void> {
+    await this.send();
+    await this.chain;
+    if (this.failed) throw this.failed;
+  }
+}
+
+export interface RemoteCheckinOptions extends CutOptions {
+  name: string;
+  parents?: string[];
+  tags?: string[];
+  description?: string;
+  visibility?: string;
+  /** Bytes of chunks per missing-query and upload (default 8 MiB). */
+  batchBytes?: number;
+}
+
+export interface RemoteCheckinResult {
+  ref: string;
+  image: string;
+  number: number;
+  manifest: string;
+  virtualSize: number;
+  usedBytes: number;
+  chunks: number;
+  /** Chunks and plain bytes sent (the rest the server already held for this project). */
+  chunksSent: number;
+  chunkBytesSent: number;
+  /** Every request body byte sent: chunk records, missing-queries, the commit. */
+  requestBytes: number;
+  warnings: string[];
+}
+
+/**
+ * Check an image into a remote library: cut locally exactly as a local check-in does,
+ * ask the server which chunks it lacks, upload those, then commit the manifests (the
+ * server makes the version only when it holds every chunk they name).
+ */
+export async function remoteCheckin(
+  remote: RemoteLibrary,
+  image: string,
+  opts: RemoteCheckinOptions,
+): Promise<RemoteCheckinResult> {
+  const [{ openImage }, { closeChain }] = await Promise.all([
+    import('../../formats/open.js'),
+    import('../../formats/layer.js'),
+  ]);
+  const img = await openImage(image, opts.openOptions);
+  const before = remote.bytesSent;
+  try {
+    const sink = new RemoteSink(remote, opts.batchBytes);
+    const cut = await cutImage(img, image, sink, opts);
+    await sink.finish();
+    const files: FilesManifest[] = [];
+    for (const v of cut.layout.volumes) {
+      const t = v.fs ? sink.trees.get(v.fs.files) : undefined;
+      if (t) files.push(JSON.parse(Buffer.from(t).toString('utf8')) as FilesManifest);
+    }
+    const row = await remote.commit(opts.name, {
+      layout: cut.layout,
+      files,
+      parents: opts.parents,
+      tags: opts.tags,
+      description: opts.description,
+      visibility: opts.visibility,
+    });
+    return {
+      ref: row.ref,
+      image: row.image,
+      number: row.number,
+      manifest: row.manifest,
+      virtualSize: row.virtualSize,
+      usedBytes: row.usedBytes,
+      chunks: cut.chunks,
+      chunksSent: sink.chunksSent,
+      chunkBytesSent: sink.bytesSent,
+      requestBytes: remote.bytesSent - before,
+      warnings: [...cut.warnings, ...row.warnings],
+    };
+  } finally {
+    await closeChain(img);
+  }
+}
+
+/** Checkout from a library service: the raw disk streamed, written sparse (raw) or as qcow2. */
+export async function remoteCheckout(
+  remote: RemoteLibrary,
+  ref: string,
+  out: string,
+  opts: { format?: 'raw' | 'qcow2'; sync?: boolean } = {},
+) {
+  const format = opts.format ?? 'raw';
+  const sync = !!opts.sync;
+  if (format !== 'raw' && format !== 'qcow2') {
+    throw new StrataError('USAGE', `unknown output format '${format}' (known: raw, qcow2)`, { file: out });
+  }
+  const [{ openAtomicOutput }, { RawWriter, Qcow2Writer }] = await Promise.all([
+    import('../../formats/writers/atomic-output.js'),
+    import('../../formats/writers/index.js'),
+  ]);
+  const { v, res } = await remote.download(ref);
+  const size = v.virtualSize;
+  const dest = await openAtomicOutput(out);
+  try {
+    const writer =
+      format === 'raw'
+        ? await RawWriter.create(dest.fh, out, size)
+        : await Qcow2Writer.create(dest.fh, out, { virtualSize: size });
+    const W = 4 * 1024 * 1024;
+    const buf = Buffer.alloc(W);
+    let fill = 0;
+    let at = 0;
+    let got = 0;
+    const emit = async () => {
+      if (fill > 0) await writer.writeData(at, buf.subarray(0, fill));
+      at += fill;
+      fill = 0;
+    };
+    for await (const b of res.body as unknown as AsyncIterable<Uint8Array>) {
+      got += b.length;
+      for (let o = 0; o < b.length; ) {
+        const n = Math.min(W - fill, b.length - o);
+        buf.set(b.subarray(o, o + n), fill);
+        fill += n;
+        o += n;
+        if (fill === W) await emit();
+      }
+    }
+    await emit();
+    if (got !== size)
+      throw new StrataError('TRUNCATED', `the service sent ${got} of ${size} bytes`, { file: remote.url });
+    const { bytesWritten } = await writer.finish();
+    await dest.commit(sync);
+    return { ref: v.ref, output: out, format, virtualSize: size, dataBytes: v.usedBytes, bytesWritten };
+  } catch (e) {
+    await dest.abort();
+    throw e;
+  }
+}

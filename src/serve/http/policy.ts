@@ -1,0 +1,97 @@
+import type { Access, ImageAccess, Principal, Visibility } from '../../catalog/access.js';
+import type { Library } from '../../library/library.js';
+import { HttpProblem } from './problem.js';
+
+/**
+ * Who may do what to an image. Reading: a server admin; anyone when the image is public;
+ * the owning project's members (any role); a project the image is shared with, once it
+ * accepted. Writing (versions, tags, description): the owning project's admins and
+ * members through a write-scoped token. Managing (visibility, members, deleting the
+ * image): the owning project's admins. An image a caller may not read does not exist for
+ * that caller: every route answers 404 with the same words as for a missing one.
+ */
+export interface ImageGuard {
+  image: string;
+  project: string;
+  visibility: Visibility;
+}
+
+export class Policy {
+  private accepted?: Set<string>;
+  private owners?: Map<string, ImageAccess>;
+
+  constructor(
+    readonly p: Principal,
+    private readonly access: Access,
+    /** Owner of images checked in locally and never given one. */
+    private readonly defaults: { project: string; visibility: Visibility },
+  ) {}
+
+  async ownerOf(image: string): Promise<ImageGuard> {
+    if (!this.owners) this.owners = await this.access.allImageAccess();
+    const a = this.owners.get(image);
+    return a ?? { image, ...this.defaults };
+  }
+
+  private async acceptedSet(): Promise<Set<string>> {
+    if (!this.accepted) {
+      this.accepted = this.p.project ? await this.access.acceptedImages(this.p.project) : new Set();
+    }
+    return this.accepted;
+  }
+
+  async canRead(image: string): Promise<boolean> {
+    const g = await this.ownerOf(image);
+    if (this.p.admin || g.visibility === 'public') return true;
+    if (this.p.project !== null && this.p.project === g.project && this.p.role !== null) return true;
+    return g.visibility === 'shared' && (await this.acceptedSet()).has(image);
+  }
+
+  /** May write into `project` (create images there, upload chunks). */
+  canWriteProject(project: string | null): boolean {
+    if (this.p.scope !== 'write') return false;
+    if (this.p.admin) return true;
+    return project !== null && this.p.project === project && (this.p.role === 'admin' || this.p.role === 'member');
+  }
+
+  async canWrite(image: string): Promise<boolean> {
+    return this.canWriteProject((await this.ownerOf(image)).project);
+  }
+
+  async canManage(image: string): Promise<boolean> {
+    if (this.p.scope !== 'write') return false;
+    if (this.p.admin) return true;
+    const g = await this.ownerOf(image);
+    return this.p.project === g.project && this.p.role === 'admin';
+  }
+
+  /** The image, when it exists and the caller may read it; else the one 404 everybody gets. */
+  async readable(lib: Library, image: string): Promise<ImageGuard> {
+    const row = await lib.catalog.image(image);
+    if (!row || !(await this.canRead(image))) throw notFound(image);
+    return this.ownerOf(image);
+  }
+
+  async writable(lib: Library, image: string): Promise<ImageGuard> {
+    const g = await this.readable(lib, image);
+    if (!(await this.canWrite(image))) throw forbidden(this.p, 'write to', image);
+    return g;
+  }
+
+  async manageable(lib: Library, image: string): Promise<ImageGuard> {
+    const g = await this.readable(lib, image);
+    if (!(await this.canManage(image))) throw forbidden(this.p, 'manage', image);
+    return g;
+  }
+}
+
+export const notFound = (image: string) => new HttpProblem(404, `no such image: ${image}`);
+export const noVersion = (ref: string) => new HttpProblem(404, `no such version: ${ref}`);
+
+function forbidden(p: Principal, what: string, image: string): HttpProblem {
+  if (p.user === null) return new HttpProblem(401, `sign in (a bearer token) to ${what} ${image}`);
+  return new HttpProblem(
+    403,
+    `${p.user}${p.project ? ` (project ${p.project}, ${p.role}, ${p.scope} token)` : ''} may not ${what} ${image}`,
+  );
+}

@@ -1,0 +1,1395 @@
+import { createHash } from 'node:crypto';
+import { statSync } from 'node:fs';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import fastifySwagger from '@fastify/swagger';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { Access, ANONYMOUS, type Principal, type Visibility } from '../../catalog/access.js';
+import type { VersionRow } from '../../catalog/catalog.js';
+import { checkImageName, checkTag } from '../../catalog/catalog.js';
+import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
+import type { Library } from '../../library/library.js';
+import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
+import {
+  decodeManifest,
+  encodeManifest,
+  FILES_KIND,
+  type FilesManifest,
+  LAYOUT_KIND,
+  type LayoutManifest,
+  type FileEntry as ManifestEntry,
+} from '../../library/manifest.js';
+import { search } from '../../library/search.js';
+import { diffVersions } from '../../library/version-diff.js';
+import { VersionSource } from '../../library/version-source.js';
+import { RepoLock } from '../../store/lock.js';
+import { StrataError } from '../../util/errors.js';
+import { Metrics } from './metrics.js';
+import { notFound, noVersion, Policy } from './policy.js';
+import { HttpProblem, PROBLEM_TYPE, toProblem } from './problem.js';
+import {
+  anyObject,
+  arr,
+  binary,
+  bool,
+  DIGEST,
+  FileEntry,
+  IMAGE_NAME,
+  Image,
+  int,
+  Member,
+  nullable,
+  obj,
+  PROJECT,
+  page,
+  pageQuery,
+  problemResponses,
+  str,
+  TAG,
+  Usage,
+  Version,
+  VersionKey,
+  VISIBILITY,
+} from './schemas.js';
+
+/**
+ * The library service: one process in front of a library (catalog + store), with users,
+ * projects, tokens and per-image visibility (catalog/access.ts, ./policy.ts). Routes are
+ * fastify's, validated by their JSON Schemas, which also make /openapi.json.
+ */
+export interface ServeOptions {
+  /** Owner of images that have none (checked in locally): default project "default". */
+  defaultProject?: string;
+  defaultVisibility?: Visibility;
+  /** fastify's logger: true for JSON lines on stdout, or pino options; default off. */
+  logger?: boolean | Record<string, unknown>;
+  /** Bytes of a JSON body (1 MiB), of a commit (256 MiB), of a chunk upload batch (64 MiB). */
+  bodyLimit?: number;
+  commitLimit?: number;
+  uploadLimit?: number;
+  /** Requests per token (or per address without one) per minute; 0 for none. Default 6000. */
+  rateLimit?: number;
+  /** Decoded manifests kept in memory (default 16). */
+  manifestCache?: number;
+  /** ms a request may take (default 10 min: uploads and downloads are long). */
+  requestTimeout?: number;
+}
+
+export interface RunningServer {
+  app: FastifyInstance;
+  url: string;
+  close(): Promise<void>;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal;
+    policy: Policy;
+    started: bigint;
+  }
+  interface FastifyContextConfig {
+    op?: string;
+  }
+}
+
+/** A chunk upload batch: records of sha256 (32 bytes), length (u32 big-endian), bytes. */
+export const RECORD_HEADER = 36;
+const MAX_DIGESTS = 10_000;
+const ONE_MIB = 1024 * 1024;
+
+const versionOf = (v: VersionRow) => ({ ref: `${v.image}@${v.number}`, ...v });
+
+function parseVersionParam(s: string): { number?: number; tag?: string } {
+  if (/^\d{1,15}$/.test(s)) return { number: Number(s) };
+  return { tag: s };
+}
+
+/** A path inside an image: absolute or relative, no NUL, no `..` component (refused, not resolved). */
+function checkImagePath(p: string): string {
+  if (p.includes('\0')) throw new HttpProblem(400, 'path contains NUL', 'bad-path');
+  if (p.split('/').includes('..')) throw new HttpProblem(400, `path must not contain '..': ${p}`, 'bad-path');
+  return p;
+}
+
+/** `Range: bytes=A-B` against `size`: the [start, end) asked, or null for the whole. */
+function parseRange(header: string | undefined, size: number): [number, number] | null {
+  if (!header) return null;
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return null; // several ranges or odd units: the whole body
+  let start: number;
+  let end: number;
+  if (m[1] === '') {
+    const n = Number(m[2]);
+    start = Math.max(0, size - n);
+    end = size;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === '' ? size : Math.min(size, Number(m[2]) + 1);
+  }
+  if (!(start < end) || start >= size) {
+    throw Object.assign(new HttpProblem(416, `range ${header} is outside 0-${size}`), { size });
+  }
+  return [start, end];
+}
+
+/** Send [start, end) of something `size` long as a (partial) octet stream. */
+function sendBytes(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  size: number,
+  read: (start: number, end: number) => AsyncGenerator<Uint8Array>,
+  filename?: string,
+) {
+  let r: [number, number] | null;
+  try {
+    r = parseRange(req.headers.range, size);
+  } catch (e) {
+    reply.header('content-range', `bytes */${size}`);
+    throw e;
+  }
+  const [start, end] = r ?? [0, size];
+  reply.header('accept-ranges', 'bytes');
+  reply.header('content-length', String(end - start));
+  reply.type('application/octet-stream');
+  if (filename)
+    reply.header('content-disposition', `attachment; filename="${filename.replace(/[^A-Za-z0-9._-]/g, '_')}"`);
+  if (r) {
+    reply.code(206);
+    reply.header('content-range', `bytes ${start}-${end - 1}/${size}`);
+  }
+  if (req.method === 'HEAD' || end === start) return reply.send('');
+  return reply.send(Readable.from(read(start, end), { objectMode: false }));
+}
+
+export async function buildServer(lib: Library, opts: ServeOptions = {}): Promise<FastifyInstance> {
+  const access = await Access.open(lib.catalog.db);
+  lib.cacheManifests(opts.manifestCache ?? 16);
+  const defaults = { project: opts.defaultProject ?? 'default', visibility: opts.defaultVisibility ?? 'private' };
+  if (!(await access.projectExists(defaults.project))) await access.addProject(defaults.project);
+  const metrics = new Metrics();
+  const rate = new Map<string, { tokens: number; at: number }>();
+  const perMinute = opts.rateLimit ?? 6000;
+  const reach = new Map<string, Set<string>>();
+  /** Commits and uploads one at a time (the store's writer is one). */
+  let writeChain: Promise<unknown> = Promise.resolve();
+  const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = writeChain.then(fn, fn);
+    writeChain = p.catch(() => {});
+    return p;
+  };
+
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: opts.bodyLimit ?? ONE_MIB,
+    requestTimeout: opts.requestTimeout ?? 10 * 60_000,
+    connectionTimeout: opts.requestTimeout ?? 10 * 60_000,
+    keepAliveTimeout: 5_000,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  });
+  app.decorateRequest('principal', null as unknown as Principal);
+  app.decorateRequest('policy', null as unknown as Policy);
+  app.decorateRequest('started', 0n);
+  app.addContentTypeParser(
+    'application/octet-stream',
+    { parseAs: 'buffer', bodyLimit: opts.uploadLimit ?? 64 * ONE_MIB },
+    (_req, body, done) => done(null, body),
+  );
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Strata library service',
+        version: '1',
+        description:
+          'Images, versions, files, inspections, diffs and search of a shared Strata library. Errors are RFC 9457 problem details. An image the caller may not read is answered like one that does not exist (404).',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }, {}],
+    },
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const p = toProblem(err, req.url);
+    if (p.status >= 500) req.log.error({ err }, 'request failed');
+    if (p.status === 429) reply.header('retry-after', '60');
+    reply.code(p.status).type(PROBLEM_TYPE).send(p);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply
+      .code(404)
+      .type(PROBLEM_TYPE)
+      .send(toProblem(new HttpProblem(404, `no route ${req.method} ${req.url.split('?')[0]}`), req.url));
+  });
+
+  app.addHook('onRequest', async (req) => {
+    req.started = process.hrtime.bigint();
+    const h = req.headers.authorization;
+    let p: Principal = ANONYMOUS;
+    if (h !== undefined) {
+      const m = /^Bearer\s+(\S+)$/i.exec(h);
+      const got = m ? await access.authenticate(m[1]) : undefined;
+      if (!got) throw new HttpProblem(401, 'the bearer token is unknown, expired or revoked', 'bad-token');
+      p = got;
+    }
+    req.principal = p;
+    req.policy = new Policy(p, access, defaults);
+    if (perMinute > 0) {
+      const key = p.tokenId ?? `ip:${req.ip}`;
+      const now = Date.now();
+      const b = rate.get(key) ?? { tokens: perMinute, at: now };
+      b.tokens = Math.min(perMinute, b.tokens + ((now - b.at) * perMinute) / 60_000);
+      b.at = now;
+      rate.set(key, b);
+      if (b.tokens < 1) throw new HttpProblem(429, `more than ${perMinute} requests a minute`);
+      b.tokens -= 1;
+    }
+  });
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (!reply.hasHeader('content-length') && (typeof payload === 'string' || Buffer.isBuffer(payload))) {
+      reply.header('content-length', String(Buffer.byteLength(payload as string)));
+    }
+    return payload;
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    const micros = Number((process.hrtime.bigint() - req.started) / 1000n);
+    const route = req.routeOptions.url ?? 'unmatched';
+    const bytesIn = Number(req.headers['content-length'] ?? 0);
+    const bytesOut = Number(reply.getHeader('content-length') ?? 0);
+    metrics.observe(req.method, route, reply.statusCode, micros / 1e6, bytesIn, bytesOut);
+    const op = req.routeOptions.config?.op;
+    if (!op) return;
+    const params = (req.params ?? {}) as Record<string, string>;
+    const version = params.version !== undefined && /^\d+$/.test(params.version) ? Number(params.version) : null;
+    try {
+      await access.logRequest({
+        user: req.principal?.user ?? null,
+        project: req.principal?.project ?? null,
+        token: req.principal?.tokenId ?? null,
+        method: req.method,
+        route,
+        op,
+        image: params.name ?? null,
+        version,
+        status: reply.statusCode,
+        bytesIn,
+        bytesOut,
+        micros,
+      });
+    } catch (e) {
+      req.log.error({ err: e }, 'request log');
+    }
+  });
+  app.addHook('onRoute', (route) => {
+    if (route.schema?.hide) return;
+    route.schema = { ...route.schema, response: { ...problemResponses, ...(route.schema?.response as object) } };
+  });
+
+  // ---- helpers over the catalog
+
+  const imageView = async (policy: Policy, name: string) => {
+    const row = await lib.catalog.image(name);
+    if (!row) throw notFound(name);
+    const g = await policy.ownerOf(name);
+    return { ...row, project: g.project, visibility: g.visibility };
+  };
+
+  /** A readable version by image and `:version` (number or tag). */
+  const versionIn = async (policy: Policy, name: string, version: string): Promise<VersionRow> => {
+    await policy.readable(lib, name);
+    const { number, tag } = parseVersionParam(version);
+    let n = number;
+    if (tag !== undefined) {
+      const t = await lib.catalog.db.get<{ number: number }>('SELECT number FROM tags WHERE image = ? AND tag = ?', [
+        name,
+        tag,
+      ]);
+      n = t ? Number(t.number) : undefined;
+    }
+    const v = n === undefined ? undefined : await lib.catalog.version(name, n);
+    if (v?.state !== 'active') throw noVersion(`${name}/${version}`);
+    return v;
+  };
+
+  /** NAME, NAME@N or NAME:TAG, readable (no digest prefixes: they would search unreadable manifests). */
+  const resolveRef = async (policy: Policy, ref: string): Promise<VersionRow> => {
+    const at = ref.lastIndexOf('@');
+    const colon = ref.lastIndexOf(':');
+    let name = ref;
+    let version: string | undefined;
+    if (at > 0) [name, version] = [ref.slice(0, at), ref.slice(at + 1)];
+    else if (colon > 0) [name, version] = [ref.slice(0, colon), ref.slice(colon + 1)];
+    if (version === undefined) {
+      const img = await lib.catalog.image(name);
+      if (!img || img.latest === null || !(await policy.canRead(name))) throw noVersion(ref);
+      version = String(img.latest);
+    } else if (at > 0 && !/^\d+$/.test(version)) throw noVersion(ref);
+    else if (colon > 0 && /^\d+$/.test(version)) {
+      // a numeric tag
+      const t = await lib.catalog.db.get<{ number: number }>('SELECT number FROM tags WHERE image = ? AND tag = ?', [
+        name,
+        version,
+      ]);
+      if (!t) throw noVersion(ref);
+      version = String(t.number);
+    }
+    try {
+      return await versionIn(policy, name, version);
+    } catch (e) {
+      if (e instanceof HttpProblem && e.status === 404) throw noVersion(ref);
+      throw e;
+    }
+  };
+
+  const blobsOf = async (manifest: string): Promise<Set<string>> => {
+    let s = reach.get(manifest);
+    if (!s) {
+      s = new Set();
+      await reachable(lib, manifest, s);
+      reach.set(manifest, s);
+    }
+    return s;
+  };
+
+  /** Blobs the caller holds: those its project uploaded, and those of versions it may read. */
+  const heldFilter = async (policy: Policy, digests: string[]): Promise<Set<string>> => {
+    const out = new Set<string>();
+    if (policy.p.admin) {
+      for (const d of digests) if (lib.store.has(d)) out.add(d);
+      return out;
+    }
+    const want = new Set(digests.filter((d) => lib.store.has(d)));
+    if (want.size === 0) return out;
+    if (policy.p.project) for (const d of await access.heldBy(policy.p.project, [...want])) out.add(d);
+    for (const v of await lib.catalog.activeVersions()) {
+      if (out.size === want.size) break;
+      if (!(await policy.canRead(v.image))) continue;
+      const s = await blobsOf(v.manifest);
+      for (const d of want) if (s.has(d)) out.add(d);
+    }
+    return out;
+  };
+
+  const parseFilesQuery = async (policy: Policy, p: { name: string; version: string }, part?: string) => {
+    const v = await versionIn(policy, p.name, p.version);
+    const files = await layoutFiles(lib, v, await lib.layout(v.manifest), part);
+    return { v, files };
+  };
+
+  const lsEntry = (e: ManifestEntry) => {
+    const { chunks, xattrs, ...rest } = e;
+    return { ...rest, xattrs: xattrs ? Object.keys(xattrs) : [] };
+  };
+
+  async function* fileBytes(files: FilesManifest, e: ManifestEntry, start: number, end: number) {
+    const C = files.fileChunkSize;
+    const chunks = e.chunks ?? [];
+    for (let i = Math.floor(start / C); i * C < end; i++) {
+      const off = i * C;
+      const n = Math.min(C, e.size - off);
+      const d = chunks[i];
+      if (d === undefined) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
+      const b = d === null ? new Uint8Array(n) : await lib.store.get(d);
+      yield b.subarray(Math.max(0, start - off), Math.min(n, end - off));
+    }
+  }
+
+  const nameParam = obj({ name: str({ pattern: IMAGE_NAME }) });
+  const versionParams = obj({ name: str({ pattern: IMAGE_NAME }), version: str({ pattern: TAG }) });
+
+  // ---- operations
+
+  app.get('/healthz', { schema: { response: { 200: obj({ status: str(), images: int() }) } } }, async () => ({
+    status: 'ok',
+    images: (await lib.catalog.images()).length,
+  }));
+
+  app.get(
+    '/metrics',
+    {
+      schema: {
+        response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: str() } } } },
+      },
+    },
+    async (_req, reply) => {
+      let blobs = 0;
+      let storedBytes = 0;
+      for (const d of lib.store.entries().keys()) {
+        blobs++;
+        storedBytes += lib.store.storedSize(d);
+      }
+      let catalogBytes = 0;
+      try {
+        catalogBytes = statSync(path.join(lib.dir, 'catalog.db')).size;
+      } catch {
+        // not a file-backed catalog
+      }
+      reply.type('text/plain; version=0.0.4');
+      return metrics.render({
+        strata_store_blobs: blobs,
+        strata_store_bytes: storedBytes,
+        strata_catalog_bytes: catalogBytes,
+        strata_images: (await lib.catalog.images()).length,
+      });
+    },
+  );
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  app.get(
+    '/v1/whoami',
+    {
+      schema: {
+        response: {
+          200: obj({
+            user: nullable(str()),
+            project: nullable(str()),
+            role: nullable(str()),
+            scope: str(),
+            admin: bool(),
+          }),
+        },
+      },
+    },
+    async (req) => {
+      const { tokenId, ...p } = req.principal;
+      return p;
+    },
+  );
+
+  // ---- images
+
+  app.get(
+    '/v1/images',
+    {
+      config: { op: 'images.list' },
+      schema: {
+        querystring: obj(
+          { ...pageQuery, project: str({ pattern: PROJECT }), visibility: VISIBILITY, prefix: str({ maxLength: 128 }) },
+          [],
+        ),
+        response: { 200: page(Image) },
+      },
+    },
+    async (req) => {
+      const q = req.query as { limit: number; offset: number; project?: string; visibility?: string; prefix?: string };
+      const out = [];
+      for (const row of await lib.catalog.images()) {
+        if (!(await req.policy.canRead(row.name))) continue;
+        const g = await req.policy.ownerOf(row.name);
+        if (q.project !== undefined && g.project !== q.project) continue;
+        if (q.visibility !== undefined && g.visibility !== q.visibility) continue;
+        if (q.prefix !== undefined && !row.name.startsWith(q.prefix)) continue;
+        out.push({ ...row, project: g.project, visibility: g.visibility });
+      }
+      return { items: out.slice(q.offset, q.offset + q.limit), total: out.length, limit: q.limit, offset: q.offset };
+    },
+  );
+
+  app.post(
+    '/v1/images',
+    {
+      config: { op: 'images.create' },
+      schema: {
+        body: obj(
+          { name: str({ pattern: IMAGE_NAME }), description: str({ maxLength: 4096 }), visibility: VISIBILITY },
+          ['name'],
+        ),
+        response: { 201: Image },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { name: string; description?: string; visibility?: Visibility };
+      const project = ownProject(req.policy, b.name);
+      const existing = await lib.catalog.image(b.name);
+      if (existing) {
+        if (await req.policy.canRead(b.name)) throw new HttpProblem(409, `image ${b.name} exists`);
+        throw new HttpProblem(409, `image ${b.name} exists`); // only reachable by a server admin's own names
+      }
+      await lib.catalog.createImage(b.name, b.description);
+      await access.setImageAccess(b.name, project, b.visibility ?? 'private');
+      reply.code(201);
+      return imageView(new Policy(req.principal, access, defaults), b.name);
+    },
+  );
+
+  /**
+   * The project a new image named `name` goes to: the caller's, and the name must start
+   * with it ("PROJECT/..."), so names never collide across projects (a collision would
+   * tell one project what another holds). A server admin may name anything.
+   */
+  function ownProject(policy: Policy, name: string): string {
+    checkImageName(name);
+    const p = policy.p;
+    if (p.admin && p.scope === 'write') return p.project ?? defaults.project;
+    if (!policy.canWriteProject(p.project)) {
+      throw new HttpProblem(
+        p.user === null ? 401 : 403,
+        'creating an image needs a write token of a project admin or member',
+      );
+    }
+    if (!name.startsWith(`${p.project}/`)) {
+      throw new HttpProblem(400, `images of project ${p.project} are named ${p.project}/...`, 'bad-name');
+    }
+    return p.project as string;
+  }
+
+  app.get(
+    '/v1/images/:name',
+    { config: { op: 'images.get' }, schema: { params: nameParam, response: { 200: Image } } },
+    async (req) => {
+      const { name } = req.params as { name: string };
+      await req.policy.readable(lib, name);
+      return imageView(req.policy, name);
+    },
+  );
+
+  app.patch(
+    '/v1/images/:name',
+    {
+      config: { op: 'images.update' },
+      schema: {
+        params: nameParam,
+        body: obj({ description: nullable(str({ maxLength: 4096 })), visibility: VISIBILITY }, []),
+        response: { 200: Image },
+      },
+    },
+    async (req) => {
+      const { name } = req.params as { name: string };
+      const b = req.body as { description?: string | null; visibility?: Visibility };
+      if (b.visibility !== undefined) {
+        const g = await req.policy.manageable(lib, name);
+        await access.setImageAccess(name, g.project, b.visibility);
+      }
+      if (b.description !== undefined) {
+        await req.policy.writable(lib, name);
+        await lib.catalog.setDescription(name, b.description);
+      }
+      if (b.visibility === undefined && b.description === undefined) await req.policy.readable(lib, name);
+      return imageView(new Policy(req.principal, access, defaults), name);
+    },
+  );
+
+  app.delete(
+    '/v1/images/:name',
+    {
+      config: { op: 'images.delete' },
+      schema: { params: nameParam, response: { 204: { type: 'null', description: 'deleted' } } },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      await req.policy.manageable(lib, name);
+      await lib.catalog.deleteImage(name);
+      await access.dropImage(name);
+      reply.code(204);
+      return null;
+    },
+  );
+
+  // ---- versions
+
+  app.get(
+    '/v1/images/:name/versions',
+    {
+      config: { op: 'versions.list' },
+      schema: {
+        params: nameParam,
+        querystring: obj({ ...pageQuery, tag: str({ pattern: TAG }) }, []),
+        response: { 200: page(Version) },
+      },
+    },
+    async (req) => {
+      const { name } = req.params as { name: string };
+      const q = req.query as { limit: number; offset: number; tag?: string };
+      await req.policy.readable(lib, name);
+      let rows = await lib.catalog.versions(name);
+      if (q.tag !== undefined) rows = rows.filter((v) => v.tags.includes(q.tag as string));
+      return {
+        items: rows.slice(q.offset, q.offset + q.limit).map(versionOf),
+        total: rows.length,
+        limit: q.limit,
+        offset: q.offset,
+      };
+    },
+  );
+
+  app.get(
+    '/v1/resolve',
+    {
+      config: { op: 'versions.resolve' },
+      schema: { querystring: obj({ ref: str({ maxLength: 300 }) }), response: { 200: Version } },
+    },
+    async (req) => versionOf(await resolveRef(req.policy, (req.query as { ref: string }).ref)),
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version',
+    {
+      config: { op: 'versions.get' },
+      schema: {
+        params: versionParams,
+        response: {
+          200: obj({
+            ...(Version.properties as object),
+            layout: anyObject('layout summary: volumes, chunks, ranges'),
+          } as never),
+        },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; version: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      const m = await lib.layout(v.manifest);
+      let dataBytes = 0;
+      for (const n of m.ranges.length) dataBytes += n;
+      return {
+        ...versionOf(v),
+        layout: {
+          virtualSize: m.virtualSize,
+          sourceFormat: m.sourceFormat,
+          scheme: m.scheme,
+          exact: m.exact,
+          fileChunkSize: m.fileChunkSize,
+          diskChunkSize: m.diskChunkSize,
+          chunks: m.chunks.length,
+          ranges: m.ranges.disk.length,
+          dataBytes,
+          volumes: m.volumes,
+          warnings: m.warnings,
+        },
+      };
+    },
+  );
+
+  app.delete(
+    '/v1/images/:name/versions/:version',
+    {
+      config: { op: 'versions.delete' },
+      schema: { params: versionParams, response: { 204: { type: 'null', description: 'deleted' } } },
+    },
+    async (req, reply) => {
+      const p = req.params as { name: string; version: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      await req.policy.writable(lib, p.name);
+      await lib.catalog.deleteVersion(v.image, v.number);
+      reply.code(204);
+      return null;
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/provenance',
+    {
+      config: { op: 'versions.provenance' },
+      schema: {
+        params: versionParams,
+        response: { 200: obj({ ref: str(), parents: arr(VersionKey), children: arr(VersionKey) }) },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; version: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      const visible = async (xs: Array<{ image: string; number: number }>) => {
+        const out = [];
+        for (const x of xs) if (await req.policy.canRead(x.image)) out.push(x);
+        return out;
+      };
+      return {
+        ref: `${v.image}@${v.number}`,
+        parents: await visible(v.parents),
+        children: await visible(await lib.catalog.children(v.image, v.number)),
+      };
+    },
+  );
+
+  // check-in by upload: the manifests, once every chunk they name is held
+  app.post(
+    '/v1/images/:name/versions',
+    {
+      config: { op: 'versions.commit' },
+      bodyLimit: opts.commitLimit ?? 256 * ONE_MIB,
+      schema: {
+        params: nameParam,
+        body: obj(
+          {
+            layout: anyObject('the layout manifest (strata.layout v1)'),
+            files: arr(anyObject('a file manifest (strata.files v1)'), { maxItems: 256 }),
+            parents: arr(str({ maxLength: 300 }), { maxItems: 64 }),
+            tags: arr(str({ pattern: TAG }), { maxItems: 64 }),
+            description: str({ maxLength: 4096 }),
+            visibility: VISIBILITY,
+          },
+          ['layout'],
+        ),
+        response: { 201: obj({ ...(Version.properties as object), warnings: arr(str()) } as never) },
+      },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      const b = req.body as {
+        layout: LayoutManifest;
+        files?: FilesManifest[];
+        parents?: string[];
+        tags?: string[];
+        description?: string;
+        visibility?: Visibility;
+      };
+      const policy = req.policy;
+      const existing = await lib.catalog.image(name);
+      let project: string;
+      if (existing && (await policy.canRead(name))) project = (await policy.writable(lib, name)).project;
+      else project = ownProject(policy, name);
+      for (const t of b.tags ?? []) checkTag(t);
+      // the manifests: decoded and checked as the store's reader would
+      const layoutBytes = encodeManifest(b.layout);
+      const layout = decodeManifest<LayoutManifest>(layoutBytes, LAYOUT_KIND, 'uploaded layout manifest');
+      const files = new Map<string, Uint8Array>();
+      for (const f of b.files ?? []) {
+        const enc = encodeManifest(f);
+        const fm = decodeManifest<FilesManifest>(enc, FILES_KIND, 'uploaded file manifest');
+        if (!Array.isArray(fm.entries)) throw new HttpProblem(422, 'a file manifest has no entries');
+        files.set(createHash('sha256').update(enc).digest('hex'), enc);
+      }
+      const chunkSet = new Set(layout.chunks);
+      for (const [d, enc] of files) {
+        const fm = JSON.parse(Buffer.from(enc).toString('utf8')) as FilesManifest;
+        for (const e of fm.entries) {
+          for (const c of e.chunks ?? []) {
+            if (c !== null && !chunkSet.has(c)) {
+              throw new HttpProblem(422, `file manifest ${d} names chunk ${c} the layout does not`, 'bad-manifest');
+            }
+          }
+        }
+      }
+      const need = new Set<string>(layout.chunks);
+      for (const v of layout.volumes) if (v.fs && !files.has(v.fs.files)) need.add(v.fs.files);
+      for (const d of need)
+        if (!/^[0-9a-f]{64}$/.test(d)) throw new HttpProblem(422, `bad digest ${d}`, 'bad-manifest');
+      const parents: Array<{ image: string; number: number }> = [];
+      for (const ref of b.parents ?? []) {
+        const v = await resolveRef(policy, ref);
+        parents.push({ image: v.image, number: v.number });
+      }
+      if (!b.parents && existing) {
+        const prev = (await lib.catalog.versions(name)).pop();
+        if (prev) parents.push({ image: prev.image, number: prev.number });
+      }
+      const row = await exclusive(async () => {
+        const lock = await RepoLock.acquire(lib.store.backend, 'shared', `serve commit ${name}`, 60_000);
+        try {
+          const held = await heldFilter(policy, [...need]);
+          const missing = [...need].filter((d) => !held.has(d));
+          if (missing.length > 0) {
+            throw new HttpProblem(
+              409,
+              `${missing.length} blobs the manifest names are not held by project ${policy.p.project ?? '-'} (first: ${missing[0]}); upload them first`,
+              'missing-chunks',
+            );
+          }
+          for (let i = 0; i < layout.chunks.length; i++) {
+            const e = lib.store.entry(layout.chunks[i]);
+            if (e && e.plainLength !== layout.chunkLengths[i]) {
+              throw new HttpProblem(
+                422,
+                `chunk ${layout.chunks[i]} holds ${e.plainLength} bytes, not ${layout.chunkLengths[i]}`,
+                'bad-manifest',
+              );
+            }
+          }
+          const added: string[] = [];
+          for (const [d, enc] of files) if ((await lib.store.put('tree', enc, d)).added) added.push(d);
+          const m = await lib.store.put('tree', layoutBytes);
+          if (m.added) added.push(m.digest);
+          await lib.store.flush();
+          // new bytes: what no other active version needed
+          const others = new Set<string>();
+          for (const v of await lib.catalog.activeVersions()) for (const d of await blobsOf(v.manifest)) others.add(d);
+          let storedBytes = lib.store.storedSize(m.digest);
+          let newBytes = 0;
+          for (const d of new Set([...layout.chunks, ...files.keys()])) {
+            storedBytes += lib.store.storedSize(d);
+            if (!others.has(d)) newBytes += lib.store.storedSize(d);
+          }
+          if (!others.has(m.digest)) newBytes += lib.store.storedSize(m.digest);
+          let usedBytes = 0;
+          for (const n of layout.ranges.length) usedBytes += n;
+          const r = await lib.catalog.addVersion({
+            image: name,
+            description: b.description,
+            manifest: m.digest,
+            createdBy: policy.p.user ?? 'anonymous',
+            sourceName: layout.sourceName,
+            sourceFormat: layout.sourceFormat,
+            virtualSize: layout.virtualSize,
+            usedBytes,
+            storedBytes,
+            newBytes,
+            exact: layout.exact,
+            parents,
+            tags: b.tags ?? [],
+          });
+          if (!existing) await access.setImageAccess(name, project, b.visibility ?? 'private');
+          if (policy.p.project) await access.holdBlobs(policy.p.project, added);
+          return r;
+        } finally {
+          await lock.release();
+        }
+      });
+      const warnings: string[] = [];
+      await inspectAfterCheckin(lib, row, warnings);
+      reply.code(201);
+      return { ...versionOf(row), warnings };
+    },
+  );
+
+  app.post(
+    '/v1/images/:name/import',
+    {
+      config: { op: 'versions.import' },
+      schema: {
+        params: nameParam,
+        body: obj({ path: str({ maxLength: 4096 }), tags: arr(str({ pattern: TAG }), { maxItems: 64 }) }, ['path']),
+        response: { 201: Version },
+      },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      const b = req.body as { path: string; tags?: string[] };
+      if (!req.principal.admin || req.principal.scope !== 'write') {
+        throw new HttpProblem(
+          req.principal.user ? 403 : 401,
+          'importing a file on the server needs a server admin write token',
+        );
+      }
+      const { checkin } = await import('../../library/checkin.js');
+      const existing = await lib.catalog.image(name);
+      const r = await exclusive(() =>
+        checkin(lib, b.path, { name, tags: b.tags ?? [], createdBy: req.principal.user ?? undefined }),
+      );
+      if (!existing) await access.setImageAccess(name, req.principal.project ?? defaults.project, 'private');
+      reply.code(201);
+      return versionOf((await lib.catalog.version(r.image, r.number)) as VersionRow);
+    },
+  );
+
+  // ---- tags
+
+  app.put(
+    '/v1/images/:name/tags/:tag',
+    {
+      config: { op: 'tags.set' },
+      schema: {
+        params: obj({ name: str({ pattern: IMAGE_NAME }), tag: str({ pattern: TAG }) }),
+        body: obj({ version: int({ minimum: 1 }) }),
+        response: { 200: obj({ image: str(), tag: str(), number: int() }) },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; tag: string };
+      const v = await versionIn(req.policy, p.name, String((req.body as { version: number }).version));
+      await req.policy.writable(lib, p.name);
+      await lib.catalog.setTag(v.image, p.tag, v.number);
+      return { image: v.image, tag: p.tag, number: v.number };
+    },
+  );
+
+  app.delete(
+    '/v1/images/:name/tags/:tag',
+    {
+      config: { op: 'tags.delete' },
+      schema: {
+        params: obj({ name: str({ pattern: IMAGE_NAME }), tag: str({ pattern: TAG }) }),
+        response: { 204: { type: 'null', description: 'deleted' } },
+      },
+    },
+    async (req, reply) => {
+      const p = req.params as { name: string; tag: string };
+      await req.policy.writable(lib, p.name);
+      if (!(await lib.catalog.deleteTag(p.name, p.tag))) throw new HttpProblem(404, `no tag ${p.tag} on ${p.name}`);
+      reply.code(204);
+      return null;
+    },
+  );
+
+  // ---- members (sharing with other projects, who accept)
+
+  app.get(
+    '/v1/images/:name/members',
+    { config: { op: 'members.list' }, schema: { params: nameParam, response: { 200: obj({ items: arr(Member) }) } } },
+    async (req) => {
+      const { name } = req.params as { name: string };
+      const g = await req.policy.readable(lib, name);
+      if (!req.principal.admin && req.principal.project !== g.project) {
+        throw new HttpProblem(403, `only project ${g.project} sees who ${name} is shared with`);
+      }
+      return { items: await access.members(name) };
+    },
+  );
+
+  app.post(
+    '/v1/images/:name/members',
+    {
+      config: { op: 'members.add' },
+      schema: { params: nameParam, body: obj({ project: str({ pattern: PROJECT }) }), response: { 201: Member } },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      const { project } = req.body as { project: string };
+      const g = await req.policy.manageable(lib, name);
+      if (project === g.project) throw new HttpProblem(400, `${name} already belongs to ${project}`);
+      if (!(await access.projectExists(project))) throw new HttpProblem(404, `no project ${project}`);
+      reply.code(201);
+      return access.addMember(name, project);
+    },
+  );
+
+  app.put(
+    '/v1/images/:name/members/:project',
+    {
+      config: { op: 'members.answer' },
+      schema: {
+        params: obj({ name: str({ pattern: IMAGE_NAME }), project: str({ pattern: PROJECT }) }),
+        body: obj({ status: str({ enum: ['accepted', 'rejected', 'pending'] }) }),
+        response: { 200: Member },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; project: string };
+      const { status } = req.body as { status: 'accepted' | 'rejected' | 'pending' };
+      const row = (await lib.catalog.image(p.name)) ? await access.member(p.name, p.project) : undefined;
+      const me = req.principal;
+      const mine = me.project === p.project || me.admin;
+      // the invited project answers; to anybody else the invitation does not exist
+      if (!row || !mine) {
+        if (await req.policy.canRead(p.name)) throw new HttpProblem(404, `${p.name} is not shared with ${p.project}`);
+        throw notFound(p.name);
+      }
+      if (!req.policy.canWriteProject(p.project) && !me.admin) {
+        throw new HttpProblem(403, `answering needs a write token of a project ${p.project} admin or member`);
+      }
+      await access.setMemberStatus(p.name, p.project, status);
+      return (await access.member(p.name, p.project)) as never;
+    },
+  );
+
+  app.delete(
+    '/v1/images/:name/members/:project',
+    {
+      config: { op: 'members.remove' },
+      schema: {
+        params: obj({ name: str({ pattern: IMAGE_NAME }), project: str({ pattern: PROJECT }) }),
+        response: { 204: { type: 'null', description: 'removed' } },
+      },
+    },
+    async (req, reply) => {
+      const p = req.params as { name: string; project: string };
+      await req.policy.manageable(lib, p.name);
+      if (!(await access.removeMember(p.name, p.project)))
+        throw new HttpProblem(404, `${p.name} is not shared with ${p.project}`);
+      reply.code(204);
+      return null;
+    },
+  );
+
+  app.get(
+    '/v1/shared',
+    {
+      config: { op: 'members.invitations' },
+      schema: {
+        querystring: obj({ status: str({ enum: ['pending', 'accepted', 'rejected'] }) }, []),
+        response: { 200: obj({ items: arr(Member) }) },
+      },
+    },
+    async (req) => {
+      const me = req.principal.project;
+      if (!me) return { items: [] };
+      const q = req.query as { status?: string };
+      const rows = await lib.catalog.db.all<{ image: string }>(
+        'SELECT image FROM image_members WHERE project = ? ORDER BY image',
+        [me],
+      );
+      const items = [];
+      for (const r of rows) {
+        if (!(await lib.catalog.image(r.image))) continue;
+        const m = await access.member(r.image, me);
+        if (m && (q.status === undefined || m.status === q.status)) items.push(m);
+      }
+      return { items };
+    },
+  );
+
+  // ---- files, straight from the manifests
+
+  app.get(
+    '/v1/images/:name/versions/:version/files',
+    {
+      config: { op: 'files.list' },
+      schema: {
+        params: versionParams,
+        querystring: obj(
+          {
+            ...pageQuery,
+            path: str({ maxLength: 4096, default: '/' }),
+            recursive: bool(),
+            part: str({ maxLength: 64 }),
+          },
+          [],
+        ),
+        response: { 200: page(FileEntry) },
+      },
+    },
+    async (req) => {
+      const q = req.query as { path: string; recursive?: boolean; part?: string; limit: number; offset: number };
+      const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      const rows = listEntries(files, checkImagePath(q.path), q.recursive ?? false);
+      return {
+        items: rows.slice(q.offset, q.offset + q.limit).map(lsEntry),
+        total: rows.length,
+        limit: q.limit,
+        offset: q.offset,
+      };
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/files/stat',
+    {
+      config: { op: 'files.stat' },
+      schema: {
+        params: versionParams,
+        querystring: obj({ path: str({ maxLength: 4096 }), part: str({ maxLength: 64 }), follow: bool() }, ['path']),
+        response: { 200: FileEntry },
+      },
+    },
+    async (req) => {
+      const q = req.query as { path: string; part?: string; follow?: boolean };
+      const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      return lsEntry(findEntry(files, checkImagePath(q.path), q.follow ?? false));
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/files/content',
+    {
+      config: { op: 'files.read' },
+      schema: {
+        params: versionParams,
+        querystring: obj({ path: str({ maxLength: 4096 }), part: str({ maxLength: 64 }) }, ['path']),
+        response: { 200: binary('the file'), 206: binary('a range of the file') },
+      },
+    },
+    async (req, reply) => {
+      const q = req.query as { path: string; part?: string };
+      const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      const e = findEntry(files, checkImagePath(q.path), true);
+      if (e.type !== 'file') throw new HttpProblem(400, `not a regular file: ${q.path}`, 'not-a-file');
+      return sendBytes(req, reply, e.size, (s, t) => fileBytes(files, e, s, t), path.posix.basename(e.path));
+    },
+  );
+
+  // ---- download, inspection, diff, search, storage
+
+  app.get(
+    '/v1/images/:name/versions/:version/disk',
+    {
+      config: { op: 'versions.download' },
+      schema: {
+        params: versionParams,
+        response: { 200: binary('the raw virtual disk'), 206: binary('a range of it') },
+      },
+    },
+    async (req, reply) => {
+      const p = req.params as { name: string; version: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      const src = new VersionSource(lib.store, await lib.layout(v.manifest), `${v.image}@${v.number}`);
+      async function* read(start: number, end: number) {
+        try {
+          for (let o = start; o < end; o += 4 * ONE_MIB) {
+            const buf = Buffer.allocUnsafe(Math.min(4 * ONE_MIB, end - o));
+            await src.readInto(o, buf);
+            yield buf;
+          }
+        } finally {
+          await src.close();
+        }
+      }
+      return sendBytes(req, reply, src.size, read, `${v.image.replace(/\//g, '_')}-${v.number}.raw`);
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/inspection',
+    {
+      config: { op: 'versions.inspection' },
+      schema: {
+        params: versionParams,
+        response: {
+          200: obj({
+            ref: str(),
+            inspected: str(),
+            strataVersion: str(),
+            warnings: arr(str()),
+            roots: arr(anyObject('an OS found')),
+          }),
+        },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; version: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      return versionInspection(lib, `${v.image}@${v.number}`);
+    },
+  );
+
+  app.get(
+    '/v1/diff',
+    {
+      config: { op: 'versions.diff' },
+      schema: {
+        querystring: obj(
+          {
+            a: str({ maxLength: 300 }),
+            b: str({ maxLength: 300 }),
+            part: str({ maxLength: 64 }),
+            packages: bool(),
+            blocks: bool(),
+          },
+          ['a', 'b'],
+        ),
+        response: {
+          200: obj(
+            {
+              a: str(),
+              b: str(),
+              files: anyObject('file tree differences'),
+              packages: { anyOf: [anyObject('package differences'), { type: 'null' }] },
+              blocks: anyObject('block differences'),
+              warnings: arr(str()),
+            },
+            ['a', 'b', 'files', 'warnings'],
+          ),
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query as { a: string; b: string; part?: string; packages?: boolean; blocks?: boolean };
+      const va = await resolveRef(req.policy, q.a);
+      const vb = await resolveRef(req.policy, q.b);
+      return diffVersions(lib, `${va.image}@${va.number}`, `${vb.image}@${vb.number}`, {
+        part: q.part,
+        packages: q.packages,
+        blocks: q.blocks,
+      });
+    },
+  );
+
+  app.get(
+    '/v1/search',
+    {
+      config: { op: 'search' },
+      schema: {
+        querystring: obj(
+          {
+            ...pageQuery,
+            path: str({ maxLength: 4096 }),
+            digest: str({ pattern: DIGEST }),
+            package: str({ maxLength: 300 }),
+            os: str({ maxLength: 300 }),
+            user: str({ maxLength: 300 }),
+          },
+          [],
+        ),
+        response: { 200: page(anyObject('a version and what matched in it')) },
+      },
+    },
+    async (req) => {
+      const q = req.query as {
+        limit: number;
+        offset: number;
+        path?: string;
+        digest?: string;
+        package?: string;
+        os?: string;
+        user?: string;
+      };
+      const hits = [];
+      for (const h of await search(lib, {
+        path: q.path,
+        digest: q.digest,
+        package: q.package,
+        os: q.os,
+        user: q.user,
+      })) {
+        if (await req.policy.canRead(h.image)) hits.push(h);
+      }
+      return { items: hits.slice(q.offset, q.offset + q.limit), total: hits.length, limit: q.limit, offset: q.offset };
+    },
+  );
+
+  app.get(
+    '/v1/storage',
+    {
+      config: { op: 'storage' },
+      schema: {
+        querystring: obj({ project: str({ pattern: PROJECT }) }, []),
+        response: { 200: obj({ images: arr(Usage), projects: arr(Usage), total: Usage }) },
+      },
+    },
+    async (req) => {
+      const q = req.query as { project?: string };
+      const per = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
+      const perProject = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
+      const total = { versions: 0, logical: 0, used: 0, blobs: new Set<string>() };
+      for (const img of await lib.catalog.images()) {
+        if (!(await req.policy.canRead(img.name))) continue;
+        const g = await req.policy.ownerOf(img.name);
+        if (q.project !== undefined && g.project !== q.project) continue;
+        const a = { versions: 0, logical: 0, used: 0, blobs: new Set<string>() };
+        let pp = perProject.get(g.project);
+        if (!pp) perProject.set(g.project, (pp = { versions: 0, logical: 0, used: 0, blobs: new Set() }));
+        for (const v of await lib.catalog.versions(img.name)) {
+          for (const acc of [a, pp, total]) {
+            acc.versions++;
+            acc.logical += v.virtualSize;
+            acc.used += v.usedBytes;
+          }
+          for (const d of await blobsOf(v.manifest)) {
+            a.blobs.add(d);
+            pp.blobs.add(d);
+            total.blobs.add(d);
+          }
+        }
+        per.set(img.name, a);
+      }
+      const usage = (name: string, x: { versions: number; logical: number; used: number; blobs: Set<string> }) => {
+        let stored = 0;
+        for (const d of x.blobs) stored += lib.store.storedSize(d);
+        return {
+          name,
+          versions: x.versions,
+          logicalBytes: x.logical,
+          usedBytes: x.used,
+          storedBytes: stored,
+          dedupRatio: stored > 0 ? x.used / stored : 1,
+        };
+      };
+      return {
+        images: [...per].map(([n, x]) => usage(n, x)),
+        projects: [...perProject].map(([n, x]) => usage(n, x)),
+        total: usage('total', total),
+      };
+    },
+  );
+
+  // ---- chunks: scoped to what the caller holds
+
+  app.post(
+    '/v1/chunks/missing',
+    {
+      config: { op: 'chunks.missing' },
+      schema: {
+        body: obj({ digests: arr(str({ pattern: DIGEST }), { maxItems: MAX_DIGESTS }) }),
+        response: { 200: obj({ missing: arr(str()) }) },
+      },
+    },
+    async (req) => {
+      const { digests } = req.body as { digests: string[] };
+      if (!req.policy.canWriteProject(req.principal.project)) {
+        throw new HttpProblem(req.principal.user ? 403 : 401, 'asking for missing chunks needs a write token');
+      }
+      const held = await heldFilter(req.policy, digests);
+      return { missing: [...new Set(digests)].filter((d) => !held.has(d)) };
+    },
+  );
+
+  app.post(
+    '/v1/chunks',
+    {
+      config: { op: 'chunks.upload' },
+      schema: {
+        // documented, not validated by ajv (a Buffer is no JSON string): the handler checks every record
+        body: {
+          content: {
+            'application/octet-stream': {
+              schema: { description: 'records: sha256 (32 bytes), length (u32 big-endian), the bytes' },
+            },
+          },
+        },
+        response: { 200: obj({ received: int(), added: int(), bytes: int() }) },
+      },
+    },
+    async (req) => {
+      if (!req.policy.canWriteProject(req.principal.project)) {
+        throw new HttpProblem(req.principal.user ? 403 : 401, 'uploading chunks needs a write token');
+      }
+      const body = req.body as Buffer;
+      if (!Buffer.isBuffer(body)) throw new HttpProblem(415, 'chunks come as application/octet-stream');
+      // every record checked before anything is stored
+      const recs: Array<{ digest: string; data: Buffer }> = [];
+      for (let o = 0; o < body.length; ) {
+        if (o + RECORD_HEADER > body.length)
+          throw new HttpProblem(400, `truncated record header at byte ${o}`, 'bad-upload');
+        const digest = body.subarray(o, o + 32).toString('hex');
+        const n = body.readUInt32BE(o + 32);
+        if (o + RECORD_HEADER + n > body.length)
+          throw new HttpProblem(400, `record at byte ${o} runs past the body`, 'bad-upload');
+        if (n > 64 * ONE_MIB) throw new HttpProblem(413, `chunk of ${n} bytes`);
+        const data = body.subarray(o + RECORD_HEADER, o + RECORD_HEADER + n);
+        const got = createHash('sha256').update(data).digest('hex');
+        if (got !== digest)
+          throw new HttpProblem(422, `record at byte ${o}: bytes hash to ${got}, not ${digest}`, 'wrong-digest');
+        recs.push({ digest, data });
+        o += RECORD_HEADER + n;
+      }
+      let added = 0;
+      await exclusive(async () => {
+        for (const r of recs) if ((await lib.store.put('data', r.data, r.digest)).added) added++;
+        await lib.store.flush();
+        if (req.principal.project)
+          await access.holdBlobs(
+            req.principal.project,
+            recs.map((r) => r.digest),
+          );
+      });
+      return { received: recs.length, added, bytes: body.length };
+    },
+  );
+
+  app.get(
+    '/v1/chunks/:digest',
+    {
+      config: { op: 'chunks.read' },
+      schema: { params: obj({ digest: str({ pattern: DIGEST }) }), response: { 200: binary('the chunk, plain') } },
+    },
+    async (req, reply) => {
+      const { digest } = req.params as { digest: string };
+      if (!(await heldFilter(req.policy, [digest])).has(digest)) throw new HttpProblem(404, `no such chunk: ${digest}`);
+      const b = Buffer.from(await lib.store.get(digest));
+      reply.type('application/octet-stream');
+      return b;
+    },
+  );
+
+  return app;
+}
+
+/** Listen on HOST:PORT (port 0: any free one); close() finishes in-flight requests first. */
+export async function startServer(
+  lib: Library,
+  listen = '127.0.0.1:8080',
+  opts: ServeOptions = {},
+): Promise<RunningServer> {
+  const app = await buildServer(lib, opts);
+  const i = listen.lastIndexOf(':');
+  const host = i >= 0 ? listen.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1' : '127.0.0.1';
+  const port = Number(i >= 0 ? listen.slice(i + 1) : listen);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new StrataError('USAGE', `bad --listen ${listen} (HOST:PORT)`);
+  await app.listen({ host, port });
+  const addr = app.server.address();
+  const actual = typeof addr === 'object' && addr ? addr.port : port;
+  const shown = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
+  return { app, url: `http://${shown}:${actual}`, close: () => app.close() };
+}
