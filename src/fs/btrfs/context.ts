@@ -2,8 +2,8 @@ import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { GenCache } from '../ext/cache.js';
 import type { ChunkMap } from './chunks.js';
+import type { Node } from './node.js';
 import type { Superblock } from './superblock.js';
-import type { Node } from './tree.js';
 
 const MAX_WARNINGS = 1000;
 
