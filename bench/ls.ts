@@ -12,7 +12,13 @@
  * - extract: strata vs `debugfs -R 'rdump / DIR'`; both trees are then compared (file
  *   count, every path's type, sha256 of a sample).
  *
+ * - XFS (issue 19): the same tree copied by the kernel into an mkfs.xfs image; strata ls
+ *   vs `find -printf` of the same fields over the kernel's read-only loop mount, and strata
+ *   extract vs `cp -a` out of that mount (the only peers that read XFS). The mount is made
+ *   once and its page cache is warm, like the image file's for strata. Needs root.
+ *
  * Options: --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-ls),
+ * --rootfs DIR (the tree to use instead of debootstrapping one), --no-xfs (skip the XFS cases),
  * --profile (also write V8 CPU profiles of one strata ls and
  * one extract and print their hottest functions), --image FILE (bench another ext image).
  */
@@ -45,7 +51,7 @@ function setup(): string {
   const given = opt('--image');
   if (given) return path.resolve(given);
   mkdirSync(BENCH, { recursive: true });
-  const rootfs = benchRootfs(BENCH, log);
+  const rootfs = opt('--rootfs') ?? benchRootfs(BENCH, log);
   const image = path.join(BENCH, 'bookworm-minbase.ext4');
   if (!existsSync(image)) {
     need('mkfs.ext4', 'e2fsprogs');
@@ -263,6 +269,9 @@ async function main(): Promise<void> {
   rmSync(outS, { recursive: true, force: true });
   rmSync(outD, { recursive: true, force: true });
 
+  // --- XFS ---------------------------------------------------------------------------------
+  if (!process.argv.includes('--no-xfs') && !opt('--image')) await benchXfs(bestOf, outRoot);
+
   // --- profile ------------------------------------------------------------------------------
   if (PROFILE) {
     const dir = path.join(BENCH, 'prof');
@@ -278,6 +287,79 @@ async function main(): Promise<void> {
       if (prof) line({ case: `profile ${name}`, file: path.join(dir, prof), top: hotSpots(path.join(dir, prof)) });
     }
     rmSync(path.join(dir, 'x'), { recursive: true, force: true });
+  }
+}
+
+/** The bench tree in an XFS image, copied in by the kernel (cached). */
+function setupXfs(): string {
+  const rootfs = opt('--rootfs') ?? benchRootfs(BENCH, log);
+  const image = path.join(BENCH, 'bookworm-minbase.xfs');
+  if (!existsSync(image)) {
+    need('mkfs.xfs', 'xfsprogs');
+    const bytes = Number(sh('du', ['-sb', rootfs]).split(/\s/)[0]);
+    // mkfs.xfs 6.1 makes nothing under 300 MB
+    const size = Math.max(320, Math.ceil((bytes * 1.4 + (96 << 20)) / (1 << 20)));
+    log(`mkfs.xfs and cp -a ${rootfs} through a loop mount (${size} MiB, once)`);
+    sh('truncate', ['-s', `${size}M`, `${image}.tmp`]);
+    sh('mkfs.xfs', ['-q', '-f', '-L', 'bench-root', `${image}.tmp`]);
+    const mnt = path.join(BENCH, 'xfs-mnt-setup');
+    mkdirSync(mnt, { recursive: true });
+    sh('mount', ['-o', 'loop', `${image}.tmp`, mnt]);
+    try {
+      sh('cp', ['-a', `${rootfs}/.`, mnt]);
+    } finally {
+      sh('umount', [mnt]);
+    }
+    renameSync(`${image}.tmp`, image);
+  }
+  return image;
+}
+
+async function benchXfs(
+  bestOf: (fns: Array<() => Promise<number>>) => Promise<number[]>,
+  outRoot: string,
+): Promise<void> {
+  const image = setupXfs();
+  const node = process.execPath;
+  const mnt = path.join(BENCH, 'xfs-mnt');
+  mkdirSync(mnt, { recursive: true });
+  sh('mount', ['-o', 'ro,loop', image, mnt]);
+  try {
+    const lsArgs = [CLI, 'ls', '-R', '-l', '--json', image, '/'];
+    // the fields ls -l --json prints: type and mode, links, owner, size, mtime, name, target
+    const findArgs = [mnt, '-mindepth', '1', '-printf', '%y %m %n %U %G %s %T@ %P %l\\n'];
+    const entries = (await timed(node, lsArgs, true)).out.split('\n').filter(Boolean).length;
+    const peerEntries = (await timed('find', findArgs, true)).out.split('\n').filter(Boolean).length;
+    const [ls, find] = await bestOf([
+      async () => (await timed(node, lsArgs)).ms,
+      async () => (await timed('find', findArgs)).ms,
+    ]);
+    report('xfs ls -R', ls, 'find -printf over the kernel loop mount', find, { entries, peerEntries });
+    const outS = path.join(outRoot, 'xfs-extract-strata');
+    const outC = path.join(outRoot, 'xfs-extract-cp');
+    const [x, cp] = await bestOf([
+      async () => {
+        rmSync(outS, { recursive: true, force: true });
+        return (await timed(node, [CLI, 'extract', image, '/', outS])).ms;
+      },
+      async () => {
+        rmSync(outC, { recursive: true, force: true });
+        return (await timed('cp', ['-a', mnt, outC])).ms;
+      },
+    ]);
+    const a = treeIndex(outS);
+    const b = treeIndex(outC);
+    let typeMismatch = 0;
+    for (const [p, t] of b.types) if (a.types.get(p) !== t) typeMismatch++;
+    report('xfs extract /', x, 'cp -a from the kernel loop mount', cp, {
+      files: a.files.length,
+      peerFiles: b.files.length,
+      typeMismatch,
+    });
+    rmSync(outS, { recursive: true, force: true });
+    rmSync(outC, { recursive: true, force: true });
+  } finally {
+    sh('umount', [mnt]);
   }
 }
 

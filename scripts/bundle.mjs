@@ -158,7 +158,7 @@ await build({
   entryPoints: {
     'inflate-worker': path.join(root, 'src', 'formats', 'vmdk', 'inflate-worker.ts'),
     'zstd-worker': path.join(root, 'src', 'store', 'zstd-worker.ts'),
-    'copy-worker': path.join(root, 'src', 'formats', 'copy-worker.ts'),
+    'copy-worker': path.join(root, 'src', 'library', 'convert', 'copy-worker.ts'),
   },
   outdir: out,
 });

@@ -31,7 +31,13 @@ const LAYERS = [
   'analytics',
   'cli',
 ];
-const CLI_MAY_IMPORT = ['src/index.ts', 'src/library/index.ts', 'src/io/index.ts', 'src/serve/index.ts'];
+const CLI_MAY_IMPORT = [
+  'src/index.ts',
+  'src/library/index.ts',
+  'src/io/index.ts',
+  'src/serve/index.ts',
+  'src/deploy/index.ts',
+];
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 

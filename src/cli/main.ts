@@ -28,6 +28,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
+  { verbs: ['deploy'], load: async () => (await import('./commands/deploy.js')).registerDeployCommand },
   {
     verbs: ['serve', 'user', 'project', 'token'],
     load: async () => (await import('./commands/serve.js')).registerServeCommands,

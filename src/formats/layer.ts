@@ -1,4 +1,4 @@
-import { type ByteSource, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
+import { type ByteSource, clampStatus, type Extent, pushExtent, statusOf } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
 import type { DirectPiece, DiskImage } from './types.js';
 
@@ -28,6 +28,27 @@ export async function readBelow(
     out.set(b.subarray(0, got), at);
   }
   if (got < length) out.fill(0, at + got, at + length);
+}
+
+/**
+ * Push the status of `length` bytes of a host file at `host` (a format's data cluster or
+ * flat extent), placed at virtual `virt`: `data` where the file holds bytes, `zero` over
+ * its holes (SEEK_HOLE, see io/native.ts) and past its end, both of which read as zeros.
+ */
+export async function pushHostStatus(
+  out: Extent[],
+  file: ByteSource,
+  host: number,
+  length: number,
+  virt: number,
+): Promise<void> {
+  const inFile = Math.max(0, Math.min(length, file.size - host));
+  if (inFile > 0) {
+    for (const e of await statusOf(file, host, inFile)) {
+      pushExtent(out, virt + (e.offset - host), e.length, e.kind === 'data' ? 'data' : 'zero');
+    }
+  }
+  pushExtent(out, virt + inFile, length - inFile, 'zero');
 }
 
 /**

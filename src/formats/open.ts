@@ -37,7 +37,7 @@ const isUrl = (s: string) => /^https?:\/\//i.test(s);
 export async function openByteSource(location: string, options: OpenOptions = {}): Promise<ByteSource> {
   if (isUrl(location)) {
     const { HttpSource } = await import('../io/http-source.js');
-    const h = await HttpSource.open(location, { headers: options.httpHeaders });
+    const h = await HttpSource.open(location, { ...options.http, headers: options.httpHeaders });
     return new CachedSource(h, { blockSize: 1 << 20, capacity: 64 << 20 });
   }
   return FileSource.open(location);

@@ -1,8 +1,8 @@
 import { type ByteSource, readExact } from '../io/byte-source.js';
+import { fileView } from '../io/filter-source.js';
 
 export { clampStatus } from '../io/byte-source.js';
 
-import { FileSource } from '../io/file-source.js';
 import { StrataError } from '../util/errors.js';
 import { directBelow, pushDirect, readBelow } from './layer.js';
 import type { DirectPiece, DiskImage } from './types.js';
@@ -103,9 +103,9 @@ export class ReadPlan {
       structure: first.structure,
     };
     const b = await this.readFile(file, span);
-    // A FileSource hands out a fresh buffer we may rearrange; other sources (memory,
-    // caches) may hand out views of bytes they keep, so those are copied out instead.
-    if (!(file instanceof FileSource)) {
+    // A plain file (or a slice of one) hands out a fresh buffer we may rearrange; other
+    // sources (memory, caches) may hand out views of bytes they keep: copied out instead.
+    if (!file.freshReads) {
       const out = Buffer.allocUnsafe(n);
       for (const p of ps) out.set(b.subarray(p.src - first.src, p.src - first.src + p.len), p.at);
       return out;
@@ -138,12 +138,13 @@ export class ReadPlan {
    */
   async direct(file: ByteSource, backing: DiskImage | undefined, virt: number): Promise<DirectPiece[]> {
     const out: DirectPiece[] = [];
+    const f = fileView(file);
     for (const p of this.pieces) {
       const offset = virt + p.at;
       if (p.kind === FILE) {
         checkHostRange(file, p);
-        if (file.fd === undefined) pushDirect(out, { kind: 'other', offset, length: p.len });
-        else pushDirect(out, { kind: 'file', offset, length: p.len, fd: file.fd, file: file.name, host: p.src });
+        if (!f) pushDirect(out, { kind: 'other', offset, length: p.len });
+        else pushDirect(out, { kind: 'file', offset, length: p.len, fd: f.fd, file: f.name, host: f.offset + p.src });
       } else if (p.kind === BELOW) await directBelow(backing, p.src, p.len, out);
       else pushDirect(out, { kind: 'zero', offset, length: p.len });
     }

@@ -1,4 +1,5 @@
 import type { ByteSource, Extent } from '../io/byte-source.js';
+import type { HttpSourceOptions } from '../io/http-source.js';
 
 /** A reference to a backing file exactly as the image records it. */
 export interface BackingRef {
@@ -62,6 +63,8 @@ export interface OpenOptions {
   noBacking?: boolean;
   /** Headers for HTTP sources. */
   httpHeaders?: Record<string, string>;
+  /** Timeouts and retries of HTTP sources (defaults: see HttpSourceOptions). */
+  http?: Pick<HttpSourceOptions, 'connectTimeoutMs' | 'idleTimeoutMs' | 'retries' | 'retryDelayMs'>;
   /**
    * Opens backing references that are not files (e.g. a library version named by a qcow2
    * overlay); returns undefined to fall back to the file lookup. Layers above supply it.

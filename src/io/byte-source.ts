@@ -34,9 +34,21 @@ export interface ByteSource {
   /**
    * Optional: the descriptor of the local file this source reads, byte for byte (offset N of
    * the source is offset N of the file). Bulk copiers read it with positional reads from a
-   * worker thread. Only sources that are plain files have one.
+   * worker thread. Plain files have one, and filters that keep offsets (see FilterSource).
    */
   readonly fd?: number;
+  /**
+   * Optional: `read` always returns a fresh buffer that no one else holds, which the caller
+   * may rearrange in place (a plain file does; memory sources and caches hand out views of
+   * bytes they keep).
+   */
+  readonly freshReads?: boolean;
+  /**
+   * Optional, on filters (see FilterSource): the source this one reads through and where its
+   * offset 0 lies there, so callers see through wrappers (fileView, offsetIn) without
+   * knowing their classes.
+   */
+  unwrap?(): { source: ByteSource; offset: number } | undefined;
   close?(): Promise<void>;
 }
 

@@ -1,7 +1,8 @@
 import { read as readCb, readSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { StrataError } from '../util/errors.js';
-import { type ByteSource, clampRead } from './byte-source.js';
+import { type ByteSource, clampRead, clampStatus, type Extent } from './byte-source.js';
+import { seekStatus } from './native.js';
 
 /**
  * Reads up to this size are tried synchronously first. On this kind of VM a read handed to
@@ -30,6 +31,9 @@ export class FileSource implements ByteSource {
     readonly name: string,
     readonly size: number,
   ) {}
+
+  /** Every read is a new buffer (see ByteSource.freshReads). */
+  readonly freshReads = true;
 
   get fd(): number {
     return this.fh.fd;
@@ -81,6 +85,17 @@ export class FileSource implements ByteSource {
     }
     if (done < n) out.fill(0, done, n); // file shrank under us: never hand out stale memory
     return n;
+  }
+
+  /**
+   * Holes of a sparse file are `zero`, found with SEEK_DATA/SEEK_HOLE (native/seek.c), so a
+   * raw image, a qcow2 data file or a vmdk flat extent shows what `qemu-img map` shows;
+   * everything is `data` where the addon is not built.
+   */
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const n = clampStatus(this, offset, length);
+    if (n === 0) return [];
+    return seekStatus(this.fh.fd, offset, n) ?? [{ offset, length: n, kind: 'data' }];
   }
 
   async close(): Promise<void> {

@@ -1,4 +1,5 @@
-import type { ByteSource } from './byte-source.js';
+import { type ByteSource, readIntoOrCopy } from './byte-source.js';
+import { FilterSource, type Unwrapped } from './filter-source.js';
 
 /**
  * Reads of a source whose caller knows in advance which ranges it will want (check-in:
@@ -12,8 +13,13 @@ import type { ByteSource } from './byte-source.js';
  * Requests outside the plan, or as large as a window, go straight to the source. A few
  * windows are kept (least recently used goes first), each pinned while a request waits
  * for it, so requests that arrive a little out of order (concurrent files) still hit.
+ *
+ * A filter (see FilterSource): `read` and `readInto` go through the windows, `status` and
+ * `fd` are the source's; closing it leaves the source open (the caller's image).
  */
-export class PlannedSource {
+export class PlannedSource extends FilterSource {
+  readonly name: string;
+  readonly size: number;
   private readonly starts: number[] = [];
   private readonly ends: number[] = [];
   private readonly cache = new Map<number, Win>();
@@ -29,6 +35,9 @@ export class PlannedSource {
     gap = 64 * 1024,
     private readonly keep = 4,
   ) {
+    super();
+    this.name = src.name;
+    this.size = src.size;
     const sorted = spans.filter(([s, e]) => e > s).sort((a, b) => a[0] - b[0]);
     for (const [s, e] of sorted) {
       const last = this.ends.length - 1;
@@ -40,8 +49,25 @@ export class PlannedSource {
     }
   }
 
-  /** Fill `out` with the source's bytes at `offset` (zeros past its end). */
-  async readInto(offset: number, out: Uint8Array): Promise<void> {
+  unwrap(): Unwrapped {
+    return { source: this.src, offset: 0 };
+  }
+
+  /** Fill `out` with the source's bytes at `offset`, zeros past its end; returns the bytes inside it. */
+  override async readInto(offset: number, out: Uint8Array): Promise<number> {
+    const n = await super.readInto(offset, out);
+    if (n < out.length) out.fill(0, n);
+    return n;
+  }
+
+  protected override async readRange(offset: number, n: number): Promise<Uint8Array> {
+    const out = Buffer.allocUnsafe(n);
+    await this.readIntoRange(offset, out);
+    return out;
+  }
+
+  /** Fill `out` with the source's bytes at `offset`. */
+  protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
     const end = offset + out.length;
     const r = this.runOf(offset);
     if (out.length >= this.window / 2 || r < 0 || end > this.ends[r]) return this.direct(offset, out);
@@ -104,14 +130,8 @@ export class PlannedSource {
   }
 
   private async fill(offset: number, out: Uint8Array): Promise<void> {
-    const n = this.src.readInto ? await this.src.readInto(offset, out) : await this.readCopy(offset, out);
+    const n = await readIntoOrCopy(this.src, offset, out);
     if (n < out.length) out.fill(0, n);
-  }
-
-  private async readCopy(offset: number, out: Uint8Array): Promise<number> {
-    const b = await this.src.read(offset, out.length);
-    out.set(b.subarray(0, out.length));
-    return b.length;
   }
 
   private async direct(offset: number, out: Uint8Array): Promise<void> {

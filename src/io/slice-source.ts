@@ -1,33 +1,34 @@
 import { StrataError } from '../util/errors.js';
-import { type ByteSource, clampRead, clampStatus, type Extent } from './byte-source.js';
+import type { ByteSource } from './byte-source.js';
+import { FilterSource, type Unwrapped } from './filter-source.js';
 
-/** A window [start, start+size) of another source: a partition, an LV segment, an extent file. */
-export class SliceSource implements ByteSource {
+/**
+ * A window [start, start+size) of another source: a partition, an LV segment, an extent
+ * file. Bytes past the parent's end read as zeros (a partition table may claim more than a
+ * truncated image holds). It exposes `fd` only at start 0 (see FilterSource) and does not
+ * close its parent, which other slices share.
+ */
+export class SliceSource extends FilterSource {
+  readonly name: string;
   constructor(
     readonly parent: ByteSource,
     readonly start: number,
     readonly size: number,
-    readonly name = `${parent.name}[${start}+${size}]`,
+    name?: string,
   ) {
+    super();
+    this.name = name ?? `${parent.name}[${start}+${size}]`;
     if (start < 0 || size < 0 || !Number.isSafeInteger(start + size)) {
       throw new StrataError('USAGE', `bad slice ${start}+${size}`, { file: parent.name });
     }
   }
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const n = clampRead(this, offset, length);
-    if (n === 0) return new Uint8Array(0);
-    const b = await this.parent.read(this.start + offset, n);
-    if (b.length === n) return b;
-    // The slice extends past the parent's end: the missing tail reads as zeros.
-    const out = new Uint8Array(n);
-    out.set(b);
-    return out;
+
+  /** A slice hands out its parent's buffers (or a fresh one where it pads with zeros). */
+  override get freshReads(): boolean {
+    return this.parent.freshReads === true;
   }
-  async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampStatus(this, offset, length);
-    if (n === 0) return [];
-    if (!this.parent.status) return [{ offset, length: n, kind: 'data' }];
-    const inner = await this.parent.status(this.start + offset, n);
-    return inner.map((e) => ({ offset: e.offset - this.start, length: e.length, kind: e.kind }));
+
+  unwrap(): Unwrapped {
+    return { source: this.parent, offset: this.start };
   }
 }

@@ -10,7 +10,7 @@ import { isZero } from '../io/byte-source.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import type { PutResult } from '../store/store.js';
-import { BufferPool } from '../store/zstd-into.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
 import { discoverVolumes } from '../volumes/discover.js';

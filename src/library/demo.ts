@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
-import { convertImage } from '../formats/convert.js';
 import { closeChain } from '../formats/layer.js';
 import { openImage, openImageSource } from '../formats/open.js';
 import type { DiskImage } from '../formats/types.js';
 import { MemorySource } from '../io/memory-source.js';
 import { xorshift32 } from '../util/prng.js';
+import { convertImage } from './convert/convert.js';
 import { type ImageInfo, imageInfo, mapImage } from './image-info.js';
 
 export interface DemoStep {

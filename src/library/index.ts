@@ -24,9 +24,6 @@ export {
 } from '../blockmap/trace.js';
 // The library: a content-addressed store of versions with a catalog.
 export type { ImageRow, VersionRow } from '../catalog/catalog.js';
-// Convert between containers. (The copy machinery lives in formats/ today; when it moves into
-// the library only this line changes.)
-export { type ConvertOptions, type ConvertResult, convertImage } from '../formats/convert.js';
 // Images: open any container (raw, qcow2, VHD, VHDX, VMDK, VDI; a path or an http(s) URL).
 export { closeChain } from '../formats/layer.js';
 export { openImage, openImageSource } from '../formats/open.js';
@@ -48,7 +45,7 @@ export {
 } from '../inspect/tree-diff.js';
 export type { Group, InstalledProgram, Kernel, Mountpoint, OsInspection, Package, User } from '../inspect/types.js';
 export type { ByteSource, Extent, ExtentKind } from '../io/byte-source.js';
-export type { VerifyReport } from '../store/store.js';
+export type { StoreFinding, VerifyReport } from '../store/store.js';
 // Errors: every failure on bad input is a StrataError naming the file, structure and offset.
 export { type ErrorCode, type ErrorWhere, isStrataError, StrataError } from '../util/errors.js';
 export type { DiscoverResult } from '../volumes/discover.js';
@@ -64,6 +61,8 @@ export {
 } from './address.js';
 export { type CheckinOptions, type CheckinResult, checkin } from './checkin.js';
 export { type CheckoutOptions, type CheckoutResult, checkout, openVersionSource } from './checkout.js';
+// Convert between containers (the copy machinery: ./convert/).
+export { type ConvertOptions, type ConvertResult, convertImage } from './convert/convert.js';
 export { type DemoResult, type DemoStep, runDemo } from './demo.js';
 export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';
 export { type ImageInfo, imageInfo, mapImage } from './image-info.js';
@@ -75,6 +74,7 @@ export {
   findEntry,
   type GcResult,
   gc,
+  type LibraryFinding,
   type LibraryVerifyReport,
   listEntries,
   verifyLibrary,

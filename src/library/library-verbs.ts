@@ -1,5 +1,5 @@
 import { RepoLock } from '../store/lock.js';
-import type { VerifyReport } from '../store/store.js';
+import type { StoreFinding, VerifyReport } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
 import type { FileEntry, FilesManifest, LayoutManifest } from './manifest.js';
@@ -48,7 +48,18 @@ export async function gc(lib: Library, opts: { lockWaitMs?: number } = {}): Prom
   }
 }
 
-export interface LibraryVerifyReport extends VerifyReport {
+/** A finding of `verify`: the store's (check.ts), or one about the versions the catalog holds. */
+export type LibraryFinding =
+  | StoreFinding
+  /** A blob an active version needs that the store lacks. */
+  | { kind: 'missing-blob'; blob: string }
+  /** A version's manifest that cannot be read (missing, damaged or not a manifest). */
+  | { kind: 'unreadable-manifest'; manifest: string; message: string }
+  /** A blob a version needs that is indexed but does not read back (checked against its digest). */
+  | { kind: 'unreadable-blob'; blob: string; message: string };
+
+export interface LibraryVerifyReport extends Omit<VerifyReport, 'findings'> {
+  findings: LibraryFinding[];
   versions: number;
   /** Blobs active versions need that the store lacks. */
   missing: string[];
@@ -67,6 +78,7 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
       packs: 0,
       blobs: 0,
       bytes: 0,
+      findings: [],
       errors: [],
       orphanPacks: [],
       versions: 1,
@@ -75,11 +87,13 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
     try {
       await reachable(lib, v.manifest, need);
     } catch (e) {
+      report.findings.push({ kind: 'unreadable-manifest', manifest: v.manifest, message: (e as Error).message });
       report.errors.push((e as Error).message);
       return report;
     }
     for (const d of need) {
       if (!lib.store.has(d)) {
+        report.findings.push({ kind: 'missing-blob', blob: d });
         report.missing.push(d);
         continue;
       }
@@ -88,6 +102,7 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
         report.blobs++;
         report.bytes += b.length;
       } catch (e) {
+        report.findings.push({ kind: 'unreadable-blob', blob: d, message: (e as Error).message });
         report.errors.push((e as Error).message);
       }
     }
@@ -100,10 +115,15 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
     try {
       await reachable(lib, m, need);
     } catch (e) {
+      report.findings.push({ kind: 'unreadable-manifest', manifest: m, message: (e as Error).message });
       report.errors.push(`manifest ${m}: ${(e as Error).message}`);
       continue;
     }
-    for (const d of need) if (!lib.store.has(d)) report.missing.push(d);
+    for (const d of need) {
+      if (lib.store.has(d)) continue;
+      report.findings.push({ kind: 'missing-blob', blob: d });
+      report.missing.push(d);
+    }
   }
   return report;
 }

@@ -1,7 +1,7 @@
 import type { DirEntry, FileExtent, FileSystem, FileType, Inode, Timestamp } from '../fs/types.js';
 import { listDirectory, loadInodes } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
-import { SliceSource } from '../io/slice-source.js';
+import { offsetIn } from '../io/filter-source.js';
 import { StrataError } from '../util/errors.js';
 
 /**
@@ -265,15 +265,7 @@ export interface StatRecord extends LsRecord {
 
 /** Where the volume starts inside `disk`, when it is a chain of plain slices of it. */
 export function volumeDiskOffset(volume: ByteSource, disk: ByteSource): number | null {
-  let off = 0;
-  let cur: ByteSource = volume;
-  for (let n = 0; n < 64; n++) {
-    if (cur === disk) return off;
-    if (!(cur instanceof SliceSource)) return null;
-    off += cur.start;
-    cur = cur.parent;
-  }
-  return null;
+  return offsetIn(volume, disk);
 }
 
 export function extentFlags(e: FileExtent): string[] {

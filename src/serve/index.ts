@@ -5,6 +5,7 @@
  * @module
  */
 
+export type { BufferPool } from '../util/buffer-pool.js';
 // the library service over HTTP, its typed client and its accounts
 export {
   Access,
@@ -37,7 +38,6 @@ export {
   type Visibility,
 } from './http/index.js';
 export type { Budget } from './nbd/budget.js';
-export type { BufferPool } from './nbd/buffer-pool.js';
 export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';

@@ -7,4 +7,19 @@ export type { Backend, BackendEntry } from './backend.js';
 export { LocalBackend } from './local-backend.js';
 export { type LockKind, RepoLock } from './lock.js';
 export type { BlobType } from './pack.js';
-export { type IndexEntry, type PutResult, Store, sha256hex, type VerifyReport } from './store.js';
+export {
+  describeFinding,
+  type IndexEntry,
+  type PackFile,
+  type PruneHooks,
+  type PrunePlan,
+  type PruneResult,
+  type PruneStep,
+  type PutResult,
+  planPrune,
+  Store,
+  type StoreFinding,
+  type StoreFindingKind,
+  sha256hex,
+  type VerifyReport,
+} from './store.js';

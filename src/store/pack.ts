@@ -15,7 +15,7 @@ import { StrataError } from '../util/errors.js';
  *
  * A frame is one zstd frame (flags bit 0) or plain bytes. It holds one blob (chunks of
  * 1 MiB and more) or several small blobs back to back, which then compress together
- * (see store.ts). Entries are listed frame by frame; the frames tile the blob area.
+ * (see packer.ts). Entries are listed frame by frame; the frames tile the blob area.
  * Every blob is still named by the sha256 of its own plain bytes.
  *
  * Format 1 (read, no longer written): one blob per frame, 48-byte entries

@@ -78,26 +78,5 @@ export function decompressInto(dst: Uint8Array, src: Uint8Array): number {
   return p.length;
 }
 
-/** Reusable buffers in power-of-two size classes (from 64 KiB). */
-export class BufferPool {
-  private readonly free = new Map<number, Buffer[]>();
-  /** `shared`: buffers live in SharedArrayBuffers (another thread may read them). */
-  constructor(
-    private readonly keepPerClass = 8,
-    private readonly shared = false,
-  ) {}
-
-  take(n: number): Buffer {
-    let c = 65536;
-    while (c < n) c *= 2;
-    return this.free.get(c)?.pop() ?? (this.shared ? Buffer.from(new SharedArrayBuffer(c)) : Buffer.allocUnsafe(c));
-  }
-
-  give(b: Buffer): void {
-    const c = b.length;
-    if ((c & (c - 1)) !== 0 || c < 65536) return;
-    let l = this.free.get(c);
-    if (!l) this.free.set(c, (l = []));
-    if (l.length < this.keepPerClass) l.push(b);
-  }
-}
+/** The pool moved to util (one for the store, check-in and NBD); re-exported for the store's modules. */
+export { BufferPool } from '../util/buffer-pool.js';

@@ -1,4 +1,5 @@
-import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
+import { type ByteSource, type Extent, pushExtent, readIntoOrCopy } from '../io/byte-source.js';
+import { FilterSource, type Unwrapped } from '../io/filter-source.js';
 import { StrataError } from '../util/errors.js';
 
 /** One piece of a concatenation: `length` bytes read from `source` starting at its offset 0. */
@@ -10,9 +11,10 @@ export interface ConcatPart {
 /**
  * Several sources back to back (an LVM logical volume made of segments on one or more PVs).
  * Reads that cross a part boundary are split; a part that is shorter than its declared
- * length reads as zeros past its end (like SliceSource).
+ * length reads as zeros past its end (like SliceSource). A filter over several sources:
+ * it overrides every forward, unwraps only when it has one part, and leaves its parts open.
  */
-export class ConcatSource implements ByteSource {
+export class ConcatSource extends FilterSource {
   readonly size: number;
   private readonly starts: number[] = [];
 
@@ -20,6 +22,7 @@ export class ConcatSource implements ByteSource {
     private readonly parts: readonly ConcatPart[],
     readonly name: string,
   ) {
+    super();
     let pos = 0;
     for (const p of parts) {
       if (!Number.isSafeInteger(p.length) || p.length < 0) {
@@ -30,6 +33,10 @@ export class ConcatSource implements ByteSource {
       if (!Number.isSafeInteger(pos)) throw new StrataError('LIMIT', 'concatenation too large', { file: name });
     }
     this.size = pos;
+  }
+
+  unwrap(): Unwrapped | undefined {
+    return this.parts.length === 1 ? { source: this.parts[0].source, offset: 0 } : undefined;
   }
 
   /** Index of the part holding byte `offset` (binary search). */
@@ -57,9 +64,7 @@ export class ConcatSource implements ByteSource {
     }
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const n = clampRead(this, offset, length);
-    if (n === 0) return new Uint8Array(0);
+  protected override async readRange(offset: number, n: number): Promise<Uint8Array> {
     const out = new Uint8Array(n);
     const jobs: Promise<void>[] = [];
     for await (const [i, within, len] of this.pieces(offset, n)) {
@@ -74,10 +79,24 @@ export class ConcatSource implements ByteSource {
     return out;
   }
 
-  async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampStatus(this, offset, length);
+  protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    for await (const [i, within, len] of this.pieces(offset, out.length)) {
+      const at = this.starts[i] + within - offset;
+      const src = this.parts[i].source;
+      const view = out.subarray(at, at + len);
+      const avail = Math.max(0, Math.min(len, src.size - within));
+      jobs.push(
+        (avail > 0 ? readIntoOrCopy(src, within, view.subarray(0, avail)) : Promise.resolve(0)).then((got) => {
+          if (got < len) view.fill(0, got);
+        }),
+      );
+    }
+    await Promise.all(jobs);
+  }
+
+  protected override async statusRange(offset: number, n: number): Promise<Extent[]> {
     const out: Extent[] = [];
-    if (n === 0) return out;
     for await (const [i, within, len] of this.pieces(offset, n)) {
       const src = this.parts[i].source;
       const base = this.starts[i];

@@ -1,5 +1,5 @@
 /**
- * The bulk copier (src/formats/direct-copy.ts: copy workers reading the container files
+ * The bulk copier (src/library/convert/direct-copy.ts: copy workers reading the container files
  * themselves) against the single-threaded pump and against qemu-img: for every container
  * with a direct map, both outputs are byte-identical files, qemu-img compares them equal
  * to the source and `qemu-img check` finds the qcow2 ones clean. Ranges only the reader
@@ -20,10 +20,10 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { type ConvertOptions, convertImage } from '../../src/formats/convert.js';
 import { closeChain } from '../../src/formats/layer.js';
 import { openImage } from '../../src/formats/open.js';
 import type { DiskImage } from '../../src/formats/types.js';
+import { type ConvertOptions, convertImage } from '../../src/library/convert/convert.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { qemuCheck, qemuCompare } from '../helpers/qemu-oracles.js';

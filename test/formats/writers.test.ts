@@ -11,9 +11,9 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { convertImage } from '../../src/formats/convert.js';
 import { closeChain } from '../../src/formats/layer.js';
 import { openImage } from '../../src/formats/open.js';
+import { convertImage } from '../../src/library/convert/convert.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { qemuMapRaw } from '../helpers/qemu-map.js';

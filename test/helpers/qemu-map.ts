@@ -50,9 +50,7 @@ export async function qemuMapRaw(file: string, opts: QemuMapOptions = {}): Promi
 
 /**
  * Merge ranges by whether they hold data, the way `mapImage` does: adjacent ranges with
- * the same `data` flag become one, and `zero` is set to `!data`. (qemu may report
- * `data:true, zero:true` for data clusters over host-file holes; that is still data.)
- * Throws when the ranges leave gaps or overlap, so a broken oracle cannot pass silently.
+ * the same `data` flag become one, and `zero` is set to `!data`. Throws when the ranges leave gaps or overlap, so a broken oracle cannot pass silently.
  */
 export function mergeMap(entries: Iterable<{ start: number; length: number; data: boolean }>): MapRange[] {
   const out: MapRange[] = [];
@@ -70,9 +68,15 @@ export function mergeMap(entries: Iterable<{ start: number; length: number; data
   return out;
 }
 
-/** `qemu-img map --output=json`, merged with `mergeMap`: the oracle for a disk's data/zero layout. */
+/**
+ * `qemu-img map --output=json`, merged with `mergeMap`: the oracle for a disk's data/zero
+ * layout. qemu reports `data:true, zero:true` where a format's data cluster or flat extent
+ * lies over a hole of the host file (preallocation=metadata, sparse flat extents): those
+ * bytes read as zeros and hold nothing, and Strata reports them as zero (it sees the host
+ * file's holes with SEEK_HOLE), so they count as not data here.
+ */
 export async function qemuMap(file: string, opts: QemuMapOptions = {}): Promise<MapRange[]> {
-  return mergeMap(await qemuMapRaw(file, opts));
+  return mergeMap((await qemuMapRaw(file, opts)).map((e) => ({ ...e, data: e.data && !e.zero })));
 }
 
 /** Strata's own merged map of an opened image (through its whole backing chain). */
@@ -125,7 +129,7 @@ export async function qemuLayerMap(file: string, opts: QemuMapOptions = {}): Pro
     raw.map((e) => ({
       start: e.start,
       length: e.length,
-      kind: e.depth === 0 && e.present ? (e.data ? 'data' : 'zero') : 'unallocated',
+      kind: e.depth === 0 && e.present ? (e.data && !e.zero ? 'data' : 'zero') : 'unallocated',
     })),
   );
 }
@@ -140,4 +144,36 @@ export async function strataLayerMap(img: DiskImage): Promise<LayerRange[]> {
     }
   }
   return mergeLayer(all);
+}
+
+/**
+ * `qemu-img map --output=json` of an image with the holes of its host files cut out: qemu
+ * looks into a qcow2's host file only when the image looks preallocated, so a data cluster
+ * whose host range was punched out (qemu-img convert writes zero blocks inside a cluster as
+ * holes) stays `data` in its map, while the bytes there read as zeros and Strata, which asks
+ * the file (SEEK_HOLE), calls them zero. Both maps come from qemu-img: the image's (each
+ * range with its layer `depth` and host `offset`) and each layer file's own as raw. Entries
+ * are returned unmerged, in qemu's shape.
+ */
+export async function qemuMapHostHoles(file: string): Promise<QemuMapEntry[]> {
+  const chain = JSON.parse(await run('qemu-img', ['info', '--output=json', '--backing-chain', '-U', file])) as Array<{
+    filename: string;
+  }>;
+  const dir = path.dirname(path.resolve(file));
+  const hostMaps = await Promise.all(chain.map((c) => qemuMapRaw(path.resolve(dir, c.filename), { format: 'raw' })));
+  const out: QemuMapEntry[] = [];
+  for (const e of await qemuMapRaw(file)) {
+    if (!e.data || e.offset === undefined || !hostMaps[e.depth]) {
+      out.push(e);
+      continue;
+    }
+    for (const h of hostMaps[e.depth]) {
+      const s = Math.max(e.offset, h.start);
+      const t = Math.min(e.offset + e.length, h.start + h.length);
+      if (t <= s) continue;
+      const hole = !h.data;
+      out.push({ ...e, start: e.start + (s - e.offset), length: t - s, offset: s, data: !hole, zero: hole || e.zero });
+    }
+  }
+  return out;
 }

@@ -13,6 +13,7 @@ import { Hive, valueText } from '../../src/inspect/hive.js';
 import { inspectImage } from '../../src/inspect/inspect.js';
 import { StrataError } from '../../src/util/errors.js';
 import { emptyHive } from '../helpers/empty-hive.js';
+import { withNtfsMount } from '../helpers/ntfs-images.js';
 import { fixture, run } from '../helpers/tools.js';
 
 const PROGRAMS = 40;
@@ -142,32 +143,53 @@ function regString(v: string): string {
   return bytes.toString('utf16le').replace(/\0+$/, '');
 }
 
+/** The same Windows tree copied through ntfs-3g onto a volume made by mkntfs. */
+async function windowsNtfsImage(): Promise<{ img: string; software: string; system: string }> {
+  const w = await windowsImage();
+  const tree = path.join(path.dirname(w.img), 'tree');
+  const img = await fixture('inspect-windows-ntfs-v1.img', async (out) => {
+    await run('truncate', ['-s', '32M', out]);
+    await run('mkntfs', ['-F', '-Q', out]);
+    await withNtfsMount(out, 'rw', async (m) => {
+      await run('cp', ['-r', `${tree}/.`, m]);
+    });
+  });
+  return { ...w, img };
+}
+
+async function checkWindows(w: { img: string; software: string; system: string }): Promise<void> {
+  const r = await inspectImage(w.img);
+  assert.equal(r.roots.length, 1);
+  const os = r.roots[0];
+  assert.equal(os.osType, 'windows');
+  assert.equal(os.productName, await hivexget(w.software, CV, 'ProductName'));
+  assert.equal(os.windows?.edition, await hivexget(w.software, CV, 'EditionID'));
+  assert.equal(os.windows?.build, await hivexget(w.software, CV, 'CurrentBuild'));
+  assert.equal(os.windows?.currentVersion, await hivexget(w.software, CV, 'CurrentVersion'));
+  assert.equal(os.versionMajor, Number(await hivexget(w.software, CV, 'CurrentMajorVersionNumber')));
+  assert.equal(os.versionMinor, Number(await hivexget(w.software, CV, 'CurrentMinorVersionNumber')));
+  const current = Number(await hivexget(w.system, 'Select', 'Current'));
+  const set = `ControlSet${String(current).padStart(3, '0')}`;
+  assert.equal(os.hostname, await hivexget(w.system, `${set}\\Control\\ComputerName\\ComputerName`, 'ComputerName'));
+  const want = [
+    ...(await exportedPrograms(w.software, UNINSTALL)),
+    ...(await exportedPrograms(w.software, `WOW6432Node\\${UNINSTALL}`)),
+  ]
+    .map((l) => l.split('|').map(regString).join('|'))
+    .sort();
+  assert.equal(want.length, PROGRAMS + 1);
+  const got = (os.windows?.programs ?? []).map((p) => [p.name, p.version ?? '', p.publisher ?? ''].join('|')).sort();
+  assert.deepEqual(got, want);
+  assert.deepEqual(os.warnings, []);
+}
+
 describe('inspect Windows hives', () => {
   test('product, version, build, edition, hostname and programs match hivexget / hivexregedit --export', async () => {
-    const w = await windowsImage();
-    const r = await inspectImage(w.img);
-    assert.equal(r.roots.length, 1);
-    const os = r.roots[0];
-    assert.equal(os.osType, 'windows');
-    assert.equal(os.productName, await hivexget(w.software, CV, 'ProductName'));
-    assert.equal(os.windows?.edition, await hivexget(w.software, CV, 'EditionID'));
-    assert.equal(os.windows?.build, await hivexget(w.software, CV, 'CurrentBuild'));
-    assert.equal(os.windows?.currentVersion, await hivexget(w.software, CV, 'CurrentVersion'));
-    assert.equal(os.versionMajor, Number(await hivexget(w.software, CV, 'CurrentMajorVersionNumber')));
-    assert.equal(os.versionMinor, Number(await hivexget(w.software, CV, 'CurrentMinorVersionNumber')));
-    const current = Number(await hivexget(w.system, 'Select', 'Current'));
-    const set = `ControlSet${String(current).padStart(3, '0')}`;
-    assert.equal(os.hostname, await hivexget(w.system, `${set}\\Control\\ComputerName\\ComputerName`, 'ComputerName'));
-    const want = [
-      ...(await exportedPrograms(w.software, UNINSTALL)),
-      ...(await exportedPrograms(w.software, `WOW6432Node\\${UNINSTALL}`)),
-    ]
-      .map((l) => l.split('|').map(regString).join('|'))
-      .sort();
-    assert.equal(want.length, PROGRAMS + 1);
-    const got = (os.windows?.programs ?? []).map((p) => [p.name, p.version ?? '', p.publisher ?? ''].join('|')).sort();
-    assert.deepEqual(got, want);
-    assert.deepEqual(os.warnings, []);
+    await checkWindows(await windowsImage());
+  });
+
+  test('the same on NTFS (mkntfs, filled through ntfs-3g): inspect reaches Windows/System32/config', async () => {
+    await checkWindows(await windowsNtfsImage());
   });
 
   test('a 40,000-byte value reads back as hivexget reads it', async () => {

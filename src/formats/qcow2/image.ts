@@ -8,10 +8,12 @@ import {
   pushExtent,
   readExact,
 } from '../../io/byte-source.js';
+import { fileView } from '../../io/filter-source.js';
 import { StrataError } from '../../util/errors.js';
 import { lazyZlib } from '../../util/lazy-zlib.js';
+import { PromiseLru } from '../../util/promise-lru.js';
 import { zstdDecompress } from '../../util/zstd.js';
-import { directBelow, pushDirect, readBelow } from '../layer.js';
+import { directBelow, pushDirect, pushHostStatus, readBelow } from '../layer.js';
 import type { BackingRef, DirectPiece, DiskImage } from '../types.js';
 import { featureList, type Qcow2Header } from './header.js';
 import {
@@ -28,7 +30,6 @@ import {
   OFLAG_ZERO,
   TWO32,
 } from './layout.js';
-import { PromiseLru } from './lru.js';
 import { scanZstdFrames } from './zstd-frames.js';
 
 let inflateRaw: ((b: Uint8Array, o: object) => Promise<Buffer>) | undefined;
@@ -167,7 +168,11 @@ export class Qcow2Image implements DiskImage {
   async status(offset: number, length: number): Promise<Extent[]> {
     const n = clampStatus(this, offset, length);
     const out: Extent[] = [];
-    await this.walk(offset, n, (off, len, kind) => pushExtent(out, off, len, KIND_NAME[kind]));
+    // data clusters over holes of the data file (preallocation=metadata) read as zeros
+    for (const s of await this.segments(offset, n)) {
+      if (s.kind === DATA) await pushHostStatus(out, this.data, s.host, s.len, s.off);
+      else pushExtent(out, s.off, s.len, KIND_NAME[s.kind]);
+    }
     return out;
   }
 
@@ -269,11 +274,20 @@ export class Qcow2Image implements DiskImage {
     const out: DirectPiece[] = [];
     const segs = await this.segments(offset, n);
     const d = this.data;
+    const f = fileView(d);
     for (const s of segs) {
       if (s.kind === DATA) {
         const inFile = Math.max(0, Math.min(s.len, d.size - s.host));
-        if (d.fd === undefined) pushDirect(out, { kind: 'other', offset: s.off, length: inFile });
-        else pushDirect(out, { kind: 'file', offset: s.off, length: inFile, fd: d.fd, file: d.name, host: s.host });
+        if (!f) pushDirect(out, { kind: 'other', offset: s.off, length: inFile });
+        else
+          pushDirect(out, {
+            kind: 'file',
+            offset: s.off,
+            length: inFile,
+            fd: f.fd,
+            file: f.name,
+            host: f.offset + s.host,
+          });
         pushDirect(out, { kind: 'zero', offset: s.off + inFile, length: s.len - inFile });
       } else if (s.kind === UNALLOC) await directBelow(this.backing, s.off, s.len, out);
       else if (s.kind === COMPRESSED) pushDirect(out, { kind: 'other', offset: s.off, length: s.len });

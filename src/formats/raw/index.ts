@@ -1,5 +1,6 @@
 import type { ByteSource, Extent } from '../../io/byte-source.js';
 import { clampRead, clampStatus } from '../../io/byte-source.js';
+import { fileView } from '../../io/filter-source.js';
 import type { DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
 
 /** A raw image: the file is the disk. Detection falls back to it. */
@@ -31,9 +32,23 @@ export class RawImage implements DiskImage {
   async direct(offset: number, length: number): Promise<DirectPiece[]> {
     const n = clampRead(this, offset, length);
     if (n === 0) return [];
-    const fd = this.src.fd;
-    if (fd === undefined) return [{ kind: 'other', offset, length: n }];
-    return [{ kind: 'file', offset, length: n, fd, file: this.src.name, host: offset }];
+    const f = fileView(this.src);
+    if (!f) return [{ kind: 'other', offset, length: n }];
+    // holes of a sparse file are zero pieces: the copier skips them without reading
+    const out: DirectPiece[] = [];
+    for (const e of await this.status(offset, n)) {
+      if (e.kind === 'data') {
+        out.push({
+          kind: 'file',
+          offset: e.offset,
+          length: e.length,
+          fd: f.fd,
+          file: f.name,
+          host: f.offset + e.offset,
+        });
+      } else out.push({ kind: 'zero', offset: e.offset, length: e.length });
+    }
+    return out;
   }
   async close(): Promise<void> {
     await this.src.close?.();

@@ -1,6 +1,7 @@
 import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { pushHostStatus } from '../layer.js';
 import { isVdi, VDI_SIGNATURE } from '../probe.js';
 import { clampStatus, ReadPlan } from '../read-plan.js';
 import type { DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
@@ -109,7 +110,12 @@ export class VdiImage implements DiskImage {
       const blk = Math.floor(v / bs);
       const len = Math.min(bs - (v - blk * bs), n - pos);
       const e = this.map[blk];
-      pushExtent(out, v, len, e === BLOCK_FREE ? 'unallocated' : e === BLOCK_ZERO ? 'zero' : 'data');
+      if (e === BLOCK_FREE || e === BLOCK_ZERO) pushExtent(out, v, len, e === BLOCK_FREE ? 'unallocated' : 'zero');
+      else {
+        // a stored block over a hole of the file (a static image made sparse) reads as zeros
+        const inBlk = v - blk * bs;
+        await pushHostStatus(out, this.src, this.host(e, blk, inBlk + len) + inBlk, len, v);
+      }
       pos += len;
     }
     return out;

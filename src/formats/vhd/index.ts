@@ -1,6 +1,7 @@
 import { type ByteSource, clampRead, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { pushHostStatus } from '../layer.js';
 import { hasMagic, isVhd, VHD_COOKIE, VHD_FOOTER } from '../probe.js';
 import { BitmapCache, bitmapRuns, clampStatus, ReadPlan } from '../read-plan.js';
 import type { BackingRef, DirectPiece, DiskImage, FormatDriver, OpenContext } from '../types.js';
@@ -369,10 +370,19 @@ export class VhdImage implements DiskImage {
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
-    const out: Extent[] = [];
-    await this.walk(offset, clampStatus(this, offset, length), (data, v, _pos, len) =>
-      pushExtent(out, v, len, data ? 'data' : 'unallocated'),
+    const runs: Array<[boolean, number, number, number]> = [];
+    await this.walk(offset, clampStatus(this, offset, length), (data, v, _pos, len, host) =>
+      runs.push([data, v, len, host]),
     );
+    const out: Extent[] = [];
+    // A fixed disk is a raw file with a footer: its holes read as zeros and show as zero, as
+    // qemu shows them. An allocated block of a dynamic disk stays data as a whole, as in qemu
+    // (block/vpc.c does not look at the file's holes there).
+    const fixed = this.footer.diskType === VHD_FIXED;
+    for (const [data, v, len, host] of runs) {
+      if (data && fixed) await pushHostStatus(out, this.src, host, len, v);
+      else pushExtent(out, v, len, data ? 'data' : 'unallocated');
+    }
     return out;
   }
 

@@ -1,5 +1,6 @@
 import { type ByteSource, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
+import { pushHostStatus } from '../layer.js';
 import { readHost } from '../read-plan.js';
 
 /** Fill `out[at, at+len)` with what lies below this layer at virtual offset `virt`. */
@@ -44,7 +45,7 @@ export class FlatExtent implements VmdkExtent {
     await readHost(this.src, this.fileOffset + off, len, out, at, 'vmdk flat extent');
   }
   async status(off: number, len: number, out: Extent[]): Promise<void> {
-    pushExtent(out, this.start + off, len, 'data');
+    await pushHostStatus(out, this.src, this.fileOffset + off, len, this.start + off);
   }
   readDirect(off: number, len: number): Promise<Uint8Array> {
     return readExact(this.src, this.fileOffset + off, len, 'vmdk flat extent');

@@ -35,7 +35,7 @@ export interface ImageWriter {
 }
 
 /**
- * The output side of a bulk copy done outside the writer (src/formats/direct-copy.ts): the
+ * The output side of a bulk copy done outside the writer (src/library/convert/direct-copy.ts): the
  * copier writes data into `fd` itself, from worker threads, then hands back what it wrote.
  * Only plain layouts offer one: raw, and qcow2 without compression or a backing file.
  */

@@ -1,31 +1,5 @@
-/**
- * A bounded cache in two generations: hits in the old generation move to the new one; when
- * the new one fills, the old one is dropped whole. No per-entry deletes, so no Map tombstones
- * for iteration to skip (delete-plus-reinsert LRUs degrade badly in V8).
- */
-export class GenCache<K, V> {
-  private cur = new Map<K, V>();
-  private old = new Map<K, V>();
-  constructor(private readonly half: number) {}
-  get(k: K): V | undefined {
-    const v = this.cur.get(k);
-    if (v !== undefined) return v;
-    const o = this.old.get(k);
-    if (o !== undefined) this.set(k, o);
-    return o;
-  }
-  set(k: K, v: V): void {
-    if (this.cur.size >= this.half) {
-      this.old = this.cur;
-      this.cur = new Map();
-    }
-    this.cur.set(k, v);
-  }
-  clear(): void {
-    this.cur.clear();
-    this.old.clear();
-  }
-}
+/** The generation cache lives in util, shared by every file system. */
+export { GenCache } from '../../util/gen-cache.js';
 
 /**
  * Inode copies are carved from shared slabs: one ArrayBuffer per 256 inodes instead of one

@@ -1,9 +1,9 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Extent } from '../../io/byte-source.js';
+import type { BufferPool } from '../../util/buffer-pool.js';
 import { isStrataError } from '../../util/errors.js';
 import { Budget } from './budget.js';
-import type { BufferPool } from './buffer-pool.js';
 import { allocationOf, type NbdExport, readFully } from './export.js';
 import { type HandshakeHost, handshake, type Negotiated, ProtocolError } from './handshake.js';
 import * as P from './protocol.js';

@@ -7,6 +7,7 @@ import {
   readIntoOrCopy,
   statusOf,
 } from '../../io/byte-source.js';
+import { FilterSource, type Unwrapped } from '../../io/filter-source.js';
 import { StrataError } from '../../util/errors.js';
 
 /**
@@ -63,14 +64,24 @@ export function sourceExport(
  * what no layer holds stays `unallocated` (a hole).
  */
 export function chainSource(img: DiskImage): ByteSource {
-  const src: ByteSource = {
-    name: img.name,
-    size: img.size,
-    read: (offset, length) => img.read(offset, length),
-    status: (offset, length) => chainStatus(img, offset, length, 0),
-  };
-  if (img.readInto) src.readInto = (offset, out) => img.readInto!(offset, out);
-  return src;
+  return new ChainSource(img);
+}
+
+/** A filter over the opened image: reads pass through, status looks down the chain. */
+class ChainSource extends FilterSource {
+  readonly name: string;
+  readonly size: number;
+  constructor(private readonly img: DiskImage) {
+    super();
+    this.name = img.name;
+    this.size = img.size;
+  }
+  unwrap(): Unwrapped {
+    return { source: this.img, offset: 0 };
+  }
+  protected override statusRange(offset: number, n: number): Promise<Extent[]> {
+    return chainStatus(this.img, offset, n, 0);
+  }
 }
 
 async function chainStatus(img: DiskImage, offset: number, length: number, depth: number): Promise<Extent[]> {

@@ -1,6 +1,7 @@
 import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
-import type { ByteSource } from '../../io/byte-source.js';
+import { type ByteSource, type Extent, readIntoOrCopy } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
+import { FilterSource, type Unwrapped } from '../../io/filter-source.js';
 import { holeStatus, libraryBackingName } from '../../library/backing.js';
 import type { Library } from '../../library/library.js';
 import { VersionSource } from '../../library/version-source.js';
@@ -41,23 +42,7 @@ export async function openLibraryExport(
   const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
   const cache =
     cacheSize > 0 ? new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize }) : undefined;
-  // large reads (sequential copies) go straight to the version, which keeps several chunk
-  // reads in flight and writes into the reply buffer; small ones (a guest's random reads)
-  // go through the cache. Measured on bench/nbd's 1 GiB disk: nbdcopy 8.6 s through the
-  // cache, 3.1 s straight.
-  const direct = (n: number) => !cache || n >= DIRECT_READ;
-  const source: ByteSource = {
-    name: version.name,
-    size: version.size,
-    read: (o, l) => (direct(l) ? version.read(o, l) : (cache as CachedSource).read(o, l)),
-    readInto: async (o, out) => {
-      if (direct(out.length)) return version.readInto(o, out);
-      const b = await (cache as CachedSource).read(o, out.length);
-      out.set(b);
-      return b.length;
-    },
-    status: async (o, l) => holeStatus(await version.status(o, l)),
-  };
+  const source = new VersionExportSource(version, cache);
   const name = opts.name ?? ref;
   const description = `library version ${v.image}@${v.number} (manifest ${v.manifest})`;
   const prefetch = cache ? (o: number, l: number) => warm(cache, o, l) : undefined;
@@ -86,6 +71,41 @@ export async function openLibraryExport(
       }
     },
   };
+}
+
+/**
+ * What the export serves: large reads (sequential copies) go straight to the version,
+ * which keeps several chunk reads in flight and writes into the reply buffer; small ones (a
+ * guest's random reads) go through the cache. Measured on bench/nbd's 1 GiB disk: nbdcopy
+ * 8.6 s through the cache, 3.1 s straight. Status is the version's with free space as holes.
+ * Closing it leaves the version open (the export closes it).
+ */
+class VersionExportSource extends FilterSource {
+  readonly name: string;
+  readonly size: number;
+  constructor(
+    private readonly version: VersionSource,
+    private readonly cache: CachedSource | undefined,
+  ) {
+    super();
+    this.name = version.name;
+    this.size = version.size;
+  }
+  unwrap(): Unwrapped {
+    return { source: this.version, offset: 0 };
+  }
+  private via(n: number): ByteSource {
+    return !this.cache || n >= DIRECT_READ ? this.version : this.cache;
+  }
+  protected override readRange(offset: number, n: number): Promise<Uint8Array> {
+    return this.via(n).read(offset, n);
+  }
+  protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
+    await readIntoOrCopy(this.via(out.length), offset, out);
+  }
+  protected override async statusRange(offset: number, n: number): Promise<Extent[]> {
+    return holeStatus(await super.statusRange(offset, n));
+  }
 }
 
 /**

@@ -1,8 +1,8 @@
 import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { BufferPool } from '../../util/buffer-pool.js';
 import { StrataError } from '../../util/errors.js';
 import { Budget } from './budget.js';
-import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './export.js';
 import * as P from './protocol.js';
@@ -43,7 +43,11 @@ export interface NbdEndpoint {
  */
 export class NbdServer implements ConnectionHost {
   readonly budget: Budget;
-  readonly pool = new BufferPool();
+  readonly pool = new BufferPool(Number.POSITIVE_INFINITY, false, {
+    classes: 'step',
+    poolFrom: 65536,
+    maxBytes: 16 << 20,
+  });
   readonly connectionBudget: number;
   readonly maxRequest: number;
   readonly handshakeTimeout: number;
@@ -71,6 +75,11 @@ export class NbdServer implements ConnectionHost {
     this.maxConnections = opts.maxConnections ?? 256;
     this.handshakeTimeout = opts.handshakeTimeout ?? 30_000;
     this.trace = opts.trace;
+  }
+
+  /** Connections open now. */
+  get connectionCount(): number {
+    return this.conns.size;
   }
 
   get shuttingDown(): boolean {

@@ -1,8 +1,10 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { readIntoOrCopy } from '../io/byte-source.js';
-import { pageAlignedBuffer } from '../util/aligned.js';
-import { StrataError } from '../util/errors.js';
+import type { DirectPiece, DiskImage } from '../../formats/types.js';
+import type { DirectTarget } from '../../formats/writers/index.js';
+import { readIntoOrCopy } from '../../io/byte-source.js';
+import { pageAlignedBuffer } from '../../util/aligned.js';
+import { StrataError } from '../../util/errors.js';
 import { CopyFailure, JobCopier } from './copy-job.js';
 import {
   BYTES_DONE,
@@ -23,8 +25,6 @@ import {
   WANT_CLAIMED,
   WANT_INLINE,
 } from './direct-copy-protocol.js';
-import type { DirectPiece, DiskImage } from './types.js';
-import type { DirectTarget } from './writers/index.js';
 
 /**
  * The bulk copier behind `convert` for plain outputs (raw, uncompressed qcow2 without a

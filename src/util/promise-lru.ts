@@ -1,21 +1,33 @@
 /**
- * A small LRU of promises keyed by number, bounded by a total cost. Concurrent readers
- * asking for the same key share one load; a failed load is forgotten so it is retried
- * (and fails again, cleanly) rather than cached.
+ * An LRU of promises keyed by number, bounded by a total cost: the one cache of loaded
+ * things in Strata (qcow2 L2 tables and compressed clusters, CachedSource's blocks).
+ * Concurrent readers asking for the same key share one load; a failed load is forgotten
+ * so it is retried (and fails again, cleanly) rather than cached. The entry just added is
+ * never evicted by its own insertion, so one entry costlier than the bound still works.
  */
 export class PromiseLru<V> {
   private readonly map = new Map<number, { p: Promise<V>; cost: number }>();
   private total = 0;
+  /** Lookups served from the cache, and loads started (for tests and benchmarks). */
+  hits = 0;
+  misses = 0;
 
   constructor(private readonly maxCost: number) {}
+
+  /** Entries held (loaded or loading). */
+  get size(): number {
+    return this.map.size;
+  }
 
   get(key: number, cost: number, load: () => Promise<V>): Promise<V> {
     const hit = this.map.get(key);
     if (hit) {
+      this.hits++;
       this.map.delete(key);
       this.map.set(key, hit);
       return hit.p;
     }
+    this.misses++;
     const p = load();
     const entry = { p, cost };
     this.map.set(key, entry);

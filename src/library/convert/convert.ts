@@ -1,11 +1,11 @@
 import { existsSync, realpathSync } from 'node:fs';
-import { pageAlignedBuffer } from '../util/aligned.js';
-import { StrataError } from '../util/errors.js';
+import { chain, resolvedStatus } from '../../formats/layer.js';
+import type { DiskImage } from '../../formats/types.js';
+import { openAtomicOutput } from '../../formats/writers/atomic-output.js';
+import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from '../../formats/writers/index.js';
+import { pageAlignedBuffer } from '../../util/aligned.js';
+import { StrataError } from '../../util/errors.js';
 import { directCopy } from './direct-copy.js';
-import { chain, resolvedStatus } from './layer.js';
-import type { DiskImage } from './types.js';
-import { openAtomicOutput } from './writers/atomic-output.js';
-import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from './writers/index.js';
 
 export interface ConvertOptions {
   format: 'raw' | 'qcow2';

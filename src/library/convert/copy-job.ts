@@ -5,8 +5,8 @@
  * runs one while the workers start. See direct-copy-protocol.ts for the layout.
  */
 import { readSync, writeSync } from 'node:fs';
-import { pageAlignedBuffer } from '../util/aligned.js';
-import { isZeroRange } from '../util/zero.js';
+import { pageAlignedBuffer } from '../../util/aligned.js';
+import { isZeroRange } from '../../util/zero.js';
 import {
   BYTES_DONE,
   BYTES_WRITTEN,

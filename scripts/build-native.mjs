@@ -1,0 +1,48 @@
+// Build native/strata_native.node (lseek with SEEK_DATA/SEEK_HOLE, see native/seek.c) with
+// node-gyp against the headers of the Node that runs this script (<prefix>/include/node:
+// installed with Node itself, so nothing is downloaded). Run by `npm install` (the
+// package's install script) and `npm run build`; skips when the addon is newer than its
+// source. Without a compiler the build fails with a warning and Strata still works:
+// local files then report no holes (everything reads as data), as before the addon.
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const dir = path.join(root, 'native');
+const out = path.join(dir, 'build', 'Release', 'strata_native.node');
+const sources = ['seek.c', 'binding.gyp'].map((f) => path.join(dir, f));
+if (existsSync(out) && sources.every((s) => statSync(s).mtimeMs <= statSync(out).mtimeMs)) process.exit(0);
+
+function nodeGyp() {
+  if (process.env.npm_config_node_gyp && existsSync(process.env.npm_config_node_gyp)) return process.env.npm_config_node_gyp;
+  // npm's own copy, beside the npm that came with this Node
+  const prefix = path.dirname(path.dirname(process.execPath));
+  for (const p of [
+    path.join(prefix, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    path.join(prefix, 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  ]) {
+    if (existsSync(p)) return p;
+  }
+  try {
+    return createRequire(import.meta.url).resolve('node-gyp/bin/node-gyp.js');
+  } catch {
+    return undefined;
+  }
+}
+
+const gyp = nodeGyp();
+const nodedir = path.dirname(path.dirname(process.execPath));
+if (!gyp || !existsSync(path.join(nodedir, 'include', 'node', 'node_api.h'))) {
+  console.warn('strata: node-gyp or the Node headers are missing: sparse files will not show their holes');
+  process.exit(0);
+}
+const r = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '--loglevel=warn'], {
+  cwd: dir,
+  stdio: ['ignore', 'ignore', 'inherit'],
+});
+if (r.status !== 0) {
+  console.warn('strata: building native/strata_native.node failed: sparse files will not show their holes');
+}

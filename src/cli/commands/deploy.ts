@@ -1,0 +1,118 @@
+import type { SingleBar } from 'cli-progress';
+import type { Command } from 'commander';
+import type { DeployEvent, Deployer as DeployerT } from '../../deploy/index.js';
+import { StrataError } from '../../library/index.js';
+import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { parseSize } from './convert.js';
+
+/**
+ * `deploy SOURCE --to TARGET`: serve TARGET over NBD at once while it is filled from SOURCE
+ * (a library REF, an image file or URL). A thin face over src/deploy.
+ */
+export function registerDeployCommand(program: Command): void {
+  addOpenOptions(
+    program
+      .command('deploy')
+      .description('serve TARGET over NBD at once and fill it from SOURCE in the background (reads first)')
+      .argument('<source>', 'library REF (NAME, NAME:TAG, NAME@N, digest prefix), image file or URL')
+      .requiredOption('--to <target>', 'raw file (created sparse when missing) or block device')
+      .option('--library <dir>', 'library for a REF (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
+      .option('--resume', 'continue the deploy that TARGET.strata-deploy records')
+      .option('--bandwidth <rate>', 'cap of the background copy in bytes per second (64M, 1G ...)')
+      .option('--block-size <size>', 'granularity of the local map (default 64K)')
+      .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
+      .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
+      .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
+      .option('-x, --name <name>', 'export name', '')
+      .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
+      .option('--json', 'print events as JSON lines on stdout'),
+  ).action(async (sourceArg: string, o: Record<string, unknown>) => {
+    if (o.socket !== undefined && o.port !== undefined)
+      throw new StrataError('USAGE', 'use --port or --socket, not both');
+    const port = o.port === undefined ? 10809 : Number(o.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
+    const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
+    const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
+    const json = Boolean(o.json);
+    const { Deployer, openDeploySource } = await import('../../deploy/index.js');
+    const { NbdServer } = await import('../../serve/index.js');
+    const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
+    let bar: SingleBar | undefined;
+    const onEvent = (e: DeployEvent) => {
+      if (json) line(e);
+      else if (e.event === 'complete') {
+        bar?.stop();
+        bar = undefined;
+        process.stderr.write(
+          `strata deploy: complete: every used range is local (${e.fetchedBytes} bytes fetched in ${e.seconds.toFixed(1)} s); source dropped, serving TARGET alone\n`,
+        );
+      } else if (e.event === 'retry') process.stderr.write(`strata deploy: retry ${e.attempt}: ${e.error}\n`);
+      else if (e.event === 'error') process.stderr.write(`strata deploy: ${e.error}\n`);
+    };
+    const source = await openDeploySource(sourceArg, {
+      library: o.library as string | undefined,
+      open: openOptionsFrom(o),
+    });
+    let d: DeployerT;
+    try {
+      d = await Deployer.open(source, String(o.to), { resume: Boolean(o.resume), bandwidth, blockSize, onEvent });
+    } catch (e) {
+      await source.close().catch(() => {});
+      throw e;
+    }
+    const server = new NbdServer({ exports: [d.export(String(o.name))] });
+    try {
+      await server.listen(o.socket !== undefined ? { socket: String(o.socket) } : { host: String(o.bind), port });
+    } catch (e) {
+      await server.close().catch(() => {});
+      throw new StrataError('IO', `cannot listen: ${(e as Error).message}`);
+    }
+    const uri = server.uri(String(o.name));
+    if (json) line({ event: 'listening', uri, ...server.endpoint });
+    else process.stdout.write(`${uri}\n`);
+    if (!json && process.stderr.isTTY) {
+      const { default: cliProgress } = await import('cli-progress');
+      bar = new cliProgress.SingleBar(
+        {
+          stream: process.stderr,
+          format: 'deploying [{bar}] {percentage}% local | {fetched} MiB fetched | {rate} MiB/s | ETA {eta_formatted}',
+          hideCursor: true,
+        },
+        cliProgress.Presets.shades_classic,
+      );
+      const p = d.progress() as Extract<DeployEvent, { event: 'progress' }>;
+      bar.start(Math.max(1, Math.ceil(p.neededBytes / 2 ** 20)), 0, { fetched: 0, rate: 0 });
+    }
+    d.start();
+    const tick = setInterval(() => {
+      const p = d.progress() as Extract<DeployEvent, { event: 'progress' }>;
+      if (json) line(p);
+      bar?.update(Math.floor(p.localBytes / 2 ** 20), {
+        fetched: Math.floor(p.fetchedBytes / 2 ** 20),
+        rate: (p.rate / 2 ** 20).toFixed(1),
+      });
+    }, 1000);
+    try {
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+        // once complete and no client is connected (a client mid-read is not cut off)
+        if (o.exitWhenComplete) {
+          d.complete.then(() => {
+            const idle = setInterval(() => {
+              if (server.connectionCount === 0) {
+                clearInterval(idle);
+                resolve();
+              }
+            }, 100);
+          });
+        }
+      });
+    } finally {
+      clearInterval(tick);
+      bar?.stop();
+      await server.close();
+    }
+    if (json) line({ event: 'exit', complete: d.isComplete, fetchedBytes: d.fetchedBytes });
+  });
+}

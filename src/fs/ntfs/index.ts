@@ -1,0 +1,594 @@
+import type { ByteSource } from '../../io/byte-source.js';
+import { readExact } from '../../io/byte-source.js';
+import { CachedSource } from '../../io/cached-source.js';
+import { type ErrorCode, StrataError } from '../../util/errors.js';
+import { LIMITS } from '../../util/limits.js';
+import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
+import { resolvePath } from '../walk.js';
+import { lznt1Decode } from './lznt1.js';
+import {
+  ATTR,
+  type Attribute,
+  applyFixups,
+  FILE_ATTR,
+  type FileName,
+  type IndexEntry,
+  looksLikeNtfs,
+  type MftRecord,
+  NAMESPACE,
+  type NtfsBoot,
+  parseAttributeList,
+  parseBoot,
+  parseFileName,
+  parseIndexNode,
+  parseRecord,
+  parseReparse,
+  parseStandardInformation,
+  REPARSE_TAG,
+  type Run,
+  u16,
+  u32,
+} from './structs.js';
+
+export const NTFS_ROOT_INO = 5;
+/** Not a reparse tag: marks an Interix (SFU) symlink file. */
+const INTERIX_SYMLINK = -1;
+/** MFT records 0..23 are reserved for the system files ($MFT ... $Extend and spares). */
+const FIRST_USER_RECORD = 24;
+const MAX_EXTENSION_RECORDS = 4096;
+const MAX_INDEX_BYTES = 256 << 20;
+const MAX_WARNINGS = 1000;
+
+export interface NtfsOpenOptions {
+  /** List `$` system files ($MFT, $Bitmap, $Extend ...) in the root directory. */
+  showMetadata?: boolean;
+}
+
+/** The volume, its geometry, a metadata cache and the warnings: shared by every reader. */
+class NtfsContext {
+  readonly meta: CachedSource;
+  readonly warnings: string[] = [];
+  constructor(
+    readonly volume: ByteSource,
+    readonly boot: NtfsBoot,
+  ) {
+    this.meta = new CachedSource(volume, { blockSize: 64 * 1024, capacity: 32 << 20 });
+  }
+  get name() {
+    return this.volume.name;
+  }
+  warn(m: string) {
+    if (this.warnings.length < MAX_WARNINGS) this.warnings.push(m);
+  }
+  error(code: ErrorCode, message: string, structure: string, offset?: number) {
+    return new StrataError(code, message, { file: this.name, structure, offset });
+  }
+  read(offset: number, length: number, structure: string) {
+    return readExact(this.meta, offset, length, structure);
+  }
+}
+
+/** One stream of a file: the attribute extents (from one or more records) merged. */
+interface Stream {
+  attr: Attribute;
+  runs: Run[];
+}
+
+interface Node {
+  pub: Inode;
+  rec: MftRecord;
+  attrs: Attribute[];
+  names: FileName[];
+  reparse?: { tag: number; target?: string };
+}
+
+export class NtfsFileSystem implements FileSystem {
+  readonly kind = 'ntfs';
+  readonly blockSize: number;
+  readonly warnings: string[];
+  private mftRuns: Run[] = [];
+  private mftRecords = 0;
+  private readonly nodes = new Map<number, Node>();
+  private readonly dirs = new Map<number, DirEntry[]>();
+  private label?: string;
+  private version?: string;
+  private volFlags = 0;
+
+  private constructor(
+    private readonly ctx: NtfsContext,
+    private readonly opts: NtfsOpenOptions,
+  ) {
+    this.blockSize = ctx.boot.clusterSize;
+    this.warnings = ctx.warnings;
+  }
+
+  get volume(): ByteSource {
+    return this.ctx.volume;
+  }
+
+  static async open(volume: ByteSource, opts: NtfsOpenOptions = {}): Promise<NtfsFileSystem> {
+    const head = await readExact(volume, 0, 512, 'NTFS boot sector');
+    const boot = parseBoot(head, volume.name);
+    const ctx = new NtfsContext(volume, boot);
+    if (boot.totalBytes > volume.size)
+      ctx.warn(`the file system claims ${boot.totalBytes} bytes but the volume has ${volume.size}`);
+    const fs = new NtfsFileSystem(ctx, opts);
+    await fs.init();
+    return fs;
+  }
+
+  private async init(): Promise<void> {
+    const { boot } = this.ctx;
+    const at = boot.mftLcn * boot.clusterSize;
+    const raw = await this.ctx.read(at, boot.recordSize, 'MFT record 0 ($MFT)');
+    const b = new Uint8Array(raw); // a copy: Buffer.slice would alias the cache
+    applyFixups(b, 'FILE', this.ctx.name, 'MFT record 0 ($MFT)', at);
+    const rec0 = parseRecord(b, 0, boot.clusters, this.ctx.name, at);
+    const data = rec0.attributes.find((a) => a.type === ATTR.DATA && a.name === '' && !a.resident);
+    if (!data) throw this.ctx.error('CORRUPT', 'no non-resident $DATA in $MFT', 'MFT record 0', at);
+    this.mftRuns = data.runs;
+    this.mftRecords = Math.floor(data.dataSize / boot.recordSize);
+    // $MFT's own $DATA may continue in extension records named by its attribute list
+    if (rec0.attributes.some((a) => a.type === ATTR.ATTRIBUTE_LIST)) {
+      const all = await this.gather(rec0);
+      const s = this.stream(all, ATTR.DATA, '', 'MFT record 0');
+      if (s) this.mftRuns = s.runs;
+    }
+    const vol = await this.node(3);
+    const vn = vol.attrs.find((a) => a.type === ATTR.VOLUME_NAME);
+    if (vn?.value) this.label = new TextDecoder('utf-16le').decode(vn.value);
+    const vi = vol.attrs.find((a) => a.type === ATTR.VOLUME_INFORMATION);
+    if (vi?.value && vi.value.length >= 12) {
+      this.version = `${vi.value[8]}.${vi.value[9]}`;
+      this.volFlags = u16(vi.value, 10);
+      if (this.volFlags & 1)
+        this.ctx.warn('NTFS volume dirty flag set: the volume was not cleanly unmounted (chkdsk pending)');
+    }
+  }
+
+  // ------------------------------------------------------------ MFT records
+
+  private async readRecord(n: number): Promise<MftRecord> {
+    const { boot } = this.ctx;
+    const structure = `MFT record ${n}`;
+    if (!Number.isInteger(n) || n < 0 || n >= this.mftRecords)
+      throw this.ctx.error('NOT_FOUND', `record ${n} outside the MFT (${this.mftRecords} records)`, structure);
+    const pos = n * boot.recordSize;
+    const vcn = Math.floor(pos / boot.clusterSize);
+    const run = this.mftRuns.find((r) => vcn >= r.vcn && vcn < r.vcn + r.length);
+    if (!run || run.lcn < 0)
+      throw this.ctx.error('CORRUPT', `MFT record ${n} is not mapped by $MFT's runlist`, structure);
+    const at = (run.lcn + vcn - run.vcn) * boot.clusterSize + (pos % boot.clusterSize);
+    const b = new Uint8Array(await this.ctx.read(at, boot.recordSize, structure));
+    applyFixups(b, 'FILE', this.ctx.name, structure, at);
+    return parseRecord(b, n, boot.clusters, this.ctx.name, at);
+  }
+
+  /** A base record's attributes, with those its $ATTRIBUTE_LIST places in extension records. */
+  private async gather(rec: MftRecord): Promise<Attribute[]> {
+    const list = rec.attributes.find((a) => a.type === ATTR.ATTRIBUTE_LIST);
+    if (!list) return rec.attributes;
+    const structure = `$ATTRIBUTE_LIST of MFT record ${rec.number}`;
+    const value = list.resident
+      ? list.value!
+      : await this.readStream({ attr: list, runs: list.runs }, 0, list.dataSize, structure);
+    const entries = parseAttributeList(value, this.ctx.name, structure);
+    const others = [...new Set(entries.map((e) => e.record).filter((r) => r !== rec.number))];
+    if (others.length > MAX_EXTENSION_RECORDS)
+      throw this.ctx.error('LIMIT', `${others.length} extension records`, structure);
+    const out = [...rec.attributes.filter((a) => a.type !== ATTR.ATTRIBUTE_LIST)];
+    for (const o of others) {
+      const ext = await this.readRecord(o);
+      if (ext.baseRecord !== rec.number) {
+        this.ctx.warn(`${structure}: record ${o} names base ${ext.baseRecord}; skipped`);
+        continue;
+      }
+      if (ext.attributes.some((a) => a.type === ATTR.ATTRIBUTE_LIST))
+        throw this.ctx.error('LOOP', `extension record ${o} holds an attribute list of its own`, structure);
+      out.push(...ext.attributes);
+    }
+    return out;
+  }
+
+  /** The stream of (type, name): its extents joined in VCN order; sizes from the first. */
+  private stream(attrs: Attribute[], type: number, name: string, structure: string): Stream | undefined {
+    const parts = attrs.filter((a) => a.type === type && a.name === name).sort((a, b) => a.startVcn - b.startVcn);
+    if (parts.length === 0) return undefined;
+    const first = parts[0];
+    if (first.resident) return { attr: first, runs: [] };
+    const runs: Run[] = [];
+    let next = 0;
+    for (const p of parts) {
+      if (p.resident) continue;
+      if (p.startVcn !== next)
+        throw this.ctx.error('CORRUPT', `attribute extent starts at VCN ${p.startVcn}, expected ${next}`, structure);
+      runs.push(...p.runs);
+      next = p.lastVcn + 1;
+    }
+    return { attr: first, runs };
+  }
+
+  async node(n: number): Promise<Node> {
+    const have = this.nodes.get(n);
+    if (have) return have;
+    const rec = await this.readRecord(n);
+    const structure = `MFT record ${n}`;
+    if (!(rec.flags & 1)) throw this.ctx.error('NOT_FOUND', 'record not in use', structure);
+    if (rec.baseRecord !== 0)
+      throw this.ctx.error('NOT_FOUND', `extension record of ${rec.baseRecord}, not a file`, structure);
+    const attrs = await this.gather(rec);
+    const names = attrs
+      .filter((a) => a.type === ATTR.FILE_NAME && a.value)
+      .map((a) => parseFileName(a.value!, this.ctx.name, structure));
+    const siAttr = attrs.find((a) => a.type === ATTR.STANDARD_INFORMATION && a.value);
+    const si = siAttr ? parseStandardInformation(siAttr.value!) : undefined;
+    const isDir = (rec.flags & 2) !== 0;
+    const rpAttr = attrs.find((a) => a.type === ATTR.REPARSE_POINT);
+    let reparse: Node['reparse'];
+    if (rpAttr) {
+      const v = rpAttr.resident
+        ? rpAttr.value!
+        : await this.readStream(
+            { attr: rpAttr, runs: rpAttr.runs },
+            0,
+            rpAttr.dataSize,
+            `$REPARSE_POINT of ${structure}`,
+          );
+      reparse = parseReparse(v);
+    }
+    // Interix symlinks (ntfs-3g's default): a SYSTEM file holding "IntxLNK\1" and the UTF-16 target
+    const faEarly = si?.fileAttributes ?? 0;
+    if (!reparse && !isDir && faEarly & FILE_ATTR.SYSTEM) {
+      const d = this.stream(attrs, ATTR.DATA, '', structure);
+      if (d && d.attr.dataSize > 8 && d.attr.dataSize <= 8 + 2 * 4096) {
+        const v = await this.readStream(d, 0, d.attr.dataSize, `$DATA of ${structure}`);
+        if (String.fromCharCode(...v.subarray(0, 8)) === 'IntxLNK\u0001') {
+          reparse = { tag: INTERIX_SYMLINK, target: new TextDecoder('utf-16le').decode(v.subarray(8)) };
+        }
+      }
+    }
+    const isLink =
+      reparse !== undefined &&
+      (reparse.tag === REPARSE_TAG.SYMLINK ||
+        reparse.tag === REPARSE_TAG.MOUNT_POINT ||
+        reparse.tag === REPARSE_TAG.LX_SYMLINK ||
+        reparse.tag === INTERIX_SYMLINK);
+    const data = isDir ? undefined : this.stream(attrs, ATTR.DATA, '', structure);
+    const fa = si?.fileAttributes ?? 0;
+    const linkNames = names.filter((x) => x.namespace !== NAMESPACE.DOS).length;
+    const pub: Inode = {
+      ino: n,
+      type: isLink ? 'symlink' : isDir ? 'dir' : 'file',
+      mode:
+        (isDir || isLink ? 0o777 : 0o666) &
+        (fa & FILE_ATTR.READONLY ? ~0o222 : ~0) &
+        (isLink ? ~0 : isDir ? 0o755 : 0o644),
+      uid: 0,
+      gid: 0,
+      size: isLink ? (reparse?.target?.length ?? 0) : (data?.attr.dataSize ?? 0),
+      nlink: Math.max(1, linkNames),
+      flags: fa,
+      allocatedBytes: data ? (data.attr.resident ? 0 : data.attr.allocatedSize) : 0,
+    };
+    if (si) {
+      pub.crtime = si.crtime;
+      pub.mtime = si.mtime;
+      pub.ctime = si.ctime;
+      pub.atime = si.atime;
+    }
+    const node: Node = { pub, rec, attrs, names, reparse };
+    if (this.nodes.size > 100000) this.nodes.clear();
+    this.nodes.set(n, node);
+    return node;
+  }
+
+  // ------------------------------------------------------------ stream reading
+
+  /** Read bytes [off, off+len) of a stream (resident, plain, sparse or LZNT1-compressed). */
+  private async readStream(s: Stream, off: number, len: number, structure: string): Promise<Uint8Array> {
+    const a = s.attr;
+    const end = Math.min(off + len, a.dataSize);
+    if (end <= off) return new Uint8Array(0);
+    if (end - off > LIMITS.maxReadBytes) throw this.ctx.error('LIMIT', `read of ${end - off} bytes`, structure);
+    if (a.resident) return a.value!.slice(off, end);
+    const out = new Uint8Array(end - off);
+    const cs = this.ctx.boot.clusterSize;
+    const valid = Math.min(end, a.initializedSize);
+    if (a.compressionUnit && a.flags & 1) {
+      const unit = cs << a.compressionUnit;
+      for (let u = Math.floor(off / unit) * unit; u < valid; u += unit) {
+        const plain = await this.compressionUnit(s, u / cs, 1 << a.compressionUnit, structure);
+        const from = Math.max(u, off);
+        const to = Math.min(u + unit, valid);
+        out.set(plain.subarray(from - u, to - u), from - off);
+      }
+      return out;
+    }
+    for (const r of s.runs) {
+      const rs = r.vcn * cs;
+      const re = rs + r.length * cs;
+      const from = Math.max(rs, off);
+      const to = Math.min(re, valid);
+      if (from >= to || r.lcn < 0) continue;
+      out.set(
+        await this.ctx.volume
+          .read(r.lcn * cs + (from - rs), to - from)
+          .then((b) => this.full(b, to - from, structure, r.lcn * cs)),
+        from - off,
+      );
+    }
+    return out;
+  }
+
+  private full(b: Uint8Array, n: number, structure: string, at: number): Uint8Array {
+    if (b.length !== n) throw this.ctx.error('TRUNCATED', `short read: ${b.length} of ${n} bytes`, structure, at);
+    return b;
+  }
+
+  /** Clusters [vcn, vcn+count) as (lcn|-1) per cluster. */
+  private mapClusters(runs: Run[], vcn: number, count: number): number[] {
+    const out: number[] = new Array(count).fill(-1);
+    for (const r of runs) {
+      const from = Math.max(r.vcn, vcn);
+      const to = Math.min(r.vcn + r.length, vcn + count);
+      for (let c = from; c < to; c++) out[c - vcn] = r.lcn < 0 ? -1 : r.lcn + (c - r.vcn);
+    }
+    return out;
+  }
+
+  private async compressionUnit(s: Stream, vcn: number, count: number, structure: string): Promise<Uint8Array> {
+    const cs = this.ctx.boot.clusterSize;
+    const map = this.mapClusters(s.runs, vcn, count);
+    const real = map.filter((c) => c >= 0);
+    const out = new Uint8Array(count * cs);
+    if (real.length === 0) return out;
+    const raw = new Uint8Array(real.length * cs);
+    for (let i = 0; i < real.length; i++)
+      raw.set(this.full(await this.ctx.volume.read(real[i] * cs, cs), cs, structure, real[i] * cs), i * cs);
+    if (real.length === count) return raw; // stored uncompressed
+    lznt1Decode(raw, out, this.ctx.name, `${structure}, compression unit at VCN ${vcn}`);
+    return out;
+  }
+
+  // ------------------------------------------------------------ directories
+
+  private async index(dir: Node): Promise<IndexEntry[]> {
+    const structure = `directory index of MFT record ${dir.pub.ino}`;
+    const root = dir.attrs.find((a) => a.type === ATTR.INDEX_ROOT && a.name === '$I30');
+    if (!root?.value) throw this.ctx.error('CORRUPT', 'directory without $INDEX_ROOT $I30', structure);
+    const out = parseIndexNode(root.value, 16, this.ctx.name, structure, 0);
+    const alloc = this.stream(dir.attrs, ATTR.INDEX_ALLOCATION, '$I30', structure);
+    if (!alloc || alloc.attr.resident) return out;
+    const bs = u32(root.value, 8) || this.ctx.boot.indexBlockSize;
+    if (bs < 512 || bs > 65536 || bs & (bs - 1)) throw this.ctx.error('CORRUPT', `index block size ${bs}`, structure);
+    if (alloc.attr.dataSize > MAX_INDEX_BYTES)
+      throw this.ctx.error('LIMIT', `index of ${alloc.attr.dataSize} bytes`, structure);
+    const bmAttr = dir.attrs.find((a) => a.type === ATTR.BITMAP && a.name === '$I30');
+    let bitmap: Uint8Array | undefined;
+    if (bmAttr)
+      bitmap = bmAttr.resident
+        ? bmAttr.value!
+        : await this.readStream({ attr: bmAttr, runs: bmAttr.runs }, 0, bmAttr.dataSize, structure);
+    const all = await this.readStream(alloc, 0, alloc.attr.dataSize, structure);
+    for (let i = 0; (i + 1) * bs <= all.length; i++) {
+      if (bitmap && !(bitmap[i >> 3] & (1 << (i & 7)))) continue;
+      const blk = all.slice(i * bs, (i + 1) * bs);
+      applyFixups(blk, 'INDX', this.ctx.name, `${structure}, INDX block ${i}`, i * bs);
+      out.push(...parseIndexNode(blk, 24, this.ctx.name, `${structure}, INDX block ${i}`, 0));
+    }
+    return out;
+  }
+
+  private async listing(dir: Inode): Promise<DirEntry[]> {
+    const have = this.dirs.get(dir.ino);
+    if (have) return have;
+    const n = await this.node(dir.ino);
+    if (n.pub.type !== 'dir') throw this.ctx.error('USAGE', 'not a directory', `MFT record ${dir.ino}`);
+    const seen = new Set<string>();
+    const out: DirEntry[] = [];
+    for (const e of await this.index(n)) {
+      if (!e.key || e.key.namespace === NAMESPACE.DOS) continue;
+      const name = e.key.name;
+      if (
+        e.ref === dir.ino ||
+        name === '' ||
+        name === '.' ||
+        name === '..' ||
+        name.includes('/') ||
+        name.includes('\0')
+      )
+        continue;
+      if (dir.ino === NTFS_ROOT_INO && e.ref < FIRST_USER_RECORD && name.startsWith('$') && !this.opts.showMetadata)
+        continue;
+      const k = `${e.ref}/${name}`;
+      if (seen.has(k)) continue;
+      seen.add(k);
+      const isDir = (e.key.flags & 0x10000000) !== 0;
+      const isReparse = (e.key.flags & FILE_ATTR.REPARSE) !== 0;
+      out.push({ name, ino: e.ref, type: isReparse ? (await this.node(e.ref)).pub.type : isDir ? 'dir' : 'file' });
+    }
+    out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    if (this.dirs.size > 4096) this.dirs.clear();
+    this.dirs.set(dir.ino, out);
+    return out;
+  }
+
+  // ------------------------------------------------------------ FileSystem
+
+  async info(): Promise<FsInfo> {
+    const b = this.ctx.boot;
+    const used = (await this.allocation()).reduce((s, r) => s + r.length, 0);
+    return {
+      kind: 'ntfs',
+      label: this.label,
+      uuid: b.serial,
+      blockSize: b.clusterSize,
+      totalBytes: b.totalBytes,
+      freeBytes: Math.max(0, b.clusters * b.clusterSize - used),
+      totalInodes: this.mftRecords,
+      extra: {
+        version: this.version,
+        dirty: (this.volFlags & 1) !== 0,
+        mftRecordSize: b.recordSize,
+        indexBlockSize: b.indexBlockSize,
+      },
+    };
+  }
+
+  async root(): Promise<Inode> {
+    return (await this.node(NTFS_ROOT_INO)).pub;
+  }
+
+  async inode(ino: number): Promise<Inode> {
+    return (await this.node(ino)).pub;
+  }
+
+  lookup(path: string): Promise<Inode> {
+    return resolvePath(this, path);
+  }
+
+  async *readdir(dir: Inode): AsyncIterable<DirEntry> {
+    yield* await this.listing(dir);
+  }
+
+  readdirAll(dir: Inode): Promise<DirEntry[]> {
+    return this.listing(dir);
+  }
+
+  async lookupChild(dir: Inode, name: string): Promise<DirEntry | undefined> {
+    const l = await this.listing(dir);
+    return l.find((e) => e.name === name) ?? l.find((e) => e.name.toUpperCase() === name.toUpperCase());
+  }
+
+  async read(file: Inode, offset: number, length: number): Promise<Uint8Array> {
+    const n = await this.node(file.ino);
+    if (n.pub.type === 'dir') throw this.ctx.error('USAGE', 'read of a directory', `MFT record ${file.ino}`);
+    const s = this.stream(n.attrs, ATTR.DATA, '', `MFT record ${file.ino}`);
+    if (!s) return new Uint8Array(0);
+    return this.readStream(s, offset, length, `$DATA of MFT record ${file.ino}`);
+  }
+
+  async readlink(link: Inode): Promise<string> {
+    const n = await this.node(link.ino);
+    if (!n.reparse?.target) throw this.ctx.error('USAGE', 'not a symbolic link or junction', `MFT record ${link.ino}`);
+    return n.reparse.target.replaceAll('\\', '/');
+  }
+
+  /** Named $DATA streams (alternate data streams) as `ntfs.stream.NAME`. */
+  async xattrs(file: Inode): Promise<Map<string, Uint8Array>> {
+    const n = await this.node(file.ino);
+    const out = new Map<string, Uint8Array>();
+    const names = new Set(n.attrs.filter((a) => a.type === ATTR.DATA && a.name !== '').map((a) => a.name));
+    for (const name of names) {
+      const s = this.stream(n.attrs, ATTR.DATA, name, `MFT record ${file.ino}`)!;
+      out.set(
+        `ntfs.stream.${name}`,
+        await this.readStream(s, 0, s.attr.dataSize, `$DATA:${name} of MFT record ${file.ino}`),
+      );
+    }
+    if (n.reparse && !n.reparse.target && n.reparse.tag >= 0)
+      out.set('ntfs.reparse_tag', new TextEncoder().encode(`0x${n.reparse.tag.toString(16)}`));
+    return out;
+  }
+
+  async *extents(file: Inode): AsyncIterable<FileExtent> {
+    const n = await this.node(file.ino);
+    const s = this.stream(n.attrs, ATTR.DATA, '', `MFT record ${file.ino}`);
+    if (!s || s.attr.dataSize === 0) return;
+    const a = s.attr;
+    if (a.resident) {
+      yield { fileOffset: 0, length: a.dataSize, volumeOffset: a.valueVolumeOffset ?? 0, inline: true };
+      return;
+    }
+    const cs = this.ctx.boot.clusterSize;
+    if (a.compressionUnit && a.flags & 1) {
+      const count = 1 << a.compressionUnit;
+      for (let vcn = 0; vcn * cs < a.dataSize; vcn += count) {
+        const map = this.mapClusters(s.runs, vcn, count);
+        const real = map.filter((c) => c >= 0);
+        const length = Math.min(count * cs, a.dataSize - vcn * cs);
+        if (real.length === 0) continue;
+        if (real.length === count) {
+          for (const e of this.plain(s.runs, vcn, count, a.dataSize)) yield e;
+          continue;
+        }
+        yield {
+          fileOffset: vcn * cs,
+          length,
+          volumeOffset: real[0] * cs,
+          diskLength: real.length * cs,
+          encoded: 'lznt1',
+        };
+      }
+      return;
+    }
+    for (const e of this.plain(s.runs, 0, Number.MAX_SAFE_INTEGER, a.dataSize)) {
+      if (e.fileOffset >= a.initializedSize) e.unwritten = true;
+      yield e;
+    }
+  }
+
+  private *plain(runs: Run[], vcn: number, count: number, size: number): Generator<FileExtent> {
+    const cs = this.ctx.boot.clusterSize;
+    for (const r of runs) {
+      const from = Math.max(r.vcn, vcn);
+      const to = Math.min(r.vcn + r.length, vcn + count);
+      if (from >= to || r.lcn < 0 || from * cs >= size) continue;
+      yield {
+        fileOffset: from * cs,
+        length: Math.min(to * cs, size) - from * cs,
+        volumeOffset: (r.lcn + from - r.vcn) * cs,
+      };
+    }
+  }
+
+  /** In-use clusters from $Bitmap (MFT record 6). */
+  async allocation(): Promise<ByteRange[]> {
+    const n = await this.node(6);
+    const s = this.stream(n.attrs, ATTR.DATA, '', '$Bitmap');
+    if (!s) throw this.ctx.error('CORRUPT', 'no $DATA in $Bitmap', 'MFT record 6');
+    const { clusters, clusterSize } = this.ctx.boot;
+    const bm = await this.readStream(s, 0, Math.min(s.attr.dataSize, Math.ceil(clusters / 8)), '$Bitmap');
+    const out: ByteRange[] = [];
+    let start = -1;
+    const limit = Math.min(clusters, bm.length * 8);
+    for (let c = 0; c <= limit; c++) {
+      const used = c < limit && (bm[c >> 3] & (1 << (c & 7))) !== 0;
+      if (used && start < 0) start = c;
+      else if (!used && start >= 0) {
+        out.push({ offset: start * clusterSize, length: (c - start) * clusterSize });
+        start = -1;
+      }
+    }
+    return out;
+  }
+
+  async *metadataRegions(): AsyncIterable<OwnedRange> {
+    const cs = this.ctx.boot.clusterSize;
+    yield { offset: 0, length: Math.max(cs, 512), kind: 'boot-sector', detail: '$Boot' };
+    const sys: Array<[number, string, string]> = [
+      [0, 'inode-table', '$MFT'],
+      [1, 'reserved', '$MFTMirr'],
+      [2, 'journal', '$LogFile'],
+      [6, 'bitmap', '$Bitmap'],
+    ];
+    for (const [rec, kind, detail] of sys) {
+      const n = await this.node(rec);
+      const s = this.stream(n.attrs, ATTR.DATA, '', detail);
+      if (!s || s.attr.resident) continue;
+      for (const r of s.runs) {
+        if (r.lcn < 0) continue;
+        const o: OwnedRange = { offset: r.lcn * cs, length: r.length * cs, kind, detail, ino: rec };
+        if (rec === 0)
+          o.inodes = { first: Math.floor((r.vcn * cs) / this.ctx.boot.recordSize), size: this.ctx.boot.recordSize };
+        yield o;
+      }
+    }
+  }
+}
+
+export const ntfsDriver: FsDriver = {
+  kind: 'ntfs',
+  probe: (head) => looksLikeNtfs(head),
+  open: (volume) => NtfsFileSystem.open(volume),
+};

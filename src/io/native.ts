@@ -1,0 +1,84 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type Extent, pushExtent } from './byte-source.js';
+
+/** native/seek.c: lseek(2), which Node does not bind. */
+interface Native {
+  seek(fd: number, offset: number, whence: number): number;
+  SEEK_DATA?: number;
+  SEEK_HOLE?: number;
+  ENXIO: number;
+}
+
+const SEEK_END = 2;
+const ADDON = path.join('native', 'build', 'Release', 'strata_native.node');
+let loaded: Native | null | undefined;
+
+/**
+ * The addon built by scripts/build-native.mjs at install, found by walking up from this
+ * module (dist/src/io or the bundle in dist/cli) to the package root; null when it was not
+ * built (no compiler): callers then report no holes, as Strata did before it.
+ */
+function native(): Native | null {
+  if (loaded !== undefined) return loaded;
+  loaded = null;
+  if (process.env.STRATA_NO_NATIVE === '1') return loaded;
+  try {
+    let dir = path.dirname(fileURLToPath(import.meta.url));
+    for (let i = 0; i < 6; i++) {
+      const p = path.join(dir, ADDON);
+      if (existsSync(p)) {
+        loaded = createRequire(import.meta.url)(p) as Native;
+        break;
+      }
+      dir = path.dirname(dir);
+    }
+  } catch {
+    loaded = null;
+  }
+  return loaded;
+}
+
+/** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */
+export function holesSupported(): boolean {
+  const n = native();
+  return n?.SEEK_DATA !== undefined;
+}
+
+/**
+ * Allocation of [offset, offset+n) of an open file from SEEK_DATA/SEEK_HOLE: holes are
+ * `zero` (they read as zeros), the rest `data`. Undefined when the addon is missing, so
+ * the caller says `data` as before; a file system that does not support the whence values
+ * answers EINVAL, and then the rest of the range is `data`.
+ */
+export function seekStatus(fd: number, offset: number, n: number): Extent[] | undefined {
+  const nat = native();
+  if (!nat || nat.SEEK_DATA === undefined || nat.SEEK_HOLE === undefined) return undefined;
+  // A file that shrank since it was opened: what lies past its end now stays `data`, so
+  // readers still read it and fail TRUNCATED as before, instead of taking it for a hole.
+  const eof = nat.seek(fd, 0, SEEK_END);
+  if (eof < 0) return undefined;
+  const want = offset + n;
+  const end = Math.min(want, Math.max(offset, eof));
+  const out: Extent[] = [];
+  let pos = offset;
+  while (pos < end) {
+    let d = nat.seek(fd, pos, nat.SEEK_DATA);
+    if (d === -nat.ENXIO)
+      d = end; // no data at or after pos: a hole to the end of the file
+    else if (d < 0) {
+      pushExtent(out, pos, end - pos, 'data');
+      break;
+    }
+    if (d > pos) pushExtent(out, pos, Math.min(d, end) - pos, 'zero');
+    if (d >= end) break;
+    let h = nat.seek(fd, d, nat.SEEK_HOLE);
+    if (h < 0 || h <= d) h = end;
+    pushExtent(out, d, Math.min(h, end) - d, 'data');
+    pos = h;
+  }
+  pushExtent(out, end, want - end, 'data');
+  return out;
+}

@@ -1,0 +1,293 @@
+import { closeSync } from 'node:fs';
+import * as nodePath from 'node:path';
+import type { FileSystem } from '../../fs/types.js';
+import { StrataError } from '../../util/errors.js';
+import { imagePath, safeName, type WalkItem, walkBatches } from '../listing.js';
+import { Destination, destError, ENTRY_ERRORS, type SpecialNode } from './destination.js';
+import { BlockSlots, bulkReader, copyData, smallReadCache } from './file-data.js';
+
+export interface ExtractOptions {
+  /** Files written at the same time (default 8). */
+  concurrency?: number;
+  /** chown to the image's uid/gid (default: when running as root). */
+  preserveOwner?: boolean;
+  /** Largest single read from the volume (default 8 MiB). */
+  chunkSize?: number;
+  /** Each warning as it happens (also collected in the result, up to 1000). */
+  onWarning?: (message: string) => void;
+}
+
+export interface ExtractResult {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  fifos: number;
+  devices: number;
+  /** File bytes written (holes excluded). */
+  bytes: number;
+  /** Entries not extracted (refused names, unsupported types, existing targets, read errors). */
+  skipped: number;
+  warnings: string[];
+}
+
+const MAX_KEPT_WARNINGS = 1000;
+
+/**
+ * Copy a file or a tree out of a file system into `dest`, never writing outside it.
+ *
+ * - A directory's contents go into `dest` (created when missing); a single non-directory
+ *   is written as `dest/<its name>`.
+ * - Every name is checked: '', '.', '..', names with '/' or NUL are refused with a warning,
+ *   with their subtree. Files are created with O_EXCL|O_NOFOLLOW, directories with mkdir,
+ *   so nothing already in `dest` (a symlink pointing out, a file) is followed or
+ *   overwritten; an existing entry that is not a real directory stops that subtree.
+ * - Symlinks are created as symlinks (their target is data, never followed); hard links
+ *   link to the first extracted path of the inode; fifos via mkfifo; device nodes via
+ *   mknod when root, else skipped with a warning; sockets are skipped.
+ * - Modes, times (atime/mtime; lutimes for symlinks) and, as root, owners are kept;
+ *   directories get theirs after their contents are written.
+ * - Sparse files stay sparse: only the file's extents are written (unwritten ones too are
+ *   left as holes) and the file is truncated to its size.
+ *
+ * This is the walk: the tree in batches, a bounded pool of file writers, hard links,
+ * what is skipped and why. Every change to the destination goes through destination.ts
+ * (creation, owner and mode policy, staying inside DEST); file bytes through file-data.ts.
+ */
+export async function extractTree(
+  fs: FileSystem,
+  srcPath: string,
+  dest: string,
+  opts: ExtractOptions = {},
+): Promise<ExtractResult> {
+  const result: ExtractResult = {
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    hardlinks: 0,
+    fifos: 0,
+    devices: 0,
+    bytes: 0,
+    skipped: 0,
+    warnings: [],
+  };
+  const warn = (m: string) => {
+    if (result.warnings.length < MAX_KEPT_WARNINGS) result.warnings.push(m);
+    else if (result.warnings.length === MAX_KEPT_WARNINGS) result.warnings.push('... more warnings not kept');
+    opts.onWarning?.(m);
+  };
+  const skip = (m: string) => {
+    result.skipped++;
+    warn(m);
+  };
+  const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+  const owner = opts.preserveOwner ?? isRoot;
+  const chunk = Math.max(65536, opts.chunkSize ?? 8 << 20);
+  const limit = Math.max(1, opts.concurrency ?? 8);
+  // Small files sit next to each other on the volume: read them through 1 MiB blocks so a
+  // directory of small files costs a few large reads, not one read each.
+  const data = smallReadCache(fs.volume);
+  const bulk = bulkReader(fs.volume);
+  const slots = bulk ? new BlockSlots(bulk, fs.volume.size, 2 * limit + 8) : undefined;
+
+  // Findings of the reader during this run (unsafe names it dropped, bad checksums) are ours too.
+  const fsWarningsBefore = fs.warnings.length;
+  const adoptFsWarnings = () => {
+    for (const w of fs.warnings.slice(fsWarningsBefore)) warn(w);
+  };
+  try {
+    return await run();
+  } finally {
+    adoptFsWarnings();
+  }
+
+  async function run(): Promise<ExtractResult> {
+    const src = imagePath(srcPath);
+    const top = await fs.lookup(src);
+    const out = Destination.open(dest, owner);
+
+    // --- one entry -----------------------------------------------------------------------
+    const firstLink = new Map<number, Promise<string | undefined>>();
+
+    const writeFile = async (item: WalkItem, target: string) => {
+      const ino = item.inode;
+      const { fd, modeSet } = out.createFile(target, ino);
+      try {
+        let end = 0;
+        if (ino.size > 0) {
+          const c = await copyData(fs, data, bulk, slots, ino, item.path, fd, chunk);
+          result.bytes += c.bytes;
+          end = c.end;
+        }
+        out.finishFile(fd, target, ino, end, modeSet);
+      } finally {
+        closeSync(fd);
+      }
+      result.files++;
+    };
+
+    const makeNode = async (item: WalkItem, target: string): Promise<boolean> => {
+      const ino = item.inode;
+      switch (ino.type) {
+        case 'file':
+          await writeFile(item, target);
+          return true;
+        case 'symlink': {
+          out.symlink(await fs.readlink(ino), target, ino);
+          result.symlinks++;
+          return true;
+        }
+        case 'fifo':
+        case 'char':
+        case 'block': {
+          if (ino.type !== 'fifo' && !isRoot) {
+            skip(`${item.path}: ${ino.type} device not created (needs root)`);
+            return false;
+          }
+          if (ino.nlink <= 1) {
+            specials.push({ item, target, inode: ino });
+            return false;
+          }
+          const err = await out.node(target, ino);
+          if (err !== undefined) {
+            skip(`${item.path}: ${ino.type === 'fifo' ? 'fifo' : 'device node'} not created (${err})`);
+            return false;
+          }
+          out.setMeta(target, ino);
+          if (ino.type === 'fifo') result.fifos++;
+          else result.devices++;
+          return true;
+        }
+        default:
+          skip(`${item.path}: ${ino.type} not extracted`);
+          return false;
+      }
+    };
+
+    /** Fifos and device nodes (not hard-linked) are made at the end, 256 per child process. */
+    const specials: Array<SpecialNode & { item: WalkItem }> = [];
+    const makeSpecials = async () => {
+      for (let i = 0; i < specials.length; i += 256) {
+        const batch = specials.slice(i, i + 256);
+        const err = await out.nodes(batch);
+        for (const { item, target, inode: ino } of batch) {
+          if (!out.isNode(target, ino)) {
+            skip(`${item.path}: ${ino.type} not created${err ? ` (${err})` : ''}`);
+            continue;
+          }
+          try {
+            out.setMeta(target, ino);
+          } catch (e) {
+            entryFailure(e, item.path, target);
+            continue;
+          }
+          if (ino.type === 'fifo') result.fifos++;
+          else result.devices++;
+        }
+      }
+    };
+
+    /** Extract one non-directory; hard links after the first become links to it. */
+    const extractOne = async (item: WalkItem, target: string): Promise<void> => {
+      const ino = item.inode;
+      const guarded = async (): Promise<string | undefined> => {
+        try {
+          return (await makeNode(item, target)) ? target : undefined;
+        } catch (e) {
+          entryFailure(e, item.path, target);
+          return undefined;
+        }
+      };
+      if (ino.nlink > 1) {
+        const first = firstLink.get(ino.ino);
+        if (first) {
+          const firstPath = await first;
+          if (firstPath) {
+            try {
+              out.link(firstPath, target);
+              result.hardlinks++;
+              return;
+            } catch (e) {
+              entryFailure(e, item.path, target);
+              return;
+            }
+          }
+        } else {
+          const p = guarded();
+          firstLink.set(ino.ino, p);
+          await p;
+          return;
+        }
+      }
+      await guarded();
+    };
+
+    const entryFailure = (e: unknown, path: string, target: string) => {
+      const code = (e as NodeJS.ErrnoException)?.code;
+      if (e instanceof StrataError) skip(`${path}: not extracted: ${e.message}`);
+      else if (code === 'EEXIST') skip(`${path}: ${target} already exists, not overwritten`);
+      else if (code && ENTRY_ERRORS.has(code)) skip(`${path}: not extracted (${code})`);
+      else throw destError(e, target);
+    };
+
+    // --- bounded pool ----------------------------------------------------------------------
+    const inflight = new Set<Promise<void>>();
+    let failure: unknown;
+    const submit = async (task: () => Promise<void>) => {
+      while (inflight.size >= limit) await Promise.race(inflight);
+      if (failure) throw failure;
+      const p: Promise<void> = task()
+        .catch((e) => {
+          failure ??= e;
+        })
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    };
+    const drain = async () => {
+      while (inflight.size > 0) await Promise.race(inflight);
+      if (failure) throw failure;
+    };
+
+    // --- a single non-directory ------------------------------------------------------------
+    if (top.type !== 'dir') {
+      const name = nodePath.posix.basename(src);
+      if (!safeName(name)) throw new StrataError('USAGE', `cannot extract ${JSON.stringify(src)} under that name`);
+      await extractOne({ path: src, name, inode: top, depth: 0 }, out.pathOf(`/${name}`));
+      await makeSpecials();
+      return result;
+    }
+
+    // --- a tree ------------------------------------------------------------------------------
+    out.adoptRoot(top);
+    const refused = new Set<string>(); // image paths of directories whose subtree is skipped
+    const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
+
+    walk: for await (const batch of walkBatches(fs, src, top, {
+      recursive: true,
+      onWarning: (m) => skip(m),
+      enter: (it) => !refused.has(it.path),
+    })) {
+      for (const item of batch) {
+        if (failure) break walk;
+        const target = out.pathOf(rel(item.path));
+        if (item.inode.type === 'dir') {
+          const made = out.mkdir(target, item.inode);
+          if (made.kind === 'created') result.dirs++;
+          else if (made.kind === 'not-a-dir') {
+            skip(`${item.path}: ${target} exists and is not a directory; subtree not extracted`);
+            refused.add(item.path);
+          } else if (made.kind === 'failed') {
+            skip(`${item.path}: directory not created (${made.code}); subtree not extracted`);
+            refused.add(item.path);
+          }
+          continue;
+        }
+        await submit(() => extractOne(item, target));
+      }
+    }
+    await drain();
+    await makeSpecials();
+    out.finishDirs(warn);
+    return result;
+  }
+}

@@ -1,0 +1,181 @@
+import { createHash } from 'node:crypto';
+import { StrataError } from '../util/errors.js';
+import { zstdCompress, zstdDecompress } from '../util/zstd.js';
+import type { Backend } from './backend.js';
+import type { BlobType, PackEntry } from './pack.js';
+
+/**
+ * The store's index: which pack holds each blob, and where in it. Index files live under
+ * `index/`, each named by the sha256 of its bytes (checked on load), each a zstd frame of
+ * JSON listing packs and their blobs (version 1 files, plain JSON with one blob per frame,
+ * still load). An index file is written only after the packs it names (see packer.ts), so
+ * every entry a reader loads points at a pack that exists, unless a prune's deletion or
+ * damage intervened (check.ts reports both).
+ */
+
+/** Largest blob we accept (chunks are far smaller; manifests of huge trees stay below it). */
+export const MAX_BLOB = 256 * 1024 * 1024;
+/** Index files are small and written once per pack: compress them hard. */
+const INDEX_LEVEL = 12;
+/** Largest decoded index file we accept. */
+const MAX_INDEX = 1024 * 1024 * 1024;
+
+export interface IndexEntry {
+  pack: string;
+  type: BlobType;
+  /** Frame flags (FLAG_ZSTD). */
+  flags: number;
+  /** The frame's offset and encoded length in the pack. */
+  offset: number;
+  encLength: number;
+  /** Plain length of the frame, the blob's offset in it, and the blob's length. */
+  framePlain: number;
+  at: number;
+  plainLength: number;
+}
+
+/** Index file v2 blob: digest, type, frame offset, frame enc length, frame plain length, offset in frame, plain length, flags. */
+export type BlobTupleV2 = [string, BlobType, number, number, number, number, number, number];
+/** Index file v1 blob: digest, type, offset, enc length, plain length, flags. */
+type BlobTupleV1 = [string, BlobType, number, number, number, number];
+
+export interface IndexFile {
+  version: 1 | 2;
+  packs: Array<{ id: string; blobs: Array<BlobTupleV2 | BlobTupleV1> }>;
+}
+
+export const sha256hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** One blob of an index file (version 2). */
+export const tuple = (d: string, e: Omit<IndexEntry, 'pack'>): BlobTupleV2 => [
+  d,
+  e.type,
+  e.offset,
+  e.encLength,
+  e.framePlain,
+  e.at,
+  e.plainLength,
+  e.flags,
+];
+
+/** Decode an index file's bytes (after its name was checked): zstd of JSON (v2) or plain JSON (v1). */
+export function decodeIndexFile(body: Uint8Array, file: string): IndexFile {
+  try {
+    // version 2 index files are zstd frames of the JSON; version 1 ones are plain JSON
+    const json = body[0] === 0x28 && body[1] === 0xb5 ? zstdDecompress(body, MAX_INDEX) : body;
+    return JSON.parse(Buffer.from(json).toString('utf8')) as IndexFile;
+  } catch (e) {
+    throw new StrataError('CORRUPT', `index is not JSON: ${(e as Error).message}`, {
+      file,
+      structure: 'store index',
+    });
+  }
+}
+
+/** The bytes of an index file and the key it is stored under (`index/` + their sha256). */
+export function encodeIndexFile(ix: IndexFile): { key: string; body: Uint8Array } {
+  // zstd: an index lists every blob with its frame; as JSON it was ~1% of the store
+  const body = zstdCompress(Buffer.from(JSON.stringify(ix)), INDEX_LEVEL);
+  return { key: `index/${sha256hex(body)}`, body };
+}
+
+/**
+ * Add the blobs of a parsed index file to `into` (the first entry seen for a digest wins;
+ * later ones go to `duplicates` when given). Every field is checked: an index file comes
+ * from disk and may be hostile.
+ */
+export function addIndexFile(
+  ix: IndexFile,
+  file: string,
+  into: Map<string, IndexEntry>,
+  duplicates?: Array<[string, IndexEntry]>,
+): void {
+  const where = { file, structure: 'store index' };
+  if ((ix?.version !== 1 && ix?.version !== 2) || !Array.isArray(ix.packs)) {
+    throw new StrataError('CORRUPT', 'unknown index version', where);
+  }
+  const width = ix.version === 2 ? 8 : 6;
+  for (const p of ix.packs) {
+    if (typeof p.id !== 'string' || !HEX64.test(p.id) || !Array.isArray(p.blobs)) {
+      throw new StrataError('CORRUPT', 'bad pack entry', where);
+    }
+    for (const b of p.blobs) {
+      const [digest, type] = b;
+      const nums = Array.isArray(b) && b.length === width ? (b.slice(2) as number[]) : [];
+      let e: IndexEntry | undefined;
+      if (nums.length > 0 && nums.every((x) => Number.isSafeInteger(x) && x >= 0)) {
+        if (ix.version === 2) {
+          const [offset, encLength, framePlain, at, plainLength, flags] = nums;
+          e = { pack: p.id, type, offset, encLength, framePlain, at, plainLength, flags };
+        } else {
+          const [offset, encLength, plainLength, flags] = nums;
+          e = { pack: p.id, type, offset, encLength, framePlain: plainLength, at: 0, plainLength, flags };
+        }
+      }
+      if (
+        !e ||
+        typeof digest !== 'string' ||
+        !HEX64.test(digest) ||
+        (type !== 'data' && type !== 'tree') ||
+        e.framePlain > MAX_BLOB ||
+        e.encLength > MAX_BLOB ||
+        e.at + e.plainLength > e.framePlain
+      ) {
+        throw new StrataError('CORRUPT', `bad blob entry for ${String(digest).slice(0, 16)}`, where);
+      }
+      if (!into.has(digest)) into.set(digest, e);
+      else duplicates?.push([digest, e]);
+    }
+  }
+}
+
+/** The index of one store: every blob's place, and the index files it came from. */
+export class BlobIndex {
+  readonly entries = new Map<string, IndexEntry>();
+  /**
+   * Entries for blobs already in `entries` (another copy, in another pack): a prune killed
+   * after writing its new packs leaves them; the next prune drops them.
+   */
+  duplicates: Array<[string, IndexEntry]> = [];
+  /** Index file keys loaded or written, for prune. */
+  files: string[] = [];
+
+  constructor(private readonly backend: Backend) {}
+
+  /** Re-read every index file (after another process wrote some). */
+  async load(): Promise<void> {
+    this.entries.clear();
+    this.duplicates = [];
+    const files = await this.backend.list('index/');
+    this.files = files.map((f) => f.key);
+    for (const f of files) {
+      const body = await this.backend.get(f.key);
+      const id = f.key.slice('index/'.length);
+      const file = `${this.backend.name}/${f.key}`;
+      if (sha256hex(body) !== id) {
+        throw new StrataError('CORRUPT', 'index file content does not match its name (sha256)', {
+          file,
+          structure: 'store index',
+        });
+      }
+      addIndexFile(decodeIndexFile(body, file), file, this.entries, this.duplicates);
+    }
+  }
+
+  /** Write an index file (atomically, named by its content); returns its key. */
+  async write(ix: IndexFile): Promise<string> {
+    const { key, body } = encodeIndexFile(ix);
+    await this.backend.put(key, body);
+    this.files.push(key);
+    return key;
+  }
+
+  /** Index a pack just written: one index file naming it, then its blobs in memory. */
+  async addPack(id: string, entries: PackEntry[]): Promise<void> {
+    await this.write({ version: 2, packs: [{ id, blobs: entries.map((e) => tuple(e.digest, e)) }] });
+    for (const { digest, ...rest } of entries) {
+      if (!this.entries.has(digest)) this.entries.set(digest, { pack: id, ...rest });
+    }
+  }
+}

@@ -1,0 +1,229 @@
+import { StrataError } from '../util/errors.js';
+import type { Backend } from './backend.js';
+import { type IndexEntry, sha256hex } from './blob-index.js';
+import { FLAG_ZSTD, packKey } from './pack.js';
+import { type BufferPool, decompressInto } from './zstd-into.js';
+
+/**
+ * Reading blobs back from packs: read the blob's frame (one ranged read), decode it, hash
+ * the blob and hand it over only when the hash is its name. Shared frames (many small
+ * blobs compressed together, see packer.ts) are decoded once into a small cache of decoded
+ * frames, so a reader that walks the blobs of a frame one after another (checkout)
+ * decodes it once; a blob alone in its frame is decoded into pooled scratch.
+ */
+
+/** Decoded shared frames kept for readers (checkout reads the blobs of a frame one after another). */
+const FRAME_CACHE = 6;
+
+interface CachedFrame {
+  plain: Promise<Buffer>;
+  pins: number;
+  buf?: Buffer;
+}
+
+/** A blob's digest and place inside its decoded frame. */
+export interface FrameRef {
+  digest: string;
+  at: number;
+  plainLength: number;
+}
+
+/** Decode one frame into `out` (at least framePlain long); CORRUPT when it does not decode to framePlain bytes. */
+export function decodeInto(
+  out: Buffer,
+  enc: Uint8Array,
+  flags: number,
+  framePlain: number,
+  file: string,
+  offset: number,
+): void {
+  const where = { file, structure: 'pack frame', offset };
+  if (!(flags & FLAG_ZSTD)) {
+    if (enc.length !== framePlain) throw new StrataError('CORRUPT', 'plain frame of the wrong length', where);
+    out.set(enc);
+    return;
+  }
+  let n: number;
+  try {
+    n = decompressInto(out.subarray(0, framePlain), enc);
+  } catch (e) {
+    throw new StrataError('CORRUPT', `zstd frame does not decode: ${(e as Error).message}`, where);
+  }
+  if (n !== framePlain) throw new StrataError('CORRUPT', `zstd frame decodes to ${n} bytes, not ${framePlain}`, where);
+}
+
+/** Hand `plain` to `use` when it hashes to `digest`; CORRUPT naming the pack (`file`) otherwise. */
+export function checked<T>(
+  plain: Uint8Array,
+  digest: string,
+  file: string,
+  offset: number,
+  use: (plain: Uint8Array) => T,
+): T {
+  if (sha256hex(plain) !== digest) {
+    throw new StrataError('CORRUPT', 'blob content does not match its sha256 (damaged pack)', {
+      file,
+      structure: `blob ${digest}`,
+      offset,
+    });
+  }
+  return use(plain);
+}
+
+/** Decode a frame (into pooled scratch unless plain) and hand `ref`'s bytes, checked, to `use`. */
+export function decodeWith<T>(
+  pool: BufferPool,
+  enc: Uint8Array,
+  flags: number,
+  framePlain: number,
+  ref: FrameRef,
+  file: string,
+  offset: number,
+  use: (plain: Uint8Array) => T,
+): T {
+  const slice = (b: Uint8Array) => b.subarray(ref.at, ref.at + ref.plainLength);
+  if (!(flags & FLAG_ZSTD)) {
+    if (enc.length !== framePlain) {
+      throw new StrataError('CORRUPT', 'blob content does not match its sha256 (damaged pack)', {
+        file,
+        structure: `blob ${ref.digest}`,
+        offset,
+      });
+    }
+    return checked(slice(enc), ref.digest, file, offset, use);
+  }
+  const scratch = pool.take(framePlain);
+  try {
+    try {
+      decodeInto(scratch, enc, flags, framePlain, file, offset);
+    } catch (e) {
+      throw new StrataError('CORRUPT', `${(e as Error).message} (blob ${ref.digest})`, {
+        file,
+        structure: `blob ${ref.digest}`,
+        offset,
+      });
+    }
+    return checked(slice(scratch), ref.digest, file, offset, use);
+  } finally {
+    pool.give(scratch);
+  }
+}
+
+/** Reads indexed blobs out of their packs, each checked against its digest. */
+export class BlobReader {
+  /** Decoded shared frames, least recently used first ("pack:offset"). */
+  private readonly frames = new Map<string, CachedFrame>();
+
+  constructor(
+    private readonly backend: Backend,
+    private readonly pool: BufferPool,
+  ) {}
+
+  private get name(): string {
+    return this.backend.name;
+  }
+
+  /**
+   * Hand the plain bytes of blob `digest`, at `e`, checked, to `use` — synchronously, in a
+   * pooled buffer that is reused once `use` returns.
+   */
+  async withBlob<T>(digest: string, e: IndexEntry, use: (plain: Uint8Array) => T): Promise<T> {
+    const key = packKey(e.pack);
+    const file = `${this.name}/${key}`;
+    if (e.at === 0 && e.plainLength === e.framePlain) {
+      // a frame of its own: read, decode into pooled scratch, check, hand over
+      const encBuf = this.pool.take(e.encLength);
+      try {
+        const enc = await this.readFrame(key, e, encBuf);
+        return decodeWith(this.pool, enc, e.flags, e.framePlain, { digest, ...e }, file, e.offset, use);
+      } finally {
+        this.pool.give(encBuf);
+      }
+    }
+    // a shared frame: decoded once into the frame cache, pinned while this read uses it
+    const ck = `${e.pack}:${e.offset}`;
+    let c = this.frames.get(ck);
+    if (c)
+      this.frames.delete(ck); // re-inserted below as the most recently used
+    else {
+      const entry: CachedFrame = { pins: 0, plain: Promise.resolve(Buffer.alloc(0)) };
+      entry.plain = this.decodeFrame(key, e).then(
+        (b) => {
+          entry.buf = b;
+          return b;
+        },
+        (err: unknown) => {
+          if (this.frames.get(ck) === entry) this.frames.delete(ck);
+          throw err;
+        },
+      );
+      c = entry;
+    }
+    this.frames.set(ck, c);
+    c.pins++;
+    this.evictFrames();
+    try {
+      const plain = await c.plain;
+      return checked(plain.subarray(e.at, e.at + e.plainLength), digest, file, e.offset, use);
+    } finally {
+      c.pins--;
+      if (this.frames.get(ck) !== c && c.pins === 0 && c.buf) {
+        this.pool.give(c.buf); // evicted while pinned: nobody holds it any more
+        c.buf = undefined;
+      }
+    }
+  }
+
+  /** Forget the decoded frames (after prune deleted packs). */
+  clearCache(): void {
+    this.frames.clear();
+  }
+
+  private evictFrames(): void {
+    for (const [k, c] of this.frames) {
+      if (this.frames.size <= FRAME_CACHE) break;
+      this.frames.delete(k);
+      if (c.pins === 0 && c.buf) {
+        this.pool.give(c.buf);
+        c.buf = undefined;
+      }
+    }
+  }
+
+  private async readFrame(key: string, e: IndexEntry, encBuf: Buffer): Promise<Uint8Array> {
+    const enc = encBuf.subarray(0, e.encLength);
+    let got: number;
+    if (this.backend.getRangeInto) got = await this.backend.getRangeInto(key, e.offset, enc);
+    else {
+      const b = await this.backend.getRange(key, e.offset, e.encLength);
+      enc.set(b.subarray(0, e.encLength));
+      got = b.length;
+    }
+    if (got !== e.encLength) {
+      throw new StrataError('TRUNCATED', `pack ends inside the frame at ${e.offset}`, {
+        file: `${this.name}/${key}`,
+        structure: 'pack frame',
+        offset: e.offset,
+      });
+    }
+    return enc;
+  }
+
+  /** A whole shared frame, decoded into a pooled buffer (the caller owns it). */
+  private async decodeFrame(key: string, e: IndexEntry): Promise<Buffer> {
+    const encBuf = this.pool.take(e.encLength);
+    try {
+      const enc = await this.readFrame(key, e, encBuf);
+      const out = this.pool.take(e.framePlain);
+      try {
+        decodeInto(out, enc, e.flags, e.framePlain, `${this.name}/${key}`, e.offset);
+      } catch (err) {
+        this.pool.give(out);
+        throw err;
+      }
+      return out;
+    } finally {
+      this.pool.give(encBuf);
+    }
+  }
+}

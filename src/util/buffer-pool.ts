@@ -1,0 +1,78 @@
+export interface BufferPoolOptions {
+  /**
+   * Size classes: `pow2` rounds a request up to a power of two from 64 KiB (few classes,
+   * for readers whose sizes vary: the store's frames and chunks); `step` rounds up to a
+   * multiple of 64 KiB (a tighter fit where clients use a few fixed sizes: NBD replies).
+   */
+  classes?: 'pow2' | 'step';
+  /** Requests below this many bytes get an exact, unpooled buffer (default 0: all pooled). */
+  poolFrom?: number;
+  /** Total bytes kept for reuse (default: unbounded; `keepPerClass` still holds). */
+  maxBytes?: number;
+}
+
+const MIN_CLASS = 65536;
+
+/**
+ * Reusable buffers by size class: the one buffer pool of Strata (the store's frames, check-in
+ * windows, NBD replies). Reuse spares the allocator and the garbage collector a fresh large
+ * buffer per request, which keeps CPU time and resident memory down. `take` hands out a
+ * buffer of the request's class (at least the asked size; contents are garbage), `give`
+ * takes back buffers of a class size and drops the rest (and anything past the bounds).
+ */
+export class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private kept = 0;
+  private readonly classes: 'pow2' | 'step';
+  private readonly poolFrom: number;
+  private readonly maxBytes: number;
+
+  /**
+   * @param keepPerClass buffers kept per size class
+   * @param shared buffers live in SharedArrayBuffers (another thread may read them)
+   */
+  constructor(
+    private readonly keepPerClass = 8,
+    private readonly shared = false,
+    opts: BufferPoolOptions = {},
+  ) {
+    this.classes = opts.classes ?? 'pow2';
+    this.poolFrom = opts.poolFrom ?? 0;
+    this.maxBytes = opts.maxBytes ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** The class (buffer size) a request of `n` bytes gets. */
+  classOf(n: number): number {
+    if (this.classes === 'step') return Math.max(MIN_CLASS, Math.ceil(n / MIN_CLASS) * MIN_CLASS);
+    let c = MIN_CLASS;
+    while (c < n) c *= 2;
+    return c;
+  }
+
+  /** A buffer of at least `n` bytes (its contents are garbage). */
+  take(n: number): Buffer {
+    if (n < this.poolFrom) return this.alloc(n);
+    const c = this.classOf(n);
+    const b = this.free.get(c)?.pop();
+    if (b) {
+      this.kept -= c;
+      return b;
+    }
+    return this.alloc(c);
+  }
+
+  /** Give back a buffer from `take` (one that is not of a class size is left to the collector). */
+  give(b: Buffer): void {
+    const c = b.length;
+    if (c < this.poolFrom || c < MIN_CLASS || this.classOf(c) !== c || this.kept + c > this.maxBytes) return;
+    let l = this.free.get(c);
+    if (!l) this.free.set(c, (l = []));
+    if (l.length >= this.keepPerClass) return;
+    l.push(b);
+    this.kept += c;
+  }
+
+  private alloc(n: number): Buffer {
+    return this.shared ? Buffer.from(new SharedArrayBuffer(n)) : Buffer.allocUnsafe(n);
+  }
+}

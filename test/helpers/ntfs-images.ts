@@ -1,0 +1,88 @@
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { fixture, run, scratch } from './tools.js';
+
+/** Entries of the large folder (a multi-level $I30 B+ tree). */
+export const BIG_DIR_ENTRIES = 20000;
+
+/** Mount an NTFS image with ntfs-3g (FUSE), run `fn` on the mount point, always unmount. */
+export async function withNtfsMount<T>(img: string, opts: string, fn: (mnt: string) => Promise<T>): Promise<T> {
+  const mnt = scratch('ntfs-mnt');
+  mkdirSync(mnt, { recursive: true });
+  await run('ntfs-3g', ['-o', opts, img, mnt]);
+  try {
+    return await fn(mnt);
+  } finally {
+    await run('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A 64 MiB NTFS made by `mkntfs -F -Q`, filled through ntfs-3g: nested folders, random and
+ * empty files, a hard link, a symlink, an alternate data stream, a sparse file, a folder
+ * with the compressed attribute (its files are LZNT1-compressed), a 20,000-entry folder,
+ * long and non-ASCII names.
+ */
+export function ntfsImage(): Promise<string> {
+  return fixture('ntfs-tree-v1.img', async (out) => {
+    await run('truncate', ['-s', '64M', out]);
+    await run('mkntfs', ['-F', '-Q', '-L', 'STRATA', out]);
+    await withNtfsMount(out, 'streams_interface=xattr', async (m) => {
+      const p = (...s: string[]) => path.join(m, ...s);
+      mkdirSync(p('dir', 'sub', 'deeper'), { recursive: true });
+      writeFileSync(p('dir', 'a.txt'), 'hello ntfs\n');
+      writeFileSync(p('dir', 'empty'), '');
+      let seed = 7;
+      const rnd = (n: number) => {
+        const b = Buffer.alloc(n);
+        for (let i = 0; i < n; i++) {
+          seed = (seed * 1103515245 + 12345) >>> 0;
+          b[i] = seed >>> 24;
+        }
+        return b;
+      };
+      writeFileSync(p('dir', 'sub', 'rand.bin'), rnd(300001));
+      writeFileSync(p('dir', 'sub', 'deeper', 'small.bin'), rnd(700)); // resident $DATA
+      await run('ln', [p('dir', 'a.txt'), p('hardlink.txt')]);
+      await run('ln', ['-s', 'dir/a.txt', p('symlink')]);
+      await run('setfattr', ['-n', 'user.stream', '-v', 'alternate stream data', p('dir', 'a.txt')]);
+      await run('truncate', ['-s', '10M', p('sparse.bin')]);
+      writeFileSync(p('sparse.bin'), 'tail', { flag: 'a' });
+      writeFileSync(p('sparse.bin'), 'head', { flag: 'r+' });
+      mkdirSync(p('compressed'));
+      await run('setfattr', ['-n', 'system.ntfs_attrib_be', '-v', '0x00000810', p('compressed')]);
+      const text = Array.from({ length: 20000 }, (_, i) => `line ${i} of a compressible text file\n`).join('');
+      writeFileSync(p('compressed', 'text.txt'), text);
+      writeFileSync(p('compressed', 'mixed.bin'), Buffer.concat([rnd(70000), Buffer.alloc(200000), Buffer.from(text)]));
+      mkdirSync(p('Ünïcødé — 名前 ñ'));
+      writeFileSync(p('Ünïcødé — 名前 ñ', 'ファイル.txt'), 'unicode\n');
+      writeFileSync(p('L'.repeat(255)), 'long name\n');
+      mkdirSync(p('big'));
+      for (let i = 0; i < BIG_DIR_ENTRIES; i++)
+        writeFileSync(p('big', `entry-${String(i).padStart(5, '0')}.dat`), i % 97 === 0 ? `${i}\n` : '');
+    });
+  });
+}
+
+/** A small NTFS for fuzzing: a few folders, a 300-entry folder (INDX blocks), fragmented, sparse and compressed files. */
+export function ntfsSmallImage(): Promise<string> {
+  return fixture('ntfs-small-v1.img', async (out) => {
+    await run('truncate', ['-s', '8M', out]);
+    await run('mkntfs', ['-F', '-Q', '-c', '1024', out]);
+    await withNtfsMount(out, 'streams_interface=xattr', async (m) => {
+      const p = (...s: string[]) => path.join(m, ...s);
+      mkdirSync(p('a', 'b'), { recursive: true });
+      writeFileSync(p('a', 'b', 'c.txt'), 'c\n');
+      mkdirSync(p('many'));
+      for (let i = 0; i < 300; i++) writeFileSync(p('many', `n${i}`), i % 5 ? '' : 'x'.repeat(i * 10));
+      for (let i = 0; i < 6; i++) writeFileSync(p('frag'), Buffer.alloc(20000, i), { flag: 'a' });
+      await run('ln', ['-s', 'a/b/c.txt', p('link')]);
+      await run('setfattr', ['-n', 'user.s', '-v', 'stream', p('a', 'b', 'c.txt')]);
+      await run('truncate', ['-s', '1M', p('sparse')]);
+      mkdirSync(p('z'));
+      await run('setfattr', ['-n', 'system.ntfs_attrib_be', '-v', '0x00000810', p('z')]);
+      writeFileSync(p('z', 'text'), 'compress me '.repeat(8000));
+    });
+  });
+}
