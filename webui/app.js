@@ -124,6 +124,7 @@ function SignIn() {
 
 function Images({ query }) {
   const { project = '', visibility = '', tag = '', os = '' } = query;
+  const key = href(['images'], query);
   const st = useApi(async () => {
     const page = await call('/v1/images', { project, visibility, limit: 1000 });
     let items = page.items;
@@ -139,8 +140,11 @@ function Images({ query }) {
       const names = new Set(hits.items.map((x) => x.image));
       items = items.filter((i) => names.has(i.name));
     }
-    return items;
+    return { items, key };
   }, [project, visibility, tag, os]);
+  // the first render after a change of query still holds the previous answer: only an
+  // answer to this query is shown (its marker, data-for, is what the tests wait for)
+  const items = st.value?.key === key ? st.value.items : undefined;
   const set = (k) => (e) => navigate(['images'], { ...query, [k]: e.currentTarget.value });
   return html`<h1>Images</h1>
     <form class="filters" role="search" onSubmit=${(e) => e.preventDefault()}>
@@ -156,11 +160,11 @@ function Images({ query }) {
     ${st.loading && html`<${Loading} />`}
     ${st.error && html`<${Err} error=${st.error} />`}
     ${
-      st.value &&
+      items &&
       html`<table>
       <thead><tr><th>Image</th><th>Project</th><th>Visibility</th><th>Versions</th><th>Latest</th><th>Tags</th></tr></thead>
       <tbody>
-        ${st.value.map(
+        ${items.map(
           (i) => html`<tr>
             <td>${i.latest !== null ? html`<a href=${href(['v', i.name, String(i.latest)])}>${i.name}</a>` : i.name}</td>
             <td>${i.project}</td><td>${i.visibility}</td><td>${i.versions}</td>
@@ -170,7 +174,7 @@ function Images({ query }) {
         )}
       </tbody>
     </table>
-    <p class="muted" data-for=${href(['images'], query)}>${st.value.length} image(s)</p>`
+    <p class="muted" data-for=${key}>${items.length} image(s)</p>`
     }`;
 }
 
