@@ -281,19 +281,19 @@ function resolveLink(at, target) {
   return `/${out.join('/')}`;
 }
 
-function FilePage({ name, version, path }) {
+function FilePage({ name, version, path, offset = 0 }) {
   const st = useApi(async () => {
     const base = vpath(name, version);
     const stat = await call(`${base}/files/stat`, { path });
     if (stat.type === 'dir') {
-      const ls = await call(`${base}/files`, { path, limit: 1000 });
+      const ls = await call(`${base}/files`, { path, limit: 1000, offset });
       return { stat, ls };
     }
     if (stat.type !== 'file') return { stat };
     const bytes = await call(`${base}/files/content`, { path }, 'head');
     const text = bytes.includes(0) ? null : new TextDecoder('utf-8', { fatal: false }).decode(bytes);
     return { stat, bytes, text };
-  }, [name, version, path]);
+  }, [name, version, path, offset]);
   const parts = path.split('/').filter(Boolean);
   const crumbs = html`<nav class="crumbs" aria-label="path">
     <a href=${href(['f', name, version], { path: '/' })}>/</a>
@@ -325,7 +325,12 @@ function FilePage({ name, version, path }) {
           <td>${e.type}</td><td>${e.size}</td><td>${(MODE_TYPES[e.type] ?? '?') + perm(e.mode)}</td><td>${e.mtime ?? ''}</td></tr>`;
       })}
     </tbody></table>
-    ${ls.total > ls.items.length && html`<p class="muted">first ${ls.items.length} of ${ls.total} entries</p>`}`
+    ${
+      ls.total > ls.items.length &&
+      html`<p class="muted">entries ${offset + 1}–${offset + ls.items.length} of ${ls.total}
+        ${offset > 0 && html` <a href=${href(['f', name, version], { path, offset: offset > 1000 ? offset - 1000 : undefined })}>previous</a>`}
+        ${offset + ls.items.length < ls.total && html` <a href=${href(['f', name, version], { path, offset: offset + 1000 })}>next</a>`}</p>`
+    }`
     }
     ${
       bytes &&
@@ -406,7 +411,7 @@ function App() {
   if (parts[0] === 'signin') page = html`<${SignIn} />`;
   else if (parts[0] === 'v' && parts.length === 3) page = html`<${VersionPage} name=${parts[1]} version=${parts[2]} />`;
   else if (parts[0] === 'f' && parts.length === 3)
-    page = html`<${FilePage} name=${parts[1]} version=${parts[2]} path=${query.path || '/'} />`;
+    page = html`<${FilePage} name=${parts[1]} version=${parts[2]} path=${query.path || '/'} offset=${Number(query.offset) || 0} />`;
   else if (parts[0] === 'diff') page = html`<${DiffPage} a=${query.a} b=${query.b} key=${`${query.a}|${query.b}`} />`;
   else if (parts[0] === 'images' || parts.length === 0) page = html`<${Images} query=${query} />`;
   else page = html`<h1>Not found</h1><p>No page ${location.hash}. <a href="#/images">Images</a></p>`;
