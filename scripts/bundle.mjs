@@ -5,7 +5,7 @@
 // ~40 ms past Node's own start-up in the ES module loader (resolve, read, translate, link per
 // file) and in built-ins nobody uses on that path; one CommonJS file is read and compiled once.
 // The library (dist/src) stays ES modules; only the command is bundled.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -168,3 +168,21 @@ await build({
   outdir: out,
 });
 writeFileSync(path.join(out, 'package.json'), `${JSON.stringify({ type: 'commonjs' })}\n`);
+
+// The web UI (webui/): Preact + htm, bundled for the browser into dist/webui, which
+// `strata serve` serves at / (src/serve/http/webui.ts). esbuild is already the build's
+// bundler, so the UI needs no second tool; htm keeps the source plain JavaScript (no JSX step).
+const webui = path.join(root, 'dist', 'webui');
+await build({
+  entryPoints: [path.join(root, 'webui', 'app.js')],
+  outfile: path.join(webui, 'app.js'),
+  bundle: true,
+  platform: 'browser',
+  format: 'esm',
+  target: ['chrome110', 'firefox110', 'safari16'],
+  minify: true,
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  legalComments: 'none',
+});
+for (const f of ['index.html', 'app.css']) copyFileSync(path.join(root, 'webui', f), path.join(webui, f));

@@ -1,5 +1,6 @@
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { btrfsDriver } from './btrfs/index.js';
 import { extDriver } from './ext/index.js';
 import { exfatDriver, fatDriver } from './fat/index.js';
 import { isoDriver } from './iso9660/index.js';
@@ -8,7 +9,15 @@ import type { FileSystem, FsDriver } from './types.js';
 import { xfsDriver } from './xfs/index.js';
 
 /** File-system readers, tried in order; each probes the volume's first 128 KiB. */
-export const FS_DRIVERS: FsDriver[] = [extDriver, xfsDriver, fatDriver, exfatDriver, isoDriver, ntfsDriver];
+export const FS_DRIVERS: FsDriver[] = [
+  extDriver,
+  xfsDriver,
+  fatDriver,
+  exfatDriver,
+  isoDriver,
+  ntfsDriver,
+  btrfsDriver,
+];
 
 /** Bytes of the volume head handed to probes. */
 export const PROBE_BYTES = 128 * 1024;

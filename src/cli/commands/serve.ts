@@ -59,6 +59,7 @@ export function registerServeCommands(program: Command): void {
       process.stdout.write(
         [
           `Strata library service: ${s.url}`,
+          `  web UI:  ${s.url}/`,
           `  images:  ${s.url}/v1/images`,
           `  files:   ${s.url}/v1/images/demo%2Ffiles/versions/latest/files?path=/etc`,
           `  a file:  ${s.url}/v1/images/demo%2Ffiles/versions/1/files/content?path=/etc/motd`,

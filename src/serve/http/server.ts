@@ -51,6 +51,7 @@ import {
   VersionKey,
   VISIBILITY,
 } from './schemas.js';
+import { defaultWebuiDir, registerWebui } from './webui.js';
 
 /**
  * The library service: one process in front of a library (catalog + store), with users,
@@ -73,6 +74,8 @@ export interface ServeOptions {
   manifestCache?: number;
   /** ms a request may take (default 10 min: uploads and downloads are long). */
   requestTimeout?: number;
+  /** The web UI's built files (default dist/webui when built), or false for none. */
+  webui?: string | false;
 }
 
 export interface RunningServer {
@@ -437,6 +440,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   );
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  const webuiDir = opts.webui === undefined ? defaultWebuiDir() : opts.webui;
+  if (webuiDir) registerWebui(app, webuiDir);
 
   app.get(
     '/v1/whoami',

@@ -1,0 +1,624 @@
+/**
+ * btrfs, read-only. Modules by structure:
+ * - superblock.ts   the superblock and its mirrors
+ * - chunks.ts       chunk items, sys_chunk_array, the logical-to-physical map (single, DUP)
+ * - tree.ts         tree-block headers, keys, leaf items and key pointers; range walks
+ * - root-item.ts    root items and root refs (subvolumes, snapshots)
+ * - inode.ts        inode items
+ * - dir-item.ts     dir items, dir indexes and xattr items (one layout)
+ * - file-extent.ts  file extent items (inline, regular, prealloc)
+ * - extent-item.ts  extent items of the extent tree (reference counts)
+ * - decompress.ts   zlib, LZO (btrfs segment format) and zstd extents
+ * - context.ts      what the modules share
+ * This file is the facade: subvolume choice, inode numbering, FileSystem.
+ */
+import type { ByteSource } from '../../io/byte-source.js';
+import { crc32cRaw } from '../../util/crc32c.js';
+import { corrupt, StrataError } from '../../util/errors.js';
+import { GenCache } from '../ext/cache.js';
+import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
+import { resolvePath } from '../walk.js';
+import { ChunkMap, parseChunk, profileName } from './chunks.js';
+import { BtrfsContext } from './context.js';
+import { decompress } from './decompress.js';
+import { dirType, parseDirItems } from './dir-item.js';
+import {
+  dataRefOwner,
+  EXTENT_FLAG_TREE_BLOCK,
+  type ExtentRefs,
+  parseExtentItem,
+  parseInlineRefs,
+} from './extent-item.js';
+import { COMPRESSION, FE_INLINE, FE_PREALLOC, type FileExtentItem, parseFileExtent } from './file-extent.js';
+import { type InodeItem, parseInodeItem, splitRdev, typeOfMode } from './inode.js';
+import { parseRootItem, parseRootRef, type RootItem } from './root-item.js';
+import {
+  COMPAT_RO_NAMES,
+  CSUM_NAMES,
+  INCOMPAT_NAMES,
+  probeBtrfs,
+  readSuperblocks,
+  SUPER_OFFSETS,
+  SUPER_SIZE,
+  type Superblock,
+  uuidString,
+} from './superblock.js';
+import { collect, findItem, items, key, MAX_U64, type TreeRoot, treeBlocks } from './tree.js';
+import { KT, TREE, TREE_NAMES } from './types.js';
+
+const SLOT = 2 ** 36;
+const td = new TextDecoder('utf-8');
+
+export interface BtrfsOpenOptions {
+  /** Subvolume to present as `/`: its id, or its path from the top level ("@home", "a/b"). */
+  subvol?: string | number;
+}
+
+export interface Subvolume {
+  id: number;
+  path: string;
+  parent?: number;
+  uuid?: string;
+  parentUuid?: string;
+  readOnly: boolean;
+}
+
+interface Extent {
+  fileOffset: number;
+  fe: FileExtentItem;
+  /** Logical address of the item's data (inline extents). */
+  itemLogical: number;
+  itemSize: number;
+  /** Tree blocks from the fs tree root to the leaf holding the item. */
+  path: readonly number[];
+}
+
+export class BtrfsFileSystem implements FileSystem {
+  readonly kind = 'btrfs';
+  readonly blockSize: number;
+  readonly warnings: string[];
+  private readonly slots: bigint[] = [];
+  private readonly slotOf = new Map<bigint, number>();
+  private readonly rootItems = new Map<bigint, RootItem>();
+  private readonly extentCache = new GenCache<number, Extent[]>(256);
+  private readonly dataCache = new GenCache<string, Uint8Array>(64);
+  readonly subvolumes: Subvolume[] = [];
+  readonly defaultSubvol: number;
+  readonly subvol: number;
+
+  private constructor(
+    readonly ctx: BtrfsContext,
+    readonly volume: ByteSource,
+    private readonly mirrors: Array<{ offset: number; ok: boolean; generation?: number }>,
+    rootItems: Map<bigint, RootItem>,
+    subvols: Subvolume[],
+    defaultSubvol: number,
+    subvol: number,
+  ) {
+    this.blockSize = ctx.sb.sectorSize;
+    this.warnings = ctx.warnings;
+    this.rootItems = rootItems;
+    this.subvolumes = subvols;
+    this.defaultSubvol = defaultSubvol;
+    this.subvol = subvol;
+    this.slotFor(BigInt(subvol));
+  }
+
+  static async open(volume: ByteSource, opts: BtrfsOpenOptions = {}): Promise<BtrfsFileSystem> {
+    const { sb, mirrors } = await readSuperblocks(volume);
+    const chunks = new ChunkMap(sb.devid, volume.size, volume.name);
+    const ctx = new BtrfsContext(volume, sb, chunks);
+    for (const m of mirrors) if (!m.ok) ctx.warn(`${volume.name}: superblock mirror at ${m.offset} is not valid`);
+    loadSysChunks(ctx, sb);
+    const chunkRoot: TreeRoot = { logical: sb.chunkRoot, level: sb.chunkRootLevel, name: 'chunk tree' };
+    for await (const it of items(ctx, chunkRoot, key(256, KT.CHUNK_ITEM, 0), key(256, KT.CHUNK_ITEM, MAX_U64))) {
+      const where = ctx.where('btrfs chunk item', it.logical);
+      chunks.add(parseChunk(it.data, 0, it.data.length, Number(it.key.off), where));
+    }
+    if (sb.logRoot !== 0) ctx.warn(`${volume.name}: btrfs log tree present (unreplayed fsync data is not read)`);
+    const rootTree = rootTreeOf(sb);
+    const rootItems = new Map<bigint, RootItem>();
+    for await (const it of items(ctx, rootTree, key(0, 0, 0), key(MAX_U64, 255, MAX_U64))) {
+      if (it.key.type !== KT.ROOT_ITEM) continue;
+      rootItems.set(it.key.oid, parseRootItem(it.data, ctx.where('btrfs root item', it.logical)));
+    }
+    if (!rootItems.has(TREE.FS)) throw corrupt('no fs tree root item', ctx.where('btrfs root tree', sb.root));
+    // subvolumes: ROOT_BACKREF (child, parent) gives name and parent directory
+    const subvols: Subvolume[] = [];
+    const refs = new Map<bigint, { parent: bigint; name: string }>();
+    for await (const it of items(ctx, rootTree, key(TREE.FIRST_FREE, 0, 0), key(TREE.LAST_FREE, 255, MAX_U64))) {
+      if (it.key.type !== KT.ROOT_BACKREF) continue;
+      const r = parseRootRef(it.data, ctx.where('btrfs root backref', it.logical));
+      refs.set(it.key.oid, { parent: it.key.off, name: td.decode(r.name) });
+    }
+    for (const [id, ri] of rootItems) {
+      if (id !== TREE.FS && (id < TREE.FIRST_FREE || id > TREE.LAST_FREE)) continue;
+      const parts: string[] = [];
+      let cur = id;
+      for (let guard = 0; cur !== TREE.FS && guard < 256; guard++) {
+        const r = refs.get(cur);
+        if (!r) break;
+        parts.unshift(r.name);
+        cur = r.parent;
+      }
+      const ref = refs.get(id);
+      subvols.push({
+        id: Number(id),
+        path: id === TREE.FS ? '/' : parts.join('/'),
+        parent: ref ? Number(ref.parent) : undefined,
+        uuid: ri.uuid,
+        parentUuid: ri.parentUuid,
+        readOnly: (ri.flags & 1) !== 0,
+      });
+    }
+    let def = 5;
+    for (const it of await collect(ctx, rootTree, TREE.ROOT_TREE_DIR, KT.DIR_ITEM)) {
+      for (const d of parseDirItems(it.data, ctx.where('btrfs default dir item', it.logical))) {
+        if (td.decode(d.name) === 'default') def = Number(d.location.oid);
+      }
+    }
+    let chosen = def === 0 ? 5 : def;
+    if (opts.subvol !== undefined) {
+      const want = String(opts.subvol).replace(/^\/+|\/+$/g, '');
+      const sv = subvols.find((s) => String(s.id) === want || s.path === want || (want === '' && s.id === 5));
+      if (!sv) {
+        throw new StrataError('NOT_FOUND', `no subvolume ${JSON.stringify(opts.subvol)}`, {
+          file: volume.name,
+          structure: 'btrfs root tree',
+        });
+      }
+      chosen = sv.id;
+    }
+    if (!rootItems.has(BigInt(chosen)))
+      throw corrupt(`default subvolume ${chosen} has no root item`, ctx.where('btrfs root tree'));
+    return new BtrfsFileSystem(ctx, volume, mirrors, rootItems, subvols, def === 0 ? 5 : def, chosen);
+  }
+
+  // ---------------------------------------------------------------- inode numbering
+  private slotFor(tree: bigint): number {
+    let s = this.slotOf.get(tree);
+    if (s === undefined) {
+      s = this.slots.length;
+      this.slots.push(tree);
+      this.slotOf.set(tree, s);
+    }
+    return s;
+  }
+
+  /** Our inode number for (tree, objectid): the objectid itself in the presented subvolume. */
+  encode(tree: bigint, oid: bigint): number {
+    if (oid >= BigInt(SLOT)) throw corrupt(`objectid ${oid} too large`, this.ctx.where('btrfs inode'));
+    return this.slotFor(tree) * SLOT + Number(oid);
+  }
+
+  decode(ino: number): { tree: bigint; oid: bigint } {
+    const s = Math.floor(ino / SLOT);
+    const tree = this.slots[s];
+    if (!Number.isSafeInteger(ino) || ino < 0 || tree === undefined)
+      throw new StrataError('NOT_FOUND', `no inode ${ino}`, this.ctx.where('btrfs inode'));
+    return { tree, oid: BigInt(ino - s * SLOT) };
+  }
+
+  private fsRoot(tree: bigint): TreeRoot {
+    const ri = this.rootItems.get(tree);
+    if (!ri) throw corrupt(`no root item for tree ${tree}`, this.ctx.where('btrfs root tree'));
+    return { logical: ri.bytenr, level: ri.level, name: `fs tree ${tree}` };
+  }
+
+  // ---------------------------------------------------------------- FileSystem
+  async info(): Promise<FsInfo> {
+    const sb = this.ctx.sb;
+    const features: string[] = [];
+    for (const [bit, n] of Object.entries(INCOMPAT_NAMES)) if (sb.incompat & Number(bit)) features.push(n);
+    for (const [bit, n] of Object.entries(COMPAT_RO_NAMES)) if (sb.compatRo & Number(bit)) features.push(n);
+    const profiles = new Map<string, string>();
+    for (const c of this.ctx.chunks.all()) {
+      const t = c.type & 1 ? 'data' : c.type & 4 ? 'metadata' : 'system';
+      profiles.set(t, profileName(c.type));
+    }
+    return {
+      kind: 'btrfs',
+      label: sb.label || undefined,
+      uuid: uuidString(sb.fsid),
+      blockSize: sb.sectorSize,
+      totalBytes: sb.totalBytes,
+      freeBytes: Math.max(0, sb.totalBytes - sb.bytesUsed),
+      features,
+      extra: {
+        generation: sb.generation,
+        nodeSize: sb.nodeSize,
+        checksum: CSUM_NAMES[sb.csumType],
+        devices: sb.numDevices,
+        bytesUsed: sb.bytesUsed,
+        profiles: Object.fromEntries(profiles),
+        superblockMirrors: this.mirrors,
+        defaultSubvolume: this.defaultSubvol,
+        subvolume: this.subvol,
+        subvolumes: this.subvolumes,
+      },
+    };
+  }
+
+  async root(): Promise<Inode> {
+    const ri = this.rootItems.get(BigInt(this.subvol));
+    return this.inode(this.encode(BigInt(this.subvol), BigInt(ri?.rootDirid ?? 256)));
+  }
+
+  private async inodeItem(ino: number): Promise<InodeItem> {
+    const { tree, oid } = this.decode(ino);
+    const it = await findItem(this.ctx, this.fsRoot(tree), key(oid, KT.INODE_ITEM, 0));
+    if (!it) throw new StrataError('NOT_FOUND', `no inode ${oid} in tree ${tree}`, this.ctx.where('btrfs inode item'));
+    return parseInodeItem(it.data, this.ctx.where(`btrfs inode ${oid} (tree ${tree})`, it.logical));
+  }
+
+  async inode(ino: number): Promise<Inode> {
+    const x = await this.inodeItem(ino);
+    const type = typeOfMode(x.mode);
+    const out: Inode = {
+      ino,
+      type,
+      mode: x.mode & 0o7777,
+      uid: x.uid,
+      gid: x.gid,
+      size: x.size,
+      nlink: x.nlink,
+      atime: x.atime,
+      mtime: x.mtime,
+      ctime: x.ctime,
+      crtime: x.otime,
+      flags: x.flags,
+      // what stat's st_blocks says: nbytes rounded up to the sector
+      allocatedBytes: Math.ceil(x.nbytes / this.blockSize) * this.blockSize,
+    };
+    if (type === 'char' || type === 'block') out.rdev = splitRdev(x.rdev);
+    return out;
+  }
+
+  async inodes(inos: readonly number[]): Promise<Inode[]> {
+    return Promise.all(inos.map((n) => this.inode(n)));
+  }
+
+  async lookup(path: string): Promise<Inode> {
+    return resolvePath(this, path, { followLast: false });
+  }
+
+  /** The entry a dir item names, crossing into subvolumes (undefined for a snapshot's stale subvolume stub). */
+  private async entryOf(
+    tree: bigint,
+    name: Uint8Array,
+    d: ReturnType<typeof parseDirItems>[number],
+  ): Promise<DirEntry | undefined> {
+    const n = td.decode(name);
+    if (d.location.type === KT.ROOT_ITEM) {
+      const child = d.location.oid;
+      const ref = await findItem(this.ctx, rootTreeOf(this.ctx.sb), key(tree, KT.ROOT_REF, child));
+      const ri = this.rootItems.get(child);
+      if (!ref || !ri) {
+        this.ctx.warn(`${this.ctx.name}: subvolume stub ${JSON.stringify(n)} (tree ${child}) not shown`);
+        return undefined;
+      }
+      return { name: n, ino: this.encode(child, BigInt(ri.rootDirid)), type: 'dir' };
+    }
+    return { name: n, ino: this.encode(tree, d.location.oid), type: dirType(d.type) };
+  }
+
+  async *readdir(dir: Inode): AsyncIterable<DirEntry> {
+    for (const e of await this.readdirAll(dir)) yield e;
+  }
+
+  async readdirAll(dir: Inode): Promise<DirEntry[]> {
+    if (dir.type !== 'dir')
+      throw new StrataError('USAGE', `inode ${dir.ino} is not a directory`, this.ctx.where('btrfs directory'));
+    const { tree, oid } = this.decode(dir.ino);
+    const out: DirEntry[] = [];
+    for await (const it of items(
+      this.ctx,
+      this.fsRoot(tree),
+      key(oid, KT.DIR_INDEX, 0),
+      key(oid, KT.DIR_INDEX, MAX_U64),
+    )) {
+      for (const d of parseDirItems(it.data, this.ctx.where(`btrfs dir index of ${oid}`, it.logical))) {
+        const e = await this.entryOf(tree, d.name, d);
+        if (e) out.push(e);
+      }
+    }
+    return out;
+  }
+
+  async lookupChild(dir: Inode, name: string): Promise<DirEntry | undefined> {
+    if (dir.type !== 'dir') return undefined;
+    const { tree, oid } = this.decode(dir.ino);
+    const nb = new TextEncoder().encode(name);
+    const hash = crc32cRaw(0xfffffffe, nb) >>> 0;
+    const it = await findItem(this.ctx, this.fsRoot(tree), key(oid, KT.DIR_ITEM, hash));
+    if (!it) return undefined;
+    for (const d of parseDirItems(it.data, this.ctx.where(`btrfs dir item of ${oid}`, it.logical))) {
+      if (Buffer.compare(Buffer.from(d.name), Buffer.from(nb)) === 0) return this.entryOf(tree, d.name, d);
+    }
+    return undefined;
+  }
+
+  async xattrs(file: Inode): Promise<Map<string, Uint8Array>> {
+    const { tree, oid } = this.decode(file.ino);
+    const out = new Map<string, Uint8Array>();
+    for (const it of await collect(this.ctx, this.fsRoot(tree), oid, KT.XATTR_ITEM)) {
+      for (const d of parseDirItems(it.data, this.ctx.where(`btrfs xattr of ${oid}`, it.logical))) {
+        out.set(td.decode(d.name), d.data.slice());
+      }
+    }
+    return out;
+  }
+
+  private async fileExtents(file: Inode): Promise<Extent[]> {
+    const hit = this.extentCache.get(file.ino);
+    if (hit) return hit;
+    const { tree, oid } = this.decode(file.ino);
+    const out: Extent[] = [];
+    for (const it of await collect(this.ctx, this.fsRoot(tree), oid, KT.EXTENT_DATA)) {
+      const where = this.ctx.where(`btrfs file extent of ${oid} at ${it.key.off}`, it.logical);
+      const fe = parseFileExtent(it.data, where);
+      if (fe.encryption !== 0 || fe.otherEncoding !== 0)
+        throw new StrataError('UNSUPPORTED', 'encrypted or encoded extent', where);
+      if (fe.compression >= COMPRESSION.length)
+        throw new StrataError('UNSUPPORTED', `compression type ${fe.compression}`, where);
+      if (it.key.off > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt('file offset too large', where);
+      out.push({
+        fileOffset: Number(it.key.off),
+        fe,
+        itemLogical: it.logical,
+        itemSize: it.data.length,
+        path: it.path,
+      });
+    }
+    this.extentCache.set(file.ino, out);
+    return out;
+  }
+
+  /** The decoded bytes of a compressed extent (whole ram_bytes), cached. */
+  private async decoded(e: Extent): Promise<Uint8Array> {
+    const fe = e.fe;
+    const k = `${fe.diskBytenr}:${fe.diskNumBytes}:${e.itemLogical}`;
+    const hit = this.dataCache.get(k);
+    if (hit) return hit;
+    const where = this.ctx.where('btrfs compressed extent', fe.type === FE_INLINE ? e.itemLogical : fe.diskBytenr);
+    if (fe.ramBytes > 128 * 1024 * 1024) throw new StrataError('LIMIT', `ram_bytes ${fe.ramBytes} too large`, where);
+    const src =
+      fe.type === FE_INLINE
+        ? (fe.inline as Uint8Array)
+        : await this.ctx.readLogical(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent');
+    let out: Uint8Array;
+    try {
+      out = decompress(fe.compression, src, fe.ramBytes, this.ctx.sb.sectorSize);
+    } catch (err) {
+      throw new StrataError(
+        'CORRUPT',
+        `${COMPRESSION[fe.compression]} data does not decode: ${(err as Error).message}`,
+        where,
+      );
+    }
+    this.dataCache.set(k, out);
+    return out;
+  }
+
+  async read(file: Inode, offset: number, length: number): Promise<Uint8Array> {
+    if (offset >= file.size || length <= 0) return new Uint8Array(0);
+    const len = Math.min(length, file.size - offset);
+    const out = new Uint8Array(len);
+    const end = offset + len;
+    for (const e of await this.fileExtents(file)) {
+      const fe = e.fe;
+      const eLen = fe.type === FE_INLINE ? fe.ramBytes : fe.numBytes;
+      const a = Math.max(offset, e.fileOffset);
+      const b = Math.min(end, e.fileOffset + eLen);
+      if (a >= b) continue;
+      if (fe.type === FE_PREALLOC || (fe.type !== FE_INLINE && fe.diskBytenr === 0)) continue;
+      if (fe.compression !== 0) {
+        const d = await this.decoded(e);
+        const s = (fe.type === FE_INLINE ? 0 : fe.offset) + (a - e.fileOffset);
+        out.set(d.subarray(s, s + (b - a)), a - offset);
+      } else if (fe.type === FE_INLINE) {
+        const d = fe.inline as Uint8Array;
+        out.set(d.subarray(a - e.fileOffset, b - e.fileOffset), a - offset);
+      } else {
+        const bytes = await this.ctx.readLogical(
+          fe.diskBytenr + fe.offset + (a - e.fileOffset),
+          b - a,
+          'btrfs data extent',
+        );
+        out.set(bytes.subarray(0, b - a), a - offset);
+      }
+    }
+    return out;
+  }
+
+  async readlink(link: Inode): Promise<string> {
+    if (link.type !== 'symlink')
+      throw new StrataError('USAGE', `inode ${link.ino} is not a symlink`, this.ctx.where('btrfs symlink'));
+    return td.decode(await this.read(link, 0, link.size));
+  }
+
+  /**
+   * May other files map this data extent? Yes when its back references name more than one
+   * (root, inode), or a full (shared-leaf) backref; or when a tree block on the path to the
+   * file extent item is referenced more than once (a snapshot shares it).
+   */
+  private async isShared(fe: FileExtentItem, path: readonly number[]): Promise<boolean> {
+    const refs: ExtentRefs = { owners: new Set(), sharedParents: 0 };
+    const lo = key(fe.diskBytenr, KT.EXTENT_ITEM, 0);
+    const hi = key(fe.diskBytenr, 184, MAX_U64);
+    for await (const it of items(this.ctx, this.extentRoot(), lo, hi)) {
+      const where = this.ctx.where('btrfs extent item', it.logical);
+      if (it.key.type === KT.EXTENT_ITEM) {
+        const head = parseExtentItem(it.data, where);
+        parseInlineRefs(it.data, refs, where, (head.flags & EXTENT_FLAG_TREE_BLOCK) !== 0);
+      } else if (it.key.type === 178) refs.owners.add(dataRefOwner(it.data, where));
+      else if (it.key.type === 184) refs.sharedParents++;
+    }
+    if (refs.owners.size > 1 || refs.sharedParents > 0) return true;
+    for (const node of path) if (await this.blockShared(node)) return true;
+    return false;
+  }
+
+  private readonly blockRefs = new GenCache<number, boolean>(4096);
+
+  private async blockShared(logical: number): Promise<boolean> {
+    const hit = this.blockRefs.get(logical);
+    if (hit !== undefined) return hit;
+    let shared = false;
+    for await (const it of items(
+      this.ctx,
+      this.extentRoot(),
+      key(logical, KT.EXTENT_ITEM, 0),
+      key(logical, KT.METADATA_ITEM, MAX_U64),
+    )) {
+      const head = parseExtentItem(it.data, this.ctx.where('btrfs extent item', it.logical));
+      if (head.refs > 1) shared = true;
+    }
+    this.blockRefs.set(logical, shared);
+    return shared;
+  }
+
+  private extentRoot(): TreeRoot {
+    const ri = this.rootItems.get(TREE.EXTENT);
+    if (!ri) throw corrupt('no extent tree root item', this.ctx.where('btrfs root tree'));
+    return { logical: ri.bytenr, level: ri.level, name: 'extent tree' };
+  }
+
+  async *extents(file: Inode): AsyncIterable<FileExtent> {
+    for (const e of await this.fileExtents(file)) {
+      const fe = e.fe;
+      if (fe.type === FE_INLINE) {
+        const x: FileExtent = {
+          fileOffset: e.fileOffset,
+          length: Math.min(fe.ramBytes, Math.max(0, file.size - e.fileOffset)),
+          volumeOffset: this.ctx.chunks.map(
+            e.itemLogical + 21,
+            (fe.inline as Uint8Array).length,
+            'btrfs inline extent',
+          )[0],
+          inline: true,
+        };
+        if (fe.compression) {
+          x.encoded = COMPRESSION[fe.compression];
+          x.diskLength = (fe.inline as Uint8Array).length;
+        }
+        yield x;
+        continue;
+      }
+      if (fe.diskBytenr === 0) continue;
+      const shared = await this.isShared(fe, e.path);
+      const x: FileExtent = {
+        fileOffset: e.fileOffset,
+        length: fe.numBytes,
+        volumeOffset: 0,
+      };
+      if (fe.compression) {
+        x.volumeOffset = this.ctx.chunks.map(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent')[0];
+        x.diskLength = fe.diskNumBytes;
+        x.encoded = COMPRESSION[fe.compression];
+      } else {
+        x.volumeOffset = this.ctx.chunks.map(fe.diskBytenr + fe.offset, fe.numBytes, 'btrfs data extent')[0];
+      }
+      if (fe.type === FE_PREALLOC) x.unwritten = true;
+      if (shared) x.shared = true;
+      yield x;
+    }
+  }
+
+  async allocation(): Promise<ByteRange[]> {
+    const rs: ByteRange[] = [];
+    for (const off of SUPER_OFFSETS)
+      if (off + SUPER_SIZE <= this.volume.size) rs.push({ offset: off, length: SUPER_SIZE });
+    const ns = this.ctx.sb.nodeSize;
+    for await (const it of items(this.ctx, this.extentRoot(), key(0, 0, 0), key(MAX_U64, 255, MAX_U64))) {
+      let len: number;
+      if (it.key.type === KT.EXTENT_ITEM) len = Number(it.key.off);
+      else if (it.key.type === KT.METADATA_ITEM) len = ns;
+      else continue;
+      for (const p of this.ctx.chunks.map(Number(it.key.oid), len, 'btrfs extent item'))
+        rs.push({ offset: p, length: len });
+    }
+    return merge(rs);
+  }
+
+  async *metadataRegions(): AsyncIterable<OwnedRange> {
+    const sb = this.ctx.sb;
+    for (const off of SUPER_OFFSETS) {
+      if (off + SUPER_SIZE <= this.volume.size)
+        yield {
+          offset: off,
+          length: SUPER_SIZE,
+          kind: 'superblock',
+          detail: off === SUPER_OFFSETS[0] ? 'primary' : 'mirror',
+        };
+    }
+    const trees: Array<{ root: TreeRoot; kind: string }> = [
+      { root: { logical: sb.chunkRoot, level: sb.chunkRootLevel, name: 'chunk tree' }, kind: 'reserved' },
+      { root: rootTreeOf(sb), kind: 'reserved' },
+    ];
+    for (const [id, ri] of this.rootItems) {
+      const name = TREE_NAMES[String(id)] ?? (id >= TREE.FIRST_FREE ? `fs tree ${id}` : `tree ${id}`);
+      trees.push({ root: { logical: ri.bytenr, level: ri.level, name }, kind: 'reserved' });
+    }
+    if (sb.logRoot)
+      trees.push({ root: { logical: sb.logRoot, level: sb.logRootLevel, name: 'log tree' }, kind: 'journal' });
+    const seen = new Set<number>();
+    for (const t of trees) {
+      for await (const n of treeBlocks(this.ctx, t.root)) {
+        if (seen.has(n.logical)) continue;
+        seen.add(n.logical);
+        for (const p of this.ctx.chunks.map(n.logical, sb.nodeSize, `btrfs ${t.root.name} node`)) {
+          yield { offset: p, length: sb.nodeSize, kind: t.kind, detail: t.root.name };
+        }
+      }
+    }
+  }
+}
+
+function rootTreeOf(sb: Superblock): TreeRoot {
+  return { logical: sb.root, level: sb.rootLevel, name: 'root tree' };
+}
+
+function loadSysChunks(ctx: BtrfsContext, sb: Superblock): void {
+  const a = sb.sysChunkArray;
+  const dv = new DataView(a.buffer, a.byteOffset, a.byteLength);
+  let p = 0;
+  while (p < a.length) {
+    const where = ctx.where('btrfs sys_chunk_array', SUPER_OFFSETS[0] + 0x32b + p);
+    if (p + 17 + 48 > a.length) throw corrupt('chunk entry cut short', where);
+    if (a[p + 8] !== KT.CHUNK_ITEM) throw corrupt(`key type ${a[p + 8]} in sys_chunk_array`, where);
+    const logical = Number(dv.getBigUint64(p + 9, true));
+    const n = dv.getUint16(p + 17 + 44, true);
+    const end = p + 17 + 48 + n * 32;
+    ctx.chunks.add(parseChunk(a, p + 17, Math.min(end, a.length), logical, where));
+    p = end;
+  }
+  if (ctx.chunks.all().length === 0)
+    throw corrupt('empty sys_chunk_array', ctx.where('btrfs superblock', SUPER_OFFSETS[0]));
+}
+
+function merge(rs: ByteRange[]): ByteRange[] {
+  rs.sort((a, b) => a.offset - b.offset);
+  const out: ByteRange[] = [];
+  for (const r of rs) {
+    const last = out[out.length - 1];
+    if (last && r.offset <= last.offset + last.length) {
+      last.length = Math.max(last.length, r.offset + r.length - last.offset);
+    } else out.push({ ...r });
+  }
+  return out;
+}
+
+export function openBtrfs(volume: ByteSource, opts: BtrfsOpenOptions = {}): Promise<BtrfsFileSystem> {
+  return BtrfsFileSystem.open(volume, opts);
+}
+
+export const btrfsDriver: FsDriver = {
+  kind: 'btrfs',
+  probe(head: Uint8Array): boolean {
+    return probeBtrfs(head);
+  },
+  open(volume: ByteSource): Promise<FileSystem> {
+    return BtrfsFileSystem.open(volume);
+  },
+};

@@ -1,0 +1,165 @@
+import { crc32c } from '../../util/crc32c.js';
+import { corrupt, StrataError } from '../../util/errors.js';
+import type { BtrfsContext } from './context.js';
+import { cmpKey, type Item, type Key, key, MAX_U64, type Node } from './node.js';
+import { CSUM_NAMES } from './superblock.js';
+
+/** struct btrfs_header is 101 bytes; leaf items are 25, key pointers 33. */
+export const HEADER_SIZE = 101;
+export const ITEM_SIZE = 25;
+export const KEY_PTR_SIZE = 33;
+const MAX_LEVEL = 7;
+
+export { cmpKey, type Item, type Key, key, MAX_U64, type Node } from './node.js';
+
+function readKey(dv: DataView, at: number): Key {
+  return { oid: dv.getBigUint64(at, true), type: dv.getUint8(at + 8), off: dv.getBigUint64(at + 9, true) };
+}
+
+/** Read and check one tree block at a logical address (cached). */
+export async function readNode(
+  ctx: BtrfsContext,
+  logical: number,
+  expectLevel: number | undefined,
+  what: string,
+): Promise<Node> {
+  const cached = ctx.nodes.get(logical);
+  if (cached) {
+    if (expectLevel !== undefined && cached.level !== expectLevel)
+      throw corrupt(
+        `tree block level ${cached.level}, parent says ${expectLevel}`,
+        ctx.where(`btrfs ${what} node`, logical),
+      );
+    return cached;
+  }
+  const ns = ctx.sb.nodeSize;
+  const where = ctx.where(`btrfs ${what} node`, logical);
+  if (!Number.isSafeInteger(logical) || logical <= 0 || logical % ctx.sb.sectorSize !== 0)
+    throw corrupt('tree block address is not sector aligned', where);
+  const copies = ctx.chunks.map(logical, ns, `btrfs ${what} node`);
+  let raw: Uint8Array | undefined;
+  let bad = '';
+  for (const phys of copies) {
+    const b = await ctx.meta.read(phys, ns);
+    if (b.length < ns) throw new StrataError('TRUNCATED', 'tree block cut short', { ...where, offset: phys });
+    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    if (ctx.sb.csumType === 0) {
+      const want = dv.getUint32(0, true);
+      const got = crc32c(b.subarray(0x20, ns));
+      if (want !== got) {
+        bad = `checksum mismatch at physical ${phys} (stored ${want.toString(16)}, computed ${got.toString(16)})`;
+        continue;
+      }
+    } else ctx.csumNotVerified(CSUM_NAMES[ctx.sb.csumType]);
+    raw = b;
+    break;
+  }
+  if (!raw) {
+    ctx.warn(`${ctx.name}: btrfs ${what} node at ${logical}: ${bad}`);
+    raw = await ctx.meta.read(copies[0], ns);
+  }
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const bytenr = Number(dv.getBigUint64(0x30, true));
+  if (bytenr !== logical) throw corrupt(`header says bytenr ${bytenr}`, where);
+  const nritems = dv.getUint32(0x60, true);
+  const level = raw[0x64];
+  if (level > MAX_LEVEL) throw corrupt(`level ${level} > ${MAX_LEVEL}`, where);
+  if (expectLevel !== undefined && level !== expectLevel)
+    throw corrupt(`tree block level ${level}, parent says ${expectLevel}`, where);
+  const per = level === 0 ? ITEM_SIZE : KEY_PTR_SIZE;
+  if (HEADER_SIZE + nritems * per > ns) throw corrupt(`${nritems} items do not fit`, where);
+  const keys: Key[] = [];
+  const ptrs: number[] = [];
+  const sizes: number[] = [];
+  for (let i = 0; i < nritems; i++) {
+    const at = HEADER_SIZE + i * per;
+    const k = readKey(dv, at);
+    if (i > 0 && cmpKey(keys[i - 1], k) >= 0) throw corrupt(`keys out of order at item ${i}`, where);
+    keys.push(k);
+    if (level === 0) {
+      const off = dv.getUint32(at + 17, true);
+      const size = dv.getUint32(at + 21, true);
+      if (HEADER_SIZE + off + size > ns || HEADER_SIZE + off < HEADER_SIZE + nritems * ITEM_SIZE)
+        throw corrupt(`item ${i} data [${off}, +${size}) outside the leaf`, where);
+      ptrs.push(HEADER_SIZE + off);
+      sizes.push(size);
+    } else {
+      ptrs.push(Number(dv.getBigUint64(at + 17, true)));
+      sizes.push(0);
+    }
+  }
+  const node: Node = {
+    logical,
+    level,
+    owner: dv.getBigUint64(0x58, true),
+    generation: Number(dv.getBigUint64(0x50, true)),
+    keys,
+    ptrs,
+    sizes,
+    raw,
+  };
+  ctx.nodes.set(logical, node);
+  return node;
+}
+
+/** A tree root: address and level (from the superblock or a root item). */
+export interface TreeRoot {
+  logical: number;
+  level: number;
+  name: string;
+}
+
+/**
+ * Items with lo <= key <= hi, in key order. Child levels must descend by one, so a
+ * pointer loop is caught as a level mismatch; a visit budget bounds DAG blow-ups.
+ */
+export async function* items(ctx: BtrfsContext, root: TreeRoot, lo: Key, hi: Key): AsyncGenerator<Item> {
+  let budget = 1_000_000;
+  async function* walk(logical: number, level: number, up: readonly number[]): AsyncGenerator<Item> {
+    if (--budget < 0)
+      throw new StrataError('LOOP', 'tree walk visits too many blocks', ctx.where(`btrfs ${root.name}`, logical));
+    const n = await readNode(ctx, logical, level, root.name);
+    const path = [...up, logical];
+    if (n.level === 0) {
+      for (let i = 0; i < n.keys.length; i++) {
+        const k = n.keys[i];
+        if (cmpKey(k, lo) < 0) continue;
+        if (cmpKey(k, hi) > 0) return;
+        yield { key: k, data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]), logical: n.logical + n.ptrs[i], path };
+      }
+      return;
+    }
+    for (let i = 0; i < n.keys.length; i++) {
+      if (cmpKey(n.keys[i], hi) > 0) return;
+      if (i + 1 < n.keys.length && cmpKey(n.keys[i + 1], lo) <= 0) continue;
+      yield* walk(n.ptrs[i], n.level - 1, path);
+    }
+  }
+  yield* walk(root.logical, root.level, []);
+}
+
+/** All items of one objectid and type. */
+export async function collect(ctx: BtrfsContext, root: TreeRoot, oid: bigint, type: number): Promise<Item[]> {
+  const out: Item[] = [];
+  for await (const it of items(ctx, root, key(oid, type, 0n), key(oid, type, MAX_U64))) out.push(it);
+  return out;
+}
+
+/** The item with exactly this key, or undefined. */
+export async function findItem(ctx: BtrfsContext, root: TreeRoot, k: Key): Promise<Item | undefined> {
+  for await (const it of items(ctx, root, k, k)) return it;
+  return undefined;
+}
+
+/** Every tree block of a tree (for metadata regions), pre-order. */
+export async function* treeBlocks(ctx: BtrfsContext, root: TreeRoot): AsyncGenerator<Node> {
+  let budget = 1_000_000;
+  async function* walk(logical: number, level: number): AsyncGenerator<Node> {
+    if (--budget < 0)
+      throw new StrataError('LOOP', 'tree walk visits too many blocks', ctx.where(`btrfs ${root.name}`, logical));
+    const n = await readNode(ctx, logical, level, root.name);
+    yield n;
+    if (n.level > 0) for (const p of n.ptrs) yield* walk(p, n.level - 1);
+  }
+  yield* walk(root.logical, root.level);
+}

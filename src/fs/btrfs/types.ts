@@ -1,0 +1,51 @@
+/** Key types (BTRFS_*_KEY) and well-known tree ids. */
+export const KT = {
+  INODE_ITEM: 1,
+  INODE_REF: 12,
+  INODE_EXTREF: 13,
+  XATTR_ITEM: 24,
+  DIR_ITEM: 84,
+  DIR_INDEX: 96,
+  EXTENT_DATA: 108,
+  EXTENT_CSUM: 128,
+  ROOT_ITEM: 132,
+  ROOT_BACKREF: 144,
+  ROOT_REF: 156,
+  EXTENT_ITEM: 168,
+  METADATA_ITEM: 169,
+  BLOCK_GROUP_ITEM: 192,
+  DEV_EXTENT: 204,
+  DEV_ITEM: 216,
+  CHUNK_ITEM: 228,
+} as const;
+
+export const TREE = {
+  ROOT: 1n,
+  EXTENT: 2n,
+  CHUNK: 3n,
+  DEV: 4n,
+  FS: 5n,
+  ROOT_TREE_DIR: 6n,
+  CSUM: 7n,
+  QUOTA: 8n,
+  UUID: 9n,
+  FREE_SPACE: 10n,
+  BLOCK_GROUP: 11n,
+  FIRST_FREE: 256n,
+  LAST_FREE: 0xffffffffffffff00n,
+} as const;
+
+export const TREE_NAMES: Record<string, string> = {
+  '1': 'root tree',
+  '2': 'extent tree',
+  '3': 'chunk tree',
+  '4': 'dev tree',
+  '5': 'fs tree',
+  '7': 'csum tree',
+  '8': 'quota tree',
+  '9': 'uuid tree',
+  '10': 'free space tree',
+  '11': 'block group tree',
+  '18446744073709551607': 'data reloc tree',
+  '18446744073709551610': 'log tree',
+};
