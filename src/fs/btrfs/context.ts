@@ -1,6 +1,6 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
-import { GenCache } from '../ext/cache.js';
+import { GenCache } from '../../util/gen-cache.js';
 import type { ChunkMap } from './chunks.js';
 import type { Node } from './node.js';
 import type { Superblock } from './superblock.js';

@@ -15,7 +15,7 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { corrupt, StrataError } from '../../util/errors.js';
-import { GenCache } from '../ext/cache.js';
+import { GenCache } from '../../util/gen-cache.js';
 import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
 import { resolvePath } from '../walk.js';
 import { ChunkMap, parseChunk, profileName } from './chunks.js';

@@ -1,7 +1,7 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
-import { GenCache } from '../ext/cache.js';
+import { GenCache } from '../../util/gen-cache.js';
 import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
 import { resolvePath } from '../walk.js';
 import { type AgHeaders, readAgHeaders } from './ag.js';
