@@ -271,9 +271,12 @@ for (const rawFlag of ['on', 'off']) {
 /** base (6 MiB pattern) <- mid (extended L2, writes) <- top (8 MiB, writes and zeroes). */
 async function threeLevelChain(): Promise<string> {
   const raw = await patternRaw(6 * MiB, 600);
-  return fixture(`qcow2t-chain3-${V}`, async (out) => {
+  return fixture(`qcow2t-chain3-s0-${V}`, async (out) => {
     mkdirSync(out);
-    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, 'base.qcow2'], { cwd: out });
+    // -S 0: every cluster written whole. With zero detection qemu may fill the untouched part
+    // of a new cluster with write-zeroes, leaving host holes that qemu-img map calls data and
+    // SEEK_DATA calls zero (seen on a fresh fixture cache, not on every run).
+    await run('qemu-img', ['convert', '-S', '0', '-f', 'raw', '-O', 'qcow2', raw, 'base.qcow2'], { cwd: out });
     await run(
       'qemu-img',
       ['create', '-f', 'qcow2', '-o', 'extended_l2=on', '-b', 'base.qcow2', '-F', 'qcow2', 'mid.qcow2'],
