@@ -99,13 +99,15 @@ test('gc beside a running check-in loses nothing', async () => {
     // the child checks in the derived image (sharing chunks with the deleted version) while gc runs here
     const child = spawnCheckin(libDir, derivedImg, 'b');
     const out: Buffer[] = [];
+    const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
     // Listen for the exit now: under load the child may finish while gc waits for its lock.
     const closed = new Promise<number | null>((r) => child.on('close', r));
     await new Promise((r) => setTimeout(r, 300));
     const g = await gc(lib, { lockWaitMs: 120_000 });
     const code = await closed;
-    assert.equal(code, 0, 'the check-in succeeded');
+    assert.equal(code, 0, `the check-in succeeded: ${Buffer.concat(err).toString('utf8')}`);
     const b = JSON.parse(Buffer.concat(out).toString('utf8')) as { ref: string };
     assert.ok(g.deletedPacks + g.rewrittenPacks >= 0);
     await lib.store.loadIndex();
