@@ -224,13 +224,34 @@ test('btrfs: mkfs --rootdir tree plus kernel-made subvolumes, snapshots, compres
         for await (const e of fs.extents(f)) ex.push(e);
         const ff = await filefrag(mnt + p);
         assert.ok(ff.length > 0, `${p}: filefrag lists extents`);
-        const want = ff.map((e) => ({
-          fileOffset: e.lblk * 4096,
-          volumeOffset: physOf(chunks, e.pblk * 4096)[0],
-          encoded: e.flags.includes('encoded'),
-          unwritten: e.flags.includes('unwritten'),
-          shared: e.flags.includes('shared'),
-        }));
+        // filefrag merges extents contiguous in btrfs's logical space; where such a run crosses
+        // into the next chunk it continues elsewhere on the device, so cut it there
+        const want = ff.flatMap((e) => {
+          const pieces: Array<{
+            fileOffset: number;
+            volumeOffset: number;
+            encoded: boolean;
+            unwritten: boolean;
+            shared: boolean;
+          }> = [];
+          for (let at = 0; at < e.len * 4096; ) {
+            const logical = e.pblk * 4096 + at;
+            const c = chunks.find((x) => logical >= x.logical && logical < x.logical + x.length);
+            const volumeOffset = physOf(chunks, logical)[0];
+            const last = pieces[pieces.length - 1];
+            if (!last || last.volumeOffset + at - (last.fileOffset - e.lblk * 4096) !== volumeOffset)
+              pieces.push({
+                fileOffset: e.lblk * 4096 + at,
+                volumeOffset,
+                encoded: e.flags.includes('encoded'),
+                unwritten: e.flags.includes('unwritten'),
+                shared: e.flags.includes('shared'),
+              });
+            if (!c) break;
+            at = c.logical + c.length - e.pblk * 4096;
+          }
+          return pieces;
+        });
         // filefrag merges physically contiguous plain extents; split ours the same way
         const got: typeof want = [];
         for (const e of ex) {
