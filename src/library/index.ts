@@ -109,6 +109,7 @@ export {
   type StoredListOptions,
   storedFile,
 } from './stored-listing.js';
+export { tarOfStored } from './tar-export.js';
 // A command's TARGET: an image file, an http(s) URL or a library version (NAME, NAME:TAG, NAME@N, ref:NAME).
 export {
   classifyTarget,
