@@ -175,7 +175,10 @@ writeFileSync(path.join(out, 'package.json'), `${JSON.stringify({ type: 'commonj
 const webui = path.join(root, 'dist', 'webui');
 await build({
   entryPoints: [path.join(root, 'webui', 'app.js')],
-  outfile: path.join(webui, 'app.js'),
+  outdir: webui,
+  // pages loaded on demand (the storage dashboard's chart library) become chunk-*.js
+  splitting: true,
+  chunkNames: 'chunk-[hash]',
   bundle: true,
   platform: 'browser',
   format: 'esm',
