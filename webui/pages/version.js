@@ -123,12 +123,14 @@ export function VersionPage({ name, version }) {
       call(`${base}/provenance`),
       call(`${base}/inspection`).catch((e) => ({ error: e })),
     ]);
-    const graph = await provenanceGraph(v.image, v.number).catch(() => null);
-    return { v, prov, insp, graph };
+    return { v, prov, insp };
   }, [name, version]);
+  // the graph walks further (a request per version it reaches): drawn when it arrives
+  const g = useApi(() => provenanceGraph(name, Number(version)).catch(() => null), [name, version]);
+  const graph = g.value;
   if (st.loading) return html`<${Loading} />`;
   if (st.error) return html`<h1>${name}@${version}</h1><${Err} error=${st.error} />`;
-  const { v, prov, insp, graph } = st.value;
+  const { v, prov, insp } = st.value;
   const shared = Math.max(0, v.usedBytes - v.newBytes);
   return html`<h1>${v.ref}</h1>
     <nav class="actions" aria-label="version actions">
