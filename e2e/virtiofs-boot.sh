@@ -24,7 +24,7 @@ file -L "$BUSYBOX" | grep -q 'statically linked' || { echo "FAIL: $BUSYBOX is no
 R="$WORK/rootfs"
 mkdir -p "$R/bin" "$R/etc" "$R/proc" "$R/sys" "$R/dev" "$R/tmp"
 cp "$BUSYBOX" "$R/bin/busybox"
-for t in sh cat sha256sum mount ls poweroff echo stat; do ln -s busybox "$R/bin/$t"; done
+for t in sh cat sha256sum mount ls poweroff echo stat grep cut head; do ln -s busybox "$R/bin/$t"; done
 head -c 300000 /dev/urandom > "$R/etc/marker"
 want=$(sha256sum < "$R/etc/marker" | cut -d' ' -f1)
 cat > "$R/init" <<'INIT'

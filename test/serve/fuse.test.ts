@@ -26,16 +26,29 @@ import { have, run } from '../helpers/tools.js';
 
 const MiB = 1 << 20;
 const N = ['-N', '30000'];
-/** The variants of test/fs/ext.test.ts (same fixture keys, so the images are shared). */
+/** Every variant of test/fs/ext.test.ts (same fixture keys, so the images are shared). */
 const VARIANTS: ExtImageSpec[] = [
   { name: 'ext4-4k', mkfs: 'mkfs.ext4', args: ['-b', '4096', ...N], size: 160 * MiB },
   { name: 'ext4-1k', mkfs: 'mkfs.ext4', args: ['-b', '1024', ...N], size: 160 * MiB },
+  { name: 'ext4-no64bit', mkfs: 'mkfs.ext4', args: ['-b', '4096', '-O', '^64bit', ...N], size: 160 * MiB },
   { name: 'ext4-inline', mkfs: 'mkfs.ext4', args: ['-b', '4096', '-O', 'inline_data', ...N], size: 160 * MiB },
+  {
+    name: 'ext4-metabg',
+    mkfs: 'mkfs.ext4',
+    args: ['-b', '1024', '-g', '2048', '-O', 'meta_bg,^resize_inode', ...N],
+    size: 160 * MiB,
+  },
   {
     name: 'ext4-bigalloc',
     mkfs: 'mkfs.ext4',
     args: ['-b', '4096', '-O', 'bigalloc', '-C', '16384', ...N],
     size: 192 * MiB,
+  },
+  {
+    name: 'ext4-nojournal-ss2',
+    mkfs: 'mkfs.ext4',
+    args: ['-b', '4096', '-g', '8192', '-O', '^has_journal,sparse_super2', ...N],
+    size: 160 * MiB,
   },
   { name: 'ext3', mkfs: 'mkfs.ext3', args: ['-b', '4096', ...N], size: 160 * MiB },
   { name: 'ext2-1k', mkfs: 'mkfs.ext2', args: ['-b', '1024', ...N], size: 160 * MiB },
