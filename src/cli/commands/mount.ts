@@ -9,6 +9,30 @@ import { addAddressOptions, noteTarget, openOptionsFrom, TARGET_HELP, targetOpti
 import { printJson, warn, warnAll } from '../output.js';
 import { parseSize } from './convert.js';
 
+const CHILD_ENV = 'STRATA_MOUNT_SERVER';
+
+/**
+ * `mount --background`: the same command again as a detached process (no stdio, an IPC
+ * channel to say it is mounted or why not), and return once it is.
+ */
+async function background(image: string, o: Record<string, unknown>): Promise<void> {
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
+    env: { ...process.env, [CHILD_ENV]: '1' },
+  });
+  const said = await new Promise<{ ready?: string; error?: string }>((resolve) => {
+    child.on('message', (m: { ready?: string; error?: string }) => resolve(m));
+    child.on('error', (e) => resolve({ error: e.message }));
+    child.on('exit', (c) => resolve({ error: `the mount server exited (${c}) before mounting` }));
+  });
+  if (said.error !== undefined) throw new StrataError('IO', said.error);
+  child.unref();
+  if (child.connected) child.disconnect();
+  if (o.json) printJson({ mountpoint: said.ready, source: image, readOnly: true, pid: child.pid });
+  else process.stdout.write(`mounted ${image} at ${said.ready} (read-only; server pid ${child.pid})\n`);
+}
+
 /** Until SIGINT/SIGTERM or the kernel ends the mount (someone ran umount): which one. */
 function served(session: FuseSession): Promise<string> {
   return new Promise((resolve) => {
@@ -63,10 +87,21 @@ export function registerMountCommands(program: Command): void {
       .argument('<mountpoint>', 'an existing directory')
       .option('--cache-size <size>', 'block cache for file reads (default 64M)')
       .option('--rw', 'writable copy-up overlay (not implemented yet)')
+      .option('--background', 'return once mounted, serving on in a detached process (its warnings are not shown)')
       .option('--json', 'print {mountpoint, source} as JSON once mounted'),
   ).action(async (image: string, mountpoint: string, o: Record<string, unknown>) => {
-    const session = await mountTarget(image, mountpoint, o);
-    if (o.json) printJson({ mountpoint: session.mountpoint, source: image, readOnly: true });
+    if (o.background && process.env[CHILD_ENV] !== '1') return background(image, o);
+    let session: FuseSession;
+    try {
+      session = await mountTarget(image, mountpoint, o);
+    } catch (e) {
+      process.send?.({ error: (e as Error).message });
+      throw e;
+    }
+    if (process.send) {
+      process.send({ ready: session.mountpoint });
+      process.disconnect?.();
+    } else if (o.json) printJson({ mountpoint: session.mountpoint, source: image, readOnly: true });
     else process.stdout.write(`mounted ${image} at ${session.mountpoint} (read-only)\n`);
     await served(session);
     await session.unmount();
