@@ -164,6 +164,7 @@ await build({
     'inflate-worker': path.join(root, 'src', 'formats', 'vmdk', 'inflate-worker.ts'),
     'zstd-worker': path.join(root, 'src', 'store', 'zstd-worker.ts'),
     'copy-worker': path.join(root, 'src', 'library', 'convert', 'copy-worker.ts'),
+    'reader-worker': path.join(root, 'src', 'serve', 'fuse', 'reader-worker.ts'),
   },
   outdir: out,
 });
