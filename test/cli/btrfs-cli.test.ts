@@ -186,6 +186,8 @@ describe('strata on btrfs', () => {
     assert.ok(ex.length > 20 && ex.slice(0, -1).every((e) => e.flags.includes('encoded:zlib')), JSON.stringify(ex[0]));
     const rl = await strata(['stat', '--json', img, '/reflinked']);
     assert.ok((JSON.parse(rl.stdout).extents as Array<{ flags: string[] }>).every((e) => e.flags.includes('shared')));
+    const parts = await strata(['parts', '--json', img]);
+    assert.equal(JSON.parse(parts.stdout).volumes[0].content, 'btrfs');
     const info = await strata(['fsinfo', '--json', img]);
     assert.equal(info.code, 0, info.stderr);
     const fi = JSON.parse(info.stdout);
@@ -302,6 +304,10 @@ describe('strata on btrfs', () => {
         const top = f.path!.split('/')[1];
         const mine = `${top}:${(f.inode ?? 0) % SLOT}`;
         assert.ok(paths.includes(f.path!) || inSub.includes(mine), `${f.path} at ${f.start}: ${out}`);
+        // whatis of the same byte answers from the same map
+        const w = await strata(['whatis', '--json', img, String(f.start)]);
+        assert.equal(w.code, 0, w.stderr);
+        assert.equal(jsonLines<{ path?: string }>(w.stdout)[0]?.path, f.path);
       }
     } finally {
       await run('umount', [mnt]);
