@@ -122,10 +122,38 @@ export async function httpLibraryDeploySource(
 export async function remoteDeploySource(
   remote: RemoteLibrary,
   ref: string,
-  opts: { cache?: ChunkCache; concurrency?: number } = {},
+  opts: { cache?: ChunkCache; concurrency?: number; timeoutMs?: number } = {},
 ): Promise<ManifestSource> {
   const v = await remote.resolve(ref);
-  const get = async (d: string) => checkChunk(d, await remote.chunk(d), `${remote.url}/v1/chunks/${d}`);
+  const timeoutMs = opts.timeoutMs ?? Number(process.env.STRATA_HTTP_TIMEOUT || 30) * 1000;
+  // not RemoteLibrary.chunk: a chunk request must end (a hung service is retried by the deployer)
+  const get = async (d: string) => {
+    const url = `${remote.url}/v1/chunks/${d}`;
+    let body: Uint8Array;
+    try {
+      const res = await fetch(url, {
+        headers: remote.token ? { authorization: `Bearer ${remote.token}` } : {},
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new StrataError('NOT_FOUND', 'no such chunk, or not readable with this token', { file: url });
+      }
+      if (!res.ok) {
+        await res.body?.cancel();
+        throw new StrataError('IO', `HTTP ${res.status}`, { file: url });
+      }
+      body = new Uint8Array(await res.arrayBuffer());
+    } catch (e) {
+      if (e instanceof StrataError) throw e;
+      const why =
+        (e as Error).name === 'TimeoutError'
+          ? `no answer in ${timeoutMs / 1000} s`
+          : `cannot reach the library service: ${((e as Error).cause as Error)?.message ?? (e as Error).message}`;
+      throw new StrataError('IO', why, { file: url }, { cause: e });
+    }
+    return checkChunk(d, body, url);
+  };
   const layoutOf = async (d: string) => {
     const plain = (await opts.cache?.get(d)) ?? (await get(d));
     await opts.cache?.put(d, plain);
