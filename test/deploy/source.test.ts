@@ -9,8 +9,11 @@ import { Deployer } from '../../src/deploy/deployer.js';
 import { httpLibraryDeploySource } from '../../src/deploy/source.js';
 import { Library } from '../../src/library/library.js';
 import type { LayoutManifest } from '../../src/library/manifest.js';
+import { parseStaticIndex, resolveStatic } from '../../src/library/static-index.js';
 import { startServer } from '../../src/serve/http/server.js';
+import { StrataError } from '../../src/util/errors.js';
 import { CLI } from '../helpers/cli.js';
+import { mutate, prng } from '../helpers/fuzz.js';
 import { run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 import { nbdReads, sameAs, startDeploy, twoVersions } from './helpers.js';
@@ -398,5 +401,34 @@ describe('deploy --compare', () => {
       `fetched exactly the ${blocks.size} blocks of the 3 changed chunks`,
     );
     assert.equal(await sameAs(v1, target), true, 'qemu-img compare: TARGET identical');
+  });
+});
+
+describe('the static index from a web server is not trusted', () => {
+  test('mutated copies of a real strata-index.json: a StaticIndex or a StrataError, never a crash', () => {
+    const real = readFileSync(path.join(lib, 'strata-index.json'));
+    const ix = parseStaticIndex(real, 'strata-index.json');
+    assert.equal(resolveStatic(ix, 'disk').number, 2);
+    assert.equal(resolveStatic(ix, 'disk@1').manifest, ix.images[0].versions[0].manifest);
+    const rand = prng(1616);
+    let refused = 0;
+    for (let i = 0; i < 500; i++) {
+      const bad = mutate(real, [[0, real.length]], rand);
+      try {
+        const got = parseStaticIndex(bad, 'fuzz.json');
+        for (const ref of ['disk', 'disk@1', 'disk:stable', 'disk@x', '0000000', 'nothing']) {
+          try {
+            resolveStatic(got, ref);
+          } catch (e) {
+            assert.ok(e instanceof StrataError, `resolve ${ref} of case ${i}: ${e}`);
+          }
+        }
+      } catch (e) {
+        assert.ok(e instanceof StrataError, `case ${i}: ${(e as Error).stack}`);
+        assert.match((e as StrataError).message, /fuzz\.json|static index|JSON|index/);
+        refused++;
+      }
+    }
+    assert.ok(refused > 100, `${refused} of 500 refused`);
   });
 });
