@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Extent } from '../io/byte-source.js';
+import { asUrgent, isUrgent } from '../io/urgency.js';
 import { decodeManifest, LAYOUT_KIND, type LayoutManifest } from '../library/manifest.js';
 import { VersionSource } from '../library/version-source.js';
 import { StrataError } from '../util/errors.js';
@@ -67,7 +68,9 @@ export class ManifestSource implements DeploySource {
     return this.opts.cache;
   }
 
-  readInto(offset: number, out: Uint8Array): Promise<number> {
+  /** `urgent`: a guest waits for it: it passes the background fetches queued here and below. */
+  readInto(offset: number, out: Uint8Array, urgent = false): Promise<number> {
+    if (urgent) return asUrgent(() => this.version.readInto(offset, out));
     return this.version.readInto(offset, out);
   }
 
@@ -94,7 +97,8 @@ export class ManifestSource implements DeploySource {
   private async load(digest: string): Promise<Uint8Array> {
     const cached = await this.opts.cache?.get(digest);
     if (cached) return this.remember(digest, cached);
-    while (this.running >= (this.opts.concurrency ?? 8)) await new Promise<void>((r) => this.waiting.push(r));
+    if (!isUrgent())
+      while (this.running >= (this.opts.concurrency ?? 8)) await new Promise<void>((r) => this.waiting.push(r));
     this.running++;
     let b: Uint8Array;
     try {

@@ -21,7 +21,8 @@ import {
 export interface DeploySource {
   readonly name: string;
   readonly size: number;
-  readInto(offset: number, out: Uint8Array): Promise<number>;
+  /** `urgent`: a guest's read waits for this one (sources with a queue let it pass). */
+  readInto(offset: number, out: Uint8Array, urgent?: boolean): Promise<number>;
   status(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
   /** Library versions: the layout manifest and its digest (differential deploys compare them). */
@@ -401,7 +402,7 @@ export class Deployer {
     const limit = Date.now() + (this.opts.fetchTimeout ?? 120_000);
     for (let attempt = 1; ; attempt++) {
       try {
-        const n = await this.source.readInto(offset, out);
+        const n = await this.source.readInto(offset, out, urgent);
         if (n < out.length) out.fill(0, n);
         return;
       } catch (e) {

@@ -1,4 +1,5 @@
 import { type HttpSourceOptions, httpGetAll, httpGetRange } from '../io/http-source.js';
+import { isUrgent } from '../io/urgency.js';
 import { StrataError } from '../util/errors.js';
 import { type Backend, type BackendEntry, checkKey } from './backend.js';
 
@@ -15,6 +16,7 @@ interface Want {
   key: string;
   offset: number;
   length: number;
+  urgent: boolean;
   resolve(b: Uint8Array): void;
   reject(e: unknown): void;
 }
@@ -27,7 +29,8 @@ interface Want {
  *
  * Reads asked for in the same turn of the event loop are coalesced: ranges of one object
  * that touch or nearly touch (within `gap`) go out as one request, and at most
- * `concurrency` requests are in flight. Timeouts and retries are src/io's (httpGetRange).
+ * `concurrency` requests are in flight, except urgent ones (io/urgency.ts: a guest's read
+ * during a deploy), which go out at once. Timeouts and retries are src/io's (httpGetRange).
  * Nothing here checks content: the store checks every blob against its digest.
  */
 export class HttpBackend implements Backend {
@@ -87,7 +90,7 @@ export class HttpBackend implements Backend {
     this.urlOf(key);
     if (length <= 0) return Promise.resolve(new Uint8Array(0));
     return new Promise((resolve, reject) => {
-      this.queue.push({ key, offset, length, resolve, reject });
+      this.queue.push({ key, offset, length, urgent: isUrgent(), resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -129,7 +132,9 @@ export class HttpBackend implements Backend {
   }
 
   private async fetchSpan(span: Want[], start: number, end: number): Promise<void> {
-    while (this.running >= this.concurrency) await new Promise<void>((r) => this.waiting.push(r));
+    // an urgent read (a guest waits for it) does not queue behind background requests
+    if (!span.some((w) => w.urgent))
+      while (this.running >= this.concurrency) await new Promise<void>((r) => this.waiting.push(r));
     this.running++;
     try {
       this.requests++;
