@@ -352,6 +352,22 @@ describe('deploy --remote (the library service)', () => {
       assert.equal(await d.exited, 0, d.stderr());
       assert.equal(await sameAs(v2, target), true, 'qemu-img compare: TARGET holds disk@2');
       assert.ok(Number(exitOf(d.events).originBytes) > 0);
+      // a damaged chunk on the way from the service: hashed on arrival, refused, fetched again
+      let chunks = 0;
+      const proxy = await flippingProxy(s.url, (p) => p.startsWith('/v1/chunks/') && chunks++ === 3);
+      try {
+        const t2 = path.join(dir, 'remote-flip.raw');
+        const f = await startDeploy(['disk@1', '--remote', proxy.url, '--to', t2, '--exit-when-complete'], env);
+        assert.equal(await f.exited, 0, f.stderr());
+        assert.equal(proxy.flipped.length, 1);
+        assert.ok(
+          f.events.some((e) => e.event === 'retry' && /hash to [0-9a-f]{64}, not [0-9a-f]{64}/.test(String(e.error))),
+          JSON.stringify(f.events.filter((e) => e.event === 'retry')),
+        );
+        assert.equal(await sameAs(v1, t2), true, 'qemu-img compare: TARGET identical');
+      } finally {
+        await proxy.close();
+      }
       // a token of another project sees no such image
       const d2 = startDeploy(['disk@2', '--remote', s.url, '--to', path.join(dir, 'remote-2.raw')], {
         ...process.env,
