@@ -11,6 +11,7 @@ import { Library } from '../../src/library/library.js';
 import type { LayoutManifest } from '../../src/library/manifest.js';
 import { parseStaticIndex, resolveStatic } from '../../src/library/static-index.js';
 import { startServer } from '../../src/serve/http/server.js';
+import { HttpBackend } from '../../src/store/http-backend.js';
 import { StrataError } from '../../src/util/errors.js';
 import { CLI } from '../helpers/cli.js';
 import { mutate, prng } from '../helpers/fuzz.js';
@@ -87,6 +88,33 @@ describe('deploy from a library over plain HTTP', () => {
       packs.length < distinct.size / 4,
       `${packs.length} requests for ${distinct.size} chunks: neighbours coalesced`,
     );
+  });
+
+  test('the HTTP store backend coalesces neighbouring reads of a pack into one Range request', async () => {
+    const l = await Library.open(lib, { create: false });
+    let key: string;
+    try {
+      const packs = await l.store.backend.list('packs/');
+      key = packs.sort((a, b) => b.size - a.size)[0].key;
+    } finally {
+      await l.close();
+    }
+    const file = readFileSync(path.join(lib, 'store', key));
+    const b = new HttpBackend(`${libUrl}/store`, []);
+    const seen = (await web.settledLog()).length;
+    // ten neighbours (two with a small gap between them) and one far away, asked for together
+    const asks: Array<[number, number]> = [];
+    for (let i = 0; i < 10; i++) asks.push([i * 1000 + (i >= 5 ? 500 : 0), 1000]);
+    asks.push([file.length - 3000, 3000]);
+    const got = await Promise.all(asks.map(([o, n]) => b.getRange(key, o, n)));
+    asks.forEach(([o, n], i) => assert.ok(Buffer.from(got[i]).equals(file.subarray(o, o + n)), `range ${o}+${n}`));
+    assert.equal(b.requests, 2);
+    const lines = packRequests((await web.settledLog()).slice(seen));
+    assert.deepEqual(
+      lines.map((x) => x.split(' ').pop()).sort(),
+      ['bytes=0-10499', `bytes=${file.length - 3000}-${file.length - 1}`].sort(),
+    );
+    await assert.rejects(b.putIfAbsent('packs/x'), /read only/);
   });
 
   test('checkin refreshes the static index once the library has one', async () => {
