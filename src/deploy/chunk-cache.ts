@@ -44,6 +44,12 @@ export class ChunkCache {
     } catch (e) {
       throw new StrataError('IO', `cannot make the chunk cache: ${(e as Error).message}`, { file: root }, { cause: e });
     }
+    // temporary files of writers killed mid-put (an hour old: nobody is still writing them)
+    for (const n of await readdir(path.join(root, 'tmp')).catch(() => [] as string[])) {
+      const f = path.join(root, 'tmp', n);
+      const s = await stat(f).catch(() => undefined);
+      if (s && Date.now() - s.mtimeMs > 3600_000) await unlink(f).catch(() => {});
+    }
     const c = new ChunkCache(root, maxBytes);
     c.approx = (await c.files()).reduce((n, f) => n + f.size, 0);
     return c;

@@ -107,7 +107,8 @@ describe('deploy from a library over plain HTTP', () => {
     for (let i = 0; i < 10; i++) asks.push([i * 1000 + (i >= 5 ? 500 : 0), 1000]);
     asks.push([file.length - 3000, 3000]);
     const got = await Promise.all(asks.map(([o, n]) => b.getRange(key, o, n)));
-    asks.forEach(([o, n], i) => assert.ok(Buffer.from(got[i]).equals(file.subarray(o, o + n)), `range ${o}+${n}`));
+    for (const [i, [o, n]] of asks.entries())
+      assert.ok(Buffer.from(got[i]).equals(file.subarray(o, o + n)), `range ${o}+${n}`);
     assert.equal(b.requests, 2);
     const lines = packRequests((await web.settledLog()).slice(seen));
     assert.deepEqual(
