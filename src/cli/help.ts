@@ -36,6 +36,8 @@ export const EXAMPLES: Record<string, string[]> = {
   virtiofs: ['strata virtiofs debian:12 --socket vfs.sock --tag root'],
   nbd: ['strata nbd disk.qcow2 --port 0'],
   deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],
+  preload: ['strata preload debian:12 --cache chunk-cache'],
+  'export-index': ['strata export-index'],
   serve: ['strata serve --listen 127.0.0.1:0 --quiet'],
   user: ['strata user add alice --project ops --role member', 'strata user list'],
   'user add': ['strata user add alice --project ops --role member', 'strata user add root --admin'],
