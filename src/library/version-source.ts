@@ -10,6 +10,9 @@ const READS_IN_FLIGHT = 8;
  * from the store on demand (each checked against its digest), status() says which ranges
  * hold data. Checkout, and later the NBD server and FUSE mounts, read through this.
  */
+/** Where a version's chunks come from: the store, or a library service (serve/http/client.ts). */
+export type BlobReader = Pick<Store, 'withBlob'>;
+
 export class VersionSource implements ByteSource {
   readonly size: number;
   private readonly disk: Float64Array;
@@ -18,7 +21,7 @@ export class VersionSource implements ByteSource {
   private readonly at: Float64Array;
 
   constructor(
-    private readonly store: Store,
+    private readonly store: BlobReader,
     readonly manifest: LayoutManifest,
     readonly name: string,
   ) {

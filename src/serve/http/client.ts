@@ -1,9 +1,17 @@
 import { createHash } from 'node:crypto';
+import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
-import type { FileEntry, FilesManifest } from '../../library/manifest.js';
+import {
+  decodeManifest,
+  type FileEntry,
+  type FilesManifest,
+  LAYOUT_KIND,
+  type LayoutManifest,
+} from '../../library/manifest.js';
 import type { SearchHit, SearchQuery } from '../../library/search.js';
 import type { VersionDiff } from '../../library/version-diff.js';
+import { VersionSource } from '../../library/version-source.js';
 import type { PutResult } from '../../store/store.js';
 import { type ErrorCode, StrataError } from '../../util/errors.js';
 import type { Problem } from './problem.js';
@@ -160,6 +168,55 @@ export class RemoteLibrary {
     }>('GET', '/v1/whoami');
   }
 
+  /** A version made on the server from an image it fetches (`url`) or, for server admins, a file it holds (`path`). */
+  importImage(
+    name: string,
+    body: {
+      url?: string;
+      path?: string;
+      parents?: string[];
+      tags?: string[];
+      description?: string;
+      visibility?: string;
+    },
+  ) {
+    return this.json<RemoteVersion & { warnings: string[] }>('POST', `/v1/images/${enc(name)}/import`, { json: body });
+  }
+
+  // accounts
+  users() {
+    return this.json<{
+      items: Array<{ name: string; admin: boolean; projects: Array<{ project: string; role: string }> }>;
+    }>('GET', '/v1/users');
+  }
+  addUser(name: string, opts: { admin?: boolean } = {}) {
+    return this.json<{ name: string; admin: boolean; projects: Array<{ project: string; role: string }> }>(
+      'POST',
+      '/v1/users',
+      { json: { name, ...opts } },
+    );
+  }
+  addProject(name: string) {
+    return this.json<{ name: string }>('POST', '/v1/projects', { json: { name } });
+  }
+  setRole(project: string, user: string, role: 'admin' | 'member' | 'reader') {
+    return this.json<{ name: string; admin: boolean; projects: Array<{ project: string; role: string }> }>(
+      'PUT',
+      `/v1/projects/${enc(project)}/users/${enc(user)}`,
+      { json: { role } },
+    );
+  }
+  async tokens(user?: string): Promise<TokenRow[]> {
+    return (await this.json<{ items: TokenRow[] }>('GET', '/v1/tokens', { query: { user } })).items;
+  }
+  /** A new token; the secret is in `token`, shown once. */
+  createToken(opts: { user?: string; project?: string | null; scope?: 'read' | 'write'; expires?: string } = {}) {
+    return this.json<TokenRow & { token: string }>('POST', '/v1/tokens', { json: opts });
+  }
+  revokeToken(id: string) {
+    return this.json<void>('DELETE', `/v1/tokens/${enc(id)}`);
+  }
+
   // images
   images(q: { project?: string; visibility?: string; prefix?: string } = {}): Promise<RemoteImage[]> {
     return this.all<RemoteImage>('/v1/images', q);
@@ -284,8 +341,43 @@ export class RemoteLibrary {
       body: encodeChunkRecords(chunks),
     });
   }
+  /** A chunk (or manifest) the caller may read, checked against its digest. */
   async chunk(digest: string): Promise<Uint8Array> {
-    return new Uint8Array(await (await this.fetch('GET', `/v1/chunks/${digest}`)).arrayBuffer());
+    const b = new Uint8Array(await (await this.fetch('GET', `/v1/chunks/${digest}`)).arrayBuffer());
+    const got = createHash('sha256').update(b).digest('hex');
+    if (got !== digest) {
+      throw new StrataError('CORRUPT', `chunk ${digest} from the library service hashes to ${got}`, {
+        file: this.url,
+      });
+    }
+    return b;
+  }
+
+  /**
+   * A version as a ByteSource read on demand: its layout manifest, then the chunks each
+   * read needs, fetched from the service (each checked against its digest; the last
+   * `cacheChunks` kept). What `strata nbd REF --remote URL` serves.
+   */
+  async versionSource(
+    ref: string,
+    opts: { cacheChunks?: number } = {},
+  ): Promise<{ v: RemoteVersion; source: VersionSource }> {
+    const v = await this.resolve(ref);
+    const layout = decodeManifest<LayoutManifest>(await this.chunk(v.manifest), LAYOUT_KIND, `manifest ${v.manifest}`);
+    const cache = new Map<string, Promise<Uint8Array>>();
+    const max = opts.cacheChunks ?? 32;
+    const reader = {
+      withBlob: async <T>(digest: string, use: (plain: Uint8Array) => T): Promise<T> => {
+        let p = cache.get(digest);
+        if (p) cache.delete(digest);
+        else p = this.chunk(digest);
+        cache.set(digest, p);
+        p.catch(() => cache.delete(digest));
+        while (cache.size > max) cache.delete(cache.keys().next().value as string);
+        return use(await p);
+      },
+    };
+    return { v, source: new VersionSource(reader, layout, `${this.url}#${v.image}@${v.number}`) };
   }
   commit(
     name: string,

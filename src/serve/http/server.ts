@@ -7,6 +7,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { Access, ANONYMOUS, type Principal, type Visibility } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
+import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
 import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
@@ -24,9 +25,11 @@ import { diffVersions } from '../../library/version-diff.js';
 import { VersionSource } from '../../library/version-source.js';
 import { RepoLock } from '../../store/lock.js';
 import { StrataError } from '../../util/errors.js';
+import { registerAccountRoutes } from './accounts.js';
 import { Metrics } from './metrics.js';
 import { notFound, noVersion, Policy } from './policy.js';
 import { HttpProblem, PROBLEM_TYPE, toProblem } from './problem.js';
+import { RateLimiter } from './rate-limit.js';
 import {
   anyObject,
   arr,
@@ -70,10 +73,17 @@ export interface ServeOptions {
   uploadLimit?: number;
   /** Requests per token (or per address without one) per minute; 0 for none. Default 6000. */
   rateLimit?: number;
+  /**
+   * How often (ms) a process adds the requests it counted to the catalog's shared rate
+   * windows (default 1000; 0: on every request). See rate-limit.ts.
+   */
+  rateSyncMs?: number;
   /** Decoded manifests kept in memory (default 16). */
   manifestCache?: number;
   /** ms a request may take (default 10 min: uploads and downloads are long). */
   requestTimeout?: number;
+  /** Let writers import images from http(s) URLs the server fetches (default true). */
+  importUrls?: boolean;
   /** The web UI's built files (default dist/webui when built), or false for none. */
   webui?: string | false;
 }
@@ -170,8 +180,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const defaults = { project: opts.defaultProject ?? 'default', visibility: opts.defaultVisibility ?? 'private' };
   if (!(await access.projectExists(defaults.project))) await access.addProject(defaults.project);
   const metrics = new Metrics();
-  const rate = new Map<string, { tokens: number; at: number }>();
   const perMinute = opts.rateLimit ?? 6000;
+  const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
   const reach = new Map<string, Set<string>>();
   /** Commits and uploads one at a time (the store's writer is one). */
   let writeChain: Promise<unknown> = Promise.resolve();
@@ -191,6 +201,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     forceCloseConnections: 'idle',
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
+  if (limiter) app.addHook('onClose', () => limiter.close());
   app.decorateRequest('principal', null as unknown as Principal);
   app.decorateRequest('policy', null as unknown as Policy);
   app.decorateRequest('started', 0n);
@@ -239,15 +250,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     }
     req.principal = p;
     req.policy = new Policy(p, access, defaults);
-    if (perMinute > 0) {
-      const key = p.tokenId ?? `ip:${req.ip}`;
-      const now = Date.now();
-      const b = rate.get(key) ?? { tokens: perMinute, at: now };
-      b.tokens = Math.min(perMinute, b.tokens + ((now - b.at) * perMinute) / 60_000);
-      b.at = now;
-      rate.set(key, b);
-      if (b.tokens < 1) throw new HttpProblem(429, `more than ${perMinute} requests a minute`);
-      b.tokens -= 1;
+    if (limiter && !(await limiter.take(p.tokenId ?? `ip:${req.ip}`))) {
+      throw new HttpProblem(429, `more than ${perMinute} requests a minute`);
     }
   });
   app.addHook('onSend', async (_req, reply, payload) => {
@@ -464,6 +468,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       return p;
     },
   );
+
+  registerAccountRoutes(app, access);
 
   // ---- images
 
@@ -785,6 +791,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const row = await exclusive(async () => {
         const lock = await RepoLock.acquire(lib.store.backend, 'shared', `serve commit ${name}`, 60_000);
         try {
+          await lib.store.refreshIndex(); // a gc in another process may have dropped chunks
           const held = await heldFilter(policy, [...need]);
           const missing = [...need].filter((d) => !held.has(d));
           if (missing.length > 0) {
@@ -856,27 +863,73 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       config: { op: 'versions.import' },
       schema: {
         params: nameParam,
-        body: obj({ path: str({ maxLength: 4096 }), tags: arr(str({ pattern: TAG }), { maxItems: 64 }) }, ['path']),
-        response: { 201: Version },
+        body: obj(
+          {
+            path: str({ maxLength: 4096, description: 'a file on the server (server admins only)' }),
+            url: str({ maxLength: 4096, pattern: '^https?://', description: 'an image the server fetches' }),
+            parents: arr(str({ maxLength: 300 }), { maxItems: 64 }),
+            tags: arr(str({ pattern: TAG }), { maxItems: 64 }),
+            description: str({ maxLength: 4096 }),
+            visibility: VISIBILITY,
+          },
+          [],
+        ),
+        response: { 201: obj({ ...(Version.properties as object), warnings: arr(str()) } as never) },
       },
     },
     async (req, reply) => {
       const { name } = req.params as { name: string };
-      const b = req.body as { path: string; tags?: string[] };
-      if (!req.principal.admin || req.principal.scope !== 'write') {
+      const b = req.body as {
+        path?: string;
+        url?: string;
+        parents?: string[];
+        tags?: string[];
+        description?: string;
+        visibility?: Visibility;
+      };
+      const policy = req.policy;
+      if ((b.path === undefined) === (b.url === undefined)) {
+        throw new HttpProblem(400, 'an import names a path or a url (one of them)', 'bad-import');
+      }
+      if (b.path !== undefined && (!req.principal.admin || req.principal.scope !== 'write')) {
         throw new HttpProblem(
           req.principal.user ? 403 : 401,
-          'importing a file on the server needs a server admin write token',
+          "importing a file on the server needs a server admin's write token (others import a url)",
         );
       }
-      const { checkin } = await import('../../library/checkin.js');
+      if (b.url !== undefined && opts.importUrls === false) {
+        throw new HttpProblem(403, 'this server does not fetch images from URLs (--no-import-urls)');
+      }
+      for (const t of b.tags ?? []) checkTag(t);
       const existing = await lib.catalog.image(name);
+      let project: string;
+      if (existing && (await policy.canRead(name))) project = (await policy.writable(lib, name)).project;
+      else project = ownProject(policy, name);
+      if (existing && !(await policy.canRead(name))) throw new HttpProblem(409, `image ${name} exists`);
+      // parents the caller may read, named by the same references as a commit's
+      const parents: string[] = [];
+      for (const ref of b.parents ?? []) {
+        const v = await resolveRef(policy, ref);
+        parents.push(`${v.image}@${v.number}`);
+      }
+      const { checkin } = await import('../../library/checkin.js');
       const r = await exclusive(() =>
-        checkin(lib, b.path, { name, tags: b.tags ?? [], createdBy: req.principal.user ?? undefined }),
+        checkin(lib, (b.url ?? b.path) as string, {
+          name,
+          tags: b.tags ?? [],
+          parents: b.parents ? parents : undefined,
+          description: b.description,
+          createdBy: req.principal.user ?? undefined,
+          // a fetched image may not name a library version as its backing file (it could be one the caller may not read)
+          libraryBacking: b.path !== undefined,
+        }),
       );
-      if (!existing) await access.setImageAccess(name, req.principal.project ?? defaults.project, 'private');
+      if (!existing) await access.setImageAccess(name, project, b.visibility ?? 'private');
+      const row = (await lib.catalog.version(r.image, r.number)) as VersionRow;
+      const warnings = [...r.warnings];
+      await inspectAfterCheckin(lib, row, warnings);
       reply.code(201);
-      return versionOf((await lib.catalog.version(r.image, r.number)) as VersionRow);
+      return { ...versionOf(row), warnings };
     },
   );
 
@@ -1103,13 +1156,38 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       config: { op: 'versions.download' },
       schema: {
         params: versionParams,
-        response: { 200: binary('the raw virtual disk'), 206: binary('a range of it') },
+        querystring: obj({ format: str({ enum: ['raw', 'qcow2'], default: 'raw' }) }, []),
+        response: {
+          200: binary('the virtual disk: raw, or qcow2 (laid out up front, so streamed with a known length)'),
+          206: binary('a range of it'),
+        },
       },
     },
     async (req, reply) => {
       const p = req.params as { name: string; version: string };
+      const { format } = req.query as { format: 'raw' | 'qcow2' };
       const v = await versionIn(req.policy, p.name, p.version);
-      const src = new VersionSource(lib.store, await lib.layout(v.manifest), `${v.image}@${v.number}`);
+      const layout = await lib.layout(v.manifest);
+      const src = new VersionSource(lib.store, layout, `${v.image}@${v.number}`);
+      const base = `${v.image.replace(/\//g, '_')}-${v.number}`;
+      if (format === 'qcow2') {
+        const plan = planQcow2Stream(
+          src.size,
+          [...src.dataSpans()].map(([a, b]) => [a, b - a] as const),
+        );
+        const readDisk = async (off: number, out: Uint8Array) => {
+          const n = Math.max(0, Math.min(out.length, src.size - off));
+          if (n > 0) await src.readInto(off, out.subarray(0, n));
+        };
+        async function* q(start: number, end: number) {
+          try {
+            yield* qcow2StreamBytes(plan, readDisk, start, end);
+          } finally {
+            await src.close();
+          }
+        }
+        return sendBytes(req, reply, plan.size, q, `${base}.qcow2`);
+      }
       async function* read(start: number, end: number) {
         try {
           for (let o = start; o < end; o += 4 * ONE_MIB) {
@@ -1121,7 +1199,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           await src.close();
         }
       }
-      return sendBytes(req, reply, src.size, read, `${v.image.replace(/\//g, '_')}-${v.number}.raw`);
+      return sendBytes(req, reply, src.size, read, `${base}.raw`);
     },
   );
 
@@ -1306,6 +1384,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         throw new HttpProblem(req.principal.user ? 403 : 401, 'asking for missing chunks needs a write token');
       }
       const held = await heldFilter(req.policy, digests);
+      // what the session will name in its commit is in use again: gc's grace restarts for it
+      if (req.principal.project && held.size > 0) await access.holdBlobs(req.principal.project, [...held]);
       return { missing: [...new Set(digests)].filter((d) => !held.has(d)) };
     },
   );
@@ -1351,13 +1431,21 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       }
       let added = 0;
       await exclusive(async () => {
-        for (const r of recs) if ((await lib.store.put('data', r.data, r.digest)).added) added++;
-        await lib.store.flush();
-        if (req.principal.project)
-          await access.holdBlobs(
-            req.principal.project,
-            recs.map((r) => r.digest),
-          );
+        // under the shared lock, as a check-in: gc (exclusive) runs before or after, and sees
+        // these chunks in held_blobs, which keeps them through its grace period
+        const lock = await RepoLock.acquire(lib.store.backend, 'shared', 'serve upload', 60_000);
+        try {
+          await lib.store.refreshIndex(); // what a gc that just finished left
+          for (const r of recs) if ((await lib.store.put('data', r.data, r.digest)).added) added++;
+          await lib.store.flush();
+          if (req.principal.project)
+            await access.holdBlobs(
+              req.principal.project,
+              recs.map((r) => r.digest),
+            );
+        } finally {
+          await lock.release();
+        }
       });
       return { received: recs.length, added, bytes: body.length };
     },
