@@ -4,6 +4,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { gzip, gzipSync } from 'node:zlib';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { gc } from '../../src/library/library-verbs.js';
@@ -381,6 +383,45 @@ describe('gc and upload sessions', () => {
   });
 });
 
+describe('compressed request bodies', () => {
+  test('gzip bodies are read; a bomb past the limit is 413, garbage is 400; nothing stored', async () => {
+    const post = (tpl: string, body: Uint8Array, type: string) =>
+      fetch(`${server.url}${tpl}`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${tokens['own-member']}`,
+          'content-type': type,
+          'content-encoding': 'gzip',
+        },
+        body,
+      });
+    const data = randomBytes(4096);
+    const digest = sha(data);
+    const ok = await post('/v1/chunks/missing', gzipSync(JSON.stringify({ digests: [digest] })), 'application/json');
+    assert.equal(ok.status, 200);
+    assert.deepEqual(await ok.json(), { missing: [digest] });
+    // 256 MiB of zeros in ~256 KiB of gzip: refused once the decompressed bytes pass the chunk batch limit
+    // (made off the event loop: a blocked loop makes fetch reuse a connection the server closed meanwhile)
+    const bomb = await promisify(gzip)(Buffer.alloc(256 << 20), { level: 9 });
+    const b = await post('/v1/chunks', bomb, 'application/octet-stream');
+    assert.equal(b.status, 413);
+    assert.equal(b.headers.get('content-type')?.split(';')[0], 'application/problem+json');
+    const g = await post('/v1/chunks', Buffer.from('not gzip at all, not at all'), 'application/octet-stream');
+    assert.ok(g.status === 400, `garbage: ${g.status} ${await g.text()}`);
+    const z = await fetch(`${server.url}/v1/chunks/missing`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${tokens['own-member']}`,
+        'content-type': 'application/json',
+        'content-encoding': 'br',
+      },
+      body: '{}',
+    });
+    assert.equal(z.status, 415);
+    assert.equal(lib.store.has(sha(Buffer.alloc(0))), false);
+  });
+});
+
 describe('rate limits across processes', () => {
   test('two servers on one catalog share a token’s count, and a restart does not reset it', async () => {
     const libDir = path.join(dir, 'lib');
@@ -422,7 +463,7 @@ describe('graceful close', () => {
     const libDir = path.join(dir, 'close-lib');
     const l = await Library.open(libDir);
     const { tokens: t } = await addPeople(l);
-    const s = await serve(l);
+    const s = await serve(l, { requestLogMs: 60_000 });
     const data = randomBytes(3 << 20);
     const digest = sha(data);
     const body = encodeChunkRecords([{ digest, data }]);
@@ -461,6 +502,11 @@ describe('graceful close', () => {
     assert.deepEqual(await res.json(), { received: 1, added: 1, bytes: body.length });
     await closing;
     await assert.rejects(fetch(`${s.url}/healthz`));
+    // the request log, written in batches, was flushed by close()
+    const logged = await l.catalog.db.all<{ op: string; status: number }>(
+      "SELECT op, status FROM request_log WHERE op = 'chunks.upload'",
+    );
+    assert.deepEqual(logged, [{ op: 'chunks.upload', status: 200 }]);
     await l.close();
     const again = await Library.open(libDir);
     try {

@@ -44,7 +44,12 @@ export function registerServeCommands(program: Command): void {
       .option('--listen <host:port>', 'address to listen on', '127.0.0.1:8080')
       .option('--default-project <name>', 'project that owns images checked in locally', 'default')
       .option('--default-visibility <v>', 'visibility of those images (private, shared, public)', 'private')
-      .option('--rate-limit <n>', 'requests a minute per token (0: none)', '6000')
+      .option(
+        '--rate-limit <n>',
+        'requests a minute per token, counted in the catalog across server processes (0: none)',
+        '6000',
+      )
+      .option('--no-import-urls', 'refuse imports of images the server would fetch from a URL')
       .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
       .option('--quiet', 'no request log lines on stdout'),
   ).action(async (o: Record<string, unknown>) => {
@@ -65,6 +70,7 @@ export function registerServeCommands(program: Command): void {
       defaultProject: String(o.defaultProject),
       defaultVisibility: String(o.defaultVisibility) as 'private',
       rateLimit: Number(o.rateLimit),
+      importUrls: o.importUrls !== false,
     });
     process.stderr.write(
       `strata: serving ${lib.dir} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,

@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
@@ -79,6 +81,7 @@ export class RemoteError extends StrataError {
 }
 
 const enc = encodeURIComponent;
+const gzipAsync = promisify(gzip);
 
 export class RemoteLibrary {
   /** Bytes of request bodies sent (uploads and commits), for the check-in's report. */
@@ -111,18 +114,24 @@ export class RemoteLibrary {
   ): Promise<Response> {
     const u = new URL(this.url + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
-    let body: string | Uint8Array | undefined;
+    let body: Uint8Array | undefined;
     const headers = this.headers(opts.headers);
     if (opts.json !== undefined) {
-      const text = JSON.stringify(opts.json);
-      body = text;
+      body = Buffer.from(JSON.stringify(opts.json));
       headers['content-type'] = 'application/json';
-      this.bytesSent += Buffer.byteLength(text);
     } else if (opts.body) {
       body = opts.body;
       headers['content-type'] = 'application/octet-stream';
-      this.bytesSent += opts.body.length;
     }
+    if (body && body.length >= 1024) {
+      // manifests (hex digests, paths) and most file data shrink: send gzip when it does
+      const z = await gzipAsync(body, { level: 6 });
+      if (z.length < body.length * 0.95) {
+        body = z;
+        headers['content-encoding'] = 'gzip';
+      }
+    }
+    if (body) this.bytesSent += body.length;
     let res: Response;
     try {
       res = await fetch(u, { method, headers, body });

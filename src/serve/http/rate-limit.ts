@@ -1,4 +1,4 @@
-import type { Access } from '../../catalog/access.js';
+import type { Access, RequestLogRow } from '../../catalog/access.js';
 
 /**
  * Requests per key (a token id, or `ip:ADDRESS` without one) per clock minute, counted in
@@ -83,5 +83,44 @@ export class RateLimiter {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     await this.sync();
+  }
+}
+
+/** Rows written together: after `delayMs` (0: at once), or 500 at a time; close() writes the rest. */
+export class BatchedLog {
+  private rows: RequestLogRow[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private writing: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly write: (rows: RequestLogRow[]) => Promise<void>,
+    private readonly delayMs: number,
+    private readonly onError: (e: unknown) => void,
+  ) {}
+
+  push(row: RequestLogRow): void {
+    this.rows.push(row);
+    if (this.delayMs <= 0 || this.rows.length >= 500) void this.flush();
+    else this.timer ??= setTimeout(() => void this.flush(), this.delayMs).unref();
+  }
+
+  flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const rows = this.rows;
+    this.rows = [];
+    this.writing = this.writing.then(async () => {
+      if (rows.length === 0) return;
+      try {
+        await this.write(rows);
+      } catch (e) {
+        this.onError(e);
+      }
+    });
+    return this.writing;
+  }
+
+  close(): Promise<void> {
+    return this.flush();
   }
 }
