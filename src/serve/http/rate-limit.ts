@@ -12,7 +12,10 @@ import type { Access, RequestLogRow } from '../../catalog/access.js';
  * process dying before it syncs) only forgets counts: the limit is a brake, not a quota.
  */
 export class RateLimiter {
-  private readonly windows = new Map<string, { minute: number; known: number; pending: number; loaded: boolean; touched: boolean }>();
+  private readonly windows = new Map<
+    string,
+    { minute: number; known: number; pending: number; loaded: boolean; touched: boolean }
+  >();
   private timer: NodeJS.Timeout | undefined;
   private syncing: Promise<void> | undefined;
   private lastSweep = 0;

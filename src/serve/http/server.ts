@@ -319,23 +319,21 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     if (!op) return;
     const params = (req.params ?? {}) as Record<string, string>;
     const version = params.version !== undefined && /^\d+$/.test(params.version) ? Number(params.version) : null;
-    {
-      requestLog.push({
-        at: new Date().toISOString(),
-        user: req.principal?.user ?? null,
-        project: req.principal?.project ?? null,
-        token: req.principal?.tokenId ?? null,
-        method: req.method,
-        route,
-        op,
-        image: params.name ?? null,
-        version,
-        status: reply.statusCode,
-        bytesIn,
-        bytesOut,
-        micros,
-      });
-    }
+    requestLog.push({
+      at: new Date().toISOString(),
+      user: req.principal?.user ?? null,
+      project: req.principal?.project ?? null,
+      token: req.principal?.tokenId ?? null,
+      method: req.method,
+      route,
+      op,
+      image: params.name ?? null,
+      version,
+      status: reply.statusCode,
+      bytesIn,
+      bytesOut,
+      micros,
+    });
   });
   app.addHook('onRoute', (route) => {
     if (route.schema?.hide) return;
