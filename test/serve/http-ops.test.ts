@@ -458,7 +458,90 @@ describe('rate limits across processes', () => {
   });
 });
 
+/** An upload whose body stops after its first MiB until `release()`. */
+function gatedUpload(url: string, token: string, body: Uint8Array) {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let sentFirst: () => void = () => {};
+  const firstSent = new Promise<void>((r) => (sentFirst = r));
+  const stream = new ReadableStream<Uint8Array>({
+    async start(c) {
+      c.enqueue(body.subarray(0, 1 << 20));
+      sentFirst();
+      await gate;
+      c.enqueue(body.subarray(1 << 20));
+      c.close();
+    },
+  });
+  const response = fetch(`${url}/v1/chunks`, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${token}`,
+      'content-type': 'application/octet-stream',
+      'content-length': String(body.length),
+    },
+    body: stream,
+    duplex: 'half',
+  } as RequestInit);
+  return { response, firstSent, release };
+}
+
 describe('graceful close', () => {
+  test('strata serve on SIGTERM finishes an upload in flight, stores it, and exits 0', async () => {
+    const libDir = path.join(dir, 'sigterm-lib');
+    const l = await Library.open(libDir);
+    const { tokens: t } = await addPeople(l);
+    await l.close();
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist/cli/strata.cjs'),
+        'serve',
+        '--library',
+        libDir,
+        '--listen',
+        '127.0.0.1:0',
+        '--quiet',
+        '--default-project',
+        'own',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let err = '';
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (c) => {
+        err += c;
+        const m = /serving .*? at (http:\/\/[^\s)]+)/.exec(err);
+        if (m) resolve(m[1]);
+      });
+      exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
+    });
+    const data = randomBytes(3 << 20);
+    const digest = sha(data);
+    const up = gatedUpload(url, t['own-member'], encodeChunkRecords([{ digest, data }]));
+    await up.firstSent;
+    await new Promise((r) => setTimeout(r, 300)); // the request is in the server's hands
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    up.release();
+    const res = await up.response;
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(((await res.json()) as { added: number }).added, 1);
+    assert.equal(await exited, 0, err);
+    assert.match(err, /SIGTERM: finishing requests in flight/);
+    const again = await Library.open(libDir);
+    try {
+      assert.equal(sha(await again.store.get(digest)), digest);
+      const logged = await again.catalog.db.all<{ op: string }>(
+        "SELECT op FROM request_log WHERE op = 'chunks.upload'",
+      );
+      assert.equal(logged.length, 1);
+    } finally {
+      await again.close();
+    }
+  });
+
   test('close() waits for an upload in flight, which is stored; then connections are refused', async () => {
     const libDir = path.join(dir, 'close-lib');
     const l = await Library.open(libDir);
@@ -467,37 +550,15 @@ describe('graceful close', () => {
     const data = randomBytes(3 << 20);
     const digest = sha(data);
     const body = encodeChunkRecords([{ digest, data }]);
-    let release: () => void = () => {};
-    const gate = new Promise<void>((r) => (release = r));
-    let sentFirst: () => void = () => {};
-    const firstSent = new Promise<void>((r) => (sentFirst = r));
-    const stream = new ReadableStream<Uint8Array>({
-      async start(c) {
-        c.enqueue(body.subarray(0, 1 << 20));
-        sentFirst();
-        await gate;
-        c.enqueue(body.subarray(1 << 20));
-        c.close();
-      },
-    });
-    const upload = fetch(`${s.url}/v1/chunks`, {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${t['own-member']}`,
-        'content-type': 'application/octet-stream',
-        'content-length': String(body.length),
-      },
-      body: stream,
-      duplex: 'half',
-    } as RequestInit);
-    await firstSent;
+    const up = gatedUpload(s.url, t['own-member'], body);
+    await up.firstSent;
     await new Promise((r) => setTimeout(r, 200)); // the request is in the server's hands
     let closed = false;
     const closing = s.close().then(() => (closed = true));
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(closed, false, 'close() waits for the upload');
-    release();
-    const res = await upload;
+    up.release();
+    const res = await up.response;
     assert.equal(res.status, 200, await res.clone().text());
     assert.deepEqual(await res.json(), { received: 1, added: 1, bytes: body.length });
     await closing;
