@@ -1,5 +1,7 @@
 import { StrataError } from '../util/errors.js';
 import type { Db } from './db.js';
+import { INSPECTION_SCHEMA } from './inspection.js';
+import { type Migration, migrate } from './migrations.js';
 
 /**
  * Images, versions, tags and provenance. Portable SQL only (see db.ts). A version row
@@ -40,6 +42,12 @@ export const SCHEMA = [
      number INTEGER NOT NULL,
      updated TEXT NOT NULL,
      PRIMARY KEY (image, tag))`,
+];
+
+/** The catalog's own migrations (accounts have theirs: ACCESS_MIGRATIONS in access.ts). */
+export const CATALOG_MIGRATIONS: Migration[] = [
+  { id: 'catalog-1', statements: SCHEMA },
+  { id: 'inspection-1', statements: INSPECTION_SCHEMA },
 ];
 
 export interface VersionRow {
@@ -123,9 +131,7 @@ export class Catalog {
   private constructor(readonly db: Db) {}
 
   static async open(db: Db): Promise<Catalog> {
-    await db.transaction(async (tx) => {
-      for (const s of SCHEMA) await tx.run(s);
-    });
+    await migrate(db, CATALOG_MIGRATIONS);
     return new Catalog(db);
   }
 

@@ -97,9 +97,12 @@ export function splitPath(p: string): [string, string] {
 /** Create the inspection tables once per connection. */
 export async function ensureInspectionSchema(db: Db): Promise<void> {
   if (ready.has(db)) return;
-  await db.transaction(async (tx) => {
-    for (const s of INSPECTION_SCHEMA) await tx.run(s);
-  });
+  await db.transaction(
+    async (tx) => {
+      for (const s of INSPECTION_SCHEMA) await tx.run(s);
+    },
+    { lock: 'strata-migrate' },
+  );
   ready.add(db);
 }
 
