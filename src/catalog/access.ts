@@ -420,11 +420,11 @@ export class Access {
     const now = new Date().toISOString();
     await this.db.transaction(async (tx) => {
       for (const d of digests) {
-        await tx.run('INSERT INTO held_blobs (project, digest, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING', [
-          project,
-          d,
-          now,
-        ]);
+        // a new upload of a held blob restarts its grace period (gc keeps young held blobs)
+        await tx.run(
+          'INSERT INTO held_blobs (project, digest, created) VALUES (?, ?, ?) ON CONFLICT (project, digest) DO UPDATE SET created = excluded.created',
+          [project, d, now],
+        );
       }
     });
   }

@@ -26,23 +26,55 @@ export interface GcResult {
   freedBytes: number;
   /** Leftover temporary files removed. */
   temporaryFiles: number;
+  /** Blobs no version names yet that were uploaded less than the grace period ago (kept). */
+  youngUploads: number;
+}
+
+/**
+ * How long gc keeps blobs uploaded to a library service that no version names yet: a
+ * check-in by upload sends its chunks in several requests (to any server) before its
+ * commit, holding no lock in between; its chunks are safe for this long, and a check-in
+ * that never commits (a crashed client) has its chunks collected after it.
+ */
+export const UPLOAD_GRACE_MS = 60 * 60_000;
+
+/** Digests uploaded (held_blobs, the service's record) since `sinceIso`; none when there is no such table. */
+async function youngHeldBlobs(lib: Library, sinceIso: string): Promise<string[]> {
+  try {
+    const rows = await lib.catalog.db.all<{ digest: string }>(
+      'SELECT DISTINCT digest FROM held_blobs WHERE created > ?',
+      [sinceIso],
+    );
+    return rows.map((r) => r.digest);
+  } catch (e) {
+    if (/held_blobs/.test((e as Error).message)) return []; // never served: no uploads
+    throw e;
+  }
 }
 
 /**
  * Mark and sweep under an exclusive lock (it waits for running check-ins, and check-ins
  * wait for it): mark every blob reachable from an active version, then prune the rest.
  */
-export async function gc(lib: Library, opts: { lockWaitMs?: number } = {}): Promise<GcResult> {
+export async function gc(lib: Library, opts: { lockWaitMs?: number; uploadGraceMs?: number } = {}): Promise<GcResult> {
   const lock = await RepoLock.acquire(lib.store.backend, 'exclusive', 'gc', opts.lockWaitMs ?? 10 * 60_000);
   try {
     await lib.store.loadIndex();
     const keep = new Set<string>();
     const roots = await lib.catalog.liveManifests();
     for (const m of roots) await reachable(lib, m, keep);
+    const live = keep.size;
+    let youngUploads = 0;
+    const since = new Date(Date.now() - (opts.uploadGraceMs ?? UPLOAD_GRACE_MS)).toISOString();
+    for (const d of await youngHeldBlobs(lib, since)) {
+      if (keep.has(d) || !lib.store.has(d)) continue;
+      keep.add(d);
+      youngUploads++;
+    }
     const r = await lib.store.prune(keep);
     // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
     const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;
-    return { liveVersions: roots.length, liveBlobs: keep.size, ...r, temporaryFiles };
+    return { liveVersions: roots.length, liveBlobs: live, ...r, temporaryFiles, youngUploads };
   } finally {
     await lock.release();
   }
