@@ -18,7 +18,7 @@ import { type Db, type SqlValue, toPostgres } from './db.js';
  * catalog's tables live in that schema (made when missing), so one database can hold
  * several libraries.
  */
-const RETRIES = 12;
+const RETRIES = 40;
 const RETRYABLE = new Set(['40001', '40P01']);
 /** Connection failures: the server restarting, refusing or going away mid-query. */
 const CONNECTION = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004']);
@@ -216,7 +216,7 @@ export class PgDb implements Db {
         // a lost connection during COMMIT may have committed: not safe to run again
         const again = (code !== undefined && RETRYABLE.has(code)) || (isConnectionError(e) && !committing);
         if (again && attempt < RETRIES + (isConnectionError(e) ? 18 : 0)) {
-          await sleep(isConnectionError(e) ? 1000 : Math.min(500, 5 * 2 ** attempt) * Math.random());
+          await sleep(isConnectionError(e) ? 1000 : Math.min(1000, 5 * 2 ** attempt) * Math.random());
           continue;
         }
         throw this.wrap(e);

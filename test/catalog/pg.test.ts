@@ -65,7 +65,7 @@ test('catalog on PostgreSQL: versions, tags, refs; rows as psql reads them; migr
   }
 });
 
-test('two pools (two servers) adding versions of one image at once: numbers 1..N, none lost (serialization retries)', async () => {
+test('three pools (three servers) adding versions of one image and moving one tag at once: numbers 1..N, none lost, no error', async () => {
   const url = pgWithSchema(svc.pg, uniqueName('race'));
   // several processes starting at once migrate at once
   const dbs = await Promise.all([PgDb.open(url), PgDb.open(url), PgDb.open(url)]);
@@ -89,6 +89,14 @@ test('two pools (two servers) adding versions of one image at once: numbers 1..N
     );
     assert.deepEqual(rows, [`${per * 3}\t${per * 3}\t${per * 3}`]);
     assert.deepEqual(psql(svc.pg, url.split('schema=')[1], 'SELECT COUNT(*) FROM schema_migrations'), ['2']);
+    // one tag row moved by every pool at once: SERIALIZABLE transactions, retried when PostgreSQL aborts one
+    await Promise.all(cats.flatMap((c) => Array.from({ length: 10 }, (_, i) => c.setTag('img', 'moving', i + 1))));
+    const tag = psql(
+      svc.pg,
+      url.split('schema=')[1],
+      "SELECT COUNT(*), MIN(number) BETWEEN 1 AND 10 FROM tags WHERE tag = 'moving'",
+    );
+    assert.deepEqual(tag, ['1\tt']);
   } finally {
     for (const c of cats) await c.close();
   }
