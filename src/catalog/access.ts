@@ -1,6 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
 import type { Db } from './db.js';
+import { migrate as applyMigrations } from './migrations.js';
 
 /**
  * Accounts and access control of a shared library (the serve layer's): users, projects
@@ -85,19 +86,9 @@ export const ACCESS_MIGRATIONS: Array<{ id: string; statements: string[] }> = [
   },
 ];
 
-/** Apply the migrations not applied yet, each in one transaction. */
+/** Apply the migrations not applied yet, each in one transaction (see migrations.ts). */
 export async function migrate(db: Db, migrations = ACCESS_MIGRATIONS): Promise<string[]> {
-  await db.run('CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied TEXT NOT NULL)');
-  const applied: string[] = [];
-  for (const m of migrations) {
-    await db.transaction(async (tx) => {
-      if (await tx.get('SELECT id FROM schema_migrations WHERE id = ?', [m.id])) return;
-      for (const s of m.statements) await tx.run(s);
-      await tx.run('INSERT INTO schema_migrations (id, applied) VALUES (?, ?)', [m.id, new Date().toISOString()]);
-      applied.push(m.id);
-    });
-  }
-  return applied;
+  return applyMigrations(db, migrations);
 }
 
 export type Role = 'admin' | 'member' | 'reader';

@@ -177,15 +177,36 @@ export class BlobIndex {
   }
 
   /**
-   * Load again only when the index files differ from those known (another process wrote
-   * or gc rewrote some): a directory listing when nothing changed. True when it reloaded.
+   * Read the index files written since the last load (by other processes: several servers
+   * share one store); when some known ones are gone (another process's gc replaced them),
+   * everything is read again. Returns whether anything changed.
    */
   async refresh(): Promise<boolean> {
-    const now = (await this.backend.list('index/')).map((f) => f.key);
+    const files = await this.backend.list('index/');
+    const now = new Set(files.map((f) => f.key));
     const known = new Set(this.files);
-    if (now.length === known.size && now.every((k) => known.has(k))) return false;
-    await this.load();
-    return true;
+    if ([...known].some((k) => !now.has(k))) {
+      await this.load();
+      return true;
+    }
+    const fresh = files.filter((f) => !known.has(f.key));
+    for (const f of fresh) {
+      const body = await this.backend.get(f.key).catch((e: { code?: string }) => {
+        if (e?.code === 'NOT_FOUND') return undefined; // gone since the listing: the next refresh reloads
+        throw e;
+      });
+      if (!body) continue;
+      const file = `${this.backend.name}/${f.key}`;
+      if (sha256hex(body) !== f.key.slice('index/'.length)) {
+        throw new StrataError('CORRUPT', 'index file content does not match its name (sha256)', {
+          file,
+          structure: 'store index',
+        });
+      }
+      addIndexFile(decodeIndexFile(body, file), file, this.entries, this.duplicates);
+      this.files.push(f.key);
+    }
+    return fresh.length > 0;
   }
 
   /** Write an index file (atomically, named by its content); returns its key. */

@@ -5,6 +5,7 @@ import { type Library, StrataError } from '../../library/index.js';
 import type { RemoteLibrary } from '../../serve/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, printJsonLines, warnAll } from '../output.js';
+import { addPlaceOptions, placesFrom } from '../places.js';
 import { progressBar } from '../progress.js';
 import { remoteOf, withRemote } from '../remote.js';
 
@@ -27,7 +28,9 @@ export const LIBRARY_VERBS = [
 ] as const;
 
 const withLib = (cmd: Command) =>
-  cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+  addPlaceOptions(
+    cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
+  );
 
 /** useLibrary, but with --remote (or STRATA_REMOTE) `fn` gets no library (it asks the service). */
 async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | undefined) => Promise<T>): Promise<T> {
@@ -41,7 +44,7 @@ async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | u
  */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
   const { Library } = await import('../../library/index.js');
-  const lib = await Library.open(o.library as string | undefined, { create });
+  const lib = await Library.open(o.library as string | undefined, { create, ...placesFrom(o) });
   try {
     const r = await fn(lib);
     // a library published over HTTP keeps its static index (strata-index.json) in step
@@ -83,7 +86,7 @@ function registerLibraryVerbs(program: Command): void {
       .option('--json', 'machine-readable output'),
   ).action(async (dir: string | undefined, o: Record<string, unknown>) => {
     await useLibrary(
-      { library: dir ?? o.library },
+      { ...o, library: dir ?? o.library },
       async (lib) => {
         const { Library } = await import('../../library/index.js');
         const isDefault = Library.isDefault(lib.dir);

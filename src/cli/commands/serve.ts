@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { type Library, StrataError } from '../../library/index.js';
 import type { Access } from '../../serve/index.js';
 import { printJson } from '../output.js';
+import { addPlaceOptions, placesFrom } from '../places.js';
 import { remoteOf, withRemote } from '../remote.js';
 
 /**
@@ -10,12 +11,14 @@ import { remoteOf, withRemote } from '../remote.js';
  * these verbs work on the library directory directly (the server's operator runs them).
  */
 const withLib = (cmd: Command) =>
-  cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+  addPlaceOptions(
+    cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
+  );
 
 async function withAccess<T>(o: Record<string, unknown>, fn: (lib: Library, access: Access) => Promise<T>): Promise<T> {
   const { Library } = await import('../../library/index.js');
   const { Access } = await import('../../serve/index.js');
-  const lib = await Library.open(o.library as string | undefined, { create: true });
+  const lib = await Library.open(o.library as string | undefined, { create: true, ...placesFrom(o) });
   try {
     return await fn(lib, await Access.open(lib.catalog.db));
   } finally {
@@ -64,7 +67,7 @@ export function registerServeCommands(program: Command): void {
       for (const n of d.notes) process.stderr.write(`strata: ${n}\n`);
       lib = d.lib;
       o.defaultProject = 'demo';
-    } else lib = await Library.open(o.library as string | undefined, { create: true });
+    } else lib = await Library.open(o.library as string | undefined, { create: true, ...placesFrom(o) });
     const s = await startServer(lib, String(o.listen), {
       logger: o.quiet ? false : { level: 'info' },
       defaultProject: String(o.defaultProject),
@@ -73,7 +76,7 @@ export function registerServeCommands(program: Command): void {
       importUrls: o.importUrls !== false,
     });
     process.stderr.write(
-      `strata: serving ${lib.dir} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
+      `strata: serving ${lib.dir}${lib.places.store.startsWith('s3:') || lib.places.catalog.startsWith('postgres') ? ` (catalog ${lib.places.catalog}, store ${lib.places.store})` : ''} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
     );
     if (o.demo) {
       process.stdout.write(

@@ -838,7 +838,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const row = await exclusive(async () => {
         const lock = await RepoLock.acquire(lib.store.backend, 'shared', `serve commit ${name}`, 60_000);
         try {
-          await lib.store.refreshIndex(); // a gc in another process may have dropped chunks
+          // what other servers stored, and what a gc that just finished left (servers share the store)
+          await lib.store.refresh();
           const held = await heldFilter(policy, [...need]);
           const missing = [...need].filter((d) => !held.has(d));
           if (missing.length > 0) {
