@@ -203,7 +203,14 @@ export interface BootResult {
  */
 export function bootQemu(
   args: string[],
-  opts: { accel: Accel; timeoutMs: number; marker?: string; onLine?(line: string): void },
+  opts: {
+    accel: Accel;
+    timeoutMs: number;
+    marker?: string;
+    /** Kill qemu (SIGKILL) once the marker shows (benches time the boot, not the shutdown). */
+    stopAtMarker?: boolean;
+    onLine?(line: string): void;
+  },
 ): Promise<BootResult> {
   const t0 = Date.now();
   const q = spawn(
@@ -233,8 +240,10 @@ export function bootQemu(
     for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
       const line = pending.slice(0, nl).replace(/\r$/, '');
       pending = pending.slice(nl + 1);
-      if (opts.marker && markerSeconds === undefined && line.includes(opts.marker))
+      if (opts.marker && markerSeconds === undefined && line.includes(opts.marker)) {
         markerSeconds = (Date.now() - t0) / 1000;
+        if (opts.stopAtMarker) q.kill('SIGKILL');
+      }
       opts.onLine?.(line);
     }
   };
