@@ -11,7 +11,8 @@
  * Image (cached in BENCH_DIR/deploy): Debian bookworm by debootstrap (minbase + linux-image-amd64,
  * systemd, systemd-sysv, udev), a unit that prints STRATA-MULTI-USER on ttyS0 when
  * multi-user.target is reached, ext4 root (mkfs.ext4 -d) in a GPT partition (sgdisk), 8 GiB
- * virtual (BENCH_DISK_GIB), sparse; its qcow2 (qemu-img convert); checked into a library.
+ * virtual (BENCH_DISK_GIB), sparse; its qcow2 (qemu-img convert). Not yet checked into a library:
+ * the deploy streams the qcow2 by URL until a library over plain HTTP can be deployed from.
  * The kernel and initrd are read out of the image with `strata cat` and passed to -kernel/-initrd.
  *
  * Network: the images are served by a small range-capable HTTP server (this file, --serve) in a
@@ -126,11 +127,10 @@ function rootfs(): string {
   return dir;
 }
 
-/** GPT disk, ext4 root from the tree in partition 1, sparse; its qcow2; the library holding it. */
-function images(): { raw: string; qcow2: string; lib: string } {
+/** GPT disk, ext4 root from the tree in partition 1, sparse; its qcow2. (No library yet: see the header.) */
+function images(): { raw: string; qcow2: string } {
   const raw = path.join(DIR, `debian-${GIB}g.raw`);
   const qcow2 = path.join(DIR, `debian-${GIB}g.qcow2`);
-  const lib = path.join(DIR, `lib-${GIB}g`);
   if (!existsSync(raw)) {
     const tree = rootfs();
     const tmp = `${raw}.tmp`;
@@ -147,12 +147,7 @@ function images(): { raw: string; qcow2: string; lib: string } {
     sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, `${qcow2}.tmp`]);
     renameSync(`${qcow2}.tmp`, qcow2);
   }
-  if (!existsSync(lib)) {
-    log('strata checkin');
-    sh(process.execPath, [CLI, 'checkin', raw, '--name', 'debian', '--library', `${lib}.tmp`]);
-    renameSync(`${lib}.tmp`, lib);
-  }
-  return { raw, qcow2, lib };
+  return { raw, qcow2 };
 }
 
 /** The kernel and initrd, read out of the image with Strata (the symlinks /vmlinuz, /initrd.img followed inside). */
