@@ -31,6 +31,7 @@ export function registerDeployCommand(program: Command): void {
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
       .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
       .option('-x, --name <name>', 'export name', '')
+      .option('--http <[host:]port>', 'serve the same view over HTTP range requests too (iPXE sanboot http://...)')
       .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
   ).action(async (sourceArg: string, o: Record<string, unknown>) => {
@@ -41,7 +42,8 @@ export function registerDeployCommand(program: Command): void {
     const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
     const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
     const json = Boolean(o.json);
-    const { Deployer, openDeploySource } = await import('../../deploy/index.js');
+    const { Deployer, DeployHttpServer, openDeploySource, parseHostPort } = await import('../../deploy/index.js');
+    const httpAt = o.http === undefined ? undefined : parseHostPort(String(o.http), String(o.bind));
     const { NbdServer } = await import('../../serve/index.js');
     const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
     let bar: SingleBar | undefined;
@@ -84,8 +86,24 @@ export function registerDeployCommand(program: Command): void {
       throw new StrataError('IO', `cannot listen: ${(e as Error).message}`);
     }
     const uri = server.uri(String(o.name));
+    let http: InstanceType<typeof DeployHttpServer> | undefined;
+    let httpInfo: { host: string; port: number; url: string } | undefined;
+    if (httpAt) {
+      http = new DeployHttpServer(d, httpAt);
+      try {
+        httpInfo = await http.listen();
+      } catch (e) {
+        await server.close().catch(() => {});
+        throw new StrataError('IO', `cannot listen for HTTP on ${String(o.http)}: ${(e as Error).message}`);
+      }
+    }
+    // the NBD URI first (scripts read the first line), then the HTTP URL
     if (json) line({ event: 'listening', uri, ...server.endpoint });
     else process.stdout.write(`${uri}\n`);
+    if (httpInfo) {
+      if (json) line({ event: 'http', ...httpInfo });
+      else process.stdout.write(`${httpInfo.url}\n`);
+    }
     if (!json && process.stderr.isTTY) {
       const { default: cliProgress } = await import('cli-progress');
       bar = new cliProgress.SingleBar(
@@ -116,7 +134,7 @@ export function registerDeployCommand(program: Command): void {
         if (o.exitWhenComplete) {
           d.complete.then(() => {
             const idle = setInterval(() => {
-              if (server.connectionCount === 0) {
+              if (server.connectionCount === 0 && (http?.connectionCount ?? 0) === 0) {
                 clearInterval(idle);
                 resolve();
               }
@@ -127,6 +145,7 @@ export function registerDeployCommand(program: Command): void {
     } finally {
       clearInterval(tick);
       bar?.stop();
+      await http?.close();
       await server.close();
     }
     // bytes that came from the origin (not the chunk cache), for sources that count them
