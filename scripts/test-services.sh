@@ -163,6 +163,8 @@ case $cmd in
   start)
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
+    # PostgreSQL runs as the postgres user: it must reach its folder inside DIR (mktemp -d makes 0700)
+    chmod 755 "$dir"
     : >"$dir/env"
     echo "export STRATA_TEST_SERVICES=$dir" >>"$dir/env"
     start_pg

@@ -35,6 +35,7 @@ let dir: string;
 let lib: Library;
 let server: RunningServer;
 let tokens: Record<string, string>;
+let people: Awaited<ReturnType<typeof addPeople>>;
 let pair: Pair;
 let ctx: BrowserContext;
 
@@ -42,7 +43,7 @@ before(async () => {
   dir = tempDir('webui');
   pair = await inspectPair();
   lib = await Library.open(path.join(dir, 'lib'));
-  const people = await addPeople(lib);
+  people = await addPeople(lib);
   tokens = people.tokens;
   await checkin(lib, pair.a, { name: 'own/debian', tags: ['stable'] });
   await checkin(lib, pair.b, { name: 'own/debian', tags: ['next'] });
@@ -491,4 +492,50 @@ test('accessibility: axe-core finds no serious or critical violation on the main
   assert.deepEqual(found, []);
   assert.deepEqual(errors, []);
   await page.close();
+});
+
+test('admin accounts: a token made in the page works once shown and not after revoking; a server admin adds a user and a role', async () => {
+  const { page, errors } = await tab();
+  await signIn(page, tokens['own-admin']);
+  await page.getByRole('link', { name: 'Admin', exact: true }).click();
+  await page.getByRole('button', { name: 'Create token' }).click();
+  const secret = (await page.locator('[data-new-token]').textContent()) ?? '';
+  const who = (t: string) => fetch(`${server.url}/v1/whoami`, { headers: { authorization: `Bearer ${t}` } });
+  const r = await who(secret);
+  assert.equal(r.status, 200);
+  assert.equal(((await r.json()) as { user: string }).user, 'own-admin');
+  const id = (await people.access.tokens('own-admin')).find(
+    (t) =>
+      t.revoked === null &&
+      secret.length > 0 &&
+      t.scope === 'read' &&
+      t.project === 'own' &&
+      t.id.length === 16 &&
+      t.created >= new Date(Date.now() - 600_000).toISOString(),
+  )?.id;
+  assert.ok(id, 'the new token is in the catalog');
+  await page.getByRole('button', { name: `Revoke token ${id}` }).click();
+  await page.locator(`tr[data-token="${id}"]`, { hasText: 'revoked' }).waitFor();
+  assert.equal((await who(secret)).status, 401);
+  // the project admin gives a role in own to an existing user
+  await page.getByRole('form', { name: 'Give a role' }).getByLabel('User').fill('other-member');
+  await page.getByRole('form', { name: 'Give a role' }).getByLabel('Role').selectOption('reader');
+  await page.getByRole('button', { name: 'Give role' }).click();
+  for (let i = 0; (await people.access.role('own', 'other-member')) !== 'reader'; i++) {
+    assert.ok(i < 100, 'other-member became a reader of own');
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  await page.screenshot({ path: path.join(SHOTS, 'admin-accounts.png'), fullPage: true });
+  await page.close();
+  // a server admin adds a user; the users table lists it
+  const root = await tab();
+  await signIn(root.page, tokens.root);
+  await root.page.getByRole('link', { name: 'Admin', exact: true }).click();
+  await root.page.getByLabel('New user').fill('newbie');
+  await root.page.getByRole('button', { name: 'Add user' }).click();
+  await root.page.locator('tr[data-user="newbie"]').waitFor();
+  assert.ok(await people.access.user('newbie'));
+  assert.deepEqual(errors, []);
+  assert.deepEqual(root.errors, []);
+  await root.page.close();
 });

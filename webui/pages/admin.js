@@ -84,6 +84,119 @@ function Invitations({ onChange }) {
   </section>`;
 }
 
+/** The caller's tokens (a server admin sees everybody's): make one (its secret shown once), revoke. */
+function Tokens({ me }) {
+  const [round, setRound] = useState(0);
+  const st = useApi(() => call('/v1/tokens'), [round]);
+  const [scope, setScope] = useState('read');
+  const [expires, setExpires] = useState('30d');
+  const [made, setMade] = useState();
+  const [error, setError] = useState();
+  const create = async (e) => {
+    e.preventDefault();
+    setError(undefined);
+    try {
+      const body = { scope, ...(expires ? { expires } : {}) };
+      setMade(await call('/v1/tokens', {}, 'json', json('POST', body)));
+      setRound((n) => n + 1);
+    } catch (err) {
+      setError(err);
+    }
+  };
+  const revoke = (id) => async () => {
+    try {
+      await call(`/v1/tokens/${enc(id)}`, {}, 'json', { method: 'DELETE' });
+      setRound((n) => n + 1);
+    } catch (err) {
+      setError(err);
+    }
+  };
+  return html`<section><h2>Tokens</h2>
+    ${
+      me.scope === 'write' &&
+      html`<form class="inline" aria-label="New token" onSubmit=${create}>
+      <label>Scope <select value=${scope} onChange=${(e) => setScope(e.currentTarget.value)}><option>read</option><option>write</option></select></label>
+      <label>Expires in <input value=${expires} size="6" placeholder="30d" onInput=${(e) => setExpires(e.currentTarget.value)} /></label>
+      <button type="submit">Create token</button>
+    </form>`
+    }
+    ${made && html`<p role="status">New token for ${made.user}${made.project ? ` (${made.project})` : ''}, ${made.scope}: <code data-new-token>${made.token}</code> — copy it now, it is not shown again.</p>`}
+    ${error && html`<${Err} error=${error} />`}
+    ${st.loading && html`<${Loading} />`}
+    ${st.error && html`<${Err} error=${st.error} />`}
+    ${
+      st.value &&
+      html`<table data-tokens><thead><tr><th>Id</th><th>User</th><th>Project</th><th>Scope</th><th>Created</th><th>Expires</th><th>State</th><th></th></tr></thead><tbody>
+      ${st.value.items.map(
+        (
+          t,
+        ) => html`<tr data-token=${t.id}><td><code>${t.id}</code></td><td>${t.user}</td><td>${t.project ?? '—'}</td><td>${t.scope}</td><td>${t.created}</td><td>${t.expires ?? 'never'}</td>
+          <td>${t.revoked ? `revoked ${t.revoked}` : 'live'}</td>
+          <td>${!t.revoked && me.scope === 'write' ? html`<button type="button" aria-label=${`Revoke token ${t.id}`} onClick=${revoke(t.id)}>Revoke</button>` : ''}</td></tr>`,
+      )}</tbody></table>`
+    }
+  </section>`;
+}
+
+/** Server admins: users and their roles, new users and projects; a project admin: roles in the project. */
+function Accounts({ me }) {
+  const [round, setRound] = useState(0);
+  const st = useApi(
+    async () => ({
+      users: me.admin ? (await call('/v1/users')).items : null,
+      projects: (await call('/v1/projects')).items,
+    }),
+    [round],
+  );
+  const [user, setUser] = useState('');
+  const [project, setProject] = useState('');
+  const [grant, setGrant] = useState({ user: '', project: me.project ?? '', role: 'reader' });
+  const [error, setError] = useState();
+  const act = (fn) => async (e) => {
+    e?.preventDefault?.();
+    setError(undefined);
+    try {
+      await fn();
+      setRound((n) => n + 1);
+    } catch (err) {
+      setError(err);
+    }
+  };
+  if (st.loading) return html`<${Loading} />`;
+  if (st.error) return html`<${Err} error=${st.error} />`;
+  const { users, projects } = st.value;
+  return html`<section><h2>Users and projects</h2>
+    ${error && html`<${Err} error=${error} />`}
+    ${
+      users &&
+      html`<table data-users><thead><tr><th>User</th><th>Server admin</th><th>Roles</th></tr></thead><tbody>
+      ${users.map((u) => html`<tr data-user=${u.name}><td>${u.name}</td><td>${u.admin ? 'yes' : ''}</td><td>${u.projects.map((r) => `${r.role} of ${r.project}`).join(', ') || '—'}</td></tr>`)}
+      </tbody></table>
+      <form class="inline" aria-label="New user" onSubmit=${act(async () => {
+        await call('/v1/users', {}, 'json', json('POST', { name: user.trim() }));
+        setUser('');
+      })}><label>New user <input value=${user} onInput=${(e) => setUser(e.currentTarget.value)} required /></label><button type="submit">Add user</button></form>
+      <form class="inline" aria-label="New project" onSubmit=${act(async () => {
+        await call('/v1/projects', {}, 'json', json('POST', { name: project.trim() }));
+        setProject('');
+      })}><label>New project <input value=${project} onInput=${(e) => setProject(e.currentTarget.value)} required /></label><button type="submit">Add project</button></form>`
+    }
+    <form class="inline" aria-label="Give a role" onSubmit=${act(() =>
+      call(
+        `/v1/projects/${enc(grant.project)}/users/${enc(grant.user.trim())}`,
+        {},
+        'json',
+        json('PUT', { role: grant.role }),
+      ),
+    )}>
+      <label>User <input value=${grant.user} onInput=${(e) => setGrant({ ...grant, user: e.currentTarget.value })} required /></label>
+      <label>Project <select value=${grant.project} onChange=${(e) => setGrant({ ...grant, project: e.currentTarget.value })}>${projects.map((p) => html`<option>${p}</option>`)}</select></label>
+      <label>Role <select value=${grant.role} onChange=${(e) => setGrant({ ...grant, role: e.currentTarget.value })}><option>reader</option><option>member</option><option>admin</option></select></label>
+      <button type="submit">Give role</button>
+    </form>
+  </section>`;
+}
+
 export function AdminPage() {
   const [round, setRound] = useState(0);
   const bump = () => setRound((n) => n + 1);
@@ -107,5 +220,7 @@ export function AdminPage() {
       <tbody>${mine.map((i) => html`<${ImageAccess} key=${`${i.name}:${round}`} image=${i} onChange=${bump} />`)}</tbody></table>`
     }
     </section>
-    ${me.project && html`<${Invitations} key=${round} onChange=${bump} />`}`;
+    ${me.project && html`<${Invitations} key=${round} onChange=${bump} />`}
+    ${(me.admin || me.role === 'admin') && html`<${Accounts} me=${me} />`}
+    <${Tokens} me=${me} />`;
 }
