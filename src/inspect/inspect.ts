@@ -96,7 +96,11 @@ async function assembleMounts(
  * read is opened once; a Linux root's /etc/fstab mounts the others into its tree. The
  * caller keeps ownership of the volumes; file systems opened here are closed here.
  */
-export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<DiskInspection> {
+export async function inspectVolumes(
+  volumes: Volume[],
+  name = 'disk',
+  disk: { diskId?: string } = {},
+): Promise<DiskInspection> {
   const warnings: string[] = [];
   const opened: Opened[] = [];
   try {
@@ -118,7 +122,8 @@ export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<
       const kind = await rootKind(o.fs);
       if (kind === 'windows') {
         const tree = new OsTree([{ point: '/', fs: o.fs }]);
-        roots.push(await inspectWindows(tree, o.volume.id));
+        const facts = volumes.map((v) => ({ ...v, fstype: opened.find((x) => x.volume === v)?.fs.kind }));
+        roots.push(await inspectWindows(tree, o.volume.id, { diskId: disk.diskId, volumes: facts }));
       } else if (kind === 'linux') {
         const m = await assembleMounts(o, opened);
         const tree = new OsTree(m.mounts);
@@ -137,7 +142,7 @@ export async function inspectImage(image: string, openOptions: OpenOptions = {})
   const img = await openImage(image, openOptions);
   try {
     const found = await discoverVolumes(img);
-    const r = await inspectVolumes(found.volumes, image);
+    const r = await inspectVolumes(found.volumes, image, { diskId: found.diskId });
     return { roots: r.roots, warnings: [...img.warnings, ...found.warnings, ...r.warnings] };
   } finally {
     await closeChain(img);

@@ -6,7 +6,7 @@
  * list against `hivexregedit --export`. A corrupted hive gives warnings, never a crash.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { Hive, valueText } from '../../src/inspect/hive.js';
@@ -19,7 +19,7 @@ import { fixture, run } from '../helpers/tools.js';
 const PROGRAMS = 40;
 const BIG = 'B'.repeat(40_000);
 
-type Values = Record<string, string | number>;
+type Values = Record<string, string | number | Buffer>;
 
 /** .reg text for `keys` (every ancestor gets its own section first, as hivexregedit requires). */
 function regText(prefix: string, keys: Record<string, Values>): string {
@@ -37,7 +37,13 @@ function regText(prefix: string, keys: Record<string, Values>): string {
   for (const [k, vals] of sections) {
     out += `[${prefix}\\${k}]\n`;
     for (const [n, v] of Object.entries(vals)) {
-      out += `${quote(n)}=${typeof v === 'number' ? `dword:${v.toString(16).padStart(8, '0')}` : quote(v)}\n`;
+      const text =
+        typeof v === 'number'
+          ? `dword:${v.toString(16).padStart(8, '0')}`
+          : Buffer.isBuffer(v)
+            ? `hex:${[...v].map((x) => x.toString(16).padStart(2, '0')).join(',')}`
+            : quote(v);
+      out += `${quote(n)}=${text}\n`;
     }
     out += '\n';
   }
@@ -183,6 +189,132 @@ async function checkWindows(w: { img: string; software: string; system: string }
   assert.deepEqual(os.warnings, []);
 }
 
+/** MountedDevices data as Windows writes it: MBR signature + partition offset, or DMIO:ID: + GPT partition GUID. */
+const mbrDevice = (sig: number, offset: number) => {
+  const b = Buffer.alloc(12);
+  b.writeUInt32LE(sig, 0);
+  b.writeBigUInt64LE(BigInt(offset), 4);
+  return b;
+};
+const gptDevice = (guid: string) => {
+  const h = guid.replace(/-/g, '');
+  const le = (s: string) => Buffer.from(s, 'hex').reverse();
+  return Buffer.concat([
+    Buffer.from('DMIO:ID:', 'latin1'),
+    le(h.slice(0, 8)),
+    le(h.slice(8, 12)),
+    le(h.slice(12, 16)),
+    Buffer.from(h.slice(16), 'hex'),
+  ]);
+};
+const SIG = 0x5354524a;
+const GUIDS = ['0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0', '11223344-5566-7788-99aa-bbccddeeff00'];
+const CDROM = '\\??\\IDE#CdRomQEMU_QEMU_DVD-ROM_2.5+#5&1e8b1a3&0&1.0.0#{53f56308-b6bf-11d0-94f2-00a0c91efb8b}';
+/** Sectors of the two partitions (C: holds Windows, D: data), the same on the MBR and the GPT disk. */
+const PARTS = [
+  { start: 2048, sectors: 65536 },
+  { start: 67584, sectors: 32768 },
+];
+
+/**
+ * The Windows tree (SYSTEM now with MountedDevices) on NTFS in partition 1 and an NTFS data
+ * volume in partition 2, on an MBR disk (sfdisk) and on a GPT disk (sgdisk). The hive names
+ * both disks' partitions, as a Windows hive keeps letters of disks no longer attached.
+ */
+async function letterDisks(): Promise<{ mbr: string; gpt: string; system: string }> {
+  const w = await windowsImage();
+  const dir = await fixture('inspect-windows-letters-v1', async (out) => {
+    mkdirSync(out);
+    const tree = path.join(out, 'tree');
+    await run('cp', ['-r', path.join(path.dirname(w.img), 'tree'), tree]);
+    const system = path.join(tree, 'Windows', 'System32', 'config', 'SYSTEM');
+    writeFileSync(system, emptyHive());
+    writeFileSync(
+      path.join(out, 'system.reg'),
+      regText('HKEY_LOCAL_MACHINE\\SYSTEM', {
+        Select: { Current: 1, Default: 1 },
+        'ControlSet001\\Control\\ComputerName\\ComputerName': { ComputerName: 'WIN-LETTERS' },
+        MountedDevices: {
+          '\\DosDevices\\C:': mbrDevice(SIG, PARTS[0].start * 512),
+          '\\DosDevices\\D:': mbrDevice(SIG, PARTS[1].start * 512),
+          '\\DosDevices\\E:': Buffer.from(CDROM, 'utf16le'),
+          '\\DosDevices\\F:': gptDevice(GUIDS[0]),
+          '\\DosDevices\\G:': gptDevice(GUIDS[1]),
+          '\\DosDevices\\H:': mbrDevice(0x0badf00d, PARTS[0].start * 512),
+          '\\??\\Volume{0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0}': gptDevice(GUIDS[0]),
+        },
+      }),
+    );
+    await run('hivexregedit', [
+      '--merge',
+      '--prefix',
+      'HKEY_LOCAL_MACHINE\\SYSTEM',
+      system,
+      path.join(out, 'system.reg'),
+    ]);
+    const c = path.join(out, 'c.img');
+    const d = path.join(out, 'd.img');
+    await run('truncate', ['-s', `${PARTS[0].sectors * 512}`, c]);
+    await run('mkntfs', ['-F', '-Q', '-L', 'WINDOWS', c]);
+    await withNtfsMount(c, 'rw', async (m) => {
+      await run('cp', ['-r', `${tree}/.`, m]);
+    });
+    await run('truncate', ['-s', `${PARTS[1].sectors * 512}`, d]);
+    await run('mkntfs', ['-F', '-Q', '-L', 'DATA', d]);
+    const place = async (disk: string) => {
+      for (const [i, img] of [c, d].entries())
+        await run('dd', [
+          `if=${img}`,
+          `of=${disk}`,
+          'bs=512',
+          `seek=${PARTS[i].start}`,
+          'conv=notrunc,sparse',
+          'status=none',
+        ]);
+    };
+    const mbr = path.join(out, 'mbr.img');
+    await run('truncate', ['-s', '56M', mbr]);
+    writeFileSync(
+      path.join(out, 'mbr.sfdisk'),
+      `label: dos\nlabel-id: 0x${SIG.toString(16)}\n${PARTS.map((p) => `start=${p.start}, size=${p.sectors}, type=7`).join('\n')}\n`,
+    );
+    await run('sh', ['-c', 'sfdisk -q "$1" < "$2"', 'sh', mbr, path.join(out, 'mbr.sfdisk')]);
+    await place(mbr);
+    const gpt = path.join(out, 'gpt.img');
+    await run('truncate', ['-s', '56M', gpt]);
+    const args = ['-o'];
+    for (const [i, p] of PARTS.entries())
+      args.push(
+        '-n',
+        `${i + 1}:${p.start}:${p.start + p.sectors - 1}`,
+        '-t',
+        `${i + 1}:0700`,
+        '-u',
+        `${i + 1}:${GUIDS[i]}`,
+      );
+    await run('sgdisk', [...args, gpt]);
+    await place(gpt);
+    rmSync(c);
+    rmSync(d);
+  });
+  return {
+    mbr: path.join(dir, 'mbr.img'),
+    gpt: path.join(dir, 'gpt.img'),
+    system: path.join(dir, 'tree', 'Windows', 'System32', 'config', 'SYSTEM'),
+  };
+}
+
+/** \\DosDevices\\X: values of MountedDevices as hivexregedit --export gives them (letter -> bytes). */
+async function exportedLetters(system: string): Promise<Map<string, Buffer>> {
+  const text = await run('hivexregedit', ['--export', '--prefix', 'HKLM', system, '\\MountedDevices']);
+  const out = new Map<string, Buffer>();
+  for (const m of text
+    .replace(/\\\r?\n\s*/g, '')
+    .matchAll(/^"\\\\DosDevices\\\\([A-Z]:)"=hex(?:\(3\))?:([0-9a-f,]*)$/gm))
+    out.set(m[1], Buffer.from(m[2].split(',').map((x) => Number.parseInt(x, 16))));
+  return out;
+}
+
 describe('inspect Windows hives', () => {
   test('product, version, build, edition, hostname and programs match hivexget / hivexregedit --export', async () => {
     await checkWindows(await windowsImage());
@@ -190,6 +322,64 @@ describe('inspect Windows hives', () => {
 
   test('the same on NTFS (mkntfs, filled through ntfs-3g): inspect reaches Windows/System32/config', async () => {
     await checkWindows(await windowsNtfsImage());
+  });
+
+  test("drive letters from SYSTEM\\MountedDevices resolve to this disk's partitions as sfdisk and sgdisk lay them out (MBR signature + offset, GPT partition GUID); others stay device names", async () => {
+    const d = await letterDisks();
+    const letters = await exportedLetters(d.system);
+    assert.deepEqual([...letters.keys()].sort(), ['C:', 'D:', 'E:', 'F:', 'G:', 'H:']);
+    const table = (
+      JSON.parse(await run('sfdisk', ['--json', d.mbr])) as {
+        partitiontable: { id: string; partitions: Array<{ node: string; start: number }> };
+      }
+    ).partitiontable;
+    const gptGuids = new Map<string, string>();
+    for (const n of [1, 2]) {
+      const info = await run('sgdisk', ['-i', String(n), d.gpt]);
+      gptGuids.set(/Partition unique GUID: (\S+)/.exec(info)![1].toLowerCase(), String(n));
+    }
+    for (const [disk, scheme] of [
+      [d.mbr, 'mbr'],
+      [d.gpt, 'gpt'],
+    ] as const) {
+      const r = await inspectImage(disk);
+      assert.deepEqual(
+        r.roots.map((x) => [x.root, x.osType, x.hostname]),
+        [
+          [
+            '1',
+            'windows',
+            await hivexget(d.system, 'ControlSet001\\Control\\ComputerName\\ComputerName', 'ComputerName'),
+          ],
+        ],
+      );
+      const got = r.roots[0].mountpoints;
+      assert.deepEqual(Object.keys(got).sort(), [...letters.keys()].sort());
+      let resolved = 0;
+      for (const [letter, data] of letters) {
+        let volume: string | undefined;
+        if (data.length === 12) {
+          const sig = `0x${data.readUInt32LE(0).toString(16).padStart(8, '0')}`;
+          const start = Number(data.readBigUInt64LE(4));
+          const p = table.partitions.find((x) => x.start * 512 === start);
+          if (scheme === 'mbr' && sig === table.id.toLowerCase() && p) volume = /(\d+)$/.exec(p.node)![1];
+        } else if (data.subarray(0, 8).toString('latin1') === 'DMIO:ID:') {
+          const h = data.subarray(8).toString('hex');
+          const rev = (x: string) => x.match(/../g)!.reverse().join('');
+          const guid = `${rev(h.slice(0, 8))}-${rev(h.slice(8, 12))}-${rev(h.slice(12, 16))}-${h.slice(16, 20)}-${h.slice(20)}`;
+          if (scheme === 'gpt') volume = gptGuids.get(guid);
+        } else {
+          assert.equal(got[letter].device, data.toString('utf16le'), letter);
+        }
+        assert.equal(got[letter].volume, volume, `${scheme} ${letter}`);
+        if (volume) {
+          assert.equal(got[letter].fstype, 'ntfs', `${scheme} ${letter}`);
+          resolved++;
+        }
+      }
+      assert.equal(resolved, 2, `${scheme}: C: and D: (or F: and G:) resolve`);
+      assert.deepEqual(r.roots[0].warnings, []);
+    }
   });
 
   test('a 40,000-byte value reads back as hivexget reads it', async () => {
