@@ -53,6 +53,14 @@ const MAX_STREAMS = 2 ** 20;
 const ROOT_SIDS = new Set(['S-1-5-18', 'S-1-5-32-544']);
 /** ntfs-3g's default user mapping (no UserMapping file): uid u <-> S-1-5-21-3141592653-589793238-462843383-(10000 + 2u), gid g <-> ...-(10001 + 2g). */
 const NTFS3G_DOMAIN = 'S-1-5-21-3141592653-589793238-462843383-';
+const ATTR_NAMES: Record<number, string> = {
+  32: '$ATTRIBUTE_LIST',
+  80: '$SECURITY_DESCRIPTOR',
+  192: '$REPARSE_POINT',
+  208: '$EA_INFORMATION',
+  224: '$EA',
+  256: '$LOGGED_UTILITY_STREAM',
+};
 /** uid/gid for a SID with no mapping. */
 const NOBODY = 65534;
 
@@ -774,7 +782,7 @@ export class NtfsFileSystem implements FileSystem {
    */
   async *metadataRegions(): AsyncIterable<OwnedRange> {
     const cs = this.ctx.boot.clusterSize;
-    yield { offset: 0, length: Math.max(cs, 512), kind: 'boot-sector', detail: '$Boot' };
+    yield { offset: 0, length: Math.max(cs, 8192), kind: 'boot-sector', detail: '$Boot' }; // $Boot: 8 KiB
     const sys: Array<[number, string, string]> = [
       [0, 'inode-table', '$MFT'],
       [1, 'reserved', '$MFTMirr'],
@@ -805,12 +813,11 @@ export class NtfsFileSystem implements FileSystem {
       const names = rec.attributes
         .filter((a) => a.type === ATTR.FILE_NAME && a.value)
         .map((a) => parseFileName(a.value!, this.ctx.name, `MFT record ${n}`));
-      const system = n < FIRST_USER_RECORD || names.some((f) => extend.has(f.parent));
-      if (system && rec.flags & 2) extend.add(n); // folders under $Extend ($RmMetadata ...) hold system files too
+      const underExtend = names.some((f) => extend.has(f.parent) && f.parent !== n);
+      const system = n < FIRST_USER_RECORD || underExtend;
+      if (underExtend && rec.flags & 2) extend.add(n); // folders under $Extend ($RmMetadata ...) hold system files too
       const wanted = (a: Attribute) =>
-        a.type === ATTR.ATTRIBUTE_LIST ||
-        (!a.resident &&
-          (a.type === ATTR.INDEX_ALLOCATION || a.type === ATTR.BITMAP || (system && a.type === ATTR.DATA)));
+        a.type === ATTR.ATTRIBUTE_LIST || (!a.resident && (a.type !== ATTR.DATA || system || a.name !== ''));
       if (!rec.attributes.some(wanted)) continue;
       let node: Node;
       try {
@@ -822,7 +829,8 @@ export class NtfsFileSystem implements FileSystem {
       }
       const fileName = names.find((f) => f.namespace !== NAMESPACE.DOS)?.name ?? `MFT record ${n}`;
       const seen = new Set<string>();
-      for (const a of node.attrs) {
+      const list = rec.attributes.filter((a) => a.type === ATTR.ATTRIBUTE_LIST);
+      for (const a of [...list, ...node.attrs]) {
         const key = `${a.type}:${a.name}`;
         if (seen.has(key) || a.resident) continue;
         seen.add(key);
@@ -834,13 +842,24 @@ export class NtfsFileSystem implements FileSystem {
         } else if (a.type === ATTR.BITMAP) {
           kind = a.name === '$I30' ? 'directory' : 'bitmap';
           detail = `${fileName}:${a.name || '$BITMAP'}`;
-        } else if (system && a.type === ATTR.DATA) {
+        } else if (a.type === ATTR.DATA && !system) {
+          if (a.name === '') continue; // the file's own data: its extents
+          kind = 'xattr'; // an alternate data stream: read as the xattr ntfs.stream.NAME
+          detail = `${fileName}:${a.name}`;
+        } else if (a.type === ATTR.DATA) {
           if (a.name === '' && (n <= 2 || n === 6 || n === 7)) continue; // above; $Boot is the boot sector
           kind = 'reserved';
           detail = a.name ? `${fileName}:${a.name}` : fileName;
-        } else continue;
-        for (const r of runsOf(this.stream(node.attrs, a.type, a.name, `MFT record ${n}`)))
-          yield { offset: r.lcn * cs, length: r.length * cs, kind, detail, ino: n };
+        } else {
+          // $ATTRIBUTE_LIST, $SECURITY_DESCRIPTOR (mkntfs makes the root's non-resident), $REPARSE_POINT, $EA ...
+          kind = 'reserved';
+          detail = `${fileName}:${ATTR_NAMES[a.type] ?? `attribute 0x${a.type.toString(16)}`}`;
+        }
+        const s =
+          a.type === ATTR.ATTRIBUTE_LIST
+            ? { attr: a, runs: a.runs }
+            : this.stream(node.attrs, a.type, a.name, `MFT record ${n}`);
+        for (const r of runsOf(s)) yield { offset: r.lcn * cs, length: r.length * cs, kind, detail, ino: n };
       }
     }
   }
