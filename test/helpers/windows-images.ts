@@ -12,6 +12,24 @@ import { emptyHive } from './empty-hive.js';
 import { withNtfsMount } from './ntfs-images.js';
 import { fixture, run } from './tools.js';
 
+/**
+ * The headers of an x86-64 console program from the PE/COFF layout, no code: libguestfs takes
+ * a Windows root's architecture from System32/cmd.exe (`file` says "PE32+ executable
+ * (console) x86-64").
+ */
+function peHeader(): Buffer {
+  const b = Buffer.alloc(1024);
+  b.write('MZ', 0, 'latin1');
+  b.writeUInt32LE(0x80, 0x3c); // e_lfanew
+  b.write('PE\0\0', 0x80, 'latin1');
+  b.writeUInt16LE(0x8664, 0x84); // Machine: AMD64
+  b.writeUInt16LE(240, 0x94); // SizeOfOptionalHeader
+  b.writeUInt16LE(0x22, 0x96); // Characteristics: executable, large-address aware
+  b.writeUInt16LE(0x20b, 0x98); // optional header magic: PE32+
+  b.writeUInt16LE(3, 0x98 + 68); // Subsystem: Windows console
+  return b;
+}
+
 export const PROGRAMS = 40;
 export const BIG = 'B'.repeat(40_000);
 
@@ -78,11 +96,11 @@ export function softwareKeys(): Record<string, Values> {
 }
 
 export async function windowsImage(): Promise<{ img: string; software: string; system: string }> {
-  const dir = await fixture('inspect-windows-v3', async (out) => {
+  const dir = await fixture('inspect-windows-v4', async (out) => {
     const config = path.join(out, 'tree', 'Windows', 'System32', 'config');
     mkdirSync(config, { recursive: true });
     mkdirSync(path.join(out, 'tree', 'Windows', 'System32', 'drivers'));
-    writeFileSync(path.join(out, 'tree', 'Windows', 'System32', 'cmd.exe'), 'MZ not really cmd.exe\n');
+    writeFileSync(path.join(out, 'tree', 'Windows', 'System32', 'cmd.exe'), peHeader());
     const software = path.join(config, 'SOFTWARE');
     const system = path.join(config, 'SYSTEM');
     writeFileSync(software, emptyHive());
@@ -154,7 +172,7 @@ export const PARTS = [
  */
 export async function letterDisks(): Promise<{ mbr: string; gpt: string; system: string }> {
   const w = await windowsImage();
-  const dir = await fixture('inspect-windows-letters-v2', async (out) => {
+  const dir = await fixture('inspect-windows-letters-v3', async (out) => {
     mkdirSync(out);
     const tree = path.join(out, 'tree');
     await run('cp', ['-r', path.join(path.dirname(w.img), 'tree'), tree]);

@@ -47,7 +47,7 @@ function regString(v: string): string {
 async function windowsNtfsImage(): Promise<{ img: string; software: string; system: string }> {
   const w = await windowsImage();
   const tree = path.join(path.dirname(w.img), 'tree');
-  const img = await fixture('inspect-windows-ntfs-v2.img', async (out) => {
+  const img = await fixture('inspect-windows-ntfs-v3.img', async (out) => {
     await run('truncate', ['-s', '32M', out]);
     await run('mkntfs', ['-F', '-Q', out]);
     await withNtfsMount(out, 'rw', async (m) => {
