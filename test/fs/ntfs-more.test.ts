@@ -6,7 +6,7 @@
  * (against TSK istat).
  */
 import assert from 'node:assert/strict';
-import { lstatSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { openFileSystem } from '../../src/fs/open.js';
@@ -255,6 +255,43 @@ test('extraction of names with \\, :, .., reserved Windows names and trailing do
       [dest, ...theirs.map((n) => path.join(dest, n))].sort(),
     );
     for (const n of theirs) assert.equal(readFileSync(path.join(dest, n), 'utf8'), `${n}\n`, n);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a volume whose dirty flag is set (as ntfsinfo -m reports it) opens with a warning; ntfsfix -d clears it and the warning goes', async () => {
+  const dir = scratch('ntfs-dirty');
+  try {
+    const img = path.join(dir, 'dirty.img');
+    await run('cp', ['--sparse=always', await ntfsOwnersImage(), img]);
+    // $VOLUME_INFORMATION's flags in MFT record 3 (located with fsstat; the record's first sector holds it)
+    const fsstat = await run('fsstat', [img]);
+    const cluster = Number(/Cluster Size: (\d+)/.exec(fsstat)![1]);
+    const at = Number(/First Cluster of MFT: (\d+)/.exec(fsstat)![1]) * cluster + 3 * 1024;
+    const b = readFileSync(img);
+    let p = at + b.readUInt16LE(at + 20);
+    while (b.readUInt32LE(p) !== 0x70) p += b.readUInt32LE(p + 4);
+    const flagsAt = p + b.readUInt16LE(p + 20) + 10;
+    assert.ok(flagsAt + 2 < at + 510);
+    const fd = openSync(img, 'r+');
+    // the same byte in the record's copy in $MFTMirr, which ntfs-3g's tools compare
+    const mirror = Number(/First Cluster of MFT Mirror: (\d+)/.exec(fsstat)![1]) * cluster + 3 * 1024;
+    for (const o of [flagsAt, mirror + (flagsAt - at)]) writeSync(fd, Buffer.from([b[flagsAt] | 1]), 0, 1, o);
+    closeSync(fd);
+    // ntfs-3g's tools refuse a dirty volume ("scheduled for check") unless forced
+    await assert.rejects(run('ntfsinfo', ['-m', img]), /scheduled for check/);
+    assert.match(await run('ntfsinfo', ['-f', '-m', img]), /Volume Flags: 0x0001/);
+    const fs = await open(img);
+    assert.ok(
+      fs.warnings.some((w) => /dirty/.test(w)),
+      fs.warnings.join('\n'),
+    );
+    assert.equal((await fs.info()).extra?.dirty, true);
+    await run('ntfsfix', ['-d', img]);
+    assert.match(await run('ntfsinfo', ['-m', img]), /Volume Flags: 0x0000/);
+    const clean = await open(img);
+    assert.deepEqual(clean.warnings, []);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
