@@ -176,6 +176,18 @@ export class BlobIndex {
     }
   }
 
+  /**
+   * Load again only when the index files differ from those known (another process wrote
+   * or gc rewrote some): a directory listing when nothing changed. True when it reloaded.
+   */
+  async refresh(): Promise<boolean> {
+    const now = (await this.backend.list('index/')).map((f) => f.key);
+    const known = new Set(this.files);
+    if (now.length === known.size && now.every((k) => known.has(k))) return false;
+    await this.load();
+    return true;
+  }
+
   /** Write an index file (atomically, named by its content); returns its key. */
   async write(ix: IndexFile): Promise<string> {
     const { key, body } = encodeIndexFile(ix);
