@@ -1,7 +1,8 @@
 /**
  * bench:fat-iso — `strata ls -R --json` and `strata extract` against The Sleuth Kit
- * (`fls -r -p`, `tsk_recover -a`) on a FAT32 image (mkfs.vfat + mcopy -s) and an ISO 9660
- * image (genisoimage -J -R) of the same real tree, best of N each, JSON lines on stdout.
+ * (`fls -r -p`, `tsk_recover -a`) on a FAT32 image (mkfs.vfat + mcopy -s), an ISO 9660
+ * image (genisoimage -J -R) and an NTFS image (mkntfs, then cp -r through ntfs-3g) of the
+ * same real tree, best of N each, JSON lines on stdout.
  *
  * Options: --tree DIR (default /usr/lib/python3: a few thousand files of real sizes),
  * --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-fat-iso).
@@ -49,9 +50,30 @@ function images(): Array<{ fs: string; image: string }> {
     sh('genisoimage', ['-quiet', '-J', '-joliet-long', '-R', '-o', `${iso}.tmp`, TREE]);
     renameSync(`${iso}.tmp`, iso);
   }
+  const ntfs = path.join(BENCH, `ntfs${key}.img`);
+  if (!existsSync(ntfs)) {
+    need('mkntfs', 'ntfs-3g');
+    need('ntfs-3g', 'ntfs-3g');
+    const bytes = Number(sh('du', ['-sb', TREE]).split(/\s/)[0]);
+    const mib = Math.max(64, Math.ceil((bytes * 1.5) / (1 << 20)) + 64);
+    log(`mkntfs (${mib} MiB) + cp -r ${TREE} through ntfs-3g (once)`);
+    sh('truncate', ['-s', `${mib}M`, `${ntfs}.tmp`]);
+    sh('mkntfs', ['-F', '-Q', '-L', 'BENCH', `${ntfs}.tmp`]);
+    const mnt = `${ntfs}.mnt`;
+    mkdirSync(mnt, { recursive: true });
+    sh('ntfs-3g', [`${ntfs}.tmp`, mnt]);
+    try {
+      sh('cp', ['-r', `${TREE}/.`, mnt]);
+    } finally {
+      sh('umount', [mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    }
+    renameSync(`${ntfs}.tmp`, ntfs);
+  }
   return [
     { fs: 'vfat', image: fat },
     { fs: 'iso9660', image: iso },
+    { fs: 'ntfs', image: ntfs },
   ];
 }
 

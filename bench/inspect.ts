@@ -18,7 +18,13 @@
  * /dev/shm/strata-bench-libdiff), then `strata diff --library L base@1 derived@1 --json`
  * (alone, --packages, --blocks) runs as a child process against `virt-diff -a base -A derived`.
  *
- * --cases inspect,diff,libdiff chooses (default inspect,diff).
+ * The windows case inspects the Windows test disk (test/helpers/windows-images.ts: NTFS by
+ * mkntfs filled through ntfs-3g, SOFTWARE and SYSTEM hives by hivexregedit, MBR by sfdisk)
+ * with both, and compares product, version, hostname, drive letters and programs. Where
+ * /dev/kvm exists but qemu cannot use it (nested KVM here aborts on an MSR), set
+ * LIBGUESTFS_BACKEND_SETTINGS=force_tcg.
+ *
+ * --cases inspect,diff,libdiff,windows chooses (default inspect,diff).
  */
 import { spawn } from 'node:child_process';
 import {
@@ -238,6 +244,7 @@ async function main(): Promise<void> {
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: npm run build first`);
   const node = process.execPath;
   const genv = { ...process.env, LIBGUESTFS_BACKEND: process.env.LIBGUESTFS_BACKEND ?? 'direct' };
+  if (CASES.has('windows')) await windowsCase(node, genv);
   if (!CASES.has('inspect') && !CASES.has('diff')) {
     if (CASES.has('libdiff')) await libdiffCase(node, genv);
     return;
@@ -275,6 +282,78 @@ async function inspectCase(a: string, node: string, genv: NodeJS.ProcessEnv): Pr
   } else {
     line({ case: 'inspect', strataMs: round(si.ms), peer: 'virt-inspector', peerFailed: vi.err.slice(-2000), kvm });
   }
+}
+
+/** `strata inspect` vs `virt-inspector` on the Windows test disk, with the findings side by side. */
+async function windowsCase(node: string, genv: NodeJS.ProcessEnv): Promise<void> {
+  need('mkntfs', 'ntfs-3g');
+  need('hivexregedit', 'libwin-hivex-perl');
+  need('sfdisk', 'fdisk');
+  const { letterDisks } = await import('../test/helpers/windows-images.js');
+  const disk = (await letterDisks()).mbr;
+  log(`windows: ${disk}`);
+  const si = await best(RUNS, node, [CLI, 'inspect', disk, '--json']);
+  if (si.code !== 0) throw new Error(`strata inspect failed: ${si.err}`);
+  const o = JSON.parse(si.out.split('\n').filter(Boolean)[0]) as {
+    osType?: string;
+    productName?: string;
+    versionMajor?: number;
+    versionMinor?: number;
+    hostname?: string;
+    mountpoints?: Record<string, { volume?: string }>;
+    windows?: { programs: Array<{ name: string; version?: string; publisher?: string }> };
+  };
+  const kvm = existsSync('/dev/kvm');
+  const vi = await best(PEER_RUNS, 'virt-inspector', ['-a', disk], genv);
+  if (vi.code !== 0) {
+    line({ case: 'windows', strataMs: round(si.ms), peer: 'virt-inspector', peerFailed: vi.err.slice(-2000), kvm });
+    return;
+  }
+  const os = /<operatingsystem>([\s\S]*?)<\/operatingsystem>/.exec(vi.out)?.[1] ?? '';
+  const same = (theirs: unknown, mine: unknown) => ({
+    virtInspector: theirs ?? null,
+    strata: mine ?? null,
+    same: String(theirs ?? null) === String(mine ?? null),
+  });
+  const letters = (m: Record<string, { volume?: string }>) =>
+    Object.entries(m)
+      .filter(([, v]) => v.volume)
+      .map(([k, v]) => `${k[0]}=${v.volume}`)
+      .sort();
+  const theirLetters = [...os.matchAll(/<drive_mapping name="([A-Z])">\/dev\/sd[a-z](\d+)<\/drive_mapping>/g)]
+    .map((m) => `${m[1]}=${m[2]}`)
+    .sort();
+  const apps = [...os.matchAll(/<application>([\s\S]*?)<\/application>/g)]
+    .map((m) =>
+      [unxml(tag(m[1], 'display_name')), tag(m[1], 'version') ?? '', unxml(tag(m[1], 'publisher')) ?? ''].join('|'),
+    )
+    .sort();
+  const mine = (o.windows?.programs ?? []).map((p) => [p.name, p.version ?? '', p.publisher ?? ''].join('|')).sort();
+  line({
+    case: 'windows',
+    strataMs: round(si.ms),
+    peer: 'virt-inspector',
+    peerMs: round(vi.ms),
+    ratio: Math.round((si.ms / vi.ms) * 10000) / 10000,
+    speedup: round(vi.ms / si.ms),
+    kvm,
+    tcg: /force_tcg/.test(genv.LIBGUESTFS_BACKEND_SETTINGS ?? '') || !kvm,
+    compare: {
+      osType: same(tag(os, 'name'), o.osType),
+      productName: same(unxml(tag(os, 'product_name')), o.productName),
+      versionMajor: same(tag(os, 'major_version'), o.versionMajor),
+      versionMinor: same(tag(os, 'minor_version'), o.versionMinor),
+      hostname: same(tag(os, 'hostname'), o.hostname),
+      driveLetters: same(theirLetters.join(' '), letters(o.mountpoints ?? {}).join(' ')),
+      programs: {
+        virtInspector: apps.length,
+        strata: mine.length,
+        same: apps.join('\n') === mine.join('\n'),
+        onlyVirtInspector: apps.filter((x) => !mine.includes(x)).slice(0, 5),
+        onlyStrata: mine.filter((x) => !apps.includes(x)).slice(0, 5),
+      },
+    },
+  });
 }
 
 async function diffCase(a: string, b: string, node: string, genv: NodeJS.ProcessEnv): Promise<void> {

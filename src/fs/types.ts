@@ -30,6 +30,9 @@ export interface Inode {
   flags?: number;
   /** Bytes the file occupies on the volume (allocated blocks). */
   allocatedBytes?: number;
+  /** Owner and group as Windows SIDs ("S-1-5-32-544"), from an NTFS security descriptor. */
+  ownerSid?: string;
+  groupSid?: string;
 }
 
 export interface DirEntry {

@@ -223,15 +223,21 @@ export async function withOsTrees<T>(
 
 /**
  * Find every OS root among `volumes` and inspect it. The caller keeps ownership of the
- * volumes; file systems opened here are closed here.
+ * volumes; file systems opened here are closed here. `disk.diskId` (the MBR signature or
+ * GPT GUID discovery found) lets Windows drive letters resolve to these volumes.
  */
-export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<DiskInspection> {
+export async function inspectVolumes(
+  volumes: Volume[],
+  name = 'disk',
+  disk: { diskId?: string } = {},
+): Promise<DiskInspection> {
+  const facts = { diskId: disk.diskId, volumes: volumes.map((v) => ({ ...v, fstype: v.content })) };
   return withOsTrees(volumes, name, async (trees, warnings) => {
     const roots: OsInspection[] = [];
     for (const t of trees) {
       const r =
         t.kind === 'windows'
-          ? await inspectWindows(t.tree, t.volume)
+          ? await inspectWindows(t.tree, t.volume, facts)
           : await inspectLinux(t.tree, t.volume, t.mountpoints);
       if (t.subvol !== undefined) r.subvolume = t.subvol;
       roots.push(r);
@@ -245,7 +251,7 @@ export async function inspectImage(image: string, openOptions: OpenOptions = {})
   const img = await openImage(image, openOptions);
   try {
     const found = await discoverVolumes(img);
-    const r = await inspectVolumes(found.volumes, image);
+    const r = await inspectVolumes(found.volumes, image, { diskId: found.diskId });
     return { roots: r.roots, warnings: [...img.warnings, ...found.warnings, ...r.warnings] };
   } finally {
     await closeChain(img);

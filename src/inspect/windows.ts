@@ -1,7 +1,14 @@
 import { StrataError } from '../util/errors.js';
 import { Hive, type HiveKey, valueNumber, valueText } from './hive.js';
 import { MAX_INSPECT_FILE, type OsTree } from './tree.js';
-import type { InstalledProgram, OsInspection } from './types.js';
+import type { InstalledProgram, Mountpoint, OsInspection } from './types.js';
+
+/** What drive letters can resolve to: the volumes of the disk being inspected. */
+export interface DiskFacts {
+  /** The MBR disk signature ("0x1a2b3c4d") when the disk has an MBR partition table. */
+  diskId?: string;
+  volumes: Array<{ id: string; scheme: string; start: number; uuid?: string; fstype?: string }>;
+}
 
 /** Where the system hives live, in the spellings Windows versions use (the tree's names are case-sensitive). */
 const CONFIG_DIRS = [
@@ -87,8 +94,64 @@ function hostname(hive: Hive, tree: OsTree): string | null {
   });
 }
 
-/** A Windows root: product, version, build, edition and programs from SOFTWARE, hostname from SYSTEM. */
-export async function inspectWindows(tree: OsTree, root: string): Promise<OsInspection> {
+const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+
+/** A GUID's text form from its 16 bytes (first three fields little-endian, as GPT stores them). */
+function guidText(b: Uint8Array): string {
+  const le = (from: number, to: number) => hex(b.subarray(from, to).reverse());
+  return `${le(0, 4)}-${le(4, 6)}-${le(6, 8)}-${hex(b.subarray(8, 10))}-${hex(b.subarray(10, 16))}`;
+}
+
+/**
+ * Drive letters from SYSTEM\MountedDevices: each `\DosDevices\X:` value names a volume by
+ * (a) 12 bytes: the MBR disk signature (u32) and the partition's byte offset (u64);
+ * (b) "DMIO:ID:" and a GPT partition's unique GUID (16 bytes); or (c) a device path in
+ * UTF-16 (CD-ROMs, removable and virtual disks). (a) and (b) are matched against this disk's
+ * volumes; entries for disks no longer attached (Windows keeps them) stay unresolved.
+ */
+function driveLetters(hive: Hive, tree: OsTree, disk: DiskFacts): Record<string, Mountpoint> {
+  const out: Record<string, Mountpoint> = {};
+  const md = guarded(tree, undefined, () => hive.path('MountedDevices'));
+  if (!md) return out;
+  const values = guarded(tree, [], () => hive.values(md));
+  for (const v of values) {
+    const m = /^\\DosDevices\\([A-Za-z]:)$/.exec(v.name);
+    if (!m) continue;
+    const letter = m[1].toUpperCase();
+    const d = v.data;
+    let mp: Mountpoint;
+    if (d.length === 12) {
+      const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
+      const sig = `0x${dv.getUint32(0, true).toString(16).padStart(8, '0')}`;
+      const offset = dv.getUint32(4, true) + dv.getUint32(8, true) * 2 ** 32;
+      mp = { device: `MBR disk ${sig}, partition at byte ${offset}` };
+      const vol =
+        disk.diskId?.toLowerCase() === sig
+          ? disk.volumes.find((x) => x.scheme === 'mbr' && x.start === offset)
+          : undefined;
+      if (vol) Object.assign(mp, vol.fstype ? { fstype: vol.fstype } : {}, { volume: vol.id });
+    } else if (d.length === 24 && Buffer.from(d.subarray(0, 8)).toString('latin1') === 'DMIO:ID:') {
+      const guid = guidText(d.subarray(8));
+      mp = { device: `GPT partition ${guid}` };
+      const vol = disk.volumes.find((x) => x.scheme === 'gpt' && x.uuid?.toLowerCase() === guid);
+      if (vol) Object.assign(mp, vol.fstype ? { fstype: vol.fstype } : {}, { volume: vol.id });
+    } else {
+      mp = { device: Buffer.from(d).toString('utf16le').replace(/\0+$/, '') };
+    }
+    out[letter] = mp;
+  }
+  return out;
+}
+
+/**
+ * A Windows root: product, version, build, edition and programs from SOFTWARE, hostname and
+ * drive letters (`mountpoints`, "C:" -> device and volume) from SYSTEM.
+ */
+export async function inspectWindows(
+  tree: OsTree,
+  root: string,
+  disk: DiskFacts = { volumes: [] },
+): Promise<OsInspection> {
   const r: OsInspection = {
     root,
     osType: 'windows',
@@ -135,6 +198,9 @@ export async function inspectWindows(tree: OsTree, root: string): Promise<OsInsp
     r.windows!.programs = programs(software, tree);
   }
   const system = await openHive(tree, 'SYSTEM');
-  if (system) r.hostname = hostname(system, tree);
+  if (system) {
+    r.hostname = hostname(system, tree);
+    r.mountpoints = driveLetters(system, tree, disk);
+  }
   return r;
 }

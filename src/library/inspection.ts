@@ -70,7 +70,7 @@ export async function recordInspection(lib: Library, v: VersionRow): Promise<Rec
   try {
     const found = await discoverVolumes(src);
     warnings.push(...found.warnings);
-    const r = await inspectVolumes(found.volumes, name);
+    const r = await inspectVolumes(found.volumes, name, { diskId: found.diskId });
     roots = r.roots;
     warnings.push(...r.warnings);
   } catch (e) {

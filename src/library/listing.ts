@@ -268,6 +268,9 @@ export interface StatRecord extends LsRecord {
   crtime: string | null;
   flags?: number;
   allocatedBytes?: number;
+  /** Windows owner and group SIDs (NTFS). */
+  ownerSid?: string;
+  groupSid?: string;
   xattrs: string[];
   extents: StatExtent[];
 }
@@ -318,6 +321,8 @@ export async function statRecord(
   };
   if (ino.flags !== undefined) r.flags = ino.flags;
   if (ino.allocatedBytes !== undefined) r.allocatedBytes = ino.allocatedBytes;
+  if (ino.ownerSid !== undefined) r.ownerSid = ino.ownerSid;
+  if (ino.groupSid !== undefined) r.groupSid = ino.groupSid;
   return r;
 }
 

@@ -31,7 +31,7 @@ export async function inspectTarget(
   try {
     opts.onTarget?.(t.target);
     const found = await discoverVolumes(t.image);
-    const r = await inspectVolumes(found.volumes, t.name);
+    const r = await inspectVolumes(found.volumes, t.name, { diskId: found.diskId });
     return { roots: r.roots, warnings: [...t.image.warnings, ...found.warnings, ...r.warnings] };
   } finally {
     await closeTarget(t);

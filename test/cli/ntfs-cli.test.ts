@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
 import { ntfsSmallImage, withNtfsMount } from '../helpers/ntfs-images.js';
-import { run, scratch } from '../helpers/tools.js';
+import { run, runBuffer, scratch } from '../helpers/tools.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const lines = (s: string) =>
@@ -67,6 +67,27 @@ test('NTFS image through the CLI: ls, cat, stat, extract, blockmap and checkin w
     map.some((r) => r.kind === 'inode-table' && r.fs === 'ntfs'),
     'the MFT is in the map',
   );
+  // every cluster $Bitmap marks in use has an owner: file data, INDX blocks by folder, streams, system files
+  assert.deepEqual(
+    map.filter((r) => r.kind === 'allocated'),
+    [],
+  );
+  const many = /^d\/d (\d+)-144-\d+:\tmany$/m.exec(await run('fls', ['-r', '-p', img]))![1];
+  const indx = [...(await run('istat', [img, many])).split('$INDEX_ALLOCATION')[1].matchAll(/^(?:\d+ )+$/gm)].flatMap(
+    (l) => l[0].trim().split(' ').map(Number),
+  );
+  assert.ok(indx.length > 0, 'istat lists /many INDX clusters');
+  for (const c of indx)
+    assert.ok(
+      map.some(
+        (r) =>
+          r.kind === 'directory' &&
+          r.path === '/many' &&
+          (r.start as number) <= c * cluster &&
+          c * cluster < (r.start as number) + (r.length as number),
+      ),
+      `INDX cluster ${c} mapped to /many`,
+    );
   const dir = scratch('ntfs-cli');
   try {
     const dest = path.join(dir, 'x');
@@ -77,6 +98,115 @@ test('NTFS image through the CLI: ls, cat, stat, extract, blockmap and checkin w
     const back = await strata(['cat', 'win', '/a/b/c.txt', '--library', lib], {});
     assert.equal(back.code, 0, back.stderr);
     assert.equal(sha(back.stdoutBytes), files.get('a/b/c.txt'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Paths fls -r -p lists for files and folders, without system files, streams and TSK's virtual folders. */
+async function flsPaths(img: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const m of (await run('fls', ['-r', '-p', img])).matchAll(/^(\S+) (\d+)(?:-\d+-\d+)?:\t(.+)$/gm)) {
+    const p = m[3];
+    if (p.startsWith('$') || p.includes(':')) continue;
+    out.set(`/${p}`, m[2]);
+  }
+  return out;
+}
+
+test('NTFS through the CLI against ntfsls, ntfscat and TSK: ls -R is fls -r -p, each folder is ntfsls, cat is icat and ntfscat, stat is istat', async () => {
+  const img = await ntfsSmallImage();
+  const fls = await flsPaths(img);
+  const listed = lines(await ok(['ls', '-R', '--json', img, '/']));
+  assert.deepEqual(listed.map((x) => x.path as string).sort(), [...fls.keys()].sort());
+  for (const x of listed) assert.equal(String(x.ino), fls.get(x.path as string), `${x.path}: MFT record`);
+  for (const dir of ['/', '/a', '/a/b', '/many', '/z']) {
+    const theirs = (await run('ntfsls', ['-p', dir, img])).split('\n').filter((n) => n && n !== '.' && n !== '..');
+    const ours = lines(await ok(['ls', '--json', img, dir])).map((x) => path.posix.basename(x.path as string));
+    assert.deepEqual(ours.sort(), theirs.sort(), dir);
+  }
+  const files = listed.filter((x) => x.type === 'file').map((x) => x.path as string);
+  // every file outside /many, and every 25th inside it
+  const sample = files.filter((p, i) => !p.startsWith('/many/') || i % 25 === 0);
+  assert.ok(sample.length >= 12, `${sample.length} files`);
+  for (const p of sample) {
+    const cat = await strata(['cat', img, p]);
+    assert.equal(cat.code, 0, cat.stderr);
+    assert.equal(sha(cat.stdoutBytes), sha(await runBuffer('icat', [img, fls.get(p)!])), `${p} vs icat`);
+    assert.equal(sha(cat.stdoutBytes), sha(await runBuffer('ntfscat', [img, p])), `${p} vs ntfscat`);
+    const st = JSON.parse(await ok(['stat', '--json', img, p])) as { size: number; nlink: number; ino: number };
+    const ist = await run('istat', [img, fls.get(p)!]);
+    assert.equal(st.ino, Number(/^Entry: (\d+)/m.exec(ist)![1]), p);
+    assert.equal(st.nlink, Number(/^Links: (\d+)/m.exec(ist)![1]), p);
+  }
+  // a stream by path:stream through cat, as ntfscat -n reads it
+  const s = await strata(['cat', img, '/a/b/c.txt:s']);
+  assert.equal(s.code, 0, s.stderr);
+  assert.equal(sha(s.stdoutBytes), sha(await runBuffer('ntfscat', ['-a', '0x80', '-n', 's', img, '/a/b/c.txt'])));
+});
+
+test('strata diff of two NTFS images: added, removed and changed files as a walk of their two ntfs-3g mounts sees them', async () => {
+  const base = await ntfsSmallImage();
+  const dir = scratch('ntfs-diff');
+  try {
+    const derived = path.join(dir, 'derived.img');
+    await run('cp', ['--sparse=always', base, derived]);
+    await withNtfsMount(derived, 'streams_interface=xattr', async (m) => {
+      writeFileSync(path.join(m, 'added.txt'), 'new\n');
+      mkdirSync(path.join(m, 'newdir'));
+      writeFileSync(path.join(m, 'newdir', 'inner.bin'), Buffer.alloc(10000, 3));
+      rmSync(path.join(m, 'many', 'n7'));
+      rmSync(path.join(m, 'link'));
+      const frag = readFileSync(path.join(m, 'frag'));
+      frag[50000] ^= 0xff; // same size, one byte
+      writeFileSync(path.join(m, 'frag'), frag);
+      writeFileSync(path.join(m, 'many', 'n10'), 'longer than before\n');
+      await run('setfattr', ['-n', 'user.s', '-v', 'changed stream', path.join(m, 'a', 'b', 'c.txt')]);
+    });
+    const walkMount = (img: string) =>
+      withNtfsMount(img, 'ro,streams_interface=xattr', async (m) => {
+        const out = new Map<string, string>();
+        for (const rel of (await run('find', ['.', '-mindepth', '1'], { cwd: m })).split('\n').filter(Boolean)) {
+          const p = path.join(m, rel);
+          const st = lstatSync(p);
+          out.set(
+            rel.slice(1),
+            st.isFile()
+              ? `file ${st.size} ${sha(readFileSync(p))}`
+              : st.isDirectory()
+                ? 'dir'
+                : `link ${readlinkSync(p)}`,
+          );
+        }
+        return out;
+      });
+    const [a, b] = [await walkMount(base), await walkMount(derived)];
+    const want = {
+      added: [...b.keys()].filter((p) => !a.has(p)).sort(),
+      removed: [...a.keys()].filter((p) => !b.has(p)).sort(),
+      changed: [...b.keys()].filter((p) => a.has(p) && a.get(p) !== b.get(p) && b.get(p)!.startsWith('file')).sort(),
+    };
+    assert.deepEqual(want.added, ['/added.txt', '/newdir', '/newdir/inner.bin']);
+    assert.deepEqual(want.removed, ['/link', '/many/n7']);
+    assert.deepEqual(want.changed, ['/frag', '/many/n10']);
+    const r = await strata(['diff', base, derived, '--json']);
+    assert.equal(r.code, 1, r.stderr);
+    const f = (
+      JSON.parse(r.stdout) as {
+        files: Record<'added' | 'removed' | 'changed' | 'metadata', Array<{ path: string; fields?: string[] }>>;
+      }
+    ).files;
+    assert.deepEqual(f.added.map((x) => x.path).sort(), want.added);
+    assert.deepEqual(f.removed.map((x) => x.path).sort(), want.removed);
+    assert.deepEqual(f.changed.map((x) => x.path).sort(), want.changed);
+    // the stream rewritten through the xattr interface is a metadata change of its file
+    assert.ok(
+      f.metadata.some((x) => x.path === '/a/b/c.txt' && x.fields?.includes('xattrs')),
+      JSON.stringify(f.metadata),
+    );
+    // an image against itself: no differences
+    const same = await strata(['diff', derived, derived, '--json']);
+    assert.equal(same.code, 0, same.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -86,3 +86,43 @@ export function ntfsSmallImage(): Promise<string> {
     });
   });
 }
+
+/** Names that Windows' $UpCase collation and JavaScript's toUpperCase fold differently, and some that agree. */
+export const CASE_NAMES = ['straße.txt', 'ı-dotless', 'æble', 'ǆ-digraph', 'σίσυφος', 'Mixed.Case'];
+/** Names that are legal on NTFS through ntfs-3g but dangerous or reserved for a host: extraction must keep them inside DEST. */
+export const HOSTILE_NAMES = ['..\\..\\escape.txt', 'a\\b', 'CON', 'nul.txt', 'colon:name', 'trailing. ', '.. '];
+
+/**
+ * A small NTFS written through ntfs-3g with `-o permissions` (its default user mapping
+ * stores uid/gid as owner/group SIDs in $Secure): files owned by root, 1000 and 1234:55;
+ * alternate data streams on a file and a folder; names that fold differently under $UpCase
+ * and JavaScript; names with `\`, `:`, reserved Windows names; a 300-entry folder (INDX blocks).
+ */
+export function ntfsOwnersImage(): Promise<string> {
+  return fixture('ntfs-owners-v2.img', async (out) => {
+    await run('truncate', ['-s', '16M', out]);
+    await run('mkntfs', ['-F', '-Q', '-L', 'OWNERS', out]);
+    await withNtfsMount(out, 'permissions,streams_interface=windows', async (m) => {
+      const p = (...s: string[]) => path.join(m, ...s);
+      writeFileSync(p('root.txt'), 'root\n');
+      mkdirSync(p('home', 'user'), { recursive: true });
+      writeFileSync(p('home', 'user', 'notes.txt'), 'notes\n');
+      await run('chown', ['-R', '1000:1000', p('home', 'user')]);
+      mkdirSync(p('shared'));
+      writeFileSync(p('shared', 'data.bin'), Buffer.alloc(9000, 7));
+      await run('chown', ['-R', '1234:55', p('shared')]);
+      writeFileSync(p('root.txt:stream'), 'alternate stream of root.txt\n');
+      writeFileSync(p('root.txt:Zone.Identifier'), '[ZoneTransfer]\r\nZoneId=3\r\n');
+      writeFileSync(p('shared:dirstream'), Buffer.alloc(5000, 0x5a)); // non-resident stream of a folder
+      mkdirSync(p('case'));
+      for (const n of CASE_NAMES) writeFileSync(p('case', n), `${n}\n`);
+      mkdirSync(p('many'));
+      for (let i = 0; i < 300; i++) writeFileSync(p('many', `file-${i}.txt`), '');
+    });
+    // ':' is a stream separator in the mount above, a plain character in this one
+    await withNtfsMount(out, 'streams_interface=xattr', async (m) => {
+      mkdirSync(path.join(m, 'hostile'));
+      for (const n of HOSTILE_NAMES) writeFileSync(path.join(m, 'hostile', n), `${n}\n`);
+    });
+  });
+}

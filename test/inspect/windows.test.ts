@@ -15,107 +15,7 @@ import { StrataError } from '../../src/util/errors.js';
 import { emptyHive } from '../helpers/empty-hive.js';
 import { withNtfsMount } from '../helpers/ntfs-images.js';
 import { fixture, run } from '../helpers/tools.js';
-
-const PROGRAMS = 40;
-const BIG = 'B'.repeat(40_000);
-
-type Values = Record<string, string | number>;
-
-/** .reg text for `keys` (every ancestor gets its own section first, as hivexregedit requires). */
-function regText(prefix: string, keys: Record<string, Values>): string {
-  const sections = new Map<string, Values>();
-  for (const k of Object.keys(keys)) {
-    const parts = k.split('\\');
-    for (let i = 1; i <= parts.length; i++) {
-      const p = parts.slice(0, i).join('\\');
-      if (!sections.has(p)) sections.set(p, {});
-    }
-  }
-  for (const [k, v] of Object.entries(keys)) sections.set(k, v);
-  const quote = (s: string) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
-  let out = 'Windows Registry Editor Version 5.00\n\n';
-  for (const [k, vals] of sections) {
-    out += `[${prefix}\\${k}]\n`;
-    for (const [n, v] of Object.entries(vals)) {
-      out += `${quote(n)}=${typeof v === 'number' ? `dword:${v.toString(16).padStart(8, '0')}` : quote(v)}\n`;
-    }
-    out += '\n';
-  }
-  return out;
-}
-
-const CV = 'Microsoft\\Windows NT\\CurrentVersion';
-const UNINSTALL = 'Microsoft\\Windows\\CurrentVersion\\Uninstall';
-
-function softwareKeys(): Record<string, Values> {
-  const keys: Record<string, Values> = {
-    [CV]: {
-      ProductName: 'Windows Server 2022 Datacenter',
-      CurrentVersion: '6.3',
-      CurrentBuild: '20348',
-      CurrentBuildNumber: '20348',
-      EditionID: 'ServerDatacenter',
-      CurrentMajorVersionNumber: 10,
-      CurrentMinorVersionNumber: 0,
-      BigValue: BIG,
-    },
-    [`${UNINSTALL}\\NoDisplayName`]: { Publisher: 'nobody' },
-    'WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\{WOW-1}': {
-      DisplayName: 'Legacy 32-bit Tool',
-      DisplayVersion: '1.0',
-    },
-  };
-  for (let i = 0; i < PROGRAMS; i++) {
-    keys[`${UNINSTALL}\\{${String(i).padStart(8, '0')}-STRATA}`] = {
-      DisplayName: `Programme ${i} für Straße`,
-      DisplayVersion: `${i}.${i % 7}.${i * 3}`,
-      Publisher: `Vendor ${i % 5}`,
-    };
-  }
-  return keys;
-}
-
-async function windowsImage(): Promise<{ img: string; software: string; system: string }> {
-  const dir = await fixture('inspect-windows-v2', async (out) => {
-    const config = path.join(out, 'tree', 'Windows', 'System32', 'config');
-    mkdirSync(config, { recursive: true });
-    mkdirSync(path.join(out, 'tree', 'Windows', 'System32', 'drivers'));
-    const software = path.join(config, 'SOFTWARE');
-    const system = path.join(config, 'SYSTEM');
-    writeFileSync(software, emptyHive());
-    writeFileSync(system, emptyHive());
-    writeFileSync(path.join(out, 'software.reg'), regText('HKEY_LOCAL_MACHINE\\SOFTWARE', softwareKeys()));
-    writeFileSync(
-      path.join(out, 'system.reg'),
-      regText('HKEY_LOCAL_MACHINE\\SYSTEM', {
-        Select: { Current: 2, Default: 2 },
-        'ControlSet001\\Control\\ComputerName\\ComputerName': { ComputerName: 'OLD-SET' },
-        'ControlSet002\\Control\\ComputerName\\ComputerName': { ComputerName: 'WIN-STRATA' },
-      }),
-    );
-    await run('hivexregedit', [
-      '--merge',
-      '--prefix',
-      'HKEY_LOCAL_MACHINE\\SOFTWARE',
-      software,
-      path.join(out, 'software.reg'),
-    ]);
-    await run('hivexregedit', [
-      '--merge',
-      '--prefix',
-      'HKEY_LOCAL_MACHINE\\SYSTEM',
-      system,
-      path.join(out, 'system.reg'),
-    ]);
-    await run('mkfs.ext4', ['-q', '-F', '-d', path.join(out, 'tree'), path.join(out, 'win.img'), '16M']);
-  });
-  const config = path.join(dir, 'tree', 'Windows', 'System32', 'config');
-  return {
-    img: path.join(dir, 'win.img'),
-    software: path.join(config, 'SOFTWARE'),
-    system: path.join(config, 'SYSTEM'),
-  };
-}
+import { BIG, CV, letterDisks, PROGRAMS, UNINSTALL, windowsImage } from '../helpers/windows-images.js';
 
 const hivexget = async (hive: string, key: string, value: string) =>
   (await run('hivexget', [hive, `\\${key}`, value])).replace(/\n$/, '');
@@ -147,7 +47,7 @@ function regString(v: string): string {
 async function windowsNtfsImage(): Promise<{ img: string; software: string; system: string }> {
   const w = await windowsImage();
   const tree = path.join(path.dirname(w.img), 'tree');
-  const img = await fixture('inspect-windows-ntfs-v1.img', async (out) => {
+  const img = await fixture('inspect-windows-ntfs-v3.img', async (out) => {
     await run('truncate', ['-s', '32M', out]);
     await run('mkntfs', ['-F', '-Q', out]);
     await withNtfsMount(out, 'rw', async (m) => {
@@ -183,6 +83,17 @@ async function checkWindows(w: { img: string; software: string; system: string }
   assert.deepEqual(os.warnings, []);
 }
 
+/** \\DosDevices\\X: values of MountedDevices as hivexregedit --export gives them (letter -> bytes). */
+async function exportedLetters(system: string): Promise<Map<string, Buffer>> {
+  const text = await run('hivexregedit', ['--export', '--prefix', 'HKLM', system, '\\MountedDevices']);
+  const out = new Map<string, Buffer>();
+  for (const m of text
+    .replace(/\\\r?\n\s*/g, '')
+    .matchAll(/^"\\\\DosDevices\\\\([A-Z]:)"=hex(?:\(3\))?:([0-9a-f,]*)$/gm))
+    out.set(m[1], Buffer.from(m[2].split(',').map((x) => Number.parseInt(x, 16))));
+  return out;
+}
+
 describe('inspect Windows hives', () => {
   test('product, version, build, edition, hostname and programs match hivexget / hivexregedit --export', async () => {
     await checkWindows(await windowsImage());
@@ -190,6 +101,64 @@ describe('inspect Windows hives', () => {
 
   test('the same on NTFS (mkntfs, filled through ntfs-3g): inspect reaches Windows/System32/config', async () => {
     await checkWindows(await windowsNtfsImage());
+  });
+
+  test("drive letters from SYSTEM\\MountedDevices resolve to this disk's partitions as sfdisk and sgdisk lay them out (MBR signature + offset, GPT partition GUID); others stay device names", async () => {
+    const d = await letterDisks();
+    const letters = await exportedLetters(d.system);
+    assert.deepEqual([...letters.keys()].sort(), ['C:', 'D:', 'E:', 'F:', 'G:', 'H:']);
+    const table = (
+      JSON.parse(await run('sfdisk', ['--json', d.mbr])) as {
+        partitiontable: { id: string; partitions: Array<{ node: string; start: number }> };
+      }
+    ).partitiontable;
+    const gptGuids = new Map<string, string>();
+    for (const n of [1, 2]) {
+      const info = await run('sgdisk', ['-i', String(n), d.gpt]);
+      gptGuids.set(/Partition unique GUID: (\S+)/.exec(info)![1].toLowerCase(), String(n));
+    }
+    for (const [disk, scheme] of [
+      [d.mbr, 'mbr'],
+      [d.gpt, 'gpt'],
+    ] as const) {
+      const r = await inspectImage(disk);
+      assert.deepEqual(
+        r.roots.map((x) => [x.root, x.osType, x.hostname]),
+        [
+          [
+            '1',
+            'windows',
+            await hivexget(d.system, 'ControlSet001\\Control\\ComputerName\\ComputerName', 'ComputerName'),
+          ],
+        ],
+      );
+      const got = r.roots[0].mountpoints;
+      assert.deepEqual(Object.keys(got).sort(), [...letters.keys()].sort());
+      let resolved = 0;
+      for (const [letter, data] of letters) {
+        let volume: string | undefined;
+        if (data.length === 12) {
+          const sig = `0x${data.readUInt32LE(0).toString(16).padStart(8, '0')}`;
+          const start = Number(data.readBigUInt64LE(4));
+          const p = table.partitions.find((x) => x.start * 512 === start);
+          if (scheme === 'mbr' && sig === table.id.toLowerCase() && p) volume = /(\d+)$/.exec(p.node)![1];
+        } else if (data.subarray(0, 8).toString('latin1') === 'DMIO:ID:') {
+          const h = data.subarray(8).toString('hex');
+          const rev = (x: string) => x.match(/../g)!.reverse().join('');
+          const guid = `${rev(h.slice(0, 8))}-${rev(h.slice(8, 12))}-${rev(h.slice(12, 16))}-${h.slice(16, 20)}-${h.slice(20)}`;
+          if (scheme === 'gpt') volume = gptGuids.get(guid);
+        } else {
+          assert.equal(got[letter].device, data.toString('utf16le'), letter);
+        }
+        assert.equal(got[letter].volume, volume, `${scheme} ${letter}`);
+        if (volume) {
+          assert.equal(got[letter].fstype, 'ntfs', `${scheme} ${letter}`);
+          resolved++;
+        }
+      }
+      assert.equal(resolved, 2, `${scheme}: C: and D: (or F: and G:) resolve`);
+      assert.deepEqual(r.roots[0].warnings, []);
+    }
   });
 
   test('a 40,000-byte value reads back as hivexget reads it', async () => {

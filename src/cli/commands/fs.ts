@@ -262,6 +262,7 @@ export function registerFsCommands(program: Command): void {
         `Access: (${r.mode.toString(8).padStart(4, '0')}/${modeString(r.type, r.mode)})  Uid: ${r.uid}  Gid: ${r.gid}   Inode: ${r.ino}${r.flags !== undefined ? `   Flags: 0x${r.flags.toString(16)}` : ''}`,
       ];
       if (r.rdev) lines.push(`Device: ${r.rdev.major},${r.rdev.minor}`);
+      if (r.ownerSid) lines.push(` Owner: ${r.ownerSid}   Group: ${r.groupSid ?? '-'}`);
       lines.push(`Access: ${r.atime ?? '-'}`, `Modify: ${r.mtime ?? '-'}`, `Change: ${r.ctime ?? '-'}`);
       lines.push(` Birth: ${r.crtime ?? '-'}`);
       if (r.xattrs.length) lines.push(`Xattrs: ${r.xattrs.join(', ')}`);

@@ -10,6 +10,7 @@ import {
   ATTR,
   type Attribute,
   applyFixups,
+  descriptorOwner,
   FILE_ATTR,
   type FileName,
   type IndexEntry,
@@ -23,11 +24,14 @@ import {
   parseIndexNode,
   parseRecord,
   parseReparse,
+  parseSiiNode,
   parseStandardInformation,
   REPARSE_TAG,
   type Run,
+  type SiiEntry,
   u16,
   u32,
+  upcaseName,
 } from './structs.js';
 
 export const NTFS_ROOT_INO = 5;
@@ -38,6 +42,38 @@ const FIRST_USER_RECORD = 24;
 const MAX_EXTENSION_RECORDS = 4096;
 const MAX_INDEX_BYTES = 256 << 20;
 const MAX_WARNINGS = 1000;
+/**
+ * A named $DATA stream (alternate data stream) looked up as `path:stream` gets an inode number
+ * of its own: the MFT record number plus (k + 1) * 2^32, k = the stream's place among the
+ * file's stream names in sorted order. Record numbers stay below 2^32 (an MFT of 4 TiB).
+ */
+const STREAM_INO = 2 ** 32;
+const MAX_STREAMS = 2 ** 20;
+/** Owner SIDs that ntfs-3g (and Windows) treat as root: SYSTEM and Administrators. */
+const ROOT_SIDS = new Set(['S-1-5-18', 'S-1-5-32-544']);
+/** ntfs-3g's default user mapping (no UserMapping file): uid u <-> S-1-5-21-3141592653-589793238-462843383-(10000 + 2u), gid g <-> ...-(10001 + 2g). */
+const NTFS3G_DOMAIN = 'S-1-5-21-3141592653-589793238-462843383-';
+const ATTR_NAMES: Record<number, string> = {
+  32: '$ATTRIBUTE_LIST',
+  80: '$SECURITY_DESCRIPTOR',
+  192: '$REPARSE_POINT',
+  208: '$EA_INFORMATION',
+  224: '$EA',
+  256: '$LOGGED_UTILITY_STREAM',
+};
+/** uid/gid for a SID with no mapping. */
+const NOBODY = 65534;
+
+/** The uid (or gid) a SID maps to: root for SYSTEM/Administrators, ntfs-3g's default mapping, else nobody. */
+export function sidToId(sid: string | undefined, group: boolean): number {
+  if (sid === undefined || ROOT_SIDS.has(sid)) return 0;
+  if (sid.startsWith(NTFS3G_DOMAIN)) {
+    const rid = Number(sid.slice(NTFS3G_DOMAIN.length));
+    const base = group ? 10001 : 10000;
+    if (Number.isInteger(rid) && rid >= base && (rid - base) % 2 === 0) return (rid - base) / 2;
+  }
+  return NOBODY;
+}
 
 export interface NtfsOpenOptions {
   /** List `$` system files ($MFT, $Bitmap, $Extend ...) in the root directory. */
@@ -80,6 +116,8 @@ interface Node {
   attrs: Attribute[];
   names: FileName[];
   reparse?: { tag: number; target?: string };
+  /** Set on the inode of a named stream (`path:stream`): the $DATA attribute's name. */
+  stream?: string;
 }
 
 export class NtfsFileSystem implements FileSystem {
@@ -93,6 +131,9 @@ export class NtfsFileSystem implements FileSystem {
   private label?: string;
   private version?: string;
   private volFlags = 0;
+  private upcase?: Promise<Uint16Array | undefined>;
+  private secure?: Promise<{ sii: Map<number, SiiEntry>; sds?: Stream } | undefined>;
+  private readonly owners = new Map<number, { owner?: string; group?: string }>();
 
   private constructor(
     private readonly ctx: NtfsContext,
@@ -211,6 +252,7 @@ export class NtfsFileSystem implements FileSystem {
   async node(n: number): Promise<Node> {
     const have = this.nodes.get(n);
     if (have) return have;
+    if (n >= STREAM_INO) return this.streamNode(n);
     const rec = await this.readRecord(n);
     const structure = `MFT record ${n}`;
     if (!(rec.flags & 1)) throw this.ctx.error('NOT_FOUND', 'record not in use', structure);
@@ -276,10 +318,118 @@ export class NtfsFileSystem implements FileSystem {
       pub.ctime = si.ctime;
       pub.atime = si.atime;
     }
+    const sd = await this.securityOf(attrs, si?.securityId, structure);
+    if (sd.owner) pub.ownerSid = sd.owner;
+    if (sd.group) pub.groupSid = sd.group;
+    pub.uid = sidToId(sd.owner, false);
+    pub.gid = sidToId(sd.group, true);
     const node: Node = { pub, rec, attrs, names, reparse };
     if (this.nodes.size > 100000) this.nodes.clear();
     this.nodes.set(n, node);
     return node;
+  }
+
+  /** Names of a file's named $DATA streams, sorted (their order gives the stream inode numbers). */
+  private streamNames(n: Node): string[] {
+    return [...new Set(n.attrs.filter((a) => a.type === ATTR.DATA && a.name !== '').map((a) => a.name))].sort();
+  }
+
+  /** The inode of a named stream: the file's facts with the stream's size and extents. */
+  private async streamNode(ino: number): Promise<Node> {
+    const base = await this.node(ino % STREAM_INO);
+    const k = Math.floor(ino / STREAM_INO) - 1;
+    const name = this.streamNames(base)[k];
+    const structure = `MFT record ${ino % STREAM_INO}`;
+    if (name === undefined) throw this.ctx.error('NOT_FOUND', `no stream ${k} (inode ${ino})`, structure);
+    const s = this.stream(base.attrs, ATTR.DATA, name, structure)!;
+    const pub: Inode = {
+      ...base.pub,
+      ino,
+      type: 'file',
+      mode: base.pub.mode & 0o666,
+      nlink: 1,
+      size: s.attr.dataSize,
+      allocatedBytes: s.attr.resident ? 0 : s.attr.allocatedSize,
+    };
+    return { ...base, pub, reparse: undefined, stream: name };
+  }
+
+  /**
+   * Owner and group SIDs: the security descriptor $Secure:$SDS holds for the file's security
+   * id (NTFS 3.x, found through the $SII index), or the file's own $SECURITY_DESCRIPTOR (1.x).
+   */
+  private async securityOf(
+    attrs: Attribute[],
+    id: number | undefined,
+    structure: string,
+  ): Promise<{ owner?: string; group?: string }> {
+    const own = attrs.find((a) => a.type === ATTR.SECURITY_DESCRIPTOR);
+    if (own) {
+      const v = own.resident
+        ? own.value!
+        : await this.readStream({ attr: own, runs: own.runs }, 0, Math.min(own.dataSize, 65536), structure);
+      return descriptorOwner(v);
+    }
+    if (!id) return {};
+    const have = this.owners.get(id);
+    if (have) return have;
+    this.secure ??= this.loadSecure().catch((e) => {
+      if (!(e instanceof StrataError)) throw e;
+      this.ctx.warn(`$Secure unreadable, owners unknown: ${e.message}`);
+      return undefined;
+    });
+    const secure = await this.secure;
+    const sii = secure?.sii;
+    const at = sii?.get(id);
+    let out: { owner?: string; group?: string } = {};
+    if (sii && !at) this.ctx.warn(`${structure}: security id ${id} not in $Secure:$SII`);
+    if (at) {
+      const sds = secure?.sds;
+      const where = `$Secure:$SDS entry of security id ${id} at ${at.offset}`;
+      if (!sds || at.length < 20 || at.length > 65536 || at.offset + at.length > sds.attr.dataSize)
+        throw this.ctx.error('CORRUPT', `descriptor of ${at.length} bytes outside $SDS`, where);
+      const v = await this.readStream(sds, at.offset, at.length, where);
+      if (u32(v, 4) !== id) throw this.ctx.error('CORRUPT', `entry names security id ${u32(v, 4)}`, where);
+      out = descriptorOwner(v.subarray(20));
+    }
+    if (this.owners.size > 65536) this.owners.clear();
+    this.owners.set(id, out);
+    return out;
+  }
+
+  /** $Secure's $SII index (security id -> $SDS entry), every node read once. */
+  private async loadSecure(): Promise<{ sii: Map<number, SiiEntry>; sds?: Stream }> {
+    const attrs = await this.systemAttrs(9);
+    const sii = new Map<number, SiiEntry>();
+    for (const { b, hdr, where } of await this.indexNodes(attrs, '$SII', '$Secure:$SII'))
+      for (const e of parseSiiNode(b, hdr, this.ctx.name, where)) sii.set(e.securityId, e);
+    return { sii, sds: this.stream(attrs, ATTR.DATA, '$SDS', '$Secure') };
+  }
+
+  /** A system file's attributes without its owner (which $Secure gives: no cycle through node()). */
+  private async systemAttrs(n: number): Promise<Attribute[]> {
+    const rec = await this.readRecord(n);
+    if (!(rec.flags & 1)) throw this.ctx.error('CORRUPT', 'system file record not in use', `MFT record ${n}`);
+    return this.gather(rec);
+  }
+
+  /** The volume's $UpCase table (MFT record 10), for Windows' case-insensitive name matching. */
+  private upcaseTable(): Promise<Uint16Array | undefined> {
+    this.upcase ??= (async () => {
+      const s = this.stream(await this.systemAttrs(10), ATTR.DATA, '', '$UpCase');
+      const size = s?.attr.dataSize ?? 0;
+      if (size !== 131072 || !s)
+        throw this.ctx.error('CORRUPT', `$UpCase of ${size} bytes, not 131072`, 'MFT record 10');
+      const b = await this.readStream(s, 0, 131072, '$UpCase');
+      const t = new Uint16Array(65536);
+      for (let i = 0; i < 65536; i++) t[i] = u16(b, 2 * i);
+      return t;
+    })().catch((e) => {
+      if (!(e instanceof StrataError)) throw e;
+      this.ctx.warn(`${e.message}; names compared with ASCII case folding`);
+      return undefined;
+    });
+    return this.upcase;
   }
 
   // ------------------------------------------------------------ stream reading
@@ -353,17 +503,35 @@ export class NtfsFileSystem implements FileSystem {
   // ------------------------------------------------------------ directories
 
   private async index(dir: Node): Promise<IndexEntry[]> {
-    const structure = `directory index of MFT record ${dir.pub.ino}`;
-    const root = dir.attrs.find((a) => a.type === ATTR.INDEX_ROOT && a.name === '$I30');
-    if (!root?.value) throw this.ctx.error('CORRUPT', 'directory without $INDEX_ROOT $I30', structure);
-    const out = parseIndexNode(root.value, 16, this.ctx.name, structure, 0);
-    const alloc = this.stream(dir.attrs, ATTR.INDEX_ALLOCATION, '$I30', structure);
+    const out: IndexEntry[] = [];
+    for (const { b, hdr, where } of await this.indexNodes(
+      dir.attrs,
+      '$I30',
+      `directory index of MFT record ${dir.pub.ino}`,
+    ))
+      out.push(...parseIndexNode(b, hdr, this.ctx.name, where, 0));
+    return out;
+  }
+
+  /**
+   * Every node of index `name` of a record: its $INDEX_ROOT (node header at 16) and each
+   * in-use INDX block of its $INDEX_ALLOCATION (fixups applied, node header at 24).
+   */
+  private async indexNodes(
+    attrs: Attribute[],
+    name: string,
+    structure: string,
+  ): Promise<Array<{ b: Uint8Array; hdr: number; where: string }>> {
+    const root = attrs.find((a) => a.type === ATTR.INDEX_ROOT && a.name === name);
+    if (!root?.value || root.value.length < 32) throw this.ctx.error('CORRUPT', `no $INDEX_ROOT ${name}`, structure);
+    const out = [{ b: root.value, hdr: 16, where: structure }];
+    const alloc = this.stream(attrs, ATTR.INDEX_ALLOCATION, name, structure);
     if (!alloc || alloc.attr.resident) return out;
     const bs = u32(root.value, 8) || this.ctx.boot.indexBlockSize;
     if (bs < 512 || bs > 65536 || bs & (bs - 1)) throw this.ctx.error('CORRUPT', `index block size ${bs}`, structure);
     if (alloc.attr.dataSize > MAX_INDEX_BYTES)
       throw this.ctx.error('LIMIT', `index of ${alloc.attr.dataSize} bytes`, structure);
-    const bmAttr = dir.attrs.find((a) => a.type === ATTR.BITMAP && a.name === '$I30');
+    const bmAttr = attrs.find((a) => a.type === ATTR.BITMAP && a.name === name);
     let bitmap: Uint8Array | undefined;
     if (bmAttr)
       bitmap = bmAttr.resident
@@ -373,8 +541,9 @@ export class NtfsFileSystem implements FileSystem {
     for (let i = 0; (i + 1) * bs <= all.length; i++) {
       if (bitmap && !(bitmap[i >> 3] & (1 << (i & 7)))) continue;
       const blk = all.slice(i * bs, (i + 1) * bs);
-      applyFixups(blk, 'INDX', this.ctx.name, `${structure}, INDX block ${i}`, i * bs);
-      out.push(...parseIndexNode(blk, 24, this.ctx.name, `${structure}, INDX block ${i}`, 0));
+      const where = `${structure}, INDX block ${i}`;
+      applyFixups(blk, 'INDX', this.ctx.name, where, i * bs);
+      out.push({ b: blk, hdr: 24, where });
     }
     return out;
   }
@@ -397,8 +566,6 @@ export class NtfsFileSystem implements FileSystem {
         name.includes('/') ||
         name.includes('\0')
       )
-        continue;
-      if (dir.ino === NTFS_ROOT_INO && e.ref < FIRST_USER_RECORD && name.startsWith('$') && !this.opts.showMetadata)
         continue;
       const k = `${e.ref}/${name}`;
       if (seen.has(k)) continue;
@@ -447,25 +614,58 @@ export class NtfsFileSystem implements FileSystem {
     return resolvePath(this, path);
   }
 
+  /** A listing as readdir gives it: the root's `$` system files only with `showMetadata`. */
+  private async visible(dir: Inode): Promise<DirEntry[]> {
+    const l = await this.listing(dir);
+    if (dir.ino !== NTFS_ROOT_INO || this.opts.showMetadata) return l;
+    return l.filter((e) => !(e.ino < FIRST_USER_RECORD && e.name.startsWith('$')));
+  }
+
   async *readdir(dir: Inode): AsyncIterable<DirEntry> {
-    yield* await this.listing(dir);
+    yield* await this.visible(dir);
   }
 
   readdirAll(dir: Inode): Promise<DirEntry[]> {
-    return this.listing(dir);
+    return this.visible(dir);
   }
 
+  /**
+   * One name in a directory, as Windows finds it: the exact name first (POSIX-namespace names
+   * may differ only in case), then the first name equal under the volume's $UpCase table.
+   * Hidden `$` system files are found when named (`/$MFT`). `name:stream` (also
+   * `name:stream:$DATA`) is the named $DATA stream of `name`, with an inode number of its own;
+   * `name::$DATA` is `name`. A real name holding ':' (POSIX namespace) wins.
+   */
   async lookupChild(dir: Inode, name: string): Promise<DirEntry | undefined> {
     const l = await this.listing(dir);
-    return l.find((e) => e.name === name) ?? l.find((e) => e.name.toUpperCase() === name.toUpperCase());
+    const exact = l.find((e) => e.name === name);
+    if (exact) return exact;
+    const up = await this.upcaseTable();
+    const key = upcaseName(name, up);
+    const folded = l.find((e) => upcaseName(e.name, up) === key);
+    if (folded || !name.includes(':')) return folded;
+    const colon = name.indexOf(':');
+    const base = await this.lookupChild(dir, name.slice(0, colon));
+    if (!base || base.ino >= STREAM_INO) return undefined;
+    let stream = name.slice(colon + 1);
+    const typed = /^(.*):\$DATA$/i.exec(stream);
+    if (typed) stream = typed[1];
+    else if (stream.includes(':')) return undefined;
+    if (stream === '') return base;
+    const names = this.streamNames(await this.node(base.ino));
+    let k = names.indexOf(stream);
+    if (k < 0) k = names.findIndex((x) => upcaseName(x, up) === upcaseName(stream, up));
+    if (k < 0 || k >= MAX_STREAMS || base.ino >= STREAM_INO) return undefined;
+    return { name, ino: base.ino + (k + 1) * STREAM_INO, type: 'file' };
   }
 
   async read(file: Inode, offset: number, length: number): Promise<Uint8Array> {
     const n = await this.node(file.ino);
     if (n.pub.type === 'dir') throw this.ctx.error('USAGE', 'read of a directory', `MFT record ${file.ino}`);
-    const s = this.stream(n.attrs, ATTR.DATA, '', `MFT record ${file.ino}`);
+    const where = `$DATA${n.stream ? `:${n.stream}` : ''} of MFT record ${file.ino % STREAM_INO}`;
+    const s = this.stream(n.attrs, ATTR.DATA, n.stream ?? '', where);
     if (!s) return new Uint8Array(0);
-    return this.readStream(s, offset, length, `$DATA of MFT record ${file.ino}`);
+    return this.readStream(s, offset, length, where);
   }
 
   async readlink(link: Inode): Promise<string> {
@@ -478,8 +678,8 @@ export class NtfsFileSystem implements FileSystem {
   async xattrs(file: Inode): Promise<Map<string, Uint8Array>> {
     const n = await this.node(file.ino);
     const out = new Map<string, Uint8Array>();
-    const names = new Set(n.attrs.filter((a) => a.type === ATTR.DATA && a.name !== '').map((a) => a.name));
-    for (const name of names) {
+    if (n.stream) return out;
+    for (const name of this.streamNames(n)) {
       const s = this.stream(n.attrs, ATTR.DATA, name, `MFT record ${file.ino}`)!;
       out.set(
         `ntfs.stream.${name}`,
@@ -491,9 +691,18 @@ export class NtfsFileSystem implements FileSystem {
     return out;
   }
 
+  /**
+   * Where a file's bytes lie (a named stream's, for a `path:stream` inode); a directory's
+   * extents are its $I30 index allocation (the INDX blocks), as ext's are its blocks.
+   */
   async *extents(file: Inode): AsyncIterable<FileExtent> {
     const n = await this.node(file.ino);
-    const s = this.stream(n.attrs, ATTR.DATA, '', `MFT record ${file.ino}`);
+    if (n.pub.type === 'dir') {
+      const a = this.stream(n.attrs, ATTR.INDEX_ALLOCATION, '$I30', `MFT record ${file.ino}`);
+      if (a && !a.attr.resident) yield* this.plain(a.runs, 0, Number.MAX_SAFE_INTEGER, a.attr.dataSize);
+      return;
+    }
+    const s = this.stream(n.attrs, ATTR.DATA, n.stream ?? '', `MFT record ${file.ino % STREAM_INO}`);
     if (!s || s.attr.dataSize === 0) return;
     const a = s.attr;
     if (a.resident) {
@@ -563,25 +772,94 @@ export class NtfsFileSystem implements FileSystem {
     return out;
   }
 
+  /**
+   * The boot sector; $MFT (as records), $MFTMirr, $LogFile and $Bitmap; then, from one pass
+   * over the MFT, every index allocation (INDX blocks) by the record that owns it — a
+   * directory's $I30 as `directory` (with its MFT record, so a block map names the folder),
+   * the view indexes ($Secure:$SII/$SDH, $Extend's $ObjId:$O, $Quota:$O/$Q, $Reparse:$R) as
+   * `index` — and the other system files' streams ($Secure:$SDS, $UpCase, $AttrDef,
+   * $Extend's files, records 0-23) as `reserved`.
+   */
   async *metadataRegions(): AsyncIterable<OwnedRange> {
     const cs = this.ctx.boot.clusterSize;
-    yield { offset: 0, length: Math.max(cs, 512), kind: 'boot-sector', detail: '$Boot' };
+    yield { offset: 0, length: Math.max(cs, 8192), kind: 'boot-sector', detail: '$Boot' }; // $Boot: 8 KiB
     const sys: Array<[number, string, string]> = [
       [0, 'inode-table', '$MFT'],
       [1, 'reserved', '$MFTMirr'],
       [2, 'journal', '$LogFile'],
       [6, 'bitmap', '$Bitmap'],
     ];
+    const runsOf = (s: Stream | undefined) => (s && !s.attr.resident ? s.runs.filter((r) => r.lcn >= 0) : []);
     for (const [rec, kind, detail] of sys) {
       const n = await this.node(rec);
-      const s = this.stream(n.attrs, ATTR.DATA, '', detail);
-      if (!s || s.attr.resident) continue;
-      for (const r of s.runs) {
-        if (r.lcn < 0) continue;
+      for (const r of runsOf(this.stream(n.attrs, ATTR.DATA, '', detail))) {
         const o: OwnedRange = { offset: r.lcn * cs, length: r.length * cs, kind, detail, ino: rec };
         if (rec === 0)
           o.inodes = { first: Math.floor((r.vcn * cs) / this.ctx.boot.recordSize), size: this.ctx.boot.recordSize };
         yield o;
+      }
+    }
+    const extend = new Set<number>([11]);
+    for (let n = 0; n < this.mftRecords; n++) {
+      let rec: MftRecord;
+      try {
+        rec = await this.readRecord(n);
+      } catch (e) {
+        if (!(e instanceof StrataError)) throw e;
+        this.ctx.warn(`metadata regions: ${e.message}`);
+        continue;
+      }
+      if (!(rec.flags & 1) || rec.baseRecord !== 0) continue;
+      const names = rec.attributes
+        .filter((a) => a.type === ATTR.FILE_NAME && a.value)
+        .map((a) => parseFileName(a.value!, this.ctx.name, `MFT record ${n}`));
+      const underExtend = names.some((f) => extend.has(f.parent) && f.parent !== n);
+      const system = n < FIRST_USER_RECORD || underExtend;
+      if (underExtend && rec.flags & 2) extend.add(n); // folders under $Extend ($RmMetadata ...) hold system files too
+      const wanted = (a: Attribute) =>
+        a.type === ATTR.ATTRIBUTE_LIST || (!a.resident && (a.type !== ATTR.DATA || system || a.name !== ''));
+      if (!rec.attributes.some(wanted)) continue;
+      let node: Node;
+      try {
+        node = await this.node(n);
+      } catch (e) {
+        if (!(e instanceof StrataError)) throw e;
+        this.ctx.warn(`metadata regions: ${e.message}`);
+        continue;
+      }
+      const fileName = names.find((f) => f.namespace !== NAMESPACE.DOS)?.name ?? `MFT record ${n}`;
+      const seen = new Set<string>();
+      const list = rec.attributes.filter((a) => a.type === ATTR.ATTRIBUTE_LIST);
+      for (const a of [...list, ...node.attrs]) {
+        const key = `${a.type}:${a.name}`;
+        if (seen.has(key) || a.resident) continue;
+        seen.add(key);
+        let kind: string;
+        let detail: string;
+        if (a.type === ATTR.INDEX_ALLOCATION) {
+          kind = a.name === '$I30' ? 'directory' : 'index';
+          detail = a.name === '$I30' ? `$I30 index of ${fileName}` : `${fileName}:${a.name}`;
+        } else if (a.type === ATTR.BITMAP) {
+          kind = a.name === '$I30' ? 'directory' : 'bitmap';
+          detail = `${fileName}:${a.name || '$BITMAP'}`;
+        } else if (a.type === ATTR.DATA && !system) {
+          if (a.name === '') continue; // the file's own data: its extents
+          kind = 'xattr'; // an alternate data stream: read as the xattr ntfs.stream.NAME
+          detail = `${fileName}:${a.name}`;
+        } else if (a.type === ATTR.DATA) {
+          if (a.name === '' && (n <= 2 || n === 6 || n === 7)) continue; // above; $Boot is the boot sector
+          kind = 'reserved';
+          detail = a.name ? `${fileName}:${a.name}` : fileName;
+        } else {
+          // $ATTRIBUTE_LIST, $SECURITY_DESCRIPTOR (mkntfs makes the root's non-resident), $REPARSE_POINT, $EA ...
+          kind = 'reserved';
+          detail = `${fileName}:${ATTR_NAMES[a.type] ?? `attribute 0x${a.type.toString(16)}`}`;
+        }
+        const s =
+          a.type === ATTR.ATTRIBUTE_LIST
+            ? { attr: a, runs: a.runs }
+            : this.stream(node.attrs, a.type, a.name, `MFT record ${n}`);
+        for (const r of runsOf(s)) yield { offset: r.lcn * cs, length: r.length * cs, kind, detail, ino: n };
       }
     }
   }

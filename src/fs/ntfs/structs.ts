@@ -434,3 +434,72 @@ export function parseReparse(v: Uint8Array): Reparse {
     return { tag, target: new TextDecoder().decode(v.subarray(12)) };
   return { tag };
 }
+
+// ---------------------------------------------------------------- security ($Secure)
+
+/** A SID in its text form, S-R-A-S1-S2-..., from its binary form at `o` (undefined when it does not fit). */
+export function sidText(b: Uint8Array, o: number): string | undefined {
+  if (o < 0 || o + 8 > b.length || b[o] !== 1) return undefined;
+  const n = b[o + 1];
+  if (n > 15 || o + 8 + 4 * n > b.length) return undefined;
+  let auth = 0;
+  for (let i = 2; i < 8; i++) auth = auth * 256 + b[o + i];
+  let s = `S-1-${auth}`;
+  for (let i = 0; i < n; i++) s += `-${u32(b, o + 8 + 4 * i)}`;
+  return s;
+}
+
+/** Owner and group SIDs of a self-relative security descriptor. */
+export function descriptorOwner(sd: Uint8Array): { owner?: string; group?: string } {
+  if (sd.length < 20 || sd[0] !== 1) return {};
+  const ownerAt = u32(sd, 4);
+  const groupAt = u32(sd, 8);
+  return {
+    owner: ownerAt ? sidText(sd, ownerAt) : undefined,
+    group: groupAt ? sidText(sd, groupAt) : undefined,
+  };
+}
+
+/** A $Secure:$SII entry: security id -> where its descriptor lies in $Secure:$SDS. */
+export interface SiiEntry {
+  securityId: number;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Entries of a view-index node keyed by security id ($Secure:$SII); the node header at `hdr`
+ * as in parseIndexNode. Each entry: data offset and length (u16 at 0 and 2), entry length
+ * (8), key length (10), flags (12); key = the id; data = hash, id, $SDS offset (u64), length.
+ */
+export function parseSiiNode(b: Uint8Array, hdr: number, file: string, structure: string): SiiEntry[] {
+  const first = hdr + u32(b, hdr);
+  const end = Math.min(hdr + u32(b, hdr + 4), b.length);
+  const out: SiiEntry[] = [];
+  let p = first;
+  while (p + 16 <= end) {
+    const len = u16(b, p + 8);
+    const flags = u16(b, p + 12);
+    if (len < 16 || p + len > end) throw fail(file, structure, p, `index entry of length ${len}`);
+    if (flags & 2) break; // the last entry: no key (its subnode is read with the other blocks)
+    const dOff = u16(b, p);
+    const dLen = u16(b, p + 2);
+    if (dLen < 20 || dOff + dLen > len) throw fail(file, structure, p, `$SII entry data of ${dLen} bytes at ${dOff}`);
+    out.push({ securityId: u32(b, p + dOff + 4), offset: u64(b, p + dOff + 8), length: u32(b, p + dOff + 16) });
+    p += len;
+  }
+  return out;
+}
+
+/**
+ * Windows' name collation: each UTF-16 code unit through the volume's $UpCase table
+ * (65,536 entries), compared unit by unit. `upcase` undefined: ASCII only.
+ */
+export function upcaseName(name: string, upcase: Uint16Array | undefined): string {
+  let s = '';
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    s += String.fromCharCode(upcase ? upcase[c] : c >= 0x61 && c <= 0x7a ? c - 32 : c);
+  }
+  return s;
+}
