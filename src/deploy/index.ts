@@ -1,5 +1,28 @@
 /** The deploy layer's public surface: what the CLI and the layers above use. */
 export { type DeployEvent, Deployer, type DeployOptions, type DeploySource } from './deployer.js';
 export { blockSignatures, differingBlocks } from './diff.js';
+export {
+  type BootProfile,
+  checkProfile,
+  PROFILE_KIND,
+  type ProfileEntry,
+  type ProfilePlan,
+  ProfileRecorder,
+  type ProfileSummary,
+  planProfile,
+  RangeSet,
+  summariseProfile,
+} from './profile.js';
+export {
+  findProfile,
+  loadProfile,
+  profileFor,
+  profilePlan,
+  readProfileFile,
+  recordProfile,
+  saveProfile,
+  sourceBlockMap,
+  versionBlockMap,
+} from './profile-store.js';
 export { imageDeploySource, libraryDeploySource, openDeploySource } from './source.js';
 export { type DeployHeader, loadState, STATE_SUFFIX } from './state.js';

@@ -24,6 +24,11 @@ export function registerDeployCommand(program: Command): void {
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
       .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
       .option('-x, --name <name>', 'export name', '')
+      .option(
+        '--profile <ref|file|none>',
+        "boot profile fetched first, in access order (default: the version's own or the nearest earlier one)",
+      )
+      .option('--trace <file>', 'append every NBD request as a JSON line (a log `strata profile record` reads)')
       .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
   ).action(async (sourceArg: string, o: Record<string, unknown>) => {
@@ -34,8 +39,8 @@ export function registerDeployCommand(program: Command): void {
     const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
     const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
     const json = Boolean(o.json);
-    const { Deployer, openDeploySource } = await import('../../deploy/index.js');
-    const { NbdServer } = await import('../../serve/index.js');
+    const { Deployer, findProfile, openDeploySource, profilePlan } = await import('../../deploy/index.js');
+    const { NbdServer, TraceWriter } = await import('../../serve/index.js');
     const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
     let bar: SingleBar | undefined;
     const onEvent = (e: DeployEvent) => {
@@ -55,12 +60,43 @@ export function registerDeployCommand(program: Command): void {
     });
     let d: DeployerT;
     try {
-      d = await Deployer.open(source, String(o.to), { resume: Boolean(o.resume), bandwidth, blockSize, onEvent });
+      // the profile's plan is worked out (the source's block map built) while the export already serves
+      const profile = await findProfile(o.profile as string | undefined, sourceArg, {
+        library: o.library as string | undefined,
+        sourceIsVersion: source.manifestDigest !== undefined,
+      });
+      const first = profile
+        ? profilePlan(profile, source).then((plan) => {
+            const e = {
+              event: 'profile',
+              profile: `${profile.image}@${profile.number}`,
+              ranges: plan.ranges.length,
+              bytes: plan.bytes,
+              same: plan.same,
+              moved: plan.moved,
+              missing: plan.missing,
+            };
+            if (json) line(e);
+            else
+              process.stderr.write(
+                `strata deploy: prefetching the boot profile of ${e.profile} first: ${e.bytes} bytes in ${e.ranges} ranges (${e.moved} entries moved, ${e.missing} gone)\n`,
+              );
+            return plan.ranges;
+          })
+        : undefined;
+      d = await Deployer.open(source, String(o.to), {
+        resume: Boolean(o.resume),
+        bandwidth,
+        blockSize,
+        onEvent,
+        first,
+      });
     } catch (e) {
       await source.close().catch(() => {});
       throw e;
     }
-    const server = new NbdServer({ exports: [d.export(String(o.name))] });
+    const trace = o.trace ? new TraceWriter(String(o.trace)) : undefined;
+    const server = new NbdServer({ exports: [d.export(String(o.name))], trace });
     try {
       await server.listen(o.socket !== undefined ? { socket: String(o.socket) } : { host: String(o.bind), port });
     } catch (e) {

@@ -1,0 +1,185 @@
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { Deployer } from '../../src/deploy/deployer.js';
+import { planProfile } from '../../src/deploy/profile.js';
+import { profileFor, profilePlan, recordProfile, versionBlockMap } from '../../src/deploy/profile-store.js';
+import { libraryDeploySource } from '../../src/deploy/source.js';
+import { Library } from '../../src/library/library.js';
+import { isStrataError } from '../../src/util/errors.js';
+import { tempDir } from '../library/images.js';
+import { sameAs } from './helpers.js';
+import { BOOT_FILES, debugfsBlocks, profileLibrary, qemuIoReads, runsOf, strataNbd } from './profile-helpers.js';
+
+/**
+ * Boot working-set profiles (issue 16 item 4): a real NBD trace of reads of some files of
+ * version N (qemu-io through `strata nbd --trace`) recorded as a profile of N; deployed on
+ * N+1, where a kernel mount rewrote those files (new blocks), the first blocks fetched are
+ * exactly the files' blocks in N+1 as debugfs lists them, in the order the trace read them.
+ */
+const BS = 4096;
+let dir: string;
+let lib: Library;
+let fx: Awaited<ReturnType<typeof profileLibrary>>;
+
+/** What the trace reads, in this order: [path, first block index, blocks (undefined: to the end)]. */
+const READS: Array<[string, number, number | undefined]> = [
+  ['/etc/fstab', 0, undefined],
+  ['/boot/vmlinuz', 0, undefined],
+  ['/usr/lib/libc.so', 128, undefined], // the second half only
+  ['/boot/initrd.img', 0, 100], // the first 400 KiB only
+  ['/sbin/init', 0, undefined],
+];
+
+/** Blocks of each read in image `img`, in the order of READS (debugfs the oracle). */
+async function readBlocks(img: string): Promise<number[][]> {
+  const out: number[][] = [];
+  for (const [p, from, count] of READS) {
+    const all = await debugfsBlocks(img, p);
+    out.push(all.slice(from, count === undefined ? undefined : from + count));
+  }
+  return out;
+}
+
+let trace: string;
+
+before(async () => {
+  dir = tempDir('deploy-profile');
+  fx = await profileLibrary(dir);
+  lib = await Library.open(fx.lib, { create: false });
+  // the trace: qemu-io reads, through `strata nbd --trace`, of the files' blocks in N, run by run
+  trace = path.join(dir, 'boot.trace');
+  const nbd = await strataNbd(['ref:disk@1', '--library', fx.lib, '--trace', trace]);
+  try {
+    const ranges: Array<[number, number]> = [];
+    for (const blocks of await readBlocks(fx.n)) {
+      for (const [b, n] of runsOf(blocks)) ranges.push([b * BS, n * BS]);
+    }
+    await qemuIoReads(nbd.uri, ranges);
+  } finally {
+    assert.equal(await nbd.stop(), 0);
+  }
+});
+after(async () => {
+  await lib?.close();
+});
+
+describe('boot profiles', () => {
+  test('the fixture moved the files: every read file has other blocks in N+1 than in N', async () => {
+    const a = await readBlocks(fx.n);
+    const b = await readBlocks(fx.n1);
+    READS.forEach(([p], i) => {
+      const same = a[i].filter((x) => b[i].includes(x));
+      assert.equal(same.length, 0, `${p} kept ${same.length} blocks`);
+    });
+  });
+
+  test('record: the trace resolves to file entries in first-access order, file offsets as read', async () => {
+    const p = await recordProfile(lib, 'disk@1', trace);
+    const records = readFileSync(trace, 'utf8').trim().split('\n').length;
+    assert.equal(p.records, records);
+    assert.ok(p.reads > 0 && p.reads <= records);
+    const kinds = new Set(p.entries.map((e) => e.kind));
+    assert.deepEqual([...kinds], ['file'], 'qemu-io read only file blocks');
+    // bytes per file, in order of first access, equal to what the trace read (debugfs on N)
+    const order: string[] = [];
+    const bytes = new Map<string, number>();
+    for (const e of p.entries) {
+      if (!order.includes(e.path!)) order.push(e.path!);
+      bytes.set(e.path!, (bytes.get(e.path!) ?? 0) + e.length);
+    }
+    assert.deepEqual(
+      order,
+      READS.map((r) => r[0]),
+    );
+    const blocksN = await readBlocks(fx.n);
+    READS.forEach(([f], i) => {
+      assert.equal(bytes.get(f), blocksN[i].length * BS, f);
+    });
+    // file offsets: libc.so's entries start at block 128 of the file
+    const libc = p.entries.filter((e) => e.path === '/usr/lib/libc.so');
+    assert.equal(libc[0].fileOffset, 128 * BS);
+    assert.equal(
+      libc.reduce((n, e) => n + e.length, 0),
+      BOOT_FILES['/usr/lib/libc.so'] - 128 * BS,
+    );
+  });
+
+  test('the profile of N on N replays the trace: the same disk ranges in the same order', async () => {
+    const p = (await profileFor(lib, 'disk@1'))!;
+    const map = await versionBlockMap(lib, (await lib.catalog.resolve('disk@1')).manifest, 'disk@1');
+    const plan = planProfile(p, map);
+    const want = (await readBlocks(fx.n)).flat();
+    const got: number[] = [];
+    for (const r of plan.ranges) for (let o = r.offset; o < r.offset + r.length; o += BS) got.push(o / BS);
+    assert.deepEqual(got, want);
+    assert.equal(plan.moved, 0);
+    assert.equal(plan.missing, 0);
+  });
+
+  test('deploy of N+1 fetches first exactly the files’ new blocks (debugfs on N+1), in the recorded order', async () => {
+    const p = await profileFor(lib, 'disk@2');
+    assert.ok(p, 'N+1 falls back to the profile of N');
+    assert.equal(p.number, 1);
+    const target = path.join(dir, 'n1.raw');
+    const source = await libraryDeploySource(lib, 'disk@2');
+    const plan = profilePlan(p, source);
+    const d = await Deployer.open(source, target, {
+      blockSize: BS,
+      concurrency: 1,
+      first: plan.then((x) => x.ranges),
+    });
+    d.start();
+    await d.complete;
+    await d.close();
+    const want: number[] = [];
+    for (const b of (await readBlocks(fx.n1)).flat()) if (!want.includes(b)) want.push(b);
+    assert.deepEqual(d.fetchedBlocks.slice(0, want.length), want);
+    const old = new Set((await readBlocks(fx.n)).flat());
+    assert.ok(
+      want.every((b) => !old.has(b)),
+      'a block-level profile (the old offsets) would have fetched none of these',
+    );
+    const pl = await plan;
+    assert.equal(pl.missing, 0);
+    assert.equal(pl.moved, p.entries.length);
+    assert.equal(await sameAs(fx.v2, target), true, 'TARGET holds N+1');
+  });
+
+  test('a file that N+1 lacks is counted missing, not fetched', async () => {
+    const p = structuredClone((await profileFor(lib, 'disk@1'))!);
+    p.entries.unshift({
+      kind: 'file',
+      volume: p.entries[0].volume,
+      path: '/no/such/file',
+      fileOffset: 0,
+      disk: 0,
+      length: BS,
+    });
+    const map = await versionBlockMap(lib, (await lib.catalog.resolve('disk@2')).manifest, 'disk@2');
+    const plan = planProfile(p, map);
+    assert.equal(plan.missing, 1);
+    assert.deepEqual(plan.missingPaths, ['/no/such/file']);
+    const want = (await readBlocks(fx.n1)).flat();
+    assert.equal(plan.bytes, new Set(want).size * BS);
+  });
+
+  test('bad traces: a malformed line is named by file and line; a trace without reads is refused', async () => {
+    const bad = path.join(dir, 'bad.trace');
+    writeFileSync(bad, '{"op":"read","offset":0,"length":4096}\n{"op":"read","offset":-5,"length":1}\n');
+    await assert.rejects(recordProfile(lib, 'disk@1', bad, { save: false }), (e: unknown) => {
+      assert.ok(isStrataError(e));
+      assert.match(e.message, /line 2/);
+      assert.match(e.message, /bad\.trace/);
+      return true;
+    });
+    const writes = path.join(dir, 'writes.trace');
+    writeFileSync(writes, '{"op":"write","offset":0,"length":4096}\n{"op":"flush","offset":0,"length":0}\n');
+    await assert.rejects(recordProfile(lib, 'disk@1', writes, { save: false }), /no reads/);
+    await assert.rejects(
+      recordProfile(lib, 'disk@1', path.join(dir, 'missing.trace'), { save: false }),
+      /cannot read the trace/,
+    );
+  });
+});
