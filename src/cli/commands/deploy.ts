@@ -84,6 +84,8 @@ export function registerDeployCommand(program: Command): void {
             return plan.ranges;
           })
         : undefined;
+      // a plan that fails is reported by the copier (which then copies in disk order), never unhandled
+      first?.catch(() => {});
       d = await Deployer.open(source, String(o.to), {
         resume: Boolean(o.resume),
         bandwidth,
