@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { checkin } from '../../src/library/checkin.js';
 import { checkout } from '../../src/library/checkout.js';
@@ -145,4 +145,63 @@ export async function qemuIoReads(uri: string, ranges: Array<[number, number]>):
   for (let i = 0; i < cmds.length; i += 200) {
     await run('qemu-io', ['-r', '-f', 'raw', ...cmds.slice(i, i + 200), uri]);
   }
+}
+
+/**
+ * A real kernel's reads of version N: `strata nbd REF --trace FILE`, that export as a file
+ * through nbdfuse, a loop device on it (direct I/O, so each loop request is one NBD read),
+ * ext4 mounted read-only by the kernel and the `files` read whole, in order. Returns the
+ * files' contents (to check against the tree).
+ */
+export async function kernelReads(nbdArgs: string[], files: string[]): Promise<Buffer[]> {
+  const nbd = await strataNbd(nbdArgs);
+  const base = `/tmp/strata-profile-${process.pid}-${Date.now()}`;
+  const fz = `${base}-fuse`;
+  const mnt = `${base}-mnt`;
+  mkdirSync(fz, { recursive: true });
+  mkdirSync(mnt, { recursive: true });
+  const fuse = spawn('nbdfuse', [fz, nbd.uri], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let fuseErr = '';
+  fuse.stderr.on('data', (c) => (fuseErr += c));
+  const fuseExited = new Promise<void>((resolve) => fuse.on('exit', () => resolve()));
+  let loop = '';
+  let mounted = false;
+  try {
+    for (let i = 0; !existsSync(path.join(fz, 'nbd')); i++) {
+      if (i > 200 || fuse.exitCode !== null) throw new Error(`nbdfuse did not come up: ${fuseErr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    loop = (await run('losetup', ['--direct-io=on', '-r', '-f', '--show', path.join(fz, 'nbd')])).trim();
+    await run('mount', ['-o', 'ro', loop, mnt]);
+    mounted = true;
+    return files.map((f) => readFileSync(path.join(mnt, f)));
+  } finally {
+    if (mounted) await run('umount', [mnt]).catch(() => run('umount', ['-l', mnt]));
+    if (loop) await run('losetup', ['-d', loop]).catch(() => {});
+    await run('fusermount3', ['-u', fz]).catch(() => fuse.kill('SIGTERM'));
+    await fuseExited;
+    rmSync(fz, { recursive: true, force: true });
+    rmSync(mnt, { recursive: true, force: true });
+    assert.equal(await nbd.stop(), 0);
+  }
+}
+
+/** debugfs icheck: the inode owning each block (undefined: no inode's, e.g. an inode table). */
+export async function icheck(image: string, blocks: number[]): Promise<Map<number, number | undefined>> {
+  const out = new Map<number, number | undefined>();
+  for (let i = 0; i < blocks.length; i += 500) {
+    const text = await run('debugfs', ['-R', `icheck ${blocks.slice(i, i + 500).join(' ')}`, image]);
+    for (const m of text.matchAll(/^(\d+)\s+(\d+|<block not found>)$/gm)) {
+      out.set(Number(m[1]), m[2].startsWith('<') ? undefined : Number(m[2]));
+    }
+  }
+  return out;
+}
+
+/** debugfs stat: the inode number of a path. */
+export async function inodeOf(image: string, p: string): Promise<number> {
+  const out = await run('debugfs', ['-R', `stat ${p}`, image]);
+  const m = /Inode: (\d+)/.exec(out);
+  assert.ok(m, `debugfs stat ${p}: ${out}`);
+  return Number(m[1]);
 }

@@ -8,9 +8,21 @@ import { profileFor, profilePlan, recordProfile, versionBlockMap } from '../../s
 import { libraryDeploySource } from '../../src/deploy/source.js';
 import { Library } from '../../src/library/library.js';
 import { isStrataError } from '../../src/util/errors.js';
+import { bytesOf, canLoopMount } from '../helpers/ext-tree.js';
+import { run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 import { sameAs } from './helpers.js';
-import { BOOT_FILES, debugfsBlocks, profileLibrary, qemuIoReads, runsOf, strataNbd } from './profile-helpers.js';
+import {
+  BOOT_FILES,
+  debugfsBlocks,
+  icheck,
+  inodeOf,
+  kernelReads,
+  profileLibrary,
+  qemuIoReads,
+  runsOf,
+  strataNbd,
+} from './profile-helpers.js';
 
 /**
  * Boot working-set profiles (issue 16 item 4): a real NBD trace of reads of some files of
@@ -181,5 +193,63 @@ describe('boot profiles', () => {
       recordProfile(lib, 'disk@1', path.join(dir, 'missing.trace'), { save: false }),
       /cannot read the trace/,
     );
+  });
+
+  test('a real kernel mount of N (nbdfuse, loop, ext4) reading three files: on N+1 the plan holds exactly those files’ new blocks, in read order', async () => {
+    assert.ok(canLoopMount(), 'root and a loop driver are needed (the kernel is the guest here)');
+    const files = ['/etc/fstab', '/boot/vmlinuz', '/sbin/init'];
+    const ktrace = path.join(dir, 'kernel.trace');
+    const got = await kernelReads(['ref:disk@1', '--library', fx.lib, '--trace', ktrace], files);
+    files.forEach((f, i) => {
+      assert.ok(got[i].equals(bytesOf(`profile:${f}`, BOOT_FILES[f])), `${f} read through the kernel`);
+    });
+    const p = await recordProfile(lib, 'disk@1', ktrace, { save: false });
+    const kinds = new Set(p.entries.map((e) => e.kind));
+    for (const k of ['superblock', 'group-desc', 'inode-table', 'directory', 'file']) assert.ok(kinds.has(k), k);
+    // the data read: exactly the three files, whole (debugfs blocks on N), first read in cat order
+    const fileOrder: string[] = [];
+    const bytes = new Map<string, number>();
+    for (const e of p.entries.filter((x) => x.kind === 'file')) {
+      if (!fileOrder.includes(e.path!)) fileOrder.push(e.path!);
+      bytes.set(e.path!, (bytes.get(e.path!) ?? 0) + e.length);
+    }
+    assert.deepEqual(fileOrder, files);
+    for (const f of files) assert.equal(bytes.get(f), (await debugfsBlocks(fx.n, f)).length * BS, f);
+
+    const map = await versionBlockMap(lib, (await lib.catalog.resolve('disk@2')).manifest, 'disk@2');
+    const plan = planProfile(p, map);
+    const planned: number[] = [];
+    for (const r of plan.ranges) {
+      for (let b = Math.floor(r.offset / BS); b * BS < r.offset + r.length; b++) planned.push(b);
+    }
+    // oracle: debugfs icheck on N+1 names the inode of every planned block; the regular files among them
+    const owners = await icheck(fx.n1, planned);
+    const wantInodes = new Map<number, string>();
+    for (const f of files) wantInodes.set(await inodeOf(fx.n1, f), f);
+    const fileInodes = new Set<number>();
+    for (const ino of owners.values()) {
+      if (ino === undefined) continue;
+      const type = /Type: (\w+)/.exec(await run('debugfs', ['-R', `stat <${ino}>`, fx.n1]))?.[1];
+      // inodes below 11 are ext4's reserved ones (7 the resize inode's GDT blocks, 8 the journal)
+      if (type === 'regular' && ino >= 11) fileInodes.add(ino);
+    }
+    assert.deepEqual(
+      [...fileInodes].sort(),
+      [...wantInodes.keys()].sort(),
+      'the only files prefetched are the three read',
+    );
+    // every block of each file in N+1 is planned, and the files come in the order they were read
+    const firstAt = [];
+    for (const f of files) {
+      const blocks = await debugfsBlocks(fx.n1, f);
+      for (const b of blocks) assert.ok(planned.includes(b), `${f}: block ${b} planned`);
+      firstAt.push(planned.indexOf(blocks[0]));
+    }
+    assert.deepEqual(
+      [...firstAt].sort((a, b) => a - b),
+      firstAt,
+      `files planned in read order (${firstAt})`,
+    );
+    assert.equal(plan.missing, 0);
   });
 });
