@@ -145,6 +145,19 @@ export class BlobIndex {
 
   /** Re-read every index file (after another process wrote some). */
   async load(): Promise<void> {
+    // Loading takes no lock (a library opens while a gc may run): a gc writes its new index
+    // files before it deletes the old ones, so a file listed here and gone when read means
+    // a newer set exists; list again. Bounded: a store whose index keeps vanishing is an error.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.loadOnce();
+      } catch (e) {
+        if (!(e instanceof StrataError && e.code === 'NOT_FOUND') || attempt >= 5) throw e;
+      }
+    }
+  }
+
+  private async loadOnce(): Promise<void> {
     this.entries.clear();
     this.duplicates = [];
     const files = await this.backend.list('index/');

@@ -171,6 +171,38 @@ test('a tampered index is refused by name; a pack nobody indexes is an orphan th
   await s2.close();
 });
 
+test('a store opened while a prune replaces the index loads the new index, not an ENOENT', async () => {
+  const root = tempDir('store-open-during-prune');
+  const s = await Store.open(new LocalBackend(root));
+  const blobs = Array.from({ length: 12 }, (_, i) => bytesOf(`race${i}`, 20_000 + i));
+  const digests = [];
+  for (const b of blobs) {
+    digests.push((await s.put('data', b)).digest);
+    await s.flush(); // an index file per flush: several for the prune to replace
+  }
+  const keep = new Set(digests.filter((_, i) => i % 2 === 0));
+  // the opener lists index/, then (before it reads) a real prune in another store deletes what it listed
+  let pruned = false;
+  class RacingBackend extends LocalBackend {
+    override async list(prefix: string) {
+      const out = await super.list(prefix);
+      if (prefix === 'index/' && !pruned) {
+        pruned = true;
+        await s.prune(keep);
+      }
+      return out;
+    }
+  }
+  const s2 = await Store.open(new RacingBackend(root));
+  assert.ok(pruned);
+  for (let i = 0; i < blobs.length; i++) {
+    if (keep.has(digests[i])) assert.deepEqual(Buffer.from(await s2.get(digests[i])), blobs[i]);
+    else assert.equal(s2.has(digests[i]), false);
+  }
+  await s2.close();
+  await s.close();
+});
+
 test('prune keeps what is asked, rewrites mixed packs, and everything kept still reads back', async () => {
   const root = tempDir('store-prune');
   const s = await Store.open(new LocalBackend(root));
