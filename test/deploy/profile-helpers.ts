@@ -63,15 +63,22 @@ export async function versionN1(): Promise<string> {
   });
 }
 
-/** Physical blocks of a file in logical order, as debugfs `blocks` lists them (the oracle). */
+/**
+ * Physical data blocks of a file in logical order, from debugfs `dump_extents -l` (the oracle;
+ * `blocks` would also list extent-tree blocks of a file with a deeper tree).
+ */
 export async function debugfsBlocks(image: string, p: string): Promise<number[]> {
-  const out = await run('debugfs', ['-R', `blocks ${p}`, image]);
-  const l = out
-    .trim()
-    .split(/\s+/)
-    .filter((x) => x !== '')
-    .map(Number);
-  assert.ok(l.length > 0 && l.every((x) => Number.isInteger(x) && x > 0), `debugfs blocks ${p}: ${out}`);
+  const out = await run('debugfs', ['-R', `dump_extents -l ${p}`, image]);
+  const pieces: Array<[number, number, number]> = [];
+  for (const m of out.matchAll(/^\s*\d+\/\s*\d+\s+\d+\/\s*\d+\s+(\d+) -\s*(\d+)\s+(\d+) -\s*(\d+)\s+(\d+)/gm)) {
+    const [lo, hi, phys, physEnd, len] = m.slice(1).map(Number);
+    assert.equal(hi - lo + 1, len, `debugfs dump_extents ${p}: ${m[0]}`);
+    assert.equal(physEnd - phys + 1, len, `debugfs dump_extents ${p}: ${m[0]}`);
+    pieces.push([lo, phys, len]);
+  }
+  pieces.sort((a, b) => a[0] - b[0]);
+  const l = pieces.flatMap(([, phys, len]) => Array.from({ length: len }, (_, i) => phys + i));
+  assert.ok(l.length > 0, `debugfs dump_extents ${p}: ${out}`);
   return l;
 }
 
