@@ -13,10 +13,12 @@ import { StrataError } from '../util/errors.js';
  * - `introspective`: every request classified once through the block map. Metadata
  *   (superblocks, group descriptors, bitmaps, inode tables, directories, extent trees,
  *   journal ...) lives in a protected segment (a share of the cache data cannot evict); file
- *   data in an LRU segment. A miss fetches by meaning: in a file, the file's next
- *   `fileAhead` bytes following its own extents (across fragmentation, not the disk's next
- *   blocks); in a directory, the whole directory up to `dirAhead` bytes; elsewhere, the
- *   blocks read.
+ *   data in an LRU segment. A miss fetches by meaning (each prefetcher switchable): in a
+ *   file, the file's next `fileAhead` bytes following its own extents (across
+ *   fragmentation, not the disk's next blocks) and, when the file is small, the next files
+ *   of its directory in disk order (`siblingsAhead` bytes); in a directory, the whole
+ *   directory and its subdirectories' blocks (`dirAhead` bytes each) and the inode-table
+ *   blocks of its entries (`metaAhead` blocks); elsewhere, the blocks read.
  *
  * Counted per policy: requests, requests that had to wait for the source (`waits`: a
  * block of theirs was neither cached nor fetched before), source fetches and bytes fetched,
@@ -42,6 +44,17 @@ export interface CacheSimOptions {
   dirAhead?: number;
   /** introspective: share of the cache kept for metadata (default 0.25). */
   metaShare?: number;
+  /**
+   * introspective: which prefetchers run (default all): `file` a file's next bytes along its
+   * extents; `dir` a whole directory on a miss in it; `meta` with a directory, the inode-table
+   * blocks of its entries (up to `metaAhead` blocks); `siblings` after a small file, the next
+   * files of its directory in disk order (up to `siblingsAhead` bytes).
+   */
+  prefetch?: { file?: boolean; dir?: boolean; meta?: boolean; siblings?: boolean };
+  /** introspective: inode-table blocks fetched with a directory (default 64). */
+  metaAhead?: number;
+  /** introspective: bytes of sibling files fetched after a small file (default 256 KiB). */
+  siblingsAhead?: number;
   /** Keep the list of fetches (disk block runs, in order) in the result: for tests. */
   log?: boolean;
 }
@@ -102,6 +115,9 @@ export function simulateCache(
   const ra = opts.readahead ?? 32;
   const fileAhead = opts.fileAhead ?? 1 << 20;
   const dirAhead = opts.dirAhead ?? 256 << 10;
+  const metaAhead = opts.metaAhead ?? 64;
+  const siblingsAhead = opts.siblingsAhead ?? 256 << 10;
+  const pf = { file: true, dir: true, meta: true, siblings: true, ...opts.prefetch };
   const metaCap = policy === 'introspective' ? Math.max(1, Math.floor(capacity * (opts.metaShare ?? 0.25))) : 0;
   const data = new Lru(capacity - metaCap || 1);
   const meta = new Lru(metaCap);
@@ -185,6 +201,64 @@ export function simulateCache(
     return out;
   };
 
+  // the entries of each directory (volume, path) as objects: a record of theirs, inode, size, first disk byte
+  let children: Map<string, Array<{ rec: number; ino: number; size: number; disk: number }>> | undefined;
+  const dirKey = (vol: number, p: string) => `${vol}\0${p}`;
+  const parentOf = (p: string) => (p.lastIndexOf('/') <= 0 ? '/' : p.slice(0, p.lastIndexOf('/')));
+  const childrenOf = (vol: number, dirPath: string) => {
+    if (!children) {
+      children = new Map();
+      const objs = new Map<
+        string,
+        { rec: number; ino: number; size: number; disk: number; vol: number; path: string }
+      >();
+      for (let k = 0; k < map.count; k++) {
+        const kind = map.kind[k];
+        if ((kind !== DATA && kind !== DIR) || map.name[k] === NO_NAME) continue;
+        const path = map.strings[map.name[k]];
+        const key = dirKey(map.volume[k], path);
+        const len = map.end(k) - map.start[k];
+        const o = objs.get(key);
+        if (!o) objs.set(key, { rec: k, ino: map.ino[k], size: len, disk: map.start[k], vol: map.volume[k], path });
+        else {
+          o.size += len;
+          if (map.objectOffset[k] === 0) o.disk = map.start[k];
+        }
+      }
+      for (const o of objs.values()) {
+        if (o.path === '/') continue;
+        const key = dirKey(o.vol, parentOf(o.path));
+        let l = children.get(key);
+        if (!l) children.set(key, (l = []));
+        l.push(o);
+      }
+      for (const l of children.values()) l.sort((x, y) => x.disk - y.disk);
+    }
+    return children.get(dirKey(vol, dirPath)) ?? [];
+  };
+  // inode-table records per volume, by first inode
+  let tables: Map<number, number[]> | undefined;
+  const TABLE = KIND_CODE['inode-table'];
+  const inodeBlock = (vol: number, ino: number): number | undefined => {
+    if (!tables) {
+      tables = new Map();
+      for (let k = 0; k < map.count; k++) {
+        if (map.kind[k] !== TABLE || map.ino[k] === NO_INODE || map.volume[k] === NO_VOLUME) continue;
+        let l = tables.get(map.volume[k]);
+        if (!l) tables.set(map.volume[k], (l = []));
+        l.push(k);
+      }
+    }
+    const size = map.volumes[vol]?.inodeSize ?? 0;
+    if (!size || ino === NO_INODE) return undefined;
+    for (const k of tables.get(vol) ?? []) {
+      const n = (map.end(k) - map.start[k]) / size;
+      const first = map.ino[k] + Math.floor(map.objectOffset[k] / size);
+      if (ino >= first && ino < first + n) return Math.floor((map.start[k] + (ino - first) * size) / bs);
+    }
+    return undefined;
+  };
+
   for (const a of accesses) {
     if (!(a.offset >= 0) || a.offset >= map.diskSize || !(a.length > 0)) continue;
     const end = Math.min(map.diskSize, a.offset + a.length);
@@ -220,7 +294,46 @@ export function simulateCache(
         if (k !== DATA && k !== DIR) continue;
         // a file from where the read entered it; a directory whole (from its start)
         const into = map.objectOffset[i] + Math.max(0, a.offset - map.start[i]);
-        list.push(...(k === DATA ? objectBlocks(i, into, fileAhead) : objectBlocks(i, 0, dirAhead)));
+        if (k === DATA && pf.file) list.push(...objectBlocks(i, into, fileAhead));
+        if (k === DIR && pf.dir) list.push(...objectBlocks(i, 0, dirAhead));
+        if (map.name[i] === NO_NAME || map.volume[i] === NO_VOLUME) continue;
+        const vol = map.volume[i];
+        const p = map.strings[map.name[i]];
+        if (k === DIR && pf.meta) {
+          // the inode-table blocks of the directory's entries: what a lookup or a stat of them reads next
+          const seen = new Set<number>();
+          for (const c of childrenOf(vol, p)) {
+            const b = inodeBlock(vol, c.ino);
+            if (b !== undefined) seen.add(b);
+            if (seen.size >= metaAhead) break;
+          }
+          list.push(...seen);
+        }
+        if (k === DIR && pf.dir) {
+          // and its subdirectories' blocks, where a walk goes next (within the directory budget)
+          let budget = dirAhead;
+          for (const c of childrenOf(vol, p)) {
+            if (map.kind[c.rec] !== DIR || budget <= 0) continue;
+            const n = Math.min(c.size, budget);
+            list.push(...objectBlocks(c.rec, 0, n));
+            budget -= n;
+          }
+        }
+        if (k === DATA && pf.siblings) {
+          // a small file: the files after it in its directory (disk order), whole, within the budget
+          const sib = childrenOf(vol, parentOf(p));
+          const me = sib.findIndex((c) => c.rec !== undefined && keyOf(c.rec) === keyOf(i));
+          const mine = me >= 0 ? sib[me].size : Number.POSITIVE_INFINITY;
+          if (mine <= siblingsAhead) {
+            let budget = siblingsAhead;
+            for (let j = me + 1; j < sib.length && budget > 0; j++) {
+              const c = sib[j];
+              if (map.kind[c.rec] !== DATA || c.size > budget) continue;
+              list.push(...objectBlocks(c.rec, 0, c.size));
+              budget -= c.size;
+            }
+          }
+        }
       }
       fetch(list);
     }
