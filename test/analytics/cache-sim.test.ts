@@ -6,7 +6,7 @@ import { simulateCache } from '../../src/analytics/cache-sim.js';
 import type { BlockMap } from '../../src/blockmap/block-map.js';
 import { blockMapOfImage } from '../../src/blockmap/of-image.js';
 import { TraceResolver } from '../../src/blockmap/trace.js';
-import { debugfsBlocks, runsOf, versionN } from '../deploy/profile-helpers.js';
+import { debugfsBlocks, icheck, runsOf, versionN } from '../deploy/profile-helpers.js';
 import { bytesOf, canLoopMount, withRwMount } from '../helpers/ext-tree.js';
 import { fixture, run } from '../helpers/tools.js';
 
@@ -65,11 +65,12 @@ describe('cache policies on traces', () => {
       fetched(simulateCache(map, read, 'readahead', { ...opts, readahead: 32 }).log),
       Array.from({ length: 33 }, (_, i) => blocks[0] + i),
     );
-    const intro = simulateCache(map, read, 'introspective', opts);
+    const fileOnly = { file: true, dir: false, meta: false, siblings: false };
+    const intro = simulateCache(map, read, 'introspective', { ...opts, prefetch: fileOnly });
     assert.deepEqual(new Set(fetched(intro.log)), new Set(blocks.slice(0, 256)));
     assert.equal(intro.fetchedBytes, 1 << 20);
     // the bound holds: 64 KiB ahead is 16 blocks
-    const small = simulateCache(map, read, 'introspective', { ...opts, fileAhead: 64 << 10 });
+    const small = simulateCache(map, read, 'introspective', { ...opts, prefetch: fileOnly, fileAhead: 64 << 10 });
     assert.deepEqual(new Set(fetched(small.log)), new Set(blocks.slice(0, 16)));
     // the rest of the file then hits: a whole-file read waits once
     const whole = runsOf(blocks).map(([b, k]) => ({ offset: b * BS, length: k * BS }));
@@ -97,10 +98,71 @@ describe('cache policies on traces', () => {
     const dir = await debugfsBlocks(frag, '/fill');
     assert.ok(dir.length > 4, `/fill has ${dir.length} blocks`);
     const read = [{ offset: dir[2] * BS, length: BS }];
-    const r = simulateCache(fragMap, read, 'introspective', { cacheBytes: 64 << 20, log: true });
+    // the dir prefetcher alone (/fill has no subdirectories)
+    const prefetch = { file: false, dir: true, meta: false, siblings: false };
+    const r = simulateCache(fragMap, read, 'introspective', { cacheBytes: 64 << 20, prefetch, log: true });
     assert.deepEqual(new Set(fetched(r.log)), new Set(dir.slice(0, 64)));
-    const b = simulateCache(fragMap, read, 'introspective', { cacheBytes: 64 << 20, dirAhead: 2 * BS, log: true });
+    const b = simulateCache(fragMap, read, 'introspective', {
+      cacheBytes: 64 << 20,
+      prefetch,
+      dirAhead: 2 * BS,
+      log: true,
+    });
     assert.deepEqual(new Set(fetched(b.log)), new Set([dir[0], dir[1], dir[2]]));
+  });
+
+  test('meta: a directory block read fetches the inode-table blocks of its entries (debugfs imap)', async () => {
+    const dir = await debugfsBlocks(n, '/boot');
+    const want = new Set([dir[0]]);
+    for (const f of ['/boot/vmlinuz', '/boot/initrd.img']) {
+      const m = /located at block (\d+)/.exec(await run('debugfs', ['-R', `imap ${f}`, n]));
+      assert.ok(m, `debugfs imap ${f}`);
+      want.add(Number(m[1]));
+    }
+    const only = { file: false, dir: false, meta: true, siblings: false };
+    const r = simulateCache(map, [{ offset: dir[0] * BS, length: BS }], 'introspective', {
+      cacheBytes: 64 << 20,
+      prefetch: only,
+      log: true,
+    });
+    assert.deepEqual(new Set(fetched(r.log)), want);
+    // bounded: one inode-table block at most
+    const b = simulateCache(map, [{ offset: dir[0] * BS, length: BS }], 'introspective', {
+      cacheBytes: 64 << 20,
+      prefetch: only,
+      metaAhead: 1,
+      log: true,
+    });
+    assert.equal(fetched(b.log).length, 2);
+  });
+
+  test('siblings: a small file read fetches the next files of its directory in disk order, within the budget', async () => {
+    const f0 = await debugfsBlocks(frag, '/fill/f0');
+    const r = simulateCache(fragMap, [{ offset: f0[0] * BS, length: BS }], 'introspective', {
+      cacheBytes: 64 << 20,
+      prefetch: { file: false, dir: false, meta: false, siblings: true },
+      siblingsAhead: 8 * BS,
+      log: true,
+    });
+    const got = fetched(r.log);
+    assert.equal(got.length, 9);
+    // debugfs icheck + ncheck: every block fetched is the data of a distinct file of /fill, after f0 on the disk
+    const owners = await icheck(frag, got);
+    const inodes = new Set([...owners.values()]);
+    assert.equal(inodes.size, 9);
+    const names = await run('debugfs', ['-R', `ncheck ${[...inodes].join(' ')}`, frag]);
+    const paths = [...names.matchAll(/^\d+\s+(\S+)$/gm)].map((m) => m[1]);
+    assert.equal(paths.length, 9, names);
+    for (const p of paths) assert.match(p, /^\/fill\/f\d*[02468]$/);
+    for (const b of got) if (b !== f0[0]) assert.ok(b > f0[0], `block ${b} comes after f0's`);
+    // read-ahead fetched big.bin's blocks in between instead
+    const ra = simulateCache(fragMap, [{ offset: f0[0] * BS, length: BS }], 'readahead', {
+      cacheBytes: 64 << 20,
+      readahead: 8,
+      log: true,
+    });
+    const raOwners = new Set((await icheck(frag, fetched(ra.log))).values());
+    assert.ok(raOwners.size > 1);
   });
 
   test('requests are classified as trace resolve classifies them', () => {
