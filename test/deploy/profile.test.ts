@@ -4,11 +4,18 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Deployer } from '../../src/deploy/deployer.js';
 import { planProfile } from '../../src/deploy/profile.js';
-import { profileFor, profilePlan, recordProfile, versionBlockMap } from '../../src/deploy/profile-store.js';
+import {
+  profileFor,
+  profilePlan,
+  readProfileFile,
+  recordProfile,
+  versionBlockMap,
+} from '../../src/deploy/profile-store.js';
 import { libraryDeploySource } from '../../src/deploy/source.js';
 import { Library } from '../../src/library/library.js';
 import { isStrataError } from '../../src/util/errors.js';
 import { bytesOf, canLoopMount } from '../helpers/ext-tree.js';
+import { mutate, prng } from '../helpers/fuzz.js';
 import { run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 import { sameAs } from './helpers.js';
@@ -175,6 +182,49 @@ describe('boot profiles', () => {
     assert.deepEqual(plan.missingPaths, ['/no/such/file']);
     const want = (await readBlocks(fx.n1)).flat();
     assert.equal(plan.bytes, new Set(want).size * BS);
+  });
+
+  test('fuzz: mutated profiles (fields set to odd values, bytes flipped) are refused with a StrataError or plan inside the disk', async () => {
+    const good = await recordProfile(lib, 'disk@1', trace, { save: false });
+    const map = await versionBlockMap(lib, (await lib.catalog.resolve('disk@2')).manifest, 'disk@2');
+    const file = path.join(dir, 'fuzz.profile');
+    const rand = prng(20261206);
+    const odd: unknown[] = [-1, 0, 2 ** 53, 1e300, 'x', null, {}, [], 1.5, map.diskSize * 10, '/boot/vmlinuz'];
+    const fields = ['kind', 'disk', 'length', 'fileOffset', 'path', 'volume', 'inode', 'detail'];
+    let refused = 0;
+    let planned = 0;
+    const text = Buffer.from(JSON.stringify(good));
+    for (let i = 0; i < 400; i++) {
+      if (i % 2 === 0) {
+        const p = structuredClone(good) as unknown as { entries: Array<Record<string, unknown>> } & Record<
+          string,
+          unknown
+        >;
+        for (let k = 1 + (rand() % 3); k > 0; k--) {
+          const target =
+            rand() % 8 === 0 || !Array.isArray(p.entries) || p.entries.length === 0
+              ? p
+              : (p.entries[rand() % p.entries.length] ?? p);
+          target[rand() % 8 === 0 ? 'entries' : fields[rand() % fields.length]] = odd[rand() % odd.length];
+        }
+        writeFileSync(file, JSON.stringify(p));
+      } else writeFileSync(file, mutate(text, [[0, text.length]], rand));
+      let prof: ReturnType<typeof readProfileFile>;
+      try {
+        prof = readProfileFile(file);
+      } catch (e) {
+        assert.ok(isStrataError(e), `case ${i}: ${(e as Error).message}`);
+        assert.match(e.message, /fuzz\.profile|profile|entry/);
+        refused++;
+        continue;
+      }
+      const plan = planProfile(prof, map);
+      for (const r of plan.ranges)
+        assert.ok(r.offset >= 0 && r.length > 0 && r.offset + r.length <= map.diskSize, `case ${i}`);
+      assert.ok(plan.bytes <= map.diskSize);
+      planned++;
+    }
+    assert.ok(refused > 0 && planned > 0, `${refused} refused, ${planned} planned`);
   });
 
   test('bad traces: a malformed line is named by file and line; a trace without reads is refused', async () => {
