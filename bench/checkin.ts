@@ -20,6 +20,12 @@
  * Options: --out DIR (stores and checkouts; default /dev/shm/strata-bench-checkin),
  * --base FILE --derived FILE (other images), --sweep (also check both in with 64 KiB,
  * 256 KiB and 1 MiB file chunks, in-process, to choose the file chunk size).
+ *
+ * --cross-fs (issue 19): instead, the same tree in ext4, XFS and btrfs images (the ones
+ * bench:ls makes, .cache/bench/bookworm-minbase.{ext4,xfs,btrfs}; run it first) checked in
+ * one after the other into one library, and `casync make` of the same three into one store:
+ * what each later file system adds after ext4 (Strata cuts file data by file, so it should
+ * add almost nothing), with the ratio to casync's.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -143,10 +149,59 @@ async function sweep(base: string, derived: string): Promise<unknown[]> {
   return rows;
 }
 
+/** The same tree in ext4, XFS and btrfs, checked in one after the other: what each adds. */
+async function crossFs(): Promise<void> {
+  const kinds = ['ext4', 'xfs', 'btrfs'];
+  const images = kinds.map((k) => path.join(BENCH, `bookworm-minbase.${k}`));
+  const { existsSync, statSync } = await import('node:fs');
+  for (const i of images)
+    if (!existsSync(i)) throw new Error(`${i} is missing: run bench:ls first (it makes all three)`);
+  rmSync(OUT, { recursive: true, force: true });
+  mkdirSync(OUT, { recursive: true });
+  const lib = path.join(OUT, 'strata-lib');
+  const store = path.join(OUT, 'casync-store');
+  const rows: Array<Record<string, unknown>> = [];
+  let strataBefore = 0;
+  let casyncBefore = 0;
+  for (const [i, image] of images.entries()) {
+    const s = await timed(process.execPath, [CLI, 'checkin', image, '--name', kinds[i], '--library', lib, '--json']);
+    const r = JSON.parse(s.out);
+    const strataNow = duBytes(path.join(lib, 'store'));
+    const c = await timed('casync', [
+      'make',
+      '--compression=zstd',
+      `--store=${store}`,
+      path.join(OUT, `${kinds[i]}.caibx`),
+      image,
+    ]);
+    const casyncNow = duBytes(store);
+    const fileData = r.volumes?.[0]?.fs?.fileDataBytes as number | undefined;
+    rows.push({
+      fs: kinds[i],
+      imageBytes: statSync(image).size,
+      fileDataBytes: fileData,
+      strataNewBytes: strataNow - strataBefore,
+      strataNewBytesReported: r.newBytes,
+      casyncNewBytes: casyncNow - casyncBefore,
+      strataSeconds: round(s.s, 2),
+      casyncSeconds: round(c.s, 2),
+      newOverFileData: fileData ? round((strataNow - strataBefore) / fileData, 4) : undefined,
+      strataNewOverCasyncNew: round((strataNow - strataBefore) / (casyncNow - casyncBefore), 3),
+    });
+    strataBefore = strataNow;
+    casyncBefore = casyncNow;
+  }
+  process.stdout.write(
+    `${JSON.stringify({ bench: 'checkin --cross-fs', loadavg1: round(loadavg()[0], 2), rows }, null, 2)}\n`,
+  );
+  rmSync(OUT, { recursive: true, force: true });
+}
+
 async function main(): Promise<void> {
   const env = benchChildEnv();
   console.log(JSON.stringify(env));
   need('casync', 'casync');
+  if (process.argv.includes('--cross-fs')) return crossFs();
   const base = opt('--base') ?? benchBaseImage(BENCH, log);
   const derived = opt('--derived') ?? benchDerivedImage(BENCH, log);
   rmSync(OUT, { recursive: true, force: true });

@@ -12,13 +12,14 @@
  * - extract: strata vs `debugfs -R 'rdump / DIR'`; both trees are then compared (file
  *   count, every path's type, sha256 of a sample).
  *
- * - XFS (issue 19): the same tree copied by the kernel into an mkfs.xfs image; strata ls
- *   vs `find -printf` of the same fields over the kernel's read-only loop mount, and strata
- *   extract vs `cp -a` out of that mount (the only peers that read XFS). The mount is made
- *   once and its page cache is warm, like the image file's for strata. Needs root.
+ * - XFS and btrfs (issue 19): the same tree copied by the kernel into an mkfs.xfs (mkfs.btrfs)
+ *   image; strata ls vs `find -printf` of the same fields over the kernel's read-only loop
+ *   mount, and strata extract vs `cp -a` out of that mount (the only peers that read them).
+ *   The mount is made once and its page cache is warm, like the image file's for strata.
+ *   Needs root.
  *
  * Options: --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-ls),
- * --rootfs DIR (the tree to use instead of debootstrapping one), --no-xfs (skip the XFS cases),
+ * --rootfs DIR (the tree to use instead of debootstrapping one), --no-xfs, --no-btrfs (skip those cases),
  * --profile (also write V8 CPU profiles of one strata ls and
  * one extract and print their hottest functions), --image FILE (bench another ext image).
  */
@@ -269,8 +270,10 @@ async function main(): Promise<void> {
   rmSync(outS, { recursive: true, force: true });
   rmSync(outD, { recursive: true, force: true });
 
-  // --- XFS ---------------------------------------------------------------------------------
-  if (!process.argv.includes('--no-xfs') && !opt('--image')) await benchXfs(bestOf, outRoot);
+  // --- XFS and btrfs (issue 19): the peers are the kernel's mounts --------------------------
+  for (const kind of ['xfs', 'btrfs'] as const) {
+    if (!process.argv.includes(`--no-${kind}`) && !opt('--image')) await benchKernelFs(kind, bestOf, outRoot);
+  }
 
   // --- profile ------------------------------------------------------------------------------
   if (PROFILE) {
@@ -290,19 +293,26 @@ async function main(): Promise<void> {
   }
 }
 
-/** The bench tree in an XFS image, copied in by the kernel (cached). */
-function setupXfs(): string {
+/** How each kernel-read file system of the bench is made: mkfs, its package, its smallest size. */
+const KERNEL_FS = {
+  xfs: { mkfs: 'mkfs.xfs', pkg: 'xfsprogs', args: ['-q', '-f', '-L', 'bench-root'], minMiB: 320 }, // mkfs.xfs 6.1 makes nothing under 300 MB
+  btrfs: { mkfs: 'mkfs.btrfs', pkg: 'btrfs-progs', args: ['-q', '-f', '-L', 'bench-root'], minMiB: 256 },
+} as const;
+type KernelFs = keyof typeof KERNEL_FS;
+
+/** The bench tree in an XFS or btrfs image, copied in by the kernel through a loop mount (cached). */
+function setupKernelFs(kind: KernelFs): string {
   const rootfs = opt('--rootfs') ?? benchRootfs(BENCH, log);
-  const image = path.join(BENCH, 'bookworm-minbase.xfs');
+  const image = path.join(BENCH, `bookworm-minbase.${kind}`);
   if (!existsSync(image)) {
-    need('mkfs.xfs', 'xfsprogs');
+    const f = KERNEL_FS[kind];
+    need(f.mkfs, f.pkg);
     const bytes = Number(sh('du', ['-sb', rootfs]).split(/\s/)[0]);
-    // mkfs.xfs 6.1 makes nothing under 300 MB
-    const size = Math.max(320, Math.ceil((bytes * 1.4 + (96 << 20)) / (1 << 20)));
-    log(`mkfs.xfs and cp -a ${rootfs} through a loop mount (${size} MiB, once)`);
+    const size = Math.max(f.minMiB, Math.ceil((bytes * 1.4 + (96 << 20)) / (1 << 20)));
+    log(`${f.mkfs} and cp -a ${rootfs} through a loop mount (${size} MiB, once)`);
     sh('truncate', ['-s', `${size}M`, `${image}.tmp`]);
-    sh('mkfs.xfs', ['-q', '-f', '-L', 'bench-root', `${image}.tmp`]);
-    const mnt = path.join(BENCH, 'xfs-mnt-setup');
+    sh(f.mkfs, [...f.args, `${image}.tmp`]);
+    const mnt = path.join(BENCH, `${kind}-mnt-setup`);
     mkdirSync(mnt, { recursive: true });
     sh('mount', ['-o', 'loop', `${image}.tmp`, mnt]);
     try {
@@ -315,13 +325,14 @@ function setupXfs(): string {
   return image;
 }
 
-async function benchXfs(
+async function benchKernelFs(
+  kind: KernelFs,
   bestOf: (fns: Array<() => Promise<number>>) => Promise<number[]>,
   outRoot: string,
 ): Promise<void> {
-  const image = setupXfs();
+  const image = setupKernelFs(kind);
   const node = process.execPath;
-  const mnt = path.join(BENCH, 'xfs-mnt');
+  const mnt = path.join(BENCH, `${kind}-mnt`);
   mkdirSync(mnt, { recursive: true });
   sh('mount', ['-o', 'ro,loop', image, mnt]);
   try {
@@ -334,9 +345,9 @@ async function benchXfs(
       async () => (await timed(node, lsArgs)).ms,
       async () => (await timed('find', findArgs)).ms,
     ]);
-    report('xfs ls -R', ls, 'find -printf over the kernel loop mount', find, { entries, peerEntries });
-    const outS = path.join(outRoot, 'xfs-extract-strata');
-    const outC = path.join(outRoot, 'xfs-extract-cp');
+    report(`${kind} ls -R`, ls, 'find -printf over the kernel loop mount', find, { entries, peerEntries });
+    const outS = path.join(outRoot, `${kind}-extract-strata`);
+    const outC = path.join(outRoot, `${kind}-extract-cp`);
     const [x, cp] = await bestOf([
       async () => {
         rmSync(outS, { recursive: true, force: true });
@@ -351,10 +362,16 @@ async function benchXfs(
     const b = treeIndex(outC);
     let typeMismatch = 0;
     for (const [p, t] of b.types) if (a.types.get(p) !== t) typeMismatch++;
-    report('xfs extract /', x, 'cp -a from the kernel loop mount', cp, {
+    const sample = a.files.filter((_, i) => i % 25 === 0);
+    let shaMismatch = 0;
+    for (const f of sample)
+      if (!existsSync(path.join(outC, f)) || sha(path.join(outS, f)) !== sha(path.join(outC, f))) shaMismatch++;
+    report(`${kind} extract /`, x, 'cp -a from the kernel loop mount', cp, {
       files: a.files.length,
       peerFiles: b.files.length,
       typeMismatch,
+      sampled: sample.length,
+      shaMismatch,
     });
     rmSync(outS, { recursive: true, force: true });
     rmSync(outC, { recursive: true, force: true });

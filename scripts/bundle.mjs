@@ -164,6 +164,7 @@ await build({
     'inflate-worker': path.join(root, 'src', 'formats', 'vmdk', 'inflate-worker.ts'),
     'zstd-worker': path.join(root, 'src', 'store', 'zstd-worker.ts'),
     'copy-worker': path.join(root, 'src', 'library', 'convert', 'copy-worker.ts'),
+    'reader-worker': path.join(root, 'src', 'serve', 'fuse', 'reader-worker.ts'),
   },
   outdir: out,
 });
@@ -175,7 +176,10 @@ writeFileSync(path.join(out, 'package.json'), `${JSON.stringify({ type: 'commonj
 const webui = path.join(root, 'dist', 'webui');
 await build({
   entryPoints: [path.join(root, 'webui', 'app.js')],
-  outfile: path.join(webui, 'app.js'),
+  outdir: webui,
+  // pages loaded on demand (the storage dashboard's chart library) become chunk-*.js
+  splitting: true,
+  chunkNames: 'chunk-[hash]',
   bundle: true,
   platform: 'browser',
   format: 'esm',

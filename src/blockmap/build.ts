@@ -65,7 +65,7 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
       offset: number,
       length: number,
       kind: Kind,
-      f: { ino?: number; name?: string; objectOffset?: number } = {},
+      f: { ino?: number; name?: string; objectOffset?: number; shared?: boolean } = {},
     ) => {
       const base = f.objectOffset ?? 0;
       translate(runs, offset, length, (d, len, skip) =>
@@ -103,7 +103,7 @@ type Put = (
   offset: number,
   length: number,
   kind: Kind,
-  f?: { ino?: number; name?: string; objectOffset?: number },
+  f?: { ino?: number; name?: string; objectOffset?: number; shared?: boolean },
 ) => void;
 
 /**
@@ -161,7 +161,7 @@ function claimExtent(put: Put, bs: number, ino: number, name: string, kind: Kind
   if (e.inline) return;
   let len = e.diskLength ?? e.length;
   if (!e.encoded) len = Math.ceil(len / bs) * bs;
-  put(e.volumeOffset, len, kind, { ino, name, objectOffset: e.fileOffset });
+  put(e.volumeOffset, len, kind, { ino, name, objectOffset: e.fileOffset, shared: e.shared });
 }
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {

@@ -19,6 +19,8 @@ export interface ClaimFields {
    * journal; byte offset inside the inode table for inode-table; 0 otherwise.
    */
   objectOffset?: number;
+  /** The file system says other files may map the same bytes (reflinks, snapshots): not an overlap to report. */
+  shared?: boolean;
 }
 
 /**
@@ -35,6 +37,8 @@ export class Claims {
   ino = new Float64Array(1024);
   name = new Int32Array(1024);
   objectOffset = new Float64Array(1024);
+  /** 1 where the claim is a shared extent (see ClaimFields.shared). */
+  shared = new Uint8Array(1024);
   readonly strings: string[] = [];
   private readonly stringIds = new Map<string, number>();
 
@@ -72,6 +76,7 @@ export class Claims {
     this.ino[i] = f.ino ?? NO_INODE;
     this.name[i] = f.name === undefined ? NO_NAME : this.intern(f.name);
     this.objectOffset[i] = off;
+    this.shared[i] = f.shared ? 1 : 0;
   }
 
   private grow(): void {
@@ -88,6 +93,7 @@ export class Claims {
     this.ino = g(this.ino, (k) => new Float64Array(k));
     this.name = g(this.name, (k) => new Int32Array(k));
     this.objectOffset = g(this.objectOffset, (k) => new Float64Array(k));
+    this.shared = g(this.shared, (k) => new Uint8Array(k));
   }
 }
 

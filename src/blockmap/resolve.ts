@@ -25,7 +25,8 @@ export const MAX_OVERLAP_WARNINGS = 20;
  * claims sorted by start with a heap of the active ones: O(n log n), whatever the
  * overlaps. Adjacent pieces of one owner (same kind, volume, inode, name, continuous
  * object offset) are merged. Overlaps between real owners (a block claimed by two files
- * in a corrupt image) are counted and the first few described in `warnings`.
+ * in a corrupt image) are counted and the first few described in `warnings`; extents both
+ * flagged shared by the file system (reflinks, snapshots) are not such overlaps.
  */
 export function resolveClaims(c: Claims, warnings: string[]): MapColumns {
   const n = c.count;
@@ -99,7 +100,9 @@ function reportOverlaps(c: Claims, order: Uint32Array, warnings: string[]): void
     if (PRIO[kind[x]] < OWNER_PRIORITY) continue;
     if (reach >= 0 && start[x] < end[reach]) {
       const same = ino[x] === ino[reach] && kind[x] === kind[reach] && ino[x] !== NO_INODE;
-      if (!same && ++count <= MAX_OVERLAP_WARNINGS) {
+      // extents the file system calls shared (reflinks, snapshots) are meant to overlap
+      const shared = c.shared[x] === 1 && c.shared[reach] === 1;
+      if (!same && !shared && ++count <= MAX_OVERLAP_WARNINGS) {
         const s = start[x];
         const e = Math.min(end[x], end[reach]);
         const winner =

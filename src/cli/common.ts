@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { type OpenOptions, StrataError, type Target, type TargetOptions } from '../library/index.js';
+import { type Address, type OpenOptions, StrataError, type Target, type TargetOptions } from '../library/index.js';
 
 /** How every command that reads an image describes its TARGET argument. */
 export const TARGET_HELP =
@@ -24,15 +24,28 @@ export function addLibraryOption(cmd: Command): Command {
   );
 }
 
-/** Open flags, --library, and the volume address (--part, --lv) of the file-system commands. */
+/** Open flags, --library, and the volume address (--part, --lv, --subvol) of the file-system commands. */
 export function addAddressOptions(cmd: Command): Command {
   return addOpenOptions(
     addLibraryOption(
       cmd
         .option('--part <n>', 'partition id as `strata parts` shows it (1-4 primary, 5+ logical, GPT index)')
-        .option('--lv <vg/lv>', 'LVM logical volume'),
+        .option('--lv <vg/lv>', 'LVM logical volume')
+        .option('--subvol <name|id>', SUBVOL_HELP),
     ),
   );
+}
+
+export const SUBVOL_HELP =
+  'btrfs subvolume or snapshot as /: its path from the top level or its id (default: the default one)';
+
+/** The address flags of a command's options. */
+export function addressFrom(o: Record<string, unknown>): Address {
+  const addr: Address = {};
+  if (typeof o.part === 'string') addr.part = o.part;
+  if (typeof o.lv === 'string') addr.lv = o.lv;
+  if (typeof o.subvol === 'string') addr.subvol = o.subvol;
+  return addr;
 }
 
 function collect(v: string, prev: string[]): string[] {

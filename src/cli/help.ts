@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 /**
  * Examples for every command's `--help`, and from the same text the man page
  * (scripts/man.mjs) and the test that runs each example (test/cli/help-examples.test.ts,
- * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv and a library with
+ * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv, an empty mnt/ and a library with
  * debian@1 tagged 12). Keyed by the command's path below `strata`.
  */
 export const EXAMPLES: Record<string, string[]> = {
@@ -31,11 +31,16 @@ export const EXAMPLES: Record<string, string[]> = {
   diff: ['strata diff old.qcow2 new.qcow2', 'strata diff debian@1 new.qcow2 --packages'],
   search: ["strata search --package 'bash>=5'", "strata search --path '/etc/**/*.conf' --user root --json"],
   reinspect: ['strata reinspect --missing'],
+  mount: ['strata mount disk.qcow2 mnt --background'],
+  umount: ['strata umount mnt'],
+  virtiofs: ['strata virtiofs debian:12 --socket vfs.sock --tag root'],
   nbd: ['strata nbd disk.qcow2 --port 0'],
   deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],
   profile: ['strata profile record debian:12 --trace trace.csv', 'strata profile show debian:12'],
   'profile record': ['strata profile record debian:12 --trace trace.csv --json'],
   'profile show': ['strata profile show debian:12 --json'],
+  preload: ['strata preload debian:12 --cache chunk-cache'],
+  'export-index': ['strata export-index'],
   serve: ['strata serve --listen 127.0.0.1:0 --quiet'],
   user: ['strata user add alice --project ops --role member', 'strata user list'],
   'user add': ['strata user add alice --project ops --role member', 'strata user add root --admin'],

@@ -30,9 +30,17 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     verbs: ['inspect', 'diff', 'search', 'reinspect'],
     load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
   },
+  {
+    verbs: ['mount', 'umount', 'virtiofs'],
+    load: async () => (await import('./commands/mount.js')).registerMountCommands,
+  },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['deploy'], load: async () => (await import('./commands/deploy.js')).registerDeployCommand },
   { verbs: ['profile'], load: async () => (await import('./commands/profile.js')).registerProfileCommands },
+  {
+    verbs: ['preload', 'export-index'],
+    load: async () => (await import('./commands/preload.js')).registerPreloadCommands,
+  },
   {
     verbs: ['serve', 'user', 'project', 'token'],
     load: async () => (await import('./commands/serve.js')).registerServeCommands,

@@ -4,6 +4,7 @@ import type { Extent } from '../io/byte-source.js';
 import type { LayoutManifest } from '../library/manifest.js';
 import type { ExportWriter, NbdExport } from '../serve/nbd/export.js';
 import { StrataError } from '../util/errors.js';
+import { compareTarget } from './compare.js';
 import { blockSignatures } from './diff.js';
 import {
   type DeployHeader,
@@ -20,7 +21,8 @@ import {
 export interface DeploySource {
   readonly name: string;
   readonly size: number;
-  readInto(offset: number, out: Uint8Array): Promise<number>;
+  /** `urgent`: a guest's read waits for this one (sources with a queue let it pass). */
+  readInto(offset: number, out: Uint8Array, urgent?: boolean): Promise<number>;
   status(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
   /** Library versions: the layout manifest and its digest (differential deploys compare them). */
@@ -41,6 +43,7 @@ export type DeployEvent =
       rate: number;
     }
   | { event: 'retry'; offset: number; length: number; attempt: number; error: string }
+  | { event: 'compared'; matched: number; mismatched: number; readBytes: number }
   | { event: 'error'; error: string }
   | { event: 'complete'; fetchedBytes: number; seconds: number };
 
@@ -57,6 +60,8 @@ export interface DeployOptions {
   batchBlocks?: number;
   /** How long a read waits for a failing source before it fails (default 120 s). */
   fetchTimeout?: number;
+  /** TARGET with no state: hash it along the version's chunks and fetch only what differs (compare.ts). */
+  compare?: boolean;
   /** Do not start the background copier (tests drive it; guest reads still fetch). */
   noCopier?: boolean;
   /**
@@ -190,6 +195,14 @@ export class Deployer {
         init = await differential(prior, source, blockSize);
         mode = init.local ? 'differential' : 'new';
         log = StateLog.create(stateFile, header, init.local, init.dirty);
+      } else if (opts.compare && !fresh) {
+        // an unknown TARGET: what already matches the version (hashed along its chunks) is not fetched
+        if (!source.manifest) throw new StrataError('USAGE', '--compare needs a library version as SOURCE');
+        const c = await compareTarget(fh, source.manifest, blockSize, source.size);
+        init = { local: c.local };
+        mode = 'compare';
+        opts.onEvent?.({ event: 'compared', matched: c.matched, mismatched: c.mismatched, readBytes: c.readBytes });
+        log = StateLog.create(stateFile, header, init.local);
       } else {
         log = StateLog.create(stateFile, header);
       }
@@ -411,7 +424,7 @@ export class Deployer {
     const limit = Date.now() + (this.opts.fetchTimeout ?? 120_000);
     for (let attempt = 1; ; attempt++) {
       try {
-        const n = await this.source.readInto(offset, out);
+        const n = await this.source.readInto(offset, out, urgent);
         if (n < out.length) out.fill(0, n);
         return;
       } catch (e) {

@@ -1,4 +1,6 @@
 /** The deploy layer's public surface: what the CLI and the layers above use. */
+export { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
+export { type ChunkGetter, ManifestSource } from './chunk-source.js';
 export { type DeployEvent, Deployer, type DeployOptions, type DeploySource } from './deployer.js';
 export { blockSignatures, differingBlocks } from './diff.js';
 export {
@@ -24,5 +26,12 @@ export {
   sourceBlockMap,
   versionBlockMap,
 } from './profile-store.js';
-export { imageDeploySource, libraryDeploySource, openDeploySource } from './source.js';
+export {
+  type DeploySourceOptions,
+  httpLibraryDeploySource,
+  imageDeploySource,
+  libraryDeploySource,
+  openDeploySource,
+  remoteDeploySource,
+} from './source.js';
 export { type DeployHeader, loadState, STATE_SUFFIX } from './state.js';

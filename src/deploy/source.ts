@@ -2,17 +2,47 @@ import { existsSync } from 'node:fs';
 import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { OpenOptions } from '../formats/types.js';
+import { httpGetAll } from '../io/http-source.js';
 import { Library, libraryLocation } from '../library/library.js';
+import { parseStaticIndex, resolveStatic, STATIC_INDEX } from '../library/static-index.js';
 import { VersionSource } from '../library/version-source.js';
+import { RemoteLibrary } from '../serve/http/client.js';
 import { chainSource } from '../serve/nbd/export.js';
+import { HttpBackend } from '../store/http-backend.js';
+import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
+import { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
+import { checkChunk, layoutFrom, ManifestSource } from './chunk-source.js';
 import type { DeploySource } from './deployer.js';
 
 /** A library version as a deploy source: chunks read from the store, each checked against its digest. */
-export async function libraryDeploySource(lib: Library, ref: string, closeLibrary = false): Promise<DeploySource> {
+export async function libraryDeploySource(
+  lib: Library,
+  ref: string,
+  closeLibrary = false,
+  cache?: ChunkCache,
+): Promise<DeploySource> {
   const v = await lib.catalog.resolve(ref);
   const manifest = await lib.layout(v.manifest);
-  const version = new VersionSource(lib.store, manifest, `${lib.dir}#${v.image}@${v.number}`);
+  const name = `${lib.dir}#${v.image}@${v.number}`;
+  const layoutOf = (d: string) => lib.layout(d);
+  if (cache) {
+    // through the chunk cache (shared with other deploys of this host)
+    return new ManifestSource(
+      name,
+      manifest,
+      v.manifest,
+      {
+        name: lib.store.name,
+        get: (d) => lib.store.get(d),
+        close: async () => {
+          if (closeLibrary) await lib.close();
+        },
+      },
+      { cache, layoutOf },
+    );
+  }
+  const version = new VersionSource(lib.store, manifest, name);
   return {
     name: version.name,
     size: version.size,
@@ -20,12 +50,123 @@ export async function libraryDeploySource(lib: Library, ref: string, closeLibrar
     status: (o, l) => version.status(o, l),
     manifest,
     manifestDigest: v.manifest,
-    layoutOf: (d) => lib.layout(d),
+    layoutOf,
     close: async () => {
       await version.close();
       if (closeLibrary) await lib.close();
     },
   };
+}
+
+/**
+ * A library folder served over plain HTTP (any web server that answers Range requests):
+ * REF resolved against its static index (strata-index.json, see library/static-index.ts),
+ * chunks read from store/ through a read-only HTTP backend (coalesced range requests, the
+ * store checks every blob against its digest).
+ */
+export async function httpLibraryDeploySource(
+  url: string,
+  ref: string,
+  opts: { cache?: ChunkCache; concurrency?: number } = {},
+): Promise<ManifestSource & { backend: HttpBackend }> {
+  const base = url.replace(/\/+$/, '');
+  const indexUrl = `${base}/${STATIC_INDEX}`;
+  let bytes: Uint8Array;
+  try {
+    bytes = await httpGetAll(indexUrl);
+  } catch (e) {
+    throw new StrataError(
+      (e as StrataError).code ?? 'IO',
+      `no library index at ${indexUrl} (write one with 'strata export-index'): ${(e as Error).message}`,
+      { file: indexUrl },
+      { cause: e },
+    );
+  }
+  const ix = parseStaticIndex(bytes, indexUrl);
+  const v = resolveStatic(ix, ref);
+  const backend = new HttpBackend(
+    `${base}/store`,
+    ix.store.index.map((e) => ({ key: e.key, size: e.size, mtimeMs: e.mtimeMs })),
+    { concurrency: opts.concurrency },
+  );
+  const store = await Store.open(backend, { compressInline: true });
+  try {
+    // manifests are blobs too: a warm cache holds them, and then nothing comes from the server
+    const layoutOf = async (d: string) => {
+      const hit = await opts.cache?.get(d);
+      if (hit) return layoutFrom(hit, d);
+      const plain = await store.get(d);
+      await opts.cache?.put(d, plain);
+      return layoutFrom(plain, d);
+    };
+    const manifest = await layoutOf(v.manifest);
+    const src = new ManifestSource(
+      `${base}#${v.image}@${v.number}`,
+      manifest,
+      v.manifest,
+      { name: backend.name, get: (d) => store.get(d), close: () => store.close() },
+      { cache: opts.cache, layoutOf },
+    );
+    return Object.assign(src, { backend });
+  } catch (e) {
+    await store.close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * A version from the library service (`strata serve`, `--remote URL`, token from
+ * STRATA_TOKEN): resolved by the service, the manifest and every chunk through its chunk
+ * route (which answers only chunks the token's project may read), each checked here.
+ */
+export async function remoteDeploySource(
+  remote: RemoteLibrary,
+  ref: string,
+  opts: { cache?: ChunkCache; concurrency?: number; timeoutMs?: number } = {},
+): Promise<ManifestSource> {
+  const v = await remote.resolve(ref);
+  const timeoutMs = opts.timeoutMs ?? Number(process.env.STRATA_HTTP_TIMEOUT || 30) * 1000;
+  // not RemoteLibrary.chunk: a chunk request must end (a hung service is retried by the deployer)
+  const get = async (d: string) => {
+    const url = `${remote.url}/v1/chunks/${d}`;
+    let body: Uint8Array;
+    try {
+      const res = await fetch(url, {
+        headers: remote.token ? { authorization: `Bearer ${remote.token}` } : {},
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new StrataError('NOT_FOUND', 'no such chunk, or not readable with this token', { file: url });
+      }
+      if (!res.ok) {
+        await res.body?.cancel();
+        throw new StrataError('IO', `HTTP ${res.status}`, { file: url });
+      }
+      body = new Uint8Array(await res.arrayBuffer());
+    } catch (e) {
+      if (e instanceof StrataError) throw e;
+      const why =
+        (e as Error).name === 'TimeoutError'
+          ? `no answer in ${timeoutMs / 1000} s`
+          : `cannot reach the library service: ${((e as Error).cause as Error)?.message ?? (e as Error).message}`;
+      throw new StrataError('IO', why, { file: url }, { cause: e });
+    }
+    return checkChunk(d, body, url);
+  };
+  const layoutOf = async (d: string) => {
+    const plain = (await opts.cache?.get(d)) ?? (await get(d));
+    await opts.cache?.put(d, plain);
+    return layoutFrom(plain, d);
+  };
+  const manifest = await layoutOf(v.manifest);
+  return new ManifestSource(
+    `${remote.url}#${v.image}@${v.number}`,
+    manifest,
+    v.manifest,
+    { name: remote.url, get, close: async () => {} },
+    { cache: opts.cache, layoutOf, concurrency: opts.concurrency },
+  );
 }
 
 /** An image file or URL (any format Strata reads, backing chain resolved) as a deploy source. */
@@ -46,12 +187,39 @@ export async function imageDeploySource(image: string, open: OpenOptions = {}): 
   };
 }
 
-/** SOURCE as the CLI takes it: an existing file or a URL is an image, anything else a library REF. */
-export async function openDeploySource(
-  source: string,
-  opts: { library?: string; open?: OpenOptions } = {},
-): Promise<DeploySource> {
-  if (existsSync(source) || /^https?:\/\//i.test(source)) return imageDeploySource(source, opts.open);
+export interface DeploySourceOptions {
+  /** A library folder, or the URL of one served over HTTP. */
+  library?: string;
+  /** The library service (`strata serve`); the token from `token` or STRATA_TOKEN. */
+  remote?: string;
+  token?: string;
+  /** A chunk cache folder shared by the deploys of this host. */
+  cache?: string;
+  cacheBytes?: number;
+  open?: OpenOptions;
+}
+
+const isUrl = (s: string) => /^https?:\/\//i.test(s);
+
+/**
+ * SOURCE as the CLI takes it: an existing file or a URL is an image; anything else a
+ * library REF, looked up in the library service (`remote`), a library over HTTP (`library`
+ * is a URL) or a local library.
+ */
+export async function openDeploySource(source: string, opts: DeploySourceOptions = {}): Promise<DeploySource> {
+  const remoteUrl = opts.remote;
+  const libUrl = opts.library ?? process.env.STRATA_LIBRARY;
+  if (!remoteUrl && (existsSync(source) || isUrl(source))) {
+    if (opts.cache) throw new StrataError('USAGE', '--cache holds library chunks: SOURCE is an image, not a REF');
+    return imageDeploySource(source, opts.open);
+  }
+  const cache = opts.cache ? await ChunkCache.open(opts.cache, opts.cacheBytes ?? CACHE_DEFAULT_BYTES) : undefined;
+  if (remoteUrl) {
+    if (!isUrl(remoteUrl)) throw new StrataError('USAGE', `--remote wants an http(s) URL, not ${remoteUrl}`);
+    const token = opts.token ?? (process.env.STRATA_TOKEN || undefined);
+    return remoteDeploySource(new RemoteLibrary(remoteUrl, token), source, { cache });
+  }
+  if (libUrl && isUrl(libUrl)) return httpLibraryDeploySource(libUrl, source, { cache });
   let lib: Library;
   try {
     lib = await Library.open(opts.library, { create: false });
@@ -64,7 +232,7 @@ export async function openDeploySource(
     );
   }
   try {
-    return await libraryDeploySource(lib, source, true);
+    return await libraryDeploySource(lib, source, true, cache);
   } catch (e) {
     await lib.close();
     throw e;

@@ -5,7 +5,7 @@ import { extDriver } from './ext/index.js';
 import { exfatDriver, fatDriver } from './fat/index.js';
 import { isoDriver } from './iso9660/index.js';
 import { ntfsDriver } from './ntfs/index.js';
-import type { FileSystem, FsDriver } from './types.js';
+import type { FileSystem, FsDriver, FsOpenOptions } from './types.js';
 import { xfsDriver } from './xfs/index.js';
 
 /** File-system readers, tried in order; each probes the volume's first 128 KiB. */
@@ -49,13 +49,26 @@ export function recognizeUnsupported(head: Uint8Array, size: number): string | u
   return undefined;
 }
 
-/** Detect the file system on a volume by content and open it read-only. */
-export async function openFileSystem(volume: ByteSource): Promise<FileSystem> {
+/**
+ * Detect the file system on a volume by content and open it read-only. An option the
+ * detected driver does not honour (`subvol` on ext4) is a USAGE error, never ignored.
+ */
+export async function openFileSystem(volume: ByteSource, options: FsOpenOptions = {}): Promise<FileSystem> {
   if (volume.size === 0) {
     throw new StrataError('CORRUPT', 'empty volume: no file system', { file: volume.name, offset: 0 });
   }
   const head = await volume.read(0, Math.min(volume.size, PROBE_BYTES));
-  for (const d of FS_DRIVERS) if (d.probe(head, volume.size)) return d.open(volume);
+  for (const d of FS_DRIVERS) {
+    if (!d.probe(head, volume.size)) continue;
+    const given = (Object.keys(options) as Array<keyof FsOpenOptions>).filter((k) => options[k] !== undefined);
+    const foreign = given.filter((k) => !d.options?.includes(k));
+    if (foreign.length > 0) {
+      throw new StrataError('USAGE', `--${foreign[0]} does not apply to ${d.kind} (it names a btrfs subvolume)`, {
+        file: volume.name,
+      });
+    }
+    return given.length > 0 ? d.open(volume, options) : d.open(volume);
+  }
   const kind = recognizeUnsupported(head, volume.size);
   if (kind) {
     throw new StrataError('UNSUPPORTED', `${kind} is recognised but not readable by this version of Strata`, {

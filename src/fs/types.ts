@@ -133,7 +133,30 @@ export interface FileSystem {
   allocation(): Promise<ByteRange[]>;
   /** Metadata structures and the bytes they own. */
   metadataRegions(): AsyncIterable<OwnedRange>;
+  /**
+   * Optional, for file systems holding several trees (btrfs subvolumes and snapshots): the
+   * trees there are, and another view of this file system with one of them (by id or path,
+   * as `subvolumes()` lists them) as `/`. The view shares this one's volume and caches; it
+   * needs no close of its own. Inspect uses them to honour fstab's `subvol=`.
+   */
+  subvolumes?(): Promise<SubvolumeInfo[]>;
+  withSubvolume?(nameOrId: string | number): Promise<FileSystem>;
   close?(): Promise<void>;
+}
+
+/** One tree of a file system with several (a btrfs subvolume or snapshot). */
+export interface SubvolumeInfo {
+  id: number;
+  /** Path from the top level ('/' for the top level itself). */
+  path: string;
+  readOnly: boolean;
+  /** Whether this is the tree the file system presents as `/`. */
+  current: boolean;
+}
+
+/** How a file system is opened: `subvol` names the btrfs subvolume to present as `/` (path or id). */
+export interface FsOpenOptions {
+  subvol?: string;
 }
 
 /** A file-system driver: detect by content and open. */
@@ -141,5 +164,7 @@ export interface FsDriver {
   readonly kind: string;
   /** `head` is at least the first 128 KiB of the volume (or all of it if smaller). */
   probe(head: Uint8Array, size: number): boolean;
-  open(volume: ByteSource): Promise<FileSystem>;
+  /** The FsOpenOptions this driver honours (others given are a USAGE error, see openFileSystem). */
+  readonly options?: ReadonlyArray<keyof FsOpenOptions>;
+  open(volume: ByteSource, options?: FsOpenOptions): Promise<FileSystem>;
 }

@@ -31,6 +31,21 @@ const VIRTUAL_FS = new Set([
 
 interface Opened extends VolumeFacts {
   fs: FileSystem;
+  /** The btrfs subvolume (path from the top level) this root was found in, when not the default one. */
+  subvol?: string;
+}
+
+/** Subvolumes looked at for an OS root when a btrfs file system's default one holds none. */
+const MAX_SUBVOLUMES = 256;
+
+/** fstab's `subvol=PATH` or `subvolid=ID` of a btrfs line. */
+function subvolOption(options: string): string | undefined {
+  let out: string | undefined;
+  for (const o of options.split(',')) {
+    const m = /^subvol(id)?=(.*)$/.exec(o);
+    if (m && (m[1] || out === undefined)) out = m[1] ? m[2] : m[2].replace(/^\/+|\/+$/g, '') || '/';
+  }
+  return out;
 }
 
 export interface DiskInspection {
@@ -67,10 +82,14 @@ async function assembleMounts(
     const mp: Mountpoint = { device: e.device };
     if (e.fstype) mp.fstype = e.fstype;
     if (vol) mp.volume = vol.id;
+    const subvol = subvolOption(e.options);
+    if (subvol !== undefined) mp.subvol = subvol;
     mountpoints[e.point] = mp;
     if (e.point === '/') {
       if (vol && vol !== root.volume)
         warnings.push(`/etc/fstab mounts ${e.device} at /, not the volume it was read from`);
+      else if (subvol !== undefined && root.fs.subvolumes && !(await isSubvol(root.fs, subvol)))
+        warnings.push(`/etc/fstab mounts subvolume ${subvol} at /, not the one the root was read from`);
       continue;
     }
     const target = vol ? all.find((o) => o.volume === vol) : undefined;
@@ -78,7 +97,21 @@ async function assembleMounts(
       warnings.push(`/etc/fstab: ${e.device} (for ${e.point}) is not a file system on this disk we can read`);
       continue;
     }
-    if (!mounts.some((m) => m.point === e.point)) mounts.push({ point: e.point.replace(/\/+$/, ''), fs: target.fs });
+    let fs = target.fs;
+    if (subvol !== undefined) {
+      if (!fs.withSubvolume) {
+        warnings.push(`/etc/fstab: ${e.device} (for ${e.point}) names subvolume ${subvol}, but holds ${fs.kind}`);
+        continue;
+      }
+      try {
+        fs = await fs.withSubvolume(subvol);
+      } catch (err) {
+        if (!(err instanceof StrataError)) throw err;
+        warnings.push(`/etc/fstab: ${e.device} (for ${e.point}): ${err.message}`);
+        continue;
+      }
+    }
+    if (!mounts.some((m) => m.point === e.point)) mounts.push({ point: e.point.replace(/\/+$/, ''), fs });
   }
   if (!mountpoints['/']) {
     // No fstab line for / (an unconfigured fstab): the root is where we found it, as virt-inspector reports too.
@@ -91,12 +124,62 @@ async function assembleMounts(
   return { mounts, mountpoints, warnings };
 }
 
+/** Whether `fs` presents the subvolume fstab names (a path from the top level, or an id). */
+async function isSubvol(fs: FileSystem, subvol: string): Promise<boolean> {
+  const cur = (await fs.subvolumes?.())?.find((s) => s.current);
+  if (!cur) return false;
+  return /^\d+$/.test(subvol) ? cur.id === Number(subvol) : cur.path === (subvol === '' ? '/' : subvol);
+}
+
 /**
- * Find every OS root among `volumes` and inspect it. Each volume holding a file system we
- * read is opened once; a Linux root's /etc/fstab mounts the others into its tree. The
- * caller keeps ownership of the volumes; file systems opened here are closed here.
+ * The OS roots of one opened file system: itself when it is one; else, for btrfs, the
+ * subvolumes that are (a Fedora-like layout: the top level holds `root`/`@` and `home`/`@home`).
+ * When some of those name themselves at / in their own fstab (subvol=), only those count:
+ * a snapshot of the root (snapper, timeshift) names its source there.
  */
-export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<DiskInspection> {
+async function rootsOf(o: Opened): Promise<Array<{ opened: Opened; kind: 'linux' | 'windows' }>> {
+  const kind = await rootKind(o.fs);
+  if (kind) return [{ opened: o, kind }];
+  if (!o.fs.subvolumes || !o.fs.withSubvolume) return [];
+  const found: Array<{ opened: Opened; kind: 'linux' | 'windows'; self: boolean }> = [];
+  for (const sv of (await o.fs.subvolumes()).filter((s) => !s.current).slice(0, MAX_SUBVOLUMES)) {
+    const fs = await o.fs.withSubvolume(sv.id);
+    const k = await rootKind(fs);
+    if (!k) continue;
+    let self = false;
+    if (k === 'linux') {
+      const text = await new OsTree([{ point: '/', fs }]).readText('/etc/fstab', 1024 * 1024);
+      const line = parseFstab(text ?? '').find((e) => e.point === '/');
+      const want = line ? subvolOption(line.options) : undefined;
+      self = want !== undefined && (await isSubvol(fs, want));
+    }
+    found.push({ opened: { ...o, fs, subvol: sv.path }, kind: k, self });
+  }
+  const own = found.filter((f) => f.self);
+  return (own.length > 0 ? own : found).map(({ opened, kind }) => ({ opened, kind }));
+}
+
+/** One OS root as a tree: the root file system with what its fstab mounts (btrfs subvolumes included). */
+export interface OsRootTree {
+  kind: 'linux' | 'windows';
+  /** The volume holding the root (Strata volume id). */
+  volume: string;
+  /** btrfs: the subvolume holding the root, when not the volume's default one. */
+  subvol?: string;
+  tree: OsTree;
+  mountpoints: Record<string, Mountpoint>;
+}
+
+/**
+ * Every OS root among `volumes`, assembled as the OS would mount it, handed to `fn`; the
+ * file systems are closed when `fn` returns. Each volume holding a file system we read is
+ * opened once; a Linux root's /etc/fstab mounts the others (and btrfs subvolumes) into its tree.
+ */
+export async function withOsTrees<T>(
+  volumes: Volume[],
+  name: string,
+  fn: (roots: OsRootTree[], warnings: string[]) => Promise<T>,
+): Promise<T> {
   const warnings: string[] = [];
   const opened: Opened[] = [];
   try {
@@ -113,23 +196,48 @@ export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<
         if (v.content) warnings.push(`${name}: volume ${describeVolume(v)}: ${e.message}`);
       }
     }
-    const roots: OsInspection[] = [];
-    for (const o of opened) {
-      const kind = await rootKind(o.fs);
-      if (kind === 'windows') {
-        const tree = new OsTree([{ point: '/', fs: o.fs }]);
-        roots.push(await inspectWindows(tree, o.volume.id));
-      } else if (kind === 'linux') {
-        const m = await assembleMounts(o, opened);
-        const tree = new OsTree(m.mounts);
-        for (const w of m.warnings) tree.warn(w);
-        roots.push(await inspectLinux(tree, o.volume.id, m.mountpoints));
+    const roots: OsRootTree[] = [];
+    for (const v of opened) {
+      for (const { opened: o, kind } of await rootsOf(v)) {
+        const r: OsRootTree = {
+          kind,
+          volume: o.volume.id,
+          tree: new OsTree([{ point: '/', fs: o.fs }]),
+          mountpoints: {},
+        };
+        if (kind === 'linux') {
+          const m = await assembleMounts(o, opened);
+          r.tree = new OsTree(m.mounts);
+          for (const w of m.warnings) r.tree.warn(w);
+          r.mountpoints = m.mountpoints;
+        }
+        if (o.subvol !== undefined) r.subvol = o.subvol;
+        roots.push(r);
       }
     }
-    return { roots, warnings };
+    return await fn(roots, warnings);
   } finally {
     for (const o of opened) await o.fs.close?.();
   }
+}
+
+/**
+ * Find every OS root among `volumes` and inspect it. The caller keeps ownership of the
+ * volumes; file systems opened here are closed here.
+ */
+export async function inspectVolumes(volumes: Volume[], name = 'disk'): Promise<DiskInspection> {
+  return withOsTrees(volumes, name, async (trees, warnings) => {
+    const roots: OsInspection[] = [];
+    for (const t of trees) {
+      const r =
+        t.kind === 'windows'
+          ? await inspectWindows(t.tree, t.volume)
+          : await inspectLinux(t.tree, t.volume, t.mountpoints);
+      if (t.subvol !== undefined) r.subvolume = t.subvol;
+      roots.push(r);
+    }
+    return { roots, warnings };
+  });
 }
 
 /** Open an image file (or URL), find its volumes and inspect every OS root on it. */

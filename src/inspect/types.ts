@@ -38,6 +38,8 @@ export interface Mountpoint {
   fstype?: string;
   /** The volume of this disk it resolved to (its Strata id), when it did. */
   volume?: string;
+  /** btrfs: the subvolume fstab names (`subvol=` path from the top level, or `subvolid=` id). */
+  subvol?: string;
 }
 
 export interface InstalledProgram {
@@ -52,6 +54,8 @@ export interface InstalledProgram {
 export interface OsInspection {
   /** The volume holding the root file system (Strata volume id, '' for a whole-disk file system). */
   root: string;
+  /** btrfs: the subvolume holding the root (path from the top level), when it is not the volume's default one. */
+  subvolume?: string;
   osType: 'linux' | 'windows' | 'unknown';
   distro: string | null;
   productName: string | null;

@@ -120,6 +120,71 @@ export class HttpSource implements ByteSource {
   }
 }
 
+/**
+ * `length` bytes at `offset` of the object at `url` (one Range request, with the timeouts and
+ * retries above; no size probe). Short only where the object ends (the 206 reply says how
+ * much it holds). For callers that know what they ask for (a store's pack ranges).
+ */
+export async function httpGetRange(
+  url: string,
+  offset: number,
+  length: number,
+  opts: HttpSourceOptions = {},
+): Promise<Uint8Array> {
+  const cfg = settings(opts);
+  if (length <= 0) return new Uint8Array(0);
+  return request(
+    url,
+    { ...cfg.headers, range: `bytes=${offset}-${offset + length - 1}` },
+    cfg,
+    `range ${offset}+${length}`,
+    (r) => {
+      if (r.statusCode === 206) {
+        const m = /bytes\s+(\d+)-(\d+)\//.exec(String(r.headers['content-range'] ?? ''));
+        if (!m || Number(m[1]) !== offset) {
+          throw new StrataError('IO', `range reply starts elsewhere (${r.headers['content-range']})`, {
+            file: url,
+            offset,
+          });
+        }
+        return body(r, Number(m[2]) - offset + 1, url, offset);
+      }
+      if (r.statusCode === 200) {
+        throw new StrataError('UNSUPPORTED', 'server ignores Range requests (serve the store with one that does)', {
+          file: url,
+        });
+      }
+      throw new StrataError('IO', `expected 206 Partial Content, got ${r.statusCode}`, { file: url, offset });
+    },
+  );
+}
+
+/** The whole object at `url` (a small one: an index, a manifest), at most `limit` bytes. */
+export async function httpGetAll(url: string, opts: HttpSourceOptions = {}, limit = 256 << 20): Promise<Uint8Array> {
+  const cfg = settings(opts);
+  return request(url, cfg.headers, cfg, 'GET', (r) => {
+    if (r.statusCode !== 200) throw new StrataError('IO', `expected 200 OK, got ${r.statusCode}`, { file: url });
+    const n = Number(r.headers['content-length']);
+    if (Number.isSafeInteger(n) && n >= 0) {
+      if (n > limit) throw new StrataError('IO', `object of ${n} bytes is over ${limit}`, { file: url });
+      return body(r, n, url, 0);
+    }
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      let got = 0;
+      r.on('data', (c: Buffer) => {
+        got += c.length;
+        if (got > limit) {
+          r.destroy();
+          reject(new StrataError('IO', `object is over ${limit} bytes`, { file: url }));
+        } else parts.push(c);
+      });
+      r.on('end', () => resolve(Buffer.concat(parts)));
+      r.on('error', (e) => reject(new Transient(`reply broke off: ${e.message}`)));
+    });
+  });
+}
+
 /** A failure worth another attempt (the server or the path to it may recover). */
 class Transient extends Error {}
 

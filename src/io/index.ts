@@ -6,3 +6,4 @@ export * from './http-source.js';
 export * from './memory-source.js';
 export * from './planned-source.js';
 export * from './slice-source.js';
+export * from './urgency.js';

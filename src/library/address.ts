@@ -1,7 +1,7 @@
 import { closeChain } from '../formats/layer.js';
 import type { DiskImage, OpenOptions } from '../formats/types.js';
 import { openFileSystem } from '../fs/open.js';
-import type { FileSystem } from '../fs/types.js';
+import type { FileSystem, FsOpenOptions } from '../fs/types.js';
 import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import { findVolume } from '../volumes/select.js';
@@ -20,6 +20,8 @@ import { openTargetImage, type Target, type TargetOptions } from './target.js';
 export interface Address {
   part?: string;
   lv?: string;
+  /** `--subvol NAME|ID`: the btrfs subvolume to present as `/` (else the file system's default). */
+  subvol?: string;
 }
 
 export interface OpenedDisk {
@@ -87,14 +89,15 @@ export async function openAddress(
   try {
     let volume: Volume;
     let fs: FileSystem | undefined;
+    const fsOptions: FsOpenOptions = addr.subvol !== undefined ? { subvol: addr.subvol } : {};
     if (addr.part !== undefined || addr.lv !== undefined) {
       volume = findVolume(disk.volumes, addr);
     } else {
-      ({ volume, fs } = await chooseDefault(disk.name, disk.volumes));
+      ({ volume, fs } = await chooseDefault(disk.name, disk.volumes, fsOptions));
     }
     if (!fs) {
       try {
-        fs = await openFileSystem(volume.source);
+        fs = await openFileSystem(volume.source, fsOptions);
       } catch (e) {
         if (e instanceof StrataError && e.code === 'UNSUPPORTED' && !holdsFileSystem(volume.content)) {
           throw new StrataError(
@@ -133,7 +136,11 @@ export function describe(v: Volume): string {
   return `${id} (${v.type}, ${mib} MiB, ${v.content ?? 'unknown'})`;
 }
 
-async function chooseDefault(image: string, volumes: Volume[]): Promise<{ volume: Volume; fs?: FileSystem }> {
+async function chooseDefault(
+  image: string,
+  volumes: Volume[],
+  fsOptions: FsOpenOptions,
+): Promise<{ volume: Volume; fs?: FileSystem }> {
   const candidates = volumes.filter((v) => holdsFileSystem(v.content));
   if (candidates.length === 1) return { volume: candidates[0] };
   if (candidates.length === 0) {
@@ -147,7 +154,7 @@ async function chooseDefault(image: string, volumes: Volume[]): Promise<{ volume
   for (const v of candidates) {
     let fs: FileSystem | undefined;
     try {
-      fs = await openFileSystem(v.source);
+      fs = await openFileSystem(v.source, fsOptions);
       if (await isOsRoot(fs)) {
         roots.push({ volume: v, fs });
         continue;

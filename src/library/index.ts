@@ -100,6 +100,15 @@ export {
 } from './listing.js';
 export type { FileEntry, FilesManifest, LayoutManifest, LayoutVolume } from './manifest.js';
 export { type SearchHit, type SearchQuery, search } from './search.js';
+export {
+  exportIndex,
+  parseStaticIndex,
+  refreshIndex,
+  resolveStatic,
+  STATIC_INDEX,
+  type StaticIndex,
+  type StaticVersion,
+} from './static-index.js';
 // A listing of a stored version, as `ls` and `cat` read it without a checkout.
 export {
   entryRecord,
@@ -109,6 +118,7 @@ export {
   type StoredListOptions,
   storedFile,
 } from './stored-listing.js';
+export { tarOfStored } from './tar-export.js';
 // A command's TARGET: an image file, an http(s) URL or a library version (NAME, NAME:TAG, NAME@N, ref:NAME).
 export {
   classifyTarget,

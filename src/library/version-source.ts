@@ -18,7 +18,7 @@ export class VersionSource implements ByteSource {
   private readonly at: Float64Array;
 
   constructor(
-    private readonly store: Store,
+    private readonly store: Pick<Store, 'withBlob'>,
     readonly manifest: LayoutManifest,
     readonly name: string,
   ) {

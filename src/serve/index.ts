@@ -6,6 +6,18 @@
  */
 
 export type { BufferPool } from '../util/buffer-pool.js';
+// FUSE: a mount of an image's file system or a library version's file manifest
+export {
+  FsTree,
+  type FuseMountOptions,
+  FuseSession,
+  ManifestTree,
+  type MountChild,
+  type MountNode,
+  type MountTree,
+  type OpenMountOptions,
+  openMountTree,
+} from './fuse/index.js';
 // the library service over HTTP, its typed client and its accounts
 export {
   Access,

@@ -164,7 +164,13 @@ export class BlobReader {
     this.evictFrames();
     try {
       const plain = await c.plain;
-      return checked(plain.subarray(e.at, e.at + e.plainLength), digest, file, e.offset, use);
+      try {
+        return checked(plain.subarray(e.at, e.at + e.plainLength), digest, file, e.offset, use);
+      } catch (err) {
+        // a frame that decoded but holds a damaged blob (a bad transfer): the next read fetches it anew
+        if (this.frames.get(ck) === c) this.frames.delete(ck);
+        throw err;
+      }
     } finally {
       c.pins--;
       if (this.frames.get(ck) !== c && c.pins === 0 && c.buf) {

@@ -4,6 +4,7 @@
  * @module
  */
 export type { Backend, BackendEntry } from './backend.js';
+export { HttpBackend, type HttpBackendOptions } from './http-backend.js';
 export { LocalBackend } from './local-backend.js';
 export { type LockKind, RepoLock } from './lock.js';
 export type { BlobType } from './pack.js';

@@ -48,6 +48,7 @@ function runExample(line: string): Promise<{ code: number | null; stdout: string
       stdout += b;
       // a server: up once it prints where it listens; then stopped as a user would (SIGTERM)
       if (line.startsWith('strata nbd') && /nbd:\/\//.test(stdout)) stop();
+      if (line.startsWith('strata virtiofs') && /qemu arguments/.test(stdout)) stop();
     });
     child.stderr.on('data', (b) => {
       stderr += b;
@@ -76,6 +77,7 @@ describe('help, version, completion and man page', { timeout: 900_000 }, () => {
     let trace = '';
     for (let i = 0; i < 64; i++) trace += `${17 * 1048576 + i * 65536},4096\n`;
     writeFileSync(path.join(box, 'trace.csv'), trace);
+    mkdirSync(path.join(box, 'mnt')); // strata mount ... mnt --background, then strata umount mnt
     env = { PATH: `${bin}:${process.env.PATH}`, STRATA_LIBRARY: path.join(box, 'lib'), HOME: box };
     const c = await strata(['checkin', deb.qcow2, '--name', 'debian', '--tag', '12'], { env });
     assert.equal(c.code, 0, c.stderr);

@@ -46,12 +46,13 @@ export interface Running {
 }
 
 /** `strata deploy ARGS --json --port 0` as a child process, once it listens. */
-export async function startDeploy(args: string[]): Promise<Running> {
+export async function startDeploy(args: string[], env?: NodeJS.ProcessEnv): Promise<Running> {
   const child = spawn(
     process.execPath,
     [path.join(ROOT, 'dist/cli/strata.cjs'), 'deploy', ...args, '--json', '--port', '0'],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
+      env,
     },
   );
   const events: Array<Record<string, unknown>> = [];

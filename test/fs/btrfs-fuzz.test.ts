@@ -196,3 +196,58 @@ test('btrfs: a chunk mapping outside the device is a clear error', async () => {
     return e instanceof StrataError && /outside/.test(e.message) && e.file === 'outside.img';
   });
 });
+
+test('btrfs: a directory cycle (a dir index entry naming the root) is walked once, with a warning, no hang', async () => {
+  const img = await image();
+  const copy = new Uint8Array(readFileSync(img));
+  const { phys } = await chunkMap(img);
+  const text = await run('btrfs', ['inspect-internal', 'dump-tree', '-t', '5', img]);
+  // the leaf holding /a/b's index entry for c, as dump-tree prints it
+  let hit: { leaf: number; itemoff: number } | undefined;
+  for (const block of text.split(/^(?=leaf \d+ )/m)) {
+    const leaf = /^leaf (\d+) /.exec(block);
+    const m =
+      /key \(\d+ DIR_INDEX \d+\) itemoff (\d+) itemsize \d+\n\s*location key \(\d+ INODE_ITEM 0\) type DIR\n[^\n]*\n\s*name: c\n/.exec(
+        block,
+      );
+    if (leaf && m) hit = { leaf: Number(leaf[1]), itemoff: Number(m[1]) };
+  }
+  assert.ok(hit, 'dump-tree shows the dir index entry of c');
+  const ns = Number(/^nodesize\s+(\d+)/m.exec(await run('btrfs', ['inspect-internal', 'dump-super', img]))?.[1]);
+  for (const p of phys(hit.leaf)) {
+    // the entry's location key objectid: the fs tree's root directory (256)
+    new DataView(copy.buffer).setBigUint64(p + 101 + hit.itemoff, 256n, true);
+    restamp(copy, p, ns);
+  }
+  const fs = await openFileSystem(new MemorySource(copy, 'cycle.img'));
+  const paths: string[] = [];
+  for await (const it of walk(fs, await fs.root(), '/')) paths.push(it.path);
+  assert.ok(paths.includes('/a/b/c') && !paths.includes('/a/b/c/a'), 'c is listed, not entered');
+  assert.ok(
+    fs.warnings.some((w) => /\/a\/b\/c: directory inode \d+ was already visited \(cycle/.test(w)),
+    fs.warnings.join('\n'),
+  );
+  await exercise(fs);
+});
+
+/** dump-tree's chunk map: logical -> every physical copy. */
+async function chunkMap(img: string): Promise<{ phys: (l: number) => number[] }> {
+  const text = await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'chunk', img]);
+  const chunks: Array<{ logical: number; length: number; stripes: number[] }> = [];
+  const re =
+    /CHUNK_ITEM (\d+)\)[^\n]*\n\s*length (\d+)[\s\S]*?num_stripes \d+[^\n]*\n((?:\s*stripe \d+ devid \d+ offset \d+\n\s*dev_uuid [^\n]*\n)+)/g;
+  for (let m = re.exec(text); m; m = re.exec(text)) {
+    chunks.push({
+      logical: Number(m[1]),
+      length: Number(m[2]),
+      stripes: [...m[3].matchAll(/offset (\d+)/g)].map((x) => Number(x[1])),
+    });
+  }
+  return {
+    phys: (l: number) => {
+      const c = chunks.find((x) => l >= x.logical && l < x.logical + x.length);
+      assert.ok(c, `logical ${l} mapped by dump-tree`);
+      return c.stripes.map((s) => s + l - c.logical);
+    },
+  };
+}

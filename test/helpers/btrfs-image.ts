@@ -94,3 +94,78 @@ export async function btrfsDefaultSubvolImage(): Promise<string> {
     });
   });
 }
+
+/** The files of the Fedora-like fixture's home subvolume: path under @home -> content. */
+export const FEDORA_HOME: Record<string, string> = {
+  'alice/.bashrc': '# alice on btrfs\nexport EDITOR=vi\n',
+  'alice/notes/todo.txt': 'read the subvolume through fstab\n',
+  'bob/.profile': 'PATH=$HOME/bin:$PATH\n',
+};
+
+/**
+ * A Fedora-like btrfs root: the top level holds subvolumes `@` (the OS: os-release, an rpm
+ * database written by rpm from rpmbuild packages, passwd, an fstab naming `subvol=@` and
+ * `subvol=@home` by the file system's UUID) and `@home` (the users' home directories), all
+ * written through a kernel mount with compress=zstd:1 as Fedora mounts it; plus a read-only
+ * snapshot of `@` (`@snapshots/1`, as snapper keeps them) whose fstab still names `@`.
+ * Returns the directory holding `fedora.img` and `tree` (the OS tree, for `rpm -qa`).
+ */
+export async function fedoraBtrfsFixture(): Promise<string> {
+  return fixture(`btrfs-fedora-${VERSION}`, async (out) => {
+    mkdirSync(out);
+    const tree = path.join(out, 'tree');
+    const top = path.join(out, 'build');
+    for (const d of ['etc', 'usr/bin', 'var/lib/rpm', 'home']) mkdirSync(path.join(tree, d), { recursive: true });
+    mkdirSync(top, { recursive: true });
+    for (const [name, version] of [
+      ['fedora-release', '40'],
+      ['strata-btrfs-test', '2.0.1'],
+    ]) {
+      const spec = path.join(top, `${name}.spec`);
+      writeFileSync(
+        spec,
+        `%global debug_package %{nil}\nName: ${name}\nVersion: ${version}\nRelease: 1.fc40\nSummary: t\nLicense: MIT\nBuildArch: noarch\n%description\nt\n%files\n`,
+      );
+      await run('rpmbuild', ['--define', `_topdir ${top}`, '-bb', spec]);
+    }
+    const rpms = (await run('find', [path.join(top, 'RPMS'), '-name', '*.rpm'])).trim().split('\n');
+    await run('rpm', ['--root', tree, '--dbpath', '/var/lib/rpm', '--initdb']);
+    await run('rpm', ['--root', tree, '--dbpath', '/var/lib/rpm', '-i', '--nodeps', '--justdb', ...rpms]);
+    rmSync(top, { recursive: true, force: true });
+    writeFileSync(
+      path.join(tree, 'etc/os-release'),
+      'NAME="Fedora Linux"\nVERSION="40 (Workstation Edition)"\nID=fedora\nVERSION_ID=40\nPRETTY_NAME="Fedora Linux 40 (Workstation Edition)"\nVARIANT_ID=workstation\n',
+    );
+    writeFileSync(path.join(tree, 'etc/hostname'), 'fedora-btrfs\n');
+    writeFileSync(
+      path.join(tree, 'etc/passwd'),
+      'root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/zsh\n',
+    );
+    writeFileSync(path.join(tree, 'etc/group'), 'root:x:0:\nwheel:x:10:alice\nalice:x:1000:\nbob:x:1001:\n');
+    writeFileSync(path.join(tree, 'usr/bin/dnf'), '#!/usr/bin/python3\n');
+    const img = path.join(out, 'fedora.img');
+    writeFileSync(img, '');
+    truncateSync(img, 256 * MiB);
+    await run('mkfs.btrfs', ['-q', '-f', '-L', 'fedora', img]);
+    const uuid = /^fsid\s+(\S+)/m.exec(await run('btrfs', ['inspect-internal', 'dump-super', img]))?.[1];
+    if (!uuid) throw new Error('no fsid in dump-super');
+    writeFileSync(
+      path.join(tree, 'etc/fstab'),
+      `# created by anaconda\nUUID=${uuid} /     btrfs subvol=@,compress=zstd:1 0 0\nUUID=${uuid} /home btrfs subvol=@home,compress=zstd:1 0 0\n`,
+    );
+    await withRwMount(img, async (m) => {
+      await run('mount', ['-o', 'remount,compress=zstd:1', m]);
+      sh('btrfs', ['subvolume', 'create', path.join(m, '@')]);
+      sh('btrfs', ['subvolume', 'create', path.join(m, '@home')]);
+      await run('cp', ['-a', `${tree}/.`, path.join(m, '@')]);
+      for (const [p, text] of Object.entries(FEDORA_HOME)) {
+        mkdirSync(path.dirname(path.join(m, '@home', p)), { recursive: true });
+        writeFileSync(path.join(m, '@home', p), text);
+      }
+      mkdirSync(path.join(m, '@snapshots'));
+      sh('btrfs', ['subvolume', 'snapshot', '-r', path.join(m, '@'), path.join(m, '@snapshots', '1')]);
+      sh('sync', []);
+    });
+    await run('btrfs', ['check', '--readonly', img]);
+  });
+}

@@ -251,56 +251,63 @@ export async function kernelView(image: string, hashLimit = 64 << 20): Promise<M
   await run('mount', ['-o', 'ro,loop,noload', image, mnt]).catch(async () => {
     await run('mount', ['-o', 'ro,loop', image, mnt]);
   });
-  const out = new Map<string, KernelEntry>();
   try {
-    const ga = spawnSync('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', mnt], {
-      encoding: 'utf8',
-      maxBuffer: 1 << 30,
-    });
-    if (ga.status !== 0) throw new Error(`getfattr failed (${ga.status}): ${ga.stderr}`);
-    const xattrDump = ga.stdout;
-    const xattrs = parseGetfattr(xattrDump, mnt);
-    const visit = (rel: string) => {
-      const abs = rel === '/' ? mnt : path.join(mnt, rel);
-      const st = lstatSync(abs, { bigint: true });
-      const type = typeOf(lstatSync(abs));
-      const e: KernelEntry = {
-        path: rel,
-        type,
-        mode: Number(st.mode & 0o7777n),
-        uid: Number(st.uid),
-        gid: Number(st.gid),
-        size: Number(st.size),
-        nlink: Number(st.nlink),
-        ino: Number(st.ino),
-        mtimeNs: st.mtimeNs,
-        allocated: Number(st.blocks) * 512,
-        atimeNs: st.atimeNs,
-        ctimeNs: st.ctimeNs,
-        birthNs: st.birthtimeNs,
-      };
-      if (type === 'char' || type === 'block') {
-        const d = st.rdev;
-        e.rdev = {
-          major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)),
-          minor: Number((d & 0xffn) | ((d >> 12n) & 0xffffff00n)),
-        };
-      }
-      if (type === 'symlink') e.target = readlinkSync(abs, 'utf8');
-      if (type === 'file' && e.size <= hashLimit)
-        e.sha256 = createHash('sha256').update(readFileSync(abs)).digest('hex');
-      const xa = xattrs.get(rel);
-      if (xa) e.xattrs = xa;
-      out.set(rel, e);
-      if (type === 'dir') {
-        for (const n of readdirSync(abs)) visit(rel === '/' ? `/${n}` : `${rel}/${n}`);
-      }
-    };
-    visit('/');
+    return treeView(mnt, hashLimit);
   } finally {
     await run('umount', [mnt]).catch(() => run('umount', ['-l', mnt]));
     rmSync(mnt, { recursive: true, force: true });
   }
+}
+
+/**
+ * The walk kernelView makes, of any mounted tree at `mnt` (a kernel loop mount, a FUSE mount):
+ * lstat/readdir/readlink of every entry, sha256 of files up to `hashLimit` bytes, xattrs by getfattr.
+ */
+export function treeView(mnt: string, hashLimit = 64 << 20): Map<string, KernelEntry> {
+  const out = new Map<string, KernelEntry>();
+  const ga = spawnSync('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', mnt], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 30,
+  });
+  if (ga.status !== 0) throw new Error(`getfattr failed (${ga.status}): ${ga.stderr}`);
+  const xattrDump = ga.stdout;
+  const xattrs = parseGetfattr(xattrDump, mnt);
+  const visit = (rel: string) => {
+    const abs = rel === '/' ? mnt : path.join(mnt, rel);
+    const st = lstatSync(abs, { bigint: true });
+    const type = typeOf(lstatSync(abs));
+    const e: KernelEntry = {
+      path: rel,
+      type,
+      mode: Number(st.mode & 0o7777n),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      size: Number(st.size),
+      nlink: Number(st.nlink),
+      ino: Number(st.ino),
+      mtimeNs: st.mtimeNs,
+      allocated: Number(st.blocks) * 512,
+      atimeNs: st.atimeNs,
+      ctimeNs: st.ctimeNs,
+      birthNs: st.birthtimeNs,
+    };
+    if (type === 'char' || type === 'block') {
+      const d = st.rdev;
+      e.rdev = {
+        major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)),
+        minor: Number((d & 0xffn) | ((d >> 12n) & 0xffffff00n)),
+      };
+    }
+    if (type === 'symlink') e.target = readlinkSync(abs, 'utf8');
+    if (type === 'file' && e.size <= hashLimit) e.sha256 = createHash('sha256').update(readFileSync(abs)).digest('hex');
+    const xa = xattrs.get(rel);
+    if (xa) e.xattrs = xa;
+    out.set(rel, e);
+    if (type === 'dir') {
+      for (const n of readdirSync(abs)) visit(rel === '/' ? `/${n}` : `${rel}/${n}`);
+    }
+  };
+  visit('/');
   return out;
 }
 

@@ -16,7 +16,14 @@ export function registerDeployCommand(program: Command): void {
       .description('serve TARGET over NBD at once and fill it from SOURCE in the background (reads first)')
       .argument('<source>', 'library REF (NAME, NAME:TAG, NAME@N, digest prefix), image file or URL')
       .requiredOption('--to <target>', 'raw file (created sparse when missing) or block device')
-      .option('--library <dir>', 'library for a REF (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
+      .option(
+        '--library <dir>',
+        'library for a REF: a folder, or its URL on a web server (default: $STRATA_LIBRARY or ~/.local/share/strata/library)',
+      )
+      .option('--remote <url>', 'deploy a REF from a library service (strata serve); token from $STRATA_TOKEN')
+      .option('--cache <dir>', 'chunk cache shared by the deploys of this host (strata preload fills it)')
+      .option('--cache-size <size>', 'bound of the chunk cache, least recently used chunks go first (default 10G)')
+      .option('--compare', 'TARGET holds something unknown: hash it along the chunks, fetch only what differs')
       .option('--resume', 'continue the deploy that TARGET.strata-deploy records')
       .option('--bandwidth <rate>', 'cap of the background copy in bytes per second (64M, 1G ...)')
       .option('--block-size <size>', 'granularity of the local map (default 64K)')
@@ -56,6 +63,9 @@ export function registerDeployCommand(program: Command): void {
     };
     const source = await openDeploySource(sourceArg, {
       library: o.library as string | undefined,
+      remote: o.remote as string | undefined,
+      cache: o.cache as string | undefined,
+      cacheBytes: o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size'),
       open: openOptionsFrom(o),
     });
     let d: DeployerT;
@@ -63,7 +73,11 @@ export function registerDeployCommand(program: Command): void {
       // the profile's plan is worked out (the source's block map built) while the export already serves
       const profile = await findProfile(o.profile as string | undefined, sourceArg, {
         library: o.library as string | undefined,
-        sourceIsVersion: source.manifestDigest !== undefined,
+        // profiles live in a local library's catalog; over HTTP or --remote, only --profile FILE gives one
+        sourceIsVersion:
+          source.manifestDigest !== undefined &&
+          o.remote === undefined &&
+          !/^https?:\/\//i.test(String(o.library ?? '')),
       });
       const first = profile
         ? profilePlan(profile, source).then((plan) => {
@@ -88,6 +102,7 @@ export function registerDeployCommand(program: Command): void {
       first?.catch(() => {});
       d = await Deployer.open(source, String(o.to), {
         resume: Boolean(o.resume),
+        compare: Boolean(o.compare),
         bandwidth,
         blockSize,
         onEvent,
@@ -151,6 +166,16 @@ export function registerDeployCommand(program: Command): void {
       bar?.stop();
       await server.close();
     }
-    if (json) line({ event: 'exit', complete: d.isComplete, fetchedBytes: d.fetchedBytes });
+    // bytes that came from the origin (not the chunk cache), for sources that count them
+    const counted = source as { originBytes?: number; cache?: { hits: number; hitBytes: number } };
+    if (json)
+      line({
+        event: 'exit',
+        complete: d.isComplete,
+        fetchedBytes: d.fetchedBytes,
+        originBytes: counted.originBytes,
+        cacheHits: counted.cache?.hits,
+        cacheHitBytes: counted.cache?.hitBytes,
+      });
   });
 }

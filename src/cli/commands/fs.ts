@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import {
-  type Address,
   classifyTarget,
   entryRecord,
   extractTree,
@@ -31,6 +30,7 @@ import {
   addAddressOptions,
   addLibraryOption,
   addOpenOptions,
+  addressFrom,
   noteTarget,
   openOptionsFrom,
   TARGET_HELP,
@@ -146,6 +146,7 @@ export function registerFsCommands(program: Command): void {
       out.line(o.json ? JSON.stringify(r) : long ? longLine(r, display) : display);
     const remote = await remoteOf(o, [image]);
     if (remote) {
+      noSubvolForStored(o);
       // a version of a library service: its file manifest's entries, printed as a stored version's
       const p = imagePath(path);
       const entries = await remote.ls(unref(image), p, { recursive, part: (o.part ?? o.lv) as string | undefined });
@@ -160,6 +161,7 @@ export function registerFsCommands(program: Command): void {
     }
     const target = classifyTarget(image, targetOptionsFrom(o));
     if (target.kind === 'ref') {
+      noSubvolForStored(o);
       // straight from the version's file manifest: the same records, order and format
       const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
       try {
@@ -215,11 +217,13 @@ export function registerFsCommands(program: Command): void {
     const follow = o.follow !== false;
     const remote = await remoteOf(o, [image]);
     if (remote) {
+      noSubvolForStored(o);
       const res = await remote.cat(unref(image), imagePath(path), { part: (o.part ?? o.lv) as string | undefined });
       return pipeBody(res, writeOut);
     }
     const target = classifyTarget(image, targetOptionsFrom(o));
     if (target.kind === 'ref') {
+      noSubvolForStored(o);
       const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
       try {
         const e = storedFile(stored.files, path, follow);
@@ -312,6 +316,18 @@ export function registerFsCommands(program: Command): void {
   });
 }
 
+/**
+ * A stored version's ls and cat read its file manifest, which holds the tree the check-in
+ * walked (a btrfs volume's default subvolume, with the subvolumes below it as directories).
+ */
+function noSubvolForStored(o: Record<string, unknown>): void {
+  if (o.subvol !== undefined)
+    throw new StrataError(
+      'USAGE',
+      "--subvol applies to images: a library version's file list is the default subvolume's tree as checked in (its subvolumes are directories there)",
+    );
+}
+
 /** The volume address, --library and the open flags; with -L/-P for the verbs that take one path. */
 function addressed(cmd: Command): Command {
   const name = cmd.name();
@@ -324,10 +340,7 @@ function addressed(cmd: Command): Command {
 }
 
 async function withFs(image: string, o: Record<string, unknown>, fn: (at: OpenedAddress) => Promise<void>) {
-  const addr: Address = {};
-  if (typeof o.part === 'string') addr.part = o.part;
-  if (typeof o.lv === 'string') addr.lv = o.lv;
-  const at = await openAddress(image, addr, openOptionsFrom(o), targetOptionsFrom(o));
+  const at = await openAddress(image, addressFrom(o), openOptionsFrom(o), targetOptionsFrom(o));
   try {
     noteTarget(at.target);
     warnAll(at.warnings);

@@ -9,14 +9,17 @@ import {
   type PackageDiff,
   REF_PREFIX,
   type SearchHit,
+  StrataError,
   type Target,
   type TreeDiff,
 } from '../../library/index.js';
 import {
   addLibraryOption,
   addOpenOptions,
+  addressFrom,
   noteTarget,
   openOptionsFrom,
+  SUBVOL_HELP,
   TARGET_HELP,
   targetOptionsFrom,
 } from '../common.js';
@@ -69,6 +72,8 @@ export function registerInspectCommands(program: Command): void {
         .argument('<b>', 'the new one: the same kinds as A (a file and a library version can be compared)')
         .option('--part <n>', 'compare this partition of both images')
         .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
+        .option('--subvol <name|id>', `${SUBVOL_HELP}, in both`)
+        .option('--subvol-b <name|id>', "B's btrfs subvolume when it is not A's (a snapshot against its source)")
         .option('--packages', 'also list packages added, removed, upgraded and downgraded')
         .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
         .option('--remote <url>', 'versions of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
@@ -77,6 +82,8 @@ export function registerInspectCommands(program: Command): void {
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
     const remote = await remoteOf(o, [a, b]);
     if (remote) {
+      if (o.subvol !== undefined || o.subvolB !== undefined)
+        throw new StrataError('USAGE', '--subvol applies to images, not to versions of a library service');
       // versions of a library service (--remote, or STRATA_REMOTE and A, B not files)
       const unref = (x: string) => (x.startsWith(REF_PREFIX) ? x.slice(REF_PREFIX.length) : x);
       const out: DiffOut = await remote.diff(unref(a), unref(b), {
@@ -92,7 +99,13 @@ export function registerInspectCommands(program: Command): void {
     const ta = classifyTarget(a, targetOptionsFrom(o));
     const tb = classifyTarget(b, targetOptionsFrom(o));
     let out: DiffOut;
-    if (ta.kind === 'ref' && tb.kind === 'ref' && o.lv === undefined) {
+    if (
+      ta.kind === 'ref' &&
+      tb.kind === 'ref' &&
+      o.lv === undefined &&
+      o.subvol === undefined &&
+      o.subvolB === undefined
+    ) {
       // both stored: from the manifests, no block read
       const { diffVersions } = await import('../../library/index.js');
       out = await withLibrary(o, (lib) =>
@@ -197,12 +210,13 @@ async function diffOpened(a: string, b: string, targets: Target[], o: Record<str
   const { openAddress, diffTrees, fileSystemTree, diffBlocks, volumeBlockDigests } = await import(
     '../../library/index.js'
   );
-  const addr: Address = { part: o.part as string | undefined, lv: o.lv as string | undefined };
+  const addr: Address = addressFrom(o);
+  const addrB: Address = typeof o.subvolB === 'string' ? { ...addr, subvol: o.subvolB } : addr;
   const oo = openOptionsFrom(o);
   const at: OpenedAddress[] = [];
   try {
     at.push(await openAddress(a, addr, oo, targetOptionsFrom(o)));
-    at.push(await openAddress(b, addr, oo, targetOptionsFrom(o)));
+    at.push(await openAddress(b, addrB, oo, targetOptionsFrom(o)));
     for (const x of at) noteTarget(x.target);
     const files = await diffTrees(fileSystemTree(at[0].fs), fileSystemTree(at[1].fs));
     const out: DiffOut = { files, warnings: [...at[0].warnings, ...at[1].warnings, ...files.warnings] };
@@ -287,7 +301,7 @@ function humanDiff(out: { files: TreeDiff; packages?: PackageDiff | null; blocks
 function humanReport(r: OsInspection): string {
   const version = r.versionMajor === null ? '-' : `${r.versionMajor}.${r.versionMinor ?? 0}`;
   const lines = [
-    `root:            ${r.root === '' ? '(whole disk)' : r.root}`,
+    `root:            ${r.root === '' ? '(whole disk)' : r.root}${r.subvolume !== undefined ? ` (btrfs subvolume ${r.subvolume})` : ''}`,
     `os:              ${r.osType}`,
     `distro:          ${r.distro ?? '-'}`,
     `product:         ${r.productName ?? '-'}`,
@@ -301,7 +315,7 @@ function humanReport(r: OsInspection): string {
   ];
   for (const [point, m] of Object.entries(r.mountpoints)) {
     lines.push(
-      `mount:           ${point} <- ${m.device}${m.volume !== undefined ? ` (volume ${m.volume || 'whole disk'})` : ''}`,
+      `mount:           ${point} <- ${m.device}${m.subvol !== undefined ? ` subvol=${m.subvol}` : ''}${m.volume !== undefined ? ` (volume ${m.volume || 'whole disk'})` : ''}`,
     );
   }
   if (r.windows) {

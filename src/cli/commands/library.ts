@@ -43,7 +43,13 @@ async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => P
   const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create });
   try {
-    return await fn(lib);
+    const r = await fn(lib);
+    // a library published over HTTP keeps its static index (strata-index.json) in step
+    const { refreshIndex } = await import('../../library/index.js');
+    await refreshIndex(lib).catch((e) =>
+      process.stderr.write(`strata: warning: static index not updated: ${e.message}\n`),
+    );
+    return r;
   } catch (e) {
     if (create) await lib.closeAndDiscardIfNew().catch(() => {});
     throw e;

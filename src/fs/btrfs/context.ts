@@ -15,6 +15,8 @@ export class BtrfsContext {
   readonly name: string;
   readonly meta: CachedSource;
   readonly nodes = new GenCache<number, Node>(4096);
+  /** Tree blocks being read, so concurrent readers share one read (see readNode). */
+  readonly loading = new Map<number, Promise<Node>>();
   readonly warnings: string[] = [];
   private dropped = 0;
   private warnedCsum = false;

@@ -16,7 +16,18 @@ import type { ByteSource } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { corrupt, StrataError } from '../../util/errors.js';
 import { GenCache } from '../../util/gen-cache.js';
-import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
+import type {
+  ByteRange,
+  DirEntry,
+  FileExtent,
+  FileSystem,
+  FsDriver,
+  FsInfo,
+  FsOpenOptions,
+  Inode,
+  OwnedRange,
+  SubvolumeInfo,
+} from '../types.js';
 import { resolvePath } from '../walk.js';
 import { ChunkMap, parseChunk, profileName } from './chunks.js';
 import { BtrfsContext } from './context.js';
@@ -82,7 +93,7 @@ export class BtrfsFileSystem implements FileSystem {
   private readonly rootItems = new Map<bigint, RootItem>();
   private readonly extentCache = new GenCache<number, Extent[]>(256);
   private readonly dataCache = new GenCache<string, Uint8Array>(64);
-  readonly subvolumes: Subvolume[] = [];
+  private readonly subvolList: Subvolume[];
   readonly defaultSubvol: number;
   readonly subvol: number;
 
@@ -98,7 +109,7 @@ export class BtrfsFileSystem implements FileSystem {
     this.blockSize = ctx.sb.sectorSize;
     this.warnings = ctx.warnings;
     this.rootItems = rootItems;
-    this.subvolumes = subvols;
+    this.subvolList = subvols;
     this.defaultSubvol = defaultSubvol;
     this.subvol = subvol;
     this.slotFor(BigInt(subvol));
@@ -157,21 +168,37 @@ export class BtrfsFileSystem implements FileSystem {
         if (td.decode(d.name) === 'default') def = Number(d.location.oid);
       }
     }
-    let chosen = def === 0 ? 5 : def;
-    if (opts.subvol !== undefined) {
-      const want = String(opts.subvol).replace(/^\/+|\/+$/g, '');
-      const sv = subvols.find((s) => String(s.id) === want || s.path === want || (want === '' && s.id === 5));
-      if (!sv) {
-        throw new StrataError('NOT_FOUND', `no subvolume ${JSON.stringify(opts.subvol)}`, {
-          file: volume.name,
-          structure: 'btrfs root tree',
-        });
-      }
-      chosen = sv.id;
-    }
+    const chosen = opts.subvol !== undefined ? findSubvol(subvols, opts.subvol, volume.name).id : def === 0 ? 5 : def;
     if (!rootItems.has(BigInt(chosen)))
       throw corrupt(`default subvolume ${chosen} has no root item`, ctx.where('btrfs root tree'));
     return new BtrfsFileSystem(ctx, volume, mirrors, rootItems, subvols, def === 0 ? 5 : def, chosen);
+  }
+
+  /** Subvolumes and snapshots (the top level, id 5, as '/'), the presented one marked current. */
+  async subvolumes(): Promise<SubvolumeInfo[]> {
+    return this.subvolList.map((s) => ({
+      id: s.id,
+      path: s.path,
+      readOnly: s.readOnly,
+      current: s.id === this.subvol,
+    }));
+  }
+
+  /** The same file system with another subvolume (id or path from the top level) as `/`. */
+  async withSubvolume(nameOrId: string | number): Promise<BtrfsFileSystem> {
+    const sv = findSubvol(this.subvolList, nameOrId, this.ctx.name);
+    if (sv.id === this.subvol) return this;
+    if (!this.rootItems.has(BigInt(sv.id)))
+      throw corrupt(`subvolume ${sv.id} has no root item`, this.ctx.where('btrfs root tree'));
+    return new BtrfsFileSystem(
+      this.ctx,
+      this.volume,
+      this.mirrors,
+      this.rootItems,
+      this.subvolList,
+      this.defaultSubvol,
+      sv.id,
+    );
   }
 
   // ---------------------------------------------------------------- inode numbering
@@ -234,7 +261,7 @@ export class BtrfsFileSystem implements FileSystem {
         superblockMirrors: this.mirrors,
         defaultSubvolume: this.defaultSubvol,
         subvolume: this.subvol,
-        subvolumes: this.subvolumes,
+        subvolumes: this.subvolList,
       },
     };
   }
@@ -575,6 +602,23 @@ export class BtrfsFileSystem implements FileSystem {
   }
 }
 
+/** A subvolume by id ("256", 256) or path from the top level ("@home", "/a/b/"); '/' or 5 is the top level. */
+function findSubvol(subvols: readonly Subvolume[], want: string | number, file: string): Subvolume {
+  const w = String(want).trim();
+  const p = w.replace(/^\/+|\/+$/g, '');
+  const sv =
+    subvols.find((s) => /^\d+$/.test(w) && s.id === Number(w)) ??
+    subvols.find((s) => (p === '' ? s.id === 5 : s.path === p));
+  if (!sv) {
+    const have = subvols.map((s) => `${s.id} ${s.path}`).join(', ');
+    throw new StrataError('NOT_FOUND', `no subvolume ${JSON.stringify(want)} (subvolumes: ${have})`, {
+      file,
+      structure: 'btrfs root tree',
+    });
+  }
+  return sv;
+}
+
 function rootTreeOf(sb: Superblock): TreeRoot {
   return { logical: sb.root, level: sb.rootLevel, name: 'root tree' };
 }
@@ -615,10 +659,11 @@ export function openBtrfs(volume: ByteSource, opts: BtrfsOpenOptions = {}): Prom
 
 export const btrfsDriver: FsDriver = {
   kind: 'btrfs',
+  options: ['subvol'],
   probe(head: Uint8Array): boolean {
     return probeBtrfs(head);
   },
-  open(volume: ByteSource): Promise<FileSystem> {
-    return BtrfsFileSystem.open(volume);
+  open(volume: ByteSource, options: FsOpenOptions = {}): Promise<FileSystem> {
+    return BtrfsFileSystem.open(volume, options.subvol !== undefined ? { subvol: options.subvol } : {});
   },
 };

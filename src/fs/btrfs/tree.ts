@@ -16,22 +16,36 @@ function readKey(dv: DataView, at: number): Key {
   return { oid: dv.getBigUint64(at, true), type: dv.getUint8(at + 8), off: dv.getBigUint64(at + 9, true) };
 }
 
-/** Read and check one tree block at a logical address (cached). */
+/**
+ * Read and check one tree block at a logical address (cached). Concurrent readers of a block
+ * not yet cached share one read and one checksum (a batch of inode lookups all descend
+ * through the same few nodes at once).
+ */
 export async function readNode(
   ctx: BtrfsContext,
   logical: number,
   expectLevel: number | undefined,
   what: string,
 ): Promise<Node> {
-  const cached = ctx.nodes.get(logical);
-  if (cached) {
-    if (expectLevel !== undefined && cached.level !== expectLevel)
-      throw corrupt(
-        `tree block level ${cached.level}, parent says ${expectLevel}`,
-        ctx.where(`btrfs ${what} node`, logical),
+  let n = ctx.nodes.get(logical);
+  if (!n) {
+    let p = ctx.loading.get(logical);
+    if (!p) {
+      p = loadNode(ctx, logical, what);
+      ctx.loading.set(logical, p);
+      p.then(
+        () => ctx.loading.delete(logical),
+        () => ctx.loading.delete(logical),
       );
-    return cached;
+    }
+    n = await p;
   }
+  if (expectLevel !== undefined && n.level !== expectLevel)
+    throw corrupt(`tree block level ${n.level}, parent says ${expectLevel}`, ctx.where(`btrfs ${what} node`, logical));
+  return n;
+}
+
+async function loadNode(ctx: BtrfsContext, logical: number, what: string): Promise<Node> {
   const ns = ctx.sb.nodeSize;
   const where = ctx.where(`btrfs ${what} node`, logical);
   if (!Number.isSafeInteger(logical) || logical <= 0 || logical % ctx.sb.sectorSize !== 0)
@@ -64,8 +78,6 @@ export async function readNode(
   const nritems = dv.getUint32(0x60, true);
   const level = raw[0x64];
   if (level > MAX_LEVEL) throw corrupt(`level ${level} > ${MAX_LEVEL}`, where);
-  if (expectLevel !== undefined && level !== expectLevel)
-    throw corrupt(`tree block level ${level}, parent says ${expectLevel}`, where);
   const per = level === 0 ? ITEM_SIZE : KEY_PTR_SIZE;
   if (HEADER_SIZE + nritems * per > ns) throw corrupt(`${nritems} items do not fit`, where);
   const keys: Key[] = [];
@@ -121,21 +133,32 @@ export async function* items(ctx: BtrfsContext, root: TreeRoot, lo: Key, hi: Key
     const n = await readNode(ctx, logical, level, root.name);
     const path = [...up, logical];
     if (n.level === 0) {
-      for (let i = 0; i < n.keys.length; i++) {
+      for (let i = firstAtLeast(n.keys, lo); i < n.keys.length; i++) {
         const k = n.keys[i];
-        if (cmpKey(k, lo) < 0) continue;
         if (cmpKey(k, hi) > 0) return;
         yield { key: k, data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]), logical: n.logical + n.ptrs[i], path };
       }
       return;
     }
-    for (let i = 0; i < n.keys.length; i++) {
+    for (let i = Math.max(0, firstAtLeast(n.keys, lo) - 1); i < n.keys.length; i++) {
       if (cmpKey(n.keys[i], hi) > 0) return;
       if (i + 1 < n.keys.length && cmpKey(n.keys[i + 1], lo) <= 0) continue;
       yield* walk(n.ptrs[i], n.level - 1, path);
     }
   }
   yield* walk(root.logical, root.level, []);
+}
+
+/** Index of the first key >= k (keys.length when none): binary search, keys being sorted. */
+function firstAtLeast(keys: readonly Key[], k: Key): number {
+  let a = 0;
+  let b = keys.length;
+  while (a < b) {
+    const m = (a + b) >> 1;
+    if (cmpKey(keys[m], k) < 0) a = m + 1;
+    else b = m;
+  }
+  return a;
 }
 
 /** All items of one objectid and type. */
@@ -145,10 +168,35 @@ export async function collect(ctx: BtrfsContext, root: TreeRoot, oid: bigint, ty
   return out;
 }
 
-/** The item with exactly this key, or undefined. */
+/**
+ * The item with exactly this key, or undefined: one descent (no generator), the common
+ * lookup (inode items, dir items by name hash, root refs).
+ */
 export async function findItem(ctx: BtrfsContext, root: TreeRoot, k: Key): Promise<Item | undefined> {
-  for await (const it of items(ctx, root, k, k)) return it;
-  return undefined;
+  let logical = root.logical;
+  let level = root.level;
+  const path: number[] = [];
+  for (;;) {
+    const n = await readNode(ctx, logical, level, root.name);
+    path.push(logical);
+    const i = firstAtLeast(n.keys, k);
+    if (n.level === 0) {
+      if (i >= n.keys.length || cmpKey(n.keys[i], k) !== 0) return undefined;
+      return {
+        key: n.keys[i],
+        data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]),
+        logical: n.logical + n.ptrs[i],
+        path,
+      };
+    }
+    // the child whose first key is the last one <= k
+    const c = i < n.keys.length && cmpKey(n.keys[i], k) === 0 ? i : i - 1;
+    if (c < 0) return undefined;
+    if (path.length > MAX_LEVEL + 1)
+      throw corrupt('tree deeper than 8 levels', ctx.where(`btrfs ${root.name}`, logical));
+    logical = n.ptrs[c];
+    level = n.level - 1;
+  }
 }
 
 /** Every tree block of a tree (for metadata regions), pre-order. */

@@ -20,6 +20,7 @@ import {
   type FileEntry as ManifestEntry,
 } from '../../library/manifest.js';
 import { search } from '../../library/search.js';
+import { tarOfStored } from '../../library/tar-export.js';
 import { diffVersions } from '../../library/version-diff.js';
 import { VersionSource } from '../../library/version-source.js';
 import { RepoLock } from '../../store/lock.js';
@@ -1092,6 +1093,27 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const e = findEntry(files, checkImagePath(q.path), true);
       if (e.type !== 'file') throw new HttpProblem(400, `not a regular file: ${q.path}`, 'not-a-file');
       return sendBytes(req, reply, e.size, (s, t) => fileBytes(files, e, s, t), path.posix.basename(e.path));
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/files/tar',
+    {
+      config: { op: 'files.tar' },
+      schema: {
+        params: versionParams,
+        querystring: obj({ path: str({ maxLength: 4096, default: '/' }), part: str({ maxLength: 64 }) }, []),
+        response: { 200: binary('a pax tar of the folder (or file) and everything under it') },
+      },
+    },
+    async (req, reply) => {
+      const q = req.query as { path: string; part?: string };
+      const { v, files } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      const e = findEntry(files, checkImagePath(q.path), false);
+      const base = e.path === '/' ? `${v.image}-${v.number}` : path.posix.basename(e.path);
+      reply.type('application/x-tar');
+      reply.header('content-disposition', `attachment; filename="${base.replace(/[^A-Za-z0-9._-]/g, '_')}.tar"`);
+      return reply.send(Readable.from(tarOfStored(lib, files, e.path), { objectMode: false }));
     },
   );
 

@@ -1,0 +1,177 @@
+import { createHash } from 'node:crypto';
+import type { Extent } from '../io/byte-source.js';
+import { asUrgent, isUrgent } from '../io/urgency.js';
+import { decodeManifest, LAYOUT_KIND, type LayoutManifest } from '../library/manifest.js';
+import { VersionSource } from '../library/version-source.js';
+import { StrataError } from '../util/errors.js';
+import type { ChunkCache } from './chunk-cache.js';
+import type { DeploySource } from './deployer.js';
+
+/**
+ * Where a deploy's chunks come from: a local store, a store over HTTP, the library
+ * service. `get` returns a chunk's plain bytes already checked against its digest (the
+ * store checks every blob; the service's answers are checked by remoteChunks).
+ */
+export interface ChunkGetter {
+  readonly name: string;
+  get(digest: string): Promise<Uint8Array>;
+  close(): Promise<void>;
+}
+
+export interface ManifestSourceOptions {
+  cache?: ChunkCache;
+  /** Chunk fetches from the origin in flight at once (default 8). */
+  concurrency?: number;
+  /** Decoded chunks kept in memory, in bytes (default 64 MiB): neighbouring reads share them. */
+  memoryBytes?: number;
+  layoutOf?(digest: string): Promise<LayoutManifest>;
+}
+
+/**
+ * A library version as a deploy source over any ChunkGetter: reads map to chunks through
+ * the layout (VersionSource does the mapping), each chunk comes from memory, the cache
+ * (`--cache`) or the origin, at most `concurrency` origin fetches at once; a chunk asked
+ * for twice while in flight is fetched once. `originBytes` counts what came from the
+ * origin, so a warm cache shows 0.
+ */
+export class ManifestSource implements DeploySource {
+  readonly size: number;
+  originBytes = 0;
+  originChunks = 0;
+  private readonly version: VersionSource;
+  private readonly inflight = new Map<string, Promise<Uint8Array>>();
+  private readonly memory = new Map<string, Uint8Array>();
+  private memoryUsed = 0;
+  private running = 0;
+  private readonly waiting: Array<() => void> = [];
+  private readonly where = new Map<string, number>();
+
+  constructor(
+    readonly name: string,
+    readonly manifest: LayoutManifest,
+    readonly manifestDigest: string,
+    private readonly getter: ChunkGetter,
+    private readonly opts: ManifestSourceOptions = {},
+  ) {
+    this.size = manifest.virtualSize;
+    const withBlob = <T>(d: string, use: (plain: Uint8Array) => T): Promise<T> => this.chunk(d).then(use);
+    this.version = new VersionSource({ withBlob }, manifest, name);
+    // the first disk offset of each chunk, for errors that say where a chunk belongs
+    const r = manifest.ranges;
+    for (let i = r.disk.length - 1; i >= 0; i--) this.where.set(manifest.chunks[r.chunk[i]], r.disk[i]);
+    if (opts.layoutOf) this.layoutOf = opts.layoutOf;
+  }
+
+  layoutOf?: (digest: string) => Promise<LayoutManifest>;
+
+  get cache(): ChunkCache | undefined {
+    return this.opts.cache;
+  }
+
+  /** `urgent`: a guest waits for it: it passes the background fetches queued here and below. */
+  readInto(offset: number, out: Uint8Array, urgent = false): Promise<number> {
+    if (urgent) return asUrgent(() => this.version.readInto(offset, out));
+    return this.version.readInto(offset, out);
+  }
+
+  status(offset: number, length: number): Promise<Extent[]> {
+    return this.version.status(offset, length);
+  }
+
+  /** A chunk's plain bytes: memory, then the cache, then the origin (checked, then cached). */
+  chunk(digest: string): Promise<Uint8Array> {
+    const m = this.memory.get(digest);
+    if (m) {
+      this.memory.delete(digest);
+      this.memory.set(digest, m);
+      return Promise.resolve(m);
+    }
+    let p = this.inflight.get(digest);
+    if (!p) {
+      p = this.load(digest).finally(() => this.inflight.delete(digest));
+      this.inflight.set(digest, p);
+    }
+    return p;
+  }
+
+  private async load(digest: string): Promise<Uint8Array> {
+    const cached = await this.opts.cache?.get(digest);
+    if (cached) return this.remember(digest, cached);
+    if (!isUrgent())
+      while (this.running >= (this.opts.concurrency ?? 8)) await new Promise<void>((r) => this.waiting.push(r));
+    this.running++;
+    let b: Uint8Array;
+    try {
+      b = await this.getter.get(digest);
+    } catch (e) {
+      const at = this.where.get(digest);
+      throw new StrataError(
+        (e as StrataError).code ?? 'IO',
+        `chunk ${digest.slice(0, 16)}… (disk offset ${at ?? '?'}) from ${this.getter.name}: ${(e as Error).message}`,
+        { file: this.getter.name, structure: `chunk ${digest}`, offset: at },
+        { cause: e },
+      );
+    } finally {
+      this.running--;
+      this.waiting.shift()?.();
+    }
+    this.originBytes += b.length;
+    this.originChunks++;
+    await this.opts.cache?.put(digest, b);
+    return this.remember(digest, b);
+  }
+
+  private remember(digest: string, b: Uint8Array): Uint8Array {
+    const limit = this.opts.memoryBytes ?? 64 << 20;
+    if (b.length > limit) return b;
+    this.memory.set(digest, b);
+    this.memoryUsed += b.length;
+    for (const [k, v] of this.memory) {
+      if (this.memoryUsed <= limit) break;
+      this.memory.delete(k);
+      this.memoryUsed -= v.length;
+    }
+    return b;
+  }
+
+  /** Fetch every chunk of the version into the cache (strata preload); returns bytes fetched from the origin. */
+  async preload(onChunk?: (done: number, total: number) => void): Promise<{ chunks: number; originBytes: number }> {
+    const cache = this.opts.cache;
+    if (!cache) throw new StrataError('USAGE', 'preload needs a cache (--cache DIR)');
+    const all = [...new Set(this.manifest.chunks)];
+    const before = this.originBytes;
+    let next = 0;
+    let done = 0;
+    const worker = async () => {
+      while (next < all.length) {
+        const d = all[next++];
+        if (!(await cache.has(d))) await this.chunk(d);
+        onChunk?.(++done, all.length);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, all.length) }, worker));
+    return { chunks: all.length, originBytes: this.originBytes - before };
+  }
+
+  async close(): Promise<void> {
+    this.memory.clear();
+    await this.getter.close();
+  }
+}
+
+/** Check a chunk from somewhere we do not trust (the service, a proxy on the way) against its digest. */
+export function checkChunk(digest: string, data: Uint8Array, from: string): Uint8Array {
+  const got = createHash('sha256').update(data).digest('hex');
+  if (got !== digest) {
+    throw new StrataError('CORRUPT', `chunk bytes hash to ${got}, not ${digest} (refused, not written)`, {
+      file: from,
+      structure: `chunk ${digest}`,
+    });
+  }
+  return data;
+}
+
+/** A layout manifest from its blob's bytes. */
+export function layoutFrom(bytes: Uint8Array, digest: string): LayoutManifest {
+  return decodeManifest<LayoutManifest>(bytes, LAYOUT_KIND, `manifest ${digest}`);
+}

@@ -1,0 +1,44 @@
+import type { OpenOptions } from '../../formats/types.js';
+import { type Address, openAddress } from '../../library/address.js';
+import { layoutFiles } from '../../library/library-verbs.js';
+import { classifyTarget, openTargetLibrary, resolveTargetVersion, type TargetOptions } from '../../library/target.js';
+import { FsTree } from './fs-tree.js';
+import { ManifestTree } from './manifest-tree.js';
+import type { MountTree } from './tree.js';
+
+export { FsTree } from './fs-tree.js';
+export { ManifestTree } from './manifest-tree.js';
+export { type FuseMountOptions, FuseSession } from './session.js';
+export type { MountChild, MountNode, MountTree } from './tree.js';
+
+export interface OpenMountOptions {
+  address?: Address;
+  open?: OpenOptions;
+  target?: TargetOptions;
+}
+
+/**
+ * The tree a mount serves for TARGET: a library version straight from its file manifest
+ * (`--part` picks the volume when it has several), else the file system an image file's
+ * address names, read by Strata's own reader. Warnings of opening go to `warnings`.
+ */
+export async function openMountTree(
+  arg: string,
+  opts: OpenMountOptions = {},
+): Promise<{ tree: MountTree; warnings: string[]; kind: 'version' | 'image' }> {
+  const target = classifyTarget(arg, opts.target);
+  if (target.kind === 'ref') {
+    const lib = await openTargetLibrary(target);
+    try {
+      const v = await resolveTargetVersion(lib, target);
+      const files = await layoutFiles(lib, v, await lib.layout(v.manifest), opts.address?.part ?? opts.address?.lv);
+      const tree = new ManifestTree(lib, files, `${v.image}@${v.number}`, () => lib.close());
+      return { tree, warnings: [], kind: 'version' };
+    } catch (e) {
+      await lib.close();
+      throw e;
+    }
+  }
+  const at = await openAddress(arg, opts.address, opts.open, opts.target);
+  return { tree: new FsTree(at.fs, at.name, () => at.close()), warnings: at.warnings, kind: 'image' };
+}

@@ -1,0 +1,305 @@
+/**
+ * The kernel's FUSE protocol (include/uapi/linux/fuse.h), the part a read-only file server
+ * speaks: opcodes, the request and reply headers, and the structures of the replies we send.
+ * All little-endian, as the kernel lays them out on x86-64 and aarch64.
+ */
+
+export const FUSE_KERNEL_VERSION = 7;
+/** The minor version we speak (fuse_init_out as of 7.31: 64 bytes, max_pages). */
+export const FUSE_KERNEL_MINOR = 31;
+export const FUSE_ROOT_ID = 1;
+
+export const Op = {
+  LOOKUP: 1,
+  FORGET: 2,
+  GETATTR: 3,
+  SETATTR: 4,
+  READLINK: 5,
+  SYMLINK: 6,
+  MKNOD: 8,
+  MKDIR: 9,
+  UNLINK: 10,
+  RMDIR: 11,
+  RENAME: 12,
+  LINK: 13,
+  OPEN: 14,
+  READ: 15,
+  WRITE: 16,
+  STATFS: 17,
+  RELEASE: 18,
+  FSYNC: 20,
+  SETXATTR: 21,
+  GETXATTR: 22,
+  LISTXATTR: 23,
+  REMOVEXATTR: 24,
+  FLUSH: 25,
+  INIT: 26,
+  OPENDIR: 27,
+  READDIR: 28,
+  RELEASEDIR: 29,
+  FSYNCDIR: 30,
+  ACCESS: 34,
+  CREATE: 35,
+  INTERRUPT: 36,
+  DESTROY: 38,
+  BATCH_FORGET: 42,
+  FALLOCATE: 43,
+  READDIRPLUS: 44,
+  RENAME2: 45,
+  COPY_FILE_RANGE: 47,
+  TMPFILE: 51,
+} as const;
+
+/** Requests that would change the tree: answered EROFS on a read-only mount. */
+export const WRITE_OPS: ReadonlySet<number> = new Set([
+  Op.SETATTR,
+  Op.SYMLINK,
+  Op.MKNOD,
+  Op.MKDIR,
+  Op.UNLINK,
+  Op.RMDIR,
+  Op.RENAME,
+  Op.LINK,
+  Op.WRITE,
+  Op.SETXATTR,
+  Op.REMOVEXATTR,
+  Op.CREATE,
+  Op.FALLOCATE,
+  Op.RENAME2,
+  Op.COPY_FILE_RANGE,
+  Op.TMPFILE,
+]);
+
+/** fuse_init_in / fuse_init_out flags we use. */
+export const InitFlag = {
+  ASYNC_READ: 1 << 0,
+  BIG_WRITES: 1 << 5,
+  DO_READDIRPLUS: 1 << 13,
+  READDIRPLUS_AUTO: 1 << 14,
+  PARALLEL_DIROPS: 1 << 18,
+  MAX_PAGES: 1 << 22,
+  CACHE_SYMLINKS: 1 << 23,
+} as const;
+
+/** fuse_open_out.open_flags */
+export const FOPEN_KEEP_CACHE = 1 << 1;
+export const FOPEN_CACHE_DIR = 1 << 3;
+
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  EIO: 5,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EEXIST: 17,
+  ENOTDIR: 20,
+  EISDIR: 21,
+  EINVAL: 22,
+  EROFS: 30,
+  ERANGE: 34,
+  ENOSYS: 38,
+  ENOTEMPTY: 39,
+  ENODATA: 61,
+  EOPNOTSUPP: 95,
+} as const;
+
+export const IN_HEADER = 40;
+export const OUT_HEADER = 16;
+export const ATTR_SIZE = 88;
+export const ENTRY_OUT = 40 + ATTR_SIZE;
+export const ATTR_OUT = 16 + ATTR_SIZE;
+export const DIRENT_BASE = 24;
+
+export interface InHeader {
+  len: number;
+  opcode: number;
+  unique: bigint;
+  nodeid: bigint;
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+export function parseInHeader(b: Buffer): InHeader {
+  return {
+    len: b.readUInt32LE(0),
+    opcode: b.readUInt32LE(4),
+    unique: b.readBigUInt64LE(8),
+    nodeid: b.readBigUInt64LE(16),
+    uid: b.readUInt32LE(24),
+    gid: b.readUInt32LE(28),
+    pid: b.readUInt32LE(32),
+  };
+}
+
+/** A reply: the out header (len, -errno, unique) followed by `body`. */
+export function reply(unique: bigint, error: number, body?: Uint8Array): Buffer {
+  const n = OUT_HEADER + (body?.length ?? 0);
+  const b = Buffer.allocUnsafe(n);
+  b.writeUInt32LE(n, 0);
+  b.writeInt32LE(error === 0 ? 0 : -error, 4);
+  b.writeBigUInt64LE(unique, 8);
+  if (body) b.set(body, OUT_HEADER);
+  return b;
+}
+
+/** What a reply's fuse_attr holds. `mode` includes the S_IF* type bits. */
+export interface Attr {
+  ino: number;
+  size: number;
+  blocks: number;
+  atime: { sec: number; nsec: number };
+  mtime: { sec: number; nsec: number };
+  ctime: { sec: number; nsec: number };
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  /** Kernel-encoded device number (new_encode_dev). */
+  rdev: number;
+  blksize: number;
+}
+
+/** The kernel's new_encode_dev: 12-bit major, 20-bit minor in one u32. */
+export function encodeDev(major: number, minor: number): number {
+  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
+}
+
+export function writeAttr(b: Buffer, at: number, a: Attr): void {
+  b.writeBigUInt64LE(BigInt(a.ino), at);
+  b.writeBigUInt64LE(BigInt(a.size), at + 8);
+  b.writeBigUInt64LE(BigInt(a.blocks), at + 16);
+  // seconds are signed (times before 1970)
+  b.writeBigInt64LE(BigInt(a.atime.sec), at + 24);
+  b.writeBigInt64LE(BigInt(a.mtime.sec), at + 32);
+  b.writeBigInt64LE(BigInt(a.ctime.sec), at + 40);
+  b.writeUInt32LE(a.atime.nsec, at + 48);
+  b.writeUInt32LE(a.mtime.nsec, at + 52);
+  b.writeUInt32LE(a.ctime.nsec, at + 56);
+  b.writeUInt32LE(a.mode >>> 0, at + 60);
+  b.writeUInt32LE(Math.min(a.nlink, 0xffffffff) >>> 0, at + 64);
+  b.writeUInt32LE(a.uid >>> 0, at + 68);
+  b.writeUInt32LE(a.gid >>> 0, at + 72);
+  b.writeUInt32LE(a.rdev >>> 0, at + 76);
+  b.writeUInt32LE(a.blksize, at + 80);
+  b.writeUInt32LE(0, at + 84); // flags
+}
+
+/** Seconds and nanoseconds of a validity period (entry_valid, attr_valid). */
+export interface Validity {
+  sec: number;
+  nsec: number;
+}
+
+/** fuse_entry_out at `at` of `b`. nodeid 0 (readdirplus) means "not looked up". */
+export function writeEntry(b: Buffer, at: number, nodeid: bigint, a: Attr | undefined, valid: Validity): void {
+  b.fill(0, at, at + ENTRY_OUT);
+  b.writeBigUInt64LE(nodeid, at);
+  b.writeBigUInt64LE(0n, at + 8); // generation
+  if (!a) return;
+  b.writeBigUInt64LE(BigInt(valid.sec), at + 16);
+  b.writeBigUInt64LE(BigInt(valid.sec), at + 24);
+  b.writeUInt32LE(valid.nsec, at + 32);
+  b.writeUInt32LE(valid.nsec, at + 36);
+  writeAttr(b, at + 40, a);
+}
+
+export function entryOut(nodeid: bigint, a: Attr, valid: Validity): Buffer {
+  const b = Buffer.alloc(ENTRY_OUT);
+  writeEntry(b, 0, nodeid, a, valid);
+  return b;
+}
+
+export function attrOut(a: Attr, valid: Validity): Buffer {
+  const b = Buffer.alloc(ATTR_OUT);
+  b.writeBigUInt64LE(BigInt(valid.sec), 0);
+  b.writeUInt32LE(valid.nsec, 8);
+  writeAttr(b, 16, a);
+  return b;
+}
+
+export function openOut(fh: number, flags: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(BigInt(fh), 0);
+  b.writeUInt32LE(flags, 8);
+  return b;
+}
+
+/** Size of one fuse_dirent (plus = fuse_direntplus) for a name of `nameLen` bytes, 8-aligned. */
+export function direntSize(nameLen: number, plus: boolean): number {
+  return (plus ? ENTRY_OUT : 0) + ((DIRENT_BASE + nameLen + 7) & ~7);
+}
+
+/** Write a fuse_dirent at `at`: `off` is the cookie of the entry after it. Returns the next position. */
+export function writeDirent(b: Buffer, at: number, ino: number, off: number, dtype: number, name: Buffer): number {
+  b.writeBigUInt64LE(BigInt(ino), at);
+  b.writeBigUInt64LE(BigInt(off), at + 8);
+  b.writeUInt32LE(name.length, at + 16);
+  b.writeUInt32LE(dtype, at + 20);
+  name.copy(b, at + 24);
+  const end = at + ((DIRENT_BASE + name.length + 7) & ~7);
+  b.fill(0, at + 24 + name.length, end);
+  return end;
+}
+
+export interface StatfsInfo {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  namelen: number;
+  frsize: number;
+}
+
+export function statfsOut(s: StatfsInfo): Buffer {
+  const b = Buffer.alloc(80);
+  b.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(s.blocks))), 0);
+  b.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(s.bfree))), 8);
+  b.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(s.bavail))), 16);
+  b.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(s.files))), 24);
+  b.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(s.ffree))), 32);
+  b.writeUInt32LE(s.bsize, 40);
+  b.writeUInt32LE(s.namelen, 44);
+  b.writeUInt32LE(s.frsize, 48);
+  return b;
+}
+
+/** fuse_init_out (64 bytes). */
+export function initOut(o: {
+  minor: number;
+  maxReadahead: number;
+  flags: number;
+  maxBackground: number;
+  congestionThreshold: number;
+  maxWrite: number;
+  timeGran: number;
+  maxPages: number;
+}): Buffer {
+  const b = Buffer.alloc(64);
+  b.writeUInt32LE(FUSE_KERNEL_VERSION, 0);
+  b.writeUInt32LE(o.minor, 4);
+  b.writeUInt32LE(o.maxReadahead, 8);
+  b.writeUInt32LE(o.flags >>> 0, 12);
+  b.writeUInt16LE(o.maxBackground, 16);
+  b.writeUInt16LE(o.congestionThreshold, 18);
+  b.writeUInt32LE(o.maxWrite, 20);
+  b.writeUInt32LE(o.timeGran, 24);
+  b.writeUInt16LE(o.maxPages, 28);
+  return b;
+}
+
+/** S_IF* type bits and DT_* directory-entry types, by file type. */
+export const TYPE_BITS: Record<string, { ifmt: number; dt: number }> = {
+  file: { ifmt: 0o100000, dt: 8 },
+  dir: { ifmt: 0o040000, dt: 4 },
+  symlink: { ifmt: 0o120000, dt: 10 },
+  char: { ifmt: 0o020000, dt: 2 },
+  block: { ifmt: 0o060000, dt: 6 },
+  fifo: { ifmt: 0o010000, dt: 1 },
+  socket: { ifmt: 0o140000, dt: 12 },
+  unknown: { ifmt: 0o100000, dt: 0 },
+};

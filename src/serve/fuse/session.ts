@@ -1,0 +1,502 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { isStrataError, StrataError } from '../../util/errors.js';
+import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
+import {
+  attrOut,
+  direntSize,
+  ENTRY_OUT,
+  Errno,
+  entryOut,
+  FOPEN_CACHE_DIR,
+  FOPEN_KEEP_CACHE,
+  FUSE_KERNEL_MINOR,
+  FUSE_ROOT_ID,
+  IN_HEADER,
+  InitFlag,
+  initOut,
+  Op,
+  openOut,
+  parseInHeader,
+  reply,
+  statfsOut,
+  TYPE_BITS,
+  type Validity,
+  WRITE_OPS,
+  writeDirent,
+  writeEntry,
+} from './protocol.js';
+import type { MountChild, MountNode, MountTree } from './tree.js';
+
+export interface FuseMountOptions {
+  /** Block cache bytes (default 64 MiB). */
+  cacheBytes?: number;
+  /** Read-ahead window for sequential readers (default 8 MiB). */
+  readAhead?: number;
+  /** How long the kernel may keep names and attributes (s; default 3600: the tree never changes). */
+  ttl?: number;
+  /** Called with each problem met while serving (a bad entry, a failed read ...). */
+  onWarning?: (message: string) => void;
+}
+
+/** One node the kernel knows: its lookup count, and for directories where it was found. */
+interface Held {
+  id: bigint;
+  node: MountNode;
+  lookups: number;
+  /** Directories: the parent node id and name they were first reached by. */
+  parent?: bigint;
+  name?: string;
+}
+
+interface FileHandle {
+  held: Held;
+  ra: ReadAhead;
+}
+
+interface DirHandle {
+  held: Held;
+  entries: Array<{ name: Buffer; child?: MountChild }>;
+}
+
+const MAX_PAGES = 256; // reads of up to 1 MiB
+const MAX_WRITE = 128 << 10;
+const BUFFER = (MAX_PAGES + 1) * 4096 + IN_HEADER;
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/** Run a command; resolves with its status and stderr. `fd` is passed to it as descriptor 3. */
+function runTool(cmd: string, args: string[], fd?: number): Promise<{ status: number; stderr: string }> {
+  return new Promise((resolve) => {
+    const stdio: Array<'ignore' | 'pipe' | number> = ['ignore', 'ignore', 'pipe'];
+    if (fd !== undefined) stdio.push(fd);
+    const p = spawn(cmd, args, { stdio });
+    let stderr = '';
+    p.stderr?.on('data', (d) => {
+      stderr += d;
+    });
+    p.on('error', (e) => resolve({ status: 127, stderr: e.message }));
+    p.on('close', (status) => resolve({ status: status ?? 1, stderr: stderr.trim() }));
+  });
+}
+
+/** The FUSE connection number (the minor of the mount's st_dev) from /proc/self/mountinfo. */
+async function connectionOf(mountpoint: string): Promise<number | undefined> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const unesc = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o) => String.fromCharCode(Number.parseInt(o, 8)));
+  let found: number | undefined;
+  for (const line of info.split('\n')) {
+    const f = line.split(' ');
+    if (f.length > 4 && unesc(f[4]) === mountpoint && / - fuse(\.\S+)? /.test(line)) {
+      found = Number(f[2].split(':')[1]);
+    }
+  }
+  return found;
+}
+
+/**
+ * A FUSE file server speaking the kernel protocol over /dev/fuse: it mounts `tree` read-only
+ * at a folder (as root, `mount -i -t fuse -o fd=N,...`), reads requests on a worker thread,
+ * and answers them here. Lookups, attributes, directory listings (plain and plus), reads
+ * through a block cache with read-ahead, symlinks, xattrs and statfs; every request that would
+ * change the tree gets EROFS, unknown ones ENOSYS.
+ *
+ * An entry that cannot be served (its inode is unreadable, or it is a directory already
+ * reached by another path: a cycle in a corrupt image) answers EIO; the rest keeps serving.
+ */
+export class FuseSession {
+  readonly mountpoint: string;
+  private fd = -1;
+  private worker?: Worker;
+  private readonly byId = new Map<bigint, Held>();
+  private readonly byKey = new Map<number, Held>();
+  private nextId = 2n;
+  private readonly files = new Map<number, FileHandle>();
+  private readonly dirs = new Map<number, DirHandle>();
+  private nextFh = 1;
+  private readonly cache: BlockCache;
+  private readonly valid: Validity;
+  private readonly warn: (m: string) => void;
+  private mounted = false;
+  private connection?: number;
+  private initDone?: () => void;
+  private endedResolve?: (why: string) => void;
+  /** Resolves when the kernel ends the connection (unmounted by anyone) with why. */
+  readonly ended: Promise<string>;
+  /** Requests answered, by opcode (for tests and benchmarks). */
+  readonly counts = new Map<number, number>();
+
+  constructor(
+    private readonly tree: MountTree,
+    mountpoint: string,
+    opts: FuseMountOptions = {},
+  ) {
+    this.mountpoint = path.resolve(mountpoint);
+    this.cache = new BlockCache(tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
+    this.valid = { sec: opts.ttl ?? 3600, nsec: 0 };
+    this.warn = opts.onWarning ?? (() => {});
+    this.ended = new Promise((r) => {
+      this.endedResolve = r;
+    });
+  }
+
+  /** Mount and answer INIT; resolves when the mount is ready for use. */
+  async mount(): Promise<void> {
+    const root = await this.tree.root();
+    const held: Held = { id: BigInt(FUSE_ROOT_ID), node: root, lookups: 1 };
+    this.byId.set(held.id, held);
+    this.byKey.set(root.key, held);
+    this.fd = openSync('/dev/fuse', 'r+');
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const source = `strata:${this.tree.name}`.replace(/[\s,]/g, '_');
+    const optsStr = `fd=3,rootmode=40000,user_id=${uid},group_id=${gid},allow_other,default_permissions,ro,subtype=strata`;
+    const r = await runTool('mount', ['-i', '-t', 'fuse', '-o', optsStr, source, this.mountpoint], this.fd);
+    if (r.status !== 0) {
+      closeSync(this.fd);
+      this.fd = -1;
+      throw new StrataError('IO', `cannot mount at ${this.mountpoint}: ${r.stderr || `mount exited ${r.status}`}`);
+    }
+    this.mounted = true;
+    const ready = new Promise<void>((resolve) => {
+      this.initDone = resolve;
+    });
+    const worker = new Worker(new URL('./reader-worker.js', import.meta.url), {
+      workerData: { fd: this.fd, bufferSize: BUFFER },
+    });
+    this.worker = worker;
+    worker.on('message', (m: Uint8Array | { end: string }) => {
+      if (m instanceof Uint8Array) this.dispatch(Buffer.from(m.buffer, m.byteOffset, m.byteLength));
+      else this.finish(m.end);
+    });
+    worker.on('error', (e) => this.finish(`reader thread failed: ${e.message}`));
+    worker.on('exit', () => this.finish('reader thread ended'));
+    await Promise.race([ready, this.ended.then((why) => Promise.reject(new StrataError('IO', why)))]);
+    this.connection = await connectionOf(this.mountpoint);
+  }
+
+  private finish(why: string): void {
+    if (this.endedResolve) {
+      const r = this.endedResolve;
+      this.endedResolve = undefined;
+      this.mounted = false;
+      r(why);
+    }
+  }
+
+  /**
+   * Unmount (lazily when busy, then abort the connection so nothing waits on us), end the
+   * reader thread, and close the tree.
+   */
+  async unmount(): Promise<void> {
+    if (this.mounted) {
+      const r = await runTool('umount', [this.mountpoint]);
+      if (r.status !== 0) await runTool('umount', ['-l', this.mountpoint]);
+      const t = setTimeout(() => {
+        if (this.connection !== undefined) {
+          writeFile(`/sys/fs/fuse/connections/${this.connection}/abort`, '1').catch(() => {});
+        }
+      }, 2000);
+      await this.ended;
+      clearTimeout(t);
+    }
+    await this.worker?.terminate().catch(() => {});
+    if (this.fd >= 0) {
+      closeSync(this.fd);
+      this.fd = -1;
+    }
+    this.byId.clear();
+    this.byKey.clear();
+    this.cache.clear();
+    await this.tree.close();
+  }
+
+  private send(b: Buffer): void {
+    try {
+      writeSync(this.fd, b);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // ENOENT: the request was interrupted and is gone; ENODEV: unmounted meanwhile
+      if (code !== 'ENOENT' && code !== 'ENODEV' && code !== 'EBADF')
+        this.warn(`write /dev/fuse: ${(e as Error).message}`);
+    }
+  }
+
+  private dispatch(b: Buffer): void {
+    if (b.length < IN_HEADER) return;
+    const h = parseInHeader(b);
+    const body = b.subarray(IN_HEADER, Math.min(b.length, h.len));
+    this.counts.set(h.opcode, (this.counts.get(h.opcode) ?? 0) + 1);
+    // no reply to these
+    if (h.opcode === Op.FORGET) {
+      this.forget(h.nodeid, Number(body.readBigUInt64LE(0)));
+      return;
+    }
+    if (h.opcode === Op.BATCH_FORGET) {
+      const n = body.readUInt32LE(0);
+      for (let i = 0; i < n && 8 + i * 16 + 16 <= body.length; i++) {
+        this.forget(body.readBigUInt64LE(8 + i * 16), Number(body.readBigUInt64LE(16 + i * 16)));
+      }
+      return;
+    }
+    if (h.opcode === Op.INTERRUPT) return; // every request finishes soon; the kernel accepts the late reply
+    this.handle(h.opcode, h.nodeid, body).then(
+      (out) => this.send(reply(h.unique, 0, out)),
+      (e) => {
+        const errno = typeof e === 'number' ? e : Errno.EIO;
+        if (typeof e !== 'number') {
+          this.warn(isStrataError(e) ? (e as Error).message : `internal error: ${(e as Error)?.stack ?? e}`);
+        }
+        this.send(reply(h.unique, errno));
+      },
+    );
+  }
+
+  private forget(id: bigint, n: number): void {
+    const held = this.byId.get(id);
+    if (!held || id === BigInt(FUSE_ROOT_ID)) return;
+    held.lookups -= n;
+    if (held.lookups <= 0) {
+      this.byId.delete(id);
+      if (this.byKey.get(held.node.key) === held) this.byKey.delete(held.node.key);
+    }
+  }
+
+  private held(id: bigint): Held {
+    const h = this.byId.get(id);
+    if (!h) throw Errno.ENOENT; // a node id the kernel should no longer use
+    return h;
+  }
+
+  /**
+   * Hand a child node to the kernel (one more lookup). A directory already known under
+   * another parent or name (a hard-linked directory or a cycle: only corrupt images have
+   * them) or the root met again is refused: undefined.
+   */
+  private give(parent: Held, name: string, node: MountNode): Held | undefined {
+    const have = this.byKey.get(node.key);
+    if (have) {
+      if (have.id === BigInt(FUSE_ROOT_ID)) return undefined;
+      if (node.type === 'dir' && (have.parent !== parent.id || have.name !== name)) return undefined;
+      have.lookups++;
+      return have;
+    }
+    const h: Held = { id: this.nextId++, node, lookups: 1 };
+    if (node.type === 'dir') {
+      h.parent = parent.id;
+      h.name = name;
+    }
+    this.byId.set(h.id, h);
+    this.byKey.set(node.key, h);
+    return h;
+  }
+
+  private async handle(op: number, nodeid: bigint, body: Buffer): Promise<Buffer | undefined> {
+    switch (op) {
+      case Op.INIT:
+        return this.init(body);
+      case Op.DESTROY:
+        return undefined;
+      case Op.LOOKUP: {
+        const parent = this.held(nodeid);
+        if (parent.node.type !== 'dir') throw Errno.ENOTDIR;
+        const name = cString(body);
+        const node = await this.tree.lookup(parent.node, name);
+        if (!node) throw Errno.ENOENT;
+        const h = this.give(parent, name, node);
+        if (!h) {
+          this.warn(`${this.tree.name}: ${name} (inode ${node.attr.ino}) is a directory met twice (a cycle), refused`);
+          throw Errno.EIO;
+        }
+        return entryOut(h.id, h.node.attr, this.valid);
+      }
+      case Op.GETATTR:
+        return attrOut(this.held(nodeid).node.attr, this.valid);
+      case Op.OPEN: {
+        const held = this.held(nodeid);
+        if ((body.readUInt32LE(0) & 3) !== 0) throw Errno.EROFS;
+        if (held.node.type === 'dir') throw Errno.EISDIR;
+        const fh = this.nextFh++;
+        this.files.set(fh, { held, ra: newReadAhead() });
+        return openOut(fh, FOPEN_KEEP_CACHE);
+      }
+      case Op.READ: {
+        const fh = Number(body.readBigUInt64LE(0));
+        const offset = Number(body.readBigUInt64LE(8));
+        const size = body.readUInt32LE(16);
+        const f = this.files.get(fh);
+        const held = f?.held ?? this.held(nodeid);
+        const data = await this.cache.read(held.node, offset, Math.min(size, MAX_PAGES * 4096), f?.ra);
+        return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      }
+      case Op.RELEASE:
+        this.files.delete(Number(body.readBigUInt64LE(0)));
+        return undefined;
+      case Op.OPENDIR: {
+        const held = this.held(nodeid);
+        if (held.node.type !== 'dir') throw Errno.ENOTDIR;
+        const children = await this.tree.list(held.node);
+        const entries: DirHandle['entries'] = [{ name: Buffer.from('.') }, { name: Buffer.from('..') }];
+        for (const c of children) entries.push({ name: Buffer.from(c.name, 'utf8'), child: c });
+        const fh = this.nextFh++;
+        this.dirs.set(fh, { held, entries });
+        return openOut(fh, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR);
+      }
+      case Op.READDIR:
+      case Op.READDIRPLUS:
+        return this.readdir(body, op === Op.READDIRPLUS);
+      case Op.RELEASEDIR:
+        this.dirs.delete(Number(body.readBigUInt64LE(0)));
+        return undefined;
+      case Op.READLINK: {
+        const held = this.held(nodeid);
+        if (held.node.type !== 'symlink') throw Errno.EINVAL;
+        return Buffer.from(await this.tree.readlink(held.node));
+      }
+      case Op.GETXATTR: {
+        const size = body.readUInt32LE(0);
+        const name = cString(body.subarray(8));
+        const v = (await this.tree.xattrs(this.held(nodeid).node)).get(name);
+        if (!v) throw Errno.ENODATA;
+        return sized(size, Buffer.from(v));
+      }
+      case Op.LISTXATTR: {
+        const size = body.readUInt32LE(0);
+        const names = [...(await this.tree.xattrs(this.held(nodeid).node)).keys()];
+        return sized(size, Buffer.from(names.map((n) => `${n}\0`).join(''), 'utf8'));
+      }
+      case Op.STATFS:
+        return statfsOut(await this.tree.statfs());
+      case Op.ACCESS:
+        this.held(nodeid);
+        if (body.readUInt32LE(0) & 2) throw Errno.EROFS;
+        return undefined;
+      case Op.FLUSH:
+      case Op.FSYNC:
+      case Op.FSYNCDIR:
+        return undefined;
+      default:
+        throw WRITE_OPS.has(op) ? Errno.EROFS : Errno.ENOSYS;
+    }
+  }
+
+  private init(body: Buffer): Buffer {
+    const minor = body.readUInt32LE(4);
+    const maxReadahead = body.readUInt32LE(8);
+    const flags = body.readUInt32LE(12);
+    const want =
+      InitFlag.ASYNC_READ |
+      InitFlag.BIG_WRITES |
+      InitFlag.DO_READDIRPLUS |
+      InitFlag.READDIRPLUS_AUTO |
+      InitFlag.PARALLEL_DIROPS |
+      InitFlag.MAX_PAGES |
+      InitFlag.CACHE_SYMLINKS;
+    const out = initOut({
+      minor: Math.min(minor, FUSE_KERNEL_MINOR),
+      maxReadahead: Math.min(maxReadahead, 1 << 20),
+      flags: flags & want,
+      maxBackground: 64,
+      congestionThreshold: 48,
+      maxWrite: MAX_WRITE,
+      timeGran: 1,
+      maxPages: MAX_PAGES,
+    });
+    queueMicrotask(() => this.initDone?.());
+    return out;
+  }
+
+  private async readdir(body: Buffer, plus: boolean): Promise<Buffer> {
+    const fh = Number(body.readBigUInt64LE(0));
+    const offset = Number(body.readBigUInt64LE(8));
+    const size = body.readUInt32LE(16);
+    const d = this.dirs.get(fh);
+    if (!d) throw Errno.EBADF;
+    const dir = d.held;
+    // which entries fit
+    let used = 0;
+    let end = offset;
+    while (end < d.entries.length) {
+      const n = direntSize(d.entries[end].name.length, plus);
+      if (used + n > size) break;
+      used += n;
+      end++;
+    }
+    const slice = d.entries.slice(offset, end);
+    let nodes: Array<MountNode | undefined> = [];
+    if (plus) {
+      const kids = slice.filter((e) => e.child).map((e) => e.child as MountChild);
+      let loaded: MountNode[] = [];
+      try {
+        loaded = await this.tree.nodes(dir.node, kids);
+      } catch (e) {
+        // one bad inode must not hide the directory: load them one by one, the bad ones stay unknown
+        this.warn((e as Error).message);
+        loaded = await Promise.all(
+          kids.map((c) =>
+            this.tree.nodes(dir.node, [c]).then(
+              (r) => r[0],
+              () => undefined as unknown as MountNode,
+            ),
+          ),
+        );
+      }
+      let k = 0;
+      nodes = slice.map((e) => (e.child ? loaded[k++] : undefined));
+    }
+    const out = Buffer.alloc(used);
+    let at = 0;
+    for (let i = 0; i < slice.length; i++) {
+      const e = slice[i];
+      const cookie = offset + i + 1;
+      let ino: number;
+      let dtype: number;
+      if (!e.child) {
+        // '.' and '..'
+        const other = i + offset === 1 && dir.parent !== undefined ? this.byId.get(dir.parent) : undefined;
+        ino = (other ?? dir).node.attr.ino;
+        dtype = TYPE_BITS.dir.dt;
+        if (plus) {
+          writeEntry(out, at, 0n, undefined, this.valid);
+          at += ENTRY_OUT;
+        }
+      } else {
+        const c = e.child;
+        dtype = (TYPE_BITS[c.type] ?? TYPE_BITS.unknown).dt;
+        const node = nodes[i];
+        ino = node?.attr.ino ?? c.key;
+        if (plus) {
+          const h = node ? this.give(dir, c.name, node) : undefined;
+          writeEntry(out, at, h?.id ?? 0n, h?.node.attr, this.valid);
+          at += ENTRY_OUT;
+        }
+      }
+      at = writeDirent(out, at, ino, cookie, dtype, e.name);
+    }
+    return out;
+  }
+}
+
+/** A NUL-terminated name from a request body. */
+function cString(b: Buffer): string {
+  const z = b.indexOf(0);
+  const raw = z < 0 ? b : b.subarray(0, z);
+  try {
+    return decoder.decode(raw);
+  } catch {
+    return raw.toString('latin1') + '\uFFFD'; // matches no entry
+  }
+}
+
+/** getxattr/listxattr replies: the size alone when asked with 0, ERANGE when it does not fit. */
+function sized(size: number, v: Buffer): Buffer {
+  if (size === 0) {
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(v.length, 0);
+    return b;
+  }
+  if (v.length > size) throw Errno.ERANGE;
+  return v;
+}

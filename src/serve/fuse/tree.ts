@@ -1,0 +1,77 @@
+import type { FileType, Timestamp } from '../../fs/types.js';
+import { type Attr, encodeDev, type StatfsInfo, TYPE_BITS } from './protocol.js';
+
+/**
+ * What a FUSE mount serves, whatever holds it: a file system read from an image, or a
+ * library version's file manifest. A node is one file-system object; hard links are one
+ * node (one key), so the kernel sees one inode with several names.
+ */
+export interface MountNode {
+  /** The backend's key for the object: stable while the tree is open, equal for hard links. */
+  key: number;
+  type: FileType;
+  attr: Attr;
+}
+
+export interface MountChild {
+  name: string;
+  key: number;
+  type: FileType;
+}
+
+export interface MountTree {
+  /** For messages and the mount's source column. */
+  readonly name: string;
+  /** The block size reads are cached in (a multiple of 4 KiB). */
+  readonly readBlock: number;
+  root(): Promise<MountNode>;
+  /** The child called `name` of a directory, or undefined. */
+  lookup(dir: MountNode, name: string): Promise<MountNode | undefined>;
+  /** A directory's children (names that can be a path component only), in the backend's order. */
+  list(dir: MountNode): Promise<MountChild[]>;
+  /** Nodes of children listed by `list` (one batch). */
+  nodes(dir: MountNode, children: readonly MountChild[]): Promise<MountNode[]>;
+  /** File bytes [offset, offset+length) clipped to the size. */
+  read(node: MountNode, offset: number, length: number): Promise<Uint8Array>;
+  readlink(node: MountNode): Promise<Uint8Array>;
+  xattrs(node: MountNode): Promise<Map<string, Uint8Array>>;
+  statfs(): Promise<StatfsInfo>;
+  close(): Promise<void>;
+}
+
+const ZERO: Timestamp = { sec: 0, nsec: 0 };
+const clampNs = (t: Timestamp | undefined): Timestamp =>
+  t ? { sec: Math.trunc(t.sec), nsec: Math.min(999_999_999, Math.max(0, Math.trunc(t.nsec))) } : ZERO;
+
+/** An attr from inode facts (mode without type bits). */
+export function makeAttr(o: {
+  ino: number;
+  type: FileType;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  nlink: number;
+  atime?: Timestamp;
+  mtime?: Timestamp;
+  ctime?: Timestamp;
+  rdev?: { major: number; minor: number };
+  allocatedBytes?: number;
+  blksize?: number;
+}): Attr {
+  const size = o.type === 'char' || o.type === 'block' || o.type === 'fifo' || o.type === 'socket' ? 0 : o.size;
+  return {
+    ino: o.ino,
+    size,
+    blocks: Math.ceil((o.allocatedBytes ?? size) / 512),
+    atime: clampNs(o.atime),
+    mtime: clampNs(o.mtime),
+    ctime: clampNs(o.ctime),
+    mode: (TYPE_BITS[o.type] ?? TYPE_BITS.unknown).ifmt | (o.mode & 0o7777),
+    nlink: o.nlink,
+    uid: o.uid,
+    gid: o.gid,
+    rdev: o.rdev && (o.type === 'char' || o.type === 'block') ? encodeDev(o.rdev.major, o.rdev.minor) : 0,
+    blksize: o.blksize ?? 4096,
+  };
+}
