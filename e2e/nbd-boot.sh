@@ -39,13 +39,16 @@ poweroff -f
 INIT
 chmod +x "$WORK/root/strata-init"
 (cd "$WORK/root" && echo strata-init | cpio -o -H newc --quiet) > "$WORK/extra.cpio"
-cat "$INITRD" "$WORK/extra.cpio" > "$WORK/initrd"
+# the kernel looks for a following archive only at a 4-byte aligned offset: pad the initrd first
+pad=$(( (4 - $(stat -c %s "$INITRD") % 4) % 4 ))
+{ cat "$INITRD"; head -c "$pad" /dev/zero; cat "$WORK/extra.cpio"; } > "$WORK/initrd"
 
 node dist/cli/strata.cjs nbd "$WORK/disk.qcow2" --port 0 --overlay "$WORK/overlay.qcow2" > "$WORK/uri" &
 SERVER=$!
 for _ in $(seq 100); do [ -s "$WORK/uri" ] && break; sleep 0.1; done
 URI=$(head -1 "$WORK/uri" | cut -f1)
-ACCEL=tcg; [ -w /dev/kvm ] && ACCEL=kvm
+# kvm_pvm's /dev/kvm boots only PVM guest kernels: a stock kernel hangs there silently
+ACCEL=tcg; [ -w /dev/kvm ] && { [ ! -d /sys/module/kvm_pvm ] || [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; } && ACCEL=kvm
 start=$(date +%s)
 timeout 900 qemu-system-x86_64 -machine accel=$ACCEL -m 512 -nographic -no-reboot \
   -kernel "$KERNEL" -initrd "$WORK/initrd" -append "console=ttyS0 rdinit=/strata-init quiet panic=-1" \

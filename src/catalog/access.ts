@@ -1,6 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
 import type { Db } from './db.js';
+import { migrate as applyMigrations } from './migrations.js';
 
 /**
  * Accounts and access control of a shared library (the serve layer's): users, projects
@@ -70,21 +71,24 @@ export const ACCESS_MIGRATIONS: Array<{ id: string; statements: string[] }> = [
       'CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at)',
     ],
   },
+  {
+    // requests per rate-limit key (a token, or an address) per minute, shared by every
+    // server process on this catalog; uploads' age (held_blobs.created) now guards them from gc
+    id: 'access-2',
+    statements: [
+      `CREATE TABLE IF NOT EXISTS rate_windows (
+         rkey TEXT NOT NULL,
+         minute BIGINT NOT NULL,
+         requests BIGINT NOT NULL,
+         PRIMARY KEY (rkey, minute))`,
+      'CREATE INDEX IF NOT EXISTS held_blobs_created ON held_blobs (created)',
+    ],
+  },
 ];
 
-/** Apply the migrations not applied yet, each in one transaction. */
+/** Apply the migrations not applied yet, each in one transaction (see migrations.ts). */
 export async function migrate(db: Db, migrations = ACCESS_MIGRATIONS): Promise<string[]> {
-  await db.run('CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied TEXT NOT NULL)');
-  const applied: string[] = [];
-  for (const m of migrations) {
-    await db.transaction(async (tx) => {
-      if (await tx.get('SELECT id FROM schema_migrations WHERE id = ?', [m.id])) return;
-      for (const s of m.statements) await tx.run(s);
-      await tx.run('INSERT INTO schema_migrations (id, applied) VALUES (?, ?)', [m.id, new Date().toISOString()]);
-      applied.push(m.id);
-    });
-  }
-  return applied;
+  return applyMigrations(db, migrations);
 }
 
 export type Role = 'admin' | 'member' | 'reader';
@@ -130,6 +134,24 @@ export interface TokenRow {
   created: string;
   expires: string | null;
   revoked: string | null;
+}
+
+/** One line of the request log (the analytics work reads the table). */
+export interface RequestLogRow {
+  /** ISO time the request was answered (default: now). */
+  at?: string;
+  user: string | null;
+  project: string | null;
+  token: string | null;
+  method: string;
+  route: string;
+  op: string;
+  image: string | null;
+  version: number | null;
+  status: number;
+  bytesIn: number;
+  bytesOut: number;
+  micros: number;
 }
 
 export interface ImageAccess {
@@ -429,11 +451,11 @@ export class Access {
     const now = new Date().toISOString();
     await this.db.transaction(async (tx) => {
       for (const d of digests) {
-        await tx.run('INSERT INTO held_blobs (project, digest, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING', [
-          project,
-          d,
-          now,
-        ]);
+        // a blob sent again (or asked about again) is in use again: its grace period restarts
+        await tx.run(
+          'INSERT INTO held_blobs (project, digest, created) VALUES (?, ?, ?) ON CONFLICT (project, digest) DO UPDATE SET created = excluded.created',
+          [project, d, now],
+        );
       }
     });
   }
@@ -446,40 +468,79 @@ export class Access {
     return out;
   }
 
+  /**
+   * Blobs some project uploaded (or asked about) since `since` (ISO time): an upload
+   * session in progress, whose chunks no version names yet. gc keeps them.
+   */
+  async recentlyHeld(since: string): Promise<Set<string>> {
+    const rows = await this.db.all<{ digest: string }>('SELECT DISTINCT digest FROM held_blobs WHERE created >= ?', [
+      since,
+    ]);
+    return new Set(rows.map((r) => r.digest));
+  }
+
+  // ---- rate limits, shared by the server processes on this catalog
+
+  /** Requests counted for `key` in `minute` (minutes since the epoch). */
+  async requestCount(key: string, minute: number): Promise<number> {
+    const r = await this.db.get<{ requests: number }>(
+      'SELECT requests FROM rate_windows WHERE rkey = ? AND minute = ?',
+      [key, minute],
+    );
+    return r ? Number(r.requests) : 0;
+  }
+
+  /** Count `n` more requests of `key` in `minute`; the total counted so far, by every process. */
+  async addRequests(key: string, minute: number, n: number): Promise<number> {
+    return this.db.transaction(async (tx) => {
+      await tx.run(
+        'INSERT INTO rate_windows (rkey, minute, requests) VALUES (?, ?, ?) ON CONFLICT (rkey, minute) DO UPDATE SET requests = rate_windows.requests + excluded.requests',
+        [key, minute, n],
+      );
+      const r = await tx.get<{ requests: number }>('SELECT requests FROM rate_windows WHERE rkey = ? AND minute = ?', [
+        key,
+        minute,
+      ]);
+      return r ? Number(r.requests) : n;
+    });
+  }
+
+  /** Forget windows before `minute`. */
+  async dropRateWindows(before: number): Promise<void> {
+    await this.db.run('DELETE FROM rate_windows WHERE minute < ?', [before]);
+  }
+
   // ---- the request log (the analytics work reads it)
 
-  async logRequest(r: {
-    user: string | null;
-    project: string | null;
-    token: string | null;
-    method: string;
-    route: string;
-    op: string;
-    image: string | null;
-    version: number | null;
-    status: number;
-    bytesIn: number;
-    bytesOut: number;
-    micros: number;
-  }): Promise<void> {
-    await this.db.run(
-      `INSERT INTO request_log (at, username, project, token, method, route, op, image, version, status, bytes_in, bytes_out, micros)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [
-        new Date().toISOString(),
-        r.user,
-        r.project,
-        r.token,
-        r.method,
-        r.route,
-        r.op,
-        r.image,
-        r.version,
-        r.status,
-        r.bytesIn,
-        r.bytesOut,
-        r.micros,
-      ],
-    );
+  async logRequest(r: RequestLogRow): Promise<void> {
+    await this.logRequests([r]);
+  }
+
+  /** Several rows in one transaction (one commit, one fsync: the server batches its log). */
+  async logRequests(rows: RequestLogRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    await this.db.transaction(async (tx) => {
+      for (const r of rows) {
+        await tx.run(
+          `INSERT INTO request_log (at, username, project, token, method, route, op, image, version, status, bytes_in, bytes_out, micros)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          [
+            r.at ?? new Date().toISOString(),
+            r.user,
+            r.project,
+            r.token,
+            r.method,
+            r.route,
+            r.op,
+            r.image,
+            r.version,
+            r.status,
+            r.bytesIn,
+            r.bytesOut,
+            r.micros,
+          ],
+        );
+      }
+    });
   }
 }

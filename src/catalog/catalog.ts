@@ -1,5 +1,7 @@
 import { StrataError } from '../util/errors.js';
 import type { Db } from './db.js';
+import { INSPECTION_SCHEMA } from './inspection.js';
+import { type Migration, migrate } from './migrations.js';
 
 /**
  * Images, versions, tags and provenance. Portable SQL only (see db.ts). A version row
@@ -40,6 +42,12 @@ export const SCHEMA = [
      number INTEGER NOT NULL,
      updated TEXT NOT NULL,
      PRIMARY KEY (image, tag))`,
+];
+
+/** The catalog's own migrations (accounts have theirs: ACCESS_MIGRATIONS in access.ts). */
+export const CATALOG_MIGRATIONS: Migration[] = [
+  { id: 'catalog-1', statements: SCHEMA },
+  { id: 'inspection-1', statements: INSPECTION_SCHEMA },
 ];
 
 export interface VersionRow {
@@ -123,9 +131,7 @@ export class Catalog {
   private constructor(readonly db: Db) {}
 
   static async open(db: Db): Promise<Catalog> {
-    await db.transaction(async (tx) => {
-      for (const s of SCHEMA) await tx.run(s);
-    });
+    await migrate(db, CATALOG_MIGRATIONS);
     return new Catalog(db);
   }
 
@@ -133,40 +139,46 @@ export class Catalog {
     checkImageName(v.image);
     for (const t of v.tags) checkTag(t);
     const now = new Date().toISOString();
-    const number = await this.db.transaction(async (tx) => {
-      await tx.run(
-        'INSERT INTO images (name, description, created, state) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = ?',
-        [v.image, v.description ?? null, now, 'active', 'active'],
-      );
-      if (v.description !== undefined) {
-        await tx.run('UPDATE images SET description = ? WHERE name = ?', [v.description, v.image]);
-      }
-      const r = await tx.get<{ n: number | null }>('SELECT MAX(number) AS n FROM versions WHERE image = ?', [v.image]);
-      const n = Number(r?.n ?? 0) + 1;
-      await tx.run(`INSERT INTO versions (${VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, [
-        v.image,
-        n,
-        v.manifest,
-        now,
-        v.createdBy ?? null,
-        v.sourceName ?? null,
-        v.sourceFormat ?? null,
-        v.virtualSize,
-        v.usedBytes,
-        v.storedBytes,
-        v.newBytes,
-        v.exact ? 1 : 0,
-        'active',
-      ]);
-      for (const p of v.parents) {
+    // writers of one image queue on a named lock: on PostgreSQL, no serialization failures on its hot rows
+    const number = await this.db.transaction(
+      async (tx) => {
         await tx.run(
-          'INSERT INTO version_parents (image, number, parent_image, parent_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
-          [v.image, n, p.image, p.number],
+          'INSERT INTO images (name, description, created, state) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = ?',
+          [v.image, v.description ?? null, now, 'active', 'active'],
         );
-      }
-      for (const t of v.tags) await this.setTagIn(tx, v.image, t, n, now);
-      return n;
-    });
+        if (v.description !== undefined) {
+          await tx.run('UPDATE images SET description = ? WHERE name = ?', [v.description, v.image]);
+        }
+        const r = await tx.get<{ n: number | null }>('SELECT MAX(number) AS n FROM versions WHERE image = ?', [
+          v.image,
+        ]);
+        const n = Number(r?.n ?? 0) + 1;
+        await tx.run(`INSERT INTO versions (${VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, [
+          v.image,
+          n,
+          v.manifest,
+          now,
+          v.createdBy ?? null,
+          v.sourceName ?? null,
+          v.sourceFormat ?? null,
+          v.virtualSize,
+          v.usedBytes,
+          v.storedBytes,
+          v.newBytes,
+          v.exact ? 1 : 0,
+          'active',
+        ]);
+        for (const p of v.parents) {
+          await tx.run(
+            'INSERT INTO version_parents (image, number, parent_image, parent_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+            [v.image, n, p.image, p.number],
+          );
+        }
+        for (const t of v.tags) await this.setTagIn(tx, v.image, t, n, now);
+        return n;
+      },
+      { lock: `image:${v.image}` },
+    );
     return (await this.version(v.image, number)) as VersionRow;
   }
 

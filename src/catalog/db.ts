@@ -16,8 +16,12 @@ export interface Db {
   all<T = Row>(sql: string, params?: SqlValue[]): Promise<T[]>;
   get<T = Row>(sql: string, params?: SqlValue[]): Promise<T | undefined>;
   run(sql: string, params?: SqlValue[]): Promise<{ changes: number }>;
-  /** Run `fn` in one transaction: all its statements or none. */
-  transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
+  /**
+   * Run `fn` in one transaction: all its statements or none. PostgreSQL may run `fn` again
+   * after a serialization failure, so `fn` touches only the database. `lock` names an
+   * exclusive lock held for the transaction (migrations; SQLite's write lock already is one).
+   */
+  transaction<T>(fn: (tx: Db) => Promise<T>, opts?: { lock?: string }): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -89,7 +93,7 @@ export class SqliteDb implements Db {
     return { changes: Number(r.changes) };
   }
 
-  async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: Db) => Promise<T>, _opts?: { lock?: string }): Promise<T> {
     if (this.depth > 0) return fn(this);
     // BEGIN IMMEDIATE takes the write lock up front, so two writers queue instead of failing mid-way.
     this.db.exec('BEGIN IMMEDIATE');

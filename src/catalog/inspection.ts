@@ -97,9 +97,12 @@ export function splitPath(p: string): [string, string] {
 /** Create the inspection tables once per connection. */
 export async function ensureInspectionSchema(db: Db): Promise<void> {
   if (ready.has(db)) return;
-  await db.transaction(async (tx) => {
-    for (const s of INSPECTION_SCHEMA) await tx.run(s);
-  });
+  await db.transaction(
+    async (tx) => {
+      for (const s of INSPECTION_SCHEMA) await tx.run(s);
+    },
+    { lock: 'strata-migrate' },
+  );
   ready.add(db);
 }
 
@@ -155,6 +158,20 @@ export interface VersionInspection {
   fileSets: Array<{ volume: string; files: string; entries: () => StoredFile[] }>;
 }
 
+/**
+ * Many rows in multi-row INSERTs (portable SQL): a round trip per ~900 values, not per row,
+ * which is what a catalog on a database server needs (a Debian root has hundreds of packages).
+ */
+async function insertMany(tx: Db, into: string, rows: SqlValue[][], suffix = ''): Promise<void> {
+  if (rows.length === 0) return;
+  const per = Math.max(1, Math.floor(900 / rows[0].length));
+  const one = `(${rows[0].map(() => '?').join(', ')})`;
+  for (let i = 0; i < rows.length; i += per) {
+    const part = rows.slice(i, i + per);
+    await tx.run(`INSERT INTO ${into} VALUES ${part.map(() => one).join(', ')}${suffix}`, part.flat());
+  }
+}
+
 /** Replace what the catalog holds about one version's inspection, in one transaction. */
 export async function putInspection(db: Db, v: VersionInspection): Promise<void> {
   await ensureInspectionSchema(db);
@@ -190,18 +207,16 @@ export async function putInspection(db: Db, v: VersionInspection): Promise<void>
           JSON.stringify(r.data),
         ],
       );
-      for (const p of r.packages) {
-        await tx.run(
-          'INSERT INTO inspection_packages (image, number, root, name, epoch, version, release, arch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-          [...key, r.root, p.name, p.epoch, p.version, p.release, p.arch],
-        );
-      }
-      for (const u of r.users) {
-        await tx.run(
-          'INSERT INTO inspection_users (image, number, root, name, uid, gid, home, shell) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-          [...key, r.root, u.name, u.uid, u.gid, u.home, u.shell],
-        );
-      }
+      await insertMany(
+        tx,
+        'inspection_packages (image, number, root, name, epoch, version, release, arch)',
+        r.packages.map((p) => [...key, r.root, p.name, p.epoch, p.version, p.release, p.arch]),
+      );
+      await insertMany(
+        tx,
+        'inspection_users (image, number, root, name, uid, gid, home, shell)',
+        r.users.map((u) => [...key, r.root, u.name, u.uid, u.gid, u.home, u.shell]),
+      );
     }
     for (const s of v.fileSets) {
       await tx.run('INSERT INTO inspection_file_sets (image, number, volume, files) VALUES (?, ?, ?, ?)', [
@@ -211,12 +226,12 @@ export async function putInspection(db: Db, v: VersionInspection): Promise<void>
       ]);
       const have = await tx.get('SELECT path FROM inspection_files WHERE files = ? LIMIT 1', [s.files]);
       if (have) continue;
-      for (const f of s.entries()) {
-        await tx.run(
-          'INSERT INTO inspection_files (files, path, dir, name, type, size, digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (files, path) DO NOTHING',
-          [s.files, f.path, ...splitPath(f.path), f.type, f.size, f.digest],
-        );
-      }
+      await insertMany(
+        tx,
+        'inspection_files (files, path, dir, name, type, size, digest)',
+        s.entries().map((f) => [s.files, f.path, ...splitPath(f.path), f.type, f.size, f.digest]),
+        ' ON CONFLICT (files, path) DO NOTHING',
+      );
     }
   });
 }

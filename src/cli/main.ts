@@ -45,6 +45,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     verbs: ['serve', 'user', 'project', 'token'],
     load: async () => (await import('./commands/serve.js')).registerServeCommands,
   },
+  { verbs: ['db', 'migrate'], load: async () => (await import('./commands/scale.js')).registerScaleCommands },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
     verbs: ['completion'],

@@ -3,6 +3,7 @@ export { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
 export { type ChunkGetter, ManifestSource } from './chunk-source.js';
 export { type DeployEvent, Deployer, type DeployOptions, type DeploySource } from './deployer.js';
 export { blockSignatures, differingBlocks } from './diff.js';
+export { type DeployHttpOptions, DeployHttpServer, parseByteRange, parseHostPort } from './http.js';
 export {
   type BootProfile,
   checkProfile,

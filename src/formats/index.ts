@@ -18,8 +18,11 @@ export type { BackingRef, DirectPiece, DiskImage, FormatDriver, OpenContext, Ope
 export {
   type DirectTarget,
   type ImageWriter,
+  planQcow2Stream,
+  type Qcow2StreamPlan,
   Qcow2Writer,
   type Qcow2WriterOptions,
+  qcow2StreamBytes,
   RawWriter,
   type WriterResult,
 } from './writers/index.js';

@@ -64,6 +64,12 @@ export interface CheckinOptions {
   tags?: string[];
   exact?: boolean;
   openOptions?: OpenOptions;
+  /**
+   * Follow a backing reference to a library version (`strata-library:DIGEST`, what `strata
+   * nbd --overlay` records). Default true; the service turns it off for images it fetches
+   * for a caller, who might otherwise name a version they may not read.
+   */
+  libraryBacking?: boolean;
   createdBy?: string;
   fileChunkSize?: number;
   diskChunkSize?: number;
@@ -630,6 +636,12 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       resolveBacking: async (ref, from) => {
         const digest = parseLibraryBacking(ref.path, from);
         if (digest === undefined) return undefined;
+        if (opts.libraryBacking === false) {
+          throw new StrataError('DENIED', `backing ${ref.path} names a library version; not followed here`, {
+            file: from,
+            structure: 'backing file name',
+          });
+        }
         bootedFrom = digest;
         return versionImage(lib, digest, from);
       },

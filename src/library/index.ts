@@ -68,7 +68,7 @@ export { type DemoResult, type DemoStep, runDemo } from './demo.js';
 export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';
 export { type ContentSummary, type ImageInfo, imageInfo, mapImage, recognised } from './image-info.js';
 export { forgetInspection, type RecordedInspection, reinspect, versionInspection } from './inspection.js';
-export { Library, libraryLocation, MARKER } from './library.js';
+export { Library, type LibraryPlaces, libraryLocation, MARKER } from './library.js';
 export {
   describeVersion,
   fileContent,
@@ -99,6 +99,13 @@ export {
   walkBatches,
 } from './listing.js';
 export type { FileEntry, FilesManifest, LayoutManifest, LayoutVolume } from './manifest.js';
+export {
+  ALL_MIGRATIONS,
+  type MigrateProgress,
+  type MigrateResult,
+  migrateCatalogDb,
+  migrateLibrary,
+} from './migrate.js';
 export { type SearchHit, type SearchQuery, search } from './search.js';
 export {
   exportIndex,

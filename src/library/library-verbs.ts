@@ -26,23 +26,38 @@ export interface GcResult {
   freedBytes: number;
   /** Leftover temporary files removed. */
   temporaryFiles: number;
+  /** Blobs kept only because an upload to the library service sent them within the grace period. */
+  uploadBlobs: number;
 }
+
+/** How long gc keeps uploaded chunks no version names yet (default 24 h). */
+export const DEFAULT_UPLOAD_GRACE_MS = 24 * 3600_000;
 
 /**
  * Mark and sweep under an exclusive lock (it waits for running check-ins, and check-ins
  * wait for it): mark every blob reachable from an active version, then prune the rest.
  */
-export async function gc(lib: Library, opts: { lockWaitMs?: number } = {}): Promise<GcResult> {
+export async function gc(lib: Library, opts: { lockWaitMs?: number; uploadGraceMs?: number } = {}): Promise<GcResult> {
   const lock = await RepoLock.acquire(lib.store.backend, 'exclusive', 'gc', opts.lockWaitMs ?? 10 * 60_000);
   try {
     await lib.store.loadIndex();
     const keep = new Set<string>();
     const roots = await lib.catalog.liveManifests();
     for (const m of roots) await reachable(lib, m, keep);
+    // chunks uploaded to the library service for a version not committed yet (an upload
+    // session in progress): kept for a grace period after they were last sent or asked about
+    const grace = opts.uploadGraceMs ?? DEFAULT_UPLOAD_GRACE_MS;
+    const { Access } = await import('../catalog/access.js');
+    const access = await Access.open(lib.catalog.db);
+    let uploads = 0;
+    for (const d of await access.recentlyHeld(new Date(Date.now() - grace).toISOString())) {
+      if (!keep.has(d) && lib.store.has(d)) uploads++;
+      keep.add(d);
+    }
     const r = await lib.store.prune(keep);
     // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
     const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;
-    return { liveVersions: roots.length, liveBlobs: keep.size, ...r, temporaryFiles };
+    return { liveVersions: roots.length, liveBlobs: keep.size, uploadBlobs: uploads, ...r, temporaryFiles };
   } finally {
     await lock.release();
   }

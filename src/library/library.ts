@@ -1,9 +1,14 @@
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { Catalog } from '../catalog/catalog.js';
-import { SqliteDb } from '../catalog/db.js';
+import { type Db, SqliteDb } from '../catalog/db.js';
+import { isPostgresUrl, PgDb, redactUrl } from '../catalog/pg.js';
+import type { Backend } from '../store/backend.js';
+import { CachedBackend, DEFAULT_CACHE_BYTES } from '../store/cache-backend.js';
 import { LocalBackend } from '../store/local-backend.js';
+import { isS3Url, S3Backend } from '../store/s3-backend.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import { decodeManifest, FILES_KIND, type FilesManifest, LAYOUT_KIND, type LayoutManifest } from './manifest.js';
@@ -15,6 +20,65 @@ import { decodeManifest, FILES_KIND, type FilesManifest, LAYOUT_KIND, type Layou
  */
 export const MARKER = 'strata-library.json';
 
+/**
+ * Where a library keeps its catalog and its chunks. The embedded default is `catalog.db`
+ * (SQLite) and `store/` in the library directory; `catalog` may name a PostgreSQL database
+ * (`postgres://user@host/db`, optionally `?schema=NAME`) and `store` an S3 bucket
+ * (`s3://bucket/prefix`), and several servers then share them. Each is taken from the
+ * option, else STRATA_CATALOG / STRATA_STORE, else what the library directory's marker
+ * recorded when it was made. `{library}` in either is replaced by a short id of the library
+ * directory, so one database and one bucket can hold many libraries (the tests do that).
+ * `cacheDir` (STRATA_CACHE_DIR; default: `cache/` in the library directory) holds a bounded
+ * read-through copy of remote packs, `cacheBytes` (STRATA_CACHE_BYTES) large. 'local' for
+ * either names the directory's own (whatever the environment or the marker say).
+ */
+export interface LibraryPlaces {
+  catalog?: string;
+  store?: string;
+  cacheDir?: string;
+  cacheBytes?: number;
+}
+
+interface Marker {
+  kind: 'strata-library';
+  version: number;
+  catalog?: string;
+  store?: string;
+}
+
+/** The URL with the password left out (it comes from the environment: PGPASSWORD, .pgpass). */
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    u.password = '';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+function libraryId(root: string): string {
+  let real = root;
+  try {
+    real = realpathSync(root);
+  } catch {}
+  return createHash('sha256').update(real).digest('hex').slice(0, 16);
+}
+
+/** Open the catalog database a library names (SQLite file or PostgreSQL URL). */
+export async function openCatalogDb(where: string): Promise<Db> {
+  if (isPostgresUrl(where)) return PgDb.open(where);
+  return SqliteDb.open(where);
+}
+
+/** Open the store backend a library names (directory or s3:// URL), with the cache in front of S3. */
+export async function openBackend(where: string, cache?: { dir: string; bytes?: number }): Promise<Backend> {
+  if (!isS3Url(where)) return new LocalBackend(where);
+  const s3 = await S3Backend.open(where);
+  if (!cache || cache.bytes === 0) return s3;
+  return new CachedBackend(s3, cache.dir, cache.bytes ?? DEFAULT_CACHE_BYTES);
+}
+
 export function libraryLocation(given?: string): string {
   if (given) return path.resolve(given);
   if (process.env.STRATA_LIBRARY) return path.resolve(process.env.STRATA_LIBRARY);
@@ -24,6 +88,8 @@ export function libraryLocation(given?: string): string {
 
 export class Library {
   private closed = false;
+  /** Where the catalog and the store are (a password in the catalog URL shown as ***). */
+  places: { catalog: string; store: string } = { catalog: '', store: '' };
   private constructor(
     readonly dir: string,
     readonly store: Store,
@@ -41,10 +107,19 @@ export class Library {
   }
 
   /** Open the library at `dir` (see libraryLocation); `create` (the default) makes it when missing. */
-  static async open(dir?: string, opts: { create?: boolean } = {}): Promise<Library> {
+  static async open(dir?: string, opts: { create?: boolean } & LibraryPlaces = {}): Promise<Library> {
     const root = libraryLocation(dir);
     const marker = path.join(root, MARKER);
     let created: false | { folder: string } | 'contents' = false;
+    const given = {
+      catalog: opts.catalog ?? (process.env.STRATA_CATALOG || undefined),
+      store: opts.store ?? (process.env.STRATA_STORE || undefined),
+    };
+    if (given.catalog && given.catalog !== 'local' && !isPostgresUrl(given.catalog))
+      throw new StrataError('USAGE', `--catalog takes a postgres:// URL, not ${JSON.stringify(given.catalog)}`);
+    if (given.store && given.store !== 'local' && !isS3Url(given.store))
+      throw new StrataError('USAGE', `--store takes an s3://bucket/prefix URL, not ${JSON.stringify(given.store)}`);
+    let places: Marker | undefined;
     if (!existsSync(marker)) {
       if (opts.create === false) {
         throw new StrataError('NOT_FOUND', 'no library here (strata init or a first checkin makes one)', {
@@ -58,12 +133,56 @@ export class Library {
       }
       const first = mkdirSync(root, { recursive: true });
       created = first === undefined ? 'contents' : { folder: first };
-      mkdirSync(path.join(root, 'store'), { recursive: true });
-      writeFileSync(marker, `${JSON.stringify({ kind: 'strata-library', version: 1 })}\n`);
+      const id = libraryId(root);
+      places = { kind: 'strata-library', version: 1 };
+      if (given.catalog && given.catalog !== 'local')
+        places.catalog = withoutPassword(given.catalog.replaceAll('{library}', id));
+      if (given.store && given.store !== 'local') places.store = given.store.replaceAll('{library}', id);
+      if (!places.store) mkdirSync(path.join(root, 'store'), { recursive: true });
+      writeFileSync(marker, `${JSON.stringify(places)}\n`);
+    } else {
+      try {
+        places = JSON.parse(readFileSync(marker, 'utf8')) as Marker;
+      } catch (e) {
+        throw new StrataError('CORRUPT', `library marker is not JSON: ${(e as Error).message}`, { file: marker });
+      }
     }
-    const store = await Store.open(new LocalBackend(path.join(root, 'store')));
-    const catalog = await Catalog.open(SqliteDb.open(path.join(root, 'catalog.db')));
-    return new Library(root, store, catalog, created);
+    const id = libraryId(root);
+    const own = (v: string | undefined) => (v === 'local' ? undefined : v);
+    const catalogAt =
+      (given.catalog === 'local' ? undefined : (given.catalog?.replaceAll('{library}', id) ?? own(places.catalog))) ??
+      path.join(root, 'catalog.db');
+    const storeAt =
+      (given.store === 'local' ? undefined : (given.store?.replaceAll('{library}', id) ?? own(places.store))) ??
+      path.join(root, 'store');
+    const cacheDir = opts.cacheDir ?? (process.env.STRATA_CACHE_DIR || path.join(root, 'cache'));
+    const cacheBytes =
+      opts.cacheBytes ?? (process.env.STRATA_CACHE_BYTES ? Number(process.env.STRATA_CACHE_BYTES) : undefined);
+    // a library this open made goes again when its catalog or store cannot be opened
+    const undo = () => {
+      if (typeof created === 'object') rmSync(created.folder, { recursive: true, force: true });
+      else if (created === 'contents')
+        for (const e of readdirSync(root)) rmSync(path.join(root, e), { recursive: true, force: true });
+    };
+    let store: Store | undefined;
+    let catalog: Catalog;
+    try {
+      const backend = await openBackend(storeAt, { dir: cacheDir, bytes: cacheBytes });
+      try {
+        store = await Store.open(backend);
+      } catch (e) {
+        await backend.close().catch(() => {});
+        throw e;
+      }
+      catalog = await Catalog.open(await openCatalogDb(catalogAt));
+    } catch (e) {
+      await store?.close().catch(() => {});
+      undo();
+      throw e;
+    }
+    const lib = new Library(root, store, catalog, created);
+    lib.places = { catalog: isPostgresUrl(catalogAt) ? redactUrl(catalogAt) : catalogAt, store: storeAt };
+    return lib;
   }
 
   /**

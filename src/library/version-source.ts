@@ -5,6 +5,9 @@ import type { LayoutManifest } from './manifest.js';
 /** Chunk reads one fill keeps in flight. */
 const READS_IN_FLIGHT = 8;
 
+/** Where a version's chunks come from: the store, or a library service (serve/http/client.ts). */
+export type BlobReader = Pick<Store, 'withBlob'>;
+
 /**
  * A stored version as a ByteSource of its virtual disk: reads fetch the chunks they need
  * from the store on demand (each checked against its digest), status() says which ranges
@@ -18,7 +21,7 @@ export class VersionSource implements ByteSource {
   private readonly at: Float64Array;
 
   constructor(
-    private readonly store: Pick<Store, 'withBlob'>,
+    private readonly store: BlobReader,
     readonly manifest: LayoutManifest,
     readonly name: string,
   ) {

@@ -53,6 +53,11 @@ export type { Budget } from './nbd/budget.js';
 export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';
-export { DEFAULT_LIBRARY_CACHE, type LibraryExportOptions, openLibraryExport } from './nbd/library-export.js';
+export {
+  DEFAULT_LIBRARY_CACHE,
+  type LibraryExportOptions,
+  openLibraryExport,
+  openVersionExport,
+} from './nbd/library-export.js';
 export { type ListenOptions, type NbdEndpoint, NbdServer, type NbdServerOptions } from './nbd/server.js';
 export { type TraceRecord, TraceWriter } from './nbd/trace.js';

@@ -176,6 +176,39 @@ export class BlobIndex {
     }
   }
 
+  /**
+   * Read the index files written since the last load (by other processes: several servers
+   * share one store); when some known ones are gone (another process's gc replaced them),
+   * everything is read again. Returns whether anything changed.
+   */
+  async refresh(): Promise<boolean> {
+    const files = await this.backend.list('index/');
+    const now = new Set(files.map((f) => f.key));
+    const known = new Set(this.files);
+    if ([...known].some((k) => !now.has(k))) {
+      await this.load();
+      return true;
+    }
+    const fresh = files.filter((f) => !known.has(f.key));
+    for (const f of fresh) {
+      const body = await this.backend.get(f.key).catch((e: { code?: string }) => {
+        if (e?.code === 'NOT_FOUND') return undefined; // gone since the listing: the next refresh reloads
+        throw e;
+      });
+      if (!body) continue;
+      const file = `${this.backend.name}/${f.key}`;
+      if (sha256hex(body) !== f.key.slice('index/'.length)) {
+        throw new StrataError('CORRUPT', 'index file content does not match its name (sha256)', {
+          file,
+          structure: 'store index',
+        });
+      }
+      addIndexFile(decodeIndexFile(body, file), file, this.entries, this.duplicates);
+      this.files.push(f.key);
+    }
+    return fresh.length > 0;
+  }
+
   /** Write an index file (atomically, named by its content); returns its key. */
   async write(ix: IndexFile): Promise<string> {
     const { key, body } = encodeIndexFile(ix);

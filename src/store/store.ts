@@ -18,6 +18,10 @@ export {
   type StoreFindingKind,
   type VerifyReport,
 } from './check.js';
+
+/** Index refreshes on misses at most this often (see Store.refresh). */
+const REFRESH_MS = 250;
+
 export { FRAME_BYTES, PACK_TARGET, type PutResult, SOLO_BLOB } from './packer.js';
 export {
   type PackFile,
@@ -89,8 +93,50 @@ export class Store {
     await this.ix.load();
   }
 
+  /** Re-read the index when another process changed it (cheap when none did). */
+  async refreshIndex(): Promise<boolean> {
+    return this.ix.refresh();
+  }
+
   has(digest: string): boolean {
     return this.packer.has(digest);
+  }
+
+  private refreshing?: Promise<boolean>;
+  private queued?: Promise<boolean>;
+  private refreshedAt = 0;
+
+  /**
+   * Catch up with index files other processes wrote (servers sharing one store) or
+   * replaced (their gc). The refresh a caller gets starts after its call (so it sees what
+   * was there when it asked); callers meanwhile share it, and refreshes start at most every
+   * REFRESH_MS (a stream of misses costs a listing per REFRESH_MS, not one each).
+   * Returns whether the index changed.
+   */
+  refresh(): Promise<boolean> {
+    if (this.queued) return this.queued;
+    const q = (async () => {
+      await this.refreshing?.catch(() => {});
+      const wait = REFRESH_MS - (Date.now() - this.refreshedAt);
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      this.queued = undefined;
+      const run = this.ix.refresh().finally(() => {
+        this.refreshedAt = Date.now();
+        if (this.refreshing === run) this.refreshing = undefined;
+      });
+      this.refreshing = run;
+      const changed = await run;
+      if (changed) this.reader.clearCache();
+      return changed;
+    })();
+    this.queued = q;
+    return q;
+  }
+
+  /** `has` for each digest, after a refresh when some are not known here. */
+  async hasAll(digests: readonly string[]): Promise<boolean[]> {
+    if (digests.some((d) => !this.has(d))) await this.refresh();
+    return digests.map((d) => this.has(d));
   }
 
   entry(digest: string): IndexEntry | undefined {
@@ -139,14 +185,24 @@ export class Store {
   async withBlob<T>(digest: string, use: (plain: Uint8Array) => T): Promise<T> {
     const u = this.packer.unflushedBlob(digest);
     if (u) return this.packer.readUnflushed(u, use);
-    const e = this.ix.entries.get(digest);
+    let e = this.ix.entries.get(digest);
+    if (!e && (await this.refresh())) e = this.ix.entries.get(digest);
     if (!e) {
       throw new StrataError('NOT_FOUND', `blob ${digest} is not in the store`, {
         file: this.name,
         structure: 'store index',
       });
     }
-    return this.reader.withBlob(digest, e, use);
+    try {
+      return await this.reader.withBlob(digest, e, use);
+    } catch (err) {
+      // its pack is gone: another process's gc rewrote it; the index says where it went
+      if ((err as { code?: string }).code !== 'NOT_FOUND') throw err;
+      await this.refresh();
+      const moved = this.ix.entries.get(digest);
+      if (!moved || (moved.pack === e.pack && moved.offset === e.offset)) throw err;
+      return this.reader.withBlob(digest, moved, use);
+    }
   }
 
   /**

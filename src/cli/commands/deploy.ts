@@ -36,6 +36,7 @@ export function registerDeployCommand(program: Command): void {
         "boot profile fetched first, in access order (default: the version's own or the nearest earlier one)",
       )
       .option('--trace <file>', 'append every NBD request as a JSON line (a log `strata profile record` reads)')
+      .option('--http <[host:]port>', 'serve the same view over HTTP range requests too (iPXE sanboot http://...)')
       .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
   ).action(async (sourceArg: string, o: Record<string, unknown>) => {
@@ -46,7 +47,10 @@ export function registerDeployCommand(program: Command): void {
     const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
     const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
     const json = Boolean(o.json);
-    const { Deployer, findProfile, openDeploySource, profilePlan } = await import('../../deploy/index.js');
+    const { Deployer, DeployHttpServer, findProfile, openDeploySource, parseHostPort, profilePlan } = await import(
+      '../../deploy/index.js'
+    );
+    const httpAt = o.http === undefined ? undefined : parseHostPort(String(o.http), String(o.bind));
     const { NbdServer, TraceWriter } = await import('../../serve/index.js');
     const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
     let bar: SingleBar | undefined;
@@ -121,8 +125,24 @@ export function registerDeployCommand(program: Command): void {
       throw new StrataError('IO', `cannot listen: ${(e as Error).message}`);
     }
     const uri = server.uri(String(o.name));
+    let http: InstanceType<typeof DeployHttpServer> | undefined;
+    let httpInfo: { host: string; port: number; url: string } | undefined;
+    if (httpAt) {
+      http = new DeployHttpServer(d, httpAt);
+      try {
+        httpInfo = await http.listen();
+      } catch (e) {
+        await server.close().catch(() => {});
+        throw new StrataError('IO', `cannot listen for HTTP on ${String(o.http)}: ${(e as Error).message}`);
+      }
+    }
+    // the NBD URI first (scripts read the first line), then the HTTP URL
     if (json) line({ event: 'listening', uri, ...server.endpoint });
     else process.stdout.write(`${uri}\n`);
+    if (httpInfo) {
+      if (json) line({ event: 'http', ...httpInfo });
+      else process.stdout.write(`${httpInfo.url}\n`);
+    }
     if (!json && process.stderr.isTTY) {
       const { default: cliProgress } = await import('cli-progress');
       bar = new cliProgress.SingleBar(
@@ -153,7 +173,7 @@ export function registerDeployCommand(program: Command): void {
         if (o.exitWhenComplete) {
           d.complete.then(() => {
             const idle = setInterval(() => {
-              if (server.connectionCount === 0) {
+              if (server.connectionCount === 0 && (http?.connectionCount ?? 0) === 0) {
                 clearInterval(idle);
                 resolve();
               }
@@ -164,6 +184,7 @@ export function registerDeployCommand(program: Command): void {
     } finally {
       clearInterval(tick);
       bar?.stop();
+      await http?.close();
       await server.close();
     }
     // bytes that came from the origin (not the chunk cache), for sources that count them

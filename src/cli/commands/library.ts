@@ -5,6 +5,7 @@ import { type Library, StrataError } from '../../library/index.js';
 import type { RemoteLibrary } from '../../serve/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, printJsonLines, warnAll } from '../output.js';
+import { addPlaceOptions, placesFrom } from '../places.js';
 import { progressBar } from '../progress.js';
 import { remoteOf, withRemote } from '../remote.js';
 
@@ -27,7 +28,9 @@ export const LIBRARY_VERBS = [
 ] as const;
 
 const withLib = (cmd: Command) =>
-  cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+  addPlaceOptions(
+    cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
+  );
 
 /** useLibrary, but with --remote (or STRATA_REMOTE) `fn` gets no library (it asks the service). */
 async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | undefined) => Promise<T>): Promise<T> {
@@ -41,7 +44,7 @@ async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | u
  */
 async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
   const { Library } = await import('../../library/index.js');
-  const lib = await Library.open(o.library as string | undefined, { create });
+  const lib = await Library.open(o.library as string | undefined, { create, ...placesFrom(o) });
   try {
     const r = await fn(lib);
     // a library published over HTTP keeps its static index (strata-index.json) in step
@@ -83,7 +86,7 @@ function registerLibraryVerbs(program: Command): void {
       .option('--json', 'machine-readable output'),
   ).action(async (dir: string | undefined, o: Record<string, unknown>) => {
     await useLibrary(
-      { library: dir ?? o.library },
+      { ...o, library: dir ?? o.library },
       async (lib) => {
         const { Library } = await import('../../library/index.js');
         const isDefault = Library.isDefault(lib.dir);
@@ -121,10 +124,28 @@ function registerLibraryVerbs(program: Command): void {
         .option('--description <text>', 'image description')
         .option('--exact', 'keep free space too: checkout is then byte-identical to the virtual disk')
         .option('--batch-bytes <n>', 'with --remote: chunk bytes per upload request (default 8 MiB)')
+        .option(
+          '--on-server',
+          'with --remote: the server fetches IMAGE (an http(s) URL) itself, or reads a path on the server (server admins)',
+        )
         .option('--json', 'machine-readable output'),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const remote = await remoteOf(o);
+    if (o.onServer && !remote) throw new StrataError('USAGE', '--on-server needs --remote URL (or STRATA_REMOTE)');
+    if (remote && o.onServer) {
+      const url = /^https?:\/\//i.test(image);
+      const r = await remote.importImage(String(o.name), {
+        ...(url ? { url: image } : { path: image }),
+        description: o.description as string | undefined,
+        parents: o.parent as string[] | undefined,
+        tags: (o.tag as string[]) ?? [],
+      });
+      for (const w of r.warnings.slice(0, 20)) process.stderr.write(`strata: warning: ${w}\n`);
+      if (o.json) return printJson(r);
+      process.stdout.write(`${r.ref}  manifest ${r.manifest}  (imported on the server)\n`);
+      return;
+    }
     if (remote) {
       const { remoteCheckin } = await import('../../serve/index.js');
       const bar = await progressBar('checking in');
@@ -355,11 +376,18 @@ function registerLibraryVerbs(program: Command): void {
       .command('gc')
       .description('mark and sweep: drop chunks no active version needs (waits for running check-ins)')
       .option('--wait <seconds>', 'how long to wait for running check-ins', '600')
+      .option(
+        '--upload-grace <duration>',
+        'keep chunks uploaded to the library service for an uncommitted version this long (30m, 24h, 0s)',
+        '24h',
+      )
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
     const { gc } = await import('../../library/index.js');
+    const { parseDuration } = await import('../../serve/index.js');
+    const uploadGraceMs = parseDuration(String(o.uploadGrace));
     await useLibrary(o, async (lib) => {
-      const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000 });
+      const r = await gc(lib, { lockWaitMs: Number(o.wait) * 1000, uploadGraceMs });
       if (o.json) return printJson({ library: lib.dir, ...r });
       process.stdout.write(
         `${r.liveVersions} versions, ${r.liveBlobs} blobs kept; ${r.deletedPacks} packs removed, ${r.rewrittenPacks} rewritten, ${humanSize(r.freedBytes)} freed (${inLibrary(lib)})\n`,

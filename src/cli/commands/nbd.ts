@@ -3,6 +3,7 @@ import { classifyTarget, type Library, openTargetLibrary, StrataError } from '..
 import type { NbdExport } from '../../serve/index.js';
 import { addOpenOptions, noteTarget, openOptionsFrom, targetOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
+import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
 
 function collect(v: string, prev: string[]): string[] {
@@ -25,6 +26,10 @@ export function registerNbdCommand(program: Command): void {
         'image files (any format Strata reads, with backing chains), URLs or library versions (ref:NAME forces one)',
       )
       .option('--library <dir>', 'library for REFs (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
+      .option(
+        '--remote <url>',
+        'serve versions of a library service: every TARGET is a REF there, chunks fetched on demand (token from $STRATA_TOKEN)',
+      )
       .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
       .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
@@ -47,15 +52,32 @@ export function registerNbdCommand(program: Command): void {
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
     const cacheSize = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
 
-    const { openImageExport, openLibraryExport, NbdServer, TraceWriter } = await import('../../serve/index.js');
+    const { openImageExport, openLibraryExport, openVersionExport, NbdServer, TraceWriter } = await import(
+      '../../serve/index.js'
+    );
     const exports: NbdExport[] = [];
     let lib: Library | undefined;
     const closeAll = async () => {
       for (const x of exports) await x.close().catch(() => {});
       await lib?.close().catch(() => {});
     };
+    const remote = o.remote ? await remoteOf(o) : undefined;
     try {
       for (const [i, image] of images.entries()) {
+        if (remote) {
+          const ref = image.replace(/^ref:/, '');
+          const { v, source } = await remote.versionSource(ref);
+          exports.push(
+            await openVersionExport(source, {
+              name: names[i] ?? ref,
+              description: `version ${v.image}@${v.number} of ${remote.url} (manifest ${v.manifest})`,
+              manifest: v.manifest,
+              overlay: overlays[i],
+              cacheSize,
+            }),
+          );
+          continue;
+        }
         const target = classifyTarget(image, targetOptionsFrom(o));
         noteTarget(target);
         if (target.kind === 'ref') {

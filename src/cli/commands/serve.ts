@@ -2,6 +2,8 @@ import type { Command } from 'commander';
 import { type Library, StrataError } from '../../library/index.js';
 import type { Access } from '../../serve/index.js';
 import { printJson } from '../output.js';
+import { addPlaceOptions, placesFrom } from '../places.js';
+import { remoteOf, withRemote } from '../remote.js';
 
 /**
  * `strata serve` (the library service) and the accounts it checks: `user add|list`,
@@ -9,18 +11,33 @@ import { printJson } from '../output.js';
  * these verbs work on the library directory directly (the server's operator runs them).
  */
 const withLib = (cmd: Command) =>
-  cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)');
+  addPlaceOptions(
+    cmd.option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
+  );
 
 async function withAccess<T>(o: Record<string, unknown>, fn: (lib: Library, access: Access) => Promise<T>): Promise<T> {
   const { Library } = await import('../../library/index.js');
   const { Access } = await import('../../serve/index.js');
-  const lib = await Library.open(o.library as string | undefined, { create: true });
+  const lib = await Library.open(o.library as string | undefined, { create: true, ...placesFrom(o) });
   try {
     return await fn(lib, await Access.open(lib.catalog.db));
   } finally {
     await lib.close();
   }
 }
+
+/** With a remote, `fn` runs against it (access undefined); else on the library directory. */
+async function withAccessOr<T>(
+  remote: unknown,
+  o: Record<string, unknown>,
+  fn: (access: Access | undefined) => Promise<T>,
+): Promise<T> {
+  if (remote) return fn(undefined);
+  return withAccess(o, (_lib, access) => fn(access));
+}
+
+/** The account verbs act on --library DIR, or with --remote URL (STRATA_REMOTE) through the API. */
+const withAccounts = (cmd: Command) => withRemote(withLib(cmd));
 
 export function registerServeCommands(program: Command): void {
   withLib(
@@ -30,7 +47,12 @@ export function registerServeCommands(program: Command): void {
       .option('--listen <host:port>', 'address to listen on', '127.0.0.1:8080')
       .option('--default-project <name>', 'project that owns images checked in locally', 'default')
       .option('--default-visibility <v>', 'visibility of those images (private, shared, public)', 'private')
-      .option('--rate-limit <n>', 'requests a minute per token (0: none)', '6000')
+      .option(
+        '--rate-limit <n>',
+        'requests a minute per token, counted in the catalog across server processes (0: none)',
+        '6000',
+      )
+      .option('--no-import-urls', 'refuse imports of images the server would fetch from a URL')
       .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
       .option('--quiet', 'no request log lines on stdout'),
   ).action(async (o: Record<string, unknown>) => {
@@ -45,15 +67,16 @@ export function registerServeCommands(program: Command): void {
       for (const n of d.notes) process.stderr.write(`strata: ${n}\n`);
       lib = d.lib;
       o.defaultProject = 'demo';
-    } else lib = await Library.open(o.library as string | undefined, { create: true });
+    } else lib = await Library.open(o.library as string | undefined, { create: true, ...placesFrom(o) });
     const s = await startServer(lib, String(o.listen), {
       logger: o.quiet ? false : { level: 'info' },
       defaultProject: String(o.defaultProject),
       defaultVisibility: String(o.defaultVisibility) as 'private',
       rateLimit: Number(o.rateLimit),
+      importUrls: o.importUrls !== false,
     });
     process.stderr.write(
-      `strata: serving ${lib.dir} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
+      `strata: serving ${lib.dir}${lib.places.store.startsWith('s3:') || lib.places.catalog.startsWith('postgres') ? ` (catalog ${lib.places.catalog}, store ${lib.places.store})` : ''} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
     );
     if (o.demo) {
       process.stdout.write(
@@ -86,7 +109,7 @@ export function registerServeCommands(program: Command): void {
   });
 
   const user = program.command('user').description('accounts of the library service');
-  withLib(
+  withAccounts(
     user
       .command('add')
       .description('add a user (and with --project, give them a role there; the project is made when missing)')
@@ -96,6 +119,17 @@ export function registerServeCommands(program: Command): void {
       .option('--role <r>', 'admin, member or reader', 'member')
       .option('--json', 'machine-readable output'),
   ).action(async (name: string, o: Record<string, unknown>) => {
+    const remote = await remoteOf(o);
+    if (remote) {
+      let u = await remote.addUser(name, { admin: Boolean(o.admin) });
+      if (o.project) u = await remote.setRole(String(o.project), name, String(o.role) as 'member');
+      if (o.json) printJson(u);
+      else
+        process.stdout.write(
+          `user ${name}${u.admin ? ' (server admin)' : ''}: ${u.projects.map((p) => `${p.project}:${p.role}`).join(' ') || 'no project'}\n`,
+        );
+      return;
+    }
     await withAccess(o, async (_lib, access) => {
       await access.addUser(name, { admin: Boolean(o.admin) });
       if (o.project) {
@@ -125,36 +159,51 @@ export function registerServeCommands(program: Command): void {
   });
 
   const project = program.command('project').description('projects of the library service');
-  withLib(project.command('add').argument('<name>', 'project name').description('add a project')).action(
+  withAccounts(project.command('add').argument('<name>', 'project name').description('add a project')).action(
     async (name: string, o: Record<string, unknown>) => {
-      await withAccess(o, async (_lib, access) => {
-        await access.addProject(name);
+      const remote = await remoteOf(o);
+      await withAccessOr(remote, o, async (access) => {
+        if (remote) await remote.addProject(name);
+        else await (access as Access).addProject(name);
         process.stdout.write(`project ${name}\n`);
       });
     },
   );
 
   const token = program.command('token').description('API tokens (stored hashed; the secret is shown once)');
-  withLib(
+  withAccounts(
     token
       .command('create')
       .description('a token for USER in PROJECT')
-      .requiredOption('--user <name>', 'whose token')
+      .option('--user <name>', 'whose token (required locally; remotely: the caller, unless a server admin names one)')
       .option('--project <p>', 'the project it acts in (a server admin may omit it)')
       .option('--scope <s>', 'read or write', 'read')
       .option('--expires <d>', 'lifetime: 30d, 12h, 90m ... (default: never)')
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
     const { parseDuration } = await import('../../serve/index.js');
-    await withAccess(o, async (_lib, access) => {
-      const scope = String(o.scope);
-      if (scope !== 'read' && scope !== 'write') throw new StrataError('USAGE', '--scope is read or write');
-      const r = await access.createToken({
-        user: String(o.user),
-        project: o.project as string | undefined,
-        scope,
-        expiresInMs: o.expires ? parseDuration(String(o.expires)) : undefined,
-      });
+    const scope = String(o.scope);
+    if (scope !== 'read' && scope !== 'write') throw new StrataError('USAGE', '--scope is read or write');
+    const remote = await remoteOf(o);
+    if (!remote && o.user === undefined) throw new StrataError('USAGE', 'token create needs --user');
+    await withAccessOr(remote, o, async (access) => {
+      const r = remote
+        ? await (async () => {
+            const t = await remote.createToken({
+              user: o.user as string | undefined,
+              project: o.project as string | undefined,
+              scope,
+              expires: o.expires as string | undefined,
+            });
+            const { token, ...row } = t;
+            return { token, row };
+          })()
+        : await (access as Access).createToken({
+            user: String(o.user),
+            project: o.project as string | undefined,
+            scope,
+            expiresInMs: o.expires ? parseDuration(String(o.expires)) : undefined,
+          });
       if (o.json) return printJson({ token: r.token, ...r.row });
       process.stdout.write(`${r.token}\n`);
       process.stderr.write(
@@ -162,26 +211,31 @@ export function registerServeCommands(program: Command): void {
       );
     });
   });
-  withLib(
+  withAccounts(
     token
       .command('revoke')
       .description('revoke a token by its id')
       .argument('<id>', 'token id (token list shows them)'),
   ).action(async (id: string, o: Record<string, unknown>) => {
-    await withAccess(o, async (_lib, access) => {
-      if (!(await access.revokeToken(id))) throw new StrataError('NOT_FOUND', `no live token ${id}`);
+    const remote = await remoteOf(o);
+    await withAccessOr(remote, o, async (access) => {
+      if (remote) await remote.revokeToken(id);
+      else if (!(await (access as Access).revokeToken(id))) throw new StrataError('NOT_FOUND', `no live token ${id}`);
       process.stdout.write(`revoked ${id}\n`);
     });
   });
-  withLib(
+  withAccounts(
     token
       .command('list')
       .description('tokens (ids, never secrets)')
       .option('--user <name>', 'only this user’s')
       .option('--json', 'machine-readable output'),
   ).action(async (o: Record<string, unknown>) => {
-    await withAccess(o, async (_lib, access) => {
-      const rows = await access.tokens(o.user as string | undefined);
+    const remote = await remoteOf(o);
+    await withAccessOr(remote, o, async (access) => {
+      const rows = remote
+        ? await remote.tokens(o.user as string | undefined)
+        : await (access as Access).tokens(o.user as string | undefined);
       if (o.json) return printJson(rows);
       for (const t of rows) {
         process.stdout.write(

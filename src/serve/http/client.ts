@@ -1,9 +1,19 @@
 import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
+import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
-import type { FileEntry, FilesManifest } from '../../library/manifest.js';
+import {
+  decodeManifest,
+  type FileEntry,
+  type FilesManifest,
+  LAYOUT_KIND,
+  type LayoutManifest,
+} from '../../library/manifest.js';
 import type { SearchHit, SearchQuery } from '../../library/search.js';
 import type { VersionDiff } from '../../library/version-diff.js';
+import { VersionSource } from '../../library/version-source.js';
 import type { PutResult } from '../../store/store.js';
 import { type ErrorCode, StrataError } from '../../util/errors.js';
 import type { Problem } from './problem.js';
@@ -71,6 +81,7 @@ export class RemoteError extends StrataError {
 }
 
 const enc = encodeURIComponent;
+const gzipAsync = promisify(gzip);
 
 export class RemoteLibrary {
   /** Bytes of request bodies sent (uploads and commits), for the check-in's report. */
@@ -103,18 +114,24 @@ export class RemoteLibrary {
   ): Promise<Response> {
     const u = new URL(this.url + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
-    let body: string | Uint8Array | undefined;
+    let body: Uint8Array | undefined;
     const headers = this.headers(opts.headers);
     if (opts.json !== undefined) {
-      const text = JSON.stringify(opts.json);
-      body = text;
+      body = Buffer.from(JSON.stringify(opts.json));
       headers['content-type'] = 'application/json';
-      this.bytesSent += Buffer.byteLength(text);
     } else if (opts.body) {
       body = opts.body;
       headers['content-type'] = 'application/octet-stream';
-      this.bytesSent += opts.body.length;
     }
+    if (body && body.length >= 1024) {
+      // manifests (hex digests, paths) and most file data shrink: send gzip when it does
+      const z = await gzipAsync(body, { level: 6 });
+      if (z.length < body.length * 0.95) {
+        body = z;
+        headers['content-encoding'] = 'gzip';
+      }
+    }
+    if (body) this.bytesSent += body.length;
     let res: Response;
     try {
       res = await fetch(u, { method, headers, body });
@@ -158,6 +175,55 @@ export class RemoteLibrary {
       scope: string;
       admin: boolean;
     }>('GET', '/v1/whoami');
+  }
+
+  /** A version made on the server from an image it fetches (`url`) or, for server admins, a file it holds (`path`). */
+  importImage(
+    name: string,
+    body: {
+      url?: string;
+      path?: string;
+      parents?: string[];
+      tags?: string[];
+      description?: string;
+      visibility?: string;
+    },
+  ) {
+    return this.json<RemoteVersion & { warnings: string[] }>('POST', `/v1/images/${enc(name)}/import`, { json: body });
+  }
+
+  // accounts
+  users() {
+    return this.json<{
+      items: Array<{ name: string; admin: boolean; projects: Array<{ project: string; role: string }> }>;
+    }>('GET', '/v1/users');
+  }
+  addUser(name: string, opts: { admin?: boolean } = {}) {
+    return this.json<{ name: string; admin: boolean; projects: Array<{ project: string; role: string }> }>(
+      'POST',
+      '/v1/users',
+      { json: { name, ...opts } },
+    );
+  }
+  addProject(name: string) {
+    return this.json<{ name: string }>('POST', '/v1/projects', { json: { name } });
+  }
+  setRole(project: string, user: string, role: 'admin' | 'member' | 'reader') {
+    return this.json<{ name: string; admin: boolean; projects: Array<{ project: string; role: string }> }>(
+      'PUT',
+      `/v1/projects/${enc(project)}/users/${enc(user)}`,
+      { json: { role } },
+    );
+  }
+  async tokens(user?: string): Promise<TokenRow[]> {
+    return (await this.json<{ items: TokenRow[] }>('GET', '/v1/tokens', { query: { user } })).items;
+  }
+  /** A new token; the secret is in `token`, shown once. */
+  createToken(opts: { user?: string; project?: string | null; scope?: 'read' | 'write'; expires?: string } = {}) {
+    return this.json<TokenRow & { token: string }>('POST', '/v1/tokens', { json: opts });
+  }
+  revokeToken(id: string) {
+    return this.json<void>('DELETE', `/v1/tokens/${enc(id)}`);
   }
 
   // images
@@ -284,8 +350,43 @@ export class RemoteLibrary {
       body: encodeChunkRecords(chunks),
     });
   }
+  /** A chunk (or manifest) the caller may read, checked against its digest. */
   async chunk(digest: string): Promise<Uint8Array> {
-    return new Uint8Array(await (await this.fetch('GET', `/v1/chunks/${digest}`)).arrayBuffer());
+    const b = new Uint8Array(await (await this.fetch('GET', `/v1/chunks/${digest}`)).arrayBuffer());
+    const got = createHash('sha256').update(b).digest('hex');
+    if (got !== digest) {
+      throw new StrataError('CORRUPT', `chunk ${digest} from the library service hashes to ${got}`, {
+        file: this.url,
+      });
+    }
+    return b;
+  }
+
+  /**
+   * A version as a ByteSource read on demand: its layout manifest, then the chunks each
+   * read needs, fetched from the service (each checked against its digest; the last
+   * `cacheChunks` kept). What `strata nbd REF --remote URL` serves.
+   */
+  async versionSource(
+    ref: string,
+    opts: { cacheChunks?: number } = {},
+  ): Promise<{ v: RemoteVersion; source: VersionSource }> {
+    const v = await this.resolve(ref);
+    const layout = decodeManifest<LayoutManifest>(await this.chunk(v.manifest), LAYOUT_KIND, `manifest ${v.manifest}`);
+    const cache = new Map<string, Promise<Uint8Array>>();
+    const max = opts.cacheChunks ?? 32;
+    const reader = {
+      withBlob: async <T>(digest: string, use: (plain: Uint8Array) => T): Promise<T> => {
+        let p = cache.get(digest);
+        if (p) cache.delete(digest);
+        else p = this.chunk(digest);
+        cache.set(digest, p);
+        p.catch(() => cache.delete(digest));
+        while (cache.size > max) cache.delete(cache.keys().next().value as string);
+        return use(await p);
+      },
+    };
+    return { v, source: new VersionSource(reader, layout, `${this.url}#${v.image}@${v.number}`) };
   }
   commit(
     name: string,

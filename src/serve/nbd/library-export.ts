@@ -39,18 +39,33 @@ export async function openLibraryExport(
   // from the resolved row's manifest (not a second resolve: a tag moved meanwhile would make
   // the overlay record one version and serve another)
   const version = new VersionSource(lib.store, await lib.layout(v.manifest), `${lib.dir}#${v.image}@${v.number}`);
+  return openVersionExport(version, {
+    ...opts,
+    name: opts.name ?? ref,
+    description: `library version ${v.image}@${v.number} (manifest ${v.manifest})`,
+    manifest: v.manifest,
+  });
+}
+
+/**
+ * A version source (from the local store, or chunks fetched from a library service) as an
+ * NBD export, with its block cache and optional overlay. Closing the export closes `version`.
+ */
+export async function openVersionExport(
+  version: VersionSource,
+  opts: LibraryExportOptions & { name: string; description: string; manifest: string },
+): Promise<NbdExport> {
   const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
   const cache =
     cacheSize > 0 ? new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize }) : undefined;
   const source = new VersionExportSource(version, cache);
-  const name = opts.name ?? ref;
-  const description = `library version ${v.image}@${v.number} (manifest ${v.manifest})`;
+  const { name, description } = opts;
   const prefetch = cache ? (o: number, l: number) => warm(cache, o, l) : undefined;
   if (!opts.overlay) return { name, description, source, prefetch, close: () => version.close() };
   let overlay: Qcow2Overlay;
   try {
     overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
-      path: libraryBackingName(v.manifest),
+      path: libraryBackingName(opts.manifest),
       format: 'raw',
     });
   } catch (e) {

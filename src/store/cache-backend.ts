@@ -1,0 +1,226 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { type FileHandle, open, rename, unlink, utimes, writeFile } from 'node:fs/promises';
+import * as path from 'node:path';
+import type { Backend, BackendEntry } from './backend.js';
+
+/**
+ * A bounded read-through cache on local disk in front of a remote backend (S3). Only
+ * immutable objects are cached: packs and index files never change under their key (gc
+ * writes new ones and deletes old ones), so a cached copy is never stale, at worst kept
+ * after another server deleted it (harmless: nothing references it any more).
+ *
+ * A read of a pack not cached fetches the whole object once (concurrent readers share the
+ * fetch) and serves ranges from the file; the least recently used files go when the cache
+ * holds more than `maxBytes`. An object larger than half the cache is not cached:
+ * its reads are ranged GETs. Writes go through to the remote and are cached as written.
+ */
+const CACHED = /^(packs|index)\//;
+const HANDLES = 16;
+
+export const DEFAULT_CACHE_BYTES = 4 * 1024 ** 3;
+
+export class CachedBackend implements Backend {
+  private readonly files = new Map<string, number>(); // key -> size, least recently used first
+  private bytes = 0;
+  private readonly fetching = new Map<string, Promise<boolean>>();
+  private readonly handles = new Map<string, Promise<FileHandle>>();
+  hits = 0;
+  misses = 0;
+
+  constructor(
+    readonly remote: Backend,
+    readonly dir: string,
+    readonly maxBytes = DEFAULT_CACHE_BYTES,
+  ) {
+    mkdirSync(dir, { recursive: true });
+    const found: Array<{ key: string; size: number; at: number }> = [];
+    for (const name of readdirSync(dir)) {
+      const full = path.join(dir, name);
+      if (name.startsWith('.tmp-')) {
+        unlinkSync(full);
+        continue;
+      }
+      const st = statSync(full);
+      found.push({ key: name.replace(/~/g, '/'), size: st.size, at: st.atimeMs });
+    }
+    found.sort((a, b) => a.at - b.at);
+    for (const f of found) {
+      this.files.set(f.key, f.size);
+      this.bytes += f.size;
+    }
+  }
+
+  get name(): string {
+    return this.remote.name;
+  }
+
+  private file(key: string): string {
+    return path.join(this.dir, key.replace(/\//g, '~'));
+  }
+
+  private touch(key: string): boolean {
+    const size = this.files.get(key);
+    if (size === undefined) return false;
+    this.files.delete(key);
+    this.files.set(key, size);
+    return true;
+  }
+
+  private async evict(): Promise<void> {
+    while (this.bytes > this.maxBytes && this.files.size > 0) {
+      const [key, size] = this.files.entries().next().value as [string, number];
+      this.files.delete(key);
+      this.bytes -= size;
+      await this.dropHandle(key);
+      await unlink(this.file(key)).catch(() => {});
+    }
+  }
+
+  private async dropHandle(key: string): Promise<void> {
+    const h = this.handles.get(key);
+    if (h) {
+      this.handles.delete(key);
+      await h.then((x) => x.close()).catch(() => {});
+    }
+  }
+
+  private async store(key: string, data: Uint8Array | Uint8Array[]): Promise<void> {
+    const parts = Array.isArray(data) ? data : [data];
+    const size = parts.reduce((n, p) => n + p.length, 0);
+    if (size > this.maxBytes / 2 || this.files.has(key)) return;
+    const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    try {
+      await writeFile(tmp, parts);
+      await rename(tmp, this.file(key));
+    } catch {
+      await unlink(tmp).catch(() => {});
+      return; // a cache that cannot write is only slower
+    }
+    if (this.files.has(key)) return;
+    this.files.set(key, size);
+    this.bytes += size;
+    await this.evict();
+  }
+
+  /** Make sure `key` is in the cache (fetching it whole); false when it is too large to cache. */
+  private ensure(key: string): Promise<boolean> {
+    if (this.touch(key)) {
+      this.hits++;
+      return Promise.resolve(true);
+    }
+    let p = this.fetching.get(key);
+    if (!p) {
+      this.misses++;
+      p = (async () => {
+        const data = await this.remote.get(key);
+        await this.store(key, data);
+        return this.files.has(key);
+      })().finally(() => this.fetching.delete(key));
+      this.fetching.set(key, p);
+    }
+    return p;
+  }
+
+  private handle(key: string): Promise<FileHandle> {
+    let h = this.handles.get(key);
+    if (h) {
+      this.handles.delete(key);
+      this.handles.set(key, h);
+      return h;
+    }
+    h = open(this.file(key), 'r');
+    h.catch(() => this.handles.delete(key));
+    this.handles.set(key, h);
+    while (this.handles.size > HANDLES) {
+      const [old, oh] = this.handles.entries().next().value as [string, Promise<FileHandle>];
+      this.handles.delete(old);
+      oh.then((x) => x.close()).catch(() => {});
+    }
+    return h;
+  }
+
+  private async readCached(key: string, offset: number, out: Uint8Array): Promise<number | undefined> {
+    try {
+      const fh = await this.handle(key);
+      let done = 0;
+      while (done < out.length) {
+        const { bytesRead } = await fh.read(out, done, out.length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      utimes(this.file(key), new Date(), new Date()).catch(() => {});
+      return done;
+    } catch {
+      // evicted under us: forget it and read from the remote
+      this.files.delete(key);
+      await this.dropHandle(key);
+      return undefined;
+    }
+  }
+
+  async put(key: string, data: Uint8Array | Uint8Array[]): Promise<void> {
+    await this.remote.put(key, data);
+    if (CACHED.test(key)) await this.store(key, data);
+  }
+
+  putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    return this.remote.putIfAbsent(key, data);
+  }
+
+  async get(key: string): Promise<Uint8Array> {
+    if (CACHED.test(key) && (await this.ensure(key))) {
+      const size = this.files.get(key);
+      if (size !== undefined) {
+        const out = Buffer.allocUnsafe(size);
+        const n = await this.readCached(key, 0, out);
+        if (n === size) return out;
+      }
+    }
+    return this.remote.get(key);
+  }
+
+  async getRangeInto(key: string, offset: number, out: Uint8Array): Promise<number> {
+    if (CACHED.test(key) && (await this.ensure(key))) {
+      const n = await this.readCached(key, offset, out);
+      if (n !== undefined) return n;
+    }
+    if (this.remote.getRangeInto) return this.remote.getRangeInto(key, offset, out);
+    const b = await this.remote.getRange(key, offset, out.length);
+    out.set(b);
+    return b.length;
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.allocUnsafe(length);
+    const n = await this.getRangeInto(key, offset, out);
+    return n < length ? out.subarray(0, n) : out;
+  }
+
+  list(prefix: string): Promise<BackendEntry[]> {
+    return this.remote.list(prefix);
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.remote.delete(key);
+    const size = this.files.get(key);
+    if (size !== undefined) {
+      this.files.delete(key);
+      this.bytes -= size;
+      await this.dropHandle(key);
+      await unlink(this.file(key)).catch(() => {});
+    }
+  }
+
+  /** Bytes the cache holds now. */
+  get size(): number {
+    return this.bytes;
+  }
+
+  async close(): Promise<void> {
+    const hs = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(hs.map((h) => h.then((x) => x.close()).catch(() => {})));
+    await this.remote.close();
+  }
+}

@@ -1,0 +1,311 @@
+import { createRequire } from 'node:module';
+import type * as S3 from '@aws-sdk/client-s3';
+import { StrataError } from '../util/errors.js';
+import { type Backend, type BackendEntry, checkKey } from './backend.js';
+
+/**
+ * The store on S3-compatible object storage (`s3://bucket/prefix`), through the AWS SDK v3.
+ * Endpoint, region and credentials come the usual way (AWS_ENDPOINT_URL, AWS_REGION,
+ * AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles ...); with an endpoint given,
+ * requests are path-style (what S3-compatible servers expect).
+ *
+ * - `put` of more than MULTIPART_OVER bytes (a pack is ~16 MiB) is a multipart upload in
+ *   PART_BYTES parts, aborted on failure; an object appears whole or not at all.
+ * - `getRange` is a ranged GET.
+ * - `putIfAbsent` is a conditional PUT (`If-None-Match: *`). Whether the server honours it
+ *   is probed once at open (a second conditional PUT of a probe key must be refused with
+ *   412; AWS S3 does, Swift 2.30's s3api does not); a server that ignores it gets
+ *   HEAD-then-PUT, which is racy. The store needs no more: its only putIfAbsent is the
+ *   `config` object (two racing writers write the same bytes), packs and index files are
+ *   named by content or at random, and what keeps gc and check-ins apart is the repository
+ *   lock protocol (lock.ts: lock objects under locks/, listed after being written).
+ */
+export const MULTIPART_OVER = 8 * 1024 * 1024;
+export const PART_BYTES = 8 * 1024 * 1024;
+
+type S3Module = typeof S3;
+let s3mod: S3Module | undefined;
+function loadS3(): S3Module {
+  // the SDK warns on every start under Node < 22 about its releases after January 2027;
+  // the release pinned in package.json supports Node 20, so the notice says nothing here
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  s3mod ??= createRequire(import.meta.url)('@aws-sdk/client-s3') as S3Module;
+  return s3mod;
+}
+
+export function isS3Url(s: string): boolean {
+  return /^s3:\/\//i.test(s);
+}
+
+interface S3Error {
+  name?: string;
+  Code?: string;
+  $metadata?: { httpStatusCode?: number };
+  message?: string;
+  code?: string;
+}
+
+const status = (e: unknown) => (e as S3Error)?.$metadata?.httpStatusCode;
+const errName = (e: unknown) => (e as S3Error)?.name ?? (e as S3Error)?.Code ?? '';
+
+export class S3Backend implements Backend {
+  /** Whether the server refuses a conditional PUT onto an existing key (probed at open). */
+  conditionalWrites = false;
+
+  private constructor(
+    private readonly client: S3.S3Client,
+    readonly bucket: string,
+    readonly prefix: string,
+    readonly url: string,
+  ) {}
+
+  get name(): string {
+    return this.url;
+  }
+
+  /**
+   * Connect to `s3://bucket/prefix` and check the bucket answers with these credentials
+   * (wrong keys, a missing bucket or an unreachable endpoint: one clear error here).
+   */
+  static async open(url: string, opts: { endpoint?: string; region?: string } = {}): Promise<S3Backend> {
+    const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/i.exec(url);
+    if (!m) throw new StrataError('USAGE', `bad store URL ${JSON.stringify(url)} (s3://bucket/prefix)`);
+    const prefix = (m[2] ?? '').replace(/\/+$/, '');
+    if (prefix && !checkKey(prefix.toLowerCase()))
+      throw new StrataError('USAGE', `bad prefix in store URL ${JSON.stringify(url)} (a-z, 0-9, . _ - /)`);
+    const s3 = loadS3();
+    const endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    const client = new s3.S3Client({
+      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
+      // S3-compatible servers do not all know the newer checksum trailers: only when required
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 8,
+    });
+    const b = new S3Backend(client, m[1], prefix, `s3://${m[1]}${prefix ? `/${prefix}` : ''}`);
+    try {
+      await client.send(new s3.ListObjectsV2Command({ Bucket: b.bucket, Prefix: b.full('config'), MaxKeys: 1 }));
+    } catch (e) {
+      client.destroy();
+      throw b.startupError(e, endpoint);
+    }
+    await b.probeConditional().catch(() => {});
+    return b;
+  }
+
+  private startupError(e: unknown, endpoint?: string): StrataError {
+    const n = errName(e);
+    const where = { file: this.url, structure: endpoint ? `S3 endpoint ${endpoint}` : 'S3' };
+    if (n === 'NoSuchBucket' || status(e) === 404)
+      return new StrataError('NOT_FOUND', `no such bucket: ${this.bucket}`, where, { cause: e });
+    if (
+      n === 'InvalidAccessKeyId' ||
+      n === 'SignatureDoesNotMatch' ||
+      n === 'AccessDenied' ||
+      n === 'CredentialsProviderError' ||
+      status(e) === 403 ||
+      status(e) === 401
+    )
+      return new StrataError('DENIED', `the S3 server refused the credentials (${n || status(e)})`, where, {
+        cause: e,
+      });
+    return new StrataError('IO', `cannot reach the S3 store: ${(e as Error).message || n}`, where, { cause: e });
+  }
+
+  /** Two conditional PUTs of one fresh key: the second must be refused for putIfAbsent to trust them. */
+  private async probeConditional(): Promise<void> {
+    const key = `locks/probe-${process.pid}-${Date.now().toString(36)}`;
+    try {
+      const first = await this.conditionalPut(key, Buffer.from('probe'));
+      const second = await this.conditionalPut(key, Buffer.from('probe'));
+      this.conditionalWrites = first && !second;
+    } finally {
+      await this.delete(key).catch(() => {});
+    }
+  }
+
+  private full(key: string): string {
+    if (!checkKey(key)) throw new StrataError('USAGE', `bad store key ${JSON.stringify(key)}`, { file: this.url });
+    return this.prefix ? `${this.prefix}/${key}` : key;
+  }
+
+  private fail(e: unknown, key: string, what: string): never {
+    const n = errName(e);
+    const file = `${this.url}/${key}`;
+    if (n === 'NoSuchKey' || n === 'NotFound' || status(e) === 404)
+      throw new StrataError('NOT_FOUND', `no such object (${what})`, { file }, { cause: e });
+    if (status(e) === 403)
+      throw new StrataError('DENIED', `the S3 server refused ${what} (${n})`, { file }, { cause: e });
+    throw new StrataError('IO', `S3 ${what} failed: ${(e as Error).message || n}`, { file }, { cause: e });
+  }
+
+  async put(key: string, data: Uint8Array | Uint8Array[]): Promise<void> {
+    const parts = Array.isArray(data) ? data : [data];
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    const body = parts.length === 1 ? parts[0] : Buffer.concat(parts, total);
+    if (total > MULTIPART_OVER) return this.multipart(key, body);
+    const s3 = loadS3();
+    try {
+      await this.client.send(
+        new s3.PutObjectCommand({ Bucket: this.bucket, Key: this.full(key), Body: body, ContentLength: total }),
+      );
+    } catch (e) {
+      this.fail(e, key, 'PUT');
+    }
+  }
+
+  private async multipart(key: string, body: Uint8Array): Promise<void> {
+    const s3 = loadS3();
+    const Key = this.full(key);
+    let uploadId: string | undefined;
+    try {
+      const c = await this.client.send(new s3.CreateMultipartUploadCommand({ Bucket: this.bucket, Key }));
+      uploadId = c.UploadId as string;
+      const done: Array<{ ETag: string; PartNumber: number }> = [];
+      // two parts in flight: enough to keep one connection busy while the next is signed
+      const n = Math.ceil(body.length / PART_BYTES);
+      let next = 0;
+      const worker = async () => {
+        while (next < n) {
+          const i = next++;
+          const part = body.subarray(i * PART_BYTES, Math.min(body.length, (i + 1) * PART_BYTES));
+          const r = await this.client.send(
+            new s3.UploadPartCommand({
+              Bucket: this.bucket,
+              Key,
+              UploadId: uploadId,
+              PartNumber: i + 1,
+              Body: part,
+              ContentLength: part.length,
+            }),
+          );
+          done.push({ ETag: r.ETag as string, PartNumber: i + 1 });
+        }
+      };
+      await Promise.all([worker(), worker()]);
+      done.sort((a, b) => a.PartNumber - b.PartNumber);
+      await this.client.send(
+        new s3.CompleteMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key,
+          UploadId: uploadId,
+          MultipartUpload: { Parts: done },
+        }),
+      );
+    } catch (e) {
+      if (uploadId) {
+        await this.client
+          .send(new s3.AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId: uploadId }))
+          .catch(() => {});
+      }
+      this.fail(e, key, 'multipart upload');
+    }
+  }
+
+  private async conditionalPut(key: string, data: Uint8Array): Promise<boolean> {
+    const s3 = loadS3();
+    try {
+      await this.client.send(
+        new s3.PutObjectCommand({ Bucket: this.bucket, Key: this.full(key), Body: data, IfNoneMatch: '*' }),
+      );
+      return true;
+    } catch (e) {
+      if (status(e) === 412 || errName(e) === 'PreconditionFailed') return false;
+      this.fail(e, key, 'conditional PUT');
+    }
+  }
+
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    if (this.conditionalWrites) return this.conditionalPut(key, data);
+    if (await this.exists(key)) return false;
+    await this.put(key, data);
+    return true;
+  }
+
+  private async exists(key: string): Promise<boolean> {
+    const s3 = loadS3();
+    try {
+      await this.client.send(new s3.HeadObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
+      return true;
+    } catch (e) {
+      if (status(e) === 404) return false;
+      this.fail(e, key, 'HEAD');
+    }
+  }
+
+  async get(key: string): Promise<Uint8Array> {
+    const s3 = loadS3();
+    try {
+      const r = await this.client.send(new s3.GetObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
+      return await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray();
+    } catch (e) {
+      this.fail(e, key, 'GET');
+    }
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
+    if (length === 0) return new Uint8Array(0);
+    const s3 = loadS3();
+    try {
+      const r = await this.client.send(
+        new s3.GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          Range: `bytes=${offset}-${offset + length - 1}`,
+        }),
+      );
+      const got = await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray();
+      // a server ignoring Range sends the whole object (200): cut the range out of it
+      if (status(r) === 200 && got.length > length) return got.subarray(offset, offset + length);
+      return got;
+    } catch (e) {
+      if (status(e) === 416 || errName(e) === 'InvalidRange') return new Uint8Array(0);
+      this.fail(e, key, 'ranged GET');
+    }
+  }
+
+  async getRangeInto(key: string, offset: number, out: Uint8Array): Promise<number> {
+    const b = await this.getRange(key, offset, out.length);
+    out.set(b);
+    return b.length;
+  }
+
+  async list(prefix: string): Promise<BackendEntry[]> {
+    const s3 = loadS3();
+    const out: BackendEntry[] = [];
+    const base = this.prefix ? `${this.prefix}/` : '';
+    let token: string | undefined;
+    do {
+      let r: S3.ListObjectsV2CommandOutput;
+      try {
+        r = await this.client.send(
+          new s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: base + prefix, ContinuationToken: token }),
+        );
+      } catch (e) {
+        this.fail(e, prefix, 'LIST');
+      }
+      for (const o of r.Contents ?? []) {
+        const key = (o.Key ?? '').slice(base.length);
+        if (!checkKey(key)) continue;
+        out.push({ key, size: Number(o.Size ?? 0), mtimeMs: o.LastModified ? o.LastModified.getTime() : 0 });
+      }
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+    return out;
+  }
+
+  async delete(key: string): Promise<void> {
+    const s3 = loadS3();
+    try {
+      await this.client.send(new s3.DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
+    } catch (e) {
+      if (status(e) === 404) return;
+      this.fail(e, key, 'DELETE');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}

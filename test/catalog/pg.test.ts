@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import { test } from 'node:test';
+import { Access } from '../../src/catalog/access.js';
+import { Catalog } from '../../src/catalog/catalog.js';
+import { PgDb } from '../../src/catalog/pg.js';
+import { ALL_MIGRATIONS, migrateCatalogDb } from '../../src/library/migrate.js';
+import { pgWithSchema, psql, testServices, uniqueName } from '../helpers/services.js';
+
+/**
+ * The catalog on a real PostgreSQL 15 (scripts/test-services.sh): the same statements as
+ * SQLite, read back by psql (the oracle), with concurrent writers from separate pools
+ * (separate servers in production) and the start-up errors a user sees.
+ */
+const svc = testServices();
+
+const sample = (image: string, manifest: string, tags: string[] = []) => ({
+  image,
+  manifest,
+  virtualSize: 5 * 1024 ** 3,
+  usedBytes: 500,
+  storedBytes: 200,
+  newBytes: 100,
+  exact: true,
+  parents: [],
+  tags,
+});
+
+test('catalog on PostgreSQL: versions, tags, refs; rows as psql reads them; migrations recorded once', async () => {
+  const schema = uniqueName('cat');
+  const url = pgWithSchema(svc.pg, schema);
+  const c = await Catalog.open(await PgDb.open(url));
+  try {
+    const m1 = `${'a'.repeat(63)}1`;
+    const m2 = `${'b'.repeat(63)}2`;
+    await c.addVersion(sample('debian', m1, ['12']));
+    const v2 = await c.addVersion({
+      ...sample('debian', m2, ['12', 'latest']),
+      parents: [{ image: 'debian', number: 1 }],
+    });
+    assert.equal(v2.number, 2);
+    assert.equal(v2.virtualSize, 5 * 1024 ** 3, 'BIGINT comes back as a number');
+    assert.equal((await c.resolve('debian:12')).number, 2);
+    assert.equal((await c.resolve('bbbbbbbb')).number, 2);
+    assert.deepEqual(
+      (await c.images()).map((i) => [i.name, i.versions, i.latest]),
+      [['debian', 2, 2]],
+    );
+    await c.deleteVersion('debian', 1);
+    assert.deepEqual(
+      psql(svc.pg, schema, 'SELECT image, number, manifest, virtual_size, state FROM versions ORDER BY number'),
+      [`debian\t1\t${m1}\t5368709120\tdeleted`, `debian\t2\t${m2}\t5368709120\tactive`],
+    );
+    assert.deepEqual(psql(svc.pg, schema, 'SELECT tag, number FROM tags ORDER BY tag'), ['12\t2', 'latest\t2']);
+    assert.deepEqual(psql(svc.pg, schema, 'SELECT id FROM schema_migrations ORDER BY id'), [
+      'catalog-1',
+      'inspection-1',
+    ]);
+    await Access.open(c.db);
+    const again = await migrateCatalogDb(url);
+    assert.deepEqual(again.applied, [], 'nothing left to apply');
+    assert.deepEqual([...again.all].sort(), ALL_MIGRATIONS.map((m) => m.id).sort());
+  } finally {
+    await c.close();
+  }
+});
+
+test('three pools (three servers) adding versions of one image and moving one tag at once: numbers 1..N, none lost, no error', async () => {
+  const url = pgWithSchema(svc.pg, uniqueName('race'));
+  // several processes starting at once migrate at once
+  const dbs = await Promise.all([PgDb.open(url), PgDb.open(url), PgDb.open(url)]);
+  const cats = await Promise.all(dbs.map((d) => Catalog.open(d)));
+  try {
+    const per = 12;
+    const made = await Promise.all(
+      cats.flatMap((c, k) =>
+        Array.from({ length: per }, (_, i) => c.addVersion(sample('img', `${k}${i}`.padStart(64, 'c'), [`t${i % 3}`]))),
+      ),
+    );
+    const numbers = made.map((v) => v.number).sort((a, b) => a - b);
+    assert.deepEqual(
+      numbers,
+      Array.from({ length: per * cats.length }, (_, i) => i + 1),
+    );
+    const rows = psql(
+      svc.pg,
+      url.split('schema=')[1],
+      'SELECT COUNT(*), COUNT(DISTINCT manifest), MAX(number) FROM versions',
+    );
+    assert.deepEqual(rows, [`${per * 3}\t${per * 3}\t${per * 3}`]);
+    assert.deepEqual(psql(svc.pg, url.split('schema=')[1], 'SELECT COUNT(*) FROM schema_migrations'), ['2']);
+    // one tag row moved by every pool at once: SERIALIZABLE transactions, retried when PostgreSQL aborts one
+    await Promise.all(cats.flatMap((c) => Array.from({ length: 10 }, (_, i) => c.setTag('img', 'moving', i + 1))));
+    const tag = psql(
+      svc.pg,
+      url.split('schema=')[1],
+      "SELECT COUNT(*), MIN(number) BETWEEN 1 AND 10 FROM tags WHERE tag = 'moving'",
+    );
+    assert.deepEqual(tag, ['1\tt']);
+  } finally {
+    for (const c of cats) await c.close();
+  }
+});
+
+test('start-up errors: a refused connection and a wrong password, one clear error each', async () => {
+  // a port nobody listens on
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+  const refused = new URL(svc.pg);
+  refused.port = String(port);
+  await assert.rejects(PgDb.open(refused.toString()), (e: Error) => {
+    assert.match(e.message, /cannot use the catalog database: .*ECONNREFUSED/);
+    assert.match(e.message, /\*\*\*/, 'the password is not shown');
+    assert.doesNotMatch(e.message, /strata-test/);
+    return true;
+  });
+  const wrong = new URL(svc.pg);
+  wrong.password = 'not-the-password';
+  await assert.rejects(PgDb.open(wrong.toString()), /cannot use the catalog database: password authentication failed/);
+  await assert.rejects(PgDb.open(`${svc.pg}?schema=Bad-Name`), /bad schema name/);
+});

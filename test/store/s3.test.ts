@@ -1,0 +1,141 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { CachedBackend } from '../../src/store/cache-backend.js';
+import { RepoLock } from '../../src/store/lock.js';
+import { MULTIPART_OVER, S3Backend } from '../../src/store/s3-backend.js';
+import { Store } from '../../src/store/store.js';
+import { swiftGet, testServices, uniqueName } from '../helpers/services.js';
+import { tempDir } from '../library/images.js';
+
+/**
+ * The store's S3 backend against a real S3 implementation (OpenStack Swift's s3api, see
+ * scripts/test-services.sh), with what it stored read back through Swift's own API (the
+ * oracle), and the start-up errors: wrong secret, missing bucket, nobody listening.
+ */
+const svc = testServices();
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+test('put, ranged get, list, delete, multipart and conditional put on S3; bytes as Swift itself returns them', async () => {
+  const prefix = uniqueName('s3');
+  const b = await S3Backend.open(`${svc.s3}/${prefix}`);
+  try {
+    const small = randomBytes(1000);
+    await b.put('index/aa', small);
+    assert.deepEqual(Buffer.from(await b.get('index/aa')), small);
+    assert.deepEqual(Buffer.from(await b.getRange('index/aa', 10, 20)), small.subarray(10, 30));
+    assert.deepEqual(Buffer.from(await b.getRange('index/aa', 990, 100)), small.subarray(990), 'short at the end');
+    assert.equal((await b.getRange('index/aa', 5000, 10)).length, 0, 'past the end: nothing');
+    // a pack larger than the multipart threshold, in parts as the packer hands them over
+    const parts = [randomBytes(MULTIPART_OVER - 123), randomBytes(MULTIPART_OVER), randomBytes(777)];
+    const whole = Buffer.concat(parts);
+    await b.put('packs/ab/abcd', parts);
+    const viaSwift = await swiftGet(`${prefix}/packs/ab/abcd`);
+    assert.equal(viaSwift.length, whole.length);
+    assert.equal(sha(viaSwift), sha(whole), 'Swift returns the multipart object whole');
+    const mid = MULTIPART_OVER - 200;
+    assert.deepEqual(
+      Buffer.from(await b.getRange('packs/ab/abcd', mid, 400)),
+      whole.subarray(mid, mid + 400),
+      'a range across parts',
+    );
+    const out = Buffer.alloc(64);
+    assert.equal(await b.getRangeInto('packs/ab/abcd', whole.length - 32, out), 32);
+    assert.deepEqual(out.subarray(0, 32), whole.subarray(whole.length - 32));
+    const listed = (await b.list('packs/')).map((e) => [e.key, e.size]);
+    assert.deepEqual(listed, [['packs/ab/abcd', whole.length]]);
+    assert.deepEqual((await b.list('')).map((e) => e.key).sort(), ['index/aa', 'packs/ab/abcd']);
+    // conditional writes
+    assert.equal(await b.putIfAbsent('config', Buffer.from('one')), true);
+    assert.equal(await b.putIfAbsent('config', Buffer.from('two')), false);
+    assert.equal(Buffer.from(await b.get('config')).toString(), 'one');
+    await b.delete('index/aa');
+    await b.delete('index/aa');
+    await assert.rejects(b.get('index/aa'), (e: Error & { code?: string }) => e.code === 'NOT_FOUND');
+    assert.deepEqual((await b.list('index/')).length, 0);
+    process.stderr.write(`# S3 server honours If-None-Match: * on PUT: ${b.conditionalWrites}\n`);
+  } finally {
+    await b.close();
+  }
+});
+
+test('start-up errors: wrong secret, missing bucket, unreachable endpoint: one clear error each', async () => {
+  const keep = { ...process.env };
+  try {
+    process.env.AWS_SECRET_ACCESS_KEY = 'not-the-secret';
+    await assert.rejects(S3Backend.open(`${svc.s3}/x`), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'DENIED');
+      assert.match(e.message, /refused the credentials \(SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied/);
+      return true;
+    });
+    process.env.AWS_SECRET_ACCESS_KEY = keep.AWS_SECRET_ACCESS_KEY;
+    process.env.AWS_ACCESS_KEY_ID = 'test:nobody';
+    await assert.rejects(S3Backend.open(`${svc.s3}/x`), (e: Error & { code?: string }) => e.code === 'DENIED');
+    process.env.AWS_ACCESS_KEY_ID = keep.AWS_ACCESS_KEY_ID;
+    await assert.rejects(S3Backend.open('s3://no-such-bucket-here/x'), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'NOT_FOUND');
+      assert.match(e.message, /no such bucket: no-such-bucket-here/);
+      return true;
+    });
+    process.env.AWS_ENDPOINT_URL = 'http://127.0.0.1:9';
+    await assert.rejects(S3Backend.open(`${svc.s3}/x`), /cannot reach the S3 store/);
+  } finally {
+    for (const k of ['AWS_SECRET_ACCESS_KEY', 'AWS_ACCESS_KEY_ID', 'AWS_ENDPOINT_URL']) process.env[k] = keep[k];
+  }
+});
+
+test('a store on S3 behind the bounded cache: blobs read back after a fresh open, the cache stays under its bound', async () => {
+  const url = `${svc.s3}/${uniqueName('store')}`;
+  const cacheDir = path.join(tempDir('s3-cache'), 'cache');
+  const blobs = Array.from({ length: 16 }, () => randomBytes(3 * 1024 * 1024)); // incompressible: ~48 MiB of packs
+  const digests: string[] = [];
+  {
+    const s = await Store.open(await S3Backend.open(url));
+    // a flush after every 4 blobs: four packs of 12 MiB
+    for (const [i, b] of blobs.entries()) {
+      digests.push((await s.put('data', b)).digest);
+      if (i % 4 === 3) await s.flush();
+    }
+    await s.close();
+  }
+  const bound = 30 * 1024 * 1024; // two packs fit, three do not: eviction
+  const cached = new CachedBackend(await S3Backend.open(url), cacheDir, bound);
+  const s = await Store.open(cached);
+  try {
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < blobs.length; i++) assert.equal(sha(await s.get(digests[i])), sha(blobs[i]));
+    }
+    assert.ok(cached.hits > 0, 'blobs after the first of a pack come from the cache');
+    assert.ok(cached.misses > 3, 'evicted packs are fetched again');
+    assert.ok(cached.misses < blobs.length * 2, 'not one GET per blob');
+    const onDisk = readdirSync(cacheDir).reduce((n, f) => n + statSync(path.join(cacheDir, f)).size, 0);
+    assert.ok(onDisk <= bound, `cache holds ${onDisk} bytes, bound ${bound}`);
+    assert.equal(onDisk, cached.size);
+    const v = await s.verify();
+    assert.deepEqual(v.errors, []);
+  } finally {
+    await s.close();
+  }
+});
+
+test('repository locks on S3: gc (exclusive) waits for a check-in (shared) on another server, and the other way', async () => {
+  const url = `${svc.s3}/${uniqueName('lock')}`;
+  const a = await S3Backend.open(url);
+  const b = await S3Backend.open(url);
+  try {
+    const checkin = await RepoLock.acquire(a, 'shared', 'checkin');
+    await assert.rejects(RepoLock.acquire(b, 'exclusive', 'gc', 0), /busy: shared lock held by checkin/);
+    const second = await RepoLock.acquire(b, 'shared', 'checkin 2');
+    await checkin.release();
+    await second.release();
+    const gc = await RepoLock.acquire(b, 'exclusive', 'gc', 0);
+    await assert.rejects(RepoLock.acquire(a, 'shared', 'checkin', 0), /busy: exclusive lock held by gc/);
+    await gc.release();
+    (await RepoLock.acquire(a, 'shared', 'checkin', 0)).release();
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
