@@ -36,6 +36,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
   { verbs: ['deploy'], load: async () => (await import('./commands/deploy.js')).registerDeployCommand },
+  { verbs: ['profile'], load: async () => (await import('./commands/profile.js')).registerProfileCommands },
   {
     verbs: ['preload', 'export-index'],
     load: async () => (await import('./commands/preload.js')).registerPreloadCommands,

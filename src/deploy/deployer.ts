@@ -64,6 +64,14 @@ export interface DeployOptions {
   compare?: boolean;
   /** Do not start the background copier (tests drive it; guest reads still fetch). */
   noCopier?: boolean;
+  /**
+   * Ranges the background copier fetches first, in this order, before the disk-order pass (a
+   * boot profile's plan, see profile.ts); guest reads still go ahead of them. A promise: the
+   * export serves at once while the plan is worked out; the copier waits for it.
+   */
+  first?:
+    | Promise<ReadonlyArray<{ offset: number; length: number }>>
+    | ReadonlyArray<{ offset: number; length: number }>;
   onEvent?(e: DeployEvent): void;
 }
 
@@ -292,7 +300,21 @@ export class Deployer {
     const bw = this.opts.bandwidth;
     const t0 = Date.now();
     let scheduled = 0;
+    // the profile's ranges first, in order, a batch at a time
+    const queue: Array<[number, number]> = [];
+    try {
+      for (const r of (await this.opts.first) ?? []) {
+        const a = Math.max(0, Math.floor(r.offset / this.blockSize));
+        const b = Math.min(this.blocks, Math.ceil((r.offset + r.length) / this.blockSize));
+        for (let s = a; s < b; s += batch) queue.push([s, Math.min(b, s + batch)]);
+      }
+    } catch (e) {
+      // no plan: the copy goes on in disk order
+      this.emit({ event: 'error', error: `no prefetch plan: ${(e as Error)?.message ?? String(e)}` });
+    }
+    let queued = 0;
     const nextRun = (): [number, number] | undefined => {
+      if (queued < queue.length) return queue[queued++];
       while (cursor < this.blocks && (this.local[cursor] || this.inflight.has(cursor))) cursor++;
       if (cursor >= this.blocks) return undefined;
       const s = cursor;

@@ -5,6 +5,29 @@ export { type DeployEvent, Deployer, type DeployOptions, type DeploySource } fro
 export { blockSignatures, differingBlocks } from './diff.js';
 export { type DeployHttpOptions, DeployHttpServer, parseByteRange, parseHostPort } from './http.js';
 export {
+  type BootProfile,
+  checkProfile,
+  PROFILE_KIND,
+  type ProfileEntry,
+  type ProfilePlan,
+  ProfileRecorder,
+  type ProfileSummary,
+  planProfile,
+  RangeSet,
+  summariseProfile,
+} from './profile.js';
+export {
+  findProfile,
+  loadProfile,
+  profileFor,
+  profilePlan,
+  readProfileFile,
+  recordProfile,
+  saveProfile,
+  sourceBlockMap,
+  versionBlockMap,
+} from './profile-store.js';
+export {
   type DeploySourceOptions,
   httpLibraryDeploySource,
   imageDeploySource,

@@ -31,6 +31,11 @@ export function registerDeployCommand(program: Command): void {
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
       .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
       .option('-x, --name <name>', 'export name', '')
+      .option(
+        '--profile <ref|file|none>',
+        "boot profile fetched first, in access order (default: the version's own or the nearest earlier one)",
+      )
+      .option('--trace <file>', 'append every NBD request as a JSON line (a log `strata profile record` reads)')
       .option('--http <[host:]port>', 'serve the same view over HTTP range requests too (iPXE sanboot http://...)')
       .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
@@ -42,9 +47,11 @@ export function registerDeployCommand(program: Command): void {
     const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
     const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
     const json = Boolean(o.json);
-    const { Deployer, DeployHttpServer, openDeploySource, parseHostPort } = await import('../../deploy/index.js');
+    const { Deployer, DeployHttpServer, findProfile, openDeploySource, parseHostPort, profilePlan } = await import(
+      '../../deploy/index.js'
+    );
     const httpAt = o.http === undefined ? undefined : parseHostPort(String(o.http), String(o.bind));
-    const { NbdServer } = await import('../../serve/index.js');
+    const { NbdServer, TraceWriter } = await import('../../serve/index.js');
     const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
     let bar: SingleBar | undefined;
     const onEvent = (e: DeployEvent) => {
@@ -67,18 +74,50 @@ export function registerDeployCommand(program: Command): void {
     });
     let d: DeployerT;
     try {
+      // the profile's plan is worked out (the source's block map built) while the export already serves
+      const profile = await findProfile(o.profile as string | undefined, sourceArg, {
+        library: o.library as string | undefined,
+        // profiles live in a local library's catalog; over HTTP or --remote, only --profile FILE gives one
+        sourceIsVersion:
+          source.manifestDigest !== undefined &&
+          o.remote === undefined &&
+          !/^https?:\/\//i.test(String(o.library ?? '')),
+      });
+      const first = profile
+        ? profilePlan(profile, source).then((plan) => {
+            const e = {
+              event: 'profile',
+              profile: `${profile.image}@${profile.number}`,
+              ranges: plan.ranges.length,
+              bytes: plan.bytes,
+              same: plan.same,
+              moved: plan.moved,
+              missing: plan.missing,
+            };
+            if (json) line(e);
+            else
+              process.stderr.write(
+                `strata deploy: prefetching the boot profile of ${e.profile} first: ${e.bytes} bytes in ${e.ranges} ranges (${e.moved} entries moved, ${e.missing} gone)\n`,
+              );
+            return plan.ranges;
+          })
+        : undefined;
+      // a plan that fails is reported by the copier (which then copies in disk order), never unhandled
+      first?.catch(() => {});
       d = await Deployer.open(source, String(o.to), {
         resume: Boolean(o.resume),
         compare: Boolean(o.compare),
         bandwidth,
         blockSize,
         onEvent,
+        first,
       });
     } catch (e) {
       await source.close().catch(() => {});
       throw e;
     }
-    const server = new NbdServer({ exports: [d.export(String(o.name))] });
+    const trace = o.trace ? new TraceWriter(String(o.trace)) : undefined;
+    const server = new NbdServer({ exports: [d.export(String(o.name))], trace });
     try {
       await server.listen(o.socket !== undefined ? { socket: String(o.socket) } : { host: String(o.bind), port });
     } catch (e) {

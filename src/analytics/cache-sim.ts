@@ -1,0 +1,342 @@
+import type { BlockMap } from '../blockmap/block-map.js';
+import { NO_INODE, NO_NAME, NO_VOLUME } from '../blockmap/claims.js';
+import { classOf, KIND_CODE, KINDS, type KindClass } from '../blockmap/kinds.js';
+import { StrataError } from '../util/errors.js';
+
+/**
+ * Issue 27, as a simulation on a recorded trace: what a server cache of a fixed size in
+ * front of a slow source would have had to fetch, under three policies, for the same reads.
+ *
+ * - `lru`: a block LRU (what `strata nbd`'s cache is today): a miss fetches the blocks read.
+ * - `readahead`: the same LRU, and a miss also fetches the next `readahead` blocks of the
+ *   disk (what a block server does).
+ * - `introspective`: every request classified once through the block map. Metadata
+ *   (superblocks, group descriptors, bitmaps, inode tables, directories, extent trees,
+ *   journal ...) lives in a protected segment (a share of the cache data cannot evict); file
+ *   data in an LRU segment. A miss fetches by meaning (each prefetcher switchable): in a
+ *   file, the file's next `fileAhead` bytes following its own extents (across
+ *   fragmentation, not the disk's next blocks) and, when the file is small, the next files
+ *   of its directory in disk order (`siblingsAhead` bytes); in a directory, the whole
+ *   directory and its subdirectories' blocks (`dirAhead` bytes each) and the inode-table
+ *   blocks of its entries (`metaAhead` blocks); elsewhere, the blocks read.
+ *
+ * Counted per policy: requests, requests that had to wait for the source (`waits`: a
+ * block of theirs was neither cached nor fetched before), source fetches and bytes fetched,
+ * by class. A wait is what costs a guest a round trip to the source; a fetch made ahead
+ * (prefetch) is counted in bytes and fetches but makes no one wait. The simulation assumes
+ * a prefetch has landed before the next request (a source fast enough in bandwidth, slow in
+ * latency: the regime of seed 000). Not a live cache: `strata nbd` still serves with its
+ * block LRU; this measures what the policy would change, on real traces.
+ */
+export type CachePolicy = 'lru' | 'readahead' | 'introspective';
+export const CACHE_POLICIES: readonly CachePolicy[] = ['lru', 'readahead', 'introspective'];
+
+export interface CacheSimOptions {
+  /** Cache size in bytes (a multiple of the block size is used). */
+  cacheBytes: number;
+  /** Cache block in bytes (default 4096). */
+  blockSize?: number;
+  /** readahead: blocks fetched past a miss (default 32: 128 KiB at 4 KiB, Linux's default read_ahead_kb). */
+  readahead?: number;
+  /** introspective: bytes of a file fetched from the missed offset on, along its extents (default 1 MiB). */
+  fileAhead?: number;
+  /** introspective: bytes of a directory fetched on a miss in it (default 256 KiB). */
+  dirAhead?: number;
+  /** introspective: share of the cache kept for metadata (default 0.25). */
+  metaShare?: number;
+  /**
+   * introspective: which prefetchers run (default all): `file` a file's next bytes along its
+   * extents; `dir` a whole directory on a miss in it; `meta` with a directory, the inode-table
+   * blocks of its entries (up to `metaAhead` blocks); `siblings` after a small file, the next
+   * files of its directory in disk order (up to `siblingsAhead` bytes).
+   */
+  prefetch?: { file?: boolean; dir?: boolean; meta?: boolean; siblings?: boolean };
+  /** introspective: inode-table blocks fetched with a directory (default 64). */
+  metaAhead?: number;
+  /** introspective: bytes of sibling files fetched after a small file (default 256 KiB). */
+  siblingsAhead?: number;
+  /** Keep the list of fetches (disk block runs, in order) in the result: for tests. */
+  log?: boolean;
+}
+
+export interface CacheSimResult {
+  policy: CachePolicy;
+  cacheBytes: number;
+  blockSize: number;
+  requests: number;
+  /** Requests served wholly from the cache. */
+  hits: number;
+  /** Requests that waited for the source. */
+  waits: number;
+  /** Source fetches (a wait's own fetch, and each prefetch run). */
+  fetches: number;
+  fetchedBytes: number;
+  /** Bytes requested (whole blocks). */
+  requestedBytes: number;
+  byClass: Record<KindClass, { requests: number; waits: number; bytes: number }>;
+  /** With `log`: each fetch as [first block, blocks]. */
+  log?: Array<[number, number]>;
+}
+
+/** An LRU set of block numbers with a capacity in blocks. */
+class Lru {
+  private readonly m = new Map<number, true>();
+  constructor(readonly capacity: number) {}
+  has(b: number): boolean {
+    return this.m.has(b);
+  }
+  touch(b: number): void {
+    this.m.delete(b);
+    this.m.set(b, true);
+  }
+  add(b: number): void {
+    this.m.delete(b);
+    this.m.set(b, true);
+    while (this.m.size > this.capacity) this.m.delete(this.m.keys().next().value as number);
+  }
+}
+
+const DATA = KIND_CODE.file;
+const DIR = KIND_CODE.directory;
+
+/** Simulate one policy over `accesses` (disk byte ranges, in order) against `map`. */
+export function simulateCache(
+  map: BlockMap,
+  accesses: Iterable<{ offset: number; length: number }>,
+  policy: CachePolicy,
+  opts: CacheSimOptions,
+): CacheSimResult {
+  const bs = opts.blockSize ?? 4096;
+  if (!Number.isInteger(bs) || bs < 512 || bs % 512 !== 0) {
+    throw new StrataError('USAGE', `cache block size ${bs} is not a multiple of 512`);
+  }
+  const capacity = Math.floor(opts.cacheBytes / bs);
+  if (!(capacity >= 1)) throw new StrataError('USAGE', `a cache of ${opts.cacheBytes} bytes holds no block of ${bs}`);
+  const ra = opts.readahead ?? 32;
+  const fileAhead = opts.fileAhead ?? 1 << 20;
+  const dirAhead = opts.dirAhead ?? 256 << 10;
+  const metaAhead = opts.metaAhead ?? 64;
+  const siblingsAhead = opts.siblingsAhead ?? 256 << 10;
+  const pf = { file: true, dir: true, meta: true, siblings: true, ...opts.prefetch };
+  const metaCap = policy === 'introspective' ? Math.max(1, Math.floor(capacity * (opts.metaShare ?? 0.25))) : 0;
+  const data = new Lru(capacity - metaCap || 1);
+  const meta = new Lru(metaCap);
+  const blocks = Math.ceil(map.diskSize / bs);
+  const r: CacheSimResult = {
+    policy,
+    cacheBytes: capacity * bs,
+    blockSize: bs,
+    requests: 0,
+    hits: 0,
+    waits: 0,
+    fetches: 0,
+    fetchedBytes: 0,
+    requestedBytes: 0,
+    byClass: {
+      data: { requests: 0, waits: 0, bytes: 0 },
+      metadata: { requests: 0, waits: 0, bytes: 0 },
+      unused: { requests: 0, waits: 0, bytes: 0 },
+    },
+  };
+  if (opts.log) r.log = [];
+
+  /** Where a block lives: metadata blocks in the protected segment (introspective only). */
+  const isMeta = (b: number): boolean => {
+    if (policy !== 'introspective') return false;
+    const i = map.indexOf(Math.min(b * bs, map.diskSize - 1));
+    return i >= 0 && classOf(KINDS[map.kind[i]]) === 'metadata';
+  };
+  const cached = (b: number) => data.has(b) || meta.has(b);
+  const insert = (b: number) => (isMeta(b) ? meta.add(b) : data.add(b));
+  /** Fetch the missing blocks among `list` (sorted or not), as runs; returns the fetches made. */
+  const fetch = (list: number[]): number => {
+    const miss = [...new Set(list.filter((b) => b >= 0 && b < blocks && !cached(b)))].sort((x, y) => x - y);
+    let n = 0;
+    for (let i = 0; i < miss.length; ) {
+      let j = i + 1;
+      while (j < miss.length && miss[j] === miss[j - 1] + 1) j++;
+      r.fetches++;
+      n++;
+      r.fetchedBytes += (j - i) * bs;
+      r.log?.push([miss[i], j - i]);
+      i = j;
+    }
+    for (const b of miss) insert(b);
+    return n;
+  };
+
+  // introspective lookups: a file's (or directory's) records in file-offset order, by (volume, name)
+  let objects: Map<number, number[]> | undefined;
+  const recordsOf = (i: number): number[] => {
+    if (!objects) {
+      objects = new Map();
+      for (let k = 0; k < map.count; k++) {
+        const kind = map.kind[k];
+        if ((kind !== DATA && kind !== DIR) || map.name[k] === NO_NAME) continue;
+        const key = keyOf(k);
+        let l = objects.get(key);
+        if (!l) objects.set(key, (l = []));
+        l.push(k);
+      }
+      for (const l of objects.values()) l.sort((x, y) => map.objectOffset[x] - map.objectOffset[y]);
+    }
+    return objects.get(keyOf(i)) ?? [i];
+  };
+  const keyOf = (k: number) =>
+    (map.volume[k] === NO_VOLUME ? 0 : map.volume[k] + 1) * 2 ** 32 +
+    (map.ino[k] !== NO_INODE ? map.ino[k] : 2 ** 31 + map.name[k]);
+  /** Blocks of object bytes [from, from+len) of the object record i belongs to, in file order. */
+  const objectBlocks = (i: number, from: number, len: number): number[] => {
+    const out: number[] = [];
+    const to = from + len;
+    for (const k of recordsOf(i)) {
+      const o = map.objectOffset[k];
+      const n = map.end(k) - map.start[k];
+      const s = Math.max(from, o);
+      const e = Math.min(to, o + n);
+      if (s >= e) continue;
+      const d = map.start[k] + (s - o);
+      for (let b = Math.floor(d / bs); b * bs < d + (e - s); b++) out.push(b);
+    }
+    return out;
+  };
+
+  // the entries of each directory (volume, path) as objects: a record of theirs, inode, size, first disk byte
+  let children: Map<string, Array<{ rec: number; ino: number; size: number; disk: number }>> | undefined;
+  const dirKey = (vol: number, p: string) => `${vol}\0${p}`;
+  const parentOf = (p: string) => (p.lastIndexOf('/') <= 0 ? '/' : p.slice(0, p.lastIndexOf('/')));
+  const childrenOf = (vol: number, dirPath: string) => {
+    if (!children) {
+      children = new Map();
+      const objs = new Map<
+        string,
+        { rec: number; ino: number; size: number; disk: number; vol: number; path: string }
+      >();
+      for (let k = 0; k < map.count; k++) {
+        const kind = map.kind[k];
+        if ((kind !== DATA && kind !== DIR) || map.name[k] === NO_NAME) continue;
+        const path = map.strings[map.name[k]];
+        const key = dirKey(map.volume[k], path);
+        const len = map.end(k) - map.start[k];
+        const o = objs.get(key);
+        if (!o) objs.set(key, { rec: k, ino: map.ino[k], size: len, disk: map.start[k], vol: map.volume[k], path });
+        else {
+          o.size += len;
+          if (map.objectOffset[k] === 0) o.disk = map.start[k];
+        }
+      }
+      for (const o of objs.values()) {
+        if (o.path === '/') continue;
+        const key = dirKey(o.vol, parentOf(o.path));
+        let l = children.get(key);
+        if (!l) children.set(key, (l = []));
+        l.push(o);
+      }
+      for (const l of children.values()) l.sort((x, y) => x.disk - y.disk);
+    }
+    return children.get(dirKey(vol, dirPath)) ?? [];
+  };
+  // inode-table records per volume, by first inode
+  let tables: Map<number, number[]> | undefined;
+  const TABLE = KIND_CODE['inode-table'];
+  const inodeBlock = (vol: number, ino: number): number | undefined => {
+    if (!tables) {
+      tables = new Map();
+      for (let k = 0; k < map.count; k++) {
+        if (map.kind[k] !== TABLE || map.ino[k] === NO_INODE || map.volume[k] === NO_VOLUME) continue;
+        let l = tables.get(map.volume[k]);
+        if (!l) tables.set(map.volume[k], (l = []));
+        l.push(k);
+      }
+    }
+    const size = map.volumes[vol]?.inodeSize ?? 0;
+    if (!size || ino === NO_INODE) return undefined;
+    for (const k of tables.get(vol) ?? []) {
+      const n = (map.end(k) - map.start[k]) / size;
+      const first = map.ino[k] + Math.floor(map.objectOffset[k] / size);
+      if (ino >= first && ino < first + n) return Math.floor((map.start[k] + (ino - first) * size) / bs);
+    }
+    return undefined;
+  };
+
+  for (const a of accesses) {
+    if (!(a.offset >= 0) || a.offset >= map.diskSize || !(a.length > 0)) continue;
+    const end = Math.min(map.diskSize, a.offset + a.length);
+    const first = Math.floor(a.offset / bs);
+    const last = Math.ceil(end / bs);
+    r.requests++;
+    r.requestedBytes += (last - first) * bs;
+    const i0 = map.indexOf(a.offset);
+    const cls = classOf(KINDS[map.kind[i0]]);
+    r.byClass[cls].requests++;
+    r.byClass[cls].bytes += end - a.offset;
+    const want: number[] = [];
+    for (let b = first; b < last; b++) want.push(b);
+    const missing = want.filter((b) => !cached(b));
+    for (const b of want) if (cached(b)) (meta.has(b) ? meta : data).touch(b);
+    if (missing.length === 0) {
+      r.hits++;
+      continue;
+    }
+    r.waits++;
+    r.byClass[cls].waits++;
+    if (policy === 'lru') {
+      fetch(missing);
+    } else if (policy === 'readahead') {
+      // the request's blocks and the next `ra` blocks of the disk, one sequential fetch
+      const list = [...missing];
+      for (let b = last; b < last + ra; b++) list.push(b);
+      fetch(list);
+    } else {
+      const list = [...missing];
+      for (let i = i0; i >= 0 && i < map.count && map.start[i] < end; i++) {
+        const k = map.kind[i];
+        if (k !== DATA && k !== DIR) continue;
+        // a file from where the read entered it; a directory whole (from its start)
+        const into = map.objectOffset[i] + Math.max(0, a.offset - map.start[i]);
+        if (k === DATA && pf.file) list.push(...objectBlocks(i, into, fileAhead));
+        if (k === DIR && pf.dir) list.push(...objectBlocks(i, 0, dirAhead));
+        if (map.name[i] === NO_NAME || map.volume[i] === NO_VOLUME) continue;
+        const vol = map.volume[i];
+        const p = map.strings[map.name[i]];
+        if (k === DIR && pf.meta) {
+          // the inode-table blocks of the directory's entries: what a lookup or a stat of them reads next
+          const seen = new Set<number>();
+          for (const c of childrenOf(vol, p)) {
+            const b = inodeBlock(vol, c.ino);
+            if (b !== undefined) seen.add(b);
+            if (seen.size >= metaAhead) break;
+          }
+          list.push(...seen);
+        }
+        if (k === DIR && pf.dir) {
+          // and its subdirectories' blocks, where a walk goes next (within the directory budget)
+          let budget = dirAhead;
+          for (const c of childrenOf(vol, p)) {
+            if (map.kind[c.rec] !== DIR || budget <= 0) continue;
+            const n = Math.min(c.size, budget);
+            list.push(...objectBlocks(c.rec, 0, n));
+            budget -= n;
+          }
+        }
+        if (k === DATA && pf.siblings) {
+          // a small file: the files after it in its directory (disk order), whole, within the budget
+          const sib = childrenOf(vol, parentOf(p));
+          const me = sib.findIndex((c) => c.rec !== undefined && keyOf(c.rec) === keyOf(i));
+          const mine = me >= 0 ? sib[me].size : Number.POSITIVE_INFINITY;
+          if (mine <= siblingsAhead) {
+            let budget = siblingsAhead;
+            for (let j = me + 1; j < sib.length && budget > 0; j++) {
+              const c = sib[j];
+              if (map.kind[c.rec] !== DATA || c.size > budget) continue;
+              list.push(...objectBlocks(c.rec, 0, c.size));
+              budget -= c.size;
+            }
+          }
+        }
+      }
+      fetch(list);
+    }
+  }
+  return r;
+}

@@ -1,0 +1,98 @@
+import type { Command } from 'commander';
+import type { BootProfile, ProfileSummary } from '../../deploy/index.js';
+import { StrataError } from '../../library/index.js';
+import { humanSize, printJson, writeOut } from '../output.js';
+
+/**
+ * `profile record REF --trace FILE` and `profile show REF`: boot working-set profiles stored
+ * with a library version (the catalog), which `deploy` prefetches first. A thin face over
+ * src/deploy/profile*.ts.
+ */
+export function registerProfileCommands(program: Command): void {
+  const profile = program
+    .command('profile')
+    .description('boot working-set profiles: what a boot read, by file, prefetched first by deploy');
+
+  profile
+    .command('record')
+    .description('store with a version the ordered working set of a trace (strata nbd/deploy --trace) of its boot')
+    .argument('<ref>', 'library version (NAME, NAME:TAG, NAME@N, digest prefix) the trace was made on')
+    .requiredOption(
+      '--trace <file>',
+      'JSON lines of `strata nbd --trace` or `strata deploy --trace` (or CSV offset,length)',
+    )
+    .option('--library <dir>', 'library (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
+    .option('--json', 'print the summary as JSON')
+    .action(async (ref: string, o: Record<string, unknown>) => {
+      const { recordProfile, summariseProfile } = await import('../../deploy/index.js');
+      const { Library } = await import('../../library/index.js');
+      const lib = await Library.open(o.library as string | undefined, { create: false });
+      try {
+        const p = await recordProfile(lib, ref, String(o.trace));
+        const s = summariseProfile(p);
+        if (o.json) return printJson(s);
+        await writeOut(
+          `recorded a boot profile of ${p.image}@${p.number}: ${s.entries} entries, ${humanSize(s.bytes)} (${pct(s.coverage)} of the disk) from ${p.reads} reads\n`,
+        );
+      } finally {
+        await lib.close();
+      }
+    });
+
+  profile
+    .command('show')
+    .description('the working set of a version: ranges in first-access order, bytes per file, coverage')
+    .argument('<ref>', 'library version; without a profile of its own, the nearest earlier one is shown')
+    .option('--library <dir>', 'library (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
+    .option('--json', 'print {summary, profile} as JSON')
+    .action(async (ref: string, o: Record<string, unknown>) => {
+      const { profileFor, summariseProfile } = await import('../../deploy/index.js');
+      const { Library } = await import('../../library/index.js');
+      const lib = await Library.open(o.library as string | undefined, { create: false });
+      let p: BootProfile | undefined;
+      try {
+        p = await profileFor(lib, ref);
+      } finally {
+        await lib.close();
+      }
+      if (!p) throw new StrataError('NOT_FOUND', `no boot profile recorded for ${ref} or a version before it`);
+      const s = summariseProfile(p);
+      if (o.json) return printJson({ summary: s, profile: p });
+      await writeOut(showText(p, s));
+    });
+}
+
+const pct = (x: number) => `${(x * 100).toFixed(x < 0.01 ? 3 : 1)}%`;
+
+function showText(p: BootProfile, s: ProfileSummary): string {
+  const lines = [
+    `profile of ${p.image}@${p.number}, recorded ${p.recorded} from ${p.trace} (${p.reads} reads of ${p.records} records)`,
+    `working set: ${s.entries} entries, ${s.bytes} bytes (${humanSize(s.bytes)}), ${pct(s.coverage)} of the disk`,
+    'by kind:',
+    ...s.byKind.map(
+      (k) => `  ${k.kind.padEnd(16)} ${String(k.entries).padStart(7)} entries ${String(k.bytes).padStart(14)} bytes`,
+    ),
+    'bytes per file (first-access order):',
+    ...s.byFile.map(
+      (f) =>
+        `  ${String(f.bytes).padStart(14)}  ${f.volume ? `[${f.volume}] ` : ''}${f.path}${f.kind === 'directory' ? '/' : ''}`,
+    ),
+    'ranges (first-access order):',
+    ...p.entries.map((e) => {
+      const where = `${String(e.disk).padStart(14)} ${String(e.length).padStart(10)}`;
+      const vol = e.volume !== undefined ? ` [${e.volume}]` : '';
+      if (e.kind === 'file' || e.kind === 'directory')
+        return `${where}  ${e.kind}${vol} ${JSON.stringify(e.path)} @${e.fileOffset}-${(e.fileOffset ?? 0) + e.length}`;
+      if (e.kind === 'unowned') return `${where}  unowned${vol} (${e.detail})`;
+      const who = [
+        e.path !== undefined ? JSON.stringify(e.path) : '',
+        e.inode !== undefined ? `inode ${e.inode}` : '',
+        e.detail ? `(${e.detail})` : '',
+      ]
+        .filter(Boolean)
+        .join(' ');
+      return `${where}  ${e.kind}${vol}${who ? ` ${who}` : ''}`;
+    }),
+  ];
+  return `${lines.join('\n')}\n`;
+}
