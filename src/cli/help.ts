@@ -63,6 +63,10 @@ export const EXAMPLES: Record<string, string[]> = {
   gc: ['strata gc'],
   verify: ['strata verify'],
   completion: ['strata completion bash > strata.bash', 'strata completion zsh > _strata'],
+  db: ['strata db migrate'],
+  'db migrate': ['strata db migrate --json'],
+  // where to move the library: a postgres:// URL and an s3:// URL (or local, to move it back)
+  migrate: ['strata migrate --to "$CATALOG_URL" --store "$STORE_URL"'],
 };
 
 /** The examples block as `--help` prints it after the options. */

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CLI, strata } from '../helpers/cli.js';
 import { debianEfiDisk } from '../helpers/debian-tree.js';
+import { pgWithSchema, testServices, uniqueName } from '../helpers/services.js';
 import { ROOT, run, scratch } from '../helpers/tools.js';
 
 const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
@@ -38,9 +39,12 @@ async function commandPaths(): Promise<string[]> {
 const examplesOf = (help: string) => [...help.matchAll(/^ {2}\$ (strata .*)$/gm)].map((m) => m[1]);
 
 /** Run one example line through sh in the sandbox; `nbd` and `serve` serve until told to stop. */
-function runExample(line: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runExample(
+  line: string,
+  extra: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn('sh', ['-c', line], { cwd: box, env: { ...process.env, ...env } });
+    const child = spawn('sh', ['-c', line], { cwd: box, env: { ...process.env, ...env, ...extra } });
     let stdout = '';
     let stderr = '';
     let stopped = false;
@@ -113,9 +117,17 @@ describe('help, version, completion and man page', { timeout: 900_000 }, () => {
     assert.ok(all.length >= 40, `${all.length} examples`);
     // the ones that delete run last, so the others find what they name
     const last = (e: string) => /^strata (rm|gc|verify)\b/.test(e);
-    const order = [...all.filter((e) => !last(e)), ...all.filter(last)];
+    // `migrate` moves the box's library to a real PostgreSQL and S3 (test/helpers/services.ts): the very last
+    const moves = (e: string) => /^strata migrate\b/.test(e);
+    const order = [...all.filter((e) => !last(e) && !moves(e)), ...all.filter(last), ...all.filter(moves)];
     for (const line of order) {
-      const r = await runExample(line);
+      let extra: Record<string, string> = {};
+      if (moves(line)) {
+        const svc = testServices();
+        const name = uniqueName('help');
+        extra = { ...svc.awsEnv, CATALOG_URL: pgWithSchema(svc.pg, name), STORE_URL: `${svc.s3}/${name}` };
+      }
+      const r = await runExample(line, extra);
       // diff: 0 same, 1 different, both answers
       const ok = r.code === 0 || (line.startsWith('strata diff') && r.code === 1);
       assert.ok(ok, `${line}: exit ${r.code}\n${r.stderr}`);

@@ -44,9 +44,9 @@ export const problemResponses = {
   '5xx': { description: 'a problem of the server', content: { 'application/problem+json': { schema: Problem } } },
 };
 
-export const binary = (description: string) => ({
+export const binary = (description: string, type = 'application/octet-stream') => ({
   description,
-  content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
+  content: { [type]: { schema: { type: 'string', format: 'binary' } } },
 });
 
 export const VersionKey = obj({ image: str(), number: int() });

@@ -1203,7 +1203,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       schema: {
         params: versionParams,
         querystring: obj({ path: str({ maxLength: 4096, default: '/' }), part: str({ maxLength: 64 }) }, []),
-        response: { 200: binary('a pax tar of the folder (or file) and everything under it') },
+        response: { 200: binary('a pax tar of the folder (or file) and everything under it', 'application/x-tar') },
       },
     },
     async (req, reply) => {
