@@ -93,11 +93,6 @@ export class Store {
     await this.ix.load();
   }
 
-  /** Re-read the index when another process changed it (cheap when none did). */
-  async refreshIndex(): Promise<boolean> {
-    return this.ix.refresh();
-  }
-
   has(digest: string): boolean {
     return this.packer.has(digest);
   }

@@ -1504,7 +1504,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         // these chunks in held_blobs, which keeps them through its grace period
         const lock = await RepoLock.acquire(lib.store.backend, 'shared', 'serve upload', 60_000);
         try {
-          await lib.store.refreshIndex(); // what a gc that just finished left
+          await lib.store.refresh(); // what a gc that just finished left
           for (const r of recs) if ((await lib.store.put('data', r.data, r.digest)).added) added++;
           await lib.store.flush();
           if (req.principal.project)
