@@ -60,10 +60,17 @@ const UNSAFE_NAMES = /(^|\/)\.{0,2}(\/|$)|\0/;
 
 /**
  * A time for futimes/lutimes: seconds as a number, or a Date before 1970 (Node turns a
- * negative number into the current time; a Date keeps it, to the millisecond).
+ * negative number into the current time; a Date keeps it, to the millisecond). libuv keeps
+ * microseconds (it truncates the rest), and a double of ~1.8e9 s is exact to ~0.24 us only:
+ * sec + nsec/1e9 can land just below its microsecond and be truncated to the one before
+ * (a CI run saw it). Aiming at the middle of the microsecond makes the truncation exact.
  */
 const toSeconds = (t: Timestamp | undefined): number | Date | undefined =>
-  t ? (t.sec < 0 ? new Date(t.sec * 1000 + Math.trunc(t.nsec / 1e6)) : t.sec + t.nsec / 1e9) : undefined;
+  t
+    ? t.sec < 0
+      ? new Date(t.sec * 1000 + Math.trunc(t.nsec / 1e6))
+      : t.sec + (Math.floor(t.nsec / 1000) * 1000 + 500) / 1e9
+    : undefined;
 
 /** What `mkdir` did. */
 export type MkdirOutcome =
