@@ -13,8 +13,9 @@
  * The guest (the deploy boot test's recipe, test/deploy/boot.test.ts): the host's kernel, an
  * initramfs of ours (busybox-static, virtio + ext4 modules) that mounts /dev/vda1 read-only
  * and switch_roots; the root is a GPT disk (sgdisk) whose ext4 (mkfs.ext4 -d) holds busybox,
- * an init script, the host's /etc and /usr/share/doc, and the first BENCH_LIB_MB (default
- * 260) MB of regular files under the host's /usr/lib. Not the Debian image of bench/deploy:
+ * an init script, the host's /etc and /usr/share/doc (or its first BENCH_DOC_MB MB of
+ * files), and the first BENCH_LIB_MB (default 260) MB of regular files under the host's
+ * /usr/lib. Not the Debian image of bench/deploy:
  * its systemd boot under TCG takes minutes per run, times nine runs. The root's init, after
  * printing STRATA-BOOTED, runs `find / -xdev | wc -l`, `grep -r -l -s strata /etc
  * /usr/share/doc | wc -l` and reads BENCH_READ_MB (default 200) MB of files under /usr/lib
@@ -55,6 +56,8 @@ const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 2);
 const MBIT = Number(process.env.BENCH_MBIT ?? 1000);
 const LIB_MB = Number(process.env.BENCH_LIB_MB ?? 260);
 const READ_MB = Number(process.env.BENCH_READ_MB ?? 200);
+/** MB of the host's /usr/share/doc copied (0: all of it). */
+const DOC_MB = Number(process.env.BENCH_DOC_MB ?? 0);
 const CACHE_MIB = Number(process.env.BENCH_CACHE_MIB ?? 64);
 const log = (m: string) => process.stderr.write(`# live: ${m}\n`);
 
@@ -100,7 +103,7 @@ class SlowSource extends FilterSource {
 
 /** The guest root disk: GPT, ext4 made by mkfs.ext4 -d from the tree (see above). */
 function guestDisk(): string {
-  const out = path.join(DIR, `root-lib${LIB_MB}-read${READ_MB}-v1.raw`);
+  const out = path.join(DIR, `root-lib${LIB_MB}-doc${DOC_MB}-read${READ_MB}-v1.raw`);
   if (existsSync(out)) return out;
   const tree = `${out}.tree`;
   rmSync(tree, { recursive: true, force: true });
@@ -109,9 +112,8 @@ function guestDisk(): string {
   sh('cp', [staticBusybox(), path.join(tree, 'bin', 'busybox')]);
   writeFileSync(path.join(tree, 'sbin', 'init'), INIT, { mode: 0o755 });
   spawnSync('cp', ['-a', '/etc', path.join(tree, 'etc')]); // some entries may not copy: fine
-  spawnSync('cp', ['-a', '/usr/share/doc', path.join(tree, 'usr/share/doc')]);
-  // the first LIB_MB MB of regular files under /usr/lib, in readdir order, paths kept
-  let left = LIB_MB * 1e6;
+  // the first LIB_MB MB of regular files under /usr/lib (DOC_MB of /usr/share/doc), in readdir order, paths kept
+  let left = 0;
   const walk = (dir: string): void => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       if (left <= 0) return;
@@ -126,7 +128,12 @@ function guestDisk(): string {
       }
     }
   };
+  left = LIB_MB * 1e6;
   walk('/usr/lib');
+  if (DOC_MB > 0) {
+    left = DOC_MB * 1e6;
+    walk('/usr/share/doc');
+  } else spawnSync('cp', ['-a', '/usr/share/doc', path.join(tree, 'usr/share/doc')]);
   const used = Number(sh('du', ['-sb', tree]).split('\t')[0]);
   const bytes = Math.ceil((used * 1.5 + (64 << 20)) / (1 << 20)) << 20;
   sh('truncate', ['-s', String(bytes), `${out}.tmp`]);
@@ -183,7 +190,7 @@ async function liveRun(
       '-append',
       'console=ttyS0 rdinit=/init quiet panic=-1',
       '-drive',
-      `file=${server.uri('live')},format=raw,if=virtio,cache=none`,
+      `file=${server.uri('live')},format=raw,if=virtio,cache=none,readonly=on`,
     ],
     {
       accel,
@@ -197,6 +204,8 @@ async function liveRun(
       },
     },
   );
+  if (times.READ === undefined)
+    log(`${label}: no end marker (qemu ${r.code}, ${r.seconds.toFixed(1)} s): ${r.console.slice(-1500)}`);
   await cache.stop();
   const s = cache.snapshot();
   await server.close();
