@@ -32,7 +32,7 @@ import { Library } from '../../src/library/library.js';
 import { StrataError } from '../../src/util/errors.js';
 import { strata } from '../helpers/cli.js';
 import { bytesOf } from '../helpers/ext-tree.js';
-import { withMount } from '../helpers/fs-cli-tree.js';
+import { placeAt, sgdiskStart, withMount } from '../helpers/fs-cli-tree.js';
 import { type HostRecord, hostTree } from '../helpers/host-tree.js';
 import { fixture, run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
@@ -288,6 +288,54 @@ describe('edit: applyChanges on ext4', { timeout: 900_000 }, () => {
     ]);
   });
 
+  test('mutated scripts and bad change sets: a parse or a USAGE error naming where, nothing else', async () => {
+    const good =
+      'put "/a b" ./f --mode 600\nrm /x -r\nmkdir /d -p\nln -s t /l\nmv /a /b\nchmod 755 /d\nchown 1:2 /d\ntouch /d 5\nsetxattr /d user.x "v\\n"\nrmxattr /d user.x\n';
+    let seed = 12345;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const alphabet = ' \t"\'\\#-/:\nabc0129pmrx';
+    for (let k = 0; k < 3000; k++) {
+      const chars = [...good];
+      for (let m = 0; m < 1 + rnd(4); m++) {
+        const at = rnd(chars.length);
+        const what = rnd(3);
+        if (what === 0) chars.splice(at, 1);
+        else if (what === 1) chars.splice(at, 0, alphabet[rnd(alphabet.length)]);
+        else chars[at] = alphabet[rnd(alphabet.length)];
+      }
+      try {
+        parseEditScript(chars.join(''), { file: 'm.txt' });
+      } catch (e) {
+        assert.ok(e instanceof StrataError && e.code === 'USAGE', String(e));
+        assert.match(e.message, /^m\.txt:\d+:\d+: /);
+      }
+    }
+    const lib = await Library.open(libDir);
+    try {
+      for (const [c, re] of [
+        [{ op: 'mkdir', path: 'relative' }, /not absolute/],
+        [{ op: 'mkdir', path: '/a/../b' }, /holds '\.\.'/],
+        [{ op: 'rm', path: '/' }, /root directory/],
+        [{ op: 'frob', path: '/x' }, /unknown operation/],
+        [{ op: 'setattr', path: '/etc', mode: 0o17777 }, /not 0\.\.07777/],
+        [{ op: 'rename', path: '/etc', to: '/etc/app/x' }, /into itself/],
+        [{ op: 'link', path: '/l', target: '/etc' }, /is a directory/],
+        [{ op: 'put', path: '/etc', content: { kind: 'bytes', data: new Uint8Array(1) } }, /is a directory/],
+      ] as Array<[Change, RegExp]>) {
+        await assert.rejects(applyChanges(lib, 'ed@1', { changes: [c] }), (e: unknown) => {
+          assert.ok(e instanceof StrataError, String(e));
+          assert.match(e.message, re);
+          return true;
+        });
+      }
+    } finally {
+      await lib.close();
+    }
+  });
+
   test('a file system Strata cannot write is a clear error', async () => {
     const img = path.join(work, 'fat.img');
     await run('truncate', ['-s', '32M', img]);
@@ -304,6 +352,78 @@ describe('edit: applyChanges on ext4', { timeout: 900_000 }, () => {
     } finally {
       await lib.close();
     }
+  });
+
+  test('a partitioned disk: --part 2 is edited, everything outside that partition stays byte for byte', async () => {
+    const disk = await fixture('edit-gpt-v1', async (out) => {
+      mkdirSync(out);
+      const d = path.join(out, 'disk.img');
+      await run('truncate', ['-s', '80M', d]);
+      await run('sgdisk', ['-n', '1:2048:+16M', '-t', '1:8300', '-n', '2:0:0', '-t', '2:8300', d]);
+      for (const n of [1, 2]) {
+        const src = path.join(out, `src${n}`);
+        mkdirSync(path.join(src, 'etc'), { recursive: true });
+        mkdirSync(path.join(src, 'usr'), { recursive: true });
+        writeFileSync(path.join(src, 'etc', 'which'), `partition ${n}\n`);
+        const fsimg = path.join(out, `p${n}.img`);
+        const start = await sgdiskStart(d, n);
+        const end = Number(/Last sector: (\d+)/.exec(await run('sgdisk', ['-i', String(n), d]))?.[1]);
+        await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-d', src, fsimg, `${((end + 1) * 512 - start) >> 10}K`]);
+        await placeAt(d, fsimg, start);
+        rmSync(fsimg);
+      }
+    });
+    const image = path.join(disk, 'disk.img');
+    const start = await sgdiskStart(image, 2);
+    const lib = await Library.open(libDir);
+    const parentRaw = path.join(work, 'gpt-parent.raw');
+    const childRaw = path.join(work, 'gpt-child.raw');
+    try {
+      await checkin(lib, image, { name: 'gpt' });
+      // two OS roots: the default is ambiguous, and says so
+      await assert.rejects(
+        applyChanges(lib, 'gpt', { changes: [{ op: 'mkdir', path: '/x' }] }),
+        /choose one with --part/,
+      );
+      const r = await applyChanges(
+        lib,
+        'gpt',
+        { changes: [{ op: 'put', path: '/etc/which', content: { kind: 'bytes', data: Buffer.from('edited\n') } }] },
+        { address: { part: '2' } },
+      );
+      assert.equal(r.volume, '2');
+      await checkout(lib, 'gpt@1', parentRaw);
+      await checkout(lib, r.ref, childRaw);
+    } finally {
+      await lib.close();
+    }
+    // outside partition 2 (tables, partition 1): identical
+    const a = Buffer.alloc(start);
+    const b = Buffer.alloc(start);
+    const fa = openSync(parentRaw, 'r');
+    const fb = openSync(childRaw, 'r');
+    readSync(fa, a, 0, start, 0);
+    readSync(fb, b, 0, start, 0);
+    closeSync(fa);
+    closeSync(fb);
+    assert.ok(a.equals(b), 'bytes before partition 2 unchanged');
+    const fsck = e2fsck(`${childRaw}?offset=${start}`);
+    assert.equal(fsck.code, 0, fsck.out);
+    await withMount(
+      childRaw,
+      async (mnt) => assert.equal(await run('cat', [path.join(mnt, 'etc/which')]), 'edited\n'),
+      {
+        offset: start,
+      },
+    );
+    await withMount(
+      childRaw,
+      async (mnt) => assert.equal(await run('cat', [path.join(mnt, 'etc/which')]), 'partition 1\n'),
+      {
+        offset: await sgdiskStart(image, 1),
+      },
+    );
+    assert.ok(differingBlocks(parentRaw, childRaw) <= 1 + 64);
   });
 
   test('CLI: put, rm, mkdir, ln -s, chmod, chown, edit --script, log', async () => {
