@@ -43,26 +43,38 @@ function bytes(seed: number, n: number): Buffer {
 const sizeOf = (i: number) => 1024 + ((i * 7919) % 256) * 1024;
 const rel = (i: number) => `d${i % 40}/f${i}`;
 
-function differing(a: string, b: string): number {
+/**
+ * Bytes in 4 KiB blocks that differ between two disks, and of those the ones that are not
+ * all zeros in `b` (what a differential deploy writes: a block the edit freed reads as
+ * zeros in a checkout, free space being restored as zeros, but is free on the target).
+ */
+function differing(a: string, b: string): { all: number; written: number } {
   const fa = openSync(a, 'r');
   const fb = openSync(b, 'r');
   const W = 8 * 1024 * 1024;
   const ba = Buffer.alloc(W);
   const bb = Buffer.alloc(W);
+  const zero = Buffer.alloc(BLOCK);
   let n = 0;
+  let w = 0;
   try {
     for (let off = 0; ; off += W) {
       const ra = readSync(fa, ba, 0, W, off);
       const rb = readSync(fb, bb, 0, W, off);
       if (ra === 0 && rb === 0) break;
       const m = Math.max(ra, rb);
-      for (let o = 0; o < m; o += BLOCK) if (!ba.subarray(o, o + BLOCK).equals(bb.subarray(o, o + BLOCK))) n++;
+      for (let o = 0; o < m; o += BLOCK) {
+        const x = bb.subarray(o, o + BLOCK);
+        if (ba.subarray(o, o + BLOCK).equals(x)) continue;
+        n++;
+        if (!x.equals(zero)) w++;
+      }
     }
   } finally {
     closeSync(fa);
     closeSync(fb);
   }
-  return n * BLOCK;
+  return { all: n * BLOCK, written: w * BLOCK };
 }
 
 async function main() {
@@ -108,7 +120,14 @@ async function main() {
     await checkout(lib, 'b@1', parentRaw);
     await checkout(lib, 'b@2', childRaw);
     const diff = differing(parentRaw, childRaw);
-    ours = { seconds, differingBytes: diff, ratioToChanged: diff / changedBytes, newStoreBytes: r.newBytes };
+    ours = {
+      seconds,
+      differingBytes: diff.all,
+      ratioToChanged: diff.all / changedBytes,
+      differingWrittenBytes: diff.written,
+      writtenRatioToChanged: diff.written / changedBytes,
+      newStoreBytes: r.newBytes,
+    };
     rmSync(childRaw);
   } finally {
     await lib.close();
@@ -127,7 +146,13 @@ async function main() {
   execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-d', edited, rebuilt, '512M']);
   const mkfsSeconds = (performance.now() - t0) / 1000;
   const mkfsDiff = differing(parentRaw, rebuilt);
-  const mkfs = { seconds: mkfsSeconds, differingBytes: mkfsDiff, ratioToChanged: mkfsDiff / changedBytes };
+  const mkfs = {
+    seconds: mkfsSeconds,
+    differingBytes: mkfsDiff.all,
+    ratioToChanged: mkfsDiff.all / changedBytes,
+    differingWrittenBytes: mkfsDiff.written,
+    writtenRatioToChanged: mkfsDiff.written / changedBytes,
+  };
   rmSync(rebuilt);
   rmSync(edited, { recursive: true, force: true });
 
@@ -149,7 +174,13 @@ async function main() {
       });
       const s = (performance.now() - t0) / 1000;
       const d = differing(parentRaw, copy);
-      guestfish = { seconds: s, differingBytes: d, ratioToChanged: d / changedBytes };
+      guestfish = {
+        seconds: s,
+        differingBytes: d.all,
+        ratioToChanged: d.all / changedBytes,
+        differingWrittenBytes: d.written,
+        writtenRatioToChanged: d.written / changedBytes,
+      };
     } catch (e) {
       guestfish = { failed: String((e as { stderr?: Buffer }).stderr ?? e).slice(0, 500) };
     }
