@@ -59,7 +59,7 @@ export const EXAMPLES: Record<string, string[]> = {
   versions: ['strata versions debian'],
   describe: ['strata describe debian@1'],
   tag: ['strata tag debian@1 debian:stable'],
-  rm: ['strata rm debian@1', 'strata rm debian:12 /etc/hostname -m "no hostname"'],
+  rm: ['strata rm debian@1'],
   put: ['strata put debian:12 /etc/motd motd.txt --mode 644 -m "welcome text"'],
   mkdir: ['strata mkdir debian:12 /srv/www/html -p'],
   ln: ['strata ln -s /srv/www debian:12 /var/www-link'],
