@@ -6,7 +6,7 @@
  * (guestfish runs with force_tcg: this VM's nested KVM aborts qemu on MSR 0x10a.)
  *
  * Input (built once under --out): a 512 MiB ext4 image of a generated tree (2000 files,
- * 1 KiB..256 KiB, ~120 MiB). The edit replaces 100 of them (64 KiB each, new contents).
+ * 1 KiB..256 KiB, ~260 MiB). The edit replaces 100 of them (64 KiB each, new contents).
  * Figures: wall time; bytes that differ between the new disk and its parent (4 KiB blocks
  * compared), against the changed files' bytes (target in issue 24: within 1.2x of the
  * changed bytes plus their metadata blocks); for Strata also the new bytes in the store.
