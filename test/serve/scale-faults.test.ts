@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { strata } from '../helpers/cli.js';
 import { Cluster } from '../helpers/scale-cluster.js';
-import { pgWithSchema, testServices, uniqueName } from '../helpers/services.js';
+import { pgWithSchema, stopServices, testServices, uniqueName } from '../helpers/services.js';
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 
@@ -26,7 +26,8 @@ import { tempDir } from '../library/images.js';
  */
 const CLIENTS = Number(process.env.STRATA_SCALE_CLIENTS ?? 20);
 const SECONDS = Number(process.env.STRATA_SCALE_SECONDS ?? 150);
-const svc = testServices();
+// its own PostgreSQL and Swift: it restarts and stops them, which tests running beside it must not see
+const svc = testServices({ private: true });
 const pgUrl = new URL(svc.pg);
 const dir = tempDir('scale-faults');
 const schema = uniqueName('flt');
@@ -78,7 +79,10 @@ before(async () => {
   await cluster.start();
 });
 
-after(() => cluster.close());
+after(async () => {
+  await cluster.close();
+  stopServices(svc);
+});
 
 interface Acked {
   ref: string;
