@@ -48,6 +48,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   { verbs: ['db', 'migrate'], load: async () => (await import('./commands/scale.js')).registerScaleCommands },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
+    verbs: ['put', 'mkdir', 'ln', 'chmod', 'chown', 'edit', 'log'],
+    load: async () => (await import('./commands/edit.js')).registerEditCommands,
+  },
+  {
     verbs: ['completion'],
     // handed buildProgram rather than importing this file (no import cycle; test/layers.test.ts)
     load: async () => {
