@@ -427,7 +427,11 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   }
 
   // structure: what A1 removes must not hold what REF put there; what A1 adds needs its directory
-  const removedDirs = [...wants].filter(([p, w]) => !w.entry && O.get(p)?.type === 'dir').map(([p]) => p);
+  const removedDirs = [...wants]
+    .filter(([p, w]) => !w.entry && O.get(p)?.type === 'dir')
+    .map(([p]) => p)
+    .sort((x, y) => depth(x) - depth(y));
+  const reported: string[] = [];
   for (const d of removedDirs) {
     const prefix = `${d}/`;
     const kept: string[] = [];
@@ -437,14 +441,19 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
       if (!(w && !w.entry)) kept.push(p);
     }
     if (kept.length > 0) {
-      conflict({
-        path: d,
-        kind: 'delete',
-        detail: `A1 removes the directory; REF holds ${kept.length} entries in it it does not remove: ${kept.slice(0, 5).join(', ')}${kept.length > 5 ? ' ...' : ''}`,
-      });
+      // one conflict for the topmost directory; the ones inside it follow its resolution
+      if (!reported.some((r) => d.startsWith(`${r}/`))) {
+        reported.push(d);
+        conflict({
+          path: d,
+          kind: 'delete',
+          detail: `A1 removes the directory; REF holds ${kept.length} entries in it it does not remove: ${kept.slice(0, 5).join(', ')}${kept.length > 5 ? ' ...' : ''}`,
+        });
+      }
       if (prefer === 'ours') {
+        // REF's directory as REF has it, nothing of A1's removals inside
         wants.delete(d);
-        for (const p of kept) wants.delete(p);
+        for (const p of [...wants.keys()]) if (p.startsWith(`${d}/`)) wants.delete(p);
       } else if (!prefer) wants.delete(d);
     }
   }
