@@ -49,6 +49,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   { verbs: ['rebase'], load: async () => (await import('./commands/rebase.js')).registerRebaseCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
+    verbs: ['put', 'mkdir', 'ln', 'chmod', 'chown', 'edit', 'log'],
+    load: async () => (await import('./commands/edit.js')).registerEditCommands,
+  },
+  {
     verbs: ['completion'],
     // handed buildProgram rather than importing this file (no import cycle; test/layers.test.ts)
     load: async () => {
