@@ -17,11 +17,15 @@
  * @module
  */
 import { createHash } from 'node:crypto';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { StrataError } from '../../util/errors.js';
 import type { Library } from '../library.js';
 import { fileContent, layoutFiles } from '../library-verbs.js';
 import type { FileEntry, FilesManifest } from '../manifest.js';
 import type { Attrs, Change, ChangeSet } from './changes.js';
+import { contentChunks } from './content.js';
 
 export type Side = 'base' | 'theirs' | 'ours';
 
@@ -600,12 +604,12 @@ function describeStanza(s: Stanza | undefined): string {
   return [v, st && `(${st.trim()})`].filter(Boolean).join(' ') || 'present';
 }
 
-/** Writes the new version; supplied by the writer (applyChanges, issue 24 part 1). */
+/** Writes the new version (default: applyChanges, with A1 as its second parent). */
 export type ApplyChanges = (
   lib: Library,
   ref: string,
   changes: ChangeSet,
-  opts: { parents: string[]; message: string },
+  opts: { alsoParents: string[]; message: string; address?: { part?: string } },
 ) => Promise<unknown>;
 
 export interface RebaseOptions {
@@ -615,8 +619,10 @@ export interface RebaseOptions {
   message?: string;
   /** Plan only. */
   dryRun?: boolean;
-  /** The writer; without it only a dry run is possible. */
+  /** The writer (default applyChanges). */
   apply?: ApplyChanges;
+  /** Where A1's files are copied for the writer (default: the OS's temporary folder). */
+  workDir?: string;
 }
 
 export interface RebaseResult {
@@ -677,13 +683,44 @@ export async function rebaseVersion(
     dryRun: Boolean(opts.dryRun),
     plan,
   };
-  if (opts.dryRun || plan.summary.unresolved > 0) return out;
-  if (!opts.apply) {
-    throw new StrataError(
-      'UNSUPPORTED',
-      'writing the rebased version needs the change-set writer (applyChanges), which this build lacks; --dry-run shows the plan',
+  if (opts.dryRun || plan.summary.unresolved > 0 || plan.changeSet.changes.length === 0) return out;
+  // A1's files as local files for the writer (it reads 'file' and 'bytes' contents)
+  const work = await mkdtemp(path.join(opts.workDir ?? tmpdir(), 'strata-rebase-'));
+  try {
+    const changes = plan.changeSet.changes.slice();
+    for (let i = 0; i < changes.length; i++) {
+      const c = changes[i];
+      if (c.op !== 'put' || c.content.kind !== 'version') continue;
+      const local = path.join(work, `content-${i}`);
+      const fh = await open(local, 'w');
+      try {
+        for await (const chunk of contentChunks(lib, c.content)) await fh.write(chunk);
+      } finally {
+        await fh.close();
+      }
+      changes[i] = { ...c, content: { kind: 'file', path: local } };
+    }
+    const apply: ApplyChanges =
+      opts.apply ??
+      (async (l, r, cs, o) =>
+        (await import('./apply.js')).applyChanges(l, r, cs, {
+          alsoParents: o.alsoParents,
+          message: o.message,
+          ...(o.address ? { address: o.address } : {}),
+          ...(opts.workDir ? { workDir: opts.workDir } : {}),
+        }));
+    out.version = await apply(
+      lib,
+      name(vo),
+      { changes, message },
+      {
+        alsoParents: [name(vt)],
+        message,
+        ...(opts.part !== undefined ? { address: { part: opts.part } } : {}),
+      },
     );
+  } finally {
+    await rm(work, { recursive: true, force: true });
   }
-  out.version = await opts.apply(lib, name(vo), plan.changeSet, { parents: [name(vo), name(vt)], message });
   return out;
 }
