@@ -19,6 +19,7 @@ import { checkin } from '../../src/library/checkin.js';
 import { checkout } from '../../src/library/checkout.js';
 import { rebaseVersion } from '../../src/library/edit/rebase.js';
 import { Library } from '../../src/library/library.js';
+import { strata } from '../helpers/cli.js';
 import { debianTree } from '../helpers/debian-tree.js';
 import { type KernelEntry, treeView } from '../helpers/ext-tree.js';
 import { fixture, run } from '../helpers/tools.js';
@@ -196,5 +197,51 @@ describe('rebase on the Debian pair', { timeout: 900_000 }, () => {
       await run('umount', [mnt]).catch(() => run('umount', ['-l', mnt]));
       rmSync(mnt, { recursive: true, force: true });
     }
+  });
+
+  test('strata rebase: the plan as JSON and as lines; a version written with both parents; usage errors exit 2', async () => {
+    const dry = await strata([
+      'rebase',
+      'app@1',
+      '--from',
+      'base@1',
+      '--to',
+      'base@2',
+      '--dry-run',
+      '--json',
+      '--library',
+      libDir,
+    ]);
+    assert.equal(dry.code, 0, dry.stderr);
+    const j = JSON.parse(dry.stdout);
+    assert.equal(j.dryRun, true);
+    assert.deepEqual(j.conflicts, []);
+    const put = j.changes.find((c: { op: string; path: string }) => c.path === '/usr/share/strata-base/data.txt');
+    assert.equal(put.op, 'put');
+    assert.equal(put.content.kind, 'version');
+    assert.equal(put.content.ref, 'base@2');
+    assert.ok(
+      j.changes.some((c: { op: string; path: string }) => c.op === 'rm' && c.path === '/usr/lib/strata-base/old.txt'),
+    );
+    const human = await strata(['rebase', 'app@1', '--from', 'base@1', '--to', 'base@2', '--library', libDir]);
+    assert.equal(human.code, 0, human.stderr);
+    assert.match(human.stdout, /^rebase app@1 from base@1 onto base@2: /);
+    assert.match(human.stdout, /merged \/var\/lib\/dpkg\/status \(package-stanzas: .*strata-base:all/);
+    const v = await lib.catalog.resolve('app@3');
+    assert.deepEqual(v.parents.map((x) => `${x.image}@${x.number}`).sort(), ['app@1', 'base@2']);
+    const both = await strata([
+      'rebase',
+      'app@1',
+      '--from',
+      'base@1',
+      '--to',
+      'base@2',
+      '--ours',
+      '--theirs',
+      '--library',
+      libDir,
+    ]);
+    assert.equal(both.code, 2, both.stderr);
+    assert.match(both.stderr, /--ours.*cannot be used with.*--theirs/);
   });
 });

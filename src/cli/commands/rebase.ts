@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import type { Conflict, Library, RebaseResult } from '../../library/index.js';
-import { StrataError } from '../../library/index.js';
 import { printJson, setExitStatus, writeOut } from '../output.js';
 
 /**
@@ -16,15 +15,14 @@ export function registerRebaseCommand(program: Command): void {
     .argument('<ref>', 'the derived version (IMAGE@N, IMAGE:TAG)')
     .requiredOption('--from <a0>', 'the base version REF was made from')
     .requiredOption('--to <a1>', 'the updated base')
-    .option('--ours', "a conflict keeps REF's side")
-    .option('--theirs', "a conflict takes A1's side")
+    .addOption(program.createOption('--ours', "a conflict keeps REF's side").conflicts('theirs'))
+    .addOption(program.createOption('--theirs', "a conflict takes A1's side"))
     .option('--part <id>', 'the volume, when the versions hold several file systems')
     .option('--message <text>', 'the new version\'s description (default "rebase REF from A0 onto A1")')
     .option('--dry-run', 'plan only: the changes and conflicts, no version written')
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'one object: the plan (changes, conflicts, merged files) and the new version')
     .action(async (ref: string, o: Record<string, unknown>) => {
-      if (o.ours && o.theirs) throw new StrataError('USAGE', 'choose one of --ours and --theirs');
       const { Library, rebaseVersion } = await import('../../library/index.js');
       const lib: Library = await Library.open(o.library as string | undefined, { create: false });
       let r: RebaseResult;
