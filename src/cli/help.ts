@@ -59,6 +59,11 @@ export const EXAMPLES: Record<string, string[]> = {
   versions: ['strata versions debian'],
   describe: ['strata describe debian@1'],
   tag: ['strata tag debian@1 debian:stable'],
+  // the help test's library holds one version: rebasing it onto itself plans nothing, and runs
+  rebase: [
+    'strata rebase debian:12 --from debian@1 --to debian:12 --dry-run',
+    'strata rebase debian@1 --from debian@1 --to debian@1 --dry-run --json',
+  ],
   rm: ['strata rm debian@1'],
   put: ['strata put debian:12 /etc/motd motd.txt --mode 644 -m "welcome text"'],
   mkdir: ['strata mkdir debian:12 /srv/www/html -p'],

@@ -46,6 +46,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/serve.js')).registerServeCommands,
   },
   { verbs: ['db', 'migrate'], load: async () => (await import('./commands/scale.js')).registerScaleCommands },
+  { verbs: ['rebase'], load: async () => (await import('./commands/rebase.js')).registerRebaseCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
     verbs: ['put', 'mkdir', 'ln', 'chmod', 'chown', 'edit', 'log'],

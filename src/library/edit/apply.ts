@@ -41,6 +41,11 @@ export interface ApplyOptions {
   createdBy?: string;
   /** Where the temporary disk goes (default: the OS's temporary folder). */
   workDir?: string;
+  /**
+   * Further parents of the new version after the edited one (provenance): a rebase names
+   * A1, whose changes it carries.
+   */
+  alsoParents?: string[];
   /** Inspect the new version (default true). */
   inspect?: boolean;
   /** Run `e2fsck -fn` on the edited file system before checking it in (default true). */
@@ -137,7 +142,7 @@ export async function applyChanges(
     opts.onProgress?.('checkin');
     const result = await checkin(lib, disk, {
       name: opts.name ?? v.image,
-      parents: [parent],
+      parents: [parent, ...(opts.alsoParents ?? [])],
       message: opts.message ?? set.message ?? describeChanges(set.changes),
       exact: v.exact,
       sourceName: `edit of ${parent}`,
