@@ -55,6 +55,7 @@ test('catalog on PostgreSQL: versions, tags, refs; rows as psql reads them; migr
     assert.deepEqual(psql(svc.pg, schema, 'SELECT id FROM schema_migrations ORDER BY id'), [
       'catalog-1',
       'inspection-1',
+      'version-message-1',
     ]);
     await Access.open(c.db);
     const again = await migrateCatalogDb(url);
