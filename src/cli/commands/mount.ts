@@ -280,6 +280,8 @@ export function registerMountCommands(program: Command): void {
     .argument('<dir>', 'the mount point of a writable mount, or its upper folder')
     .option('-m, --message <text>', "what the new version's description says")
     .option('--dry-run', 'print the change set, make no version')
+    .option('--name <image>', "the image the new version belongs to (default: the parent's)")
+    .option('--work-dir <dir>', 'where the temporary disk is written (default: the temporary directory)')
     .option('--json', 'print JSON')
     .action(async (dir: string, o: Record<string, unknown>) => {
       const { checkUpperState, upperToChangeSet } = await import('../../serve/index.js');
@@ -315,11 +317,22 @@ export function registerMountCommands(program: Command): void {
           file: upper,
         });
       }
-      // the disk writer (applyChanges, src/library/edit) is being built on another branch
-      throw new StrataError(
-        'UNSUPPORTED',
-        `writing a version's disk from a change set (applyChanges) is not in this build yet: ${set.changes.length} changes of ${meta.version.ref} kept in ${upper}; see them with --dry-run`,
-      );
+      const { applyChanges, Library } = await import('../../library/index.js');
+      const library = await Library.open(meta.version.library);
+      try {
+        const made = await applyChanges(library, meta.version.ref, set, {
+          name: o.name as string | undefined,
+          workDir: o.workDir as string | undefined,
+        });
+        if (o.json) printJson({ upper, live, ...made });
+        else {
+          process.stdout.write(
+            `committed ${made.changes} changes of ${made.parent} as ${made.ref}${live ? ' (the mount still shows the edits over ' + made.parent + ')' : ''}\n`,
+          );
+        }
+      } finally {
+        await library.close();
+      }
     });
 
   program

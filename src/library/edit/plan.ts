@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import type { FileSystem, FileType, Inode } from '../../fs/types.js';
 import { listDirectory, lookupName } from '../../fs/walk.js';
 import { StrataError } from '../../util/errors.js';
@@ -243,7 +244,6 @@ export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanO
         let local: string;
         if (c.content?.kind === 'file') {
           local = c.content.path;
-          const { statSync } = await import('node:fs');
           let st: import('node:fs').Stats;
           try {
             st = statSync(local);
