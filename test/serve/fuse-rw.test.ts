@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, wr
 import * as path from 'node:path';
 import { test } from 'node:test';
 import type { Change } from '../../src/library/edit/changes.js';
-import { type UpperState, upperToChangeSet } from '../../src/serve/fuse/upper.js';
+import { checkUpperState, type UpperState, upperToChangeSet } from '../../src/serve/fuse/upper.js';
 import { strata } from '../helpers/cli.js';
 import { type KernelEntry, treeView } from '../helpers/ext-tree.js';
 import { isMounted, mountPoint, type StrataMount, strataMount } from '../helpers/fuse-mount.js';
@@ -157,6 +157,35 @@ test('change set: a new file over an old one is one put; a dir over a file waits
     },
     { op: 'mkdir', path: '/was-file', mode: 0o755, uid: 0, gid: 0 },
   ]);
+});
+
+test('a bad state file is a CORRUPT error naming it, never a crash or a read outside the upper folder', () => {
+  const good = state([node(2, 'file', [], [[1, 'f']], { content: 'data/2', size: 1, mode: 0o644, uid: 0, gid: 0 })]);
+  assert.deepEqual(checkUpperState(JSON.parse(JSON.stringify(good)), 'state.json'), good);
+  const bad: Array<[string, unknown]> = [
+    ['not a state', { format: 'x', nodes: [] }],
+    ['content outside', { ...good, nodes: [{ ...good.nodes[1], content: '../../etc/shadow' }] }],
+    ['absolute content', { ...good, nodes: [{ ...good.nodes[1], content: '/etc/shadow' }] }],
+    ['a name with a slash', { ...good, nodes: [{ ...good.nodes[1], links: [[1, 'a/b']] }] }],
+    ['a dot-dot name', { ...good, nodes: [{ ...good.nodes[1], links: [[1, '..']] }] }],
+    ['no id', { ...good, nodes: [{ type: 'file', links: [], lowerLinks: [] }] }],
+    ['null', null],
+  ];
+  for (const [why, x] of bad) {
+    assert.throws(
+      () => checkUpperState(x, '/u/state.json'),
+      (e: Error) => {
+        assert.equal((e as { code?: string }).code, 'CORRUPT', why);
+        assert.match(e.message, /\/u\/state\.json/, why);
+        return true;
+      },
+    );
+  }
+  // a node whose parent is missing, or a parent cycle: an error, not a hang
+  const orphan = state([node(2, 'file', [], [[9, 'f']], { content: 'data/2', size: 1 })]);
+  assert.throws(() => upperToChangeSet(orphan, U), /no place in the tree|cannot order/);
+  const cycle = state([node(2, 'dir', [], [[3, 'a']], {}), node(3, 'dir', [], [[2, 'b']], {})]);
+  assert.throws(() => upperToChangeSet(cycle, U), /no place in the tree|cannot order/);
 });
 
 // --- a real writable mount of a library version ---
