@@ -453,3 +453,29 @@ test('mount --rw --max-size: writing past the limit is ENOSPC, the mount keeps s
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('mount --rw: concurrent first writes to one file copy it up once and keep every write', async () => {
+  const img = await rwImage();
+  const dir = scratch('fuse-rw-conc');
+  const m = await strataMount([img, '--rw', '--upper', path.join(dir, 'upper')], 'conc');
+  try {
+    // 16 processes write 4 KiB each at their own offset of the 3 MB file at once
+    const f = path.join(m.mnt, 'data/big.bin');
+    const py = `
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+i = int(sys.argv[2])
+os.pwrite(fd, bytes([65 + i]) * 4096, i * 131072 + 7)
+os.close(fd)`;
+    const jobs = Array.from({ length: 16 }, (_, i) => run('python3', ['-c', py, f, String(i)]));
+    await Promise.all(jobs);
+    const want = pattern('big', 3_000_000);
+    for (let i = 0; i < 16; i++) want.fill(65 + i, i * 131072 + 7, i * 131072 + 7 + 4096);
+    const got = readFileSync(f);
+    assert.equal(got.length, want.length);
+    assert.ok(got.equals(want), 'every write is there, over the version bytes');
+  } finally {
+    assert.equal(await m.stop(), 0, m.stderr());
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -130,6 +130,7 @@ export class OverlayTree implements WritableTree {
   private readonly maxBytes: number;
   private readonly dataDir: string;
   private readonly opens = new Map<number, number>();
+  private readonly copying = new Map<number, Promise<string>>();
 
   constructor(
     private readonly lower: MountTree,
@@ -337,8 +338,23 @@ export class OverlayTree implements WritableTree {
     void where;
   }
 
-  /** Give a file its upper copy: the version's bytes up to `keep` (all by default). */
+  /**
+   * Give a file its upper copy: the version's bytes up to `keep` (all by default). Requests
+   * that come while a copy is under way wait for it (one copy, no write lost under another).
+   */
   private async copyUp(o: ONode, keep = Number.POSITIVE_INFINITY): Promise<string> {
+    for (let p = this.copying.get(o.key); p; p = this.copying.get(o.key)) await p.catch(() => {});
+    if (o.data !== undefined) return o.data;
+    const p = this.copyUpNow(o, keep);
+    this.copying.set(o.key, p);
+    try {
+      return await p;
+    } finally {
+      this.copying.delete(o.key);
+    }
+  }
+
+  private async copyUpNow(o: ONode, keep: number): Promise<string> {
     if (o.data !== undefined) return o.data;
     if (o.type !== 'file') throw Errno.EINVAL;
     const size = Math.min(o.attr.size, keep);
