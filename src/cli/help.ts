@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 /**
  * Examples for every command's `--help`, and from the same text the man page
  * (scripts/man.mjs) and the test that runs each example (test/cli/help-examples.test.ts,
- * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv, an empty mnt/ and a library with
+ * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv, empty mnt/ and mnt-rw/ and a library with
  * debian@1 tagged 12). Keyed by the command's path below `strata`.
  */
 export const EXAMPLES: Record<string, string[]> = {
@@ -31,8 +31,9 @@ export const EXAMPLES: Record<string, string[]> = {
   diff: ['strata diff old.qcow2 new.qcow2', 'strata diff debian@1 new.qcow2 --packages'],
   search: ["strata search --package 'bash>=5'", "strata search --path '/etc/**/*.conf' --user root --json"],
   reinspect: ['strata reinspect --missing'],
-  mount: ['strata mount disk.qcow2 mnt --background'],
-  umount: ['strata umount mnt'],
+  mount: ['strata mount disk.qcow2 mnt --background', 'strata mount debian:12 mnt-rw --rw --upper edits --background'],
+  commit: ['strata commit mnt-rw --dry-run', 'strata commit edits --dry-run --json'],
+  umount: ['strata umount mnt', 'strata umount mnt-rw'],
   virtiofs: ['strata virtiofs debian:12 --socket vfs.sock --tag root'],
   nbd: ['strata nbd disk.qcow2 --port 0'],
   deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],

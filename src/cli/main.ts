@@ -31,7 +31,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
   },
   {
-    verbs: ['mount', 'umount', 'virtiofs'],
+    verbs: ['mount', 'umount', 'virtiofs', 'commit'],
     load: async () => (await import('./commands/mount.js')).registerMountCommands,
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
