@@ -46,6 +46,10 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/serve.js')).registerServeCommands,
   },
   { verbs: ['db', 'migrate'], load: async () => (await import('./commands/scale.js')).registerScaleCommands },
+  {
+    verbs: ['analytics', 'simulate'],
+    load: async () => (await import('./commands/analytics.js')).registerAnalyticsCommands,
+  },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
   {
     verbs: ['completion'],
