@@ -20,10 +20,12 @@ import type { ImageRequest } from './request-log.js';
  * - `arc`: Megiddo and Modha's adaptive replacement cache with sizes in bytes: a recency
  *   list T1 and a frequency list T2, ghost lists B1/B2 of what they evicted, and the target
  *   size of T1 moved by ghost hits (by the missed object's bytes, scaled as in the paper).
- * - `two-tier`: a protected LRU tier (`protectedShare` of the bytes, default 0.5) that only
- *   facility images enter, and a general LRU tier for the rest; a facility image that falls
- *   out of the protected tier goes to the general tier's recent end (segmented LRU by image
- *   class: a burst of one-off user images cannot flush the facility images).
+ * - `two-tier`: the seed's two populations kept apart. Facility images (steady, lightly
+ *   skewed popularity) go to a protected tier (`protectedShare` of the bytes, default 0.5)
+ *   ordered by request count (perfect LFU); user images (short-lived bursts) to a general
+ *   LRU tier, which also takes what the protected tier pushes out (at its recent end). A
+ *   burst of one-off user images cannot flush the facility images, and a facility image
+ *   does not stay just because it was used last.
  *
  * Pre-load (`preload`): at the first request of each UTC day (the night before was idle)
  * the host fetches, up to `idleBytes`, the image versions it does not hold, chosen facility
@@ -139,11 +141,15 @@ class LruCache implements SimCache {
   }
 }
 
-/** Min-heap of [freq, tick, id] with lazy deletion (stale entries are skipped on pop). */
+/**
+ * Perfect LFU: request counts kept for every object ever requested; the cached object with
+ * the fewest goes first, ties by recency. A min-heap of [count, tick, id] with lazy deletion
+ * (stale entries are skipped on pop, and the heap is rebuilt when mostly stale).
+ */
 class LfuCache implements SimCache {
   private readonly freq = new Map<string, number>();
   private readonly inCache = new Map<string, { size: number; tick: number }>();
-  private bytes = 0;
+  bytes = 0;
   private tick = 0;
   private heap: Array<[number, number, string]> = [];
   constructor(private readonly cap: number) {}
@@ -182,51 +188,65 @@ class LfuCache implements SimCache {
     }
     return top;
   }
-  private evictOne(): void {
+  /** Remove and return the cached object with the fewest requests. */
+  evictOne(): [string, number] | undefined {
     for (;;) {
       const e = this.popMin();
-      if (!e) return;
+      if (!e) return undefined;
       const c = this.inCache.get(e[2]);
       if (!c || c.tick !== e[1]) continue; // stale
       this.inCache.delete(e[2]);
       this.bytes -= c.size;
-      return;
+      return [e[2], c.size];
     }
   }
   private compact(): void {
-    // the heap holds one live entry per cached object and stale ones; rebuild when mostly stale
     if (this.heap.length < 4 * this.inCache.size + 1024) return;
     const live: Array<[number, number, string]> = [];
-    for (const [id, c] of this.inCache) live.push([this.freq.get(id) as number, c.tick, id]);
+    for (const [id, c] of this.inCache) live.push([this.freq.get(id) ?? 0, c.tick, id]);
     this.heap = [];
     for (const e of live) this.push(e);
   }
-  request(id: string, size: number): boolean {
+  /** Count one request of `id`; true when it is cached (its place in the order is updated). */
+  count(id: string): boolean {
     const f = (this.freq.get(id) ?? 0) + 1;
     this.freq.set(id, f);
     const c = this.inCache.get(id);
-    if (c) {
-      c.tick = ++this.tick;
-      this.push([f, c.tick, id]);
-      this.compact();
-      return true;
-    }
-    this.place(id, size, f);
-    return false;
-  }
-  private place(id: string, size: number, f: number): boolean {
-    if (size > this.cap) return false;
-    while (this.bytes + size > this.cap) this.evictOne();
-    const tick = ++this.tick;
-    this.inCache.set(id, { size, tick });
-    this.bytes += size;
-    this.push([f, tick, id]);
+    if (!c) return false;
+    c.tick = ++this.tick;
+    this.push([f, c.tick, id]);
     this.compact();
     return true;
   }
+  /** Cache `id`, evicting the least requested; the evicted objects (`id` itself when larger than the cache). */
+  insert(id: string, size: number): Array<[string, number]> {
+    if (this.inCache.has(id)) return [];
+    if (size > this.cap) return [[id, size]];
+    const out: Array<[string, number]> = [];
+    while (this.bytes + size > this.cap) out.push(this.evictOne() as [string, number]);
+    const tick = ++this.tick;
+    this.inCache.set(id, { size, tick });
+    this.bytes += size;
+    this.push([this.freq.get(id) ?? 0, tick, id]);
+    this.compact();
+    return out;
+  }
+  remove(id: string): void {
+    const c = this.inCache.get(id);
+    if (!c) return;
+    this.inCache.delete(id); // its heap entries turn stale
+    this.bytes -= c.size;
+  }
+  request(id: string, size: number): boolean {
+    if (this.count(id)) return true;
+    this.insert(id, size);
+    return false;
+  }
   admit(id: string, size: number): boolean {
     if (this.inCache.has(id)) return true;
-    return this.place(id, size, this.freq.get(id) ?? 0);
+    if (size > this.cap) return false;
+    this.insert(id, size);
+    return true;
   }
 }
 const less = (a: [number, number, string], b: [number, number, string]) =>
@@ -303,62 +323,53 @@ class ArcCache implements SimCache {
 }
 
 class TwoTierCache implements SimCache {
-  private readonly prot = new LruList();
+  private readonly prot: LfuCache;
   private readonly gen = new LruList();
-  private readonly protCap: number;
   constructor(
     private readonly cap: number,
     share: number,
   ) {
-    this.protCap = Math.floor(cap * share);
+    this.prot = new LfuCache(Math.floor(cap * share));
   }
   has(id: string): boolean {
     return this.prot.has(id) || this.gen.has(id);
   }
-  private fitGeneral(): void {
+  /** Into the protected tier; what it pushes out goes to the general tier's recent end. */
+  private protect(id: string, size: number): void {
+    this.gen.remove(id);
+    for (const [d, s] of this.prot.insert(id, size)) this.gen.add(d, s);
     while (this.prot.bytes + this.gen.bytes > this.cap && this.gen.size > 0) this.gen.pop();
   }
-  private intoProtected(id: string, size: number): void {
-    this.prot.add(id, size);
-    while (this.prot.bytes > this.protCap && this.prot.size > 0) {
-      const [d, s] = this.prot.pop() as [string, number];
-      if (d === id) {
-        // larger than the protected tier: it lives in the general tier
-        this.gen.add(d, s);
-        break;
-      }
-      this.gen.add(d, s);
-    }
-    this.fitGeneral();
-  }
   request(id: string, size: number, facility: boolean): boolean {
-    if (this.prot.has(id)) {
-      this.prot.touch(id);
-      return true;
+    if (facility) {
+      if (this.prot.count(id)) return true;
+      const hit = this.gen.has(id);
+      if (size <= this.cap) this.protect(id, size);
+      return hit;
     }
     if (this.gen.has(id)) {
-      if (facility) {
-        this.gen.remove(id);
-        this.intoProtected(id, size);
-      } else this.gen.touch(id);
+      this.gen.touch(id);
       return true;
     }
-    this.admit(id, size, facility);
+    this.admit(id, size, false);
     return false;
   }
   admit(id: string, size: number, facility: boolean): boolean {
-    if (this.prot.has(id)) this.prot.touch(id);
-    if (this.gen.has(id)) this.gen.touch(id);
-    if (this.has(id)) return true;
+    if (this.prot.has(id)) return true;
     if (size > this.cap) return false;
-    if (facility) this.intoProtected(id, size);
-    else {
-      this.gen.add(id, size);
-      this.fitGeneral();
-      // the general tier may not take what the protected tier holds: a user image larger than what is left is not kept
-      if (this.prot.bytes + this.gen.bytes > this.cap) this.gen.remove(id);
+    if (facility) {
+      this.protect(id, size);
+      return this.has(id);
     }
-    return this.has(id);
+    if (this.gen.has(id)) {
+      this.gen.touch(id);
+      return true;
+    }
+    // the general tier has what the protected tier leaves
+    if (size > this.cap - this.prot.bytes) return false;
+    while (this.prot.bytes + this.gen.bytes + size > this.cap) this.gen.pop();
+    this.gen.add(id, size);
+    return true;
   }
 }
 
