@@ -37,6 +37,7 @@ const CLI_MAY_IMPORT = [
   'src/io/index.ts',
   'src/serve/index.ts',
   'src/deploy/index.ts',
+  'src/analytics/index.ts',
 ];
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

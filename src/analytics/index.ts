@@ -9,3 +9,40 @@ export {
   type CacheSimResult,
   simulateCache,
 } from './cache-sim.js';
+export { GENERATE_DEFAULTS, type GenerateOptions, generateLog, Rng, Zipf } from './generate.js';
+export { dedupFromLibrary, type SimilarityReport, similarity } from './library-reports.js';
+export { dedupSvg, lifespanSvg, orgsSvg, popularitySvg, similaritySvg, workingSetSvg } from './plots.js';
+export {
+  DEFAULT_FACILITY,
+  type DedupReport,
+  dedupFromLog,
+  type FacilityRule,
+  fitTail,
+  isFacility,
+  type LifespanReport,
+  lifespan,
+  orgs,
+  type PopularityReport,
+  popularity,
+  type TailFit,
+  type WorkingSetReport,
+  workingSet,
+} from './reports.js';
+export {
+  applyFilter,
+  formatJsonl,
+  type ImageRequest,
+  type LogFilter,
+  parseRequestLog,
+  parseTime,
+  readCatalogLog,
+  readRequestLog,
+} from './request-log.js';
+export {
+  preloadChoice,
+  SIM_POLICIES,
+  type SimPolicy,
+  type SimulateOptions,
+  type SimulateResult,
+  simulate,
+} from './simulate.js';

@@ -37,6 +37,15 @@ export const EXAMPLES: Record<string, string[]> = {
   virtiofs: ['strata virtiofs debian:12 --socket vfs.sock --tag root'],
   nbd: ['strata nbd disk.qcow2 --port 0'],
   deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],
+  analytics: [
+    'strata analytics generate --requests 20000 --seed 1 > requests.jsonl',
+    'strata analytics popularity --log requests.jsonl --svg popularity.svg',
+    'strata analytics working-set --log requests.jsonl --since 2026-02-01 --json',
+  ],
+  simulate: [
+    'strata simulate --log requests.jsonl --cache 64G --policy two-tier',
+    'strata simulate --log requests.jsonl --cache 64G --preload --idle-capacity 32G --json',
+  ],
   profile: ['strata profile record debian:12 --trace trace.csv', 'strata profile show debian:12'],
   'profile record': ['strata profile record debian:12 --trace trace.csv --json'],
   'profile show': ['strata profile show debian:12 --json'],
