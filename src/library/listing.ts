@@ -3,6 +3,7 @@ import { listDirectory, loadInodes, resolvePath } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { offsetIn } from '../io/filter-source.js';
 import { StrataError } from '../util/errors.js';
+import { checkMemory } from '../util/memory.js';
 
 /**
  * Records for `ls` and `stat`, and the tree walk both `ls -R` and `extract` use. Nothing
@@ -231,6 +232,7 @@ export async function* walkBatches(
     if (opts.recursive) while (to < top.items.length - 1 && top.items[to].inode.type !== 'dir') to++;
     else to = top.items.length - 1;
     top.i = to + 1;
+    checkMemory('walking the file tree');
     yield from === 0 && to === top.items.length - 1 ? top.items : top.items.slice(from, to + 1);
     const item = top.items[to];
     if (!opts.recursive || item.inode.type !== 'dir') continue;
