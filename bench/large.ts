@@ -23,7 +23,8 @@
  * - blockmap: `strata blockmap --summary` (no peer: TSK maps one block per process).
  *
  * Options: --runs N, --only CASE[,CASE] (case names), --memory SIZE (passed to every strata
- * run; default: the CLI's own default).
+ * run; default: the CLI's own default), --image FILE (another ext image, e.g. the tests'
+ * 200,000-entry fixture; LARGE_* then only label the output).
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
@@ -51,6 +52,8 @@ function line(o: Record<string, unknown>): void {
 /** The image, made once. */
 function setup(): string {
   mkdirSync(BENCH, { recursive: true });
+  const given = opt('--image');
+  if (given) return path.resolve(given);
   const image = path.join(BENCH, `large-ext4-e${ENTRIES}-b${BLOCK}-c${FILE_BYTES}-v1.img`);
   if (!existsSync(image)) {
     need('mkfs.ext4', 'e2fsprogs');

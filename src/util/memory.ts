@@ -83,12 +83,12 @@ function collect(): boolean {
 
 /**
  * Throw a StrataError LIMIT when the process cannot stay within the budget. Cheap: at most
- * one look at the resident set per 50 ms; `what` names the work for the message.
+ * one look at the heap per 200 ms; `what` names the work for the message.
  */
 export function checkMemory(what: string): void {
   if (!enforced) return;
   const now = performance.now();
-  if (now - lastCheck < 50) return;
+  if (now - lastCheck < 200) return;
   lastCheck = now;
   let u = process.memoryUsage();
   if (u.heapUsed + u.external <= budget * 0.8) return;

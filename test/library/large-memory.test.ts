@@ -12,6 +12,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { StrataError } from '../../src/util/errors.js';
+import { checkMemory, parseMemorySize, resetMemoryBudget, setMemoryBudget } from '../../src/util/memory.js';
 import { makeLargeExt4 } from '../helpers/large-tree.js';
 import { FIXTURES, fixture, have, ROOT, scratch } from '../helpers/tools.js';
 
@@ -174,5 +176,43 @@ test('--memory takes sizes and refuses nonsense with a usage error', async () =>
     assert.match(r2.stderr, /--memory: not a size: "lots"/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('blockmap --summary of 200,000 entries in --memory 40M stops with the memory error (status 1), not a crash', async () => {
+  const img = await image();
+  const dir = scratch('large-blockmap');
+  try {
+    const r = await measured(['blockmap', '--summary', '--memory', '40M', img], path.join(dir, 'o'));
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stderr,
+      /^strata: memory limit of 40 MiB exceeded while building the block map \(\d+ MiB of heap and buffers in use, \d+ MiB resident\); raise it with --memory\n$/,
+    );
+    assert.ok(r.maxRss < CEILING_64M, `peak RSS ${r.maxRss}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('checkMemory: live data above the budget is a LIMIT StrataError; garbage is collected, not counted', () => {
+  try {
+    setMemoryBudget(parseMemorySize('32M'));
+    // garbage only: made and dropped, then checked
+    for (let i = 0; i < 64; i++) Buffer.alloc(1 << 20).fill(i);
+    checkMemory('testing garbage');
+    resetMemoryBudget();
+    setMemoryBudget(parseMemorySize('32M'));
+    const live = Array.from({ length: 48 }, (_, i) => Buffer.alloc(1 << 20).fill(i));
+    assert.throws(
+      () => checkMemory('testing'),
+      (e: unknown) =>
+        e instanceof StrataError &&
+        e.code === 'LIMIT' &&
+        /memory limit of 32 MiB exceeded while testing/.test(e.message),
+    );
+    assert.equal(live.length, 48);
+  } finally {
+    resetMemoryBudget();
   }
 });
