@@ -3,7 +3,7 @@ import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
-import { checkMemory } from '../util/memory.js';
+import { checkMemory, isMemoryLimit } from '../util/memory.js';
 import { type DiscoverResult, discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { BlockMap, type MapVolume } from './block-map.js';
@@ -78,14 +78,14 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
     try {
       fs = await open(v);
     } catch (e) {
-      if (!(e instanceof StrataError)) throw e;
+      if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
       warnings.push(`${label}: ${e.message}`);
     }
     if (!fs) continue;
     try {
       await claimFileSystem(fs, mv, put, warnings, label);
     } catch (e) {
-      if (!(e instanceof StrataError)) throw e;
+      if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
       warnings.push(`${label}: ${e.message}`);
     } finally {
       await fs.close?.();
@@ -220,7 +220,7 @@ async function walkTree(
       try {
         for await (const e of fs.extents(ino)) item.extents.push(e);
       } catch (e) {
-        if (!(e instanceof StrataError)) throw e;
+        if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
         onError(e, item.path);
       }
       item.ready = true;

@@ -98,9 +98,20 @@ export function checkMemory(what: string): void {
   if (live > budget) {
     throw new StrataError(
       'LIMIT',
-      `memory limit of ${formatMiB(budget)} exceeded while ${what} (${formatMiB(live)} of heap and buffers in use, ${formatMiB(u.rss)} resident); raise it with --memory`,
+      `limit of ${formatMiB(budget)} exceeded while ${what} (${formatMiB(live)} of heap and buffers in use, ${formatMiB(u.rss)} resident); raise it with --memory`,
+      { structure: MEMORY_STRUCTURE },
     );
   }
+}
+
+const MEMORY_STRUCTURE = 'memory budget';
+
+/**
+ * Is this the guard's error? Code that turns a StrataError about one volume or file into a
+ * warning and goes on must rethrow this one: the whole command is over its budget.
+ */
+export function isMemoryLimit(e: unknown): boolean {
+  return e instanceof StrataError && e.code === 'LIMIT' && e.structure === MEMORY_STRUCTURE;
 }
 
 /** For tests: the guard's state back to the defaults. */

@@ -179,7 +179,7 @@ test('--memory takes sizes and refuses nonsense with a usage error', async () =>
   }
 });
 
-test('blockmap --summary of 200,000 entries in --memory 40M stops with the memory error (status 1), not a crash', async () => {
+test('blockmap --summary of 200,000 entries in --memory 40M stops with the memory error (status 1), not a partial map', async () => {
   const img = await image();
   const dir = scratch('large-blockmap');
   try {
@@ -187,8 +187,9 @@ test('blockmap --summary of 200,000 entries in --memory 40M stops with the memor
     assert.equal(r.code, 1, r.stderr);
     assert.match(
       r.stderr,
-      /^strata: memory limit of 40 MiB exceeded while building the block map \(\d+ MiB of heap and buffers in use, \d+ MiB resident\); raise it with --memory\n$/,
+      /^strata: memory budget: limit of 40 MiB exceeded while building the block map \(\d+ MiB of heap and buffers in use, \d+ MiB resident\); raise it with --memory\n$/,
     );
+    assert.equal(readFileSync(path.join(dir, 'o'), 'utf8'), '');
     assert.ok(r.maxRss < CEILING_64M, `peak RSS ${r.maxRss}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -209,7 +210,7 @@ test('checkMemory: live data above the budget is a LIMIT StrataError; garbage is
       (e: unknown) =>
         e instanceof StrataError &&
         e.code === 'LIMIT' &&
-        /memory limit of 32 MiB exceeded while testing/.test(e.message),
+        /^memory budget: limit of 32 MiB exceeded while testing/.test(e.message),
     );
     assert.equal(live.length, 48);
   } finally {
