@@ -3,6 +3,7 @@ import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { checkMemory, isMemoryLimit } from '../util/memory.js';
 import { type DiscoverResult, discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { BlockMap, type MapVolume } from './block-map.js';
@@ -77,14 +78,14 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
     try {
       fs = await open(v);
     } catch (e) {
-      if (!(e instanceof StrataError)) throw e;
+      if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
       warnings.push(`${label}: ${e.message}`);
     }
     if (!fs) continue;
     try {
       await claimFileSystem(fs, mv, put, warnings, label);
     } catch (e) {
-      if (!(e instanceof StrataError)) throw e;
+      if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
       warnings.push(`${label}: ${e.message}`);
     } finally {
       await fs.close?.();
@@ -126,14 +127,16 @@ async function claimFileSystem(
   for (const r of await fs.allocation()) put(r.offset, r.length, 'allocated');
 
   // The tree and the metadata regions are read concurrently (both wait on reads most of
-  // the time); claims are made afterwards in a fixed order, so ties resolve the same way.
-  const [tree, regions] = await Promise.all([listTree(fs, warnings, label), collect(fs.metadataRegions())]);
-  for (let i = 0; i < tree.length; i++) {
-    const t = tree[i];
-    for (const e of t.extents) claimExtent(put, bs, t.ino, t.path, t.kind, e);
-  }
+  // the time); the tree is claimed as it is walked (in walk order, each item dropped once
+  // claimed), the regions after it, so ties resolve the same way every time.
   const dirs = new Set<number>();
-  for (const t of tree) if (t.kind === 'directory') dirs.add(t.ino);
+  const [, regions] = await Promise.all([
+    walkTree(fs, warnings, label, (t) => {
+      for (const e of t.extents) claimExtent(put, bs, t.ino, t.path, t.kind, e);
+      if (t.kind === 'directory') dirs.add(t.ino);
+    }),
+    collect(fs.metadataRegions()),
+  ]);
 
   const journals = new Set<number>();
   for (const r of regions) {
@@ -175,18 +178,38 @@ interface TreeItem {
   path: string;
   kind: 'file' | 'directory';
   extents: FileExtent[];
+  /** Its extents are all in (or could not be read). */
+  ready: boolean;
 }
 
 /** Most extent lists asked for at once while walking. */
 const EXTENT_CONCURRENCY = 16;
 
+/** Items walked whose extents are not all claimed yet: past this, the walk waits for the oldest. */
+const MAX_QUEUED = 256;
+
 /**
  * Every directory and file (regular or symlink) reachable from the root, each inode once
- * (the first path in walk order: names sorted per directory), with its extents. Extent
- * lists are fetched a few at a time while the walk goes on.
+ * (the first path in walk order: names sorted per directory), with its extents, handed to
+ * `claim` in walk order. Extent lists are fetched a few at a time while the walk goes on;
+ * an item is handed over (and forgotten) as soon as it and every item before it are
+ * complete, so memory follows the queue, not the tree.
  */
-async function listTree(fs: FileSystem, warnings: string[], label: string): Promise<TreeItem[]> {
-  const out: TreeItem[] = [];
+async function walkTree(
+  fs: FileSystem,
+  warnings: string[],
+  label: string,
+  claim: (item: TreeItem) => void,
+): Promise<void> {
+  const queue: Array<{ item: TreeItem; done: Promise<void> }> = [];
+  let head = 0;
+  const handOver = () => {
+    while (head < queue.length && queue[head].item.ready) claim(queue[head++].item);
+    if (head > 1024 && head * 2 > queue.length) {
+      queue.splice(0, head);
+      head = 0;
+    }
+  };
   let errors = 0;
   const onError = (err: StrataError, path: string) => {
     if (++errors <= 20) warnings.push(`${label}: ${path}: ${err.message}`);
@@ -197,19 +220,25 @@ async function listTree(fs: FileSystem, warnings: string[], label: string): Prom
       try {
         for await (const e of fs.extents(ino)) item.extents.push(e);
       } catch (e) {
-        if (!(e instanceof StrataError)) throw e;
+        if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
         onError(e, item.path);
       }
+      item.ready = true;
     })().finally(() => pending.delete(p));
     p.catch(() => {}); // observed by the race/all below; never an unhandled rejection if the walk fails first
     pending.add(p);
     return p;
   };
   const add = async (ino: Inode, path: string, kind: TreeItem['kind']) => {
-    const item: TreeItem = { ino: ino.ino, path, kind, extents: [] };
-    out.push(item);
-    fetch(ino, item);
+    checkMemory('building the block map');
+    const item: TreeItem = { ino: ino.ino, path, kind, extents: [], ready: false };
+    queue.push({ item, done: fetch(ino, item) });
     if (pending.size >= EXTENT_CONCURRENCY) await Promise.race(pending);
+    handOver();
+    while (queue.length - head > MAX_QUEUED) {
+      await queue[head].done;
+      handOver();
+    }
   };
   const seen = new Set<number>();
   const root = await fs.root();
@@ -223,6 +252,6 @@ async function listTree(fs: FileSystem, warnings: string[], label: string): Prom
     else if (ino.type === 'file' || ino.type === 'symlink') await add(ino, item.path, 'file');
   }
   await Promise.all(pending);
+  handOver();
   if (errors > 20) warnings.push(`${label}: ${errors - 20} more unreadable entries`);
-  return out;
 }

@@ -70,6 +70,9 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   },
 ];
 
+/** Verbs that run as services (many requests in one process): the budget is enforced only when --memory is given. */
+const SERVICES = new Set(['serve', 'mount', 'virtiofs', 'nbd', 'deploy']);
+
 /** A program with the commands for `verb` (all of them when `verb` is not one we know). */
 export async function buildProgram(verb?: string): Promise<Command> {
   const { Command } = await import('commander');
@@ -77,7 +80,20 @@ export async function buildProgram(verb?: string): Promise<Command> {
     .description('Virtual-machine disk images as structured data')
     .version(VERSION, '-V, --version', 'print the version')
     .showHelpAfterError(false)
+    .option(
+      '--memory <size>',
+      'memory budget of this command: caches are sized from it and a command that cannot stay within it stops with an error (default 256M; K, M, G suffixes)',
+    )
     .exitOverride();
+  program.hook('preAction', async (cmd, action) => {
+    const { DEFAULT_MEMORY, parseMemorySize, setMemoryBudget } = await import('../library/index.js');
+    const given = cmd.opts().memory as string | undefined;
+    // long-running services keep their own footprint unless a budget is asked for
+    let verb: Command = action;
+    while (verb.parent && verb.parent !== program) verb = verb.parent;
+    const enforce = given !== undefined || !SERVICES.has(verb.name());
+    setMemoryBudget(given === undefined ? DEFAULT_MEMORY : parseMemorySize(given), enforce);
+  });
   const mine = GROUPS.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : GROUPS) (await g.load())(program);
   (await import('./help.js')).addExamples(program);

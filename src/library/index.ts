@@ -49,6 +49,13 @@ export type { ByteSource, Extent, ExtentKind } from '../io/byte-source.js';
 export type { StoreFinding, VerifyReport } from '../store/store.js';
 // Errors: every failure on bad input is a StrataError naming the file, structure and offset.
 export { type ErrorCode, type ErrorWhere, isStrataError, StrataError } from '../util/errors.js';
+export {
+  checkMemory,
+  DEFAULT_MEMORY,
+  memoryBudget,
+  parseMemorySize,
+  setMemoryBudget,
+} from '../util/memory.js';
 export type { DiscoverResult } from '../volumes/discover.js';
 export type { Volume } from '../volumes/types.js';
 export {

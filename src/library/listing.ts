@@ -3,6 +3,7 @@ import { listDirectory, loadInodes, resolvePath } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { offsetIn } from '../io/filter-source.js';
 import { StrataError } from '../util/errors.js';
+import { checkMemory } from '../util/memory.js';
 
 /**
  * Records for `ls` and `stat`, and the tree walk both `ls -R` and `extract` use. Nothing
@@ -149,6 +150,17 @@ export interface WalkOptions {
   maxDepth?: number;
   /** With `recursive`: return false to not descend into this directory. */
   enter?: (item: WalkItem) => boolean;
+  /**
+   * Only names and types are wanted (`ls -R` without `-l`): inodes are loaded for
+   * directories (and entries whose type the directory does not record) only; every other
+   * item's `inode` is a stand-in with its number and the directory entry's type, the rest 0.
+   */
+  namesOnly?: boolean;
+}
+
+/** The inode of a names-only item: number and type from the directory entry. */
+function stubInode(e: DirEntry): Inode {
+  return { ino: e.ino, type: e.type, mode: 0, uid: 0, gid: 0, size: 0, nlink: 0 };
 }
 
 /**
@@ -187,6 +199,22 @@ export async function* walkBatches(
     }
     entries.sort((a, b) => compareNames(a.name, b.name));
     const depth = path === '/' ? 1 : path.split('/').length;
+    if (opts.namesOnly) {
+      const wanted = entries.filter((e) => e.type === 'dir' || e.type === 'unknown');
+      const loaded = await loadInodes(
+        fs,
+        wanted.map((e) => e.ino),
+        conc,
+      );
+      let j = 0;
+      const items = entries.map((e) => ({
+        path: joinPath(path, e.name),
+        name: e.name,
+        inode: e.type === 'dir' || e.type === 'unknown' ? loaded[j++] : stubInode(e),
+        depth,
+      }));
+      return { items, warnings };
+    }
     const inodes = await loadInodes(
       fs,
       entries.map((e) => e.ino),
@@ -231,6 +259,7 @@ export async function* walkBatches(
     if (opts.recursive) while (to < top.items.length - 1 && top.items[to].inode.type !== 'dir') to++;
     else to = top.items.length - 1;
     top.i = to + 1;
+    checkMemory('walking the file tree');
     yield from === 0 && to === top.items.length - 1 ? top.items : top.items.slice(from, to + 1);
     const item = top.items[to];
     if (!opts.recursive || item.inode.type !== 'dir') continue;

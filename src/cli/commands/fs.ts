@@ -197,7 +197,9 @@ export function registerFsCommands(program: Command): void {
       if (top.type !== 'dir' || o.directory) {
         await emit([{ path: p, name: p, inode: top, depth: 0 }], true);
       } else {
-        for await (const batch of walkBatches(fs, p, top, { recursive, onWarning: warn })) await emit(batch, false);
+        const namesOnly = !(o.json || long);
+        for await (const batch of walkBatches(fs, p, top, { recursive, onWarning: warn, namesOnly }))
+          await emit(batch, false);
       }
       await out.flush();
     });

@@ -1,6 +1,7 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { GenCache } from '../../util/gen-cache.js';
+import { memoryShare } from '../../util/memory.js';
 import type { ChunkMap } from './chunks.js';
 import type { Node } from './node.js';
 import type { Superblock } from './superblock.js';
@@ -27,7 +28,7 @@ export class BtrfsContext {
     readonly chunks: ChunkMap,
   ) {
     this.name = volume.name;
-    this.meta = new CachedSource(volume, { blockSize: 64 * 1024, capacity: 48 << 20 });
+    this.meta = new CachedSource(volume, { blockSize: 64 * 1024, capacity: memoryShare(3 / 16, 4 << 20, 48 << 20) });
   }
 
   warn(msg: string): void {

@@ -1,6 +1,7 @@
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
+import { memoryShare } from '../../util/memory.js';
 import { INCOMPAT, RO_COMPAT, type Superblock } from './superblock.js';
 
 const MAX_WARNINGS = 1000;
@@ -43,7 +44,8 @@ export class ExtContext {
   /**
    * Cache of metadata blocks (directories, tree blocks, bitmaps, small files). 16 KiB pieces:
    * directory blocks are scattered and each async read of 128 KiB cost ~1 ms (a 6.8k-entry
-   * walk made ~260 of them); HTTP volumes have a 1 MiB cache below this one.
+   * walk made ~260 of them); HTTP volumes have a 1 MiB cache below this one. 3/16 of the
+   * memory budget (48 MiB at the default 256 MiB).
    */
   readonly meta: CachedSource;
   /** Filled by the facade's open from the group descriptor table. */
@@ -60,7 +62,7 @@ export class ExtContext {
     this.groupCount = Math.ceil((sb.blocksCount - sb.firstDataBlock) / sb.blocksPerGroup);
     this.metadataCsum = (sb.roCompat & RO_COMPAT.METADATA_CSUM) !== 0;
     this.csumSeed = sb.incompat & INCOMPAT.CSUM_SEED ? sb.checksumSeed : crc32cRaw(0xffffffff, sb.uuid);
-    this.meta = new CachedSource(volume, { blockSize: 16 * 1024, capacity: 48 << 20 });
+    this.meta = new CachedSource(volume, { blockSize: 16 * 1024, capacity: memoryShare(3 / 16, 4 << 20, 48 << 20) });
   }
 
   warn(msg: string): void {

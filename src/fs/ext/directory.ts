@@ -1,5 +1,6 @@
 import { readExact } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
+import { memoryShare } from '../../util/memory.js';
 import type { DirEntry, FileType } from '../types.js';
 import type { BlockMap } from './block-map.js';
 import { type ExtContext, td } from './context.js';
@@ -57,7 +58,8 @@ export enum DX_TAIL {
 
 export const TYPE_BY_DIRENT: FileType[] = ['unknown', 'file', 'dir', 'char', 'block', 'fifo', 'socket', 'symlink'];
 
-const DIR_CACHE_ENTRIES = 400_000;
+/** Names kept for lookups: ~160 bytes each, 1/4 of the memory budget (400,000 at the default 256 MiB). */
+const dirCacheEntries = () => Math.floor(memoryShare(1 / 4, 4 << 20, 64 << 20) / 160);
 /** Blocks per read of a directory. */
 const DIR_READ_BLOCKS = 64;
 
@@ -202,6 +204,7 @@ export function inlineDirEntries(ctx: ExtContext, n: ExtNode, structure: string)
 export class Directories {
   private readonly cache = new Map<number, Map<string, DirEntry>>();
   private cacheEntries = 0;
+  private readonly maxEntries = dirCacheEntries();
 
   constructor(
     private readonly ctx: ExtContext,
@@ -252,7 +255,7 @@ export class Directories {
     for await (const batch of this.batches(n)) for (const e of batch) if (!m.has(e.name)) m.set(e.name, e);
     this.cache.set(n.ino, m);
     this.cacheEntries += m.size;
-    while (this.cacheEntries > DIR_CACHE_ENTRIES && this.cache.size > 1) {
+    while (this.cacheEntries > this.maxEntries && this.cache.size > 1) {
       const k = this.cache.keys().next().value as number;
       this.cacheEntries -= this.cache.get(k)?.size ?? 0;
       this.cache.delete(k);

@@ -1,6 +1,7 @@
 import { readExact } from '../../io/byte-source.js';
 import { crc32cRange, crc32cU32 } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
+import { memoryShare } from '../../util/memory.js';
 import type { FileType, Inode, Timestamp } from '../types.js';
 import { GenCache, Slab } from './cache.js';
 import { type ExtContext, ZERO2 } from './context.js';
@@ -212,7 +213,8 @@ const IT_CHUNK = 64 * 1024;
 export class InodeTable {
   private readonly cache = new GenCache<number, ExtNode>(INODE_CACHE / 2);
   private readonly slab: Slab;
-  private readonly itCache = new GenCache<number, Uint8Array>(128);
+  /** Table pieces: 1/16 of the memory budget (16 MiB, 256 pieces at the default 256 MiB), in two halves. */
+  private readonly itCache = new GenCache<number, Uint8Array>(memoryShare(1 / 16, 1 << 20, 16 << 20) / IT_CHUNK / 2);
   private readonly itPending = new Map<number, Promise<Uint8Array>>();
   private readonly inodesCount: number;
   private readonly inodesPerGroup: number;

@@ -1,6 +1,7 @@
 import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { type ErrorCode, StrataError } from '../../util/errors.js';
+import { memoryShare } from '../../util/memory.js';
 
 const MAX_WARNINGS = 1000;
 
@@ -13,7 +14,7 @@ export class IsoContext {
 
   constructor(readonly volume: ByteSource) {
     this.name = volume.name;
-    this.meta = new CachedSource(volume, { blockSize: 64 * 1024, capacity: 32 << 20 });
+    this.meta = new CachedSource(volume, { blockSize: 64 * 1024, capacity: memoryShare(1 / 8, 4 << 20, 32 << 20) });
   }
 
   warn(msg: string): void {

@@ -2,6 +2,7 @@ import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { crc32cRange } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
+import { memoryShare } from '../../util/memory.js';
 import { hasCrc, hasFtype, type Superblock } from './superblock.js';
 
 const MAX_WARNINGS = 1000;
@@ -31,7 +32,7 @@ export class XfsContext {
     this.ftype = hasFtype(sb);
     this.dirBlkSize = sb.blockSize * 2 ** sb.dirBlkLog;
     this.inoAgShift = sb.agBlkLog + sb.inopbLog;
-    this.meta = new CachedSource(volume, { blockSize: 16 * 1024, capacity: 48 << 20 });
+    this.meta = new CachedSource(volume, { blockSize: 16 * 1024, capacity: memoryShare(3 / 16, 4 << 20, 48 << 20) });
   }
 
   warn(msg: string): void {

@@ -91,7 +91,11 @@ export interface SpecialNode {
 }
 
 export class Destination {
+  /** Directories made or adopted and not yet finished, in pre-order: the walk's open path. */
   private readonly dirs: { target: string; inode: Inode; existed?: boolean }[] = [];
+  /** Groups of directories the walk has left, waiting for finishClosed. */
+  private closed: { target: string; inode: Inode; existed?: boolean }[][] = [];
+  private closedCount = 0;
   private readonly euid = typeof process.geteuid === 'function' ? process.geteuid() : -1;
   private readonly egid = typeof process.getegid === 'function' ? process.getegid() : -1;
   private readonly umask = currentUmask();
@@ -284,10 +288,48 @@ export class Destination {
     return 'removed';
   }
 
+  /** How many directories wait for their attributes (the index the next mkdir gets). */
+  get openDirs(): number {
+    return this.dirs.length;
+  }
+
+  /**
+   * The directories from index `from` on are complete (the walk has left them: in pre-order
+   * they are one directory and its descendants). They are set aside for `finishClosed`, so
+   * the list of waiting directories is the path being walked, not the whole tree.
+   */
+  closeDirsFrom(from: number): void {
+    if (from >= this.dirs.length) return;
+    this.closed.push(this.dirs.splice(from));
+    this.closedCount += this.closed[this.closed.length - 1].length;
+  }
+
+  /** Directories closed but not finished. */
+  get closedDirs(): number {
+    return this.closedCount;
+  }
+
+  /**
+   * Owners, modes and times of the closed directories (call when nothing is being written
+   * into them): each closed group deepest first, groups in the order they were closed (a
+   * group closed later may hold the parent of an earlier one, never a child).
+   */
+  finishClosed(warn: (message: string) => void): void {
+    for (const group of this.closed) for (let i = group.length - 1; i >= 0; i--) this.finishDir(group[i], warn);
+    this.closed = [];
+    this.closedCount = 0;
+  }
+
   /** Directory owners, modes and times last, deepest first, so writing children does not undo them. */
   finishDirs(warn: (message: string) => void): void {
-    for (let i = this.dirs.length - 1; i >= 0; i--) {
-      const { target, inode, existed } = this.dirs[i];
+    this.finishClosed(warn);
+    for (let i = this.dirs.length - 1; i >= 0; i--) this.finishDir(this.dirs[i], warn);
+    this.dirs.length = 0;
+  }
+
+  private finishDir(d: { target: string; inode: Inode; existed?: boolean }, warn: (message: string) => void): void {
+    {
+      const { target, inode, existed } = d;
       try {
         if (existed ? this.owner : this.needsChown(inode)) lchownSync(target, inode.uid, inode.gid);
         chmodSync(target, inode.mode & 0o7777);

@@ -3,6 +3,7 @@ import type { FileExtent, FileSystem, Inode } from '../../fs/types.js';
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { StrataError } from '../../util/errors.js';
+import { memoryShare } from '../../util/memory.js';
 
 /**
  * The reading side of an extraction: a file's bytes from the volume to an open file
@@ -121,9 +122,16 @@ function writeAll(fd: number, b: Uint8Array, position: number): void {
   }
 }
 
-/** Reads under 256 KiB go through a 32 MiB cache of 1 MiB blocks; larger ones straight to the source. */
+/**
+ * Reads under 256 KiB go through a cache of 1 MiB blocks (1/8 of the memory budget: 32 MiB at
+ * the default 256 MiB); larger ones straight to the source.
+ */
 export function smallReadCache(v: ByteSource): ByteSource {
-  return new CachedSource(v, { blockSize: 1 << 20, capacity: 32 << 20, directFrom: 256 << 10 });
+  return new CachedSource(v, {
+    blockSize: 1 << 20,
+    capacity: memoryShare(1 / 8, 4 << 20, 32 << 20),
+    directFrom: 256 << 10,
+  });
 }
 
 /** Runs at least this long are read with pooled buffers. */

@@ -2,6 +2,7 @@ import { closeSync } from 'node:fs';
 import * as nodePath from 'node:path';
 import type { FileSystem } from '../../fs/types.js';
 import { StrataError } from '../../util/errors.js';
+import { checkMemory } from '../../util/memory.js';
 import { imagePath, lookupPath, safeName, type WalkItem, walkBatches } from '../listing.js';
 import { Destination, destError, ENTRY_ERRORS, type SpecialNode } from './destination.js';
 import { BlockSlots, bulkReader, copyData, smallReadCache } from './file-data.js';
@@ -205,8 +206,9 @@ export async function extractTree(
     /** Fifos and device nodes (not hard-linked) are made at the end, 256 per child process. */
     const specials: Array<SpecialNode & { item: WalkItem }> = [];
     const makeSpecials = async () => {
-      for (let i = 0; i < specials.length; i += 256) {
-        const batch = specials.slice(i, i + 256);
+      const all = specials.splice(0);
+      for (let i = 0; i < all.length; i += 256) {
+        const batch = all.slice(i, i + 256);
         const err = await out.nodes(batch);
         for (const { item, target, inode: ino } of batch) {
           if (!out.isNode(target, ino)) {
@@ -302,16 +304,37 @@ export async function extractTree(
     const refused = new Set<string>(); // image paths of directories whose subtree is skipped
     const rel = (p: string) => (src === '/' ? p : p.slice(src.length));
 
+    // The directories being walked (depth of their entries, index in out's waiting list). One
+    // the walk has left is closed; closed ones get their attributes a few thousand at a time,
+    // once the writers in flight (and the fifos and devices waiting) are done, so memory
+    // follows the depth of the tree, not its size.
+    const openDirs: Array<{ depth: number; index: number }> = [];
+    const FINISH_EVERY = 4096;
+    const finishClosed = async () => {
+      await drain();
+      await makeSpecials();
+      out.finishClosed(warn);
+    };
+
     walk: for await (const batch of walkBatches(fs, src, top, {
       recursive: true,
       onWarning: (m) => skip(m),
       enter: (it) => !refused.has(it.path),
     })) {
+      checkMemory('extracting');
       for (const item of batch) {
         if (failure) break walk;
+        let close = -1;
+        while (openDirs.length > 0 && openDirs[openDirs.length - 1].depth > item.depth) close = openDirs.pop()!.index;
+        if (close >= 0) {
+          out.closeDirsFrom(close);
+          if (out.closedDirs >= FINISH_EVERY) await finishClosed();
+        }
         const target = out.pathOf(rel(item.path));
         if (item.inode.type === 'dir') {
+          const index = out.openDirs;
           const made = out.mkdir(target, item.inode, existingPolicy === 'replace');
+          if (out.openDirs > index) openDirs.push({ depth: item.depth + 1, index });
           if (made.kind === 'created') result.dirs++;
           else if (made.kind === 'replaced') result.replaced++;
           else if (made.kind === 'not-a-dir') {

@@ -1,0 +1,241 @@
+/**
+ * bench:large (issue 22) — Strata beside its peers on a large ext4 tree, time and peak RSS of
+ * both sides, JSON lines on stdout.
+ *
+ * Set-up (cached): LARGE_ENTRIES entries (default 1,000,000) with the path shapes of this
+ * machine's /usr repeated under /copy-N/, contents the path repeated up to LARGE_FILE_BYTES
+ * (default 600) bytes, `mkfs.ext4 -d` with 4 KiB blocks (LARGE_BLOCK_SIZE) into a sparse image
+ * under BENCH_DIR (default .cache/bench). The source tree is written to tmpfs (/dev/shm) and
+ * removed after mkfs. At 1,000,000 entries the image holds ~3.5 GiB of real bytes (one 4 KiB
+ * block per non-empty file, the inode tables, the directories); LARGE_BLOCK_SIZE=1024 makes
+ * it ~1.1 GiB.
+ *
+ * Every process runs under GNU time (`/usr/bin/time -f %e %U %S %M`): wall seconds, CPU and
+ * peak RSS, the same way for us and for the peer. Each case runs --runs N times (default 2),
+ * alternating who goes first; the best wall time is kept, with that run's RSS.
+ *
+ * Cases (the CASES table; engineers add rows: check-in, diff and search are engineer
+ * `store`'s):
+ * - ls: `strata ls -R -l --json` vs `fls -r -p -l` (same metadata) and `fls -r -p` (names only);
+ * - extract-tmpfs: `strata extract IMG / DIR` vs `debugfs -R "rdump / DIR"`, DIR on /dev/shm;
+ * - extract-disk: the same onto BENCH_DIR (a disk), `sync` and a pause between runs so one
+ *   run's writeback does not land on the next;
+ * - blockmap: `strata blockmap --summary` (no peer: TSK maps one block per process).
+ *
+ * Options: --runs N, --only CASE[,CASE] (case names), --memory SIZE (passed to every strata
+ * run; default: the CLI's own default), --image FILE (another ext image, e.g. the tests'
+ * 200,000-entry fixture; LARGE_* then only label the output).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import * as path from 'node:path';
+import { makeLargeExt4 } from '../test/helpers/large-tree.js';
+import { benchChildEnv, CLI, need, opt, ROOT } from './common.js';
+
+const BENCH = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
+const ENTRIES = Number(process.env.LARGE_ENTRIES ?? 1_000_000);
+const FILE_BYTES = Number(process.env.LARGE_FILE_BYTES ?? 600);
+const BLOCK = Number(process.env.LARGE_BLOCK_SIZE ?? 4096);
+const RUNS = Number(opt('--runs') ?? 2);
+const ONLY = opt('--only')?.split(',');
+const MEMORY = opt('--memory');
+
+function log(msg: string): void {
+  process.stderr.write(`bench:large: ${msg}\n`);
+}
+
+function line(o: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify(o)}\n`);
+}
+
+/** The image, made once. */
+function setup(): string {
+  mkdirSync(BENCH, { recursive: true });
+  const given = opt('--image');
+  if (given) return path.resolve(given);
+  const image = path.join(BENCH, `large-ext4-e${ENTRIES}-b${BLOCK}-c${FILE_BYTES}-v1.img`);
+  if (!existsSync(image)) {
+    need('mkfs.ext4', 'e2fsprogs');
+    log(`generating ${ENTRIES} entries and mkfs.ext4 -d (once) into ${image}`);
+    const t0 = Date.now();
+    makeLargeExt4(`${image}.tmp`, { entries: ENTRIES, maxFileBytes: FILE_BYTES, blockSize: BLOCK });
+    renameSync(`${image}.tmp`, image);
+    log(`made in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  return image;
+}
+
+export interface Measured {
+  wallMs: number;
+  userMs: number;
+  sysMs: number;
+  maxRssMiB: number;
+}
+
+/** One process under GNU time, stdout discarded. */
+function run(cmd: string, argv: string[]): Promise<Measured> {
+  const tf = path.join(BENCH, `time-${process.pid}.txt`);
+  return new Promise((resolve, reject) => {
+    const c = spawn('/usr/bin/time', ['-f', '%e %U %S %M', '-o', tf, cmd, ...argv], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let err = '';
+    c.stderr.on('data', (b: Buffer) => {
+      if (err.length < 4000) err += b;
+    });
+    c.on('error', reject);
+    c.on('close', (code) => {
+      if (code !== 0) return reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
+      const [e, u, s, m] = readFileSync(tf, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
+      rmSync(tf, { force: true });
+      resolve({ wallMs: e * 1000, userMs: u * 1000, sysMs: s * 1000, maxRssMiB: Math.round((m / 1024) * 10) / 10 });
+    });
+  });
+}
+
+/** One side of a case: the command line, and what to do before and after each run. */
+export interface Side {
+  name: string;
+  cmd: string;
+  argv: string[];
+  before?: () => Promise<void> | void;
+  after?: () => Promise<void> | void;
+}
+
+/** A row: Strata and (when there is one) the peer, run alternately. */
+export interface Case {
+  name: string;
+  strata: Side;
+  peer?: Side;
+}
+
+const strata = (args: string[]): Side => ({
+  name: 'strata',
+  cmd: process.execPath,
+  argv: [CLI, ...args, ...(MEMORY ? ['--memory', MEMORY] : [])],
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A fresh extraction target, and after the run: on a disk, sync and let writeback settle. */
+function target(dir: string, disk: boolean): Pick<Side, 'before' | 'after'> {
+  return {
+    before: async () => {
+      rmSync(dir, { recursive: true, force: true });
+      if (disk) {
+        await run('sync', []);
+        await sleep(3000);
+      }
+    },
+    after: async () => {
+      if (disk) await run('sync', []); // the disk's writeback counts, for both sides
+    },
+  };
+}
+
+/** The cases of issue 22; add rows here (check-in, diff, search come from engineer `store`). */
+export function largeCases(image: string): Case[] {
+  const shm = '/dev/shm';
+  const tmpOut = path.join(shm, `strata-large-${process.pid}`);
+  const diskOut = path.join(BENCH, `large-out-${process.pid}`);
+  const cases: Case[] = [
+    {
+      name: 'ls -R -l --json vs fls -r -p -l',
+      strata: strata(['ls', '-R', '-l', '--json', image, '/']),
+      peer: { name: 'fls -r -p -l', cmd: 'fls', argv: ['-r', '-p', '-l', image] },
+    },
+    {
+      name: 'ls -R vs fls -r -p',
+      strata: strata(['ls', '-R', image, '/']),
+      peer: { name: 'fls -r -p', cmd: 'fls', argv: ['-r', '-p', image] },
+    },
+    {
+      name: 'extract / (tmpfs)',
+      strata: { ...strata(['extract', image, '/', `${tmpOut}-s`]), ...target(`${tmpOut}-s`, false) },
+      peer: {
+        name: 'debugfs rdump',
+        cmd: 'debugfs',
+        argv: ['-R', `rdump / ${tmpOut}-d`, image],
+        before: async () => {
+          rmSync(`${tmpOut}-d`, { recursive: true, force: true });
+          mkdirSync(`${tmpOut}-d`);
+        },
+      },
+    },
+    {
+      name: 'extract / (disk)',
+      strata: { ...strata(['extract', image, '/', `${diskOut}-s`]), ...target(`${diskOut}-s`, true) },
+      peer: {
+        name: 'debugfs rdump',
+        cmd: 'debugfs',
+        argv: ['-R', `rdump / ${diskOut}-d`, image],
+        before: async () => {
+          await target(`${diskOut}-d`, true).before?.();
+          mkdirSync(`${diskOut}-d`);
+        },
+        after: target(`${diskOut}-d`, true).after,
+      },
+    },
+    { name: 'blockmap --summary', strata: strata(['blockmap', '--summary', image]) },
+  ];
+  return cases;
+}
+
+async function measure(side: Side): Promise<Measured> {
+  await side.before?.();
+  const m = await run(side.cmd, side.argv);
+  await side.after?.();
+  return m;
+}
+
+const best = (xs: Measured[]) => xs.reduce((a, b) => (b.wallMs < a.wallMs ? b : a));
+
+async function main(): Promise<void> {
+  const env = benchChildEnv();
+  need('/usr/bin/time', 'time');
+  need('fls', 'sleuthkit');
+  need('debugfs', 'e2fsprogs');
+  const image = setup();
+  const st = statSync(image);
+  line({
+    bench: 'large',
+    entries: ENTRIES,
+    blockSize: BLOCK,
+    fileBytes: FILE_BYTES,
+    image,
+    imageBytes: st.size,
+    imageRealBytes: st.blocks * 512,
+    runs: RUNS,
+    memory: MEMORY ?? 'default',
+    ...env,
+  });
+  for (const c of largeCases(image)) {
+    if (ONLY && !ONLY.some((o) => c.name.startsWith(o))) continue;
+    const ours: Measured[] = [];
+    const theirs: Measured[] = [];
+    const load1 = Math.round(loadavg()[0] * 100) / 100;
+    for (let i = 0; i < RUNS; i++) {
+      if (c.peer && i % 2 === 1) theirs.push(await measure(c.peer));
+      ours.push(await measure(c.strata));
+      if (c.peer && i % 2 === 0) theirs.push(await measure(c.peer));
+    }
+    const s = best(ours);
+    const p = theirs.length > 0 ? best(theirs) : undefined;
+    line({
+      case: c.name,
+      strata: s,
+      peer: p ? { name: c.peer?.name, ...p } : null,
+      ratio: p ? Math.round((s.wallMs / p.wallMs) * 1000) / 1000 : null,
+      load1,
+    });
+  }
+  for (const d of [`/dev/shm/strata-large-${process.pid}`, path.join(BENCH, `large-out-${process.pid}`)]) {
+    for (const sfx of ['-s', '-d']) rmSync(`${d}${sfx}`, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench:large: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,122 @@
+/**
+ * The process's memory budget (`--memory SIZE`, default 256 MiB) and the guard that keeps it.
+ *
+ * Why a guard in the process rather than `--max-old-space-size`: V8's heap limit is fixed
+ * when the isolate starts (setting the flag later changes nothing), so it would take a second
+ * Node process for every command (~30-40 ms of start-up on the short ones), and a V8 heap
+ * limit that is reached ends the process with a fatal error, not an error we can word. So
+ * the caches size themselves from the budget (`memoryShare`), the long loops (walks,
+ * extraction, the block map) call `checkMemory()` now and then, and the check, throttled to
+ * a few times a second, looks at the heap and the buffers (what Strata's data and caches
+ * take; Node's own ~40-50 MiB of code, stacks and allocator are outside the budget). When
+ * they are above 80% of it, a full garbage collection runs first (V8 otherwise lets garbage
+ * pile up to far more than the live data); if what is still alive is above the budget, a
+ * StrataError LIMIT says so and names the flag. Peak RSS is therefore about the budget plus
+ * Node's footprint plus V8's young generation (up to 32 MiB).
+ */
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+import { StrataError } from './errors.js';
+
+export const DEFAULT_MEMORY = 256 * 1024 * 1024;
+/** The least budget accepted. */
+export const MIN_MEMORY = 32 * 1024 * 1024;
+
+let budget = DEFAULT_MEMORY;
+let enforced = false;
+let lastCheck = 0;
+let gcFn: (() => void) | null | undefined;
+
+/** "64M", "1G", "512k", "1048576" (bytes); K/M/G/T are powers of 1024, an optional "iB"/"B" after. */
+export function parseMemorySize(s: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(s);
+  if (!m) throw new StrataError('USAGE', `--memory: not a size: ${JSON.stringify(s)} (e.g. 256M, 1G)`);
+  const mul = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase()] as number;
+  const n = Math.floor(Number(m[1]) * mul);
+  if (n < MIN_MEMORY)
+    throw new StrataError('USAGE', `--memory ${s} is below the least Strata can work in (${MIN_MEMORY >> 20}M)`);
+  return n;
+}
+
+/**
+ * Set the budget. `enforce` turns the guard on (the CLI does; a library embedding Strata
+ * keeps its own process's policy and only gets the cache sizes).
+ */
+export function setMemoryBudget(bytes: number, enforce = true): void {
+  budget = bytes;
+  enforced = enforce;
+}
+
+export function memoryBudget(): number {
+  return budget;
+}
+
+/** `fraction` of the budget, within [min, max] bytes: what one cache may hold. */
+export function memoryShare(fraction: number, min: number, max: number): number {
+  return Math.max(min, Math.min(max, Math.floor(budget * fraction)));
+}
+
+function formatMiB(n: number): string {
+  return `${Math.round(n / (1 << 20))} MiB`;
+}
+
+/** A full collection, when the runtime lets us ask for one. */
+function collect(): boolean {
+  if (gcFn === undefined) {
+    gcFn = null;
+    const g = (globalThis as { gc?: () => void }).gc;
+    if (typeof g === 'function') gcFn = g;
+    else {
+      try {
+        // the documented way to reach V8's gc() after start-up: allow it, then take it from a new context
+        v8.setFlagsFromString('--expose-gc');
+        gcFn = vm.runInNewContext('gc') as () => void;
+      } catch {
+        gcFn = null;
+      }
+    }
+  }
+  if (!gcFn) return false;
+  gcFn();
+  return true;
+}
+
+/**
+ * Throw a StrataError LIMIT when the process cannot stay within the budget. Cheap: at most
+ * one look at the heap per 200 ms; `what` names the work for the message.
+ */
+export function checkMemory(what: string): void {
+  if (!enforced) return;
+  const now = performance.now();
+  if (now - lastCheck < 200) return;
+  lastCheck = now;
+  let u = process.memoryUsage();
+  if (u.heapUsed + u.external <= budget * 0.8) return;
+  collect();
+  u = process.memoryUsage();
+  const live = u.heapUsed + u.external;
+  if (live > budget) {
+    throw new StrataError(
+      'LIMIT',
+      `limit of ${formatMiB(budget)} exceeded while ${what} (${formatMiB(live)} of heap and buffers in use, ${formatMiB(u.rss)} resident); raise it with --memory`,
+      { structure: MEMORY_STRUCTURE },
+    );
+  }
+}
+
+const MEMORY_STRUCTURE = 'memory budget';
+
+/**
+ * Is this the guard's error? Code that turns a StrataError about one volume or file into a
+ * warning and goes on must rethrow this one: the whole command is over its budget.
+ */
+export function isMemoryLimit(e: unknown): boolean {
+  return e instanceof StrataError && e.code === 'LIMIT' && e.structure === MEMORY_STRUCTURE;
+}
+
+/** For tests: the guard's state back to the defaults. */
+export function resetMemoryBudget(): void {
+  budget = DEFAULT_MEMORY;
+  enforced = false;
+  lastCheck = 0;
+}

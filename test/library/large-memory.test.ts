@@ -1,0 +1,219 @@
+/**
+ * Issue 22: listing and extracting a 200,000-entry ext4 tree within `--memory 64M`. The run
+ * with the small budget must complete and give exactly the output of an unbounded run
+ * (`--memory 4G`), and its peak RSS (GNU time's %M, the kernel's maxrss) must stay under a
+ * ceiling: the budget plus Node's own footprint and V8's young generation. The listing is
+ * also checked against The Sleuth Kit's `fls -r -p` (every path, nothing more).
+ */
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { StrataError } from '../../src/util/errors.js';
+import { checkMemory, parseMemorySize, resetMemoryBudget, setMemoryBudget } from '../../src/util/memory.js';
+import { makeLargeExt4 } from '../helpers/large-tree.js';
+import { FIXTURES, fixture, have, ROOT, scratch } from '../helpers/tools.js';
+
+const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
+const ENTRIES = 200_000;
+/**
+ * Peak RSS allowed with --memory 64M: the budget (heap and buffers), Node's own ~52 MiB (the
+ * CLI's `--version` peaks at 52 MiB here), V8's young generation (two 16 MiB semi-spaces,
+ * outside the budget's reach) and 28 MiB of allocator slack. Measured: 160 MiB.
+ */
+const CEILING_64M = 176 * 1024 * 1024;
+
+for (const [cmd, pkg] of [
+  ['mkfs.ext4', 'e2fsprogs'],
+  ['fls', 'sleuthkit'],
+  ['/usr/bin/time', 'time'],
+]) {
+  if (!have(cmd)) throw new Error(`${cmd} is needed (apt-get install ${pkg})`);
+}
+
+const image = () =>
+  fixture(`large-ext4-e${ENTRIES}-b1024-c600-v2.img`, async (out) =>
+    makeLargeExt4(out, { entries: ENTRIES, maxFileBytes: 600, blockSize: 1024 }),
+  );
+
+/** Run the CLI under GNU time with stdout into `outFile`; the exit status and the peak RSS in bytes. */
+function measured(args: string[], outFile: string): Promise<{ code: number; maxRss: number; stderr: string }> {
+  const rssFile = `${outFile}.rss`;
+  const fd = openSync(outFile, 'w');
+  return new Promise((resolve, reject) => {
+    const c = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, process.execPath, CLI, ...args], {
+      stdio: ['ignore', fd, 'pipe'],
+    });
+    let stderr = '';
+    c.stderr?.on('data', (b: Buffer) => {
+      stderr += b;
+    });
+    c.on('error', reject);
+    c.on('close', (code) => {
+      closeSync(fd);
+      const kb = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
+      rmSync(rssFile, { force: true });
+      resolve({ code: code ?? -1, maxRss: kb * 1024, stderr });
+    });
+  });
+}
+
+function fileSha(p: string): string {
+  return createHash('sha256').update(readFileSync(p)).digest('hex');
+}
+
+/** Every entry below `root`: path, type, mode, size, mtime (ns), symlink target or content hash; sorted. */
+function treeManifest(root: string): string {
+  const lines: string[] = [];
+  const visit = (dir: string, rel: string) => {
+    for (const n of readdirSync(dir)) {
+      const p = path.join(dir, n);
+      const r = `${rel}/${n}`;
+      const st = lstatSync(p, { bigint: true });
+      const head = `${r} ${st.mode.toString(8)} ${st.size} ${st.mtimeNs}`;
+      if (st.isDirectory()) {
+        lines.push(head);
+        visit(p, r);
+      } else if (st.isSymbolicLink()) lines.push(`${head} -> ${readlinkSync(p)}`);
+      else lines.push(`${head} ${fileSha(p)}`);
+    }
+  };
+  visit(root, '');
+  return lines.sort().join('\n');
+}
+
+/** A scratch directory on tmpfs when there is one (200,000 small files), else in the fixture cache. */
+function outDir(name: string): string {
+  try {
+    readdirSync('/dev/shm');
+    const d = path.join('/dev/shm', `${name}-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`);
+    return d;
+  } catch {
+    return scratch(name);
+  }
+}
+
+test('ls -R -l --json of 200,000 entries: --memory 64M equals the unbounded run, under the RSS ceiling, and every fls path', async () => {
+  const img = await image();
+  const dir = scratch('large-ls');
+  try {
+    const small = await measured(['ls', '-R', '-l', '--json', '--memory', '64M', img, '/'], path.join(dir, 'small'));
+    assert.equal(small.code, 0, small.stderr);
+    const big = await measured(['ls', '-R', '-l', '--json', '--memory', '4G', img, '/'], path.join(dir, 'big'));
+    assert.equal(big.code, 0, big.stderr);
+    assert.equal(fileSha(path.join(dir, 'small')), fileSha(path.join(dir, 'big')));
+    assert.ok(
+      small.maxRss < CEILING_64M,
+      `peak RSS ${(small.maxRss / 2 ** 20).toFixed(1)} MiB with --memory 64M (ceiling ${CEILING_64M / 2 ** 20} MiB)`,
+    );
+    // the budget is what bounds it: the caches of the 4G run are the larger ones
+    assert.ok(small.maxRss < big.maxRss, `64M run ${small.maxRss} B, 4G run ${big.maxRss} B`);
+
+    // the oracle: The Sleuth Kit's recursive listing names the same paths
+    const ours = readFileSync(path.join(dir, 'small'), 'utf8')
+      .trimEnd()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { path: string }).path);
+    const flsOut = await new Promise<string>((resolve, reject) => {
+      const c = spawn('fls', ['-r', '-p', img], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const parts: Buffer[] = [];
+      c.stdout.on('data', (b: Buffer) => parts.push(b));
+      c.on('error', reject);
+      c.on('close', (code) =>
+        code === 0 ? resolve(Buffer.concat(parts).toString('utf8')) : reject(new Error(`fls ${code}`)),
+      );
+    });
+    const theirs = flsOut
+      .trimEnd()
+      .split('\n')
+      .map((l) => `/${l.slice(l.indexOf('\t') + 1)}`)
+      .filter((p) => !p.startsWith('/$OrphanFiles'));
+    assert.equal(ours.length, ENTRIES + 1); // the tree and lost+found
+    assert.deepEqual([...ours].sort(), [...theirs].sort());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('extract / of 200,000 entries: --memory 64M writes the same tree as the unbounded run, under the RSS ceiling', async () => {
+  const img = await image();
+  const small = outDir('large-extract-64m');
+  const big = outDir('large-extract-4g');
+  const logs = scratch('large-extract-logs');
+  try {
+    const a = await measured(['extract', '--memory', '64M', img, '/', small], path.join(logs, 'small'));
+    assert.equal(a.code, 0, a.stderr);
+    const b = await measured(['extract', '--memory', '4G', img, '/', big], path.join(logs, 'big'));
+    assert.equal(b.code, 0, b.stderr);
+    assert.ok(
+      a.maxRss < CEILING_64M,
+      `peak RSS ${(a.maxRss / 2 ** 20).toFixed(1)} MiB with --memory 64M (ceiling ${CEILING_64M / 2 ** 20} MiB)`,
+    );
+    const ma = treeManifest(small);
+    assert.equal(ma.split('\n').length, ENTRIES + 1);
+    assert.equal(ma, treeManifest(big));
+    // directory times were set after their contents (the streaming finish): the fixed mtime of the recipe
+    const st = lstatSync(path.join(small, 'copy-0', 'usr'), { bigint: true });
+    assert.equal(st.mtimeNs, BigInt(Date.parse('2024-01-02T03:04:05Z')) * 1_000_000n);
+  } finally {
+    for (const d of [small, big, logs]) rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('--memory takes sizes and refuses nonsense with a usage error', async () => {
+  const dir = scratch('large-usage');
+  try {
+    const r = await measured(['ls', '--memory', '1M', path.join(FIXTURES, 'no-such-image'), '/'], path.join(dir, 'o'));
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /--memory 1M is below/);
+    const r2 = await measured(
+      ['ls', '--memory', 'lots', path.join(FIXTURES, 'no-such-image'), '/'],
+      path.join(dir, 'o'),
+    );
+    assert.match(r2.stderr, /--memory: not a size: "lots"/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('blockmap --summary of 200,000 entries in --memory 40M stops with the memory error (status 1), not a partial map', async () => {
+  const img = await image();
+  const dir = scratch('large-blockmap');
+  try {
+    const r = await measured(['blockmap', '--summary', '--memory', '40M', img], path.join(dir, 'o'));
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stderr,
+      /^strata: memory budget: limit of 40 MiB exceeded while building the block map \(\d+ MiB of heap and buffers in use, \d+ MiB resident\); raise it with --memory\n$/,
+    );
+    assert.equal(readFileSync(path.join(dir, 'o'), 'utf8'), '');
+    assert.ok(r.maxRss < CEILING_64M, `peak RSS ${r.maxRss}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('checkMemory: live data above the budget is a LIMIT StrataError; garbage is collected, not counted', () => {
+  try {
+    setMemoryBudget(parseMemorySize('32M'));
+    // garbage only: made and dropped, then checked
+    for (let i = 0; i < 64; i++) Buffer.alloc(1 << 20).fill(i);
+    checkMemory('testing garbage');
+    resetMemoryBudget();
+    setMemoryBudget(parseMemorySize('32M'));
+    const live = Array.from({ length: 48 }, (_, i) => Buffer.alloc(1 << 20).fill(i));
+    assert.throws(
+      () => checkMemory('testing'),
+      (e: unknown) =>
+        e instanceof StrataError &&
+        e.code === 'LIMIT' &&
+        /^memory budget: limit of 32 MiB exceeded while testing/.test(e.message),
+    );
+    assert.equal(live.length, 48);
+  } finally {
+    resetMemoryBudget();
+  }
+});
