@@ -2,13 +2,15 @@ import { existsSync } from 'node:fs';
 import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { OpenOptions } from '../formats/types.js';
-import { httpGetAll } from '../io/http-source.js';
+import { httpGetAll, httpGetRange } from '../io/http-source.js';
 import { Library, libraryLocation } from '../library/library.js';
+import type { LayoutManifest } from '../library/manifest.js';
 import { parseStaticIndex, resolveStatic, STATIC_INDEX } from '../library/static-index.js';
 import { VersionSource } from '../library/version-source.js';
 import { RemoteLibrary } from '../serve/http/client.js';
 import { chainSource } from '../serve/nbd/export.js';
 import { HttpBackend } from '../store/http-backend.js';
+import { packKey } from '../store/pack.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
@@ -89,8 +91,26 @@ export async function httpLibraryDeploySource(
     ix.store.index.map((e) => ({ key: e.key, size: e.size, mtimeMs: e.mtimeMs })),
     { concurrency: opts.concurrency },
   );
-  const store = await Store.open(backend, { compressInline: true });
+  // the index says what the store held when it was written; a store changed since (gc,
+  // compaction) without a new index would give a disk that is not the version: refuse
+  const stale = (why: string, cause?: unknown) =>
+    new StrataError(
+      'CORRUPT',
+      `the library index is stale against the store: ${v.image}@${v.number} (manifest ${v.manifest.slice(0, 16)}…) ${why}; rewrite the index with 'strata export-index' where the library lives`,
+      { file: indexUrl, structure: 'static index' },
+      { cause },
+    );
+  let store: Store;
   try {
+    store = await Store.open(backend, { compressInline: true });
+  } catch (e) {
+    const m = /index\/[0-9a-f]{64}/.exec(String((e as Error).message));
+    if (m && /\b404\b/.test(String((e as Error).message)))
+      throw stale(`cannot be read: the store index file ${m[0]} that the library index lists is not on the server`, e);
+    throw e;
+  }
+  try {
+    if (!store.has(v.manifest)) throw stale('is not in the store: its manifest is missing from the store index');
     // manifests are blobs too: a warm cache holds them, and then nothing comes from the server
     const layoutOf = async (d: string) => {
       const hit = await opts.cache?.get(d);
@@ -99,7 +119,9 @@ export async function httpLibraryDeploySource(
       await opts.cache?.put(d, plain);
       return layoutFrom(plain, d);
     };
+    await probePacks(backend, [store.entry(v.manifest)!.pack], stale);
     const manifest = await layoutOf(v.manifest);
+    await checkComplete(store, backend, manifest, stale);
     const src = new ManifestSource(
       `${base}#${v.image}@${v.number}`,
       manifest,
@@ -112,6 +134,47 @@ export async function httpLibraryDeploySource(
     await store.close().catch(() => {});
     throw e;
   }
+}
+
+/**
+ * Every chunk of the version is in the store index, and every pack holding one is on the
+ * server (one 1-byte range request per pack): else `stale(why)`.
+ */
+async function checkComplete(
+  store: Store,
+  backend: HttpBackend,
+  manifest: LayoutManifest,
+  stale: (why: string, cause?: unknown) => StrataError,
+): Promise<void> {
+  const chunks = [...new Set(manifest.chunks)];
+  const missing = chunks.filter((d) => !store.has(d));
+  if (missing.length > 0)
+    throw stale(
+      `needs ${missing.length} of its ${chunks.length} chunks that the store index does not hold (first ${missing[0].slice(0, 16)}…)`,
+    );
+  await probePacks(backend, [...new Set(chunks.map((d) => store.entry(d)!.pack))], stale);
+}
+
+/** Each pack is on the server (a 1-byte range request each, a few at once): else `stale(why)`. */
+async function probePacks(
+  backend: HttpBackend,
+  packs: string[],
+  stale: (why: string, cause?: unknown) => StrataError,
+): Promise<void> {
+  let next = 0;
+  const probe = async () => {
+    while (next < packs.length) {
+      const key = packKey(packs[next++]);
+      try {
+        await httpGetRange(`${backend.url}/${key}`, 0, 1);
+      } catch (e) {
+        if (/\b(404|410)\b/.test(String((e as Error).message)))
+          throw stale(`has chunks in ${key}, which is not on the server`, e);
+        throw e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(8, packs.length) }, probe));
 }
 
 /**
