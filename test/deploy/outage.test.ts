@@ -244,3 +244,22 @@ describe('a static index stale against the store', () => {
     await refused(copy, 'disk@1', /packs\/\S+, which is not on the server/);
   });
 });
+
+describe('profiles from a library that is not local', () => {
+  test('--profile REF with a library over HTTP: refused, saying what is missing and what works instead', () => {
+    const target = path.join(dir, 'profile-ref.raw');
+    const p = spawnSync(
+      process.execPath,
+      [CLI, 'deploy', 'disk@1', '--library', libUrl, '--profile', 'disk@1', '--to', target, '--port', '0'],
+      { encoding: 'utf8', timeout: 120_000 },
+    );
+    assert.notEqual(p.status, 0);
+    assert.match(
+      p.stderr,
+      /--profile disk@1: a library at http:\/\/127\.0\.0\.1:\d+\/lib cannot give its boot profiles/,
+    );
+    assert.match(p.stderr, /no profile route/);
+    assert.match(p.stderr, /strata profile show REF --json/);
+    assert.equal(existsSync(target), false, 'no TARGET written');
+  });
+});

@@ -97,6 +97,9 @@ export function registerDeployCommand(program: Command): void {
       // the profile's plan is worked out (the source's block map built) while the export already serves
       const profile = await findProfile(o.profile as string | undefined, sourceArg, {
         library: o.library as string | undefined,
+        remote:
+          (o.remote as string | undefined) ??
+          (/^https?:\/\//i.test(String(o.library ?? '')) ? String(o.library) : undefined),
         // profiles live in a local library's catalog; over HTTP or --remote, only --profile FILE gives one
         sourceIsVersion:
           source.manifestDigest !== undefined &&
