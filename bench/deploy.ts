@@ -219,7 +219,9 @@ function library(raw: string, next: string): string {
     });
     if (r.status !== 0) throw new Error(`strata checkin ${img} failed`);
   }
-  const r = spawnSync(process.execPath, [CLI, 'export-index', '--library', tmp], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, [CLI, 'export-index', '--library', tmp], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   if (r.status !== 0) throw new Error('strata export-index failed');
   renameSync(tmp, lib);
   return lib;
