@@ -24,15 +24,7 @@ before(async () => {
 describe('strata deploy', () => {
   test('the export reads as the version at every moment of the copy, then TARGET alone does', async () => {
     const target = path.join(dir, 'mid.raw');
-    const d = await startDeploy([
-      'disk@1',
-      '--library',
-      lib,
-      '--to',
-      target,
-      '--bandwidth',
-      '1M',
-    ]);
+    const d = await startDeploy(['disk@1', '--library', lib, '--to', target, '--bandwidth', '1M']);
     const image = readFileSync(v1);
     const r = prng(16);
     try {
