@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { OpenOptions } from '../formats/types.js';
-import { httpGetAll, httpGetRange } from '../io/http-source.js';
+import { httpGetAll } from '../io/http-source.js';
 import { Library, libraryLocation } from '../library/library.js';
 import type { LayoutManifest } from '../library/manifest.js';
 import { parseStaticIndex, resolveStatic, STATIC_INDEX } from '../library/static-index.js';
@@ -119,9 +119,10 @@ export async function httpLibraryDeploySource(
       await opts.cache?.put(d, plain);
       return layoutFrom(plain, d);
     };
-    await probePacks(backend, [store.entry(v.manifest)!.pack], stale);
+    // (a pack whose chunks the host's cache holds is never read: its absence does no harm)
+    if (!(await opts.cache?.has(v.manifest))) await probePacks(backend, [store.entry(v.manifest)!.pack], stale);
     const manifest = await layoutOf(v.manifest);
-    await checkComplete(store, backend, manifest, stale);
+    await checkComplete(store, backend, manifest, stale, opts.cache);
     const src = new ManifestSource(
       `${base}#${v.image}@${v.number}`,
       manifest,
@@ -137,14 +138,15 @@ export async function httpLibraryDeploySource(
 }
 
 /**
- * Every chunk of the version is in the store index, and every pack holding one is on the
- * server (one 1-byte range request per pack): else `stale(why)`.
+ * Every chunk of the version is in the store index, and every pack holding one the cache
+ * lacks is on the server (one HEAD request per pack): else `stale(why)`.
  */
 async function checkComplete(
   store: Store,
   backend: HttpBackend,
   manifest: LayoutManifest,
   stale: (why: string, cause?: unknown) => StrataError,
+  cache?: ChunkCache,
 ): Promise<void> {
   const chunks = [...new Set(manifest.chunks)];
   const missing = chunks.filter((d) => !store.has(d));
@@ -152,10 +154,12 @@ async function checkComplete(
     throw stale(
       `needs ${missing.length} of its ${chunks.length} chunks that the store index does not hold (first ${missing[0].slice(0, 16)}…)`,
     );
-  await probePacks(backend, [...new Set(chunks.map((d) => store.entry(d)!.pack))], stale);
+  const needed: string[] = [];
+  for (const d of chunks) if (!(await cache?.has(d))) needed.push(d);
+  await probePacks(backend, [...new Set(needed.map((d) => store.entry(d)!.pack))], stale);
 }
 
-/** Each pack is on the server (a 1-byte range request each, a few at once): else `stale(why)`. */
+/** Each pack is on the server (a HEAD request each, a few at once): else `stale(why)`. */
 async function probePacks(
   backend: HttpBackend,
   packs: string[],
@@ -165,13 +169,21 @@ async function probePacks(
   const probe = async () => {
     while (next < packs.length) {
       const key = packKey(packs[next++]);
+      const url = `${backend.url}/${key}`;
+      let status: number;
       try {
-        await httpGetRange(`${backend.url}/${key}`, 0, 1);
+        const r = await fetch(url, { method: 'HEAD', signal: AbortSignal.timeout(30_000) });
+        status = r.status;
       } catch (e) {
-        if (/\b(404|410)\b/.test(String((e as Error).message)))
-          throw stale(`has chunks in ${key}, which is not on the server`, e);
-        throw e;
+        throw new StrataError(
+          'IO',
+          `cannot reach the library: ${((e as Error).cause as Error)?.message ?? (e as Error).message}`,
+          { file: url },
+          { cause: e },
+        );
       }
+      if (status === 404 || status === 410) throw stale(`has chunks in ${key}, which is not on the server`);
+      if (status >= 400) throw new StrataError('IO', `HEAD answered ${status}`, { file: url });
     }
   };
   await Promise.all(Array.from({ length: Math.min(8, packs.length) }, probe));
