@@ -17,6 +17,9 @@
  * waits LRU / introspective and read-ahead / introspective. A simulation on real traces,
  * not wall time of a live server: the figure is round trips, the cost on a slow link.
  *
+ * The live comparison (a guest booting over NBD from a slow source through the real cache,
+ * each policy): bench/introspect-live.ts, `npm run bench:introspect -- --live`.
+ *
  *   npm run bench:introspect
  *   BENCH_DIR=/tmp/b BENCH_ROOTFS=/path/to/rootfs BENCH_CACHE_MIB=64,8 npm run bench:introspect
  */
@@ -26,6 +29,7 @@ import * as path from 'node:path';
 import { CACHE_POLICIES, type CacheSimResult, simulateCache } from '../src/analytics/cache-sim.js';
 import { blockMapOfImage } from '../src/blockmap/of-image.js';
 import { benchBaseImage, benchChildEnv, CLI, need, ROOT, sh } from './common.js';
+import { live } from './introspect-live.js';
 
 const BENCH = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
 const log = (m: string) => process.stderr.write(`# ${m}\n`);
@@ -145,7 +149,7 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e) => {
+(process.argv.includes('--live') ? live() : main()).catch((e) => {
   process.stderr.write(`${(e as Error).stack ?? e}\n`);
   process.exit(1);
 });

@@ -25,8 +25,9 @@ import { StrataError } from '../util/errors.js';
  * by class. A wait is what costs a guest a round trip to the source; a fetch made ahead
  * (prefetch) is counted in bytes and fetches but makes no one wait. The simulation assumes
  * a prefetch has landed before the next request (a source fast enough in bandwidth, slow in
- * latency: the regime of seed 000). Not a live cache: `strata nbd` still serves with its
- * block LRU; this measures what the policy would change, on real traces.
+ * latency: the regime of seed 000). The live cache is io/introspective-cache.ts with the
+ * block map's prefetchers in blockmap/introspector.ts (`strata nbd --cache-policy`); this
+ * measures what a policy would change, on recorded traces, without the wall clock.
  */
 export type CachePolicy = 'lru' | 'readahead' | 'introspective';
 export const CACHE_POLICIES: readonly CachePolicy[] = ['lru', 'readahead', 'introspective'];

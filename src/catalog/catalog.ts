@@ -48,6 +48,8 @@ export const SCHEMA = [
 export const CATALOG_MIGRATIONS: Migration[] = [
   { id: 'catalog-1', statements: SCHEMA },
   { id: 'inspection-1', statements: INSPECTION_SCHEMA },
+  // what a version changed, in words (an edit's or commit's message; `strata log` shows it)
+  { id: 'version-message-1', statements: ['ALTER TABLE versions ADD COLUMN message TEXT'] },
 ];
 
 export interface VersionRow {
@@ -66,6 +68,8 @@ export interface VersionRow {
   state: 'active' | 'deleted';
   parents: Array<{ image: string; number: number }>;
   tags: string[];
+  /** What this version changed, in words (edits, commits, rebases); null for plain check-ins. */
+  message: string | null;
 }
 
 export interface ImageRow {
@@ -92,6 +96,8 @@ export interface NewVersion {
   exact: boolean;
   parents: Array<{ image: string; number: number }>;
   tags: string[];
+  /** What this version changed, in words (kept per version; `description` is the image's). */
+  message?: string;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$/;
@@ -122,10 +128,11 @@ interface RawVersion {
   new_bytes: number;
   exact: number;
   state: 'active' | 'deleted';
+  message: string | null;
 }
 
 const VERSION_COLS =
-  'image, number, manifest, created, created_by, source_name, source_format, virtual_size, used_bytes, stored_bytes, new_bytes, exact, state';
+  'image, number, manifest, created, created_by, source_name, source_format, virtual_size, used_bytes, stored_bytes, new_bytes, exact, state, message';
 
 export class Catalog {
   private constructor(readonly db: Db) {}
@@ -153,7 +160,7 @@ export class Catalog {
           v.image,
         ]);
         const n = Number(r?.n ?? 0) + 1;
-        await tx.run(`INSERT INTO versions (${VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, [
+        await tx.run(`INSERT INTO versions (${VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, [
           v.image,
           n,
           v.manifest,
@@ -167,6 +174,7 @@ export class Catalog {
           v.newBytes,
           v.exact ? 1 : 0,
           'active',
+          v.message ?? null,
         ]);
         for (const p of v.parents) {
           await tx.run(
@@ -219,6 +227,7 @@ export class Catalog {
       state: r.state,
       parents: parents.map((p) => ({ image: p.parent_image, number: Number(p.parent_number) })),
       tags: tags.map((t) => t.tag),
+      message: r.message ?? null,
     };
   }
 

@@ -195,8 +195,13 @@ export class PgDb implements Db {
     for (let attempt = 0; ; attempt++) {
       let client: PoolClient | undefined;
       let committing = false;
+      // A checked-out client has no pool listener: a connection the server ends between two
+      // queries (a restart) emits 'error' on the client, which would kill the process. The
+      // next query on it fails, and that failure is what the retry below sees.
+      const onLost = () => {};
       try {
         client = await this.pool.connect();
+        client.on('error', onLost);
         if (opts.lock) {
           await client.query('BEGIN ISOLATION LEVEL READ COMMITTED');
           await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [opts.lock]);
@@ -204,12 +209,14 @@ export class PgDb implements Db {
         const r = await fn(new PgTx(client));
         committing = true;
         await client.query('COMMIT');
+        client.off('error', onLost);
         client.release();
         return r;
       } catch (e) {
         if (client) {
           const broken = isConnectionError(e);
           if (!broken) await client.query('ROLLBACK').catch(() => {});
+          client.off('error', onLost);
           client.release(broken ? (e as Error) : undefined);
         }
         const code = pgCode(e);

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 /**
  * Examples for every command's `--help`, and from the same text the man page
  * (scripts/man.mjs) and the test that runs each example (test/cli/help-examples.test.ts,
- * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv, an empty mnt/ and a library with
+ * in a folder holding disk.qcow2, old.qcow2, new.qcow2, trace.csv, empty mnt/ and mnt-rw/ and a library with
  * debian@1 tagged 12). Keyed by the command's path below `strata`.
  */
 export const EXAMPLES: Record<string, string[]> = {
@@ -31,8 +31,9 @@ export const EXAMPLES: Record<string, string[]> = {
   diff: ['strata diff old.qcow2 new.qcow2', 'strata diff debian@1 new.qcow2 --packages'],
   search: ["strata search --package 'bash>=5'", "strata search --path '/etc/**/*.conf' --user root --json"],
   reinspect: ['strata reinspect --missing'],
-  mount: ['strata mount disk.qcow2 mnt --background'],
-  umount: ['strata umount mnt'],
+  mount: ['strata mount disk.qcow2 mnt --background', 'strata mount debian:12 mnt-rw --rw --upper edits --background'],
+  commit: ['strata commit mnt-rw --dry-run', 'strata commit edits --dry-run --json'],
+  umount: ['strata umount mnt', 'strata umount mnt-rw'],
   virtiofs: ['strata virtiofs debian:12 --socket vfs.sock --tag root'],
   nbd: ['strata nbd disk.qcow2 --port 0'],
   deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],
@@ -59,7 +60,19 @@ export const EXAMPLES: Record<string, string[]> = {
   versions: ['strata versions debian'],
   describe: ['strata describe debian@1'],
   tag: ['strata tag debian@1 debian:stable'],
+  // the help test's library holds one version: rebasing it onto itself plans nothing, and runs
+  rebase: [
+    'strata rebase debian:12 --from debian@1 --to debian:12 --dry-run',
+    'strata rebase debian@1 --from debian@1 --to debian@1 --dry-run --json',
+  ],
   rm: ['strata rm debian@1'],
+  put: ['strata put debian:12 /etc/motd motd.txt --mode 644 -m "welcome text"'],
+  mkdir: ['strata mkdir debian:12 /srv/www/html -p'],
+  ln: ['strata ln -s /srv/www debian:12 /var/www-link'],
+  chmod: ['strata chmod 600 debian:12 /etc/hostname'],
+  chown: ['strata chown 1000:1000 debian:12 /etc/hostname --json'],
+  edit: ['strata edit debian:12 --script edits.txt -m "web root"'],
+  log: ['strata log debian', 'strata log debian --json --limit 3'],
   gc: ['strata gc'],
   verify: ['strata verify'],
   completion: ['strata completion bash > strata.bash', 'strata completion zsh > _strata'],

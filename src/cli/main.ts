@@ -31,7 +31,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/inspect.js')).registerInspectCommands,
   },
   {
-    verbs: ['mount', 'umount', 'virtiofs'],
+    verbs: ['mount', 'umount', 'virtiofs', 'commit'],
     load: async () => (await import('./commands/mount.js')).registerMountCommands,
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
@@ -46,7 +46,12 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/serve.js')).registerServeCommands,
   },
   { verbs: ['db', 'migrate'], load: async () => (await import('./commands/scale.js')).registerScaleCommands },
+  { verbs: ['rebase'], load: async () => (await import('./commands/rebase.js')).registerRebaseCommand },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },
+  {
+    verbs: ['put', 'mkdir', 'ln', 'chmod', 'chown', 'edit', 'log'],
+    load: async () => (await import('./commands/edit.js')).registerEditCommands,
+  },
   {
     verbs: ['completion'],
     // handed buildProgram rather than importing this file (no import cycle; test/layers.test.ts)

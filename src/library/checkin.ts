@@ -58,7 +58,12 @@ const CONCURRENCY = 8;
 
 export interface CheckinOptions {
   name: string;
+  /** The image's description (shared by its versions). */
   description?: string;
+  /** What this version changed, in words (kept with the version; `strata log` shows it). */
+  message?: string;
+  /** What the catalog records as the version's source (default: the image path given). */
+  sourceName?: string;
   /** Parent version refs; default: the library version an overlay backs onto, else the image's latest version, if any. */
   parents?: string[];
   tags?: string[];
@@ -667,9 +672,10 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,
+        message: opts.message,
         manifest: m.digest,
         createdBy: opts.createdBy ?? defaultUser(),
-        sourceName: image,
+        sourceName: opts.sourceName ?? image,
         sourceFormat: img.format,
         virtualSize: img.size,
         usedBytes,

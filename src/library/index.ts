@@ -65,6 +65,23 @@ export { type CheckoutOptions, type CheckoutResult, checkout, openVersionSource 
 // Convert between containers (the copy machinery: ./convert/).
 export { type ConvertOptions, type ConvertResult, convertImage } from './convert/convert.js';
 export { type DemoResult, type DemoStep, runDemo } from './demo.js';
+export { type ApplyOptions, type ApplyResult, applyChanges, describeChanges } from './edit/apply.js';
+// Editing a version's files in place (issue 24): the change-set contract, its writer, rebase.
+export type { Attrs, Change, ChangeSet, ContentSource } from './edit/changes.js';
+export { contentChunks } from './edit/content.js';
+export { type LogOptions, type LogStep, versionLog } from './edit/log.js';
+export {
+  type ApplyChanges,
+  type Conflict,
+  type MergedFile,
+  type PlanInput,
+  planRebase,
+  type RebaseOptions,
+  type RebasePlan,
+  type RebaseResult,
+  rebaseVersion,
+} from './edit/rebase.js';
+export { parseEditScript, parseMode, parseOwner, type ScriptOptions } from './edit/script.js';
 export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';
 export { type ContentSummary, type ImageInfo, imageInfo, mapImage, recognised } from './image-info.js';
 export { forgetInspection, type RecordedInspection, reinspect, versionInspection } from './inspection.js';

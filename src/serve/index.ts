@@ -8,15 +8,21 @@
 export type { BufferPool } from '../util/buffer-pool.js';
 // FUSE: a mount of an image's file system or a library version's file manifest
 export {
+  checkUpperState,
   FsTree,
   type FuseMountOptions,
   FuseSession,
+  isWritable,
   ManifestTree,
   type MountChild,
   type MountNode,
   type MountTree,
   type OpenMountOptions,
+  OverlayTree,
   openMountTree,
+  type UpperState,
+  upperToChangeSet,
+  type WritableTree,
 } from './fuse/index.js';
 // the library service over HTTP, its typed client and its accounts
 export {
@@ -50,6 +56,7 @@ export {
   type Visibility,
 } from './http/index.js';
 export type { Budget } from './nbd/budget.js';
+export { type ExportCacheOptions, openExportCache } from './nbd/cache.js';
 export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';

@@ -55,6 +55,7 @@ test('catalog on PostgreSQL: versions, tags, refs; rows as psql reads them; migr
     assert.deepEqual(psql(svc.pg, schema, 'SELECT id FROM schema_migrations ORDER BY id'), [
       'catalog-1',
       'inspection-1',
+      'version-message-1',
     ]);
     await Access.open(c.db);
     const again = await migrateCatalogDb(url);
@@ -123,4 +124,26 @@ test('start-up errors: a refused connection and a wrong password, one clear erro
   wrong.password = 'not-the-password';
   await assert.rejects(PgDb.open(wrong.toString()), /cannot use the catalog database: password authentication failed/);
   await assert.rejects(PgDb.open(`${svc.pg}?schema=Bad-Name`), /bad schema name/);
+});
+
+test('a connection the server ends in the middle of a transaction: the process lives, the transaction runs again', async () => {
+  // what a PostgreSQL restart does to a busy server: FATAL 57P01 on a checked-out client
+  const db = await PgDb.open(pgWithSchema(svc.pg, uniqueName('term')));
+  try {
+    let runs = 0;
+    const r = await db.transaction(async (tx) => {
+      runs++;
+      const me = await tx.get<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      if (runs === 1) {
+        // another session ends this one, and the notice arrives while the client waits between queries
+        psql(svc.pg, 'public', `SELECT pg_terminate_backend(${me?.pid})`);
+        await new Promise((res) => setTimeout(res, 500));
+      }
+      return (await tx.get<{ n: number }>('SELECT 41 + 1 AS n'))?.n;
+    });
+    assert.equal(r, 42);
+    assert.equal(runs, 2);
+  } finally {
+    await db.close();
+  }
 });

@@ -81,7 +81,11 @@ describe('help, version, completion and man page', { timeout: 900_000 }, () => {
     let trace = '';
     for (let i = 0; i < 64; i++) trace += `${17 * 1048576 + i * 65536},4096\n`;
     writeFileSync(path.join(box, 'trace.csv'), trace);
+    // for the edit verbs: strata put ... motd.txt, strata edit ... --script edits.txt
+    writeFileSync(path.join(box, 'motd.txt'), 'welcome\n');
+    writeFileSync(path.join(box, 'edits.txt'), 'mkdir /srv/www -p\nput /srv/www/index.html motd.txt --mode 644\n');
     mkdirSync(path.join(box, 'mnt')); // strata mount ... mnt --background, then strata umount mnt
+    mkdirSync(path.join(box, 'mnt-rw')); // strata mount ... mnt-rw --rw --upper edits, commit, umount
     env = { PATH: `${bin}:${process.env.PATH}`, STRATA_LIBRARY: path.join(box, 'lib'), HOME: box };
     const c = await strata(['checkin', deb.qcow2, '--name', 'debian', '--tag', '12'], { env });
     assert.equal(c.code, 0, c.stderr);

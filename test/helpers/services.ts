@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
@@ -8,7 +8,8 @@ import * as path from 'node:path';
  * CI starts them once (.ci/run: scripts/test-services.sh) and exports STRATA_TEST_PG,
  * STRATA_TEST_S3 and the AWS_* variables; run alone, a test file starts its own pair (as
  * root, ~30 s) and stops it when the process exits. A missing server is a failure, never a
- * skip: the start fails loudly.
+ * skip: the start fails loudly. `private`: a pair of its own even under CI (a test that
+ * restarts or stops the servers must not pull them from under tests running beside it).
  */
 export interface Services {
   pg: string;
@@ -23,9 +24,9 @@ let mine: Services | undefined;
 
 const script = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../scripts/test-services.sh');
 
-export function testServices(): Services {
+export function testServices(opts: { private?: boolean } = {}): Services {
   const e = process.env;
-  if (e.STRATA_TEST_PG && e.STRATA_TEST_S3 && e.AWS_ENDPOINT_URL) {
+  if (!opts.private && e.STRATA_TEST_PG && e.STRATA_TEST_S3 && e.AWS_ENDPOINT_URL) {
     return {
       pg: e.STRATA_TEST_PG,
       s3: e.STRATA_TEST_S3,
@@ -33,7 +34,7 @@ export function testServices(): Services {
       dir: e.STRATA_TEST_SERVICES ?? '',
     };
   }
-  if (mine) return mine;
+  if (mine && !opts.private) return mine;
   const dir = mkdtempSync(path.join(tmpdir(), 'strata-svc-'));
   execFileSync('bash', [script, 'start', dir], { stdio: ['ignore', 'inherit', 'inherit'] });
   const env: Record<string, string> = {};
@@ -41,14 +42,20 @@ export function testServices(): Services {
     const m = /^export ([A-Z0-9_]+)=(.*)$/.exec(line);
     if (m) env[m[1]] = m[2];
   }
-  process.on('exit', () => {
-    try {
-      execFileSync('bash', [script, 'stop', dir], { stdio: 'ignore' });
-    } catch {}
-  });
+  process.on('exit', () => stopServices({ dir }));
+  const got = { pg: env.STRATA_TEST_PG, s3: env.STRATA_TEST_S3, awsEnv: awsFrom(env), dir };
+  if (opts.private) return got;
   for (const [k, v] of Object.entries(env)) process.env[k] = v;
-  mine = { pg: env.STRATA_TEST_PG, s3: env.STRATA_TEST_S3, awsEnv: awsFrom(env), dir };
+  mine = got;
   return mine;
+}
+
+/** Stop a pair this process started (a private one: call it from the test's after hook). */
+export function stopServices(svc: Pick<Services, 'dir'>): void {
+  if (!svc.dir || !existsSync(svc.dir)) return;
+  try {
+    execFileSync('bash', [script, 'stop', svc.dir], { stdio: 'ignore' });
+  } catch {}
 }
 
 function awsFrom(e: Record<string, string | undefined>): Record<string, string> {

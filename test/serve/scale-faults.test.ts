@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { strata } from '../helpers/cli.js';
 import { Cluster } from '../helpers/scale-cluster.js';
-import { pgWithSchema, testServices, uniqueName } from '../helpers/services.js';
+import { pgWithSchema, stopServices, testServices, uniqueName } from '../helpers/services.js';
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 
@@ -26,7 +26,8 @@ import { tempDir } from '../library/images.js';
  */
 const CLIENTS = Number(process.env.STRATA_SCALE_CLIENTS ?? 20);
 const SECONDS = Number(process.env.STRATA_SCALE_SECONDS ?? 150);
-const svc = testServices();
+// its own PostgreSQL and Swift: it restarts and stops them, which tests running beside it must not see
+const svc = testServices({ private: true });
 const pgUrl = new URL(svc.pg);
 const dir = tempDir('scale-faults');
 const schema = uniqueName('flt');
@@ -78,7 +79,10 @@ before(async () => {
   await cluster.start();
 });
 
-after(() => cluster.close());
+after(async () => {
+  await cluster.close();
+  stopServices(svc);
+});
 
 interface Acked {
   ref: string;
@@ -179,7 +183,9 @@ test(`load and faults: ${CLIENTS} clients for ${SECONDS} s; a server SIGKILLed, 
   assert.equal(gc1.code, 0, gc1.stderr);
   const g1 = JSON.parse(gc1.stdout);
   const liveRefs = acked.filter((a) => !uncertain.has(a.ref));
-  assert.ok(g1.liveVersions >= liveRefs.length, `${g1.liveVersions} live versions, ${liveRefs.length} acknowledged`);
+  // gc counts live manifests: check-ins of the same image share one
+  const liveImages = new Set(liveRefs.map((a) => a.sha)).size;
+  assert.ok(g1.liveVersions >= liveImages, `${g1.liveVersions} live manifests, ${liveImages} acknowledged images`);
   if (acked.some((a) => deleted.has(a.ref) && own.some((o) => o.sha === a.sha)))
     assert.ok(g1.freedBytes > 0, gc1.stdout);
   const gc2 = await strata(['gc', '--json', '--upload-grace', '0s', ...admin], env);

@@ -333,7 +333,10 @@ test('the diff as a tree with a text diff of a changed file; the provenance grap
     [...new Set(provRequests)].sort(),
     `provenance fetched more than once: ${provRequests.join(' ')}`,
   );
-  assert.ok(provRequests.some((u) => u.includes('/2/provenance')), provRequests.join(' '));
+  assert.ok(
+    provRequests.some((u) => u.includes('/2/provenance')),
+    provRequests.join(' '),
+  );
   assert.equal(await page.locator('svg.provenance a[aria-current=page]').getAttribute('data-node'), 'own/debian@2');
   assert.ok((await page.locator('svg.provenance line').count()) >= 1);
   await node.focus();

@@ -77,9 +77,7 @@ async function provenanceGraph(image, number, depth = 2) {
     let frontier = [{ image, number }];
     for (let g = 1; g <= depth && frontier.length; g++) {
       const next = [];
-      const provs = await Promise.all(
-        frontier.map((v) => provenanceOf(v.image, v.number).catch(() => null)),
-      );
+      const provs = await Promise.all(frontier.map((v) => provenanceOf(v.image, v.number).catch(() => null)));
       provs.forEach((p, i) => {
         if (!p) return;
         for (const o of p[dir]) {

@@ -357,10 +357,27 @@ function registerLibraryVerbs(program: Command): void {
   withLib(
     program
       .command('rm')
-      .description('delete a version (its chunks go at the next gc)')
+      .description(
+        'delete a version (its chunks go at the next gc); with PATHs: a new version with those paths removed from its file system',
+      )
       .argument('<ref>', 'version')
+      .argument('[paths...]', 'absolute paths in the image to remove (a new version; REF stays)')
+      .option('-r, --recursive', 'with PATHs: remove directories and what they hold')
+      .option('-m, --message <text>', "with PATHs: the new version's message")
+      .option('--part <n>', 'with PATHs: the partition whose file system is edited')
       .option('--json', 'machine-readable output'),
-  ).action(async (ref: string, o: Record<string, unknown>) => {
+  ).action(async (ref: string, paths: string[], o: Record<string, unknown>) => {
+    if (paths.length > 0) {
+      if (await remoteOf(o))
+        throw new StrataError('USAGE', 'rm REF PATH works on a local library only (no --remote yet)');
+      const { runEdit } = await import('./edit.js');
+      return runEdit(
+        ref,
+        paths.map((p) => ({ op: 'rm' as const, path: p, recursive: Boolean(o.recursive) })),
+        o,
+      );
+    }
+    if (o.recursive) throw new StrataError('USAGE', '-r removes paths inside an image: give PATHs (rm REF PATH -r)');
     await useLibraryOr(o, async (lib) => {
       const remote = lib ? undefined : await remoteOf(o);
       const v = lib ? await lib.catalog.resolve(ref) : await remote!.deleteVersion(ref);

@@ -1,5 +1,15 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmdirSync, statSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
@@ -21,16 +31,33 @@ async function background(image: string, o: Record<string, unknown>): Promise<vo
     stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
     env: { ...process.env, [CHILD_ENV]: '1' },
   });
-  const said = await new Promise<{ ready?: string; error?: string }>((resolve) => {
-    child.on('message', (m: { ready?: string; error?: string }) => resolve(m));
+  const said = await new Promise<{ ready?: string; error?: string; upper?: string }>((resolve) => {
+    child.on('message', (m: { ready?: string; error?: string; upper?: string }) => resolve(m));
     child.on('error', (e) => resolve({ error: e.message }));
     child.on('exit', (c) => resolve({ error: `the mount server exited (${c}) before mounting` }));
   });
   if (said.error !== undefined) throw new StrataError('IO', said.error);
   child.unref();
   if (child.connected) child.disconnect();
-  if (o.json) printJson({ mountpoint: said.ready, source: image, readOnly: true, pid: child.pid });
-  else process.stdout.write(`mounted ${image} at ${said.ready} (read-only; server pid ${child.pid})\n`);
+  const upper = said.upper;
+  if (o.json) printJson({ mountpoint: said.ready, source: image, readOnly: !upper, upper, pid: child.pid });
+  else process.stdout.write(`mounted ${image} at ${said.ready} (${how(upper)}; server pid ${child.pid})\n`);
+}
+
+const how = (upper: string | undefined) => (upper ? `writable; upper layer ${upper}` : 'read-only');
+
+/** Where a writable mount's upper folder is noted, by mount point (for `strata commit MOUNTPOINT`). */
+function registryFile(mountpoint: string): string {
+  const id = createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 24);
+  return path.join(tmpdir(), 'strata-mounts', `${id}.json`);
+}
+
+/** What a writable mount notes in its upper folder (meta.json). */
+interface UpperMeta {
+  source: string;
+  mountpoint: string;
+  pid: number;
+  version?: { library: string; ref: string };
 }
 
 /** Until SIGINT/SIGTERM or the kernel ends the mount (someone ran umount): which one. */
@@ -43,8 +70,11 @@ function served(session: FuseSession): Promise<string> {
   });
 }
 
-async function mountTarget(image: string, mountpoint: string, o: Record<string, unknown>): Promise<FuseSession> {
-  if (o.rw) throw new StrataError('UNSUPPORTED', '--rw (a copy-up overlay) is not implemented yet: mount read-only');
+async function mountTarget(
+  image: string,
+  mountpoint: string,
+  o: Record<string, unknown>,
+): Promise<{ session: FuseSession; upper?: string; save?: (nonce?: string) => void }> {
   let st: ReturnType<typeof statSync>;
   try {
     st = statSync(mountpoint);
@@ -55,13 +85,64 @@ async function mountTarget(image: string, mountpoint: string, o: Record<string, 
   const { classifyTarget } = await import('../../library/index.js');
   noteTarget(classifyTarget(image, targetOptionsFrom(o)));
   const cacheBytes = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
-  const { openMountTree, FuseSession } = await import('../../serve/index.js');
-  const { tree, warnings } = await openMountTree(image, {
+  const maxBytes = o.maxSize === undefined ? undefined : parseSize(String(o.maxSize), 'upper layer size');
+  if (!o.rw && (o.upper !== undefined || maxBytes !== undefined)) {
+    throw new StrataError('USAGE', '--upper and --max-size are for a writable mount (--rw)');
+  }
+  const { openMountTree, FuseSession, OverlayTree } = await import('../../serve/index.js');
+  const opened = await openMountTree(image, {
     address: { part: o.part as string | undefined, lv: o.lv as string | undefined },
     open: openOptionsFrom(o),
     target: targetOptionsFrom(o),
   });
-  warnAll(warnings);
+  warnAll(opened.warnings);
+  let tree = opened.tree;
+  let upper: string | undefined;
+  let overlay: InstanceType<typeof OverlayTree> | undefined;
+  if (o.rw) {
+    try {
+      upper = path.resolve(o.upper === undefined ? mkdtempSync(path.join(tmpdir(), 'strata-upper-')) : String(o.upper));
+      mkdirSync(upper, { recursive: true, mode: 0o700 });
+      if (existsSync(path.join(upper, 'state.json'))) {
+        throw new StrataError(
+          'USAGE',
+          "the upper folder already holds a mount's changes (commit them, or give a new --upper)",
+          { file: upper },
+        );
+      }
+      let timer: NodeJS.Timeout | undefined;
+      overlay = new OverlayTree(opened.tree, upper, {
+        maxBytes,
+        // the state file follows the changes (a killed server loses at most the last moment)
+        onChange: () => {
+          if (timer) return;
+          timer = setTimeout(() => {
+            timer = undefined;
+            try {
+              overlay?.save();
+            } catch (e) {
+              warn(`saving the upper layer state: ${(e as Error).message}`);
+            }
+          }, 500);
+          timer.unref();
+        },
+      });
+      tree = overlay;
+      const meta: UpperMeta = {
+        source: image,
+        mountpoint: path.resolve(mountpoint),
+        pid: process.pid,
+        version: opened.version,
+      };
+      writeFileSync(path.join(upper, 'meta.json'), `${JSON.stringify(meta, null, 2)}\n`);
+      const reg = registryFile(mountpoint);
+      mkdirSync(path.dirname(reg), { recursive: true });
+      writeFileSync(reg, JSON.stringify({ upper, mountpoint: meta.mountpoint }));
+    } catch (e) {
+      await opened.tree.close().catch(() => {});
+      throw e;
+    }
+  }
   const session = new FuseSession(tree, mountpoint, { cacheBytes, onWarning: warn });
   try {
     await session.mount();
@@ -69,7 +150,72 @@ async function mountTarget(image: string, mountpoint: string, o: Record<string, 
     await tree.close().catch(() => {});
     throw e;
   }
-  return session;
+  return { session, upper, save: overlay ? (n) => overlay?.save(n) : undefined };
+}
+
+/** The upper folder of `dir`: itself (it holds meta.json), or the one a writable mount at `dir` noted. */
+function upperOf(dir: string): string {
+  if (existsSync(path.join(dir, 'meta.json')) && existsSync(path.join(dir, 'data'))) return path.resolve(dir);
+  let real = path.resolve(dir);
+  try {
+    real = realpathSync(dir);
+  } catch {
+    // a mount point of a killed server: not resolvable, its name is
+  }
+  for (const p of [real, path.resolve(dir)]) {
+    try {
+      const r = JSON.parse(readFileSync(registryFile(p), 'utf8')) as { upper: string };
+      if (existsSync(path.join(r.upper, 'meta.json'))) return r.upper;
+    } catch {
+      // not noted under this name
+    }
+  }
+  throw new StrataError('NOT_FOUND', 'not the mount point or upper folder of a writable mount (mount --rw)', {
+    file: dir,
+  });
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * The state of an upper layer, as of now: a live server is asked (SIGUSR2, a nonce in
+ * commit-request) to save it and the answer is awaited; a stopped one saved it when it ended.
+ */
+async function currentState(upper: string): Promise<{ state: unknown; live: boolean }> {
+  const meta = JSON.parse(readFileSync(path.join(upper, 'meta.json'), 'utf8')) as UpperMeta;
+  const stateFile = path.join(upper, 'state.json');
+  const read = () => {
+    try {
+      return JSON.parse(readFileSync(stateFile, 'utf8')) as { nonce?: string };
+    } catch {
+      return undefined;
+    }
+  };
+  if (alive(meta.pid) && meta.pid !== process.pid) {
+    const nonce = randomBytes(12).toString('hex');
+    writeFileSync(path.join(upper, 'commit-request'), nonce);
+    process.kill(meta.pid, 'SIGUSR2');
+    const until = Date.now() + 60_000;
+    for (;;) {
+      const s = read();
+      if (s?.nonce === nonce) return { state: s, live: true };
+      if (!alive(meta.pid)) break;
+      if (Date.now() > until)
+        throw new StrataError('IO', `the mount server (pid ${meta.pid}) did not save its state`, { file: upper });
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  const s = read();
+  if (!s)
+    throw new StrataError('NOT_FOUND', 'the upper layer holds no state.json (no change was saved)', { file: upper });
+  return { state: s, live: false };
 }
 
 /**
@@ -86,26 +232,108 @@ export function registerMountCommands(program: Command): void {
       .argument('<target>', TARGET_HELP)
       .argument('<mountpoint>', 'an existing directory')
       .option('--cache-size <size>', 'block cache for file reads (default 64M)')
-      .option('--rw', 'writable copy-up overlay (not implemented yet)')
+      .option(
+        '--rw',
+        'writable: changes go to an upper folder (the version is never changed); strata commit makes them a version',
+      )
+      .option(
+        '--upper <dir>',
+        'with --rw: the upper folder (default: a fresh private folder under the temporary directory)',
+      )
+      .option('--max-size <size>', 'with --rw: the most bytes the upper folder may hold (ENOSPC past it)')
       .option('--background', 'return once mounted, serving on in a detached process (its warnings are not shown)')
       .option('--json', 'print {mountpoint, source} as JSON once mounted'),
   ).action(async (image: string, mountpoint: string, o: Record<string, unknown>) => {
     if (o.background && process.env[CHILD_ENV] !== '1') return background(image, o);
-    let session: FuseSession;
+    let m: Awaited<ReturnType<typeof mountTarget>>;
     try {
-      session = await mountTarget(image, mountpoint, o);
+      m = await mountTarget(image, mountpoint, o);
     } catch (e) {
       process.send?.({ error: (e as Error).message });
       throw e;
     }
+    const { session, upper, save } = m;
+    if (save && upper) {
+      // `strata commit` asks for the state as of now
+      process.on('SIGUSR2', () => {
+        try {
+          save(readFileSync(path.join(upper, 'commit-request'), 'utf8').trim());
+        } catch (e) {
+          warn(`saving the upper layer state: ${(e as Error).message}`);
+        }
+      });
+    }
     if (process.send) {
-      process.send({ ready: session.mountpoint });
+      process.send({ ready: session.mountpoint, upper });
       process.disconnect?.();
-    } else if (o.json) printJson({ mountpoint: session.mountpoint, source: image, readOnly: true });
-    else process.stdout.write(`mounted ${image} at ${session.mountpoint} (read-only)\n`);
+    } else if (o.json) printJson({ mountpoint: session.mountpoint, source: image, readOnly: !upper, upper });
+    else process.stdout.write(`mounted ${image} at ${session.mountpoint} (${how(upper)})\n`);
     await served(session);
     await session.unmount();
   });
+
+  program
+    .command('commit')
+    .description(
+      'turn the changes of a writable mount (mount --rw) into a new version: on its mount point while mounted, or on its upper folder after',
+    )
+    .argument('<dir>', 'the mount point of a writable mount, or its upper folder')
+    .option('-m, --message <text>', "what the new version's description says")
+    .option('--dry-run', 'print the change set, make no version')
+    .option('--name <image>', "the image the new version belongs to (default: the parent's)")
+    .option('--work-dir <dir>', 'where the temporary disk is written (default: the temporary directory)')
+    .option('--json', 'print JSON')
+    .action(async (dir: string, o: Record<string, unknown>) => {
+      const { checkUpperState, upperToChangeSet } = await import('../../serve/index.js');
+      const upper = upperOf(dir);
+      const { state, live } = await currentState(upper);
+      const checked = checkUpperState(state, path.join(upper, 'state.json'));
+      const set = upperToChangeSet(checked, upper, o.message as string | undefined);
+      const meta = JSON.parse(readFileSync(path.join(upper, 'meta.json'), 'utf8')) as UpperMeta;
+      if (o.dryRun) {
+        if (o.json) {
+          printJson({
+            upper,
+            live,
+            source: meta.source,
+            version: meta.version,
+            message: set.message,
+            changes: set.changes.map((c) =>
+              c.op === 'xattr' ? { ...c, value: c.value === null ? null : Buffer.from(c.value).toString('base64') } : c,
+            ),
+          });
+        } else {
+          process.stdout.write(`${set.changes.length} changes in ${upper} (${live ? 'mounted' : 'not mounted'}):\n`);
+          for (const c of set.changes) {
+            const rest =
+              c.op === 'rename' ? ` -> ${c.to}` : c.op === 'symlink' || c.op === 'link' ? ` -> ${c.target}` : '';
+            process.stdout.write(`  ${c.op} ${c.path}${rest}\n`);
+          }
+        }
+        return;
+      }
+      if (!meta.version) {
+        throw new StrataError('USAGE', `${meta.source} is an image file, not a library version: only --dry-run`, {
+          file: upper,
+        });
+      }
+      const { applyChanges, Library } = await import('../../library/index.js');
+      const library = await Library.open(meta.version.library);
+      try {
+        const made = await applyChanges(library, meta.version.ref, set, {
+          name: o.name as string | undefined,
+          workDir: o.workDir as string | undefined,
+        });
+        if (o.json) printJson({ upper, live, ...made });
+        else {
+          process.stdout.write(
+            `committed ${made.changes} changes of ${made.parent} as ${made.ref}${live ? ' (the mount still shows the edits over ' + made.parent + ')' : ''}\n`,
+          );
+        }
+      } finally {
+        await library.close();
+      }
+    });
 
   program
     .command('umount')
@@ -143,7 +371,7 @@ export function registerMountCommands(program: Command): void {
     const mnt = own ? mkdtempSync(path.join(tmpdir(), 'strata-virtiofs-')) : String(o.mountpoint);
     let session: FuseSession | undefined;
     try {
-      session = await mountTarget(image, mnt, o);
+      session = (await mountTarget(image, mnt, o)).session;
       const socket = path.resolve(String(o.socket));
       const daemon = spawn(
         String(o.virtiofsd),

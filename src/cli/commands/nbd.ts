@@ -1,6 +1,7 @@
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { classifyTarget, type Library, openTargetLibrary, StrataError } from '../../library/index.js';
-import type { NbdExport } from '../../serve/index.js';
+import type { ExportCacheOptions, NbdExport } from '../../serve/index.js';
 import { addOpenOptions, noteTarget, openOptionsFrom, targetOptionsFrom } from '../common.js';
 import { printJson } from '../output.js';
 import { remoteOf } from '../remote.js';
@@ -40,6 +41,19 @@ export function registerNbdCommand(program: Command): void {
         '--cache-size <size>',
         'block cache in front of each image (default 0: the page cache serves files; 64M for library versions)',
       )
+      .option(
+        '--cache-policy <policy>',
+        'live cache (default 64M): lru (block LRU), readahead (LRU + 128K sequential read-ahead), introspective (by the block map: metadata protected, prefetch by meaning)',
+      )
+      .option(
+        '--prefetch <list>',
+        "introspective prefetchers, comma-separated: meta (inode records of a directory's entries), dir (the directory and its subdirectories), file (a file along its extents), siblings (the next small files of a directory), all, none (default all)",
+      )
+      .option('--cache-map <file>', 'introspective: a map saved by `strata blockmap --save` (default: built at start)')
+      .option(
+        '--cache-stats <file>',
+        "write the live cache's counters (hit rates by class, prefetchers) as JSON to this file on SIGUSR1 and at exit",
+      )
       .option('--json', 'print the exports and their URIs as JSON'),
   ).action(async (images: string[], o: Record<string, unknown>) => {
     const names = o.name as string[];
@@ -51,6 +65,7 @@ export function registerNbdCommand(program: Command): void {
     const port = o.port === undefined ? 10809 : Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
     const cacheSize = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
+    const cache = await cacheOptionsFrom(o);
 
     const { openImageExport, openLibraryExport, openVersionExport, NbdServer, TraceWriter } = await import(
       '../../serve/index.js'
@@ -74,6 +89,7 @@ export function registerNbdCommand(program: Command): void {
               manifest: v.manifest,
               overlay: overlays[i],
               cacheSize,
+              cache,
             }),
           );
           continue;
@@ -83,7 +99,9 @@ export function registerNbdCommand(program: Command): void {
         if (target.kind === 'ref') {
           // a library version (ref:NAME, or not a file and a library is there)
           lib ??= await openTargetLibrary(target);
-          exports.push(await openLibraryExport(lib, target.ref, { name: names[i], overlay: overlays[i], cacheSize }));
+          exports.push(
+            await openLibraryExport(lib, target.ref, { name: names[i], overlay: overlays[i], cacheSize, cache }),
+          );
           continue;
         }
         exports.push(
@@ -91,6 +109,7 @@ export function registerNbdCommand(program: Command): void {
             name: names[i],
             overlay: overlays[i],
             cacheSize: cacheSize ?? 0,
+            cache,
             open: openOptionsFrom(o),
           }),
         );
@@ -119,15 +138,64 @@ export function registerNbdCommand(program: Command): void {
       for (const e of list) process.stdout.write(`${e.uri}\t${e.readOnly ? 'read-only' : 'read-write'}\t${e.name}\n`);
       if (list.length === 1) process.stdout.write(`${server.uri('')}\t(default export)\n`);
     }
+    const statsFile = o.cacheStats === undefined ? undefined : String(o.cacheStats);
+    const dumpStats = () => {
+      if (!statsFile) return;
+      const all: Record<string, unknown> = {};
+      for (const e of exports) all[e.name] = e.cacheStats?.() ?? null;
+      writeFileSync(statsFile, `${JSON.stringify({ time: new Date().toISOString(), exports: all }, null, 1)}\n`);
+    };
+    const onUsr1 = () => dumpStats();
+    if (statsFile) process.on('SIGUSR1', onUsr1);
     await new Promise<void>((resolve) => {
       const stop = () => resolve();
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
     });
     try {
+      dumpStats();
+      process.off('SIGUSR1', onUsr1);
       await server.close();
     } finally {
       await lib?.close();
     }
   });
+}
+
+/** --cache-policy, --prefetch and --cache-map as the exports' live cache options (undefined: the plain block cache). */
+async function cacheOptionsFrom(o: Record<string, unknown>): Promise<ExportCacheOptions | undefined> {
+  const policy = o.cachePolicy === undefined ? undefined : String(o.cachePolicy);
+  if (policy === undefined) {
+    if (o.prefetch !== undefined || o.cacheMap !== undefined)
+      throw new StrataError('USAGE', '--prefetch and --cache-map need --cache-policy introspective');
+    return undefined;
+  }
+  if (policy !== 'lru' && policy !== 'readahead' && policy !== 'introspective')
+    throw new StrataError('USAGE', `bad --cache-policy '${policy}': lru, readahead or introspective`);
+  if (policy !== 'introspective' && (o.prefetch !== undefined || o.cacheMap !== undefined))
+    throw new StrataError('USAGE', '--prefetch and --cache-map need --cache-policy introspective');
+  let prefetch: string[] | undefined;
+  if (o.prefetch !== undefined) {
+    const list = String(o.prefetch)
+      .split(',')
+      .map((x) => x.trim())
+      .filter((x) => x !== '');
+    const known = ['meta', 'dir', 'file', 'siblings'];
+    if (list.includes('none')) {
+      if (list.length > 1) throw new StrataError('USAGE', '--prefetch none goes alone');
+      prefetch = [];
+    } else if (list.includes('all')) prefetch = known;
+    else {
+      for (const p of list)
+        if (!known.includes(p))
+          throw new StrataError('USAGE', `bad prefetcher '${p}' in --prefetch: ${known.join(', ')}, all or none`);
+      prefetch = list;
+    }
+  }
+  let map: ExportCacheOptions['map'];
+  if (o.cacheMap !== undefined) {
+    const { loadBlockMap } = await import('../../library/index.js');
+    map = loadBlockMap(readFileSync(String(o.cacheMap)), String(o.cacheMap));
+  }
+  return { policy, prefetch, map };
 }

@@ -15,7 +15,14 @@ export type ContentSource =
   /** A file on the local disk (read when the change is applied). */
   | { kind: 'file'; path: string }
   /** Bytes held in memory (small contents: scripts, configuration). */
-  | { kind: 'bytes'; data: Uint8Array };
+  | { kind: 'bytes'; data: Uint8Array }
+  /**
+   * A regular file of a stored library version (`ref` is "image@number", `part` the volume
+   * when the version has several; `digest` and `size` are its file manifest's, so a reader
+   * can check what it got). Read from the store when the change is applied: a rebase
+   * carries A1's files without a copy. contentChunks (./content.ts) reads every kind.
+   */
+  | { kind: 'version'; ref: string; part?: string; path: string; digest?: string; size: number };
 
 export interface Attrs {
   /** Permission bits and set-id/sticky bits (07777); the type comes from the operation. */

@@ -8,8 +8,10 @@ import type { MountTree } from './tree.js';
 
 export { FsTree } from './fs-tree.js';
 export { ManifestTree } from './manifest-tree.js';
+export { isWritable, OverlayTree, type WritableTree } from './overlay.js';
 export { type FuseMountOptions, FuseSession } from './session.js';
 export type { MountChild, MountNode, MountTree } from './tree.js';
+export { checkUpperState, type UpperState, upperToChangeSet } from './upper.js';
 
 export interface OpenMountOptions {
   address?: Address;
@@ -25,7 +27,13 @@ export interface OpenMountOptions {
 export async function openMountTree(
   arg: string,
   opts: OpenMountOptions = {},
-): Promise<{ tree: MountTree; warnings: string[]; kind: 'version' | 'image' }> {
+): Promise<{
+  tree: MountTree;
+  warnings: string[];
+  kind: 'version' | 'image';
+  /** A version's library folder and NAME@N. */
+  version?: { library: string; ref: string };
+}> {
   const target = classifyTarget(arg, opts.target);
   if (target.kind === 'ref') {
     const lib = await openTargetLibrary(target);
@@ -33,7 +41,12 @@ export async function openMountTree(
       const v = await resolveTargetVersion(lib, target);
       const files = await layoutFiles(lib, v, await lib.layout(v.manifest), opts.address?.part ?? opts.address?.lv);
       const tree = new ManifestTree(lib, files, `${v.image}@${v.number}`, () => lib.close());
-      return { tree, warnings: [], kind: 'version' };
+      return {
+        tree,
+        warnings: [],
+        kind: 'version',
+        version: { library: target.library, ref: `${v.image}@${v.number}` },
+      };
     } catch (e) {
       await lib.close();
       throw e;

@@ -90,6 +90,7 @@ export const Errno = {
   ENOENT: 2,
   EIO: 5,
   EBADF: 9,
+  EXDEV: 18,
   EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
@@ -97,13 +98,48 @@ export const Errno = {
   ENOTDIR: 20,
   EISDIR: 21,
   EINVAL: 22,
+  EFBIG: 27,
+  ENOSPC: 28,
   EROFS: 30,
   ERANGE: 34,
   ENOSYS: 38,
   ENOTEMPTY: 39,
+  ENAMETOOLONG: 36,
   ENODATA: 61,
   EOPNOTSUPP: 95,
 } as const;
+
+/** fuse_setattr_in.valid bits. */
+export const Fattr = {
+  MODE: 1 << 0,
+  UID: 1 << 1,
+  GID: 1 << 2,
+  SIZE: 1 << 3,
+  ATIME: 1 << 4,
+  MTIME: 1 << 5,
+  FH: 1 << 6,
+  ATIME_NOW: 1 << 7,
+  MTIME_NOW: 1 << 8,
+  LOCKOWNER: 1 << 9,
+  CTIME: 1 << 10,
+  KILL_SUIDGID: 1 << 11,
+} as const;
+
+/** renameat2 flags as RENAME2 passes them. */
+export const RENAME_NOREPLACE = 1;
+export const RENAME_EXCHANGE = 2;
+export const RENAME_WHITEOUT = 4;
+
+/** setxattr flags. */
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+
+/** fuse_write_out: the bytes written. */
+export function writeOut(size: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeUInt32LE(size, 0);
+  return b;
+}
 
 export const IN_HEADER = 40;
 export const OUT_HEADER = 16;

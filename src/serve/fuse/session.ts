@@ -5,17 +5,20 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { isStrataError, StrataError } from '../../util/errors.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
+import { isWritable, type SetAttrs, type WritableTree } from './overlay.js';
 import {
   attrOut,
   direntSize,
   ENTRY_OUT,
   Errno,
   entryOut,
+  Fattr,
   FOPEN_CACHE_DIR,
   FOPEN_KEEP_CACHE,
   FUSE_KERNEL_MINOR,
   FUSE_ROOT_ID,
   IN_HEADER,
+  type InHeader,
   InitFlag,
   initOut,
   Op,
@@ -28,6 +31,7 @@ import {
   WRITE_OPS,
   writeDirent,
   writeEntry,
+  writeOut,
 } from './protocol.js';
 import type { MountChild, MountNode, MountTree } from './tree.js';
 
@@ -127,6 +131,8 @@ export class FuseSession {
   readonly ended: Promise<string>;
   /** Requests answered, by opcode (for tests and benchmarks). */
   readonly counts = new Map<number, number>();
+  /** The tree takes changes (a `--rw` mount): write requests are served, not EROFS. */
+  private readonly rw?: WritableTree;
 
   constructor(
     private readonly tree: MountTree,
@@ -135,7 +141,9 @@ export class FuseSession {
   ) {
     this.mountpoint = path.resolve(mountpoint);
     this.cache = new BlockCache(tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
-    this.valid = { sec: opts.ttl ?? 3600, nsec: 0 };
+    if (isWritable(tree)) this.rw = tree;
+    // a writable tree changes under the kernel's caches only through this mount: short-lived anyway
+    this.valid = { sec: opts.ttl ?? (this.rw ? 1 : 3600), nsec: 0 };
     this.warn = opts.onWarning ?? (() => {});
     this.ended = new Promise((r) => {
       this.endedResolve = r;
@@ -152,7 +160,7 @@ export class FuseSession {
     const uid = process.getuid?.() ?? 0;
     const gid = process.getgid?.() ?? 0;
     const source = `strata:${this.tree.name}`.replace(/[\s,]/g, '_');
-    const optsStr = `fd=3,rootmode=40000,user_id=${uid},group_id=${gid},allow_other,default_permissions,ro,subtype=strata`;
+    const optsStr = `fd=3,rootmode=40000,user_id=${uid},group_id=${gid},allow_other,default_permissions,${this.rw ? 'rw' : 'ro'},subtype=strata`;
     const r = await runTool('mount', ['-i', '-t', 'fuse', '-o', optsStr, source, this.mountpoint], this.fd);
     if (r.status !== 0) {
       closeSync(this.fd);
@@ -242,7 +250,7 @@ export class FuseSession {
       return;
     }
     if (h.opcode === Op.INTERRUPT) return; // every request finishes soon; the kernel accepts the late reply
-    this.handle(h.opcode, h.nodeid, body).then(
+    this.handle(h.opcode, h.nodeid, body, h).then(
       (out) => this.send(reply(h.unique, 0, out)),
       (e) => {
         const errno = typeof e === 'number' ? e : Errno.EIO;
@@ -293,7 +301,7 @@ export class FuseSession {
     return h;
   }
 
-  private async handle(op: number, nodeid: bigint, body: Buffer): Promise<Buffer | undefined> {
+  private async handle(op: number, nodeid: bigint, body: Buffer, h: InHeader): Promise<Buffer | undefined> {
     switch (op) {
       case Op.INIT:
         return this.init(body);
@@ -316,10 +324,11 @@ export class FuseSession {
         return attrOut(this.held(nodeid).node.attr, this.valid);
       case Op.OPEN: {
         const held = this.held(nodeid);
-        if ((body.readUInt32LE(0) & 3) !== 0) throw Errno.EROFS;
+        if ((body.readUInt32LE(0) & 3) !== 0 && !this.rw) throw Errno.EROFS;
         if (held.node.type === 'dir') throw Errno.EISDIR;
         const fh = this.nextFh++;
         this.files.set(fh, { held, ra: newReadAhead() });
+        this.rw?.opened(held.node);
         return openOut(fh, FOPEN_KEEP_CACHE);
       }
       case Op.READ: {
@@ -328,12 +337,20 @@ export class FuseSession {
         const size = body.readUInt32LE(16);
         const f = this.files.get(fh);
         const held = f?.held ?? this.held(nodeid);
+        if (this.rw?.direct(held.node)) {
+          const d = await this.rw.read(held.node, offset, Math.min(size, MAX_PAGES * 4096));
+          return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+        }
         const data = await this.cache.read(held.node, offset, Math.min(size, MAX_PAGES * 4096), f?.ra);
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
-      case Op.RELEASE:
-        this.files.delete(Number(body.readBigUInt64LE(0)));
+      case Op.RELEASE: {
+        const fh = Number(body.readBigUInt64LE(0));
+        const f = this.files.get(fh);
+        this.files.delete(fh);
+        if (f) this.rw?.released(f.held.node);
         return undefined;
+      }
       case Op.OPENDIR: {
         const held = this.held(nodeid);
         if (held.node.type !== 'dir') throw Errno.ENOTDIR;
@@ -371,14 +388,145 @@ export class FuseSession {
         return statfsOut(await this.tree.statfs());
       case Op.ACCESS:
         this.held(nodeid);
-        if (body.readUInt32LE(0) & 2) throw Errno.EROFS;
+        if (body.readUInt32LE(0) & 2 && !this.rw) throw Errno.EROFS;
         return undefined;
-      case Op.FLUSH:
       case Op.FSYNC:
       case Op.FSYNCDIR:
+        this.rw?.save();
+        return undefined;
+      case Op.FLUSH:
         return undefined;
       default:
+        if (this.rw && WRITE_OPS.has(op)) return this.change(this.rw, op, nodeid, body, h);
         throw WRITE_OPS.has(op) ? Errno.EROFS : Errno.ENOSYS;
+    }
+  }
+
+  /** The reply to a request that made `node` under `dir`: an entry, the node given to the kernel. */
+  private made(dir: Held, name: string, node: MountNode): Buffer {
+    const h = this.give(dir, name, node);
+    if (!h) throw Errno.EIO;
+    return entryOut(h.id, h.node.attr, this.valid);
+  }
+
+  /** Requests that change a writable tree. */
+  private async change(
+    t: WritableTree,
+    op: number,
+    nodeid: bigint,
+    body: Buffer,
+    h: { uid: number; gid: number },
+  ): Promise<Buffer | undefined> {
+    switch (op) {
+      case Op.CREATE: {
+        const dir = this.held(nodeid);
+        const mode = body.readUInt32LE(4);
+        const name = cString(body.subarray(16));
+        if ((mode & 0o170000) !== 0o100000 && (mode & 0o170000) !== 0) throw Errno.EPERM;
+        const node = await t.create(dir.node, name, mode, h.uid, h.gid);
+        const entry = this.made(dir, name, node);
+        const fh = this.nextFh++;
+        this.files.set(fh, { held: this.byKey.get(node.key) as Held, ra: newReadAhead() });
+        t.opened(node);
+        return Buffer.concat([entry, openOut(fh, 0)]);
+      }
+      case Op.MKDIR: {
+        const dir = this.held(nodeid);
+        const name = cString(body.subarray(8));
+        return this.made(dir, name, await t.mkdir(dir.node, name, body.readUInt32LE(0), h.uid, h.gid));
+      }
+      case Op.SYMLINK: {
+        const dir = this.held(nodeid);
+        const z = body.indexOf(0);
+        const name = cString(body.subarray(0, z + 1));
+        const rest = body.subarray(z + 1);
+        const z2 = rest.indexOf(0);
+        const target = rest.subarray(0, z2 < 0 ? rest.length : z2);
+        return this.made(dir, name, await t.symlink(dir.node, name, target, h.uid, h.gid));
+      }
+      case Op.LINK: {
+        const old = this.held(body.readBigUInt64LE(0));
+        const dir = this.held(nodeid);
+        const name = cString(body.subarray(8));
+        return this.made(dir, name, await t.link(old.node, dir.node, name));
+      }
+      case Op.UNLINK:
+        await t.unlink(this.held(nodeid).node, cString(body));
+        return undefined;
+      case Op.RMDIR:
+        await t.rmdir(this.held(nodeid).node, cString(body));
+        return undefined;
+      case Op.RENAME:
+      case Op.RENAME2: {
+        const dir = this.held(nodeid);
+        const to = this.held(body.readBigUInt64LE(0));
+        const flags = op === Op.RENAME2 ? body.readUInt32LE(8) : 0;
+        const names = body.subarray(op === Op.RENAME2 ? 16 : 8);
+        const z = names.indexOf(0);
+        const name = cString(names.subarray(0, z + 1));
+        const toName = cString(names.subarray(z + 1));
+        if (flags & ~3) throw Errno.EINVAL; // RENAME_WHITEOUT: an overlayfs detail we do not serve
+        const moved = await t.rename(dir.node, name, to.node, toName, flags);
+        // directories remember where they were reached (the '..' of their listing, the cycle check)
+        for (const n of moved) {
+          const held = this.byKey.get(n.key);
+          if (!held || n.type !== 'dir') continue;
+          const now = n === moved[0] ? { p: to.id, name: toName } : { p: dir.id, name };
+          held.parent = now.p;
+          held.name = now.name;
+        }
+        return undefined;
+      }
+      case Op.SETATTR: {
+        const held = this.held(nodeid);
+        const valid = body.readUInt32LE(0);
+        const s: SetAttrs = {};
+        const nowTs = () => {
+          const ms = Date.now();
+          return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1_000_000 };
+        };
+        if (valid & Fattr.SIZE) s.size = Number(body.readBigUInt64LE(16));
+        if (valid & Fattr.MODE) s.mode = body.readUInt32LE(68);
+        if (valid & Fattr.UID) s.uid = body.readUInt32LE(76);
+        if (valid & Fattr.GID) s.gid = body.readUInt32LE(80);
+        if (valid & Fattr.ATIME_NOW) s.atime = nowTs();
+        else if (valid & Fattr.ATIME) s.atime = { sec: Number(body.readBigInt64LE(32)), nsec: body.readUInt32LE(56) };
+        if (valid & Fattr.MTIME_NOW) s.mtime = nowTs();
+        else if (valid & Fattr.MTIME) s.mtime = { sec: Number(body.readBigInt64LE(40)), nsec: body.readUInt32LE(60) };
+        if (s.size !== undefined && !Number.isSafeInteger(s.size)) throw Errno.EFBIG;
+        const node = await t.setattr(held.node, s);
+        return attrOut(node.attr, this.valid);
+      }
+      case Op.WRITE: {
+        const fh = Number(body.readBigUInt64LE(0));
+        const offset = Number(body.readBigUInt64LE(8));
+        const size = body.readUInt32LE(16);
+        const held = this.files.get(fh)?.held ?? this.held(nodeid);
+        if (held.node.type !== 'file') throw Errno.EINVAL;
+        const data = body.subarray(40, 40 + size);
+        if (data.length !== size) throw Errno.EINVAL;
+        if (!Number.isSafeInteger(offset + size)) throw Errno.EFBIG;
+        return writeOut(await t.write(held.node, offset, data));
+      }
+      case Op.SETXATTR: {
+        const size = body.readUInt32LE(0);
+        const flags = body.readUInt32LE(4);
+        const rest = body.subarray(8);
+        const z = rest.indexOf(0);
+        if (z < 0) throw Errno.EINVAL;
+        const name = cString(rest.subarray(0, z + 1));
+        const value = rest.subarray(z + 1, z + 1 + size);
+        await t.setxattr(this.held(nodeid).node, name, value, flags);
+        return undefined;
+      }
+      case Op.REMOVEXATTR:
+        await t.removexattr(this.held(nodeid).node, cString(body));
+        return undefined;
+      case Op.COPY_FILE_RANGE:
+        throw Errno.ENOSYS; // the kernel (or cp) falls back to read and write
+      default:
+        // MKNOD (a change set has no device nodes), FALLOCATE, TMPFILE
+        throw Errno.EOPNOTSUPP;
     }
   }
 

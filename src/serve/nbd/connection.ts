@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Extent } from '../../io/byte-source.js';
+import { type RequestNote, requestNotes } from '../../io/introspective-cache.js';
 import type { BufferPool } from '../../util/buffer-pool.js';
 import { isStrataError } from '../../util/errors.js';
 import { Budget } from './budget.js';
@@ -182,10 +183,14 @@ export class Connection {
     let err = 0;
     let reply: Uint8Array | undefined;
     let pooled: Buffer | undefined;
+    // the live cache notes class, owner and hit/miss here when the request is traced
+    const note: RequestNote | undefined = this.host.trace ? {} : undefined;
     try {
       if (this.closing) err = P.ESHUTDOWN;
       else {
-        const r = await this.handle(neg, req, payload);
+        const r = note
+          ? await requestNotes.run(note, () => this.handle(neg, req, payload))
+          : await this.handle(neg, req, payload);
         if (typeof r === 'number') err = r;
         else if (r instanceof Uint8Array) reply = r;
         else ({ bytes: reply, pooled } = r);
@@ -209,6 +214,7 @@ export class Connection {
         length: req.length,
         latency: Math.round((performance.now() - req.start) * 1000) / 1000,
         ...(err ? { error: err } : {}),
+        ...note,
       });
     }
     this.send(reply, cost, pooled);

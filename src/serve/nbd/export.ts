@@ -26,6 +26,8 @@ export interface NbdExport {
   readonly writer?: ExportWriter;
   /** Warm the source for a range (NBD_CMD_CACHE); optional. */
   prefetch?(offset: number, length: number): Promise<void>;
+  /** The live cache's counters (hit rates by class, prefetchers), when it has one. */
+  cacheStats?(): unknown;
   close(): Promise<void>;
 }
 

@@ -5,6 +5,8 @@ import type { DiskImage, OpenOptions } from '../../formats/types.js';
 import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
+import type { IntrospectiveCache } from '../../io/introspective-cache.js';
+import { type ExportCacheOptions, openExportCache } from './cache.js';
 import { chainSource, type NbdExport } from './export.js';
 
 export interface ImageExportOptions {
@@ -14,6 +16,8 @@ export interface ImageExportOptions {
   overlay?: string;
   /** Bytes of block cache in front of the image (0: none, the page cache serves local files). */
   cacheSize?: number;
+  /** A live cache by policy (issue 27) instead of the plain block cache; its size is `cacheSize` (default 64 MiB). */
+  cache?: ExportCacheOptions;
   open?: OpenOptions;
 }
 
@@ -28,8 +32,11 @@ export async function openImageExport(image: string, opts: ImageExportOptions = 
   const img = await openImage(image, opts.open ?? {});
   try {
     let source: ByteSource = chainSource(img);
-    let cache: CachedSource | undefined;
-    if (opts.cacheSize && opts.cacheSize > 0) {
+    let cache: CachedSource | IntrospectiveCache | undefined;
+    if (opts.cache) {
+      cache = await openExportCache(source, { ...opts.cache, cacheSize: opts.cacheSize || opts.cache.cacheSize });
+      source = cache;
+    } else if (opts.cacheSize && opts.cacheSize > 0) {
       const blockSize = opts.cacheSize >= 64 << 20 ? 1 << 20 : 64 << 10;
       cache = new CachedSource(source, { blockSize, capacity: opts.cacheSize });
       source = cache;
@@ -46,10 +53,12 @@ export async function openImageExport(image: string, opts: ImageExportOptions = 
       source: overlay,
       writer: overlay,
       prefetch: cache ? (o, l) => warm(cache, o, l) : undefined,
+      cacheStats: statsOf(cache),
       close: async () => {
         try {
           await overlay.close();
         } finally {
+          await stopCache(cache);
           await closeChain(img);
         }
       },
@@ -60,13 +69,22 @@ export async function openImageExport(image: string, opts: ImageExportOptions = 
   }
 }
 
-function imageExport(name: string, img: DiskImage, source: ByteSource, cache?: CachedSource): NbdExport {
+function imageExport(
+  name: string,
+  img: DiskImage,
+  source: ByteSource,
+  cache?: CachedSource | IntrospectiveCache,
+): NbdExport {
   return {
     name,
     description: describe(img),
     source,
     prefetch: cache ? (o, l) => warm(cache, o, l) : undefined,
-    close: () => closeChain(img),
+    cacheStats: statsOf(cache),
+    close: async () => {
+      await stopCache(cache);
+      await closeChain(img);
+    },
   };
 }
 
@@ -75,7 +93,8 @@ function describe(img: DiskImage): string {
 }
 
 /** NBD_CMD_CACHE on a cached source: read the range through the cache, 1 MiB at a time. */
-async function warm(cache: CachedSource, offset: number, length: number): Promise<void> {
+async function warm(cache: CachedSource | IntrospectiveCache, offset: number, length: number): Promise<void> {
+  if (!(cache instanceof CachedSource)) return cache.warm(offset, length);
   const end = Math.min(cache.size, offset + Math.min(length, cache.capacity));
   for (let o = offset; o < end; o += 1 << 20) await cache.read(o, Math.min(1 << 20, end - o));
 }
@@ -84,4 +103,15 @@ async function warm(cache: CachedSource, offset: number, length: number): Promis
 function backingPath(overlay: string, image: string): string {
   const rel = path.relative(path.dirname(path.resolve(overlay)), path.resolve(image));
   return rel.startsWith('..') || path.isAbsolute(rel) ? path.resolve(image) : rel;
+}
+
+/** The live cache's counters, for `--cache-stats` (the plain block cache has none by class). */
+export function statsOf(cache: unknown): (() => unknown) | undefined {
+  return cache && typeof (cache as IntrospectiveCache).snapshot === 'function'
+    ? () => (cache as IntrospectiveCache).snapshot()
+    : undefined;
+}
+
+async function stopCache(cache: CachedSource | IntrospectiveCache | undefined): Promise<void> {
+  if (cache && !(cache instanceof CachedSource)) await cache.stop();
 }

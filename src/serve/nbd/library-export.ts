@@ -2,10 +2,13 @@ import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
 import { type ByteSource, type Extent, readIntoOrCopy } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import { FilterSource, type Unwrapped } from '../../io/filter-source.js';
+import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { holeStatus, libraryBackingName } from '../../library/backing.js';
 import type { Library } from '../../library/library.js';
 import { VersionSource } from '../../library/version-source.js';
+import { type ExportCacheOptions, openExportCache } from './cache.js';
 import type { NbdExport } from './export.js';
+import { statsOf } from './image-export.js';
 
 export interface LibraryExportOptions {
   /** Export name (default: the REF as given). */
@@ -18,6 +21,8 @@ export interface LibraryExportOptions {
   overlay?: string;
   /** Bytes of block cache in front of the version (default 64 MiB: chunks are decompressed on each miss). */
   cacheSize?: number;
+  /** A live cache by policy (issue 27) instead of the plain block cache; its size is `cacheSize`. */
+  cache?: ExportCacheOptions;
 }
 
 export const DEFAULT_LIBRARY_CACHE = 64 << 20;
@@ -56,12 +61,26 @@ export async function openVersionExport(
   opts: LibraryExportOptions & { name: string; description: string; manifest: string },
 ): Promise<NbdExport> {
   const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
-  const cache =
-    cacheSize > 0 ? new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize }) : undefined;
-  const source = new VersionExportSource(version, cache);
+  let cache: CachedSource | IntrospectiveCache | undefined;
+  try {
+    if (opts.cache)
+      cache = await openExportCache(version, { ...opts.cache, cacheSize: opts.cacheSize ?? opts.cache.cacheSize });
+    else if (cacheSize > 0)
+      cache = new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize });
+  } catch (e) {
+    await version.close();
+    throw e;
+  }
+  // the live cache takes every read (it sends bulk ones straight on itself, counted)
+  const source = new VersionExportSource(version, cache, cache instanceof CachedSource ? DIRECT_READ : Infinity);
   const { name, description } = opts;
   const prefetch = cache ? (o: number, l: number) => warm(cache, o, l) : undefined;
-  if (!opts.overlay) return { name, description, source, prefetch, close: () => version.close() };
+  const cacheStats = statsOf(cache);
+  const closeVersion = async () => {
+    if (cache && !(cache instanceof CachedSource)) await cache.stop();
+    await version.close();
+  };
+  if (!opts.overlay) return { name, description, source, prefetch, cacheStats, close: closeVersion };
   let overlay: Qcow2Overlay;
   try {
     overlay = await Qcow2Overlay.openOrCreate(opts.overlay, source, {
@@ -69,7 +88,7 @@ export async function openVersionExport(
       format: 'raw',
     });
   } catch (e) {
-    await version.close();
+    await closeVersion();
     throw e;
   }
   return {
@@ -78,11 +97,12 @@ export async function openVersionExport(
     source: overlay,
     writer: overlay,
     prefetch,
+    cacheStats,
     close: async () => {
       try {
         await overlay.close();
       } finally {
-        await version.close();
+        await closeVersion();
       }
     },
   };
@@ -100,7 +120,8 @@ class VersionExportSource extends FilterSource {
   readonly size: number;
   constructor(
     private readonly version: VersionSource,
-    private readonly cache: CachedSource | undefined,
+    private readonly cache: ByteSource | undefined,
+    private readonly direct: number,
   ) {
     super();
     this.name = version.name;
@@ -110,7 +131,7 @@ class VersionExportSource extends FilterSource {
     return { source: this.version, offset: 0 };
   }
   private via(n: number): ByteSource {
-    return !this.cache || n >= DIRECT_READ ? this.version : this.cache;
+    return !this.cache || n >= this.direct ? this.version : this.cache;
   }
   protected override readRange(offset: number, n: number): Promise<Uint8Array> {
     return this.via(n).read(offset, n);
@@ -142,7 +163,8 @@ export function cacheBlockSize(version: { manifest: { ranges: { length: ArrayLik
 }
 
 /** NBD_CMD_CACHE: read the range through the cache, 1 MiB at a time. */
-async function warm(cache: CachedSource, offset: number, length: number): Promise<void> {
+async function warm(cache: CachedSource | IntrospectiveCache, offset: number, length: number): Promise<void> {
+  if (!(cache instanceof CachedSource)) return cache.warm(offset, length);
   const end = Math.min(cache.size, offset + Math.min(length, cache.capacity));
   for (let o = offset; o < end; o += 1 << 20) await cache.read(o, Math.min(1 << 20, end - o));
 }

@@ -13,6 +13,13 @@ export interface TraceRecord {
   latency: number;
   /** NBD error number when the request failed. */
   error?: number;
+  /** With a live cache (issue 27): the class and kind of the request's first byte, by the block map. */
+  class?: string;
+  kind?: string;
+  /** Its first owner, as `strata trace resolve --json` lists it. */
+  owner?: unknown;
+  /** How the cache served it: every block there and used before, brought by a prefetch, or fetched. */
+  cache?: 'hit' | 'prefetched' | 'miss';
 }
 
 /**

@@ -1,0 +1,290 @@
+/**
+ * The LIVE comparison of issue 27 (`node dist/bench/introspect.js --live`): a guest booting
+ * over NBD from Strata's server whose source is slow, with a cold 64 MiB cache, under each
+ * policy: plain block LRU, LRU + 128 KiB sequential read-ahead, introspective with each
+ * prefetcher alone, none, and all.
+ *
+ * The slow source: the guest disk (a local raw file) behind an added per-request latency
+ * and a bandwidth: each source read takes BENCH_LATENCY_MS (default 2 ms) + its bytes at
+ * BENCH_MBIT (default 1000 Mbit/s); reads overlap (a link with that round trip, not a
+ * shared pipe). Not a tbf-shaped veth: the server runs in this process (the library's
+ * export over plain HTTP is deploy's side) and the latency is what seed 000's regime is.
+ *
+ * The guest (the deploy boot test's recipe, test/deploy/boot.test.ts): the host's kernel, an
+ * initramfs of ours (busybox-static, virtio + ext4 modules) that mounts /dev/vda1 read-only
+ * and switch_roots; the root is a GPT disk (sgdisk) whose ext4 (mkfs.ext4 -d) holds busybox,
+ * an init script, the host's /etc and /usr/share/doc (or its first BENCH_DOC_MB MB of
+ * files), and the first BENCH_LIB_MB (default 260) MB of regular files under the host's
+ * /usr/lib. Not the Debian image of bench/deploy:
+ * its systemd boot under TCG takes minutes per run, times nine runs. The root's init, after
+ * printing STRATA-BOOTED, runs `find / -xdev | wc -l`, `grep -r -l -s strata /etc
+ * /usr/share/doc | wc -l` and reads BENCH_READ_MB (default 200) MB of files under /usr/lib
+ * (`find | xargs cat | head -c`), each timed on the host by its console line's arrival.
+ * TCG here (chooseAccel: /dev/kvm is kvm_pvm); the peer (qemu-nbd over qemu's curl driver)
+ * is not measured.
+ *
+ * Prints one JSON line per policy: seconds to the boot marker and per workload, source
+ * reads and MiB, hit rates by class; then a summary with the ratios against LRU and
+ * read-ahead.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import type { BlockMap } from '../src/blockmap/block-map.js';
+import { blockMapOfImage } from '../src/blockmap/of-image.js';
+import type { ByteSource } from '../src/io/byte-source.js';
+import { FileSource } from '../src/io/file-source.js';
+import { FilterSource, type Unwrapped } from '../src/io/filter-source.js';
+import type { LiveCachePolicy } from '../src/io/introspective-cache.js';
+import { openExportCache } from '../src/serve/nbd/cache.js';
+import { sourceExport } from '../src/serve/nbd/export.js';
+import { NbdServer } from '../src/serve/nbd/server.js';
+import {
+  bootQemu,
+  chooseAccel,
+  hostKernel,
+  makeInitramfs,
+  rootInit,
+  staticBusybox,
+  VIRTIO_EXT4,
+} from '../test/helpers/qemu.js';
+import { benchChildEnv, need, ROOT, sh } from './common.js';
+
+const BENCH = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
+const DIR = path.join(BENCH, 'introspect-live');
+const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 2);
+const MBIT = Number(process.env.BENCH_MBIT ?? 1000);
+const LIB_MB = Number(process.env.BENCH_LIB_MB ?? 260);
+const READ_MB = Number(process.env.BENCH_READ_MB ?? 200);
+/** MB of the host's /usr/share/doc copied (0: all of it). */
+const DOC_MB = Number(process.env.BENCH_DOC_MB ?? 0);
+const CACHE_MIB = Number(process.env.BENCH_CACHE_MIB ?? 64);
+const log = (m: string) => process.stderr.write(`# live: ${m}\n`);
+
+const INIT = [
+  '#!/bin/busybox sh',
+  'B=/bin/busybox',
+  '$B mount -t proc proc /proc',
+  'echo STRATA-BOOTED',
+  'echo "STRATA-FIND $($B find / -xdev | $B wc -l)"',
+  'echo "STRATA-GREP $($B grep -r -l -s strata /etc /usr/share/doc | $B wc -l)"',
+  `echo "STRATA-READ $($B find /usr/lib -type f | $B xargs $B cat 2>/dev/null | $B head -c ${READ_MB * 1000000} | $B wc -c)"`,
+  '$B poweroff -f',
+  '',
+].join('\n');
+
+/** Each source read waits LATENCY_MS plus its bytes at MBIT; counts reads and bytes. */
+class SlowSource extends FilterSource {
+  readonly name: string;
+  readonly size: number;
+  reads = 0;
+  bytes = 0;
+  constructor(private readonly inner: ByteSource) {
+    super();
+    this.name = inner.name;
+    this.size = inner.size;
+  }
+  unwrap(): Unwrapped {
+    return { source: this.inner, offset: 0 };
+  }
+  override get fd(): number | undefined {
+    return undefined; // no bulk copier may go around the link
+  }
+  protected override async readRange(offset: number, n: number): Promise<Uint8Array> {
+    this.reads++;
+    this.bytes += n;
+    await new Promise((r) => setTimeout(r, LATENCY_MS + (n * 8) / (MBIT * 1000)));
+    return super.readRange(offset, n);
+  }
+  protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
+    out.set(await this.readRange(offset, out.length));
+  }
+}
+
+/** The guest root disk: GPT, ext4 made by mkfs.ext4 -d from the tree (see above). */
+function guestDisk(): string {
+  const out = path.join(DIR, `root-lib${LIB_MB}-doc${DOC_MB}-read${READ_MB}-v1.raw`);
+  if (existsSync(out)) return out;
+  const tree = `${out}.tree`;
+  rmSync(tree, { recursive: true, force: true });
+  for (const d of ['bin', 'sbin', 'proc', 'dev', 'usr/share', 'usr/lib'])
+    mkdirSync(path.join(tree, d), { recursive: true });
+  sh('cp', [staticBusybox(), path.join(tree, 'bin', 'busybox')]);
+  writeFileSync(path.join(tree, 'sbin', 'init'), INIT, { mode: 0o755 });
+  spawnSync('cp', ['-a', '/etc', path.join(tree, 'etc')]); // some entries may not copy: fine
+  // the first LIB_MB MB of regular files under /usr/lib (DOC_MB of /usr/share/doc), in readdir order, paths kept
+  let left = 0;
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (left <= 0) return;
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) {
+        const s = statSync(p).size;
+        if (s === 0 || s > left) continue;
+        const dst = path.join(tree, p);
+        mkdirSync(path.dirname(dst), { recursive: true });
+        if (spawnSync('cp', ['-p', p, dst]).status === 0) left -= s;
+      }
+    }
+  };
+  left = LIB_MB * 1e6;
+  walk('/usr/lib');
+  if (DOC_MB > 0) {
+    left = DOC_MB * 1e6;
+    walk('/usr/share/doc');
+  } else spawnSync('cp', ['-a', '/usr/share/doc', path.join(tree, 'usr/share/doc')]);
+  const used = Number(sh('du', ['-sb', tree]).split('\t')[0]);
+  const bytes = Math.ceil((used * 1.5 + (64 << 20)) / (1 << 20)) << 20;
+  sh('truncate', ['-s', String(bytes), `${out}.tmp`]);
+  sh('sgdisk', ['-o', '-n', '1:2048:0', '-t', '1:8300', `${out}.tmp`]);
+  const last = Number(/Last sector: (\d+)/.exec(sh('sgdisk', ['-i', '1', `${out}.tmp`]))?.[1]);
+  const kib = Math.floor(((last - 2048 + 1) * 512) / 4096) * 4;
+  sh('mkfs.ext4', ['-q', '-F', '-E', `offset=${2048 * 512},root_owner=0:0`, '-d', tree, `${out}.tmp`, `${kib}k`]);
+  sh('mv', [`${out}.tmp`, out]);
+  rmSync(tree, { recursive: true, force: true });
+  return out;
+}
+
+interface LiveRun {
+  policy: string;
+  boot?: number;
+  find?: number;
+  grep?: number;
+  read?: number;
+  total?: number;
+  counts: Record<string, string>;
+  sourceReads: number;
+  sourceMiB: number;
+  hitRate: Record<string, number>;
+  prefetchMiB: Record<string, number>;
+  timedOut: boolean;
+}
+
+async function liveRun(
+  disk: string,
+  map: BlockMap,
+  kernel: string,
+  initrd: string,
+  policy: LiveCachePolicy,
+  prefetch?: string[],
+): Promise<LiveRun> {
+  const file = await FileSource.open(disk);
+  const slow = new SlowSource(file);
+  const cache = await openExportCache(slow, { policy, prefetch, map, cacheSize: CACHE_MIB << 20 });
+  const server = new NbdServer({ exports: [sourceExport('live', cache, { close: async () => {} })] });
+  await server.listen({ host: '127.0.0.1', port: 0 });
+  const label = policy === 'introspective' ? `introspective:${prefetch?.join('+') || 'none'}` : policy;
+  const times: Record<string, number> = {};
+  const counts: Record<string, string> = {};
+  const accel = chooseAccel();
+  const t0 = Date.now();
+  const r = await bootQemu(
+    [
+      '-m',
+      '512',
+      '-kernel',
+      kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      'console=ttyS0 rdinit=/init quiet panic=-1',
+      '-drive',
+      `file=${server.uri('live')},format=raw,if=virtio,cache=none,readonly=on`,
+    ],
+    {
+      accel,
+      timeoutMs: 3600_000,
+      onLine: (line) => {
+        const m = /STRATA-(BOOTED|FIND|GREP|READ)\s*(\S*)/.exec(line);
+        if (!m) return;
+        times[m[1]] = (Date.now() - t0) / 1000;
+        if (m[2]) counts[m[1].toLowerCase()] = m[2];
+        log(`${label}: ${line.trim()} at ${times[m[1]].toFixed(1)} s`);
+      },
+    },
+  );
+  if (times.READ === undefined)
+    log(`${label}: no end marker (qemu ${r.code}, ${r.seconds.toFixed(1)} s): ${r.console.slice(-1500)}`);
+  await cache.stop();
+  const s = cache.snapshot();
+  await server.close();
+  await file.close();
+  const d = (a: string, b: string) =>
+    times[a] !== undefined && times[b] !== undefined ? +(times[a] - times[b]).toFixed(2) : undefined;
+  const hitRate: Record<string, number> = {};
+  for (const [c, v] of Object.entries(s.byClass)) if (v.requests) hitRate[c] = v.hitRate;
+  const prefetchMiB: Record<string, number> = {};
+  for (const [p, v] of Object.entries(s.prefetchers)) prefetchMiB[p] = +(v.fetchedBytes / 2 ** 20).toFixed(1);
+  return {
+    policy: label,
+    boot: times.BOOTED !== undefined ? +times.BOOTED.toFixed(2) : undefined,
+    find: d('FIND', 'BOOTED'),
+    grep: d('GREP', 'FIND'),
+    read: d('READ', 'GREP'),
+    total: times.READ !== undefined ? +times.READ.toFixed(2) : undefined,
+    counts,
+    sourceReads: slow.reads,
+    sourceMiB: +(slow.bytes / 2 ** 20).toFixed(1),
+    hitRate,
+    prefetchMiB,
+    timedOut: r.timedOut,
+  };
+}
+
+export async function live(): Promise<void> {
+  need('qemu-system-x86_64', 'qemu-system-x86');
+  need('sgdisk', 'gdisk');
+  need('cpio', 'cpio');
+  mkdirSync(DIR, { recursive: true });
+  const env = benchChildEnv();
+  const disk = guestDisk();
+  log(`guest disk ${disk}; block map`);
+  const map = await blockMapOfImage(disk);
+  const { kernel } = hostKernel();
+  const initrd = path.join(DIR, `initrd-${process.pid}.cpio`);
+  makeInitramfs(initrd, path.join(DIR, `work-${process.pid}`), rootInit('/dev/vda1'), VIRTIO_EXT4);
+  const configs: Array<[LiveCachePolicy, string[] | undefined]> = [
+    ['lru', undefined],
+    ['readahead', undefined],
+    ['introspective', ['meta', 'dir', 'file', 'siblings']],
+    ['introspective', []],
+    ['introspective', ['meta']],
+    ['introspective', ['dir']],
+    ['introspective', ['file']],
+    ['introspective', ['siblings']],
+  ];
+  const only = process.env.BENCH_CONFIGS?.split(',');
+  const runs: LiveRun[] = [];
+  try {
+    for (const [p, pf] of configs) {
+      const label = p === 'introspective' ? `introspective:${pf?.join('+') || 'none'}` : p;
+      if (only && !only.includes(label) && !only.includes(p)) continue;
+      const r = await liveRun(disk, map, kernel, initrd, p, pf);
+      runs.push(r);
+      process.stdout.write(
+        `${JSON.stringify({ live: true, cacheMiB: CACHE_MIB, latencyMs: LATENCY_MS, mbit: MBIT, accel: chooseAccel().accel, ...r, ...env })}\n`,
+      );
+    }
+  } finally {
+    rmSync(initrd, { force: true });
+    rmSync(path.join(DIR, `work-${process.pid}`), { recursive: true, force: true });
+  }
+  const by = (l: string) => runs.find((r) => r.policy === l);
+  const lru = by('lru');
+  const ra = by('readahead');
+  const all = by('introspective:meta+dir+file+siblings');
+  if (all) {
+    const ratio = (base: LiveRun | undefined, k: 'boot' | 'find' | 'grep' | 'read' | 'total') =>
+      base?.[k] && all[k] ? +(base[k]! / all[k]!).toFixed(2) : undefined;
+    const ks = ['boot', 'find', 'grep', 'read', 'total'] as const;
+    process.stdout.write(
+      `${JSON.stringify({
+        summary: true,
+        ours: 'introspective (all prefetchers)',
+        lruOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(lru, k)])),
+        readaheadOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(ra, k)])),
+      })}\n`,
+    );
+  }
+}

@@ -1,0 +1,612 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { StrataError } from '../util/errors.js';
+import type { ByteSource } from './byte-source.js';
+import { FilterSource, type Unwrapped } from './filter-source.js';
+
+/**
+ * Issue 27: a live cache in front of a slow source that knows what each request hits.
+ *
+ * The mechanism lives here (io); what a request *means* comes from a pluggable
+ * {@link CacheIntrospector} built higher up (blockmap/introspector.ts builds one from a
+ * block map: io cannot know file systems). Three policies share the mechanism:
+ *
+ * - `lru`: one LRU of blocks; a miss fetches the blocks read (what `strata nbd` had).
+ * - `readahead`: the same, and a miss (or the first use of a read-ahead block) also fetches
+ *   the next `readahead` bytes of the disk in the background (what a block server does).
+ * - `introspective`: every request classified once through the introspector. Metadata
+ *   blocks live in a protected segment (`metaShare` of the cache, which data cannot evict);
+ *   data blocks in a segmented LRU (probation + protected: a block used twice is promoted,
+ *   so one sequential pass cannot flush what is used again). A miss, or the first use of a
+ *   prefetched block, asks the introspector's prefetchers for what comes next by meaning.
+ *
+ * Prefetches run in the background: the request that triggered them is answered without
+ * waiting. Each prefetcher is bounded (bytes per request `perRequest`, bytes queued or in
+ * flight `inFlight`; a plan over the bound is cut, one that finds the bound full is dropped)
+ * and all share `concurrency` source reads at a time. Demand reads never queue behind them.
+ */
+export type LiveCachePolicy = 'lru' | 'readahead' | 'introspective';
+export const LIVE_CACHE_POLICIES: readonly LiveCachePolicy[] = ['lru', 'readahead', 'introspective'];
+
+/** What a request (or a block) is, by the map: its class, its kind, and a handle for owner(). */
+export interface Classified {
+  class: 'data' | 'metadata' | 'unused';
+  kind: string;
+  /** Opaque to the cache (the introspector's record index, say). */
+  ref: number;
+}
+
+/** A byte range of the source. */
+export interface ByteRun {
+  offset: number;
+  length: number;
+}
+
+/** What the cache asks of whoever knows the disk's layout. */
+export interface CacheIntrospector {
+  /** Classify a request by the owner of its first byte. */
+  classify(offset: number, length: number): Classified;
+  /** Whether a cache block belongs in the protected metadata segment. */
+  isMetadata(offset: number, length: number): boolean;
+  /** The owner of a classified request, for trace records (a JSON-able object). */
+  owner(offset: number, length: number, c: Classified): unknown;
+  /** Names of the prefetchers it offers, in the order plans come back. */
+  readonly prefetchers: readonly string[];
+  /**
+   * What to fetch next after this request, per enabled prefetcher, each plan in priority
+   * order and already within `cap` bytes (the cache cuts again past cached blocks).
+   */
+  plan(
+    offset: number,
+    length: number,
+    c: Classified,
+    enabled: ReadonlySet<string>,
+    cap: (prefetcher: string) => number,
+  ): Array<{ prefetcher: string; runs: ByteRun[] }>;
+}
+
+export interface PrefetchBound {
+  /** Bytes one request may make this prefetcher fetch. */
+  perRequest: number;
+  /** Bytes of this prefetcher queued or being fetched at once. */
+  inFlight: number;
+}
+
+export interface IntrospectiveCacheOptions {
+  policy?: LiveCachePolicy;
+  /** Cache block in bytes (power of two, at least 512; default 4096). */
+  blockSize?: number;
+  /** Bytes the cache holds (default 64 MiB). */
+  capacity?: number;
+  /** introspective: share of the capacity kept for metadata (default 0.25). */
+  metaShare?: number;
+  /** Needed for `introspective`. */
+  introspector?: CacheIntrospector;
+  /** introspective: the prefetchers on (default all the introspector offers). */
+  prefetch?: readonly string[];
+  /** Bounds per prefetcher (by name; `readahead` for the readahead policy). */
+  bounds?: Record<string, Partial<PrefetchBound>>;
+  /** readahead: bytes fetched past a miss (default 128 KiB, Linux's read_ahead_kb). */
+  readahead?: number;
+  /** Source reads prefetches may have running at once (default 4). */
+  concurrency?: number;
+  /** Reads of at least this many bytes go straight to the source, uncounted by class (default 8 MiB). */
+  directFrom?: number;
+  /** Longest single source read a fetch is cut into (default 1 MiB). */
+  maxRun?: number;
+}
+
+/** Default bounds: the simulator's budgets (src/analytics/cache-sim.ts), in flight four times that. */
+export const DEFAULT_PREFETCH_BOUNDS: Readonly<Record<string, PrefetchBound>> = {
+  readahead: { perRequest: 128 << 10, inFlight: 1 << 20 },
+  file: { perRequest: 1 << 20, inFlight: 4 << 20 },
+  dir: { perRequest: 256 << 10, inFlight: 1 << 20 },
+  meta: { perRequest: 256 << 10, inFlight: 1 << 20 },
+  siblings: { perRequest: 256 << 10, inFlight: 1 << 20 },
+};
+
+/** How a request was served: every block cached and used before; some block there by a prefetch; a fetch waited for. */
+export type CacheOutcome = 'hit' | 'prefetched' | 'miss';
+
+/**
+ * Per-request notes a server reads back for its trace: the cache fills them in when the
+ * read runs inside `requestNotes.run(note, ...)` (see serve/nbd/connection.ts).
+ */
+export interface RequestNote {
+  class?: string;
+  kind?: string;
+  owner?: unknown;
+  cache?: CacheOutcome;
+}
+export const requestNotes = new AsyncLocalStorage<RequestNote>();
+
+interface ClassStats {
+  requests: number;
+  hits: number;
+  prefetched: number;
+  misses: number;
+  bytes: number;
+}
+interface PrefetcherStats {
+  /** Plans made (requests that asked this prefetcher for something to fetch). */
+  plans: number;
+  /** Plans dropped because the bound was full, and bytes cut by the per-request cap. */
+  dropped: number;
+  cutBytes: number;
+  /** Source reads and bytes fetched. */
+  fetches: number;
+  fetchedBytes: number;
+  /** Bytes of its blocks a request used before they were evicted. */
+  usedBytes: number;
+  /** Most bytes it ever had queued or in flight. */
+  peakInFlight: number;
+  errors: number;
+}
+
+export interface IntrospectiveCacheStats {
+  policy: LiveCachePolicy;
+  blockSize: number;
+  capacity: number;
+  prefetch: string[];
+  requests: number;
+  direct: number;
+  byClass: Record<string, ClassStats & { hitRate: number }>;
+  source: { reads: number; bytes: number; demandReads: number; demandBytes: number };
+  prefetchers: Record<string, PrefetcherStats>;
+  segments: { metadata: number; probation: number; protected: number };
+}
+
+interface Job {
+  prefetcher: string;
+  offset: number;
+  length: number;
+}
+
+/** A bounded, segmented cache of aligned blocks with classification and background prefetch (see above). */
+export class IntrospectiveCache extends FilterSource {
+  readonly name: string;
+  readonly size: number;
+  readonly policy: LiveCachePolicy;
+  readonly blockSize: number;
+  readonly capacity: number;
+  private readonly introspector?: CacheIntrospector;
+  private readonly enabled: ReadonlySet<string>;
+  private readonly bounds: Record<string, PrefetchBound>;
+  private readonly readahead: number;
+  private readonly concurrency: number;
+  private readonly directFrom: number;
+  private readonly maxRun: number;
+  // segments: Map insertion order is recency (first = least recent)
+  private readonly meta = new Map<number, Uint8Array>();
+  private readonly probation = new Map<number, Uint8Array>();
+  private readonly protect = new Map<number, Uint8Array>();
+  private readonly metaCap: number;
+  private readonly dataCap: number;
+  private readonly protectCap: number;
+  /** Blocks being fetched: by demand or by a prefetcher (named). */
+  private readonly inflight = new Map<number, { p: Promise<void>; by?: string }>();
+  /** Blocks a prefetcher brought in that no request has used yet, and by whom. */
+  private readonly fresh = new Map<number, string>();
+  private readonly queue: Job[] = [];
+  private active = 0;
+  private readonly queued = new Map<string, number>();
+  private idleWaiters: Array<() => void> = [];
+  private closed = false;
+  private readonly stats: IntrospectiveCacheStats;
+
+  constructor(
+    private readonly inner: ByteSource,
+    opts: IntrospectiveCacheOptions = {},
+  ) {
+    super();
+    this.name = inner.name;
+    this.size = inner.size;
+    this.policy = opts.policy ?? 'lru';
+    const bs = opts.blockSize ?? 4096;
+    if (!(bs >= 512) || (bs & (bs - 1)) !== 0) {
+      throw new StrataError('USAGE', `cache block size must be a power of two of at least 512, got ${bs}`);
+    }
+    this.blockSize = bs;
+    const blocks = Math.max(2, Math.floor((opts.capacity ?? 64 << 20) / bs));
+    this.capacity = blocks * bs;
+    if (this.policy === 'introspective') {
+      if (!opts.introspector) throw new StrataError('USAGE', 'the introspective cache policy needs a block map');
+      this.introspector = opts.introspector;
+      const share = opts.metaShare ?? 0.25;
+      if (!(share >= 0 && share < 1)) throw new StrataError('USAGE', `metadata share ${share} is not in [0, 1)`);
+      this.metaCap = Math.floor(blocks * share);
+    } else this.metaCap = 0;
+    this.dataCap = Math.max(1, blocks - this.metaCap);
+    this.protectCap = this.policy === 'introspective' ? Math.floor(this.dataCap * 0.8) : 0;
+    const offered = this.policy === 'introspective' ? this.introspector!.prefetchers : [];
+    const want = opts.prefetch ?? offered;
+    for (const p of want) {
+      if (!offered.includes(p)) {
+        throw new StrataError(
+          'USAGE',
+          `no prefetcher '${p}' for the ${this.policy} policy${offered.length ? ` (${offered.join(', ')})` : ''}`,
+        );
+      }
+    }
+    this.enabled = new Set(want);
+    this.bounds = {};
+    for (const p of [...offered, 'readahead']) {
+      this.bounds[p] = {
+        ...(DEFAULT_PREFETCH_BOUNDS[p] ?? { perRequest: 256 << 10, inFlight: 1 << 20 }),
+        ...opts.bounds?.[p],
+      };
+    }
+    this.readahead = opts.readahead ?? this.bounds.readahead.perRequest;
+    this.concurrency = Math.max(1, opts.concurrency ?? 4);
+    this.directFrom = opts.directFrom ?? 8 << 20;
+    this.maxRun = Math.max(bs, opts.maxRun ?? 1 << 20);
+    const cls = () => ({ requests: 0, hits: 0, prefetched: 0, misses: 0, bytes: 0, hitRate: 0 });
+    const pfs: Record<string, PrefetcherStats> = {};
+    const names = this.policy === 'readahead' ? ['readahead'] : [...this.enabled];
+    for (const p of names)
+      pfs[p] = {
+        plans: 0,
+        dropped: 0,
+        cutBytes: 0,
+        fetches: 0,
+        fetchedBytes: 0,
+        usedBytes: 0,
+        peakInFlight: 0,
+        errors: 0,
+      };
+    this.stats = {
+      policy: this.policy,
+      blockSize: bs,
+      capacity: this.capacity,
+      prefetch: names,
+      requests: 0,
+      direct: 0,
+      byClass: { data: cls(), metadata: cls(), unused: cls(), unknown: cls() },
+      source: { reads: 0, bytes: 0, demandReads: 0, demandBytes: 0 },
+      prefetchers: pfs,
+      segments: { metadata: 0, probation: 0, protected: 0 },
+    };
+  }
+
+  unwrap(): Unwrapped {
+    return { source: this.inner, offset: 0 };
+  }
+
+  /** Counters so far (a copy), with hit rates: (hits + prefetched) / requests per class. */
+  snapshot(): IntrospectiveCacheStats {
+    const s = structuredClone(this.stats);
+    for (const c of Object.values(s.byClass))
+      c.hitRate = c.requests ? +((c.hits + c.prefetched) / c.requests).toFixed(4) : 0;
+    s.segments = {
+      metadata: this.meta.size * this.blockSize,
+      probation: this.probation.size * this.blockSize,
+      protected: this.protect.size * this.blockSize,
+    };
+    return s;
+  }
+
+  /** Resolves when no prefetch is queued or running (for tests and benchmarks). */
+  idle(): Promise<void> {
+    if (this.active === 0 && this.queue.length === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  /** Whether block `b` (index) holds bytes now. */
+  private lookup(b: number): Uint8Array | undefined {
+    return this.meta.get(b) ?? this.probation.get(b) ?? this.protect.get(b);
+  }
+
+  /** Mark a cached block used: recency, and promotion from probation. */
+  private touch(b: number, promote: boolean): void {
+    let d = this.meta.get(b);
+    if (d) {
+      this.meta.delete(b);
+      this.meta.set(b, d);
+      return;
+    }
+    d = this.protect.get(b);
+    if (d) {
+      this.protect.delete(b);
+      this.protect.set(b, d);
+      return;
+    }
+    d = this.probation.get(b);
+    if (!d) return;
+    this.probation.delete(b);
+    if (promote && this.protectCap > 0) {
+      // a second use: promoted; the protected segment's least recent goes back to probation
+      this.protect.set(b, d);
+      while (this.protect.size > this.protectCap) {
+        const k = this.protect.keys().next().value as number;
+        const v = this.protect.get(k)!;
+        this.protect.delete(k);
+        this.probation.set(k, v);
+      }
+    } else this.probation.set(b, d);
+  }
+
+  private insert(b: number, data: Uint8Array, by?: string): void {
+    if (this.lookup(b)) return;
+    const off = b * this.blockSize;
+    if (this.metaCap > 0 && this.introspector!.isMetadata(off, Math.min(this.blockSize, this.size - off))) {
+      this.meta.set(b, data);
+      while (this.meta.size > this.metaCap) this.evict(this.meta);
+    } else {
+      this.probation.set(b, data);
+      while (this.probation.size + this.protect.size > this.dataCap)
+        this.evict(this.probation.size > 0 ? this.probation : this.protect);
+    }
+    if (by) this.fresh.set(b, by);
+  }
+
+  private evict(seg: Map<number, Uint8Array>): void {
+    const k = seg.keys().next().value as number;
+    seg.delete(k);
+    this.fresh.delete(k);
+  }
+
+  /** Read [offset, offset+length) from the source and cache its blocks (block-aligned, inside the source). */
+  private fetchRun(first: number, count: number, by?: string): Promise<void> {
+    const bs = this.blockSize;
+    const offset = first * bs;
+    const length = Math.min(count * bs, this.size - offset);
+    this.stats.source.reads++;
+    this.stats.source.bytes += length;
+    if (!by) {
+      this.stats.source.demandReads++;
+      this.stats.source.demandBytes += length;
+    } else {
+      const s = this.stats.prefetchers[by];
+      s.fetches++;
+      s.fetchedBytes += length;
+    }
+    const p = this.inner.read(offset, length).then(
+      (buf) => {
+        if (buf.length < length) {
+          throw new StrataError('IO', `short read: ${buf.length} of ${length} bytes at ${offset}`, { file: this.name });
+        }
+        for (let i = 0; i < count; i++) {
+          const b = first + i;
+          if (this.inflight.get(b)?.p === p) this.inflight.delete(b);
+          if (this.closed) continue;
+          const s = i * bs;
+          const e = Math.min(length, s + bs);
+          const block = new Uint8Array(bs);
+          block.set(buf.subarray(s, e));
+          this.insert(b, block, by);
+        }
+      },
+      (err) => {
+        for (let i = 0; i < count; i++) if (this.inflight.get(first + i)?.p === p) this.inflight.delete(first + i);
+        throw err;
+      },
+    );
+    for (let i = 0; i < count; i++) this.inflight.set(first + i, { p, by });
+    return p;
+  }
+
+  /** Fetch the blocks in [first, last] neither cached nor in flight, as runs; wait for all. */
+  private async demand(first: number, last: number): Promise<{ fetched: boolean; prefetched: boolean }> {
+    const waits: Promise<void>[] = [];
+    let fetched = false;
+    let prefetched = false;
+    let runStart = -1;
+    const flush = (end: number) => {
+      if (runStart < 0) return;
+      for (let s = runStart; s < end; s += Math.floor(this.maxRun / this.blockSize)) {
+        const n = Math.min(end - s, Math.floor(this.maxRun / this.blockSize));
+        waits.push(this.fetchRun(s, n));
+      }
+      runStart = -1;
+      fetched = true;
+    };
+    /** Blocks that were cached and used before: a reuse (promoted); the others are a first use. */
+    const reused: number[] = [];
+    for (let b = first; b <= last; b++) {
+      if (this.lookup(b)) {
+        flush(b);
+        const by = this.fresh.get(b);
+        if (by) {
+          prefetched = true;
+          const s = this.stats.prefetchers[by];
+          if (s) s.usedBytes += this.blockSize;
+        } else reused.push(b);
+        continue;
+      }
+      const f = this.inflight.get(b);
+      if (f) {
+        flush(b);
+        waits.push(f.p);
+        if (f.by) {
+          prefetched = true;
+          const s = this.stats.prefetchers[f.by];
+          if (s) s.usedBytes += this.blockSize;
+        } else fetched = true; // another request's fetch: this one waits for the source too
+        continue;
+      }
+      if (runStart < 0) runStart = b;
+    }
+    flush(last + 1);
+    if (waits.length) await Promise.all(waits);
+    for (const b of reused) this.touch(b, true);
+    for (let b = first; b <= last; b++) {
+      if (this.fresh.delete(b)) this.touch(b, false);
+    }
+    return { fetched, prefetched };
+  }
+
+  /** Copy bytes [offset, offset+out.length) out of the cache (after demand(); a block evicted meanwhile is read again). */
+  private async gather(offset: number, out: Uint8Array): Promise<void> {
+    const bs = this.blockSize;
+    const end = offset + out.length;
+    for (let pos = offset; pos < end; ) {
+      const b = Math.floor(pos / bs);
+      const bStart = b * bs;
+      const e = Math.min(end, bStart + bs);
+      let d = this.lookup(b);
+      if (!d) {
+        await this.fetchRun(b, 1);
+        d = this.lookup(b) ?? (await this.inner.read(bStart, Math.min(bs, this.size - bStart)));
+      }
+      out.set(d.subarray(pos - bStart, e - bStart), pos - offset);
+      pos = e;
+    }
+  }
+
+  private async serve(offset: number, out: Uint8Array): Promise<void> {
+    const n = out.length;
+    const note = requestNotes.getStore();
+    this.stats.requests++;
+    if (n >= this.directFrom) {
+      this.stats.direct++;
+      if (note) note.cache = 'miss';
+      const b = await this.inner.read(offset, n);
+      out.set(b.subarray(0, n));
+      return;
+    }
+    const c = this.introspector?.classify(offset, n);
+    const cs = this.stats.byClass[c?.class ?? 'unknown'];
+    cs.requests++;
+    cs.bytes += n;
+    const first = Math.floor(offset / this.blockSize);
+    const last = Math.floor((offset + n - 1) / this.blockSize);
+    const { fetched, prefetched } = await this.demand(first, last);
+    const outcome: CacheOutcome = fetched ? 'miss' : prefetched ? 'prefetched' : 'hit';
+    if (outcome === 'miss') cs.misses++;
+    else if (outcome === 'prefetched') cs.prefetched++;
+    else cs.hits++;
+    if (note) {
+      note.cache = outcome;
+      if (c) {
+        note.class = c.class;
+        note.kind = c.kind;
+        note.owner = this.introspector!.owner(offset, n, c);
+      }
+    }
+    if (outcome !== 'hit') requestNotes.exit(() => this.prefetchAfter(offset, n, c));
+    await this.gather(offset, out);
+  }
+
+  /** Plan and queue the prefetches a request calls for (never awaited by it). */
+  private prefetchAfter(offset: number, n: number, c: Classified | undefined): void {
+    if (this.closed) return;
+    if (this.policy === 'readahead') {
+      const end = Math.ceil((offset + n) / this.blockSize) * this.blockSize;
+      this.enqueue('readahead', [{ offset: end, length: this.readahead }]);
+    } else if (this.policy === 'introspective' && c && this.enabled.size > 0) {
+      const plans = this.introspector!.plan(offset, n, c, this.enabled, (p) => this.bounds[p]?.perRequest ?? 0);
+      for (const pl of plans) if (this.enabled.has(pl.prefetcher)) this.enqueue(pl.prefetcher, pl.runs);
+    }
+  }
+
+  /** Queue a plan's missing blocks as runs, within the prefetcher's bounds. */
+  private enqueue(prefetcher: string, runs: ByteRun[]): void {
+    const st = this.stats.prefetchers[prefetcher];
+    const bound = this.bounds[prefetcher];
+    if (!st || !bound) return;
+    const bs = this.blockSize;
+    const blocks: number[] = [];
+    const seen = new Set<number>();
+    for (const r of runs) {
+      const s = Math.max(0, r.offset);
+      const e = Math.min(this.size, r.offset + r.length);
+      for (let b = Math.floor(s / bs); b * bs < e; b++) {
+        if (seen.has(b)) continue;
+        seen.add(b);
+        if (this.lookup(b) || this.inflight.has(b)) continue;
+        blocks.push(b);
+      }
+    }
+    if (blocks.length === 0) return;
+    st.plans++;
+    const room = Math.min(bound.perRequest, bound.inFlight - (this.queued.get(prefetcher) ?? 0));
+    if (room < bs) {
+      st.dropped++;
+      return;
+    }
+    const keep = Math.floor(room / bs);
+    if (blocks.length > keep) {
+      st.cutBytes += (blocks.length - keep) * bs;
+      blocks.length = keep;
+    }
+    // runs of consecutive blocks in plan order (a file's extents in file order)
+    for (let i = 0; i < blocks.length; ) {
+      let j = i + 1;
+      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && j - i < this.maxRun / bs) j++;
+      this.queue.push({ prefetcher, offset: blocks[i], length: j - i });
+      i = j;
+    }
+    const q = (this.queued.get(prefetcher) ?? 0) + blocks.length * bs;
+    this.queued.set(prefetcher, q);
+    st.peakInFlight = Math.max(st.peakInFlight, q);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.active < this.concurrency && this.queue.length > 0 && !this.closed) {
+      const job = this.queue.shift()!;
+      // fetch what is still missing of the job's blocks (a demand read may have got there first)
+      const todo: Array<[number, number]> = [];
+      for (let b = job.offset; b < job.offset + job.length; b++) {
+        if (this.lookup(b) || this.inflight.has(b)) continue;
+        const last = todo[todo.length - 1];
+        if (last && last[0] + last[1] === b) last[1]++;
+        else todo.push([b, 1]);
+      }
+      const release = () => {
+        this.queued.set(job.prefetcher, (this.queued.get(job.prefetcher) ?? 0) - job.length * this.blockSize);
+      };
+      if (todo.length === 0) {
+        release();
+        continue;
+      }
+      this.active++;
+      Promise.all(todo.map(([b, n]) => this.fetchRun(b, n, job.prefetcher)))
+        .catch(() => {
+          this.stats.prefetchers[job.prefetcher].errors++;
+        })
+        .finally(() => {
+          this.active--;
+          release();
+          this.pump();
+        });
+    }
+    if (this.active === 0 && (this.queue.length === 0 || this.closed)) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const r of w) r();
+    }
+  }
+
+  protected override async readRange(offset: number, n: number): Promise<Uint8Array> {
+    const out = new Uint8Array(n);
+    await this.serve(offset, out);
+    return out;
+  }
+
+  protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
+    await this.serve(offset, out);
+  }
+
+  /** NBD_CMD_CACHE: bring a range in (up to the capacity), as demand reads. */
+  async warm(offset: number, length: number): Promise<void> {
+    const end = Math.min(this.size, offset + Math.min(length, this.capacity));
+    if (end <= offset) return;
+    await this.demand(Math.floor(offset / this.blockSize), Math.floor((end - 1) / this.blockSize));
+  }
+
+  /** Stop prefetching (queued plans dropped) and wait for running fetches: before the source closes. */
+  async stop(): Promise<void> {
+    this.closed = true;
+    this.queue.length = 0;
+    await this.idle();
+  }
+
+  override async close(): Promise<void> {
+    await this.stop();
+    this.meta.clear();
+    this.probation.clear();
+    this.protect.clear();
+    this.fresh.clear();
+    await this.inner.close?.();
+  }
+}

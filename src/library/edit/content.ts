@@ -1,0 +1,43 @@
+import { open } from 'node:fs/promises';
+import { StrataError } from '../../util/errors.js';
+import type { Library } from '../library.js';
+import { fileContent, findEntry, versionFiles } from '../library-verbs.js';
+import type { ContentSource } from './changes.js';
+
+const CHUNK = 1024 * 1024;
+
+/**
+ * The bytes of a change's content, chunk by chunk, whatever its source: a local file, bytes
+ * in memory, or a regular file of a stored version (checked against the size the change
+ * set recorded, so a version that is not what the planner saw is an error, not a quiet
+ * mismatch).
+ */
+export async function* contentChunks(lib: Library, src: ContentSource): AsyncGenerator<Uint8Array> {
+  if (src.kind === 'bytes') {
+    yield src.data;
+    return;
+  }
+  if (src.kind === 'file') {
+    const fh = await open(src.path, 'r');
+    try {
+      const buf = new Uint8Array(CHUNK);
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, 0, CHUNK, null);
+        if (bytesRead === 0) break;
+        yield buf.slice(0, bytesRead);
+      }
+    } finally {
+      await fh.close();
+    }
+    return;
+  }
+  const files = await versionFiles(lib, src.ref, src.part);
+  const e = findEntry(files, src.path);
+  if (e.type !== 'file' || e.size !== src.size || (src.digest !== undefined && e.digest !== src.digest)) {
+    throw new StrataError('CORRUPT', `${src.ref}:${src.path} is not the file the change set names`, {
+      file: src.ref,
+      structure: 'file manifest',
+    });
+  }
+  yield* fileContent(lib, files, e);
+}

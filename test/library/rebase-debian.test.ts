@@ -1,0 +1,247 @@
+/**
+ * Issue 24's Debian pair: A0 is a part of the debootstrapped Debian (its /etc, its dpkg
+ * database, a few binaries) with a package strata-base 1.0 installed by dpkg; A1 is A0 with
+ * strata-base upgraded to 1.1 (a file changed, one added, one removed, its conffile-like
+ * /etc file changed) and strata-tool installed, by dpkg; B1 is A0 with strata-app installed
+ * by dpkg and /etc/motd edited. The packages are real .deb files built by dpkg-deb (apt in
+ * a chroot would need the network). B2 = rebase(B1, A0, A1) is written by applyChanges.
+ * Oracles: e2fsck -fn on B2's disk, the kernel's loop mount of it walked against B1's tree
+ * plus A1's changes (from the host trees, lstat and sha256), dpkg-query --admindir listing
+ * the union of packages (compared with dpkg-query on A1 and B1), and dpkg --verify finding
+ * every file of the three packages as their md5sums say.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { checkin } from '../../src/library/checkin.js';
+import { checkout } from '../../src/library/checkout.js';
+import { rebaseVersion } from '../../src/library/edit/rebase.js';
+import { Library } from '../../src/library/library.js';
+import { strata } from '../helpers/cli.js';
+import { debianTree } from '../helpers/debian-tree.js';
+import { type KernelEntry, treeView } from '../helpers/ext-tree.js';
+import { fixture, run } from '../helpers/tools.js';
+import { tempDir } from './images.js';
+
+interface Trees {
+  base: string;
+  a1: string;
+  b1: string;
+  img: { a0: string; a1: string; b1: string };
+}
+
+/** A .deb built by dpkg-deb from a file list. */
+async function deb(out: string, name: string, version: string, files: Record<string, string>): Promise<string> {
+  const root = path.join(out, `pkg-${name}-${version}`);
+  mkdirSync(path.join(root, 'DEBIAN'), { recursive: true });
+  writeFileSync(
+    path.join(root, 'DEBIAN/control'),
+    `Package: ${name}\nVersion: ${version}\nArchitecture: all\nMaintainer: Strata <strata@example.org>\nDescription: rebase test package\n`,
+  );
+  for (const [p, text] of Object.entries(files)) {
+    mkdirSync(path.join(root, path.dirname(p)), { recursive: true });
+    writeFileSync(path.join(root, p), text, { mode: p.includes('/bin/') ? 0o755 : 0o644 });
+  }
+  const file = path.join(out, `${name}_${version}_all.deb`);
+  await run('dpkg-deb', ['-b', '--root-owner-group', root, file]);
+  rmSync(root, { recursive: true });
+  return file;
+}
+
+async function debianPair(): Promise<Trees> {
+  const tree = await debianTree();
+  const dir = await fixture('rebase-debian-pair-v1', async (out) => {
+    const base = path.join(out, 'base');
+    mkdirSync(path.join(base, 'usr/bin'), { recursive: true });
+    mkdirSync(path.join(base, 'var/lib'), { recursive: true });
+    mkdirSync(path.join(base, 'var/log'), { recursive: true });
+    await run('cp', ['-a', path.join(tree, 'etc'), base]);
+    await run('cp', ['-a', path.join(tree, 'var/lib/dpkg'), path.join(base, 'var/lib/')]);
+    for (const b of ['dash', 'ls', 'cat', 'true'])
+      await run('cp', ['-a', path.join(tree, 'usr/bin', b), path.join(base, 'usr/bin/')]);
+    symlinkSync('usr/bin', path.join(base, 'bin'));
+    const base10 = await deb(out, 'strata-base', '1.0', {
+      'usr/share/strata-base/data.txt': 'data v1\n',
+      'usr/lib/strata-base/old.txt': 'only in 1.0\n',
+      'etc/strata-base.conf': 'level=1\n',
+    });
+    const base11 = await deb(out, 'strata-base', '1.1', {
+      'usr/share/strata-base/data.txt': 'data v2, longer than before\n',
+      'usr/lib/strata-base/new.txt': 'only in 1.1\n',
+      'etc/strata-base.conf': 'level=2\n',
+    });
+    const tool = await deb(out, 'strata-tool', '1.0', { 'usr/bin/strata-tool': '#!/bin/sh\necho tool\n' });
+    const app = await deb(out, 'strata-app', '1.0', {
+      'opt/strata-app/app.txt': 'the app\n',
+      'etc/strata-app.conf': 'app=1\n',
+    });
+    await run('dpkg', [`--root=${base}`, '-i', base10]);
+    const a1 = path.join(out, 'a1');
+    const b1 = path.join(out, 'b1');
+    await run('cp', ['-a', base, a1]);
+    await run('cp', ['-a', base, b1]);
+    await run('dpkg', [`--root=${a1}`, '-i', base11, tool]);
+    await run('dpkg', [`--root=${b1}`, '-i', app]);
+    writeFileSync(path.join(b1, 'etc/motd'), 'B1: the app image\n');
+    for (const [src, img] of [
+      [base, 'a0.img'],
+      [a1, 'a1.img'],
+      [b1, 'b1.img'],
+    ]) {
+      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-I', '256', '-d', src, path.join(out, img), '48M']);
+    }
+  });
+  const p = (x: string) => path.join(dir, x);
+  return { base: p('base'), a1: p('a1'), b1: p('b1'), img: { a0: p('a0.img'), a1: p('a1.img'), b1: p('b1.img') } };
+}
+
+/** What a walk compares: type, permission bits, owner, content digest or link target. */
+const key = (e: KernelEntry | undefined) =>
+  e ? `${e.type} ${(e.mode & 0o7777).toString(8)} ${e.uid}:${e.gid} ${e.sha256 ?? e.target ?? ''}` : 'absent';
+
+/** dpkg-query's list of installed packages under an admin directory: name -> version. */
+function installed(admindir: string): Map<string, string> {
+  // dpkg-query's own ${field} format
+  const format = ['db:Status-Abbrev', 'Package', 'Version'].map((f) => `\${${f}}`).join('|');
+  const out = execFileSync('dpkg-query', [`--admindir=${admindir}`, '-W', '-f', `${format}\n`], {
+    encoding: 'utf8',
+  });
+  const m = new Map<string, string>();
+  for (const line of out.split('\n')) {
+    const [st, name, version] = line.split('|');
+    if (st?.trim() === 'ii') m.set(name, version);
+  }
+  return m;
+}
+
+let t: Trees;
+let libDir: string;
+let lib: Library;
+
+describe('rebase on the Debian pair', { timeout: 900_000 }, () => {
+  before(async () => {
+    t = await debianPair();
+    libDir = tempDir('rebase-debian');
+    lib = await Library.open(libDir, { create: true });
+    await checkin(lib, t.img.a0, { name: 'base', inspect: false });
+    await checkin(lib, t.img.a1, { name: 'base', parents: ['base@1'], inspect: false });
+    await checkin(lib, t.img.b1, { name: 'app', parents: ['base@1'], inspect: false });
+  });
+  after(async () => {
+    await lib?.close();
+    if (libDir) rmSync(libDir, { recursive: true, force: true });
+  });
+
+  test('B2 = B1 + diff(A0, A1): e2fsck clean, the kernel sees the merged tree, dpkg lists the union', async () => {
+    const dry = await rebaseVersion(lib, 'app@1', 'base@1', 'base@2', { dryRun: true });
+    assert.deepEqual(dry.plan.conflicts, []);
+    assert.equal(dry.version, undefined);
+    const status = dry.plan.merged.find((m) => m.path === '/var/lib/dpkg/status');
+    assert.deepEqual(status?.fromTheirs?.sort(), ['strata-base:all', 'strata-tool:all']);
+
+    const r = await rebaseVersion(lib, 'app@1', 'base@1', 'base@2', { workDir: libDir });
+    assert.equal(r.message, 'rebase app@1 from base@1 onto base@2');
+    const made = await lib.catalog.resolve('app@2');
+    assert.equal(made.message, r.message);
+    assert.deepEqual(
+      made.parents.map((x) => `${x.image}@${x.number}`).sort(),
+      ['app@1', 'base@2'],
+      'provenance: REF and A1',
+    );
+
+    const raw = path.join(libDir, 'b2.raw');
+    await checkout(lib, 'app@2', raw, { format: 'raw' });
+    const fsck = spawnSync('e2fsck', ['-fn', raw], { encoding: 'utf8' });
+    assert.equal(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+
+    const mnt = tempDir('rebase-debian-mnt');
+    mkdirSync(mnt, { recursive: true });
+    await run('mount', ['-o', 'ro,loop', raw, mnt]);
+    try {
+      const got = treeView(mnt);
+      const [b0, a1, b1] = [treeView(t.base), treeView(t.a1), treeView(t.b1)];
+      // expected by construction: A1's state where A1 changed a path, B1's elsewhere; the
+      // dpkg status is checked by dpkg-query below, its backup (status-old) is B1's
+      const merged = '/var/lib/dpkg/status';
+      let fromA1 = 0;
+      for (const p of new Set([...b0.keys(), ...a1.keys(), ...b1.keys(), ...got.keys()])) {
+        if (p === merged || p === '/lost+found') continue;
+        const theirs = key(a1.get(p)) !== key(b0.get(p)) && p !== '/var/lib/dpkg/status-old';
+        if (theirs) fromA1++;
+        const want = theirs ? key(a1.get(p)) : key(b1.get(p));
+        assert.equal(key(got.get(p)), want, `${p}: ${theirs ? "A1's" : "B1's"} state`);
+      }
+      assert.ok(fromA1 >= 8, `paths A1 changed: ${fromA1}`);
+      for (const p of ['/usr/lib/strata-base/new.txt', '/usr/bin/strata-tool', '/opt/strata-app/app.txt'])
+        assert.ok(got.has(p), p);
+      assert.ok(!got.has('/usr/lib/strata-base/old.txt'), 'A1 removed old.txt');
+      assert.equal(key(got.get('/etc/motd')), key(b1.get('/etc/motd')), "B1's own edit");
+
+      // packages: B1's, with A1's upgrade and addition
+      const want = installed(path.join(t.b1, 'var/lib/dpkg'));
+      for (const [n, v] of installed(path.join(t.a1, 'var/lib/dpkg'))) want.set(n, v);
+      const have = installed(path.join(mnt, 'var/lib/dpkg'));
+      assert.deepEqual([...have].sort(), [...want].sort());
+      assert.equal(have.get('strata-base'), '1.1');
+      assert.equal(have.get('strata-tool'), '1.0');
+      assert.equal(have.get('strata-app'), '1.0');
+      // every file of the three packages as its md5sums says (dpkg prints nothing then)
+      const v = spawnSync('dpkg', [`--root=${mnt}`, '--verify', 'strata-base', 'strata-tool', 'strata-app'], {
+        encoding: 'utf8',
+      });
+      assert.equal(v.status, 0, v.stderr);
+      assert.equal(v.stdout, '');
+    } finally {
+      await run('umount', [mnt]).catch(() => run('umount', ['-l', mnt]));
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
+
+  test('strata rebase: the plan as JSON and as lines; a version written with both parents; usage errors exit 2', async () => {
+    const dry = await strata([
+      'rebase',
+      'app@1',
+      '--from',
+      'base@1',
+      '--to',
+      'base@2',
+      '--dry-run',
+      '--json',
+      '--library',
+      libDir,
+    ]);
+    assert.equal(dry.code, 0, dry.stderr);
+    const j = JSON.parse(dry.stdout);
+    assert.equal(j.dryRun, true);
+    assert.deepEqual(j.conflicts, []);
+    const put = j.changes.find((c: { op: string; path: string }) => c.path === '/usr/share/strata-base/data.txt');
+    assert.equal(put.op, 'put');
+    assert.equal(put.content.kind, 'version');
+    assert.equal(put.content.ref, 'base@2');
+    assert.ok(
+      j.changes.some((c: { op: string; path: string }) => c.op === 'rm' && c.path === '/usr/lib/strata-base/old.txt'),
+    );
+    const human = await strata(['rebase', 'app@1', '--from', 'base@1', '--to', 'base@2', '--library', libDir]);
+    assert.equal(human.code, 0, human.stderr);
+    assert.match(human.stdout, /^rebase app@1 from base@1 onto base@2: /);
+    assert.match(human.stdout, /merged \/var\/lib\/dpkg\/status \(package-stanzas: .*strata-base:all/);
+    const v = await lib.catalog.resolve('app@3');
+    assert.deepEqual(v.parents.map((x) => `${x.image}@${x.number}`).sort(), ['app@1', 'base@2']);
+    const both = await strata([
+      'rebase',
+      'app@1',
+      '--from',
+      'base@1',
+      '--to',
+      'base@2',
+      '--ours',
+      '--theirs',
+      '--library',
+      libDir,
+    ]);
+    assert.equal(both.code, 2, both.stderr);
+    assert.match(both.stderr, /--ours.*cannot be used with.*--theirs/);
+  });
+});
