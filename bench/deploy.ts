@@ -4,32 +4,51 @@
  *   (a) copy-then-boot: a full raw copy over HTTP (curl, what seed 001 measured) and
  *       `qemu-img convert` of the qcow2 over HTTP (qemu's curl driver: the best standard tool),
  *       then boot from the local disk;
- *   (b) `strata deploy` streaming: boot from its NBD export at once;
+ *   (b) `strata deploy` streaming the qcow2 by URL (Strata's HTTP image reader);
+ *   (b') `strata deploy debian@1 --library URL`: the library folder (strata export-index)
+ *       served over plain HTTP, boot from the NBD export at once;
+ *   (c) (b') with the boot profile (recorded once with `strata profile record` from the
+ *       trace of the first (b') run, the deploy's own --trace), prefetched first;
+ *   (d) differential: TARGET holds a complete deploy of version N (made before the clock
+ *       starts), `strata deploy debian@2` (N+1: N with files added and changed through a kernel
+ *       mount) onto it, boot at once; bytes fetched against the bytes that differ (the two raw
+ *       images compared block by block, 64 KiB blocks: the deploy's granularity);
  *   (e) boot from a local copy (the floor).
- * (c) profile and (d) differential are not measured yet (see the closing note of issue 16).
  *
  * Image (cached in BENCH_DIR/deploy): Debian bookworm by debootstrap (minbase + linux-image-amd64,
  * systemd, systemd-sysv, udev), a unit that prints STRATA-MULTI-USER on ttyS0 when
  * multi-user.target is reached, ext4 root (mkfs.ext4 -d) in a GPT partition (sgdisk), 8 GiB
- * virtual (BENCH_DISK_GIB), sparse; its qcow2 (qemu-img convert). Not yet checked into a library:
- * the deploy streams the qcow2 by URL until a library over plain HTTP can be deployed from.
+ * virtual (BENCH_DISK_GIB), sparse; its qcow2 (qemu-img convert); N+1; both checked into a
+ * library (strata checkin) with a static index (strata export-index).
  * The kernel and initrd are read out of the image with `strata cat` and passed to -kernel/-initrd.
  *
- * Network: the images are served by a small range-capable HTTP server (this file, --serve) in a
- * network namespace behind a veth pair shaped with tc tbf to 1 Gbit/s in both directions (root
- * needed; no delay added). The deploy streams the qcow2 by URL (Strata's HTTP image reader):
- * the plain-HTTP library source is another engineer's work; until it lands, a library over HTTP
- * is not measured.
+ * Network: images and the library folder are served by a small range-capable HTTP server (this
+ * file, --serve) in a network namespace behind a veth pair shaped with tc tbf to 1 Gbit/s in both
+ * directions (root needed; no delay added: this kernel has no netem).
  *
  *   npm run bench:deploy                    # 3 runs of each
  *   npm run bench:deploy -- --quick         # 1 run of each
- *   BENCH_DISK_GIB=32 npm run bench:deploy  # the 32 GiB case
+ *   BENCH_DISK_GIB=32 npm run bench:deploy  # the 32 GiB case (sparse: takes no more disk than 8)
+ *   BENCH_CASES=local,library,profile       # only these (local rawCopy convert url library profile differential)
+ *   BENCH_PREPARE_ONLY=1                    # make the images and the library, boot nothing
  *
  * Prints one JSON object: each scenario's times (s) to the marker, bytes fetched before the
- * marker and time to a complete TARGET for (b), and the ratios against (e) and (a).
+ * marker and time to a complete TARGET for the deploys, the differential's bytes against the
+ * bytes that differ, and the ratios against (e) and (a).
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:http';
 import * as path from 'node:path';
 import { bootQemu, chooseAccel } from '../test/helpers/qemu.js';
@@ -46,8 +65,10 @@ const log = (m: string) => process.stderr.write(`bench:deploy: ${m}\n`);
 /** --serve DIR HOST PORT: a static file server with single byte ranges (what the deploy and curl need). */
 function serve(dir: string, host: string, port: number): void {
   createServer((req, res) => {
-    const file = path.join(dir, path.basename(decodeURIComponent((req.url ?? '/').split('?')[0])));
-    if (!existsSync(file) || !statSync(file).isFile()) {
+    // any file under DIR (the library's store/ is nested); nothing outside it
+    const rel = path.normalize(decodeURIComponent((req.url ?? '/').split('?')[0])).replace(/^(\/|\.\.\/)+/, '');
+    const file = path.join(dir, rel);
+    if (rel.split('/').includes('..') || !existsSync(file) || !statSync(file).isFile()) {
       res.writeHead(404).end();
       return;
     }
@@ -148,6 +169,90 @@ function images(): { raw: string; qcow2: string } {
     renameSync(`${qcow2}.tmp`, qcow2);
   }
   return { raw, qcow2 };
+}
+
+/**
+ * N+1: N with a real change, made through a kernel mount of its root file system (a loop
+ * device at the partition's offset): a tree of files added under /opt (the host's Python
+ * library, tens of MB), /etc/motd rewritten, a file removed. Cached beside N.
+ */
+function nextImage(raw: string): string {
+  const next = path.join(DIR, `debian-${GIB}g-n1.raw`);
+  if (existsSync(next)) return next;
+  need('losetup', 'mount');
+  const tmp = `${next}.tmp`;
+  rmSync(tmp, { force: true });
+  sh('cp', ['--sparse=always', raw, tmp]);
+  const loop = sh('losetup', ['--find', '--show', '-o', String(2048 * 512), tmp]).trim();
+  const mnt = path.join(DIR, `mnt-${process.pid}`);
+  mkdirSync(mnt, { recursive: true });
+  try {
+    sh('mount', ['-t', 'ext4', loop, mnt]);
+    try {
+      const add = ['/usr/lib/python3.11', '/usr/share/zoneinfo'].filter((d) => existsSync(d));
+      if (add.length === 0) throw new Error('no host tree to add to N+1 (/usr/lib/python3.11, /usr/share/zoneinfo)');
+      mkdirSync(path.join(mnt, 'opt/strata-n1'), { recursive: true });
+      for (const d of add) sh('cp', ['-a', d, path.join(mnt, 'opt/strata-n1/')]);
+      writeFileSync(path.join(mnt, 'etc/motd'), 'Strata bench image, version N+1\n');
+      rmSync(path.join(mnt, 'etc/issue.net'), { force: true });
+    } finally {
+      sh('umount', [mnt]);
+    }
+  } finally {
+    spawnSync('losetup', ['-d', loop]);
+    rmSync(mnt, { recursive: true, force: true });
+  }
+  renameSync(tmp, next);
+  return next;
+}
+
+/** A library holding N (debian@1) and N+1 (debian@2), with its static index for plain HTTP. */
+function library(raw: string, next: string): string {
+  const lib = path.join(DIR, `lib-${GIB}g`);
+  if (existsSync(path.join(lib, 'strata-index.json'))) return lib;
+  const tmp = `${lib}.tmp`;
+  rmSync(tmp, { recursive: true, force: true });
+  log(`checkin N and N+1 into a library (once)`);
+  for (const img of [raw, next]) {
+    const r = spawnSync(process.execPath, [CLI, 'checkin', img, '--name', 'debian', '--library', tmp], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    if (r.status !== 0) throw new Error(`strata checkin ${img} failed`);
+  }
+  const r = spawnSync(process.execPath, [CLI, 'export-index', '--library', tmp], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  if (r.status !== 0) throw new Error('strata export-index failed');
+  renameSync(tmp, lib);
+  return lib;
+}
+
+/** Bytes in 64 KiB blocks that differ between two raw images (a plain byte compare, holes read as zeros). */
+function differingBytes(a: string, b: string, block = 64 << 10): number {
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  const step = 16 << 20;
+  const ba = Buffer.alloc(step);
+  const bb = Buffer.alloc(step);
+  let bytes = 0;
+  try {
+    const size = Math.max(statSync(a).size, statSync(b).size);
+    for (let o = 0; o < size; o += step) {
+      const na = readSync(fa, ba, 0, step, o);
+      const nb = readSync(fb, bb, 0, step, o);
+      ba.fill(0, na);
+      bb.fill(0, nb);
+      const n = Math.min(step, size - o);
+      for (let x = 0; x < n; x += block) {
+        const e = Math.min(n, x + block);
+        if (ba.compare(bb, x, e, x, e) !== 0) bytes += e - x;
+      }
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+  return bytes;
 }
 
 /** The kernel and initrd, read out of the image with Strata (the symlinks /vmlinuz, /initrd.img followed inside). */
@@ -264,22 +369,38 @@ interface DeployRun {
   fetchedBeforeMarker: number;
   complete: number;
   fetchedTotal: number;
+  mode?: string;
+  profile?: Record<string, unknown>;
 }
 
-/** (b): strata deploy URL --to TARGET, qemu boots from the export at once. */
-async function streaming(url: string, kernel: string, initrd: string, target: string): Promise<DeployRun> {
-  rmSync(target, { force: true });
-  rmSync(`${target}.strata-deploy`, { force: true });
+/** `strata deploy ARGS --json --port 0` in `cwd`; qemu boots from the export at once. */
+async function streaming(
+  args: string[],
+  kernel: string,
+  initrd: string,
+  target: string,
+  opts: { fresh?: boolean } = {},
+): Promise<DeployRun> {
+  if (opts.fresh !== false) {
+    rmSync(target, { force: true });
+    rmSync(`${target}.strata-deploy`, { force: true });
+  }
   const t0 = Date.now();
-  const d: ChildProcess = spawn(process.execPath, [CLI, 'deploy', url, '--to', target, '--json', '--port', '0'], {
+  const d: ChildProcess = spawn(process.execPath, [CLI, 'deploy', ...args, '--to', target, '--json', '--port', '0'], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    cwd: path.dirname(target),
   });
   const events: Array<Record<string, unknown> & { t: number }> = [];
   let buf = '';
   let uriResolve!: (u: string) => void;
-  const uri = new Promise<string>((r) => (uriResolve = r));
+  let failed!: (e: Error) => void;
+  const uri = new Promise<string>((r, j) => {
+    uriResolve = r;
+    failed = j;
+  });
   let completeResolve!: () => void;
   const complete = new Promise<void>((r) => (completeResolve = r));
+  d.once('exit', (c) => failed(new Error(`strata deploy ${args.join(' ')} exited (${c})`)));
   d.stdout!.on('data', (c) => {
     buf += c;
     for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
@@ -296,15 +417,32 @@ async function streaming(url: string, kernel: string, initrd: string, target: st
     const before = events.filter((e) => e.event === 'progress' && e.t <= marker).at(-1);
     await complete;
     const done = events.find((e) => e.event === 'complete')!;
+    const start = events.find((e) => e.event === 'start');
+    const profile = events.find((e) => e.event === 'profile');
     return {
       marker,
       fetchedBeforeMarker: Number(before?.fetchedBytes ?? 0),
       complete: done.t,
       fetchedTotal: Number(done.fetchedBytes),
+      mode: start ? String(start.mode) : undefined,
+      profile: profile ? { ...profile, t: undefined, event: undefined } : undefined,
     };
   } finally {
     d.kill('SIGTERM');
+    await new Promise((r) => (d.exitCode !== null ? r(null) : d.once('exit', r)));
   }
+}
+
+/** A complete deploy with no guest (`--exit-when-complete`): what TARGET holds before (d)'s clock starts. */
+function deployQuietly(args: string[], target: string): void {
+  rmSync(target, { force: true });
+  rmSync(`${target}.strata-deploy`, { force: true });
+  const r = spawnSync(
+    process.execPath,
+    [CLI, 'deploy', ...args, '--to', target, '--port', '0', '--exit-when-complete', '--profile', 'none'],
+    { stdio: ['ignore', 'ignore', 'inherit'], cwd: path.dirname(target) },
+  );
+  if (r.status !== 0) throw new Error(`strata deploy ${args.join(' ')} (no guest) failed`);
 }
 
 const median = (xs: number[]) => {
@@ -312,58 +450,139 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
+const ALL_CASES = ['local', 'url', 'library', 'profile', 'differential', 'rawCopy', 'convert'];
+const CASES = new Set((process.env.BENCH_CASES ?? ALL_CASES.join(',')).split(',').map((c) => c.trim()));
+for (const c of CASES) if (!ALL_CASES.includes(c)) throw new Error(`unknown case ${c} (${ALL_CASES.join(' ')})`);
+
 async function main(): Promise<void> {
   const env = benchChildEnv();
   need('qemu-system-x86_64', 'qemu-system-x86');
   need('curl', 'curl');
   const accel = chooseAccel();
   const { raw, qcow2 } = images();
+  const next = nextImage(raw);
+  const lib = library(raw, next);
   const { kernel, initrd } = bootFiles(raw);
   const www = path.join(DIR, `www-${GIB}g`);
   mkdirSync(www, { recursive: true });
   for (const [f, name] of [
     [raw, 'disk.raw'],
     [qcow2, 'disk.qcow2'],
+    [lib, 'library'],
   ]) {
-    if (!existsSync(path.join(www, name))) sh('ln', [f, path.join(www, name)]);
+    if (!existsSync(path.join(www, name))) sh('ln', ['-s', f, path.join(www, name)]);
   }
-  const work = path.join(DIR, 'work');
+  if (process.env.BENCH_PREPARE_ONLY === '1') {
+    log(`prepared: ${raw}, ${next}, ${lib}`);
+    return;
+  }
+  const differing = CASES.has('differential') ? differingBytes(raw, next) : 0;
+  const work = path.join(DIR, `work-${GIB}g`);
   mkdirSync(work, { recursive: true });
   const local = path.join(work, 'local.raw');
+  const target = path.join(work, 'target.raw');
+  const trace = path.join(work, 'boot.trace');
+  const profileFile = path.join(work, 'profile.json');
   const srv = await shapedServer(www);
-  const res: Record<string, number[]> = { rawCopy: [], convert: [], streaming: [], local: [] };
-  const deploys: DeployRun[] = [];
+  const libUrl = `${srv.base}/library`;
+  const res: Record<string, number[]> = Object.fromEntries([...CASES].map((c) => [c, []]));
+  const deploys: Record<string, DeployRun[]> = { url: [], library: [], profile: [], differential: [] };
+  let profileSummary: unknown;
   try {
     for (let run = 0; run < RUNS; run++) {
-      // (e) the floor: a local copy made before the clock starts
-      freshCopy(raw, local);
-      let t0 = Date.now();
-      res.local.push(await bootToMarker(kernel, initrd, `file=${local}`, t0));
-      log(`run ${run}: local ${res.local.at(-1)} s`);
-      // (b) streaming
-      const s = await streaming(`${srv.base}/disk.qcow2`, kernel, initrd, path.join(work, 'target.raw'));
-      deploys.push(s);
-      res.streaming.push(s.marker);
-      log(`run ${run}: streaming ${s.marker} s (complete at ${s.complete} s)`);
-      // (a) full raw copy over HTTP (holes dug on the way, so it takes no more disk than the image), then boot
-      rmSync(local, { force: true });
-      t0 = Date.now();
-      sh('sh', ['-c', `curl -sSf '${srv.base}/disk.raw' | cp --sparse=always /dev/stdin '${local}'`]);
-      res.rawCopy.push(await bootToMarker(kernel, initrd, `file=${local}`, t0));
-      log(`run ${run}: raw copy then boot ${res.rawCopy.at(-1)} s`);
-      // (a) qemu-img convert of the qcow2 over HTTP, then boot
-      rmSync(local, { force: true });
-      t0 = Date.now();
-      const spec = `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'http', url: `${srv.base}/disk.qcow2` } })}`;
-      sh('qemu-img', ['convert', '-O', 'raw', spec, local]);
-      res.convert.push(await bootToMarker(kernel, initrd, `file=${local}`, t0));
-      log(`run ${run}: convert then boot ${res.convert.at(-1)} s`);
+      let t0: number;
+      if (CASES.has('local')) {
+        // (e) the floor: a local copy made before the clock starts
+        freshCopy(raw, local);
+        t0 = Date.now();
+        res.local.push(await bootToMarker(kernel, initrd, `file=${local}`, t0));
+        log(`run ${run}: local ${res.local.at(-1)} s`);
+      }
+      if (CASES.has('url')) {
+        // (b) streaming the qcow2 by URL
+        const s = await streaming([`${srv.base}/disk.qcow2`], kernel, initrd, target);
+        deploys.url.push(s);
+        res.url.push(s.marker);
+        log(`run ${run}: streaming the qcow2 ${s.marker} s (complete at ${s.complete} s)`);
+      }
+      if (CASES.has('library') || (CASES.has('profile') && !existsSync(profileFile))) {
+        // (b') the library over plain HTTP; the first run's trace makes the profile
+        const withTrace = !existsSync(profileFile);
+        rmSync(trace, { force: true });
+        const s = await streaming(
+          ['debian@1', '--library', libUrl, '--profile', 'none', ...(withTrace ? ['--trace', trace] : [])],
+          kernel,
+          initrd,
+          target,
+        );
+        if (CASES.has('library')) {
+          deploys.library.push(s);
+          res.library.push(s.marker);
+        }
+        log(`run ${run}: streaming from the library over HTTP ${s.marker} s (complete at ${s.complete} s)`);
+        if (withTrace) {
+          const rec = spawnSync(
+            process.execPath,
+            [CLI, 'profile', 'record', 'debian@1', '--trace', trace, '--library', lib, '--json'],
+            { encoding: 'utf8' },
+          );
+          if (rec.status !== 0) throw new Error(`strata profile record failed: ${rec.stderr}`);
+          profileSummary = JSON.parse(rec.stdout);
+          const show = spawnSync(process.execPath, [CLI, 'profile', 'show', 'debian@1', '--library', lib, '--json'], {
+            encoding: 'utf8',
+            maxBuffer: 1 << 28,
+          });
+          if (show.status !== 0) throw new Error(`strata profile show failed: ${show.stderr}`);
+          writeFileSync(profileFile, JSON.stringify((JSON.parse(show.stdout) as { profile: unknown }).profile));
+        }
+      }
+      if (CASES.has('profile')) {
+        // (c) the same with the recorded profile fetched first, in access order
+        const s = await streaming(['debian@1', '--library', libUrl, '--profile', profileFile], kernel, initrd, target);
+        deploys.profile.push(s);
+        res.profile.push(s.marker);
+        log(`run ${run}: streaming with the profile ${s.marker} s (complete at ${s.complete} s)`);
+      }
+      if (CASES.has('differential')) {
+        // (d) TARGET holds N (a complete deploy, no guest, before the clock); N+1 deployed onto it
+        deployQuietly(['debian@1', '--library', libUrl], target);
+        const s = await streaming(['debian@2', '--library', libUrl, '--profile', 'none'], kernel, initrd, target, {
+          fresh: false,
+        });
+        if (s.mode !== 'differential') throw new Error(`the deploy of N+1 over N ran as '${s.mode}', not differential`);
+        deploys.differential.push(s);
+        res.differential.push(s.marker);
+        log(`run ${run}: differential ${s.marker} s, ${s.fetchedTotal} bytes fetched (${differing} differ)`);
+      }
+      if (CASES.has('rawCopy')) {
+        // (a) full raw copy over HTTP (holes dug on the way, so it takes no more disk than the image), then boot
+        rmSync(local, { force: true });
+        t0 = Date.now();
+        sh('sh', ['-c', `curl -sSf '${srv.base}/disk.raw' | cp --sparse=always /dev/stdin '${local}'`]);
+        res.rawCopy.push(await bootToMarker(kernel, initrd, `file=${local}`, t0));
+        log(`run ${run}: raw copy then boot ${res.rawCopy.at(-1)} s`);
+      }
+      if (CASES.has('convert')) {
+        // (a') qemu-img convert of the qcow2 over HTTP, then boot
+        rmSync(local, { force: true });
+        t0 = Date.now();
+        const spec = `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'http', url: `${srv.base}/disk.qcow2` } })}`;
+        sh('qemu-img', ['convert', '-O', 'raw', spec, local]);
+        res.convert.push(await bootToMarker(kernel, initrd, `file=${local}`, t0));
+        log(`run ${run}: convert then boot ${res.convert.at(-1)} s`);
+      }
     }
   } finally {
     srv.stop();
   }
-  const m = Object.fromEntries(Object.entries(res).map(([k, v]) => [k, median(v)]));
+  const m: Record<string, number> = Object.fromEntries(
+    Object.entries(res)
+      .filter(([, v]) => v.length > 0)
+      .map(([k, v]) => [k, median(v)]),
+  );
   const r2 = (x: number) => Math.round(x * 100) / 100;
+  const ratio = (a: string, b: string) => (m[a] && m[b] ? r2(m[a] / m[b]) : undefined);
+  const diffFetched = deploys.differential.map((d) => d.fetchedTotal);
   process.stdout.write(
     `${JSON.stringify(
       {
@@ -373,21 +592,41 @@ async function main(): Promise<void> {
         accel,
         diskGiB: GIB,
         link: 'veth + tc tbf 1gbit both ways, no added delay',
-        source: 'strata deploy of the qcow2 by HTTP URL (library over HTTP: not yet)',
+        cases: {
+          local: '(e) boot from a local copy',
+          url: '(b) strata deploy of the qcow2 by HTTP URL',
+          library: "(b') strata deploy debian@1 --library http://... (export-index, plain HTTP)",
+          profile: "(c) (b') with the boot profile recorded from the first (b') run's trace",
+          differential: '(d) strata deploy debian@2 onto a TARGET holding debian@1',
+          rawCopy: '(a) curl of the raw image, then boot',
+          convert: "(a') qemu-img convert of the qcow2 over HTTP, then boot",
+        },
         secondsToMarker: res,
         median: m,
-        streaming: deploys,
+        deploys,
+        profile: profileSummary,
+        differential: {
+          differingBytes: differing,
+          fetchedBytes: diffFetched,
+          fetchedOverDiffering: diffFetched.map((f) => (differing ? r2(f / differing) : undefined)),
+        },
         ratios: {
-          streamingOverLocal: r2(m.streaming / m.local),
-          rawCopyOverStreaming: r2(m.rawCopy / m.streaming),
-          convertOverStreaming: r2(m.convert / m.streaming),
+          libraryOverLocal: ratio('library', 'local'),
+          urlOverLocal: ratio('url', 'local'),
+          profileOverLocal: ratio('profile', 'local'),
+          differentialOverLocal: ratio('differential', 'local'),
+          rawCopyOverLibrary: ratio('rawCopy', 'library'),
+          convertOverLibrary: ratio('convert', 'library'),
+          rawCopyOverProfile: ratio('rawCopy', 'profile'),
+          convertOverProfile: ratio('convert', 'profile'),
         },
         targets: {
-          streamingOverLocal: '<= 1.3',
-          streamingAheadOfBothCopies: true,
-          rawCopyOverStreaming32GiB: '>= 8.6',
+          libraryOverLocal: '<= 1.3',
+          libraryAheadOfBothCopies: true,
+          profileOverLocal: '<= 1.1',
+          rawCopyOverLibrary32GiB: '>= 8.6 (seed 001)',
+          differentialFetchedOverDiffering: '<= 1.2',
         },
-        notMeasured: ['(c) streaming with a profile', '(d) differential deploy of N+1 over N'],
         env,
       },
       null,

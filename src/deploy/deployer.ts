@@ -43,6 +43,10 @@ export type DeployEvent =
       rate: number;
     }
   | { event: 'retry'; offset: number; length: number; attempt: number; error: string }
+  /** The background copy waits for a source it cannot reach (what is local was made durable first). */
+  | { event: 'stalled'; offset: number; error: string; localBytes: number }
+  /** The source answers again: the background copy goes on where it was. */
+  | { event: 'resumed'; seconds: number }
   | { event: 'compared'; matched: number; mismatched: number; readBytes: number }
   | { event: 'error'; error: string }
   | { event: 'complete'; fetchedBytes: number; seconds: number };
@@ -58,8 +62,19 @@ export interface DeployOptions {
   concurrency?: number;
   /** Blocks per background fetch (default 16: neighbouring chunks coalesced into one read). */
   batchBlocks?: number;
-  /** How long a read waits for a failing source before it fails (default 120 s). */
+  /**
+   * How long a read waits for a failing source before it fails (default 120 s): a guest's
+   * read, and the background copy of a chunk that comes back damaged or is not found.
+   */
   fetchTimeout?: number;
+  /**
+   * How long the background copy waits for a source it cannot reach (refused, reset, timed
+   * out, 5xx) before it stops, retrying with backoff (default 1 h; 0: no limit). It goes on
+   * by itself when the source answers again; what is local is made durable when it stalls.
+   */
+  sourceWait?: number;
+  /** The longest pause between two attempts of the background copy (default 30 s). */
+  maxRetryDelay?: number;
   /** TARGET with no state: hash it along the version's chunks and fetch only what differs (compare.ts). */
   compare?: boolean;
   /** Do not start the background copier (tests drive it; guest reads still fetch). */
@@ -76,6 +91,17 @@ export interface DeployOptions {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * A failure that says the source cannot be reached now (refused, reset, timed out, a 5xx, a
+ * 404 from a server that is coming back): worth waiting for. A chunk that comes back damaged
+ * (CORRUPT), a REF or chunk the source says it does not have (NOT_FOUND), a bad request or
+ * what a source cannot do are not: waiting longer would not change them.
+ */
+function unreachable(e: unknown): boolean {
+  if (!(e instanceof StrataError)) return true;
+  return e.code === 'IO';
+}
 
 /**
  * A deploy: TARGET (a raw file or block device) is served at once; what the guest reads
@@ -113,6 +139,14 @@ export class Deployer {
   /** Resolves when every block is local and the source is dropped. */
   readonly complete: Promise<void>;
   private failure: unknown;
+  /** When the background copy began waiting for an unreachable source (undefined: it is not). */
+  private stalledAt: number | undefined;
+  /** The background copy stopped for good (the source stayed away longer than sourceWait). */
+  private copyStopped = false;
+  /** Errors of background fetches that gave up waiting for an unreachable source. */
+  private readonly gaveUpWaiting = new WeakSet<object>();
+  /** Pauses between attempts, cut short by close(). */
+  private readonly naps = new Set<() => void>();
   mode = 'new';
 
   private constructor(
@@ -322,7 +356,7 @@ export class Deployer {
       return [s, cursor];
     };
     const worker = async () => {
-      for (let r = nextRun(); r && !this.closed; r = nextRun()) {
+      for (let r = nextRun(); r && !this.closed && !this.copyStopped; r = nextRun()) {
         if (bw && bw > 0) {
           // this batch may start once the bytes scheduled before it fit the cap
           const wait = t0 + (scheduled / bw) * 1000 - Date.now();
@@ -339,8 +373,24 @@ export class Deployer {
           }
           const s = i;
           while (i < r[1] && !this.local[i] && !this.inflight.has(i)) i++;
-          // a range that cannot be fetched (source gone, chunk corrupt) stays missing: go on with the rest
-          await this.fetchRun(s, i, false).catch((e) => this.fail(e));
+          // a range that cannot be fetched (chunk corrupt, not found) stays missing: go on with the rest;
+          // a source that stayed away past sourceWait stops the copy (--resume continues it)
+          await this.fetchRun(s, i, false).catch((e) => {
+            if (this.gaveUpWaiting.has(e as object)) {
+              if (!this.copyStopped) {
+                this.copyStopped = true;
+                this.fail(
+                  new StrataError(
+                    'IO',
+                    `the background copy stopped: ${(e as Error).message}; TARGET's state holds what is local (strata deploy --resume goes on)`,
+                    { file: this.source.name },
+                    { cause: e },
+                  ),
+                );
+              }
+            } else this.fail(e);
+          });
+          if (this.copyStopped) return;
         }
       }
     };
@@ -418,30 +468,72 @@ export class Deployer {
     }
   }
 
-  /** Read from the source, retrying with backoff until fetchTimeout; the error names the range. */
+  /**
+   * Read from the source, retrying with backoff. A guest's read (and any read of a chunk
+   * that comes back damaged or not found) gives up after fetchTimeout; the background copy
+   * waits for an unreachable source up to sourceWait, pauses growing to maxRetryDelay, and
+   * goes on when it answers. The error names the range.
+   */
   private async readSource(offset: number, out: Uint8Array, urgent: boolean): Promise<void> {
     if (!this.sourceOpen) throw new StrataError('IO', 'source already dropped', { file: this.source.name, offset });
-    const limit = Date.now() + (this.opts.fetchTimeout ?? 120_000);
+    const t0 = Date.now();
+    const fetchTimeout = this.opts.fetchTimeout ?? 120_000;
+    const sourceWait = this.opts.sourceWait ?? 3_600_000;
     for (let attempt = 1; ; attempt++) {
       try {
         const n = await this.source.readInto(offset, out, urgent);
         if (n < out.length) out.fill(0, n);
+        if (this.stalledAt !== undefined) {
+          const seconds = (Date.now() - this.stalledAt) / 1000;
+          this.stalledAt = undefined;
+          this.emit({ event: 'resumed', seconds });
+        }
         return;
       } catch (e) {
         // a corrupt chunk (digest mismatch) is never written: retry, it may have been a bad transfer
-        const wait = Math.min(5000, 100 * 2 ** (attempt - 1));
+        const waitsLong = !urgent && unreachable(e);
+        const budget = waitsLong ? (sourceWait > 0 ? sourceWait : Number.POSITIVE_INFINITY) : fetchTimeout;
+        const cap = waitsLong ? (this.opts.maxRetryDelay ?? 30_000) : 5000;
+        const wait = Math.min(cap, 100 * 2 ** Math.min(attempt - 1, 20));
         this.emit({ event: 'retry', offset, length: out.length, attempt, error: (e as Error).message });
-        if (Date.now() + wait > limit || this.closed) {
-          throw new StrataError(
+        if (waitsLong && this.stalledAt === undefined && !this.closed) {
+          this.stalledAt = Date.now();
+          // what is local now is durable before the wait (a kill during it loses nothing)
+          await this.commit(true).catch((x) => this.fail(x));
+          this.emit({
+            event: 'stalled',
+            offset,
+            error: (e as Error).message,
+            localBytes: this.localNeeded,
+          });
+        }
+        if (Date.now() + wait - t0 > budget || this.closed) {
+          const what = urgent ? 'a guest read' : 'a background fetch';
+          const err = new StrataError(
             'IO',
-            `gave up ${urgent ? 'a guest read' : 'a background fetch'} of ${out.length} bytes at ${offset} after ${attempt} attempts: ${(e as Error).message}`,
+            `gave up ${what} of ${out.length} bytes at ${offset} after ${attempt} attempts in ${Math.round((Date.now() - t0) / 1000)} s: ${(e as Error).message}`,
             { file: this.source.name, offset },
             { cause: e },
           );
+          if (waitsLong && !this.closed) this.gaveUpWaiting.add(err);
+          throw err;
         }
-        await sleep(wait);
+        await this.nap(wait);
       }
     }
+  }
+
+  /** Sleep `ms`, or less when the deploy closes. */
+  private nap(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.naps.delete(done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.naps.add(done);
+    });
   }
 
   private markLocal(i: number): void {
@@ -600,6 +692,7 @@ export class Deployer {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.ticker);
+    for (const wake of [...this.naps]) wake();
     await this.copier;
     await Promise.all([...this.inflight.values()].map((p) => p.catch(() => {})));
     try {

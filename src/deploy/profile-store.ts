@@ -199,11 +199,20 @@ export function readProfileFile(file: string): BootProfile {
 export async function findProfile(
   spec: string | undefined,
   sourceArg: string,
-  opts: { library?: string; sourceIsVersion: boolean },
+  opts: { library?: string; sourceIsVersion: boolean; remote?: string },
 ): Promise<BootProfile | undefined> {
   if (spec === 'none') return undefined;
   if (spec !== undefined && existsSync(spec)) return readProfileFile(spec);
   if (spec === undefined && !opts.sourceIsVersion) return undefined;
+  if (opts.remote !== undefined) {
+    // profiles live in a catalog table (deploy_profiles); neither the library service nor a
+    // static index serves them yet, and a local library's profile would be another library's
+    throw new StrataError(
+      'USAGE',
+      `--profile ${spec}: a library at ${opts.remote} cannot give its boot profiles (the service has no profile route, strata-index.json lists none); pass a profile file (strata profile show REF --json where the library lives, its "profile") or 'none'`,
+      { file: opts.remote },
+    );
+  }
   const ref = spec ?? sourceArg;
   const lib = await Library.open(opts.library, { create: false });
   try {

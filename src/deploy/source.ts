@@ -4,11 +4,13 @@ import { openImage } from '../formats/open.js';
 import type { OpenOptions } from '../formats/types.js';
 import { httpGetAll } from '../io/http-source.js';
 import { Library, libraryLocation } from '../library/library.js';
+import type { LayoutManifest } from '../library/manifest.js';
 import { parseStaticIndex, resolveStatic, STATIC_INDEX } from '../library/static-index.js';
 import { VersionSource } from '../library/version-source.js';
 import { RemoteLibrary } from '../serve/http/client.js';
 import { chainSource } from '../serve/nbd/export.js';
 import { HttpBackend } from '../store/http-backend.js';
+import { packKey } from '../store/pack.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
@@ -89,8 +91,26 @@ export async function httpLibraryDeploySource(
     ix.store.index.map((e) => ({ key: e.key, size: e.size, mtimeMs: e.mtimeMs })),
     { concurrency: opts.concurrency },
   );
-  const store = await Store.open(backend, { compressInline: true });
+  // the index says what the store held when it was written; a store changed since (gc,
+  // compaction) without a new index would give a disk that is not the version: refuse
+  const stale = (why: string, cause?: unknown) =>
+    new StrataError(
+      'CORRUPT',
+      `the library index is stale against the store: ${v.image}@${v.number} (manifest ${v.manifest.slice(0, 16)}…) ${why}; rewrite the index with 'strata export-index' where the library lives`,
+      { file: indexUrl, structure: 'static index' },
+      { cause },
+    );
+  let store: Store;
   try {
+    store = await Store.open(backend, { compressInline: true });
+  } catch (e) {
+    const m = /index\/[0-9a-f]{64}/.exec(String((e as Error).message));
+    if (m && /\b404\b/.test(String((e as Error).message)))
+      throw stale(`cannot be read: the store index file ${m[0]} that the library index lists is not on the server`, e);
+    throw e;
+  }
+  try {
+    if (!store.has(v.manifest)) throw stale('is not in the store: its manifest is missing from the store index');
     // manifests are blobs too: a warm cache holds them, and then nothing comes from the server
     const layoutOf = async (d: string) => {
       const hit = await opts.cache?.get(d);
@@ -99,7 +119,10 @@ export async function httpLibraryDeploySource(
       await opts.cache?.put(d, plain);
       return layoutFrom(plain, d);
     };
+    // (a pack whose chunks the host's cache holds is never read: its absence does no harm)
+    if (!(await opts.cache?.has(v.manifest))) await probePacks(backend, [store.entry(v.manifest)!.pack], stale);
     const manifest = await layoutOf(v.manifest);
+    await checkComplete(store, backend, manifest, stale, opts.cache);
     const src = new ManifestSource(
       `${base}#${v.image}@${v.number}`,
       manifest,
@@ -112,6 +135,58 @@ export async function httpLibraryDeploySource(
     await store.close().catch(() => {});
     throw e;
   }
+}
+
+/**
+ * Every chunk of the version is in the store index, and every pack holding one the cache
+ * lacks is on the server (one HEAD request per pack): else `stale(why)`.
+ */
+async function checkComplete(
+  store: Store,
+  backend: HttpBackend,
+  manifest: LayoutManifest,
+  stale: (why: string, cause?: unknown) => StrataError,
+  cache?: ChunkCache,
+): Promise<void> {
+  const chunks = [...new Set(manifest.chunks)];
+  const missing = chunks.filter((d) => !store.has(d));
+  if (missing.length > 0)
+    throw stale(
+      `needs ${missing.length} of its ${chunks.length} chunks that the store index does not hold (first ${missing[0].slice(0, 16)}…)`,
+    );
+  const needed: string[] = [];
+  for (const d of chunks) if (!(await cache?.has(d))) needed.push(d);
+  await probePacks(backend, [...new Set(needed.map((d) => store.entry(d)!.pack))], stale);
+}
+
+/** Each pack is on the server (a HEAD request each, a few at once): else `stale(why)`. */
+async function probePacks(
+  backend: HttpBackend,
+  packs: string[],
+  stale: (why: string, cause?: unknown) => StrataError,
+): Promise<void> {
+  let next = 0;
+  const probe = async () => {
+    while (next < packs.length) {
+      const key = packKey(packs[next++]);
+      const url = `${backend.url}/${key}`;
+      let status: number;
+      try {
+        const r = await fetch(url, { method: 'HEAD', signal: AbortSignal.timeout(30_000) });
+        status = r.status;
+      } catch (e) {
+        throw new StrataError(
+          'IO',
+          `cannot reach the library: ${((e as Error).cause as Error)?.message ?? (e as Error).message}`,
+          { file: url },
+          { cause: e },
+        );
+      }
+      if (status === 404 || status === 410) throw stale(`has chunks in ${key}, which is not on the server`);
+      if (status >= 400) throw new StrataError('IO', `HEAD answered ${status}`, { file: url });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(8, packs.length) }, probe));
 }
 
 /**

@@ -26,6 +26,12 @@ export function registerDeployCommand(program: Command): void {
       .option('--compare', 'TARGET holds something unknown: hash it along the chunks, fetch only what differs')
       .option('--resume', 'continue the deploy that TARGET.strata-deploy records')
       .option('--bandwidth <rate>', 'cap of the background copy in bytes per second (64M, 1G ...)')
+      .option(
+        '--source-wait <seconds>',
+        'how long the background copy waits for a source it cannot reach, retrying with backoff, before it stops (0: no limit)',
+        '3600',
+      )
+      .option('--fetch-timeout <seconds>', "how long a guest's read waits for a failing source", '120')
       .option('--block-size <size>', 'granularity of the local map (default 64K)')
       .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
       .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
@@ -47,6 +53,14 @@ export function registerDeployCommand(program: Command): void {
     const bandwidth = o.bandwidth === undefined ? undefined : parseSize(String(o.bandwidth), 'bandwidth');
     const blockSize = o.blockSize === undefined ? undefined : parseSize(String(o.blockSize), 'block size');
     const json = Boolean(o.json);
+    const seconds = (v: unknown, what: string) => {
+      const n = Number(v);
+      if (!Number.isFinite(n) || n < 0) throw new StrataError('USAGE', `bad ${what} '${v}' (seconds)`);
+      return n * 1000;
+    };
+    const sourceWait = seconds(o.sourceWait, '--source-wait');
+    const fetchTimeout = seconds(o.fetchTimeout, '--fetch-timeout');
+    if (fetchTimeout === 0) throw new StrataError('USAGE', '--fetch-timeout must be more than 0 seconds');
     const { Deployer, DeployHttpServer, findProfile, openDeploySource, parseHostPort, profilePlan } = await import(
       '../../deploy/index.js'
     );
@@ -63,6 +77,12 @@ export function registerDeployCommand(program: Command): void {
           `strata deploy: complete: every used range is local (${e.fetchedBytes} bytes fetched in ${e.seconds.toFixed(1)} s); source dropped, serving TARGET alone\n`,
         );
       } else if (e.event === 'retry') process.stderr.write(`strata deploy: retry ${e.attempt}: ${e.error}\n`);
+      else if (e.event === 'stalled')
+        process.stderr.write(
+          `strata deploy: the source does not answer (${e.error}); the copy waits for it (${e.localBytes} bytes local, recorded)\n`,
+        );
+      else if (e.event === 'resumed')
+        process.stderr.write(`strata deploy: the source answers again after ${e.seconds.toFixed(1)} s; copying on\n`);
       else if (e.event === 'error') process.stderr.write(`strata deploy: ${e.error}\n`);
     };
     const source = await openDeploySource(sourceArg, {
@@ -77,6 +97,9 @@ export function registerDeployCommand(program: Command): void {
       // the profile's plan is worked out (the source's block map built) while the export already serves
       const profile = await findProfile(o.profile as string | undefined, sourceArg, {
         library: o.library as string | undefined,
+        remote:
+          (o.remote as string | undefined) ??
+          (/^https?:\/\//i.test(String(o.library ?? '')) ? String(o.library) : undefined),
         // profiles live in a local library's catalog; over HTTP or --remote, only --profile FILE gives one
         sourceIsVersion:
           source.manifestDigest !== undefined &&
@@ -109,6 +132,8 @@ export function registerDeployCommand(program: Command): void {
         compare: Boolean(o.compare),
         bandwidth,
         blockSize,
+        sourceWait,
+        fetchTimeout,
         onEvent,
         first,
       });
