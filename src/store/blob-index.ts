@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
 import { zstdCompress, zstdDecompress } from '../util/zstd.js';
 import type { Backend } from './backend.js';
+import { BlobMap } from './blob-map.js';
 import type { BlobType, PackEntry } from './pack.js';
 
 /**
@@ -88,7 +89,7 @@ export function encodeIndexFile(ix: IndexFile): { key: string; body: Uint8Array 
 export function addIndexFile(
   ix: IndexFile,
   file: string,
-  into: Map<string, IndexEntry>,
+  into: { has(digest: string): boolean; set(digest: string, e: IndexEntry): unknown },
   duplicates?: Array<[string, IndexEntry]>,
 ): void {
   const where = { file, structure: 'store index' };
@@ -132,7 +133,8 @@ export function addIndexFile(
 
 /** The index of one store: every blob's place, and the index files it came from. */
 export class BlobIndex {
-  readonly entries = new Map<string, IndexEntry>();
+  /** Compact (BlobMap): a store of a million blobs holds ~80 MB here, not ~210 MB. */
+  readonly entries = new BlobMap();
   /**
    * Entries for blobs already in `entries` (another copy, in another pack): a prune killed
    * after writing its new packs leaves them; the next prune drops them.
