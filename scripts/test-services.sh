@@ -9,9 +9,11 @@
 # DIR/env exports STRATA_TEST_PG (postgres://strata:...@127.0.0.1:PORT/strata),
 # STRATA_TEST_S3 (s3://strata-test) and the usual AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID /
 # AWS_SECRET_ACCESS_KEY / AWS_REGION for it, and STRATA_TEST_SERVICES=DIR (the tests restart
-# PostgreSQL through `restart-pg DIR`).
+# PostgreSQL through `restart-pg DIR`, and take the S3 endpoint away and back with
+# `s3-down DIR` / `s3-up DIR`: the proxy stops, so connections are refused, then it starts again
+# on the same port).
 set -euo pipefail
-cmd=${1:?start|stop|restart-pg DIR}
+cmd=${1:?start|stop|restart-pg|s3-down|s3-up DIR}
 dir=${2:?state folder}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 
@@ -151,6 +153,34 @@ export AWS_REGION=us-east-1
 EOF
 }
 
+s3_down() {
+  local f=$dir/swift/run/proxy.pid pid
+  [ -f "$f" ] || { echo "no swift proxy in $dir" >&2; exit 1; }
+  pid=$(cat "$f")
+  # swift's proxy forks workers: stop the whole process group it leads (setsid)
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$(cat "$dir/swift/port")/healthcheck" || return 0
+    sleep 0.1
+  done
+  echo "swift proxy still answers" >&2
+  exit 1
+}
+
+s3_up() {
+  local s=$dir/swift i
+  setsid swift-proxy-server "$s/etc/proxy-server.conf" >>"$s/proxy.log" 2>&1 </dev/null &
+  echo $! >"$s/run/proxy.pid"
+  for i in $(seq 1 150); do
+    curl -sf "http://127.0.0.1:$(cat "$s/port")/healthcheck" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "swift proxy did not come back" >&2
+  tail -20 "$s/proxy.log" >&2
+  exit 1
+}
+
 stop_swift() {
   local s=$dir/swift f
   [ -d "$s/run" ] || return 0
@@ -171,10 +201,12 @@ case $cmd in
     start_swift
     ;;
   restart-pg) restart_pg ;;
+  s3-down) s3_down ;;
+  s3-up) s3_up ;;
   stop)
     stop_swift
     stop_pg
     rm -rf "$dir"
     ;;
-  *) echo "usage: $0 start|stop|restart-pg DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart-pg|s3-down|s3-up DIR" >&2; exit 2 ;;
 esac

@@ -320,9 +320,20 @@ test('the diff as a tree with a text diff of a changed file; the provenance grap
   assert.equal(await page.locator('[data-tree] li[data-status=added]', { hasText: '/etc/added.conf' }).count(), 1);
   await page.screenshot({ path: path.join(SHOTS, 'diff-tree.png'), fullPage: true });
   // provenance: @2's page draws @1 (its parent) as a box that links to @1's page
+  const provRequests: string[] = [];
+  page.on('request', (r) => {
+    if (r.url().endsWith('/provenance')) provRequests.push(new URL(r.url()).pathname);
+  });
   await page.goto(`${server.url}/#/v/own%2Fdebian/2`);
   const node = page.locator('svg.provenance a[data-node="own/debian@1"]');
   await node.waitFor();
+  // one request per version the page shows (the summary and both walks share @2's)
+  assert.deepEqual(
+    [...provRequests].sort(),
+    [...new Set(provRequests)].sort(),
+    `provenance fetched more than once: ${provRequests.join(' ')}`,
+  );
+  assert.ok(provRequests.some((u) => u.includes('/2/provenance')), provRequests.join(' '));
   assert.equal(await page.locator('svg.provenance a[aria-current=page]').getAttribute('data-node'), 'own/debian@2');
   assert.ok((await page.locator('svg.provenance line').count()) >= 1);
   await node.focus();

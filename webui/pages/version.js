@@ -48,6 +48,24 @@ function OsRoot({ root }) {
 const refOf = (v) => `${v.image}@${v.number}`;
 
 /**
+ * One request per version's provenance while a page loads: the summary, the parents walk and
+ * the children walk all ask for the current version's; the answer is shared, then forgotten
+ * a moment after it settles (so a later visit sees new children).
+ */
+const provMemo = new Map();
+function provenanceOf(image, number) {
+  const path = `${vpath(image, number)}/provenance`;
+  let p = provMemo.get(path);
+  if (!p) {
+    p = call(path);
+    provMemo.set(path, p);
+    const forget = () => setTimeout(() => provMemo.delete(path), 2000);
+    p.then(forget, forget);
+  }
+  return p;
+}
+
+/**
  * The provenance around a version: ancestors and descendants up to `depth` generations,
  * fetched breadth first (a version the caller may not read is simply not shown: the API
  * leaves it out).
@@ -60,7 +78,7 @@ async function provenanceGraph(image, number, depth = 2) {
     for (let g = 1; g <= depth && frontier.length; g++) {
       const next = [];
       const provs = await Promise.all(
-        frontier.map((v) => call(`${vpath(v.image, v.number)}/provenance`).catch(() => null)),
+        frontier.map((v) => provenanceOf(v.image, v.number).catch(() => null)),
       );
       provs.forEach((p, i) => {
         if (!p) return;
@@ -120,7 +138,7 @@ export function VersionPage({ name, version }) {
     const base = vpath(name, version);
     const [v, prov, insp] = await Promise.all([
       call(base),
-      call(`${base}/provenance`),
+      provenanceOf(name, Number(version)),
       call(`${base}/inspection`).catch((e) => ({ error: e })),
     ]);
     return { v, prov, insp };
