@@ -21,19 +21,9 @@ const INDEX_LEVEL = 12;
 /** Largest decoded index file we accept. */
 const MAX_INDEX = 1024 * 1024 * 1024;
 
-export interface IndexEntry {
-  pack: string;
-  type: BlobType;
-  /** Frame flags (FLAG_ZSTD). */
-  flags: number;
-  /** The frame's offset and encoded length in the pack. */
-  offset: number;
-  encLength: number;
-  /** Plain length of the frame, the blob's offset in it, and the blob's length. */
-  framePlain: number;
-  at: number;
-  plainLength: number;
-}
+import type { IndexEntry } from './blob-map.js';
+
+export type { IndexEntry };
 
 /** Index file v2 blob: digest, type, frame offset, frame enc length, frame plain length, offset in frame, plain length, flags. */
 export type BlobTupleV2 = [string, BlobType, number, number, number, number, number, number];

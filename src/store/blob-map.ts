@@ -1,5 +1,22 @@
-import type { IndexEntry } from './blob-index.js';
 import type { BlobType } from './pack.js';
+
+export interface IndexEntry {
+  pack: string;
+  type: BlobType;
+  /** Frame flags (FLAG_ZSTD). */
+  flags: number;
+  /** The frame's offset and encoded length in the pack. */
+  offset: number;
+  encLength: number;
+  /** Plain length of the frame, the blob's offset in it, and the blob's length. */
+  framePlain: number;
+  at: number;
+  plainLength: number;
+}
+
+const EMPTY = 0;
+const TOMBSTONE = -1;
+const TYPES: BlobType[] = ['data', 'tree'];
 
 /**
  * The store's in-memory index (digest -> IndexEntry) in columns instead of one Map entry,
@@ -10,10 +27,6 @@ import type { BlobType } from './pack.js';
  * Map for what the store does with it: get/has/set/delete, size, and iteration in
  * insertion order (prune copies blobs in index order).
  */
-const EMPTY = 0;
-const TOMBSTONE = -1;
-const TYPES: BlobType[] = ['data', 'tree'];
-
 export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   private n = 0;
   private live = 0;
