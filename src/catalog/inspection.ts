@@ -155,7 +155,7 @@ export interface VersionInspection {
   warnings: string[];
   roots: StoredRoot[];
   /** volume id -> file manifest digest, with the manifest's entries when not yet indexed. */
-  fileSets: Array<{ volume: string; files: string; entries: () => StoredFile[] }>;
+  fileSets: Array<{ volume: string; files: string; entries: () => Iterable<StoredFile> | AsyncIterable<StoredFile> }>;
 }
 
 /**
@@ -226,12 +226,21 @@ export async function putInspection(db: Db, v: VersionInspection): Promise<void>
       ]);
       const have = await tx.get('SELECT path FROM inspection_files WHERE files = ? LIMIT 1', [s.files]);
       if (have) continue;
-      await insertMany(
-        tx,
-        'inspection_files (files, path, dir, name, type, size, digest)',
-        s.entries().map((f) => [s.files, f.path, ...splitPath(f.path), f.type, f.size, f.digest]),
-        ' ON CONFLICT (files, path) DO NOTHING',
-      );
+      // a few thousand rows at a time: a manifest's entries may come as a stream (a million files)
+      let rows: SqlValue[][] = [];
+      const flush = () =>
+        insertMany(
+          tx,
+          'inspection_files (files, path, dir, name, type, size, digest)',
+          rows.splice(0),
+          ' ON CONFLICT (files, path) DO NOTHING',
+        );
+      for await (const f of s.entries()) {
+        rows.push([s.files, f.path, ...splitPath(f.path), f.type, f.size, f.digest]);
+        if (rows.length >= 4096) await flush();
+      }
+      await flush();
+      rows = [];
     }
   });
 }

@@ -21,10 +21,14 @@ import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
 import { isoTime, volumeDiskOffset } from './listing.js';
 import {
+  encodeFilesHead,
+  encodeFilesPart,
   encodeManifest,
+  FILE_PART_ENTRIES,
   FILES_KIND,
   type FileEntry,
   type FilesManifest,
+  type FilesManifestHead,
   LAYOUT_KIND,
   type LayoutManifest,
   type LayoutVolume,
@@ -81,6 +85,8 @@ export interface CheckinOptions {
   /** How long to wait for a running gc (ms). */
   lockWaitMs?: number;
   onProgress?: (done: number, total: number) => void;
+  /** What the check-in may hold that grows with the image (default 256 MiB); over it, a LIMIT error. */
+  memoryBytes?: number;
   /** Inspect the new version and store what it finds in the catalog (default true). */
   inspect?: boolean;
 }
@@ -368,7 +374,76 @@ function xattrRecord(m: Map<string, Uint8Array>): Record<string, string> | undef
   return o;
 }
 
-/** Cut one file system: walk, file data by file offset, then the rest of its used bytes. */
+/**
+ * Writes a file system's file manifest as entries come: every FILE_PART_ENTRIES entries a
+ * part goes to the sink; a file system of at most FILE_PART_ENTRIES entries (or any, when
+ * `inline`) is written as one version 1 manifest, byte for byte what it always was.
+ */
+class FilesWriter {
+  private pending: FileEntry[] = [];
+  private readonly parts: string[] = [];
+  count = 0;
+
+  constructor(
+    private readonly sink: BlobSink,
+    private readonly b: Builder,
+    private readonly head: Pick<FilesManifest, 'volume' | 'fsKind' | 'fileChunkSize'>,
+    private readonly inline: boolean,
+  ) {}
+
+  private async put(encoded: Uint8Array, keep: boolean): Promise<string> {
+    const r = await this.sink.put('tree', encoded);
+    if (keep) this.b.trees.set(r.digest, encoded);
+    if (r.added) this.b.added.push(r.digest);
+    return r.digest;
+  }
+
+  async add(entries: FileEntry[]): Promise<void> {
+    for (const e of entries) {
+      if (!this.inline && this.pending.length === FILE_PART_ENTRIES) {
+        this.parts.push(await this.put(encodeFilesPart(this.pending), false));
+        this.pending = [];
+      }
+      this.pending.push(e);
+      this.count++;
+    }
+  }
+
+  /** Store the manifest (its last part and head): its digest. */
+  async finish(): Promise<string> {
+    if (this.parts.length === 0) {
+      const files: FilesManifest = { kind: FILES_KIND, version: 1, ...this.head, entries: this.pending };
+      return this.put(encodeManifest(files), true);
+    }
+    if (this.pending.length > 0) this.parts.push(await this.put(encodeFilesPart(this.pending), false));
+    this.pending = [];
+    const head: FilesManifestHead = {
+      kind: FILES_KIND,
+      version: 2,
+      ...this.head,
+      count: this.count,
+      parts: this.parts,
+    };
+    return this.put(encodeFilesHead(head), true);
+  }
+}
+
+/** What cutting a regular file gave (kept across batches for inodes with more than one link). */
+type CutFile = { digest: string; chunks: Array<string | null> } | { error: unknown };
+
+/** Walk items cut together: their files' extents, data and entries; then dropped. */
+function batchSize(memoryBytes: number): number {
+  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a quarter of the budget
+  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 4 / 2048)));
+}
+
+/**
+ * Cut one file system: walk it, and cut its files' data by file offset in batches of walk
+ * items (each batch's files in disk order of their data through one planned reader), the
+ * file manifest written as the batches go; then the rest of its used bytes. Memory holds a
+ * batch, the spans of file data (merged as they grow), the chunk list and ranges of the
+ * layout, and the cut of each inode with more than one link.
+ */
 async function cutFileSystem(
   sink: BlobSink,
   b: Builder,
@@ -379,115 +454,169 @@ async function cutFileSystem(
   warnings: string[],
   /** Its used bytes (windowAllocation), in disk offsets. */
   allocation: Span[],
+  budget: MemoryBudget,
+  inline: boolean,
 ): Promise<LayoutVolume['fs']> {
   const { fs } = w;
-  const items: Array<{ path: string; inode: Inode }> = [];
+  let usedBytes = 0;
+  for (const [s, e] of allocation) usedBytes += e - s;
+  let fileData: Span[] = [];
+  let fileDataBytes = 0;
+  const writer = new FilesWriter(sink, b, { volume: w.volume.id, fsKind: fs.kind, fileChunkSize: C }, inline);
+  /** Cuts of inodes with more than one link, for their other paths in later batches. */
+  const linked = new Map<number, CutFile>();
+  const bs = fs.blockSize;
+
+  const cutBatch = async (items: Array<{ path: string; inode: Inode }>): Promise<void> => {
+    // Extents of every regular file not cut before, then the files cut in disk order of
+    // their data through one planned reader (large sequential reads instead of one per file).
+    const jobs = new Map<number, FileJob>();
+    for (const { inode } of items) {
+      if (inode.type === 'file' && !jobs.has(inode.ino) && !linked.has(inode.ino)) {
+        jobs.set(inode.ino, { inode, exts: [], first: Number.POSITIVE_INFINITY });
+      }
+    }
+    await mapLimit([...jobs.values()], CONCURRENCY, async (job) => {
+      const { inode } = job;
+      try {
+        for await (const e of fs.extents(inode)) job.exts.push(e);
+        job.exts.sort((x, y) => x.fileOffset - y.fileOffset);
+        for (const e of job.exts) if (isPlain(e)) job.first = Math.min(job.first, e.volumeOffset);
+      } catch (err) {
+        job.error = err;
+      }
+    });
+    const plan: Span[] = [];
+    for (const job of jobs.values()) {
+      fileDataBytes += job.inode.size;
+      for (const e of job.exts) {
+        if (!isPlain(e)) continue;
+        const s = w.base + e.volumeOffset;
+        plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
+      }
+    }
+    const src = new PlannedSource(img, plan);
+    const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
+    const cut = new Map<number, CutFile>();
+    await mapLimit(ordered, CONCURRENCY, async (job) => {
+      let r: CutFile;
+      if (job.error !== undefined) r = { error: job.error };
+      else {
+        try {
+          r = await cutFile(b, src, w, job, C, fileData);
+        } catch (err) {
+          r = { error: err };
+        }
+      }
+      cut.set(job.inode.ino, r);
+      if (job.inode.nlink > 1) linked.set(job.inode.ino, r);
+    });
+    const entries = await mapLimit(items, CONCURRENCY, async ({ path, inode }): Promise<FileEntry> => {
+      const e: FileEntry = {
+        path,
+        type: inode.type,
+        mode: inode.mode & 0o7777,
+        uid: inode.uid,
+        gid: inode.gid,
+        size: inode.size,
+        nlink: inode.nlink,
+        ino: inode.ino,
+        mtime: isoTime(inode.mtime),
+        atime: isoTime(inode.atime),
+        ctime: isoTime(inode.ctime),
+      };
+      if (inode.rdev && (inode.type === 'char' || inode.type === 'block')) e.rdev = inode.rdev;
+      try {
+        if (inode.type === 'symlink') e.target = await fs.readlink(inode);
+        const x = xattrRecord(await fs.xattrs(inode));
+        if (x) e.xattrs = x;
+        if (inode.type === 'file') {
+          const r = (cut.get(inode.ino) ?? linked.get(inode.ino)) as CutFile;
+          if ('error' in r) throw r.error;
+          e.digest = r.digest;
+          e.chunks = r.chunks;
+        }
+      } catch (err) {
+        if (!(err instanceof StrataError)) throw err;
+        if (warnings.length < 1000) warnings.push(`${path}: ${err.message}`);
+      }
+      return e;
+    });
+    await writer.add(entries);
+    // the file data spans of neighbouring files touch: merged, they stay few
+    if (fileData.length > 4096) fileData = mergeSpans(fileData);
+    budget.check(b, fileData.length, linked.size);
+  };
+
   const root = await fs.root();
+  const size = inline ? Number.POSITIVE_INFINITY : batchSize(budget.bytes);
+  let batch: Array<{ path: string; inode: Inode }> = [];
   for await (const it of walk(fs, root, '/', {
     onError: (e, p) => {
       if (warnings.length < 1000) warnings.push(`${p}: ${e.message}`);
     },
   })) {
-    items.push({ path: it.path, inode: it.inode });
-  }
-  let usedBytes = 0;
-  for (const [s, e] of allocation) usedBytes += e - s;
-  const fileData: Span[] = [];
-  // Extents of every distinct regular file first, then the files cut in disk order of their
-  // data through one planned reader (large sequential reads instead of one per file).
-  const jobs = new Map<number, FileJob>();
-  for (const { inode } of items) {
-    if (inode.type === 'file' && !jobs.has(inode.ino)) {
-      jobs.set(inode.ino, { inode, exts: [], first: Number.POSITIVE_INFINITY });
+    batch.push({ path: it.path, inode: it.inode });
+    if (batch.length >= size) {
+      await cutBatch(batch);
+      batch = [];
     }
   }
-  await mapLimit([...jobs.values()], CONCURRENCY, async (job) => {
-    const { inode } = job;
-    try {
-      for await (const e of fs.extents(inode)) job.exts.push(e);
-      job.exts.sort((x, y) => x.fileOffset - y.fileOffset);
-      for (const e of job.exts) if (isPlain(e)) job.first = Math.min(job.first, e.volumeOffset);
-    } catch (err) {
-      job.error = err;
-    }
-  });
-  const bs = fs.blockSize;
-  const plan: Span[] = [];
-  let fileDataBytes = 0;
-  for (const job of jobs.values()) {
-    fileDataBytes += job.inode.size;
-    for (const e of job.exts) {
-      if (!isPlain(e)) continue;
-      const s = w.base + e.volumeOffset;
-      plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
-    }
-  }
-  const src = new PlannedSource(img, plan);
-  const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
-  const cut = new Map<number, { digest: string; chunks: Array<string | null> } | { error: unknown }>();
-  await mapLimit(ordered, CONCURRENCY, async (job) => {
-    if (job.error !== undefined) cut.set(job.inode.ino, { error: job.error });
-    else {
-      try {
-        cut.set(job.inode.ino, await cutFile(b, src, w, job, C, fileData));
-      } catch (err) {
-        cut.set(job.inode.ino, { error: err });
-      }
-    }
-  });
-  const entries = await mapLimit(items, CONCURRENCY, async ({ path, inode }): Promise<FileEntry> => {
-    const e: FileEntry = {
-      path,
-      type: inode.type,
-      mode: inode.mode & 0o7777,
-      uid: inode.uid,
-      gid: inode.gid,
-      size: inode.size,
-      nlink: inode.nlink,
-      ino: inode.ino,
-      mtime: isoTime(inode.mtime),
-      atime: isoTime(inode.atime),
-      ctime: isoTime(inode.ctime),
-    };
-    if (inode.rdev && (inode.type === 'char' || inode.type === 'block')) e.rdev = inode.rdev;
-    try {
-      if (inode.type === 'symlink') e.target = await fs.readlink(inode);
-      const x = xattrRecord(await fs.xattrs(inode));
-      if (x) e.xattrs = x;
-      if (inode.type === 'file') {
-        const r = cut.get(inode.ino) as { digest: string; chunks: Array<string | null> } | { error: unknown };
-        if ('error' in r) throw r.error;
-        e.digest = r.digest;
-        e.chunks = r.chunks;
-      }
-    } catch (err) {
-      if (!(err instanceof StrataError)) throw err;
-      if (warnings.length < 1000) warnings.push(`${path}: ${err.message}`);
-    }
-    return e;
-  });
-  const files: FilesManifest = {
-    kind: FILES_KIND,
-    version: 1,
-    volume: w.volume.id,
-    fsKind: fs.kind,
-    fileChunkSize: C,
-    entries,
-  };
-  const encoded = encodeManifest(files);
-  const fm = await sink.put('tree', encoded);
-  b.trees.set(fm.digest, encoded);
-  if (fm.added) b.added.push(fm.digest);
-  const filesDigest = fm.digest;
-  await cutSpans(b, img, otherUsed(allocation, fileData), W);
+  await cutBatch(batch);
+  const filesDigest = await writer.finish();
+  await cutSpans(b, img, otherUsed(allocation, mergeSpans(fileData)), W);
   return {
     kind: fs.kind,
     blockSize: fs.blockSize,
     files: filesDigest,
-    fileCount: entries.length,
+    fileCount: writer.count,
     usedBytes,
     fileDataBytes,
   };
+}
+
+/** Default memory budget of a check-in (what it holds beyond the runtime itself). */
+export const DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024;
+
+/**
+ * What a check-in holds that grows with the image, estimated from counts (not from the
+ * heap, whose garbage comes and goes): the layout's chunk list and ranges, the file data
+ * spans, the cuts of hard-linked inodes; plus one batch of walk items. Over the budget, a
+ * clear error instead of an out-of-memory kill.
+ */
+class MemoryBudget {
+  constructor(
+    readonly bytes: number,
+    private readonly image: string,
+  ) {}
+
+  /** Bytes per chunk held (digest string, index map entry, length), per range (four numbers), per span, per linked inode. */
+  static readonly PER_CHUNK = 150;
+  static readonly PER_RANGE = 40;
+  static readonly PER_SPAN = 56;
+  static readonly PER_LINKED = 200;
+
+  held(b: Builder, spans: number, linked: number): number {
+    return (
+      b.chunks.length * MemoryBudget.PER_CHUNK +
+      b.disk.length * MemoryBudget.PER_RANGE +
+      spans * MemoryBudget.PER_SPAN +
+      linked * MemoryBudget.PER_LINKED +
+      batchSize(this.bytes) * 2048
+    );
+  }
+
+  check(b: Builder, spans: number, linked: number): void {
+    const held = this.held(b, spans, linked);
+    if (held > this.bytes) {
+      const mib = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
+      throw new StrataError(
+        'LIMIT',
+        `check-in needs more than its memory budget of ${mib(this.bytes)} (${b.chunks.length} chunks and ${b.disk.length} ranges so far hold about ${mib(held)}); give it more memory (memoryBytes, --memory)`,
+        { file: this.image, structure: 'check-in memory budget' },
+      );
+    }
+  }
 }
 
 /**
@@ -505,6 +634,10 @@ export interface CutOptions {
   fileChunkSize?: number;
   diskChunkSize?: number;
   onProgress?: (done: number, total: number) => void;
+  /** What the cut may hold that grows with the image (default DEFAULT_MEMORY_BYTES); over it, a LIMIT error. */
+  memoryBytes?: number;
+  /** Write every file manifest as one version 1 blob (a remote library's commit takes those). */
+  inlineFileManifests?: boolean;
 }
 
 /** What cutting an image gave: its layout manifest (not yet stored) and what the sink took. */
@@ -519,6 +652,15 @@ export interface CutResult {
   warnings: string[];
   /** Plain bytes the layout's ranges cover. */
   usedBytes: number;
+}
+
+/** A memory budget as given (default DEFAULT_MEMORY_BYTES): at least 16 MiB. */
+export function checkMemoryBytes(v: number | undefined): number {
+  if (v === undefined) return DEFAULT_MEMORY_BYTES;
+  if (!Number.isSafeInteger(v) || v < 16 * 1024 * 1024) {
+    throw new StrataError('USAGE', `memory budget must be at least 16 MiB, not ${v} bytes`);
+  }
+  return v;
 }
 
 export function checkChunkSizes(C: number, W: number): void {
@@ -546,6 +688,7 @@ export async function cutImage(
   const C = opts.fileChunkSize ?? FILE_CHUNK;
   const W = opts.diskChunkSize ?? DISK_CHUNK;
   checkChunkSizes(C, W);
+  const budget = new MemoryBudget(checkMemoryBytes(opts.memoryBytes), sourceName);
   const warnings: string[] = [...img.warnings];
   let total = 0;
   const b = new Builder(sink, opts.onProgress ? () => opts.onProgress?.(Math.min(b.done, total), total) : undefined);
@@ -573,7 +716,18 @@ export async function cutImage(
       allocations.push(a);
     }
     for (const [i, w] of windows.entries()) {
-      const fsPart = await cutFileSystem(sink, b, img, w, C, W, warnings, allocations[i]);
+      const fsPart = await cutFileSystem(
+        sink,
+        b,
+        img,
+        w,
+        C,
+        W,
+        warnings,
+        allocations[i],
+        budget,
+        !!opts.inlineFileManifests,
+      );
       const lv = layoutVolumes.find((x) => x.id === w.volume.id);
       if (lv) lv.fs = fsPart;
     }
@@ -614,6 +768,7 @@ export async function cutImage(
 /** Check `image` in as a new version of `opts.name`. */
 export async function checkin(lib: Library, image: string, opts: CheckinOptions): Promise<CheckinResult> {
   checkChunkSizes(opts.fileChunkSize ?? FILE_CHUNK, opts.diskChunkSize ?? DISK_CHUNK);
+  checkMemoryBytes(opts.memoryBytes);
   const { checkImageName, checkTag } = await import('../catalog/catalog.js');
   checkImageName(opts.name);
   for (const t of opts.tags ?? []) checkTag(t);

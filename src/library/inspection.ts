@@ -82,8 +82,15 @@ export async function recordInspection(lib: Library, v: VersionRow): Promise<Rec
   const fileSets = [];
   for (const vol of layout.volumes) {
     if (!vol.fs) continue;
-    const files = await lib.files(vol.fs.files);
-    fileSets.push({ volume: vol.id, files: vol.fs.files, entries: () => files.entries.map(storedFile) });
+    const digest = vol.fs.files;
+    // streamed from the manifest (one part at a time), never all entries at once
+    fileSets.push({
+      volume: vol.id,
+      files: digest,
+      entries: async function* () {
+        for await (const e of lib.fileEntries(digest)) yield storedFile(e);
+      },
+    });
   }
   const inspected = new Date().toISOString();
   await putInspection(lib.catalog.db, {

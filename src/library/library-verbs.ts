@@ -2,7 +2,7 @@ import { RepoLock } from '../store/lock.js';
 import type { StoreFinding, VerifyReport } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import type { FileEntry, FilesManifest, LayoutManifest } from './manifest.js';
+import { decodeFilesHead, type FileEntry, type FilesManifest, isFilesHead, type LayoutManifest } from './manifest.js';
 
 /**
  * The library verbs beyond check-in and checkout: describe, gc, verify, and reading
@@ -14,7 +14,16 @@ export async function reachable(lib: Library, manifest: string, into: Set<string
   into.add(manifest);
   const m = await lib.layout(manifest);
   for (const c of m.chunks) into.add(c);
-  for (const v of m.volumes) if (v.fs) into.add(v.fs.files);
+  for (const v of m.volumes) {
+    if (!v.fs) continue;
+    into.add(v.fs.files);
+    if (!lib.store.has(v.fs.files)) continue; // verify reports it missing
+    // a version 2 file manifest names its parts (a version 1 is not parsed: its first bytes tell)
+    const parts = await lib.store.withBlob(v.fs.files, (plain) =>
+      isFilesHead(plain) ? decodeFilesHead(plain, `file manifest ${v.fs?.files}`).parts : undefined,
+    );
+    for (const p of parts ?? []) into.add(p);
+  }
   return m;
 }
 
@@ -156,6 +165,16 @@ export async function layoutFiles(
   m: LayoutManifest,
   part?: string,
 ): Promise<FilesManifest> {
+  return lib.files(await layoutFilesDigest(lib, v, m, part));
+}
+
+/** The digest of the file manifest layoutFiles reads (a scan of each, streamed, when several could be meant). */
+export async function layoutFilesDigest(
+  lib: Library,
+  v: { image: string; number: number },
+  m: LayoutManifest,
+  part?: string,
+): Promise<string> {
   const withFs = m.volumes.filter((x) => x.fs);
   let vol = part !== undefined ? withFs.find((x) => x.id === part) : undefined;
   if (part !== undefined && !vol) {
@@ -165,9 +184,15 @@ export async function layoutFiles(
   if (!vol) {
     // several: the one holding /etc and /usr
     for (const c of withFs) {
-      const f = await lib.files(c.fs!.files);
-      const dirs = new Set(f.entries.filter((e) => e.type === 'dir').map((e) => e.path));
-      if (dirs.has('/etc') && dirs.has('/usr')) return f;
+      const digest = c.fs!.files;
+      let etc = false;
+      let usr = false;
+      for await (const e of lib.fileEntries(digest)) {
+        if (e.type !== 'dir') continue;
+        if (e.path === '/etc') etc = true;
+        else if (e.path === '/usr') usr = true;
+      }
+      if (etc && usr) return digest;
     }
     throw new StrataError(
       'USAGE',
@@ -176,7 +201,7 @@ export async function layoutFiles(
         : `choose a volume with --part (${withFs.map((x) => x.id || '(whole disk)').join(', ')})`,
     );
   }
-  return lib.files(vol.fs!.files);
+  return vol.fs!.files;
 }
 
 const ROOT_ENTRY: FileEntry = {

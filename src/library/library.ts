@@ -11,7 +11,17 @@ import { LocalBackend } from '../store/local-backend.js';
 import { isS3Url, S3Backend } from '../store/s3-backend.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
-import { decodeManifest, FILES_KIND, type FilesManifest, LAYOUT_KIND, type LayoutManifest } from './manifest.js';
+import {
+  decodeFilesHead,
+  decodeFilesPart,
+  decodeManifest,
+  FILES_KIND,
+  type FileEntry,
+  type FilesHead,
+  type FilesManifest,
+  LAYOUT_KIND,
+  type LayoutManifest,
+} from './manifest.js';
 
 /**
  * A library: a directory holding the store (`store/`) and the catalog (`catalog.db`).
@@ -235,12 +245,53 @@ export class Library {
     );
   }
 
+  /** A file manifest with every entry (a version 2 manifest's parts read and joined). */
   async files(digest: string): Promise<FilesManifest> {
-    return this.cached(digest, () =>
-      this.store.withBlob(digest, (plain) =>
-        decodeManifest<FilesManifest>(plain, FILES_KIND, `file manifest ${digest}`),
-      ),
-    );
+    return this.cached(digest, async () => {
+      const head = await this.filesHead(digest);
+      if (!head.parts) return head as FilesManifest;
+      const entries: FileEntry[] = [];
+      for await (const e of this.fileEntries(digest, head)) entries.push(e);
+      const { kind, volume, fsKind, fileChunkSize } = head;
+      return { kind, version: 1, volume, fsKind, fileChunkSize, entries };
+    });
+  }
+
+  /** A file manifest's head: version 1 with its entries, version 2 with its part list. */
+  async filesHead(digest: string): Promise<FilesHead> {
+    const hit = this.manifests?.get(digest) as FilesManifest | undefined;
+    if (hit?.kind === FILES_KIND) return hit;
+    return this.store.withBlob(digest, (plain) => decodeFilesHead(plain, `file manifest ${digest}`));
+  }
+
+  /**
+   * The entries of a file manifest in walk order, one part in memory at a time (a version
+   * 1 manifest is one part).
+   */
+  async *fileEntries(digest: string, head?: FilesHead): AsyncGenerator<FileEntry> {
+    const h = head ?? (await this.filesHead(digest));
+    if (!h.parts) {
+      yield* h.entries ?? [];
+      return;
+    }
+    let n = 0;
+    for (const [i, part] of h.parts.entries()) {
+      const where = `file manifest ${digest} part ${i} (${part})`;
+      const entries = await this.store.withBlob(part, (plain) => decodeFilesPart(plain, where));
+      n += entries.length;
+      if (n > (h.count ?? 0))
+        throw new StrataError('CORRUPT', 'parts hold more entries than the head counts', {
+          file: where,
+          structure: 'file manifest',
+        });
+      yield* entries;
+    }
+    if (n !== h.count) {
+      throw new StrataError('CORRUPT', `parts hold ${n} entries, the head counts ${h.count}`, {
+        file: `file manifest ${digest}`,
+        structure: 'file manifest',
+      });
+    }
   }
 
   async close(): Promise<void> {

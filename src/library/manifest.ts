@@ -10,6 +10,15 @@ import { StrataError } from '../util/errors.js';
  * A file manifest per file system lists every path with its inode facts, xattrs, link
  * target, content digest (sha256 of the file's bytes) and its chunks: chunk i holds file
  * bytes [i*fileChunkSize, min(size, (i+1)*fileChunkSize)), null when all zeros.
+ *
+ * File manifests come in two encodings (both JSON 'tree' blobs): version 1 holds every
+ * entry in one blob; version 2 (written when a file system has more than FILE_PART_ENTRIES
+ * entries) holds a head naming its parts, each a 'tree' blob of up to FILE_PART_ENTRIES
+ * entries in walk order, so that check-in writes them as it goes and diff and listing can
+ * read one part at a time (issue 22: a million files in bounded memory). A file system of
+ * up to FILE_PART_ENTRIES entries is written as version 1 exactly as before; readers take
+ * both. Entries are in walk order: depth first, names sorted by code unit in each
+ * directory (compareTreePaths).
  */
 export const LAYOUT_KIND = 'strata.layout';
 export const FILES_KIND = 'strata.files';
@@ -78,6 +87,132 @@ export interface FilesManifest {
   fsKind: string;
   fileChunkSize: number;
   entries: FileEntry[];
+}
+
+/** Entries per part of a version 2 file manifest (fixed: the digest must not depend on a memory budget). */
+export const FILE_PART_ENTRIES = 4096;
+export const FILES_PART_KIND = 'strata.files-part';
+
+/** The head of a version 2 file manifest. */
+export interface FilesManifestHead {
+  kind: typeof FILES_KIND;
+  version: 2;
+  volume: string;
+  fsKind: string;
+  fileChunkSize: number;
+  /** Entries in all parts. */
+  count: number;
+  /** Digests of the parts ('tree' blobs), in order. */
+  parts: string[];
+}
+
+export interface FilesPart {
+  kind: typeof FILES_PART_KIND;
+  version: 1;
+  entries: FileEntry[];
+}
+
+/** What a file manifest blob is, without its entries when it has parts. */
+export type FilesHead = Omit<FilesManifest, 'entries' | 'version'> & {
+  version: 1 | 2;
+  count?: number;
+  parts?: string[];
+  entries?: FileEntry[];
+};
+
+/**
+ * The order of a walk (depth first, each directory's names sorted by code unit): a path
+ * sorts right after its directory and before its directory's next sibling, so "/a/b" <
+ * "/a-b" although '-' < '/'. Merge joins of two manifests rely on it.
+ */
+export function compareTreePaths(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  if (i === a.length) return i === b.length ? 0 : -1;
+  if (i === b.length) return 1;
+  const ca = a.charCodeAt(i);
+  const cb = b.charCodeAt(i);
+  // the component that ends first sorts first: '/' is below every other character here
+  if (ca === 47) return -1;
+  if (cb === 47) return 1;
+  return ca < cb ? -1 : 1;
+}
+
+/** A part of a version 2 file manifest. */
+export function encodeFilesPart(entries: FileEntry[]): Uint8Array {
+  return Buffer.from(JSON.stringify({ kind: FILES_PART_KIND, version: 1, entries } satisfies FilesPart));
+}
+
+export function encodeFilesHead(h: FilesManifestHead): Uint8Array {
+  return Buffer.from(JSON.stringify(h));
+}
+
+const V2_PREFIX = Buffer.from(`{"kind":"${'strata.files'}","version":2,`);
+
+/** Whether an encoded file manifest is a version 2 head (by its first bytes: no parse of a large version 1). */
+export function isFilesHead(plain: Uint8Array): boolean {
+  if (plain.length < V2_PREFIX.length) return false;
+  return Buffer.from(plain.buffer, plain.byteOffset, V2_PREFIX.length).equals(V2_PREFIX);
+}
+
+function parseJson<T>(plain: Uint8Array, where: string, structure: string): T {
+  try {
+    return JSON.parse(Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength).toString('utf8')) as T;
+  } catch (e) {
+    throw new StrataError('CORRUPT', `manifest is not JSON: ${(e as Error).message}`, { file: where, structure });
+  }
+}
+
+/** A file manifest blob: version 1 (with its entries) or a version 2 head (with its parts). */
+export function decodeFilesHead(plain: Uint8Array, where: string): FilesHead {
+  const m = parseJson<FilesHead>(plain, where, FILES_KIND);
+  if (m?.kind !== FILES_KIND || (m.version !== 1 && m.version !== 2)) {
+    throw new StrataError('CORRUPT', `not a ${FILES_KIND} manifest (version 1 or 2)`, {
+      file: where,
+      structure: FILES_KIND,
+    });
+  }
+  if (m.version === 1 && !Array.isArray(m.entries)) {
+    throw new StrataError('CORRUPT', 'file manifest has no entries', { file: where, structure: FILES_KIND });
+  }
+  if (m.version === 2) {
+    const parts = m.parts;
+    if (
+      !Array.isArray(parts) ||
+      !parts.every((d) => typeof d === 'string' && /^[0-9a-f]{64}$/.test(d)) ||
+      !Number.isSafeInteger(m.count) ||
+      (m.count as number) < 0 ||
+      (m.count as number) > parts.length * FILE_PART_ENTRIES
+    ) {
+      throw new StrataError('CORRUPT', 'file manifest head: bad part list or count', {
+        file: where,
+        structure: FILES_KIND,
+      });
+    }
+  }
+  return m;
+}
+
+export function decodeFilesPart(plain: Uint8Array, where: string): FileEntry[] {
+  const m = parseJson<FilesPart>(plain, where, FILES_PART_KIND);
+  if (m?.kind !== FILES_PART_KIND || m.version !== 1 || !Array.isArray(m.entries)) {
+    throw new StrataError('CORRUPT', `not a ${FILES_PART_KIND} (version 1)`, {
+      file: where,
+      structure: FILES_PART_KIND,
+    });
+  }
+  if (m.entries.length > FILE_PART_ENTRIES) {
+    throw new StrataError(
+      'LIMIT',
+      `file manifest part holds ${m.entries.length} entries (at most ${FILE_PART_ENTRIES})`,
+      {
+        file: where,
+        structure: FILES_PART_KIND,
+      },
+    );
+  }
+  return m.entries;
 }
 
 export function encodeManifest(m: LayoutManifest | FilesManifest): Uint8Array {

@@ -12,8 +12,8 @@ import {
 import type { OsInspection } from '../inspect/types.js';
 import { xattrDigest } from './inspection.js';
 import type { Library } from './library.js';
-import { layoutFiles } from './library-verbs.js';
-import type { FileEntry, FilesManifest, LayoutManifest } from './manifest.js';
+import { layoutFilesDigest } from './library-verbs.js';
+import { compareTreePaths, type FileEntry, type FilesManifest, type LayoutManifest } from './manifest.js';
 
 /**
  * `strata diff A B` for two library versions, straight from their manifests (no
@@ -102,31 +102,43 @@ function sameXattrs(a: Record<string, string> | undefined, b: Record<string, str
 export function diffManifests(a: FilesManifest, b: FilesManifest): TreeDiff {
   const inA = new Map<string, FileEntry>();
   for (const e of a.entries) if (e.path !== '/') inA.set(e.path, e);
-  const added: DiffItem[] = [];
-  const removed: DiffItem[] = [];
-  const changed: ContentChange[] = [];
-  const metadata: MetadataChange[] = [];
+  const out = new DiffLists();
   for (const eb of b.entries) {
     const p = eb.path;
     if (p === '/') continue;
     const ea = inA.get(p);
     if (!ea) {
-      added.push({ path: p, type: eb.type as FileType, size: entrySize(eb) });
+      out.added.push({ path: p, type: eb.type as FileType, size: entrySize(eb) });
       continue;
     }
     inA.delete(p);
+    out.pair(ea, eb);
+  }
+  for (const ea of inA.values()) out.removed.push({ path: ea.path, type: ea.type as FileType, size: entrySize(ea) });
+  return finishTreeDiff(out.added, out.removed, out.changed, out.metadata, []);
+}
+
+/** The lists a diff of two manifests fills, and how one path present in both is compared. */
+class DiffLists {
+  readonly added: DiffItem[] = [];
+  readonly removed: DiffItem[] = [];
+  readonly changed: ContentChange[] = [];
+  readonly metadata: MetadataChange[] = [];
+
+  pair(ea: FileEntry, eb: FileEntry): void {
+    const p = eb.path;
     const sizeA = entrySize(ea);
     const sizeB = entrySize(eb);
     if (ea.type !== eb.type) {
-      changed.push({ path: p, type: `${ea.type}->${eb.type}`, sizeA, sizeB });
-      continue;
+      this.changed.push({ path: p, type: `${ea.type}->${eb.type}`, sizeA, sizeB });
+      return;
     }
     if (ea.type === 'file') {
       // a file with no stored digest compares unequal to anything but itself (as manifestTree's digest())
       const same = sizeA === sizeB && (ea.digest || `none:${p}`) === (eb.digest || `none:${p}`);
       if (!same) {
-        changed.push({ path: p, type: eb.type, sizeA, sizeB });
-        continue;
+        this.changed.push({ path: p, type: eb.type, sizeA, sizeB });
+        return;
       }
     }
     if (
@@ -138,7 +150,7 @@ export function diffManifests(a: FilesManifest, b: FilesManifest): TreeDiff {
       eb.xattrs === undefined &&
       (ea.type !== 'symlink' || ea.target === eb.target)
     )
-      continue; // the common case: nothing differs
+      return; // the common case: nothing differs
     const fields: string[] = [];
     if (ea.mode !== eb.mode) fields.push('mode');
     if (ea.uid !== eb.uid) fields.push('uid');
@@ -146,10 +158,65 @@ export function diffManifests(a: FilesManifest, b: FilesManifest): TreeDiff {
     if (!sameMtime(ea.mtime, eb.mtime)) fields.push('mtime');
     if (!sameXattrs(ea.xattrs, eb.xattrs)) fields.push('xattrs');
     if (ea.type === 'symlink' && ea.target !== eb.target) fields.push('target');
-    if (fields.length > 0) metadata.push({ path: p, type: eb.type as FileType, size: sizeB, fields });
+    if (fields.length > 0) this.metadata.push({ path: p, type: eb.type as FileType, size: sizeB, fields });
   }
-  for (const ea of inA.values()) removed.push({ path: ea.path, type: ea.type as FileType, size: entrySize(ea) });
-  return finishTreeDiff(added, removed, changed, metadata, []);
+}
+
+/** Thrown inside diffEntryStreams when a manifest is not in walk order. */
+class NotInOrder extends Error {}
+
+/** The entries of a stream in strict walk order (compareTreePaths), the root left out; else NotInOrder. */
+async function* ordered(entries: AsyncIterable<FileEntry>): AsyncGenerator<FileEntry> {
+  let last: string | undefined;
+  for await (const e of entries) {
+    if (e.path === '/') continue;
+    if (last !== undefined && compareTreePaths(last, e.path) >= 0) throw new NotInOrder();
+    last = e.path;
+    yield e;
+  }
+}
+
+/**
+ * diffManifests of two entry streams in walk order, as a merge join: one entry of each
+ * side in memory (and a manifest part of each), whatever the number of files; only the
+ * differences are kept. Throws NotInOrder when either stream is not in walk order.
+ */
+async function diffEntryStreams(a: AsyncIterable<FileEntry>, b: AsyncIterable<FileEntry>): Promise<TreeDiff> {
+  const out = new DiffLists();
+  const ia = ordered(a)[Symbol.asyncIterator]();
+  const ib = ordered(b)[Symbol.asyncIterator]();
+  let ra = await ia.next();
+  let rb = await ib.next();
+  while (!ra.done || !rb.done) {
+    const c = ra.done ? 1 : rb.done ? -1 : compareTreePaths(ra.value.path, rb.value.path);
+    if (c < 0) {
+      const ea = ra.value as FileEntry;
+      out.removed.push({ path: ea.path, type: ea.type as FileType, size: entrySize(ea) });
+      ra = await ia.next();
+    } else if (c > 0) {
+      const eb = rb.value as FileEntry;
+      out.added.push({ path: eb.path, type: eb.type as FileType, size: entrySize(eb) });
+      rb = await ib.next();
+    } else {
+      out.pair(ra.value as FileEntry, rb.value as FileEntry);
+      ra = await ia.next();
+      rb = await ib.next();
+    }
+  }
+  return finishTreeDiff(out.added, out.removed, out.changed, out.metadata, []);
+}
+
+/**
+ * diffManifests of two stored file manifests, streamed (both in walk order, as check-in
+ * writes them); a manifest in another order (written by other means) is diffed whole.
+ */
+export async function diffStoredFiles(lib: Library, a: string, b: string): Promise<TreeDiff> {
+  try {
+    return await diffEntryStreams(lib.fileEntries(a), lib.fileEntries(b));
+  } catch (e) {
+    if (!(e instanceof NotInOrder)) throw e;
+    return diffManifests(await lib.files(a), await lib.files(b));
+  }
 }
 
 /**
@@ -243,10 +310,12 @@ export async function diffVersions(
   const [va, vb] = [await lib.catalog.resolve(refA), await lib.catalog.resolve(refB)];
   // each layout and file manifest read and decoded once, A's first (so A's problem is the one reported)
   const la = await lib.layout(va.manifest);
-  const fa = await layoutFiles(lib, va, la, opts.part);
+  const da = await layoutFilesDigest(lib, va, la, opts.part);
   const lb = await lib.layout(vb.manifest);
-  const fb = await layoutFiles(lib, vb, lb, opts.part);
-  const files = diffManifests(fa, fb);
+  const db = await layoutFilesDigest(lib, vb, lb, opts.part);
+  const files = await diffStoredFiles(lib, da, db);
+  const fa = await lib.filesHead(da);
+  const fb = await lib.filesHead(db);
   const out: VersionDiff = {
     a: `${va.image}@${va.number}`,
     b: `${vb.image}@${vb.number}`,

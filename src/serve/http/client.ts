@@ -535,7 +535,8 @@ export async function remoteCheckin(
   const before = remote.bytesSent;
   try {
     const sink = new RemoteSink(remote, opts.batchBytes);
-    const cut = await cutImage(img, image, sink, opts);
+    // the server's commit takes whole (version 1) file manifests
+    const cut = await cutImage(img, image, sink, { ...opts, inlineFileManifests: true });
     await sink.finish();
     const files: FilesManifest[] = [];
     for (const v of cut.layout.volumes) {
