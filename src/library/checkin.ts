@@ -13,6 +13,7 @@ import type { PutResult } from '../store/store.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
+import { memoryBudget } from '../util/memory.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
@@ -654,9 +655,10 @@ export interface CutResult {
   usedBytes: number;
 }
 
-/** A memory budget as given (default DEFAULT_MEMORY_BYTES): at least 16 MiB. */
+/** A memory budget as given (default: the process-wide budget, --memory, itself 256 MiB unless set): at least 16 MiB. */
 export function checkMemoryBytes(v: number | undefined): number {
-  if (v === undefined) return DEFAULT_MEMORY_BYTES;
+  // the process-wide budget (the CLI's --memory) when the caller names none
+  if (v === undefined) return memoryBudget();
   if (!Number.isSafeInteger(v) || v < 16 * 1024 * 1024) {
     throw new StrataError('USAGE', `memory budget must be at least 16 MiB, not ${v} bytes`);
   }
