@@ -30,6 +30,7 @@ export {
 } from './reports.js';
 export {
   applyFilter,
+  exportVersion,
   formatJsonl,
   type ImageRequest,
   type LogFilter,
@@ -37,12 +38,17 @@ export {
   parseTime,
   readCatalogLog,
   readRequestLog,
+  type TraceOptions,
 } from './request-log.js';
 export {
+  type PreloadPlanEntry,
+  type PreloadPlanOptions,
+  planPreload,
   preloadChoice,
   SIM_POLICIES,
   type SimPolicy,
   type SimulateOptions,
   type SimulateResult,
+  selectPreload,
   simulate,
 } from './simulate.js';

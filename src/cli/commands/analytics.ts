@@ -60,7 +60,12 @@ async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
             .filter(Boolean)
         : undefined,
   };
-  if (typeof o.log === 'string') return readRequestLog(o.log, filter);
+  const files = logFiles(o);
+  if (files.length > 0) {
+    // several sources (a service's log, hosts' deploy logs, NBD traces) read as one
+    const all = files.flatMap((f) => readRequestLog(f, filter));
+    return files.length > 1 ? all.sort((a, b) => a.at - b.at) : all;
+  }
   const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
   try {
@@ -69,6 +74,12 @@ async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
     await lib.close();
   }
 }
+
+/** `--log` given once or more. */
+function logFiles(o: Record<string, unknown>): string[] {
+  return Array.isArray(o.log) ? o.log.map(String) : typeof o.log === 'string' ? [o.log] : [];
+}
+const more = (v: string, prev: string[] = []) => [...prev, v];
 
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
@@ -80,7 +91,11 @@ export function registerAnalyticsCommands(program: Command): void {
     )
     .argument('<report>', `${REPORTS.join(' | ')} | generate`)
     .option('--library <dir>', 'library whose service request log (and manifests) to read')
-    .option('--log <file>', 'a request log file instead (JSONL or CSV; see `strata analytics generate`)')
+    .option(
+      '--log <file>',
+      'a request log file instead (JSONL or CSV as `strata analytics generate` writes, a host request log of strata deploy, an NBD --trace); repeat to merge several',
+      more,
+    )
     .option('--since <time>', 'only requests at or after TIME (ISO date or time)')
     .option('--until <time>', 'only requests before TIME')
     .option('--ops <list>', 'only these service operations (comma-separated, e.g. versions.download,versions.get)')
@@ -145,7 +160,7 @@ export function registerAnalyticsCommands(program: Command): void {
     };
     switch (report as Report) {
       case 'similarity': {
-        if (o.log !== undefined)
+        if (logFiles(o).length > 0)
           throw new StrataError('USAGE', 'similarity reads manifests: give --library, not --log');
         const { Library } = await import('../../library/index.js');
         const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
@@ -163,7 +178,7 @@ export function registerAnalyticsCommands(program: Command): void {
         }
       }
       case 'dedup': {
-        if (o.log === undefined) {
+        if (logFiles(o).length === 0) {
           const { Library } = await import('../../library/index.js');
           const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
           try {
@@ -237,7 +252,11 @@ export function registerAnalyticsCommands(program: Command): void {
   program
     .command('simulate')
     .description('replay a request log through a cache of a given size: hit rate and bytes fetched, with pre-load')
-    .requiredOption('--log <file>', 'request log (JSONL or CSV, as `strata analytics generate` writes)')
+    .requiredOption(
+      '--log <file>',
+      'request log (JSONL or CSV as `strata analytics generate` writes, a host request log, an NBD --trace); repeat to merge',
+      more,
+    )
     .requiredOption('--cache <size>', 'cache size (e.g. 64G)')
     .option('--policy <p>', 'lru | lfu | arc | two-tier (default lru)', 'lru')
     .option('--level <l>', 'image | chunk (default image)', 'image')
