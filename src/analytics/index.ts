@@ -2,6 +2,14 @@
  * The analytics layer: what traces and request logs say about caching and pre-loading.
  * @module
  */
+
+export {
+  type BenchRunOptions,
+  type BenchRunResult,
+  type FlowopStats,
+  imageSetChoice,
+  runWorkload,
+} from './bench-run.js';
 export {
   CACHE_POLICIES,
   type CachePolicy,
@@ -52,3 +60,13 @@ export {
   selectPreload,
   simulate,
 } from './simulate.js';
+export {
+  FLOWOPS,
+  type Flowop,
+  type FlowopKind,
+  type ImageSetDef,
+  type ProcessDef,
+  parseWml,
+  type ThreadDef,
+  type Workload,
+} from './wml.js';

@@ -1,4 +1,5 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { Command } from 'commander';
 import type { FacilityRule, ImageRequest, SimPolicy } from '../../analytics/index.js';
 import { StrataError } from '../../library/index.js';
@@ -84,6 +85,7 @@ const more = (v: string, prev: string[] = []) => [...prev, v];
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
 export function registerAnalyticsCommands(program: Command): void {
+  registerBenchCommand(program);
   const analytics = program
     .command('analytics')
     .description(
@@ -307,6 +309,48 @@ export function registerAnalyticsCommands(program: Command): void {
           line(pre) +
           `pre-load saved ${humanSize(Math.max(0, saved.onDemandBytes))} fetched on demand (${(saved.hitRate * 100).toFixed(1)} points of hit rate) for ${humanSize(saved.preloadBytes)} fetched while idle\n`,
       );
+    });
+}
+
+/** `bench run FILE.wml --remote URL`: a workload (src/analytics/wml.ts) against a library service. */
+function registerBenchCommand(program: Command): void {
+  const bench = program.command('bench').description('image-service benchmarks described by a workload file (WML)');
+  bench
+    .command('run')
+    .description('drive a library service with a workload: throughput and latency per flowop')
+    .argument('<file>', 'the workload (.wml; see the examples in workloads/)')
+    .requiredOption('--remote <url>', 'the library service (strata serve); token from $STRATA_TOKEN')
+    .option('--set <name=value>', 'set a workload variable ($name), repeatable', more)
+    .option('--seed <n>', 'seed of the image choice (default 1)')
+    .option('--check', 'parse the workload and print it, run nothing')
+    .option('--json', 'print the result as JSON')
+    .action(async (file: string, o: Record<string, unknown>) => {
+      const A = await import('../../analytics/index.js');
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        throw new StrataError('NOT_FOUND', `cannot read the workload: ${(e as Error).message}`, { file });
+      }
+      const vars: Record<string, string> = {};
+      for (const kv of (o.set as string[] | undefined) ?? []) {
+        const eq = kv.indexOf('=');
+        if (eq <= 0) throw new StrataError('USAGE', `--set wants NAME=VALUE, not ${kv}`);
+        vars[kv.slice(0, eq).replace(/^\$/, '')] = kv.slice(eq + 1);
+      }
+      const w = A.parseWml(text, file, vars);
+      if (o.check) return printJson(w);
+      const r = await A.runWorkload(w, {
+        remote: String(o.remote),
+        seed: int(o.seed, 'seed'),
+        baseDir: dirname(file),
+      });
+      if (o.json) return printJson(r);
+      let t = `${r.file} against ${r.remote}: ${r.seconds.toFixed(1)} s, ${r.passes} passes\n`;
+      t += 'flowop                         ops   errors   ops/s    mean ms   p50 ms   p95 ms   p99 ms   bytes\n';
+      for (const f of r.flowops)
+        t += `${`${f.process}/${f.thread}/${f.flowop} (${f.kind})`.padEnd(30)} ${String(f.count).padStart(5)} ${String(f.errors).padStart(8)} ${f.opsPerSecond.toFixed(1).padStart(7)} ${f.latencyMs.mean.toFixed(1).padStart(10)} ${f.latencyMs.p50.toFixed(1).padStart(8)} ${f.latencyMs.p95.toFixed(1).padStart(8)} ${f.latencyMs.p99.toFixed(1).padStart(8)}   ${humanSize(f.bytes)}${f.firstError ? `  first error: ${f.firstError}` : ''}\n`;
+      return writeOut(t);
     });
 }
 
