@@ -139,7 +139,7 @@ export function parseWml(text: string, file = 'workload.wml', vars: Record<strin
   const w: Workload = { file, images: [], processes: [] };
   let i = 0;
   const subst = (l: Line): string =>
-    l.text.replace(/\$([A-Za-z_][A-Za-z0-9_]*)/g, (m, name: string, off: number) => {
+    l.text.replace(/\$([A-Za-z_][A-Za-z0-9_]*)/g, (_m, name: string, off: number) => {
       const val = v.get(name);
       if (val === undefined) throw err(file, l.n, l.col + off, `variable $${name} is not set`);
       return val;
@@ -148,7 +148,7 @@ export function parseWml(text: string, file = 'workload.wml', vars: Record<strin
   const openBrace = (l: Line, rest: string): string => {
     if (rest.trimEnd().endsWith('{')) return rest.trimEnd().slice(0, -1);
     const nx = lines[i];
-    if (!nx || nx.text !== '{')
+    if (nx?.text !== '{')
       throw err(
         file,
         nx?.n ?? l.n,
