@@ -47,11 +47,10 @@ export const EXAMPLES: Record<string, string[]> = {
     'strata simulate --log requests.jsonl --cache 64G --preload --idle-capacity 32G --json',
   ],
   bench: [
-    'strata bench run workloads/emulab-day.wml --remote http://127.0.0.1:8080 --set "versions=debian@1;debian@2"',
+    'strata bench run workloads/emulab-day.wml --remote http://127.0.0.1:8080 --set "versions=debian@1;debian@2" --check',
   ],
   'bench run': [
-    'strata bench run workloads/ci-farm.wml --remote http://127.0.0.1:8080 --set log=requests.jsonl --json',
-    'strata bench run my.wml --remote http://127.0.0.1:8080 --check',
+    'strata bench run workloads/ci-farm.wml --remote http://127.0.0.1:8080 --set log=requests.jsonl --check',
   ],
   profile: ['strata profile record debian:12 --trace trace.csv', 'strata profile show debian:12'],
   'profile record': ['strata profile record debian:12 --trace trace.csv --json'],

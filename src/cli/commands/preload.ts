@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { StrataError } from '../../library/index.js';
 import { parseSize } from './convert.js';
@@ -45,7 +46,9 @@ export function registerPreloadCommands(program: Command): void {
       if (o.auto) {
         if (refs.length > 0) throw new StrataError('USAGE', '--auto chooses the versions: give no REF');
         const A = await import('../../analytics/index.js');
-        const logs = (o.log as string[]).length > 0 ? (o.log as string[]) : [cacheRequestLog(String(o.cache))];
+        // the host's own log; a host that has deployed nothing yet has none (nothing to choose)
+        const own = cacheRequestLog(String(o.cache));
+        const logs = (o.log as string[]).length > 0 ? (o.log as string[]) : existsSync(own) ? [own] : [];
         const log = logs.flatMap((f) => A.readRequestLog(f)).sort((a, b) => a.at - b.at);
         const total = cacheBytes ?? CACHE_DEFAULT_BYTES;
         const idle = o.idleCapacity === undefined ? total : parseSize(String(o.idleCapacity), 'idle capacity');
