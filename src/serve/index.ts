@@ -8,6 +8,7 @@
 export type { BufferPool } from '../util/buffer-pool.js';
 // FUSE: a mount of an image's file system or a library version's file manifest
 export {
+  changeSetDigest,
   checkUpperState,
   FsTree,
   type FuseMountOptions,
@@ -18,8 +19,12 @@ export {
   type MountNode,
   type MountTree,
   type OpenMountOptions,
+  type LocalChunkCache,
   OverlayTree,
   openMountTree,
+  openRemoteMountTree,
+  RemoteBlobs,
+  type RemoteBlobStats,
   type UpperState,
   upperToChangeSet,
   type WritableTree,
