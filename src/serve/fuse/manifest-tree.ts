@@ -112,6 +112,7 @@ export class ManifestTree implements MountTree {
         atime: parseIsoTime(e.atime),
         mtime: parseIsoTime(e.mtime),
         ctime: parseIsoTime(e.ctime),
+        crtime: parseIsoTime(e.crtime),
         rdev: e.rdev,
       }),
     };

@@ -26,6 +26,7 @@ import {
   parseInHeader,
   reply,
   statfsOut,
+  statxOut,
   TYPE_BITS,
   type Validity,
   WRITE_OPS,
@@ -322,6 +323,9 @@ export class FuseSession {
       }
       case Op.GETATTR:
         return attrOut(this.held(nodeid).node.attr, this.valid);
+      case Op.STATX:
+        // the kernel asks for statx (not getattr) when the caller wants the birth time
+        return statxOut(this.held(nodeid).node.attr, this.valid);
       case Op.OPEN: {
         const held = this.held(nodeid);
         if ((body.readUInt32LE(0) & 3) !== 0 && !this.rw) throw Errno.EROFS;
