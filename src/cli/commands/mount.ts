@@ -108,8 +108,7 @@ async function mountTarget(
     if (o.chunkCache !== false) {
       const { ChunkCache } = await import('../../deploy/index.js');
       const dir = typeof o.chunkCache === 'string' ? o.chunkCache : defaultChunkCache();
-      const max =
-        o.chunkCacheSize === undefined ? undefined : parseSize(String(o.chunkCacheSize), 'chunk cache size');
+      const max = o.chunkCacheSize === undefined ? undefined : parseSize(String(o.chunkCacheSize), 'chunk cache size');
       cache = await ChunkCache.open(dir, max);
     }
     const r = await openRemoteMountTree(remote, image.startsWith(REF_PREFIX) ? image.slice(REF_PREFIX.length) : image, {

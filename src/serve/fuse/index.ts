@@ -8,14 +8,14 @@ import type { MountTree } from './tree.js';
 
 export { FsTree } from './fs-tree.js';
 export { type BlobGetter, ManifestTree } from './manifest-tree.js';
+export { isWritable, OverlayTree, type WritableTree } from './overlay.js';
 export {
   filesFromBlobs,
   type LocalChunkCache,
   openRemoteMountTree,
-  RemoteBlobs,
   type RemoteBlobStats,
+  RemoteBlobs,
 } from './remote-tree.js';
-export { isWritable, OverlayTree, type WritableTree } from './overlay.js';
 export { type FuseMountOptions, FuseSession } from './session.js';
 export type { MountChild, MountNode, MountTree } from './tree.js';
 export { changeSetDigest, checkUpperState, type UpperState, upperToChangeSet } from './upper.js';
