@@ -537,6 +537,8 @@ async function cutFileSystem(
         atime: isoTime(inode.atime),
         ctime: isoTime(inode.ctime),
       };
+      const crtime = isoTime(inode.crtime);
+      if (crtime) e.crtime = crtime;
       if (inode.rdev && (inode.type === 'char' || inode.type === 'block')) e.rdev = inode.rdev;
       try {
         if (inode.type === 'symlink') e.target = await fs.readlink(inode);

@@ -8,11 +8,13 @@
 export type { BufferPool } from '../util/buffer-pool.js';
 // FUSE: a mount of an image's file system or a library version's file manifest
 export {
+  changeSetDigest,
   checkUpperState,
   FsTree,
   type FuseMountOptions,
   FuseSession,
   isWritable,
+  type LocalChunkCache,
   ManifestTree,
   type MountChild,
   type MountNode,
@@ -20,6 +22,9 @@ export {
   type OpenMountOptions,
   OverlayTree,
   openMountTree,
+  openRemoteMountTree,
+  type RemoteBlobStats,
+  RemoteBlobs,
   type UpperState,
   upperToChangeSet,
   type WritableTree,
