@@ -34,7 +34,7 @@ const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolea
 const ONLY = (process.env.BENCH_CASES ?? '').split(',').filter(Boolean);
 /**
  * BENCH_WORKERS=1: also time Strata with its worker-thread copier (STRATA_NO_NATIVE_COPY=1)
- * for raw outputs, in the same rounds: `workersMs` and `ratioWorkers` (qemu-img's time / it).
+ * for uncompressed outputs, in the same rounds: `workersMs` and `ratioWorkers` (qemu-img's time / it).
  */
 const WORKERS = process.env.BENCH_WORKERS === '1';
 
@@ -116,7 +116,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < RUNS; i++) {
         // Alternate who goes first so neither always meets a warmer page cache.
         const order = i % 2 === 0 ? ['strata', 'qemu'] : ['qemu', 'strata'];
-        if (WORKERS && c.outFmt === 'raw') order.splice(1, 0, 'workers');
+        if (WORKERS && !c.compress) order.splice(1, 0, 'workers');
         for (const who of order) {
           // Only one output at a time: a 4 GiB output left on tmpfs by the other tool is memory
           // the running one does not have (the inputs' page cache gets reclaimed under it).

@@ -90,12 +90,10 @@ async function checkBoth(
     await convertWith(input, d, { format, directCopy: 'always', ...extra });
     await convertWith(input, p, { format, directCopy: 'never', ...extra });
     assert.equal(sha(d), sha(p), `${name} -> ${format}: the bulk copier and the pump write the same file`);
-    if (format === 'raw') {
-      // 'always' took the native copier (native/copy.c on the thread pool); the workers too.
-      const w = path.join(dir, 'workers.raw');
-      await convertWith(input, w, { format, directCopy: 'workers' });
-      assert.equal(sha(w), sha(p), `${name} -> raw: the worker copier writes the same file`);
-    }
+    // 'always' took the native copier (raw: native/copy.c) or the pool copier (qcow2); the workers too.
+    const w = path.join(dir, `workers.${format}`);
+    await convertWith(input, w, { format, directCopy: 'workers', ...extra });
+    assert.equal(sha(w), sha(p), `${name} -> ${format}: the worker copier writes the same file`);
     await qemuCompare(reference, undefined, d, format);
     if (format === 'qcow2') await qemuCheck(d);
   }

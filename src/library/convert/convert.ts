@@ -6,7 +6,7 @@ import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from '../../for
 import { pageAlignedBuffer } from '../../util/aligned.js';
 import { StrataError } from '../../util/errors.js';
 import { directCopy } from './direct-copy.js';
-import { canCopyNatively, nativeCopy } from './native-copy.js';
+import { canCopyNatively, nativeCopy, poolCopyQcow2 } from './native-copy.js';
 
 export interface ConvertOptions {
   format: 'raw' | 'qcow2';
@@ -99,16 +99,24 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
             compression: opts.compression,
             backing: opts.backing ? { path: opts.backing.path, format: opts.backing.format } : undefined,
           });
-    // Raw outputs: the native copier (no start-up cost, so any size); else the workers for large disks.
-    const native = opts.format === 'raw' && src.direct && opts.directCopy !== 'never' && opts.directCopy !== 'workers';
+    // Plain outputs: the native copier (raw) or the pool copier (qcow2): no start-up cost, so any
+    // size; the worker copier for large disks when the addon is missing (or asked for).
+    // STRATA_NO_NATIVE_COPY=1 (bench/convert's BENCH_WORKERS): the worker copier, for comparison.
+    const native =
+      src.direct &&
+      opts.directCopy !== 'never' &&
+      opts.directCopy !== 'workers' &&
+      process.env.STRATA_NO_NATIVE_COPY !== '1';
     const dt = !opts.backing && (native || wantDirect(src, opts)) ? writer.directTarget?.() : undefined;
     const how = { outName: outPath, onProgress: opts.onProgress, signal: opts.signal };
     const bytesRead =
       dt && native && canCopyNatively(dt)
         ? await nativeCopy(src, dt, how)
-        : dt && wantDirect(src, opts)
-          ? await directCopy(src, dt, how)
-          : await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
+        : dt && native && dt.layout === 'qcow2'
+          ? await poolCopyQcow2(src, dt, how)
+          : dt && wantDirect(src, opts)
+            ? await directCopy(src, dt, how)
+            : await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
     await out.commit(opts.sync);
     return { virtualSize: src.size, bytesRead, bytesWritten };
