@@ -221,7 +221,9 @@ describe('strata nbd REF --remote', () => {
       while (dl.bytes[i] === expected[i]) i++;
       let j = expected.length - 1;
       while (dl.bytes[j] === expected[j]) j--;
-      assert.fail(`the checked-in disk differs from the base with the write in ${i}-${j} (write at ${at}-${at + 65536})`);
+      assert.fail(
+        `the checked-in disk differs from the base with the write in ${i}-${j} (write at ${at}-${at + 65536})`,
+      );
     }
     const prov = await api.call('GET', '/v1/images/{name}/versions/{version}/provenance', {
       params: { name: 'own/booted', version: 1 },
