@@ -17,6 +17,7 @@ declare module 'autocannon' {
     url: string;
     connections?: number;
     duration?: number;
+    connectionRate?: number;
     requests?: Array<{ method?: string; path?: string; headers?: Record<string, string> }>;
   }
   export default function autocannon(opts: Options): Promise<Result>;

@@ -3,6 +3,7 @@ import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
+import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
 import type { StatExtent } from '../../library/listing.js';
 import {
@@ -546,7 +547,31 @@ export async function remoteCheckin(
     import('../../formats/open.js'),
     import('../../formats/layer.js'),
   ]);
-  const img = await openImage(image, opts.openOptions);
+  // an overlay made by `strata nbd REF --remote URL --overlay` backs onto a version of the
+  // service (strata-library:<manifest digest>, library/backing.ts): read through its chunks
+  let bootedFrom: RemoteVersion | undefined;
+  const img = await openImage(image, {
+    ...opts.openOptions,
+    resolveBacking: async (ref, from) => {
+      const digest = parseLibraryBacking(ref.path, from);
+      if (digest === undefined) return opts.openOptions?.resolveBacking?.(ref, from);
+      let got: Awaited<ReturnType<RemoteLibrary['versionSource']>>;
+      try {
+        got = await remote.versionSource(digest);
+      } catch (e) {
+        throw new StrataError(
+          'NOT_FOUND',
+          `backing version (manifest ${digest}) is not readable at ${remote.url}: ${(e as Error).message}`,
+          { file: from, structure: 'backing file name' },
+          { cause: e },
+        );
+      }
+      bootedFrom = got.v;
+      return versionDiskImage(got.source);
+    },
+  });
+  // no --parent: the version the overlay was booted from (the server's default is the latest of NAME)
+  const parents = opts.parents ?? (bootedFrom ? [`${bootedFrom.image}@${bootedFrom.number}`] : undefined);
   const before = remote.bytesSent;
   try {
     const sink = new RemoteSink(remote, opts.batchBytes);
@@ -561,7 +586,7 @@ export async function remoteCheckin(
     const row = await remote.commit(opts.name, {
       layout: cut.layout,
       files,
-      parents: opts.parents,
+      parents,
       tags: opts.tags,
       description: opts.description,
       visibility: opts.visibility,

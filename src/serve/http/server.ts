@@ -369,8 +369,25 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     return v;
   };
 
-  /** NAME, NAME@N or NAME:TAG, readable (no digest prefixes: they would search unreadable manifests). */
+  /**
+   * NAME, NAME@N or NAME:TAG, readable; or a whole layout manifest digest (64 hex digits:
+   * what an overlay made by `strata nbd REF --remote URL --overlay` names as its backing),
+   * the first readable version holding it. No digest prefixes: they would search manifests
+   * the caller may not read. A digest only unreadable versions hold is a 404 like one none does.
+   */
   const resolveRef = async (policy: Policy, ref: string): Promise<VersionRow> => {
+    if (/^[0-9a-f]{64}$/.test(ref)) {
+      const rows = await lib.catalog.db.all<{ image: string; number: number }>(
+        "SELECT image, number FROM versions WHERE manifest = ? AND state = 'active' ORDER BY image, number",
+        [ref],
+      );
+      for (const r of rows) {
+        if (!(await policy.canRead(r.image))) continue;
+        const v = await lib.catalog.version(r.image, Number(r.number));
+        if (v?.state === 'active') return v;
+      }
+      throw noVersion(ref);
+    }
     const at = ref.lastIndexOf('@');
     const colon = ref.lastIndexOf(':');
     let name = ref;
@@ -419,6 +436,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     const want = new Set(digests.filter((d) => lib.store.has(d)));
     if (want.size === 0) return out;
     if (policy.p.project) for (const d of await access.heldBy(policy.p.project, [...want])) out.add(d);
+    await policy.loadAll();
     for (const v of await lib.catalog.activeVersions()) {
       if (out.size === want.size) break;
       if (!(await policy.canRead(v.image))) continue;
@@ -459,7 +477,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
 
   app.get('/healthz', { schema: { response: { 200: obj({ status: str(), images: int() }) } } }, async () => ({
     status: 'ok',
-    images: (await lib.catalog.images()).length,
+    images: (await lib.catalog.imageNames()).length,
   }));
 
   app.get(
@@ -487,7 +505,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         strata_store_blobs: blobs,
         strata_store_bytes: storedBytes,
         strata_catalog_bytes: catalogBytes,
-        strata_images: (await lib.catalog.images()).length,
+        strata_images: (await lib.catalog.imageNames()).length,
       });
     },
   );
@@ -536,16 +554,23 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req) => {
       const q = req.query as { limit: number; offset: number; project?: string; visibility?: string; prefix?: string };
-      const out = [];
-      for (const row of await lib.catalog.images()) {
-        if (!(await req.policy.canRead(row.name))) continue;
-        const g = await req.policy.ownerOf(row.name);
+      // filtered by name and access first, then only the page's rows read in full
+      const names: string[] = [];
+      await req.policy.loadAll();
+      for (const name of await lib.catalog.imageNames()) {
+        if (q.prefix !== undefined && !name.startsWith(q.prefix)) continue;
+        if (!(await req.policy.canRead(name))) continue;
+        const g = await req.policy.ownerOf(name);
         if (q.project !== undefined && g.project !== q.project) continue;
         if (q.visibility !== undefined && g.visibility !== q.visibility) continue;
-        if (q.prefix !== undefined && !row.name.startsWith(q.prefix)) continue;
-        out.push({ ...row, project: g.project, visibility: g.visibility });
+        names.push(name);
       }
-      return { items: out.slice(q.offset, q.offset + q.limit), total: out.length, limit: q.limit, offset: q.offset };
+      const items = [];
+      for (const row of await lib.catalog.imagesNamed(names.slice(q.offset, q.offset + q.limit))) {
+        const g = await req.policy.ownerOf(row.name);
+        items.push({ ...row, project: g.project, visibility: g.visibility });
+      }
+      return { items, total: names.length, limit: q.limit, offset: q.offset };
     },
   );
 
@@ -1403,16 +1428,12 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         os?: string;
         user?: string;
       };
-      const hits = [];
-      for (const h of await search(lib, {
-        path: q.path,
-        digest: q.digest,
-        package: q.package,
-        os: q.os,
-        user: q.user,
-      })) {
-        if (await req.policy.canRead(h.image)) hits.push(h);
-      }
+      await req.policy.loadAll();
+      const hits = await search(
+        lib,
+        { path: q.path, digest: q.digest, package: q.package, os: q.os, user: q.user },
+        { keep: (image) => req.policy.canRead(image) },
+      );
       return { items: hits.slice(q.offset, q.offset + q.limit), total: hits.length, limit: q.limit, offset: q.offset };
     },
   );
@@ -1431,6 +1452,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const per = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
       const perProject = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
       const total = { versions: 0, logical: 0, used: 0, blobs: new Set<string>() };
+      await req.policy.loadAll();
       for (const img of await lib.catalog.images()) {
         if (!(await req.policy.canRead(img.name))) continue;
         const g = await req.policy.ownerOf(img.name);
