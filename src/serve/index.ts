@@ -56,7 +56,13 @@ export {
   type Visibility,
 } from './http/index.js';
 export type { Budget } from './nbd/budget.js';
-export { type ExportCacheOptions, openExportCache } from './nbd/cache.js';
+export {
+  type CacheReport,
+  type ClassHits,
+  type ExportCacheOptions,
+  openExportCache,
+  readCacheReport,
+} from './nbd/cache.js';
 export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';

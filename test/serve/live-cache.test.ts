@@ -12,6 +12,7 @@ import { FileSource } from '../../src/io/file-source.js';
 import { FilterSource, type Unwrapped } from '../../src/io/filter-source.js';
 import { IntrospectiveCache, type IntrospectiveCacheOptions } from '../../src/io/introspective-cache.js';
 import { debugfsBlocks, profileLibrary, qemuIoReads, strataNbd } from '../deploy/profile-helpers.js';
+import { strata } from '../helpers/cli.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { fixture, ROOT, run } from '../helpers/tools.js';
 
@@ -292,6 +293,83 @@ describe('strata nbd --cache-policy introspective', () => {
     const total = Object.values(s.byClass as Record<string, { requests: number }>).reduce((n, c) => n + c.requests, 0);
     assert.equal(total, recs.length);
     assert.equal(s.byClass.data.prefetched >= 1, true);
+  });
+
+  test('strata cache stats: hit rates by class from a trace (classes by trace resolve) and from the counters, on SIGUSR1 and at exit', async () => {
+    const trace = path.join(tmp, 'stats-trace.jsonl');
+    const stats = path.join(tmp, 'stats-live.json');
+    const nbd = await strataNbd([img, '--cache-policy', 'introspective', '--trace', trace, '--cache-stats', stats]);
+    const big = await debugfsBlocks(img, '/big');
+    const d = await debugfsBlocks(img, '/d');
+    const ranges: Array<[number, number]> = [
+      [d[0] * BS, BS],
+      [big[0] * BS, BS],
+      [big[1] * BS, BS],
+      [big[0] * BS, BS],
+    ];
+    for (let o = 0; o < map.diskSize; o += 301 * BS + 512) ranges.push([o, 2048]);
+    await qemuIoReads(nbd.uri, ranges);
+    // a running server: --pid makes it write its counters now
+    const live = await run('node', [CLI, 'cache', 'stats', stats, '--pid', String(nbd.pid), '--json']);
+    const during = JSON.parse(live).exports[path.basename(img)];
+    assert.equal(during.from, 'stats');
+    assert.ok(during.requests >= ranges.length, `${during.requests} requests counted while serving`);
+    await qemuIoReads(nbd.uri, [[big[0] * BS, BS]]);
+    assert.equal(await nbd.stop(), 0);
+    // the oracle: each read's class by `strata trace resolve` (its first owner), its outcome from the trace
+    const lines = readFileSync(trace, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    const reads = lines.filter((r) => r.op === 'read');
+    const resolved = (await run('node', [CLI, 'trace', 'resolve', img, trace, '--json']))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((r) => r.op === 'read');
+    assert.equal(resolved.length, reads.length);
+    const want: Record<string, { requests: number; hits: number; prefetched: number; misses: number }> = {};
+    for (const [i, r] of reads.entries()) {
+      const c = classOf(resolved[i].owners[0].kind as Kind);
+      const w = (want[c] ??= { requests: 0, hits: 0, prefetched: 0, misses: 0 });
+      w.requests++;
+      if (r.cache === 'hit') w.hits++;
+      else if (r.cache === 'prefetched') w.prefetched++;
+      else w.misses++;
+    }
+    assert.ok(want.data.hits >= 1 && want.data.prefetched >= 1 && want.metadata.misses >= 1, JSON.stringify(want));
+    const fromTrace = JSON.parse(await run('node', [CLI, 'cache', 'stats', trace, '--json'])).exports[
+      path.basename(img)
+    ];
+    assert.equal(fromTrace.from, 'trace');
+    assert.equal(fromTrace.requests, reads.length);
+    for (const [c, w] of Object.entries(want)) {
+      const got = fromTrace.byClass[c];
+      assert.deepEqual(
+        { requests: got.requests, hits: got.hits, prefetched: got.prefetched, misses: got.misses },
+        w,
+        c,
+      );
+      assert.equal(got.hitRate, +((w.hits + w.prefetched) / w.requests).toFixed(4));
+    }
+    // the counters the server wrote at exit agree with its trace
+    const atExit = JSON.parse(await run('node', [CLI, 'cache', 'stats', stats, '--json'])).exports[path.basename(img)];
+    assert.equal(atExit.requests, reads.length);
+    for (const [c, w] of Object.entries(want)) assert.equal(atExit.byClass[c].requests, w.requests, c);
+    assert.ok(atExit.prefetchers.file.fetchedBytes > 0);
+    // the table names every class the trace saw
+    const text = await run('node', [CLI, 'cache', 'stats', trace, '--kinds']);
+    for (const c of Object.keys(want)) assert.match(text, new RegExp(`^\\s+${c}\\s+${want[c].requests}\\s`, 'm'));
+    assert.match(text, /^\s+file\s+\d+/m);
+    // not a stats file nor a trace: a clear error naming the file and where
+    const bad = path.join(tmp, 'bad-stats.txt');
+    writeFileSync(bad, '{"op":"read"}\nnot json\n');
+    const r = await strata(['cache', 'stats', bad]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /bad-stats\.txt: trace record: offset 14 \(0xe\): line 2 is not JSON/);
+    writeFileSync(bad, '{"op":"read","offset":0,"length":1}\n');
+    const none = await strata(['cache', 'stats', bad]);
+    assert.match(none.stderr, /no read carries a cache outcome/);
   });
 
   test('reads equal the image with every prefetcher on, through a small cache (nbdcopy, qemu-img compare)', async () => {
