@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -440,6 +441,67 @@ describe('strata nbd --cache-policy introspective', () => {
       byClass: Record<string, { requests: number }>;
     };
     assert.ok(s.byClass.metadata.requests > 0 && s.byClass.data.requests > 0, JSON.stringify(s.byClass));
+  });
+
+  test('the library service: a version disk read by range (qemu curl driver) through the live cache, counters in /metrics', async () => {
+    const { lib, n } = await profileLibrary(path.join(tmp, 'lib-http'));
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'serve',
+        '--library',
+        lib,
+        '--listen',
+        '127.0.0.1:0',
+        '--default-visibility',
+        'public',
+        '--cache-policy',
+        'introspective',
+        '--cache-size',
+        '4M',
+        '--quiet',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let err = '';
+        child.stderr.on('data', (b) => {
+          err += b;
+          const m = / at (http:\/\/\S+) /.exec(err);
+          if (m) resolve(m[1]);
+        });
+        exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
+      });
+      const disk = `${url}/v1/images/disk/versions/1/disk`;
+      // qemu reads the version through its curl driver: ranges, each through the cache
+      const spec = JSON.stringify({ driver: 'raw', file: { driver: 'http', url: disk } });
+      const cmp = spawnSync('qemu-img', ['compare', '-f', 'raw', n, `json:${spec}`], { encoding: 'utf8' });
+      assert.equal(cmp.status, 0, `${cmp.stdout}${cmp.stderr}`);
+      assert.match(cmp.stdout, /identical/);
+      const metrics = await (await fetch(`${url}/metrics`)).text();
+      const counted = (re: RegExp) => [...metrics.matchAll(re)].reduce((sum, m) => sum + Number(m[1]), 0);
+      const byClass = (c: string) =>
+        counted(
+          new RegExp(
+            `^strata_disk_cache_requests_total\\{version="disk@1",class="${c}",outcome="\\w+"\\} (\\d+)$`,
+            'gm',
+          ),
+        );
+      assert.ok(byClass('metadata') > 0 && byClass('data') > 0, metrics);
+      // every range GET of the disk (206, by the route's own counter) went through the cache, once
+      const ranged = counted(
+        /^strata_http_requests_total\{method="GET",route="\/v1\/images\/:name\/versions\/:version\/disk",status="206"\} (\d+)$/gm,
+      );
+      assert.ok(ranged > 0, metrics);
+      assert.equal(byClass('metadata') + byClass('data') + byClass('unused') + byClass('unknown'), ranged);
+      assert.match(metrics, /^strata_disk_cache_prefetch_bytes_total\{version="disk@1",prefetcher="file"\} [1-9]\d*$/m);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+    }
   });
 
   test('bad options are refused', async () => {
