@@ -192,6 +192,23 @@ describe('live introspective cache: prefetchers against debugfs', () => {
     assert.ok([...where.values()].includes(b.got[0]));
   });
 
+  test('meta: an inode-table read fetches the table’s next blocks (debugfs stats: the group’s inode table), bounded', async () => {
+    const stats = await run('debugfs', ['-R', 'stats', img]);
+    const ipg = Number(/Inodes per group:\s+(\d+)/.exec(stats)?.[1]);
+    const isz = Number(/Inode size:\s+(\d+)/.exec(stats)?.[1]);
+    const tables = [...stats.matchAll(/inode table at (\d+)/g)].map((x) => Number(x[1]));
+    assert.ok(ipg > 0 && isz > 0 && tables.length > 0, stats);
+    const len = (ipg * isz) / BS;
+    const first = tables[0];
+    const last = Math.max(...tables) + len - 1;
+    assert.ok(len >= 8, `an inode table is ${len} blocks`);
+    const { got } = await prefetchOf(first + 1, ['meta'], { bounds: { meta: { perRequest: 4 * BS } } });
+    assert.deepEqual(got, [first + 2, first + 3, first + 4, first + 5]);
+    // at the table's end: nothing past it
+    const end = await prefetchOf(last, ['meta']);
+    assert.deepEqual(end.got, []);
+  });
+
   test('siblings: a small file read fetches the next files of its directory in disk order, whole, within the cap', async () => {
     const files = (await lsDir('/d')).filter((e) => e.name.startsWith('file-'));
     const layout = [];
