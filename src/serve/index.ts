@@ -62,7 +62,13 @@ export { demoLibrary } from './http/demo.js';
 export { PROBLEM_TYPE, type Problem } from './http/problem.js';
 export { buildServer, type RunningServer, type ServeOptions, startServer } from './http/server.js';
 export type { Budget } from './nbd/budget.js';
-export { type ExportCacheOptions, openExportCache } from './nbd/cache.js';
+export {
+  type CacheReport,
+  type ClassHits,
+  type ExportCacheOptions,
+  openExportCache,
+  readCacheReport,
+} from './nbd/cache.js';
 export type { ConnectionHost } from './nbd/connection.js';
 export { type ExportWriter, type NbdExport, sourceExport } from './nbd/export.js';
 export { type ImageExportOptions, openImageExport } from './nbd/image-export.js';

@@ -10,6 +10,7 @@ import { Access, ANONYMOUS, type Principal, type Visibility } from '../../catalo
 import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
+import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
 import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
@@ -29,6 +30,7 @@ import { VersionSource } from '../../library/version-source.js';
 import { versionStat } from '../../library/version-stat.js';
 import { RepoLock } from '../../store/lock.js';
 import { StrataError } from '../../util/errors.js';
+import { type ExportCacheOptions, openExportCache } from '../nbd/cache.js';
 import { registerAccountRoutes } from './accounts.js';
 import { Metrics } from './metrics.js';
 import { notFound, noVersion, Policy } from './policy.js';
@@ -93,6 +95,13 @@ export interface ServeOptions {
   importUrls?: boolean;
   /** The web UI's built files (default dist/webui when built), or false for none. */
   webui?: string | false;
+  /**
+   * A live cache (issue 27) in front of each version whose raw disk is read by range
+   * (`GET .../disk` with `Range`, as qemu's curl driver reads): shared by the requests of
+   * that version, its block map built from the version on first use; at most
+   * `versions` (default 4) versions cached at once. Its counters, by class, are in /metrics.
+   */
+  diskCache?: ExportCacheOptions & { versions?: number };
 }
 
 export interface RunningServer {
@@ -178,7 +187,10 @@ function sendBytes(
     reply.code(206);
     reply.header('content-range', `bytes ${start}-${end - 1}/${size}`);
   }
-  if (req.method === 'HEAD' || end === start) return reply.send('');
+  // HEAD: the length above stands (an empty string payload would make fastify say 0, and
+  // qemu's curl driver takes a HEAD's length as the disk's size)
+  if (req.method === 'HEAD') return reply.send(Readable.from([]));
+  if (end === start) return reply.send('');
   return reply.send(Readable.from(read(start, end), { objectMode: false }));
 }
 
@@ -188,6 +200,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const defaults = { project: opts.defaultProject ?? 'default', visibility: opts.defaultVisibility ?? 'private' };
   if (!(await access.projectExists(defaults.project))) await access.addProject(defaults.project);
   const metrics = new Metrics();
+  const diskCaches = new DiskCaches(lib, opts.diskCache);
   const perMinute = opts.rateLimit ?? 6000;
   const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
   const reach = new Map<string, Set<string>>();
@@ -210,6 +223,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
   if (limiter) app.addHook('onClose', () => limiter.close());
+  app.addHook('onClose', () => diskCaches.close());
   /**
    * The request log, written in batches: one row per request committed on its own cost
    * 6.4 ms here (SQLite synchronous=FULL: an fsync each), on the event loop, which capped
@@ -501,12 +515,15 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         // not a file-backed catalog
       }
       reply.type('text/plain; version=0.0.4');
-      return metrics.render({
-        strata_store_blobs: blobs,
-        strata_store_bytes: storedBytes,
-        strata_catalog_bytes: catalogBytes,
-        strata_images: (await lib.catalog.imageNames()).length,
-      });
+      return metrics.render(
+        {
+          strata_store_blobs: blobs,
+          strata_store_bytes: storedBytes,
+          strata_catalog_bytes: catalogBytes,
+          strata_images: (await lib.catalog.imageNames()).length,
+        },
+        diskCaches.metricLines(),
+      );
     },
   );
 
@@ -1297,6 +1314,19 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const p = req.params as { name: string; version: string };
       const { format } = req.query as { format: 'raw' | 'qcow2' };
       const v = await versionIn(req.policy, p.name, p.version);
+      const range = req.headers.range;
+      if (format === 'raw' && range && diskCaches.enabled) {
+        // a range of the raw disk through the version's live cache (shared by its requests)
+        const cache = await diskCaches.get(v.manifest, `${v.image}@${v.number}`);
+        async function* cached(start: number, end: number) {
+          for (let o = start; o < end; o += 4 * ONE_MIB) {
+            const buf = Buffer.allocUnsafe(Math.min(4 * ONE_MIB, end - o));
+            await cache.readInto(o, buf);
+            yield buf;
+          }
+        }
+        return sendBytes(req, reply, cache.size, cached, `${v.image.replace(/\//g, '_')}-${v.number}.raw`);
+      }
       const layout = await lib.layout(v.manifest);
       const src = new VersionSource(lib.store, layout, `${v.image}@${v.number}`);
       const base = `${v.image.replace(/\//g, '_')}-${v.number}`;
@@ -1614,3 +1644,91 @@ export async function startServer(
   const shown = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   return { app, url: `http://${shown}:${actual}`, close: () => app.close() };
 }
+
+/** The service's live disk caches, one per version read by range, at most `versions` at once (least recent closed). */
+class DiskCaches {
+  readonly enabled: boolean;
+  private readonly open = new Map<string, Promise<{ cache: IntrospectiveCache; ref: string }>>();
+  private readonly max: number;
+  constructor(
+    private readonly lib: Library,
+    private readonly opts?: ExportCacheOptions & { versions?: number },
+  ) {
+    this.enabled = opts !== undefined;
+    this.max = Math.max(1, opts?.versions ?? 4);
+  }
+
+  async get(manifest: string, ref: string): Promise<IntrospectiveCache> {
+    let p = this.open.get(manifest);
+    if (p) {
+      this.open.delete(manifest);
+      this.open.set(manifest, p);
+    } else {
+      p = (async () => {
+        const src = new VersionSource(this.lib.store, await this.lib.layout(manifest), ref);
+        try {
+          // the block map comes from the version itself (read straight, not through the cache)
+          return { cache: await openExportCache(src, this.opts!), ref };
+        } catch (e) {
+          await src.close();
+          throw e;
+        }
+      })();
+      this.open.set(manifest, p);
+      const opened = p;
+      p.then(
+        (o) => settled.set(opened, o),
+        () => this.open.delete(manifest),
+      );
+      while (this.open.size > this.max) {
+        const [k, old] = this.open.entries().next().value as [string, Promise<{ cache: IntrospectiveCache }>];
+        this.open.delete(k);
+        old.then((o) => o.cache.close()).catch(() => {});
+      }
+    }
+    return (await p).cache;
+  }
+
+  /** Prometheus lines: requests by version, class and outcome; source reads and bytes; prefetched bytes by prefetcher. */
+  metricLines(): string[] {
+    if (!this.enabled) return [];
+    const out = [
+      '# HELP strata_disk_cache_requests_total Range reads of a version disk through the live cache, by class and outcome.',
+      '# TYPE strata_disk_cache_requests_total counter',
+    ];
+    const src: string[] = [];
+    const pf: string[] = [];
+    for (const p of this.open.values()) {
+      const o = settled.get(p);
+      if (!o) continue;
+      const s = o.cache.snapshot();
+      const v = `version="${o.ref.replace(/["\\\n]/g, '_')}"`;
+      for (const [c, k] of Object.entries(s.byClass)) {
+        if (!k.requests) continue;
+        for (const [outcome, n] of [
+          ['hit', k.hits],
+          ['prefetched', k.prefetched],
+          ['miss', k.misses],
+        ] as const)
+          out.push(`strata_disk_cache_requests_total{${v},class="${c}",outcome="${outcome}"} ${n}`);
+      }
+      src.push(`strata_disk_cache_source_reads_total{${v}} ${s.source.reads}`);
+      src.push(`strata_disk_cache_source_bytes_total{${v}} ${s.source.bytes}`);
+      for (const [name, x] of Object.entries(s.prefetchers))
+        pf.push(`strata_disk_cache_prefetch_bytes_total{${v},prefetcher="${name}"} ${x.fetchedBytes}`);
+    }
+    out.push('# TYPE strata_disk_cache_source_reads_total counter', ...src.filter((l) => l.includes('reads')));
+    out.push('# TYPE strata_disk_cache_source_bytes_total counter', ...src.filter((l) => l.includes('bytes')));
+    out.push('# TYPE strata_disk_cache_prefetch_bytes_total counter', ...pf);
+    return out;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.open.values()];
+    this.open.clear();
+    for (const p of all) await p.then((o) => o.cache.close()).catch(() => {});
+  }
+}
+
+/** Caches whose opening finished (metrics read only those, without waiting). */
+const settled = new WeakMap<Promise<unknown>, { cache: IntrospectiveCache; ref: string }>();
