@@ -140,7 +140,7 @@ export class PgDb implements Db {
       await pool.end().catch(() => {});
       throw new StrataError(
         'IO',
-        `cannot use the catalog database: ${(e as Error).message}`,
+        `cannot use the catalog database: ${(e as Error).message}; check --catalog / STRATA_CATALOG (host, port, user; the password from the URL or PGPASSWORD) and that PostgreSQL is up`,
         { file: shown },
         { cause: e },
       );

@@ -96,21 +96,49 @@ export class S3Backend implements Backend {
 
   private startupError(e: unknown, endpoint?: string): StrataError {
     const n = errName(e);
-    const where = { file: this.url, structure: endpoint ? `S3 endpoint ${endpoint}` : 'S3' };
+    const at = endpoint ? `S3 endpoint ${endpoint}` : 'AWS S3 (no AWS_ENDPOINT_URL)';
+    const where = { file: this.url, structure: at };
+    const key = process.env.AWS_ACCESS_KEY_ID;
+    const who = key
+      ? `access key ${key} from AWS_ACCESS_KEY_ID`
+      : process.env.AWS_PROFILE
+        ? `profile ${process.env.AWS_PROFILE}`
+        : 'the default credential chain';
     if (n === 'NoSuchBucket' || status(e) === 404)
-      return new StrataError('NOT_FOUND', `no such bucket: ${this.bucket}`, where, { cause: e });
+      return new StrataError(
+        'NOT_FOUND',
+        `no such bucket: ${this.bucket} (the server answered 404); create it (e.g. aws s3 mb s3://${this.bucket}${
+          endpoint ? ` --endpoint-url ${endpoint}` : ''
+        }) or name an existing bucket in --store / STRATA_STORE`,
+        where,
+        { cause: e },
+      );
+    if (n === 'CredentialsProviderError')
+      return new StrataError(
+        'DENIED',
+        `no S3 credentials for bucket ${this.bucket}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)`,
+        where,
+        { cause: e },
+      );
     if (
       n === 'InvalidAccessKeyId' ||
       n === 'SignatureDoesNotMatch' ||
       n === 'AccessDenied' ||
-      n === 'CredentialsProviderError' ||
       status(e) === 403 ||
       status(e) === 401
     )
-      return new StrataError('DENIED', `the S3 server refused the credentials (${n || status(e)})`, where, {
-        cause: e,
-      });
-    return new StrataError('IO', `cannot reach the S3 store: ${(e as Error).message || n}`, where, { cause: e });
+      return new StrataError(
+        'DENIED',
+        `the S3 server refused the credentials (${n || status(e)}) for bucket ${this.bucket}, ${who}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and that this key may list the bucket`,
+        where,
+        { cause: e },
+      );
+    return new StrataError(
+      'IO',
+      `cannot reach the S3 store for bucket ${this.bucket}: ${(e as Error).message || n}; check the endpoint (AWS_ENDPOINT_URL, AWS_REGION) and that the server is up`,
+      where,
+      { cause: e },
+    );
   }
 
   /** Two conditional PUTs of one fresh key: the second must be refused for putIfAbsent to trust them. */
