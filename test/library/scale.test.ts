@@ -178,6 +178,37 @@ test('start-up errors through the CLI: wrong S3 secret, missing bucket, refused 
   }
 });
 
+test('no password for the catalog database: one clear line, and the process ends (it lingered until the server timed the login out)', async () => {
+  const dir = tempDir('scale-nopass');
+  const env = envFor(path.join(dir, 'lib'));
+  delete env.PGPASSWORD;
+  const home = path.join(dir, 'home'); // no ~/.pgpass either
+  const noPass = new URL(pgWithSchema(svc.pg, uniqueName('np')));
+  noPass.password = '';
+  const r = await new Promise<{ code: number; stderr: string }>((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      [CLI, 'init', '--catalog', noPass.toString(), '--store', `${svc.s3}/${uniqueName('np')}`],
+      { env: { ...env, HOME: home }, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => (stderr += b));
+    // PostgreSQL's authentication_timeout is 60 s: a process still there at 45 s waits for it
+    const t = setTimeout(() => child.kill('SIGKILL'), 45_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, stderr });
+    });
+  });
+  assert.equal(r.code, 1, `exit ${r.code} (-1: killed, still running at 45 s): ${r.stderr}`);
+  assert.match(
+    r.stderr,
+    /^strata: postgres:\/\/strata@.*: cannot use the catalog database: .*password.*; check --catalog/,
+  );
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+});
+
 /** `strata serve ARGS`: its exit code and stderr; killed (code -1, a failure) if it is still up after 120 s. */
 function serveOnce(args: string[], env: Record<string, string>): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
