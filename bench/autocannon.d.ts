@@ -14,7 +14,8 @@ declare module 'autocannon' {
     non2xx: number;
   }
   interface Options {
-    url: string;
+    url: string | string[];
+    workers?: number;
     connections?: number;
     duration?: number;
     connectionRate?: number;
