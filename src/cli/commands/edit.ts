@@ -84,11 +84,21 @@ export function registerEditCommands(program: Command): void {
       .argument('<ref>', 'the version to edit (NAME, NAME:TAG, NAME@N)')
       .argument('<path>', 'absolute path in the image')
       .argument('<file>', 'local file whose bytes PATH gets')
+      .option('-p, --parents', "make PATH's missing parent directories (root's, 755)")
       .option('--mode <octal>', 'permission bits (default 644)')
       .option('--uid <n>', 'owner (default 0)')
-      .option('--gid <n>', 'group (default 0)'),
+      .option('--gid <n>', 'group (default 0)')
+      .option('--mtime <seconds>', 'modification time, SECONDS[.NANOS] since the epoch (default now)'),
   ).action(async (ref: string, p: string, file: string, o: Record<string, unknown>) => {
+    const { parseSeconds } = await import('../../library/index.js');
     const c: Change = { op: 'put', path: p, content: { kind: 'file', path: path.resolve(file) } };
+    if (o.parents) c.parents = true;
+    if (o.mtime !== undefined) {
+      const t = parseSeconds(String(o.mtime));
+      if (!t) throw new StrataError('USAGE', `--mtime ${JSON.stringify(o.mtime)} is not SECONDS[.NANOS]`);
+      c.mtime = t.seconds;
+      c.mtimeNsec = t.nsec;
+    }
     const mode = modeOf(o.mode as string | undefined, '--mode');
     const uid = idOf(o.uid as string | undefined, '--uid');
     const gid = idOf(o.gid as string | undefined, '--gid');

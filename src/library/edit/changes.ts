@@ -29,14 +29,35 @@ export interface Attrs {
   mode?: number;
   uid?: number;
   gid?: number;
-  /** Seconds since the epoch (fractions kept where the file system can). */
+  /**
+   * Seconds since the epoch. A fraction is kept where the file system can (ext4 inodes of
+   * more than 128 bytes hold nanoseconds in their extra time fields); `mtimeNsec`/`atimeNsec`
+   * (0..999,999,999), when given, are the exact nanoseconds and override the fraction (a
+   * double cannot hold nanoseconds of today's times exactly).
+   */
   mtime?: number;
   atime?: number;
+  mtimeNsec?: number;
+  atimeNsec?: number;
+}
+
+/** "SECONDS[.FRACTION]" as exact whole seconds and nanoseconds; undefined when it is not that. */
+export function parseSeconds(s: string): { seconds: number; nsec: number } | undefined {
+  const m = /^(-?\d{1,12})(?:\.(\d{1,9}))?$/.exec(s);
+  if (!m) return undefined;
+  const whole = Number(m[1]);
+  const frac = m[2] ? Number(m[2].padEnd(9, '0')) : 0;
+  // -1.25 is 1.25 s before the epoch: second -2, plus 0.75 s
+  if (m[1].startsWith('-') && frac > 0) return { seconds: whole - 1, nsec: 1e9 - frac };
+  return { seconds: whole, nsec: frac };
 }
 
 export type Change =
-  /** Create or replace a regular file (replacing keeps nothing of the old file but its path). */
-  | ({ op: 'put'; path: string; content: ContentSource } & Attrs)
+  /**
+   * Create or replace a regular file (replacing keeps nothing of the old file but its path);
+   * `parents`: make missing ancestor directories (root's, 0755) first.
+   */
+  | ({ op: 'put'; path: string; content: ContentSource; parents?: boolean } & Attrs)
   /** Remove a file, symlink or device; a directory only with `recursive`. */
   | { op: 'rm'; path: string; recursive?: boolean }
   /** Create a directory (`parents`: also missing ancestors, and no error if it exists). */

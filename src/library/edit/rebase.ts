@@ -145,12 +145,13 @@ function state(e: FileEntry | undefined): SideState {
 const parentOf = (p: string) => p.slice(0, Math.max(1, p.lastIndexOf('/')));
 const depth = (p: string) => p.split('/').length;
 
-function mtimeSeconds(s: string | null | undefined): number | undefined {
+/** A manifest's ISO time as whole seconds and exact nanoseconds (the fraction's digits, not a double's). */
+function mtimeSeconds(s: string | null | undefined): { mtime: number; mtimeNsec: number } | undefined {
   if (!s) return undefined;
-  const m = /^(.*?)(\.\d+)?Z$/.exec(s);
+  const m = /^(.*?)(?:\.(\d{1,9})\d*)?Z$/.exec(s);
   const ms = Date.parse(m ? `${m[1]}Z` : s);
   if (Number.isNaN(ms)) return undefined;
-  return ms / 1000 + (m?.[2] ? Number(`0${m[2]}`) : 0);
+  return { mtime: Math.floor(ms / 1000), mtimeNsec: m?.[2] ? Number(m[2].padEnd(9, '0')) : 0 };
 }
 
 /** The desired end state of one path: an entry (whose content comes from `from`), or absent. */
@@ -497,7 +498,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   const attrsOf = (e: FileEntry): Attrs => {
     const a: Attrs = { mode: e.mode & 0o7777, uid: e.uid, gid: e.gid };
     const m = mtimeSeconds(e.mtime);
-    if (m !== undefined) a.mtime = m;
+    if (m !== undefined) Object.assign(a, m);
     return a;
   };
   const removals: Array<{ path: string; recursive: boolean }> = [];
@@ -529,13 +530,13 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   }
   creations.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const linked = new Map<number, string>();
-  const dirTimes: Array<[string, number]> = [];
+  const dirTimes: Array<[string, { mtime: number; mtimeNsec: number }]> = [];
   for (const [p, w] of creations) {
     const e = w.entry as FileEntry;
     const a = attrsOf(e);
     if (e.type === 'dir') {
       changes.push({ op: 'mkdir', path: p, ...a });
-      if (a.mtime !== undefined) dirTimes.push([p, a.mtime]);
+      if (a.mtime !== undefined) dirTimes.push([p, { mtime: a.mtime, mtimeNsec: a.mtimeNsec ?? 0 }]);
     } else if (e.type === 'symlink') changes.push({ op: 'symlink', path: p, target: e.target ?? '', ...a });
     else if (e.type === 'file') {
       const first = w.from === 'theirs' && e.nlink > 1 ? linked.get(e.ino) : undefined;
@@ -575,7 +576,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
     const m = mtimeSeconds(e.mtime);
     if (e.mtime !== o.mtime && m !== undefined) {
       if (e.type === 'dir') dirTimes.push([p, m]);
-      else set.mtime = m;
+      else Object.assign(set, m);
     }
     if (Object.keys(set).length > 0) changes.push({ op: 'setattr', path: p, ...set });
     const xe = e.xattrs ?? {};
@@ -588,7 +589,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   }
   // directory times last, deepest first: every entry put inside has been
   dirTimes.sort(([a], [b]) => depth(b) - depth(a));
-  for (const [p, mtime] of dirTimes) changes.push({ op: 'setattr', path: p, mtime });
+  for (const [p, t] of dirTimes) changes.push({ op: 'setattr', path: p, ...t });
 
   conflicts.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0));
   summary.conflicts = conflicts.length;
