@@ -74,7 +74,16 @@ export { type ConvertOptions, type ConvertResult, convertImage } from './convert
 export { type DemoResult, type DemoStep, runDemo } from './demo.js';
 export { type ApplyOptions, type ApplyResult, applyChanges, describeChanges } from './edit/apply.js';
 // Editing a version's files in place (issue 24): the change-set contract, its writer, rebase.
-export { type Attrs, type Change, type ChangeSet, type ContentSource, parseSeconds } from './edit/changes.js';
+export {
+  type Attrs,
+  type Change,
+  type ChangeSet,
+  type ContentSource,
+  changeFromWire,
+  changeToWire,
+  parseSeconds,
+  type WireChange,
+} from './edit/changes.js';
 export { contentChunks } from './edit/content.js';
 export { type LogOptions, type LogStep, versionLog } from './edit/log.js';
 export {

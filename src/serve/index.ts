@@ -38,6 +38,7 @@ export {
   parseDuration,
   type RemoteCheckinOptions,
   type RemoteCheckinResult,
+  type RemoteEditResult,
   RemoteError,
   type RemoteFileEntry,
   type RemoteImage,

@@ -5,6 +5,7 @@ import type { Change, Library } from '../../library/index.js';
 import { StrataError } from '../../library/index.js';
 import { humanSize, printJson } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
+import { remoteOf, withRemote } from '../remote.js';
 
 /**
  * Edit verbs (issue 24): each makes a new version of REF's image whose disk is REF's with
@@ -13,7 +14,7 @@ import { addPlaceOptions, placesFrom } from '../places.js';
  */
 export const EDIT_VERBS = ['put', 'mkdir', 'ln', 'chmod', 'chown', 'edit', 'log'] as const;
 
-const withEdit = (cmd: Command) =>
+const withEditLocal = (cmd: Command) =>
   addPlaceOptions(
     cmd
       .option('-m, --message <text>', "the new version's message (default: a summary of the changes)")
@@ -26,6 +27,7 @@ const withEdit = (cmd: Command) =>
       .option('--json', 'machine-readable output')
       .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
   );
+const withEdit = (cmd: Command) => withRemote(withEditLocal(cmd));
 
 async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
   const { Library, refreshIndex } = await import('../../library/index.js');
@@ -43,6 +45,21 @@ async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => 
 
 /** Apply `changes` to REF as one new version and say what was made. */
 export async function runEdit(ref: string, changes: Change[], o: Record<string, unknown>): Promise<void> {
+  const remote = await remoteOf(o);
+  if (remote) {
+    const r = await remote.edit(ref, changes, {
+      ...(o.message !== undefined ? { message: o.message as string } : {}),
+      ...(o.tag ? { tags: o.tag as string[] } : {}),
+      ...(o.part !== undefined ? { part: o.part as string } : {}),
+      ...(o.lv !== undefined ? { lv: o.lv as string } : {}),
+    });
+    if (o.json) return printJson({ remote: remote.url, ...r });
+    process.stdout.write(
+      `${r.ref} <- ${r.parent}: ${r.changes} change${r.changes === 1 ? '' : 's'} on ${r.fsKind} (volume ${r.volume}); ${humanSize(r.contentBytes)} of contents sent (service ${remote.url})\n`,
+    );
+    for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+    return;
+  }
   const { applyChanges } = await import('../../library/index.js');
   await withLibrary(o, async (lib) => {
     const r = await applyChanges(

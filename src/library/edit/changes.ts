@@ -9,6 +9,7 @@
  * order; a later operation sees the effect of an earlier one.
  * @module
  */
+import { StrataError } from '../../util/errors.js';
 
 /** Where a new file's bytes come from. */
 export type ContentSource =
@@ -77,4 +78,71 @@ export interface ChangeSet {
   changes: Change[];
   /** What the new version's description says (shown by `strata log`). */
   message?: string;
+}
+
+/**
+ * A change set as JSON for the library service (POST /v1/images/{name}/edits): contents
+ * travel as base64 ({ kind: 'bytes', base64 }), xattr values as base64 strings (null
+ * removes). A 'file' content (a path on the sender's disk) is read and sent as bytes by
+ * toWire's caller; the server takes bytes only (a path or a version there would read what
+ * the caller may not).
+ */
+export type WireChange = Record<string, unknown> & { op: string; path: string };
+
+export function changeToWire(c: Change, data?: Uint8Array): WireChange {
+  if (c.op === 'put') {
+    const bytes = c.content.kind === 'bytes' ? c.content.data : data;
+    if (!bytes) throw new StrataError('USAGE', `put ${c.path}: its bytes must be read before they are sent`);
+    return { ...c, content: { kind: 'bytes', base64: Buffer.from(bytes).toString('base64') } };
+  }
+  if (c.op === 'xattr') return { ...c, value: c.value === null ? null : Buffer.from(c.value).toString('base64') };
+  return { ...c };
+}
+
+const WIRE_FIELDS: Record<string, string[]> = {
+  put: ['path', 'content', 'parents', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  rm: ['path', 'recursive'],
+  mkdir: ['path', 'parents', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  symlink: ['path', 'target', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  link: ['path', 'target'],
+  rename: ['path', 'to'],
+  setattr: ['path', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  xattr: ['path', 'name', 'value'],
+};
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** The server's side: a wire change back to a Change, every field checked for its type (plan.ts checks the values). */
+export function changeFromWire(w: unknown, i: number): Change {
+  const where = `change ${i + 1}`;
+  if (!w || typeof w !== 'object' || Array.isArray(w)) throw new StrataError('USAGE', `${where} is not an object`);
+  const o = w as Record<string, unknown>;
+  const fields = typeof o.op === 'string' ? WIRE_FIELDS[o.op] : undefined;
+  if (!fields) throw new StrataError('USAGE', `${where}: unknown operation ${JSON.stringify(o.op)}`);
+  const out: Record<string, unknown> = { op: o.op };
+  for (const [k, v] of Object.entries(o)) {
+    if (k === 'op') continue;
+    if (!fields.includes(k)) throw new StrataError('USAGE', `${where} (${o.op}): unknown field ${k}`);
+    if (['path', 'target', 'to', 'name'].includes(k)) {
+      if (typeof v !== 'string') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a string`);
+    } else if (['parents', 'recursive'].includes(k)) {
+      if (typeof v !== 'boolean') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a boolean`);
+    } else if (k === 'content') {
+      const c = v as Record<string, unknown> | null;
+      if (!c || c.kind !== 'bytes' || typeof c.base64 !== 'string' || !BASE64.test(c.base64))
+        throw new StrataError('USAGE', `${where} (put): content is not { kind: 'bytes', base64 }`);
+      out.content = { kind: 'bytes', data: new Uint8Array(Buffer.from(c.base64, 'base64')) };
+      continue;
+    } else if (k === 'value') {
+      if (v === null) out.value = null;
+      else if (typeof v === 'string' && BASE64.test(v)) out.value = new Uint8Array(Buffer.from(v, 'base64'));
+      else throw new StrataError('USAGE', `${where} (xattr): value is neither base64 nor null`);
+      continue;
+    } else if (typeof v !== 'number') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a number`);
+    out[k] = v;
+  }
+  if (typeof out.path !== 'string') throw new StrataError('USAGE', `${where} (${o.op}): no path`);
+  if (o.op === 'put' && !out.content) throw new StrataError('USAGE', `${where} (put): no content`);
+  if (o.op === 'xattr' && !('value' in out)) throw new StrataError('USAGE', `${where} (xattr): no value`);
+  return out as unknown as Change;
 }
