@@ -537,6 +537,15 @@ describe('edit: applyChanges on ext4', { timeout: 900_000 }, () => {
     assert.equal(log[7].parents.length, 0);
     const text = (await ok(['log', 'ed'])).stdout;
     assert.match(text, /ed@1 .*\n.*\n\s+\(no parent\)/);
+    // one count: each step's is `strata diff`'s own (JSON summary and the printed line)
+    for (const [i, s] of log.entries()) {
+      if (!s.changes) continue;
+      const d = await strata(['diff', s.parents[0], s.ref, '--json', '--library', libDir]);
+      assert.deepEqual(s.changes, JSON.parse(d.stdout).files.summary, s.ref);
+      if (i > 1) continue;
+      const line = /^files: .*$/m.exec((await strata(['diff', s.parents[0], s.ref, '--library', libDir])).stdout)?.[0];
+      assert.ok(line && text.includes(`    ${line} vs ${s.parents[0]}`), `${s.ref}: ${line}`);
+    }
     // the final version, mounted by the kernel
     const out = path.join(work, 'last.raw');
     const lib = await Library.open(libDir);

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { Change, Library } from '../../library/index.js';
 import { StrataError } from '../../library/index.js';
-import { humanSize, printJson } from '../output.js';
+import { filesSummaryLine, humanSize, printJson } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
 import { remoteOf, withRemote } from '../remote.js';
 
@@ -227,10 +227,7 @@ export function registerEditCommands(program: Command): void {
         if (s.message) out.push(`    ${s.message}`);
         else if (s.source) out.push(`    checked in from ${s.source}`);
         if (s.changes) {
-          const c = s.changes;
-          out.push(
-            `    +${c.added} added, -${c.removed} removed, ~${c.changed} changed, ${c.metadata} metadata only (${humanSize(c.bytesAdded)} added, ${humanSize(c.bytesRemoved)} removed, ${humanSize(c.bytesChanged)} changed) vs ${s.parents[0]}`,
-          );
+          out.push(`    ${filesSummaryLine(s.changes)} vs ${s.parents[0]}`);
         } else if (s.parents.length === 0) out.push('    (no parent)');
         if (s.parents.length > 1) out.push(`    other parents: ${s.parents.slice(1).join(' ')}`);
         for (const w of s.warnings) out.push(`    warning: ${w}`);
