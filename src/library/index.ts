@@ -91,11 +91,13 @@ export {
   type Conflict,
   type MergedFile,
   type PlanInput,
+  parseResolutions,
   planRebase,
   type RebaseOptions,
   type RebasePlan,
   type RebaseResult,
   rebaseVersion,
+  type Take,
 } from './edit/rebase.js';
 export { parseEditScript, parseMode, parseOwner, type ScriptOptions } from './edit/script.js';
 export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';
