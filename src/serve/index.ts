@@ -48,6 +48,7 @@ export {
   type Page,
   type RemoteCheckinOptions,
   type RemoteCheckinResult,
+  type RemoteEditResult,
   RemoteError,
   type RemoteFileEntry,
   type RemoteImage,

@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
+import { type Change, changeToWire, type WireChange } from '../../library/edit/changes.js';
 import type { StatExtent } from '../../library/listing.js';
 import {
   decodeManifest,
@@ -36,6 +38,15 @@ export interface RemoteImage {
   tags: string[];
 }
 export type RemoteVersion = VersionRow & { ref: string };
+/** What POST /v1/images/{name}/edits answers: the new version and what the edit did. */
+export type RemoteEditResult = RemoteVersion & {
+  parent: string;
+  changes: number;
+  contentBytes: number;
+  fsKind: string;
+  volume: string;
+  warnings: string[];
+};
 export interface Page<T> {
   items: T[];
   total: number;
@@ -282,6 +293,36 @@ export class RemoteLibrary {
       parents: Array<{ image: string; number: number }>;
       children: Array<{ image: string; number: number }>;
     }>('GET', `${path}/provenance`);
+  }
+  /**
+   * Apply a change set to REF on the service (POST /v1/images/{name}/edits): a new version of
+   * REF's image. 'file' contents are read here and sent as bytes.
+   */
+  async edit(
+    ref: string,
+    changes: Change[],
+    opts: { message?: string; tags?: string[]; part?: string; lv?: string } = {},
+  ): Promise<RemoteEditResult> {
+    const v = await this.resolve(ref);
+    const wire: WireChange[] = [];
+    for (const c of changes) {
+      if (c.op === 'put' && c.content.kind === 'file') {
+        let data: Uint8Array;
+        try {
+          data = await readFile(c.content.path);
+        } catch (e) {
+          throw new StrataError('NOT_FOUND', `put ${c.path}: cannot read ${c.content.path}: ${(e as Error).message}`, {
+            file: c.content.path,
+          });
+        }
+        wire.push(changeToWire(c, data));
+      } else if (c.op === 'put' && c.content.kind === 'version') {
+        throw new StrataError('USAGE', `put ${c.path}: a version's file cannot be sent to a service as bytes here`);
+      } else wire.push(changeToWire(c));
+    }
+    return this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
+      json: { from: `${v.image}@${v.number}`, changes: wire, ...opts },
+    });
   }
   tag(name: string, tag: string, version: number) {
     return this.json<{ image: string; tag: string; number: number }>(

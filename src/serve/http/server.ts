@@ -11,6 +11,8 @@ import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
+import { applyChanges } from '../../library/edit/apply.js';
+import { type Change, changeFromWire } from '../../library/edit/changes.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
 import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
@@ -1022,6 +1024,106 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       await inspectAfterCheckin(lib, row, warnings);
       reply.code(201);
       return { ...versionOf(row), warnings };
+    },
+  );
+
+  // ---- edits (issue 24): a change set or a rebase applied to a version, written as a new version
+
+  /** The version an edit starts from: `from` (a readable ref), else the image's latest. */
+  const editSource = async (policy: Policy, name: string, from?: string) => {
+    const v = await resolveRef(policy, from ?? name);
+    await policy.writable(lib, name);
+    if (v.image !== name)
+      throw new HttpProblem(400, `an edit of ${name} starts from a version of ${name}, not ${from}`, 'bad-edit');
+    return v;
+  };
+  const editProblem = (e: unknown): never => {
+    if (e instanceof StrataError && (e.code === 'USAGE' || e.code === 'NOT_FOUND' || e.code === 'UNSUPPORTED'))
+      throw new HttpProblem(422, e.message, 'bad-edit');
+    if (e instanceof StrataError && e.code === 'LIMIT') throw new HttpProblem(422, e.message, 'no-space');
+    throw e;
+  };
+  const EditResult = obj({
+    ...(Version.properties as object),
+    parent: str(),
+    changes: int(),
+    contentBytes: int(),
+    fsKind: str(),
+    volume: str(),
+    warnings: arr(str()),
+  } as never);
+
+  app.post(
+    '/v1/images/:name/edits',
+    {
+      config: { op: 'versions.edit' },
+      bodyLimit: opts.commitLimit ?? 256 * ONE_MIB,
+      schema: {
+        params: nameParam,
+        body: obj(
+          {
+            from: str({ maxLength: 300, description: 'the version edited (default: the latest)' }),
+            changes: arr(
+              anyObject('one operation (put with base64 bytes, rm, mkdir, symlink, link, rename, setattr, xattr)'),
+              {
+                minItems: 1,
+                maxItems: 100_000,
+              },
+            ),
+            message: str({ maxLength: 4096 }),
+            tags: arr(str({ pattern: TAG }), { maxItems: 64 }),
+            part: str({ maxLength: 64 }),
+            lv: str({ maxLength: 256 }),
+          },
+          ['changes'],
+        ),
+        response: { 201: EditResult },
+      },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      const b = req.body as {
+        from?: string;
+        changes: unknown[];
+        message?: string;
+        tags?: string[];
+        part?: string;
+        lv?: string;
+      };
+      const v = await editSource(req.policy, name, b.from);
+      for (const t of b.tags ?? []) checkTag(t);
+      let changes: Change[];
+      try {
+        changes = b.changes.map((c, i) => changeFromWire(c, i));
+      } catch (e) {
+        return editProblem(e);
+      }
+      const r = await exclusive(() =>
+        applyChanges(
+          lib,
+          `${v.image}@${v.number}`,
+          { changes, message: b.message },
+          {
+            address: { part: b.part, lv: b.lv },
+            tags: b.tags ?? [],
+            createdBy: req.principal.user ?? undefined,
+            inspect: false,
+          },
+        ).catch(editProblem),
+      );
+      const row = (await lib.catalog.version(r.image, r.number)) as VersionRow;
+      const warnings = [...r.warnings];
+      await inspectAfterCheckin(lib, row, warnings);
+      reply.code(201);
+      return {
+        ...versionOf(row),
+        parent: r.parent,
+        changes: r.changes,
+        contentBytes: r.contentBytes,
+        fsKind: r.fsKind,
+        volume: r.volume,
+        warnings,
+      };
     },
   );
 
