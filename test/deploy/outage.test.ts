@@ -256,9 +256,10 @@ describe('profiles from a library that is not local', () => {
     assert.notEqual(p.status, 0);
     assert.match(
       p.stderr,
-      /--profile disk@1: a library at http:\/\/127\.0\.0\.1:\d+\/lib cannot give its boot profiles/,
+      /--profile disk@1: a library over plain HTTP \(http:\/\/127\.0\.0\.1:\d+\/lib\) cannot give its boot profiles/,
     );
-    assert.match(p.stderr, /no profile route/);
+    assert.match(p.stderr, /strata-index\.json lists none/);
+    assert.match(p.stderr, /the library service \(--remote URL of strata serve\)/);
     assert.match(p.stderr, /strata profile show REF --json/);
     assert.equal(existsSync(target), false, 'no TARGET written');
   });

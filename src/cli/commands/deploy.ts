@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import type { DeployEvent, Deployer as DeployerT } from '../../deploy/index.js';
 import { StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
 
 /**
@@ -95,16 +96,14 @@ export function registerDeployCommand(program: Command): void {
     let d: DeployerT;
     try {
       // the profile's plan is worked out (the source's block map built) while the export already serves
+      const staticLibrary = /^https?:\/\//i.test(String(o.library ?? '')) ? String(o.library) : undefined;
+      const remote = o.remote === undefined ? undefined : await remoteOf(o);
       const profile = await findProfile(o.profile as string | undefined, sourceArg, {
         library: o.library as string | undefined,
-        remote:
-          (o.remote as string | undefined) ??
-          (/^https?:\/\//i.test(String(o.library ?? '')) ? String(o.library) : undefined),
-        // profiles live in a local library's catalog; over HTTP or --remote, only --profile FILE gives one
-        sourceIsVersion:
-          source.manifestDigest !== undefined &&
-          o.remote === undefined &&
-          !/^https?:\/\//i.test(String(o.library ?? '')),
+        // the library service serves its versions' profiles; a library over plain HTTP has none to give
+        remote,
+        staticLibrary: o.remote === undefined ? staticLibrary : undefined,
+        sourceIsVersion: source.manifestDigest !== undefined && (remote !== undefined || staticLibrary === undefined),
       });
       const first = profile
         ? profilePlan(profile, source).then((plan) => {
