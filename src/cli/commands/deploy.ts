@@ -72,6 +72,8 @@ export function registerDeployCommand(program: Command): void {
     const onEvent = (e: DeployEvent) => {
       if (json) line(e);
       else if (e.event === 'complete') {
+        // the last tick may be up to a second old: the bar ends full
+        bar?.update(bar.getTotal(), { fetched: Math.floor(e.fetchedBytes / 2 ** 20) });
         bar?.stop();
         bar = undefined;
         process.stderr.write(
