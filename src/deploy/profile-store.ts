@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import type { BlockMap } from '../blockmap/block-map.js';
 import { buildBlockMap } from '../blockmap/build.js';
@@ -6,8 +7,16 @@ import {
   nearestProfile,
   saveProfile as saveCatalogProfile,
 } from '../catalog/profiles.js';
+import { httpGetAll } from '../io/http-source.js';
 import { Library } from '../library/library.js';
 import { recordVersionProfile } from '../library/profile-record.js';
+import {
+  parseStaticIndex,
+  resolveStatic,
+  STATIC_INDEX,
+  STATIC_PROFILES,
+  staticProfileOf,
+} from '../library/static-index.js';
 import type { RemoteLibrary } from '../serve/http/client.js';
 import { StrataError } from '../util/errors.js';
 import type { DeploySource } from './deployer.js';
@@ -104,8 +113,8 @@ export function readProfileFile(file: string): BootProfile {
  * The profile a deploy of `sourceArg` uses. `spec`: 'none' (no profile), an existing file
  * (a profile as JSON), a library REF (that version's profile, or the nearest one before
  * it), or undefined: the source's own REF when it is a library version (no profile is no
- * error then), else none. The REF is looked up in the library service (`remote`), else in
- * the local library; a library over plain HTTP (`staticLibrary`) has no profiles to give.
+ * error then), else none. The REF is looked up in the library service (`remote`), a library
+ * over plain HTTP (`staticLibrary`: its static index), else the local library.
  */
 export async function findProfile(
   spec: string | undefined,
@@ -126,12 +135,13 @@ export async function findProfile(
     return p;
   }
   if (opts.staticLibrary !== undefined) {
-    // a static index (strata-index.json) lists versions and store files, not the catalog's profiles
-    throw new StrataError(
-      'USAGE',
-      `--profile ${spec}: a library over plain HTTP (${opts.staticLibrary}) cannot give its boot profiles (strata-index.json lists none); deploy from the library service (--remote URL of strata serve), or pass a profile file (strata profile show REF --json where the library lives, its "profile") or 'none'`,
-      { file: opts.staticLibrary },
-    );
+    const p = await staticLibraryProfile(opts.staticLibrary, ref);
+    if (!p && spec !== undefined) {
+      throw new StrataError('NOT_FOUND', `no boot profile recorded for ${ref} or a version before it`, {
+        file: `${opts.staticLibrary.replace(/\/+$/, '')}/${STATIC_INDEX}`,
+      });
+    }
+    return p;
   }
   const lib = await Library.open(opts.library, { create: false });
   try {
@@ -145,6 +155,46 @@ export async function findProfile(
   } finally {
     await lib.close();
   }
+}
+
+/**
+ * The profile of REF in a library served over plain HTTP: its static index names the
+ * version's (or the nearest earlier version's) profile file by its sha256, checked here (the
+ * web server is not trusted).
+ */
+export async function staticLibraryProfile(url: string, ref: string): Promise<BootProfile | undefined> {
+  const base = url.replace(/\/+$/, '');
+  const indexUrl = `${base}/${STATIC_INDEX}`;
+  const ix = parseStaticIndex(await httpGetAll(indexUrl), indexUrl);
+  const v = resolveStatic(ix, ref);
+  const at = staticProfileOf(ix, v.image, v.number);
+  if (!at) return undefined;
+  const fileUrl = `${base}/${STATIC_PROFILES}/${at.digest}.json`;
+  let bytes: Uint8Array;
+  try {
+    bytes = await httpGetAll(fileUrl);
+  } catch (e) {
+    throw new StrataError(
+      'CORRUPT',
+      `the library index names a boot profile of ${at.image}@${at.number} that the server does not give (${(e as Error).message}); rewrite the index with 'strata export-index' where the library lives`,
+      { file: fileUrl, structure: 'static index' },
+      { cause: e },
+    );
+  }
+  const got = createHash('sha256').update(bytes).digest('hex');
+  if (got !== at.digest) {
+    throw new StrataError('CORRUPT', `boot profile hashes to ${got}, not ${at.digest}`, {
+      file: fileUrl,
+      structure: 'boot profile',
+    });
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new StrataError('CORRUPT', 'profile is not JSON', { file: fileUrl, structure: 'boot profile' });
+  }
+  return checkProfile(doc, fileUrl);
 }
 
 /** The plan of a profile on what a deploy copies: the source's block map built, the profile applied. */

@@ -102,10 +102,10 @@ export function registerDeployCommand(program: Command): void {
       const remote = o.remote === undefined ? undefined : await remoteOf(o);
       const profile = await findProfile(o.profile as string | undefined, sourceArg, {
         library: o.library as string | undefined,
-        // the library service serves its versions' profiles; a library over plain HTTP has none to give
+        // the library service serves its versions' profiles, a library over plain HTTP lists them in its index
         remote,
         staticLibrary: o.remote === undefined ? staticLibrary : undefined,
-        sourceIsVersion: source.manifestDigest !== undefined && (remote !== undefined || staticLibrary === undefined),
+        sourceIsVersion: source.manifestDigest !== undefined,
       });
       const first = profile
         ? profilePlan(profile, source).then((plan) => {

@@ -40,6 +40,11 @@ export function registerProfileCommands(program: Command): void {
       const lib = await Library.open(o.library as string | undefined, { create: false });
       try {
         p = await recordProfile(lib, ref, String(o.trace));
+        // a library published over HTTP lists its profiles in its static index: keep it in step
+        const { refreshIndex } = await import('../../library/index.js');
+        await refreshIndex(lib).catch((e) =>
+          process.stderr.write(`strata: warning: static index not updated: ${e.message}\n`),
+        );
       } finally {
         await lib.close();
       }
