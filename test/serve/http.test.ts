@@ -159,6 +159,15 @@ describe('access matrix', () => {
         }),
     ],
     [
+      'extents',
+      (c, n) =>
+        api.call('GET', '/v1/images/{name}/versions/{version}/files/extents', {
+          params: { name: n, version: 1 },
+          query: { path: '/big-text.txt' },
+          token: tok(c),
+        }),
+    ],
+    [
       'read file',
       (c, n) =>
         api.call('GET', '/v1/images/{name}/versions/{version}/files/content', {

@@ -195,6 +195,27 @@ test('a project reader: sign in, images, version, files, diff, back button', asy
     await page.locator('pre[data-kind=text]').textContent(),
     readFileSync(path.join(pair.derived, 'etc/passwd'), 'utf8'),
   );
+  // where it sits on the disk: the blocks debugfs lists for the file, and its birth time
+  const onDisk = page.locator('section[data-extents]');
+  await onDisk.waitFor();
+  const rows = await onDisk
+    .locator('tbody tr')
+    .evaluateAll((trs) =>
+      trs.map((tr) => [...(tr as unknown as { cells: { textContent: string }[] }).cells].map((c) => c.textContent)),
+    );
+  const shownBlocks: number[] = [];
+  for (const [, length, , disk] of rows) {
+    for (let b = 0; b * 4096 < Number(length); b++) shownBlocks.push(Number(disk) / 4096 + b);
+  }
+  const debugfs = (req: string) => execFileSync('debugfs', ['-R', req, pair.b], { encoding: 'utf8', stdio: 'pipe' });
+  const blocks = debugfs('blocks /etc/passwd').trim().split(/\s+/).map(Number);
+  assert.ok(blocks.length > 0 && blocks.every((b) => b > 0), `debugfs blocks: ${blocks}`);
+  assert.deepEqual(shownBlocks, blocks);
+  const crtime = /crtime: (0x[0-9a-f]+):/.exec(debugfs('stat /etc/passwd'))?.[1];
+  assert.ok(crtime, 'debugfs shows a crtime');
+  const birth =
+    (await onDisk.locator('dt', { hasText: 'Birth' }).locator('xpath=following-sibling::dd[1]').textContent()) ?? '';
+  assert.equal(Math.floor(Date.parse(birth) / 1000), Number(crtime));
   await page.screenshot({ path: path.join(SHOTS, 'file.png'), fullPage: true });
   // /etc/os-release is a symlink: its target is shown as a link
   await page.goto(`${server.url}/#/f/own%2Fdebian/2?path=%2Fetc%2Fos-release`);
@@ -371,7 +392,9 @@ test('a 20,000-entry directory is a virtualised list that scrolls to its end', a
   // the filter narrows the rows to what matches
   await page.getByLabel('Filter names').fill('entry-1234');
   await page.waitForFunction(
-    () => (globalThis as unknown as Dom).document.querySelectorAll('main tbody tr:not(.spacer)').length === 10,
+    () =>
+      (globalThis as unknown as Dom).document.querySelectorAll('section[data-listing] tbody tr:not(.spacer)').length ===
+      10,
   );
   await page.screenshot({ path: path.join(SHOTS, 'wide-dir.png') });
   assert.deepEqual(errors, []);

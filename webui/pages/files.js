@@ -85,7 +85,7 @@ function VirtualRows({ items, name, version }) {
 function Listing({ ls, name, version }) {
   const [filter, setFilter] = useState('');
   const items = filter ? ls.items.filter((e) => e.path.split('/').pop().includes(filter)) : ls.items;
-  return html`<section>
+  return html`<section data-listing>
     <h2>Entries (${ls.total})</h2>
     ${ls.total > WHOLE && html`<label>Filter names <input type="search" value=${filter} onInput=${(e) => setFilter(e.currentTarget.value)} /></label>`}
     ${
@@ -94,6 +94,34 @@ function Listing({ ls, name, version }) {
         : html`<table><${Head} /><tbody>${items.map((e) => html`<${Row} e=${e} name=${name} version=${version} />`)}</tbody></table>`
     }
   </section>`;
+}
+
+/**
+ * Where the file sits on the disk: asked for after the page is painted (the server reads the
+ * version's file system for it, the rest of the page comes from the manifest).
+ */
+function Extents({ name, version, path }) {
+  const st = useApi(() => call(`${vpath(name, version)}/files/extents`, { path }), [name, version, path]);
+  const head = html`<h2>On disk</h2>`;
+  if (st.loading) return html`<section>${head}<${Loading} /></section>`;
+  if (st.error) return html`<section>${head}<${Err} error=${st.error} /></section>`;
+  const x = st.value;
+  const where = (n) => (n === null ? '—' : `${n} (${fmtBytes(n)})`);
+  return html`<section data-extents>${head}<dl class="summary">
+    <dt>Birth</dt><dd>${x.crtime ?? '—'}</dd>
+    <dt>Volume</dt><dd>${x.volume || '(whole disk)'}, at disk offset ${where(x.volumeDiskOffset)}</dd>
+    ${x.allocatedBytes !== undefined && html`<dt>Allocated</dt><dd>${x.allocatedBytes} B</dd>`}
+  </dl>
+  ${
+    x.extents.length === 0
+      ? html`<p class="muted">No extents: the data is inline in the inode, or the file is empty or all holes.</p>`
+      : html`<table class="extents"><caption>${x.extents.length} extent${x.extents.length === 1 ? '' : 's'}</caption>
+    <thead><tr><th>File offset</th><th>Length</th><th>Volume offset</th><th>Disk offset</th><th>Flags</th></tr></thead>
+    <tbody>${x.extents.map(
+      (e) =>
+        html`<tr><td>${e.fileOffset}</td><td>${e.length}</td><td>${e.volumeOffset}</td><td>${e.diskOffset ?? '—'}</td><td>${e.flags.join(', ')}</td></tr>`,
+    )}</tbody></table>`
+  }</section>`;
 }
 
 export function FilePage({ name, version, path }) {
@@ -145,5 +173,6 @@ export function FilePage({ name, version, path }) {
       html`<section><h2>${text !== null ? 'Text' : 'Hex head'}${bytes.length < stat.size ? ` (first ${bytes.length} of ${stat.size} B)` : ''}</h2>
       <pre class="file" tabindex="0" data-kind=${text !== null ? 'text' : 'hex'}>${text ?? hexHead(bytes)}</pre></section>`
     }
-    ${statView}`;
+    ${statView}
+    ${(stat.type === 'file' || stat.type === 'dir' || stat.type === 'symlink') && html`<${Extents} name=${name} version=${version} path=${path} key=${path} />`}`;
 }

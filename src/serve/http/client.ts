@@ -5,6 +5,7 @@ import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile } from '../../catalog/profiles.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
+import type { StatExtent } from '../../library/listing.js';
 import {
   decodeManifest,
   type FileEntry,
@@ -42,6 +43,15 @@ export interface Page<T> {
   offset: number;
 }
 export type RemoteFileEntry = Omit<FileEntry, 'chunks' | 'xattrs'> & { xattrs: string[] };
+export interface RemoteFileExtents {
+  path: string;
+  volume: string;
+  volumeDiskOffset: number | null;
+  crtime: string | null;
+  allocatedBytes?: number;
+  flags?: number;
+  extents: StatExtent[];
+}
 export interface MemberRow {
   image: string;
   project: string;
@@ -308,6 +318,11 @@ export class RemoteLibrary {
   async stat(ref: string, path: string, opts: { part?: string; follow?: boolean } = {}): Promise<RemoteFileEntry> {
     const p = await this.vpath(ref);
     return this.json('GET', `${p.path}/files/stat`, { query: { path, part: opts.part, follow: opts.follow } });
+  }
+  /** Where a file's bytes sit on the version's disk (read from its file system, not the manifest). */
+  async extents(ref: string, path: string, opts: { part?: string; follow?: boolean } = {}): Promise<RemoteFileExtents> {
+    const p = await this.vpath(ref);
+    return this.json('GET', `${p.path}/files/extents`, { query: { path, part: opts.part, follow: opts.follow } });
   }
   /** A file's bytes (or [start, end) of them) as the response body stream. */
   async cat(ref: string, path: string, opts: { part?: string; range?: [number, number] } = {}): Promise<Response> {

@@ -107,6 +107,31 @@ export const FileEntry = obj(
   ['path', 'type', 'mode', 'uid', 'gid', 'size', 'nlink', 'ino', 'mtime', 'xattrs'],
 );
 
+export const FileExtents = obj(
+  {
+    path: str(),
+    volume: str(),
+    volumeDiskOffset: nullable(int()),
+    crtime: nullable(str()),
+    allocatedBytes: int(),
+    flags: int(),
+    extents: arr(
+      obj(
+        {
+          fileOffset: int(),
+          length: int(),
+          volumeOffset: int(),
+          diskOffset: nullable(int()),
+          flags: arr(str()),
+          diskLength: int(),
+        },
+        ['fileOffset', 'length', 'volumeOffset', 'diskOffset', 'flags'],
+      ),
+    ),
+  },
+  ['path', 'volume', 'volumeDiskOffset', 'crtime', 'extents'],
+);
+
 export const Member = obj({
   image: str(),
   project: str(),

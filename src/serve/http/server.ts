@@ -28,6 +28,7 @@ import { search } from '../../library/search.js';
 import { tarOfStored } from '../../library/tar-export.js';
 import { diffVersions } from '../../library/version-diff.js';
 import { VersionSource } from '../../library/version-source.js';
+import { versionStat } from '../../library/version-stat.js';
 import { RepoLock } from '../../store/lock.js';
 import { StrataError } from '../../util/errors.js';
 import { registerAccountRoutes } from './accounts.js';
@@ -42,6 +43,7 @@ import {
   bool,
   DIGEST,
   FileEntry,
+  FileExtents,
   IMAGE_NAME,
   Image,
   int,
@@ -1289,6 +1291,40 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const q = req.query as { path: string; part?: string; follow?: boolean };
       const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
       return lsEntry(findEntry(files, checkImagePath(q.path), q.follow ?? false));
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/files/extents',
+    {
+      config: { op: 'files.extents' },
+      schema: {
+        description:
+          "Where a file's bytes sit on the version's disk, its birth time and flags: read from the file system on the disk the store rebuilds (the file manifest does not keep them)",
+        params: versionParams,
+        querystring: obj({ path: str({ maxLength: 4096 }), part: str({ maxLength: 64 }), follow: bool() }, ['path']),
+        response: { 200: FileExtents },
+      },
+    },
+    async (req) => {
+      const q = req.query as { path: string; part?: string; follow?: boolean };
+      const v = await versionIn(
+        req.policy,
+        (req.params as { name: string }).name,
+        (req.params as { version: string }).version,
+      );
+      const p = checkImagePath(q.path);
+      const r = await versionStat(lib, v, p, { part: q.part, follow: q.follow ?? false });
+      const out: Record<string, unknown> = {
+        path: p,
+        volume: r.volume,
+        volumeDiskOffset: r.volumeDiskOffset,
+        crtime: r.crtime,
+        extents: r.extents,
+      };
+      if (r.allocatedBytes !== undefined) out.allocatedBytes = r.allocatedBytes;
+      if (r.flags !== undefined) out.flags = r.flags;
+      return out;
     },
   );
 
