@@ -14,9 +14,11 @@ declare module 'autocannon' {
     non2xx: number;
   }
   interface Options {
-    url: string;
+    url: string | string[];
+    workers?: number;
     connections?: number;
     duration?: number;
+    connectionRate?: number;
     requests?: Array<{ method?: string; path?: string; headers?: Record<string, string> }>;
   }
   export default function autocannon(opts: Options): Promise<Result>;

@@ -30,6 +30,13 @@ const SIZE = Number(process.env.BENCH_SIZE_MIB ?? 1024) * 1024 * 1024;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 /** Extra node flags for the Strata child (e.g. BENCH_NODE_FLAGS=--cpu-prof). */
 const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+/** Only the cases whose name contains one of these (comma-separated), e.g. BENCH_CASES=qcow2->raw,raw->raw. */
+const ONLY = (process.env.BENCH_CASES ?? '').split(',').filter(Boolean);
+/**
+ * BENCH_WORKERS=1: also time Strata with its worker-thread copier (STRATA_NO_NATIVE_COPY=1)
+ * for uncompressed outputs, in the same rounds: `workersMs` and `ratioWorkers` (qemu-img's time / it).
+ */
+const WORKERS = process.env.BENCH_WORKERS === '1';
 
 async function cached(name: string, make: (out: string) => Promise<void> | void): Promise<string> {
   const f = path.join(DIR, name);
@@ -42,11 +49,11 @@ async function cached(name: string, make: (out: string) => Promise<void> | void)
 }
 
 /** Run a child; resolves with its wall time and its user + system CPU time (ms). */
-function runChild(cmd: string, args: string[]): Promise<{ ms: number; cpuMs: number }> {
+function runChild(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ ms: number; cpuMs: number }> {
   const cpu0 = childCpuMs();
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: env ?? process.env });
     let err = '';
     p.stderr.on('data', (d) => (err += d));
     p.on('error', reject);
@@ -86,9 +93,11 @@ async function main(): Promise<void> {
       outFmt: 'raw',
     },
     { name: 'vhdx->raw', input: via('vhdx', ['-O', 'vhdx']), inFmt: 'vhdx', outFmt: 'raw' },
+    { name: 'raw->raw', input: async () => raw, inFmt: 'raw', outFmt: 'raw' },
     { name: 'raw->qcow2', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2' },
     { name: 'raw->qcow2 -c (zlib)', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2', compress: true },
   ];
+  if (ONLY.length) cases.splice(0, cases.length, ...cases.filter((c) => ONLY.some((o) => c.name.includes(o))));
   const startupMs = await measureStartup();
   const results: Array<Record<string, unknown>> = [];
   for (const c of cases) {
@@ -100,18 +109,24 @@ async function main(): Promise<void> {
       let bestQ = Infinity;
       let cpuS = Number.NaN;
       let cpuQ = Number.NaN;
+      let bestW = Infinity;
       let sBytes = 0;
       let qBytes = 0;
       const load = loadavg()[0];
       for (let i = 0; i < RUNS; i++) {
         // Alternate who goes first so neither always meets a warmer page cache.
         const order = i % 2 === 0 ? ['strata', 'qemu'] : ['qemu', 'strata'];
+        if (WORKERS && !c.compress) order.splice(1, 0, 'workers');
         for (const who of order) {
           // Only one output at a time: a 4 GiB output left on tmpfs by the other tool is memory
           // the running one does not have (the inputs' page cache gets reclaimed under it).
           rmSync(sOut, { force: true });
           rmSync(qOut, { force: true });
-          if (who === 'strata') {
+          if (who === 'workers') {
+            const args = [...NODE_FLAGS, BIN, 'convert', '-f', c.inFmt, input, sOut, '-O', c.outFmt];
+            const r = await runChild(process.execPath, args, { ...process.env, STRATA_NO_NATIVE_COPY: '1' });
+            bestW = Math.min(bestW, r.ms);
+          } else if (who === 'strata') {
             const args = [...NODE_FLAGS, BIN, 'convert', '-f', c.inFmt, input, sOut, '-O', c.outFmt];
             if (c.compress) args.push('-c');
             const r = await runChild(process.execPath, args);
@@ -139,6 +154,7 @@ async function main(): Promise<void> {
         strataCpuMs: round(cpuS),
         qemuCpuMs: round(cpuQ),
         load1: round(load, 2),
+        ...(Number.isFinite(bestW) ? { workersMs: round(bestW), ratioWorkers: round(bestQ / bestW, 3) } : {}),
         strataOutBytes: sBytes,
         qemuOutBytes: qBytes,
       };

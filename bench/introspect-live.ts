@@ -20,15 +20,28 @@
  * printing STRATA-BOOTED, runs `find / -xdev | wc -l`, `grep -r -l -s strata /etc
  * /usr/share/doc | wc -l` and reads BENCH_READ_MB (default 200) MB of files under /usr/lib
  * (`find | xargs cat | head -c`), each timed on the host by its console line's arrival.
- * TCG here (chooseAccel: /dev/kvm is kvm_pvm); the peer (qemu-nbd over qemu's curl driver)
- * is not measured.
+ * TCG here (chooseAccel: /dev/kvm is kvm_pvm). The peer, in the same run: qemu-nbd serving
+ * the same disk through qemu's curl driver from an HTTP server with the same per-request
+ * latency and bandwidth (`qemu-nbd` in BENCH_CONFIGS).
  *
  * Prints one JSON line per policy: seconds to the boot marker and per workload, source
  * reads and MiB, hit rates by class; then a summary with the ratios against LRU and
  * read-ahead.
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import type { BlockMap } from '../src/blockmap/block-map.js';
 import { blockMapOfImage } from '../src/blockmap/of-image.js';
@@ -159,6 +172,64 @@ interface LiveRun {
   hitRate: Record<string, number>;
   prefetchMiB: Record<string, number>;
   timedOut: boolean;
+  /** The peer: source reads qemu-nbd made before the guest started (probing the image). */
+  startReads?: number;
+}
+
+interface GuestTimes {
+  times: Record<string, number>;
+  counts: Record<string, string>;
+  code: number | null;
+  timedOut: boolean;
+}
+
+/** Boot the guest from `uri` and time its markers on the host (the same for every server). */
+async function bootGuest(uri: string, kernel: string, initrd: string, label: string): Promise<GuestTimes> {
+  const times: Record<string, number> = {};
+  const counts: Record<string, string> = {};
+  const accel = chooseAccel();
+  const t0 = Date.now();
+  const r = await bootQemu(
+    [
+      '-m',
+      '512',
+      '-kernel',
+      kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      'console=ttyS0 rdinit=/init quiet panic=-1',
+      '-drive',
+      `file=${uri},format=raw,if=virtio,cache=none,readonly=on`,
+    ],
+    {
+      accel,
+      timeoutMs: 3600_000,
+      onLine: (line) => {
+        const m = /STRATA-(BOOTED|FIND|GREP|READ)\s*(\S*)/.exec(line);
+        if (!m) return;
+        times[m[1]] = (Date.now() - t0) / 1000;
+        if (m[2]) counts[m[1].toLowerCase()] = m[2];
+        log(`${label}: ${line.trim()} at ${times[m[1]].toFixed(1)} s`);
+      },
+    },
+  );
+  if (times.READ === undefined)
+    log(`${label}: no end marker (qemu ${r.code}, ${r.seconds.toFixed(1)} s): ${r.console.slice(-1500)}`);
+  return { times, counts, code: r.code, timedOut: r.timedOut };
+}
+
+function phases(g: GuestTimes): Pick<LiveRun, 'boot' | 'find' | 'grep' | 'read' | 'total'> {
+  const { times } = g;
+  const d = (a: string, b: string) =>
+    times[a] !== undefined && times[b] !== undefined ? +(times[a] - times[b]).toFixed(2) : undefined;
+  return {
+    boot: times.BOOTED !== undefined ? +times.BOOTED.toFixed(2) : undefined,
+    find: d('FIND', 'BOOTED'),
+    grep: d('GREP', 'FIND'),
+    read: d('READ', 'GREP'),
+    total: times.READ !== undefined ? +times.READ.toFixed(2) : undefined,
+  };
 }
 
 async function liveRun(
@@ -175,61 +246,108 @@ async function liveRun(
   const server = new NbdServer({ exports: [sourceExport('live', cache, { close: async () => {} })] });
   await server.listen({ host: '127.0.0.1', port: 0 });
   const label = policy === 'introspective' ? `introspective:${prefetch?.join('+') || 'none'}` : policy;
-  const times: Record<string, number> = {};
-  const counts: Record<string, string> = {};
-  const accel = chooseAccel();
-  const t0 = Date.now();
-  const r = await bootQemu(
-    [
-      '-m',
-      '512',
-      '-kernel',
-      kernel,
-      '-initrd',
-      initrd,
-      '-append',
-      'console=ttyS0 rdinit=/init quiet panic=-1',
-      '-drive',
-      `file=${server.uri('live')},format=raw,if=virtio,cache=none,readonly=on`,
-    ],
-    {
-      accel,
-      timeoutMs: 3600_000,
-      onLine: (line) => {
-        const m = /STRATA-(BOOTED|FIND|GREP|READ)\s*(\S*)/.exec(line);
-        if (!m) return;
-        times[m[1]] = (Date.now() - t0) / 1000;
-        if (m[2]) counts[m[1].toLowerCase()] = m[2];
-        log(`${label}: ${line.trim()} at ${times[m[1]].toFixed(1)} s`);
-      },
-    },
-  );
-  if (times.READ === undefined)
-    log(`${label}: no end marker (qemu ${r.code}, ${r.seconds.toFixed(1)} s): ${r.console.slice(-1500)}`);
+  const g = await bootGuest(server.uri('live'), kernel, initrd, label);
   await cache.stop();
   const s = cache.snapshot();
   await server.close();
   await file.close();
-  const d = (a: string, b: string) =>
-    times[a] !== undefined && times[b] !== undefined ? +(times[a] - times[b]).toFixed(2) : undefined;
   const hitRate: Record<string, number> = {};
   for (const [c, v] of Object.entries(s.byClass)) if (v.requests) hitRate[c] = v.hitRate;
   const prefetchMiB: Record<string, number> = {};
   for (const [p, v] of Object.entries(s.prefetchers)) prefetchMiB[p] = +(v.fetchedBytes / 2 ** 20).toFixed(1);
   return {
     policy: label,
-    boot: times.BOOTED !== undefined ? +times.BOOTED.toFixed(2) : undefined,
-    find: d('FIND', 'BOOTED'),
-    grep: d('GREP', 'FIND'),
-    read: d('READ', 'GREP'),
-    total: times.READ !== undefined ? +times.READ.toFixed(2) : undefined,
-    counts,
+    ...phases(g),
+    counts: g.counts,
     sourceReads: slow.reads,
     sourceMiB: +(slow.bytes / 2 ** 20).toFixed(1),
     hitRate,
     prefetchMiB,
-    timedOut: r.timedOut,
+    timedOut: g.timedOut,
   };
+}
+
+/**
+ * The peer: qemu-nbd serving the same disk through qemu's curl driver from an HTTP server
+ * (here, in this process) whose every GET waits the same LATENCY_MS + bytes at MBIT as
+ * SlowSource's reads: the same link. qemu's curl driver reads ahead 256 KiB (its default)
+ * and keeps no block cache of that size; qemu-nbd runs with --cache=none over it.
+ */
+async function peerRun(disk: string, kernel: string, initrd: string): Promise<LiveRun> {
+  const size = statSync(disk).size;
+  const fd = openSync(disk, 'r');
+  let reads = 0;
+  let bytes = 0;
+  const http = createServer((req, res) => {
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { 'content-length': size, 'accept-ranges': 'bytes' });
+      res.end();
+      return;
+    }
+    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    if (req.method !== 'GET' || !m) {
+      res.writeHead(400);
+      res.end();
+      return;
+    }
+    const start = Number(m[1]);
+    const end = Math.min(size - 1, m[2] ? Number(m[2]) : size - 1);
+    const n = end - start + 1;
+    reads++;
+    bytes += n;
+    const buf = Buffer.alloc(Math.max(0, n));
+    readSync(fd, buf, 0, buf.length, start);
+    setTimeout(
+      () => {
+        res.writeHead(206, {
+          'content-length': buf.length,
+          'content-range': `bytes ${start}-${end}/${size}`,
+          'accept-ranges': 'bytes',
+        });
+        res.end(buf);
+      },
+      LATENCY_MS + (n * 8) / (MBIT * 1000),
+    );
+  });
+  await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+  const port = (http.address() as AddressInfo).port;
+  const sock = path.join(DIR, `qemu-nbd-${process.pid}.sock`);
+  rmSync(sock, { force: true });
+  const spec = JSON.stringify({ driver: 'raw', file: { driver: 'http', url: `http://127.0.0.1:${port}/disk.raw` } });
+  const q = spawn(
+    'qemu-nbd',
+    ['--read-only', '--persistent', '--cache=none', '-x', 'live', '-k', sock, `json:${spec}`],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let err = '';
+  q.stderr?.on('data', (b) => (err += b));
+  for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!existsSync(sock)) throw new Error(`qemu-nbd did not start: ${err}`);
+  const base = { reads, bytes };
+  reads = 0;
+  bytes = 0;
+  try {
+    const g = await bootGuest(`nbd+unix:///live?socket=${sock}`, kernel, initrd, 'qemu-nbd');
+    return {
+      policy: 'qemu-nbd (curl)',
+      ...phases(g),
+      counts: g.counts,
+      sourceReads: reads,
+      sourceMiB: +(bytes / 2 ** 20).toFixed(1),
+      hitRate: {},
+      prefetchMiB: {},
+      timedOut: g.timedOut,
+      ...(base.reads ? { startReads: base.reads } : {}),
+    };
+  } finally {
+    q.kill('SIGTERM');
+    await new Promise((r) => q.once('exit', r));
+    http.close();
+    closeSync(fd);
+    rmSync(sock, { force: true });
+  }
 }
 
 export async function live(): Promise<void> {
@@ -266,6 +384,14 @@ export async function live(): Promise<void> {
         `${JSON.stringify({ live: true, cacheMiB: CACHE_MIB, latencyMs: LATENCY_MS, mbit: MBIT, accel: chooseAccel().accel, ...r, ...env })}\n`,
       );
     }
+    if (!only || only.includes('qemu-nbd')) {
+      need('qemu-nbd', 'qemu-utils');
+      const r = await peerRun(disk, kernel, initrd);
+      runs.push(r);
+      process.stdout.write(
+        `${JSON.stringify({ live: true, peer: true, cacheMiB: CACHE_MIB, latencyMs: LATENCY_MS, mbit: MBIT, accel: chooseAccel().accel, ...r, ...env })}\n`,
+      );
+    }
   } finally {
     rmSync(initrd, { force: true });
     rmSync(path.join(DIR, `work-${process.pid}`), { recursive: true, force: true });
@@ -274,6 +400,7 @@ export async function live(): Promise<void> {
   const lru = by('lru');
   const ra = by('readahead');
   const all = by('introspective:meta+dir+file+siblings');
+  const peer = by('qemu-nbd (curl)');
   if (all) {
     const ratio = (base: LiveRun | undefined, k: 'boot' | 'find' | 'grep' | 'read' | 'total') =>
       base?.[k] && all[k] ? +(base[k]! / all[k]!).toFixed(2) : undefined;
@@ -284,6 +411,9 @@ export async function live(): Promise<void> {
         ours: 'introspective (all prefetchers)',
         lruOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(lru, k)])),
         readaheadOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(ra, k)])),
+        peer: 'qemu-nbd over qemu curl, same link',
+        qemuNbdOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(peer, k)])),
+        sourceReads: Object.fromEntries(runs.map((r) => [r.policy, r.sourceReads])),
       })}\n`,
     );
   }

@@ -14,14 +14,21 @@
  * Inputs: the Debian pair of the tests (test/helpers/inspect-pair.ts, 40 MiB ext4 images
  * made by mkfs.ext4 -d from a debootstrapped tree; cached in $STRATA_FIXTURES), or
  * --base FILE --derived FILE (e.g. the 1200 MiB images bench:checkin builds).
- * Options: --duration S (60), --connections C (50), --out DIR.
+ * Options: --duration S (60), --connections C (50), --images N (500: the server's library
+ * holds N more images, versions of the base spread over 10 projects, a third each
+ * private, shared and public, each one inspected, so lists, search and the access checks
+ * run over a library of that size), --rate R (4: requests/s of each client in the paced
+ * metadata run; the first runs are closed loops, each client asking again as soon as it is
+ * answered), --out DIR.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import autocannon from 'autocannon';
 import { Access } from '../src/catalog/access.js';
+import type { VersionRow } from '../src/catalog/catalog.js';
 import { checkin } from '../src/library/checkin.js';
+import { inspectAfterCheckin } from '../src/library/inspection.js';
 import { Library } from '../src/library/library.js';
 import { inspectPair } from '../test/helpers/inspect-pair.js';
 import { CLI, need, opt } from './common.js';
@@ -29,6 +36,8 @@ import { CLI, need, opt } from './common.js';
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-serve';
 const DURATION = Number(opt('--duration') ?? 60);
 const CONNECTIONS = Number(opt('--connections') ?? 50);
+const IMAGES = Number(opt('--images') ?? 500);
+const RATE = Number(opt('--rate') ?? 4);
 const log = (m: string) => process.stderr.write(`bench:serve: ${m}\n`);
 
 function run(
@@ -84,6 +93,47 @@ async function startServe(libDir: string): Promise<{ url: string; child: ChildPr
   return { url, child };
 }
 
+/**
+ * IMAGES more images in the server's library: each a version of the base's manifest (no
+ * new chunks: a check-in of each would take hours here, and what is measured is the
+ * catalog and the access checks), in projects p0..p9 (bench is a member of p0 and p1),
+ * visibility private, shared (accepted by bench for half of them) or public; each
+ * inspected, as a check-in would, so search finds them.
+ */
+async function manyImages(lib: Library, access: Access, base: VersionRow): Promise<void> {
+  const t0 = Date.now();
+  for (let p = 0; p < 10; p++) await access.addProject(`p${p}`);
+  await access.setRole('p0', 'bench', 'member');
+  await access.setRole('p1', 'bench', 'reader');
+  const vis = ['private', 'shared', 'public'] as const;
+  for (let i = 0; i < IMAGES; i++) {
+    const name = `p${i % 10}/image-${String(i).padStart(4, '0')}`;
+    const row = await lib.catalog.addVersion({
+      image: name,
+      description: `bench image ${i}`,
+      manifest: base.manifest,
+      createdBy: 'bench',
+      sourceName: base.sourceName ?? undefined,
+      sourceFormat: base.sourceFormat ?? undefined,
+      virtualSize: base.virtualSize,
+      usedBytes: base.usedBytes,
+      storedBytes: base.storedBytes,
+      newBytes: 0,
+      exact: base.exact,
+      parents: [{ image: base.image, number: base.number }],
+      tags: i % 4 === 0 ? ['stable'] : [],
+    });
+    const v = vis[i % 3];
+    await access.setImageAccess(name, `p${i % 10}`, v);
+    if (v === 'shared') {
+      await access.addMember(name, 'bench');
+      if (i % 2 === 0) await access.setMemberStatus(name, 'bench', 'accepted');
+    }
+    await inspectAfterCheckin(lib, row, []);
+  }
+  log(`${IMAGES} more images in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+}
+
 async function main() {
   need('rsync', 'rsync');
   rmSync(OUT, { recursive: true, force: true });
@@ -101,7 +151,9 @@ async function main() {
   await access.addProject('bench');
   await access.setRole('bench', 'bench', 'member');
   const token = (await access.createToken({ user: 'bench', project: 'bench', scope: 'write' })).token;
-  const baseChunks = new Set((await lib.layout((await lib.catalog.resolve('bench/base')).manifest)).chunks);
+  const baseRow = await lib.catalog.resolve('bench/base');
+  const baseChunks = new Set((await lib.layout(baseRow.manifest)).chunks);
+  await manyImages(lib, access, baseRow);
   await lib.close();
 
   // the local check-in, into a library holding the base
@@ -183,20 +235,27 @@ async function main() {
     log(`load: ${CONNECTIONS} connections, ${DURATION} s per mix`);
     const v = '/v1/images/bench%2Fderived/versions/1';
     const auth = { authorization: `Bearer ${token}` };
+    // what a browser of the library asks: pages of the image list, a folder, a file's
+    // stat and text, an inspection, a search, a version, other projects' images
     const meta = [
-      '/v1/images',
+      '/v1/images?limit=20',
+      '/v1/images?prefix=p0/&limit=20',
       `${v}/files?path=/etc`,
       `${v}/files/stat?path=/etc/passwd`,
       `${v}/inspection`,
-      '/v1/search?path=/etc/passwd',
+      '/v1/search?path=/etc/passwd&limit=20',
       v,
       `${v}/files/content?path=/etc/hostname`,
+      ...(IMAGES > 2
+        ? ['/v1/images/p2%2Fimage-0002/versions/1/files/stat?path=/etc/hostname', '/v1/images/p5%2Fimage-0005/versions']
+        : []),
     ];
-    const load = async (paths: string[], headers: Record<string, string> = {}) => {
+    const load = async (paths: string[], headers: Record<string, string> = {}, connectionRate?: number) => {
       const r = await autocannon({
         url: srv.url,
         connections: CONNECTIONS,
         duration: DURATION,
+        connectionRate,
         requests: paths.map((p) => ({ method: 'GET', path: p, headers: { ...auth, ...headers } })),
       });
       return {
@@ -209,6 +268,9 @@ async function main() {
       };
     };
     const metaLoad = await load(meta);
+    // the same clients at RATE requests/s each (a person browsing clicks far less often
+    // than a closed loop asks): latency is then the service's time, not a queue of 50
+    const metaPaced = await load(meta, {}, RATE);
     const downloads = await load([`${v}/disk`], { range: 'bytes=1048576-2097151' });
 
     result = {
@@ -230,7 +292,14 @@ async function main() {
         ratioTimeToLocal: net.s / local.s,
         ratioSentToRsync: netR.requestBytes / rsync.sent,
       },
-      load: { connections: CONNECTIONS, durationS: DURATION, metadata: metaLoad, downloads1MiB: downloads },
+      load: {
+        connections: CONNECTIONS,
+        durationS: DURATION,
+        images: IMAGES + 2,
+        metadata: metaLoad,
+        metadataPaced: { perClientPerS: RATE, ...metaPaced },
+        downloads1MiB: downloads,
+      },
     };
   } finally {
     srv.child.kill('SIGTERM');

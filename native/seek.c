@@ -12,6 +12,8 @@
 #include <node_api.h>
 #include <unistd.h>
 
+void strata_register_copy(napi_env env, napi_value exports); /* copy.c */
+
 static napi_value Seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -44,5 +46,6 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "SEEK_HOLE", Constant(env, SEEK_HOLE));
 #endif
   napi_set_named_property(env, exports, "ENXIO", Constant(env, ENXIO));
+  strata_register_copy(env, exports);
   return exports;
 }

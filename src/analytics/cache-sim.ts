@@ -1,6 +1,6 @@
 import type { BlockMap } from '../blockmap/block-map.js';
-import { NO_INODE, NO_NAME, NO_VOLUME } from '../blockmap/claims.js';
-import { classOf, KIND_CODE, KINDS, type KindClass } from '../blockmap/kinds.js';
+import { BlockMapIntrospector, MAP_PREFETCHERS } from '../blockmap/introspector.js';
+import { classOf, KINDS, type KindClass } from '../blockmap/kinds.js';
 import { StrataError } from '../util/errors.js';
 
 /**
@@ -26,8 +26,10 @@ import { StrataError } from '../util/errors.js';
  * (prefetch) is counted in bytes and fetches but makes no one wait. The simulation assumes
  * a prefetch has landed before the next request (a source fast enough in bandwidth, slow in
  * latency: the regime of seed 000). The live cache is io/introspective-cache.ts with the
- * block map's prefetchers in blockmap/introspector.ts (`strata nbd --cache-policy`); this
- * measures what a policy would change, on recorded traces, without the wall clock.
+ * block map's prefetchers in blockmap/introspector.ts (`strata nbd --cache-policy`); the
+ * introspective plans here are that introspector's, cut to each bound in blocks as the live
+ * cache cuts them (one implementation). This measures what a policy would change, on
+ * recorded traces, without the wall clock.
  */
 export type CachePolicy = 'lru' | 'readahead' | 'introspective';
 export const CACHE_POLICIES: readonly CachePolicy[] = ['lru', 'readahead', 'introspective'];
@@ -97,9 +99,6 @@ class Lru {
   }
 }
 
-const DATA = KIND_CODE.file;
-const DIR = KIND_CODE.directory;
-
 /** Simulate one policy over `accesses` (disk byte ranges, in order) against `map`. */
 export function simulateCache(
   map: BlockMap,
@@ -166,98 +165,30 @@ export function simulateCache(
     return n;
   };
 
-  // introspective lookups: a file's (or directory's) records in file-offset order, by (volume, name)
-  let objects: Map<number, number[]> | undefined;
-  const recordsOf = (i: number): number[] => {
-    if (!objects) {
-      objects = new Map();
-      for (let k = 0; k < map.count; k++) {
-        const kind = map.kind[k];
-        if ((kind !== DATA && kind !== DIR) || map.name[k] === NO_NAME) continue;
-        const key = keyOf(k);
-        let l = objects.get(key);
-        if (!l) objects.set(key, (l = []));
-        l.push(k);
-      }
-      for (const l of objects.values()) l.sort((x, y) => map.objectOffset[x] - map.objectOffset[y]);
-    }
-    return objects.get(keyOf(i)) ?? [i];
+  // the prefetch plans are the live cache's (blockmap/introspector.ts): one implementation
+  const introspector = policy === 'introspective' ? new BlockMapIntrospector(map) : undefined;
+  const enabled = new Set(MAP_PREFETCHERS.filter((p) => pf[p]));
+  const caps: Record<string, number> = {
+    file: fileAhead,
+    dir: dirAhead,
+    meta: metaAhead * bs,
+    siblings: siblingsAhead,
   };
-  const keyOf = (k: number) =>
-    (map.volume[k] === NO_VOLUME ? 0 : map.volume[k] + 1) * 2 ** 32 +
-    (map.ino[k] !== NO_INODE ? map.ino[k] : 2 ** 31 + map.name[k]);
-  /** Blocks of object bytes [from, from+len) of the object record i belongs to, in file order. */
-  const objectBlocks = (i: number, from: number, len: number): number[] => {
+  const cap = (p: string) => caps[p] ?? 0;
+  /** A plan's blocks in plan order, not cached, cut to the prefetcher's bound in blocks (as the live cache cuts). */
+  const planBlocks = (prefetcher: string, runs: Array<{ offset: number; length: number }>): number[] => {
+    const keep = Math.floor(cap(prefetcher) / bs);
     const out: number[] = [];
-    const to = from + len;
-    for (const k of recordsOf(i)) {
-      const o = map.objectOffset[k];
-      const n = map.end(k) - map.start[k];
-      const s = Math.max(from, o);
-      const e = Math.min(to, o + n);
-      if (s >= e) continue;
-      const d = map.start[k] + (s - o);
-      for (let b = Math.floor(d / bs); b * bs < d + (e - s); b++) out.push(b);
+    const seen = new Set<number>();
+    for (const run of runs) {
+      for (let b = Math.floor(run.offset / bs); b * bs < run.offset + run.length; b++) {
+        if (seen.has(b) || cached(b)) continue;
+        if (out.length >= keep) return out;
+        seen.add(b);
+        out.push(b);
+      }
     }
     return out;
-  };
-
-  // the entries of each directory (volume, path) as objects: a record of theirs, inode, size, first disk byte
-  let children: Map<string, Array<{ rec: number; ino: number; size: number; disk: number }>> | undefined;
-  const dirKey = (vol: number, p: string) => `${vol}\0${p}`;
-  const parentOf = (p: string) => (p.lastIndexOf('/') <= 0 ? '/' : p.slice(0, p.lastIndexOf('/')));
-  const childrenOf = (vol: number, dirPath: string) => {
-    if (!children) {
-      children = new Map();
-      const objs = new Map<
-        string,
-        { rec: number; ino: number; size: number; disk: number; vol: number; path: string }
-      >();
-      for (let k = 0; k < map.count; k++) {
-        const kind = map.kind[k];
-        if ((kind !== DATA && kind !== DIR) || map.name[k] === NO_NAME) continue;
-        const path = map.strings[map.name[k]];
-        const key = dirKey(map.volume[k], path);
-        const len = map.end(k) - map.start[k];
-        const o = objs.get(key);
-        if (!o) objs.set(key, { rec: k, ino: map.ino[k], size: len, disk: map.start[k], vol: map.volume[k], path });
-        else {
-          o.size += len;
-          if (map.objectOffset[k] === 0) o.disk = map.start[k];
-        }
-      }
-      for (const o of objs.values()) {
-        if (o.path === '/') continue;
-        const key = dirKey(o.vol, parentOf(o.path));
-        let l = children.get(key);
-        if (!l) children.set(key, (l = []));
-        l.push(o);
-      }
-      for (const l of children.values()) l.sort((x, y) => x.disk - y.disk);
-    }
-    return children.get(dirKey(vol, dirPath)) ?? [];
-  };
-  // inode-table records per volume, by first inode
-  let tables: Map<number, number[]> | undefined;
-  const TABLE = KIND_CODE['inode-table'];
-  const inodeBlock = (vol: number, ino: number): number | undefined => {
-    if (!tables) {
-      tables = new Map();
-      for (let k = 0; k < map.count; k++) {
-        if (map.kind[k] !== TABLE || map.ino[k] === NO_INODE || map.volume[k] === NO_VOLUME) continue;
-        let l = tables.get(map.volume[k]);
-        if (!l) tables.set(map.volume[k], (l = []));
-        l.push(k);
-      }
-    }
-    const size = map.volumes[vol]?.inodeSize ?? 0;
-    if (!size || ino === NO_INODE) return undefined;
-    for (const k of tables.get(vol) ?? []) {
-      const n = (map.end(k) - map.start[k]) / size;
-      const first = map.ino[k] + Math.floor(map.objectOffset[k] / size);
-      if (ino >= first && ino < first + n) return Math.floor((map.start[k] + (ino - first) * size) / bs);
-    }
-    return undefined;
   };
 
   for (const a of accesses) {
@@ -290,52 +221,9 @@ export function simulateCache(
       fetch(list);
     } else {
       const list = [...missing];
-      for (let i = i0; i >= 0 && i < map.count && map.start[i] < end; i++) {
-        const k = map.kind[i];
-        if (k !== DATA && k !== DIR) continue;
-        // a file from where the read entered it; a directory whole (from its start)
-        const into = map.objectOffset[i] + Math.max(0, a.offset - map.start[i]);
-        if (k === DATA && pf.file) list.push(...objectBlocks(i, into, fileAhead));
-        if (k === DIR && pf.dir) list.push(...objectBlocks(i, 0, dirAhead));
-        if (map.name[i] === NO_NAME || map.volume[i] === NO_VOLUME) continue;
-        const vol = map.volume[i];
-        const p = map.strings[map.name[i]];
-        if (k === DIR && pf.meta) {
-          // the inode-table blocks of the directory's entries: what a lookup or a stat of them reads next
-          const seen = new Set<number>();
-          for (const c of childrenOf(vol, p)) {
-            const b = inodeBlock(vol, c.ino);
-            if (b !== undefined) seen.add(b);
-            if (seen.size >= metaAhead) break;
-          }
-          list.push(...seen);
-        }
-        if (k === DIR && pf.dir) {
-          // and its subdirectories' blocks, where a walk goes next (within the directory budget)
-          let budget = dirAhead;
-          for (const c of childrenOf(vol, p)) {
-            if (map.kind[c.rec] !== DIR || budget <= 0) continue;
-            const n = Math.min(c.size, budget);
-            list.push(...objectBlocks(c.rec, 0, n));
-            budget -= n;
-          }
-        }
-        if (k === DATA && pf.siblings) {
-          // a small file: the files after it in its directory (disk order), whole, within the budget
-          const sib = childrenOf(vol, parentOf(p));
-          const me = sib.findIndex((c) => c.rec !== undefined && keyOf(c.rec) === keyOf(i));
-          const mine = me >= 0 ? sib[me].size : Number.POSITIVE_INFINITY;
-          if (mine <= siblingsAhead) {
-            let budget = siblingsAhead;
-            for (let j = me + 1; j < sib.length && budget > 0; j++) {
-              const c = sib[j];
-              if (map.kind[c.rec] !== DATA || c.size > budget) continue;
-              list.push(...objectBlocks(c.rec, 0, c.size));
-              budget -= c.size;
-            }
-          }
-        }
-      }
+      const c = introspector!.classify(a.offset, end - a.offset);
+      for (const plan of introspector!.plan(a.offset, end - a.offset, c, enabled, cap))
+        list.push(...planBlocks(plan.prefetcher, plan.runs));
       fetch(list);
     }
   }

@@ -30,7 +30,8 @@ interface Entry {
  * (src/analytics/cache-sim.ts), whose prefetchers these are, in bytes:
  *
  * - `meta`: a directory read fetches the inode-table bytes of its entries (the records a
- *   lookup or a stat of them reads next): each entry's inode record, in directory disk order.
+ *   lookup or a stat of them reads next): each entry's inode record, in directory disk order;
+ *   an inode-table read fetches the table's next bytes (the next inodes, in inode order).
  * - `dir`: a directory read fetches the whole directory, then its subdirectories' blocks.
  * - `file`: a file read fetches the file's next bytes from where the read entered it,
  *   following the file's own extents (across fragmentation, not the disk's next blocks).
@@ -85,6 +86,7 @@ export class BlockMapIntrospector implements CacheIntrospector {
     };
     for (let i = m.indexOf(offset); i >= 0 && i < m.count && m.start[i] < end; i++) {
       const k = m.kind[i];
+      if (k === TABLE && enabled.has('meta')) add('meta', this.tableAfter(i, end, cap('meta')));
       if (k !== DATA && k !== DIR) continue;
       const into = m.objectOffset[i] + Math.max(0, offset - m.start[i]);
       const named = m.name[i] !== NO_NAME && m.volume[i] !== NO_VOLUME;
@@ -108,6 +110,27 @@ export class BlockMapIntrospector implements CacheIntrospector {
       } else {
         if (enabled.has('file')) add('file', this.objectRuns(i, into, cap('file')));
         if (enabled.has('siblings') && named) add('siblings', this.siblingRuns(i, cap('siblings')));
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The inode-table bytes after `end` in the table record i starts (and the records that
+   * continue it on the disk), within `cap`: a walk that stats inodes reads the table in
+   * inode order (find, ls -l, a mount's orphan scan), so the next inodes are its next step.
+   */
+  private tableAfter(i: number, end: number, cap: number): ByteRun[] {
+    const m = this.map;
+    const out: ByteRun[] = [];
+    let left = cap;
+    for (let j = i; j < m.count && left > 0 && m.kind[j] === TABLE && m.volume[j] === m.volume[i]; j++) {
+      if (j > i && m.start[j] !== m.end(j - 1)) break;
+      const s = Math.max(end, m.start[j]);
+      const e = Math.min(m.end(j), s + left);
+      if (s < e) {
+        out.push({ offset: s, length: e - s });
+        left -= e - s;
       }
     }
     return out;

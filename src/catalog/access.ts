@@ -336,6 +336,8 @@ export class Access {
   async authenticate(token: string, now = Date.now()): Promise<Principal | undefined> {
     if (!token.startsWith(TOKEN_PREFIX) || token.length > 200) return undefined;
     const hash = hashToken(token);
+    // one query (the token, its user and the user's role in its project): it runs before
+    // every request of the service
     const r = await this.db.get<{
       id: string;
       hash: string;
@@ -344,18 +346,31 @@ export class Access {
       scope: Scope;
       expires: string | null;
       revoked: string | null;
-    }>('SELECT id, hash, username, project, scope, expires, revoked FROM tokens WHERE hash = ?', [hash]);
+      admin: number | null;
+      role: Role | null;
+    }>(
+      `SELECT t.id, t.hash, t.username, t.project, t.scope, t.expires, t.revoked, u.admin, m.role
+         FROM tokens t JOIN users u ON u.name = t.username
+         LEFT JOIN memberships m ON m.project = t.project AND m.username = t.username
+        WHERE t.hash = ?`,
+      [hash],
+    );
     if (!r || !timingSafeEqual(Buffer.from(r.hash), Buffer.from(hash))) return undefined;
     if (r.revoked !== null) return undefined;
     if (r.expires !== null && Date.parse(r.expires) <= now) return undefined;
-    const u = await this.user(r.username);
-    if (!u) return undefined;
     let role: Role | null = null;
     if (r.project !== null) {
-      role = (await this.role(r.project, r.username)) ?? null;
+      role = r.role ?? null;
       if (!role) return undefined; // no longer a member: the token is dead
     }
-    return { user: u.name, project: r.project, role, scope: r.scope, admin: u.admin, tokenId: r.id };
+    return {
+      user: r.username,
+      project: r.project,
+      role,
+      scope: r.scope,
+      admin: Number(r.admin) === 1,
+      tokenId: r.id,
+    };
   }
 
   // ---- image ownership, visibility, members

@@ -251,6 +251,32 @@ export class Catalog {
   }
 
   async images(): Promise<ImageRow[]> {
+    return this.imageRows();
+  }
+
+  /** Names of the active images, in order (cheap: for filtering before `imagesNamed`). */
+  async imageNames(): Promise<string[]> {
+    const rows = await this.db.all<{ name: string }>("SELECT name FROM images WHERE state = 'active' ORDER BY name");
+    return rows.map((r) => r.name);
+  }
+
+  /** The active images of these names, in name order (a page of a list filtered by name first). */
+  async imagesNamed(names: string[]): Promise<ImageRow[]> {
+    const out: ImageRow[] = [];
+    for (let i = 0; i < names.length; i += 500) out.push(...(await this.imageRows(names.slice(i, i + 500))));
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /**
+   * Active images (those named, when `names` is given) with their version counts and
+   * tags: two queries whatever the number of images (one image's lookup used to read them
+   * all, and the tags of each with a query apiece; on a library of 500 images that was 500
+   * queries behind every request of the service). Counts by subquery on the versions key,
+   * not a GROUP BY over a join (half the time on SQLite: no temporary b-trees).
+   */
+  private async imageRows(names?: string[]): Promise<ImageRow[]> {
+    if (names?.length === 0) return [];
+    const marks = names === undefined ? '' : names.map(() => '?').join(', ');
     const rows = await this.db.all<{
       name: string;
       description: string | null;
@@ -259,27 +285,33 @@ export class Catalog {
       n: number;
       latest: number | null;
     }>(
-      `SELECT i.name, i.description, i.created, i.state, COUNT(v.number) AS n, MAX(v.number) AS latest
-         FROM images i LEFT JOIN versions v ON v.image = i.name AND v.state = 'active'
-        WHERE i.state = 'active' GROUP BY i.name, i.description, i.created, i.state ORDER BY i.name`,
+      `SELECT i.name, i.description, i.created, i.state,
+              (SELECT COUNT(*) FROM versions v WHERE v.image = i.name AND v.state = 'active') AS n,
+              (SELECT MAX(v.number) FROM versions v WHERE v.image = i.name AND v.state = 'active') AS latest
+         FROM images i
+        WHERE i.state = 'active'${names === undefined ? '' : ` AND i.name IN (${marks})`} ORDER BY i.name`,
+      names ?? [],
     );
-    const out: ImageRow[] = [];
-    for (const r of rows) {
-      const tags = await this.db.all<{ tag: string; number: number }>(
-        'SELECT tag, number FROM tags WHERE image = ? ORDER BY tag',
-        [r.name],
-      );
-      out.push({
-        name: r.name,
-        description: r.description,
-        created: r.created,
-        state: r.state,
-        versions: Number(r.n),
-        latest: r.latest === null ? null : Number(r.latest),
-        tags: tags.map((t) => `${t.tag}@${t.number}`),
-      });
+    if (rows.length === 0) return [];
+    const tagRows = await this.db.all<{ image: string; tag: string; number: number }>(
+      `SELECT image, tag, number FROM tags${names === undefined ? '' : ` WHERE image IN (${marks})`} ORDER BY image, tag`,
+      names ?? [],
+    );
+    const tags = new Map<string, string[]>();
+    for (const t of tagRows) {
+      let l = tags.get(t.image);
+      if (!l) tags.set(t.image, (l = []));
+      l.push(`${t.tag}@${t.number}`);
     }
-    return out;
+    return rows.map((r) => ({
+      name: r.name,
+      description: r.description,
+      created: r.created,
+      state: r.state,
+      versions: Number(r.n),
+      latest: r.latest === null ? null : Number(r.latest),
+      tags: tags.get(r.name) ?? [],
+    }));
   }
 
   /**
@@ -341,7 +373,7 @@ export class Catalog {
 
   /** One active image (undefined when it does not exist or was deleted). */
   async image(name: string): Promise<ImageRow | undefined> {
-    return (await this.images()).find((i) => i.name === name);
+    return (await this.imageRows([name]))[0];
   }
 
   /** Make an image with no version yet (the check-in of its first version fills it). */

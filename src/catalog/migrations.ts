@@ -17,6 +17,13 @@ export interface Migration {
 const LOCK = 'strata-migrate';
 
 export async function migrate(db: Db, migrations: Migration[]): Promise<string[]> {
+  // the usual case, a catalog that has them all: one query, no lock (on PostgreSQL each
+  // migration's transaction is five round trips at every start of every command)
+  const have = await db.all<{ id: string }>('SELECT id FROM schema_migrations').then(
+    (rows) => new Set(rows.map((r) => r.id)),
+    () => undefined, // no table yet: a new catalog
+  );
+  if (have && migrations.every((m) => have.has(m.id))) return [];
   const applied: string[] = [];
   for (const m of migrations) {
     const did = await db.transaction(

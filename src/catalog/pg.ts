@@ -26,6 +26,31 @@ const NET = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTU
 
 type PgModule = typeof import('pg');
 let pgModule: PgModule | undefined;
+/**
+ * pg's Client leaves its socket open when the connection fails on our side mid-handshake (no
+ * password for SCRAM: "client password must be a string"): the process then lingered until
+ * the server's authentication_timeout (60 s) ended it. This one closes the socket.
+ */
+let closing: unknown;
+function closingClient(pg: PgModule): PoolConfig['Client'] {
+  if (!closing) {
+    const Base = pg.Client as unknown as new (c: unknown) => object;
+    closing = class extends Base {
+      _handleErrorWhileConnecting(err: unknown): unknown {
+        const self = this as unknown as {
+          connection?: { stream?: { destroy(): void } };
+        };
+        const r = (
+          Base.prototype as { _handleErrorWhileConnecting(e: unknown): unknown }
+        )._handleErrorWhileConnecting.call(this, err);
+        self.connection?.stream?.destroy();
+        return r;
+      }
+    };
+  }
+  return closing as PoolConfig['Client'];
+}
+
 function loadPg(): PgModule {
   // pg is CommonJS; required on first use so SQLite-only runs never load it
   pgModule ??= createRequire(import.meta.url)('pg') as PgModule;
@@ -108,6 +133,7 @@ export class PgDb implements Db {
     // BIGINT (COUNT, sizes) and NUMERIC (SUM) as numbers, as SQLite gives them
     const toNumber = (v: string) => Number(v);
     const config: PoolConfig = {
+      Client: closingClient(pg),
       connectionString: u.toString(),
       max: opts.max ?? 8,
       connectionTimeoutMillis: 15_000,
@@ -140,7 +166,7 @@ export class PgDb implements Db {
       await pool.end().catch(() => {});
       throw new StrataError(
         'IO',
-        `cannot use the catalog database: ${(e as Error).message}`,
+        `cannot use the catalog database: ${(e as Error).message}; check --catalog / STRATA_CATALOG (host, port, user; the password from the URL or PGPASSWORD) and that PostgreSQL is up`,
         { file: shown },
         { cause: e },
       );

@@ -35,7 +35,13 @@ export const EXAMPLES: Record<string, string[]> = {
   commit: ['strata commit mnt-rw --dry-run', 'strata commit edits --dry-run --json'],
   umount: ['strata umount mnt', 'strata umount mnt-rw'],
   virtiofs: ['strata virtiofs debian:12 --socket vfs.sock --tag root'],
-  nbd: ['strata nbd disk.qcow2 --port 0'],
+  // the second writes stats.json when stopped, which `cache stats` then reads
+  nbd: [
+    'strata nbd disk.qcow2 --port 0',
+    'strata nbd disk.qcow2 --port 0 --cache-policy introspective --prefetch meta,file --cache-stats stats.json',
+  ],
+  cache: ['strata cache stats stats.json'],
+  'cache stats': ['strata cache stats stats.json', 'strata cache stats stats.json --json'],
   deploy: ['strata deploy debian:12 --to deployed.raw --port 0 --exit-when-complete'],
   analytics: [
     'strata analytics generate --requests 20000 --seed 1 > requests.jsonl',

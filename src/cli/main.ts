@@ -35,6 +35,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
     load: async () => (await import('./commands/mount.js')).registerMountCommands,
   },
   { verbs: ['nbd'], load: async () => (await import('./commands/nbd.js')).registerNbdCommand },
+  { verbs: ['cache'], load: async () => (await import('./commands/cache.js')).registerCacheCommands },
   { verbs: ['deploy'], load: async () => (await import('./commands/deploy.js')).registerDeployCommand },
   { verbs: ['profile'], load: async () => (await import('./commands/profile.js')).registerProfileCommands },
   {

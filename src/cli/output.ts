@@ -86,6 +86,18 @@ export function warningKind(message: string): string {
   const cause = message.slice(message.lastIndexOf(': ') + 1).split('; ')[0];
   return cause.trim().replace(/\d+/g, '#');
 }
+/** The file counts of a diff, one line: `strata diff` and each step of `strata log` print this. */
+export function filesSummaryLine(s: {
+  added: number;
+  removed: number;
+  changed: number;
+  metadata: number;
+  bytesAdded: number;
+  bytesRemoved: number;
+  bytesChanged: number;
+}): string {
+  return `files: ${s.added} added (${s.bytesAdded} bytes), ${s.removed} removed (${s.bytesRemoved} bytes), ${s.changed} changed (${s.bytesChanged} bytes), ${s.metadata} metadata only`;
+}
 export function humanSize(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let v = n;

@@ -10,7 +10,28 @@ interface Native {
   SEEK_DATA?: number;
   SEEK_HOLE?: number;
   ENXIO: number;
+  /** native/copy.c: see NativeCopyRange. */
+  copyRange?: NativeCopyRange;
 }
+
+/**
+ * Copy [inOff, inOff+len) of file `inFd` to `outFd` at `outOff` on a thread of libuv's
+ * pool (native/copy.c). flags: COPY_HOLES skips the source's holes without reading them;
+ * COPY_CLONE first tries a reflink (FICLONERANGE) and reports in `cloneErrno` why not.
+ * All-zero granules of `gran` bytes are not written. Rejects with an Error carrying `code`,
+ * `side` ('read' | 'write') and `offset` (the file offset on that side).
+ */
+export type NativeCopyRange = (
+  inFd: number,
+  inOff: number,
+  outFd: number,
+  outOff: number,
+  len: number,
+  gran: number,
+  flags: number,
+) => Promise<{ written: number; cloneErrno: number }>;
+export const COPY_HOLES = 1;
+export const COPY_CLONE = 2;
 
 const SEEK_END = 2;
 const ADDON = path.join('native', 'build', 'Release', 'strata_native.node');
@@ -39,6 +60,12 @@ function native(): Native | null {
     loaded = null;
   }
   return loaded;
+}
+
+/** The native range copier, or undefined when the addon is not built (or STRATA_NO_NATIVE_COPY=1). */
+export function nativeCopyRange(): NativeCopyRange | undefined {
+  if (process.env.STRATA_NO_NATIVE_COPY === '1') return undefined;
+  return native()?.copyRange;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */

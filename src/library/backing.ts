@@ -55,7 +55,11 @@ export async function versionImage(lib: Library, digest: string, file?: string):
       { cause: e },
     );
   }
-  const src = new VersionSource(lib.store, m, `${lib.dir}#${digest.slice(0, 12)}`);
+  return versionDiskImage(new VersionSource(lib.store, m, `${lib.dir}#${digest.slice(0, 12)}`));
+}
+
+/** A version's source (local store or a library service's chunks) as a raw DiskImage to back an overlay. */
+export function versionDiskImage(src: VersionSource): DiskImage {
   return {
     name: src.name,
     size: src.size,

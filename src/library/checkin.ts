@@ -340,11 +340,22 @@ async function diskDataSpans(img: DiskImage): Promise<Span[]> {
   return mergeSpans(out);
 }
 
-/** The used bytes of a file system's window (with `exact`, every data byte of the window), in disk offsets. */
+/** Every data byte of the disk inside [start, end). */
+const dataWithin = (dataSpans: Span[], start: number, end: number): Span[] =>
+  subtractSpans(dataSpans, subtractSpans(dataSpans, [[start, end]]));
+
+/**
+ * The used bytes of a file system's window (with `exact`, every data byte of the window), in
+ * disk offsets. The volume's bytes past the file system's own end are not the file system's
+ * to call free (NTFS keeps its backup boot sector in the volume's last sector, outside the
+ * sectors its boot sector counts; a partition may outgrow its file system): kept as they are.
+ */
 async function windowAllocation(w: FsWindow, exact: boolean, dataSpans: Span[]): Promise<Span[]> {
-  return exact
-    ? subtractSpans(dataSpans, subtractSpans(dataSpans, [[w.base, w.base + w.volume.size]]))
-    : mergeSpans((await w.fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]));
+  const end = w.base + w.volume.size;
+  if (exact) return dataWithin(dataSpans, w.base, end);
+  const used = (await w.fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]);
+  const fsEnd = w.base + Math.min((await w.fs.info()).totalBytes, w.volume.size);
+  return mergeSpans([...used, ...dataWithin(dataSpans, fsEnd, end)]);
 }
 
 /** Open every volume whose file system we can read and that is one window of the disk. */
@@ -526,6 +537,8 @@ async function cutFileSystem(
         atime: isoTime(inode.atime),
         ctime: isoTime(inode.ctime),
       };
+      const crtime = isoTime(inode.crtime);
+      if (crtime) e.crtime = crtime;
       if (inode.rdev && (inode.type === 'char' || inode.type === 'block')) e.rdev = inode.rdev;
       try {
         if (inode.type === 'symlink') e.target = await fs.readlink(inode);

@@ -84,6 +84,13 @@ export async function checkout(
         cur[0] += WINDOW;
       }
     }
+    // the packs the version's chunks live in, in disk order: a remote store's cache fetches them ahead
+    const m = src.manifest;
+    lib.store.prefetch(
+      (function* () {
+        for (const c of m.ranges.chunk) yield m.chunks[c];
+      })(),
+    );
     // progress in the bytes the pieces cover (data spans widened and joined), which is what `done` counts
     let pieceBytes = 0;
     for (const [a, b] of pieces) pieceBytes += b - a;

@@ -74,7 +74,16 @@ export { type ConvertOptions, type ConvertResult, convertImage } from './convert
 export { type DemoResult, type DemoStep, runDemo } from './demo.js';
 export { type ApplyOptions, type ApplyResult, applyChanges, describeChanges } from './edit/apply.js';
 // Editing a version's files in place (issue 24): the change-set contract, its writer, rebase.
-export type { Attrs, Change, ChangeSet, ContentSource } from './edit/changes.js';
+export {
+  type Attrs,
+  type Change,
+  type ChangeSet,
+  type ContentSource,
+  changeFromWire,
+  changeToWire,
+  parseSeconds,
+  type WireChange,
+} from './edit/changes.js';
 export { contentChunks } from './edit/content.js';
 export { type LogOptions, type LogStep, versionLog } from './edit/log.js';
 export {
@@ -82,11 +91,13 @@ export {
   type Conflict,
   type MergedFile,
   type PlanInput,
+  parseResolutions,
   planRebase,
   type RebaseOptions,
   type RebasePlan,
   type RebaseResult,
   rebaseVersion,
+  type Take,
 } from './edit/rebase.js';
 export { parseEditScript, parseMode, parseOwner, type ScriptOptions } from './edit/script.js';
 export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';

@@ -258,12 +258,30 @@ export function findEntry(files: FilesManifest, p: string, followLast = false): 
   }
   return cur;
 }
+const childIndex = new WeakMap<FilesManifest, Map<string, FileEntry[]>>();
 const pathIndex = new WeakMap<FilesManifest, Map<string, FileEntry>>();
 
 /** Entries directly below `dir` (or every one below it with `recursive`). */
 export function listEntries(files: FilesManifest, dir: string, recursive = false): FileEntry[] {
   const d = findEntry(files, dir);
   if (d.type !== 'dir') return [d];
+  if (!recursive) {
+    // a folder's entries from an index by parent built once per manifest (the service lists
+    // folders of cached manifests: a scan of every entry for each was most of an ls)
+    let byParent = childIndex.get(files);
+    if (!byParent) {
+      byParent = new Map();
+      for (const e of files.entries) {
+        if (e.path === '/') continue;
+        const parent = e.path.slice(0, Math.max(1, e.path.lastIndexOf('/')));
+        let l = byParent.get(parent);
+        if (!l) byParent.set(parent, (l = []));
+        l.push(e);
+      }
+      childIndex.set(files, byParent);
+    }
+    return [...(byParent.get(d.path) ?? [])];
+  }
   const prefix = d.path === '/' ? '/' : `${d.path}/`;
   return files.entries.filter(
     (e) => e.path.startsWith(prefix) && e.path !== d.path && (recursive || !e.path.slice(prefix.length).includes('/')),

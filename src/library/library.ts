@@ -174,22 +174,29 @@ export class Library {
       else if (created === 'contents')
         for (const e of readdirSync(root)) rmSync(path.join(root, e), { recursive: true, force: true });
     };
-    let store: Store | undefined;
-    let catalog: Catalog;
-    try {
-      const backend = await openBackend(storeAt, { dir: cacheDir, bytes: cacheBytes });
-      try {
-        store = await Store.open(backend);
-      } catch (e) {
-        await backend.close().catch(() => {});
-        throw e;
-      }
-      catalog = await Catalog.open(await openCatalogDb(catalogAt));
-    } catch (e) {
-      await store?.close().catch(() => {});
+    // store and catalog open side by side (on S3 + PostgreSQL each is several round trips);
+    // when both fail the store's error is the one reported (as when they opened in turn)
+    const opened = await Promise.allSettled([
+      (async () => {
+        const backend = await openBackend(storeAt, { dir: cacheDir, bytes: cacheBytes });
+        try {
+          return await Store.open(backend);
+        } catch (e) {
+          await backend.close().catch(() => {});
+          throw e;
+        }
+      })(),
+      (async () => Catalog.open(await openCatalogDb(catalogAt)))(),
+    ]);
+    const [s, c] = opened;
+    if (s.status === 'rejected' || c.status === 'rejected') {
+      if (s.status === 'fulfilled') await s.value.close().catch(() => {});
+      if (c.status === 'fulfilled') await c.value.close().catch(() => {});
       undo();
-      throw e;
+      throw s.status === 'rejected' ? s.reason : (c as PromiseRejectedResult).reason;
     }
+    const store = s.value;
+    const catalog = c.value;
     const lib = new Library(root, store, catalog, created);
     lib.places = { catalog: isPostgresUrl(catalogAt) ? redactUrl(catalogAt) : catalogAt, store: storeAt };
     return lib;

@@ -71,6 +71,8 @@ export interface FileEntry {
   mtime: string | null;
   atime?: string | null;
   ctime?: string | null;
+  /** Birth time, only where the file system keeps one (ext4 and xfs v5 crtime, btrfs otime, NTFS, FAT). */
+  crtime?: string;
   target?: string;
   rdev?: { major: number; minor: number };
   /** name -> base64 value */

@@ -108,7 +108,14 @@ const OPS = {
 
 const keyOf = (x: { image: string; number: number }) => `${x.image}@${x.number}`;
 
-export async function search(lib: Library, q: SearchQuery): Promise<SearchHit[]> {
+export async function search(
+  lib: Library,
+  q: SearchQuery,
+  opts: {
+    /** Keep only the versions of images this says yes to (the service: those the caller may read), before tags are read. */
+    keep?: (image: string) => Promise<boolean>;
+  } = {},
+): Promise<SearchHit[]> {
   const db = lib.catalog.db;
   const sets: Array<Map<string, Partial<SearchHit>>> = [];
   const add = <T>(rows: Array<T & { image: string; number: number }>, put: (h: Partial<SearchHit>, r: T) => void) => {
@@ -174,6 +181,17 @@ export async function search(lib: Library, q: SearchQuery): Promise<SearchHit[]>
   // AND: versions in every set, their matches merged
   let keys = [...sets[0].keys()];
   for (const s of sets.slice(1)) keys = keys.filter((k) => s.has(k));
+  if (opts.keep) {
+    const kept: string[] = [];
+    const seen = new Map<string, boolean>();
+    for (const k of keys) {
+      const image = (sets[0].get(k) as Partial<SearchHit>).image as string;
+      let ok = seen.get(image);
+      if (ok === undefined) seen.set(image, (ok = await opts.keep(image)));
+      if (ok) kept.push(k);
+    }
+    keys = kept;
+  }
   const merged: SearchHit[] = keys.map((k) => {
     const h: SearchHit = { image: '', number: 0, ref: k, tags: [] };
     for (const s of sets) {

@@ -27,6 +27,11 @@ export interface Backend {
   getRangeInto?(key: string, offset: number, out: Uint8Array): Promise<number>;
   /** Optional: remove leftovers of interrupted puts older than `ageMs` (local temporary files). */
   sweepTemporary?(ageMs: number): Promise<number>;
+  /**
+   * Optional: these objects will be read in this order soon (a checkout's packs): a remote
+   * backend's cache may fetch them ahead of the reader. Replaces an earlier list.
+   */
+  prefetch?(keys: readonly string[]): void;
   /** Every object whose key starts with `prefix` (e.g. "packs/"), in no particular order. */
   list(prefix: string): Promise<BackendEntry[]>;
   /** Remove an object; no error when it is already gone. */

@@ -20,6 +20,8 @@ export const MAX_BLOB = 256 * 1024 * 1024;
 const INDEX_LEVEL = 12;
 /** Largest decoded index file we accept. */
 const MAX_INDEX = 1024 * 1024 * 1024;
+/** Index files read at once when loading (on S3 each is a round trip). */
+const INDEX_READS = 8;
 
 import type { IndexEntry } from './blob-map.js';
 
@@ -154,8 +156,19 @@ export class BlobIndex {
     this.duplicates = [];
     const files = await this.backend.list('index/');
     this.files = files.map((f) => f.key);
-    for (const f of files) {
-      const body = await this.backend.get(f.key);
+    // fetched INDEX_READS at a time (each a round trip on S3), added in listing order
+    const bodies: Array<Promise<Uint8Array> | undefined> = [];
+    const start = (i: number) => {
+      if (i < files.length) {
+        bodies[i] = this.backend.get(files[i].key);
+        bodies[i]?.catch(() => {}); // awaited in order below
+      }
+    };
+    for (let i = 0; i < INDEX_READS; i++) start(i);
+    for (const [i, f] of files.entries()) {
+      const body = await (bodies[i] as Promise<Uint8Array>);
+      bodies[i] = undefined;
+      start(i + INDEX_READS);
       const id = f.key.slice('index/'.length);
       const file = `${this.backend.name}/${f.key}`;
       if (sha256hex(body) !== id) {

@@ -1,5 +1,8 @@
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import type * as S3 from '@aws-sdk/client-s3';
+import { requireCached } from '../util/code-cache.js';
 import { StrataError } from '../util/errors.js';
 import { type Backend, type BackendEntry, checkKey } from './backend.js';
 
@@ -14,7 +17,8 @@ import { type Backend, type BackendEntry, checkKey } from './backend.js';
  * - `getRange` is a ranged GET.
  * - `putIfAbsent` is a conditional PUT (`If-None-Match: *`). Whether the server honours it
  *   is probed once at open (a second conditional PUT of a probe key must be refused with
- *   412; AWS S3 does, Swift 2.30's s3api does not); a server that ignores it gets
+ *   412; AWS S3 does, Swift 2.30's s3api does not), the first time a putIfAbsent needs it
+ *   (not at open: a read-only command writes nothing); a server that ignores it gets
  *   HEAD-then-PUT, which is racy. The store needs no more: its only putIfAbsent is the
  *   `config` object (two racing writers write the same bytes), packs and index files are
  *   named by content or at random, and what keeps gc and check-ins apart is the repository
@@ -29,7 +33,12 @@ function loadS3(): S3Module {
   // the SDK warns on every start under Node < 22 about its releases after January 2027;
   // the release pinned in package.json supports Node 20, so the notice says nothing here
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  s3mod ??= createRequire(import.meta.url)('@aws-sdk/client-s3') as S3Module;
+  if (s3mod) return s3mod;
+  // the CLI's build has the SDK bundled beside it (scripts/bundle.mjs): one file, compiled with V8's code cache
+  const bundled = fileURLToPath(new URL('./aws-s3.cjs', import.meta.url));
+  s3mod = (
+    existsSync(bundled) ? requireCached(bundled) : createRequire(import.meta.url)('@aws-sdk/client-s3')
+  ) as S3Module;
   return s3mod;
 }
 
@@ -49,8 +58,11 @@ const status = (e: unknown) => (e as S3Error)?.$metadata?.httpStatusCode;
 const errName = (e: unknown) => (e as S3Error)?.name ?? (e as S3Error)?.Code ?? '';
 
 export class S3Backend implements Backend {
-  /** Whether the server refuses a conditional PUT onto an existing key (probed at open). */
+  /** Whether the server refuses a conditional PUT onto an existing key (probed at the first putIfAbsent). */
   conditionalWrites = false;
+  private probed?: Promise<void>;
+  /** `config`'s bytes from the GET that checked the bucket at open (undefined: absent), handed to the first get. */
+  private opening?: { config: Uint8Array | undefined };
 
   private constructor(
     private readonly client: S3.S3Client,
@@ -84,33 +96,68 @@ export class S3Backend implements Backend {
       maxAttempts: 8,
     });
     const b = new S3Backend(client, m[1], prefix, `s3://${m[1]}${prefix ? `/${prefix}` : ''}`);
+    // one request checks endpoint, credentials and bucket, and reads the store's config (Store.open's first
+    // get): NoSuchKey is a bucket without a store yet; NoSuchBucket, a refused key, no answer: a clear error
     try {
-      await client.send(new s3.ListObjectsV2Command({ Bucket: b.bucket, Prefix: b.full('config'), MaxKeys: 1 }));
+      const r = await client.send(new s3.GetObjectCommand({ Bucket: b.bucket, Key: b.full('config') }));
+      b.opening = {
+        config: await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray(),
+      };
     } catch (e) {
-      client.destroy();
-      throw b.startupError(e, endpoint);
+      if (errName(e) === 'NoSuchKey') b.opening = { config: undefined };
+      else {
+        client.destroy();
+        throw b.startupError(e, endpoint);
+      }
     }
-    await b.probeConditional().catch(() => {});
     return b;
   }
 
   private startupError(e: unknown, endpoint?: string): StrataError {
     const n = errName(e);
-    const where = { file: this.url, structure: endpoint ? `S3 endpoint ${endpoint}` : 'S3' };
+    const at = endpoint ? `S3 endpoint ${endpoint}` : 'AWS S3 (no AWS_ENDPOINT_URL)';
+    const where = { file: this.url, structure: at };
+    const key = process.env.AWS_ACCESS_KEY_ID;
+    const who = key
+      ? `access key ${key} from AWS_ACCESS_KEY_ID`
+      : process.env.AWS_PROFILE
+        ? `profile ${process.env.AWS_PROFILE}`
+        : 'the default credential chain';
     if (n === 'NoSuchBucket' || status(e) === 404)
-      return new StrataError('NOT_FOUND', `no such bucket: ${this.bucket}`, where, { cause: e });
+      return new StrataError(
+        'NOT_FOUND',
+        `no such bucket: ${this.bucket} (the server answered 404); create it (e.g. aws s3 mb s3://${this.bucket}${
+          endpoint ? ` --endpoint-url ${endpoint}` : ''
+        }) or name an existing bucket in --store / STRATA_STORE`,
+        where,
+        { cause: e },
+      );
+    if (n === 'CredentialsProviderError')
+      return new StrataError(
+        'DENIED',
+        `no S3 credentials for bucket ${this.bucket}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)`,
+        where,
+        { cause: e },
+      );
     if (
       n === 'InvalidAccessKeyId' ||
       n === 'SignatureDoesNotMatch' ||
       n === 'AccessDenied' ||
-      n === 'CredentialsProviderError' ||
       status(e) === 403 ||
       status(e) === 401
     )
-      return new StrataError('DENIED', `the S3 server refused the credentials (${n || status(e)})`, where, {
-        cause: e,
-      });
-    return new StrataError('IO', `cannot reach the S3 store: ${(e as Error).message || n}`, where, { cause: e });
+      return new StrataError(
+        'DENIED',
+        `the S3 server refused the credentials (${n || status(e)}) for bucket ${this.bucket}, ${who}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and that this key may list the bucket`,
+        where,
+        { cause: e },
+      );
+    return new StrataError(
+      'IO',
+      `cannot reach the S3 store for bucket ${this.bucket}: ${(e as Error).message || n}; check the endpoint (AWS_ENDPOINT_URL, AWS_REGION) and that the server is up`,
+      where,
+      { cause: e },
+    );
   }
 
   /** Two conditional PUTs of one fresh key: the second must be refused for putIfAbsent to trust them. */
@@ -217,6 +264,9 @@ export class S3Backend implements Backend {
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    if (key === 'config') this.opening = undefined;
+    this.probed ??= this.probeConditional().catch(() => {});
+    await this.probed;
     if (this.conditionalWrites) return this.conditionalPut(key, data);
     if (await this.exists(key)) return false;
     await this.put(key, data);
@@ -235,6 +285,12 @@ export class S3Backend implements Backend {
   }
 
   async get(key: string): Promise<Uint8Array> {
+    const o = this.opening;
+    if (o && key === 'config') {
+      this.opening = undefined;
+      if (o.config) return o.config;
+      throw new StrataError('NOT_FOUND', 'no such object (GET)', { file: `${this.url}/${key}` });
+    }
     const s3 = loadS3();
     try {
       const r = await this.client.send(new s3.GetObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));

@@ -201,6 +201,24 @@ export class Store {
   }
 
   /**
+   * These blobs will be read in this order soon (a checkout): their packs, in the order
+   * first needed, go to the backend's prefetch (a remote store's cache fetches them ahead).
+   */
+  prefetch(digests: Iterable<string>): void {
+    const b = this.backend;
+    if (!b.prefetch) return;
+    const keys: string[] = [];
+    const seen = new Set<string>();
+    for (const d of digests) {
+      const e = this.ix.entries.get(d);
+      if (!e || seen.has(e.pack)) continue;
+      seen.add(e.pack);
+      keys.push(packKey(e.pack));
+    }
+    b.prefetch(keys);
+  }
+
+  /**
    * Re-read every pack: its name is the sha256 of its bytes, its header parses, every frame
    * decodes, every blob in it hashes to its digest, and every index entry points at a
    * pack that holds that blob where the index says. Findings are typed (check.ts).

@@ -115,7 +115,9 @@ export async function profileLibrary(
 }
 
 /** `strata nbd ARGS --json --port 0` until stopped; the URI of its first export. */
-export async function strataNbd(args: string[]): Promise<{ uri: string; stop: () => Promise<number | null> }> {
+export async function strataNbd(
+  args: string[],
+): Promise<{ uri: string; pid: number; stop: () => Promise<number | null> }> {
   const child = spawn(
     process.execPath,
     [path.join(ROOT, 'dist/cli/strata.cjs'), 'nbd', ...args, '--port', '0', '--json'],
@@ -138,6 +140,7 @@ export async function strataNbd(args: string[]): Promise<{ uri: string; stop: ()
   });
   return {
     uri: listening.exports[0].uri,
+    pid: child.pid!,
     stop: async () => {
       child.kill('SIGTERM');
       return exited;

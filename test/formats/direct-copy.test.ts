@@ -1,6 +1,6 @@
 /**
- * The bulk copier (src/library/convert/direct-copy.ts: copy workers reading the container files
- * themselves) against the single-threaded pump and against qemu-img: for every container
+ * The bulk copiers (src/library/convert/direct-copy.ts: copy workers reading the container files
+ * themselves; native-copy.ts: native/copy.c on libuv's pool, for raw outputs) against the single-threaded pump and against qemu-img: for every container
  * with a direct map, both outputs are byte-identical files, qemu-img compares them equal
  * to the source and `qemu-img check` finds the qcow2 ones clean. Ranges only the reader
  * can produce (compressed clusters, a vmdk backing file, sector-granular differencing
@@ -12,6 +12,7 @@ import {
   closeSync,
   copyFileSync,
   existsSync,
+  ftruncateSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -23,6 +24,7 @@ import { test } from 'node:test';
 import { closeChain } from '../../src/formats/layer.js';
 import { openImage } from '../../src/formats/open.js';
 import type { DiskImage } from '../../src/formats/types.js';
+import { nativeCopyRange } from '../../src/io/native.js';
 import { type ConvertOptions, convertImage } from '../../src/library/convert/convert.js';
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
@@ -88,6 +90,10 @@ async function checkBoth(
     await convertWith(input, d, { format, directCopy: 'always', ...extra });
     await convertWith(input, p, { format, directCopy: 'never', ...extra });
     assert.equal(sha(d), sha(p), `${name} -> ${format}: the bulk copier and the pump write the same file`);
+    // 'always' took the native copier (raw: native/copy.c) or the pool copier (qcow2); the workers too.
+    const w = path.join(dir, `workers.${format}`);
+    await convertWith(input, w, { format, directCopy: 'workers', ...extra });
+    assert.equal(sha(w), sha(p), `${name} -> ${format}: the worker copier writes the same file`);
     await qemuCompare(reference, undefined, d, format);
     if (format === 'qcow2') await qemuCheck(d);
   }
@@ -226,4 +232,72 @@ test('abort and progress: an aborted copy stops with no output; a whole one repo
   });
   assert.equal(total, size);
   assert.equal(last, size);
+});
+
+/** Extents of `file` by `filefrag -v` (e2fsprogs: FIEMAP), with the bytes flagged shared. */
+async function sharedBytes(file: string): Promise<{ data: number; shared: number }> {
+  const out = await run('filefrag', ['-v', '-b4096', file]);
+  let data = 0;
+  let shared = 0;
+  for (const line of out.split('\n')) {
+    // "   0:        0..     255:      33024..     33279:    256:             shared"
+    const m = /^\s*\d+:\s+\d+\.\.\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+):.*$/.exec(line);
+    if (!m) continue;
+    const bytes = Number(m[1]) * 4096;
+    data += bytes;
+    if (/\bshared\b/.test(line)) shared += bytes;
+  }
+  return { data, shared };
+}
+
+test('on btrfs, raw and qcow2 data are reflinked into a raw output (extents shared), not copied', async () => {
+  assert.ok(nativeCopyRange(), 'the native addon (native/copy.c) is built');
+  const dir = scratch('direct-reflink');
+  const fsImage = path.join(dir, 'fs.img');
+  const fd = openSync(fsImage, 'w');
+  ftruncateSync(fd, 512 * MiB); // sparse: only what btrfs writes takes disk
+  closeSync(fd);
+  await run('mkfs.btrfs', ['-q', fsImage]);
+  const mnt = path.join(dir, 'mnt');
+  await run('mkdir', [mnt]);
+  await run('mount', ['-o', 'loop', fsImage, mnt]);
+  try {
+    const cases: Array<[string, Promise<string>]> = [
+      ['raw', patternRaw()],
+      ['qcow2', viaQemu('qcow2', ['-O', 'qcow2'])],
+    ];
+    for (const [name, made] of cases) {
+      const src = path.join(mnt, `src.${name}`);
+      await run('cp', ['--sparse=always', await made, src]);
+      await run('sync', [src]); // delayed allocation: FIEMAP sees the extents once written
+      const out = path.join(mnt, `out-${name}.raw`);
+      await convertWith(src, out, { format: 'raw' });
+      await qemuCompare(src, name, out, 'raw');
+      await run('sync', [out]);
+      const { data, shared } = await sharedBytes(out);
+      assert.ok(data > 4 * MiB, `${name}: the output has data extents (${data} bytes)`);
+      // The disk ends 512 bytes into a 4 KiB block: FICLONERANGE takes a partial block only at
+      // the source file's end, so from inside a qcow2 file that one block is copied.
+      const tail = name === 'raw' ? 0 : 4096;
+      assert.ok(
+        shared >= data - tail,
+        `${name}: every data extent of the output (but the partial last block) is shared: ${shared} of ${data} bytes`,
+      );
+    }
+    // The same copies with reflinks refused (tmpfs): real bytes, equal to the source.
+    const tmpMnt = path.join(dir, 'tmp');
+    await run('mkdir', [tmpMnt]);
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=256m', 'tmpfs', tmpMnt]);
+    try {
+      const src = path.join(tmpMnt, 'src.qcow2');
+      copyFileSync(await viaQemu('qcow2', ['-O', 'qcow2']), src);
+      const out = path.join(tmpMnt, 'out.raw');
+      await convertWith(src, out, { format: 'raw' });
+      await qemuCompare(src, 'qcow2', out, 'raw');
+    } finally {
+      await run('umount', [tmpMnt]);
+    }
+  } finally {
+    await run('umount', [mnt]);
+  }
 });

@@ -6,7 +6,18 @@
  * (against TSK istat).
  */
 import assert from 'node:assert/strict';
-import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import {
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { openFileSystem } from '../../src/fs/open.js';
@@ -14,7 +25,14 @@ import type { FileSystem, Inode } from '../../src/fs/types.js';
 import { FileSource } from '../../src/io/file-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { strata } from '../helpers/cli.js';
-import { CASE_NAMES, HOSTILE_NAMES, ntfsOwnersImage, withNtfsMount } from '../helpers/ntfs-images.js';
+import {
+  CASE_NAMES,
+  HOSTILE_NAMES,
+  ntfsOwnersImage,
+  ntfsReparseImage,
+  REPARSE_POINTS,
+  withNtfsMount,
+} from '../helpers/ntfs-images.js';
 import { run, runBuffer, scratch, sha256 } from '../helpers/tools.js';
 
 const opened: FileSource[] = [];
@@ -294,5 +312,78 @@ test('a volume whose dirty flag is set (as ntfsinfo -m reports it) opens with a 
     assert.deepEqual(clean.warnings, []);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('reparse points: junctions and symbolic links read as symlinks with the targets ntfs-3g resolves; other tags are named; TSK sees $REPARSE_POINT on exactly these', async () => {
+  const img = await ntfsReparseImage();
+  const fs = await open(img);
+  // what ntfs-3g reads back from the volume: the reparse buffer (its tag) and, for links, the target
+  const viaMount = await withNtfsMount(img, 'ro', async (m) =>
+    REPARSE_POINTS.map((r) => {
+      const hex = execFileSync(
+        'getfattr',
+        ['-h', '-e', 'hex', '-n', 'system.ntfs_reparse_data', path.join(m, r.path)],
+        {
+          encoding: 'utf8',
+        },
+      );
+      const data = Buffer.from(/=0x([0-9a-f]+)/.exec(hex)![1], 'hex');
+      let link: string | undefined;
+      try {
+        link = readlinkSync(path.join(m, r.path));
+        // ntfs-3g maps C:\ to its mount point
+        if (link.startsWith(`${m}/`)) link = `C:/${link.slice(m.length + 1)}`;
+      } catch {
+        link = undefined;
+      }
+      return { tag: data.readUInt32LE(0), link };
+    }),
+  );
+  const fls = await run('fls', ['-r', '-p', img]);
+  const flsIno = new Map([...fls.matchAll(/^\S+ (\d+)-\d+-\d+:\t(.+)$/gm)].map((x) => [`/${x[2]}`, Number(x[1])]));
+  for (const [i, r] of REPARSE_POINTS.entries()) {
+    assert.equal(viaMount[i].tag, r.tag, `${r.path}: the tag on the volume`);
+    const ino = await fs.lookup(r.path);
+    assert.equal(ino.ino, flsIno.get(r.path), r.path);
+    assert.match(await run('istat', [img, String(ino.ino)]), /Type: \$REPARSE_POINT \(192-/, `${r.path}: istat`);
+    if ('print' in r) {
+      assert.equal(ino.type, 'symlink', r.path);
+      const target = await fs.readlink(ino);
+      // the recipe's print name with / for \, and what ntfs-3g resolves it to
+      assert.equal(target, r.print.replaceAll('\\', '/'), r.path);
+      assert.equal(target, viaMount[i].link, `${r.path}: ntfs-3g readlink`);
+      assert.equal(ino.size, target.length, r.path);
+    } else {
+      assert.equal(ino.type, 'file', r.path);
+      const x = await fs.xattrs(ino);
+      assert.equal(new TextDecoder().decode(x.get('ntfs.reparse_tag')), `0x${r.tag.toString(16)}`, r.path);
+    }
+  }
+  // nothing else carries one: every other file TSK lists has no $REPARSE_POINT, and reads as what it is
+  const others = [...flsIno.entries()].filter(
+    ([p]) => !p.startsWith('/$') && !REPARSE_POINTS.some((r) => r.path === p) && !p.includes(':'),
+  );
+  assert.deepEqual(others.map(([p]) => p).sort(), ['/target', '/target/f.txt']);
+  for (const [p, n] of others) {
+    assert.doesNotMatch(await run('istat', [img, String(n)]), /\$REPARSE_POINT/, p);
+    assert.notEqual((await fs.lookup(p)).type, 'symlink', p);
+  }
+  // the CLI: ls -l shows the links with their targets; extract writes them as symlinks inside DEST
+  const lsRun = await strata(['ls', '-l', img, '/']);
+  assert.equal(lsRun.code, 0, lsRun.stderr);
+  const ls = lsRun.stdout;
+  assert.match(ls, /^l\S+ .* junction -> C:\/target$/m);
+  assert.match(ls, /^l\S+ .* rel-link -> target\/f\.txt$/m);
+  const dest = scratch('ntfs-reparse-extract');
+  try {
+    const ex = await strata(['extract', img, '/', dest]);
+    assert.equal(ex.code, 0, ex.stderr);
+    assert.equal(readlinkSync(path.join(dest, 'rel-link')), 'target/f.txt');
+    assert.equal(readFileSync(path.join(dest, 'rel-link'), 'utf8'), 'reparse target\n');
+    assert.equal(readlinkSync(path.join(dest, 'junction')), 'C:/target');
+    assert.ok(lstatSync(path.join(dest, 'dedup')).isFile());
+  } finally {
+    rmSync(dest, { recursive: true, force: true });
   }
 });

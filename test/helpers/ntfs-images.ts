@@ -126,3 +126,60 @@ export function ntfsOwnersImage(): Promise<string> {
     });
   });
 }
+
+/** The reparse points of ntfsReparseImage: path, tag, and what the recipe wrote as the target. */
+export const REPARSE_POINTS = [
+  { path: '/junction', tag: 0xa0000003, substitute: '\\??\\C:\\target', print: 'C:\\target' },
+  { path: '/abs-link', tag: 0xa000000c, substitute: '\\??\\C:\\target\\f.txt', print: 'C:\\target\\f.txt', flags: 0 },
+  { path: '/rel-link', tag: 0xa000000c, substitute: 'target\\f.txt', print: 'target\\f.txt', flags: 1 },
+  { path: '/dedup', tag: 0x80000013, data: Buffer.from('dedup-stream-id') },
+  { path: '/cloud', tag: 0x9000001a, data: Buffer.from('placeholder') },
+] as const;
+
+/** IO_REPARSE_TAG_MOUNT_POINT / IO_REPARSE_TAG_SYMLINK buffers as [MS-FSCC] 2.1.2.5 / 2.1.2.4 lay them out. */
+function reparseBuffer(r: (typeof REPARSE_POINTS)[number]): Buffer {
+  if ('data' in r) {
+    const head = Buffer.alloc(8);
+    head.writeUInt32LE(r.tag, 0);
+    head.writeUInt16LE(r.data.length, 4);
+    return Buffer.concat([head, r.data]);
+  }
+  const sub = Buffer.from(r.substitute, 'utf16le');
+  const print = Buffer.from(r.print, 'utf16le');
+  const junction = r.tag === 0xa0000003;
+  // junctions end each name with a NUL and have no flags field; symlinks have flags, no NULs
+  const names = junction ? Buffer.concat([sub, Buffer.alloc(2), print, Buffer.alloc(2)]) : Buffer.concat([sub, print]);
+  const fields = Buffer.alloc(junction ? 8 : 12);
+  fields.writeUInt16LE(0, 0);
+  fields.writeUInt16LE(sub.length, 2);
+  fields.writeUInt16LE(junction ? sub.length + 2 : sub.length, 4);
+  fields.writeUInt16LE(print.length, 6);
+  if (!junction) fields.writeUInt32LE('flags' in r ? r.flags : 0, 8);
+  const body = Buffer.concat([fields, names]);
+  const head = Buffer.alloc(8);
+  head.writeUInt32LE(r.tag, 0);
+  head.writeUInt16LE(body.length, 4);
+  return Buffer.concat([head, body]);
+}
+
+/**
+ * A small NTFS with reparse points set through ntfs-3g's `system.ntfs_reparse_data`: a
+ * junction (mount point) on a folder, absolute and relative symbolic links, and two tags
+ * that are neither (dedup, a cloud-files placeholder), beside the folder they point into.
+ */
+export function ntfsReparseImage(): Promise<string> {
+  return fixture('ntfs-reparse-v1.img', async (out) => {
+    await run('truncate', ['-s', '16M', out]);
+    await run('mkntfs', ['-F', '-Q', '-L', 'REPARSE', out]);
+    await withNtfsMount(out, 'rw', async (m) => {
+      mkdirSync(path.join(m, 'target'));
+      writeFileSync(path.join(m, 'target', 'f.txt'), 'reparse target\n');
+      for (const r of REPARSE_POINTS) {
+        const p = path.join(m, r.path);
+        if (r.tag === 0xa0000003) mkdirSync(p);
+        else writeFileSync(p, '');
+        await run('setfattr', ['-n', 'system.ntfs_reparse_data', '-v', `0x${reparseBuffer(r).toString('hex')}`, p]);
+      }
+    });
+  });
+}

@@ -6,16 +6,17 @@
  * list against `hivexregedit --export`. A corrupted hive gives warnings, never a crash.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { Hive, valueText } from '../../src/inspect/hive.js';
 import { inspectImage } from '../../src/inspect/inspect.js';
 import { StrataError } from '../../src/util/errors.js';
+import { strata } from '../helpers/cli.js';
 import { emptyHive } from '../helpers/empty-hive.js';
 import { withNtfsMount } from '../helpers/ntfs-images.js';
-import { fixture, run } from '../helpers/tools.js';
-import { BIG, CV, letterDisks, PROGRAMS, UNINSTALL, windowsImage } from '../helpers/windows-images.js';
+import { fixture, run, scratch } from '../helpers/tools.js';
+import { BIG, CV, letterDisks, PROGRAMS, regText, UNINSTALL, windowsImage } from '../helpers/windows-images.js';
 
 const hivexget = async (hive: string, key: string, value: string) =>
   (await run('hivexget', [hive, `\\${key}`, value])).replace(/\n$/, '');
@@ -101,6 +102,69 @@ describe('inspect Windows hives', () => {
 
   test('the same on NTFS (mkntfs, filled through ntfs-3g): inspect reaches Windows/System32/config', async () => {
     await checkWindows(await windowsNtfsImage());
+  });
+
+  test('the NTFS image in the library: checkin, a byte-identical checkout, and a diff naming the added file, the changed hive and the program it gained', async () => {
+    const w = await windowsNtfsImage();
+    const dir = scratch('windows-library');
+    try {
+      const env = { STRATA_LIBRARY: path.join(dir, 'lib') };
+      const ok = async (args: string[]) => {
+        const r = await strata(args, { env });
+        assert.equal(r.code, 0, `strata ${args.join(' ')}: ${r.stderr}`);
+        return r.stdout;
+      };
+      // version 2: a file added and a program installed (the SOFTWARE hive merged by hivexregedit), through ntfs-3g
+      const v2 = path.join(dir, 'v2.img');
+      await run('cp', ['--sparse=always', w.img, v2]);
+      const reg = path.join(dir, 'new.reg');
+      writeFileSync(
+        reg,
+        regText('HKEY_LOCAL_MACHINE\\SOFTWARE', {
+          [`${UNINSTALL}\\{NEW-STRATA}`]: {
+            DisplayName: 'Newly Installed',
+            DisplayVersion: '2.0',
+            Publisher: 'Strata',
+          },
+        }),
+      );
+      await withNtfsMount(v2, 'rw', async (m) => {
+        writeFileSync(path.join(m, 'Windows', 'added.txt'), 'added\r\n');
+        const hive = path.join(m, 'Windows', 'System32', 'config', 'SOFTWARE');
+        await run('hivexregedit', ['--merge', '--prefix', 'HKEY_LOCAL_MACHINE\\SOFTWARE', hive, reg]);
+      });
+      await ok(['init']);
+      await ok(['checkin', w.img, '--name', 'win']);
+      await ok(['checkin', v2, '--name', 'win']);
+      const out = path.join(dir, 'out.raw');
+      await ok(['checkout', 'win@2', out]);
+      // free clusters are not stored (hivexregedit left the old hive's data in some): the oracle
+      // is ntfsclone's copy, which writes only the clusters $Bitmap marks used and the boot sectors
+      const clone = path.join(dir, 'clone.raw');
+      await run('ntfsclone', ['-q', '--overwrite', clone, v2]);
+      assert.match(await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', clone, out]), /Images are identical/);
+      // and with --exact, every byte
+      await ok(['checkin', v2, '--name', 'win-exact', '--exact']);
+      const exact = path.join(dir, 'exact.raw');
+      await ok(['checkout', 'win-exact@1', exact]);
+      assert.match(await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', v2, exact]), /Images are identical/);
+      const d = JSON.parse(await strata(['diff', 'win@1', 'win@2', '--json'], { env }).then((r) => r.stdout));
+      const paths = (k: string) => (d.files[k] as Array<{ path: string }>).map((x) => x.path);
+      assert.deepEqual(paths('added'), ['/Windows/added.txt']);
+      assert.deepEqual(paths('removed'), []);
+      assert.ok(paths('changed').includes('/Windows/System32/config/SOFTWARE'), paths('changed').join(' '));
+      // the version's inspection finds the program hivexget finds in the changed hive
+      const insp = JSON.parse(await ok(['inspect', 'win@2', '--json']));
+      assert.equal(insp.osType, 'windows');
+      const programs = (insp.windows?.programs ?? []) as Array<{ name: string; version?: string }>;
+      const shown = programs.find((p) => p.name === 'Newly Installed');
+      const hive = path.join(dir, 'SOFTWARE');
+      await run('sh', ['-c', `ntfscat "${v2}" Windows/System32/config/SOFTWARE > "${hive}"`]);
+      assert.equal(shown?.version, await hivexget(hive, `${UNINSTALL}\\{NEW-STRATA}`, 'DisplayVersion'));
+      assert.equal(programs.length, PROGRAMS + 2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("drive letters from SYSTEM\\MountedDevices resolve to this disk's partitions as sfdisk and sgdisk lay them out (MBR signature + offset, GPT partition GUID); others stay device names", async () => {

@@ -14,6 +14,7 @@ import {
   linkSync,
   mkdirSync,
   openSync,
+  readFileSync,
   readSync,
   renameSync,
   rmSync,
@@ -225,6 +226,71 @@ describe('edit: applyChanges on ext4', { timeout: 900_000 }, () => {
     const diff = differingBlocks(parentRaw, childRaw);
     assert.ok(diff > 0, 'something changed');
     assert.ok(diff <= bound, `${diff} differing 4K blocks, bound ${bound}`);
+  });
+
+  test('sub-second mtimes survive (ext4 extra time fields, epoch bits past 2038), put -p makes missing parents', async () => {
+    const script = path.join(work, 'times.script');
+    writeFileSync(path.join(work, 'times-content'), 'deep\n');
+    // a script line and the change-set fields: both keep nanoseconds exactly
+    writeFileSync(
+      script,
+      'put -p /new/deep/er/file times-content --mtime 1700000000.123456789\ntouch /etc/app/conf 1.5\n',
+    );
+    const changes: Change[] = [
+      ...parseEditScript(readFileSync(script, 'utf8'), { file: script }),
+      // past 2038: the seconds need the extra field's epoch bits
+      { op: 'setattr', path: '/usr/lib/blob', mtime: 2 ** 32 + 17, mtimeNsec: 999_999_999 },
+      // before 1970
+      { op: 'setattr', path: '/etc/hostname', mtime: -100, mtimeNsec: 250_000_000 },
+    ];
+    const lib = await Library.open(libDir);
+    const raw = path.join(work, 'times.raw');
+    try {
+      const r = await applyChanges(lib, 'ed@1', { changes, message: 'times' });
+      await checkout(lib, r.ref, raw);
+      // our own reader's manifest keeps them too
+      const ls = await strata(['stat', r.ref, '/new/deep/er/file', '--json', '--library', libDir]);
+      assert.equal(ls.code, 0, ls.stderr);
+      assert.match(ls.stdout, /2023-11-14T22:13:20\.123456789Z/);
+    } finally {
+      await lib.close();
+    }
+    const fsck = e2fsck(raw);
+    assert.equal(fsck.code, 0, fsck.out);
+    // debugfs (libext2fs) reads the extra fields: "mtime: 0x........:........ -- date"
+    const dstat = (p: string) => execFileSync('debugfs', ['-R', `stat "${p}"`, raw], { encoding: 'utf8' });
+    const mtimeLine = (p: string) => /^ mtime: (0x[0-9a-f]+):([0-9a-f]+)/m.exec(dstat(p));
+    const m = mtimeLine('/new/deep/er/file');
+    assert.ok(m, dstat('/new/deep/er/file'));
+    assert.equal(Number(m[1]), 1700000000);
+    assert.equal(Number.parseInt(m[2], 16), 123456789 * 4);
+    // the kernel: stat's nanoseconds through a loop mount
+    await withMount(raw, async (mnt) => {
+      const ns = (p: string) => statSync(path.join(mnt, p), { bigint: true }).mtimeNs;
+      assert.equal(ns('new/deep/er/file'), 1700000000123456789n);
+      assert.equal(ns('etc/app/conf'), 1500000000n);
+      assert.equal(ns('usr/lib/blob'), (2n ** 32n + 17n) * 1_000_000_000n + 999_999_999n);
+      assert.equal(ns('etc/hostname'), -100n * 1_000_000_000n + 250_000_000n);
+      for (const d of ['new', 'new/deep', 'new/deep/er']) {
+        const st = statSync(path.join(mnt, d));
+        assert.ok(st.isDirectory(), d);
+        assert.equal(st.mode & 0o7777, 0o755, d);
+        assert.equal(st.uid, 0, d);
+      }
+      assert.equal(readFileSync(path.join(mnt, 'new/deep/er/file'), 'utf8'), 'deep\n');
+    });
+    // without -p a missing parent is still an error naming the change
+    const lib2 = await Library.open(libDir);
+    try {
+      await assert.rejects(
+        applyChanges(lib2, 'ed@1', {
+          changes: [{ op: 'put', path: '/no/dir/x', content: { kind: 'bytes', data: new Uint8Array(1) } }],
+        }),
+        /change 1 \(put \/no\/dir\/x\): no directory \/no\/dir/,
+      );
+    } finally {
+      await lib2.close();
+    }
   });
 
   test('ENOSPC: a file larger than the free space is an error and leaves no version', async () => {
@@ -471,6 +537,15 @@ describe('edit: applyChanges on ext4', { timeout: 900_000 }, () => {
     assert.equal(log[7].parents.length, 0);
     const text = (await ok(['log', 'ed'])).stdout;
     assert.match(text, /ed@1 .*\n.*\n\s+\(no parent\)/);
+    // one count: each step's is `strata diff`'s own (JSON summary and the printed line)
+    for (const [i, s] of log.entries()) {
+      if (!s.changes) continue;
+      const d = await strata(['diff', s.parents[0], s.ref, '--json', '--library', libDir]);
+      assert.deepEqual(s.changes, JSON.parse(d.stdout).files.summary, s.ref);
+      if (i > 1) continue;
+      const line = /^files: .*$/m.exec((await strata(['diff', s.parents[0], s.ref, '--library', libDir])).stdout)?.[0];
+      assert.ok(line && text.includes(`    ${line} vs ${s.parents[0]}`), `${s.ref}: ${line}`);
+    }
     // the final version, mounted by the kernel
     const out = path.join(work, 'last.raw');
     const lib = await Library.open(libDir);

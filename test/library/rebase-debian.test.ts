@@ -244,4 +244,58 @@ describe('rebase on the Debian pair', { timeout: 900_000 }, () => {
     assert.equal(both.code, 2, both.stderr);
     assert.match(both.stderr, /--ours.*cannot be used with.*--theirs/);
   });
+
+  test('a conflict stops it with a resolution file to edit; --resolve and --take decide it per path', async () => {
+    // REF's own change of a file A1 changes too
+    const mine = path.join(libDir, '..', 'mine.txt');
+    writeFileSync(mine, 'REF changed this\n');
+    const edited = await strata([
+      'put',
+      'app@1',
+      '/usr/share/strata-base/data.txt',
+      mine,
+      '--json',
+      '--library',
+      libDir,
+    ]);
+    assert.equal(edited.code, 0, edited.stderr);
+    const ref = JSON.parse(edited.stdout).ref as string;
+    const args = ['rebase', ref, '--from', 'base@1', '--to', 'base@2', '--library', libDir];
+    const before = (await lib.catalog.versions('app')).length;
+    const stop = await strata(args);
+    assert.equal(stop.code, 1, stop.stderr);
+    assert.match(stop.stdout, /conflict content: \/usr\/share\/strata-base\/data\.txt/);
+    assert.match(stop.stdout, /nothing written/);
+    assert.equal((await lib.catalog.versions('app')).length, before, 'no version');
+    // the printed resolution file: REF's side by default; switched to A1's and passed back
+    const template = stop.stdout.slice(stop.stdout.indexOf('# resolution file'));
+    assert.match(template, /^ours \/usr\/share\/strata-base\/data\.txt$/m);
+    const file = path.join(libDir, '..', 'resolutions.txt');
+    writeFileSync(file, template.replace(/^ours /gm, 'theirs '));
+    const resolved = await strata([...args, '--resolve', file, '--json']);
+    assert.equal(resolved.code, 0, resolved.stderr);
+    const r = JSON.parse(resolved.stdout);
+    assert.deepEqual(
+      r.conflicts.map((c: { path: string; resolution: string }) => `${c.path} ${c.resolution}`),
+      ['/usr/share/strata-base/data.txt theirs'],
+    );
+    const kept = await strata([...args, '--take', 'ours', '/usr/share/strata-base/data.txt', '--json']);
+    assert.equal(kept.code, 0, kept.stderr);
+    // the written files as debugfs (libext2fs) reads them: A1's bytes, then REF's
+    const cat = async (v: string) => {
+      const raw = path.join(libDir, '..', `${v.replace('@', '-')}.raw`);
+      await checkout(lib, v, raw);
+      try {
+        return execFileSync('debugfs', ['-R', 'cat /usr/share/strata-base/data.txt', raw], { encoding: 'utf8' });
+      } finally {
+        rmSync(raw, { force: true });
+      }
+    };
+    assert.equal(await cat(r.version.ref), await cat('base@2'));
+    assert.equal(await cat(JSON.parse(kept.stdout).version.ref), 'REF changed this\n');
+    // a decision naming nothing is refused
+    const typo = await strata([...args, '--take', 'theirs', '/usr/share/strata-base/no-such']);
+    assert.notEqual(typo.code, 0);
+    assert.match(typo.stderr, /names no conflict/);
+  });
 });

@@ -10,8 +10,15 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
 import type { Change } from '../../src/library/edit/changes.js';
-import { type Conflict, planRebase, type RebasePlan } from '../../src/library/edit/rebase.js';
+import {
+  type Conflict,
+  parseResolutions,
+  planRebase,
+  type RebasePlan,
+  type Take,
+} from '../../src/library/edit/rebase.js';
 import type { FileEntry, FilesManifest } from '../../src/library/manifest.js';
+import { StrataError } from '../../src/util/errors.js';
 
 /** A node of a hand-made tree: file content, a link target, or a directory, with metadata. */
 interface Node {
@@ -92,7 +99,13 @@ function manifest(t: Tree, contents: Map<string, string>): FilesManifest {
   } as unknown as FilesManifest;
 }
 
-async function plan(base: Tree, theirs: Tree, ours: Tree, prefer?: 'ours' | 'theirs'): Promise<RebasePlan> {
+async function plan(
+  base: Tree,
+  theirs: Tree,
+  ours: Tree,
+  prefer?: 'ours' | 'theirs',
+  take?: Take[],
+): Promise<RebasePlan> {
   const contents = new Map<string, string>();
   const m = { base: manifest(base, contents), theirs: manifest(theirs, contents), ours: manifest(ours, contents) };
   const theirsContents = new Map(m.theirs.entries.filter((e) => e.digest).map((e) => [e.path, e.digest as string]));
@@ -100,6 +113,7 @@ async function plan(base: Tree, theirs: Tree, ours: Tree, prefer?: 'ours' | 'the
     ...m,
     theirsRef: 'a@2',
     ...(prefer ? { prefer } : {}),
+    ...(take ? { take } : {}),
     async read(_side, e) {
       const d = contents.get(e.digest as string);
       assert.ok(d !== undefined, `read of unknown content ${e.path}`);
@@ -207,8 +221,8 @@ function show(t: Tree): string[] {
     );
 }
 
-async function merged(base: Tree, theirs: Tree, ours: Tree, prefer?: 'ours' | 'theirs') {
-  const p = await plan(base, theirs, ours, prefer);
+async function merged(base: Tree, theirs: Tree, ours: Tree, prefer?: 'ours' | 'theirs', take?: Take[]) {
+  const p = await plan(base, theirs, ours, prefer, take);
   const contents = (p as RebasePlan & { contents: Map<string, string> }).contents;
   return { plan: p, result: p.summary.unresolved === 0 ? apply(ours, p.changeSet.changes, contents) : undefined };
 }
@@ -495,6 +509,31 @@ describe('rebase plan: package databases', () => {
     const o = await merged(b, theirs, ours, 'ours');
     assert.equal(o.result?.get('/var/lib/dpkg/status')?.data, ours.get('/var/lib/dpkg/status')?.data);
     assert.equal(o.result?.get('/var/lib/dpkg/info/libfoo.md5sums')?.data, 'ccc  usr/lib/libfoo.so.1\n');
+    // decided one by one: the package from A1 (its info files follow), the info file of tool from REF
+    const take = parseResolutions(
+      '# from a dry run\ntheirs package:libfoo:amd64\nours /var/lib/dpkg/info/tool.list  # keep\n',
+    );
+    const each = await merged(b, theirs, ours, undefined, take);
+    assert.equal(each.plan.summary.unresolved, 0, JSON.stringify(each.plan.conflicts));
+    // libfoo's md5sums (both changed it) is listed and follows its package's decision
+    assert.deepEqual(
+      each.plan.conflicts.map((c) => `${c.path} ${c.resolution}`),
+      ['/var/lib/dpkg/info/libfoo.md5sums theirs', '/var/lib/dpkg/info/tool.list ours', '/var/lib/dpkg/status theirs'],
+    );
+    assert.equal(each.result?.get('/var/lib/dpkg/status')?.data, theirs.get('/var/lib/dpkg/status')?.data);
+    assert.equal(each.result?.get('/var/lib/dpkg/info/libfoo.md5sums')?.data, 'bbb  usr/lib/libfoo.so.1\n');
+    assert.equal(each.result?.get('/var/lib/dpkg/info/tool.list')?.data, '/usr/bin/tool\n/usr/bin/tool3\n');
+    // half decided: the other conflict still stops it
+    const half = await merged(b, theirs, ours, undefined, [{ side: 'theirs', path: 'package:libfoo:amd64' }]);
+    assert.equal(half.plan.summary.unresolved, 1);
+    assert.equal(half.result, undefined);
+    // a decision naming no conflict is an error, never silently ignored
+    await assert.rejects(
+      merged(b, theirs, ours, undefined, [{ side: 'theirs', path: '/etc/nothing-here' }]),
+      (e: unknown) => e instanceof StrataError && e.code === 'USAGE' && /names no conflict/.test(e.message),
+    );
+    assert.throws(() => parseResolutions('theirs etc/relative\n', 'r.txt'), /r\.txt:1/);
+    assert.throws(() => parseResolutions('mine /etc/x\n', 'r.txt'), /r\.txt:1/);
   });
 
   test('a status file that does not parse is a whole-file conflict', async () => {
@@ -607,5 +646,44 @@ describe('rebase plan: the rule on random trees', () => {
     // the trees must exercise both outcomes
     assert.ok(conflicted > 30 && clean > 30, `conflicted ${conflicted}, clean ${clean}`);
     assert.ok(bothChanged > 30, `paths both sides changed differently: ${bothChanged}`);
+  });
+
+  test('--take decides each conflict on its own: each listed path gets the side named for it', async () => {
+    const key = (n: Node | undefined) => (n ? show(tree({ '/x': n }))[0] : 'absent');
+    let decided = 0;
+    for (let seed = 1; seed <= 300; seed++) {
+      const r = rng(seed);
+      const b = base();
+      const theirs = clone(b);
+      const ours = clone(b);
+      for (let k = 0; k < 1 + r(4); k++) mutate(theirs, r, 'T', k);
+      for (let k = 0; k < 1 + r(4); k++) mutate(ours, r, 'O', k);
+      const first = await plan(b, theirs, ours);
+      if (first.conflicts.length === 0) continue;
+      const take: Take[] = first.conflicts.map((c) => ({ side: r(2) ? 'theirs' : 'ours', path: c.path }));
+      let m = await merged(b, theirs, ours, undefined, take);
+      // a decision can raise a structural conflict of its own (taking A1's file into a
+      // directory REF removed): decided in a next round, as a user would after a dry run
+      for (let round = 0; round < 4 && m.plan.summary.unresolved > 0; round++) {
+        for (const c of m.plan.conflicts)
+          if (!c.resolution) take.push({ side: r(2) ? 'theirs' : 'ours', path: c.path });
+        m = await merged(b, theirs, ours, undefined, take);
+      }
+      const { plan: p, result } = m;
+      assert.equal(p.summary.unresolved, 0, `seed ${seed}`);
+      assert.ok(result, `seed ${seed}: applied`);
+      for (const t of take) {
+        // a structural conflict (a directory's) can go away once a path inside it is decided
+        const c = p.conflicts.find((x) => x.path === t.path);
+        if (!c) continue;
+        assert.equal(c.resolution, t.side, `seed ${seed} ${t.path}`);
+        // a conflict inside another's directory follows the outer decision
+        if (take.some((o) => t.path.startsWith(`${o.path}/`))) continue;
+        const want = key((t.side === 'theirs' ? theirs : ours).get(t.path));
+        assert.equal(key(result.get(t.path)), want, `seed ${seed} ${t.side} ${t.path}`);
+        decided++;
+      }
+    }
+    assert.ok(decided > 50, `decisions checked: ${decided}`);
   });
 });

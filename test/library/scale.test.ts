@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { strata } from '../helpers/cli.js';
+import { CLI, strata } from '../helpers/cli.js';
 import { pgWithSchema, psql, testServices, uniqueName } from '../helpers/services.js';
 import { run, runBuffer } from '../helpers/tools.js';
 import { baseTree, extImageOf, tempDir } from './images.js';
@@ -137,30 +138,116 @@ test('strata migrate: local -> PostgreSQL + S3 (cut short, then resumed), verifi
   assert.equal(v.versions, 1);
 });
 
-test('start-up errors through the CLI: wrong S3 secret, missing bucket, refused database: one line each', async () => {
-  const dir = tempDir('scale-errors');
-  const schema = uniqueName('err');
-  const cases: Array<[Record<string, string>, string[], RegExp]> = [
+/** The three start-up failures, as one line each: what, where (store URL, endpoint, bucket) and what to do. */
+function startupCases(schema: string): Array<[string, Record<string, string>, string[], RegExp]> {
+  const ep = svc.awsEnv.AWS_ENDPOINT_URL.replace(/[.]/g, '\\.');
+  const bucket = svc.s3.replace(/^s3:\/\//, '');
+  return [
     [
+      'wrong S3 secret',
       { AWS_SECRET_ACCESS_KEY: 'wrong' },
       ['--catalog', pgWithSchema(svc.pg, schema), '--store', `${svc.s3}/x`],
-      /^strata: s3:\/\/.*: the S3 server refused the credentials \(\w+\)\n$/,
+      new RegExp(
+        `^strata: ${svc.s3}/x: S3 endpoint ${ep}: the S3 server refused the credentials \\((SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied)\\) for bucket ${bucket}, access key ${svc.awsEnv.AWS_ACCESS_KEY_ID} from AWS_ACCESS_KEY_ID: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY .*\n$`,
+      ),
     ],
     [
+      'missing bucket',
       {},
       ['--catalog', pgWithSchema(svc.pg, schema), '--store', 's3://no-such-bucket/x'],
-      /^strata: s3:\/\/no-such-bucket\/x: .*no such bucket: no-such-bucket/,
+      new RegExp(
+        `^strata: s3://no-such-bucket/x: S3 endpoint ${ep}: no such bucket: no-such-bucket \\(the server answered 404\\); create it \\(e\\.g\\. aws s3 mb s3://no-such-bucket --endpoint-url ${ep}\\) or name an existing bucket in --store / STRATA_STORE\n$`,
+      ),
     ],
     [
+      'refused database',
       {},
       ['--catalog', `postgres://strata@127.0.0.1:9/strata`, '--store', `${svc.s3}/x`],
-      /^strata: postgres:\/\/strata@127\.0\.0\.1:9\/strata: cannot use the catalog database: connect ECONNREFUSED 127\.0\.0\.1:9/,
+      /^strata: postgres:\/\/strata@127\.0\.0\.1:9\/strata: cannot use the catalog database: connect ECONNREFUSED 127\.0\.0\.1:9; check --catalog \/ STRATA_CATALOG .*\n$/,
     ],
   ];
-  for (const [i, [extra, places, want]] of cases.entries()) {
+}
+
+test('start-up errors through the CLI: wrong S3 secret, missing bucket, refused database: one line each', async () => {
+  const dir = tempDir('scale-errors');
+  for (const [i, [what, extra, places, want]] of startupCases(uniqueName('err')).entries()) {
     const r = await strata(['init', ...places], { env: envFor(path.join(dir, `lib${i}`), extra) });
-    assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, want);
+    assert.equal(r.code, 1, `${what}: ${r.stderr}`);
+    assert.match(r.stderr, want, what);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   }
+});
+
+test('no password for the catalog database: one clear line, and the process ends (it lingered until the server timed the login out)', async () => {
+  const dir = tempDir('scale-nopass');
+  const env = envFor(path.join(dir, 'lib'));
+  delete env.PGPASSWORD;
+  const home = path.join(dir, 'home'); // no ~/.pgpass either
+  const noPass = new URL(pgWithSchema(svc.pg, uniqueName('np')));
+  noPass.password = '';
+  const r = await new Promise<{ code: number; stderr: string }>((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      [CLI, 'init', '--catalog', noPass.toString(), '--store', `${svc.s3}/${uniqueName('np')}`],
+      { env: { ...env, HOME: home }, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => (stderr += b));
+    // PostgreSQL's authentication_timeout is 60 s: a process still there at 45 s waits for it
+    const t = setTimeout(() => child.kill('SIGKILL'), 45_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, stderr });
+    });
+  });
+  assert.equal(r.code, 1, `exit ${r.code} (-1: killed, still running at 45 s): ${r.stderr}`);
+  assert.match(
+    r.stderr,
+    /^strata: postgres:\/\/strata@.*: cannot use the catalog database: .*password.*; check --catalog/,
+  );
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+});
+
+/** `strata serve ARGS`: its exit code and stderr; killed (code -1, a failure) if it is still up after 120 s. */
+function serveOnce(args: string[], env: Record<string, string>): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--quiet', ...args], {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => (stderr += b));
+    const t = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, stderr });
+    });
+  });
+}
+
+test('strata serve refuses to start on a wrong S3 secret, a missing bucket or a refused database: one line each', async () => {
+  const dir = tempDir('scale-serve-errors');
+  for (const [i, [what, extra, places, want]] of startupCases(uniqueName('serr')).entries()) {
+    const r = await serveOnce(
+      ['--library', path.join(dir, `lib${i}`), ...places],
+      envFor(path.join(dir, `lib${i}`), extra),
+    );
+    assert.equal(r.code, 1, `${what}: ${r.stderr}`);
+    assert.match(r.stderr, want, what);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+  // a working library whose secret changed since: the store comes from its marker, the same line
+  const lib = path.join(dir, 'ok');
+  const schema = uniqueName('sok');
+  const good = envFor(lib);
+  await ok(['init', '--catalog', pgWithSchema(svc.pg, schema), '--store', `${svc.s3}/${uniqueName('sok')}`], good);
+  const r = await serveOnce(['--library', lib], { ...good, AWS_SECRET_ACCESS_KEY: 'rotated' });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(
+    r.stderr,
+    /^strata: s3:\/\/.*: S3 endpoint .*: the S3 server refused the credentials .* check AWS_ACCESS_KEY_ID/,
+  );
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
 });

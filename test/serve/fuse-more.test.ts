@@ -58,6 +58,7 @@ test('a library version mounts from its manifest: the tree equals the kernel loo
           'mtimeNs',
           'atimeNs',
           'ctimeNs',
+          'birthNs',
           'rdev',
           'target',
           'sha256',

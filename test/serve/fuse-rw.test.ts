@@ -479,3 +479,87 @@ os.close(fd)`;
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('commit twice without a change makes one version; umount --commit; a mounted image file commits onto --parent; unchanged files share chunks', async () => {
+  const img = await rwImage();
+  const dir = scratch('fuse-rw-twice');
+  const lib = path.join(dir, 'lib');
+  let m: StrataMount | undefined;
+  try {
+    assert.equal((await strata(['checkin', '--library', lib, '--name', 'tw', img])).code, 0);
+    m = await strataMount(['--library', lib, 'tw@1', '--rw', '--upper', path.join(dir, 'upper')], 'twice');
+    const mnt = m.mnt;
+    sh(mnt, 'echo new-host > etc/hostname');
+    const first = await strata(['commit', mnt, '--json', '-m', 'hostname']);
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal((JSON.parse(first.stdout) as { ref: string }).ref, 'tw@2');
+    // again, nothing changed: no version, and it says which one holds the changes
+    const again = await strata(['commit', mnt, '-m', 'hostname']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /nothing changed since tw@2 .*no new version/);
+    const againJson = await strata(['commit', mnt, '--json']);
+    assert.deepEqual(JSON.parse(againJson.stdout).unchanged, true);
+    const versions = () =>
+      strata(['versions', 'tw', '--library', lib, '--json']).then((r) =>
+        r.stdout
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as { number: number }),
+      );
+    assert.equal((await versions()).length, 2);
+
+    // one more change: umount --commit makes tw@3 (all changes over tw@1, tw@2 a further parent) and unmounts
+    sh(mnt, 'echo more > more.txt');
+    const u = await strata(['umount', mnt, '--commit', '--json', '-m', 'more']);
+    assert.equal(u.code, 0, u.stderr);
+    const made = JSON.parse(u.stdout) as { ref: string; parent: string; changes: number };
+    assert.equal(made.ref, 'tw@3');
+    assert.equal(made.parent, 'tw@1');
+    assert.equal(made.changes, 2);
+    assert.notEqual(await m.exited, undefined);
+    assert.ok(!isMounted(mnt), 'umount --commit unmounted');
+    const { Library } = await import('../../src/library/library.js');
+    const { layoutFiles } = await import('../../src/library/library-verbs.js');
+    const L = await Library.open(lib);
+    try {
+      const v3 = await L.catalog.resolve('tw@3');
+      assert.deepEqual(
+        v3.parents.map((p) => `${p.image}@${p.number}`),
+        ['tw@1', 'tw@2'],
+      );
+      const filesOf = async (ref: string) => {
+        const v = await L.catalog.resolve(ref);
+        const f = await layoutFiles(L, v, await L.layout(v.manifest));
+        return new Map(f.entries.map((e) => [e.path, e]));
+      };
+      const f1 = await filesOf('tw@1');
+      const f3 = await filesOf('tw@3');
+      // unchanged files: the same chunks; changed ones: not
+      const big = f3.get('/data/big.bin');
+      assert.ok(big?.chunks && big.chunks.length > 1);
+      assert.deepEqual(big.chunks, f1.get('/data/big.bin')?.chunks);
+      assert.deepEqual(f3.get('/keep.txt')?.chunks, f1.get('/keep.txt')?.chunks);
+      assert.notDeepEqual(f3.get('/etc/hostname')?.chunks, f1.get('/etc/hostname')?.chunks);
+      assert.equal(f3.get('/more.txt')?.size, 5);
+    } finally {
+      await L.close();
+    }
+    await m.stop();
+    m = undefined;
+
+    // an image file mounted --rw: commit needs the version the changes go onto
+    m = await strataMount([img, '--rw', '--upper', path.join(dir, 'upper2')], 'img-rw');
+    sh(m.mnt, 'echo from-image > etc/hostname');
+    const none = await strata(['commit', m.mnt]);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /--parent REF --library DIR/);
+    const onto = await strata(['commit', m.mnt, '--parent', 'tw@1', '--library', lib, '--json']);
+    assert.equal(onto.code, 0, onto.stderr);
+    assert.equal((JSON.parse(onto.stdout) as { ref: string }).ref, 'tw@4');
+    const cat = await strata(['cat', '--library', lib, 'tw@4', '/etc/hostname']);
+    assert.equal(cat.stdout, 'from-image\n');
+  } finally {
+    if (m) await m.stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -70,6 +70,7 @@ const FIELDS: Field[] = [
   'mtimeNs',
   'atimeNs',
   'ctimeNs',
+  'birthNs',
   'allocated',
   'rdev',
   'target',

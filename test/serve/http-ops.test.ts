@@ -144,6 +144,103 @@ describe('strata nbd REF --remote', () => {
     }
   });
 
+  test('--overlay: qemu-io writes into a local overlay; checkin --remote of it sends what changed, parent the version it backs onto', async () => {
+    // free blocks of the base's ext4 (dumpe2fs, not our reader): writes there keep the file system sound
+    const dump = await run('dumpe2fs', [rawOfBase]);
+    const blockSize = Number(/^Block size:\s+(\d+)/m.exec(dump)?.[1]);
+    const free = [...dump.matchAll(/^\s+Free blocks: (\d+)-(\d+)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
+    const [first, last] = free.filter(([a, b]) => b - a >= 64).pop() ?? [0, -1];
+    assert.ok(last - first >= 64, 'a free run of 64 blocks in the base');
+    const at = (first + 8) * blockSize;
+    const overlay = path.join(dir, 'remote-overlay.qcow2');
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist/cli/strata.cjs'),
+        'nbd',
+        'own/base',
+        '--remote',
+        server.url,
+        '--overlay',
+        overlay,
+        '--port',
+        '0',
+        '--json',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, STRATA_TOKEN: tokens['own-reader'] } },
+    );
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (c) => (err += c));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      const listing = await new Promise<{ exports: Array<{ uri: string; readOnly: boolean }> }>((resolve, reject) => {
+        child.stdout.on('data', (c) => {
+          out += c;
+          try {
+            resolve(JSON.parse(out));
+          } catch {}
+        });
+        exited.then(() => reject(new Error(`strata nbd exited: ${err}`)));
+      });
+      assert.equal(listing.exports[0].readOnly, false);
+      await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a ${at} 65536`, listing.exports[0].uri]);
+    } finally {
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, err);
+    }
+    // the overlay alone is a clean qcow2 naming the version's manifest as its backing file
+    const alone = `json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":"${overlay}"}}`;
+    await run('qemu-img', ['check', alone]);
+    const base = await api.call('GET', '/v1/resolve', { query: { ref: 'own/base' }, token: tokens['own-reader'] });
+    const info = JSON.parse(await run('qemu-img', ['info', '--output=json', overlay])) as {
+      'backing-filename'?: string;
+    };
+    assert.equal(info['backing-filename'], `strata-library:${(base.body as { manifest: string }).manifest}`);
+
+    // what the disk should now be: the base with the 64 KiB written
+    const expected = Buffer.from(readFileSync(rawOfBase));
+    expected.fill(0x5a, at, at + 65536);
+    const r = await strata(['checkin', overlay, '--name', 'own/booted', '--exact', '--remote', server.url, '--json'], {
+      env: { STRATA_TOKEN: tokens['own-member'] },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const got = JSON.parse(r.stdout) as { ref: string; chunks: number; chunksSent: number; chunkBytesSent: number };
+    assert.equal(got.ref, 'own/booted@1');
+    // the base's chunks are the server's already: what goes up is the changed part, not the disk
+    assert.ok(got.chunksSent > 0 && got.chunksSent < got.chunks / 4, JSON.stringify(got));
+    assert.ok(got.chunkBytesSent < expected.length / 4, JSON.stringify(got));
+    const dl = await api.call('GET', '/v1/images/{name}/versions/{version}/disk', {
+      params: { name: 'own/booted', version: 1 },
+      token: tokens['own-reader'],
+    });
+    assert.equal(dl.status, 200);
+    assert.equal(dl.bytes.length, expected.length);
+    if (!dl.bytes.equals(expected)) {
+      let i = 0;
+      while (dl.bytes[i] === expected[i]) i++;
+      let j = expected.length - 1;
+      while (dl.bytes[j] === expected[j]) j--;
+      assert.fail(
+        `the checked-in disk differs from the base with the write in ${i}-${j} (write at ${at}-${at + 65536})`,
+      );
+    }
+    const prov = await api.call('GET', '/v1/images/{name}/versions/{version}/provenance', {
+      params: { name: 'own/booted', version: 1 },
+      token: tokens['own-reader'],
+    });
+    assert.deepEqual((prov.body as { parents: unknown[] }).parents, [{ image: 'own/base', number: 1 }]);
+
+    // a caller who may not read the version the overlay backs onto gets it named as missing; nothing is made
+    const denied = await strata(['checkin', overlay, '--name', 'other/booted', '--remote', server.url], {
+      env: { STRATA_TOKEN: tokens['other-member'] },
+    });
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /backing version \(manifest [0-9a-f]{64}\) is not readable/);
+    const none = await api.call('GET', '/v1/images/{name}', { params: { name: 'other/booted' }, token: tokens.root });
+    assert.equal(none.status, 404);
+  });
+
   test('without a token a private version is missing, and nbd says so', async () => {
     const r = await strata(['nbd', 'own/base', '--remote', server.url, '--port', '0'], {
       env: { STRATA_TOKEN: '' },

@@ -627,6 +627,8 @@ describe('operations', () => {
     // the upload-side routes are covered by http-remote.test.ts; import by http-ops.test.ts
     const elsewhere = new Set([
       'POST /v1/images/{name}/import',
+      // edits: http-edit.test.ts (against a strata serve process)
+      'POST /v1/images/{name}/edits',
       'DELETE /v1/images/{name}/versions/{version}',
       'DELETE /v1/images/{name}/tags/{tag}',
       'DELETE /v1/images/{name}/members/{project}',

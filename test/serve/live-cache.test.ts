@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -12,6 +13,7 @@ import { FileSource } from '../../src/io/file-source.js';
 import { FilterSource, type Unwrapped } from '../../src/io/filter-source.js';
 import { IntrospectiveCache, type IntrospectiveCacheOptions } from '../../src/io/introspective-cache.js';
 import { debugfsBlocks, profileLibrary, qemuIoReads, strataNbd } from '../deploy/profile-helpers.js';
+import { strata } from '../helpers/cli.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { fixture, ROOT, run } from '../helpers/tools.js';
 
@@ -190,6 +192,23 @@ describe('live introspective cache: prefetchers against debugfs', () => {
     assert.ok([...where.values()].includes(b.got[0]));
   });
 
+  test('meta: an inode-table read fetches the table’s next blocks (debugfs stats: the group’s inode table), bounded', async () => {
+    const stats = await run('debugfs', ['-R', 'stats', img]);
+    const ipg = Number(/Inodes per group:\s+(\d+)/.exec(stats)?.[1]);
+    const isz = Number(/Inode size:\s+(\d+)/.exec(stats)?.[1]);
+    const tables = [...stats.matchAll(/inode table at (\d+)/g)].map((x) => Number(x[1]));
+    assert.ok(ipg > 0 && isz > 0 && tables.length > 0, stats);
+    const len = (ipg * isz) / BS;
+    const first = tables[0];
+    const last = Math.max(...tables) + len - 1;
+    assert.ok(len >= 8, `an inode table is ${len} blocks`);
+    const { got } = await prefetchOf(first + 1, ['meta'], { bounds: { meta: { perRequest: 4 * BS } } });
+    assert.deepEqual(got, [first + 2, first + 3, first + 4, first + 5]);
+    // at the table's end: nothing past it
+    const end = await prefetchOf(last, ['meta']);
+    assert.deepEqual(end.got, []);
+  });
+
   test('siblings: a small file read fetches the next files of its directory in disk order, whole, within the cap', async () => {
     const files = (await lsDir('/d')).filter((e) => e.name.startsWith('file-'));
     const layout = [];
@@ -294,6 +313,83 @@ describe('strata nbd --cache-policy introspective', () => {
     assert.equal(s.byClass.data.prefetched >= 1, true);
   });
 
+  test('strata cache stats: hit rates by class from a trace (classes by trace resolve) and from the counters, on SIGUSR1 and at exit', async () => {
+    const trace = path.join(tmp, 'stats-trace.jsonl');
+    const stats = path.join(tmp, 'stats-live.json');
+    const nbd = await strataNbd([img, '--cache-policy', 'introspective', '--trace', trace, '--cache-stats', stats]);
+    const big = await debugfsBlocks(img, '/big');
+    const d = await debugfsBlocks(img, '/d');
+    const ranges: Array<[number, number]> = [
+      [d[0] * BS, BS],
+      [big[0] * BS, BS],
+      [big[1] * BS, BS],
+      [big[0] * BS, BS],
+    ];
+    for (let o = 0; o < map.diskSize; o += 301 * BS + 512) ranges.push([o, 2048]);
+    await qemuIoReads(nbd.uri, ranges);
+    // a running server: --pid makes it write its counters now
+    const live = await run('node', [CLI, 'cache', 'stats', stats, '--pid', String(nbd.pid), '--json']);
+    const during = JSON.parse(live).exports[path.basename(img)];
+    assert.equal(during.from, 'stats');
+    assert.ok(during.requests >= ranges.length, `${during.requests} requests counted while serving`);
+    await qemuIoReads(nbd.uri, [[big[0] * BS, BS]]);
+    assert.equal(await nbd.stop(), 0);
+    // the oracle: each read's class by `strata trace resolve` (its first owner), its outcome from the trace
+    const lines = readFileSync(trace, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    const reads = lines.filter((r) => r.op === 'read');
+    const resolved = (await run('node', [CLI, 'trace', 'resolve', img, trace, '--json']))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((r) => r.op === 'read');
+    assert.equal(resolved.length, reads.length);
+    const want: Record<string, { requests: number; hits: number; prefetched: number; misses: number }> = {};
+    for (const [i, r] of reads.entries()) {
+      const c = classOf(resolved[i].owners[0].kind as Kind);
+      const w = (want[c] ??= { requests: 0, hits: 0, prefetched: 0, misses: 0 });
+      w.requests++;
+      if (r.cache === 'hit') w.hits++;
+      else if (r.cache === 'prefetched') w.prefetched++;
+      else w.misses++;
+    }
+    assert.ok(want.data.hits >= 1 && want.data.prefetched >= 1 && want.metadata.misses >= 1, JSON.stringify(want));
+    const fromTrace = JSON.parse(await run('node', [CLI, 'cache', 'stats', trace, '--json'])).exports[
+      path.basename(img)
+    ];
+    assert.equal(fromTrace.from, 'trace');
+    assert.equal(fromTrace.requests, reads.length);
+    for (const [c, w] of Object.entries(want)) {
+      const got = fromTrace.byClass[c];
+      assert.deepEqual(
+        { requests: got.requests, hits: got.hits, prefetched: got.prefetched, misses: got.misses },
+        w,
+        c,
+      );
+      assert.equal(got.hitRate, +((w.hits + w.prefetched) / w.requests).toFixed(4));
+    }
+    // the counters the server wrote at exit agree with its trace
+    const atExit = JSON.parse(await run('node', [CLI, 'cache', 'stats', stats, '--json'])).exports[path.basename(img)];
+    assert.equal(atExit.requests, reads.length);
+    for (const [c, w] of Object.entries(want)) assert.equal(atExit.byClass[c].requests, w.requests, c);
+    assert.ok(atExit.prefetchers.file.fetchedBytes > 0);
+    // the table names every class the trace saw
+    const text = await run('node', [CLI, 'cache', 'stats', trace, '--kinds']);
+    for (const c of Object.keys(want)) assert.match(text, new RegExp(`^\\s+${c}\\s+${want[c].requests}\\s`, 'm'));
+    assert.match(text, /^\s+file\s+\d+/m);
+    // not a stats file nor a trace: a clear error naming the file and where
+    const bad = path.join(tmp, 'bad-stats.txt');
+    writeFileSync(bad, '{"op":"read"}\nnot json\n');
+    const r = await strata(['cache', 'stats', bad]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /bad-stats\.txt: trace record: offset 14 \(0xe\): line 2 is not JSON/);
+    writeFileSync(bad, '{"op":"read","offset":0,"length":1}\n');
+    const none = await strata(['cache', 'stats', bad]);
+    assert.match(none.stderr, /no read carries a cache outcome/);
+  });
+
   test('reads equal the image with every prefetcher on, through a small cache (nbdcopy, qemu-img compare)', async () => {
     const nbd = await strataNbd([img, '--cache-policy', 'introspective', '--prefetch', 'all', '--cache-size', '1M']);
     try {
@@ -362,6 +458,67 @@ describe('strata nbd --cache-policy introspective', () => {
       byClass: Record<string, { requests: number }>;
     };
     assert.ok(s.byClass.metadata.requests > 0 && s.byClass.data.requests > 0, JSON.stringify(s.byClass));
+  });
+
+  test('the library service: a version disk read by range (qemu curl driver) through the live cache, counters in /metrics', async () => {
+    const { lib, n } = await profileLibrary(path.join(tmp, 'lib-http'));
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'serve',
+        '--library',
+        lib,
+        '--listen',
+        '127.0.0.1:0',
+        '--default-visibility',
+        'public',
+        '--cache-policy',
+        'introspective',
+        '--cache-size',
+        '4M',
+        '--quiet',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let err = '';
+        child.stderr.on('data', (b) => {
+          err += b;
+          const m = / at (http:\/\/\S+) /.exec(err);
+          if (m) resolve(m[1]);
+        });
+        exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
+      });
+      const disk = `${url}/v1/images/disk/versions/1/disk`;
+      // qemu reads the version through its curl driver: ranges, each through the cache
+      const spec = JSON.stringify({ driver: 'raw', file: { driver: 'http', url: disk } });
+      const cmp = spawnSync('qemu-img', ['compare', '-f', 'raw', n, `json:${spec}`], { encoding: 'utf8' });
+      assert.equal(cmp.status, 0, `${cmp.stdout}${cmp.stderr}`);
+      assert.match(cmp.stdout, /identical/);
+      const metrics = await (await fetch(`${url}/metrics`)).text();
+      const counted = (re: RegExp) => [...metrics.matchAll(re)].reduce((sum, m) => sum + Number(m[1]), 0);
+      const byClass = (c: string) =>
+        counted(
+          new RegExp(
+            `^strata_disk_cache_requests_total\\{version="disk@1",class="${c}",outcome="\\w+"\\} (\\d+)$`,
+            'gm',
+          ),
+        );
+      assert.ok(byClass('metadata') > 0 && byClass('data') > 0, metrics);
+      // every range GET of the disk (206, by the route's own counter) went through the cache, once
+      const ranged = counted(
+        /^strata_http_requests_total\{method="GET",route="\/v1\/images\/:name\/versions\/:version\/disk",status="206"\} (\d+)$/gm,
+      );
+      assert.ok(ranged > 0, metrics);
+      assert.equal(byClass('metadata') + byClass('data') + byClass('unused') + byClass('unknown'), ranged);
+      assert.match(metrics, /^strata_disk_cache_prefetch_bytes_total\{version="disk@1",prefetcher="file"\} [1-9]\d*$/m);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+    }
   });
 
   test('bad options are refused', async () => {

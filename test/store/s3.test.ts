@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { CachedBackend } from '../../src/store/cache-backend.js';
+import { CachedBackend, PREFETCH_AHEAD } from '../../src/store/cache-backend.js';
 import { RepoLock } from '../../src/store/lock.js';
 import { MULTIPART_OVER, S3Backend } from '../../src/store/s3-backend.js';
 import { Store } from '../../src/store/store.js';
@@ -115,6 +115,44 @@ test('a store on S3 behind the bounded cache: blobs read back after a fresh open
     assert.equal(onDisk, cached.size);
     const v = await s.verify();
     assert.deepEqual(v.errors, []);
+  } finally {
+    await s.close();
+  }
+});
+
+test('checkout prefetch on S3: packs fetched ahead in the order asked, no further than PREFETCH_AHEAD past the reader, each once', async () => {
+  const url = `${svc.s3}/${uniqueName('prefetch')}`;
+  const blobs = Array.from({ length: 10 }, () => randomBytes(256 * 1024));
+  const digests: string[] = [];
+  {
+    const s = await Store.open(await S3Backend.open(url));
+    for (const b of blobs) {
+      digests.push((await s.put('data', b)).digest);
+      await s.flush(); // a pack each
+    }
+    await s.close();
+  }
+  const cacheDir = path.join(tempDir('s3-prefetch'), 'cache');
+  const cached = new CachedBackend(await S3Backend.open(url), cacheDir);
+  const s = await Store.open(cached);
+  try {
+    const packsOf = (ds: string[]) => ds.map((d) => (s.entry(d) as { pack: string }).pack);
+    assert.equal(new Set(packsOf(digests)).size, 10);
+    const idle = async () => {
+      while (cached.prefetching > 0) await new Promise((r) => setTimeout(r, 20));
+    };
+    const inCache = () => new Set(readdirSync(cacheDir).filter((f) => f.startsWith('packs')));
+    const misses0 = cached.misses;
+    s.prefetch(digests);
+    await idle();
+    // nothing read yet: the first PREFETCH_AHEAD packs, in the order asked, and no more
+    assert.equal(cached.misses - misses0, PREFETCH_AHEAD);
+    const want = packsOf(digests.slice(0, PREFETCH_AHEAD)).map((p) => `packs~${p.slice(0, 2)}~${p}`);
+    assert.deepEqual(inCache(), new Set(want));
+    for (const [i, d] of digests.entries()) assert.equal(sha(await s.get(d)), sha(blobs[i]), `blob ${i}`);
+    await idle();
+    assert.equal(cached.misses - misses0, 10, 'every pack fetched once');
+    assert.equal(inCache().size, 10);
   } finally {
     await s.close();
   }

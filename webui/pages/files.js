@@ -127,9 +127,9 @@ function Extents({ name, version, path }) {
 export function FilePage({ name, version, path }) {
   const st = useApi(async () => {
     const base = vpath(name, version);
-    const stat = await call(`${base}/files/stat`, { path });
+    // both at once (one round trip, not two): listing a file or a symlink answers with itself
+    const [stat, ls] = await Promise.all([call(`${base}/files/stat`, { path }), callAll(`${base}/files`, { path })]);
     if (stat.type === 'dir') {
-      const ls = await callAll(`${base}/files`, { path });
       ls.items.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
       return { stat, ls };
     }

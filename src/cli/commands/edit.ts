@@ -3,8 +3,9 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { Change, Library } from '../../library/index.js';
 import { StrataError } from '../../library/index.js';
-import { humanSize, printJson } from '../output.js';
+import { filesSummaryLine, humanSize, printJson } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
+import { remoteOf, withRemote } from '../remote.js';
 
 /**
  * Edit verbs (issue 24): each makes a new version of REF's image whose disk is REF's with
@@ -13,7 +14,7 @@ import { addPlaceOptions, placesFrom } from '../places.js';
  */
 export const EDIT_VERBS = ['put', 'mkdir', 'ln', 'chmod', 'chown', 'edit', 'log'] as const;
 
-const withEdit = (cmd: Command) =>
+const withEditLocal = (cmd: Command) =>
   addPlaceOptions(
     cmd
       .option('-m, --message <text>', "the new version's message (default: a summary of the changes)")
@@ -26,6 +27,7 @@ const withEdit = (cmd: Command) =>
       .option('--json', 'machine-readable output')
       .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
   );
+const withEdit = (cmd: Command) => withRemote(withEditLocal(cmd));
 
 async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
   const { Library, refreshIndex } = await import('../../library/index.js');
@@ -43,6 +45,21 @@ async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => 
 
 /** Apply `changes` to REF as one new version and say what was made. */
 export async function runEdit(ref: string, changes: Change[], o: Record<string, unknown>): Promise<void> {
+  const remote = await remoteOf(o);
+  if (remote) {
+    const r = await remote.edit(ref, changes, {
+      ...(o.message !== undefined ? { message: o.message as string } : {}),
+      ...(o.tag ? { tags: o.tag as string[] } : {}),
+      ...(o.part !== undefined ? { part: o.part as string } : {}),
+      ...(o.lv !== undefined ? { lv: o.lv as string } : {}),
+    });
+    if (o.json) return printJson({ remote: remote.url, ...r });
+    process.stdout.write(
+      `${r.ref} <- ${r.parent}: ${r.changes} change${r.changes === 1 ? '' : 's'} on ${r.fsKind} (volume ${r.volume}); ${humanSize(r.contentBytes)} of contents sent (service ${remote.url})\n`,
+    );
+    for (const w of r.warnings) process.stderr.write(`strata: warning: ${w}\n`);
+    return;
+  }
   const { applyChanges } = await import('../../library/index.js');
   await withLibrary(o, async (lib) => {
     const r = await applyChanges(
@@ -84,11 +101,21 @@ export function registerEditCommands(program: Command): void {
       .argument('<ref>', 'the version to edit (NAME, NAME:TAG, NAME@N)')
       .argument('<path>', 'absolute path in the image')
       .argument('<file>', 'local file whose bytes PATH gets')
+      .option('-p, --parents', "make PATH's missing parent directories (root's, 755)")
       .option('--mode <octal>', 'permission bits (default 644)')
       .option('--uid <n>', 'owner (default 0)')
-      .option('--gid <n>', 'group (default 0)'),
+      .option('--gid <n>', 'group (default 0)')
+      .option('--mtime <seconds>', 'modification time, SECONDS[.NANOS] since the epoch (default now)'),
   ).action(async (ref: string, p: string, file: string, o: Record<string, unknown>) => {
+    const { parseSeconds } = await import('../../library/index.js');
     const c: Change = { op: 'put', path: p, content: { kind: 'file', path: path.resolve(file) } };
+    if (o.parents) c.parents = true;
+    if (o.mtime !== undefined) {
+      const t = parseSeconds(String(o.mtime));
+      if (!t) throw new StrataError('USAGE', `--mtime ${JSON.stringify(o.mtime)} is not SECONDS[.NANOS]`);
+      c.mtime = t.seconds;
+      c.mtimeNsec = t.nsec;
+    }
     const mode = modeOf(o.mode as string | undefined, '--mode');
     const uid = idOf(o.uid as string | undefined, '--uid');
     const gid = idOf(o.gid as string | undefined, '--gid');
@@ -200,10 +227,7 @@ export function registerEditCommands(program: Command): void {
         if (s.message) out.push(`    ${s.message}`);
         else if (s.source) out.push(`    checked in from ${s.source}`);
         if (s.changes) {
-          const c = s.changes;
-          out.push(
-            `    +${c.added} added, -${c.removed} removed, ~${c.changed} changed, ${c.metadata} metadata only (${humanSize(c.bytesAdded)} added, ${humanSize(c.bytesRemoved)} removed, ${humanSize(c.bytesChanged)} changed) vs ${s.parents[0]}`,
-          );
+          out.push(`    ${filesSummaryLine(s.changes)} vs ${s.parents[0]}`);
         } else if (s.parents.length === 0) out.push('    (no parent)');
         if (s.parents.length > 1) out.push(`    other parents: ${s.parents.slice(1).join(' ')}`);
         for (const w of s.warnings) out.push(`    warning: ${w}`);

@@ -23,7 +23,7 @@ import {
   TARGET_HELP,
   targetOptionsFrom,
 } from '../common.js';
-import { humanSize, printJson, printJsonLines, setExitStatus, warnAll, writeOut } from '../output.js';
+import { filesSummaryLine, humanSize, printJson, printJsonLines, setExitStatus, warnAll, writeOut } from '../output.js';
 import { remoteOf } from '../remote.js';
 
 /** Inspection verbs: inspect (what OS is in an image) and diff (what changed between two). */
@@ -276,9 +276,7 @@ function humanDiff(out: { files: TreeDiff; packages?: PackageDiff | null; blocks
   for (const x of f.metadata)
     l.push(`m ${x.type.padEnd(8)} ${String(x.size).padStart(12)} ${x.path} [${x.fields.join(',')}]`);
   const s = f.summary;
-  l.push(
-    `files: ${s.added} added (${s.bytesAdded} bytes), ${s.removed} removed (${s.bytesRemoved} bytes), ${s.changed} changed (${s.bytesChanged} bytes), ${s.metadata} metadata only`,
-  );
+  l.push(filesSummaryLine(s));
   if (out.packages) {
     const p = out.packages;
     for (const x of p.added) l.push(`+ package ${x.name} ${x.version} ${x.arch}`);

@@ -368,8 +368,6 @@ function registerLibraryVerbs(program: Command): void {
       .option('--json', 'machine-readable output'),
   ).action(async (ref: string, paths: string[], o: Record<string, unknown>) => {
     if (paths.length > 0) {
-      if (await remoteOf(o))
-        throw new StrataError('USAGE', 'rm REF PATH works on a local library only (no --remote yet)');
       const { runEdit } = await import('./edit.js');
       return runEdit(
         ref,

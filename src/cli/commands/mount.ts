@@ -6,17 +6,19 @@ import {
   mkdtempSync,
   readFileSync,
   realpathSync,
+  renameSync,
   rmdirSync,
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { StrataError } from '../../library/index.js';
-import type { FuseSession } from '../../serve/index.js';
+import { REF_PREFIX, StrataError } from '../../library/index.js';
+import type { FuseSession, LocalChunkCache } from '../../serve/index.js';
 import { addAddressOptions, noteTarget, openOptionsFrom, TARGET_HELP, targetOptionsFrom } from '../common.js';
 import { printJson, warn, warnAll } from '../output.js';
+import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
 
 const CHILD_ENV = 'STRATA_MOUNT_SERVER';
@@ -42,6 +44,12 @@ async function background(image: string, o: Record<string, unknown>): Promise<vo
   const upper = said.upper;
   if (o.json) printJson({ mountpoint: said.ready, source: image, readOnly: !upper, upper, pid: child.pid });
   else process.stdout.write(`mounted ${image} at ${said.ready} (${how(upper)}; server pid ${child.pid})\n`);
+}
+
+/** The chunk cache of remote mounts when --chunk-cache names none: $XDG_CACHE_HOME/strata/chunks (~/.cache). */
+function defaultChunkCache(): string {
+  const base = process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache');
+  return path.join(base, 'strata', 'chunks');
 }
 
 const how = (upper: string | undefined) => (upper ? `writable; upper layer ${upper}` : 'read-only');
@@ -82,19 +90,40 @@ async function mountTarget(
     throw new StrataError('NOT_FOUND', 'mount point does not exist', { file: mountpoint });
   }
   if (!st.isDirectory()) throw new StrataError('USAGE', 'mount point is not a directory', { file: mountpoint });
-  const { classifyTarget } = await import('../../library/index.js');
-  noteTarget(classifyTarget(image, targetOptionsFrom(o)));
+  const remote = await remoteOf(o, [image]);
+  if (!remote) {
+    const { classifyTarget } = await import('../../library/index.js');
+    noteTarget(classifyTarget(image, targetOptionsFrom(o)));
+  } else if (o.library !== undefined) throw new StrataError('USAGE', '--remote and --library: choose one');
   const cacheBytes = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
   const maxBytes = o.maxSize === undefined ? undefined : parseSize(String(o.maxSize), 'upper layer size');
   if (!o.rw && (o.upper !== undefined || maxBytes !== undefined)) {
     throw new StrataError('USAGE', '--upper and --max-size are for a writable mount (--rw)');
   }
-  const { openMountTree, FuseSession, OverlayTree } = await import('../../serve/index.js');
-  const opened = await openMountTree(image, {
-    address: { part: o.part as string | undefined, lv: o.lv as string | undefined },
-    open: openOptionsFrom(o),
-    target: targetOptionsFrom(o),
-  });
+  const { openMountTree, openRemoteMountTree, FuseSession, OverlayTree } = await import('../../serve/index.js');
+  let opened: Awaited<ReturnType<typeof openMountTree>>;
+  if (remote) {
+    // a version of a library service: its manifests and chunks through the local chunk cache
+    let cache: LocalChunkCache | undefined;
+    if (o.chunkCache !== false) {
+      const { ChunkCache } = await import('../../deploy/index.js');
+      const dir = typeof o.chunkCache === 'string' ? o.chunkCache : defaultChunkCache();
+      const max = o.chunkCacheSize === undefined ? undefined : parseSize(String(o.chunkCacheSize), 'chunk cache size');
+      cache = await ChunkCache.open(dir, max);
+    }
+    const r = await openRemoteMountTree(remote, image.startsWith(REF_PREFIX) ? image.slice(REF_PREFIX.length) : image, {
+      part: (o.part ?? o.lv) as string | undefined,
+      cache,
+      onWarning: warn,
+    });
+    opened = { tree: r.tree, warnings: [], kind: 'version' };
+  } else {
+    opened = await openMountTree(image, {
+      address: { part: o.part as string | undefined, lv: o.lv as string | undefined },
+      open: openOptionsFrom(o),
+      target: targetOptionsFrom(o),
+    });
+  }
   warnAll(opened.warnings);
   let tree = opened.tree;
   let upper: string | undefined;
@@ -218,6 +247,111 @@ async function currentState(upper: string): Promise<{ state: unknown; live: bool
   return { state: s, live: false };
 }
 
+/** What a commit of an upper folder notes there (committed.json), so that committing it again unchanged is a no-op. */
+interface Committed {
+  /** changeSetDigest of what was committed. */
+  digest: string;
+  ref: string;
+  parent: string;
+}
+
+/**
+ * `strata commit` of an upper folder: its change set as a new version of the mounted one
+ * (or of --parent). The upper folder is not reset by a commit (a live mount goes on showing
+ * the edits), so the change set of a later commit holds the earlier one's changes too: when
+ * it is the same as the last one committed from this folder, nothing is made (and it says
+ * so); when more changed, the new version is the whole change set over the same parent, with
+ * the last commit as a further parent.
+ */
+async function commitUpper(upper: string, o: Record<string, unknown>): Promise<void> {
+  const { changeSetDigest, checkUpperState, upperToChangeSet } = await import('../../serve/index.js');
+  const { state, live } = await currentState(upper);
+  const checked = checkUpperState(state, path.join(upper, 'state.json'));
+  const set = upperToChangeSet(checked, upper, o.message as string | undefined);
+  const meta = JSON.parse(readFileSync(path.join(upper, 'meta.json'), 'utf8')) as UpperMeta;
+  if (o.dryRun) {
+    if (o.json) {
+      printJson({
+        upper,
+        live,
+        source: meta.source,
+        version: meta.version,
+        message: set.message,
+        changes: set.changes.map((c) =>
+          c.op === 'xattr' ? { ...c, value: c.value === null ? null : Buffer.from(c.value).toString('base64') } : c,
+        ),
+      });
+    } else {
+      process.stdout.write(`${set.changes.length} changes in ${upper} (${live ? 'mounted' : 'not mounted'}):\n`);
+      for (const c of set.changes) {
+        const rest = c.op === 'rename' ? ` -> ${c.to}` : c.op === 'symlink' || c.op === 'link' ? ` -> ${c.target}` : '';
+        process.stdout.write(`  ${c.op} ${c.path}${rest}\n`);
+      }
+    }
+    return;
+  }
+  let base = meta.version;
+  if (o.parent !== undefined) {
+    const library = (o.library as string | undefined) ?? meta.version?.library;
+    if (!library) throw new StrataError('USAGE', '--parent needs --library (the mount was of an image file)');
+    base = { library: path.resolve(library), ref: String(o.parent) };
+  } else if (o.library !== undefined) throw new StrataError('USAGE', '--library goes with --parent');
+  if (!base) {
+    throw new StrataError(
+      'USAGE',
+      `${meta.source} is an image file, not a library version: name the version the changes apply to (--parent REF --library DIR), or --dry-run`,
+      { file: upper },
+    );
+  }
+  if (set.changes.length === 0) {
+    if (o.json) printJson({ upper, live, changes: 0, unchanged: true, ref: null });
+    else process.stdout.write(`nothing to commit: the mount at ${meta.mountpoint} has no changes\n`);
+    return;
+  }
+  const digest = await changeSetDigest(set);
+  const doneFile = path.join(upper, 'committed.json');
+  let last: Committed | undefined;
+  try {
+    const x = JSON.parse(readFileSync(doneFile, 'utf8')) as Committed;
+    if (typeof x?.digest === 'string' && typeof x.ref === 'string' && typeof x.parent === 'string') last = x;
+  } catch {
+    // never committed from this folder
+  }
+  const { applyChanges, Library } = await import('../../library/index.js');
+  const library = await Library.open(base.library);
+  try {
+    const parent = await library.catalog.resolve(base.ref);
+    const parentRef = `${parent.image}@${parent.number}`;
+    const image = (o.name as string | undefined) ?? parent.image;
+    if (last && last.digest === digest && last.parent === parentRef && last.ref.startsWith(`${image}@`)) {
+      if (o.json) printJson({ upper, live, changes: 0, unchanged: true, ref: last.ref, parent: last.parent });
+      else {
+        process.stdout.write(
+          `nothing changed since ${last.ref} was committed from ${upper}: no new version (${set.changes.length} changes over ${last.parent}, all in ${last.ref})\n`,
+        );
+      }
+      return;
+    }
+    const made = await applyChanges(library, parentRef, set, {
+      name: o.name as string | undefined,
+      workDir: o.workDir as string | undefined,
+      // the last commit of this folder holds part of these changes: it is this version's parent too
+      alsoParents: last && last.parent === parentRef ? [last.ref] : undefined,
+    });
+    const note: Committed = { digest, ref: made.ref, parent: made.parent };
+    writeFileSync(`${doneFile}.tmp`, `${JSON.stringify(note, null, 2)}\n`);
+    renameSync(`${doneFile}.tmp`, doneFile);
+    if (o.json) printJson({ upper, live, ...made });
+    else {
+      process.stdout.write(
+        `committed ${made.changes} changes of ${made.parent} as ${made.ref}${live ? ` (the mount still shows the edits over ${made.parent})` : ''}\n`,
+      );
+    }
+  } finally {
+    await library.close();
+  }
+}
+
 /**
  * `mount TARGET MOUNTPOINT`: a FUSE mount (the kernel protocol spoken by Strata itself over
  * /dev/fuse, as root) of an image's file system or a library version's file manifest,
@@ -241,6 +375,16 @@ export function registerMountCommands(program: Command): void {
         'with --rw: the upper folder (default: a fresh private folder under the temporary directory)',
       )
       .option('--max-size <size>', 'with --rw: the most bytes the upper folder may hold (ENOSPC past it)')
+      .option(
+        '--remote <url>',
+        'TARGET is a version of a library service, read through its API (default: $STRATA_REMOTE; token from $STRATA_TOKEN)',
+      )
+      .option(
+        '--chunk-cache <dir>',
+        'with --remote: chunks kept between mounts (default: $XDG_CACHE_HOME/strata/chunks; the format of deploy --cache)',
+      )
+      .option('--no-chunk-cache', 'with --remote: keep no chunks on disk')
+      .option('--chunk-cache-size <size>', 'with --remote: bound of the chunk cache (default 10G)')
       .option('--background', 'return once mounted, serving on in a detached process (its warnings are not shown)')
       .option('--json', 'print {mountpoint, source} as JSON once mounted'),
   ).action(async (image: string, mountpoint: string, o: Record<string, unknown>) => {
@@ -282,57 +426,14 @@ export function registerMountCommands(program: Command): void {
     .option('--dry-run', 'print the change set, make no version')
     .option('--name <image>', "the image the new version belongs to (default: the parent's)")
     .option('--work-dir <dir>', 'where the temporary disk is written (default: the temporary directory)')
+    .option(
+      '--parent <ref>',
+      'the version the changes apply to (default: the mounted one; needed for a mounted image file)',
+    )
+    .option('--library <dir>', "with --parent: the library holding it (default: the mounted version's)")
     .option('--json', 'print JSON')
     .action(async (dir: string, o: Record<string, unknown>) => {
-      const { checkUpperState, upperToChangeSet } = await import('../../serve/index.js');
-      const upper = upperOf(dir);
-      const { state, live } = await currentState(upper);
-      const checked = checkUpperState(state, path.join(upper, 'state.json'));
-      const set = upperToChangeSet(checked, upper, o.message as string | undefined);
-      const meta = JSON.parse(readFileSync(path.join(upper, 'meta.json'), 'utf8')) as UpperMeta;
-      if (o.dryRun) {
-        if (o.json) {
-          printJson({
-            upper,
-            live,
-            source: meta.source,
-            version: meta.version,
-            message: set.message,
-            changes: set.changes.map((c) =>
-              c.op === 'xattr' ? { ...c, value: c.value === null ? null : Buffer.from(c.value).toString('base64') } : c,
-            ),
-          });
-        } else {
-          process.stdout.write(`${set.changes.length} changes in ${upper} (${live ? 'mounted' : 'not mounted'}):\n`);
-          for (const c of set.changes) {
-            const rest =
-              c.op === 'rename' ? ` -> ${c.to}` : c.op === 'symlink' || c.op === 'link' ? ` -> ${c.target}` : '';
-            process.stdout.write(`  ${c.op} ${c.path}${rest}\n`);
-          }
-        }
-        return;
-      }
-      if (!meta.version) {
-        throw new StrataError('USAGE', `${meta.source} is an image file, not a library version: only --dry-run`, {
-          file: upper,
-        });
-      }
-      const { applyChanges, Library } = await import('../../library/index.js');
-      const library = await Library.open(meta.version.library);
-      try {
-        const made = await applyChanges(library, meta.version.ref, set, {
-          name: o.name as string | undefined,
-          workDir: o.workDir as string | undefined,
-        });
-        if (o.json) printJson({ upper, live, ...made });
-        else {
-          process.stdout.write(
-            `committed ${made.changes} changes of ${made.parent} as ${made.ref}${live ? ' (the mount still shows the edits over ' + made.parent + ')' : ''}\n`,
-          );
-        }
-      } finally {
-        await library.close();
-      }
+      await commitUpper(upperOf(dir), o);
     });
 
   program
@@ -340,7 +441,16 @@ export function registerMountCommands(program: Command): void {
     .description('unmount a Strata mount (its server then exits)')
     .argument('<mountpoint>', 'where it is mounted')
     .option('-l, --lazy', 'detach now even when busy (umount -l)')
+    .option('--commit', 'first commit the changes of a writable mount (as strata commit MOUNTPOINT), then unmount')
+    .option('-m, --message <text>', "with --commit: what the new version's description says")
+    .option('--name <image>', "with --commit: the image the new version belongs to (default: the parent's)")
+    .option('--work-dir <dir>', 'with --commit: where the temporary disk is written')
+    .option('--json', 'with --commit: print the commit as JSON')
     .action(async (mountpoint: string, o: Record<string, unknown>) => {
+      if (o.commit) await commitUpper(upperOf(mountpoint), o);
+      else if (o.message !== undefined || o.name !== undefined || o.json) {
+        throw new StrataError('USAGE', '--message, --name and --json go with --commit');
+      }
       const args = o.lazy ? ['-l', mountpoint] : [mountpoint];
       const r = await new Promise<{ status: number; stderr: string }>((resolve) => {
         const p = spawn('umount', args, { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -163,7 +163,7 @@ export function registerNbdCommand(program: Command): void {
 }
 
 /** --cache-policy, --prefetch and --cache-map as the exports' live cache options (undefined: the plain block cache). */
-async function cacheOptionsFrom(o: Record<string, unknown>): Promise<ExportCacheOptions | undefined> {
+export async function cacheOptionsFrom(o: Record<string, unknown>): Promise<ExportCacheOptions | undefined> {
   const policy = o.cachePolicy === undefined ? undefined : String(o.cachePolicy);
   if (policy === undefined) {
     if (o.prefetch !== undefined || o.cacheMap !== undefined)

@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import type { Conflict, Library, RebaseResult } from '../../library/index.js';
+import type { Conflict, Library, RebaseResult, Take } from '../../library/index.js';
+import { StrataError } from '../../library/index.js';
 import { printJson, setExitStatus, writeOut } from '../output.js';
 
 /**
@@ -17,19 +19,50 @@ export function registerRebaseCommand(program: Command): void {
     .requiredOption('--to <a1>', 'the updated base')
     .addOption(program.createOption('--ours', "a conflict keeps REF's side").conflicts('theirs'))
     .addOption(program.createOption('--theirs', "a conflict takes A1's side"))
+    .option(
+      '--take <side-path...>',
+      'decide one conflict: --take ours|theirs PATH (a directory decides what is under it; package:NAME a package); repeatable, before --ours/--theirs',
+    )
+    .option(
+      '--resolve <file>',
+      'decisions from a file: "ours PATH" / "theirs PATH" / "theirs package:NAME" a line (--dry-run prints one)',
+    )
     .option('--part <id>', 'the volume, when the versions hold several file systems')
     .option('--message <text>', 'the new version\'s description (default "rebase REF from A0 onto A1")')
     .option('--dry-run', 'plan only: the changes and conflicts, no version written')
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'one object: the plan (changes, conflicts, merged files) and the new version')
     .action(async (ref: string, o: Record<string, unknown>) => {
-      const { Library, rebaseVersion } = await import('../../library/index.js');
+      const { Library, rebaseVersion, parseResolutions } = await import('../../library/index.js');
+      const take: Take[] = [];
+      const words = (o.take as string[] | undefined) ?? [];
+      for (let i = 0; i < words.length; i += 2) {
+        const side = words[i];
+        const p = words[i + 1];
+        if ((side !== 'ours' && side !== 'theirs') || p === undefined)
+          throw new StrataError(
+            'USAGE',
+            `--take wants "ours PATH" or "theirs PATH", not ${JSON.stringify(words.slice(i, i + 2).join(' '))}`,
+          );
+        take.push({ side, path: p });
+      }
+      if (o.resolve !== undefined) {
+        const file = o.resolve as string;
+        let text: string;
+        try {
+          text = readFileSync(file, 'utf8');
+        } catch (e) {
+          throw new StrataError('NOT_FOUND', `cannot read the resolution file: ${(e as Error).message}`, { file });
+        }
+        take.push(...parseResolutions(text, file));
+      }
       const lib: Library = await Library.open(o.library as string | undefined, { create: false });
       let r: RebaseResult;
       try {
         r = await rebaseVersion(lib, ref, o.from as string, o.to as string, {
           ...(o.part !== undefined ? { part: o.part as string } : {}),
           ...(o.ours ? { prefer: 'ours' as const } : o.theirs ? { prefer: 'theirs' as const } : {}),
+          ...(take.length > 0 ? { take } : {}),
           ...(o.message !== undefined ? { message: o.message as string } : {}),
           dryRun: Boolean(o.dryRun),
         });
@@ -46,8 +79,19 @@ export function registerRebaseCommand(program: Command): void {
       for (const m of r.plan.merged)
         lines.push(`merged ${m.path} (${m.how}${m.fromTheirs?.length ? `: ${m.fromTheirs.join(', ')} from A1` : ''})`);
       for (const c of r.plan.conflicts) lines.push(conflictLine(c));
-      if (stopped) lines.push(`${s.unresolved} conflicts: nothing written (--ours or --theirs decides)`);
+      if (stopped)
+        lines.push(
+          `${s.unresolved} conflicts: nothing written (--take ours|theirs PATH, --resolve FILE, --ours or --theirs decides)`,
+        );
       else if (r.dryRun) lines.push('dry run: nothing written');
+      if (r.plan.conflicts.length > 0 && (stopped || r.dryRun)) {
+        // a resolution file to edit and pass back with --resolve: every conflict, REF's side by default
+        lines.push('', '# resolution file (keep ours or change to theirs; pass with --resolve FILE):');
+        for (const c of r.plan.conflicts) {
+          lines.push(`# ${conflictLine(c)}`);
+          lines.push(`${c.resolution ?? 'ours'} ${c.package ? `package:${c.package}` : c.path}`);
+        }
+      }
       await writeOut(`${lines.join('\n')}\n`);
     });
 }

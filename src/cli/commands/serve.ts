@@ -4,6 +4,8 @@ import type { Access } from '../../serve/index.js';
 import { printJson } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
 import { remoteOf, withRemote } from '../remote.js';
+import { parseSize } from './convert.js';
+import { cacheOptionsFrom } from './nbd.js';
 
 /**
  * `strata serve` (the library service) and the accounts it checks: `user add|list`,
@@ -54,8 +56,19 @@ export function registerServeCommands(program: Command): void {
       )
       .option('--no-import-urls', 'refuse imports of images the server would fetch from a URL')
       .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
-      .option('--quiet', 'no request log lines on stdout'),
+      .option('--quiet', 'no request log lines on stdout')
+      .option(
+        '--cache-policy <policy>',
+        'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd; counters in /metrics)',
+      )
+      .option('--prefetch <list>', 'introspective prefetchers: meta, dir, file, siblings, all, none (default all)')
+      .option('--cache-size <size>', 'bytes of that cache per version (default 64M)'),
   ).action(async (o: Record<string, unknown>) => {
+    const diskCache = await cacheOptionsFrom(o);
+    if (o.cacheSize !== undefined) {
+      if (!diskCache) throw new StrataError('USAGE', '--cache-size needs --cache-policy');
+      diskCache.cacheSize = parseSize(String(o.cacheSize), 'cache size');
+    }
     const { Library } = await import('../../library/index.js');
     const { startServer } = await import('../../serve/index.js');
     let lib: Library;
@@ -74,6 +87,7 @@ export function registerServeCommands(program: Command): void {
       defaultVisibility: String(o.defaultVisibility) as 'private',
       rateLimit: Number(o.rateLimit),
       importUrls: o.importUrls !== false,
+      diskCache,
     });
     process.stderr.write(
       `strata: serving ${lib.dir}${lib.places.store.startsWith('s3:') || lib.places.catalog.startsWith('postgres') ? ` (catalog ${lib.places.catalog}, store ${lib.places.store})` : ''} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,

@@ -783,6 +783,10 @@ export class NtfsFileSystem implements FileSystem {
   async *metadataRegions(): AsyncIterable<OwnedRange> {
     const cs = this.ctx.boot.clusterSize;
     yield { offset: 0, length: Math.max(cs, 8192), kind: 'boot-sector', detail: '$Boot' }; // $Boot: 8 KiB
+    // the backup boot sector: the volume's last sector, just past the sectors the boot sector counts
+    const { totalBytes, bytesPerSector } = this.ctx.boot;
+    if (totalBytes + bytesPerSector <= this.ctx.volume.size)
+      yield { offset: totalBytes, length: bytesPerSector, kind: 'boot-sector', detail: 'backup boot sector' };
     const sys: Array<[number, string, string]> = [
       [0, 'inode-table', '$MFT'],
       [1, 'reserved', '$MFTMirr'],

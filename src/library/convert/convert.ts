@@ -6,6 +6,7 @@ import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from '../../for
 import { pageAlignedBuffer } from '../../util/aligned.js';
 import { StrataError } from '../../util/errors.js';
 import { directCopy } from './direct-copy.js';
+import { canCopyNatively, nativeCopy, poolCopyQcow2 } from './native-copy.js';
 
 export interface ConvertOptions {
   format: 'raw' | 'qcow2';
@@ -21,9 +22,10 @@ export interface ConvertOptions {
   /**
    * The bulk copier on worker threads (direct-copy.ts) for plain outputs: 'auto' (default)
    * uses it for disks of DIRECT_MIN_BYTES and more, 'always' for any size, 'never' keeps the
-   * single-threaded pump. Both write the same file.
+   * single-threaded pump, 'workers' the worker-thread copier even where the native one
+   * (raw outputs, native/copy.c) would run. All write the same disk.
    */
-  directCopy?: 'auto' | 'always' | 'never';
+  directCopy?: 'auto' | 'always' | 'never' | 'workers';
   /** Replace an existing file at the output path (default true; the CLI refuses unless --force). */
   overwrite?: boolean;
 }
@@ -97,10 +99,24 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
             compression: opts.compression,
             backing: opts.backing ? { path: opts.backing.path, format: opts.backing.format } : undefined,
           });
-    const target = opts.backing || !wantDirect(src, opts) ? undefined : writer.directTarget?.();
-    const bytesRead = target
-      ? await directCopy(src, target, { outName: outPath, onProgress: opts.onProgress, signal: opts.signal })
-      : await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
+    // Plain outputs: the native copier (raw) or the pool copier (qcow2): no start-up cost, so any
+    // size; the worker copier for large disks when the addon is missing (or asked for).
+    // STRATA_NO_NATIVE_COPY=1 (bench/convert's BENCH_WORKERS): the worker copier, for comparison.
+    const native =
+      src.direct &&
+      opts.directCopy !== 'never' &&
+      opts.directCopy !== 'workers' &&
+      process.env.STRATA_NO_NATIVE_COPY !== '1';
+    const dt = !opts.backing && (native || wantDirect(src, opts)) ? writer.directTarget?.() : undefined;
+    const how = { outName: outPath, onProgress: opts.onProgress, signal: opts.signal };
+    const bytesRead =
+      dt && native && canCopyNatively(dt)
+        ? await nativeCopy(src, dt, how)
+        : dt && native && dt.layout === 'qcow2'
+          ? await poolCopyQcow2(src, dt, how)
+          : dt && wantDirect(src, opts)
+            ? await directCopy(src, dt, how)
+            : await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
     await out.commit(opts.sync);
     return { virtualSize: src.size, bytesRead, bytesWritten };
@@ -118,7 +134,7 @@ const DIRECT_MIN_BYTES = 64 * 1024 * 1024;
 
 function wantDirect(src: DiskImage, opts: ConvertOptions): boolean {
   if (!src.direct || opts.directCopy === 'never') return false;
-  return opts.directCopy === 'always' || src.size >= DIRECT_MIN_BYTES;
+  return opts.directCopy === 'always' || opts.directCopy === 'workers' || src.size >= DIRECT_MIN_BYTES;
 }
 
 function refuseOverwritingInputs(src: DiskImage, outPath: string, backing?: DiskImage): void {

@@ -9,6 +9,7 @@
  * order; a later operation sees the effect of an earlier one.
  * @module
  */
+import { StrataError } from '../../util/errors.js';
 
 /** Where a new file's bytes come from. */
 export type ContentSource =
@@ -29,14 +30,35 @@ export interface Attrs {
   mode?: number;
   uid?: number;
   gid?: number;
-  /** Seconds since the epoch (fractions kept where the file system can). */
+  /**
+   * Seconds since the epoch. A fraction is kept where the file system can (ext4 inodes of
+   * more than 128 bytes hold nanoseconds in their extra time fields); `mtimeNsec`/`atimeNsec`
+   * (0..999,999,999), when given, are the exact nanoseconds and override the fraction (a
+   * double cannot hold nanoseconds of today's times exactly).
+   */
   mtime?: number;
   atime?: number;
+  mtimeNsec?: number;
+  atimeNsec?: number;
+}
+
+/** "SECONDS[.FRACTION]" as exact whole seconds and nanoseconds; undefined when it is not that. */
+export function parseSeconds(s: string): { seconds: number; nsec: number } | undefined {
+  const m = /^(-?\d{1,12})(?:\.(\d{1,9}))?$/.exec(s);
+  if (!m) return undefined;
+  const whole = Number(m[1]);
+  const frac = m[2] ? Number(m[2].padEnd(9, '0')) : 0;
+  // -1.25 is 1.25 s before the epoch: second -2, plus 0.75 s
+  if (m[1].startsWith('-') && frac > 0) return { seconds: whole - 1, nsec: 1e9 - frac };
+  return { seconds: whole, nsec: frac };
 }
 
 export type Change =
-  /** Create or replace a regular file (replacing keeps nothing of the old file but its path). */
-  | ({ op: 'put'; path: string; content: ContentSource } & Attrs)
+  /**
+   * Create or replace a regular file (replacing keeps nothing of the old file but its path);
+   * `parents`: make missing ancestor directories (root's, 0755) first.
+   */
+  | ({ op: 'put'; path: string; content: ContentSource; parents?: boolean } & Attrs)
   /** Remove a file, symlink or device; a directory only with `recursive`. */
   | { op: 'rm'; path: string; recursive?: boolean }
   /** Create a directory (`parents`: also missing ancestors, and no error if it exists). */
@@ -56,4 +78,71 @@ export interface ChangeSet {
   changes: Change[];
   /** What the new version's description says (shown by `strata log`). */
   message?: string;
+}
+
+/**
+ * A change set as JSON for the library service (POST /v1/images/{name}/edits): contents
+ * travel as base64 ({ kind: 'bytes', base64 }), xattr values as base64 strings (null
+ * removes). A 'file' content (a path on the sender's disk) is read and sent as bytes by
+ * toWire's caller; the server takes bytes only (a path or a version there would read what
+ * the caller may not).
+ */
+export type WireChange = Record<string, unknown> & { op: string; path: string };
+
+export function changeToWire(c: Change, data?: Uint8Array): WireChange {
+  if (c.op === 'put') {
+    const bytes = c.content.kind === 'bytes' ? c.content.data : data;
+    if (!bytes) throw new StrataError('USAGE', `put ${c.path}: its bytes must be read before they are sent`);
+    return { ...c, content: { kind: 'bytes', base64: Buffer.from(bytes).toString('base64') } };
+  }
+  if (c.op === 'xattr') return { ...c, value: c.value === null ? null : Buffer.from(c.value).toString('base64') };
+  return { ...c };
+}
+
+const WIRE_FIELDS: Record<string, string[]> = {
+  put: ['path', 'content', 'parents', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  rm: ['path', 'recursive'],
+  mkdir: ['path', 'parents', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  symlink: ['path', 'target', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  link: ['path', 'target'],
+  rename: ['path', 'to'],
+  setattr: ['path', 'mode', 'uid', 'gid', 'mtime', 'atime', 'mtimeNsec', 'atimeNsec'],
+  xattr: ['path', 'name', 'value'],
+};
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** The server's side: a wire change back to a Change, every field checked for its type (plan.ts checks the values). */
+export function changeFromWire(w: unknown, i: number): Change {
+  const where = `change ${i + 1}`;
+  if (!w || typeof w !== 'object' || Array.isArray(w)) throw new StrataError('USAGE', `${where} is not an object`);
+  const o = w as Record<string, unknown>;
+  const fields = typeof o.op === 'string' ? WIRE_FIELDS[o.op] : undefined;
+  if (!fields) throw new StrataError('USAGE', `${where}: unknown operation ${JSON.stringify(o.op)}`);
+  const out: Record<string, unknown> = { op: o.op };
+  for (const [k, v] of Object.entries(o)) {
+    if (k === 'op') continue;
+    if (!fields.includes(k)) throw new StrataError('USAGE', `${where} (${o.op}): unknown field ${k}`);
+    if (['path', 'target', 'to', 'name'].includes(k)) {
+      if (typeof v !== 'string') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a string`);
+    } else if (['parents', 'recursive'].includes(k)) {
+      if (typeof v !== 'boolean') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a boolean`);
+    } else if (k === 'content') {
+      const c = v as Record<string, unknown> | null;
+      if (!c || c.kind !== 'bytes' || typeof c.base64 !== 'string' || !BASE64.test(c.base64))
+        throw new StrataError('USAGE', `${where} (put): content is not { kind: 'bytes', base64 }`);
+      out.content = { kind: 'bytes', data: new Uint8Array(Buffer.from(c.base64, 'base64')) };
+      continue;
+    } else if (k === 'value') {
+      if (v === null) out.value = null;
+      else if (typeof v === 'string' && BASE64.test(v)) out.value = new Uint8Array(Buffer.from(v, 'base64'));
+      else throw new StrataError('USAGE', `${where} (xattr): value is neither base64 nor null`);
+      continue;
+    } else if (typeof v !== 'number') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a number`);
+    out[k] = v;
+  }
+  if (typeof out.path !== 'string') throw new StrataError('USAGE', `${where} (${o.op}): no path`);
+  if (o.op === 'put' && !out.content) throw new StrataError('USAGE', `${where} (put): no content`);
+  if (o.op === 'xattr' && !('value' in out)) throw new StrataError('USAGE', `${where} (xattr): no value`);
+  return out as unknown as Change;
 }

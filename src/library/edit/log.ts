@@ -1,3 +1,4 @@
+import type { TreeDiff } from '../../inspect/tree-diff.js';
 import { StrataError } from '../../util/errors.js';
 import type { Library } from '../library.js';
 import { diffVersions } from '../version-diff.js';
@@ -16,16 +17,11 @@ export interface LogStep {
   parents: string[];
   tags: string[];
   state: 'active' | 'deleted';
-  /** Against the first parent; null for the root (or when the parent cannot be read). */
-  changes: {
-    added: number;
-    removed: number;
-    changed: number;
-    metadata: number;
-    bytesAdded: number;
-    bytesRemoved: number;
-    bytesChanged: number;
-  } | null;
+  /**
+   * Against the first parent: the summary of `strata diff`'s file tree diff itself (one
+   * count, not a second one); null for the root (or when the parent cannot be read).
+   */
+  changes: TreeDiff['summary'] | null;
   warnings: string[];
 }
 

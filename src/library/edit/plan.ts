@@ -164,6 +164,9 @@ export interface PlanOptions {
 /** Check `changes` against the parent's tree and write them as debugfs commands. */
 export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanOptions): Promise<Plan> {
   const model = new TreeModel(fs);
+  // inodes over 128 bytes hold the extra time fields (nanoseconds, epoch bits)
+  const inodeSize = Number((await fs.info()).extra?.inodeSize ?? 128);
+  const extraTimes = inodeSize > 128;
   const plan: Plan = { commands: [], changeOf: [], files: [], contentBytes: 0 };
   const now = Math.floor(opts.now ?? Date.now() / 1000);
   let current = 0;
@@ -180,13 +183,28 @@ export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanO
     const gid = a.gid ?? defaults.gid;
     const mtime = a.mtime ?? defaults.mtime;
     const atime = a.atime ?? defaults.atime;
+    const mtimeNsec = a.mtime !== undefined ? a.mtimeNsec : defaults.mtimeNsec;
+    const atimeNsec = a.atime !== undefined ? a.atimeNsec : defaults.atimeNsec;
     if (mode !== undefined && type !== 'symlink')
       emit(`sif ${quote(path)} mode ${octal(TYPE_BITS[type] | (mode & 0o7777))}`);
     // debugfs's uid/gid fields set the high 16 bits too
     if (uid !== undefined) emit(`sif ${quote(path)} uid ${uid}`);
     if (gid !== undefined) emit(`sif ${quote(path)} gid ${gid}`);
-    if (mtime !== undefined) emit(`sif ${quote(path)} mtime @${Math.floor(mtime)}`);
-    if (atime !== undefined) emit(`sif ${quote(path)} atime @${Math.floor(atime)}`);
+    if (mtime !== undefined) setTime(path, 'mtime', mtime, mtimeNsec);
+    if (atime !== undefined) setTime(path, 'atime', atime, atimeNsec);
+  };
+  /**
+   * The seconds, then (inodes with extra fields) the extra word: nanoseconds << 2 and the
+   * two epoch bits that extend the signed 32-bit seconds (the kernel's ext4_encode_extra_time).
+   * Always written there, so no nanoseconds of debugfs's own clock are left behind.
+   */
+  const setTime = (path: string, field: 'mtime' | 'atime', seconds: number, nsec?: number) => {
+    const whole = Math.floor(seconds);
+    emit(`sif ${quote(path)} ${field} @${whole}`);
+    if (!extraTimes) return;
+    const ns = nsec ?? Math.min(999_999_999, Math.round((seconds - whole) * 1e9));
+    const epoch = Math.floor((whole + 2 ** 31) / 2 ** 32) & 3;
+    emit(`sif ${quote(path)} ${field}_extra ${ns * 4 + epoch}`);
   };
   const checkAttrs = (c: Change & Attrs) => {
     if (c.mode !== undefined && (!Number.isInteger(c.mode) || c.mode < 0 || c.mode > 0o7777))
@@ -200,6 +218,11 @@ export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanO
       const v = c[k];
       if (v !== undefined && (!Number.isFinite(v) || v < -(2 ** 31) || v >= 2 ** 34))
         fail(c, 'USAGE', `${k} ${v} is out of range`);
+    }
+    for (const k of ['mtimeNsec', 'atimeNsec'] as const) {
+      const v = c[k];
+      if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 999_999_999))
+        fail(c, 'USAGE', `${k} ${v} is not 0..999999999`);
     }
   };
   /** The parent directory of `path` must exist (and be one). */
@@ -227,6 +250,25 @@ export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanO
     model.remove(path);
   };
 
+  /** mkdir `p` (with missing ancestors when `parents`; an existing directory is then fine). */
+  const makeDir = async (c: Change, p: string, attrs: Attrs, parents: boolean): Promise<void> => {
+    const n = await model.get(p);
+    if (n) {
+      if (n.type === 'dir' && parents) return;
+      fail(c, 'USAGE', `${p} exists`);
+    }
+    const parent = await model.get(dirname(p));
+    if (!parent) {
+      if (!parents) fail(c, 'NOT_FOUND', `no directory ${dirname(p)}`);
+      await makeDir(c, dirname(p), {}, true);
+    } else if (parent.type !== 'dir') fail(c, 'USAGE', `${dirname(p)} is not a directory`);
+    emit(`mkdir ${quote(p)}`);
+    const pn = (await model.get(dirname(p))) as Node;
+    pn.nlink++;
+    model.set(p, { type: 'dir', nlink: 2 });
+    setAttrs(p, 'dir', attrs, { mode: 0o755, uid: 0, gid: 0 });
+  };
+
   for (let i = 0; i < changes.length; i++) {
     current = i;
     const c = changes[i];
@@ -238,6 +280,7 @@ export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanO
       case 'put': {
         checkAttrs(c);
         if (path === '/') fail(c, 'USAGE', 'cannot replace the root directory');
+        if (c.parents && dirname(path) !== '/') await makeDir(c, dirname(path), {}, true);
         await needParent(c, path);
         const old = await model.get(path);
         if (old?.type === 'dir') fail(c, 'USAGE', 'is a directory');
@@ -285,28 +328,11 @@ export async function planChanges(fs: FileSystem, changes: Change[], opts: PlanO
       }
       case 'mkdir': {
         checkAttrs(c);
-        const make = async (p: string, last: boolean): Promise<void> => {
-          const n = await model.get(p);
-          if (n) {
-            if (n.type === 'dir' && c.parents) return;
-            fail(c, 'USAGE', `${p} exists`);
-          }
-          const parent = await model.get(dirname(p));
-          if (!parent) {
-            if (!c.parents) fail(c, 'NOT_FOUND', `no directory ${dirname(p)}`);
-            await make(dirname(p), false);
-          } else if (parent.type !== 'dir') fail(c, 'USAGE', `${dirname(p)} is not a directory`);
-          emit(`mkdir ${quote(p)}`);
-          const pn = (await model.get(dirname(p))) as Node;
-          pn.nlink++;
-          model.set(p, { type: 'dir', nlink: 2 });
-          setAttrs(p, 'dir', last ? c : {}, { mode: 0o755, uid: 0, gid: 0 });
-        };
         if (path === '/') {
           if (!c.parents) fail(c, 'USAGE', '/ exists');
           break;
         }
-        await make(path, true);
+        await makeDir(c, path, c, Boolean(c.parents));
         break;
       }
       case 'symlink': {

@@ -6,7 +6,7 @@
  * - both made the same change: nothing to do;
  * - both changed it differently: a conflict (content, delete, type, metadata, add), unless
  *   the two changes touch different fields (A1 changed the content, REF the mode: both kept).
- * Conflicts stop the rebase unless `prefer` says whose side wins; nothing is overwritten
+ * Conflicts stop the rebase unless `take` (per path or package) or `prefer` says whose side wins; nothing is overwritten
  * silently. Package databases get a finer merge: dpkg's status file (and apt's
  * extended_states) stanza by stanza, a stanza both sides changed differently being a
  * conflict that names the package; /var/lib/dpkg/info/PKG.* files follow their package's
@@ -28,6 +28,36 @@ import type { Attrs, Change, ChangeSet } from './changes.js';
 import { contentChunks } from './content.js';
 
 export type Side = 'base' | 'theirs' | 'ours';
+
+/** One explicit decision: `--take ours|theirs PATH` or a line of a resolution file. */
+export interface Take {
+  side: 'ours' | 'theirs';
+  /** An absolute path, or "package:NAME". */
+  path: string;
+}
+
+/**
+ * A resolution file: one decision a line, "ours PATH", "theirs PATH" or "theirs
+ * package:NAME"; '#' starts a comment. (`strata rebase --dry-run` prints one to start from.)
+ */
+export function parseResolutions(text: string, file = '<resolutions>'): Take[] {
+  const out: Take[] = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.replace(/(^|\s)#.*$/, '').trim();
+    if (line === '') return;
+    const m = /^(ours|theirs)\s+(\S.*)$/.exec(line);
+    if (!m || !(m[2].startsWith('/') || /^package:\S+$/.test(m[2])))
+      throw new StrataError(
+        'USAGE',
+        `${file}:${i + 1}: want "ours PATH", "theirs PATH" or "SIDE package:NAME", not ${JSON.stringify(raw)}`,
+        {
+          file,
+        },
+      );
+    out.push({ side: m[1] as 'ours' | 'theirs', path: m[2] });
+  });
+  return out;
+}
 
 /** What one side holds at a path, as a conflict shows it. */
 export interface SideState {
@@ -91,6 +121,12 @@ export interface PlanInput {
   theirsPart?: string;
   /** Whose side a conflict takes; none: conflicts stay unresolved. */
   prefer?: 'ours' | 'theirs';
+  /**
+   * Per-conflict decisions, before `prefer`: a path decides the conflict at that path and
+   * those under it (a directory); "package:NAME" decides that package's stanza conflicts
+   * (and its info files). One naming no path of the three trees nor a package conflict is an error (a typo must not pass).
+   */
+  take?: Take[];
   /** The bytes of a regular file of one side (package databases and logs are merged from them). */
   read(side: Side, e: FileEntry): Promise<Uint8Array>;
 }
@@ -145,12 +181,13 @@ function state(e: FileEntry | undefined): SideState {
 const parentOf = (p: string) => p.slice(0, Math.max(1, p.lastIndexOf('/')));
 const depth = (p: string) => p.split('/').length;
 
-function mtimeSeconds(s: string | null | undefined): number | undefined {
+/** A manifest's ISO time as whole seconds and exact nanoseconds (the fraction's digits, not a double's). */
+function mtimeSeconds(s: string | null | undefined): { mtime: number; mtimeNsec: number } | undefined {
   if (!s) return undefined;
-  const m = /^(.*?)(\.\d+)?Z$/.exec(s);
+  const m = /^(.*?)(?:\.(\d{1,9})\d*)?Z$/.exec(s);
   const ms = Date.parse(m ? `${m[1]}Z` : s);
   if (Number.isNaN(ms)) return undefined;
-  return ms / 1000 + (m?.[2] ? Number(`0${m[2]}`) : 0);
+  return { mtime: Math.floor(ms / 1000), mtimeNsec: m?.[2] ? Number(m[2].padEnd(9, '0')) : 0 };
 }
 
 /** The desired end state of one path: an entry (whose content comes from `from`), or absent. */
@@ -215,11 +252,43 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   const merged: MergedFile[] = [];
   const wants = new Map<string, Want>();
   const summary = { theirsChanged: 0, taken: 0, same: 0, oursKept: 0, conflicts: 0, unresolved: 0 };
-  const prefer = input.prefer;
+  /** A package's name -> how its stanza conflict is labelled ("libfoo:amd64"): its info files' conflicts follow that decision. */
+  const pkgLabel = new Map<string, string>();
+  const takes = new Map<string, Take & { used: boolean }>();
+  for (const t of input.take ?? []) {
+    if (t.side !== 'ours' && t.side !== 'theirs')
+      throw new StrataError('USAGE', `--take ${t.side}: not ours or theirs`);
+    const key = t.path.startsWith('package:') ? t.path : t.path.replace(/\/+$/, '') || '/';
+    const had = takes.get(key);
+    if (had && had.side !== t.side) throw new StrataError('USAGE', `${key} is taken from both sides`);
+    takes.set(key, { ...t, used: false });
+  }
+  /** Whose side decides a conflict at `p` (of package `pkg`): the nearest --take, else `prefer`. */
+  const preferAt = (p: string, pkgGiven?: string): 'ours' | 'theirs' | undefined => {
+    // an info file of a package whose stanza conflicted follows that package's decision
+    const pkg = pkgGiven ?? pkgLabel.get(infoPackage(p) ?? '');
+    for (let q = p; ; q = parentOf(q)) {
+      const t = takes.get(q);
+      if (t) {
+        t.used = true;
+        return t.side;
+      }
+      if (q === '/') break;
+    }
+    if (pkg !== undefined) {
+      const t = takes.get(`package:${pkg}`);
+      if (t) {
+        t.used = true;
+        return t.side;
+      }
+    }
+    return input.prefer;
+  };
 
   const conflict = (c: Omit<Conflict, 'base' | 'ours' | 'theirs'>, p = c.path): Conflict => {
     const x: Conflict = { ...c, base: state(B.get(p)), ours: state(O.get(p)), theirs: state(T.get(p)) };
-    if (prefer) x.resolution = prefer;
+    const r = preferAt(c.path, c.package);
+    if (r) x.resolution = r;
     conflicts.push(x);
     return x;
   };
@@ -246,7 +315,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
       } catch (err) {
         if (!(err instanceof StrataError)) throw err;
         conflict({ path: p, kind: 'content', detail: `not merged by package: ${err.message}` });
-        wants.set(p, prefer === 'theirs' ? { entry: t, from: 'theirs' } : { entry: o, from: 'ours' });
+        wants.set(p, preferAt(p) === 'theirs' ? { entry: t, from: 'theirs' } : { entry: o, from: 'ours' });
       }
     }
   }
@@ -282,6 +351,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
       if (xt?.text === xb || xt?.text === xo?.text) pick = 'ours';
       else if (xo?.text === xb) pick = 'theirs';
       else {
+        pkgLabel.set(name, key.endsWith(':') ? name : key);
         conflict({
           path: p,
           kind: 'package',
@@ -291,8 +361,9 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
         if (isStatus) {
           pkgSource.set(name, 'conflict');
         }
-        if (!prefer) return xo;
-        pick = prefer;
+        const pr = preferAt(p, key.endsWith(':') ? name : key);
+        if (!pr) return xo;
+        pick = pr;
       }
       if (isStatus && xt?.text !== xb) {
         // A1 changed this package: its info files follow the stanza taken (both sides' same
@@ -342,7 +413,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
     }
     if (src === 'conflict') {
       // part of the package's conflict (listed once, by the package)
-      if (prefer === 'theirs') takeTheirs(p);
+      if (preferAt(p, pkg) === 'theirs') takeTheirs(p);
       continue;
     }
     if (BACKUPS.has(p)) {
@@ -372,7 +443,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
         path: p,
         kind: typeOf(b) === 'absent' ? 'add' : tt === 'absent' || to === 'absent' ? 'delete' : 'type',
       });
-      if (prefer === 'theirs') takeTheirs(p);
+      if (preferAt(p) === 'theirs') takeTheirs(p);
       continue;
     }
     // same type on both sides, field by field
@@ -405,7 +476,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
         kind: contentClash ? (bothAdded ? 'add' : 'content') : 'metadata',
         ...(clashes.length > 0 ? { fields: clashes } : {}),
       });
-      if (prefer === 'theirs') takeTheirs(p);
+      if (preferAt(p) === 'theirs') takeTheirs(p);
       continue;
     }
     if (contentFrom === 'theirs') {
@@ -454,11 +525,12 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
           detail: `A1 removes the directory; REF holds ${kept.length} entries in it it does not remove: ${kept.slice(0, 5).join(', ')}${kept.length > 5 ? ' ...' : ''}`,
         });
       }
-      if (prefer === 'ours') {
+      const pr = preferAt(d);
+      if (pr === 'ours') {
         // REF's directory as REF has it, nothing of A1's removals inside
         wants.delete(d);
         for (const p of [...wants.keys()]) if (p.startsWith(`${d}/`)) wants.delete(p);
-      } else if (!prefer) wants.delete(d);
+      } else if (!pr) wants.delete(d);
     }
   }
   const exists = (p: string): boolean => {
@@ -483,7 +555,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
         },
         top,
       );
-    if (prefer === 'theirs') {
+    if (preferAt(top) === 'theirs') {
       for (let q = parentOf(p); q !== '/' && !exists(q); q = parentOf(q)) {
         if (T.get(q)?.type === 'dir') wants.set(q, { entry: T.get(q), from: 'theirs' });
         else break;
@@ -497,7 +569,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   const attrsOf = (e: FileEntry): Attrs => {
     const a: Attrs = { mode: e.mode & 0o7777, uid: e.uid, gid: e.gid };
     const m = mtimeSeconds(e.mtime);
-    if (m !== undefined) a.mtime = m;
+    if (m !== undefined) Object.assign(a, m);
     return a;
   };
   const removals: Array<{ path: string; recursive: boolean }> = [];
@@ -529,13 +601,13 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   }
   creations.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const linked = new Map<number, string>();
-  const dirTimes: Array<[string, number]> = [];
+  const dirTimes: Array<[string, { mtime: number; mtimeNsec: number }]> = [];
   for (const [p, w] of creations) {
     const e = w.entry as FileEntry;
     const a = attrsOf(e);
     if (e.type === 'dir') {
       changes.push({ op: 'mkdir', path: p, ...a });
-      if (a.mtime !== undefined) dirTimes.push([p, a.mtime]);
+      if (a.mtime !== undefined) dirTimes.push([p, { mtime: a.mtime, mtimeNsec: a.mtimeNsec ?? 0 }]);
     } else if (e.type === 'symlink') changes.push({ op: 'symlink', path: p, target: e.target ?? '', ...a });
     else if (e.type === 'file') {
       const first = w.from === 'theirs' && e.nlink > 1 ? linked.get(e.ino) : undefined;
@@ -575,7 +647,7 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
     const m = mtimeSeconds(e.mtime);
     if (e.mtime !== o.mtime && m !== undefined) {
       if (e.type === 'dir') dirTimes.push([p, m]);
-      else set.mtime = m;
+      else Object.assign(set, m);
     }
     if (Object.keys(set).length > 0) changes.push({ op: 'setattr', path: p, ...set });
     const xe = e.xattrs ?? {};
@@ -588,9 +660,19 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
   }
   // directory times last, deepest first: every entry put inside has been
   dirTimes.sort(([a], [b]) => depth(b) - depth(a));
-  for (const [p, mtime] of dirTimes) changes.push({ op: 'setattr', path: p, mtime });
+  for (const [p, t] of dirTimes) changes.push({ op: 'setattr', path: p, ...t });
 
   conflicts.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0));
+  // a decision that names nothing of the three trees (nor a package conflict) is a typo; one
+  // naming a path that stopped conflicting once another decision was made is not
+  const unused = [...takes.values()].filter(
+    (t) => !t.used && (t.path.startsWith('package:') || !(B.has(t.path) || T.has(t.path) || O.has(t.path))),
+  );
+  if (unused.length > 0)
+    throw new StrataError(
+      'USAGE',
+      `--take ${unused[0].side} ${unused[0].path} names no conflict of this rebase (nor a path of REF, A0 or A1)${unused.length > 1 ? ` (nor do ${unused.length - 1} more)` : ''}; conflicts: ${conflicts.map((c) => (c.package ? `package:${c.package}` : c.path)).join(', ') || 'none'}`,
+    );
   summary.conflicts = conflicts.length;
   summary.unresolved = conflicts.filter((c) => !c.resolution || c.kind === 'unsupported').length;
   for (const c of conflicts) if (c.kind === 'unsupported') delete c.resolution;
@@ -616,6 +698,8 @@ export interface RebaseOptions {
   /** The volume, when the versions have several file systems (the same in all three). */
   part?: string;
   prefer?: 'ours' | 'theirs';
+  /** Per-conflict decisions (`--take SIDE PATH`, a resolution file); before `prefer`. */
+  take?: Take[];
   message?: string;
   /** Plan only. */
   dryRun?: boolean;
@@ -667,6 +751,7 @@ export async function rebaseVersion(
     theirsRef: name(vt),
     ...(opts.part !== undefined ? { theirsPart: opts.part } : {}),
     ...(opts.prefer ? { prefer: opts.prefer } : {}),
+    ...(opts.take ? { take: opts.take } : {}),
     async read(side, e) {
       const parts: Uint8Array[] = [];
       for await (const c of fileContent(lib, bySide[side], e)) parts.push(c);

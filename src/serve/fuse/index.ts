@@ -7,11 +7,18 @@ import { ManifestTree } from './manifest-tree.js';
 import type { MountTree } from './tree.js';
 
 export { FsTree } from './fs-tree.js';
-export { ManifestTree } from './manifest-tree.js';
+export { type BlobGetter, ManifestTree } from './manifest-tree.js';
 export { isWritable, OverlayTree, type WritableTree } from './overlay.js';
+export {
+  filesFromBlobs,
+  type LocalChunkCache,
+  openRemoteMountTree,
+  type RemoteBlobStats,
+  RemoteBlobs,
+} from './remote-tree.js';
 export { type FuseMountOptions, FuseSession } from './session.js';
 export type { MountChild, MountNode, MountTree } from './tree.js';
-export { checkUpperState, type UpperState, upperToChangeSet } from './upper.js';
+export { changeSetDigest, checkUpperState, type UpperState, upperToChangeSet } from './upper.js';
 
 export interface OpenMountOptions {
   address?: Address;
@@ -40,7 +47,7 @@ export async function openMountTree(
     try {
       const v = await resolveTargetVersion(lib, target);
       const files = await layoutFiles(lib, v, await lib.layout(v.manifest), opts.address?.part ?? opts.address?.lv);
-      const tree = new ManifestTree(lib, files, `${v.image}@${v.number}`, () => lib.close());
+      const tree = new ManifestTree(lib.store, files, `${v.image}@${v.number}`, () => lib.close());
       return {
         tree,
         warnings: [],

@@ -1,9 +1,13 @@
 import type { FileType, Timestamp } from '../../fs/types.js';
-import type { Library } from '../../library/library.js';
 import type { FileEntry, FilesManifest } from '../../library/manifest.js';
 import { StrataError } from '../../util/errors.js';
 import type { StatfsInfo } from './protocol.js';
 import { type MountChild, type MountNode, type MountTree, makeAttr } from './tree.js';
+
+/** Where a version's blobs come from: a library's store, or a library service (each checked against its digest). */
+export interface BlobGetter {
+  get(digest: string): Promise<Uint8Array>;
+}
 
 interface EntryNode extends MountNode {
   entry: FileEntry;
@@ -36,7 +40,7 @@ export class ManifestTree implements MountTree {
   private readonly rootNode: EntryNode;
 
   constructor(
-    private readonly lib: Library,
+    private readonly blobs: BlobGetter,
     private readonly files: FilesManifest,
     readonly name: string,
     private readonly onClose: () => Promise<void> = async () => {},
@@ -108,6 +112,7 @@ export class ManifestTree implements MountTree {
         atime: parseIsoTime(e.atime),
         mtime: parseIsoTime(e.mtime),
         ctime: parseIsoTime(e.ctime),
+        crtime: parseIsoTime(e.crtime),
         rdev: e.rdev,
       }),
     };
@@ -148,7 +153,7 @@ export class ManifestTree implements MountTree {
         });
       }
       if (d === null) continue; // zeros
-      const b = await this.lib.store.get(d);
+      const b = await this.blobs.get(d);
       if (b.length !== want) {
         throw new StrataError('CORRUPT', `chunk ${i} of ${e.path} has ${b.length} bytes, not ${want}`, {
           file: this.name,

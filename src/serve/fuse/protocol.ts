@@ -48,6 +48,7 @@ export const Op = {
   RENAME2: 45,
   COPY_FILE_RANGE: 47,
   TMPFILE: 51,
+  STATX: 52,
 } as const;
 
 /** Requests that would change the tree: answered EROFS on a read-only mount. */
@@ -189,6 +190,8 @@ export interface Attr {
   atime: { sec: number; nsec: number };
   mtime: { sec: number; nsec: number };
   ctime: { sec: number; nsec: number };
+  /** Birth time, when the file system keeps one (answered to statx only). */
+  btime?: { sec: number; nsec: number };
   mode: number;
   nlink: number;
   uid: number;
@@ -339,3 +342,43 @@ export const TYPE_BITS: Record<string, { ifmt: number; dt: number }> = {
   socket: { ifmt: 0o140000, dt: 12 },
   unknown: { ifmt: 0o100000, dt: 0 },
 };
+
+/** statx mask bits (include/uapi/linux/stat.h). */
+export const STATX_BASIC_STATS = 0x7ff;
+export const STATX_BTIME = 0x800;
+
+/**
+ * fuse_statx_out (7.39): the attributes of fuse_attr plus the birth time when the node has
+ * one (STATX_BTIME in the mask; without it the kernel reports no btime, as for a file
+ * system that keeps none). 288 bytes: validity, flags, spare, then fuse_statx (256).
+ */
+export function statxOut(a: Attr, valid: Validity): Buffer {
+  const b = Buffer.alloc(288);
+  b.writeBigUInt64LE(BigInt(valid.sec), 0);
+  b.writeUInt32LE(valid.nsec, 8);
+  const s = 32; // fuse_statx
+  b.writeUInt32LE(STATX_BASIC_STATS | (a.btime ? STATX_BTIME : 0), s);
+  b.writeUInt32LE(a.blksize, s + 4);
+  // attributes (u64) at s + 8 stay 0
+  b.writeUInt32LE(Math.min(a.nlink, 0xffffffff) >>> 0, s + 16);
+  b.writeUInt32LE(a.uid >>> 0, s + 20);
+  b.writeUInt32LE(a.gid >>> 0, s + 24);
+  b.writeUInt16LE(a.mode & 0xffff, s + 28);
+  b.writeBigUInt64LE(BigInt(a.ino), s + 32);
+  b.writeBigUInt64LE(BigInt(a.size), s + 40);
+  b.writeBigUInt64LE(BigInt(a.blocks), s + 48);
+  // attributes_mask (u64) at s + 56 stays 0
+  const time = (at: number, t: { sec: number; nsec: number } | undefined) => {
+    if (!t) return;
+    b.writeBigInt64LE(BigInt(t.sec), at);
+    b.writeUInt32LE(t.nsec, at + 8);
+  };
+  time(s + 64, a.atime);
+  time(s + 80, a.btime);
+  time(s + 96, a.ctime);
+  time(s + 112, a.mtime);
+  // the kernel's new_encode_dev, undone
+  b.writeUInt32LE((a.rdev >>> 8) & 0xfff, s + 128);
+  b.writeUInt32LE((a.rdev & 0xff) | ((a.rdev >>> 12) & 0xfff00), s + 132);
+  return b;
+}

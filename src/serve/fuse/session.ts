@@ -26,6 +26,7 @@ import {
   parseInHeader,
   reply,
   statfsOut,
+  statxOut,
   TYPE_BITS,
   type Validity,
   WRITE_OPS,
@@ -152,25 +153,9 @@ export class FuseSession {
 
   /** Mount and answer INIT; resolves when the mount is ready for use. */
   async mount(): Promise<void> {
-    const root = await this.tree.root();
-    const held: Held = { id: BigInt(FUSE_ROOT_ID), node: root, lookups: 1 };
-    this.byId.set(held.id, held);
-    this.byKey.set(root.key, held);
     this.fd = openSync('/dev/fuse', 'r+');
-    const uid = process.getuid?.() ?? 0;
-    const gid = process.getgid?.() ?? 0;
-    const source = `strata:${this.tree.name}`.replace(/[\s,]/g, '_');
-    const optsStr = `fd=3,rootmode=40000,user_id=${uid},group_id=${gid},allow_other,default_permissions,${this.rw ? 'rw' : 'ro'},subtype=strata`;
-    const r = await runTool('mount', ['-i', '-t', 'fuse', '-o', optsStr, source, this.mountpoint], this.fd);
-    if (r.status !== 0) {
-      closeSync(this.fd);
-      this.fd = -1;
-      throw new StrataError('IO', `cannot mount at ${this.mountpoint}: ${r.stderr || `mount exited ${r.status}`}`);
-    }
-    this.mounted = true;
-    const ready = new Promise<void>((resolve) => {
-      this.initDone = resolve;
-    });
+    // the reader thread starts (a Node isolate: the longest part of getting ready on a busy
+    // machine) while the root is read and mount(8) runs; it reads once told the mount is there
     const worker = new Worker(new URL('./reader-worker.js', import.meta.url), {
       workerData: { fd: this.fd, bufferSize: BUFFER },
     });
@@ -181,8 +166,42 @@ export class FuseSession {
     });
     worker.on('error', (e) => this.finish(`reader thread failed: ${e.message}`));
     worker.on('exit', () => this.finish('reader thread ended'));
+    const fail = async (e: unknown): Promise<never> => {
+      await worker.terminate().catch(() => {});
+      this.worker = undefined;
+      closeSync(this.fd);
+      this.fd = -1;
+      throw e;
+    };
+    let root: MountNode;
+    try {
+      root = await this.tree.root();
+    } catch (e) {
+      return fail(e);
+    }
+    const held: Held = { id: BigInt(FUSE_ROOT_ID), node: root, lookups: 1 };
+    this.byId.set(held.id, held);
+    this.byKey.set(root.key, held);
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const source = `strata:${this.tree.name}`.replace(/[\s,]/g, '_');
+    const optsStr = `fd=3,rootmode=40000,user_id=${uid},group_id=${gid},allow_other,default_permissions,${this.rw ? 'rw' : 'ro'},subtype=strata`;
+    const r = await runTool('mount', ['-i', '-t', 'fuse', '-o', optsStr, source, this.mountpoint], this.fd);
+    if (r.status !== 0) {
+      return fail(
+        new StrataError('IO', `cannot mount at ${this.mountpoint}: ${r.stderr || `mount exited ${r.status}`}`),
+      );
+    }
+    this.mounted = true;
+    const ready = new Promise<void>((resolve) => {
+      this.initDone = resolve;
+    });
+    worker.postMessage('read');
     await Promise.race([ready, this.ended.then((why) => Promise.reject(new StrataError('IO', why)))]);
-    this.connection = await connectionOf(this.mountpoint);
+    // only unmount needs it (to abort a connection nobody answers): not waited for here
+    connectionOf(this.mountpoint).then((c) => {
+      this.connection = c;
+    });
   }
 
   private finish(why: string): void {
@@ -322,6 +341,9 @@ export class FuseSession {
       }
       case Op.GETATTR:
         return attrOut(this.held(nodeid).node.attr, this.valid);
+      case Op.STATX:
+        // the kernel asks for statx (not getattr) when the caller wants the birth time
+        return statxOut(this.held(nodeid).node.attr, this.valid);
       case Op.OPEN: {
         const held = this.held(nodeid);
         if ((body.readUInt32LE(0) & 3) !== 0 && !this.rw) throw Errno.EROFS;

@@ -55,6 +55,8 @@ export function makeAttr(o: {
   atime?: Timestamp;
   mtime?: Timestamp;
   ctime?: Timestamp;
+  /** Birth time (ext4 and xfs v5 crtime, btrfs otime, NTFS and FAT creation): statx's btime. */
+  crtime?: Timestamp;
   rdev?: { major: number; minor: number };
   allocatedBytes?: number;
   blksize?: number;
@@ -67,6 +69,7 @@ export function makeAttr(o: {
     atime: clampNs(o.atime),
     mtime: clampNs(o.mtime),
     ctime: clampNs(o.ctime),
+    ...(o.crtime ? { btime: clampNs(o.crtime) } : {}),
     mode: (TYPE_BITS[o.type] ?? TYPE_BITS.unknown).ifmt | (o.mode & 0o7777),
     nlink: o.nlink,
     uid: o.uid,

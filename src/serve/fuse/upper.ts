@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import * as path from 'node:path';
 import type { FileType } from '../../fs/types.js';
 import type { Attrs, Change, ChangeSet } from '../../library/edit/changes.js';
@@ -380,4 +382,29 @@ function cmpPath(a: string, b: string): number {
     if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1;
   }
   return x.length - y.length;
+}
+
+/**
+ * A digest of what a change set does (its operations in order, a file's content by the
+ * sha256 of its bytes, not by where they lie; the message left out): two commits of an upper
+ * folder that did not change between them have the same digest.
+ */
+export async function changeSetDigest(set: ChangeSet): Promise<string> {
+  const h = createHash('sha256');
+  for (const c of set.changes) {
+    let content: unknown;
+    if (c.op === 'put') {
+      const src = c.content;
+      if (src.kind === 'file') {
+        const f = createHash('sha256');
+        for await (const b of createReadStream(src.path)) f.update(b as Buffer);
+        content = { sha256: f.digest('hex') };
+      } else if (src.kind === 'bytes') content = { sha256: createHash('sha256').update(src.data).digest('hex') };
+      else content = src;
+    }
+    const value = c.op === 'xattr' && c.value ? Buffer.from(c.value).toString('base64') : undefined;
+    h.update(JSON.stringify({ ...c, ...(content ? { content } : {}), ...(value !== undefined ? { value } : {}) }));
+    h.update('\n');
+  }
+  return h.digest('hex');
 }

@@ -1,10 +1,13 @@
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile } from '../../catalog/profiles.js';
+import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
+import { type Change, changeToWire, type WireChange } from '../../library/edit/changes.js';
 import type { StatExtent } from '../../library/listing.js';
 import {
   decodeManifest,
@@ -36,6 +39,15 @@ export interface RemoteImage {
   tags: string[];
 }
 export type RemoteVersion = VersionRow & { ref: string };
+/** What POST /v1/images/{name}/edits answers: the new version and what the edit did. */
+export type RemoteEditResult = RemoteVersion & {
+  parent: string;
+  changes: number;
+  contentBytes: number;
+  fsKind: string;
+  volume: string;
+  warnings: string[];
+};
 export interface Page<T> {
   items: T[];
   total: number;
@@ -282,6 +294,36 @@ export class RemoteLibrary {
       parents: Array<{ image: string; number: number }>;
       children: Array<{ image: string; number: number }>;
     }>('GET', `${path}/provenance`);
+  }
+  /**
+   * Apply a change set to REF on the service (POST /v1/images/{name}/edits): a new version of
+   * REF's image. 'file' contents are read here and sent as bytes.
+   */
+  async edit(
+    ref: string,
+    changes: Change[],
+    opts: { message?: string; tags?: string[]; part?: string; lv?: string } = {},
+  ): Promise<RemoteEditResult> {
+    const v = await this.resolve(ref);
+    const wire: WireChange[] = [];
+    for (const c of changes) {
+      if (c.op === 'put' && c.content.kind === 'file') {
+        let data: Uint8Array;
+        try {
+          data = await readFile(c.content.path);
+        } catch (e) {
+          throw new StrataError('NOT_FOUND', `put ${c.path}: cannot read ${c.content.path}: ${(e as Error).message}`, {
+            file: c.content.path,
+          });
+        }
+        wire.push(changeToWire(c, data));
+      } else if (c.op === 'put' && c.content.kind === 'version') {
+        throw new StrataError('USAGE', `put ${c.path}: a version's file cannot be sent to a service as bytes here`);
+      } else wire.push(changeToWire(c));
+    }
+    return this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
+      json: { from: `${v.image}@${v.number}`, changes: wire, ...opts },
+    });
   }
   tag(name: string, tag: string, version: number) {
     return this.json<{ image: string; tag: string; number: number }>(
@@ -575,7 +617,31 @@ export async function remoteCheckin(
     import('../../formats/open.js'),
     import('../../formats/layer.js'),
   ]);
-  const img = await openImage(image, opts.openOptions);
+  // an overlay made by `strata nbd REF --remote URL --overlay` backs onto a version of the
+  // service (strata-library:<manifest digest>, library/backing.ts): read through its chunks
+  let bootedFrom: RemoteVersion | undefined;
+  const img = await openImage(image, {
+    ...opts.openOptions,
+    resolveBacking: async (ref, from) => {
+      const digest = parseLibraryBacking(ref.path, from);
+      if (digest === undefined) return opts.openOptions?.resolveBacking?.(ref, from);
+      let got: Awaited<ReturnType<RemoteLibrary['versionSource']>>;
+      try {
+        got = await remote.versionSource(digest);
+      } catch (e) {
+        throw new StrataError(
+          'NOT_FOUND',
+          `backing version (manifest ${digest}) is not readable at ${remote.url}: ${(e as Error).message}`,
+          { file: from, structure: 'backing file name' },
+          { cause: e },
+        );
+      }
+      bootedFrom = got.v;
+      return versionDiskImage(got.source);
+    },
+  });
+  // no --parent: the version the overlay was booted from (the server's default is the latest of NAME)
+  const parents = opts.parents ?? (bootedFrom ? [`${bootedFrom.image}@${bootedFrom.number}`] : undefined);
   const before = remote.bytesSent;
   try {
     const sink = new RemoteSink(remote, opts.batchBytes);
@@ -590,7 +656,7 @@ export async function remoteCheckin(
     const row = await remote.commit(opts.name, {
       layout: cut.layout,
       files,
-      parents: opts.parents,
+      parents,
       tags: opts.tags,
       description: opts.description,
       visibility: opts.visibility,

@@ -16,6 +16,7 @@ export {
   type Page,
   type RemoteCheckinOptions,
   type RemoteCheckinResult,
+  type RemoteEditResult,
   RemoteError,
   type RemoteFileEntry,
   type RemoteImage,

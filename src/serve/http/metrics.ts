@@ -26,7 +26,8 @@ export class Metrics {
     if (Number.isFinite(bytesOut)) this.bytesOut += bytesOut;
   }
 
-  render(gauges: Record<string, number>): string {
+  /** The text, with the gauges and `extra` lines (whole families, HELP and TYPE included) after the counters. */
+  render(gauges: Record<string, number>, extra: string[] = []): string {
     const out: string[] = [];
     out.push('# HELP strata_http_requests_total HTTP requests by method, route and status.');
     out.push('# TYPE strata_http_requests_total counter');
@@ -51,6 +52,7 @@ export class Metrics {
       out.push(`# TYPE ${name} gauge`);
       out.push(`${name} ${v}`);
     }
+    out.push(...extra);
     return `${out.join('\n')}\n`;
   }
 }

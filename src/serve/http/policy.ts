@@ -19,6 +19,7 @@ export interface ImageGuard {
 export class Policy {
   private accepted?: Set<string>;
   private owners?: Map<string, ImageAccess>;
+  private readonly one = new Map<string, ImageAccess | undefined>();
 
   constructor(
     readonly p: Principal,
@@ -27,10 +28,26 @@ export class Policy {
     private readonly defaults: { project: string; visibility: Visibility },
   ) {}
 
+  /**
+   * Who owns `image`, and its visibility. One row is read for one image (a request about
+   * one image used to read the whole table, which grows with the library); a route that
+   * goes over many images calls `loadAll()` first and reads it once.
+   */
   async ownerOf(image: string): Promise<ImageGuard> {
-    if (!this.owners) this.owners = await this.access.allImageAccess();
-    const a = this.owners.get(image);
+    let a: ImageAccess | undefined;
+    if (this.owners) a = this.owners.get(image);
+    else if (this.one.has(image)) a = this.one.get(image);
+    else {
+      a = await this.access.imageAccess(image);
+      this.one.set(image, a);
+    }
     return a ?? { image, ...this.defaults };
+  }
+
+  /** Read every image's owner and visibility at once (for routes over many images). */
+  async loadAll(): Promise<this> {
+    this.owners ??= await this.access.allImageAccess();
+    return this;
   }
 
   private async acceptedSet(): Promise<Set<string>> {

@@ -99,6 +99,7 @@ export const FileEntry = obj(
     mtime: nullable(str()),
     atime: nullable(str()),
     ctime: nullable(str()),
+    crtime: str(),
     target: str(),
     rdev: obj({ major: int(), minor: int() }),
     xattrs: arr(str()),

@@ -11,6 +11,9 @@ import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfile } from '../../catalog/profiles.js';
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
+import type { IntrospectiveCache } from '../../io/introspective-cache.js';
+import { applyChanges } from '../../library/edit/apply.js';
+import { type Change, changeFromWire } from '../../library/edit/changes.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
 import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
@@ -31,6 +34,7 @@ import { VersionSource } from '../../library/version-source.js';
 import { versionStat } from '../../library/version-stat.js';
 import { RepoLock } from '../../store/lock.js';
 import { StrataError } from '../../util/errors.js';
+import { type ExportCacheOptions, openExportCache } from '../nbd/cache.js';
 import { registerAccountRoutes } from './accounts.js';
 import { Metrics } from './metrics.js';
 import { notFound, noVersion, Policy } from './policy.js';
@@ -95,6 +99,13 @@ export interface ServeOptions {
   importUrls?: boolean;
   /** The web UI's built files (default dist/webui when built), or false for none. */
   webui?: string | false;
+  /**
+   * A live cache (issue 27) in front of each version whose raw disk is read by range
+   * (`GET .../disk` with `Range`, as qemu's curl driver reads): shared by the requests of
+   * that version, its block map built from the version on first use; at most
+   * `versions` (default 4) versions cached at once. Its counters, by class, are in /metrics.
+   */
+  diskCache?: ExportCacheOptions & { versions?: number };
 }
 
 export interface RunningServer {
@@ -180,7 +191,10 @@ function sendBytes(
     reply.code(206);
     reply.header('content-range', `bytes ${start}-${end - 1}/${size}`);
   }
-  if (req.method === 'HEAD' || end === start) return reply.send('');
+  // HEAD: the length above stands (an empty string payload would make fastify say 0, and
+  // qemu's curl driver takes a HEAD's length as the disk's size)
+  if (req.method === 'HEAD') return reply.send(Readable.from([]));
+  if (end === start) return reply.send('');
   return reply.send(Readable.from(read(start, end), { objectMode: false }));
 }
 
@@ -190,6 +204,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const defaults = { project: opts.defaultProject ?? 'default', visibility: opts.defaultVisibility ?? 'private' };
   if (!(await access.projectExists(defaults.project))) await access.addProject(defaults.project);
   const metrics = new Metrics();
+  const diskCaches = new DiskCaches(lib, opts.diskCache);
   const perMinute = opts.rateLimit ?? 6000;
   const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
   const reach = new Map<string, Set<string>>();
@@ -212,6 +227,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
   if (limiter) app.addHook('onClose', () => limiter.close());
+  app.addHook('onClose', () => diskCaches.close());
   /**
    * The request log, written in batches: one row per request committed on its own cost
    * 6.4 ms here (SQLite synchronous=FULL: an fsync each), on the event loop, which capped
@@ -371,8 +387,25 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     return v;
   };
 
-  /** NAME, NAME@N or NAME:TAG, readable (no digest prefixes: they would search unreadable manifests). */
+  /**
+   * NAME, NAME@N or NAME:TAG, readable; or a whole layout manifest digest (64 hex digits:
+   * what an overlay made by `strata nbd REF --remote URL --overlay` names as its backing),
+   * the first readable version holding it. No digest prefixes: they would search manifests
+   * the caller may not read. A digest only unreadable versions hold is a 404 like one none does.
+   */
   const resolveRef = async (policy: Policy, ref: string): Promise<VersionRow> => {
+    if (/^[0-9a-f]{64}$/.test(ref)) {
+      const rows = await lib.catalog.db.all<{ image: string; number: number }>(
+        "SELECT image, number FROM versions WHERE manifest = ? AND state = 'active' ORDER BY image, number",
+        [ref],
+      );
+      for (const r of rows) {
+        if (!(await policy.canRead(r.image))) continue;
+        const v = await lib.catalog.version(r.image, Number(r.number));
+        if (v?.state === 'active') return v;
+      }
+      throw noVersion(ref);
+    }
     const at = ref.lastIndexOf('@');
     const colon = ref.lastIndexOf(':');
     let name = ref;
@@ -421,6 +454,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     const want = new Set(digests.filter((d) => lib.store.has(d)));
     if (want.size === 0) return out;
     if (policy.p.project) for (const d of await access.heldBy(policy.p.project, [...want])) out.add(d);
+    await policy.loadAll();
     for (const v of await lib.catalog.activeVersions()) {
       if (out.size === want.size) break;
       if (!(await policy.canRead(v.image))) continue;
@@ -461,7 +495,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
 
   app.get('/healthz', { schema: { response: { 200: obj({ status: str(), images: int() }) } } }, async () => ({
     status: 'ok',
-    images: (await lib.catalog.images()).length,
+    images: (await lib.catalog.imageNames()).length,
   }));
 
   app.get(
@@ -485,12 +519,15 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         // not a file-backed catalog
       }
       reply.type('text/plain; version=0.0.4');
-      return metrics.render({
-        strata_store_blobs: blobs,
-        strata_store_bytes: storedBytes,
-        strata_catalog_bytes: catalogBytes,
-        strata_images: (await lib.catalog.images()).length,
-      });
+      return metrics.render(
+        {
+          strata_store_blobs: blobs,
+          strata_store_bytes: storedBytes,
+          strata_catalog_bytes: catalogBytes,
+          strata_images: (await lib.catalog.imageNames()).length,
+        },
+        diskCaches.metricLines(),
+      );
     },
   );
 
@@ -538,16 +575,23 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req) => {
       const q = req.query as { limit: number; offset: number; project?: string; visibility?: string; prefix?: string };
-      const out = [];
-      for (const row of await lib.catalog.images()) {
-        if (!(await req.policy.canRead(row.name))) continue;
-        const g = await req.policy.ownerOf(row.name);
+      // filtered by name and access first, then only the page's rows read in full
+      const names: string[] = [];
+      await req.policy.loadAll();
+      for (const name of await lib.catalog.imageNames()) {
+        if (q.prefix !== undefined && !name.startsWith(q.prefix)) continue;
+        if (!(await req.policy.canRead(name))) continue;
+        const g = await req.policy.ownerOf(name);
         if (q.project !== undefined && g.project !== q.project) continue;
         if (q.visibility !== undefined && g.visibility !== q.visibility) continue;
-        if (q.prefix !== undefined && !row.name.startsWith(q.prefix)) continue;
-        out.push({ ...row, project: g.project, visibility: g.visibility });
+        names.push(name);
       }
-      return { items: out.slice(q.offset, q.offset + q.limit), total: out.length, limit: q.limit, offset: q.offset };
+      const items = [];
+      for (const row of await lib.catalog.imagesNamed(names.slice(q.offset, q.offset + q.limit))) {
+        const g = await req.policy.ownerOf(row.name);
+        items.push({ ...row, project: g.project, visibility: g.visibility });
+      }
+      return { items, total: names.length, limit: q.limit, offset: q.offset };
     },
   );
 
@@ -1098,6 +1142,106 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
   );
 
+  // ---- edits (issue 24): a change set or a rebase applied to a version, written as a new version
+
+  /** The version an edit starts from: `from` (a readable ref), else the image's latest. */
+  const editSource = async (policy: Policy, name: string, from?: string) => {
+    const v = await resolveRef(policy, from ?? name);
+    await policy.writable(lib, name);
+    if (v.image !== name)
+      throw new HttpProblem(400, `an edit of ${name} starts from a version of ${name}, not ${from}`, 'bad-edit');
+    return v;
+  };
+  const editProblem = (e: unknown): never => {
+    if (e instanceof StrataError && (e.code === 'USAGE' || e.code === 'NOT_FOUND' || e.code === 'UNSUPPORTED'))
+      throw new HttpProblem(422, e.message, 'bad-edit');
+    if (e instanceof StrataError && e.code === 'LIMIT') throw new HttpProblem(422, e.message, 'no-space');
+    throw e;
+  };
+  const EditResult = obj({
+    ...(Version.properties as object),
+    parent: str(),
+    changes: int(),
+    contentBytes: int(),
+    fsKind: str(),
+    volume: str(),
+    warnings: arr(str()),
+  } as never);
+
+  app.post(
+    '/v1/images/:name/edits',
+    {
+      config: { op: 'versions.edit' },
+      bodyLimit: opts.commitLimit ?? 256 * ONE_MIB,
+      schema: {
+        params: nameParam,
+        body: obj(
+          {
+            from: str({ maxLength: 300, description: 'the version edited (default: the latest)' }),
+            changes: arr(
+              anyObject('one operation (put with base64 bytes, rm, mkdir, symlink, link, rename, setattr, xattr)'),
+              {
+                minItems: 1,
+                maxItems: 100_000,
+              },
+            ),
+            message: str({ maxLength: 4096 }),
+            tags: arr(str({ pattern: TAG }), { maxItems: 64 }),
+            part: str({ maxLength: 64 }),
+            lv: str({ maxLength: 256 }),
+          },
+          ['changes'],
+        ),
+        response: { 201: EditResult },
+      },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      const b = req.body as {
+        from?: string;
+        changes: unknown[];
+        message?: string;
+        tags?: string[];
+        part?: string;
+        lv?: string;
+      };
+      const v = await editSource(req.policy, name, b.from);
+      for (const t of b.tags ?? []) checkTag(t);
+      let changes: Change[];
+      try {
+        changes = b.changes.map((c, i) => changeFromWire(c, i));
+      } catch (e) {
+        return editProblem(e);
+      }
+      const r = await exclusive(() =>
+        applyChanges(
+          lib,
+          `${v.image}@${v.number}`,
+          { changes, message: b.message },
+          {
+            address: { part: b.part, lv: b.lv },
+            tags: b.tags ?? [],
+            createdBy: req.principal.user ?? undefined,
+            inspect: false,
+          },
+        ).catch(editProblem),
+      );
+      const row = (await lib.catalog.version(r.image, r.number)) as VersionRow;
+      const warnings = [...r.warnings];
+      await inspectAfterCheckin(lib, row, warnings);
+      reply.code(201);
+      return {
+        ...versionOf(row),
+        parent: r.parent,
+        changes: r.changes,
+        contentBytes: r.contentBytes,
+        fsKind: r.fsKind,
+        volume: r.volume,
+        warnings,
+      };
+    },
+  );
+
   // ---- tags
 
   app.put(
@@ -1387,6 +1531,19 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const p = req.params as { name: string; version: string };
       const { format } = req.query as { format: 'raw' | 'qcow2' };
       const v = await versionIn(req.policy, p.name, p.version);
+      const range = req.headers.range;
+      if (format === 'raw' && range && diskCaches.enabled) {
+        // a range of the raw disk through the version's live cache (shared by its requests)
+        const cache = await diskCaches.get(v.manifest, `${v.image}@${v.number}`);
+        async function* cached(start: number, end: number) {
+          for (let o = start; o < end; o += 4 * ONE_MIB) {
+            const buf = Buffer.allocUnsafe(Math.min(4 * ONE_MIB, end - o));
+            await cache.readInto(o, buf);
+            yield buf;
+          }
+        }
+        return sendBytes(req, reply, cache.size, cached, `${v.image.replace(/\//g, '_')}-${v.number}.raw`);
+      }
       const layout = await lib.layout(v.manifest);
       const src = new VersionSource(lib.store, layout, `${v.image}@${v.number}`);
       const base = `${v.image.replace(/\//g, '_')}-${v.number}`;
@@ -1518,16 +1675,12 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         os?: string;
         user?: string;
       };
-      const hits = [];
-      for (const h of await search(lib, {
-        path: q.path,
-        digest: q.digest,
-        package: q.package,
-        os: q.os,
-        user: q.user,
-      })) {
-        if (await req.policy.canRead(h.image)) hits.push(h);
-      }
+      await req.policy.loadAll();
+      const hits = await search(
+        lib,
+        { path: q.path, digest: q.digest, package: q.package, os: q.os, user: q.user },
+        { keep: (image) => req.policy.canRead(image) },
+      );
       return { items: hits.slice(q.offset, q.offset + q.limit), total: hits.length, limit: q.limit, offset: q.offset };
     },
   );
@@ -1546,6 +1699,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const per = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
       const perProject = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
       const total = { versions: 0, logical: 0, used: 0, blobs: new Set<string>() };
+      await req.policy.loadAll();
       for (const img of await lib.catalog.images()) {
         if (!(await req.policy.canRead(img.name))) continue;
         const g = await req.policy.ownerOf(img.name);
@@ -1707,3 +1861,91 @@ export async function startServer(
   const shown = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   return { app, url: `http://${shown}:${actual}`, close: () => app.close() };
 }
+
+/** The service's live disk caches, one per version read by range, at most `versions` at once (least recent closed). */
+class DiskCaches {
+  readonly enabled: boolean;
+  private readonly open = new Map<string, Promise<{ cache: IntrospectiveCache; ref: string }>>();
+  private readonly max: number;
+  constructor(
+    private readonly lib: Library,
+    private readonly opts?: ExportCacheOptions & { versions?: number },
+  ) {
+    this.enabled = opts !== undefined;
+    this.max = Math.max(1, opts?.versions ?? 4);
+  }
+
+  async get(manifest: string, ref: string): Promise<IntrospectiveCache> {
+    let p = this.open.get(manifest);
+    if (p) {
+      this.open.delete(manifest);
+      this.open.set(manifest, p);
+    } else {
+      p = (async () => {
+        const src = new VersionSource(this.lib.store, await this.lib.layout(manifest), ref);
+        try {
+          // the block map comes from the version itself (read straight, not through the cache)
+          return { cache: await openExportCache(src, this.opts!), ref };
+        } catch (e) {
+          await src.close();
+          throw e;
+        }
+      })();
+      this.open.set(manifest, p);
+      const opened = p;
+      p.then(
+        (o) => settled.set(opened, o),
+        () => this.open.delete(manifest),
+      );
+      while (this.open.size > this.max) {
+        const [k, old] = this.open.entries().next().value as [string, Promise<{ cache: IntrospectiveCache }>];
+        this.open.delete(k);
+        old.then((o) => o.cache.close()).catch(() => {});
+      }
+    }
+    return (await p).cache;
+  }
+
+  /** Prometheus lines: requests by version, class and outcome; source reads and bytes; prefetched bytes by prefetcher. */
+  metricLines(): string[] {
+    if (!this.enabled) return [];
+    const out = [
+      '# HELP strata_disk_cache_requests_total Range reads of a version disk through the live cache, by class and outcome.',
+      '# TYPE strata_disk_cache_requests_total counter',
+    ];
+    const src: string[] = [];
+    const pf: string[] = [];
+    for (const p of this.open.values()) {
+      const o = settled.get(p);
+      if (!o) continue;
+      const s = o.cache.snapshot();
+      const v = `version="${o.ref.replace(/["\\\n]/g, '_')}"`;
+      for (const [c, k] of Object.entries(s.byClass)) {
+        if (!k.requests) continue;
+        for (const [outcome, n] of [
+          ['hit', k.hits],
+          ['prefetched', k.prefetched],
+          ['miss', k.misses],
+        ] as const)
+          out.push(`strata_disk_cache_requests_total{${v},class="${c}",outcome="${outcome}"} ${n}`);
+      }
+      src.push(`strata_disk_cache_source_reads_total{${v}} ${s.source.reads}`);
+      src.push(`strata_disk_cache_source_bytes_total{${v}} ${s.source.bytes}`);
+      for (const [name, x] of Object.entries(s.prefetchers))
+        pf.push(`strata_disk_cache_prefetch_bytes_total{${v},prefetcher="${name}"} ${x.fetchedBytes}`);
+    }
+    out.push('# TYPE strata_disk_cache_source_reads_total counter', ...src.filter((l) => l.includes('reads')));
+    out.push('# TYPE strata_disk_cache_source_bytes_total counter', ...src.filter((l) => l.includes('bytes')));
+    out.push('# TYPE strata_disk_cache_prefetch_bytes_total counter', ...pf);
+    return out;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.open.values()];
+    this.open.clear();
+    for (const p of all) await p.then((o) => o.cache.close()).catch(() => {});
+  }
+}
+
+/** Caches whose opening finished (metrics read only those, without waiting). */
+const settled = new WeakMap<Promise<unknown>, { cache: IntrospectiveCache; ref: string }>();

@@ -1,0 +1,392 @@
+import { read, write } from 'node:fs';
+import { promisify } from 'node:util';
+import type { DirectPiece, DiskImage } from '../../formats/types.js';
+import type { DirectTarget } from '../../formats/writers/index.js';
+import { readIntoOrCopy } from '../../io/byte-source.js';
+import { COPY_CLONE, COPY_HOLES, type NativeCopyRange, nativeCopyRange } from '../../io/native.js';
+import { pageAlignedBuffer } from '../../util/aligned.js';
+import { StrataError } from '../../util/errors.js';
+import { firstNonZeroBlock, isZeroRange } from '../../util/zero.js';
+
+/**
+ * The bulk copy into a raw output without worker threads: file-backed pieces of the disk
+ * (raw data, uncompressed qcow2 clusters, vhdx/vhd/vdi blocks) are copied by native/copy.c
+ * on libuv's thread pool, a few ranges in flight; holes inside them are found with
+ * SEEK_DATA, zero granules are not written, and where the file system can share extents
+ * (btrfs, xfs) a range is reflinked instead of copied. Pieces only the reader can produce
+ * (compressed clusters, remote files) are read on the main thread and written like the rest.
+ *
+ * Against direct-copy.ts's two worker isolates this costs nothing to start (each isolate
+ * took ~25 ms of a core before copying its first byte) and copies with the same two cores.
+ */
+
+/** A range handed to the pool at once: large enough that the hop (~0.1 ms) is noise. */
+const RANGE_BYTES = 4 * 1024 * 1024;
+/** Ranges in flight: the two cores, plus one queued so neither waits for the main thread. */
+const IN_FLIGHT = 3;
+/** The disk is mapped this much at a time. */
+const WINDOW = 64 * 1024 * 1024;
+/** Reader-produced ('other') bytes read at once, and the reads of them in flight. */
+const OTHER_BYTES = 1024 * 1024;
+const OTHER_SLOTS = 4;
+/** cloneErrno that only says this range was misaligned: keep trying reflinks on the others. */
+const EINVAL = 22;
+
+const writeP = promisify(write);
+
+export interface NativeCopyOptions {
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+  outName: string;
+}
+
+/** Whether nativeCopy can run here (the addon is built) for this target. */
+export function canCopyNatively(target: DirectTarget): boolean {
+  return target.layout === 'raw' && nativeCopyRange() !== undefined;
+}
+
+/** Copy the whole virtual disk of `src` into the raw `target`; returns the bytes read from the source. */
+export async function nativeCopy(src: DiskImage, target: DirectTarget, opts: NativeCopyOptions): Promise<number> {
+  const copy: NativeCopyRange | undefined = nativeCopyRange();
+  const direct = src.direct?.bind(src);
+  if (!copy || !direct || target.layout !== 'raw') {
+    throw new StrataError('USAGE', 'this image cannot be copied natively', { file: src.name });
+  }
+  const total = src.size;
+  const gran = target.granularity;
+  let flags = COPY_HOLES | COPY_CLONE;
+  let bytesRead = 0;
+  let written = 0;
+  let done = 0;
+  let failure: Error | undefined;
+  const inFlight = new Set<Promise<void>>();
+  const slots = pageAlignedBuffer(OTHER_BYTES * OTHER_SLOTS);
+  const free: Uint8Array[] = [];
+  for (let i = 0; i < OTHER_SLOTS; i++) free.push(slots.subarray(i * OTHER_BYTES, (i + 1) * OTHER_BYTES));
+
+  const check = () => {
+    if (failure) throw failure;
+    if (opts.signal?.aborted) throw new StrataError('USAGE', 'conversion interrupted', { file: src.name });
+  };
+  const track = (p: Promise<void>) => {
+    const q = p.then(
+      () => {
+        inFlight.delete(q);
+      },
+      (e: Error) => {
+        inFlight.delete(q);
+        failure ??= e;
+      },
+    );
+    inFlight.add(q);
+  };
+  const room = async () => {
+    while (inFlight.size >= IN_FLIGHT) await Promise.race(inFlight);
+    check();
+  };
+
+  const copyFile = (p: Extract<DirectPiece, { kind: 'file' }>, at: number, len: number): Promise<void> => {
+    const host = p.host + (at - p.offset);
+    return copy(p.fd, host, target.fd, at, len, gran, flags).then(
+      (r) => {
+        if (r.cloneErrno !== 0 && r.cloneErrno !== EINVAL) flags &= ~COPY_CLONE;
+        written += r.written;
+        done += len;
+        opts.onProgress?.(done, total);
+      },
+      (e: NodeJS.ErrnoException & { side?: string; offset?: number }) => {
+        const where =
+          e.side === 'write'
+            ? { file: opts.outName, structure: 'raw data', offset: e.offset ?? at }
+            : { file: p.file, structure: 'image data', offset: e.offset ?? host };
+        throw new StrataError(e.message.startsWith('short read') ? 'TRUNCATED' : 'IO', e.message, where);
+      },
+    );
+  };
+
+  /**
+   * Bytes only the reader can produce (inflated grains, compressed clusters): read through
+   * the reader into one of OTHER_SLOTS buffers, then written where not zero, several in
+   * flight so the reader (and its inflate workers) never waits for a write.
+   */
+  const copyOther = async (o: number, n: number): Promise<void> => {
+    const buf = free.pop()!;
+    const view = buf.subarray(0, n);
+    try {
+      const got = await readIntoOrCopy(src, o, view);
+      if (got !== n) {
+        throw new StrataError('TRUNCATED', `short read: wanted ${n} bytes, got ${got}`, {
+          file: src.name,
+          structure: 'virtual disk',
+          offset: o,
+        });
+      }
+      bytesRead += n;
+      let pos = 0;
+      while (pos < n) {
+        const s = firstNonZeroBlock(view, pos, n, gran, false);
+        if (s >= n) break;
+        const e = firstNonZeroBlock(view, s, n, gran, true);
+        await writeFully(target.fd, view, s, e, o, opts.outName);
+        written += e - s;
+        pos = e;
+      }
+      done += n;
+      opts.onProgress?.(done, total);
+    } finally {
+      free.push(buf);
+    }
+  };
+  const otherRoom = async () => {
+    while (free.length === 0 || inFlight.size >= OTHER_SLOTS + IN_FLIGHT) await Promise.race(inFlight);
+    check();
+  };
+
+  try {
+    for (let w = 0; w < total; w += WINDOW) {
+      check();
+      const pieces = await direct(w, Math.min(WINDOW, total - w));
+      for (const p of pieces) {
+        if (p.kind !== 'file') {
+          if (p.kind === 'other') {
+            // Ranges never overlap: these go on while the pool copies the file pieces.
+            for (let o = p.offset; o < p.offset + p.length; ) {
+              const n = Math.min(OTHER_BYTES - (o % OTHER_BYTES), p.offset + p.length - o);
+              await otherRoom();
+              track(copyOther(o, n));
+              o += n;
+            }
+          } else done += p.length;
+          continue;
+        }
+        bytesRead += p.length;
+        for (let at = p.offset; at < p.offset + p.length; ) {
+          const len = Math.min(RANGE_BYTES - (at % RANGE_BYTES), p.offset + p.length - at);
+          await room();
+          track(copyFile(p, at, len));
+          at += len;
+        }
+      }
+    }
+    while (inFlight.size > 0) await Promise.race(inFlight);
+    check();
+  } catch (e) {
+    // Nothing of ours may still write into the output once the caller removes it.
+    await Promise.allSettled([...inFlight]);
+    throw failure ?? e;
+  }
+  target.done(target.head, written);
+  opts.onProgress?.(total, total);
+  return bytesRead;
+}
+
+/** Write buf[from, to) at base + from. */
+async function writeFully(
+  fd: number,
+  buf: Uint8Array,
+  from: number,
+  to: number,
+  base: number,
+  name: string,
+  structure = 'raw data',
+) {
+  let at = from;
+  while (at < to) {
+    let n: number;
+    try {
+      n = (await writeP(fd, buf, at, to - at, base + at)).bytesWritten;
+    } catch (e) {
+      throw new StrataError('IO', `write failed: ${(e as Error).message}`, {
+        file: name,
+        structure,
+        offset: base + at,
+      });
+    }
+    if (n <= 0) throw new StrataError('IO', 'write returned 0 bytes', { file: name, structure, offset: base + at });
+    at += n;
+  }
+}
+
+/** Virtual bytes per qcow2-output job (a multiple of every cluster size up to 2 MiB). */
+const QJOB_BYTES = 4 * 1024 * 1024;
+/** qcow2-output jobs in flight (each holds one buffer). */
+const QJOBS = 4;
+
+const readP = promisify(read);
+
+/**
+ * The bulk copy into an uncompressed qcow2 output, without worker threads: each job of
+ * QJOB_BYTES is read with one positional read per file piece on libuv's pool (pieces only
+ * the reader can produce are read through it), its zero clusters are found here, and its
+ * non-zero clusters take the next host clusters in virtual order (jobs are placed in the
+ * order they were started, whatever order their reads finish in), so the file is the same
+ * as the single-threaded writer's. The writes go back to the pool.
+ */
+export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: NativeCopyOptions): Promise<number> {
+  const direct = src.direct?.bind(src);
+  if (!direct || target.layout !== 'qcow2') {
+    throw new StrataError('USAGE', 'this image cannot be copied directly', { file: src.name });
+  }
+  const total = src.size;
+  const cs = target.granularity;
+  const J = Math.max(QJOB_BYTES, cs);
+  const bufs = pageAlignedBuffer(J * QJOBS);
+  const free: Uint8Array[] = [];
+  for (let i = 0; i < QJOBS; i++) free.push(bufs.subarray(i * J, (i + 1) * J));
+  let head = target.head;
+  let written = 0;
+  let bytesRead = 0;
+  let done = 0;
+  let failure: Error | undefined;
+  const inFlight = new Set<Promise<void>>();
+  /** Resolves when the previous job has taken its host clusters. */
+  let placed: Promise<void> = Promise.resolve();
+  const check = () => {
+    if (failure) throw failure;
+    if (opts.signal?.aborted) throw new StrataError('USAGE', 'conversion interrupted', { file: src.name });
+  };
+
+  const job = async (
+    a: number,
+    pieces: DirectPiece[],
+    before: Promise<void>,
+    buf: Uint8Array,
+    onPlaced: () => void,
+  ) => {
+    const n = pieces.reduce((s, p) => s + p.length, 0);
+    const view = buf.subarray(0, n);
+    try {
+      await Promise.all(
+        pieces.map(async (p) => {
+          const at = p.offset - a;
+          const part = view.subarray(at, at + p.length);
+          if (p.kind === 'file') await readFully(p.fd, part, p.host, p.file);
+          else if (p.kind === 'zero') part.fill(0);
+          else {
+            const got = await readIntoOrCopy(src, p.offset, part);
+            if (got !== p.length) {
+              throw new StrataError('TRUNCATED', `short read: wanted ${p.length} bytes, got ${got}`, {
+                file: src.name,
+                structure: 'virtual disk',
+                offset: p.offset,
+              });
+            }
+          }
+        }),
+      );
+      const count = Math.ceil(n / cs);
+      const flags = new Uint8Array(count);
+      let k = 0;
+      for (let i = 0; i < count; i++) {
+        if (!isZeroRange(view, i * cs, Math.min(n, (i + 1) * cs))) {
+          flags[i] = 1;
+          k++;
+        }
+      }
+      await before; // the jobs before this one have their clusters
+      check();
+      const host = head;
+      head += k * cs;
+      if (k > 0) target.adopt(a, host, flags, count);
+      onPlaced();
+      let h = host;
+      for (let i = 0; i < count; ) {
+        if (!flags[i]) {
+          i++;
+          continue;
+        }
+        let j = i;
+        while (j < count && flags[j]) j++;
+        const to = Math.min(n, j * cs);
+        await writeFully(target.fd, view, i * cs, to, h - i * cs, opts.outName, 'qcow2 data cluster');
+        written += to - i * cs;
+        h += (j - i) * cs;
+        i = j;
+      }
+      done += n;
+      opts.onProgress?.(done, total);
+    } finally {
+      onPlaced(); // on failure too, so no later job waits forever (it then sees `failure`)
+      free.push(buf);
+    }
+  };
+
+  try {
+    for (let w = 0; w < total; w += WINDOW) {
+      check();
+      const wl = Math.min(WINDOW, total - w);
+      const pieces = await direct(w, wl);
+      let pi = 0;
+      for (let a = w; a < w + wl; a += J) {
+        const end = Math.min(a + J, w + wl);
+        const mine: DirectPiece[] = [];
+        let zero = true;
+        for (let i = pi; i < pieces.length && pieces[i].offset < end; i++) {
+          const p = pieces[i];
+          const s = Math.max(a, p.offset);
+          const e = Math.min(end, p.offset + p.length);
+          if (e <= s) continue;
+          if (p.kind !== 'zero') zero = false;
+          if (p.kind === 'file') {
+            mine.push({ ...p, offset: s, length: e - s, host: p.host + (s - p.offset) });
+            bytesRead += e - s;
+          } else mine.push({ kind: p.kind, offset: s, length: e - s });
+        }
+        while (pi < pieces.length && pieces[pi].offset + pieces[pi].length <= end) pi++;
+        if (zero) {
+          done += end - a;
+          continue;
+        }
+        while (free.length === 0) await Promise.race(inFlight);
+        check();
+        let onPlaced!: () => void;
+        const next = new Promise<void>((r) => {
+          onPlaced = r;
+        });
+        const p = job(a, mine, placed, free.pop()!, onPlaced).then(
+          () => {
+            inFlight.delete(p);
+          },
+          (e: Error) => {
+            inFlight.delete(p);
+            failure ??= e;
+          },
+        );
+        inFlight.add(p);
+        placed = next;
+      }
+    }
+    while (inFlight.size > 0) await Promise.race(inFlight);
+    check();
+  } catch (e) {
+    await Promise.allSettled([...inFlight]);
+    throw failure ?? e;
+  }
+  target.done(head, written);
+  opts.onProgress?.(total, total);
+  return bytesRead;
+}
+
+async function readFully(fd: number, buf: Uint8Array, pos: number, name: string): Promise<void> {
+  let at = 0;
+  while (at < buf.length) {
+    let n: number;
+    try {
+      n = (await readP(fd, buf, at, buf.length - at, pos + at)).bytesRead;
+    } catch (e) {
+      throw new StrataError('IO', `read failed: ${(e as Error).message}`, {
+        file: name,
+        structure: 'image data',
+        offset: pos + at,
+      });
+    }
+    if (n === 0) {
+      throw new StrataError('TRUNCATED', `short read: the file ends at ${pos + at}`, {
+        file: name,
+        structure: 'image data',
+        offset: pos + at,
+      });
+    }
+    at += n;
+  }
+}
