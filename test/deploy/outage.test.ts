@@ -280,7 +280,8 @@ describe('profiles from a library over plain HTTP', () => {
 
     // disk@2 from the web server: the nearest earlier version's profile, applied (the superblock stays put)
     const t1 = path.join(dir, 'profile-http.raw');
-    const ok = deploy(['disk@2', '--library', libUrl, '--to', t1, '--exit-when-complete']);
+    // (the copy capped: a deploy that completes before the profile's plan is made never reports it)
+    const ok = deploy(['disk@2', '--library', libUrl, '--to', t1, '--bandwidth', '2M', '--exit-when-complete']);
     assert.equal(ok.status, 0, ok.stderr);
     const ev = ok.stdout
       .trim()
