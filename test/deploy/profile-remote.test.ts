@@ -142,7 +142,10 @@ describe('boot profiles from the library service', () => {
 
     // deploy N+1 from the service: the plan is the superblock where it was and the files where N+1 put them
     const target = path.join(dir, 't2.raw');
-    const d2 = await startDeploy(['disk@2', '--remote', url, '--to', target, '--exit-when-complete'], env);
+    const d2 = await startDeploy(
+      ['disk@2', '--remote', url, '--to', target, '--bandwidth', '2M', '--exit-when-complete'],
+      env,
+    );
     assert.equal(await d2.exited, 0, d2.stderr());
     const ev = d2.events.find((e) => e.event === 'profile');
     assert.ok(ev, `a profile event: ${d2.stderr()}`);
@@ -157,7 +160,18 @@ describe('boot profiles from the library service', () => {
 
     // --profile REF names a version of the service (here the one N+1 falls back to anyway: the same plan)
     const d3 = await startDeploy(
-      ['disk@2', '--remote', url, '--to', path.join(dir, 't3.raw'), '--profile', 'disk@1', '--exit-when-complete'],
+      [
+        'disk@2',
+        '--remote',
+        url,
+        '--to',
+        path.join(dir, 't3.raw'),
+        '--profile',
+        'disk@1',
+        '--bandwidth',
+        '2M',
+        '--exit-when-complete',
+      ],
       env,
     );
     assert.equal(await d3.exited, 0, d3.stderr());
