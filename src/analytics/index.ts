@@ -2,6 +2,14 @@
  * The analytics layer: what traces and request logs say about caching and pre-loading.
  * @module
  */
+
+export {
+  type BenchRunOptions,
+  type BenchRunResult,
+  type FlowopStats,
+  imageSetChoice,
+  runWorkload,
+} from './bench-run.js';
 export {
   CACHE_POLICIES,
   type CachePolicy,
@@ -30,6 +38,7 @@ export {
 } from './reports.js';
 export {
   applyFilter,
+  exportVersion,
   formatJsonl,
   type ImageRequest,
   type LogFilter,
@@ -37,12 +46,27 @@ export {
   parseTime,
   readCatalogLog,
   readRequestLog,
+  type TraceOptions,
 } from './request-log.js';
 export {
+  type PreloadPlanEntry,
+  type PreloadPlanOptions,
+  planPreload,
   preloadChoice,
   SIM_POLICIES,
   type SimPolicy,
   type SimulateOptions,
   type SimulateResult,
+  selectPreload,
   simulate,
 } from './simulate.js';
+export {
+  FLOWOPS,
+  type Flowop,
+  type FlowopKind,
+  type ImageSetDef,
+  type ProcessDef,
+  parseWml,
+  type ThreadDef,
+  type Workload,
+} from './wml.js';

@@ -10,6 +10,10 @@ import { StrataError } from '../util/errors.js';
  * Log file formats (one request per line, in any order; records are sorted by time on read):
  * - JSONL: one JSON object per line with the fields of {@link ImageRequest} (`at` as an ISO
  *   time or milliseconds since the epoch). Blank lines are skipped.
+ * - An NBD trace (`strata nbd --trace`, `strata deploy --trace`): each session becomes one
+ *   request (see {@link TraceOptions}).
+ * - The host request log `strata deploy` appends (DIR/requests.jsonl of its chunk cache, or
+ *   `--request-log FILE`) is JSONL of this very format, op `deploy`.
  * - CSV: a header line naming the columns (the same names; any order; `version`, `owner`,
  *   `public`, `base`, `changed` may be missing or empty), then one row per request; no
  *   quoting (names in Strata never hold commas).
@@ -111,9 +115,56 @@ function record(o: Record<string, unknown>, file: string, line: number, offset: 
   return r;
 }
 
-/** Parse a JSONL or CSV request log (told apart by the first non-blank character: `{` is JSONL). */
-export function parseRequestLog(text: string, file = 'request log'): ImageRequest[] {
+/**
+ * An NBD server's `--trace` (strata nbd, strata deploy): one JSON line per NBD request
+ * `{time, export, conn, op, offset, length, ...}`. A session, the reads one connection made of
+ * one export, is one image request: `at` its first request, `image`/`version` from the
+ * export name (`NAME@N` a version, `NAME:TAG` or a file name an image with no version
+ * number), `bytes` what its reads delivered, `op` `nbd`, user and project `nbd` (a trace
+ * does not say who connected). Connection numbers restart with the server, so a connection
+ * silent for more than `sessionGapMs` (default 30 min) that speaks again is a new session.
+ */
+export interface TraceOptions {
+  sessionGapMs?: number;
+}
+
+/** `NAME@N` -> {NAME, N}; anything else -> {itself, null}; the empty name (deploy's default) -> `(unnamed export)`. */
+export function exportVersion(name: string): { image: string; version: number | null } {
+  const m = /^(.+)@(\d+)$/.exec(name);
+  if (m) return { image: m[1], version: Number(m[2]) };
+  const t = /^([^:/]+):[^:/]+$/.exec(name);
+  if (t) return { image: t[1], version: null };
+  return { image: name === '' ? '(unnamed export)' : name, version: null };
+}
+
+function isTraceRecord(o: Record<string, unknown>): boolean {
+  return 'conn' in o && 'export' in o && 'time' in o && 'offset' in o;
+}
+
+interface Session {
+  key: string;
+  first: number;
+  last: number;
+  bytes: number;
+  exp: string;
+}
+
+function traceRequests(sessions: Session[]): ImageRequest[] {
   const out: ImageRequest[] = [];
+  for (const s of sessions) {
+    const { image, version } = exportVersion(s.exp);
+    out.push({ at: s.first, user: 'nbd', project: 'nbd', image, version, op: 'nbd', bytes: s.bytes });
+  }
+  return out;
+}
+
+/** Parse a JSONL or CSV request log, or an NBD trace (told apart by the first line: `{` is JSON, with `conn` and `export` a trace). */
+export function parseRequestLog(text: string, file = 'request log', opts: TraceOptions = {}): ImageRequest[] {
+  const out: ImageRequest[] = [];
+  const gap = opts.sessionGapMs ?? 30 * 60_000;
+  let trace: boolean | undefined;
+  const open = new Map<string, Session>();
+  const closed: Session[] = [];
   let offset = 0;
   let line = 0;
   let header: string[] | undefined;
@@ -135,7 +186,37 @@ export function parseRequestLog(text: string, file = 'request log'): ImageReques
         throw bad(file, line, at, `not JSON (${(e as Error).message})`);
       }
       if (typeof o !== 'object' || o === null || Array.isArray(o)) throw bad(file, line, at, 'not a JSON object');
-      out.push(record(o as Record<string, unknown>, file, line, at));
+      const rec = o as Record<string, unknown>;
+      trace ??= isTraceRecord(rec);
+      if (!trace) {
+        out.push(record(rec, file, line, at));
+        continue;
+      }
+      if (rec.op === 'dropped') continue; // the writer's count of what it could not keep up with
+      const time = Number(rec.time);
+      const conn = rec.conn;
+      const length = Number(rec.length);
+      if (
+        !Number.isFinite(time) ||
+        (typeof conn !== 'number' && typeof conn !== 'string') ||
+        typeof rec.export !== 'string'
+      )
+        throw bad(file, line, at, 'not an NBD trace record (time, conn, export)');
+      if (!Number.isSafeInteger(length) || length < 0)
+        throw bad(file, line, at, `bad length ${JSON.stringify(rec.length)}`);
+      const key = `${conn}\u0000${rec.export}`;
+      let sess = open.get(key);
+      if (sess && time - sess.last > gap) {
+        closed.push(sess);
+        sess = undefined;
+      }
+      if (!sess) {
+        sess = { key, first: time, last: time, bytes: 0, exp: rec.export };
+        open.set(key, sess);
+      }
+      sess.first = Math.min(sess.first, time);
+      sess.last = Math.max(sess.last, time);
+      if (rec.op === 'read' && rec.error === undefined) sess.bytes += length;
     } else if (!header) {
       header = s.split(',').map((x) => x.trim());
       for (const k of REQUIRED) if (!header.includes(k)) throw bad(file, line, at, `CSV header has no ${k} column`);
@@ -148,17 +229,18 @@ export function parseRequestLog(text: string, file = 'request log'): ImageReques
       out.push(record(o, file, line, at));
     }
   }
+  if (trace) return sortByTime(traceRequests([...closed, ...open.values()]));
   return sortByTime(out);
 }
 
-export function readRequestLog(file: string, filter: LogFilter = {}): ImageRequest[] {
+export function readRequestLog(file: string, filter: LogFilter = {}, opts: TraceOptions = {}): ImageRequest[] {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new StrataError('NOT_FOUND', `cannot read the request log: ${(e as Error).message}`, { file });
   }
-  return applyFilter(parseRequestLog(text, file), filter);
+  return applyFilter(parseRequestLog(text, file, opts), filter);
 }
 
 /** Records as JSONL (the generator's output and what parseRequestLog reads back). */

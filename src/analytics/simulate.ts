@@ -532,6 +532,114 @@ export function preloadChoice(
   return xs.map((x) => x.r);
 }
 
+/**
+ * The pre-load selection over a ranked list (preloadChoice's order): take each version whose
+ * bytes still fit the cache (`cacheBytes` in all) and whose missing bytes still fit what may
+ * be fetched while idle (`idleBytes` in all); a version that does not fit is passed over and
+ * the next tried. The simulator's nightly pre-load and `strata preload --auto` both use it.
+ */
+export function selectPreload(
+  ranked: readonly ImageRequest[],
+  cacheBytes: number,
+  idleBytes: number,
+  cost: (r: ImageRequest) => { total: number; missing: number },
+): ImageRequest[] {
+  let chosen = 0;
+  let fetched = 0;
+  const out: ImageRequest[] = [];
+  for (const r of ranked) {
+    const { total, missing } = cost(r);
+    if (chosen + total > cacheBytes) continue;
+    if (fetched + missing > idleBytes) continue;
+    chosen += total;
+    fetched += missing;
+    out.push(r);
+  }
+  return out;
+}
+
+export interface PreloadPlanOptions {
+  /** Bytes the host's cache holds in all. */
+  cacheBytes: number;
+  /** Bytes that may be fetched now (the idle capacity). */
+  idleBytes: number;
+  /** Days of recent requests the choice counts (default 7). */
+  windowDays?: number;
+  facility?: FacilityRule;
+  /** The moment of the choice (default now): requests in [now - windowDays, now) count. */
+  now?: number;
+  /** A version's bytes and the bytes of it the host lacks (default: its logged bytes, all missing). */
+  sizes?: (r: ImageRequest) => { bytes: number; missing: number };
+}
+
+export interface PreloadPlanEntry {
+  /** `image@version`. */
+  ref: string;
+  image: string;
+  version: number | null;
+  /** Requests of it in the window. */
+  requests: number;
+  facility: boolean;
+  bytes: number;
+  missing: number;
+}
+
+/**
+ * What a host would pre-load now, from its request log: the simulator's nightly choice
+ * (facility versions first, then the rest, each by requests in the window; selectPreload's
+ * fit) over the last `windowDays` days before `now`. `ranked` is the whole order, `chosen`
+ * what fits.
+ */
+export function planPreload(
+  log: readonly ImageRequest[],
+  o: PreloadPlanOptions,
+): { chosen: PreloadPlanEntry[]; ranked: PreloadPlanEntry[]; windowDays: number; since: number; until: number } {
+  const windowDays = o.windowDays ?? 7;
+  if (!Number.isInteger(windowDays) || windowDays < 1)
+    throw new StrataError('USAGE', 'the pre-load window must be a whole number of days');
+  for (const [k, v] of [
+    ['cache size', o.cacheBytes],
+    ['idle capacity', o.idleBytes],
+  ] as const)
+    if (!Number.isSafeInteger(v) || v < 0) throw new StrataError('USAGE', `the ${k} must be a whole number of bytes`);
+  const rule = o.facility ?? DEFAULT_FACILITY;
+  const until = o.now ?? Date.now();
+  const since = until - windowDays * DAY_MS;
+  const counts = new Map<string, number>();
+  const lastSeen = new Map<string, ImageRequest>();
+  for (const r of log) {
+    if (r.at < since || r.at >= until || r.version === null) continue;
+    const id = `${r.image}@${r.version}`;
+    counts.set(id, (counts.get(id) ?? 0) + 1);
+    const prev = lastSeen.get(id);
+    if (!prev || prev.at <= r.at) lastSeen.set(id, r);
+  }
+  const ranked = preloadChoice([counts], lastSeen, rule);
+  const entry = (r: ImageRequest): PreloadPlanEntry => {
+    const ref = `${r.image}@${r.version}`;
+    return {
+      ref,
+      image: r.image,
+      version: r.version,
+      requests: counts.get(ref) ?? 0,
+      facility: isFacility(r, rule),
+      ...(o.sizes ? o.sizes(r) : { bytes: r.bytes, missing: r.bytes }),
+    };
+  };
+  const entries = new Map(ranked.map((r) => [r, entry(r)]));
+  const chosen = selectPreload(ranked, o.cacheBytes, o.idleBytes, (r) => {
+    const e = entries.get(r) as PreloadPlanEntry;
+    return { total: e.bytes, missing: e.missing };
+  });
+  return {
+    chosen: chosen.map((r) => entries.get(r) as PreloadPlanEntry),
+    ranked: ranked.map((r) => entries.get(r) as PreloadPlanEntry),
+    windowDays,
+    since,
+    until,
+  };
+}
+
 function preloadNow(
   cache: SimCache,
   recent: ReadonlyArray<ReadonlyMap<string, number>>,
@@ -542,19 +650,16 @@ function preloadNow(
   objects: (r: ImageRequest) => Array<[string, number]>,
   res: SimulateResult,
 ): void {
-  let chosen = 0;
-  let cost = 0;
-  const picks: Array<{ fac: boolean; parts: Array<[string, number]> }> = [];
-  for (const r of preloadChoice(recent, lastSeen, rule)) {
+  const partsOf = new Map<ImageRequest, Array<[string, number]>>();
+  const chosen = selectPreload(preloadChoice(recent, lastSeen, rule), cacheBytes, idleBytes, (r) => {
     const parts = objects(r);
-    const total = parts.reduce((s, [, b]) => s + b, 0);
-    if (chosen + total > cacheBytes) continue;
-    const missing = parts.reduce((s, [id, b]) => s + (cache.has(id) ? 0 : b), 0);
-    if (cost + missing > idleBytes) continue;
-    chosen += total;
-    cost += missing;
-    picks.push({ fac: isFacility(r, rule), parts });
-  }
+    partsOf.set(r, parts);
+    return {
+      total: parts.reduce((s, [, b]) => s + b, 0),
+      missing: parts.reduce((s, [id, b]) => s + (cache.has(id) ? 0 : b), 0),
+    };
+  });
+  const picks = chosen.map((r) => ({ fac: isFacility(r, rule), parts: partsOf.get(r) as Array<[string, number]> }));
   // least wanted first, so what follows (more wanted) is more recent and the choice as a whole
   // stays: it fits the cache, so no admission evicts another chosen object
   let fetched = 0;

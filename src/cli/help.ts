@@ -52,10 +52,19 @@ export const EXAMPLES: Record<string, string[]> = {
     'strata simulate --log requests.jsonl --cache 64G --policy two-tier',
     'strata simulate --log requests.jsonl --cache 64G --preload --idle-capacity 32G --json',
   ],
+  bench: [
+    'strata bench run workloads/emulab-day.wml --remote http://127.0.0.1:8080 --set "versions=debian@1;debian@2" --check',
+  ],
+  'bench run': [
+    'strata bench run workloads/ci-farm.wml --remote http://127.0.0.1:8080 --set log=requests.jsonl --check',
+  ],
   profile: ['strata profile record debian:12 --trace trace.csv', 'strata profile show debian:12'],
   'profile record': ['strata profile record debian:12 --trace trace.csv --json'],
   'profile show': ['strata profile show debian:12 --json'],
-  preload: ['strata preload debian:12 --cache chunk-cache'],
+  preload: [
+    'strata preload debian:12 --cache chunk-cache',
+    'strata preload --auto --cache chunk-cache --cache-size 40G --idle-capacity 20G --dry-run',
+  ],
   'export-index': ['strata export-index'],
   serve: ['strata serve --listen 127.0.0.1:0 --quiet'],
   user: ['strata user add alice --project ops --role member', 'strata user list'],

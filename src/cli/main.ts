@@ -49,7 +49,7 @@ const GROUPS: Array<{ verbs: readonly string[]; load: () => Promise<Registrar> }
   { verbs: ['db', 'migrate'], load: async () => (await import('./commands/scale.js')).registerScaleCommands },
   { verbs: ['rebase'], load: async () => (await import('./commands/rebase.js')).registerRebaseCommand },
   {
-    verbs: ['analytics', 'simulate'],
+    verbs: ['analytics', 'simulate', 'bench'],
     load: async () => (await import('./commands/analytics.js')).registerAnalyticsCommands,
   },
   { verbs: ['demo'], load: async () => (await import('./commands/demo.js')).registerDemoCommand },

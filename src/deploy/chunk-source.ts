@@ -6,6 +6,7 @@ import { VersionSource } from '../library/version-source.js';
 import { StrataError } from '../util/errors.js';
 import type { ChunkCache } from './chunk-cache.js';
 import type { DeploySource } from './deployer.js';
+import type { VersionRef } from './request-log.js';
 
 /**
  * Where a deploy's chunks come from: a local store, a store over HTTP, the library
@@ -38,6 +39,8 @@ export class ManifestSource implements DeploySource {
   readonly size: number;
   originBytes = 0;
   originChunks = 0;
+  /** Which library version this is (set by the source that resolved it). */
+  ref?: VersionRef;
   private readonly version: VersionSource;
   private readonly inflight = new Map<string, Promise<Uint8Array>>();
   private readonly memory = new Map<string, Uint8Array>();
@@ -132,6 +135,29 @@ export class ManifestSource implements DeploySource {
       this.memoryUsed -= v.length;
     }
     return b;
+  }
+
+  /**
+   * Bytes of the version's data and those of them whose chunks the cache does not hold (what
+   * a preload would fetch, give or take the bytes of a chunk other ranges share).
+   */
+  async cacheShortfall(): Promise<{ dataBytes: number; missingBytes: number }> {
+    const cache = this.opts.cache;
+    const r = this.manifest.ranges;
+    const held = new Map<number, boolean>();
+    let dataBytes = 0;
+    let missingBytes = 0;
+    for (let i = 0; i < r.disk.length; i++) {
+      dataBytes += r.length[i];
+      const c = r.chunk[i];
+      let h = held.get(c);
+      if (h === undefined) {
+        h = cache ? await cache.has(this.manifest.chunks[c]) : false;
+        held.set(c, h);
+      }
+      if (!h) missingBytes += r.length[i];
+    }
+    return { dataBytes, missingBytes };
   }
 
   /** Fetch every chunk of the version into the cache (strata preload); returns bytes fetched from the origin. */

@@ -6,6 +6,7 @@ import type { ExportWriter, NbdExport } from '../serve/nbd/export.js';
 import { StrataError } from '../util/errors.js';
 import { compareTarget } from './compare.js';
 import { blockSignatures } from './diff.js';
+import type { VersionRef } from './request-log.js';
 import {
   type DeployHeader,
   KIND_DIRTY,
@@ -28,6 +29,8 @@ export interface DeploySource {
   /** Library versions: the layout manifest and its digest (differential deploys compare them). */
   readonly manifest?: LayoutManifest;
   readonly manifestDigest?: string;
+  /** Library versions: which one (image, number, and its owner project and visibility when known): the request log names it. */
+  ref?: VersionRef;
   /** The layout of another version, by digest (the one a TARGET's state says it holds). */
   layoutOf?(digest: string): Promise<LayoutManifest>;
 }

@@ -29,6 +29,13 @@ export {
   versionBlockMap,
 } from './profile-store.js';
 export {
+  appendDeployRequest,
+  cacheRequestLog,
+  type DeployRequest,
+  REQUEST_LOG_NAME,
+  type VersionRef,
+} from './request-log.js';
+export {
   type DeploySourceOptions,
   httpLibraryDeploySource,
   imageDeploySource,

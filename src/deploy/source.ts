@@ -16,6 +16,7 @@ import { StrataError } from '../util/errors.js';
 import { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
 import { checkChunk, layoutFrom, ManifestSource } from './chunk-source.js';
 import type { DeploySource } from './deployer.js';
+import type { VersionRef } from './request-log.js';
 
 /** A library version as a deploy source: chunks read from the store, each checked against its digest. */
 export async function libraryDeploySource(
@@ -28,9 +29,20 @@ export async function libraryDeploySource(
   const manifest = await lib.layout(v.manifest);
   const name = `${lib.dir}#${v.image}@${v.number}`;
   const layoutOf = (d: string) => lib.layout(d);
+  const which: VersionRef = { image: v.image, version: v.number };
+  // the owner project and visibility, when the catalog has them (a service's library)
+  const own = await lib.catalog.db
+    .get<{ project: string; visibility: string }>('SELECT project, visibility FROM image_access WHERE image = ?', [
+      v.image,
+    ])
+    .catch(() => undefined);
+  if (own) {
+    which.owner = own.project;
+    which.public = own.visibility === 'public';
+  }
   if (cache) {
     // through the chunk cache (shared with other deploys of this host)
-    return new ManifestSource(
+    const src = new ManifestSource(
       name,
       manifest,
       v.manifest,
@@ -43,9 +55,12 @@ export async function libraryDeploySource(
       },
       { cache, layoutOf },
     );
+    src.ref = which;
+    return src;
   }
   const version = new VersionSource(lib.store, manifest, name);
   return {
+    ref: which,
     name: version.name,
     size: version.size,
     readInto: (o, out) => version.readInto(o, out),
@@ -130,6 +145,7 @@ export async function httpLibraryDeploySource(
       { name: backend.name, get: (d) => store.get(d), close: () => store.close() },
       { cache: opts.cache, layoutOf },
     );
+    src.ref = { image: v.image, version: v.number };
     return Object.assign(src, { backend });
   } catch (e) {
     await store.close().catch(() => {});
@@ -235,13 +251,15 @@ export async function remoteDeploySource(
     return layoutFrom(plain, d);
   };
   const manifest = await layoutOf(v.manifest);
-  return new ManifestSource(
+  const src = new ManifestSource(
     `${remote.url}#${v.image}@${v.number}`,
     manifest,
     v.manifest,
     { name: remote.url, get, close: async () => {} },
     { cache: opts.cache, layoutOf, concurrency: opts.concurrency },
   );
+  src.ref = { image: v.image, version: v.number };
+  return src;
 }
 
 /** An image file or URL (any format Strata reads, backing chain resolved) as a deploy source. */

@@ -1,11 +1,12 @@
 /**
  * `stat` of a path in a stored version, read from the version's disk as the store rebuilds it.
  *
- * The file manifest keeps what listing, reading and diffing need (type, mode, owner, size,
- * times, chunk digests). Where a file's bytes sit on the disk, its birth time and its flags
- * are the file system's, so this opens the version's disk (served from the store, nothing
+ * The file manifest keeps what listing, reading, diffing and mounting need (type, mode,
+ * owner, size, times, chunk digests). Where a file's bytes sit on the disk and its flags are
+ * the file system's, so this opens the version's disk (served from the store, nothing
  * copied), finds the volume the manifest came from and asks its file system, exactly as
- * `strata stat` does on an image file.
+ * `strata stat` does on an image file (the birth time comes with it, also for versions
+ * checked in before manifests kept it).
  */
 import { closeChain } from '../formats/layer.js';
 import { openFileSystem } from '../fs/open.js';

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CLI, strata } from '../helpers/cli.js';
@@ -83,6 +83,7 @@ describe('help, version, completion and man page', { timeout: 900_000 }, () => {
     writeFileSync(path.join(box, 'trace.csv'), trace);
     // for the edit verbs: strata put ... motd.txt, strata edit ... --script edits.txt
     writeFileSync(path.join(box, 'motd.txt'), 'welcome\n');
+    cpSync(path.join(ROOT, 'workloads'), path.join(box, 'workloads'), { recursive: true }); // strata bench run
     writeFileSync(path.join(box, 'edits.txt'), 'mkdir /srv/www -p\nput /srv/www/index.html motd.txt --mode 644\n');
     mkdirSync(path.join(box, 'mnt')); // strata mount ... mnt --background, then strata umount mnt
     mkdirSync(path.join(box, 'mnt-rw')); // strata mount ... mnt-rw --rw --upper edits, commit, umount

@@ -1,4 +1,5 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { Command } from 'commander';
 import type { FacilityRule, ImageRequest, SimPolicy } from '../../analytics/index.js';
 import { StrataError } from '../../library/index.js';
@@ -60,7 +61,12 @@ async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
             .filter(Boolean)
         : undefined,
   };
-  if (typeof o.log === 'string') return readRequestLog(o.log, filter);
+  const files = logFiles(o);
+  if (files.length > 0) {
+    // several sources (a service's log, hosts' deploy logs, NBD traces) read as one
+    const all = files.flatMap((f) => readRequestLog(f, filter));
+    return files.length > 1 ? all.sort((a, b) => a.at - b.at) : all;
+  }
   const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
   try {
@@ -70,9 +76,16 @@ async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
   }
 }
 
+/** `--log` given once or more. */
+function logFiles(o: Record<string, unknown>): string[] {
+  return Array.isArray(o.log) ? o.log.map(String) : typeof o.log === 'string' ? [o.log] : [];
+}
+const more = (v: string, prev: string[] = []) => [...prev, v];
+
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
 export function registerAnalyticsCommands(program: Command): void {
+  registerBenchCommand(program);
   const analytics = program
     .command('analytics')
     .description(
@@ -80,7 +93,11 @@ export function registerAnalyticsCommands(program: Command): void {
     )
     .argument('<report>', `${REPORTS.join(' | ')} | generate`)
     .option('--library <dir>', 'library whose service request log (and manifests) to read')
-    .option('--log <file>', 'a request log file instead (JSONL or CSV; see `strata analytics generate`)')
+    .option(
+      '--log <file>',
+      'a request log file instead (JSONL or CSV as `strata analytics generate` writes, a host request log of strata deploy, an NBD --trace); repeat to merge several',
+      more,
+    )
     .option('--since <time>', 'only requests at or after TIME (ISO date or time)')
     .option('--until <time>', 'only requests before TIME')
     .option('--ops <list>', 'only these service operations (comma-separated, e.g. versions.download,versions.get)')
@@ -145,7 +162,7 @@ export function registerAnalyticsCommands(program: Command): void {
     };
     switch (report as Report) {
       case 'similarity': {
-        if (o.log !== undefined)
+        if (logFiles(o).length > 0)
           throw new StrataError('USAGE', 'similarity reads manifests: give --library, not --log');
         const { Library } = await import('../../library/index.js');
         const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
@@ -163,7 +180,7 @@ export function registerAnalyticsCommands(program: Command): void {
         }
       }
       case 'dedup': {
-        if (o.log === undefined) {
+        if (logFiles(o).length === 0) {
           const { Library } = await import('../../library/index.js');
           const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
           try {
@@ -237,7 +254,11 @@ export function registerAnalyticsCommands(program: Command): void {
   program
     .command('simulate')
     .description('replay a request log through a cache of a given size: hit rate and bytes fetched, with pre-load')
-    .requiredOption('--log <file>', 'request log (JSONL or CSV, as `strata analytics generate` writes)')
+    .requiredOption(
+      '--log <file>',
+      'request log (JSONL or CSV as `strata analytics generate` writes, a host request log, an NBD --trace); repeat to merge',
+      more,
+    )
     .requiredOption('--cache <size>', 'cache size (e.g. 64G)')
     .option('--policy <p>', 'lru | lfu | arc | two-tier (default lru)', 'lru')
     .option('--level <l>', 'image | chunk (default image)', 'image')
@@ -288,6 +309,48 @@ export function registerAnalyticsCommands(program: Command): void {
           line(pre) +
           `pre-load saved ${humanSize(Math.max(0, saved.onDemandBytes))} fetched on demand (${(saved.hitRate * 100).toFixed(1)} points of hit rate) for ${humanSize(saved.preloadBytes)} fetched while idle\n`,
       );
+    });
+}
+
+/** `bench run FILE.wml --remote URL`: a workload (src/analytics/wml.ts) against a library service. */
+function registerBenchCommand(program: Command): void {
+  const bench = program.command('bench').description('image-service benchmarks described by a workload file (WML)');
+  bench
+    .command('run')
+    .description('drive a library service with a workload: throughput and latency per flowop')
+    .argument('<file>', 'the workload (.wml; see the examples in workloads/)')
+    .requiredOption('--remote <url>', 'the library service (strata serve); token from $STRATA_TOKEN')
+    .option('--set <name=value>', 'set a workload variable ($name), repeatable', more)
+    .option('--seed <n>', 'seed of the image choice (default 1)')
+    .option('--check', 'parse the workload and print it, run nothing')
+    .option('--json', 'print the result as JSON')
+    .action(async (file: string, o: Record<string, unknown>) => {
+      const A = await import('../../analytics/index.js');
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        throw new StrataError('NOT_FOUND', `cannot read the workload: ${(e as Error).message}`, { file });
+      }
+      const vars: Record<string, string> = {};
+      for (const kv of (o.set as string[] | undefined) ?? []) {
+        const eq = kv.indexOf('=');
+        if (eq <= 0) throw new StrataError('USAGE', `--set wants NAME=VALUE, not ${kv}`);
+        vars[kv.slice(0, eq).replace(/^\$/, '')] = kv.slice(eq + 1);
+      }
+      const w = A.parseWml(text, file, vars);
+      if (o.check) return printJson(w);
+      const r = await A.runWorkload(w, {
+        remote: String(o.remote),
+        seed: int(o.seed, 'seed'),
+        baseDir: dirname(file),
+      });
+      if (o.json) return printJson(r);
+      let t = `${r.file} against ${r.remote}: ${r.seconds.toFixed(1)} s, ${r.passes} passes\n`;
+      t += 'flowop                         ops   errors   ops/s    mean ms   p50 ms   p95 ms   p99 ms   bytes\n';
+      for (const f of r.flowops)
+        t += `${`${f.process}/${f.thread}/${f.flowop} (${f.kind})`.padEnd(30)} ${String(f.count).padStart(5)} ${String(f.errors).padStart(8)} ${f.opsPerSecond.toFixed(1).padStart(7)} ${f.latencyMs.mean.toFixed(1).padStart(10)} ${f.latencyMs.p50.toFixed(1).padStart(8)} ${f.latencyMs.p95.toFixed(1).padStart(8)} ${f.latencyMs.p99.toFixed(1).padStart(8)}   ${humanSize(f.bytes)}${f.firstError ? `  first error: ${f.firstError}` : ''}\n`;
+      return writeOut(t);
     });
 }
 

@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import type { DeployEvent, Deployer as DeployerT } from '../../deploy/index.js';
@@ -44,6 +45,10 @@ export function registerDeployCommand(program: Command): void {
       )
       .option('--trace <file>', 'append every NBD request as a JSON line (a log `strata profile record` reads)')
       .option('--http <[host:]port>', 'serve the same view over HTTP range requests too (iPXE sanboot http://...)')
+      .option(
+        '--request-log <file>',
+        'append this deploy to FILE as a request (the analytics read it; default with --cache: DIR/requests.jsonl)',
+      )
       .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
   ).action(async (sourceArg: string, o: Record<string, unknown>) => {
@@ -62,14 +67,24 @@ export function registerDeployCommand(program: Command): void {
     const sourceWait = seconds(o.sourceWait, '--source-wait');
     const fetchTimeout = seconds(o.fetchTimeout, '--fetch-timeout');
     if (fetchTimeout === 0) throw new StrataError('USAGE', '--fetch-timeout must be more than 0 seconds');
-    const { Deployer, DeployHttpServer, findProfile, openDeploySource, parseHostPort, profilePlan } = await import(
-      '../../deploy/index.js'
-    );
+    const {
+      appendDeployRequest,
+      cacheRequestLog,
+      Deployer,
+      DeployHttpServer,
+      findProfile,
+      openDeploySource,
+      parseHostPort,
+      profilePlan,
+    } = await import('../../deploy/index.js');
     const httpAt = o.http === undefined ? undefined : parseHostPort(String(o.http), String(o.bind));
     const { NbdServer, TraceWriter } = await import('../../serve/index.js');
     const line = (x: unknown) => process.stdout.write(`${JSON.stringify(x)}\n`);
     let bar: SingleBar | undefined;
+    // a library version's deploy is a request: appended to the host's request log when it starts
+    let logRequest: ((dataBytes: number) => void) | undefined;
     const onEvent = (e: DeployEvent) => {
+      if (e.event === 'start') logRequest?.(e.dataBytes);
       if (json) line(e);
       else if (e.event === 'complete') {
         // the last tick may be up to a second old: the bar ends full
@@ -95,6 +110,17 @@ export function registerDeployCommand(program: Command): void {
       cacheBytes: o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size'),
       open: openOptionsFrom(o),
     });
+    const requestLog =
+      o.requestLog !== undefined
+        ? String(o.requestLog)
+        : o.cache !== undefined
+          ? cacheRequestLog(String(o.cache))
+          : undefined;
+    if (requestLog && source.ref) {
+      const ref = source.ref;
+      logRequest = (bytes) =>
+        appendDeployRequest(requestLog, { ...ref, bytes, target: path.resolve(String(o.to)), source: source.name });
+    }
     let d: DeployerT;
     try {
       // the profile's plan is worked out (the source's block map built) while the export already serves
