@@ -2,6 +2,7 @@ import { StrataError } from '../util/errors.js';
 import type { Db } from './db.js';
 import { INSPECTION_SCHEMA } from './inspection.js';
 import { type Migration, migrate } from './migrations.js';
+import { PROFILE_SCHEMA } from './profiles.js';
 
 /**
  * Images, versions, tags and provenance. Portable SQL only (see db.ts). A version row
@@ -50,6 +51,8 @@ export const CATALOG_MIGRATIONS: Migration[] = [
   { id: 'inspection-1', statements: INSPECTION_SCHEMA },
   // what a version changed, in words (an edit's or commit's message; `strata log` shows it)
   { id: 'version-message-1', statements: ['ALTER TABLE versions ADD COLUMN message TEXT'] },
+  // boot working-set profiles (profiles.ts); libraries whose deploy made the table on first use keep it
+  { id: 'profiles-1', statements: PROFILE_SCHEMA },
 ];
 
 export interface VersionRow {

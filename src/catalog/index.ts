@@ -19,3 +19,13 @@ export {
   type VersionInspection,
   type VersionKey,
 } from './inspection.js';
+export {
+  type BootProfile,
+  checkProfile,
+  loadProfile,
+  MAX_PROFILE_ENTRIES,
+  nearestProfile,
+  PROFILE_KIND,
+  type ProfileEntry,
+  saveProfile,
+} from './profiles.js';

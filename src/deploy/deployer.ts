@@ -451,18 +451,33 @@ export class Deployer {
       const offset = a * this.blockSize;
       const length = Math.min(this.size, b * this.blockSize) - offset;
       const buf = Buffer.alloc(length);
-      let any = false;
-      for (let i = a; i < b; i++) any ||= this.hasData[i] === 1;
-      if (any) await this.readSource(offset, buf, urgent);
+      // only the stretches of blocks that hold data come from the source; free blocks in
+      // between (a TARGET not known to be zero) stay zeros in the buffer, written, not fetched
+      const reads: Promise<void>[] = [];
+      let fetched = 0;
+      for (let i = a; i < b; ) {
+        if (!this.hasData[i]) {
+          i++;
+          continue;
+        }
+        const s = i;
+        while (i < b && this.hasData[i]) i++;
+        const from = (s - a) * this.blockSize;
+        const to = Math.min(length, (i - a) * this.blockSize);
+        fetched += to - from;
+        reads.push(this.readSource(offset + from, buf.subarray(from, to), urgent));
+      }
+      // every read settled before the run fails or is written (none left running on `buf`)
+      for (const r of await Promise.allSettled(reads)) if (r.status === 'rejected') throw r.reason;
       if (this.closed) throw new StrataError('IO', 'deploy closed', { file: this.target });
       await this.fh.write(buf, 0, length, offset);
-      if (any) {
-        this.fetchedBytes += length;
+      if (fetched > 0) {
+        this.fetchedBytes += fetched;
         for (let i = a; i < b; i++) if (this.hasData[i]) this.fetchedBlocks.push(i);
       }
       for (let i = a; i < b; i++) this.markLocal(i);
       done();
-      return any ? length : 0;
+      return fetched;
     } catch (e) {
       failed(e);
       throw e;

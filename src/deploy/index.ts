@@ -19,6 +19,7 @@ export {
 export {
   findProfile,
   loadProfile,
+  openTraceFile,
   profileFor,
   profilePlan,
   readProfileFile,

@@ -1,83 +1,44 @@
+import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import type { BlockMap } from '../blockmap/block-map.js';
 import { buildBlockMap } from '../blockmap/build.js';
-import { readTraceBatches } from '../blockmap/trace.js';
-import type { Db } from '../catalog/db.js';
+import {
+  loadProfile as loadCatalogProfile,
+  nearestProfile,
+  saveProfile as saveCatalogProfile,
+} from '../catalog/profiles.js';
+import { httpGetAll } from '../io/http-source.js';
 import { Library } from '../library/library.js';
-import { VersionSource } from '../library/version-source.js';
+import { recordVersionProfile } from '../library/profile-record.js';
+import {
+  parseStaticIndex,
+  resolveStatic,
+  STATIC_INDEX,
+  STATIC_PROFILES,
+  staticProfileOf,
+} from '../library/static-index.js';
+import type { RemoteLibrary } from '../serve/http/client.js';
 import { StrataError } from '../util/errors.js';
 import type { DeploySource } from './deployer.js';
-import {
-  type BootProfile,
-  checkProfile,
-  PROFILE_KIND,
-  type ProfilePlan,
-  ProfileRecorder,
-  planProfile,
-} from './profile.js';
+import { type BootProfile, checkProfile, type ProfilePlan, planProfile } from './profile.js';
+
+export { versionBlockMap } from '../library/profile-record.js';
 
 /**
- * Where profiles live: the catalog, one row per version (table deploy_profiles, created on
- * first use like the inspection tables), the profile as JSON. Why the catalog and not the
- * store: a profile is a fact about a version (like its inspection), replaced when a new
- * boot is recorded, and small; a store blob would need its own root for gc. A version's
- * deploy uses its own profile, else the nearest earlier version of the same image that has
- * one, else a parent's (the profile of N applies to N+1 through the files it names).
+ * Where profiles live: the catalog (catalog/profiles.ts, table deploy_profiles), so the
+ * library service serves them too (GET/PUT/POST /v1/images/NAME/versions/N/profile). A
+ * version's deploy uses its own profile, else the nearest earlier version of the same image
+ * that has one, else a parent's (the profile of N applies to N+1 through the files it names).
  */
-export const PROFILE_SCHEMA = [
-  `CREATE TABLE IF NOT EXISTS deploy_profiles (
-     image TEXT NOT NULL,
-     number INTEGER NOT NULL,
-     recorded TEXT NOT NULL,
-     trace TEXT NOT NULL,
-     entries BIGINT NOT NULL,
-     bytes BIGINT NOT NULL,
-     data TEXT NOT NULL,
-     PRIMARY KEY (image, number))`,
-];
-
-const ready = new WeakSet<Db>();
-
-async function ensureSchema(db: Db): Promise<void> {
-  if (ready.has(db)) return;
-  await db.transaction(async (tx) => {
-    for (const s of PROFILE_SCHEMA) await tx.run(s);
-  });
-  ready.add(db);
-}
 
 /** Store (replace) the profile of the version it was recorded on. */
 export async function saveProfile(lib: Library, p: BootProfile): Promise<void> {
-  const db = lib.catalog.db;
-  await ensureSchema(db);
-  const bytes = p.entries.reduce((n, e) => n + e.length, 0);
-  await db.run(
-    `INSERT INTO deploy_profiles (image, number, recorded, trace, entries, bytes, data) VALUES (?, ?, ?, ?, ?, ?, ?)
-     ON CONFLICT (image, number) DO UPDATE SET recorded = excluded.recorded, trace = excluded.trace,
-       entries = excluded.entries, bytes = excluded.bytes, data = excluded.data`,
-    [p.image, p.number, p.recorded, p.trace, p.entries.length, bytes, JSON.stringify(p)],
-  );
+  await saveCatalogProfile(lib.catalog.db, p);
 }
 
 /** The profile recorded on exactly this version, if any. */
 export async function loadProfile(lib: Library, image: string, number: number): Promise<BootProfile | undefined> {
-  const db = lib.catalog.db;
-  await ensureSchema(db);
-  const r = await db.get<{ data: string }>('SELECT data FROM deploy_profiles WHERE image = ? AND number = ?', [
-    image,
-    number,
-  ]);
-  if (!r) return undefined;
-  let p: unknown;
-  try {
-    p = JSON.parse(r.data);
-  } catch {
-    throw new StrataError('CORRUPT', 'stored profile is not JSON', {
-      file: `${lib.dir}#${image}@${number}`,
-      structure: 'deploy_profiles',
-    });
-  }
-  return checkProfile(p, `${lib.dir}#${image}@${number}`);
+  return loadCatalogProfile(lib.catalog.db, image, number, lib.dir);
 }
 
 /**
@@ -86,30 +47,7 @@ export async function loadProfile(lib: Library, image: string, number: number): 
  */
 export async function profileFor(lib: Library, ref: string): Promise<BootProfile | undefined> {
   const v = await lib.catalog.resolve(ref);
-  const own = await loadProfile(lib, v.image, v.number);
-  if (own) return own;
-  const db = lib.catalog.db;
-  const r = await db.get<{ number: number }>(
-    'SELECT number FROM deploy_profiles WHERE image = ? AND number < ? ORDER BY number DESC LIMIT 1',
-    [v.image, v.number],
-  );
-  if (r) return loadProfile(lib, v.image, Number(r.number));
-  for (const p of v.parents) {
-    const pp = await loadProfile(lib, p.image, p.number);
-    if (pp) return pp;
-  }
-  return undefined;
-}
-
-/** The block map of a library version, built from the store (metadata read through its chunks). */
-export async function versionBlockMap(lib: Library, manifest: string, name: string): Promise<BlockMap> {
-  const m = await lib.layout(manifest);
-  const src = new VersionSource(lib.store, m, name);
-  try {
-    return await buildBlockMap(src);
-  } finally {
-    await src.close();
-  }
+  return nearestProfile(lib.catalog.db, v, { where: lib.dir });
 }
 
 /** The block map of what a deploy copies, built by reading the source (nothing is written to TARGET). */
@@ -139,32 +77,13 @@ export async function recordProfile(
   opts: { traceName?: string; save?: boolean; map?: BlockMap } = {},
 ): Promise<BootProfile> {
   const v = await lib.catalog.resolve(ref);
-  const map = opts.map ?? (await versionBlockMap(lib, v.manifest, `${v.image}@${v.number}`));
   const name = opts.traceName ?? (typeof trace === 'string' ? trace : 'trace');
   const chunks = typeof trace === 'string' ? openTraceFile(trace) : trace;
-  const rec = new ProfileRecorder(map);
-  for await (const b of readTraceBatches(chunks, name)) rec.addBatch(b);
-  if (rec.reads === 0) {
-    throw new StrataError('USAGE', `the trace holds no reads (${rec.records} records)`, { file: name });
-  }
-  const p: BootProfile = {
-    kind: PROFILE_KIND,
-    version: 1,
-    image: v.image,
-    number: v.number,
-    manifest: v.manifest,
-    recorded: new Date().toISOString(),
-    trace: name,
-    records: rec.records,
-    reads: rec.reads,
-    diskSize: map.diskSize,
-    entries: rec.entries,
-  };
-  if (opts.save !== false) await saveProfile(lib, p);
-  return p;
+  return recordVersionProfile(lib, v, chunks, name, { save: opts.save, map: opts.map });
 }
 
-function openTraceFile(file: string): AsyncIterable<Uint8Array> {
+/** The trace file's bytes as they are read (a missing or odd file: NOT_FOUND naming it). */
+export function openTraceFile(file: string): AsyncIterable<Uint8Array> {
   try {
     if (!statSync(file).isFile()) throw new Error('not a regular file');
   } catch (e) {
@@ -194,26 +113,36 @@ export function readProfileFile(file: string): BootProfile {
  * The profile a deploy of `sourceArg` uses. `spec`: 'none' (no profile), an existing file
  * (a profile as JSON), a library REF (that version's profile, or the nearest one before
  * it), or undefined: the source's own REF when it is a library version (no profile is no
- * error then), else none.
+ * error then), else none. The REF is looked up in the library service (`remote`), a library
+ * over plain HTTP (`staticLibrary`: its static index), else the local library.
  */
 export async function findProfile(
   spec: string | undefined,
   sourceArg: string,
-  opts: { library?: string; sourceIsVersion: boolean; remote?: string },
+  opts: { library?: string; sourceIsVersion: boolean; remote?: RemoteLibrary; staticLibrary?: string },
 ): Promise<BootProfile | undefined> {
   if (spec === 'none') return undefined;
   if (spec !== undefined && existsSync(spec)) return readProfileFile(spec);
   if (spec === undefined && !opts.sourceIsVersion) return undefined;
-  if (opts.remote !== undefined) {
-    // profiles live in a catalog table (deploy_profiles); neither the library service nor a
-    // static index serves them yet, and a local library's profile would be another library's
-    throw new StrataError(
-      'USAGE',
-      `--profile ${spec}: a library at ${opts.remote} cannot give its boot profiles (the service has no profile route, strata-index.json lists none); pass a profile file (strata profile show REF --json where the library lives, its "profile") or 'none'`,
-      { file: opts.remote },
-    );
-  }
   const ref = spec ?? sourceArg;
+  if (opts.remote) {
+    const p = await opts.remote.profile(ref);
+    if (!p && spec !== undefined) {
+      throw new StrataError('NOT_FOUND', `no boot profile recorded for ${ref} or a version before it`, {
+        file: opts.remote.url,
+      });
+    }
+    return p;
+  }
+  if (opts.staticLibrary !== undefined) {
+    const p = await staticLibraryProfile(opts.staticLibrary, ref);
+    if (!p && spec !== undefined) {
+      throw new StrataError('NOT_FOUND', `no boot profile recorded for ${ref} or a version before it`, {
+        file: `${opts.staticLibrary.replace(/\/+$/, '')}/${STATIC_INDEX}`,
+      });
+    }
+    return p;
+  }
   const lib = await Library.open(opts.library, { create: false });
   try {
     const p = await profileFor(lib, ref);
@@ -226,6 +155,46 @@ export async function findProfile(
   } finally {
     await lib.close();
   }
+}
+
+/**
+ * The profile of REF in a library served over plain HTTP: its static index names the
+ * version's (or the nearest earlier version's) profile file by its sha256, checked here (the
+ * web server is not trusted).
+ */
+export async function staticLibraryProfile(url: string, ref: string): Promise<BootProfile | undefined> {
+  const base = url.replace(/\/+$/, '');
+  const indexUrl = `${base}/${STATIC_INDEX}`;
+  const ix = parseStaticIndex(await httpGetAll(indexUrl), indexUrl);
+  const v = resolveStatic(ix, ref);
+  const at = staticProfileOf(ix, v.image, v.number);
+  if (!at) return undefined;
+  const fileUrl = `${base}/${STATIC_PROFILES}/${at.digest}.json`;
+  let bytes: Uint8Array;
+  try {
+    bytes = await httpGetAll(fileUrl);
+  } catch (e) {
+    throw new StrataError(
+      'CORRUPT',
+      `the library index names a boot profile of ${at.image}@${at.number} that the server does not give (${(e as Error).message}); rewrite the index with 'strata export-index' where the library lives`,
+      { file: fileUrl, structure: 'static index' },
+      { cause: e },
+    );
+  }
+  const got = createHash('sha256').update(bytes).digest('hex');
+  if (got !== at.digest) {
+    throw new StrataError('CORRUPT', `boot profile hashes to ${got}, not ${at.digest}`, {
+      file: fileUrl,
+      structure: 'boot profile',
+    });
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new StrataError('CORRUPT', 'profile is not JSON', { file: fileUrl, structure: 'boot profile' });
+  }
+  return checkProfile(doc, fileUrl);
 }
 
 /** The plan of a profile on what a deploy copies: the source's block map built, the profile applied. */

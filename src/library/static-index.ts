@@ -1,6 +1,17 @@
-import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import * as path from 'node:path';
+import { loadProfile } from '../catalog/profiles.js';
 import type { BackendEntry } from '../store/backend.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
@@ -11,8 +22,13 @@ import type { Library } from './library.js';
  * root (and `checkin`, `tag`, `rm` and `gc` rewrite it once it exists). It names every active
  * version (its manifest digest, sizes, tags) and the store's index files, which a web server
  * cannot list. REFs resolve against it by the catalog's rules (resolveStatic).
+ *
+ * A version's boot profile (catalog/profiles.ts), when it has one, is written beside it as
+ * profiles/SHA256.json (named by the sha256 of its bytes, so a file never changes under its
+ * name and a reader checks what the web server gave) and listed with the version.
  */
 export const STATIC_INDEX = 'strata-index.json';
+export const STATIC_PROFILES = 'profiles';
 
 export interface StaticVersion {
   number: number;
@@ -21,6 +37,8 @@ export interface StaticVersion {
   usedBytes: number;
   created: string;
   tags: string[];
+  /** The version's own boot profile: sha256 of profiles/SHA256.json, entries and bytes. */
+  profile?: { digest: string; entries: number; bytes: number };
 }
 
 export interface StaticIndex {
@@ -44,17 +62,31 @@ export async function exportIndex(
   for (const img of await lib.catalog.images()) {
     const vs = await lib.catalog.versions(img.name);
     versions += vs.length;
-    images.push({
-      name: img.name,
-      versions: vs.map((v) => ({
+    const out: StaticVersion[] = [];
+    for (const v of vs) {
+      const sv: StaticVersion = {
         number: v.number,
         manifest: v.manifest,
         virtualSize: v.virtualSize,
         usedBytes: v.usedBytes,
         created: v.created,
         tags: v.tags,
-      })),
-    });
+      };
+      const p = await loadProfile(lib.catalog.db, v.image, v.number, lib.dir);
+      if (p) {
+        const bytes = Buffer.from(`${JSON.stringify(p)}\n`);
+        const digest = createHash('sha256').update(bytes).digest('hex');
+        const dir = path.join(lib.dir, STATIC_PROFILES);
+        const file = path.join(dir, `${digest}.json`);
+        if (!existsSync(file)) {
+          mkdirSync(dir, { recursive: true });
+          writeAtomic(dir, file, bytes);
+        }
+        sv.profile = { digest, entries: p.entries.length, bytes: p.entries.reduce((n, e) => n + e.length, 0) };
+      }
+      out.push(sv);
+    }
+    images.push({ name: img.name, versions: out });
   }
   const doc: StaticIndex = {
     kind: 'strata-library-index',
@@ -73,11 +105,17 @@ export async function exportIndex(
       }
     } catch {}
   }
-  const tmp = path.join(lib.dir, `.${STATIC_INDEX}.${process.pid}-${randomBytes(4).toString('hex')}`);
+  writeAtomic(lib.dir, file, Buffer.from(`${JSON.stringify(doc)}\n`));
+  return { file, images: images.length, versions, written: true };
+}
+
+/** Write `file` (in `dir`) whole or not at all: a temporary file, fsync, rename. */
+function writeAtomic(dir: string, file: string, bytes: Uint8Array): void {
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     const fd = openSync(tmp, 'wx', 0o644);
     try {
-      writeSync(fd, `${JSON.stringify(doc)}\n`);
+      writeSync(fd, bytes);
       fsyncSync(fd);
     } finally {
       closeSync(fd);
@@ -87,7 +125,6 @@ export async function exportIndex(
     if (existsSync(tmp)) unlinkSync(tmp);
     throw new StrataError('IO', `cannot write the static index: ${(e as Error).message}`, { file }, { cause: e });
   }
-  return { file, images: images.length, versions, written: true };
 }
 
 /**
@@ -123,6 +160,9 @@ export function parseStaticIndex(bytes: Uint8Array, file: string): StaticIndex {
         throw bad(`bad version entry of ${img.name}`);
       }
       if (!Array.isArray(v.tags)) v.tags = [];
+      if (v.profile !== undefined && (typeof v.profile?.digest !== 'string' || !DIGEST.test(v.profile.digest))) {
+        throw bad(`bad profile entry of ${img.name}@${v.number}`);
+      }
     }
   }
   return doc;
@@ -164,4 +204,21 @@ export function resolveStatic(ix: StaticIndex, ref: string): StaticVersion & { i
     if (hits.length > 0) return hits[0];
   }
   throw fail('no such image, version or manifest');
+}
+
+/**
+ * The profile a deploy of version `v` of `image` uses by the static index: the version's own,
+ * else the nearest earlier version's of the same image (a static index lists no parents).
+ */
+export function staticProfileOf(
+  ix: StaticIndex,
+  image: string,
+  number: number,
+): { image: string; number: number; digest: string } | undefined {
+  const vs = ix.images.find((i) => i.name === image)?.versions ?? [];
+  let best: StaticVersion | undefined;
+  for (const x of vs) {
+    if (x.profile && x.number <= number && (!best || x.number > best.number)) best = x;
+  }
+  return best?.profile ? { image, number: best.number, digest: best.profile.digest } : undefined;
 }

@@ -4,6 +4,13 @@ import { test } from 'node:test';
 import { Access } from '../../src/catalog/access.js';
 import { Catalog } from '../../src/catalog/catalog.js';
 import { PgDb } from '../../src/catalog/pg.js';
+import {
+  type BootProfile,
+  loadProfile,
+  nearestProfile,
+  PROFILE_KIND,
+  saveProfile,
+} from '../../src/catalog/profiles.js';
 import { ALL_MIGRATIONS, migrateCatalogDb } from '../../src/library/migrate.js';
 import { pgWithSchema, psql, testServices, uniqueName } from '../helpers/services.js';
 
@@ -55,6 +62,7 @@ test('catalog on PostgreSQL: versions, tags, refs; rows as psql reads them; migr
     assert.deepEqual(psql(svc.pg, schema, 'SELECT id FROM schema_migrations ORDER BY id'), [
       'catalog-1',
       'inspection-1',
+      'profiles-1',
       'version-message-1',
     ]);
     await Access.open(c.db);
@@ -89,7 +97,7 @@ test('three pools (three servers) adding versions of one image and moving one ta
       'SELECT COUNT(*), COUNT(DISTINCT manifest), MAX(number) FROM versions',
     );
     assert.deepEqual(rows, [`${per * 3}\t${per * 3}\t${per * 3}`]);
-    assert.deepEqual(psql(svc.pg, url.split('schema=')[1], 'SELECT COUNT(*) FROM schema_migrations'), ['3']);
+    assert.deepEqual(psql(svc.pg, url.split('schema=')[1], 'SELECT COUNT(*) FROM schema_migrations'), ['4']);
     // one tag row moved by every pool at once: SERIALIZABLE transactions, retried when PostgreSQL aborts one
     await Promise.all(cats.flatMap((c) => Array.from({ length: 10 }, (_, i) => c.setTag('img', 'moving', i + 1))));
     const tag = psql(
@@ -145,5 +153,55 @@ test('a connection the server ends in the middle of a transaction: the process l
     assert.equal(runs, 2);
   } finally {
     await db.close();
+  }
+});
+
+test('boot profiles on PostgreSQL: stored, replaced, the nearest found; rows as psql reads them', async () => {
+  const schema = uniqueName('prof');
+  const c = await Catalog.open(await PgDb.open(pgWithSchema(svc.pg, schema)));
+  try {
+    const v1 = await c.addVersion(sample('img', `${'d'.repeat(63)}1`));
+    const v2 = await c.addVersion({ ...sample('img', `${'d'.repeat(63)}2`), parents: [{ image: 'img', number: 1 }] });
+    const other = await c.addVersion({
+      ...sample('derived', `${'d'.repeat(63)}3`),
+      parents: [{ image: 'img', number: 1 }],
+    });
+    const profile = (number: number, entries: number): BootProfile => ({
+      kind: PROFILE_KIND,
+      version: 1,
+      image: 'img',
+      number,
+      manifest: `${'d'.repeat(63)}${number}`,
+      recorded: '2026-12-06T00:00:00.000Z',
+      trace: `boot-${entries}.trace`,
+      records: entries,
+      reads: entries,
+      diskSize: 5 * 1024 ** 3,
+      entries: Array.from({ length: entries }, (_, i) => ({
+        kind: 'file',
+        path: `/f${i}`,
+        fileOffset: 0,
+        disk: 4096 * (i + 1),
+        length: 4096,
+      })),
+    });
+    assert.equal(await nearestProfile(c.db, v2), undefined, 'none yet');
+    await saveProfile(c.db, profile(1, 3));
+    await saveProfile(c.db, profile(1, 5)); // a new boot recorded on the same version replaces the row
+    assert.deepEqual(psql(svc.pg, schema, 'SELECT image, number, entries, bytes, trace FROM deploy_profiles'), [
+      'img\t1\t5\t20480\tboot-5.trace',
+    ]);
+    assert.equal((await loadProfile(c.db, 'img', 1))?.entries.length, 5);
+    assert.equal(await loadProfile(c.db, 'img', 2), undefined);
+    assert.equal((await nearestProfile(c.db, v2))?.number, 1, 'N+1 falls back to N');
+    assert.equal((await nearestProfile(c.db, other))?.number, 1, "another image falls back to its parent's");
+    assert.equal(
+      await nearestProfile(c.db, other, { mayUse: async (image) => image !== 'img' }),
+      undefined,
+      "not to a parent's the caller may not read",
+    );
+    assert.equal((await nearestProfile(c.db, v1))?.image, 'img');
+  } finally {
+    await c.close();
   }
 });

@@ -3,6 +3,8 @@ import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 
 import * as path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { loadState, STATE_SUFFIX } from '../../src/deploy/state.js';
+import { Library } from '../../src/library/library.js';
+import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 import { applyWrites, nbdReads, nbdWrites, prng, randomWrites, sameAs, startDeploy, twoVersions } from './helpers.js';
 
@@ -12,6 +14,7 @@ import { applyWrites, nbdReads, nbdWrites, prng, randomWrites, sameAs, startDepl
  * checkout is an independent read path: no NBD, no deploy state), nbdsh (libnbd) writing
  * as a guest would, kill -9 and --resume.
  */
+const CLI = path.join(ROOT, 'dist/cli/strata.cjs');
 let dir: string;
 let lib: string;
 let v1: string;
@@ -138,6 +141,57 @@ describe('strata deploy', () => {
     const m = path.join(dir, 'killed-model.raw');
     writeFileSync(m, model);
     assert.equal(await sameAs(m, target), true, 'resumed TARGET holds the version and the flushed writes');
+  });
+
+  test('free space is never fetched; on a TARGET full of other bytes it is written as zeros', async () => {
+    // what must come from the source: every 64 KiB block a data range of the version touches
+    const l = await Library.open(lib, { create: false });
+    let want = 0;
+    try {
+      const m = await l.layout((await l.catalog.resolve('disk@1')).manifest);
+      const B = 65536;
+      const blocks = new Set<number>();
+      for (let i = 0; i < m.ranges.disk.length; i++) {
+        const a = m.ranges.disk[i];
+        for (let b = Math.floor(a / B); b * B < a + m.ranges.length[i]; b++) blocks.add(b);
+      }
+      for (const b of blocks) want += Math.min(B, m.virtualSize - b * B);
+      assert.ok(want < m.virtualSize / 2, `most of the disk is free (${want} of ${m.virtualSize} bytes used)`);
+    } finally {
+      await l.close();
+    }
+    const size = statSync(v1).size;
+    // a new TARGET (known zero: free blocks neither fetched nor written), and one full of 0xA5
+    // with no deploy state (not known zero: free blocks written as zeros, still not fetched)
+    const fresh = path.join(dir, 'fresh.raw');
+    const dirty = path.join(dir, 'dirty.raw');
+    writeFileSync(dirty, Buffer.alloc(size, 0xa5));
+    for (const target of [fresh, dirty]) {
+      const d = await startDeploy(['disk@1', '--library', lib, '--to', target, '--exit-when-complete']);
+      assert.equal(await d.exited, 0, d.stderr());
+      const exit = d.events.find((e) => e.event === 'exit');
+      assert.equal(exit?.fetchedBytes, want, `${path.basename(target)}: fetched exactly the used blocks`);
+      assert.equal(await sameAs(v1, target), true, `qemu-img compare: ${path.basename(target)} holds the version`);
+    }
+    const st = statSync(fresh);
+    assert.ok(st.blocks * 512 <= want + (1 << 20), `the new TARGET stays sparse (${st.blocks * 512} bytes allocated)`);
+  });
+
+  test('on a terminal: a progress bar with the local share, bytes fetched, rate and ETA', async () => {
+    // script(1) gives the deploy a pseudo-terminal: what a user running it by hand sees
+    const target = path.join(dir, 'tty.raw');
+    const cmd = [process.execPath, CLI, 'deploy', 'disk@1', '--library', lib, '--to', target]
+      .concat(['--port', '0', '--bandwidth', '2M', '--exit-when-complete'])
+      .map((a) => `'${a}'`)
+      .join(' ');
+    const out = await run('script', ['-qfec', cmd, '/dev/null']);
+    const bars = [...out.matchAll(/deploying \[[█░]+\] (\d+)% local \| (\d+) MiB fetched \| [\d.]+ MiB\/s \| ETA/g)];
+    assert.ok(bars.length >= 2, `progress bars on the terminal:\n${out}`);
+    assert.equal(Number(bars.at(-1)?.[1]), 100, 'the last bar says 100% local');
+    assert.ok(Number(bars[0][1]) < 100, 'an earlier bar said less');
+    assert.match(out, /^nbd:\/\/127\.0\.0\.1:\d+/m, 'the NBD URI first');
+    assert.match(out, /complete: every used range is local/);
+    assert.equal(await sameAs(v1, target), true);
   });
 
   test('a TARGET with a deploy of this source wants --resume; --resume without state is refused', async () => {

@@ -24,12 +24,13 @@ import { lighttpd, type WebServer } from './web.js';
 let dir: string;
 let lib: string;
 let v1: string;
+let v2: string;
 let web: WebServer;
 let libUrl: string;
 
 before(async () => {
   dir = tempDir('deploy-outage');
-  ({ lib, v1 } = await twoVersions(dir));
+  ({ lib, v1, v2 } = await twoVersions(dir));
   await run(process.execPath, [CLI, 'export-index', '--library', lib]);
   web = await lighttpd(dir, dir);
   libUrl = `${web.url}/lib`;
@@ -245,21 +246,65 @@ describe('a static index stale against the store', () => {
   });
 });
 
-describe('profiles from a library that is not local', () => {
-  test('--profile REF with a library over HTTP: refused, saying what is missing and what works instead', () => {
-    const target = path.join(dir, 'profile-ref.raw');
-    const p = spawnSync(
-      process.execPath,
-      [CLI, 'deploy', 'disk@1', '--library', libUrl, '--profile', 'disk@1', '--to', target, '--port', '0'],
-      { encoding: 'utf8', timeout: 120_000 },
-    );
-    assert.notEqual(p.status, 0);
-    assert.match(
-      p.stderr,
-      /--profile disk@1: a library at http:\/\/127\.0\.0\.1:\d+\/lib cannot give its boot profiles/,
-    );
-    assert.match(p.stderr, /no profile route/);
-    assert.match(p.stderr, /strata profile show REF --json/);
-    assert.equal(existsSync(target), false, 'no TARGET written');
+describe('profiles from a library over plain HTTP', () => {
+  test("the static index names each version's profile file by its sha256: deploy takes it from the web server, a damaged one is refused", async () => {
+    const deploy = (args: string[]) =>
+      spawnSync(process.execPath, [CLI, 'deploy', ...args, '--port', '0', '--json'], {
+        encoding: 'utf8',
+        timeout: 300_000,
+      });
+    // none recorded yet: --profile REF says so, naming the index; nothing is written
+    const t0 = path.join(dir, 'profile-none.raw');
+    const none = deploy(['disk@1', '--library', libUrl, '--profile', 'disk@1', '--to', t0]);
+    assert.notEqual(none.status, 0);
+    assert.match(none.stderr, /strata-index\.json: no boot profile recorded for disk@1 or a version before it/);
+    assert.equal(existsSync(t0), false, 'no TARGET written');
+
+    // recorded on the local library (a read of the superblock): the CLI rewrites the index beside it
+    const trace = path.join(dir, 'superblock.trace');
+    writeFileSync(trace, '1024,1024\n');
+    await run(process.execPath, [CLI, 'profile', 'record', 'disk@1', '--trace', trace, '--library', lib]);
+    const ix = JSON.parse(readFileSync(path.join(lib, 'strata-index.json'), 'utf8'));
+    const listed = ix.images
+      .find((i: { name: string }) => i.name === 'disk')
+      .versions.map((v: { number: number; profile?: { digest: string; entries: number; bytes: number } }) => [
+        v.number,
+        v.profile,
+      ]);
+    assert.equal(listed.length, 2);
+    assert.equal(listed[1][1], undefined, 'disk@2 has no profile of its own');
+    const entry = listed[0][1];
+    assert.deepEqual([entry.entries, entry.bytes], [1, 1024]);
+    const file = path.join(lib, 'profiles', `${entry.digest}.json`);
+    assert.equal((await run('sha256sum', [file])).split(' ')[0], entry.digest, 'sha256sum of the file it names');
+
+    // disk@2 from the web server: the nearest earlier version's profile, applied (the superblock stays put)
+    const t1 = path.join(dir, 'profile-http.raw');
+    // (the copy capped: a deploy that completes before the profile's plan is made never reports it)
+    const ok = deploy(['disk@2', '--library', libUrl, '--to', t1, '--bandwidth', '2M', '--exit-when-complete']);
+    assert.equal(ok.status, 0, ok.stderr);
+    const ev = ok.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as DeployEvent & Record<string, unknown>)
+      .find((e) => e.event === ('profile' as string));
+    assert.ok(ev, ok.stdout);
+    assert.deepEqual([ev.profile, ev.bytes, ev.same, ev.missing], ['disk@1', 1024, 1, 0]);
+    assert.equal(await sameAs(v2, t1), true, 'qemu-img compare: TARGET holds disk@2');
+
+    // one byte of the profile file changed on the server: refused by its digest, nothing written
+    const good = readFileSync(file);
+    const bad = Buffer.from(good);
+    bad[bad.indexOf('1024')] ^= 1;
+    writeFileSync(file, bad);
+    try {
+      const t2 = path.join(dir, 'profile-bad.raw');
+      const refused = deploy(['disk@2', '--library', libUrl, '--to', t2]);
+      assert.notEqual(refused.status, 0);
+      assert.match(refused.stderr, /boot profile hashes to [0-9a-f]{64}, not [0-9a-f]{64}/);
+      assert.equal(existsSync(t2), false, 'no TARGET written');
+    } finally {
+      writeFileSync(file, good);
+    }
   });
 });

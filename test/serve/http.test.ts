@@ -633,6 +633,10 @@ describe('operations', () => {
       'DELETE /v1/images/{name}/tags/{tag}',
       'DELETE /v1/images/{name}/members/{project}',
       'HEAD /v1/images/{name}/versions/{version}/disk',
+      // boot profiles: against a real `strata serve` in test/deploy/profile-remote.test.ts
+      'GET /v1/images/{name}/versions/{version}/profile',
+      'PUT /v1/images/{name}/versions/{version}/profile',
+      'POST /v1/images/{name}/versions/{version}/profile',
       // accounts: their own matrix in http-ops.test.ts
       'GET /v1/users',
       'POST /v1/users',

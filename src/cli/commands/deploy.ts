@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import type { DeployEvent, Deployer as DeployerT } from '../../deploy/index.js';
 import { StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
 
 /**
@@ -86,6 +87,8 @@ export function registerDeployCommand(program: Command): void {
       if (e.event === 'start') logRequest?.(e.dataBytes);
       if (json) line(e);
       else if (e.event === 'complete') {
+        // the last tick may be up to a second old: the bar ends full
+        bar?.update(bar.getTotal(), { fetched: Math.floor(e.fetchedBytes / 2 ** 20) });
         bar?.stop();
         bar = undefined;
         process.stderr.write(
@@ -121,16 +124,14 @@ export function registerDeployCommand(program: Command): void {
     let d: DeployerT;
     try {
       // the profile's plan is worked out (the source's block map built) while the export already serves
+      const staticLibrary = /^https?:\/\//i.test(String(o.library ?? '')) ? String(o.library) : undefined;
+      const remote = o.remote === undefined ? undefined : await remoteOf(o);
       const profile = await findProfile(o.profile as string | undefined, sourceArg, {
         library: o.library as string | undefined,
-        remote:
-          (o.remote as string | undefined) ??
-          (/^https?:\/\//i.test(String(o.library ?? '')) ? String(o.library) : undefined),
-        // profiles live in a local library's catalog; over HTTP or --remote, only --profile FILE gives one
-        sourceIsVersion:
-          source.manifestDigest !== undefined &&
-          o.remote === undefined &&
-          !/^https?:\/\//i.test(String(o.library ?? '')),
+        // the library service serves its versions' profiles, a library over plain HTTP lists them in its index
+        remote,
+        staticLibrary: o.remote === undefined ? staticLibrary : undefined,
+        sourceIsVersion: source.manifestDigest !== undefined,
       });
       const first = profile
         ? profilePlan(profile, source).then((plan) => {

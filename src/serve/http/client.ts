@@ -4,6 +4,7 @@ import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
+import { type BootProfile, checkProfile } from '../../catalog/profiles.js';
 import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
 import { type Change, changeToWire, type WireChange } from '../../library/edit/changes.js';
@@ -384,6 +385,34 @@ export class RemoteLibrary {
   async inspection(ref: string) {
     const p = await this.vpath(ref);
     return this.json<Record<string, unknown>>('GET', `${p.path}/inspection`);
+  }
+  /**
+   * The boot profile a deploy of REF uses (the version's own, else the nearest earlier one of
+   * its image, else a readable parent's), checked; undefined when there is none. `exact`:
+   * only the version's own.
+   */
+  async profile(ref: string, opts: { exact?: boolean } = {}): Promise<BootProfile | undefined> {
+    const p = await this.vpath(ref);
+    let res: Response;
+    try {
+      res = await this.fetch('GET', `${p.path}/profile`, { query: { exact: opts.exact || undefined } });
+    } catch (e) {
+      if (e instanceof RemoteError && e.status === 404 && e.problem?.type?.endsWith('/no-profile')) return undefined;
+      throw e;
+    }
+    return checkProfile(await res.json(), `${this.url}${p.path}/profile`);
+  }
+  /** Store a profile with the version it was recorded on (replacing its own). */
+  async putProfile(profile: BootProfile): Promise<{ image: string; number: number; entries: number; bytes: number }> {
+    return this.json('PUT', `/v1/images/${enc(profile.image)}/versions/${profile.number}/profile`, { json: profile });
+  }
+  /** Send a trace of a boot of REF (`strata nbd/deploy --trace`); the service records and stores its profile. */
+  async recordProfile(ref: string, trace: Uint8Array, name: string): Promise<BootProfile> {
+    const p = await this.vpath(ref);
+    return checkProfile(
+      await this.json('POST', `${p.path}/profile`, { body: trace, query: { trace: name } }),
+      `${this.url}${p.path}/profile`,
+    );
   }
   diff(a: string, b: string, opts: { part?: string; packages?: boolean; blocks?: boolean } = {}) {
     return this.json<VersionDiff>('GET', '/v1/diff', { query: { a, b, ...opts } });

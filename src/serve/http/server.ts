@@ -9,6 +9,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { Access, ANONYMOUS, type Principal, type Visibility } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
+import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfile } from '../../catalog/profiles.js';
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { applyChanges } from '../../library/edit/apply.js';
@@ -25,6 +26,7 @@ import {
   type LayoutManifest,
   type FileEntry as ManifestEntry,
 } from '../../library/manifest.js';
+import { recordVersionProfile } from '../../library/profile-record.js';
 import { search } from '../../library/search.js';
 import { tarOfStored } from '../../library/tar-export.js';
 import { diffVersions } from '../../library/version-diff.js';
@@ -806,6 +808,119 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         parents: await visible(v.parents),
         children: await visible(await lib.catalog.children(v.image, v.number)),
       };
+    },
+  );
+
+  // ---- boot working-set profiles (issue 16 item 4): what `deploy --remote` prefetches first
+
+  const profileSummary = (p: BootProfile) => ({
+    image: p.image,
+    number: p.number,
+    recorded: p.recorded,
+    trace: p.trace,
+    entries: p.entries.length,
+    bytes: p.entries.reduce((n, e) => n + e.length, 0),
+  });
+  const ProfileDoc = anyObject(
+    'a boot profile (strata.profile v1): ranges a boot read, in first-access order, by file',
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/profile',
+    {
+      config: { op: 'profiles.get' },
+      schema: {
+        params: versionParams,
+        querystring: obj({ exact: bool() }, []),
+        response: { 200: ProfileDoc },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; version: string };
+      const { exact } = req.query as { exact?: boolean };
+      const v = await versionIn(req.policy, p.name, p.version);
+      // the version's own, else the nearest earlier of its image, else a parent's the caller may read
+      const got = exact
+        ? await loadProfile(lib.catalog.db, v.image, v.number, lib.dir)
+        : await nearestProfile(lib.catalog.db, v, { where: lib.dir, mayUse: (image) => req.policy.canRead(image) });
+      if (!got) {
+        throw new HttpProblem(
+          404,
+          `no boot profile recorded for ${v.image}@${v.number}${exact ? '' : ' or a version before it'}`,
+          'no-profile',
+        );
+      }
+      return got;
+    },
+  );
+
+  /** A profile for version `v`: checked, and about this very disk (same manifest, same size). */
+  const acceptProfile = (v: VersionRow, body: unknown): BootProfile => {
+    const p = checkProfile(body, `${v.image}@${v.number} profile`);
+    if (p.manifest !== v.manifest || p.diskSize !== v.virtualSize) {
+      throw new HttpProblem(
+        422,
+        `the profile was recorded on manifest ${String(p.manifest).slice(0, 16)}… (${p.diskSize} bytes), not on ${v.image}@${v.number} (${v.manifest.slice(0, 16)}…, ${v.virtualSize} bytes)`,
+        'profile-mismatch',
+      );
+    }
+    return { ...p, image: v.image, number: v.number };
+  };
+
+  app.put(
+    '/v1/images/:name/versions/:version/profile',
+    {
+      config: { op: 'profiles.put' },
+      bodyLimit: opts.uploadLimit ?? 64 * ONE_MIB,
+      schema: {
+        params: versionParams,
+        body: ProfileDoc,
+        response: {
+          200: obj({ image: str(), number: int(), recorded: str(), trace: str(), entries: int(), bytes: int() }),
+        },
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; version: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      await req.policy.writable(lib, p.name);
+      const profile = acceptProfile(v, req.body);
+      await saveProfile(lib.catalog.db, profile);
+      return profileSummary(profile);
+    },
+  );
+
+  app.post(
+    '/v1/images/:name/versions/:version/profile',
+    {
+      config: { op: 'profiles.record' },
+      schema: {
+        params: versionParams,
+        querystring: obj(
+          { trace: str({ maxLength: 256, description: 'the trace file name, kept in the profile' }) },
+          [],
+        ),
+        // documented, not validated by ajv (a Buffer is no JSON string): the recorder reads it line by line
+        body: {
+          content: {
+            'application/octet-stream': {
+              schema: { description: 'a trace: JSON lines of strata nbd/deploy --trace, or CSV offset,length' },
+            },
+          },
+        },
+        response: { 201: ProfileDoc },
+      },
+    },
+    async (req, reply) => {
+      const p = req.params as { name: string; version: string };
+      const { trace } = req.query as { trace?: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      await req.policy.writable(lib, p.name);
+      const body = req.body as Buffer;
+      if (!Buffer.isBuffer(body)) throw new HttpProblem(415, 'a trace comes as application/octet-stream');
+      const profile = await recordVersionProfile(lib, v, [body], trace ?? 'trace');
+      reply.code(201);
+      return profile;
     },
   );
 
