@@ -51,6 +51,9 @@ export async function lighttpd(root: string, work: string): Promise<WebServer> {
       'mimetype.assign = ( "" => "application/octet-stream" )',
       // served fresh: the store's files never change under a name, the index does
       'etag.use-inode = "disable"',
+      // and lighttpd's stat cache keeps an open descriptor of a file for a second or so: an
+      // index renamed over within that time was served from the old file
+      'server.stat-cache-engine = "disable"',
       '',
     ].join('\n'),
   );
