@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
@@ -8,7 +8,9 @@ import { Library } from '../../src/library/library.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import {
   bootQemu,
+  busyboxRoot,
   chooseAccel,
+  gptExt4Disk,
   hostKernel,
   makeInitramfs,
   rootInit,
@@ -52,20 +54,10 @@ async function rootDisk(): Promise<string> {
   const bb = staticBusybox();
   return fixture(`deploy-boot-root-bb${statSync(bb).size}-v2.raw`, async (out) => {
     const tree = `${out}.tree`;
-    mkdirSync(path.join(tree, 'bin'), { recursive: true });
-    mkdirSync(path.join(tree, 'sbin'));
-    mkdirSync(path.join(tree, 'etc'));
-    mkdirSync(path.join(tree, 'proc'));
-    mkdirSync(path.join(tree, 'dev'));
-    await run('cp', [bb, path.join(tree, 'bin', 'busybox')]);
-    writeFileSync(path.join(tree, 'sbin', 'init'), ROOT_INIT, { mode: 0o755 });
+    await busyboxRoot(tree, ROOT_INIT);
     writeFileSync(path.join(tree, 'etc', 'strata-id'), 'deploy-boot-root\n');
     writeFileSync(path.join(tree, 'payload.bin'), bytesOf('deploy-boot-payload', PAYLOAD));
-    await run('truncate', ['-s', String(DISK), out]);
-    await run('sgdisk', ['-o', '-n', '1:2048:0', '-t', '1:8300', out]);
-    const last = Number(/Last sector: (\d+)/.exec(await run('sgdisk', ['-i', '1', out]))?.[1]);
-    const kib = Math.floor(((last - 2048 + 1) * 512) / 4096) * 4;
-    await run('mkfs.ext4', ['-q', '-F', '-E', `offset=${2048 * 512}`, '-d', tree, out, `${kib}k`]);
+    await gptExt4Disk(out, tree, DISK);
     await run('rm', ['-rf', tree]);
   });
 }

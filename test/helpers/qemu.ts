@@ -10,6 +10,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import * as path from 'node:path';
+import { run } from './tools.js';
 
 /**
  * Booting a real Linux under qemu-system-x86_64 for tests and benches: which accelerator,
@@ -264,4 +265,26 @@ export function bootQemu(
       resolve({ console: text, code, timedOut, seconds: (Date.now() - t0) / 1000, markerSeconds });
     });
   });
+}
+
+/**
+ * A guest's root tree: static busybox as /bin/busybox, `init` as /sbin/init, and the empty
+ * /etc, /proc and /dev its init needs.
+ */
+export async function busyboxRoot(tree: string, init: string): Promise<void> {
+  for (const d of ['bin', 'sbin', 'etc', 'proc', 'dev']) mkdirSync(path.join(tree, d), { recursive: true });
+  await run('cp', [staticBusybox(), path.join(tree, 'bin', 'busybox')]);
+  writeFileSync(path.join(tree, 'sbin', 'init'), init, { mode: 0o755 });
+}
+
+/**
+ * A guest's disk of `bytes`: GPT (sgdisk), one Linux partition from 1 MiB (LBA 2048) to the
+ * end, its ext4 made by mkfs.ext4 -d from `tree` right into the partition.
+ */
+export async function gptExt4Disk(out: string, tree: string, bytes: number): Promise<void> {
+  await run('truncate', ['-s', String(bytes), out]);
+  await run('sgdisk', ['-o', '-n', '1:2048:0', '-t', '1:8300', out]);
+  const last = Number(/Last sector: (\d+)/.exec(await run('sgdisk', ['-i', '1', out]))?.[1]);
+  const kib = Math.floor(((last - 2048 + 1) * 512) / 4096) * 4;
+  await run('mkfs.ext4', ['-q', '-F', '-E', `offset=${2048 * 512}`, '-d', tree, out, `${kib}k`]);
 }

@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
 import {
   bootQemu,
+  busyboxRoot,
   chooseAccel,
+  gptExt4Disk,
   hostKernel,
   makeInitramfs,
   rootInit,
@@ -40,15 +42,9 @@ async function baseDisk(): Promise<string> {
   const bb = staticBusybox();
   return fixture(`rebase-boot-a0-bb${statSync(bb).size}-v1.raw`, async (out) => {
     const tree = `${out}.tree`;
-    for (const d of ['bin', 'sbin', 'etc', 'proc', 'dev']) mkdirSync(path.join(tree, d), { recursive: true });
-    await run('cp', [bb, path.join(tree, 'bin', 'busybox')]);
-    writeFileSync(path.join(tree, 'sbin', 'init'), ROOT_INIT, { mode: 0o755 });
+    await busyboxRoot(tree, ROOT_INIT);
     writeFileSync(path.join(tree, 'etc', 'version'), 'base-1\n');
-    await run('truncate', ['-s', String(64 << 20), out]);
-    await run('sgdisk', ['-o', '-n', '1:2048:0', '-t', '1:8300', out]);
-    const last = Number(/Last sector: (\d+)/.exec(await run('sgdisk', ['-i', '1', out]))?.[1]);
-    const kib = Math.floor(((last - 2048 + 1) * 512) / 4096) * 4;
-    await run('mkfs.ext4', ['-q', '-F', '-E', `offset=${2048 * 512}`, '-d', tree, out, `${kib}k`]);
+    await gptExt4Disk(out, tree, 64 << 20);
     await run('rm', ['-rf', tree]);
   });
 }
