@@ -10,7 +10,9 @@ const json = (method, body) => ({
 
 /** Visibility and members of one image, for an admin of its project (or a server admin). */
 function ImageAccess({ image, onChange }) {
-  const st = useApi(() => call(`/v1/images/${enc(image.name)}/members`), [image.name, image.visibility]);
+  // asked again after each change made here (an invitation or a removal changes the members, not the image row)
+  const [rev, setRev] = useState(0);
+  const st = useApi(() => call(`/v1/images/${enc(image.name)}/members`), [image.name, image.visibility, rev]);
   const [invite, setInvite] = useState('');
   const [error, setError] = useState();
   const act = (fn) => async (e) => {
@@ -18,6 +20,7 @@ function ImageAccess({ image, onChange }) {
     setError(undefined);
     try {
       await fn();
+      setRev((n) => n + 1);
       onChange();
     } catch (err) {
       setError(err);
