@@ -50,27 +50,29 @@ async function loadNode(ctx: BtrfsContext, logical: number, what: string): Promi
   const where = ctx.where(`btrfs ${what} node`, logical);
   if (!Number.isSafeInteger(logical) || logical <= 0 || logical % ctx.sb.sectorSize !== 0)
     throw corrupt('tree block address is not sector aligned', where);
-  const copies = ctx.chunks.map(logical, ns, `btrfs ${what} node`);
+  const structure = `btrfs ${what} node`;
+  const copies = ctx.mirrors(logical, ns, structure);
   let raw: Uint8Array | undefined;
   let bad = '';
-  for (const phys of copies) {
-    const b = await ctx.meta.read(phys, ns);
-    if (b.length < ns) throw new StrataError('TRUNCATED', 'tree block cut short', { ...where, offset: phys });
+  for (let m = 0; m < copies; m++) {
+    const b = await ctx.readLogical(logical, ns, structure, m, true);
+    if (b.length < ns) throw new StrataError('TRUNCATED', 'tree block cut short', where);
     const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
     if (ctx.sb.csumType === 0) {
       const want = dv.getUint32(0, true);
       const got = crc32c(b.subarray(0x20, ns));
       if (want !== got) {
-        bad = `checksum mismatch at physical ${phys} (stored ${want.toString(16)}, computed ${got.toString(16)})`;
+        bad = `checksum mismatch in copy ${m + 1} of ${copies} (stored ${want.toString(16)}, computed ${got.toString(16)})`;
         continue;
       }
     } else ctx.csumNotVerified(CSUM_NAMES[ctx.sb.csumType]);
+    if (m > 0) ctx.warn(`${ctx.name}: btrfs ${what} node at ${logical}: ${bad}; read copy ${m + 1}`);
     raw = b;
     break;
   }
   if (!raw) {
     ctx.warn(`${ctx.name}: btrfs ${what} node at ${logical}: ${bad}`);
-    raw = await ctx.meta.read(copies[0], ns);
+    raw = await ctx.readLogical(logical, ns, structure, 0, true);
   }
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const bytenr = Number(dv.getBigUint64(0x30, true));
