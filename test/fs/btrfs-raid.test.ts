@@ -199,30 +199,40 @@ test('btrfs: a device of another file system, or one given twice, is a USAGE err
   }
 });
 
-test('btrfs raid1: a tree block corrupted on one device is read from the other copy, with a warning', async () => {
+test('btrfs raid1: a tree block and a data sector corrupted on one device are read from the other copy, with warnings', async () => {
   const files = await btrfsRaidImages('raid1', 2);
   const dir = scratch('btrfs-raid1-bad');
   const copies = files.map((_f, i) => path.join(dir, `dev${i + 1}.img`));
   try {
     for (let i = 0; i < files.length; i++) await run('cp', ['--sparse=always', files[i], copies[i]]);
-    // the fs tree's root node (dump-tree's "fs tree" root) on device 1, as dump-tree maps it
+    // the first copy of a logical address (stripe 0 of its chunk, the one read first), as dump-tree -t chunk maps it
+    const map = await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'chunk', files[0]]);
+    const stripe0 = (logical: number): { devid: number; physical: number } => {
+      const re =
+        /key \(FIRST_CHUNK_TREE CHUNK_ITEM (\d+)\)[^\n]*\n\s*length (\d+)[\s\S]*?stripe 0 devid (\d+) offset (\d+)[\s\S]*?stripe 1 devid (\d+) offset (\d+)/g;
+      for (let c = re.exec(map); c; c = re.exec(map)) {
+        const [start, len] = [Number(c[1]), Number(c[2])];
+        if (logical < start || logical >= start + len) continue;
+        return { devid: Number(c[3]), physical: Number(c[4]) + logical - start };
+      }
+      throw new Error(`no chunk holds ${logical}`);
+    };
+    // the fs tree's root node (dump-tree -t root), and the first data block of a file (filefrag on the kernel mount)
     const roots = await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'root', files[0]]);
     const m = /item \d+ key \(FS_TREE ROOT_ITEM 0\)[^\n]*\n[^\n]*bytenr (\d+)/.exec(roots);
     assert.ok(m, 'dump-tree shows the fs tree root item');
-    const logical = Number(m[1]);
-    const map = await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'chunk', files[0]]);
-    let phys: number | undefined;
-    const re =
-      /key \(FIRST_CHUNK_TREE CHUNK_ITEM (\d+)\)[^\n]*\n\s*length (\d+)[\s\S]*?stripe 0 devid (\d+) offset (\d+)[\s\S]*?stripe 1 devid (\d+) offset (\d+)/g;
-    for (let c = re.exec(map); c; c = re.exec(map)) {
-      const [start, len] = [Number(c[1]), Number(c[2])];
-      if (logical < start || logical >= start + len) continue;
-      phys = c[3] === '1' ? Number(c[4]) + logical - start : Number(c[6]) + logical - start;
-    }
-    assert.ok(phys !== undefined, 'the chunk of the fs tree root');
-    const fd = openSync(copies[0], 'r+');
-    writeSync(fd, Buffer.alloc(4096, 0xa5), 0, 4096, phys + 4096);
-    closeSync(fd);
+    const frag = await withMultiDeviceMount(files, true, (mnt) =>
+      run('filefrag', ['-v', '-b4096', path.join(mnt, 'files', 'size-1500000')]),
+    );
+    const f = /^\s*0:\s+0\.\.\s*\d+:\s+(\d+)\.\./m.exec(frag);
+    assert.ok(f, `filefrag shows the first extent: ${frag}`);
+    const spoil = (at: { devid: number; physical: number }, skip: number, n: number, byte: number) => {
+      const fd = openSync(copies[at.devid - 1], 'r+');
+      writeSync(fd, Buffer.alloc(n, byte), 0, n, at.physical + skip);
+      closeSync(fd);
+    };
+    spoil(stripe0(Number(m[1])), 4096, 4096, 0xa5);
+    spoil(stripe0(Number(f[1]) * 4096), 2 * 4096 + 7, 100, 0x5a);
     const kernel = await withMultiDeviceMount(files, true, (mnt) => treeView(mnt));
     const { fs, close } = await open(copies);
     try {
@@ -236,6 +246,11 @@ test('btrfs raid1: a tree block corrupted on one device is read from the other c
       assert.equal(seen.length, kernel.size - 1);
       assert.ok(
         fs.warnings.some((w) => /fs tree 5 node at \d+: checksum mismatch in copy 1 of 2 .*read copy 2/.test(w)),
+        fs.warnings.join('\n'),
+      );
+      const sector = Number(f[1]) * 4096 + 2 * 4096;
+      assert.ok(
+        fs.warnings.some((w) => w.includes(`btrfs data at ${sector}: checksum mismatch in copy 1; read copy 2`)),
         fs.warnings.join('\n'),
       );
     } finally {

@@ -14,7 +14,7 @@
  * This file is the facade: subvolume choice, inode numbering, FileSystem.
  */
 import type { ByteSource } from '../../io/byte-source.js';
-import { crc32cRaw } from '../../util/crc32c.js';
+import { crc32c, crc32cRaw } from '../../util/crc32c.js';
 import { corrupt, type ErrorWhere, StrataError } from '../../util/errors.js';
 import { GenCache } from '../../util/gen-cache.js';
 import type {
@@ -59,6 +59,8 @@ import { collect, findItem, items, key, MAX_U64, type TreeRoot, treeBlocks } fro
 import { KT, TREE, TREE_NAMES } from './types.js';
 
 const SLOT = 2 ** 36;
+/** BTRFS_EXTENT_CSUM_OBJECTID (-10 as a u64): the checksum tree's items. */
+const CSUM_OBJECTID = 0xfffffffffffffff6n;
 const td = new TextDecoder('utf-8');
 
 export interface BtrfsOpenOptions {
@@ -462,10 +464,7 @@ export class BtrfsFileSystem implements FileSystem {
     if (hit) return hit;
     const where = this.ctx.where('btrfs compressed extent', fe.type === FE_INLINE ? e.itemLogical : fe.diskBytenr);
     if (fe.ramBytes > 128 * 1024 * 1024) throw new StrataError('LIMIT', `ram_bytes ${fe.ramBytes} too large`, where);
-    const src =
-      fe.type === FE_INLINE
-        ? (fe.inline as Uint8Array)
-        : await this.ctx.readLogical(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent');
+    const src = fe.type === FE_INLINE ? (fe.inline as Uint8Array) : await this.readData(fe.diskBytenr, fe.diskNumBytes);
     let out: Uint8Array;
     try {
       out = decompress(fe.compression, src, fe.ramBytes, this.ctx.sb.sectorSize);
@@ -500,12 +499,65 @@ export class BtrfsFileSystem implements FileSystem {
         const d = fe.inline as Uint8Array;
         out.set(d.subarray(a - e.fileOffset, b - e.fileOffset), a - offset);
       } else {
-        const bytes = await this.ctx.readLogical(
-          fe.diskBytenr + fe.offset + (a - e.fileOffset),
-          b - a,
-          'btrfs data extent',
-        );
+        const bytes = await this.readData(fe.diskBytenr + fe.offset + (a - e.fileOffset), b - a);
         out.set(bytes.subarray(0, b - a), a - offset);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Data bytes at a logical address. Where there are several copies (RAID1/10, DUP) and the
+   * checksums are crc32c, the sectors read are checked against the checksum tree and a copy
+   * that fails is replaced by the next one (a warning names it); one copy is read unchecked.
+   */
+  private async readData(logical: number, length: number): Promise<Uint8Array> {
+    const ctx = this.ctx;
+    const ss = ctx.sb.sectorSize;
+    const s = Math.floor(logical / ss) * ss;
+    const e = Math.ceil((logical + length) / ss) * ss;
+    const n = ctx.sb.csumType === 0 ? ctx.mirrors(s, e - s, 'btrfs data extent') : 1;
+    if (n < 2) return ctx.readLogical(logical, length, 'btrfs data extent');
+    const sums = await this.dataCsums(s, e);
+    if (sums.size === 0) return ctx.readLogical(logical, length, 'btrfs data extent');
+    let first: Uint8Array | undefined;
+    const bad: number[] = [];
+    for (let m = 0; m < n; m++) {
+      const b = await ctx.readLogical(s, e - s, 'btrfs data extent', m);
+      first ??= b;
+      let wrong = -1;
+      for (let at = 0; at + ss <= b.length && wrong < 0; at += ss) {
+        const want = sums.get(s + at);
+        if (want !== undefined && crc32c(b.subarray(at, at + ss)) !== want) wrong = s + at;
+      }
+      if (wrong < 0) {
+        if (m > 0)
+          ctx.warn(`${ctx.name}: btrfs data at ${bad.join(', ')}: checksum mismatch in copy 1; read copy ${m + 1}`);
+        return b.subarray(logical - s, logical - s + length);
+      }
+      bad.push(wrong);
+    }
+    ctx.warn(`${ctx.name}: btrfs data at ${bad[0]}: checksum mismatch in every copy (${n})`);
+    return (first as Uint8Array).subarray(logical - s, logical - s + length);
+  }
+
+  /** crc32c of each data sector in [start, end) that has one (the checksum tree), by logical address. */
+  private async dataCsums(start: number, end: number): Promise<Map<number, number>> {
+    const out = new Map<number, number>();
+    const ri = this.rootItems.get(TREE.CSUM);
+    if (!ri) return out;
+    const root: TreeRoot = { logical: ri.bytenr, level: ri.level, name: 'checksum tree' };
+    const ss = this.ctx.sb.sectorSize;
+    // one item covers at most a leaf's worth of 4-byte sums
+    const span = (this.ctx.sb.nodeSize / 4) * ss;
+    const lo = key(CSUM_OBJECTID, KT.EXTENT_CSUM, Math.max(0, start - span));
+    const hi = key(CSUM_OBJECTID, KT.EXTENT_CSUM, end - 1);
+    for await (const it of items(this.ctx, root, lo, hi)) {
+      const at = Number(it.key.off);
+      const dv = new DataView(it.data.buffer, it.data.byteOffset, it.data.byteLength);
+      for (let j = 0; j * 4 + 4 <= it.data.length; j++) {
+        const sector = at + j * ss;
+        if (sector >= start && sector < end) out.set(sector, dv.getUint32(j * 4, true));
       }
     }
     return out;
