@@ -16,11 +16,14 @@ import { openBtrfs } from '../../src/fs/btrfs/index.js';
 import { openFileSystem } from '../../src/fs/open.js';
 import type { FileSystem, Inode } from '../../src/fs/types.js';
 import { walk } from '../../src/fs/walk.js';
+import type { ByteSource } from '../../src/io/byte-source.js';
 import { FileSource } from '../../src/io/file-source.js';
+import { crc32c } from '../../src/util/crc32c.js';
 import { StrataError } from '../../src/util/errors.js';
 import { btrfsRaidImages, withMultiDeviceMount } from '../helpers/btrfs-image.js';
 import { jsonLines, strata } from '../helpers/cli.js';
 import { type KernelEntry, treeView } from '../helpers/ext-tree.js';
+import { expectCleanOutcome, mutate, prng } from '../helpers/fuzz.js';
 import { run, scratch } from '../helpers/tools.js';
 
 const SLOT = 2 ** 36;
@@ -275,4 +278,85 @@ test('strata CLI: --device FILE names the other devices; without it the error na
   assert.notEqual(alone.code, 0);
   assert.match(alone.stderr, /device 2\b.*not given/);
   assert.match(alone.stderr, /--device/);
+});
+
+/** A device whose bytes in [at, at+window.length) read as `window` (a mutated copy), the rest from `base`. */
+function patchedSource(base: ByteSource, at: number, window: Uint8Array, name: string): ByteSource {
+  return {
+    name,
+    size: base.size,
+    async read(offset: number, length: number) {
+      const b = new Uint8Array(await base.read(offset, length));
+      for (let i = Math.max(offset, at); i < Math.min(offset + b.length, at + window.length); i++)
+        b[i - offset] = window[i - at];
+      return b;
+    },
+    async readInto(offset: number, out: Uint8Array) {
+      const b = await this.read(offset, out.length);
+      out.set(b);
+      return b.length;
+    },
+    close: async () => {},
+  } as ByteSource;
+}
+
+const FUZZ_CASES = 300;
+
+test(`btrfs raid fuzz: ${FUZZ_CASES} mutated superblocks (sys_chunk_array) and chunk/root tree blocks of device 1, re-checksummed, open and read cleanly or fail with StrataError`, async (t) => {
+  const failures: string[] = [];
+  let opened = 0;
+  for (const [profile, n] of [
+    ['raid0', 2],
+    ['raid1', 2],
+    ['raid10', 4],
+  ] as const) {
+    const files = await btrfsRaidImages(profile, n);
+    const srcs = await Promise.all(files.map((f) => FileSource.open(f)));
+    try {
+      // where to mutate: the primary superblock and device 1's chunk and root tree blocks (as our reader lists them)
+      const clean = await openBtrfs(srcs[0], { devices: srcs.slice(1) });
+      const regs: Array<{ at: number; len: number; node: boolean }> = [{ at: 0x10000, len: 4096, node: false }];
+      for await (const r of clean.metadataRegions())
+        if (r.detail === 'chunk tree' || r.detail === 'root tree')
+          regs.push({ at: r.offset, len: r.length, node: true });
+      assert.ok(regs.length >= 3, `${profile}: chunk and root tree blocks on device 1`);
+      const base = new Uint8Array(await srcs[0].read(0, 0x10000 + 4096));
+      for (let c = 0; c < FUZZ_CASES / 3; c++) {
+        const seed = 0x4a1d0000 + c * 7919 + n;
+        const rand = prng(seed);
+        const r = regs[rand() % regs.length];
+        const orig = r.at + r.len <= base.length ? base.subarray(r.at, r.at + r.len) : await srcs[0].read(r.at, r.len);
+        // sys_chunk_array and chunk items most of the time, anything else in the block otherwise
+        const focus: Array<[number, number]> = r.node
+          ? [[0x65, r.len]]
+          : [
+              [0x32b, 0x32b + 0x200],
+              [0, r.len],
+            ];
+        const win = mutate(orig, focus, rand);
+        const w = new Uint8Array(r.len);
+        w.set(win.subarray(0, r.len));
+        // re-checksum, so the mutated structure is parsed rather than refused at the checksum
+        if (rand() % 4 !== 0) new DataView(w.buffer).setUint32(0, crc32c(w.subarray(0x20)), true);
+        const src = patchedSource(srcs[0], r.at, w, `${profile}-fuzz-${c}.img`);
+        const outcome = await expectCleanOutcome(async () => {
+          const fs = await openBtrfs(src, { devices: srcs.slice(1) });
+          opened++;
+          for await (const it of walk(fs, await fs.root(), '/')) {
+            if (it.inode.type === 'file') await fs.read(it.inode, 0, Math.min(it.inode.size, 1 << 20));
+            for await (const _ of fs.extents(it.inode)) {
+              // drain
+            }
+          }
+          await fs.allocation();
+        }, 20000);
+        if (outcome) failures.push(`${profile} case ${c} (seed ${seed}): ${outcome}`);
+      }
+    } finally {
+      for (const s of srcs) await s.close();
+    }
+  }
+  t.diagnostic(`${opened} of ${FUZZ_CASES} mutated file systems opened`);
+  assert.deepEqual(failures, []);
+  assert.ok(opened > 0);
 });

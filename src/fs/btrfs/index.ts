@@ -55,7 +55,7 @@ import {
   type Superblock,
   uuidString,
 } from './superblock.js';
-import { collect, findItem, items, key, MAX_U64, type TreeRoot, treeBlocks } from './tree.js';
+import { collect, findItem, findItems, itemRange, items, key, MAX_U64, type TreeRoot, treeBlocks } from './tree.js';
 import { KT, TREE, TREE_NAMES } from './types.js';
 
 const SLOT = 2 ** 36;
@@ -280,10 +280,16 @@ export class BtrfsFileSystem implements FileSystem {
     return { tree, oid: BigInt(ino - s * SLOT) };
   }
 
+  private readonly fsRoots = new Map<bigint, TreeRoot>();
+
   private fsRoot(tree: bigint): TreeRoot {
+    const hit = this.fsRoots.get(tree);
+    if (hit) return hit;
     const ri = this.rootItems.get(tree);
     if (!ri) throw corrupt(`no root item for tree ${tree}`, this.ctx.where('btrfs root tree'));
-    return { logical: ri.bytenr, level: ri.level, name: `fs tree ${tree}` };
+    const r = { logical: ri.bytenr, level: ri.level, name: `fs tree ${tree}` };
+    this.fsRoots.set(tree, r);
+    return r;
   }
 
   // ---------------------------------------------------------------- FileSystem
@@ -334,7 +340,10 @@ export class BtrfsFileSystem implements FileSystem {
   }
 
   async inode(ino: number): Promise<Inode> {
-    const x = await this.inodeItem(ino);
+    return this.inodeOf(ino, await this.inodeItem(ino));
+  }
+
+  private inodeOf(ino: number, x: InodeItem): Inode {
     const type = typeOfMode(x.mode);
     const out: Inode = {
       ino,
@@ -356,8 +365,33 @@ export class BtrfsFileSystem implements FileSystem {
     return out;
   }
 
+  /** Many inodes: their items looked up together, per tree (findItems: one descent per leaf, not per inode). */
   async inodes(inos: readonly number[]): Promise<Inode[]> {
-    return Promise.all(inos.map((n) => this.inode(n)));
+    if (inos.length < 2) return Promise.all(inos.map((n) => this.inode(n)));
+    const out: Inode[] = new Array(inos.length);
+    const byTree = new Map<bigint, number[]>();
+    const oids = inos.map((n) => this.decode(n));
+    for (let i = 0; i < inos.length; i++) {
+      const l = byTree.get(oids[i].tree);
+      if (l) l.push(i);
+      else byTree.set(oids[i].tree, [i]);
+    }
+    for (const [tree, idx] of byTree) {
+      const got = await findItems(
+        this.ctx,
+        this.fsRoot(tree),
+        idx.map((i) => key(oids[i].oid, KT.INODE_ITEM, 0)),
+      );
+      for (let j = 0; j < idx.length; j++) {
+        const it = got[j];
+        const oid = oids[idx[j]].oid;
+        if (!it)
+          throw new StrataError('NOT_FOUND', `no inode ${oid} in tree ${tree}`, this.ctx.where('btrfs inode item'));
+        const x = parseInodeItem(it.data, this.ctx.where(`btrfs inode ${oid} (tree ${tree})`, it.logical));
+        out[idx[j]] = this.inodeOf(inos[idx[j]], x);
+      }
+    }
+    return out;
   }
 
   async lookup(path: string): Promise<Inode> {
@@ -393,15 +427,18 @@ export class BtrfsFileSystem implements FileSystem {
       throw new StrataError('USAGE', `inode ${dir.ino} is not a directory`, this.ctx.where('btrfs directory'));
     const { tree, oid } = this.decode(dir.ino);
     const out: DirEntry[] = [];
-    for await (const it of items(
+    const list = await itemRange(
       this.ctx,
       this.fsRoot(tree),
       key(oid, KT.DIR_INDEX, 0),
       key(oid, KT.DIR_INDEX, MAX_U64),
-    )) {
+    );
+    for (const it of list) {
       for (const d of parseDirItems(it.data, this.ctx.where(`btrfs dir index of ${oid}`, it.logical))) {
-        const e = await this.entryOf(tree, d.name, d);
-        if (e) out.push(e);
+        if (d.location.type === KT.ROOT_ITEM) {
+          const e = await this.entryOf(tree, d.name, d);
+          if (e) out.push(e);
+        } else out.push({ name: td.decode(d.name), ino: this.encode(tree, d.location.oid), type: dirType(d.type) });
       }
     }
     return out;
