@@ -274,6 +274,14 @@ test('strata CLI: --device FILE names the other devices; without it the error na
   const cat = await strata(['cat', files[1], '/files/size-6291579', '--device', files[0]]);
   assert.equal(cat.code, 0, cat.stderr);
   assert.equal(sha(cat.stdoutBytes), kernel.get('/files/size-6291579')?.sha256);
+  // stat: extents on device 2 carry device:2 and no disk offset in device 1's image
+  const st = await strata(['stat', '--json', files[0], '/files/size-6291579', '--device', files[1]]);
+  assert.equal(st.code, 0, st.stderr);
+  const ext = (JSON.parse(st.stdout) as { extents: Array<{ flags: string[]; diskOffset: number | null }> }).extents;
+  const other = ext.filter((e) => e.flags.includes('device:2'));
+  assert.ok(other.length > 0 && other.length < ext.length, JSON.stringify(ext));
+  assert.ok(other.every((e) => e.diskOffset === null));
+  assert.ok(ext.filter((e) => !e.flags.includes('device:2')).every((e) => typeof e.diskOffset === 'number'));
   const alone = await strata(['ls', files[0], '/']);
   assert.notEqual(alone.code, 0);
   assert.match(alone.stderr, /device 2\b.*not given/);
