@@ -809,3 +809,82 @@ export async function rebaseVersion(
   }
   return out;
 }
+
+/**
+ * A rebase's result as JSON (what `strata rebase --json` prints and the service's
+ * POST /v1/images/{name}/rebases answers): contents held in memory shown by their size, not
+ * their bytes; `version` is what the writer returned, when it ran.
+ */
+export interface RebaseJson {
+  ref: string;
+  from: string;
+  to: string;
+  message: string;
+  dryRun: boolean;
+  summary: RebasePlan['summary'];
+  conflicts: Conflict[];
+  merged: MergedFile[];
+  changes: unknown[];
+  version?: unknown;
+}
+
+export function rebaseJson(r: RebaseResult, version: unknown = r.version): RebaseJson {
+  const changes = r.plan.changeSet.changes.map((c) => {
+    if (c.op === 'put' && c.content.kind === 'bytes')
+      return { ...c, content: { kind: 'bytes', size: c.content.data.length } };
+    if (c.op === 'xattr' && c.value) return { ...c, value: Buffer.from(c.value).toString('base64') };
+    return c;
+  });
+  return {
+    ref: r.ref,
+    from: r.from,
+    to: r.to,
+    message: r.message,
+    dryRun: r.dryRun,
+    summary: r.plan.summary,
+    conflicts: r.plan.conflicts,
+    merged: r.plan.merged,
+    changes,
+    ...(version !== undefined ? { version } : {}),
+  };
+}
+
+/** One line for a conflict: its kind, package or fields, both sides, and its decision. */
+export function conflictLine(c: Conflict): string {
+  const what = c.package ? ` package ${c.package}` : c.fields ? ` (${c.fields.join(', ')})` : '';
+  const side = (x: Conflict['ours']) => (x.type === 'file' ? `file ${x.size} B` : x.type);
+  const res = c.resolution ? ` -> ${c.resolution}` : '';
+  return `conflict ${c.kind}${what}: ${c.path}: ours ${side(c.ours)}, theirs ${side(c.theirs)}${c.detail ? `; ${c.detail}` : ''}${res}`;
+}
+
+/**
+ * `strata rebase`'s lines (local or --remote alike): what A1 changed and what was taken,
+ * merged files, conflicts, and while conflicts stop it (or on a dry run) a resolution file
+ * to edit and pass back with --resolve.
+ */
+export function rebaseText(j: RebaseJson): string {
+  const s = j.summary;
+  const stopped = s.unresolved > 0;
+  const lines = [
+    `rebase ${j.ref} from ${j.from} onto ${j.to}: A1 changed ${s.theirsChanged} paths; ${s.taken} taken, ${s.same} already so in REF, ${j.changes.length} operations`,
+  ];
+  for (const m of j.merged)
+    lines.push(`merged ${m.path} (${m.how}${m.fromTheirs?.length ? `: ${m.fromTheirs.join(', ')} from A1` : ''})`);
+  for (const c of j.conflicts) lines.push(conflictLine(c));
+  if (stopped)
+    lines.push(
+      `${s.unresolved} conflicts: nothing written (--take ours|theirs PATH, --resolve FILE, --ours or --theirs decides)`,
+    );
+  else if (j.dryRun) lines.push('dry run: nothing written');
+  else if (j.version && typeof (j.version as { ref?: unknown }).ref === 'string')
+    lines.push(`wrote ${(j.version as { ref: string }).ref} (parents ${j.ref} and ${j.to})`);
+  else if (j.changes.length === 0) lines.push('nothing to change: no version written');
+  if (j.conflicts.length > 0 && (stopped || j.dryRun)) {
+    lines.push('', '# resolution file (keep ours or change to theirs; pass with --resolve FILE):');
+    for (const c of j.conflicts) {
+      lines.push(`# ${conflictLine(c)}`);
+      lines.push(`${c.resolution ?? 'ours'} ${c.package ? `package:${c.package}` : c.path}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
