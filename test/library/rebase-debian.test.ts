@@ -221,6 +221,20 @@ describe('rebase on the Debian pair', { timeout: 900_000 }, () => {
     };
     assert.equal(await cat(r.version.ref), await cat('base@2'));
     assert.equal(await cat(JSON.parse(kept.stdout).version.ref), 'REF changed this\n');
+    // --interactive asks each conflict on standard input: an unclear answer is asked again
+    const versions = async () => (await lib.catalog.versions('app')).length;
+    const n = await versions();
+    const ended = await strata([...args, '--interactive'], { input: '' });
+    assert.notEqual(ended.code, 0);
+    assert.match(ended.stderr, /keep ours or take theirs for \/usr\/share\/strata-base\/data\.txt\? \[o\/t\]/);
+    assert.match(ended.stderr, /no answer for \/usr\/share\/strata-base\/data\.txt/);
+    assert.equal(await versions(), n, 'no answer: no version');
+    const asked = await strata([...args, '--interactive', '--json'], { input: 'maybe\nt\n' });
+    assert.equal(asked.code, 0, asked.stderr);
+    assert.equal(asked.stderr.match(/\[o\/t\]/g)?.length, 2, 'asked twice');
+    const ai = JSON.parse(asked.stdout);
+    assert.equal(ai.conflicts[0].resolution, 'theirs');
+    assert.equal(await cat(ai.version.ref), await cat('base@2'));
     // a decision naming nothing is refused
     const typo = await strata([...args, '--take', 'theirs', '/usr/share/strata-base/no-such']);
     assert.notEqual(typo.code, 0);

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import type { Library, RebaseJson, Take } from '../../library/index.js';
 import { StrataError } from '../../library/index.js';
@@ -31,10 +32,42 @@ export function registerRebaseCommand(program: Command): void {
     .option('--part <id>', 'the volume, when the versions hold several file systems')
     .option('--message <text>', 'the new version\'s description (default "rebase REF from A0 onto A1")')
     .option('--dry-run', 'plan only: the changes and conflicts, no version written')
+    .option(
+      '-i, --interactive',
+      'ask for each conflict left (ours or theirs) on standard input, then rebase with the answers',
+    )
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
     .option('--json', 'one object: the plan (changes, conflicts, merged files) and the new version');
   withRemote(cmd).action(async (ref: string, o: Record<string, unknown>) => {
-    const { Library, rebaseJson, rebaseText, rebaseVersion, parseResolutions } = await import('../../library/index.js');
+    const { Library, conflictLine, rebaseJson, rebaseText, rebaseVersion, parseResolutions } = await import(
+      '../../library/index.js'
+    );
+    /** One answer a conflict, read from standard input (a terminal or a pipe); the end of input decides nothing. */
+    const ask = async (conflicts: RebaseJson['conflicts']): Promise<Take[]> => {
+      const rl = createInterface({ input: process.stdin, terminal: false });
+      const lines = rl[Symbol.asyncIterator]();
+      const out: Take[] = [];
+      try {
+        for (const [i, c] of conflicts.entries()) {
+          const what = c.package ? `package:${c.package}` : c.path;
+          for (;;) {
+            process.stderr.write(
+              `[${i + 1}/${conflicts.length}] ${conflictLine(c)}\nkeep ours or take theirs for ${what}? [o/t] `,
+            );
+            const next = await lines.next();
+            if (next.done) throw new StrataError('USAGE', `no answer for ${what} (input ended): nothing written`);
+            const a = String(next.value).trim().toLowerCase();
+            if (a === 'o' || a === 'ours') out.push({ side: 'ours', path: what });
+            else if (a === 't' || a === 'theirs') out.push({ side: 'theirs', path: what });
+            else continue;
+            break;
+          }
+        }
+      } finally {
+        rl.close();
+      }
+      return out;
+    };
     const take: Take[] = [];
     const words = (o.take as string[] | undefined) ?? [];
     for (let i = 0; i < words.length; i += 2) {
@@ -60,21 +93,26 @@ export function registerRebaseCommand(program: Command): void {
     const opts = {
       ...(o.part !== undefined ? { part: o.part as string } : {}),
       ...(o.ours ? { prefer: 'ours' as const } : o.theirs ? { prefer: 'theirs' as const } : {}),
-      ...(take.length > 0 ? { take } : {}),
       ...(o.message !== undefined ? { message: o.message as string } : {}),
-      dryRun: Boolean(o.dryRun),
     };
-    let j: RebaseJson;
     const remote = await remoteOf(o);
-    if (remote) j = await remote.rebase(ref, o.from as string, o.to as string, opts);
-    else {
+    const run = async (takes: Take[], dryRun: boolean): Promise<RebaseJson> => {
+      const all = { ...opts, ...(takes.length > 0 ? { take: takes } : {}), dryRun };
+      if (remote) return remote.rebase(ref, o.from as string, o.to as string, all);
       const lib: Library = await Library.open(o.library as string | undefined, { create: false });
       try {
-        j = rebaseJson(await rebaseVersion(lib, ref, o.from as string, o.to as string, opts));
+        return rebaseJson(await rebaseVersion(lib, ref, o.from as string, o.to as string, all));
       } finally {
         await lib.close();
       }
+    };
+    if (o.interactive) {
+      // the conflicts left after the given decisions, asked one by one; then the rebase with the answers
+      const planned = await run(take, true);
+      const open = planned.conflicts.filter((c) => !c.resolution && c.kind !== 'unsupported');
+      if (open.length > 0) take.push(...(await ask(open)));
     }
+    const j = await run(take, Boolean(o.dryRun));
     if (j.summary.unresolved > 0) setExitStatus(1);
     if (o.json) return printJson(j);
     await writeOut(rebaseText(j));
