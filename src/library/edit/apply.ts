@@ -1,13 +1,16 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { StrataError } from '../../util/errors.js';
 import { type Address, openAddress } from '../address.js';
 import { type CheckinResult, checkin } from '../checkin.js';
 import { checkout } from '../checkout.js';
 import type { Library } from '../library.js';
 import type { Change, ChangeSet } from './changes.js';
+import { checkFat, FAT_KINDS, type FatPlan, planFatChanges, runFatPlan } from './fat.js';
 import { type Plan, planChanges } from './plan.js';
 
 /**
@@ -28,6 +31,9 @@ import { type Plan, planChanges } from './plan.js';
  * the result is checked in with the parent as its parent: unchanged files dedup by content
  * and unchanged metadata windows by disk offset, so only the changed bytes are new chunks.
  * Any failure (ENOSPC included) leaves no new version.
+ *
+ * FAT12/16/32 go the same route with mtools as the writer and `fsck.fat -n` as the check
+ * (./fat.ts).
  */
 
 export interface ApplyOptions {
@@ -48,7 +54,7 @@ export interface ApplyOptions {
   alsoParents?: string[];
   /** Inspect the new version (default true). */
   inspect?: boolean;
-  /** Run `e2fsck -fn` on the edited file system before checking it in (default true). */
+  /** Run `e2fsck -fn` (FAT: `fsck.fat -n`) on the edited file system before checking it in (default true). */
   verify?: boolean;
   /** Seconds since the epoch stamped on new files that name no mtime (default now). */
   now?: number;
@@ -94,18 +100,25 @@ export async function applyChanges(
     opts.onProgress?.('checkout');
     await checkout(lib, parent, disk, { format: 'raw' });
     const opened = await openAddress(disk, opts.address ?? {});
-    let plan: Plan;
+    let plan: Plan | undefined;
+    let fatPlan: FatPlan | undefined;
     let offset: number;
     let fsKind: string;
     let volume: string;
+    let volumeSize: number;
     try {
       fsKind = opened.fs.kind;
       volume = opened.volume.id === '' ? '(whole disk)' : opened.volume.id;
-      if (!/^ext[234]$/.test(fsKind)) {
-        throw new StrataError('UNSUPPORTED', `cannot write ${fsKind} yet (Strata writes ext2/ext3/ext4)`, {
-          file: parent,
-          structure: `volume ${volume}`,
-        });
+      volumeSize = opened.volume.size;
+      if (!/^ext[234]$/.test(fsKind) && !FAT_KINDS.test(fsKind)) {
+        throw new StrataError(
+          'UNSUPPORTED',
+          `cannot write ${fsKind} yet (Strata writes ext2/ext3/ext4 and FAT12/16/32)`,
+          {
+            file: parent,
+            structure: `volume ${volume}`,
+          },
+        );
       }
       if (opened.diskOffset === null) {
         throw new StrataError('UNSUPPORTED', 'cannot write a file system that is not one window of the disk', {
@@ -121,23 +134,31 @@ export async function applyChanges(
           { file: parent, structure: `volume ${volume}` },
         );
       }
-      plan = await planChanges(opened.fs, set.changes, {
-        tempFile: (i, what) => path.join(work, `change-${i}-${what}`),
-        now: opts.now,
-      });
+      const tempFile = (i: number, what: string) => path.join(work, `change-${i}-${what}`);
+      if (FAT_KINDS.test(fsKind)) fatPlan = await planFatChanges(opened.fs, set.changes, { tempFile, now: opts.now });
+      else plan = await planChanges(opened.fs, set.changes, { tempFile, now: opts.now });
     } finally {
       await opened.close();
     }
-    for (const f of plan.files) if (f.data) await writeFile(f.local, f.data);
-    const commandFile = path.join(work, 'commands');
-    await writeFile(commandFile, `${plan.commands.join('\n')}\n`);
-    // libext2fs's unix I/O manager takes the byte offset of the file system inside the file
-    const device = `${disk}?offset=${offset}`;
-    opts.onProgress?.('write');
-    await runDebugfs(device, commandFile, plan, set.changes, parent);
-    if (opts.verify !== false) {
-      opts.onProgress?.('verify');
-      await runE2fsck(device, parent);
+    if (fatPlan) {
+      opts.onProgress?.('write');
+      await runFatPlan(disk, offset, fatPlan, set.changes, parent);
+      if (opts.verify !== false) {
+        opts.onProgress?.('verify');
+        await checkFat(await fatWindow(disk, offset, volumeSize, work), parent);
+      }
+    } else if (plan) {
+      for (const f of plan.files) if (f.data) await writeFile(f.local, f.data);
+      const commandFile = path.join(work, 'commands');
+      await writeFile(commandFile, `${plan.commands.join('\n')}\n`);
+      // libext2fs's unix I/O manager takes the byte offset of the file system inside the file
+      const device = `${disk}?offset=${offset}`;
+      opts.onProgress?.('write');
+      await runDebugfs(device, commandFile, plan, set.changes, parent);
+      if (opts.verify !== false) {
+        opts.onProgress?.('verify');
+        await runE2fsck(device, parent);
+      }
     }
     opts.onProgress?.('checkin');
     const result = await checkin(lib, disk, {
@@ -154,14 +175,22 @@ export async function applyChanges(
       ...result,
       parent,
       changes: set.changes.length,
-      commands: plan.commands.length,
-      contentBytes: plan.contentBytes,
+      commands: fatPlan ? fatPlan.steps.length : (plan?.commands.length ?? 0),
+      contentBytes: fatPlan ? fatPlan.contentBytes : (plan?.contentBytes ?? 0),
       fsKind,
       volume,
     };
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/** The FAT as a file of its own for fsck.fat (which takes no offset): the disk itself when it is the whole disk. */
+async function fatWindow(disk: string, offset: number, size: number, work: string): Promise<string> {
+  if (offset === 0 && (await stat(disk)).size === size) return disk;
+  const out = path.join(work, 'fat.img');
+  await pipeline(createReadStream(disk, { start: offset, end: offset + size - 1 }), createWriteStream(out));
+  return out;
 }
 
 interface RunResult {
