@@ -196,7 +196,7 @@ class LogParser {
       this.csvLine(buf.toString('utf8', start, end), offset);
       return;
     }
-    if (this.trace === false) {
+    if (this.trace === false && buf[first] === 123) {
       const r = fastRecord(buf, first, end, this.strings);
       if (r) {
         this.out.push(r);
@@ -439,7 +439,7 @@ function isoMs(b: Buffer, s: number, e: number): number {
 }
 
 /**
- * A JSONL request record read from its bytes buf[s, e) (s at its '{'), or undefined when the
+ * A JSONL request record read from its bytes buf[s, e) (the caller saw '{' at s), or undefined when the
  * line is not the plain shape (an escape, a nested value, a field of an unexpected type, a
  * missing or bad required field, bad JSON): the caller then parses it with JSON.parse, which
  * reads what this does not and names what is wrong. What it returns equals what that path
