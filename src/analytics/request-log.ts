@@ -433,7 +433,8 @@ function isoMs(b: Buffer, s: number, e: number): number {
   const mi = digits(b, s + 14, 2);
   const sec = digits(b, s + 17, 2);
   const ms = digits(b, s + 20, 3);
-  if (y < 0 || mo < 1 || mo > 12 || d < 1 || d > monthDays(y, mo) || h < 0 || h > 23 || mi < 0 || mi > 59) return Number.NaN;
+  if (y < 0 || mo < 1 || mo > 12 || d < 1 || d > monthDays(y, mo) || h < 0 || h > 23 || mi < 0 || mi > 59)
+    return Number.NaN;
   if (sec < 0 || sec > 59 || ms < 0) return Number.NaN;
   return ((daysFromCivil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms;
 }
