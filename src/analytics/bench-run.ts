@@ -1,10 +1,13 @@
+import { spawn } from 'node:child_process';
 import { readProfileFile } from '../deploy/profile-store.js';
 import type { SearchQuery } from '../library/search.js';
 import { RemoteLibrary, remoteCheckin } from '../serve/http/client.js';
+import { openVersionExport } from '../serve/nbd/library-export.js';
+import { NbdServer } from '../serve/nbd/server.js';
 import { StrataError } from '../util/errors.js';
 import { generateLog, Rng } from './generate.js';
 import { readRequestLog } from './request-log.js';
-import type { Flowop, ImageSetDef, Workload } from './wml.js';
+import type { BootClient, Flowop, ImageSetDef, Workload } from './wml.js';
 
 /**
  * `strata bench run FILE.wml --remote URL`: drives a library service (`strata serve`) with a
@@ -113,6 +116,78 @@ export function imageSetChoice(d: ImageSetDef, file: string, baseDir?: string): 
   return versions.map((ref, i) => ({ ref, weight: ranked[i] ?? 0 })).filter((x) => x.weight > 0);
 }
 
+/**
+ * The reads [offset, length] of an NBD export at `uri` by a real client, in order, in pieces
+ * of at most 4 MiB; the bytes the client got. `nbdsh` (libnbd's Python shell): the ranges on
+ * its stdin, it prints the bytes read. `qemu-io` (read-only, raw): one `read` command a piece
+ * on its stdin, its "read N/N bytes" lines summed. Asynchronous: the server answering it may
+ * be in this very process.
+ */
+export async function nbdClientReads(
+  uri: string,
+  ranges: Array<[number, number]>,
+  client: BootClient,
+): Promise<number> {
+  const pieces: Array<[number, number]> = [];
+  const step = 4 << 20;
+  for (const [off, len] of ranges)
+    for (let o = off; o < off + len; o += step) pieces.push([o, Math.min(step, off + len - o)]);
+  const [cmd, args, input] =
+    client === 'nbdsh'
+      ? [
+          'nbdsh',
+          [
+            '-c',
+            [
+              'import json, sys',
+              `h.connect_uri(${JSON.stringify(uri)})`,
+              'n = 0',
+              'for o, l in json.load(sys.stdin):',
+              '    n += len(h.pread(l, o))',
+              'print(n)',
+            ].join('\n'),
+          ],
+          JSON.stringify(pieces),
+        ]
+      : ['qemu-io', ['-r', '-f', 'raw', uri], `${pieces.map(([o, l]) => `read ${o} ${l}`).join('\n')}\nquit\n`];
+  const out = await new Promise<string>((resolve, reject) => {
+    // nbdsh runs `env python3`: the system's, the one with libnbd's module, ahead of any other on PATH
+    const env = client === 'nbdsh' ? { ...process.env, PATH: `/usr/bin:/bin:${process.env.PATH ?? ''}` } : process.env;
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
+    let so = '';
+    let se = '';
+    child.stdout.on('data', (c) => (so += c));
+    child.stderr.on('data', (c) => (se += c));
+    child.on('error', (e) =>
+      reject(new StrataError('IO', `boot: cannot run ${cmd} (the NBD client): ${e.message}`, { file: cmd })),
+    );
+    child.on('close', (code) => {
+      if (code === 0) resolve(so);
+      else reject(new StrataError('IO', `boot: ${cmd} exited ${code}: ${se.trim() || so.trim()}`, { file: uri }));
+    });
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+  });
+  if (client === 'nbdsh') {
+    const n = Number(out.trim());
+    if (!Number.isSafeInteger(n))
+      throw new StrataError('IO', `boot: nbdsh printed ${JSON.stringify(out)}`, { file: uri });
+    return n;
+  }
+  // qemu-io reports each read (after its prompt when commands come on stdin); an error is printed, not an exit status
+  let n = 0;
+  let reads = 0;
+  for (const m of out.matchAll(/(?:^|qemu-io> )read (\d+)\/(\d+) bytes at offset \d+/gm)) {
+    n += Number(m[1]);
+    reads++;
+  }
+  if (reads !== pieces.length)
+    throw new StrataError('IO', `boot: qemu-io answered ${reads} of ${pieces.length} reads: ${out.slice(-500)}`, {
+      file: uri,
+    });
+  return n;
+}
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Read a response body to its end; its byte count. */
@@ -170,23 +245,39 @@ export async function runWorkload(w: Workload, o: BenchRunOptions): Promise<Benc
         const d = await remote.diff(x, y as string);
         return JSON.stringify(d).length;
       }
-      case 'deploy':
       case 'boot': {
-        const { source } = await remote.versionSource(pick());
-        let ranges: Array<{ disk: number; length: number }>;
-        if (f.kind === 'boot') {
-          const file = resolvePath(o.baseDir, a.profile);
-          let p = profiles.get(file);
-          if (!p) {
-            p = readProfileFile(file).entries.map((e) => ({ disk: e.disk, length: e.length }));
-            profiles.set(file, p);
-          }
-          ranges = p;
-        } else {
-          ranges = (await source.status(0, source.size))
-            .filter((e) => e.kind === 'data')
-            .map((e) => ({ disk: e.offset, length: e.length }));
+        // a host booting the version: our NBD server in this process exports it (its chunks
+        // fetched from the service on demand, as `strata nbd REF --remote URL` does) and a
+        // real NBD client makes the profile's reads
+        const ref = pick();
+        const file = resolvePath(o.baseDir, a.profile);
+        let p = profiles.get(file);
+        if (!p) {
+          p = readProfileFile(file).entries.map((e) => ({ disk: e.disk, length: e.length }));
+          profiles.set(file, p);
         }
+        const { v, source } = await remote.versionSource(ref);
+        const exp = await openVersionExport(source, {
+          name: ref,
+          description: `version ${v.image}@${v.number} of ${remote.url} (manifest ${v.manifest})`,
+          manifest: v.manifest,
+        });
+        const server = new NbdServer({ exports: [exp] });
+        try {
+          await server.listen({ host: '127.0.0.1', port: 0 });
+          const ranges = p
+            .filter((r) => r.disk < source.size)
+            .map((r) => [r.disk, Math.min(r.length, source.size - r.disk)] as [number, number]);
+          return await nbdClientReads(server.uri(ref), ranges, (a.client ?? 'nbdsh') as BootClient);
+        } finally {
+          await server.close();
+        }
+      }
+      case 'deploy': {
+        const { source } = await remote.versionSource(pick());
+        const ranges = (await source.status(0, source.size))
+          .filter((e) => e.kind === 'data')
+          .map((e) => ({ disk: e.offset, length: e.length }));
         let n = 0;
         const step = 4 << 20;
         for (const r of ranges) {

@@ -165,17 +165,32 @@ export interface WorkingSetReport {
 
 /** UTC days, and weeks starting on Monday (1970-01-01 was a Thursday: day + 3). */
 export function workingSet(log: readonly ImageRequest[], opts: { emptyWindows?: boolean } = {}): WorkingSetReport {
+  // per image, its versions' largest bytes: image -> version -> bytes (no `image@version`
+  // string made per request: three maps of a million requests each)
+  type Seen = Map<string, Map<number | null, number>>;
+  const note = (seen: Seen, r: ImageRequest) => {
+    let vs = seen.get(r.image);
+    if (!vs) {
+      vs = new Map();
+      seen.set(r.image, vs);
+    }
+    const had = vs.get(r.version);
+    if (had === undefined || r.bytes > had) vs.set(r.version, r.bytes);
+  };
+  const bytesOf = (seen: Seen) => {
+    let b = 0;
+    for (const vs of seen.values()) for (const v of vs.values()) b += v;
+    return b;
+  };
   const window = (key: (at: number) => number, startOf: (k: number) => number): WindowSet[] => {
     const out: WindowSet[] = [];
     let cur = Number.NaN;
-    let seen = new Map<string, number>();
+    let seen: Seen = new Map();
     let w: WindowSet | undefined;
     const close = () => {
       if (!w) return;
-      w.images = new Set([...seen.keys()].map((k) => k.slice(0, k.lastIndexOf('@')))).size;
-      let b = 0;
-      for (const v of seen.values()) b += v;
-      w.bytes = b;
+      w.images = seen.size;
+      w.bytes = bytesOf(seen);
       out.push(w);
     };
     for (const r of log) {
@@ -190,9 +205,7 @@ export function workingSet(log: readonly ImageRequest[], opts: { emptyWindows?: 
         w = { start: new Date(startOf(k)).toISOString().slice(0, 10), requests: 0, images: 0, bytes: 0 };
       }
       (w as WindowSet).requests++;
-      const id = `${r.image}@${r.version ?? ''}`;
-      const had = seen.get(id);
-      if (had === undefined || r.bytes > had) seen.set(id, r.bytes);
+      note(seen, r);
     }
     close();
     return out;
@@ -211,19 +224,12 @@ export function workingSet(log: readonly ImageRequest[], opts: { emptyWindows?: 
     meanBytes: ws.length ? ws.reduce((s, w) => s + w.bytes, 0) / ws.length : 0,
     maxBytes: ws.reduce((m, w) => Math.max(m, w.bytes), 0),
   });
-  const all = new Map<string, number>();
-  const imgs = new Set<string>();
-  for (const r of log) {
-    imgs.add(r.image);
-    const id = `${r.image}@${r.version ?? ''}`;
-    all.set(id, Math.max(all.get(id) ?? 0, r.bytes));
-  }
-  let totalBytes = 0;
-  for (const v of all.values()) totalBytes += v;
+  const all: Seen = new Map();
+  for (const r of log) note(all, r);
   return {
     daily,
     weekly,
-    summary: { daily: stats(daily), weekly: stats(weekly), totalImages: imgs.size, totalBytes },
+    summary: { daily: stats(daily), weekly: stats(weekly), totalImages: all.size, totalBytes: bytesOf(all) },
   };
 }
 
@@ -382,26 +388,34 @@ export interface DedupReport {
  * changed × bytes, others their bytes.
  */
 export function dedupFromLog(log: readonly ImageRequest[]): DedupReport {
-  const v = new Map<string, { bytes: number; changed?: number }>();
+  // image -> version -> its largest bytes and changed share (no `image@version` string per request)
+  const by = new Map<string, Map<number | null, { bytes: number; changed?: number }>>();
   for (const r of log) {
-    const id = `${r.image}@${r.version ?? ''}`;
-    const e = v.get(id);
-    if (!e) v.set(id, { bytes: r.bytes, changed: r.base !== undefined ? r.changed : undefined });
+    let vs = by.get(r.image);
+    if (!vs) {
+      vs = new Map();
+      by.set(r.image, vs);
+    }
+    const e = vs.get(r.version);
+    if (!e) vs.set(r.version, { bytes: r.bytes, changed: r.base !== undefined ? r.changed : undefined });
     else if (r.bytes > e.bytes) e.bytes = r.bytes;
   }
   let full = 0;
   let delta = 0;
   let derived = 0;
-  for (const e of v.values()) {
-    full += e.bytes;
-    if (e.changed !== undefined) {
-      derived++;
-      delta += Math.round(e.bytes * e.changed);
-    } else delta += e.bytes;
-  }
+  let versions = 0;
+  for (const vs of by.values())
+    for (const e of vs.values()) {
+      versions++;
+      full += e.bytes;
+      if (e.changed !== undefined) {
+        derived++;
+        delta += Math.round(e.bytes * e.changed);
+      } else delta += e.bytes;
+    }
   return {
     source: 'log',
-    versions: v.size,
+    versions,
     fullBytes: full,
     deltaBytes: delta,
     savedBytes: full - delta,

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import type { Db } from '../catalog/db.js';
 import { StrataError } from '../util/errors.js';
 
@@ -158,89 +158,528 @@ function traceRequests(sessions: Session[]): ImageRequest[] {
   return out;
 }
 
-/** Parse a JSONL or CSV request log, or an NBD trace (told apart by the first line: `{` is JSON, with `conn` and `export` a trace). */
-export function parseRequestLog(text: string, file = 'request log', opts: TraceOptions = {}): ImageRequest[] {
-  const out: ImageRequest[] = [];
-  const gap = opts.sessionGapMs ?? 30 * 60_000;
-  let trace: boolean | undefined;
-  const open = new Map<string, Session>();
-  const closed: Session[] = [];
-  let offset = 0;
-  let line = 0;
-  let header: string[] | undefined;
-  let csv: boolean | undefined;
-  while (offset < text.length) {
-    let end = text.indexOf('\n', offset);
-    if (end < 0) end = text.length;
-    line++;
-    const s = text.slice(offset, end).replace(/\r$/, '');
-    const at = offset;
-    offset = end + 1;
-    if (s.trim() === '') continue;
-    if (csv === undefined) csv = !s.trimStart().startsWith('{');
-    if (!csv) {
-      let o: unknown;
-      try {
-        o = JSON.parse(s);
-      } catch (e) {
-        throw bad(file, line, at, `not JSON (${(e as Error).message})`);
-      }
-      if (typeof o !== 'object' || o === null || Array.isArray(o)) throw bad(file, line, at, 'not a JSON object');
-      const rec = o as Record<string, unknown>;
-      trace ??= isTraceRecord(rec);
-      if (!trace) {
-        out.push(record(rec, file, line, at));
-        continue;
-      }
-      if (rec.op === 'dropped') continue; // the writer's count of what it could not keep up with
-      const time = Number(rec.time);
-      const conn = rec.conn;
-      const length = Number(rec.length);
-      if (
-        !Number.isFinite(time) ||
-        (typeof conn !== 'number' && typeof conn !== 'string') ||
-        typeof rec.export !== 'string'
-      )
-        throw bad(file, line, at, 'not an NBD trace record (time, conn, export)');
-      if (!Number.isSafeInteger(length) || length < 0)
-        throw bad(file, line, at, `bad length ${JSON.stringify(rec.length)}`);
-      const key = `${conn}\u0000${rec.export}`;
-      let sess = open.get(key);
-      if (sess && time - sess.last > gap) {
-        closed.push(sess);
-        sess = undefined;
-      }
-      if (!sess) {
-        sess = { key, first: time, last: time, bytes: 0, exp: rec.export };
-        open.set(key, sess);
-      }
-      sess.first = Math.min(sess.first, time);
-      sess.last = Math.max(sess.last, time);
-      if (rec.op === 'read' && rec.error === undefined) sess.bytes += length;
-    } else if (!header) {
-      header = s.split(',').map((x) => x.trim());
-      for (const k of REQUIRED) if (!header.includes(k)) throw bad(file, line, at, `CSV header has no ${k} column`);
-    } else {
-      const cells = s.split(',');
-      if (cells.length !== header.length)
-        throw bad(file, line, at, `${cells.length} cells, the header names ${header.length}`);
-      const o: Record<string, unknown> = {};
-      for (let i = 0; i < header.length; i++) o[header[i]] = cells[i];
-      out.push(record(o, file, line, at));
-    }
+/**
+ * A request log, line by line, from bytes: JSONL records, CSV rows or NBD trace records
+ * (told apart by the first line that is not blank: `{` is JSON, with `conn` and `export` a
+ * trace). Lines come as byte ranges of a buffer (a whole text, or a file read in pieces) so
+ * a million-line log is never one string; a JSONL record in the shape the generator and the
+ * services write (a flat object of strings, numbers, booleans and null, no escapes) is read
+ * straight from its bytes ({@link fastRecord}), anything else through JSON.parse.
+ */
+class LogParser {
+  readonly out: ImageRequest[] = [];
+  private readonly gap: number;
+  private trace: boolean | undefined;
+  private readonly open = new Map<string, Session>();
+  private readonly closed: Session[] = [];
+  private header: string[] | undefined;
+  private csv: boolean | undefined;
+  private line = 0;
+  private readonly strings = new Interner();
+
+  constructor(
+    private readonly file: string,
+    opts: TraceOptions,
+  ) {
+    this.gap = opts.sessionGapMs ?? 30 * 60_000;
   }
-  if (trace) return sortByTime(traceRequests([...closed, ...open.values()]));
-  return sortByTime(out);
+
+  /** The line buf[start, end) (no '\n'), at byte `offset` of the file. */
+  take(buf: Buffer, start: number, end: number, offset: number): void {
+    this.line++;
+    if (end > start && buf[end - 1] === 13) end--; // \r\n
+    let first = start;
+    while (first < end && isSpace(buf[first])) first++;
+    if (first === end) return;
+    if (this.csv === undefined) this.csv = buf[first] !== 123; // '{'
+    if (this.csv) {
+      this.csvLine(buf.toString('utf8', start, end), offset);
+      return;
+    }
+    if (this.trace === false && buf[first] === 123) {
+      const r = fastRecord(buf, first, end, this.strings);
+      if (r) {
+        this.out.push(r);
+        return;
+      }
+    }
+    let o: unknown;
+    try {
+      o = JSON.parse(buf.toString('utf8', start, end));
+    } catch (e) {
+      throw bad(this.file, this.line, offset, `not JSON (${(e as Error).message})`);
+    }
+    if (typeof o !== 'object' || o === null || Array.isArray(o))
+      throw bad(this.file, this.line, offset, 'not a JSON object');
+    const rec = o as Record<string, unknown>;
+    this.trace ??= isTraceRecord(rec);
+    if (this.trace) this.traceLine(rec, offset);
+    else this.out.push(record(rec, this.file, this.line, offset));
+  }
+
+  private traceLine(rec: Record<string, unknown>, at: number): void {
+    if (rec.op === 'dropped') return; // the writer's count of what it could not keep up with
+    const time = Number(rec.time);
+    const conn = rec.conn;
+    const length = Number(rec.length);
+    if (
+      !Number.isFinite(time) ||
+      (typeof conn !== 'number' && typeof conn !== 'string') ||
+      typeof rec.export !== 'string'
+    )
+      throw bad(this.file, this.line, at, 'not an NBD trace record (time, conn, export)');
+    if (!Number.isSafeInteger(length) || length < 0)
+      throw bad(this.file, this.line, at, `bad length ${JSON.stringify(rec.length)}`);
+    const key = `${conn}\u0000${rec.export}`;
+    let sess = this.open.get(key);
+    if (sess && time - sess.last > this.gap) {
+      this.closed.push(sess);
+      sess = undefined;
+    }
+    if (!sess) {
+      sess = { key, first: time, last: time, bytes: 0, exp: rec.export };
+      this.open.set(key, sess);
+    }
+    sess.first = Math.min(sess.first, time);
+    sess.last = Math.max(sess.last, time);
+    if (rec.op === 'read' && rec.error === undefined) sess.bytes += length;
+  }
+
+  private csvLine(s: string, at: number): void {
+    if (!this.header) {
+      this.header = s.split(',').map((x) => x.trim());
+      for (const k of REQUIRED)
+        if (!this.header.includes(k)) throw bad(this.file, this.line, at, `CSV header has no ${k} column`);
+      return;
+    }
+    const cells = s.split(',');
+    if (cells.length !== this.header.length)
+      throw bad(this.file, this.line, at, `${cells.length} cells, the header names ${this.header.length}`);
+    const o: Record<string, unknown> = {};
+    for (let i = 0; i < this.header.length; i++) o[this.header[i]] = cells[i];
+    this.out.push(record(o, this.file, this.line, at));
+  }
+
+  finish(): ImageRequest[] {
+    if (this.trace) return sortByTime(traceRequests([...this.closed, ...this.open.values()]));
+    return sortByTime(this.out);
+  }
 }
 
+const isSpace = (c: number) => c === 32 || c === 9 || c === 13 || c === 10;
+
+/** The first index at or after i, before e, that is not JSON white space. */
+function skip(b: Buffer, i: number, e: number): number {
+  while (i < e && isSpace(b[i])) i++;
+  return i;
+}
+
+/**
+ * Strings that repeat (users, projects, images, operations, owners) as one string each: a
+ * million records name a few thousand of them, so the log holds a few thousand strings, not
+ * five million. An open-addressing table keyed by the bytes' FNV-1a hash; a slot is compared
+ * byte by byte (ASCII only; other strings are not interned). Bounded: once full it stops
+ * adding and every further new string is simply made.
+ */
+class Interner {
+  private readonly size = 1 << 16;
+  private readonly hashes = new Int32Array(this.size);
+  private readonly values: Array<string | undefined> = new Array(this.size);
+  private count = 0;
+
+  get(buf: Buffer, start: number, end: number): string {
+    let h = 0x811c9dc5 | 0;
+    for (let i = start; i < end; i++) h = Math.imul(h ^ buf[i], 0x01000193);
+    const mask = this.size - 1;
+    for (let slot = h & mask, probes = 0; probes < 64; slot = (slot + 1) & mask, probes++) {
+      const v = this.values[slot];
+      if (v === undefined) {
+        const s = buf.toString('latin1', start, end);
+        if (this.count < this.size >> 1) {
+          this.values[slot] = s;
+          this.hashes[slot] = h;
+          this.count++;
+        }
+        return s;
+      }
+      if (this.hashes[slot] === h && v.length === end - start) {
+        let same = true;
+        for (let i = 0; i < v.length; i++)
+          if (v.charCodeAt(i) !== buf[start + i]) {
+            same = false;
+            break;
+          }
+        if (same) return v;
+      }
+    }
+    return buf.toString('latin1', start, end);
+  }
+}
+
+enum Key {
+  Other,
+  At,
+  User,
+  Project,
+  Image,
+  Version,
+  Op,
+  Bytes,
+  Owner,
+  Public,
+  Base,
+  Changed,
+}
+
+/** Whether buf holds the ASCII word w at s. */
+function same(b: Buffer, s: number, w: string): boolean {
+  for (let i = 0; i < w.length; i++) if (b[s + i] !== w.charCodeAt(i)) return false;
+  return true;
+}
+
+/** Which field the key buf[s, e) names (no string made). */
+function keyOf(b: Buffer, s: number, e: number): Key {
+  const c = b[s];
+  switch (e - s) {
+    case 2:
+      if (c === 97 && b[s + 1] === 116) return Key.At; // at
+      if (c === 111 && b[s + 1] === 112) return Key.Op; // op
+      return Key.Other;
+    case 4:
+      if (c === 117 && same(b, s, 'user')) return Key.User;
+      if (c === 98 && same(b, s, 'base')) return Key.Base;
+      return Key.Other;
+    case 5:
+      if (c === 105 && same(b, s, 'image')) return Key.Image;
+      if (c === 98 && same(b, s, 'bytes')) return Key.Bytes;
+      if (c === 111 && same(b, s, 'owner')) return Key.Owner;
+      return Key.Other;
+    case 6:
+      return c === 112 && same(b, s, 'public') ? Key.Public : Key.Other;
+    case 7:
+      if (c === 112 && same(b, s, 'project')) return Key.Project;
+      if (c === 118 && same(b, s, 'version')) return Key.Version;
+      if (c === 99 && same(b, s, 'changed')) return Key.Changed;
+      return Key.Other;
+    default:
+      return Key.Other;
+  }
+}
+
+const DIGIT = (c: number) => c >= 48 && c <= 57;
+
+/**
+ * The end of the JSON number that starts at buf[s] (before e): -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?,
+ * or -1 when what is there is not one.
+ */
+function numberEnd(b: Buffer, s: number, e: number): number {
+  let i = s;
+  if (b[i] === 45) i++;
+  if (i >= e || !DIGIT(b[i])) return -1;
+  if (b[i] === 48) i++;
+  else while (i < e && DIGIT(b[i])) i++;
+  if (i < e && b[i] === 46) {
+    i++;
+    if (i >= e || !DIGIT(b[i])) return -1;
+    while (i < e && DIGIT(b[i])) i++;
+  }
+  if (i < e && (b[i] === 101 || b[i] === 69)) {
+    i++;
+    if (i < e && (b[i] === 43 || b[i] === 45)) i++;
+    if (i >= e || !DIGIT(b[i])) return -1;
+    while (i < e && DIGIT(b[i])) i++;
+  }
+  return i;
+}
+
+/** Two or more digits at buf[s, s+n) as a number; -1 when one is not a digit. */
+function digits(b: Buffer, s: number, n: number): number {
+  let v = 0;
+  for (let i = s; i < s + n; i++) {
+    const c = b[i];
+    if (c < 48 || c > 57) return -1;
+    v = v * 10 + (c - 48);
+  }
+  return v;
+}
+
+/** The days of month m (1-12) of year y. */
+function monthDays(y: number, m: number): number {
+  if (m !== 2) return m === 4 || m === 6 || m === 9 || m === 11 ? 30 : 31;
+  return (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28;
+}
+
+/** Days from 1970-01-01 to y-m-d (proleptic Gregorian; Hinnant's days_from_civil). */
+function daysFromCivil(y: number, m: number, d: number): number {
+  y -= m <= 2 ? 1 : 0;
+  const era = Math.floor(y / 400);
+  const yoe = y - era * 400;
+  const doy = Math.floor((153 * (m + (m > 2 ? -3 : 9)) + 2) / 5) + d - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  return era * 146097 + doe - 719468;
+}
+
+/**
+ * `YYYY-MM-DDTHH:MM:SS.sssZ` (what toISOString writes) at buf[s, e) as milliseconds; NaN for
+ * any other spelling or a field out of the calendar's ranges (Date.parse decides those).
+ */
+function isoMs(b: Buffer, s: number, e: number): number {
+  if (e - s !== 24 || b[s + 4] !== 45 || b[s + 7] !== 45 || b[s + 10] !== 84 || b[s + 13] !== 58) return Number.NaN;
+  if (b[s + 16] !== 58 || b[s + 19] !== 46 || b[s + 23] !== 90) return Number.NaN;
+  const y = digits(b, s, 4);
+  const mo = digits(b, s + 5, 2);
+  const d = digits(b, s + 8, 2);
+  const h = digits(b, s + 11, 2);
+  const mi = digits(b, s + 14, 2);
+  const sec = digits(b, s + 17, 2);
+  const ms = digits(b, s + 20, 3);
+  if (y < 0 || mo < 1 || mo > 12 || d < 1 || d > monthDays(y, mo) || h < 0 || h > 23 || mi < 0 || mi > 59)
+    return Number.NaN;
+  if (sec < 0 || sec > 59 || ms < 0) return Number.NaN;
+  return ((daysFromCivil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms;
+}
+
+/**
+ * A JSONL request record read from its bytes buf[s, e) (the caller saw '{' at s), or undefined when the
+ * line is not the plain shape (an escape, a nested value, a field of an unexpected type, a
+ * missing or bad required field, bad JSON): the caller then parses it with JSON.parse, which
+ * reads what this does not and names what is wrong. What it returns equals what that path
+ * makes of the same line.
+ */
+function fastRecord(b: Buffer, s: number, e: number, strings: Interner): ImageRequest | undefined {
+  let at = Number.NaN;
+  let user: string | undefined;
+  let project: string | undefined;
+  let image: string | undefined;
+  let version: number | null = null;
+  let op: string | undefined;
+  let bytes = -1;
+  let owner: string | undefined;
+  let pub: boolean | undefined;
+  let base: string | undefined;
+  let changed: number | undefined;
+  // (no closures over i: a captured variable that changes lives in a heap context, every i++ a store)
+  let i = skip(b, s + 1, e);
+  if (i >= e || b[i] === 125) return undefined; // {}: no fields
+  for (;;) {
+    i = skip(b, i, e);
+    if (i >= e || b[i] !== 34) return undefined;
+    const ks = i + 1;
+    let ke = ks;
+    while (ke < e && b[ke] !== 34 && b[ke] !== 92) ke++;
+    if (ke >= e || b[ke] !== 34) return undefined;
+    const key = keyOf(b, ks, ke);
+    i = skip(b, ke + 1, e);
+    if (i >= e || b[i] !== 58) return undefined;
+    i = skip(b, i + 1, e);
+    if (i >= e) return undefined;
+    const c = b[i];
+    if (c === 34) {
+      // a string without escapes (one with an escape goes the JSON.parse way)
+      const vs = i + 1;
+      let ve = vs;
+      let ascii = true;
+      while (ve < e) {
+        const x = b[ve];
+        if (x === 34 || x === 92 || x < 32) break;
+        if (x >= 128) ascii = false;
+        ve++;
+      }
+      if (ve >= e || b[ve] !== 34) return undefined;
+      i = ve + 1;
+      if (key === Key.At) {
+        at = ascii ? isoMs(b, vs, ve) : Number.NaN;
+        if (Number.isNaN(at)) return undefined;
+      } else if (key !== Key.Other) {
+        // (an empty string is no value: the JSON.parse path decides what that means)
+        if (ve === vs) return undefined;
+        const str = ascii ? strings.get(b, vs, ve) : b.toString('utf8', vs, ve);
+        switch (key) {
+          case Key.User:
+            user = str;
+            break;
+          case Key.Project:
+            project = str;
+            break;
+          case Key.Image:
+            image = str;
+            break;
+          case Key.Op:
+            op = str;
+            break;
+          case Key.Owner:
+            owner = str;
+            break;
+          case Key.Base:
+            base = str;
+            break;
+          default:
+            return undefined; // a number field written as a string
+        }
+      }
+    } else if (c === 45 || DIGIT(c)) {
+      const vs = i;
+      const ve = numberEnd(b, i, e);
+      if (ve < 0) return undefined;
+      let v = 0;
+      if (ve - vs <= 15 && c !== 45) {
+        for (let k = vs; k < ve; k++) {
+          const x = b[k];
+          if (x < 48 || x > 57) {
+            v = Number(b.toString('latin1', vs, ve));
+            break;
+          }
+          v = v * 10 + (x - 48);
+        }
+      } else v = Number(b.toString('latin1', vs, ve));
+      i = ve;
+      if (!Number.isFinite(v)) return undefined;
+      switch (key) {
+        case Key.Other:
+          break;
+        case Key.At:
+          at = v;
+          break;
+        case Key.Version:
+          if (!Number.isSafeInteger(v) || v < 0) return undefined;
+          version = v;
+          break;
+        case Key.Bytes:
+          if (!Number.isSafeInteger(v) || v < 0) return undefined;
+          bytes = v;
+          break;
+        case Key.Changed:
+          if (!(v >= 0 && v <= 1)) return undefined;
+          changed = v;
+          break;
+        default:
+          return undefined;
+      }
+    } else if (c === 116 || c === 102 || c === 110) {
+      // true, false, null
+      const word = c === 116 ? 'true' : c === 102 ? 'false' : 'null';
+      if (i + word.length > e || !same(b, i, word)) return undefined;
+      i += word.length;
+      if (c === 110) {
+        if (key === Key.Version) version = null;
+        else if (
+          key !== Key.Other &&
+          key !== Key.Owner &&
+          key !== Key.Public &&
+          key !== Key.Base &&
+          key !== Key.Changed
+        )
+          return undefined;
+        else if (key === Key.Owner) owner = undefined;
+        else if (key === Key.Public) pub = undefined;
+        else if (key === Key.Base) base = undefined;
+        else if (key === Key.Changed) changed = undefined;
+      } else if (key === Key.Public) pub = c === 116;
+      else if (key !== Key.Other) return undefined;
+    } else return undefined;
+    i = skip(b, i, e);
+    if (i >= e) return undefined;
+    if (b[i] === 44) {
+      i++;
+      continue;
+    }
+    if (b[i] !== 125) return undefined;
+    if (skip(b, i + 1, e) !== e) return undefined;
+    break;
+  }
+  if (Number.isNaN(at) || user === undefined || project === undefined || image === undefined || op === undefined)
+    return undefined;
+  if (bytes < 0) return undefined;
+  const r: ImageRequest = { at, user, project, image, version, op, bytes };
+  if (owner !== undefined) r.owner = owner;
+  if (pub !== undefined) r.public = pub;
+  if (base !== undefined) r.base = base;
+  if (changed !== undefined) r.changed = changed;
+  return r;
+}
+
+/** The longest line read (a bound on what one line may cost). */
+const MAX_LINE = 16 << 20;
+
+/** Parse a JSONL or CSV request log, or an NBD trace (told apart by the first line: `{` is JSON, with `conn` and `export` a trace). */
+export function parseRequestLog(
+  text: string | Uint8Array,
+  file = 'request log',
+  opts: TraceOptions = {},
+): ImageRequest[] {
+  const buf =
+    typeof text === 'string' ? Buffer.from(text, 'utf8') : Buffer.from(text.buffer, text.byteOffset, text.byteLength);
+  const p = new LogParser(file, opts);
+  let offset = 0;
+  while (offset < buf.length) {
+    let end = buf.indexOf(10, offset);
+    if (end < 0) end = buf.length;
+    p.take(buf, offset, end, offset);
+    offset = end + 1;
+  }
+  return p.finish();
+}
+
+/**
+ * Read a request log file (see {@link parseRequestLog}) in 8 MiB pieces: the file is never
+ * one string, and a line longer than 16 MiB is an error, not an allocation.
+ */
 export function readRequestLog(file: string, filter: LogFilter = {}, opts: TraceOptions = {}): ImageRequest[] {
-  let text: string;
+  let fd: number;
   try {
-    text = readFileSync(file, 'utf8');
+    fd = openSync(file, 'r');
   } catch (e) {
     throw new StrataError('NOT_FOUND', `cannot read the request log: ${(e as Error).message}`, { file });
   }
-  return applyFilter(parseRequestLog(text, file, opts), filter);
+  const p = new LogParser(file, opts);
+  try {
+    let buf = Buffer.allocUnsafe(8 << 20);
+    let have = 0; // valid bytes in buf
+    let base = 0; // file offset of buf[0]
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(fd, buf, have, buf.length - have, null);
+      } catch (e) {
+        throw new StrataError('IO', `cannot read the request log: ${(e as Error).message}`, {
+          file,
+          offset: base + have,
+        });
+      }
+      if (n === 0) {
+        if (have > 0) p.take(buf, 0, have, base);
+        break;
+      }
+      have += n;
+      let pos = 0;
+      for (;;) {
+        const nl = buf.indexOf(10, pos);
+        if (nl < 0 || nl >= have) break;
+        p.take(buf, pos, nl, base + pos);
+        pos = nl + 1;
+      }
+      if (pos === 0 && have === buf.length) {
+        if (buf.length >= MAX_LINE)
+          throw new StrataError('CORRUPT', `request log: a line longer than ${MAX_LINE >> 20} MiB`, {
+            file,
+            offset: base,
+          });
+        const bigger = Buffer.allocUnsafe(buf.length * 2);
+        buf.copy(bigger, 0, 0, have);
+        buf = bigger;
+        continue;
+      }
+      buf.copy(buf, 0, pos, have);
+      have -= pos;
+      base += pos;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  const rs = p.finish();
+  return filter.since === undefined && filter.until === undefined && filter.ops === undefined
+    ? rs
+    : applyFilter(rs, filter);
 }
 
 /** Records as JSONL (the generator's output and what parseRequestLog reads back). */

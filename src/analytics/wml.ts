@@ -32,13 +32,17 @@ import { StrataError } from '../util/errors.js';
  * `run iterations=N`: each thread N passes), at most `rate` passes a second when given.
  *
  * Flowops: `checkout` (the whole disk), `deploy` (every chunk of the version, as a deploy
- * moves them), `boot` (the reads of a recorded boot profile, `profile=FILE`, in order),
+ * moves them), `boot` (the reads of a recorded boot profile, `profile=FILE`, in order,
+ * made over NBD by a real client, `client=nbdsh` (libnbd, the default) or `client=qemu-io`),
  * `ls` (`path`, `recursive`), `cat` (`path`), `search` (`path`, `package`, `os`, `user`,
  * `digest`), `diff` (two versions of `images`, or `a=` and `b=`), `checkin` (`file=IMAGE`,
  * `image=NAME`), `think` (`ms`).
  */
 export const FLOWOPS = ['checkin', 'checkout', 'deploy', 'boot', 'ls', 'cat', 'search', 'diff', 'think'] as const;
 export type FlowopKind = (typeof FLOWOPS)[number];
+/** The NBD clients a `boot` flowop reads with. */
+export const BOOT_CLIENTS = ['nbdsh', 'qemu-io'] as const;
+export type BootClient = (typeof BOOT_CLIENTS)[number];
 
 export interface Flowop {
   kind: FlowopKind;
@@ -282,7 +286,16 @@ export function parseWml(text: string, file = 'workload.wml', vars: Record<strin
         } else {
           need('images');
           if (kind === 'cat') need('path');
-          if (kind === 'boot') need('profile');
+          if (kind === 'boot') {
+            need('profile');
+            if (fa.client !== undefined && !BOOT_CLIENTS.includes(fa.client as BootClient))
+              throw err(
+                file,
+                f.n,
+                fh.restCol,
+                `client must be ${BOOT_CLIENTS.join(' or ')}, not ${JSON.stringify(fa.client)}`,
+              );
+          }
         }
         const ic = f.text.indexOf('images=');
         thread.flowops.push({

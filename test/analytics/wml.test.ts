@@ -8,7 +8,7 @@ import { Library } from '../../src/library/library.js';
 import { StrataError } from '../../src/util/errors.js';
 import { nbdReads, twoVersions } from '../deploy/helpers.js';
 import { CLI, strata } from '../helpers/cli.js';
-import { ROOT } from '../helpers/tools.js';
+import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 
 /**
@@ -20,10 +20,11 @@ import { tempDir } from '../library/images.js';
  */
 let dir: string;
 let lib: string;
+let v2: string;
 
 before(async () => {
   dir = tempDir('wml');
-  ({ lib } = await twoVersions(dir));
+  ({ lib, v2 } = await twoVersions(dir));
 });
 
 const where = (text: string): string => {
@@ -135,6 +136,25 @@ describe('a run against a real strata serve', () => {
     // at least the union of the reads: [0, 66560) and [2 MiB, 2 MiB + 128 KiB)
     assert.ok(bootBytes >= 66560 + 131072, String(bootBytes));
 
+    // a writer's token: the checkin flowop uploads
+    assert.equal(
+      (await strata(['user', 'add', 'alice', '--project', 'ops', '--role', 'admin', '--library', lib])).code,
+      0,
+    );
+    const t = await strata([
+      'token',
+      'create',
+      '--user',
+      'alice',
+      '--project',
+      'ops',
+      '--scope',
+      'write',
+      '--library',
+      lib,
+    ]);
+    assert.equal(t.code, 0, t.stderr);
+    const token = t.stdout.trim();
     server = spawn(
       process.execPath,
       [
@@ -185,12 +205,16 @@ define process name=ops, instances=1
     flowop search name=s, path=/update.bin
     flowop checkout name=co, images=two
     flowop boot name=boot, images=two, profile=boot-profile.json
+    flowop boot name=boot-q, images=two, profile=boot-profile.json, client=qemu-io
+    flowop checkin name=ci, file=${v2}, image=ops/built
   }
 }
 run iterations=$n
 `,
     );
-    const r = await strata(['bench', 'run', wml, '--remote', url, '--json']);
+    const r = await strata(['bench', 'run', wml, '--remote', url, '--json'], {
+      env: { ...process.env, STRATA_TOKEN: token },
+    });
     assert.equal(r.code, 0, r.stderr);
     const res = JSON.parse(r.stdout);
     const by = (name: string) => res.flowops.find((f: { flowop: string }) => f.flowop === name);
@@ -203,13 +227,17 @@ run iterations=$n
       ['s', 3],
       ['co', 3],
       ['boot', 3],
+      ['boot-q', 3],
+      ['ci', 3],
     ] as const) {
       assert.equal(by(name).count, n, `${name}: ${JSON.stringify(by(name))}`);
       assert.equal(by(name).errors, 0, `${name}: ${JSON.stringify(by(name))}`);
       assert.ok(by(name).latencyMs.p50 > 0 && by(name).latencyMs.max >= by(name).latencyMs.p99);
     }
     assert.equal(by('cat-update').bytes, 12 * (3 << 20)); // the 3 MiB file debugfs wrote into disk@2
+    // the boots read over NBD (our server, libnbd's nbdsh and qemu-io as clients): the profile's bytes each
     assert.equal(by('boot').bytes, 3 * bootBytes);
+    assert.equal(by('boot-q').bytes, 3 * bootBytes);
     // the server's request log, once it has stopped (rows are flushed on close)
     server.kill('SIGTERM');
     await new Promise((res2) => server?.on('exit', res2));
@@ -233,8 +261,22 @@ run iterations=$n
         )?.s,
       );
       assert.equal(by('co').bytes, 3 * size);
+      // each checkin flowop committed a version of ops/built on the server
+      assert.equal(n('versions.commit'), 3, JSON.stringify(rows));
+      const built = await l.catalog.db.all<{ number: number | string }>(
+        "SELECT number FROM versions WHERE image = 'ops/built' ORDER BY number",
+      );
+      assert.deepEqual(
+        built.map((x) => Number(x.number)),
+        [1, 2, 3],
+      );
     } finally {
       await l.close();
     }
+    // and what landed is the image checked in: qemu-img compares a checkout of the last with it
+    const builtRaw = path.join(dir, 'built.raw');
+    const co = await strata(['checkout', 'ops/built@3', builtRaw, '--library', lib]);
+    assert.equal(co.code, 0, co.stderr);
+    await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', builtRaw, v2]);
   });
 });

@@ -63,9 +63,10 @@ async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
   };
   const files = logFiles(o);
   if (files.length > 0) {
+    // (one file: its array as read; flatMap would copy a million records)
+    if (files.length === 1) return readRequestLog(files[0], filter);
     // several sources (a service's log, hosts' deploy logs, NBD traces) read as one
-    const all = files.flatMap((f) => readRequestLog(f, filter));
-    return files.length > 1 ? all.sort((a, b) => a.at - b.at) : all;
+    return files.flatMap((f) => readRequestLog(f, filter)).sort((a, b) => a.at - b.at);
   }
   const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
