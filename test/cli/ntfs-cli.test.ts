@@ -4,7 +4,7 @@ import { lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
-import { ntfsSmallImage, withNtfsMount } from '../helpers/ntfs-images.js';
+import { ntfsImage, ntfsSmallImage, withNtfsMount } from '../helpers/ntfs-images.js';
 import { run, runBuffer, scratch } from '../helpers/tools.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -209,5 +209,44 @@ test('strata diff of two NTFS images: added, removed and changed files as a walk
     assert.equal(same.code, 0, same.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('NTFS block maps: file data and index-allocation samples match The Sleuth Kit (ifind -d names the MFT record and attribute, ffind -a the path)', async () => {
+  for (const img of [await ntfsSmallImage(), await ntfsImage()]) {
+    const r = await strata(['blockmap', '--json', img]);
+    assert.equal(r.code, 0, r.stderr);
+    const map = lines(r.stdout);
+    const cluster = Number(/Cluster Size: (\d+)/.exec(await run('fsstat', [img]))![1]);
+    const sample = (kind: string, n: number) => {
+      const rs = map.filter((x) => x.kind === kind && typeof x.path === 'string');
+      assert.ok(rs.length > 0, `${img}: no ${kind} ranges`);
+      // spread over the ranges, and inside each over its clusters
+      return Array.from({ length: n }, (_, k) => {
+        const x = rs[Math.floor((k * rs.length) / n)];
+        const units = Math.floor((x.length as number) / cluster);
+        return { x, unit: Math.floor((x.start as number) / cluster) + (k % Math.max(1, units)) };
+      });
+    };
+    for (const [kind, attr, n] of [
+      ['file', 128, 16],
+      ['directory', 160, 2],
+    ] as const) {
+      for (const { x, unit } of sample(kind, n)) {
+        const addr = (await run('ifind', ['-d', String(unit), img])).trim();
+        const m = /^(\d+)-(\d+)-\d+$/.exec(addr);
+        assert.ok(m, `${img} cluster ${unit}: ifind -d says ${JSON.stringify(addr)}`);
+        assert.equal(Number(m[1]), x.inode, `${img} cluster ${unit} (${x.path}): MFT record`);
+        assert.equal(Number(m[2]), attr, `${img} cluster ${unit} (${x.path}): attribute type`);
+        const names = (await run('ffind', ['-a', img, addr]))
+          .split('\n')
+          .filter(Boolean)
+          .map((p) => p.replace(/^\/\//, '/').replace(/:\$I30$/, ''));
+        assert.ok(
+          names.includes(x.path as string),
+          `${img} cluster ${unit}: ffind -a ${addr} gives ${names.join(', ')}, not ${x.path}`,
+        );
+      }
+    }
   }
 });
