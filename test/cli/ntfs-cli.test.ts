@@ -4,6 +4,7 @@ import { lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
+import { strataMount } from '../helpers/fuse-mount.js';
 import { ntfsImage, ntfsSmallImage, withNtfsMount } from '../helpers/ntfs-images.js';
 import { run, runBuffer, scratch } from '../helpers/tools.js';
 
@@ -212,7 +213,7 @@ test('strata diff of two NTFS images: added, removed and changed files as a walk
   }
 });
 
-test('NTFS block maps: file data and index-allocation samples match The Sleuth Kit (ifind -d names the MFT record and attribute, ffind -a the path)', async () => {
+test('NTFS block maps and whatis: file data and index-allocation samples match The Sleuth Kit (ifind -d names the MFT record and attribute, ffind -a the path)', async () => {
   for (const img of [await ntfsSmallImage(), await ntfsImage()]) {
     const r = await strata(['blockmap', '--json', img]);
     assert.equal(r.code, 0, r.stderr);
@@ -242,11 +243,46 @@ test('NTFS block maps: file data and index-allocation samples match The Sleuth K
           .split('\n')
           .filter(Boolean)
           .map((p) => p.replace(/^\/\//, '/').replace(/:\$I30$/, ''));
+        // whatis of the cluster's first byte answers from the same map
+        const w = lines(await ok(['whatis', '--json', img, String(unit * cluster)]));
+        assert.ok(names.includes(w[0]?.path as string), `whatis ${unit * cluster}: ${JSON.stringify(w[0])}`);
         assert.ok(
           names.includes(x.path as string),
           `${img} cluster ${unit}: ffind -a ${addr} gives ${names.join(', ')}, not ${x.path}`,
         );
       }
     }
+  }
+});
+
+test('strata mount of an NTFS image: the tree (paths, types, symlink targets, file contents) equals the ntfs-3g mount', async () => {
+  const img = await ntfsImage();
+  const view = async (root: string) => {
+    const out = new Map<string, string>();
+    for (const rel of (await run('find', ['.', '-mindepth', '1'], { cwd: root })).split('\n').filter(Boolean)) {
+      const p = path.join(root, rel);
+      const st = lstatSync(p);
+      out.set(
+        rel.slice(1),
+        st.isSymbolicLink()
+          ? `link ${readlinkSync(p)}`
+          : st.isDirectory()
+            ? 'dir'
+            : `file ${st.size} ${st.size < 1 << 20 ? sha(readFileSync(p)) : ''}`,
+      );
+    }
+    return out;
+  };
+  const theirs = await withNtfsMount(img, 'ro', view);
+  const m = await strataMount([img], 'ntfs');
+  try {
+    const ours = await view(m.mnt);
+    assert.ok(theirs.size > 20_000, `${theirs.size} paths (the 20,000-entry folder)`);
+    const diff = [...new Set([...theirs.keys(), ...ours.keys()])]
+      .filter((p) => theirs.get(p) !== ours.get(p))
+      .map((p) => `${p}: ntfs-3g ${theirs.get(p)}, strata ${ours.get(p)}`);
+    assert.deepEqual(diff.slice(0, 20), [], `${diff.length} differences`);
+  } finally {
+    assert.equal(await m.stop(), 0, m.stderr());
   }
 });
