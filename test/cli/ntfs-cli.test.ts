@@ -286,3 +286,30 @@ test('strata mount of an NTFS image: the tree (paths, types, symlink targets, fi
     assert.equal(await m.stop(), 0, m.stderr());
   }
 });
+
+test('NTFS modification times to the 100 ns tick: ls -R --json mtime equals what the ntfs-3g mount reports (find -printf %T@)', async () => {
+  for (const img of [await ntfsSmallImage(), await ntfsImage()]) {
+    const theirs = new Map<string, bigint>();
+    await withNtfsMount(img, 'ro', async (m) => {
+      for (const l of (await run('find', ['.', '-mindepth', '1', '-printf', '%T@ %P\\n'], { cwd: m }))
+        .split('\n')
+        .filter(Boolean)) {
+        const [, s, frac, p] = /^(\d+)\.(\d+) (.*)$/.exec(l)!;
+        theirs.set(`/${p}`, BigInt(s) * 1_000_000_000n + BigInt(frac.padEnd(9, '0').slice(0, 9)));
+      }
+    });
+    const ns = (iso: string) => {
+      const [, whole, frac] = /^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?Z$/.exec(iso)!;
+      return BigInt(Date.parse(`${whole}Z`) / 1000) * 1_000_000_000n + BigInt((frac ?? '').padEnd(9, '0'));
+    };
+    const ours = lines(await ok(['ls', '-R', '--json', img, '/']));
+    assert.equal(ours.length, theirs.size);
+    let ticks = 0;
+    for (const r of ours) {
+      const want = theirs.get(r.path as string);
+      assert.equal(want !== undefined && ns(r.mtime as string), want, `${r.path}: ${r.mtime}`);
+      if (want! % 1_000_000_000n !== 0n) ticks++;
+    }
+    assert.ok(ticks > ours.length / 2, 'most times have a fraction of a second');
+  }
+});
