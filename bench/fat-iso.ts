@@ -5,7 +5,8 @@
  * same real tree, best of N each, JSON lines on stdout.
  *
  * Options: --tree DIR (default /usr/lib/python3: a few thousand files of real sizes),
- * --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-fat-iso).
+ * --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-fat-iso),
+ * --fs vfat,iso9660,ntfs (which images; default all three), --no-extract (ls -R only).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
@@ -16,6 +17,8 @@ const BENCH = path.join(ROOT, '.cache', 'bench');
 const RUNS = Number(opt('--runs') ?? 3);
 const TREE = path.resolve(opt('--tree') ?? '/usr/lib/python3');
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-fat-iso';
+const FS = new Set((opt('--fs') ?? 'vfat,iso9660,ntfs').split(','));
+const EXTRACT = !process.argv.includes('--no-extract');
 
 function log(msg: string): void {
   process.stderr.write(`bench:fat-iso: ${msg}\n`);
@@ -25,7 +28,7 @@ function images(): Array<{ fs: string; image: string }> {
   mkdirSync(BENCH, { recursive: true });
   const key = TREE.replace(/[^A-Za-z0-9]+/g, '_');
   const fat = path.join(BENCH, `fat32${key}.img`);
-  if (!existsSync(fat)) {
+  if (FS.has('vfat') && !existsSync(fat)) {
     need('mkfs.vfat', 'dosfstools');
     need('mcopy', 'mtools');
     const bytes = Number(sh('du', ['-sb', TREE]).split(/\s/)[0]);
@@ -44,14 +47,14 @@ function images(): Array<{ fs: string; image: string }> {
     renameSync(`${fat}.tmp`, fat);
   }
   const iso = path.join(BENCH, `iso${key}.iso`);
-  if (!existsSync(iso)) {
+  if (FS.has('iso9660') && !existsSync(iso)) {
     need('genisoimage', 'genisoimage');
     log(`genisoimage -J -R ${TREE} (once)`);
     sh('genisoimage', ['-quiet', '-J', '-joliet-long', '-R', '-o', `${iso}.tmp`, TREE]);
     renameSync(`${iso}.tmp`, iso);
   }
   const ntfs = path.join(BENCH, `ntfs${key}.img`);
-  if (!existsSync(ntfs)) {
+  if (FS.has('ntfs') && !existsSync(ntfs)) {
     need('mkntfs', 'ntfs-3g');
     need('ntfs-3g', 'ntfs-3g');
     const bytes = Number(sh('du', ['-sb', TREE]).split(/\s/)[0]);
@@ -74,7 +77,7 @@ function images(): Array<{ fs: string; image: string }> {
     { fs: 'vfat', image: fat },
     { fs: 'iso9660', image: iso },
     { fs: 'ntfs', image: ntfs },
-  ];
+  ].filter((x) => FS.has(x.fs));
 }
 
 /** Best wall time of RUNS runs of a command (ms), with its stdout of the last run. */
@@ -119,6 +122,7 @@ function main(): void {
         ...env,
       }),
     );
+    if (!EXTRACT) continue;
     const a = path.join(OUT, 'strata');
     const b = path.join(OUT, 'tsk');
     const ex = best(process.execPath, [CLI, 'extract', image, '/', a], () =>

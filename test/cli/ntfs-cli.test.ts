@@ -4,7 +4,8 @@ import { lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
-import { ntfsSmallImage, withNtfsMount } from '../helpers/ntfs-images.js';
+import { strataMount } from '../helpers/fuse-mount.js';
+import { ntfsImage, ntfsSmallImage, withNtfsMount } from '../helpers/ntfs-images.js';
 import { run, runBuffer, scratch } from '../helpers/tools.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -209,5 +210,106 @@ test('strata diff of two NTFS images: added, removed and changed files as a walk
     assert.equal(same.code, 0, same.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('NTFS block maps and whatis: file data and index-allocation samples match The Sleuth Kit (ifind -d names the MFT record and attribute, ffind -a the path)', async () => {
+  for (const img of [await ntfsSmallImage(), await ntfsImage()]) {
+    const r = await strata(['blockmap', '--json', img]);
+    assert.equal(r.code, 0, r.stderr);
+    const map = lines(r.stdout);
+    const cluster = Number(/Cluster Size: (\d+)/.exec(await run('fsstat', [img]))![1]);
+    const sample = (kind: string, n: number) => {
+      const rs = map.filter((x) => x.kind === kind && typeof x.path === 'string');
+      assert.ok(rs.length > 0, `${img}: no ${kind} ranges`);
+      // spread over the ranges, and inside each over its clusters
+      return Array.from({ length: n }, (_, k) => {
+        const x = rs[Math.floor((k * rs.length) / n)];
+        const units = Math.floor((x.length as number) / cluster);
+        return { x, unit: Math.floor((x.start as number) / cluster) + (k % Math.max(1, units)) };
+      });
+    };
+    for (const [kind, attr, n] of [
+      ['file', 128, 16],
+      ['directory', 160, 2],
+    ] as const) {
+      for (const { x, unit } of sample(kind, n)) {
+        const addr = (await run('ifind', ['-d', String(unit), img])).trim();
+        const m = /^(\d+)-(\d+)-\d+$/.exec(addr);
+        assert.ok(m, `${img} cluster ${unit}: ifind -d says ${JSON.stringify(addr)}`);
+        assert.equal(Number(m[1]), x.inode, `${img} cluster ${unit} (${x.path}): MFT record`);
+        assert.equal(Number(m[2]), attr, `${img} cluster ${unit} (${x.path}): attribute type`);
+        const names = (await run('ffind', ['-a', img, addr]))
+          .split('\n')
+          .filter(Boolean)
+          .map((p) => p.replace(/^\/\//, '/').replace(/:\$I30$/, ''));
+        // whatis of the cluster's first byte answers from the same map
+        const w = lines(await ok(['whatis', '--json', img, String(unit * cluster)]));
+        assert.ok(names.includes(w[0]?.path as string), `whatis ${unit * cluster}: ${JSON.stringify(w[0])}`);
+        assert.ok(
+          names.includes(x.path as string),
+          `${img} cluster ${unit}: ffind -a ${addr} gives ${names.join(', ')}, not ${x.path}`,
+        );
+      }
+    }
+  }
+});
+
+test('strata mount of an NTFS image: the tree (paths, types, symlink targets, file contents) equals the ntfs-3g mount', async () => {
+  const img = await ntfsImage();
+  const view = async (root: string) => {
+    const out = new Map<string, string>();
+    for (const rel of (await run('find', ['.', '-mindepth', '1'], { cwd: root })).split('\n').filter(Boolean)) {
+      const p = path.join(root, rel);
+      const st = lstatSync(p);
+      out.set(
+        rel.slice(1),
+        st.isSymbolicLink()
+          ? `link ${readlinkSync(p)}`
+          : st.isDirectory()
+            ? 'dir'
+            : `file ${st.size} ${st.size < 1 << 20 ? sha(readFileSync(p)) : ''}`,
+      );
+    }
+    return out;
+  };
+  const theirs = await withNtfsMount(img, 'ro', view);
+  const m = await strataMount([img], 'ntfs');
+  try {
+    const ours = await view(m.mnt);
+    assert.ok(theirs.size > 20_000, `${theirs.size} paths (the 20,000-entry folder)`);
+    const diff = [...new Set([...theirs.keys(), ...ours.keys()])]
+      .filter((p) => theirs.get(p) !== ours.get(p))
+      .map((p) => `${p}: ntfs-3g ${theirs.get(p)}, strata ${ours.get(p)}`);
+    assert.deepEqual(diff.slice(0, 20), [], `${diff.length} differences`);
+  } finally {
+    assert.equal(await m.stop(), 0, m.stderr());
+  }
+});
+
+test('NTFS modification times to the 100 ns tick: ls -R --json mtime equals what the ntfs-3g mount reports (find -printf %T@)', async () => {
+  for (const img of [await ntfsSmallImage(), await ntfsImage()]) {
+    const theirs = new Map<string, bigint>();
+    await withNtfsMount(img, 'ro', async (m) => {
+      for (const l of (await run('find', ['.', '-mindepth', '1', '-printf', '%T@ %P\\n'], { cwd: m }))
+        .split('\n')
+        .filter(Boolean)) {
+        const [, s, frac, p] = /^(\d+)\.(\d+) (.*)$/.exec(l)!;
+        theirs.set(`/${p}`, BigInt(s) * 1_000_000_000n + BigInt(frac.padEnd(9, '0').slice(0, 9)));
+      }
+    });
+    const ns = (iso: string) => {
+      const [, whole, frac] = /^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?Z$/.exec(iso)!;
+      return BigInt(Date.parse(`${whole}Z`) / 1000) * 1_000_000_000n + BigInt((frac ?? '').padEnd(9, '0'));
+    };
+    const ours = lines(await ok(['ls', '-R', '--json', img, '/']));
+    assert.equal(ours.length, theirs.size);
+    let ticks = 0;
+    for (const r of ours) {
+      const want = theirs.get(r.path as string);
+      assert.equal(want !== undefined && ns(r.mtime as string), want, `${r.path}: ${r.mtime}`);
+      if (want! % 1_000_000_000n !== 0n) ticks++;
+    }
+    assert.ok(ticks > ours.length / 2, 'most times have a fraction of a second');
   }
 });

@@ -35,7 +35,13 @@ export const BIG = 'B'.repeat(40_000);
 
 export type Values = Record<string, string | number | Buffer>;
 
-/** .reg text for `keys` (every ancestor gets its own section first, as hivexregedit requires). */
+/**
+ * .reg text for `keys` (every ancestor gets its own section first, as hivexregedit requires).
+ * hivexregedit opens the .reg file without a decoding layer, so Perl takes its bytes as
+ * Latin-1 and a quoted UTF-8 "für" lands in the hive as "fÃ¼r". A string with anything past
+ * ASCII is therefore written as `hex(1):` (REG_SZ given as its UTF-16LE bytes with the
+ * terminating NUL, as regedit exports strings it cannot quote): the hive holds the intended text.
+ */
 export function regText(prefix: string, keys: Record<string, Values>): string {
   const sections = new Map<string, Values>();
   for (const k of Object.keys(keys)) {
@@ -47,6 +53,8 @@ export function regText(prefix: string, keys: Record<string, Values>): string {
   }
   for (const [k, v] of Object.entries(keys)) sections.set(k, v);
   const quote = (s: string) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+  const hex = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(',');
+  const str = (s: string) => (/^[\x20-\x7e]*$/.test(s) ? quote(s) : `hex(1):${hex(Buffer.from(`${s}\0`, 'utf16le'))}`);
   let out = 'Windows Registry Editor Version 5.00\n\n';
   for (const [k, vals] of sections) {
     out += `[${prefix}\\${k}]\n`;
@@ -55,8 +63,8 @@ export function regText(prefix: string, keys: Record<string, Values>): string {
         typeof v === 'number'
           ? `dword:${v.toString(16).padStart(8, '0')}`
           : Buffer.isBuffer(v)
-            ? `hex:${[...v].map((x) => x.toString(16).padStart(2, '0')).join(',')}`
-            : quote(v);
+            ? `hex:${hex(v)}`
+            : str(v);
       out += `${quote(n)}=${text}\n`;
     }
     out += '\n';
@@ -96,7 +104,7 @@ export function softwareKeys(): Record<string, Values> {
 }
 
 export async function windowsImage(): Promise<{ img: string; software: string; system: string }> {
-  const dir = await fixture('inspect-windows-v4', async (out) => {
+  const dir = await fixture('inspect-windows-v5', async (out) => {
     const config = path.join(out, 'tree', 'Windows', 'System32', 'config');
     mkdirSync(config, { recursive: true });
     mkdirSync(path.join(out, 'tree', 'Windows', 'System32', 'drivers'));
@@ -172,7 +180,7 @@ export const PARTS = [
  */
 export async function letterDisks(): Promise<{ mbr: string; gpt: string; system: string }> {
   const w = await windowsImage();
-  const dir = await fixture('inspect-windows-letters-v3', async (out) => {
+  const dir = await fixture('inspect-windows-letters-v4', async (out) => {
     mkdirSync(out);
     const tree = path.join(out, 'tree');
     await run('cp', ['-r', path.join(path.dirname(w.img), 'tree'), tree]);

@@ -16,7 +16,16 @@ import { strata } from '../helpers/cli.js';
 import { emptyHive } from '../helpers/empty-hive.js';
 import { withNtfsMount } from '../helpers/ntfs-images.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
-import { BIG, CV, letterDisks, PROGRAMS, regText, UNINSTALL, windowsImage } from '../helpers/windows-images.js';
+import {
+  BIG,
+  CV,
+  letterDisks,
+  PROGRAMS,
+  regText,
+  softwareKeys,
+  UNINSTALL,
+  windowsImage,
+} from '../helpers/windows-images.js';
 
 const hivexget = async (hive: string, key: string, value: string) =>
   (await run('hivexget', [hive, `\\${key}`, value])).replace(/\n$/, '');
@@ -48,7 +57,7 @@ function regString(v: string): string {
 async function windowsNtfsImage(): Promise<{ img: string; software: string; system: string }> {
   const w = await windowsImage();
   const tree = path.join(path.dirname(w.img), 'tree');
-  const img = await fixture('inspect-windows-ntfs-v3.img', async (out) => {
+  const img = await fixture('inspect-windows-ntfs-v4.img', async (out) => {
     await run('truncate', ['-s', '32M', out]);
     await run('mkntfs', ['-F', '-Q', out]);
     await withNtfsMount(out, 'rw', async (m) => {
@@ -79,6 +88,11 @@ async function checkWindows(w: { img: string; software: string; system: string }
     .map((l) => l.split('|').map(regString).join('|'))
     .sort();
   assert.equal(want.length, PROGRAMS + 1);
+  // the hive holds the recipe's UTF-8 text, not its bytes read as Latin-1 ("fÃ¼r")
+  const first = `${UNINSTALL}\\{00000000-STRATA}`;
+  assert.equal(softwareKeys()[first].DisplayName, 'Programme 0 für Straße');
+  assert.equal(await hivexget(w.software, first, 'DisplayName'), 'Programme 0 für Straße');
+  assert.ok(want.includes('Programme 0 für Straße|0.0.0|Vendor 0'), want.join('\n'));
   const got = (os.windows?.programs ?? []).map((p) => [p.name, p.version ?? '', p.publisher ?? ''].join('|')).sort();
   assert.deepEqual(got, want);
   assert.deepEqual(os.warnings, []);
@@ -270,7 +284,7 @@ describe('inspect Windows hives', () => {
 
   test('a disk with two OS roots (Windows in GPT partition 1, a Linux tree in 2): both are found', async () => {
     const w = await windowsImage();
-    const dir = await fixture('inspect-two-roots-v2', async (out) => {
+    const dir = await fixture('inspect-two-roots-v3', async (out) => {
       mkdirSync(out);
       const tree = path.join(out, 'linux');
       for (const d of ['etc', 'usr/bin']) mkdirSync(path.join(tree, d), { recursive: true });

@@ -40,6 +40,11 @@ const INTERIX_SYMLINK = -1;
 /** MFT records 0..23 are reserved for the system files ($MFT ... $Extend and spares). */
 const FIRST_USER_RECORD = 24;
 const MAX_EXTENSION_RECORDS = 4096;
+/** MFT records read (and cached) together. */
+const MFT_CHUNK = 64;
+const MFT_CACHE_BYTES = 16 << 20;
+/** Parsed files kept (cleared when full): enough for a lookup, then a read, of recent ones; few enough to die young. */
+const NODE_CACHE = 1024;
 const MAX_INDEX_BYTES = 256 << 20;
 const MAX_WARNINGS = 1000;
 /**
@@ -104,6 +109,13 @@ class NtfsContext {
   }
 }
 
+/** Raw MFT records read together; per record 0 = fixups not applied yet, 1 = applied, 2 = failed (errors). */
+interface MftChunk {
+  b: Uint8Array;
+  state: Uint8Array;
+  errors: Map<number, unknown>;
+}
+
 /** One stream of a file: the attribute extents (from one or more records) merged. */
 interface Stream {
   attr: Attribute;
@@ -126,6 +138,15 @@ export class NtfsFileSystem implements FileSystem {
   readonly warnings: string[];
   private mftRuns: Run[] = [];
   private mftRecords = 0;
+  /** $MFT's $DATA attribute (sizes), with mftRuns its stream. */
+  private mftAttr?: Attribute;
+  /**
+   * Raw chunks of MFT_CHUNK consecutive records, read once each (a listing's files sit in
+   * neighbouring records): a record is copied out of its chunk (fixups go on the copy) with
+   * no read of its own. Bounded: cleared past MFT_CACHE_BYTES.
+   */
+  private readonly mftChunks = new Map<number, MftChunk | Promise<MftChunk>>();
+  private mftChunkBytes = 0;
   private readonly nodes = new Map<number, Node>();
   private readonly dirs = new Map<number, DirEntry[]>();
   private label?: string;
@@ -168,12 +189,15 @@ export class NtfsFileSystem implements FileSystem {
     const data = rec0.attributes.find((a) => a.type === ATTR.DATA && a.name === '' && !a.resident);
     if (!data) throw this.ctx.error('CORRUPT', 'no non-resident $DATA in $MFT', 'MFT record 0', at);
     this.mftRuns = data.runs;
+    this.mftAttr = data;
     this.mftRecords = Math.floor(data.dataSize / boot.recordSize);
     // $MFT's own $DATA may continue in extension records named by its attribute list
     if (rec0.attributes.some((a) => a.type === ATTR.ATTRIBUTE_LIST)) {
       const all = await this.gather(rec0);
       const s = this.stream(all, ATTR.DATA, '', 'MFT record 0');
       if (s) this.mftRuns = s.runs;
+      this.mftChunks.clear(); // chunks read with the first extent's runs only
+      this.mftChunkBytes = 0;
     }
     const vol = await this.node(3);
     const vn = vol.attrs.find((a) => a.type === ATTR.VOLUME_NAME);
@@ -200,9 +224,57 @@ export class NtfsFileSystem implements FileSystem {
     if (!run || run.lcn < 0)
       throw this.ctx.error('CORRUPT', `MFT record ${n} is not mapped by $MFT's runlist`, structure);
     const at = (run.lcn + vcn - run.vcn) * boot.clusterSize + (pos % boot.clusterSize);
-    const b = new Uint8Array(await this.ctx.read(at, boot.recordSize, structure));
-    applyFixups(b, 'FILE', this.ctx.name, structure, at);
+    const c = Math.floor(n / MFT_CHUNK);
+    let chunk = this.mftChunks.get(c) ?? this.mftChunk(c);
+    if (chunk instanceof Promise) chunk = await chunk;
+    const i = n - c * MFT_CHUNK;
+    const from = i * boot.recordSize;
+    if (chunk.b.length < from + boot.recordSize)
+      throw this.ctx.error('TRUNCATED', `short read of the MFT: ${chunk.b.length} bytes`, structure, at);
+    const b = chunk.b.subarray(from, from + boot.recordSize);
+    // the chunk is this reader's own copy: fixups go in place, once (a record that failed them fails again alike)
+    if (chunk.state[i] === 0) {
+      try {
+        applyFixups(b, 'FILE', this.ctx.name, structure, at);
+        chunk.state[i] = 1;
+      } catch (e) {
+        chunk.state[i] = 2;
+        chunk.errors.set(i, e);
+        throw e;
+      }
+    } else if (chunk.state[i] === 2) throw chunk.errors.get(i);
     return parseRecord(b, n, boot.clusters, this.ctx.name, at);
+  }
+
+  /** Records [c * MFT_CHUNK, (c + 1) * MFT_CHUNK) of the MFT, raw, read through its runlist once. */
+  private mftChunk(c: number): Promise<MftChunk> {
+    const rs = this.ctx.boot.recordSize;
+    const first = c * MFT_CHUNK;
+    const count = Math.min(MFT_CHUNK, this.mftRecords - first);
+    const attr = this.mftAttr!;
+    const p = this.readStream(
+      { attr, runs: this.mftRuns },
+      first * rs,
+      count * rs,
+      `MFT records ${first}..${first + count - 1}`,
+    ).then(
+      (b) => {
+        if (this.mftChunkBytes + b.length > MFT_CACHE_BYTES) {
+          this.mftChunks.clear();
+          this.mftChunkBytes = 0;
+        }
+        const chunk: MftChunk = { b, state: new Uint8Array(count), errors: new Map() };
+        this.mftChunks.set(c, chunk);
+        this.mftChunkBytes += b.length;
+        return chunk;
+      },
+      (e) => {
+        this.mftChunks.delete(c);
+        throw e;
+      },
+    );
+    this.mftChunks.set(c, p);
+    return p;
   }
 
   /** A base record's attributes, with those its $ATTRIBUTE_LIST places in extension records. */
@@ -258,7 +330,7 @@ export class NtfsFileSystem implements FileSystem {
     if (!(rec.flags & 1)) throw this.ctx.error('NOT_FOUND', 'record not in use', structure);
     if (rec.baseRecord !== 0)
       throw this.ctx.error('NOT_FOUND', `extension record of ${rec.baseRecord}, not a file`, structure);
-    const attrs = await this.gather(rec);
+    const attrs = rec.attributes.some((a) => a.type === ATTR.ATTRIBUTE_LIST) ? await this.gather(rec) : rec.attributes;
     const names = attrs
       .filter((a) => a.type === ATTR.FILE_NAME && a.value)
       .map((a) => parseFileName(a.value!, this.ctx.name, structure));
@@ -318,13 +390,18 @@ export class NtfsFileSystem implements FileSystem {
       pub.ctime = si.ctime;
       pub.atime = si.atime;
     }
-    const sd = await this.securityOf(attrs, si?.securityId, structure);
+    // most files share a security id already looked up: no await for those
+    const known = si?.securityId ? this.owners.get(si.securityId) : undefined;
+    const sd =
+      known && !attrs.some((a) => a.type === ATTR.SECURITY_DESCRIPTOR)
+        ? known
+        : await this.securityOf(attrs, si?.securityId, structure);
     if (sd.owner) pub.ownerSid = sd.owner;
     if (sd.group) pub.groupSid = sd.group;
     pub.uid = sidToId(sd.owner, false);
     pub.gid = sidToId(sd.group, true);
     const node: Node = { pub, rec, attrs, names, reparse };
-    if (this.nodes.size > 100000) this.nodes.clear();
+    if (this.nodes.size >= NODE_CACHE) this.nodes.clear();
     this.nodes.set(n, node);
     return node;
   }
@@ -540,7 +617,7 @@ export class NtfsFileSystem implements FileSystem {
     const all = await this.readStream(alloc, 0, alloc.attr.dataSize, structure);
     for (let i = 0; (i + 1) * bs <= all.length; i++) {
       if (bitmap && !(bitmap[i >> 3] & (1 << (i & 7)))) continue;
-      const blk = all.slice(i * bs, (i + 1) * bs);
+      const blk = all.subarray(i * bs, (i + 1) * bs); // `all` is this call's own copy: fixups may go in place
       const where = `${structure}, INDX block ${i}`;
       applyFixups(blk, 'INDX', this.ctx.name, where, i * bs);
       out.push({ b: blk, hdr: 24, where });
@@ -608,6 +685,18 @@ export class NtfsFileSystem implements FileSystem {
 
   async inode(ino: number): Promise<Inode> {
     return (await this.node(ino)).pub;
+  }
+
+  /**
+   * Many inodes (a listing's): one after another, in record order so each 64-record MFT chunk
+   * is read once, rather than 32 loads in flight (walk.ts's default), which only add promises:
+   * the I/O is one chunk read per 64 records.
+   */
+  async inodes(inos: readonly number[]): Promise<Inode[]> {
+    const order = inos.map((_, i) => i).sort((a, b) => inos[a] - inos[b]);
+    const out = new Array<Inode>(inos.length);
+    for (const i of order) out[i] = (await this.node(inos[i])).pub;
+    return out;
   }
 
   lookup(path: string): Promise<Inode> {

@@ -216,10 +216,21 @@ export function decodeRunlist(
   return runs;
 }
 
+const NAME_UNITS = new Uint16Array(256);
+
+/**
+ * UTF-16LE code units as a string, unpaired surrogates kept (as Windows keeps them; a
+ * TextDecoder would turn them into U+FFFD). Names (at most 255 units) go through one
+ * fromCharCode call instead of a string built a character at a time.
+ */
 function utf16(b: Uint8Array, at: number, chars: number): string {
-  let s = '';
-  for (let i = 0; i < chars; i++) s += String.fromCharCode(u16(b, at + 2 * i));
-  return s;
+  if (chars > NAME_UNITS.length) {
+    let s = '';
+    for (let i = 0; i < chars; i++) s += String.fromCharCode(u16(b, at + 2 * i));
+    return s;
+  }
+  for (let i = 0; i < chars; i++) NAME_UNITS[i] = b[at + 2 * i] | (b[at + 2 * i + 1] << 8);
+  return String.fromCharCode.apply(null, NAME_UNITS.subarray(0, chars) as unknown as number[]);
 }
 
 /** Parse a FILE record whose fixups are applied. */
@@ -269,7 +280,7 @@ export function parseRecord(b: Uint8Array, number: number, clusters: number, fil
       const voff = u16(b, p + 20);
       if (voff + vlen > len)
         throw fail(file, structure, offset + p + 16, `resident value of ${vlen} bytes at ${voff} past the attribute`);
-      a.value = b.slice(p + voff, p + voff + vlen);
+      a.value = b.subarray(p + voff, p + voff + vlen); // a view: the record's bytes are not changed after its fixups
       a.valueOffset = p + voff;
       a.valueVolumeOffset = offset + p + voff;
       a.dataSize = a.initializedSize = a.allocatedSize = vlen;
@@ -295,6 +306,14 @@ export function parseRecord(b: Uint8Array, number: number, clusters: number, fil
 
 /** 100 ns ticks since 1601-01-01 UTC, converted exactly. */
 export function ntfsTime(b: Uint8Array, o: number): Timestamp {
+  const hi = u32(b, o + 4);
+  if (hi < 1e9) {
+    // ticks = hi * 2^32 + lo, and 2^32 = 429 * 10^7 + 4967296: with hi below 10^9 the rest,
+    // hi * 4967296 + lo, stays under 2^53, so plain numbers divide it exactly (no BigInts per
+    // file); the epoch offset, 11644473600 s, is whole seconds
+    const x = hi * 4967296 + u32(b, o);
+    return { sec: hi * 429 + Math.floor(x / 1e7) - 11644473600, nsec: (x % 1e7) * 100 };
+  }
   const t = big64(b, o) - 116444736000000000n;
   let sec = t / 10000000n;
   let rem = t % 10000000n;
