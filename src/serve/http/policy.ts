@@ -44,6 +44,16 @@ export class Policy {
     return a ?? { image, ...this.defaults };
   }
 
+  /** Access.readableWhere for this caller: the catalog filters lists and searches by it. */
+  readableSql(col: string) {
+    return this.access.readableWhere(this.p, this.defaults, col);
+  }
+
+  /** A page of the images this caller may read (Access.readableImages), one catalog query and a count. */
+  readableImages(q: { prefix?: string; project?: string; visibility?: string; limit: number; offset: number }) {
+    return this.access.readableImages(this.p, this.defaults, q);
+  }
+
   /** Read every image's owner and visibility at once (for routes over many images). */
   async loadAll(): Promise<this> {
     this.owners ??= await this.access.allImageAccess();
