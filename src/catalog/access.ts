@@ -13,8 +13,10 @@ import { migrate as applyMigrations } from './migrations.js';
  * SQLite-only types, so the same statements run on PostgreSQL.
  */
 /** The owning project or visibility of the image named by `col`; its `?` is the default (no image_access row). */
-const ownerExpr = (what: 'project' | 'visibility', col: string) =>
-  `COALESCE((SELECT a.${what} FROM image_access a WHERE a.image = ${col}), ?)`;
+const ownerExpr = (what: 'project' | 'visibility', col: string, joined?: string) =>
+  joined
+    ? `COALESCE(${joined}.${what}, ?)`
+    : `COALESCE((SELECT a.${what} FROM image_access a WHERE a.image = ${col}), ?)`;
 
 export const ACCESS_MIGRATIONS: Array<{ id: string; statements: string[] }> = [
   {
@@ -392,13 +394,15 @@ export class Access {
     p: Principal,
     defaults: { project: string; visibility: Visibility },
     col: string,
+    /** The alias of image_access rows already joined on `col` (else a subquery reads them). */
+    joined?: string,
   ): { sql: string; params: SqlValue[] } {
     if (p.admin) return { sql: '1 = 1', params: [] };
-    const vis = ownerExpr('visibility', col);
+    const vis = ownerExpr('visibility', col, joined);
     const params: SqlValue[] = [defaults.visibility];
     let sql = `(${vis} = 'public'`;
     if (p.project !== null && p.role !== null) {
-      sql += ` OR ${ownerExpr('project', col)} = ?`;
+      sql += ` OR ${ownerExpr('project', col, joined)} = ?`;
       params.push(defaults.project, p.project);
     }
     if (p.project !== null) {
@@ -418,7 +422,7 @@ export class Access {
     defaults: { project: string; visibility: Visibility },
     q: { prefix?: string; project?: string; visibility?: string; limit: number; offset: number },
   ): Promise<{ items: ImageAccess[]; total: number }> {
-    const r = this.readableWhere(p, defaults, 'i.name');
+    const r = this.readableWhere(p, defaults, 'i.name', 'a');
     const conds = ["i.state = 'active'", r.sql];
     const params = [...r.params];
     if (q.prefix !== undefined && q.prefix !== '') {
@@ -426,21 +430,27 @@ export class Access {
       params.push(q.prefix.length, q.prefix);
     }
     if (q.project !== undefined) {
-      conds.push(`${ownerExpr('project', 'i.name')} = ?`);
+      conds.push(`${ownerExpr('project', 'i.name', 'a')} = ?`);
       params.push(defaults.project, q.project);
     }
     if (q.visibility !== undefined) {
-      conds.push(`${ownerExpr('visibility', 'i.name')} = ?`);
+      conds.push(`${ownerExpr('visibility', 'i.name', 'a')} = ?`);
       params.push(defaults.visibility, q.visibility);
     }
-    const where = conds.join(' AND ');
-    const n = await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM images i WHERE ${where}`, params);
-    const rows = await this.db.all<{ image: string; project: string; visibility: Visibility }>(
-      `SELECT i.name AS image, ${ownerExpr('project', 'i.name')} AS project, ${ownerExpr('visibility', 'i.name')} AS visibility
-         FROM images i WHERE ${where} ORDER BY i.name LIMIT ? OFFSET ?`,
+    const from = `FROM images i LEFT JOIN image_access a ON a.image = i.name WHERE ${conds.join(' AND ')}`;
+    // the page and the count of all in one pass (a window count); a page past the end has
+    // no row to carry it, and then the count is asked alone
+    const rows = await this.db.all<{ image: string; project: string; visibility: Visibility; total: number }>(
+      `SELECT i.name AS image, ${ownerExpr('project', 'i.name', 'a')} AS project,
+              ${ownerExpr('visibility', 'i.name', 'a')} AS visibility, COUNT(*) OVER () AS total
+         ${from} ORDER BY i.name LIMIT ? OFFSET ?`,
       [defaults.project, defaults.visibility, ...params, q.limit, q.offset],
     );
-    return { items: rows, total: Number(n?.n ?? 0) };
+    let total = rows.length > 0 ? Number(rows[0].total) : 0;
+    if (rows.length === 0 && q.offset > 0) {
+      total = Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n ${from}`, params))?.n ?? 0);
+    }
+    return { items: rows.map(({ image, project, visibility }) => ({ image, project, visibility })), total };
   }
 
   async imageAccess(image: string): Promise<ImageAccess | undefined> {
@@ -495,6 +505,15 @@ export class Access {
   }
 
   /** Images shared with `project` and accepted by it. */
+  /** Whether `project` accepted the share of `image`. */
+  async isAccepted(image: string, project: string): Promise<boolean> {
+    const r = await this.db.get(
+      "SELECT 1 AS x FROM image_members WHERE image = ? AND project = ? AND status = 'accepted'",
+      [image, project],
+    );
+    return r !== undefined;
+  }
+
   async acceptedImages(project: string): Promise<Set<string>> {
     const rows = await this.db.all<{ image: string }>(
       "SELECT image FROM image_members WHERE project = ? AND status = 'accepted'",

@@ -324,6 +324,8 @@ export interface VersionKey {
 export interface ImageCondition {
   sql: string;
   params: SqlValue[];
+  /** A join (no parameters) the condition reads, after `FROM table x`. */
+  join?: string;
 }
 
 const ACTIVE =
@@ -338,7 +340,7 @@ export async function findPackages(
   await ensureInspectionSchema(db);
   const rows = await db.all<Record<string, SqlValue>>(
     `SELECT x.image, x.number, x.root, x.name, x.epoch, x.version, x.release, x.arch, r.package_format
-       FROM inspection_packages x
+       FROM inspection_packages x${only?.join ? ` ${only.join}` : ''}
        JOIN inspection_roots r ON r.image = x.image AND r.number = x.number AND r.root = x.root
       WHERE x.name = ? AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
     [name, ...(only?.params ?? [])],
@@ -364,7 +366,7 @@ export async function findUsers(
 ): Promise<Array<VersionKey & StoredUser & { root: string }>> {
   await ensureInspectionSchema(db);
   const rows = await db.all<Record<string, SqlValue>>(
-    `SELECT x.image, x.number, x.root, x.name, x.uid, x.gid, x.home, x.shell FROM inspection_users x
+    `SELECT x.image, x.number, x.root, x.name, x.uid, x.gid, x.home, x.shell FROM inspection_users x${only?.join ? ` ${only.join}` : ''}
       WHERE x.name = ? AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
     [name, ...(only?.params ?? [])],
   );
@@ -389,7 +391,7 @@ export async function findRoots(
   await ensureInspectionSchema(db);
   const q = os.toLowerCase();
   const rows = await db.all<Record<string, SqlValue>>(
-    `SELECT x.image, x.number, x.root, x.os_type, x.distro, x.product_name FROM inspection_roots x
+    `SELECT x.image, x.number, x.root, x.os_type, x.distro, x.product_name FROM inspection_roots x${only?.join ? ` ${only.join}` : ''}
       WHERE (LOWER(x.distro) = ? OR LOWER(x.os_type) = ? OR LOWER(x.product_name) LIKE ?) AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
     [q, q, `%${q.replace(/[%_\\]/g, '')}%`, ...(only?.params ?? [])],
   );
@@ -454,7 +456,7 @@ export async function findFiles(
   for (let i = 0; i < manifests.length; i += 500) {
     const part = manifests.slice(i, i + 500);
     const sets = await db.all<{ image: string; number: number; volume: string; files: string }>(
-      `SELECT x.image, x.number, x.volume, x.files FROM inspection_file_sets x
+      `SELECT x.image, x.number, x.volume, x.files FROM inspection_file_sets x${only?.join ? ` ${only.join}` : ''}
         WHERE x.files IN (${part.map(() => '?').join(', ')}) AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
       [...part, ...(only?.params ?? [])],
     );

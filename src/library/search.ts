@@ -221,9 +221,9 @@ export async function searchPage(
     keys = kept;
   }
   // the order of the answer (image, then number), then the page
-  const num = (k: string) => (sets[0].get(k) as Partial<SearchHit>).number as number;
-  const img = (k: string) => (sets[0].get(k) as Partial<SearchHit>).image as string;
-  keys.sort((a, b) => (img(a) < img(b) ? -1 : img(a) > img(b) ? 1 : num(a) - num(b)));
+  const order = keys.map((k) => sets[0].get(k) as { image: string; number: number });
+  order.sort((a, b) => (a.image < b.image ? -1 : a.image > b.image ? 1 : a.number - b.number));
+  keys = order.map((h) => `${h.image}@${h.number}`);
   const total = keys.length;
   if (opts.page) keys = keys.slice(opts.page.offset, opts.page.offset + opts.page.limit);
   const merged: SearchHit[] = keys.map((k) => {
