@@ -4,6 +4,7 @@ declare module 'autocannon' {
     average: number;
     total: number;
     p50: number;
+    p90: number;
     p99: number;
   }
   interface Result {
@@ -18,6 +19,8 @@ declare module 'autocannon' {
     workers?: number;
     connections?: number;
     duration?: number;
+    /** Requests in all (instead of a duration). */
+    amount?: number;
     connectionRate?: number;
     requests?: Array<{ method?: string; path?: string; headers?: Record<string, string> }>;
   }

@@ -19,7 +19,8 @@
  * private, shared and public, each one inspected, so lists, search and the access checks
  * run over a library of that size), --rate R (4: requests/s of each client in the paced
  * metadata run; the first runs are closed loops, each client asking again as soon as it is
- * answered), --out DIR.
+ * answered), --out DIR, --server-prof DIR (the server runs under `node --cpu-prof`, its
+ * profile written to DIR when it exits).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -61,10 +62,13 @@ function run(
   });
 }
 
+const PROF = opt('--server-prof');
+
 async function startServe(libDir: string): Promise<{ url: string; child: ChildProcess }> {
   const child = spawn(
     process.execPath,
     [
+      ...(PROF ? ['--cpu-prof', '--cpu-prof-dir', PROF] : []),
       CLI,
       'serve',
       '--library',

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
-import type { Db } from './db.js';
+import type { Db, SqlValue } from './db.js';
 import { migrate as applyMigrations } from './migrations.js';
 
 /**
@@ -12,6 +12,12 @@ import { migrate as applyMigrations } from './migrations.js';
  * recorded in schema_migrations; portable SQL only (see db.ts): no AUTOINCREMENT, no
  * SQLite-only types, so the same statements run on PostgreSQL.
  */
+/** The owning project or visibility of the image named by `col`; its `?` is the default (no image_access row). */
+const ownerExpr = (what: 'project' | 'visibility', col: string, joined?: string) =>
+  joined
+    ? `COALESCE(${joined}.${what}, ?)`
+    : `COALESCE((SELECT a.${what} FROM image_access a WHERE a.image = ${col}), ?)`;
+
 export const ACCESS_MIGRATIONS: Array<{ id: string; statements: string[] }> = [
   {
     id: 'access-1',
@@ -375,6 +381,78 @@ export class Access {
 
   // ---- image ownership, visibility, members
 
+  /**
+   * "The image named by column `col` is readable by `p`" as an SQL condition, for lists
+   * and searches that go over many images: the catalog filters (and pages) instead of the
+   * service reading every image's owner row and asking Policy.canRead of each. It must say
+   * what Policy.canRead says (serve/http/policy.ts; the service's access matrix checks the
+   * lists and search against the single-image routes): a server admin reads all; anyone a
+   * public image; a member of the owning project (any role) its images; a project an image
+   * is shared with, once accepted. Images with no image_access row belong to `defaults`.
+   */
+  readableWhere(
+    p: Principal,
+    defaults: { project: string; visibility: Visibility },
+    col: string,
+    /** The alias of image_access rows already joined on `col` (else a subquery reads them). */
+    joined?: string,
+  ): { sql: string; params: SqlValue[] } {
+    if (p.admin) return { sql: '1 = 1', params: [] };
+    const vis = ownerExpr('visibility', col, joined);
+    const params: SqlValue[] = [defaults.visibility];
+    let sql = `(${vis} = 'public'`;
+    if (p.project !== null && p.role !== null) {
+      sql += ` OR ${ownerExpr('project', col, joined)} = ?`;
+      params.push(defaults.project, p.project);
+    }
+    if (p.project !== null) {
+      sql += ` OR (${vis} = 'shared' AND EXISTS (SELECT 1 FROM image_members m WHERE m.image = ${col} AND m.project = ? AND m.status = 'accepted'))`;
+      params.push(defaults.visibility, p.project);
+    }
+    return { sql: `${sql})`, params };
+  }
+
+  /**
+   * A page of the active images `p` may read, in name order, with their owner and
+   * visibility, and how many there are in all: two queries, whatever the library's size.
+   * `prefix`, `project` and `visibility` narrow the list.
+   */
+  async readableImages(
+    p: Principal,
+    defaults: { project: string; visibility: Visibility },
+    q: { prefix?: string; project?: string; visibility?: string; limit: number; offset: number },
+  ): Promise<{ items: ImageAccess[]; total: number }> {
+    const r = this.readableWhere(p, defaults, 'i.name', 'a');
+    const conds = ["i.state = 'active'", r.sql];
+    const params = [...r.params];
+    if (q.prefix !== undefined && q.prefix !== '') {
+      conds.push('substr(i.name, 1, ?) = ?');
+      params.push(q.prefix.length, q.prefix);
+    }
+    if (q.project !== undefined) {
+      conds.push(`${ownerExpr('project', 'i.name', 'a')} = ?`);
+      params.push(defaults.project, q.project);
+    }
+    if (q.visibility !== undefined) {
+      conds.push(`${ownerExpr('visibility', 'i.name', 'a')} = ?`);
+      params.push(defaults.visibility, q.visibility);
+    }
+    const from = `FROM images i LEFT JOIN image_access a ON a.image = i.name WHERE ${conds.join(' AND ')}`;
+    // the page and the count of all in one pass (a window count); a page past the end has
+    // no row to carry it, and then the count is asked alone
+    const rows = await this.db.all<{ image: string; project: string; visibility: Visibility; total: number }>(
+      `SELECT i.name AS image, ${ownerExpr('project', 'i.name', 'a')} AS project,
+              ${ownerExpr('visibility', 'i.name', 'a')} AS visibility, COUNT(*) OVER () AS total
+         ${from} ORDER BY i.name LIMIT ? OFFSET ?`,
+      [defaults.project, defaults.visibility, ...params, q.limit, q.offset],
+    );
+    let total = rows.length > 0 ? Number(rows[0].total) : 0;
+    if (rows.length === 0 && q.offset > 0) {
+      total = Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n ${from}`, params))?.n ?? 0);
+    }
+    return { items: rows.map(({ image, project, visibility }) => ({ image, project, visibility })), total };
+  }
+
   async imageAccess(image: string): Promise<ImageAccess | undefined> {
     return this.db.get<ImageAccess>('SELECT image, project, visibility FROM image_access WHERE image = ?', [image]);
   }
@@ -427,6 +505,15 @@ export class Access {
   }
 
   /** Images shared with `project` and accepted by it. */
+  /** Whether `project` accepted the share of `image`. */
+  async isAccepted(image: string, project: string): Promise<boolean> {
+    const r = await this.db.get(
+      "SELECT 1 AS x FROM image_members WHERE image = ? AND project = ? AND status = 'accepted'",
+      [image, project],
+    );
+    return r !== undefined;
+  }
+
   async acceptedImages(project: string): Promise<Set<string>> {
     const rows = await this.db.all<{ image: string }>(
       "SELECT image FROM image_members WHERE project = ? AND status = 'accepted'",

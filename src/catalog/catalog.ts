@@ -372,6 +372,11 @@ export class Catalog {
   }
 
   /** One active image (undefined when it does not exist or was deleted). */
+  /** Whether an active image of this name exists (one row by key: the service's access checks ask it of every request). */
+  async imageExists(name: string): Promise<boolean> {
+    return (await this.db.get("SELECT 1 AS x FROM images WHERE name = ? AND state = 'active'", [name])) !== undefined;
+  }
+
   async image(name: string): Promise<ImageRow | undefined> {
     return (await this.imageRows([name]))[0];
   }

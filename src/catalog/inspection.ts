@@ -320,6 +320,14 @@ export interface VersionKey {
   number: number;
 }
 
+/** An SQL condition on the rows' `x.image` (the service: images the caller may read), with its parameters. */
+export interface ImageCondition {
+  sql: string;
+  params: SqlValue[];
+  /** A join (no parameters) the condition reads, after `FROM table x`. */
+  join?: string;
+}
+
 const ACTIVE =
   "EXISTS (SELECT 1 FROM versions v WHERE v.image = x.image AND v.number = x.number AND v.state = 'active')";
 
@@ -327,14 +335,15 @@ const ACTIVE =
 export async function findPackages(
   db: Db,
   name: string,
+  only?: ImageCondition,
 ): Promise<Array<VersionKey & StoredPackage & { root: string; format: string | null }>> {
   await ensureInspectionSchema(db);
   const rows = await db.all<Record<string, SqlValue>>(
     `SELECT x.image, x.number, x.root, x.name, x.epoch, x.version, x.release, x.arch, r.package_format
-       FROM inspection_packages x
+       FROM inspection_packages x${only?.join ? ` ${only.join}` : ''}
        JOIN inspection_roots r ON r.image = x.image AND r.number = x.number AND r.root = x.root
-      WHERE x.name = ? AND ${ACTIVE}`,
-    [name],
+      WHERE x.name = ? AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
+    [name, ...(only?.params ?? [])],
   );
   return rows.map((r) => ({
     image: String(r.image),
@@ -350,12 +359,16 @@ export async function findPackages(
 }
 
 /** Users named `name` in active versions. */
-export async function findUsers(db: Db, name: string): Promise<Array<VersionKey & StoredUser & { root: string }>> {
+export async function findUsers(
+  db: Db,
+  name: string,
+  only?: ImageCondition,
+): Promise<Array<VersionKey & StoredUser & { root: string }>> {
   await ensureInspectionSchema(db);
   const rows = await db.all<Record<string, SqlValue>>(
-    `SELECT x.image, x.number, x.root, x.name, x.uid, x.gid, x.home, x.shell FROM inspection_users x
-      WHERE x.name = ? AND ${ACTIVE}`,
-    [name],
+    `SELECT x.image, x.number, x.root, x.name, x.uid, x.gid, x.home, x.shell FROM inspection_users x${only?.join ? ` ${only.join}` : ''}
+      WHERE x.name = ? AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
+    [name, ...(only?.params ?? [])],
   );
   return rows.map((r) => ({
     image: String(r.image),
@@ -373,13 +386,14 @@ export async function findUsers(db: Db, name: string): Promise<Array<VersionKey 
 export async function findRoots(
   db: Db,
   os: string,
+  only?: ImageCondition,
 ): Promise<Array<VersionKey & { root: string; osType: string; distro: string | null; productName: string | null }>> {
   await ensureInspectionSchema(db);
   const q = os.toLowerCase();
   const rows = await db.all<Record<string, SqlValue>>(
-    `SELECT x.image, x.number, x.root, x.os_type, x.distro, x.product_name FROM inspection_roots x
-      WHERE (LOWER(x.distro) = ? OR LOWER(x.os_type) = ? OR LOWER(x.product_name) LIKE ?) AND ${ACTIVE}`,
-    [q, q, `%${q.replace(/[%_\\]/g, '')}%`],
+    `SELECT x.image, x.number, x.root, x.os_type, x.distro, x.product_name FROM inspection_roots x${only?.join ? ` ${only.join}` : ''}
+      WHERE (LOWER(x.distro) = ? OR LOWER(x.os_type) = ? OR LOWER(x.product_name) LIKE ?) AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
+    [q, q, `%${q.replace(/[%_\\]/g, '')}%`, ...(only?.params ?? [])],
   );
   return rows.map((r) => ({
     image: String(r.image),
@@ -414,6 +428,7 @@ export async function findFiles(
   db: Db,
   where: FileWhere,
   keep: (path: string) => boolean = () => true,
+  only?: ImageCondition,
 ): Promise<Array<VersionKey & StoredFile & { volume: string }>> {
   await ensureInspectionSchema(db);
   let cond: string;
@@ -441,9 +456,9 @@ export async function findFiles(
   for (let i = 0; i < manifests.length; i += 500) {
     const part = manifests.slice(i, i + 500);
     const sets = await db.all<{ image: string; number: number; volume: string; files: string }>(
-      `SELECT x.image, x.number, x.volume, x.files FROM inspection_file_sets x
-        WHERE x.files IN (${part.map(() => '?').join(', ')}) AND ${ACTIVE}`,
-      part,
+      `SELECT x.image, x.number, x.volume, x.files FROM inspection_file_sets x${only?.join ? ` ${only.join}` : ''}
+        WHERE x.files IN (${part.map(() => '?').join(', ')}) AND ${ACTIVE}${only ? ` AND ${only.sql}` : ''}`,
+      [...part, ...(only?.params ?? [])],
     );
     for (const s of sets) {
       for (const r of byManifest.get(s.files) ?? []) {

@@ -1,4 +1,12 @@
-import { type FileWhere, findFiles, findPackages, findRoots, findUsers, tagsOf } from '../catalog/inspection.js';
+import {
+  type FileWhere,
+  findFiles,
+  findPackages,
+  findRoots,
+  findUsers,
+  type ImageCondition,
+  tagsOf,
+} from '../catalog/inspection.js';
 import { compareVersions, fullVersion, type PackageFormat } from '../inspect/version.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
@@ -108,14 +116,34 @@ const OPS = {
 
 const keyOf = (x: { image: string; number: number }) => `${x.image}@${x.number}`;
 
-export async function search(
+export interface SearchOptions {
+  /** Keep only the versions of images this says yes to, before tags are read. */
+  keep?: (image: string) => Promise<boolean>;
+  /**
+   * Keep only the versions whose image meets this SQL condition on `x.image` (the service:
+   * images the caller may read, Access.readableWhere): filtered in the catalog's queries.
+   */
+  only?: ImageCondition;
+  /** Only these hits (in the order below) are finished (merged matches, tags); `total` counts all. */
+  page?: { offset: number; limit: number };
+}
+
+export async function search(lib: Library, q: SearchQuery, opts: SearchOptions = {}): Promise<SearchHit[]> {
+  return (await searchPage(lib, q, opts)).hits;
+}
+
+/**
+ * `search` with the hits' count: the versions matching are found with one query per
+ * criterion (two for a path: the file rows once per distinct file manifest, then the
+ * versions holding them), access filtered in those queries when `only` is given; the
+ * matches are merged and tags read only for the page's hits.
+ */
+export async function searchPage(
   lib: Library,
   q: SearchQuery,
-  opts: {
-    /** Keep only the versions of images this says yes to (the service: those the caller may read), before tags are read. */
-    keep?: (image: string) => Promise<boolean>;
-  } = {},
-): Promise<SearchHit[]> {
+  opts: SearchOptions = {},
+): Promise<{ hits: SearchHit[]; total: number }> {
+  const only = opts.only;
   const db = lib.catalog.db;
   const sets: Array<Map<string, Partial<SearchHit>>> = [];
   const add = <T>(rows: Array<T & { image: string; number: number }>, put: (h: Partial<SearchHit>, r: T) => void) => {
@@ -132,7 +160,7 @@ export async function search(
   if (q.path !== undefined) {
     asked = true;
     const { re, where } = globPlan(q.path);
-    const rows = await findFiles(db, where, (p) => re.test(p));
+    const rows = await findFiles(db, where, (p) => re.test(p), only);
     add(rows, (h, f) => {
       (h.paths ??= []).push({ volume: f.volume, path: f.path, type: f.type, size: f.size, digest: f.digest });
     });
@@ -142,14 +170,14 @@ export async function search(
     const d = q.digest.toLowerCase();
     if (!/^[0-9a-f]{64}$/.test(d))
       throw new StrataError('USAGE', `--digest wants a sha256 (64 hex digits), not ${q.digest}`);
-    add(await findFiles(db, { digest: d }), (h, f) => {
+    add(await findFiles(db, { digest: d }, undefined, only), (h, f) => {
       (h.paths ??= []).push({ volume: f.volume, path: f.path, type: f.type, size: f.size, digest: f.digest });
     });
   }
   if (q.package !== undefined) {
     asked = true;
     const spec = parsePackageSpec(q.package);
-    const rows = (await findPackages(db, spec.name)).filter((p) => {
+    const rows = (await findPackages(db, spec.name, only)).filter((p) => {
       if (!spec.op || spec.version === undefined) return true;
       const fmt = (p.format ?? 'deb') as PackageFormat;
       return OPS[spec.op](compareVersions(fmt, fullVersion(fmt, p), spec.version));
@@ -167,13 +195,13 @@ export async function search(
   }
   if (q.os !== undefined) {
     asked = true;
-    add(await findRoots(db, q.os), (h, r) => {
+    add(await findRoots(db, q.os, only), (h, r) => {
       (h.roots ??= []).push({ root: r.root, osType: r.osType, distro: r.distro, productName: r.productName });
     });
   }
   if (q.user !== undefined) {
     asked = true;
-    add(await findUsers(db, q.user), (h, u) => {
+    add(await findUsers(db, q.user, only), (h, u) => {
       (h.users ??= []).push({ root: u.root, name: u.name, uid: u.uid, gid: u.gid, home: u.home, shell: u.shell });
     });
   }
@@ -192,6 +220,12 @@ export async function search(
     }
     keys = kept;
   }
+  // the order of the answer (image, then number), then the page
+  const order = keys.map((k) => sets[0].get(k) as { image: string; number: number });
+  order.sort((a, b) => (a.image < b.image ? -1 : a.image > b.image ? 1 : a.number - b.number));
+  keys = order.map((h) => `${h.image}@${h.number}`);
+  const total = keys.length;
+  if (opts.page) keys = keys.slice(opts.page.offset, opts.page.offset + opts.page.limit);
   const merged: SearchHit[] = keys.map((k) => {
     const h: SearchHit = { image: '', number: 0, ref: k, tags: [] };
     for (const s of sets) {
@@ -211,6 +245,5 @@ export async function search(
     h.paths?.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : a.volume < b.volume ? -1 : 1));
     h.packages?.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.arch < b.arch ? -1 : 1));
   }
-  merged.sort((a, b) => (a.image < b.image ? -1 : a.image > b.image ? 1 : a.number - b.number));
-  return merged;
+  return { hits: merged, total };
 }

@@ -205,3 +205,57 @@ test('boot profiles on PostgreSQL: stored, replaced, the nearest found; rows as 
     await c.close();
   }
 });
+
+test('readable image pages on PostgreSQL: access, filters, the window count and a page past the end', async () => {
+  const schema = uniqueName('acl');
+  const c = await Catalog.open(await PgDb.open(pgWithSchema(svc.pg, schema)));
+  try {
+    const a = await Access.open(c.db);
+    for (const p of ['own', 'other']) await a.addProject(p);
+    // name -> [owner project or null (no row: default own/private), visibility, accepted by other]
+    const imgs: Record<string, [string | null, 'private' | 'shared' | 'public', boolean]> = {
+      'own/a': ['own', 'private', false],
+      'own/b': ['own', 'shared', true],
+      'own/c': ['own', 'shared', false],
+      'own/d': ['own', 'public', false],
+      'other/e': ['other', 'private', false],
+      'loose/f': [null, 'private', false],
+    };
+    for (const [name, [project, vis, accepted]] of Object.entries(imgs)) {
+      await c.createImage(name);
+      if (project === null) continue;
+      await a.setImageAccess(name, project, vis);
+      if (vis === 'shared') {
+        await a.addMember(name, 'other');
+        if (accepted) await a.setMemberStatus(name, 'other', 'accepted');
+      }
+    }
+    const defaults = { project: 'own', visibility: 'private' as const };
+    const who = (project: string | null, admin = false) => ({
+      user: project ? 'u' : null,
+      project,
+      role: project ? ('reader' as const) : null,
+      scope: 'read' as const,
+      admin,
+      tokenId: null,
+    });
+    const page = async (p: ReturnType<typeof who>, q: Record<string, string | number> = {}) =>
+      a.readableImages(p, defaults, { limit: 50, offset: 0, ...q });
+    const names = (r: { items: Array<{ image: string }> }) => r.items.map((i) => i.image);
+    assert.deepEqual(names(await page(who('other'))), ['other/e', 'own/b', 'own/d']);
+    assert.deepEqual(names(await page(who(null))), ['own/d']);
+    assert.deepEqual(names(await page(who('own'))), ['loose/f', 'own/a', 'own/b', 'own/c', 'own/d']);
+    assert.equal((await page(who(null, true))).total, 6);
+    const p2 = await page(who('own'), { limit: 2, offset: 1 });
+    assert.deepEqual(names(p2), ['own/a', 'own/b']);
+    assert.equal(p2.total, 5, 'the window count');
+    const past = await page(who('own'), { limit: 2, offset: 40 });
+    assert.deepEqual(past, { items: [], total: 5 }, 'a page past the end still counts');
+    assert.deepEqual(names(await page(who('own'), { project: 'own', visibility: 'private' })), ['loose/f', 'own/a']);
+    assert.deepEqual(names(await page(who('other'), { prefix: 'own/' })), ['own/b', 'own/d']);
+    const row = (await page(who('own'), { prefix: 'loose/' })).items[0];
+    assert.deepEqual(row, { image: 'loose/f', project: 'own', visibility: 'private' });
+  } finally {
+    await c.close();
+  }
+});

@@ -1,4 +1,5 @@
 import type { Access, ImageAccess, Principal, Visibility } from '../../catalog/access.js';
+import type { SqlValue } from '../../catalog/db.js';
 import type { Library } from '../../library/library.js';
 import { HttpProblem } from './problem.js';
 
@@ -44,6 +45,21 @@ export class Policy {
     return a ?? { image, ...this.defaults };
   }
 
+  /** Access.readableWhere for this caller: the catalog filters lists and searches by it. */
+  readableSql(col: string): { sql: string; params: SqlValue[]; join?: string } {
+    if (this.p.admin) return this.access.readableWhere(this.p, this.defaults, col);
+    // each row's owner joined once (a subquery per use read it up to three times a row)
+    return {
+      join: `LEFT JOIN image_access ra ON ra.image = ${col}`,
+      ...this.access.readableWhere(this.p, this.defaults, col, 'ra'),
+    };
+  }
+
+  /** A page of the images this caller may read (Access.readableImages), one catalog query and a count. */
+  readableImages(q: { prefix?: string; project?: string; visibility?: string; limit: number; offset: number }) {
+    return this.access.readableImages(this.p, this.defaults, q);
+  }
+
   /** Read every image's owner and visibility at once (for routes over many images). */
   async loadAll(): Promise<this> {
     this.owners ??= await this.access.allImageAccess();
@@ -61,7 +77,10 @@ export class Policy {
     const g = await this.ownerOf(image);
     if (this.p.admin || g.visibility === 'public') return true;
     if (this.p.project !== null && this.p.project === g.project && this.p.role !== null) return true;
-    return g.visibility === 'shared' && (await this.acceptedSet()).has(image);
+    if (g.visibility !== 'shared' || this.p.project === null) return false;
+    // one row for one image; the project's whole accepted list once a route goes over many
+    if (this.owners || this.accepted) return (await this.acceptedSet()).has(image);
+    return this.access.isAccepted(image, this.p.project);
   }
 
   /** May write into `project` (create images there, upload chunks). */
@@ -84,8 +103,7 @@ export class Policy {
 
   /** The image, when it exists and the caller may read it; else the one 404 everybody gets. */
   async readable(lib: Library, image: string): Promise<ImageGuard> {
-    const row = await lib.catalog.image(image);
-    if (!row || !(await this.canRead(image))) throw notFound(image);
+    if (!(await lib.catalog.imageExists(image)) || !(await this.canRead(image))) throw notFound(image);
     return this.ownerOf(image);
   }
 

@@ -29,7 +29,7 @@ import {
   type FileEntry as ManifestEntry,
 } from '../../library/manifest.js';
 import { recordVersionProfile } from '../../library/profile-record.js';
-import { search } from '../../library/search.js';
+import { searchPage } from '../../library/search.js';
 import { tarOfStored } from '../../library/tar-export.js';
 import { diffVersions } from '../../library/version-diff.js';
 import { VersionSource } from '../../library/version-source.js';
@@ -577,23 +577,16 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req) => {
       const q = req.query as { limit: number; offset: number; project?: string; visibility?: string; prefix?: string };
-      // filtered by name and access first, then only the page's rows read in full
-      const names: string[] = [];
-      await req.policy.loadAll();
-      for (const name of await lib.catalog.imageNames()) {
-        if (q.prefix !== undefined && !name.startsWith(q.prefix)) continue;
-        if (!(await req.policy.canRead(name))) continue;
-        const g = await req.policy.ownerOf(name);
-        if (q.project !== undefined && g.project !== q.project) continue;
-        if (q.visibility !== undefined && g.visibility !== q.visibility) continue;
-        names.push(name);
-      }
+      // the catalog filters by name, access, project and visibility and pages (it used to
+      // read every image's name and owner row for each request); only the page is read in full
+      const page = await req.policy.readableImages(q);
+      const owner = new Map(page.items.map((a) => [a.image, a]));
       const items = [];
-      for (const row of await lib.catalog.imagesNamed(names.slice(q.offset, q.offset + q.limit))) {
-        const g = await req.policy.ownerOf(row.name);
+      for (const row of await lib.catalog.imagesNamed([...owner.keys()])) {
+        const g = owner.get(row.name) as { project: string; visibility: Visibility };
         items.push({ ...row, project: g.project, visibility: g.visibility });
       }
-      return { items, total: names.length, limit: q.limit, offset: q.offset };
+      return { items, total: page.total, limit: q.limit, offset: q.offset };
     },
   );
 
@@ -1832,13 +1825,14 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         os?: string;
         user?: string;
       };
-      await req.policy.loadAll();
-      const hits = await search(
+      // access is a condition of the catalog's queries (it used to read every image's owner
+      // row, then ask of each matching image), and only the page's hits are finished
+      const { hits, total } = await searchPage(
         lib,
         { path: q.path, digest: q.digest, package: q.package, os: q.os, user: q.user },
-        { keep: (image) => req.policy.canRead(image) },
+        { only: req.policy.readableSql('x.image'), page: { offset: q.offset, limit: q.limit } },
       );
-      return { items: hits.slice(q.offset, q.offset + q.limit), total: hits.length, limit: q.limit, offset: q.offset };
+      return { items: hits, total, limit: q.limit, offset: q.offset };
     },
   );
 
