@@ -16,7 +16,13 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as vm from 'node:vm';
 
-const main = path.join(path.dirname(fileURLToPath(import.meta.url)), 'strata-main.cjs');
+/**
+ * convert, info and map run from a bundle holding only them (src/cli/image-main.ts): a short
+ * convert is mostly start-up, and the whole CLI's bundle is ~1.3 MB to parse or deserialize.
+ */
+const IMAGE_VERBS = new Set(['convert', 'info', 'map']);
+const bundle = IMAGE_VERBS.has(process.argv[2] ?? '') ? 'strata-image' : 'strata-main';
+const main = path.join(path.dirname(fileURLToPath(import.meta.url)), `${bundle}.cjs`);
 const require = nodeModule.createRequire(main);
 const enable = (nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache;
 
@@ -30,7 +36,7 @@ function cacheFile(): string | undefined {
   if (dir === 'off') return undefined;
   const base = dir ?? path.join(process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'strata');
   const st = statSync(main);
-  return path.join(base, `code-${process.version}-${process.arch}-${st.size}-${Math.floor(st.mtimeMs)}.bin`);
+  return path.join(base, `code-${bundle}-${process.version}-${process.arch}-${st.size}-${Math.floor(st.mtimeMs)}.bin`);
 }
 
 function runCached(): void {

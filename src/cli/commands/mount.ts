@@ -16,7 +16,14 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { REF_PREFIX, StrataError } from '../../library/index.js';
 import type { FuseSession, LocalChunkCache } from '../../serve/index.js';
-import { addAddressOptions, noteTarget, openOptionsFrom, TARGET_HELP, targetOptionsFrom } from '../common.js';
+import {
+  addAddressOptions,
+  addressFrom,
+  noteTarget,
+  openOptionsFrom,
+  TARGET_HELP,
+  targetOptionsFrom,
+} from '../common.js';
 import { printJson, warn, warnAll } from '../output.js';
 import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
@@ -119,7 +126,7 @@ async function mountTarget(
     opened = { tree: r.tree, warnings: [], kind: 'version' };
   } else {
     opened = await openMountTree(image, {
-      address: { part: o.part as string | undefined, lv: o.lv as string | undefined },
+      address: addressFrom(o),
       open: openOptionsFrom(o),
       target: targetOptionsFrom(o),
     });
