@@ -1,6 +1,6 @@
 /**
  * bench:large-store (issue 22) — check-in, diff and search of a large generated tree
- * (test/helpers/large-tree.ts: --entries N, default 200,000, on ext4 by `mkfs.ext4 -d`;
+ * (test/helpers/large-tree-pair.ts: --entries N, default 200,000, on ext4 by `mkfs.ext4 -d`;
  * the second version has 1% of its files edited, removed or added), each with wall time
  * and peak RSS (/usr/bin/time -f %M), beside:
  * - the same commands of another Strata build (--baseline DIR holding dist/cli/strata.cjs,

@@ -2,13 +2,12 @@
  * bench:large (issue 22) — Strata beside its peers on a large ext4 tree, time and peak RSS of
  * both sides, JSON lines on stdout.
  *
- * Set-up (cached): LARGE_ENTRIES entries (default 1,000,000) with the path shapes of this
- * machine's /usr repeated under /copy-N/, contents the path repeated up to LARGE_FILE_BYTES
- * (default 600) bytes, `mkfs.ext4 -d` with 4 KiB blocks (LARGE_BLOCK_SIZE) into a sparse image
- * under BENCH_DIR (default .cache/bench). The source tree is written to tmpfs (/dev/shm) and
- * removed after mkfs. At 1,000,000 entries the image holds ~3.5 GiB of real bytes (one 4 KiB
- * block per non-empty file, the inode tables, the directories); LARGE_BLOCK_SIZE=1024 makes
- * it ~1.1 GiB.
+ * Set-up (cached): the tree of test/helpers/large-tree-pair.ts with LARGE_ENTRIES entries
+ * (default 1,000,000: directories of 100 under 97 package directories, small files of 1-6,000
+ * bytes, a few of 1.5 MB, duplicates, symlinks, hard links), `mkfs.ext4 -d` with 4 KiB blocks
+ * into a sparse image in the fixture cache ($STRATA_FIXTURES, default .cache/fixtures), the
+ * same image the tests use at 200,000 entries. The source tree is written to tmpfs
+ * (/dev/shm) and removed after mkfs.
  *
  * Every process runs under GNU time (`/usr/bin/time -f %e %U %S %M`): wall seconds, CPU and
  * peak RSS, the same way for us and for the peer. Each case runs --runs N times (default 2),
@@ -27,16 +26,14 @@
  * 200,000-entry fixture; LARGE_* then only label the output).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import * as path from 'node:path';
-import { makeLargeExt4 } from '../test/helpers/large-tree.js';
+import { largeTreeImage } from '../test/helpers/large-tree-pair.js';
 import { benchChildEnv, CLI, need, opt, ROOT } from './common.js';
 
 const BENCH = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
 const ENTRIES = Number(process.env.LARGE_ENTRIES ?? 1_000_000);
-const FILE_BYTES = Number(process.env.LARGE_FILE_BYTES ?? 600);
-const BLOCK = Number(process.env.LARGE_BLOCK_SIZE ?? 4096);
 const RUNS = Number(opt('--runs') ?? 2);
 const ONLY = opt('--only')?.split(',');
 const MEMORY = opt('--memory');
@@ -50,19 +47,15 @@ function line(o: Record<string, unknown>): void {
 }
 
 /** The image, made once. */
-function setup(): string {
+async function setup(): Promise<string> {
   mkdirSync(BENCH, { recursive: true });
   const given = opt('--image');
   if (given) return path.resolve(given);
-  const image = path.join(BENCH, `large-ext4-e${ENTRIES}-b${BLOCK}-c${FILE_BYTES}-v1.img`);
-  if (!existsSync(image)) {
-    need('mkfs.ext4', 'e2fsprogs');
-    log(`generating ${ENTRIES} entries and mkfs.ext4 -d (once) into ${image}`);
-    const t0 = Date.now();
-    makeLargeExt4(`${image}.tmp`, { entries: ENTRIES, maxFileBytes: FILE_BYTES, blockSize: BLOCK });
-    renameSync(`${image}.tmp`, image);
-    log(`made in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  }
+  need('mkfs.ext4', 'e2fsprogs');
+  log(`the ${ENTRIES}-entry tree on ext4 (made once, into the fixture cache)`);
+  const t0 = Date.now();
+  const image = await largeTreeImage(ENTRIES);
+  log(`ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return image;
 }
 
@@ -196,13 +189,11 @@ async function main(): Promise<void> {
   need('/usr/bin/time', 'time');
   need('fls', 'sleuthkit');
   need('debugfs', 'e2fsprogs');
-  const image = setup();
+  const image = await setup();
   const st = statSync(image);
   line({
     bench: 'large',
-    entries: ENTRIES,
-    blockSize: BLOCK,
-    fileBytes: FILE_BYTES,
+    entries: opt('--image') ? null : ENTRIES,
     image,
     imageBytes: st.size,
     imageRealBytes: st.blocks * 512,

@@ -784,7 +784,7 @@ export async function cutImage(
 /** Check `image` in as a new version of `opts.name`. */
 export async function checkin(lib: Library, image: string, opts: CheckinOptions): Promise<CheckinResult> {
   checkChunkSizes(opts.fileChunkSize ?? FILE_CHUNK, opts.diskChunkSize ?? DISK_CHUNK);
-  checkMemoryBytes(opts.memoryBytes);
+  const memoryBytes = checkMemoryBytes(opts.memoryBytes);
   const { checkImageName, checkTag } = await import('../catalog/catalog.js');
   checkImageName(opts.name);
   for (const t of opts.tags ?? []) checkTag(t);
@@ -828,6 +828,8 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       if (v) parents.splice(0, parents.length, { image: v.image, number: v.number });
     }
     try {
+      // the store's write buffers (~100 MiB at the default budget) shrink with a small one
+      lib.store.setWriteBudget(memoryBytes);
       const cut = await cutImage(img, image, lib.store, opts);
       const { layout, warnings, usedBytes } = cut;
       const m = await lib.store.put('tree', encodeManifest(layout));

@@ -32,17 +32,43 @@ const PACK_TARGET_PLAIN = 3 * PACK_TARGET;
 const COMPRESSING_BYTES = 32 * 1024 * 1024;
 /** Blobs of at least this many bytes get a frame of their own. */
 export const SOLO_BLOB = 1024 * 1024;
-/** Plain bytes of a shared frame at most. */
+/** Plain bytes of a shared frame at most (with a budget of WRITE_BUDGET_FULL or more). */
 export const FRAME_BYTES = 8 * 1024 * 1024;
 /** Blobs alone in their frame (1 MiB chunks, manifests): bench/README.md (checkin) has the measurements. */
 const ZSTD_LEVEL = 5;
 /** Shared frames: see the measurements in bench/README.md (checkin). */
 const FRAME_LEVEL = 5;
-/** ... with a match window as large as the frame (2^23 = FRAME_BYTES). */
+/** ... with a match window as large as the largest frame (2^23 = FRAME_BYTES; zstd narrows it to a smaller input). */
 const FRAME_WINDOW_LOG = 23;
 /** Blobs up to this size are compressed straight into the pack arena; larger ones get their own buffer. */
 const ARENA_BLOB = Math.max(4 * 1024 * 1024, FRAME_BYTES);
 const ARENA_BYTES = PACK_TARGET + compressBound(ARENA_BLOB);
+
+/**
+ * The write buffers' sizes. At a memory budget of WRITE_BUDGET_FULL (the default 256 MiB) or
+ * more they are the sizes above, measured for speed (bench:checkin); a smaller budget
+ * (`--memory 64M`) scales the pack cut, the bytes on the zstd thread and the shared frame
+ * down with it (to 1/8 at most: a 1 MiB frame, 4 MiB compressing, 6 MiB of plain frames per
+ * pack), since together they are ~100 MiB that would otherwise not move with the flag.
+ * Frames and packs are then smaller (a little less compression across small files); what is
+ * stored, blob for blob, is the same.
+ */
+export interface WriteLimits {
+  frameBytes: number;
+  compressingBytes: number;
+  packTargetPlain: number;
+}
+export const WRITE_BUDGET_FULL = 256 * 1024 * 1024;
+
+export function writeLimits(budgetBytes: number): WriteLimits {
+  const scale = Math.max(1 / 8, Math.min(1, budgetBytes / WRITE_BUDGET_FULL));
+  const mib = (n: number) => Math.max(1, Math.round((n * scale) / 2 ** 20)) * 2 ** 20;
+  return {
+    frameBytes: Math.max(SOLO_BLOB, mib(FRAME_BYTES)),
+    compressingBytes: mib(COMPRESSING_BYTES),
+    packTargetPlain: mib(PACK_TARGET_PLAIN),
+  };
+}
 
 interface BlobRef {
   digest: string;
@@ -95,6 +121,7 @@ export class Packer {
   private readonly compressing: Frame[] = [];
   private compressingBytes = 0;
   private readonly unflushed = new Map<string, UnflushedBlob>();
+  private limits: WriteLimits = writeLimits(WRITE_BUDGET_FULL);
   private flushing: Promise<void> = Promise.resolve();
   private flushError?: unknown;
 
@@ -111,6 +138,11 @@ export class Packer {
 
   private get name(): string {
     return this.backend.name;
+  }
+
+  /** Size the write buffers for a memory budget (see writeLimits); takes effect from the next frame. */
+  setBudget(bytes: number): void {
+    this.limits = writeLimits(bytes);
   }
 
   has(digest: string): boolean {
@@ -148,7 +180,7 @@ export class Packer {
         const f: Frame = { blobs: [ref], buf: copy, used: plain.length, flags: 0, offset: 0 };
         this.unflushed.set(digest, { frame: f, ref });
         await this.compressAway(f, ZSTD_LEVEL);
-        if (this.pendingBytes >= PACK_TARGET_PLAIN) await this.startFlush();
+        if (this.pendingBytes >= this.limits.packTargetPlain) await this.startFlush();
         return { digest, added: true };
       }
       const { enc, flags } = await this.encode(plain, ZSTD_LEVEL);
@@ -159,10 +191,11 @@ export class Packer {
       this.pendingBytes += enc.length;
       this.unflushed.set(digest, { frame: f, ref });
     } else {
-      while (this.frame && this.frame.used + plain.length > FRAME_BYTES) await this.closeFrame();
+      const frameBytes = this.limits.frameBytes;
+      while (this.frame && this.frame.used + plain.length > frameBytes) await this.closeFrame();
       if (this.has(digest)) return { digest, added: false };
       if (!this.frame) {
-        const buf = this.offloader() ? this.sharedPool.take(FRAME_BYTES) : this.pool.take(FRAME_BYTES);
+        const buf = this.offloader() ? this.sharedPool.take(frameBytes) : this.pool.take(frameBytes);
         this.frame = { blobs: [], buf, used: 0, flags: 0, offset: 0 };
       }
       const f = this.frame;
@@ -172,7 +205,7 @@ export class Packer {
       f.used += plain.length;
       this.unflushed.set(digest, { frame: f, ref });
     }
-    if (this.pendingBytes >= (this.offload ? PACK_TARGET_PLAIN : PACK_TARGET)) await this.startFlush();
+    if (this.pendingBytes >= (this.offload ? this.limits.packTargetPlain : PACK_TARGET)) await this.startFlush();
     return { digest, added: true };
   }
 
@@ -218,7 +251,7 @@ export class Packer {
 
   /**
    * Queue frame `f` (its plain bytes in `f.buf`, shared memory) for the next pack and hand it
-   * to the zstd thread. At most COMPRESSING_BYTES wait there: beyond, wait for the oldest.
+   * to the zstd thread. At most limits.compressingBytes wait there: beyond, wait for the oldest.
    * `f.buf` stays readable (unflushed reads) until `enc` is set; then it returns to the pool.
    */
   private async compressAway(f: Frame, level: number, windowLog?: number): Promise<void> {
@@ -241,7 +274,7 @@ export class Packer {
     this.pendingBytes += f.used;
     this.compressing.push(f);
     this.compressingBytes += f.used;
-    while (this.compressingBytes > COMPRESSING_BYTES) {
+    while (this.compressingBytes > this.limits.compressingBytes) {
       const oldest = this.compressing.shift() as Frame;
       this.compressingBytes -= oldest.used;
       await oldest.encP?.catch(() => {});

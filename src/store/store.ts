@@ -88,6 +88,11 @@ export class Store {
     return this.backend.name;
   }
 
+  /** Size the write side's buffers (frames, the zstd thread's queue, the pack cut) for a memory budget. */
+  setWriteBudget(bytes: number): void {
+    this.packer.setBudget(bytes);
+  }
+
   /** Re-read every index file (after another process wrote some). */
   async loadIndex(): Promise<void> {
     await this.ix.load();

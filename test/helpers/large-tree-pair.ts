@@ -1,28 +1,48 @@
-import { createHash } from 'node:crypto';
+import { createCipheriv, createHash } from 'node:crypto';
 import { existsSync, linkSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fixture, run } from './tools.js';
 
 /**
- * Large generated trees for the bounded-memory tests and benchmarks (issue 22): `entries`
- * paths (directories, small files of real-ish shapes, a few larger ones, duplicates,
- * symlinks, hard links) put on ext4 by `mkfs.ext4 -d`. The "changed" variant is the same
- * tree with 1% of its files edited, removed or added (no directory added or removed, so a
- * kernel-side `rsync -rcn --delete` lists exactly the files that differ).
+ * The large generated tree of the bounded-memory tests and of bench/large and
+ * bench/large-store (issue 22; the one generator, the /usr-shaped one of
+ * test/helpers/large-tree.ts having been folded into this): `entries` paths (directories of
+ * 100 entries under 97 package directories, small files of real-ish shapes, a few larger
+ * ones, duplicates, symlinks, hard links) put on ext4 by `mkfs.ext4 -d`. It depends on
+ * nothing of the machine it is made on (the same bytes everywhere). The "changed" variant is
+ * the same tree with 1% of its files edited, removed or added (no directory added or
+ * removed, so a kernel-side `rsync -rcn --delete` lists exactly the files that differ).
  */
-const VERSION = 'v2';
+const VERSION = 'v3';
 const FILES_PER_DIR = 100;
 const T = 1_700_000_000;
 
 const h = (s: string) => createHash('sha256').update(s).digest();
 
+/**
+ * `n` bytes that only `seed` decides: the AES-128-CTR keystream under a key hashed from it
+ * (v2 hashed every 32 bytes with sha256, ~100 times slower: a 1,000,000-entry tree took most
+ * of an hour to write on a loaded 2-core machine). Half the files text-like (compressible).
+ */
+const ZEROS = Buffer.alloc(1 << 16);
 function body(seed: string, n: number): Buffer {
-  const out = Buffer.alloc(n);
-  let i = 0;
-  for (let o = 0; o < n; o += 32) h(`${seed}:${i++}`).copy(out, o, 0, Math.min(32, n - o));
-  // half the files text-like (compressible): map to letters
-  if (h(seed)[0] & 1) for (let k = 0; k < n; k++) out[k] = 97 + (out[k] % 16);
+  const key = h(seed);
+  const c = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32));
+  const parts: Buffer[] = [];
+  for (let left = n; left > 0; left -= ZEROS.length)
+    parts.push(c.update(ZEROS.subarray(0, Math.min(left, ZEROS.length))));
+  const out = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  if (key[0] & 1) for (let k = 0; k < n; k++) out[k] = 97 + (out[k] % 16);
   return out;
+}
+
+/** The fixed mtime (seconds) of the tree's directories and of every file's base (`T + i % 100000`). */
+export const LARGE_TREE_TIME = T;
+
+/** How many paths below the root the base tree holds (its `entries` and the package directories; mkfs's /lost+found not counted). */
+export function largeTreePaths(entries: number): number {
+  const dirs = Math.max(1, Math.ceil(entries / (FILES_PER_DIR + 1)));
+  return entries + Math.min(dirs, 97);
 }
 
 /** Which change (if any) file `i` gets in the changed variant: 1 in 100 files. */
