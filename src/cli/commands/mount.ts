@@ -68,6 +68,19 @@ interface UpperMeta {
   version?: { library: string; ref: string };
 }
 
+/** A writable mount's server: `strata commit` asks (SIGUSR2) for the state as of now. */
+function answerCommits(m: { upper?: string; save?: (nonce?: string) => void }): void {
+  const { upper, save } = m;
+  if (!save || !upper) return;
+  process.on('SIGUSR2', () => {
+    try {
+      save(readFileSync(path.join(upper, 'commit-request'), 'utf8').trim());
+    } catch (e) {
+      warn(`saving the upper layer state: ${(e as Error).message}`);
+    }
+  });
+}
+
 /** Until SIGINT/SIGTERM or the kernel ends the mount (someone ran umount): which one. */
 function served(session: FuseSession): Promise<string> {
   return new Promise((resolve) => {
@@ -396,17 +409,8 @@ export function registerMountCommands(program: Command): void {
       process.send?.({ error: (e as Error).message });
       throw e;
     }
-    const { session, upper, save } = m;
-    if (save && upper) {
-      // `strata commit` asks for the state as of now
-      process.on('SIGUSR2', () => {
-        try {
-          save(readFileSync(path.join(upper, 'commit-request'), 'utf8').trim());
-        } catch (e) {
-          warn(`saving the upper layer state: ${(e as Error).message}`);
-        }
-      });
-    }
+    const { session, upper } = m;
+    answerCommits(m);
     if (process.send) {
       process.send({ ready: session.mountpoint, upper });
       process.disconnect?.();
@@ -475,13 +479,25 @@ export function registerMountCommands(program: Command): void {
       .option('--virtiofsd <path>', 'virtiofsd program', '/usr/lib/qemu/virtiofsd')
       .option('--memory <size>', 'guest memory size, for the printed qemu arguments', '1G')
       .option('--cache-size <size>', 'block cache for file reads (default 64M)')
+      .option(
+        '--rw',
+        "writable: the guest's changes go to an upper folder (as mount --rw); strata commit UPPER makes them a version",
+      )
+      .option(
+        '--upper <dir>',
+        'with --rw: the upper folder (default: a fresh private folder under the temporary directory)',
+      )
+      .option('--max-size <size>', 'with --rw: the most bytes the upper folder may hold (ENOSPC past it)')
       .option('--json', 'print the qemu arguments as JSON'),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const own = o.mountpoint === undefined;
     const mnt = own ? mkdtempSync(path.join(tmpdir(), 'strata-virtiofs-')) : String(o.mountpoint);
     let session: FuseSession | undefined;
     try {
-      session = (await mountTarget(image, mnt, o)).session;
+      const m = await mountTarget(image, mnt, o);
+      session = m.session;
+      const upper = m.upper;
+      answerCommits(m);
       const socket = path.resolve(String(o.socket));
       const daemon = spawn(
         String(o.virtiofsd),
@@ -504,11 +520,12 @@ export function registerMountCommands(program: Command): void {
         '-m',
         String(o.memory),
       ];
-      if (o.json) printJson({ socket, tag: o.tag, mountpoint: session.mountpoint, qemu });
+      if (o.json) printJson({ socket, tag: o.tag, mountpoint: session.mountpoint, readOnly: !upper, upper, qemu });
       else {
-        process.stdout.write(`virtiofsd on ${socket} serves ${image} (read-only) as tag ${o.tag}\n`);
+        process.stdout.write(`virtiofsd on ${socket} serves ${image} (${how(upper)}) as tag ${o.tag}\n`);
         process.stdout.write(`qemu arguments: ${qemu.join(' ')}\n`);
-        process.stdout.write(`guest root on it: rootfstype=virtiofs root=${o.tag}\n`);
+        process.stdout.write(`guest root on it: rootfstype=virtiofs root=${o.tag}${upper ? ' rw' : ''}\n`);
+        if (upper) process.stdout.write(`once the guest is done: strata commit ${upper}\n`);
       }
       const why = await Promise.race([served(session), exited]);
       if (!why.startsWith('virtiofsd')) daemon.kill('SIGTERM');
