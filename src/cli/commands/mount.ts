@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync,
   mkdirSync,
@@ -11,6 +10,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { createRequire } from 'node:module';
 import { homedir, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
@@ -56,7 +56,11 @@ function defaultChunkCache(): string {
 const how = (upper: string | undefined) => (upper ? `writable; upper layer ${upper}` : 'read-only');
 
 /** Where a writable mount's upper folder is noted, by mount point (for `strata commit MOUNTPOINT`). */
-function registryFile(mountpoint: string): string {
+/** node:crypto when needed (a read-only mount never does: it is not loaded at start-up). */
+const crypto = () => createRequire(import.meta.url)('node:crypto') as typeof import('node:crypto');
+
+async function registryFile(mountpoint: string): Promise<string> {
+  const { createHash } = crypto();
   const id = createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 24);
   return path.join(tmpdir(), 'strata-mounts', `${id}.json`);
 }
@@ -189,7 +193,7 @@ async function mountTarget(
             : undefined,
       };
       writeFileSync(path.join(upper, 'meta.json'), `${JSON.stringify(meta, null, 2)}\n`);
-      const reg = registryFile(mountpoint);
+      const reg = await registryFile(mountpoint);
       mkdirSync(path.dirname(reg), { recursive: true });
       writeFileSync(reg, JSON.stringify({ upper, mountpoint: meta.mountpoint }));
     } catch (e) {
@@ -208,7 +212,7 @@ async function mountTarget(
 }
 
 /** The upper folder of `dir`: itself (it holds meta.json), or the one a writable mount at `dir` noted. */
-function upperOf(dir: string): string {
+async function upperOf(dir: string): Promise<string> {
   if (existsSync(path.join(dir, 'meta.json')) && existsSync(path.join(dir, 'data'))) return path.resolve(dir);
   let real = path.resolve(dir);
   try {
@@ -218,7 +222,7 @@ function upperOf(dir: string): string {
   }
   for (const p of [real, path.resolve(dir)]) {
     try {
-      const r = JSON.parse(readFileSync(registryFile(p), 'utf8')) as { upper: string };
+      const r = JSON.parse(readFileSync(await registryFile(p), 'utf8')) as { upper: string };
       if (existsSync(path.join(r.upper, 'meta.json'))) return r.upper;
     } catch {
       // not noted under this name
@@ -253,6 +257,7 @@ async function currentState(upper: string): Promise<{ state: unknown; live: bool
     }
   };
   if (alive(meta.pid) && meta.pid !== process.pid) {
+    const { randomBytes } = crypto();
     const nonce = randomBytes(12).toString('hex');
     writeFileSync(path.join(upper, 'commit-request'), nonce);
     process.kill(meta.pid, 'SIGUSR2');
@@ -554,7 +559,7 @@ export function registerMountCommands(program: Command): void {
     )
     .option('--json', 'print JSON')
     .action(async (dir: string, o: Record<string, unknown>) => {
-      await commitUpper(upperOf(dir), o);
+      await commitUpper(await upperOf(dir), o);
     });
 
   program
@@ -568,7 +573,7 @@ export function registerMountCommands(program: Command): void {
     .option('--work-dir <dir>', 'with --commit: where the temporary disk is written')
     .option('--json', 'with --commit: print the commit as JSON')
     .action(async (mountpoint: string, o: Record<string, unknown>) => {
-      if (o.commit) await commitUpper(upperOf(mountpoint), o);
+      if (o.commit) await commitUpper(await upperOf(mountpoint), o);
       else if (o.message !== undefined || o.name !== undefined || o.json) {
         throw new StrataError('USAGE', '--message, --name and --json go with --commit');
       }
