@@ -36,6 +36,7 @@ import { checkin } from '../src/library/checkin.js';
 import { Library } from '../src/library/library.js';
 import { zstdCompress } from '../src/util/zstd.js';
 import { benchBaseImage, benchChildEnv, benchDerivedImage, CLI, need, opt, ROOT, sh } from './common.js';
+import { CORPUS_NAMES, corpus } from './corpora.js';
 
 const BENCH = process.env.STRATA_BENCH ?? path.join(ROOT, '.cache', 'bench');
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-checkin';
@@ -197,11 +198,80 @@ async function crossFs(): Promise<void> {
   rmSync(OUT, { recursive: true, force: true });
 }
 
+/**
+ * --corpora [NAMES] (issue 26): each corpus of bench/corpora.ts (default all, else a comma list)
+ * checked in, image after image, into a fresh library, and `casync make` of the same images into a
+ * fresh store; per corpus the bytes stored by each (du -sb), Strata's over casync's, and the
+ * check-in seconds of each. The last line sums up the ratios.
+ */
+async function corporaMode(): Promise<void> {
+  const arg = opt('--corpora');
+  const names = arg && !arg.startsWith('--') ? arg.split(',') : CORPUS_NAMES;
+  const corpora = names.map((n) => corpus(n, BENCH, log));
+  const rows: Array<Record<string, unknown>> = [];
+  for (const c of corpora) {
+    rmSync(OUT, { recursive: true, force: true });
+    mkdirSync(OUT, { recursive: true });
+    const lib = path.join(OUT, 'strata-lib');
+    const store = path.join(OUT, 'casync-store');
+    let strataS = 0;
+    let casyncS = 0;
+    let strataCpu = 0;
+    let casyncCpu = 0;
+    const strataNew: number[] = [];
+    const casyncNew: number[] = [];
+    for (const [i, image] of c.images.entries()) {
+      log(`${c.name}: ${path.basename(image)}`);
+      const before = i === 0 ? 0 : duBytes(path.join(lib, 'store'));
+      const s = await timed(process.execPath, [CLI, 'checkin', image, '--name', c.name, '--library', lib, '--json']);
+      strataNew.push(duBytes(path.join(lib, 'store')) - before);
+      const cBefore = i === 0 ? 0 : duBytes(store);
+      const k = await timed('casync', [
+        'make',
+        '--compression=zstd',
+        `--store=${store}`,
+        path.join(OUT, `${i}.caibx`),
+        image,
+      ]);
+      casyncNew.push(duBytes(store) - cBefore);
+      strataS += s.s;
+      casyncS += k.s;
+      strataCpu += s.cpuS;
+      casyncCpu += k.cpuS;
+    }
+    const ours = duBytes(path.join(lib, 'store'));
+    const theirs = duBytes(store);
+    const row = {
+      corpus: c.name,
+      images: c.images.map((i) => path.basename(i)),
+      strataBytes: ours,
+      casyncBytes: theirs,
+      ratio: round(ours / theirs, 3),
+      strataNewBytes: strataNew,
+      casyncNewBytes: casyncNew,
+      strataSeconds: round(strataS, 2),
+      casyncSeconds: round(casyncS, 2),
+      speedStrataOverCasync: round(casyncS / strataS, 2),
+      cpuStrataOverCasync: round(casyncCpu / strataCpu, 2),
+      loadavg1: round(loadavg()[0], 2),
+    };
+    rows.push(row);
+    process.stdout.write(`${JSON.stringify(row)}\n`);
+  }
+  const ratios = Object.fromEntries(rows.map((r) => [r.corpus, r.ratio]));
+  const worst = Math.max(...rows.map((r) => r.ratio as number));
+  process.stdout.write(
+    `${JSON.stringify({ bench: 'checkin --corpora', ratios, worstRatio: worst, allAtMost0_8: worst <= 0.8 })}\n`,
+  );
+  rmSync(OUT, { recursive: true, force: true });
+}
+
 async function main(): Promise<void> {
   const env = benchChildEnv();
   console.log(JSON.stringify(env));
   need('casync', 'casync');
   if (process.argv.includes('--cross-fs')) return crossFs();
+  if (process.argv.includes('--corpora')) return corporaMode();
   const base = opt('--base') ?? benchBaseImage(BENCH, log);
   const derived = opt('--derived') ?? benchDerivedImage(BENCH, log);
   rmSync(OUT, { recursive: true, force: true });

@@ -5,10 +5,13 @@
 import { spawnSync } from 'node:child_process';
 import {
   appendFileSync,
+  closeSync,
   existsSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readSync,
   realpathSync,
   renameSync,
   rmSync,
@@ -185,4 +188,41 @@ export function benchBaseImage(bench: string, log: (m: string) => void): string 
 /** The derived image: the derived tree (packages added, files changed) as 1200 MiB ext4. */
 export function benchDerivedImage(bench: string, log: (m: string) => void): string {
   return ext4Image(bench, benchDerivedRootfs(bench, log), `checkin-derived-v1-${PAIR_IMAGE_MIB}m.ext4`, log);
+}
+
+const DIFF_BLOCK = 4096;
+
+/**
+ * Bytes in 4 KiB blocks that differ between two disks, and of those the ones that are not
+ * all zeros in `b` (what a differential deploy writes: a block the edit freed reads as
+ * zeros in a checkout, free space being restored as zeros, but is free on the target).
+ * bench/edit.ts and bench/rebase.ts compare a new version's disk with its parent's.
+ */
+export function differing(a: string, b: string): { all: number; written: number } {
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  const W = 8 * 1024 * 1024;
+  const ba = Buffer.alloc(W);
+  const bb = Buffer.alloc(W);
+  const zero = Buffer.alloc(DIFF_BLOCK);
+  let n = 0;
+  let w = 0;
+  try {
+    for (let off = 0; ; off += W) {
+      const ra = readSync(fa, ba, 0, W, off);
+      const rb = readSync(fb, bb, 0, W, off);
+      if (ra === 0 && rb === 0) break;
+      const m = Math.max(ra, rb);
+      for (let o = 0; o < m; o += DIFF_BLOCK) {
+        const x = bb.subarray(o, o + DIFF_BLOCK);
+        if (ba.subarray(o, o + DIFF_BLOCK).equals(x)) continue;
+        n++;
+        if (!x.equals(zero)) w++;
+      }
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+  return { all: n * DIFF_BLOCK, written: w * DIFF_BLOCK };
 }

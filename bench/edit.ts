@@ -14,16 +14,15 @@
  * Options: --out DIR (default /dev/shm/strata-bench-edit), --no-guestfish.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { checkin } from '../src/library/checkin.js';
 import { checkout } from '../src/library/checkout.js';
 import { applyChanges } from '../src/library/edit/apply.js';
 import type { Change } from '../src/library/edit/changes.js';
 import { Library } from '../src/library/library.js';
-import { benchChildEnv, opt } from './common.js';
+import { benchChildEnv, differing, opt } from './common.js';
 
-const BLOCK = 4096;
 const FILES = 2000;
 const EDITED = 100;
 const EDIT_BYTES = 64 * 1024;
@@ -43,40 +42,6 @@ function bytes(seed: number, n: number): Buffer {
 
 const sizeOf = (i: number) => 1024 + ((i * 7919) % 256) * 1024;
 const rel = (i: number) => `d${i % 40}/f${i}`;
-
-/**
- * Bytes in 4 KiB blocks that differ between two disks, and of those the ones that are not
- * all zeros in `b` (what a differential deploy writes: a block the edit freed reads as
- * zeros in a checkout, free space being restored as zeros, but is free on the target).
- */
-function differing(a: string, b: string): { all: number; written: number } {
-  const fa = openSync(a, 'r');
-  const fb = openSync(b, 'r');
-  const W = 8 * 1024 * 1024;
-  const ba = Buffer.alloc(W);
-  const bb = Buffer.alloc(W);
-  const zero = Buffer.alloc(BLOCK);
-  let n = 0;
-  let w = 0;
-  try {
-    for (let off = 0; ; off += W) {
-      const ra = readSync(fa, ba, 0, W, off);
-      const rb = readSync(fb, bb, 0, W, off);
-      if (ra === 0 && rb === 0) break;
-      const m = Math.max(ra, rb);
-      for (let o = 0; o < m; o += BLOCK) {
-        const x = bb.subarray(o, o + BLOCK);
-        if (ba.subarray(o, o + BLOCK).equals(x)) continue;
-        n++;
-        if (!x.equals(zero)) w++;
-      }
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-  return { all: n * BLOCK, written: w * BLOCK };
-}
 
 async function main() {
   const env = benchChildEnv();

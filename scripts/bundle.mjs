@@ -143,9 +143,19 @@ await build({
   outfile: path.join(out, 'strata-main.cjs'),
   plugins: [lazyChildProcess, lazySurface],
 });
-// src/cli/launch.ts compiles the bundle through vm.Script on Node 20, where import() cannot work.
-if (/(^|[^\w$.])import\(/.test(readFileSync(path.join(out, 'strata-main.cjs'), 'utf8'))) {
-  throw new Error('dist/cli/strata-main.cjs has an import(): load that module with a static import or require');
+// convert, info and map alone (src/cli/image-main.ts; launch.ts runs it for those verbs): a
+// fraction of the whole CLI to parse on every short convert (issue 26).
+await build({
+  ...cjs,
+  entryPoints: [path.join(root, 'src', 'cli', 'image-main.ts')],
+  outfile: path.join(out, 'strata-image.cjs'),
+  plugins: [lazyChildProcess, lazySurface],
+});
+// src/cli/launch.ts compiles the bundles through vm.Script on Node 20, where import() cannot work.
+for (const f of ['strata-main.cjs', 'strata-image.cjs']) {
+  if (/(^|[^\w$.])import\(/.test(readFileSync(path.join(out, f), 'utf8'))) {
+    throw new Error(`dist/cli/${f} has an import(): load that module with a static import or require`);
+  }
 }
 await build({
   ...cjs,

@@ -38,6 +38,8 @@ const CLI_MAY_IMPORT = [
   'src/serve/index.ts',
   'src/deploy/index.ts',
   'src/analytics/index.ts',
+  // the launcher's V8 code cache: one loader for the CLI bundle and the store's bundled SDK
+  'src/util/code-cache.ts',
 ];
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -63,12 +63,18 @@ export async function callAll(path, query = {}, limit = 1000, parallel = 4) {
 export const enc = encodeURIComponent;
 export const vpath = (name, v) => `/v1/images/${enc(name)}/versions/${enc(v)}`;
 
-/** Run `load` whenever `deps` change: { value, error, loading }. */
-export function useApi(load, deps) {
+/**
+ * Run `load` whenever `deps` change: { value, error, loading }. With `keep`, the last value
+ * stays while the next one loads (a page refreshed after an action keeps its forms, and
+ * what the user is typing in them, instead of going blank and coming back empty).
+ */
+export function useApi(load, deps, { keep = false } = {}) {
   const [state, setState] = useState({ value: undefined, error: undefined, loading: true });
   useEffect(() => {
     let live = true;
-    setState({ value: undefined, error: undefined, loading: true });
+    setState((s) =>
+      keep && s.value !== undefined ? { ...s, loading: true } : { value: undefined, error: undefined, loading: true },
+    );
     load().then(
       (value) => live && setState({ value, error: undefined, loading: false }),
       (error) => live && setState({ value: undefined, error, loading: false }),

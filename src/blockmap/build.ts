@@ -161,7 +161,7 @@ async function claimFileSystem(
 }
 
 function claimExtent(put: Put, bs: number, ino: number, name: string, kind: Kind, e: FileExtent): void {
-  if (e.inline) return;
+  if (e.inline || e.device !== undefined) return; // inside metadata, or on another device
   let len = e.diskLength ?? e.length;
   if (!e.encoded) len = Math.ceil(len / bs) * bs;
   put(e.volumeOffset, len, kind, { ino, name, objectOffset: e.fileOffset, shared: e.shared });

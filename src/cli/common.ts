@@ -31,7 +31,13 @@ export function addAddressOptions(cmd: Command): Command {
       cmd
         .option('--part <n>', 'partition id as `strata parts` shows it (1-4 primary, 5+ logical, GPT index)')
         .option('--lv <vg/lv>', 'LVM logical volume')
-        .option('--subvol <name|id>', SUBVOL_HELP),
+        .option('--subvol <name|id>', SUBVOL_HELP)
+        .option(
+          '--device <file>',
+          'another device of a btrfs file system over several (RAID): its image; repeat for each',
+          collect,
+          [],
+        ),
     ),
   );
 }
@@ -45,6 +51,7 @@ export function addressFrom(o: Record<string, unknown>): Address {
   if (typeof o.part === 'string') addr.part = o.part;
   if (typeof o.lv === 'string') addr.lv = o.lv;
   if (typeof o.subvol === 'string') addr.subvol = o.subvol;
+  if (Array.isArray(o.device) && o.device.length > 0) addr.devices = o.device.map(String);
   return addr;
 }
 

@@ -60,10 +60,15 @@ export async function openFileSystem(volume: ByteSource, options: FsOpenOptions 
   const head = await volume.read(0, Math.min(volume.size, PROBE_BYTES));
   for (const d of FS_DRIVERS) {
     if (!d.probe(head, volume.size)) continue;
-    const given = (Object.keys(options) as Array<keyof FsOpenOptions>).filter((k) => options[k] !== undefined);
+    const given = (Object.keys(options) as Array<keyof FsOpenOptions>).filter(
+      (k) => options[k] !== undefined && !(k === 'devices' && options.devices?.length === 0),
+    );
     const foreign = given.filter((k) => !d.options?.includes(k));
     if (foreign.length > 0) {
-      throw new StrataError('USAGE', `--${foreign[0]} does not apply to ${d.kind} (it names a btrfs subvolume)`, {
+      const what = foreign[0] === 'devices' ? 'device' : foreign[0];
+      const why =
+        foreign[0] === 'devices' ? 'it names another device of a btrfs file system' : 'it names a btrfs subvolume';
+      throw new StrataError('USAGE', `--${what} does not apply to ${d.kind} (${why})`, {
         file: volume.name,
       });
     }

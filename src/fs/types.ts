@@ -53,6 +53,9 @@ export interface DirEntry {
  * - `inline`: the data lives inside metadata (ext4 inline_data, NTFS resident); volumeOffset
  *   points at the bytes inside the metadata structure when known.
  * - `shared`: other files (reflinks, snapshots) may map the same disk bytes.
+ * - `device`: (a file system over several devices, btrfs RAID) the bytes are not on this
+ *   volume but on the device with this id, at `volumeOffset` there; read them through
+ *   `read()`. Block maps, check-in and extract leave such an extent's volume range alone.
  * Holes are simply absent.
  */
 export interface FileExtent {
@@ -64,6 +67,7 @@ export interface FileExtent {
   unwritten?: boolean;
   inline?: boolean;
   shared?: boolean;
+  device?: number;
 }
 
 /** A byte range of the volume and what owns it. */
@@ -157,9 +161,14 @@ export interface SubvolumeInfo {
   current: boolean;
 }
 
-/** How a file system is opened: `subvol` names the btrfs subvolume to present as `/` (path or id). */
+/**
+ * How a file system is opened: `subvol` names the btrfs subvolume to present as `/` (path or
+ * id); `devices` are the other devices of a file system over several (btrfs RAID: the volume
+ * opened is one of them, these the rest, in any order).
+ */
 export interface FsOpenOptions {
   subvol?: string;
+  devices?: ByteSource[];
 }
 
 /** A file-system driver: detect by content and open. */

@@ -22,6 +22,11 @@ export interface Address {
   lv?: string;
   /** `--subvol NAME|ID`: the btrfs subvolume to present as `/` (else the file system's default). */
   subvol?: string;
+  /**
+   * `--device FILE` (repeatable): the other devices of a file system over several (btrfs
+   * RAID), each an image (file, URL or library version) whose one btrfs volume is used.
+   */
+  devices?: string[];
 }
 
 export interface OpenedDisk {
@@ -86,10 +91,22 @@ export async function openAddress(
   targetOptions: TargetOptions = {},
 ): Promise<OpenedAddress> {
   const disk = await openDisk(image, openOptions, targetOptions);
+  const extra: OpenedDisk[] = [];
+  const closeExtra = async () => {
+    for (const d of extra.splice(0)) await d.close();
+  };
   try {
     let volume: Volume;
     let fs: FileSystem | undefined;
     const fsOptions: FsOpenOptions = addr.subvol !== undefined ? { subvol: addr.subvol } : {};
+    if (addr.devices !== undefined && addr.devices.length > 0) {
+      fsOptions.devices = [];
+      for (const d of addr.devices) {
+        const dd = await openDisk(d, openOptions, targetOptions);
+        extra.push(dd);
+        fsOptions.devices.push(deviceVolume(dd).source);
+      }
+    }
     if (addr.part !== undefined || addr.lv !== undefined) {
       volume = findVolume(disk.volumes, addr);
     } else {
@@ -120,13 +137,28 @@ export async function openAddress(
       warnings: [...disk.warnings, ...opened.warnings],
       close: async () => {
         await opened.close?.();
+        await closeExtra();
         await disk.close();
       },
     };
   } catch (e) {
+    await closeExtra();
     await disk.close();
     throw e;
   }
+}
+
+/** The one btrfs volume of a `--device` image. */
+function deviceVolume(d: OpenedDisk): Volume {
+  const found = d.volumes.filter((v) => v.content === 'btrfs');
+  if (found.length === 1) return found[0];
+  throw new StrataError(
+    'USAGE',
+    found.length === 0
+      ? `--device: no btrfs volume in it (volumes: ${d.volumes.map(describe).join(', ') || 'none'})`
+      : `--device: ${found.length} btrfs volumes in it; give an image of one device`,
+    { file: d.name },
+  );
 }
 
 /** "1 (Linux filesystem, 32.0 MiB, ext4)" */

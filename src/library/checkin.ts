@@ -221,7 +221,8 @@ interface FsWindow {
   base: number;
 }
 
-const isPlain = (e: FileExtent) => !e.unwritten && !e.inline && !e.encoded && e.diskLength === undefined;
+const isPlain = (e: FileExtent) =>
+  !e.unwritten && !e.inline && !e.encoded && e.diskLength === undefined && e.device === undefined;
 
 /** A regular file to cut: its extents (by file offset), read once before cutting. */
 interface FileJob {

@@ -89,13 +89,17 @@ export { type LogOptions, type LogStep, versionLog } from './edit/log.js';
 export {
   type ApplyChanges,
   type Conflict,
+  conflictLine,
   type MergedFile,
   type PlanInput,
   parseResolutions,
   planRebase,
+  type RebaseJson,
   type RebaseOptions,
   type RebasePlan,
   type RebaseResult,
+  rebaseJson,
+  rebaseText,
   rebaseVersion,
   type Take,
 } from './edit/rebase.js';

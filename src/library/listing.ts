@@ -315,6 +315,7 @@ export function extentFlags(e: FileExtent): string[] {
   if (e.inline) f.push('inline');
   if (e.shared) f.push('shared');
   if (e.encoded) f.push(`encoded:${e.encoded}`);
+  if (e.device !== undefined) f.push(`device:${e.device}`);
   return f;
 }
 
@@ -333,7 +334,7 @@ export async function statRecord(
         fileOffset: e.fileOffset,
         length: e.length,
         volumeOffset: e.volumeOffset,
-        diskOffset: diskBase === null || e.inline ? null : diskBase + e.volumeOffset,
+        diskOffset: diskBase === null || e.inline || e.device !== undefined ? null : diskBase + e.volumeOffset,
         flags: extentFlags(e),
       };
       if (e.diskLength !== undefined) x.diskLength = e.diskLength;

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import * as vm from 'node:vm';
 
 /**
- * Require a bundled CommonJS file with V8's code cache, as src/cli/launch.ts loads the CLI:
+ * Require a bundled CommonJS file with V8's code cache (src/cli/launch.ts loads the CLI so):
  * on Node >= 22.1 the process-wide compile cache (launch.ts enables it) already covers a
  * plain require; on Node 20 the file is compiled through vm.Script with cached data kept in
  * the user's cache folder ($XDG_CACHE_HOME/strata or ~/.cache/strata; STRATA_CODE_CACHE
@@ -13,7 +13,8 @@ import * as vm from 'node:vm';
  * file must have no import() (bundle.mjs checks the ones it makes).
  */
 export function requireCached(file: string): unknown {
-  const enabled = (nodeModule as { getCompileCacheDir?: () => string | undefined }).getCompileCacheDir;
+  // Node's own cache, when this process enabled it (Node >= 22.8 says so), covers a plain require
+  const enabled = (nodeModule as { getCompileCacheDir?: () => string | undefined }).getCompileCacheDir?.();
   const req = nodeModule.createRequire(file);
   if (enabled) return req(file);
   let cacheAt: string | undefined;
@@ -32,7 +33,9 @@ export function requireCached(file: string): unknown {
   } catch {
     cached = undefined;
   }
-  const script = new vm.Script(nodeModule.wrap(readFileSync(file, 'utf8')), { filename: file, cachedData: cached });
+  // (a #! line, as the CLI bundle has, is not JavaScript inside the module wrapper)
+  const source = readFileSync(file, 'utf8').replace(/^#!.*/, '');
+  const script = new vm.Script(nodeModule.wrap(source), { filename: file, cachedData: cached });
   if (cacheAt && (!cached || script.cachedDataRejected)) {
     const target = cacheAt;
     process.once('exit', () => save(target, script));

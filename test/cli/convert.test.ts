@@ -157,3 +157,36 @@ test('a progress bar appears on stderr when it is a TTY (script(1) provides one)
   assert.match(stdout, /\d+% \| \d+\/\d+ MiB/);
   await qemuCompare(src, 'raw', out, 'qcow2');
 });
+
+test('convert, info and map run from their own bundle (strata-image.cjs), other verbs from the whole CLI', async () => {
+  const dir = scratch('cli-bundle-choice');
+  mkdirSync(dir, { recursive: true });
+  const img = path.join(dir, 'tiny.raw');
+  writeFileSync(img, Buffer.alloc(1 << 20, 7));
+  /** Which bundle a run loaded: the code cache file it wrote (Node 20) or the module it required (Node >= 22.1). */
+  const loaded = async (args: string[]): Promise<string[]> => {
+    const cache = path.join(dir, `cache-${args[0]}`);
+    const r = await new Promise<Outcome>((resolve, reject) => {
+      const p = spawn(process.execPath, [BIN, ...args], {
+        env: { ...process.env, STRATA_CODE_CACHE: cache, NODE_DEBUG: 'module' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('error', reject);
+      p.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+    assert.equal(r.code, 0, r.stderr.slice(-2000));
+    const names = new Set<string>();
+    for (const m of r.stderr.matchAll(/(strata-(?:image|main))\.cjs/g)) names.add(m[1]);
+    if (existsSync(cache))
+      for (const f of readdirSync(cache)) names.add(/^code-(strata-(?:image|main))-/.exec(f)?.[1] ?? f);
+    return [...names].sort();
+  };
+  assert.deepEqual(await loaded(['convert', '-O', 'raw', img, path.join(dir, 'out.raw')]), ['strata-image']);
+  assert.deepEqual(readFileSync(path.join(dir, 'out.raw')), readFileSync(img));
+  assert.deepEqual(await loaded(['info', img]), ['strata-image']);
+  assert.deepEqual(await loaded(['images', '--help']), ['strata-main']);
+});

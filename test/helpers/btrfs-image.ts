@@ -1,5 +1,15 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import * as path from 'node:path';
 import { bytesOf, extTree, populateMounted, withRwMount } from './ext-tree.js';
 import { fixture, run } from './tools.js';
@@ -168,4 +178,84 @@ export async function fedoraBtrfsFixture(): Promise<string> {
     });
     await run('btrfs', ['check', '--readonly', img]);
   });
+}
+
+/** Loop devices for `files`, the kernel's btrfs mount of them all (device= each), then unmount and detach. */
+export async function withMultiDeviceMount<T>(
+  files: string[],
+  readOnly: boolean,
+  fn: (mnt: string) => T | Promise<T>,
+): Promise<T> {
+  const loops: string[] = [];
+  const mnt = `/tmp/strata-raid-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  try {
+    for (const f of files) loops.push((await run('losetup', ['-f', '--show', ...(readOnly ? ['-r'] : []), f])).trim());
+    mkdirSync(mnt, { recursive: true });
+    const opts = [...(readOnly ? ['ro'] : []), ...loops.map((l) => `device=${l}`)].join(',');
+    await run('mount', ['-t', 'btrfs', '-o', opts, loops[0], mnt]);
+    try {
+      return await fn(mnt);
+    } finally {
+      await run('umount', [mnt]).catch(() => run('umount', ['-l', mnt]));
+    }
+  } finally {
+    rmSync(mnt, { recursive: true, force: true });
+    for (const l of loops) await run('losetup', ['-d', l]).catch(() => undefined);
+  }
+}
+
+/** A small tree with what crosses stripes and devices: big files, compressed files, a subvolume and snapshot. */
+export async function populateRaid(mnt: string): Promise<void> {
+  const w = (p: string, b: string | Buffer) => {
+    mkdirSync(path.dirname(path.join(mnt, p)), { recursive: true });
+    writeFileSync(path.join(mnt, p), b);
+  };
+  w('empty', '');
+  w('tiny', 'inline in a leaf\n');
+  w('etc/hostname', 'raid-host\n');
+  for (const n of [5000, 65_536, 200_000, 1_500_000, 6 * MiB + 123]) w(`files/size-${n}`, bytesOf(`raid-${n}`, n));
+  for (let i = 0; i < 1000; i++) w(`many/entry-${String(i).padStart(4, '0')}`, `entry ${i}\n`);
+  const sparse = path.join(mnt, 'files', 'sparse');
+  writeFileSync(sparse, '');
+  truncateSync(sparse, 40 * MiB);
+  const fd = openSync(sparse, 'r+');
+  writeSync(fd, bytesOf('sparse-a', 300_000), 0, 300_000, 3 * MiB + 5);
+  writeSync(fd, bytesOf('sparse-b', 100_000), 0, 100_000, 39 * MiB);
+  closeSync(fd);
+  symlinkSync('etc/hostname', path.join(mnt, 'link-short'));
+  symlinkSync(`/${'long-target/'.repeat(30)}end`, path.join(mnt, 'link-long'));
+  linkSync(path.join(mnt, 'files', 'size-5000'), path.join(mnt, 'hardlink'));
+  sh('setfattr', ['-n', 'user.raid', '-v', 'mirrored', path.join(mnt, 'tiny')]);
+  sh('mknod', [path.join(mnt, 'char-dev'), 'c', '1', '3']);
+  sh('mkfifo', [path.join(mnt, 'fifo')]);
+  await run('mount', ['-o', 'remount,compress=zstd', mnt]);
+  w('compressed/text', compressible('raid-zstd', 3 * MiB + 777));
+  w('compressed/small', compressible('raid-small', 2000));
+  sh('sync', []);
+  await run('mount', ['-o', 'remount,compress=no', mnt]);
+  sh('cp', ['--reflink=always', path.join(mnt, 'files', 'size-1500000'), path.join(mnt, 'reflinked')]);
+  sh('btrfs', ['subvolume', 'create', path.join(mnt, 'sub')]);
+  w('sub/inside', bytesOf('inside', 300_000));
+  sh('btrfs', ['subvolume', 'snapshot', path.join(mnt, 'sub'), path.join(mnt, 'sub-snap')]);
+  w('sub/after-snapshot', 'written after the snapshot\n');
+  sh('sync', []);
+}
+
+/**
+ * A btrfs file system over `devices` sparse files, data and metadata both `profile`
+ * (mkfs.btrfs -d P -m P), populated through the kernel's mount of all of them. Returns the
+ * device image paths (devid 1, 2, ... in mkfs order).
+ */
+export async function btrfsRaidImages(profile: string, devices: number): Promise<string[]> {
+  const dir = await fixture(`btrfs-raid-${profile}-${devices}-v1`, async (out) => {
+    mkdirSync(out);
+    const files = Array.from({ length: devices }, (_, i) => path.join(out, `dev${i + 1}.img`));
+    for (const f of files) {
+      writeFileSync(f, '');
+      truncateSync(f, 200 * MiB);
+    }
+    await run('mkfs.btrfs', ['-q', '-f', '-L', `raid-${profile}`, '-d', profile, '-m', profile, ...files]);
+    await withMultiDeviceMount(files, false, populateRaid);
+  });
+  return Array.from({ length: devices }, (_, i) => path.join(dir, `dev${i + 1}.img`));
 }

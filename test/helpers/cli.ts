@@ -12,14 +12,18 @@ export interface CliResult {
   stdoutBytes: Buffer;
 }
 
-/** Run the built `strata` CLI as a child process, as a user would. */
-export function strata(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Promise<CliResult> {
+/** Run the built `strata` CLI as a child process, as a user would (`input`: its standard input, else none). */
+export function strata(
+  args: string[],
+  opts: { env?: Record<string, string>; cwd?: string; input?: string } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       cwd: opts.cwd,
       env: { ...process.env, ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] as ['pipe', 'pipe', 'pipe'],
     });
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));

@@ -12,7 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
@@ -20,82 +20,10 @@ import { checkout } from '../../src/library/checkout.js';
 import { rebaseVersion } from '../../src/library/edit/rebase.js';
 import { Library } from '../../src/library/library.js';
 import { strata } from '../helpers/cli.js';
-import { debianTree } from '../helpers/debian-tree.js';
+import { type DebianTrio, debianTrio } from '../helpers/debian-trio.js';
 import { type KernelEntry, treeView } from '../helpers/ext-tree.js';
-import { fixture, run } from '../helpers/tools.js';
+import { run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
-
-interface Trees {
-  base: string;
-  a1: string;
-  b1: string;
-  img: { a0: string; a1: string; b1: string };
-}
-
-/** A .deb built by dpkg-deb from a file list. */
-async function deb(out: string, name: string, version: string, files: Record<string, string>): Promise<string> {
-  const root = path.join(out, `pkg-${name}-${version}`);
-  mkdirSync(path.join(root, 'DEBIAN'), { recursive: true });
-  writeFileSync(
-    path.join(root, 'DEBIAN/control'),
-    `Package: ${name}\nVersion: ${version}\nArchitecture: all\nMaintainer: Strata <strata@example.org>\nDescription: rebase test package\n`,
-  );
-  for (const [p, text] of Object.entries(files)) {
-    mkdirSync(path.join(root, path.dirname(p)), { recursive: true });
-    writeFileSync(path.join(root, p), text, { mode: p.includes('/bin/') ? 0o755 : 0o644 });
-  }
-  const file = path.join(out, `${name}_${version}_all.deb`);
-  await run('dpkg-deb', ['-b', '--root-owner-group', root, file]);
-  rmSync(root, { recursive: true });
-  return file;
-}
-
-async function debianPair(): Promise<Trees> {
-  const tree = await debianTree();
-  const dir = await fixture('rebase-debian-pair-v1', async (out) => {
-    const base = path.join(out, 'base');
-    mkdirSync(path.join(base, 'usr/bin'), { recursive: true });
-    mkdirSync(path.join(base, 'var/lib'), { recursive: true });
-    mkdirSync(path.join(base, 'var/log'), { recursive: true });
-    await run('cp', ['-a', path.join(tree, 'etc'), base]);
-    await run('cp', ['-a', path.join(tree, 'var/lib/dpkg'), path.join(base, 'var/lib/')]);
-    for (const b of ['dash', 'ls', 'cat', 'true'])
-      await run('cp', ['-a', path.join(tree, 'usr/bin', b), path.join(base, 'usr/bin/')]);
-    symlinkSync('usr/bin', path.join(base, 'bin'));
-    const base10 = await deb(out, 'strata-base', '1.0', {
-      'usr/share/strata-base/data.txt': 'data v1\n',
-      'usr/lib/strata-base/old.txt': 'only in 1.0\n',
-      'etc/strata-base.conf': 'level=1\n',
-    });
-    const base11 = await deb(out, 'strata-base', '1.1', {
-      'usr/share/strata-base/data.txt': 'data v2, longer than before\n',
-      'usr/lib/strata-base/new.txt': 'only in 1.1\n',
-      'etc/strata-base.conf': 'level=2\n',
-    });
-    const tool = await deb(out, 'strata-tool', '1.0', { 'usr/bin/strata-tool': '#!/bin/sh\necho tool\n' });
-    const app = await deb(out, 'strata-app', '1.0', {
-      'opt/strata-app/app.txt': 'the app\n',
-      'etc/strata-app.conf': 'app=1\n',
-    });
-    await run('dpkg', [`--root=${base}`, '-i', base10]);
-    const a1 = path.join(out, 'a1');
-    const b1 = path.join(out, 'b1');
-    await run('cp', ['-a', base, a1]);
-    await run('cp', ['-a', base, b1]);
-    await run('dpkg', [`--root=${a1}`, '-i', base11, tool]);
-    await run('dpkg', [`--root=${b1}`, '-i', app]);
-    writeFileSync(path.join(b1, 'etc/motd'), 'B1: the app image\n');
-    for (const [src, img] of [
-      [base, 'a0.img'],
-      [a1, 'a1.img'],
-      [b1, 'b1.img'],
-    ]) {
-      await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-I', '256', '-d', src, path.join(out, img), '48M']);
-    }
-  });
-  const p = (x: string) => path.join(dir, x);
-  return { base: p('base'), a1: p('a1'), b1: p('b1'), img: { a0: p('a0.img'), a1: p('a1.img'), b1: p('b1.img') } };
-}
 
 /** What a walk compares: type, permission bits, owner, content digest or link target. */
 const key = (e: KernelEntry | undefined) =>
@@ -116,13 +44,13 @@ function installed(admindir: string): Map<string, string> {
   return m;
 }
 
-let t: Trees;
+let t: DebianTrio;
 let libDir: string;
 let lib: Library;
 
 describe('rebase on the Debian pair', { timeout: 900_000 }, () => {
   before(async () => {
-    t = await debianPair();
+    t = await debianTrio();
     libDir = tempDir('rebase-debian');
     lib = await Library.open(libDir, { create: true });
     await checkin(lib, t.img.a0, { name: 'base', inspect: false });
@@ -293,6 +221,20 @@ describe('rebase on the Debian pair', { timeout: 900_000 }, () => {
     };
     assert.equal(await cat(r.version.ref), await cat('base@2'));
     assert.equal(await cat(JSON.parse(kept.stdout).version.ref), 'REF changed this\n');
+    // --interactive asks each conflict on standard input: an unclear answer is asked again
+    const versions = async () => (await lib.catalog.versions('app')).length;
+    const n = await versions();
+    const ended = await strata([...args, '--interactive'], { input: '' });
+    assert.notEqual(ended.code, 0);
+    assert.match(ended.stderr, /keep ours or take theirs for \/usr\/share\/strata-base\/data\.txt\? \[o\/t\]/);
+    assert.match(ended.stderr, /no answer for \/usr\/share\/strata-base\/data\.txt/);
+    assert.equal(await versions(), n, 'no answer: no version');
+    const asked = await strata([...args, '--interactive', '--json'], { input: 'maybe\nt\n' });
+    assert.equal(asked.code, 0, asked.stderr);
+    assert.equal(asked.stderr.match(/\[o\/t\]/g)?.length, 2, 'asked twice');
+    const ai = JSON.parse(asked.stdout);
+    assert.equal(ai.conflicts[0].resolution, 'theirs');
+    assert.equal(await cat(ai.version.ref), await cat('base@2'));
     // a decision naming nothing is refused
     const typo = await strata([...args, '--take', 'theirs', '/usr/share/strata-base/no-such']);
     assert.notEqual(typo.code, 0);

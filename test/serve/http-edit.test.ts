@@ -6,22 +6,22 @@
  * reader) reads as sent; a bad operation is a 422 naming it, and makes no version.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
 import { checkout } from '../../src/library/checkout.js';
 import { Library } from '../../src/library/library.js';
-import { CLI, strata } from '../helpers/cli.js';
+import { strata } from '../helpers/cli.js';
 import { fixture, run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
-import { addPeople, Checked } from './http-helpers.js';
+import { addPeople, Checked, serveProcess } from './http-helpers.js';
 
 let dir: string;
 let libDir: string;
 let tokens: Record<string, string>;
-let server: ChildProcess;
+let stop: (() => Promise<void>) | undefined;
 let url: string;
 
 async function baseImage(): Promise<string> {
@@ -73,29 +73,10 @@ before(async () => {
   } finally {
     await lib.close();
   }
-  server = spawn(
-    process.execPath,
-    [CLI, 'serve', '--listen', '127.0.0.1:0', '--library', libDir, '--default-project', 'own', '--quiet'],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  url = await new Promise<string>((resolve, reject) => {
-    let err = '';
-    server.stderr?.on('data', (b: Buffer) => {
-      err += b.toString();
-      const m = / at (http:\/\/\S+) /.exec(err);
-      if (m) resolve(m[1]);
-    });
-    server.on('exit', (code) => reject(new Error(`strata serve exited ${code}: ${err}`)));
-  });
+  ({ url, stop } = await serveProcess(libDir));
 });
 
-after(async () => {
-  if (server && server.exitCode === null) {
-    const gone = new Promise((r) => server.once('exit', r));
-    server.kill('SIGTERM');
-    await gone;
-  }
-});
+after(() => stop?.());
 
 describe('edit verbs with --remote against strata serve', { timeout: 600_000 }, () => {
   test('a reader is refused (403), anonymous and other projects see no image (404); none makes a version', async () => {

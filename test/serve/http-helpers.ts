@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { Access } from '../../src/catalog/access.js';
 import type { Library } from '../../src/library/library.js';
 import { type RunningServer, type ServeOptions, startServer } from '../../src/serve/http/server.js';
+import { CLI } from '../helpers/cli.js';
 
 /**
  * A real server on a real port (port 0) and a checker that validates every answer
@@ -136,4 +138,34 @@ export async function addPeople(lib: Library): Promise<People> {
 export async function serve(lib: Library, opts: ServeOptions = {}): Promise<RunningServer> {
   // the request log written at once, so tests read it right after a request (http-ops checks the batched default)
   return startServer(lib, '127.0.0.1:0', { defaultProject: 'own', rateLimit: 0, requestLogMs: 0, ...opts });
+}
+
+/**
+ * `strata serve` as its own process (the built CLI, port 0, default project "own") on a
+ * library folder: its URL, and `stop` (SIGTERM, then waits for the exit).
+ */
+export async function serveProcess(libDir: string): Promise<{ url: string; stop: () => Promise<void> }> {
+  const server = spawn(
+    process.execPath,
+    [CLI, 'serve', '--listen', '127.0.0.1:0', '--library', libDir, '--default-project', 'own', '--quiet'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    let err = '';
+    server.stderr?.on('data', (b: Buffer) => {
+      err += b.toString();
+      const m = / at (http:\/\/\S+) /.exec(err);
+      if (m) resolve(m[1]);
+    });
+    server.on('exit', (code) => reject(new Error(`strata serve exited ${code}: ${err}`)));
+  });
+  return {
+    url,
+    stop: async () => {
+      if (server.exitCode !== null || server.signalCode !== null) return;
+      const gone = new Promise((r) => server.once('exit', r));
+      server.kill('SIGTERM');
+      await gone;
+    },
+  };
 }

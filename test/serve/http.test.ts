@@ -629,6 +629,9 @@ describe('operations', () => {
       'POST /v1/images/{name}/import',
       // edits: http-edit.test.ts (against a strata serve process)
       'POST /v1/images/{name}/edits',
+      // rebase and log: http-rebase.test.ts (against a strata serve process)
+      'POST /v1/images/{name}/rebases',
+      'GET /v1/images/{name}/versions/{version}/log',
       'DELETE /v1/images/{name}/versions/{version}',
       'DELETE /v1/images/{name}/tags/{tag}',
       'DELETE /v1/images/{name}/members/{project}',

@@ -203,13 +203,19 @@ function Accounts({ me }) {
 export function AdminPage() {
   const [round, setRound] = useState(0);
   const bump = () => setRound((n) => n + 1);
-  const st = useApi(async () => {
-    const me = await call('/v1/whoami');
-    const images = await call('/v1/images', { limit: 1000 });
-    const mine = images.items.filter((i) => me.admin || (me.role === 'admin' && i.project === me.project));
-    return { me, mine };
-  }, [round]);
-  if (st.loading) return html`<h1>Administration</h1><${Loading} />`;
+  const st = useApi(
+    async () => {
+      const me = await call('/v1/whoami');
+      const images = await call('/v1/images', { limit: 1000 });
+      const mine = images.items.filter((i) => me.admin || (me.role === 'admin' && i.project === me.project));
+      return { me, mine };
+    },
+    [round],
+    { keep: true },
+  );
+  // refreshed after each change with the old rows in place: an image's row keeps its state
+  // (the project being typed into "Share with project") across the refresh
+  if (st.loading && st.value === undefined) return html`<h1>Administration</h1><${Loading} />`;
   if (st.error) return html`<h1>Administration</h1><${Err} error=${st.error} />`;
   const { me, mine } = st.value;
   if (!me.user) return html`<h1>Administration</h1><p>Sign in first.</p>`;
@@ -220,7 +226,7 @@ export function AdminPage() {
       mine.length === 0
         ? html`<p class="muted">None: managing an image needs the admin role in its project.</p>`
         : html`<table><thead><tr><th>Image</th><th>Project</th><th>Visibility</th><th>Members</th></tr></thead>
-      <tbody>${mine.map((i) => html`<${ImageAccess} key=${`${i.name}:${round}`} image=${i} onChange=${bump} />`)}</tbody></table>`
+      <tbody>${mine.map((i) => html`<${ImageAccess} key=${i.name} image=${i} onChange=${bump} />`)}</tbody></table>`
     }
     </section>
     ${me.project && html`<${Invitations} key=${round} onChange=${bump} />`}

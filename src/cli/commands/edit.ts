@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import type { Change, Library } from '../../library/index.js';
+import type { Change, Library, LogStep } from '../../library/index.js';
 import { StrataError } from '../../library/index.js';
 import { filesSummaryLine, humanSize, printJson } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
@@ -205,34 +205,49 @@ export function registerEditCommands(program: Command): void {
     await runEdit(ref, changes, o);
   });
 
-  addPlaceOptions(
-    program
-      .command('log')
-      .description('the provenance chain of a version, newest first, with what each step changed')
-      .argument('<ref>', 'NAME, NAME:TAG or NAME@N')
-      .option('--limit <n>', 'at most this many steps', '100')
-      .option('--part <n>', 'the partition whose files are compared')
-      .option('--json', 'machine-readable output')
-      .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
+  withRemote(
+    addPlaceOptions(
+      program
+        .command('log')
+        .description('the provenance chain of a version, newest first, with what each step changed')
+        .argument('<ref>', 'NAME, NAME:TAG or NAME@N')
+        .option('--limit <n>', 'at most this many steps', '100')
+        .option('--part <n>', 'the partition whose files are compared')
+        .option('--json', 'machine-readable output')
+        .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or ~/.local/share/strata/library)'),
+    ),
   ).action(async (ref: string, o: Record<string, unknown>) => {
-    const { versionLog } = await import('../../library/index.js');
-    await withLibrary(o, async (lib) => {
-      const steps = await versionLog(lib, ref, { limit: Number(o.limit), part: o.part as string | undefined });
-      if (o.json) return printJson(steps);
-      const out: string[] = [];
-      for (const s of steps) {
-        out.push(
-          `${s.ref}  ${s.created}  ${s.createdBy ?? '?'}${s.tags.length ? `  [${s.tags.join(' ')}]` : ''}${s.state === 'deleted' ? '  (deleted)' : ''}`,
-        );
-        if (s.message) out.push(`    ${s.message}`);
-        else if (s.source) out.push(`    checked in from ${s.source}`);
-        if (s.changes) {
-          out.push(`    ${filesSummaryLine(s.changes)} vs ${s.parents[0]}`);
-        } else if (s.parents.length === 0) out.push('    (no parent)');
-        if (s.parents.length > 1) out.push(`    other parents: ${s.parents.slice(1).join(' ')}`);
-        for (const w of s.warnings) out.push(`    warning: ${w}`);
-      }
-      process.stdout.write(`${out.join('\n')}\n`);
-    });
+    const limit = Number(o.limit);
+    const part = o.part as string | undefined;
+    const remote = await remoteOf(o);
+    let steps: LogStep[];
+    if (remote) {
+      if (!Number.isInteger(limit) || limit < 1)
+        throw new StrataError('USAGE', `--limit ${o.limit} is not a positive integer`);
+      steps = await remote.log(ref, { limit, ...(part !== undefined ? { part } : {}) });
+    } else {
+      const { versionLog } = await import('../../library/index.js');
+      steps = await withLibrary(o, (lib) => versionLog(lib, ref, { limit, part }));
+    }
+    if (o.json) return printJson(steps);
+    process.stdout.write(logText(steps));
   });
+}
+
+/** `strata log`'s lines, the same for a library and a service. */
+function logText(steps: LogStep[]): string {
+  const out: string[] = [];
+  for (const s of steps) {
+    out.push(
+      `${s.ref}  ${s.created}  ${s.createdBy ?? '?'}${s.tags.length ? `  [${s.tags.join(' ')}]` : ''}${s.state === 'deleted' ? '  (deleted)' : ''}`,
+    );
+    if (s.message) out.push(`    ${s.message}`);
+    else if (s.source) out.push(`    checked in from ${s.source}`);
+    if (s.changes) {
+      out.push(`    ${filesSummaryLine(s.changes)} vs ${s.parents[0]}`);
+    } else if (s.parents.length === 0) out.push('    (no parent)');
+    if (s.parents.length > 1) out.push(`    other parents: ${s.parents.slice(1).join(' ')}`);
+    for (const w of s.warnings) out.push(`    warning: ${w}`);
+  }
+  return `${out.join('\n')}\n`;
 }

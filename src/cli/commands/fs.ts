@@ -324,6 +324,11 @@ export function registerFsCommands(program: Command): void {
  * walked (a btrfs volume's default subvolume, with the subvolumes below it as directories).
  */
 function noSubvolForStored(o: Record<string, unknown>): void {
+  if (Array.isArray(o.device) && o.device.length > 0)
+    throw new StrataError(
+      'USAGE',
+      "--device applies to images: a library version's file list is read from its manifest",
+    );
   if (o.subvol !== undefined)
     throw new StrataError(
       'USAGE',

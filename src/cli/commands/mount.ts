@@ -17,7 +17,14 @@ import type { Command } from 'commander';
 import type { ChangeSet } from '../../library/index.js';
 import { REF_PREFIX, StrataError } from '../../library/index.js';
 import type { FuseSession, LocalChunkCache } from '../../serve/index.js';
-import { addAddressOptions, noteTarget, openOptionsFrom, TARGET_HELP, targetOptionsFrom } from '../common.js';
+import {
+  addAddressOptions,
+  addressFrom,
+  noteTarget,
+  openOptionsFrom,
+  TARGET_HELP,
+  targetOptionsFrom,
+} from '../common.js';
 import { printJson, warn, warnAll } from '../output.js';
 import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
@@ -143,7 +150,7 @@ async function mountTarget(
     remoteVersion = { url: remote.url, ref: `${r.version.image}@${r.version.number}` };
   } else {
     opened = await openMountTree(image, {
-      address: { part: o.part as string | undefined, lv: o.lv as string | undefined },
+      address: addressFrom(o),
       open: openOptionsFrom(o),
       target: targetOptionsFrom(o),
     });

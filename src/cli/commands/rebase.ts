@@ -1,15 +1,17 @@
 import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
-import type { Conflict, Library, RebaseResult, Take } from '../../library/index.js';
+import type { Library, RebaseJson, Take } from '../../library/index.js';
 import { StrataError } from '../../library/index.js';
 import { printJson, setExitStatus, writeOut } from '../output.js';
+import { remoteOf, withRemote } from '../remote.js';
 
 /**
  * `strata rebase REF --from A0 --to A1`: carry a base update into a derived version
  * (src/library/edit/rebase.ts plans it; the change-set writer makes the version).
  */
 export function registerRebaseCommand(program: Command): void {
-  program
+  const cmd = program
     .command('rebase')
     .description(
       'apply what changed from A0 to A1 to REF (a version made from A0): a new version with parents REF and A1; conflicts are listed and stop it (exit 1) unless --ours or --theirs decides',
@@ -30,97 +32,89 @@ export function registerRebaseCommand(program: Command): void {
     .option('--part <id>', 'the volume, when the versions hold several file systems')
     .option('--message <text>', 'the new version\'s description (default "rebase REF from A0 onto A1")')
     .option('--dry-run', 'plan only: the changes and conflicts, no version written')
+    .option(
+      '-i, --interactive',
+      'ask for each conflict left (ours or theirs) on standard input, then rebase with the answers',
+    )
     .option('--library <dir>', 'library directory (default: $STRATA_LIBRARY or the per-user one)')
-    .option('--json', 'one object: the plan (changes, conflicts, merged files) and the new version')
-    .action(async (ref: string, o: Record<string, unknown>) => {
-      const { Library, rebaseVersion, parseResolutions } = await import('../../library/index.js');
-      const take: Take[] = [];
-      const words = (o.take as string[] | undefined) ?? [];
-      for (let i = 0; i < words.length; i += 2) {
-        const side = words[i];
-        const p = words[i + 1];
-        if ((side !== 'ours' && side !== 'theirs') || p === undefined)
-          throw new StrataError(
-            'USAGE',
-            `--take wants "ours PATH" or "theirs PATH", not ${JSON.stringify(words.slice(i, i + 2).join(' '))}`,
-          );
-        take.push({ side, path: p });
-      }
-      if (o.resolve !== undefined) {
-        const file = o.resolve as string;
-        let text: string;
-        try {
-          text = readFileSync(file, 'utf8');
-        } catch (e) {
-          throw new StrataError('NOT_FOUND', `cannot read the resolution file: ${(e as Error).message}`, { file });
-        }
-        take.push(...parseResolutions(text, file));
-      }
-      const lib: Library = await Library.open(o.library as string | undefined, { create: false });
-      let r: RebaseResult;
+    .option('--json', 'one object: the plan (changes, conflicts, merged files) and the new version');
+  withRemote(cmd).action(async (ref: string, o: Record<string, unknown>) => {
+    const { Library, conflictLine, rebaseJson, rebaseText, rebaseVersion, parseResolutions } = await import(
+      '../../library/index.js'
+    );
+    /** One answer a conflict, read from standard input (a terminal or a pipe); the end of input decides nothing. */
+    const ask = async (conflicts: RebaseJson['conflicts']): Promise<Take[]> => {
+      const rl = createInterface({ input: process.stdin, terminal: false });
+      const lines = rl[Symbol.asyncIterator]();
+      const out: Take[] = [];
       try {
-        r = await rebaseVersion(lib, ref, o.from as string, o.to as string, {
-          ...(o.part !== undefined ? { part: o.part as string } : {}),
-          ...(o.ours ? { prefer: 'ours' as const } : o.theirs ? { prefer: 'theirs' as const } : {}),
-          ...(take.length > 0 ? { take } : {}),
-          ...(o.message !== undefined ? { message: o.message as string } : {}),
-          dryRun: Boolean(o.dryRun),
-        });
+        for (const [i, c] of conflicts.entries()) {
+          const what = c.package ? `package:${c.package}` : c.path;
+          for (;;) {
+            process.stderr.write(
+              `[${i + 1}/${conflicts.length}] ${conflictLine(c)}\nkeep ours or take theirs for ${what}? [o/t] `,
+            );
+            const next = await lines.next();
+            if (next.done) throw new StrataError('USAGE', `no answer for ${what} (input ended): nothing written`);
+            const a = String(next.value).trim().toLowerCase();
+            if (a === 'o' || a === 'ours') out.push({ side: 'ours', path: what });
+            else if (a === 't' || a === 'theirs') out.push({ side: 'theirs', path: what });
+            else continue;
+            break;
+          }
+        }
+      } finally {
+        rl.close();
+      }
+      return out;
+    };
+    const take: Take[] = [];
+    const words = (o.take as string[] | undefined) ?? [];
+    for (let i = 0; i < words.length; i += 2) {
+      const side = words[i];
+      const p = words[i + 1];
+      if ((side !== 'ours' && side !== 'theirs') || p === undefined)
+        throw new StrataError(
+          'USAGE',
+          `--take wants "ours PATH" or "theirs PATH", not ${JSON.stringify(words.slice(i, i + 2).join(' '))}`,
+        );
+      take.push({ side, path: p });
+    }
+    if (o.resolve !== undefined) {
+      const file = o.resolve as string;
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        throw new StrataError('NOT_FOUND', `cannot read the resolution file: ${(e as Error).message}`, { file });
+      }
+      take.push(...parseResolutions(text, file));
+    }
+    const opts = {
+      ...(o.part !== undefined ? { part: o.part as string } : {}),
+      ...(o.ours ? { prefer: 'ours' as const } : o.theirs ? { prefer: 'theirs' as const } : {}),
+      ...(o.message !== undefined ? { message: o.message as string } : {}),
+    };
+    const remote = await remoteOf(o);
+    const run = async (takes: Take[], dryRun: boolean): Promise<RebaseJson> => {
+      const all = { ...opts, ...(takes.length > 0 ? { take: takes } : {}), dryRun };
+      if (remote) return remote.rebase(ref, o.from as string, o.to as string, all);
+      const lib: Library = await Library.open(o.library as string | undefined, { create: false });
+      try {
+        return rebaseJson(await rebaseVersion(lib, ref, o.from as string, o.to as string, all));
       } finally {
         await lib.close();
       }
-      const stopped = r.plan.summary.unresolved > 0;
-      if (stopped) setExitStatus(1);
-      if (o.json) return printJson(jsonOf(r));
-      const s = r.plan.summary;
-      const lines = [
-        `rebase ${r.ref} from ${r.from} onto ${r.to}: A1 changed ${s.theirsChanged} paths; ${s.taken} taken, ${s.same} already so in REF, ${r.plan.changeSet.changes.length} operations`,
-      ];
-      for (const m of r.plan.merged)
-        lines.push(`merged ${m.path} (${m.how}${m.fromTheirs?.length ? `: ${m.fromTheirs.join(', ')} from A1` : ''})`);
-      for (const c of r.plan.conflicts) lines.push(conflictLine(c));
-      if (stopped)
-        lines.push(
-          `${s.unresolved} conflicts: nothing written (--take ours|theirs PATH, --resolve FILE, --ours or --theirs decides)`,
-        );
-      else if (r.dryRun) lines.push('dry run: nothing written');
-      if (r.plan.conflicts.length > 0 && (stopped || r.dryRun)) {
-        // a resolution file to edit and pass back with --resolve: every conflict, REF's side by default
-        lines.push('', '# resolution file (keep ours or change to theirs; pass with --resolve FILE):');
-        for (const c of r.plan.conflicts) {
-          lines.push(`# ${conflictLine(c)}`);
-          lines.push(`${c.resolution ?? 'ours'} ${c.package ? `package:${c.package}` : c.path}`);
-        }
-      }
-      await writeOut(`${lines.join('\n')}\n`);
-    });
-}
-
-function conflictLine(c: Conflict): string {
-  const what = c.package ? ` package ${c.package}` : c.fields ? ` (${c.fields.join(', ')})` : '';
-  const side = (x: Conflict['ours']) => (x.type === 'file' ? `file ${x.size} B` : x.type);
-  const res = c.resolution ? ` -> ${c.resolution}` : '';
-  return `conflict ${c.kind}${what}: ${c.path}: ours ${side(c.ours)}, theirs ${side(c.theirs)}${c.detail ? `; ${c.detail}` : ''}${res}`;
-}
-
-/** The result as JSON: contents in memory shown by size, not bytes. */
-function jsonOf(r: RebaseResult): unknown {
-  const changes = r.plan.changeSet.changes.map((c) => {
-    if (c.op === 'put' && c.content.kind === 'bytes')
-      return { ...c, content: { kind: 'bytes', size: c.content.data.length } };
-    if (c.op === 'xattr' && c.value) return { ...c, value: Buffer.from(c.value).toString('base64') };
-    return c;
+    };
+    if (o.interactive) {
+      // the conflicts left after the given decisions, asked one by one; then the rebase with the answers
+      const planned = await run(take, true);
+      const open = planned.conflicts.filter((c) => !c.resolution && c.kind !== 'unsupported');
+      if (open.length > 0) take.push(...(await ask(open)));
+    }
+    const j = await run(take, Boolean(o.dryRun));
+    if (j.summary.unresolved > 0) setExitStatus(1);
+    if (o.json) return printJson(j);
+    await writeOut(rebaseText(j));
   });
-  return {
-    ref: r.ref,
-    from: r.from,
-    to: r.to,
-    message: r.message,
-    dryRun: r.dryRun,
-    summary: r.plan.summary,
-    conflicts: r.plan.conflicts,
-    merged: r.plan.merged,
-    changes,
-    ...(r.version !== undefined ? { version: r.version } : {}),
-  };
 }

@@ -8,13 +8,21 @@ import type { Superblock } from './superblock.js';
 
 const MAX_WARNINGS = 1000;
 
+/** One device of the file system that was given: its bytes and a metadata cache over them. */
+export interface Device {
+  devid: number;
+  source: ByteSource;
+  meta: CachedSource;
+}
+
 /**
- * What every btrfs module shares: the volume, the superblock, the chunk map (logical to
- * physical), the tree-node cache and the warnings list. The facade (index.ts) owns one.
+ * What every btrfs module shares: the devices (the one opened first is the primary, whose
+ * offsets volume offsets are), the superblock, the chunk map (logical to physical), the
+ * tree-node cache and the warnings list. The facade (index.ts) owns one.
  */
 export class BtrfsContext {
   readonly name: string;
-  readonly meta: CachedSource;
+  readonly devices = new Map<number, Device>();
   readonly nodes = new GenCache<number, Node>(4096);
   /** Tree blocks being read, so concurrent readers share one read (see readNode). */
   readonly loading = new Map<number, Promise<Node>>();
@@ -26,9 +34,30 @@ export class BtrfsContext {
     readonly volume: ByteSource,
     readonly sb: Superblock,
     readonly chunks: ChunkMap,
+    others: ReadonlyArray<{ devid: number; source: ByteSource }> = [],
   ) {
     this.name = volume.name;
-    this.meta = new CachedSource(volume, { blockSize: 64 * 1024, capacity: memoryShare(3 / 16, 4 << 20, 48 << 20) });
+    const all = [{ devid: sb.devid, source: volume }, ...others];
+    const share = memoryShare(3 / 16, 4 << 20, 48 << 20);
+    for (const d of all) {
+      const capacity = Math.max(4 << 20, Math.floor(share / all.length));
+      this.devices.set(d.devid, {
+        devid: d.devid,
+        source: d.source,
+        meta: new CachedSource(d.source, { blockSize: 64 * 1024, capacity }),
+      });
+    }
+  }
+
+  /** The primary device's metadata cache. */
+  get meta(): CachedSource {
+    return this.device(this.sb.devid).meta;
+  }
+
+  device(devid: number): Device {
+    const d = this.devices.get(devid);
+    if (!d) throw new Error(`btrfs: device ${devid} was not given`); // chunk map hands out given devices only
+    return d;
   }
 
   warn(msg: string): void {
@@ -47,9 +76,34 @@ export class BtrfsContext {
     return { file: this.name, structure, offset };
   }
 
-  /** Read logical bytes (first copy); the range must lie in one chunk. */
-  async readLogical(logical: number, length: number, structure: string): Promise<Uint8Array> {
-    const [phys] = this.chunks.map(logical, length, structure);
-    return this.volume.read(phys, length);
+  /** How many copies of the logical bytes at `logical` can be read (1 single/RAID0, 2 DUP/RAID1 ...). */
+  mirrors(logical: number, length: number, structure: string): number {
+    let n = Number.POSITIVE_INFINITY;
+    for (const p of this.chunks.pieces(logical, length, structure)) n = Math.min(n, p.copies.length);
+    return Number.isFinite(n) ? n : 1;
+  }
+
+  /**
+   * Read logical bytes (copy `mirror` of each piece, the first by default), across stripes and
+   * devices; the range must lie in one chunk. `cached` reads through the metadata caches.
+   */
+  async readLogical(
+    logical: number,
+    length: number,
+    structure: string,
+    mirror = 0,
+    cached = false,
+  ): Promise<Uint8Array> {
+    const pieces = this.chunks.pieces(logical, length, structure);
+    const read = (p: (typeof pieces)[number]) => {
+      const c = p.copies[mirror % p.copies.length];
+      const d = this.device(c.devid);
+      return (cached ? d.meta : d.source).read(c.physical, p.length);
+    };
+    if (pieces.length === 1) return read(pieces[0]);
+    const out = new Uint8Array(length);
+    const got = await Promise.all(pieces.map(read));
+    for (let i = 0; i < pieces.length; i++) out.set(got[i].subarray(0, pieces[i].length), pieces[i].logical - logical);
+    return out;
   }
 }

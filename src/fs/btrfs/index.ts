@@ -1,7 +1,8 @@
 /**
  * btrfs, read-only. Modules by structure:
  * - superblock.ts   the superblock and its mirrors
- * - chunks.ts       chunk items, sys_chunk_array, the logical-to-physical map (single, DUP)
+ * - chunks.ts       chunk items, sys_chunk_array, the logical-to-physical map (single, DUP,
+ *                   RAID0/1/1C3/1C4/10/5/6 over the devices given)
  * - tree.ts         tree-block headers, keys, leaf items and key pointers; range walks
  * - root-item.ts    root items and root refs (subvolumes, snapshots)
  * - inode.ts        inode items
@@ -13,8 +14,8 @@
  * This file is the facade: subvolume choice, inode numbering, FileSystem.
  */
 import type { ByteSource } from '../../io/byte-source.js';
-import { crc32cRaw } from '../../util/crc32c.js';
-import { corrupt, StrataError } from '../../util/errors.js';
+import { crc32c, crc32cRaw } from '../../util/crc32c.js';
+import { corrupt, type ErrorWhere, StrataError } from '../../util/errors.js';
 import { GenCache } from '../../util/gen-cache.js';
 import type {
   ByteRange,
@@ -29,7 +30,7 @@ import type {
   SubvolumeInfo,
 } from '../types.js';
 import { resolvePath } from '../walk.js';
-import { ChunkMap, parseChunk, profileName } from './chunks.js';
+import { ChunkMap, type DeviceInfo, parseChunk, profileName } from './chunks.js';
 import { BtrfsContext } from './context.js';
 import { decompress } from './decompress.js';
 import { dirType, parseDirItems } from './dir-item.js';
@@ -54,15 +55,19 @@ import {
   type Superblock,
   uuidString,
 } from './superblock.js';
-import { collect, findItem, items, key, MAX_U64, type TreeRoot, treeBlocks } from './tree.js';
+import { collect, findItem, findItems, itemRange, items, key, MAX_U64, type TreeRoot, treeBlocks } from './tree.js';
 import { KT, TREE, TREE_NAMES } from './types.js';
 
 const SLOT = 2 ** 36;
+/** BTRFS_EXTENT_CSUM_OBJECTID (-10 as a u64): the checksum tree's items. */
+const CSUM_OBJECTID = 0xfffffffffffffff6n;
 const td = new TextDecoder('utf-8');
 
 export interface BtrfsOpenOptions {
   /** Subvolume to present as `/`: its id, or its path from the top level ("@home", "a/b"). */
   subvol?: string | number;
+  /** The file system's other devices (RAID profiles over several), in any order. */
+  devices?: ByteSource[];
 }
 
 export interface Subvolume {
@@ -72,6 +77,13 @@ export interface Subvolume {
   uuid?: string;
   parentUuid?: string;
   readOnly: boolean;
+}
+
+/** Where a run of logical bytes lies: on the volume, or on another device (`device`). */
+interface Place {
+  length: number;
+  volumeOffset: number;
+  device?: number;
 }
 
 interface Extent {
@@ -117,15 +129,57 @@ export class BtrfsFileSystem implements FileSystem {
 
   static async open(volume: ByteSource, opts: BtrfsOpenOptions = {}): Promise<BtrfsFileSystem> {
     const { sb, mirrors } = await readSuperblocks(volume);
-    const chunks = new ChunkMap(sb.devid, volume.size, volume.name);
-    const ctx = new BtrfsContext(volume, sb, chunks);
+    const fsid = uuidString(sb.fsid);
+    const given = new Map<number, DeviceInfo>([[sb.devid, { size: volume.size, name: volume.name }]]);
+    const others: Array<{ devid: number; source: ByteSource }> = [];
+    const notes: string[] = [];
+    for (const dev of opts.devices ?? []) {
+      const { sb: dsb } = await readSuperblocks(dev);
+      const where = { file: dev.name, structure: 'btrfs superblock', offset: SUPER_OFFSETS[0] };
+      if (uuidString(dsb.fsid) !== fsid)
+        throw new StrataError(
+          'USAGE',
+          `not a device of the btrfs file system on ${volume.name} (its fsid is ${uuidString(dsb.fsid)}, that one's ${fsid})`,
+          where,
+        );
+      const twin = given.get(dsb.devid);
+      if (twin) throw new StrataError('USAGE', `device ${dsb.devid} given twice (also ${twin.name})`, where);
+      if (dsb.generation !== sb.generation)
+        notes.push(`${dev.name}: superblock generation ${dsb.generation}, ${volume.name}'s is ${sb.generation}`);
+      given.set(dsb.devid, { size: dev.size, name: dev.name });
+      others.push({ devid: dsb.devid, source: dev });
+    }
+    /** Every device the chunk tree lists: devid -> its uuid. */
+    const devItems = new Map<number, string>();
+    const missingError = (devids: number[], where: ErrorWhere) => {
+      const names = devids.map((d) => `device ${d}${devItems.has(d) ? ` (uuid ${devItems.get(d)})` : ''}`);
+      return new StrataError(
+        'NOT_FOUND',
+        `btrfs ${fsid} spans ${sb.numDevices} devices and ${names.join(', ')} ${names.length > 1 ? 'were' : 'was'} not given: name every device image of the file system (strata: --device FILE)`,
+        where,
+      );
+    };
+    const chunks = new ChunkMap(sb.devid, given, volume.name, (d, _c, where) => missingError(d, where));
+    const ctx = new BtrfsContext(volume, sb, chunks, others);
     for (const m of mirrors) if (!m.ok) ctx.warn(`${volume.name}: superblock mirror at ${m.offset} is not valid`);
+    for (const n of notes) ctx.warn(n);
     loadSysChunks(ctx, sb);
     const chunkRoot: TreeRoot = { logical: sb.chunkRoot, level: sb.chunkRootLevel, name: 'chunk tree' };
-    for await (const it of items(ctx, chunkRoot, key(256, KT.CHUNK_ITEM, 0), key(256, KT.CHUNK_ITEM, MAX_U64))) {
+    for await (const it of items(ctx, chunkRoot, key(1, KT.DEV_ITEM, 0), key(256, KT.CHUNK_ITEM, MAX_U64))) {
+      if (it.key.type === KT.DEV_ITEM && it.key.oid === 1n) {
+        if (it.data.length >= 82) devItems.set(Number(it.key.off), uuidString(it.data.subarray(66, 82)));
+        continue;
+      }
+      if (it.key.type !== KT.CHUNK_ITEM) continue;
       const where = ctx.where('btrfs chunk item', it.logical);
       chunks.add(parseChunk(it.data, 0, it.data.length, Number(it.key.off), where));
     }
+    const absent = [...devItems.keys()].filter((d) => !given.has(d));
+    if (absent.length > 0) throw missingError(absent, ctx.where('btrfs chunk tree (device items)', sb.chunkRoot));
+    if (devItems.size !== sb.numDevices)
+      ctx.warn(`${volume.name}: the superblock says ${sb.numDevices} devices, the chunk tree lists ${devItems.size}`);
+    for (const o of others)
+      if (!devItems.has(o.devid)) ctx.warn(`${o.source.name}: device ${o.devid} is not in the chunk tree`);
     if (sb.logRoot !== 0) ctx.warn(`${volume.name}: btrfs log tree present (unreplayed fsync data is not read)`);
     const rootTree = rootTreeOf(sb);
     const rootItems = new Map<bigint, RootItem>();
@@ -226,10 +280,16 @@ export class BtrfsFileSystem implements FileSystem {
     return { tree, oid: BigInt(ino - s * SLOT) };
   }
 
+  private readonly fsRoots = new Map<bigint, TreeRoot>();
+
   private fsRoot(tree: bigint): TreeRoot {
+    const hit = this.fsRoots.get(tree);
+    if (hit) return hit;
     const ri = this.rootItems.get(tree);
     if (!ri) throw corrupt(`no root item for tree ${tree}`, this.ctx.where('btrfs root tree'));
-    return { logical: ri.bytenr, level: ri.level, name: `fs tree ${tree}` };
+    const r = { logical: ri.bytenr, level: ri.level, name: `fs tree ${tree}` };
+    this.fsRoots.set(tree, r);
+    return r;
   }
 
   // ---------------------------------------------------------------- FileSystem
@@ -256,6 +316,7 @@ export class BtrfsFileSystem implements FileSystem {
         nodeSize: sb.nodeSize,
         checksum: CSUM_NAMES[sb.csumType],
         devices: sb.numDevices,
+        devicesGiven: [...this.ctx.devices.values()].map((d) => ({ devid: d.devid, file: d.source.name })),
         bytesUsed: sb.bytesUsed,
         profiles: Object.fromEntries(profiles),
         superblockMirrors: this.mirrors,
@@ -279,7 +340,10 @@ export class BtrfsFileSystem implements FileSystem {
   }
 
   async inode(ino: number): Promise<Inode> {
-    const x = await this.inodeItem(ino);
+    return this.inodeOf(ino, await this.inodeItem(ino));
+  }
+
+  private inodeOf(ino: number, x: InodeItem): Inode {
     const type = typeOfMode(x.mode);
     const out: Inode = {
       ino,
@@ -301,8 +365,33 @@ export class BtrfsFileSystem implements FileSystem {
     return out;
   }
 
+  /** Many inodes: their items looked up together, per tree (findItems: one descent per leaf, not per inode). */
   async inodes(inos: readonly number[]): Promise<Inode[]> {
-    return Promise.all(inos.map((n) => this.inode(n)));
+    if (inos.length < 2) return Promise.all(inos.map((n) => this.inode(n)));
+    const out: Inode[] = new Array(inos.length);
+    const byTree = new Map<bigint, number[]>();
+    const oids = inos.map((n) => this.decode(n));
+    for (let i = 0; i < inos.length; i++) {
+      const l = byTree.get(oids[i].tree);
+      if (l) l.push(i);
+      else byTree.set(oids[i].tree, [i]);
+    }
+    for (const [tree, idx] of byTree) {
+      const got = await findItems(
+        this.ctx,
+        this.fsRoot(tree),
+        idx.map((i) => key(oids[i].oid, KT.INODE_ITEM, 0)),
+      );
+      for (let j = 0; j < idx.length; j++) {
+        const it = got[j];
+        const oid = oids[idx[j]].oid;
+        if (!it)
+          throw new StrataError('NOT_FOUND', `no inode ${oid} in tree ${tree}`, this.ctx.where('btrfs inode item'));
+        const x = parseInodeItem(it.data, this.ctx.where(`btrfs inode ${oid} (tree ${tree})`, it.logical));
+        out[idx[j]] = this.inodeOf(inos[idx[j]], x);
+      }
+    }
+    return out;
   }
 
   async lookup(path: string): Promise<Inode> {
@@ -338,15 +427,18 @@ export class BtrfsFileSystem implements FileSystem {
       throw new StrataError('USAGE', `inode ${dir.ino} is not a directory`, this.ctx.where('btrfs directory'));
     const { tree, oid } = this.decode(dir.ino);
     const out: DirEntry[] = [];
-    for await (const it of items(
+    const list = await itemRange(
       this.ctx,
       this.fsRoot(tree),
       key(oid, KT.DIR_INDEX, 0),
       key(oid, KT.DIR_INDEX, MAX_U64),
-    )) {
+    );
+    for (const it of list) {
       for (const d of parseDirItems(it.data, this.ctx.where(`btrfs dir index of ${oid}`, it.logical))) {
-        const e = await this.entryOf(tree, d.name, d);
-        if (e) out.push(e);
+        if (d.location.type === KT.ROOT_ITEM) {
+          const e = await this.entryOf(tree, d.name, d);
+          if (e) out.push(e);
+        } else out.push({ name: td.decode(d.name), ino: this.encode(tree, d.location.oid), type: dirType(d.type) });
       }
     }
     return out;
@@ -409,10 +501,7 @@ export class BtrfsFileSystem implements FileSystem {
     if (hit) return hit;
     const where = this.ctx.where('btrfs compressed extent', fe.type === FE_INLINE ? e.itemLogical : fe.diskBytenr);
     if (fe.ramBytes > 128 * 1024 * 1024) throw new StrataError('LIMIT', `ram_bytes ${fe.ramBytes} too large`, where);
-    const src =
-      fe.type === FE_INLINE
-        ? (fe.inline as Uint8Array)
-        : await this.ctx.readLogical(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent');
+    const src = fe.type === FE_INLINE ? (fe.inline as Uint8Array) : await this.readData(fe.diskBytenr, fe.diskNumBytes);
     let out: Uint8Array;
     try {
       out = decompress(fe.compression, src, fe.ramBytes, this.ctx.sb.sectorSize);
@@ -447,12 +536,65 @@ export class BtrfsFileSystem implements FileSystem {
         const d = fe.inline as Uint8Array;
         out.set(d.subarray(a - e.fileOffset, b - e.fileOffset), a - offset);
       } else {
-        const bytes = await this.ctx.readLogical(
-          fe.diskBytenr + fe.offset + (a - e.fileOffset),
-          b - a,
-          'btrfs data extent',
-        );
+        const bytes = await this.readData(fe.diskBytenr + fe.offset + (a - e.fileOffset), b - a);
         out.set(bytes.subarray(0, b - a), a - offset);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Data bytes at a logical address. Where there are several copies (RAID1/10, DUP) and the
+   * checksums are crc32c, the sectors read are checked against the checksum tree and a copy
+   * that fails is replaced by the next one (a warning names it); one copy is read unchecked.
+   */
+  private async readData(logical: number, length: number): Promise<Uint8Array> {
+    const ctx = this.ctx;
+    const ss = ctx.sb.sectorSize;
+    const s = Math.floor(logical / ss) * ss;
+    const e = Math.ceil((logical + length) / ss) * ss;
+    const n = ctx.sb.csumType === 0 ? ctx.mirrors(s, e - s, 'btrfs data extent') : 1;
+    if (n < 2) return ctx.readLogical(logical, length, 'btrfs data extent');
+    const sums = await this.dataCsums(s, e);
+    if (sums.size === 0) return ctx.readLogical(logical, length, 'btrfs data extent');
+    let first: Uint8Array | undefined;
+    const bad: number[] = [];
+    for (let m = 0; m < n; m++) {
+      const b = await ctx.readLogical(s, e - s, 'btrfs data extent', m);
+      first ??= b;
+      let wrong = -1;
+      for (let at = 0; at + ss <= b.length && wrong < 0; at += ss) {
+        const want = sums.get(s + at);
+        if (want !== undefined && crc32c(b.subarray(at, at + ss)) !== want) wrong = s + at;
+      }
+      if (wrong < 0) {
+        if (m > 0)
+          ctx.warn(`${ctx.name}: btrfs data at ${bad.join(', ')}: checksum mismatch in copy 1; read copy ${m + 1}`);
+        return b.subarray(logical - s, logical - s + length);
+      }
+      bad.push(wrong);
+    }
+    ctx.warn(`${ctx.name}: btrfs data at ${bad[0]}: checksum mismatch in every copy (${n})`);
+    return (first as Uint8Array).subarray(logical - s, logical - s + length);
+  }
+
+  /** crc32c of each data sector in [start, end) that has one (the checksum tree), by logical address. */
+  private async dataCsums(start: number, end: number): Promise<Map<number, number>> {
+    const out = new Map<number, number>();
+    const ri = this.rootItems.get(TREE.CSUM);
+    if (!ri) return out;
+    const root: TreeRoot = { logical: ri.bytenr, level: ri.level, name: 'checksum tree' };
+    const ss = this.ctx.sb.sectorSize;
+    // one item covers at most a leaf's worth of 4-byte sums
+    const span = (this.ctx.sb.nodeSize / 4) * ss;
+    const lo = key(CSUM_OBJECTID, KT.EXTENT_CSUM, Math.max(0, start - span));
+    const hi = key(CSUM_OBJECTID, KT.EXTENT_CSUM, end - 1);
+    for await (const it of items(this.ctx, root, lo, hi)) {
+      const at = Number(it.key.off);
+      const dv = new DataView(it.data.buffer, it.data.byteOffset, it.data.byteLength);
+      for (let j = 0; j * 4 + 4 <= it.data.length; j++) {
+        const sector = at + j * ss;
+        if (sector >= start && sector < end) out.set(sector, dv.getUint32(j * 4, true));
       }
     }
     return out;
@@ -511,20 +653,35 @@ export class BtrfsFileSystem implements FileSystem {
     return { logical: ri.bytenr, level: ri.level, name: 'extent tree' };
   }
 
+  /**
+   * Where logical bytes lie, as volume offsets: on the primary device (the volume) when a copy
+   * is there, else on another device (`device`); pieces contiguous on one device merged.
+   */
+  private place(logical: number, length: number, structure: string): Place[] {
+    const out: Place[] = [];
+    const primary = this.ctx.sb.devid;
+    for (const p of this.ctx.chunks.pieces(logical, length, structure)) {
+      const c = p.copies.find((x) => x.devid === primary) ?? p.copies[0];
+      const last = out[out.length - 1];
+      const device = c.devid === primary ? undefined : c.devid;
+      if (last && last.device === device && last.volumeOffset + last.length === c.physical) last.length += p.length;
+      else out.push({ length: p.length, volumeOffset: c.physical, device });
+    }
+    return out;
+  }
+
   async *extents(file: Inode): AsyncIterable<FileExtent> {
     for (const e of await this.fileExtents(file)) {
       const fe = e.fe;
       if (fe.type === FE_INLINE) {
+        const [at] = this.place(e.itemLogical + 21, (fe.inline as Uint8Array).length, 'btrfs inline extent');
         const x: FileExtent = {
           fileOffset: e.fileOffset,
           length: Math.min(fe.ramBytes, Math.max(0, file.size - e.fileOffset)),
-          volumeOffset: this.ctx.chunks.map(
-            e.itemLogical + 21,
-            (fe.inline as Uint8Array).length,
-            'btrfs inline extent',
-          )[0],
+          volumeOffset: at.volumeOffset,
           inline: true,
         };
+        if (at.device !== undefined) x.device = at.device;
         if (fe.compression) {
           x.encoded = COMPRESSION[fe.compression];
           x.diskLength = (fe.inline as Uint8Array).length;
@@ -534,22 +691,41 @@ export class BtrfsFileSystem implements FileSystem {
       }
       if (fe.diskBytenr === 0) continue;
       const shared = await this.isShared(fe, e.path);
-      const x: FileExtent = {
-        fileOffset: e.fileOffset,
-        length: fe.numBytes,
-        volumeOffset: 0,
-      };
       if (fe.compression) {
-        x.volumeOffset = this.ctx.chunks.map(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent')[0];
-        x.diskLength = fe.diskNumBytes;
-        x.encoded = COMPRESSION[fe.compression];
-      } else {
-        x.volumeOffset = this.ctx.chunks.map(fe.diskBytenr + fe.offset, fe.numBytes, 'btrfs data extent')[0];
+        const ps = this.place(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent');
+        const x: FileExtent = {
+          fileOffset: e.fileOffset,
+          length: fe.numBytes,
+          volumeOffset: ps[0].volumeOffset,
+          diskLength: fe.diskNumBytes,
+          encoded: COMPRESSION[fe.compression],
+        };
+        // striped disk bytes are not one range of any device: named by their first piece's device
+        if (ps.length > 1 || ps[0].device !== undefined) x.device = ps[0].device ?? this.ctx.sb.devid;
+        if (fe.type === FE_PREALLOC) x.unwritten = true;
+        if (shared) x.shared = true;
+        yield x;
+        continue;
       }
-      if (fe.type === FE_PREALLOC) x.unwritten = true;
-      if (shared) x.shared = true;
-      yield x;
+      let fileOffset = e.fileOffset;
+      for (const p of this.place(fe.diskBytenr + fe.offset, fe.numBytes, 'btrfs data extent')) {
+        const x: FileExtent = { fileOffset, length: p.length, volumeOffset: p.volumeOffset };
+        if (p.device !== undefined) x.device = p.device;
+        if (fe.type === FE_PREALLOC) x.unwritten = true;
+        if (shared) x.shared = true;
+        fileOffset += p.length;
+        yield x;
+      }
     }
+  }
+
+  /** Volume ranges (primary device) of every copy of logical bytes. */
+  private onVolume(logical: number, length: number, structure: string): ByteRange[] {
+    const out: ByteRange[] = [];
+    const primary = this.ctx.sb.devid;
+    for (const p of this.ctx.chunks.pieces(logical, length, structure))
+      for (const c of p.copies) if (c.devid === primary) out.push({ offset: c.physical, length: p.length });
+    return out;
   }
 
   async allocation(): Promise<ByteRange[]> {
@@ -562,8 +738,7 @@ export class BtrfsFileSystem implements FileSystem {
       if (it.key.type === KT.EXTENT_ITEM) len = Number(it.key.off);
       else if (it.key.type === KT.METADATA_ITEM) len = ns;
       else continue;
-      for (const p of this.ctx.chunks.map(Number(it.key.oid), len, 'btrfs extent item'))
-        rs.push({ offset: p, length: len });
+      rs.push(...this.onVolume(Number(it.key.oid), len, 'btrfs extent item'));
     }
     return merge(rs);
   }
@@ -594,8 +769,8 @@ export class BtrfsFileSystem implements FileSystem {
       for await (const n of treeBlocks(this.ctx, t.root)) {
         if (seen.has(n.logical)) continue;
         seen.add(n.logical);
-        for (const p of this.ctx.chunks.map(n.logical, sb.nodeSize, `btrfs ${t.root.name} node`)) {
-          yield { offset: p, length: sb.nodeSize, kind: t.kind, detail: t.root.name };
+        for (const r of this.onVolume(n.logical, sb.nodeSize, `btrfs ${t.root.name} node`)) {
+          yield { ...r, kind: t.kind, detail: t.root.name };
         }
       }
     }
@@ -659,11 +834,14 @@ export function openBtrfs(volume: ByteSource, opts: BtrfsOpenOptions = {}): Prom
 
 export const btrfsDriver: FsDriver = {
   kind: 'btrfs',
-  options: ['subvol'],
+  options: ['subvol', 'devices'],
   probe(head: Uint8Array): boolean {
     return probeBtrfs(head);
   },
   open(volume: ByteSource, options: FsOpenOptions = {}): Promise<FileSystem> {
-    return BtrfsFileSystem.open(volume, options.subvol !== undefined ? { subvol: options.subvol } : {});
+    const o: BtrfsOpenOptions = {};
+    if (options.subvol !== undefined) o.subvol = options.subvol;
+    if (options.devices !== undefined && options.devices.length > 0) o.devices = options.devices;
+    return BtrfsFileSystem.open(volume, o);
   },
 };

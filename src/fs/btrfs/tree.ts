@@ -50,27 +50,29 @@ async function loadNode(ctx: BtrfsContext, logical: number, what: string): Promi
   const where = ctx.where(`btrfs ${what} node`, logical);
   if (!Number.isSafeInteger(logical) || logical <= 0 || logical % ctx.sb.sectorSize !== 0)
     throw corrupt('tree block address is not sector aligned', where);
-  const copies = ctx.chunks.map(logical, ns, `btrfs ${what} node`);
+  const structure = `btrfs ${what} node`;
+  const copies = ctx.mirrors(logical, ns, structure);
   let raw: Uint8Array | undefined;
   let bad = '';
-  for (const phys of copies) {
-    const b = await ctx.meta.read(phys, ns);
-    if (b.length < ns) throw new StrataError('TRUNCATED', 'tree block cut short', { ...where, offset: phys });
+  for (let m = 0; m < copies; m++) {
+    const b = await ctx.readLogical(logical, ns, structure, m, true);
+    if (b.length < ns) throw new StrataError('TRUNCATED', 'tree block cut short', where);
     const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
     if (ctx.sb.csumType === 0) {
       const want = dv.getUint32(0, true);
       const got = crc32c(b.subarray(0x20, ns));
       if (want !== got) {
-        bad = `checksum mismatch at physical ${phys} (stored ${want.toString(16)}, computed ${got.toString(16)})`;
+        bad = `checksum mismatch in copy ${m + 1} of ${copies} (stored ${want.toString(16)}, computed ${got.toString(16)})`;
         continue;
       }
     } else ctx.csumNotVerified(CSUM_NAMES[ctx.sb.csumType]);
+    if (m > 0) ctx.warn(`${ctx.name}: btrfs ${what} node at ${logical}: ${bad}; read copy ${m + 1}`);
     raw = b;
     break;
   }
   if (!raw) {
     ctx.warn(`${ctx.name}: btrfs ${what} node at ${logical}: ${bad}`);
-    raw = await ctx.meta.read(copies[0], ns);
+    raw = await ctx.readLogical(logical, ns, structure, 0, true);
   }
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const bytenr = Number(dv.getBigUint64(0x30, true));
@@ -162,33 +164,30 @@ function firstAtLeast(keys: readonly Key[], k: Key): number {
 }
 
 /** All items of one objectid and type. */
-export async function collect(ctx: BtrfsContext, root: TreeRoot, oid: bigint, type: number): Promise<Item[]> {
-  const out: Item[] = [];
-  for await (const it of items(ctx, root, key(oid, type, 0n), key(oid, type, MAX_U64))) out.push(it);
-  return out;
+export function collect(ctx: BtrfsContext, root: TreeRoot, oid: bigint, type: number): Promise<Item[]> {
+  return itemRange(ctx, root, key(oid, type, 0n), key(oid, type, MAX_U64));
 }
 
-/**
- * The item with exactly this key, or undefined: one descent (no generator), the common
- * lookup (inode items, dir items by name hash, root refs).
- */
-export async function findItem(ctx: BtrfsContext, root: TreeRoot, k: Key): Promise<Item | undefined> {
+/** A tree block already in the cache (checked against the level its parent expects), else read. */
+function nodeAt(ctx: BtrfsContext, logical: number, level: number, what: string): Node | Promise<Node> {
+  const n = ctx.nodes.get(logical);
+  if (n === undefined) return readNode(ctx, logical, level, what);
+  if (n.level !== level)
+    throw corrupt(`tree block level ${n.level}, parent says ${level}`, ctx.where(`btrfs ${what} node`, logical));
+  return n;
+}
+
+/** The leaf where key `k` is or would be, and the tree blocks from the root to it. */
+async function descend(ctx: BtrfsContext, root: TreeRoot, k: Key): Promise<{ leaf: Node; path: number[] } | undefined> {
   let logical = root.logical;
   let level = root.level;
   const path: number[] = [];
   for (;;) {
-    const n = await readNode(ctx, logical, level, root.name);
+    const got = nodeAt(ctx, logical, level, root.name);
+    const n = got instanceof Promise ? await got : got;
     path.push(logical);
+    if (n.level === 0) return { leaf: n, path };
     const i = firstAtLeast(n.keys, k);
-    if (n.level === 0) {
-      if (i >= n.keys.length || cmpKey(n.keys[i], k) !== 0) return undefined;
-      return {
-        key: n.keys[i],
-        data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]),
-        logical: n.logical + n.ptrs[i],
-        path,
-      };
-    }
     // the child whose first key is the last one <= k
     const c = i < n.keys.length && cmpKey(n.keys[i], k) === 0 ? i : i - 1;
     if (c < 0) return undefined;
@@ -197,6 +196,87 @@ export async function findItem(ctx: BtrfsContext, root: TreeRoot, k: Key): Promi
     logical = n.ptrs[c];
     level = n.level - 1;
   }
+}
+
+function itemOf(n: Node, i: number, path: readonly number[]): Item {
+  return {
+    key: n.keys[i],
+    data: n.raw.subarray(n.ptrs[i], n.ptrs[i] + n.sizes[i]),
+    logical: n.logical + n.ptrs[i],
+    path,
+  };
+}
+
+/**
+ * The item with exactly this key, or undefined: one descent (no generator), the common
+ * lookup (inode items, dir items by name hash, root refs).
+ */
+export async function findItem(ctx: BtrfsContext, root: TreeRoot, k: Key): Promise<Item | undefined> {
+  const d = await descend(ctx, root, k);
+  if (!d) return undefined;
+  const i = firstAtLeast(d.leaf.keys, k);
+  if (i >= d.leaf.keys.length || cmpKey(d.leaf.keys[i], k) !== 0) return undefined;
+  return itemOf(d.leaf, i, d.path);
+}
+
+/**
+ * Items with exactly these keys (undefined where absent), in the order asked: keys falling in
+ * the leaf the previous one was found in are looked up there, without another descent (the
+ * inode items of one directory's entries mostly share a few leaves).
+ */
+export async function findItems(
+  ctx: BtrfsContext,
+  root: TreeRoot,
+  ks: readonly Key[],
+): Promise<Array<Item | undefined>> {
+  const order = ks.map((_, i) => i).sort((a, b) => cmpKey(ks[a], ks[b]));
+  const out: Array<Item | undefined> = new Array(ks.length);
+  let leaf: Node | undefined;
+  let path: number[] = [];
+  for (const j of order) {
+    const k = ks[j];
+    const n = leaf?.keys.length ?? 0;
+    if (!leaf || n === 0 || cmpKey(k, leaf.keys[0]) < 0 || cmpKey(k, leaf.keys[n - 1]) > 0) {
+      const d = await descend(ctx, root, k);
+      if (!d) {
+        out[j] = undefined;
+        continue;
+      }
+      leaf = d.leaf;
+      path = d.path;
+    }
+    const i = firstAtLeast(leaf.keys, k);
+    out[j] = i < leaf.keys.length && cmpKey(leaf.keys[i], k) === 0 ? itemOf(leaf, i, path) : undefined;
+  }
+  return out;
+}
+
+/** Items with lo <= key <= hi, in key order, as an array (no generator: the walk of a directory or a file's extents). */
+export async function itemRange(ctx: BtrfsContext, root: TreeRoot, lo: Key, hi: Key): Promise<Item[]> {
+  const out: Item[] = [];
+  let budget = 1_000_000;
+  const walk = async (logical: number, level: number, up: readonly number[]): Promise<boolean> => {
+    if (--budget < 0)
+      throw new StrataError('LOOP', 'tree walk visits too many blocks', ctx.where(`btrfs ${root.name}`, logical));
+    const got = nodeAt(ctx, logical, level, root.name);
+    const n = got instanceof Promise ? await got : got;
+    const path = [...up, logical];
+    if (n.level === 0) {
+      for (let i = firstAtLeast(n.keys, lo); i < n.keys.length; i++) {
+        if (cmpKey(n.keys[i], hi) > 0) return false;
+        out.push(itemOf(n, i, path));
+      }
+      return true;
+    }
+    for (let i = Math.max(0, firstAtLeast(n.keys, lo) - 1); i < n.keys.length; i++) {
+      if (cmpKey(n.keys[i], hi) > 0) return false;
+      if (i + 1 < n.keys.length && cmpKey(n.keys[i + 1], lo) <= 0) continue;
+      if (!(await walk(n.ptrs[i], n.level - 1, path))) return false;
+    }
+    return true;
+  };
+  await walk(root.logical, root.level, []);
+  return out;
 }
 
 /** Every tree block of a tree (for metadata regions), pre-order. */

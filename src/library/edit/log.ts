@@ -30,6 +30,11 @@ export interface LogOptions {
   limit?: number;
   /** `--part N`: the file system compared (default as diff chooses). */
   part?: string;
+  /**
+   * Which images the caller may read (the service's policy): a parent in any other image is
+   * left out of `parents`, and the chain stops where the first parent is one (default: all).
+   */
+  canRead?: (image: string) => Promise<boolean>;
 }
 
 export async function versionLog(lib: Library, ref: string, opts: LogOptions = {}): Promise<LogStep[]> {
@@ -49,14 +54,18 @@ export async function versionLog(lib: Library, ref: string, opts: LogOptions = {
       createdBy: v.createdBy,
       message: v.message ?? null,
       source: v.sourceName,
-      parents: v.parents.map((p) => `${p.image}@${p.number}`),
+      parents: [],
       tags: v.tags,
       state: v.state,
       changes: null,
       warnings: [],
     };
+    const visible = [];
+    for (const p of v.parents) if (!opts.canRead || (await opts.canRead(p.image))) visible.push(p);
+    step.parents = visible.map((p) => `${p.image}@${p.number}`);
     steps.push(step);
-    const first = v.parents[0];
+    // the first parent, when the caller may read it (never a second one in its place)
+    const first = v.parents[0] && visible.includes(v.parents[0]) ? v.parents[0] : undefined;
     if (!first) break;
     const parent = await lib.catalog.version(first.image, first.number);
     if (!parent) {

@@ -10,7 +10,9 @@
  * silently. Package databases get a finer merge: dpkg's status file (and apt's
  * extended_states) stanza by stanza, a stanza both sides changed differently being a
  * conflict that names the package; /var/lib/dpkg/info/PKG.* files follow their package's
- * stanza; log files both sides only appended to get both appends.
+ * stanza; log files both sides only appended to get both appends. An rpm database (binary)
+ * is taken as files from the side that changed it; changed on both sides it is one conflict
+ * naming the packages each side changed, and its whole folder follows the decision.
  *
  * The plan is a ChangeSet (./changes.ts) that turns REF's files into the merged ones; the
  * writer (applyChanges) makes the new version with parents [REF, A1].
@@ -81,6 +83,8 @@ export interface Conflict {
    */
   kind: 'content' | 'delete' | 'type' | 'add' | 'metadata' | 'package' | 'unsupported';
   package?: string;
+  /** An rpm database both sides changed: the packages whose records differ (name.arch). */
+  packages?: string[];
   fields?: string[];
   detail?: string;
   base: SideState;
@@ -137,6 +141,14 @@ const DPKG_INFO = '/var/lib/dpkg/info/';
 /** dpkg's backup of the status before its last run: never read for state; REF's is kept. */
 const BACKUPS = new Set(['/var/lib/dpkg/status-old', '/var/lib/apt/extended_states.old']);
 const MERGE_LIMIT = 256 * 1024 * 1024;
+/**
+ * rpm's database folders and the file in each that holds the package headers (sqlite since
+ * rpm 4.16, Berkeley DB before). The other files there (indexes, -wal, -shm, locks) go with
+ * it: a binary database is taken whole from one side, never merged record by record.
+ */
+const RPM_DIRS = ['/var/lib/rpm/', '/usr/lib/sysimage/rpm/'];
+const RPM_MAIN = ['rpmdb.sqlite', 'Packages'];
+const rpmDirOf = (p: string) => RPM_DIRS.find((d) => p.startsWith(d) && !p.slice(d.length).includes('/'));
 
 const typeOf = (e: FileEntry | undefined) => e?.type ?? 'absent';
 
@@ -320,6 +332,65 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
     }
   }
 
+  // rpm databases both sides changed: one conflict naming the packages, the folder follows it
+  const rpmDecision = new Map<string, 'ours' | 'theirs' | undefined>();
+  for (const dirPath of RPM_DIRS) {
+    for (const main of RPM_MAIN) {
+      const p = dirPath + main;
+      const b = B.get(p);
+      const t = T.get(p);
+      const o = O.get(p);
+      if (!t || !o || sameEntry(b, o) || sameEntry(t, o) || contentKey(t) === contentKey(o)) continue;
+      if (t.type !== 'file' || o.type !== 'file' || (b && b.type !== 'file')) continue;
+      const c = conflict({ path: p, kind: 'package', ...(await rpmPackages(p, main, b, t, o)) });
+      rpmDecision.set(dirPath, c.resolution);
+      if (c.resolution === 'theirs') takeTheirs(p);
+    }
+  }
+
+  /** What each side did to the packages of an rpm database: the ones both changed differently, else every changed one. */
+  async function rpmPackages(
+    p: string,
+    main: string,
+    b: FileEntry | undefined,
+    t: FileEntry,
+    o: FileEntry,
+  ): Promise<{ packages?: string[]; detail: string }> {
+    const { readRpmBdb, readRpmSqlite } = await import('../../inspect/rpm-db.js');
+    const list = async (side: Side, e: FileEntry | undefined) => {
+      const m = new Map<string, string>();
+      if (!e) return m;
+      if (e.size > MERGE_LIMIT) throw new StrataError('LIMIT', `${p} (${e.size} B) is too large to read`, { file: p });
+      const bytes = await input.read(side, e);
+      const pkgs =
+        main === 'Packages' ? readRpmBdb(bytes, `${p} (${side})`) : await readRpmSqlite(bytes, `${p} (${side})`);
+      for (const x of pkgs) m.set(`${x.name}.${x.arch}`, `${x.epoch ? `${x.epoch}:` : ''}${x.version}-${x.release}`);
+      return m;
+    };
+    let mb: Map<string, string>;
+    let mt: Map<string, string>;
+    let mo: Map<string, string>;
+    try {
+      [mb, mt, mo] = [await list('base', b), await list('theirs', t), await list('ours', o)];
+    } catch (e) {
+      if (!(e instanceof StrataError)) throw e;
+      return { detail: `both sides changed the rpm database; its packages could not be read: ${e.message}` };
+    }
+    const names = [...new Set([...mb.keys(), ...mt.keys(), ...mo.keys()])].sort();
+    const show = (m: Map<string, string>, n: string) => m.get(n) ?? 'absent';
+    const byTheirs = names.filter((n) => mt.get(n) !== mb.get(n));
+    const byOurs = names.filter((n) => mo.get(n) !== mb.get(n));
+    const both = byTheirs.filter((n) => byOurs.includes(n) && mt.get(n) !== mo.get(n));
+    const say = (ns: string[]) =>
+      ns.map((n) => `${n} ${show(mb, n)} -> ours ${show(mo, n)}, theirs ${show(mt, n)}`).join('; ');
+    if (both.length > 0)
+      return { packages: both, detail: `rpm database: both sides changed ${say(both)} (taken whole from one side)` };
+    return {
+      packages: [...new Set([...byTheirs, ...byOurs])].sort(),
+      detail: `rpm database changed on both sides, not merged record by record (A1: ${byTheirs.join(', ') || 'no package'}; REF: ${byOurs.join(', ') || 'no package'}); taken whole from one side`,
+    };
+  }
+
   async function text(side: Side, e: FileEntry): Promise<string> {
     if (e.size > MERGE_LIMIT)
       throw new StrataError('LIMIT', `${e.path} (${e.size} B) is too large to merge`, { file: e.path });
@@ -393,6 +464,12 @@ export async function planRebase(input: PlanInput): Promise<RebasePlan> {
 
   for (const p of changed) {
     if (wants.has(p)) continue; // merged above
+    const rpmDir = rpmDirOf(p);
+    if (rpmDir !== undefined && rpmDecision.has(rpmDir)) {
+      // part of the rpm database's conflict (listed once, by its main file)
+      if (rpmDecision.get(rpmDir) === 'theirs') takeTheirs(p);
+      continue;
+    }
     const b = B.get(p);
     const t = T.get(p);
     const o = O.get(p);
@@ -808,4 +885,83 @@ export async function rebaseVersion(
     await rm(work, { recursive: true, force: true });
   }
   return out;
+}
+
+/**
+ * A rebase's result as JSON (what `strata rebase --json` prints and the service's
+ * POST /v1/images/{name}/rebases answers): contents held in memory shown by their size, not
+ * their bytes; `version` is what the writer returned, when it ran.
+ */
+export interface RebaseJson {
+  ref: string;
+  from: string;
+  to: string;
+  message: string;
+  dryRun: boolean;
+  summary: RebasePlan['summary'];
+  conflicts: Conflict[];
+  merged: MergedFile[];
+  changes: unknown[];
+  version?: unknown;
+}
+
+export function rebaseJson(r: RebaseResult, version: unknown = r.version): RebaseJson {
+  const changes = r.plan.changeSet.changes.map((c) => {
+    if (c.op === 'put' && c.content.kind === 'bytes')
+      return { ...c, content: { kind: 'bytes', size: c.content.data.length } };
+    if (c.op === 'xattr' && c.value) return { ...c, value: Buffer.from(c.value).toString('base64') };
+    return c;
+  });
+  return {
+    ref: r.ref,
+    from: r.from,
+    to: r.to,
+    message: r.message,
+    dryRun: r.dryRun,
+    summary: r.plan.summary,
+    conflicts: r.plan.conflicts,
+    merged: r.plan.merged,
+    changes,
+    ...(version !== undefined ? { version } : {}),
+  };
+}
+
+/** One line for a conflict: its kind, package or fields, both sides, and its decision. */
+export function conflictLine(c: Conflict): string {
+  const what = c.package ? ` package ${c.package}` : c.fields ? ` (${c.fields.join(', ')})` : '';
+  const side = (x: Conflict['ours']) => (x.type === 'file' ? `file ${x.size} B` : x.type);
+  const res = c.resolution ? ` -> ${c.resolution}` : '';
+  return `conflict ${c.kind}${what}: ${c.path}: ours ${side(c.ours)}, theirs ${side(c.theirs)}${c.detail ? `; ${c.detail}` : ''}${res}`;
+}
+
+/**
+ * `strata rebase`'s lines (local or --remote alike): what A1 changed and what was taken,
+ * merged files, conflicts, and while conflicts stop it (or on a dry run) a resolution file
+ * to edit and pass back with --resolve.
+ */
+export function rebaseText(j: RebaseJson): string {
+  const s = j.summary;
+  const stopped = s.unresolved > 0;
+  const lines = [
+    `rebase ${j.ref} from ${j.from} onto ${j.to}: A1 changed ${s.theirsChanged} paths; ${s.taken} taken, ${s.same} already so in REF, ${j.changes.length} operations`,
+  ];
+  for (const m of j.merged)
+    lines.push(`merged ${m.path} (${m.how}${m.fromTheirs?.length ? `: ${m.fromTheirs.join(', ')} from A1` : ''})`);
+  for (const c of j.conflicts) lines.push(conflictLine(c));
+  if (stopped)
+    lines.push(
+      `${s.unresolved} conflicts: nothing written (--take ours|theirs PATH, --resolve FILE, --ours or --theirs decides)`,
+    );
+  else if (j.dryRun) lines.push('dry run: nothing written');
+  else if (j.version && typeof (j.version as { ref?: unknown }).ref === 'string')
+    lines.push(`wrote ${(j.version as { ref: string }).ref} (parents ${j.ref} and ${j.to})`);
+  else if (j.changes.length === 0) lines.push('nothing to change: no version written');
+  if (j.conflicts.length > 0 && (stopped || j.dryRun)) {
+    lines.push('', '# resolution file (keep ours or change to theirs; pass with --resolve FILE):');
+    for (const c of j.conflicts) {
+      lines.push(`# ${conflictLine(c)}`);
+      lines.push(`${c.resolution ?? 'ours'} ${c.package ? `package:${c.package}` : c.path}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
 }

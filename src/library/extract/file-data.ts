@@ -56,7 +56,7 @@ export async function copyData(
   while (i < extents.length) {
     const e = extents[i];
     const end = Math.min(size, e.fileOffset + e.length);
-    if (e.encoded || e.inline || e.diskLength !== undefined) {
+    if (e.encoded || e.inline || e.diskLength !== undefined || e.device !== undefined) {
       for (let off = e.fileOffset; off < end; off += chunk) {
         const b = await fs.read(ino, off, Math.min(chunk, end - off));
         writeAll(fd, b, off);
@@ -71,7 +71,7 @@ export async function copyData(
     let j = i + 1;
     while (j < extents.length) {
       const n = extents[j];
-      if (n.encoded || n.inline || n.diskLength !== undefined) break;
+      if (n.encoded || n.inline || n.diskLength !== undefined || n.device !== undefined) break;
       if (n.fileOffset !== runEnd || n.volumeOffset !== e.volumeOffset + (runEnd - e.fileOffset)) break;
       runEnd = Math.min(size, n.fileOffset + n.length);
       j++;

@@ -8,6 +8,8 @@ import { type BootProfile, checkProfile } from '../../catalog/profiles.js';
 import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
 import { type Change, changeToWire, type WireChange } from '../../library/edit/changes.js';
+import type { LogStep } from '../../library/edit/log.js';
+import type { RebaseJson, Take } from '../../library/edit/rebase.js';
 import type { StatExtent } from '../../library/listing.js';
 import {
   decodeManifest,
@@ -323,6 +325,38 @@ export class RemoteLibrary {
     }
     return this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
       json: { from: `${v.image}@${v.number}`, changes: wire, ...opts },
+    });
+  }
+  /**
+   * `strata rebase REF --from A0 --to A1` on the service (POST /v1/images/{name}/rebases):
+   * the plan, and unless conflicts stop it or it is a dry run, the new version (`version`).
+   */
+  async rebase(
+    ref: string,
+    from: string,
+    to: string,
+    opts: {
+      prefer?: 'ours' | 'theirs';
+      take?: Take[];
+      part?: string;
+      message?: string;
+      tags?: string[];
+      dryRun?: boolean;
+    } = {},
+  ): Promise<RebaseJson & { version?: RemoteEditResult }> {
+    const v = await this.resolve(ref);
+    return this.json('POST', `/v1/images/${enc(v.image)}/rebases`, {
+      json: { ref: `${v.image}@${v.number}`, from, to, ...opts },
+    });
+  }
+  /** `strata log REF` on the service: the provenance chain the caller may read, newest first. */
+  async log(ref: string, opts: { limit?: number; part?: string } = {}): Promise<LogStep[]> {
+    const { path } = await this.vpath(ref);
+    return this.json('GET', `${path}/log`, {
+      query: {
+        ...(opts.limit !== undefined ? { limit: opts.limit } : {}),
+        ...(opts.part !== undefined ? { part: opts.part } : {}),
+      },
     });
   }
   tag(name: string, tag: string, version: number) {

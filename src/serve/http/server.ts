@@ -14,6 +14,8 @@ import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-s
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { applyChanges } from '../../library/edit/apply.js';
 import { type Change, changeFromWire } from '../../library/edit/changes.js';
+import { versionLog } from '../../library/edit/log.js';
+import { rebaseJson, rebaseVersion, type Take } from '../../library/edit/rebase.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
 import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
@@ -1253,6 +1255,161 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         volume: r.volume,
         warnings,
       };
+    },
+  );
+
+  app.post(
+    '/v1/images/:name/rebases',
+    {
+      config: { op: 'versions.rebase' },
+      schema: {
+        params: nameParam,
+        body: obj(
+          {
+            ref: str({ maxLength: 300, description: 'the derived version (REF; default: the latest of the image)' }),
+            from: str({ maxLength: 300, description: 'A0, the base REF was made from (readable)' }),
+            to: str({ maxLength: 300, description: 'A1, the updated base (readable)' }),
+            prefer: { type: 'string', enum: ['ours', 'theirs'], description: 'whose side every other conflict takes' },
+            take: arr(
+              obj({
+                side: { type: 'string', enum: ['ours', 'theirs'] },
+                path: str({ maxLength: 4096, description: 'a path (a directory decides under it) or package:NAME' }),
+              }),
+              { maxItems: 100_000 },
+            ),
+            part: str({ maxLength: 64 }),
+            message: str({ maxLength: 4096 }),
+            tags: arr(str({ pattern: TAG }), { maxItems: 64 }),
+            dryRun: bool(),
+          },
+          ['from', 'to'],
+        ),
+        response: {
+          ...Object.fromEntries(
+            [200, 201].map((code) => [
+              code,
+              obj(
+                {
+                  ref: str(),
+                  from: str(),
+                  to: str(),
+                  message: str(),
+                  dryRun: bool(),
+                  summary: anyObject('paths A1 changed, taken, already so, kept, conflicts, unresolved'),
+                  conflicts: arr(anyObject('a path (or package) both sides changed differently, and its decision')),
+                  merged: arr(anyObject('a file merged from both sides (dpkg status, logs)')),
+                  changes: arr(anyObject('one operation of the change set applied to REF')),
+                  version: { ...EditResult, description: 'the new version (201 only)' },
+                },
+                ['ref', 'from', 'to', 'message', 'dryRun', 'summary', 'conflicts', 'merged', 'changes'],
+              ),
+            ]),
+          ),
+        },
+        description:
+          'carry diff(A0, A1) into REF: 201 with the new version (parents REF and A1); 200 when nothing was written (a dry run, unresolved conflicts listed, or nothing to change)',
+      },
+    },
+    async (req, reply) => {
+      const { name } = req.params as { name: string };
+      const b = req.body as {
+        ref?: string;
+        from: string;
+        to: string;
+        prefer?: 'ours' | 'theirs';
+        take?: Take[];
+        part?: string;
+        message?: string;
+        tags?: string[];
+        dryRun?: boolean;
+      };
+      const v = await editSource(req.policy, name, b.ref);
+      const a0 = await resolveRef(req.policy, b.from);
+      const a1 = await resolveRef(req.policy, b.to);
+      for (const t of b.tags ?? []) checkTag(t);
+      let made: (Awaited<ReturnType<typeof applyChanges>> & { tags?: string[] }) | undefined;
+      const r = await rebaseVersion(
+        lib,
+        `${v.image}@${v.number}`,
+        `${a0.image}@${a0.number}`,
+        `${a1.image}@${a1.number}`,
+        {
+          ...(b.part !== undefined ? { part: b.part } : {}),
+          ...(b.prefer ? { prefer: b.prefer } : {}),
+          ...(b.take?.length ? { take: b.take } : {}),
+          ...(b.message !== undefined ? { message: b.message } : {}),
+          dryRun: Boolean(b.dryRun),
+          apply: async (l, ref, changes, o) => {
+            made = await exclusive(() =>
+              applyChanges(l, ref, changes, {
+                alsoParents: o.alsoParents,
+                message: o.message,
+                ...(o.address ? { address: o.address } : {}),
+                tags: b.tags ?? [],
+                createdBy: req.principal.user ?? undefined,
+                inspect: false,
+              }),
+            );
+            return made;
+          },
+        },
+      ).catch(editProblem);
+      if (!made) return rebaseJson(r, undefined);
+      const row = (await lib.catalog.version(made.image, made.number)) as VersionRow;
+      const warnings = [...made.warnings];
+      await inspectAfterCheckin(lib, row, warnings);
+      reply.code(201);
+      return rebaseJson(r, {
+        ...versionOf(row),
+        parent: made.parent,
+        changes: made.changes,
+        contentBytes: made.contentBytes,
+        fsKind: made.fsKind,
+        volume: made.volume,
+        warnings,
+      });
+    },
+  );
+
+  app.get(
+    '/v1/images/:name/versions/:version/log',
+    {
+      config: { op: 'versions.log' },
+      schema: {
+        params: versionParams,
+        querystring: obj({ limit: int({ minimum: 1, maximum: 10_000 }), part: str({ maxLength: 64 }) }, []),
+        response: {
+          200: arr(
+            obj(
+              {
+                ref: str(),
+                created: str(),
+                createdBy: nullable(str()),
+                message: nullable(str()),
+                source: nullable(str()),
+                parents: arr(str()),
+                tags: arr(str()),
+                state: str(),
+                changes: { anyOf: [anyObject('the file diff summary against the first parent'), { type: 'null' }] },
+                warnings: arr(str()),
+              },
+              ['ref', 'created', 'parents', 'tags', 'state', 'changes', 'warnings'],
+            ),
+          ),
+        },
+        description:
+          "a version's provenance chain, newest first, with what each step changed against its first parent; parents the caller may not read are left out and end the chain",
+      },
+    },
+    async (req) => {
+      const p = req.params as { name: string; version: string };
+      const q = req.query as { limit?: number; part?: string };
+      const v = await versionIn(req.policy, p.name, p.version);
+      return versionLog(lib, `${v.image}@${v.number}`, {
+        limit: q.limit ?? 100,
+        ...(q.part !== undefined ? { part: q.part } : {}),
+        canRead: (image) => req.policy.canRead(image),
+      });
     },
   );
 

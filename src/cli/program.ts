@@ -1,0 +1,101 @@
+import type { Command } from 'commander';
+
+/**
+ * The `strata` command's program: thin. Each file in ./commands registers its verbs on a program
+ * and calls into the library; this file only wires the groups it is given (main.ts: all of
+ * them; image-main.ts: the image verbs, a bundle of their own) and turns errors into one line.
+ *
+ * Node's start-up and module loading are a large part of a short run, so a command group's
+ * module (and the readers it pulls in) is loaded only when one of its verbs is asked for;
+ * help and unknown verbs load every group.
+ */
+type Registrar = (program: Command) => void;
+
+/** Verbs and the loader of the module that registers them. */
+export interface CommandGroup {
+  verbs: readonly string[];
+  load: () => Promise<Registrar>;
+}
+
+/** The package version, put in by the bundler (scripts/bundle.mjs); tsc builds read package.json. */
+declare const __STRATA_VERSION__: string | undefined;
+const VERSION: string =
+  typeof __STRATA_VERSION__ === 'string' ? __STRATA_VERSION__ : (process.env.npm_package_version ?? 'unknown');
+
+/** Verbs that run as services (many requests in one process): the budget is enforced only when --memory is given. */
+const SERVICES = new Set(['serve', 'mount', 'virtiofs', 'nbd', 'deploy']);
+
+/** A program with the commands of `groups` for `verb` (all of them when `verb` is not one they know). */
+export async function buildProgramWith(groups: readonly CommandGroup[], verb?: string): Promise<Command> {
+  const { Command } = await import('commander');
+  const program = new Command('strata')
+    .description('Virtual-machine disk images as structured data')
+    .version(VERSION, '-V, --version', 'print the version')
+    .showHelpAfterError(false)
+    .option(
+      '--memory <size>',
+      'memory budget of this command: caches are sized from it and a command that cannot stay within it stops with an error (default 256M; K, M, G suffixes)',
+    )
+    .exitOverride();
+  program.hook('preAction', async (cmd, action) => {
+    const { DEFAULT_MEMORY, parseMemorySize, setMemoryBudget } = await import('../library/index.js');
+    const given = cmd.opts().memory as string | undefined;
+    // long-running services keep their own footprint unless a budget is asked for
+    let verb: Command = action;
+    while (verb.parent && verb.parent !== program) verb = verb.parent;
+    const enforce = given !== undefined || !SERVICES.has(verb.name());
+    setMemoryBudget(given === undefined ? DEFAULT_MEMORY : parseMemorySize(given), enforce);
+  });
+  const mine = groups.filter((g) => verb !== undefined && g.verbs.includes(verb));
+  for (const g of mine.length > 0 ? mine : groups) (await g.load())(program);
+  (await import('./help.js')).addExamples(program);
+  return program;
+}
+
+/**
+ * Verbs whose status says something besides success (diff(1), grep(1)): 0 same / found,
+ * 1 differ / none, 2 trouble. Every other verb: 0 success, 1 failure, 2 bad usage.
+ */
+const TRISTATE = new Set(['diff', 'search']);
+
+/**
+ * stdout closed by its reader (`strata map disk | head -1`): the output is no longer
+ * wanted, so stop quietly with status 0 instead of dying with a stack trace. Writes go to
+ * a pipe asynchronously, so EPIPE arrives as an 'error' event on stdout, not at the write.
+ */
+function quietOnClosedPipe(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+}
+
+export async function mainWith(groups: readonly CommandGroup[], argv: string[]): Promise<number> {
+  quietOnClosedPipe();
+  const [{ CommanderError }, { exitStatus, finishWarnings }] = await Promise.all([
+    import('commander'),
+    import('./output.js'),
+  ]);
+  const { isStrataError } = await import('../library/index.js');
+  const failed = TRISTATE.has(argv[0]) ? 2 : 1;
+  try {
+    const program = await buildProgramWith(groups, argv[0]);
+    await program.parseAsync(argv, { from: 'user' });
+    finishWarnings();
+    return exitStatus();
+  } catch (e) {
+    finishWarnings();
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if ((e as NodeJS.ErrnoException)?.code === 'EPIPE') return 0;
+    if (isStrataError(e)) process.stderr.write(`strata: ${e.message}\n`);
+    else if (isSystemError(e)) process.stderr.write(`strata: ${(e as Error).message}\n`);
+    else process.stderr.write(`strata: internal error: ${(e as Error)?.stack ?? e}\n`);
+    return failed;
+  }
+}
+
+/** An error from the operating system about a path the user gave (ENOENT, EACCES ...): one line. */
+function isSystemError(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return typeof code === 'string' && /^E[A-Z]+$/.test(code) && typeof (e as NodeJS.ErrnoException).syscall === 'string';
+}
