@@ -1,10 +1,30 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  appendFileSync,
+  chmodSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
-import { CLI, strata } from '../helpers/cli.js';
-import { type ExtImageSpec, extImage, type KernelEntry, kernelViewCached, treeView } from '../helpers/ext-tree.js';
+import { RemoteLibrary } from '../../src/serve/index.js';
+import { CLI, jsonLines, strata } from '../helpers/cli.js';
+import {
+  bytesOf,
+  type ExtImageSpec,
+  extImage,
+  type KernelEntry,
+  kernelView,
+  kernelViewCached,
+  treeView,
+} from '../helpers/ext-tree.js';
 import { mountPoint, type StrataMount, strataMount } from '../helpers/fuse-mount.js';
 import { have, scratch } from '../helpers/tools.js';
 
@@ -14,7 +34,9 @@ import { have, scratch } from '../helpers/tools.js';
  * mounted through the service's API: the tree equals the kernel's own loop mount of the
  * image checked in; every blob lands in the local chunk cache, so a second mount reads no
  * chunk from the service (its /metrics counts the chunk reads); without a token the
- * version does not exist.
+ * version does not exist. With --rw, `strata commit` sends the change set to the service:
+ * a reader's token or none makes no version, a project member's write token makes one,
+ * which e2fsck -fn finds clean and the kernel's loop mount shows as edited.
  */
 
 for (const tool of ['mount', 'umount', 'mkfs.ext4', 'sha256sum']) {
@@ -33,12 +55,14 @@ let dir: string;
 let server: ChildProcess | undefined;
 let url: string;
 let token: string;
+let writer: string;
 let img: string;
+let lib: string;
 
 before(async () => {
   img = await extImage(EXT4_4K);
   dir = scratch('fuse-remote');
-  const lib = path.join(dir, 'lib');
+  lib = path.join(dir, 'lib');
   const ci = await strata(['checkin', '--library', lib, '--name', 'ops/ext', img]);
   assert.equal(ci.code, 0, ci.stderr);
   const L = ['--library', lib];
@@ -47,6 +71,11 @@ before(async () => {
   const t = await strata(['token', 'create', '--user', 'rita', '--project', 'ops', '--scope', 'read', ...L]);
   assert.equal(t.code, 0, t.stderr);
   token = t.stdout.trim();
+  const w = await strata(['user', 'add', 'wes', '--project', 'ops', '--role', 'member', ...L]);
+  assert.equal(w.code, 0, w.stderr);
+  const wt = await strata(['token', 'create', '--user', 'wes', '--project', 'ops', '--scope', 'write', ...L]);
+  assert.equal(wt.code, 0, wt.stderr);
+  writer = wt.stdout.trim();
   const srv = spawn(
     process.execPath,
     [CLI, 'serve', ...L, '--listen', '127.0.0.1:0', '--default-project', 'ops', '--quiet'],
@@ -179,4 +208,114 @@ test('mount --remote without a token, or with a bad one: the private version is 
       rmdirSync(mnt);
     }
   }
+});
+
+/** What differs between two walks in the fields an edit may change: "PATH: FIELD", "PATH: gone", "PATH: new". */
+function changed(a: Map<string, KernelEntry>, b: Map<string, KernelEntry>): string[] {
+  const out: string[] = [];
+  const fields: Array<keyof KernelEntry> = ['type', 'mode', 'uid', 'gid', 'size', 'target', 'sha256', 'xattrs', 'rdev'];
+  for (const [p, x] of a) {
+    const y = b.get(p);
+    if (!y) out.push(`${p}: gone`);
+    else for (const f of fields) if (JSON.stringify(x[f]) !== JSON.stringify(y[f])) out.push(`${p}: ${f}`);
+  }
+  for (const p of b.keys()) if (!a.has(p)) out.push(`${p}: new`);
+  return out.sort();
+}
+
+async function serverVersions(): Promise<number[]> {
+  const r = await strata(['versions', 'ops/ext', '--json', '--remote', url], { env: { STRATA_TOKEN: writer } });
+  assert.equal(r.code, 0, r.stderr);
+  return jsonLines<{ number: number }>(r.stdout).map((v) => v.number);
+}
+
+test('mount --remote --rw, then commit to the service: a reader or no token makes nothing, a member makes a version; the kernel mounts it as edited', async () => {
+  const kernel = await kernelViewCached(img);
+  const upper = path.join(dir, 'upper-remote');
+  const prev = process.env.STRATA_TOKEN;
+  process.env.STRATA_TOKEN = token; // the mount reads with the reader's token
+  let m: StrataMount | undefined;
+  try {
+    m = await strataMount(['ops/ext@1', '--remote', url, '--no-chunk-cache', '--rw', '--upper', upper], 'remote-rw');
+    const at = (p: string) => path.join((m as StrataMount).mnt, p);
+    writeFileSync(at('files/from-remote.txt'), 'made on a remote mount\n');
+    appendFileSync(at('files/size-4096'), 'appended on a remote mount\n');
+    rmSync(at('files/size-65536'));
+    renameSync(at('files/size-1023'), at('files/renamed-1023'));
+    chmodSync(at('files/size-1'), 0o600);
+    mkdirSync(at('new-dir'));
+    symlinkSync('../files/from-remote.txt', at('new-dir/link'));
+
+    const dry = await strata(['commit', m.mnt, '--dry-run', '--json']);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.deepEqual(JSON.parse(dry.stdout).remote, { url, ref: 'ops/ext@1' }, 'the upper folder names the service');
+
+    // the reader's token reads, but may not write: refused, no version
+    const denied = await strata(['commit', m.mnt, '-m', 'not allowed'], { env: { STRATA_TOKEN: token } });
+    assert.equal(denied.code, 1, denied.stdout);
+    assert.match(denied.stderr, /rita .*may not write to ops\/ext/);
+    const anon = await strata(['commit', m.mnt, '-m', 'not allowed'], { env: { STRATA_TOKEN: '' } });
+    assert.equal(anon.code, 1, anon.stdout);
+    assert.match(anon.stderr, /no such (image|version): ops\/ext/);
+    assert.deepEqual(await serverVersions(), [1], 'no version was made');
+
+    // a member's write token: the edit is made on the service
+    const c = await strata(['commit', m.mnt, '-m', 'edited on a remote mount', '--json'], {
+      env: { STRATA_TOKEN: writer },
+    });
+    assert.equal(c.code, 0, c.stderr);
+    const made = JSON.parse(c.stdout) as { ref: string; parent: string; remote: string; changes: number };
+    assert.equal(made.ref, 'ops/ext@2');
+    assert.equal(made.parent, 'ops/ext@1');
+    assert.equal(made.remote, url);
+    assert.equal(made.changes, 7);
+
+    // again without a change: nothing is made; one change more: a version of all of them, the last as a parent too
+    const same = await strata(['commit', m.mnt, '--json'], { env: { STRATA_TOKEN: writer } });
+    assert.equal(same.code, 0, same.stderr);
+    assert.equal(JSON.parse(same.stdout).unchanged, true);
+    assert.deepEqual(await serverVersions(), [1, 2]);
+    writeFileSync(at('new-dir/second.txt'), 'a second commit\n');
+    const c3 = await strata(['commit', m.mnt, '--json'], { env: { STRATA_TOKEN: writer } });
+    assert.equal(c3.code, 0, c3.stderr);
+    assert.equal(JSON.parse(c3.stdout).ref, 'ops/ext@3');
+    const prov = await new RemoteLibrary(url, writer).provenance('ops/ext@3');
+    assert.deepEqual(prov.parents.map((p) => `${p.image}@${p.number}`).sort(), ['ops/ext@1', 'ops/ext@2']);
+  } finally {
+    if (m) await stopClean(m);
+    if (prev === undefined) delete process.env.STRATA_TOKEN;
+    else process.env.STRATA_TOKEN = prev;
+  }
+
+  // the oracles: the service's version checked out of its library, e2fsck -fn, the kernel's loop mount
+  const disk = path.join(dir, 'remote-edited.raw');
+  const co = await strata(['checkout', '--library', lib, 'ops/ext@3', disk]);
+  assert.equal(co.code, 0, co.stderr);
+  const fsck = spawnSync('e2fsck', ['-fn', disk], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  const edited = await kernelView(disk);
+  rmSync(disk);
+  const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+  assert.deepEqual(
+    changed(kernel, edited),
+    [
+      '/files/from-remote.txt: new',
+      '/files/renamed-1023: new',
+      '/files/size-1: mode',
+      '/files/size-1023: gone',
+      '/files/size-4096: sha256',
+      '/files/size-4096: size',
+      '/files/size-65536: gone',
+      '/new-dir/link: new',
+      '/new-dir/second.txt: new',
+      '/new-dir: new',
+    ].sort(),
+  );
+  assert.equal(edited.get('/files/from-remote.txt')?.sha256, sha('made on a remote mount\n'));
+  assert.equal(edited.get('/new-dir/second.txt')?.sha256, sha('a second commit\n'));
+  assert.equal(edited.get('/files/renamed-1023')?.sha256, kernel.get('/files/size-1023')?.sha256);
+  assert.equal(edited.get('/files/size-1')?.mode, 0o600);
+  assert.equal(edited.get('/new-dir/link')?.target, '../files/from-remote.txt');
+  const grown = Buffer.concat([bytesOf('size-4096', 4096), Buffer.from('appended on a remote mount\n')]);
+  assert.equal(edited.get('/files/size-4096')?.sha256, createHash('sha256').update(grown).digest('hex'));
 });

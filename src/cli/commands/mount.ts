@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync,
   mkdirSync,
@@ -11,9 +10,11 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { createRequire } from 'node:module';
 import { homedir, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
+import type { ChangeSet } from '../../library/index.js';
 import { REF_PREFIX, StrataError } from '../../library/index.js';
 import type { FuseSession, LocalChunkCache } from '../../serve/index.js';
 import {
@@ -62,7 +63,11 @@ function defaultChunkCache(): string {
 const how = (upper: string | undefined) => (upper ? `writable; upper layer ${upper}` : 'read-only');
 
 /** Where a writable mount's upper folder is noted, by mount point (for `strata commit MOUNTPOINT`). */
-function registryFile(mountpoint: string): string {
+/** node:crypto when needed (a read-only mount never does: it is not loaded at start-up). */
+const crypto = () => createRequire(import.meta.url)('node:crypto') as typeof import('node:crypto');
+
+async function registryFile(mountpoint: string): Promise<string> {
+  const { createHash } = crypto();
   const id = createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 24);
   return path.join(tmpdir(), 'strata-mounts', `${id}.json`);
 }
@@ -73,6 +78,23 @@ interface UpperMeta {
   mountpoint: string;
   pid: number;
   version?: { library: string; ref: string };
+  /** A version of a library service (mount --remote): its URL and NAME@N (no token is kept). */
+  remote?: { url: string; ref: string };
+  /** The file system mounted (--part / --lv): the one a commit edits. */
+  address?: { part?: string; lv?: string };
+}
+
+/** A writable mount's server: `strata commit` asks (SIGUSR2) for the state as of now. */
+function answerCommits(m: { upper?: string; save?: (nonce?: string) => void }): void {
+  const { upper, save } = m;
+  if (!save || !upper) return;
+  process.on('SIGUSR2', () => {
+    try {
+      save(readFileSync(path.join(upper, 'commit-request'), 'utf8').trim());
+    } catch (e) {
+      warn(`saving the upper layer state: ${(e as Error).message}`);
+    }
+  });
 }
 
 /** Until SIGINT/SIGTERM or the kernel ends the mount (someone ran umount): which one. */
@@ -109,6 +131,7 @@ async function mountTarget(
   }
   const { openMountTree, openRemoteMountTree, FuseSession, OverlayTree } = await import('../../serve/index.js');
   let opened: Awaited<ReturnType<typeof openMountTree>>;
+  let remoteVersion: UpperMeta['remote'];
   if (remote) {
     // a version of a library service: its manifests and chunks through the local chunk cache
     let cache: LocalChunkCache | undefined;
@@ -124,6 +147,7 @@ async function mountTarget(
       onWarning: warn,
     });
     opened = { tree: r.tree, warnings: [], kind: 'version' };
+    remoteVersion = { url: remote.url, ref: `${r.version.image}@${r.version.number}` };
   } else {
     opened = await openMountTree(image, {
       address: addressFrom(o),
@@ -169,9 +193,14 @@ async function mountTarget(
         mountpoint: path.resolve(mountpoint),
         pid: process.pid,
         version: opened.version,
+        remote: remoteVersion,
+        address:
+          o.part !== undefined || o.lv !== undefined
+            ? { part: o.part as string | undefined, lv: o.lv as string | undefined }
+            : undefined,
       };
       writeFileSync(path.join(upper, 'meta.json'), `${JSON.stringify(meta, null, 2)}\n`);
-      const reg = registryFile(mountpoint);
+      const reg = await registryFile(mountpoint);
       mkdirSync(path.dirname(reg), { recursive: true });
       writeFileSync(reg, JSON.stringify({ upper, mountpoint: meta.mountpoint }));
     } catch (e) {
@@ -190,7 +219,7 @@ async function mountTarget(
 }
 
 /** The upper folder of `dir`: itself (it holds meta.json), or the one a writable mount at `dir` noted. */
-function upperOf(dir: string): string {
+async function upperOf(dir: string): Promise<string> {
   if (existsSync(path.join(dir, 'meta.json')) && existsSync(path.join(dir, 'data'))) return path.resolve(dir);
   let real = path.resolve(dir);
   try {
@@ -200,7 +229,7 @@ function upperOf(dir: string): string {
   }
   for (const p of [real, path.resolve(dir)]) {
     try {
-      const r = JSON.parse(readFileSync(registryFile(p), 'utf8')) as { upper: string };
+      const r = JSON.parse(readFileSync(await registryFile(p), 'utf8')) as { upper: string };
       if (existsSync(path.join(r.upper, 'meta.json'))) return r.upper;
     } catch {
       // not noted under this name
@@ -235,6 +264,7 @@ async function currentState(upper: string): Promise<{ state: unknown; live: bool
     }
   };
   if (alive(meta.pid) && meta.pid !== process.pid) {
+    const { randomBytes } = crypto();
     const nonce = randomBytes(12).toString('hex');
     writeFileSync(path.join(upper, 'commit-request'), nonce);
     process.kill(meta.pid, 'SIGUSR2');
@@ -283,6 +313,7 @@ async function commitUpper(upper: string, o: Record<string, unknown>): Promise<v
         live,
         source: meta.source,
         version: meta.version,
+        remote: meta.remote,
         message: set.message,
         changes: set.changes.map((c) =>
           c.op === 'xattr' ? { ...c, value: c.value === null ? null : Buffer.from(c.value).toString('base64') } : c,
@@ -297,39 +328,59 @@ async function commitUpper(upper: string, o: Record<string, unknown>): Promise<v
     }
     return;
   }
-  let base = meta.version;
-  if (o.parent !== undefined) {
-    const library = (o.library as string | undefined) ?? meta.version?.library;
-    if (!library) throw new StrataError('USAGE', '--parent needs --library (the mount was of an image file)');
-    base = { library: path.resolve(library), ref: String(o.parent) };
-  } else if (o.library !== undefined) throw new StrataError('USAGE', '--library goes with --parent');
-  if (!base) {
-    throw new StrataError(
-      'USAGE',
-      `${meta.source} is an image file, not a library version: name the version the changes apply to (--parent REF --library DIR), or --dry-run`,
-      { file: upper },
-    );
+  if (o.remote !== undefined && o.library !== undefined)
+    throw new StrataError('USAGE', '--remote and --library: choose one');
+  const remoteUrl = (o.remote as string | undefined) ?? (o.library === undefined ? meta.remote?.url : undefined);
+  let target: CommitTarget;
+  if (remoteUrl !== undefined) {
+    const ref =
+      (o.parent as string | undefined) ??
+      (meta.remote && meta.remote.url === remoteUrl.replace(/\/+$/, '') ? meta.remote.ref : undefined);
+    if (ref === undefined) {
+      throw new StrataError(
+        'USAGE',
+        `name the version of ${remoteUrl} the changes apply to (--parent REF): ${meta.source} was not mounted from it`,
+        { file: upper },
+      );
+    }
+    target = await remoteTarget(remoteUrl, ref, meta, o);
+  } else {
+    let base = meta.version;
+    if (o.parent !== undefined) {
+      const library = (o.library as string | undefined) ?? meta.version?.library;
+      if (!library) {
+        throw new StrataError(
+          'USAGE',
+          `--parent needs --library or --remote (the mount was of ${meta.remote ? 'a remote version' : 'an image file'})`,
+        );
+      }
+      base = { library: path.resolve(library), ref: String(o.parent) };
+    } else if (o.library !== undefined) throw new StrataError('USAGE', '--library goes with --parent');
+    if (!base) {
+      throw new StrataError(
+        'USAGE',
+        `${meta.source} is an image file, not a library version: name the version the changes apply to (--parent REF --library DIR, or --remote URL), or --dry-run`,
+        { file: upper },
+      );
+    }
+    target = await localTarget(base, meta, o);
   }
-  if (set.changes.length === 0) {
-    if (o.json) printJson({ upper, live, changes: 0, unchanged: true, ref: null });
-    else process.stdout.write(`nothing to commit: the mount at ${meta.mountpoint} has no changes\n`);
-    return;
-  }
-  const digest = await changeSetDigest(set);
-  const doneFile = path.join(upper, 'committed.json');
-  let last: Committed | undefined;
   try {
-    const x = JSON.parse(readFileSync(doneFile, 'utf8')) as Committed;
-    if (typeof x?.digest === 'string' && typeof x.ref === 'string' && typeof x.parent === 'string') last = x;
-  } catch {
-    // never committed from this folder
-  }
-  const { applyChanges, Library } = await import('../../library/index.js');
-  const library = await Library.open(base.library);
-  try {
-    const parent = await library.catalog.resolve(base.ref);
-    const parentRef = `${parent.image}@${parent.number}`;
-    const image = (o.name as string | undefined) ?? parent.image;
+    if (set.changes.length === 0) {
+      if (o.json) printJson({ upper, live, changes: 0, unchanged: true, ref: null });
+      else process.stdout.write(`nothing to commit: the mount at ${meta.mountpoint} has no changes\n`);
+      return;
+    }
+    const digest = await changeSetDigest(set);
+    const doneFile = path.join(upper, 'committed.json');
+    let last: Committed | undefined;
+    try {
+      const x = JSON.parse(readFileSync(doneFile, 'utf8')) as Committed;
+      if (typeof x?.digest === 'string' && typeof x.ref === 'string' && typeof x.parent === 'string') last = x;
+    } catch {
+      // never committed from this folder
+    }
+    const { parentRef, image } = target;
     if (last && last.digest === digest && last.parent === parentRef && last.ref.startsWith(`${image}@`)) {
       if (o.json) printJson({ upper, live, changes: 0, unchanged: true, ref: last.ref, parent: last.parent });
       else {
@@ -339,24 +390,104 @@ async function commitUpper(upper: string, o: Record<string, unknown>): Promise<v
       }
       return;
     }
-    const made = await applyChanges(library, parentRef, set, {
-      name: o.name as string | undefined,
-      workDir: o.workDir as string | undefined,
-      // the last commit of this folder holds part of these changes: it is this version's parent too
-      alsoParents: last && last.parent === parentRef ? [last.ref] : undefined,
-    });
+    // the last commit of this folder holds part of these changes: it is this version's parent too
+    const made = await target.apply(set, last && last.parent === parentRef ? [last.ref] : undefined);
     const note: Committed = { digest, ref: made.ref, parent: made.parent };
     writeFileSync(`${doneFile}.tmp`, `${JSON.stringify(note, null, 2)}\n`);
     renameSync(`${doneFile}.tmp`, doneFile);
-    if (o.json) printJson({ upper, live, ...made });
+    if (o.json) printJson({ upper, live, ...(target.remote ? { remote: target.remote } : {}), ...made });
     else {
       process.stdout.write(
-        `committed ${made.changes} changes of ${made.parent} as ${made.ref}${live ? ` (the mount still shows the edits over ${made.parent})` : ''}\n`,
+        `committed ${made.changes} changes of ${made.parent} as ${made.ref}${target.remote ? ` on ${target.remote}` : ''}${live ? ` (the mount still shows the edits over ${made.parent})` : ''}\n`,
       );
     }
   } finally {
-    await library.close();
+    await target.close();
   }
+}
+
+/** Where a commit goes: a version of a local library, or of a library service. */
+interface CommitTarget {
+  /** NAME@N of the version the changes apply to, and the image the new version belongs to. */
+  parentRef: string;
+  image: string;
+  /** The service's URL when remote. */
+  remote?: string;
+  apply(
+    set: ChangeSet,
+    alsoParents: string[] | undefined,
+  ): Promise<{ ref: string; parent: string; changes: number } & Record<string, unknown>>;
+  close(): Promise<void>;
+}
+
+async function localTarget(
+  base: { library: string; ref: string },
+  meta: UpperMeta,
+  o: Record<string, unknown>,
+): Promise<CommitTarget> {
+  const { applyChanges, Library } = await import('../../library/index.js');
+  const library = await Library.open(base.library);
+  try {
+    const parent = await library.catalog.resolve(base.ref);
+    const parentRef = `${parent.image}@${parent.number}`;
+    return {
+      parentRef,
+      image: (o.name as string | undefined) ?? parent.image,
+      apply: async (set, alsoParents) => {
+        const made = await applyChanges(library, parentRef, set, {
+          name: o.name as string | undefined,
+          workDir: o.workDir as string | undefined,
+          address: meta.address,
+          alsoParents,
+        });
+        return { ...made };
+      },
+      close: () => library.close(),
+    };
+  } catch (e) {
+    await library.close();
+    throw e;
+  }
+}
+
+/**
+ * A library service (token from $STRATA_TOKEN): the change set goes as one edit (POST
+ * /v1/images/NAME/edits, the new files' bytes in it), which the service applies and checks
+ * in as a version of the same image, if the token may write that image.
+ */
+async function remoteTarget(
+  url: string,
+  ref: string,
+  meta: UpperMeta,
+  o: Record<string, unknown>,
+): Promise<CommitTarget> {
+  if (o.workDir !== undefined)
+    throw new StrataError('USAGE', '--work-dir is for a local library (the service writes the disk)');
+  const { RemoteLibrary } = await import('../../serve/index.js');
+  const remote = RemoteLibrary.fromEnv(url) as InstanceType<typeof RemoteLibrary>;
+  const parent = await remote.resolve(ref);
+  const parentRef = `${parent.image}@${parent.number}`;
+  if (o.name !== undefined && o.name !== parent.image) {
+    throw new StrataError(
+      'USAGE',
+      `a library service makes an edit of ${parentRef} a version of ${parent.image}: --name ${o.name} cannot be sent`,
+    );
+  }
+  return {
+    parentRef,
+    image: parent.image,
+    remote: remote.url,
+    apply: async (set, alsoParents) => {
+      const r = await remote.edit(parentRef, set.changes, {
+        message: set.message,
+        part: meta.address?.part,
+        lv: meta.address?.lv,
+        parents: alsoParents,
+      });
+      return { ...r, ref: `${r.image}@${r.number}` };
+    },
+    close: async () => {},
+  };
 }
 
 /**
@@ -403,17 +534,8 @@ export function registerMountCommands(program: Command): void {
       process.send?.({ error: (e as Error).message });
       throw e;
     }
-    const { session, upper, save } = m;
-    if (save && upper) {
-      // `strata commit` asks for the state as of now
-      process.on('SIGUSR2', () => {
-        try {
-          save(readFileSync(path.join(upper, 'commit-request'), 'utf8').trim());
-        } catch (e) {
-          warn(`saving the upper layer state: ${(e as Error).message}`);
-        }
-      });
-    }
+    const { session, upper } = m;
+    answerCommits(m);
     if (process.send) {
       process.send({ ready: session.mountpoint, upper });
       process.disconnect?.();
@@ -438,9 +560,13 @@ export function registerMountCommands(program: Command): void {
       'the version the changes apply to (default: the mounted one; needed for a mounted image file)',
     )
     .option('--library <dir>', "with --parent: the library holding it (default: the mounted version's)")
+    .option(
+      '--remote <url>',
+      "a library service the version is made on (default: the mounted version's, for mount --remote; token from $STRATA_TOKEN)",
+    )
     .option('--json', 'print JSON')
     .action(async (dir: string, o: Record<string, unknown>) => {
-      await commitUpper(upperOf(dir), o);
+      await commitUpper(await upperOf(dir), o);
     });
 
   program
@@ -454,7 +580,7 @@ export function registerMountCommands(program: Command): void {
     .option('--work-dir <dir>', 'with --commit: where the temporary disk is written')
     .option('--json', 'with --commit: print the commit as JSON')
     .action(async (mountpoint: string, o: Record<string, unknown>) => {
-      if (o.commit) await commitUpper(upperOf(mountpoint), o);
+      if (o.commit) await commitUpper(await upperOf(mountpoint), o);
       else if (o.message !== undefined || o.name !== undefined || o.json) {
         throw new StrataError('USAGE', '--message, --name and --json go with --commit');
       }
@@ -482,13 +608,25 @@ export function registerMountCommands(program: Command): void {
       .option('--virtiofsd <path>', 'virtiofsd program', '/usr/lib/qemu/virtiofsd')
       .option('--memory <size>', 'guest memory size, for the printed qemu arguments', '1G')
       .option('--cache-size <size>', 'block cache for file reads (default 64M)')
+      .option(
+        '--rw',
+        "writable: the guest's changes go to an upper folder (as mount --rw); strata commit UPPER makes them a version",
+      )
+      .option(
+        '--upper <dir>',
+        'with --rw: the upper folder (default: a fresh private folder under the temporary directory)',
+      )
+      .option('--max-size <size>', 'with --rw: the most bytes the upper folder may hold (ENOSPC past it)')
       .option('--json', 'print the qemu arguments as JSON'),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const own = o.mountpoint === undefined;
     const mnt = own ? mkdtempSync(path.join(tmpdir(), 'strata-virtiofs-')) : String(o.mountpoint);
     let session: FuseSession | undefined;
     try {
-      session = (await mountTarget(image, mnt, o)).session;
+      const m = await mountTarget(image, mnt, o);
+      session = m.session;
+      const upper = m.upper;
+      answerCommits(m);
       const socket = path.resolve(String(o.socket));
       const daemon = spawn(
         String(o.virtiofsd),
@@ -511,11 +649,12 @@ export function registerMountCommands(program: Command): void {
         '-m',
         String(o.memory),
       ];
-      if (o.json) printJson({ socket, tag: o.tag, mountpoint: session.mountpoint, qemu });
+      if (o.json) printJson({ socket, tag: o.tag, mountpoint: session.mountpoint, readOnly: !upper, upper, qemu });
       else {
-        process.stdout.write(`virtiofsd on ${socket} serves ${image} (read-only) as tag ${o.tag}\n`);
+        process.stdout.write(`virtiofsd on ${socket} serves ${image} (${how(upper)}) as tag ${o.tag}\n`);
         process.stdout.write(`qemu arguments: ${qemu.join(' ')}\n`);
-        process.stdout.write(`guest root on it: rootfstype=virtiofs root=${o.tag}\n`);
+        process.stdout.write(`guest root on it: rootfstype=virtiofs root=${o.tag}${upper ? ' rw' : ''}\n`);
+        if (upper) process.stdout.write(`once the guest is done: strata commit ${upper}\n`);
       }
       const why = await Promise.race([served(session), exited]);
       if (!why.startsWith('virtiofsd')) daemon.kill('SIGTERM');

@@ -55,6 +55,8 @@ interface Held {
   /** Directories: the parent node id and name they were first reached by. */
   parent?: bigint;
   name?: string;
+  /** Read-only mounts (no OPEN, so no handle): the file's read-ahead state. */
+  ra?: ReadAhead;
 }
 
 interface FileHandle {
@@ -345,6 +347,10 @@ export class FuseSession {
         // the kernel asks for statx (not getattr) when the caller wants the birth time
         return statxOut(this.held(nodeid).node.attr, this.valid);
       case Op.OPEN: {
+        // Read-only: a file needs no handle (reads name the node), so OPEN answers ENOSYS and
+        // the kernel stops sending OPEN and RELEASE (fc->no_open, files then keep their page
+        // cache): a small file read by tar costs one round trip (READ), not three
+        if (!this.rw) throw Errno.ENOSYS;
         const held = this.held(nodeid);
         if ((body.readUInt32LE(0) & 3) !== 0 && !this.rw) throw Errno.EROFS;
         if (held.node.type === 'dir') throw Errno.EISDIR;
@@ -359,11 +365,12 @@ export class FuseSession {
         const size = body.readUInt32LE(16);
         const f = this.files.get(fh);
         const held = f?.held ?? this.held(nodeid);
+        const ra = f?.ra ?? (held.ra ??= newReadAhead());
         if (this.rw?.direct(held.node)) {
           const d = await this.rw.read(held.node, offset, Math.min(size, MAX_PAGES * 4096));
           return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
         }
-        const data = await this.cache.read(held.node, offset, Math.min(size, MAX_PAGES * 4096), f?.ra);
+        const data = await this.cache.read(held.node, offset, Math.min(size, MAX_PAGES * 4096), ra);
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
       case Op.RELEASE: {
@@ -417,6 +424,8 @@ export class FuseSession {
         this.rw?.save();
         return undefined;
       case Op.FLUSH:
+        // read-only: nothing to flush, and ENOSYS makes the kernel stop asking on every close
+        if (!this.rw) throw Errno.ENOSYS;
         return undefined;
       default:
         if (this.rw && WRITE_OPS.has(op)) return this.change(this.rw, op, nodeid, body, h);

@@ -304,7 +304,7 @@ export class RemoteLibrary {
   async edit(
     ref: string,
     changes: Change[],
-    opts: { message?: string; tags?: string[]; part?: string; lv?: string } = {},
+    opts: { message?: string; tags?: string[]; part?: string; lv?: string; parents?: string[] } = {},
   ): Promise<RemoteEditResult> {
     const v = await this.resolve(ref);
     const wire: WireChange[] = [];

@@ -1184,6 +1184,11 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
             tags: arr(str({ pattern: TAG }), { maxItems: 64 }),
             part: str({ maxLength: 64 }),
             lv: str({ maxLength: 256 }),
+            parents: arr(str({ maxLength: 300 }), {
+              maxItems: 64,
+              description:
+                'further parents of the new version (besides from): e.g. an earlier commit these changes include',
+            }),
           },
           ['changes'],
         ),
@@ -1199,9 +1204,17 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         tags?: string[];
         part?: string;
         lv?: string;
+        parents?: string[];
       };
       const v = await editSource(req.policy, name, b.from);
       for (const t of b.tags ?? []) checkTag(t);
+      // further parents the caller may read, named as a commit's
+      const alsoParents: string[] = [];
+      for (const ref of b.parents ?? []) {
+        const p = await resolveRef(req.policy, ref);
+        const pr = `${p.image}@${p.number}`;
+        if (pr !== `${v.image}@${v.number}` && !alsoParents.includes(pr)) alsoParents.push(pr);
+      }
       let changes: Change[];
       try {
         changes = b.changes.map((c, i) => changeFromWire(c, i));
@@ -1215,6 +1228,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           { changes, message: b.message },
           {
             address: { part: b.part, lv: b.lv },
+            alsoParents: alsoParents.length > 0 ? alsoParents : undefined,
             tags: b.tags ?? [],
             createdBy: req.principal.user ?? undefined,
             inspect: false,
