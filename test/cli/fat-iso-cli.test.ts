@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { strata } from '../helpers/cli.js';
 import { bytesFor, exfatImage, FAT_SPECS, fatImage, fatTree, mtool, TREE_MTIME } from '../helpers/fat-images.js';
+import { strataMount } from '../helpers/fuse-mount.js';
 import { genisoJoliet, genisoRR, isoTree, xorrisoBoot } from '../helpers/iso-images.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
 import { copyInto, mkfsImage, sparse } from '../helpers/volume-images.js';
@@ -50,6 +51,9 @@ async function sampleAgainstTsk(img: string, map: Array<Record<string, unknown>>
     const addr = (await run('ifind', ['-d', String(u), img])).trim();
     const where = (await run('ffind', [img, addr])).trim();
     assert.equal(where, r.path, `unit ${u}`);
+    // whatis of the unit's first byte names the path ffind gives
+    const w = lines(await ok(['whatis', '--json', img, String(u * unit)]));
+    assert.equal(w[0]?.path, where, `whatis ${u * unit}: ${JSON.stringify(w[0])}`);
   }
 }
 
@@ -98,6 +102,8 @@ test('FAT32 image through the CLI: ls, cat, stat, extract, blockmap and checkin 
     map.some((r) => r.kind === 'bitmap' && r.fs === 'vfat'),
     'the FATs are in the map',
   );
+  // file data samples (and whatis of them) against ifind -d / ffind
+  await sampleAgainstTsk(img, map, 512);
   const dir = scratch('fat-cli');
   try {
     // extract: the host tree, byte for byte, with its times
@@ -256,5 +262,64 @@ test('FAT12, exFAT and ISO block maps: no overlapping claims; FAT file data samp
     const kinds = new Set(map.map((r) => r.kind));
     for (const k of ['boot', 'bitmap', 'directory', 'file', 'free']) assert.ok(kinds.has(k), `${img}: ${k}`);
     assert.ok(!kinds.has('allocated'), `${img}: every used byte has an owner`);
+  }
+});
+
+/** A tree as a walk sees it: relative path -> type, size and sha256 (or symlink target). */
+async function view(root: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const rel of (await run('find', ['.', '-mindepth', '1'], { cwd: root })).split('\n').filter(Boolean)) {
+    const p = path.join(root, rel);
+    const st = lstatSync(p);
+    out.set(
+      rel.slice(1),
+      st.isSymbolicLink()
+        ? `link ${readlinkSync(p)}`
+        : st.isDirectory()
+          ? 'dir'
+          : st.isFIFO()
+            ? 'fifo'
+            : st.isFile()
+              ? `file ${st.size} ${sha(readFileSync(p))}`
+              : `other ${st.mode.toString(8)}`,
+    );
+  }
+  return out;
+}
+
+test('strata mount of FAT32, exFAT and ISO 9660 images: the tree (names, types, sizes, sha256 of every file) equals the host tree they were made from', async () => {
+  // FAT and exFAT: the host tree, plus /frag as the image recipe left it (odd small files, the fragmented one)
+  const fatWant = await view(await fatTree());
+  fatWant.set('/frag', 'dir');
+  for (let i = 1; i < 40; i += 2) fatWant.set(`/frag/s${i}.bin`, `file 16000 ${sha(bytesFor(100 + i, 16_000))}`);
+  fatWant.set('/frag/fragmented.bin', `file 300000 ${sha(bytesFor(999, 300_000))}`);
+  // ISO: the host tree; the names are also those xorriso -find lists, which shows the (emptied)
+  // Rock Ridge relocation folder rr_moved the writer adds, as the kernel's isofs does
+  const iso = await genisoRR();
+  const isoWant = await view(await isoTree());
+  const xorrisoNames = (await run('xorriso', ['-indev', iso, '-find', '/']))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.replace(/^'(.*)'$/, '$1'))
+    .filter((p) => p !== '/');
+  assert.ok(xorrisoNames.includes('/rr_moved') && !xorrisoNames.some((p) => p.startsWith('/rr_moved/')));
+  isoWant.set('/rr_moved', 'dir');
+  assert.deepEqual([...isoWant.keys()].sort(), xorrisoNames.sort(), 'host tree + rr_moved = xorriso -find');
+  for (const [name, img, want] of [
+    ['fat32', await fatImage(FAT_SPECS[2]), fatWant],
+    ['exfat', await exfatImage(), fatWant],
+    ['iso', iso, isoWant],
+  ] as const) {
+    const m = await strataMount([img], name);
+    try {
+      const ours = await view(m.mnt);
+      assert.ok(want.size > 150, `${name}: ${want.size} paths`);
+      const diff = [...new Set([...want.keys(), ...ours.keys()])]
+        .filter((p) => want.get(p) !== ours.get(p))
+        .map((p) => `${p}: host ${want.get(p)}, strata ${ours.get(p)}`);
+      assert.deepEqual(diff.slice(0, 20), [], `${name}: ${diff.length} differences`);
+    } finally {
+      assert.equal(await m.stop(), 0, m.stderr());
+    }
   }
 });
