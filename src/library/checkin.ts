@@ -315,18 +315,48 @@ async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number, so
     const to = pieces[pieces.length - 1][1];
     const raw = Buffer.allocUnsafe(to - from);
     await src.readInto(from, raw);
+    // Zero blocks are left out of the chunk (they read back as zeros): which zero blocks a
+    // span holds depends on how the host reports a sparse file (SEEK_DATA counts unwritten
+    // extents as data once their pages are cached), so keeping them would make the same
+    // image cut differently from one check-in to the next.
+    const kept = nonZeroPieces(raw, from, pieces);
     let n = 0;
-    for (const [s, e] of pieces) n += e - s;
-    const buf = pieces.length === 1 ? raw : Buffer.allocUnsafe(n);
+    for (const [s, e] of kept) n += e - s;
+    let all = 0;
+    for (const [s, e] of pieces) all += e - s;
+    b.done += all - n; // progress counts the zero bytes left out as done
+    if (kept.length === 0) return;
+    const buf = kept.length === 1 && n === raw.length ? raw : Buffer.allocUnsafe(n);
     const out: Array<[number, number, number]> = [];
     let at = 0;
-    for (const [s, e] of pieces) {
+    for (const [s, e] of kept) {
       if (buf !== raw) buf.set(raw.subarray(s - from, e - from), at);
       out.push([s, e - s, at]);
       at += e - s;
     }
     await b.add(buf, out, solo);
   });
+}
+
+/** Granule (disk offsets, aligned) in which all-zero bytes are left out of a disk-offset chunk. */
+const ZERO_GRANULE = 4096;
+
+/** `pieces` (inside `raw`, which starts at disk offset `from`) less their all-zero aligned granules. */
+function nonZeroPieces(raw: Uint8Array, from: number, pieces: Span[]): Span[] {
+  const out: Span[] = [];
+  for (const [s, e] of pieces) {
+    let g = s;
+    while (g < e) {
+      const t = Math.min(e, (Math.floor(g / ZERO_GRANULE) + 1) * ZERO_GRANULE);
+      if (!isZero(raw.subarray(g - from, t - from))) {
+        const last = out[out.length - 1];
+        if (last && last[1] === g) last[1] = t;
+        else out.push([g, t]);
+      }
+      g = t;
+    }
+  }
+  return out;
 }
 
 /** Data ranges of the whole virtual disk, through the backing chain. */
@@ -351,12 +381,26 @@ const dataWithin = (dataSpans: Span[], start: number, end: number): Span[] =>
  * to call free (NTFS keeps its backup boot sector in the volume's last sector, outside the
  * sectors its boot sector counts; a partition may outgrow its file system): kept as they are.
  */
-async function windowAllocation(w: FsWindow, exact: boolean, dataSpans: Span[]): Promise<Span[]> {
+async function windowAllocation(
+  w: FsWindow,
+  exact: boolean,
+  dataSpans: Span[],
+): Promise<{ spans: Span[]; usedBytes: number }> {
   const end = w.base + w.volume.size;
-  if (exact) return dataWithin(dataSpans, w.base, end);
-  const used = (await w.fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]);
-  const fsEnd = w.base + Math.min((await w.fs.info()).totalBytes, w.volume.size);
-  return mergeSpans([...used, ...dataWithin(dataSpans, fsEnd, end)]);
+  const sum = (x: Span[]) => x.reduce((n, [s, e]) => n + e - s, 0);
+  let own: Span[];
+  try {
+    const used = (await w.fs.allocation()).map((r): Span => [w.base + r.offset, w.base + r.offset + r.length]);
+    const fsEnd = w.base + Math.min((await w.fs.info()).totalBytes, w.volume.size);
+    own = mergeSpans([...used, ...dataWithin(dataSpans, fsEnd, end)]);
+  } catch (e) {
+    if (!exact) throw e;
+    own = dataWithin(dataSpans, w.base, end);
+  }
+  // An exact check-in cuts every data byte of the window, but the file system's used bytes
+  // are its own count: the data ranges of a sparse file depend on the host's page cache.
+  if (exact) return { spans: dataWithin(dataSpans, w.base, end), usedBytes: sum(own) };
+  return { spans: own, usedBytes: sum(own) };
 }
 
 /** Open every volume whose file system we can read and that is one window of the disk. */
@@ -465,14 +509,13 @@ async function cutFileSystem(
   C: number,
   W: number,
   warnings: string[],
-  /** Its used bytes (windowAllocation), in disk offsets. */
-  allocation: Span[],
+  /** What to cut of it (windowAllocation), in disk offsets, and the file system's used bytes. */
+  allocation: { spans: Span[]; usedBytes: number },
   budget: MemoryBudget,
   inline: boolean,
 ): Promise<LayoutVolume['fs']> {
   const { fs } = w;
-  let usedBytes = 0;
-  for (const [s, e] of allocation) usedBytes += e - s;
+  const { usedBytes } = allocation;
   let fileData: Span[] = [];
   let fileDataBytes = 0;
   const writer = new FilesWriter(sink, b, { volume: w.volume.id, fsKind: fs.kind, fileChunkSize: C }, inline);
@@ -579,7 +622,7 @@ async function cutFileSystem(
   }
   await cutBatch(batch);
   const filesDigest = await writer.finish();
-  await cutSpans(b, img, otherUsed(allocation, mergeSpans(fileData)), W);
+  await cutSpans(b, img, otherUsed(allocation.spans, mergeSpans(fileData)), W);
   return {
     kind: fs.kind,
     blockSize: fs.blockSize,
@@ -725,10 +768,10 @@ export async function cutImage(
     const outside = subtractSpans(dataSpans, mergeSpans(windows.map((w): Span => [w.base, w.base + w.volume.size])));
     for (const [s, e] of outside) total += e - s;
     // every window's used bytes up front, so the progress total is known from the start
-    const allocations: Span[][] = [];
+    const allocations: Array<{ spans: Span[]; usedBytes: number }> = [];
     for (const w of windows) {
       const a = await windowAllocation(w, !!opts.exact, dataSpans);
-      for (const [s, e] of a) total += e - s;
+      for (const [s, e] of a.spans) total += e - s;
       allocations.push(a);
     }
     for (const [i, w] of windows.entries()) {
