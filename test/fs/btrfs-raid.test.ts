@@ -310,7 +310,7 @@ function patchedSource(base: ByteSource, at: number, window: Uint8Array, name: s
 
 const FUZZ_CASES = 300;
 
-test(`btrfs raid fuzz: ${FUZZ_CASES} mutated superblocks (sys_chunk_array) and chunk/root tree blocks of device 1, re-checksummed, open and read cleanly or fail with StrataError`, async (t) => {
+test(`btrfs raid fuzz: ${FUZZ_CASES} mutated superblocks (sys_chunk_array) and chunk/root tree blocks on every device, re-checksummed, open and read cleanly or fail with StrataError`, async (t) => {
   const failures: string[] = [];
   let opened = 0;
   for (const [profile, n] of [
@@ -321,19 +321,32 @@ test(`btrfs raid fuzz: ${FUZZ_CASES} mutated superblocks (sys_chunk_array) and c
     const files = await btrfsRaidImages(profile, n);
     const srcs = await Promise.all(files.map((f) => FileSource.open(f)));
     try {
-      // where to mutate: the primary superblock and device 1's chunk and root tree blocks (as our reader lists them)
-      const clean = await openBtrfs(srcs[0], { devices: srcs.slice(1) });
-      const regs: Array<{ at: number; len: number; node: boolean }> = [{ at: 0x10000, len: 4096, node: false }];
-      for await (const r of clean.metadataRegions())
-        if (r.detail === 'chunk tree' || r.detail === 'root tree')
-          regs.push({ at: r.offset, len: r.length, node: true });
-      assert.ok(regs.length >= 3, `${profile}: chunk and root tree blocks on device 1`);
+      // where to mutate: device 1's superblock and the chunk and root tree blocks on every
+      // device (as our reader lists them, each device opened as the primary with the others
+      // given); the kernel's allocation decides which device holds which (on raid10 a block
+      // sits on two of the four)
+      const regs: Array<{ dev: number; at: number; len: number; node: boolean }> = [
+        { dev: 0, at: 0x10000, len: 4096, node: false },
+      ];
+      const kinds = new Set<string>();
+      for (let k = 0; k < srcs.length; k++) {
+        const clean = await openBtrfs(srcs[k], { devices: srcs.filter((_, j) => j !== k) });
+        for await (const r of clean.metadataRegions())
+          if (r.detail === 'chunk tree' || r.detail === 'root tree') {
+            regs.push({ dev: k, at: r.offset, len: r.length, node: true });
+            kinds.add(r.detail);
+          }
+      }
+      assert.equal(kinds.size, 2, `${profile}: chunk and root tree blocks found on the devices`);
       const base = new Uint8Array(await srcs[0].read(0, 0x10000 + 4096));
       for (let c = 0; c < FUZZ_CASES / 3; c++) {
         const seed = 0x4a1d0000 + c * 7919 + n;
         const rand = prng(seed);
         const r = regs[rand() % regs.length];
-        const orig = r.at + r.len <= base.length ? base.subarray(r.at, r.at + r.len) : await srcs[0].read(r.at, r.len);
+        const orig =
+          r.dev === 0 && r.at + r.len <= base.length
+            ? base.subarray(r.at, r.at + r.len)
+            : await srcs[r.dev].read(r.at, r.len);
         // sys_chunk_array and chunk items most of the time, anything else in the block otherwise
         const focus: Array<[number, number]> = r.node
           ? [[0x65, r.len]]
@@ -346,9 +359,11 @@ test(`btrfs raid fuzz: ${FUZZ_CASES} mutated superblocks (sys_chunk_array) and c
         w.set(win.subarray(0, r.len));
         // re-checksum, so the mutated structure is parsed rather than refused at the checksum
         if (rand() % 4 !== 0) new DataView(w.buffer).setUint32(0, crc32c(w.subarray(0x20)), true);
-        const src = patchedSource(srcs[0], r.at, w, `${profile}-fuzz-${c}.img`);
+        const devs = srcs.map((d, j) =>
+          j === r.dev ? patchedSource(d, r.at, w, `${profile}-fuzz-${c}-dev${j + 1}.img`) : d,
+        );
         const outcome = await expectCleanOutcome(async () => {
-          const fs = await openBtrfs(src, { devices: srcs.slice(1) });
+          const fs = await openBtrfs(devs[0], { devices: devs.slice(1) });
           opened++;
           for await (const it of walk(fs, await fs.root(), '/')) {
             if (it.inode.type === 'file') await fs.read(it.inode, 0, Math.min(it.inode.size, 1 << 20));
