@@ -336,7 +336,7 @@ function bootArgs(kernel: string, initrd: string, drive: string): string[] {
     '-initrd',
     initrd,
     '-append',
-    'root=/dev/vda1 console=ttyS0 ro quiet panic=-1 systemd.show_status=false',
+    'root=/dev/vda1 console=ttyS0 ro quiet panic=-1 no_timer_check systemd.show_status=false',
     '-drive',
     `${drive},format=raw,if=virtio,cache=none`,
   ];

@@ -198,7 +198,7 @@ async function bootGuest(uri: string, kernel: string, initrd: string, label: str
       '-initrd',
       initrd,
       '-append',
-      'console=ttyS0 rdinit=/init quiet panic=-1',
+      'console=ttyS0 rdinit=/init quiet panic=-1 no_timer_check',
       '-drive',
       `file=${uri},format=raw,if=virtio,cache=none,readonly=on`,
     ],

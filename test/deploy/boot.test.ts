@@ -97,7 +97,7 @@ test('qemu boots from a deploy export to a marker on its serial console', async 
         '-initrd',
         initrd,
         '-append',
-        'console=ttyS0 rdinit=/init quiet panic=-1',
+        'console=ttyS0 rdinit=/init quiet panic=-1 no_timer_check',
         '-drive',
         `file=${d.uri},format=raw,if=virtio,cache=none`,
       ],

@@ -88,7 +88,7 @@ test('a rebased bootable image boots (qemu) and its guest reads the base update 
       '-initrd',
       initrd,
       '-append',
-      'console=ttyS0 rdinit=/init quiet panic=-1',
+      'console=ttyS0 rdinit=/init quiet panic=-1 no_timer_check',
       '-drive',
       `file=${disk},format=raw,if=virtio,readonly=on`,
     ],

@@ -145,7 +145,7 @@ async function bootOn(dir: string, served: Served, sock: string, rw: boolean, ap
       '-initrd',
       initrd,
       '-append',
-      `console=ttyS0 rdinit=/init quiet panic=-1 ${append}`.trim(),
+      `console=ttyS0 rdinit=/init quiet panic=-1 no_timer_check ${append}`.trim(),
     ],
     { accel, timeoutMs: accel.accel === 'kvm' ? 120_000 : 600_000, marker: 'STRATA-DONE' },
   );
