@@ -477,6 +477,179 @@ export async function findFiles(
   return out;
 }
 
+/**
+ * A condition a version must meet, on `v.image` and `v.number` (an EXISTS over one of the
+ * inspection tables), for `versionsWhere`.
+ */
+export interface VersionCondition {
+  sql: string;
+  params: SqlValue[];
+}
+
+/**
+ * `col IN (the values)` with one parameter, whatever their number: a JSON array that SQLite
+ * (json_each) and PostgreSQL (jsonb_array_elements_text) unpack, so one statement serves
+ * any count and stays prepared once.
+ */
+export function inJsonList(db: Db, col: string, values: string[]): VersionCondition {
+  return db.dialect === 'postgres'
+    ? { sql: `${col} IN (SELECT jsonb_array_elements_text(CAST(? AS jsonb)))`, params: [JSON.stringify(values)] }
+    : { sql: `${col} IN (SELECT value FROM json_each(?))`, params: [JSON.stringify(values)] };
+}
+
+/**
+ * The file rows matching `where` and `keep`, grouped by file manifest digest: read once per
+ * distinct file manifest (versions sharing a file system share them), never per version.
+ */
+export async function fileRowsByManifest(
+  db: Db,
+  where: FileWhere,
+  keep: (path: string) => boolean = () => true,
+): Promise<Map<string, StoredFile[]>> {
+  await ensureInspectionSchema(db);
+  let cond: string;
+  let params: SqlValue[];
+  if ('digest' in where) [cond, params] = ['digest = ?', [where.digest]];
+  else if ('dir' in where) {
+    const [c, p] = range('name', where.nameFrom, where.nameTo);
+    [cond, params] = [`dir = ? AND ${c}`, [where.dir, ...p]];
+  } else if ('nameFrom' in where) [cond, params] = range('name', where.nameFrom, where.nameTo);
+  else [cond, params] = range('path', where.from, where.to);
+  const rows = await db.all<{ files: string; path: string; type: string; size: number; digest: string | null }>(
+    `SELECT files, path, type, size, digest FROM inspection_files WHERE ${cond}`,
+    params,
+  );
+  const out = new Map<string, StoredFile[]>();
+  for (const r of rows) {
+    if (!keep(r.path)) continue;
+    let l = out.get(r.files);
+    if (!l) out.set(r.files, (l = []));
+    l.push({ path: r.path, type: r.type, size: Number(r.size), digest: r.digest });
+  }
+  return out;
+}
+
+/** Versions one of whose volumes has one of these file manifests. */
+export function holdsFileManifest(db: Db, manifests: string[]): VersionCondition {
+  const c = inJsonList(db, 'fs.files', manifests);
+  return {
+    sql: `EXISTS (SELECT 1 FROM inspection_file_sets fs WHERE fs.image = v.image AND fs.number = v.number AND ${c.sql})`,
+    params: c.params,
+  };
+}
+
+/** The distinct versions of package `name` in the catalog (epoch, version, release, format). */
+export async function packageVersions(
+  db: Db,
+  name: string,
+): Promise<Array<{ epoch: number; version: string; release: string; format: string | null }>> {
+  await ensureInspectionSchema(db);
+  const rows = await db.all<{ epoch: number; version: string; release: string; format: string | null }>(
+    `SELECT DISTINCT p.epoch, p.version, p.release, r.package_format AS format
+       FROM inspection_packages p
+       JOIN inspection_roots r ON r.image = p.image AND r.number = p.number AND r.root = p.root
+      WHERE p.name = ?`,
+    [name],
+  );
+  return rows.map((r) => ({
+    epoch: Number(r.epoch),
+    version: String(r.version),
+    release: String(r.release),
+    format: r.format === null ? null : String(r.format),
+  }));
+}
+
+/** Versions holding package `name`, in one of `versions` when given (all when not). */
+export function holdsPackage(
+  name: string,
+  versions?: Array<{ epoch: number; version: string; release: string; format: string | null }>,
+): VersionCondition {
+  const params: SqlValue[] = [name];
+  let which = '';
+  if (versions) {
+    which = ` AND (${versions.map(() => "(p.epoch = ? AND p.version = ? AND p.release = ? AND COALESCE(r.package_format, '') = ?)").join(' OR ') || '1 = 0'})`;
+    for (const x of versions) params.push(x.epoch, x.version, x.release, x.format ?? '');
+  }
+  return {
+    sql: `EXISTS (SELECT 1 FROM inspection_packages p
+       JOIN inspection_roots r ON r.image = p.image AND r.number = p.number AND r.root = p.root
+      WHERE p.image = v.image AND p.number = v.number AND p.name = ?${which})`,
+    params,
+  };
+}
+
+/** Versions with a root whose os type or distro is `os`, or whose product name holds it (as findRoots). */
+export function hasRoot(os: string): VersionCondition {
+  const q = os.toLowerCase();
+  return {
+    sql: `EXISTS (SELECT 1 FROM inspection_roots r WHERE r.image = v.image AND r.number = v.number
+       AND (LOWER(r.distro) = ? OR LOWER(r.os_type) = ? OR LOWER(r.product_name) LIKE ?))`,
+    params: [q, q, `%${q.replace(/[%_\\]/g, '')}%`],
+  };
+}
+
+/** Versions with a user named `name`. */
+export function hasUser(name: string): VersionCondition {
+  return {
+    sql: 'EXISTS (SELECT 1 FROM inspection_users u WHERE u.image = v.image AND u.number = v.number AND u.name = ?)',
+    params: [name],
+  };
+}
+
+/**
+ * The active versions meeting every condition (and `only`, on `v.image`), in image and
+ * number order, and how many there are: one query for the page (its own rows, whatever the
+ * number of matches) and one that counts, when the page does not tell. `page` absent: all.
+ */
+export async function versionsWhere(
+  db: Db,
+  conds: VersionCondition[],
+  only?: ImageCondition,
+  page?: { offset: number; limit: number },
+): Promise<{ keys: VersionKey[]; total: number }> {
+  await ensureInspectionSchema(db);
+  const where = ["v.state = 'active'", ...conds.map((c) => c.sql)];
+  const params = conds.flatMap((c) => c.params);
+  if (only) {
+    where.push(only.sql);
+    params.push(...only.params);
+  }
+  const from = `FROM versions v${only?.join ? ` ${only.join}` : ''} WHERE ${where.join(' AND ')}`;
+  // the page in the versions' key order (SQLite walks the primary key and stops at the
+  // page's end), then the count alone: two plain queries cost less than one with a window
+  // count, which materialises and sorts every match first
+  const rows = await db.all<{ image: string; number: number }>(
+    `SELECT v.image, v.number ${from} ORDER BY v.image, v.number${page ? ' LIMIT ? OFFSET ?' : ''}`,
+    page ? [...params, page.limit, page.offset] : params,
+  );
+  const total =
+    !page || (rows.length < page.limit && (rows.length > 0 || page.offset === 0))
+      ? (page?.offset ?? 0) + rows.length
+      : Number((await db.get<{ n: number }>(`SELECT COUNT(*) AS n ${from}`, params))?.n ?? 0);
+  return { keys: rows.map((r) => ({ image: r.image, number: Number(r.number) })), total };
+}
+
+/** The file manifests of each volume of these versions ("image@number" -> [volume, files digest]). */
+export async function fileSetsOf(db: Db, keys: VersionKey[]): Promise<Map<string, Array<[string, string]>>> {
+  await ensureInspectionSchema(db);
+  const out = new Map<string, Array<[string, string]>>();
+  if (keys.length === 0) return out;
+  const want = new Set(keys.map((k) => `${k.image}@${k.number}`));
+  const c = inJsonList(db, 'x.image', [...new Set(keys.map((k) => k.image))]);
+  const rows = await db.all<{ image: string; number: number; volume: string; files: string }>(
+    `SELECT x.image, x.number, x.volume, x.files FROM inspection_file_sets x WHERE ${c.sql}`,
+    c.params,
+  );
+  for (const r of rows) {
+    const k = `${r.image}@${Number(r.number)}`;
+    if (!want.has(k)) continue;
+    let l = out.get(k);
+    if (!l) out.set(k, (l = []));
+    l.push([r.volume, r.files]);
+  }
+  return out;
+}
+
 /** Versions (active) with no stored inspection. */
 export async function uninspected(db: Db): Promise<VersionKey[]> {
   await ensureInspectionSchema(db);

@@ -1,11 +1,21 @@
 import {
   type FileWhere,
-  findFiles,
+  fileRowsByManifest,
+  fileSetsOf,
   findPackages,
   findRoots,
   findUsers,
+  hasRoot,
+  hasUser,
+  holdsFileManifest,
+  holdsPackage,
   type ImageCondition,
+  inJsonList,
+  packageVersions,
+  type StoredFile,
   tagsOf,
+  type VersionCondition,
+  versionsWhere,
 } from '../catalog/inspection.js';
 import { compareVersions, fullVersion, type PackageFormat } from '../inspect/version.js';
 import { StrataError } from '../util/errors.js';
@@ -117,14 +127,12 @@ const OPS = {
 const keyOf = (x: { image: string; number: number }) => `${x.image}@${x.number}`;
 
 export interface SearchOptions {
-  /** Keep only the versions of images this says yes to, before tags are read. */
-  keep?: (image: string) => Promise<boolean>;
   /**
-   * Keep only the versions whose image meets this SQL condition on `x.image` (the service:
-   * images the caller may read, Access.readableWhere): filtered in the catalog's queries.
+   * Keep only the versions whose image meets this SQL condition on `v.image` (the service:
+   * images the caller may read, Access.readableWhere): a condition of the catalog's query.
    */
   only?: ImageCondition;
-  /** Only these hits (in the order below) are finished (merged matches, tags); `total` counts all. */
+  /** Only these hits (in the order below) are read and finished; `total` counts all. */
   page?: { offset: number; limit: number };
 }
 
@@ -133,56 +141,87 @@ export async function search(lib: Library, q: SearchQuery, opts: SearchOptions =
 }
 
 /**
- * `search` with the hits' count: the versions matching are found with one query per
- * criterion (two for a path: the file rows once per distinct file manifest, then the
- * versions holding them), access filtered in those queries when `only` is given; the
- * matches are merged and tags read only for the page's hits.
+ * `search` with the hits' count. Each criterion becomes a condition on a version (a path
+ * or digest: the file manifests holding a match, their rows read once per distinct
+ * manifest; a package version range: the package's distinct versions, compared here by
+ * its ecosystem's ordering), and the versions meeting them all, access included, are one
+ * query that pages and counts in the catalog (it used to read a row per matching version
+ * to count them). Then only the page's hits are finished: what matched in each, and tags.
  */
 export async function searchPage(
   lib: Library,
   q: SearchQuery,
   opts: SearchOptions = {},
 ): Promise<{ hits: SearchHit[]; total: number }> {
-  const only = opts.only;
   const db = lib.catalog.db;
-  const sets: Array<Map<string, Partial<SearchHit>>> = [];
-  const add = <T>(rows: Array<T & { image: string; number: number }>, put: (h: Partial<SearchHit>, r: T) => void) => {
-    const m = new Map<string, Partial<SearchHit>>();
-    for (const r of rows) {
-      const k = keyOf(r);
-      let h = m.get(k);
-      if (!h) m.set(k, (h = { image: r.image, number: r.number }));
-      put(h, r);
-    }
-    sets.push(m);
-  };
+  const conds: VersionCondition[] = [];
+  const fileSets: Array<Map<string, StoredFile[]>> = [];
+  const none = { hits: [], total: 0 };
   let asked = false;
   if (q.path !== undefined) {
     asked = true;
     const { re, where } = globPlan(q.path);
-    const rows = await findFiles(db, where, (p) => re.test(p), only);
-    add(rows, (h, f) => {
-      (h.paths ??= []).push({ volume: f.volume, path: f.path, type: f.type, size: f.size, digest: f.digest });
-    });
+    const m = await fileRowsByManifest(db, where, (p) => re.test(p));
+    if (m.size === 0) return none;
+    fileSets.push(m);
+    conds.push(holdsFileManifest(db, [...m.keys()]));
   }
   if (q.digest !== undefined) {
     asked = true;
     const d = q.digest.toLowerCase();
     if (!/^[0-9a-f]{64}$/.test(d))
       throw new StrataError('USAGE', `--digest wants a sha256 (64 hex digits), not ${q.digest}`);
-    add(await findFiles(db, { digest: d }, undefined, only), (h, f) => {
-      (h.paths ??= []).push({ volume: f.volume, path: f.path, type: f.type, size: f.size, digest: f.digest });
-    });
+    const m = await fileRowsByManifest(db, { digest: d });
+    if (m.size === 0) return none;
+    fileSets.push(m);
+    conds.push(holdsFileManifest(db, [...m.keys()]));
   }
+  let spec: ReturnType<typeof parsePackageSpec> | undefined;
+  const specHolds = (p: { format: string | null; epoch: number; version: string; release: string }) => {
+    if (!spec?.op || spec.version === undefined) return true;
+    const fmt = (p.format ?? 'deb') as PackageFormat;
+    return OPS[spec.op](compareVersions(fmt, fullVersion(fmt, p), spec.version));
+  };
   if (q.package !== undefined) {
     asked = true;
-    const spec = parsePackageSpec(q.package);
-    const rows = (await findPackages(db, spec.name, only)).filter((p) => {
-      if (!spec.op || spec.version === undefined) return true;
-      const fmt = (p.format ?? 'deb') as PackageFormat;
-      return OPS[spec.op](compareVersions(fmt, fullVersion(fmt, p), spec.version));
-    });
-    add(rows, (h, p) => {
+    spec = parsePackageSpec(q.package);
+    if (spec.op && spec.version !== undefined) {
+      const versions = (await packageVersions(db, spec.name)).filter(specHolds);
+      if (versions.length === 0) return none;
+      conds.push(holdsPackage(spec.name, versions));
+    } else conds.push(holdsPackage(spec.name));
+  }
+  if (q.os !== undefined) {
+    asked = true;
+    conds.push(hasRoot(q.os));
+  }
+  if (q.user !== undefined) {
+    asked = true;
+    conds.push(hasUser(q.user));
+  }
+  if (!asked) throw new StrataError('USAGE', 'search needs at least one of --path, --digest, --package, --os, --user');
+  const { keys, total } = await versionsWhere(db, conds, opts.only, opts.page);
+  const hits: SearchHit[] = keys.map((k) => ({ image: k.image, number: k.number, ref: keyOf(k), tags: [] }));
+  if (hits.length === 0) return { hits, total };
+  const byRef = new Map(hits.map((h) => [h.ref, h]));
+  // what matched in the page's versions
+  if (fileSets.length > 0) {
+    const sets = await fileSetsOf(db, keys);
+    for (const m of fileSets) {
+      for (const h of hits) {
+        for (const [volume, files] of sets.get(h.ref) ?? []) {
+          for (const f of m.get(files) ?? []) {
+            (h.paths ??= []).push({ volume, path: f.path, type: f.type, size: f.size, digest: f.digest });
+          }
+        }
+      }
+    }
+  }
+  const pageImages: ImageCondition = inJsonList(db, 'x.image', [...new Set(keys.map((k) => k.image))]);
+  if (spec) {
+    for (const p of await findPackages(db, spec.name, pageImages)) {
+      const h = byRef.get(keyOf(p));
+      if (!h || !specHolds(p)) continue;
       const fmt = (p.format ?? 'deb') as PackageFormat;
       (h.packages ??= []).push({
         root: p.root,
@@ -191,59 +230,26 @@ export async function searchPage(
         arch: p.arch,
         format: p.format,
       });
-    });
+    }
   }
   if (q.os !== undefined) {
-    asked = true;
-    add(await findRoots(db, q.os, only), (h, r) => {
-      (h.roots ??= []).push({ root: r.root, osType: r.osType, distro: r.distro, productName: r.productName });
-    });
+    for (const r of await findRoots(db, q.os, pageImages)) {
+      const h = byRef.get(keyOf(r));
+      if (h) (h.roots ??= []).push({ root: r.root, osType: r.osType, distro: r.distro, productName: r.productName });
+    }
   }
   if (q.user !== undefined) {
-    asked = true;
-    add(await findUsers(db, q.user, only), (h, u) => {
-      (h.users ??= []).push({ root: u.root, name: u.name, uid: u.uid, gid: u.gid, home: u.home, shell: u.shell });
-    });
-  }
-  if (!asked) throw new StrataError('USAGE', 'search needs at least one of --path, --digest, --package, --os, --user');
-  // AND: versions in every set, their matches merged
-  let keys = [...sets[0].keys()];
-  for (const s of sets.slice(1)) keys = keys.filter((k) => s.has(k));
-  if (opts.keep) {
-    const kept: string[] = [];
-    const seen = new Map<string, boolean>();
-    for (const k of keys) {
-      const image = (sets[0].get(k) as Partial<SearchHit>).image as string;
-      let ok = seen.get(image);
-      if (ok === undefined) seen.set(image, (ok = await opts.keep(image)));
-      if (ok) kept.push(k);
+    for (const u of await findUsers(db, q.user, pageImages)) {
+      const h = byRef.get(keyOf(u));
+      if (h)
+        (h.users ??= []).push({ root: u.root, name: u.name, uid: u.uid, gid: u.gid, home: u.home, shell: u.shell });
     }
-    keys = kept;
   }
-  // the order of the answer (image, then number), then the page
-  const order = keys.map((k) => sets[0].get(k) as { image: string; number: number });
-  order.sort((a, b) => (a.image < b.image ? -1 : a.image > b.image ? 1 : a.number - b.number));
-  keys = order.map((h) => `${h.image}@${h.number}`);
-  const total = keys.length;
-  if (opts.page) keys = keys.slice(opts.page.offset, opts.page.offset + opts.page.limit);
-  const merged: SearchHit[] = keys.map((k) => {
-    const h: SearchHit = { image: '', number: 0, ref: k, tags: [] };
-    for (const s of sets) {
-      const p = s.get(k) as Partial<SearchHit>;
-      for (const f of ['paths', 'packages', 'users', 'roots'] as const) {
-        const v = p[f];
-        if (v) (h[f] as unknown[]) = [...((h[f] as unknown[]) ?? []), ...v];
-      }
-      h.image = p.image as string;
-      h.number = p.number as number;
-    }
-    return h;
-  });
-  const tags = await tagsOf(db, merged);
-  for (const h of merged) {
+  const tags = await tagsOf(db, hits);
+  for (const h of hits) {
     h.tags = tags.get(h.ref) ?? [];
     h.paths?.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : a.volume < b.volume ? -1 : 1));
     h.packages?.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.arch < b.arch ? -1 : 1));
   }
-  return { hits: merged, total };
+  return { hits, total };
 }

@@ -1844,7 +1844,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const { hits, total } = await searchPage(
         lib,
         { path: q.path, digest: q.digest, package: q.package, os: q.os, user: q.user },
-        { only: req.policy.readableSql('x.image'), page: { offset: q.offset, limit: q.limit } },
+        { only: req.policy.readableSql('v.image'), page: { offset: q.offset, limit: q.limit } },
       );
       return { items: hits, total, limit: q.limit, offset: q.offset };
     },
