@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { type Library, StrataError } from '../../library/index.js';
 import type { Access } from '../../serve/index.js';
@@ -62,8 +63,19 @@ export function registerServeCommands(program: Command): void {
         'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd; counters in /metrics)',
       )
       .option('--prefetch <list>', 'introspective prefetchers: meta, dir, file, siblings, all, none (default all)')
-      .option('--cache-size <size>', 'bytes of that cache per version (default 64M)'),
+      .option('--cache-size <size>', 'bytes of that cache per version (default 64M)')
+      .option(
+        '--workers <n>',
+        'server processes sharing the port (node cluster; each opens the library; default 1: one process, one core)',
+        '1',
+      ),
   ).action(async (o: Record<string, unknown>) => {
+    const workers = Number(o.workers);
+    if (!Number.isInteger(workers) || workers < 1 || workers > 64)
+      throw new StrataError('USAGE', `--workers is a number of processes (1-64), not ${String(o.workers)}`);
+    if (workers > 1 && cluster.isPrimary) return servePrimary(workers, o);
+    // in a cluster, the first worker speaks for all (the URL, the demo's links)
+    const speaks = !cluster.isWorker || cluster.worker?.id === 1;
     const diskCache = await cacheOptionsFrom(o);
     if (o.cacheSize !== undefined) {
       if (!diskCache) throw new StrataError('USAGE', '--cache-size needs --cache-policy');
@@ -75,9 +87,9 @@ export function registerServeCommands(program: Command): void {
     if (o.demo) {
       const { demoLibrary } = await import('../../serve/index.js');
       const dir = typeof o.demo === 'string' ? o.demo : '.cache/serve-demo';
-      process.stderr.write(`strata: demo library in ${dir}\n`);
+      if (speaks) process.stderr.write(`strata: demo library in ${dir}\n`);
       const d = await demoLibrary(dir);
-      for (const n of d.notes) process.stderr.write(`strata: ${n}\n`);
+      if (speaks) for (const n of d.notes) process.stderr.write(`strata: ${n}\n`);
       lib = d.lib;
       o.defaultProject = 'demo';
     } else lib = await Library.open(o.library as string | undefined, { create: true, ...placesFrom(o) });
@@ -89,10 +101,11 @@ export function registerServeCommands(program: Command): void {
       importUrls: o.importUrls !== false,
       diskCache,
     });
-    process.stderr.write(
-      `strata: serving ${lib.dir}${lib.places.store.startsWith('s3:') || lib.places.catalog.startsWith('postgres') ? ` (catalog ${lib.places.catalog}, store ${lib.places.store})` : ''} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
-    );
-    if (o.demo) {
+    if (speaks)
+      process.stderr.write(
+        `strata: serving ${lib.dir}${lib.places.store.startsWith('s3:') || lib.places.catalog.startsWith('postgres') ? ` (catalog ${lib.places.catalog}, store ${lib.places.store})` : ''} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,
+      );
+    if (o.demo && speaks) {
       process.stdout.write(
         [
           `Strata library service: ${s.url}`,
@@ -120,6 +133,8 @@ export function registerServeCommands(program: Command): void {
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
     });
+    // a worker's channel to the primary would keep it alive
+    if (cluster.isWorker) process.disconnect?.();
   });
 
   const user = program.command('user').description('accounts of the library service');
@@ -256,6 +271,63 @@ export function registerServeCommands(program: Command): void {
           `${t.id}  ${t.user}  ${t.project ?? '-'}  ${t.scope}  expires ${t.expires ?? 'never'}${t.revoked ? `  revoked ${t.revoked}` : ''}\n`,
         );
       }
+    });
+  });
+}
+
+/**
+ * `strata serve --workers N`: the primary (this process) prepares the library once (made,
+ * migrated: workers would race to), then forks N workers running the same command, which
+ * share the listening port (node cluster: the primary accepts and hands connections out
+ * round robin). Each worker opens the library itself: the catalog (SQLite in WAL mode or
+ * PostgreSQL) and the store are made for several processes (rate limits are counted in the
+ * catalog, a store miss refreshes the index, commits take the store's shared lock). A
+ * worker that dies is replaced; SIGTERM or SIGINT stops all, each finishing its requests.
+ */
+async function servePrimary(n: number, o: Record<string, unknown>) {
+  const { Library } = await import('../../library/index.js');
+  const { Access, demoLibrary } = await import('../../serve/index.js');
+  const lib = o.demo
+    ? (await demoLibrary(typeof o.demo === 'string' ? o.demo : '.cache/serve-demo')).lib
+    : await Library.open(o.library as string | undefined, { create: true, ...placesFrom(o) });
+  await Access.open(lib.catalog.db);
+  await lib.close();
+  let stopping = false;
+  const started = new Map<number, number>();
+  const fork = () => {
+    const w = cluster.fork();
+    started.set(w.id, Date.now());
+  };
+  cluster.on('exit', (w, code, signal) => {
+    if (stopping) return;
+    const lived = Date.now() - (started.get(w.id) ?? 0);
+    process.stderr.write(
+      `strata: worker ${w.process.pid} exited (${signal ?? code})${lived < 5000 ? '' : ': starting another'}\n`,
+    );
+    if (lived >= 5000) return fork();
+    // dying at start-up (a bad option, the port taken): stop, not loop
+    stopping = true;
+    for (const x of Object.values(cluster.workers ?? {})) x?.process.kill('SIGTERM');
+    process.exitCode = 1;
+  });
+  for (let i = 0; i < n; i++) fork();
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      stopping = true;
+      const left = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
+      if (left.length === 0) return resolve();
+      let alive = left.length;
+      for (const w of left) {
+        w.once('exit', () => {
+          if (--alive === 0) resolve();
+        });
+        w.process.kill('SIGTERM');
+      }
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    cluster.on('exit', () => {
+      if (stopping && Object.keys(cluster.workers ?? {}).length === 0) resolve();
     });
   });
 }
