@@ -4,7 +4,8 @@
  * route (utime + stime from /proc before and after 300 requests of that route, 4
  * connections: a measure the machine's load moves far less than latency), then 50
  * connections for DUR seconds of the route mix, closed loop and paced (4 requests/s
- * each): requests/s, p50/p90/p99, errors. JSON on stdout.
+ * each): requests/s, p50/p90/p99, errors. JSON on stdout. With SERVE_ARGS='--workers N', the
+ * CPU is the primary's and its workers' together.
  *
  *   node dist/bench/serve-compare.js LIBRARY TOKEN CLI_A CLI_B
  *
@@ -13,12 +14,16 @@
  * CLI_A/B two dist/cli/strata.cjs (e.g. main's and a branch's). Env: DUR (15), ROUNDS (2).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import autocannon from 'autocannon';
 
 const [libDir, token, ...clis] = process.argv.slice(2);
 const DUR = Number(process.env.DUR ?? 15);
 const ROUNDS = Number(process.env.ROUNDS ?? 2);
+/** Requests per route for the CPU figure (/proc counts 10 ms ticks: 300 requests resolve 0.03 ms). */
+const AMOUNT = Number(process.env.AMOUNT ?? 300);
+/** Extra arguments to each `strata serve` (e.g. `--workers 2`), split on spaces. */
+const SERVE_ARGS = (process.env.SERVE_ARGS ?? '').split(' ').filter(Boolean);
 const v = '/v1/images/bench%2Fderived/versions/1';
 const ROUTES = [
   '/v1/images?limit=20',
@@ -33,10 +38,19 @@ const ROUTES = [
   '/v1/images/p5%2Fimage-0005/versions',
 ];
 
-/** ms of CPU the process used so far (clock ticks of 10 ms). */
+/** ms of CPU the process and its children (`--workers` N) used so far (clock ticks of 10 ms). */
 function cpuMs(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
+  const stat = (p: number | string) => readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ');
+  const f = stat(pid);
+  let ms = (Number(f[11]) + Number(f[12])) * 10;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const c = stat(d);
+      if (Number(c[1]) === pid) ms += (Number(c[11]) + Number(c[12])) * 10;
+    } catch {} // gone meanwhile
+  }
+  return ms;
 }
 
 async function start(cli: string): Promise<{ child: ChildProcess; url: string }> {
@@ -54,6 +68,7 @@ async function start(cli: string): Promise<{ child: ChildProcess; url: string }>
       '0',
       '--default-project',
       'bench',
+      ...SERVE_ARGS,
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
@@ -93,11 +108,11 @@ async function main() {
           const a = await autocannon({
             url,
             connections: 4,
-            amount: 300,
+            amount: AMOUNT,
             requests: [{ method: 'GET', path: p, headers }],
           });
           if (a.non2xx || a.errors) throw new Error(`${cli} ${p}: ${a.non2xx} answers not 2xx, ${a.errors} errors`);
-          (out.cpuMsPerRequest[p] ??= []).push(Number(((cpuMs(pid) - c0) / 300).toFixed(2)));
+          (out.cpuMsPerRequest[p] ??= []).push(Number(((cpuMs(pid) - c0) / AMOUNT).toFixed(2)));
         }
         for (const [k, rate] of [
           ['closed', undefined],

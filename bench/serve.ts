@@ -20,7 +20,8 @@
  * run over a library of that size), --rate R (4: requests/s of each client in the paced
  * metadata run; the first runs are closed loops, each client asking again as soon as it is
  * answered), --out DIR, --server-prof DIR (the server runs under `node --cpu-prof`, its
- * profile written to DIR when it exits).
+ * profile written to DIR when it exits), --workers N (`strata serve --workers N`: N server
+ * processes on the port).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,6 +40,7 @@ const DURATION = Number(opt('--duration') ?? 60);
 const CONNECTIONS = Number(opt('--connections') ?? 50);
 const IMAGES = Number(opt('--images') ?? 500);
 const RATE = Number(opt('--rate') ?? 4);
+const WORKERS = opt('--workers');
 const log = (m: string) => process.stderr.write(`bench:serve: ${m}\n`);
 
 function run(
@@ -80,6 +82,7 @@ async function startServe(libDir: string): Promise<{ url: string; child: ChildPr
       '0',
       '--default-project',
       'bench',
+      ...(WORKERS ? ['--workers', WORKERS] : []),
     ],
     {
       stdio: ['ignore', 'ignore', 'pipe'],
