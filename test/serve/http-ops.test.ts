@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -634,6 +635,123 @@ describe('graceful close', () => {
         "SELECT op FROM request_log WHERE op = 'chunks.upload'",
       );
       assert.equal(logged.length, 1);
+    } finally {
+      await again.close();
+    }
+  });
+
+  test('strata serve --workers 2: two processes answer on one port, both see a chunk one stored; SIGTERM stops both', async () => {
+    const libDir = path.join(dir, 'workers-lib');
+    const l = await Library.open(libDir);
+    const { tokens: t } = await addPeople(l);
+    await l.close();
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist/cli/strata.cjs'),
+        'serve',
+        '--library',
+        libDir,
+        '--listen',
+        '127.0.0.1:0',
+        '--quiet',
+        '--default-project',
+        'own',
+        '--workers',
+        '2',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let err = '';
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (c) => {
+        err += c;
+        const m = /serving .*? at (http:\/\/[^\s)]+)/.exec(err);
+        if (m) resolve(m[1]);
+      });
+      exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
+    });
+    // a fresh connection each (no keep-alive): the primary hands them to the workers in turn
+    const get = (p: string, token?: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        http
+          .get(`${url}${p}`, { agent: false, headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
+            let body = '';
+            res.on('data', (c) => (body += c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+          })
+          .on('error', reject);
+      });
+    // the workers (the primary's children) are up once the port answers; wait for both
+    const workers = () =>
+      readdirSync('/proc').filter((d) => {
+        try {
+          return (
+            /^\d+$/.test(d) &&
+            readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1] === String(child.pid)
+          );
+        } catch {
+          return false;
+        }
+      });
+    assert.equal(workers().length, 2, 'two worker processes');
+    const healthz = async () => {
+      let n = 0;
+      for (const line of (await get('/metrics')).body.split('\n')) {
+        const x = /^strata_http_requests_total\{[^}]*route="\/healthz"[^}]*\} (\d+)$/.exec(line);
+        if (x) n += Number(x[1]);
+      }
+      return n;
+    };
+    // each worker counts its own requests: two /metrics answers in a row from the two workers
+    // add up to the healthz requests sent (from one worker both would show them all); the
+    // second worker may still be starting, so ask again until it answers (a minute at most)
+    let sent = 0;
+    let counts: number[] = [];
+    for (let round = 0; round < 60; round++) {
+      for (let i = 0; i < 4; i++, sent++) assert.equal((await get('/healthz')).status, 200);
+      counts = [await healthz(), await healthz()];
+      if (counts[0] > 0 && counts[1] > 0 && counts[0] + counts[1] === sent) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.ok(counts[0] > 0 && counts[1] > 0 && counts[0] + counts[1] === sent, `healthz counts ${counts} of ${sent}`);
+    // a chunk uploaded through one connection is read back through the next (the other worker)
+    const data = randomBytes(100_000);
+    const digest = sha(data);
+    const up = await fetch(`${url}/v1/chunks`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t['own-member']}`, 'content-type': 'application/octet-stream' },
+      body: encodeChunkRecords([{ digest, data }]),
+    });
+    assert.equal(up.status, 200, await up.clone().text());
+    // asked on two fresh connections (both workers), it is held: not missing
+    const missing = () =>
+      new Promise<string[]>((resolve, reject) => {
+        const req = http.request(
+          `${url}/v1/chunks/missing`,
+          {
+            method: 'POST',
+            agent: false,
+            headers: { authorization: `Bearer ${t['own-member']}`, 'content-type': 'application/json' },
+          },
+          (res) => {
+            let body = '';
+            res.on('data', (c) => (body += c));
+            res.on('end', () => resolve((JSON.parse(body) as { missing: string[] }).missing));
+          },
+        );
+        req.on('error', reject);
+        req.end(JSON.stringify({ digests: [digest, sha(Buffer.from('never uploaded'))] }));
+      });
+    for (let i = 0; i < 2; i++) assert.deepEqual(await missing(), [sha(Buffer.from('never uploaded'))]);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, err);
+    assert.equal((err.match(/SIGTERM: finishing requests in flight/g) ?? []).length, 2, err);
+    assert.deepEqual(workers(), []);
+    const again = await Library.open(libDir);
+    try {
+      assert.equal(sha(await again.store.get(digest)), digest);
     } finally {
       await again.close();
     }
