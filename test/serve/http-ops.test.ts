@@ -725,7 +725,7 @@ describe('graceful close', () => {
       body: encodeChunkRecords([{ digest, data }]),
     });
     assert.equal(up.status, 200, await up.clone().text());
-    // asked on two fresh connections (both workers), it is held: not missing
+    // asked on two fresh connections (both workers)
     const missing = () =>
       new Promise<string[]>((resolve, reject) => {
         const req = http.request(
@@ -744,7 +744,15 @@ describe('graceful close', () => {
         req.on('error', reject);
         req.end(JSON.stringify({ digests: [digest, sha(Buffer.from('never uploaded'))] }));
       });
-    for (let i = 0; i < 2; i++) assert.deepEqual(await missing(), [sha(Buffer.from('never uploaded'))]);
+    // the worker that stored it says it is held; the other may not know it until its index
+    // refreshes (it then asks for it again: the store keeps one copy, a commit refreshes first)
+    const never = sha(Buffer.from('never uploaded'));
+    const answers = [await missing(), await missing()];
+    for (const a of answers) assert.ok(a.includes(never), `${never} is missing: ${a}`);
+    assert.ok(
+      answers.some((a) => a.length === 1),
+      `one worker holds ${digest}: ${JSON.stringify(answers)}`,
+    );
     child.kill('SIGTERM');
     assert.equal(await exited, 0, err);
     assert.equal((err.match(/SIGTERM: finishing requests in flight/g) ?? []).length, 2, err);
