@@ -50,7 +50,7 @@ devices = $dir/swift/devices
 mount_check = false
 bind_ip = 127.0.0.1
 bind_port = $3
-workers = 1
+workers = auto
 user = root
 swift_dir = $dir/swift/etc
 log_level = WARNING
@@ -80,7 +80,7 @@ start_swift() {
 [DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = $pp
-workers = 1
+workers = auto
 user = root
 swift_dir = $s/etc
 log_level = WARNING
