@@ -47,7 +47,7 @@ export function registerNbdCommand(program: Command): void {
       )
       .option(
         '--prefetch <list>',
-        "introspective prefetchers, comma-separated: meta (inode records of a directory's entries), dir (the directory and its subdirectories), file (a file along its extents), siblings (the next small files of a directory), all, none (default all)",
+        "introspective prefetchers, comma-separated: meta (inode records of a directory's entries), dir (the directory and its subdirectories), file (a file along its extents), siblings (the next small files of a directory), disk (the disk's next bytes where none of those applies), all, none (default all)",
       )
       .option('--cache-map <file>', 'introspective: a map saved by `strata blockmap --save` (default: built at start)')
       .option(
@@ -180,7 +180,7 @@ export async function cacheOptionsFrom(o: Record<string, unknown>): Promise<Expo
       .split(',')
       .map((x) => x.trim())
       .filter((x) => x !== '');
-    const known = ['meta', 'dir', 'file', 'siblings'];
+    const known = ['meta', 'dir', 'file', 'siblings', 'disk'];
     if (list.includes('none')) {
       if (list.length > 1) throw new StrataError('USAGE', '--prefetch none goes alone');
       prefetch = [];
