@@ -276,7 +276,8 @@ async function liveRun(
 ): Promise<LiveRun> {
   const file = await FileSource.open(disk);
   const slow = new SlowSource(file);
-  const cache = await openExportCache(slow, { policy, prefetch, map, cacheSize: CACHE_MIB << 20 });
+  const tuning = JSON.parse(process.env.BENCH_TUNING ?? '{}'); // cache options as JSON (maxRun, growth, coalesceGap ...)
+  const cache = await openExportCache(slow, { policy, prefetch, map, cacheSize: CACHE_MIB << 20, tuning });
   const tap = process.env.BENCH_TRACE_OUT ? new Tap(cache) : undefined;
   const server = new NbdServer({ exports: [sourceExport('live', tap ?? cache, { close: async () => {} })] });
   await server.listen({ host: '127.0.0.1', port: 0 });
