@@ -61,7 +61,10 @@ export function registerServeCommands(program: Command): void {
         '--cache-policy <policy>',
         'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd; counters in /metrics)',
       )
-      .option('--prefetch <list>', 'introspective prefetchers: meta, dir, file, siblings, all, none (default all)')
+      .option(
+        '--prefetch <list>',
+        'introspective prefetchers: meta, dir, file, siblings, disk, all, none (default all)',
+      )
       .option('--cache-size <size>', 'bytes of that cache per version (default 64M)'),
   ).action(async (o: Record<string, unknown>) => {
     const diskCache = await cacheOptionsFrom(o);
