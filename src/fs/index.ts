@@ -12,6 +12,7 @@ export { FS_DRIVERS, openFileSystem, PROBE_BYTES, recognizeUnsupported } from '.
 export type {
   ByteRange,
   DirEntry,
+  ExtentOptions,
   FileExtent,
   FileSystem,
   FileType,
