@@ -19,6 +19,7 @@ export {
 export type {
   ByteRange,
   DirEntry,
+  ExtentOptions,
   FileExtent,
   FileSystem,
   FileType,

@@ -548,7 +548,7 @@ async function cutFileSystem(
     await mapLimit([...jobs.values()], CONCURRENCY, async (job) => {
       const { inode } = job;
       try {
-        for await (const e of fs.extents(inode)) job.exts.push(e);
+        for await (const e of fs.extents(inode, { shared: false })) job.exts.push(e);
         job.exts.sort((x, y) => x.fileOffset - y.fileOffset);
         for (const e of job.exts) if (isPlain(e)) job.first = Math.min(job.first, e.volumeOffset);
       } catch (err) {
