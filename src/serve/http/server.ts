@@ -1177,7 +1177,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           {
             from: str({ maxLength: 300, description: 'the version edited (default: the latest)' }),
             changes: arr(
-              anyObject('one operation (put with base64 bytes, rm, mkdir, symlink, link, rename, setattr, xattr)'),
+              anyObject(
+                'one operation (put with base64 bytes or the digests of chunks uploaded first, rm, mkdir, symlink, link, rename, setattr, xattr)',
+              ),
               {
                 minItems: 1,
                 maxItems: 100_000,
