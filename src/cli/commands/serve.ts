@@ -58,6 +58,10 @@ export function registerServeCommands(program: Command): void {
       .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
       .option('--quiet', 'no request log lines on stdout')
       .option(
+        '--commit-limit <size>',
+        'largest body of a check-in commit or an edit (default 256M; a commit sends new files as chunks, not in it)',
+      )
+      .option(
         '--cache-policy <policy>',
         'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd; counters in /metrics)',
       )
@@ -91,6 +95,7 @@ export function registerServeCommands(program: Command): void {
       rateLimit: Number(o.rateLimit),
       importUrls: o.importUrls !== false,
       diskCache,
+      ...(o.commitLimit !== undefined ? { commitLimit: parseSize(String(o.commitLimit), 'commit limit') } : {}),
     });
     process.stderr.write(
       `strata: serving ${lib.dir}${lib.places.store.startsWith('s3:') || lib.places.catalog.startsWith('postgres') ? ` (catalog ${lib.places.catalog}, store ${lib.places.store})` : ''} at ${s.url} (API under ${s.url}/v1, document at ${s.url}/openapi.json)\n`,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
@@ -301,33 +301,79 @@ export class RemoteLibrary {
   }
   /**
    * Apply a change set to REF on the service (POST /v1/images/{name}/edits): a new version of
-   * REF's image. 'file' contents are read here and sent as bytes.
+   * REF's image. 'file' contents are read here: small ones (up to `inlineBytes` each and in
+   * all, default 64 KiB and 1 MiB) travel as bytes in the edit; the others are cut into
+   * pieces of `pieceBytes` (default 4 MiB), the service is asked which it lacks and those are
+   * uploaded (POST /v1/chunks, batches of 8 MiB, as a remote check-in's), and the edit names
+   * them by digest: its body stays small whatever the files' sizes (the service bounds it),
+   * and no file is held in memory whole.
    */
   async edit(
     ref: string,
     changes: Change[],
-    opts: { message?: string; tags?: string[]; part?: string; lv?: string; parents?: string[] } = {},
-  ): Promise<RemoteEditResult> {
+    opts: {
+      message?: string;
+      tags?: string[];
+      part?: string;
+      lv?: string;
+      parents?: string[];
+      inlineBytes?: { each: number; total: number };
+      pieceBytes?: number;
+    } = {},
+  ): Promise<RemoteEditResult & { chunksSent: number; chunkBytesSent: number }> {
+    const { inlineBytes = { each: 64 << 10, total: 1 << 20 }, pieceBytes = 4 << 20, ...body } = opts;
     const v = await this.resolve(ref);
     const wire: WireChange[] = [];
+    let inlined = 0;
+    let sink: RemoteSink | undefined;
     for (const c of changes) {
       if (c.op === 'put' && c.content.kind === 'file') {
-        let data: Uint8Array;
+        const file = c.content.path;
+        const cannot = (e: unknown) =>
+          new StrataError('NOT_FOUND', `put ${c.path}: cannot read ${file}: ${(e as Error).message}`, { file });
+        let fh: FileHandle;
         try {
-          data = await readFile(c.content.path);
+          fh = await open(file, 'r');
         } catch (e) {
-          throw new StrataError('NOT_FOUND', `put ${c.path}: cannot read ${c.content.path}: ${(e as Error).message}`, {
-            file: c.content.path,
-          });
+          throw cannot(e);
         }
-        wire.push(changeToWire(c, data));
+        try {
+          const size = (await fh.stat()).size;
+          if (size <= inlineBytes.each && inlined + size <= inlineBytes.total) {
+            const data = await fh.readFile().catch((e) => Promise.reject(cannot(e)));
+            inlined += data.length;
+            wire.push(changeToWire(c, data));
+            continue;
+          }
+          sink ??= new RemoteSink(this);
+          const chunks: string[] = [];
+          let n = 0;
+          const buf = Buffer.allocUnsafe(pieceBytes);
+          for (;;) {
+            let got = 0;
+            while (got < pieceBytes) {
+              const r = await fh.read(buf, got, pieceBytes - got, null).catch((e) => Promise.reject(cannot(e)));
+              if (r.bytesRead === 0) break;
+              got += r.bytesRead;
+            }
+            if (got === 0) break;
+            chunks.push((await sink.put('data', buf.subarray(0, got))).digest); // the sink copies what it keeps
+            n += got;
+            if (got < pieceBytes) break;
+          }
+          wire.push(changeToWire({ ...c, content: { kind: 'chunks', chunks, size: n } }));
+        } finally {
+          await fh.close();
+        }
       } else if (c.op === 'put' && c.content.kind === 'version') {
         throw new StrataError('USAGE', `put ${c.path}: a version's file cannot be sent to a service as bytes here`);
       } else wire.push(changeToWire(c));
     }
-    return this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
-      json: { from: `${v.image}@${v.number}`, changes: wire, ...opts },
+    if (sink) await sink.finish();
+    const r = await this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
+      json: { from: `${v.image}@${v.number}`, changes: wire, ...body },
     });
+    return { ...r, chunksSent: sink?.chunksSent ?? 0, chunkBytesSent: sink?.bytesSent ?? 0 };
   }
   /**
    * `strata rebase REF --from A0 --to A1` on the service (POST /v1/images/{name}/rebases):
