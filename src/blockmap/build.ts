@@ -1,5 +1,5 @@
-import { openFileSystem } from '../fs/open.js';
-import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
+import { openVolumeFileSystem } from '../fs/open.js';
+import type { FileExtent, FileSystem, FsOpenOptions, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
@@ -15,8 +15,10 @@ import { volumeLayout } from './volume-layout.js';
 export interface BuildOptions {
   /** Volumes found already (saves a second discovery). */
   discovered?: DiscoverResult;
-  /** Open a volume's file system (default: openFileSystem); undefined when it holds none. */
+  /** Open a volume's file system (default: openVolumeFileSystem with fsOptions); undefined when it holds none. */
   openFs?: (volume: Volume) => Promise<FileSystem | undefined>;
+  /** What the volumes' file systems are opened with (the other devices of a btrfs RAID; see openVolumeFileSystem). */
+  fsOptions?: FsOpenOptions;
 }
 
 /** Content names that are not file systems (as probeContent gives them). */
@@ -114,7 +116,7 @@ async function gatherClaims(
     });
   }
   const volumes: MapVolume[] = [];
-  const open = opts.openFs ?? defaultOpen;
+  const open = opts.openFs ?? ((v: Volume) => defaultOpen(v, opts.fsOptions));
   for (const [index, v] of found.volumes.entries()) {
     const mv: MapVolume = { id: v.id, scheme: v.scheme, type: v.type };
     if (v.content) mv.content = v.content;
@@ -153,9 +155,9 @@ async function gatherClaims(
   return volumes;
 }
 
-async function defaultOpen(v: Volume): Promise<FileSystem | undefined> {
+async function defaultOpen(v: Volume, fsOptions: FsOpenOptions = {}): Promise<FileSystem | undefined> {
   if (!v.content || NOT_FS.has(v.content)) return undefined;
-  return openFileSystem(v.source);
+  return openVolumeFileSystem(v.source, fsOptions);
 }
 
 interface PutFields {

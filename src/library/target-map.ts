@@ -16,7 +16,7 @@ export async function blockMapOfTarget(
   const t = await openTargetImage(arg, openOptions, opts);
   try {
     opts.onTarget?.(t.target);
-    return await buildBlockMap(t.image);
+    return await buildBlockMap(t.image, { fsOptions: t.fsOptions });
   } finally {
     await closeTarget(t);
   }
@@ -32,7 +32,7 @@ export async function inspectTarget(
   try {
     opts.onTarget?.(t.target);
     const found = await discoverVolumes(t.image);
-    const r = await inspectVolumes(found.volumes, t.name, { diskId: found.diskId });
+    const r = await inspectVolumes(found.volumes, t.name, { diskId: found.diskId, fsOptions: t.fsOptions });
     return { roots: r.roots, warnings: [...t.image.warnings, ...found.warnings, ...r.warnings] };
   } finally {
     await closeTarget(t);

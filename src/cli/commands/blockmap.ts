@@ -3,6 +3,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { type BlockMap, type KindSummary, type Owner, StrataError, type StreamedMap } from '../../library/index.js';
 import {
+  addDeviceOption,
   addLibraryOption,
   addOpenOptions,
   noteTarget,
@@ -18,20 +19,22 @@ import { humanSize, printJson, printJsonLine, printJsonLines, warnAll, writeOut 
  * map of the image, or loads one saved with `blockmap --save` when given `--map FILE`.
  */
 export function registerBlockmapCommands(program: Command): void {
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('whatis')
-        .description(
-          'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
-        )
-        .argument('<target>', TARGET_HELP)
-        .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
-        .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
-        .option(
-          '--json',
-          'one JSON object per owner and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
-        ),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('whatis')
+          .description(
+            'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
+          )
+          .argument('<target>', TARGET_HELP)
+          .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
+          .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+          .option(
+            '--json',
+            'one JSON object per owner and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+          ),
+      ),
     ),
   ).action(async (image: string, range: string, o: Record<string, unknown>) => {
     const [offset, length] = parseRange(range);
@@ -41,19 +44,21 @@ export function registerBlockmapCommands(program: Command): void {
     await writeOut(`${owners.map(ownerLine).join('\n')}\n`);
   });
 
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('blockmap')
-        .description('the block map of a whole image: who owns every byte of the virtual disk')
-        .argument('<target>', TARGET_HELP)
-        .option(
-          '--json',
-          'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
-        )
-        .option('--summary', 'bytes and records per kind')
-        .option('--save <file>', 'also save the map in its compact binary form (for --map)')
-        .option('--map <file>', 'load a saved map instead of building it'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('blockmap')
+          .description('the block map of a whole image: who owns every byte of the virtual disk')
+          .argument('<target>', TARGET_HELP)
+          .option(
+            '--json',
+            'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+          )
+          .option('--summary', 'bytes and records per kind')
+          .option('--save <file>', 'also save the map in its compact binary form (for --map)')
+          .option('--map <file>', 'load a saved map instead of building it'),
+      ),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     if (typeof o.map !== 'string' && typeof o.save !== 'string') return streamMap(image, o);
@@ -68,16 +73,18 @@ export function registerBlockmapCommands(program: Command): void {
   });
 
   const trace = program.command('trace').description('block-level access traces');
-  addOpenOptions(
-    addLibraryOption(
-      trace
-        .command('resolve')
-        .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
-        .argument('<target>', TARGET_HELP)
-        .argument('<trace>', 'trace file ("-" for stdin)')
-        .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
-        .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
-        .option('--summary', 'only the summary'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        trace
+          .command('resolve')
+          .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
+          .argument('<target>', TARGET_HELP)
+          .argument('<trace>', 'trace file ("-" for stdin)')
+          .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+          .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
+          .option('--summary', 'only the summary'),
+      ),
     ),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
     const { readTraceBatches, TraceResolver } = await import('../../library/index.js');

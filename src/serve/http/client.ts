@@ -5,6 +5,7 @@ import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile } from '../../catalog/profiles.js';
+import type { DiskImage } from '../../formats/types.js';
 import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
 import { type Change, changeToWire, type WireChange } from '../../library/edit/changes.js';
@@ -19,6 +20,7 @@ import {
   type LayoutManifest,
 } from '../../library/manifest.js';
 import type { SearchHit, SearchQuery } from '../../library/search.js';
+import { openDeviceTargets } from '../../library/target.js';
 import type { VersionDiff } from '../../library/version-diff.js';
 import { VersionSource } from '../../library/version-source.js';
 import type { PutResult } from '../../store/store.js';
@@ -619,6 +621,8 @@ export interface RemoteCheckinOptions extends CutOptions {
   visibility?: string;
   /** Bytes of chunks per missing-query and upload (default 8 MiB). */
   batchBytes?: number;
+  /** The other devices of a btrfs over several (`--device FILE`), as for a local check-in. */
+  devices?: string[];
 }
 
 export interface RemoteCheckinResult {
@@ -677,10 +681,17 @@ export async function remoteCheckin(
   // no --parent: the version the overlay was booted from (the server's default is the latest of NAME)
   const parents = opts.parents ?? (bootedFrom ? [`${bootedFrom.image}@${bootedFrom.number}`] : undefined);
   const before = remote.bytesSent;
+  let deviceImages: DiskImage[] = [];
   try {
+    const fsOptions: CutOptions['fsOptions'] = {};
+    if (opts.devices && opts.devices.length > 0) {
+      const d = await openDeviceTargets(opts.devices, opts.openOptions);
+      deviceImages = d.images;
+      fsOptions.devices = d.devices;
+    }
     const sink = new RemoteSink(remote, opts.batchBytes);
     // the server's commit takes whole (version 1) file manifests
-    const cut = await cutImage(img, image, sink, { ...opts, inlineFileManifests: true });
+    const cut = await cutImage(img, image, sink, { ...opts, inlineFileManifests: true, fsOptions });
     await sink.finish();
     const files: FilesManifest[] = [];
     for (const v of cut.layout.volumes) {
@@ -709,6 +720,7 @@ export async function remoteCheckin(
       warnings: [...cut.warnings, ...row.warnings],
     };
   } finally {
+    for (const d of deviceImages) await closeChain(d).catch(() => {});
     await closeChain(img);
   }
 }
