@@ -54,7 +54,7 @@ export async function streamBlockMapOfTarget(
   const t = await openTargetImage(arg, openOptions, opts);
   try {
     opts.onTarget?.(t.target);
-    return await streamBlockMap(t.image, begin, sink, { drain });
+    return await streamBlockMap(t.image, begin, sink, { drain, fsOptions: t.fsOptions });
   } finally {
     await closeTarget(t);
   }
