@@ -114,6 +114,33 @@ class SlowSource extends FilterSource {
   }
 }
 
+/** Records each request the server makes of the cache (offset, length), for replays (BENCH_TRACE_OUT). */
+class Tap extends FilterSource {
+  readonly name: string;
+  readonly size: number;
+  readonly reads: Array<[number, number, number]> = [];
+  readonly markers: Array<[string, number]> = [];
+  constructor(private readonly inner: ByteSource) {
+    super();
+    this.name = inner.name;
+    this.size = inner.size;
+  }
+  unwrap(): Unwrapped {
+    return { source: this.inner, offset: 0 };
+  }
+  override get fd(): number | undefined {
+    return undefined;
+  }
+  protected override async readRange(offset: number, n: number): Promise<Uint8Array> {
+    this.reads.push([offset, n, Date.now()]);
+    return this.inner.read(offset, n);
+  }
+  protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
+    this.reads.push([offset, out.length, Date.now()]);
+    await this.inner.readInto!(offset, out);
+  }
+}
+
 /** The guest root disk: GPT, ext4 made by mkfs.ext4 -d from the tree (see above). */
 function guestDisk(): string {
   const out = path.join(DIR, `root-lib${LIB_MB}-doc${DOC_MB}-read${READ_MB}-v1.raw`);
@@ -184,7 +211,13 @@ interface GuestTimes {
 }
 
 /** Boot the guest from `uri` and time its markers on the host (the same for every server). */
-async function bootGuest(uri: string, kernel: string, initrd: string, label: string): Promise<GuestTimes> {
+async function bootGuest(
+  uri: string,
+  kernel: string,
+  initrd: string,
+  label: string,
+  markers?: Array<[string, number]>,
+): Promise<GuestTimes> {
   const times: Record<string, number> = {};
   const counts: Record<string, string> = {};
   const accel = chooseAccel();
@@ -209,6 +242,7 @@ async function bootGuest(uri: string, kernel: string, initrd: string, label: str
         const m = /STRATA-(BOOTED|FIND|GREP|READ)\s*(\S*)/.exec(line);
         if (!m) return;
         times[m[1]] = (Date.now() - t0) / 1000;
+        markers?.push([m[1], Date.now()]);
         if (m[2]) counts[m[1].toLowerCase()] = m[2];
         log(`${label}: ${line.trim()} at ${times[m[1]].toFixed(1)} s`);
       },
@@ -242,15 +276,22 @@ async function liveRun(
 ): Promise<LiveRun> {
   const file = await FileSource.open(disk);
   const slow = new SlowSource(file);
-  const cache = await openExportCache(slow, { policy, prefetch, map, cacheSize: CACHE_MIB << 20 });
-  const server = new NbdServer({ exports: [sourceExport('live', cache, { close: async () => {} })] });
+  const tuning = JSON.parse(process.env.BENCH_TUNING ?? '{}'); // cache options as JSON (maxRun, growth, coalesceGap ...)
+  const cache = await openExportCache(slow, { policy, prefetch, map, cacheSize: CACHE_MIB << 20, tuning });
+  const tap = process.env.BENCH_TRACE_OUT ? new Tap(cache) : undefined;
+  const server = new NbdServer({ exports: [sourceExport('live', tap ?? cache, { close: async () => {} })] });
   await server.listen({ host: '127.0.0.1', port: 0 });
   const label = policy === 'introspective' ? `introspective:${prefetch?.join('+') || 'none'}` : policy;
-  const g = await bootGuest(server.uri('live'), kernel, initrd, label);
+  const g = await bootGuest(server.uri('live'), kernel, initrd, label, tap?.markers);
   await cache.stop();
   const s = cache.snapshot();
   await server.close();
   await file.close();
+  if (tap)
+    writeFileSync(
+      `${process.env.BENCH_TRACE_OUT}.${label.replace(/[^a-z0-9+]/gi, '_')}.json`,
+      JSON.stringify({ reads: tap.reads, markers: tap.markers }),
+    );
   const hitRate: Record<string, number> = {};
   for (const [c, v] of Object.entries(s.byClass)) if (v.requests) hitRate[c] = v.hitRate;
   const prefetchMiB: Record<string, number> = {};
@@ -365,12 +406,14 @@ export async function live(): Promise<void> {
   const configs: Array<[LiveCachePolicy, string[] | undefined]> = [
     ['lru', undefined],
     ['readahead', undefined],
+    ['introspective', ['meta', 'dir', 'file', 'siblings', 'disk']],
     ['introspective', ['meta', 'dir', 'file', 'siblings']],
     ['introspective', []],
     ['introspective', ['meta']],
     ['introspective', ['dir']],
     ['introspective', ['file']],
     ['introspective', ['siblings']],
+    ['introspective', ['disk']],
   ];
   const only = process.env.BENCH_CONFIGS?.split(',');
   const runs: LiveRun[] = [];
@@ -399,7 +442,7 @@ export async function live(): Promise<void> {
   const by = (l: string) => runs.find((r) => r.policy === l);
   const lru = by('lru');
   const ra = by('readahead');
-  const all = by('introspective:meta+dir+file+siblings');
+  const all = by('introspective:meta+dir+file+siblings+disk');
   const peer = by('qemu-nbd (curl)');
   if (all) {
     const ratio = (base: LiveRun | undefined, k: 'boot' | 'find' | 'grep' | 'read' | 'total') =>

@@ -26,8 +26,10 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
-import { CACHE_POLICIES, type CacheSimResult, simulateCache } from '../src/analytics/cache-sim.js';
+import { CACHE_POLICIES, type CacheSimResult, replayLiveCache, simulateCache } from '../src/analytics/cache-sim.js';
+import { MAP_PREFETCHERS } from '../src/blockmap/introspector.js';
 import { blockMapOfImage } from '../src/blockmap/of-image.js';
+import type { LiveCachePolicy } from '../src/io/introspective-cache.js';
 import { benchBaseImage, benchChildEnv, CLI, need, ROOT, sh } from './common.js';
 import { live } from './introspect-live.js';
 
@@ -149,7 +151,57 @@ async function main(): Promise<void> {
   }
 }
 
-(process.argv.includes('--live') ? live() : main()).catch((e) => {
+/**
+ * `--replay TRACE DISK`: a trace the live benchmark kept (BENCH_TRACE_OUT: the guest's
+ * requests in order, and the times of its markers) replayed through the live cache under
+ * each policy (src/analytics/cache-sim.ts replayLiveCache): source reads per phase (boot,
+ * find, grep, read), at once and without a guest.
+ */
+async function replay(): Promise<void> {
+  const i = process.argv.indexOf('--replay');
+  const [tracePath, disk] = process.argv.slice(i + 1, i + 3);
+  if (!tracePath || !disk) throw new Error('usage: --replay TRACE.json DISK');
+  const t = JSON.parse(readFileSync(tracePath, 'utf8')) as {
+    reads: Array<[number, number, number]>;
+    markers: Array<[string, number]>;
+  };
+  const map = await blockMapOfImage(disk);
+  const accesses = t.reads.map(([offset, length]) => ({ offset, length }));
+  const names = ['boot', ...t.markers.map(([m]) => m.toLowerCase())];
+  const cuts = t.markers
+    .map(([, time]) => t.reads.findIndex((r) => r[2] > time))
+    .map((x) => (x < 0 ? t.reads.length : x));
+  const configs: Array<[LiveCachePolicy, string[] | undefined, string]> = [
+    ['lru', undefined, 'lru'],
+    ['readahead', undefined, 'readahead'],
+    ['introspective', undefined, 'introspective:all'],
+    ['introspective', [], 'introspective:none'],
+    ...MAP_PREFETCHERS.map((p) => ['introspective', [p], `introspective:${p}`] as [LiveCachePolicy, string[], string]),
+    ['introspective', MAP_PREFETCHERS.filter((p) => p !== 'disk'), 'introspective:all-but-disk'],
+  ];
+  const only = process.env.BENCH_CONFIGS?.split(',');
+  const cacheBytes = Number(process.env.BENCH_CACHE_MIB ?? 64) << 20;
+  for (const [policy, prefetch, label] of configs) {
+    if (only && !only.includes(label)) continue;
+    const r = await replayLiveCache(
+      map,
+      accesses,
+      policy,
+      { ...JSON.parse(process.env.BENCH_TUNING ?? '{}'), prefetch, capacity: cacheBytes },
+      cuts,
+    );
+    const marks = [0, ...(r.at ?? []).map((a) => a.sourceReads), r.sourceReads];
+    const phases: Record<string, number> = {};
+    // markers come in order: BOOTED, FIND, GREP, READ: the phase named by the marker that ends it
+    const phaseNames = ['boot', 'find', 'grep', 'read', 'after'];
+    for (let k = 0; k + 1 < marks.length; k++) phases[phaseNames[k] ?? names[k]] = marks[k + 1] - marks[k];
+    process.stdout.write(
+      `${JSON.stringify({ replay: true, config: label, requests: r.requests, sourceReads: r.sourceReads, demandReads: r.demandReads, sourceMiB: +(r.sourceBytes / 2 ** 20).toFixed(1), phases, prefetchReads: Object.fromEntries(Object.entries(r.stats.prefetchers).map(([k, v]) => [k, v.fetches])) })}\n`,
+    );
+  }
+}
+
+(process.argv.includes('--live') ? live() : process.argv.includes('--replay') ? replay() : main()).catch((e) => {
   process.stderr.write(`${(e as Error).stack ?? e}\n`);
   process.exit(1);
 });

@@ -15,13 +15,16 @@
  * - XFS and btrfs (issue 19): the same tree copied by the kernel into an mkfs.xfs (mkfs.btrfs)
  *   image; strata ls vs `find -printf` of the same fields over the kernel's read-only loop
  *   mount, and strata extract vs `cp -a` out of that mount (the only peers that read them).
- *   The mount is made once and its page cache is warm, like the image file's for strata.
- *   Needs root.
+ *   Twice: over one mount made once (dentry, inode and page caches warm: the kernel parses
+ *   nothing after the first run), then over a fresh mount per run (mount untimed: the kernel
+ *   parses the metadata again from the image file's page cache, as strata and the ext peers
+ *   do). Needs root.
  *
  * Options: --runs N (default 3), --out DIR (extraction targets; default /dev/shm/strata-bench-ls),
  * --rootfs DIR (the tree to use instead of debootstrapping one), --no-xfs, --no-btrfs (skip those cases),
  * --profile (also write V8 CPU profiles of one strata ls and
- * one extract and print their hottest functions), --image FILE (bench another ext image).
+ * one extract and print their hottest functions), --image FILE (bench another ext image),
+ * --cli FILE (measure another build's dist/cli/strata.cjs: a copy of dist made before a change).
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -37,11 +40,13 @@ import {
   writeFileSync,
 } from 'node:fs';
 import * as path from 'node:path';
-import { benchChildEnv, benchRootfs, CLI, need, opt, ROOT, sh } from './common.js';
+import { CLI as BUILT_CLI, benchChildEnv, benchRootfs, childCpuMs, need, opt, ROOT, sh } from './common.js';
 
 const BENCH = path.join(ROOT, '.cache', 'bench');
 
 const RUNS = Number(opt('--runs') ?? 3);
+/** The strata CLI measured: this build's, or another build's (--cli DIST/cli/strata.cjs, for before/after). */
+const CLI = opt('--cli') ? path.resolve(opt('--cli') as string) : BUILT_CLI;
 const PROFILE = process.argv.includes('--profile');
 
 function log(msg: string): void {
@@ -65,10 +70,20 @@ function setup(): string {
   return image;
 }
 
+/**
+ * CPU time (user + system, from this process's reaped-children totals: 10 ms steps) of the
+ * children timed() ran since bestOf last reset it. The machine is shared: wall times move by
+ * 2-5x with its load, CPU times by ~10%.
+ */
+let childCpu = 0;
+/** Least CPU ms of each tool in the last bestOf (same order as its functions). */
+let lastCpu: number[] = [];
+
 /** Wall time of one process, stdout discarded (or kept when `keep`). */
 function timed(cmd: string, argv: string[], keep = false): Promise<{ ms: number; out: string }> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
+    const cpu0 = childCpuMs();
     const c = spawn(cmd, argv, { stdio: ['ignore', keep ? 'pipe' : 'ignore', 'pipe'] });
     const out: Buffer[] = [];
     let err = '';
@@ -79,6 +94,7 @@ function timed(cmd: string, argv: string[], keep = false): Promise<{ ms: number;
     c.on('error', reject);
     c.on('close', (code) => {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      childCpu += childCpuMs() - cpu0;
       if (code !== 0) reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
       else resolve({ ms, out: Buffer.concat(out).toString('utf8') });
     });
@@ -117,13 +133,26 @@ function line(o: Record<string, unknown>): void {
 
 const round = (x: number) => Math.round(x * 10) / 10;
 
-function report(kase: string, strataMs: number, peer: string, peerMs: number, extra: Record<string, unknown> = {}) {
+/** One line: wall ms (best of the runs) and the ratio, then CPU ms (least of the runs) and its ratio. */
+function report(
+  kase: string,
+  strataMs: number,
+  peer: string,
+  peerMs: number,
+  extra: Record<string, unknown> = {},
+  peerIndex = 1,
+) {
+  const strataCpuMs = lastCpu[0];
+  const peerCpuMs = lastCpu[peerIndex];
   line({
     case: kase,
     strataMs: round(strataMs),
     peerMs: round(peerMs),
     peer,
     ratio: Math.round((strataMs / peerMs) * 1000) / 1000,
+    strataCpuMs,
+    peerCpuMs,
+    cpuRatio: Math.round((strataCpuMs / peerCpuMs) * 1000) / 1000,
     ...extra,
   });
 }
@@ -211,11 +240,17 @@ async function main(): Promise<void> {
   // machine's load hits all of them alike; each keeps its best.
   const bestOf = async (fns: Array<() => Promise<number>>): Promise<number[]> => {
     const bestMs = fns.map(() => Number.POSITIVE_INFINITY);
+    const bestCpu = fns.map(() => Number.POSITIVE_INFINITY);
     for (let r = 0; r < RUNS; r++) {
       const order = fns.map((_, i) => i);
       if (r % 2 === 1) order.reverse();
-      for (const i of order) bestMs[i] = Math.min(bestMs[i], await fns[i]());
+      for (const i of order) {
+        childCpu = 0;
+        bestMs[i] = Math.min(bestMs[i], await fns[i]());
+        bestCpu[i] = Math.min(bestCpu[i], childCpu);
+      }
     }
+    lastCpu = bestCpu;
     return bestMs;
   };
   let dbgEntries = 0;
@@ -229,7 +264,14 @@ async function main(): Promise<void> {
     },
   ]);
   report('ls -R', strataLs, 'fls -r -p', flsMs, { entries: strataEntries, peerEntries: flsEntries });
-  report('ls -R', strataLs, 'debugfs ls -p per directory', dbgMs, { entries: strataEntries, peerEntries: dbgEntries });
+  report(
+    'ls -R',
+    strataLs,
+    'debugfs ls -p per directory',
+    dbgMs,
+    { entries: strataEntries, peerEntries: dbgEntries },
+    2,
+  );
 
   // --- extract ----------------------------------------------------------------------------
   // Extraction targets on tmpfs by default: disk write-back of the previous run's 200 MB
@@ -378,6 +420,49 @@ async function benchKernelFs(
   } finally {
     sh('umount', [mnt]);
   }
+
+  // The same peers over a FRESH mount each run (mount and umount untimed). While a file system
+  // stays mounted the kernel keeps what it parsed (dentries, inodes, extent maps, the loop
+  // device's cached metadata blocks), so a find over a mount walked before reads no on-disk
+  // structure at all, where fls, debugfs and strata parse the image on every run. After a fresh
+  // mount the kernel parses the metadata again, reading it through the loop device from the image
+  // file's page cache, which is warm, as for strata and the ext peers.
+  const fresh = async (fn: () => Promise<number>): Promise<number> => {
+    sh('mount', ['-o', 'ro,loop', image, mnt]);
+    try {
+      return await fn();
+    } finally {
+      sh('umount', [mnt]);
+    }
+  };
+  const lsArgs = [CLI, 'ls', '-R', '-l', '--json', image, '/'];
+  const findArgs = [mnt, '-mindepth', '1', '-printf', '%y %m %n %U %G %s %T@ %P %l\\n'];
+  const peerEntries = await fresh(
+    async () => (await timed('find', findArgs, true)).out.split('\n').filter(Boolean).length,
+  );
+  const [ls, find] = await bestOf([
+    async () => (await timed(node, lsArgs)).ms,
+    async () => fresh(async () => (await timed('find', findArgs)).ms),
+  ]);
+  report(`${kind} ls -R (fresh mount)`, ls, 'find -printf over a fresh kernel loop mount', find, { peerEntries });
+  const outS = path.join(outRoot, `${kind}-extract-strata`);
+  const outC = path.join(outRoot, `${kind}-extract-cp`);
+  const [x, cp] = await bestOf([
+    async () => {
+      rmSync(outS, { recursive: true, force: true });
+      return (await timed(node, [CLI, 'extract', image, '/', outS])).ms;
+    },
+    async () => {
+      rmSync(outC, { recursive: true, force: true });
+      return fresh(async () => (await timed('cp', ['-a', mnt, outC])).ms);
+    },
+  ]);
+  report(`${kind} extract / (fresh mount)`, x, 'cp -a from a fresh kernel loop mount', cp, {
+    files: treeIndex(outS).files.length,
+    peerFiles: treeIndex(outC).files.length,
+  });
+  rmSync(outS, { recursive: true, force: true });
+  rmSync(outC, { recursive: true, force: true });
 }
 
 main().catch((e) => {

@@ -49,6 +49,7 @@ function guestfishCommands(changes: Change[], a1Tree: string, work: string): str
         let local: string;
         if (c.content.kind === 'version') local = path.join(a1Tree, c.content.path);
         else if (c.content.kind === 'file') local = c.content.path;
+        else if (c.content.kind === 'chunks') throw new Error(`${c.path}: a rebase plan names no uploaded chunks`);
         else {
           local = path.join(work, `bytes-${i}`);
           writeFileSync(local, c.content.data);
@@ -101,7 +102,9 @@ function fileBytes(changes: Change[]): { files: number; bytes: number; blocks: n
         ? c.content.size
         : c.content.kind === 'bytes'
           ? c.content.data.length
-          : statSync(c.content.path).size;
+          : c.content.kind === 'chunks'
+            ? c.content.size
+            : statSync(c.content.path).size;
     files++;
     bytes += n;
     blocks += Math.ceil(n / BLOCK);

@@ -17,6 +17,10 @@ cmd=${1:?start|stop|restart-pg|s3-down|s3-up DIR}
 dir=${2:?state folder}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 
+# Swift's default is a worker per core; at most 4 here (each is a Python process of ~50 MB)
+workers=$(nproc)
+[ "$workers" -gt 4 ] && workers=4
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_pg() {
@@ -50,7 +54,7 @@ devices = $dir/swift/devices
 mount_check = false
 bind_ip = 127.0.0.1
 bind_port = $3
-workers = 1
+workers = $workers
 user = root
 swift_dir = $dir/swift/etc
 log_level = WARNING
@@ -80,7 +84,7 @@ start_swift() {
 [DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = $pp
-workers = 1
+workers = $workers
 user = root
 swift_dir = $s/etc
 log_level = WARNING

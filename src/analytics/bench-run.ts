@@ -22,6 +22,11 @@ export interface BenchRunOptions {
   seed?: number;
   /** Caps `run SECONDS` (tests). */
   maxSeconds?: number;
+  /**
+   * Each thread runs this many passes, whatever the workload's `run` says (a short run of a
+   * long workload: a smoke test of a shipped example, a quick look before the real run).
+   */
+  iterations?: number;
   /** Folder the workload's relative file names are taken from (default: the current one). */
   baseDir?: string;
 }
@@ -209,7 +214,11 @@ export async function runWorkload(w: Workload, o: BenchRunOptions): Promise<Benc
   }
   const profiles = new Map<string, Array<{ disk: number; length: number }>>();
   const rootRng = new Rng(o.seed ?? 1);
-  const seconds = w.seconds === undefined ? undefined : Math.min(w.seconds, o.maxSeconds ?? Number.POSITIVE_INFINITY);
+  const iterations = o.iterations ?? w.iterations;
+  const seconds =
+    o.iterations !== undefined || w.seconds === undefined
+      ? undefined
+      : Math.min(w.seconds, o.maxSeconds ?? Number.POSITIVE_INFINITY);
   const t0 = performance.now();
   const deadline = seconds === undefined ? Number.POSITIVE_INFINITY : t0 + seconds * 1000;
   const stats = new Map<Flowop, { s: FlowopStats; lat: number[] }>();
@@ -324,7 +333,7 @@ export async function runWorkload(w: Workload, o: BenchRunOptions): Promise<Benc
           workers.push(
             (async () => {
               for (let pass = 0; ; pass++) {
-                if (w.iterations !== undefined && pass >= w.iterations) return;
+                if (iterations !== undefined && pass >= iterations) return;
                 const start = performance.now();
                 if (start >= deadline) return;
                 for (const f of t.flowops) {
@@ -343,7 +352,8 @@ export async function runWorkload(w: Workload, o: BenchRunOptions): Promise<Benc
                   }
                 }
                 passes++;
-                if (t.rate !== undefined) {
+                // (no wait after the last pass: a slow rate would hold the run's end)
+                if (t.rate !== undefined && (iterations === undefined || pass + 1 < iterations)) {
                   const wait = start + 1000 / t.rate - performance.now();
                   if (wait > 0) await sleep(Math.min(wait, Math.max(0, deadline - performance.now())));
                 }

@@ -1,6 +1,13 @@
 import type { BlockMap } from '../blockmap/block-map.js';
 import { BlockMapIntrospector, MAP_PREFETCHERS } from '../blockmap/introspector.js';
 import { classOf, KINDS, type KindClass } from '../blockmap/kinds.js';
+import type { ByteSource } from '../io/byte-source.js';
+import {
+  IntrospectiveCache,
+  type IntrospectiveCacheOptions,
+  type IntrospectiveCacheStats,
+  type LiveCachePolicy,
+} from '../io/introspective-cache.js';
 import { StrataError } from '../util/errors.js';
 
 /**
@@ -53,7 +60,7 @@ export interface CacheSimOptions {
    * blocks of its entries (up to `metaAhead` blocks); `siblings` after a small file, the next
    * files of its directory in disk order (up to `siblingsAhead` bytes).
    */
-  prefetch?: { file?: boolean; dir?: boolean; meta?: boolean; siblings?: boolean };
+  prefetch?: { file?: boolean; dir?: boolean; meta?: boolean; siblings?: boolean; disk?: boolean };
   /** introspective: inode-table blocks fetched with a directory (default 64). */
   metaAhead?: number;
   /** introspective: bytes of sibling files fetched after a small file (default 256 KiB). */
@@ -117,7 +124,7 @@ export function simulateCache(
   const dirAhead = opts.dirAhead ?? 256 << 10;
   const metaAhead = opts.metaAhead ?? 64;
   const siblingsAhead = opts.siblingsAhead ?? 256 << 10;
-  const pf = { file: true, dir: true, meta: true, siblings: true, ...opts.prefetch };
+  const pf = { file: true, dir: true, meta: true, siblings: true, disk: false, ...opts.prefetch };
   const metaCap = policy === 'introspective' ? Math.max(1, Math.floor(capacity * (opts.metaShare ?? 0.25))) : 0;
   const data = new Lru(capacity - metaCap || 1);
   const meta = new Lru(metaCap);
@@ -173,6 +180,7 @@ export function simulateCache(
     dir: dirAhead,
     meta: metaAhead * bs,
     siblings: siblingsAhead,
+    disk: ra * bs,
   };
   const cap = (p: string) => caps[p] ?? 0;
   /** A plan's blocks in plan order, not cached, cut to the prefetcher's bound in blocks (as the live cache cuts). */
@@ -228,4 +236,76 @@ export function simulateCache(
     }
   }
   return r;
+}
+
+/** What a replay through the live cache made of its source: reads (round trips) and bytes. */
+export interface LiveReplayResult {
+  policy: LiveCachePolicy;
+  prefetch?: readonly string[];
+  requests: number;
+  /** Source reads, and those a request waited for (its own blocks were in none). */
+  sourceReads: number;
+  demandReads: number;
+  sourceBytes: number;
+  /** With `cuts`: source reads and bytes made before the request of each index. */
+  at?: Array<{ request: number; sourceReads: number; sourceBytes: number }>;
+  stats: IntrospectiveCacheStats;
+}
+
+/**
+ * Replay `accesses` through the LIVE cache (io/introspective-cache.ts, the code `strata nbd`
+ * runs) over a source of `size` bytes that answers at once and counts its reads: one
+ * request at a time, each prefetch landed before the next request (the simulator's
+ * assumption above: a link slow in latency, fast enough in bandwidth). Round trips per
+ * policy, by the real mechanism (its coalescing, merging and windows included), without a
+ * guest.
+ */
+export async function replayLiveCache(
+  map: BlockMap,
+  accesses: Iterable<{ offset: number; length: number }>,
+  policy: LiveCachePolicy,
+  opts: Partial<IntrospectiveCacheOptions> & { diskAlways?: boolean } = {},
+  cuts: readonly number[] = [],
+): Promise<LiveReplayResult> {
+  const size = map.diskSize;
+  const counted = { reads: 0, bytes: 0 };
+  const source: ByteSource = {
+    name: 'replay',
+    size,
+    async read(offset: number, length: number): Promise<Uint8Array> {
+      counted.reads++;
+      const n = Math.max(0, Math.min(length, size - offset));
+      counted.bytes += n;
+      return new Uint8Array(n);
+    },
+  };
+  const cache = new IntrospectiveCache(source, {
+    ...opts,
+    policy,
+    introspector:
+      policy === 'introspective' ? new BlockMapIntrospector(map, { diskAlways: opts.diskAlways }) : undefined,
+  });
+  let requests = 0;
+  let index = 0;
+  const at: NonNullable<LiveReplayResult['at']> = [];
+  for (const a of accesses) {
+    if (cuts.includes(index)) at.push({ request: index, sourceReads: counted.reads, sourceBytes: counted.bytes });
+    index++;
+    if (!(a.offset >= 0) || a.offset >= size || !(a.length > 0)) continue;
+    requests++;
+    await cache.read(a.offset, Math.min(a.length, size - a.offset));
+    await cache.idle();
+  }
+  const stats = cache.snapshot();
+  await cache.close();
+  return {
+    policy,
+    prefetch: opts.prefetch,
+    requests,
+    sourceReads: counted.reads,
+    demandReads: stats.source.demandReads,
+    sourceBytes: counted.bytes,
+    ...(cuts.length ? { at } : {}),
+    stats,
+  };
 }

@@ -47,6 +47,42 @@ for (const k of ['file', 'directory', 'journal'] as const) FILE_OFFSET_KINDS[KIN
 const INODE_TABLE = KIND_CODE['inode-table'];
 
 /**
+ * The owner of disk bytes [s, e) of one record: kind code `k`, volume index `v`, inode, name
+ * id `nm` (read through `name`) and the offset inside the owning object at `s`.
+ */
+export function ownerOf(
+  volumes: readonly MapVolume[],
+  name: (id: number) => string,
+  s: number,
+  e: number,
+  k: number,
+  v: number,
+  ino: number,
+  nm: number,
+  into: number,
+): Owner {
+  const o: Owner = { start: s, length: e - s, kind: KINDS[k] };
+  if (v !== NO_VOLUME) {
+    const vol = volumes[v];
+    o.volume = vol.id;
+    if (vol.fs && k !== KIND_CODE.volume) o.fs = vol.fs;
+  }
+  if (k === INODE_TABLE && ino !== NO_INODE) {
+    const size = (v !== NO_VOLUME && volumes[v].inodeSize) || 0;
+    if (size > 0) {
+      o.inode = ino + Math.floor(into / size);
+      o.lastInode = ino + Math.floor((into + (e - s) - 1) / size);
+    }
+  } else if (ino !== NO_INODE) o.inode = ino;
+  if (nm !== NO_NAME) {
+    if (PATH_KINDS[k]) o.path = name(nm);
+    else o.detail = name(nm);
+  }
+  if (FILE_OFFSET_KINDS[k]) o.fileOffset = into;
+  return o;
+}
+
+/**
  * The block map of a virtual disk: sorted, non-overlapping records that cover
  * [0, diskSize) exactly once, in columns (typed arrays). Record i spans
  * [start[i], start[i+1]) (the last one ends at diskSize) and says who owns it: a kind
@@ -108,30 +144,18 @@ export class BlockMap {
   owner(i: number, from = this.start[i], to = this.end(i)): Owner {
     const s = Math.max(from, this.start[i]);
     const e = Math.min(to, this.end(i));
-    const k = this.kind[i];
-    const o: Owner = { start: s, length: e - s, kind: KINDS[k] };
-    const v = this.volume[i];
-    if (v !== NO_VOLUME) {
-      const vol = this.volumes[v];
-      o.volume = vol.id;
-      if (vol.fs && k !== KIND_CODE.volume) o.fs = vol.fs;
-    }
-    const ino = this.ino[i];
     const into = this.objectOffset[i] + (s - this.start[i]);
-    if (k === INODE_TABLE && ino !== NO_INODE) {
-      const size = (v !== NO_VOLUME && this.volumes[v].inodeSize) || 0;
-      if (size > 0) {
-        o.inode = ino + Math.floor(into / size);
-        o.lastInode = ino + Math.floor((into + (e - s) - 1) / size);
-      }
-    } else if (ino !== NO_INODE) o.inode = ino;
-    const nm = this.name[i];
-    if (nm !== NO_NAME) {
-      if (PATH_KINDS[k]) o.path = this.strings[nm];
-      else o.detail = this.strings[nm];
-    }
-    if (FILE_OFFSET_KINDS[k]) o.fileOffset = into;
-    return o;
+    return ownerOf(
+      this.volumes,
+      (id) => this.strings[id],
+      s,
+      e,
+      this.kind[i],
+      this.volume[i],
+      this.ino[i],
+      this.name[i],
+      into,
+    );
   }
 
   /** Every owner of disk bytes [offset, offset+length), clipped to that range. */

@@ -1,22 +1,24 @@
-import { openFileSystem } from '../fs/open.js';
-import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
+import { openVolumeFileSystem } from '../fs/open.js';
+import type { FileExtent, FileSystem, FsOpenOptions, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
-import { checkMemory, isMemoryLimit } from '../util/memory.js';
+import { checkMemory, isMemoryLimit, memoryShare } from '../util/memory.js';
 import { type DiscoverResult, discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { BlockMap, type MapVolume } from './block-map.js';
-import { Claims, MAX_VOLUMES, translate } from './claims.js';
+import { CLAIM_BYTES, Claims, MAX_VOLUMES, type StringStore, translate } from './claims.js';
 import { type Kind, kindOfRegion } from './kinds.js';
-import { resolveClaims } from './resolve.js';
+import { type RecordSink, resolveClaims, sweepInSteps } from './resolve.js';
 import { volumeLayout } from './volume-layout.js';
 
 export interface BuildOptions {
   /** Volumes found already (saves a second discovery). */
   discovered?: DiscoverResult;
-  /** Open a volume's file system (default: openFileSystem); undefined when it holds none. */
+  /** Open a volume's file system (default: openVolumeFileSystem with fsOptions); undefined when it holds none. */
   openFs?: (volume: Volume) => Promise<FileSystem | undefined>;
+  /** What the volumes' file systems are opened with (the other devices of a btrfs RAID; see openVolumeFileSystem). */
+  fsOptions?: FsOpenOptions;
 }
 
 /** Content names that are not file systems (as probeContent gives them). */
@@ -32,6 +34,71 @@ const NOT_FS = new Set(['LVM2_member', 'swap', 'swsuspend', 'crypto_LUKS', 'jbd'
  */
 export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): Promise<BlockMap> {
   const warnings: string[] = [];
+  const claims = new Claims(disk.size);
+  try {
+    const volumes = await gatherClaims(disk, opts, claims, warnings);
+    const cols = resolveClaims(claims, warnings);
+    return new BlockMap(disk.size, cols, claims.names.all(), volumes, warnings);
+  } finally {
+    claims.dispose();
+  }
+}
+
+/** A record of a streamed map (see BlockMap for the fields; `name` is an id for `StreamedMap.name`). */
+export interface StreamedMap {
+  diskSize: number;
+  volumes: MapVolume[];
+  warnings: string[];
+  /** The name (path or detail) of an id a record carries. */
+  name(id: number): string;
+}
+
+/**
+ * The block map of a whole virtual disk, as buildBlockMap makes it, but handed record by
+ * record to `sink` in disk order instead of kept (issue 22: a tree of millions of files).
+ * Memory is bounded by the budget (`--memory`): past a share of it the claims are sorted
+ * into runs in a scratch directory (under the system's temporary directory, removed at the
+ * end) and merged from there, and the names (paths) are kept in a scratch file too.
+ * `begin` is called once the claims are in (volumes and warnings known), before the first
+ * record.
+ */
+export async function streamBlockMap(
+  disk: ByteSource,
+  begin: (m: StreamedMap) => void,
+  sink: RecordSink,
+  opts: BuildOptions & {
+    drain?: () => Promise<void>;
+    /** Claims held before a run is spilled, name bytes kept in memory (default: a tenth of the budget each). */
+    maxClaims?: number;
+    maxNameBytes?: number;
+  } = {},
+): Promise<StreamedMap> {
+  const warnings: string[] = [];
+  // 52 bytes a claim held: a tenth of the budget in claims, another tenth in names
+  const claims = new Claims(disk.size, {
+    maxClaims: opts.maxClaims ?? Math.floor(memoryShare(0.1, 1 << 20, 1 << 30) / CLAIM_BYTES),
+    maxNameBytes: opts.maxNameBytes ?? memoryShare(0.1, 1 << 20, 1 << 30),
+  });
+  try {
+    const volumes = await gatherClaims(disk, opts, claims, warnings);
+    const m: StreamedMap = { diskSize: disk.size, volumes, warnings, name: (id) => claims.names.get(id) };
+    begin(m);
+    for (const _ of sweepInSteps(claims, warnings, sink, 4096)) {
+      checkMemory('writing the block map');
+      if (opts.drain) await opts.drain();
+    }
+    return m;
+  } finally {
+    claims.dispose();
+  }
+}
+
+async function gatherClaims(
+  disk: ByteSource,
+  opts: BuildOptions,
+  claims: Claims,
+  warnings: string[],
+): Promise<MapVolume[]> {
   const found = opts.discovered ?? (await discoverVolumes(disk));
   warnings.push(...found.warnings);
   if (found.volumes.length > MAX_VOLUMES - 1) {
@@ -39,7 +106,6 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
       file: disk.name,
     });
   }
-  const claims = new Claims(disk.size);
   claims.add(0, disk.size, 'unpartitioned');
   const layout = await volumeLayout(disk, found, warnings);
   for (const s of layout.structures) {
@@ -50,7 +116,7 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
     });
   }
   const volumes: MapVolume[] = [];
-  const open = opts.openFs ?? defaultOpen;
+  const open = opts.openFs ?? ((v: Volume) => defaultOpen(v, opts.fsOptions));
   for (const [index, v] of found.volumes.entries()) {
     const mv: MapVolume = { id: v.id, scheme: v.scheme, type: v.type };
     if (v.content) mv.content = v.content;
@@ -62,12 +128,7 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
       warnings.push(`${label}: not mapped (its bytes are not a linear range of the disk)`);
       continue;
     }
-    const put = (
-      offset: number,
-      length: number,
-      kind: Kind,
-      f: { ino?: number; name?: string; objectOffset?: number; shared?: boolean } = {},
-    ) => {
+    const put = (offset: number, length: number, kind: Kind, f: PutFields = {}) => {
       const base = f.objectOffset ?? 0;
       translate(runs, offset, length, (d, len, skip) =>
         claims.add(d, len, kind, { ...f, volume: index, objectOffset: base + skip }),
@@ -83,7 +144,7 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
     }
     if (!fs) continue;
     try {
-      await claimFileSystem(fs, mv, put, warnings, label);
+      await claimFileSystem(fs, mv, put, claims.names, warnings, label);
     } catch (e) {
       if (!(e instanceof StrataError) || isMemoryLimit(e)) throw e;
       warnings.push(`${label}: ${e.message}`);
@@ -91,21 +152,23 @@ export async function buildBlockMap(disk: ByteSource, opts: BuildOptions = {}): 
       await fs.close?.();
     }
   }
-  const cols = resolveClaims(claims, warnings);
-  return new BlockMap(disk.size, cols, claims.strings, volumes, warnings);
+  return volumes;
 }
 
-async function defaultOpen(v: Volume): Promise<FileSystem | undefined> {
+async function defaultOpen(v: Volume, fsOptions: FsOpenOptions = {}): Promise<FileSystem | undefined> {
   if (!v.content || NOT_FS.has(v.content)) return undefined;
-  return openFileSystem(v.source);
+  return openVolumeFileSystem(v.source, fsOptions);
 }
 
-type Put = (
-  offset: number,
-  length: number,
-  kind: Kind,
-  f?: { ino?: number; name?: string; objectOffset?: number; shared?: boolean },
-) => void;
+interface PutFields {
+  ino?: number;
+  name?: string;
+  nameOf?: () => number;
+  objectOffset?: number;
+  shared?: boolean;
+}
+
+type Put = (offset: number, length: number, kind: Kind, f?: PutFields) => void;
 
 /**
  * A file system's claims, in volume offsets: free space under everything, the allocated
@@ -116,6 +179,7 @@ async function claimFileSystem(
   fs: FileSystem,
   mv: MapVolume,
   put: Put,
+  names: StringStore,
   warnings: string[],
   label: string,
 ): Promise<void> {
@@ -132,7 +196,11 @@ async function claimFileSystem(
   const dirs = new Set<number>();
   const [, regions] = await Promise.all([
     walkTree(fs, warnings, label, (t) => {
-      for (const e of t.extents) claimExtent(put, bs, t.ino, t.path, t.kind, e);
+      // one name id for all of an item's extents (paths are unique: each inode is walked once)
+      // (stored at its first non-empty claim, as interning did)
+      let id = -1;
+      const nameOf = () => (id < 0 ? (id = names.add(t.path)) : id);
+      for (const e of t.extents) claimExtent(put, bs, t.ino, nameOf, t.kind, e);
       if (t.kind === 'directory') dirs.add(t.ino);
     }),
     collect(fs.metadataRegions()),
@@ -156,15 +224,16 @@ async function claimFileSystem(
   }
   // the journal by its extents, so each piece knows its offset inside the journal
   for (const j of journals) {
-    for await (const e of fs.extents(await fs.inode(j))) claimExtent(put, bs, j, 'internal journal', 'journal', e);
+    const nameOf = () => names.intern('internal journal');
+    for await (const e of fs.extents(await fs.inode(j))) claimExtent(put, bs, j, nameOf, 'journal', e);
   }
 }
 
-function claimExtent(put: Put, bs: number, ino: number, name: string, kind: Kind, e: FileExtent): void {
+function claimExtent(put: Put, bs: number, ino: number, nameOf: () => number, kind: Kind, e: FileExtent): void {
   if (e.inline || e.device !== undefined) return; // inside metadata, or on another device
   let len = e.diskLength ?? e.length;
   if (!e.encoded) len = Math.ceil(len / bs) * bs;
-  put(e.volumeOffset, len, kind, { ino, name, objectOffset: e.fileOffset, shared: e.shared });
+  put(e.volumeOffset, len, kind, { ino, nameOf, objectOffset: e.fileOffset, shared: e.shared });
 }
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
@@ -246,8 +315,11 @@ async function walkTree(
   await add(root, '/', 'directory');
   for await (const item of walk(fs, root, '/', { onError })) {
     const ino = item.inode;
-    if (seen.has(ino.ino)) continue;
-    seen.add(ino.ino);
+    // only an inode that can be reached twice is remembered (not a Set of every file of a huge tree)
+    if (ino.type === 'dir' || ino.nlink > 1) {
+      if (seen.has(ino.ino)) continue;
+      seen.add(ino.ino);
+    }
     if (ino.type === 'dir') await add(ino, item.path, 'directory');
     else if (ino.type === 'file' || ino.type === 'symlink') await add(ino, item.path, 'file');
   }

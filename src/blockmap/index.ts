@@ -3,12 +3,12 @@
  * disk; saved and loaded in a compact binary form; block I/O traces resolved against it.
  * @module
  */
-export { BlockMap, type KindSummary, type MapVolume, type Owner } from './block-map.js';
-export { type BuildOptions, buildBlockMap } from './build.js';
+export { BlockMap, type KindSummary, type MapVolume, type Owner, ownerOf } from './block-map.js';
+export { type BuildOptions, buildBlockMap, type StreamedMap, streamBlockMap } from './build.js';
 export { loadBlockMap, saveBlockMap } from './codec.js';
 export { classOf, KINDS, type Kind, type KindClass } from './kinds.js';
 export { blockMapOfImage } from './of-image.js';
-export type { MapColumns } from './resolve.js';
+export type { MapColumns, RecordSink } from './resolve.js';
 export {
   parseTraceLine,
   type ResolvedAccess,

@@ -4,7 +4,7 @@ import { NO_INODE, NO_NAME, NO_VOLUME } from './claims.js';
 import { classOf, KIND_CODE, KINDS } from './kinds.js';
 
 /** The prefetchers a block map offers (issue 27), in the order their plans come back. */
-export const MAP_PREFETCHERS = ['meta', 'dir', 'file', 'siblings'] as const;
+export const MAP_PREFETCHERS = ['meta', 'dir', 'file', 'siblings', 'disk'] as const;
 
 const DATA = KIND_CODE.file;
 const DIR = KIND_CODE.directory;
@@ -37,6 +37,13 @@ interface Entry {
  *   following the file's own extents (across fragmentation, not the disk's next blocks).
  * - `siblings`: a read of a small file (at most the cap) fetches the next files of its
  *   directory in disk order, whole, while they fit in the cap.
+ * - `disk`: the disk's next bytes after the request (the live cache refills it at half and
+ *   grows it while a reader consumes it, as the kernel's on-demand read-ahead does): a block
+ *   server's read-ahead, so that the policy is a superset of it. File systems made in one
+ *   pass (mkfs -d, an installer) lay files and their metadata out in the order a walk reads
+ *   them, so the disk's next bytes are often the next step too; the other prefetchers fetch
+ *   what it cannot reach (a file's next extent elsewhere, the inode records of a directory's
+ *   entries, subdirectories across groups).
  *
  * Entries are what the map knows: files and directories that own bytes (an empty file or a
  * fast symlink has no record, so no inode of theirs is prefetched).
@@ -47,7 +54,11 @@ export class BlockMapIntrospector implements CacheIntrospector {
   private children?: Map<string, Entry[]>;
   private tables?: Map<number, number[]>;
 
-  constructor(readonly map: BlockMap) {}
+  constructor(
+    readonly map: BlockMap,
+    /** `diskAlways: false`: `disk` only where no other prefetcher has a plan (default: after every request). */
+    private readonly opts: { diskAlways?: boolean } = {},
+  ) {}
 
   classify(offset: number, _length: number): Classified {
     const i = this.map.indexOf(Math.min(offset, this.map.diskSize - 1));
@@ -112,6 +123,8 @@ export class BlockMapIntrospector implements CacheIntrospector {
         if (enabled.has('siblings') && named) add('siblings', this.siblingRuns(i, cap('siblings')));
       }
     }
+    if ((out.length === 0 || this.opts.diskAlways !== false) && enabled.has('disk') && end < m.diskSize)
+      add('disk', [{ offset: end, length: Math.min(cap('disk'), m.diskSize - end) }]);
     return out;
   }
 

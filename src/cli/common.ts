@@ -24,23 +24,30 @@ export function addLibraryOption(cmd: Command): Command {
   );
 }
 
-/** Open flags, --library, and the volume address (--part, --lv, --subvol) of the file-system commands. */
+/** Open flags, --library, --device, and the volume address (--part, --lv, --subvol) of the file-system commands. */
 export function addAddressOptions(cmd: Command): Command {
-  return addOpenOptions(
-    addLibraryOption(
-      cmd
-        .option('--part <n>', 'partition id as `strata parts` shows it (1-4 primary, 5+ logical, GPT index)')
-        .option('--lv <vg/lv>', 'LVM logical volume')
-        .option('--subvol <name|id>', SUBVOL_HELP)
-        .option(
-          '--device <file>',
-          'another device of a btrfs file system over several (RAID): its image; repeat for each',
-          collect,
-          [],
-        ),
+  return addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        cmd
+          .option('--part <n>', 'partition id as `strata parts` shows it (1-4 primary, 5+ logical, GPT index)')
+          .option('--lv <vg/lv>', 'LVM logical volume')
+          .option('--subvol <name|id>', SUBVOL_HELP),
+      ),
     ),
   );
 }
+
+/**
+ * `--device FILE` (repeatable): the other devices of a btrfs over several (RAID). Read by
+ * targetOptionsFrom, so every verb that takes it opens them the one way (openTargetImage).
+ */
+export function addDeviceOption(cmd: Command): Command {
+  return cmd.option('--device <file>', DEVICE_HELP, collect, []);
+}
+
+export const DEVICE_HELP =
+  'another device of a btrfs file system over several (RAID): its image (file, URL or version); repeat for each';
 
 export const SUBVOL_HELP =
   'btrfs subvolume or snapshot as /: its path from the top level or its id (default: the default one)';
@@ -51,8 +58,7 @@ export function addressFrom(o: Record<string, unknown>): Address {
   if (typeof o.part === 'string') addr.part = o.part;
   if (typeof o.lv === 'string') addr.lv = o.lv;
   if (typeof o.subvol === 'string') addr.subvol = o.subvol;
-  if (Array.isArray(o.device) && o.device.length > 0) addr.devices = o.device.map(String);
-  return addr;
+  return addr; // --device is a target option (targetOptionsFrom): opened with the image
 }
 
 function collect(v: string, prev: string[]): string[] {
@@ -73,7 +79,14 @@ export function openOptionsFrom(o: Record<string, unknown>): OpenOptions {
 }
 
 export function targetOptionsFrom(o: Record<string, unknown>): TargetOptions {
-  return { library: typeof o.library === 'string' ? o.library : undefined };
+  const t: TargetOptions = { library: typeof o.library === 'string' ? o.library : undefined };
+  if (Array.isArray(o.device) && o.device.length > 0) t.devices = o.device.map(String);
+  return t;
+}
+
+/** The `--device` images of a command's options ([] when none). */
+export function devicesFrom(o: Record<string, unknown>): string[] {
+  return Array.isArray(o.device) ? o.device.map(String) : [];
 }
 
 /** Say how an ambiguous TARGET was understood (a file that is also a version's name). */

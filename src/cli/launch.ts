@@ -11,13 +11,10 @@ import * as nodeModule from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { requireCached } from '../util/code-cache.js';
+import { IMAGE_VERBS } from './image-verbs.js';
 
-/**
- * convert, info and map run from a bundle holding only them (src/cli/image-main.ts): a short
- * convert is mostly start-up, and the whole CLI's bundle is ~1.3 MB to parse or deserialize.
- * (In step with IMAGE_GROUPS there.)
- */
-const IMAGE_VERBS = new Set(['convert', 'info', 'map']);
-const bundle = IMAGE_VERBS.has(process.argv[2] ?? '') ? 'strata-image' : 'strata-main';
+// convert, info and map run from a bundle holding only them (src/cli/image-main.ts): a short
+// convert is mostly start-up, and the whole CLI's bundle is ~1.3 MB to parse or deserialize
+const bundle = IMAGE_VERBS.includes(process.argv[2] ?? '') ? 'strata-image' : 'strata-main';
 (nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 requireCached(path.join(path.dirname(fileURLToPath(import.meta.url)), `${bundle}.cjs`));

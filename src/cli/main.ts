@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { IMAGE_GROUPS } from './image-groups.js';
 import { buildProgramWith, type CommandGroup, mainWith } from './program.js';
 
 /**
@@ -8,8 +9,7 @@ import { buildProgramWith, type CommandGroup, mainWith } from './program.js';
  * their own (image-main.ts, chosen by launch.ts), which parses a fraction of this one.
  */
 const GROUPS: CommandGroup[] = [
-  { verbs: ['info', 'map'], load: async () => (await import('./commands/image.js')).registerImageCommands },
-  { verbs: ['convert'], load: async () => (await import('./commands/convert.js')).registerConvertCommand },
+  ...IMAGE_GROUPS,
   {
     verbs: ['parts', 'fsinfo', 'ls', 'cat', 'stat', 'extract'],
     load: async () => (await import('./commands/fs.js')).registerFsCommands,

@@ -8,10 +8,18 @@ export { extDriver } from './ext/index.js';
 export { exfatDriver, fatDriver } from './fat/index.js';
 export { isoDriver } from './iso9660/index.js';
 export { NtfsFileSystem, type NtfsOpenOptions, ntfsDriver } from './ntfs/index.js';
-export { FS_DRIVERS, openFileSystem, PROBE_BYTES, recognizeUnsupported } from './open.js';
+export {
+  devicesOf,
+  FS_DRIVERS,
+  openFileSystem,
+  openVolumeFileSystem,
+  PROBE_BYTES,
+  recognizeUnsupported,
+} from './open.js';
 export type {
   ByteRange,
   DirEntry,
+  ExtentOptions,
   FileExtent,
   FileSystem,
   FileType,

@@ -85,3 +85,36 @@ export async function openFileSystem(volume: ByteSource, options: FsOpenOptions 
     file: volume.name,
   });
 }
+
+const BTRFS_SUPER = 0x10000;
+
+/** The fsid of the btrfs file system on `volume` (its primary superblock's), or undefined when it holds none. */
+async function btrfsFsid(volume: ByteSource): Promise<string | undefined> {
+  if (volume.size < BTRFS_SUPER + 0x48) return undefined;
+  const b = await volume.read(BTRFS_SUPER, 0x48);
+  if (!ascii(b, 0x40, '_BHRfS_M')) return undefined;
+  return Buffer.from(b.subarray(0x20, 0x30)).toString('hex');
+}
+
+/**
+ * Open the file system of one volume among those of a whole disk (block map, check-in,
+ * inspection, choosing the default volume). The options were given for the disk, not for
+ * this volume: `devices` go to a btrfs volume with those of them that are devices of the
+ * same file system (same fsid), and to no other volume. The one image-opening path of
+ * every verb (library/target.ts) hands its `--device` images here.
+ */
+export async function openVolumeFileSystem(volume: ByteSource, options: FsOpenOptions = {}): Promise<FileSystem> {
+  const { devices, ...rest } = options;
+  if (!devices || devices.length === 0) return openFileSystem(volume, rest);
+  const mine = await devicesOf(volume, devices);
+  return openFileSystem(volume, mine.length > 0 ? { ...rest, devices: mine } : rest);
+}
+
+/** Which of `devices` are other devices of the btrfs file system on `volume` (same fsid). */
+export async function devicesOf(volume: ByteSource, devices: ByteSource[]): Promise<ByteSource[]> {
+  const fsid = await btrfsFsid(volume);
+  if (fsid === undefined) return [];
+  const out: ByteSource[] = [];
+  for (const d of devices) if ((await btrfsFsid(d)) === fsid) out.push(d);
+  return out;
+}

@@ -58,6 +58,12 @@ export interface DirEntry {
  *   `read()`. Block maps, check-in and extract leave such an extent's volume range alone.
  * Holes are simply absent.
  */
+/** What a caller of FileSystem.extents needs (see there). */
+export interface ExtentOptions {
+  /** false: `shared` is not wanted (default true). */
+  shared?: boolean;
+}
+
 export interface FileExtent {
   fileOffset: number;
   length: number;
@@ -135,7 +141,13 @@ export interface FileSystem {
   read(file: Inode, offset: number, length: number): Promise<Uint8Array>;
   readlink(link: Inode): Promise<string>;
   xattrs(file: Inode): Promise<Map<string, Uint8Array>>;
-  extents(file: Inode): AsyncIterable<FileExtent>;
+  /**
+   * The file's extents by file offset. `opts.shared === false` says the caller ignores
+   * `shared`: a reader may then skip the reference lookups it costs (btrfs searches the
+   * extent tree for every data extent; XFS the refcount B+tree of a reflinked file), and
+   * leaves `shared` unset. Extract and check-in pass it; stat and the block map do not.
+   */
+  extents(file: Inode, opts?: ExtentOptions): AsyncIterable<FileExtent>;
   /** The volume's in-use byte ranges (metadata + file data), merged, ascending. */
   allocation(): Promise<ByteRange[]>;
   /** Metadata structures and the bytes they own. */

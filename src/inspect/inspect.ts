@@ -1,8 +1,8 @@
 import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { OpenOptions } from '../formats/types.js';
-import { openFileSystem } from '../fs/open.js';
-import type { FileSystem } from '../fs/types.js';
+import { openVolumeFileSystem } from '../fs/open.js';
+import type { FileSystem, FsOpenOptions } from '../fs/types.js';
 import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
@@ -179,6 +179,7 @@ export async function withOsTrees<T>(
   volumes: Volume[],
   name: string,
   fn: (roots: OsRootTree[], warnings: string[]) => Promise<T>,
+  fsOptions: FsOpenOptions = {},
 ): Promise<T> {
   const warnings: string[] = [];
   const opened: Opened[] = [];
@@ -186,7 +187,7 @@ export async function withOsTrees<T>(
     for (const v of volumes) {
       if ((v.content && NOT_FS.has(v.content)) || v.flags?.includes('extended')) continue;
       try {
-        const fs = await openFileSystem(v.source);
+        const fs = await openVolumeFileSystem(v.source, fsOptions);
         const info = await fs.info();
         opened.push({ volume: v, fs, fsUuid: info.uuid, fsLabel: info.label });
       } catch (e) {
@@ -229,21 +230,26 @@ export async function withOsTrees<T>(
 export async function inspectVolumes(
   volumes: Volume[],
   name = 'disk',
-  disk: { diskId?: string } = {},
+  disk: { diskId?: string; fsOptions?: FsOpenOptions } = {},
 ): Promise<DiskInspection> {
   const facts = { diskId: disk.diskId, volumes: volumes.map((v) => ({ ...v, fstype: v.content })) };
-  return withOsTrees(volumes, name, async (trees, warnings) => {
-    const roots: OsInspection[] = [];
-    for (const t of trees) {
-      const r =
-        t.kind === 'windows'
-          ? await inspectWindows(t.tree, t.volume, facts)
-          : await inspectLinux(t.tree, t.volume, t.mountpoints);
-      if (t.subvol !== undefined) r.subvolume = t.subvol;
-      roots.push(r);
-    }
-    return { roots, warnings };
-  });
+  return withOsTrees(
+    volumes,
+    name,
+    async (trees, warnings) => {
+      const roots: OsInspection[] = [];
+      for (const t of trees) {
+        const r =
+          t.kind === 'windows'
+            ? await inspectWindows(t.tree, t.volume, facts)
+            : await inspectLinux(t.tree, t.volume, t.mountpoints);
+        if (t.subvol !== undefined) r.subvolume = t.subvol;
+        roots.push(r);
+      }
+      return { roots, warnings };
+    },
+    disk.fsOptions,
+  );
 }
 
 /** Open an image file (or URL), find its volumes and inspect every OS root on it. */

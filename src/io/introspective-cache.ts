@@ -93,13 +93,28 @@ export interface IntrospectiveCacheOptions {
   directFrom?: number;
   /** Longest single source read a fetch is cut into (default 1 MiB). */
   maxRun?: number;
+  /**
+   * introspective: blocks of a plan at most this many bytes apart are read in one source
+   * read, the blocks between included (counted against the prefetcher's bound): on a slow
+   * link a round trip costs more than the bytes (default 64 KiB; 0: only adjacent blocks).
+   */
+  coalesceGap?: number;
+  /**
+   * introspective: a demand read that misses carries the prefetch queued right after it (within
+   * `coalesceGap`) in the same source read, up to `maxRun` bytes, instead of a second round
+   * trip (default true; false: the request never waits for a prefetched byte).
+   */
+  mergeDemand?: boolean;
+  /** introspective: how much a streaming prefetcher's window grows while a reader consumes it (default 8). */
+  growth?: number;
 }
 
 /** Default bounds: the simulator's budgets (src/analytics/cache-sim.ts), in flight four times that. */
 export const DEFAULT_PREFETCH_BOUNDS: Readonly<Record<string, PrefetchBound>> = {
   readahead: { perRequest: 128 << 10, inFlight: 1 << 20 },
-  file: { perRequest: 1 << 20, inFlight: 4 << 20 },
-  dir: { perRequest: 256 << 10, inFlight: 1 << 20 },
+  file: { perRequest: 1 << 20, inFlight: 8 << 20 },
+  disk: { perRequest: 128 << 10, inFlight: 1 << 20 },
+  dir: { perRequest: 1 << 20, inFlight: 4 << 20 },
   meta: { perRequest: 256 << 10, inFlight: 1 << 20 },
   siblings: { perRequest: 256 << 10, inFlight: 1 << 20 },
 };
@@ -157,9 +172,20 @@ export interface IntrospectiveCacheStats {
 
 interface Job {
   prefetcher: string;
+  /** First block and blocks (a span: the plan's blocks and the gaps between them). */
   offset: number;
   length: number;
 }
+
+/** Blocks [from, to) of a source read that a prefetcher asked for (the rest is the demand's). */
+interface Tag {
+  from: number;
+  to: number;
+  by: string;
+}
+
+/** Prefetchers that follow a reader (a window ahead of it): refilled at half, grown while consumed. */
+const STREAMS = new Set(['file', 'disk']);
 
 /** A bounded, segmented cache of aligned blocks with classification and background prefetch (see above). */
 export class IntrospectiveCache extends FilterSource {
@@ -175,6 +201,9 @@ export class IntrospectiveCache extends FilterSource {
   private readonly concurrency: number;
   private readonly directFrom: number;
   private readonly maxRun: number;
+  private readonly gapBlocks: number;
+  private readonly mergeDemand: boolean;
+  private readonly growth: number;
   // segments: Map insertion order is recency (first = least recent)
   private readonly meta = new Map<number, Uint8Array>();
   private readonly probation = new Map<number, Uint8Array>();
@@ -187,6 +216,8 @@ export class IntrospectiveCache extends FilterSource {
   /** Blocks a prefetcher brought in that no request has used yet, and by whom. */
   private readonly fresh = new Map<number, string>();
   private readonly queue: Job[] = [];
+  /** Blocks of queued jobs (not yet fetching): a later plan does not queue them twice. */
+  private readonly queuedBlocks = new Set<number>();
   private active = 0;
   private readonly queued = new Map<string, number>();
   private idleWaiters: Array<() => void> = [];
@@ -239,6 +270,9 @@ export class IntrospectiveCache extends FilterSource {
     this.concurrency = Math.max(1, opts.concurrency ?? 4);
     this.directFrom = opts.directFrom ?? 8 << 20;
     this.maxRun = Math.max(bs, opts.maxRun ?? 1 << 20);
+    this.gapBlocks = Math.max(0, Math.floor((opts.coalesceGap ?? 64 << 10) / bs));
+    this.mergeDemand = opts.mergeDemand ?? true;
+    this.growth = Math.max(1, opts.growth ?? 8);
     const cls = () => ({ requests: 0, hits: 0, prefetched: 0, misses: 0, bytes: 0, hitRate: 0 });
     const pfs: Record<string, PrefetcherStats> = {};
     const names = this.policy === 'readahead' ? ['readahead'] : [...this.enabled];
@@ -345,19 +379,30 @@ export class IntrospectiveCache extends FilterSource {
   }
 
   /** Read [offset, offset+length) from the source and cache its blocks (block-aligned, inside the source). */
-  private fetchRun(first: number, count: number, by?: string): Promise<void> {
+  private fetchRun(first: number, count: number, by?: string, tags: readonly Tag[] = []): Promise<void> {
     const bs = this.blockSize;
     const offset = first * bs;
     const length = Math.min(count * bs, this.size - offset);
     this.stats.source.reads++;
     this.stats.source.bytes += length;
+    const byOf = (b: number): string | undefined => {
+      for (const t of tags) if (b >= t.from && b < t.to) return t.by;
+      return by;
+    };
+    let tagged = 0;
+    for (const t of tags) {
+      const n = Math.max(0, Math.min(t.to * bs, offset + length) - Math.max(t.from * bs, offset));
+      const s = this.stats.prefetchers[t.by];
+      if (s) s.fetchedBytes += n;
+      tagged += n;
+    }
     if (!by) {
       this.stats.source.demandReads++;
-      this.stats.source.demandBytes += length;
+      this.stats.source.demandBytes += length - tagged;
     } else {
       const s = this.stats.prefetchers[by];
       s.fetches++;
-      s.fetchedBytes += length;
+      s.fetchedBytes += length - tagged;
     }
     const p = this.inner.read(offset, length).then(
       (buf) => {
@@ -372,7 +417,7 @@ export class IntrospectiveCache extends FilterSource {
           const e = Math.min(length, s + bs);
           const block = new Uint8Array(bs);
           block.set(buf.subarray(s, e));
-          this.insert(b, block, by);
+          this.insert(b, block, byOf(b));
         }
       },
       (err) => {
@@ -380,7 +425,7 @@ export class IntrospectiveCache extends FilterSource {
         throw err;
       },
     );
-    for (let i = 0; i < count; i++) this.inflight.set(first + i, { p, by });
+    for (let i = 0; i < count; i++) this.inflight.set(first + i, { p, by: byOf(first + i) });
     return p;
   }
 
@@ -390,11 +435,26 @@ export class IntrospectiveCache extends FilterSource {
     let fetched = false;
     let prefetched = false;
     let runStart = -1;
+    const most = Math.floor(this.maxRun / this.blockSize);
     const flush = (end: number) => {
       if (runStart < 0) return;
-      for (let s = runStart; s < end; s += Math.floor(this.maxRun / this.blockSize)) {
-        const n = Math.min(end - s, Math.floor(this.maxRun / this.blockSize));
-        waits.push(this.fetchRun(s, n));
+      for (let s = runStart; s < end; s += most) {
+        const n = Math.min(end - s, most);
+        if (s + n < end) {
+          waits.push(this.fetchRun(s, n));
+          continue;
+        }
+        // the last piece carries the prefetches queued right after it: one round trip, not two
+        const merged = this.mergeInto(s, s + n);
+        waits.push(this.fetchRun(s, merged.end - s, undefined, merged.tags));
+        if (merged.jobs.length) {
+          const p = waits[waits.length - 1];
+          const done = () => {
+            for (const j of merged.jobs) this.release(j);
+            this.pump();
+          };
+          p.then(done, done);
+        }
       }
       runStart = -1;
       fetched = true;
@@ -469,7 +529,13 @@ export class IntrospectiveCache extends FilterSource {
     cs.bytes += n;
     const first = Math.floor(offset / this.blockSize);
     const last = Math.floor((offset + n - 1) / this.blockSize);
-    const { fetched, prefetched } = await this.demand(first, last);
+    // plans are made (and queued) before the demand read, so that it can carry what follows it
+    const streaming = this.consumesPrefetch(first, last);
+    if (this.policy !== 'lru' && (streaming || this.misses(first, last)))
+      requestNotes.exit(() => this.prefetchAfter(offset, n, c, first, last, streaming));
+    const pending = this.demand(first, last);
+    this.pump();
+    const { fetched, prefetched } = await pending;
     const outcome: CacheOutcome = fetched ? 'miss' : prefetched ? 'prefetched' : 'hit';
     if (outcome === 'miss') cs.misses++;
     else if (outcome === 'prefetched') cs.prefetched++;
@@ -482,43 +548,123 @@ export class IntrospectiveCache extends FilterSource {
         note.owner = this.introspector!.owner(offset, n, c);
       }
     }
-    if (outcome !== 'hit') requestNotes.exit(() => this.prefetchAfter(offset, n, c));
     await this.gather(offset, out);
   }
 
-  /** Plan and queue the prefetches a request calls for (never awaited by it). */
-  private prefetchAfter(offset: number, n: number, c: Classified | undefined): void {
+  /** Whether a block of [first, last] is neither cached nor being fetched. */
+  private misses(first: number, last: number): boolean {
+    for (let b = first; b <= last; b++) if (!this.lookup(b) && !this.inflight.has(b)) return true;
+    return false;
+  }
+
+  /** Whether [first, last] uses a block a prefetcher brought (or is bringing) that no request used yet. */
+  private consumesPrefetch(first: number, last: number): boolean {
+    for (let b = first; b <= last; b++) if (this.fresh.has(b) || this.inflight.get(b)?.by) return true;
+    return false;
+  }
+
+  /**
+   * The queued prefetch jobs that start within the gap after demand blocks [start, end), merged
+   * into its read while it stays within `maxRun`: the new end and which blocks are whose.
+   */
+  private mergeInto(start: number, end: number): { end: number; tags: Tag[]; jobs: Job[] } {
+    const tags: Tag[] = [];
+    const jobs: Job[] = [];
+    if (!this.mergeDemand || this.policy !== 'introspective') return { end, tags, jobs };
+    const most = Math.floor(this.maxRun / this.blockSize);
+    for (let again = true; again; ) {
+      again = false;
+      for (let i = 0; i < this.queue.length; i++) {
+        const j = this.queue[i];
+        if (j.offset < end || j.offset > end + this.gapBlocks || j.offset + j.length - start > most) continue;
+        // blocks a fetch got to meanwhile are read again: harmless (a cached block is kept as it is)
+        this.queue.splice(i, 1);
+        this.unqueue(j);
+        jobs.push(j);
+        if (j.offset > end) tags.push({ from: end, to: j.offset, by: j.prefetcher });
+        tags.push({ from: j.offset, to: j.offset + j.length, by: j.prefetcher });
+        end = j.offset + j.length;
+        again = true;
+        break;
+      }
+    }
+    return { end, tags, jobs };
+  }
+
+  private unqueue(job: Job): void {
+    for (let b = job.offset; b < job.offset + job.length; b++) this.queuedBlocks.delete(b);
+  }
+
+  private release(job: Job): void {
+    this.queued.set(job.prefetcher, (this.queued.get(job.prefetcher) ?? 0) - job.length * this.blockSize);
+  }
+
+  /**
+   * Plan and queue the prefetches a request for blocks [first, last] calls for (never awaited
+   * by it; its demand read may carry the first of them). `streaming`: the request used
+   * prefetched blocks, so a streaming prefetcher's window grows (`growth` times its bound).
+   */
+  private prefetchAfter(
+    offset: number,
+    n: number,
+    c: Classified | undefined,
+    first: number,
+    last: number,
+    streaming: boolean,
+  ): void {
     if (this.closed) return;
     if (this.policy === 'readahead') {
       const end = Math.ceil((offset + n) / this.blockSize) * this.blockSize;
-      this.enqueue('readahead', [{ offset: end, length: this.readahead }]);
+      this.enqueue('readahead', [{ offset: end, length: this.readahead }], first, last, 1);
     } else if (this.policy === 'introspective' && c && this.enabled.size > 0) {
-      const plans = this.introspector!.plan(offset, n, c, this.enabled, (p) => this.bounds[p]?.perRequest ?? 0);
-      for (const pl of plans) if (this.enabled.has(pl.prefetcher)) this.enqueue(pl.prefetcher, pl.runs);
+      const scale = (p: string) => (streaming && STREAMS.has(p) ? this.growth : 1);
+      const plans = this.introspector!.plan(
+        offset,
+        n,
+        c,
+        this.enabled,
+        (p) => (this.bounds[p]?.perRequest ?? 0) * scale(p),
+      );
+      for (const pl of plans)
+        if (this.enabled.has(pl.prefetcher)) this.enqueue(pl.prefetcher, pl.runs, first, last, scale(pl.prefetcher));
     }
   }
 
-  /** Queue a plan's missing blocks as runs, within the prefetcher's bounds. */
-  private enqueue(prefetcher: string, runs: ByteRun[]): void {
+  /**
+   * Queue a plan's missing blocks (not the request's own, [first, last]) within the
+   * prefetcher's bounds (its per-request bound times `scale`). introspective: a streaming
+   * prefetcher whose first half of the window is there or coming waits (refilled at half, as
+   * the kernel's readahead marks its window); the blocks are read as spans that bridge gaps up
+   * to `coalesceGap`, the gaps counted against the bound. readahead: runs of adjacent blocks.
+   */
+  private enqueue(prefetcher: string, runs: ByteRun[], first: number, last: number, scale: number): void {
     const st = this.stats.prefetchers[prefetcher];
     const bound = this.bounds[prefetcher];
     if (!st || !bound) return;
     const bs = this.blockSize;
+    const perRequest = bound.perRequest * scale;
     const blocks: number[] = [];
     const seen = new Set<number>();
+    /** Where in the plan (blocks, in plan order) the first missing one is. */
+    let at = 0;
+    let firstMissing = -1;
     for (const r of runs) {
       const s = Math.max(0, r.offset);
       const e = Math.min(this.size, r.offset + r.length);
       for (let b = Math.floor(s / bs); b * bs < e; b++) {
         if (seen.has(b)) continue;
         seen.add(b);
-        if (this.lookup(b) || this.inflight.has(b)) continue;
+        at++;
+        if ((b >= first && b <= last) || this.lookup(b) || this.inflight.has(b) || this.queuedBlocks.has(b)) continue;
+        if (firstMissing < 0) firstMissing = at - 1;
         blocks.push(b);
       }
     }
     if (blocks.length === 0) return;
+    const intro = this.policy === 'introspective';
+    if (intro && STREAMS.has(prefetcher) && firstMissing >= Math.floor(perRequest / bs / 2)) return;
     st.plans++;
-    const room = Math.min(bound.perRequest, bound.inFlight - (this.queued.get(prefetcher) ?? 0));
+    const room = Math.min(perRequest, bound.inFlight - (this.queued.get(prefetcher) ?? 0));
     if (room < bs) {
       st.dropped++;
       return;
@@ -528,33 +674,62 @@ export class IntrospectiveCache extends FilterSource {
       st.cutBytes += (blocks.length - keep) * bs;
       blocks.length = keep;
     }
-    // runs of consecutive blocks in plan order (a file's extents in file order)
-    for (let i = 0; i < blocks.length; ) {
-      let j = i + 1;
-      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && j - i < this.maxRun / bs) j++;
-      this.queue.push({ prefetcher, offset: blocks[i], length: j - i });
-      i = j;
+    const most = Math.max(1, Math.floor(this.maxRun / bs));
+    let total = 0;
+    if (intro) {
+      // spans in disk order: a gap up to coalesceGap is read too, while the bound allows
+      const sorted = [...blocks].sort((x, y) => x - y);
+      let budget = keep - sorted.length;
+      let s = sorted[0];
+      let e = s + 1;
+      const push = () => {
+        this.queue.push({ prefetcher, offset: s, length: e - s });
+        for (let b = s; b < e; b++) this.queuedBlocks.add(b);
+        total += e - s;
+      };
+      for (let i = 1; i < sorted.length; i++) {
+        const b = sorted[i];
+        const gap = b - e;
+        if (gap <= this.gapBlocks && gap <= budget && b + 1 - s <= most) {
+          budget -= gap;
+          e = b + 1;
+        } else {
+          push();
+          s = b;
+          e = b + 1;
+        }
+      }
+      push();
+    } else {
+      // runs of consecutive blocks in plan order
+      for (let i = 0; i < blocks.length; ) {
+        let j = i + 1;
+        while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && j - i < most) j++;
+        this.queue.push({ prefetcher, offset: blocks[i], length: j - i });
+        for (let b = blocks[i]; b < blocks[i] + j - i; b++) this.queuedBlocks.add(b);
+        total += j - i;
+        i = j;
+      }
     }
-    const q = (this.queued.get(prefetcher) ?? 0) + blocks.length * bs;
+    const q = (this.queued.get(prefetcher) ?? 0) + total * bs;
     this.queued.set(prefetcher, q);
     st.peakInFlight = Math.max(st.peakInFlight, q);
-    this.pump();
   }
 
   private pump(): void {
     while (this.active < this.concurrency && this.queue.length > 0 && !this.closed) {
       const job = this.queue.shift()!;
-      // fetch what is still missing of the job's blocks (a demand read may have got there first)
+      this.unqueue(job);
+      // fetch what is still missing of the job's blocks (a demand read may have got there first):
+      // introspective, one read from the first missing block to the last; else runs of missing blocks
       const todo: Array<[number, number]> = [];
       for (let b = job.offset; b < job.offset + job.length; b++) {
         if (this.lookup(b) || this.inflight.has(b)) continue;
         const last = todo[todo.length - 1];
-        if (last && last[0] + last[1] === b) last[1]++;
+        if (last && (last[0] + last[1] === b || this.policy === 'introspective')) last[1] = b - last[0] + 1;
         else todo.push([b, 1]);
       }
-      const release = () => {
-        this.queued.set(job.prefetcher, (this.queued.get(job.prefetcher) ?? 0) - job.length * this.blockSize);
-      };
+      const release = () => this.release(job);
       if (todo.length === 0) {
         release();
         continue;
@@ -598,6 +773,7 @@ export class IntrospectiveCache extends FilterSource {
   async stop(): Promise<void> {
     this.closed = true;
     this.queue.length = 0;
+    this.queuedBlocks.clear();
     await this.idle();
   }
 

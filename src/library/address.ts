@@ -1,13 +1,12 @@
-import { closeChain } from '../formats/layer.js';
 import type { DiskImage, OpenOptions } from '../formats/types.js';
-import { openFileSystem } from '../fs/open.js';
+import { openFileSystem, openVolumeFileSystem } from '../fs/open.js';
 import type { FileSystem, FsOpenOptions } from '../fs/types.js';
 import { StrataError } from '../util/errors.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import { findVolume } from '../volumes/select.js';
 import type { Volume } from '../volumes/types.js';
 import { volumeDiskOffset } from './listing.js';
-import { openTargetImage, type Target, type TargetOptions } from './target.js';
+import { closeTarget, openTargetImage, type Target, type TargetOptions } from './target.js';
 
 /**
  * The one address syntax of every file-system command: `TARGET [--part N | --lv VG/LV]`,
@@ -25,6 +24,7 @@ export interface Address {
   /**
    * `--device FILE` (repeatable): the other devices of a file system over several (btrfs
    * RAID), each an image (file, URL or library version) whose one btrfs volume is used.
+   * The same as TargetOptions.devices (both are opened by openTargetImage, the one path).
    */
   devices?: string[];
 }
@@ -39,6 +39,8 @@ export interface OpenedDisk {
   scheme: string;
   volumes: Volume[];
   warnings: string[];
+  /** What the volumes' file systems are opened with (the --device images; see openVolumeFileSystem). */
+  fsOptions: FsOpenOptions;
   close(): Promise<void>;
 }
 
@@ -65,20 +67,22 @@ export async function openDisk(
   openOptions: OpenOptions = {},
   targetOptions: TargetOptions = {},
 ): Promise<OpenedDisk> {
-  const { image: img, target, name } = await openTargetImage(image, openOptions, targetOptions);
+  const t = await openTargetImage(image, openOptions, targetOptions);
+  const img = t.image;
   try {
     const found = await discoverVolumes(img);
     return {
       image: img,
-      target,
-      name,
+      target: t.target,
+      name: t.name,
       scheme: found.scheme,
       volumes: found.volumes,
       warnings: [...img.warnings, ...found.warnings],
-      close: () => closeChain(img),
+      fsOptions: t.fsOptions,
+      close: () => closeTarget(t),
     };
   } catch (e) {
-    await closeChain(img);
+    await closeTarget(t);
     throw e;
   }
 }
@@ -90,23 +94,13 @@ export async function openAddress(
   openOptions: OpenOptions = {},
   targetOptions: TargetOptions = {},
 ): Promise<OpenedAddress> {
-  const disk = await openDisk(image, openOptions, targetOptions);
-  const extra: OpenedDisk[] = [];
-  const closeExtra = async () => {
-    for (const d of extra.splice(0)) await d.close();
-  };
+  const devices = [...(targetOptions.devices ?? []), ...(addr.devices ?? [])];
+  const disk = await openDisk(image, openOptions, { ...targetOptions, devices });
   try {
     let volume: Volume;
     let fs: FileSystem | undefined;
-    const fsOptions: FsOpenOptions = addr.subvol !== undefined ? { subvol: addr.subvol } : {};
-    if (addr.devices !== undefined && addr.devices.length > 0) {
-      fsOptions.devices = [];
-      for (const d of addr.devices) {
-        const dd = await openDisk(d, openOptions, targetOptions);
-        extra.push(dd);
-        fsOptions.devices.push(deviceVolume(dd).source);
-      }
-    }
+    const fsOptions: FsOpenOptions = { ...disk.fsOptions };
+    if (addr.subvol !== undefined) fsOptions.subvol = addr.subvol;
     if (addr.part !== undefined || addr.lv !== undefined) {
       volume = findVolume(disk.volumes, addr);
     } else {
@@ -137,28 +131,13 @@ export async function openAddress(
       warnings: [...disk.warnings, ...opened.warnings],
       close: async () => {
         await opened.close?.();
-        await closeExtra();
         await disk.close();
       },
     };
   } catch (e) {
-    await closeExtra();
     await disk.close();
     throw e;
   }
-}
-
-/** The one btrfs volume of a `--device` image. */
-function deviceVolume(d: OpenedDisk): Volume {
-  const found = d.volumes.filter((v) => v.content === 'btrfs');
-  if (found.length === 1) return found[0];
-  throw new StrataError(
-    'USAGE',
-    found.length === 0
-      ? `--device: no btrfs volume in it (volumes: ${d.volumes.map(describe).join(', ') || 'none'})`
-      : `--device: ${found.length} btrfs volumes in it; give an image of one device`,
-    { file: d.name },
-  );
 }
 
 /** "1 (Linux filesystem, 32.0 MiB, ext4)" */
@@ -186,7 +165,7 @@ async function chooseDefault(
   for (const v of candidates) {
     let fs: FileSystem | undefined;
     try {
-      fs = await openFileSystem(v.source, fsOptions);
+      fs = await openVolumeFileSystem(v.source, fsOptions);
       if (await isOsRoot(fs)) {
         roots.push({ volume: v, fs });
         continue;

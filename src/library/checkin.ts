@@ -3,8 +3,8 @@ import { hostname, userInfo } from 'node:os';
 import { resolvedStatus } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { DiskImage, OpenOptions } from '../formats/types.js';
-import { openFileSystem } from '../fs/open.js';
-import type { FileExtent, FileSystem, Inode } from '../fs/types.js';
+import { openVolumeFileSystem } from '../fs/open.js';
+import type { FileExtent, FileSystem, FsOpenOptions, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import { isZero } from '../io/byte-source.js';
 import { PlannedSource } from '../io/planned-source.js';
@@ -34,6 +34,7 @@ import {
   type LayoutManifest,
   type LayoutVolume,
 } from './manifest.js';
+import { openDeviceTargets } from './target.js';
 import { mergeSpans, otherUsed, type Span, subtractSpans } from './used-regions.js';
 
 /**
@@ -74,6 +75,13 @@ export interface CheckinOptions {
   tags?: string[];
   exact?: boolean;
   openOptions?: OpenOptions;
+  /**
+   * The other devices of a btrfs over several (RAID), as targets (`--device FILE`). The
+   * version stores IMAGE's virtual disk (the device given as IMAGE) as always; its file
+   * tree is read through every device, so each file's data is cut by file and complete
+   * whichever device holds it. Reading the stored disk as btrfs later needs the devices again.
+   */
+  devices?: string[];
   /**
    * Follow a backing reference to a library version (`strata-library:DIGEST`, what `strata
    * nbd --overlay` records). Default true; the service turns it off for images it fetches
@@ -404,7 +412,12 @@ async function windowAllocation(
 }
 
 /** Open every volume whose file system we can read and that is one window of the disk. */
-async function fsWindows(img: DiskImage, volumes: Volume[], warnings: string[]): Promise<FsWindow[]> {
+async function fsWindows(
+  img: DiskImage,
+  volumes: Volume[],
+  warnings: string[],
+  fsOptions: FsOpenOptions = {},
+): Promise<FsWindow[]> {
   const out: FsWindow[] = [];
   for (const v of volumes) {
     if (v.size === 0 || v.flags?.includes('extended') || !holdsFileSystem(v.content)) continue;
@@ -415,7 +428,7 @@ async function fsWindows(img: DiskImage, volumes: Volume[], warnings: string[]):
     }
     if (out.some((w) => base < w.base + w.volume.size && w.base < base + v.size)) continue;
     try {
-      out.push({ volume: v, fs: await openFileSystem(v.source), base });
+      out.push({ volume: v, fs: await openVolumeFileSystem(v.source, fsOptions), base });
     } catch (e) {
       if (!(e instanceof StrataError)) throw e;
       warnings.push(`volume ${v.id === '' ? '(whole disk)' : v.id}: ${e.message}; stored block-wise`);
@@ -535,7 +548,7 @@ async function cutFileSystem(
     await mapLimit([...jobs.values()], CONCURRENCY, async (job) => {
       const { inode } = job;
       try {
-        for await (const e of fs.extents(inode)) job.exts.push(e);
+        for await (const e of fs.extents(inode, { shared: false })) job.exts.push(e);
         job.exts.sort((x, y) => x.fileOffset - y.fileOffset);
         for (const e of job.exts) if (isPlain(e)) job.first = Math.min(job.first, e.volumeOffset);
       } catch (err) {
@@ -696,6 +709,8 @@ export interface CutOptions {
   memoryBytes?: number;
   /** Write every file manifest as one version 1 blob (a remote library's commit takes those). */
   inlineFileManifests?: boolean;
+  /** What the volumes' file systems are opened with (a btrfs RAID's other devices; see openVolumeFileSystem). */
+  fsOptions?: FsOpenOptions;
 }
 
 /** What cutting an image gave: its layout manifest (not yet stored) and what the sink took. */
@@ -753,7 +768,7 @@ export async function cutImage(
   const b = new Builder(sink, opts.onProgress ? () => opts.onProgress?.(Math.min(b.done, total), total) : undefined);
   const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
   warnings.push(...found.warnings);
-  const windows = await fsWindows(img, found.volumes, warnings);
+  const windows = await fsWindows(img, found.volumes, warnings, opts.fsOptions);
   const dataSpans = await diskDataSpans(img);
   const layoutVolumes: LayoutVolume[] = found.volumes.map((v) => ({
     id: v.id,
@@ -870,10 +885,17 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       const v = await lib.catalog.resolve(bootedFrom).catch(() => undefined);
       if (v) parents.splice(0, parents.length, { image: v.image, number: v.number });
     }
+    let deviceImages: DiskImage[] = [];
     try {
+      const fsOptions: FsOpenOptions = {};
+      if (opts.devices && opts.devices.length > 0) {
+        const d = await openDeviceTargets(opts.devices, opts.openOptions, { library: lib.dir });
+        deviceImages = d.images;
+        fsOptions.devices = d.devices;
+      }
       // the store's write buffers (~100 MiB at the default budget) shrink with a small one
       lib.store.setWriteBudget(memoryBytes);
-      const cut = await cutImage(img, image, lib.store, opts);
+      const cut = await cutImage(img, image, lib.store, { ...opts, fsOptions });
       const { layout, warnings, usedBytes } = cut;
       const m = await lib.store.put('tree', encodeManifest(layout));
       await lib.store.flush();
@@ -901,7 +923,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
         parents,
         tags: opts.tags ?? [],
       });
-      if (opts.inspect !== false) await inspectAfterCheckin(lib, row, warnings);
+      if (opts.inspect !== false) await inspectAfterCheckin(lib, row, warnings, fsOptions);
       return {
         image: row.image,
         number: row.number,
@@ -919,6 +941,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       };
     } finally {
       const { closeChain } = await import('../formats/layer.js');
+      for (const d of deviceImages) await closeChain(d).catch(() => {});
       await closeChain(img);
     }
   } finally {

@@ -12,10 +12,12 @@
 
 // Block maps: which file, metadata structure or volume owns each byte of the disk.
 export type { KindSummary, MapVolume, Owner } from '../blockmap/block-map.js';
-export { BlockMap } from '../blockmap/block-map.js';
-export { type BuildOptions, buildBlockMap } from '../blockmap/build.js';
+export { BlockMap, ownerOf } from '../blockmap/block-map.js';
+export { type BuildOptions, buildBlockMap, type StreamedMap } from '../blockmap/build.js';
 export { loadBlockMap, saveBlockMap } from '../blockmap/codec.js';
+export { classOf, KINDS } from '../blockmap/kinds.js';
 export { blockMapOfImage } from '../blockmap/of-image.js';
+export type { RecordSink } from '../blockmap/resolve.js';
 export {
   type ResolvedAccess,
   readTraceBatches,
@@ -178,6 +180,6 @@ export {
   type Target,
   type TargetOptions,
 } from './target.js';
-export { blockMapOfTarget, inspectTarget } from './target-map.js';
+export { blockMapOfTarget, inspectTarget, streamBlockMapOfTarget } from './target-map.js';
 export { diffManifests, diffVersions, type VersionDiff } from './version-diff.js';
 export { VersionSource } from './version-source.js';

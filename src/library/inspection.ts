@@ -8,6 +8,7 @@ import {
   type StoredRoot,
   uninspected,
 } from '../catalog/inspection.js';
+import type { FsOpenOptions } from '../fs/types.js';
 import type { OsInspection } from '../inspect/types.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
@@ -55,7 +56,11 @@ function storedRoot(r: OsInspection): StoredRoot {
 }
 
 /** Inspect a stored version and keep the result (and its file index) in the catalog. */
-export async function recordInspection(lib: Library, v: VersionRow): Promise<RecordedInspection> {
+export async function recordInspection(
+  lib: Library,
+  v: VersionRow,
+  fsOptions: FsOpenOptions = {},
+): Promise<RecordedInspection> {
   // the readers are loaded here, not with this module: diff and search only read stored results
   const [{ inspectVolumes }, { discoverVolumes }, { VersionSource }] = await Promise.all([
     import('../inspect/inspect.js'),
@@ -70,7 +75,7 @@ export async function recordInspection(lib: Library, v: VersionRow): Promise<Rec
   try {
     const found = await discoverVolumes(src);
     warnings.push(...found.warnings);
-    const r = await inspectVolumes(found.volumes, name, { diskId: found.diskId });
+    const r = await inspectVolumes(found.volumes, name, { diskId: found.diskId, fsOptions });
     roots = r.roots;
     warnings.push(...r.warnings);
   } catch (e) {
@@ -169,9 +174,14 @@ export async function forgetInspection(lib: Library, image: string, number: numb
 export const xattrDigest = (b64: string) => createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
 
 /** Check-in's hook: inspect the new version; a failure is a warning of the check-in, never its failure. */
-export async function inspectAfterCheckin(lib: Library, v: VersionRow, warnings: string[]): Promise<void> {
+export async function inspectAfterCheckin(
+  lib: Library,
+  v: VersionRow,
+  warnings: string[],
+  fsOptions: FsOpenOptions = {},
+): Promise<void> {
   try {
-    const r = await recordInspection(lib, v);
+    const r = await recordInspection(lib, v, fsOptions);
     warnings.push(...r.warnings.map((w) => `inspect: ${w}`));
   } catch (e) {
     if (!(e instanceof StrataError)) throw e;

@@ -1,5 +1,6 @@
 import type { BlockMap } from '../blockmap/block-map.js';
-import { buildBlockMap } from '../blockmap/build.js';
+import { buildBlockMap, type StreamedMap, streamBlockMap } from '../blockmap/build.js';
+import type { RecordSink } from '../blockmap/resolve.js';
 import type { OpenOptions } from '../formats/types.js';
 import type { DiskInspection } from '../inspect/inspect.js';
 import { inspectVolumes } from '../inspect/inspect.js';
@@ -15,7 +16,7 @@ export async function blockMapOfTarget(
   const t = await openTargetImage(arg, openOptions, opts);
   try {
     opts.onTarget?.(t.target);
-    return await buildBlockMap(t.image);
+    return await buildBlockMap(t.image, { fsOptions: t.fsOptions });
   } finally {
     await closeTarget(t);
   }
@@ -31,8 +32,29 @@ export async function inspectTarget(
   try {
     opts.onTarget?.(t.target);
     const found = await discoverVolumes(t.image);
-    const r = await inspectVolumes(found.volumes, t.name, { diskId: found.diskId });
+    const r = await inspectVolumes(found.volumes, t.name, { diskId: found.diskId, fsOptions: t.fsOptions });
     return { roots: r.roots, warnings: [...t.image.warnings, ...found.warnings, ...r.warnings] };
+  } finally {
+    await closeTarget(t);
+  }
+}
+
+/**
+ * The block map of a target streamed record by record in disk order (streamBlockMap):
+ * memory bounded by the budget whatever the tree, for `blockmap --summary` and the listing.
+ */
+export async function streamBlockMapOfTarget(
+  arg: string,
+  openOptions: OpenOptions,
+  opts: TargetOptions & { onTarget?: (t: Target) => void },
+  begin: (m: StreamedMap) => void,
+  sink: RecordSink,
+  drain?: () => Promise<void>,
+): Promise<StreamedMap> {
+  const t = await openTargetImage(arg, openOptions, opts);
+  try {
+    opts.onTarget?.(t.target);
+    return await streamBlockMap(t.image, begin, sink, { drain, fsOptions: t.fsOptions });
   } finally {
     await closeTarget(t);
   }

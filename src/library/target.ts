@@ -3,7 +3,10 @@ import * as path from 'node:path';
 import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { DiskImage, OpenOptions } from '../formats/types.js';
+import type { FsOpenOptions } from '../fs/types.js';
+import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { discoverVolumes } from '../volumes/discover.js';
 import { holeStatus } from './backing.js';
 import { Library, libraryLocation, MARKER } from './library.js';
 import { VersionSource } from './version-source.js';
@@ -26,6 +29,12 @@ export const REF_PREFIX = 'ref:';
 export interface TargetOptions {
   /** `--library DIR`: look REFs up there (else $STRATA_LIBRARY, else the per-user default). */
   library?: string;
+  /**
+   * `--device FILE` (repeatable): the other devices of a file system over several (btrfs
+   * RAID), each a target (file, URL or library version) whose one btrfs volume is used.
+   * Opened with the target, handed to the file-system readers as `fsOptions.devices`.
+   */
+  devices?: string[];
 }
 
 export type Target =
@@ -73,6 +82,48 @@ export interface OpenedTarget {
   target: Target;
   /** A name for messages: the path, the URL, or NAME@N of a version. */
   name: string;
+  /**
+   * What the file-system readers of this target's volumes are opened with: the `--device`
+   * images' btrfs volumes (see fs/open.ts openVolumeFileSystem). Empty without --device.
+   */
+  fsOptions: FsOpenOptions;
+  /** The `--device` images opened with it (closed by closeTarget). */
+  deviceImages: DiskImage[];
+}
+
+/**
+ * Open the `--device` targets: each one's single btrfs volume. The caller closes the
+ * returned images (closeChain) when done, also when this throws (nothing is left open then).
+ */
+export async function openDeviceTargets(
+  args: string[],
+  openOptions: OpenOptions = {},
+  opts: TargetOptions = {},
+): Promise<{ images: DiskImage[]; devices: ByteSource[] }> {
+  const images: DiskImage[] = [];
+  const devices: ByteSource[] = [];
+  try {
+    for (const arg of args) {
+      const t = await openTargetImage(arg, openOptions, { library: opts.library });
+      images.push(t.image);
+      const found = await discoverVolumes(t.image);
+      const btrfs = found.volumes.filter((v) => v.content === 'btrfs');
+      if (btrfs.length !== 1) {
+        throw new StrataError(
+          'USAGE',
+          btrfs.length === 0
+            ? `--device: no btrfs volume in it (volumes: ${found.volumes.map((v) => `${v.id === '' ? '(whole disk)' : v.id} ${v.content ?? 'unknown'}`).join(', ') || 'none'})`
+            : `--device: ${btrfs.length} btrfs volumes in it; give an image of one device`,
+          { file: t.name },
+        );
+      }
+      devices.push(btrfs[0].source);
+    }
+    return { images, devices };
+  } catch (e) {
+    for (const i of images) await closeChain(i).catch(() => {});
+    throw e;
+  }
 }
 
 /**
@@ -84,6 +135,22 @@ export async function openTargetImage(
   openOptions: OpenOptions = {},
   opts: TargetOptions = {},
 ): Promise<OpenedTarget> {
+  const t = await openTargetAlone(arg, openOptions, opts);
+  if (!opts.devices || opts.devices.length === 0) return { ...t, fsOptions: {}, deviceImages: [] };
+  try {
+    const d = await openDeviceTargets(opts.devices, openOptions, opts);
+    return { ...t, fsOptions: { devices: d.devices }, deviceImages: d.images };
+  } catch (e) {
+    await closeChain(t.image);
+    throw e;
+  }
+}
+
+async function openTargetAlone(
+  arg: string,
+  openOptions: OpenOptions,
+  opts: TargetOptions,
+): Promise<{ image: DiskImage; target: Target; name: string }> {
   const target = classifyTarget(arg, opts);
   if (target.kind === 'file') return { image: await openImage(target.path, openOptions), target, name: target.path };
   if (target.kind === 'url') return { image: await openImage(target.url, openOptions), target, name: target.url };
@@ -151,5 +218,9 @@ function versionDiskImage(lib: Library, v: VersionRow, m: Awaited<ReturnType<Lib
 
 /** Close an opened target (its backing chain, or the library of a version). */
 export async function closeTarget(t: OpenedTarget): Promise<void> {
-  await closeChain(t.image);
+  try {
+    await closeChain(t.image);
+  } finally {
+    for (const d of t.deviceImages.splice(0)) await closeChain(d).catch(() => {});
+  }
 }

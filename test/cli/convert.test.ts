@@ -4,6 +4,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSyn
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
+import { IMAGE_GROUPS } from '../../src/cli/image-groups.js';
+import { IMAGE_VERBS } from '../../src/cli/image-verbs.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { qemuCheck, qemuCompare } from '../helpers/qemu-oracles.js';
 import { fixture, ROOT, run, scratch } from '../helpers/tools.js';
@@ -189,4 +191,6 @@ test('convert, info and map run from their own bundle (strata-image.cjs), other 
   assert.deepEqual(readFileSync(path.join(dir, 'out.raw')), readFileSync(img));
   assert.deepEqual(await loaded(['info', img]), ['strata-image']);
   assert.deepEqual(await loaded(['images', '--help']), ['strata-main']);
+  // the verbs launch.ts sends to the image bundle are exactly the verbs its groups register
+  assert.deepEqual(IMAGE_GROUPS.flatMap((g) => g.verbs).sort(), [...IMAGE_VERBS].sort());
 });

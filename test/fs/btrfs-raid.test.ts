@@ -1,6 +1,7 @@
 /**
- * btrfs over several devices (issue 19): RAID1, RAID0, RAID10 and RAID5 file systems made by
- * mkfs.btrfs over sparse files and populated through the kernel's mount of all of them. Read
+ * btrfs over several devices (issue 19): RAID1, RAID0, RAID10, RAID5, RAID1C3, RAID1C4 and
+ * RAID6 file systems made by mkfs.btrfs over sparse files (loop devices, as root) and
+ * populated through the kernel's mount of all of them (device=). Read
  * with every device given, in any order, the tree matches the kernel's multi-device mount
  * (names, types, stat fields, link targets, xattrs, sha256 of every file); every extent's
  * bytes, read raw from the device it names, are the file's bytes as the kernel reads them;
@@ -35,7 +36,13 @@ const CASES: Array<{ profile: string; devices: number }> = [
   { profile: 'raid0', devices: 2 },
   { profile: 'raid10', devices: 4 },
   { profile: 'raid5', devices: 3 },
+  { profile: 'raid1c3', devices: 3 },
+  { profile: 'raid1c4', devices: 4 },
+  { profile: 'raid6', devices: 4 },
 ];
+
+/** Profiles whose every chunk has a copy on each device (with exactly as many devices as copies). */
+const MIRRORED = new Set(['raid1', 'raid1c3', 'raid1c4']);
 
 async function open(files: string[]): Promise<{ fs: FileSystem; close: () => Promise<void> }> {
   const srcs = await Promise.all(files.map((f) => FileSource.open(f)));
@@ -157,8 +164,8 @@ for (const c of CASES) {
         }
         assert.ok(here > 0, 'some extents are on the volume opened');
         // striped profiles put some of a file's bytes on the other devices only
-        if (c.profile !== 'raid1') assert.ok(elsewhere > 0, 'some extents are on other devices');
-        else assert.equal(elsewhere, 0, 'raid1 over 2 devices: every byte has a copy on each');
+        if (!MIRRORED.has(c.profile)) assert.ok(elsewhere > 0, 'some extents are on other devices');
+        else assert.equal(elsewhere, 0, `${c.profile} over ${c.devices} devices: every byte has a copy on each`);
       });
     } finally {
       await close();
@@ -175,7 +182,7 @@ for (const c of CASES) {
           for (const m of missing) {
             assert.match(e.message, new RegExp(`device ${m.devid}\\b`));
             // the uuid is named when the chunk tree could be read without the missing devices
-            if (c.profile === 'raid1') assert.match(e.message, new RegExp(m.uuid));
+            if (MIRRORED.has(c.profile)) assert.match(e.message, new RegExp(m.uuid));
           }
           return true;
         });

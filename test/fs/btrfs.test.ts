@@ -278,7 +278,19 @@ test('btrfs: mkfs --rootdir tree plus kernel-made subvolumes, snapshots, compres
         assert.deepEqual(got, want, p);
       }
       const r = await fs.lookup('/reflinked');
-      for await (const e of fs.extents(r)) assert.ok(e.shared, 'reflinked extents are shared');
+      const all: FileExtent[] = [];
+      for await (const e of fs.extents(r)) {
+        assert.ok(e.shared, 'reflinked extents are shared');
+        all.push(e);
+      }
+      // a caller that does not want `shared` (extract, check-in) gets the same ranges without it
+      const lean: FileExtent[] = [];
+      for await (const e of fs.extents(r, { shared: false })) lean.push(e);
+      assert.ok(lean.length > 0);
+      assert.deepEqual(
+        lean,
+        all.map(({ shared: _, ...rest }) => rest),
+      );
     } finally {
       await run('umount', [mnt]);
     }

@@ -323,6 +323,63 @@ for (const spec of VARIANTS) {
         assert.equal(hex(await fs.read(pre, 0, pre.size)), hex(want));
       });
 
+      await t.test(
+        'extents match xfs_bmap -v on a read-only kernel mount (512-byte units, unwritten flag)',
+        async () => {
+          const paths = [
+            '/files/size-1500000',
+            '/sparse/holes',
+            '/sparse/fragmented',
+            '/fragmented-backwards',
+            '/sparse/big-over-4g',
+            '/prealloc',
+          ];
+          const listed = new Map<string, string>();
+          const mnt = `/tmp/strata-xfsbmap-${process.pid}-${Date.now()}`;
+          const { mkdirSync, rmSync } = await import('node:fs');
+          mkdirSync(mnt, { recursive: true });
+          // ro + norecovery on a read-only loop device: the fixture is not written
+          await run('mount', ['-o', 'ro,loop,norecovery', img, mnt]);
+          try {
+            for (const p of paths) listed.set(p, await run('xfs_bmap', ['-v', '-p', `${mnt}${p}`]));
+          } finally {
+            await run('umount', [mnt]).catch(() => run('umount', ['-l', mnt]));
+            rmSync(mnt, { recursive: true, force: true });
+          }
+          type Run = [number, number, number, boolean]; // file sector, disk sector, sectors, unwritten
+          const push = (runs: Run[], r: Run) => {
+            const last = runs[runs.length - 1];
+            if (last && last[0] + last[2] === r[0] && last[1] + last[2] === r[1] && last[3] === r[3]) last[2] += r[2];
+            else runs.push(r);
+          };
+          let unwritten = 0;
+          for (const [p, text] of listed) {
+            const f = await fs.lookup(p);
+            const endSector = Math.ceil(f.size / bs) * (bs / 512);
+            const want: Run[] = [];
+            for (const line of text.split('\n')) {
+              const m = /^\s*\d+: \[(\d+)\.\.(\d+)\]:\s+(\d+)\.\.(\d+)\s+\d+\s+\(\d+\.\.\d+\)\s+\d+\s+([0-7]+)/.exec(
+                line,
+              );
+              if (!m) continue; // the header, holes
+              const from = Number(m[1]);
+              if (from >= endSector) continue; // preallocated past EOF: not the file's
+              const n = Math.min(Number(m[2]) + 1, endSector) - from;
+              push(want, [from, Number(m[3]), n, (Number.parseInt(m[5], 8) & 0o10000) !== 0]);
+            }
+            assert.ok(want.length > 0, `${p}: xfs_bmap lists extents`);
+            const got: Run[] = [];
+            for await (const e of fs.extents(f)) {
+              const n = Math.ceil(e.length / bs) * (bs / 512);
+              push(got, [e.fileOffset / 512, e.volumeOffset / 512, n, !!e.unwritten]);
+            }
+            assert.deepEqual(got, want, `${p}: extents against xfs_bmap -v`);
+            unwritten += want.filter((r) => r[3]).length;
+          }
+          assert.ok(unwritten > 0, 'an unwritten extent was compared');
+        },
+      );
+
       if (spec.reflink) {
         await t.test('reflinked extents are shared exactly where the kernel says (FIEMAP)', async () => {
           const fiemap = new Map<string, string>();

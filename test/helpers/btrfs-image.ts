@@ -259,3 +259,35 @@ export async function btrfsRaidImages(profile: string, devices: number): Promise
   });
   return Array.from({ length: devices }, (_, i) => path.join(dir, `dev${i + 1}.img`));
 }
+
+/**
+ * btrfsRaidImages' tree plus an OS root at the top level (os-release of a Fedora-like
+ * system, passwd, group, /usr), so `inspect` finds a root: for the verbs given `--device`.
+ */
+export async function btrfsRaidOsImages(profile: string, devices: number): Promise<string[]> {
+  const dir = await fixture(`btrfs-raid-os-${profile}-${devices}-v1`, async (out) => {
+    mkdirSync(out);
+    const files = Array.from({ length: devices }, (_, i) => path.join(out, `dev${i + 1}.img`));
+    for (const f of files) {
+      writeFileSync(f, '');
+      truncateSync(f, 200 * MiB);
+    }
+    await run('mkfs.btrfs', ['-q', '-f', '-L', `raid-os-${profile}`, '-d', profile, '-m', profile, ...files]);
+    await withMultiDeviceMount(files, false, async (mnt) => {
+      await populateRaid(mnt);
+      mkdirSync(path.join(mnt, 'usr', 'bin'), { recursive: true });
+      writeFileSync(path.join(mnt, 'usr', 'bin', 'dnf'), '#!/usr/bin/python3\n');
+      writeFileSync(
+        path.join(mnt, 'etc', 'os-release'),
+        'NAME="Fedora Linux"\nID=fedora\nVERSION_ID=41\nPRETTY_NAME="Fedora Linux 41 (Server Edition)"\n',
+      );
+      writeFileSync(
+        path.join(mnt, 'etc', 'passwd'),
+        'root:x:0:0:root:/root:/bin/bash\nraider:x:1000:1000:RAID user:/home/raider:/bin/bash\n',
+      );
+      writeFileSync(path.join(mnt, 'etc', 'group'), 'root:x:0:\nraider:x:1000:\n');
+      sh('sync', []);
+    });
+  });
+  return Array.from({ length: devices }, (_, i) => path.join(dir, `dev${i + 1}.img`));
+}

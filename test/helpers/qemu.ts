@@ -210,6 +210,8 @@ export function bootQemu(
     marker?: string;
     /** Kill qemu (SIGKILL) once the marker shows (benches time the boot, not the shutdown). */
     stopAtMarker?: boolean;
+    /** Options of the TCG accelerator (e.g. `thread=multi`); ignored under KVM. */
+    tcgProps?: string;
     onLine?(line: string): void;
   },
 ): Promise<BootResult> {
@@ -218,7 +220,7 @@ export function bootQemu(
     'qemu-system-x86_64',
     [
       '-accel',
-      opts.accel.accel,
+      opts.accel.accel === 'tcg' && opts.tcgProps ? `tcg,${opts.tcgProps}` : opts.accel.accel,
       '-nodefaults',
       '-no-user-config',
       '-display',

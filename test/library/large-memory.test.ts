@@ -8,9 +8,18 @@
  */
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import {
+  closeSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { StrataError } from '../../src/util/errors.js';
@@ -31,6 +40,7 @@ const CEILING_64M = 176 * 1024 * 1024;
 for (const [cmd, pkg] of [
   ['mkfs.ext4', 'e2fsprogs'],
   ['fls', 'sleuthkit'],
+  ['debugfs', 'e2fsprogs'],
   ['/usr/bin/time', 'time'],
 ]) {
   if (!have(cmd)) throw new Error(`${cmd} is needed (apt-get install ${pkg})`);
@@ -180,11 +190,74 @@ test('--memory takes sizes and refuses nonsense with a usage error', async () =>
   }
 });
 
-test('blockmap --summary of 200,000 entries in --memory 40M stops with the memory error (status 1), not a partial map', async () => {
+test('blockmap of 200,000 entries: --memory 64M (claims and names spilled) equals the map kept whole, under the RSS ceiling; debugfs agrees', async () => {
   const img = await image();
   const dir = scratch('large-blockmap');
   try {
-    const r = await measured(['blockmap', '--summary', '--memory', '40M', img], path.join(dir, 'o'));
+    const small = await measured(['blockmap', '--json', '--memory', '64M', img], path.join(dir, 'small'));
+    assert.equal(small.code, 0, small.stderr);
+    // the whole map in memory (--save keeps it whole), unbounded
+    const big = await measured(
+      ['blockmap', '--json', '--memory', '4G', '--save', path.join(dir, 'map.bm'), img],
+      path.join(dir, 'big'),
+    );
+    assert.equal(big.code, 0, big.stderr);
+    assert.equal(fileSha(path.join(dir, 'small')), fileSha(path.join(dir, 'big')));
+    assert.ok(
+      small.maxRss < CEILING_64M,
+      `peak RSS ${(small.maxRss / 2 ** 20).toFixed(1)} MiB with --memory 64M (ceiling ${CEILING_64M / 2 ** 20} MiB)`,
+    );
+    assert.ok(small.maxRss < big.maxRss, `64M run ${small.maxRss} B, 4G run ${big.maxRss} B`);
+    // --summary streamed in the small budget: its counts are those of the records listed
+    const sum = await measured(['blockmap', '--summary', '--json', '--memory', '64M', img], path.join(dir, 'sum'));
+    assert.equal(sum.code, 0, sum.stderr);
+    const records = readFileSync(path.join(dir, 'small'), 'utf8')
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { start: number; length: number; kind: string; path?: string; fileOffset?: number });
+    const s = JSON.parse(readFileSync(path.join(dir, 'sum'), 'utf8')) as {
+      records: number;
+      kinds: Array<{ kind: string; bytes: number; records: number }>;
+    };
+    assert.equal(s.records, records.length);
+    for (const k of s.kinds) {
+      const mine = records.filter((r) => r.kind === k.kind);
+      assert.equal(mine.length, k.records, k.kind);
+      assert.equal(
+        mine.reduce((a, r) => a + r.length, 0),
+        k.bytes,
+        k.kind,
+      );
+    }
+    // the oracle: debugfs's block list of a few hundred files holds every block the map gives them
+    const files = records.filter((r) => r.kind === 'file' && r.path?.endsWith('.txt')).filter((_, i) => i % 250 === 0);
+    assert.ok(files.length > 100, `${files.length} files`);
+    const cmds = path.join(dir, 'cmds');
+    writeFileSync(cmds, files.map((r) => `blocks "${r.path}"\n`).join(''));
+    const out = spawnSync('debugfs', ['-f', cmds, img], { encoding: 'utf8', maxBuffer: 1 << 28 });
+    assert.equal(out.status, 0, out.stderr);
+    const lists = out.stdout
+      .split(/^debugfs: .*$/m)
+      .slice(1)
+      .map((t) => new Set(t.trim().split(/\s+/).map(Number)));
+    assert.equal(lists.length, files.length);
+    files.forEach((r, i) => {
+      for (let b = r.start; b < r.start + r.length; b += 4096)
+        assert.ok(lists[i].has(b / 4096), `${r.path}: block ${b / 4096}`);
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('blockmap --save of 200,000 entries (the map kept whole) in --memory 40M stops with the memory error (status 1), not a partial map', async () => {
+  const img = await image();
+  const dir = scratch('large-blockmap');
+  try {
+    const r = await measured(
+      ['blockmap', '--summary', '--memory', '40M', '--save', path.join(dir, 'm.bm'), img],
+      path.join(dir, 'o'),
+    );
     assert.equal(r.code, 1, r.stderr);
     assert.match(
       r.stderr,

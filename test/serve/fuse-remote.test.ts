@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   appendFileSync,
   chmodSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   renameSync,
   rmdirSync,
   rmSync,
@@ -14,7 +15,7 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, test } from 'node:test';
-import { RemoteLibrary } from '../../src/serve/index.js';
+import { checkUpperState, RemoteLibrary, upperToChangeSet } from '../../src/serve/index.js';
 import { CLI, jsonLines, strata } from '../helpers/cli.js';
 import {
   bytesOf,
@@ -36,7 +37,9 @@ import { have, scratch } from '../helpers/tools.js';
  * chunk from the service (its /metrics counts the chunk reads); without a token the
  * version does not exist. With --rw, `strata commit` sends the change set to the service:
  * a reader's token or none makes no version, a project member's write token makes one,
- * which e2fsck -fn finds clean and the kernel's loop mount shows as edited.
+ * which e2fsck -fn finds clean and the kernel's loop mount shows as edited. The service takes
+ * edit bodies of 2 MiB at most: a commit of a 9 MiB file and 40 files of 48 KiB sends them as
+ * chunks first, and the edit names them (the same edit with the bytes inline is refused, 413).
  */
 
 for (const tool of ['mount', 'umount', 'mkfs.ext4', 'sha256sum']) {
@@ -78,7 +81,8 @@ before(async () => {
   writer = wt.stdout.trim();
   const srv = spawn(
     process.execPath,
-    [CLI, 'serve', ...L, '--listen', '127.0.0.1:0', '--default-project', 'ops', '--quiet'],
+    // a commit or edit body of at most 2 MiB: the big-file commit below must not fit in one
+    [CLI, 'serve', ...L, '--listen', '127.0.0.1:0', '--default-project', 'ops', '--quiet', '--commit-limit', '2M'],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   server = srv;
@@ -318,4 +322,79 @@ test('mount --remote --rw, then commit to the service: a reader or no token make
   assert.equal(edited.get('/new-dir/link')?.target, '../files/from-remote.txt');
   const grown = Buffer.concat([bytesOf('size-4096', 4096), Buffer.from('appended on a remote mount\n')]);
   assert.equal(edited.get('/files/size-4096')?.sha256, createHash('sha256').update(grown).digest('hex'));
+});
+
+test('mount --remote --rw, commit of files larger than the service takes in one body: sent as chunks, the version holds them', async () => {
+  const upper = path.join(dir, 'upper-big');
+  const prev = process.env.STRATA_TOKEN;
+  process.env.STRATA_TOKEN = token;
+  const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+  const big = randomBytes(9 * MiB + 12_345); // > the 2 MiB commit limit, not a multiple of the 4 MiB pieces
+  const small = Array.from({ length: 40 }, (_v, i) => randomBytes(48 * 1024 + i)); // ~1.9 MiB: some inline, some chunked
+  let m: StrataMount | undefined;
+  let made: { ref: string; parent: string; changes: number; chunksSent: number; chunkBytesSent: number };
+  try {
+    m = await strataMount(['ops/ext@1', '--remote', url, '--no-chunk-cache', '--rw', '--upper', upper], 'remote-big');
+    const at = (p: string) => path.join((m as StrataMount).mnt, p);
+    writeFileSync(at('files/big.bin'), big);
+    mkdirSync(at('many'));
+    for (const [i, b] of small.entries()) writeFileSync(at(`many/f${i}`), b);
+
+    // the same change set with every byte in the body: the service refuses it (413), nothing is made
+    const before = await serverVersions();
+    const set = JSON.parse((await strata(['commit', m.mnt, '--dry-run', '--json'])).stdout) as { changes: unknown[] };
+    assert.equal(set.changes.length, 42);
+    // the dry run made the server save its state: the change set it stands for
+    const stateFile = path.join(upper, 'state.json');
+    const cs = upperToChangeSet(checkUpperState(JSON.parse(readFileSync(stateFile, 'utf8')), stateFile), upper);
+    await assert.rejects(
+      new RemoteLibrary(url, writer).edit('ops/ext@1', cs.changes, { inlineBytes: { each: 1 << 30, total: 1 << 30 } }),
+      (e: Error) => /413|too large|body/i.test(e.message),
+    );
+    assert.deepEqual(await serverVersions(), before, 'no version was made');
+    // an edit naming chunks the caller never uploaded (nor may read) is refused, as is one whose sizes do not add up
+    const post = (content: unknown) =>
+      fetch(`${url}/v1/images/ops%2Fext/edits`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${writer}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ from: 'ops/ext@1', changes: [{ op: 'put', path: '/x', content }] }),
+      });
+    const unknown = await post({ kind: 'chunks', chunks: [sha(randomBytes(8))], size: 8 });
+    assert.equal(unknown.status, 409, await unknown.text());
+    const piece = randomBytes(1000);
+    await new RemoteLibrary(url, writer).uploadChunks([{ digest: sha(piece), data: piece }]);
+    const wrongSize = await post({ kind: 'chunks', chunks: [sha(piece)], size: 1001 });
+    assert.equal(wrongSize.status, 422, await wrongSize.text());
+    assert.deepEqual(await serverVersions(), before, 'no version was made');
+
+    const c = await strata(['commit', m.mnt, '-m', 'big files', '--json'], { env: { STRATA_TOKEN: writer } });
+    assert.equal(c.code, 0, c.stderr);
+    made = JSON.parse(c.stdout);
+    assert.equal(made.parent, 'ops/ext@1');
+    assert.equal(made.changes, 42);
+    // the big file's 3 pieces, and the small files past the 1 MiB inline budget, went as chunks
+    assert.ok(made.chunksSent >= 3, `chunks sent: ${made.chunksSent}`);
+    assert.ok(made.chunkBytesSent >= big.length, `chunk bytes sent: ${made.chunkBytesSent}`);
+  } finally {
+    if (m) await stopClean(m);
+    if (prev === undefined) delete process.env.STRATA_TOKEN;
+    else process.env.STRATA_TOKEN = prev;
+  }
+
+  // the oracles: the version checked out of the service's library, e2fsck -fn, the kernel's loop mount
+  const disk = path.join(dir, 'remote-big.raw');
+  const co = await strata(['checkout', '--library', lib, made.ref, disk]);
+  assert.equal(co.code, 0, co.stderr);
+  const fsck = spawnSync('e2fsck', ['-fn', disk], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  const edited = await kernelView(disk);
+  rmSync(disk);
+  assert.equal(edited.get('/files/big.bin')?.size, big.length);
+  assert.equal(edited.get('/files/big.bin')?.sha256, sha(big));
+  for (const [i, b] of small.entries()) assert.equal(edited.get(`/many/f${i}`)?.sha256, sha(b), `/many/f${i}`);
+  const kernel = await kernelViewCached(img);
+  assert.deepEqual(
+    changed(kernel, edited),
+    ['/files/big.bin: new', '/many: new', ...small.map((_b, i) => `/many/f${i}: new`)].sort(),
+  );
 });

@@ -108,7 +108,10 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-/** One read through a fresh introspective cache with only `prefetch` on; the blocks prefetched (not the read's own). */
+/**
+ * One read through a fresh introspective cache with only `prefetch` on; the blocks prefetched
+ * (not the read's own). No gap bridging: a plan's blocks exactly (see the coalescing test).
+ */
 async function prefetchOf(
   block: number,
   prefetch: string[],
@@ -120,6 +123,7 @@ async function prefetchOf(
     introspector: new BlockMapIntrospector(map),
     prefetch,
     capacity: 16 << 20,
+    coalesceGap: 0,
     ...opts,
   });
   const want = new Uint8Array(readFileSync(img).subarray(block * BS, (block + 1) * BS));
@@ -242,6 +246,9 @@ describe('live introspective cache: prefetchers against debugfs', () => {
       capacity: 16 << 20,
       concurrency: 2,
       maxRun: 16 << 10,
+      // the background bound alone: the demand read carries no prefetch
+      mergeDemand: false,
+      coalesceGap: 0,
       bounds: { file: { perRequest: 1 << 20, inFlight: 128 << 10 } },
     });
     const demand = new Set([blocks[0] * BS, blocks[600] * BS]);
@@ -259,6 +266,99 @@ describe('live introspective cache: prefetchers against debugfs', () => {
     assert.equal(s.fetchedBytes, 128 << 10);
     assert.equal(s.dropped, 1);
     assert.ok(rec.peak <= 3, `${rec.peak} reads at once (2 prefetches + 1 demand)`);
+  });
+});
+
+describe('live introspective cache: round trips (a superset of read-ahead)', () => {
+  test('a miss carries the prefetch that follows it in one source read, tagged as prefetched', async () => {
+    const blocks = await debugfsBlocks(img, '/big');
+    // /big is one extent here (mkfs -d of a 3 MiB file): the file's next MiB follows the miss
+    assert.deepEqual(
+      blocks.slice(0, 256),
+      Array.from({ length: 256 }, (_, i) => blocks[0] + i),
+    );
+    const rec = new Recorder(file);
+    const cache = new IntrospectiveCache(rec, {
+      policy: 'introspective',
+      introspector: new BlockMapIntrospector(map),
+      prefetch: ['file'],
+      capacity: 16 << 20,
+    });
+    await cache.read(blocks[0] * BS, BS);
+    await cache.idle();
+    assert.equal(rec.reads, 1, 'one round trip for the miss and its prefetch');
+    assert.deepEqual(rec.blocks, blocks.slice(0, 256));
+    const s = cache.snapshot();
+    assert.equal(s.source.demandReads, 1);
+    assert.equal(s.source.demandBytes, BS);
+    assert.equal(s.prefetchers.file.fetchedBytes, 255 * BS);
+    // the next block was brought by the prefetch: a use of it is 'prefetched', not a miss
+    const want = new Uint8Array(readFileSync(img).subarray(blocks[1] * BS, blocks[2] * BS));
+    assert.deepEqual(await cache.read(blocks[1] * BS, BS), want);
+    assert.equal(cache.snapshot().byClass.data.prefetched, 1);
+  });
+
+  test('a plan’s blocks a small gap apart are read in one source read, within the bound (dir, debugfs)', async () => {
+    const d = await debugfsBlocks(img, '/d');
+    const want = sorted([...(await debugfsBlocks(img, '/d/sub1')), ...(await debugfsBlocks(img, '/d/sub2'))]);
+    const runs = want.filter((b, i, a) => i === 0 || b !== a[i - 1] + 1).length;
+    const span = want[want.length - 1] - want[0] + 1;
+    assert.ok(runs >= 2 && span <= 16, `the subdirectories are ${runs} runs over ${span} blocks: no small gap`);
+    const once = async (perRequest: number) => {
+      const rec = new Recorder(file);
+      const cache = new IntrospectiveCache(rec, {
+        policy: 'introspective',
+        introspector: new BlockMapIntrospector(map),
+        prefetch: ['dir'],
+        capacity: 16 << 20,
+        mergeDemand: false,
+        bounds: { dir: { perRequest } },
+      });
+      await cache.read(d[0] * BS, BS);
+      await cache.idle();
+      return rec;
+    };
+    // room for the gap: one read from the first subdirectory block to the last
+    const wide = await once(1 << 20);
+    assert.equal(wide.reads, 2, 'the demand read and one prefetch read');
+    assert.deepEqual(
+      wide.blocks.slice(1),
+      Array.from({ length: span }, (_, i) => want[0] + i),
+    );
+    // a bound smaller than the span (the plan's blocks and the directory's own, which the dir
+    // plan counts): no gap bridged, the plan's blocks alone
+    const narrow = await once((want.length + 1) * BS);
+    assert.equal(narrow.reads, 1 + runs);
+    assert.deepEqual(sorted(narrow.blocks.slice(1)), want);
+  });
+
+  test('disk: a sequential reader gets windows that grow and refill at half: few round trips, the image’s bytes', async () => {
+    const blocks = await debugfsBlocks(img, '/big');
+    const start = blocks[0] * BS;
+    const size = 3 << 20;
+    const rec = new Recorder(file);
+    const cache = new IntrospectiveCache(rec, {
+      policy: 'introspective',
+      introspector: new BlockMapIntrospector(map),
+      prefetch: ['disk'],
+      capacity: 16 << 20,
+    });
+    const whole = readFileSync(img);
+    const step = 32 << 10;
+    for (let o = 0; o < size; o += step) {
+      assert.deepEqual(
+        await cache.read(start + o, step),
+        new Uint8Array(whole.subarray(start + o, start + o + step)),
+        `bytes at ${start + o}`,
+      );
+      await cache.idle();
+    }
+    // 96 requests; 128 KiB windows (the bound) that grow 8x while consumed, read at most 1 MiB at a time
+    assert.ok(rec.reads <= 10, `${rec.reads} source reads for ${size / step} requests`);
+    assert.ok(rec.reads >= Math.ceil(size / (1 << 20)), `${rec.reads} source reads of at most 1 MiB`);
+    const s = cache.snapshot();
+    assert.equal(s.source.demandReads, 1, 'only the first request waited');
+    assert.ok(s.prefetchers.disk.peakInFlight <= 1 << 20, `${s.prefetchers.disk.peakInFlight} bytes in flight`);
   });
 });
 

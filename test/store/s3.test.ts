@@ -177,3 +177,52 @@ test('repository locks on S3: gc (exclusive) waits for a check-in (shared) on an
     await b.close();
   }
 });
+
+test('a small cold read through the cache is one ranged GET, not a wait for the whole pack; the pack is cached behind it', async () => {
+  const url = `${svc.s3}/${uniqueName('small-read')}`;
+  const data = randomBytes(8 * 1024 * 1024);
+  const remote = await S3Backend.open(url);
+  await remote.put('packs/cd/cdef', data);
+  const calls: string[] = [];
+  let release: () => void = () => {};
+  const held = new Promise<void>((r) => {
+    release = r;
+  });
+  // the whole-object GET is held back until the small read has been answered (or 5 s, so that
+  // a read that waits for it fails the call-order assertion below instead of hanging)
+  const fallback = setTimeout(() => release(), 5000);
+  const counting = Object.create(remote) as S3Backend;
+  counting.get = async (key: string) => {
+    calls.push(`get ${key}`);
+    await held;
+    return remote.get(key);
+  };
+  counting.getRangeInto = (key: string, offset: number, out: Uint8Array) => {
+    calls.push(`range ${key} ${offset} ${out.length}`);
+    return remote.getRangeInto(key, offset, out);
+  };
+  const cacheDir = path.join(tempDir('s3-small-read'), 'cache');
+  const cached = new CachedBackend(counting, cacheDir);
+  try {
+    const out = Buffer.alloc(4096);
+    assert.equal(await cached.getRangeInto('packs/cd/cdef', 5000, out), 4096);
+    assert.deepEqual(out, data.subarray(5000, 9096));
+    assert.deepEqual(calls, ['get packs/cd/cdef', 'range packs/cd/cdef 5000 4096']);
+    release();
+    clearTimeout(fallback);
+    // a second read of the same pack waits for the whole object (already on its way), then reads the cache
+    const out2 = Buffer.alloc(4096);
+    assert.equal(await cached.getRangeInto('packs/cd/cdef', 7_000_000, out2), 4096);
+    assert.deepEqual(out2, data.subarray(7_000_000, 7_004_096));
+    assert.equal(calls.length, 2, 'no third request: the rest comes from the cached pack');
+    assert.equal(cached.size, data.length);
+    // a read past SMALL_READ of a cold object waits for the whole object as before
+    await remote.put('packs/ef/ef01', data);
+    const big = Buffer.alloc(2 * 1024 * 1024);
+    assert.equal(await cached.getRangeInto('packs/ef/ef01', 0, big), big.length);
+    assert.deepEqual(big, data.subarray(0, big.length));
+    assert.deepEqual(calls.slice(2), ['get packs/ef/ef01']);
+  } finally {
+    await cached.close();
+  }
+});

@@ -323,6 +323,7 @@ function registerBenchCommand(program: Command): void {
     .requiredOption('--remote <url>', 'the library service (strata serve); token from $STRATA_TOKEN')
     .option('--set <name=value>', 'set a workload variable ($name), repeatable', more)
     .option('--seed <n>', 'seed of the image choice (default 1)')
+    .option('--iterations <n>', "each thread runs N passes, whatever the workload's run statement says")
     .option('--check', 'parse the workload and print it, run nothing')
     .option('--json', 'print the result as JSON')
     .action(async (file: string, o: Record<string, unknown>) => {
@@ -339,11 +340,15 @@ function registerBenchCommand(program: Command): void {
         if (eq <= 0) throw new StrataError('USAGE', `--set wants NAME=VALUE, not ${kv}`);
         vars[kv.slice(0, eq).replace(/^\$/, '')] = kv.slice(eq + 1);
       }
+      const iterations = int(o.iterations, 'iterations');
+      if (iterations !== undefined && iterations < 1)
+        throw new StrataError('USAGE', `--iterations takes a whole number of at least 1, not ${iterations}`);
       const w = A.parseWml(text, file, vars);
       if (o.check) return printJson(w);
       const r = await A.runWorkload(w, {
         remote: String(o.remote),
         seed: int(o.seed, 'seed'),
+        iterations,
         baseDir: dirname(file),
       });
       if (o.json) return printJson(r);

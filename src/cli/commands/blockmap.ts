@@ -1,8 +1,9 @@
 import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { type BlockMap, type Owner, StrataError } from '../../library/index.js';
+import { type BlockMap, type KindSummary, type Owner, StrataError, type StreamedMap } from '../../library/index.js';
 import {
+  addDeviceOption,
   addLibraryOption,
   addOpenOptions,
   noteTarget,
@@ -18,20 +19,22 @@ import { humanSize, printJson, printJsonLine, printJsonLines, warnAll, writeOut 
  * map of the image, or loads one saved with `blockmap --save` when given `--map FILE`.
  */
 export function registerBlockmapCommands(program: Command): void {
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('whatis')
-        .description(
-          'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
-        )
-        .argument('<target>', TARGET_HELP)
-        .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
-        .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
-        .option(
-          '--json',
-          'one JSON object per owner and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
-        ),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('whatis')
+          .description(
+            'every owner of a disk byte range: partition table, fs structure, directory, file (inode, path, offset), free',
+          )
+          .argument('<target>', TARGET_HELP)
+          .argument('<range>', 'OFFSET[+LENGTH] in bytes of the virtual disk (decimal or 0x hex; LENGTH defaults to 1)')
+          .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+          .option(
+            '--json',
+            'one JSON object per owner and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+          ),
+      ),
     ),
   ).action(async (image: string, range: string, o: Record<string, unknown>) => {
     const [offset, length] = parseRange(range);
@@ -41,52 +44,47 @@ export function registerBlockmapCommands(program: Command): void {
     await writeOut(`${owners.map(ownerLine).join('\n')}\n`);
   });
 
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('blockmap')
-        .description('the block map of a whole image: who owns every byte of the virtual disk')
-        .argument('<target>', TARGET_HELP)
-        .option(
-          '--json',
-          'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
-        )
-        .option('--summary', 'bytes and records per kind')
-        .option('--save <file>', 'also save the map in its compact binary form (for --map)')
-        .option('--map <file>', 'load a saved map instead of building it'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('blockmap')
+          .description('the block map of a whole image: who owns every byte of the virtual disk')
+          .argument('<target>', TARGET_HELP)
+          .option(
+            '--json',
+            'one JSON object per record and line: {start, length, kind, volume, fs, inode, path, fileOffset, detail}',
+          )
+          .option('--summary', 'bytes and records per kind')
+          .option('--save <file>', 'also save the map in its compact binary form (for --map)')
+          .option('--map <file>', 'load a saved map instead of building it'),
+      ),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
+    if (typeof o.map !== 'string' && typeof o.save !== 'string') return streamMap(image, o);
     const map = await obtainMap(image, o);
     if (typeof o.save === 'string') {
       const { saveBlockMap } = await import('../../library/index.js');
       await writeFile(o.save, saveBlockMap(map));
     }
     warnAll(map.warnings);
-    if (o.summary) {
-      const rows = map.summary();
-      if (o.json) return printJson({ diskSize: map.diskSize, records: map.count, kinds: rows });
-      const lines = [`${'KIND'.padEnd(16)} ${'CLASS'.padEnd(9)} ${'RECORDS'.padStart(9)}  BYTES`];
-      for (const r of rows) {
-        lines.push(`${r.kind.padEnd(16)} ${r.class.padEnd(9)} ${String(r.records).padStart(9)}  ${humanSize(r.bytes)}`);
-      }
-      lines.push(`${'disk'.padEnd(16)} ${''.padEnd(9)} ${String(map.count).padStart(9)}  ${humanSize(map.diskSize)}`);
-      process.stdout.write(`${lines.join('\n')}\n`);
-      return;
-    }
+    if (o.summary) return printSummary(map.diskSize, map.count, map.summary(), Boolean(o.json));
     await writeLines(map, o.json ? (r) => JSON.stringify(r) : ownerLine);
   });
 
   const trace = program.command('trace').description('block-level access traces');
-  addOpenOptions(
-    addLibraryOption(
-      trace
-        .command('resolve')
-        .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
-        .argument('<target>', TARGET_HELP)
-        .argument('<trace>', 'trace file ("-" for stdin)')
-        .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
-        .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
-        .option('--summary', 'only the summary'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        trace
+          .command('resolve')
+          .description('turn a block trace (JSON lines or CSV offset,length[,time,op]) into file-level accesses')
+          .argument('<target>', TARGET_HELP)
+          .argument('<trace>', 'trace file ("-" for stdin)')
+          .option('--map <file>', 'use a map saved with `strata blockmap --save` instead of building it')
+          .option('--json', 'one JSON object per access ({offset, length, time, op, owners}), then {summary}')
+          .option('--summary', 'only the summary'),
+      ),
     ),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
     const { readTraceBatches, TraceResolver } = await import('../../library/index.js');
@@ -132,6 +130,67 @@ export function registerBlockmapCommands(program: Command): void {
     ];
     await writeOut(`${lines.join('\n')}\n`);
   });
+}
+
+/**
+ * `blockmap [--summary] [--json]` of an image, the map streamed record by record (issue 22:
+ * memory bounded by --memory, not by the tree; the same output as the map built whole).
+ */
+async function streamMap(image: string, o: Record<string, unknown>): Promise<void> {
+  const { streamBlockMapOfTarget, ownerOf, KINDS, classOf } = await import('../../library/index.js');
+  const line = o.json ? (r: Owner) => JSON.stringify(r) : ownerLine;
+  const bytes = new Float64Array(KINDS.length);
+  const recs = new Float64Array(KINDS.length);
+  let count = 0;
+  let buf = '';
+  let m: StreamedMap | undefined;
+  const summary = Boolean(o.summary);
+  const done = await streamBlockMapOfTarget(
+    image,
+    openOptionsFrom(o),
+    { ...targetOptionsFrom(o), onTarget: noteTarget },
+    (x) => {
+      m = x;
+      if (!summary) warnAll(x.warnings.splice(0));
+    },
+    (s, e, k, v, ino, nm, off) => {
+      count++;
+      if (summary) {
+        bytes[k] += e - s;
+        recs[k]++;
+        return;
+      }
+      const w = m as StreamedMap;
+      buf += `${line(ownerOf(w.volumes, w.name, s, e, k, v, ino, nm, off))}\n`;
+    },
+    async () => {
+      if (buf.length > 0) {
+        await write(buf);
+        buf = '';
+      }
+    },
+  );
+  await write(buf);
+  warnAll(done.warnings);
+  if (!summary) return;
+  const rows: KindSummary[] = [];
+  for (let k = 0; k < KINDS.length; k++) {
+    if (recs[k] > 0) rows.push({ kind: KINDS[k], class: classOf(KINDS[k]), bytes: bytes[k], records: recs[k] });
+  }
+  printSummary(done.diskSize, count, rows, Boolean(o.json));
+}
+
+function printSummary(diskSize: number, count: number, rows: KindSummary[], json: boolean): void {
+  if (json) {
+    printJson({ diskSize, records: count, kinds: rows });
+    return;
+  }
+  const lines = [`${'KIND'.padEnd(16)} ${'CLASS'.padEnd(9)} ${'RECORDS'.padStart(9)}  BYTES`];
+  for (const r of rows) {
+    lines.push(`${r.kind.padEnd(16)} ${r.class.padEnd(9)} ${String(r.records).padStart(9)}  ${humanSize(r.bytes)}`);
+  }
+  lines.push(`${'disk'.padEnd(16)} ${''.padEnd(9)} ${String(count).padStart(9)}  ${humanSize(diskSize)}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
 }
 
 /** The map of an image: loaded from `--map FILE`, else built. */

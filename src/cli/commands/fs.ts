@@ -28,6 +28,7 @@ import {
 } from '../../library/index.js';
 import {
   addAddressOptions,
+  addDeviceOption,
   addLibraryOption,
   addOpenOptions,
   addressFrom,
@@ -48,13 +49,15 @@ const unref = (x: string) => (x.startsWith(REF_PREFIX) ? x.slice(REF_PREFIX.leng
  * `ls` and `cat` of a library version read its file manifest (no disk block is read).
  */
 export function registerFsCommands(program: Command): void {
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('parts')
-        .description('partitions and logical volumes of an image, with what each holds')
-        .argument('<target>', TARGET_HELP)
-        .option('--json', 'machine-readable output'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('parts')
+          .description('partitions and logical volumes of an image, with what each holds')
+          .argument('<target>', TARGET_HELP)
+          .option('--json', 'machine-readable output'),
+      ),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const disk = await openDisk(image, openOptionsFrom(o), targetOptionsFrom(o));

@@ -14,6 +14,7 @@ import {
   type TreeDiff,
 } from '../../library/index.js';
 import {
+  addDeviceOption,
   addLibraryOption,
   addOpenOptions,
   addressFrom,
@@ -28,16 +29,18 @@ import { remoteOf } from '../remote.js';
 
 /** Inspection verbs: inspect (what OS is in an image) and diff (what changed between two). */
 export function registerInspectCommands(program: Command): void {
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('inspect')
-        .description(
-          'find every OS root in an image and report OS, version, packages, users, kernels, mounts (exit 1: no OS found)',
-        )
-        .argument('<target>', TARGET_HELP)
-        .option('--json', 'one JSON object per OS root and line')
-        .option('--refresh', 'for a library version: inspect it again and store the result'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('inspect')
+          .description(
+            'find every OS root in an image and report OS, version, packages, users, kernels, mounts (exit 1: no OS found)',
+          )
+          .argument('<target>', TARGET_HELP)
+          .option('--json', 'one JSON object per OS root and line')
+          .option('--refresh', 'for a library version: inspect it again and store the result'),
+      ),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const target = classifyTarget(image, targetOptionsFrom(o));
@@ -61,23 +64,26 @@ export function registerInspectCommands(program: Command): void {
     await writeOut(r.roots.map(humanReport).join('\n'));
   });
 
-  addOpenOptions(
-    addLibraryOption(
-      program
-        .command('diff')
-        .description(
-          'what changed from A to B: files, and with flags packages and blocks (exit 0 same, 1 different, 2 trouble)',
-        )
-        .argument('<a>', `the old one: ${TARGET_HELP}`)
-        .argument('<b>', 'the new one: the same kinds as A (a file and a library version can be compared)')
-        .option('--part <n>', 'compare this partition of both images')
-        .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
-        .option('--subvol <name|id>', `${SUBVOL_HELP}, in both`)
-        .option('--subvol-b <name|id>', "B's btrfs subvolume when it is not A's (a snapshot against its source)")
-        .option('--packages', 'also list packages added, removed, upgraded and downgraded')
-        .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
-        .option('--remote <url>', 'versions of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
-        .option('--json', 'one object: files, and packages / blocks when asked'),
+  addDeviceOption(
+    addOpenOptions(
+      addLibraryOption(
+        program
+          .command('diff')
+          .description(
+            'what changed from A to B: files, and with flags packages and blocks (exit 0 same, 1 different, 2 trouble)',
+          )
+          .argument('<a>', `the old one: ${TARGET_HELP}`)
+          .argument('<b>', 'the new one: the same kinds as A (a file and a library version can be compared)')
+          .option('--part <n>', 'compare this partition of both images')
+          .option('--lv <vg/lv>', 'compare this LVM logical volume of both images')
+          .option('--subvol <name|id>', `${SUBVOL_HELP}, in both`)
+          .option('--subvol-b <name|id>', "B's btrfs subvolume when it is not A's (a snapshot against its source)")
+          .option('--packages', 'also list packages added, removed, upgraded and downgraded')
+          .option('--blocks', "also measure B's used blocks that differ from A and the bytes they share")
+          .option('--remote <url>', 'versions of a library service (default: $STRATA_REMOTE; token from $STRATA_TOKEN)')
+          .option('--json', 'one object: files, and packages / blocks when asked')
+          .option('--device-b <file>', "B's other btrfs devices when they are not A's (repeatable)", collectB, []),
+      ),
     ),
   ).action(async (a: string, b: string, o: Record<string, unknown>) => {
     const remote = await remoteOf(o, [a, b]);
@@ -216,7 +222,7 @@ async function diffOpened(a: string, b: string, targets: Target[], o: Record<str
   const at: OpenedAddress[] = [];
   try {
     at.push(await openAddress(a, addr, oo, targetOptionsFrom(o)));
-    at.push(await openAddress(b, addrB, oo, targetOptionsFrom(o)));
+    at.push(await openAddress(b, addrB, oo, targetOptionsB(o)));
     for (const x of at) noteTarget(x.target);
     const files = await diffTrees(fileSystemTree(at[0].fs), fileSystemTree(at[1].fs));
     const out: DiffOut = { files, warnings: [...at[0].warnings, ...at[1].warnings, ...files.warnings] };
@@ -254,7 +260,10 @@ async function packageDiff(
   const inspectOne = async (i: number) => {
     const t = targets[i];
     const arg = t.kind === 'file' ? t.path : t.kind === 'url' ? t.url : `ref:${t.ref}`;
-    return pick((await inspectTarget(arg, openOptionsFrom(o), targetOptionsFrom(o))).roots, at[i].volume.id);
+    return pick(
+      (await inspectTarget(arg, openOptionsFrom(o), i === 0 ? targetOptionsFrom(o) : targetOptionsB(o))).roots,
+      at[i].volume.id,
+    );
   };
   const ra = await inspectOne(0);
   const rb = await inspectOne(1);
@@ -323,4 +332,16 @@ function humanReport(r: OsInspection): string {
   }
   for (const w of r.warnings) lines.push(`warning:         ${w}`);
   return `${lines.join('\n')}\n`;
+}
+
+function collectB(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+/** B's target options: --device-b when given, else A's --device (a snapshot of the same file system). */
+function targetOptionsB(o: Record<string, unknown>) {
+  const t = targetOptionsFrom(o);
+  const b = o.deviceB as string[] | undefined;
+  if (b && b.length > 0) t.devices = b;
+  return t;
 }

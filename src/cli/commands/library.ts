@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { type Library, StrataError } from '../../library/index.js';
 import type { RemoteLibrary } from '../../serve/index.js';
-import { addOpenOptions, openOptionsFrom } from '../common.js';
+import { addDeviceOption, addOpenOptions, devicesFrom, openOptionsFrom } from '../common.js';
 import { humanSize, printJson, printJsonLines, warnAll } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
 import { progressBar } from '../progress.js';
@@ -108,30 +108,34 @@ function registerLibraryVerbs(program: Command): void {
     );
   });
 
-  addOpenOptions(
-    withLib(
-      program
-        .command('checkin')
-        .description('store an image as a new version: chunks cut along its file systems, deduplicated')
-        .argument('<image>', 'image file or http(s) URL (raw, qcow2, vmdk, vhd, vhdx, vdi)')
-        .requiredOption('--name <name>', 'image name in the library')
-        .option(
-          '--parent <ref>',
-          'version this one derives from (repeatable; default: the version an overlay from strata nbd REF --overlay backs onto, else the latest of NAME)',
-          collect,
-        )
-        .option('--tag <tag>', 'tag the new version (repeatable)', collect, [])
-        .option('--description <text>', 'image description')
-        .option('--exact', 'keep free space too: checkout is then byte-identical to the virtual disk')
-        .option('--batch-bytes <n>', 'with --remote: chunk bytes per upload request (default 8 MiB)')
-        .option(
-          '--on-server',
-          'with --remote: the server fetches IMAGE (an http(s) URL) itself, or reads a path on the server (server admins)',
-        )
-        .option('--json', 'machine-readable output'),
+  addDeviceOption(
+    addOpenOptions(
+      withLib(
+        program
+          .command('checkin')
+          .description('store an image as a new version: chunks cut along its file systems, deduplicated')
+          .argument('<image>', 'image file or http(s) URL (raw, qcow2, vmdk, vhd, vhdx, vdi)')
+          .requiredOption('--name <name>', 'image name in the library')
+          .option(
+            '--parent <ref>',
+            'version this one derives from (repeatable; default: the version an overlay from strata nbd REF --overlay backs onto, else the latest of NAME)',
+            collect,
+          )
+          .option('--tag <tag>', 'tag the new version (repeatable)', collect, [])
+          .option('--description <text>', 'image description')
+          .option('--exact', 'keep free space too: checkout is then byte-identical to the virtual disk')
+          .option('--batch-bytes <n>', 'with --remote: chunk bytes per upload request (default 8 MiB)')
+          .option(
+            '--on-server',
+            'with --remote: the server fetches IMAGE (an http(s) URL) itself, or reads a path on the server (server admins)',
+          )
+          .option('--json', 'machine-readable output'),
+      ),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     const remote = await remoteOf(o);
+    const devices = devicesFrom(o);
+    if (o.onServer && devices.length > 0) throw new StrataError('USAGE', '--device and --on-server do not go together');
     if (o.onServer && !remote) throw new StrataError('USAGE', '--on-server needs --remote URL (or STRATA_REMOTE)');
     if (remote && o.onServer) {
       const url = /^https?:\/\//i.test(image);
@@ -157,6 +161,7 @@ function registerLibraryVerbs(program: Command): void {
           tags: (o.tag as string[]) ?? [],
           exact: Boolean(o.exact),
           openOptions: openOptionsFrom(o),
+          devices,
           onProgress: bar ? (d, t) => bar.update(d, t) : undefined,
           batchBytes: o.batchBytes ? Number(o.batchBytes) : undefined,
         });
@@ -184,6 +189,7 @@ function registerLibraryVerbs(program: Command): void {
             tags: (o.tag as string[]) ?? [],
             exact: Boolean(o.exact),
             openOptions: openOptionsFrom(o),
+            devices,
             onProgress: bar ? (d, t) => bar.update(d, t) : undefined,
           });
           bar?.stop();

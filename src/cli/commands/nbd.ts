@@ -2,7 +2,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { classifyTarget, type Library, openTargetLibrary, StrataError } from '../../library/index.js';
 import type { ExportCacheOptions, NbdExport } from '../../serve/index.js';
-import { addOpenOptions, noteTarget, openOptionsFrom, targetOptionsFrom } from '../common.js';
+import {
+  addDeviceOption,
+  addOpenOptions,
+  devicesFrom,
+  noteTarget,
+  openOptionsFrom,
+  targetOptionsFrom,
+} from '../common.js';
 import { printJson } from '../output.js';
 import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
@@ -18,43 +25,53 @@ function collect(v: string, prev: string[]): string[] {
  * (else $STRATA_LIBRARY, else the default).
  */
 export function registerNbdCommand(program: Command): void {
-  addOpenOptions(
-    program
-      .command('nbd')
-      .description('serve images as NBD exports (read-only unless --overlay), like qemu-nbd')
-      .argument(
-        '<target...>',
-        'image files (any format Strata reads, with backing chains), URLs or library versions (ref:NAME forces one)',
-      )
-      .option('--library <dir>', 'library for REFs (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
-      .option(
-        '--remote <url>',
-        'serve versions of a library service: every TARGET is a REF there, chunks fetched on demand (token from $STRATA_TOKEN)',
-      )
-      .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
-      .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
-      .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
-      .option('-x, --name <name>', 'export name, one per image in order (default: file name, or the REF)', collect, [])
-      .option('--overlay <file>', 'send writes of the image at the same position to this qcow2 overlay', collect, [])
-      .option('--trace <file>', 'append every request as a JSON line {time, op, offset, length, latency}')
-      .option(
-        '--cache-size <size>',
-        'block cache in front of each image (default 0: the page cache serves files; 64M for library versions)',
-      )
-      .option(
-        '--cache-policy <policy>',
-        'live cache (default 64M): lru (block LRU), readahead (LRU + 128K sequential read-ahead), introspective (by the block map: metadata protected, prefetch by meaning)',
-      )
-      .option(
-        '--prefetch <list>',
-        "introspective prefetchers, comma-separated: meta (inode records of a directory's entries), dir (the directory and its subdirectories), file (a file along its extents), siblings (the next small files of a directory), all, none (default all)",
-      )
-      .option('--cache-map <file>', 'introspective: a map saved by `strata blockmap --save` (default: built at start)')
-      .option(
-        '--cache-stats <file>',
-        "write the live cache's counters (hit rates by class, prefetchers) as JSON to this file on SIGUSR1 and at exit",
-      )
-      .option('--json', 'print the exports and their URIs as JSON'),
+  addDeviceOption(
+    addOpenOptions(
+      program
+        .command('nbd')
+        .description('serve images as NBD exports (read-only unless --overlay), like qemu-nbd')
+        .argument(
+          '<target...>',
+          'image files (any format Strata reads, with backing chains), URLs or library versions (ref:NAME forces one)',
+        )
+        .option('--library <dir>', 'library for REFs (default: $STRATA_LIBRARY or ~/.local/share/strata/library)')
+        .option(
+          '--remote <url>',
+          'serve versions of a library service: every TARGET is a REF there, chunks fetched on demand (token from $STRATA_TOKEN)',
+        )
+        .option('-p, --port <n>', 'TCP port (default 10809; 0 picks a free one)')
+        .option('-b, --bind <addr>', 'TCP address to listen on', '127.0.0.1')
+        .option('-k, --socket <path>', 'listen on a Unix socket instead of TCP')
+        .option(
+          '-x, --name <name>',
+          'export name, one per image in order (default: file name, or the REF)',
+          collect,
+          [],
+        )
+        .option('--overlay <file>', 'send writes of the image at the same position to this qcow2 overlay', collect, [])
+        .option('--trace <file>', 'append every request as a JSON line {time, op, offset, length, latency}')
+        .option(
+          '--cache-size <size>',
+          'block cache in front of each image (default 0: the page cache serves files; 64M for library versions)',
+        )
+        .option(
+          '--cache-policy <policy>',
+          'live cache (default 64M): lru (block LRU), readahead (LRU + 128K sequential read-ahead), introspective (by the block map: metadata protected, prefetch by meaning)',
+        )
+        .option(
+          '--prefetch <list>',
+          "introspective prefetchers, comma-separated: meta (inode records of a directory's entries), dir (the directory and its subdirectories), file (a file along its extents), siblings (the next small files of a directory), disk (the disk's next bytes after any request: read-ahead whose window grows while used), all, none (default all)",
+        )
+        .option(
+          '--cache-map <file>',
+          'introspective: a map saved by `strata blockmap --save` (default: built at start)',
+        )
+        .option(
+          '--cache-stats <file>',
+          "write the live cache's counters (hit rates by class, prefetchers) as JSON to this file on SIGUSR1 and at exit",
+        )
+        .option('--json', 'print the exports and their URIs as JSON'),
+    ),
   ).action(async (images: string[], o: Record<string, unknown>) => {
     const names = o.name as string[];
     const overlays = o.overlay as string[];
@@ -66,6 +83,14 @@ export function registerNbdCommand(program: Command): void {
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('USAGE', `bad port '${o.port}'`);
     const cacheSize = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
     const cache = await cacheOptionsFrom(o);
+    const devices = devicesFrom(o);
+    if (devices.length > 0 && (cache?.policy !== 'introspective' || cache.map !== undefined))
+      throw new StrataError(
+        'USAGE',
+        '--device feeds the block map of --cache-policy introspective (built here, not --cache-map); an export serves its own image: serve each device as its own export',
+      );
+    if (devices.length > 0 && o.remote)
+      throw new StrataError('USAGE', '--device applies to image files, not to --remote');
 
     const { openImageExport, openLibraryExport, openVersionExport, NbdServer, TraceWriter } = await import(
       '../../serve/index.js'
@@ -111,6 +136,7 @@ export function registerNbdCommand(program: Command): void {
             cacheSize: cacheSize ?? 0,
             cache,
             open: openOptionsFrom(o),
+            devices,
           }),
         );
       }
@@ -180,7 +206,7 @@ export async function cacheOptionsFrom(o: Record<string, unknown>): Promise<Expo
       .split(',')
       .map((x) => x.trim())
       .filter((x) => x !== '');
-    const known = ['meta', 'dir', 'file', 'siblings'];
+    const known = ['meta', 'dir', 'file', 'siblings', 'disk'];
     if (list.includes('none')) {
       if (list.length > 1) throw new StrataError('USAGE', '--prefetch none goes alone');
       prefetch = [];

@@ -59,10 +59,17 @@ export function registerServeCommands(program: Command): void {
       .option('--demo [dir]', 'serve a ready demo library (made in DIR, default .cache/serve-demo, on first use)')
       .option('--quiet', 'no request log lines on stdout')
       .option(
+        '--commit-limit <size>',
+        'largest body of a check-in commit or an edit (default 256M; a commit sends new files as chunks, not in it)',
+      )
+      .option(
         '--cache-policy <policy>',
         'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd; counters in /metrics)',
       )
-      .option('--prefetch <list>', 'introspective prefetchers: meta, dir, file, siblings, all, none (default all)')
+      .option(
+        '--prefetch <list>',
+        'introspective prefetchers: meta, dir, file, siblings, disk, all, none (default all)',
+      )
       .option('--cache-size <size>', 'bytes of that cache per version (default 64M)')
       .option(
         '--workers <n>',
@@ -100,6 +107,7 @@ export function registerServeCommands(program: Command): void {
       rateLimit: Number(o.rateLimit),
       importUrls: o.importUrls !== false,
       diskCache,
+      ...(o.commitLimit !== undefined ? { commitLimit: parseSize(String(o.commitLimit), 'commit limit') } : {}),
     });
     if (speaks)
       process.stderr.write(

@@ -12,16 +12,20 @@ export interface DirItem {
 
 const HEAD = 30;
 
-/** Decode the dir items packed in one item's data (hash collisions share an item). */
-export function parseDirItems(b: Uint8Array, where: ErrorWhere): DirItem[] {
+/**
+ * Decode the dir items packed in one item's data (hash collisions share an item). `where` may
+ * be a function, called only to name an error (a listing parses one item per entry).
+ */
+export function parseDirItems(b: Uint8Array, whereOf: ErrorWhere | (() => ErrorWhere)): DirItem[] {
+  const where = () => (typeof whereOf === 'function' ? whereOf() : whereOf);
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const out: DirItem[] = [];
   let p = 0;
   while (p < b.length) {
-    if (p + HEAD > b.length) throw corrupt('dir item header cut short', where);
+    if (p + HEAD > b.length) throw corrupt('dir item header cut short', where());
     const dataLen = dv.getUint16(p + 25, true);
     const nameLen = dv.getUint16(p + 27, true);
-    if (p + HEAD + nameLen + dataLen > b.length) throw corrupt('dir item name/data overrun the item', where);
+    if (p + HEAD + nameLen + dataLen > b.length) throw corrupt('dir item name/data overrun the item', where());
     out.push({
       location: { oid: dv.getBigUint64(p, true), type: b[p + 8], off: dv.getBigUint64(p + 9, true) },
       type: b[p + 29],

@@ -17,9 +17,11 @@ import type { ByteSource } from '../../io/byte-source.js';
 import { crc32c, crc32cRaw } from '../../util/crc32c.js';
 import { corrupt, type ErrorWhere, StrataError } from '../../util/errors.js';
 import { GenCache } from '../../util/gen-cache.js';
+import { utf8Name } from '../../util/utf8-name.js';
 import type {
   ByteRange,
   DirEntry,
+  ExtentOptions,
   FileExtent,
   FileSystem,
   FsDriver,
@@ -387,7 +389,7 @@ export class BtrfsFileSystem implements FileSystem {
         const oid = oids[idx[j]].oid;
         if (!it)
           throw new StrataError('NOT_FOUND', `no inode ${oid} in tree ${tree}`, this.ctx.where('btrfs inode item'));
-        const x = parseInodeItem(it.data, this.ctx.where(`btrfs inode ${oid} (tree ${tree})`, it.logical));
+        const x = parseInodeItem(it.data, () => this.ctx.where(`btrfs inode ${oid} (tree ${tree})`, it.logical));
         out[idx[j]] = this.inodeOf(inos[idx[j]], x);
       }
     }
@@ -404,7 +406,7 @@ export class BtrfsFileSystem implements FileSystem {
     name: Uint8Array,
     d: ReturnType<typeof parseDirItems>[number],
   ): Promise<DirEntry | undefined> {
-    const n = td.decode(name);
+    const n = utf8Name(name);
     if (d.location.type === KT.ROOT_ITEM) {
       const child = d.location.oid;
       const ref = await findItem(this.ctx, rootTreeOf(this.ctx.sb), key(tree, KT.ROOT_REF, child));
@@ -434,11 +436,11 @@ export class BtrfsFileSystem implements FileSystem {
       key(oid, KT.DIR_INDEX, MAX_U64),
     );
     for (const it of list) {
-      for (const d of parseDirItems(it.data, this.ctx.where(`btrfs dir index of ${oid}`, it.logical))) {
+      for (const d of parseDirItems(it.data, () => this.ctx.where(`btrfs dir index of ${oid}`, it.logical))) {
         if (d.location.type === KT.ROOT_ITEM) {
           const e = await this.entryOf(tree, d.name, d);
           if (e) out.push(e);
-        } else out.push({ name: td.decode(d.name), ino: this.encode(tree, d.location.oid), type: dirType(d.type) });
+        } else out.push({ name: utf8Name(d.name), ino: this.encode(tree, d.location.oid), type: dirType(d.type) });
       }
     }
     return out;
@@ -670,7 +672,8 @@ export class BtrfsFileSystem implements FileSystem {
     return out;
   }
 
-  async *extents(file: Inode): AsyncIterable<FileExtent> {
+  async *extents(file: Inode, opts: ExtentOptions = {}): AsyncIterable<FileExtent> {
+    const wantShared = opts.shared !== false;
     for (const e of await this.fileExtents(file)) {
       const fe = e.fe;
       if (fe.type === FE_INLINE) {
@@ -690,7 +693,7 @@ export class BtrfsFileSystem implements FileSystem {
         continue;
       }
       if (fe.diskBytenr === 0) continue;
-      const shared = await this.isShared(fe, e.path);
+      const shared = wantShared && (await this.isShared(fe, e.path));
       if (fe.compression) {
         const ps = this.place(fe.diskBytenr, fe.diskNumBytes, 'btrfs data extent');
         const x: FileExtent = {

@@ -1,3 +1,4 @@
+import { utf8Name } from '../../util/utf8-name.js';
 import type { DirEntry, FileType } from '../types.js';
 import { type Bmap, readForkBlocks } from './bmbt.js';
 import { dv, u64, type XfsContext } from './context.js';
@@ -6,8 +7,6 @@ import type { XfsInode } from './inode.js';
 /** Entry types stored with the ftype feature (XFS_DIR3_FT_*). */
 export const TYPE_BY_FTYPE: FileType[] = ['unknown', 'file', 'dir', 'char', 'block', 'fifo', 'socket', 'symlink'];
 
-const td = new TextDecoder('utf-8');
-
 /** Directory data lives in the first 32 GiB of a directory's address space (leaf and free index after). */
 export const DIR_LEAF_OFFSET = 32 * 2 ** 30;
 
@@ -15,8 +14,11 @@ export const DIR_LEAF_OFFSET = 32 * 2 ** 30;
 export type RawEntry = DirEntry;
 
 function checkName(ctx: XfsContext, name: Uint8Array, structure: string, at: number): string {
-  for (const b of name) if (b === 0 || b === 0x2f) throw ctx.corrupt('entry name holds NUL or /', structure, at);
-  return td.decode(name);
+  for (let i = 0; i < name.length; i++) {
+    const b = name[i];
+    if (b === 0 || b === 0x2f) throw ctx.corrupt('entry name holds NUL or /', structure, at);
+  }
+  return utf8Name(name);
 }
 
 /**

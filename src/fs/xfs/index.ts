@@ -2,7 +2,17 @@ import type { ByteSource } from '../../io/byte-source.js';
 import { readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import { GenCache } from '../../util/gen-cache.js';
-import type { ByteRange, DirEntry, FileExtent, FileSystem, FsDriver, FsInfo, Inode, OwnedRange } from '../types.js';
+import type {
+  ByteRange,
+  DirEntry,
+  ExtentOptions,
+  FileExtent,
+  FileSystem,
+  FsDriver,
+  FsInfo,
+  Inode,
+  OwnedRange,
+} from '../types.js';
 import { resolvePath } from '../walk.js';
 import { type AgHeaders, readAgHeaders } from './ag.js';
 import { readAttrs } from './attr.js';
@@ -370,9 +380,9 @@ export class XfsFileSystem implements FileSystem {
   }
 
   /** A file's extents, pieces that continue each other with the same flags merged. */
-  async *extents(file: Inode): AsyncIterable<FileExtent> {
+  async *extents(file: Inode, opts: ExtentOptions = {}): AsyncIterable<FileExtent> {
     let cur: FileExtent | undefined;
-    for await (const e of this.extentPieces(file)) {
+    for await (const e of this.extentPieces(file, opts.shared !== false)) {
       if (
         cur &&
         !e.inline &&
@@ -391,7 +401,7 @@ export class XfsFileSystem implements FileSystem {
     if (cur) yield cur;
   }
 
-  private async *extentPieces(file: Inode): AsyncIterable<FileExtent> {
+  private async *extentPieces(file: Inode, wantShared = true): AsyncIterable<FileExtent> {
     const n = await this.node(file.ino);
     if (n.format === FMT.LOCAL) {
       if (n.size > 0) {
@@ -405,7 +415,7 @@ export class XfsFileSystem implements FileSystem {
     // directories (hash index above 32 GiB) and v5 remote symlinks (a header in each block)
     // keep whole blocks past their size
     const isDir = n.pub.type === 'dir' || n.pub.type === 'symlink';
-    const reflinked = (this.sb.roCompat & RO_COMPAT.REFLINK) !== 0 && (n.flags2 & DIFLAG2.REFLINK) !== 0;
+    const reflinked = wantShared && (this.sb.roCompat & RO_COMPAT.REFLINK) !== 0 && (n.flags2 & DIFLAG2.REFLINK) !== 0;
     for (const e of await this.map(n)) {
       const fo = e.off * bs;
       if (!isDir && fo >= n.size) break;

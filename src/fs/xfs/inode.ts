@@ -47,7 +47,26 @@ export interface XfsInode {
 }
 
 /** XFS big timestamps count nanoseconds from this many seconds before the Unix epoch. */
-const BIGTIME_EPOCH_OFFSET = 2n ** 31n;
+const BIGTIME_EPOCH_OFFSET = 2 ** 31;
+
+/**
+ * A timestamp field at `o`: a big-time u64 of nanoseconds since 1901-12-13 (split into seconds
+ * and nanoseconds by long division on 16-bit digits, every step exact in a double: no BigInt,
+ * which allocated 4 heap numbers per timestamp, 4 timestamps per inode), or the classic s32
+ * seconds and u32 nanoseconds.
+ */
+function xfsTime(v: DataView, o: number, bigtime: boolean): Timestamp {
+  if (!bigtime) return { sec: v.getInt32(o), nsec: Math.min(999_999_999, v.getUint32(o + 4)) };
+  let q = 0;
+  let r = 0;
+  for (let i = 0; i < 8; i += 2) {
+    const cur = r * 65536 + v.getUint16(o + i); // < 1e9 * 65536 + 65536 < 2^53
+    const d = Math.floor(cur / 1_000_000_000);
+    r = cur - d * 1_000_000_000;
+    q = q * 65536 + d; // the quotient is < 2^64 / 1e9 < 2^35
+  }
+  return { sec: q - BIGTIME_EPOCH_OFFSET, nsec: r };
+}
 
 /**
  * Parse inode `ino` from its `isize` bytes `raw` at volume offset `at`. Free inodes (mode 0)
@@ -95,13 +114,6 @@ export function parseInode(ctx: XfsContext, ino: number, raw: Uint8Array, at: nu
     throw ctx.corrupt(`attribute fork format ${aformat} is invalid`, structure, at + 0x53);
   }
   const bigtime = (flags2 & DIFLAG2.BIGTIME) !== 0;
-  const time = (o: number): Timestamp => {
-    if (bigtime) {
-      const ns = v.getBigUint64(o);
-      return { sec: Number(ns / 1_000_000_000n - BIGTIME_EPOCH_OFFSET), nsec: Number(ns % 1_000_000_000n) };
-    }
-    return { sec: v.getInt32(o), nsec: Math.min(999_999_999, v.getUint32(o + 4)) };
-  };
   const nblocks = u64(v, 0x40);
   const pub: Inode = {
     ino,
@@ -111,13 +123,13 @@ export function parseInode(ctx: XfsContext, ino: number, raw: Uint8Array, at: nu
     gid: v.getUint32(0xc),
     size: type === 'char' || type === 'block' ? 0 : size,
     nlink: version === 1 ? v.getUint16(6) : v.getUint32(0x10),
-    atime: time(0x20),
-    mtime: time(0x28),
-    ctime: time(0x30),
+    atime: xfsTime(v, 0x20, bigtime),
+    mtime: xfsTime(v, 0x28, bigtime),
+    ctime: xfsTime(v, 0x30, bigtime),
     flags,
     allocatedBytes: nblocks * ctx.bs,
   };
-  if (version === 3) pub.crtime = time(0x90);
+  if (version === 3) pub.crtime = xfsTime(v, 0x90, bigtime);
   const dataEnd = forkOff ? lit + forkOff : raw.length;
   const dataFork = raw.subarray(lit, dataEnd);
   if (type === 'char' || type === 'block') {

@@ -23,7 +23,12 @@ export type ContentSource =
    * can check what it got). Read from the store when the change is applied: a rebase
    * carries A1's files without a copy. contentChunks (./content.ts) reads every kind.
    */
-  | { kind: 'version'; ref: string; part?: string; path: string; digest?: string; size: number };
+  | { kind: 'version'; ref: string; part?: string; path: string; digest?: string; size: number }
+  /**
+   * Blobs of the library's store, in order, `size` bytes in all: what a client of the library
+   * service uploaded as chunks first (POST /v1/chunks), so a big file is not in the edit's body.
+   */
+  | { kind: 'chunks'; chunks: string[]; size: number };
 
 export interface Attrs {
   /** Permission bits and set-id/sticky bits (07777); the type comes from the operation. */
@@ -82,14 +87,17 @@ export interface ChangeSet {
 
 /**
  * A change set as JSON for the library service (POST /v1/images/{name}/edits): contents
- * travel as base64 ({ kind: 'bytes', base64 }), xattr values as base64 strings (null
- * removes). A 'file' content (a path on the sender's disk) is read and sent as bytes by
+ * travel as base64 ({ kind: 'bytes', base64 }) or, uploaded first, as the digests of their
+ * chunks ({ kind: 'chunks', chunks, size }), xattr values as base64 strings (null removes). A 'file' content (a path on the sender's disk) is read and sent as bytes by
  * toWire's caller; the server takes bytes only (a path or a version there would read what
  * the caller may not).
  */
 export type WireChange = Record<string, unknown> & { op: string; path: string };
 
 export function changeToWire(c: Change, data?: Uint8Array): WireChange {
+  if (c.op === 'put' && c.content.kind === 'chunks') {
+    return { ...c, content: { kind: 'chunks', chunks: c.content.chunks, size: c.content.size } };
+  }
   if (c.op === 'put') {
     const bytes = c.content.kind === 'bytes' ? c.content.data : data;
     if (!bytes) throw new StrataError('USAGE', `put ${c.path}: its bytes must be read before they are sent`);
@@ -111,6 +119,7 @@ const WIRE_FIELDS: Record<string, string[]> = {
 };
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+const DIGEST = /^[0-9a-f]{64}$/;
 
 /** The server's side: a wire change back to a Change, every field checked for its type (plan.ts checks the values). */
 export function changeFromWire(w: unknown, i: number): Change {
@@ -129,8 +138,27 @@ export function changeFromWire(w: unknown, i: number): Change {
       if (typeof v !== 'boolean') throw new StrataError('USAGE', `${where} (${o.op}): ${k} is not a boolean`);
     } else if (k === 'content') {
       const c = v as Record<string, unknown> | null;
-      if (!c || c.kind !== 'bytes' || typeof c.base64 !== 'string' || !BASE64.test(c.base64))
-        throw new StrataError('USAGE', `${where} (put): content is not { kind: 'bytes', base64 }`);
+      if (c && c.kind === 'chunks') {
+        if (
+          !Array.isArray(c.chunks) ||
+          !c.chunks.every((d) => typeof d === 'string' && DIGEST.test(d)) ||
+          typeof c.size !== 'number' ||
+          !Number.isSafeInteger(c.size) ||
+          c.size < 0 ||
+          Object.keys(c).some((x) => !['kind', 'chunks', 'size'].includes(x))
+        )
+          throw new StrataError(
+            'USAGE',
+            `${where} (put): content is not { kind: 'chunks', chunks: [sha256...], size }`,
+          );
+        out.content = { kind: 'chunks', chunks: [...(c.chunks as string[])], size: c.size };
+        continue;
+      }
+      if (c?.kind !== 'bytes' || typeof c.base64 !== 'string' || !BASE64.test(c.base64))
+        throw new StrataError(
+          'USAGE',
+          `${where} (put): content is not { kind: 'bytes', base64 } or { kind: 'chunks', chunks, size }`,
+        );
       out.content = { kind: 'bytes', data: new Uint8Array(Buffer.from(c.base64, 'base64')) };
       continue;
     } else if (k === 'value') {

@@ -8,9 +8,10 @@ const CHUNK = 1024 * 1024;
 
 /**
  * The bytes of a change's content, chunk by chunk, whatever its source: a local file, bytes
- * in memory, or a regular file of a stored version (checked against the size the change
- * set recorded, so a version that is not what the planner saw is an error, not a quiet
- * mismatch).
+ * in memory, blobs of the store (chunks a client uploaded first; their total checked against
+ * the size the change names), or a regular file of a stored version (checked against the
+ * size the change set recorded, so a version that is not what the planner saw is an error,
+ * not a quiet mismatch).
  */
 export async function* contentChunks(lib: Library, src: ContentSource): AsyncGenerator<Uint8Array> {
   if (src.kind === 'bytes') {
@@ -28,6 +29,26 @@ export async function* contentChunks(lib: Library, src: ContentSource): AsyncGen
       }
     } finally {
       await fh.close();
+    }
+    return;
+  }
+  if (src.kind === 'chunks') {
+    let n = 0;
+    for (const d of src.chunks) {
+      const b = await lib.store.get(d); // checked against its digest
+      n += b.length;
+      if (n > src.size) break;
+      yield b;
+    }
+    if (n !== src.size) {
+      throw new StrataError(
+        'CORRUPT',
+        `the chunks of a new file hold ${n > src.size ? 'more' : n} bytes, not ${src.size}`,
+        {
+          file: lib.store.name,
+          structure: 'content chunks',
+        },
+      );
     }
     return;
   }

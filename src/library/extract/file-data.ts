@@ -31,7 +31,7 @@ export async function copyData(
   let extents: FileExtent[] | undefined;
   try {
     extents = [];
-    for await (const e of fs.extents(ino)) {
+    for await (const e of fs.extents(ino, { shared: false })) {
       if (e.unwritten || e.length <= 0 || e.fileOffset >= size) continue;
       extents.push(e);
     }

@@ -57,6 +57,8 @@ interface Held {
   name?: string;
   /** Read-only mounts (no OPEN, so no handle): the file's read-ahead state. */
   ra?: ReadAhead;
+  /** Read-only mounts (no OPENDIR, so no handle): the listing being read, from offset 0 on. */
+  listing?: DirHandle['entries'];
 }
 
 interface FileHandle {
@@ -333,7 +335,11 @@ export class FuseSession {
         if (parent.node.type !== 'dir') throw Errno.ENOTDIR;
         const name = cString(body);
         const node = await this.tree.lookup(parent.node, name);
-        if (!node) throw Errno.ENOENT;
+        // read-only: the name is absent for good, and the kernel may remember that (node id 0)
+        if (!node) {
+          if (this.rw) throw Errno.ENOENT;
+          return negativeEntry(this.valid);
+        }
         const h = this.give(parent, name, node);
         if (!h) {
           this.warn(`${this.tree.name}: ${name} (inode ${node.attr.ino}) is a directory met twice (a cycle), refused`);
@@ -381,18 +387,19 @@ export class FuseSession {
         return undefined;
       }
       case Op.OPENDIR: {
+        // Read-only: ENOSYS once, and the kernel stops sending OPENDIR and RELEASEDIR (its
+        // no_opendir; a directory then keeps its listing cached, FOPEN_CACHE_DIR being the
+        // default): READDIR names the node, whose listing is read when offset 0 is asked
+        if (!this.rw) throw Errno.ENOSYS;
         const held = this.held(nodeid);
         if (held.node.type !== 'dir') throw Errno.ENOTDIR;
-        const children = await this.tree.list(held.node);
-        const entries: DirHandle['entries'] = [{ name: Buffer.from('.') }, { name: Buffer.from('..') }];
-        for (const c of children) entries.push({ name: Buffer.from(c.name, 'utf8'), child: c });
         const fh = this.nextFh++;
-        this.dirs.set(fh, { held, entries });
+        this.dirs.set(fh, { held, entries: await this.entries(held) });
         return openOut(fh, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR);
       }
       case Op.READDIR:
       case Op.READDIRPLUS:
-        return this.readdir(body, op === Op.READDIRPLUS);
+        return this.readdir(nodeid, body, op === Op.READDIRPLUS);
       case Op.RELEASEDIR:
         this.dirs.delete(Number(body.readBigUInt64LE(0)));
         return undefined;
@@ -587,12 +594,29 @@ export class FuseSession {
     return out;
   }
 
-  private async readdir(body: Buffer, plus: boolean): Promise<Buffer> {
+  /** A directory's listing as READDIR hands it out: '.', '..', then the children. */
+  private async entries(held: Held): Promise<DirHandle['entries']> {
+    const children = await this.tree.list(held.node);
+    const entries: DirHandle['entries'] = [{ name: Buffer.from('.') }, { name: Buffer.from('..') }];
+    for (const c of children) entries.push({ name: Buffer.from(c.name, 'utf8'), child: c });
+    return entries;
+  }
+
+  private async readdir(nodeid: bigint, body: Buffer, plus: boolean): Promise<Buffer> {
     const fh = Number(body.readBigUInt64LE(0));
     const offset = Number(body.readBigUInt64LE(8));
     const size = body.readUInt32LE(16);
-    const d = this.dirs.get(fh);
-    if (!d) throw Errno.EBADF;
+    let d: DirHandle | undefined;
+    if (this.rw) {
+      d = this.dirs.get(fh);
+      if (!d) throw Errno.EBADF;
+    } else {
+      // no handles (OPENDIR answered ENOSYS): the listing rides on the node, read afresh at offset 0
+      const held = this.held(nodeid);
+      if (held.node.type !== 'dir') throw Errno.ENOTDIR;
+      if (offset === 0 || !held.listing) held.listing = await this.entries(held);
+      d = { held, entries: held.listing };
+    }
     const dir = d.held;
     // which entries fit
     let used = 0;
@@ -625,6 +649,8 @@ export class FuseSession {
       let k = 0;
       nodes = slice.map((e) => (e.child ? loaded[k++] : undefined));
     }
+    // the end: the kernel has it all (and caches it), the listing is not kept here
+    if (end >= d.entries.length && !this.rw) d.held.listing = undefined;
     const out = Buffer.alloc(used);
     let at = 0;
     for (let i = 0; i < slice.length; i++) {
@@ -656,6 +682,14 @@ export class FuseSession {
     }
     return out;
   }
+}
+
+/** A LOOKUP reply saying the name does not exist, for as long as `valid` (node id 0). */
+function negativeEntry(valid: Validity): Buffer {
+  const b = Buffer.alloc(ENTRY_OUT);
+  b.writeBigUInt64LE(BigInt(valid.sec), 16); // entry_valid (attr_valid means nothing without a node)
+  b.writeUInt32LE(valid.nsec, 32);
+  return b;
 }
 
 /** A NUL-terminated name from a request body. */

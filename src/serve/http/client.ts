@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { TokenRow } from '../../catalog/access.js';
 import type { VersionRow } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile } from '../../catalog/profiles.js';
+import type { DiskImage } from '../../formats/types.js';
 import { parseLibraryBacking, versionDiskImage } from '../../library/backing.js';
 import { type CutOptions, cutImage } from '../../library/checkin.js';
 import { type Change, changeToWire, type WireChange } from '../../library/edit/changes.js';
@@ -19,6 +20,7 @@ import {
   type LayoutManifest,
 } from '../../library/manifest.js';
 import type { SearchHit, SearchQuery } from '../../library/search.js';
+import { openDeviceTargets } from '../../library/target.js';
 import type { VersionDiff } from '../../library/version-diff.js';
 import { VersionSource } from '../../library/version-source.js';
 import type { PutResult } from '../../store/store.js';
@@ -299,33 +301,79 @@ export class RemoteLibrary {
   }
   /**
    * Apply a change set to REF on the service (POST /v1/images/{name}/edits): a new version of
-   * REF's image. 'file' contents are read here and sent as bytes.
+   * REF's image. 'file' contents are read here: small ones (up to `inlineBytes` each and in
+   * all, default 64 KiB and 1 MiB) travel as bytes in the edit; the others are cut into
+   * pieces of `pieceBytes` (default 4 MiB), the service is asked which it lacks and those are
+   * uploaded (POST /v1/chunks, batches of 8 MiB, as a remote check-in's), and the edit names
+   * them by digest: its body stays small whatever the files' sizes (the service bounds it),
+   * and no file is held in memory whole.
    */
   async edit(
     ref: string,
     changes: Change[],
-    opts: { message?: string; tags?: string[]; part?: string; lv?: string; parents?: string[] } = {},
-  ): Promise<RemoteEditResult> {
+    opts: {
+      message?: string;
+      tags?: string[];
+      part?: string;
+      lv?: string;
+      parents?: string[];
+      inlineBytes?: { each: number; total: number };
+      pieceBytes?: number;
+    } = {},
+  ): Promise<RemoteEditResult & { chunksSent: number; chunkBytesSent: number }> {
+    const { inlineBytes = { each: 64 << 10, total: 1 << 20 }, pieceBytes = 4 << 20, ...body } = opts;
     const v = await this.resolve(ref);
     const wire: WireChange[] = [];
+    let inlined = 0;
+    let sink: RemoteSink | undefined;
     for (const c of changes) {
       if (c.op === 'put' && c.content.kind === 'file') {
-        let data: Uint8Array;
+        const file = c.content.path;
+        const cannot = (e: unknown) =>
+          new StrataError('NOT_FOUND', `put ${c.path}: cannot read ${file}: ${(e as Error).message}`, { file });
+        let fh: FileHandle;
         try {
-          data = await readFile(c.content.path);
+          fh = await open(file, 'r');
         } catch (e) {
-          throw new StrataError('NOT_FOUND', `put ${c.path}: cannot read ${c.content.path}: ${(e as Error).message}`, {
-            file: c.content.path,
-          });
+          throw cannot(e);
         }
-        wire.push(changeToWire(c, data));
+        try {
+          const size = (await fh.stat()).size;
+          if (size <= inlineBytes.each && inlined + size <= inlineBytes.total) {
+            const data = await fh.readFile().catch((e) => Promise.reject(cannot(e)));
+            inlined += data.length;
+            wire.push(changeToWire(c, data));
+            continue;
+          }
+          sink ??= new RemoteSink(this);
+          const chunks: string[] = [];
+          let n = 0;
+          const buf = Buffer.allocUnsafe(pieceBytes);
+          for (;;) {
+            let got = 0;
+            while (got < pieceBytes) {
+              const r = await fh.read(buf, got, pieceBytes - got, null).catch((e) => Promise.reject(cannot(e)));
+              if (r.bytesRead === 0) break;
+              got += r.bytesRead;
+            }
+            if (got === 0) break;
+            chunks.push((await sink.put('data', buf.subarray(0, got))).digest); // the sink copies what it keeps
+            n += got;
+            if (got < pieceBytes) break;
+          }
+          wire.push(changeToWire({ ...c, content: { kind: 'chunks', chunks, size: n } }));
+        } finally {
+          await fh.close();
+        }
       } else if (c.op === 'put' && c.content.kind === 'version') {
         throw new StrataError('USAGE', `put ${c.path}: a version's file cannot be sent to a service as bytes here`);
       } else wire.push(changeToWire(c));
     }
-    return this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
-      json: { from: `${v.image}@${v.number}`, changes: wire, ...opts },
+    if (sink) await sink.finish();
+    const r = await this.json<RemoteEditResult>('POST', `/v1/images/${enc(v.image)}/edits`, {
+      json: { from: `${v.image}@${v.number}`, changes: wire, ...body },
     });
+    return { ...r, chunksSent: sink?.chunksSent ?? 0, chunkBytesSent: sink?.bytesSent ?? 0 };
   }
   /**
    * `strata rebase REF --from A0 --to A1` on the service (POST /v1/images/{name}/rebases):
@@ -619,6 +667,8 @@ export interface RemoteCheckinOptions extends CutOptions {
   visibility?: string;
   /** Bytes of chunks per missing-query and upload (default 8 MiB). */
   batchBytes?: number;
+  /** The other devices of a btrfs over several (`--device FILE`), as for a local check-in. */
+  devices?: string[];
 }
 
 export interface RemoteCheckinResult {
@@ -677,10 +727,17 @@ export async function remoteCheckin(
   // no --parent: the version the overlay was booted from (the server's default is the latest of NAME)
   const parents = opts.parents ?? (bootedFrom ? [`${bootedFrom.image}@${bootedFrom.number}`] : undefined);
   const before = remote.bytesSent;
+  let deviceImages: DiskImage[] = [];
   try {
+    const fsOptions: CutOptions['fsOptions'] = {};
+    if (opts.devices && opts.devices.length > 0) {
+      const d = await openDeviceTargets(opts.devices, opts.openOptions);
+      deviceImages = d.images;
+      fsOptions.devices = d.devices;
+    }
     const sink = new RemoteSink(remote, opts.batchBytes);
     // the server's commit takes whole (version 1) file manifests
-    const cut = await cutImage(img, image, sink, { ...opts, inlineFileManifests: true });
+    const cut = await cutImage(img, image, sink, { ...opts, inlineFileManifests: true, fsOptions });
     await sink.finish();
     const files: FilesManifest[] = [];
     for (const v of cut.layout.volumes) {
@@ -709,6 +766,7 @@ export async function remoteCheckin(
       warnings: [...cut.warnings, ...row.warnings],
     };
   } finally {
+    for (const d of deviceImages) await closeChain(d).catch(() => {});
     await closeChain(img);
   }
 }

@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -14,6 +16,7 @@ import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-s
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { applyChanges } from '../../library/edit/apply.js';
 import { type Change, changeFromWire } from '../../library/edit/changes.js';
+import { contentChunks } from '../../library/edit/content.js';
 import { versionLog } from '../../library/edit/log.js';
 import { rebaseJson, rebaseVersion, type Take } from '../../library/edit/rebase.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
@@ -1174,7 +1177,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           {
             from: str({ maxLength: 300, description: 'the version edited (default: the latest)' }),
             changes: arr(
-              anyObject('one operation (put with base64 bytes, rm, mkdir, symlink, link, rename, setattr, xattr)'),
+              anyObject(
+                'one operation (put with base64 bytes or the digests of chunks uploaded first, rm, mkdir, symlink, link, rename, setattr, xattr)',
+              ),
               {
                 minItems: 1,
                 maxItems: 100_000,
@@ -1221,20 +1226,50 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       } catch (e) {
         return editProblem(e);
       }
-      const r = await exclusive(() =>
-        applyChanges(
-          lib,
-          `${v.image}@${v.number}`,
-          { changes, message: b.message },
-          {
-            address: { part: b.part, lv: b.lv },
-            alsoParents: alsoParents.length > 0 ? alsoParents : undefined,
-            tags: b.tags ?? [],
-            createdBy: req.principal.user ?? undefined,
-            inspect: false,
-          },
-        ).catch(editProblem),
-      );
+      // files sent as chunks (uploaded first): every chunk held by the caller, the sizes adding up
+      const named = new Set<string>();
+      for (const c of changes)
+        if (c.op === 'put' && c.content.kind === 'chunks') for (const d of c.content.chunks) named.add(d);
+      if (named.size > 0) {
+        await lib.store.refresh();
+        const held = await heldFilter(req.policy, [...named]);
+        const missing = [...named].filter((d) => !held.has(d));
+        if (missing.length > 0) {
+          throw new HttpProblem(
+            409,
+            `${missing.length} chunks the edit names are not held by project ${req.policy.p.project ?? '-'} (first: ${missing[0]}); upload them first`,
+            'missing-chunks',
+          );
+        }
+        for (const c of changes) {
+          if (c.op !== 'put' || c.content.kind !== 'chunks') continue;
+          let n = 0;
+          for (const d of c.content.chunks) n += lib.store.entry(d)?.plainLength ?? 0;
+          if (n !== c.content.size)
+            throw new HttpProblem(422, `put ${c.path}: its chunks hold ${n} bytes, not ${c.content.size}`, 'bad-edit');
+        }
+      }
+      const r = await exclusive(async () => {
+        // the writer reads files and bytes: chunked contents become local files first, one at a time
+        const work = named.size > 0 ? await mkdtemp(path.join(tmpdir(), 'strata-edit-')) : undefined;
+        try {
+          const local = work ? await chunkedToFiles(lib, changes, work) : changes;
+          return await applyChanges(
+            lib,
+            `${v.image}@${v.number}`,
+            { changes: local, message: b.message },
+            {
+              address: { part: b.part, lv: b.lv },
+              alsoParents: alsoParents.length > 0 ? alsoParents : undefined,
+              tags: b.tags ?? [],
+              createdBy: req.principal.user ?? undefined,
+              inspect: false,
+            },
+          ).catch(editProblem);
+        } finally {
+          if (work) await rm(work, { recursive: true, force: true });
+        }
+      });
       const row = (await lib.catalog.version(r.image, r.number)) as VersionRow;
       const warnings = [...r.warnings];
       await inspectAfterCheckin(lib, row, warnings);
@@ -2114,3 +2149,21 @@ class DiskCaches {
 
 /** Caches whose opening finished (metrics read only those, without waiting). */
 const settled = new WeakMap<Promise<unknown>, { cache: IntrospectiveCache; ref: string }>();
+
+/** A change set whose chunked contents (blobs of the store) are written to files in `work` (the writer reads files). */
+async function chunkedToFiles(lib: Library, changes: Change[], work: string): Promise<Change[]> {
+  const out = changes.slice();
+  for (let i = 0; i < out.length; i++) {
+    const c = out[i];
+    if (c.op !== 'put' || c.content.kind !== 'chunks') continue;
+    const local = path.join(work, `content-${i}`);
+    const fh = await open(local, 'w');
+    try {
+      for await (const b of contentChunks(lib, c.content)) await fh.write(b);
+    } finally {
+      await fh.close();
+    }
+    out[i] = { ...c, content: { kind: 'file', path: local } };
+  }
+  return out;
+}

@@ -1,6 +1,7 @@
 import type { BlockMap } from '../../blockmap/block-map.js';
 import { buildBlockMap } from '../../blockmap/build.js';
 import { BlockMapIntrospector } from '../../blockmap/introspector.js';
+import type { FsOpenOptions } from '../../fs/types.js';
 import type { ByteSource } from '../../io/byte-source.js';
 import {
   IntrospectiveCache,
@@ -24,6 +25,8 @@ export interface ExportCacheOptions {
   map?: BlockMap;
   /** More knobs for tests and benchmarks (bounds, concurrency, metadata share). */
   tuning?: Partial<IntrospectiveCacheOptions>;
+  /** introspective: what the map's file systems are opened with (a btrfs RAID's other devices). */
+  fsOptions?: FsOpenOptions;
 }
 
 /**
@@ -34,7 +37,7 @@ export interface ExportCacheOptions {
 export async function openExportCache(source: ByteSource, o: ExportCacheOptions): Promise<IntrospectiveCache> {
   let introspector: BlockMapIntrospector | undefined;
   if (o.policy === 'introspective') {
-    const map = o.map ?? (await buildBlockMap(source));
+    const map = o.map ?? (await buildBlockMap(source, { fsOptions: o.fsOptions }));
     if (map.diskSize !== source.size) {
       throw new StrataError(
         'USAGE',

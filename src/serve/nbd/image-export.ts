@@ -6,6 +6,7 @@ import { Qcow2Overlay } from '../../formats/writers/qcow2-overlay.js';
 import type { ByteSource } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
+import { openDeviceTargets } from '../../library/target.js';
 import { type ExportCacheOptions, openExportCache } from './cache.js';
 import { chainSource, type NbdExport } from './export.js';
 
@@ -19,6 +20,12 @@ export interface ImageExportOptions {
   /** A live cache by policy (issue 27) instead of the plain block cache; its size is `cacheSize` (default 64 MiB). */
   cache?: ExportCacheOptions;
   open?: OpenOptions;
+  /**
+   * The other devices of a btrfs over several (`--device FILE`): the export serves the
+   * image's bytes as ever; the introspective cache's block map reads the file system
+   * through every device. (Serve each device as its own export for a kernel to mount them all.)
+   */
+  devices?: string[];
 }
 
 /** qemu's name for each of our formats, for the overlay's backing-format field. */
@@ -34,7 +41,17 @@ export async function openImageExport(image: string, opts: ImageExportOptions = 
     let source: ByteSource = chainSource(img);
     let cache: CachedSource | IntrospectiveCache | undefined;
     if (opts.cache) {
-      cache = await openExportCache(source, { ...opts.cache, cacheSize: opts.cacheSize || opts.cache.cacheSize });
+      // the devices are read while the block map is built (here, before serving), not after
+      const d = await openDeviceTargets(opts.devices ?? [], opts.open ?? {});
+      try {
+        cache = await openExportCache(source, {
+          ...opts.cache,
+          cacheSize: opts.cacheSize || opts.cache.cacheSize,
+          fsOptions: { devices: d.devices },
+        });
+      } finally {
+        for (const i of d.images) await closeChain(i).catch(() => {});
+      }
       source = cache;
     } else if (opts.cacheSize && opts.cacheSize > 0) {
       const blockSize = opts.cacheSize >= 64 << 20 ? 1 << 20 : 64 << 10;
