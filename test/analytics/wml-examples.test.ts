@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Library } from '../../src/library/library.js';
-import { nbdReads } from '../deploy/helpers.js';
+import { traceNbdReads } from '../deploy/helpers.js';
 import { CLI, strata } from '../helpers/cli.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { fixture, ROOT, run, scratch } from '../helpers/tools.js';
@@ -240,31 +240,11 @@ describe('the shipped example workloads run against a real strata serve', { time
     );
     // a boot profile recorded from real NBD reads of debian@1 (strata nbd --trace, libnbd's nbdsh)
     const trace = path.join(dir, 'boot-trace.jsonl');
-    const nbd = spawn(
-      process.execPath,
-      [CLI, 'nbd', '--library', lib, '--port', '0', '--trace', trace, '--json', 'debian@1'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let out = '';
-    const uri = await new Promise<string>((resolve, reject) => {
-      nbd.stdout.on('data', (c) => {
-        out += c;
-        try {
-          resolve(JSON.parse(out).exports[0].uri);
-        } catch {}
-      });
-      nbd.on('exit', () => reject(new Error('strata nbd exited')));
-    });
-    await nbdReads(uri, [
+    await traceNbdReads(lib, 'debian@1', trace, [
       [0, 4096],
       [1024, 8192],
       [4 << 20, 262144],
     ]);
-    const nbdGone = new Promise((r) => nbd.on('exit', r));
-    nbd.kill('SIGTERM');
-    await nbdGone;
     const rec = await strata(['profile', 'record', 'debian@1', '--trace', trace, '--library', lib]);
     assert.equal(rec.code, 0, rec.stderr);
     const shown = await strata(['profile', 'show', 'debian@1', '--library', lib, '--json']);

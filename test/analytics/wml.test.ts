@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { parseWml } from '../../src/analytics/wml.js';
 import { Library } from '../../src/library/library.js';
 import { StrataError } from '../../src/util/errors.js';
-import { nbdReads, twoVersions } from '../deploy/helpers.js';
+import { traceNbdReads, twoVersions } from '../deploy/helpers.js';
 import { CLI, strata } from '../helpers/cli.js';
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
@@ -102,30 +102,11 @@ describe('a run against a real strata serve', () => {
   test('completes, and its counts per flowop are what the server logged', async () => {
     // a boot profile recorded from real NBD reads of disk@2 (strata nbd --trace, libnbd's nbdsh)
     const trace = path.join(dir, 'boot-trace.jsonl');
-    const nbd = spawn(
-      process.execPath,
-      [CLI, 'nbd', '--library', lib, '--port', '0', '--trace', trace, '--json', 'disk@2'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let out = '';
-    const uri = await new Promise<string>((resolve, reject) => {
-      nbd.stdout.on('data', (c) => {
-        out += c;
-        try {
-          resolve(JSON.parse(out).exports[0].uri);
-        } catch {}
-      });
-      nbd.on('exit', () => reject(new Error('strata nbd exited')));
-    });
-    await nbdReads(uri, [
+    await traceNbdReads(lib, 'disk@2', trace, [
       [0, 4096],
       [1024, 65536],
       [2 << 20, 131072],
     ]);
-    nbd.kill('SIGTERM');
-    await new Promise((r) => nbd.on('exit', r));
     const rec = await strata(['profile', 'record', 'disk@2', '--trace', trace, '--library', lib]);
     assert.equal(rec.code, 0, rec.stderr);
     const shown = await strata(['profile', 'show', 'disk@2', '--library', lib, '--json']);

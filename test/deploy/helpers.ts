@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { checkin } from '../../src/library/checkin.js';
 import { checkout } from '../../src/library/checkout.js';
 import { Library } from '../../src/library/library.js';
+import { CLI } from '../helpers/cli.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { fixture, ROOT, run, runBuffer } from '../helpers/tools.js';
 import { baseTree, extImageOf } from '../library/images.js';
@@ -147,6 +148,38 @@ export async function nbdWrites(uri: string, writes: GuestWrite[]): Promise<void
 export const readAll = (f: string) => readFileSync(f);
 
 /** Read ranges through libnbd (nbdsh), concatenated. */
+/**
+ * A trace of real NBD reads of a library version: `strata nbd --trace FILE` serves REF, nbdsh
+ * (libnbd) reads `ranges`, the server is stopped and its trace is complete on return.
+ */
+export async function traceNbdReads(
+  lib: string,
+  ref: string,
+  trace: string,
+  ranges: Array<[number, number]>,
+): Promise<void> {
+  const nbd = spawn(process.execPath, [CLI, 'nbd', '--library', lib, '--port', '0', '--trace', trace, '--json', ref], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const gone = new Promise((r) => nbd.on('exit', r));
+  let out = '';
+  const uri = await new Promise<string>((resolve, reject) => {
+    nbd.stdout.on('data', (c) => {
+      out += c;
+      try {
+        resolve(JSON.parse(out).exports[0].uri);
+      } catch {}
+    });
+    nbd.on('exit', () => reject(new Error(`strata nbd ${ref} exited`)));
+  });
+  try {
+    await nbdReads(uri, ranges);
+  } finally {
+    nbd.kill('SIGTERM');
+    await gone;
+  }
+}
+
 export async function nbdReads(uri: string, ranges: Array<[number, number]>): Promise<Buffer> {
   const script = [
     `h.connect_uri(${JSON.stringify(uri)})`,
