@@ -268,13 +268,23 @@ async function currentState(upper: string): Promise<{ state: unknown; live: bool
     const nonce = randomBytes(12).toString('hex');
     writeFileSync(path.join(upper, 'commit-request'), nonce);
     process.kill(meta.pid, 'SIGUSR2');
-    const until = Date.now() + 60_000;
+    const start = Date.now();
+    let asked = start;
     for (;;) {
       const s = read();
       if (s?.nonce === nonce) return { state: s, live: true };
       if (!alive(meta.pid)) break;
-      if (Date.now() > until)
-        throw new StrataError('IO', `the mount server (pid ${meta.pid}) did not save its state`, { file: upper });
+      const now = Date.now();
+      if (now - start > 60_000)
+        throw new StrataError('IO', `the mount server (pid ${meta.pid}) did not save its state in 60 s`, {
+          file: upper,
+        });
+      // asked again every 5 s: a save is idempotent (same nonce), and a request must not hang on
+      // one signal that a busy or just-started server did not act on
+      if (now - asked > 5000) {
+        asked = now;
+        process.kill(meta.pid, 'SIGUSR2');
+      }
       await new Promise((r) => setTimeout(r, 50));
     }
   }
