@@ -270,15 +270,22 @@ async function currentState(upper: string): Promise<{ state: unknown; live: bool
     process.kill(meta.pid, 'SIGUSR2');
     const start = Date.now();
     let asked = start;
+    let told = false;
     for (;;) {
       const s = read();
       if (s?.nonce === nonce) return { state: s, live: true };
       if (!alive(meta.pid)) break;
       const now = Date.now();
-      if (now - start > 60_000)
-        throw new StrataError('IO', `the mount server (pid ${meta.pid}) did not save its state in 60 s`, {
+      // a live server that is slow to answer (its writes throttled by a busy disk) is waited
+      // for, with a word on stderr; one that never answers is given up on after 5 minutes
+      if (now - start > 300_000)
+        throw new StrataError('IO', `the mount server (pid ${meta.pid}) did not save its state in 5 minutes`, {
           file: upper,
         });
+      if (!told && now - start > 10_000) {
+        told = true;
+        warn(`waiting for the mount server (pid ${meta.pid}) to save its state`);
+      }
       // asked again every 5 s: a save is idempotent (same nonce), and a request must not hang on
       // one signal that a busy or just-started server did not act on
       if (now - asked > 5000) {
