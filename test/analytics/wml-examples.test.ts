@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Library } from '../../src/library/library.js';
 import { traceNbdReads } from '../deploy/helpers.js';
-import { CLI, strata } from '../helpers/cli.js';
+import { strata } from '../helpers/cli.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { fixture, ROOT, run, scratch } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
+import { serveProcess } from '../serve/http-helpers.js';
 
 /**
  * Issue 25: the shipped example workloads (workloads/emulab-day.wml, workloads/ci-farm.wml),
@@ -49,47 +49,20 @@ function debianImage(n: 1 | 2): Promise<string> {
 let dir: string;
 let lib: string;
 let token: string;
-let server: ChildProcess | undefined;
+let stopServer: (() => Promise<void>) | undefined;
 
 /** `strata serve` on a free port; its URL. */
 async function serve(): Promise<string> {
-  const child = spawn(
-    process.execPath,
-    [
-      CLI,
-      'serve',
-      '--library',
-      lib,
-      '--listen',
-      '127.0.0.1:0',
-      '--default-visibility',
-      'public',
-      '--quiet',
-      '--rate-limit',
-      '0',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  server = child;
-  let err = '';
-  return new Promise<string>((resolve, reject) => {
-    child.stderr?.on('data', (c) => {
-      err += c;
-      const m = / at (http:\/\/\S+) /.exec(err);
-      if (m) resolve(m[1]);
-    });
-    child.on('exit', () => reject(new Error(`strata serve exited: ${err}`)));
-  });
+  const s = await serveProcess(lib, ['--default-visibility', 'public', '--rate-limit', '0']);
+  stopServer = s.stop;
+  return s.url;
 }
 
 /** Stop the server (its request log rows are flushed on close). */
 async function stop(): Promise<void> {
-  const s = server;
-  server = undefined;
-  if (!s || s.exitCode !== null) return;
-  const gone = new Promise((r) => s.on('exit', r));
-  s.kill('SIGTERM');
-  await gone;
+  const s = stopServer;
+  stopServer = undefined;
+  await s?.();
 }
 
 interface LogRow {

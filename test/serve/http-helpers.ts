@@ -142,12 +142,16 @@ export async function serve(lib: Library, opts: ServeOptions = {}): Promise<Runn
 
 /**
  * `strata serve` as its own process (the built CLI, port 0, default project "own") on a
- * library folder: its URL, and `stop` (SIGTERM, then waits for the exit).
+ * library folder: its URL, and `stop` (SIGTERM, then waits for the exit). `args` replace the
+ * default-project option.
  */
-export async function serveProcess(libDir: string): Promise<{ url: string; stop: () => Promise<void> }> {
+export async function serveProcess(
+  libDir: string,
+  args: string[] = ['--default-project', 'own'],
+): Promise<{ url: string; stop: () => Promise<void> }> {
   const server = spawn(
     process.execPath,
-    [CLI, 'serve', '--listen', '127.0.0.1:0', '--library', libDir, '--default-project', 'own', '--quiet'],
+    [CLI, 'serve', '--listen', '127.0.0.1:0', '--library', libDir, '--quiet', ...args],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   const url = await new Promise<string>((resolve, reject) => {
