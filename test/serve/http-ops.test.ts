@@ -584,37 +584,44 @@ function gatedUpload(url: string, token: string, body: Uint8Array) {
   return { response, firstSent, release };
 }
 
+/** `strata serve` as a process on port 0 (default project own): the child, its URL, its exit code to come, its stderr so far. */
+async function serveChild(libDir: string, args: string[] = []) {
+  const child = spawn(
+    process.execPath,
+    [
+      path.join(ROOT, 'dist/cli/strata.cjs'),
+      'serve',
+      '--library',
+      libDir,
+      '--listen',
+      '127.0.0.1:0',
+      '--quiet',
+      '--default-project',
+      'own',
+      ...args,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let err = '';
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stderr.on('data', (c) => {
+      err += c;
+      const m = /serving .*? at (http:\/\/[^\s)]+)/.exec(err);
+      if (m) resolve(m[1]);
+    });
+    exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
+  });
+  return { child, url, exited, stderr: () => err };
+}
+
 describe('graceful close', () => {
   test('strata serve on SIGTERM finishes an upload in flight, stores it, and exits 0', async () => {
     const libDir = path.join(dir, 'sigterm-lib');
     const l = await Library.open(libDir);
     const { tokens: t } = await addPeople(l);
     await l.close();
-    const child = spawn(
-      process.execPath,
-      [
-        path.join(ROOT, 'dist/cli/strata.cjs'),
-        'serve',
-        '--library',
-        libDir,
-        '--listen',
-        '127.0.0.1:0',
-        '--quiet',
-        '--default-project',
-        'own',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let err = '';
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on('data', (c) => {
-        err += c;
-        const m = /serving .*? at (http:\/\/[^\s)]+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
-    });
+    const { child, url, exited, stderr } = await serveChild(libDir);
     const data = randomBytes(3 << 20);
     const digest = sha(data);
     const up = gatedUpload(url, t['own-member'], encodeChunkRecords([{ digest, data }]));
@@ -626,8 +633,8 @@ describe('graceful close', () => {
     const res = await up.response;
     assert.equal(res.status, 200, await res.clone().text());
     assert.equal(((await res.json()) as { added: number }).added, 1);
-    assert.equal(await exited, 0, err);
-    assert.match(err, /SIGTERM: finishing requests in flight/);
+    assert.equal(await exited, 0, stderr());
+    assert.match(stderr(), /SIGTERM: finishing requests in flight/);
     const again = await Library.open(libDir);
     try {
       assert.equal(sha(await again.store.get(digest)), digest);
@@ -645,33 +652,7 @@ describe('graceful close', () => {
     const l = await Library.open(libDir);
     const { tokens: t } = await addPeople(l);
     await l.close();
-    const child = spawn(
-      process.execPath,
-      [
-        path.join(ROOT, 'dist/cli/strata.cjs'),
-        'serve',
-        '--library',
-        libDir,
-        '--listen',
-        '127.0.0.1:0',
-        '--quiet',
-        '--default-project',
-        'own',
-        '--workers',
-        '2',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let err = '';
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on('data', (c) => {
-        err += c;
-        const m = /serving .*? at (http:\/\/[^\s)]+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      exited.then(() => reject(new Error(`strata serve exited: ${err}`)));
-    });
+    const { child, url, exited, stderr } = await serveChild(libDir, ['--workers', '2']);
     // a fresh connection each (no keep-alive): the primary hands them to the workers in turn
     const get = (p: string, token?: string) =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -754,8 +735,8 @@ describe('graceful close', () => {
       `one worker holds ${digest}: ${JSON.stringify(answers)}`,
     );
     child.kill('SIGTERM');
-    assert.equal(await exited, 0, err);
-    assert.equal((err.match(/SIGTERM: finishing requests in flight/g) ?? []).length, 2, err);
+    assert.equal(await exited, 0, stderr());
+    assert.equal((stderr().match(/SIGTERM: finishing requests in flight/g) ?? []).length, 2, stderr());
     assert.deepEqual(workers(), []);
     const again = await Library.open(libDir);
     try {
