@@ -779,6 +779,25 @@ export class IntrospectiveCache extends FilterSource {
     await this.serve(offset, out);
   }
 
+  /**
+   * Copy [offset, offset+out.length) into `out` when every block of it is held now (true),
+   * else nothing (false): no fetch, no counters, no recency. For a reader beside the
+   * clients (a deploy's background copy) that takes what the cache already has.
+   */
+  peekInto(offset: number, out: Uint8Array): boolean {
+    const bs = this.blockSize;
+    const end = offset + out.length;
+    if (out.length === 0) return true;
+    for (let b = Math.floor(offset / bs); b * bs < end; b++) if (!this.lookup(b)) return false;
+    for (let pos = offset; pos < end; ) {
+      const b = Math.floor(pos / bs);
+      const e = Math.min(end, (b + 1) * bs);
+      out.set(this.lookup(b)!.subarray(pos - b * bs, e - b * bs), pos - offset);
+      pos = e;
+    }
+    return true;
+  }
+
   /** NBD_CMD_CACHE: bring a range in (up to the capacity), as demand reads. */
   async warm(offset: number, length: number): Promise<void> {
     const end = Math.min(this.size, offset + Math.min(length, this.capacity));
