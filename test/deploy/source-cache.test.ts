@@ -9,8 +9,8 @@ import { imageDeploySource } from '../../src/deploy/source.js';
 import { cachedDeploySource } from '../../src/deploy/source-cache.js';
 import { type RequestNote, requestNotes } from '../../src/io/introspective-cache.js';
 import { bytesOf } from '../helpers/ext-tree.js';
-import { fixture, run } from '../helpers/tools.js';
-import { sameAs } from './helpers.js';
+import { fixture, ROOT, run } from '../helpers/tools.js';
+import { nbdReads, sameAs, startDeploy } from './helpers.js';
 
 /**
  * Deploy's source side through the live cache (issue 27, src/deploy/source-cache.ts,
@@ -155,7 +155,76 @@ describe('deploy source cache (issue 27)', () => {
     assert.ok(copy + urgent <= bytes.length + 8 * MiB, `${copy} + ${urgent}`);
   });
 
+  test('strata deploy --source-cache introspective --trace: NBD reads equal the image, traced with class and outcome, counters at exit', async () => {
+    const target = path.join(tmp, 't3.raw');
+    const trace = path.join(tmp, 'deploy-trace.jsonl');
+    const d = await startDeploy([
+      img,
+      '--to',
+      target,
+      '--source-cache',
+      'introspective',
+      '--source-cache-size',
+      '8M',
+      '--block-size',
+      '4K',
+      '--bandwidth',
+      '1M',
+      '--trace',
+      trace,
+    ]);
+    try {
+      const ranges: Array<[number, number]> = [
+        [1549 * BS, 64 << 10],
+        [0, 8192],
+        [1600 * BS, 16384],
+      ];
+      const got = await nbdReads(d.uri, ranges);
+      const bytes = readFileSync(img);
+      assert.ok(got.equals(Buffer.concat(ranges.map(([o, n]) => bytes.subarray(o, o + n)))));
+    } finally {
+      d.child.kill('SIGTERM');
+      assert.equal(await d.exited, 0, d.stderr());
+    }
+    const exit = d.events.find((e) => e.event === 'exit') as {
+      sourceCache?: { policy: string; byClass: Record<string, { requests: number }> };
+    };
+    assert.equal(exit.sourceCache?.policy, 'introspective', JSON.stringify(exit));
+    assert.ok(exit.sourceCache.byClass.data.requests > 0, JSON.stringify(exit.sourceCache.byClass));
+    const recs = readFileSync(trace, 'utf8')
+      .split('\n')
+      .filter((l) => l.trim())
+      .map((l) => JSON.parse(l) as { op: string; class?: string; cache?: string; offset?: number });
+    const first = recs.find((r) => r.op === 'read' && r.offset === 1549 * BS);
+    assert.equal(first?.class, 'data', JSON.stringify(recs.slice(0, 5)));
+    assert.ok(['miss', 'prefetched', 'hit'].includes(String(first?.cache)));
+  });
+
   test('bad cache options are refused before anything is served', async () => {
+    await assert.rejects(
+      run('node', [
+        path.join(ROOT, 'dist/cli/strata.cjs'),
+        'deploy',
+        img,
+        '--to',
+        path.join(tmp, 'x.raw'),
+        '--source-cache',
+        'mru',
+      ]),
+      /bad --source-cache 'mru'/,
+    );
+    await assert.rejects(
+      run('node', [
+        path.join(ROOT, 'dist/cli/strata.cjs'),
+        'deploy',
+        img,
+        '--to',
+        path.join(tmp, 'x.raw'),
+        '--source-cache-size',
+        '8M',
+      ]),
+      /--source-cache-size needs --source-cache/,
+    );
     const src = await imageDeploySource(img);
     try {
       await assert.rejects(
