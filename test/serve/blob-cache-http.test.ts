@@ -8,6 +8,7 @@ import { Library } from '../../src/library/library.js';
 import { type RunningServer, startServer } from '../../src/serve/http/server.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { fixture, run, runBuffer as runBuf } from '../helpers/tools.js';
+import { serveProcess } from './http-helpers.js';
 
 /**
  * The service's file routes through the live blob cache (issue 27, library/blob-cache.ts,
@@ -151,5 +152,38 @@ describe('service file routes through the blob cache (issue 27)', () => {
     // the small files were each fetched once (the tar found them held)
     assert.equal(st.byClass.data.misses, 1 + 6);
     assert.ok(st.segments.probation + st.segments.protected <= st.limits.data);
+  });
+
+  test('strata serve --cache-policy introspective --prefetch file: the file routes read through the blob cache (counters in /metrics)', async () => {
+    const dir = path.join(tmp, 'lib-cli');
+    const l = await Library.open(dir);
+    try {
+      await checkin(l, img, { name: 'fs' });
+    } finally {
+      await l.close();
+    }
+    const srv = await serveProcess(dir, [
+      '--default-visibility',
+      'public',
+      '--cache-policy',
+      'introspective',
+      '--prefetch',
+      'file',
+      '--cache-size',
+      '16M',
+    ]);
+    try {
+      const r = await fetch(`${srv.url}/v1/images/fs/versions/1/files/content?path=/big`);
+      assert.equal(r.status, 200);
+      assert.ok(Buffer.from(await r.arrayBuffer()).equals(readFileSync(path.join(src, 'big'))));
+      const m = await (await fetch(`${srv.url}/metrics`)).text();
+      // one miss, the three other chunks prefetched in the file's order (meta is off: the manifests miss)
+      assert.match(m, /^strata_blob_cache_requests_total\{class="data",outcome="miss"\} 1$/m);
+      assert.match(m, /^strata_blob_cache_requests_total\{class="data",outcome="prefetched"\} 3$/m);
+      assert.match(m, /^strata_blob_cache_requests_total\{class="metadata",outcome="prefetched"\} 0$/m);
+      assert.doesNotMatch(m, /prefetcher="meta"/);
+    } finally {
+      await srv.stop();
+    }
   });
 });
