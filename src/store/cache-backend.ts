@@ -25,10 +25,14 @@ export const PREFETCH = 3;
 export const PREFETCH_AHEAD = 6;
 /** A cold read up to this long is a ranged GET of its own while the whole object is fetched behind it. */
 const SMALL_READ = 1024 * 1024;
+/** An object on its way is written to its cache file this many bytes at a time (one writev of the chunks received). */
+const WRITE_BATCH = 1024 * 1024;
 
 /** An object on its way from the remote: its bytes so far, and the reads waiting for more. */
 interface Incoming {
   size?: number;
+  /** Where its bytes go: the cache's temporary file, or memory when it is too large to cache. */
+  fh?: FileHandle;
   buf?: Buffer;
   got: number;
   failed?: unknown;
@@ -174,33 +178,84 @@ export class CachedBackend implements Backend {
       }
       inc.waits = still;
     };
+    let reserved = 0;
+    let tmp: string | undefined;
     try {
       const st = await this.remote.getStream(key);
       inc.size = st.size;
-      inc.buf = Buffer.allocUnsafe(st.size);
       try {
-        for await (const c of st.body) {
-          if (inc.got + c.length > st.size) throw new Error(`${key}: more than the ${st.size} bytes announced`);
-          inc.buf.set(c, inc.got);
-          inc.got += c.length;
-          if (inc.waits.length) wake();
+        if (st.size > this.maxBytes / 2) {
+          // too large to cache: kept in memory for the reads that want it now, then dropped
+          inc.buf = Buffer.allocUnsafe(st.size);
+          for await (const c of st.body) {
+            if (inc.got + c.length > st.size) throw new Error(`${key}: more than the ${st.size} bytes announced`);
+            inc.buf.set(c, inc.got);
+            inc.got += c.length;
+            if (inc.waits.length) wake();
+          }
+        } else {
+          // straight into the cache file as it arrives (room reserved first: the bound holds while
+          // it is written); reads of the part written are answered from the file meanwhile
+          reserved = st.size;
+          this.bytes += reserved;
+          await this.evict();
+          tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+          const fh = await open(tmp, 'w+');
+          inc.fh = fh;
+          let batch: Uint8Array[] = [];
+          let batchBytes = 0;
+          const flush = async () => {
+            let at = 0;
+            while (at < batchBytes) {
+              const { bytesWritten } = await fh.writev(batch, inc.got + at);
+              if (bytesWritten <= 0) throw new Error(`${key}: the cache file took no bytes`);
+              at += bytesWritten;
+              if (at < batchBytes) batch = [Buffer.concat(batch).subarray(bytesWritten)];
+            }
+            inc.got += batchBytes;
+            batch = [];
+            batchBytes = 0;
+            if (inc.waits.length) wake();
+          };
+          for await (const c of st.body) {
+            if (inc.got + batchBytes + c.length > st.size)
+              throw new Error(`${key}: more than the ${st.size} bytes announced`);
+            batch.push(c);
+            batchBytes += c.length;
+            if (batchBytes >= WRITE_BATCH) await flush();
+          }
+          await flush();
         }
       } catch (e) {
         st.cancel();
         throw e;
       }
       if (inc.got !== st.size) throw new Error(`${key}: ${inc.got} of ${st.size} bytes arrived`);
+      if (tmp && inc.fh) {
+        await rename(tmp, this.file(key));
+        tmp = undefined;
+        if (this.files.has(key)) this.bytes -= reserved;
+        else {
+          this.files.set(key, reserved);
+          // the file's handle serves the reads that follow
+          this.handles.set(key, Promise.resolve(inc.fh));
+          this.trimHandles();
+        }
+        reserved = 0;
+      }
       inc.done = true;
       wake();
-      await this.store(key, inc.buf);
       return this.files.has(key);
     } catch (e) {
       inc.failed = e;
       inc.done = true;
       wake();
+      if (inc.fh && this.handles.get(key) === undefined) await inc.fh.close().catch(() => {});
+      if (tmp) await unlink(tmp).catch(() => {});
+      this.bytes -= reserved;
       throw e;
     } finally {
-      // readers that took the record still copy from its buffer; new ones read the file
+      // readers that took the record still read through it; new ones read the cache
       if (this.incoming.get(key) === inc) this.incoming.delete(key);
     }
   }
@@ -210,10 +265,25 @@ export class CachedBackend implements Backend {
     const end = offset + out.length;
     if (!inc.done && !(inc.size !== undefined && Math.min(end, inc.size) <= inc.got))
       await new Promise<void>((wake) => inc.waits.push({ end, wake }));
-    if (inc.failed !== undefined || !inc.buf || inc.size === undefined) return undefined;
+    if (inc.failed !== undefined || inc.size === undefined) return undefined;
     const n = Math.max(0, Math.min(out.length, inc.size - offset));
-    if (n > 0) out.set(inc.buf.subarray(offset, offset + n));
-    return n;
+    if (n === 0) return 0;
+    if (inc.buf) {
+      out.set(inc.buf.subarray(offset, offset + n));
+      return n;
+    }
+    if (!inc.fh) return undefined;
+    try {
+      let done = 0;
+      while (done < n) {
+        const { bytesRead } = await inc.fh.read(out, done, n - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === n ? n : undefined;
+    } catch {
+      return undefined; // closed under us (evicted): the caller reads from the remote
+    }
   }
 
   private handle(key: string): Promise<FileHandle> {
@@ -226,12 +296,16 @@ export class CachedBackend implements Backend {
     h = open(this.file(key), 'r');
     h.catch(() => this.handles.delete(key));
     this.handles.set(key, h);
+    this.trimHandles();
+    return h;
+  }
+
+  private trimHandles(): void {
     while (this.handles.size > HANDLES) {
       const [old, oh] = this.handles.entries().next().value as [string, Promise<FileHandle>];
       this.handles.delete(old);
       oh.then((x) => x.close()).catch(() => {});
     }
-    return h;
   }
 
   private async readCached(key: string, offset: number, out: Uint8Array): Promise<number | undefined> {
@@ -319,11 +393,13 @@ export class CachedBackend implements Backend {
     if (!CACHED.test(key)) return this.remote.get(key);
     const whole = this.ensure(key);
     const inc = this.incoming.get(key);
+    let cached: boolean;
     if (inc) {
-      // on its way: the bytes in memory are the answer (also when the object is too large to cache)
-      await whole.catch(() => {});
-      if (inc.failed === undefined && inc.done && inc.buf) return inc.buf;
-    } else if (await whole) {
+      cached = await whole.catch(() => false);
+      // too large to cache: the bytes in memory are the answer
+      if (inc.failed === undefined && inc.buf) return inc.buf;
+    } else cached = await whole;
+    if (cached) {
       const size = this.files.get(key);
       if (size !== undefined) {
         const out = Buffer.allocUnsafe(size);

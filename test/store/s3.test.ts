@@ -280,7 +280,11 @@ test('a read through the cache of an object on its way is answered when its rang
     assert.equal(released, false, 'the front was answered while the rest of the object was held back');
     assert.ok(delivered <= half, `${delivered} bytes delivered when the front was answered`);
     assert.deepEqual(front, data.subarray(100_000, 100_000 + front.length));
-    assert.equal(cached.size, 0, 'nothing cached before the object is whole');
+    assert.deepEqual(
+      readdirSync(cacheDir).filter((f) => !f.startsWith('.tmp-')),
+      [],
+      'not in the cache before the object is whole',
+    );
     const tailRead = cached.getRangeInto('packs/aa/aa01', data.length - 4000, Buffer.alloc(8000));
     release();
     clearTimeout(fallback);
@@ -292,6 +296,43 @@ test('a read through the cache of an object on its way is answered when its rang
     assert.equal(await cached.getRangeInto('packs/aa/aa01', 0, again), data.length);
     assert.equal(sha(again), sha(data), 'the cached copy is byte-exact');
     assert.equal(cached.hits >= 1, true);
+  } finally {
+    await cached.close();
+  }
+});
+
+test('an object too large for the cache: one GET serves the reads waiting for it, from memory; nothing cached', async () => {
+  const url = `${svc.s3}/${uniqueName('too-large')}`;
+  const data = randomBytes(3 * 1024 * 1024 + 777);
+  const remote = await S3Backend.open(url);
+  await remote.put('packs/bb/bb01', data);
+  const calls: string[] = [];
+  const counting = Object.create(remote) as S3Backend;
+  counting.getStream = (key: string) => {
+    calls.push(`get ${key}`);
+    return remote.getStream(key);
+  };
+  counting.getRangeInto = (key: string, offset: number, out: Uint8Array) => {
+    calls.push(`range ${key} ${offset} ${out.length}`);
+    return remote.getRangeInto(key, offset, out);
+  };
+  const cacheDir = path.join(tempDir('s3-too-large'), 'cache');
+  const cached = new CachedBackend(counting, cacheDir, 4 * 1024 * 1024); // objects over 2 MiB are not cached
+  try {
+    cached.prefetch(['packs/bb/bb01']);
+    const a = Buffer.alloc(2 * 1024 * 1024);
+    const b = Buffer.alloc(2 * 1024 * 1024);
+    const [na, nb] = await Promise.all([
+      cached.getRangeInto('packs/bb/bb01', 0, a),
+      cached.getRangeInto('packs/bb/bb01', a.length, b),
+    ]);
+    assert.equal(na, a.length);
+    assert.equal(nb, data.length - a.length, 'short at the end');
+    assert.equal(sha(Buffer.concat([a, b.subarray(0, nb)])), sha(data));
+    assert.deepEqual(calls, ['get packs/bb/bb01'], 'one GET for both reads');
+    await cached.idle();
+    assert.deepEqual(readdirSync(cacheDir), [], 'nothing written to the cache');
+    assert.equal(cached.size, 0);
   } finally {
     await cached.close();
   }
