@@ -34,6 +34,8 @@ interface Incoming {
   /** Where its bytes go: the cache's temporary file, or memory when it is too large to cache. */
   fh?: FileHandle;
   buf?: Buffer;
+  /** Write out what has arrived and is not in the file yet (a reader started waiting). */
+  kick?: () => void;
   got: number;
   failed?: unknown;
   done: boolean;
@@ -204,27 +206,48 @@ export class CachedBackend implements Backend {
           inc.fh = fh;
           let batch: Uint8Array[] = [];
           let batchBytes = 0;
+          let pos = 0; // bytes handed to the file (written, or being written)
           const flush = async () => {
-            let at = 0;
-            while (at < batchBytes) {
-              const { bytesWritten } = await fh.writev(batch, inc.got + at);
-              if (bytesWritten <= 0) throw new Error(`${key}: the cache file took no bytes`);
-              at += bytesWritten;
-              if (at < batchBytes) batch = [Buffer.concat(batch).subarray(bytesWritten)];
-            }
-            inc.got += batchBytes;
+            if (batchBytes === 0) return;
+            let parts = batch;
+            const bytes = batchBytes;
+            const at0 = pos;
             batch = [];
             batchBytes = 0;
+            pos += bytes;
+            let at = 0;
+            while (at < bytes) {
+              const { bytesWritten } = await fh.writev(parts, at0 + at);
+              if (bytesWritten <= 0) throw new Error(`${key}: the cache file took no bytes`);
+              at += bytesWritten;
+              if (at < bytes) parts = [Buffer.concat(parts).subarray(bytesWritten)];
+            }
+            inc.got = at0 + bytes;
             if (inc.waits.length) wake();
           };
+          // writes one after another; a reader that starts waiting writes out what has arrived
+          // (it may be waiting for bytes received and not written while the network is quiet)
+          let chain: Promise<void> = Promise.resolve();
+          const flushNow = () => {
+            chain = chain.then(flush);
+            return chain;
+          };
+          inc.kick = () => {
+            if (batchBytes > 0) flushNow().catch(() => {});
+          };
           for await (const c of st.body) {
-            if (inc.got + batchBytes + c.length > st.size)
+            if (pos + batchBytes + c.length > st.size)
               throw new Error(`${key}: more than the ${st.size} bytes announced`);
             batch.push(c);
             batchBytes += c.length;
-            if (batchBytes >= WRITE_BATCH) await flush();
+            // a MiB at a time, or sooner when a reader waits for what has arrived
+            if (
+              batchBytes >= WRITE_BATCH ||
+              (inc.waits.length > 0 && inc.waits.some((w) => Math.min(w.end, st.size) <= pos + batchBytes))
+            )
+              await flushNow();
           }
-          await flush();
+          await flushNow();
         }
       } catch (e) {
         st.cancel();
@@ -264,7 +287,10 @@ export class CachedBackend implements Backend {
   private async fromIncoming(inc: Incoming, offset: number, out: Uint8Array): Promise<number | undefined> {
     const end = offset + out.length;
     if (!inc.done && !(inc.size !== undefined && Math.min(end, inc.size) <= inc.got))
-      await new Promise<void>((wake) => inc.waits.push({ end, wake }));
+      await new Promise<void>((wake) => {
+        inc.waits.push({ end, wake });
+        inc.kick?.();
+      });
     if (inc.failed !== undefined || inc.size === undefined) return undefined;
     const n = Math.max(0, Math.min(out.length, inc.size - offset));
     if (n === 0) return 0;
