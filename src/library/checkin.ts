@@ -1119,6 +1119,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       for (const v of head.volumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
       for (const d of cut.b.addedTrees) newBytes += lib.store.storedSize(d);
       cut = undefined; // what grew with the image, before inspection reads the version back
+      lib.store.releaseWriteBuffers();
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,
