@@ -120,17 +120,51 @@ export interface CheckinResult {
   warnings: string[];
 }
 
-/** Accumulates chunks and ranges; stores each chunk once. */
+/** A growable typed array (doubling), for the per-chunk and per-range columns of the Builder. */
+function grown<T extends Float64Array | Uint32Array | Int32Array | Uint8Array>(a: T, need: number): T {
+  if (need <= a.length) return a;
+  let n = a.length;
+  while (n < need) n *= 2;
+  const b = Buffer.isBuffer(a) ? (Buffer.alloc(n) as unknown as T) : new (a.constructor as new (n: number) => T)(n);
+  b.set(a);
+  return b;
+}
+
+/**
+ * The layout's chunk list and ranges in canonical order (Builder.canonical), compact: chunk
+ * `k` of the layout is the builder's chunk `chunkOrder[k]`.
+ */
+export interface CanonicalLayout {
+  chunkOrder: Uint32Array;
+  disk: Float64Array;
+  length: Float64Array;
+  chunk: Uint32Array;
+  at: Uint32Array;
+}
+
+/**
+ * Accumulates chunks and ranges; stores each chunk once. Everything that grows with the
+ * image is kept in typed arrays (issue 22): a chunk is 32 bytes of digest, its length, an
+ * "added" flag and two slots of an open-addressing table; a range is 24 bytes. As JS
+ * strings, arrays and a Map (before) a chunk cost ~250 bytes and a range ~40, and the
+ * garbage collector walked them all at every major collection.
+ */
 class Builder {
-  readonly chunks: string[] = [];
-  readonly chunkLengths: number[] = [];
-  private readonly chunkIndex = new Map<string, number>();
-  readonly disk: number[] = [];
-  readonly length: number[] = [];
-  readonly chunk: number[] = [];
-  readonly at: number[] = [];
-  /** Blobs this check-in added to the store (their encoded size is known after the flush). */
-  readonly added: string[] = [];
+  /** Chunk digests, 32 bytes each, in order of first use. */
+  private digests = Buffer.alloc(32 * 1024);
+  private lengths = new Uint32Array(1024);
+  /** 1 where this check-in added the chunk to the store. */
+  private addedFlag = new Uint8Array(1024);
+  /** Open addressing (linear probing) over chunk numbers, -1 empty; at most half full. */
+  private table = new Int32Array(4096).fill(-1);
+  chunkCount = 0;
+  private rDisk = new Float64Array(1024);
+  private rLength = new Float64Array(1024);
+  private rChunk = new Uint32Array(1024);
+  private rAt = new Uint32Array(1024);
+  rangeCount = 0;
+  /** File manifests (tree blobs) this check-in added to the store. */
+  readonly addedTrees: string[] = [];
   /** The file manifests, encoded, by digest. */
   readonly trees = new Map<string, Uint8Array>();
   newChunks = 0;
@@ -143,6 +177,53 @@ class Builder {
     private readonly progress?: () => void,
   ) {}
 
+  /** The hex digest of chunk `i`. */
+  hex(i: number): string {
+    return this.digests.toString('hex', i * 32, i * 32 + 32);
+  }
+
+  chunkLength(i: number): number {
+    return this.lengths[i];
+  }
+
+  added(i: number): boolean {
+    return this.addedFlag[i] === 1;
+  }
+
+  /** The chunk number of `digest` (32 bytes), inserting it when new (`inserted` then true). */
+  private lookup(digest: Buffer, length: number): { idx: number; inserted: boolean } {
+    const mask = this.table.length - 1;
+    const d = this.digests;
+    for (let h = digest.readUInt32LE(0) & mask; ; h = (h + 1) & mask) {
+      const i = this.table[h];
+      if (i === -1) {
+        const idx = this.chunkCount++;
+        this.digests = grown(this.digests, this.chunkCount * 32);
+        digest.copy(this.digests, idx * 32);
+        this.lengths = grown(this.lengths, this.chunkCount);
+        this.lengths[idx] = length;
+        this.addedFlag = grown(this.addedFlag, this.chunkCount);
+        this.table[h] = idx;
+        if (this.chunkCount * 2 > this.table.length) this.rehash();
+        return { idx, inserted: true };
+      }
+      if (d.readUInt32LE(i * 32 + 4) === digest.readUInt32LE(4) && digest.compare(d, i * 32, i * 32 + 32) === 0) {
+        return { idx: i, inserted: false };
+      }
+    }
+  }
+
+  private rehash(): void {
+    const table = new Int32Array(this.table.length * 2).fill(-1);
+    const mask = table.length - 1;
+    for (let i = 0; i < this.chunkCount; i++) {
+      let h = this.digests.readUInt32LE(i * 32) & mask;
+      while (table[h] !== -1) h = (h + 1) & mask;
+      table[h] = i;
+    }
+    this.table = table;
+  }
+
   /** Store `buf` (unless all zeros) and map `pieces` ([disk offset, length, offset in buf]) to it. */
   async add(buf: Uint8Array, pieces: Array<[number, number, number]>, solo = false): Promise<string | null> {
     // progress counts disk bytes (what the total counts), not chunk bytes: a sparse file's
@@ -150,26 +231,36 @@ class Builder {
     for (const p of pieces) this.done += p[1];
     this.progress?.();
     if (isZero(buf)) return null;
-    const digest = createHash('sha256').update(buf).digest('hex');
-    let idx = this.chunkIndex.get(digest);
-    if (idx === undefined) {
-      idx = this.chunks.length;
-      this.chunks.push(digest);
-      this.chunkLengths.push(buf.length);
-      this.chunkIndex.set(digest, idx);
+    const raw = createHash('sha256').update(buf).digest();
+    const digest = raw.toString('hex');
+    const { idx, inserted } = this.lookup(raw, buf.length);
+    // the ranges first: the chunk number is fixed, and a concurrent add of the same bytes
+    // (which finds it) must not wait for the store
+    const n = this.rangeCount + pieces.length;
+    this.rDisk = grown(this.rDisk, n);
+    this.rLength = grown(this.rLength, n);
+    this.rChunk = grown(this.rChunk, n);
+    this.rAt = grown(this.rAt, n);
+    for (const [d, len, a] of pieces) {
+      const r = this.rangeCount++;
+      this.rDisk[r] = d;
+      this.rLength[r] = len;
+      this.rChunk[r] = idx;
+      this.rAt[r] = a;
+    }
+    if (inserted) {
       const r = await this.sink.put('data', buf, digest, { solo });
       if (r.added) {
-        this.added.push(digest);
+        this.addedFlag[idx] = 1;
         this.newChunks++;
       }
     }
-    for (const [d, n, a] of pieces) {
-      this.disk.push(d);
-      this.length.push(n);
-      this.chunk.push(idx);
-      this.at.push(a);
-    }
     return digest;
+  }
+
+  /** Compare chunks `a` and `b` by digest (as their hex strings compare). */
+  private cmpChunks(a: number, b: number): number {
+    return this.digests.compare(this.digests, b * 32, b * 32 + 32, a * 32, a * 32 + 32);
   }
 
   /**
@@ -178,49 +269,63 @@ class Builder {
    * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
    * first use, chunks no range uses (inline file data) last, by digest.
    */
-  canonical(): Pick<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges'> {
-    const order = Array.from(this.disk.keys()).sort(
+  canonical(): CanonicalLayout {
+    const { rDisk, rChunk, rAt } = this;
+    const n = this.rangeCount;
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    order.sort(
       (a, b) =>
-        this.disk[a] - this.disk[b] ||
-        cmp(this.chunks[this.chunk[a]], this.chunks[this.chunk[b]]) ||
-        this.at[a] - this.at[b],
+        rDisk[a] - rDisk[b] || (rChunk[a] === rChunk[b] ? 0 : this.cmpChunks(rChunk[a], rChunk[b])) || rAt[a] - rAt[b],
     );
-    const ranges: LayoutManifest['ranges'] = { disk: [], length: [], chunk: [], at: [] };
-    const renumber = new Map<number, number>();
+    const out = {
+      disk: new Float64Array(n),
+      length: new Float64Array(n),
+      chunk: new Uint32Array(n),
+      at: new Uint32Array(n),
+    };
+    const renumber = new Int32Array(this.chunkCount).fill(-1);
+    const chunkOrder = new Uint32Array(this.chunkCount);
+    let numbered = 0;
+    let m = 0;
     let end = 0;
     for (const i of order) {
-      let d = this.disk[i];
-      let n = this.length[i];
-      let a = this.at[i];
+      let d = rDisk[i];
+      let len = this.rLength[i];
+      let a = rAt[i];
       if (d < end) {
         const cut = end - d;
-        if (cut >= n) continue;
+        if (cut >= len) continue;
         d += cut;
         a += cut;
-        n -= cut;
+        len -= cut;
       }
-      let c = renumber.get(this.chunk[i]);
-      if (c === undefined) renumber.set(this.chunk[i], (c = renumber.size));
-      ranges.disk.push(d);
-      ranges.length.push(n);
-      ranges.chunk.push(c);
-      ranges.at.push(a);
-      end = d + n;
+      let c = renumber[rChunk[i]];
+      if (c === -1) {
+        c = numbered++;
+        renumber[rChunk[i]] = c;
+        chunkOrder[c] = rChunk[i];
+      }
+      out.disk[m] = d;
+      out.length[m] = len;
+      out.chunk[m] = c;
+      out.at[m] = a;
+      m++;
+      end = d + len;
     }
-    const unused = this.chunks.map((_, i) => i).filter((i) => !renumber.has(i));
-    unused.sort((a, b) => cmp(this.chunks[a], this.chunks[b]));
-    for (const i of unused) renumber.set(i, renumber.size);
-    const chunks = new Array<string>(this.chunks.length);
-    const chunkLengths = new Array<number>(this.chunks.length);
-    for (const [from, to] of renumber) {
-      chunks[to] = this.chunks[from];
-      chunkLengths[to] = this.chunkLengths[from];
-    }
-    return { chunks, chunkLengths, ranges };
+    const unused: number[] = [];
+    for (let i = 0; i < this.chunkCount; i++) if (renumber[i] === -1) unused.push(i);
+    unused.sort((a, b) => this.cmpChunks(a, b));
+    for (const i of unused) chunkOrder[numbered++] = i;
+    return {
+      chunkOrder,
+      disk: out.disk.subarray(0, m),
+      length: out.length.subarray(0, m),
+      chunk: out.chunk.subarray(0, m),
+      at: out.at.subarray(0, m),
+    };
   }
 }
-
-const cmp = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0);
 
 interface FsWindow {
   volume: Volume;
@@ -464,7 +569,7 @@ class FilesWriter {
   private async put(encoded: Uint8Array, keep: boolean): Promise<string> {
     const r = await this.sink.put('tree', encoded);
     if (keep) this.b.trees.set(r.digest, encoded);
-    if (r.added) this.b.added.push(r.digest);
+    if (r.added) this.b.addedTrees.push(r.digest);
     return r.digest;
   }
 
@@ -661,16 +766,20 @@ class MemoryBudget {
     private readonly image: string,
   ) {}
 
-  /** Bytes per chunk held (digest string, index map entry, length), per range (four numbers), per span, per linked inode. */
-  static readonly PER_CHUNK = 150;
-  static readonly PER_RANGE = 40;
+  /**
+   * Bytes per chunk held (digest, length, flag, table slots; typed arrays grow by doubling,
+   * and the canonical order at the end adds 8 more), per range (24 bytes, doubled, plus the
+   * sorted copy), per span, per linked inode.
+   */
+  static readonly PER_CHUNK = 80;
+  static readonly PER_RANGE = 64;
   static readonly PER_SPAN = 56;
   static readonly PER_LINKED = 200;
 
   held(b: Builder, spans: number, linked: number): number {
     return (
-      b.chunks.length * MemoryBudget.PER_CHUNK +
-      b.disk.length * MemoryBudget.PER_RANGE +
+      b.chunkCount * MemoryBudget.PER_CHUNK +
+      b.rangeCount * MemoryBudget.PER_RANGE +
       spans * MemoryBudget.PER_SPAN +
       linked * MemoryBudget.PER_LINKED +
       batchSize(this.bytes) * 2048
@@ -683,7 +792,7 @@ class MemoryBudget {
       const mib = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
       throw new StrataError(
         'LIMIT',
-        `check-in needs more than its memory budget of ${mib(this.bytes)} (${b.chunks.length} chunks and ${b.disk.length} ranges so far hold about ${mib(held)}); give it more memory (memoryBytes, --memory)`,
+        `check-in needs more than its memory budget of ${mib(this.bytes)} (${b.chunkCount} chunks and ${b.rangeCount} ranges so far hold about ${mib(held)}); give it more memory (memoryBytes, --memory)`,
         { file: this.image, structure: 'check-in memory budget' },
       );
     }
@@ -718,8 +827,6 @@ export interface CutResult {
   layout: LayoutManifest;
   /** The file manifests (encoded, already given to the sink), by digest. */
   files: Map<string, Uint8Array>;
-  /** Chunks and file manifests the sink reported as new. */
-  added: string[];
   chunks: number;
   newChunks: number;
   warnings: string[];
@@ -748,17 +855,13 @@ export function checkChunkSizes(C: number, W: number): void {
   }
 }
 
-/**
- * Cut an opened image along its structure into `sink`: file data by file offset, the
- * rest of each file system's used bytes and everything outside file systems by disk
- * offset (see the top of this file). The layout manifest is returned, not stored.
- */
-export async function cutImage(
+/** cutImage, its layout in compact form (what a local check-in encodes without the object form). */
+async function cutCompact(
   img: DiskImage,
   sourceName: string,
   sink: BlobSink,
   opts: CutOptions = {},
-): Promise<CutResult> {
+): Promise<CompactCut> {
   const C = opts.fileChunkSize ?? FILE_CHUNK;
   const W = opts.diskChunkSize ?? DISK_CHUNK;
   checkChunkSizes(C, W);
@@ -812,7 +915,7 @@ export async function cutImage(
   } finally {
     for (const w of windows) await w.fs.close?.();
   }
-  const layout: LayoutManifest = {
+  const head: LayoutHead = {
     kind: LAYOUT_KIND,
     version: 1,
     virtualSize: img.size,
@@ -823,19 +926,123 @@ export async function cutImage(
     fileChunkSize: C,
     diskChunkSize: W,
     volumes: layoutVolumes,
-    ...b.canonical(),
-    warnings: warnings.slice(0, 1000),
   };
+  const canon = b.canonical();
   let usedBytes = 0;
-  for (const n of layout.ranges.length) usedBytes += n;
+  for (const n of canon.length) usedBytes += n;
+  return { head, canon, b, warnings, usedBytes };
+}
+
+/** The layout manifest but its chunk list and ranges (and warnings, which come last). */
+type LayoutHead = Omit<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges' | 'warnings'>;
+
+/** What cutCompact gave: the layout in compact form, and the builder that holds its chunks. */
+interface CompactCut {
+  head: LayoutHead;
+  canon: CanonicalLayout;
+  b: Builder;
+  warnings: string[];
+  usedBytes: number;
+}
+
+/** The layout manifest as an object (the remote library's commit sends it as JSON). */
+function layoutOf(c: CompactCut): LayoutManifest {
+  const { head, canon, b } = c;
   return {
-    layout,
-    files: b.trees,
-    added: b.added,
-    chunks: b.chunks.length,
-    newChunks: b.newChunks,
-    warnings,
-    usedBytes,
+    ...head,
+    chunks: Array.from(canon.chunkOrder, (i) => b.hex(i)),
+    chunkLengths: Array.from(canon.chunkOrder, (i) => b.chunkLength(i)),
+    ranges: {
+      disk: Array.from(canon.disk),
+      length: Array.from(canon.length),
+      chunk: Array.from(canon.chunk),
+      at: Array.from(canon.at),
+    },
+    warnings: c.warnings.slice(0, 1000),
+  };
+}
+
+/**
+ * The layout manifest's bytes, exactly `encodeManifest(layoutOf(c))` (JSON.stringify of the
+ * same object, keys in the same order), written straight from the compact columns: at a
+ * million chunks the object form is ~200 MB of strings and arrays and its JSON a ~100 MB
+ * string on top; this holds only the result.
+ */
+function encodeLayout(c: CompactCut): Uint8Array {
+  const { head, canon, b } = c;
+  const w = new ByteWriter(canon.chunkOrder.length * 80 + canon.disk.length * 40 + 4096);
+  const pre = JSON.stringify(head);
+  w.text(pre.slice(0, -1)); // without its closing brace
+  w.text(',"chunks":[');
+  for (let k = 0; k < canon.chunkOrder.length; k++) {
+    const hex = b.hex(canon.chunkOrder[k]);
+    w.text(k === 0 ? `"${hex}"` : `,"${hex}"`);
+  }
+  w.text('],"chunkLengths":');
+  w.numbers(Array.from(canon.chunkOrder, (i) => b.chunkLength(i)));
+  w.text(',"ranges":{"disk":');
+  w.numbers(canon.disk);
+  w.text(',"length":');
+  w.numbers(canon.length);
+  w.text(',"chunk":');
+  w.numbers(canon.chunk);
+  w.text(',"at":');
+  w.numbers(canon.at);
+  w.text(`},"warnings":${JSON.stringify(c.warnings.slice(0, 1000))}}`);
+  return w.bytes();
+}
+
+/** Appends text (UTF-8) to one growing buffer. */
+class ByteWriter {
+  private buf: Buffer;
+  private n = 0;
+  constructor(size: number) {
+    this.buf = Buffer.allocUnsafe(size);
+  }
+  text(s: string): void {
+    const need = this.n + Buffer.byteLength(s);
+    if (need > this.buf.length) {
+      const b = Buffer.allocUnsafe(Math.max(need, this.buf.length * 2));
+      this.buf.copy(b, 0, 0, this.n);
+      this.buf = b;
+    }
+    this.n += this.buf.write(s, this.n);
+  }
+  /** A JSON array of numbers, as JSON.stringify writes it; in pieces (no one giant string). */
+  numbers(a: ArrayLike<number>): void {
+    this.text('[');
+    for (let i = 0; i < a.length; i += 4096) {
+      const part: number[] = [];
+      for (let j = i; j < Math.min(a.length, i + 4096); j++) part.push(a[j]);
+      const s = JSON.stringify(part);
+      this.text(i === 0 ? s.slice(1, -1) : `,${s.slice(1, -1)}`);
+    }
+    this.text(']');
+  }
+  bytes(): Uint8Array {
+    return this.buf.subarray(0, this.n);
+  }
+}
+
+/**
+ * Cut an opened image along its structure into `sink`: file data by file offset, the
+ * rest of each file system's used bytes and everything outside file systems by disk
+ * offset (see the top of this file). The layout manifest is returned, not stored.
+ */
+export async function cutImage(
+  img: DiskImage,
+  sourceName: string,
+  sink: BlobSink,
+  opts: CutOptions = {},
+): Promise<CutResult> {
+  const c = await cutCompact(img, sourceName, sink, opts);
+  return {
+    layout: layoutOf(c),
+    files: c.b.trees,
+    chunks: c.b.chunkCount,
+    newChunks: c.b.newChunks,
+    warnings: c.warnings,
+    usedBytes: c.usedBytes,
   };
 }
 
@@ -895,18 +1102,24 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       }
       // the store's write buffers (~100 MiB at the default budget) shrink with a small one
       lib.store.setWriteBudget(memoryBytes);
-      const cut = await cutImage(img, image, lib.store, { ...opts, fsOptions });
-      const { layout, warnings, usedBytes } = cut;
-      const m = await lib.store.put('tree', encodeManifest(layout));
+      let cut: CompactCut | undefined = await cutCompact(img, image, lib.store, { ...opts, fsOptions });
+      const { head, warnings, usedBytes } = cut;
+      const chunks = cut.b.chunkCount;
+      const newChunks = cut.b.newChunks;
+      const m = await lib.store.put('tree', encodeLayout(cut));
       await lib.store.flush();
-      const added = [...cut.added];
-      let storedBytes = lib.store.storedSize(m.digest);
-      for (const d of layout.chunks) storedBytes += lib.store.storedSize(d);
-      for (const v of layout.volumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
       // the manifests count as new bytes too; a blob in a shared frame counts for its share of it
-      if (m.added) added.push(m.digest);
-      let newBytes = 0;
-      for (const d of added) newBytes += lib.store.storedSize(d);
+      let storedBytes = lib.store.storedSize(m.digest);
+      let newBytes = m.added ? storedBytes : 0;
+      for (let i = 0; i < chunks; i++) {
+        const size = lib.store.storedSize(cut.b.hex(i));
+        storedBytes += size;
+        if (cut.b.added(i)) newBytes += size;
+      }
+      for (const v of head.volumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
+      for (const d of cut.b.addedTrees) newBytes += lib.store.storedSize(d);
+      cut = undefined; // what grew with the image, before inspection reads the version back
+      lib.store.releaseWriteBuffers();
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,
@@ -934,9 +1147,9 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
         newBytes,
         storedBytes,
         dedupRatio: newBytes > 0 ? usedBytes / newBytes : usedBytes > 0 ? Number.POSITIVE_INFINITY : 1,
-        chunks: cut.chunks,
-        newChunks: cut.newChunks,
-        volumes: layout.volumes,
+        chunks,
+        newChunks,
+        volumes: head.volumes,
         warnings,
       };
     } finally {

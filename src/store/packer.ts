@@ -301,6 +301,12 @@ export class Packer {
     this.pendingBytes += enc.length;
   }
 
+  /** Drop spare pack arenas and pooled frames (they are allocated again when writing resumes). */
+  releaseBuffers(): void {
+    this.spareArenas.length = 0;
+    this.sharedPool.clear();
+  }
+
   /** Write everything queued: packs, then their index. */
   async flush(): Promise<void> {
     await this.closeFrame();

@@ -54,7 +54,12 @@ export {
  */
 export class Store {
   private readonly ix: BlobIndex;
-  private readonly pool = new BufferPool(32);
+  /**
+   * Read scratch (and inline compression's frames). Bounded in bytes: a check-in's inspection
+   * reads its layout manifest back, one frame of ~100 MB at a million files, and the pool kept
+   * that scratch and its encoded input (pow2 classes: 128 + 64 MiB) for the rest of the process.
+   */
+  private readonly pool = new BufferPool(32, false, { maxBytes: 64 * 1024 * 1024 });
   private readonly packer: Packer;
   private readonly reader: BlobReader;
 
@@ -91,6 +96,11 @@ export class Store {
   /** Size the write side's buffers (frames, the zstd thread's queue, the pack cut) for a memory budget. */
   setWriteBudget(bytes: number): void {
     this.packer.setBudget(bytes);
+  }
+
+  /** Drop the write side's spare buffers (pack arenas, frames) after a flush: a burst of writing is over. */
+  releaseWriteBuffers(): void {
+    this.packer.releaseBuffers();
   }
 
   /** Re-read every index file (after another process wrote some). */

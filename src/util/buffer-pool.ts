@@ -72,6 +72,12 @@ export class BufferPool {
     this.kept += c;
   }
 
+  /** Drop every kept buffer (after a burst of work whose buffers would otherwise stay resident). */
+  clear(): void {
+    this.free.clear();
+    this.kept = 0;
+  }
+
   private alloc(n: number): Buffer {
     return this.shared ? Buffer.from(new SharedArrayBuffer(n)) : Buffer.allocUnsafe(n);
   }
