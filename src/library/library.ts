@@ -332,7 +332,7 @@ export class Library {
   async layoutHead(digest: string): Promise<LayoutHead> {
     const hit = this.manifests?.get(digest) as LayoutManifest | undefined;
     if (hit?.kind === LAYOUT_KIND) return hit;
-    return this.store.withBlob(digest, (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
+    return this.metaBlob(digest, 'layout', (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
   }
 
   /** A file manifest with every entry (a version 2 manifest's parts read and joined). */
