@@ -17,6 +17,12 @@ export interface Db {
   get<T = Row>(sql: string, params?: SqlValue[]): Promise<T | undefined>;
   run(sql: string, params?: SqlValue[]): Promise<{ changes: number }>;
   /**
+   * `fn` on each row of a query as it is read, when the database can hand rows over one at
+   * a time (SQLite): a scan whose rows are mostly dropped needs no array of them all.
+   * Without it, callers take `all`.
+   */
+  each?<T = Row>(sql: string, params: SqlValue[], fn: (row: T) => void): Promise<void>;
+  /**
    * Run `fn` in one transaction: all its statements or none. PostgreSQL may run `fn` again
    * after a serialization failure, so `fn` touches only the database. `lock` names an
    * exclusive lock held for the transaction (migrations; SQLite's write lock already is one).
@@ -39,6 +45,7 @@ export function toPostgres(sql: string): string {
 
 interface Statement {
   all(...p: SqlValue[]): unknown[];
+  iterate(...p: SqlValue[]): IterableIterator<unknown>;
   get(...p: SqlValue[]): unknown;
   run(...p: SqlValue[]): { changes: number };
 }
@@ -82,6 +89,10 @@ export class SqliteDb implements Db {
 
   async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
     return this.prep(sql).get(...params) as T | undefined;
+  }
+
+  async each<T>(sql: string, params: SqlValue[], fn: (row: T) => void): Promise<void> {
+    for (const r of this.prep(sql).iterate(...params)) fn(r as T);
   }
 
   async run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {

@@ -34,17 +34,22 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     .showHelpAfterError(false)
     .option(
       '--memory <size>',
-      'memory budget of this command: caches are sized from it and a command that cannot stay within it stops with an error (default 256M; K, M, G suffixes)',
+      'memory budget of this command: caches are sized from it and a command that cannot stay within it stops with an error; a SIZE bounds heap and buffers (Node adds ~50M), the default keeps the whole process near 256M (K, M, G suffixes)',
     )
     .exitOverride();
   program.hook('preAction', async (cmd, action) => {
-    const { DEFAULT_MEMORY, parseMemorySize, setMemoryBudget } = await import('../library/index.js');
+    const { budgetWithinRss, DEFAULT_MEMORY, parseMemorySize, setMemoryBudget } = await import('../library/index.js');
     const given = cmd.opts().memory as string | undefined;
     // long-running services keep their own footprint unless a budget is asked for
     let verb: Command = action;
     while (verb.parent && verb.parent !== program) verb = verb.parent;
     const enforce = given !== undefined || !SERVICES.has(verb.name());
-    setMemoryBudget(given === undefined ? DEFAULT_MEMORY : parseMemorySize(given), enforce);
+    if (given !== undefined) setMemoryBudget(parseMemorySize(given), enforce);
+    // a one-shot command by default: 256 MiB of resident memory for the whole process (Node's
+    // own footprint and V8's young generation taken off the data budget); a service keeps the
+    // default data budget for its caches and no guard
+    else if (enforce) setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: true });
+    else setMemoryBudget(DEFAULT_MEMORY, false);
   });
   const mine = groups.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : groups) (await g.load())(program);

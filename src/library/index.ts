@@ -52,6 +52,7 @@ export type { StoreFinding, VerifyReport } from '../store/store.js';
 // Errors: every failure on bad input is a StrataError naming the file, structure and offset.
 export { type ErrorCode, type ErrorWhere, isStrataError, StrataError } from '../util/errors.js';
 export {
+  budgetWithinRss,
   checkMemory,
   DEFAULT_MEMORY,
   memoryBudget,

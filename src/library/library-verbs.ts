@@ -172,7 +172,7 @@ export async function layoutFiles(
 export async function layoutFilesDigest(
   lib: Library,
   v: { image: string; number: number },
-  m: LayoutManifest,
+  m: Pick<LayoutManifest, 'volumes'>,
   part?: string,
 ): Promise<string> {
   const withFs = m.volumes.filter((x) => x.fs);

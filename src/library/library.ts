@@ -15,12 +15,14 @@ import { BlobCache, type BlobCacheOptions } from './blob-cache.js';
 import {
   decodeFilesHead,
   decodeFilesPart,
+  decodeLayoutHead,
   decodeManifest,
   FILES_KIND,
   type FileEntry,
   type FilesHead,
   type FilesManifest,
   LAYOUT_KIND,
+  type LayoutHead,
   type LayoutManifest,
 } from './manifest.js';
 
@@ -97,6 +99,16 @@ export function libraryLocation(given?: string): string {
   return path.join(data, 'strata', 'library');
 }
 
+/** The store of a library opened for its catalog only: closing is all it does. */
+function catalogOnlyStore(storeAt: string): Store {
+  const refuse = () => {
+    throw new StrataError('USAGE', 'this library was opened for its catalog only (no store)', { file: storeAt });
+  };
+  return new Proxy({} as Store, {
+    get: (_t, k) => (k === 'close' ? async () => {} : k === 'then' ? undefined : refuse()),
+  });
+}
+
 export class Library {
   private closed = false;
   /** Where the catalog and the store are (a password in the catalog URL shown as ***). */
@@ -118,7 +130,18 @@ export class Library {
   }
 
   /** Open the library at `dir` (see libraryLocation); `create` (the default) makes it when missing. */
-  static async open(dir?: string, opts: { create?: boolean } & LibraryPlaces = {}): Promise<Library> {
+  static async open(
+    dir?: string,
+    opts: {
+      create?: boolean;
+      /**
+       * Open the catalog and not the store (whose index, a row per blob, is most of what a
+       * million-file library's open costs): for what answers from the catalog alone (search).
+       * The library's `store` then throws on any use.
+       */
+      catalogOnly?: boolean;
+    } & LibraryPlaces = {},
+  ): Promise<Library> {
     const root = libraryLocation(dir);
     const marker = path.join(root, MARKER);
     let created: false | { folder: string } | 'contents' = false;
@@ -179,6 +202,7 @@ export class Library {
     // when both fail the store's error is the one reported (as when they opened in turn)
     const opened = await Promise.allSettled([
       (async () => {
+        if (opts.catalogOnly) return catalogOnlyStore(storeAt);
         const backend = await openBackend(storeAt, { dir: cacheDir, bytes: cacheBytes });
         try {
           return await Store.open(backend);
@@ -299,6 +323,16 @@ export class Library {
       this.blobCache?.hint(m.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
       return m;
     });
+  }
+
+  /**
+   * A layout manifest's volumes and scalars without its chunk and range columns (decodeLayoutHead):
+   * what picks a version's file manifest, for a fraction of the memory of layout().
+   */
+  async layoutHead(digest: string): Promise<LayoutHead> {
+    const hit = this.manifests?.get(digest) as LayoutManifest | undefined;
+    if (hit?.kind === LAYOUT_KIND) return hit;
+    return this.metaBlob(digest, 'layout', (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
   }
 
   /** A file manifest with every entry (a version 2 manifest's parts read and joined). */

@@ -240,6 +240,115 @@ export function decodeManifest<T extends LayoutManifest | FilesManifest>(
   return m;
 }
 
+/** A layout manifest without its chunk and range columns: what names a version's volumes and file manifests. */
+export type LayoutHead = Omit<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges'>;
+
+/** The columns decodeLayoutHead steps over (a million-file version holds ~100 MB of them). */
+const LAYOUT_COLUMNS = new Set(['chunks', 'chunkLengths', 'ranges']);
+
+/**
+ * The head of an encoded layout manifest: every top-level member but the chunk and range
+ * columns, which are stepped over byte by byte (strings and nesting respected) and never
+ * decoded, so that what only needs the volumes (which file manifest a diff or a search
+ * reads) costs a scan of the bytes, not the ~250 MB of objects a whole 1,000,000-file
+ * layout becomes. Checks the kind, the version and the volume list; the columns are left
+ * to decodeManifest, which reads them.
+ */
+export function decodeLayoutHead(plain: Uint8Array, where: string): LayoutHead {
+  const b = plain;
+  const n = b.length;
+  const bad = (why: string, offset?: number) =>
+    new StrataError('CORRUPT', `manifest is not JSON: ${why}`, { file: where, structure: LAYOUT_KIND, offset });
+  const ws = (i: number) => {
+    while (i < n && (b[i] === 0x20 || b[i] === 0x0a || b[i] === 0x0d || b[i] === 0x09)) i++;
+    return i;
+  };
+  /** The end of the string that opens at i (its closing quote + 1). */
+  const endOfString = (i: number) => {
+    for (let j = i + 1; j < n; j++) {
+      const c = b[j];
+      if (c === 0x5c) j++;
+      else if (c === 0x22) return j + 1;
+    }
+    throw bad('unterminated string', i);
+  };
+  /** The end of the value that starts at i: a string, an array or object (nested), or a bare literal. */
+  const endOfValue = (i: number) => {
+    const c = b[i];
+    if (c === 0x22) return endOfString(i);
+    if (c === 0x5b || c === 0x7b) {
+      let depth = 0;
+      for (let j = i; j < n; j++) {
+        const d = b[j];
+        if (d === 0x22) j = endOfString(j) - 1;
+        else if (d === 0x5b || d === 0x7b) depth++;
+        else if (d === 0x5d || d === 0x7d) {
+          if (--depth === 0) return j + 1;
+        }
+      }
+      throw bad('unterminated array or object', i);
+    }
+    let j = i;
+    while (j < n && b[j] !== 0x2c && b[j] !== 0x7d && b[j] !== 0x5d && b[j] > 0x20) j++;
+    if (j === i) throw bad('value expected', i);
+    return j;
+  };
+  const text = (from: number, to: number) => Buffer.from(b.buffer, b.byteOffset + from, to - from).toString('utf8');
+  let i = ws(0);
+  if (b[i] !== 0x7b) throw bad('not an object', i);
+  const kept: string[] = [];
+  i = ws(i + 1);
+  if (b[i] === 0x7d) i++;
+  else {
+    for (;;) {
+      if (b[i] !== 0x22) throw bad('member name expected', i);
+      const keyEnd = endOfString(i);
+      const key = text(i, keyEnd);
+      i = ws(keyEnd);
+      if (b[i] !== 0x3a) throw bad("':' expected", i);
+      const from = ws(i + 1);
+      const to = endOfValue(from);
+      let name: unknown;
+      try {
+        name = JSON.parse(key);
+      } catch {
+        throw bad('bad member name', i);
+      }
+      if (!LAYOUT_COLUMNS.has(name as string)) kept.push(`${key}:${text(from, to)}`);
+      i = ws(to);
+      if (b[i] === 0x2c) {
+        i = ws(i + 1);
+        continue;
+      }
+      if (b[i] === 0x7d) {
+        i++;
+        break;
+      }
+      throw bad("',' or '}' expected", i);
+    }
+  }
+  if (ws(i) !== n) throw bad('bytes after the manifest', i);
+  let m: LayoutHead;
+  try {
+    m = JSON.parse(`{${kept.join(',')}}`) as LayoutHead;
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+  if (m?.kind !== LAYOUT_KIND || m.version !== 1) {
+    throw new StrataError('CORRUPT', `not a ${LAYOUT_KIND} manifest (version 1)`, {
+      file: where,
+      structure: LAYOUT_KIND,
+    });
+  }
+  if (!Array.isArray(m.volumes)) {
+    throw new StrataError('CORRUPT', 'layout manifest has no volume list', {
+      file: where,
+      structure: 'layout manifest',
+    });
+  }
+  return m;
+}
+
 /** Every range inside the disk, sorted, not overlapping, inside its chunk. */
 function checkLayout(m: LayoutManifest, where: string): void {
   const bad = (why: string, offset?: number) =>

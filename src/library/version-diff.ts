@@ -1,3 +1,4 @@
+import { versionFileSets } from '../catalog/inspection.js';
 import type { FileType, Timestamp } from '../fs/types.js';
 import type { BlockDiff } from '../inspect/block-diff.js';
 import type { FileRecord, FileTree } from '../inspect/file-manifest.js';
@@ -13,7 +14,13 @@ import type { OsInspection } from '../inspect/types.js';
 import { xattrDigest } from './inspection.js';
 import type { Library } from './library.js';
 import { layoutFilesDigest } from './library-verbs.js';
-import { compareTreePaths, type FileEntry, type FilesManifest, type LayoutManifest } from './manifest.js';
+import {
+  compareTreePaths,
+  type FileEntry,
+  type FilesManifest,
+  type LayoutManifest,
+  type LayoutVolume,
+} from './manifest.js';
 
 /**
  * `strata diff A B` for two library versions, straight from their manifests (no
@@ -301,6 +308,26 @@ export interface VersionDiff {
   warnings: string[];
 }
 
+/**
+ * The volumes of a version's layout that name a file manifest, for layoutFilesDigest: from
+ * its stored inspection when that settles the choice (one file system, or the volume `part`
+ * names), else from the head of its layout manifest. Not the layout itself: at 1,000,000
+ * files its blob is ~100 MB of JSON (chunk digests and ranges the file diff never reads),
+ * ~250 MB once decoded.
+ */
+async function fileVolumes(
+  lib: Library,
+  v: { image: string; number: number; manifest: string },
+  part?: string,
+): Promise<Pick<LayoutManifest, 'volumes'>> {
+  const sets = await versionFileSets(lib.catalog.db, v.image, v.number);
+  if (sets && (sets.length <= 1 || part !== undefined)) {
+    const volumes = sets.map((s) => ({ id: s.volume, fs: { files: s.files } }) as LayoutVolume);
+    return { volumes };
+  }
+  return lib.layoutHead(v.manifest);
+}
+
 export async function diffVersions(
   lib: Library,
   refA: string,
@@ -308,10 +335,12 @@ export async function diffVersions(
   opts: { part?: string; packages?: boolean; blocks?: boolean } = {},
 ): Promise<VersionDiff> {
   const [va, vb] = [await lib.catalog.resolve(refA), await lib.catalog.resolve(refB)];
-  // each layout and file manifest read and decoded once, A's first (so A's problem is the one reported)
-  const la = await lib.layout(va.manifest);
+  // each layout and file manifest read and decoded once, A's first (so A's problem is the one
+  // reported); without --blocks the layouts' volumes only (volumesOf)
+  const volumesOf = (v: typeof va) => (opts.blocks ? lib.layout(v.manifest) : fileVolumes(lib, v, opts.part));
+  const la = await volumesOf(va);
   const da = await layoutFilesDigest(lib, va, la, opts.part);
-  const lb = await lib.layout(vb.manifest);
+  const lb = await volumesOf(vb);
   const db = await layoutFilesDigest(lib, vb, lb, opts.part);
   const files = await diffStoredFiles(lib, da, db);
   const fa = await lib.filesHead(da);
@@ -337,6 +366,6 @@ export async function diffVersions(
       out.packages = null;
     } else out.packages = diffPackages(ra.packageFormat, ra.packages, rb.packages);
   }
-  if (opts.blocks) out.blocks = diffLayouts(la, lb);
+  if (opts.blocks) out.blocks = diffLayouts(la as LayoutManifest, lb as LayoutManifest);
   return out;
 }

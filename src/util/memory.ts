@@ -12,7 +12,8 @@
  * they are above 80% of it, a full garbage collection runs first (V8 otherwise lets garbage
  * pile up to far more than the live data); if what is still alive is above the budget, a
  * StrataError LIMIT says so and names the flag. Peak RSS is therefore about the budget plus
- * Node's footprint plus V8's young generation.
+ * Node's footprint plus V8's young generation; the CLI's default budget takes those off
+ * first (budgetWithinRss), so that by default the whole process stays near 256 MiB.
  *
  * The young generation is the one part V8 sizes on its own: it doubles whenever objects
  * survive a scavenge, up to two 16 MiB semi-spaces, all resident. Its ceiling cannot be
@@ -51,10 +52,30 @@ export function parseMemorySize(s: string): number {
  * Set the budget. `enforce` turns the guard on (the CLI does; a library embedding Strata
  * keeps its own process's policy and only gets the cache sizes).
  */
-export function setMemoryBudget(bytes: number, enforce = true): void {
+export function setMemoryBudget(bytes: number, enforce = true, opts: { keepYoungSmall?: boolean } = {}): void {
   budget = bytes;
   enforced = enforce;
-  if (enforce && bytes <= SMALL_BUDGET) keepYoungGenerationSmall();
+  if (enforce && (bytes <= SMALL_BUDGET || opts.keepYoungSmall)) keepYoungGenerationSmall();
+}
+
+/**
+ * What the process may hold past the data budget when the budget is a whole-process figure
+ * (budgetWithinRss): the code of the modules a command loads after start-up, V8's young
+ * generation at its starting size, and the allocator's and V8's slack (freed memory not
+ * yet handed back, heap pages not yet compacted). Set from `blockmap --summary` of the
+ * 1,000,000-entry tree, the command whose data sits longest near its budget.
+ */
+export const RSS_ALLOWANCE = 48 * 1024 * 1024;
+
+/**
+ * The data budget (heap and buffers, what setMemoryBudget takes) that keeps a process's
+ * peak RSS near `total`: `total` less what is resident now (Node and the modules loaded so
+ * far, ~50 MiB for the CLI) less RSS_ALLOWANCE; at least MIN_MEMORY. The CLI's default
+ * budget is this of DEFAULT_MEMORY, so "256 MiB" is what the process takes, not its data
+ * alone; a budget given with --memory stays a data budget (Node's footprint on top).
+ */
+export function budgetWithinRss(total: number, residentNow = process.memoryUsage.rss()): number {
+  return Math.max(MIN_MEMORY, Math.floor(total - residentNow - RSS_ALLOWANCE));
 }
 
 /** Budgets up to this keep V8's young generation at its starting size (see above). */

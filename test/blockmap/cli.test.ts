@@ -52,8 +52,19 @@ test('whatis names the file debugfs places at an offset; --map answers the same 
     summary.kinds.reduce((n, k) => n + k.bytes, 0),
     summary.diskSize,
   );
+  // whatis without --map streams the map (bounded memory); the saved, whole map answers alike
   const again = await strata(['whatis', disk.disk, `${at}+10`, '--json', '--map', saved]);
   assert.deepEqual(jsonLines(again.stdout), owners);
+  const wideRange = `0x${(p2.diskOffset - 4096).toString(16)}+65536`;
+  const wideSaved = await strata(['whatis', disk.disk, wideRange, '--json', '--map', saved]);
+  assert.deepEqual(jsonLines(wideSaved.stdout), wide);
+  const text = await strata(['whatis', disk.disk, wideRange]);
+  assert.equal(text.stdout, (await strata(['whatis', disk.disk, wideRange, '--map', saved])).stdout);
+  const past = await strata(['whatis', disk.disk, String(summary.diskSize)]);
+  assert.notEqual(past.code, 0, past.stderr);
+  assert.match(past.stderr, /lies past the disk end/);
+  const pastSaved = await strata(['whatis', disk.disk, String(summary.diskSize), '--map', saved]);
+  assert.deepEqual([pastSaved.code, pastSaved.stderr], [past.code, past.stderr]);
   // bad input: one line on stderr, non-zero exit
   const bad = await strata(['whatis', disk.disk, 'nonsense']);
   assert.notEqual(bad.code, 0);

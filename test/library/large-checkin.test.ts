@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -10,7 +10,7 @@ import { Library } from '../../src/library/library.js';
 import { FILE_PART_ENTRIES } from '../../src/library/manifest.js';
 import { diffVersions } from '../../src/library/version-diff.js';
 import { largeTreeImage } from '../helpers/large-tree-pair.js';
-import { run } from '../helpers/tools.js';
+import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
 
 /**
@@ -32,6 +32,29 @@ const MiB = 2 ** 20;
  * bound fails; the check-in before issue 22 took 1,230 MB (~4.7 KB per file).
  */
 const RSS_BOUND = 560 * MiB;
+
+/**
+ * Peak RSS allowed for `diff big@1 big@2` and `search --path` of the two versions (200,000
+ * entries each) with --memory 64M. Measured here (load 20 on 2 cores): diff 285 MiB when it
+ * decoded both layout manifests whole (~20 MB of JSON each at this size, ~100 MB at 1M),
+ * 172 MiB since (the store's index, ~30 MiB live, and Node's ~52 MiB are most of it);
+ * search 145 MiB when it opened the store (its index) and took every row under the glob's
+ * prefix at once, 72 MiB since.
+ */
+const DIFF_RSS_BOUND = 240 * MiB;
+const SEARCH_RSS_BOUND = 120 * MiB;
+
+const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
+
+/** The CLI under GNU time: exit status, stdout, peak RSS in bytes. */
+async function cliMeasured(args: string[]): Promise<{ code: number; stdout: Buffer; maxRSS: number }> {
+  const rssFile = path.join(tempDir('large-rss'), 'rss');
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, process.execPath, CLI, ...args], {
+    maxBuffer: 256 * MiB,
+  });
+  const kb = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
+  return { code: r.status ?? -1, stdout: r.stdout, maxRSS: kb * 1024 };
+}
 
 const childJs = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'checkin-child.js');
 const pexec = promisify(execFile);
@@ -197,6 +220,28 @@ test('check-in of 200,000 entries in 64 MiB: bounded RSS, the unbounded run`s ma
       assert.ok(m.type === 'symlink' || m.path === '/lost+found', `metadata change of ${m.path}`);
       assert.deepEqual(m.fields, ['mtime'], m.path);
     }
+
+    // `strata diff` and `strata search` of the two versions stream: with --memory 64M the
+    // same bytes as an unbounded run, under a peak RSS the whole-manifest reads went past
+    let diffJson = '';
+    for (const [args, bound] of [
+      [['diff', 'big@1', 'big@2', '--json'], DIFF_RSS_BOUND],
+      [['search', '--path', '/pkg1*/d1*/lib-1*.so', '--json'], SEARCH_RSS_BOUND],
+    ] as const) {
+      const small = await cliMeasured(['--memory', '64M', ...args, '--library', bounded]);
+      const big = await cliMeasured(['--memory', '4G', ...args, '--library', bounded]);
+      const what = args.slice(0, 2).join(' ');
+      if (args[0] === 'diff') diffJson = big.stdout.toString();
+      assert.equal(small.code, args[0] === 'diff' ? 1 : 0, `${what}: status ${small.code}`);
+      assert.ok(small.stdout.length > 10_000, `${what}: ${small.stdout.length} bytes of output`);
+      assert.ok(small.stdout.equals(big.stdout), `${what}: --memory 64M output differs from the unbounded run's`);
+      assert.ok(
+        small.maxRSS < bound,
+        `${what} --memory 64M peaked at ${Math.round(small.maxRSS / MiB)} MiB RSS (bound ${bound / MiB})`,
+      );
+    }
+    // and it is the diff checked against rsync above
+    assert.deepEqual(JSON.parse(diffJson).files, JSON.parse(JSON.stringify(d.files)));
   } finally {
     await lib.close();
     await ulib.close();

@@ -220,6 +220,33 @@ test('blockmap of 200,000 entries: --memory 64M (claims and names spilled) equal
       kinds: Array<{ kind: string; bytes: number; records: number }>;
     };
     assert.equal(s.records, records.length);
+    // the default budget (no --memory) is a whole-process figure: the same map within 256 MiB of peak RSS
+    const dflt = await measured(['blockmap', '--json', img], path.join(dir, 'default'));
+    assert.equal(dflt.code, 0, dflt.stderr);
+    assert.equal(fileSha(path.join(dir, 'default')), fileSha(path.join(dir, 'big')));
+    assert.ok(dflt.maxRss < 256 * 2 ** 20, `default budget: peak RSS ${(dflt.maxRss / 2 ** 20).toFixed(1)} MiB`);
+    // whatis streams the map too: a range over two records of the listing, clipped, at 64M
+    const f = records.findIndex((r, i) => i > 1000 && r.kind === 'file' && records[i + 1]?.kind === 'file');
+    const [r0, r1] = [records[f], records[f + 1]];
+    const w = await measured(
+      ['whatis', '--memory', '64M', img, `${r0.start + 1}+${r0.length + r1.length - 2}`, '--json'],
+      path.join(dir, 'whatis'),
+    );
+    assert.equal(w.code, 0, w.stderr);
+    const clip = (r: (typeof records)[number], start: number, length: number) => ({
+      ...r,
+      start,
+      length,
+      ...(r.fileOffset !== undefined ? { fileOffset: r.fileOffset + (start - r.start) } : {}),
+    });
+    assert.deepEqual(
+      readFileSync(path.join(dir, 'whatis'), 'utf8')
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l)),
+      [clip(r0, r0.start + 1, r0.length - 1), clip(r1, r1.start, r1.length - 1)],
+    );
+    assert.ok(w.maxRss < CEILING_64M, `whatis --memory 64M: peak RSS ${(w.maxRss / 2 ** 20).toFixed(1)} MiB`);
     for (const k of s.kinds) {
       const mine = records.filter((r) => r.kind === k.kind);
       assert.equal(mine.length, k.records, k.kind);

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decodeManifest, LAYOUT_KIND, type LayoutManifest } from '../../src/library/manifest.js';
+import { decodeLayoutHead, decodeManifest, LAYOUT_KIND, type LayoutManifest } from '../../src/library/manifest.js';
+import { StrataError } from '../../src/util/errors.js';
+import { mutate, prng } from '../helpers/fuzz.js';
 
 /** A hostile or damaged layout manifest is refused with CORRUPT naming the structure, never trusted. */
 const good: LayoutManifest = {
@@ -44,4 +46,89 @@ test('layout manifests: a good one decodes; bad ranges, chunks and kinds fail wi
       why,
     );
   }
+});
+
+/** What decodeLayoutHead must answer: Node's JSON.parse of the whole manifest, its three columns left out. */
+function headByParse(bytes: Uint8Array): Record<string, unknown> {
+  const { chunks: _c, chunkLengths: _l, ranges: _r, ...head } = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  return head;
+}
+
+// volumes and warnings whose strings hold brackets, braces, quotes, escapes and non-ASCII
+const tricky: LayoutManifest = {
+  ...good,
+  sourceName: 'dir/"disk" [1] {a}.qcow2',
+  volumes: [
+    {
+      id: 'p1',
+      scheme: 'gpt',
+      type: 'linux',
+      start: 1048576,
+      size: 4096,
+      content: 'ext4 \\ ]} "x" \u00e9 é ☃',
+      fs: { kind: 'ext4', blockSize: 4096, files: 'b'.repeat(64), fileCount: 3, usedBytes: 1, fileDataBytes: 2 },
+    },
+  ],
+  chunks: ['a'.repeat(64), 'c'.repeat(64)],
+  chunkLengths: [8192, 10],
+  warnings: ['[unbalanced', 'brace}', 'quote \\" end'],
+};
+
+test('layout manifest head: every member but the chunk and range columns, as JSON.parse reads them', () => {
+  for (const m of [good, tricky]) {
+    for (const bytes of [enc(m), Buffer.from(JSON.stringify(m, null, 2)), Buffer.from(` ${JSON.stringify(m)}\n`)]) {
+      assert.deepEqual(decodeLayoutHead(bytes, 'm'), headByParse(bytes));
+    }
+  }
+  // members in another order, columns first or last
+  const { chunks, chunkLengths, ranges, ...rest } = tricky;
+  for (const m of [
+    { chunks, chunkLengths, ranges, ...rest },
+    { ...rest, ranges, chunkLengths, chunks },
+  ]) {
+    assert.deepEqual(decodeLayoutHead(enc(m), 'm'), headByParse(enc(m)));
+  }
+  for (const [why, text] of [
+    ['not JSON', '{'],
+    ['not an object', '[1]'],
+    ['wrong kind', JSON.stringify({ ...good, kind: 'strata.files' })],
+    ['no volumes', JSON.stringify({ ...good, volumes: undefined })],
+    ['unterminated column', JSON.stringify(good).replace(/\]\}$/, '')],
+    ['bytes after', `${JSON.stringify(good)} x`],
+  ]) {
+    assert.throws(
+      () => decodeLayoutHead(Buffer.from(text), 'manifest x'),
+      (e: Error & { code?: string }) =>
+        e instanceof StrataError && e.code === 'CORRUPT' && /manifest x/.test(e.message),
+      why,
+    );
+  }
+});
+
+test('layout manifest head: mutated manifests decode as JSON.parse reads them or fail with CORRUPT', () => {
+  const base = enc(tricky);
+  const rand = prng(22);
+  let decoded = 0;
+  let refused = 0;
+  for (let i = 0; i < 4000; i++) {
+    const bytes = mutate(base, [[0, base.length]], rand);
+    let want: Record<string, unknown> | undefined;
+    try {
+      want = headByParse(bytes);
+      if (want.kind !== LAYOUT_KIND || want.version !== 1 || !Array.isArray(want.volumes)) want = undefined;
+    } catch {
+      want = undefined;
+    }
+    try {
+      const got = decodeLayoutHead(bytes, 'm');
+      // the scan skips the columns without checking they are JSON (decodeManifest does when they are read)
+      if (want) assert.deepEqual(got, want, `case ${i}`);
+      decoded++;
+    } catch (e) {
+      assert.ok(e instanceof StrataError && e.code === 'CORRUPT', `case ${i}: ${(e as Error).message}`);
+      assert.equal(want, undefined, `case ${i}: refused what JSON.parse reads: ${(e as Error).message}`);
+      refused++;
+    }
+  }
+  assert.ok(decoded > 100 && refused > 100, `${decoded} decoded, ${refused} refused`);
 });

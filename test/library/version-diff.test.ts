@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { lstatSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { before, describe, test } from 'node:test';
+import { versionFileSets } from '../../src/catalog/inspection.js';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { diffOutput } from '../helpers/cli.js';
@@ -65,6 +66,35 @@ describe('strata diff of library versions', { timeout: 600_000 }, () => {
     assert.deepEqual(got.files, files);
     const text = await diffOutput(['deb@1', 'deb@2', '--library', libDir]);
     assert.equal(text, await diffOutput([pair.a, pair.b]));
+  });
+
+  test('what picks the file manifests without the whole layout (its head, the stored file sets) names what the layout names', async () => {
+    const lib = await Library.open(libDir, { create: false });
+    try {
+      for (const ref of ['deb@1', 'deb@2']) {
+        const v = await lib.catalog.resolve(ref);
+        const { chunks, chunkLengths, ranges, ...whole } = await lib.layout(v.manifest);
+        assert.ok(chunks.length > 0 && chunkLengths.length > 0 && ranges.disk.length > 0);
+        const fresh = await Library.open(libDir, { create: false }); // no decoded layout cached
+        try {
+          assert.deepEqual(await fresh.layoutHead(v.manifest), whole, ref);
+        } finally {
+          await fresh.close();
+        }
+        const sets = await versionFileSets(lib.catalog.db, v.image, v.number);
+        const want = whole.volumes.filter((x) => x.fs).map((x) => ({ volume: x.id, files: x.fs?.files }));
+        assert.ok(want.length > 0);
+        assert.deepEqual(
+          sets,
+          want.sort((a, b) => (a.volume < b.volume ? -1 : 1)),
+          ref,
+        );
+      }
+      // a version with no stored inspection has no file sets to answer from
+      assert.equal(await versionFileSets(lib.catalog.db, 'deb', 99), undefined);
+    } finally {
+      await lib.close();
+    }
   });
 
   test('--packages: added, removed, upgraded, downgraded as dpkg-query and dpkg --compare-versions see them', async () => {

@@ -38,8 +38,10 @@ export function registerBlockmapCommands(program: Command): void {
     ),
   ).action(async (image: string, range: string, o: Record<string, unknown>) => {
     const [offset, length] = parseRange(range);
-    const map = await obtainMap(image, o);
-    const owners = map.whatis(offset, length);
+    const owners =
+      typeof o.map === 'string'
+        ? (await obtainMap(image, o)).whatis(offset, length)
+        : await streamWhatis(image, offset, length, o);
     if (o.json) return printJsonLines(owners);
     await writeOut(`${owners.map(ownerLine).join('\n')}\n`);
   });
@@ -178,6 +180,42 @@ async function streamMap(image: string, o: Record<string, unknown>): Promise<voi
     if (recs[k] > 0) rows.push({ kind: KINDS[k], class: classOf(KINDS[k]), bytes: bytes[k], records: recs[k] });
   }
   printSummary(done.diskSize, count, rows, Boolean(o.json));
+}
+
+/**
+ * `whatis` of an image: the map streamed (as `blockmap` streams it, memory bounded by the
+ * budget) and the records over [offset, offset + length) kept, clipped to it: what
+ * BlockMap.whatis answers from the map built whole.
+ */
+async function streamWhatis(
+  image: string,
+  offset: number,
+  length: number,
+  o: Record<string, unknown>,
+): Promise<Owner[]> {
+  const { streamBlockMapOfTarget, ownerOf } = await import('../../library/index.js');
+  const out: Owner[] = [];
+  let m: StreamedMap | undefined;
+  let to = 0;
+  await streamBlockMapOfTarget(
+    image,
+    openOptionsFrom(o),
+    { ...targetOptionsFrom(o), onTarget: noteTarget },
+    (x) => {
+      if (offset >= x.diskSize) {
+        throw new StrataError('USAGE', `offset ${offset} lies past the disk end (${x.diskSize})`);
+      }
+      m = x;
+      to = Math.min(offset + length, x.diskSize);
+    },
+    (s, e, k, v, ino, nm, off) => {
+      if (e <= offset || s >= to) return;
+      const a = Math.max(s, offset);
+      const w = m as StreamedMap;
+      out.push(ownerOf(w.volumes, w.name, a, Math.min(e, to), k, v, ino, nm, off + (a - s)));
+    },
+  );
+  return out;
 }
 
 function printSummary(diskSize: number, count: number, rows: KindSummary[], json: boolean): void {

@@ -151,7 +151,9 @@ export function registerInspectCommands(program: Command): void {
         user: o.user as string | undefined,
       };
       const remote = await remoteOf(o);
-      const hits = remote ? await remote.search(q) : await withLibrary(o, (lib) => search(lib, q));
+      const hits = remote
+        ? await remote.search(q)
+        : await withLibrary(o, (lib) => search(lib, q), { catalogOnly: true });
       // like grep(1): 0 found, 1 none, 2 trouble
       setExitStatus(hits.length > 0 ? 0 : 1);
       if (o.json) return printJsonLines(hits);
@@ -239,9 +241,13 @@ async function diffOpened(a: string, b: string, targets: Target[], o: Record<str
   }
 }
 
-async function withLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>): Promise<T> {
+async function withLibrary<T>(
+  o: Record<string, unknown>,
+  fn: (lib: Library) => Promise<T>,
+  opts: { catalogOnly?: boolean } = {},
+): Promise<T> {
   const { Library } = await import('../../library/index.js');
-  const lib = await Library.open(o.library as string | undefined, { create: false });
+  const lib = await Library.open(o.library as string | undefined, { create: false, ...opts });
   try {
     return await fn(lib);
   } finally {
