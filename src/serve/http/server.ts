@@ -250,7 +250,7 @@ const CACHED_OPS = new Set([
 ]);
 
 /** The answer of a cacheable route to an If-None-Match naming its ETag. */
-const NOT_MODIFIED = { type: 'null', description: 'not modified: If-None-Match named the answer\'s ETag' };
+const NOT_MODIFIED = { type: 'null', description: "not modified: If-None-Match named the answer's ETag" };
 
 /** What an answer depends on of its caller (Policy reads these fields only). */
 const principalKey = (p: Principal) => `${p.user}\u0000${p.project}\u0000${p.role}\u0000${p.scope}\u0000${p.admin}`;
