@@ -24,5 +24,18 @@ declare module 'autocannon' {
     connectionRate?: number;
     requests?: Array<{ method?: string; path?: string; headers?: Record<string, string> }>;
   }
-  export default function autocannon(opts: Options): Promise<Result>;
+  /** The run: a promise of its result, and the events of each answer. */
+  interface Instance extends Promise<Result> {
+    /** An answer; at that moment `client.requestIterator` still points at its request. */
+    on(
+      event: 'response',
+      fn: (
+        client: { requestIterator: { currentRequestIndex: number } },
+        status: number,
+        bytes: number,
+        ms: number,
+      ) => void,
+    ): this;
+  }
+  export default function autocannon(opts: Options): Instance;
 }

@@ -21,10 +21,15 @@
  * metadata run; the first runs are closed loops, each client asking again as soon as it is
  * answered), --out DIR, --server-prof DIR (the server runs under `node --cpu-prof`, its
  * profile written to DIR when it exits), --workers N (`strata serve --workers N`: N server
- * processes on the port).
+ * processes on the port), --answer-cache SIZE (`strata serve --answer-cache`; 0: every answer
+ * computed, the cache-miss path), --runs N (3: local and network check-ins, alternating,
+ * each into a fresh copy of its library; medians and per-pair ratios printed).
+ * Each load prints, beside autocannon's figures, p50/p99 by route class and by route, the
+ * server's and the load generator's CPU per request, and the load average.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import autocannon from 'autocannon';
 import { Access } from '../src/catalog/access.js';
@@ -33,7 +38,7 @@ import { checkin } from '../src/library/checkin.js';
 import { inspectAfterCheckin } from '../src/library/inspection.js';
 import { Library } from '../src/library/library.js';
 import { inspectPair } from '../test/helpers/inspect-pair.js';
-import { CLI, need, opt } from './common.js';
+import { CLI, childCpuMs, need, opt } from './common.js';
 
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-serve';
 const DURATION = Number(opt('--duration') ?? 60);
@@ -41,6 +46,12 @@ const CONNECTIONS = Number(opt('--connections') ?? 50);
 const IMAGES = Number(opt('--images') ?? 500);
 const RATE = Number(opt('--rate') ?? 4);
 const WORKERS = opt('--workers');
+/** `strata serve --answer-cache SIZE` (0: every answer computed, the cache-miss path). */
+const ANSWER_CACHE = opt('--answer-cache');
+/** Check-ins of each kind, alternating (local, network), each into a fresh copy of its library. */
+const RUNS = Number(opt('--runs') ?? 3);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
 const log = (m: string) => process.stderr.write(`bench:serve: ${m}\n`);
 
 function run(
@@ -83,6 +94,7 @@ async function startServe(libDir: string): Promise<{ url: string; child: ChildPr
       '--default-project',
       'bench',
       ...(WORKERS ? ['--workers', WORKERS] : []),
+      ...(ANSWER_CACHE ? ['--answer-cache', ANSWER_CACHE] : []),
     ],
     {
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -98,6 +110,36 @@ async function startServe(libDir: string): Promise<{ url: string; child: ChildPr
     child.on('exit', () => reject(new Error(`strata serve exited: ${err}`)));
   });
   return { url, child };
+}
+
+/** ms of CPU a process and its children (`--workers` N) used so far (/proc, 10 ms ticks). */
+function cpuMs(pid: number): number {
+  const stat = (p: number | string) => readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ');
+  let ms = 0;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const c = stat(d);
+      if (Number(d) === pid || Number(c[1]) === pid) ms += (Number(c[11]) + Number(c[12])) * 10;
+    } catch {} // gone meanwhile
+  }
+  return ms;
+}
+
+/** p50 and p99 (ms, to 0.1) of some latencies. */
+function quantiles(ms: number[]): { n: number; p50Ms: number; p99Ms: number } {
+  const s = [...ms].sort((a, b) => a - b);
+  const q = (p: number) => (s.length ? Math.round(s[Math.min(s.length - 1, Math.floor(p * s.length))] * 10) / 10 : 0);
+  return { n: s.length, p50Ms: q(0.5), p99Ms: q(0.99) };
+}
+
+/** The class of a metadata route, for the figures by class. */
+function routeClass(p: string): string {
+  if (p.startsWith('/v1/search')) return 'search';
+  if (p.includes('/inspection')) return 'inspection';
+  if (p.includes('/files')) return 'files';
+  if (/^\/v1\/images(\?|\/[^/]+\/versions(\?|$))/.test(p)) return 'lists';
+  return 'version';
 }
 
 /**
@@ -168,18 +210,58 @@ async function main() {
   const loc = await Library.open(locDir);
   await checkin(loc, base, { name: 'bench/base' });
   await loc.close();
-  const local = await run(process.execPath, [
-    CLI,
-    'checkin',
-    derived,
-    '--name',
-    'bench/derived',
-    '--library',
-    locDir,
-    '--json',
-  ]);
-  const localR = JSON.parse(local.out) as { manifest: string };
-  const loc2 = await Library.open(locDir);
+  // RUNS pairs, alternating: a local check-in into a copy of the local library (holding the
+  // base), then a network check-in to a server on a copy of the server's library (the last
+  // pair's server, on the library itself, stays up for the load). Time is the CLI process's,
+  // start-up included; CPU is its user + system (the server's apart).
+  const localRuns: Array<{ s: number; cpuMs: number }> = [];
+  const netRuns: Array<{ s: number; cpuMs: number; serverCpuMs: number }> = [];
+  let localOut = '';
+  let netOut = '';
+  let srv: { url: string; child: ChildProcess } | undefined;
+  for (let i = 0; i < RUNS; i++) {
+    const ld = `${locDir}-${i}`;
+    cpSync(locDir, ld, { recursive: true });
+    const lc0 = childCpuMs();
+    const l = await run(process.execPath, [
+      CLI,
+      'checkin',
+      derived,
+      '--name',
+      'bench/derived',
+      '--library',
+      ld,
+      '--json',
+    ]);
+    localRuns.push({ s: r3(l.s), cpuMs: childCpuMs() - lc0 });
+    if (i === 0) localOut = l.out;
+    else rmSync(ld, { recursive: true, force: true });
+    const last = i === RUNS - 1;
+    const sd = last ? srvDir : `${srvDir}-${i}`;
+    if (!last) cpSync(srvDir, sd, { recursive: true });
+    const s = await startServe(sd);
+    const sc0 = cpuMs(s.child.pid as number);
+    const nc0 = childCpuMs();
+    const n = await run(
+      process.execPath,
+      [CLI, 'checkin', derived, '--name', 'bench/derived', '--parent', 'bench/base', '--remote', s.url, '--json'],
+      { STRATA_TOKEN: token },
+    );
+    netRuns.push({ s: r3(n.s), cpuMs: childCpuMs() - nc0, serverCpuMs: cpuMs(s.child.pid as number) - sc0 });
+    netOut = n.out;
+    if (last) srv = s;
+    else {
+      const gone = new Promise((r) => s.child.once('exit', r));
+      s.child.kill('SIGTERM');
+      await gone;
+      rmSync(sd, { recursive: true, force: true });
+    }
+    log(
+      `check-in pair ${i + 1}/${RUNS}: local ${l.s.toFixed(2)} s, network ${n.s.toFixed(2)} s, load ${loadavg()[0].toFixed(1)}`,
+    );
+  }
+  const localR = JSON.parse(localOut) as { manifest: string };
+  const loc2 = await Library.open(`${locDir}-0`);
   const dl = await loc2.layout(localR.manifest);
   let lackBytes = 0;
   let lackChunks = 0;
@@ -193,22 +275,18 @@ async function main() {
   for (const v of dl.volumes) if (v.fs) manifestBytes += (await loc2.store.get(v.fs.files)).length;
   await loc2.close();
 
-  // the network check-in
-  const srv = await startServe(srvDir);
+  if (!srv) throw new Error('--runs must be at least 1');
   let result: Record<string, unknown> = {};
   try {
-    const net = await run(
-      process.execPath,
-      [CLI, 'checkin', derived, '--name', 'bench/derived', '--parent', 'bench/base', '--remote', srv.url, '--json'],
-      { STRATA_TOKEN: token },
-    );
-    const netR = JSON.parse(net.out) as {
+    const netR = JSON.parse(netOut) as {
       manifest: string;
       chunkBytesSent: number;
       requestBytes: number;
       chunksSent: number;
     };
     if (netR.manifest !== localR.manifest) throw new Error('network and local check-in made different manifests');
+    const net = { s: median(netRuns.map((x) => x.s)) };
+    const local = { s: median(localRuns.map((x) => x.s)) };
 
     // rsync daemon on loopback: the derived raw image onto a copy of the base
     const rsDir = path.join(OUT, 'rsync');
@@ -257,13 +335,28 @@ async function main() {
         ? ['/v1/images/p2%2Fimage-0002/versions/1/files/stat?path=/etc/hostname', '/v1/images/p5%2Fimage-0005/versions']
         : []),
     ];
+    const pid = srv.child.pid as number;
     const load = async (paths: string[], headers: Record<string, string> = {}, connectionRate?: number) => {
-      const r = await autocannon({
+      const per = paths.map(() => [] as number[]);
+      const load0 = loadavg()[0];
+      const cpu0 = cpuMs(pid);
+      const own0 = process.cpuUsage();
+      const run = autocannon({
         url: srv.url,
         connections: CONNECTIONS,
         duration: DURATION,
         connectionRate,
         requests: paths.map((p) => ({ method: 'GET', path: p, headers: { ...auth, ...headers } })),
+      });
+      // each answer's latency by its route (autocannon reports them all together)
+      run.on('response', (client, _status, _bytes, ms) => per[client.requestIterator.currentRequestIndex]?.push(ms));
+      const r = await run;
+      const own = process.cpuUsage(own0);
+      const serverCpu = cpuMs(pid) - cpu0;
+      const classes: Record<string, number[]> = {};
+      paths.forEach((p, i) => {
+        classes[routeClass(p)] ??= [];
+        classes[routeClass(p)].push(...per[i]);
       });
       return {
         requestsPerS: r.requests.average,
@@ -272,6 +365,14 @@ async function main() {
         errors: r.errors + r.timeouts,
         non2xx: r.non2xx,
         requests: r.requests.total,
+        byClass: Object.fromEntries(Object.entries(classes).map(([k, v]) => [k, quantiles(v)])),
+        byRoute: Object.fromEntries(paths.map((p, i) => [p, quantiles(per[i])])),
+        // CPU per request, of the server (all its processes) and of this process (autocannon),
+        // a measure the machine's load moves far less than latency
+        serverCpuMsPerRequest: Math.round((serverCpu / Math.max(1, r.requests.total)) * 1000) / 1000,
+        loadGeneratorCpuMsPerRequest:
+          Math.round(((own.user + own.system) / 1000 / Math.max(1, r.requests.total)) * 1000) / 1000,
+        loadAverage: [load0, loadavg()[0]].map((x) => Math.round(x * 10) / 10),
       };
     };
     const metaLoad = await load(meta);
@@ -287,16 +388,22 @@ async function main() {
         chunksBaseLacks: lackChunks,
         chunkBytesBaseLacks: lackBytes,
         fileManifestBytes: manifestBytes,
+        runs: RUNS,
         network: {
           s: net.s,
+          runs: netRuns,
           chunksSent: netR.chunksSent,
           chunkBytesSent: netR.chunkBytesSent,
           requestBytes: netR.requestBytes,
         },
-        local: { s: local.s },
+        local: { s: local.s, runs: localRuns },
         rsync: { s: rsync.s, bytesSent: rsync.sent },
         ratioSentToLacking: netR.requestBytes / lackBytes,
-        ratioTimeToLocal: net.s / local.s,
+        ratioTimeToLocal: r3(net.s / local.s),
+        ratioTimeToLocalByPair: netRuns.map((x, i) => r3(x.s / localRuns[i].s)),
+        ratioCpuToLocal: r3(
+          median(netRuns.map((x) => x.cpuMs + x.serverCpuMs)) / median(localRuns.map((x) => x.cpuMs)),
+        ),
         ratioSentToRsync: netR.requestBytes / rsync.sent,
       },
       load: {
@@ -306,6 +413,13 @@ async function main() {
         metadata: metaLoad,
         metadataPaced: { perClientPerS: RATE, ...metaPaced },
         downloads1MiB: downloads,
+      },
+      // the issue's targets, as this run measured them (latency targets mean something only on a quiet machine)
+      targets: {
+        bytesSentAtMost1_1xLacking: netR.requestBytes <= 1.1 * lackBytes,
+        timeAtMost1_5xLocal: net.s <= 1.5 * local.s,
+        metadataP99Under50Ms: metaLoad.p99Ms < 50,
+        noErrors: [metaLoad, metaPaced, downloads].every((x) => x.errors === 0 && x.non2xx === 0),
       },
     };
   } finally {

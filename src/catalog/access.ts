@@ -187,6 +187,14 @@ export function parseDuration(s: string): number {
 }
 
 export class Access {
+  /**
+   * Tokens checked while the catalog has not changed since (Db.changeStamp): a revocation,
+   * an expiry, a user or membership change anywhere (another server process, the local
+   * CLI) changes the stamp, and the next request checks the token in the catalog again;
+   * an expiry is checked on every use. Only accepted tokens are kept, at most 4096.
+   */
+  private readonly checked = new Map<string, { stamp: string; p: Principal; expires: number }>();
+
   private constructor(readonly db: Db) {}
 
   static async open(db: Db): Promise<Access> {
@@ -341,6 +349,23 @@ export class Access {
   /** The principal a bearer token stands for; undefined when unknown, revoked, expired or orphaned. */
   async authenticate(token: string, now = Date.now()): Promise<Principal | undefined> {
     if (!token.startsWith(TOKEN_PREFIX) || token.length > 200) return undefined;
+    const stamp = this.db.changeStamp?.();
+    if (stamp !== undefined) {
+      const c = this.checked.get(token);
+      if (c && c.stamp === stamp && c.expires > now) return c.p;
+    }
+    const p = await this.authenticateInCatalog(token, now);
+    if (stamp !== undefined && p) {
+      if (this.checked.size >= 4096) this.checked.clear();
+      this.checked.set(token, { stamp, ...p });
+    }
+    return p?.p;
+  }
+
+  private async authenticateInCatalog(
+    token: string,
+    now: number,
+  ): Promise<{ p: Principal; expires: number } | undefined> {
     const hash = hashToken(token);
     // one query (the token, its user and the user's role in its project): it runs before
     // every request of the service
@@ -369,14 +394,15 @@ export class Access {
       role = r.role ?? null;
       if (!role) return undefined; // no longer a member: the token is dead
     }
-    return {
+    const p: Principal = Object.freeze({
       user: r.username,
       project: r.project,
       role,
       scope: r.scope,
       admin: Number(r.admin) === 1,
       tokenId: r.id,
-    };
+    });
+    return { p, expires: r.expires === null ? Number.POSITIVE_INFINITY : Date.parse(r.expires) };
   }
 
   // ---- image ownership, visibility, members
@@ -595,22 +621,25 @@ export class Access {
 
   /** Count `n` more requests of `key` in `minute`; the total counted so far, by every process. */
   async addRequests(key: string, minute: number, n: number): Promise<number> {
-    return this.db.transaction(async (tx) => {
-      await tx.run(
-        'INSERT INTO rate_windows (rkey, minute, requests) VALUES (?, ?, ?) ON CONFLICT (rkey, minute) DO UPDATE SET requests = rate_windows.requests + excluded.requests',
-        [key, minute, n],
-      );
-      const r = await tx.get<{ requests: number }>('SELECT requests FROM rate_windows WHERE rkey = ? AND minute = ?', [
-        key,
-        minute,
-      ]);
-      return r ? Number(r.requests) : n;
-    });
+    return this.db.transaction(
+      async (tx) => {
+        await tx.run(
+          'INSERT INTO rate_windows (rkey, minute, requests) VALUES (?, ?, ?) ON CONFLICT (rkey, minute) DO UPDATE SET requests = rate_windows.requests + excluded.requests',
+          [key, minute, n],
+        );
+        const r = await tx.get<{ requests: number }>(
+          'SELECT requests FROM rate_windows WHERE rkey = ? AND minute = ?',
+          [key, minute],
+        );
+        return r ? Number(r.requests) : n;
+      },
+      { quiet: true },
+    );
   }
 
   /** Forget windows before `minute`. */
   async dropRateWindows(before: number): Promise<void> {
-    await this.db.run('DELETE FROM rate_windows WHERE minute < ?', [before]);
+    await this.db.transaction((tx) => tx.run('DELETE FROM rate_windows WHERE minute < ?', [before]), { quiet: true });
   }
 
   // ---- the request log (the analytics work reads it)
@@ -622,28 +651,31 @@ export class Access {
   /** Several rows in one transaction (one commit, one fsync: the server batches its log). */
   async logRequests(rows: RequestLogRow[]): Promise<void> {
     if (rows.length === 0) return;
-    await this.db.transaction(async (tx) => {
-      for (const r of rows) {
-        await tx.run(
-          `INSERT INTO request_log (at, username, project, token, method, route, op, image, version, status, bytes_in, bytes_out, micros)
+    await this.db.transaction(
+      async (tx) => {
+        for (const r of rows) {
+          await tx.run(
+            `INSERT INTO request_log (at, username, project, token, method, route, op, image, version, status, bytes_in, bytes_out, micros)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          [
-            r.at ?? new Date().toISOString(),
-            r.user,
-            r.project,
-            r.token,
-            r.method,
-            r.route,
-            r.op,
-            r.image,
-            r.version,
-            r.status,
-            r.bytesIn,
-            r.bytesOut,
-            r.micros,
-          ],
-        );
-      }
-    });
+            [
+              r.at ?? new Date().toISOString(),
+              r.user,
+              r.project,
+              r.token,
+              r.method,
+              r.route,
+              r.op,
+              r.image,
+              r.version,
+              r.status,
+              r.bytesIn,
+              r.bytesOut,
+              r.micros,
+            ],
+          );
+        }
+      },
+      { quiet: true },
+    );
   }
 }

@@ -27,8 +27,23 @@ export interface Db {
    * after a serialization failure, so `fn` touches only the database. `lock` names an
    * exclusive lock held for the transaction (migrations; SQLite's write lock already is one).
    */
-  transaction<T>(fn: (tx: Db) => Promise<T>, opts?: { lock?: string }): Promise<T>;
+  transaction<T>(fn: (tx: Db) => Promise<T>, opts?: TransactionOptions): Promise<T>;
+  /**
+   * A value that changes whenever the catalog may have changed, by this connection or any
+   * other process's (undefined: not known, so nothing may be cached on it). What a reader
+   * computed from the catalog stays true while the value is the one read before it began:
+   * the service caches token checks and answers on it. Writes in `quiet` transactions
+   * (logs, counters no answer reads) do not change it here.
+   */
+  changeStamp?(): string | undefined;
   close(): Promise<void>;
+}
+
+export interface TransactionOptions {
+  /** An exclusive lock held for the transaction (migrations; SQLite's write lock already is one). */
+  lock?: string;
+  /** It writes only what no cached answer reads (the request log, rate counters): changeStamp() stays. */
+  quiet?: boolean;
 }
 
 /** `?` placeholders to PostgreSQL's `$1, $2 ...` (outside string literals). */
@@ -61,6 +76,20 @@ export class SqliteDb implements Db {
   readonly dialect = 'sqlite' as const;
   private readonly stmts = new Map<string, Statement>();
   private depth = 0;
+  /**
+   * Commits (and statements) of this connection: SQLite's data_version moves only for other
+   * connections' commits, so this connection's own are counted here for changeStamp().
+   */
+  private writes = 0;
+  /** The face a quiet transaction's body gets: its statements leave `writes` alone. */
+  private readonly quietFace: Db = {
+    dialect: 'sqlite',
+    all: (sql, params) => this.all(sql, params),
+    get: (sql, params) => this.get(sql, params),
+    run: (sql, params) => this.runCounted(sql, params, false),
+    transaction: (fn) => fn(this.quietFace),
+    close: () => this.close(),
+  };
 
   private constructor(private readonly db: SqliteDatabase) {}
 
@@ -96,21 +125,32 @@ export class SqliteDb implements Db {
   }
 
   async run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {
-    if (params.length === 0 && /^\s*create\s/i.test(sql)) {
-      this.db.exec(sql);
-      return { changes: 0 };
-    }
-    const r = this.prep(sql).run(...params);
-    return { changes: Number(r.changes) };
+    return this.runCounted(sql, params, true);
   }
 
-  async transaction<T>(fn: (tx: Db) => Promise<T>, _opts?: { lock?: string }): Promise<T> {
-    if (this.depth > 0) return fn(this);
+  private async runCounted(sql: string, params: SqlValue[] = [], count: boolean): Promise<{ changes: number }> {
+    try {
+      if (params.length === 0 && /^\s*create\s/i.test(sql)) {
+        this.db.exec(sql);
+        return { changes: 0 };
+      }
+      const r = this.prep(sql).run(...params);
+      return { changes: Number(r.changes) };
+    } finally {
+      if (count) this.writes++;
+    }
+  }
+
+  async transaction<T>(fn: (tx: Db) => Promise<T>, opts?: TransactionOptions): Promise<T> {
+    const face = opts?.quiet ? this.quietFace : this;
+    if (this.depth > 0) return fn(face);
     // BEGIN IMMEDIATE takes the write lock up front, so two writers queue instead of failing mid-way.
     this.db.exec('BEGIN IMMEDIATE');
     this.depth++;
+    let wrote = !opts?.quiet;
+    const before = this.writes;
     try {
-      const r = await fn(this);
+      const r = await fn(face);
       this.db.exec('COMMIT');
       return r;
     } catch (e) {
@@ -118,7 +158,16 @@ export class SqliteDb implements Db {
       throw e;
     } finally {
       this.depth--;
+      // another request's statement may have run inside this transaction (one connection)
+      if (this.writes !== before) wrote = true;
+      if (wrote) this.writes++;
     }
+  }
+
+  /** `data_version` (other connections' commits) and this connection's own writes. */
+  changeStamp(): string {
+    const r = this.prep('PRAGMA data_version').get() as { data_version: number };
+    return `${r.data_version}:${this.writes}`;
   }
 
   async close(): Promise<void> {

@@ -72,6 +72,10 @@ export function registerServeCommands(program: Command): void {
       )
       .option('--cache-size <size>', 'bytes of that cache per version (default 64M)')
       .option(
+        '--answer-cache <size>',
+        'bytes of metadata answers (lists, ls, stat, inspections, search) kept until the catalog changes (default 32M; 0: none)',
+      )
+      .option(
         '--workers <n>',
         'server processes sharing the port (node cluster; each opens the library; default 1: one process, one core)',
         '1',
@@ -109,6 +113,7 @@ export function registerServeCommands(program: Command): void {
       diskCache,
       ...(diskCache ? { blobCache: blobCacheFrom(diskCache) } : {}),
       ...(o.commitLimit !== undefined ? { commitLimit: parseSize(String(o.commitLimit), 'commit limit') } : {}),
+      ...(o.answerCache !== undefined ? { answerCache: parseSize(String(o.answerCache), 'answer cache') } : {}),
     });
     if (speaks)
       process.stderr.write(

@@ -99,6 +99,12 @@ export interface ServeOptions {
   requestLogMs?: number;
   /** Decoded manifests kept in memory (default 16). */
   manifestCache?: number;
+  /**
+   * Bytes of serialized answers of metadata routes kept (default 32 MiB; 0: none), each
+   * valid until the catalog changes (see AnswerCache). Needs a catalog that tells its
+   * changes (SQLite); with PostgreSQL nothing is cached.
+   */
+  answerCache?: number;
   /** ms a request may take (default 10 min: uploads and downloads are long). */
   requestTimeout?: number;
   /** Let writers import images from http(s) URLs the server fetches (default true). */
@@ -132,6 +138,8 @@ declare module 'fastify' {
     principal: Principal;
     policy: Policy;
     started: bigint;
+    /** The answer cache's key and the catalog's stamp when this request began (cacheable GETs). */
+    answer?: { key: string; stamp: string; hit: boolean };
   }
   interface FastifyContextConfig {
     op?: string;
@@ -208,7 +216,90 @@ function sendBytes(
   // qemu's curl driver takes a HEAD's length as the disk's size)
   if (req.method === 'HEAD') return reply.send(Readable.from([]));
   if (end === start) return reply.send('');
+  if (!r && size <= SMALL_BODY) {
+    // a small whole file in one buffer: one write, and the answer cache can keep it
+    return (async () => {
+      const parts: Uint8Array[] = [];
+      for await (const b of read(start, end)) parts.push(b);
+      return reply.send(Buffer.concat(parts));
+    })();
+  }
   return reply.send(Readable.from(read(start, end), { objectMode: false }));
+}
+
+/** Files up to this size are read whole and sent as one buffer (cacheable). */
+const SMALL_BODY = 64 * 1024;
+
+/**
+ * GET routes whose answer is a function of the catalog, the (content-addressed, immutable)
+ * store and who asks, and nothing else: the answer cache (AnswerCache) may keep them.
+ */
+const CACHED_OPS = new Set([
+  'images.list',
+  'images.get',
+  'versions.list',
+  'versions.resolve',
+  'versions.get',
+  'versions.provenance',
+  'versions.inspection',
+  'versions.diff',
+  'files.list',
+  'files.stat',
+  'files.read',
+  'search',
+]);
+
+/** The answer of a cacheable route to an If-None-Match naming its ETag. */
+const NOT_MODIFIED = { type: 'null', description: "not modified: If-None-Match named the answer's ETag" };
+
+/** What an answer depends on of its caller (Policy reads these fields only). */
+const principalKey = (p: Principal) => `${p.user}\u0000${p.project}\u0000${p.role}\u0000${p.scope}\u0000${p.admin}`;
+
+interface CachedAnswer {
+  stamp: string;
+  body: Buffer;
+  etag: string;
+  headers: Record<string, string>;
+}
+
+/**
+ * Serialized answers of the CACHED_OPS routes, by caller and URL, each valid while the
+ * catalog's change stamp (Db.changeStamp: any commit, by this process or another) is the
+ * one read before the answer was computed. At most `maxBytes` in all (least recently used
+ * dropped first), 1 MiB an answer.
+ */
+class AnswerCache {
+  private readonly map = new Map<string, CachedAnswer>();
+  private bytes = 0;
+  constructor(private readonly maxBytes: number) {}
+
+  get(key: string, stamp: string): CachedAnswer | undefined {
+    const a = this.map.get(key);
+    if (!a) return undefined;
+    this.map.delete(key);
+    if (a.stamp !== stamp) {
+      this.bytes -= a.body.length;
+      return undefined;
+    }
+    this.map.set(key, a); // most recent last
+    return a;
+  }
+
+  set(key: string, a: CachedAnswer): void {
+    if (a.body.length > Math.min(ONE_MIB, this.maxBytes)) return;
+    const old = this.map.get(key);
+    if (old) {
+      this.map.delete(key);
+      this.bytes -= old.body.length;
+    }
+    this.map.set(key, a);
+    this.bytes += a.body.length;
+    for (const [k, v] of this.map) {
+      if (this.bytes <= this.maxBytes) break;
+      this.map.delete(k);
+      this.bytes -= v.body.length;
+    }
+  }
 }
 
 export async function buildServer(lib: Library, opts: ServeOptions = {}): Promise<FastifyInstance> {
@@ -222,6 +313,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const perMinute = opts.rateLimit ?? 6000;
   const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
   const reach = new Map<string, Set<string>>();
+  const answerBytes = opts.answerCache ?? 32 * ONE_MIB;
+  const answers = answerBytes > 0 && lib.catalog.db.changeStamp ? new AnswerCache(answerBytes) : undefined;
   /** Commits and uploads one at a time (the store's writer is one). */
   let writeChain: Promise<unknown> = Promise.resolve();
   const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
@@ -291,7 +384,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       .send(toProblem(new HttpProblem(404, `no route ${req.method} ${req.url.split('?')[0]}`), req.url));
   });
 
-  app.addHook('onRequest', async (req) => {
+  app.addHook('onRequest', async (req, reply) => {
     req.started = process.hrtime.bigint();
     const h = req.headers.authorization;
     let p: Principal = ANONYMOUS;
@@ -305,6 +398,21 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     req.policy = new Policy(p, access, defaults);
     if (limiter && !(await limiter.take(p.tokenId ?? `ip:${req.ip}`))) {
       throw new HttpProblem(429, `more than ${perMinute} requests a minute`);
+    }
+    // an answer computed since the catalog last changed is sent again as it was
+    if (answers && req.method === 'GET' && req.headers.range === undefined) {
+      const op = req.routeOptions.config?.op;
+      const stamp = op && CACHED_OPS.has(op) ? lib.catalog.db.changeStamp?.() : undefined;
+      if (stamp !== undefined) {
+        const key = `${principalKey(p)}\n${req.url}`;
+        const hit = answers.get(key, stamp);
+        req.answer = { key, stamp, hit: hit !== undefined };
+        if (hit) {
+          reply.header('etag', hit.etag);
+          if (req.headers['if-none-match'] === hit.etag) return reply.code(304).send();
+          return reply.code(200).headers(hit.headers).send(hit.body);
+        }
+      }
     }
   });
   // Request bodies may come gzip-compressed (the client compresses manifests and chunk
@@ -339,7 +447,27 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     (out as unknown as { receivedEncodedLength: number }).receivedEncodedLength = encoded;
     return out;
   });
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', async (req, reply, payload) => {
+    const a = req.answer;
+    if (
+      answers &&
+      a &&
+      !a.hit &&
+      reply.statusCode === 200 &&
+      (typeof payload === 'string' || Buffer.isBuffer(payload)) &&
+      lib.catalog.db.changeStamp?.() === a.stamp // nothing changed while it was computed
+    ) {
+      const body = typeof payload === 'string' ? Buffer.from(payload) : payload;
+      const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
+      const headers: Record<string, string> = {};
+      for (const h of ['content-type', 'content-disposition', 'accept-ranges']) {
+        const v = reply.getHeader(h);
+        if (v !== undefined) headers[h] = String(v);
+      }
+      answers.set(a.key, { stamp: a.stamp, body, etag, headers });
+      reply.header('etag', etag);
+      payload = body;
+    }
     if (!reply.hasHeader('content-length') && (typeof payload === 'string' || Buffer.isBuffer(payload))) {
       reply.header('content-length', String(Buffer.byteLength(payload as string)));
     }
@@ -373,7 +501,12 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   });
   app.addHook('onRoute', (route) => {
     if (route.schema?.hide) return;
-    route.schema = { ...route.schema, response: { ...problemResponses, ...(route.schema?.response as object) } };
+    const op = (route.config as { op?: string } | undefined)?.op;
+    const cached = op && CACHED_OPS.has(op) ? { 304: NOT_MODIFIED } : {};
+    route.schema = {
+      ...route.schema,
+      response: { ...problemResponses, ...cached, ...(route.schema?.response as object) },
+    };
   });
 
   // ---- helpers over the catalog
