@@ -30,7 +30,10 @@ const SIZE = Number(process.env.BENCH_SIZE_MIB ?? 1024) * 1024 * 1024;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 /** Extra node flags for the Strata child (e.g. BENCH_NODE_FLAGS=--cpu-prof). */
 const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
-/** Only the cases whose name contains one of these (comma-separated), e.g. BENCH_CASES=qcow2->raw,raw->raw. */
+/**
+ * Only the cases whose name contains one of these (comma-separated), e.g.
+ * BENCH_CASES=qcow2->raw,raw->raw; `uncompressed` picks every case without -c (issue 26's set).
+ */
 const ONLY = (process.env.BENCH_CASES ?? '').split(',').filter(Boolean);
 /**
  * BENCH_WORKERS=1: also time Strata with its worker-thread copier (STRATA_NO_NATIVE_COPY=1)
@@ -38,9 +41,10 @@ const ONLY = (process.env.BENCH_CASES ?? '').split(',').filter(Boolean);
  */
 const WORKERS = process.env.BENCH_WORKERS === '1';
 /**
- * BENCH_DROP_INPUTS=1: delete each converted input (qcow2, vmdk, vhdx) once its case is done,
- * keeping only the raw disk cached: at BENCH_SIZE_MIB=8192 the four inputs take ~23 GB of
- * real disk, one at a time ~12 GB (plus one output).
+ * BENCH_DROP_INPUTS=1: one input on disk at a time: the raw disk is deleted once a converted
+ * input (qcow2, vmdk, vhdx) is made from it, and that input once its case is done (the raw
+ * disk is made again for the raw cases). At BENCH_SIZE_MIB=8192 the four inputs take ~23 GB
+ * of real disk; this way ~6 GB, plus one output (~6 GB).
  */
 const DROP_INPUTS = process.env.BENCH_DROP_INPUTS === '1';
 
@@ -87,10 +91,13 @@ async function main(): Promise<void> {
   mkdirSync(DIR, { recursive: true });
   mkdirSync(OUT, { recursive: true });
   const gib = (SIZE / 2 ** 30).toString().replace('.', '_');
-  const raw = await cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
+  const raw = () => cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
   const via = (ext: string, args: string[]) => () =>
     cached(`mixed-${gib}g-v1.${ext}`, async (out) => {
-      await pexec('qemu-img', ['convert', '-f', 'raw', ...args, raw, out]);
+      const from = await raw();
+      await pexec('qemu-img', ['convert', '-f', 'raw', ...args, from, out]);
+      // one input on disk at a time: the raw disk is made again for the raw cases
+      if (DROP_INPUTS) rmSync(from, { force: true });
     });
   const cases: Case[] = [
     { name: 'qcow2->raw', ext: 'qcow2', input: via('qcow2', ['-O', 'qcow2']), inFmt: 'qcow2', outFmt: 'raw' },
@@ -102,11 +109,12 @@ async function main(): Promise<void> {
       outFmt: 'raw',
     },
     { name: 'vhdx->raw', ext: 'vhdx', input: via('vhdx', ['-O', 'vhdx']), inFmt: 'vhdx', outFmt: 'raw' },
-    { name: 'raw->raw', ext: 'raw', input: async () => raw, inFmt: 'raw', outFmt: 'raw' },
-    { name: 'raw->qcow2', ext: 'raw', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2' },
-    { name: 'raw->qcow2 -c (zlib)', ext: 'raw', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2', compress: true },
+    { name: 'raw->raw', ext: 'raw', input: raw, inFmt: 'raw', outFmt: 'raw' },
+    { name: 'raw->qcow2', ext: 'raw', input: raw, inFmt: 'raw', outFmt: 'qcow2' },
+    { name: 'raw->qcow2 -c (zlib)', ext: 'raw', input: raw, inFmt: 'raw', outFmt: 'qcow2', compress: true },
   ];
-  if (ONLY.length) cases.splice(0, cases.length, ...cases.filter((c) => ONLY.some((o) => c.name.includes(o))));
+  const picked = (c: Case) => ONLY.some((o) => (o === 'uncompressed' ? !c.compress : c.name.includes(o)));
+  if (ONLY.length) cases.splice(0, cases.length, ...cases.filter(picked));
   const startupMs = await measureStartup();
   const results: Array<Record<string, unknown>> = [];
   for (const c of cases) {
