@@ -63,6 +63,51 @@ export function childCpuMs(): number {
   }
 }
 
+/**
+ * CPU seconds (user + system) so far of the processes whose command line names `dir` (the
+ * S3 and PostgreSQL servers scripts/test-services.sh started with their state in `dir`), by
+ * kind: Swift's proxy / object / container / account servers, memcached, postgres. A
+ * process that exited since the last call is not counted (its time is gone with it).
+ */
+export function serviceCpuS(dir: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (!dir) return out;
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    let cmd: string;
+    let stat: string;
+    try {
+      cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (!cmd.includes(dir)) continue;
+      stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const kind =
+      /swift-(\w+)-server/.exec(cmd)?.[1] ??
+      (cmd.includes('memcached') ? 'memcached' : cmd.includes('postgres') ? 'postgres' : 'other');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    out[kind] = (out[kind] ?? 0) + (Number(f[11]) + Number(f[12])) / 100; // utime, stime (fields 14, 15) in USER_HZ
+  }
+  return out;
+}
+
+/** CPU seconds the services spent between two serviceCpuS readings, by kind and in all. */
+export function serviceCpuDelta(
+  a: Record<string, number>,
+  b: Record<string, number>,
+): { total: number; by: Record<string, number> } {
+  const by: Record<string, number> = {};
+  let total = 0;
+  for (const k of Object.keys(b)) {
+    const d = b[k] - (a[k] ?? 0);
+    if (d <= 0) continue;
+    by[k] = +d.toFixed(2);
+    total += d;
+  }
+  return { total: +total.toFixed(2), by };
+}
+
 /** Run a tool and return its stdout; throws with its stderr on a non-zero exit. */
 export function sh(cmd: string, argv: string[], opts: { cwd?: string; input?: string } = {}): string {
   const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, cwd: opts.cwd, input: opts.input });

@@ -42,6 +42,7 @@ import {
 } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { loadavg } from 'node:os';
 import * as path from 'node:path';
 import type { BlockMap } from '../src/blockmap/block-map.js';
 import { blockMapOfImage } from '../src/blockmap/of-image.js';
@@ -78,10 +79,12 @@ const INIT = [
   '#!/bin/busybox sh',
   'B=/bin/busybox',
   '$B mount -t proc proc /proc',
-  'echo STRATA-BOOTED',
-  'echo "STRATA-FIND $($B find / -xdev | $B wc -l)"',
-  'echo "STRATA-GREP $($B grep -r -l -s strata /etc /usr/share/doc | $B wc -l)"',
-  `echo "STRATA-READ $($B find /usr/lib -type f | $B xargs $B cat 2>/dev/null | $B head -c ${READ_MB * 1000000} | $B wc -c)"`,
+  // each marker carries the guest's own clock (uptime) and its CPU counters (/proc/stat, USER_HZ)
+  'M() { echo "STRATA-$1 $2 @ $($B cat /proc/uptime) $($B head -n 1 /proc/stat)"; }',
+  'M BOOTED 0',
+  'M FIND "$($B find / -xdev | $B wc -l)"',
+  'M GREP "$($B grep -r -l -s strata /etc /usr/share/doc | $B wc -l)"',
+  `M READ "$($B find /usr/lib -type f | $B xargs $B cat 2>/dev/null | $B head -c ${READ_MB * 1000000} | $B wc -c)"`,
   '$B poweroff -f',
   '',
 ].join('\n');
@@ -143,7 +146,7 @@ class Tap extends FilterSource {
 
 /** The guest root disk: GPT, ext4 made by mkfs.ext4 -d from the tree (see above). */
 function guestDisk(): string {
-  const out = path.join(DIR, `root-lib${LIB_MB}-doc${DOC_MB}-read${READ_MB}-v1.raw`);
+  const out = path.join(DIR, `root-lib${LIB_MB}-doc${DOC_MB}-read${READ_MB}-v2.raw`);
   if (existsSync(out)) return out;
   const tree = `${out}.tree`;
   rmSync(tree, { recursive: true, force: true });
@@ -186,6 +189,25 @@ function guestDisk(): string {
   return out;
 }
 
+/** Per phase (boot: guest start to STRATA-BOOTED; find, grep, read: from the marker before). */
+interface Phase {
+  /** Host seconds between the markers' console lines (boot: from starting qemu). */
+  hostS?: number;
+  /** The guest's own clock (/proc/uptime) between its markers. */
+  guestS?: number;
+  /** Guest CPU seconds busy (user+nice+system+irq+softirq+steal), waiting on I/O (iowait), idle: /proc/stat. */
+  busyS?: number;
+  iowaitS?: number;
+  idleS?: number;
+  /** Source reads (round trips on the link) and those made by requests that waited for them. */
+  sourceReads: number;
+  demandReads?: number;
+  /** Requests that waited for the link, that number x the link's latency, and the milliseconds measured. */
+  waitedRequests?: number;
+  waitedXLatencyS?: number;
+  waitedMeasuredS?: number;
+}
+
 interface LiveRun {
   policy: string;
   boot?: number;
@@ -193,6 +215,9 @@ interface LiveRun {
   grep?: number;
   read?: number;
   total?: number;
+  /** The same phases by the guest's clock. */
+  guest: Record<string, number | undefined>;
+  phases: Record<string, Phase>;
   counts: Record<string, string>;
   sourceReads: number;
   sourceMiB: number;
@@ -201,24 +226,43 @@ interface LiveRun {
   timedOut: boolean;
   /** The peer: source reads qemu-nbd made before the guest started (probing the image). */
   startReads?: number;
+  /** The host's 1-minute load average when the run started and ended. */
+  load?: [number, number];
+}
+
+/** What the host counts at each marker (source reads; the cache's waits when there is one). */
+interface HostCounts {
+  reads: number;
+  demandReads?: number;
+  waitedRequests?: number;
+  waitedMs?: number;
 }
 
 interface GuestTimes {
   times: Record<string, number>;
+  /** By marker: the guest's uptime and its /proc/stat cpu line (USER_HZ ticks). */
+  guest: Record<string, { uptime: number; cpu: number[] }>;
+  host: Record<string, HostCounts>;
   counts: Record<string, string>;
   code: number | null;
   timedOut: boolean;
 }
 
-/** Boot the guest from `uri` and time its markers on the host (the same for every server). */
+const MARKERS = ['BOOTED', 'FIND', 'GREP', 'READ'] as const;
+const PHASES = ['boot', 'find', 'grep', 'read'] as const;
+
+/** Boot the guest from `uri` and time its markers on the host and by its own clock (the same for every server). */
 async function bootGuest(
   uri: string,
   kernel: string,
   initrd: string,
   label: string,
+  count: () => HostCounts,
   markers?: Array<[string, number]>,
 ): Promise<GuestTimes> {
   const times: Record<string, number> = {};
+  const guest: GuestTimes['guest'] = {};
+  const host: GuestTimes['host'] = { START: count() };
   const counts: Record<string, string> = {};
   const accel = chooseAccel();
   const t0 = Date.now();
@@ -239,30 +283,66 @@ async function bootGuest(
       accel,
       timeoutMs: 3600_000,
       onLine: (line) => {
-        const m = /STRATA-(BOOTED|FIND|GREP|READ)\s*(\S*)/.exec(line);
+        const m = /STRATA-(BOOTED|FIND|GREP|READ) (\S+) @ ([\d.]+) [\d.]+ cpu\s+([\d ]+)/.exec(line);
         if (!m) return;
         times[m[1]] = (Date.now() - t0) / 1000;
+        host[m[1]] = count();
+        guest[m[1]] = { uptime: Number(m[3]), cpu: m[4].trim().split(/\s+/).map(Number) };
         markers?.push([m[1], Date.now()]);
-        if (m[2]) counts[m[1].toLowerCase()] = m[2];
-        log(`${label}: ${line.trim()} at ${times[m[1]].toFixed(1)} s`);
+        if (m[1] !== 'BOOTED') counts[m[1].toLowerCase()] = m[2];
+        log(`${label}: ${m[1]} ${m[2]} at ${times[m[1]].toFixed(1)} s (guest ${m[3]} s)`);
       },
     },
   );
   if (times.READ === undefined)
     log(`${label}: no end marker (qemu ${r.code}, ${r.seconds.toFixed(1)} s): ${r.console.slice(-1500)}`);
-  return { times, counts, code: r.code, timedOut: r.timedOut };
+  return { times, guest, host, counts, code: r.code, timedOut: r.timedOut };
 }
 
-function phases(g: GuestTimes): Pick<LiveRun, 'boot' | 'find' | 'grep' | 'read' | 'total'> {
+const r2 = (x: number) => +x.toFixed(2);
+
+function phases(g: GuestTimes): Pick<LiveRun, 'boot' | 'find' | 'grep' | 'read' | 'total' | 'guest' | 'phases'> {
   const { times } = g;
   const d = (a: string, b: string) =>
-    times[a] !== undefined && times[b] !== undefined ? +(times[a] - times[b]).toFixed(2) : undefined;
+    times[a] !== undefined && times[b] !== undefined ? r2(times[a] - times[b]) : undefined;
+  const out: Record<string, Phase> = {};
+  const guestTimes: Record<string, number | undefined> = {};
+  for (let i = 0; i < MARKERS.length; i++) {
+    const to = MARKERS[i];
+    const from = i === 0 ? 'START' : MARKERS[i - 1];
+    const h1 = g.host[to];
+    const h0 = g.host[from];
+    if (!h1 || !h0) continue;
+    const p: Phase = { sourceReads: h1.reads - h0.reads };
+    p.hostS = i === 0 ? times[to] : d(to, from);
+    const g1 = g.guest[to];
+    const g0 = i === 0 ? { uptime: 0, cpu: g1.cpu.map(() => 0) } : g.guest[from];
+    if (g1 && g0) {
+      // /proc/stat cpu: user nice system idle iowait irq softirq steal ...
+      const t = (k: number) => ((g1.cpu[k] ?? 0) - (g0.cpu[k] ?? 0)) / 100;
+      p.guestS = r2(g1.uptime - g0.uptime);
+      p.busyS = r2(t(0) + t(1) + t(2) + t(5) + t(6) + t(7));
+      p.idleS = r2(t(3));
+      p.iowaitS = r2(t(4));
+      guestTimes[PHASES[i]] = p.guestS;
+    }
+    if (h1.waitedRequests !== undefined && h0.waitedRequests !== undefined) {
+      p.demandReads = h1.demandReads! - h0.demandReads!;
+      p.waitedRequests = h1.waitedRequests - h0.waitedRequests;
+      p.waitedXLatencyS = r2((p.waitedRequests * LATENCY_MS) / 1000);
+      p.waitedMeasuredS = r2((h1.waitedMs! - h0.waitedMs!) / 1000);
+    }
+    out[PHASES[i]] = p;
+  }
+  if (g.guest.READ) guestTimes.total = r2(g.guest.READ.uptime);
   return {
-    boot: times.BOOTED !== undefined ? +times.BOOTED.toFixed(2) : undefined,
+    boot: times.BOOTED !== undefined ? r2(times.BOOTED) : undefined,
     find: d('FIND', 'BOOTED'),
     grep: d('GREP', 'FIND'),
     read: d('READ', 'GREP'),
-    total: times.READ !== undefined ? +times.READ.toFixed(2) : undefined,
+    total: times.READ !== undefined ? r2(times.READ) : undefined,
+    guest: guestTimes,
+    phases: out,
   };
 }
 
@@ -282,7 +362,16 @@ async function liveRun(
   const server = new NbdServer({ exports: [sourceExport('live', tap ?? cache, { close: async () => {} })] });
   await server.listen({ host: '127.0.0.1', port: 0 });
   const label = policy === 'introspective' ? `introspective:${prefetch?.join('+') || 'none'}` : policy;
-  const g = await bootGuest(server.uri('live'), kernel, initrd, label, tap?.markers);
+  const count = (): HostCounts => {
+    const c = cache.snapshot();
+    return {
+      reads: slow.reads,
+      demandReads: c.source.demandReads,
+      waitedRequests: c.waited.requests,
+      waitedMs: c.waited.ms,
+    };
+  };
+  const g = await bootGuest(server.uri('live'), kernel, initrd, label, count, tap?.markers);
   await cache.stop();
   const s = cache.snapshot();
   await server.close();
@@ -370,7 +459,7 @@ async function peerRun(disk: string, kernel: string, initrd: string): Promise<Li
   reads = 0;
   bytes = 0;
   try {
-    const g = await bootGuest(`nbd+unix:///live?socket=${sock}`, kernel, initrd, 'qemu-nbd');
+    const g = await bootGuest(`nbd+unix:///live?socket=${sock}`, kernel, initrd, 'qemu-nbd', () => ({ reads }));
     return {
       policy: 'qemu-nbd (curl)',
       ...phases(g),
@@ -421,16 +510,20 @@ export async function live(): Promise<void> {
     for (const [p, pf] of configs) {
       const label = p === 'introspective' ? `introspective:${pf?.join('+') || 'none'}` : p;
       if (only && !only.includes(label) && !only.includes(p)) continue;
+      const load0 = loadavg()[0];
       const r = await liveRun(disk, map, kernel, initrd, p, pf);
       runs.push(r);
+      r.load = [r2(load0), r2(loadavg()[0])];
       process.stdout.write(
         `${JSON.stringify({ live: true, cacheMiB: CACHE_MIB, latencyMs: LATENCY_MS, mbit: MBIT, accel: chooseAccel().accel, ...r, ...env })}\n`,
       );
     }
     if (!only || only.includes('qemu-nbd')) {
       need('qemu-nbd', 'qemu-utils');
+      const load0 = loadavg()[0];
       const r = await peerRun(disk, kernel, initrd);
       runs.push(r);
+      r.load = [r2(load0), r2(loadavg()[0])];
       process.stdout.write(
         `${JSON.stringify({ live: true, peer: true, cacheMiB: CACHE_MIB, latencyMs: LATENCY_MS, mbit: MBIT, accel: chooseAccel().accel, ...r, ...env })}\n`,
       );
@@ -448,12 +541,36 @@ export async function live(): Promise<void> {
     const ratio = (base: LiveRun | undefined, k: 'boot' | 'find' | 'grep' | 'read' | 'total') =>
       base?.[k] && all[k] ? +(base[k]! / all[k]!).toFixed(2) : undefined;
     const ks = ['boot', 'find', 'grep', 'read', 'total'] as const;
+    const byGuest = (base: LiveRun | undefined) =>
+      Object.fromEntries(
+        ks.map((k) => [k, base?.guest[k] && all.guest[k] ? r2(base.guest[k]! / all.guest[k]!) : undefined]),
+      );
+    // the time the guest waited on the link per phase (requests that waited x latency), per config
+    const linkWait = Object.fromEntries(
+      runs
+        .filter((r) => r.phases.boot?.waitedXLatencyS !== undefined)
+        .map((r) => [r.policy, Object.fromEntries(PHASES.map((k) => [k, r.phases[k]?.waitedXLatencyS]))]),
+    );
+    const cpuVsIo = Object.fromEntries(
+      runs.map((r) => [
+        r.policy,
+        Object.fromEntries(
+          PHASES.map((k) => [
+            k,
+            { busyS: r.phases[k]?.busyS, iowaitS: r.phases[k]?.iowaitS, idleS: r.phases[k]?.idleS },
+          ]),
+        ),
+      ]),
+    );
     process.stdout.write(
       `${JSON.stringify({
         summary: true,
         ours: 'introspective (all prefetchers)',
         lruOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(lru, k)])),
         readaheadOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(ra, k)])),
+        guestClock: { lruOverIntrospective: byGuest(lru), readaheadOverIntrospective: byGuest(ra) },
+        linkWaitS: linkWait,
+        guestCpuVsIowait: cpuVsIo,
         peer: 'qemu-nbd over qemu curl, same link',
         qemuNbdOverIntrospective: Object.fromEntries(ks.map((k) => [k, ratio(peer, k)])),
         sourceReads: Object.fromEntries(runs.map((r) => [r.policy, r.sourceReads])),

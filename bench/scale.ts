@@ -32,7 +32,7 @@ import autocannon from 'autocannon';
 import { inspectPair } from '../test/helpers/inspect-pair.js';
 import { Cluster } from '../test/helpers/scale-cluster.js';
 import { pgWithSchema, testServices, uniqueName } from '../test/helpers/services.js';
-import { benchChildEnv, CLI, opt } from './common.js';
+import { benchChildEnv, CLI, childCpuMs, opt, serviceCpuDelta, serviceCpuS } from './common.js';
 
 const OUT = opt('--out') ?? '/dev/shm/strata-bench-scale';
 const DURATION = Number(opt('--duration') ?? 20);
@@ -44,8 +44,20 @@ const flag = (f: string) => process.argv.includes(f);
 const log = (m: string) => process.stderr.write(`bench:scale: ${m}\n`);
 const emit = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
-function run(argv: string[], env: Record<string, string>): Promise<{ s: number; out: string }> {
+/** Services' state folder (their CPU is read from /proc around each S3 run). */
+let svcDir = '';
+
+/**
+ * One `strata` child: wall seconds, its CPU seconds (user + system; children run one at a
+ * time), and the CPU seconds the services (Swift, memcached, PostgreSQL) spent meanwhile.
+ */
+function run(
+  argv: string[],
+  env: Record<string, string>,
+): Promise<{ s: number; out: string; cpuS: number; serverCpuS: number; server: Record<string, number> }> {
   return new Promise((resolve, reject) => {
+    const cpu0 = childCpuMs();
+    const srv0 = serviceCpuS(svcDir);
     const t0 = process.hrtime.bigint();
     const c = spawn(process.execPath, [CLI, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
@@ -55,8 +67,10 @@ function run(argv: string[], env: Record<string, string>): Promise<{ s: number; 
     c.on('error', reject);
     c.on('close', (code) => {
       const s = Number(process.hrtime.bigint() - t0) / 1e9;
+      const srv = serviceCpuDelta(srv0, serviceCpuS(svcDir));
+      const cpuS = (childCpuMs() - cpu0) / 1000;
       if (code !== 0) reject(new Error(`strata ${argv.join(' ')}: exit ${code}: ${err}`));
-      else resolve({ s, out });
+      else resolve({ s, out, cpuS, serverCpuS: srv.total, server: srv.by });
     });
   });
 }
@@ -113,6 +127,9 @@ async function storeBench(
     ratios: checkins.local.map((l, i) => l / checkins.s3[i]),
   });
   const best: Record<string, number> = { local: Infinity, s3Cold: Infinity, s3Warm: Infinity };
+  // the least CPU (user + system) each case took: the strata child's, and the services' meanwhile
+  const cpu: Record<string, number> = { local: Infinity, s3Cold: Infinity, s3Warm: Infinity };
+  const serverCpu: Record<string, number> = { local: Infinity, s3Cold: Infinity, s3Warm: Infinity };
   const sums = new Set<string>();
   for (let r = 0; r < RUNS; r++) {
     const outs = {
@@ -121,17 +138,25 @@ async function storeBench(
       s3Warm: path.join(OUT, `out-${label}-s3-warm.raw`),
     };
     for (const o of Object.values(outs)) rmSync(o, { force: true });
-    const t = {
-      local: (await run(['checkout', ref, outs.local, ...L], env)).s,
+    const r1 = {
+      local: await run(['checkout', ref, outs.local, ...L], env),
       s3Cold: await (async () => {
         rmSync(cache, { recursive: true, force: true });
-        return (await run(['checkout', ref, outs.s3Cold, ...S], env)).s;
+        return await run(['checkout', ref, outs.s3Cold, ...S], env);
       })(),
-      s3Warm: (await run(['checkout', ref, outs.s3Warm, ...S], env)).s,
+      s3Warm: await run(['checkout', ref, outs.s3Warm, ...S], env),
     };
-    for (const k of Object.keys(t) as Array<keyof typeof t>) best[k] = Math.min(best[k], t[k]);
+    const t = { local: r1.local.s, s3Cold: r1.s3Cold.s, s3Warm: r1.s3Warm.s };
+    for (const k of Object.keys(t) as Array<keyof typeof t>) {
+      best[k] = Math.min(best[k], t[k]);
+      cpu[k] = Math.min(cpu[k], r1[k].cpuS);
+      serverCpu[k] = Math.min(serverCpu[k], r1[k].serverCpuS);
+    }
+    const cpuOf = Object.fromEntries(
+      Object.entries(r1).map(([k, x]) => [k, { cpuS: x.cpuS, serverCpuS: x.serverCpuS, server: x.server }]),
+    );
     for (const o of Object.values(outs)) sums.add(await sha256(o));
-    log(`checkout ${label} run ${r + 1}: ${JSON.stringify(t)}`);
+    log(`checkout ${label} run ${r + 1}: ${JSON.stringify(t)} cpu ${JSON.stringify(cpuOf)}`);
   }
   if (sums.size !== 1) throw new Error(`checkouts differ: ${[...sums].join(' ')}`);
   for (const o of ['local', 's3-cold', 's3-warm']) rmSync(path.join(OUT, `out-${label}-${o}.raw`), { force: true });
@@ -146,6 +171,11 @@ async function storeBench(
     ratioCold: best.local / best.s3Cold,
     ratioWarm: best.local / best.s3Warm,
     target: 0.7,
+    cpuS: cpu,
+    serverCpuS: serverCpu,
+    // throughput if CPU were the only limit (the 2 cores busy with nothing else): local CPU / (S3 client + services)
+    cpuRatioCold: cpu.local / (cpu.s3Cold + serverCpu.s3Cold),
+    cpuRatioWarm: cpu.local / (cpu.s3Warm + serverCpu.s3Warm),
     load1: loadavg()[0],
   });
 }
@@ -227,6 +257,7 @@ async function main() {
   rmSync(OUT, { recursive: true, force: true });
   mkdirSync(OUT, { recursive: true });
   const svc = testServices();
+  svcDir = svc.dir;
   const pair = opt('--base') && opt('--derived') ? undefined : await inspectPair();
   const base = opt('--base') ?? (pair as { a: string }).a;
   const derived = opt('--derived') ?? (pair as { b: string }).b;

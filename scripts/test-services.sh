@@ -47,7 +47,7 @@ stop_pg() {
   su postgres -s /bin/sh -c "'$PGBIN/pg_ctl' -D '$dir/pg/data' -w -t 60 -m fast stop" >/dev/null 2>&1 || true
 }
 
-conf() { # conf FILE SERVER PORT
+conf() { # conf FILE SERVER PORT [APP-OPTIONS]
   cat >"$1" <<EOF
 [DEFAULT]
 devices = $dir/swift/devices
@@ -65,6 +65,7 @@ pipeline = $2-server
 
 [app:$2-server]
 use = egg:swift#$2
+${4:-}
 EOF
 }
 
@@ -79,7 +80,14 @@ start_swift() {
   done
   conf "$s/etc/account-server.conf" account "$ap"
   conf "$s/etc/container-server.conf" container "$cp"
-  conf "$s/etc/object-server.conf" object "$op"
+  # tuned as a deployer serving large objects would (bench/README.md "scale"): 1 MiB reads and
+  # writes instead of 64 KiB (fewer trips through Python per MB), and packs kept in the page
+  # cache after a GET (by default the object server drops every object over 5 MiB from it, so
+  # each cold checkout read its packs from the disk again)
+  conf "$s/etc/object-server.conf" object "$op" "disk_chunk_size = 1048576
+network_chunk_size = 1048576
+keep_cache_private = true
+keep_cache_size = 1073741824"
   cat >"$s/etc/proxy-server.conf" <<EOF
 [DEFAULT]
 bind_ip = 127.0.0.1
@@ -94,6 +102,8 @@ pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_forma
 
 [app:proxy-server]
 use = egg:swift#proxy
+object_chunk_size = 1048576
+client_chunk_size = 1048576
 account_autocreate = true
 allow_account_management = true
 

@@ -43,4 +43,5 @@ export {
   openDeploySource,
   remoteDeploySource,
 } from './source.js';
+export { type CachedDeploySource, cachedDeploySource, type DeploySourceCacheOptions } from './source-cache.js';
 export { type DeployHeader, loadState, STATE_SUFFIX } from './state.js';

@@ -166,6 +166,11 @@ export interface IntrospectiveCacheStats {
   direct: number;
   byClass: Record<string, ClassStats & { hitRate: number }>;
   source: { reads: number; bytes: number; demandReads: number; demandBytes: number };
+  /**
+   * Requests that waited for the source (a fetch of their own, or another's still in flight),
+   * and the milliseconds they spent waiting: the time a client spent on the link.
+   */
+  waited: { requests: number; ms: number };
   prefetchers: Record<string, PrefetcherStats>;
   segments: { metadata: number; probation: number; protected: number };
 }
@@ -296,6 +301,7 @@ export class IntrospectiveCache extends FilterSource {
       direct: 0,
       byClass: { data: cls(), metadata: cls(), unused: cls(), unknown: cls() },
       source: { reads: 0, bytes: 0, demandReads: 0, demandBytes: 0 },
+      waited: { requests: 0, ms: 0 },
       prefetchers: pfs,
       segments: { metadata: 0, probation: 0, protected: 0 },
     };
@@ -430,7 +436,10 @@ export class IntrospectiveCache extends FilterSource {
   }
 
   /** Fetch the blocks in [first, last] neither cached nor in flight, as runs; wait for all. */
-  private async demand(first: number, last: number): Promise<{ fetched: boolean; prefetched: boolean }> {
+  private async demand(
+    first: number,
+    last: number,
+  ): Promise<{ fetched: boolean; prefetched: boolean; waited: boolean }> {
     const waits: Promise<void>[] = [];
     let fetched = false;
     let prefetched = false;
@@ -491,7 +500,7 @@ export class IntrospectiveCache extends FilterSource {
     for (let b = first; b <= last; b++) {
       if (this.fresh.delete(b)) this.touch(b, false);
     }
-    return { fetched, prefetched };
+    return { fetched, prefetched, waited: waits.length > 0 };
   }
 
   /** Copy bytes [offset, offset+out.length) out of the cache (after demand(); a block evicted meanwhile is read again). */
@@ -519,7 +528,10 @@ export class IntrospectiveCache extends FilterSource {
     if (n >= this.directFrom) {
       this.stats.direct++;
       if (note) note.cache = 'miss';
+      const t = performance.now();
       const b = await this.inner.read(offset, n);
+      this.stats.waited.requests++;
+      this.stats.waited.ms += performance.now() - t;
       out.set(b.subarray(0, n));
       return;
     }
@@ -533,9 +545,14 @@ export class IntrospectiveCache extends FilterSource {
     const streaming = this.consumesPrefetch(first, last);
     if (this.policy !== 'lru' && (streaming || this.misses(first, last)))
       requestNotes.exit(() => this.prefetchAfter(offset, n, c, first, last, streaming));
+    const t0 = performance.now();
     const pending = this.demand(first, last);
     this.pump();
-    const { fetched, prefetched } = await pending;
+    const { fetched, prefetched, waited } = await pending;
+    if (waited) {
+      this.stats.waited.requests++;
+      this.stats.waited.ms += performance.now() - t0;
+    }
     const outcome: CacheOutcome = fetched ? 'miss' : prefetched ? 'prefetched' : 'hit';
     if (outcome === 'miss') cs.misses++;
     else if (outcome === 'prefetched') cs.prefetched++;
@@ -760,6 +777,25 @@ export class IntrospectiveCache extends FilterSource {
 
   protected override async readIntoRange(offset: number, out: Uint8Array): Promise<void> {
     await this.serve(offset, out);
+  }
+
+  /**
+   * Copy [offset, offset+out.length) into `out` when every block of it is held now (true),
+   * else nothing (false): no fetch, no counters, no recency. For a reader beside the
+   * clients (a deploy's background copy) that takes what the cache already has.
+   */
+  peekInto(offset: number, out: Uint8Array): boolean {
+    const bs = this.blockSize;
+    const end = offset + out.length;
+    if (out.length === 0) return true;
+    for (let b = Math.floor(offset / bs); b * bs < end; b++) if (!this.lookup(b)) return false;
+    for (let pos = offset; pos < end; ) {
+      const b = Math.floor(pos / bs);
+      const e = Math.min(end, (b + 1) * bs);
+      out.set(this.lookup(b)!.subarray(pos - b * bs, e - b * bs), pos - offset);
+      pos = e;
+    }
+    return true;
   }
 
   /** NBD_CMD_CACHE: bring a range in (up to the capacity), as demand reads. */

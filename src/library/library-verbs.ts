@@ -299,7 +299,7 @@ export async function* fileContent(lib: Library, files: FilesManifest, e: FileEn
     if (d === undefined) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
     if (d === null) yield new Uint8Array(n);
     else {
-      const b = await lib.store.get(d);
+      const b = await lib.fileChunk(e, i);
       if (b.length !== n) throw new StrataError('CORRUPT', `chunk ${i} of ${e.path} has ${b.length} bytes, not ${n}`);
       yield b;
     }

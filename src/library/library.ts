@@ -10,6 +10,7 @@ import { LocalBackend } from '../store/local-backend.js';
 import { isS3Url, S3Backend } from '../store/s3-backend.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
+import { BlobCache, type BlobCacheOptions } from './blob-cache.js';
 import { libraryLocation, MARKER } from './location.js';
 import {
   decodeFilesHead,
@@ -209,6 +210,49 @@ export class Library {
     return true;
   }
 
+  /** The live blob cache of the file routes (issue 27), when one is on: see useBlobCache. */
+  blobCache?: BlobCache;
+
+  /**
+   * Read manifests and files' chunks through a live cache of blobs (library/blob-cache.ts):
+   * manifests kept apart as metadata, a file's next chunks prefetched as it is read. A
+   * server's choice (`strata serve --cache-policy`): the counters are in its /metrics.
+   */
+  useBlobCache(opts: BlobCacheOptions): BlobCache {
+    this.blobCache = new BlobCache(
+      (d) => this.store.get(d),
+      (d) => this.store.entry(d)?.plainLength,
+      opts,
+    );
+    return this.blobCache;
+  }
+
+  /** A manifest blob handed to `use`, through the blob cache when there is one (class metadata). */
+  private async metaBlob<T>(digest: string, kind: string, use: (plain: Uint8Array) => T): Promise<T> {
+    const c = this.blobCache;
+    if (!c) return this.store.withBlob(digest, use);
+    return use(await c.get(digest, { class: 'metadata', kind }));
+  }
+
+  /**
+   * Chunk `i` of a regular file's chunk list (not a hole), through the blob cache when there
+   * is one (class data; what follows in the file's own list is what its prefetcher fetches).
+   * Shared with the cache: read it, never change it.
+   */
+  async fileChunk(e: FileEntry, i: number): Promise<Uint8Array> {
+    const d = e.chunks?.[i];
+    if (!d) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
+    const c = this.blobCache;
+    if (!c) return this.store.get(d);
+    const next: string[] = [];
+    const list = e.chunks!;
+    for (let j = i + 1; j < list.length && next.length < 256; j++) {
+      const x = list[j];
+      if (x) next.push(x);
+    }
+    return c.get(d, { class: 'data', kind: 'file', next });
+  }
+
   /** Decoded manifests kept by digest (they never change), most recently used last; off unless asked. */
   private manifests?: Map<string, LayoutManifest | FilesManifest>;
   private manifestLimit = 0;
@@ -240,9 +284,14 @@ export class Library {
   // Decoded from the store's own buffer: a copy of a multi-megabyte manifest (fresh pages,
   // a fault each on this VM) cost as much as the JSON parse.
   async layout(digest: string): Promise<LayoutManifest> {
-    return this.cached(digest, () =>
-      this.store.withBlob(digest, (plain) => decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, `manifest ${digest}`)),
-    );
+    return this.cached(digest, async () => {
+      const m = await this.metaBlob(digest, 'layout', (plain) =>
+        decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, `manifest ${digest}`),
+      );
+      // the file manifests it names are read next (ls, stat, a file)
+      this.blobCache?.hint(m.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
+      return m;
+    });
   }
 
   /** A file manifest with every entry (a version 2 manifest's parts read and joined). */
@@ -261,7 +310,9 @@ export class Library {
   async filesHead(digest: string): Promise<FilesHead> {
     const hit = this.manifests?.get(digest) as FilesManifest | undefined;
     if (hit?.kind === FILES_KIND) return hit;
-    return this.store.withBlob(digest, (plain) => decodeFilesHead(plain, `file manifest ${digest}`));
+    const h = await this.metaBlob(digest, 'files', (plain) => decodeFilesHead(plain, `file manifest ${digest}`));
+    if (h.parts) this.blobCache?.hint(h.parts);
+    return h;
   }
 
   /**
@@ -277,7 +328,7 @@ export class Library {
     let n = 0;
     for (const [i, part] of h.parts.entries()) {
       const where = `file manifest ${digest} part ${i} (${part})`;
-      const entries = await this.store.withBlob(part, (plain) => decodeFilesPart(plain, where));
+      const entries = await this.metaBlob(part, 'files-part', (plain) => decodeFilesPart(plain, where));
       n += entries.length;
       if (n > (h.count ?? 0))
         throw new StrataError('CORRUPT', 'parts hold more entries than the head counts', {

@@ -12,6 +12,13 @@ export interface BackendEntry {
   mtimeMs: number;
 }
 
+export interface BackendStream {
+  size: number;
+  body: AsyncIterable<Uint8Array>;
+  /** Stop reading (the rest is not wanted). */
+  cancel(): void;
+}
+
 export interface Backend {
   /** A human name for errors: the directory or bucket URL. */
   readonly name: string;
@@ -25,6 +32,11 @@ export interface Backend {
   getRange(key: string, offset: number, length: number): Promise<Uint8Array>;
   /** Optional: `out.length` bytes at `offset` into `out`; returns how many were read. */
   getRangeInto?(key: string, offset: number, out: Uint8Array): Promise<number>;
+  /**
+   * Optional: the whole object as it arrives (its size first, then its bytes in order), so a
+   * cache can answer reads of its front before the rest is there. NOT_FOUND when absent.
+   */
+  getStream?(key: string): Promise<BackendStream>;
   /** Optional: remove leftovers of interrupted puts older than `ageMs` (local temporary files). */
   sweepTemporary?(ageMs: number): Promise<number>;
   /**

@@ -11,7 +11,10 @@ import type { Backend, BackendEntry } from './backend.js';
  * after another server deleted it (harmless: nothing references it any more).
  *
  * A read of a pack not cached fetches the whole object once (concurrent readers share the
- * fetch) and serves ranges from the file; the least recently used files go when the cache
+ * fetch) and serves ranges from the file; with a remote that streams (S3: `getStream`), the
+ * object's bytes are kept in memory as they arrive and a read is answered as soon as its
+ * range is there (a checkout's writer runs behind the download instead of after each pack),
+ * then the object is written to the cache in one piece; the least recently used files go when the cache
  * holds more than `maxBytes`. An object larger than half the cache is not cached:
  * its reads are ranged GETs. Writes go through to the remote and are cached as written.
  */
@@ -22,6 +25,22 @@ export const PREFETCH = 3;
 export const PREFETCH_AHEAD = 6;
 /** A cold read up to this long is a ranged GET of its own while the whole object is fetched behind it. */
 const SMALL_READ = 1024 * 1024;
+/** An object on its way is written to its cache file this many bytes at a time (one writev of the chunks received). */
+const WRITE_BATCH = 1024 * 1024;
+
+/** An object on its way from the remote: its bytes so far, and the reads waiting for more. */
+interface Incoming {
+  size?: number;
+  /** Where its bytes go: the cache's temporary file, or memory when it is too large to cache. */
+  fh?: FileHandle;
+  buf?: Buffer;
+  /** Write out what has arrived and is not in the file yet (a reader started waiting). */
+  kick?: () => void;
+  got: number;
+  failed?: unknown;
+  done: boolean;
+  waits: Array<{ end: number; wake: () => void }>;
+}
 
 interface Ahead {
   keys: string[];
@@ -38,8 +57,11 @@ export class CachedBackend implements Backend {
   private readonly files = new Map<string, number>(); // key -> size, least recently used first
   private bytes = 0;
   private readonly fetching = new Map<string, Promise<boolean>>();
+  private readonly incoming = new Map<string, Incoming>();
   private readonly handles = new Map<string, Promise<FileHandle>>();
+  /** Reads answered without a request of their own: from a cached file, or joining an object on its way. */
   hits = 0;
+  /** Whole-object fetches. */
   misses = 0;
   private ahead?: Ahead;
   private readonly touchedAt = new Map<string, number>();
@@ -83,6 +105,7 @@ export class CachedBackend implements Backend {
     return true;
   }
 
+  /** Drop the least recently used files while the cache holds (or has room reserved for) more than its bound. */
   private async evict(): Promise<void> {
     while (this.bytes > this.maxBytes && this.files.size > 0) {
       const [key, size] = this.files.entries().next().value as [string, number];
@@ -106,18 +129,23 @@ export class CachedBackend implements Backend {
     const parts = Array.isArray(data) ? data : [data];
     const size = parts.reduce((n, p) => n + p.length, 0);
     if (size > this.maxBytes / 2 || this.files.has(key)) return;
+    // room first (the bound holds while the file is written), then the file
+    this.bytes += size;
+    await this.evict();
     const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     try {
       await writeFile(tmp, parts);
       await rename(tmp, this.file(key));
     } catch {
+      this.bytes -= size;
       await unlink(tmp).catch(() => {});
       return; // a cache that cannot write is only slower
     }
-    if (this.files.has(key)) return;
+    if (this.files.has(key)) {
+      this.bytes -= size;
+      return;
+    }
     this.files.set(key, size);
-    this.bytes += size;
-    await this.evict();
   }
 
   /** Make sure `key` is in the cache (fetching it whole); false when it is too large to cache. */
@@ -129,14 +157,159 @@ export class CachedBackend implements Backend {
     let p = this.fetching.get(key);
     if (!p) {
       this.misses++;
-      p = (async () => {
-        const data = await this.remote.get(key);
-        await this.store(key, data);
-        return this.files.has(key);
-      })().finally(() => this.fetching.delete(key));
+      p = this.fetch(key).finally(() => this.fetching.delete(key));
       this.fetching.set(key, p);
     }
     return p;
+  }
+
+  private async fetch(key: string): Promise<boolean> {
+    if (!this.remote.getStream) {
+      const data = await this.remote.get(key);
+      await this.store(key, data);
+      return this.files.has(key);
+    }
+    // readers find the object here from now on and wait for their range, not for the whole object
+    const inc: Incoming = { got: 0, done: false, waits: [] };
+    this.incoming.set(key, inc);
+    const wake = () => {
+      const still = [];
+      for (const w of inc.waits) {
+        if (inc.done || (inc.size !== undefined && Math.min(w.end, inc.size) <= inc.got)) w.wake();
+        else still.push(w);
+      }
+      inc.waits = still;
+    };
+    let reserved = 0;
+    let tmp: string | undefined;
+    try {
+      const st = await this.remote.getStream(key);
+      inc.size = st.size;
+      try {
+        if (st.size > this.maxBytes / 2) {
+          // too large to cache: kept in memory for the reads that want it now, then dropped
+          inc.buf = Buffer.allocUnsafe(st.size);
+          for await (const c of st.body) {
+            if (inc.got + c.length > st.size) throw new Error(`${key}: more than the ${st.size} bytes announced`);
+            inc.buf.set(c, inc.got);
+            inc.got += c.length;
+            if (inc.waits.length) wake();
+          }
+        } else {
+          // straight into the cache file as it arrives (room reserved first: the bound holds while
+          // it is written); reads of the part written are answered from the file meanwhile
+          reserved = st.size;
+          this.bytes += reserved;
+          await this.evict();
+          tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+          const fh = await open(tmp, 'w+');
+          inc.fh = fh;
+          let batch: Uint8Array[] = [];
+          let batchBytes = 0;
+          let pos = 0; // bytes handed to the file (written, or being written)
+          const flush = async () => {
+            if (batchBytes === 0) return;
+            let parts = batch;
+            const bytes = batchBytes;
+            const at0 = pos;
+            batch = [];
+            batchBytes = 0;
+            pos += bytes;
+            let at = 0;
+            while (at < bytes) {
+              const { bytesWritten } = await fh.writev(parts, at0 + at);
+              if (bytesWritten <= 0) throw new Error(`${key}: the cache file took no bytes`);
+              at += bytesWritten;
+              if (at < bytes) parts = [Buffer.concat(parts).subarray(bytesWritten)];
+            }
+            inc.got = at0 + bytes;
+            if (inc.waits.length) wake();
+          };
+          // writes one after another; a reader that starts waiting writes out what has arrived
+          // (it may be waiting for bytes received and not written while the network is quiet)
+          let chain: Promise<void> = Promise.resolve();
+          const flushNow = () => {
+            chain = chain.then(flush);
+            return chain;
+          };
+          inc.kick = () => {
+            if (batchBytes > 0) flushNow().catch(() => {});
+          };
+          for await (const c of st.body) {
+            if (pos + batchBytes + c.length > st.size)
+              throw new Error(`${key}: more than the ${st.size} bytes announced`);
+            batch.push(c);
+            batchBytes += c.length;
+            // a MiB at a time, or sooner when a reader waits for what has arrived
+            if (
+              batchBytes >= WRITE_BATCH ||
+              (inc.waits.length > 0 && inc.waits.some((w) => Math.min(w.end, st.size) <= pos + batchBytes))
+            )
+              await flushNow();
+          }
+          await flushNow();
+        }
+      } catch (e) {
+        st.cancel();
+        throw e;
+      }
+      if (inc.got !== st.size) throw new Error(`${key}: ${inc.got} of ${st.size} bytes arrived`);
+      if (tmp && inc.fh) {
+        await rename(tmp, this.file(key));
+        tmp = undefined;
+        if (this.files.has(key)) this.bytes -= reserved;
+        else {
+          this.files.set(key, reserved);
+          // the file's handle serves the reads that follow
+          this.handles.set(key, Promise.resolve(inc.fh));
+          this.trimHandles();
+        }
+        reserved = 0;
+      }
+      inc.done = true;
+      wake();
+      return this.files.has(key);
+    } catch (e) {
+      inc.failed = e;
+      inc.done = true;
+      wake();
+      if (inc.fh && this.handles.get(key) === undefined) await inc.fh.close().catch(() => {});
+      if (tmp) await unlink(tmp).catch(() => {});
+      this.bytes -= reserved;
+      throw e;
+    } finally {
+      // readers that took the record still read through it; new ones read the cache
+      if (this.incoming.get(key) === inc) this.incoming.delete(key);
+    }
+  }
+
+  /** `out.length` bytes at `offset` of an object on its way, as soon as they are there; undefined when its fetch failed. */
+  private async fromIncoming(inc: Incoming, offset: number, out: Uint8Array): Promise<number | undefined> {
+    const end = offset + out.length;
+    if (!inc.done && !(inc.size !== undefined && Math.min(end, inc.size) <= inc.got))
+      await new Promise<void>((wake) => {
+        inc.waits.push({ end, wake });
+        inc.kick?.();
+      });
+    if (inc.failed !== undefined || inc.size === undefined) return undefined;
+    const n = Math.max(0, Math.min(out.length, inc.size - offset));
+    if (n === 0) return 0;
+    if (inc.buf) {
+      out.set(inc.buf.subarray(offset, offset + n));
+      return n;
+    }
+    if (!inc.fh) return undefined;
+    try {
+      let done = 0;
+      while (done < n) {
+        const { bytesRead } = await inc.fh.read(out, done, n - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === n ? n : undefined;
+    } catch {
+      return undefined; // closed under us (evicted): the caller reads from the remote
+    }
   }
 
   private handle(key: string): Promise<FileHandle> {
@@ -149,12 +322,16 @@ export class CachedBackend implements Backend {
     h = open(this.file(key), 'r');
     h.catch(() => this.handles.delete(key));
     this.handles.set(key, h);
+    this.trimHandles();
+    return h;
+  }
+
+  private trimHandles(): void {
     while (this.handles.size > HANDLES) {
       const [old, oh] = this.handles.entries().next().value as [string, Promise<FileHandle>];
       this.handles.delete(old);
       oh.then((x) => x.close()).catch(() => {});
     }
-    return h;
   }
 
   private async readCached(key: string, offset: number, out: Uint8Array): Promise<number | undefined> {
@@ -177,7 +354,11 @@ export class CachedBackend implements Backend {
       return done;
     } catch {
       // evicted under us: forget it and read from the remote
-      this.files.delete(key);
+      const size = this.files.get(key);
+      if (size !== undefined) {
+        this.files.delete(key);
+        this.bytes -= size;
+      }
       await this.dropHandle(key);
       return undefined;
     }
@@ -235,7 +416,16 @@ export class CachedBackend implements Backend {
   }
 
   async get(key: string): Promise<Uint8Array> {
-    if (CACHED.test(key) && (await this.ensure(key))) {
+    if (!CACHED.test(key)) return this.remote.get(key);
+    const whole = this.ensure(key);
+    const inc = this.incoming.get(key);
+    let cached: boolean;
+    if (inc) {
+      cached = await whole.catch(() => false);
+      // too large to cache: the bytes in memory are the answer
+      if (inc.failed === undefined && inc.buf) return inc.buf;
+    } else cached = await whole;
+    if (cached) {
       const size = this.files.get(key);
       if (size !== undefined) {
         const out = Buffer.allocUnsafe(size);
@@ -248,7 +438,8 @@ export class CachedBackend implements Backend {
 
   async getRangeInto(key: string, offset: number, out: Uint8Array): Promise<number> {
     this.reading(key);
-    if (CACHED.test(key) && out.length <= SMALL_READ && !this.files.has(key) && !this.fetching.has(key)) {
+    if (!CACHED.test(key)) return this.remoteRangeInto(key, offset, out);
+    if (out.length <= SMALL_READ && !this.files.has(key) && !this.fetching.has(key)) {
       // a small read of an object neither cached nor on its way (a manifest, a random read
       // over NBD): answered by a ranged GET now, the whole object fetched into the cache behind it,
       // so this read does not wait for the whole pack (a 16 MiB pack took 0.9 s to arrive
@@ -256,7 +447,18 @@ export class CachedBackend implements Backend {
       this.ensure(key).catch(() => {});
       return this.remoteRangeInto(key, offset, out);
     }
-    if (CACHED.test(key) && (await this.ensure(key))) {
+    const joining = this.fetching.has(key);
+    const whole = this.ensure(key);
+    const inc = this.incoming.get(key);
+    if (inc) {
+      // on its way: answered from memory as soon as the range has arrived
+      if (joining) this.hits++;
+      whole.catch(() => {});
+      const n = await this.fromIncoming(inc, offset, out);
+      if (n !== undefined) return n;
+      return this.remoteRangeInto(key, offset, out);
+    }
+    if (await whole) {
       const n = await this.readCached(key, offset, out);
       if (n !== undefined) return n;
     }
@@ -289,6 +491,11 @@ export class CachedBackend implements Backend {
       await this.dropHandle(key);
       await unlink(this.file(key)).catch(() => {});
     }
+  }
+
+  /** Resolves when no object is on its way into the cache (what was fetched is written). */
+  async idle(): Promise<void> {
+    while (this.fetching.size > 0) await Promise.allSettled([...this.fetching.values()]);
   }
 
   /** Bytes the cache holds now. */

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type * as S3 from '@aws-sdk/client-s3';
 import { requireCached } from '../util/code-cache.js';
 import { StrataError } from '../util/errors.js';
-import { type Backend, type BackendEntry, checkKey } from './backend.js';
+import { type Backend, type BackendEntry, type BackendStream, checkKey } from './backend.js';
 
 /**
  * The store on S3-compatible object storage (`s3://bucket/prefix`), through the AWS SDK v3.
@@ -300,6 +300,42 @@ export class S3Backend implements Backend {
     }
   }
 
+  /** One GET of the whole object, its body handed over as it arrives (the cache's cold path). */
+  async getStream(key: string): Promise<BackendStream> {
+    const s3 = loadS3();
+    let r: S3.GetObjectCommandOutput;
+    try {
+      r = await this.client.send(new s3.GetObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
+    } catch (e) {
+      this.fail(e, key, 'GET');
+    }
+    const body = r.Body as unknown as AsyncIterable<Uint8Array> & { destroy?(): void };
+    const size = Number(r.ContentLength);
+    if (!Number.isSafeInteger(size) || size < 0) {
+      body.destroy?.();
+      throw new StrataError('IO', `S3 GET answered without a length (${r.ContentLength})`, {
+        file: `${this.url}/${key}`,
+      });
+    }
+    const url = this.url;
+    return {
+      size,
+      body: (async function* () {
+        try {
+          for await (const c of body) yield c;
+        } catch (e) {
+          throw new StrataError(
+            'IO',
+            `S3 GET failed while reading: ${(e as Error).message}`,
+            { file: `${url}/${key}` },
+            { cause: e },
+          );
+        }
+      })(),
+      cancel: () => body.destroy?.(),
+    };
+  }
+
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
     if (length === 0) return new Uint8Array(0);
     const s3 = loadS3();
@@ -321,10 +357,41 @@ export class S3Backend implements Backend {
     }
   }
 
+  /** A ranged GET whose body is copied straight into `out` as it arrives (no whole-body buffer in between). */
   async getRangeInto(key: string, offset: number, out: Uint8Array): Promise<number> {
-    const b = await this.getRange(key, offset, out.length);
-    out.set(b);
-    return b.length;
+    if (out.length === 0) return 0;
+    const s3 = loadS3();
+    try {
+      const r = await this.client.send(
+        new s3.GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          Range: `bytes=${offset}-${offset + out.length - 1}`,
+        }),
+      );
+      // a server ignoring Range sends the whole object (200): skip to the range
+      let skip = status(r) === 200 ? offset : 0;
+      let n = 0;
+      for await (const c0 of r.Body as unknown as AsyncIterable<Uint8Array>) {
+        let c = c0;
+        if (skip > 0) {
+          if (c.length <= skip) {
+            skip -= c.length;
+            continue;
+          }
+          c = c.subarray(skip);
+          skip = 0;
+        }
+        const take = Math.min(c.length, out.length - n);
+        out.set(take < c.length ? c.subarray(0, take) : c, n);
+        n += take;
+        if (n === out.length) break;
+      }
+      return n;
+    } catch (e) {
+      if (status(e) === 416 || errName(e) === 'InvalidRange') return 0;
+      this.fail(e, key, 'ranged GET');
+    }
   }
 
   async list(prefix: string): Promise<BackendEntry[]> {

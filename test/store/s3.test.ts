@@ -110,6 +110,7 @@ test('a store on S3 behind the bounded cache: blobs read back after a fresh open
     assert.ok(cached.hits > 0, 'blobs after the first of a pack come from the cache');
     assert.ok(cached.misses > 3, 'evicted packs are fetched again');
     assert.ok(cached.misses < blobs.length * 2, 'not one GET per blob');
+    await cached.idle(); // reads are answered as their bytes arrive, before the object is written to the cache
     const onDisk = readdirSync(cacheDir).reduce((n, f) => n + statSync(path.join(cacheDir, f)).size, 0);
     assert.ok(onDisk <= bound, `cache holds ${onDisk} bytes, bound ${bound}`);
     assert.equal(onDisk, cached.size);
@@ -192,10 +193,11 @@ test('a small cold read through the cache is one ranged GET, not a wait for the 
   // a read that waits for it fails the call-order assertion below instead of hanging)
   const fallback = setTimeout(() => release(), 5000);
   const counting = Object.create(remote) as S3Backend;
-  counting.get = async (key: string) => {
+  // the cache fetches a whole object as a stream (getStream); count it as the whole-object GET it is
+  counting.getStream = async (key: string) => {
     calls.push(`get ${key}`);
     await held;
-    return remote.get(key);
+    return remote.getStream(key);
   };
   counting.getRangeInto = (key: string, offset: number, out: Uint8Array) => {
     calls.push(`range ${key} ${offset} ${out.length}`);
@@ -210,18 +212,127 @@ test('a small cold read through the cache is one ranged GET, not a wait for the 
     assert.deepEqual(calls, ['get packs/cd/cdef', 'range packs/cd/cdef 5000 4096']);
     release();
     clearTimeout(fallback);
-    // a second read of the same pack waits for the whole object (already on its way), then reads the cache
+    // a second read of the same pack waits for its range of the whole object (already on its way)
     const out2 = Buffer.alloc(4096);
     assert.equal(await cached.getRangeInto('packs/cd/cdef', 7_000_000, out2), 4096);
     assert.deepEqual(out2, data.subarray(7_000_000, 7_004_096));
-    assert.equal(calls.length, 2, 'no third request: the rest comes from the cached pack');
+    assert.equal(calls.length, 2, 'no third request: the rest comes from the whole-object GET');
+    await cached.idle();
     assert.equal(cached.size, data.length);
-    // a read past SMALL_READ of a cold object waits for the whole object as before
+    // a read past SMALL_READ of a cold object is answered from the whole-object GET
     await remote.put('packs/ef/ef01', data);
     const big = Buffer.alloc(2 * 1024 * 1024);
     assert.equal(await cached.getRangeInto('packs/ef/ef01', 0, big), big.length);
     assert.deepEqual(big, data.subarray(0, big.length));
     assert.deepEqual(calls.slice(2), ['get packs/ef/ef01']);
+  } finally {
+    await cached.close();
+  }
+});
+
+test('a read through the cache of an object on its way is answered when its range has arrived, before the rest; bytes exact', async () => {
+  const url = `${svc.s3}/${uniqueName('stream-read')}`;
+  const data = randomBytes(6 * 1024 * 1024 + 12345);
+  const remote = await S3Backend.open(url);
+  await remote.put('packs/aa/aa01', data);
+  // the whole-object GET's body stops after its first 2 MiB until released
+  const half = 2 * 1024 * 1024;
+  let released = false;
+  let release: () => void = () => {};
+  const held = new Promise<void>((r) => {
+    release = () => {
+      released = true;
+      r();
+    };
+  });
+  // released by the test once the front was read, or after 10 s (then the assertion below fails)
+  const fallback = setTimeout(() => release(), 10_000);
+  let delivered = 0;
+  const slowed = Object.create(remote) as S3Backend;
+  slowed.getStream = async (key: string) => {
+    const st = await remote.getStream(key);
+    return {
+      size: st.size,
+      cancel: st.cancel,
+      body: (async function* () {
+        for await (const c of st.body) {
+          if (delivered < half && delivered + c.length >= half) {
+            yield c.subarray(0, half - delivered);
+            const rest = c.subarray(half - delivered);
+            delivered = half;
+            await held;
+            delivered += rest.length;
+            yield rest;
+          } else {
+            delivered += c.length;
+            yield c;
+          }
+        }
+      })(),
+    };
+  };
+  const cacheDir = path.join(tempDir('s3-stream-read'), 'cache');
+  const cached = new CachedBackend(slowed, cacheDir);
+  try {
+    cached.prefetch(['packs/aa/aa01']);
+    const front = Buffer.alloc(1536 * 1024); // past SMALL_READ: not a ranged GET of its own
+    assert.equal(await cached.getRangeInto('packs/aa/aa01', 100_000, front), front.length);
+    assert.equal(released, false, 'the front was answered while the rest of the object was held back');
+    assert.ok(delivered <= half, `${delivered} bytes delivered when the front was answered`);
+    assert.deepEqual(front, data.subarray(100_000, 100_000 + front.length));
+    assert.deepEqual(
+      readdirSync(cacheDir).filter((f) => !f.startsWith('.tmp-')),
+      [],
+      'not in the cache before the object is whole',
+    );
+    const tailRead = cached.getRangeInto('packs/aa/aa01', data.length - 4000, Buffer.alloc(8000));
+    release();
+    clearTimeout(fallback);
+    assert.equal(await tailRead, 4000, 'short at the end of the object');
+    await cached.idle();
+    assert.equal(cached.size, data.length, 'then cached whole');
+    assert.equal(cached.misses, 1, 'one GET of the object');
+    const again = Buffer.alloc(data.length);
+    assert.equal(await cached.getRangeInto('packs/aa/aa01', 0, again), data.length);
+    assert.equal(sha(again), sha(data), 'the cached copy is byte-exact');
+    assert.equal(cached.hits >= 1, true);
+  } finally {
+    await cached.close();
+  }
+});
+
+test('an object too large for the cache: one GET serves the reads waiting for it, from memory; nothing cached', async () => {
+  const url = `${svc.s3}/${uniqueName('too-large')}`;
+  const data = randomBytes(3 * 1024 * 1024 + 777);
+  const remote = await S3Backend.open(url);
+  await remote.put('packs/bb/bb01', data);
+  const calls: string[] = [];
+  const counting = Object.create(remote) as S3Backend;
+  counting.getStream = (key: string) => {
+    calls.push(`get ${key}`);
+    return remote.getStream(key);
+  };
+  counting.getRangeInto = (key: string, offset: number, out: Uint8Array) => {
+    calls.push(`range ${key} ${offset} ${out.length}`);
+    return remote.getRangeInto(key, offset, out);
+  };
+  const cacheDir = path.join(tempDir('s3-too-large'), 'cache');
+  const cached = new CachedBackend(counting, cacheDir, 4 * 1024 * 1024); // objects over 2 MiB are not cached
+  try {
+    cached.prefetch(['packs/bb/bb01']);
+    const a = Buffer.alloc(2 * 1024 * 1024);
+    const b = Buffer.alloc(2 * 1024 * 1024);
+    const [na, nb] = await Promise.all([
+      cached.getRangeInto('packs/bb/bb01', 0, a),
+      cached.getRangeInto('packs/bb/bb01', a.length, b),
+    ]);
+    assert.equal(na, a.length);
+    assert.equal(nb, data.length - a.length, 'short at the end');
+    assert.equal(sha(Buffer.concat([a, b.subarray(0, nb)])), sha(data));
+    assert.deepEqual(calls, ['get packs/bb/bb01'], 'one GET for both reads');
+    await cached.idle();
+    assert.deepEqual(readdirSync(cacheDir), [], 'nothing written to the cache');
+    assert.equal(cached.size, 0);
   } finally {
     await cached.close();
   }

@@ -6,6 +6,7 @@ import { StrataError } from '../../library/index.js';
 import { addOpenOptions, openOptionsFrom } from '../common.js';
 import { remoteOf } from '../remote.js';
 import { parseSize } from './convert.js';
+import { cacheOptionsFrom } from './nbd.js';
 
 /**
  * `deploy SOURCE --to TARGET`: serve TARGET over NBD at once while it is filled from SOURCE
@@ -49,6 +50,15 @@ export function registerDeployCommand(program: Command): void {
         '--request-log <file>',
         'append this deploy to FILE as a request (the analytics read it; default with --cache: DIR/requests.jsonl)',
       )
+      .option(
+        '--source-cache <policy>',
+        "a live cache in front of SOURCE for the guest's reads: lru, readahead or introspective (the block map's classes and prefetchers, as strata nbd --cache-policy)",
+      )
+      .option(
+        '--source-prefetch <list>',
+        'introspective prefetchers: meta, dir, file, siblings, disk, all, none (default all)',
+      )
+      .option('--source-cache-size <size>', 'bytes of that cache (default 64M)')
       .option('--exit-when-complete', 'exit once TARGET holds everything and no client is connected')
       .option('--json', 'print events as JSON lines on stdout'),
   ).action(async (sourceArg: string, o: Record<string, unknown>) => {
@@ -70,6 +80,7 @@ export function registerDeployCommand(program: Command): void {
     const {
       appendDeployRequest,
       cacheRequestLog,
+      cachedDeploySource,
       Deployer,
       DeployHttpServer,
       findProfile,
@@ -103,13 +114,35 @@ export function registerDeployCommand(program: Command): void {
         process.stderr.write(`strata deploy: the source answers again after ${e.seconds.toFixed(1)} s; copying on\n`);
       else if (e.event === 'error') process.stderr.write(`strata deploy: ${e.error}\n`);
     };
-    const source = await openDeploySource(sourceArg, {
+    let sourceCache: Awaited<ReturnType<typeof cacheOptionsFrom>>;
+    try {
+      sourceCache = await cacheOptionsFrom({ cachePolicy: o.sourceCache, prefetch: o.sourcePrefetch });
+    } catch (e) {
+      throw new StrataError(
+        'USAGE',
+        (e as Error).message.replace(/--cache-policy/g, '--source-cache').replace(/--prefetch/g, '--source-prefetch'),
+      );
+    }
+    if (o.sourceCacheSize !== undefined) {
+      if (!sourceCache) throw new StrataError('USAGE', '--source-cache-size needs --source-cache');
+      sourceCache.cacheSize = parseSize(String(o.sourceCacheSize), 'source cache size');
+    }
+    const opened = await openDeploySource(sourceArg, {
       library: o.library as string | undefined,
       remote: o.remote as string | undefined,
       cache: o.cache as string | undefined,
       cacheBytes: o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size'),
       open: openOptionsFrom(o),
     });
+    let source: typeof opened & { cacheStats?: () => unknown } = opened;
+    if (sourceCache) {
+      try {
+        source = await cachedDeploySource(opened, sourceCache);
+      } catch (e) {
+        await opened.close().catch(() => {});
+        throw e;
+      }
+    }
     const requestLog =
       o.requestLog !== undefined
         ? String(o.requestLog)
@@ -240,7 +273,7 @@ export function registerDeployCommand(program: Command): void {
       await server.close();
     }
     // bytes that came from the origin (not the chunk cache), for sources that count them
-    const counted = source as { originBytes?: number; cache?: { hits: number; hitBytes: number } };
+    const counted = opened as { originBytes?: number; cache?: { hits: number; hitBytes: number } };
     if (json)
       line({
         event: 'exit',
@@ -249,6 +282,7 @@ export function registerDeployCommand(program: Command): void {
         originBytes: counted.originBytes,
         cacheHits: counted.cache?.hits,
         cacheHitBytes: counted.cache?.hitBytes,
+        ...(source.cacheStats ? { sourceCache: source.cacheStats() } : {}),
       });
   });
 }

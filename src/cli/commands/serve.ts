@@ -64,7 +64,7 @@ export function registerServeCommands(program: Command): void {
       )
       .option(
         '--cache-policy <policy>',
-        'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd; counters in /metrics)',
+        'a live cache in front of each version whose raw disk is read by range (GET .../disk with Range): lru, readahead or introspective (as strata nbd), and one of blobs behind the file routes (ls, stat, content, tar: lru, or introspective with its meta and file prefetchers); counters in /metrics',
       )
       .option(
         '--prefetch <list>',
@@ -107,6 +107,7 @@ export function registerServeCommands(program: Command): void {
       rateLimit: Number(o.rateLimit),
       importUrls: o.importUrls !== false,
       diskCache,
+      ...(diskCache ? { blobCache: blobCacheFrom(diskCache) } : {}),
       ...(o.commitLimit !== undefined ? { commitLimit: parseSize(String(o.commitLimit), 'commit limit') } : {}),
     });
     if (speaks)
@@ -338,4 +339,21 @@ async function servePrimary(n: number, o: Record<string, unknown>) {
       if (stopping && Object.keys(cluster.workers ?? {}).length === 0) resolve();
     });
   });
+}
+
+/**
+ * The file routes' blob cache from the disk cache's options: the same size; introspective
+ * (with those of --prefetch it has: meta, file) or a plain LRU of blobs for lru and readahead.
+ */
+function blobCacheFrom(d: { policy: string; prefetch?: readonly string[]; cacheSize?: number }): {
+  policy: 'lru' | 'introspective';
+  capacity?: number;
+  prefetch?: string[];
+} {
+  if (d.policy !== 'introspective') return { policy: 'lru', capacity: d.cacheSize };
+  return {
+    policy: 'introspective',
+    capacity: d.cacheSize,
+    prefetch: d.prefetch ? d.prefetch.filter((p) => p === 'meta' || p === 'file') : undefined,
+  };
 }

@@ -31,7 +31,7 @@ export class FsTree implements MountTree {
       key: inode.ino,
       type: inode.type,
       inode,
-      attr: makeAttr({ ...inode, blksize: this.fs.blockSize }),
+      attr: makeAttr(inode, this.fs.blockSize),
     };
   }
 

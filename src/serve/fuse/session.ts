@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeSync, writevSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { isStrataError, StrataError } from '../../util/errors.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
+import { ListingEndsView } from './listing-ends.js';
 import { isWritable, type SetAttrs, type WritableTree } from './overlay.js';
 import {
   attrOut,
@@ -22,6 +23,7 @@ import {
   InitFlag,
   initOut,
   Op,
+  OUT_HEADER,
   openOut,
   parseInHeader,
   reply,
@@ -138,6 +140,8 @@ export class FuseSession {
   readonly counts = new Map<number, number>();
   /** The tree takes changes (a `--rw` mount): write requests are served, not EROFS. */
   private readonly rw?: WritableTree;
+  /** Read-only mounts: listings' lengths, for the reader thread to answer their end itself. */
+  private readonly ends?: ListingEndsView;
 
   constructor(
     private readonly tree: MountTree,
@@ -147,6 +151,7 @@ export class FuseSession {
     this.mountpoint = path.resolve(mountpoint);
     this.cache = new BlockCache(tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
     if (isWritable(tree)) this.rw = tree;
+    else this.ends = ListingEndsView.create();
     // a writable tree changes under the kernel's caches only through this mount: short-lived anyway
     this.valid = { sec: opts.ttl ?? (this.rw ? 1 : 3600), nsec: 0 };
     this.warn = opts.onWarning ?? (() => {});
@@ -161,7 +166,7 @@ export class FuseSession {
     // the reader thread starts (a Node isolate: the longest part of getting ready on a busy
     // machine) while the root is read and mount(8) runs; it reads once told the mount is there
     const worker = new Worker(new URL('./reader-worker.js', import.meta.url), {
-      workerData: { fd: this.fd, bufferSize: BUFFER },
+      workerData: { fd: this.fd, bufferSize: BUFFER, ends: this.ends?.buffer },
     });
     this.worker = worker;
     worker.on('message', (m: Uint8Array | { end: string }) => {
@@ -244,9 +249,28 @@ export class FuseSession {
     await this.tree.close();
   }
 
-  private send(b: Buffer): void {
+  /** READDIRs past a listing's end that the reader thread answered itself (read-only mounts). */
+  get readerAnswered(): number {
+    return this.ends?.answeredCount ?? 0;
+  }
+
+  /** A reply with a body: header and body in one writev(2), the body not copied (READ replies are up to 1 MiB). */
+  private sendOk(unique: bigint, body: Buffer | undefined): void {
+    if (!body || body.length < 4096) {
+      this.send(reply(unique, 0, body));
+      return;
+    }
+    const head = Buffer.allocUnsafe(OUT_HEADER);
+    head.writeUInt32LE(OUT_HEADER + body.length, 0);
+    head.writeInt32LE(0, 4);
+    head.writeBigUInt64LE(unique, 8);
+    this.send(head, body);
+  }
+
+  private send(b: Buffer, body?: Buffer): void {
     try {
-      writeSync(this.fd, b);
+      if (body) writevSync(this.fd, [b, body]);
+      else writeSync(this.fd, b);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       // ENOENT: the request was interrupted and is gone; ENODEV: unmounted meanwhile
@@ -274,7 +298,7 @@ export class FuseSession {
     }
     if (h.opcode === Op.INTERRUPT) return; // every request finishes soon; the kernel accepts the late reply
     this.handle(h.opcode, h.nodeid, body, h).then(
-      (out) => this.send(reply(h.unique, 0, out)),
+      (out) => this.sendOk(h.unique, out),
       (e) => {
         const errno = typeof e === 'number' ? e : Errno.EIO;
         if (typeof e !== 'number') {
@@ -650,7 +674,11 @@ export class FuseSession {
       nodes = slice.map((e) => (e.child ? loaded[k++] : undefined));
     }
     // the end: the kernel has it all (and caches it), the listing is not kept here
-    if (end >= d.entries.length && !this.rw) d.held.listing = undefined;
+    if (end >= d.entries.length && !this.rw) {
+      d.held.listing = undefined;
+      // the kernel asks once more to learn the end: the reader thread answers that (written before our reply)
+      this.ends?.set(nodeid, d.entries.length);
+    }
     const out = Buffer.alloc(used);
     let at = 0;
     for (let i = 0; i < slice.length; i++) {

@@ -43,24 +43,31 @@ const ZERO: Timestamp = { sec: 0, nsec: 0 };
 const clampNs = (t: Timestamp | undefined): Timestamp =>
   t ? { sec: Math.trunc(t.sec), nsec: Math.min(999_999_999, Math.max(0, Math.trunc(t.nsec))) } : ZERO;
 
-/** An attr from inode facts (mode without type bits). */
-export function makeAttr(o: {
-  ino: number;
-  type: FileType;
-  mode: number;
-  uid: number;
-  gid: number;
-  size: number;
-  nlink: number;
-  atime?: Timestamp;
-  mtime?: Timestamp;
-  ctime?: Timestamp;
-  /** Birth time (ext4 and xfs v5 crtime, btrfs otime, NTFS and FAT creation): statx's btime. */
-  crtime?: Timestamp;
-  rdev?: { major: number; minor: number };
-  allocatedBytes?: number;
-  blksize?: number;
-}): Attr {
+/**
+ * An attr from inode facts (mode without type bits). `blksize` overrides `o.blksize`: a
+ * reader's inode is passed as it is (a spread copy of it, raw bytes and all, was the most
+ * expensive step of a READDIRPLUS reply).
+ */
+export function makeAttr(
+  o: {
+    ino: number;
+    type: FileType;
+    mode: number;
+    uid: number;
+    gid: number;
+    size: number;
+    nlink: number;
+    atime?: Timestamp;
+    mtime?: Timestamp;
+    ctime?: Timestamp;
+    /** Birth time (ext4 and xfs v5 crtime, btrfs otime, NTFS and FAT creation): statx's btime. */
+    crtime?: Timestamp;
+    rdev?: { major: number; minor: number };
+    allocatedBytes?: number;
+    blksize?: number;
+  },
+  blksize?: number,
+): Attr {
   const size = o.type === 'char' || o.type === 'block' || o.type === 'fifo' || o.type === 'socket' ? 0 : o.size;
   return {
     ino: o.ino,
@@ -75,6 +82,6 @@ export function makeAttr(o: {
     uid: o.uid,
     gid: o.gid,
     rdev: o.rdev && (o.type === 'char' || o.type === 'block') ? encodeDev(o.rdev.major, o.rdev.minor) : 0,
-    blksize: o.blksize ?? 4096,
+    blksize: blksize ?? o.blksize ?? 4096,
   };
 }

@@ -14,6 +14,7 @@ import { checkImageName, checkTag } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfile } from '../../catalog/profiles.js';
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
+import type { BlobCacheOptions } from '../../library/blob-cache.js';
 import { applyChanges } from '../../library/edit/apply.js';
 import { type Change, changeFromWire } from '../../library/edit/changes.js';
 import { contentChunks } from '../../library/edit/content.js';
@@ -111,6 +112,13 @@ export interface ServeOptions {
    * `versions` (default 4) versions cached at once. Its counters, by class, are in /metrics.
    */
   diskCache?: ExportCacheOptions & { versions?: number };
+  /**
+   * A live cache of blobs (issue 27, library/blob-cache.ts) behind the file routes (ls,
+   * stat, a file's content with Range, tar): manifests in a protected metadata segment,
+   * files' chunks by recency and frequency, a file's next chunks prefetched in its own
+   * order. One for the server; its counters, by class, are in /metrics.
+   */
+  blobCache?: BlobCacheOptions;
 }
 
 export interface RunningServer {
@@ -210,6 +218,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   if (!(await access.projectExists(defaults.project))) await access.addProject(defaults.project);
   const metrics = new Metrics();
   const diskCaches = new DiskCaches(lib, opts.diskCache);
+  const blobCache = opts.blobCache ? lib.useBlobCache(opts.blobCache) : undefined;
   const perMinute = opts.rateLimit ?? 6000;
   const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
   const reach = new Map<string, Set<string>>();
@@ -233,6 +242,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   });
   if (limiter) app.addHook('onClose', () => limiter.close());
   app.addHook('onClose', () => diskCaches.close());
+  if (blobCache) app.addHook('onClose', () => blobCache.close());
   /**
    * The request log, written in batches: one row per request committed on its own cost
    * 6.4 ms here (SQLite synchronous=FULL: an fsync each), on the event loop, which capped
@@ -488,7 +498,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const n = Math.min(C, e.size - off);
       const d = chunks[i];
       if (d === undefined) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
-      const b = d === null ? new Uint8Array(n) : await lib.store.get(d);
+      const b = d === null ? new Uint8Array(n) : await lib.fileChunk(e, i);
       yield b.subarray(Math.max(0, start - off), Math.min(n, end - off));
     }
   }
@@ -531,7 +541,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           strata_catalog_bytes: catalogBytes,
           strata_images: (await lib.catalog.imageNames()).length,
         },
-        diskCaches.metricLines(),
+        [...diskCaches.metricLines(), ...(blobCache?.metricLines() ?? [])],
       );
     },
   );

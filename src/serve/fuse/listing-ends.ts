@@ -1,0 +1,49 @@
+/**
+ * How long each fully handed-out directory listing is, by node id, in shared memory: the main
+ * thread writes, the reader thread reads (reader-worker.ts answers the READDIR past a
+ * listing's end itself). Direct-mapped: a node id owns slot `id mod SLOTS`, a newer id takes
+ * the slot over (the older one's end then costs the hop again). Node ids are never reused and
+ * a read-only listing never changes, so a slot that names an id holds that id's length; the
+ * reader checks the id before and after reading the length, which the writer brackets with
+ * id 0, so it never pairs one id with another's length.
+ */
+export class ListingEndsView {
+  static readonly SLOTS = 1 << 14;
+  private readonly a: BigInt64Array;
+  /** [0]: READDIRs answered by the reader thread. */
+  private readonly stats: Int32Array;
+
+  constructor(readonly buffer: SharedArrayBuffer) {
+    this.a = new BigInt64Array(buffer, 0, 2 * ListingEndsView.SLOTS);
+    this.stats = new Int32Array(buffer, 16 * ListingEndsView.SLOTS, 1);
+  }
+
+  static create(): ListingEndsView {
+    return new ListingEndsView(new SharedArrayBuffer(16 * ListingEndsView.SLOTS + 8));
+  }
+
+  /** The listing of directory `id` has `count` entries (cookies 1..count), all handed out. */
+  set(id: bigint, count: number): void {
+    const s = 2 * (Number(id) & (ListingEndsView.SLOTS - 1));
+    if (Atomics.load(this.a, s) === id && Atomics.load(this.a, s + 1) === BigInt(count)) return;
+    Atomics.store(this.a, s, 0n);
+    Atomics.store(this.a, s + 1, BigInt(count));
+    Atomics.store(this.a, s, id);
+  }
+
+  get(id: bigint): number | undefined {
+    const s = 2 * (Number(id) & (ListingEndsView.SLOTS - 1));
+    if (id === 0n || Atomics.load(this.a, s) !== id) return undefined;
+    const count = Atomics.load(this.a, s + 1);
+    return Atomics.load(this.a, s) === id ? Number(count) : undefined;
+  }
+
+  answered(): void {
+    Atomics.add(this.stats, 0, 1);
+  }
+
+  /** READDIRs the reader thread answered. */
+  get answeredCount(): number {
+    return Atomics.load(this.stats, 0);
+  }
+}
