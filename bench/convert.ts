@@ -30,13 +30,23 @@ const SIZE = Number(process.env.BENCH_SIZE_MIB ?? 1024) * 1024 * 1024;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 /** Extra node flags for the Strata child (e.g. BENCH_NODE_FLAGS=--cpu-prof). */
 const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
-/** Only the cases whose name contains one of these (comma-separated), e.g. BENCH_CASES=qcow2->raw,raw->raw. */
+/**
+ * Only the cases whose name contains one of these (comma-separated), e.g.
+ * BENCH_CASES=qcow2->raw,raw->raw; `uncompressed` picks every case without -c (issue 26's set).
+ */
 const ONLY = (process.env.BENCH_CASES ?? '').split(',').filter(Boolean);
 /**
  * BENCH_WORKERS=1: also time Strata with its worker-thread copier (STRATA_NO_NATIVE_COPY=1)
  * for uncompressed outputs, in the same rounds: `workersMs` and `ratioWorkers` (qemu-img's time / it).
  */
 const WORKERS = process.env.BENCH_WORKERS === '1';
+/**
+ * BENCH_DROP_INPUTS=1: one input on disk at a time: the raw disk is deleted once a converted
+ * input (qcow2, vmdk, vhdx) is made from it, and that input once its case is done (the raw
+ * disk is made again for the raw cases). At BENCH_SIZE_MIB=8192 the four inputs take ~23 GB
+ * of real disk; this way ~6 GB, plus one output (~6 GB).
+ */
+const DROP_INPUTS = process.env.BENCH_DROP_INPUTS === '1';
 
 async function cached(name: string, make: (out: string) => Promise<void> | void): Promise<string> {
   const f = path.join(DIR, name);
@@ -67,6 +77,8 @@ function runChild(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise
 
 interface Case {
   name: string;
+  /** The cached input's file extension (mixed-Ng-v1.EXT). */
+  ext: string;
   input: () => Promise<string>;
   inFmt: string;
   outFmt: 'raw' | 'qcow2';
@@ -79,25 +91,30 @@ async function main(): Promise<void> {
   mkdirSync(DIR, { recursive: true });
   mkdirSync(OUT, { recursive: true });
   const gib = (SIZE / 2 ** 30).toString().replace('.', '_');
-  const raw = await cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
+  const raw = () => cached(`mixed-${gib}g-v1.raw`, (out) => makeMixedRaw(out, SIZE));
   const via = (ext: string, args: string[]) => () =>
     cached(`mixed-${gib}g-v1.${ext}`, async (out) => {
-      await pexec('qemu-img', ['convert', '-f', 'raw', ...args, raw, out]);
+      const from = await raw();
+      await pexec('qemu-img', ['convert', '-f', 'raw', ...args, from, out]);
+      // one input on disk at a time: the raw disk is made again for the raw cases
+      if (DROP_INPUTS) rmSync(from, { force: true });
     });
   const cases: Case[] = [
-    { name: 'qcow2->raw', input: via('qcow2', ['-O', 'qcow2']), inFmt: 'qcow2', outFmt: 'raw' },
+    { name: 'qcow2->raw', ext: 'qcow2', input: via('qcow2', ['-O', 'qcow2']), inFmt: 'qcow2', outFmt: 'raw' },
     {
       name: 'vmdk(streamOptimized)->raw',
+      ext: 'stream.vmdk',
       input: via('stream.vmdk', ['-O', 'vmdk', '-o', 'subformat=streamOptimized']),
       inFmt: 'vmdk',
       outFmt: 'raw',
     },
-    { name: 'vhdx->raw', input: via('vhdx', ['-O', 'vhdx']), inFmt: 'vhdx', outFmt: 'raw' },
-    { name: 'raw->raw', input: async () => raw, inFmt: 'raw', outFmt: 'raw' },
-    { name: 'raw->qcow2', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2' },
-    { name: 'raw->qcow2 -c (zlib)', input: async () => raw, inFmt: 'raw', outFmt: 'qcow2', compress: true },
+    { name: 'vhdx->raw', ext: 'vhdx', input: via('vhdx', ['-O', 'vhdx']), inFmt: 'vhdx', outFmt: 'raw' },
+    { name: 'raw->raw', ext: 'raw', input: raw, inFmt: 'raw', outFmt: 'raw' },
+    { name: 'raw->qcow2', ext: 'raw', input: raw, inFmt: 'raw', outFmt: 'qcow2' },
+    { name: 'raw->qcow2 -c (zlib)', ext: 'raw', input: raw, inFmt: 'raw', outFmt: 'qcow2', compress: true },
   ];
-  if (ONLY.length) cases.splice(0, cases.length, ...cases.filter((c) => ONLY.some((o) => c.name.includes(o))));
+  const picked = (c: Case) => ONLY.some((o) => (o === 'uncompressed' ? !c.compress : c.name.includes(o)));
+  if (ONLY.length) cases.splice(0, cases.length, ...cases.filter(picked));
   const startupMs = await measureStartup();
   const results: Array<Record<string, unknown>> = [];
   for (const c of cases) {
@@ -112,6 +129,9 @@ async function main(): Promise<void> {
       let bestW = Infinity;
       let sBytes = 0;
       let qBytes = 0;
+      // every run's wall and CPU time: medians beside the best (CPU is the steadier figure on a busy machine)
+      const sRuns: Array<{ ms: number; cpuMs: number }> = [];
+      const qRuns: Array<{ ms: number; cpuMs: number }> = [];
       const load = loadavg()[0];
       for (let i = 0; i < RUNS; i++) {
         // Alternate who goes first so neither always meets a warmer page cache.
@@ -130,12 +150,14 @@ async function main(): Promise<void> {
             const args = [...NODE_FLAGS, BIN, 'convert', '-f', c.inFmt, input, sOut, '-O', c.outFmt];
             if (c.compress) args.push('-c');
             const r = await runChild(process.execPath, args);
+            sRuns.push(r);
             if (r.ms < bestS) [bestS, cpuS] = [r.ms, r.cpuMs];
             sBytes = statSync(sOut).size;
             if (i === 0) await pexec('qemu-img', ['compare', '-f', c.inFmt, '-F', c.outFmt, input, sOut]);
           } else {
             const args = ['convert', '-f', c.inFmt, '-O', c.outFmt, ...(c.compress ? ['-c'] : []), input, qOut];
             const r = await runChild('qemu-img', args);
+            qRuns.push(r);
             if (r.ms < bestQ) [bestQ, cpuQ] = [r.ms, r.cpuMs];
             qBytes = statSync(qOut).size;
           }
@@ -153,7 +175,14 @@ async function main(): Promise<void> {
         qemuMs: round(bestQ),
         strataCpuMs: round(cpuS),
         qemuCpuMs: round(cpuQ),
+        strataMedMs: round(median(sRuns.map((x) => x.ms))),
+        qemuMedMs: round(median(qRuns.map((x) => x.ms))),
+        ratioMed: round(median(qRuns.map((x) => x.ms)) / median(sRuns.map((x) => x.ms)), 3),
+        strataCpuMedMs: round(median(sRuns.map((x) => x.cpuMs))),
+        qemuCpuMedMs: round(median(qRuns.map((x) => x.cpuMs))),
+        cpuRatioMed: round(median(qRuns.map((x) => x.cpuMs)) / median(sRuns.map((x) => x.cpuMs)), 3),
         load1: round(load, 2),
+        load1End: round(loadavg()[0], 2),
         ...(Number.isFinite(bestW) ? { workersMs: round(bestW), ratioWorkers: round(bestQ / bestW, 3) } : {}),
         strataOutBytes: sBytes,
         qemuOutBytes: qBytes,
@@ -169,6 +198,7 @@ async function main(): Promise<void> {
       rmSync(path.join(OUT, 'strata.qcow2'), { force: true });
       rmSync(path.join(OUT, 'qemu.raw'), { force: true });
       rmSync(path.join(OUT, 'qemu.qcow2'), { force: true });
+      if (DROP_INPUTS && c.inFmt !== 'raw') rmSync(path.join(DIR, `mixed-${gib}g-v1.${c.ext}`), { force: true });
     }
   }
   const ok = results.filter((r) => typeof r.ratio === 'number');
@@ -179,6 +209,7 @@ async function main(): Promise<void> {
       bytes: SIZE,
       runs: RUNS,
       startupMs: round(startupMs),
+      startupCpuMs: round(startupCpuMs),
       ...env,
       cases: results.length,
       failed: results.length - ok.length,
@@ -193,14 +224,30 @@ async function main(): Promise<void> {
   );
 }
 
-/** Strata's fixed cost per run: the best of five `strata info` runs on a 1 MiB qcow2. */
+/** Strata's fixed cost per run: the best wall time of five `strata info` runs on a 1 MiB qcow2. */
 async function measureStartup(): Promise<number> {
   const tiny = path.join(OUT, 'startup.qcow2');
   await pexec('qemu-img', ['create', '-q', '-f', 'qcow2', tiny, '1M']);
   let best = Infinity;
-  for (let i = 0; i < 5; i++) best = Math.min(best, (await runChild(process.execPath, [BIN, 'info', tiny])).ms);
+  let cpu = 0;
+  for (let i = 0; i < 5; i++) {
+    const r = await runChild(process.execPath, [BIN, 'info', tiny]);
+    best = Math.min(best, r.ms);
+    cpu += r.cpuMs;
+  }
   rmSync(tiny, { force: true });
+  startupCpuMs = cpu / 5;
   return best;
+}
+
+/** Mean CPU time (user + system) of those five runs. */
+let startupCpuMs = Number.NaN;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 function round(x: number, digits = 1): number {

@@ -13,8 +13,10 @@ import { fileURLToPath } from 'node:url';
 import { requireCached } from '../util/code-cache.js';
 import { IMAGE_VERBS } from './image-verbs.js';
 
-// convert, info and map run from a bundle holding only them (src/cli/image-main.ts): a short
-// convert is mostly start-up, and the whole CLI's bundle is ~1.3 MB to parse or deserialize
-const bundle = IMAGE_VERBS.includes(process.argv[2] ?? '') ? 'strata-image' : 'strata-main';
+// convert runs from a bundle holding only it (src/cli/convert-main.ts), info and map from one
+// holding the image verbs (src/cli/image-main.ts): a short convert is mostly start-up, and the
+// whole CLI's bundle is ~1.3 MB to read and deserialize
+const verb = process.argv[2] ?? '';
+const bundle = verb === 'convert' ? 'strata-convert' : IMAGE_VERBS.includes(verb) ? 'strata-image' : 'strata-main';
 (nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 requireCached(path.join(path.dirname(fileURLToPath(import.meta.url)), `${bundle}.cjs`));

@@ -69,9 +69,29 @@ const TRISTATE = new Set(['diff', 'search']);
  * a pipe asynchronously, so EPIPE arrives as an 'error' event on stdout, not at the write.
  */
 function quietOnClosedPipe(): void {
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(0);
-    throw e;
+  const quiet = (out: NodeJS.WriteStream) =>
+    out.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(0);
+      throw e;
+    });
+  // Node makes process.stdout on first use, and making it costs 2-4 ms of CPU (a pipe or a
+  // terminal more): a command that prints nothing (convert) should not pay that, so the
+  // handler is attached when something first takes the stream.
+  const d = Object.getOwnPropertyDescriptor(process, 'stdout');
+  const get = d?.get;
+  if (!get || !d.configurable) {
+    quiet(process.stdout);
+    return;
+  }
+  Object.defineProperty(process, 'stdout', {
+    configurable: true,
+    enumerable: d.enumerable,
+    get() {
+      const out = get.call(process) as NodeJS.WriteStream;
+      Object.defineProperty(process, 'stdout', { configurable: true, enumerable: d.enumerable, get: () => out });
+      quiet(out);
+      return out;
+    },
   });
 }
 

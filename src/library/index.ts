@@ -110,7 +110,7 @@ export { parseEditScript, parseMode, parseOwner, type ScriptOptions } from './ed
 export { type ExtractOptions, type ExtractResult, extractTree } from './extract.js';
 export { type ContentSummary, type ImageInfo, imageInfo, mapImage, recognised } from './image-info.js';
 export { forgetInspection, type RecordedInspection, reinspect, versionInspection } from './inspection.js';
-export { Library, type LibraryPlaces, libraryLocation, MARKER } from './library.js';
+export { Library, type LibraryPlaces } from './library.js';
 export {
   describeVersion,
   fileContent,
@@ -140,6 +140,7 @@ export {
   type WalkOptions,
   walkBatches,
 } from './listing.js';
+export { libraryLocation, MARKER } from './location.js';
 export type { FileEntry, FilesManifest, LayoutManifest, LayoutVolume } from './manifest.js';
 export {
   ALL_MIGRATIONS,

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { Catalog } from '../catalog/catalog.js';
 import { type Db, SqliteDb } from '../catalog/db.js';
@@ -12,6 +11,7 @@ import { isS3Url, S3Backend } from '../store/s3-backend.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import { BlobCache, type BlobCacheOptions } from './blob-cache.js';
+import { libraryLocation, MARKER } from './location.js';
 import {
   decodeFilesHead,
   decodeFilesPart,
@@ -29,9 +29,9 @@ import {
 /**
  * A library: a directory holding the store (`store/`) and the catalog (`catalog.db`).
  * Its location is `--library`, else STRATA_LIBRARY, else $XDG_DATA_HOME/strata/library
- * (~/.local/share/strata/library). Opening creates it when missing (`init` is implied).
+ * (~/.local/share/strata/library; location.ts). Opening creates it when missing (`init` is implied).
  */
-export const MARKER = 'strata-library.json';
+export { libraryLocation, MARKER };
 
 /**
  * Where a library keeps its catalog and its chunks. The embedded default is `catalog.db`
@@ -90,13 +90,6 @@ export async function openBackend(where: string, cache?: { dir: string; bytes?: 
   const s3 = await S3Backend.open(where);
   if (!cache || cache.bytes === 0) return s3;
   return new CachedBackend(s3, cache.dir, cache.bytes ?? DEFAULT_CACHE_BYTES);
-}
-
-export function libraryLocation(given?: string): string {
-  if (given) return path.resolve(given);
-  if (process.env.STRATA_LIBRARY) return path.resolve(process.env.STRATA_LIBRARY);
-  const data = process.env.XDG_DATA_HOME || path.join(homedir(), '.local', 'share');
-  return path.join(data, 'strata', 'library');
 }
 
 /** The store of a library opened for its catalog only: closing is all it does. */

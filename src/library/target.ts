@@ -6,9 +6,9 @@ import type { DiskImage, OpenOptions } from '../formats/types.js';
 import type { FsOpenOptions } from '../fs/types.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
-import { discoverVolumes } from '../volumes/discover.js';
 import { holeStatus } from './backing.js';
-import { Library, libraryLocation, MARKER } from './library.js';
+import type { Library } from './library.js';
+import { libraryLocation, MARKER } from './location.js';
 import { VersionSource } from './version-source.js';
 
 /**
@@ -106,6 +106,7 @@ export async function openDeviceTargets(
     for (const arg of args) {
       const t = await openTargetImage(arg, openOptions, { library: opts.library });
       images.push(t.image);
+      const { discoverVolumes } = await import('../volumes/discover.js');
       const found = await discoverVolumes(t.image);
       const btrfs = found.volumes.filter((v) => v.content === 'btrfs');
       if (btrfs.length !== 1) {
@@ -165,9 +166,14 @@ async function openTargetAlone(
   }
 }
 
-/** The library a version target names; a missing one is reported with the argument. */
+/**
+ * The library a version target names; a missing one is reported with the argument. The
+ * library's code (catalog, store, node:crypto) is loaded here, when a target is a version,
+ * not by every command that opens a file (issue 26: start-up of a short convert).
+ */
 export async function openTargetLibrary(target: RefTarget): Promise<Library> {
   try {
+    const { Library } = await import('./library.js');
     return await Library.open(target.library, { create: false });
   } catch (e) {
     const what = target.forced ? 'no library' : 'no such file, and no library';

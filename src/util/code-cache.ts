@@ -10,7 +10,7 @@ import * as vm from 'node:vm';
  * plain require; on Node 20 the file is compiled through vm.Script with cached data kept in
  * the user's cache folder ($XDG_CACHE_HOME/strata or ~/.cache/strata; STRATA_CODE_CACHE
  * names another, "off" disables it). Any trouble with the cache only costs the compile. The
- * file must have no import() (bundle.mjs checks the ones it makes).
+ * file must have no import() and be ASCII (bundle.mjs checks the ones it makes).
  */
 export function requireCached(file: string): unknown {
   // Node's own cache, when this process enabled it (Node >= 22.8 says so), covers a plain require
@@ -33,8 +33,10 @@ export function requireCached(file: string): unknown {
   } catch {
     cached = undefined;
   }
-  // (a #! line, as the CLI bundle has, is not JavaScript inside the module wrapper)
-  const source = readFileSync(file, 'utf8').replace(/^#!.*/, '');
+  // (a #! line, as the CLI bundle has, is not JavaScript inside the module wrapper). Read as
+  // latin1: the bundles are ASCII (scripts/bundle.mjs checks), and decoding 0.7 MB as UTF-8
+  // took ~0.5 ms more of every run.
+  const source = readFileSync(file, 'latin1').replace(/^#!.*/, '');
   const script = new vm.Script(nodeModule.wrap(source), { filename: file, cachedData: cached });
   if (cacheAt && (!cached || script.cachedDataRejected)) {
     const target = cacheAt;

@@ -160,7 +160,7 @@ test('a progress bar appears on stderr when it is a TTY (script(1) provides one)
   await qemuCompare(src, 'raw', out, 'qcow2');
 });
 
-test('convert, info and map run from their own bundle (strata-image.cjs), other verbs from the whole CLI', async () => {
+test('convert runs from its own bundle (strata-convert.cjs), info and map from strata-image.cjs, other verbs from the whole CLI', async () => {
   const dir = scratch('cli-bundle-choice');
   mkdirSync(dir, { recursive: true });
   const img = path.join(dir, 'tiny.raw');
@@ -182,15 +182,53 @@ test('convert, info and map run from their own bundle (strata-image.cjs), other 
     });
     assert.equal(r.code, 0, r.stderr.slice(-2000));
     const names = new Set<string>();
-    for (const m of r.stderr.matchAll(/(strata-(?:image|main))\.cjs/g)) names.add(m[1]);
+    for (const m of r.stderr.matchAll(/(strata-(?:image|main|convert))\.cjs/g)) names.add(m[1]);
     if (existsSync(cache))
-      for (const f of readdirSync(cache)) names.add(/^code-(strata-(?:image|main))-/.exec(f)?.[1] ?? f);
+      for (const f of readdirSync(cache)) names.add(/^code-(strata-(?:image|main|convert))-/.exec(f)?.[1] ?? f);
     return [...names].sort();
   };
-  assert.deepEqual(await loaded(['convert', '-O', 'raw', img, path.join(dir, 'out.raw')]), ['strata-image']);
+  assert.deepEqual(await loaded(['convert', '-O', 'raw', img, path.join(dir, 'out.raw')]), ['strata-convert']);
   assert.deepEqual(readFileSync(path.join(dir, 'out.raw')), readFileSync(img));
   assert.deepEqual(await loaded(['info', img]), ['strata-image']);
   assert.deepEqual(await loaded(['images', '--help']), ['strata-main']);
+  assert.deepEqual(await loaded(['convert', '--help']), ['strata-convert']);
   // the verbs launch.ts sends to the image bundle are exactly the verbs its groups register
   assert.deepEqual(IMAGE_GROUPS.flatMap((g) => g.verbs).sort(), [...IMAGE_VERBS].sort());
+});
+
+test('a plain convert of a file loads neither the library (node:crypto) nor workers, node:v8, node:tty or stdout', async () => {
+  // Start-up is most of a short convert (issue 26): each of these built-ins cost 2-8 ms of CPU
+  // to load. Counted from Node's own list of loaded modules, so the test does not time anything.
+  const dir = scratch('cli-conv-modules');
+  const img = path.join(dir, 'in.raw');
+  writeFileSync(img, Buffer.alloc(1 << 20, 9));
+  const list = path.join(dir, 'modules.txt');
+  const hook = path.join(dir, 'hook.cjs');
+  writeFileSync(
+    hook,
+    `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(list)}, process.moduleLoadList.join('\\n')));\n`,
+  );
+  const out = path.join(dir, 'out.raw');
+  const r = await new Promise<Outcome>((resolve, reject) => {
+    const p = spawn(process.execPath, ['-r', hook, BIN, 'convert', img, out, '-O', 'raw'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(readFileSync(out), readFileSync(img));
+  const loaded = new Set(readFileSync(list, 'utf8').split('\n'));
+  assert.ok(loaded.has('NativeModule fs/promises'), 'the list is the real one (convert reads through fs/promises)');
+  for (const m of ['crypto', 'worker_threads', 'v8', 'tty', 'net', 'internal/worker']) {
+    assert.ok(!loaded.has(`NativeModule ${m}`), `convert loaded node:${m}`);
+  }
+  // the same convert with the progress bar's terminal check and --json output still works
+  const j = await strata(['convert', img, path.join(dir, 'out2.raw'), '-O', 'raw', '--json']);
+  assert.equal(j.code, 0, j.stderr);
+  assert.equal(JSON.parse(j.stdout).virtualSize, 1 << 20);
 });

@@ -5,7 +5,6 @@ import { openAtomicOutput } from '../../formats/writers/atomic-output.js';
 import { type ImageWriter, isZeroRange, Qcow2Writer, RawWriter } from '../../formats/writers/index.js';
 import { pageAlignedBuffer } from '../../util/aligned.js';
 import { StrataError } from '../../util/errors.js';
-import { directCopy } from './direct-copy.js';
 import { canCopyNatively, nativeCopy, poolCopyQcow2 } from './native-copy.js';
 
 export interface ConvertOptions {
@@ -102,6 +101,7 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
     // Plain outputs: the native copier (raw) or the pool copier (qcow2): no start-up cost, so any
     // size; the worker copier for large disks when the addon is missing (or asked for).
     // STRATA_NO_NATIVE_COPY=1 (bench/convert's BENCH_WORKERS): the worker copier, for comparison.
+    // direct-copy.ts (node:worker_threads) is loaded only then: ~2 ms of every short convert.
     const native =
       src.direct &&
       opts.directCopy !== 'never' &&
@@ -115,7 +115,7 @@ export async function convertImage(src: DiskImage, outPath: string, opts: Conver
         : dt && native && dt.layout === 'qcow2'
           ? await poolCopyQcow2(src, dt, how)
           : dt && wantDirect(src, opts)
-            ? await directCopy(src, dt, how)
+            ? await (await import('./direct-copy.js')).directCopy(src, dt, how)
             : await pump(src, writer, opts.backing?.image, opts.onProgress, opts.signal);
     const { bytesWritten } = await writer.finish();
     await out.commit(opts.sync);
