@@ -113,23 +113,32 @@ export class Store {
   }
 
   private refreshing?: Promise<boolean>;
-  private queued?: Promise<boolean>;
+  private queued?: { urgent: boolean; promise: Promise<boolean> };
   private refreshedAt = 0;
 
   /**
    * Catch up with index files other processes wrote (servers sharing one store) or
    * replaced (their gc). The refresh a caller gets starts after its call (so it sees what
    * was there when it asked); callers meanwhile share it, and refreshes start at most every
-   * REFRESH_MS (a stream of misses costs a listing per REFRESH_MS, not one each).
-   * Returns whether the index changed.
+   * REFRESH_MS (a stream of misses costs a listing per REFRESH_MS, not one each). An
+   * `urgent` refresh (a commit or an upload that must see what a gc or another server just
+   * did) does not wait out REFRESH_MS: it starts as soon as the one in flight ends, shared
+   * by the urgent callers meanwhile (a check-in's upload and commit, a few ms apart, each
+   * waited up to 250 ms here). Refreshes never overlap. Returns whether the index changed.
    */
-  refresh(): Promise<boolean> {
-    if (this.queued) return this.queued;
-    const q = (async () => {
+  refresh(urgent = false): Promise<boolean> {
+    const pending = this.queued;
+    if (pending && (pending.urgent || !urgent)) return pending.promise;
+    const entry = { urgent, promise: Promise.resolve(false) };
+    entry.promise = (async () => {
       await this.refreshing?.catch(() => {});
-      const wait = REFRESH_MS - (Date.now() - this.refreshedAt);
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      this.queued = undefined;
+      if (!urgent) {
+        const wait = REFRESH_MS - (Date.now() - this.refreshedAt);
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+      if (this.queued === entry) this.queued = undefined;
+      // an urgent refresh may have started while this one waited out REFRESH_MS
+      while (this.refreshing) await this.refreshing.catch(() => {});
       const run = this.ix.refresh().finally(() => {
         this.refreshedAt = Date.now();
         if (this.refreshing === run) this.refreshing = undefined;
@@ -139,8 +148,8 @@ export class Store {
       if (changed) this.reader.clearCache();
       return changed;
     })();
-    this.queued = q;
-    return q;
+    this.queued = entry;
+    return entry.promise;
   }
 
   /** `has` for each digest, after a refresh when some are not known here. */

@@ -456,3 +456,45 @@ test('index files: every blob listed, as small as zstd -1 makes the same JSON (h
   );
   assert.ok(ours <= cli * 1.02, `index files ${ours} bytes, zstd -1 of their JSON ${cli}`);
 });
+
+test('an urgent refresh right after another sees what a second store just wrote, and urgent callers meanwhile share one listing', async () => {
+  const root = tempDir('store-urgent-refresh');
+  class Counting extends LocalBackend {
+    lists = 0;
+    override async list(prefix: string) {
+      this.lists++;
+      return super.list(prefix);
+    }
+  }
+  const backend = new Counting(root);
+  const s1 = await Store.open(backend);
+  const s2 = await Store.open(new LocalBackend(root));
+  try {
+    await s1.refresh(); // a refresh just done: the next non-urgent one would wait out REFRESH_MS
+    const blob = textOf('urgent', 10_000);
+    const { digest } = await s2.put('data', blob);
+    await s2.flush();
+    assert.equal(s1.has(digest), false, 'not known before the refresh');
+    const before = backend.lists;
+    assert.equal(await s1.refresh(true), true, 'the index changed');
+    const one = backend.lists - before;
+    assert.ok(one >= 1, 'an urgent refresh lists the index');
+    assert.equal(s1.has(digest), true, 'the other store’s blob is known after the urgent refresh');
+    assert.deepEqual(Buffer.from(await s1.get(digest)), blob);
+    // three urgent callers at once: one refresh (one listing's worth), each sees the same answer
+    const { digest: d2 } = await s2.put('data', textOf('urgent-2', 10_000));
+    await s2.flush();
+    const mid = backend.lists;
+    const answers = await Promise.all([s1.refresh(true), s1.refresh(true), s1.refresh(true)]);
+    assert.deepEqual(answers, [true, true, true]);
+    assert.equal(backend.lists - mid, one, 'the three shared one refresh');
+    assert.equal(s1.has(d2), true);
+    // a non-urgent call while an urgent one is queued joins it
+    const m2 = backend.lists;
+    await Promise.all([s1.refresh(true), s1.refresh()]);
+    assert.equal(backend.lists - m2, one, 'a non-urgent caller shares a queued urgent refresh');
+  } finally {
+    await s1.close();
+    await s2.close();
+  }
+});

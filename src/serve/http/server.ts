@@ -1141,7 +1141,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         const lock = await RepoLock.acquire(lib.store.backend, 'shared', `serve commit ${name}`, 60_000);
         try {
           // what other servers stored, and what a gc that just finished left (servers share the store)
-          await lib.store.refresh();
+          await lib.store.refresh(true);
           const held = await heldFilter(policy, [...need]);
           const missing = [...need].filter((d) => !held.has(d));
           if (missing.length > 0) {
@@ -1374,7 +1374,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       for (const c of changes)
         if (c.op === 'put' && c.content.kind === 'chunks') for (const d of c.content.chunks) named.add(d);
       if (named.size > 0) {
-        await lib.store.refresh();
+        await lib.store.refresh(true);
         const held = await heldFilter(req.policy, [...named]);
         const missing = [...named].filter((d) => !held.has(d));
         if (missing.length > 0) {
@@ -2152,7 +2152,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         // these chunks in held_blobs, which keeps them through its grace period
         const lock = await RepoLock.acquire(lib.store.backend, 'shared', 'serve upload', 60_000);
         try {
-          await lib.store.refresh(); // what a gc that just finished left
+          await lib.store.refresh(true); // what a gc that just finished left
           for (const r of recs) if ((await lib.store.put('data', r.data, r.digest)).added) added++;
           await lib.store.flush();
           if (req.principal.project)
