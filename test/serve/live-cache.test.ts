@@ -615,6 +615,30 @@ describe('strata nbd --cache-policy introspective', () => {
       assert.ok(ranged > 0, metrics);
       assert.equal(byClass('metadata') + byClass('data') + byClass('unused') + byClass('unknown'), ranged);
       assert.match(metrics, /^strata_disk_cache_prefetch_bytes_total\{version="disk@1",prefetcher="file"\} [1-9]\d*$/m);
+      // a whole-disk download (no Range) takes what the cache holds and reads the rest: the
+      // same bytes as the image, and both kinds counted (cache warmed by qemu's reads above)
+      const whole = Buffer.from(await (await fetch(disk)).arrayBuffer());
+      assert.ok(whole.equals(readFileSync(n)), 'the downloaded disk equals the image');
+      const after = await (await fetch(`${url}/metrics`)).text();
+      const dl = (from: string) =>
+        Number(
+          new RegExp(`^strata_disk_cache_download_bytes_total\\{version="disk@1",from="${from}"\\} (\\d+)$`, 'm').exec(
+            after,
+          )?.[1] ?? Number.NaN,
+        );
+      assert.equal(dl('cache') + dl('store'), whole.length, after);
+      assert.ok(dl('cache') > 0 && dl('store') > 0, `cache ${dl('cache')}, store ${dl('store')}`);
+      // the download neither fetched nor counted: the cache's request counters did not move
+      assert.equal(
+        [...after.matchAll(/^strata_disk_cache_requests_total\{[^}]*\} (\d+)$/gm)].reduce(
+          (a, m) => a + Number(m[1]),
+          0,
+        ),
+        [...metrics.matchAll(/^strata_disk_cache_requests_total\{[^}]*\} (\d+)$/gm)].reduce(
+          (a, m) => a + Number(m[1]),
+          0,
+        ),
+      );
     } finally {
       child.kill('SIGTERM');
       await exited;

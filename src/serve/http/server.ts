@@ -1887,8 +1887,33 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         return sendBytes(req, reply, cache.size, cached, `${v.image.replace(/\//g, '_')}-${v.number}.raw`);
       }
       const layout = await lib.layout(v.manifest);
-      const src = new VersionSource(lib.store, layout, `${v.image}@${v.number}`);
+      const ref = `${v.image}@${v.number}`;
+      const src = new VersionSource(lib.store, layout, ref);
       const base = `${v.image.replace(/\//g, '_')}-${v.number}`;
+      // a whole-disk download takes what the version's live cache already holds (no fetch, no
+      // counters, no recency: one sequential pass would only flush it) and reads the rest
+      const warm = diskCaches.enabled ? diskCaches.peek(v.manifest) : undefined;
+      const readAt = async (off: number, out: Uint8Array): Promise<void> => {
+        if (!warm) {
+          await src.readInto(off, out);
+          return;
+        }
+        const bs = warm.blockSize;
+        const end = off + out.length;
+        let hit = 0;
+        let missAt = -1;
+        for (let pos = off; pos < end; ) {
+          const e = Math.min(end, (Math.floor(pos / bs) + 1) * bs);
+          if (warm.peekInto(pos, out.subarray(pos - off, e - off))) {
+            if (missAt >= 0) await src.readInto(missAt, out.subarray(missAt - off, pos - off));
+            missAt = -1;
+            hit += e - pos;
+          } else if (missAt < 0) missAt = pos;
+          pos = e;
+        }
+        if (missAt >= 0) await src.readInto(missAt, out.subarray(missAt - off));
+        diskCaches.noteDownload(ref, hit, out.length - hit);
+      };
       if (format === 'qcow2') {
         const plan = planQcow2Stream(
           src.size,
@@ -1896,7 +1921,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         );
         const readDisk = async (off: number, out: Uint8Array) => {
           const n = Math.max(0, Math.min(out.length, src.size - off));
-          if (n > 0) await src.readInto(off, out.subarray(0, n));
+          if (n > 0) await readAt(off, out.subarray(0, n));
         };
         async function* q(start: number, end: number) {
           try {
@@ -1911,7 +1936,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         try {
           for (let o = start; o < end; o += 4 * ONE_MIB) {
             const buf = Buffer.allocUnsafe(Math.min(4 * ONE_MIB, end - o));
-            await src.readInto(o, buf);
+            await readAt(o, buf);
             yield buf;
           }
         } finally {
@@ -2218,6 +2243,25 @@ class DiskCaches {
     this.max = Math.max(1, opts?.versions ?? 4);
   }
 
+  /** Bytes of whole-disk downloads by version: taken from a live cache, read from the store. */
+  private readonly downloads = new Map<string, { cache: number; source: number }>();
+
+  /**
+   * The live cache of a version when one is open (never opens one: a whole-disk download is
+   * one sequential pass, which would only flush it), for a reader that takes what it holds.
+   */
+  peek(manifest: string): IntrospectiveCache | undefined {
+    const p = this.open.get(manifest);
+    return p ? settled.get(p)?.cache : undefined;
+  }
+
+  noteDownload(ref: string, fromCache: number, fromSource: number): void {
+    const d = this.downloads.get(ref) ?? { cache: 0, source: 0 };
+    d.cache += fromCache;
+    d.source += fromSource;
+    this.downloads.set(ref, d);
+  }
+
   async get(manifest: string, ref: string): Promise<IntrospectiveCache> {
     let p = this.open.get(manifest);
     if (p) {
@@ -2280,6 +2324,15 @@ class DiskCaches {
     out.push('# TYPE strata_disk_cache_source_reads_total counter', ...src.filter((l) => l.includes('reads')));
     out.push('# TYPE strata_disk_cache_source_bytes_total counter', ...src.filter((l) => l.includes('bytes')));
     out.push('# TYPE strata_disk_cache_prefetch_bytes_total counter', ...pf);
+    out.push(
+      '# HELP strata_disk_cache_download_bytes_total Bytes of whole-disk downloads taken from a live cache or read from the store.',
+      '# TYPE strata_disk_cache_download_bytes_total counter',
+    );
+    for (const [ref, d] of this.downloads) {
+      const v = `version="${ref.replace(/["\\\n]/g, '_')}"`;
+      out.push(`strata_disk_cache_download_bytes_total{${v},from="cache"} ${d.cache}`);
+      out.push(`strata_disk_cache_download_bytes_total{${v},from="store"} ${d.source}`);
+    }
     return out;
   }
 
