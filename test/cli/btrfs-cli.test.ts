@@ -20,7 +20,7 @@ import { btrfsImage, FEDORA_HOME, fedoraBtrfsFixture } from '../helpers/btrfs-im
 import { jsonLines, strata } from '../helpers/cli.js';
 import { extImage, kernelView, kernelViewCached } from '../helpers/ext-tree.js';
 import { qemuCompare } from '../helpers/qemu-oracles.js';
-import { ROOT, run, scratch } from '../helpers/tools.js';
+import { ROOT, run, scratch, unmount } from '../helpers/tools.js';
 
 const MiB = 1 << 20;
 const SLOT = 2 ** 36;
@@ -79,7 +79,7 @@ async function mountedWalk(img: string, options: string): Promise<Map<string, Se
     };
     walk('');
   } finally {
-    await run('umount', [mnt]);
+    await unmount(mnt);
     rmSync(mnt, { recursive: true, force: true });
   }
   return out;
@@ -208,7 +208,7 @@ describe('strata on btrfs', () => {
     try {
       list = await run('btrfs', ['subvolume', 'list', mnt]);
     } finally {
-      await run('umount', [mnt]);
+      await unmount(mnt);
       rmSync(mnt, { recursive: true, force: true });
     }
     const id = /^ID (\d+) .* path data-snap$/m.exec(list)?.[1];
@@ -310,7 +310,7 @@ describe('strata on btrfs', () => {
         assert.equal(jsonLines<{ path?: string }>(w.stdout)[0]?.path, f.path);
       }
     } finally {
-      await run('umount', [mnt]);
+      await unmount(mnt);
       rmSync(mnt, { recursive: true, force: true });
     }
   });

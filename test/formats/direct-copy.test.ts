@@ -29,7 +29,7 @@ import { type ConvertOptions, convertImage } from '../../src/library/convert/con
 import { StrataError } from '../../src/util/errors.js';
 import { writePatternDisk } from '../helpers/disk-pattern.js';
 import { qemuCheck, qemuCompare } from '../helpers/qemu-oracles.js';
-import { fixture, run, scratch } from '../helpers/tools.js';
+import { fixture, run, scratch, unmount } from '../helpers/tools.js';
 import { writeVhdDiff } from '../helpers/vhd-writer.js';
 
 const MiB = 1024 * 1024;
@@ -196,7 +196,7 @@ test('a full output file system fails naming the output; nothing is left behind'
     );
     assert.deepEqual(readdirSync(mnt), [], 'the temporary file is removed');
   } finally {
-    await run('umount', [mnt]);
+    await unmount(mnt);
   }
 });
 
@@ -295,9 +295,9 @@ test('on btrfs, raw and qcow2 data are reflinked into a raw output (extents shar
       await convertWith(src, out, { format: 'raw' });
       await qemuCompare(src, 'qcow2', out, 'raw');
     } finally {
-      await run('umount', [tmpMnt]);
+      await unmount(tmpMnt);
     }
   } finally {
-    await run('umount', [mnt]);
+    await unmount(mnt);
   }
 });

@@ -8,7 +8,7 @@ import { walk } from '../../src/fs/walk.js';
 import { FileSource } from '../../src/io/file-source.js';
 import { btrfsDefaultSubvolImage, btrfsImage, compressible } from '../helpers/btrfs-image.js';
 import { BIG_DIR_ENTRIES, BIG_SPARSE_PIECES, BIG_SPARSE_SIZE, bytesOf, kernelViewCached } from '../helpers/ext-tree.js';
-import { run } from '../helpers/tools.js';
+import { run, unmount } from '../helpers/tools.js';
 
 const MiB = 1 << 20;
 const SLOT = 2 ** 36;
@@ -292,7 +292,7 @@ test('btrfs: mkfs --rootdir tree plus kernel-made subvolumes, snapshots, compres
         all.map(({ shared: _, ...rest }) => rest),
       );
     } finally {
-      await run('umount', [mnt]);
+      await unmount(mnt);
     }
   });
 

@@ -33,7 +33,7 @@ import {
   REPARSE_POINTS,
   withNtfsMount,
 } from '../helpers/ntfs-images.js';
-import { run, runBuffer, scratch, sha256 } from '../helpers/tools.js';
+import { run, runBuffer, scratch, sha256, unmount } from '../helpers/tools.js';
 
 const opened: FileSource[] = [];
 after(async () => {
@@ -134,7 +134,7 @@ test('case-insensitive lookup collates through $UpCase as lowntfs-3g -o ignore_c
       }
     }
   } finally {
-    await run('umount', [mnt]);
+    await unmount(mnt);
     rmSync(mnt, { recursive: true, force: true });
   }
   let jsWouldDiffer = 0;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, copyFileSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
-import { FIXTURES, fixture, run } from './tools.js';
+import { FIXTURES, fixture, run, unmount } from './tools.js';
 
 /**
  * Fixtures for the file-system CLI and extraction tests: a small but awkward source tree
@@ -114,7 +114,7 @@ export async function withMount<T>(
   try {
     return await fn(dir);
   } finally {
-    await run('umount', [dir]);
+    await unmount(dir);
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -1,6 +1,6 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { fixture, run, scratch } from './tools.js';
+import { fixture, run, scratch, unmount } from './tools.js';
 
 /** Entries of the large folder (a multi-level $I30 B+ tree). */
 export const BIG_DIR_ENTRIES = 20000;
@@ -13,7 +13,7 @@ export async function withNtfsMount<T>(img: string, opts: string, fn: (mnt: stri
   try {
     return await fn(mnt);
   } finally {
-    await run('umount', [mnt]);
+    await unmount(mnt, 'ntfs-3g');
     rmSync(mnt, { recursive: true, force: true });
   }
 }

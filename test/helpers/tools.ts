@@ -29,6 +29,30 @@ export async function run(cmd: string, args: string[], opts: { input?: string; c
   }
 }
 
+/**
+ * Unmount `dir`, retrying while the kernel says it is busy (on a loaded machine a just-closed
+ * file can hold a mount for a moment: CI saw "target is busy" from an ntfs-3g mount that the
+ * test had finished with), then wait until no process named in `daemonOf` still runs for it
+ * (a FUSE daemon such as ntfs-3g flushes the image after the kernel lets go of the mount).
+ */
+export async function unmount(dir: string, daemonOf?: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await run('umount', [dir]);
+      break;
+    } catch (e) {
+      if (i >= 40 || !/busy/i.test((e as Error).message)) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  if (!daemonOf) return;
+  for (let i = 0; i < 300; i++) {
+    if (spawnSync('pgrep', ['-f', '--', `${daemonOf}.* ${dir}`], { stdio: 'ignore' }).status !== 0) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${daemonOf} still runs for ${dir} 30 s after its unmount`);
+}
+
 /** Same as run, but binary stdout. */
 export async function runBuffer(cmd: string, args: string[]): Promise<Buffer> {
   const r = await pexec(cmd, args, { maxBuffer: 1 << 30, encoding: 'buffer' });

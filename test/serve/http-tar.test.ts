@@ -7,7 +7,7 @@ import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import type { RunningServer } from '../../src/serve/http/server.js';
 import { bytesOf, treeView } from '../helpers/ext-tree.js';
-import { run } from '../helpers/tools.js';
+import { run, unmount } from '../helpers/tools.js';
 import { tempDir, textOf } from '../library/images.js';
 import { addPeople, serve } from './http-helpers.js';
 
@@ -109,7 +109,7 @@ test('files/tar: GNU tar extracts a folder equal to the kernel mount of the imag
   try {
     kernel = walkTree(path.join(mnt, 'share'));
   } finally {
-    await run('umount', [mnt]);
+    await unmount(mnt);
   }
   const ours = walkTree(out);
   // the extraction holds doc/ (what was asked for), the mount's share/ holds doc/ too
