@@ -276,7 +276,10 @@ class Builder {
    * The manifest's chunk list and ranges in a canonical order, whatever order concurrent
    * cutting added them in (so the same image gives the same manifest digest): ranges by
    * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
-   * first use, chunks no range uses (inline file data) last, by digest.
+   * first use, chunks no range uses (inline file data) last, by digest. Called once, when
+   * cutting is over: the builder's own range columns and hash table are dropped as the
+   * canonical copy is made (at a million chunks ~50 MB that would otherwise sit beside it
+   * while the layout is written).
    */
   canonical(): CanonicalLayout {
     const { rDisk, rChunk, rAt } = this;
@@ -322,6 +325,11 @@ class Builder {
       m++;
       end = d + len;
     }
+    this.rDisk = new Float64Array(0);
+    this.rLength = new Float64Array(0);
+    this.rChunk = new Uint32Array(0);
+    this.rAt = new Uint32Array(0);
+    this.table = new Int32Array(0);
     const unused: number[] = [];
     for (let i = 0; i < this.chunkCount; i++) if (renumber[i] === -1) unused.push(i);
     unused.sort((a, b) => this.cmpChunks(a, b));
