@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Extent } from '../io/byte-source.js';
 import { asUrgent, isUrgent } from '../io/urgency.js';
-import { decodeManifest, LAYOUT_KIND, type LayoutManifest } from '../library/manifest.js';
+import { type LayoutManifest, readLayout } from '../library/manifest.js';
 import { VersionSource } from '../library/version-source.js';
 import { StrataError } from '../util/errors.js';
 import type { ChunkCache } from './chunk-cache.js';
@@ -197,7 +197,11 @@ export function checkChunk(digest: string, data: Uint8Array, from: string): Uint
   return data;
 }
 
-/** A layout manifest from its blob's bytes. */
-export function layoutFrom(bytes: Uint8Array, digest: string): LayoutManifest {
-  return decodeManifest<LayoutManifest>(bytes, LAYOUT_KIND, `manifest ${digest}`);
+/** A layout manifest from its blob's bytes (a version 2's parts fetched with `part`). */
+export function layoutFrom(
+  bytes: Uint8Array,
+  digest: string,
+  part: (digest: string) => Promise<Uint8Array>,
+): Promise<LayoutManifest> {
+  return readLayout(bytes, `manifest ${digest}`, part);
 }

@@ -127,13 +127,14 @@ export async function httpLibraryDeploySource(
   try {
     if (!store.has(v.manifest)) throw stale('is not in the store: its manifest is missing from the store index');
     // manifests are blobs too: a warm cache holds them, and then nothing comes from the server
-    const layoutOf = async (d: string) => {
+    const blob = async (d: string) => {
       const hit = await opts.cache?.get(d);
-      if (hit) return layoutFrom(hit, d);
+      if (hit) return hit;
       const plain = await store.get(d);
       await opts.cache?.put(d, plain);
-      return layoutFrom(plain, d);
+      return plain;
     };
+    const layoutOf = async (d: string) => layoutFrom(await blob(d), d, blob);
     // (a pack whose chunks the host's cache holds is never read: its absence does no harm)
     if (!(await opts.cache?.has(v.manifest))) await probePacks(backend, [store.entry(v.manifest)!.pack], stale);
     const manifest = await layoutOf(v.manifest);
@@ -245,11 +246,12 @@ export async function remoteDeploySource(
     }
     return checkChunk(d, body, url);
   };
-  const layoutOf = async (d: string) => {
+  const blob = async (d: string) => {
     const plain = (await opts.cache?.get(d)) ?? (await get(d));
     await opts.cache?.put(d, plain);
-    return layoutFrom(plain, d);
+    return plain;
   };
+  const layoutOf = async (d: string) => layoutFrom(await blob(d), d, blob);
   const manifest = await layoutOf(v.manifest);
   const src = new ManifestSource(
     `${remote.url}#${v.image}@${v.number}`,

@@ -31,7 +31,10 @@ import {
   type FilesManifest,
   type FilesManifestHead,
   LAYOUT_KIND,
+  LAYOUT_PART_ENTRIES,
+  LAYOUT_PART_KIND,
   type LayoutManifest,
+  type LayoutManifestHead,
   type LayoutVolume,
 } from './manifest.js';
 import { openDeviceTargets } from './target.js';
@@ -98,6 +101,12 @@ export interface CheckinOptions {
   memoryBytes?: number;
   /** Inspect the new version and store what it finds in the catalog (default true). */
   inspect?: boolean;
+  /**
+   * Chunks and ranges per part of a version 2 layout manifest (default LAYOUT_PART_ENTRIES;
+   * tests set a small one to write version 2 for a small image). Never from a memory budget:
+   * the manifest's digest depends on it.
+   */
+  layoutPartEntries?: number;
 }
 
 export interface CheckinResult {
@@ -267,7 +276,10 @@ class Builder {
    * The manifest's chunk list and ranges in a canonical order, whatever order concurrent
    * cutting added them in (so the same image gives the same manifest digest): ranges by
    * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
-   * first use, chunks no range uses (inline file data) last, by digest.
+   * first use, chunks no range uses (inline file data) last, by digest. Called once, when
+   * cutting is over: the builder's own range columns and hash table are dropped as the
+   * canonical copy is made (at a million chunks ~50 MB that would otherwise sit beside it
+   * while the layout is written).
    */
   canonical(): CanonicalLayout {
     const { rDisk, rChunk, rAt } = this;
@@ -313,6 +325,11 @@ class Builder {
       m++;
       end = d + len;
     }
+    this.rDisk = new Float64Array(0);
+    this.rLength = new Float64Array(0);
+    this.rChunk = new Uint32Array(0);
+    this.rAt = new Uint32Array(0);
+    this.table = new Int32Array(0);
     const unused: number[] = [];
     for (let i = 0; i < this.chunkCount; i++) if (renumber[i] === -1) unused.push(i);
     unused.sort((a, b) => this.cmpChunks(a, b));
@@ -969,27 +986,72 @@ function layoutOf(c: CompactCut): LayoutManifest {
  * string on top; this holds only the result.
  */
 function encodeLayout(c: CompactCut): Uint8Array {
-  const { head, canon, b } = c;
+  const { head, canon } = c;
   const w = new ByteWriter(canon.chunkOrder.length * 80 + canon.disk.length * 40 + 4096);
   const pre = JSON.stringify(head);
   w.text(pre.slice(0, -1)); // without its closing brace
-  w.text(',"chunks":[');
-  for (let k = 0; k < canon.chunkOrder.length; k++) {
+  w.text(',');
+  writeColumns(w, c, 0, canon.chunkOrder.length, 0, canon.disk.length);
+  w.text(`,"warnings":${JSON.stringify(c.warnings.slice(0, 1000))}}`);
+  return w.bytes();
+}
+
+/** `"chunks":[..],"chunkLengths":[..],"ranges":{..}` of chunks [c0, c1) and ranges [r0, r1). */
+function writeColumns(w: ByteWriter, c: CompactCut, c0: number, c1: number, r0: number, r1: number): void {
+  const { canon, b } = c;
+  w.text('"chunks":[');
+  for (let k = c0; k < c1; k++) {
     const hex = b.hex(canon.chunkOrder[k]);
-    w.text(k === 0 ? `"${hex}"` : `,"${hex}"`);
+    w.text(k === c0 ? `"${hex}"` : `,"${hex}"`);
   }
   w.text('],"chunkLengths":');
-  w.numbers(Array.from(canon.chunkOrder, (i) => b.chunkLength(i)));
+  w.numbers(Array.from(canon.chunkOrder.subarray(c0, c1), (i) => b.chunkLength(i)));
   w.text(',"ranges":{"disk":');
-  w.numbers(canon.disk);
+  w.numbers(canon.disk.subarray(r0, r1));
   w.text(',"length":');
-  w.numbers(canon.length);
+  w.numbers(canon.length.subarray(r0, r1));
   w.text(',"chunk":');
-  w.numbers(canon.chunk);
+  w.numbers(canon.chunk.subarray(r0, r1));
   w.text(',"at":');
-  w.numbers(canon.at);
-  w.text(`},"warnings":${JSON.stringify(c.warnings.slice(0, 1000))}}`);
-  return w.bytes();
+  w.numbers(canon.at.subarray(r0, r1));
+  w.text('}');
+}
+
+/**
+ * Store the layout manifest: version 1 (encodeLayout) when it has at most `P` chunks and
+ * ranges, else version 2 (manifest.ts): its parts of `P` chunks and ranges each, encoded and
+ * stored one at a time (one part's bytes in memory, not the whole ~100 MB of a million-file
+ * layout), then its head. Returns the head's put and every part's.
+ */
+async function putLayout(
+  sink: BlobSink,
+  c: CompactCut,
+  P: number,
+): Promise<{ manifest: PutResult; parts: PutResult[] }> {
+  const chunks = c.canon.chunkOrder.length;
+  const ranges = c.canon.disk.length;
+  if (chunks <= P && ranges <= P) return { manifest: await sink.put('tree', encodeLayout(c)), parts: [] };
+  const parts: PutResult[] = [];
+  for (let i = 0; i * P < Math.max(chunks, ranges); i++) {
+    const w = new ByteWriter(P * 120);
+    w.text(`{"kind":"${LAYOUT_PART_KIND}","version":1,`);
+    const c0 = Math.min(chunks, i * P);
+    const r0 = Math.min(ranges, i * P);
+    writeColumns(w, c, c0, Math.min(chunks, c0 + P), r0, Math.min(ranges, r0 + P));
+    w.text('}');
+    parts.push(await sink.put('tree', w.bytes()));
+  }
+  const head: LayoutManifestHead = {
+    ...c.head,
+    version: 2,
+    chunkCount: chunks,
+    rangeCount: ranges,
+    partEntries: P,
+    parts: parts.map((p) => p.digest),
+    partDisk: parts.map((_, i) => (i * P < ranges ? c.canon.disk[i * P] : c.head.virtualSize)),
+    warnings: c.warnings.slice(0, 1000),
+  };
+  return { manifest: await sink.put('tree', Buffer.from(JSON.stringify(head))), parts };
 }
 
 /** Appends text (UTF-8) to one growing buffer. */
@@ -1106,11 +1168,16 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       const { head, warnings, usedBytes } = cut;
       const chunks = cut.b.chunkCount;
       const newChunks = cut.b.newChunks;
-      const m = await lib.store.put('tree', encodeLayout(cut));
+      const { manifest: m, parts } = await putLayout(lib.store, cut, opts.layoutPartEntries ?? LAYOUT_PART_ENTRIES);
       await lib.store.flush();
       // the manifests count as new bytes too; a blob in a shared frame counts for its share of it
-      let storedBytes = lib.store.storedSize(m.digest);
-      let newBytes = m.added ? storedBytes : 0;
+      let storedBytes = 0;
+      let newBytes = 0;
+      for (const p of [m, ...parts]) {
+        const size = lib.store.storedSize(p.digest);
+        storedBytes += size;
+        if (p.added) newBytes += size;
+      }
       for (let i = 0; i < chunks; i++) {
         const size = lib.store.storedSize(cut.b.hex(i));
         storedBytes += size;

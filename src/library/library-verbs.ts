@@ -9,9 +9,10 @@ import { decodeFilesHead, type FileEntry, type FilesManifest, isFilesHead, type 
  * files straight from the store (ls, cat).
  */
 
-/** Every blob a layout manifest needs: itself, its file manifests, its chunks. */
+/** Every blob a layout manifest needs: itself (a version 2's parts too), its file manifests, its chunks. */
 export async function reachable(lib: Library, manifest: string, into: Set<string>): Promise<LayoutManifest> {
   into.add(manifest);
+  for (const p of await lib.layoutParts(manifest)) into.add(p);
   const m = await lib.layout(manifest);
   for (const c of m.chunks) into.add(c);
   for (const v of m.volumes) {

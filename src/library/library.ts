@@ -16,14 +16,20 @@ import {
   decodeFilesHead,
   decodeFilesPart,
   decodeLayoutHead,
+  decodeLayoutPart,
+  decodeLayoutV2Head,
   decodeManifest,
   FILES_KIND,
   type FileEntry,
   type FilesHead,
   type FilesManifest,
+  isLayoutHead,
   LAYOUT_KIND,
   type LayoutHead,
   type LayoutManifest,
+  type LayoutManifestHead,
+  type LayoutPart,
+  readLayout,
 } from './manifest.js';
 
 /**
@@ -309,9 +315,14 @@ export class Library {
   // a fault each on this VM) cost as much as the JSON parse.
   async layout(digest: string): Promise<LayoutManifest> {
     return this.cached(digest, async () => {
-      const m = await this.metaBlob(digest, 'layout', (plain) =>
-        decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, `manifest ${digest}`),
+      const where = `manifest ${digest}`;
+      // a version 2 head is small: copied out, then its parts read and joined
+      const got = await this.metaBlob(digest, 'layout', (plain) =>
+        isLayoutHead(plain) ? Buffer.from(plain) : decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, where),
       );
+      const m = Buffer.isBuffer(got)
+        ? await readLayout(got, where, (d) => this.metaBlob(d, 'layout-part', (p) => Buffer.from(p)))
+        : got;
       // the file manifests it names are read next (ls, stat, a file)
       this.blobCache?.hint(m.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
       return m;
@@ -326,6 +337,25 @@ export class Library {
     const hit = this.manifests?.get(digest) as LayoutManifest | undefined;
     if (hit?.kind === LAYOUT_KIND) return hit;
     return this.metaBlob(digest, 'layout', (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
+  }
+
+  /** The parts of a version 2 layout manifest (none for version 1: its first bytes tell, it is not parsed). */
+  async layoutParts(digest: string): Promise<string[]> {
+    return this.store.withBlob(digest, (plain) =>
+      isLayoutHead(plain) ? decodeLayoutV2Head(plain, `manifest ${digest}`).parts : [],
+    );
+  }
+
+  /**
+   * Part `i` of the version 2 layout `head` (its `digest` names it in messages): a slice of
+   * the chunk list and of the range columns, what a reader of a few disk ranges loads
+   * instead of the whole layout.
+   */
+  async layoutPart(head: LayoutManifestHead, digest: string, i: number): Promise<LayoutPart> {
+    const d = head.parts[i];
+    return this.metaBlob(d, 'layout-part', (plain) =>
+      decodeLayoutPart(plain, head, i, `manifest ${digest} part ${i} (${d})`),
+    );
   }
 
   /** A file manifest with every entry (a version 2 manifest's parts read and joined). */

@@ -241,7 +241,151 @@ export function decodeManifest<T extends LayoutManifest | FilesManifest>(
 }
 
 /** A layout manifest without its chunk and range columns: what names a version's volumes and file manifests. */
-export type LayoutHead = Omit<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges'>;
+export type LayoutHead = Omit<LayoutManifest, 'chunks' | 'chunkLengths' | 'ranges' | 'version'> & {
+  version: 1 | 2;
+  /** Version 2: the parts holding the columns, in order. */
+  parts?: string[];
+  chunkCount?: number;
+  rangeCount?: number;
+};
+
+/**
+ * Layout manifests in parts (version 2; issue 22). A version 1 layout is one JSON blob with
+ * every chunk and range: ~100 MB at a million files, built whole in memory by check-in,
+ * compressed into a buffer of its own and parsed whole (~250 MB of objects) by whoever reads
+ * it back. A layout with more than LAYOUT_PART_ENTRIES chunks or ranges is written as version
+ * 2: a head (the scalars, volumes and warnings of version 1, the counts, and its parts'
+ * digests) and 'tree' blobs of LAYOUT_PART_ENTRIES chunks and ranges each: part i holds
+ * chunks [i*P, (i+1)*P) of the layout's chunk list and ranges [i*P, (i+1)*P) of its range
+ * columns (range `chunk` numbers stay layout-wide), so joining the parts gives exactly the
+ * version 1 columns. Check-in writes one part at a time; readers that need the columns join
+ * them (`readLayout`), and what needs the volumes only reads the head. A layout of at most
+ * LAYOUT_PART_ENTRIES chunks and ranges is written as version 1, byte for byte as before.
+ */
+export const LAYOUT_PART_ENTRIES = 16384;
+export const LAYOUT_PART_KIND = 'strata.layout-part';
+
+/** The head of a version 2 layout manifest. */
+export interface LayoutManifestHead extends Omit<LayoutManifest, 'version' | 'chunks' | 'chunkLengths' | 'ranges'> {
+  version: 2;
+  chunkCount: number;
+  rangeCount: number;
+  /** Entries per part (chunks and ranges). */
+  partEntries: number;
+  parts: string[];
+  /** The disk offset of each part's first range (virtualSize for a part with none): where a reader of one offset looks. */
+  partDisk: number[];
+}
+
+export interface LayoutPart {
+  kind: typeof LAYOUT_PART_KIND;
+  version: 1;
+  chunks: string[];
+  chunkLengths: number[];
+  ranges: { disk: number[]; length: number[]; chunk: number[]; at: number[] };
+}
+
+const LAYOUT_V2_PREFIX = Buffer.from(`{"kind":"${'strata.layout'}","version":2,`);
+
+/** Whether an encoded layout manifest is a version 2 head (by its first bytes). */
+export function isLayoutHead(plain: Uint8Array): boolean {
+  if (plain.length < LAYOUT_V2_PREFIX.length) return false;
+  return Buffer.from(plain.buffer, plain.byteOffset, LAYOUT_V2_PREFIX.length).equals(LAYOUT_V2_PREFIX);
+}
+
+/** A version 2 layout head from its bytes, checked (its part list against its counts). */
+export function decodeLayoutV2Head(plain: Uint8Array, where: string): LayoutManifestHead {
+  const m = parseJson<LayoutManifestHead>(plain, where, LAYOUT_KIND);
+  const bad = (why: string) => new StrataError('CORRUPT', why, { file: where, structure: 'layout manifest head' });
+  if (m?.kind !== LAYOUT_KIND || m.version !== 2) throw bad(`not a ${LAYOUT_KIND} manifest (version 2)`);
+  if (!Array.isArray(m.volumes)) throw bad('layout manifest has no volume list');
+  const P = m.partEntries;
+  if (!Number.isSafeInteger(P) || P < 1 || P > 1 << 20) throw bad('bad part size');
+  for (const n of [m.chunkCount, m.rangeCount]) if (!Number.isSafeInteger(n) || n < 0) throw bad('bad counts');
+  const parts = m.parts;
+  if (
+    !Array.isArray(parts) ||
+    !parts.every((d) => typeof d === 'string' && /^[0-9a-f]{64}$/.test(d)) ||
+    parts.length !== Math.ceil(Math.max(m.chunkCount, m.rangeCount) / P)
+  ) {
+    throw bad('bad part list (its length must follow from the counts)');
+  }
+  const pd = m.partDisk;
+  if (
+    !Array.isArray(pd) ||
+    pd.length !== parts.length ||
+    !pd.every((d, i) => Number.isSafeInteger(d) && d >= (i > 0 ? pd[i - 1] : 0) && d <= m.virtualSize)
+  ) {
+    throw bad('bad part offsets (one per part, in order, inside the disk)');
+  }
+  return m;
+}
+
+/** Part `i` of the version 2 layout `head`, checked against the head (how many chunks and ranges it holds). */
+export function decodeLayoutPart(plain: Uint8Array, head: LayoutManifestHead, i: number, where: string): LayoutPart {
+  const m = parseJson<LayoutPart>(plain, where, LAYOUT_PART_KIND);
+  const bad = (why: string) => new StrataError('CORRUPT', why, { file: where, structure: LAYOUT_PART_KIND });
+  if (m?.kind !== LAYOUT_PART_KIND || m.version !== 1) throw bad(`not a ${LAYOUT_PART_KIND} (version 1)`);
+  const P = head.partEntries;
+  const chunks = Math.max(0, Math.min(P, head.chunkCount - i * P));
+  const ranges = Math.max(0, Math.min(P, head.rangeCount - i * P));
+  const r = m.ranges;
+  if (
+    !Array.isArray(m.chunks) ||
+    m.chunks.length !== chunks ||
+    !Array.isArray(m.chunkLengths) ||
+    m.chunkLengths.length !== chunks ||
+    !r ||
+    ![r.disk, r.length, r.chunk, r.at].every((a) => Array.isArray(a) && a.length === ranges)
+  ) {
+    throw bad(`part ${i} must hold ${chunks} chunks and ${ranges} ranges`);
+  }
+  return m;
+}
+
+/**
+ * A whole layout manifest (the object form of version 1) from its blob's bytes: version 1
+ * decoded, version 2's parts fetched with `part` and joined (then checked as version 1 is).
+ */
+export async function readLayout(
+  plain: Uint8Array,
+  where: string,
+  part: (digest: string) => Promise<Uint8Array>,
+): Promise<LayoutManifest> {
+  if (!isLayoutHead(plain)) return decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, where);
+  const head = decodeLayoutV2Head(plain, where);
+  const { chunkCount, rangeCount, partEntries, parts, partDisk, warnings, ...rest } = head;
+  // the keys in version 1's order (warnings last), so that the object encodes as version 1 would
+  const m: LayoutManifest = {
+    ...rest,
+    version: 1,
+    chunks: [],
+    chunkLengths: [],
+    ranges: { disk: [], length: [], chunk: [], at: [] },
+    warnings,
+  };
+  const push = <T>(to: T[], from: T[]) => {
+    for (const x of from) to.push(x);
+  };
+  for (const [i, d] of parts.entries()) {
+    const p = decodeLayoutPart(await part(d), head, i, `${where} part ${i} (${d})`);
+    if (p.ranges.disk.length > 0 && p.ranges.disk[0] !== partDisk[i]) {
+      throw new StrataError(
+        'CORRUPT',
+        `part ${i} starts at disk offset ${p.ranges.disk[0]}, its head says ${partDisk[i]}`,
+        {
+          file: where,
+          structure: LAYOUT_PART_KIND,
+        },
+      );
+    }
+    push(m.chunks, p.chunks);
+    push(m.chunkLengths, p.chunkLengths);
+    for (const k of ['disk', 'length', 'chunk', 'at'] as const) push(m.ranges[k], p.ranges[k]);
+  }
+  checkLayout(m, where);
+  return m;
+}
 
 /** The columns decodeLayoutHead steps over (a million-file version holds ~100 MB of them). */
 const LAYOUT_COLUMNS = new Set(['chunks', 'chunkLengths', 'ranges']);
@@ -255,6 +399,7 @@ const LAYOUT_COLUMNS = new Set(['chunks', 'chunkLengths', 'ranges']);
  * to decodeManifest, which reads them.
  */
 export function decodeLayoutHead(plain: Uint8Array, where: string): LayoutHead {
+  if (isLayoutHead(plain)) return decodeLayoutV2Head(plain, where);
   const b = plain;
   const n = b.length;
   const bad = (why: string, offset?: number) =>

@@ -1,6 +1,6 @@
 import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
 import type { Store } from '../store/store.js';
-import type { LayoutManifest } from './manifest.js';
+import type { LayoutManifest, LayoutManifestHead, LayoutPart } from './manifest.js';
 
 /** Chunk reads one fill keeps in flight. */
 const READS_IN_FLIGHT = 8;
@@ -79,18 +79,11 @@ export class VersionSource implements ByteSource {
       l.push(this.at[i] + (s - d), t - s, s - offset);
     }
     if (pos < end) out.fill(0, pos - offset);
-    // a few chunk reads in flight (not one per chunk: each holds pooled buffers)
-    const todo = [...byChunk];
-    let next = 0;
-    const worker = async () => {
-      while (next < todo.length) {
-        const [idx, l] = todo[next++];
-        await this.store.withBlob(this.manifest.chunks[idx], (c) => {
-          for (let k = 0; k < l.length; k += 3) out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
-        });
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, todo.length) }, worker));
+    await copyChunks(
+      this.store,
+      [...byChunk].map(([idx, l]) => [this.manifest.chunks[idx], l]),
+      out,
+    );
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
@@ -125,4 +118,129 @@ export class VersionSource implements ByteSource {
   }
 
   async close(): Promise<void> {}
+}
+
+/**
+ * Copy pieces of chunks into `out`: per chunk digest, [offset in chunk, length, offset in
+ * out] triples; a few chunk reads in flight (not one per chunk: each holds pooled buffers).
+ */
+async function copyChunks(store: BlobReader, todo: Array<[string, number[]]>, out: Uint8Array): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < todo.length) {
+      const [digest, l] = todo[next++];
+      await store.withBlob(digest, (c) => {
+        for (let k = 0; k < l.length; k += 3) out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, todo.length) }, worker));
+}
+
+/** Decoded parts a PartedVersionSource keeps (each LAYOUT_PART_ENTRIES chunks and ranges: ~2-3 MB). */
+const PARTS_KEPT = 8;
+
+/**
+ * A stored version whose layout manifest is in parts (version 2) as a ByteSource that loads
+ * only the parts its reads touch (the last PARTS_KEPT kept): what the inspection after a
+ * check-in reads (a partition table, a superblock, /etc) without the whole layout of a
+ * million-file version in memory.
+ */
+export class PartedVersionSource implements ByteSource {
+  readonly size: number;
+  private readonly kept = new Map<number, Promise<LayoutPart>>();
+
+  constructor(
+    private readonly store: BlobReader,
+    readonly head: LayoutManifestHead,
+    private readonly loadPart: (i: number) => Promise<LayoutPart>,
+    readonly name: string,
+  ) {
+    this.size = head.virtualSize;
+  }
+
+  private part(i: number): Promise<LayoutPart> {
+    let p = this.kept.get(i);
+    if (p) this.kept.delete(i);
+    else p = this.loadPart(i);
+    this.kept.set(i, p);
+    p.catch(() => this.kept.delete(i));
+    while (this.kept.size > PARTS_KEPT) this.kept.delete(this.kept.keys().next().value as number);
+    return p;
+  }
+
+  private async chunkDigest(k: number): Promise<string> {
+    const P = this.head.partEntries;
+    return (await this.part(Math.floor(k / P))).chunks[k % P];
+  }
+
+  /** Every range overlapping [offset, end), in disk order: (disk, length, chunk number, offset in chunk). */
+  private async ranges(offset: number, end: number, visit: (d: number, n: number, c: number, a: number) => void) {
+    const { partDisk, partEntries: P, rangeCount } = this.head;
+    // the last part starting at or before offset (the ranges before it end before its first)
+    let lo = 0;
+    let hi = partDisk.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (partDisk[mid] <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = Math.max(0, lo - 1); i < partDisk.length && i * P < rangeCount && partDisk[i] < end; i++) {
+      const r = (await this.part(i)).ranges;
+      for (let j = 0; j < r.disk.length && r.disk[j] < end; j++) {
+        if (r.disk[j] + r.length[j] <= offset) continue;
+        visit(r.disk[j], r.length[j], r.chunk[j], r.at[j]);
+      }
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.allocUnsafe(clampRead(this, offset, length));
+    await this.fill(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, out.length);
+    await this.fill(offset, out.subarray(0, n));
+    return n;
+  }
+
+  private async fill(offset: number, out: Uint8Array): Promise<void> {
+    const end = offset + out.length;
+    const byChunk = new Map<number, number[]>();
+    let pos = offset;
+    await this.ranges(offset, end, (d, n, c, a) => {
+      const s = Math.max(offset, d);
+      const t = Math.min(end, d + n);
+      if (s > pos) out.fill(0, pos - offset, s - offset);
+      pos = t;
+      let l = byChunk.get(c);
+      if (!l) byChunk.set(c, (l = []));
+      l.push(a + (s - d), t - s, s - offset);
+    });
+    if (pos < end) out.fill(0, pos - offset);
+    const todo: Array<[string, number[]]> = [];
+    for (const [c, l] of byChunk) todo.push([await this.chunkDigest(c), l]);
+    await copyChunks(this.store, todo, out);
+  }
+
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const end = offset + clampStatus(this, offset, length);
+    const out: Extent[] = [];
+    let pos = offset;
+    await this.ranges(offset, end, (d, n) => {
+      const s = Math.max(pos, d);
+      const t = Math.min(end, d + n);
+      pushExtent(out, pos, s - pos, 'zero');
+      pushExtent(out, s, t - s, 'data');
+      pos = t;
+    });
+    pushExtent(out, pos, end - pos, 'zero');
+    return out;
+  }
+
+  async close(): Promise<void> {
+    this.kept.clear();
+  }
 }

@@ -78,3 +78,73 @@ test('layout manifest written from the compact columns equals JSON.stringify of 
 test('layout manifest written from the compact columns equals JSON.stringify of its object form (MBR disk)', async () => {
   await compare((await mbrDisk()).disk, 'mbr');
 });
+
+/**
+ * A layout manifest in parts (version 2): written when a layout has more chunks or ranges than
+ * a part holds (here parts of 7, so a small image has dozens). Joined, the parts are exactly the
+ * version 1 columns of the same image (the remote check-in's object form); checkout of the
+ * version equals the image (sha256, an exact check-in); the version's disk read a part at a
+ * time (what the inspection after check-in reads) equals the image at every offset; gc keeps
+ * the parts (verify finds nothing missing after it) and the inspection ran.
+ */
+test('layout manifest in parts (version 2): joins to version 1, reads back, survives gc', async () => {
+  const { gc, reachable, verifyLibrary } = await import('../../src/library/library-verbs.js');
+  const { checkout } = await import('../../src/library/checkout.js');
+  const { PartedVersionSource, VersionSource } = await import('../../src/library/version-source.js');
+  const { getInspection } = await import('../../src/catalog/inspection.js');
+  const { decodeLayoutV2Head, isLayoutHead, LAYOUT_PART_ENTRIES } = await import('../../src/library/manifest.js');
+  const { readFileSync } = await import('node:fs');
+  const image = await extImageOf('ext4', await baseTree(), 'base');
+  const dir = tempDir('checkin-layout-v2');
+  const lib = await Library.open(path.join(dir, 'lib'));
+  try {
+    const v1 = await checkin(lib, image, { name: 'one', exact: true });
+    const r = await checkin(lib, image, { name: 'parts', exact: true, layoutPartEntries: 7 });
+    assert.notEqual(r.manifest, v1.manifest);
+    assert.equal(r.chunks, v1.chunks);
+    assert.equal(r.usedBytes, v1.usedBytes);
+    assert.ok(
+      await lib.store.withBlob(v1.manifest, (p) => !isLayoutHead(p)),
+      `below ${LAYOUT_PART_ENTRIES} chunks and ranges a layout stays version 1`,
+    );
+    const head = await lib.store.withBlob(r.manifest, (p) => {
+      assert.ok(isLayoutHead(p), 'written as version 2');
+      return decodeLayoutV2Head(Buffer.from(p), r.manifest);
+    });
+    assert.equal(head.partEntries, 7);
+    assert.ok(head.parts.length > 10, `${head.parts.length} parts`);
+    assert.equal(head.parts.length, Math.ceil(Math.max(head.chunkCount, head.rangeCount) / 7));
+    // joined, the parts are the version 1 layout (which the remote check-in's object form equals)
+    const joined = await lib.layout(r.manifest);
+    const whole = await lib.layout(v1.manifest);
+    assert.ok(JSON.stringify(joined) === JSON.stringify(whole), 'the joined parts encode as the version 1 layout');
+    // read a part at a time: the image's bytes at every offset, the same status as the whole layout's
+    const src = new PartedVersionSource(lib.store, head, (i) => lib.layoutPart(head, r.manifest, i), 'parts@1');
+    const full = new VersionSource(lib.store, whole, 'one@1');
+    const bytes = readFileSync(image);
+    assert.equal(src.size, bytes.length);
+    for (let off = 0, step = 4093; off < bytes.length; off += step, step = (step * 7) % 300_007 || 4093) {
+      const got = await src.read(off, step);
+      assert.ok(Buffer.from(got).equals(bytes.subarray(off, off + step)), `bytes at ${off} (+${step})`);
+      assert.deepEqual(await src.status(off, step), await full.status(off, step), `status at ${off}`);
+    }
+    const ins = await getInspection(lib.catalog.db, 'parts', 1);
+    const ins1 = await getInspection(lib.catalog.db, 'one', 1);
+    assert.ok(ins && ins1, 'both versions were inspected');
+    assert.deepEqual(ins.roots, ins1.roots);
+    assert.deepEqual(ins.warnings, ins1.warnings);
+    // the parts are reachable: gc keeps them, checkout still equals the image
+    const need = new Set<string>();
+    await reachable(lib, r.manifest, need);
+    for (const p of head.parts) assert.ok(need.has(p), `part ${p} is reachable`);
+    await lib.catalog.deleteVersion('one', 1);
+    await gc(lib, { uploadGraceMs: 0 });
+    const report = await verifyLibrary(lib);
+    assert.deepEqual(report.missing, []);
+    const out = path.join(dir, 'out.img');
+    await checkout(lib, r.ref, out);
+    assert.ok(readFileSync(out).equals(bytes), 'checkout equals the image');
+  } finally {
+    await lib.close();
+  }
+});

@@ -132,3 +132,90 @@ test('layout manifest head: mutated manifests decode as JSON.parse reads them or
   }
   assert.ok(decoded > 100 && refused > 100, `${decoded} decoded, ${refused} refused`);
 });
+
+test('layout manifest in parts (version 2): joined as version 1; bad heads and parts fail with CORRUPT', async () => {
+  const { isLayoutHead, readLayout, LAYOUT_PART_KIND } = await import('../../src/library/manifest.js');
+  const d = (n: number) => n.toString(16).padStart(64, '0');
+  const enc = (o: unknown) => Buffer.from(JSON.stringify(o));
+  // three chunks, four ranges, parts of two
+  const parts = [
+    {
+      kind: LAYOUT_PART_KIND,
+      version: 1,
+      chunks: [d(1), d(2)],
+      chunkLengths: [4096, 8192],
+      ranges: { disk: [0, 8192], length: [4096, 4096], chunk: [0, 1], at: [0, 0] },
+    },
+    {
+      kind: LAYOUT_PART_KIND,
+      version: 1,
+      chunks: [d(3)],
+      chunkLengths: [4096],
+      ranges: { disk: [16384, 20480], length: [4096, 4096], chunk: [1, 2], at: [4096, 0] },
+    },
+  ];
+  const head = {
+    kind: LAYOUT_KIND,
+    version: 2,
+    virtualSize: 1 << 20,
+    sourceName: 'x.img',
+    sourceFormat: 'raw',
+    scheme: 'none',
+    exact: false,
+    fileChunkSize: 1 << 20,
+    diskChunkSize: 65536,
+    volumes: [],
+    chunkCount: 3,
+    rangeCount: 4,
+    partEntries: 2,
+    parts: [d(10), d(11)],
+    partDisk: [0, 16384],
+    warnings: ['w'],
+  };
+  const blobs = new Map([
+    [d(10), enc(parts[0])],
+    [d(11), enc(parts[1])],
+  ]);
+  const get = async (x: string) => blobs.get(x) as Uint8Array;
+  assert.ok(isLayoutHead(enc(head)));
+  const m = await readLayout(enc(head), 'h', get);
+  assert.equal(
+    JSON.stringify(m),
+    JSON.stringify({
+      kind: LAYOUT_KIND,
+      version: 1,
+      virtualSize: 1 << 20,
+      sourceName: 'x.img',
+      sourceFormat: 'raw',
+      scheme: 'none',
+      exact: false,
+      fileChunkSize: 1 << 20,
+      diskChunkSize: 65536,
+      volumes: [],
+      chunks: [d(1), d(2), d(3)],
+      chunkLengths: [4096, 8192, 4096],
+      ranges: {
+        disk: [0, 8192, 16384, 20480],
+        length: [4096, 4096, 4096, 4096],
+        chunk: [0, 1, 1, 2],
+        at: [0, 0, 4096, 0],
+      },
+      warnings: ['w'],
+    }),
+  );
+  assert.equal(decodeLayoutHead(enc(head), 'h').volumes.length, 0);
+  const corrupt = async (h: unknown, get2 = get) =>
+    assert.rejects(readLayout(enc(h), 'h', get2), (e) => e instanceof StrataError && e.code === 'CORRUPT');
+  await corrupt({ ...head, parts: [d(10)] }); // one part short of the counts
+  await corrupt({ ...head, partDisk: [16384, 0] }); // offsets out of order
+  await corrupt({ ...head, partDisk: [0, 8192] }); // part 1 starts elsewhere
+  await corrupt({ ...head, partEntries: 0 });
+  await corrupt({ ...head, chunkCount: -1 });
+  await corrupt(head, async (x) => (x === d(11) ? enc({ ...parts[1], chunks: [] }) : get(x))); // a part short
+  await corrupt(head, async (x) => (x === d(11) ? enc({ ...parts[1], kind: 'strata.files-part' }) : get(x)));
+  await corrupt(head, async (x) => (x === d(11) ? Buffer.from('{"kind":') : get(x))); // not JSON
+  // a range past its chunk (the joined columns are checked as version 1's are)
+  await corrupt(head, async (x) =>
+    x === d(11) ? enc({ ...parts[1], ranges: { ...parts[1].ranges, at: [8192, 0] } }) : get(x),
+  );
+});

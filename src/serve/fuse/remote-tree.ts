@@ -1,11 +1,5 @@
 import type { FileEntry, FilesManifest, LayoutManifest } from '../../library/manifest.js';
-import {
-  decodeFilesHead,
-  decodeFilesPart,
-  decodeManifest,
-  FILE_PART_ENTRIES,
-  LAYOUT_KIND,
-} from '../../library/manifest.js';
+import { decodeFilesHead, decodeFilesPart, FILE_PART_ENTRIES, readLayout } from '../../library/manifest.js';
 import { StrataError } from '../../util/errors.js';
 import type { RemoteLibrary, RemoteVersion } from '../http/client.js';
 import { type BlobGetter, ManifestTree } from './manifest-tree.js';
@@ -140,10 +134,8 @@ export async function openRemoteMountTree(
   const v = await remote.resolve(ref);
   const name = `${v.image}@${v.number}`;
   const blobs = new RemoteBlobs(remote, opts.cache, opts.onWarning);
-  const layout = decodeManifest<LayoutManifest>(
-    await blobs.get(v.manifest),
-    LAYOUT_KIND,
-    `${remote.url} manifest ${v.manifest}`,
+  const layout = await readLayout(await blobs.get(v.manifest), `${remote.url} manifest ${v.manifest}`, (d) =>
+    blobs.get(d),
   );
   const files = await chooseFiles(blobs, layout, `${remote.url}#${name}`, opts.part);
   return { tree: new ManifestTree(blobs, files, name), version: v, blobs };

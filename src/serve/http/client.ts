@@ -12,13 +12,7 @@ import { type Change, changeToWire, type WireChange } from '../../library/edit/c
 import type { LogStep } from '../../library/edit/log.js';
 import type { RebaseJson, Take } from '../../library/edit/rebase.js';
 import type { StatExtent } from '../../library/listing.js';
-import {
-  decodeManifest,
-  type FileEntry,
-  type FilesManifest,
-  LAYOUT_KIND,
-  type LayoutManifest,
-} from '../../library/manifest.js';
+import { type FileEntry, type FilesManifest, readLayout } from '../../library/manifest.js';
 import type { SearchHit, SearchQuery } from '../../library/search.js';
 import { openDeviceTargets } from '../../library/target.js';
 import type { VersionDiff } from '../../library/version-diff.js';
@@ -540,7 +534,7 @@ export class RemoteLibrary {
     opts: { cacheChunks?: number } = {},
   ): Promise<{ v: RemoteVersion; source: VersionSource }> {
     const v = await this.resolve(ref);
-    const layout = decodeManifest<LayoutManifest>(await this.chunk(v.manifest), LAYOUT_KIND, `manifest ${v.manifest}`);
+    const layout = await readLayout(await this.chunk(v.manifest), `manifest ${v.manifest}`, (d) => this.chunk(d));
     const cache = new Map<string, Promise<Uint8Array>>();
     const max = opts.cacheChunks ?? 32;
     const reader = {
