@@ -24,6 +24,7 @@
 import { createHash } from 'node:crypto';
 import { lstatSync, opendirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { compressBound, compressInto } from '../src/store/zstd-into.js';
 import { opt, ROOT } from './common.js';
 
@@ -39,7 +40,7 @@ interface Blob {
   bytes: Uint8Array;
 }
 
-function kindOf(b: Uint8Array, p: string): Kind {
+export function kindOf(b: Uint8Array, p: string): Kind {
   const head = Buffer.from(b.subarray(0, 8)).toString('latin1');
   if (head.startsWith('\x7fELF')) return 'elf';
   if (b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
@@ -73,7 +74,7 @@ function* files(dir: string): Generator<string> {
 }
 
 let scratch = Buffer.allocUnsafe(compressBound(FRAME));
-function zstd(src: Uint8Array, level: number, windowLog?: number): number {
+export function zstd(src: Uint8Array, level: number, windowLog?: number): number {
   const bound = compressBound(src.length);
   if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
   return Math.min(src.length, compressInto(scratch, src, level, windowLog));
@@ -132,16 +133,23 @@ function store(small: Blob[], chunks: Blob[], m: Model = {}): { bytes: number; c
   return { bytes, cpuMs: Math.round((u.user + u.system) / 1000) };
 }
 
-function main(): void {
+/** The regular files under `tree` (files' order), each content once: dedup by file, as the store does. */
+export function* distinctFiles(tree: string): Generator<{ path: string; bytes: Buffer }> {
   const seen = new Set<string>();
+  for (const p of files(tree)) {
+    const bytes = readFileSync(p);
+    const d = createHash('sha256').update(bytes).digest('hex');
+    if (seen.has(d)) continue;
+    seen.add(d);
+    yield { path: p, bytes };
+  }
+}
+
+function main(): void {
   const small: Blob[] = [];
   const chunks: Blob[] = [];
   let plainTotal = 0;
-  for (const p of files(TREE)) {
-    const bytes = readFileSync(p);
-    const d = createHash('sha256').update(bytes).digest('hex');
-    if (seen.has(d)) continue; // dedup by file, as the store does
-    seen.add(d);
+  for (const { path: p, bytes } of distinctFiles(TREE)) {
     const kind = kindOf(bytes, p);
     const rel = path.relative(TREE, p);
     plainTotal += bytes.length;
@@ -252,4 +260,4 @@ function main(): void {
   );
 }
 
-main();
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) main();
