@@ -3,6 +3,7 @@
  * speaks: opcodes, the request and reply headers, and the structures of the replies we send.
  * All little-endian, as the kernel lays them out on x86-64 and aarch64.
  */
+import { readSync } from 'node:fs';
 
 export const FUSE_KERNEL_VERSION = 7;
 /** The minor version we speak (fuse_init_out as of 7.31: 64 bytes, max_pages). */
@@ -381,4 +382,22 @@ export function statxOut(a: Attr, valid: Validity): Buffer {
   b.writeUInt32LE((a.rdev >>> 8) & 0xfff, s + 128);
   b.writeUInt32LE((a.rdev & 0xff) | ((a.rdev >>> 12) & 0xfff00), s + 132);
   return b;
+}
+
+/**
+ * Read one request from /dev/fuse into `buf` (blocking): its length, or a string saying why
+ * the connection ended ('unmounted' when the kernel ended it, ENODEV). Interrupted reads
+ * (ENOENT: the request was interrupted before we read it; EINTR, EAGAIN) are retried.
+ */
+export function readRequest(fd: number, buf: Buffer): number | string {
+  for (;;) {
+    try {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      return n > 0 ? n : 'unmounted';
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue;
+      return code === 'ENODEV' ? 'unmounted' : `read /dev/fuse: ${(e as Error).message}`;
+    }
+  }
 }
