@@ -142,7 +142,8 @@ async function connectionOf(mountpoint: string): Promise<number | undefined> {
 /**
  * A FUSE file server speaking the kernel protocol over /dev/fuse: it mounts `tree` read-only
  * at a folder (as root, `mount -i -t fuse -o fd=N,...`), reads requests on a worker thread,
- * and answers them here. Lookups, attributes, directory listings (plain and plus), reads
+ * and answers them here (or, given a ReaderTree, opens the image on that thread and answers
+ * there: serve-worker.ts). Lookups, attributes, directory listings (plain and plus), reads
  * through a block cache with read-ahead, symlinks, xattrs and statfs; every request that would
  * change the tree gets EROFS, unknown ones ENOSYS.
  *
@@ -218,13 +219,7 @@ export class FuseSession {
     });
     worker.on('error', (e) => this.finish(`reader thread failed: ${e.message}`));
     worker.on('exit', () => this.finish('reader thread ended'));
-    const fail = async (e: unknown): Promise<never> => {
-      await worker.terminate().catch(() => {});
-      this.worker = undefined;
-      closeSync(this.fd);
-      this.fd = -1;
-      throw e;
-    };
+    const fail = (e: unknown) => this.abandon(worker, e);
     let root: MountNode;
     try {
       root = await this.tree.root();
@@ -233,6 +228,15 @@ export class FuseSession {
     }
     this.adopt(root);
     await this.mountAndInit(worker, this.tree.name, fail);
+  }
+
+  /** Mounting failed: end the thread, close /dev/fuse, throw `e`. */
+  private async abandon(worker: Worker, e: unknown): Promise<never> {
+    await worker.terminate().catch(() => {});
+    this.worker = undefined;
+    closeSync(this.fd);
+    this.fd = -1;
+    throw e;
   }
 
   /** The root node, the one the kernel knows from the start (node id 1). */
@@ -300,13 +304,7 @@ export class FuseSession {
       opened({ error: { code: 'IO', message: 'serving thread ended' } });
       this.finish('serving thread ended');
     });
-    const fail = async (e: unknown): Promise<never> => {
-      await worker.terminate().catch(() => {});
-      this.worker = undefined;
-      closeSync(this.fd);
-      this.fd = -1;
-      throw e;
-    };
+    const fail = (e: unknown) => this.abandon(worker, e);
     const r = await open;
     if ('error' in r) return fail(new StrataError(r.error.code as ErrorCode, r.error.message));
     await this.mountAndInit(worker, r.name, fail);
