@@ -208,6 +208,7 @@ await build({
     'zstd-worker': path.join(root, 'src', 'store', 'zstd-worker.ts'),
     'copy-worker': path.join(root, 'src', 'library', 'convert', 'copy-worker.ts'),
     'reader-worker': path.join(root, 'src', 'serve', 'fuse', 'reader-worker.ts'),
+    'serve-worker': path.join(root, 'src', 'serve', 'fuse', 'serve-worker.ts'),
   },
   outdir: out,
 });

@@ -36,6 +36,7 @@ export {
   OverlayTree,
   openMountTree,
   openRemoteMountTree,
+  type ReaderTree,
   type RemoteBlobStats,
   RemoteBlobs,
   type UpperState,

@@ -120,9 +120,12 @@ async function mountTarget(
   }
   if (!st.isDirectory()) throw new StrataError('USAGE', 'mount point is not a directory', { file: mountpoint });
   const remote = await remoteOf(o, [image]);
+  let isVersion = true;
   if (!remote) {
     const { classifyTarget } = await import('../../library/index.js');
-    noteTarget(classifyTarget(image, targetOptionsFrom(o)));
+    const target = classifyTarget(image, targetOptionsFrom(o));
+    noteTarget(target);
+    isVersion = target.kind === 'ref';
   } else if (o.library !== undefined) throw new StrataError('USAGE', '--remote and --library: choose one');
   const cacheBytes = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
   const maxBytes = o.maxSize === undefined ? undefined : parseSize(String(o.maxSize), 'upper layer size');
@@ -130,6 +133,17 @@ async function mountTarget(
     throw new StrataError('USAGE', '--upper and --max-size are for a writable mount (--rw)');
   }
   const { openMountTree, openRemoteMountTree, FuseSession, OverlayTree } = await import('../../serve/index.js');
+  if (!o.rw && !isVersion) {
+    // a read-only image: opened and served on the reader thread (each request read, answered
+    // and written there, no hop to this thread); its opening errors and warnings come back here
+    const session = new FuseSession(
+      { image, options: { address: addressFrom(o), open: openOptionsFrom(o), target: targetOptionsFrom(o) } },
+      mountpoint,
+      { cacheBytes, onWarning: warn },
+    );
+    await session.mount();
+    return { session };
+  }
   let opened: Awaited<ReturnType<typeof openMountTree>>;
   let remoteVersion: UpperMeta['remote'];
   if (remote) {

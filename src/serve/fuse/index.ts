@@ -16,7 +16,7 @@ export {
   type RemoteBlobStats,
   RemoteBlobs,
 } from './remote-tree.js';
-export { type FuseMountOptions, FuseSession } from './session.js';
+export { type FuseMountOptions, FuseSession, type ReaderTree } from './session.js';
 export type { MountChild, MountNode, MountTree } from './tree.js';
 export { changeSetDigest, checkUpperState, type UpperState, upperToChangeSet } from './upper.js';
 

@@ -1,3 +1,6 @@
+import { writeSync } from 'node:fs';
+import { IN_HEADER, Op, OUT_HEADER } from './protocol.js';
+
 /**
  * How long each fully handed-out directory listing is, by node id, in shared memory: the main
  * thread writes, the reader thread reads (reader-worker.ts answers the READDIR past a
@@ -46,4 +49,30 @@ export class ListingEndsView {
   get answeredCount(): number {
     return Atomics.load(this.stats, 0);
   }
+}
+
+const EMPTY = Buffer.alloc(OUT_HEADER);
+EMPTY.writeUInt32LE(OUT_HEADER, 0);
+
+/**
+ * If the request of `n` bytes in `buf` is a READDIR at or past the known end of its
+ * directory's listing, write the empty reply that tells the kernel the end (one write(2)) and
+ * say true; else false, and the request is for the server to answer (as it is when the write
+ * fails: it meets the error again).
+ */
+export function answerListingEnd(fd: number, buf: Buffer, n: number, table: ListingEndsView): boolean {
+  if (n < IN_HEADER + 24) return false;
+  const op = buf.readUInt32LE(4);
+  if (op !== Op.READDIR && op !== Op.READDIRPLUS) return false;
+  if (buf.readUInt32LE(0) > n) return false;
+  const count = table.get(buf.readBigUInt64LE(16));
+  if (count === undefined || Number(buf.readBigUInt64LE(IN_HEADER + 8)) < count) return false;
+  buf.copy(EMPTY, 8, 8, 16); // the request's unique
+  try {
+    writeSync(fd, EMPTY);
+  } catch {
+    return false;
+  }
+  table.answered();
+  return true;
 }

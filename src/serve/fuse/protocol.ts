@@ -3,6 +3,7 @@
  * speaks: opcodes, the request and reply headers, and the structures of the replies we send.
  * All little-endian, as the kernel lays them out on x86-64 and aarch64.
  */
+import { readSync } from 'node:fs';
 
 export const FUSE_KERNEL_VERSION = 7;
 /** The minor version we speak (fuse_init_out as of 7.31: 64 bytes, max_pages). */
@@ -206,14 +207,26 @@ export function encodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
+/**
+ * A 64-bit little-endian integer at `at` from a JS number (two 32-bit writes: no BigInt made,
+ * which was a tenth of a READDIRPLUS reply's cost). Whole numbers of up to 53 bits; negative
+ * ones (seconds before 1970) as two's complement.
+ */
+export function writeU64(b: Buffer, v: number, at: number): void {
+  if (v >= 0 && v <= Number.MAX_SAFE_INTEGER) {
+    b.writeUInt32LE(v % 0x100000000, at);
+    b.writeUInt32LE(Math.floor(v / 0x100000000), at + 4);
+  } else b.writeBigInt64LE(BigInt(v), at);
+}
+
 export function writeAttr(b: Buffer, at: number, a: Attr): void {
-  b.writeBigUInt64LE(BigInt(a.ino), at);
-  b.writeBigUInt64LE(BigInt(a.size), at + 8);
-  b.writeBigUInt64LE(BigInt(a.blocks), at + 16);
+  writeU64(b, a.ino, at);
+  writeU64(b, a.size, at + 8);
+  writeU64(b, a.blocks, at + 16);
   // seconds are signed (times before 1970)
-  b.writeBigInt64LE(BigInt(a.atime.sec), at + 24);
-  b.writeBigInt64LE(BigInt(a.mtime.sec), at + 32);
-  b.writeBigInt64LE(BigInt(a.ctime.sec), at + 40);
+  writeU64(b, a.atime.sec, at + 24);
+  writeU64(b, a.mtime.sec, at + 32);
+  writeU64(b, a.ctime.sec, at + 40);
   b.writeUInt32LE(a.atime.nsec, at + 48);
   b.writeUInt32LE(a.mtime.nsec, at + 52);
   b.writeUInt32LE(a.ctime.nsec, at + 56);
@@ -238,8 +251,8 @@ export function writeEntry(b: Buffer, at: number, nodeid: bigint, a: Attr | unde
   b.writeBigUInt64LE(nodeid, at);
   b.writeBigUInt64LE(0n, at + 8); // generation
   if (!a) return;
-  b.writeBigUInt64LE(BigInt(valid.sec), at + 16);
-  b.writeBigUInt64LE(BigInt(valid.sec), at + 24);
+  writeU64(b, valid.sec, at + 16);
+  writeU64(b, valid.sec, at + 24);
   b.writeUInt32LE(valid.nsec, at + 32);
   b.writeUInt32LE(valid.nsec, at + 36);
   writeAttr(b, at + 40, a);
@@ -273,8 +286,8 @@ export function direntSize(nameLen: number, plus: boolean): number {
 
 /** Write a fuse_dirent at `at`: `off` is the cookie of the entry after it. Returns the next position. */
 export function writeDirent(b: Buffer, at: number, ino: number, off: number, dtype: number, name: Buffer): number {
-  b.writeBigUInt64LE(BigInt(ino), at);
-  b.writeBigUInt64LE(BigInt(off), at + 8);
+  writeU64(b, ino, at);
+  writeU64(b, off, at + 8);
   b.writeUInt32LE(name.length, at + 16);
   b.writeUInt32LE(dtype, at + 20);
   name.copy(b, at + 24);
@@ -381,4 +394,22 @@ export function statxOut(a: Attr, valid: Validity): Buffer {
   b.writeUInt32LE((a.rdev >>> 8) & 0xfff, s + 128);
   b.writeUInt32LE((a.rdev & 0xff) | ((a.rdev >>> 12) & 0xfff00), s + 132);
   return b;
+}
+
+/**
+ * Read one request from /dev/fuse into `buf` (blocking): its length, or a string saying why
+ * the connection ended ('unmounted' when the kernel ended it, ENODEV). Interrupted reads
+ * (ENOENT: the request was interrupted before we read it; EINTR, EAGAIN) are retried.
+ */
+export function readRequest(fd: number, buf: Buffer): number | string {
+  for (;;) {
+    try {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      return n > 0 ? n : 'unmounted';
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue;
+      return code === 'ENODEV' ? 'unmounted' : `read /dev/fuse: ${(e as Error).message}`;
+    }
+  }
 }

@@ -1,7 +1,6 @@
-import { readSync, writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { ListingEndsView } from './listing-ends.js';
-import { IN_HEADER, Op, OUT_HEADER } from './protocol.js';
+import { answerListingEnd, ListingEndsView } from './listing-ends.js';
+import { readRequest } from './protocol.js';
 
 /**
  * The blocking read loop of /dev/fuse, on its own thread (never libuv's pool, which the
@@ -21,48 +20,16 @@ if (!maybe) throw new Error('reader-worker runs as a worker thread');
 const port = maybe;
 const buf = Buffer.allocUnsafe(bufferSize);
 const table = ends ? new ListingEndsView(ends) : undefined;
-const empty = Buffer.alloc(OUT_HEADER);
-empty.writeUInt32LE(OUT_HEADER, 0);
-let why = 'unmounted';
 // started before the mount exists (its start-up overlaps mount(8)): reads once told to
-port.once('message', () => {
-  loop();
-  port.postMessage({ end: why });
-});
+port.once('message', () => port.postMessage({ end: loop() }));
 
-function loop(): void {
+function loop(): string {
   for (;;) {
-    let n: number;
-    try {
-      n = readSync(fd, buf, 0, bufferSize, null);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      // ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: try again
-      if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue;
-      if (code !== 'ENODEV') why = `read /dev/fuse: ${(e as Error).message}`;
-      break;
-    }
-    if (n <= 0) break;
-    if (table && n >= IN_HEADER + 24 && answerEnd(n)) continue;
+    const n = readRequest(fd, buf);
+    if (typeof n === 'string') return n;
+    if (table && answerListingEnd(fd, buf, n, table)) continue;
     const msg = new Uint8Array(n);
     msg.set(buf.subarray(0, n));
     port.postMessage(msg, [msg.buffer]);
   }
-}
-
-/** A READDIR at or past the known end of its directory's listing: the empty reply, written here. */
-function answerEnd(n: number): boolean {
-  const op = buf.readUInt32LE(4);
-  if (op !== Op.READDIR && op !== Op.READDIRPLUS) return false;
-  if (buf.readUInt32LE(0) > n) return false;
-  const count = table?.get(buf.readBigUInt64LE(16));
-  if (count === undefined || Number(buf.readBigUInt64LE(IN_HEADER + 8)) < count) return false;
-  buf.copy(empty, 8, 8, 16); // the request's unique
-  try {
-    writeSync(fd, empty);
-  } catch {
-    return false; // let the main thread answer (or meet the error) as before
-  }
-  table?.answered();
-  return true;
 }

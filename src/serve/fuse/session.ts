@@ -3,9 +3,11 @@ import { closeSync, openSync, writeSync, writevSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { isStrataError, StrataError } from '../../util/errors.js';
+import { type ErrorCode, isStrataError, StrataError } from '../../util/errors.js';
+import { memoryBudget } from '../../util/memory.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
-import { ListingEndsView } from './listing-ends.js';
+import type { OpenMountOptions } from './index.js';
+import { answerListingEnd, ListingEndsView } from './listing-ends.js';
 import { isWritable, type SetAttrs, type WritableTree } from './overlay.js';
 import {
   attrOut,
@@ -26,6 +28,7 @@ import {
   OUT_HEADER,
   openOut,
   parseInHeader,
+  readRequest,
   reply,
   statfsOut,
   statxOut,
@@ -48,6 +51,35 @@ export interface FuseMountOptions {
   /** Called with each problem met while serving (a bad entry, a failed read ...). */
   onWarning?: (message: string) => void;
 }
+
+/**
+ * A read-only mount of an image file (or URL) that the reader thread opens and serves
+ * itself (serve-worker.ts): each request is read, answered and written on that one thread,
+ * with no hop to the main thread and back. What openMountTree takes.
+ */
+export interface ReaderTree {
+  image: string;
+  options?: OpenMountOptions;
+}
+
+/** What serve-worker.ts gets: the served tree, the session's options, and the memory it shares. */
+export interface ServeWorkerData {
+  fd: number;
+  mountpoint: string;
+  tree: ReaderTree;
+  opts: Omit<FuseMountOptions, 'onWarning'>;
+  shared: SharedState;
+  memoryBudget: number;
+}
+
+/** Memory both threads see: requests answered by opcode, and the listing ends (read-only). */
+interface SharedState {
+  counts: SharedArrayBuffer;
+  ends?: SharedArrayBuffer;
+}
+
+/** Opcodes counted (all of ours are below). */
+const OPS = 64;
 
 /** One node the kernel knows: its lookup count, and for directories where it was found. */
 interface Held {
@@ -110,7 +142,8 @@ async function connectionOf(mountpoint: string): Promise<number | undefined> {
 /**
  * A FUSE file server speaking the kernel protocol over /dev/fuse: it mounts `tree` read-only
  * at a folder (as root, `mount -i -t fuse -o fd=N,...`), reads requests on a worker thread,
- * and answers them here. Lookups, attributes, directory listings (plain and plus), reads
+ * and answers them here (or, given a ReaderTree, opens the image on that thread and answers
+ * there: serve-worker.ts). Lookups, attributes, directory listings (plain and plus), reads
  * through a block cache with read-ahead, symlinks, xattrs and statfs; every request that would
  * change the tree gets EROFS, unknown ones ENOSYS.
  *
@@ -136,22 +169,32 @@ export class FuseSession {
   private endedResolve?: (why: string) => void;
   /** Resolves when the kernel ends the connection (unmounted by anyone) with why. */
   readonly ended: Promise<string>;
-  /** Requests answered, by opcode (for tests and benchmarks). */
-  readonly counts = new Map<number, number>();
+  /** Requests answered by the server (not the listing ends), by opcode, in shared memory. */
+  private readonly opCounts: Int32Array;
   /** The tree takes changes (a `--rw` mount): write requests are served, not EROFS. */
   private readonly rw?: WritableTree;
   /** Read-only mounts: listings' lengths, for the reader thread to answer their end itself. */
   private readonly ends?: ListingEndsView;
+  private readonly tree: MountTree;
+  /** A tree the reader thread opens and serves (this thread only mounts and unmounts). */
+  private readonly served?: ReaderTree;
+  private readonly opts: FuseMountOptions;
 
-  constructor(
-    private readonly tree: MountTree,
-    mountpoint: string,
-    opts: FuseMountOptions = {},
-  ) {
+  /**
+   * Serve `tree` (requests read on a worker thread, answered on this one), or the image a
+   * ReaderTree names, opened and served on the worker thread itself (read-only).
+   */
+  constructor(tree: MountTree | ReaderTree, mountpoint: string, opts: FuseMountOptions = {}, shared?: SharedState) {
     this.mountpoint = path.resolve(mountpoint);
-    this.cache = new BlockCache(tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
-    if (isWritable(tree)) this.rw = tree;
-    else this.ends = ListingEndsView.create();
+    this.opts = opts;
+    if ('image' in tree) {
+      this.served = tree;
+      this.tree = unopened(tree);
+    } else this.tree = tree;
+    this.cache = new BlockCache(this.tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
+    this.opCounts = new Int32Array(shared?.counts ?? new SharedArrayBuffer(4 * OPS));
+    if (isWritable(this.tree)) this.rw = this.tree;
+    else this.ends = shared?.ends ? new ListingEndsView(shared.ends) : ListingEndsView.create();
     // a writable tree changes under the kernel's caches only through this mount: short-lived anyway
     this.valid = { sec: opts.ttl ?? (this.rw ? 1 : 3600), nsec: 0 };
     this.warn = opts.onWarning ?? (() => {});
@@ -163,6 +206,7 @@ export class FuseSession {
   /** Mount and answer INIT; resolves when the mount is ready for use. */
   async mount(): Promise<void> {
     this.fd = openSync('/dev/fuse', 'r+');
+    if (this.served) return this.mountServed(this.served);
     // the reader thread starts (a Node isolate: the longest part of getting ready on a busy
     // machine) while the root is read and mount(8) runs; it reads once told the mount is there
     const worker = new Worker(new URL('./reader-worker.js', import.meta.url), {
@@ -170,30 +214,43 @@ export class FuseSession {
     });
     this.worker = worker;
     worker.on('message', (m: Uint8Array | { end: string }) => {
-      if (m instanceof Uint8Array) this.dispatch(Buffer.from(m.buffer, m.byteOffset, m.byteLength));
+      if (m instanceof Uint8Array) this.answer(Buffer.from(m.buffer, m.byteOffset, m.byteLength));
       else this.finish(m.end);
     });
     worker.on('error', (e) => this.finish(`reader thread failed: ${e.message}`));
     worker.on('exit', () => this.finish('reader thread ended'));
-    const fail = async (e: unknown): Promise<never> => {
-      await worker.terminate().catch(() => {});
-      this.worker = undefined;
-      closeSync(this.fd);
-      this.fd = -1;
-      throw e;
-    };
+    const fail = (e: unknown) => this.abandon(worker, e);
     let root: MountNode;
     try {
       root = await this.tree.root();
     } catch (e) {
       return fail(e);
     }
+    this.adopt(root);
+    await this.mountAndInit(worker, this.tree.name, fail);
+  }
+
+  /** Mounting failed: end the thread, close /dev/fuse, throw `e`. */
+  private async abandon(worker: Worker, e: unknown): Promise<never> {
+    await worker.terminate().catch(() => {});
+    this.worker = undefined;
+    closeSync(this.fd);
+    this.fd = -1;
+    throw e;
+  }
+
+  /** The root node, the one the kernel knows from the start (node id 1). */
+  private adopt(root: MountNode): void {
     const held: Held = { id: BigInt(FUSE_ROOT_ID), node: root, lookups: 1 };
     this.byId.set(held.id, held);
     this.byKey.set(root.key, held);
+  }
+
+  /** mount(8) on our descriptor, then the reader thread reads: resolves once INIT is answered. */
+  private async mountAndInit(worker: Worker, name: string, fail: (e: unknown) => Promise<never>): Promise<void> {
     const uid = process.getuid?.() ?? 0;
     const gid = process.getgid?.() ?? 0;
-    const source = `strata:${this.tree.name}`.replace(/[\s,]/g, '_');
+    const source = `strata:${name}`.replace(/[\s,]/g, '_');
     const optsStr = `fd=3,rootmode=40000,user_id=${uid},group_id=${gid},allow_other,default_permissions,${this.rw ? 'rw' : 'ro'},subtype=strata`;
     const r = await runTool('mount', ['-i', '-t', 'fuse', '-o', optsStr, source, this.mountpoint], this.fd);
     if (r.status !== 0) {
@@ -211,6 +268,66 @@ export class FuseSession {
     connectionOf(this.mountpoint).then((c) => {
       this.connection = c;
     });
+  }
+
+  /**
+   * A ReaderTree: the serving thread opens the image (its errors and warnings come back here
+   * before anything is mounted), then mount(8), then it reads, answers and writes on its own.
+   */
+  private async mountServed(spec: ReaderTree): Promise<void> {
+    const data: ServeWorkerData = {
+      fd: this.fd,
+      mountpoint: this.mountpoint,
+      tree: spec,
+      opts: { cacheBytes: this.opts.cacheBytes, readAhead: this.opts.readAhead, ttl: this.opts.ttl },
+      shared: { counts: this.opCounts.buffer as SharedArrayBuffer, ends: this.ends?.buffer },
+      memoryBudget: memoryBudget(),
+    };
+    const worker = new Worker(new URL('./serve-worker.js', import.meta.url), { workerData: data });
+    this.worker = worker;
+    let opened: (r: { name: string } | { error: { code: string; message: string } }) => void = () => {};
+    const open = new Promise<{ name: string } | { error: { code: string; message: string } }>((r) => {
+      opened = r;
+    });
+    worker.on('message', (m: ServeMessage) => {
+      if ('warn' in m) this.warn(m.warn);
+      else if ('opened' in m) opened({ name: m.opened });
+      else if ('error' in m) opened({ error: m.error });
+      else if ('init' in m) this.initDone?.();
+      else this.finish(m.end);
+    });
+    worker.on('error', (e) => {
+      opened({ error: { code: 'IO', message: `serving thread failed: ${e.message}` } });
+      this.finish(`serving thread failed: ${e.message}`);
+    });
+    worker.on('exit', () => {
+      opened({ error: { code: 'IO', message: 'serving thread ended' } });
+      this.finish('serving thread ended');
+    });
+    const fail = (e: unknown) => this.abandon(worker, e);
+    const r = await open;
+    if ('error' in r) return fail(new StrataError(r.error.code as ErrorCode, r.error.message));
+    await this.mountAndInit(worker, r.name, fail);
+  }
+
+  /**
+   * The serving thread's loop (serve-worker.ts): read a request, answer it, write the reply,
+   * one at a time on this thread (a request that waits for the image lets the event loop run
+   * meanwhile). Listing ends are answered straight from the shared table. Resolves with why
+   * the connection ended.
+   */
+  async serveOn(fd: number, root: MountNode, onInit: () => void): Promise<string> {
+    this.fd = fd;
+    this.adopt(root);
+    this.initDone = onInit;
+    const buf = Buffer.allocUnsafe(BUFFER);
+    for (;;) {
+      const n = readRequest(fd, buf);
+      if (typeof n === 'string') return n;
+      if (this.ends && answerListingEnd(fd, buf, n, this.ends)) continue;
+      // read-only requests keep nothing of their body once answered: the buffer is reused
+      await this.answer(buf.subarray(0, n));
+    }
   }
 
   private finish(why: string): void {
@@ -249,6 +366,16 @@ export class FuseSession {
     await this.tree.close();
   }
 
+  /** Requests answered by the server (listing ends answered on their own are not), by opcode. */
+  get counts(): Map<number, number> {
+    const m = new Map<number, number>();
+    for (let op = 0; op < OPS; op++) {
+      const n = Atomics.load(this.opCounts, op);
+      if (n) m.set(op, n);
+    }
+    return m;
+  }
+
   /** READDIRs past a listing's end that the reader thread answered itself (read-only mounts). */
   get readerAnswered(): number {
     return this.ends?.answeredCount ?? 0;
@@ -279,11 +406,12 @@ export class FuseSession {
     }
   }
 
-  private dispatch(b: Buffer): void {
+  /** Answer one request (no reply to FORGET and INTERRUPT); resolves once the reply is written. */
+  private answer(b: Buffer): Promise<void> | undefined {
     if (b.length < IN_HEADER) return;
     const h = parseInHeader(b);
     const body = b.subarray(IN_HEADER, Math.min(b.length, h.len));
-    this.counts.set(h.opcode, (this.counts.get(h.opcode) ?? 0) + 1);
+    if (h.opcode < OPS) Atomics.add(this.opCounts, h.opcode, 1);
     // no reply to these
     if (h.opcode === Op.FORGET) {
       this.forget(h.nodeid, Number(body.readBigUInt64LE(0)));
@@ -297,7 +425,7 @@ export class FuseSession {
       return;
     }
     if (h.opcode === Op.INTERRUPT) return; // every request finishes soon; the kernel accepts the late reply
-    this.handle(h.opcode, h.nodeid, body, h).then(
+    return this.handle(h.opcode, h.nodeid, body, h).then(
       (out) => this.sendOk(h.unique, out),
       (e) => {
         const errno = typeof e === 'number' ? e : Errno.EIO;
@@ -740,4 +868,30 @@ function sized(size: number, v: Buffer): Buffer {
   }
   if (v.length > size) throw Errno.ERANGE;
   return v;
+}
+
+/** What the serving thread tells the main thread. */
+export type ServeMessage =
+  | { warn: string }
+  | { opened: string }
+  | { error: { code: string; message: string } }
+  | { init: true }
+  | { end: string };
+
+/** The main thread's stand-in for a tree the serving thread opens: a name, and a close that has nothing to do. */
+function unopened(spec: ReaderTree): MountTree {
+  const no = () => Promise.reject(new StrataError('USAGE', 'this tree is served on the reader thread'));
+  return {
+    name: path.basename(spec.image),
+    readBlock: 128 << 10,
+    root: no,
+    lookup: no,
+    list: no,
+    nodes: no,
+    read: no,
+    readlink: no,
+    xattrs: no,
+    statfs: no,
+    close: async () => {},
+  };
 }
