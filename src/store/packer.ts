@@ -243,6 +243,11 @@ export class Packer {
     return { enc: arena.subarray(at, at + n), flags };
   }
 
+  /** Start the zstd thread now rather than on the first put (a server about to take an upload). */
+  warm(): void {
+    this.offloader();
+  }
+
   /** The zstd thread (started on first use), or null when compression stays inline. */
   private offloader(): ZstdOffload | null {
     if (this.offload === undefined) this.offload = ZstdOffload.start() ?? null;

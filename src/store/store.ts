@@ -93,6 +93,15 @@ export class Store {
     return this.backend.name;
   }
 
+  /**
+   * Start the write side's zstd thread now, not on the first put: a server calls it when a
+   * client asks which chunks it lacks, so the thread's start-up (tens of ms) runs while the
+   * client prepares its upload instead of inside the upload.
+   */
+  warmWriter(): void {
+    this.packer.warm();
+  }
+
   /** Size the write side's buffers (frames, the zstd thread's queue, the pack cut) for a memory budget. */
   setWriteBudget(bytes: number): void {
     this.packer.setBudget(bytes);

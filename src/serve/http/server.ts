@@ -1167,8 +1167,10 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           if (m.added) added.push(m.digest);
           await lib.store.flush();
           // new bytes: what no other active version needed
+          // (each distinct manifest once: many versions share one, e.g. an image tagged or copied)
           const others = new Set<string>();
-          for (const v of await lib.catalog.activeVersions()) for (const d of await blobsOf(v.manifest)) others.add(d);
+          for (const manifest of new Set((await lib.catalog.activeVersions()).map((v) => v.manifest)))
+            for (const d of await blobsOf(manifest)) others.add(d);
           let storedBytes = lib.store.storedSize(m.digest);
           let newBytes = 0;
           for (const d of new Set([...layout.chunks, ...files.keys()])) {
@@ -2125,6 +2127,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       if (!req.policy.canWriteProject(req.principal.project)) {
         throw new HttpProblem(req.principal.user ? 403 : 401, 'asking for missing chunks needs a write token');
       }
+      lib.store.warmWriter(); // an upload follows: its compression thread starts meanwhile
       const held = await heldFilter(req.policy, digests);
       // what the session will name in its commit is in use again: gc's grace restarts for it
       if (req.principal.project && held.size > 0) await access.holdBlobs(req.principal.project, [...held]);
