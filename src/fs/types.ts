@@ -23,6 +23,7 @@ export interface Inode {
   atime?: Timestamp;
   mtime?: Timestamp;
   ctime?: Timestamp;
+  /** Birth time (ext4 and xfs v5 crtime, btrfs otime, NTFS and FAT creation): statx's btime. */
   crtime?: Timestamp;
   /** Device number for char/block nodes. */
   rdev?: { major: number; minor: number };

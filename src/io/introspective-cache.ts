@@ -1,7 +1,16 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { StrataError } from '../util/errors.js';
 import type { ByteSource } from './byte-source.js';
+import {
+  fillHitRates,
+  type LiveCacheStats,
+  newClassStats,
+  newPrefetcherCounters,
+  type PrefetcherCounters,
+} from './cache-stats.js';
 import { FilterSource, type Unwrapped } from './filter-source.js';
+import { PrefetchQueue } from './prefetch-queue.js';
+import { SegmentedLru } from './segmented-lru.js';
 
 /**
  * Issue 27: a live cache in front of a slow source that knows what each request hits.
@@ -134,45 +143,16 @@ export interface RequestNote {
 }
 export const requestNotes = new AsyncLocalStorage<RequestNote>();
 
-interface ClassStats {
-  requests: number;
-  hits: number;
-  prefetched: number;
-  misses: number;
-  bytes: number;
-}
-interface PrefetcherStats {
-  /** Plans made (requests that asked this prefetcher for something to fetch). */
-  plans: number;
-  /** Plans dropped because the bound was full, and bytes cut by the per-request cap. */
-  dropped: number;
+interface PrefetcherStats extends PrefetcherCounters {
+  /** Bytes cut by the per-request cap. */
   cutBytes: number;
-  /** Source reads and bytes fetched. */
-  fetches: number;
-  fetchedBytes: number;
-  /** Bytes of its blocks a request used before they were evicted. */
-  usedBytes: number;
-  /** Most bytes it ever had queued or in flight. */
-  peakInFlight: number;
-  errors: number;
 }
 
-export interface IntrospectiveCacheStats {
+export interface IntrospectiveCacheStats extends LiveCacheStats<PrefetcherStats> {
   policy: LiveCachePolicy;
   blockSize: number;
-  capacity: number;
-  prefetch: string[];
-  requests: number;
+  /** Reads of `directFrom` bytes or more, sent straight to the source. */
   direct: number;
-  byClass: Record<string, ClassStats & { hitRate: number }>;
-  source: { reads: number; bytes: number; demandReads: number; demandBytes: number };
-  /**
-   * Requests that waited for the source (a fetch of their own, or another's still in flight),
-   * and the milliseconds they spent waiting: the time a client spent on the link.
-   */
-  waited: { requests: number; ms: number };
-  prefetchers: Record<string, PrefetcherStats>;
-  segments: { metadata: number; probation: number; protected: number };
 }
 
 interface Job {
@@ -203,30 +183,23 @@ export class IntrospectiveCache extends FilterSource {
   private readonly enabled: ReadonlySet<string>;
   private readonly bounds: Record<string, PrefetchBound>;
   private readonly readahead: number;
-  private readonly concurrency: number;
   private readonly directFrom: number;
   private readonly maxRun: number;
   private readonly gapBlocks: number;
   private readonly mergeDemand: boolean;
   private readonly growth: number;
-  // segments: Map insertion order is recency (first = least recent)
-  private readonly meta = new Map<number, Uint8Array>();
-  private readonly probation = new Map<number, Uint8Array>();
-  private readonly protect = new Map<number, Uint8Array>();
+  /** The blocks held, by index: metadata apart, data as probation + protected (limits in bytes). */
+  private readonly blocks: SegmentedLru<number>;
   private readonly metaCap: number;
-  private readonly dataCap: number;
-  private readonly protectCap: number;
   /** Blocks being fetched: by demand or by a prefetcher (named). */
   private readonly inflight = new Map<number, { p: Promise<void>; by?: string }>();
   /** Blocks a prefetcher brought in that no request has used yet, and by whom. */
   private readonly fresh = new Map<number, string>();
-  private readonly queue: Job[] = [];
+  /** Prefetch jobs, queued and running. */
+  private readonly prefetches: PrefetchQueue<Job>;
   /** Blocks of queued jobs (not yet fetching): a later plan does not queue them twice. */
   private readonly queuedBlocks = new Set<number>();
-  private active = 0;
   private readonly queued = new Map<string, number>();
-  private idleWaiters: Array<() => void> = [];
-  private closed = false;
   private readonly stats: IntrospectiveCacheStats;
 
   constructor(
@@ -251,8 +224,12 @@ export class IntrospectiveCache extends FilterSource {
       if (!(share >= 0 && share < 1)) throw new StrataError('USAGE', `metadata share ${share} is not in [0, 1)`);
       this.metaCap = Math.floor(blocks * share);
     } else this.metaCap = 0;
-    this.dataCap = Math.max(1, blocks - this.metaCap);
-    this.protectCap = this.policy === 'introspective' ? Math.floor(this.dataCap * 0.8) : 0;
+    const dataCap = Math.max(1, blocks - this.metaCap);
+    const protectCap = this.policy === 'introspective' ? Math.floor(dataCap * 0.8) : 0;
+    this.blocks = new SegmentedLru<number>(
+      { metadata: this.metaCap * bs, data: dataCap * bs, protected: protectCap * bs },
+      (b) => this.fresh.delete(b),
+    );
     const offered = this.policy === 'introspective' ? this.introspector!.prefetchers : [];
     const want = opts.prefetch ?? offered;
     for (const p of want) {
@@ -272,26 +249,22 @@ export class IntrospectiveCache extends FilterSource {
       };
     }
     this.readahead = opts.readahead ?? this.bounds.readahead.perRequest;
-    this.concurrency = Math.max(1, opts.concurrency ?? 4);
+    this.prefetches = new PrefetchQueue<Job>(
+      Math.max(1, opts.concurrency ?? 4),
+      (job) => this.startJob(job),
+      (job) => {
+        this.stats.prefetchers[job.prefetcher].errors++;
+      },
+      (job) => this.release(job),
+    );
     this.directFrom = opts.directFrom ?? 8 << 20;
     this.maxRun = Math.max(bs, opts.maxRun ?? 1 << 20);
     this.gapBlocks = Math.max(0, Math.floor((opts.coalesceGap ?? 64 << 10) / bs));
     this.mergeDemand = opts.mergeDemand ?? true;
     this.growth = Math.max(1, opts.growth ?? 8);
-    const cls = () => ({ requests: 0, hits: 0, prefetched: 0, misses: 0, bytes: 0, hitRate: 0 });
     const pfs: Record<string, PrefetcherStats> = {};
     const names = this.policy === 'readahead' ? ['readahead'] : [...this.enabled];
-    for (const p of names)
-      pfs[p] = {
-        plans: 0,
-        dropped: 0,
-        cutBytes: 0,
-        fetches: 0,
-        fetchedBytes: 0,
-        usedBytes: 0,
-        peakInFlight: 0,
-        errors: 0,
-      };
+    for (const p of names) pfs[p] = { ...newPrefetcherCounters(), cutBytes: 0 };
     this.stats = {
       policy: this.policy,
       blockSize: bs,
@@ -299,7 +272,7 @@ export class IntrospectiveCache extends FilterSource {
       prefetch: names,
       requests: 0,
       direct: 0,
-      byClass: { data: cls(), metadata: cls(), unused: cls(), unknown: cls() },
+      byClass: { data: newClassStats(), metadata: newClassStats(), unused: newClassStats(), unknown: newClassStats() },
       source: { reads: 0, bytes: 0, demandReads: 0, demandBytes: 0 },
       waited: { requests: 0, ms: 0 },
       prefetchers: pfs,
@@ -314,74 +287,22 @@ export class IntrospectiveCache extends FilterSource {
   /** Counters so far (a copy), with hit rates: (hits + prefetched) / requests per class. */
   snapshot(): IntrospectiveCacheStats {
     const s = structuredClone(this.stats);
-    for (const c of Object.values(s.byClass))
-      c.hitRate = c.requests ? +((c.hits + c.prefetched) / c.requests).toFixed(4) : 0;
-    s.segments = {
-      metadata: this.meta.size * this.blockSize,
-      probation: this.probation.size * this.blockSize,
-      protected: this.protect.size * this.blockSize,
-    };
+    fillHitRates(s.byClass);
+    s.segments = this.blocks.bytes();
     return s;
   }
 
   /** Resolves when no prefetch is queued or running (for tests and benchmarks). */
   idle(): Promise<void> {
-    if (this.active === 0 && this.queue.length === 0) return Promise.resolve();
-    return new Promise((r) => this.idleWaiters.push(r));
-  }
-
-  /** Whether block `b` (index) holds bytes now. */
-  private lookup(b: number): Uint8Array | undefined {
-    return this.meta.get(b) ?? this.probation.get(b) ?? this.protect.get(b);
-  }
-
-  /** Mark a cached block used: recency, and promotion from probation. */
-  private touch(b: number, promote: boolean): void {
-    let d = this.meta.get(b);
-    if (d) {
-      this.meta.delete(b);
-      this.meta.set(b, d);
-      return;
-    }
-    d = this.protect.get(b);
-    if (d) {
-      this.protect.delete(b);
-      this.protect.set(b, d);
-      return;
-    }
-    d = this.probation.get(b);
-    if (!d) return;
-    this.probation.delete(b);
-    if (promote && this.protectCap > 0) {
-      // a second use: promoted; the protected segment's least recent goes back to probation
-      this.protect.set(b, d);
-      while (this.protect.size > this.protectCap) {
-        const k = this.protect.keys().next().value as number;
-        const v = this.protect.get(k)!;
-        this.protect.delete(k);
-        this.probation.set(k, v);
-      }
-    } else this.probation.set(b, d);
+    return this.prefetches.idle();
   }
 
   private insert(b: number, data: Uint8Array, by?: string): void {
-    if (this.lookup(b)) return;
+    if (this.blocks.get(b)) return;
     const off = b * this.blockSize;
-    if (this.metaCap > 0 && this.introspector!.isMetadata(off, Math.min(this.blockSize, this.size - off))) {
-      this.meta.set(b, data);
-      while (this.meta.size > this.metaCap) this.evict(this.meta);
-    } else {
-      this.probation.set(b, data);
-      while (this.probation.size + this.protect.size > this.dataCap)
-        this.evict(this.probation.size > 0 ? this.probation : this.protect);
-    }
+    const meta = this.metaCap > 0 && this.introspector!.isMetadata(off, Math.min(this.blockSize, this.size - off));
+    this.blocks.insert(b, data, meta);
     if (by) this.fresh.set(b, by);
-  }
-
-  private evict(seg: Map<number, Uint8Array>): void {
-    const k = seg.keys().next().value as number;
-    seg.delete(k);
-    this.fresh.delete(k);
   }
 
   /** Read [offset, offset+length) from the source and cache its blocks (block-aligned, inside the source). */
@@ -418,7 +339,7 @@ export class IntrospectiveCache extends FilterSource {
         for (let i = 0; i < count; i++) {
           const b = first + i;
           if (this.inflight.get(b)?.p === p) this.inflight.delete(b);
-          if (this.closed) continue;
+          if (this.prefetches.closed) continue;
           const s = i * bs;
           const e = Math.min(length, s + bs);
           const block = new Uint8Array(bs);
@@ -460,7 +381,7 @@ export class IntrospectiveCache extends FilterSource {
           const p = waits[waits.length - 1];
           const done = () => {
             for (const j of merged.jobs) this.release(j);
-            this.pump();
+            this.prefetches.pump();
           };
           p.then(done, done);
         }
@@ -471,7 +392,7 @@ export class IntrospectiveCache extends FilterSource {
     /** Blocks that were cached and used before: a reuse (promoted); the others are a first use. */
     const reused: number[] = [];
     for (let b = first; b <= last; b++) {
-      if (this.lookup(b)) {
+      if (this.blocks.get(b)) {
         flush(b);
         const by = this.fresh.get(b);
         if (by) {
@@ -496,9 +417,9 @@ export class IntrospectiveCache extends FilterSource {
     }
     flush(last + 1);
     if (waits.length) await Promise.all(waits);
-    for (const b of reused) this.touch(b, true);
+    for (const b of reused) this.blocks.touch(b, true);
     for (let b = first; b <= last; b++) {
-      if (this.fresh.delete(b)) this.touch(b, false);
+      if (this.fresh.delete(b)) this.blocks.touch(b, false);
     }
     return { fetched, prefetched, waited: waits.length > 0 };
   }
@@ -511,10 +432,10 @@ export class IntrospectiveCache extends FilterSource {
       const b = Math.floor(pos / bs);
       const bStart = b * bs;
       const e = Math.min(end, bStart + bs);
-      let d = this.lookup(b);
+      let d = this.blocks.get(b);
       if (!d) {
         await this.fetchRun(b, 1);
-        d = this.lookup(b) ?? (await this.inner.read(bStart, Math.min(bs, this.size - bStart)));
+        d = this.blocks.get(b) ?? (await this.inner.read(bStart, Math.min(bs, this.size - bStart)));
       }
       out.set(d.subarray(pos - bStart, e - bStart), pos - offset);
       pos = e;
@@ -547,7 +468,7 @@ export class IntrospectiveCache extends FilterSource {
       requestNotes.exit(() => this.prefetchAfter(offset, n, c, first, last, streaming));
     const t0 = performance.now();
     const pending = this.demand(first, last);
-    this.pump();
+    this.prefetches.pump();
     const { fetched, prefetched, waited } = await pending;
     if (waited) {
       this.stats.waited.requests++;
@@ -570,7 +491,7 @@ export class IntrospectiveCache extends FilterSource {
 
   /** Whether a block of [first, last] is neither cached nor being fetched. */
   private misses(first: number, last: number): boolean {
-    for (let b = first; b <= last; b++) if (!this.lookup(b) && !this.inflight.has(b)) return true;
+    for (let b = first; b <= last; b++) if (!this.blocks.get(b) && !this.inflight.has(b)) return true;
     return false;
   }
 
@@ -591,11 +512,11 @@ export class IntrospectiveCache extends FilterSource {
     const most = Math.floor(this.maxRun / this.blockSize);
     for (let again = true; again; ) {
       again = false;
-      for (let i = 0; i < this.queue.length; i++) {
-        const j = this.queue[i];
+      for (let i = 0; i < this.prefetches.jobs.length; i++) {
+        const j = this.prefetches.jobs[i];
         if (j.offset < end || j.offset > end + this.gapBlocks || j.offset + j.length - start > most) continue;
         // blocks a fetch got to meanwhile are read again: harmless (a cached block is kept as it is)
-        this.queue.splice(i, 1);
+        this.prefetches.jobs.splice(i, 1);
         this.unqueue(j);
         jobs.push(j);
         if (j.offset > end) tags.push({ from: end, to: j.offset, by: j.prefetcher });
@@ -629,7 +550,7 @@ export class IntrospectiveCache extends FilterSource {
     last: number,
     streaming: boolean,
   ): void {
-    if (this.closed) return;
+    if (this.prefetches.closed) return;
     if (this.policy === 'readahead') {
       const end = Math.ceil((offset + n) / this.blockSize) * this.blockSize;
       this.enqueue('readahead', [{ offset: end, length: this.readahead }], first, last, 1);
@@ -672,7 +593,8 @@ export class IntrospectiveCache extends FilterSource {
         if (seen.has(b)) continue;
         seen.add(b);
         at++;
-        if ((b >= first && b <= last) || this.lookup(b) || this.inflight.has(b) || this.queuedBlocks.has(b)) continue;
+        if ((b >= first && b <= last) || this.blocks.get(b) || this.inflight.has(b) || this.queuedBlocks.has(b))
+          continue;
         if (firstMissing < 0) firstMissing = at - 1;
         blocks.push(b);
       }
@@ -700,7 +622,7 @@ export class IntrospectiveCache extends FilterSource {
       let s = sorted[0];
       let e = s + 1;
       const push = () => {
-        this.queue.push({ prefetcher, offset: s, length: e - s });
+        this.prefetches.jobs.push({ prefetcher, offset: s, length: e - s });
         for (let b = s; b < e; b++) this.queuedBlocks.add(b);
         total += e - s;
       };
@@ -722,7 +644,7 @@ export class IntrospectiveCache extends FilterSource {
       for (let i = 0; i < blocks.length; ) {
         let j = i + 1;
         while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && j - i < most) j++;
-        this.queue.push({ prefetcher, offset: blocks[i], length: j - i });
+        this.prefetches.jobs.push({ prefetcher, offset: blocks[i], length: j - i });
         for (let b = blocks[i]; b < blocks[i] + j - i; b++) this.queuedBlocks.add(b);
         total += j - i;
         i = j;
@@ -733,40 +655,19 @@ export class IntrospectiveCache extends FilterSource {
     st.peakInFlight = Math.max(st.peakInFlight, q);
   }
 
-  private pump(): void {
-    while (this.active < this.concurrency && this.queue.length > 0 && !this.closed) {
-      const job = this.queue.shift()!;
-      this.unqueue(job);
-      // fetch what is still missing of the job's blocks (a demand read may have got there first):
-      // introspective, one read from the first missing block to the last; else runs of missing blocks
-      const todo: Array<[number, number]> = [];
-      for (let b = job.offset; b < job.offset + job.length; b++) {
-        if (this.lookup(b) || this.inflight.has(b)) continue;
-        const last = todo[todo.length - 1];
-        if (last && (last[0] + last[1] === b || this.policy === 'introspective')) last[1] = b - last[0] + 1;
-        else todo.push([b, 1]);
-      }
-      const release = () => this.release(job);
-      if (todo.length === 0) {
-        release();
-        continue;
-      }
-      this.active++;
-      Promise.all(todo.map(([b, n]) => this.fetchRun(b, n, job.prefetcher)))
-        .catch(() => {
-          this.stats.prefetchers[job.prefetcher].errors++;
-        })
-        .finally(() => {
-          this.active--;
-          release();
-          this.pump();
-        });
+  /** A prefetch job off the queue: fetch what is still missing of its blocks (a demand read may have got there first). */
+  private startJob(job: Job): Promise<unknown> | undefined {
+    this.unqueue(job);
+    // introspective, one read from the first missing block to the last; else runs of missing blocks
+    const todo: Array<[number, number]> = [];
+    for (let b = job.offset; b < job.offset + job.length; b++) {
+      if (this.blocks.get(b) || this.inflight.has(b)) continue;
+      const last = todo[todo.length - 1];
+      if (last && (last[0] + last[1] === b || this.policy === 'introspective')) last[1] = b - last[0] + 1;
+      else todo.push([b, 1]);
     }
-    if (this.active === 0 && (this.queue.length === 0 || this.closed)) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const r of w) r();
-    }
+    if (todo.length === 0) return undefined;
+    return Promise.all(todo.map(([b, n]) => this.fetchRun(b, n, job.prefetcher)));
   }
 
   protected override async readRange(offset: number, n: number): Promise<Uint8Array> {
@@ -788,11 +689,11 @@ export class IntrospectiveCache extends FilterSource {
     const bs = this.blockSize;
     const end = offset + out.length;
     if (out.length === 0) return true;
-    for (let b = Math.floor(offset / bs); b * bs < end; b++) if (!this.lookup(b)) return false;
+    for (let b = Math.floor(offset / bs); b * bs < end; b++) if (!this.blocks.get(b)) return false;
     for (let pos = offset; pos < end; ) {
       const b = Math.floor(pos / bs);
       const e = Math.min(end, (b + 1) * bs);
-      out.set(this.lookup(b)!.subarray(pos - b * bs, e - b * bs), pos - offset);
+      out.set(this.blocks.get(b)!.subarray(pos - b * bs, e - b * bs), pos - offset);
       pos = e;
     }
     return true;
@@ -807,17 +708,14 @@ export class IntrospectiveCache extends FilterSource {
 
   /** Stop prefetching (queued plans dropped) and wait for running fetches: before the source closes. */
   async stop(): Promise<void> {
-    this.closed = true;
-    this.queue.length = 0;
+    const done = this.prefetches.stop();
     this.queuedBlocks.clear();
-    await this.idle();
+    await done;
   }
 
   override async close(): Promise<void> {
     await this.stop();
-    this.meta.clear();
-    this.probation.clear();
-    this.protect.clear();
+    this.blocks.clear();
     this.fresh.clear();
     await this.inner.close?.();
   }

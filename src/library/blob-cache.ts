@@ -1,3 +1,14 @@
+import {
+  type CacheClassStats,
+  fillHitRates,
+  type LiveCacheStats,
+  newClassStats,
+  newPrefetcherCounters,
+  type PrefetcherCounters,
+} from '../io/cache-stats.js';
+import type { PrefetchBound } from '../io/introspective-cache.js';
+import { PrefetchQueue } from '../io/prefetch-queue.js';
+import { SegmentedLru } from '../io/segmented-lru.js';
 import { StrataError } from '../util/errors.js';
 
 /**
@@ -27,12 +38,8 @@ export type BlobClass = 'metadata' | 'data';
 export type BlobCachePolicy = 'lru' | 'introspective';
 export const BLOB_PREFETCHERS: readonly string[] = ['meta', 'file'];
 
-export interface BlobPrefetchBound {
-  /** Bytes one request may make this prefetcher fetch. */
-  perRequest: number;
-  /** Bytes of this prefetcher queued or being fetched at once. */
-  inFlight: number;
-}
+/** Bytes per request and bytes queued or in flight, as the disk cache bounds its prefetchers. */
+export type BlobPrefetchBound = PrefetchBound;
 
 export const DEFAULT_BLOB_BOUNDS: Readonly<Record<string, BlobPrefetchBound>> = {
   file: { perRequest: 4 << 20, inFlight: 16 << 20 },
@@ -63,40 +70,19 @@ export interface BlobRequest {
 
 export type BlobOutcome = 'hit' | 'prefetched' | 'miss';
 
-export interface BlobClassStats {
-  requests: number;
-  hits: number;
-  prefetched: number;
-  misses: number;
-  bytes: number;
-  hitRate: number;
-}
+export type BlobClassStats = CacheClassStats;
 
-export interface BlobPrefetcherStats {
-  plans: number;
-  dropped: number;
+export interface BlobPrefetcherStats extends PrefetcherCounters {
   /** Blobs a plan named that the per-request bound cut. */
   cutBlobs: number;
-  fetches: number;
-  fetchedBytes: number;
-  usedBytes: number;
-  peakInFlight: number;
-  errors: number;
 }
 
-export interface BlobCacheStats {
+export interface BlobCacheStats extends LiveCacheStats<BlobPrefetcherStats> {
   policy: BlobCachePolicy;
-  capacity: number;
-  prefetch: string[];
-  requests: number;
   /** Blobs larger than their segment's quarter: served, not kept. */
   uncached: number;
   byClass: Record<BlobClass, BlobClassStats>;
-  source: { reads: number; bytes: number; demandReads: number; demandBytes: number };
-  waited: { requests: number; ms: number };
-  prefetchers: Record<string, BlobPrefetcherStats>;
-  /** Bytes held per segment now, and the most each may hold. */
-  segments: { metadata: number; probation: number; protected: number };
+  /** The most bytes each segment may hold. */
   limits: { metadata: number; data: number };
 }
 
@@ -113,26 +99,17 @@ export class BlobCache {
   readonly capacity: number;
   private readonly enabled: ReadonlySet<string>;
   private readonly bounds: Record<string, BlobPrefetchBound>;
-  private readonly concurrency: number;
   private readonly metaCap: number;
   private readonly dataCap: number;
-  private readonly protectCap: number;
-  // segments: Map insertion order is recency (first = least recent)
-  private readonly meta = new Map<string, Uint8Array>();
-  private readonly probation = new Map<string, Uint8Array>();
-  private readonly protect = new Map<string, Uint8Array>();
-  private metaBytes = 0;
-  private probationBytes = 0;
-  private protectBytes = 0;
+  /** The blobs held, by digest: metadata apart, data as probation + protected. */
+  private readonly blobs: SegmentedLru<string>;
   /** Blobs a prefetcher brought in that no request has used yet, and by whom. */
   private readonly fresh = new Map<string, string>();
   private readonly inflight = new Map<string, { p: Promise<Uint8Array>; by?: string }>();
-  private readonly queue: Job[] = [];
+  /** Prefetch jobs, queued and running. */
+  private readonly prefetches: PrefetchQueue<Job>;
   private readonly queuedSet = new Set<string>();
   private readonly queued = new Map<string, number>();
-  private active = 0;
-  private idleWaiters: Array<() => void> = [];
-  private closed = false;
   private readonly stats: BlobCacheStats;
 
   /**
@@ -155,7 +132,10 @@ export class BlobCache {
     if (!(share >= 0 && share < 1)) throw new StrataError('USAGE', `metadata share ${share} is not in [0, 1)`);
     this.metaCap = Math.floor(cap * share);
     this.dataCap = cap - this.metaCap;
-    this.protectCap = intro ? Math.floor(this.dataCap * 0.8) : 0;
+    this.blobs = new SegmentedLru<string>(
+      { metadata: this.metaCap, data: this.dataCap, protected: intro ? Math.floor(this.dataCap * 0.8) : 0 },
+      (d) => this.fresh.delete(d),
+    );
     const want = intro ? (opts.prefetch ?? BLOB_PREFETCHERS) : [];
     for (const p of want)
       if (!BLOB_PREFETCHERS.includes(p))
@@ -163,27 +143,23 @@ export class BlobCache {
     this.enabled = new Set(want);
     this.bounds = {};
     for (const p of BLOB_PREFETCHERS) this.bounds[p] = { ...DEFAULT_BLOB_BOUNDS[p], ...opts.bounds?.[p] };
-    this.concurrency = Math.max(1, opts.concurrency ?? 4);
-    const cls = (): BlobClassStats => ({ requests: 0, hits: 0, prefetched: 0, misses: 0, bytes: 0, hitRate: 0 });
+    this.prefetches = new PrefetchQueue<Job>(
+      Math.max(1, opts.concurrency ?? 4),
+      (job) => this.startJob(job),
+      (job) => {
+        this.stats.prefetchers[job.by].errors++;
+      },
+      (job) => this.queued.set(job.by, (this.queued.get(job.by) ?? 0) - job.size),
+    );
     const pfs: Record<string, BlobPrefetcherStats> = {};
-    for (const p of this.enabled)
-      pfs[p] = {
-        plans: 0,
-        dropped: 0,
-        cutBlobs: 0,
-        fetches: 0,
-        fetchedBytes: 0,
-        usedBytes: 0,
-        peakInFlight: 0,
-        errors: 0,
-      };
+    for (const p of this.enabled) pfs[p] = { ...newPrefetcherCounters(), cutBlobs: 0 };
     this.stats = {
       policy: this.policy,
       capacity: cap,
       prefetch: [...this.enabled],
       requests: 0,
       uncached: 0,
-      byClass: { metadata: cls(), data: cls() },
+      byClass: { metadata: newClassStats(), data: newClassStats() },
       source: { reads: 0, bytes: 0, demandReads: 0, demandBytes: 0 },
       waited: { requests: 0, ms: 0 },
       prefetchers: pfs,
@@ -195,21 +171,19 @@ export class BlobCache {
   /** Counters so far (a copy), with hit rates: (hits + prefetched) / requests per class. */
   snapshot(): BlobCacheStats {
     const s = structuredClone(this.stats);
-    for (const c of Object.values(s.byClass))
-      c.hitRate = c.requests ? +((c.hits + c.prefetched) / c.requests).toFixed(4) : 0;
-    s.segments = { metadata: this.metaBytes, probation: this.probationBytes, protected: this.protectBytes };
+    fillHitRates(s.byClass);
+    s.segments = this.blobs.bytes();
     return s;
   }
 
   /** Resolves when no prefetch is queued or running (tests). */
   idle(): Promise<void> {
-    if (this.active === 0 && this.queue.length === 0) return Promise.resolve();
-    return new Promise((r) => this.idleWaiters.push(r));
+    return this.prefetches.idle();
   }
 
   /** Whether the blob is held now. */
   has(digest: string): boolean {
-    return this.lookup(digest) !== undefined;
+    return this.blobs.get(digest) !== undefined;
   }
 
   /**
@@ -223,19 +197,19 @@ export class BlobCache {
     // the plan is queued first: its fetches start while this request waits for its own
     if (req.next && this.enabled.has('file')) this.plan('file', 'data', req.next, digest);
     let outcome: BlobOutcome;
-    let data = this.lookup(digest);
+    let data = this.blobs.get(digest);
     if (data) {
       const by = this.fresh.get(digest);
       if (by !== undefined) {
         outcome = 'prefetched';
         this.fresh.delete(digest);
         this.stats.prefetchers[by].usedBytes += data.length;
-        this.touch(digest, false);
+        this.blobs.touch(digest, false);
       } else {
         outcome = 'hit';
-        this.touch(digest, true);
+        this.blobs.touch(digest, true);
       }
-      this.pump();
+      this.prefetches.pump();
     } else {
       const t0 = performance.now();
       const f = this.inflight.get(digest);
@@ -247,13 +221,13 @@ export class BlobCache {
         p = this.fetchBlob(digest, req.class);
         outcome = 'miss';
       }
-      this.pump();
+      this.prefetches.pump();
       data = await p;
       this.stats.waited.requests++;
       this.stats.waited.ms += performance.now() - t0;
       if (f?.by) {
         this.stats.prefetchers[f.by].usedBytes += data.length;
-        if (this.fresh.delete(digest)) this.touch(digest, false);
+        if (this.fresh.delete(digest)) this.blobs.touch(digest, false);
       }
     }
     cs.bytes += data.length;
@@ -267,75 +241,19 @@ export class BlobCache {
   hint(digests: readonly string[]): void {
     if (!this.enabled.has('meta') || digests.length === 0) return;
     this.plan('meta', 'metadata', digests);
-    this.pump();
-  }
-
-  private lookup(d: string): Uint8Array | undefined {
-    return this.meta.get(d) ?? this.probation.get(d) ?? this.protect.get(d);
-  }
-
-  private touch(d: string, promote: boolean): void {
-    let b = this.meta.get(d);
-    if (b) {
-      this.meta.delete(d);
-      this.meta.set(d, b);
-      return;
-    }
-    b = this.protect.get(d);
-    if (b) {
-      this.protect.delete(d);
-      this.protect.set(d, b);
-      return;
-    }
-    b = this.probation.get(d);
-    if (!b) return;
-    this.probation.delete(d);
-    if (promote && this.protectCap > 0) {
-      this.probationBytes -= b.length;
-      this.protect.set(d, b);
-      this.protectBytes += b.length;
-      while (this.protectBytes > this.protectCap) {
-        const k = this.protect.keys().next().value as string;
-        const v = this.protect.get(k)!;
-        this.protect.delete(k);
-        this.protectBytes -= v.length;
-        this.probation.set(k, v);
-        this.probationBytes += v.length;
-      }
-    } else this.probation.set(d, b);
+    this.prefetches.pump();
   }
 
   private insert(d: string, data: Uint8Array, cls: BlobClass, by?: string): void {
-    if (this.lookup(d)) return;
+    if (this.blobs.get(d)) return;
     const meta = this.metaCap > 0 && cls === 'metadata';
     // a blob bigger than a quarter of its segment is served, not kept (one would flush the rest)
     if (data.length > (meta ? this.metaCap : this.dataCap) / 4) {
       this.stats.uncached++;
       return;
     }
-    if (meta) {
-      this.meta.set(d, data);
-      this.metaBytes += data.length;
-      while (this.metaBytes > this.metaCap) {
-        const k = this.meta.keys().next().value as string;
-        this.metaBytes -= this.meta.get(k)!.length;
-        this.meta.delete(k);
-        this.fresh.delete(k);
-      }
-    } else {
-      this.probation.set(d, data);
-      this.probationBytes += data.length;
-      while (this.probationBytes + this.protectBytes > this.dataCap) {
-        const from = this.probation.size > 0 ? this.probation : this.protect;
-        const k = from.keys().next().value as string;
-        const n = from.get(k)!.length;
-        from.delete(k);
-        if (from === this.probation) this.probationBytes -= n;
-        else this.protectBytes -= n;
-        this.fresh.delete(k);
-      }
-    }
-    if (by !== undefined && this.lookup(d)) this.fresh.set(d, by);
+    this.blobs.insert(d, data, meta);
+    if (by !== undefined && this.blobs.get(d)) this.fresh.set(d, by);
   }
 
   private fetchBlob(d: string, cls: BlobClass, by?: string): Promise<Uint8Array> {
@@ -352,7 +270,7 @@ export class BlobCache {
           s.fetches++;
           s.fetchedBytes += data.length;
         }
-        if (!this.closed) this.insert(d, data, cls, by);
+        if (!this.prefetches.closed) this.insert(d, data, cls, by);
         return data;
       },
       (e) => {
@@ -366,7 +284,7 @@ export class BlobCache {
 
   /** Queue the blobs of a plan not held, fetching or queued, within the prefetcher's bounds. */
   private plan(prefetcher: string, cls: BlobClass, digests: readonly string[], self?: string): void {
-    if (this.closed) return;
+    if (this.prefetches.closed) return;
     const st = this.stats.prefetchers[prefetcher];
     const bound = this.bounds[prefetcher];
     const want: Array<{ d: string; size: number }> = [];
@@ -383,7 +301,7 @@ export class BlobCache {
         break;
       }
       planned += size;
-      if (this.lookup(d) || this.inflight.has(d) || this.queuedSet.has(d)) continue;
+      if (this.blobs.get(d) || this.inflight.has(d) || this.queuedSet.has(d)) continue;
       want.push({ d, size });
     }
     if (want.length === 0) return;
@@ -394,7 +312,7 @@ export class BlobCache {
     for (const w of want) {
       if (w.size > room - took) break;
       took += w.size;
-      this.queue.push({ digest: w.d, cls, by: prefetcher, size: w.size });
+      this.prefetches.jobs.push({ digest: w.d, cls, by: prefetcher, size: w.size });
       this.queuedSet.add(w.d);
       q += w.size;
     }
@@ -406,44 +324,20 @@ export class BlobCache {
     st.peakInFlight = Math.max(st.peakInFlight, q);
   }
 
-  private pump(): void {
-    while (this.active < this.concurrency && this.queue.length > 0 && !this.closed) {
-      const job = this.queue.shift()!;
-      this.queuedSet.delete(job.digest);
-      const release = () => this.queued.set(job.by, (this.queued.get(job.by) ?? 0) - job.size);
-      if (this.lookup(job.digest) || this.inflight.has(job.digest)) {
-        release();
-        continue;
-      }
-      this.active++;
-      this.fetchBlob(job.digest, job.cls, job.by)
-        .catch(() => {
-          this.stats.prefetchers[job.by].errors++;
-        })
-        .finally(() => {
-          this.active--;
-          release();
-          this.pump();
-        });
-    }
-    if (this.active === 0 && (this.queue.length === 0 || this.closed)) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const r of w) r();
-    }
+  /** A prefetch job off the queue: fetch its blob unless held or coming already. */
+  private startJob(job: Job): Promise<unknown> | undefined {
+    this.queuedSet.delete(job.digest);
+    if (this.blobs.get(job.digest) || this.inflight.has(job.digest)) return undefined;
+    return this.fetchBlob(job.digest, job.cls, job.by);
   }
 
   /** Stop prefetching and drop what is held (the service closing). */
   async close(): Promise<void> {
-    this.closed = true;
-    this.queue.length = 0;
+    const done = this.prefetches.stop();
     this.queuedSet.clear();
-    await this.idle();
-    this.meta.clear();
-    this.probation.clear();
-    this.protect.clear();
+    await done;
+    this.blobs.clear();
     this.fresh.clear();
-    this.metaBytes = this.probationBytes = this.protectBytes = 0;
   }
 
   /** Prometheus lines for the service's /metrics: requests by class and outcome, source reads, prefetched bytes. */

@@ -338,37 +338,18 @@ export class S3Backend implements Backend {
 
   async getRange(key: string, offset: number, length: number): Promise<Uint8Array> {
     if (length === 0) return new Uint8Array(0);
-    const s3 = loadS3();
-    try {
-      const r = await this.client.send(
-        new s3.GetObjectCommand({
-          Bucket: this.bucket,
-          Key: this.full(key),
-          Range: `bytes=${offset}-${offset + length - 1}`,
-        }),
-      );
+    return this.ranged(key, offset, length, new Uint8Array(0), async (r) => {
       const got = await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray();
       // a server ignoring Range sends the whole object (200): cut the range out of it
       if (status(r) === 200 && got.length > length) return got.subarray(offset, offset + length);
       return got;
-    } catch (e) {
-      if (status(e) === 416 || errName(e) === 'InvalidRange') return new Uint8Array(0);
-      this.fail(e, key, 'ranged GET');
-    }
+    });
   }
 
   /** A ranged GET whose body is copied straight into `out` as it arrives (no whole-body buffer in between). */
   async getRangeInto(key: string, offset: number, out: Uint8Array): Promise<number> {
     if (out.length === 0) return 0;
-    const s3 = loadS3();
-    try {
-      const r = await this.client.send(
-        new s3.GetObjectCommand({
-          Bucket: this.bucket,
-          Key: this.full(key),
-          Range: `bytes=${offset}-${offset + out.length - 1}`,
-        }),
-      );
+    return this.ranged(key, offset, out.length, 0, async (r) => {
       // a server ignoring Range sends the whole object (200): skip to the range
       let skip = status(r) === 200 ? offset : 0;
       let n = 0;
@@ -388,8 +369,33 @@ export class S3Backend implements Backend {
         if (n === out.length) break;
       }
       return n;
+    });
+  }
+
+  /**
+   * GET bytes [offset, offset+length) of an object and hand the response to `take` (reading
+   * its body is part of the request: a failure there is the GET's). A range past the end
+   * (416, InvalidRange) is `empty`; any other failure, the backend's error.
+   */
+  private async ranged<T>(
+    key: string,
+    offset: number,
+    length: number,
+    empty: T,
+    take: (r: S3.GetObjectCommandOutput) => Promise<T>,
+  ): Promise<T> {
+    const s3 = loadS3();
+    try {
+      const r = await this.client.send(
+        new s3.GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.full(key),
+          Range: `bytes=${offset}-${offset + length - 1}`,
+        }),
+      );
+      return await take(r);
     } catch (e) {
-      if (status(e) === 416 || errName(e) === 'InvalidRange') return 0;
+      if (status(e) === 416 || errName(e) === 'InvalidRange') return empty;
       this.fail(e, key, 'ranged GET');
     }
   }

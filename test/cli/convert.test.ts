@@ -20,10 +20,18 @@ interface Outcome {
   stderr: string;
 }
 
-/** Run the built CLI with pipes (so stdout/stderr are not TTYs). */
-function strata(args: string[], cwd?: string): Promise<Outcome> {
+/** Run the built CLI with pipes (so stdout/stderr are not TTYs); `node`: Node's own options first. */
+function strata(
+  args: string[],
+  cwd?: string,
+  opts: { env?: NodeJS.ProcessEnv; node?: string[] } = {},
+): Promise<Outcome> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [BIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [...(opts.node ?? []), BIN, ...args], {
+      cwd,
+      env: opts.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -168,17 +176,8 @@ test('convert runs from its own bundle (strata-convert.cjs), info and map from s
   /** Which bundle a run loaded: the code cache file it wrote (Node 20) or the module it required (Node >= 22.1). */
   const loaded = async (args: string[]): Promise<string[]> => {
     const cache = path.join(dir, `cache-${args[0]}`);
-    const r = await new Promise<Outcome>((resolve, reject) => {
-      const p = spawn(process.execPath, [BIN, ...args], {
-        env: { ...process.env, STRATA_CODE_CACHE: cache, NODE_DEBUG: 'module' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (d) => (stdout += d));
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('error', reject);
-      p.on('close', (code) => resolve({ code, stdout, stderr }));
+    const r = await strata(args, undefined, {
+      env: { ...process.env, STRATA_CODE_CACHE: cache, NODE_DEBUG: 'module' },
     });
     assert.equal(r.code, 0, r.stderr.slice(-2000));
     const names = new Set<string>();
@@ -209,17 +208,7 @@ test('a plain convert of a file loads neither the library (node:crypto) nor work
     `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(list)}, process.moduleLoadList.join('\\n')));\n`,
   );
   const out = path.join(dir, 'out.raw');
-  const r = await new Promise<Outcome>((resolve, reject) => {
-    const p = spawn(process.execPath, ['-r', hook, BIN, 'convert', img, out, '-O', 'raw'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  const r = await strata(['convert', img, out, '-O', 'raw'], undefined, { node: ['-r', hook] });
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(readFileSync(out), readFileSync(img));
   const loaded = new Set(readFileSync(list, 'utf8').split('\n'));

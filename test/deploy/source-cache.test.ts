@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -8,8 +8,8 @@ import { Deployer } from '../../src/deploy/deployer.js';
 import { imageDeploySource } from '../../src/deploy/source.js';
 import { cachedDeploySource } from '../../src/deploy/source-cache.js';
 import { type RequestNote, requestNotes } from '../../src/io/introspective-cache.js';
-import { bytesOf } from '../helpers/ext-tree.js';
-import { fixture, ROOT, run } from '../helpers/tools.js';
+import { blobCacheImage } from '../helpers/blobcache-tree.js';
+import { ROOT, run } from '../helpers/tools.js';
 import { nbdReads, sameAs, startDeploy } from './helpers.js';
 
 /**
@@ -22,21 +22,6 @@ import { nbdReads, sameAs, startDeploy } from './helpers.js';
  */
 const BS = 4096;
 const MiB = 1 << 20;
-
-async function image(): Promise<string> {
-  const t = await fixture('blobcache-tree-v1', async (out) => {
-    const put = (p: string, n: number) => {
-      const f = path.join(out, p);
-      mkdirSync(path.dirname(f), { recursive: true });
-      writeFileSync(f, bytesOf(`blobcache:${p}`, n));
-    };
-    put('big', 3.5 * MiB);
-    for (let i = 0; i < 6; i++) put(`d/f${i}`, 3000 + i * 5000);
-  });
-  return fixture('blobcache-ext4-v1.img', async (out) => {
-    await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', t, out, '32M']);
-  });
-}
 
 /** A deploy source that records its reads (offset, length, urgent). */
 function recording(src: DeploySource): DeploySource & { reads: Array<[number, number, boolean]> } {
@@ -69,7 +54,7 @@ describe('deploy source cache (issue 27)', () => {
   let img: string;
   before(async () => {
     tmp = mkdtempSync(path.join(tmpdir(), 'strata-srccache-'));
-    img = await image();
+    img = await blobCacheImage();
   });
   after(() => rmSync(tmp, { recursive: true, force: true }));
 
@@ -201,30 +186,10 @@ describe('deploy source cache (issue 27)', () => {
   });
 
   test('bad cache options are refused before anything is served', async () => {
-    await assert.rejects(
-      run('node', [
-        path.join(ROOT, 'dist/cli/strata.cjs'),
-        'deploy',
-        img,
-        '--to',
-        path.join(tmp, 'x.raw'),
-        '--source-cache',
-        'mru',
-      ]),
-      /bad --source-cache 'mru'/,
-    );
-    await assert.rejects(
-      run('node', [
-        path.join(ROOT, 'dist/cli/strata.cjs'),
-        'deploy',
-        img,
-        '--to',
-        path.join(tmp, 'x.raw'),
-        '--source-cache-size',
-        '8M',
-      ]),
-      /--source-cache-size needs --source-cache/,
-    );
+    const deploy = (...opts: string[]) =>
+      run('node', [path.join(ROOT, 'dist/cli/strata.cjs'), 'deploy', img, '--to', path.join(tmp, 'x.raw'), ...opts]);
+    await assert.rejects(deploy('--source-cache', 'mru'), /bad --source-cache 'mru'/);
+    await assert.rejects(deploy('--source-cache-size', '8M'), /--source-cache-size needs --source-cache/);
     const src = await imageDeploySource(img);
     try {
       await assert.rejects(

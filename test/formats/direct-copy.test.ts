@@ -16,6 +16,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  rmSync,
   truncateSync,
   writeSync,
 } from 'node:fs';
@@ -96,7 +97,10 @@ async function checkBoth(
     assert.equal(sha(w), sha(p), `${name} -> ${format}: the worker copier writes the same file`);
     await qemuCompare(reference, undefined, d, format);
     if (format === 'qcow2') await qemuCheck(d);
+    // checked: the three copies' disk back before the next format's
+    for (const f of [d, p, w]) rmSync(f);
   }
+  rmSync(dir, { recursive: true });
   return { maxPieces };
 }
 
@@ -138,6 +142,7 @@ test('compressed clusters and a vmdk backing file take the reader path inside th
   await run('qemu-img', ['create', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', over]);
   await run('qemu-io', ['-c', 'write -P 0x44 5M 2M', '-c', 'write -z 20M 4M', over]);
   await checkBoth('chain-raw', over, false);
+  rmSync(dir, { recursive: true });
 });
 
 test('a vhd differencing child with sector-sized changes: jobs mix child and parent ranges', async () => {
@@ -163,6 +168,7 @@ test('a vhd differencing child with sector-sized changes: jobs mix child and par
   }
   const { maxPieces } = await checkBoth('vhd-diff', child, false, undefined, expected);
   assert.ok(maxPieces > 1, 'some jobs mix child and parent ranges');
+  rmSync(dir, { recursive: true });
 });
 
 test('a source that shrinks under the copy fails naming the file; nothing is left behind', async () => {

@@ -10,6 +10,7 @@ import { Library } from '../../src/library/library.js';
 import { FILE_PART_ENTRIES } from '../../src/library/manifest.js';
 import { diffVersions } from '../../src/library/version-diff.js';
 import { largeTreeImage } from '../helpers/large-tree-pair.js';
+import { sweepStaleScratch } from '../helpers/stale-scratch.js';
 import { ROOT, run } from '../helpers/tools.js';
 import { tempDir } from './images.js';
 
@@ -67,47 +68,78 @@ interface ChildResult {
 }
 
 async function checkinChild(lib: string, image: string, name: string, memoryBytes: number): Promise<ChildResult> {
-  const r = await pexec(process.execPath, [childJs, lib, image, name, String(memoryBytes)], {
-    maxBuffer: 64 * MiB,
-    encoding: 'utf8',
-  });
+  // the child dies with this process (a killed test run leaves no check-in writing on)
+  const r = await pexec(
+    'setpriv',
+    ['--pdeathsig', 'KILL', process.execPath, childJs, lib, image, name, String(memoryBytes)],
+    {
+      maxBuffer: 64 * MiB,
+      encoding: 'utf8',
+    },
+  );
   return JSON.parse(r.stdout.trim().split('\n').pop() as string) as ChildResult;
 }
 
-/** What `rsync -rlcn --delete --itemize-changes` says turns tree A into tree B (kernel mounts of both images). */
+/**
+ * What `rsync -rlcn --delete --itemize-changes` says turns tree A into tree B (kernel mounts of
+ * both images). The mounts live in a mount namespace of their own (`unshare --mount`) that
+ * ends with rsync, and `mount -o loop` sets autoclear on its loop devices: whatever way this
+ * process ends, even SIGKILL (setpriv's parent-death signal takes the namespace's processes
+ * with it), no mount stays and the loop devices are freed. On the way out they are unmounted
+ * lazily (`umount -l`), which no busy file can refuse.
+ */
 async function rsyncChanges(a: string, b: string): Promise<{ added: string[]; removed: string[]; changed: string[] }> {
   const root = tempDir('large-mnt');
   const ma = path.join(root, 'a');
   const mb = path.join(root, 'b');
   mkdirSync(ma);
   mkdirSync(mb);
-  await run('mount', ['-o', 'ro,loop,noload', a, ma]);
+  const script = [
+    'set -e',
+    'mount -o ro,loop,noload "$1" "$3"',
+    'mount -o ro,loop,noload "$2" "$4"',
+    'rc=0',
+    'setpriv --pdeathsig KILL rsync -rlcn --delete --itemize-changes "$4/" "$3/" || rc=$?',
+    'umount -l "$4"',
+    'umount -l "$3"',
+    'exit $rc',
+  ].join('\n');
   try {
-    await run('mount', ['-o', 'ro,loop,noload', b, mb]);
-    try {
-      const out = await run('rsync', ['-rlcn', '--delete', '--itemize-changes', `${mb}/`, `${ma}/`]);
-      const r = { added: [] as string[], removed: [] as string[], changed: [] as string[] };
-      for (const line of out.split('\n')) {
-        if (line === '') continue;
-        const del = /^\*deleting +(.*)$/.exec(line);
-        if (del) {
-          r.removed.push(`/${del[1]}`);
-          continue;
-        }
-        const m = /^(\S{11}) (.*)$/.exec(line);
-        assert.ok(m, `rsync line ${line}`);
-        const [flags, p] = [m[1], m[2]];
-        if (flags[1] !== 'f' && flags[1] !== 'L') continue; // directories (rsync -r without -t lists none changed)
-        if (flags.slice(2) === '+++++++++') r.added.push(`/${p}`);
-        else if (flags[2] === 'c') r.changed.push(`/${p}`);
+    const out = await run('setpriv', [
+      '--pdeathsig',
+      'KILL',
+      'unshare',
+      '--mount',
+      '--propagation',
+      'private',
+      '--kill-child',
+      'sh',
+      '-c',
+      script,
+      'rsync-mounts',
+      a,
+      b,
+      ma,
+      mb,
+    ]);
+    const r = { added: [] as string[], removed: [] as string[], changed: [] as string[] };
+    for (const line of out.split('\n')) {
+      if (line === '') continue;
+      const del = /^\*deleting +(.*)$/.exec(line);
+      if (del) {
+        r.removed.push(`/${del[1]}`);
+        continue;
       }
-      for (const x of Object.values(r)) x.sort();
-      return r;
-    } finally {
-      await run('umount', [mb]).catch(() => run('umount', ['-l', mb]));
+      const m = /^(\S{11}) (.*)$/.exec(line);
+      assert.ok(m, `rsync line ${line}`);
+      const [flags, p] = [m[1], m[2]];
+      if (flags[1] !== 'f' && flags[1] !== 'L') continue; // directories (rsync -r without -t lists none changed)
+      if (flags.slice(2) === '+++++++++') r.added.push(`/${p}`);
+      else if (flags[2] === 'c') r.changed.push(`/${p}`);
     }
+    for (const x of Object.values(r)) x.sort();
+    return r;
   } finally {
-    await run('umount', [ma]).catch(() => run('umount', ['-l', ma]));
     rmSync(root, { recursive: true, force: true });
   }
 }
@@ -162,6 +194,9 @@ async function whereLayoutsDiffer(dirA: string, a: string, dirB: string, b: stri
 }
 
 test('check-in of 200,000 entries in 64 MiB: bounded RSS, the unbounded run`s manifests, byte-identical checkout, diff as rsync sees it', async () => {
+  // what an earlier run killed midway left: its libraries and checkout, mounts and loop devices
+  const swept = sweepStaleScratch(['large-checkin', 'large-mnt', 'large-rss']);
+  if (swept.dirs.length) console.log(`swept an earlier killed run's leftovers: ${JSON.stringify(swept)}`);
   const base = await largeTreeImage(ENTRIES);
   const changed = await largeTreeImage(ENTRIES, true);
   const dir = tempDir('large-checkin');
@@ -196,6 +231,9 @@ test('check-in of 200,000 entries in 64 MiB: bounded RSS, the unbounded run`s ma
     }
     assert.equal((await mine.next()).done, true);
     assert.equal(n, files.fileCount);
+    // the unbounded run's library has served its purpose: its disk back before the checkout's
+    await ulib.close();
+    rmSync(unbounded, { recursive: true, force: true });
 
     // the version's checkout is the image, byte for byte (an exact check-in keeps free space too)
     const out = path.join(dir, 'out.raw');

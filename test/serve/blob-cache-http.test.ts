@@ -6,8 +6,8 @@ import { after, before, describe, test } from 'node:test';
 import { checkin } from '../../src/library/checkin.js';
 import { Library } from '../../src/library/library.js';
 import { type RunningServer, startServer } from '../../src/serve/http/server.js';
-import { bytesOf } from '../helpers/ext-tree.js';
-import { fixture, run, runBuffer as runBuf } from '../helpers/tools.js';
+import { blobCacheImage, blobCacheTree } from '../helpers/blobcache-tree.js';
+import { run, runBuffer as runBuf } from '../helpers/tools.js';
 import { serveProcess } from './http-helpers.js';
 
 /**
@@ -18,26 +18,6 @@ import { serveProcess } from './http-helpers.js';
  * prefetched uses and misses by class, which /metrics reports.
  */
 const MiB = 1 << 20;
-/** /big: 3.5 MiB (four 1 MiB file chunks), /d: six small files. */
-async function tree(): Promise<string> {
-  return fixture('blobcache-tree-v1', async (out) => {
-    const put = (p: string, n: number) => {
-      const f = path.join(out, p);
-      mkdirSync(path.dirname(f), { recursive: true });
-      writeFileSync(f, bytesOf(`blobcache:${p}`, n));
-    };
-    put('big', 3.5 * MiB);
-    for (let i = 0; i < 6; i++) put(`d/f${i}`, 3000 + i * 5000);
-  });
-}
-
-async function image(): Promise<string> {
-  const t = await tree();
-  return fixture('blobcache-ext4-v1.img', async (out) => {
-    await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', t, out, '32M']);
-  });
-}
-
 describe('service file routes through the blob cache (issue 27)', () => {
   let tmp: string;
   let img: string;
@@ -48,8 +28,8 @@ describe('service file routes through the blob cache (issue 27)', () => {
 
   before(async () => {
     tmp = mkdtempSync(path.join(tmpdir(), 'strata-blobcache-'));
-    src = await tree();
-    img = await image();
+    src = await blobCacheTree();
+    img = await blobCacheImage();
     lib = await Library.open(path.join(tmp, 'lib'));
     assert.equal((await checkin(lib, img, { name: 'fs' })).ref, 'fs@1');
     // no decoded-manifest cache: every request reads its manifests through the blob cache

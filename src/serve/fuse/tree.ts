@@ -1,4 +1,4 @@
-import type { FileType, Timestamp } from '../../fs/types.js';
+import type { FileType, Inode, Timestamp } from '../../fs/types.js';
 import { type Attr, encodeDev, type StatfsInfo, TYPE_BITS } from './protocol.js';
 
 /**
@@ -49,23 +49,22 @@ const clampNs = (t: Timestamp | undefined): Timestamp =>
  * expensive step of a READDIRPLUS reply).
  */
 export function makeAttr(
-  o: {
-    ino: number;
-    type: FileType;
-    mode: number;
-    uid: number;
-    gid: number;
-    size: number;
-    nlink: number;
-    atime?: Timestamp;
-    mtime?: Timestamp;
-    ctime?: Timestamp;
-    /** Birth time (ext4 and xfs v5 crtime, btrfs otime, NTFS and FAT creation): statx's btime. */
-    crtime?: Timestamp;
-    rdev?: { major: number; minor: number };
-    allocatedBytes?: number;
-    blksize?: number;
-  },
+  o: Pick<
+    Inode,
+    | 'ino'
+    | 'type'
+    | 'mode'
+    | 'uid'
+    | 'gid'
+    | 'size'
+    | 'nlink'
+    | 'atime'
+    | 'mtime'
+    | 'ctime'
+    | 'crtime'
+    | 'rdev'
+    | 'allocatedBytes'
+  > & { blksize?: number },
   blksize?: number,
 ): Attr {
   const size = o.type === 'char' || o.type === 'block' || o.type === 'fifo' || o.type === 'socket' ? 0 : o.size;
