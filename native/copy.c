@@ -301,6 +301,22 @@ static void Complete(napi_env env, napi_status status, void *data) {
   free(j);
 }
 
+static Job *new_job(napi_env env) {
+  Job *j = calloc(1, sizeof(Job));
+  if (!j) napi_throw_error(env, "ENOMEM", "strata native copy: out of memory");
+  return j;
+}
+
+/* Run j on libuv's pool; the promise settles in Complete. */
+static napi_value queue_job(napi_env env, Job *j, const char *label) {
+  napi_value promise, name;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, label, NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, Execute, Complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
 static napi_value CopyRange(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value argv[7];
@@ -315,11 +331,8 @@ static napi_value CopyRange(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "copyRange(inFd, inOff, outFd, outOff, len, gran, flags): integers in range");
     return NULL;
   }
-  Job *j = calloc(1, sizeof(Job));
-  if (!j) {
-    napi_throw_error(env, "ENOMEM", "copyRange: out of memory");
-    return NULL;
-  }
+  Job *j = new_job(env);
+  if (!j) return NULL;
   j->in_fd = in_fd;
   j->out_fd = out_fd;
   j->flags = flags;
@@ -327,12 +340,7 @@ static napi_value CopyRange(napi_env env, napi_callback_info info) {
   j->out_off = out_off;
   j->len = len;
   j->gran = gran;
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "strata.copyRange", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, Execute, Complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
-  return promise;
+  return queue_job(env, j, "strata.copyRange");
 }
 
 static napi_value ScanClusters(napi_env env, napi_callback_info info) {
@@ -347,23 +355,15 @@ static napi_value ScanClusters(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "scanClusters(fd, off, len, virt, cs): integers in range");
     return NULL;
   }
-  Job *j = calloc(1, sizeof(Job));
-  if (!j) {
-    napi_throw_error(env, "ENOMEM", "scanClusters: out of memory");
-    return NULL;
-  }
+  Job *j = new_job(env);
+  if (!j) return NULL;
   j->scan = 1;
   j->in_fd = fd;
   j->in_off = off;
   j->len = len;
   j->virt = virt;
   j->gran = cs;
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "strata.scanClusters", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, Execute, Complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
-  return promise;
+  return queue_job(env, j, "strata.scanClusters");
 }
 
 void strata_register_copy(napi_env env, napi_value exports) {
