@@ -12,14 +12,19 @@ interface Native {
   ENXIO: number;
   /** native/copy.c: see NativeCopyRange. */
   copyRange?: NativeCopyRange;
+  /** native/copy.c: see NativeScanClusters. */
+  scanClusters?: NativeScanClusters;
 }
 
 /**
  * Copy [inOff, inOff+len) of file `inFd` to `outFd` at `outOff` on a thread of libuv's
  * pool (native/copy.c). flags: COPY_HOLES skips the source's holes without reading them;
- * COPY_CLONE first tries a reflink (FICLONERANGE) and reports in `cloneErrno` why not.
- * All-zero granules of `gran` bytes are not written. Rejects with an Error carrying `code`,
- * `side` ('read' | 'write') and `offset` (the file offset on that side).
+ * COPY_CLONE first tries a reflink (FICLONERANGE) and reports in `cloneErrno` why not;
+ * COPY_KERNEL moves the bytes with copy_file_range(2) (page cache to page cache) and
+ * reports in `cfrErrno` why not when the kernel refuses (the range is then written from
+ * the buffer); COPY_ALLDATA (with COPY_KERNEL) skips the read and the zero check.
+ * Otherwise all-zero granules of `gran` bytes are not written. Rejects with an Error
+ * carrying `code`, `side` ('read' | 'write') and `offset` (the file offset on that side).
  */
 export type NativeCopyRange = (
   inFd: number,
@@ -29,9 +34,25 @@ export type NativeCopyRange = (
   len: number,
   gran: number,
   flags: number,
-) => Promise<{ written: number; cloneErrno: number }>;
+) => Promise<{ written: number; cloneErrno: number; cfrErrno: number }>;
 export const COPY_HOLES = 1;
 export const COPY_CLONE = 2;
+export const COPY_KERNEL = 4;
+export const COPY_ALLDATA = 8;
+
+/**
+ * Read [off, off+len) of file `fd`, which holds the virtual bytes [virt, virt+len), on a
+ * thread of libuv's pool (native/copy.c); one byte per `cs`-byte virtual cluster the range
+ * touches (the first is floor(virt / cs)): 1 where its bytes here are not all zeros.
+ * Rejects like NativeCopyRange (side 'read').
+ */
+export type NativeScanClusters = (
+  fd: number,
+  off: number,
+  len: number,
+  virt: number,
+  cs: number,
+) => Promise<Uint8Array>;
 
 const SEEK_END = 2;
 const ADDON = path.join('native', 'build', 'Release', 'strata_native.node');
@@ -66,6 +87,12 @@ function native(): Native | null {
 export function nativeCopyRange(): NativeCopyRange | undefined {
   if (process.env.STRATA_NO_NATIVE_COPY === '1') return undefined;
   return native()?.copyRange;
+}
+
+/** The native cluster scanner (for qcow2 outputs), undefined like nativeCopyRange. */
+export function nativeScanClusters(): NativeScanClusters | undefined {
+  if (process.env.STRATA_NO_NATIVE_COPY === '1') return undefined;
+  return native()?.scanClusters;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */

@@ -206,6 +206,32 @@ test('a full output file system fails naming the output; nothing is left behind'
   }
 });
 
+test('a source on another file system (copy_file_range refuses: EXDEV): both outputs are written from the buffer', async () => {
+  const dir = scratch('direct-xdev');
+  const mnt = path.join(dir, 'mnt');
+  await run('mkdir', [mnt]);
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=128m', 'tmpfs', mnt]);
+  try {
+    const raw = path.join(mnt, 'disk.raw');
+    copyFileSync(await patternRaw(), raw);
+    const qcow2 = path.join(mnt, 'disk.qcow2');
+    copyFileSync(await viaQemu('qcow2', ['-O', 'qcow2']), qcow2);
+    for (const input of [raw, qcow2]) {
+      for (const format of ['raw', 'qcow2'] as const) {
+        const d = path.join(dir, `direct-${path.basename(input)}.${format}`);
+        const p = path.join(dir, `pump-${path.basename(input)}.${format}`);
+        await convertWith(input, d, { format, directCopy: 'always' });
+        await convertWith(input, p, { format, directCopy: 'never' });
+        assert.equal(sha(d), sha(p), `${input} -> ${format}: the copier across file systems writes the pump's file`);
+        await qemuCompare(raw, undefined, d, format);
+        if (format === 'qcow2') await qemuCheck(d);
+      }
+    }
+  } finally {
+    await run('umount', [mnt]);
+  }
+});
+
 test('abort and progress: an aborted copy stops with no output; a whole one reports every byte', async () => {
   const dir = scratch('direct-abort');
   const src = await viaQemu('qcow2', ['-O', 'qcow2']);

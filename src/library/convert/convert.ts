@@ -49,6 +49,13 @@ export interface ConvertResult {
  */
 const CHUNK_POOLED = 1024 * 1024;
 const CHUNK_FRESH = 256 * 1024;
+/**
+ * Pooled reads of a source with no direct map (a stream-optimized vmdk, whose every read is
+ * inflated in the worker pool): 4 MiB, so a quarter of the hand-offs to the workers and the
+ * pool. vmdk streamOptimized -> raw, 1 GiB mixed disk, 3 interleaved rounds at load 30-38,
+ * user+sys CPU: 1.50-2.38 s against 1.87-2.75 s with 1 MiB reads (qemu-img 1.40-2.50 s).
+ */
+const CHUNK_STREAMED = 4 * 1024 * 1024;
 /** Reads kept in flight ahead of the writer (bytes and count). */
 const READ_AHEAD_BYTES = 32 * 1024 * 1024;
 const READ_AHEAD_ITEMS = 64;
@@ -155,8 +162,8 @@ function refuseOverwritingInputs(src: DiskImage, outPath: string, backing?: Disk
 }
 
 /** Cluster-aligned data and zero ranges of the whole disk, data split into chunks. */
-function chunkSize(gran: number, pooled: boolean): number {
-  const c = pooled ? CHUNK_POOLED : CHUNK_FRESH;
+function chunkSize(gran: number, pooled: boolean, streamed: boolean): number {
+  const c = pooled ? (streamed ? CHUNK_STREAMED : CHUNK_POOLED) : CHUNK_FRESH;
   return Math.max(gran, Math.floor(c / gran) * gran);
 }
 
@@ -217,7 +224,7 @@ async function pump(
   const gran = writer.granularity;
   const total = src.size;
   const readInto = src.readInto?.bind(src);
-  const chunk = chunkSize(gran, readInto !== undefined);
+  const chunk = chunkSize(gran, readInto !== undefined, !src.direct);
   let bytesRead = 0;
   const queue: Pending[] = [];
   let queued = 0;
