@@ -276,9 +276,12 @@ async function main() {
   const s3lib = path.join(OUT, 's3-lib');
   if (!flag('--skip-store')) {
     await storeBench('debian', [base, derived], env, places.slice(0, 4), s3lib);
-    const img = dataImage(DATA_MIB);
-    await storeBench('data', [img], env, places.slice(0, 4), s3lib);
-    rmSync(img, { force: true });
+    // --data-mib 0: the Debian pair alone (its checkout is the start-up case)
+    if (DATA_MIB > 0) {
+      const img = dataImage(DATA_MIB);
+      await storeBench('data', [img], env, places.slice(0, 4), s3lib);
+      rmSync(img, { force: true });
+    }
   } else {
     for (const img of [base, derived])
       await run(['checkin', img, '--name', 'ops/debian', '--library', s3lib, ...places], env);

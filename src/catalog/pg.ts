@@ -1,5 +1,8 @@
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
+import { requireCached } from '../util/code-cache.js';
 import { StrataError } from '../util/errors.js';
 import { type Db, type SqlValue, toPostgres } from './db.js';
 
@@ -52,8 +55,12 @@ function closingClient(pg: PgModule): PoolConfig['Client'] {
 }
 
 function loadPg(): PgModule {
-  // pg is CommonJS; required on first use so SQLite-only runs never load it
-  pgModule ??= createRequire(import.meta.url)('pg') as PgModule;
+  // pg is CommonJS; required on first use so SQLite-only runs never load it. The CLI's build has
+  // it bundled beside it (scripts/bundle.mjs): one file, compiled with V8's code cache
+  if (!pgModule) {
+    const bundled = fileURLToPath(new URL('./pg.cjs', import.meta.url));
+    pgModule = (existsSync(bundled) ? requireCached(bundled) : createRequire(import.meta.url)('pg')) as PgModule;
+  }
   return pgModule;
 }
 
@@ -153,8 +160,14 @@ export class PgDb implements Db {
     pool.on('error', () => {});
     const db = new PgDb(pool, url, schema);
     try {
-      await pool.query('SELECT 1');
+      // the first query checks the server answers and whether the schema is there: made (under
+      // a lock, beside other servers starting) only when it is not (4 round trips a checkout paid)
+      let present = true;
       if (schema) {
+        const r = await pool.query('SELECT to_regnamespace($1) IS NOT NULL AS present', [schema]);
+        present = r.rows[0]?.present === true;
+      } else await pool.query('SELECT 1');
+      if (!present) {
         await db.transaction(
           async (tx) => {
             await tx.run(`CREATE SCHEMA IF NOT EXISTS ${schema}`);

@@ -90,12 +90,27 @@ export async function openCatalogDb(where: string): Promise<Db> {
   return SqliteDb.open(where);
 }
 
-/** Open the store backend a library names (directory or s3:// URL), with the cache in front of S3. */
-export async function openBackend(where: string, cache?: { dir: string; bytes?: number }): Promise<Backend> {
+/**
+ * Open the store backend a library names (directory or s3:// URL), with the cache in front of S3.
+ * `readOnly` (a checkout): when the cache remembers this store's config and index listing
+ * (cache-backend.ts Remembered), no request is made now: the S3 client is made on the first
+ * miss, so a checkout the cache holds whole never loads the SDK. Otherwise the open's request
+ * checks endpoint, credentials and bucket (one clear error at start-up).
+ */
+export async function openBackend(
+  where: string,
+  cache?: { dir: string; bytes?: number },
+  opts: { readOnly?: boolean } = {},
+): Promise<Backend> {
   if (!isS3Url(where)) return new LocalBackend(where);
-  const s3 = await S3Backend.open(where);
-  if (!cache || cache.bytes === 0) return s3;
-  return new CachedBackend(s3, cache.dir, cache.bytes ?? DEFAULT_CACHE_BYTES);
+  if (!cache || cache.bytes === 0) return S3Backend.open(where);
+  const bytes = cache.bytes ?? DEFAULT_CACHE_BYTES;
+  if (opts.readOnly) {
+    const lazy = S3Backend.deferred(where);
+    const remembered = CachedBackend.remembered(cache.dir, lazy.name);
+    if (remembered) return new CachedBackend(lazy, cache.dir, bytes, { remembered });
+  }
+  return new CachedBackend(await S3Backend.open(where), cache.dir, bytes);
 }
 
 /** The store of a library opened for its catalog only: closing is all it does. */
@@ -139,6 +154,11 @@ export class Library {
        * The library's `store` then throws on any use.
        */
       catalogOnly?: boolean;
+      /**
+       * Only reads follow (a checkout): a remote store may open from what its cache remembers,
+       * with no request before the first miss (openBackend); writes still see the store as it is.
+       */
+      readOnly?: boolean;
     } & LibraryPlaces = {},
   ): Promise<Library> {
     const root = libraryLocation(dir);
@@ -202,7 +222,7 @@ export class Library {
     const opened = await Promise.allSettled([
       (async () => {
         if (opts.catalogOnly) return catalogOnlyStore(storeAt);
-        const backend = await openBackend(storeAt, { dir: cacheDir, bytes: cacheBytes });
+        const backend = await openBackend(storeAt, { dir: cacheDir, bytes: cacheBytes }, { readOnly: opts.readOnly });
         try {
           return await Store.open(backend);
         } catch (e) {

@@ -44,6 +44,11 @@ export interface Backend {
    * backend's cache may fetch them ahead of the reader. Replaces an earlier list.
    */
   prefetch?(keys: readonly string[]): void;
+  /**
+   * Optional: a listing of `prefix` kept from an earlier process (a cache's, see
+   * cache-backend.ts Remembered), at most once; possibly stale. Undefined when there is none.
+   */
+  listRemembered?(prefix: string): BackendEntry[] | undefined;
   /** Every object whose key starts with `prefix` (e.g. "packs/"), in no particular order. */
   list(prefix: string): Promise<BackendEntry[]>;
   /** Remove an object; no error when it is already gone. */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { StrataError } from '../util/errors.js';
 import { zstdCompress, zstdDecompress } from '../util/zstd.js';
-import type { Backend } from './backend.js';
+import type { Backend, BackendEntry } from './backend.js';
 import { BlobMap } from './blob-map.js';
 import type { BlobType, PackEntry } from './pack.js';
 
@@ -144,24 +144,39 @@ export class BlobIndex {
 
   constructor(private readonly backend: Backend) {}
 
-  /** Re-read every index file (after another process wrote some). */
-  async load(): Promise<void> {
+  /**
+   * Whether the index was loaded from a remembered listing (`load({ remembered: true })`) and
+   * not listed since: it may lack what other processes wrote, and name packs their gc deleted.
+   */
+  fromRemembered = false;
+
+  /**
+   * Re-read every index file (after another process wrote some). `remembered`: from the
+   * backend's remembered listing when it has one (a read-only open; see Backend.listRemembered).
+   */
+  async load(opts: { remembered?: boolean } = {}): Promise<void> {
     // Loading takes no lock (a library opens while a gc may run): a gc writes its new index
     // files before it deletes the old ones, so a file listed here and gone when read means
     // a newer set exists; list again. Bounded: a store whose index keeps vanishing is an error.
+    let listing = opts.remembered ? this.backend.listRemembered?.('index/') : undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.loadOnce();
+        await this.loadOnce(listing);
+        this.fromRemembered = listing !== undefined;
+        return;
       } catch (e) {
         if (!(e instanceof StrataError && e.code === 'NOT_FOUND') || attempt >= 5) throw e;
+        // a remembered index file gone from the remote (and from the cache): list for real
+        if (listing) attempt--;
+        listing = undefined;
       }
     }
   }
 
-  private async loadOnce(): Promise<void> {
+  private async loadOnce(remembered?: BackendEntry[]): Promise<void> {
     this.entries.clear();
     this.duplicates = [];
-    const files = await this.backend.list('index/');
+    const files = remembered ?? (await this.backend.list('index/'));
     this.files = files.map((f) => f.key);
     // fetched INDEX_READS at a time (each a round trip on S3), added in listing order
     const bodies: Array<Promise<Uint8Array> | undefined> = [];
@@ -195,6 +210,7 @@ export class BlobIndex {
    */
   async refresh(): Promise<boolean> {
     const files = await this.backend.list('index/');
+    this.fromRemembered = false;
     const now = new Set(files.map((f) => f.key));
     const known = new Set(this.files);
     if ([...known].some((k) => !now.has(k))) {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import { type FileHandle, open, rename, unlink, utimes, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Backend, BackendEntry } from './backend.js';
@@ -53,6 +53,28 @@ interface Ahead {
 
 export const DEFAULT_CACHE_BYTES = 4 * 1024 ** 3;
 
+/**
+ * What the cache remembers of its remote between processes, in LISTING in its folder: the
+ * store's config and the last listing of its index files. A read-only open (a checkout)
+ * whose packs and index files are all cached then needs no request before its first miss
+ * (library.ts: the S3 client is made, and the SDK loaded, on that miss). The listing may be
+ * stale (another server committed or ran gc since); what keeps reads right is the store:
+ * a blob the index does not know makes it list again, a pack gone from the remote (and not
+ * cached) makes it list again and find where gc moved the blob, a listed index file gone
+ * makes it load from a fresh listing, a write refreshes first, and every blob read is
+ * checked against its digest (a cached pack never changes under its name).
+ */
+export interface Remembered {
+  v: 1;
+  /** The remote's name (s3://bucket/prefix). */
+  store: string;
+  /** The store's `config` object, as read. */
+  config: string;
+  index: BackendEntry[];
+}
+const LISTING = '.listing.json';
+const INDEX_KEY = /^index\/[0-9a-f]{64}$/;
+
 export class CachedBackend implements Backend {
   private readonly files = new Map<string, number>(); // key -> size, least recently used first
   private bytes = 0;
@@ -66,15 +88,31 @@ export class CachedBackend implements Backend {
   private ahead?: Ahead;
   private readonly touchedAt = new Map<string, number>();
 
+  /** The remembered config and listing this open may use (read-only opens), each once. */
+  private remembered?: { config?: string; index?: BackendEntry[] };
+  /** The config read from the remote (what a listing is remembered with). */
+  private config?: string;
+  /** The index listing last written to LISTING (keys, sorted), and that write. */
+  private rememberedKeys?: string;
+  private remembering: Promise<void> = Promise.resolve();
+
   constructor(
     readonly remote: Backend,
     readonly dir: string,
     readonly maxBytes = DEFAULT_CACHE_BYTES,
+    opts: { remembered?: Remembered } = {},
   ) {
     mkdirSync(dir, { recursive: true });
+    const r = opts.remembered;
+    if (r && r.store === remote.name) {
+      this.remembered = { config: r.config, index: r.index };
+      this.config = r.config;
+      this.rememberedKeys = keysOf(r.index);
+    }
     const found: Array<{ key: string; size: number; at: number }> = [];
     for (const name of readdirSync(dir)) {
       const full = path.join(dir, name);
+      if (name === LISTING) continue;
       if (name.startsWith('.tmp-')) {
         unlinkSync(full);
         continue;
@@ -91,6 +129,36 @@ export class CachedBackend implements Backend {
 
   get name(): string {
     return this.remote.name;
+  }
+
+  /** What the cache in `dir` remembers of the store named `store` (undefined: nothing, or unreadable). */
+  static remembered(dir: string, store: string): Remembered | undefined {
+    try {
+      const r = JSON.parse(readFileSync(path.join(dir, LISTING), 'utf8')) as Remembered;
+      const ok =
+        r?.v === 1 &&
+        r.store === store &&
+        typeof r.config === 'string' &&
+        Array.isArray(r.index) &&
+        r.index.every(
+          (e) => typeof e?.key === 'string' && INDEX_KEY.test(e.key) && Number.isSafeInteger(e.size) && e.size >= 0,
+        );
+      return ok ? r : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The remembered listing of `prefix` (only index/), once, when this cache was opened with
+   * one (a read-only open): possibly stale, see Remembered. Undefined otherwise.
+   */
+  listRemembered(prefix: string): BackendEntry[] | undefined {
+    const r = this.remembered;
+    if (prefix !== 'index/' || !r?.index) return undefined;
+    const index = r.index;
+    r.index = undefined;
+    return index;
   }
 
   private file(key: string): string {
@@ -416,6 +484,17 @@ export class CachedBackend implements Backend {
   }
 
   async get(key: string): Promise<Uint8Array> {
+    if (key === 'config') {
+      const r = this.remembered;
+      if (r?.config !== undefined) {
+        const c = r.config;
+        r.config = undefined;
+        return Buffer.from(c, 'utf8');
+      }
+      const got = await this.remote.get(key);
+      this.config = Buffer.from(got).toString('utf8');
+      return got;
+    }
     if (!CACHED.test(key)) return this.remote.get(key);
     const whole = this.ensure(key);
     const inc = this.incoming.get(key);
@@ -478,8 +557,28 @@ export class CachedBackend implements Backend {
     return n < length ? out.subarray(0, n) : out;
   }
 
-  list(prefix: string): Promise<BackendEntry[]> {
-    return this.remote.list(prefix);
+  async list(prefix: string): Promise<BackendEntry[]> {
+    const got = await this.remote.list(prefix);
+    if (prefix === 'index/') this.remember(got);
+    return got;
+  }
+
+  /** Keep this listing of index/ in LISTING for the next read-only open (when it changed; a failed write costs only requests). */
+  private remember(index: BackendEntry[]): void {
+    const config = this.config;
+    const keys = keysOf(index);
+    if (config === undefined || keys === this.rememberedKeys) return;
+    this.rememberedKeys = keys;
+    const r: Remembered = { v: 1, store: this.remote.name, config, index };
+    this.remembering = this.remembering.then(async () => {
+      const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+      try {
+        await writeFile(tmp, JSON.stringify(r));
+        await rename(tmp, path.join(this.dir, LISTING));
+      } catch {
+        await unlink(tmp).catch(() => {});
+      }
+    });
   }
 
   async delete(key: string): Promise<void> {
@@ -506,9 +605,16 @@ export class CachedBackend implements Backend {
   async close(): Promise<void> {
     this.ahead = undefined;
     await Promise.allSettled([...this.fetching.values()]);
+    await this.remembering;
     const hs = [...this.handles.values()];
     this.handles.clear();
     await Promise.all(hs.map((h) => h.then((x) => x.close()).catch(() => {})));
     await this.remote.close();
   }
 }
+
+const keysOf = (index: readonly BackendEntry[]) =>
+  index
+    .map((e) => e.key)
+    .sort()
+    .join(' ');

@@ -63,13 +63,34 @@ export class S3Backend implements Backend {
   private probed?: Promise<void>;
   /** `config`'s bytes from the GET that checked the bucket at open (undefined: absent), handed to the first get. */
   private opening?: { config: Uint8Array | undefined };
+  /** The listing of index/ made at open, handed to the first list('index/') unless this backend wrote meanwhile. */
+  private listing?: Promise<BackendEntry[]>;
+
+  private made?: S3.S3Client;
 
   private constructor(
-    private readonly client: S3.S3Client,
     readonly bucket: string,
     readonly prefix: string,
     readonly url: string,
+    private readonly endpoint: string | undefined,
+    private readonly region: string,
   ) {}
+
+  /** The SDK's client, made (and the SDK loaded) on the first request. */
+  private get client(): S3.S3Client {
+    if (!this.made) {
+      const s3 = loadS3();
+      this.made = new s3.S3Client({
+        region: this.region,
+        ...(this.endpoint ? { endpoint: this.endpoint, forcePathStyle: true } : {}),
+        // S3-compatible servers do not all know the newer checksum trailers: only when required
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+        maxAttempts: 8,
+      });
+    }
+    return this.made;
+  }
 
   get name(): string {
     return this.url;
@@ -80,37 +101,49 @@ export class S3Backend implements Backend {
    * (wrong keys, a missing bucket or an unreachable endpoint: one clear error here).
    */
   static async open(url: string, opts: { endpoint?: string; region?: string } = {}): Promise<S3Backend> {
-    const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/i.exec(url);
-    if (!m) throw new StrataError('USAGE', `bad store URL ${JSON.stringify(url)} (s3://bucket/prefix)`);
-    const prefix = (m[2] ?? '').replace(/\/+$/, '');
-    if (prefix && !checkKey(prefix.toLowerCase()))
-      throw new StrataError('USAGE', `bad prefix in store URL ${JSON.stringify(url)} (a-z, 0-9, . _ - /)`);
+    const b = S3Backend.deferred(url, opts);
     const s3 = loadS3();
-    const endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
-    const client = new s3.S3Client({
-      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
-      ...(endpoint ? { endpoint, forcePathStyle: true } : {}),
-      // S3-compatible servers do not all know the newer checksum trailers: only when required
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      maxAttempts: 8,
-    });
-    const b = new S3Backend(client, m[1], prefix, `s3://${m[1]}${prefix ? `/${prefix}` : ''}`);
+    // the index listing Store.open asks for next, beside the config GET (one round trip less
+    // before a cold checkout's first pack); handed to the first list('index/')
+    b.listing = b.list('index/');
+    b.listing.catch(() => {});
     // one request checks endpoint, credentials and bucket, and reads the store's config (Store.open's first
     // get): NoSuchKey is a bucket without a store yet; NoSuchBucket, a refused key, no answer: a clear error
     try {
-      const r = await client.send(new s3.GetObjectCommand({ Bucket: b.bucket, Key: b.full('config') }));
+      const r = await b.client.send(new s3.GetObjectCommand({ Bucket: b.bucket, Key: b.full('config') }));
       b.opening = {
         config: await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray(),
       };
     } catch (e) {
       if (errName(e) === 'NoSuchKey') b.opening = { config: undefined };
       else {
-        client.destroy();
-        throw b.startupError(e, endpoint);
+        b.client.destroy();
+        throw b.startupError(e, b.endpoint);
       }
     }
     return b;
+  }
+
+  /**
+   * `s3://bucket/prefix` with no request yet: the SDK is loaded and the connection made by the
+   * first request, and a wrong key or a missing bucket is that request's error (not one at
+   * start-up). For a read that the cache may answer whole (CachedBackend's remembered
+   * listing): a warm checkout then never loads the SDK.
+   */
+  static deferred(url: string, opts: { endpoint?: string; region?: string } = {}): S3Backend {
+    const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/i.exec(url);
+    if (!m) throw new StrataError('USAGE', `bad store URL ${JSON.stringify(url)} (s3://bucket/prefix)`);
+    const prefix = (m[2] ?? '').replace(/\/+$/, '');
+    if (prefix && !checkKey(prefix.toLowerCase()))
+      throw new StrataError('USAGE', `bad prefix in store URL ${JSON.stringify(url)} (a-z, 0-9, . _ - /)`);
+    const endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    const region = opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+    return new S3Backend(m[1], prefix, `s3://${m[1]}${prefix ? `/${prefix}` : ''}`, endpoint, region);
+  }
+
+  /** Whether a request was made (the SDK loaded). */
+  get connected(): boolean {
+    return this.made !== undefined;
   }
 
   private startupError(e: unknown, endpoint?: string): StrataError {
@@ -188,6 +221,7 @@ export class S3Backend implements Backend {
   }
 
   async put(key: string, data: Uint8Array | Uint8Array[]): Promise<void> {
+    this.listing = undefined; // (a write after the open: the listing made then may not be handed over)
     const parts = Array.isArray(data) ? data : [data];
     const total = parts.reduce((n, p) => n + p.length, 0);
     const body = parts.length === 1 ? parts[0] : Buffer.concat(parts, total);
@@ -264,6 +298,7 @@ export class S3Backend implements Backend {
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    this.listing = undefined;
     if (key === 'config') this.opening = undefined;
     this.probed ??= this.probeConditional().catch(() => {});
     await this.probed;
@@ -401,6 +436,11 @@ export class S3Backend implements Backend {
   }
 
   async list(prefix: string): Promise<BackendEntry[]> {
+    const made = this.listing;
+    if (made && prefix === 'index/') {
+      this.listing = undefined;
+      return made;
+    }
     const s3 = loadS3();
     const out: BackendEntry[] = [];
     const base = this.prefix ? `${this.prefix}/` : '';
@@ -425,6 +465,7 @@ export class S3Backend implements Backend {
   }
 
   async delete(key: string): Promise<void> {
+    this.listing = undefined;
     const s3 = loadS3();
     try {
       await this.client.send(new s3.DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
@@ -435,6 +476,6 @@ export class S3Backend implements Backend {
   }
 
   async close(): Promise<void> {
-    this.client.destroy();
+    this.made?.destroy();
   }
 }

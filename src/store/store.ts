@@ -85,8 +85,20 @@ export class Store {
         structure: 'store config',
       });
     }
-    await s.loadIndex();
+    // from the cache's remembered listing when the backend has one (a read-only open: see
+    // cache-backend.ts Remembered); the first miss, or any write, lists for real
+    await s.ix.load({ remembered: true });
     return s;
+  }
+
+  /** Whether the index may be stale (loaded from a remembered listing, not listed since). */
+  get indexFromRemembered(): boolean {
+    return this.ix.fromRemembered;
+  }
+
+  /** A write, or what decides one, sees the store as listed now: never a remembered listing's index. */
+  private async current(): Promise<void> {
+    if (this.ix.fromRemembered) await this.refresh(true);
   }
 
   get name(): string {
@@ -117,6 +129,7 @@ export class Store {
     await this.ix.load();
   }
 
+  /** Whether the index knows `digest` (after a read-only open: as the cache's remembered listing had it until the first refresh). */
   has(digest: string): boolean {
     return this.packer.has(digest);
   }
@@ -163,6 +176,7 @@ export class Store {
 
   /** `has` for each digest, after a refresh when some are not known here. */
   async hasAll(digests: readonly string[]): Promise<boolean[]> {
+    await this.current();
     if (digests.some((d) => !this.has(d))) await this.refresh();
     return digests.map((d) => this.has(d));
   }
@@ -193,6 +207,7 @@ export class Store {
    * (callers that hashed already skip a second hash). The store copies what it keeps.
    */
   put(type: BlobType, plain: Uint8Array, digest = sha256hex(plain), opts: { solo?: boolean } = {}): Promise<PutResult> {
+    if (this.ix.fromRemembered) return this.current().then(() => this.packer.put(type, plain, digest, opts));
     return this.packer.put(type, plain, digest, opts);
   }
 
@@ -256,7 +271,8 @@ export class Store {
    * decodes, every blob in it hashes to its digest, and every index entry points at a
    * pack that holds that blob where the index says. Findings are typed (check.ts).
    */
-  verify(onPack?: (done: number, total: number) => void): Promise<VerifyReport> {
+  async verify(onPack?: (done: number, total: number) => void): Promise<VerifyReport> {
+    await this.current();
     return checkStore(this.backend, this.ix.entries, this.pool, onPack);
   }
 
@@ -267,6 +283,7 @@ export class Store {
 
   /** What `prune(live)` would do now (reads the index and the pack listing, changes nothing). */
   async planPrune(live: ReadonlySet<string>): Promise<PrunePlan> {
+    await this.current();
     return planPrune(this.ix.entries, await this.packFiles(), live, this.ix.duplicates);
   }
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { CachedBackend, PREFETCH_AHEAD } from '../../src/store/cache-backend.js';
@@ -111,7 +111,10 @@ test('a store on S3 behind the bounded cache: blobs read back after a fresh open
     assert.ok(cached.misses > 3, 'evicted packs are fetched again');
     assert.ok(cached.misses < blobs.length * 2, 'not one GET per blob');
     await cached.idle(); // reads are answered as their bytes arrive, before the object is written to the cache
-    const onDisk = readdirSync(cacheDir).reduce((n, f) => n + statSync(path.join(cacheDir, f)).size, 0);
+    // (.listing.json is what the cache remembers of the store's index listing, not a cached object)
+    const onDisk = readdirSync(cacheDir)
+      .filter((f) => f !== '.listing.json')
+      .reduce((n, f) => n + statSync(path.join(cacheDir, f)).size, 0);
     assert.ok(onDisk <= bound, `cache holds ${onDisk} bytes, bound ${bound}`);
     assert.equal(onDisk, cached.size);
     const v = await s.verify();
@@ -335,5 +338,141 @@ test('an object too large for the cache: one GET serves the reads waiting for it
     assert.equal(cached.size, 0);
   } finally {
     await cached.close();
+  }
+});
+
+test('a read-only open from the cache remembered listing: no request until a miss; what another server committed or its gc moved reads back exact; a write lists first', async () => {
+  const url = `${svc.s3}/${uniqueName('remembered')}`;
+  const dirA = path.join(tempDir('s3-remembered'), 'cache');
+  const blob = () => randomBytes(200 * 1024);
+  const [x1, y1, x2] = [blob(), blob(), blob()];
+  /** Server B: writes with no cache (its own process in production). */
+  const serverB = async <T>(fn: (s: Store) => Promise<T>): Promise<T> => {
+    const s = await Store.open(await S3Backend.open(url));
+    try {
+      return await fn(s);
+    } finally {
+      await s.close();
+    }
+  };
+  /** Server A: a read-only open (library.ts openBackend) on its cache; the remote is made lazily. */
+  const openA = async () => {
+    const remote = S3Backend.deferred(url);
+    const remembered = CachedBackend.remembered(dirA, remote.name);
+    assert.ok(remembered, 'the cache remembers the listing');
+    const store = await Store.open(new CachedBackend(remote, dirA, undefined, { remembered }));
+    return { remote, store };
+  };
+  const [dx1, dy1] = await serverB(async (s) => {
+    const d = [(await s.put('data', x1)).digest, (await s.put('data', y1)).digest];
+    await s.flush();
+    return d;
+  });
+  {
+    // A reads x1 the usual way (open checks the bucket): its pack and index are cached, the listing remembered
+    const s = await Store.open(new CachedBackend(await S3Backend.open(url), dirA));
+    assert.equal(sha(await s.get(dx1)), sha(x1));
+    await s.close();
+  }
+  {
+    const { remote, store } = await openA();
+    try {
+      assert.equal(store.indexFromRemembered, true);
+      assert.equal(sha(await store.get(dx1)), sha(x1));
+      assert.equal(remote.connected, false, 'a read the cache holds makes no request (the SDK is not even loaded)');
+    } finally {
+      await store.close();
+    }
+  }
+  // server B commits x2 (a new pack and index file A's remembered listing does not name)
+  const dx2 = await serverB(async (s) => {
+    const d = (await s.put('data', x2)).digest;
+    await s.flush();
+    return d;
+  });
+  {
+    const { remote, store } = await openA();
+    try {
+      assert.equal(sha(await store.get(dx2)), sha(x2), 'a blob the remembered index lacks: listed again, read exact');
+      assert.equal(remote.connected, true);
+      assert.equal(store.indexFromRemembered, false);
+      assert.equal(sha(await store.get(dx1)), sha(x1));
+    } finally {
+      await store.close();
+    }
+  }
+  // server B's gc drops y1: x1's pack is rewritten (new pack, new index), the old pack and index files deleted
+  const before = await serverB(async (s) => ({
+    pack: s.entry(dx1)?.pack as string,
+    index: (await s.backend.list('index/')).map((e) => e.key),
+  }));
+  await serverB(async (s) => s.prune(new Set([dx1, dx2])));
+  const cacheFile = (part: string) => readdirSync(dirA).find((f) => f.includes(part));
+  const saved = new Map<string, Buffer>(); // the old index files' cached copies
+  {
+    // the old pack is still in A's cache: the read is answered from it (the same bytes, checked against the digest)
+    assert.ok(cacheFile(before.pack));
+    const { store } = await openA();
+    try {
+      assert.equal(store.entry(dx1)?.pack, before.pack, 'the remembered index names the deleted pack');
+      assert.equal(sha(await store.get(dx1)), sha(x1));
+      assert.equal(sha(await store.get(dx2)), sha(x2));
+    } finally {
+      await store.close();
+    }
+  }
+  {
+    // the old pack evicted from A's cache: its GET finds nothing, the store lists again and reads where gc moved x1
+    rmSync(path.join(dirA, cacheFile(before.pack) as string));
+    const { store } = await openA();
+    try {
+      assert.equal(sha(await store.get(dx1)), sha(x1), 'read from the pack gc wrote');
+      assert.notEqual(store.entry(dx1)?.pack, before.pack);
+    } finally {
+      await store.close();
+    }
+  }
+  {
+    // a remembered index file gone from the remote and from the cache: the open lists for real
+    const r = CachedBackend.remembered(dirA, S3Backend.deferred(url).name);
+    assert.ok(r);
+    writeFileSync(
+      path.join(dirA, '.listing.json'),
+      JSON.stringify({ ...r, index: before.index.map((key) => ({ key, size: 1, mtimeMs: 0 })) }),
+    );
+    for (const k of before.index) {
+      const f = cacheFile(k.slice('index/'.length));
+      assert.ok(f, `${k} is in A's cache`);
+      saved.set(f, readFileSync(path.join(dirA, f)));
+      rmSync(path.join(dirA, f));
+    }
+    const { store } = await openA();
+    try {
+      assert.equal(store.indexFromRemembered, false);
+      assert.equal(sha(await store.get(dx1)), sha(x1));
+      assert.equal(store.entry(dy1), undefined, 'gc dropped y1');
+    } finally {
+      await store.close();
+    }
+  }
+  {
+    // a write after a read-only open lists first: y1 (gone since gc, still in the stale index) is stored again
+    const r = CachedBackend.remembered(dirA, S3Backend.deferred(url).name);
+    assert.ok(r);
+    writeFileSync(
+      path.join(dirA, '.listing.json'),
+      JSON.stringify({ ...r, index: before.index.map((key) => ({ key, size: 1, mtimeMs: 0 })) }),
+    );
+    for (const [f, bytes] of saved) writeFileSync(path.join(dirA, f), bytes);
+    const { store } = await openA();
+    try {
+      assert.equal(store.indexFromRemembered, true);
+      assert.equal(store.has(dy1), true, 'the stale index still names y1 (in the deleted pack)');
+      await store.put('data', y1);
+      await store.flush();
+    } finally {
+      await store.close();
+    }
+    await serverB(async (s) => assert.equal(sha(await s.get(dy1)), sha(y1), 'y1 readable again after the write'));
   }
 });

@@ -42,9 +42,14 @@ async function useLibraryOr<T>(o: Record<string, unknown>, fn: (lib: Library | u
  * Open the library for a verb; only `init` and `checkin` create it, and a check-in that
  * fails removes a library it created (nothing is left behind by a mistyped path).
  */
-async function useLibrary<T>(o: Record<string, unknown>, fn: (lib: Library) => Promise<T>, create = false): Promise<T> {
+async function useLibrary<T>(
+  o: Record<string, unknown>,
+  fn: (lib: Library) => Promise<T>,
+  create = false,
+  readOnly = false,
+): Promise<T> {
   const { Library } = await import('../../library/index.js');
-  const lib = await Library.open(o.library as string | undefined, { create, ...placesFrom(o) });
+  const lib = await Library.open(o.library as string | undefined, { create, readOnly, ...placesFrom(o) });
   try {
     const r = await fn(lib);
     // a library published over HTTP keeps its static index (strata-index.json) in step
@@ -240,22 +245,27 @@ function registerLibraryVerbs(program: Command): void {
       return;
     }
     const { checkout } = await import('../../library/index.js');
-    await useLibrary(o, async (lib) => {
-      const bar = await progressBar('checking out');
-      try {
-        const r = await checkout(lib, ref, out, {
-          format: String(o.outputFormat) as 'raw' | 'qcow2',
-          sync: Boolean(o.sync),
-          overwrite: Boolean(o.force),
-          onProgress: bar ? (d, t) => bar.update(d, t) : undefined,
-        });
-        bar?.stop();
-        if (o.json) printJson(r);
-        else process.stdout.write(`${r.ref} -> ${r.output} (${r.format}, ${humanSize(r.virtualSize)})\n`);
-      } finally {
-        bar?.stop();
-      }
-    });
+    await useLibrary(
+      o,
+      async (lib) => {
+        const bar = await progressBar('checking out');
+        try {
+          const r = await checkout(lib, ref, out, {
+            format: String(o.outputFormat) as 'raw' | 'qcow2',
+            sync: Boolean(o.sync),
+            overwrite: Boolean(o.force),
+            onProgress: bar ? (d, t) => bar.update(d, t) : undefined,
+          });
+          bar?.stop();
+          if (o.json) printJson(r);
+          else process.stdout.write(`${r.ref} -> ${r.output} (${r.format}, ${humanSize(r.virtualSize)})\n`);
+        } finally {
+          bar?.stop();
+        }
+      },
+      false,
+      true,
+    );
   });
 
   withLib(
