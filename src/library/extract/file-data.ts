@@ -18,17 +18,24 @@ import { memoryShare } from '../../util/memory.js';
  * through read()).
  */
 export async function extentsToCopy(fs: FileSystem, ino: Inode): Promise<FileExtent[] | undefined> {
+  const now = fs.extentsNow?.(ino);
+  if (now) return toCopy(now, ino.size);
   const extents: FileExtent[] = [];
   try {
-    for await (const e of fs.extents(ino, { shared: false })) {
-      if (e.unwritten || e.length <= 0 || e.fileOffset >= ino.size) continue;
-      extents.push(e);
-    }
+    for await (const e of fs.extents(ino, { shared: false })) extents.push(e);
   } catch (e) {
     if (!(e instanceof StrataError) || e.code !== 'UNSUPPORTED') throw e;
     return undefined;
   }
-  return extents.sort((a, b) => a.fileOffset - b.fileOffset);
+  return toCopy(extents, ino.size);
+}
+
+/** extentsToCopy's filter and order on an array (in place). */
+function toCopy(extents: FileExtent[], size: number): FileExtent[] {
+  let k = 0;
+  for (const e of extents) if (!(e.unwritten || e.length <= 0 || e.fileOffset >= size)) extents[k++] = e;
+  extents.length = k;
+  return k > 1 ? extents.sort((a, b) => a.fileOffset - b.fileOffset) : extents;
 }
 
 /** An extent whose bytes lie as they are on the volume (not compressed, inline or on another device). */
