@@ -12,7 +12,8 @@
 #include <node_api.h>
 #include <unistd.h>
 
-void strata_register_copy(napi_env env, napi_value exports); /* copy.c */
+void strata_register_copy(napi_env env, napi_value exports);    /* copy.c */
+void strata_register_extract(napi_env env, napi_value exports); /* extract.c */
 
 static napi_value Seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -47,5 +48,6 @@ NAPI_MODULE_INIT() {
 #endif
   napi_set_named_property(env, exports, "ENXIO", Constant(env, ENXIO));
   strata_register_copy(env, exports);
+  strata_register_extract(env, exports);
   return exports;
 }

@@ -149,6 +149,12 @@ export interface FileSystem {
    * leaves `shared` unset. Extract and check-in pass it; stat and the block map do not.
    */
   extents(file: Inode, opts?: ExtentOptions): AsyncIterable<FileExtent>;
+  /**
+   * Optional: what `extents` yields, as an array, when the reader has it at hand without I/O
+   * (no awaits: a walk over many small files spends less on promises); undefined otherwise,
+   * and then the caller uses `extents`. Throws what `extents` would for a bad map.
+   */
+  extentsNow?(file: Inode): FileExtent[] | undefined;
   /** The volume's in-use byte ranges (metadata + file data), merged, ascending. */
   allocation(): Promise<ByteRange[]>;
   /** Metadata structures and the bytes they own. */

@@ -14,7 +14,57 @@ interface Native {
   copyRange?: NativeCopyRange;
   /** native/copy.c: see NativeScanClusters. */
   scanClusters?: NativeScanClusters;
+  /** native/extract.c: see NativeWriteFiles. */
+  writeFiles?: NativeWriteFiles;
 }
+
+/**
+ * Create, fill and finish a batch of new regular files on a thread of libuv's pool
+ * (native/extract.c). `meta` holds WRITE_FIELDS numbers per file (the WF_* indexes),
+ * `extents` 3 per extent (offset in `imgFd`, length, offset in the file), `paths` the
+ * NUL-terminated paths. Resolves with 2 int32 per file: errno (0: written) and the WS_* step
+ * that failed.
+ */
+export type NativeWriteFiles = (
+  imgFd: number,
+  meta: Float64Array,
+  extents: Float64Array,
+  paths: Uint8Array,
+) => Promise<Int32Array>;
+/** The fields of one file in writeFiles's `meta` (the enum of native/extract.c). */
+export enum WF {
+  path = 0,
+  extStart = 1,
+  extCount = 2,
+  size = 3,
+  openMode = 4,
+  flags = 5,
+  mode = 6,
+  uid = 7,
+  gid = 8,
+  atimeSec = 9,
+  atimeNsec = 10,
+  mtimeSec = 11,
+  mtimeNsec = 12,
+}
+export const WRITE_FIELDS = 13;
+/** writeFiles flags: fchmod after the data (the mode was not given to open), fchown, futimens. */
+export const WF_CHMOD = 1;
+export const WF_CHOWN = 2;
+export const WF_TIMES = 4;
+/** The step of a file that failed (writeFiles's second number). */
+export const WRITE_STEPS = [
+  '',
+  'open',
+  'read',
+  'write',
+  'ftruncate',
+  'fchown',
+  'fchmod',
+  'futimens',
+  'close',
+  'short read',
+];
 
 /**
  * Copy [inOff, inOff+len) of file `inFd` to `outFd` at `outOff` on a thread of libuv's
@@ -93,6 +143,12 @@ export function nativeCopyRange(): NativeCopyRange | undefined {
 export function nativeScanClusters(): NativeScanClusters | undefined {
   if (process.env.STRATA_NO_NATIVE_COPY === '1') return undefined;
   return native()?.scanClusters;
+}
+
+/** The native batch file writer of `extract`, or undefined when the addon is not built (or STRATA_NO_NATIVE_EXTRACT=1). */
+export function nativeWriteFiles(): NativeWriteFiles | undefined {
+  if (process.env.STRATA_NO_NATIVE_EXTRACT === '1') return undefined;
+  return native()?.writeFiles;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */

@@ -29,6 +29,10 @@ export class RawImage implements DiskImage {
     if (this.src.status) return this.src.status(offset, n);
     return n > 0 ? [{ offset, length: n, kind: 'data' }] : [];
   }
+  /** The file itself, byte for byte: fileView and offsetIn see through to it (extract's native writer reads its descriptor). */
+  unwrap(): { source: ByteSource; offset: number } {
+    return { source: this.src, offset: 0 };
+  }
   async direct(offset: number, length: number): Promise<DirectPiece[]> {
     const n = clampRead(this, offset, length);
     if (n === 0) return [];

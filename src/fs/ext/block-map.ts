@@ -48,6 +48,93 @@ export interface Run {
 const MAX_RUNS = 1 << 22;
 const MAP_CACHE = 512;
 
+/** Check an extent node's header (magic, counts, depth `want` unless -1): its entries and depth. */
+function extentHeader(
+  ctx: ExtContext,
+  structure: string,
+  v: DataView,
+  length: number,
+  at: number,
+  want: number,
+): { entries: number; depth: number } {
+  const magic = v.getUint16(EH.magic, true);
+  const entries = v.getUint16(EH.entries, true);
+  const max = v.getUint16(EH.max, true);
+  const depth = v.getUint16(EH.depth, true);
+  if (magic !== EXTENT_MAGIC) {
+    throw new StrataError('CORRUPT', `bad extent header magic 0x${magic.toString(16)}`, ctx.where(structure, at));
+  }
+  if (entries > max || EH.size + max * EE.size > length) {
+    throw new StrataError('CORRUPT', `extent header says ${entries}/${max} entries`, ctx.where(structure, at));
+  }
+  if ((want >= 0 && depth !== want) || depth > EXTENT_MAX_DEPTH) {
+    throw new StrataError('CORRUPT', `extent node depth ${depth}, expected ${want}`, ctx.where(structure, at));
+  }
+  return { entries, depth };
+}
+
+/** The leaves of a depth-0 extent node into `runs` (checked for order and bounds, merged where contiguous). */
+function leafRuns(
+  ctx: ExtContext,
+  structure: string,
+  v: DataView,
+  at: number,
+  entries: number,
+  lo: number,
+  hi: number,
+  runs: Run[],
+): void {
+  const sb = ctx.sb;
+  for (let i = 0; i < entries; i++) {
+    const o = EH.size + i * EE.size;
+    const lblk = v.getUint32(o + EE.block, true);
+    let len = v.getUint16(o + EE.len, true);
+    const unwritten = len > EXT_INIT_MAX_LEN;
+    if (unwritten) len -= EXT_INIT_MAX_LEN;
+    const pblk = v.getUint16(o + EE.startHi, true) * 2 ** 32 + v.getUint32(o + EE.startLo, true);
+    if (len === 0) continue;
+    const prev = runs[runs.length - 1];
+    if (lblk < lo || lblk + len > hi || (prev && lblk < prev.lblk + prev.len)) {
+      throw new StrataError(
+        'CORRUPT',
+        `extent at logical block ${lblk} (+${len}) overlaps or is out of order`,
+        ctx.where(structure, at + o),
+      );
+    }
+    if (pblk + len > sb.blocksCount || pblk < sb.firstDataBlock) {
+      throw new StrataError(
+        'CORRUPT',
+        `extent points at blocks ${pblk}+${len}, outside the file system`,
+        ctx.where(structure, at + o),
+      );
+    }
+    if (prev && prev.unwritten === unwritten && prev.lblk + prev.len === lblk && prev.pblk + prev.len === pblk) {
+      prev.len += len;
+    } else {
+      if (runs.length >= MAX_RUNS) {
+        throw new StrataError('LIMIT', `more than ${MAX_RUNS} extents`, ctx.where(structure, at));
+      }
+      runs.push({ lblk, pblk, len, unwritten });
+    }
+  }
+}
+
+/**
+ * extentRuns without I/O: the runs when the whole tree sits in i_block (depth 0, what most
+ * files have), else undefined. Throws what extentRuns throws for the same root.
+ */
+export function extentRunsNow(ctx: ExtContext, n: ExtNode): Run[] | undefined {
+  const buf = n.raw.subarray(INODE.block, INODE.block + I_BLOCK_SIZE);
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (v.getUint16(EH.depth, true) !== 0) return undefined;
+  const structure = `ext inode ${n.ino} extent tree`;
+  const at = n.at + INODE.block;
+  const { entries } = extentHeader(ctx, structure, v, buf.length, at, -1);
+  const runs: Run[] = [];
+  leafRuns(ctx, structure, v, at, entries, 0, 2 ** 32, runs);
+  return runs;
+}
+
 /**
  * The runs of an extent-mapped inode, sorted by logical block and merged where contiguous.
  * Checks magic, counts, depth, order and bounds of every node, refuses loops, and verifies
@@ -63,52 +150,9 @@ export async function extentRuns(ctx: ExtContext, n: ExtNode, meta?: number[]): 
   const seed = ctx.metadataCsum ? inodeSeed(ctx, n) : 0;
   const visit = async (buf: Uint8Array, at: number, want: number, lo: number, hi: number): Promise<void> => {
     const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    const magic = v.getUint16(EH.magic, true);
-    const entries = v.getUint16(EH.entries, true);
-    const max = v.getUint16(EH.max, true);
-    const depth = v.getUint16(EH.depth, true);
-    if (magic !== EXTENT_MAGIC) {
-      throw new StrataError('CORRUPT', `bad extent header magic 0x${magic.toString(16)}`, ctx.where(structure, at));
-    }
-    if (entries > max || EH.size + max * EE.size > buf.length) {
-      throw new StrataError('CORRUPT', `extent header says ${entries}/${max} entries`, ctx.where(structure, at));
-    }
-    if ((want >= 0 && depth !== want) || depth > EXTENT_MAX_DEPTH) {
-      throw new StrataError('CORRUPT', `extent node depth ${depth}, expected ${want}`, ctx.where(structure, at));
-    }
+    const { entries, depth } = extentHeader(ctx, structure, v, buf.length, at, want);
     if (depth === 0) {
-      for (let i = 0; i < entries; i++) {
-        const o = EH.size + i * EE.size;
-        const lblk = v.getUint32(o + EE.block, true);
-        let len = v.getUint16(o + EE.len, true);
-        const unwritten = len > EXT_INIT_MAX_LEN;
-        if (unwritten) len -= EXT_INIT_MAX_LEN;
-        const pblk = v.getUint16(o + EE.startHi, true) * 2 ** 32 + v.getUint32(o + EE.startLo, true);
-        if (len === 0) continue;
-        const prev = runs[runs.length - 1];
-        if (lblk < lo || lblk + len > hi || (prev && lblk < prev.lblk + prev.len)) {
-          throw new StrataError(
-            'CORRUPT',
-            `extent at logical block ${lblk} (+${len}) overlaps or is out of order`,
-            ctx.where(structure, at + o),
-          );
-        }
-        if (pblk + len > sb.blocksCount || pblk < sb.firstDataBlock) {
-          throw new StrataError(
-            'CORRUPT',
-            `extent points at blocks ${pblk}+${len}, outside the file system`,
-            ctx.where(structure, at + o),
-          );
-        }
-        if (prev && prev.unwritten === unwritten && prev.lblk + prev.len === lblk && prev.pblk + prev.len === pblk) {
-          prev.len += len;
-        } else {
-          if (runs.length >= MAX_RUNS) {
-            throw new StrataError('LIMIT', `more than ${MAX_RUNS} extents`, ctx.where(structure, at));
-          }
-          runs.push({ lblk, pblk, len, unwritten });
-        }
-      }
+      leafRuns(ctx, structure, v, at, entries, lo, hi, runs);
       return;
     }
     for (let i = 0; i < entries; i++) {
@@ -233,6 +277,15 @@ export class BlockMap {
     else runs = await indirectRuns(this.ctx, n, meta);
     if (!meta) this.cache.set(n.ino, runs);
     return runs;
+  }
+
+  /** The runs without I/O (cached ones, an inode without a map, a depth-0 extent tree), else undefined. */
+  runsNow(n: ExtNode): Run[] | undefined {
+    const hit = this.cache.get(n.ino);
+    if (hit) return hit;
+    if (hasNoBlockMap(this.ctx, n)) return [];
+    if (n.flags & FL.EXTENTS) return extentRunsNow(this.ctx, n);
+    return undefined;
   }
 
   clear(): void {

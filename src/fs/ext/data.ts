@@ -1,6 +1,6 @@
 import { readExact } from '../../io/byte-source.js';
 import type { FileExtent } from '../types.js';
-import type { BlockMap } from './block-map.js';
+import type { BlockMap, Run } from './block-map.js';
 import type { ExtContext } from './context.js';
 import { type ExtNode, FL, I_BLOCK_SIZE, INODE, type InodeTable, isFastSymlink } from './inode.js';
 import { inlineData, systemDataLocation } from './xattr.js';
@@ -83,19 +83,46 @@ export async function* fileExtents(
   ino: number,
 ): AsyncGenerator<FileExtent> {
   const n = await table.node(ino);
-  if (n.size === 0) return;
+  yield* extentsOf(ctx, n, needsRuns(ctx, n) ? await map.runs(n) : []);
+}
+
+/**
+ * fileExtents without I/O or awaits, when the inode and its runs are at hand (a cached
+ * inode-table piece, a depth-0 extent tree: nearly every file of a walk); else undefined.
+ */
+export function fileExtentsNow(
+  ctx: ExtContext,
+  map: BlockMap,
+  table: InodeTable,
+  ino: number,
+): FileExtent[] | undefined {
+  const n = table.nodeNow(ino);
+  if (!n) return undefined;
+  if (!needsRuns(ctx, n)) return extentsOf(ctx, n, []);
+  const runs = map.runsNow(n);
+  return runs && extentsOf(ctx, n, runs);
+}
+
+/** Whether a file's extents come from its runs (not inline data, a fast symlink or a device). */
+function needsRuns(ctx: ExtContext, n: ExtNode): boolean {
+  if (n.size === 0 || n.flags & FL.INLINE_DATA || isFastSymlink(ctx, n)) return false;
+  return n.pub.type !== 'char' && n.pub.type !== 'block';
+}
+
+function extentsOf(ctx: ExtContext, n: ExtNode, runs: readonly Run[]): FileExtent[] {
+  const out: FileExtent[] = [];
+  if (n.size === 0) return out;
   if (n.flags & FL.INLINE_DATA || isFastSymlink(ctx, n)) {
     const inBody = Math.min(n.size, I_BLOCK_SIZE);
-    yield { fileOffset: 0, length: inBody, volumeOffset: n.at + INODE.block, inline: true };
+    out.push({ fileOffset: 0, length: inBody, volumeOffset: n.at + INODE.block, inline: true });
     if (n.size > I_BLOCK_SIZE) {
       // the rest lives in the system.data xattr of the inode body
       const loc = systemDataLocation(n);
-      yield { fileOffset: I_BLOCK_SIZE, length: n.size - I_BLOCK_SIZE, volumeOffset: loc ?? n.at, inline: true };
+      out.push({ fileOffset: I_BLOCK_SIZE, length: n.size - I_BLOCK_SIZE, volumeOffset: loc ?? n.at, inline: true });
     }
-    return;
+    return out;
   }
-  if (n.pub.type === 'char' || n.pub.type === 'block') return;
-  const runs = await map.runs(n);
+  if (n.pub.type === 'char' || n.pub.type === 'block') return out;
   const bs = ctx.blockSize;
   let cur: FileExtent | undefined;
   for (const r of runs) {
@@ -112,9 +139,10 @@ export async function* fileExtents(
       cur.length += len;
       continue;
     }
-    if (cur) yield cur;
+    if (cur) out.push(cur);
     cur = { fileOffset: fo, length: len, volumeOffset: vo };
     if (r.unwritten) cur.unwritten = true;
   }
-  if (cur) yield cur;
+  if (cur) out.push(cur);
+  return out;
 }

@@ -34,7 +34,7 @@ import type {
 import { resolvePath } from '../walk.js';
 import { BlockMap } from './block-map.js';
 import { ExtContext, td } from './context.js';
-import { fileExtents, readData } from './data.js';
+import { fileExtents, fileExtentsNow, readData } from './data.js';
 import { Directories } from './directory.js';
 import { readGroupDescriptors } from './group-desc.js';
 import { type ExtNode, FL, InodeTable } from './inode.js';
@@ -202,6 +202,10 @@ export class ExtFileSystem implements FileSystem {
 
   extents(file: Inode): AsyncIterable<FileExtent> {
     return fileExtents(this.ctx, this.map, this.table, file.ino);
+  }
+
+  extentsNow(file: Inode): FileExtent[] | undefined {
+    return fileExtentsNow(this.ctx, this.map, this.table, file.ino);
   }
 
   async xattrs(file: Inode): Promise<Map<string, Uint8Array>> {

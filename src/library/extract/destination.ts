@@ -72,6 +72,10 @@ const toSeconds = (t: Timestamp | undefined): number | Date | undefined =>
       : t.sec + (Math.floor(t.nsec / 1000) * 1000 + 500) / 1e9
     : undefined;
 
+/** A time toSeconds turns into a number whose microsecond libuv keeps exactly. */
+const plainTime = (t: Timestamp): boolean =>
+  Number.isInteger(t.sec) && t.sec >= 0 && Number.isInteger(t.nsec) && t.nsec >= 0 && t.nsec < 1e9;
+
 /** What `mkdir` did. */
 export type MkdirOutcome =
   | { kind: 'created' }
@@ -173,6 +177,29 @@ export class Destination {
     const perm = this.modeAtOpen(ino.mode & 0o7777);
     const fd = openSync(target, O_CREATE_NEW, perm ?? 0o600);
     return { fd, modeSet: perm !== undefined };
+  }
+
+  /**
+   * What `createFile` and `finishFile` would give a new file of `ino`, for a writer that
+   * creates it elsewhere (extract/native-writer.ts): the mode open() gets, whether fchmod and
+   * fchown follow, and the access and modification times as seconds and nanoseconds cut to
+   * the microsecond (what futimes keeps; none when the inode has no mtime). Undefined for a
+   * time setMeta passes as a Date (before 1970) or a nanosecond field out of range: those
+   * files stay on createFile's path.
+   */
+  newFileAttrs(
+    ino: Inode,
+  ): { openMode: number; chmod: boolean; chown: boolean; times?: [number, number, number, number] } | undefined {
+    const perm = ino.mode & 0o7777;
+    const atOpen = this.modeAtOpen(perm);
+    let times: [number, number, number, number] | undefined;
+    const m = ino.mtime;
+    if (m) {
+      const a = ino.atime ?? m;
+      if (!plainTime(m) || !plainTime(a)) return undefined;
+      times = [a.sec, a.nsec - (a.nsec % 1000), m.sec, m.nsec - (m.nsec % 1000)];
+    }
+    return { openMode: atOpen ?? 0o600, chmod: atOpen === undefined, chown: this.needsChown(ino), times };
   }
 
   /** After a file's data: its size (a trailing hole) when the data ended short of it, then owner, mode, times. */

@@ -13,9 +13,60 @@ import { memoryShare } from '../../util/memory.js';
  */
 
 /**
- * Write a file's bytes at their offsets, leaving holes unwritten. Plain extents are read
- * straight from the volume in large chunks (adjacent extents merged); encoded or inline ones
- * through the file system.
+ * The extents of a file to copy: in file order, unwritten and empty ones and those past its
+ * size dropped. Undefined when the file system has no extent map (then everything is copied
+ * through read()).
+ */
+export async function extentsToCopy(fs: FileSystem, ino: Inode): Promise<FileExtent[] | undefined> {
+  const now = fs.extentsNow?.(ino);
+  if (now) return toCopy(now, ino.size);
+  const extents: FileExtent[] = [];
+  try {
+    for await (const e of fs.extents(ino, { shared: false })) extents.push(e);
+  } catch (e) {
+    if (!(e instanceof StrataError) || e.code !== 'UNSUPPORTED') throw e;
+    return undefined;
+  }
+  return toCopy(extents, ino.size);
+}
+
+/** extentsToCopy's filter and order on an array (in place). */
+function toCopy(extents: FileExtent[], size: number): FileExtent[] {
+  let k = 0;
+  for (const e of extents) if (!(e.unwritten || e.length <= 0 || e.fileOffset >= size)) extents[k++] = e;
+  extents.length = k;
+  return k > 1 ? extents.sort((a, b) => a.fileOffset - b.fileOffset) : extents;
+}
+
+/** An extent whose bytes lie as they are on the volume (not compressed, inline or on another device). */
+export function isPlain(e: FileExtent): boolean {
+  return !(e.encoded || e.inline || e.diskLength !== undefined || e.device !== undefined);
+}
+
+/** CORRUPT when a plain run of `length` bytes at `volStart` does not lie inside the volume. */
+export function checkOnVolume(
+  fs: FileSystem,
+  volume: ByteSource,
+  ino: Inode,
+  path: string,
+  fileOffset: number,
+  volStart: number,
+  length: number,
+): void {
+  if (volStart < 0 || volStart + length > volume.size) {
+    throw new StrataError('CORRUPT', `extent at file offset ${fileOffset} lies past the end of the volume`, {
+      file: volume.name,
+      structure: `${fs.kind} inode ${ino.ino} (${path}) extent`,
+      offset: volStart,
+    });
+  }
+}
+
+/**
+ * Write a file's bytes at their offsets, leaving holes unwritten. `extents` are
+ * extentsToCopy's: plain ones are read straight from the volume in large chunks (adjacent
+ * extents merged), encoded or inline ones through the file system; without them
+ * (undefined) everything goes through read().
  */
 export async function copyData(
   fs: FileSystem,
@@ -26,19 +77,9 @@ export async function copyData(
   path: string,
   fd: number,
   chunk: number,
+  extents: FileExtent[] | undefined,
 ): Promise<{ bytes: number; end: number }> {
   const size = ino.size;
-  let extents: FileExtent[] | undefined;
-  try {
-    extents = [];
-    for await (const e of fs.extents(ino, { shared: false })) {
-      if (e.unwritten || e.length <= 0 || e.fileOffset >= size) continue;
-      extents.push(e);
-    }
-  } catch (e) {
-    if (!(e instanceof StrataError) || e.code !== 'UNSUPPORTED') throw e;
-    extents = undefined;
-  }
   if (!extents) {
     // No extent map from this file system: copy everything through read().
     let written = 0;
@@ -49,14 +90,13 @@ export async function copyData(
     }
     return { bytes: written, end: written };
   }
-  extents.sort((a, b) => a.fileOffset - b.fileOffset);
   let written = 0;
   let last = 0;
   let i = 0;
   while (i < extents.length) {
     const e = extents[i];
     const end = Math.min(size, e.fileOffset + e.length);
-    if (e.encoded || e.inline || e.diskLength !== undefined || e.device !== undefined) {
+    if (!isPlain(e)) {
       for (let off = e.fileOffset; off < end; off += chunk) {
         const b = await fs.read(ino, off, Math.min(chunk, end - off));
         writeAll(fd, b, off);
@@ -71,19 +111,13 @@ export async function copyData(
     let j = i + 1;
     while (j < extents.length) {
       const n = extents[j];
-      if (n.encoded || n.inline || n.diskLength !== undefined || n.device !== undefined) break;
+      if (!isPlain(n)) break;
       if (n.fileOffset !== runEnd || n.volumeOffset !== e.volumeOffset + (runEnd - e.fileOffset)) break;
       runEnd = Math.min(size, n.fileOffset + n.length);
       j++;
     }
     const volStart = e.volumeOffset;
-    if (volStart < 0 || volStart + (runEnd - e.fileOffset) > volume.size) {
-      throw new StrataError('CORRUPT', `extent at file offset ${e.fileOffset} lies past the end of the volume`, {
-        file: volume.name,
-        structure: `${fs.kind} inode ${ino.ino} (${path}) extent`,
-        offset: volStart,
-      });
-    }
+    checkOnVolume(fs, volume, ino, path, e.fileOffset, volStart, runEnd - e.fileOffset);
     if (runEnd - e.fileOffset >= BIG_READ && bulk) {
       // Large runs: reuse one pooled buffer instead of faulting in fresh memory per chunk.
       const buf = takeBuffer(chunk);

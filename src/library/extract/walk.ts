@@ -5,7 +5,8 @@ import { StrataError } from '../../util/errors.js';
 import { checkMemory } from '../../util/memory.js';
 import { imagePath, lookupPath, safeName, type WalkItem, walkBatches } from '../listing.js';
 import { Destination, destError, ENTRY_ERRORS, type SpecialNode } from './destination.js';
-import { BlockSlots, bulkReader, copyData, smallReadCache } from './file-data.js';
+import { BlockSlots, bulkReader, copyData, extentsToCopy, smallReadCache } from './file-data.js';
+import { NativeWriter, type QueuedFile, type WriteOutcome } from './native-writer.js';
 
 export interface ExtractOptions {
   /** Files written at the same time (default 8). */
@@ -123,9 +124,12 @@ export async function extractTree(
   const adoptFsWarnings = () => {
     for (const w of fs.warnings.slice(fsWarningsBefore)) warn(w);
   };
+  // Files written on the thread pool (native-writer.ts), when it can.
+  let writer: NativeWriter | undefined;
   try {
     return await run();
   } finally {
+    await writer?.settle(); // on a failure too: nothing may still read the image or write into DEST
     adoptFsWarnings();
   }
 
@@ -148,13 +152,29 @@ export async function extractTree(
     // --- one entry -----------------------------------------------------------------------
     const firstLink = new Map<number, Promise<string | undefined>>();
 
+    // Files written by native/extract.c on the thread pool when it can (see native-writer.ts);
+    // each is counted, or its failure reported, when its batch is done.
+    const written = (f: QueuedFile, o: WriteOutcome) => {
+      if (o.ok) {
+        result.files++;
+        result.bytes += o.bytes;
+      } else entryFailure(o.error, f.path, f.target);
+    };
+    writer = NativeWriter.for(fs.volume, out, written);
+
     const writeFile = async (item: WalkItem, target: string) => {
       const ino = item.inode;
+      // A hard-linked file is written here: its other names link to it as soon as it exists.
+      if (writer && ino.nlink <= 1) {
+        const extents = ino.size > 0 ? await extentsToCopy(fs, ino).catch(() => null) : [];
+        if (extents !== null && (await writer.add({ path: item.path, target, inode: ino }, extents))) return;
+      }
       const { fd, modeSet } = out.createFile(target, ino);
       try {
         let end = 0;
         if (ino.size > 0) {
-          const c = await copyData(fs, data, bulk, slots, ino, item.path, fd, chunk);
+          const extents = await extentsToCopy(fs, ino);
+          const c = await copyData(fs, data, bulk, slots, ino, item.path, fd, chunk, extents);
           result.bytes += c.bytes;
           end = c.end;
         }
@@ -287,6 +307,7 @@ export async function extractTree(
     };
     const drain = async () => {
       while (inflight.size > 0) await Promise.race(inflight);
+      if (!failure) await writer?.finish();
       if (failure) throw failure;
     };
 
@@ -295,6 +316,7 @@ export async function extractTree(
       const name = nodePath.posix.basename(src);
       if (!safeName(name)) throw new StrataError('USAGE', `cannot extract ${JSON.stringify(src)} under that name`);
       await extractOne({ path: src, name, inode: top, depth: 0 }, out.pathOf(`/${name}`));
+      await drain();
       await makeSpecials();
       return result;
     }
