@@ -1,13 +1,14 @@
-import type { OpenOptions } from '../../formats/types.js';
-import { type Address, openAddress } from '../../library/address.js';
+import { openAddress } from '../../library/address.js';
 import { layoutFiles } from '../../library/library-verbs.js';
-import { classifyTarget, openTargetLibrary, resolveTargetVersion, type TargetOptions } from '../../library/target.js';
+import { classifyTarget, openTargetLibrary, resolveTargetVersion } from '../../library/target.js';
 import { FsTree } from './fs-tree.js';
 import { ManifestTree } from './manifest-tree.js';
+import type { OpenMountOptions } from './mount-options.js';
 import type { MountTree } from './tree.js';
 
 export { FsTree } from './fs-tree.js';
 export { type BlobGetter, ManifestTree } from './manifest-tree.js';
+export type { OpenMountOptions } from './mount-options.js';
 export { isWritable, OverlayTree, type WritableTree } from './overlay.js';
 export {
   filesFromBlobs,
@@ -19,12 +20,6 @@ export {
 export { type FuseMountOptions, FuseSession, type ReaderTree } from './session.js';
 export type { MountChild, MountNode, MountTree } from './tree.js';
 export { changeSetDigest, checkUpperState, type UpperState, upperToChangeSet } from './upper.js';
-
-export interface OpenMountOptions {
-  address?: Address;
-  open?: OpenOptions;
-  target?: TargetOptions;
-}
 
 /**
  * The tree a mount serves for TARGET: a library version straight from its file manifest

@@ -6,8 +6,8 @@ import { Worker } from 'node:worker_threads';
 import { type ErrorCode, isStrataError, StrataError } from '../../util/errors.js';
 import { memoryBudget } from '../../util/memory.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
-import type { OpenMountOptions } from './index.js';
 import { answerListingEnd, ListingEndsView } from './listing-ends.js';
+import type { OpenMountOptions } from './mount-options.js';
 import { isWritable, type SetAttrs, type WritableTree } from './overlay.js';
 import {
   attrOut,
