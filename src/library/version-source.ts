@@ -9,11 +9,80 @@ const READS_IN_FLIGHT = 8;
 export type BlobReader = Pick<Store, 'withBlob'>;
 
 /**
+ * What both version sources share: reads and status over the version's ranges, which a
+ * subclass lists in disk order (`ranges`) with the digest of each chunk (`chunkDigest`).
+ */
+abstract class RangedSource implements ByteSource {
+  abstract readonly size: number;
+  abstract readonly name: string;
+
+  /** Every range overlapping [offset, end), in disk order: (disk, length, chunk number, offset in chunk). */
+  protected abstract ranges(
+    offset: number,
+    end: number,
+    visit: (d: number, n: number, c: number, a: number) => void,
+  ): void | Promise<void>;
+  protected abstract chunkDigest(c: number): string | Promise<string>;
+
+  constructor(protected readonly store: BlobReader) {}
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = Buffer.allocUnsafe(clampRead(this, offset, length));
+    await this.fill(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array): Promise<number> {
+    const n = clampRead(this, offset, out.length);
+    await this.fill(offset, out.subarray(0, n));
+    return n;
+  }
+
+  /** Copy every range overlapping [offset, offset+out.length) into `out`, zeros in the gaps. */
+  private async fill(offset: number, out: Uint8Array): Promise<void> {
+    const end = offset + out.length;
+    // ranges of one chunk are served by one decode: chunk -> [offset in chunk, length, offset in out]
+    const byChunk = new Map<number, number[]>();
+    let pos = offset;
+    await this.ranges(offset, end, (d, n, c, a) => {
+      const s = Math.max(offset, d);
+      const t = Math.min(end, d + n);
+      if (s > pos) out.fill(0, pos - offset, s - offset);
+      pos = t;
+      let l = byChunk.get(c);
+      if (!l) byChunk.set(c, (l = []));
+      l.push(a + (s - d), t - s, s - offset);
+    });
+    if (pos < end) out.fill(0, pos - offset);
+    const todo: Array<[string, number[]]> = [];
+    for (const [c, l] of byChunk) todo.push([await this.chunkDigest(c), l]);
+    await copyChunks(this.store, todo, out);
+  }
+
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const end = offset + clampStatus(this, offset, length);
+    const out: Extent[] = [];
+    let pos = offset;
+    await this.ranges(offset, end, (d, n) => {
+      const s = Math.max(pos, d);
+      const t = Math.min(end, d + n);
+      pushExtent(out, pos, s - pos, 'zero');
+      pushExtent(out, s, t - s, 'data');
+      pos = t;
+    });
+    pushExtent(out, pos, end - pos, 'zero');
+    return out;
+  }
+
+  abstract close(): Promise<void>;
+}
+
+/**
  * A stored version as a ByteSource of its virtual disk: reads fetch the chunks they need
  * from the store on demand (each checked against its digest), status() says which ranges
  * hold data. Checkout, and later the NBD server and FUSE mounts, read through this.
  */
-export class VersionSource implements ByteSource {
+export class VersionSource extends RangedSource {
   readonly size: number;
   private readonly disk: Float64Array;
   private readonly len: Float64Array;
@@ -21,10 +90,11 @@ export class VersionSource implements ByteSource {
   private readonly at: Float64Array;
 
   constructor(
-    private readonly store: BlobReader,
+    store: BlobReader,
     readonly manifest: LayoutManifest,
     readonly name: string,
   ) {
+    super(store);
     this.size = manifest.virtualSize;
     const r = manifest.ranges;
     this.disk = Float64Array.from(r.disk);
@@ -49,57 +119,14 @@ export class VersionSource implements ByteSource {
     return lo;
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const n = clampRead(this, offset, length);
-    const out = Buffer.allocUnsafe(n);
-    await this.fill(offset, out);
-    return out;
-  }
-
-  async readInto(offset: number, out: Uint8Array): Promise<number> {
-    const n = clampRead(this, offset, out.length);
-    await this.fill(offset, out.subarray(0, n));
-    return n;
-  }
-
-  /** Copy every range overlapping [offset, offset+out.length) into `out`, zeros in the gaps. */
-  private async fill(offset: number, out: Uint8Array): Promise<void> {
-    const end = offset + out.length;
-    // ranges of one chunk are served by one decode: chunk -> [offset in chunk, length, offset in out]
-    const byChunk = new Map<number, number[]>();
-    let pos = offset;
+  protected ranges(offset: number, end: number, visit: (d: number, n: number, c: number, a: number) => void): void {
     for (let i = this.first(offset); i < this.disk.length && this.disk[i] < end; i++) {
-      const d = this.disk[i];
-      const s = Math.max(offset, d);
-      const t = Math.min(end, d + this.len[i]);
-      if (s > pos) out.fill(0, pos - offset, s - offset);
-      pos = t;
-      let l = byChunk.get(this.chunk[i]);
-      if (!l) byChunk.set(this.chunk[i], (l = []));
-      l.push(this.at[i] + (s - d), t - s, s - offset);
+      visit(this.disk[i], this.len[i], this.chunk[i], this.at[i]);
     }
-    if (pos < end) out.fill(0, pos - offset);
-    await copyChunks(
-      this.store,
-      [...byChunk].map(([idx, l]) => [this.manifest.chunks[idx], l]),
-      out,
-    );
   }
 
-  async status(offset: number, length: number): Promise<Extent[]> {
-    const n = clampStatus(this, offset, length);
-    const end = offset + n;
-    const out: Extent[] = [];
-    let pos = offset;
-    for (let i = this.first(offset); i < this.disk.length && this.disk[i] < end; i++) {
-      const s = Math.max(pos, this.disk[i]);
-      const t = Math.min(end, this.disk[i] + this.len[i]);
-      pushExtent(out, pos, s - pos, 'zero');
-      pushExtent(out, s, t - s, 'data');
-      pos = t;
-    }
-    pushExtent(out, pos, end - pos, 'zero');
-    return out;
+  protected chunkDigest(c: number): string {
+    return this.manifest.chunks[c];
   }
 
   /** Data spans in disk order, merged: [start, end) pairs. */
@@ -146,16 +173,17 @@ const PARTS_KEPT = 8;
  * check-in reads (a partition table, a superblock, /etc) without the whole layout of a
  * million-file version in memory.
  */
-export class PartedVersionSource implements ByteSource {
+export class PartedVersionSource extends RangedSource {
   readonly size: number;
   private readonly kept = new Map<number, Promise<LayoutPart>>();
 
   constructor(
-    private readonly store: BlobReader,
+    store: BlobReader,
     readonly head: LayoutManifestHead,
     private readonly loadPart: (i: number) => Promise<LayoutPart>,
     readonly name: string,
   ) {
+    super(store);
     this.size = head.virtualSize;
   }
 
@@ -169,13 +197,12 @@ export class PartedVersionSource implements ByteSource {
     return p;
   }
 
-  private async chunkDigest(k: number): Promise<string> {
+  protected async chunkDigest(k: number): Promise<string> {
     const P = this.head.partEntries;
     return (await this.part(Math.floor(k / P))).chunks[k % P];
   }
 
-  /** Every range overlapping [offset, end), in disk order: (disk, length, chunk number, offset in chunk). */
-  private async ranges(offset: number, end: number, visit: (d: number, n: number, c: number, a: number) => void) {
+  protected async ranges(offset: number, end: number, visit: (d: number, n: number, c: number, a: number) => void) {
     const { partDisk, partEntries: P, rangeCount } = this.head;
     // the last part starting at or before offset (the ranges before it end before its first)
     let lo = 0;
@@ -192,52 +219,6 @@ export class PartedVersionSource implements ByteSource {
         visit(r.disk[j], r.length[j], r.chunk[j], r.at[j]);
       }
     }
-  }
-
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = Buffer.allocUnsafe(clampRead(this, offset, length));
-    await this.fill(offset, out);
-    return out;
-  }
-
-  async readInto(offset: number, out: Uint8Array): Promise<number> {
-    const n = clampRead(this, offset, out.length);
-    await this.fill(offset, out.subarray(0, n));
-    return n;
-  }
-
-  private async fill(offset: number, out: Uint8Array): Promise<void> {
-    const end = offset + out.length;
-    const byChunk = new Map<number, number[]>();
-    let pos = offset;
-    await this.ranges(offset, end, (d, n, c, a) => {
-      const s = Math.max(offset, d);
-      const t = Math.min(end, d + n);
-      if (s > pos) out.fill(0, pos - offset, s - offset);
-      pos = t;
-      let l = byChunk.get(c);
-      if (!l) byChunk.set(c, (l = []));
-      l.push(a + (s - d), t - s, s - offset);
-    });
-    if (pos < end) out.fill(0, pos - offset);
-    const todo: Array<[string, number[]]> = [];
-    for (const [c, l] of byChunk) todo.push([await this.chunkDigest(c), l]);
-    await copyChunks(this.store, todo, out);
-  }
-
-  async status(offset: number, length: number): Promise<Extent[]> {
-    const end = offset + clampStatus(this, offset, length);
-    const out: Extent[] = [];
-    let pos = offset;
-    await this.ranges(offset, end, (d, n) => {
-      const s = Math.max(pos, d);
-      const t = Math.min(end, d + n);
-      pushExtent(out, pos, s - pos, 'zero');
-      pushExtent(out, s, t - s, 'data');
-      pos = t;
-    });
-    pushExtent(out, pos, end - pos, 'zero');
-    return out;
   }
 
   async close(): Promise<void> {
