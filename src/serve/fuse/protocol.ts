@@ -208,35 +208,42 @@ export function encodeDev(major: number, minor: number): number {
 }
 
 /**
- * A 64-bit little-endian integer at `at` from a JS number (two 32-bit writes: no BigInt made,
- * which was a tenth of a READDIRPLUS reply's cost). Whole numbers of up to 53 bits; negative
- * ones (seconds before 1970) as two's complement.
+ * The 32-bit words of a reply buffer, for the writers below: one typed-array store per field
+ * instead of a Buffer write method call each (a READDIRPLUS entry has ~30 fields, and on a
+ * fresh mount those calls ran interpreted: 6,769 entries' writes cost ~20 ms, ~8 ms so).
+ * Buffers from Buffer.alloc/allocUnsafe start on an 8-byte boundary; replies are whole words.
  */
-export function writeU64(b: Buffer, v: number, at: number): void {
-  if (v >= 0 && v <= Number.MAX_SAFE_INTEGER) {
-    b.writeUInt32LE(v % 0x100000000, at);
-    b.writeUInt32LE(Math.floor(v / 0x100000000), at + 4);
-  } else b.writeBigInt64LE(BigInt(v), at);
+export function words(b: Buffer): Uint32Array {
+  if (b.byteOffset % 4 !== 0) throw new Error('reply buffer not word-aligned');
+  return new Uint32Array(b.buffer, b.byteOffset, b.byteLength >>> 2);
 }
 
-export function writeAttr(b: Buffer, at: number, a: Attr): void {
-  writeU64(b, a.ino, at);
-  writeU64(b, a.size, at + 8);
-  writeU64(b, a.blocks, at + 16);
+/** A 64-bit little-endian integer at word `i`: whole numbers, negative ones as two's complement. */
+function u64(u: Uint32Array, i: number, v: number): void {
+  const hi = Math.floor(v / 0x100000000);
+  u[i] = v - hi * 0x100000000;
+  u[i + 1] = hi;
+}
+
+/** A fuse_attr at word `i`. */
+function writeAttr(u: Uint32Array, i: number, a: Attr): void {
+  u64(u, i, a.ino);
+  u64(u, i + 2, a.size);
+  u64(u, i + 4, a.blocks);
   // seconds are signed (times before 1970)
-  writeU64(b, a.atime.sec, at + 24);
-  writeU64(b, a.mtime.sec, at + 32);
-  writeU64(b, a.ctime.sec, at + 40);
-  b.writeUInt32LE(a.atime.nsec, at + 48);
-  b.writeUInt32LE(a.mtime.nsec, at + 52);
-  b.writeUInt32LE(a.ctime.nsec, at + 56);
-  b.writeUInt32LE(a.mode >>> 0, at + 60);
-  b.writeUInt32LE(Math.min(a.nlink, 0xffffffff) >>> 0, at + 64);
-  b.writeUInt32LE(a.uid >>> 0, at + 68);
-  b.writeUInt32LE(a.gid >>> 0, at + 72);
-  b.writeUInt32LE(a.rdev >>> 0, at + 76);
-  b.writeUInt32LE(a.blksize, at + 80);
-  b.writeUInt32LE(0, at + 84); // flags
+  u64(u, i + 6, a.atime.sec);
+  u64(u, i + 8, a.mtime.sec);
+  u64(u, i + 10, a.ctime.sec);
+  u[i + 12] = a.atime.nsec;
+  u[i + 13] = a.mtime.nsec;
+  u[i + 14] = a.ctime.nsec;
+  u[i + 15] = a.mode;
+  u[i + 16] = Math.min(a.nlink, 0xffffffff);
+  u[i + 17] = a.uid;
+  u[i + 18] = a.gid;
+  u[i + 19] = a.rdev;
+  u[i + 20] = a.blksize;
+  u[i + 21] = 0; // flags
 }
 
 /** Seconds and nanoseconds of a validity period (entry_valid, attr_valid). */
@@ -246,29 +253,35 @@ export interface Validity {
 }
 
 /** fuse_entry_out at `at` of `b`. nodeid 0 (readdirplus) means "not looked up". */
-export function writeEntry(b: Buffer, at: number, nodeid: bigint, a: Attr | undefined, valid: Validity): void {
-  b.fill(0, at, at + ENTRY_OUT);
-  b.writeBigUInt64LE(nodeid, at);
-  b.writeBigUInt64LE(0n, at + 8); // generation
-  if (!a) return;
-  writeU64(b, valid.sec, at + 16);
-  writeU64(b, valid.sec, at + 24);
-  b.writeUInt32LE(valid.nsec, at + 32);
-  b.writeUInt32LE(valid.nsec, at + 36);
-  writeAttr(b, at + 40, a);
+/** A fuse_entry_out at byte `at` (a multiple of 8) of the buffer whose words are `u`; node id 0 and no attr: an entry the kernel does not keep. */
+export function writeEntry(u: Uint32Array, at: number, nodeid: number, a: Attr | undefined, valid: Validity): void {
+  const i = at >>> 2;
+  u64(u, i, nodeid);
+  u[i + 2] = 0; // generation
+  u[i + 3] = 0;
+  if (!a) {
+    u.fill(0, i + 4, i + ENTRY_OUT / 4);
+    return;
+  }
+  u64(u, i + 4, valid.sec); // entry_valid
+  u64(u, i + 6, valid.sec); // attr_valid
+  u[i + 8] = valid.nsec;
+  u[i + 9] = valid.nsec;
+  writeAttr(u, i + 10, a);
 }
 
 export function entryOut(nodeid: bigint, a: Attr, valid: Validity): Buffer {
   const b = Buffer.alloc(ENTRY_OUT);
-  writeEntry(b, 0, nodeid, a, valid);
+  writeEntry(words(b), 0, Number(nodeid), a, valid);
   return b;
 }
 
 export function attrOut(a: Attr, valid: Validity): Buffer {
   const b = Buffer.alloc(ATTR_OUT);
-  b.writeBigUInt64LE(BigInt(valid.sec), 0);
-  b.writeUInt32LE(valid.nsec, 8);
-  writeAttr(b, 16, a);
+  const u = words(b);
+  u64(u, 0, valid.sec);
+  u[2] = valid.nsec;
+  writeAttr(u, 4, a);
   return b;
 }
 
@@ -285,14 +298,23 @@ export function direntSize(nameLen: number, plus: boolean): number {
 }
 
 /** Write a fuse_dirent at `at`: `off` is the cookie of the entry after it. Returns the next position. */
-export function writeDirent(b: Buffer, at: number, ino: number, off: number, dtype: number, name: Buffer): number {
-  writeU64(b, ino, at);
-  writeU64(b, off, at + 8);
-  b.writeUInt32LE(name.length, at + 16);
-  b.writeUInt32LE(dtype, at + 20);
-  name.copy(b, at + 24);
+export function writeDirent(
+  b: Buffer,
+  u: Uint32Array,
+  at: number,
+  ino: number,
+  off: number,
+  dtype: number,
+  name: Buffer,
+): number {
+  const i = at >>> 2;
+  u64(u, i, ino);
+  u64(u, i + 2, off);
+  u[i + 4] = name.length;
+  u[i + 5] = dtype;
+  b.set(name, at + DIRENT_BASE);
   const end = at + ((DIRENT_BASE + name.length + 7) & ~7);
-  b.fill(0, at + 24 + name.length, end);
+  for (let k = at + DIRENT_BASE + name.length; k < end; k++) b[k] = 0;
   return end;
 }
 

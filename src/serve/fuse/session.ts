@@ -35,6 +35,7 @@ import {
   TYPE_BITS,
   type Validity,
   WRITE_OPS,
+  words,
   writeDirent,
   writeEntry,
   writeOut,
@@ -109,6 +110,8 @@ const MAX_PAGES = 256; // reads of up to 1 MiB
 const MAX_WRITE = 128 << 10;
 const BUFFER = (MAX_PAGES + 1) * 4096 + IN_HEADER;
 const decoder = new TextDecoder('utf-8', { fatal: true });
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');
 
 /** Run a command; resolves with its status and stderr. `fd` is passed to it as descriptor 3. */
 function runTool(cmd: string, args: string[], fd?: number): Promise<{ status: number; stderr: string }> {
@@ -749,8 +752,18 @@ export class FuseSession {
   /** A directory's listing as READDIR hands it out: '.', '..', then the children. */
   private async entries(held: Held): Promise<DirHandle['entries']> {
     const children = await this.tree.list(held.node);
-    const entries: DirHandle['entries'] = [{ name: Buffer.from('.') }, { name: Buffer.from('..') }];
-    for (const c of children) entries.push({ name: Buffer.from(c.name, 'utf8'), child: c });
+    const entries: DirHandle['entries'] = [{ name: DOT }, { name: DOTDOT }];
+    // the names encoded in one go ('/' is in none): one call per listing, not one per entry
+    const joined = children.map((c) => c.name).join('/');
+    const bytes = Buffer.from(joined, 'utf8');
+    if (bytes.length === joined.length) {
+      // all ASCII: a name's bytes are as many as its characters
+      let at = 0;
+      for (const c of children) {
+        entries.push({ name: bytes.subarray(at, at + c.name.length), child: c });
+        at += c.name.length + 1;
+      }
+    } else for (const c of children) entries.push({ name: Buffer.from(c.name, 'utf8'), child: c });
     return entries;
   }
 
@@ -807,7 +820,9 @@ export class FuseSession {
       // the kernel asks once more to learn the end: the reader thread answers that (written before our reply)
       this.ends?.set(nodeid, d.entries.length);
     }
-    const out = Buffer.alloc(used);
+    // every byte is written below (entries and dirents clear their own padding)
+    const out = Buffer.allocUnsafe(used);
+    const u = words(out);
     let at = 0;
     for (let i = 0; i < slice.length; i++) {
       const e = slice[i];
@@ -820,7 +835,7 @@ export class FuseSession {
         ino = (other ?? dir).node.attr.ino;
         dtype = TYPE_BITS.dir.dt;
         if (plus) {
-          writeEntry(out, at, 0n, undefined, this.valid);
+          writeEntry(u, at, 0, undefined, this.valid);
           at += ENTRY_OUT;
         }
       } else {
@@ -830,11 +845,11 @@ export class FuseSession {
         ino = node?.attr.ino ?? c.key;
         if (plus) {
           const h = node ? this.give(dir, c.name, node) : undefined;
-          writeEntry(out, at, h?.id ?? 0n, h?.node.attr, this.valid);
+          writeEntry(u, at, h ? Number(h.id) : 0, h?.node.attr, this.valid);
           at += ENTRY_OUT;
         }
       }
-      at = writeDirent(out, at, ino, cookie, dtype, e.name);
+      at = writeDirent(out, u, at, ino, cookie, dtype, e.name);
     }
     return out;
   }

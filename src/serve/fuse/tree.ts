@@ -40,8 +40,13 @@ export interface MountTree {
 }
 
 const ZERO: Timestamp = { sec: 0, nsec: 0 };
-const clampNs = (t: Timestamp | undefined): Timestamp =>
-  t ? { sec: Math.trunc(t.sec), nsec: Math.min(999_999_999, Math.max(0, Math.trunc(t.nsec))) } : ZERO;
+/** A timestamp the kernel takes: whole seconds, nanoseconds in [0, 1e9). Readers' own pass as they are (no copy per entry of a listing). */
+function clampNs(t: Timestamp | undefined): Timestamp {
+  if (!t) return ZERO;
+  const { sec, nsec } = t;
+  if (Number.isInteger(sec) && Number.isInteger(nsec) && nsec >= 0 && nsec <= 999_999_999) return t;
+  return { sec: Math.trunc(sec), nsec: Math.min(999_999_999, Math.max(0, Math.trunc(nsec))) };
+}
 
 /**
  * An attr from inode facts (mode without type bits). `blksize` overrides `o.blksize`: a
