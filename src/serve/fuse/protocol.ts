@@ -270,9 +270,9 @@ export function writeEntry(u: Uint32Array, at: number, nodeid: number, a: Attr |
   writeAttr(u, i + 10, a);
 }
 
-export function entryOut(nodeid: bigint, a: Attr, valid: Validity): Buffer {
+export function entryOut(nodeid: number, a: Attr, valid: Validity): Buffer {
   const b = Buffer.alloc(ENTRY_OUT);
-  writeEntry(words(b), 0, Number(nodeid), a, valid);
+  writeEntry(words(b), 0, nodeid, a, valid);
   return b;
 }
 

@@ -84,11 +84,12 @@ const OPS = 64;
 
 /** One node the kernel knows: its lookup count, and for directories where it was found. */
 interface Held {
-  id: bigint;
+  /** The node id the kernel knows it by (a number: ids are given from 2 up, far below 2^53). */
+  id: number;
   node: MountNode;
   lookups: number;
   /** Directories: the parent node id and name they were first reached by. */
-  parent?: bigint;
+  parent?: number;
   name?: string;
   /** Read-only mounts (no OPEN, so no handle): the file's read-ahead state. */
   ra?: ReadAhead;
@@ -157,9 +158,9 @@ export class FuseSession {
   readonly mountpoint: string;
   private fd = -1;
   private worker?: Worker;
-  private readonly byId = new Map<bigint, Held>();
+  private readonly byId = new Map<number, Held>();
   private readonly byKey = new Map<number, Held>();
-  private nextId = 2n;
+  private nextId = 2;
   private readonly files = new Map<number, FileHandle>();
   private readonly dirs = new Map<number, DirHandle>();
   private nextFh = 1;
@@ -244,7 +245,7 @@ export class FuseSession {
 
   /** The root node, the one the kernel knows from the start (node id 1). */
   private adopt(root: MountNode): void {
-    const held: Held = { id: BigInt(FUSE_ROOT_ID), node: root, lookups: 1 };
+    const held: Held = { id: FUSE_ROOT_ID, node: root, lookups: 1 };
     this.byId.set(held.id, held);
     this.byKey.set(root.key, held);
   }
@@ -417,18 +418,18 @@ export class FuseSession {
     if (h.opcode < OPS) Atomics.add(this.opCounts, h.opcode, 1);
     // no reply to these
     if (h.opcode === Op.FORGET) {
-      this.forget(h.nodeid, Number(body.readBigUInt64LE(0)));
+      this.forget(Number(h.nodeid), Number(body.readBigUInt64LE(0)));
       return;
     }
     if (h.opcode === Op.BATCH_FORGET) {
       const n = body.readUInt32LE(0);
       for (let i = 0; i < n && 8 + i * 16 + 16 <= body.length; i++) {
-        this.forget(body.readBigUInt64LE(8 + i * 16), Number(body.readBigUInt64LE(16 + i * 16)));
+        this.forget(Number(body.readBigUInt64LE(8 + i * 16)), Number(body.readBigUInt64LE(16 + i * 16)));
       }
       return;
     }
     if (h.opcode === Op.INTERRUPT) return; // every request finishes soon; the kernel accepts the late reply
-    return this.handle(h.opcode, h.nodeid, body, h).then(
+    return this.handle(h.opcode, Number(h.nodeid), body, h).then(
       (out) => this.sendOk(h.unique, out),
       (e) => {
         const errno = typeof e === 'number' ? e : Errno.EIO;
@@ -440,9 +441,9 @@ export class FuseSession {
     );
   }
 
-  private forget(id: bigint, n: number): void {
+  private forget(id: number, n: number): void {
     const held = this.byId.get(id);
-    if (!held || id === BigInt(FUSE_ROOT_ID)) return;
+    if (!held || id === FUSE_ROOT_ID) return;
     held.lookups -= n;
     if (held.lookups <= 0) {
       this.byId.delete(id);
@@ -450,7 +451,7 @@ export class FuseSession {
     }
   }
 
-  private held(id: bigint): Held {
+  private held(id: number): Held {
     const h = this.byId.get(id);
     if (!h) throw Errno.ENOENT; // a node id the kernel should no longer use
     return h;
@@ -464,7 +465,7 @@ export class FuseSession {
   private give(parent: Held, name: string, node: MountNode): Held | undefined {
     const have = this.byKey.get(node.key);
     if (have) {
-      if (have.id === BigInt(FUSE_ROOT_ID)) return undefined;
+      if (have.id === FUSE_ROOT_ID) return undefined;
       if (node.type === 'dir' && (have.parent !== parent.id || have.name !== name)) return undefined;
       have.lookups++;
       return have;
@@ -479,7 +480,7 @@ export class FuseSession {
     return h;
   }
 
-  private async handle(op: number, nodeid: bigint, body: Buffer, h: InHeader): Promise<Buffer | undefined> {
+  private async handle(op: number, nodeid: number, body: Buffer, h: InHeader): Promise<Buffer | undefined> {
     switch (op) {
       case Op.INIT:
         return this.init(body);
@@ -606,7 +607,7 @@ export class FuseSession {
   private async change(
     t: WritableTree,
     op: number,
-    nodeid: bigint,
+    nodeid: number,
     body: Buffer,
     h: { uid: number; gid: number },
   ): Promise<Buffer | undefined> {
@@ -638,7 +639,7 @@ export class FuseSession {
         return this.made(dir, name, await t.symlink(dir.node, name, target, h.uid, h.gid));
       }
       case Op.LINK: {
-        const old = this.held(body.readBigUInt64LE(0));
+        const old = this.held(Number(body.readBigUInt64LE(0)));
         const dir = this.held(nodeid);
         const name = cString(body.subarray(8));
         return this.made(dir, name, await t.link(old.node, dir.node, name));
@@ -652,7 +653,7 @@ export class FuseSession {
       case Op.RENAME:
       case Op.RENAME2: {
         const dir = this.held(nodeid);
-        const to = this.held(body.readBigUInt64LE(0));
+        const to = this.held(Number(body.readBigUInt64LE(0)));
         const flags = op === Op.RENAME2 ? body.readUInt32LE(8) : 0;
         const names = body.subarray(op === Op.RENAME2 ? 16 : 8);
         const z = names.indexOf(0);
@@ -767,7 +768,7 @@ export class FuseSession {
     return entries;
   }
 
-  private async readdir(nodeid: bigint, body: Buffer, plus: boolean): Promise<Buffer> {
+  private async readdir(nodeid: number, body: Buffer, plus: boolean): Promise<Buffer> {
     const fh = Number(body.readBigUInt64LE(0));
     const offset = Number(body.readBigUInt64LE(8));
     const size = body.readUInt32LE(16);
@@ -818,7 +819,7 @@ export class FuseSession {
     if (end >= d.entries.length && !this.rw) {
       d.held.listing = undefined;
       // the kernel asks once more to learn the end: the reader thread answers that (written before our reply)
-      this.ends?.set(nodeid, d.entries.length);
+      this.ends?.set(BigInt(nodeid), d.entries.length);
     }
     // every byte is written below (entries and dirents clear their own padding)
     const out = Buffer.allocUnsafe(used);
@@ -845,7 +846,7 @@ export class FuseSession {
         ino = node?.attr.ino ?? c.key;
         if (plus) {
           const h = node ? this.give(dir, c.name, node) : undefined;
-          writeEntry(u, at, h ? Number(h.id) : 0, h?.node.attr, this.valid);
+          writeEntry(u, at, h?.id ?? 0, h?.node.attr, this.valid);
           at += ENTRY_OUT;
         }
       }
