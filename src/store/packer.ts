@@ -5,7 +5,7 @@ import { type BlobIndex, MAX_BLOB } from './blob-index.js';
 import { checked, decodeWith } from './blob-reader.js';
 import { type BlobType, encodePackHeader, FLAG_ZSTD, type PackEntry, packKey } from './pack.js';
 import { type BufferPool, compressBound, compressInto } from './zstd-into.js';
-import { ZstdOffload } from './zstd-offload.js';
+import { ZSTD_THREADS, ZstdOffload } from './zstd-offload.js';
 
 /**
  * The write side of the store: blobs are encoded with zstd (or kept plain when zstd does
@@ -255,7 +255,10 @@ export class Packer {
 
   /** The zstd thread (started on first use), or null when compression stays inline. */
   private offloader(): ZstdOffload | null {
-    if (this.offload === undefined) this.offload = ZstdOffload.start() ?? null;
+    // a second zstd thread (its isolate and zstd context) only with the full write budget
+    if (this.offload === undefined) {
+      this.offload = ZstdOffload.start(this.limits.frameBytes >= FRAME_BYTES ? ZSTD_THREADS : 1) ?? null;
+    }
     return this.offload;
   }
 
