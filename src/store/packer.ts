@@ -5,7 +5,7 @@ import { type BlobIndex, MAX_BLOB } from './blob-index.js';
 import { checked, decodeWith } from './blob-reader.js';
 import { type BlobType, encodePackHeader, FLAG_ZSTD, type PackEntry, packKey } from './pack.js';
 import { type BufferPool, compressBound, compressInto } from './zstd-into.js';
-import { ZstdOffload } from './zstd-offload.js';
+import { ZSTD_THREADS, ZstdOffload } from './zstd-offload.js';
 
 /**
  * The write side of the store: blobs are encoded with zstd (or kept plain when zstd does
@@ -34,10 +34,15 @@ const COMPRESSING_BYTES = 32 * 1024 * 1024;
 export const SOLO_BLOB = 1024 * 1024;
 /** Plain bytes of a shared frame at most (with a budget of WRITE_BUDGET_FULL or more). */
 export const FRAME_BYTES = 8 * 1024 * 1024;
-/** Blobs alone in their frame (1 MiB chunks, manifests): bench/README.md (checkin) has the measurements. */
-const ZSTD_LEVEL = 5;
-/** Shared frames: see the measurements in bench/README.md (checkin). */
-const FRAME_LEVEL = 5;
+/**
+ * Blobs alone in their frame (1 MiB chunks, manifests) and shared frames: zstd 7 (was 5 for
+ * both): the Debian base stores ~2% less (81.5 -> 79.6-79.9 MB ext4, 82.3 -> 80.6 MB XFS) for
+ * ~+19% check-in CPU, which the second zstd thread (zstd-offload.ts) takes off the wall
+ * time. bench/README.md (checkin, "store8") has the measurements; levels per kind of file
+ * and sorting small files by kind and name gained nothing beyond this on the real images.
+ */
+const ZSTD_LEVEL = 7;
+const FRAME_LEVEL = 7;
 /** ... with a match window as large as the largest frame (2^23 = FRAME_BYTES; zstd narrows it to a smaller input). */
 const FRAME_WINDOW_LOG = 23;
 /** Blobs up to this size are compressed straight into the pack arena; larger ones get their own buffer. */
@@ -250,7 +255,10 @@ export class Packer {
 
   /** The zstd thread (started on first use), or null when compression stays inline. */
   private offloader(): ZstdOffload | null {
-    if (this.offload === undefined) this.offload = ZstdOffload.start() ?? null;
+    // a second zstd thread (its isolate and zstd context) only with the full write budget
+    if (this.offload === undefined) {
+      this.offload = ZstdOffload.start(this.limits.frameBytes >= FRAME_BYTES ? ZSTD_THREADS : 1) ?? null;
+    }
     return this.offload;
   }
 

@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 
 /**
- * zstd on a second thread, so a check-in reads, hashes and cuts the next chunks while the
+ * zstd on other threads, so a check-in reads, hashes and cuts the next chunks while the
  * previous frame compresses (zstd is ~40% of a check-in's CPU; this VM has two cores).
  * Inputs must live in a SharedArrayBuffer and stay untouched until the promise settles.
  * `start()` returns undefined where no worker can run; callers then compress inline.
@@ -11,45 +11,82 @@ export interface Offloaded {
   enc?: Uint8Array;
 }
 
+/**
+ * zstd threads a store starts: on a dense image the one thread was the check-in's critical
+ * path (busy ~80% of the wall time while the main thread idled ~20%: bench/README.md, "where a
+ * dense image's check-in goes"), so frames go to whichever of two has the least work queued.
+ * The packer starts one only under a reduced memory budget (`--memory` below the default).
+ */
+export const ZSTD_THREADS = 2;
+
+interface Waiting {
+  resolve: (r: Offloaded) => void;
+  reject: (e: Error) => void;
+  /** The plain bytes it queued on its thread. */
+  bytes: number;
+}
+
+interface Thread {
+  worker: Worker;
+  /** Plain bytes handed to it and not yet answered. */
+  queued: number;
+  /** Jobs in flight (a thread with none is unref'd: it never keeps the process alive). */
+  jobs: number;
+}
+
 export class ZstdOffload {
-  private worker?: Worker;
+  private threads: Thread[] = [];
   private next = 1;
-  private readonly waiting = new Map<number, { resolve: (r: Offloaded) => void; reject: (e: Error) => void }>();
+  private readonly waiting = new Map<number, Waiting>();
   private failed?: Error;
 
-  static start(): ZstdOffload | undefined {
+  static start(threads = ZSTD_THREADS): ZstdOffload | undefined {
     const z = new ZstdOffload();
     try {
-      z.worker = new Worker(new URL('./zstd-worker.js', import.meta.url));
+      for (let i = 0; i < threads; i++) {
+        const t: Thread = { worker: new Worker(new URL('./zstd-worker.js', import.meta.url)), queued: 0, jobs: 0 };
+        z.threads.push(t);
+        z.listen(t);
+      }
     } catch {
+      for (const t of z.threads) void t.worker.terminate();
       return undefined;
     }
-    z.worker.unref(); // an idle compression thread never keeps the process alive
-    z.worker.on('message', (m: { id: number; enc?: ArrayBuffer; n?: number; error?: string }) => {
-      const w = z.waiting.get(m.id);
+    return z;
+  }
+
+  private listen(t: Thread): void {
+    t.worker.unref(); // an idle compression thread never keeps the process alive
+    t.worker.on('message', (m: { id: number; enc?: ArrayBuffer; n?: number; error?: string }) => {
+      const w = this.waiting.get(m.id);
       if (!w) return;
-      z.waiting.delete(m.id);
-      if (z.waiting.size === 0) z.worker?.unref();
+      this.waiting.delete(m.id);
+      t.queued -= w.bytes;
+      if (--t.jobs === 0) t.worker.unref();
       if (m.error !== undefined) w.reject(new Error(`zstd: ${m.error}`));
       else w.resolve({ enc: m.enc && m.n !== undefined ? new Uint8Array(m.enc) : undefined });
     });
-    z.worker.on('error', (e) => z.fail(e));
-    z.worker.on('exit', (code) => z.fail(new Error(`zstd thread exited (${code})`)));
-    return z;
+    t.worker.on('error', (e) => this.fail(e));
+    t.worker.on('exit', (code) => this.fail(new Error(`zstd thread exited (${code})`)));
   }
 
   /** Compress `plain` (a view of a SharedArrayBuffer) at `level`, optionally with a wider window. */
   compress(plain: Uint8Array, level: number, windowLog?: number): Promise<Offloaded> {
-    if (this.failed || !this.worker) return Promise.reject(this.failed ?? new Error('zstd thread not running'));
+    if (this.failed || this.threads.length === 0) {
+      return Promise.reject(this.failed ?? new Error('zstd thread not running'));
+    }
     const id = this.next++;
-    const worker = this.worker;
+    let t = this.threads[0];
+    for (const u of this.threads) if (u.queued < t.queued) t = u;
     return new Promise<Offloaded>((resolve, reject) => {
       this.waiting.set(id, {
         resolve: (r) => resolve(r.enc && r.enc.length < plain.length ? r : {}),
         reject,
+        bytes: plain.length,
       });
-      worker.ref(); // work in flight keeps the process alive until it is answered
-      worker.postMessage({
+      t.queued += plain.length;
+      if (t.jobs++ === 0) t.worker.ref(); // work in flight keeps the process alive until it is answered
+      t.worker.postMessage({
         id,
         buf: plain.buffer as SharedArrayBuffer,
         offset: plain.byteOffset,
@@ -61,10 +98,10 @@ export class ZstdOffload {
   }
 
   async close(): Promise<void> {
-    const w = this.worker;
-    this.worker = undefined;
+    const threads = this.threads;
+    this.threads = [];
     this.fail(new Error('zstd thread closed'));
-    await w?.terminate();
+    await Promise.all(threads.map((t) => t.worker.terminate()));
   }
 
   private fail(e: Error): void {

@@ -6,6 +6,8 @@ import { test } from 'node:test';
 import { LocalBackend } from '../../src/store/local-backend.js';
 import { RepoLock } from '../../src/store/lock.js';
 import { SOLO_BLOB, Store } from '../../src/store/store.js';
+import { ZstdOffload } from '../../src/store/zstd-offload.js';
+import { zstdDecompress } from '../../src/util/zstd.js';
 import { bytesOf } from '../helpers/ext-tree.js';
 import { runBuffer } from '../helpers/tools.js';
 import { tempDir, textOf } from '../library/images.js';
@@ -116,6 +118,28 @@ test('compression on the zstd thread and inline give the same frames, and both r
     shapes.push(shape);
   }
   assert.deepEqual(shapes[0], shapes[1], 'same frames, flags and compressed sizes');
+});
+
+test('the zstd threads answer each frame with its own bytes, whichever thread takes it', async () => {
+  const z = ZstdOffload.start();
+  assert.ok(z, 'worker threads run here');
+  // frames of different sizes, all in flight at once: the threads answer out of order
+  const plains = Array.from({ length: 12 }, (_, i) => {
+    const b = i === 5 ? bytesOf('threads-random', 70_000) : textOf(`threads-${i}`, 40_000 + i * 90_000);
+    const shared = new Uint8Array(new SharedArrayBuffer(b.length));
+    shared.set(b);
+    return shared;
+  });
+  const answers = await Promise.all(plains.map((p) => z.compress(p, 3)));
+  for (const [i, a] of answers.entries()) {
+    if (i === 5) assert.equal(a.enc, undefined, 'incompressible: kept plain');
+    else {
+      assert.ok(a.enc, `frame ${i} compressed`);
+      assert.deepEqual(Buffer.from(zstdDecompress(a.enc, plains[i].length)), Buffer.from(plains[i]), `frame ${i}`);
+    }
+  }
+  await z.close();
+  await assert.rejects(z.compress(plains[0], 3), /zstd thread closed/);
 });
 
 test('solo blobs and manifests get frames of their own, whatever their size', async () => {
