@@ -2,7 +2,7 @@ import type { DiskImage } from '../formats/types.js';
 import { type Extent, pushExtent } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import { VersionSource } from './version-source.js';
+import type { RangedSource } from './version-source.js';
 
 /**
  * How a qcow2 overlay records a library version as its backing file: the backing file
@@ -44,9 +44,9 @@ export function holeStatus(extents: Extent[]): Extent[] {
 
 /** The version whose layout manifest is `digest`, as a DiskImage (format raw) a qcow2 overlay can back onto. */
 export async function versionImage(lib: Library, digest: string, file?: string): Promise<DiskImage> {
-  let m: Awaited<ReturnType<Library['layout']>>;
+  let src: RangedSource;
   try {
-    m = await lib.layout(digest);
+    src = await lib.versionSource(digest, `${lib.dir}#${digest.slice(0, 12)}`);
   } catch (e) {
     throw new StrataError(
       'NOT_FOUND',
@@ -55,11 +55,11 @@ export async function versionImage(lib: Library, digest: string, file?: string):
       { cause: e },
     );
   }
-  return versionDiskImage(new VersionSource(lib.store, m, `${lib.dir}#${digest.slice(0, 12)}`));
+  return versionDiskImage(src);
 }
 
 /** A version's source (local store or a library service's chunks) as a raw DiskImage to back an overlay. */
-export function versionDiskImage(src: VersionSource): DiskImage {
+export function versionDiskImage(src: RangedSource): DiskImage {
   return {
     name: src.name,
     size: src.size,

@@ -2,7 +2,7 @@ import { openAtomicOutput } from '../formats/writers/atomic-output.js';
 import { type ImageWriter, Qcow2Writer, RawWriter } from '../formats/writers/index.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import { VersionSource } from './version-source.js';
+import type { LayoutSlice, RangedSource } from './version-source.js';
 
 /** Disk windows written at once (a multiple of every writer granularity). */
 const WINDOW = 16 * 1024 * 1024;
@@ -29,11 +29,10 @@ export interface CheckoutResult {
   bytesWritten: number;
 }
 
-/** Open a stored version as a ByteSource that reads chunks on demand. */
-export async function openVersionSource(lib: Library, ref: string): Promise<VersionSource> {
+/** Open a stored version as a ByteSource that reads chunks on demand (a layout in parts a part at a time). */
+export async function openVersionSource(lib: Library, ref: string): Promise<RangedSource> {
   const v = await lib.catalog.resolve(ref);
-  const m = await lib.layout(v.manifest);
-  return new VersionSource(lib.store, m, `${lib.dir}#${v.image}@${v.number}`);
+  return lib.versionSource(v.manifest, `${lib.dir}#${v.image}@${v.number}`);
 }
 
 /**
@@ -52,7 +51,7 @@ export async function checkout(
     throw new StrataError('USAGE', `unknown output format '${format}' (known: raw, qcow2)`, { file: out });
   }
   const v = await lib.catalog.resolve(ref);
-  const src = new VersionSource(lib.store, await lib.layout(v.manifest), `${v.image}@${v.number}`);
+  const src = await lib.versionSource(v.manifest, `${v.image}@${v.number}`);
   const dest = await openAtomicOutput(out, { overwrite: opts.overwrite }).catch(async (e) => {
     await src.close();
     throw e;
@@ -67,7 +66,26 @@ export async function checkout(
     const G = writer.granularity;
     const pieces: Array<[number, number]> = [];
     let dataBytes = 0;
-    for (const [s, e] of src.dataSpans()) {
+    // the packs the version's chunks live in, in disk order (one chunk of each): a remote
+    // store's cache fetches them ahead. A slice's ranges name its own chunks and earlier
+    // slices' (check-in numbers chunks in disk order); the rest of its chunks follow them.
+    const packs = new Set<string>();
+    const firsts: string[] = [];
+    const note = (d: string) => {
+      const p = lib.store.entry(d)?.pack;
+      if (p !== undefined && !packs.has(p)) {
+        packs.add(p);
+        firsts.push(d);
+      }
+    };
+    const noteChunks = (sl: LayoutSlice) => {
+      const n = sl.chunks.length;
+      for (const c of sl.ranges.chunk)
+        if (c >= sl.firstChunk && c - sl.firstChunk < n) note(sl.chunks[c - sl.firstChunk]);
+      for (const d of sl.chunks) note(d);
+    };
+    // the layout walked once, a slice (a part) at a time
+    for await (const [s, e] of src.dataSpans(noteChunks)) {
       dataBytes += e - s;
       const a = Math.floor(s / G) * G;
       const b = Math.min(src.size, Math.ceil(e / G) * G);
@@ -84,13 +102,7 @@ export async function checkout(
         cur[0] += WINDOW;
       }
     }
-    // the packs the version's chunks live in, in disk order: a remote store's cache fetches them ahead
-    const m = src.manifest;
-    lib.store.prefetch(
-      (function* () {
-        for (const c of m.ranges.chunk) yield m.chunks[c];
-      })(),
-    );
+    lib.store.prefetch(firsts);
     // progress in the bytes the pieces cover (data spans widened and joined), which is what `done` counts
     let pieceBytes = 0;
     for (const [a, b] of pieces) pieceBytes += b - a;

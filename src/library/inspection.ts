@@ -12,7 +12,7 @@ import type { FsOpenOptions } from '../fs/types.js';
 import type { OsInspection } from '../inspect/types.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import type { FileEntry, LayoutManifestHead } from './manifest.js';
+import type { FileEntry } from './manifest.js';
 
 /**
  * Inspection of stored versions: check-in calls `recordInspection` on the new version, and
@@ -62,23 +62,14 @@ export async function recordInspection(
   fsOptions: FsOpenOptions = {},
 ): Promise<RecordedInspection> {
   // the readers are loaded here, not with this module: diff and search only read stored results
-  const [{ inspectVolumes }, { discoverVolumes }, { VersionSource, PartedVersionSource }] = await Promise.all([
+  const [{ inspectVolumes }, { discoverVolumes }] = await Promise.all([
     import('../inspect/inspect.js'),
     import('../volumes/discover.js'),
-    import('./version-source.js'),
   ]);
   const name = `${v.image}@${v.number}`;
   // a layout in parts is read a part at a time, as the reads need them (not the whole ~100 MB of a million files)
-  const layout = await lib.layoutHead(v.manifest);
-  const src =
-    layout.version === 2
-      ? new PartedVersionSource(
-          lib.store,
-          layout as LayoutManifestHead,
-          (i) => lib.layoutPart(layout as LayoutManifestHead, v.manifest, i),
-          name,
-        )
-      : new VersionSource(lib.store, await lib.layout(v.manifest), name);
+  const src = await lib.versionSource(v.manifest, name);
+  const layout = src.layout;
   const warnings: string[] = [];
   let roots: OsInspection[] = [];
   try {

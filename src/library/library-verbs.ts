@@ -1,6 +1,7 @@
 import { RepoLock } from '../store/lock.js';
 import type { StoreFinding, VerifyReport } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
+import { DigestSet } from './digest-set.js';
 import type { Library } from './library.js';
 import { decodeFilesHead, type FileEntry, type FilesManifest, isFilesHead, type LayoutManifest } from './manifest.js';
 
@@ -9,23 +10,30 @@ import { decodeFilesHead, type FileEntry, type FilesManifest, isFilesHead, type 
  * files straight from the store (ls, cat).
  */
 
-/** Every blob a layout manifest needs: itself (a version 2's parts too), its file manifests, its chunks. */
-export async function reachable(lib: Library, manifest: string, into: Set<string>): Promise<LayoutManifest> {
+/**
+ * Every blob a layout manifest needs, given to `into` (a Set, or a check of each): itself (a
+ * version 2's parts too), its file manifests (and their parts), its chunks. A layout in parts
+ * is walked a part at a time, never joined.
+ */
+export async function reachable(lib: Library, manifest: string, into: { add(digest: string): unknown }): Promise<void> {
   into.add(manifest);
-  for (const p of await lib.layoutParts(manifest)) into.add(p);
-  const m = await lib.layout(manifest);
-  for (const c of m.chunks) into.add(c);
-  for (const v of m.volumes) {
-    if (!v.fs) continue;
-    into.add(v.fs.files);
-    if (!lib.store.has(v.fs.files)) continue; // verify reports it missing
-    // a version 2 file manifest names its parts (a version 1 is not parsed: its first bytes tell)
-    const parts = await lib.store.withBlob(v.fs.files, (plain) =>
-      isFilesHead(plain) ? decodeFilesHead(plain, `file manifest ${v.fs?.files}`).parts : undefined,
-    );
-    for (const p of parts ?? []) into.add(p);
+  const src = await lib.versionSource(manifest, `manifest ${manifest}`);
+  try {
+    for (const p of src.layout.parts ?? []) into.add(p);
+    for await (const sl of src.slices()) for (const c of sl.chunks) into.add(c);
+    for (const v of src.layout.volumes) {
+      if (!v.fs) continue;
+      into.add(v.fs.files);
+      if (!lib.store.has(v.fs.files)) continue; // verify reports it missing
+      // a version 2 file manifest names its parts (a version 1 is not parsed: its first bytes tell)
+      const parts = await lib.store.withBlob(v.fs.files, (plain) =>
+        isFilesHead(plain) ? decodeFilesHead(plain, `file manifest ${v.fs?.files}`).parts : undefined,
+      );
+      for (const p of parts ?? []) into.add(p);
+    }
+  } finally {
+    await src.close();
   }
-  return m;
 }
 
 export interface GcResult {
@@ -51,7 +59,7 @@ export async function gc(lib: Library, opts: { lockWaitMs?: number; uploadGraceM
   const lock = await RepoLock.acquire(lib.store.backend, 'exclusive', 'gc', opts.lockWaitMs ?? 10 * 60_000);
   try {
     await lib.store.loadIndex();
-    const keep = new Set<string>();
+    const keep = new DigestSet();
     const roots = await lib.catalog.liveManifests();
     for (const m of roots) await reachable(lib, m, keep);
     // chunks uploaded to the library service for a version not committed yet (an upload
@@ -98,7 +106,7 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
   await lib.store.loadIndex();
   if (ref !== undefined) {
     const v = await lib.catalog.resolve(ref);
-    const need = new Set<string>();
+    const need = new DigestSet();
     const report: LibraryVerifyReport = {
       packs: 0,
       blobs: 0,
@@ -136,7 +144,7 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
   const report: LibraryVerifyReport = { ...(await lib.store.verify()), versions: 0, missing: [] };
   for (const m of await lib.catalog.liveManifests()) {
     report.versions++;
-    const need = new Set<string>();
+    const need = new DigestSet();
     try {
       await reachable(lib, m, need);
     } catch (e) {
@@ -156,14 +164,14 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
 /** The file manifest of one volume of a version: `part` names it, else the only one (or the OS root). */
 export async function versionFiles(lib: Library, ref: string, part?: string): Promise<FilesManifest> {
   const v = await lib.catalog.resolve(ref);
-  return layoutFiles(lib, v, await lib.layout(v.manifest), part);
+  return layoutFiles(lib, v, await lib.layoutHead(v.manifest), part);
 }
 
-/** versionFiles of a resolved version whose layout manifest `m` is already loaded. */
+/** versionFiles of a resolved version whose layout manifest's head `m` (its volumes) is already loaded. */
 export async function layoutFiles(
   lib: Library,
   v: { image: string; number: number },
-  m: LayoutManifest,
+  m: Pick<LayoutManifest, 'volumes'>,
   part?: string,
 ): Promise<FilesManifest> {
   return lib.files(await layoutFilesDigest(lib, v, m, part));
@@ -310,7 +318,6 @@ export async function* fileContent(lib: Library, files: FilesManifest, e: FileEn
 /** Describe a version: catalog row, provenance chain, layout and file systems. */
 export async function describeVersion(lib: Library, ref: string): Promise<Record<string, unknown>> {
   const v = await lib.catalog.resolve(ref);
-  const m = await lib.layout(v.manifest);
   const chain: string[] = [];
   let cur = v.parents[0];
   const seen = new Set<string>();
@@ -321,24 +328,34 @@ export async function describeVersion(lib: Library, ref: string): Promise<Record
     chain.push(key);
     cur = (await lib.catalog.version(cur.image, cur.number))?.parents[0] as typeof cur;
   }
-  let rangeBytes = 0;
-  for (const n of m.ranges.length) rangeBytes += n;
   return {
     ref: `${v.image}@${v.number}`,
     ...v,
     provenance: chain,
-    layout: {
+    layout: await layoutSummary(lib, v.manifest),
+  };
+}
+
+/** What describe says of a version's layout: its scalars, volumes and counts (a layout in parts walked a part at a time). */
+export async function layoutSummary(lib: Library, manifest: string) {
+  const src = await lib.versionSource(manifest, `manifest ${manifest}`);
+  try {
+    const m = src.layout;
+    const dataBytes = await src.dataBytes();
+    return {
       virtualSize: m.virtualSize,
       sourceFormat: m.sourceFormat,
       scheme: m.scheme,
       exact: m.exact,
       fileChunkSize: m.fileChunkSize,
       diskChunkSize: m.diskChunkSize,
-      chunks: m.chunks.length,
-      ranges: m.ranges.disk.length,
-      dataBytes: rangeBytes,
+      chunks: src.chunkCount,
+      ranges: src.rangeCount,
+      dataBytes,
       volumes: m.volumes,
       warnings: m.warnings,
-    },
-  };
+    };
+  } finally {
+    await src.close();
+  }
 }

@@ -31,6 +31,7 @@ import {
   type LayoutPart,
   readLayout,
 } from './manifest.js';
+import { PartedVersionSource, type RangedSource, VersionSource } from './version-source.js';
 
 /**
  * A library: a directory holding the store (`store/`) and the catalog (`catalog.db`).
@@ -350,6 +351,29 @@ export class Library {
   }
 
   /**
+   * A stored version's virtual disk, read on demand: a layout in parts (version 2) as a
+   * PartedVersionSource that loads only the parts its reads touch (a million-file layout
+   * joined is ~250 MB of objects), a version 1 layout whole (as layout() reads it).
+   */
+  async versionSource(digest: string, name: string): Promise<RangedSource> {
+    const hit = this.manifests?.get(digest);
+    if (hit?.kind === LAYOUT_KIND) return new VersionSource(this.store, hit as LayoutManifest, name);
+    const where = `manifest ${digest}`;
+    // version 1 decoded in the same read, unless decoded manifests are kept (layout() keeps it)
+    const got = await this.metaBlob(digest, 'layout', (plain) =>
+      isLayoutHead(plain)
+        ? decodeLayoutV2Head(plain, where)
+        : this.manifests
+          ? undefined
+          : decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, where),
+    );
+    if (got?.version !== 2) return new VersionSource(this.store, got ?? (await this.layout(digest)), name);
+    const head = got;
+    this.blobCache?.hint(head.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
+    return new PartedVersionSource(this.store, head, (i) => this.layoutPart(head, digest, i), name);
+  }
+
+  /**
    * A layout manifest's volumes and scalars without its chunk and range columns (decodeLayoutHead):
    * what picks a version's file manifest, for a fraction of the memory of layout().
    */
@@ -357,13 +381,6 @@ export class Library {
     const hit = this.manifests?.get(digest) as LayoutManifest | undefined;
     if (hit?.kind === LAYOUT_KIND) return hit;
     return this.metaBlob(digest, 'layout', (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
-  }
-
-  /** The parts of a version 2 layout manifest (none for version 1: its first bytes tell, it is not parsed). */
-  async layoutParts(digest: string): Promise<string[]> {
-    return this.store.withBlob(digest, (plain) =>
-      isLayoutHead(plain) ? decodeLayoutV2Head(plain, `manifest ${digest}`).parts : [],
-    );
   }
 
   /**

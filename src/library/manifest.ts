@@ -340,6 +340,38 @@ export function decodeLayoutPart(plain: Uint8Array, head: LayoutManifestHead, i:
   ) {
     throw bad(`part ${i} must hold ${chunks} chunks and ${ranges} ranges`);
   }
+  // what a reader of this part alone can check (a range's end inside its chunk is checked
+  // when the chunk is read: its length may sit in another part)
+  const next = i + 1 < head.partDisk.length ? head.partDisk[i + 1] : head.virtualSize;
+  let end = head.partDisk[i];
+  if (ranges > 0 && r.disk[0] !== end) {
+    throw new StrataError('CORRUPT', `part ${i} starts at disk offset ${r.disk[0]}, its head says ${end}`, {
+      file: where,
+      structure: LAYOUT_PART_KIND,
+      offset: r.disk[0],
+    });
+  }
+  for (let j = 0; j < ranges; j++) {
+    const d = r.disk[j];
+    const n = r.length[j];
+    const c = r.chunk[j];
+    const a = r.at[j];
+    if (!Number.isSafeInteger(d) || !Number.isSafeInteger(n) || n <= 0 || d < end || d + n > next) {
+      throw new StrataError('CORRUPT', `part ${i} range ${j} is out of order or outside its part of the disk`, {
+        file: where,
+        structure: LAYOUT_PART_KIND,
+        offset: d,
+      });
+    }
+    if (!Number.isInteger(c) || c < 0 || c >= head.chunkCount || !Number.isSafeInteger(a) || a < 0) {
+      throw new StrataError('CORRUPT', `part ${i} range ${j} names no chunk`, {
+        file: where,
+        structure: LAYOUT_PART_KIND,
+        offset: d,
+      });
+    }
+    end = d + n;
+  }
   return m;
 }
 
@@ -369,16 +401,6 @@ export async function readLayout(
   };
   for (const [i, d] of parts.entries()) {
     const p = decodeLayoutPart(await part(d), head, i, `${where} part ${i} (${d})`);
-    if (p.ranges.disk.length > 0 && p.ranges.disk[0] !== partDisk[i]) {
-      throw new StrataError(
-        'CORRUPT',
-        `part ${i} starts at disk offset ${p.ranges.disk[0]}, its head says ${partDisk[i]}`,
-        {
-          file: where,
-          structure: LAYOUT_PART_KIND,
-        },
-      );
-    }
     push(m.chunks, p.chunks);
     push(m.chunkLengths, p.chunkLengths);
     for (const k of ['disk', 'length', 'chunk', 'at'] as const) push(m.ranges[k], p.ranges[k]);

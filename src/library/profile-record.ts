@@ -6,7 +6,6 @@ import { readTraceBatches, type TraceBatch } from '../blockmap/trace.js';
 import { type BootProfile, PROFILE_KIND, type ProfileEntry, saveProfile } from '../catalog/profiles.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import { VersionSource } from './version-source.js';
 
 /**
  * Boot working-set profiles (issue 16 item 4): recording one from a trace. Here, in the
@@ -199,8 +198,7 @@ export class ProfileRecorder {
 
 /** The block map of a library version, built from the store (metadata read through its chunks). */
 export async function versionBlockMap(lib: Library, manifest: string, name: string): Promise<BlockMap> {
-  const m = await lib.layout(manifest);
-  const src = new VersionSource(lib.store, m, name);
+  const src = await lib.versionSource(manifest, name);
   try {
     return await buildBlockMap(src);
   } finally {

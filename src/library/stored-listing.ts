@@ -93,7 +93,7 @@ export async function openStoredFiles(target: RefTarget, part?: string): Promise
   const lib = await openTargetLibrary(target);
   try {
     const v = await resolveTargetVersion(lib, target);
-    const files = await layoutFiles(lib, v, await lib.layout(v.manifest), part);
+    const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), part);
     return { lib, files, name: `${v.image}@${v.number}`, close: () => lib.close() };
   } catch (e) {
     await lib.close();

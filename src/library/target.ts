@@ -9,7 +9,7 @@ import { StrataError } from '../util/errors.js';
 import { holeStatus } from './backing.js';
 import type { Library } from './library.js';
 import { libraryLocation, MARKER } from './location.js';
-import { VersionSource } from './version-source.js';
+import type { RangedSource } from './version-source.js';
 
 /**
  * The one address grammar of every command that reads an image: a TARGET is
@@ -158,7 +158,7 @@ async function openTargetAlone(
   const lib = await openTargetLibrary(target);
   try {
     const v = await resolveTargetVersion(lib, target);
-    const image = versionDiskImage(lib, v, await lib.layout(v.manifest));
+    const image = versionDiskImage(lib, v, await lib.versionSource(v.manifest, `${v.image}@${v.number}`));
     return { image, target, name: image.name };
   } catch (e) {
     await lib.close();
@@ -202,8 +202,7 @@ export async function resolveTargetVersion(lib: Library, target: RefTarget): Pro
 }
 
 /** A stored version as a DiskImage (format raw, read from the store); closing it closes `lib`. */
-function versionDiskImage(lib: Library, v: VersionRow, m: Awaited<ReturnType<Library['layout']>>): DiskImage {
-  const src = new VersionSource(lib.store, m, `${v.image}@${v.number}`);
+function versionDiskImage(lib: Library, v: VersionRow, src: RangedSource): DiskImage {
   return {
     name: src.name,
     size: src.size,

@@ -1,6 +1,17 @@
 import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
 import type { Store } from '../store/store.js';
-import type { LayoutManifest, LayoutManifestHead, LayoutPart } from './manifest.js';
+import { StrataError } from '../util/errors.js';
+import {
+  decodeLayoutPart,
+  decodeLayoutV2Head,
+  decodeManifest,
+  isLayoutHead,
+  LAYOUT_KIND,
+  type LayoutHead,
+  type LayoutManifest,
+  type LayoutManifestHead,
+  type LayoutPart,
+} from './manifest.js';
 
 /** Chunk reads one fill keeps in flight. */
 const READS_IN_FLIGHT = 8;
@@ -9,12 +20,32 @@ const READS_IN_FLIGHT = 8;
 export type BlobReader = Pick<Store, 'withBlob'>;
 
 /**
- * What both version sources share: reads and status over the version's ranges, which a
- * subclass lists in disk order (`ranges`) with the digest of each chunk (`chunkDigest`).
+ * A slice of a layout's columns, as its parts hold them: chunks [firstChunk, firstChunk +
+ * chunks.length) of the chunk list, and ranges in disk order (their chunk numbers layout-wide).
  */
-abstract class RangedSource implements ByteSource {
+export interface LayoutSlice {
+  firstChunk: number;
+  chunks: string[];
+  chunkLengths: number[];
+  ranges: { disk: number[]; length: number[]; chunk: number[]; at: number[] };
+}
+
+/**
+ * What both version sources share: reads and status over the version's ranges, which a
+ * subclass lists in disk order (`ranges`) with the digest of each chunk (`chunkDigest`),
+ * and a walk of the layout's columns a slice at a time (`slices`: the whole layout for
+ * version 1, one part at a time for version 2) for what visits every chunk or range
+ * (checkout's plan, gc, verify).
+ */
+export abstract class RangedSource implements ByteSource {
   abstract readonly size: number;
   abstract readonly name: string;
+  /** The layout's scalars and volumes (a version 1 layout is its own head). */
+  abstract readonly layout: LayoutHead;
+  abstract readonly chunkCount: number;
+  abstract readonly rangeCount: number;
+  /** The layout's columns in order, a slice at a time (one decoded at once). */
+  abstract slices(): AsyncGenerator<LayoutSlice>;
 
   /** Every range overlapping [offset, end), in disk order: (disk, length, chunk number, offset in chunk). */
   protected abstract ranges(
@@ -22,7 +53,8 @@ abstract class RangedSource implements ByteSource {
     end: number,
     visit: (d: number, n: number, c: number, a: number) => void,
   ): void | Promise<void>;
-  protected abstract chunkDigest(c: number): string | Promise<string>;
+  /** The digests of chunks `cs` (layout-wide numbers), in that order. */
+  protected abstract chunkDigests(cs: number[]): string[] | Promise<string[]>;
 
   constructor(protected readonly store: BlobReader) {}
 
@@ -54,9 +86,10 @@ abstract class RangedSource implements ByteSource {
       l.push(a + (s - d), t - s, s - offset);
     });
     if (pos < end) out.fill(0, pos - offset);
-    const todo: Array<[string, number[]]> = [];
-    for (const [c, l] of byChunk) todo.push([await this.chunkDigest(c), l]);
-    await copyChunks(this.store, todo, out);
+    const cs = [...byChunk.keys()];
+    const ds = await this.chunkDigests(cs);
+    const todo = cs.map((c, j): [string, number[]] => [ds[j], byChunk.get(c) as number[]]);
+    await copyChunks(this.store, todo, out, offset);
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
@@ -72,6 +105,37 @@ abstract class RangedSource implements ByteSource {
     });
     pushExtent(out, pos, end - pos, 'zero');
     return out;
+  }
+
+  private summed?: Promise<number>;
+
+  /** Bytes the ranges cover (the layout walked once, then kept). */
+  dataBytes(): Promise<number> {
+    this.summed ??= (async () => {
+      let n = 0;
+      for await (const sl of this.slices()) for (const x of sl.ranges.length) n += x;
+      return n;
+    })();
+    return this.summed;
+  }
+
+  /** Data spans in disk order, merged: [start, end) pairs (`onSlice` sees each slice first). */
+  async *dataSpans(onSlice?: (s: LayoutSlice) => void): AsyncGenerator<[number, number]> {
+    let cur: [number, number] | undefined;
+    for await (const sl of this.slices()) {
+      onSlice?.(sl);
+      const { disk, length } = sl.ranges;
+      for (let i = 0; i < disk.length; i++) {
+        const s = disk[i];
+        const e = s + length[i];
+        if (cur && s <= cur[1]) cur[1] = Math.max(cur[1], e);
+        else {
+          if (cur) yield cur;
+          cur = [s, e];
+        }
+      }
+    }
+    if (cur) yield cur;
   }
 
   abstract close(): Promise<void>;
@@ -103,8 +167,21 @@ export class VersionSource extends RangedSource {
     this.at = Float64Array.from(r.at);
   }
 
+  get layout(): LayoutHead {
+    return this.manifest;
+  }
+
+  get chunkCount(): number {
+    return this.manifest.chunks.length;
+  }
+
   get rangeCount(): number {
     return this.disk.length;
+  }
+
+  async *slices(): AsyncGenerator<LayoutSlice> {
+    const { chunks, chunkLengths, ranges } = this.manifest;
+    yield { firstChunk: 0, chunks, chunkLengths, ranges };
   }
 
   /** Index of the first range that ends after `offset`. */
@@ -125,23 +202,8 @@ export class VersionSource extends RangedSource {
     }
   }
 
-  protected chunkDigest(c: number): string {
-    return this.manifest.chunks[c];
-  }
-
-  /** Data spans in disk order, merged: [start, end) pairs. */
-  *dataSpans(): Generator<[number, number]> {
-    let cur: [number, number] | undefined;
-    for (let i = 0; i < this.disk.length; i++) {
-      const s = this.disk[i];
-      const e = s + this.len[i];
-      if (cur && s <= cur[1]) cur[1] = Math.max(cur[1], e);
-      else {
-        if (cur) yield cur;
-        cur = [s, e];
-      }
-    }
-    if (cur) yield cur;
+  protected chunkDigests(cs: number[]): string[] {
+    return cs.map((c) => this.manifest.chunks[c]);
   }
 
   async close(): Promise<void> {}
@@ -151,31 +213,75 @@ export class VersionSource extends RangedSource {
  * Copy pieces of chunks into `out`: per chunk digest, [offset in chunk, length, offset in
  * out] triples; a few chunk reads in flight (not one per chunk: each holds pooled buffers).
  */
-async function copyChunks(store: BlobReader, todo: Array<[string, number[]]>, out: Uint8Array): Promise<void> {
+async function copyChunks(
+  store: BlobReader,
+  todo: Array<[string, number[]]>,
+  out: Uint8Array,
+  offset: number,
+): Promise<void> {
   let next = 0;
   const worker = async () => {
     while (next < todo.length) {
       const [digest, l] = todo[next++];
       await store.withBlob(digest, (c) => {
-        for (let k = 0; k < l.length; k += 3) out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
+        for (let k = 0; k < l.length; k += 3) {
+          if (l[k] + l[k + 1] > c.length) {
+            // a layout's range that runs past its chunk (a version 2 part cannot check it alone)
+            throw new StrataError(
+              'CORRUPT',
+              `a range reads bytes ${l[k]}-${l[k] + l[k + 1]} of chunk ${digest}, which holds ${c.length}`,
+              { structure: 'layout manifest', offset: offset + l[k + 2] },
+            );
+          }
+          out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
+        }
       });
     }
   };
   await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, todo.length) }, worker));
 }
 
-/** Decoded parts a PartedVersionSource keeps (each LAYOUT_PART_ENTRIES chunks and ranges: ~2-3 MB). */
+/** Range columns of parts a PartedVersionSource keeps (24 bytes a range: ~384 KiB a part). */
 const PARTS_KEPT = 8;
+/**
+ * Chunk lists of parts it keeps (32 bytes a chunk: 512 KiB a part, 16 MiB in all): a range
+ * names chunks of earlier parts too (a duplicate file's), so more lists than range columns.
+ */
+const CHUNK_LISTS_KEPT = 32;
+
+interface PartRanges {
+  disk: Float64Array;
+  length: Float64Array;
+  chunk: Uint32Array;
+  at: Float64Array;
+}
+
+/** A least recently used entry of `m` (moved last), or one made by `load` (the oldest past `max` dropped). */
+function lru<T>(m: Map<number, Promise<T>>, i: number, max: number, load: () => Promise<T>): Promise<T> {
+  let p = m.get(i);
+  if (p) m.delete(i);
+  else {
+    p = load();
+    p.catch(() => m.delete(i));
+  }
+  m.set(i, p);
+  while (m.size > max) m.delete(m.keys().next().value as number);
+  return p;
+}
 
 /**
  * A stored version whose layout manifest is in parts (version 2) as a ByteSource that loads
- * only the parts its reads touch (the last PARTS_KEPT kept): what the inspection after a
- * check-in reads (a partition table, a superblock, /etc) without the whole layout of a
- * million-file version in memory.
+ * only the parts its reads touch, kept compact (typed range columns, binary chunk digests)
+ * and few (PARTS_KEPT, CHUNK_LISTS_KEPT): checkout, NBD and HTTP reads, the inspection after
+ * a check-in, gc and verify read a million-file version without its whole layout (~250 MB
+ * decoded) in memory.
  */
 export class PartedVersionSource extends RangedSource {
   readonly size: number;
-  private readonly kept = new Map<number, Promise<LayoutPart>>();
+  private readonly rangeParts = new Map<number, Promise<PartRanges>>();
+  private readonly chunkLists = new Map<number, Promise<Buffer>>();
+  /** Parts being decoded (a range read and a chunk lookup of one part share the load). */
+  private readonly loading = new Map<number, Promise<LayoutPart>>();
 
   constructor(
     store: BlobReader,
@@ -187,19 +293,82 @@ export class PartedVersionSource extends RangedSource {
     this.size = head.virtualSize;
   }
 
+  get layout(): LayoutHead {
+    return this.head;
+  }
+
+  get chunkCount(): number {
+    return this.head.chunkCount;
+  }
+
+  get rangeCount(): number {
+    return this.head.rangeCount;
+  }
+
   private part(i: number): Promise<LayoutPart> {
-    let p = this.kept.get(i);
-    if (p) this.kept.delete(i);
-    else p = this.loadPart(i);
-    this.kept.set(i, p);
-    p.catch(() => this.kept.delete(i));
-    while (this.kept.size > PARTS_KEPT) this.kept.delete(this.kept.keys().next().value as number);
+    let p = this.loading.get(i);
+    if (!p) {
+      p = this.loadPart(i);
+      this.loading.set(i, p);
+      const done = () => this.loading.delete(i);
+      p.then(done, done);
+    }
     return p;
   }
 
-  protected async chunkDigest(k: number): Promise<string> {
+  private partRanges(i: number): Promise<PartRanges> {
+    return lru(this.rangeParts, i, PARTS_KEPT, async () => {
+      const p = await this.part(i);
+      // its chunk list too, while it is decoded (the reads of these ranges name its chunks)
+      if (!this.chunkLists.has(i)) lru(this.chunkLists, i, CHUNK_LISTS_KEPT, async () => this.digestsOf(p, i));
+      const r = p.ranges;
+      return {
+        disk: Float64Array.from(r.disk),
+        length: Float64Array.from(r.length),
+        chunk: Uint32Array.from(r.chunk),
+        at: Float64Array.from(r.at),
+      };
+    });
+  }
+
+  private chunkList(i: number): Promise<Buffer> {
+    return lru(this.chunkLists, i, CHUNK_LISTS_KEPT, async () => this.digestsOf(await this.part(i), i));
+  }
+
+  /** A part's chunk digests as 32 bytes each. */
+  private digestsOf(p: LayoutPart, i: number): Buffer {
+    const b = Buffer.allocUnsafe(p.chunks.length * 32);
+    for (let j = 0; j < p.chunks.length; j++) {
+      const d = p.chunks[j];
+      if (typeof d !== 'string' || d.length !== 64 || b.write(d, j * 32, 32, 'hex') !== 32) {
+        throw new StrataError('CORRUPT', `part ${i} chunk ${j} is not a sha256 digest`, {
+          file: this.name,
+          structure: 'strata.layout-part',
+        });
+      }
+    }
+    return b;
+  }
+
+  /** Each part's chunk list loaded once for all of `ks`. */
+  protected async chunkDigests(ks: number[]): Promise<string[]> {
     const P = this.head.partEntries;
-    return (await this.part(Math.floor(k / P))).chunks[k % P];
+    const out = new Array<string>(ks.length);
+    const byPart = new Map<number, number[]>();
+    for (let j = 0; j < ks.length; j++) {
+      const i = Math.floor(ks[j] / P);
+      let l = byPart.get(i);
+      if (!l) byPart.set(i, (l = []));
+      l.push(j);
+    }
+    for (const [i, l] of byPart) {
+      const list = await this.chunkList(i);
+      for (const j of l) {
+        const o = (ks[j] - i * P) * 32;
+        out[j] = list.toString('hex', o, o + 32);
+      }
+    }
+    return out;
   }
 
   protected async ranges(offset: number, end: number, visit: (d: number, n: number, c: number, a: number) => void) {
@@ -213,7 +382,7 @@ export class PartedVersionSource extends RangedSource {
       else hi = mid;
     }
     for (let i = Math.max(0, lo - 1); i < partDisk.length && i * P < rangeCount && partDisk[i] < end; i++) {
-      const r = (await this.part(i)).ranges;
+      const r = await this.partRanges(i);
       for (let j = 0; j < r.disk.length && r.disk[j] < end; j++) {
         if (r.disk[j] + r.length[j] <= offset) continue;
         visit(r.disk[j], r.length[j], r.chunk[j], r.at[j]);
@@ -221,7 +390,38 @@ export class PartedVersionSource extends RangedSource {
     }
   }
 
-  async close(): Promise<void> {
-    this.kept.clear();
+  async *slices(): AsyncGenerator<LayoutSlice> {
+    const P = this.head.partEntries;
+    for (let i = 0; i < this.head.parts.length; i++) {
+      const { chunks, chunkLengths, ranges } = await this.part(i);
+      yield { firstChunk: i * P, chunks, chunkLengths, ranges };
+    }
   }
+
+  async close(): Promise<void> {
+    this.rangeParts.clear();
+    this.chunkLists.clear();
+  }
+}
+
+/**
+ * A version's layout from its blob's bytes as a source: version 1 decoded whole (a
+ * VersionSource), version 2 read a part at a time (`part` fetches a part's bytes).
+ */
+export function layoutSource(
+  store: BlobReader,
+  plain: Uint8Array,
+  where: string,
+  name: string,
+  part: (digest: string) => Promise<Uint8Array>,
+): RangedSource {
+  if (!isLayoutHead(plain))
+    return new VersionSource(store, decodeManifest<LayoutManifest>(plain, LAYOUT_KIND, where), name);
+  const head = decodeLayoutV2Head(plain, where);
+  return new PartedVersionSource(
+    store,
+    head,
+    async (i) => decodeLayoutPart(await part(head.parts[i]), head, i, `${where} part ${i} (${head.parts[i]})`),
+    name,
+  );
 }

@@ -30,7 +30,7 @@ export async function versionStat(
   p: string,
   opts: { part?: string; follow?: boolean } = {},
 ): Promise<VersionStat> {
-  const m = await lib.layout(v.manifest);
+  const m = await lib.layoutHead(v.manifest);
   const digest = await layoutFilesDigest(lib, v, m, opts.part);
   const lv = m.volumes.find((x) => x.fs?.files === digest);
   if (!lv) throw new StrataError('CORRUPT', `version ${v.image}@${v.number}: no volume holds file manifest ${digest}`);

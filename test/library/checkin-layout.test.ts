@@ -128,6 +128,12 @@ test('layout manifest in parts (version 2): joins to version 1, reads back, surv
       assert.ok(Buffer.from(got).equals(bytes.subarray(off, off + step)), `bytes at ${off} (+${step})`);
       assert.deepEqual(await src.status(off, step), await full.status(off, step), `status at ${off}`);
     }
+    // describe walks the parts: the same counts and data bytes as the version 1 layout's
+    const { describeVersion } = await import('../../src/library/library-verbs.js');
+    const described = (await describeVersion(lib, r.ref)).layout as Record<string, unknown>;
+    assert.deepEqual(described, (await describeVersion(lib, v1.ref)).layout);
+    assert.equal(described.chunks, head.chunkCount);
+    assert.equal(described.ranges, head.rangeCount);
     const ins = await getInspection(lib.catalog.db, 'parts', 1);
     const ins1 = await getInspection(lib.catalog.db, 'one', 1);
     assert.ok(ins && ins1, 'both versions were inspected');
@@ -146,5 +152,85 @@ test('layout manifest in parts (version 2): joins to version 1, reads back, surv
     assert.ok(readFileSync(out).equals(bytes), 'checkout equals the image');
   } finally {
     await lib.close();
+  }
+});
+
+/**
+ * A version 2 layout read a part at a time checks what one part can tell (its ranges in order,
+ * inside its part of the disk, naming chunks that exist) when the part is loaded, and a range
+ * that runs past the end of its chunk (whose length may sit in another part) when the chunk
+ * is read: CORRUPT naming the chunk, never bytes of a neighbour or of an old buffer.
+ */
+test('a layout in parts read part by part: bad parts and ranges past a chunk fail with CORRUPT', async () => {
+  const { PartedVersionSource } = await import('../../src/library/version-source.js');
+  const { decodeLayoutPart, LAYOUT_KIND, LAYOUT_PART_KIND } = await import('../../src/library/manifest.js');
+  const { createHash } = await import('node:crypto');
+  const { StrataError } = await import('../../src/util/errors.js');
+  const chunkA = Buffer.alloc(4096, 0xaa);
+  const chunkB = Buffer.alloc(4096, 0xbb);
+  const hex = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  const blobs = new Map([
+    [hex(chunkA), chunkA],
+    [hex(chunkB), chunkB],
+  ]);
+  const store = {
+    withBlob: async <T>(d: string, use: (p: Uint8Array) => T) => use(blobs.get(d) as Uint8Array),
+  };
+  const head = {
+    kind: LAYOUT_KIND as typeof LAYOUT_KIND,
+    version: 2 as const,
+    virtualSize: 1 << 20,
+    sourceName: 'x.img',
+    sourceFormat: 'raw',
+    scheme: 'none',
+    exact: true,
+    fileChunkSize: 1 << 20,
+    diskChunkSize: 65536,
+    volumes: [],
+    chunkCount: 2,
+    rangeCount: 3,
+    partEntries: 2,
+    parts: ['a'.repeat(64), 'b'.repeat(64)],
+    partDisk: [0, 65536],
+    warnings: [],
+  };
+  const part = (chunks: string[], disk: number[], length: number[], chunk: number[], at: number[]) => ({
+    kind: LAYOUT_PART_KIND,
+    version: 1 as const,
+    chunks,
+    chunkLengths: chunks.map(() => 4096),
+    ranges: { disk, length, chunk, at },
+  });
+  const good = [
+    part([hex(chunkA), hex(chunkB)], [0, 8192], [4096, 4096], [0, 1], [0, 0]),
+    part([], [65536], [4096], [0], [0]),
+  ];
+  const open = (parts: typeof good) =>
+    new PartedVersionSource(
+      store,
+      head,
+      async (i) => decodeLayoutPart(Buffer.from(JSON.stringify(parts[i])), head, i, `part ${i}`),
+      'x@1',
+    );
+  const src = open(good);
+  const all = Buffer.from(await src.read(0, 70_000));
+  assert.ok(all.subarray(0, 4096).equals(chunkA));
+  assert.ok(all.subarray(4096, 8192).equals(Buffer.alloc(4096)));
+  assert.ok(all.subarray(8192, 12288).equals(chunkB));
+  assert.ok(all.subarray(65536, 65536 + 4096).equals(chunkA), 'a later part names an earlier part`s chunk');
+  assert.equal(await src.dataBytes(), 3 * 4096);
+  const corrupt = (e: unknown) => e instanceof StrataError && e.code === 'CORRUPT';
+  // a range past its chunk's end: found when the chunk is read
+  const past = open([good[0], part([], [65536], [4096], [0], [1])]);
+  await assert.rejects(past.read(65536, 4096), corrupt);
+  assert.ok(Buffer.from(await past.read(0, 4096)).equals(chunkA), 'the good part still reads');
+  // a range reaching into the next part's disk, out of order, or naming no chunk: found at load
+  for (const bad of [
+    part([hex(chunkA), hex(chunkB)], [0, 65000], [4096, 4096], [0, 1], [0, 0]),
+    part([hex(chunkA), hex(chunkB)], [8192, 0], [4096, 4096], [0, 1], [0, 0]),
+    part([hex(chunkA), hex(chunkB)], [0, 8192], [4096, 4096], [0, 2], [0, 0]),
+    part([hex(chunkA), 'zz'.repeat(32)], [0, 8192], [4096, 4096], [0, 1], [0, 0]),
+  ]) {
+    await assert.rejects(open([bad, good[1]]).read(0, 16384), corrupt);
   }
 });

@@ -149,6 +149,31 @@ describe('strata nbd REF: library versions', () => {
     assert.deepEqual(errors, []);
   });
 
+  test('a layout in parts (version 2, parts of 16 ranges) is served a part at a time, identical to the chain, with the same holes', async () => {
+    const { PartedVersionSource } = await import('../../src/library/version-source.js');
+    const r = await checkin(lib, chain.child, { name: 'parted', exact: true, layoutPartEntries: 16 });
+    assert.equal(r.usedBytes, chain.usedBytes);
+    const src = await lib.versionSource(r.manifest, 'parted@1');
+    assert.ok(src instanceof PartedVersionSource, 'read a part at a time, not joined');
+    assert.ok(src.head.parts.length > 4, `${src.head.parts.length} parts`);
+    await src.close();
+    const { server, errors, uri } = await startServer([
+      await openLibraryExport(lib, 'parted@1', { cacheSize: 1 << 20 }),
+      await openLibraryExport(lib, 'chain@1', { name: 'whole' }),
+    ]);
+    try {
+      assert.match(await run('qemu-img', ['compare', '-f', 'raw', uri('parted@1'), chain.child]), /identical/);
+      const map = async (name: string) => JSON.parse(await run('nbdinfo', ['--map', '--json', uri(name)]));
+      assert.deepEqual(await map('parted@1'), await map('whole'), 'block status as the version 1 layout says');
+      const copy = path.join(dir, 'parted-copy.raw');
+      await run('nbdcopy', ['--request-size=65536', uri('parted@1'), copy]);
+      assert.match(await run('qemu-img', ['compare', '-f', 'raw', copy, chain.child]), /identical/);
+    } finally {
+      await server.close();
+    }
+    assert.deepEqual(errors, []);
+  });
+
   test('default check-in of ext4: the export is the original with its free blocks (dumpe2fs) zeroed', async () => {
     const img = await extImageOf('ext4', await baseTree(), 'base');
     const r = await checkin(lib, img, { name: 'ext', tags: ['t'] });

@@ -810,9 +810,9 @@ export async function rebaseVersion(
   const vt = await lib.catalog.resolve(to);
   const name = (v: { image: string; number: number }) => `${v.image}@${v.number}`;
   const [fo, fb, ft] = [
-    await layoutFiles(lib, vo, await lib.layout(vo.manifest), opts.part),
-    await layoutFiles(lib, vb, await lib.layout(vb.manifest), opts.part),
-    await layoutFiles(lib, vt, await lib.layout(vt.manifest), opts.part),
+    await layoutFiles(lib, vo, await lib.layoutHead(vo.manifest), opts.part),
+    await layoutFiles(lib, vb, await lib.layoutHead(vb.manifest), opts.part),
+    await layoutFiles(lib, vt, await lib.layoutHead(vt.manifest), opts.part),
   ];
   if (fo.fsKind !== ft.fsKind || fb.fsKind !== ft.fsKind) {
     throw new StrataError(

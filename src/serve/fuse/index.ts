@@ -41,7 +41,7 @@ export async function openMountTree(
     const lib = await openTargetLibrary(target);
     try {
       const v = await resolveTargetVersion(lib, target);
-      const files = await layoutFiles(lib, v, await lib.layout(v.manifest), opts.address?.part ?? opts.address?.lv);
+      const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), opts.address?.part ?? opts.address?.lv);
       const tree = new ManifestTree(lib.store, files, `${v.image}@${v.number}`, () => lib.close());
       return {
         tree,

@@ -1,5 +1,5 @@
 import type { FileEntry, FilesManifest, LayoutManifest } from '../../library/manifest.js';
-import { decodeFilesHead, decodeFilesPart, FILE_PART_ENTRIES, readLayout } from '../../library/manifest.js';
+import { decodeFilesHead, decodeFilesPart, decodeLayoutHead, FILE_PART_ENTRIES } from '../../library/manifest.js';
 import { StrataError } from '../../util/errors.js';
 import type { RemoteLibrary, RemoteVersion } from '../http/client.js';
 import { type BlobGetter, ManifestTree } from './manifest-tree.js';
@@ -95,7 +95,7 @@ export async function filesFromBlobs(blobs: BlobGetter, digest: string, where: s
  */
 async function chooseFiles(
   blobs: BlobGetter,
-  layout: LayoutManifest,
+  layout: Pick<LayoutManifest, 'volumes'>,
   ref: string,
   part: string | undefined,
 ): Promise<FilesManifest> {
@@ -134,9 +134,8 @@ export async function openRemoteMountTree(
   const v = await remote.resolve(ref);
   const name = `${v.image}@${v.number}`;
   const blobs = new RemoteBlobs(remote, opts.cache, opts.onWarning);
-  const layout = await readLayout(await blobs.get(v.manifest), `${remote.url} manifest ${v.manifest}`, (d) =>
-    blobs.get(d),
-  );
+  // its volumes only (a layout in parts: the head; version 1: its columns stepped over)
+  const layout = decodeLayoutHead(await blobs.get(v.manifest), `${remote.url} manifest ${v.manifest}`);
   const files = await chooseFiles(blobs, layout, `${remote.url}#${name}`, opts.part);
   return { tree: new ManifestTree(blobs, files, name), version: v, blobs };
 }

@@ -15,11 +15,11 @@ import { type Change, changeToWire, type WireChange } from '../../library/edit/c
 import type { LogStep } from '../../library/edit/log.js';
 import type { RebaseJson, Take } from '../../library/edit/rebase.js';
 import type { StatExtent } from '../../library/listing.js';
-import { type FileEntry, type FilesManifest, readLayout } from '../../library/manifest.js';
+import type { FileEntry, FilesManifest } from '../../library/manifest.js';
 import type { SearchHit, SearchQuery } from '../../library/search.js';
 import { openDeviceTargets } from '../../library/target.js';
 import type { VersionDiff } from '../../library/version-diff.js';
-import { VersionSource } from '../../library/version-source.js';
+import { layoutSource, type RangedSource } from '../../library/version-source.js';
 import type { PutResult } from '../../store/store.js';
 import { type ErrorCode, StrataError } from '../../util/errors.js';
 import type { Problem } from './problem.js';
@@ -634,9 +634,8 @@ export class RemoteLibrary {
   async versionSource(
     ref: string,
     opts: { cacheChunks?: number } = {},
-  ): Promise<{ v: RemoteVersion; source: VersionSource }> {
+  ): Promise<{ v: RemoteVersion; source: RangedSource }> {
     const v = await this.resolve(ref);
-    const layout = await readLayout(await this.chunk(v.manifest), `manifest ${v.manifest}`, (d) => this.chunk(d));
     const cache = new Map<string, Promise<Uint8Array>>();
     const max = opts.cacheChunks ?? 32;
     const reader = {
@@ -650,7 +649,15 @@ export class RemoteLibrary {
         return use(await p);
       },
     };
-    return { v, source: new VersionSource(reader, layout, `${this.url}#${v.image}@${v.number}`) };
+    // a layout in parts is fetched a part at a time, as the reads need them
+    const source = layoutSource(
+      reader,
+      await this.chunk(v.manifest),
+      `manifest ${v.manifest}`,
+      `${this.url}#${v.image}@${v.number}`,
+      (d) => this.chunk(d),
+    );
+    return { v, source };
   }
   commit(
     name: string,

@@ -15,6 +15,7 @@ import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfil
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import type { BlobCacheOptions } from '../../library/blob-cache.js';
+import { DigestSet } from '../../library/digest-set.js';
 import { applyChanges } from '../../library/edit/apply.js';
 import { type Change, changeFromWire } from '../../library/edit/changes.js';
 import { contentChunks } from '../../library/edit/content.js';
@@ -22,7 +23,7 @@ import { versionLog } from '../../library/edit/log.js';
 import { rebaseJson, rebaseVersion, type Take } from '../../library/edit/rebase.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
-import { findEntry, layoutFiles, listEntries, reachable } from '../../library/library-verbs.js';
+import { findEntry, layoutFiles, layoutSummary, listEntries, reachable } from '../../library/library-verbs.js';
 import {
   decodeManifest,
   encodeManifest,
@@ -36,7 +37,6 @@ import { recordVersionProfile } from '../../library/profile-record.js';
 import { searchPage } from '../../library/search.js';
 import { tarOfStored } from '../../library/tar-export.js';
 import { diffVersions } from '../../library/version-diff.js';
-import { VersionSource } from '../../library/version-source.js';
 import { versionStat } from '../../library/version-stat.js';
 import { RepoLock } from '../../store/lock.js';
 import { StrataError } from '../../util/errors.js';
@@ -312,7 +312,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const blobCache = opts.blobCache ? lib.useBlobCache(opts.blobCache) : undefined;
   const perMinute = opts.rateLimit ?? 6000;
   const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
-  const reach = new Map<string, Set<string>>();
+  const reach = new Map<string, DigestSet>();
   const answerBytes = opts.answerCache ?? 32 * ONE_MIB;
   const answers = answerBytes > 0 && lib.catalog.db.changeStamp ? new AnswerCache(answerBytes) : undefined;
   /** Commits and uploads one at a time (the store's writer is one). */
@@ -582,10 +582,10 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     }
   };
 
-  const blobsOf = async (manifest: string): Promise<Set<string>> => {
+  const blobsOf = async (manifest: string): Promise<DigestSet> => {
     let s = reach.get(manifest);
     if (!s) {
-      s = new Set();
+      s = new DigestSet();
       await reachable(lib, manifest, s);
       reach.set(manifest, s);
     }
@@ -614,7 +614,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
 
   const parseFilesQuery = async (policy: Policy, p: { name: string; version: string }, part?: string) => {
     const v = await versionIn(policy, p.name, p.version);
-    const files = await layoutFiles(lib, v, await lib.layout(v.manifest), part);
+    const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), part);
     return { v, files };
   };
 
@@ -889,25 +889,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     async (req) => {
       const p = req.params as { name: string; version: string };
       const v = await versionIn(req.policy, p.name, p.version);
-      const m = await lib.layout(v.manifest);
-      let dataBytes = 0;
-      for (const n of m.ranges.length) dataBytes += n;
-      return {
-        ...versionOf(v),
-        layout: {
-          virtualSize: m.virtualSize,
-          sourceFormat: m.sourceFormat,
-          scheme: m.scheme,
-          exact: m.exact,
-          fileChunkSize: m.fileChunkSize,
-          diskChunkSize: m.diskChunkSize,
-          chunks: m.chunks.length,
-          ranges: m.ranges.disk.length,
-          dataBytes,
-          volumes: m.volumes,
-          warnings: m.warnings,
-        },
-      };
+      return { ...versionOf(v), layout: await layoutSummary(lib, v.manifest) };
     },
   );
 
@@ -1888,9 +1870,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         }
         return sendBytes(req, reply, cache.size, cached, `${v.image.replace(/\//g, '_')}-${v.number}.raw`);
       }
-      const layout = await lib.layout(v.manifest);
       const ref = `${v.image}@${v.number}`;
-      const src = new VersionSource(lib.store, layout, ref);
+      const src = await lib.versionSource(v.manifest, ref);
       const base = `${v.image.replace(/\//g, '_')}-${v.number}`;
       // a whole-disk download takes what the version's live cache already holds (no fetch, no
       // counters, no recency: one sequential pass would only flush it) and reads the rest
@@ -1917,10 +1898,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         diskCaches.noteDownload(ref, hit, out.length - hit);
       };
       if (format === 'qcow2') {
-        const plan = planQcow2Stream(
-          src.size,
-          [...src.dataSpans()].map(([a, b]) => [a, b - a] as const),
-        );
+        const spans: Array<readonly [number, number]> = [];
+        for await (const [a, b] of src.dataSpans()) spans.push([a, b - a]);
+        const plan = planQcow2Stream(src.size, spans);
         const readDisk = async (off: number, out: Uint8Array) => {
           const n = Math.max(0, Math.min(out.length, src.size - off));
           if (n > 0) await readAt(off, out.subarray(0, n));
@@ -2272,7 +2252,7 @@ class DiskCaches {
       this.open.set(manifest, p);
     } else {
       p = (async () => {
-        const src = new VersionSource(this.lib.store, await this.lib.layout(manifest), ref);
+        const src = await this.lib.versionSource(manifest, ref);
         try {
           // the block map comes from the version itself (read straight, not through the cache)
           return { cache: await openExportCache(src, this.opts!), ref };

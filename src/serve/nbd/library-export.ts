@@ -5,7 +5,7 @@ import { FilterSource, type Unwrapped } from '../../io/filter-source.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { holeStatus, libraryBackingName } from '../../library/backing.js';
 import type { Library } from '../../library/library.js';
-import { VersionSource } from '../../library/version-source.js';
+import type { RangedSource } from '../../library/version-source.js';
 import { type ExportCacheOptions, openExportCache } from './cache.js';
 import type { NbdExport } from './export.js';
 import { statsOf } from './image-export.js';
@@ -43,7 +43,7 @@ export async function openLibraryExport(
   const v = await lib.catalog.resolve(ref);
   // from the resolved row's manifest (not a second resolve: a tag moved meanwhile would make
   // the overlay record one version and serve another)
-  const version = new VersionSource(lib.store, await lib.layout(v.manifest), `${lib.dir}#${v.image}@${v.number}`);
+  const version = await lib.versionSource(v.manifest, `${lib.dir}#${v.image}@${v.number}`);
   return openVersionExport(version, {
     ...opts,
     name: opts.name ?? ref,
@@ -57,7 +57,7 @@ export async function openLibraryExport(
  * NBD export, with its block cache and optional overlay. Closing the export closes `version`.
  */
 export async function openVersionExport(
-  version: VersionSource,
+  version: RangedSource,
   opts: LibraryExportOptions & { name: string; description: string; manifest: string },
 ): Promise<NbdExport> {
   const cacheSize = opts.cacheSize ?? DEFAULT_LIBRARY_CACHE;
@@ -66,7 +66,7 @@ export async function openVersionExport(
     if (opts.cache)
       cache = await openExportCache(version, { ...opts.cache, cacheSize: opts.cacheSize ?? opts.cache.cacheSize });
     else if (cacheSize > 0)
-      cache = new CachedSource(version, { blockSize: cacheBlockSize(version), capacity: cacheSize });
+      cache = new CachedSource(version, { blockSize: await cacheBlockSize(version), capacity: cacheSize });
   } catch (e) {
     await version.close();
     throw e;
@@ -119,7 +119,7 @@ class VersionExportSource extends FilterSource {
   readonly name: string;
   readonly size: number;
   constructor(
-    private readonly version: VersionSource,
+    private readonly version: RangedSource,
     private readonly cache: ByteSource | undefined,
     private readonly direct: number,
   ) {
@@ -152,11 +152,9 @@ class VersionExportSource extends FilterSource {
  * sequential pass. The mean range length (bytes stored / ranges) tells which dominates:
  * the power of two at or below it, between 64 KiB and 1 MiB.
  */
-export function cacheBlockSize(version: { manifest: { ranges: { length: ArrayLike<number> } } }): number {
-  const lengths = version.manifest.ranges.length;
-  let total = 0;
-  for (let i = 0; i < lengths.length; i++) total += lengths[i];
-  const mean = lengths.length > 0 ? total / lengths.length : 0;
+export async function cacheBlockSize(version: RangedSource): Promise<number> {
+  const n = version.rangeCount;
+  const mean = n > 0 ? (await version.dataBytes()) / n : 0;
   let b = 64 << 10;
   while (b * 2 <= Math.min(mean, 1 << 20)) b *= 2;
   return b;
