@@ -94,7 +94,9 @@ export const WRITE_STEPS = [
  * COPY_CLONE first tries a reflink (FICLONERANGE) and reports in `cloneErrno` why not;
  * COPY_KERNEL moves the bytes with copy_file_range(2) (page cache to page cache) and
  * reports in `cfrErrno` why not when the kernel refuses (the range is then written from
- * the buffer); COPY_ALLDATA (with COPY_KERNEL) skips the read and the zero check.
+ * the buffer); COPY_ALLDATA (with COPY_KERNEL) skips the read and the zero check;
+ * COPY_PREALLOC allocates each range of the output before writing it (ignored where the
+ * file system refuses).
  * Otherwise all-zero granules of `gran` bytes are not written. Rejects with an Error
  * carrying `code`, `side` ('read' | 'write') and `offset` (the file offset on that side).
  */
@@ -111,6 +113,8 @@ export const COPY_HOLES = 1;
 export const COPY_CLONE = 2;
 export const COPY_KERNEL = 4;
 export const COPY_ALLDATA = 8;
+/** Allocate each output range with fallocate(2) before writing it (see native/copy.c). */
+export const COPY_PREALLOC = 16;
 
 /**
  * Read [off, off+len) of file `fd`, which holds the virtual bytes [virt, virt+len), on a
