@@ -27,6 +27,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "napi-job.h"
+
 #define SPEC 5
 
 typedef struct {
@@ -77,21 +79,25 @@ static int64_t inflate_into(const unsigned char *in, size_t n, unsigned char *ds
 
 static void run_grains(Job *j, size_t len);
 
+/* A per-thread buffer of at least n bytes (its old contents are not kept). */
+static int grow(unsigned char **buf, size_t *cap, size_t n) {
+  if (n <= *cap) return 0;
+  free(*buf);
+  *buf = malloc(n);
+  *cap = *buf ? n : 0;
+  return *buf ? 0 : -1;
+}
+
 static void Execute(napi_env env, void *data) {
   (void)env;
   Job *j = (Job *)data;
   j->failed = -1;
   j->mismatch = -1;
   size_t len = (size_t)(j->hi - j->lo);
-  if (len > span_cap) {
-    free(span);
-    span = malloc(len);
-    span_cap = span ? len : 0;
-    if (!span) {
-      j->err = ENOMEM;
-      j->err_off = j->lo;
-      return;
-    }
+  if (grow(&span, &span_cap, len) != 0 || grow(&grain, &grain_cap, (size_t)j->grain_bytes) != 0) {
+    j->err = ENOMEM;
+    j->err_off = j->lo;
+    return;
   }
   for (size_t got = 0; got < len;) {
     ssize_t n = pread(j->fd, span + got, len - got, j->lo + (int64_t)got);
@@ -115,16 +121,6 @@ static void Execute(napi_env env, void *data) {
 
 static void run_grains(Job *j, size_t len) {
   size_t gb = (size_t)j->grain_bytes;
-  if (gb > grain_cap) {
-    free(grain);
-    grain = malloc(gb);
-    grain_cap = grain ? gb : 0;
-    if (!grain) {
-      j->err = ENOMEM;
-      j->err_off = j->lo;
-      return;
-    }
-  }
   for (size_t k = 0; k < j->jobs; k++) {
     const double *s = j->spec + k * SPEC;
     int64_t o = (int64_t)s[0] - j->lo;
@@ -245,28 +241,14 @@ static napi_value InflateGrains(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ENOMEM", "strata native inflate: out of memory");
     return NULL;
   }
-  j->fd = fd;
-  j->lo = lo;
-  j->hi = hi;
-  j->grain_bytes = gb;
-  j->max_compressed = maxc;
-  j->spec = s;
-  j->jobs = jobs;
-  j->out = (unsigned char *)out;
-  j->out_len = out_len;
+  *j = (Job){.fd = fd, .lo = lo, .hi = hi, .grain_bytes = gb, .max_compressed = maxc,
+             .spec = s, .jobs = jobs, .out = (unsigned char *)out, .out_len = out_len};
   /* Both buffers stay alive (referenced) until Complete. */
   napi_create_reference(env, argv[4], 1, &j->out_ref);
   napi_create_reference(env, argv[3], 1, &j->spec_ref);
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "strata.inflateGrains", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, Execute, Complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
-  return promise;
+  return strata_queue(env, "strata.inflateGrains", Execute, Complete, j, &j->work, &j->deferred);
 }
 
 void strata_register_inflate(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "inflateGrains", NAPI_AUTO_LENGTH, InflateGrains, NULL, &fn);
-  napi_set_named_property(env, exports, "inflateGrains", fn);
+  strata_export(env, exports, "inflateGrains", InflateGrains);
 }
