@@ -19,6 +19,14 @@
  *   flags & 8 (ALLDATA): the caller knows the range holds data (qcow2 clusters it found
  *                      non-zero with scanClusters): no read and no zero check, only
  *                      copy_file_range (falling back to the copy below).
+ *   flags & 16 (PREALLOC): each range about to be written is first allocated with
+ *                      fallocate(2) (mode 0: blocks, size unchanged inside the file), as
+ *                      qemu-img's qcow2 driver does with ZERO_RANGE: ext4 then maps the
+ *                      range once instead of reserving delayed allocation block by block
+ *                      (ext4_da_get_block_prep). 1 GiB mixed disk, 8 interleaved rounds at
+ *                      load 24-27, user+sys CPU median: raw -> qcow2 0.47 -> 0.39 s (qemu-img
+ *                      0.38), raw -> raw 0.40 -> 0.32 s (qemu-img 0.38). A file system that
+ *                      refuses fallocate is simply written.
  *   Otherwise the range is read into a per-thread buffer and granules (`gran` bytes) that
  *   are all zeros are not written (the output is sparse, sized beforehand).
  *
@@ -46,6 +54,7 @@
 #define F_CLONE 2
 #define F_KERNEL 4
 #define F_ALLDATA 8
+#define F_PREALLOC 16
 
 static __thread unsigned char *tbuf;
 
@@ -67,6 +76,12 @@ typedef struct {
   int64_t err_off;
   int short_read;
 } Job;
+
+/* F_PREALLOC: allocate [off, off+len) of the output before writing it (a refusal is ignored). */
+static void prealloc(Job *j, int64_t off, int64_t len) {
+  if ((j->flags & F_PREALLOC) && fallocate(j->out_fd, 0, off, len) != 0 && errno != EINTR && errno != ENOSPC)
+    j->flags &= ~F_PREALLOC; /* EOPNOTSUPP and the like: not here, not again in this job */
+}
 
 static int all_zero(const unsigned char *p, size_t n) {
   const uint64_t *w = (const uint64_t *)p;
@@ -150,6 +165,7 @@ static int copy_data(Job *j, int64_t a, int64_t b) {
       while (q < want && !all_zero(tbuf + q, (want - q < gran ? want - q : gran))) q += gran;
       if (q > want) q = want;
       size_t done = p;
+      prealloc(j, a + (int64_t)p + delta, (int64_t)(q - p));
       while (done < q && (j->flags & F_KERNEL)) {
         loff_t from = a + (int64_t)done, to = a + (int64_t)done + delta;
         ssize_t n = copy_file_range(j->in_fd, &from, j->out_fd, &to, q - done, 0);
@@ -206,6 +222,7 @@ static void Execute(napi_env env, void *data) {
   if ((j->flags & F_ALLDATA) && (j->flags & F_KERNEL)) {
     loff_t from = j->in_off, to = j->out_off;
     int64_t left = j->len;
+    prealloc(j, j->out_off, j->len);
     while (left > 0) {
       ssize_t n = copy_file_range(j->in_fd, &from, j->out_fd, &to, (size_t)left, 0);
       if (n < 0 && errno == EINTR) continue;

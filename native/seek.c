@@ -14,6 +14,7 @@
 
 void strata_register_copy(napi_env env, napi_value exports);    /* copy.c */
 void strata_register_extract(napi_env env, napi_value exports); /* extract.c */
+void strata_register_inflate(napi_env env, napi_value exports); /* inflate.c */
 
 static napi_value Seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -49,5 +50,6 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "ENXIO", Constant(env, ENXIO));
   strata_register_copy(env, exports);
   strata_register_extract(env, exports);
+  strata_register_inflate(env, exports);
   return exports;
 }

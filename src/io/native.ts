@@ -16,7 +16,29 @@ interface Native {
   scanClusters?: NativeScanClusters;
   /** native/extract.c: see NativeWriteFiles. */
   writeFiles?: NativeWriteFiles;
+  /** native/inflate.c: see NativeInflateGrains. */
+  inflateGrains?: NativeInflateGrains;
 }
+
+/**
+ * Read [lo, hi) of file `fd` and inflate the stream-optimized VMDK grains it holds into
+ * `out` on a thread of libuv's pool (native/inflate.c, Node's own zlib). `spec` holds 5
+ * numbers per grain: its marker's file offset, the lba (sectors) the marker should name,
+ * where its bytes go in `out`, the offset inside the grain and the byte count. Resolves with
+ * [failedJob, reason, mismatchJob, mismatchLba]: failedJob -1 when every grain inflated,
+ * else the first that did not (reason 1: the marker's size is 0 or above maxCompressed,
+ * 2: the payload runs past `hi`, 3: zlib refused it); mismatchJob the first grain whose
+ * marker names another lba (-1: none). A read failure rejects like NativeCopyRange.
+ */
+export type NativeInflateGrains = (
+  fd: number,
+  lo: number,
+  hi: number,
+  spec: Float64Array,
+  out: Uint8Array,
+  grainBytes: number,
+  maxCompressed: number,
+) => Promise<Float64Array>;
 
 /**
  * Create, fill and finish a batch of new regular files on a thread of libuv's pool
@@ -72,7 +94,9 @@ export const WRITE_STEPS = [
  * COPY_CLONE first tries a reflink (FICLONERANGE) and reports in `cloneErrno` why not;
  * COPY_KERNEL moves the bytes with copy_file_range(2) (page cache to page cache) and
  * reports in `cfrErrno` why not when the kernel refuses (the range is then written from
- * the buffer); COPY_ALLDATA (with COPY_KERNEL) skips the read and the zero check.
+ * the buffer); COPY_ALLDATA (with COPY_KERNEL) skips the read and the zero check;
+ * COPY_PREALLOC allocates each range of the output before writing it (ignored where the
+ * file system refuses).
  * Otherwise all-zero granules of `gran` bytes are not written. Rejects with an Error
  * carrying `code`, `side` ('read' | 'write') and `offset` (the file offset on that side).
  */
@@ -89,6 +113,8 @@ export const COPY_HOLES = 1;
 export const COPY_CLONE = 2;
 export const COPY_KERNEL = 4;
 export const COPY_ALLDATA = 8;
+/** Allocate each output range with fallocate(2) before writing it (see native/copy.c). */
+export const COPY_PREALLOC = 16;
 
 /**
  * Read [off, off+len) of file `fd`, which holds the virtual bytes [virt, virt+len), on a
@@ -143,6 +169,12 @@ export function nativeCopyRange(): NativeCopyRange | undefined {
 export function nativeScanClusters(): NativeScanClusters | undefined {
   if (process.env.STRATA_NO_NATIVE_COPY === '1') return undefined;
   return native()?.scanClusters;
+}
+
+/** The native grain inflater (stream-optimized VMDK), or undefined when the addon is not built (or STRATA_NO_NATIVE_INFLATE=1). */
+export function nativeInflateGrains(): NativeInflateGrains | undefined {
+  if (process.env.STRATA_NO_NATIVE_INFLATE === '1') return undefined;
+  return native()?.inflateGrains;
 }
 
 /** The native batch file writer of `extract`, or undefined when the addon is not built (or STRATA_NO_NATIVE_EXTRACT=1). */

@@ -161,6 +161,70 @@ test('streamOptimized (deflated grains behind markers) reads like its source raw
   await img.close();
 });
 
+test('streamOptimized reads the same without the native inflater (worker pool, main thread)', async () => {
+  // With the addon, bulk reads inflate on libuv's pool (native/inflate.c); these are the paths
+  // of a build without it: readInto into shared memory uses the worker isolates.
+  const raw = await smallRaw();
+  process.env.STRATA_NO_NATIVE_INFLATE = '1';
+  try {
+    const img = await checkAgainst(await converted(raw, 'streamOptimized'), sha256File(raw), 'streamOptimized');
+    await img.close();
+  } finally {
+    delete process.env.STRATA_NO_NATIVE_INFLATE;
+  }
+});
+
+/** The file offset of the n-th grain marker of a qemu-written stream-optimized extent (grains first, tables last). */
+function nthGrainMarker(b: Buffer, n: number): number {
+  let o = Number(b.readBigUInt64LE(64)) * 512; // overhead: the first grain's marker
+  for (let i = 0; i <= n; i++) {
+    assert.ok(b.readUInt32LE(o + 8) > 0, `a grain marker (with a payload) at ${o}`);
+    if (i < n) o = Math.ceil((o + 12 + b.readUInt32LE(o + 8)) / 512) * 512;
+  }
+  return o;
+}
+
+/** Read the 4 MiB-aligned window (or less at the end) that holds the grain of the marker at `m`, through readInto. */
+async function readWindowOf(img: DiskImage, b: Buffer, m: number): Promise<{ start: number; got: Buffer }> {
+  const start = Math.floor((Number(b.readBigUInt64LE(m)) * 512) / (4 * MiB)) * 4 * MiB;
+  const got = Buffer.alloc(Math.min(4 * MiB, img.size - start));
+  assert.equal(await img.readInto!(start, got), got.length);
+  return { start, got };
+}
+
+test('streamOptimized: a grain that does not inflate is CORRUPT at its offset; a wrong marker lba is read anyway', async () => {
+  const src = await converted(await smallRaw(), 'streamOptimized');
+  const orig = readFileSync(src);
+  const bad = nthGrainMarker(orig, 5);
+  const f = patched(src, 'bad-grain.vmdk', (b) => b.fill(0xff, bad + 12, bad + 20)); // not a zlib stream
+  const img = await openImage(f);
+  try {
+    await assert.rejects(readWindowOf(img, orig, bad), (e: unknown) => {
+      assert.ok(e instanceof StrataError, String(e));
+      assert.equal(e.code, 'CORRUPT');
+      assert.equal(e.structure, 'vmdk compressed grain');
+      assert.equal(e.offset, bad);
+      return true;
+    });
+  } finally {
+    await closeChain(img);
+  }
+  const moved = nthGrainMarker(orig, 3);
+  const g = patched(src, 'lba.vmdk', (b) => {
+    b.writeBigUInt64LE(b.readBigUInt64LE(moved) + 128n, moved);
+    return b;
+  });
+  const img2 = await openImage(g);
+  try {
+    const { start, got } = await readWindowOf(img2, orig, moved);
+    const raw = readFileSync(await smallRaw());
+    // qemu and VMware ignore the lba on read: the bytes are the source's
+    assert.ok(got.equals(raw.subarray(start, start + got.length)), "the bytes are the source raw's");
+  } finally {
+    await closeChain(img2);
+  }
+});
+
 test('streamOptimized with the grain directory in a footer (GD_AT_END) reads the footer', async () => {
   // qemu writes the GD offset into the header; VMware writes GD_AT_END and a footer. Make
   // the VMware layout from qemu's file by the spec: header gdOffset = ~0, then footer

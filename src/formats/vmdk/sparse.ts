@@ -1,6 +1,8 @@
 import { inflateSync } from 'node:zlib';
 import { type ByteSource, type Extent, pushExtent, readExact } from '../../io/byte-source.js';
 import { CachedSource } from '../../io/cached-source.js';
+import { fileView } from '../../io/filter-source.js';
+import { nativeInflateGrains } from '../../io/native.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
 import { readHost } from '../read-plan.js';
@@ -143,7 +145,11 @@ export async function readSparseHeader(src: ByteSource): Promise<{ header: Spars
   return { header, first };
 }
 
-/** Reads with at least this many compressed grains inflate in the worker pool (when the output buffer is shared). */
+/**
+ * Reads with at least this many compressed grains inflate off the main thread: natively on
+ * libuv's pool (native/inflate.c) when the addon is built and the extent is a local file,
+ * else in the worker pool when the output buffer is shared.
+ */
 const WORKER_MIN_GRAINS = 4;
 
 /** Decompressed grains kept per extent (small reads of a stream-optimized disk hit these). */
@@ -418,6 +424,9 @@ export class SparseExtent implements VmdkExtent {
     hi = Math.min(this.src.size, hi + this.maxCompressed + 12);
     let window: Uint8Array | undefined;
     const dense = hi - lo <= jobs.length * (this.maxCompressed + 1024) && hi - lo <= 64 << 20;
+    if (jobs.length >= WORKER_MIN_GRAINS && hi > lo && dense && this.markers) {
+      if (await this.inflateNatively(jobs, lo, hi, out, at)) return;
+    }
     if (jobs.length >= WORKER_MIN_GRAINS && hi > lo && dense && out.buffer instanceof SharedArrayBuffer) {
       if (await this.inflateInWorkers(jobs, lo, hi, out, at)) return;
     }
@@ -435,6 +444,39 @@ export class SparseExtent implements VmdkExtent {
       out.set(grain.subarray(j.inGrain, j.inGrain + avail), at + j.pos);
       if (dirty && avail < j.n) out.fill(0, at + j.pos + avail, at + j.pos + j.n); // a short grain's tail
     }
+  }
+
+  /**
+   * Inflate the grains of one read on libuv's pool (native/inflate.c): the compressed span
+   * [lo, hi) is read there and each grain inflated straight into `out`, markers checked as
+   * checkMarker does. Returns false when the addon is missing, the extent is not a local
+   * file, or a grain fails: the caller then does the read here, which names the problem.
+   */
+  private async inflateNatively(jobs: GrainJob[], lo: number, hi: number, out: Uint8Array, at: number) {
+    const inflate = nativeInflateGrains();
+    const f = inflate && fileView(this.src);
+    if (!inflate || !f) return false;
+    const spec = new Float64Array(jobs.length * 5);
+    for (let i = 0; i < jobs.length; i++) {
+      const j = jobs[i];
+      spec[i * 5] = f.offset + j.gte * 512;
+      spec[i * 5 + 1] = j.lbaGrain * this.header.grainSectors;
+      spec[i * 5 + 2] = at + j.pos;
+      spec[i * 5 + 3] = j.inGrain;
+      spec[i * 5 + 4] = j.n;
+    }
+    let r: Float64Array;
+    try {
+      r = await inflate(f.fd, f.offset + lo, f.offset + hi, spec, out, this.grainBytes, this.maxCompressed);
+    } catch {
+      return false; // a read failure: the read here reports it with the file's name
+    }
+    if (r[0] >= 0) return false;
+    if (r[2] >= 0 && this.warnings.length < 8) {
+      const sector = jobs[r[2]].gte;
+      this.warnings.push(`${this.src.name}: grain marker at ${sector * 512} says lba ${r[3]}`);
+    }
+    return true;
   }
 
   /**

@@ -4,6 +4,16 @@ import { type DirectTarget, type ImageWriter, type WriterResult, writeAll } from
 
 /** Zero runs shorter than this inside a data buffer are written rather than skipped. */
 const RAW_GRANULE = 4096;
+/**
+ * A non-zero run is written this much per pwrite. A buffered write holds the file's inode
+ * lock for its whole length, the kernel's dirty-page throttling included, so two 4 MiB
+ * writes in flight mostly wait for each other (strace: 26 ms per pwrite of ~3.3 MB, where
+ * qemu-img's 64 KiB writes took 0.17 ms). vmdk streamOptimized -> raw through the pump,
+ * 1 GiB mixed disk, 4 interleaved rounds at load 28, wall median (min): whole runs 5.98 s
+ * (4.97), 1 MiB pieces 2.98 (2.72), 256 KiB 2.05 (1.53), 128 KiB 1.98 (1.38); qemu-img
+ * 3.15 (1.62).
+ */
+const WRITE_PIECE = 256 * 1024;
 
 /**
  * A sparse raw writer: the file is the disk. Zero blocks (4 KiB granules) are not
@@ -45,7 +55,9 @@ export class RawWriter implements ImageWriter {
 
   private async issue(buf: Uint8Array, at: number): Promise<void> {
     this.bytesWritten += buf.length;
-    await writeAll(this.fh, buf, at, this.path, 'raw data');
+    for (let o = 0; o < buf.length; o += WRITE_PIECE) {
+      await writeAll(this.fh, buf.subarray(o, Math.min(buf.length, o + WRITE_PIECE)), at + o, this.path, 'raw data');
+    }
   }
 
   directTarget(): DirectTarget {

@@ -8,6 +8,7 @@ import {
   COPY_CLONE,
   COPY_HOLES,
   COPY_KERNEL,
+  COPY_PREALLOC,
   type NativeCopyRange,
   nativeCopyRange,
   nativeScanClusters,
@@ -51,6 +52,16 @@ function kernelCopy(): number {
   return process.env.STRATA_NO_KERNEL_COPY === '1' ? 0 : COPY_KERNEL;
 }
 
+/**
+ * COPY_PREALLOC unless STRATA_NO_PREALLOC=1 (bench: without it, for comparison). Allocating
+ * each written range first (as qemu-img's qcow2 driver does) spares ext4 its block-by-block
+ * delayed allocation: 1 GiB mixed disk, CPU median of 8 interleaved rounds, raw -> qcow2
+ * 0.47 -> 0.39 s, raw -> raw 0.40 -> 0.32 s (native/copy.c).
+ */
+function prealloc(): number {
+  return process.env.STRATA_NO_PREALLOC === '1' ? 0 : COPY_PREALLOC;
+}
+
 export interface NativeCopyOptions {
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
@@ -71,7 +82,7 @@ export async function nativeCopy(src: DiskImage, target: DirectTarget, opts: Nat
   }
   const total = src.size;
   const gran = target.granularity;
-  let flags = COPY_HOLES | COPY_CLONE | kernelCopy();
+  let flags = COPY_HOLES | COPY_CLONE | kernelCopy() | prealloc();
   let bytesRead = 0;
   let written = 0;
   let done = 0;
@@ -250,6 +261,7 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
   const copy = nativeCopyRange();
   const scan = copy ? scan0 : undefined; // both or neither: a file piece scanned is copied natively
   let kernel = kernelCopy();
+  const pre = prealloc();
   const total = src.size;
   const cs = target.granularity;
   const J = Math.max(QJOB_BYTES, cs);
@@ -351,7 +363,7 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
             const from = p.host + (s - p.offset);
             writes.push(
               // (any zero-skip granule will do in a fresh file: copy.c takes at most 1 MiB)
-              copy(p.fd, from, target.fd, to, e - s, Math.min(cs, OTHER_BYTES), kernel | COPY_ALLDATA).then(
+              copy(p.fd, from, target.fd, to, e - s, Math.min(cs, OTHER_BYTES), kernel | pre | COPY_ALLDATA).then(
                 (r) => {
                   if (r.cfrErrno !== 0) kernel = 0; // e.g. EXDEV: another file system
                 },
