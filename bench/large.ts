@@ -86,7 +86,12 @@ function run(cmd: string, argv: string[]): Promise<Measured> {
       if (code !== 0) return reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
       const [e, u, s, m] = readFileSync(tf, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
       rmSync(tf, { force: true });
-      resolve({ wallMs: e * 1000, userMs: u * 1000, sysMs: s * 1000, maxRssMiB: Math.round((m / 1024) * 10) / 10 });
+      resolve({
+        wallMs: Math.round(e * 1000),
+        userMs: Math.round(u * 1000),
+        sysMs: Math.round(s * 1000),
+        maxRssMiB: Math.round((m / 1024) * 10) / 10,
+      });
     });
   });
 }
