@@ -17,8 +17,11 @@
  * `store`'s):
  * - ls: `strata ls -R -l --json` vs `fls -r -p -l` (same metadata) and `fls -r -p` (names only);
  * - extract-tmpfs: `strata extract IMG / DIR` vs `debugfs -R "rdump / DIR"`, DIR on /dev/shm;
- * - extract-disk: the same onto BENCH_DIR (a disk), `sync` and a pause between runs so one
- *   run's writeback does not land on the next;
+ * - extract-disk: the same onto BENCH_DIR (a disk), `sync` and a pause (--pause S, default 3)
+ *   before each run so one run's writeback does not land on the next, and a `sync` right after
+ *   it, timed apart (`syncMs`: the writeback the run left behind; `wallSyncMs` = wall + sync);
+ * Every extraction's output is removed right after its run (and its sync), so a case needs the
+ * room of one tree at a time.
  * - blockmap: `strata blockmap --summary` (no peer: TSK maps one block per process).
  *
  * Options: --runs N, --only CASE[,CASE] (case names), --memory SIZE (passed to every strata
@@ -37,6 +40,7 @@ const ENTRIES = Number(process.env.LARGE_ENTRIES ?? 1_000_000);
 const RUNS = Number(opt('--runs') ?? 2);
 const ONLY = opt('--only')?.split(',');
 const MEMORY = opt('--memory');
+const PAUSE_MS = Number(opt('--pause') ?? 3) * 1000;
 
 function log(msg: string): void {
   process.stderr.write(`bench:large: ${msg}\n`);
@@ -82,7 +86,12 @@ function run(cmd: string, argv: string[]): Promise<Measured> {
       if (code !== 0) return reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${err}`));
       const [e, u, s, m] = readFileSync(tf, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
       rmSync(tf, { force: true });
-      resolve({ wallMs: e * 1000, userMs: u * 1000, sysMs: s * 1000, maxRssMiB: Math.round((m / 1024) * 10) / 10 });
+      resolve({
+        wallMs: Math.round(e * 1000),
+        userMs: Math.round(u * 1000),
+        sysMs: Math.round(s * 1000),
+        maxRssMiB: Math.round((m / 1024) * 10) / 10,
+      });
     });
   });
 }
@@ -93,7 +102,8 @@ export interface Side {
   cmd: string;
   argv: string[];
   before?: () => Promise<void> | void;
-  after?: () => Promise<void> | void;
+  /** Runs after the measured process; a number returned is the ms of a wait that counts (a disk's sync). */
+  after?: () => Promise<number | undefined> | number | undefined;
 }
 
 /** A row: Strata and (when there is one) the peer, run alternately. */
@@ -111,18 +121,28 @@ const strata = (args: string[]): Side => ({
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A fresh extraction target, and after the run: on a disk, sync and let writeback settle. */
+/**
+ * A fresh extraction target (created: debugfs rdump wants it to exist; strata extract takes an
+ * existing empty directory). On a disk: sync and a pause before, so the last run's writeback is
+ * done; after the run a sync, timed (what the run left for writeback). The output is removed
+ * after the run in both cases.
+ */
 function target(dir: string, disk: boolean): Pick<Side, 'before' | 'after'> {
   return {
     before: async () => {
       rmSync(dir, { recursive: true, force: true });
       if (disk) {
         await run('sync', []);
-        await sleep(3000);
+        await sleep(PAUSE_MS);
       }
+      mkdirSync(dir);
     },
     after: async () => {
-      if (disk) await run('sync', []); // the disk's writeback counts, for both sides
+      const t0 = performance.now();
+      if (disk) await run('sync', []);
+      const syncMs = performance.now() - t0;
+      rmSync(dir, { recursive: true, force: true });
+      return disk ? Math.round(syncMs) : undefined;
     },
   };
 }
@@ -143,46 +163,36 @@ export function largeCases(image: string): Case[] {
       strata: strata(['ls', '-R', image, '/']),
       peer: { name: 'fls -r -p', cmd: 'fls', argv: ['-r', '-p', image] },
     },
-    {
-      name: 'extract / (tmpfs)',
-      strata: { ...strata(['extract', image, '/', `${tmpOut}-s`]), ...target(`${tmpOut}-s`, false) },
-      peer: {
-        name: 'debugfs rdump',
-        cmd: 'debugfs',
-        argv: ['-R', `rdump / ${tmpOut}-d`, image],
-        before: async () => {
-          rmSync(`${tmpOut}-d`, { recursive: true, force: true });
-          mkdirSync(`${tmpOut}-d`);
+    ...([false, true] as const).map(
+      (disk): Case => ({
+        name: disk ? 'extract / (disk)' : 'extract / (tmpfs)',
+        strata: {
+          ...strata(['extract', image, '/', `${disk ? diskOut : tmpOut}-s`]),
+          ...target(`${disk ? diskOut : tmpOut}-s`, disk),
         },
-      },
-    },
-    {
-      name: 'extract / (disk)',
-      strata: { ...strata(['extract', image, '/', `${diskOut}-s`]), ...target(`${diskOut}-s`, true) },
-      peer: {
-        name: 'debugfs rdump',
-        cmd: 'debugfs',
-        argv: ['-R', `rdump / ${diskOut}-d`, image],
-        before: async () => {
-          await target(`${diskOut}-d`, true).before?.();
-          mkdirSync(`${diskOut}-d`);
+        peer: {
+          name: 'debugfs rdump',
+          cmd: 'debugfs',
+          argv: ['-R', `rdump / ${disk ? diskOut : tmpOut}-d`, image],
+          ...target(`${disk ? diskOut : tmpOut}-d`, disk),
         },
-        after: target(`${diskOut}-d`, true).after,
-      },
-    },
+      }),
+    ),
     { name: 'blockmap --summary', strata: strata(['blockmap', '--summary', image]) },
   ];
   return cases;
 }
 
-async function measure(side: Side): Promise<Measured> {
+type Result = Measured & { syncMs?: number; wallSyncMs?: number };
+
+async function measure(side: Side): Promise<Result> {
   await side.before?.();
   const m = await run(side.cmd, side.argv);
-  await side.after?.();
-  return m;
+  const syncMs = await side.after?.();
+  return syncMs === undefined ? m : { ...m, syncMs, wallSyncMs: Math.round(m.wallMs + syncMs) };
 }
 
-const best = (xs: Measured[]) => xs.reduce((a, b) => (b.wallMs < a.wallMs ? b : a));
+const best = (xs: Result[]) => xs.reduce((a, b) => ((b.wallSyncMs ?? b.wallMs) < (a.wallSyncMs ?? a.wallMs) ? b : a));
 
 async function main(): Promise<void> {
   const env = benchChildEnv();
@@ -203,8 +213,8 @@ async function main(): Promise<void> {
   });
   for (const c of largeCases(image)) {
     if (ONLY && !ONLY.some((o) => c.name.startsWith(o))) continue;
-    const ours: Measured[] = [];
-    const theirs: Measured[] = [];
+    const ours: Result[] = [];
+    const theirs: Result[] = [];
     const load1 = Math.round(loadavg()[0] * 100) / 100;
     for (let i = 0; i < RUNS; i++) {
       if (c.peer && i % 2 === 1) theirs.push(await measure(c.peer));
@@ -218,7 +228,11 @@ async function main(): Promise<void> {
       strata: s,
       peer: p ? { name: c.peer?.name, ...p } : null,
       ratio: p ? Math.round((s.wallMs / p.wallMs) * 1000) / 1000 : null,
+      ...(s.wallSyncMs !== undefined && p?.wallSyncMs !== undefined
+        ? { ratioWithSync: Math.round((s.wallSyncMs / p.wallSyncMs) * 1000) / 1000 }
+        : {}),
       load1,
+      load1After: Math.round(loadavg()[0] * 100) / 100,
     });
   }
   for (const d of [`/dev/shm/strata-large-${process.pid}`, path.join(BENCH, `large-out-${process.pid}`)]) {

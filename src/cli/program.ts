@@ -24,6 +24,8 @@ const VERSION: string =
 
 /** Verbs that run as services (many requests in one process): the budget is enforced only when --memory is given. */
 const SERVICES = new Set(['serve', 'mount', 'virtiofs', 'nbd', 'deploy']);
+/** One-shot commands whose young generation may grow under the default budget (see preAction). */
+const YOUNG_MAY_GROW = new Set(['convert', 'extract']);
 
 /** A program with the commands of `groups` for `verb` (all of them when `verb` is not one they know). */
 export async function buildProgramWith(groups: readonly CommandGroup[], verb?: string): Promise<Command> {
@@ -49,9 +51,12 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     // own footprint and V8's young generation taken off the data budget); a service keeps the
     // default data budget for its caches and no guard
     // (convert's memory is its fixed copy buffers, whatever the disk: its young generation
-    // may grow, and node:v8 stays unloaded, ~2 ms of every short run)
+    // may grow, and node:v8 stays unloaded, ~2 ms of every short run; extract's too: a file's
+    // walk objects live until its batch is written, and a young generation kept at 2 MiB
+    // scavenged ~900 times over 200,000 entries, 100 when it may grow, ~20% of its user CPU
+    // for at most 32 MiB more, see bench/README "large trees")
     else if (enforce)
-      setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: verb.name() !== 'convert' });
+      setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: !YOUNG_MAY_GROW.has(verb.name()) });
     else setMemoryBudget(DEFAULT_MEMORY, false);
   });
   const mine = groups.filter((g) => verb !== undefined && g.verbs.includes(verb));

@@ -18,8 +18,8 @@ import { memoryShare } from '../../util/memory.js';
  * through read()).
  */
 export async function extentsToCopy(fs: FileSystem, ino: Inode): Promise<FileExtent[] | undefined> {
-  const now = fs.extentsNow?.(ino);
-  if (now) return toCopy(now, ino.size);
+  const now = extentsToCopyNow(fs, ino);
+  if (now) return now;
   const extents: FileExtent[] = [];
   try {
     for await (const e of fs.extents(ino, { shared: false })) extents.push(e);
@@ -28,6 +28,12 @@ export async function extentsToCopy(fs: FileSystem, ino: Inode): Promise<FileExt
     return undefined;
   }
   return toCopy(extents, ino.size);
+}
+
+/** extentsToCopy's answer when the reader has the extents without I/O (fs.extentsNow), else undefined. */
+export function extentsToCopyNow(fs: FileSystem, ino: Inode): FileExtent[] | undefined {
+  const now = fs.extentsNow?.(ino);
+  return now ? toCopy(now, ino.size) : undefined;
 }
 
 /** extentsToCopy's filter and order on an array (in place). */

@@ -43,16 +43,28 @@ export interface QueuedFile {
   inode: Inode;
 }
 
-/** What happened to a file when its batch is done: written (bytes), or the error to report for it. */
-export type WriteOutcome = { ok: true; bytes: number } | { ok: false; error: Error };
+/**
+ * What happened to a batch's files when it is done: how many were written and their bytes,
+ * and each one that failed (its paths decoded again only then) with the error to report.
+ */
+export interface WriteOutcomes {
+  written(files: number, bytes: number): void;
+  failed(f: { path: string; target: string }, error: Error): void;
+}
 
 export class NativeWriter {
   // The batch being filled (a fresh one once it is sent: the call copies it when made,
   // which may be after more files were queued).
   private meta = new Float64Array(BATCH_FILES * WRITE_FIELDS);
   private ext = new Float64Array(BATCH_FILES * 3);
-  private paths = Buffer.allocUnsafe(BATCH_FILES * 128);
-  private files: Array<{ f: QueuedFile; bytes: number }> = [];
+  private paths: Buffer = Buffer.allocUnsafe(BATCH_FILES * 128);
+  // A queued file keeps no object of its own until its batch is done (they would outlive many
+  // young-generation collections): its bytes, and its image path in UTF-8 (for a failure's
+  // message; DEST's path is read back from `paths`).
+  private bytes = new Float64Array(BATCH_FILES);
+  private srcPaths: Buffer = Buffer.allocUnsafe(BATCH_FILES * 128);
+  private srcAt = new Uint32Array(BATCH_FILES + 1);
+  private count = 0;
   private nExt = 0;
   private pathBytes = 0;
   private dataBytes = 0;
@@ -66,15 +78,11 @@ export class NativeWriter {
     private readonly base: number,
     private readonly volumeSize: number,
     private readonly out: Destination,
-    private readonly done: (f: QueuedFile, outcome: WriteOutcome) => void,
+    private readonly done: WriteOutcomes,
   ) {}
 
   /** A writer for files of `volume`, or undefined when the addon is missing or the volume is not a plain window of a local file. */
-  static for(
-    volume: ByteSource,
-    out: Destination,
-    done: (f: QueuedFile, outcome: WriteOutcome) => void,
-  ): NativeWriter | undefined {
+  static for(volume: ByteSource, out: Destination, done: WriteOutcomes): NativeWriter | undefined {
     const write = nativeWriteFiles();
     if (!write) return undefined;
     const view = fileView(volume);
@@ -87,6 +95,23 @@ export class NativeWriter {
    * caller writes it). A full batch is sent; when IN_FLIGHT calls are running this waits for one.
    */
   async add(f: QueuedFile, extents: FileExtent[] | undefined): Promise<boolean> {
+    if (!this.queue(f, extents)) return false;
+    if (this.full) await this.send();
+    return true;
+  }
+
+  /** A call of the writer itself failed (the next add throws it). */
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
+
+  /** The batch being filled is due to be sent (`send`). */
+  get full(): boolean {
+    return this.count >= BATCH_FILES || this.dataBytes >= BATCH_BYTES;
+  }
+
+  /** add() without sending: false when this writer cannot take `f`. */
+  queue(f: QueuedFile, extents: FileExtent[] | undefined): boolean {
     const ino = f.inode;
     if (ino.size > 0 && !extents) return false;
     const attrs = this.out.newFileAttrs(ino);
@@ -100,19 +125,18 @@ export class NativeWriter {
       bytes += len;
     }
     if (this.failure) throw this.failure;
-    const i = this.files.length;
+    const i = this.count;
     const m = this.meta;
     const o = i * WRITE_FIELDS;
     // the path, NUL-terminated
-    const need = Buffer.byteLength(f.target) + 1;
-    if (this.pathBytes + need > this.paths.length) {
-      const grown = Buffer.allocUnsafe(Math.max(this.paths.length * 2, this.pathBytes + need));
-      this.paths.copy(grown, 0, 0, this.pathBytes);
-      this.paths = grown;
-    }
+    this.paths = room(this.paths, this.pathBytes, Buffer.byteLength(f.target) + 1);
     m[o + WF.path] = this.pathBytes;
     this.pathBytes += this.paths.write(f.target, this.pathBytes, 'utf8');
     this.paths[this.pathBytes++] = 0;
+    // the image path, for messages
+    const at = this.srcAt[i];
+    this.srcPaths = room(this.srcPaths, at, Buffer.byteLength(f.path));
+    this.srcAt[i + 1] = at + this.srcPaths.write(f.path, at, 'utf8');
     // the extents
     if ((this.nExt + ex.length) * 3 > this.ext.length) {
       const grown = new Float64Array(Math.max(this.ext.length * 2, (this.nExt + ex.length) * 3));
@@ -139,9 +163,9 @@ export class NativeWriter {
       m[o + WF.mtimeSec] = attrs.times[2];
       m[o + WF.mtimeNsec] = attrs.times[3];
     }
-    this.files.push({ f, bytes });
+    this.bytes[i] = bytes;
+    this.count = i + 1;
     this.dataBytes += bytes;
-    if (this.files.length >= BATCH_FILES || this.dataBytes >= BATCH_BYTES) await this.send();
     return true;
   }
 
@@ -164,29 +188,43 @@ export class NativeWriter {
   }
 
   /** Send the batch being filled (a new one takes its place at once), after waiting for a free call. */
-  private async send(): Promise<void> {
-    const files = this.files;
-    if (files.length === 0) return;
-    const n = files.length;
+  async send(): Promise<void> {
+    const n = this.count;
+    if (n === 0) return;
     const meta = this.meta.subarray(0, n * WRITE_FIELDS);
     const ext = this.ext.subarray(0, this.nExt * 3);
     const paths = this.paths.subarray(0, this.pathBytes);
+    const { bytes, srcPaths, srcAt } = this;
     this.meta = new Float64Array(BATCH_FILES * WRITE_FIELDS);
     this.ext = new Float64Array(BATCH_FILES * 3);
     this.paths = Buffer.allocUnsafe(BATCH_FILES * 128);
-    this.files = [];
+    this.bytes = new Float64Array(BATCH_FILES);
+    this.srcPaths = Buffer.allocUnsafe(BATCH_FILES * 128);
+    this.srcAt = new Uint32Array(BATCH_FILES + 1);
+    this.count = 0;
     this.nExt = 0;
     this.pathBytes = 0;
     this.dataBytes = 0;
     while (this.inFlight.size >= IN_FLIGHT) await Promise.race(this.inFlight);
     const p: Promise<void> = this.write(this.fd, meta, ext, paths)
       .then((res) => {
+        let written = 0;
+        let total = 0;
         for (let i = 0; i < n; i++) {
-          const { f, bytes } = files[i];
           const errno = res[2 * i];
-          if (errno === 0) this.done(f, { ok: true, bytes });
-          else this.done(f, { ok: false, error: this.error(f, errno, res[2 * i + 1]) });
+          if (errno === 0) {
+            written++;
+            total += bytes[i];
+            continue;
+          }
+          const at = meta[i * WRITE_FIELDS + WF.path];
+          const f = {
+            path: srcPaths.toString('utf8', srcAt[i], srcAt[i + 1]),
+            target: paths.toString('utf8', at, paths.indexOf(0, at)),
+          };
+          this.done.failed(f, this.error(f, errno, res[2 * i + 1]));
         }
+        this.done.written(written, total);
       })
       .catch((e) => {
         this.failure ??= e;
@@ -196,7 +234,7 @@ export class NativeWriter {
   }
 
   /** The error of one file, as the main thread's path would have met it. */
-  private error(f: QueuedFile, errno: number, step: number): Error {
+  private error(f: { path: string; target: string }, errno: number, step: number): Error {
     const what = WRITE_STEPS[step] ?? 'write';
     if (what === 'short read') {
       return new StrataError('TRUNCATED', 'read past the end of the image file', { file: f.path });
@@ -210,4 +248,12 @@ export class NativeWriter {
     e.path = f.target;
     return e;
   }
+}
+
+/** `buf`, or a copy twice as large (its first `used` bytes kept) when `need` more bytes do not fit. */
+function room(buf: Buffer, used: number, need: number): Buffer {
+  if (used + need <= buf.length) return buf;
+  const grown = Buffer.allocUnsafe(Math.max(buf.length * 2, used + need));
+  buf.copy(grown, 0, 0, used);
+  return grown;
 }
