@@ -595,8 +595,8 @@ type CutFile = { digest: string; chunks: Array<string | null> } | { error: unkno
 
 /** Walk items cut together: their files' extents, data and entries; then dropped. */
 function batchSize(memoryBytes: number): number {
-  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a quarter of the budget
-  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 4 / 2048)));
+  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a sixteenth of the budget
+  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 16 / 2048)));
 }
 
 /**
