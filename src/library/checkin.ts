@@ -13,11 +13,12 @@ import type { PutResult } from '../store/store.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
-import { memoryBudget } from '../util/memory.js';
+import { collectGarbage, memoryBudget } from '../util/memory.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
 import { parseLibraryBacking, versionImage } from './backing.js';
+import { ChunkRecords, ClippedRanges, grown, type RangeCursor, RangeRuns, Scratch } from './checkin-columns.js';
 import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
 import { isoTime, volumeDiskOffset } from './listing.js';
@@ -107,6 +108,8 @@ export interface CheckinOptions {
    * the manifest's digest depends on it.
    */
   layoutPartEntries?: number;
+  /** Ranges per sorted run and chunk records held before they go to the scratch file (default from the memory budget; tests set a small one). */
+  spillEntries?: number;
 }
 
 export interface CheckinResult {
@@ -129,70 +132,76 @@ export interface CheckinResult {
   warnings: string[];
 }
 
-/** A growable typed array (doubling), for the per-chunk and per-range columns of the Builder. */
-function grown<T extends Float64Array | Uint32Array | Int32Array | Uint8Array>(a: T, need: number): T {
-  if (need <= a.length) return a;
-  let n = a.length;
-  while (n < need) n *= 2;
-  const b = Buffer.isBuffer(a) ? (Buffer.alloc(n) as unknown as T) : new (a.constructor as new (n: number) => T)(n);
-  b.set(a);
-  return b;
-}
-
 /**
- * The layout's chunk list and ranges in canonical order (Builder.canonical), compact: chunk
- * `k` of the layout is the builder's chunk `chunkOrder[k]`.
+ * The layout's chunk list and ranges in canonical order (Builder.canonical): chunk `k` of the
+ * layout is the builder's chunk `chunkOrder[k]` (and builder chunk `i` is layout chunk
+ * `renumber[i]`); `ranges()` streams the layout's ranges (chunk numbers the builder's),
+ * `rangeCount` of them, covering `usedBytes`.
  */
 export interface CanonicalLayout {
   chunkOrder: Uint32Array;
-  disk: Float64Array;
-  length: Float64Array;
-  chunk: Uint32Array;
-  at: Uint32Array;
+  renumber: Int32Array;
+  rangeCount: number;
+  usedBytes: number;
+  ranges(): RangeCursor;
 }
 
 /**
- * Accumulates chunks and ranges; stores each chunk once. Everything that grows with the
- * image is kept in typed arrays (issue 22): a chunk is 32 bytes of digest, its length, an
- * "added" flag and two slots of an open-addressing table; a range is 24 bytes. As JS
- * strings, arrays and a Map (before) a chunk cost ~250 bytes and a range ~40, and the
- * garbage collector walked them all at every major collection.
+ * Accumulates chunks and ranges; stores each chunk once. What grows with the image stays off
+ * the heap (issue 22, checkin-columns.ts): a chunk's digest and length are a record in a
+ * scratch file, in memory only its 8-byte fingerprint (the digest's first bytes), an "added"
+ * flag and a slot of an open-addressing table (~30 bytes in all, ~40 with the canonical
+ * order at the end); ranges go in sorted runs of `runEntries` to the scratch file, merged
+ * when the layout is written. As JS strings, arrays and a Map (before typed arrays) a chunk
+ * cost ~250 bytes and a range ~40; in typed arrays ~45 and ~24, plus a sorted copy at the end.
  */
 class Builder {
-  /** Chunk digests, 32 bytes each, in order of first use. */
-  private digests = Buffer.alloc(32 * 1024);
-  private lengths = new Uint32Array(1024);
+  private readonly scratch = new Scratch();
+  private readonly records: ChunkRecords;
+  /** The first 8 bytes of each chunk's digest, big-endian halves (so that they order as the digests do). */
+  private fpHi = new Uint32Array(1024);
+  private fpLo = new Uint32Array(1024);
   /** 1 where this check-in added the chunk to the store. */
   private addedFlag = new Uint8Array(1024);
   /** Open addressing (linear probing) over chunk numbers, -1 empty; at most half full. */
   private table = new Int32Array(4096).fill(-1);
   chunkCount = 0;
-  private rDisk = new Float64Array(1024);
-  private rLength = new Float64Array(1024);
-  private rChunk = new Uint32Array(1024);
-  private rAt = new Uint32Array(1024);
-  rangeCount = 0;
+  private readonly runs: RangeRuns;
   /** File manifests (tree blobs) this check-in added to the store. */
   readonly addedTrees: string[] = [];
   /** The file manifests, encoded, by digest. */
   readonly trees = new Map<string, Uint8Array>();
   newChunks = 0;
   done = 0;
-  /** Chunk buffers: reused once the store has taken a chunk's bytes. */
-  readonly pool = new BufferPool(64);
+  /** Chunk buffers: reused once the store has taken a chunk's bytes (a chunk and a block: 64 KiB steps, not powers of two). */
+  readonly pool = new BufferPool(16, false, { classes: 'step' });
+  private readonly cmpA = Buffer.alloc(32);
 
   constructor(
     private readonly sink: BlobSink,
     private readonly progress?: () => void,
-  ) {}
+    runEntries = 1 << 16,
+    recordsInMemory = 16384,
+  ) {
+    this.records = new ChunkRecords(this.scratch, recordsInMemory);
+    this.runs = new RangeRuns(
+      this.scratch,
+      (d1, c1, a1, d2, c2, a2) => d1 - d2 || (c1 === c2 ? 0 : this.cmpChunks(c1, c2)) || a1 - a2,
+      runEntries,
+    );
+  }
 
-  /** The hex digest of chunk `i`. */
+  get rangeCount(): number {
+    return this.runs.count;
+  }
+
+  /** The hex digest of chunk `i` (readers in roughly ascending order read through a window). */
   hex(i: number): string {
-    return this.digests.toString('hex', i * 32, i * 32 + 32);
+    return this.records.record(i).toString('hex', 0, 32);
   }
 
   chunkLength(i: number): number {
-    return this.lengths[i];
+    return this.records.record(i).readUInt32LE(32);
   }
 
   added(i: number): boolean {
@@ -202,21 +211,23 @@ class Builder {
   /** The chunk number of `digest` (32 bytes), inserting it when new (`inserted` then true). */
   private lookup(digest: Buffer, length: number): { idx: number; inserted: boolean } {
     const mask = this.table.length - 1;
-    const d = this.digests;
-    for (let h = digest.readUInt32LE(0) & mask; ; h = (h + 1) & mask) {
+    const hi = digest.readUInt32BE(0);
+    const lo = digest.readUInt32BE(4);
+    for (let h = lo & mask; ; h = (h + 1) & mask) {
       const i = this.table[h];
       if (i === -1) {
-        const idx = this.chunkCount++;
-        this.digests = grown(this.digests, this.chunkCount * 32);
-        digest.copy(this.digests, idx * 32);
-        this.lengths = grown(this.lengths, this.chunkCount);
-        this.lengths[idx] = length;
+        const idx = this.records.push(digest, length);
+        this.chunkCount++;
+        this.fpHi = grown(this.fpHi, this.chunkCount);
+        this.fpLo = grown(this.fpLo, this.chunkCount);
         this.addedFlag = grown(this.addedFlag, this.chunkCount);
+        this.fpHi[idx] = hi;
+        this.fpLo[idx] = lo;
         this.table[h] = idx;
         if (this.chunkCount * 2 > this.table.length) this.rehash();
         return { idx, inserted: true };
       }
-      if (d.readUInt32LE(i * 32 + 4) === digest.readUInt32LE(4) && digest.compare(d, i * 32, i * 32 + 32) === 0) {
+      if (this.fpLo[i] === lo && this.fpHi[i] === hi && digest.compare(this.records.exact(i), 0, 32) === 0) {
         return { idx: i, inserted: false };
       }
     }
@@ -226,7 +237,7 @@ class Builder {
     const table = new Int32Array(this.table.length * 2).fill(-1);
     const mask = table.length - 1;
     for (let i = 0; i < this.chunkCount; i++) {
-      let h = this.digests.readUInt32LE(i * 32) & mask;
+      let h = this.fpLo[i] & mask;
       while (table[h] !== -1) h = (h + 1) & mask;
       table[h] = i;
     }
@@ -245,18 +256,7 @@ class Builder {
     const { idx, inserted } = this.lookup(raw, buf.length);
     // the ranges first: the chunk number is fixed, and a concurrent add of the same bytes
     // (which finds it) must not wait for the store
-    const n = this.rangeCount + pieces.length;
-    this.rDisk = grown(this.rDisk, n);
-    this.rLength = grown(this.rLength, n);
-    this.rChunk = grown(this.rChunk, n);
-    this.rAt = grown(this.rAt, n);
-    for (const [d, len, a] of pieces) {
-      const r = this.rangeCount++;
-      this.rDisk[r] = d;
-      this.rLength[r] = len;
-      this.rChunk[r] = idx;
-      this.rAt[r] = a;
-    }
+    for (const [d, len, a] of pieces) this.runs.add(d, len, idx, a);
     if (inserted) {
       const r = await this.sink.put('data', buf, digest, { solo });
       if (r.added) {
@@ -269,7 +269,10 @@ class Builder {
 
   /** Compare chunks `a` and `b` by digest (as their hex strings compare). */
   private cmpChunks(a: number, b: number): number {
-    return this.digests.compare(this.digests, b * 32, b * 32 + 32, a * 32, a * 32 + 32);
+    if (this.fpHi[a] !== this.fpHi[b]) return this.fpHi[a] < this.fpHi[b] ? -1 : 1;
+    if (this.fpLo[a] !== this.fpLo[b]) return this.fpLo[a] < this.fpLo[b] ? -1 : 1;
+    this.records.exact(a).copy(this.cmpA, 0, 0, 32);
+    return this.cmpA.compare(this.records.exact(b), 0, 32);
   }
 
   /**
@@ -277,70 +280,37 @@ class Builder {
    * cutting added them in (so the same image gives the same manifest digest): ranges by
    * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
    * first use, chunks no range uses (inline file data) last, by digest. Called once, when
-   * cutting is over: the builder's own range columns and hash table are dropped as the
-   * canonical copy is made (at a million chunks ~50 MB that would otherwise sit beside it
-   * while the layout is written).
+   * cutting is over; the hash table is dropped (at a million chunks 8-16 MB).
    */
   canonical(): CanonicalLayout {
-    const { rDisk, rChunk, rAt } = this;
-    const n = this.rangeCount;
-    const order = new Uint32Array(n);
-    for (let i = 0; i < n; i++) order[i] = i;
-    order.sort(
-      (a, b) =>
-        rDisk[a] - rDisk[b] || (rChunk[a] === rChunk[b] ? 0 : this.cmpChunks(rChunk[a], rChunk[b])) || rAt[a] - rAt[b],
-    );
-    const out = {
-      disk: new Float64Array(n),
-      length: new Float64Array(n),
-      chunk: new Uint32Array(n),
-      at: new Uint32Array(n),
-    };
+    this.table = new Int32Array(0);
     const renumber = new Int32Array(this.chunkCount).fill(-1);
     const chunkOrder = new Uint32Array(this.chunkCount);
     let numbered = 0;
-    let m = 0;
-    let end = 0;
-    for (const i of order) {
-      let d = rDisk[i];
-      let len = this.rLength[i];
-      let a = rAt[i];
-      if (d < end) {
-        const cut = end - d;
-        if (cut >= len) continue;
-        d += cut;
-        a += cut;
-        len -= cut;
+    let rangeCount = 0;
+    let usedBytes = 0;
+    const ranges = () => new ClippedRanges(this.runs.sorted());
+    for (const r = ranges(); r.next(); ) {
+      if (renumber[r.chunk] === -1) {
+        renumber[r.chunk] = numbered;
+        chunkOrder[numbered++] = r.chunk;
       }
-      let c = renumber[rChunk[i]];
-      if (c === -1) {
-        c = numbered++;
-        renumber[rChunk[i]] = c;
-        chunkOrder[c] = rChunk[i];
-      }
-      out.disk[m] = d;
-      out.length[m] = len;
-      out.chunk[m] = c;
-      out.at[m] = a;
-      m++;
-      end = d + len;
+      rangeCount++;
+      usedBytes += r.length;
     }
-    this.rDisk = new Float64Array(0);
-    this.rLength = new Float64Array(0);
-    this.rChunk = new Uint32Array(0);
-    this.rAt = new Uint32Array(0);
-    this.table = new Int32Array(0);
     const unused: number[] = [];
     for (let i = 0; i < this.chunkCount; i++) if (renumber[i] === -1) unused.push(i);
     unused.sort((a, b) => this.cmpChunks(a, b));
-    for (const i of unused) chunkOrder[numbered++] = i;
-    return {
-      chunkOrder,
-      disk: out.disk.subarray(0, m),
-      length: out.length.subarray(0, m),
-      chunk: out.chunk.subarray(0, m),
-      at: out.at.subarray(0, m),
-    };
+    for (const i of unused) {
+      renumber[i] = numbered;
+      chunkOrder[numbered++] = i;
+    }
+    return { chunkOrder, renumber, rangeCount, usedBytes, ranges };
+  }
+
+  /** Remove the scratch files. */
+  close(): void {
+    this.scratch.close();
   }
 }
 
@@ -625,8 +595,8 @@ type CutFile = { digest: string; chunks: Array<string | null> } | { error: unkno
 
 /** Walk items cut together: their files' extents, data and entries; then dropped. */
 function batchSize(memoryBytes: number): number {
-  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a quarter of the budget
-  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 4 / 2048)));
+  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a sixteenth of the budget
+  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 16 / 2048)));
 }
 
 /**
@@ -784,19 +754,24 @@ class MemoryBudget {
   ) {}
 
   /**
-   * Bytes per chunk held (digest, length, flag, table slots; typed arrays grow by doubling,
-   * and the canonical order at the end adds 8 more), per range (24 bytes, doubled, plus the
-   * sorted copy), per span, per linked inode.
+   * Bytes per chunk held (fingerprint, flag, table slots, grown by doubling; the canonical
+   * order and renumbering at the end add 8), per span, per linked inode. Ranges are held in
+   * one run of `runEntries` (24 bytes each with the sort order), the rest spilled.
    */
-  static readonly PER_CHUNK = 80;
-  static readonly PER_RANGE = 64;
+  static readonly PER_CHUNK = 40;
+  static readonly PER_RANGE = 24;
   static readonly PER_SPAN = 56;
   static readonly PER_LINKED = 200;
+
+  /** Ranges per sorted run (then spilled to the scratch file): 1/32 of the budget. */
+  get runEntries(): number {
+    return Math.max(16384, Math.floor(this.bytes / 32 / MemoryBudget.PER_RANGE));
+  }
 
   held(b: Builder, spans: number, linked: number): number {
     return (
       b.chunkCount * MemoryBudget.PER_CHUNK +
-      b.rangeCount * MemoryBudget.PER_RANGE +
+      Math.min(b.rangeCount, this.runEntries) * MemoryBudget.PER_RANGE +
       spans * MemoryBudget.PER_SPAN +
       linked * MemoryBudget.PER_LINKED +
       batchSize(this.bytes) * 2048
@@ -833,6 +808,8 @@ export interface CutOptions {
   onProgress?: (done: number, total: number) => void;
   /** What the cut may hold that grows with the image (default DEFAULT_MEMORY_BYTES); over it, a LIMIT error. */
   memoryBytes?: number;
+  /** Ranges per sorted run and chunk records held before they go to the scratch file (default from the memory budget). */
+  spillEntries?: number;
   /** Write every file manifest as one version 1 blob (a remote library's commit takes those). */
   inlineFileManifests?: boolean;
   /** What the volumes' file systems are opened with (a btrfs RAID's other devices; see openVolumeFileSystem). */
@@ -885,7 +862,13 @@ async function cutCompact(
   const budget = new MemoryBudget(checkMemoryBytes(opts.memoryBytes), sourceName);
   const warnings: string[] = [...img.warnings];
   let total = 0;
-  const b = new Builder(sink, opts.onProgress ? () => opts.onProgress?.(Math.min(b.done, total), total) : undefined);
+  // its scratch files are removed by the caller once the layout is stored, here on failure
+  const b = new Builder(
+    sink,
+    opts.onProgress ? () => opts.onProgress?.(Math.min(b.done, total), total) : undefined,
+    opts.spillEntries ?? budget.runEntries,
+    opts.spillEntries,
+  );
   const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
   warnings.push(...found.warnings);
   const windows = await fsWindows(img, found.volumes, warnings, opts.fsOptions);
@@ -929,6 +912,9 @@ async function cutCompact(
     // by disk offset (checkout, or an NBD client's random reads), and a read of a blob in a
     // shared frame decodes the whole 8 MiB frame.
     await cutSpans(b, img, outside, W, true);
+  } catch (e) {
+    b.close();
+    throw e;
   } finally {
     for (const w of windows) await w.fs.close?.();
   }
@@ -944,10 +930,14 @@ async function cutCompact(
     diskChunkSize: W,
     volumes: layoutVolumes,
   };
-  const canon = b.canonical();
-  let usedBytes = 0;
-  for (const n of canon.length) usedBytes += n;
-  return { head, canon, b, warnings, usedBytes };
+  let canon: CanonicalLayout;
+  try {
+    canon = b.canonical();
+  } catch (e) {
+    b.close();
+    throw e;
+  }
+  return { head, canon, b, warnings, usedBytes: canon.usedBytes };
 }
 
 /** The layout manifest but its chunk list and ranges (and warnings, which come last). */
@@ -965,18 +955,45 @@ interface CompactCut {
 /** The layout manifest as an object (the remote library's commit sends it as JSON). */
 function layoutOf(c: CompactCut): LayoutManifest {
   const { head, canon, b } = c;
+  const r = rangeColumns(c, canon.ranges(), canon.rangeCount);
   return {
     ...head,
     chunks: Array.from(canon.chunkOrder, (i) => b.hex(i)),
     chunkLengths: Array.from(canon.chunkOrder, (i) => b.chunkLength(i)),
     ranges: {
-      disk: Array.from(canon.disk),
-      length: Array.from(canon.length),
-      chunk: Array.from(canon.chunk),
-      at: Array.from(canon.at),
+      disk: Array.from(r.disk),
+      length: Array.from(r.length),
+      chunk: Array.from(r.chunk),
+      at: Array.from(r.at),
     },
     warnings: c.warnings.slice(0, 1000),
   };
+}
+
+/** The next `n` ranges of `from` as columns (chunks numbered as in the layout). */
+function rangeColumns(c: CompactCut, from: RangeCursor, n: number): RangeColumns {
+  const out = {
+    disk: new Float64Array(n),
+    length: new Float64Array(n),
+    chunk: new Uint32Array(n),
+    at: new Uint32Array(n),
+  };
+  const { renumber } = c.canon;
+  for (let i = 0; i < n; i++) {
+    if (!from.next()) throw new Error(`check-in: ${i} ranges where ${n} were counted`);
+    out.disk[i] = from.disk;
+    out.length[i] = from.length;
+    out.chunk[i] = renumber[from.chunk];
+    out.at[i] = from.at;
+  }
+  return out;
+}
+
+interface RangeColumns {
+  disk: Float64Array;
+  length: Float64Array;
+  chunk: Uint32Array;
+  at: Uint32Array;
 }
 
 /**
@@ -987,17 +1004,17 @@ function layoutOf(c: CompactCut): LayoutManifest {
  */
 function encodeLayout(c: CompactCut): Uint8Array {
   const { head, canon } = c;
-  const w = new ByteWriter(canon.chunkOrder.length * 80 + canon.disk.length * 40 + 4096);
+  const w = new ByteWriter(canon.chunkOrder.length * 80 + canon.rangeCount * 40 + 4096);
   const pre = JSON.stringify(head);
   w.text(pre.slice(0, -1)); // without its closing brace
   w.text(',');
-  writeColumns(w, c, 0, canon.chunkOrder.length, 0, canon.disk.length);
+  writeColumns(w, c, 0, canon.chunkOrder.length, rangeColumns(c, canon.ranges(), canon.rangeCount));
   w.text(`,"warnings":${JSON.stringify(c.warnings.slice(0, 1000))}}`);
   return w.bytes();
 }
 
-/** `"chunks":[..],"chunkLengths":[..],"ranges":{..}` of chunks [c0, c1) and ranges [r0, r1). */
-function writeColumns(w: ByteWriter, c: CompactCut, c0: number, c1: number, r0: number, r1: number): void {
+/** `"chunks":[..],"chunkLengths":[..],"ranges":{..}` of chunks [c0, c1) and ranges `r`. */
+function writeColumns(w: ByteWriter, c: CompactCut, c0: number, c1: number, r: RangeColumns): void {
   const { canon, b } = c;
   w.text('"chunks":[');
   for (let k = c0; k < c1; k++) {
@@ -1007,13 +1024,13 @@ function writeColumns(w: ByteWriter, c: CompactCut, c0: number, c1: number, r0: 
   w.text('],"chunkLengths":');
   w.numbers(Array.from(canon.chunkOrder.subarray(c0, c1), (i) => b.chunkLength(i)));
   w.text(',"ranges":{"disk":');
-  w.numbers(canon.disk.subarray(r0, r1));
+  w.numbers(r.disk);
   w.text(',"length":');
-  w.numbers(canon.length.subarray(r0, r1));
+  w.numbers(r.length);
   w.text(',"chunk":');
-  w.numbers(canon.chunk.subarray(r0, r1));
+  w.numbers(r.chunk);
   w.text(',"at":');
-  w.numbers(canon.at.subarray(r0, r1));
+  w.numbers(r.at);
   w.text('}');
 }
 
@@ -1029,15 +1046,19 @@ async function putLayout(
   P: number,
 ): Promise<{ manifest: PutResult; parts: PutResult[] }> {
   const chunks = c.canon.chunkOrder.length;
-  const ranges = c.canon.disk.length;
+  const ranges = c.canon.rangeCount;
   if (chunks <= P && ranges <= P) return { manifest: await sink.put('tree', encodeLayout(c)), parts: [] };
   const parts: PutResult[] = [];
+  const partDisk: number[] = [];
+  const from = c.canon.ranges();
   for (let i = 0; i * P < Math.max(chunks, ranges); i++) {
     const w = new ByteWriter(P * 120);
     w.text(`{"kind":"${LAYOUT_PART_KIND}","version":1,`);
     const c0 = Math.min(chunks, i * P);
     const r0 = Math.min(ranges, i * P);
-    writeColumns(w, c, c0, Math.min(chunks, c0 + P), r0, Math.min(ranges, r0 + P));
+    const r = rangeColumns(c, from, Math.min(ranges, r0 + P) - r0);
+    partDisk.push(r.disk.length > 0 ? r.disk[0] : c.head.virtualSize);
+    writeColumns(w, c, c0, Math.min(chunks, c0 + P), r);
     w.text('}');
     parts.push(await sink.put('tree', w.bytes()));
   }
@@ -1048,7 +1069,7 @@ async function putLayout(
     rangeCount: ranges,
     partEntries: P,
     parts: parts.map((p) => p.digest),
-    partDisk: parts.map((_, i) => (i * P < ranges ? c.canon.disk[i * P] : c.head.virtualSize)),
+    partDisk,
     warnings: c.warnings.slice(0, 1000),
   };
   return { manifest: await sink.put('tree', Buffer.from(JSON.stringify(head))), parts };
@@ -1098,8 +1119,14 @@ export async function cutImage(
   opts: CutOptions = {},
 ): Promise<CutResult> {
   const c = await cutCompact(img, sourceName, sink, opts);
+  let layout: LayoutManifest;
+  try {
+    layout = layoutOf(c);
+  } finally {
+    c.b.close();
+  }
   return {
-    layout: layoutOf(c),
+    layout,
     files: c.b.trees,
     chunks: c.b.chunkCount,
     newChunks: c.b.newChunks,
@@ -1155,6 +1182,8 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       if (v) parents.splice(0, parents.length, { image: v.image, number: v.number });
     }
     let deviceImages: DiskImage[] = [];
+    /** The cut's builder: its scratch files go however the check-in ends. */
+    let scratch: Builder | undefined;
     try {
       const fsOptions: FsOpenOptions = {};
       if (opts.devices && opts.devices.length > 0) {
@@ -1165,6 +1194,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       // the store's write buffers (~100 MiB at the default budget) shrink with a small one
       lib.store.setWriteBudget(memoryBytes);
       let cut: CompactCut | undefined = await cutCompact(img, image, lib.store, { ...opts, fsOptions });
+      scratch = cut.b;
       const { head, warnings, usedBytes } = cut;
       const chunks = cut.b.chunkCount;
       const newChunks = cut.b.newChunks;
@@ -1186,7 +1216,9 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       for (const v of head.volumes) if (v.fs) storedBytes += lib.store.storedSize(v.fs.files);
       for (const d of cut.b.addedTrees) newBytes += lib.store.storedSize(d);
       cut = undefined; // what grew with the image, before inspection reads the version back
-      lib.store.releaseWriteBuffers();
+      scratch.close();
+      await lib.store.releaseWriteBuffers();
+      collectGarbage();
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,
@@ -1220,6 +1252,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
         warnings,
       };
     } finally {
+      scratch?.close();
       const { closeChain } = await import('../formats/layer.js');
       for (const d of deviceImages) await closeChain(d).catch(() => {});
       await closeChain(img);

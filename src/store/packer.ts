@@ -50,28 +50,33 @@ const ARENA_BLOB = Math.max(4 * 1024 * 1024, FRAME_BYTES);
 const ARENA_BYTES = PACK_TARGET + compressBound(ARENA_BLOB);
 
 /**
- * The write buffers' sizes. At a memory budget of WRITE_BUDGET_FULL (the default 256 MiB) or
- * more they are the sizes above, measured for speed (bench:checkin); a smaller budget
- * (`--memory 64M`) scales the pack cut, the bytes on the zstd thread and the shared frame
- * down with it (to 1/8 at most: a 1 MiB frame, 4 MiB compressing, 6 MiB of plain frames per
- * pack), since together they are ~100 MiB that would otherwise not move with the flag.
- * Frames and packs are then smaller (a little less compression across small files); what is
- * stored, blob for blob, is the same.
+ * The write buffers' sizes, from the memory budget. At a budget of WRITE_BUDGET_FULL and more
+ * they are the sizes above, measured for speed (bench:checkin). Below, each is a share of the
+ * budget, so that together (one open frame, the frames on the zstd thread, the pooled frames
+ * kept for reuse, the encoded frames of the pack being filled and of the one being written
+ * they stay near 0.4 of it): the shared frame a power of two (frames are pooled buffers of a
+ * power-of-two size: a 5 MiB frame took an 8 MiB buffer), at most 1/32 of the budget; the
+ * bytes on the zstd thread 1/12; the pack cut 1/8 (issue 22: at the CLI's default budget of
+ * ~160 MiB the write side held ~170 MiB of a 200,000-file check-in, 56 MiB of it idle pooled
+ * frames). Frames and packs are then smaller (a little less compression across small files);
+ * what is stored, blob for blob, is the same.
  */
 export interface WriteLimits {
   frameBytes: number;
   compressingBytes: number;
   packTargetPlain: number;
 }
-export const WRITE_BUDGET_FULL = 256 * 1024 * 1024;
+export const WRITE_BUDGET_FULL = 512 * 1024 * 1024;
 
 export function writeLimits(budgetBytes: number): WriteLimits {
-  const scale = Math.max(1 / 8, Math.min(1, budgetBytes / WRITE_BUDGET_FULL));
-  const mib = (n: number) => Math.max(1, Math.round((n * scale) / 2 ** 20)) * 2 ** 20;
+  const mib = (n: number) => Math.max(1, Math.floor(n / 2 ** 20)) * 2 ** 20;
+  let frameBytes = SOLO_BLOB;
+  while (frameBytes * 2 <= Math.min(FRAME_BYTES, budgetBytes / 32)) frameBytes *= 2;
+  const compressingBytes = Math.max(frameBytes, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 12)));
   return {
-    frameBytes: Math.max(SOLO_BLOB, mib(FRAME_BYTES)),
-    compressingBytes: mib(COMPRESSING_BYTES),
-    packTargetPlain: mib(PACK_TARGET_PLAIN),
+    frameBytes,
+    compressingBytes,
+    packTargetPlain: Math.max(2 * frameBytes, Math.min(PACK_TARGET_PLAIN, mib(budgetBytes / 8))),
   };
 }
 
@@ -179,6 +184,8 @@ export class Packer {
     // is decoded whole for any blob in it), and manifests (read whole, never near each other).
     if (plain.length >= SOLO_BLOB || opts.solo || type === 'tree') {
       if (this.offloader() && plain.length <= ARENA_BLOB) {
+        await this.roomToCompress(plain.length);
+        if (this.has(digest)) return { digest, added: false }; // a concurrent put of the same bytes won
         const copy = this.sharedPool.take(plain.length);
         copy.set(plain);
         const ref: BlobRef = { digest, type, at: 0, plainLength: plain.length };
@@ -197,8 +204,14 @@ export class Packer {
       this.unflushed.set(digest, { frame: f, ref });
     } else {
       const frameBytes = this.limits.frameBytes;
-      while (this.frame && this.frame.used + plain.length > frameBytes) await this.closeFrame();
-      if (this.has(digest)) return { digest, added: false };
+      for (;;) {
+        while (this.frame && this.frame.used + plain.length > frameBytes) await this.closeFrame();
+        if (this.has(digest)) return { digest, added: false };
+        // a new frame only when the zstd thread has room for it: concurrent puts each closed
+        // a frame and opened the next before any waited, 9 frames of the pool's at once
+        if (this.frame || !this.offloader() || !this.fullForFrame(frameBytes)) break;
+        await this.roomToCompress(frameBytes);
+      }
       if (!this.frame) {
         const buf = this.offloader() ? this.sharedPool.take(frameBytes) : this.pool.take(frameBytes);
         this.frame = { blobs: [], buf, used: 0, flags: 0, offset: 0 };
@@ -212,6 +225,19 @@ export class Packer {
     }
     if (this.pendingBytes >= (this.offload ? this.limits.packTargetPlain : PACK_TARGET)) await this.startFlush();
     return { digest, added: true };
+  }
+
+  private fullForFrame(n: number): boolean {
+    return this.compressing.length > 0 && this.compressingBytes + n > this.limits.compressingBytes;
+  }
+
+  /** Wait until `n` more plain bytes fit on the zstd thread (limits.compressingBytes), for the oldest frames first. */
+  private async roomToCompress(n: number): Promise<void> {
+    while (this.fullForFrame(n)) {
+      const oldest = this.compressing.shift() as Frame;
+      this.compressingBytes -= oldest.used;
+      await oldest.encP?.catch(() => {});
+    }
   }
 
   /** Compress `plain` into the pack arena (or its own buffer when large); plain when zstd does not help. */
@@ -314,10 +340,21 @@ export class Packer {
     this.pendingBytes += enc.length;
   }
 
-  /** Drop spare pack arenas and pooled frames (they are allocated again when writing resumes). */
-  releaseBuffers(): void {
+  /**
+   * After a flush: drop spare pack arenas and pooled frames and stop the zstd thread (all are
+   * made again when writing resumes). The frames are SharedArrayBuffers, which V8 does not
+   * count as external memory (no collection is hurried by them) and which stay alive while
+   * the zstd thread's isolate still holds a message that named them: measured at the end of
+   * a 200,000-file check-in, ~130 MiB of them stayed resident through the inspection after it.
+   * With the thread gone, the next full collection frees them.
+   */
+  async releaseBuffers(): Promise<void> {
     this.spareArenas.length = 0;
     this.sharedPool.clear();
+    if (this.compressing.length > 0 || !this.offload) return;
+    const z = this.offload;
+    this.offload = undefined;
+    await z.close();
   }
 
   /** Write everything queued: packs, then their index. */

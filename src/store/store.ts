@@ -1,4 +1,5 @@
 import { StrataError } from '../util/errors.js';
+import { memoryShare } from '../util/memory.js';
 import type { Backend } from './backend.js';
 import { BlobIndex, type IndexEntry, type IndexFile, sha256hex, tuple } from './blob-index.js';
 import { BlobReader } from './blob-reader.js';
@@ -58,8 +59,9 @@ export class Store {
    * Read scratch (and inline compression's frames). Bounded in bytes: a check-in's inspection
    * reads its layout manifest back, one frame of ~100 MB at a million files, and the pool kept
    * that scratch and its encoded input (pow2 classes: 128 + 64 MiB) for the rest of the process.
+   * At most 64 MiB, and 1/8 of the memory budget (20 MiB at the CLI's default).
    */
-  private readonly pool = new BufferPool(32, false, { maxBytes: 64 * 1024 * 1024 });
+  private readonly pool = new BufferPool(32, false, { maxBytes: memoryShare(1 / 8, 8 << 20, 64 << 20) });
   private readonly packer: Packer;
   private readonly reader: BlobReader;
 
@@ -68,8 +70,10 @@ export class Store {
     compressInline: boolean,
   ) {
     this.ix = new BlobIndex(backend);
-    // frames being compressed on the zstd thread live in the shared pool (shared memory, nothing copied)
-    this.packer = new Packer(backend, this.ix, this.pool, new BufferPool(16, true), compressInline);
+    // frames being compressed on the zstd thread live in the shared pool (shared memory, nothing
+    // copied), every one kept for reuse (how many there are is bounded by the frames in flight):
+    // a SharedArrayBuffer dropped is garbage V8 does not count, and may stay resident for long
+    this.packer = new Packer(backend, this.ix, this.pool, new BufferPool(64, true), compressInline);
     this.reader = new BlobReader(backend, this.pool);
   }
 
@@ -120,8 +124,8 @@ export class Store {
   }
 
   /** Drop the write side's spare buffers (pack arenas, frames) after a flush: a burst of writing is over. */
-  releaseWriteBuffers(): void {
-    this.packer.releaseBuffers();
+  async releaseWriteBuffers(): Promise<void> {
+    await this.packer.releaseBuffers();
   }
 
   /** Re-read every index file (after another process wrote some). */

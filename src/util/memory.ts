@@ -134,6 +134,15 @@ function collect(): boolean {
 }
 
 /**
+ * A full collection now, where the guard is on (a CLI command; an embedding process keeps its
+ * own policy): after a burst of work whose buffers V8 does not count (SharedArrayBuffers), so
+ * that they are not left resident until a collection the heap alone would ask for.
+ */
+export function collectGarbage(): void {
+  if (enforced) collect();
+}
+
+/**
  * Throw a StrataError LIMIT when the process cannot stay within the budget. Cheap: at most
  * one look at the heap per 200 ms; `what` names the work for the message.
  */

@@ -234,3 +234,55 @@ test('a layout in parts read part by part: bad parts and ranges past a chunk fai
     await assert.rejects(open([bad, good[1]]).read(0, 16384), corrupt);
   }
 });
+
+/**
+ * Issue 22: past a number of ranges (a run) and of chunks held, a check-in sorts its ranges
+ * into runs in a scratch file and keeps its chunks' digests there, merging the runs when the
+ * layout is written. With runs of 5 ranges and 5 chunk records in memory (dozens of runs and
+ * records read back from the file on this small image) the layout manifest is the same, byte
+ * for byte, as the check-in that kept everything in memory, in version 1 and in parts; and
+ * the scratch directory is gone afterwards.
+ */
+test('columns spilled to a scratch file (runs of 5 ranges): the same layout manifest, scratch removed', async () => {
+  const { mkdirSync, readdirSync } = await import('node:fs');
+  const image = await extImageOf('ext4', await baseTree(), 'base');
+  const dir = tempDir('checkin-layout-spill');
+  const tmp = path.join(dir, 'tmp');
+  mkdirSync(tmp);
+  const before = process.env.TMPDIR;
+  process.env.TMPDIR = tmp;
+  const lib = await Library.open(path.join(dir, 'lib'));
+  try {
+    for (const layoutPartEntries of [undefined, 7]) {
+      const kept = await checkin(lib, image, { name: 'kept', exact: true, layoutPartEntries, inspect: false });
+      assert.deepEqual(readdirSync(tmp), [], 'nothing spilled at the default sizes');
+      const spilled = await checkin(lib, image, {
+        name: 'spilled',
+        exact: true,
+        layoutPartEntries,
+        spillEntries: 5,
+        inspect: false,
+      });
+      assert.ok(kept.chunks > 20, `${kept.chunks} chunks`);
+      assert.equal(spilled.manifest, kept.manifest, `layout (parts of ${layoutPartEntries ?? 'default'})`);
+      assert.equal(spilled.storedBytes, kept.storedBytes);
+      assert.equal(spilled.usedBytes, kept.usedBytes);
+      assert.deepEqual(readdirSync(tmp), [], 'the scratch directory is removed');
+    }
+    // the remote check-in's object form, from spilled columns, encodes as the stored manifest
+    const img = await openImage(image);
+    try {
+      const cut = await cutImage(img, image, new MemorySink(), { exact: true, spillEntries: 5 });
+      const r = await checkin(lib, image, { name: 'kept', exact: true, inspect: false });
+      const stored = await lib.store.withBlob(r.manifest, (plain) => Buffer.from(plain));
+      assert.ok(Buffer.from(encodeManifest(cut.layout)).equals(stored), 'object form from spilled columns');
+    } finally {
+      await closeChain(img);
+    }
+    assert.deepEqual(readdirSync(tmp), [], 'the scratch directory is removed');
+  } finally {
+    if (before === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = before;
+    await lib.close();
+  }
+});

@@ -1,0 +1,367 @@
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+
+/**
+ * The check-in's columns that grow with the image (issue 22), kept off the heap: every chunk's
+ * digest and length as a 36-byte record in a scratch file (what stays in memory is an 8-byte
+ * fingerprint, an "added" flag and a hash-table slot), and the ranges in sorted runs, spilled
+ * to the same scratch directory once a run is full and merged when the layout is written.
+ * Before, a chunk held ~45 bytes and a range ~24 bytes in memory (typed arrays doubled as they
+ * grew, and the sorted copy at the end on top): ~130 MB at 1,000,000 files, which the CLI's
+ * default budget of ~160 MiB stopped with a LIMIT error.
+ */
+
+/** Bytes of a chunk record: its sha256, then its length (uint32 LE). */
+export const CHUNK_RECORD = 36;
+/** Bytes of a range record in a spilled run: disk offset (float64), length, chunk, offset in the chunk (uint32 each). */
+const RANGE_RECORD = 20;
+
+/** A scratch directory made on first use, removed by close(). */
+class Scratch {
+  private dir?: string;
+  private readonly fds: number[] = [];
+
+  open(name: string): number {
+    this.dir ??= mkdtempSync(path.join(tmpdir(), 'strata-checkin-'));
+    const fd = openSync(path.join(this.dir, name), 'w+');
+    this.fds.push(fd);
+    return fd;
+  }
+
+  close(): void {
+    for (const fd of this.fds.splice(0)) closeSync(fd);
+    if (this.dir !== undefined) rmSync(this.dir, { recursive: true, force: true });
+    this.dir = undefined;
+  }
+}
+
+function readFully(fd: number, buf: Uint8Array, length: number, position: number): void {
+  let n = 0;
+  while (n < length) {
+    const r = readSync(fd, buf, n, length - n, position + n);
+    if (r === 0) throw new Error(`check-in scratch file: short read at ${position + n}`);
+    n += r;
+  }
+}
+
+function writeFully(fd: number, buf: Uint8Array, length: number, position: number): void {
+  let n = 0;
+  while (n < length) n += writeSync(fd, buf, n, length - n, position + n);
+}
+
+/** A growable typed array (doubling). */
+export function grown<T extends Float64Array | Uint32Array | Int32Array | Uint8Array>(a: T, need: number): T {
+  if (need <= a.length) return a;
+  let n = Math.max(1, a.length);
+  while (n < need) n *= 2;
+  const b = Buffer.isBuffer(a) ? (Buffer.alloc(n) as unknown as T) : new (a.constructor as new (n: number) => T)(n);
+  b.set(a);
+  return b;
+}
+
+/**
+ * Chunk records (digest and length) by chunk number, appended in order: the newest in a
+ * buffer, the rest in the scratch file. `record(i)` reads through a window of records (for
+ * readers that go roughly in order: the layout's chunk list, the stored-size sum);
+ * `exact(i)` reads one record (the rare digest comparisons of dedup and of the range sort).
+ */
+export class ChunkRecords {
+  private fd = -1;
+  private readonly buf: Buffer;
+  /** The first record in `buf`; records below it are in the file. */
+  private bufFrom = 0;
+  count = 0;
+  private win = Buffer.alloc(0);
+  private winFrom = 0;
+  private winCount = 0;
+  private readonly one = Buffer.alloc(CHUNK_RECORD);
+
+  constructor(
+    private readonly scratch: Scratch,
+    private readonly perBuffer = 16384,
+  ) {
+    this.buf = Buffer.allocUnsafe(CHUNK_RECORD * perBuffer);
+  }
+
+  push(digest: Uint8Array, length: number): number {
+    if (this.count - this.bufFrom === this.perBuffer) {
+      if (this.fd < 0) this.fd = this.scratch.open('chunks');
+      writeFully(this.fd, this.buf, this.buf.length, this.bufFrom * CHUNK_RECORD);
+      this.bufFrom = this.count;
+    }
+    const at = (this.count - this.bufFrom) * CHUNK_RECORD;
+    this.buf.set(digest, at);
+    this.buf.writeUInt32LE(length, at + 32);
+    return this.count++;
+  }
+
+  /** Record `i` (a view, valid until the next call), through the window. */
+  record(i: number): Buffer {
+    if (i >= this.bufFrom)
+      return this.buf.subarray((i - this.bufFrom) * CHUNK_RECORD, (i - this.bufFrom + 1) * CHUNK_RECORD);
+    if (i < this.winFrom || i >= this.winFrom + this.winCount) {
+      if (this.win.length === 0) this.win = Buffer.allocUnsafe(CHUNK_RECORD * this.perBuffer);
+      this.winFrom = i;
+      this.winCount = Math.min(this.perBuffer, this.bufFrom - i);
+      readFully(this.fd, this.win, this.winCount * CHUNK_RECORD, i * CHUNK_RECORD);
+    }
+    return this.win.subarray((i - this.winFrom) * CHUNK_RECORD, (i - this.winFrom + 1) * CHUNK_RECORD);
+  }
+
+  /** Record `i` (a view, valid until the next call), read alone. */
+  exact(i: number): Buffer {
+    if (i >= this.bufFrom) return this.record(i);
+    if (i >= this.winFrom && i < this.winFrom + this.winCount) return this.record(i);
+    readFully(this.fd, this.one, CHUNK_RECORD, i * CHUNK_RECORD);
+    return this.one;
+  }
+
+  /** Drop the read window (its memory) once the ordered readers are done. */
+  dropWindow(): void {
+    this.win = Buffer.alloc(0);
+    this.winCount = 0;
+  }
+}
+
+/** A sorted stream of ranges. */
+export interface RangeCursor {
+  disk: number;
+  length: number;
+  chunk: number;
+  at: number;
+  /** Step to the next range; false at the end. */
+  next(): boolean;
+}
+
+/** Order of two ranges: disk offset, then chunk (by digest), then offset in the chunk. */
+type RangeOrder = (d1: number, c1: number, a1: number, d2: number, c2: number, a2: number) => number;
+
+/** A run held in memory, in the order of `order`. */
+class MemoryRun implements RangeCursor {
+  disk = 0;
+  length = 0;
+  chunk = 0;
+  at = 0;
+  private i = -1;
+  constructor(
+    private readonly r: RangeRuns,
+    private readonly order: Uint32Array,
+  ) {}
+  next(): boolean {
+    if (++this.i >= this.order.length) return false;
+    const k = this.order[this.i];
+    this.disk = this.r.disk[k];
+    this.length = this.r.length[k];
+    this.chunk = this.r.chunk[k];
+    this.at = this.r.at[k];
+    return true;
+  }
+}
+
+/** A spilled run, read back in blocks. */
+class FileRun implements RangeCursor {
+  disk = 0;
+  length = 0;
+  chunk = 0;
+  at = 0;
+  private readonly buf: Buffer;
+  private inBuf = 0;
+  private pos = 0;
+  private read = 0;
+  constructor(
+    private readonly fd: number,
+    private readonly offset: number,
+    private readonly count: number,
+    block: number,
+  ) {
+    this.buf = Buffer.allocUnsafe(Math.min(count, block) * RANGE_RECORD);
+  }
+  next(): boolean {
+    if (this.pos === this.inBuf) {
+      if (this.read === this.count) return false;
+      const n = Math.min(this.count - this.read, this.buf.length / RANGE_RECORD);
+      readFully(this.fd, this.buf, n * RANGE_RECORD, this.offset + this.read * RANGE_RECORD);
+      this.read += n;
+      this.inBuf = n;
+      this.pos = 0;
+    }
+    const o = this.pos++ * RANGE_RECORD;
+    this.disk = this.buf.readDoubleLE(o);
+    this.length = this.buf.readUInt32LE(o + 8);
+    this.chunk = this.buf.readUInt32LE(o + 12);
+    this.at = this.buf.readUInt32LE(o + 16);
+    return true;
+  }
+}
+
+/** Sorted runs merged (ties: the earlier run first, so the merge is a stable sort of the whole). */
+class MergedRuns implements RangeCursor {
+  disk = 0;
+  length = 0;
+  chunk = 0;
+  at = 0;
+  private readonly live: RangeCursor[] = [];
+  private started = false;
+  constructor(
+    runs: RangeCursor[],
+    private readonly cmp: RangeOrder,
+  ) {
+    this.live = runs;
+  }
+  next(): boolean {
+    if (!this.started) {
+      this.started = true;
+      for (let i = this.live.length - 1; i >= 0; i--) if (!this.live[i].next()) this.live.splice(i, 1);
+    }
+    if (this.live.length === 0) return false;
+    let best = 0;
+    for (let i = 1; i < this.live.length; i++) {
+      const a = this.live[i];
+      const b = this.live[best];
+      if (this.cmp(a.disk, a.chunk, a.at, b.disk, b.chunk, b.at) < 0) best = i;
+    }
+    const c = this.live[best];
+    this.disk = c.disk;
+    this.length = c.length;
+    this.chunk = c.chunk;
+    this.at = c.at;
+    if (!c.next()) this.live.splice(best, 1);
+    return true;
+  }
+}
+
+/**
+ * Ranges as they are added, in runs of at most `runEntries`: a full run is sorted and written
+ * to the scratch file; `sorted()` merges the runs (or sorts the one in memory).
+ */
+export class RangeRuns {
+  disk = new Float64Array(1024);
+  length = new Uint32Array(1024);
+  chunk = new Uint32Array(1024);
+  at = new Uint32Array(1024);
+  /** Ranges in the run in memory. */
+  n = 0;
+  /** Ranges added in all. */
+  count = 0;
+  private fd = -1;
+  private readonly spilled: Array<{ offset: number; count: number }> = [];
+  private fileBytes = 0;
+
+  constructor(
+    private readonly scratch: Scratch,
+    private readonly cmp: RangeOrder,
+    readonly runEntries: number,
+  ) {}
+
+  add(disk: number, length: number, chunk: number, at: number): void {
+    if (this.n === this.runEntries) this.spill();
+    const i = this.n++;
+    if (i >= this.disk.length) {
+      this.disk = grown(this.disk, i + 1);
+      this.length = grown(this.length, i + 1);
+      this.chunk = grown(this.chunk, i + 1);
+      this.at = grown(this.at, i + 1);
+    }
+    this.disk[i] = disk;
+    this.length[i] = length;
+    this.chunk[i] = chunk;
+    this.at[i] = at;
+    this.count++;
+  }
+
+  /** The run in memory, sorted (stable: ties keep the order they were added in). */
+  private order(): Uint32Array {
+    const { disk, chunk, at, cmp } = this;
+    const order = new Uint32Array(this.n);
+    for (let i = 0; i < this.n; i++) order[i] = i;
+    order.sort((a, b) => cmp(disk[a], chunk[a], at[a], disk[b], chunk[b], at[b]) || a - b);
+    return order;
+  }
+
+  private spill(): void {
+    if (this.n === 0) return;
+    const order = this.order();
+    if (this.fd < 0) this.fd = this.scratch.open('ranges');
+    const block = Buffer.allocUnsafe(Math.min(this.n, 16384) * RANGE_RECORD);
+    const offset = this.fileBytes;
+    for (let i = 0; i < this.n; ) {
+      let o = 0;
+      for (; i < this.n && o < block.length; i++, o += RANGE_RECORD) {
+        const k = order[i];
+        block.writeDoubleLE(this.disk[k], o);
+        block.writeUInt32LE(this.length[k], o + 8);
+        block.writeUInt32LE(this.chunk[k], o + 12);
+        block.writeUInt32LE(this.at[k], o + 16);
+      }
+      writeFully(this.fd, block, o, this.fileBytes);
+      this.fileBytes += o;
+    }
+    this.spilled.push({ offset, count: this.n });
+    this.n = 0;
+  }
+
+  /** Whether some runs went to the scratch file. */
+  get spills(): boolean {
+    return this.spilled.length > 0;
+  }
+
+  /**
+   * Every range in order. The first call of several spills the run in memory (when others
+   * were spilled) and drops its columns; each call reads the runs anew.
+   */
+  sorted(): RangeCursor {
+    if (this.spilled.length === 0) {
+      this.memoryOrder ??= this.order();
+      return new MemoryRun(this, this.memoryOrder);
+    }
+    if (this.n > 0) {
+      this.spill();
+      this.disk = new Float64Array(0);
+      this.length = new Uint32Array(0);
+      this.chunk = new Uint32Array(0);
+      this.at = new Uint32Array(0);
+    }
+    // blocks of the merge: 1 MiB of records in all, at least 256 per run
+    const block = Math.max(256, Math.floor((1 << 20) / RANGE_RECORD / this.spilled.length));
+    return new MergedRuns(
+      this.spilled.map((r) => new FileRun(this.fd, r.offset, r.count, block)),
+      this.cmp,
+    );
+  }
+  private memoryOrder?: Uint32Array;
+}
+
+/** Ranges of a sorted stream with overlaps clipped (two inodes claiming one block): what the layout holds. */
+export class ClippedRanges implements RangeCursor {
+  disk = 0;
+  length = 0;
+  chunk = 0;
+  at = 0;
+  private end = 0;
+  constructor(private readonly src: RangeCursor) {}
+  next(): boolean {
+    const s = this.src;
+    while (s.next()) {
+      let d = s.disk;
+      let len = s.length;
+      let a = s.at;
+      if (d < this.end) {
+        const cut = this.end - d;
+        if (cut >= len) continue;
+        d += cut;
+        a += cut;
+        len -= cut;
+      }
+      this.disk = d;
+      this.length = len;
+      this.chunk = s.chunk;
+      this.at = a;
+      this.end = d + len;
+      return true;
+    }
+    return false;
+  }
+}
+
+export { Scratch };
