@@ -55,8 +55,9 @@ const ARENA_BYTES = PACK_TARGET + compressBound(ARENA_BLOB);
  * budget, so that together (one open frame, the frames on the zstd thread, the pooled frames
  * kept for reuse, the encoded frames of the pack being filled and of the one being written
  * they stay near 0.4 of it): the shared frame a power of two (frames are pooled buffers of a
- * power-of-two size: a 5 MiB frame took an 8 MiB buffer), at most 1/32 of the budget; the
- * bytes on the zstd thread 1/12; the pack cut 1/8 (issue 22: at the CLI's default budget of
+ * power-of-two size: a 5 MiB frame took an 8 MiB buffer), at most 1/16 of the budget (the
+ * CLI's default budget keeps full 8 MiB frames: their compression, and both zstd threads); the
+ * bytes on the zstd threads 1/12, at least a frame for each; the pack cut 1/8 (issue 22: at the CLI's default budget of
  * ~160 MiB the write side held ~170 MiB of a 200,000-file check-in, 56 MiB of it idle pooled
  * frames). Frames and packs are then smaller (a little less compression across small files);
  * what is stored, blob for blob, is the same.
@@ -71,8 +72,10 @@ export const WRITE_BUDGET_FULL = 512 * 1024 * 1024;
 export function writeLimits(budgetBytes: number): WriteLimits {
   const mib = (n: number) => Math.max(1, Math.floor(n / 2 ** 20)) * 2 ** 20;
   let frameBytes = SOLO_BLOB;
-  while (frameBytes * 2 <= Math.min(FRAME_BYTES, budgetBytes / 32)) frameBytes *= 2;
-  const compressingBytes = Math.max(frameBytes, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 12)));
+  while (frameBytes * 2 <= Math.min(FRAME_BYTES, budgetBytes / 16)) frameBytes *= 2;
+  // a full-size frame for each zstd thread the packer then starts (see offloader())
+  const inFlight = frameBytes >= FRAME_BYTES ? ZSTD_THREADS * frameBytes : frameBytes;
+  const compressingBytes = Math.max(inFlight, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 12)));
   return {
     frameBytes,
     compressingBytes,
