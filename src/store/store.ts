@@ -349,6 +349,7 @@ export class Store {
 
   async close(): Promise<void> {
     await this.packer.close();
+    this.ix.entries.close();
     await this.backend.close();
   }
 }
