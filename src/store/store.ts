@@ -296,8 +296,14 @@ export class Store {
    * exclusive lock. The plan is prune.ts's `planPrune`; this executes it in the order
    * prune.ts documents (new packs, new index, old index files, old packs), so a kill at any
    * point leaves every kept blob reachable (at worst twice, or orphans for the next gc).
+   * `indexBlobs`: blobs in each new index file (default PRUNE_INDEX_BLOBS; tests lower it).
    */
-  async prune(keep: ReadonlySet<string>, hooks: PruneHooks = {}): Promise<PruneResult> {
+  async prune(
+    keep: ReadonlySet<string>,
+    hooks: PruneHooks = {},
+    opts: { indexBlobs?: number } = {},
+  ): Promise<PruneResult> {
+    const indexBlobs = opts.indexBlobs ?? PRUNE_INDEX_BLOBS;
     await this.flush();
     await this.loadIndex();
     const files = await this.packFiles();
@@ -336,7 +342,7 @@ export class Store {
       let p = batch.get(e.pack);
       if (!p) batch.set(e.pack, (p = { id: e.pack, blobs: [] }));
       p.blobs.push(tuple(d, e));
-      if (++inBatch >= PRUNE_INDEX_BLOBS) await writeBatch();
+      if (++inBatch >= indexBlobs) await writeBatch();
     }
     if (inBatch > 0 || newKeys.size === 0) await writeBatch();
     // 3. the old index files: from here no index names a pack that goes
