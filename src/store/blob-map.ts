@@ -221,8 +221,11 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   private readonly packNo = new Map<string, number>();
   private readonly key = Buffer.alloc(32);
 
+  /** The spill point of maps made without one (tests lower it to run a store's paths on the spill file). */
+  static spillAfter = SPILL_AFTER;
+
   constructor(opts: { spillAfter?: number } = {}) {
-    this.recs = new Records(opts.spillAfter ?? SPILL_AFTER);
+    this.recs = new Records(opts.spillAfter ?? BlobMap.spillAfter);
   }
 
   get size(): number {
