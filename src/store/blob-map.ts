@@ -177,6 +177,22 @@ class Records {
     }
   }
 
+  /** `fn(buffer, offset, number)` for every record in order, as `scan` without its allocations (the rehash). */
+  each(fn: (buf: Buffer, at: number, e: number) => void): void {
+    let run: Buffer | undefined;
+    for (let e = 0; e < this.count; ) {
+      if (this.mem || e >= this.flushed) {
+        const [buf, at] = this.at(e);
+        fn(buf, at, e++);
+        continue;
+      }
+      run ??= Buffer.alloc(SCAN_BLOCKS * BLOCK);
+      const to = Math.min(this.flushed, e + SCAN_BLOCKS * PER_BLOCK);
+      this.readFully(run, 0, (to - e) * REC, e * REC);
+      for (let at = 0; e < to; e++, at += REC) fn(run, at, e);
+    }
+  }
+
   /** Bytes of records held in memory. */
   get memBytes(): number {
     return (this.mem?.length ?? BLOCK) + (this.mem ? 0 : this.cache.length);
@@ -271,14 +287,12 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   private rehash(): void {
     const size = Math.max(16, Math.ceil((this.live + 1) / GROW_LOAD));
     const table = new Uint32Array(size);
-    const k = Buffer.alloc(32);
-    for (const [buf, at, e] of this.recs.scan()) {
-      if (buf[at + R_DEAD]) continue;
-      buf.copy(k, 0, at, at + 32);
-      let i = this.home(k, size);
+    this.recs.each((buf, at, e) => {
+      if (buf[at + R_DEAD]) return;
+      let i = Math.floor(((buf.readUInt32BE(at) >>> 11) * size) / 2097152);
       while (table[i] !== EMPTY) i = i + 1 === size ? 0 : i + 1;
-      table[i] = (((e + 1) << FP_BITS) | (k[4] & FP_MASK)) >>> 0;
-    }
+      table[i] = (((e + 1) << FP_BITS) | (buf[at + 4] & FP_MASK)) >>> 0;
+    });
     this.table = table;
     this.used = this.live;
   }
@@ -332,15 +346,26 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   }
 
   set(digest: string, v: IndexEntry): this {
+    this.put(digest, v, true);
+    return this;
+  }
+
+  /** Add `digest` unless it is there (one lookup, not has + set); returns whether it was added. */
+  setIfAbsent(digest: string, v: IndexEntry): boolean {
+    return this.put(digest, v, false);
+  }
+
+  private put(digest: string, v: IndexEntry, replace: boolean): boolean {
     const k = this.parse(digest);
     if (!k || digest !== digest.toLowerCase()) throw new Error(`BlobMap: not a sha256 digest: ${digest}`);
     const s = this.find(k);
     if (s >= 0) {
+      if (!replace) return false;
       const e = (this.table[s] >>> FP_BITS) - 1;
       const [b, at] = this.recs.at(e);
       this.write(b, at, v);
       this.recs.written(e, b, at);
-      return this;
+      return false;
     }
     if (this.recs.count >= MAX_ENTRIES) {
       throw new StrataError('LIMIT', `the store's index holds at most ${MAX_ENTRIES} blobs`, {
@@ -357,7 +382,7 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     this.table[slot] = (((e + 1) << FP_BITS) | fp) >>> 0;
     this.live++;
     if (this.used > this.table.length * MAX_LOAD) this.rehash();
-    return this;
+    return true;
   }
 
   delete(digest: string): boolean {
