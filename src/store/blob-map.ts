@@ -1,3 +1,7 @@
+import { closeSync, mkdtempSync, openSync, readSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { StrataError } from '../util/errors.js';
 import type { BlobType } from './pack.js';
 
 export interface IndexEntry {
@@ -14,38 +18,231 @@ export interface IndexEntry {
   plainLength: number;
 }
 
-const EMPTY = 0;
-const TOMBSTONE = -1;
 const TYPES: BlobType[] = ['data', 'tree'];
 
 /**
- * The store's in-memory index (digest -> IndexEntry) in columns instead of one Map entry,
- * key string and object per blob (~210 bytes each; a million-file check-in's store holds a
- * million blobs): digests as 32 raw bytes, the numbers in typed arrays, the pack as a
- * number into a table of pack ids, found through an open-addressing hash table keyed by
- * the digest's first bytes (digests are uniform). About 80 bytes per blob. It behaves as a
- * Map for what the store does with it: get/has/set/delete, size, and iteration in
- * insertion order (prune copies blobs in index order).
+ * One blob's record: digest (32 bytes), offset and flags (f64), pack number, encoded length,
+ * frame plain length, offset in frame and plain length (u32), type and a deleted mark (u8).
+ */
+const REC = 72;
+const R_OFFSET = 32;
+const R_FLAGS = 40;
+const R_PACK = 48;
+const R_ENC = 52;
+const R_FRAME = 56;
+const R_AT = 60;
+const R_PLAIN = 64;
+const R_TYPE = 68;
+const R_DEAD = 69;
+/** Records per block (a block is the unit of reading from the spill file: 4,032 bytes). */
+const PER_BLOCK = 56;
+const BLOCK = PER_BLOCK * REC;
+/** Blocks of the spill file kept in memory (direct-mapped by block number): 1 MiB. */
+const CACHED_BLOCKS = 256;
+/** Blocks read at once when iterating the spill file (~1 MiB). */
+const SCAN_BLOCKS = 256;
+
+/**
+ * Records of this many blobs stay in memory (~4.7 MB); past that they move to a spill file.
+ * The test of the spill path lowers it (BlobMap's constructor).
+ */
+export const SPILL_AFTER = 65_536;
+
+/** Slot values: 0 empty, 1 deleted, else (entry number + 1) << 6 | 6 bits of fingerprint. */
+const EMPTY = 0;
+const TOMBSTONE = 1;
+const FP_BITS = 6;
+const FP_MASK = (1 << FP_BITS) - 1;
+/** Entry numbers must fit the slot's 26 bits. */
+const MAX_ENTRIES = 2 ** (32 - FP_BITS) - 2;
+/** Grow the slot table past this load; size it to this load over the live entries when growing. */
+const MAX_LOAD = 0.75;
+const GROW_LOAD = 0.6;
+
+const release = new FinalizationRegistry<number>((fd) => {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
+});
+
+/**
+ * The blob records, numbered in insertion order: in one growing Buffer up to `spillAfter`
+ * blobs, then in an unlinked scratch file (nothing is left behind by a kill) read a block at
+ * a time through a small direct-mapped cache, the block being filled kept in memory. A
+ * store's index is random access by digest, so the page cache of a bigger cache would hit
+ * little; records written in order (a check-in of a version like the last) are read in order,
+ * a block per 56 lookups.
+ */
+class Records {
+  /** In memory (before spilling): every record. */
+  private mem: Buffer | undefined = Buffer.alloc(0);
+  private fd = -1;
+  /** Records in the file (whole blocks); the rest are in `tail`. */
+  private flushed = 0;
+  private tail = Buffer.alloc(BLOCK);
+  /** Allocated at the spill (small stores, as in a server holding many, never need it). */
+  private cache = Buffer.alloc(0);
+  private readonly cached = new Float64Array(CACHED_BLOCKS).fill(-1);
+  private readonly token = {};
+  count = 0;
+
+  constructor(private readonly spillAfter: number) {}
+
+  /** The buffer and offset holding record `e` (valid until the next call). */
+  at(e: number): [Buffer, number] {
+    if (this.mem) return [this.mem, e * REC];
+    if (e >= this.flushed) return [this.tail, (e - this.flushed) * REC];
+    const b = Math.floor(e / PER_BLOCK);
+    const slot = b % CACHED_BLOCKS;
+    if (this.cached[slot] !== b) {
+      this.cached[slot] = -1;
+      this.readFully(this.cache, slot * BLOCK, BLOCK, b * BLOCK);
+      this.cached[slot] = b;
+    }
+    return [this.cache, slot * BLOCK + (e - b * PER_BLOCK) * REC];
+  }
+
+  private readFully(into: Buffer, at: number, length: number, position: number): void {
+    let done = 0;
+    while (done < length) {
+      const n = readSync(this.fd, into, at + done, length - done, position + done);
+      if (n === 0) throw new StrataError('IO', 'store index spill file ends early', { structure: 'store index' });
+      done += n;
+    }
+  }
+
+  /** Record `e` changed in `buf` at `at` (as returned by `at(e)`): write it through to the file. */
+  written(e: number, buf: Buffer, at: number): void {
+    if (this.mem || e >= this.flushed) return;
+    writeSync(this.fd, buf, at, REC, e * REC);
+  }
+
+  /** A new record, zeroed, at the end: its buffer and offset. */
+  append(): [Buffer, number] {
+    if (this.mem && this.count >= this.spillAfter) this.spill();
+    const e = this.count++;
+    if (this.mem) {
+      if (this.mem.length < this.count * REC) {
+        const grown = Buffer.alloc(Math.max(64 * REC, this.mem.length * 2));
+        this.mem.copy(grown);
+        this.mem = grown;
+      }
+      this.mem.fill(0, e * REC, e * REC + REC);
+      return [this.mem, e * REC];
+    }
+    if (e - this.flushed === PER_BLOCK) {
+      writeSync(this.fd, this.tail, 0, BLOCK, this.flushed * REC);
+      this.flushed += PER_BLOCK;
+      this.tail.fill(0);
+    }
+    return [this.tail, (e - this.flushed) * REC];
+  }
+
+  private spill(): void {
+    const mem = this.mem as Buffer;
+    const dir = mkdtempSync(path.join(tmpdir(), 'strata-index-'));
+    const file = path.join(dir, 'records');
+    this.fd = openSync(file, 'w+', 0o600);
+    this.cache = Buffer.alloc(CACHED_BLOCKS * BLOCK);
+    release.register(this, this.fd, this.token);
+    unlinkSync(file);
+    rmdirSync(dir);
+    const whole = this.count - (this.count % PER_BLOCK);
+    writeSync(this.fd, mem, 0, whole * REC, 0);
+    this.flushed = whole;
+    mem.copy(this.tail, 0, whole * REC, this.count * REC);
+    this.mem = undefined;
+  }
+
+  /**
+   * Every record in order: [buffer, offset, number], valid until the next step. Runs of the
+   * file are read SCAN_BLOCKS blocks at a time, past the cache (a scan would only evict what
+   * lookups use).
+   */
+  *scan(): Generator<[Buffer, number, number]> {
+    let run: Buffer | undefined;
+    for (let e = 0; e < this.count; ) {
+      if (this.mem || e >= this.flushed) {
+        const [buf, at] = this.at(e);
+        yield [buf, at, e++];
+        continue;
+      }
+      run ??= Buffer.alloc(SCAN_BLOCKS * BLOCK);
+      const to = Math.min(this.flushed, e + SCAN_BLOCKS * PER_BLOCK);
+      this.readFully(run, 0, (to - e) * REC, e * REC);
+      const from = e;
+      for (; e < to; e++) yield [run, (e - from) * REC, e];
+    }
+  }
+
+  /** `fn(buffer, offset, number)` for every record in order, as `scan` without its allocations (the rehash). */
+  each(fn: (buf: Buffer, at: number, e: number) => void): void {
+    let run: Buffer | undefined;
+    for (let e = 0; e < this.count; ) {
+      if (this.mem || e >= this.flushed) {
+        const [buf, at] = this.at(e);
+        fn(buf, at, e++);
+        continue;
+      }
+      run ??= Buffer.alloc(SCAN_BLOCKS * BLOCK);
+      const to = Math.min(this.flushed, e + SCAN_BLOCKS * PER_BLOCK);
+      this.readFully(run, 0, (to - e) * REC, e * REC);
+      for (let at = 0; e < to; e++, at += REC) fn(run, at, e);
+    }
+  }
+
+  /** Bytes of records held in memory. */
+  get memBytes(): number {
+    return (this.mem?.length ?? BLOCK) + (this.mem ? 0 : this.cache.length);
+  }
+
+  close(): void {
+    if (this.fd >= 0) {
+      release.unregister(this.token);
+      closeSync(this.fd);
+    }
+    this.fd = -1;
+    this.mem = Buffer.alloc(0);
+    this.cache = Buffer.alloc(0);
+    this.flushed = 0;
+    this.count = 0;
+    this.cached.fill(-1);
+    this.tail.fill(0);
+  }
+}
+
+/**
+ * The store's index (digest -> IndexEntry). Held as records of 72 bytes (the digest's 32 raw
+ * bytes and the numbers; the pack as a number into a table of pack ids) in insertion order,
+ * and one Uint32Array of slots (open addressing, linear probing; digests are uniform, so
+ * their first bytes place them) holding the record's number and 6 more bits of the digest.
+ * Past SPILL_AFTER blobs the records move to a scratch file (see Records): what stays
+ * resident is the slots, 4 bytes a slot at a load of 0.6-0.75, ~5.3-6.7 bytes a blob, so a
+ * store of 5,000,000 blobs holds ~32 MB here (before: ~80 bytes a blob, all in memory, ~400
+ * MB). A lookup compares the fingerprint in memory, and reads a record only where it
+ * matches: a miss (check-in's "is this chunk new?") reads one for ~1 probe in 64, a hit one.
+ *
+ * It behaves as a Map for what the store does with it: get/has/set/delete, size, and
+ * iteration in insertion order (prune copies blobs in index order).
  */
 export class BlobMap implements ReadonlyMap<string, IndexEntry> {
-  private n = 0;
   private live = 0;
-  private digests = Buffer.alloc(0);
-  private pack = new Uint32Array(0);
-  private type = new Uint8Array(0);
-  private dead = new Uint8Array(0);
-  private offset = new Float64Array(0);
-  private flags = new Float64Array(0);
-  private encLength = new Uint32Array(0);
-  private framePlain = new Uint32Array(0);
-  private at = new Uint32Array(0);
-  private plainLength = new Uint32Array(0);
-  /** Slot -> entry number + 1 (0 empty, -1 deleted). */
-  private table = new Int32Array(16);
+  private readonly recs: Records;
+  private table = new Uint32Array(16);
+  /** Slots not empty (live or deleted). */
   private used = 0;
   private readonly packIds: string[] = [];
   private readonly packNo = new Map<string, number>();
   private readonly key = Buffer.alloc(32);
+
+  /** The spill point of maps made without one (tests lower it to run a store's paths on the spill file). */
+  static spillAfter = SPILL_AFTER;
+
+  constructor(opts: { spillAfter?: number } = {}) {
+    this.recs = new Records(opts.spillAfter ?? BlobMap.spillAfter);
+  }
 
   get size(): number {
     return this.live;
@@ -61,94 +258,86 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     return w === 32 ? this.key : undefined;
   }
 
+  /** First slot to probe for a digest (any table size: the top 21 bits scaled, exact in a double). */
+  private home(k: Buffer, size: number): number {
+    return Math.floor(((k.readUInt32BE(0) >>> 11) * size) / 2097152);
+  }
+
   /** The slot holding `k`, or -1 - (the first free slot seen) when absent. */
   private find(k: Buffer): number {
-    const mask = this.table.length - 1;
-    let i = k.readUInt32LE(0) & mask;
+    const table = this.table;
+    const size = table.length;
+    const fp = k[4] & FP_MASK;
+    let i = this.home(k, size);
     let free = -1;
     for (;;) {
-      const t = this.table[i];
+      const t = table[i];
       if (t === EMPTY) return -1 - (free >= 0 ? free : i);
       if (t === TOMBSTONE) {
         if (free < 0) free = i;
-      } else if (this.digests.compare(k, 0, 32, (t - 1) * 32, t * 32) === 0) return i;
-      i = (i + 1) & mask;
+      } else if ((t & FP_MASK) === fp) {
+        const [buf, at] = this.recs.at((t >>> FP_BITS) - 1);
+        if (buf.compare(k, 0, 32, at, at + 32) === 0) return i;
+      }
+      i = i + 1 === size ? 0 : i + 1;
     }
   }
 
-  private grow(): void {
-    const cap = Math.max(1024, this.n * 2);
-    const up = <T extends Uint8Array | Uint32Array | Float64Array>(a: T, make: (n: number) => T): T => {
-      const b = make(cap);
-      b.set(a.subarray(0, this.n) as never);
-      return b;
-    };
-    const d = Buffer.alloc(cap * 32);
-    this.digests.copy(d, 0, 0, this.n * 32);
-    this.digests = d;
-    this.pack = up(this.pack, (c) => new Uint32Array(c));
-    this.type = up(this.type, (c) => new Uint8Array(c));
-    this.dead = up(this.dead, (c) => new Uint8Array(c));
-    this.offset = up(this.offset, (c) => new Float64Array(c));
-    this.flags = up(this.flags, (c) => new Float64Array(c));
-    this.encLength = up(this.encLength, (c) => new Uint32Array(c));
-    this.framePlain = up(this.framePlain, (c) => new Uint32Array(c));
-    this.at = up(this.at, (c) => new Uint32Array(c));
-    this.plainLength = up(this.plainLength, (c) => new Uint32Array(c));
-  }
-
-  /** Rebuild the hash table for the live entries (grown, or cleared of tombstones). */
+  /** Rebuild the slots for the live entries (grown, or cleared of tombstones). */
   private rehash(): void {
-    let size = 16;
-    while (size < this.live * 2 + 2) size *= 2;
-    this.table = new Int32Array(size);
-    this.used = 0;
-    const mask = size - 1;
-    for (let e = 0; e < this.n; e++) {
-      if (this.dead[e]) continue;
-      let i = this.digests.readUInt32LE(e * 32) & mask;
-      while (this.table[i] !== EMPTY) i = (i + 1) & mask;
-      this.table[i] = e + 1;
-      this.used++;
-    }
+    const size = Math.max(16, Math.ceil((this.live + 1) / GROW_LOAD));
+    const table = new Uint32Array(size);
+    this.recs.each((buf, at, e) => {
+      if (buf[at + R_DEAD]) return;
+      let i = Math.floor(((buf.readUInt32BE(at) >>> 11) * size) / 2097152);
+      while (table[i] !== EMPTY) i = i + 1 === size ? 0 : i + 1;
+      table[i] = (((e + 1) << FP_BITS) | (buf[at + 4] & FP_MASK)) >>> 0;
+    });
+    this.table = table;
+    this.used = this.live;
   }
 
   private entryAt(e: number): IndexEntry {
+    const [b, at] = this.recs.at(e);
+    return this.decode(b, at);
+  }
+
+  private decode(b: Buffer, at: number): IndexEntry {
     return {
-      pack: this.packIds[this.pack[e]],
-      type: TYPES[this.type[e]],
-      flags: this.flags[e],
-      offset: this.offset[e],
-      encLength: this.encLength[e],
-      framePlain: this.framePlain[e],
-      at: this.at[e],
-      plainLength: this.plainLength[e],
+      pack: this.packIds[b.readUInt32LE(at + R_PACK)],
+      type: TYPES[b[at + R_TYPE]],
+      flags: b.readDoubleLE(at + R_FLAGS),
+      offset: b.readDoubleLE(at + R_OFFSET),
+      encLength: b.readUInt32LE(at + R_ENC),
+      framePlain: b.readUInt32LE(at + R_FRAME),
+      at: b.readUInt32LE(at + R_AT),
+      plainLength: b.readUInt32LE(at + R_PLAIN),
     };
   }
 
-  private write(e: number, v: IndexEntry): void {
+  private write(b: Buffer, at: number, v: IndexEntry): void {
     let p = this.packNo.get(v.pack);
     if (p === undefined) {
       p = this.packIds.length;
       this.packIds.push(v.pack);
       this.packNo.set(v.pack, p);
     }
-    this.pack[e] = p;
-    this.type[e] = v.type === 'tree' ? 1 : 0;
-    this.flags[e] = v.flags;
-    this.offset[e] = v.offset;
+    b.writeUInt32LE(p, at + R_PACK);
+    b[at + R_TYPE] = v.type === 'tree' ? 1 : 0;
+    b.writeDoubleLE(v.flags, at + R_FLAGS);
+    b.writeDoubleLE(v.offset, at + R_OFFSET);
     // lengths are checked against MAX_BLOB (256 MiB) where entries come from index files
-    this.encLength[e] = v.encLength;
-    this.framePlain[e] = v.framePlain;
-    this.at[e] = v.at;
-    this.plainLength[e] = v.plainLength;
+    b.writeUInt32LE(v.encLength, at + R_ENC);
+    b.writeUInt32LE(v.framePlain, at + R_FRAME);
+    b.writeUInt32LE(v.at, at + R_AT);
+    b.writeUInt32LE(v.plainLength, at + R_PLAIN);
   }
 
   get(digest: string): IndexEntry | undefined {
     const k = this.parse(digest);
     if (!k) return undefined;
     const s = this.find(k);
-    return s < 0 ? undefined : this.entryAt(this.table[s] - 1);
+    return s < 0 ? undefined : this.entryAt((this.table[s] >>> FP_BITS) - 1);
   }
 
   has(digest: string): boolean {
@@ -157,23 +346,43 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   }
 
   set(digest: string, v: IndexEntry): this {
+    this.put(digest, v, true);
+    return this;
+  }
+
+  /** Add `digest` unless it is there (one lookup, not has + set); returns whether it was added. */
+  setIfAbsent(digest: string, v: IndexEntry): boolean {
+    return this.put(digest, v, false);
+  }
+
+  private put(digest: string, v: IndexEntry, replace: boolean): boolean {
     const k = this.parse(digest);
     if (!k || digest !== digest.toLowerCase()) throw new Error(`BlobMap: not a sha256 digest: ${digest}`);
     const s = this.find(k);
     if (s >= 0) {
-      this.write(this.table[s] - 1, v);
-      return this;
+      if (!replace) return false;
+      const e = (this.table[s] >>> FP_BITS) - 1;
+      const [b, at] = this.recs.at(e);
+      this.write(b, at, v);
+      this.recs.written(e, b, at);
+      return false;
     }
-    if (this.n === this.dead.length) this.grow();
-    const e = this.n++;
-    k.copy(this.digests, e * 32);
-    this.dead[e] = 0;
-    this.write(e, v);
-    this.table[-1 - s] = e + 1;
+    if (this.recs.count >= MAX_ENTRIES) {
+      throw new StrataError('LIMIT', `the store's index holds at most ${MAX_ENTRIES} blobs`, {
+        structure: 'store index',
+      });
+    }
+    const fp = k[4] & FP_MASK;
+    const [b, at] = this.recs.append();
+    const e = this.recs.count - 1;
+    k.copy(b, at);
+    this.write(b, at, v);
+    const slot = -1 - s;
+    if (this.table[slot] === EMPTY) this.used++;
+    this.table[slot] = (((e + 1) << FP_BITS) | fp) >>> 0;
     this.live++;
-    this.used++;
-    if (this.used * 2 > this.table.length) this.rehash();
-    return this;
+    if (this.used > this.table.length * MAX_LOAD) this.rehash();
+    return true;
   }
 
   delete(digest: string): boolean {
@@ -181,35 +390,47 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     if (!k) return false;
     const s = this.find(k);
     if (s < 0) return false;
-    this.dead[this.table[s] - 1] = 1;
+    const e = (this.table[s] >>> FP_BITS) - 1;
+    const [b, at] = this.recs.at(e);
+    b[at + R_DEAD] = 1;
+    this.recs.written(e, b, at);
     this.table[s] = TOMBSTONE;
     this.live--;
     return true;
   }
 
+  /** Forget every entry (and the spill file). */
   clear(): void {
-    this.n = 0;
+    this.recs.close();
     this.live = 0;
     this.used = 0;
-    this.digests = Buffer.alloc(0);
-    this.dead = new Uint8Array(0);
-    this.table = new Int32Array(16);
+    this.table = new Uint32Array(16);
     this.packIds.length = 0;
     this.packNo.clear();
   }
 
+  /** Release the spill file now (else when the map is collected or the process ends). */
+  close(): void {
+    this.clear();
+  }
+
+  /** Resident bytes that grow with the blobs: the slots, and the records while in memory. */
+  get residentBytes(): number {
+    return this.table.byteLength + this.recs.memBytes;
+  }
+
   *entries(): MapIterator<[string, IndexEntry]> {
-    for (let e = 0; e < this.n; e++) {
-      if (!this.dead[e]) yield [this.digests.toString('hex', e * 32, e * 32 + 32), this.entryAt(e)];
+    for (const [b, at] of this.recs.scan()) {
+      if (!b[at + R_DEAD]) yield [b.toString('hex', at, at + 32), this.decode(b, at)];
     }
   }
 
   *keys(): MapIterator<string> {
-    for (let e = 0; e < this.n; e++) if (!this.dead[e]) yield this.digests.toString('hex', e * 32, e * 32 + 32);
+    for (const [b, at] of this.recs.scan()) if (!b[at + R_DEAD]) yield b.toString('hex', at, at + 32);
   }
 
   *values(): MapIterator<IndexEntry> {
-    for (let e = 0; e < this.n; e++) if (!this.dead[e]) yield this.entryAt(e);
+    for (const [b, at] of this.recs.scan()) if (!b[at + R_DEAD]) yield this.decode(b, at);
   }
 
   [Symbol.iterator](): MapIterator<[string, IndexEntry]> {

@@ -84,6 +84,24 @@ export function readPackEntries(body: Uint8Array, file: string): PackEntry[] {
   return parsePackHeader(body.subarray(blobArea, blobArea + headerBytes), blobArea, file, version);
 }
 
+/** What is wrong with index entry `e` of a pack of `size` bytes whose header places the blob at `en` (absent: not there). */
+function placement(blob: string, e: IndexEntry, en: PackEntry | undefined, size: number): StoreFinding | undefined {
+  if (e.offset + e.encLength > size) {
+    return { kind: 'index-past-pack-end', blob, pack: e.pack, end: e.offset + e.encLength, packSize: size };
+  }
+  if (!en) return { kind: 'blob-not-in-pack', blob, pack: e.pack };
+  if (
+    en.offset !== e.offset ||
+    en.encLength !== e.encLength ||
+    en.at !== e.at ||
+    en.plainLength !== e.plainLength ||
+    en.framePlain !== e.framePlain
+  ) {
+    return { kind: 'index-mismatch', blob, pack: e.pack };
+  }
+  return undefined;
+}
+
 /**
  * Re-read every pack: its name is the sha256 of its bytes, its header parses, every frame
  * decodes, every blob in it hashes to its digest, and every index entry points at a
@@ -99,10 +117,17 @@ export async function checkStore(
   const findings: StoreFinding[] = [];
   const report: VerifyReport = { packs: 0, blobs: 0, bytes: 0, findings, errors: [], orphanPacks: [] };
   const packs = await backend.list('packs/');
-  const indexed = new Set<string>();
-  for (const e of index.values()) indexed.add(e.pack);
+  /** Index entries naming each pack. */
+  const indexed = new Map<string, number>();
+  for (const e of index.values()) indexed.set(e.pack, (indexed.get(e.pack) ?? 0) + 1);
   const present = new Set<string>();
-  const contents = new Map<string, { size: number; blobs: Map<string, PackEntry> }>();
+  // Packs read (their size); findings about index entries, made while their pack was read,
+  // reported in index order below. A pack's blobs are kept past its reading only when some
+  // index entries naming it were not among them (damage): at a million blobs, keeping every
+  // pack's contents for the final pass held ~250 MB.
+  const sizes = new Map<string, number>();
+  const placed = new Map<string, StoreFinding>();
+  const short = new Map<string, Set<string>>();
   let done = 0;
   for (const f of packs) {
     const id = f.key.split('/').pop() as string;
@@ -160,7 +185,16 @@ export async function checkStore(
         }
         i = j;
       }
-      contents.set(id, { size: body.length, blobs: m });
+      sizes.set(id, body.length);
+      let named = 0;
+      for (const [digest, en] of m) {
+        const e = index.get(digest);
+        if (e?.pack !== id) continue;
+        named++;
+        const f = placement(digest, e, en, body.length);
+        if (f) placed.set(digest, f);
+      }
+      if (named < (indexed.get(id) ?? 0)) short.set(id, new Set(m.keys()));
     } catch (e) {
       findings.push({ kind: 'unreadable-pack', pack: id, message: (e as Error).message });
     }
@@ -170,28 +204,10 @@ export async function checkStore(
       findings.push({ kind: 'missing-pack', blob: digest, pack: e.pack });
       continue;
     }
-    const c = contents.get(e.pack);
-    if (!c) continue; // unreadable: reported above
-    const en = c.blobs.get(digest);
-    if (e.offset + e.encLength > c.size) {
-      findings.push({
-        kind: 'index-past-pack-end',
-        blob: digest,
-        pack: e.pack,
-        end: e.offset + e.encLength,
-        packSize: c.size,
-      });
-    } else if (!en) {
-      findings.push({ kind: 'blob-not-in-pack', blob: digest, pack: e.pack });
-    } else if (
-      en.offset !== e.offset ||
-      en.encLength !== e.encLength ||
-      en.at !== e.at ||
-      en.plainLength !== e.plainLength ||
-      en.framePlain !== e.framePlain
-    ) {
-      findings.push({ kind: 'index-mismatch', blob: digest, pack: e.pack });
-    }
+    const size = sizes.get(e.pack);
+    if (size === undefined) continue; // unreadable: reported above
+    const f = placed.get(digest) ?? (short.get(e.pack)?.has(digest) === false && placement(digest, e, undefined, size));
+    if (f) findings.push(f);
   }
   for (const f of findings) {
     if (f.kind === 'orphan-pack') report.orphanPacks.push(f.pack);

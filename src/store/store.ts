@@ -20,6 +20,9 @@ export {
   type VerifyReport,
 } from './check.js';
 
+/** Blobs in each index file a prune writes (~7 MB of JSON; see Store.prune). */
+const PRUNE_INDEX_BLOBS = 65_536;
+
 /** Index refreshes on misses at most this often (see Store.refresh). */
 const REFRESH_MS = 250;
 
@@ -297,16 +300,19 @@ export class Store {
    * exclusive lock. The plan is prune.ts's `planPrune`; this executes it in the order
    * prune.ts documents (new packs, new index, old index files, old packs), so a kill at any
    * point leaves every kept blob reachable (at worst twice, or orphans for the next gc).
+   * `indexBlobs`: blobs in each new index file (default PRUNE_INDEX_BLOBS; tests lower it).
    */
-  async prune(keep: ReadonlySet<string>, hooks: PruneHooks = {}): Promise<PruneResult> {
+  async prune(
+    keep: ReadonlySet<string>,
+    hooks: PruneHooks = {},
+    opts: { indexBlobs?: number } = {},
+  ): Promise<PruneResult> {
+    const indexBlobs = opts.indexBlobs ?? PRUNE_INDEX_BLOBS;
     await this.flush();
     await this.loadIndex();
     const files = await this.packFiles();
     const plan = planPrune(this.ix.entries, files, keep, this.ix.duplicates);
     const index = this.ix.entries;
-    // the kept packs' entries, as loaded, before the copies below change the in-memory index
-    const kept = new Map<string, IndexFile['packs'][number]>(plan.keep.map((id) => [id, { id, blobs: [] }]));
-    for (const [d, e] of index) kept.get(e.pack)?.blobs.push(tuple(d, e));
     // 1. new packs: the live blobs of rewritten packs, each read (and checked) and put again
     for (const d of plan.copy) {
       const e = index.get(d) as IndexEntry;
@@ -316,20 +322,36 @@ export class Store {
     }
     await this.flush();
     await hooks.after?.({ step: 'packs-written', packs: plan.rewrite.length });
-    // 2. one index for everything that stays: the kept packs and the packs just written
-    const fresh = new Map<string, IndexFile['packs'][number]>();
-    for (const d of plan.copy) {
-      const e = index.get(d) as IndexEntry;
-      let p = fresh.get(e.pack);
-      if (!p) fresh.set(e.pack, (p = { id: e.pack, blobs: [] }));
-      p.blobs.push(tuple(d, e));
-    }
+    // 2. an index for everything that stays: the kept packs (their entries as loaded: the
+    // copies above came from rewritten packs) and the packs just written. In files of at most
+    // PRUNE_INDEX_BLOBS blobs: one file of every blob was read whole by each later open (at
+    // 1,000,000 blobs ~110 MB of JSON, parsed into ~300 MB of heap). Several files are as safe
+    // as one: until the old ones go, every blob is reachable through them too.
+    const fresh = new Set<string>();
+    for (const d of plan.copy) fresh.add((index.get(d) as IndexEntry).pack);
+    const stays = new Set([...plan.keep, ...fresh]);
     const oldIndexFiles = this.ix.files.slice();
-    const newKey = await this.ix.write({ version: 2, packs: [...kept.values(), ...fresh.values()] });
-    await hooks.after?.({ step: 'index-written', key: newKey });
+    const newKeys = new Set<string>();
+    let batch = new Map<string, IndexFile['packs'][number]>();
+    let inBatch = 0;
+    const writeBatch = async () => {
+      const key = await this.ix.write({ version: 2, packs: [...batch.values()] });
+      newKeys.add(key);
+      batch = new Map();
+      inBatch = 0;
+      await hooks.after?.({ step: 'index-written', key });
+    };
+    for (const [d, e] of index) {
+      if (!stays.has(e.pack)) continue;
+      let p = batch.get(e.pack);
+      if (!p) batch.set(e.pack, (p = { id: e.pack, blobs: [] }));
+      p.blobs.push(tuple(d, e));
+      if (++inBatch >= indexBlobs) await writeBatch();
+    }
+    if (inBatch > 0 || newKeys.size === 0) await writeBatch();
     // 3. the old index files: from here no index names a pack that goes
     for (const k of oldIndexFiles) {
-      if (k === newKey) continue;
+      if (newKeys.has(k)) continue;
       await this.backend.delete(k);
       await hooks.after?.({ step: 'index-deleted', key: k });
     }
@@ -353,6 +375,7 @@ export class Store {
 
   async close(): Promise<void> {
     await this.packer.close();
+    this.ix.entries.close();
     await this.backend.close();
   }
 }

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, readdirSync, readFileSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { BlobMap, SPILL_AFTER } from '../../src/store/blob-map.js';
 import { LocalBackend } from '../../src/store/local-backend.js';
 import { describeFinding, type IndexEntry, Store, type StoreFinding } from '../../src/store/store.js';
 import { bytesOf } from '../helpers/ext-tree.js';
@@ -139,13 +140,14 @@ test('a pack replaced by a smaller one: index entries past its end', async () =>
   assert.deepEqual(kinds(f.findings), [...past.map(() => 'index-past-pack-end'), 'pack-name-mismatch'].sort());
 });
 
-test('a pack replaced by one of another layout: index-mismatch, and blob-not-in-pack for a blob it lacks', async () => {
+/** A pack replaced by one of another layout: index-mismatch, and blob-not-in-pack for a blob it lacks. */
+async function anotherLayout(tag: string): Promise<void> {
   // plain (incompressible) frames, so sizes are known: the replacement is larger
   const x = bytesOf('lay-x', 6000);
   const y = bytesOf('lay-y', 5000);
   const z = bytesOf('lay-z', 9000);
-  const a = await onePack('check-layout-a', [x, y]);
-  const b = await onePack('check-layout-b', [x, z]);
+  const a = await onePack(`check-layout-a${tag}`, [x, y]);
+  const b = await onePack(`check-layout-b${tag}`, [x, z]);
   copyFileSync(packPath(b.root, b.pack), packPath(a.root, a.pack));
   const f = await findings(a.root);
   assert.deepEqual(kinds(f.findings), ['blob-not-in-pack', 'index-mismatch', 'pack-name-mismatch']);
@@ -156,6 +158,23 @@ test('a pack replaced by one of another layout: index-mismatch, and blob-not-in-
       { kind: 'index-mismatch', blob: a.digests[0], pack: a.pack },
     ],
   );
+}
+
+test('a pack replaced by one of another layout: index-mismatch, and blob-not-in-pack for a blob it lacks', async () => {
+  await anotherLayout('');
+});
+
+test('the same findings with the index on its spill file (as in a store of more than 65,536 blobs)', async () => {
+  BlobMap.spillAfter = 1;
+  try {
+    await anotherLayout('-spilled');
+    const { root, pack, digests } = await onePack('check-missing-spilled', [textOf('ms1', 9000), textOf('ms2', 7000)]);
+    unlinkSync(packPath(root, pack));
+    const f = await findings(root);
+    assert.deepEqual(f.findings.map((x) => x.kind === 'missing-pack' && x.blob).sort(), [...digests].sort());
+  } finally {
+    BlobMap.spillAfter = SPILL_AFTER;
+  }
 });
 
 test('a deleted index file: its pack is an orphan, harmless', async () => {

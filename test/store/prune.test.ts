@@ -276,6 +276,44 @@ test('prune stopped after any step leaves a store that verifies clean and reads 
   }
 });
 
+test('a prune writing its index in several files, stopped after any step, leaves every live blob readable', async () => {
+  // 6 blobs stay: index files of 2 blobs make 3 new files
+  const probe = await craft('prune-split-steps');
+  const steps: PruneStep[] = [];
+  const s = await Store.open(new LocalBackend(probe.root));
+  await s.prune(probe.live, { after: (st) => void steps.push(st) }, { indexBlobs: 2 });
+  await s.close();
+  assert.deepEqual(
+    steps.map((st) => st.step).filter((k) => k !== 'pack-deleted' && k !== 'index-deleted'),
+    ['packs-written', 'index-written', 'index-written', 'index-written'],
+  );
+  assert.equal(indexFiles(probe.root).length, 3);
+  for (let stop = 1; stop < steps.length; stop++) {
+    const c = await craft(`prune-split-kill-${stop}`);
+    const st = await Store.open(new LocalBackend(c.root));
+    let n = 0;
+    const after = (): void => {
+      if (n++ === stop) throw new Error('killed');
+    };
+    await assert.rejects(st.prune(c.live, { after }, { indexBlobs: 2 }), /killed/);
+    await st.close();
+    const again = await Store.open(new LocalBackend(c.root));
+    const v = await again.verify();
+    assert.deepEqual(v.errors, [], `stopped after step ${stop} (${steps[stop].step})`);
+    for (const d of c.live) assert.deepEqual(Buffer.from(await again.get(d)), c.all.get(d), `after step ${stop}`);
+    await again.prune(c.live, {}, { indexBlobs: 2 });
+    await again.close();
+    const done = await Store.open(new LocalBackend(c.root));
+    const v2 = await done.verify();
+    assert.deepEqual([v2.errors, v2.orphanPacks, v2.blobs], [[], [], 6], `after the next prune (${stop})`);
+    for (const [d, bytes] of c.all) {
+      if (c.live.has(d)) assert.deepEqual(Buffer.from(await done.get(d)), bytes);
+      else assert.equal(done.has(d), false);
+    }
+    await done.close();
+  }
+});
+
 test('a prune re-run after one stopped past its new packs keeps the live blobs, whatever order the index files load in', async () => {
   // The re-run copies the same live blobs in the same order, so it writes a pack of the same
   // name as the one the stopped prune wrote; that pack must stay. Which copy of each blob the
