@@ -248,6 +248,38 @@ test('streamOptimized with the grain directory in a footer (GD_AT_END) reads the
   await img.close();
 });
 
+/**
+ * qemu rewrites a descriptor in place when it changes the CID (vmdk_write_cid); a shorter new
+ * CID leaves the old text's last bytes after the new text's NUL ("...\n\0\n\0..."). A CI run
+ * met it on a twoGbMaxExtentFlat disk qemu-img convert made (CID=1ef8a0), which we took for
+ * raw. The same rewrite, done here on qemu's own descriptor, is still a vmdk to qemu-img and
+ * must be to us: same bytes, same map.
+ */
+test('a descriptor qemu rewrote with a shorter CID (old text after the NUL) is still a vmdk', async () => {
+  const raw = await smallRaw();
+  const src = await converted(raw, 'monolithicFlat', ['-S', '0']);
+  const dir = scratch('vmdk-short-cid');
+  for (const f of ['disk.vmdk', 'disk-flat.vmdk']) copyFileSync(path.join(path.dirname(src), f), path.join(dir, f));
+  const file = path.join(dir, 'disk.vmdk');
+  const old = readFileSync(file);
+  const text = old.subarray(0, old.indexOf(0)).toString('latin1');
+  const cid = /^CID=([0-9a-f]+)$/m.exec(text);
+  assert.ok(cid && cid[1].length >= 3, `qemu's descriptor has a CID line: ${text}`);
+  const shorter = text.replace(`CID=${cid[1]}`, `CID=${cid[1].slice(2)}`);
+  const rewritten = Buffer.from(old);
+  rewritten.write(`${shorter}\0`, 0, 'latin1');
+  const after = rewritten.subarray(rewritten.indexOf(0));
+  assert.ok(
+    after.some((b) => b !== 0),
+    'old text is left after the NUL',
+  );
+  writeFileSync(file, rewritten);
+  const info = JSON.parse(await run('qemu-img', ['info', '--output=json', file])) as { format: string };
+  assert.equal(info.format, 'vmdk', 'qemu-img reads the rewritten descriptor as a vmdk');
+  const img = await checkAgainst(file, sha256File(raw), 'monolithicFlat');
+  await img.close();
+});
+
 test('monolithicFlat reads like its source raw and maps like qemu-img', async () => {
   const raw = await smallRaw();
   // -S 0: write the flat extent without holes. qemu-img map may report holes of a flat host

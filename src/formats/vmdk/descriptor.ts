@@ -121,13 +121,18 @@ export function parseDescriptor(bytes: Uint8Array, file: string, offset: number)
 export function looksLikeDescriptor(head: Uint8Array, size: number): boolean {
   if (size > MAX_DESCRIPTOR_BYTES || head.length === 0) return false;
   // qemu pads descriptor files with NULs to a sector: look at the text before the first one.
+  // The descriptor is that text (qemu and parseDescriptor stop at the NUL). When qemu rewrites
+  // a descriptor with a shorter CID it leaves the old text's last bytes after the new NUL
+  // ("...\n\0\n\0..."), so the descriptor's own header line is enough; a bare createType
+  // line must be followed by padding only (text at the start of a raw disk is not a descriptor).
   let probe = head.subarray(0, Math.min(head.length, 4096));
   const nul = probe.indexOf(0);
+  let paddedOnly = true;
   if (nul >= 0) {
-    for (let i = nul; i < probe.length; i++) if (probe[i] !== 0) return false;
+    for (let i = nul; i < probe.length && paddedOnly; i++) if (probe[i] !== 0) paddedOnly = false;
     probe = probe.subarray(0, nul);
   }
   const text = Buffer.from(probe.buffer, probe.byteOffset, probe.length).toString('latin1');
   if (text.startsWith('# Disk DescriptorFile')) return true;
-  return /^[ \t]*createType[ \t]*=/m.test(text);
+  return paddedOnly && /^[ \t]*createType[ \t]*=/m.test(text);
 }
