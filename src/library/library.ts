@@ -345,7 +345,7 @@ export class Library {
         ? await readLayout(got, where, (d) => this.metaBlob(d, 'layout-part', (p) => Buffer.from(p)))
         : got;
       // the file manifests it names are read next (ls, stat, a file)
-      this.blobCache?.hint(m.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
+      this.hintFiles(m);
       return m;
     });
   }
@@ -369,8 +369,13 @@ export class Library {
     );
     if (got?.version !== 2) return new VersionSource(this.store, got ?? (await this.layout(digest)), name);
     const head = got;
-    this.blobCache?.hint(head.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
+    this.hintFiles(head);
     return new PartedVersionSource(this.store, head, (i) => this.layoutPart(head, digest, i), name);
+  }
+
+  /** The blob cache's `meta` prefetcher: a layout's file manifests are what its reader reads next (ls, stat, a file). */
+  private hintFiles(layout: LayoutHead): void {
+    this.blobCache?.hint(layout.volumes.flatMap((v) => (v.fs ? [v.fs.files] : [])));
   }
 
   /**
@@ -380,7 +385,9 @@ export class Library {
   async layoutHead(digest: string): Promise<LayoutHead> {
     const hit = this.manifests?.get(digest) as LayoutManifest | undefined;
     if (hit?.kind === LAYOUT_KIND) return hit;
-    return this.metaBlob(digest, 'layout', (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
+    const head = await this.metaBlob(digest, 'layout', (plain) => decodeLayoutHead(plain, `manifest ${digest}`));
+    this.hintFiles(head);
+    return head;
   }
 
   /**
