@@ -48,6 +48,18 @@ interface Crafted {
   all: Map<string, Buffer>;
 }
 
+/** After a prune that finished: the store verifies clean with the 6 live blobs, each readable, the rest gone. */
+async function assertFinished(c: Crafted, label: string): Promise<void> {
+  const done = await Store.open(new LocalBackend(c.root));
+  const v = await done.verify();
+  assert.deepEqual([v.errors, v.orphanPacks, v.blobs], [[], [], 6], label);
+  for (const [d, bytes] of c.all) {
+    if (c.live.has(d)) assert.deepEqual(Buffer.from(await done.get(d)), bytes);
+    else assert.equal(done.has(d), false);
+  }
+  await done.close();
+}
+
 /**
  * A small store: pack "all-live" (every blob live), "half-dead" (shared frame, some live),
  * "solo-mixed" (blobs with frames of their own, one live), "all-dead", and "orphan" (its
@@ -265,14 +277,7 @@ test('prune stopped after any step leaves a store that verifies clean and reads 
     // the next prune finishes the job
     await after.prune(c.live);
     await after.close();
-    const done = await Store.open(new LocalBackend(c.root));
-    const v2 = await done.verify();
-    assert.deepEqual([v2.errors, v2.orphanPacks, v2.blobs], [[], [], 6], `after the next prune (${stop})`);
-    for (const [d, bytes] of c.all) {
-      if (c.live.has(d)) assert.deepEqual(Buffer.from(await done.get(d)), bytes);
-      else assert.equal(done.has(d), false);
-    }
-    await done.close();
+    await assertFinished(c, `after the next prune (${stop})`);
   }
 });
 
@@ -303,14 +308,7 @@ test('a prune writing its index in several files, stopped after any step, leaves
     for (const d of c.live) assert.deepEqual(Buffer.from(await again.get(d)), c.all.get(d), `after step ${stop}`);
     await again.prune(c.live, {}, { indexBlobs: 2 });
     await again.close();
-    const done = await Store.open(new LocalBackend(c.root));
-    const v2 = await done.verify();
-    assert.deepEqual([v2.errors, v2.orphanPacks, v2.blobs], [[], [], 6], `after the next prune (${stop})`);
-    for (const [d, bytes] of c.all) {
-      if (c.live.has(d)) assert.deepEqual(Buffer.from(await done.get(d)), bytes);
-      else assert.equal(done.has(d), false);
-    }
-    await done.close();
+    await assertFinished(c, `after the next prune (${stop})`);
   }
 });
 
