@@ -64,6 +64,8 @@ const ARENA_BYTES = PACK_TARGET + compressBound(ARENA_BLOB);
  */
 export interface WriteLimits {
   frameBytes: number;
+  /** zstd threads: a second one (its isolate and zstd context) only with full-size frames. */
+  zstdThreads: number;
   compressingBytes: number;
   packTargetPlain: number;
 }
@@ -73,11 +75,12 @@ export function writeLimits(budgetBytes: number): WriteLimits {
   const mib = (n: number) => Math.max(1, Math.floor(n / 2 ** 20)) * 2 ** 20;
   let frameBytes = SOLO_BLOB;
   while (frameBytes * 2 <= Math.min(FRAME_BYTES, budgetBytes / 16)) frameBytes *= 2;
-  // a full-size frame for each zstd thread the packer then starts (see offloader())
-  const inFlight = frameBytes >= FRAME_BYTES ? ZSTD_THREADS * frameBytes : frameBytes;
-  const compressingBytes = Math.max(inFlight, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 12)));
+  const zstdThreads = frameBytes >= FRAME_BYTES ? ZSTD_THREADS : 1;
+  // a frame in flight on each zstd thread
+  const compressingBytes = Math.max(zstdThreads * frameBytes, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 12)));
   return {
     frameBytes,
+    zstdThreads,
     compressingBytes,
     packTargetPlain: Math.max(2 * frameBytes, Math.min(PACK_TARGET_PLAIN, mib(budgetBytes / 8))),
   };
@@ -284,10 +287,7 @@ export class Packer {
 
   /** The zstd thread (started on first use), or null when compression stays inline. */
   private offloader(): ZstdOffload | null {
-    // a second zstd thread (its isolate and zstd context) only with the full write budget
-    if (this.offload === undefined) {
-      this.offload = ZstdOffload.start(this.limits.frameBytes >= FRAME_BYTES ? ZSTD_THREADS : 1) ?? null;
-    }
+    if (this.offload === undefined) this.offload = ZstdOffload.start(this.limits.zstdThreads) ?? null;
     return this.offload;
   }
 
