@@ -13,7 +13,7 @@ import * as path from 'node:path';
  */
 
 /** Bytes of a chunk record: its sha256, then its length (uint32 LE). */
-export const CHUNK_RECORD = 36;
+const CHUNK_RECORD = 36;
 /** Bytes of a range record in a spilled run: disk offset (float64), length, chunk, offset in the chunk (uint32 each). */
 const RANGE_RECORD = 20;
 

@@ -69,7 +69,7 @@ export interface WriteLimits {
   compressingBytes: number;
   packTargetPlain: number;
 }
-export const WRITE_BUDGET_FULL = 512 * 1024 * 1024;
+const WRITE_BUDGET_FULL = 512 * 1024 * 1024;
 
 export function writeLimits(budgetBytes: number): WriteLimits {
   const mib = (n: number) => Math.max(1, Math.floor(n / 2 ** 20)) * 2 ** 20;

@@ -152,7 +152,7 @@ class VersionExportSource extends FilterSource {
  * sequential pass. The mean range length (bytes stored / ranges) tells which dominates:
  * the power of two at or below it, between 64 KiB and 1 MiB.
  */
-export async function cacheBlockSize(version: RangedSource): Promise<number> {
+async function cacheBlockSize(version: RangedSource): Promise<number> {
   const n = version.rangeCount;
   const mean = n > 0 ? (await version.dataBytes()) / n : 0;
   let b = 64 << 10;
