@@ -18,7 +18,24 @@ interface Native {
   writeFiles?: NativeWriteFiles;
   /** native/inflate.c: see NativeInflateGrains. */
   inflateGrains?: NativeInflateGrains;
+  /** native/dirplus.c: see NativeExtDirPlus. */
+  extDirPlus?: NativeExtDirPlus;
 }
+
+/**
+ * The READDIRPLUS reply (offset 0) of one ext directory, built natively (native/dirplus.c,
+ * where the arguments and results are described; src/serve/fuse/ext-plus.ts calls it).
+ * Returns the reply's length, -1 (fall back to the TypeScript reader: res[0] says why) or
+ * -2 (res[0] = n inode-table pieces to load, res[1..n] their numbers).
+ */
+export type NativeExtDirPlus = (
+  cfg: Float64Array,
+  groups: Float64Array,
+  dir: Uint8Array,
+  pieces: Array<Uint8Array | undefined>,
+  out: Uint8Array,
+  res: Float64Array,
+) => number;
 
 /**
  * Read [lo, hi) of file `fd` and inflate the stream-optimized VMDK grains it holds into
@@ -181,6 +198,12 @@ export function nativeInflateGrains(): NativeInflateGrains | undefined {
 export function nativeWriteFiles(): NativeWriteFiles | undefined {
   if (process.env.STRATA_NO_NATIVE_EXTRACT === '1') return undefined;
   return native()?.writeFiles;
+}
+
+/** The native ext READDIRPLUS builder, or undefined when the addon is not built (or STRATA_NO_NATIVE_DIRPLUS=1). */
+export function nativeExtDirPlus(): NativeExtDirPlus | undefined {
+  if (process.env.STRATA_NO_NATIVE_DIRPLUS === '1') return undefined;
+  return native()?.extDirPlus;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */

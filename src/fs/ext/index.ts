@@ -37,7 +37,7 @@ import { ExtContext, td } from './context.js';
 import { fileExtents, fileExtentsNow, readData } from './data.js';
 import { Directories } from './directory.js';
 import { readGroupDescriptors } from './group-desc.js';
-import { type ExtNode, FL, InodeTable } from './inode.js';
+import { type ExtNode, FL, INODE_PIECE, InodeTable, inodeSeed } from './inode.js';
 import { allocation, metadataRegions } from './layout.js';
 import {
   COMPAT,
@@ -56,6 +56,34 @@ import {
 import { blockXattrs, bodyXattrs } from './xattr.js';
 
 const MAX_XATTR_VALUE = 64 << 20;
+/** Largest directory handed out whole for a native listing (plusDirectory): bigger ones are read in batches. */
+const MAX_PLUS_DIRECTORY = 16 << 20;
+
+/** The volume's facts a native listing needs (plusGeometry). */
+export interface ExtPlusGeometry {
+  blockSize: number;
+  inodeSize: number;
+  inodesPerGroup: number;
+  inodesCount: number;
+  metadataCsum: boolean;
+  hugeFile: boolean;
+  fileType: boolean;
+  csumSeed: number;
+  /** Volume offset of each group's inode table. */
+  inodeTables: Float64Array;
+  /** Inode tables are read in pieces of this many bytes, at multiples of it (inodePiece). */
+  pieceSize: number;
+}
+
+/** A directory's blocks for a native listing (plusDirectory). */
+export interface ExtPlusDirectory {
+  /** Logical blocks 0.. of the directory, contiguous. */
+  blocks: Uint8Array;
+  /** The checksum seed of its blocks (metadata_csum). */
+  seed: number;
+  /** An htree directory (block 0 is the index root). */
+  indexed: boolean;
+}
 /** Longest symlink target we read. */
 const MAX_SYMLINK = 65536;
 
@@ -250,6 +278,67 @@ export class ExtFileSystem implements FileSystem {
       else for (const e of batch) all.push(e);
     }
     return all ?? [];
+  }
+
+  /** The volume's facts a native listing needs (src/serve/fuse/ext-plus.ts). */
+  plusGeometry(): ExtPlusGeometry {
+    const sb = this.sb;
+    return {
+      blockSize: this.blockSize,
+      inodeSize: sb.inodeSize,
+      inodesPerGroup: sb.inodesPerGroup,
+      inodesCount: sb.inodesCount,
+      metadataCsum: this.ctx.metadataCsum,
+      hugeFile: (sb.roCompat & RO_COMPAT.HUGE_FILE) !== 0,
+      fileType: (sb.incompat & INCOMPAT.FILETYPE) !== 0,
+      csumSeed: this.ctx.csumSeed,
+      inodeTables: Float64Array.from(this.ctx.groups, (g) => g.inodeTable * this.blockSize),
+      pieceSize: INODE_PIECE,
+    };
+  }
+
+  /**
+   * A directory's blocks from logical block 0 on, read through the metadata cache as
+   * readdir reads them, for a native listing; undefined for what only readdir serves
+   * (inline or encrypted directories, holes or unwritten runs, very large directories).
+   */
+  async plusDirectory(dir: Inode): Promise<ExtPlusDirectory | undefined> {
+    const n = await this.dirNode(dir);
+    if (n.flags & (FL.INLINE_DATA | FL.ENCRYPT)) return undefined;
+    const bs = this.blockSize;
+    const nblocks = Math.ceil(n.size / bs);
+    if (nblocks * bs > MAX_PLUS_DIRECTORY) return undefined;
+    const runs = await this.map.runs(n);
+    const parts: Uint8Array[] = [];
+    let next = 0;
+    for (const r of runs) {
+      if (next >= nblocks) break;
+      if (r.unwritten || r.lblk !== next) return undefined;
+      const cnt = Math.min(r.len, nblocks - next);
+      parts.push(await readExact(this.ctx.meta, r.pblk * bs, cnt * bs, `ext directory inode ${n.ino}`));
+      next += cnt;
+    }
+    let blocks: Uint8Array;
+    if (parts.length === 1) blocks = parts[0];
+    else {
+      blocks = new Uint8Array(next * bs);
+      let at = 0;
+      for (const p of parts) {
+        blocks.set(p, at);
+        at += p.length;
+      }
+    }
+    return { blocks, seed: this.ctx.metadataCsum ? inodeSeed(this.ctx, n) : 0, indexed: (n.flags & FL.INDEX) !== 0 };
+  }
+
+  /** Inode-table piece `k` (volume offset k * pieceSize) when in memory. */
+  inodePieceNow(k: number): Uint8Array | undefined {
+    return this.table.pieceNow(k * INODE_PIECE);
+  }
+
+  /** Inode-table piece `k`, read when not in memory. */
+  inodePiece(k: number): Promise<Uint8Array> {
+    return this.table.piece(k * INODE_PIECE);
   }
 
   private async dirNode(dir: Inode): Promise<ExtNode> {

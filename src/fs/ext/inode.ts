@@ -204,7 +204,8 @@ export function isFastSymlink(ctx: ExtContext, n: ExtNode): boolean {
 
 const INODE_CACHE = 8192;
 /** Inode tables are read and kept in pieces of this size. */
-const IT_CHUNK = 64 * 1024;
+export const INODE_PIECE = 64 * 1024;
+const IT_CHUNK = INODE_PIECE;
 
 /**
  * The inode tables: finds an inode by number, reads its table in 64 KiB pieces (kept, so most
@@ -282,6 +283,17 @@ export class InodeTable {
   clear(): void {
     this.cache.clear();
     this.itCache.clear();
+  }
+
+  /** The inode-table piece at volume offset `cs` (a multiple of INODE_PIECE) when in memory. */
+  pieceNow(cs: number): Uint8Array | undefined {
+    return this.itCache.get(cs);
+  }
+
+  /** The inode-table piece at volume offset `cs` (a multiple of INODE_PIECE), read when not in memory. */
+  piece(cs: number): Promise<Uint8Array> {
+    const have = this.itCache.get(cs);
+    return have ? Promise.resolve(have) : this.loadChunk(cs, `ext inode table at ${cs}`);
   }
 
   private async load(ino: number): Promise<ExtNode> {

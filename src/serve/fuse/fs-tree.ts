@@ -1,6 +1,7 @@
 import type { DirEntry, FileSystem, Inode } from '../../fs/types.js';
 import { listDirectory, loadInodes } from '../../fs/walk.js';
 import { safeName } from '../../library/listing.js';
+import { ExtPlus, type PlusReply, type PlusRequest } from './ext-plus.js';
 import type { StatfsInfo } from './protocol.js';
 import { type MountChild, type MountNode, type MountTree, makeAttr } from './tree.js';
 
@@ -19,12 +20,18 @@ export class FsTree implements MountTree {
   readonly readBlock = 128 << 10;
   private readonly listings = new Map<number, Map<string, DirEntry>>();
   private static readonly LISTINGS = 64;
+  /** Native READDIRPLUS replies (ext, with the addon built): undefined otherwise. */
+  readonly plus?: ExtPlus;
 
   constructor(
     private readonly fs: FileSystem,
     readonly name: string,
     private readonly onClose: () => Promise<void> = async () => {},
-  ) {}
+    /** Build READDIRPLUS replies natively where the reader and the addon allow (default true). */
+    native = true,
+  ) {
+    if (native) this.plus = ExtPlus.for(fs);
+  }
 
   private node(inode: Inode): FsNode {
     return {
@@ -51,6 +58,14 @@ export class FsTree implements MountTree {
     this.listings.set(dir.key, m);
     if (this.listings.size > FsTree.LISTINGS) this.listings.delete(this.listings.keys().next().value as number);
     return m;
+  }
+
+  async nodeByKey(key: number): Promise<MountNode> {
+    return this.node(await this.fs.inode(key));
+  }
+
+  plusReply(dir: MountNode, req: PlusRequest): Promise<PlusReply | undefined> {
+    return this.plus ? this.plus.reply((dir as FsNode).inode, req) : Promise.resolve(undefined);
   }
 
   async lookup(dir: MountNode, name: string): Promise<MountNode | undefined> {

@@ -11,6 +11,7 @@ import type { OpenMountOptions } from './mount-options.js';
 import { isWritable, type SetAttrs, type WritableTree } from './overlay.js';
 import {
   attrOut,
+  DIRENT_BASE,
   direntSize,
   ENTRY_OUT,
   Errno,
@@ -108,6 +109,12 @@ interface DirHandle {
 }
 
 const MAX_PAGES = 256; // reads of up to 1 MiB
+/**
+ * Read-only mounts of trees with stable keys (MountTree.nodeByKey): a node's id is its key plus
+ * this (above the root's 1 and every id a counter would give), so a native READDIRPLUS can name
+ * entries without a node kept for each.
+ */
+export const STABLE_ID_BASE = 2 ** 32;
 const MAX_WRITE = 128 << 10;
 const BUFFER = (MAX_PAGES + 1) * 4096 + IN_HEADER;
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -183,6 +190,8 @@ export class FuseSession {
   /** A tree the reader thread opens and serves (this thread only mounts and unmounts). */
   private readonly served?: ReaderTree;
   private readonly opts: FuseMountOptions;
+  /** Node ids are keys plus STABLE_ID_BASE (read-only, a tree with nodeByKey). */
+  private readonly stable: boolean;
 
   /**
    * Serve `tree` (requests read on a worker thread, answered on this one), or the image a
@@ -199,6 +208,7 @@ export class FuseSession {
     this.opCounts = new Int32Array(shared?.counts ?? new SharedArrayBuffer(4 * OPS));
     if (isWritable(this.tree)) this.rw = this.tree;
     else this.ends = shared?.ends ? new ListingEndsView(shared.ends) : ListingEndsView.create();
+    this.stable = !this.rw && typeof this.tree.nodeByKey === 'function';
     // a writable tree changes under the kernel's caches only through this mount: short-lived anyway
     this.valid = { sec: opts.ttl ?? (this.rw ? 1 : 3600), nsec: 0 };
     this.warn = opts.onWarning ?? (() => {});
@@ -470,7 +480,7 @@ export class FuseSession {
       have.lookups++;
       return have;
     }
-    const h: Held = { id: this.nextId++, node, lookups: 1 };
+    const h: Held = { id: this.stable ? node.key + STABLE_ID_BASE : this.nextId++, node, lookups: 1 };
     if (node.type === 'dir') {
       h.parent = parent.id;
       h.name = name;
@@ -480,7 +490,26 @@ export class FuseSession {
     return h;
   }
 
+  /**
+   * A node id handed out in a native READDIRPLUS reply (or forgotten since) that this side
+   * keeps no node for: found again by its key. Directories are always kept while the kernel
+   * knows them (their parent and name guard against cycles), so one not kept is unknown.
+   */
+  private async recall(id: number): Promise<void> {
+    const tree = this.tree;
+    if (!tree.nodeByKey) return;
+    const key = id - STABLE_ID_BASE;
+    const root = this.byId.get(FUSE_ROOT_ID);
+    if (!Number.isSafeInteger(key) || key < 0 || key === root?.node.key) return;
+    const node = await tree.nodeByKey(key).catch(() => undefined);
+    if (!node || node.type === 'dir' || this.byId.has(id)) return;
+    const held: Held = { id, node, lookups: 1 };
+    this.byId.set(id, held);
+    if (!this.byKey.has(key)) this.byKey.set(key, held);
+  }
+
   private async handle(op: number, nodeid: number, body: Buffer, h: InHeader): Promise<Buffer | undefined> {
+    if (this.stable && nodeid >= STABLE_ID_BASE && !this.byId.has(nodeid)) await this.recall(nodeid);
     switch (op) {
       case Op.INIT:
         return this.init(body);
@@ -768,6 +797,54 @@ export class FuseSession {
     return entries;
   }
 
+  /**
+   * READDIRPLUS at offset 0 built by the tree (native, ext): the same bytes the code below
+   * writes. Its entries' node ids are their keys plus STABLE_ID_BASE; the directories among
+   * them are handed out here as give() does (a directory met again elsewhere is refused: its
+   * entry is cleared). Undefined when the tree leaves the directory to us.
+   */
+  private async nativePlus(held: Held, nodeid: number, size: number): Promise<Buffer | undefined> {
+    const tree = this.tree;
+    const root = this.byId.get(FUSE_ROOT_ID);
+    if (!tree.plusReply || !root) return undefined;
+    const parent = held.parent !== undefined ? this.byId.get(held.parent) : undefined;
+    const r = await tree.plusReply(held.node, {
+      size,
+      self: held.node.attr.ino,
+      parent: (parent ?? held).node.attr.ino,
+      root: root.node.key,
+      valid: this.valid,
+      idBase: STABLE_ID_BASE,
+    });
+    if (!r) return undefined;
+    if (r.dirs.length > 0) {
+      let nodes: MountNode[];
+      try {
+        nodes = await tree.nodes(
+          held.node,
+          r.dirs.map((d) => ({ name: '', key: d.ino, type: 'dir' as const })),
+        );
+      } catch {
+        return undefined;
+      }
+      const u = words(r.out);
+      for (let k = 0; k < r.dirs.length; k++) {
+        const at = r.dirs[k].at;
+        const name = r.out.toString(
+          'utf8',
+          at + ENTRY_OUT + DIRENT_BASE,
+          at + ENTRY_OUT + DIRENT_BASE + r.out.readUInt32LE(at + ENTRY_OUT + 16),
+        );
+        if (!this.give(held, name, nodes[k])) writeEntry(u, at, 0, undefined, this.valid);
+      }
+    }
+    if (r.written >= r.total) {
+      held.listing = undefined;
+      this.ends?.set(BigInt(nodeid), r.total);
+    }
+    return r.out;
+  }
+
   private async readdir(nodeid: number, body: Buffer, plus: boolean): Promise<Buffer> {
     const fh = Number(body.readBigUInt64LE(0));
     const offset = Number(body.readBigUInt64LE(8));
@@ -780,6 +857,10 @@ export class FuseSession {
       // no handles (OPENDIR answered ENOSYS): the listing rides on the node, read afresh at offset 0
       const held = this.held(nodeid);
       if (held.node.type !== 'dir') throw Errno.ENOTDIR;
+      if (plus && offset === 0 && this.tree.plusReply) {
+        const r = await this.nativePlus(held, nodeid, size);
+        if (r) return r;
+      }
       if (offset === 0 || !held.listing) held.listing = await this.entries(held);
       d = { held, entries: held.listing };
     }

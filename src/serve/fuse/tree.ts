@@ -1,4 +1,5 @@
 import type { FileType, Inode, Timestamp } from '../../fs/types.js';
+import type { PlusReply, PlusRequest } from './ext-plus.js';
 import { type Attr, encodeDev, type StatfsInfo, TYPE_BITS } from './protocol.js';
 
 /**
@@ -37,6 +38,14 @@ export interface MountTree {
   xattrs(node: MountNode): Promise<Map<string, Uint8Array>>;
   statfs(): Promise<StatfsInfo>;
   close(): Promise<void>;
+  /**
+   * Trees whose keys are stable numbers the node can be found again by (an image's inode
+   * numbers): a read-only mount then gives node ids derived from the keys, and may hand out
+   * entries without keeping a node for each (found again by this when the kernel names one).
+   */
+  nodeByKey?(key: number): Promise<MountNode>;
+  /** A READDIRPLUS reply at offset 0 built natively (ext images), or undefined: the session builds it. */
+  plusReply?(dir: MountNode, req: PlusRequest): Promise<PlusReply | undefined>;
 }
 
 const ZERO: Timestamp = { sec: 0, nsec: 0 };
