@@ -68,6 +68,8 @@ export class ExtPlus {
   private pieces: Array<Uint8Array | undefined> = [];
   private held = 0;
   private res = new Float64Array(3 + 2 * 1024);
+  /** Where replies are built (one request's size at most), then copied out at their length. */
+  private scratch = Buffer.alloc(0);
   /** Directories served natively, and those left to the reader, by reason (native/dirplus.c's WHY_*; 0: not offered to it). */
   served = 0;
   readonly fellBack = new Map<number, number>();
@@ -120,7 +122,8 @@ export class ExtPlus {
     const maxEntries = Math.floor(req.size / ENTRY_OUT);
     if (this.res.length < 3 + 2 * maxEntries) this.res = new Float64Array(3 + 2 * maxEntries);
     const res = this.res;
-    const out = Buffer.allocUnsafe(req.size);
+    if (this.scratch.length < req.size) this.scratch = Buffer.allocUnsafe(req.size);
+    const out = this.scratch;
     if (this.held > MAX_PIECES) {
       this.pieces = [];
       this.held = 0;
@@ -133,7 +136,10 @@ export class ExtPlus {
         const dirs: PlusReply['dirs'] = [];
         for (let k = 0; k < res[2]; k++) dirs.push({ at: res[3 + 2 * k], ino: res[4 + 2 * k] });
         this.served++;
-        return { out: out.subarray(0, r), total: res[0], written: res[1], dirs };
+        // copied out before any await: the scratch is the next call's
+        const reply = Buffer.allocUnsafe(r);
+        out.copy(reply, 0, 0, r);
+        return { out: reply, total: res[0], written: res[1], dirs };
       }
       // -2: inode-table pieces to bring in (from the reader's cache, else read), then again
       const want: number[] = [];
