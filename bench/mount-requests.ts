@@ -8,13 +8,14 @@
  * thread` (FuseSession given a tree: requests read on a worker thread and answered on this
  * one, what writable and library-version mounts do). Each mount is fresh; then, each as a
  * child process while this one serves: `find /`, `find /` again (the kernel's caches warm)
- * and `tar c /usr | wc -c`. Wall times are printed too, with the load average. One JSON line
+ * and `tar c /usr | wc -c`. Also the CPU of the busiest thread during the walk (the serving
+ * thread, or the main thread in `main thread` mode). Wall times are printed too, with the load average. One JSON line
  * per walk; BENCH_RUNS (default 1) pairs of mounts.
  *
  *   BENCH_IMAGE=/path/to/checkin-base-v1-1200m.ext4 BENCH_RUNS=3 node dist/bench/mount-requests.js
  */
 import { exec, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +33,19 @@ function sh(script: string): Promise<string> {
   );
 }
 
+/** CPU ns of each thread of this process (/proc/self/task/TID/schedstat). */
+function threadCpu(): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const t of readdirSync('/proc/self/task')) {
+    try {
+      m.set(t, Number(readFileSync(`/proc/self/task/${t}/schedstat`, 'utf8').split(' ')[0]));
+    } catch {
+      // the thread ended
+    }
+  }
+  return m;
+}
+
 /** One fresh mount in `mode` and the three walks over it; one JSON line per walk. */
 async function walks(image: string, mode: Mode): Promise<void> {
   mkdirSync(tmpdir(), { recursive: true });
@@ -47,10 +61,14 @@ async function walks(image: string, mode: Mode): Promise<void> {
       const counts0 = s.counts;
       const reader0 = s.readerAnswered;
       const cpu0 = process.cpuUsage();
+      const threads0 = threadCpu();
       const t0 = process.hrtime.bigint();
       const out = await sh(script);
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       const cpu = process.cpuUsage(cpu0);
+      // the busiest thread: the serving thread (reader thread mode) or this one (main thread mode)
+      let busiest = 0;
+      for (const [t, ns] of threadCpu()) busiest = Math.max(busiest, ns - (threads0.get(t) ?? 0));
       const byOp: Record<string, number> = {};
       let toServer = 0;
       for (const [op, n] of s.counts) {
@@ -67,6 +85,7 @@ async function walks(image: string, mode: Mode): Promise<void> {
           listingEndsAnswered: s.readerAnswered - reader0,
           byOp,
           serverCpuMs: Math.round((cpu.user + cpu.system) / 1000),
+          busiestThreadCpuMs: Math.round(busiest / 1e6),
           wallMs: Math.round(ms),
           load: loadavg()[0].toFixed(1),
         }),
