@@ -31,7 +31,12 @@ export class FsTree implements MountTree {
     native = true,
   ) {
     if (native) this.plus = ExtPlus.for(fs);
+    const plus = this.plus;
+    if (plus) this.plusReply = (dir, req) => plus.reply((dir as FsNode).inode, req);
   }
+
+  /** Native READDIRPLUS replies: only where the builder is (the session serves the rest itself). */
+  readonly plusReply?: (dir: MountNode, req: PlusRequest) => Promise<PlusReply | undefined>;
 
   private node(inode: Inode): FsNode {
     return {
@@ -62,10 +67,6 @@ export class FsTree implements MountTree {
 
   async nodeByKey(key: number): Promise<MountNode> {
     return this.node(await this.fs.inode(key));
-  }
-
-  plusReply(dir: MountNode, req: PlusRequest): Promise<PlusReply | undefined> {
-    return this.plus ? this.plus.reply((dir as FsNode).inode, req) : Promise.resolve(undefined);
   }
 
   async lookup(dir: MountNode, name: string): Promise<MountNode | undefined> {

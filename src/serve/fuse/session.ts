@@ -480,7 +480,9 @@ export class FuseSession {
       have.lookups++;
       return have;
     }
-    const h: Held = { id: this.stable ? node.key + STABLE_ID_BASE : this.nextId++, node, lookups: 1 };
+    // a key too large to carry in a safe integer gets a counted id (below 2^32, never recalled)
+    const stable = this.stable && node.key >= 0 && Number.isSafeInteger(node.key + STABLE_ID_BASE);
+    const h: Held = { id: stable ? node.key + STABLE_ID_BASE : this.nextId++, node, lookups: 1 };
     if (node.type === 'dir') {
       h.parent = parent.id;
       h.name = name;
