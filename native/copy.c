@@ -30,10 +30,16 @@
  *   Otherwise the range is read into a per-thread buffer and granules (`gran` bytes) that
  *   are all zeros are not written (the output is sparse, sized beforehand).
  *
- * scanClusters(fd, off, len, virt, cs) -> Promise<Uint8Array>
+ * scanClusters(fd, off, len, virt, cs[, flags]) -> Promise<Uint8Array>
  *   reads [off, off+len) of a file holding virtual bytes [virt, virt+len) and says, for
  *   each cs-byte virtual cluster that range touches (the first is floor(virt / cs)),
  *   whether its bytes in the range are not all zeros (1) or all zeros (0).
+ *   flags & 32 (PROBE): read the first 4 KiB of each cluster, and the rest only where those
+ *   are all zeros: a data cluster is data from its first non-zero word, so for a disk of
+ *   data the kernel copies a sixteenth of it to user memory instead of all of it (that copy,
+ *   _copy_to_iter, was 16% of a 1 GiB raw -> qcow2 run's samples). The range is asked
+ *   for with POSIX_FADV_WILLNEED first, so a source not in the page cache is still read
+ *   ahead in large requests rather than 4 KiB at a time.
  * A failure rejects with an Error carrying code (errno name), side ('read'|'write') and
  * offset (the file offset on that side).
  */
@@ -55,6 +61,9 @@
 #define F_KERNEL 4
 #define F_ALLDATA 8
 #define F_PREALLOC 16
+#define F_PROBE 32
+/* F_PROBE: the bytes read first of each cluster; almost every data cluster is known by them */
+#define PROBE_BYTES 4096
 
 static __thread unsigned char *tbuf;
 
@@ -136,6 +145,22 @@ static void ExecuteScan(Job *j) {
     return;
   }
   if (alloc_tbuf(j) != 0) return;
+  if (j->flags & F_PROBE) {
+    posix_fadvise(j->in_fd, j->in_off, j->len, POSIX_FADV_WILLNEED);
+    for (int64_t pos = 0; pos < j->len;) {
+      int64_t v = j->virt + pos, k = v / cs, n = (k + 1) * cs - v; /* this cluster's bytes here */
+      if (n > j->len - pos) n = j->len - pos;
+      for (int64_t p = 0; p < n && !j->marks[k - first];) {
+        int64_t cap = p == 0 ? PROBE_BYTES : BUF_BYTES;
+        size_t want = (size_t)(n - p < cap ? n - p : cap);
+        if (read_full(j, want, j->in_off + pos + p) != 0) return;
+        if (!all_zero(tbuf, want)) j->marks[k - first] = 1;
+        p += (int64_t)want;
+      }
+      pos += n;
+    }
+    return;
+  }
   for (int64_t pos = 0; pos < j->len;) {
     size_t want = (size_t)(j->len - pos < BUF_BYTES ? j->len - pos : BUF_BYTES);
     if (read_full(j, want, j->in_off + pos) != 0) return;
@@ -361,20 +386,22 @@ static napi_value CopyRange(napi_env env, napi_callback_info info) {
 }
 
 static napi_value ScanClusters(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  int32_t fd;
+  size_t argc = 6;
+  napi_value argv[6];
+  int32_t fd, flags = 0;
   int64_t off, len, virt, cs;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 ||
       napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &off) != napi_ok ||
       napi_get_value_int64(env, argv[2], &len) != napi_ok || napi_get_value_int64(env, argv[3], &virt) != napi_ok ||
-      napi_get_value_int64(env, argv[4], &cs) != napi_ok || off < 0 || len < 0 || virt < 0 || cs <= 0) {
-    napi_throw_type_error(env, NULL, "scanClusters(fd, off, len, virt, cs): integers in range");
+      napi_get_value_int64(env, argv[4], &cs) != napi_ok || (argc > 5 && napi_get_value_int32(env, argv[5], &flags) != napi_ok) ||
+      off < 0 || len < 0 || virt < 0 || cs <= 0) {
+    napi_throw_type_error(env, NULL, "scanClusters(fd, off, len, virt, cs[, flags]): integers in range");
     return NULL;
   }
   Job *j = new_job(env);
   if (!j) return NULL;
   j->scan = 1;
+  j->flags = flags;
   j->in_fd = fd;
   j->in_off = off;
   j->len = len;

@@ -9,6 +9,7 @@ import {
   COPY_HOLES,
   COPY_KERNEL,
   COPY_PREALLOC,
+  COPY_PROBE,
   type NativeCopyRange,
   nativeCopyRange,
   nativeScanClusters,
@@ -60,6 +61,15 @@ function kernelCopy(): number {
  */
 function prealloc(): number {
   return process.env.STRATA_NO_PREALLOC === '1' ? 0 : COPY_PREALLOC;
+}
+
+/**
+ * COPY_PROBE unless STRATA_NO_PROBE=1 (bench: every byte read, for comparison). Whether a
+ * cluster holds data is known from its first non-zero word, so the scan of a qcow2 output's
+ * clusters reads 4 KiB of each and the rest only of those that start with zeros.
+ */
+function probe(): number {
+  return process.env.STRATA_NO_PROBE === '1' ? 0 : COPY_PROBE;
 }
 
 export interface NativeCopyOptions {
@@ -262,6 +272,7 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
   const scan = copy ? scan0 : undefined; // both or neither: a file piece scanned is copied natively
   let kernel = kernelCopy();
   const pre = prealloc();
+  const scanFlags = probe();
   const total = src.size;
   const cs = target.granularity;
   const J = Math.max(QJOB_BYTES, cs);
@@ -310,7 +321,7 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
           const part = view.subarray(at, at + p.length);
           if (p.kind === 'zero') return;
           if (p.kind === 'file' && scan) {
-            const marks = await scan(p.fd, p.host, p.length, p.offset, cs).catch((e) => {
+            const marks = await scan(p.fd, p.host, p.length, p.offset, cs, scanFlags).catch((e) => {
               throw pieceError(e, p, p.host);
             });
             const k0 = Math.floor(at / cs);
