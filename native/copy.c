@@ -30,6 +30,15 @@
  *   Otherwise the range is read into a per-thread buffer and granules (`gran` bytes) that
  *   are all zeros are not written (the output is sparse, sized beforehand).
  *
+ * copyRange(..., flags, directFd): directFd >= 0 is the output opened again with O_DIRECT:
+ *   the bytes go from the buffer straight to the disk instead of into fresh page-cache
+ *   pages (with ALLDATA: read, then written; otherwise the non-zero granules found by the
+ *   zero check). On this VM, when the page cache is full, a buffered writer pays for
+ *   reclaim and for memory the host has to back again: 8 GiB raw disk, dd bs=4M conv=sparse,
+ *   load 11: buffered 19.3 s (6.2 s of system time), oflag=direct 14.1 s (2.4 s). A write
+ *   the kernel refuses there (EINVAL: not aligned, or no O_DIRECT on this file system) is
+ *   done through outFd, and so is the rest of the job.
+ *
  * scanClusters(fd, off, len, virt, cs[, flags]) -> Promise<Uint8Array>
  *   reads [off, off+len) of a file holding virtual bytes [virt, virt+len) and says, for
  *   each cs-byte virtual cluster that range touches (the first is floor(virt / cs)),
@@ -72,6 +81,7 @@ typedef struct {
   napi_deferred deferred;
   int scan; /* scanClusters rather than copyRange */
   int in_fd, out_fd, flags;
+  int dio_fd; /* the output opened with O_DIRECT, or -1 */
   int64_t in_off, out_off, len, gran;
   int64_t virt; /* scan: the virtual offset of in_off */
   /* results */
@@ -176,6 +186,43 @@ static void ExecuteScan(Job *j) {
 }
 
 /* Copy [a, b) of the input (data, not a hole) to the output at out_off + (a - in_off). */
+/*
+ * Write buf[0, n) at `at` through the O_DIRECT descriptor; 0 when written, 1 when refused
+ * (EINVAL: then nothing more goes that way in this job), -1 on a failure (recorded in j).
+ */
+static int write_direct(Job *j, const unsigned char *buf, size_t n, int64_t at) {
+  size_t done = 0;
+  while (done < n && j->dio_fd >= 0) {
+    ssize_t w = pwrite(j->dio_fd, buf + done, n - done, at + (int64_t)done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno == EINVAL) {
+      j->dio_fd = -1;
+      break;
+    }
+    if (w <= 0) {
+      j->err = w < 0 ? errno : EIO;
+      j->err_write = 1;
+      j->err_off = at + (int64_t)done;
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  if (done == n) return 0;
+  /* the rest (an unaligned tail of a short write included) through the page cache */
+  while (done < n) {
+    ssize_t w = pwrite(j->out_fd, buf + done, n - done, at + (int64_t)done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      j->err = w < 0 ? errno : EIO;
+      j->err_write = 1;
+      j->err_off = at + (int64_t)done;
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  return 0;
+}
+
 static int copy_data(Job *j, int64_t a, int64_t b) {
   int64_t delta = j->out_off - j->in_off;
   size_t gran = (size_t)j->gran;
@@ -191,6 +238,10 @@ static int copy_data(Job *j, int64_t a, int64_t b) {
       if (q > want) q = want;
       size_t done = p;
       prealloc(j, a + (int64_t)p + delta, (int64_t)(q - p));
+      if (j->dio_fd >= 0) {
+        if (write_direct(j, tbuf + p, q - p, a + (int64_t)p + delta) != 0) return -1;
+        done = q;
+      }
       while (done < q && (j->flags & F_KERNEL)) {
         loff_t from = a + (int64_t)done, to = a + (int64_t)done + delta;
         ssize_t n = copy_file_range(j->in_fd, &from, j->out_fd, &to, q - done, 0);
@@ -243,6 +294,20 @@ static void Execute(napi_env env, void *data) {
 #else
     j->clone_errno = EOPNOTSUPP;
 #endif
+  }
+  if ((j->flags & F_ALLDATA) && j->dio_fd >= 0) {
+    /* read into the buffer, write from it to the disk */
+    if (alloc_tbuf(j) != 0) return;
+    prealloc(j, j->out_off, j->len);
+    int64_t done = 0;
+    while (done < j->len) {
+      size_t want = (size_t)(j->len - done < BUF_BYTES ? j->len - done : BUF_BYTES);
+      if (read_full(j, want, j->in_off + done) != 0) return;
+      if (write_direct(j, tbuf, want, j->out_off + done) != 0) return;
+      j->written += (int64_t)want;
+      done += (int64_t)want;
+    }
+    return;
   }
   if ((j->flags & F_ALLDATA) && (j->flags & F_KERNEL)) {
     loff_t from = j->in_off, to = j->out_off;
@@ -346,6 +411,7 @@ static void Complete(napi_env env, napi_status status, void *data) {
 static Job *new_job(napi_env env) {
   Job *j = calloc(1, sizeof(Job));
   if (!j) napi_throw_error(env, "ENOMEM", "strata native copy: out of memory");
+  else j->dio_fd = -1;
   return j;
 }
 
@@ -360,8 +426,9 @@ static napi_value queue_job(napi_env env, Job *j, const char *label) {
 }
 
 static napi_value CopyRange(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 8;
+  napi_value argv[8];
+  int32_t dio_fd = -1;
   int32_t in_fd, out_fd, flags;
   int64_t in_off, out_off, len, gran;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 7 ||
@@ -369,8 +436,8 @@ static napi_value CopyRange(napi_env env, napi_callback_info info) {
       napi_get_value_int32(env, argv[2], &out_fd) != napi_ok || napi_get_value_int64(env, argv[3], &out_off) != napi_ok ||
       napi_get_value_int64(env, argv[4], &len) != napi_ok || napi_get_value_int64(env, argv[5], &gran) != napi_ok ||
       napi_get_value_int32(env, argv[6], &flags) != napi_ok || in_off < 0 || out_off < 0 || len < 0 || gran <= 0 ||
-      gran > BUF_BYTES) {
-    napi_throw_type_error(env, NULL, "copyRange(inFd, inOff, outFd, outOff, len, gran, flags): integers in range");
+      gran > BUF_BYTES || (argc > 7 && napi_get_value_int32(env, argv[7], &dio_fd) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "copyRange(inFd, inOff, outFd, outOff, len, gran, flags[, directFd]): integers in range");
     return NULL;
   }
   Job *j = new_job(env);
@@ -382,6 +449,7 @@ static napi_value CopyRange(napi_env env, napi_callback_info info) {
   j->out_off = out_off;
   j->len = len;
   j->gran = gran;
+  j->dio_fd = dio_fd < 0 ? -1 : dio_fd;
   return queue_job(env, j, "strata.copyRange");
 }
 

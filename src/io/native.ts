@@ -98,7 +98,9 @@ export const WRITE_STEPS = [
  * COPY_PREALLOC allocates each range of the output before writing it (ignored where the
  * file system refuses); COPY_PROBE (scanClusters only) reads the first 4 KiB of each cluster
  * and the rest only where those are zeros.
- * Otherwise all-zero granules of `gran` bytes are not written. Rejects with an Error
+ * Otherwise all-zero granules of `gran` bytes are not written. `directFd` (>= 0): the
+ * output opened again with O_DIRECT, which the bytes are written through (read into the
+ * buffer first) instead of the page cache; a write it refuses goes through outFd. Rejects with an Error
  * carrying `code`, `side` ('read' | 'write') and `offset` (the file offset on that side).
  */
 export type NativeCopyRange = (
@@ -109,6 +111,7 @@ export type NativeCopyRange = (
   len: number,
   gran: number,
   flags: number,
+  directFd?: number,
 ) => Promise<{ written: number; cloneErrno: number; cfrErrno: number }>;
 export const COPY_HOLES = 1;
 export const COPY_CLONE = 2;
