@@ -186,41 +186,34 @@ static void ExecuteScan(Job *j) {
 }
 
 /* Copy [a, b) of the input (data, not a hole) to the output at out_off + (a - in_off). */
+/* pwrite buf[*done, n) at `at` + *done; 0, or the errno of the failure. */
+static int pwrite_from(int fd, const unsigned char *buf, size_t n, int64_t at, size_t *done) {
+  while (*done < n) {
+    ssize_t w = pwrite(fd, buf + *done, n - *done, at + (int64_t)*done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return w < 0 ? errno : EIO;
+    *done += (size_t)w;
+  }
+  return 0;
+}
+
 /*
- * Write buf[0, n) at `at` through the O_DIRECT descriptor; 0 when written, 1 when refused
- * (EINVAL: then nothing more goes that way in this job), -1 on a failure (recorded in j).
+ * Write buf[0, n) at `at` through the O_DIRECT descriptor; what it refuses (EINVAL: not
+ * aligned, an unaligned tail after a short write, no O_DIRECT here) goes through the page
+ * cache, and nothing more of this job goes the direct way. 0, or -1 on a failure (in j).
  */
 static int write_direct(Job *j, const unsigned char *buf, size_t n, int64_t at) {
   size_t done = 0;
-  while (done < n && j->dio_fd >= 0) {
-    ssize_t w = pwrite(j->dio_fd, buf + done, n - done, at + (int64_t)done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno == EINVAL) {
-      j->dio_fd = -1;
-      break;
-    }
-    if (w <= 0) {
-      j->err = w < 0 ? errno : EIO;
-      j->err_write = 1;
-      j->err_off = at + (int64_t)done;
-      return -1;
-    }
-    done += (size_t)w;
+  int e = j->dio_fd >= 0 ? pwrite_from(j->dio_fd, buf, n, at, &done) : EINVAL;
+  if (e == EINVAL) {
+    j->dio_fd = -1;
+    e = pwrite_from(j->out_fd, buf, n, at, &done);
   }
-  if (done == n) return 0;
-  /* the rest (an unaligned tail of a short write included) through the page cache */
-  while (done < n) {
-    ssize_t w = pwrite(j->out_fd, buf + done, n - done, at + (int64_t)done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      j->err = w < 0 ? errno : EIO;
-      j->err_write = 1;
-      j->err_off = at + (int64_t)done;
-      return -1;
-    }
-    done += (size_t)w;
-  }
-  return 0;
+  if (e == 0) return 0;
+  j->err = e;
+  j->err_write = 1;
+  j->err_off = at + (int64_t)done;
+  return -1;
 }
 
 static int copy_data(Job *j, int64_t a, int64_t b) {
