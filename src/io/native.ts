@@ -113,8 +113,11 @@ export const WRITE_STEPS = [
  * reports in `cfrErrno` why not when the kernel refuses (the range is then written from
  * the buffer); COPY_ALLDATA (with COPY_KERNEL) skips the read and the zero check;
  * COPY_PREALLOC allocates each range of the output before writing it (ignored where the
- * file system refuses).
- * Otherwise all-zero granules of `gran` bytes are not written. Rejects with an Error
+ * file system refuses); COPY_PROBE (scanClusters only) reads the first 4 KiB of each cluster
+ * and the rest only where those are zeros.
+ * Otherwise all-zero granules of `gran` bytes are not written. `directFd` (>= 0): the
+ * output opened again with O_DIRECT, which the bytes are written through (read into the
+ * buffer first) instead of the page cache; a write it refuses goes through outFd. Rejects with an Error
  * carrying `code`, `side` ('read' | 'write') and `offset` (the file offset on that side).
  */
 export type NativeCopyRange = (
@@ -125,6 +128,7 @@ export type NativeCopyRange = (
   len: number,
   gran: number,
   flags: number,
+  directFd?: number,
 ) => Promise<{ written: number; cloneErrno: number; cfrErrno: number }>;
 export const COPY_HOLES = 1;
 export const COPY_CLONE = 2;
@@ -132,11 +136,14 @@ export const COPY_KERNEL = 4;
 export const COPY_ALLDATA = 8;
 /** Allocate each output range with fallocate(2) before writing it (see native/copy.c). */
 export const COPY_PREALLOC = 16;
+/** scanClusters: a cluster's first 4 KiB read, the rest only where those are zeros (native/copy.c). */
+export const COPY_PROBE = 32;
 
 /**
  * Read [off, off+len) of file `fd`, which holds the virtual bytes [virt, virt+len), on a
  * thread of libuv's pool (native/copy.c); one byte per `cs`-byte virtual cluster the range
  * touches (the first is floor(virt / cs)): 1 where its bytes here are not all zeros.
+ * flags: COPY_PROBE reads the rest of a cluster only where its first 4 KiB are zeros.
  * Rejects like NativeCopyRange (side 'read').
  */
 export type NativeScanClusters = (
@@ -145,6 +152,7 @@ export type NativeScanClusters = (
   len: number,
   virt: number,
   cs: number,
+  flags?: number,
 ) => Promise<Uint8Array>;
 
 const SEEK_END = 2;

@@ -171,6 +171,35 @@ test('a vhd differencing child with sector-sized changes: jobs mix child and par
   rmSync(dir, { recursive: true });
 });
 
+test('direct writes (O_DIRECT, as for a disk larger than an eighth of the memory): the same files; a full disk still fails', async () => {
+  // STRATA_DIRECT_WRITE=1: what a large disk gets; the pattern disk's odd tail (not a multiple
+  // of 4 KiB) is refused by O_DIRECT and written through the page cache.
+  process.env.STRATA_DIRECT_WRITE = '1';
+  try {
+    await checkBoth('raw-dio', await patternRaw(), false);
+    await checkBoth('qcow2-dio', await viaQemu('qcow2', ['-O', 'qcow2']), false);
+    await checkBoth('qcow2-dio-512', await viaQemu('qcow2', ['-O', 'qcow2']), false, 512);
+    const dir = scratch('direct-dio-full');
+    const mnt = path.join(dir, 'mnt');
+    await run('mkdir', [mnt]);
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+    try {
+      for (const format of ['raw', 'qcow2'] as const) {
+        const out = path.join(mnt, `out.${format}`);
+        await assert.rejects(
+          convertWith(await patternRaw(), out, { format, directCopy: 'always' }),
+          (e) => e instanceof StrataError && e.code === 'IO' && e.file === out && /ENOSPC|no space/i.test(e.message),
+        );
+        assert.deepEqual(readdirSync(mnt), [], 'the temporary file is removed');
+      }
+    } finally {
+      await unmount(mnt);
+    }
+  } finally {
+    delete process.env.STRATA_DIRECT_WRITE;
+  }
+});
+
 test('a source that shrinks under the copy fails naming the file; nothing is left behind', async () => {
   const dir = scratch('direct-shrink');
   const src = path.join(dir, 'disk.raw');

@@ -1,4 +1,5 @@
-import { read, write } from 'node:fs';
+import { closeSync, constants, openSync, read, write } from 'node:fs';
+import { totalmem } from 'node:os';
 import { promisify } from 'node:util';
 import type { DirectPiece, DiskImage } from '../../formats/types.js';
 import type { DirectTarget } from '../../formats/writers/index.js';
@@ -9,6 +10,7 @@ import {
   COPY_HOLES,
   COPY_KERNEL,
   COPY_PREALLOC,
+  COPY_PROBE,
   type NativeCopyRange,
   nativeCopyRange,
   nativeScanClusters,
@@ -62,6 +64,37 @@ function prealloc(): number {
   return process.env.STRATA_NO_PREALLOC === '1' ? 0 : COPY_PREALLOC;
 }
 
+/**
+ * COPY_PROBE unless STRATA_NO_PROBE=1 (bench: every byte read, for comparison). Whether a
+ * cluster holds data is known from its first non-zero word, so the scan of a qcow2 output's
+ * clusters reads 4 KiB of each and the rest only of those that start with zeros.
+ */
+function probe(): number {
+  return process.env.STRATA_NO_PROBE === '1' ? 0 : COPY_PROBE;
+}
+
+/**
+ * The output opened again with O_DIRECT for the native copier's writes of a large disk, or
+ * -1 (STRATA_DIRECT_WRITE=1 always, =0 never). A disk larger than an eighth of the memory
+ * (where the kernel starts writing dirty pages back, dirty_background_ratio 10%) is written
+ * past the page cache: buffered, its pages are allocated (reclaiming others), copied into,
+ * throttled and written back anyway, and the writer pays for all of it. Smaller disks fit
+ * the page cache and are written there (a fresh page costs less than waiting for the disk).
+ */
+function openDirect(fd: number, size: number): number {
+  const want = process.env.STRATA_DIRECT_WRITE;
+  if (want === '0' || (want !== '1' && size < totalmem() / 8) || constants.O_DIRECT === undefined) return -1;
+  try {
+    return openSync(`/proc/self/fd/${fd}`, constants.O_WRONLY | constants.O_DIRECT);
+  } catch {
+    return -1; // no /proc, or a file system without O_DIRECT: the page cache it is
+  }
+}
+
+function closeDirect(fd: number): void {
+  if (fd >= 0) closeSync(fd);
+}
+
 export interface NativeCopyOptions {
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
@@ -83,6 +116,7 @@ export async function nativeCopy(src: DiskImage, target: DirectTarget, opts: Nat
   const total = src.size;
   const gran = target.granularity;
   let flags = COPY_HOLES | COPY_CLONE | kernelCopy() | prealloc();
+  const dio = openDirect(target.fd, total);
   let bytesRead = 0;
   let written = 0;
   let done = 0;
@@ -115,7 +149,7 @@ export async function nativeCopy(src: DiskImage, target: DirectTarget, opts: Nat
 
   const copyFile = (p: Extract<DirectPiece, { kind: 'file' }>, at: number, len: number): Promise<void> => {
     const host = p.host + (at - p.offset);
-    return copy(p.fd, host, target.fd, at, len, gran, flags).then(
+    return copy(p.fd, host, target.fd, at, len, gran, flags, dio).then(
       (r) => {
         if (r.cloneErrno !== 0 && r.cloneErrno !== EINVAL) flags &= ~COPY_CLONE;
         if (r.cfrErrno !== 0) flags &= ~COPY_KERNEL; // e.g. EXDEV: another file system
@@ -201,6 +235,8 @@ export async function nativeCopy(src: DiskImage, target: DirectTarget, opts: Nat
     // Nothing of ours may still write into the output once the caller removes it.
     await Promise.allSettled([...inFlight]);
     throw failure ?? e;
+  } finally {
+    closeDirect(dio);
   }
   target.done(target.head, written);
   opts.onProgress?.(total, total);
@@ -262,8 +298,10 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
   const scan = copy ? scan0 : undefined; // both or neither: a file piece scanned is copied natively
   let kernel = kernelCopy();
   const pre = prealloc();
+  const scanFlags = probe();
   const total = src.size;
   const cs = target.granularity;
+  const dio = copy ? openDirect(target.fd, total) : -1;
   const J = Math.max(QJOB_BYTES, cs);
   const bufs = pageAlignedBuffer(J * QJOBS);
   const free: Uint8Array[] = [];
@@ -310,7 +348,7 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
           const part = view.subarray(at, at + p.length);
           if (p.kind === 'zero') return;
           if (p.kind === 'file' && scan) {
-            const marks = await scan(p.fd, p.host, p.length, p.offset, cs).catch((e) => {
+            const marks = await scan(p.fd, p.host, p.length, p.offset, cs, scanFlags).catch((e) => {
               throw pieceError(e, p, p.host);
             });
             const k0 = Math.floor(at / cs);
@@ -363,7 +401,7 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
             const from = p.host + (s - p.offset);
             writes.push(
               // (any zero-skip granule will do in a fresh file: copy.c takes at most 1 MiB)
-              copy(p.fd, from, target.fd, to, e - s, Math.min(cs, OTHER_BYTES), kernel | pre | COPY_ALLDATA).then(
+              copy(p.fd, from, target.fd, to, e - s, Math.min(cs, OTHER_BYTES), kernel | pre | COPY_ALLDATA, dio).then(
                 (r) => {
                   if (r.cfrErrno !== 0) kernel = 0; // e.g. EXDEV: another file system
                 },
@@ -443,6 +481,8 @@ export async function poolCopyQcow2(src: DiskImage, target: DirectTarget, opts: 
   } catch (e) {
     await Promise.allSettled([...inFlight]);
     throw failure ?? e;
+  } finally {
+    closeDirect(dio);
   }
   target.done(head, written);
   opts.onProgress?.(total, total);
