@@ -15,13 +15,24 @@ import { type BufferPool, decompressInto } from './zstd-into.js';
 
 /**
  * Bytes of decoded shared frames kept for readers (checkout reads the blobs of a frame one
- * after another): 1/5 of the memory budget, 32-48 MiB (four to six 8 MiB frames; six were
- * kept whatever the budget). Fewer thrash: a checkout of the 200,000-entry version with its
- * 8 MiB windows decoded its frames 81 times with six kept, 89 with four, 152 with three and
- * 465 with two (user CPU 4.3 s with four, 7.9 s with two). A frame being read stays until
- * its reads are done, whatever this says.
+ * after another): a third of the memory budget, 16-48 MiB (two to six 8 MiB frames; six
+ * were kept whatever the budget). Fewer thrash: a checkout of the 200,000-entry version
+ * with its 8 MiB windows decoded its frames 81 times with six kept, 89 with four, 152 with
+ * three and 465 with two, and `strata nbd` of the 1,000,000-entry version under nbdcopy (four
+ * connections, each reading its own stretch of the disk) took ~3x the CPU with four. A frame
+ * being read stays until its reads are done, whatever this says.
  */
-const frameCacheBytes = () => memoryShare(1 / 5, 32 << 20, 48 << 20);
+const frameCacheBytes = () => memoryShare(1 / 3, 16 << 20, 48 << 20);
+
+/**
+ * Bytes of read scratch (an encoded frame and what it decodes to) in flight at most: 1/8 of
+ * the memory budget, 16-64 MiB; a read past it waits for others to finish (one always goes).
+ * Nothing bounded them: `strata nbd` serving a whole read (nbdcopy: 4 connections, up to 16
+ * MiB of 256 KiB requests each, every request's chunks read 8 at a time) had hundreds of
+ * chunk reads in flight, each with its pooled scratch, most of it dropped past the pool's
+ * bound as garbage: 100-200 MiB of ArrayBuffers waiting for a collection.
+ */
+const scratchBytes = () => memoryShare(1 / 8, 16 << 20, 64 << 20);
 
 interface CachedFrame {
   plain: Promise<Buffer>;
@@ -125,6 +136,9 @@ export class BlobReader {
   private readonly frames = new Map<string, CachedFrame>();
   /** Plain bytes of the frames in `frames`. */
   private frameBytes = 0;
+  /** Read scratch in flight (see scratchBytes) and the reads waiting for room. */
+  private scratch = 0;
+  private waiting: Array<() => void> = [];
 
   constructor(
     private readonly backend: Backend,
@@ -144,12 +158,14 @@ export class BlobReader {
     const file = `${this.name}/${key}`;
     if (e.at === 0 && e.plainLength === e.framePlain) {
       // a frame of its own: read, decode into pooled scratch, check, hand over
+      const cost = await this.admit(e);
       const encBuf = this.pool.take(e.encLength);
       try {
         const enc = await this.readFrame(key, e, encBuf);
         return decodeWith(this.pool, enc, e.flags, e.framePlain, { digest, ...e }, file, e.offset, use);
       } finally {
         this.pool.give(encBuf);
+        this.release(cost);
       }
     }
     // a shared frame: decoded once into the frame cache, pinned while this read uses it
@@ -241,6 +257,32 @@ export class BlobReader {
 
   /** A whole shared frame, decoded into a pooled buffer (the caller owns it). */
   private async decodeFrame(key: string, e: IndexEntry): Promise<Buffer> {
+    // counted while decoding; once decoded it is the frame cache's
+    const cost = await this.admit(e);
+    try {
+      return await this.decodeFrameNow(key, e);
+    } finally {
+      this.release(cost);
+    }
+  }
+
+  /** Wait until a read of `e` (its encoded frame and its plain bytes) fits in the scratch bound; its cost. */
+  private async admit(e: IndexEntry): Promise<number> {
+    const cost = e.encLength + e.framePlain;
+    while (this.scratch > 0 && this.scratch + cost > scratchBytes())
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.scratch += cost;
+    return cost;
+  }
+
+  private release(cost: number): void {
+    this.scratch -= cost;
+    const w = this.waiting;
+    this.waiting = [];
+    for (const wake of w) wake();
+  }
+
+  private async decodeFrameNow(key: string, e: IndexEntry): Promise<Buffer> {
     const encBuf = this.pool.take(e.encLength);
     try {
       const enc = await this.readFrame(key, e, encBuf);
