@@ -1,5 +1,6 @@
 import type { Library } from '../library/library.js';
 import { diffLayouts } from '../library/version-diff.js';
+import type { RangedSource } from '../library/version-source.js';
 import { StrataError } from '../util/errors.js';
 import type { DedupReport } from './reports.js';
 
@@ -29,10 +30,21 @@ export async function similarity(lib: Library, opts: { max?: number } = {}): Pro
     a.image === b.image ? a.number - b.number : a.image < b.image ? -1 : 1,
   );
   const vs = all.slice(0, max);
-  const layouts = [];
-  for (const v of vs) layouts.push(await lib.layout(v.manifest));
   const names = vs.map((v) => `${v.image}@${v.number}`);
   const n = vs.length;
+  // each layout opened a part at a time (a million-file layout is ~250 MB decoded whole, and
+  // this held every version's at once); each pair walks both, their caches dropped after
+  const layouts: RangedSource[] = [];
+  try {
+    for (let i = 0; i < n; i++) layouts.push(await lib.versionSource(vs[i].manifest, names[i]));
+    return await similarityOf(layouts, names, all.length - n);
+  } finally {
+    for (const l of layouts) await l.close();
+  }
+}
+
+async function similarityOf(layouts: RangedSource[], names: string[], omitted: number): Promise<SimilarityReport> {
+  const n = layouts.length;
   const matrix: Array<Array<number | null>> = [];
   const best: SimilarityReport['best'] = [];
   const histogram = new Array(10).fill(0);
@@ -46,7 +58,9 @@ export async function similarity(lib: Library, opts: { max?: number } = {}): Pro
         row.push(null);
         continue;
       }
-      const d = diffLayouts(layouts[a], layouts[b]);
+      const d = await diffLayouts(layouts[a], layouts[b]);
+      await layouts[a].close();
+      await layouts[b].close();
       used = d.usedBlocks;
       row.push(d.writeShare);
       if (d.writeShare < bs) {
@@ -61,7 +75,7 @@ export async function similarity(lib: Library, opts: { max?: number } = {}): Pro
       histogram[Math.min(9, Math.floor(bs * 10))]++;
     }
   }
-  return { versions: names, matrix, best, histogram, omitted: all.length - vs.length };
+  return { versions: names, matrix, best, histogram, omitted };
 }
 
 /**

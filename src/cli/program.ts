@@ -48,8 +48,7 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     const enforce = given !== undefined || !SERVICES.has(verb.name());
     if (given !== undefined) setMemoryBudget(parseMemorySize(given), enforce);
     // a one-shot command by default: 256 MiB of resident memory for the whole process (Node's
-    // own footprint and V8's young generation taken off the data budget); a service keeps the
-    // default data budget for its caches and no guard
+    // own footprint and V8's young generation taken off the data budget)
     // (convert's memory is its fixed copy buffers, whatever the disk: its young generation
     // may grow, and node:v8 stays unloaded, ~2 ms of every short run; extract's too: a file's
     // walk objects live until its batch is written, and a young generation kept at 2 MiB
@@ -57,7 +56,8 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     // for at most 32 MiB more, see bench/README "large trees")
     else if (enforce)
       setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: !YOUNG_MAY_GROW.has(verb.name()) });
-    else setMemoryBudget(DEFAULT_MEMORY, false);
+    // a service sizes its caches the same way (its process near 256 MiB too), without the guard
+    else setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), false);
   });
   const mine = groups.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : groups) (await g.load())(program);

@@ -1,15 +1,30 @@
 import { openAtomicOutput } from '../formats/writers/atomic-output.js';
 import { type ImageWriter, Qcow2Writer, RawWriter } from '../formats/writers/index.js';
 import { StrataError } from '../util/errors.js';
+import { memoryBudget } from '../util/memory.js';
 import type { Library } from './library.js';
 import type { LayoutSlice, RangedSource } from './version-source.js';
 
-/** Disk windows written at once (a multiple of every writer granularity). */
-const WINDOW = 16 * 1024 * 1024;
+/** Disk windows written at once at most (a power of two: a multiple of every writer granularity). */
+const MAX_WINDOW = 16 * 1024 * 1024;
+/** ... and at least (a qcow2 writer's largest cluster). */
+const MIN_WINDOW = 2 * 1024 * 1024;
 /** Data spans closer than this are written as one piece. */
 const MERGE_GAP = 256 * 1024;
 /** Pieces being assembled ahead of the writer. */
 const AHEAD = 3;
+
+/**
+ * The window size for the memory budget: the AHEAD windows being assembled and the one being
+ * written, together at most a quarter of it (16 MiB from a budget of 256 MiB; 8 MiB at the
+ * CLI's default budget, where four 16 MiB windows were 64 of the ~158 MiB data budget and
+ * checkout of the 1,000,000-entry version peaked past 256 MiB resident).
+ */
+function checkoutWindow(budget = memoryBudget()): number {
+  let w = MAX_WINDOW;
+  while (w > MIN_WINDOW && w * (AHEAD + 1) > budget / 4) w /= 2;
+  return w;
+}
 
 export interface CheckoutOptions {
   format?: 'raw' | 'qcow2';
@@ -64,6 +79,7 @@ export async function checkout(
     // pieces that hold data, in order: data spans widened to the writer's granularity, spans
     // closer than MERGE_GAP joined (a few zeros are cheaper than another write), at most WINDOW long
     const G = writer.granularity;
+    const WINDOW = checkoutWindow();
     const pieces: Array<[number, number]> = [];
     let dataBytes = 0;
     // the packs the version's chunks live in, in disk order (one chunk of each): a remote

@@ -11,6 +11,7 @@ import {
   type TreeDiff,
 } from '../inspect/tree-diff.js';
 import type { OsInspection } from '../inspect/types.js';
+import { DigestSet } from './digest-set.js';
 import { xattrDigest } from './inspection.js';
 import type { Library } from './library.js';
 import { layoutFilesDigest } from './library-verbs.js';
@@ -21,6 +22,7 @@ import {
   type LayoutManifest,
   type LayoutVolume,
 } from './manifest.js';
+import type { PlacedRanges, RangedSource } from './version-source.js';
 
 /**
  * `strata diff A B` for two library versions, straight from their manifests (no
@@ -255,37 +257,38 @@ class BlockCounter {
  * metadata chunk counts as written even when its own bytes are equal). Shared: B's used
  * blocks whose every piece's chunk A holds too.
  */
-export function diffLayouts(a: LayoutManifest, b: LayoutManifest): BlockDiff {
-  const ra = a.ranges;
-  const rb = b.ranges;
-  const chunksA = new Set(a.chunks);
-  const given = b.volumes.find((v) => v.fs)?.fs?.blockSize;
+export async function diffLayouts(a: RangedSource, b: RangedSource): Promise<BlockDiff> {
+  const chunksA = new DigestSet();
+  for await (const sl of a.slices()) for (const d of sl.chunks) chunksA.add(d);
+  const given = b.layout.volumes.find((v) => v.fs)?.fs?.blockSize;
   const bs = Number.isSafeInteger(given) && (given as number) > 0 ? (given as number) : 4096;
   // every mark below follows B's ranges, which are sorted and do not overlap (checked on decode)
   const used = new BlockCounter(bs);
   const write = new BlockCounter(bs);
   const notShared = new BlockCounter(bs);
-  const n = rb.disk.length;
-  const m = ra.disk.length;
-  let j = 0;
-  for (let i = 0; i < n; i++) {
-    const disk = rb.disk[i];
-    const end = disk + rb.length[i];
-    const chunk = rb.chunk[i];
-    const shift = rb.at[i] - disk;
-    used.mark(disk, end);
-    if (!chunksA.has(b.chunks[chunk])) notShared.mark(disk, end);
-    while (j < m && ra.disk[j] + ra.length[j] <= disk) j++;
-    // the parts of this range that A holds identically; the gaps between them must be written
-    let at = disk;
-    for (let k = j; k < m && ra.disk[k] < end; k++) {
-      const yd = ra.disk[k];
-      if (a.chunks[ra.chunk[k]] !== b.chunks[chunk] || ra.at[k] - yd !== shift) continue;
-      const s = Math.max(disk, yd);
-      if (s > at) write.mark(at, s);
-      at = Math.max(at, Math.min(end, yd + ra.length[k]));
+  // A's ranges from the first that ends after B's range on, as far as past its end
+  const ra = new RangeWindow(a.placedRanges());
+  for await (const rb of b.placedRanges()) {
+    for (let i = 0; i < rb.disk.length; i++) {
+      const disk = rb.disk[i];
+      const end = disk + rb.length[i];
+      const digest = rb.digest[i];
+      const shift = rb.at[i] - disk;
+      used.mark(disk, end);
+      if (!chunksA.has(digest)) notShared.mark(disk, end);
+      if (!ra.reaches(end)) await ra.fill(end);
+      ra.skipEnded(disk);
+      // the parts of this range that A holds identically; the gaps between them must be written
+      let at = disk;
+      for (let k = ra.first; k < ra.disk.length && ra.disk[k] < end; k++) {
+        const yd = ra.disk[k];
+        if (ra.digest[k] !== digest || ra.at[k] - yd !== shift) continue;
+        const s = Math.max(disk, yd);
+        if (s > at) write.mark(at, s);
+        at = Math.max(at, Math.min(end, yd + ra.length[k]));
+      }
+      if (at < end) write.mark(at, end);
     }
-    if (at < end) write.mark(at, end);
   }
   return {
     blockSize: bs,
@@ -297,6 +300,50 @@ export function diffLayouts(a: LayoutManifest, b: LayoutManifest): BlockDiff {
     // every block a range of a chunk A lacks touches is a used block
     sharedBytes: (used.count - notShared.count) * bs,
   };
+}
+
+/**
+ * A layout's placed ranges in disk order as a window that moves forward: from `first` (the
+ * first range not yet passed) to as far as the reader asked (`fill`), a slice at a time, so
+ * that a walk beside another layout's holds a part or two of it, not the whole layout.
+ */
+class RangeWindow {
+  disk: number[] = [];
+  length: number[] = [];
+  at: number[] = [];
+  digest: string[] = [];
+  first = 0;
+  private done = false;
+
+  constructor(private readonly it: AsyncGenerator<PlacedRanges>) {}
+
+  /** Whether every range starting before `end` is in the window. */
+  reaches(end: number): boolean {
+    return this.done || (this.disk.length > 0 && this.disk[this.disk.length - 1] >= end);
+  }
+
+  /** Take slices until a range starts at or after `end`, or none are left. */
+  async fill(end: number): Promise<void> {
+    while (!this.reaches(end)) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.done = true;
+        break;
+      }
+      // what was passed goes before the next slice joins
+      const f = this.first;
+      this.disk = this.disk.slice(f).concat(r.value.disk);
+      this.length = this.length.slice(f).concat(r.value.length);
+      this.at = this.at.slice(f).concat(r.value.at);
+      this.digest = this.digest.slice(f).concat(r.value.digest);
+      this.first = 0;
+    }
+  }
+
+  /** Pass the ranges that end at or before `offset`. */
+  skipEnded(offset: number): void {
+    while (this.first < this.disk.length && this.disk[this.first] + this.length[this.first] <= offset) this.first++;
+  }
 }
 
 export interface VersionDiff {
@@ -335,9 +382,9 @@ export async function diffVersions(
   opts: { part?: string; packages?: boolean; blocks?: boolean } = {},
 ): Promise<VersionDiff> {
   const [va, vb] = [await lib.catalog.resolve(refA), await lib.catalog.resolve(refB)];
-  // each layout and file manifest read and decoded once, A's first (so A's problem is the one
-  // reported); without --blocks the layouts' volumes only (volumesOf)
-  const volumesOf = (v: typeof va) => (opts.blocks ? lib.layout(v.manifest) : fileVolumes(lib, v, opts.part));
+  // each file manifest read and decoded once, A's first (so A's problem is the one reported);
+  // the layouts' volumes only (--blocks walks the layouts a part at a time below)
+  const volumesOf = (v: typeof va) => fileVolumes(lib, v, opts.part);
   const la = await volumesOf(va);
   const da = await layoutFilesDigest(lib, va, la, opts.part);
   const lb = await volumesOf(vb);
@@ -366,6 +413,14 @@ export async function diffVersions(
       out.packages = null;
     } else out.packages = diffPackages(ra.packageFormat, ra.packages, rb.packages);
   }
-  if (opts.blocks) out.blocks = diffLayouts(la as LayoutManifest, lb as LayoutManifest);
+  if (opts.blocks) {
+    const [sa, sb] = [await lib.versionSource(va.manifest, out.a), await lib.versionSource(vb.manifest, out.b)];
+    try {
+      out.blocks = await diffLayouts(sa, sb);
+    } finally {
+      await sa.close();
+      await sb.close();
+    }
+  }
   return out;
 }

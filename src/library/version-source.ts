@@ -30,6 +30,14 @@ export interface LayoutSlice {
   ranges: { disk: number[]; length: number[]; chunk: number[]; at: number[] };
 }
 
+/** Ranges of a layout in disk order, each with its chunk's digest (RangedSource.placedRanges). */
+export interface PlacedRanges {
+  disk: number[];
+  length: number[];
+  at: number[];
+  digest: string[];
+}
+
 /**
  * What both version sources share: reads and status over the version's ranges, which a
  * subclass lists in disk order (`ranges`) with the digest of each chunk (`chunkDigest`),
@@ -117,6 +125,29 @@ export abstract class RangedSource implements ByteSource {
       return n;
     })();
     return this.summed;
+  }
+
+  /**
+   * The layout's ranges in disk order with their chunks' digests, a slice at a time (a range
+   * naming a chunk of an earlier slice, a duplicate file's, is looked up part by part).
+   */
+  async *placedRanges(): AsyncGenerator<PlacedRanges> {
+    for await (const sl of this.slices()) {
+      const { disk, length, chunk, at } = sl.ranges;
+      const n = sl.chunks.length;
+      const digest = new Array<string>(chunk.length);
+      const others: number[] = [];
+      for (let i = 0; i < chunk.length; i++) {
+        const k = chunk[i] - sl.firstChunk;
+        if (k >= 0 && k < n) digest[i] = sl.chunks[k];
+        else others.push(i);
+      }
+      if (others.length > 0) {
+        const ds = await this.chunkDigests(others.map((i) => chunk[i]));
+        for (let j = 0; j < others.length; j++) digest[others[j]] = ds[j];
+      }
+      yield { disk, length, at, digest };
+    }
   }
 
   /** Data spans in disk order, merged: [start, end) pairs (`onSlice` sees each slice first). */

@@ -1,4 +1,5 @@
 import { StrataError } from '../util/errors.js';
+import { memoryShare } from '../util/memory.js';
 import type { Backend } from './backend.js';
 import { type IndexEntry, sha256hex } from './blob-index.js';
 import { FLAG_ZSTD, packKey } from './pack.js';
@@ -12,13 +13,33 @@ import { type BufferPool, decompressInto } from './zstd-into.js';
  * decodes it once; a blob alone in its frame is decoded into pooled scratch.
  */
 
-/** Decoded shared frames kept for readers (checkout reads the blobs of a frame one after another). */
-const FRAME_CACHE = 6;
+/**
+ * Bytes of decoded shared frames kept for readers (checkout reads the blobs of a frame one
+ * after another): a third of the memory budget, 16-48 MiB (two to six 8 MiB frames; six
+ * were kept whatever the budget). Fewer thrash: a checkout of the 200,000-entry version
+ * with its 8 MiB windows decoded its frames 81 times with six kept, 89 with four, 152 with
+ * three and 465 with two, and `strata nbd` of the 1,000,000-entry version under nbdcopy (four
+ * connections, each reading its own stretch of the disk) took ~3x the CPU with four. A frame
+ * being read stays until its reads are done, whatever this says.
+ */
+const frameCacheBytes = () => memoryShare(1 / 3, 16 << 20, 48 << 20);
+
+/**
+ * Bytes of read scratch (an encoded frame and what it decodes to) in flight at most: 1/8 of
+ * the memory budget, 16-64 MiB; a read past it waits for others to finish (one always goes).
+ * Nothing bounded them: `strata nbd` serving a whole read (nbdcopy: 4 connections, up to 16
+ * MiB of 256 KiB requests each, every request's chunks read 8 at a time) had hundreds of
+ * chunk reads in flight, each with its pooled scratch, most of it dropped past the pool's
+ * bound as garbage: 100-200 MiB of ArrayBuffers waiting for a collection.
+ */
+const scratchBytes = () => memoryShare(1 / 8, 16 << 20, 64 << 20);
 
 interface CachedFrame {
   plain: Promise<Buffer>;
   pins: number;
   buf?: Buffer;
+  /** Its plain length (what it counts in the cache's bytes). */
+  bytes: number;
 }
 
 /** A blob's digest and place inside its decoded frame. */
@@ -113,6 +134,11 @@ export function decodeWith<T>(
 export class BlobReader {
   /** Decoded shared frames, least recently used first ("pack:offset"). */
   private readonly frames = new Map<string, CachedFrame>();
+  /** Plain bytes of the frames in `frames`. */
+  private frameBytes = 0;
+  /** Read scratch in flight (see scratchBytes) and the reads waiting for room. */
+  private scratch = 0;
+  private waiting: Array<() => void> = [];
 
   constructor(
     private readonly backend: Backend,
@@ -132,12 +158,14 @@ export class BlobReader {
     const file = `${this.name}/${key}`;
     if (e.at === 0 && e.plainLength === e.framePlain) {
       // a frame of its own: read, decode into pooled scratch, check, hand over
+      const cost = await this.admit(e);
       const encBuf = this.pool.take(e.encLength);
       try {
         const enc = await this.readFrame(key, e, encBuf);
         return decodeWith(this.pool, enc, e.flags, e.framePlain, { digest, ...e }, file, e.offset, use);
       } finally {
         this.pool.give(encBuf);
+        this.release(cost);
       }
     }
     // a shared frame: decoded once into the frame cache, pinned while this read uses it
@@ -146,18 +174,19 @@ export class BlobReader {
     if (c)
       this.frames.delete(ck); // re-inserted below as the most recently used
     else {
-      const entry: CachedFrame = { pins: 0, plain: Promise.resolve(Buffer.alloc(0)) };
+      const entry: CachedFrame = { pins: 0, plain: Promise.resolve(Buffer.alloc(0)), bytes: e.framePlain };
       entry.plain = this.decodeFrame(key, e).then(
         (b) => {
           entry.buf = b;
           return b;
         },
         (err: unknown) => {
-          if (this.frames.get(ck) === entry) this.frames.delete(ck);
+          this.forget(ck, entry);
           throw err;
         },
       );
       c = entry;
+      this.frameBytes += c.bytes;
     }
     this.frames.set(ck, c);
     c.pins++;
@@ -168,7 +197,7 @@ export class BlobReader {
         return checked(plain.subarray(e.at, e.at + e.plainLength), digest, file, e.offset, use);
       } catch (err) {
         // a frame that decoded but holds a damaged blob (a bad transfer): the next read fetches it anew
-        if (this.frames.get(ck) === c) this.frames.delete(ck);
+        this.forget(ck, c);
         throw err;
       }
     } finally {
@@ -183,12 +212,23 @@ export class BlobReader {
   /** Forget the decoded frames (after prune deleted packs). */
   clearCache(): void {
     this.frames.clear();
+    this.frameBytes = 0;
   }
 
+  /** Drop `c` from the cache if it is there as `ck`. */
+  private forget(ck: string, c: CachedFrame): boolean {
+    if (this.frames.get(ck) !== c) return false;
+    this.frames.delete(ck);
+    this.frameBytes -= c.bytes;
+    return true;
+  }
+
+  /** The least recently used frames out while the cache holds more than its bytes (the newest one stays). */
   private evictFrames(): void {
+    const max = frameCacheBytes();
     for (const [k, c] of this.frames) {
-      if (this.frames.size <= FRAME_CACHE) break;
-      this.frames.delete(k);
+      if (this.frameBytes <= max || this.frames.size <= 1) break;
+      this.forget(k, c);
       if (c.pins === 0 && c.buf) {
         this.pool.give(c.buf);
         c.buf = undefined;
@@ -217,6 +257,32 @@ export class BlobReader {
 
   /** A whole shared frame, decoded into a pooled buffer (the caller owns it). */
   private async decodeFrame(key: string, e: IndexEntry): Promise<Buffer> {
+    // counted while decoding; once decoded it is the frame cache's
+    const cost = await this.admit(e);
+    try {
+      return await this.decodeFrameNow(key, e);
+    } finally {
+      this.release(cost);
+    }
+  }
+
+  /** Wait until a read of `e` (its encoded frame and its plain bytes) fits in the scratch bound; its cost. */
+  private async admit(e: IndexEntry): Promise<number> {
+    const cost = e.encLength + e.framePlain;
+    while (this.scratch > 0 && this.scratch + cost > scratchBytes())
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.scratch += cost;
+    return cost;
+  }
+
+  private release(cost: number): void {
+    this.scratch -= cost;
+    const w = this.waiting;
+    this.waiting = [];
+    for (const wake of w) wake();
+  }
+
+  private async decodeFrameNow(key: string, e: IndexEntry): Promise<Buffer> {
     const encBuf = this.pool.take(e.encLength);
     try {
       const enc = await this.readFrame(key, e, encBuf);

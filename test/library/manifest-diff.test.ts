@@ -5,9 +5,11 @@
  * digests, times that differ as text but not as instants (or do not parse), xattrs absent vs
  * empty, reordered, or the same bytes in other base64, directory sizes, symlink targets.
  * diffLayouts (--blocks) counts what a set of block numbers per kind counts, on random
- * unaligned layouts. The real trees are checked against host oracles in version-diff.test.ts.
+ * unaligned layouts, read whole (version 1) and a few ranges a part (version 2, whose ranges
+ * name chunks of earlier parts). The real trees are checked against host oracles in version-diff.test.ts.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import { diffTrees } from '../../src/inspect/tree-diff.js';
 import {
@@ -16,8 +18,10 @@ import {
   type FilesManifest,
   LAYOUT_KIND,
   type LayoutManifest,
+  type LayoutManifestHead,
 } from '../../src/library/manifest.js';
 import { diffLayouts, diffManifests, manifestTree } from '../../src/library/version-diff.js';
+import { PartedVersionSource, type RangedSource, VersionSource } from '../../src/library/version-source.js';
 import { xorshift32 } from '../../src/util/prng.js';
 
 const manifest = (entries: FileEntry[]): FilesManifest => ({
@@ -256,10 +260,51 @@ function randomLayout(r: () => number, chunks: string[]): LayoutManifest {
   };
 }
 
-test('diffLayouts counts the blocks the set-per-kind model counts', () => {
+const noStore = {
+  withBlob: async () => {
+    throw new Error('diffLayouts reads no chunk');
+  },
+};
+
+/** `m` as a version 2 layout of `per` chunks and ranges a part (its parts decoded from `m`'s columns). */
+function parted(m: LayoutManifest, per: number): RangedSource {
+  const parts = Math.max(1, Math.ceil(Math.max(m.chunks.length, m.ranges.disk.length) / per));
+  const { chunks, chunkLengths, ranges, version, ...rest } = m;
+  const head: LayoutManifestHead = {
+    ...rest,
+    version: 2,
+    chunkCount: chunks.length,
+    rangeCount: ranges.disk.length,
+    partEntries: per,
+    parts: Array.from({ length: parts }, (_, i) => `part${i}`),
+    partDisk: Array.from({ length: parts }, (_, i) => ranges.disk[i * per] ?? m.virtualSize),
+  };
+  const cut = <T>(l: T[], i: number) => l.slice(i * per, (i + 1) * per);
+  return new PartedVersionSource(
+    noStore,
+    head,
+    async (i) => ({
+      kind: 'strata.layout-part',
+      version: 1,
+      chunks: cut(chunks, i),
+      chunkLengths: cut(chunkLengths, i),
+      ranges: {
+        disk: cut(ranges.disk, i),
+        length: cut(ranges.length, i),
+        chunk: cut(ranges.chunk, i),
+        at: cut(ranges.at, i),
+      },
+    }),
+    'parted',
+  );
+}
+
+test('diffLayouts counts the blocks the set-per-kind model counts', async () => {
   for (let seed = 1; seed <= 100; seed++) {
     const r = xorshift32(seed);
-    const names = (p: string, n: number) => Array.from({ length: n }, (_, i) => `${p}${i}`);
+    // digests, as a version 2 part's chunk list must hold
+    const names = (p: string, n: number) =>
+      Array.from({ length: n }, (_, i) => createHash('sha256').update(`${p}${i}`).digest('hex'));
     const a = randomLayout(r, names('c', 4));
     const b = randomLayout(r, [...names('c', 2), ...names('d', 2)]);
     // A holds some of B's ranges identically (same chunk at the same place)
@@ -275,7 +320,14 @@ test('diffLayouts counts the blocks the set-per-kind model counts', () => {
       [b, a],
       [a, a],
     ]) {
-      assert.deepEqual(diffLayouts(x, y), layoutsModel(x, y), `seed ${seed}`);
+      const want = layoutsModel(x, y);
+      assert.deepEqual(
+        await diffLayouts(new VersionSource(noStore, x, 'x'), new VersionSource(noStore, y, 'y')),
+        want,
+        `seed ${seed}`,
+      );
+      // a part of 3 chunks and ranges: B's and A's ranges cross parts, name chunks of earlier ones
+      assert.deepEqual(await diffLayouts(parted(x, 3), parted(y, 3)), want, `seed ${seed}, in parts`);
     }
   }
 });

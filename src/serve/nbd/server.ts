@@ -2,6 +2,7 @@ import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { BufferPool } from '../../util/buffer-pool.js';
 import { StrataError } from '../../util/errors.js';
+import { memoryShare } from '../../util/memory.js';
 import { Budget } from './budget.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './export.js';
@@ -16,7 +17,7 @@ export interface NbdServerOptions {
   maxRequest?: number;
   /** Bytes of requests and replies in flight per connection before we stop reading it (default 16 MiB). */
   connectionBudget?: number;
-  /** The same, over all connections (default 64 MiB). */
+  /** The same, over all connections (default 1/8 of the memory budget, 16-64 MiB). */
   totalBudget?: number;
   /** Connections beyond this are closed at once (default 256). */
   maxConnections?: number;
@@ -71,7 +72,7 @@ export class NbdServer implements ConnectionHost {
     }
     this.maxRequest = opts.maxRequest ?? 32 << 20;
     this.connectionBudget = opts.connectionBudget ?? 16 << 20;
-    this.budget = new Budget(opts.totalBudget ?? 64 << 20);
+    this.budget = new Budget(opts.totalBudget ?? memoryShare(1 / 8, 16 << 20, 64 << 20));
     this.maxConnections = opts.maxConnections ?? 256;
     this.handshakeTimeout = opts.handshakeTimeout ?? 30_000;
     this.trace = opts.trace;
