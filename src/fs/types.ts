@@ -40,14 +40,15 @@ export interface Inode {
  * A directory's entries without an object per entry (NameListingBuilder in name-listing.ts
  * makes them): entry i is named by bytes [starts[i], starts[i + 1]) of `names`, the UTF-8
  * encoding of the name `readdirAll` gives it (so a name the reader decodes with replacement
- * characters is here as those characters' bytes), with inode `inos[i]` and type `types[i]`.
+ * characters is here as those characters' bytes), with inode `inos[i]` and type
+ * `TYPE_OF_CODE[types[i]]` (name-listing.ts: the codes of ext's and XFS's file_type field).
  */
 export interface NameListing {
   count: number;
   names: Uint8Array;
   starts: Uint32Array;
   inos: Float64Array;
-  types: FileType[];
+  types: Uint8Array;
 }
 
 export interface DirEntry {

@@ -1,6 +1,6 @@
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
-import { NameListingBuilder } from './name-listing.js';
+import { buildNameListing, codeOfType } from './name-listing.js';
 import type { DirEntry, FileSystem, Inode, NameListing } from './types.js';
 
 /** Most symlinks followed while resolving one path (Linux uses 40). */
@@ -31,9 +31,10 @@ export async function listDirectory(fs: FileSystem, dir: Inode): Promise<DirEntr
 /** Every entry of a directory as a NameListing: the reader's `readdirNames` when it has one, else listDirectory's entries encoded. */
 export async function listNames(fs: FileSystem, dir: Inode): Promise<NameListing> {
   if (fs.readdirNames) return fs.readdirNames(dir);
-  const b = new NameListingBuilder();
-  for (const e of await listDirectory(fs, dir)) b.addName(e.ino, e.type, e.name);
-  return b.finish();
+  const entries = await listDirectory(fs, dir);
+  return buildNameListing((b) => {
+    for (const e of entries) b.addName(e.ino, codeOfType(e.type), e.name);
+  });
 }
 
 /** Many inodes: the reader's batch fast path when it has one, else `limit` loads at a time, in order. */

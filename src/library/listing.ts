@@ -1,3 +1,4 @@
+import { DIR_CODE, UNKNOWN_CODE } from '../fs/name-listing.js';
 import type { DirEntry, FileExtent, FileSystem, FileType, Inode, NameListing, Timestamp } from '../fs/types.js';
 import { listDirectory, listNames, loadInodes, resolvePath } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
@@ -290,9 +291,11 @@ export async function* walkNameLines(
     /** The bytes every line of this directory starts with ("/usr/" below "/usr"; "" without recursive). */
     prefix: Uint8Array;
     l: NameListing;
-    order: number[];
-    /** Per position of `order`: the loaded inode of a directory (or unknown-type entry), else undefined. */
-    inodes: (Inode | undefined)[];
+    /** Entry numbers in name order: order[0, n). */
+    order: Uint32Array;
+    n: number;
+    /** Per position in `order`: the inode of a directory (or unknown-type entry); undefined when there are none. */
+    inodes: (Inode | undefined)[] | undefined;
     warnings: string[];
   };
   const text = (b: Uint8Array) => td.decode(b);
@@ -300,35 +303,46 @@ export async function* walkNameLines(
     const l = await listNames(fs, d);
     const { names, starts, types } = l;
     const warnings: string[] = [];
-    const order: number[] = [];
+    const order = new Uint32Array(l.count);
+    let n = 0;
     for (let i = 0; i < l.count; i++) {
-      if (safeNameBytes(names, starts[i], starts[i + 1])) order.push(i);
+      if (safeNameBytes(names, starts[i], starts[i + 1])) order[n++] = i;
       else
         warnings.push(
           `${pathOf(prefix)}: refused directory entry ${JSON.stringify(text(names.subarray(starts[i], starts[i + 1])))} (inode ${l.inos[i]})`,
         );
     }
-    order.sort((a, b) => {
+    const cmp = (a: number, b: number) => {
       const sa = starts[a];
       const sb = starts[b];
       const la = starts[a + 1] - sa;
       const lb = starts[b + 1] - sb;
-      const n = Math.min(la, lb);
-      for (let k = 0; k < n; k++) {
+      const m = Math.min(la, lb);
+      for (let k = 0; k < m; k++) {
         const c = names[sa + k] - names[sb + k];
         if (c !== 0) return c;
       }
       return la - lb;
-    });
-    const wanted: number[] = [];
-    for (const i of order) if (types[i] === 'dir' || types[i] === 'unknown') wanted.push(l.inos[i]);
-    const loaded = wanted.length > 0 ? await loadInodes(fs, wanted, conc) : [];
-    const inodes = new Array<Inode | undefined>(order.length);
-    for (let k = 0, j = 0; k < order.length; k++) {
+    };
+    // directories a tool wrote in name order need no sort (the check is n - 1 comparisons)
+    let sorted = true;
+    for (let k = 1; k < n && sorted; k++) sorted = cmp(order[k - 1], order[k]) <= 0;
+    if (!sorted) order.subarray(0, n).sort(cmp);
+    let wanted: number[] | undefined;
+    for (let k = 0; k < n; k++) {
       const t = types[order[k]];
-      inodes[k] = t === 'dir' || t === 'unknown' ? loaded[j++] : undefined;
+      if (t === DIR_CODE || t === UNKNOWN_CODE) (wanted ??= []).push(l.inos[order[k]]);
     }
-    return { prefix, l, order, inodes, warnings };
+    let inodes: (Inode | undefined)[] | undefined;
+    if (wanted) {
+      const loaded = await loadInodes(fs, wanted, conc);
+      inodes = new Array<Inode | undefined>(n);
+      for (let k = 0, j = 0; k < n; k++) {
+        const t = types[order[k]];
+        if (t === DIR_CODE || t === UNKNOWN_CODE) inodes[k] = loaded[j++];
+      }
+    }
+    return { prefix, l, order, n, inodes, warnings };
   };
   /** The path a prefix stands for, for messages ("/" for "/", "/usr" for "/usr/"). */
   const pathOf = (prefix: Uint8Array) =>
@@ -353,8 +367,8 @@ export async function* walkNameLines(
   };
   const prefetch = (level: Level) => {
     if (level.scan < level.k) level.scan = level.k;
-    while (level.scan < level.lv.order.length && level.ahead.size < LOOKAHEAD) {
-      const ino = level.lv.inodes[level.scan];
+    while (level.scan < level.lv.n && level.ahead.size < LOOKAHEAD) {
+      const ino = level.lv.inodes?.[level.scan];
       if (ino !== undefined && ino.type === 'dir' && !seenDirs.has(ino.ino)) {
         const p = listDir(childPrefix(level.lv, level.scan), ino);
         p.catch(() => {}); // reported when awaited
@@ -371,17 +385,17 @@ export async function* walkNameLines(
   while (stack.length > 0) {
     const top = stack[stack.length - 1];
     const lv = top.lv;
-    if (top.k >= lv.order.length) {
+    if (top.k >= lv.n) {
       stack.pop();
       continue;
     }
     prefetch(top);
     // lines up to and including the next directory (the only entries the walk may enter)
     const { names, starts } = lv.l;
-    const prefix = lv.prefix;
+    const { prefix, order, inodes } = lv;
     let k = top.k;
-    for (; k < lv.order.length; k++) {
-      const i = lv.order[k];
+    for (; k < lv.n; k++) {
+      const i = order[k];
       const s = starts[i];
       const e = starts[i + 1];
       const need = prefix.length + (e - s) + 1;
@@ -393,8 +407,7 @@ export async function* walkNameLines(
       for (let x = 0; x < prefix.length; x++) out[used++] = prefix[x];
       for (let x = s; x < e; x++) out[used++] = names[x];
       out[used++] = 0x0a;
-      const ino = lv.inodes[k];
-      if (recursive && ino !== undefined && ino.type === 'dir') break;
+      if (recursive && inodes !== undefined && inodes[k]?.type === 'dir') break;
     }
     top.k = k + 1;
     checkMemory('walking the file tree');
@@ -403,9 +416,9 @@ export async function* walkNameLines(
       out = new Uint8Array(LINES_CHUNK + 4096);
       used = 0;
     }
-    if (k >= lv.order.length) continue;
+    if (k >= lv.n) continue;
     // entry k is a directory: enter it
-    const ino = lv.inodes[k] as Inode;
+    const ino = (inodes as Inode[])[k];
     const ahead = top.ahead.get(k);
     top.ahead.delete(k);
     if (seenDirs.has(ino.ino)) {

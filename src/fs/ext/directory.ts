@@ -1,8 +1,8 @@
 import { readExact } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { memoryShare } from '../../util/memory.js';
-import { NameListingBuilder } from '../name-listing.js';
-import type { DirEntry, FileType, NameListing } from '../types.js';
+import { buildNameListing, type NameListingBuilder, TYPE_OF_CODE, UNKNOWN_CODE } from '../name-listing.js';
+import type { DirEntry, NameListing } from '../types.js';
 import type { BlockMap } from './block-map.js';
 import { type ExtContext, td } from './context.js';
 import { type ExtNode, FL, I_BLOCK_SIZE, INODE, inodeSeed } from './inode.js';
@@ -57,7 +57,7 @@ export enum DX_TAIL {
   size = 8,
 }
 
-export const TYPE_BY_DIRENT: FileType[] = ['unknown', 'file', 'dir', 'char', 'block', 'fifo', 'socket', 'symlink'];
+export const TYPE_BY_DIRENT = TYPE_OF_CODE;
 
 /** Names kept for lookups: ~160 bytes each by estimate (more in practice), 1/8 of the memory budget (200,000 at the default 256 MiB): at 1/4 a 64 MiB `ls -R -l` of 200,000 entries peaked at 65 MiB of live data. */
 const dirCacheEntries = () => Math.floor(memoryShare(1 / 8, 4 << 20, 64 << 20) / 160);
@@ -141,7 +141,7 @@ const entriesSink =
 const namesSink =
   (out: NameListingBuilder): DirSink =>
   (ino, ft, blk, start, len) =>
-    out.addUtf8(ino, TYPE_BY_DIRENT[ft] ?? 'unknown', blk, start, len);
+    out.addUtf8(ino, ft < TYPE_BY_DIRENT.length ? ft : UNKNOWN_CODE, blk, start, len);
 
 /** parseDirBlock handing each kept entry to `sink`, its name undecoded. */
 export function parseDirBlockInto(
@@ -272,11 +272,14 @@ export class Directories {
   /** All of a directory's entries as one NameListing (names undecoded unless not ASCII): for names-only walks. */
   async names(n: ExtNode): Promise<NameListing> {
     const structure = `ext directory inode ${n.ino}`;
-    const out = new NameListingBuilder();
-    const sink = namesSink(out);
-    if (n.flags & FL.INLINE_DATA) inlineDirInto(this.ctx, n, structure, sink);
-    else for await (const read of this.reads(n)) this.parseRead(n, read, structure, sink);
-    return out.finish();
+    const reads: DirRead[] = [];
+    if (!(n.flags & FL.INLINE_DATA)) for await (const read of this.reads(n)) reads.push(read);
+    // parsed once all is read: the shared builder is filled without an await
+    return buildNameListing((out) => {
+      const sink = namesSink(out);
+      if (n.flags & FL.INLINE_DATA) inlineDirInto(this.ctx, n, structure, sink);
+      else for (const read of reads) this.parseRead(n, read, structure, sink);
+    });
   }
 
   /** The directory's blocks, up to DIR_READ_BLOCKS per read (unwritten runs and blocks past i_size skipped). */

@@ -20,6 +20,7 @@ import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { codeOfType, UNKNOWN_CODE } from '../name-listing.js';
 import type {
   ByteRange,
   DirEntry,
@@ -257,10 +258,10 @@ export class ExtFileSystem implements FileSystem {
     const listing = await this.dirs.names(await this.dirNode(dir));
     const types = listing.types;
     for (let i = 0; i < listing.count; i++) {
-      if (types[i] !== 'unknown') continue;
+      if (types[i] !== UNKNOWN_CODE) continue;
       // as typeUnknown: the type from the inode
       try {
-        types[i] = (await this.node(listing.inos[i])).pub.type;
+        types[i] = codeOfType((await this.node(listing.inos[i])).pub.type);
       } catch (err) {
         if (!(err instanceof StrataError)) throw err;
       }
