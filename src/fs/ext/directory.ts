@@ -109,8 +109,22 @@ export function checkDxTail(
     ctx.warn(`${structure}: htree block at ${at} checksum mismatch`);
 }
 
+/** Where parseDirBlock puts each entry it keeps: inode, file_type, and the name as blk[start, start + len). */
+export type DirSink = (ino: number, fileType: number, blk: Uint8Array, start: number, len: number) => void;
+
+const entriesSink =
+  (out: DirEntry[]): DirSink =>
+  (ino, ft, blk, start, len) =>
+    out.push({ name: td.decode(blk.subarray(start, start + len)), ino, type: TYPE_BY_DIRENT[ft] ?? 'unknown' });
+
+const namesSink =
+  (out: NameListingBuilder): DirSink =>
+  (ino, ft, blk, start, len) =>
+    out.addUtf8(ino, ft < TYPE_BY_DIRENT.length ? ft : UNKNOWN_CODE, blk, start, len);
+
 /**
- * Parse one linear directory block (or an htree block's fake entries) into `out`.
+ * Parse one linear directory block (or an htree block's fake entries) into `out` (entries,
+ * or a sink given each entry's name undecoded).
  * `dotsSeen` is how many of '.'/'..' are already accounted for (0 for block 0, where they are
  * legitimate as the first entries; 2 elsewhere and for inline directories, where they are
  * implicit). `checkTail` looks for (and verifies) a metadata_csum leaf tail; `seed` is the
@@ -125,35 +139,9 @@ export function parseDirBlock(
   structure: string,
   dotsSeen: number,
   checkTail: boolean,
-  out: DirEntry[],
+  out: DirEntry[] | DirSink,
 ): void {
-  parseDirBlockInto(ctx, seed, blk, at, structure, dotsSeen, checkTail, entriesSink(out));
-}
-
-/** Where parseDirBlockInto puts each entry it keeps: inode, file_type, and the name as blk[start, start + len). */
-export type DirSink = (ino: number, fileType: number, blk: Uint8Array, start: number, len: number) => void;
-
-const entriesSink =
-  (out: DirEntry[]): DirSink =>
-  (ino, ft, blk, start, len) =>
-    out.push({ name: td.decode(blk.subarray(start, start + len)), ino, type: TYPE_BY_DIRENT[ft] ?? 'unknown' });
-
-const namesSink =
-  (out: NameListingBuilder): DirSink =>
-  (ino, ft, blk, start, len) =>
-    out.addUtf8(ino, ft < TYPE_BY_DIRENT.length ? ft : UNKNOWN_CODE, blk, start, len);
-
-/** parseDirBlock handing each kept entry to `sink`, its name undecoded. */
-export function parseDirBlockInto(
-  ctx: ExtContext,
-  seed: number,
-  blk: Uint8Array,
-  at: number,
-  structure: string,
-  dotsSeen: number,
-  checkTail: boolean,
-  sink: DirSink,
-): void {
+  const sink = Array.isArray(out) ? entriesSink(out) : out;
   const v = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
   const size = blk.length;
   const filetype = (ctx.sb.incompat & INCOMPAT.FILETYPE) !== 0;
@@ -227,9 +215,9 @@ function inlineDirInto(ctx: ExtContext, n: ExtNode, structure: string, sink: Dir
   const limit = Math.min(all.length, Math.max(I_BLOCK_SIZE, n.size));
   const seed = ctx.metadataCsum ? inodeSeed(ctx, n) : 0;
   const at = n.at + INODE.block + 4;
-  parseDirBlockInto(ctx, seed, all.subarray(4, Math.min(I_BLOCK_SIZE, limit)), at, structure, 2, false, sink);
+  parseDirBlock(ctx, seed, all.subarray(4, Math.min(I_BLOCK_SIZE, limit)), at, structure, 2, false, sink);
   if (limit > I_BLOCK_SIZE)
-    parseDirBlockInto(ctx, seed, all.subarray(I_BLOCK_SIZE, limit), n.at, structure, 2, false, sink);
+    parseDirBlock(ctx, seed, all.subarray(I_BLOCK_SIZE, limit), n.at, structure, 2, false, sink);
 }
 
 /** One read of a directory: `cnt` blocks from logical block `lblk`, at volume offset `at`. */
@@ -315,7 +303,7 @@ export class Directories {
       const lblk = read.lblk + k;
       const dx = dxCountOffset(blk, lblk, indexed);
       if (dx && ctx.metadataCsum) checkDxTail(ctx, seed, blk, dx, at + k * bs, structure);
-      parseDirBlockInto(ctx, seed, blk, at + k * bs, structure, lblk === 0 ? 0 : 2, dx === 0, sink);
+      parseDirBlock(ctx, seed, blk, at + k * bs, structure, lblk === 0 ? 0 : 2, dx === 0, sink);
     }
   }
 
