@@ -25,7 +25,7 @@ const VERSION: string =
 /** Verbs that run as services (many requests in one process): the budget is enforced only when --memory is given. */
 const SERVICES = new Set(['serve', 'mount', 'virtiofs', 'nbd', 'deploy']);
 /** One-shot commands whose young generation may grow under the default budget (see preAction). */
-const YOUNG_MAY_GROW = new Set(['convert', 'extract']);
+const YOUNG_MAY_GROW = new Set(['convert', 'extract', 'ls', 'blockmap']);
 
 /** A program with the commands of `groups` for `verb` (all of them when `verb` is not one they know). */
 export async function buildProgramWith(groups: readonly CommandGroup[], verb?: string): Promise<Command> {
@@ -53,7 +53,9 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     // may grow, and node:v8 stays unloaded, ~2 ms of every short run; extract's too: a file's
     // walk objects live until its batch is written, and a young generation kept at 2 MiB
     // scavenged ~900 times over 200,000 entries, 100 when it may grow, ~20% of its user CPU
-    // for at most 32 MiB more, see bench/README "large trees")
+    // for at most 32 MiB more, see bench/README "large trees"; ls and blockmap likewise:
+    // 2 MiB scavenged 3,215 times in a 200,000-entry blockmap, 90 in a 1M names-only ls,
+    // growth took 17% of blockmap's CPU and 10-15% of ls -R's for ~25-40 MiB of RSS)
     else if (enforce)
       setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: !YOUNG_MAY_GROW.has(verb.name()) });
     // a service sizes its caches the same way (its process near 256 MiB too), without the guard

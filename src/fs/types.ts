@@ -36,6 +36,21 @@ export interface Inode {
   groupSid?: string;
 }
 
+/**
+ * A directory's entries without an object per entry (NameListingBuilder in name-listing.ts
+ * makes them): entry i is named by bytes [starts[i], starts[i + 1]) of `names`, the UTF-8
+ * encoding of the name `readdirAll` gives it (so a name the reader decodes with replacement
+ * characters is here as those characters' bytes), with inode `inos[i]` and type
+ * `TYPE_OF_CODE[types[i]]` (name-listing.ts: the codes of ext's and XFS's file_type field).
+ */
+export interface NameListing {
+  count: number;
+  names: Uint8Array;
+  starts: Uint32Array;
+  inos: Float64Array;
+  types: Uint8Array;
+}
+
 export interface DirEntry {
   /** One path component: never empty, never contains '/' or NUL, never '.' or '..'. */
   name: string;
@@ -138,6 +153,12 @@ export interface FileSystem {
    * `readdir` and `inode`). Same results and errors as the one-at-a-time methods.
    */
   readdirAll?(dir: Inode): Promise<DirEntry[]>;
+  /**
+   * Optional fast path for names-only walks (`ls -R`): a whole directory as one NameListing,
+   * names as UTF-8 bytes in one buffer, no object or string per entry. Same entries, order,
+   * types and errors as `readdirAll` (`listNames` in walk.ts falls back to it).
+   */
+  readdirNames?(dir: Inode): Promise<NameListing>;
   inodes?(inos: readonly number[]): Promise<Inode[]>;
   read(file: Inode, offset: number, length: number): Promise<Uint8Array>;
   readlink(link: Inode): Promise<string>;

@@ -1,6 +1,7 @@
 import { StrataError } from '../util/errors.js';
 import { mapLimit } from '../util/map-limit.js';
-import type { DirEntry, FileSystem, Inode } from './types.js';
+import { buildNameListing, codeOfType } from './name-listing.js';
+import type { DirEntry, FileSystem, Inode, NameListing } from './types.js';
 
 /** Most symlinks followed while resolving one path (Linux uses 40). */
 export const MAX_SYMLINKS = 40;
@@ -25,6 +26,15 @@ export async function listDirectory(fs: FileSystem, dir: Inode): Promise<DirEntr
   const out: DirEntry[] = [];
   for await (const e of fs.readdir(dir)) out.push(e);
   return out;
+}
+
+/** Every entry of a directory as a NameListing: the reader's `readdirNames` when it has one, else listDirectory's entries encoded. */
+export async function listNames(fs: FileSystem, dir: Inode): Promise<NameListing> {
+  if (fs.readdirNames) return fs.readdirNames(dir);
+  const entries = await listDirectory(fs, dir);
+  return buildNameListing((b) => {
+    for (const e of entries) b.addName(e.ino, codeOfType(e.type), e.name);
+  });
 }
 
 /** Many inodes: the reader's batch fast path when it has one, else `limit` loads at a time, in order. */

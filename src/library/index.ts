@@ -139,6 +139,7 @@ export {
   type WalkItem,
   type WalkOptions,
   walkBatches,
+  walkNameLines,
 } from './listing.js';
 export { libraryLocation, MARKER } from './location.js';
 export type { FileEntry, FilesManifest, LayoutManifest, LayoutVolume } from './manifest.js';

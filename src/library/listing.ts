@@ -1,5 +1,6 @@
-import type { DirEntry, FileExtent, FileSystem, FileType, Inode, Timestamp } from '../fs/types.js';
-import { listDirectory, loadInodes, resolvePath } from '../fs/walk.js';
+import { DIR_CODE, UNKNOWN_CODE } from '../fs/name-listing.js';
+import type { DirEntry, FileExtent, FileSystem, FileType, Inode, NameListing, Timestamp } from '../fs/types.js';
+import { listDirectory, listNames, loadInodes, resolvePath } from '../fs/walk.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { offsetIn } from '../io/filter-source.js';
 import { StrataError } from '../util/errors.js';
@@ -160,17 +161,6 @@ export interface WalkOptions {
   maxDepth?: number;
   /** With `recursive`: return false to not descend into this directory. */
   enter?: (item: WalkItem) => boolean;
-  /**
-   * Only names and types are wanted (`ls -R` without `-l`): inodes are loaded for
-   * directories (and entries whose type the directory does not record) only; every other
-   * item's `inode` is a stand-in with its number and the directory entry's type, the rest 0.
-   */
-  namesOnly?: boolean;
-}
-
-/** The inode of a names-only item: number and type from the directory entry. */
-function stubInode(e: DirEntry): Inode {
-  return { ino: e.ino, type: e.type, mode: 0, uid: 0, gid: 0, size: 0, nlink: 0 };
 }
 
 /**
@@ -209,22 +199,6 @@ export async function* walkBatches(
     }
     entries.sort((a, b) => compareNames(a.name, b.name));
     const depth = path === '/' ? 1 : path.split('/').length;
-    if (opts.namesOnly) {
-      const wanted = entries.filter((e) => e.type === 'dir' || e.type === 'unknown');
-      const loaded = await loadInodes(
-        fs,
-        wanted.map((e) => e.ino),
-        conc,
-      );
-      let j = 0;
-      const items = entries.map((e) => ({
-        path: joinPath(path, e.name),
-        name: e.name,
-        inode: e.type === 'dir' || e.type === 'unknown' ? loaded[j++] : stubInode(e),
-        depth,
-      }));
-      return { items, warnings };
-    }
     const inodes = await loadInodes(
       fs,
       entries.map((e) => e.ino),
@@ -288,6 +262,192 @@ export async function* walkBatches(
     stack.push(open(await (ahead ?? listDir(item.path, item.inode))));
   }
 }
+
+/** Bytes of output gathered before walkNameLines hands a chunk out. */
+const LINES_CHUNK = 1 << 20;
+
+/**
+ * `ls` without `-l`: the lines walkBatches's items would print (each item's path with
+ * `recursive`, else its name, then "\n"), as UTF-8 chunks of whole lines, ~1 MiB each.
+ * Same order, warnings and loop and depth checks as walkBatches, but no string or object
+ * per entry: each directory is one NameListing (the reader's `readdirNames`), sorted by its
+ * name bytes (the byte order compareNames gives), and lines are copied byte by byte into
+ * the chunk. Inodes are loaded for directories (and entries of unknown type) only.
+ */
+export async function* walkNameLines(
+  fs: FileSystem,
+  dirPath: string,
+  dir: Inode,
+  opts: Pick<WalkOptions, 'recursive' | 'onWarning' | 'maxDepth' | 'concurrency'> = {},
+): AsyncGenerator<Uint8Array> {
+  const recursive = opts.recursive === true;
+  const maxDepth = opts.maxDepth ?? 4096;
+  const conc = opts.concurrency ?? 32;
+  const warn = opts.onWarning ?? (() => {});
+  const seenDirs = new Set<number>([dir.ino]);
+
+  /** One directory: its entries in name order (safe names only), and the inodes of its subdirectories. */
+  type Listing = {
+    /** The bytes every line of this directory starts with ("/usr/" below "/usr"; "" without recursive). */
+    prefix: Uint8Array;
+    l: NameListing;
+    /** Entry numbers in name order: order[0, n). */
+    order: Uint32Array;
+    n: number;
+    /** Per position in `order`: the inode of a directory (or unknown-type entry); undefined when there are none. */
+    inodes: (Inode | undefined)[] | undefined;
+    warnings: string[];
+  };
+  const text = (b: Uint8Array) => td.decode(b);
+  const listDir = async (prefix: Uint8Array, d: Inode): Promise<Listing> => {
+    const l = await listNames(fs, d);
+    const { names, starts, types } = l;
+    const warnings: string[] = [];
+    const order = new Uint32Array(l.count);
+    let n = 0;
+    for (let i = 0; i < l.count; i++) {
+      if (safeNameBytes(names, starts[i], starts[i + 1])) order[n++] = i;
+      else
+        warnings.push(
+          `${pathOf(prefix)}: refused directory entry ${JSON.stringify(text(names.subarray(starts[i], starts[i + 1])))} (inode ${l.inos[i]})`,
+        );
+    }
+    const cmp = (a: number, b: number) => {
+      const sa = starts[a];
+      const sb = starts[b];
+      const la = starts[a + 1] - sa;
+      const lb = starts[b + 1] - sb;
+      const m = Math.min(la, lb);
+      for (let k = 0; k < m; k++) {
+        const c = names[sa + k] - names[sb + k];
+        if (c !== 0) return c;
+      }
+      return la - lb;
+    };
+    // directories a tool wrote in name order need no sort (the check is n - 1 comparisons)
+    let sorted = true;
+    for (let k = 1; k < n && sorted; k++) sorted = cmp(order[k - 1], order[k]) <= 0;
+    if (!sorted) order.subarray(0, n).sort(cmp);
+    let wanted: number[] | undefined;
+    for (let k = 0; k < n; k++) {
+      const t = types[order[k]];
+      if (t === DIR_CODE || t === UNKNOWN_CODE) (wanted ??= []).push(l.inos[order[k]]);
+    }
+    let inodes: (Inode | undefined)[] | undefined;
+    if (wanted) {
+      const loaded = await loadInodes(fs, wanted, conc);
+      inodes = new Array<Inode | undefined>(n);
+      for (let k = 0, j = 0; k < n; k++) {
+        const t = types[order[k]];
+        if (t === DIR_CODE || t === UNKNOWN_CODE) inodes[k] = loaded[j++];
+      }
+    }
+    return { prefix, l, order, n, inodes, warnings };
+  };
+  /** The path a prefix stands for, for messages ("/" for "/", "/usr" for "/usr/"). */
+  const pathOf = (prefix: Uint8Array) =>
+    recursive ? (prefix.length <= 1 ? '/' : text(prefix.subarray(0, prefix.length - 1))) : dirPath;
+  /** The prefix of the lines below entry k of `lv`. */
+  const childPrefix = (lv: Listing, k: number): Uint8Array => {
+    const i = lv.order[k];
+    const s = lv.l.starts[i];
+    const e = lv.l.starts[i + 1];
+    const p = new Uint8Array(lv.prefix.length + (e - s) + 1);
+    p.set(lv.prefix);
+    p.set(lv.l.names.subarray(s, e), lv.prefix.length);
+    p[p.length - 1] = 0x2f;
+    return p;
+  };
+
+  const LOOKAHEAD = recursive ? 4 : 0;
+  type Level = { lv: Listing; k: number; ahead: Map<number, Promise<Listing>>; scan: number };
+  const open = (lv: Listing): Level => {
+    for (const w of lv.warnings) warn(w);
+    return { lv, k: 0, ahead: new Map(), scan: 0 };
+  };
+  const prefetch = (level: Level) => {
+    if (level.scan < level.k) level.scan = level.k;
+    while (level.scan < level.lv.n && level.ahead.size < LOOKAHEAD) {
+      const ino = level.lv.inodes?.[level.scan];
+      if (ino !== undefined && ino.type === 'dir' && !seenDirs.has(ino.ino)) {
+        const p = listDir(childPrefix(level.lv, level.scan), ino);
+        p.catch(() => {}); // reported when awaited
+        level.ahead.set(level.scan, p);
+      }
+      level.scan++;
+    }
+  };
+
+  let out = new Uint8Array(LINES_CHUNK + 4096);
+  let used = 0;
+  const topPrefix = recursive ? utf8.encode(dirPath === '/' ? '/' : `${dirPath}/`) : new Uint8Array(0);
+  const stack: Level[] = [open(await listDir(topPrefix, dir))];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    const lv = top.lv;
+    if (top.k >= lv.n) {
+      stack.pop();
+      continue;
+    }
+    prefetch(top);
+    // lines up to and including the next directory (the only entries the walk may enter)
+    const { names, starts } = lv.l;
+    const { prefix, order, inodes } = lv;
+    let k = top.k;
+    for (; k < lv.n; k++) {
+      const i = order[k];
+      const s = starts[i];
+      const e = starts[i + 1];
+      const need = prefix.length + (e - s) + 1;
+      if (used + need > out.length) {
+        if (used > 0) yield out.subarray(0, used);
+        out = new Uint8Array(Math.max(LINES_CHUNK, need) + 4096);
+        used = 0;
+      }
+      for (let x = 0; x < prefix.length; x++) out[used++] = prefix[x];
+      for (let x = s; x < e; x++) out[used++] = names[x];
+      out[used++] = 0x0a;
+      if (recursive && inodes !== undefined && inodes[k]?.type === 'dir') break;
+    }
+    top.k = k + 1;
+    checkMemory('walking the file tree');
+    if (used >= LINES_CHUNK) {
+      yield out.subarray(0, used);
+      out = new Uint8Array(LINES_CHUNK + 4096);
+      used = 0;
+    }
+    if (k >= lv.n) continue;
+    // entry k is a directory: enter it
+    const ino = (inodes as Inode[])[k];
+    const ahead = top.ahead.get(k);
+    top.ahead.delete(k);
+    if (seenDirs.has(ino.ino)) {
+      const p = childPrefix(lv, k);
+      warn(
+        `${text(p.subarray(0, p.length - 1))}: directory inode ${ino.ino} seen twice (loop or hard-linked directory), not entered`,
+      );
+      continue;
+    }
+    if (stack.length >= maxDepth) {
+      const p = childPrefix(lv, k);
+      warn(`${text(p.subarray(0, p.length - 1))}: deeper than ${maxDepth} levels, not entered`);
+      continue;
+    }
+    seenDirs.add(ino.ino);
+    stack.push(open(await (ahead ?? listDir(childPrefix(lv, k), ino))));
+  }
+  if (used > 0) yield out.subarray(0, used);
+}
+
+/** safeName of the UTF-8 name bytes b[s, e). */
+function safeNameBytes(b: Uint8Array, s: number, e: number): boolean {
+  const n = e - s;
+  if (n === 0 || (b[s] === 0x2e && (n === 1 || (n === 2 && b[s + 1] === 0x2e)))) return false;
+  for (let k = s; k < e; k++) if (b[k] === 0x2f || b[k] === 0) return false;
+  return true;
+}
+
+const td = new TextDecoder();
 
 /** One extent as `stat --json` prints it. */
 export interface StatExtent {

@@ -20,6 +20,7 @@ import { MemorySource } from '../../src/io/memory-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { kernelViewCached } from '../helpers/ext-tree.js';
 import { expectCleanOutcome } from '../helpers/fuzz.js';
+import { bothListings } from '../helpers/name-lines.js';
 import { fixture, run } from '../helpers/tools.js';
 
 const BS = 4096;
@@ -278,6 +279,12 @@ test('a directory cycle (an entry pointing back to an ancestor) is listed but no
   assert.ok(!paths.some((p) => p.startsWith('/a/up-to-root/')));
   assert.equal(new Set(paths).size, paths.length);
   assert.ok(fs.warnings.some((w) => /already visited/.test(w)));
+  // ls -R, names only: the same lines and the same loop warnings as the object walk
+  const both = await bothListings(fs);
+  assert.equal(both.text, both.expected);
+  assert.deepEqual(both.linesWarned, both.pathsWarned);
+  assert.ok(both.paths.includes('/a/b/c/back-to-a'));
+  assert.ok(both.linesWarned.some((w) => /seen twice/.test(w)));
 });
 
 test("names with '/', NUL, '..', empty names and bad inode numbers are never returned", async () => {
@@ -316,6 +323,9 @@ test("names with '/', NUL, '..', empty names and bad inode numbers are never ret
     ),
   );
   await assert.rejects(fs.lookup('/names/x/y'), (e: StrataError) => e instanceof StrataError && e.code === 'NOT_FOUND');
+  const both = await bothListings(fs);
+  assert.equal(both.text, both.expected);
+  assert.ok(both.paths.includes('/names/good1') && !both.paths.some((l) => l.startsWith('/names/x')));
 });
 
 test('needs_recovery gives a warning; encrypted files list but refuse content', async () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import { ExtFileSystem } from '../../src/fs/ext/index.js';
+import { TYPE_OF_CODE } from '../../src/fs/name-listing.js';
 import { openFileSystem } from '../../src/fs/open.js';
 import type { ByteRange, DirEntry, FileExtent, FileSystem, Inode, OwnedRange } from '../../src/fs/types.js';
 import { resolvePath, walk } from '../../src/fs/walk.js';
@@ -17,6 +18,7 @@ import {
   FRAGMENTS,
   kernelViewCached,
 } from '../helpers/ext-tree.js';
+import { bothListings } from '../helpers/name-lines.js';
 import { run } from '../helpers/tools.js';
 
 const MiB = 1 << 20;
@@ -197,6 +199,42 @@ for (const spec of VARIANTS) {
         }
         await assert.rejects(ext.inodes([2, 0x7fffffff]), (e: unknown) => e instanceof StrataError);
       });
+      await t.test(
+        'names as bytes (readdirNames, ls -R without -l) say what readdirAll and the object walk say',
+        async () => {
+          const ext = fs as ExtFileSystem;
+          for (const o of ours.values()) {
+            if (o.inode.type !== 'dir') continue;
+            const all = await ext.readdirAll(o.inode);
+            const l = await ext.readdirNames(o.inode);
+            const names = Array.from({ length: l.count }, (_, i) =>
+              Buffer.from(l.names.subarray(l.starts[i], l.starts[i + 1])).toString('utf8'),
+            );
+            assert.deepEqual(
+              names,
+              all.map((e) => e.name),
+            );
+            assert.deepEqual(
+              [...l.inos],
+              all.map((e) => e.ino),
+            );
+            assert.deepEqual(
+              [...l.types].map((c) => TYPE_OF_CODE[c]),
+              all.map((e) => e.type),
+            );
+          }
+          const both = await bothListings(fs);
+          assert.equal(both.text, both.expected);
+          assert.deepEqual(both.linesWarned, both.pathsWarned);
+          // the kernel's paths, in ls's order: pre-order, names in byte order at each level
+          assert.deepEqual([...both.paths].sort(), [...kernel.keys()].filter((p) => p !== '/').sort());
+          const sub = [...ours].find(([p, o]) => p !== '/' && o.inode.type === 'dir');
+          if (sub) {
+            const one = await bothListings(fs, sub[0], sub[1].inode, false);
+            assert.equal(one.text, one.expected);
+          }
+        },
+      );
       await t.test(
         'the whole tree matches the kernel: names, types, stat fields, targets, xattrs, content',
         async () => {

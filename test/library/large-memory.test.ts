@@ -107,7 +107,7 @@ function outDir(name: string): string {
   }
 }
 
-test('ls -R -l --json of 200,000 entries: --memory 64M equals the unbounded run, under the RSS ceiling, and every fls path', async () => {
+test('ls -R -l --json of 200,000 entries: --memory 64M equals the unbounded run, under the RSS ceiling, and every fls path; ls -R the same paths', async () => {
   const img = await image();
   const dir = scratch('large-ls');
   try {
@@ -144,6 +144,12 @@ test('ls -R -l --json of 200,000 entries: --memory 64M equals the unbounded run,
       .filter((p) => !p.startsWith('/$OrphanFiles'));
     assert.equal(ours.length, LISTED); // the tree and lost+found
     assert.deepEqual([...ours].sort(), [...theirs].sort());
+
+    // names only (lines made as bytes, not records): the same paths in the same order
+    const names = await measured(['ls', '-R', '--memory', '64M', img, '/'], path.join(dir, 'names'));
+    assert.equal(names.code, 0, names.stderr);
+    assert.ok(names.maxRss < CEILING_64M, `names-only peak RSS ${(names.maxRss / 2 ** 20).toFixed(1)} MiB`);
+    assert.deepEqual(readFileSync(path.join(dir, 'names'), 'utf8').trimEnd().split('\n'), ours);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

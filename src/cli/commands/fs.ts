@@ -25,6 +25,7 @@ import {
   storedFile,
   type WalkItem,
   walkBatches,
+  walkNameLines,
 } from '../../library/index.js';
 import {
   addAddressOptions,
@@ -199,10 +200,12 @@ export function registerFsCommands(program: Command): void {
       };
       if (top.type !== 'dir' || o.directory) {
         await emit([{ path: p, name: p, inode: top, depth: 0 }], true);
+      } else if (!(o.json || long)) {
+        // names only: lines made as bytes by the walk, written as they come
+        await out.flush();
+        for await (const chunk of walkNameLines(fs, p, top, { recursive, onWarning: warn })) await writeOut(chunk);
       } else {
-        const namesOnly = !(o.json || long);
-        for await (const batch of walkBatches(fs, p, top, { recursive, onWarning: warn, namesOnly }))
-          await emit(batch, false);
+        for await (const batch of walkBatches(fs, p, top, { recursive, onWarning: warn })) await emit(batch, false);
       }
       await out.flush();
     });

@@ -1,7 +1,8 @@
 import { readExact } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { memoryShare } from '../../util/memory.js';
-import type { DirEntry, FileType } from '../types.js';
+import { buildNameListing, type NameListingBuilder, TYPE_OF_CODE, UNKNOWN_CODE } from '../name-listing.js';
+import type { DirEntry, NameListing } from '../types.js';
 import type { BlockMap } from './block-map.js';
 import { type ExtContext, td } from './context.js';
 import { type ExtNode, FL, I_BLOCK_SIZE, INODE, inodeSeed } from './inode.js';
@@ -56,7 +57,7 @@ export enum DX_TAIL {
   size = 8,
 }
 
-export const TYPE_BY_DIRENT: FileType[] = ['unknown', 'file', 'dir', 'char', 'block', 'fifo', 'socket', 'symlink'];
+export const TYPE_BY_DIRENT = TYPE_OF_CODE;
 
 /** Names kept for lookups: ~160 bytes each by estimate (more in practice), 1/8 of the memory budget (200,000 at the default 256 MiB): at 1/4 a 64 MiB `ls -R -l` of 200,000 entries peaked at 65 MiB of live data. */
 const dirCacheEntries = () => Math.floor(memoryShare(1 / 8, 4 << 20, 64 << 20) / 160);
@@ -108,8 +109,22 @@ export function checkDxTail(
     ctx.warn(`${structure}: htree block at ${at} checksum mismatch`);
 }
 
+/** Where parseDirBlock puts each entry it keeps: inode, file_type, and the name as blk[start, start + len). */
+export type DirSink = (ino: number, fileType: number, blk: Uint8Array, start: number, len: number) => void;
+
+const entriesSink =
+  (out: DirEntry[]): DirSink =>
+  (ino, ft, blk, start, len) =>
+    out.push({ name: td.decode(blk.subarray(start, start + len)), ino, type: TYPE_BY_DIRENT[ft] ?? 'unknown' });
+
+const namesSink =
+  (out: NameListingBuilder): DirSink =>
+  (ino, ft, blk, start, len) =>
+    out.addUtf8(ino, ft < TYPE_BY_DIRENT.length ? ft : UNKNOWN_CODE, blk, start, len);
+
 /**
- * Parse one linear directory block (or an htree block's fake entries) into `out`.
+ * Parse one linear directory block (or an htree block's fake entries) into `out` (entries,
+ * or a sink given each entry's name undecoded).
  * `dotsSeen` is how many of '.'/'..' are already accounted for (0 for block 0, where they are
  * legitimate as the first entries; 2 elsewhere and for inline directories, where they are
  * implicit). `checkTail` looks for (and verifies) a metadata_csum leaf tail; `seed` is the
@@ -124,8 +139,9 @@ export function parseDirBlock(
   structure: string,
   dotsSeen: number,
   checkTail: boolean,
-  out: DirEntry[],
+  out: DirEntry[] | DirSink,
 ): void {
+  const sink = Array.isArray(out) ? entriesSink(out) : out;
   const v = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
   const size = blk.length;
   const filetype = (ctx.sb.incompat & INCOMPAT.FILETYPE) !== 0;
@@ -161,20 +177,27 @@ export function parseDirBlock(
       return;
     }
     if (ino !== 0) {
-      const nb = blk.subarray(pos + DIRENT.name, pos + DIRENT.name + nameLen);
-      const isDot = (nameLen === 1 && nb[0] === 0x2e) || (nameLen === 2 && nb[0] === 0x2e && nb[1] === 0x2e);
+      const ns = pos + DIRENT.name;
+      const isDot = blk[ns] === 0x2e && (nameLen === 1 || (nameLen === 2 && blk[ns + 1] === 0x2e));
       if (isDot && dots < 2 && pos < 24) {
         dots++;
-      } else if (nameLen === 0 || isDot || nb.indexOf(0x2f) >= 0 || nb.indexOf(0) >= 0) {
+      } else if (nameLen === 0 || isDot || !plainName(blk, ns, ns + nameLen)) {
+        const nb = blk.subarray(ns, ns + nameLen);
         ctx.warn(`${structure}: entry at ${at + pos} has an unsafe name ${JSON.stringify(td.decode(nb))}; skipped`);
       } else if (ino > inodesCount) {
         ctx.warn(`${structure}: entry at ${at + pos} names inode ${ino}, out of range; skipped`);
       } else {
-        out.push({ name: td.decode(nb), ino, type: TYPE_BY_DIRENT[ft] ?? 'unknown' });
+        sink(ino, ft, blk, ns, nameLen);
       }
     }
     pos += rec;
   }
+}
+
+/** No '/' and no NUL in b[s, e) (checked in place: a subarray per entry was most of a listing's garbage). */
+function plainName(b: Uint8Array, s: number, e: number): boolean {
+  for (let k = s; k < e; k++) if (b[k] === 0x2f || b[k] === 0) return false;
+  return true;
 }
 
 /**
@@ -182,22 +205,27 @@ export function parseDirBlock(
  * then entries; the rest continue in system.data. '.' and '..' are implicit.
  */
 export function inlineDirEntries(ctx: ExtContext, n: ExtNode, structure: string): DirEntry[] {
+  const out: DirEntry[] = [];
+  inlineDirInto(ctx, n, structure, entriesSink(out));
+  return out;
+}
+
+function inlineDirInto(ctx: ExtContext, n: ExtNode, structure: string, sink: DirSink): void {
   const all = inlineData(ctx, n);
   const limit = Math.min(all.length, Math.max(I_BLOCK_SIZE, n.size));
   const seed = ctx.metadataCsum ? inodeSeed(ctx, n) : 0;
-  const out: DirEntry[] = [];
-  parseDirBlock(
-    ctx,
-    seed,
-    all.subarray(4, Math.min(I_BLOCK_SIZE, limit)),
-    n.at + INODE.block + 4,
-    structure,
-    2,
-    false,
-    out,
-  );
-  if (limit > I_BLOCK_SIZE) parseDirBlock(ctx, seed, all.subarray(I_BLOCK_SIZE, limit), n.at, structure, 2, false, out);
-  return out;
+  const at = n.at + INODE.block + 4;
+  parseDirBlock(ctx, seed, all.subarray(4, Math.min(I_BLOCK_SIZE, limit)), at, structure, 2, false, sink);
+  if (limit > I_BLOCK_SIZE)
+    parseDirBlock(ctx, seed, all.subarray(I_BLOCK_SIZE, limit), n.at, structure, 2, false, sink);
+}
+
+/** One read of a directory: `cnt` blocks from logical block `lblk`, at volume offset `at`. */
+interface DirRead {
+  buf: Uint8Array;
+  at: number;
+  lblk: number;
+  cnt: number;
 }
 
 /** Directory contents: batched reads of linear and htree directories, and a name cache for lookups. */
@@ -217,15 +245,35 @@ export class Directories {
    * no names), as e2fsck and debugfs do; its index blocks' checksums are verified.
    */
   async *batches(n: ExtNode): AsyncGenerator<DirEntry[]> {
-    const ctx = this.ctx;
     const structure = `ext directory inode ${n.ino}`;
     if (n.flags & FL.INLINE_DATA) {
-      yield inlineDirEntries(ctx, n, structure);
+      yield inlineDirEntries(this.ctx, n, structure);
       return;
     }
+    for await (const read of this.reads(n)) {
+      const out: DirEntry[] = [];
+      this.parseRead(n, read, structure, entriesSink(out));
+      yield out;
+    }
+  }
+
+  /** All of a directory's entries as one NameListing (names undecoded unless not ASCII): for names-only walks. */
+  async names(n: ExtNode): Promise<NameListing> {
+    const structure = `ext directory inode ${n.ino}`;
+    const reads: DirRead[] = [];
+    if (!(n.flags & FL.INLINE_DATA)) for await (const read of this.reads(n)) reads.push(read);
+    // parsed once all is read: the shared builder is filled without an await
+    return buildNameListing((out) => {
+      const sink = namesSink(out);
+      if (n.flags & FL.INLINE_DATA) inlineDirInto(this.ctx, n, structure, sink);
+      else for (const read of reads) this.parseRead(n, read, structure, sink);
+    });
+  }
+
+  /** The directory's blocks, up to DIR_READ_BLOCKS per read (unwritten runs and blocks past i_size skipped). */
+  private async *reads(n: ExtNode): AsyncGenerator<DirRead> {
+    const ctx = this.ctx;
     const bs = ctx.blockSize;
-    const seed = ctx.metadataCsum ? inodeSeed(ctx, n) : 0;
-    const indexed = (n.flags & FL.INDEX) !== 0;
     const runs = await this.map.runs(n);
     const nblocks = Math.ceil(n.size / bs);
     for (const r of runs) {
@@ -233,22 +281,34 @@ export class Directories {
       for (let b = 0; b < r.len && r.lblk + b < nblocks; b += DIR_READ_BLOCKS) {
         const cnt = Math.min(DIR_READ_BLOCKS, r.len - b, nblocks - r.lblk - b);
         const at = (r.pblk + b) * bs;
-        const buf = await readExact(ctx.meta, at, cnt * bs, structure);
-        const out: DirEntry[] = [];
-        for (let k = 0; k < cnt; k++) {
-          const blk = buf.subarray(k * bs, (k + 1) * bs);
-          const lblk = r.lblk + b + k;
-          const dx = dxCountOffset(blk, lblk, indexed);
-          if (dx && ctx.metadataCsum) checkDxTail(ctx, seed, blk, dx, at + k * bs, structure);
-          parseDirBlock(ctx, seed, blk, at + k * bs, structure, lblk === 0 ? 0 : 2, dx === 0, out);
-        }
-        yield out;
+        yield {
+          buf: await readExact(ctx.meta, at, cnt * bs, `ext directory inode ${n.ino}`),
+          at,
+          lblk: r.lblk + b,
+          cnt,
+        };
       }
     }
   }
 
+  /** Verify and parse the blocks of one read (htree blocks: their dx_tail only). */
+  private parseRead(n: ExtNode, read: DirRead, structure: string, sink: DirSink): void {
+    const ctx = this.ctx;
+    const bs = ctx.blockSize;
+    const seed = ctx.metadataCsum ? inodeSeed(ctx, n) : 0;
+    const indexed = (n.flags & FL.INDEX) !== 0;
+    const { buf, at, cnt } = read;
+    for (let k = 0; k < cnt; k++) {
+      const blk = buf.subarray(k * bs, (k + 1) * bs);
+      const lblk = read.lblk + k;
+      const dx = dxCountOffset(blk, lblk, indexed);
+      if (dx && ctx.metadataCsum) checkDxTail(ctx, seed, blk, dx, at + k * bs, structure);
+      parseDirBlock(ctx, seed, blk, at + k * bs, structure, lblk === 0 ? 0 : 2, dx === 0, sink);
+    }
+  }
+
   /** The name map of a directory (cached for recently used directories; first entry of a name wins). */
-  async names(n: ExtNode): Promise<Map<string, DirEntry>> {
+  async nameMap(n: ExtNode): Promise<Map<string, DirEntry>> {
     const hit = this.cached(n.ino);
     if (hit) return hit;
     const m = new Map<string, DirEntry>();

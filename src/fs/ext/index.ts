@@ -20,6 +20,7 @@ import { type ByteSource, readExact } from '../../io/byte-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
+import { codeOfType, UNKNOWN_CODE } from '../name-listing.js';
 import type {
   ByteRange,
   DirEntry,
@@ -29,6 +30,7 @@ import type {
   FsDriver,
   FsInfo,
   Inode,
+  NameListing,
   OwnedRange,
 } from '../types.js';
 import { resolvePath } from '../walk.js';
@@ -341,6 +343,21 @@ export class ExtFileSystem implements FileSystem {
     return this.table.piece(k * INODE_PIECE);
   }
 
+  async readdirNames(dir: Inode): Promise<NameListing> {
+    const listing = await this.dirs.names(await this.dirNode(dir));
+    const types = listing.types;
+    for (let i = 0; i < listing.count; i++) {
+      if (types[i] !== UNKNOWN_CODE) continue;
+      // as typeUnknown: the type from the inode
+      try {
+        types[i] = codeOfType((await this.node(listing.inos[i])).pub.type);
+      } catch (err) {
+        if (!(err instanceof StrataError)) throw err;
+      }
+    }
+    return listing;
+  }
+
   private async dirNode(dir: Inode): Promise<ExtNode> {
     const n = await this.node(dir.ino);
     if (n.pub.type !== 'dir') {
@@ -366,7 +383,7 @@ export class ExtFileSystem implements FileSystem {
 
   /** Look a name up in a directory (cached name maps for recently used directories). */
   async lookupChild(dir: Inode, name: string): Promise<DirEntry | undefined> {
-    const m = this.dirs.cached(dir.ino) ?? (await this.dirs.names(await this.dirNode(dir)));
+    const m = this.dirs.cached(dir.ino) ?? (await this.dirs.nameMap(await this.dirNode(dir)));
     const e = m.get(name);
     if (e && e.type === 'unknown') return { ...e, type: (await this.node(e.ino)).pub.type };
     return e;

@@ -206,6 +206,8 @@ const INODE_CACHE = 8192;
 /** Inode tables are read and kept in pieces of this size. */
 export const INODE_PIECE = 64 * 1024;
 const IT_CHUNK = INODE_PIECE;
+/** At most this many wanted inodes in a piece: read them alone (see InodeTable.prefetch). */
+const SPARSE_LOAD = 4;
 
 /**
  * The inode tables: finds an inode by number, reads its table in 64 KiB pieces (kept, so most
@@ -255,15 +257,39 @@ export class InodeTable {
     return n;
   }
 
-  /** Load the inode-table pieces of inodes not in memory (one read per piece, in parallel). */
+  /**
+   * Load inodes not in memory: one read per inode-table piece (in parallel), except that a
+   * piece only SPARSE_LOAD or fewer of them sit in is not read whole: those inodes are read
+   * alone and kept decoded. A names-only walk loads the directories' inodes only, a few per
+   * piece: whole pieces were 64 KiB read (and allocated) for every ~1 KiB used.
+   */
   async prefetch(inos: readonly number[]): Promise<void> {
-    const pieces = new Map<number, number>();
+    const pieces = new Map<number, number[]>();
     for (const ino of inos) {
       const at = this.inodeAt(ino);
       const cs = at - (at % IT_CHUNK);
-      if (!pieces.has(cs)) pieces.set(cs, ino);
+      const some = pieces.get(cs);
+      if (!some) pieces.set(cs, [ino]);
+      else if (some.length <= SPARSE_LOAD) some.push(ino);
     }
-    await Promise.all([...pieces].map(([cs, ino]) => this.loadChunk(cs, `ext inode ${ino}`)));
+    // (those read alone must all still be in the node cache when the caller parses them)
+    const alone = inos.length <= INODE_CACHE / 4;
+    const loads: Promise<unknown>[] = [];
+    for (const [cs, some] of pieces) {
+      if (!alone || some.length > SPARSE_LOAD || this.itPending.has(cs))
+        loads.push(this.loadChunk(cs, `ext inode ${some[0]}`));
+      else for (const ino of some) loads.push(this.loadAlone(ino));
+    }
+    await Promise.all(loads);
+  }
+
+  /** One inode read by itself (not its table piece), decoded and kept in the node cache. */
+  private async loadAlone(ino: number): Promise<void> {
+    const at = this.inodeAt(ino);
+    const volume = this.ctx.volume;
+    const len = Math.min(this.inodeSize, volume.size - at);
+    const raw = await readExact(volume, at, Math.max(len, 0), `ext inode ${ino}`);
+    this.cache.set(ino, this.parse(ino, at, at, raw));
   }
 
   /** Volume offset of an inode (NOT_FOUND when the number is out of range). */
