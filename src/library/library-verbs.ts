@@ -75,9 +75,9 @@ export async function gc(lib: Library, opts: { lockWaitMs?: number; uploadGraceM
     const { Access } = await import('../catalog/access.js');
     const access = await Access.open(lib.catalog.db);
     let uploads = 0;
-    for (const d of await access.recentlyHeld(new Date(Date.now() - grace).toISOString())) {
+    await access.eachRecentlyHeld(new Date(Date.now() - grace).toISOString(), (d) => {
       if (!keep.has(d) && keep.mark(d)) uploads++;
-    }
+    });
     const r = await lib.store.prune(keep);
     // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
     const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;

@@ -22,7 +22,7 @@ export {
 } from './check.js';
 
 /** Blobs in each index file a prune writes (~7 MB of JSON; see Store.prune). */
-const PRUNE_INDEX_BLOBS = 65_536;
+const PRUNE_INDEX_BLOBS = 16_384;
 
 /** Index refreshes on misses at most this often (see Store.refresh). */
 const REFRESH_MS = 250;
