@@ -1,7 +1,7 @@
 import { RepoLock } from '../store/lock.js';
 import type { StoreFinding, VerifyReport } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
-import { checkMemory } from '../util/memory.js';
+import { checkMemory, memoryBudget } from '../util/memory.js';
 import type { Library } from './library.js';
 import { decodeFilesHead, type FileEntry, type FilesManifest, isFilesHead, type LayoutManifest } from './manifest.js';
 
@@ -78,6 +78,8 @@ export async function gc(lib: Library, opts: { lockWaitMs?: number; uploadGraceM
     await access.eachRecentlyHeld(new Date(Date.now() - grace).toISOString(), (d) => {
       if (!keep.has(d) && keep.mark(d)) uploads++;
     });
+    // the copies a prune makes go through the write side: buffers sized for the budget, as a check-in's
+    lib.store.setWriteBudget(memoryBudget() / 2);
     const r = await lib.store.prune(keep);
     // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
     const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;
