@@ -1,4 +1,5 @@
 import { StrataError } from '../util/errors.js';
+import { memoryShare } from '../util/memory.js';
 import type { Backend } from './backend.js';
 import { type IndexEntry, sha256hex } from './blob-index.js';
 import { FLAG_ZSTD, packKey } from './pack.js';
@@ -12,8 +13,12 @@ import { type BufferPool, decompressInto } from './zstd-into.js';
  * decodes it once; a blob alone in its frame is decoded into pooled scratch.
  */
 
-/** Decoded shared frames kept for readers (checkout reads the blobs of a frame one after another). */
-const FRAME_CACHE = 6;
+/**
+ * Decoded shared frames kept for readers (checkout reads the blobs of a frame one after
+ * another): 6, fewer under a small memory budget (a quarter of it in frames of up to 8 MiB,
+ * at least 2: under 64 MiB the 6 frames alone were ~48 MiB of a prune's copy).
+ */
+const frameCache = (): number => Math.max(2, Math.min(6, Math.floor(memoryShare(1 / 4, 0, 64 << 20) / (8 << 20))));
 
 interface CachedFrame {
   plain: Promise<Buffer>;
@@ -187,7 +192,7 @@ export class BlobReader {
 
   private evictFrames(): void {
     for (const [k, c] of this.frames) {
-      if (this.frames.size <= FRAME_CACHE) break;
+      if (this.frames.size <= frameCache()) break;
       this.frames.delete(k);
       if (c.pins === 0 && c.buf) {
         this.pool.give(c.buf);
