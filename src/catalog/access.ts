@@ -611,13 +611,22 @@ export class Access {
 
   /**
    * Blobs some project uploaded (or asked about) since `since` (ISO time): an upload
-   * session in progress, whose chunks no version names yet. gc keeps them.
+   * session in progress, whose chunks no version names yet. gc keeps them. Given to `fn` as
+   * the rows are read where the database hands them over one at a time (SQLite; a digest
+   * more than one project holds comes once a project): an upload of a million-file image
+   * holds a million of them, ~120 MB as a Set of strings.
    */
-  async recentlyHeld(since: string): Promise<Set<string>> {
+  async eachRecentlyHeld(since: string, fn: (digest: string) => void): Promise<void> {
+    if (this.db.each) {
+      await this.db.each<{ digest: string }>('SELECT digest FROM held_blobs WHERE created >= ?', [since], (r) =>
+        fn(r.digest),
+      );
+      return;
+    }
     const rows = await this.db.all<{ digest: string }>('SELECT DISTINCT digest FROM held_blobs WHERE created >= ?', [
       since,
     ]);
-    return new Set(rows.map((r) => r.digest));
+    for (const r of rows) fn(r.digest);
   }
 
   // ---- rate limits, shared by the server processes on this catalog

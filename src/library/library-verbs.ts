@@ -1,7 +1,7 @@
 import { RepoLock } from '../store/lock.js';
 import type { StoreFinding, VerifyReport } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
-import { DigestSet } from './digest-set.js';
+import { checkMemory, memoryBudget } from '../util/memory.js';
 import type { Library } from './library.js';
 import { decodeFilesHead, type FileEntry, type FilesManifest, isFilesHead, type LayoutManifest } from './manifest.js';
 
@@ -20,7 +20,10 @@ export async function reachable(lib: Library, manifest: string, into: { add(dige
   const src = await lib.versionSource(manifest, `manifest ${manifest}`);
   try {
     for (const p of src.layout.parts ?? []) into.add(p);
-    for await (const sl of src.slices()) for (const c of sl.chunks) into.add(c);
+    for await (const sl of src.slices()) {
+      for (const c of sl.chunks) into.add(c);
+      checkMemory("walking a version's blobs");
+    }
     for (const v of src.layout.volumes) {
       if (!v.fs) continue;
       into.add(v.fs.files);
@@ -59,19 +62,24 @@ export async function gc(lib: Library, opts: { lockWaitMs?: number; uploadGraceM
   const lock = await RepoLock.acquire(lib.store.backend, 'exclusive', 'gc', opts.lockWaitMs ?? 10 * 60_000);
   try {
     await lib.store.loadIndex();
-    const keep = new DigestSet();
+    // a bit per blob of the index just loaded (prune uses it as loaded: nothing writes under the lock)
+    const keep = lib.store.marks();
     const roots = await lib.catalog.liveManifests();
-    for (const m of roots) await reachable(lib, m, keep);
+    for (const m of roots) {
+      await reachable(lib, m, keep);
+      checkMemory('marking the blobs of the active versions');
+    }
     // chunks uploaded to the library service for a version not committed yet (an upload
     // session in progress): kept for a grace period after they were last sent or asked about
     const grace = opts.uploadGraceMs ?? DEFAULT_UPLOAD_GRACE_MS;
     const { Access } = await import('../catalog/access.js');
     const access = await Access.open(lib.catalog.db);
     let uploads = 0;
-    for (const d of await access.recentlyHeld(new Date(Date.now() - grace).toISOString())) {
-      if (!keep.has(d) && lib.store.has(d)) uploads++;
-      keep.add(d);
-    }
+    await access.eachRecentlyHeld(new Date(Date.now() - grace).toISOString(), (d) => {
+      if (!keep.has(d) && keep.mark(d)) uploads++;
+    });
+    // the copies a prune makes go through the write side: buffers sized for the budget, as a check-in's
+    lib.store.setWriteBudget(memoryBudget() / 2);
     const r = await lib.store.prune(keep);
     // temporary files of puts killed mid-way (none can be in progress under the exclusive lock but lock files')
     const temporaryFiles = (await lib.store.backend.sweepTemporary?.(10 * 60_000)) ?? 0;
@@ -106,7 +114,10 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
   await lib.store.loadIndex();
   if (ref !== undefined) {
     const v = await lib.catalog.resolve(ref);
-    const need = new DigestSet();
+    // what the version needs: a bit per blob of the index, and the digests it lacks (a
+    // DigestSet of a million-file version's blobs was ~40 MB)
+    const need = lib.store.marks();
+    const missing = new Set<string>();
     const report: LibraryVerifyReport = {
       packs: 0,
       blobs: 0,
@@ -118,18 +129,18 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
       missing: [],
     };
     try {
-      await reachable(lib, v.manifest, need);
+      await reachable(lib, v.manifest, { add: (d) => need.mark(d) || missing.add(d) });
     } catch (e) {
       report.findings.push({ kind: 'unreadable-manifest', manifest: v.manifest, message: (e as Error).message });
       report.errors.push((e as Error).message);
       return report;
     }
-    for (const d of need) {
-      if (!lib.store.has(d)) {
-        report.findings.push({ kind: 'missing-blob', blob: d });
-        report.missing.push(d);
-        continue;
-      }
+    for (const d of missing) {
+      report.findings.push({ kind: 'missing-blob', blob: d });
+      report.missing.push(d);
+    }
+    // in the index's order (pack by pack)
+    for (const d of lib.store.entriesMarked(need)) {
       try {
         const b = await lib.store.get(d);
         report.blobs++;
@@ -138,22 +149,24 @@ export async function verifyLibrary(lib: Library, ref?: string): Promise<Library
         report.findings.push({ kind: 'unreadable-blob', blob: d, message: (e as Error).message });
         report.errors.push((e as Error).message);
       }
+      checkMemory('reading the blobs of a version');
     }
+    need.current(); // the walk above ends early if a gc meanwhile made the index reload
     return report;
   }
   const report: LibraryVerifyReport = { ...(await lib.store.verify()), versions: 0, missing: [] };
   for (const m of await lib.catalog.liveManifests()) {
     report.versions++;
-    const need = new DigestSet();
+    // checked as they come: only what is missing is kept
+    const missing = new Set<string>();
     try {
-      await reachable(lib, m, need);
+      await reachable(lib, m, { add: (d) => lib.store.has(d) || missing.add(d) });
     } catch (e) {
       report.findings.push({ kind: 'unreadable-manifest', manifest: m, message: (e as Error).message });
       report.errors.push(`manifest ${m}: ${(e as Error).message}`);
       continue;
     }
-    for (const d of need) {
-      if (lib.store.has(d)) continue;
+    for (const d of missing) {
       report.findings.push({ kind: 'missing-blob', blob: d });
       report.missing.push(d);
     }

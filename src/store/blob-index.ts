@@ -82,14 +82,14 @@ export function encodeIndexFile(ix: IndexFile): { key: string; body: Uint8Array 
 
 /**
  * Add the blobs of a parsed index file to `into` (the first entry seen for a digest wins;
- * later ones go to `duplicates` when given). Every field is checked: an index file comes
+ * later ones are counted, per pack, in `duplicates` when given). Every field is checked: an index file comes
  * from disk and may be hostile.
  */
 export function addIndexFile(
   ix: IndexFile,
   file: string,
   into: { setIfAbsent(digest: string, e: IndexEntry): boolean },
-  duplicates?: Array<[string, IndexEntry]>,
+  duplicates?: Map<string, number>,
 ): void {
   const where = { file, structure: 'store index' };
   if ((ix?.version !== 1 && ix?.version !== 2) || !Array.isArray(ix.packs)) {
@@ -124,7 +124,7 @@ export function addIndexFile(
       ) {
         throw new StrataError('CORRUPT', `bad blob entry for ${String(digest).slice(0, 16)}`, where);
       }
-      if (!into.setIfAbsent(digest, e)) duplicates?.push([digest, e]);
+      if (!into.setIfAbsent(digest, e)) duplicates?.set(p.id, (duplicates.get(p.id) ?? 0) + 1);
     }
   }
 }
@@ -134,10 +134,11 @@ export class BlobIndex {
   /** Compact (BlobMap): ~6 bytes a blob resident past 65,536 blobs, the records in a scratch file. */
   readonly entries = new BlobMap();
   /**
-   * Entries for blobs already in `entries` (another copy, in another pack): a prune killed
-   * after writing its new packs leaves them; the next prune drops them.
+   * Entries for blobs already in `entries` (another copy, in another pack), counted per pack:
+   * a prune killed after writing its new packs leaves them; the next prune drops them. Only
+   * counts: a prune killed after copying a million blobs leaves a million of them.
    */
-  duplicates: Array<[string, IndexEntry]> = [];
+  duplicates = new Map<string, number>();
   /** Index file keys loaded or written, for prune. */
   files: string[] = [];
 
@@ -174,7 +175,7 @@ export class BlobIndex {
 
   private async loadOnce(remembered?: BackendEntry[]): Promise<void> {
     this.entries.clear();
-    this.duplicates = [];
+    this.duplicates = new Map();
     const files = remembered ?? (await this.backend.list('index/'));
     this.files = files.map((f) => f.key);
     // fetched INDEX_READS at a time (each a round trip on S3), added in listing order

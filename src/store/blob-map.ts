@@ -157,30 +157,31 @@ class Records {
   }
 
   /**
-   * Every record in order: [buffer, offset, number], valid until the next step. Runs of the
+   * Every record (numbered below `end`, when given) in order: [buffer, offset, number], valid
+   * until the next step; each step looks at the records anew (a caller may add meanwhile). Runs of the
    * file are read SCAN_BLOCKS blocks at a time, past the cache (a scan would only evict what
    * lookups use).
    */
-  *scan(): Generator<[Buffer, number, number]> {
+  *scan(end?: number): Generator<[Buffer, number, number]> {
     let run: Buffer | undefined;
-    for (let e = 0; e < this.count; ) {
+    for (let e = 0; e < Math.min(end ?? this.count, this.count); ) {
       if (this.mem || e >= this.flushed) {
         const [buf, at] = this.at(e);
         yield [buf, at, e++];
         continue;
       }
       run ??= Buffer.alloc(SCAN_BLOCKS * BLOCK);
-      const to = Math.min(this.flushed, e + SCAN_BLOCKS * PER_BLOCK);
+      const to = Math.min(this.flushed, e + SCAN_BLOCKS * PER_BLOCK, end ?? this.count);
       this.readFully(run, 0, (to - e) * REC, e * REC);
       const from = e;
       for (; e < to; e++) yield [run, (e - from) * REC, e];
     }
   }
 
-  /** `fn(buffer, offset, number)` for every record in order, as `scan` without its allocations (the rehash). */
-  each(fn: (buf: Buffer, at: number, e: number) => void): void {
+  /** `fn(buffer, offset, number)` for every record from `from` on in order, as `scan` without its allocations (the rehash). */
+  each(fn: (buf: Buffer, at: number, e: number) => void, from = 0): void {
     let run: Buffer | undefined;
-    for (let e = 0; e < this.count; ) {
+    for (let e = from; e < this.count; ) {
       if (this.mem || e >= this.flushed) {
         const [buf, at] = this.at(e);
         fn(buf, at, e++);
@@ -236,6 +237,7 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   private readonly packIds: string[] = [];
   private readonly packNo = new Map<string, number>();
   private readonly key = Buffer.alloc(32);
+  private gen = 0;
 
   /** The spill point of maps made without one (tests lower it to run a store's paths on the spill file). */
   static spillAfter = SPILL_AFTER;
@@ -399,8 +401,69 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     return true;
   }
 
+  /**
+   * Which load of the index this is: clear() (a reload) renumbers the entries, so what holds
+   * entry numbers (BlobMarks) is valid only while this stays the same.
+   */
+  get generation(): number {
+    return this.gen;
+  }
+
+  /** Entries numbered so far (deleted ones included): entry numbers are below it. */
+  get numbered(): number {
+    return this.recs.count;
+  }
+
+  /** The number of `digest`'s entry (insertion order, fixed until clear()), or -1 when absent. */
+  numberOf(digest: string): number {
+    const k = this.parse(digest);
+    if (!k) return -1;
+    const s = this.find(k);
+    return s < 0 ? -1 : (this.table[s] >>> FP_BITS) - 1;
+  }
+
+  /** The pack id of a pack number (as eachPackEntry gives them). */
+  packId(n: number): string {
+    return this.packIds[n];
+  }
+
+  /** Pack numbers are below this. */
+  get packCount(): number {
+    return this.packIds.length;
+  }
+
+  /**
+   * `fn(entry number, pack number)` for every live entry in order: a pass over the records
+   * that makes no string or object per blob (a prune's plan over a million blobs). `from`:
+   * start at this entry number.
+   */
+  eachPackEntry(fn: (e: number, pack: number) => void, from = 0): void {
+    this.recs.each((b, at, e) => {
+      if (!b[at + R_DEAD]) fn(e, b.readUInt32LE(at + R_PACK));
+    }, from);
+  }
+
+  /** The number of a pack id (as eachPackEntry gives them), if any entry ever named it. */
+  packNumber(id: string): number | undefined {
+    return this.packNo.get(id);
+  }
+
+  /**
+   * The live entries numbered below `end` (default: every one now) that `pick(entry number,
+   * pack number)` chooses, in order. Entries added meanwhile (numbered from `end` on) are not
+   * visited; entries deleted meanwhile may still be.
+   */
+  *entriesWhere(pick: (e: number, pack: number) => boolean, end = this.recs.count): Generator<[string, IndexEntry]> {
+    for (const [b, at, e] of this.recs.scan(end)) {
+      if (!b[at + R_DEAD] && pick(e, b.readUInt32LE(at + R_PACK))) {
+        yield [b.toString('hex', at, at + 32), this.decode(b, at)];
+      }
+    }
+  }
+
   /** Forget every entry (and the spill file). */
   clear(): void {
+    this.gen++;
     this.recs.close();
     this.live = 0;
     this.used = 0;
@@ -439,5 +502,76 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
 
   forEach(cb: (value: IndexEntry, key: string, map: ReadonlyMap<string, IndexEntry>) => void, thisArg?: unknown): void {
     for (const [k, v] of this.entries()) cb.call(thisArg, v, k, this);
+  }
+}
+
+/**
+ * Some of a BlobMap's entries, a bit each by entry number: what gc marks reachable (a
+ * DigestSet of the same million blobs takes ~40 MB, a Set of their hex strings ~120 MB; these
+ * bits 125 KB). Digests the map does not hold are not kept (a store cannot keep what it
+ * lacks; verify reports them). Valid for the load of the index it was made on: a reload
+ * renumbers the entries, and using marks across one is an error.
+ */
+export class BlobMarks {
+  private bits: Uint8Array;
+  private marked = 0;
+  private readonly generation: number;
+
+  constructor(readonly map: BlobMap) {
+    this.generation = map.generation;
+    this.bits = new Uint8Array((map.numbered + 7) >>> 3);
+  }
+
+  /** Throws unless the map is still the load these marks were made on. */
+  current(): void {
+    if (this.map.generation !== this.generation) {
+      throw new StrataError(
+        'IO',
+        'the index was reloaded while in use (another process rewrote it: a gc?); run again',
+        {
+          structure: 'store index',
+        },
+      );
+    }
+  }
+
+  /** Mark `digest` if the map holds it; returns whether it does. */
+  mark(digest: string): boolean {
+    this.current();
+    const e = this.map.numberOf(digest);
+    if (e < 0) return false;
+    if (e >>> 3 >= this.bits.length) {
+      const grown = new Uint8Array(Math.max(this.bits.length * 2, (this.map.numbered + 7) >>> 3));
+      grown.set(this.bits);
+      this.bits = grown;
+    }
+    const bit = 1 << (e & 7);
+    if ((this.bits[e >>> 3] & bit) === 0) {
+      this.bits[e >>> 3] |= bit;
+      this.marked++;
+    }
+    return true;
+  }
+
+  /** `mark`, shaped as Set.add (reachable() gives its digests to an `add`). */
+  add(digest: string): this {
+    this.mark(digest);
+    return this;
+  }
+
+  has(digest: string): boolean {
+    this.current();
+    const e = this.map.numberOf(digest);
+    return e >= 0 && this.hasEntry(e);
+  }
+
+  /** Whether entry number `e` is marked. */
+  hasEntry(e: number): boolean {
+    return e >>> 3 < this.bits.length && (this.bits[e >>> 3] & (1 << (e & 7))) !== 0;
+  }
+
+  /** Entries marked. */
+  get size(): number {
+    return this.marked;
   }
 }

@@ -1,4 +1,5 @@
 import type { IndexEntry } from './blob-index.js';
+import type { BlobMap, BlobMarks } from './blob-map.js';
 
 /**
  * Pruning a store, in two parts as restic's prune.go does: a plan computed from the index
@@ -39,6 +40,12 @@ export interface PackFile {
   size: number;
 }
 
+/**
+ * The plan. Bounded by the packs, not the blobs: which packs stay, go or are rewritten, and
+ * counts. Which blobs a rewrite copies is decided again, pack by pack, as the execute goes
+ * (its live blobs in index order); a list of them held ~100 bytes a blob (at a million blobs,
+ * with the per-pack lists the plan was made from, ~140 MB).
+ */
 export interface PrunePlan {
   /** Packs every one of whose blobs is live: they stay, with their index entries as they are. */
   keep: string[];
@@ -48,61 +55,107 @@ export interface PrunePlan {
   drop: string[];
   /** Packs no index names (a killed writer's, a cut prune's): they go. */
   orphans: string[];
-  /** Live blobs to copy out of the rewritten packs, in index order. */
-  copy: string[];
-  /** Index entries that are live (in `live` of the caller), and those that are not (second copies included). */
+  /** Live blobs to copy out of the rewritten packs. */
+  copyBlobs: number;
+  /** Index entries that are live, and those that are not (second copies included). */
   liveBlobs: number;
   deadBlobs: number;
   /** Bytes of the packs that go (rewritten, dropped, orphans). */
   freedBytes: number;
 }
 
+/** What the index holds of one pack: live blobs, and dead ones (second copies included). */
+export interface PackTally {
+  live: number;
+  dead: number;
+}
+
 /**
- * Plan a prune that keeps the blobs in `live` and removes the rest. Pure: it reads only its
- * arguments. `index` is the store's index, `packs` every pack in the store, `duplicates`
- * the index entries of second copies (BlobIndex.duplicates): a second copy is never live,
- * so the pack holding it is rewritten or dropped rather than kept with unindexed bytes.
+ * Plan a prune from what each indexed pack holds (`tally`) and every pack in the store
+ * (`packs`). Pure.
  */
-export function planPrune(
-  index: ReadonlyMap<string, IndexEntry>,
-  packs: readonly PackFile[],
-  live: ReadonlySet<string>,
-  duplicates: ReadonlyArray<readonly [string, IndexEntry]> = [],
-): PrunePlan {
-  /** The blobs each indexed pack holds: [digest, live]. */
-  const byPack = new Map<string, Array<[string, boolean]>>();
-  const add = (d: string, pack: string, isLive: boolean) => {
-    let l = byPack.get(pack);
-    if (!l) byPack.set(pack, (l = []));
-    l.push([d, isLive]);
-  };
-  for (const [d, e] of index) add(d, e.pack, live.has(d));
-  for (const [d, e] of duplicates) add(d, e.pack, false);
-  const sizeOf = new Map(packs.map((p) => [p.id, p.size]));
+export function planFromTally(tally: ReadonlyMap<string, PackTally>, packs: readonly PackFile[]): PrunePlan {
   const plan: PrunePlan = {
     keep: [],
     rewrite: [],
     drop: [],
     orphans: [],
-    copy: [],
+    copyBlobs: 0,
     liveBlobs: 0,
     deadBlobs: 0,
     freedBytes: 0,
   };
-  for (const [pack, blobs] of byPack) {
-    const liveHere = blobs.filter(([, l]) => l).map(([d]) => d);
-    plan.liveBlobs += liveHere.length;
-    plan.deadBlobs += blobs.length - liveHere.length;
-    if (liveHere.length === blobs.length) plan.keep.push(pack);
-    else if (liveHere.length === 0) plan.drop.push(pack);
+  for (const [pack, t] of tally) {
+    plan.liveBlobs += t.live;
+    plan.deadBlobs += t.dead;
+    if (t.dead === 0) plan.keep.push(pack);
+    else if (t.live === 0) plan.drop.push(pack);
     else {
       plan.rewrite.push(pack);
-      plan.copy.push(...liveHere);
+      plan.copyBlobs += t.live;
     }
   }
-  for (const p of packs) if (!byPack.has(p.id)) plan.orphans.push(p.id);
+  for (const p of packs) if (!tally.has(p.id)) plan.orphans.push(p.id);
+  const sizeOf = new Map(packs.map((p) => [p.id, p.size]));
   for (const id of [...plan.rewrite, ...plan.drop, ...plan.orphans]) plan.freedBytes += sizeOf.get(id) ?? 0;
   return plan;
+}
+
+/** Add second copies (pack -> how many it holds: BlobIndex.duplicates) to a tally: never live. */
+function addDuplicates(tally: Map<string, PackTally>, duplicates: ReadonlyMap<string, number>): void {
+  for (const [pack, n] of duplicates) {
+    const t = tally.get(pack);
+    if (t) t.dead += n;
+    else tally.set(pack, { live: 0, dead: n });
+  }
+}
+
+/**
+ * Plan a prune that keeps the blobs in `live` and removes the rest. Pure: it reads only its
+ * arguments. `index` is the store's index, `packs` every pack in the store, `duplicates`
+ * how many second copies each pack holds (BlobIndex.duplicates): a second copy is never
+ * live, so the pack holding it is rewritten or dropped rather than kept with unindexed bytes.
+ */
+export function planPrune(
+  index: ReadonlyMap<string, IndexEntry>,
+  packs: readonly PackFile[],
+  live: ReadonlySet<string>,
+  duplicates: ReadonlyMap<string, number> = new Map(),
+): PrunePlan {
+  const tally = new Map<string, PackTally>();
+  for (const [d, e] of index) {
+    let t = tally.get(e.pack);
+    if (!t) tally.set(e.pack, (t = { live: 0, dead: 0 }));
+    if (live.has(d)) t.live++;
+    else t.dead++;
+  }
+  addDuplicates(tally, duplicates);
+  return planFromTally(tally, packs);
+}
+
+/**
+ * planPrune over the store's own index and gc's marks: one pass over the index's records
+ * that counts, per pack, the marked entries and the rest (no string or object per blob).
+ */
+export function planMarked(
+  index: BlobMap,
+  packs: readonly PackFile[],
+  live: BlobMarks,
+  duplicates: ReadonlyMap<string, number>,
+): PrunePlan {
+  live.current();
+  const all = new Uint32Array(index.packCount);
+  const marked = new Uint32Array(index.packCount);
+  index.eachPackEntry((e, p) => {
+    all[p]++;
+    if (live.hasEntry(e)) marked[p]++;
+  });
+  const tally = new Map<string, PackTally>();
+  for (let p = 0; p < all.length; p++) {
+    if (all[p] > 0) tally.set(index.packId(p), { live: marked[p], dead: all[p] - marked[p] });
+  }
+  addDuplicates(tally, duplicates);
+  return planFromTally(tally, packs);
 }
 
 /** Where an execute stands: each step's end is a point where a test can stop it (see PruneHooks). */

@@ -1,13 +1,14 @@
 import { StrataError } from '../util/errors.js';
-import { memoryShare } from '../util/memory.js';
+import { checkMemory, memoryShare } from '../util/memory.js';
 import type { Backend } from './backend.js';
 import { BlobIndex, type IndexEntry, type IndexFile, sha256hex, tuple } from './blob-index.js';
+import { BlobMarks } from './blob-map.js';
 import { BlobReader } from './blob-reader.js';
 import { checkStore, type VerifyReport } from './check.js';
 import type { BlobType } from './pack.js';
 import { packKey } from './pack.js';
 import { Packer, type PutResult } from './packer.js';
-import { type PackFile, type PruneHooks, type PrunePlan, type PruneResult, planPrune } from './prune.js';
+import { type PackFile, type PruneHooks, type PrunePlan, type PruneResult, planMarked } from './prune.js';
 import { BufferPool } from './zstd-into.js';
 
 export { type IndexEntry, MAX_BLOB, sha256hex } from './blob-index.js';
@@ -21,18 +22,22 @@ export {
 } from './check.js';
 
 /** Blobs in each index file a prune writes (~7 MB of JSON; see Store.prune). */
-const PRUNE_INDEX_BLOBS = 65_536;
+const PRUNE_INDEX_BLOBS = 16_384;
 
 /** Index refreshes on misses at most this often (see Store.refresh). */
 const REFRESH_MS = 250;
 
+export { BlobMarks } from './blob-map.js';
 export { FRAME_BYTES, PACK_TARGET, type PutResult, SOLO_BLOB } from './packer.js';
 export {
   type PackFile,
+  type PackTally,
   type PruneHooks,
   type PrunePlan,
   type PruneResult,
   type PruneStep,
+  planFromTally,
+  planMarked,
   planPrune,
 } from './prune.js';
 
@@ -288,37 +293,68 @@ export class Store {
     return (await this.backend.list('packs/')).map((f) => ({ id: f.key.split('/').pop() as string, size: f.size }));
   }
 
+  /**
+   * Marks of the blobs of this load of the index (a bit each): gc marks what is reachable
+   * into them and prunes the rest. A reload of the index (loadIndex, a refresh that found
+   * index files gone) makes them unusable.
+   */
+  marks(): BlobMarks {
+    return new BlobMarks(this.ix.entries);
+  }
+
+  /** The digests `marks` holds, in the index's order (pack by pack, as they were written). */
+  *entriesMarked(marks: BlobMarks): Generator<string> {
+    marks.current();
+    for (const [d] of this.ix.entries.entriesWhere((n) => marks.hasEntry(n))) yield d;
+  }
+
+  /** `live` as marks of the index as it is now (a Set is looked up blob by blob). */
+  private marked(live: ReadonlySet<string> | BlobMarks): BlobMarks {
+    if (live instanceof BlobMarks) return live;
+    const m = this.marks();
+    for (const d of live) m.mark(d);
+    return m;
+  }
+
   /** What `prune(live)` would do now (reads the index and the pack listing, changes nothing). */
-  async planPrune(live: ReadonlySet<string>): Promise<PrunePlan> {
-    await this.current();
-    return planPrune(this.ix.entries, await this.packFiles(), live, this.ix.duplicates);
+  async planPrune(live: ReadonlySet<string> | BlobMarks): Promise<PrunePlan> {
+    if (!(live instanceof BlobMarks)) await this.current();
+    return planMarked(this.ix.entries, await this.packFiles(), this.marked(live), this.ix.duplicates);
   }
 
   /**
    * Keep only the blobs in `keep`: packs with nothing to keep are deleted, packs with some
-   * garbage are rewritten, and one new index replaces all old ones. Call it only under an
-   * exclusive lock. The plan is prune.ts's `planPrune`; this executes it in the order
+   * garbage are rewritten, and new index files replace all old ones. Call it only under an
+   * exclusive lock. The plan is prune.ts's `planMarked`; this executes it in the order
    * prune.ts documents (new packs, new index, old index files, old packs), so a kill at any
    * point leaves every kept blob reachable (at worst twice, or orphans for the next gc).
+   * `keep` as a Set: the index is loaded again first; as marks (gc's): of the index as
+   * loaded now. What it holds grows with the packs, not the blobs (the marks are a bit a
+   * blob, each new index file at most `indexBlobs` blobs).
    * `indexBlobs`: blobs in each new index file (default PRUNE_INDEX_BLOBS; tests lower it).
    */
   async prune(
-    keep: ReadonlySet<string>,
+    keep: ReadonlySet<string> | BlobMarks,
     hooks: PruneHooks = {},
     opts: { indexBlobs?: number } = {},
   ): Promise<PruneResult> {
     const indexBlobs = opts.indexBlobs ?? PRUNE_INDEX_BLOBS;
     await this.flush();
-    await this.loadIndex();
+    if (!(keep instanceof BlobMarks)) await this.loadIndex();
+    const marks = this.marked(keep);
     const files = await this.packFiles();
-    const plan = planPrune(this.ix.entries, files, keep, this.ix.duplicates);
     const index = this.ix.entries;
-    // 1. new packs: the live blobs of rewritten packs, each read (and checked) and put again
-    for (const d of plan.copy) {
-      const e = index.get(d) as IndexEntry;
+    const plan = planMarked(index, files, marks, this.ix.duplicates);
+    // 1. new packs: the live blobs of rewritten packs, each read (and checked) and put again,
+    // in index order; what is copied is appended to the index, numbered from `end` on
+    const rewrite = new Uint8Array(index.packCount);
+    for (const id of plan.rewrite) rewrite[index.packNumber(id) as number] = 1;
+    const end = index.numbered;
+    for (const [d, e] of index.entriesWhere((n, p) => rewrite[p] === 1 && marks.hasEntry(n), end)) {
       const plain = await this.get(d); // verified on the way
       index.delete(d);
       await this.put(e.type, plain, d);
+      checkMemory('copying the live blobs of the packs a prune rewrites');
     }
     await this.flush();
     await hooks.after?.({ step: 'packs-written', packs: plan.rewrite.length });
@@ -327,9 +363,14 @@ export class Store {
     // PRUNE_INDEX_BLOBS blobs: one file of every blob was read whole by each later open (at
     // 1,000,000 blobs ~110 MB of JSON, parsed into ~300 MB of heap). Several files are as safe
     // as one: until the old ones go, every blob is reachable through them too.
+    const stays = new Uint8Array(index.packCount);
+    for (const id of plan.keep) stays[index.packNumber(id) as number] = 1;
+    /** The packs just written (a copy may make a pack of an old one's name: see step 4). */
     const fresh = new Set<string>();
-    for (const d of plan.copy) fresh.add((index.get(d) as IndexEntry).pack);
-    const stays = new Set([...plan.keep, ...fresh]);
+    index.eachPackEntry((_, p) => {
+      stays[p] = 1;
+      fresh.add(index.packId(p));
+    }, end);
     const oldIndexFiles = this.ix.files.slice();
     const newKeys = new Set<string>();
     let batch = new Map<string, IndexFile['packs'][number]>();
@@ -341,12 +382,14 @@ export class Store {
       inBatch = 0;
       await hooks.after?.({ step: 'index-written', key });
     };
-    for (const [d, e] of index) {
-      if (!stays.has(e.pack)) continue;
+    for (const [d, e] of index.entriesWhere((_, p) => stays[p] === 1)) {
       let p = batch.get(e.pack);
       if (!p) batch.set(e.pack, (p = { id: e.pack, blobs: [] }));
       p.blobs.push(tuple(d, e));
-      if (++inBatch >= indexBlobs) await writeBatch();
+      if (++inBatch >= indexBlobs) {
+        checkMemory('writing the index of a pruned store');
+        await writeBatch();
+      }
     }
     if (inBatch > 0 || newKeys.size === 0) await writeBatch();
     // 3. the old index files: from here no index names a pack that goes
