@@ -18,6 +18,8 @@ interface Native {
   writeFiles?: NativeWriteFiles;
   /** native/inflate.c: see NativeInflateGrains. */
   inflateGrains?: NativeInflateGrains;
+  /** native/heap.c: see trimHeap. */
+  trimHeap?: () => number;
 }
 
 /**
@@ -181,6 +183,16 @@ export function nativeInflateGrains(): NativeInflateGrains | undefined {
 export function nativeWriteFiles(): NativeWriteFiles | undefined {
   if (process.env.STRATA_NO_NATIVE_EXTRACT === '1') return undefined;
   return native()?.writeFiles;
+}
+
+/**
+ * Hand the C heap's free pages back to the system (native/heap.c: glibc's malloc_trim), for
+ * long runs whose large buffers come and go: false when the addon is not built or the C
+ * library has no such call. Takes ~1 ms on a heap of a few hundred MiB: call it now and then.
+ */
+export function trimHeap(): boolean {
+  const t = native()?.trimHeap;
+  return t !== undefined && t() >= 0;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */
