@@ -424,8 +424,9 @@ async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number, so
       s = t;
     }
   }
-  const src = new PlannedSource(img, spans);
+  const src = new PlannedSource(img, spans, 2 << 20);
   await mapLimit(windows, CONCURRENCY, async (pieces) => {
+    trimFreedMemory();
     const from = pieces[0][0];
     const to = pieces[pieces.length - 1][1];
     // pooled: a fresh buffer per window was garbage V8 collected late (at the end of a
@@ -631,8 +632,8 @@ type CutFile = { digest: string; chunks: Array<string | null> } | { error: unkno
 
 /** Walk items cut together: their files' extents, data and entries; then dropped. */
 function batchSize(memoryBytes: number): number {
-  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a sixteenth of the budget
-  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 16 / 2048)));
+  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a 32nd of the budget
+  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 32 / 2048)));
 }
 
 /**
@@ -692,7 +693,8 @@ async function cutFileSystem(
         plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
       }
     }
-    const src = new PlannedSource(img, plan);
+    // 2 MiB windows (4 kept): a batch's files are a few MiB, and each batch's windows are garbage after it
+    const src = new PlannedSource(img, plan, 2 << 20);
     const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
     const cut = new Map<number, CutFile>();
     await mapLimit(ordered, CONCURRENCY, async (job) => {
@@ -778,15 +780,18 @@ async function cutFileSystem(
 let lastTrim = 0;
 
 /**
- * Free pages of the C heap back to the system, at most once a second (a few ms each): the
- * check-in's chunk, frame and read buffers come and go, and glibc keeps what they leave in its
- * main heap (native/heap.c). At the end of a 200,000-file check-in the main heap held ~100 MiB
- * more than the buffers alive in it.
+ * Garbage collected and the C heap's free pages handed back to the system, at most once every
+ * two seconds (a full collection of the check-in's ~40 MiB of live heap and a malloc_trim: a
+ * few tens of ms): the check-in's chunk, frame and read buffers come and go, V8 frees a
+ * dropped buffer only when a collection finds it, and glibc keeps what they leave in its main
+ * heap (native/heap.c). At the end of a 200,000-file check-in the main heap held ~100 MiB more
+ * than the buffers alive in it.
  */
 function trimFreedMemory(now = false): void {
   const t = performance.now();
-  if (!now && t - lastTrim < 1000) return;
+  if (!now && t - lastTrim < 2000) return;
   lastTrim = t;
+  collectGarbage();
   trimHeap();
 }
 
@@ -1273,7 +1278,6 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       cut = undefined; // what grew with the image, before inspection reads the version back
       scratch.close();
       await lib.store.releaseWriteBuffers();
-      collectGarbage();
       trimFreedMemory(true);
       const row = await lib.catalog.addVersion({
         image: opts.name,
