@@ -209,6 +209,12 @@ export interface SubvolumeInfo {
 export interface FsOpenOptions {
   subvol?: string;
   devices?: ByteSource[];
+  /**
+   * Bytes the driver's metadata block cache may hold (default: its share of the memory
+   * budget). A hint, not a choice of what is read: a driver without such a cache ignores it.
+   * A check-in's walk reads each directory block once, so it sets a small one (issue 22).
+   */
+  metadataCacheBytes?: number;
 }
 
 /** A file-system driver: detect by content and open. */

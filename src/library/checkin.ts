@@ -7,6 +7,7 @@ import { openVolumeFileSystem } from '../fs/open.js';
 import type { FileExtent, FileSystem, FsOpenOptions, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import { isZero } from '../io/byte-source.js';
+import { trimHeap } from '../io/native.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import type { PutResult } from '../store/store.js';
@@ -158,13 +159,17 @@ export interface CanonicalLayout {
 class Builder {
   private readonly scratch = new Scratch();
   private readonly records: ChunkRecords;
-  /** The first 8 bytes of each chunk's digest, big-endian halves (so that they order as the digests do). */
-  private fpHi = new Uint32Array(1024);
-  private fpLo = new Uint32Array(1024);
   /** 1 where this check-in added the chunk to the store. */
   private addedFlag = new Uint8Array(1024);
-  /** Open addressing (linear probing) over chunk numbers, -1 empty; at most half full. */
-  private table = new Int32Array(4096).fill(-1);
+  /**
+   * Open addressing (linear probing, a power of two of slots, at most BUILDER_LOAD full) over
+   * chunk numbers: a slot is 0 (empty) or (chunk number + 1) << 6 | 6 bits of the digest,
+   * placed by the digest's first 4 bytes. A lookup reads a record back (the scratch file's
+   * window, or one pread) only where those 6 bits match: for ~1 probe in 64 of a new chunk,
+   * once for a chunk seen before. 4 bytes a slot, ~5.7-11.4 a chunk (before: 8-byte
+   * fingerprints beside a table of half the load, ~17-34).
+   */
+  private table = new Uint32Array(4096);
   chunkCount = 0;
   private readonly runs: RangeRuns;
   /** File manifests (tree blobs) this check-in added to the store. */
@@ -211,35 +216,39 @@ class Builder {
   /** The chunk number of `digest` (32 bytes), inserting it when new (`inserted` then true). */
   private lookup(digest: Buffer, length: number): { idx: number; inserted: boolean } {
     const mask = this.table.length - 1;
-    const hi = digest.readUInt32BE(0);
-    const lo = digest.readUInt32BE(4);
-    for (let h = lo & mask; ; h = (h + 1) & mask) {
-      const i = this.table[h];
-      if (i === -1) {
+    const fp = digest[4] & SLOT_FP_MASK;
+    for (let h = digest.readUInt32BE(0) & mask; ; h = (h + 1) & mask) {
+      const t = this.table[h];
+      if (t === 0) {
+        if (this.chunkCount >= MAX_CHUNKS) {
+          throw new StrataError('LIMIT', `a check-in holds at most ${MAX_CHUNKS} chunks`, {
+            structure: 'check-in chunk table',
+          });
+        }
         const idx = this.records.push(digest, length);
         this.chunkCount++;
-        this.fpHi = grown(this.fpHi, this.chunkCount);
-        this.fpLo = grown(this.fpLo, this.chunkCount);
         this.addedFlag = grown(this.addedFlag, this.chunkCount);
-        this.fpHi[idx] = hi;
-        this.fpLo[idx] = lo;
-        this.table[h] = idx;
-        if (this.chunkCount * 2 > this.table.length) this.rehash();
+        this.table[h] = (((idx + 1) << SLOT_FP_BITS) | fp) >>> 0;
+        if (this.chunkCount > this.table.length * BUILDER_LOAD) this.rehash();
         return { idx, inserted: true };
       }
-      if (this.fpLo[i] === lo && this.fpHi[i] === hi && digest.compare(this.records.exact(i), 0, 32) === 0) {
-        return { idx: i, inserted: false };
+      if ((t & SLOT_FP_MASK) === fp) {
+        const i = (t >>> SLOT_FP_BITS) - 1;
+        if (digest.compare(this.records.exact(i), 0, 32) === 0) return { idx: i, inserted: false };
       }
     }
   }
 
+  /** The table at twice the size, from the records (read back in order). */
   private rehash(): void {
-    const table = new Int32Array(this.table.length * 2).fill(-1);
+    const table = new Uint32Array(this.table.length * 2);
+    this.table = new Uint32Array(0); // the old one is garbage while the new one fills
     const mask = table.length - 1;
     for (let i = 0; i < this.chunkCount; i++) {
-      let h = this.fpLo[i] & mask;
-      while (table[h] !== -1) h = (h + 1) & mask;
-      table[h] = i;
+      const r = this.records.record(i);
+      let h = r.readUInt32BE(0) & mask;
+      while (table[h] !== 0) h = (h + 1) & mask;
+      table[h] = (((i + 1) << SLOT_FP_BITS) | (r[4] & SLOT_FP_MASK)) >>> 0;
     }
     this.table = table;
   }
@@ -267,10 +276,8 @@ class Builder {
     return digest;
   }
 
-  /** Compare chunks `a` and `b` by digest (as their hex strings compare). */
+  /** Compare chunks `a` and `b` by digest (as their hex strings compare): rare, two ranges at one disk offset. */
   private cmpChunks(a: number, b: number): number {
-    if (this.fpHi[a] !== this.fpHi[b]) return this.fpHi[a] < this.fpHi[b] ? -1 : 1;
-    if (this.fpLo[a] !== this.fpLo[b]) return this.fpLo[a] < this.fpLo[b] ? -1 : 1;
     this.records.exact(a).copy(this.cmpA, 0, 0, 32);
     return this.cmpA.compare(this.records.exact(b), 0, 32);
   }
@@ -280,10 +287,10 @@ class Builder {
    * cutting added them in (so the same image gives the same manifest digest): ranges by
    * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
    * first use, chunks no range uses (inline file data) last, by digest. Called once, when
-   * cutting is over; the hash table is dropped (at a million chunks 8-16 MB).
+   * cutting is over; the hash table is dropped (at a million chunks 8 MB).
    */
   canonical(): CanonicalLayout {
-    this.table = new Int32Array(0);
+    this.table = new Uint32Array(0);
     const renumber = new Int32Array(this.chunkCount).fill(-1);
     const chunkOrder = new Uint32Array(this.chunkCount);
     let numbered = 0;
@@ -313,6 +320,14 @@ class Builder {
     this.scratch.close();
   }
 }
+
+/** The Builder's table: 6 bits of the digest beside a chunk number in each 32-bit slot. */
+const SLOT_FP_BITS = 6;
+const SLOT_FP_MASK = (1 << SLOT_FP_BITS) - 1;
+/** Chunk numbers + 1 fit the slot's other 26 bits. */
+const MAX_CHUNKS = 2 ** (32 - SLOT_FP_BITS) - 2;
+/** Slots in use at most (then the table doubles). */
+const BUILDER_LOAD = 0.7;
 
 interface FsWindow {
   volume: Volume;
@@ -409,33 +424,55 @@ async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number, so
       s = t;
     }
   }
-  const src = new PlannedSource(img, spans);
+  const src = new PlannedSource(img, spans, 2 << 20);
   await mapLimit(windows, CONCURRENCY, async (pieces) => {
+    trimFreedMemory();
     const from = pieces[0][0];
     const to = pieces[pieces.length - 1][1];
-    const raw = Buffer.allocUnsafe(to - from);
-    await src.readInto(from, raw);
-    // Zero blocks are left out of the chunk (they read back as zeros): which zero blocks a
-    // span holds depends on how the host reports a sparse file (SEEK_DATA counts unwritten
-    // extents as data once their pages are cached), so keeping them would make the same
-    // image cut differently from one check-in to the next.
-    const kept = nonZeroPieces(raw, from, pieces);
-    let n = 0;
-    for (const [s, e] of kept) n += e - s;
-    let all = 0;
-    for (const [s, e] of pieces) all += e - s;
-    b.done += all - n; // progress counts the zero bytes left out as done
-    if (kept.length === 0) return;
-    const buf = kept.length === 1 && n === raw.length ? raw : Buffer.allocUnsafe(n);
-    const out: Array<[number, number, number]> = [];
-    let at = 0;
-    for (const [s, e] of kept) {
-      if (buf !== raw) buf.set(raw.subarray(s - from, e - from), at);
-      out.push([s, e - s, at]);
-      at += e - s;
+    // pooled: a fresh buffer per window was garbage V8 collected late (at the end of a
+    // 200,000-file check-in, ~50 MiB of them resident at once)
+    const rawBuf = b.pool.take(to - from);
+    const packed = b.pool.take(to - from);
+    try {
+      await cutWindow(b, src, pieces, rawBuf.subarray(0, to - from), packed, solo);
+    } finally {
+      b.pool.give(rawBuf);
+      b.pool.give(packed);
     }
-    await b.add(buf, out, solo);
   });
+}
+
+/** Cut one window of `cutSpans`: its bytes less the all-zero granules, one chunk (`spare`: room for it). */
+async function cutWindow(
+  b: Builder,
+  src: PlannedSource,
+  pieces: Span[],
+  raw: Buffer,
+  spare: Buffer,
+  solo: boolean,
+): Promise<void> {
+  const from = pieces[0][0];
+  await src.readInto(from, raw);
+  // Zero blocks are left out of the chunk (they read back as zeros): which zero blocks a
+  // span holds depends on how the host reports a sparse file (SEEK_DATA counts unwritten
+  // extents as data once their pages are cached), so keeping them would make the same
+  // image cut differently from one check-in to the next.
+  const kept = nonZeroPieces(raw, from, pieces);
+  let n = 0;
+  for (const [s, e] of kept) n += e - s;
+  let all = 0;
+  for (const [s, e] of pieces) all += e - s;
+  b.done += all - n; // progress counts the zero bytes left out as done
+  if (kept.length === 0) return;
+  const buf = kept.length === 1 && n === raw.length ? raw : spare.subarray(0, n);
+  const out: Array<[number, number, number]> = [];
+  let at = 0;
+  for (const [s, e] of kept) {
+    if (buf !== raw) buf.set(raw.subarray(s - from, e - from), at);
+    out.push([s, e - s, at]);
+    at += e - s;
+  }
+  await b.add(buf, out, solo);
 }
 
 /** Granule (disk offsets, aligned) in which all-zero bytes are left out of a disk-offset chunk. */
@@ -595,8 +632,8 @@ type CutFile = { digest: string; chunks: Array<string | null> } | { error: unkno
 
 /** Walk items cut together: their files' extents, data and entries; then dropped. */
 function batchSize(memoryBytes: number): number {
-  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a sixteenth of the budget
-  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 16 / 2048)));
+  // ~2 KiB per item in flight (inode, extents, entry, its JSON), a 32nd of the budget
+  return Math.max(256, Math.min(16384, Math.floor(memoryBytes / 32 / 2048)));
 }
 
 /**
@@ -656,7 +693,8 @@ async function cutFileSystem(
         plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
       }
     }
-    const src = new PlannedSource(img, plan);
+    // 2 MiB windows (4 kept): a batch's files are a few MiB, and each batch's windows are garbage after it
+    const src = new PlannedSource(img, plan, 2 << 20);
     const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
     const cut = new Map<number, CutFile>();
     await mapLimit(ordered, CONCURRENCY, async (job) => {
@@ -709,6 +747,7 @@ async function cutFileSystem(
     // the file data spans of neighbouring files touch: merged, they stay few
     if (fileData.length > 4096) fileData = mergeSpans(fileData);
     budget.check(b, fileData.length, linked.size);
+    trimFreedMemory();
   };
 
   const root = await fs.root();
@@ -738,6 +777,32 @@ async function cutFileSystem(
   };
 }
 
+let lastTrim = 0;
+/** Heap and buffers in use after the last collection here. */
+let liveAfterCollect = 0;
+
+/**
+ * The C heap's free pages handed back to the system at most once every two seconds (a
+ * malloc_trim, a few ms), after a full collection when heap and buffers grew by more than a
+ * 16th of the budget since the last one: the check-in's chunk, frame and read buffers come and
+ * go, V8 frees a dropped buffer only when a collection finds it, and glibc keeps what they
+ * leave in its main heap (native/heap.c). At the end of a 200,000-file check-in the main heap
+ * held ~100 MiB more than the buffers alive in it. (A collection at every trim cost ~25% more
+ * CPU at 1,000,000 files.)
+ */
+function trimFreedMemory(now = false): void {
+  const t = performance.now();
+  if (!now && t - lastTrim < 2000) return;
+  lastTrim = t;
+  const u = process.memoryUsage();
+  if (now || u.heapUsed + u.arrayBuffers > liveAfterCollect + memoryBudget() / 16) {
+    collectGarbage();
+    const v = process.memoryUsage();
+    liveAfterCollect = v.heapUsed + v.arrayBuffers;
+  }
+  trimHeap();
+}
+
 /** Default memory budget of a check-in (what it holds beyond the runtime itself). */
 export const DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024;
 
@@ -754,11 +819,11 @@ class MemoryBudget {
   ) {}
 
   /**
-   * Bytes per chunk held (fingerprint, flag, table slots, grown by doubling; the canonical
+   * Bytes per chunk held (table slots at a load of 0.35-0.7, the "added" flag, both grown by doubling; the canonical
    * order and renumbering at the end add 8), per span, per linked inode. Ranges are held in
    * one run of `runEntries` (24 bytes each with the sort order), the rest spilled.
    */
-  static readonly PER_CHUNK = 40;
+  static readonly PER_CHUNK = 24;
   static readonly PER_RANGE = 24;
   static readonly PER_SPAN = 56;
   static readonly PER_LINKED = 200;
@@ -871,7 +936,10 @@ async function cutCompact(
   );
   const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };
   warnings.push(...found.warnings);
-  const windows = await fsWindows(img, found.volumes, warnings, opts.fsOptions);
+  // the walk reads each directory block once: a small metadata cache (at the default 3/16 of
+  // the budget it held ~30 MiB of blocks never read again, issue 22)
+  const metadataCacheBytes = Math.max(4 << 20, Math.min(16 << 20, Math.floor(budget.bytes / 32)));
+  const windows = await fsWindows(img, found.volumes, warnings, { metadataCacheBytes, ...opts.fsOptions });
   const dataSpans = await diskDataSpans(img);
   const layoutVolumes: LayoutVolume[] = found.volumes.map((v) => ({
     id: v.id,
@@ -1218,7 +1286,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       cut = undefined; // what grew with the image, before inspection reads the version back
       scratch.close();
       await lib.store.releaseWriteBuffers();
-      collectGarbage();
+      trimFreedMemory(true);
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,

@@ -55,16 +55,18 @@ const ARENA_BYTES = PACK_TARGET + compressBound(ARENA_BLOB);
  * budget, so that together (one open frame, the frames on the zstd thread, the pooled frames
  * kept for reuse, the encoded frames of the pack being filled and of the one being written
  * they stay near 0.4 of it): the shared frame a power of two (frames are pooled buffers of a
- * power-of-two size: a 5 MiB frame took an 8 MiB buffer), at most 1/16 of the budget (the
- * CLI's default budget keeps full 8 MiB frames: their compression, and both zstd threads); the
- * bytes on the zstd threads 1/12, at least a frame for each; the pack cut 1/8 (issue 22: at the CLI's default budget of
- * ~160 MiB the write side held ~170 MiB of a 200,000-file check-in, 56 MiB of it idle pooled
- * frames). Frames and packs are then smaller (a little less compression across small files);
- * what is stored, blob for blob, is the same.
+ * power-of-two size: a 5 MiB frame took an 8 MiB buffer), at most 1/32 of the budget (4 MiB
+ * frames at the CLI's default budget); the bytes on the zstd thread 1/16, at least a frame;
+ * the pack cut 1/16 (two packs are held: the one filled and the one written); one zstd
+ * thread (issue 22: at the CLI's default budget of ~160
+ * MiB the write side held ~170 MiB of a 200,000-file check-in, 56 MiB of it idle pooled
+ * frames, and the second thread ~35 MiB more outside the heap). Frames and packs are then
+ * smaller (a little less compression across small files); what is stored, blob for blob, is
+ * the same.
  */
 export interface WriteLimits {
   frameBytes: number;
-  /** zstd threads: a second one (its isolate and zstd context) only with full-size frames. */
+  /** zstd threads: a second one (its isolate, zstd contexts and scratch) only at WRITE_BUDGET_FULL and more. */
   zstdThreads: number;
   compressingBytes: number;
   packTargetPlain: number;
@@ -74,15 +76,20 @@ const WRITE_BUDGET_FULL = 512 * 1024 * 1024;
 export function writeLimits(budgetBytes: number): WriteLimits {
   const mib = (n: number) => Math.max(1, Math.floor(n / 2 ** 20)) * 2 ** 20;
   let frameBytes = SOLO_BLOB;
-  while (frameBytes * 2 <= Math.min(FRAME_BYTES, budgetBytes / 16)) frameBytes *= 2;
-  const zstdThreads = frameBytes >= FRAME_BYTES ? ZSTD_THREADS : 1;
+  while (frameBytes * 2 <= Math.min(FRAME_BYTES, budgetBytes / 32)) frameBytes *= 2;
+  // the second thread's isolate, zstd contexts and scratch are ~35 MiB of resident memory:
+  // only where the budget is large (issue 22: a 1,000,000-file check-in in 256 MiB)
+  const zstdThreads = budgetBytes >= WRITE_BUDGET_FULL ? ZSTD_THREADS : 1;
   // a frame in flight on each zstd thread
-  const compressingBytes = Math.max(zstdThreads * frameBytes, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 12)));
+  const compressingBytes = Math.max(zstdThreads * frameBytes, Math.min(COMPRESSING_BYTES, mib(budgetBytes / 16)));
   return {
     frameBytes,
     zstdThreads,
     compressingBytes,
-    packTargetPlain: Math.max(2 * frameBytes, Math.min(PACK_TARGET_PLAIN, mib(budgetBytes / 8))),
+    packTargetPlain:
+      budgetBytes >= WRITE_BUDGET_FULL
+        ? PACK_TARGET_PLAIN
+        : Math.max(2 * frameBytes, Math.min(PACK_TARGET_PLAIN, mib(budgetBytes / 16))),
   };
 }
 
@@ -354,6 +361,12 @@ export class Packer {
   async releaseBuffers(): Promise<void> {
     this.spareArenas.length = 0;
     this.sharedPool.clear();
+    // frames compressed since the last put are still listed (only a put trims the list):
+    // with them counted as busy the thread was never stopped, and at the end of a
+    // 1,000,000-file check-in ~87 MiB of frames and both threads stayed through the inspection
+    while (this.compressing.length > 0 && this.compressing[0].enc) {
+      this.compressingBytes -= (this.compressing.shift() as Frame).used;
+    }
     if (this.compressing.length > 0 || !this.offload) return;
     const z = this.offload;
     this.offload = undefined;

@@ -241,7 +241,8 @@ test('a layout in parts read part by part: bad parts and ranges past a chunk fai
  * layout is written. With runs of 5 ranges and 5 chunk records in memory (dozens of runs and
  * records read back from the file on this small image) the layout manifest is the same, byte
  * for byte, as the check-in that kept everything in memory, in version 1 and in parts; and
- * the scratch directory is gone afterwards.
+ * no scratch file is to be seen in the temp dir, during the check-in (they are unlinked once
+ * open, so a killed check-in leaves none) or after it.
  */
 test('columns spilled to a scratch file (runs of 5 ranges): the same layout manifest, scratch removed', async () => {
   const { mkdirSync, readdirSync } = await import('node:fs');
@@ -256,13 +257,19 @@ test('columns spilled to a scratch file (runs of 5 ranges): the same layout mani
     for (const layoutPartEntries of [undefined, 7]) {
       const kept = await checkin(lib, image, { name: 'kept', exact: true, layoutPartEntries, inspect: false });
       assert.deepEqual(readdirSync(tmp), [], 'nothing spilled at the default sizes');
+      // the scratch files are unlinked once open: a check-in killed mid-way leaves nothing behind
+      const seen = new Set<string>();
       const spilled = await checkin(lib, image, {
         name: 'spilled',
         exact: true,
         layoutPartEntries,
         spillEntries: 5,
         inspect: false,
+        onProgress: () => {
+          for (const f of readdirSync(tmp)) seen.add(f);
+        },
       });
+      assert.deepEqual([...seen], [], 'no scratch file is visible while the check-in runs');
       assert.ok(kept.chunks > 20, `${kept.chunks} chunks`);
       assert.equal(spilled.manifest, kept.manifest, `layout (parts of ${layoutPartEntries ?? 'default'})`);
       assert.equal(spilled.storedBytes, kept.storedBytes);

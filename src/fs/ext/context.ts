@@ -56,13 +56,18 @@ export class ExtContext {
   constructor(
     readonly volume: ByteSource,
     readonly sb: Superblock,
+    /** The metadata cache's capacity (FsOpenOptions.metadataCacheBytes), default 3/16 of the memory budget. */
+    metadataCacheBytes?: number,
   ) {
     this.name = volume.name;
     this.blockSize = sb.blockSize;
     this.groupCount = Math.ceil((sb.blocksCount - sb.firstDataBlock) / sb.blocksPerGroup);
     this.metadataCsum = (sb.roCompat & RO_COMPAT.METADATA_CSUM) !== 0;
     this.csumSeed = sb.incompat & INCOMPAT.CSUM_SEED ? sb.checksumSeed : crc32cRaw(0xffffffff, sb.uuid);
-    this.meta = new CachedSource(volume, { blockSize: 16 * 1024, capacity: memoryShare(3 / 16, 4 << 20, 48 << 20) });
+    this.meta = new CachedSource(volume, {
+      blockSize: 16 * 1024,
+      capacity: metadataCacheBytes ?? memoryShare(3 / 16, 4 << 20, 48 << 20),
+    });
   }
 
   warn(msg: string): void {

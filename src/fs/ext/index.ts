@@ -29,6 +29,7 @@ import type {
   FileType,
   FsDriver,
   FsInfo,
+  FsOpenOptions,
   Inode,
   NameListing,
   OwnedRange,
@@ -114,7 +115,7 @@ export class ExtFileSystem implements FileSystem {
     return this.ctx.warnings;
   }
 
-  static async open(volume: ByteSource): Promise<ExtFileSystem> {
+  static async open(volume: ByteSource, options: FsOpenOptions = {}): Promise<ExtFileSystem> {
     const raw = await readExact(volume, SB_OFFSET, SB_SIZE, 'ext superblock');
     const sb = parseSuperblock(new Uint8Array(raw), volume.name, SB_OFFSET);
     const unknown = sb.incompat & ~INCOMPAT_SUPPORTED;
@@ -128,7 +129,7 @@ export class ExtFileSystem implements FileSystem {
         offset: SB_OFFSET + SB.featureIncompat,
       });
     }
-    const ctx = new ExtContext(volume, sb);
+    const ctx = new ExtContext(volume, sb, options.metadataCacheBytes);
     if (ctx.metadataCsum) {
       if (sb.checksumType !== 1) ctx.warn(`superblock: unknown checksum type ${sb.checksumType}`);
       const c = crc32cRaw(0xffffffff, sb.raw.subarray(0, SB.checksum));
@@ -464,7 +465,7 @@ export const extDriver: FsDriver = {
     if (head.length < SB_OFFSET + SB_SIZE || size < SB_OFFSET + SB_SIZE) return false;
     return head[SB_OFFSET + SB.magic] === 0x53 && head[SB_OFFSET + SB.magic + 1] === 0xef;
   },
-  open(volume: ByteSource): Promise<FileSystem> {
-    return ExtFileSystem.open(volume);
+  open(volume: ByteSource, options?: FsOpenOptions): Promise<FileSystem> {
+    return ExtFileSystem.open(volume, options);
   },
 };
