@@ -21,8 +21,14 @@ import { tempDir } from '../library/images.js';
 const N = 120_000;
 const MiB = 2 ** 20;
 const BUDGET = 64 * MiB;
-/** Peak RSS allowed: the budget, Node's own ~52 MiB, V8's young generation and allocator slack. */
-const CEILING = 176 * MiB;
+/**
+ * Peak RSS allowed: the budget, Node's own ~52 MiB, the zstd thread's isolate, contexts and
+ * scratch (~30-35 MiB, outside the guard's heap and buffers), V8's young generation and
+ * allocator slack. Measured 165-181 MiB on merged main (2026-12-07): the first bound, 176,
+ * left out the zstd thread. What the plan holds per blob is held by the guard itself: the
+ * prune must finish inside the 64 MiB budget (heap and buffers) or stop with LIMIT.
+ */
+const CEILING = 200 * MiB;
 
 const childJs = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'prune-memory-child.js');
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
