@@ -612,9 +612,9 @@ export class Access {
   /**
    * Blobs some project uploaded (or asked about) since `since` (ISO time): an upload
    * session in progress, whose chunks no version names yet. gc keeps them. Given to `fn` as
-   * the rows are read where the database hands them over one at a time (SQLite; a digest
-   * more than one project holds comes once a project): an upload of a million-file image
-   * holds a million of them, ~120 MB as a Set of strings.
+   * the rows are read where the database hands them over a few at a time (SQLite one by one,
+   * PostgreSQL through a cursor; a digest more than one project holds comes once a project):
+   * an upload of a million-file image holds a million of them, ~120 MB as a Set of strings.
    */
   async eachRecentlyHeld(since: string, fn: (digest: string) => void): Promise<void> {
     if (this.db.each) {

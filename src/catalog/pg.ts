@@ -114,6 +114,9 @@ class PgTx implements Db {
   async close(): Promise<void> {}
 }
 
+/** Rows a FETCH of `each` reads at a time. */
+const EACH_ROWS = 4096;
+
 export class PgDb implements Db {
   readonly dialect = 'postgres' as const;
   private constructor(
@@ -223,6 +226,50 @@ export class PgDb implements Db {
   }
   async run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {
     return { changes: (await this.query(sql, params)).rowCount ?? 0 };
+  }
+
+  /**
+   * `fn` on each row of a query, read through a server-side cursor EACH_ROWS rows at a time
+   * (in a READ ONLY transaction on one client): a scan of millions of rows holds one page.
+   * A lost connection before the first row was handed over is retried as `query` does;
+   * after it, the error is the caller's (rows were already given).
+   */
+  async each<T>(sql: string, params: SqlValue[], fn: (row: T) => void): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      let client: PoolClient | undefined;
+      let given = false;
+      const onLost = () => {};
+      try {
+        client = await this.pool.connect();
+        client.on('error', onLost);
+        await client.query('BEGIN READ ONLY');
+        await client.query(`DECLARE strata_each NO SCROLL CURSOR FOR ${toPostgres(sql)}`, params);
+        for (;;) {
+          const r = await client.query(`FETCH ${EACH_ROWS} FROM strata_each`);
+          for (const row of r.rows) {
+            given = true;
+            fn(row as T);
+          }
+          if (r.rows.length < EACH_ROWS) break;
+        }
+        await client.query('COMMIT');
+        client.off('error', onLost);
+        client.release();
+        return;
+      } catch (e) {
+        if (client) {
+          const broken = isConnectionError(e);
+          if (!broken) await client.query('ROLLBACK').catch(() => {});
+          client.off('error', onLost);
+          client.release(broken ? (e as Error) : undefined);
+        }
+        if (!given && attempt < 30 && isConnectionError(e)) {
+          await sleep(1000);
+          continue;
+        }
+        throw this.wrap(e);
+      }
+    }
   }
 
   /**

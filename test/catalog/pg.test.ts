@@ -259,3 +259,34 @@ test('readable image pages on PostgreSQL: access, filters, the window count and 
     await c.close();
   }
 });
+
+test('held blobs since a time on PostgreSQL: read through a cursor in pages, exactly the rows psql selects; the one client is free after', async () => {
+  const schema = uniqueName('held');
+  // one connection: a cursor left open (or a client not given back) would stop the next query
+  const db = await PgDb.open(pgWithSchema(svc.pg, schema), { max: 1 });
+  const c = await Catalog.open(db);
+  try {
+    const a = await Access.open(c.db);
+    for (const p of ['own', 'other']) await a.addProject(p);
+    const hex = (i: number) => i.toString(16).padStart(64, '0');
+    // more rows than two FETCH pages, some held by both projects, some old
+    const own = Array.from({ length: 9000 }, (_, i) => hex(i));
+    const other = Array.from({ length: 3000 }, (_, i) => hex(8000 + i));
+    await a.holdBlobs('own', own);
+    await a.holdBlobs('other', other);
+    psql(svc.pg, schema, `UPDATE held_blobs SET created = '2000-01-01T00:00:00.000Z' WHERE digest < '${hex(500)}'`);
+    const since = '2001-01-01T00:00:00.000Z';
+    const got: string[] = [];
+    await a.eachRecentlyHeld(since, (d) => got.push(d));
+    const want = psql(svc.pg, schema, `SELECT digest FROM held_blobs WHERE created >= '${since}' ORDER BY digest`);
+    assert.equal(want.length, 9000 - 500 + 3000);
+    assert.deepEqual(got.sort(), want);
+    await assert.rejects(
+      db.each?.('SELECT no_such_column FROM held_blobs', [], () => {}) ?? Promise.resolve(),
+      /no_such_column/,
+    );
+    assert.equal((await c.images()).length, 0, 'the connection answers after a cursor that failed');
+  } finally {
+    await c.close();
+  }
+});
