@@ -18,6 +18,20 @@ export class DigestSet implements ReadonlySet<string> {
     return this.n + this.other.size;
   }
 
+  /**
+   * Bytes this set holds (the digests' buffer, the table, ~100 for each other string): what
+   * a cache of sets weighs them by.
+   */
+  get byteLength(): number {
+    return this.digests.length + this.table.byteLength + this.other.size * 100;
+  }
+
+  /** Give back the digests' buffer beyond what is used (a set done growing, kept for long). */
+  trim(): this {
+    if (this.digests.length > this.n * 32) this.digests = Buffer.from(this.digests.subarray(0, this.n * 32));
+    return this;
+  }
+
   get [Symbol.toStringTag](): string {
     return 'DigestSet';
   }

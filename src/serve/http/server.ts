@@ -15,7 +15,7 @@ import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfil
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import type { BlobCacheOptions } from '../../library/blob-cache.js';
-import { DigestSet } from '../../library/digest-set.js';
+import type { DigestSet } from '../../library/digest-set.js';
 import { applyChanges } from '../../library/edit/apply.js';
 import { type Change, changeFromWire } from '../../library/edit/changes.js';
 import { contentChunks } from '../../library/edit/content.js';
@@ -23,7 +23,7 @@ import { versionLog } from '../../library/edit/log.js';
 import { rebaseJson, rebaseVersion, type Take } from '../../library/edit/rebase.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
-import { findEntry, layoutFiles, layoutSummary, listEntries, reachable } from '../../library/library-verbs.js';
+import { findEntry, layoutFiles, layoutSummary, listEntries } from '../../library/library-verbs.js';
 import {
   decodeManifest,
   encodeManifest,
@@ -46,6 +46,7 @@ import { Metrics } from './metrics.js';
 import { notFound, noVersion, Policy } from './policy.js';
 import { HttpProblem, PROBLEM_TYPE, toProblem } from './problem.js';
 import { BatchedLog, RateLimiter } from './rate-limit.js';
+import { ReachCache } from './reach-cache.js';
 import {
   anyObject,
   arr,
@@ -105,6 +106,11 @@ export interface ServeOptions {
    * changes (SQLite); with PostgreSQL nothing is cached.
    */
   answerCache?: number;
+  /**
+   * Bytes of the manifests' reachable-blob sets kept (see ReachCache; default a quarter of
+   * the memory budget, 8 MiB to 512 MiB).
+   */
+  reachCache?: number;
   /** ms a request may take (default 10 min: uploads and downloads are long). */
   requestTimeout?: number;
   /** Let writers import images from http(s) URLs the server fetches (default true). */
@@ -302,6 +308,10 @@ class AnswerCache {
   }
 }
 
+/** The store's index was reloaded (renumbered) while a storage count held marks on it. */
+class IndexReloaded extends Error {}
+type UsageTally = { name: string; versions: number; logicalBytes: number; usedBytes: number; storedBytes: number };
+
 export async function buildServer(lib: Library, opts: ServeOptions = {}): Promise<FastifyInstance> {
   const access = await Access.open(lib.catalog.db);
   lib.cacheManifests(opts.manifestCache ?? 16);
@@ -312,7 +322,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const blobCache = opts.blobCache ? lib.useBlobCache(opts.blobCache) : undefined;
   const perMinute = opts.rateLimit ?? 6000;
   const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
-  const reach = new Map<string, DigestSet>();
+  const reach = new ReachCache(lib, opts.reachCache);
   const answerBytes = opts.answerCache ?? 32 * ONE_MIB;
   const answers = answerBytes > 0 && lib.catalog.db.changeStamp ? new AnswerCache(answerBytes) : undefined;
   /** Commits and uploads one at a time (the store's writer is one). */
@@ -582,15 +592,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     }
   };
 
-  const blobsOf = async (manifest: string): Promise<DigestSet> => {
-    let s = reach.get(manifest);
-    if (!s) {
-      s = new DigestSet();
-      await reachable(lib, manifest, s);
-      reach.set(manifest, s);
-    }
-    return s;
-  };
+  const blobsOf = (manifest: string): Promise<DigestSet> => reach.get(manifest);
 
   /** Blobs the caller holds: those its project uploaded, and those of versions it may read. */
   const heldFilter = async (policy: Policy, digests: string[]): Promise<Set<string>> => {
@@ -674,7 +676,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           strata_catalog_bytes: catalogBytes,
           strata_images: (await lib.catalog.imageNames()).length,
         },
-        [...diskCaches.metricLines(), ...(blobCache?.metricLines() ?? [])],
+        [...diskCaches.metricLines(), ...(blobCache?.metricLines() ?? []), ...reach.metricLines()],
       );
     },
   );
@@ -1148,18 +1150,20 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           const m = await lib.store.put('tree', layoutBytes);
           if (m.added) added.push(m.digest);
           await lib.store.flush();
-          // new bytes: what no other active version needed
-          // (each distinct manifest once: many versions share one, e.g. an image tagged or copied)
-          const others = new Set<string>();
-          for (const manifest of new Set((await lib.catalog.activeVersions()).map((v) => v.manifest)))
-            for (const d of await blobsOf(manifest)) others.add(d);
+          // new bytes: what no other active version needed (each distinct manifest once: many
+          // versions share one, e.g. an image tagged or copied); what is held is this version's
+          // blobs, not every other version's
+          const mine = new Set([...layout.chunks, ...files.keys()]);
+          const alone = new Set([...mine, m.digest]);
+          for (const manifest of new Set((await lib.catalog.activeVersions()).map((v) => v.manifest))) {
+            if (alone.size === 0) break;
+            const s = await blobsOf(manifest);
+            for (const d of alone) if (s.has(d)) alone.delete(d);
+          }
           let storedBytes = lib.store.storedSize(m.digest);
           let newBytes = 0;
-          for (const d of new Set([...layout.chunks, ...files.keys()])) {
-            storedBytes += lib.store.storedSize(d);
-            if (!others.has(d)) newBytes += lib.store.storedSize(d);
-          }
-          if (!others.has(m.digest)) newBytes += lib.store.storedSize(m.digest);
+          for (const d of mine) storedBytes += lib.store.storedSize(d);
+          for (const d of alone) newBytes += lib.store.storedSize(d);
           let usedBytes = 0;
           for (const n of layout.ranges.length) usedBytes += n;
           const r = await lib.catalog.addVersion({
@@ -2046,50 +2050,76 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req) => {
       const q = req.query as { project?: string };
-      const per = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
-      const perProject = new Map<string, { versions: number; logical: number; used: number; blobs: Set<string> }>();
-      const total = { versions: 0, logical: 0, used: 0, blobs: new Set<string>() };
+      // Blobs are counted once an image, a project and in all, as bits on the store index's
+      // entries (BlobMarks: a bit a blob, where a Set of digests was ~120 bytes a blob, three
+      // times over); the images are taken a project at a time so that only one project's and
+      // one image's marks are held beside the total's. A reload of the index renumbers its
+      // entries (a gc ran): the count starts again.
       await req.policy.loadAll();
+      const images: Array<{ name: string; project: string }> = [];
       for (const img of await lib.catalog.images()) {
         if (!(await req.policy.canRead(img.name))) continue;
         const g = await req.policy.ownerOf(img.name);
         if (q.project !== undefined && g.project !== q.project) continue;
-        const a = { versions: 0, logical: 0, used: 0, blobs: new Set<string>() };
-        let pp = perProject.get(g.project);
-        if (!pp) perProject.set(g.project, (pp = { versions: 0, logical: 0, used: 0, blobs: new Set() }));
+        images.push({ name: img.name, project: g.project });
+      }
+      const projects = [...new Set(images.map((i) => i.project))];
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await storageOf(images, projects);
+        } catch (e) {
+          if (attempt < 3 && e instanceof IndexReloaded) continue;
+          throw e;
+        }
+      }
+    },
+  );
+
+  const storageOf = async (images: Array<{ name: string; project: string }>, projects: string[]) => {
+    const first = lib.store.marks();
+    const index = first.map;
+    const generation = index.generation;
+    const tally = (name: string, marks = lib.store.marks()) => {
+      if (index.generation !== generation) throw new IndexReloaded();
+      return { name, marks, versions: 0, logicalBytes: 0, usedBytes: 0, storedBytes: 0 };
+    };
+    const out = (x: UsageTally) => ({
+      name: x.name,
+      versions: x.versions,
+      logicalBytes: x.logicalBytes,
+      usedBytes: x.usedBytes,
+      storedBytes: x.storedBytes,
+      dedupRatio: x.storedBytes > 0 ? x.usedBytes / x.storedBytes : 1,
+    });
+    const total = tally('total', first);
+    const perImage = new Map(images.map((i) => [i.name, out(tally(i.name, first))]));
+    const perProject: ReturnType<typeof out>[] = [];
+    for (const project of projects) {
+      const pp = tally(project);
+      for (const img of images) {
+        if (img.project !== project) continue;
+        const a = tally(img.name);
         for (const v of await lib.catalog.versions(img.name)) {
           for (const acc of [a, pp, total]) {
             acc.versions++;
-            acc.logical += v.virtualSize;
-            acc.used += v.usedBytes;
+            acc.logicalBytes += v.virtualSize;
+            acc.usedBytes += v.usedBytes;
           }
-          for (const d of await blobsOf(v.manifest)) {
-            a.blobs.add(d);
-            pp.blobs.add(d);
-            total.blobs.add(d);
+          const s = await blobsOf(v.manifest);
+          if (index.generation !== generation) throw new IndexReloaded();
+          for (const d of s) {
+            for (const acc of [a, pp, total]) {
+              // a blob the index does not hold (missing; verify says so) counts 0, as storedSize does
+              if (!acc.marks.has(d) && acc.marks.mark(d)) acc.storedBytes += lib.store.storedSize(d);
+            }
           }
         }
-        per.set(img.name, a);
+        perImage.set(img.name, out(a));
       }
-      const usage = (name: string, x: { versions: number; logical: number; used: number; blobs: Set<string> }) => {
-        let stored = 0;
-        for (const d of x.blobs) stored += lib.store.storedSize(d);
-        return {
-          name,
-          versions: x.versions,
-          logicalBytes: x.logical,
-          usedBytes: x.used,
-          storedBytes: stored,
-          dedupRatio: stored > 0 ? x.used / stored : 1,
-        };
-      };
-      return {
-        images: [...per].map(([n, x]) => usage(n, x)),
-        projects: [...perProject].map(([n, x]) => usage(n, x)),
-        total: usage('total', total),
-      };
-    },
-  );
+      perProject.push(out(pp));
+    }
+    return { images: [...perImage.values()], projects: perProject, total: out(total) };
+  };
 
   // ---- chunks: scoped to what the caller holds
 
