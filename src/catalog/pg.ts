@@ -114,6 +114,14 @@ class PgTx implements Db {
   async close(): Promise<void> {}
 }
 
+/** Give back a client whose work failed with `e`: rolled back, or dropped when its connection broke. */
+async function releaseFailed(client: PoolClient, e: unknown, onLost: () => void): Promise<void> {
+  const broken = isConnectionError(e);
+  if (!broken) await client.query('ROLLBACK').catch(() => {});
+  client.off('error', onLost);
+  client.release(broken ? (e as Error) : undefined);
+}
+
 /** Rows a FETCH of `each` reads at a time. */
 const EACH_ROWS = 4096;
 
@@ -257,12 +265,7 @@ export class PgDb implements Db {
         client.release();
         return;
       } catch (e) {
-        if (client) {
-          const broken = isConnectionError(e);
-          if (!broken) await client.query('ROLLBACK').catch(() => {});
-          client.off('error', onLost);
-          client.release(broken ? (e as Error) : undefined);
-        }
+        if (client) await releaseFailed(client, e, onLost);
         if (!given && attempt < 30 && isConnectionError(e)) {
           await sleep(1000);
           continue;
@@ -299,12 +302,7 @@ export class PgDb implements Db {
         client.release();
         return r;
       } catch (e) {
-        if (client) {
-          const broken = isConnectionError(e);
-          if (!broken) await client.query('ROLLBACK').catch(() => {});
-          client.off('error', onLost);
-          client.release(broken ? (e as Error) : undefined);
-        }
+        if (client) await releaseFailed(client, e, onLost);
         const code = pgCode(e);
         // a lost connection during COMMIT may have committed: not safe to run again
         const again = (code !== undefined && RETRYABLE.has(code)) || (isConnectionError(e) && !committing);
