@@ -969,15 +969,12 @@ async function cutCompact(
   // and each inode once, a directory's in table order (prefetch reads a listing's pieces at
   // once): a 64th of the budget (1-4 MiB) of inode-table pieces, not the default 16th
   const inodeCacheBytes = Math.max(1 << 20, Math.min(4 << 20, Math.floor(budget.bytes / 64)));
-  const windows = await fsWindows(img, found.volumes, warnings, {
-    metadataCacheBytes,
-    inodeCacheBytes,
-    ...opts.fsOptions,
-  });
+  const fsOptions: FsOpenOptions = { metadataCacheBytes, inodeCacheBytes, ...opts.fsOptions };
+  const windows = await fsWindows(img, found.volumes, warnings, fsOptions);
   const write = writeLimits(budget.bytes);
   budget.fixed =
-    metadataCacheBytes +
-    inodeCacheBytes +
+    (fsOptions.metadataCacheBytes ?? metadataCacheBytes) +
+    (fsOptions.inodeCacheBytes ?? inodeCacheBytes) +
     write.frameBytes +
     write.compressingBytes +
     2 * write.packTargetPlain + // the pack filled and the one written
