@@ -60,10 +60,14 @@ export async function openFileSystem(volume: ByteSource, options: FsOpenOptions 
   const head = await volume.read(0, Math.min(volume.size, PROBE_BYTES));
   for (const d of FS_DRIVERS) {
     if (!d.probe(head, volume.size)) continue;
-    // metadataCacheBytes is a hint every driver may take or ignore
+    // the cache sizes are hints every driver may take or ignore
+    const hinted = options.metadataCacheBytes !== undefined || options.inodeCacheBytes !== undefined;
     const given = (Object.keys(options) as Array<keyof FsOpenOptions>).filter(
       (k) =>
-        options[k] !== undefined && k !== 'metadataCacheBytes' && !(k === 'devices' && options.devices?.length === 0),
+        options[k] !== undefined &&
+        k !== 'metadataCacheBytes' &&
+        k !== 'inodeCacheBytes' &&
+        !(k === 'devices' && options.devices?.length === 0),
     );
     const foreign = given.filter((k) => !d.options?.includes(k));
     if (foreign.length > 0) {
@@ -74,7 +78,7 @@ export async function openFileSystem(volume: ByteSource, options: FsOpenOptions 
         file: volume.name,
       });
     }
-    return given.length > 0 || options.metadataCacheBytes !== undefined ? d.open(volume, options) : d.open(volume);
+    return given.length > 0 || hinted ? d.open(volume, options) : d.open(volume);
   }
   const kind = recognizeUnsupported(head, volume.size);
   if (kind) {

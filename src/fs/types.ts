@@ -215,6 +215,12 @@ export interface FsOpenOptions {
    * A check-in's walk reads each directory block once, so it sets a small one (issue 22).
    */
   metadataCacheBytes?: number;
+  /**
+   * Bytes the driver's inode-table cache may hold (default: its share of the memory budget).
+   * A hint like metadataCacheBytes: a check-in's walk reads each inode once, in table order
+   * within a directory, so it sets a small one (issue 22).
+   */
+  inodeCacheBytes?: number;
 }
 
 /** A file-system driver: detect by content and open. */

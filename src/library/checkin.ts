@@ -10,6 +10,7 @@ import { isZero } from '../io/byte-source.js';
 import { trimHeap } from '../io/native.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
+import { writeLimits } from '../store/packer.js';
 import type { PutResult } from '../store/store.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
@@ -410,8 +411,24 @@ async function cutFile(
   return { digest, chunks };
 }
 
+/**
+ * Planned reads' windows: a 64th of the budget, 256 KiB-2 MiB (a batch's files are a few MiB,
+ * and each batch's windows are garbage after it), PLANNED_KEEP of them kept.
+ */
+function plannedWindow(budgetBytes: number): number {
+  return Math.max(256 << 10, Math.min(2 << 20, Math.floor(budgetBytes / 64)));
+}
+const PLANNED_KEEP = 4;
+
 /** Cut disk spans (absolute, merged) by disk offset into W-aligned windows. */
-async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number, solo = false): Promise<void> {
+async function cutSpans(
+  b: Builder,
+  img: DiskImage,
+  spans: Span[],
+  W: number,
+  budgetBytes: number,
+  solo = false,
+): Promise<void> {
   const windows: Array<Span[]> = [];
   for (const [s0, e] of spans) {
     let s = s0;
@@ -424,11 +441,11 @@ async function cutSpans(b: Builder, img: DiskImage, spans: Span[], W: number, so
       s = t;
     }
   }
-  const src = new PlannedSource(img, spans, 2 << 20);
+  const src = new PlannedSource(img, spans, plannedWindow(budgetBytes), undefined, PLANNED_KEEP);
   await mapLimit(windows, CONCURRENCY, async (pieces) => {
-    trimFreedMemory();
     const from = pieces[0][0];
     const to = pieces[pieces.length - 1][1];
+    trimFreedMemory(to - from);
     // pooled: a fresh buffer per window was garbage V8 collected late (at the end of a
     // 200,000-file check-in, ~50 MiB of them resident at once)
     const rawBuf = b.pool.take(to - from);
@@ -685,16 +702,17 @@ async function cutFileSystem(
       }
     });
     const plan: Span[] = [];
+    let batchBytes = 0;
     for (const job of jobs.values()) {
       fileDataBytes += job.inode.size;
+      batchBytes += job.inode.size;
       for (const e of job.exts) {
         if (!isPlain(e)) continue;
         const s = w.base + e.volumeOffset;
         plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
       }
     }
-    // 2 MiB windows (4 kept): a batch's files are a few MiB, and each batch's windows are garbage after it
-    const src = new PlannedSource(img, plan, 2 << 20);
+    const src = new PlannedSource(img, plan, plannedWindow(budget.bytes), undefined, PLANNED_KEEP);
     const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
     const cut = new Map<number, CutFile>();
     await mapLimit(ordered, CONCURRENCY, async (job) => {
@@ -747,7 +765,8 @@ async function cutFileSystem(
     // the file data spans of neighbouring files touch: merged, they stay few
     if (fileData.length > 4096) fileData = mergeSpans(fileData);
     budget.check(b, fileData.length, linked.size);
-    trimFreedMemory();
+    // the work of a batch: its file data read and cut, ~2 KiB per item walked (batchSize)
+    trimFreedMemory(batchBytes + items.length * 2048);
   };
 
   const root = await fs.root();
@@ -766,7 +785,7 @@ async function cutFileSystem(
   }
   await cutBatch(batch);
   const filesDigest = await writer.finish();
-  await cutSpans(b, img, otherUsed(allocation.spans, mergeSpans(fileData)), W);
+  await cutSpans(b, img, otherUsed(allocation.spans, mergeSpans(fileData)), W, budget.bytes);
   return {
     kind: fs.kind,
     blockSize: fs.blockSize,
@@ -777,23 +796,27 @@ async function cutFileSystem(
   };
 }
 
-let lastTrim = 0;
+/** Bytes read and cut since the last trim (see trimFreedMemory). */
+let workSinceTrim = 0;
 /** Heap and buffers in use after the last collection here. */
 let liveAfterCollect = 0;
 
 /**
- * The C heap's free pages handed back to the system at most once every two seconds (a
- * malloc_trim, a few ms), after a full collection when heap and buffers grew by more than a
- * 16th of the budget since the last one: the check-in's chunk, frame and read buffers come and
- * go, V8 frees a dropped buffer only when a collection finds it, and glibc keeps what they
- * leave in its main heap (native/heap.c). At the end of a 200,000-file check-in the main heap
- * held ~100 MiB more than the buffers alive in it. (A collection at every trim cost ~25% more
- * CPU at 1,000,000 files.)
+ * The C heap's free pages handed back to the system (a malloc_trim, a few ms) once an 8th of
+ * the budget has been read and cut since the last time, after a full collection (~50-70 ms)
+ * when heap and buffers grew by more than a 16th of the budget since the last one: the
+ * check-in's chunk, frame and read buffers come and go, V8 frees a dropped buffer only when a
+ * collection finds it, and glibc keeps what they leave in its main heap (native/heap.c). At
+ * the end of a 200,000-file check-in the main heap held ~100 MiB more than the buffers alive
+ * in it. The pace follows the work, not the clock: every 2 s of wall time meant more
+ * collections per byte cut the busier the machine. At 200,000 files (load ~9): every 16th of
+ * the budget, 79 collections (5.8 s), 253 MiB peak RSS; every 8th, 38 (2.6 s), 267 MiB; every
+ * 4th, 23 (1.1 s), 274 MiB; every 2 s of wall time, 293-307 MiB.
  */
-function trimFreedMemory(now = false): void {
-  const t = performance.now();
-  if (!now && t - lastTrim < 2000) return;
-  lastTrim = t;
+function trimFreedMemory(work: number, now = false): void {
+  workSinceTrim += work;
+  if (!now && workSinceTrim < memoryBudget() / 8) return;
+  workSinceTrim = 0;
   const u = process.memoryUsage();
   if (now || u.heapUsed + u.arrayBuffers > liveAfterCollect + memoryBudget() / 16) {
     collectGarbage();
@@ -809,10 +832,14 @@ export const DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024;
 /**
  * What a check-in holds that grows with the image, estimated from counts (not from the
  * heap, whose garbage comes and goes): the layout's chunk list and ranges, the file data
- * spans, the cuts of hard-linked inodes; plus one batch of walk items. Over the budget, a
- * clear error instead of an out-of-memory kill.
+ * spans, the cuts of hard-linked inodes; plus one batch of walk items. With the fixed shares
+ * taken from the same budget (`fixed`: the file-system caches, the store's write buffers, the
+ * planned reads' windows) over the budget, a clear error instead of an out-of-memory kill.
  */
 class MemoryBudget {
+  /** What the check-in holds whatever the tree's size (set once the caches are sized). */
+  fixed = 0;
+
   constructor(
     readonly bytes: number,
     private readonly image: string,
@@ -845,11 +872,11 @@ class MemoryBudget {
 
   check(b: Builder, spans: number, linked: number): void {
     const held = this.held(b, spans, linked);
-    if (held > this.bytes) {
+    if (held + this.fixed > this.bytes) {
       const mib = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
       throw new StrataError(
         'LIMIT',
-        `check-in needs more than its memory budget of ${mib(this.bytes)} (${b.chunkCount} chunks and ${b.rangeCount} ranges so far hold about ${mib(held)}); give it more memory (memoryBytes, --memory)`,
+        `check-in needs more than its memory budget of ${mib(this.bytes)} (${b.chunkCount} chunks and ${b.rangeCount} ranges so far hold about ${mib(held)}, caches and write buffers ${mib(this.fixed)}); give it more memory (memoryBytes, --memory)`,
         { file: this.image, structure: 'check-in memory budget' },
       );
     }
@@ -939,7 +966,19 @@ async function cutCompact(
   // the walk reads each directory block once: a small metadata cache (at the default 3/16 of
   // the budget it held ~30 MiB of blocks never read again, issue 22)
   const metadataCacheBytes = Math.max(4 << 20, Math.min(16 << 20, Math.floor(budget.bytes / 32)));
-  const windows = await fsWindows(img, found.volumes, warnings, { metadataCacheBytes, ...opts.fsOptions });
+  // and each inode once, a directory's in table order (prefetch reads a listing's pieces at
+  // once): a 64th of the budget (1-4 MiB) of inode-table pieces, not the default 16th
+  const inodeCacheBytes = Math.max(1 << 20, Math.min(4 << 20, Math.floor(budget.bytes / 64)));
+  const fsOptions: FsOpenOptions = { metadataCacheBytes, inodeCacheBytes, ...opts.fsOptions };
+  const windows = await fsWindows(img, found.volumes, warnings, fsOptions);
+  const write = writeLimits(budget.bytes);
+  budget.fixed =
+    (fsOptions.metadataCacheBytes ?? metadataCacheBytes) +
+    (fsOptions.inodeCacheBytes ?? inodeCacheBytes) +
+    write.frameBytes +
+    write.compressingBytes +
+    2 * write.packTargetPlain + // the pack filled and the one written
+    plannedWindow(budget.bytes) * PLANNED_KEEP;
   const dataSpans = await diskDataSpans(img);
   const layoutVolumes: LayoutVolume[] = found.volumes.map((v) => ({
     id: v.id,
@@ -979,7 +1018,7 @@ async function cutCompact(
     // Each window its own zstd frame: with no file system to group by, these are read back
     // by disk offset (checkout, or an NBD client's random reads), and a read of a blob in a
     // shared frame decodes the whole 8 MiB frame.
-    await cutSpans(b, img, outside, W, true);
+    await cutSpans(b, img, outside, W, budget.bytes, true);
   } catch (e) {
     b.close();
     throw e;
@@ -1286,7 +1325,7 @@ export async function checkin(lib: Library, image: string, opts: CheckinOptions)
       cut = undefined; // what grew with the image, before inspection reads the version back
       scratch.close();
       await lib.store.releaseWriteBuffers();
-      trimFreedMemory(true);
+      trimFreedMemory(0, true);
       const row = await lib.catalog.addVersion({
         image: opts.name,
         description: opts.description,

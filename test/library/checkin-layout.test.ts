@@ -293,3 +293,36 @@ test('columns spilled to a scratch file (runs of 5 ranges): the same layout mani
     await lib.close();
   }
 });
+
+/**
+ * Issue 22: the check-in's LIMIT estimate counts what it holds whatever the tree's size (the
+ * file system's caches, the store's write buffers, the planned reads' windows) beside what
+ * grows with the tree. At a budget of 16 MiB the shares sized from it (~12 MiB) leave room for
+ * a small image, whose layout is then the default budget's; a 16 MiB metadata cache asked for
+ * on top cannot be kept within 16 MiB: a LIMIT error naming the image, not a check-in that
+ * runs past its budget.
+ */
+test('a check-in whose fixed shares exceed its memory budget is a LIMIT error; a small budget that fits cuts the same layout', async () => {
+  const image = await extImageOf('ext4', await baseTree(), 'base');
+  const cut = async (opts: Parameters<typeof cutImage>[3]) => {
+    const img = await openImage(image);
+    try {
+      return await cutImage(img, image, new MemorySink(), { exact: true, ...opts });
+    } finally {
+      await closeChain(img);
+    }
+  };
+  const whole = await cut({});
+  const small = await cut({ memoryBytes: 16 << 20 });
+  assert.ok(whole.layout.chunks.length > 3, `${whole.layout.chunks.length} chunks`);
+  assert.equal(encodeManifest(small.layout).length, encodeManifest(whole.layout).length);
+  assert.ok(Buffer.from(encodeManifest(small.layout)).equals(Buffer.from(encodeManifest(whole.layout))));
+  await assert.rejects(cut({ memoryBytes: 16 << 20, fsOptions: { metadataCacheBytes: 16 << 20 } }), (e: unknown) => {
+    const err = e as { code?: string; message?: string; file?: string };
+    assert.equal(err.code, 'LIMIT', String(err.message));
+    assert.equal(err.file, image);
+    // 16 MiB of metadata cache, 1 of inode tables, the store's 1 MiB frame, 1 MiB queue, two 2 MiB packs, 4 windows of 256 KiB
+    assert.match(String(err.message), /memory budget of 16 MiB .*caches and write buffers 24 MiB/);
+    return true;
+  });
+});

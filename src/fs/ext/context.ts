@@ -58,6 +58,8 @@ export class ExtContext {
     readonly sb: Superblock,
     /** The metadata cache's capacity (FsOpenOptions.metadataCacheBytes), default 3/16 of the memory budget. */
     metadataCacheBytes?: number,
+    /** The inode-table cache's capacity (FsOpenOptions.inodeCacheBytes), default 1/16 of the memory budget (see InodeTable). */
+    readonly inodeCacheBytes?: number,
   ) {
     this.name = volume.name;
     this.blockSize = sb.blockSize;

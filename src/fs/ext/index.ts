@@ -129,7 +129,7 @@ export class ExtFileSystem implements FileSystem {
         offset: SB_OFFSET + SB.featureIncompat,
       });
     }
-    const ctx = new ExtContext(volume, sb, options.metadataCacheBytes);
+    const ctx = new ExtContext(volume, sb, options.metadataCacheBytes, options.inodeCacheBytes);
     if (ctx.metadataCsum) {
       if (sb.checksumType !== 1) ctx.warn(`superblock: unknown checksum type ${sb.checksumType}`);
       const c = crc32cRaw(0xffffffff, sb.raw.subarray(0, SB.checksum));

@@ -216,8 +216,8 @@ const SPARSE_LOAD = 4;
 export class InodeTable {
   private readonly cache = new GenCache<number, ExtNode>(INODE_CACHE / 2);
   private readonly slab: Slab;
-  /** Table pieces: 1/16 of the memory budget (16 MiB, 256 pieces at the default 256 MiB), in two halves. */
-  private readonly itCache = new GenCache<number, Uint8Array>(memoryShare(1 / 16, 1 << 20, 16 << 20) / IT_CHUNK / 2);
+  /** Table pieces: ctx.inodeCacheBytes, else 1/16 of the memory budget (16 MiB, 256 pieces at the default 256 MiB), in two halves. */
+  private readonly itCache: GenCache<number, Uint8Array>;
   private readonly itPending = new Map<number, Promise<Uint8Array>>();
   private readonly inodesCount: number;
   private readonly inodesPerGroup: number;
@@ -226,6 +226,8 @@ export class InodeTable {
 
   constructor(private readonly ctx: ExtContext) {
     const sb = ctx.sb;
+    const bytes = ctx.inodeCacheBytes ?? memoryShare(1 / 16, 1 << 20, 16 << 20);
+    this.itCache = new GenCache<number, Uint8Array>(Math.max(2, Math.floor(bytes / IT_CHUNK / 2)));
     this.slab = new Slab(sb.inodeSize);
     this.inodesCount = sb.inodesCount;
     this.inodesPerGroup = sb.inodesPerGroup;
