@@ -22,8 +22,11 @@
  * `BINARY -f -o source=LOWER,cache=always,ro ARGS MNT` (`-s` for one thread), anything else as
  * `BINARY ARGS LOWER MNT`, in the foreground; ready is when MNT is a fuse mount and answers.
  * Each metric's line then holds `passthrough`: per server {server, ms, ratioKernel = ms /
- * kernel, strataOverIt = strata / ms, serverCpuMs}. serverCpuMs (Strata's too, strataServerCpuMs)
- * is the server process's user + system CPU over the step (every thread; /proc/PID/stat).
+ * kernel, strataOverIt = strata / ms, serverCpuMs, clientCpuMs}. serverCpuMs (Strata's too,
+ * strataServerCpuMs) is the server process's user + system CPU over the step (every thread;
+ * /proc/PID/stat; for ready, all it used until then); clientCpuMs (strataClientCpuMs,
+ * kernelClientCpuMs) the walking tools' (bash, find or tar or cat, wc), their system calls and so
+ * the kernel's own FUSE or ext4 work for them included. CPU moves less with the load than wall.
  *
  *   npm run bench:mount
  *   BENCH_IMAGE=/path/to/root.ext4 BENCH_RUNS=5 npm run bench:mount
@@ -42,7 +45,7 @@ import {
 } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { benchBaseImage, benchChildEnv, CLI, ROOT } from './common.js';
+import { benchBaseImage, benchChildEnv, CLI, childCpuMs, ROOT } from './common.js';
 
 const DIR = process.env.BENCH_DIR ?? path.join(ROOT, '.cache', 'bench');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -75,6 +78,8 @@ interface Side extends Record<Metric, number> {
   tarBytes: string;
   /** The server process's CPU ms over each step (Strata and passthrough servers; none for the kernel). */
   cpu?: Record<Metric, number>;
+  /** The walking tools' CPU ms over each step (find, tar, cat ... with the kernel's work in their system calls); ready has none. */
+  client: Record<Metric, number>;
 }
 
 /** User + system CPU ms of a process, every thread (/proc/PID/stat), or NaN once it is gone. */
@@ -110,8 +115,11 @@ async function measure(
   const pid = server?.();
   let cpuAt = processCpuMs(pid);
   const cpu = { ready: cpuAt } as Record<Metric, number>;
+  const client = { ready: Number.NaN } as Record<Metric, number>;
   const step = (m: Metric, script: string) => {
+    const c0 = childCpuMs();
     const r = timed(script);
+    client[m] = childCpuMs() - c0;
     const now = processCpuMs(pid);
     cpu[m] = now - cpuAt;
     cpuAt = now;
@@ -129,6 +137,7 @@ async function measure(
       coldBytes: cold.out,
       entries: find.out,
       tarBytes: tar.out,
+      client,
       ...(pid === undefined ? {} : { cpu }),
     };
   } finally {
@@ -284,6 +293,8 @@ function makeColdList(image: string, mnt: string, file: string): void {
   }
 }
 
+const cpuOf = (ms: number) => (Number.isNaN(ms) ? null : Math.round(ms));
+
 /** The best (least) of two runs of one side, metric by metric (CPU too). */
 function better(b: Side | undefined, s: Side): Side {
   if (!b) return s;
@@ -291,6 +302,7 @@ function better(b: Side | undefined, s: Side): Side {
   for (const m of METRICS) {
     out[m] = Math.min(b[m], s[m]);
     if (out.cpu && s.cpu) out.cpu = { ...out.cpu, [m]: Math.min(out.cpu[m], s.cpu[m]) };
+    out.client = { ...out.client, [m]: Math.min(out.client[m], s.client[m]) };
   }
   return out;
 }
@@ -386,6 +398,7 @@ async function main(): Promise<void> {
         ratioKernel: Number((x[m] / b).toFixed(2)),
         strataOverIt: Number((a / x[m]).toFixed(2)),
         serverCpuMs: x.cpu ? Math.round(x.cpu[m]) : null,
+        clientCpuMs: cpuOf(x.client[m]),
       };
     });
     process.stdout.write(
@@ -395,6 +408,8 @@ async function main(): Promise<void> {
         kernelMs: Math.round(b),
         ratio: Number((a / b).toFixed(2)),
         strataServerCpuMs: s.cpu ? Math.round(s.cpu[m]) : null,
+        strataClientCpuMs: cpuOf(s.client[m]),
+        kernelClientCpuMs: cpuOf(k.client[m]),
         ...(pt.length > 0 ? { passthrough: pt } : {}),
         guestmountMs: c === undefined ? null : Math.round(c),
         ratioGuestmount: c === undefined ? null : Number((a / c).toFixed(4)),
