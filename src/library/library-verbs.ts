@@ -45,6 +45,9 @@ export interface GcResult {
   deletedPacks: number;
   rewrittenPacks: number;
   freedBytes: number;
+  /** Frames of the rewritten packs copied as they are, and those whose live blobs were put again (PruneResult). */
+  wholeFrames: number;
+  repackedFrames: number;
   /** Leftover temporary files removed. */
   temporaryFiles: number;
   /** Blobs kept only because an upload to the library service sent them within the grace period. */

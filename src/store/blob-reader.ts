@@ -209,6 +209,42 @@ export class BlobReader {
     }
   }
 
+  /**
+   * One frame whole, for a prune's copy, past the frame cache (a prune reads each frame once,
+   * in order): its encoded bytes and its plain bytes, each in a pooled buffer the caller owns
+   * and gives back (`plain` is `enc` itself when the frame is plain). Not yet checked: the
+   * caller hashes the blobs it keeps.
+   */
+  async wholeFrame(e: IndexEntry): Promise<{ enc: Buffer; plain: Buffer }> {
+    const key = packKey(e.pack);
+    const enc = this.pool.take(e.encLength);
+    try {
+      await this.readFrame(key, e, enc);
+      const file = `${this.name}/${key}`;
+      if (!(e.flags & FLAG_ZSTD)) {
+        if (e.encLength !== e.framePlain) {
+          throw new StrataError('CORRUPT', 'plain frame of the wrong length', {
+            file,
+            structure: 'pack frame',
+            offset: e.offset,
+          });
+        }
+        return { enc, plain: enc };
+      }
+      const plain = this.pool.take(e.framePlain);
+      try {
+        decodeInto(plain, enc.subarray(0, e.encLength), e.flags, e.framePlain, file, e.offset);
+      } catch (err) {
+        this.pool.give(plain);
+        throw err;
+      }
+      return { enc, plain };
+    } catch (err) {
+      this.pool.give(enc);
+      throw err;
+    }
+  }
+
   /** Forget the decoded frames (after prune deleted packs). */
   clearCache(): void {
     this.frames.clear();

@@ -111,6 +111,8 @@ interface Frame {
   offset: number;
   /** Settles when `enc` and `flags` are set (compression on the zstd thread). */
   encP?: Promise<void>;
+  /** The pooled buffer `enc` lies in (a frame copied whole): back to the pool once its pack is written. */
+  pooled?: Buffer;
 }
 
 /** A blob put but not yet in a written pack. */
@@ -238,6 +240,36 @@ export class Packer {
     }
     if (this.pendingBytes >= (this.offload ? this.limits.packTargetPlain : PACK_TARGET)) await this.startFlush();
     return { digest, added: true };
+  }
+
+  /**
+   * Store an encoded frame as it is (a prune copying a frame whose every blob stays): no
+   * decode, no compression; its index entries are the old ones at the new pack and offset.
+   * `enc` is a buffer of `pool` holding the frame in its first `encLength` bytes: the packer
+   * owns it from here and gives it back once the pack is written. `blobs` tile the frame
+   * (their digests already checked by the caller, none of them known to the index).
+   */
+  async putFrame(
+    enc: Buffer,
+    encLength: number,
+    flags: number,
+    framePlain: number,
+    blobs: Array<{ digest: string; type: BlobType; at: number; plainLength: number }>,
+  ): Promise<void> {
+    if (this.flushError) throw this.flushError;
+    const f: Frame = {
+      blobs: blobs.map(({ digest, type, at, plainLength }) => ({ digest, type, at, plainLength })),
+      used: framePlain,
+      enc: enc.subarray(0, encLength),
+      flags,
+      offset: this.pendingBytes,
+      pooled: enc,
+    };
+    this.pending.push(f);
+    this.pendingBytes += encLength;
+    for (const ref of f.blobs) this.unflushed.set(ref.digest, { frame: f, ref });
+    // encoded bytes held: the pack filled and the one written, each about a pack cut
+    if (this.pendingBytes >= Math.min(PACK_TARGET, this.limits.packTargetPlain)) await this.startFlush();
   }
 
   private fullForFrame(n: number): boolean {
@@ -438,6 +470,10 @@ export class Packer {
     await this.backend.put(packKey(id), [...batch.map((f) => f.enc as Uint8Array), header]);
     await this.index.addPack(id, entries);
     for (const e of entries) this.unflushed.delete(e.digest);
+    for (const f of batch) {
+      if (f.pooled) this.pool.give(f.pooled);
+      f.pooled = undefined;
+    }
   }
 
   /** Wait for the pack being written and the zstd thread's work, then stop the zstd thread. */

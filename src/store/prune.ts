@@ -175,4 +175,7 @@ export interface PruneResult {
   deletedPacks: number;
   rewrittenPacks: number;
   freedBytes: number;
+  /** Frames of the rewritten packs copied as they are (every blob live), and those whose live blobs were put again. */
+  wholeFrames: number;
+  repackedFrames: number;
 }

@@ -143,7 +143,15 @@ test('the prune plan of a crafted store matches the model and changes nothing on
 
   // the execute does what the plan said
   const r = await s.prune(c.live);
-  assert.deepEqual(r, { deletedPacks: 4, rewrittenPacks: 2, freedBytes: plan.freedBytes });
+  // solo-mixed's live blob has a frame of its own: copied as it is; half-dead's frame is
+  // shared with dead blobs: its live blobs are put again
+  assert.deepEqual(r, {
+    deletedPacks: 4,
+    rewrittenPacks: 2,
+    freedBytes: plan.freedBytes,
+    wholeFrames: 1,
+    repackedFrames: 1,
+  });
   await s.close();
   for (const id of [...plan.rewrite, ...plan.drop, ...plan.orphans]) {
     assert.throws(() => statSync(packPath(c.root, id)), /ENOENT/);
@@ -166,6 +174,76 @@ test('the prune plan of a crafted store matches the model and changes nothing on
   const again = await s2.planPrune(c.live);
   assert.deepEqual([again.rewrite, again.drop, again.orphans, again.deadBlobs], [[], [], [], 0]);
   await s2.close();
+});
+
+/**
+ * One pack of two shared frames of 1 MiB (a write budget of 32 MiB) and a blob alone in its
+ * frame: frame 1 all live, frame 2 half live, the lone blob dead.
+ */
+async function twoFrames(name: string) {
+  const root = tempDir(name);
+  const s = await Store.open(new LocalBackend(root), { compressInline: true });
+  s.setWriteBudget(32 * 2 ** 20);
+  const blobs = [0, 1, 2, 3].map((i) => textOf(`${name}-${i}`, 400_000 + i));
+  const lone = bytesOf(`${name}-lone`, 1_100_000);
+  const digests: string[] = [];
+  for (const b of [...blobs, lone]) digests.push((await s.put('data', b)).digest);
+  await s.flush();
+  const entries = digests.map((d) => s.entry(d) as IndexEntry);
+  await s.close();
+  assert.equal(new Set(entries.map((e) => e.pack)).size, 1, 'one pack');
+  assert.equal(new Set(entries.map((e) => e.offset)).size, 3, 'three frames');
+  assert.equal(entries[0].offset, entries[1].offset);
+  assert.equal(entries[2].offset, entries[3].offset);
+  const live = new Set([digests[0], digests[1], digests[2]]);
+  return { root, blobs, digests, entries, live };
+}
+
+test('a prune copies a frame whose every blob stays as it is, and puts the live blobs of a mixed frame again', async () => {
+  const c = await twoFrames('prune-whole-frame');
+  const old = c.entries[0];
+  const frameBytes = (e: IndexEntry) =>
+    readFileSync(packPath(c.root, e.pack)).subarray(e.offset, e.offset + e.encLength);
+  const before = frameBytes(old);
+  const s = await Store.open(new LocalBackend(c.root));
+  const r = await s.prune(c.live);
+  assert.deepEqual([r.rewrittenPacks, r.wholeFrames, r.repackedFrames], [1, 1, 1]);
+  await s.close();
+  const s2 = await Store.open(new LocalBackend(c.root));
+  for (const i of [0, 1]) {
+    const e = s2.entry(c.digests[i]) as IndexEntry;
+    assert.notEqual(e.pack, old.pack);
+    // the frame is the same bytes in the new pack, its blobs at the same places in it
+    assert.deepEqual(
+      [e.encLength, e.framePlain, e.flags, e.at, e.plainLength],
+      [old.encLength, old.framePlain, old.flags, c.entries[i].at, c.entries[i].plainLength],
+    );
+    assert.deepEqual(frameBytes(e), before);
+    assert.deepEqual(Buffer.from(await s2.get(c.digests[i])), c.blobs[i]);
+  }
+  // blob 2's frame held a dead blob: it is in a frame of its own making now
+  const e2 = s2.entry(c.digests[2]) as IndexEntry;
+  assert.equal(e2.framePlain, c.blobs[2].length);
+  assert.deepEqual(Buffer.from(await s2.get(c.digests[2])), c.blobs[2]);
+  for (const d of [c.digests[3], c.digests[4]]) assert.equal(s2.has(d), false);
+  const v = await s2.verify();
+  assert.deepEqual([v.errors, v.orphanPacks, v.blobs], [[], [], 3]);
+  await s2.close();
+});
+
+test('a prune that meets a damaged frame it would copy whole stops with CORRUPT and deletes nothing', async () => {
+  const c = await twoFrames('prune-whole-frame-damaged');
+  const e = c.entries[0];
+  const file = packPath(c.root, e.pack);
+  const bytes = readFileSync(file);
+  bytes[e.offset + Math.floor(e.encLength / 2)] ^= 0x40;
+  writeFileSync(file, bytes);
+  const before = snapshot(c.root);
+  const s = await Store.open(new LocalBackend(c.root));
+  await assert.rejects(s.prune(c.live), (err: { code?: string }) => err.code === 'CORRUPT');
+  await s.close();
+  // no new pack was written (the damaged frame is the first copied) and nothing went
+  assert.deepEqual(snapshot(c.root), before);
 });
 
 test('planPrune against a model on random synthetic indexes (second copies included)', () => {

@@ -124,11 +124,16 @@ function leafRuns(
  * files have), else undefined. Throws what extentRuns throws for the same root.
  */
 export function extentRunsNow(ctx: ExtContext, n: ExtNode): Run[] | undefined {
-  const buf = n.raw.subarray(INODE.block, INODE.block + I_BLOCK_SIZE);
+  return rootExtentRuns(ctx, n.ino, n.raw, n.at);
+}
+
+/** extentRunsNow from inode `ino`'s on-disk bytes `raw` (at volume offset `inodeAt`), not decoded. */
+export function rootExtentRuns(ctx: ExtContext, ino: number, raw: Uint8Array, inodeAt: number): Run[] | undefined {
+  const buf = raw.subarray(INODE.block, INODE.block + I_BLOCK_SIZE);
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   if (v.getUint16(EH.depth, true) !== 0) return undefined;
-  const structure = `ext inode ${n.ino} extent tree`;
-  const at = n.at + INODE.block;
+  const structure = `ext inode ${ino} extent tree`;
+  const at = inodeAt + INODE.block;
   const { entries } = extentHeader(ctx, structure, v, buf.length, at, -1);
   const runs: Run[] = [];
   leafRuns(ctx, structure, v, at, entries, 0, 2 ** 32, runs);

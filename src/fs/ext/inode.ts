@@ -116,25 +116,28 @@ export function inodeSeed(ctx: ExtContext, n: ExtNode): number {
 }
 
 /**
- * Decode the inode `raw` (a private copy of its on-disk bytes, s_inode_size long) found at
- * volume offset `at`; verifies its checksum (a warning when it differs).
+ * What decoding inode `raw` (at volume offset `at`) checks, and nothing built: a warning for an
+ * invalid i_extra_isize and for a checksum that differs (metadata_csum), CORRUPT for an absurd
+ * size. Returns the extra size believed (0 when invalid).
  */
-export function decodeInode(ctx: ExtContext, ino: number, raw: Uint8Array, at: number): ExtNode {
+export function checkInode(
+  ctx: ExtContext,
+  ino: number,
+  raw: Uint8Array,
+  at: number,
+  v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength),
+): number {
   const sb = ctx.sb;
   const structure = `ext inode ${ino}`;
-  const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  const modeBits = v.getUint16(INODE.mode, true);
-  const flags = v.getUint32(INODE.flags, true);
   let extraIsize = sb.inodeSize > GOOD_OLD_INODE_SIZE ? v.getUint16(INODE.extraIsize, true) : 0;
   if (extraIsize && (GOOD_OLD_INODE_SIZE + extraIsize > sb.inodeSize || extraIsize % 4 !== 0)) {
     ctx.warn(`${structure}: extra inode size ${extraIsize} is invalid; ignoring the extra fields`);
     extraIsize = 0;
   }
-  const generation = v.getUint32(INODE.generation, true);
   if (ctx.metadataCsum) {
     const hasHi = extraIsize >= INODE.checksumHi + 2 - GOOD_OLD_INODE_SIZE;
     const stored = v.getUint16(INODE.checksumLo, true) + (hasHi ? v.getUint16(INODE.checksumHi, true) * 65536 : 0);
-    if (inodeChecksum(ctx.csumSeed, ino, raw, generation, hasHi) !== stored) {
+    if (inodeChecksum(ctx.csumSeed, ino, raw, v.getUint32(INODE.generation, true), hasHi) !== stored) {
       ctx.warn(`${structure}: checksum mismatch (metadata_csum)`);
     }
   }
@@ -142,6 +145,21 @@ export function decodeInode(ctx: ExtContext, ino: number, raw: Uint8Array, at: n
   if (sizeHi >= 1 << 21) {
     throw new StrataError('CORRUPT', `size high word 0x${sizeHi.toString(16)} is absurd`, ctx.where(structure, at));
   }
+  return extraIsize;
+}
+
+/**
+ * Decode the inode `raw` (a private copy of its on-disk bytes, s_inode_size long) found at
+ * volume offset `at`; verifies its checksum (a warning when it differs).
+ */
+export function decodeInode(ctx: ExtContext, ino: number, raw: Uint8Array, at: number): ExtNode {
+  const sb = ctx.sb;
+  const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const modeBits = v.getUint16(INODE.mode, true);
+  const flags = v.getUint32(INODE.flags, true);
+  const extraIsize = checkInode(ctx, ino, raw, at, v);
+  const generation = v.getUint32(INODE.generation, true);
+  const sizeHi = v.getUint32(INODE.sizeHigh, true);
   const size = v.getUint32(INODE.sizeLo, true) + sizeHi * 2 ** 32;
   const hugeFs = (sb.roCompat & RO_COMPAT.HUGE_FILE) !== 0;
   let blocks = v.getUint32(INODE.blocksLo, true) + (hugeFs ? v.getUint16(INODE.blocksHigh, true) * 2 ** 32 : 0);
@@ -311,6 +329,20 @@ export class InodeTable {
   clear(): void {
     this.cache.clear();
     this.itCache.clear();
+  }
+
+  /**
+   * Inode `ino`'s on-disk bytes when its inode-table piece is in memory and it is not decoded
+   * already (no I/O, no copy, no decode): a view of the piece. Else undefined (then `node`
+   * has it, reads it, or says why it cannot).
+   */
+  rawNow(ino: number): { raw: Uint8Array; at: number } | undefined {
+    if (this.cache.get(ino)) return undefined;
+    const at = this.inodeAt(ino);
+    const cs = at - (at % IT_CHUNK);
+    const chunk = this.itCache.get(cs);
+    if (!chunk || at + this.inodeSize > cs + chunk.length) return undefined;
+    return { raw: chunk.subarray(at - cs, at - cs + this.inodeSize), at };
   }
 
   /** The inode-table piece at volume offset `cs` (a multiple of INODE_PIECE) when in memory. */

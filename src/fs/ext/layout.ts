@@ -1,10 +1,10 @@
 import { readExact } from '../../io/byte-source.js';
 import { StrataError } from '../../util/errors.js';
 import type { ByteRange, OwnedRange } from '../types.js';
-import type { BlockMap, Run } from './block-map.js';
+import { type BlockMap, EH, type Run, rootExtentRuns } from './block-map.js';
 import { type ExtContext, groupFirstBlock, inodeTableBlocks } from './context.js';
 import { BG, descPerBlock } from './group-desc.js';
-import { type ExtNode, FL, IND_BLOCK, INODE, type InodeTable, isFastSymlink } from './inode.js';
+import { checkInode, type ExtNode, FL, IND_BLOCK, INODE, type InodeTable, isFastSymlink } from './inode.js';
 import { COMPAT, groupHasSuper, INCOMPAT, RO_COMPAT, type Superblock } from './superblock.js';
 
 /** The resize inode (its double-indirect block lists the reserved GDT blocks). */
@@ -152,6 +152,18 @@ export async function allocation(ctx: ExtContext): Promise<ByteRange[]> {
   return clipped;
 }
 
+/** A regular file mapped by extents whose tree is all in i_block (depth 0), from its on-disk bytes. */
+function isRootMappedFile(raw: Uint8Array): boolean {
+  const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const flags = v.getUint32(INODE.flags, true);
+  return (
+    (v.getUint16(INODE.mode, true) & 0xf000) === 0x8000 &&
+    (flags & FL.EXTENTS) !== 0 &&
+    (flags & FL.INLINE_DATA) === 0 &&
+    v.getUint16(INODE.block + EH.depth, true) === 0
+  );
+}
+
 function mergeBlocks(sorted: number[]): Array<[number, number]> {
   const out: Array<[number, number]> = [];
   for (const b of sorted) {
@@ -209,6 +221,36 @@ export async function* metadataRegions(ctx: ExtContext, inodes: InodeTable, map:
       if (!((bm[i >> 3] >> (i & 7)) & 1)) continue;
       const ino = g * sb.inodesPerGroup + i + 1;
       if (ino > sb.inodesCount) break;
+      // most inodes are regular files whose extent tree sits whole in i_block: they own no
+      // metadata here but an xattr block, and are read from their inode-table piece as it is
+      // (the walk decodes them; a second decode and map was ~14 KB allocated an inode)
+      const quick = ino >= sb.firstIno && ino !== journal ? inodes.rawNow(ino) : undefined;
+      if (quick && isRootMappedFile(quick.raw)) {
+        const { raw, at } = quick;
+        const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+        try {
+          checkInode(ctx, ino, raw, at, v); // the checks (and warnings) of a decode
+        } catch (e) {
+          if (e instanceof StrataError) {
+            ctx.warn(`metadata scan: ${e.message}`);
+            continue;
+          }
+          throw e;
+        }
+        if (v.getUint16(INODE.linksCount, true) === 0) continue;
+        const fileAcl = v.getUint32(INODE.fileAclLo, true) + v.getUint16(INODE.fileAclHigh, true) * 2 ** 32;
+        if (fileAcl && !xattrBlocks.has(fileAcl) && fileAcl < sb.blocksCount) {
+          xattrBlocks.add(fileAcl);
+          yield { offset: fileAcl * bs, length: bs, kind: 'xattr-block', detail: `inode ${ino}`, ino };
+        }
+        try {
+          rootExtentRuns(ctx, ino, raw, at); // the checks (and errors) of its map
+        } catch (e) {
+          if (e instanceof StrataError) ctx.warn(`metadata scan: ${e.message}`);
+          else throw e;
+        }
+        continue;
+      }
       let n: ExtNode;
       try {
         n = await inodes.node(ino);
