@@ -293,22 +293,20 @@ static int known_type(uint32_t t) {
 static const uint32_t DT_BY_FT[8] = {0, 8, 4, 2, 6, 1, 12, 10};
 
 /*
- * decodeInode of src/fs/ext/inode.ts into a fuse_attr (makeAttr of tree.ts) at `a`; 0 when the
- * reader would warn or throw. *is_dir says whether the inode is a directory.
+ * What decodeInode of src/fs/ext/inode.ts warns about or refuses in inode `ino` (raw: its
+ * bytes): a bad extra inode size, a checksum mismatch (metadata_csum), an absurd size; 0 then.
+ * *extra: the extra inode size.
  */
-static int write_attr(const double *cfg, uint32_t ino, const uint8_t *raw, uint8_t *a, int *is_dir, int *why) {
+static int inode_ok(const double *cfg, uint32_t ino, const uint8_t *raw, uint32_t *extra, int *why) {
   size_t isize = (size_t)cfg[CFG_INODE_SIZE];
-  int flags_cfg = (int)cfg[CFG_FLAGS];
-  uint32_t mode_bits = le16(raw);
-  uint32_t flags = le32(raw + 0x20);
-  uint32_t extra = isize > 128 ? le16(raw + 0x80) : 0;
-  if (extra && (128 + extra > isize || extra % 4 != 0)) return *why = WHY_EXTRA_ISIZE, 0;
-  uint32_t generation = le32(raw + 0x64);
-  if (flags_cfg & F_CSUM) {
-    int has_hi = extra >= 4;
+  uint32_t x = isize > 128 ? le16(raw + 0x80) : 0;
+  if (x && (128 + x > isize || x % 4 != 0)) return *why = WHY_EXTRA_ISIZE, 0;
+  *extra = x;
+  if ((int)cfg[CFG_FLAGS] & F_CSUM) {
+    int has_hi = x >= 4;
     uint32_t stored = le16(raw + 0x7c) + (has_hi ? (uint32_t)le16(raw + 0x82) << 16 : 0);
     static const uint8_t zero2[2] = {0, 0};
-    uint32_t c = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], ino), generation);
+    uint32_t c = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], ino), le32(raw + 0x64));
     c = crc(c, raw, 0x7c);
     c = crc(c, zero2, 2);
     if (has_hi) {
@@ -320,9 +318,21 @@ static int write_attr(const double *cfg, uint32_t ino, const uint8_t *raw, uint8
     }
     if (c != stored) return *why = WHY_INODE_CSUM, 0;
   }
-  uint32_t size_hi = le32(raw + 0x6c);
-  if (size_hi >= (1u << 21)) return *why = WHY_SIZE_HIGH, 0;
-  double size = (double)le32(raw + 4) + (double)size_hi * 4294967296.0;
+  if (le32(raw + 0x6c) >= (1u << 21)) return *why = WHY_SIZE_HIGH, 0;
+  return 1;
+}
+
+/*
+ * decodeInode of src/fs/ext/inode.ts into a fuse_attr (makeAttr of tree.ts) at `a`; 0 when the
+ * reader would warn or throw. *is_dir says whether the inode is a directory.
+ */
+static int write_attr(const double *cfg, uint32_t ino, const uint8_t *raw, uint8_t *a, int *is_dir, int *why) {
+  int flags_cfg = (int)cfg[CFG_FLAGS];
+  uint32_t mode_bits = le16(raw);
+  uint32_t flags = le32(raw + 0x20);
+  uint32_t extra;
+  if (!inode_ok(cfg, ino, raw, &extra, why)) return 0;
+  double size = (double)le32(raw + 4) + (double)le32(raw + 0x6c) * 4294967296.0;
   int huge = (flags_cfg & F_HUGE) != 0;
   double blocks = (double)le32(raw + 0x1c) + (huge ? (double)le16(raw + 0x74) * 4294967296.0 : 0);
   if (huge && (flags & 0x40000)) blocks *= cfg[CFG_BLOCK_SIZE] / 512;
@@ -590,7 +600,8 @@ static int build(const double *cfg, const double *groups, size_t ngroups, const 
   return (int)at;
 }
 
-static int typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
+/* v is a typed array of type `want`: its data and length (also used by fuseread.c) */
+int strata_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
   bool is;
   napi_typedarray_type type;
   if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
@@ -604,10 +615,10 @@ static napi_value ExtDirPlus(napi_env env, napi_callback_info info) {
   void *cfg, *groups, *dir, *out, *res;
   size_t ncfg, ngroups, ndir, nout, nres;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 ||
-      !typed(env, argv[0], napi_float64_array, &cfg, &ncfg) || ncfg < CFG_N ||
-      !typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
-      !typed(env, argv[2], napi_uint8_array, &dir, &ndir) || !typed(env, argv[4], napi_uint8_array, &out, &nout) ||
-      !typed(env, argv[5], napi_float64_array, &res, &nres)) {
+      !strata_typed(env, argv[0], napi_float64_array, &cfg, &ncfg) || ncfg < CFG_N ||
+      !strata_typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
+      !strata_typed(env, argv[2], napi_uint8_array, &dir, &ndir) || !strata_typed(env, argv[4], napi_uint8_array, &out, &nout) ||
+      !strata_typed(env, argv[5], napi_float64_array, &res, &nres)) {
     napi_throw_type_error(env, NULL,
                           "extDirPlus(cfg: Float64Array, groups: Float64Array, dir: Uint8Array, pieces: Array, out: "
                           "Uint8Array, res: Float64Array)");
@@ -657,27 +668,10 @@ static int dir_blocks(const double *cfg, const double *groups, size_t ngroups, F
   if (isize > sizeof raw) return *why = WHY_CONFIG, 0;
   memcpy(raw, p + off, isize);
   /* decodeInode's warnings and refusals */
-  uint32_t extra = isize > 128 ? le16(raw + 0x80) : 0;
-  if (extra && (128 + extra > isize || extra % 4 != 0)) return *why = WHY_EXTRA_ISIZE, 0;
-  uint32_t generation = le32(raw + 0x64);
-  uint32_t dseed = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], (uint32_t)ino), generation);
-  if (flags_cfg & F_CSUM) {
-    int has_hi = extra >= 4;
-    uint32_t stored = le16(raw + 0x7c) + (has_hi ? (uint32_t)le16(raw + 0x82) << 16 : 0);
-    static const uint8_t zero2[2] = {0, 0};
-    uint32_t c = crc(dseed, raw, 0x7c);
-    c = crc(c, zero2, 2);
-    if (has_hi) {
-      c = crc(c, raw + 0x7e, 0x82 - 0x7e);
-      c = crc(c, zero2, 2);
-      c = crc(c, raw + 0x84, isize - 0x84);
-    } else {
-      c = crc(c, raw + 0x7e, isize - 0x7e) & 0xffff;
-    }
-    if (c != stored) return *why = WHY_INODE_CSUM, 0;
-  }
+  uint32_t extra;
+  if (!inode_ok(cfg, (uint32_t)ino, raw, &extra, why)) return 0;
+  uint32_t dseed = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], (uint32_t)ino), le32(raw + 0x64));
   uint32_t size_hi = le32(raw + 0x6c);
-  if (size_hi >= (1u << 21)) return *why = WHY_SIZE_HIGH, 0;
   uint32_t flags = le32(raw + 0x20);
   if ((le16(raw) & 0xf000) != 0x4000 || (flags & (FL_INLINE_DATA | FL_ENCRYPT))) return *why = WHY_DIR_INODE, 0;
   double size = (double)le32(raw + 4) + (double)size_hi * 4294967296.0;
@@ -693,7 +687,6 @@ static int dir_blocks(const double *cfg, const double *groups, size_t ngroups, F
     /* extentHeader's checks; an index node (depth > 0) is the reader's to walk */
     if (le16(ib) != 0xf30a || entries > max || 12 + max * 12 > 60 || depth != 0) return *why = WHY_DIR_MAP, 0;
     double end = 0;
-    int unwritten_seen = 0;
     for (uint32_t i = 0; i < entries; i++) {
       const uint8_t *e = ib + 12 + 12 * i;
       double lblk = le32(e);
@@ -706,13 +699,11 @@ static int dir_blocks(const double *cfg, const double *groups, size_t ngroups, F
       if (lblk + l > 4294967296.0 || lblk < end || pblk + l > blocks_count || pblk < first_data)
         return *why = WHY_DIR_MAP, 0;
       end = lblk + l;
-      if (unwritten) unwritten_seen = 1;
       runs[nruns][0] = unwritten ? -1 : lblk; /* -1: not to be read */
       runs[nruns][1] = pblk;
       runs[nruns][2] = l;
       nruns++;
     }
-    (void)unwritten_seen;
   } else {
     /* indirectRuns for what fits the 12 direct pointers; more is the reader's to walk */
     if (nblocks > 12) return *why = WHY_DIR_MAP, 0;
@@ -758,11 +749,11 @@ static napi_value ExtDirPlusFd(napi_env env, napi_callback_info info) {
   void *cfgp, *groups, *cache, *tags, *out, *res;
   size_t ncfg, ngroups, ncache, ntags, nout, nres;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 ||
-      !typed(env, argv[0], napi_float64_array, &cfgp, &ncfg) || ncfg < CFG_N ||
-      !typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
-      !typed(env, argv[2], napi_uint8_array, &cache, &ncache) ||
-      !typed(env, argv[3], napi_float64_array, &tags, &ntags) || !typed(env, argv[4], napi_uint8_array, &out, &nout) ||
-      !typed(env, argv[5], napi_float64_array, &res, &nres)) {
+      !strata_typed(env, argv[0], napi_float64_array, &cfgp, &ncfg) || ncfg < CFG_N ||
+      !strata_typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
+      !strata_typed(env, argv[2], napi_uint8_array, &cache, &ncache) ||
+      !strata_typed(env, argv[3], napi_float64_array, &tags, &ntags) || !strata_typed(env, argv[4], napi_uint8_array, &out, &nout) ||
+      !strata_typed(env, argv[5], napi_float64_array, &res, &nres)) {
     napi_throw_type_error(env, NULL,
                           "extDirPlusFd(cfg: Float64Array, groups: Float64Array, cache: Uint8Array, tags: Float64Array, "
                           "out: Uint8Array, res: Float64Array)");

@@ -35,13 +35,7 @@ static int listing_end(int64_t *a, size_t slots, uint64_t id, int64_t *count) {
   return (uint64_t)__atomic_load_n(&a[s], __ATOMIC_SEQ_CST) == id;
 }
 
-static int typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
-  bool is;
-  napi_typedarray_type type;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
-  if (napi_get_typedarray_info(env, v, &type, len, data, NULL, NULL) != napi_ok || type != want) return 0;
-  return 1;
-}
+int strata_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len); /* dirplus.c */
 
 static napi_value FuseRead(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -50,9 +44,9 @@ static napi_value FuseRead(napi_env env, napi_callback_info info) {
   void *buf, *ends, *stats;
   size_t nbuf, nends, nstats;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 ||
-      napi_get_value_int32(env, argv[0], &fd) != napi_ok || !typed(env, argv[1], napi_uint8_array, &buf, &nbuf) ||
-      !typed(env, argv[2], napi_bigint64_array, &ends, &nends) ||
-      !typed(env, argv[3], napi_int32_array, &stats, &nstats) || nstats < 1 || nends < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || !strata_typed(env, argv[1], napi_uint8_array, &buf, &nbuf) ||
+      !strata_typed(env, argv[2], napi_bigint64_array, &ends, &nends) ||
+      !strata_typed(env, argv[3], napi_int32_array, &stats, &nstats) || nstats < 1 || nends < 2 ||
       ((nends / 2) & (nends / 2 - 1)) != 0) {
     napi_throw_type_error(env, NULL, "fuseRead(fd, buf: Uint8Array, ends: BigInt64Array, stats: Int32Array)");
     return NULL;
