@@ -890,13 +890,12 @@ export class FuseSession {
    * for them here. Notes the listing's end when the reply holds all of it.
    */
   private handOut(held: Held, nodeid: number, r: PlusReply): Buffer {
-    if (r.dirs.length > 0) {
-      const u = words(r.out);
-      for (let k = 0; k < r.dirs.length; k++) {
-        const at = r.dirs[k].at + ENTRY_OUT;
-        const name = r.out.toString('utf8', at + DIRENT_BASE, at + DIRENT_BASE + r.out.readUInt32LE(at + 16));
-        if (!this.give(held, name, stubDir(r.dirs[k].ino), true)) writeEntry(u, r.dirs[k].at, 0, undefined, this.valid);
-      }
+    for (let k = 0; k < r.dirs.length; k++) {
+      const at = r.dirs[k].at + ENTRY_OUT;
+      const name = r.out.toString('utf8', at + DIRENT_BASE, at + DIRENT_BASE + r.out.readUInt32LE(at + 16));
+      // the word view only for a refused entry (corrupt images): none made per directory
+      if (!this.give(held, name, stubDir(r.dirs[k].ino), true))
+        writeEntry(words(r.out), r.dirs[k].at, 0, undefined, this.valid);
     }
     if (r.written >= r.total) {
       held.listing = undefined;
