@@ -22,12 +22,23 @@
  *   On success: res[0] = the listing's length ('.' and '..' included), res[1] = entries
  *   written, res[2] = n, then n pairs (reply offset, inode) of the entries whose inode is a
  *   directory (the caller checks them for cycles and clears the refused ones).
+ *
+ * extDirPlusFd(cfg, groups, cache: Uint8Array, tags: Float64Array, out, res) -> number
+ *   The same reply with no bytes handed in: the volume is a plain window of a local file
+ *   (cfg[CFG_FD] at cfg[CFG_BASE]), so this call reads everything itself with pread: the
+ *   directory's inode (cfg[CFG_DIR_INO]), its extent map (depth 0) or direct blocks, its blocks,
+ *   and its children's inode-table pieces, kept in `cache` (a direct-mapped cache of
+ *   cache.length / pieceSize pieces; tags[2s] = the piece number in slot s or -1, tags[2s+1] its
+ *   length). What src/fs/ext's plusDirectory would not hand out, and any short read, is FALLBACK.
+ *   Never MISSING.
  */
+#include <errno.h>
 #include <math.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum {
   CFG_BLOCK_SIZE,
@@ -47,6 +58,14 @@ enum {
   CFG_ID_BASE,
   CFG_PIECE_SIZE,
   CFG_BLKSIZE,
+  /* extDirPlusFd only: the image file, where the volume starts in it and its size, the file
+     system's block count and first data block, and the directory's inode */
+  CFG_FD,
+  CFG_BASE,
+  CFG_VOLUME_SIZE,
+  CFG_BLOCKS_COUNT,
+  CFG_FIRST_DATA_BLOCK,
+  CFG_DIR_INO,
   CFG_N
 };
 #define F_CSUM 1
@@ -71,7 +90,13 @@ enum {
   WHY_PIECE,
   WHY_DUPLICATE,
   WHY_MEMORY,
-  WHY_RES
+  WHY_RES,
+  /* extDirPlusFd: the directory's own inode or block map is one the reader would warn about
+     or serves otherwise (not a directory, inline or encrypted, a deep or odd extent tree,
+     indirect blocks, holes, unwritten or out-of-range runs), or a read fell short */
+  WHY_DIR_INODE,
+  WHY_DIR_MAP,
+  WHY_READ
 };
 
 #define ENTRY_OUT 128
@@ -268,22 +293,20 @@ static int known_type(uint32_t t) {
 static const uint32_t DT_BY_FT[8] = {0, 8, 4, 2, 6, 1, 12, 10};
 
 /*
- * decodeInode of src/fs/ext/inode.ts into a fuse_attr (makeAttr of tree.ts) at `a`; 0 when the
- * reader would warn or throw. *is_dir says whether the inode is a directory.
+ * What decodeInode of src/fs/ext/inode.ts warns about or refuses in inode `ino` (raw: its
+ * bytes): a bad extra inode size, a checksum mismatch (metadata_csum), an absurd size; 0 then.
+ * *extra: the extra inode size.
  */
-static int write_attr(const double *cfg, uint32_t ino, const uint8_t *raw, uint8_t *a, int *is_dir, int *why) {
+static int inode_ok(const double *cfg, uint32_t ino, const uint8_t *raw, uint32_t *extra, int *why) {
   size_t isize = (size_t)cfg[CFG_INODE_SIZE];
-  int flags_cfg = (int)cfg[CFG_FLAGS];
-  uint32_t mode_bits = le16(raw);
-  uint32_t flags = le32(raw + 0x20);
-  uint32_t extra = isize > 128 ? le16(raw + 0x80) : 0;
-  if (extra && (128 + extra > isize || extra % 4 != 0)) return *why = WHY_EXTRA_ISIZE, 0;
-  uint32_t generation = le32(raw + 0x64);
-  if (flags_cfg & F_CSUM) {
-    int has_hi = extra >= 4;
+  uint32_t x = isize > 128 ? le16(raw + 0x80) : 0;
+  if (x && (128 + x > isize || x % 4 != 0)) return *why = WHY_EXTRA_ISIZE, 0;
+  *extra = x;
+  if ((int)cfg[CFG_FLAGS] & F_CSUM) {
+    int has_hi = x >= 4;
     uint32_t stored = le16(raw + 0x7c) + (has_hi ? (uint32_t)le16(raw + 0x82) << 16 : 0);
     static const uint8_t zero2[2] = {0, 0};
-    uint32_t c = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], ino), generation);
+    uint32_t c = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], ino), le32(raw + 0x64));
     c = crc(c, raw, 0x7c);
     c = crc(c, zero2, 2);
     if (has_hi) {
@@ -295,9 +318,21 @@ static int write_attr(const double *cfg, uint32_t ino, const uint8_t *raw, uint8
     }
     if (c != stored) return *why = WHY_INODE_CSUM, 0;
   }
-  uint32_t size_hi = le32(raw + 0x6c);
-  if (size_hi >= (1u << 21)) return *why = WHY_SIZE_HIGH, 0;
-  double size = (double)le32(raw + 4) + (double)size_hi * 4294967296.0;
+  if (le32(raw + 0x6c) >= (1u << 21)) return *why = WHY_SIZE_HIGH, 0;
+  return 1;
+}
+
+/*
+ * decodeInode of src/fs/ext/inode.ts into a fuse_attr (makeAttr of tree.ts) at `a`; 0 when the
+ * reader would warn or throw. *is_dir says whether the inode is a directory.
+ */
+static int write_attr(const double *cfg, uint32_t ino, const uint8_t *raw, uint8_t *a, int *is_dir, int *why) {
+  int flags_cfg = (int)cfg[CFG_FLAGS];
+  uint32_t mode_bits = le16(raw);
+  uint32_t flags = le32(raw + 0x20);
+  uint32_t extra;
+  if (!inode_ok(cfg, ino, raw, &extra, why)) return 0;
+  double size = (double)le32(raw + 4) + (double)le32(raw + 0x6c) * 4294967296.0;
   int huge = (flags_cfg & F_HUGE) != 0;
   double blocks = (double)le32(raw + 0x1c) + (huge ? (double)le16(raw + 0x74) * 4294967296.0 : 0);
   if (huge && (flags & 0x40000)) blocks *= cfg[CFG_BLOCK_SIZE] / 512;
@@ -367,14 +402,17 @@ static size_t write_dirent(uint8_t *p, double ino, double off, uint32_t dt, cons
   return end;
 }
 
+/* Where the children's inode-table pieces come from: piece k's bytes, or NULL (*len 0). */
+typedef const uint8_t *(*PieceFn)(void *ctx, uint32_t k, size_t *len);
+
 typedef struct {
   napi_env env;
   napi_value pieces;
-  double piece_size;
-} Pieces;
+} JsPieces;
 
-/* piece k's bytes, or NULL (*len 0) when the caller holds none */
-static const uint8_t *piece(Pieces *ps, uint32_t k, size_t *len) {
+/* extDirPlus: piece k as the caller holds it in its array, or NULL (to be loaded: MISSING) */
+static const uint8_t *js_piece(void *ctx, uint32_t k, size_t *len) {
+  JsPieces *ps = ctx;
   napi_value v;
   bool is;
   *len = 0;
@@ -388,8 +426,51 @@ static const uint8_t *piece(Pieces *ps, uint32_t k, size_t *len) {
   return data;
 }
 
-static int build(napi_env env, const double *cfg, const double *groups, size_t ngroups, const uint8_t *dir, size_t dir_len,
-                 napi_value pieces, uint8_t *out, size_t out_len, double *res, size_t res_len, int *why) {
+typedef struct {
+  int fd;
+  double base, vsize, psz;
+  uint8_t *cache;
+  double *tags;
+  size_t slots;
+} FdPieces;
+
+/* bytes [off, off+len) of the volume into p; 0 when they lie past its end or the read falls short */
+static int vread(FdPieces *f, uint8_t *p, double off, size_t len) {
+  if (off < 0 || off + (double)len > f->vsize) return 0;
+  double at = f->base + off;
+  size_t got = 0;
+  while (got < len) {
+    ssize_t r = pread(f->fd, p + got, len - got, (off_t)(at + (double)got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 0;
+    got += (size_t)r;
+  }
+  return 1;
+}
+
+/* extDirPlusFd: piece k from the cache, else read into its slot (clipped at the volume's end); NULL when unreadable */
+static const uint8_t *fd_piece(void *ctx, uint32_t k, size_t *len) {
+  FdPieces *f = ctx;
+  *len = 0;
+  size_t s = k % f->slots;
+  uint8_t *slot = f->cache + s * (size_t)f->psz;
+  if (f->tags[2 * s] == k) {
+    *len = (size_t)f->tags[2 * s + 1];
+    return slot;
+  }
+  double at = k * f->psz;
+  if (at >= f->vsize) return NULL;
+  size_t n = (size_t)(f->vsize - at < f->psz ? f->vsize - at : f->psz);
+  f->tags[2 * s] = -1;
+  if (!vread(f, slot, at, n)) return NULL;
+  f->tags[2 * s] = k;
+  f->tags[2 * s + 1] = (double)n;
+  *len = n;
+  return slot;
+}
+
+static int build(const double *cfg, const double *groups, size_t ngroups, const uint8_t *dir, size_t dir_len,
+                 PieceFn get, void *pctx, uint8_t *out, size_t out_len, double *res, size_t res_len, int *why) {
   size_t bs = (size_t)cfg[CFG_BLOCK_SIZE];
   size_t isize = (size_t)cfg[CFG_INODE_SIZE];
   double ipg = cfg[CFG_INODES_PER_GROUP];
@@ -429,9 +510,9 @@ static int build(napi_env env, const double *cfg, const double *groups, size_t n
     return *why = WHY_CONFIG, FALLBACK;
   }
   while (fit < es.n && used + dirent_size(es.v[fit].len) <= limit) used += dirent_size(es.v[fit++].len);
-  Pieces ps = {env, pieces, psz};
   size_t missing = 0;
-  const uint8_t **raw = malloc((fit ? fit : 1) * sizeof(uint8_t *));
+  /* each child's inode copied out: a later piece may take an earlier one's place (extDirPlusFd's cache) */
+  uint8_t *raw = malloc((fit ? fit : 1) * isize);
   if (!raw) {
     free(es.v);
     return *why = WHY_MEMORY, FALLBACK;
@@ -446,8 +527,7 @@ static int build(napi_env env, const double *cfg, const double *groups, size_t n
     double at = groups[(size_t)g] + (n - g * ipg) * isize;
     double k = floor(at / psz);
     size_t plen;
-    const uint8_t *p = piece(&ps, (uint32_t)k, &plen);
-    raw[i] = NULL;
+    const uint8_t *p = get(pctx, (uint32_t)k, &plen);
     if (!p) {
       if (missing + 1 < res_len) {
         size_t j = 1;
@@ -461,7 +541,7 @@ static int build(napi_env env, const double *cfg, const double *groups, size_t n
       ok = 0, *why = WHY_PIECE;
       break;
     }
-    raw[i] = p + off;
+    memcpy(raw + i * isize, p + off, isize);
   }
   if (!ok || missing) {
     free(raw);
@@ -484,7 +564,7 @@ static int build(napi_env env, const double *cfg, const double *groups, size_t n
     const Entry *e = &es.v[i];
     uint8_t *p = out + at;
     int is_dir = 0;
-    if (!write_attr(cfg, e->ino, raw[i], p + 40, &is_dir, why)) {
+    if (!write_attr(cfg, e->ino, raw + i * isize, p + 40, &is_dir, why)) {
       ok = 0;
       break;
     }
@@ -520,7 +600,8 @@ static int build(napi_env env, const double *cfg, const double *groups, size_t n
   return (int)at;
 }
 
-static int typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
+/* v is a typed array of type `want`: its data and length (also used by fuseread.c) */
+int strata_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
   bool is;
   napi_typedarray_type type;
   if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
@@ -534,10 +615,10 @@ static napi_value ExtDirPlus(napi_env env, napi_callback_info info) {
   void *cfg, *groups, *dir, *out, *res;
   size_t ncfg, ngroups, ndir, nout, nres;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 ||
-      !typed(env, argv[0], napi_float64_array, &cfg, &ncfg) || ncfg < CFG_N ||
-      !typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
-      !typed(env, argv[2], napi_uint8_array, &dir, &ndir) || !typed(env, argv[4], napi_uint8_array, &out, &nout) ||
-      !typed(env, argv[5], napi_float64_array, &res, &nres)) {
+      !strata_typed(env, argv[0], napi_float64_array, &cfg, &ncfg) || ncfg < CFG_N ||
+      !strata_typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
+      !strata_typed(env, argv[2], napi_uint8_array, &dir, &ndir) || !strata_typed(env, argv[4], napi_uint8_array, &out, &nout) ||
+      !strata_typed(env, argv[5], napi_float64_array, &res, &nres)) {
     napi_throw_type_error(env, NULL,
                           "extDirPlus(cfg: Float64Array, groups: Float64Array, dir: Uint8Array, pieces: Array, out: "
                           "Uint8Array, res: Float64Array)");
@@ -545,7 +626,159 @@ static napi_value ExtDirPlus(napi_env env, napi_callback_info info) {
   }
   if (!crc_ready) crc_init();
   int why = 0;
-  int r = build(env, cfg, groups, ngroups, dir, ndir, argv[3], out, nout, res, nres, &why);
+  JsPieces ps = {env, argv[3]};
+  int r = build(cfg, groups, ngroups, dir, ndir, js_piece, &ps, out, nout, res, nres, &why);
+  if (r == FALLBACK && nres > 0) ((double *)res)[0] = why;
+  napi_value v;
+  napi_create_int32(env, r, &v);
+  return v;
+}
+
+
+#define FL_INDEX 0x1000
+#define FL_EXTENTS 0x80000
+#define FL_ENCRYPT 0x800
+#define FL_INLINE_DATA 0x10000000
+#define MAX_PLUS_DIRECTORY (16u << 20) /* src/fs/ext/index.ts: larger directories are read in batches */
+
+/*
+ * The directory's blocks as src/fs/ext's plusDirectory hands them out, read with pread: its
+ * inode (checked as decodeInode checks it: any warning it would give is FALLBACK), its runs
+ * (depth-0 extents checked as leafRuns checks them, or direct block pointers), then the blocks
+ * from logical block 0 on while they are contiguous and written. *blocks is malloc'd.
+ */
+static int dir_blocks(const double *cfg, const double *groups, size_t ngroups, FdPieces *f, uint8_t **blocks,
+                      size_t *len, double *seed, int *indexed, int *why) {
+  size_t bs = (size_t)cfg[CFG_BLOCK_SIZE];
+  size_t isize = (size_t)cfg[CFG_INODE_SIZE];
+  double ipg = cfg[CFG_INODES_PER_GROUP];
+  double ino = cfg[CFG_DIR_INO];
+  int flags_cfg = (int)cfg[CFG_FLAGS];
+  if (ino < 1 || ino > cfg[CFG_INODES_COUNT] || ino != floor(ino)) return *why = WHY_DIR_INODE, 0;
+  double n = ino - 1;
+  double g = floor(n / ipg);
+  if (g >= ngroups) return *why = WHY_DIR_INODE, 0;
+  double at = groups[(size_t)g] + (n - g * ipg) * isize;
+  double k = floor(at / f->psz);
+  size_t plen;
+  const uint8_t *p = fd_piece(f, (uint32_t)k, &plen);
+  size_t off = (size_t)(at - k * f->psz);
+  if (!p || off + isize > plen) return *why = WHY_READ, 0;
+  uint8_t raw[1024];
+  if (isize > sizeof raw) return *why = WHY_CONFIG, 0;
+  memcpy(raw, p + off, isize);
+  /* decodeInode's warnings and refusals */
+  uint32_t extra;
+  if (!inode_ok(cfg, (uint32_t)ino, raw, &extra, why)) return 0;
+  uint32_t dseed = crc_u32(crc_u32((uint32_t)cfg[CFG_CSUM_SEED], (uint32_t)ino), le32(raw + 0x64));
+  uint32_t size_hi = le32(raw + 0x6c);
+  uint32_t flags = le32(raw + 0x20);
+  if ((le16(raw) & 0xf000) != 0x4000 || (flags & (FL_INLINE_DATA | FL_ENCRYPT))) return *why = WHY_DIR_INODE, 0;
+  double size = (double)le32(raw + 4) + (double)size_hi * 4294967296.0;
+  double nblocks = ceil(size / bs);
+  if (nblocks * bs > MAX_PLUS_DIRECTORY) return *why = WHY_DIR_INODE, 0;
+  /* the runs, as (lblk, pblk, len) in logical order */
+  double runs[12][3];
+  size_t nruns = 0;
+  double blocks_count = cfg[CFG_BLOCKS_COUNT], first_data = cfg[CFG_FIRST_DATA_BLOCK];
+  const uint8_t *ib = raw + 0x28;
+  if (flags & FL_EXTENTS) {
+    uint32_t entries = le16(ib + 2), max = le16(ib + 4), depth = le16(ib + 6);
+    /* extentHeader's checks; an index node (depth > 0) is the reader's to walk */
+    if (le16(ib) != 0xf30a || entries > max || 12 + max * 12 > 60 || depth != 0) return *why = WHY_DIR_MAP, 0;
+    double end = 0;
+    for (uint32_t i = 0; i < entries; i++) {
+      const uint8_t *e = ib + 12 + 12 * i;
+      double lblk = le32(e);
+      uint32_t l = le16(e + 4);
+      int unwritten = l > 32768;
+      if (unwritten) l -= 32768;
+      double pblk = (double)le16(e + 6) * 4294967296.0 + le32(e + 8);
+      if (l == 0) continue;
+      /* leafRuns: in order, inside the file system */
+      if (lblk + l > 4294967296.0 || lblk < end || pblk + l > blocks_count || pblk < first_data)
+        return *why = WHY_DIR_MAP, 0;
+      end = lblk + l;
+      runs[nruns][0] = unwritten ? -1 : lblk; /* -1: not to be read */
+      runs[nruns][1] = pblk;
+      runs[nruns][2] = l;
+      nruns++;
+    }
+  } else {
+    /* indirectRuns for what fits the 12 direct pointers; more is the reader's to walk */
+    if (nblocks > 12) return *why = WHY_DIR_MAP, 0;
+    for (uint32_t i = 0; i < (uint32_t)nblocks; i++) {
+      double pblk = le32(ib + 4 * i);
+      if (pblk == 0) continue;
+      if (pblk >= blocks_count) return *why = WHY_DIR_MAP, 0;
+      runs[nruns][0] = i;
+      runs[nruns][1] = pblk;
+      runs[nruns][2] = 1;
+      nruns++;
+    }
+  }
+  /* plusDirectory: the runs from block 0 on while they follow each other, written */
+  double next = 0;
+  for (size_t i = 0; i < nruns && next < nblocks; i++) {
+    if (runs[i][0] != next) return *why = WHY_DIR_MAP, 0;
+    double cnt = runs[i][2] < nblocks - next ? runs[i][2] : nblocks - next;
+    runs[i][2] = cnt;
+    next += cnt;
+  }
+  size_t total = (size_t)next * bs;
+  uint8_t *b = malloc(total ? total : 1);
+  if (!b) return *why = WHY_MEMORY, 0;
+  double done = 0;
+  for (size_t i = 0; i < nruns && done < next; i++) {
+    if (!vread(f, b + (size_t)done * bs, runs[i][1] * bs, (size_t)runs[i][2] * bs)) {
+      free(b);
+      return *why = WHY_READ, 0;
+    }
+    done += runs[i][2];
+  }
+  *blocks = b;
+  *len = total;
+  *seed = (flags_cfg & F_CSUM) ? dseed : 0;
+  *indexed = (flags & FL_INDEX) != 0;
+  return 1;
+}
+
+static napi_value ExtDirPlusFd(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  void *cfgp, *groups, *cache, *tags, *out, *res;
+  size_t ncfg, ngroups, ncache, ntags, nout, nres;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 ||
+      !strata_typed(env, argv[0], napi_float64_array, &cfgp, &ncfg) || ncfg < CFG_N ||
+      !strata_typed(env, argv[1], napi_float64_array, &groups, &ngroups) ||
+      !strata_typed(env, argv[2], napi_uint8_array, &cache, &ncache) ||
+      !strata_typed(env, argv[3], napi_float64_array, &tags, &ntags) || !strata_typed(env, argv[4], napi_uint8_array, &out, &nout) ||
+      !strata_typed(env, argv[5], napi_float64_array, &res, &nres)) {
+    napi_throw_type_error(env, NULL,
+                          "extDirPlusFd(cfg: Float64Array, groups: Float64Array, cache: Uint8Array, tags: Float64Array, "
+                          "out: Uint8Array, res: Float64Array)");
+    return NULL;
+  }
+  if (!crc_ready) crc_init();
+  double *cfg = cfgp;
+  int why = 0, r = FALLBACK;
+  FdPieces f = {(int)cfg[CFG_FD], cfg[CFG_BASE], cfg[CFG_VOLUME_SIZE], cfg[CFG_PIECE_SIZE], cache, tags, 0};
+  if (f.psz >= 1 && f.psz <= (1 << 24)) f.slots = ncache / (size_t)f.psz;
+  if (f.slots == 0 || ntags < 2 * f.slots || cfg[CFG_BLOCK_SIZE] < 1024 || cfg[CFG_BLOCK_SIZE] > 65536 ||
+      cfg[CFG_INODE_SIZE] < 128) {
+    why = WHY_CONFIG;
+  } else {
+    uint8_t *blocks = NULL;
+    size_t len = 0;
+    int indexed = 0;
+    if (dir_blocks(cfg, groups, ngroups, &f, &blocks, &len, &cfg[CFG_DIR_SEED], &indexed, &why)) {
+      cfg[CFG_INDEXED] = indexed;
+      r = build(cfg, groups, ngroups, blocks, len, fd_piece, &f, out, nout, res, nres, &why);
+      /* a piece fd_piece could not read */
+      if (r == MISSING) r = FALLBACK, why = WHY_READ;
+      free(blocks);
+    }
+  }
   if (r == FALLBACK && nres > 0) ((double *)res)[0] = why;
   napi_value v;
   napi_create_int32(env, r, &v);
@@ -556,4 +789,6 @@ void strata_register_dirplus(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "extDirPlus", NAPI_AUTO_LENGTH, ExtDirPlus, NULL, &fn);
   napi_set_named_property(env, exports, "extDirPlus", fn);
+  napi_create_function(env, "extDirPlusFd", NAPI_AUTO_LENGTH, ExtDirPlusFd, NULL, &fn);
+  napi_set_named_property(env, exports, "extDirPlusFd", fn);
 }

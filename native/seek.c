@@ -17,6 +17,7 @@ void strata_register_extract(napi_env env, napi_value exports); /* extract.c */
 void strata_register_inflate(napi_env env, napi_value exports); /* inflate.c */
 void strata_register_dirplus(napi_env env, napi_value exports); /* dirplus.c */
 void strata_register_heap(napi_env env, napi_value exports);    /* heap.c */
+void strata_register_fuseread(napi_env env, napi_value exports); /* fuseread.c */
 
 static napi_value Seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -55,5 +56,6 @@ NAPI_MODULE_INIT() {
   strata_register_inflate(env, exports);
   strata_register_dirplus(env, exports);
   strata_register_heap(env, exports);
+  strata_register_fuseread(env, exports);
   return exports;
 }

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = path.join(root, 'native');
 const out = path.join(dir, 'build', 'Release', 'strata_native.node');
-const sources = ['seek.c', 'copy.c', 'extract.c', 'inflate.c', 'dirplus.c', 'heap.c', 'napi-job.h', 'binding.gyp'].map((f) => path.join(dir, f));
+const sources = ['seek.c', 'copy.c', 'extract.c', 'inflate.c', 'dirplus.c', 'heap.c', 'fuseread.c', 'napi-job.h', 'binding.gyp'].map((f) => path.join(dir, f));
 if (existsSync(out) && sources.every((s) => statSync(s).mtimeMs <= statSync(out).mtimeMs)) process.exit(0);
 
 function nodeGyp() {

@@ -20,6 +20,10 @@ interface Native {
   inflateGrains?: NativeInflateGrains;
   /** native/dirplus.c: see NativeExtDirPlus. */
   extDirPlus?: NativeExtDirPlus;
+  /** native/dirplus.c: see NativeExtDirPlusFd. */
+  extDirPlusFd?: NativeExtDirPlusFd;
+  /** native/fuseread.c: see NativeFuseRead. */
+  fuseRead?: NativeFuseRead;
   /** native/heap.c: see trimHeap. */
   trimHeap?: () => number;
 }
@@ -38,6 +42,29 @@ export type NativeExtDirPlus = (
   out: Uint8Array,
   res: Float64Array,
 ) => number;
+
+/**
+ * The same reply as NativeExtDirPlus with nothing handed in: the volume is a plain window of
+ * a local file (named in `cfg`, with the directory's inode), which the call reads itself with
+ * pread: the directory's inode and map, its blocks, and its children's inode-table pieces
+ * (kept in `cache`, tagged in `tags`). Returns the reply's length or -1 (fall back: res[0]
+ * says why); see native/dirplus.c.
+ */
+export type NativeExtDirPlusFd = (
+  cfg: Float64Array,
+  groups: Float64Array,
+  cache: Uint8Array,
+  tags: Float64Array,
+  out: Uint8Array,
+  res: Float64Array,
+) => number;
+
+/**
+ * Read the next FUSE request from `fd` into `buf`, answering the READDIRs past a known
+ * listing end on the way (native/fuseread.c; the table is ListingEndsView's). Returns the
+ * request's length, 0 at end of file, or -errno.
+ */
+export type NativeFuseRead = (fd: number, buf: Uint8Array, ends: BigInt64Array, stats: Int32Array) => number;
 
 /**
  * Read [lo, hi) of file `fd` and inflate the stream-optimized VMDK grains it holds into
@@ -214,6 +241,18 @@ export function nativeWriteFiles(): NativeWriteFiles | undefined {
 export function nativeExtDirPlus(): NativeExtDirPlus | undefined {
   if (process.env.STRATA_NO_NATIVE_DIRPLUS === '1') return undefined;
   return native()?.extDirPlus;
+}
+
+/** The native ext READDIRPLUS builder that reads a local file itself, or undefined (also with STRATA_NO_NATIVE_DIRPLUS=1 or STRATA_NO_FD_DIRPLUS=1). */
+export function nativeExtDirPlusFd(): NativeExtDirPlusFd | undefined {
+  if (process.env.STRATA_NO_NATIVE_DIRPLUS === '1' || process.env.STRATA_NO_FD_DIRPLUS === '1') return undefined;
+  return native()?.extDirPlusFd;
+}
+
+/** The native /dev/fuse read that answers listing ends itself, or undefined when the addon is not built (or STRATA_NO_NATIVE_FUSEREAD=1). */
+export function nativeFuseRead(): NativeFuseRead | undefined {
+  if (process.env.STRATA_NO_NATIVE_FUSEREAD === '1') return undefined;
+  return native()?.fuseRead;
 }
 
 /**

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { test } from 'node:test';
 import { ExtFileSystem } from '../../src/fs/ext/index.js';
 import type { ByteSource } from '../../src/io/byte-source.js';
@@ -122,9 +124,10 @@ async function compareWalk(a: Side, b: Side, size: number, what: string): Promis
   return dirs;
 }
 
-/** Directories the native side served, and those it left to the TypeScript path. */
+/** Directories the native side served (`fd`: in one call that read the file itself), and those it left to the TypeScript path. */
 interface Served {
   served: number;
+  fd: number;
   fellBack: number;
 }
 
@@ -133,9 +136,10 @@ async function compareImage(
   what: string,
   expectServed: boolean,
 ): Promise<Served> {
-  const n: Served = { served: 0, fellBack: 0 };
+  const n: Served = { served: 0, fd: 0, fellBack: 0 };
   for (const size of [4096, 131072]) {
-    const a = await side(await src(), true);
+    const src0 = await src();
+    const a = await side(src0, true);
     const b = await side(await src(), false);
     assert.ok(a.tree.plus, 'the native builder is used for ext');
     assert.equal(b.tree.plus, undefined);
@@ -143,7 +147,11 @@ async function compareImage(
     assert.ok(dirs > 0);
     assert.deepEqual([...a.fs.warnings].sort(), [...b.fs.warnings].sort(), `${what}: warnings`);
     if (expectServed) assert.ok(a.tree.plus.served > 0, `${what}: no directory was served natively`);
+    // a local file: the builder reads it itself (extDirPlusFd), a memory source hands it the bytes
+    assert.equal(a.tree.plus.now, src0 instanceof FileSource, `${what}: the fd builder where the image is a file`);
+    if (expectServed && a.tree.plus.now) assert.ok(a.tree.plus.servedFd > 0, `${what}: none served by the fd builder`);
     n.served += a.tree.plus.served;
+    n.fd += a.tree.plus.servedFd;
     for (const k of a.tree.plus.fellBack.values()) n.fellBack += k;
     await a.tree.close();
     await b.tree.close();
@@ -189,22 +197,36 @@ for (const spec of STRUCT_IMAGES) {
     }
     await fs.close();
     const rand = prng(0x5eed + spec.name.length);
-    const total: Served = { served: 0, fellBack: 0 };
-    for (let c = 0; c < 24; c++) {
+    const total: Served = { served: 0, fd: 0, fellBack: 0 };
+    const dir = mkdtempSync(path.join(tmpdir(), 'strata-dirplus-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    for (let c = 0; c < 32; c++) {
       const m = mutate(bytes, regions, rand);
       if (m.length < bytes.length) continue; // a truncated image: the superblock's own checks
-      const src = () => new MemorySource(m, `${spec.name} case ${c}`);
+      // odd cases from a file (the builder reads it itself), even ones from memory (it is handed the bytes)
+      const file = path.join(dir, `case-${c}.img`);
+      if (c % 2) writeFileSync(file, m);
+      const src = () => (c % 2 ? FileSource.open(file) : new MemorySource(m, `${spec.name} case ${c}`));
       let opened = true;
-      await ExtFileSystem.open(src()).catch(() => {
-        opened = false;
-      });
+      const probe = await src();
+      await ExtFileSystem.open(probe).then(
+        (fs) => fs.close(),
+        () => {
+          opened = false;
+        },
+      );
+      if (probe instanceof FileSource) await probe.close();
       if (!opened) continue;
       const n = await compareImage(src, `${spec.name} case ${c}`, false);
       total.served += n.served;
+      total.fd += n.fd;
       total.fellBack += n.fellBack;
+      if (c % 2) rmSync(file);
     }
-    t.diagnostic(`directories served natively ${total.served}, left to the TypeScript path ${total.fellBack}`);
-    // both paths were taken: damaged directories the native side declined, and the rest it served
-    assert.ok(total.served > 0 && total.fellBack > 0, JSON.stringify(total));
+    t.diagnostic(
+      `directories served natively ${total.served} (${total.fd} reading the file itself), left to the TypeScript path ${total.fellBack}`,
+    );
+    // both paths were taken: damaged directories the native side declined, and the rest it served (some from the file itself)
+    assert.ok(total.served > 0 && total.fd > 0 && total.fellBack > 0, JSON.stringify(total));
   });
 }

@@ -17,6 +17,7 @@
  * import the facade; the new file systems take this shape.
  */
 import { type ByteSource, readExact } from '../../io/byte-source.js';
+import { fileView } from '../../io/filter-source.js';
 import { crc32cRaw } from '../../util/crc32c.js';
 import { StrataError } from '../../util/errors.js';
 import { LIMITS } from '../../util/limits.js';
@@ -76,6 +77,11 @@ export interface ExtPlusGeometry {
   inodeTables: Float64Array;
   /** Inode tables are read in pieces of this many bytes, at multiples of it (inodePiece). */
   pieceSize: number;
+  blocksCount: number;
+  firstDataBlock: number;
+  volumeSize: number;
+  /** The local file the volume is a plain window of (its descriptor, where the volume starts), if it is one. */
+  file?: { fd: number; offset: number };
 }
 
 /** A directory's blocks for a native listing (plusDirectory). */
@@ -297,6 +303,10 @@ export class ExtFileSystem implements FileSystem {
       csumSeed: this.ctx.csumSeed,
       inodeTables: Float64Array.from(this.ctx.groups, (g) => g.inodeTable * this.blockSize),
       pieceSize: INODE_PIECE,
+      blocksCount: sb.blocksCount,
+      firstDataBlock: sb.firstDataBlock,
+      volumeSize: this.volume.size,
+      file: fileView(this.volume),
     };
   }
 

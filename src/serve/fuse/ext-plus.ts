@@ -1,6 +1,11 @@
 import type { ExtFileSystem, ExtPlusGeometry } from '../../fs/ext/index.js';
 import type { FileSystem, Inode } from '../../fs/types.js';
-import { type NativeExtDirPlus, nativeExtDirPlus } from '../../io/native.js';
+import {
+  type NativeExtDirPlus,
+  type NativeExtDirPlusFd,
+  nativeExtDirPlus,
+  nativeExtDirPlusFd,
+} from '../../io/native.js';
 import { ENTRY_OUT, type Validity } from './protocol.js';
 
 /** What a native READDIRPLUS gives back: the reply, and what the session still does itself. */
@@ -47,10 +52,18 @@ enum Cfg {
   idBase,
   pieceSize,
   blksize,
+  fd,
+  base,
+  volumeSize,
+  blocksCount,
+  firstDataBlock,
+  dirIno,
   count,
 }
 /** Inode-table pieces kept referenced here at most (64 KiB each: 16 MiB), then let go all at once. */
 const MAX_PIECES = 256;
+/** Slots of the fd builder's own inode-table piece cache (direct-mapped, 64 KiB each: 4 MiB). */
+const FD_SLOTS = 64;
 
 type PlusFs = Pick<ExtFileSystem, 'plusGeometry' | 'plusDirectory' | 'inodePieceNow' | 'inodePiece'>;
 
@@ -70,13 +83,20 @@ export class ExtPlus {
   private res = new Float64Array(3 + 2 * 1024);
   /** Where replies are built (one request's size at most), then copied out at their length. */
   private scratch = Buffer.alloc(0);
+  /** The fd builder (the volume is a plain window of a local file), its piece cache and tags. */
+  private readonly buildFd?: NativeExtDirPlusFd;
+  private fdCache?: { cache: Uint8Array; tags: Float64Array };
   /** Directories served natively, and those left to the reader, by reason (native/dirplus.c's WHY_*; 0: not offered to it). */
   served = 0;
+  /** Of `served`, those the fd builder served in one call (replyNow); `fdFellBack` by reason. */
+  servedFd = 0;
+  readonly fdFellBack = new Map<number, number>();
   readonly fellBack = new Map<number, number>();
 
   private constructor(
     private readonly fs: PlusFs,
     private readonly build: NativeExtDirPlus,
+    buildFd: NativeExtDirPlusFd | undefined,
   ) {
     this.geo = fs.plusGeometry();
     const g = this.geo;
@@ -89,6 +109,14 @@ export class ExtPlus {
     c[Cfg.csumSeed] = g.csumSeed;
     c[Cfg.pieceSize] = g.pieceSize;
     c[Cfg.blksize] = g.blockSize;
+    c[Cfg.blocksCount] = g.blocksCount;
+    c[Cfg.firstDataBlock] = g.firstDataBlock;
+    c[Cfg.volumeSize] = g.volumeSize;
+    if (g.file && buildFd) {
+      c[Cfg.fd] = g.file.fd;
+      c[Cfg.base] = g.file.offset;
+      this.buildFd = buildFd;
+    }
   }
 
   /** A builder for `fs` when it is an ext reader and the addon is built, else undefined. */
@@ -96,8 +124,62 @@ export class ExtPlus {
     const build = nativeExtDirPlus();
     const f = fs as Partial<PlusFs>;
     if (!build || !f.plusGeometry || !f.plusDirectory || !f.inodePieceNow || !f.inodePiece) return undefined;
-    const p = new ExtPlus(f as PlusFs, build);
+    const p = new ExtPlus(f as PlusFs, build, nativeExtDirPlusFd());
     return p.geo.fileType ? p : undefined;
+  }
+
+  /** The fd builder is there: replyNow can answer (the volume is a plain window of a local file). */
+  get now(): boolean {
+    return this.buildFd !== undefined;
+  }
+
+  /** The request's slots of the configuration, and a result array and scratch big enough for it. */
+  private prepare(req: PlusRequest): { res: Float64Array; out: Buffer } {
+    const c = this.cfg;
+    c[Cfg.self] = req.self;
+    c[Cfg.parent] = req.parent;
+    c[Cfg.root] = req.root;
+    c[Cfg.validSec] = req.valid.sec;
+    c[Cfg.validNsec] = req.valid.nsec;
+    c[Cfg.size] = req.size;
+    c[Cfg.idBase] = req.idBase;
+    const maxEntries = Math.floor(req.size / ENTRY_OUT);
+    if (this.res.length < 3 + 2 * maxEntries) this.res = new Float64Array(3 + 2 * maxEntries);
+    if (this.scratch.length < req.size) this.scratch = Buffer.allocUnsafe(req.size);
+    return { res: this.res, out: this.scratch };
+  }
+
+  /** A built reply copied out of the scratch (the next call's) at its length. */
+  private done(r: number, out: Buffer, res: Float64Array): PlusReply {
+    const dirs: PlusReply['dirs'] = [];
+    for (let k = 0; k < res[2]; k++) dirs.push({ at: res[3 + 2 * k], ino: res[4 + 2 * k] });
+    this.served++;
+    const reply = Buffer.allocUnsafe(r);
+    out.copy(reply, 0, 0, r);
+    return { out: reply, total: res[0], written: res[1], dirs };
+  }
+
+  /**
+   * The reply for directory inode `ino` at offset 0 in one native call that reads the image
+   * file itself (no await, no reader cache: the page cache serves it), or undefined: reply()
+   * (the reader brings the bytes) or the TypeScript path serve it. Only where `now` is true.
+   */
+  replyNow(ino: number, req: PlusRequest): PlusReply | undefined {
+    const buildFd = this.buildFd;
+    if (!buildFd) return undefined;
+    if (!this.fdCache) {
+      const tags = new Float64Array(2 * FD_SLOTS).fill(-1);
+      this.fdCache = { cache: new Uint8Array(FD_SLOTS * this.geo.pieceSize), tags };
+    }
+    const { res, out } = this.prepare(req);
+    this.cfg[Cfg.dirIno] = ino;
+    const r = buildFd(this.cfg, this.geo.inodeTables, this.fdCache.cache, this.fdCache.tags, out, res);
+    if (r < 0) {
+      this.fdFellBack.set(res[0], (this.fdFellBack.get(res[0]) ?? 0) + 1);
+      return undefined;
+    }
+    this.servedFd++;
+    return this.done(r, out, res);
   }
 
   /** The reply for `dir` at offset 0, or undefined: the session serves it the TypeScript way. */
@@ -109,38 +191,21 @@ export class ExtPlus {
       d = undefined; // the reader meets the same error and says it
     }
     if (!d) return this.fallBack(0);
-    const c = this.cfg;
-    c[Cfg.dirSeed] = d.seed;
-    c[Cfg.indexed] = d.indexed ? 1 : 0;
-    c[Cfg.self] = req.self;
-    c[Cfg.parent] = req.parent;
-    c[Cfg.root] = req.root;
-    c[Cfg.validSec] = req.valid.sec;
-    c[Cfg.validNsec] = req.valid.nsec;
-    c[Cfg.size] = req.size;
-    c[Cfg.idBase] = req.idBase;
-    const maxEntries = Math.floor(req.size / ENTRY_OUT);
-    if (this.res.length < 3 + 2 * maxEntries) this.res = new Float64Array(3 + 2 * maxEntries);
-    const res = this.res;
-    if (this.scratch.length < req.size) this.scratch = Buffer.allocUnsafe(req.size);
-    const out = this.scratch;
     if (this.held > MAX_PIECES) {
       this.pieces = [];
       this.held = 0;
     }
     // each round brings in every piece the last one missed: two rounds, or three when a reset intervened
     for (let round = 0; round < 8; round++) {
+      // set again each round: another request may have used them while this one awaited
+      const c = this.cfg;
+      c[Cfg.dirSeed] = d.seed;
+      c[Cfg.indexed] = d.indexed ? 1 : 0;
+      const { res, out } = this.prepare(req);
       const r = this.build(c, this.geo.inodeTables, d.blocks, this.pieces, out, res);
       if (r === -1) return this.fallBack(res[0]);
-      if (r >= 0) {
-        const dirs: PlusReply['dirs'] = [];
-        for (let k = 0; k < res[2]; k++) dirs.push({ at: res[3 + 2 * k], ino: res[4 + 2 * k] });
-        this.served++;
-        // copied out before any await: the scratch is the next call's
-        const reply = Buffer.allocUnsafe(r);
-        out.copy(reply, 0, 0, r);
-        return { out: reply, total: res[0], written: res[1], dirs };
-      }
+      // copied out before any await: the scratch is the next call's
+      if (r >= 0) return this.done(r, out, res);
       // -2: inode-table pieces to bring in (from the reader's cache, else read), then again
       const want: number[] = [];
       for (let k = 1; k <= res[0]; k++) want.push(res[k]);

@@ -33,7 +33,11 @@ export class FsTree implements MountTree {
     if (native) this.plus = ExtPlus.for(fs);
     const plus = this.plus;
     if (plus) this.plusReply = (dir, req) => plus.reply((dir as FsNode).inode, req);
+    if (plus?.now) this.plusReplyNow = (dir, req) => plus.replyNow(dir.key, req);
   }
+
+  /** Native READDIRPLUS replies in one call, by the directory's key (the image is a local file). */
+  readonly plusReplyNow?: (dir: MountNode, req: PlusRequest) => PlusReply | undefined;
 
   /** Native READDIRPLUS replies: only where the builder is (the session serves the rest itself). */
   readonly plusReply?: (dir: MountNode, req: PlusRequest) => Promise<PlusReply | undefined>;

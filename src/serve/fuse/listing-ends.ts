@@ -1,5 +1,7 @@
 import { writeSync } from 'node:fs';
-import { IN_HEADER, Op, OUT_HEADER } from './protocol.js';
+import { constants } from 'node:os';
+import { nativeFuseRead } from '../../io/native.js';
+import { IN_HEADER, Op, OUT_HEADER, readRequest } from './protocol.js';
 
 /**
  * How long each fully handed-out directory listing is, by node id, in shared memory: the main
@@ -12,9 +14,10 @@ import { IN_HEADER, Op, OUT_HEADER } from './protocol.js';
  */
 export class ListingEndsView {
   static readonly SLOTS = 1 << 14;
-  private readonly a: BigInt64Array;
+  /** Two slots per directory: its node id and its listing's length. */
+  readonly a: BigInt64Array;
   /** [0]: READDIRs answered by the reader thread. */
-  private readonly stats: Int32Array;
+  readonly stats: Int32Array;
 
   constructor(readonly buffer: SharedArrayBuffer) {
     this.a = new BigInt64Array(buffer, 0, 2 * ListingEndsView.SLOTS);
@@ -75,4 +78,28 @@ export function answerListingEnd(fd: number, buf: Buffer, n: number, table: List
   }
   table.answered();
   return true;
+}
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([k, v]) => [v, k]));
+
+/**
+ * The next request from /dev/fuse (its length in `buf`), or why the connection ended, with the
+ * READDIRs past a listing's end in `table` answered on the way: natively where the addon is
+ * (native/fuseread.c: those requests never reach JavaScript), else by answerListingEnd.
+ */
+export function readRequestPastEnds(fd: number, buf: Buffer, table: ListingEndsView | undefined): number | string {
+  const read = table && nativeFuseRead();
+  if (table && read) {
+    const n = read(fd, buf, table.a, table.stats);
+    if (n > 0) return n;
+    if (n === 0) return 'unmounted';
+    const code = ERRNO_NAMES.get(-n) ?? `errno ${-n}`;
+    return code === 'ENODEV' ? 'unmounted' : `read /dev/fuse: ${code}`;
+  }
+  for (;;) {
+    const n = readRequest(fd, buf);
+    if (typeof n === 'string') return n;
+    if (table && answerListingEnd(fd, buf, n, table)) continue;
+    return n;
+  }
 }

@@ -1,6 +1,5 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { answerListingEnd, ListingEndsView } from './listing-ends.js';
-import { readRequest } from './protocol.js';
+import { ListingEndsView, readRequestPastEnds } from './listing-ends.js';
 
 /**
  * The blocking read loop of /dev/fuse, on its own thread (never libuv's pool, which the
@@ -25,9 +24,8 @@ port.once('message', () => port.postMessage({ end: loop() }));
 
 function loop(): string {
   for (;;) {
-    const n = readRequest(fd, buf);
+    const n = readRequestPastEnds(fd, buf, table);
     if (typeof n === 'string') return n;
-    if (table && answerListingEnd(fd, buf, n, table)) continue;
     const msg = new Uint8Array(n);
     msg.set(buf.subarray(0, n));
     port.postMessage(msg, [msg.buffer]);

@@ -6,7 +6,8 @@ import { Worker } from 'node:worker_threads';
 import { type ErrorCode, isStrataError, StrataError } from '../../util/errors.js';
 import { memoryBudget } from '../../util/memory.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
-import { answerListingEnd, ListingEndsView } from './listing-ends.js';
+import type { PlusReply, PlusRequest } from './ext-plus.js';
+import { ListingEndsView, readRequestPastEnds } from './listing-ends.js';
 import type { OpenMountOptions } from './mount-options.js';
 import { isWritable, type SetAttrs, type WritableTree } from './overlay.js';
 import {
@@ -29,7 +30,6 @@ import {
   OUT_HEADER,
   openOut,
   parseInHeader,
-  readRequest,
   reply,
   statfsOut,
   statxOut,
@@ -96,6 +96,11 @@ interface Held {
   ra?: ReadAhead;
   /** Read-only mounts (no OPENDIR, so no handle): the listing being read, from offset 0 on. */
   listing?: DirHandle['entries'];
+  /**
+   * A directory handed out by a native READDIRPLUS: `node` is its key and type only (stubDir),
+   * loaded (materialize) by the first request that needs more than its own READDIRPLUS.
+   */
+  stub?: true;
 }
 
 interface FileHandle {
@@ -120,6 +125,26 @@ const BUFFER = (MAX_PAGES + 1) * 4096 + IN_HEADER;
 const decoder = new TextDecoder('utf-8', { fatal: true });
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
+const ZERO_TIME = { sec: 0, nsec: 0 };
+
+/** A directory known by its key only (a stub Held's node): its attributes are never answered. */
+function stubDir(key: number): MountNode {
+  const attr = {
+    ino: key,
+    size: 0,
+    blocks: 0,
+    atime: ZERO_TIME,
+    mtime: ZERO_TIME,
+    ctime: ZERO_TIME,
+    mode: TYPE_BITS.dir.ifmt,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    blksize: 0,
+  };
+  return { key, type: 'dir', attr };
+}
 
 /** Run a command; resolves with its status and stderr. `fd` is passed to it as descriptor 3. */
 function runTool(cmd: string, args: string[], fd?: number): Promise<{ status: number; stderr: string }> {
@@ -192,6 +217,10 @@ export class FuseSession {
   private readonly opts: FuseMountOptions;
   /** Node ids are keys plus STABLE_ID_BASE (read-only, a tree with nodeByKey). */
   private readonly stable: boolean;
+  /** The out header of a reply written on the serving loop's fast path (serveOn). */
+  private readonly head = Buffer.alloc(OUT_HEADER);
+  /** The node id whose READDIRPLUS plusReplyNow just declined (the slow path does not ask it again). */
+  private nowDeclined = -1;
 
   /**
    * Serve `tree` (requests read on a worker thread, answered on this one), or the image a
@@ -336,12 +365,35 @@ export class FuseSession {
     this.initDone = onInit;
     const buf = Buffer.allocUnsafe(BUFFER);
     for (;;) {
-      const n = readRequest(fd, buf);
+      // listing ends are answered inside (natively where the addon is)
+      const n = readRequestPastEnds(fd, buf, this.ends);
       if (typeof n === 'string') return n;
-      if (this.ends && answerListingEnd(fd, buf, n, this.ends)) continue;
+      if (this.plusFast(buf, n)) continue;
       // read-only requests keep nothing of their body once answered: the buffer is reused
       await this.answer(buf.subarray(0, n));
     }
+  }
+
+  /**
+   * The serving loop's fast path: a READDIRPLUS at offset 0 that the tree builds at once
+   * (plusReplyNow) is answered and written here, with no promise and no request object made;
+   * false for every other request, and when the tree declines (answer() then serves it).
+   */
+  private plusFast(buf: Buffer, n: number): boolean {
+    if (!this.tree.plusReplyNow || n < IN_HEADER + 24 || buf.readUInt32LE(4) !== Op.READDIRPLUS) return false;
+    if (buf.readUInt32LE(0) > n || buf.readUInt32LE(IN_HEADER + 8) !== 0 || buf.readUInt32LE(IN_HEADER + 12) !== 0)
+      return false;
+    const nodeid = buf.readUInt32LE(16) + buf.readUInt32LE(20) * 2 ** 32;
+    const held = this.byId.get(nodeid);
+    if (held?.node.type !== 'dir') return false;
+    const out = this.plusNow(held, nodeid, buf.readUInt32LE(IN_HEADER + 16));
+    if (!out) return false;
+    Atomics.add(this.opCounts, Op.READDIRPLUS, 1);
+    const head = this.head;
+    head.writeUInt32LE(OUT_HEADER + out.length, 0);
+    buf.copy(head, 8, 8, 16); // the request's unique
+    this.send(head, out);
+    return true;
   }
 
   private finish(why: string): void {
@@ -472,17 +524,23 @@ export class FuseSession {
    * another parent or name (a hard-linked directory or a cycle: only corrupt images have
    * them) or the root met again is refused: undefined.
    */
-  private give(parent: Held, name: string, node: MountNode): Held | undefined {
+  private give(parent: Held, name: string, node: MountNode, stub = false): Held | undefined {
     const have = this.byKey.get(node.key);
     if (have) {
       if (have.id === FUSE_ROOT_ID) return undefined;
       if (node.type === 'dir' && (have.parent !== parent.id || have.name !== name)) return undefined;
+      if (have.stub && !stub) {
+        // the node itself now: the stub is loaded
+        have.node = node;
+        have.stub = undefined;
+      }
       have.lookups++;
       return have;
     }
     // a key too large to carry in a safe integer gets a counted id (below 2^32, never recalled)
     const stable = this.stable && node.key >= 0 && Number.isSafeInteger(node.key + STABLE_ID_BASE);
     const h: Held = { id: stable ? node.key + STABLE_ID_BASE : this.nextId++, node, lookups: 1 };
+    if (stub) h.stub = true;
     if (node.type === 'dir') {
       h.parent = parent.id;
       h.name = name;
@@ -512,6 +570,9 @@ export class FuseSession {
 
   private async handle(op: number, nodeid: number, body: Buffer, h: InHeader): Promise<Buffer | undefined> {
     if (this.stable && nodeid >= STABLE_ID_BASE && !this.byId.has(nodeid)) await this.recall(nodeid);
+    // a directory handed out natively is loaded by the first request that needs it (its own READDIRPLUS may not)
+    const stub = this.byId.get(nodeid);
+    if (stub?.stub && op !== Op.READDIRPLUS) await this.materialize(stub);
     switch (op) {
       case Op.INIT:
         return this.init(body);
@@ -799,52 +860,79 @@ export class FuseSession {
     return entries;
   }
 
-  /**
-   * READDIRPLUS at offset 0 built by the tree (native, ext): the same bytes the code below
-   * writes. Its entries' node ids are their keys plus STABLE_ID_BASE; the directories among
-   * them are handed out here as give() does (a directory met again elsewhere is refused: its
-   * entry is cleared). Undefined when the tree leaves the directory to us.
-   */
-  private async nativePlus(held: Held, nodeid: number, size: number): Promise<Buffer | undefined> {
-    const tree = this.tree;
+  /** A stub directory's node loaded by its key (see Held.stub). */
+  private async materialize(held: Held): Promise<void> {
+    if (!held.stub || !this.tree.nodeByKey) return;
+    const node = await this.tree.nodeByKey(held.node.key);
+    if (!held.stub) return; // loaded meanwhile
+    held.node = node;
+    held.stub = undefined;
+  }
+
+  /** What a native READDIRPLUS of `held` is told. */
+  private plusRequest(held: Held, size: number): PlusRequest | undefined {
     const root = this.byId.get(FUSE_ROOT_ID);
-    if (!tree.plusReply || !root) return undefined;
+    if (!root) return undefined;
     const parent = held.parent !== undefined ? this.byId.get(held.parent) : undefined;
-    const r = await tree.plusReply(held.node, {
+    return {
       size,
       self: held.node.attr.ino,
       parent: (parent ?? held).node.attr.ino,
       root: root.node.key,
       valid: this.valid,
       idBase: STABLE_ID_BASE,
-    });
-    if (!r) return undefined;
-    if (r.dirs.length > 0) {
-      let nodes: MountNode[];
-      try {
-        nodes = await tree.nodes(
-          held.node,
-          r.dirs.map((d) => ({ name: '', key: d.ino, type: 'dir' as const })),
-        );
-      } catch {
-        return undefined;
-      }
-      const u = words(r.out);
-      for (let k = 0; k < r.dirs.length; k++) {
-        const at = r.dirs[k].at;
-        const name = r.out.toString(
-          'utf8',
-          at + ENTRY_OUT + DIRENT_BASE,
-          at + ENTRY_OUT + DIRENT_BASE + r.out.readUInt32LE(at + ENTRY_OUT + 16),
-        );
-        if (!this.give(held, name, nodes[k])) writeEntry(u, at, 0, undefined, this.valid);
-      }
+    };
+  }
+
+  /**
+   * A native READDIRPLUS reply's directories handed out as give() does (a directory met again
+   * elsewhere, or the root, is refused: its entry is cleared), as stubs: no inode is decoded
+   * for them here. Notes the listing's end when the reply holds all of it.
+   */
+  private handOut(held: Held, nodeid: number, r: PlusReply): Buffer {
+    for (let k = 0; k < r.dirs.length; k++) {
+      const at = r.dirs[k].at + ENTRY_OUT;
+      const name = r.out.toString('utf8', at + DIRENT_BASE, at + DIRENT_BASE + r.out.readUInt32LE(at + 16));
+      // the word view only for a refused entry (corrupt images): none made per directory
+      if (!this.give(held, name, stubDir(r.dirs[k].ino), true))
+        writeEntry(words(r.out), r.dirs[k].at, 0, undefined, this.valid);
     }
     if (r.written >= r.total) {
       held.listing = undefined;
       this.ends?.set(BigInt(nodeid), r.total);
     }
     return r.out;
+  }
+
+  /** READDIRPLUS at offset 0 built by the tree at once (plusReplyNow), or undefined. */
+  private plusNow(held: Held, nodeid: number, size: number): Buffer | undefined {
+    const now = this.tree.plusReplyNow;
+    const req = now && this.stable ? this.plusRequest(held, size) : undefined;
+    const r = req && now?.(held.node, req);
+    if (!r) {
+      this.nowDeclined = nodeid;
+      return undefined;
+    }
+    return this.handOut(held, nodeid, r);
+  }
+
+  /**
+   * READDIRPLUS at offset 0 built by the tree (native, ext): the same bytes the code below
+   * writes. Its entries' node ids are their keys plus STABLE_ID_BASE; the directories among
+   * them are handed out by handOut. Undefined when the tree leaves the directory to us.
+   */
+  private async nativePlus(held: Held, nodeid: number, size: number): Promise<Buffer | undefined> {
+    if (this.nowDeclined !== nodeid) {
+      const now = this.plusNow(held, nodeid, size);
+      if (now) return now;
+    }
+    this.nowDeclined = -1;
+    const tree = this.tree;
+    if (!tree.plusReply || !this.stable) return undefined;
+    await this.materialize(held);
+    const req = this.plusRequest(held, size);
+    const r = req && (await tree.plusReply(held.node, req));
+    return r ? this.handOut(held, nodeid, r) : undefined;
   }
 
   private async readdir(nodeid: number, body: Buffer, plus: boolean): Promise<Buffer> {
@@ -859,10 +947,11 @@ export class FuseSession {
       // no handles (OPENDIR answered ENOSYS): the listing rides on the node, read afresh at offset 0
       const held = this.held(nodeid);
       if (held.node.type !== 'dir') throw Errno.ENOTDIR;
-      if (plus && offset === 0 && this.tree.plusReply) {
+      if (plus && offset === 0 && (this.tree.plusReply || this.tree.plusReplyNow)) {
         const r = await this.nativePlus(held, nodeid, size);
         if (r) return r;
       }
+      await this.materialize(held);
       if (offset === 0 || !held.listing) held.listing = await this.entries(held);
       d = { held, entries: held.listing };
     }

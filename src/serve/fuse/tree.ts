@@ -46,6 +46,12 @@ export interface MountTree {
   nodeByKey?(key: number): Promise<MountNode>;
   /** A READDIRPLUS reply at offset 0 built natively (ext images), or undefined: the session builds it. */
   plusReply?(dir: MountNode, req: PlusRequest): Promise<PlusReply | undefined>;
+  /**
+   * The same reply at once, from the directory's key alone (an ext image read straight from
+   * its file), or undefined: plusReply or the session build it. `dir` may be a node the
+   * session has not loaded (its key and type only).
+   */
+  plusReplyNow?(dir: MountNode, req: PlusRequest): PlusReply | undefined;
 }
 
 const ZERO: Timestamp = { sec: 0, nsec: 0 };
