@@ -60,6 +60,11 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
       setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: !YOUNG_MAY_GROW.has(verb.name()) });
     // a service sizes its caches the same way (its process near 256 MiB too), without the guard
     else setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), false);
+    // and paces what a long run leaves resident: its young generation, garbage buffers, the C heap
+    if (SERVICES.has(verb.name())) {
+      const { keepServiceMemory } = await import('../serve/index.js');
+      keepServiceMemory();
+    }
   });
   const mine = groups.filter((g) => verb !== undefined && g.verbs.includes(verb));
   for (const g of mine.length > 0 ? mine : groups) (await g.load())(program);

@@ -63,6 +63,7 @@ export {
 export { demoLibrary } from './http/demo.js';
 export { PROBLEM_TYPE, type Problem } from './http/problem.js';
 export { buildServer, type RunningServer, type ServeOptions, startServer } from './http/server.js';
+export { keepServiceMemory, keptStats } from './keep-memory.js';
 export type { Budget } from './nbd/budget.js';
 export {
   type CacheReport,

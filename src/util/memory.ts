@@ -169,6 +169,19 @@ export function checkMemory(what: string): void {
   }
 }
 
+/**
+ * A full collection now (where the runtime lets us ask for one), enforced or not: for a
+ * service's own pacing (serve/keep-memory.ts). False when none could be asked for.
+ */
+export function collectNow(): boolean {
+  return collect();
+}
+
+/** Stop V8's young generation from growing past its present size (see keepYoungGenerationSmall). */
+export function stopYoungGrowth(): void {
+  keepYoungGenerationSmall();
+}
+
 const MEMORY_STRUCTURE = 'memory budget';
 
 /**

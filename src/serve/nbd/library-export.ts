@@ -20,7 +20,7 @@ export interface LibraryExportOptions {
    * library/backing.ts): Strata resolves it back, `strata checkin OVERLAY --parent REF`.
    */
   overlay?: string;
-  /** Bytes of block cache in front of the version (default a quarter of the memory budget, at most 64 MiB: chunks are decompressed on each miss). */
+  /** Bytes of block cache in front of the version (default an eighth of the memory budget, 16-64 MiB: chunks are decompressed on each miss). */
   cacheSize?: number;
   /** A live cache by policy (issue 27) instead of the plain block cache; its size is `cacheSize`. */
   cache?: ExportCacheOptions;
@@ -28,12 +28,13 @@ export interface LibraryExportOptions {
 
 export const DEFAULT_LIBRARY_CACHE = 64 << 20;
 /**
- * The block cache a version gets by default: a quarter of the memory budget, 16 MiB to
- * DEFAULT_LIBRARY_CACHE (~40 MiB at a service's default budget: with 64 MiB, the store's
- * decoded frames and the requests in flight, `strata nbd` of the 1,000,000-entry version
- * peaked at ~340 MiB resident over a whole read).
+ * The block cache a version gets by default: an eighth of the memory budget, 16 MiB to
+ * DEFAULT_LIBRARY_CACHE (~20 MiB at a service's default budget). It takes the small reads
+ * (a guest's); the store's decoded frames behind it (up to 48 MiB) hold the small files'
+ * chunks anyway. With 64 MiB `strata nbd` of the 1,000,000-entry version peaked at ~340 MiB
+ * resident over a whole read, with a quarter (~40 MiB) at 330 MiB.
  */
-const libraryCacheSize = () => memoryShare(1 / 4, 16 << 20, DEFAULT_LIBRARY_CACHE);
+const libraryCacheSize = () => memoryShare(1 / 8, 16 << 20, DEFAULT_LIBRARY_CACHE);
 /** Reads at least this long bypass the block cache. */
 const DIRECT_READ = 256 << 10;
 
