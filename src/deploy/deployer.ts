@@ -1,11 +1,11 @@
 import { existsSync, readFileSync, readlinkSync, type Stats, statSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import type { Extent } from '../io/byte-source.js';
-import type { LayoutManifest } from '../library/manifest.js';
+import type { RangedSource } from '../library/version-source.js';
 import type { ExportWriter, NbdExport } from '../serve/nbd/export.js';
 import { StrataError } from '../util/errors.js';
 import { compareTarget } from './compare.js';
-import { blockSignatures } from './diff.js';
+import { eachBlockPair } from './diff.js';
 import type { VersionRef } from './request-log.js';
 import {
   type DeployHeader,
@@ -26,13 +26,16 @@ export interface DeploySource {
   readInto(offset: number, out: Uint8Array, urgent?: boolean): Promise<number>;
   status(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
-  /** Library versions: the layout manifest and its digest (differential deploys compare them). */
-  readonly manifest?: LayoutManifest;
+  /**
+   * Library versions: the layout, read a part at a time (differential deploys and --compare
+   * walk it), and its manifest's digest.
+   */
+  readonly layout?: RangedSource;
   readonly manifestDigest?: string;
   /** Library versions: which one (image, number, and its owner project and visibility when known): the request log names it. */
   ref?: VersionRef;
-  /** The layout of another version, by digest (the one a TARGET's state says it holds). */
-  layoutOf?(digest: string): Promise<LayoutManifest>;
+  /** The layout of another version, by digest (the one a TARGET's state says it holds); the caller closes it. */
+  layoutOf?(digest: string): Promise<RangedSource>;
 }
 
 export type DeployEvent =
@@ -234,8 +237,8 @@ export class Deployer {
         log = StateLog.create(stateFile, header, init.local, init.dirty);
       } else if (opts.compare && !fresh) {
         // an unknown TARGET: what already matches the version (hashed along its chunks) is not fetched
-        if (!source.manifest) throw new StrataError('USAGE', '--compare needs a library version as SOURCE');
-        const c = await compareTarget(fh, source.manifest, blockSize, source.size);
+        if (!source.layout) throw new StrataError('USAGE', '--compare needs a library version as SOURCE');
+        const c = await compareTarget(fh, source.layout, blockSize, source.size);
         init = { local: c.local };
         mode = 'compare';
         opts.onEvent?.({ event: 'compared', matched: c.matched, mismatched: c.mismatched, readBytes: c.readBytes });
@@ -739,6 +742,7 @@ async function deviceSize(fh: FileHandle): Promise<number> {
  * TARGET holds (part of) a deploy of another library version: blocks whose content is the
  * same in both layouts (same ranges, same chunks, same offsets in them) and that TARGET holds
  * and the guest did not write are local already; the rest is fetched. TARGET is not read.
+ * The two layouts are walked side by side, a part of each at a time.
  */
 async function differential(
   prior: LoadedState,
@@ -746,19 +750,24 @@ async function differential(
   blockSize: number,
 ): Promise<{ local?: Uint8Array; dirty?: Uint8Array }> {
   const old = prior.header.manifest;
-  if (!old || !source.manifest || !source.layoutOf || prior.header.blockSize !== blockSize) return {};
+  if (!old || !source.layout || !source.layoutOf || prior.header.blockSize !== blockSize) return {};
   const oldLayout = await source.layoutOf(old);
-  const blocks = Math.ceil(source.manifest.virtualSize / blockSize);
-  const a = blockSignatures(oldLayout, blockSize, blocks);
-  const b = blockSignatures(source.manifest, blockSize, blocks);
-  const local = new Uint8Array(blocks);
-  const oldBlocks = prior.local.length;
-  for (let i = 0; i < blocks; i++) {
-    // held: recorded local, or never written on a TARGET that started as zeros where the old version has nothing
-    const held = i < oldBlocks && (prior.local[i] === 1 || (prior.header.zeroTarget && a[i] === ''));
-    const had = held && i < oldBlocks && prior.dirty[i] !== 1;
-    // beyond the old disk's end (TARGET grew), nothing is held
-    if (had && a[i] === b[i]) local[i] = 1;
+  try {
+    const blocks = Math.ceil(source.layout.size / blockSize);
+    const local = new Uint8Array(blocks);
+    const oldBlocks = prior.local.length;
+    const decide = (i: number, a: string, b: string) => {
+      // held: recorded local, or never written on a TARGET that started as zeros where the old version has nothing
+      const held = i < oldBlocks && (prior.local[i] === 1 || (prior.header.zeroTarget && a === ''));
+      const had = held && prior.dirty[i] !== 1;
+      // beyond the old disk's end (TARGET grew), nothing is held
+      local[i] = had && a === b ? 1 : 0;
+    };
+    // blocks neither layout places a range in, then those either does
+    for (let i = 0; i < blocks; i++) decide(i, '', '');
+    await eachBlockPair(oldLayout, source.layout, blockSize, blocks, decide);
+    return { local };
+  } finally {
+    await oldLayout.close();
   }
-  return { local };
 }
