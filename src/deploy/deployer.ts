@@ -96,6 +96,9 @@ export interface DeployOptions {
   onEvent?(e: DeployEvent): void;
 }
 
+/** Run buffers kept for reuse (the background copy's fetches in flight and a few guest reads). */
+const POOLED_RUNS = 8;
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**
@@ -127,6 +130,11 @@ export class Deployer {
   /** 1 where the source has data in the block. */
   readonly hasData: Uint8Array;
   private readonly inflight = new Map<number, Promise<void>>();
+  /** Buffers of a background batch's size, reused by the runs that fit one. */
+  private readonly pool: Buffer[] = [];
+  private get poolBytes(): number {
+    return (this.opts.batchBlocks ?? 16) * this.blockSize;
+  }
   private pendingLocal: number[] = [];
   private remaining = 0;
   private neededBytes = 0;
@@ -451,10 +459,15 @@ export class Deployer {
     });
     p.catch(() => {});
     for (let i = a; i < b; i++) this.inflight.set(i, p);
+    let pooled: Buffer | undefined;
+    let reusable = false;
     try {
       const offset = a * this.blockSize;
       const length = Math.min(this.size, b * this.blockSize) - offset;
-      const buf = Buffer.alloc(length);
+      // a pooled buffer when the run fits one (zeroed: free blocks are written as zeros); a
+      // buffer a run dropped as garbage was ~5,600 MiB of ArrayBuffers awaiting collection at 1M
+      pooled = length <= this.poolBytes ? (this.pool.pop()?.fill(0) ?? Buffer.alloc(this.poolBytes)) : undefined;
+      const buf = pooled ?? Buffer.alloc(length);
       // only the stretches of blocks that hold data come from the source; free blocks in
       // between (a TARGET not known to be zero) stay zeros in the buffer, written, not fetched
       const reads: Promise<void>[] = [];
@@ -472,7 +485,9 @@ export class Deployer {
         reads.push(this.readSource(offset + from, buf.subarray(from, to), urgent));
       }
       // every read settled before the run fails or is written (none left running on `buf`)
-      for (const r of await Promise.allSettled(reads)) if (r.status === 'rejected') throw r.reason;
+      const settled = await Promise.allSettled(reads);
+      reusable = true;
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
       if (this.closed) throw new StrataError('IO', 'deploy closed', { file: this.target });
       await this.fh.write(buf, 0, length, offset);
       if (fetched > 0) {
@@ -487,6 +502,7 @@ export class Deployer {
       throw e;
     } finally {
       for (let i = a; i < b; i++) if (this.inflight.get(i) === p) this.inflight.delete(i);
+      if (pooled && reusable && this.pool.length < POOLED_RUNS) this.pool.push(pooled);
     }
   }
 

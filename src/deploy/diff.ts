@@ -68,9 +68,14 @@ export async function* blockSignatureStream(
   const out: Array<[number, string]> = [];
   const s = new Signer(blockSize, blocks, (b, x) => out.push([b, x]));
   for await (const r of layout.placedRanges()) {
-    for (let i = 0; i < r.disk.length; i++) s.range(r.disk[i], r.length[i], r.digest[i], r.at[i]);
-    yield* out;
-    out.length = 0;
+    for (let i = 0; i < r.disk.length; i++) {
+      s.range(r.disk[i], r.length[i], r.digest[i], r.at[i]);
+      // each block as soon as it is whole (not a part's worth of signatures held at once)
+      if (out.length > 0) {
+        yield* out;
+        out.length = 0;
+      }
+    }
   }
   s.end();
   yield* out;
