@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Extent } from '../io/byte-source.js';
 import { asUrgent, isUrgent } from '../io/urgency.js';
-import { type LayoutManifest, readLayout } from '../library/manifest.js';
-import { VersionSource } from '../library/version-source.js';
+import { DigestSet } from '../library/digest-set.js';
+import { type BlobReader, layoutSource, type RangedSource } from '../library/version-source.js';
 import { StrataError } from '../util/errors.js';
 import type { ChunkCache } from './chunk-cache.js';
 import type { DeploySource } from './deployer.js';
@@ -25,12 +25,13 @@ export interface ManifestSourceOptions {
   concurrency?: number;
   /** Decoded chunks kept in memory, in bytes (default 64 MiB): neighbouring reads share them. */
   memoryBytes?: number;
-  layoutOf?(digest: string): Promise<LayoutManifest>;
+  /** A layout blob's plain bytes (a version 2 layout's parts, another version's layout; default: the getter's). */
+  meta?(digest: string): Promise<Uint8Array>;
 }
 
 /**
  * A library version as a deploy source over any ChunkGetter: reads map to chunks through
- * the layout (VersionSource does the mapping), each chunk comes from memory, the cache
+ * the layout (read a part at a time, see layoutSource), each chunk comes from memory, the cache
  * (`--cache`) or the origin, at most `concurrency` origin fetches at once; a chunk asked
  * for twice while in flight is fetched once. `originBytes` counts what came from the
  * origin, so a warm cache shows 0.
@@ -41,31 +42,41 @@ export class ManifestSource implements DeploySource {
   originChunks = 0;
   /** Which library version this is (set by the source that resolved it). */
   ref?: VersionRef;
-  private readonly version: VersionSource;
+  readonly layout: RangedSource;
   private readonly inflight = new Map<string, Promise<Uint8Array>>();
   private readonly memory = new Map<string, Uint8Array>();
   private memoryUsed = 0;
   private running = 0;
   private readonly waiting: Array<() => void> = [];
-  private readonly where = new Map<string, number>();
+  private readonly reader: BlobReader;
+  private readonly meta: (digest: string) => Promise<Uint8Array>;
 
+  /** `layoutPlain`: the plain bytes of the version's layout manifest (`manifestDigest`). */
   constructor(
     readonly name: string,
-    readonly manifest: LayoutManifest,
+    layoutPlain: Uint8Array,
     readonly manifestDigest: string,
     private readonly getter: ChunkGetter,
     private readonly opts: ManifestSourceOptions = {},
   ) {
-    this.size = manifest.virtualSize;
-    const withBlob = <T>(d: string, use: (plain: Uint8Array) => T): Promise<T> => this.chunk(d).then(use);
-    this.version = new VersionSource({ withBlob }, manifest, name);
-    // the first disk offset of each chunk, for errors that say where a chunk belongs
-    const r = manifest.ranges;
-    for (let i = r.disk.length - 1; i >= 0; i--) this.where.set(manifest.chunks[r.chunk[i]], r.disk[i]);
-    if (opts.layoutOf) this.layoutOf = opts.layoutOf;
+    this.reader = {
+      withBlob: <T>(d: string, use: (plain: Uint8Array) => T, at?: number): Promise<T> => this.chunk(d, at).then(use),
+    };
+    this.meta = opts.meta ?? ((d) => getter.get(d));
+    this.layout = layoutSource(this.reader, layoutPlain, `manifest ${manifestDigest}`, name, this.meta);
+    this.size = this.layout.size;
   }
 
-  layoutOf?: (digest: string) => Promise<LayoutManifest>;
+  /** Another version's layout (the one a TARGET's state says it holds), read a part at a time. */
+  async layoutOf(digest: string): Promise<RangedSource> {
+    return layoutSource(
+      this.reader,
+      await this.meta(digest),
+      `manifest ${digest}`,
+      `${this.name} (layout ${digest.slice(0, 16)}…)`,
+      this.meta,
+    );
+  }
 
   get cache(): ChunkCache | undefined {
     return this.opts.cache;
@@ -73,16 +84,19 @@ export class ManifestSource implements DeploySource {
 
   /** `urgent`: a guest waits for it: it passes the background fetches queued here and below. */
   readInto(offset: number, out: Uint8Array, urgent = false): Promise<number> {
-    if (urgent) return asUrgent(() => this.version.readInto(offset, out));
-    return this.version.readInto(offset, out);
+    if (urgent) return asUrgent(() => this.layout.readInto(offset, out));
+    return this.layout.readInto(offset, out);
   }
 
   status(offset: number, length: number): Promise<Extent[]> {
-    return this.version.status(offset, length);
+    return this.layout.status(offset, length);
   }
 
-  /** A chunk's plain bytes: memory, then the cache, then the origin (checked, then cached). */
-  chunk(digest: string): Promise<Uint8Array> {
+  /**
+   * A chunk's plain bytes: memory, then the cache, then the origin (checked, then cached).
+   * `at`: where on the disk a read wants it (an error names it).
+   */
+  chunk(digest: string, at?: number): Promise<Uint8Array> {
     const m = this.memory.get(digest);
     if (m) {
       this.memory.delete(digest);
@@ -91,13 +105,13 @@ export class ManifestSource implements DeploySource {
     }
     let p = this.inflight.get(digest);
     if (!p) {
-      p = this.load(digest).finally(() => this.inflight.delete(digest));
+      p = this.load(digest, at).finally(() => this.inflight.delete(digest));
       this.inflight.set(digest, p);
     }
     return p;
   }
 
-  private async load(digest: string): Promise<Uint8Array> {
+  private async load(digest: string, at?: number): Promise<Uint8Array> {
     const cached = await this.opts.cache?.get(digest);
     if (cached) return this.remember(digest, cached);
     if (!isUrgent())
@@ -107,7 +121,6 @@ export class ManifestSource implements DeploySource {
     try {
       b = await this.getter.get(digest);
     } catch (e) {
-      const at = this.where.get(digest);
       throw new StrataError(
         (e as StrataError).code ?? 'IO',
         `chunk ${digest.slice(0, 16)}… (disk offset ${at ?? '?'}) from ${this.getter.name}: ${(e as Error).message}`,
@@ -143,19 +156,21 @@ export class ManifestSource implements DeploySource {
    */
   async cacheShortfall(): Promise<{ dataBytes: number; missingBytes: number }> {
     const cache = this.opts.cache;
-    const r = this.manifest.ranges;
-    const held = new Map<number, boolean>();
+    const held = new DigestSet();
+    const lacking = new DigestSet();
     let dataBytes = 0;
     let missingBytes = 0;
-    for (let i = 0; i < r.disk.length; i++) {
-      dataBytes += r.length[i];
-      const c = r.chunk[i];
-      let h = held.get(c);
-      if (h === undefined) {
-        h = cache ? await cache.has(this.manifest.chunks[c]) : false;
-        held.set(c, h);
+    for await (const r of this.layout.placedRanges()) {
+      for (let i = 0; i < r.disk.length; i++) {
+        dataBytes += r.length[i];
+        const d = r.digest[i];
+        let h = held.has(d) ? true : lacking.has(d) ? false : undefined;
+        if (h === undefined) {
+          h = cache ? await cache.has(d) : false;
+          (h ? held : lacking).add(d);
+        }
+        if (!h) missingBytes += r.length[i];
       }
-      if (!h) missingBytes += r.length[i];
     }
     return { dataBytes, missingBytes };
   }
@@ -164,23 +179,29 @@ export class ManifestSource implements DeploySource {
   async preload(onChunk?: (done: number, total: number) => void): Promise<{ chunks: number; originBytes: number }> {
     const cache = this.opts.cache;
     if (!cache) throw new StrataError('USAGE', 'preload needs a cache (--cache DIR)');
-    const all = [...new Set(this.manifest.chunks)];
     const before = this.originBytes;
-    let next = 0;
+    const seen = new DigestSet();
+    const total = this.layout.chunkCount;
     let done = 0;
-    const worker = async () => {
-      while (next < all.length) {
-        const d = all[next++];
-        if (!(await cache.has(d))) await this.chunk(d);
-        onChunk?.(++done, all.length);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(8, all.length) }, worker));
-    return { chunks: all.length, originBytes: this.originBytes - before };
+    // the chunk list a part at a time, a few fetches in flight
+    for await (const sl of this.layout.slices()) {
+      const all = sl.chunks.filter((d) => !seen.has(d) && seen.add(d));
+      let next = 0;
+      const worker = async () => {
+        while (next < all.length) {
+          const d = all[next++];
+          if (!(await cache.has(d))) await this.chunk(d);
+          onChunk?.(++done, total);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(8, all.length) }, worker));
+    }
+    return { chunks: seen.size, originBytes: this.originBytes - before };
   }
 
   async close(): Promise<void> {
     this.memory.clear();
+    await this.layout.close();
     await this.getter.close();
   }
 }
@@ -195,13 +216,4 @@ export function checkChunk(digest: string, data: Uint8Array, from: string): Uint
     });
   }
   return data;
-}
-
-/** A layout manifest from its blob's bytes (a version 2's parts fetched with `part`). */
-export function layoutFrom(
-  bytes: Uint8Array,
-  digest: string,
-  part: (digest: string) => Promise<Uint8Array>,
-): Promise<LayoutManifest> {
-  return readLayout(bytes, `manifest ${digest}`, part);
 }

@@ -55,7 +55,7 @@ export async function cachedDeploySource(src: DeploySource, o: DeploySourceCache
   const out: CachedDeploySource = {
     name: src.name,
     size: src.size,
-    manifest: src.manifest,
+    layout: src.layout,
     manifestDigest: src.manifestDigest,
     ref: src.ref,
     layoutOf: src.layoutOf?.bind(src),

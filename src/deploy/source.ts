@@ -3,10 +3,10 @@ import { closeChain } from '../formats/layer.js';
 import { openImage } from '../formats/open.js';
 import type { OpenOptions } from '../formats/types.js';
 import { httpGetAll } from '../io/http-source.js';
+import { DigestSet } from '../library/digest-set.js';
 import { Library, libraryLocation } from '../library/library.js';
-import type { LayoutManifest } from '../library/manifest.js';
 import { parseStaticIndex, resolveStatic, STATIC_INDEX } from '../library/static-index.js';
-import { VersionSource } from '../library/version-source.js';
+import type { RangedSource } from '../library/version-source.js';
 import { RemoteLibrary } from '../serve/http/client.js';
 import { chainSource } from '../serve/nbd/export.js';
 import { HttpBackend } from '../store/http-backend.js';
@@ -14,7 +14,7 @@ import { packKey } from '../store/pack.js';
 import { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import { CACHE_DEFAULT_BYTES, ChunkCache } from './chunk-cache.js';
-import { checkChunk, layoutFrom, ManifestSource } from './chunk-source.js';
+import { checkChunk, ManifestSource } from './chunk-source.js';
 import type { DeploySource } from './deployer.js';
 import type { VersionRef } from './request-log.js';
 
@@ -26,9 +26,7 @@ export async function libraryDeploySource(
   cache?: ChunkCache,
 ): Promise<DeploySource> {
   const v = await lib.catalog.resolve(ref);
-  const manifest = await lib.layout(v.manifest);
   const name = `${lib.dir}#${v.image}@${v.number}`;
-  const layoutOf = (d: string) => lib.layout(d);
   const which: VersionRef = { image: v.image, version: v.number };
   // the owner project and visibility, when the catalog has them (a service's library)
   const own = await lib.catalog.db
@@ -41,10 +39,11 @@ export async function libraryDeploySource(
     which.public = own.visibility === 'public';
   }
   if (cache) {
-    // through the chunk cache (shared with other deploys of this host)
+    // through the chunk cache (shared with other deploys of this host); the layout read a part at a time
+    const meta = (d: string) => lib.store.get(d);
     const src = new ManifestSource(
       name,
-      manifest,
+      await meta(v.manifest),
       v.manifest,
       {
         name: lib.store.name,
@@ -53,21 +52,22 @@ export async function libraryDeploySource(
           if (closeLibrary) await lib.close();
         },
       },
-      { cache, layoutOf },
+      { cache, meta },
     );
     src.ref = which;
     return src;
   }
-  const version = new VersionSource(lib.store, manifest, name);
+  // the layout read a part at a time (Library.versionSource), never joined
+  const version = await lib.versionSource(v.manifest, name);
   return {
     ref: which,
     name: version.name,
     size: version.size,
     readInto: (o, out) => version.readInto(o, out),
     status: (o, l) => version.status(o, l),
-    manifest,
+    layout: version,
     manifestDigest: v.manifest,
-    layoutOf,
+    layoutOf: (d) => lib.versionSource(d, `${lib.dir}#${d.slice(0, 16)}`),
     close: async () => {
       await version.close();
       if (closeLibrary) await lib.close();
@@ -134,18 +134,16 @@ export async function httpLibraryDeploySource(
       await opts.cache?.put(d, plain);
       return plain;
     };
-    const layoutOf = async (d: string) => layoutFrom(await blob(d), d, blob);
     // (a pack whose chunks the host's cache holds is never read: its absence does no harm)
     if (!(await opts.cache?.has(v.manifest))) await probePacks(backend, [store.entry(v.manifest)!.pack], stale);
-    const manifest = await layoutOf(v.manifest);
-    await checkComplete(store, backend, manifest, stale, opts.cache);
     const src = new ManifestSource(
       `${base}#${v.image}@${v.number}`,
-      manifest,
+      await blob(v.manifest),
       v.manifest,
       { name: backend.name, get: (d) => store.get(d), close: () => store.close() },
-      { cache: opts.cache, layoutOf },
+      { cache: opts.cache, meta: blob },
     );
+    await checkComplete(store, backend, src.layout, stale, opts.cache);
     src.ref = { image: v.image, version: v.number };
     return Object.assign(src, { backend });
   } catch (e) {
@@ -161,19 +159,31 @@ export async function httpLibraryDeploySource(
 async function checkComplete(
   store: Store,
   backend: HttpBackend,
-  manifest: LayoutManifest,
+  layout: RangedSource,
   stale: (why: string, cause?: unknown) => StrataError,
   cache?: ChunkCache,
 ): Promise<void> {
-  const chunks = [...new Set(manifest.chunks)];
-  const missing = chunks.filter((d) => !store.has(d));
-  if (missing.length > 0)
+  // the chunk list a part at a time; the packs are few
+  const seen = new DigestSet();
+  let missing = 0;
+  let first: string | undefined;
+  const packs = new Set<string>();
+  for await (const sl of layout.slices()) {
+    for (const d of sl.chunks) {
+      if (seen.has(d)) continue;
+      seen.add(d);
+      const e = store.entry(d);
+      if (!e) {
+        missing++;
+        first ??= d;
+      } else if (missing === 0 && !packs.has(e.pack) && !(await cache?.has(d))) packs.add(e.pack);
+    }
+  }
+  if (first !== undefined)
     throw stale(
-      `needs ${missing.length} of its ${chunks.length} chunks that the store index does not hold (first ${missing[0].slice(0, 16)}…)`,
+      `needs ${missing} of its ${seen.size} chunks that the store index does not hold (first ${first.slice(0, 16)}…)`,
     );
-  const needed: string[] = [];
-  for (const d of chunks) if (!(await cache?.has(d))) needed.push(d);
-  await probePacks(backend, [...new Set(needed.map((d) => store.entry(d)!.pack))], stale);
+  await probePacks(backend, [...packs], stale);
 }
 
 /** Each pack is on the server (a HEAD request each, a few at once): else `stale(why)`. */
@@ -251,14 +261,12 @@ export async function remoteDeploySource(
     await opts.cache?.put(d, plain);
     return plain;
   };
-  const layoutOf = async (d: string) => layoutFrom(await blob(d), d, blob);
-  const manifest = await layoutOf(v.manifest);
   const src = new ManifestSource(
     `${remote.url}#${v.image}@${v.number}`,
-    manifest,
+    await blob(v.manifest),
     v.manifest,
     { name: remote.url, get, close: async () => {} },
-    { cache: opts.cache, layoutOf, concurrency: opts.concurrency },
+    { cache: opts.cache, meta: blob, concurrency: opts.concurrency },
   );
   src.ref = { image: v.image, version: v.number };
   return src;

@@ -1,5 +1,4 @@
 import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
-import type { Store } from '../store/store.js';
 import { StrataError } from '../util/errors.js';
 import {
   decodeLayoutPart,
@@ -16,8 +15,13 @@ import {
 /** Chunk reads one fill keeps in flight. */
 const READS_IN_FLIGHT = 8;
 
-/** Where a version's chunks come from: the store, or a library service (serve/http/client.ts). */
-export type BlobReader = Pick<Store, 'withBlob'>;
+/**
+ * Where a version's chunks come from: the store, or a library service (serve/http/client.ts).
+ * `diskOffset`: where on the version's disk the read wants the chunk (a deploy's errors name it).
+ */
+export interface BlobReader {
+  withBlob<T>(digest: string, use: (plain: Uint8Array) => T, diskOffset?: number): Promise<T>;
+}
 
 /**
  * A slice of a layout's columns, as its parts hold them: chunks [firstChunk, firstChunk +
@@ -254,19 +258,23 @@ async function copyChunks(
   const worker = async () => {
     while (next < todo.length) {
       const [digest, l] = todo[next++];
-      await store.withBlob(digest, (c) => {
-        for (let k = 0; k < l.length; k += 3) {
-          if (l[k] + l[k + 1] > c.length) {
-            // a layout's range that runs past its chunk (a version 2 part cannot check it alone)
-            throw new StrataError(
-              'CORRUPT',
-              `a range reads bytes ${l[k]}-${l[k] + l[k + 1]} of chunk ${digest}, which holds ${c.length}`,
-              { structure: 'layout manifest', offset: offset + l[k + 2] },
-            );
+      await store.withBlob(
+        digest,
+        (c) => {
+          for (let k = 0; k < l.length; k += 3) {
+            if (l[k] + l[k + 1] > c.length) {
+              // a layout's range that runs past its chunk (a version 2 part cannot check it alone)
+              throw new StrataError(
+                'CORRUPT',
+                `a range reads bytes ${l[k]}-${l[k] + l[k + 1]} of chunk ${digest}, which holds ${c.length}`,
+                { structure: 'layout manifest', offset: offset + l[k + 2] },
+              );
+            }
+            out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
           }
-          out.set(c.subarray(l[k], l[k] + l[k + 1]), l[k + 2]);
-        }
-      });
+        },
+        offset + l[2],
+      );
     }
   };
   await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, todo.length) }, worker));

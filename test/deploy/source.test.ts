@@ -143,9 +143,12 @@ describe('deploy from a library over plain HTTP', () => {
     const target = path.join(dir, 'flip.raw');
     const src = await httpLibraryDeploySource(`${proxy.url}/lib`, 'disk@1');
     const d = await Deployer.open(src, target, { noCopier: true, fetchTimeout: 1500 });
-    const m = src.manifest;
-    const i = m.ranges.disk.findIndex((_, k) => m.ranges.length[k] >= 4096);
-    const at = m.ranges.disk[i];
+    // the first part's ranges (the layout is read a part at a time)
+    const m = (await src.layout.placedRanges().next()).value;
+    assert.ok(m, 'the layout has ranges');
+    const i = m.disk.findIndex((_: number, k: number) => m.length[k] >= 4096);
+    assert.ok(i >= 0, 'a range of 4 KiB or more');
+    const at = m.disk[i];
     damage = true;
     try {
       await assert.rejects(d.ensureLocal(at, 4096), (e: Error) => {
@@ -254,7 +257,7 @@ describe('deploy from a library over plain HTTP', () => {
     const src = await httpLibraryDeploySource(libUrl, 'disk@1');
     const target = path.join(dir, 'down.raw');
     const d = await Deployer.open(src, target, { noCopier: true, fetchTimeout: 1500 });
-    const at = src.manifest.ranges.disk[0];
+    const at = (await src.layout.placedRanges().next()).value?.disk[0] ?? 0;
     await web.stop();
     try {
       await assert.rejects(d.ensureLocal(at, 4096), (e: Error) => {

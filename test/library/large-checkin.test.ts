@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { Library } from '../../src/library/library.js';
 import { FILE_PART_ENTRIES } from '../../src/library/manifest.js';
 import { diffVersions } from '../../src/library/version-diff.js';
+import { deploysInSmallHeap } from '../deploy/large-deploy.js';
 import { largeTreeImage } from '../helpers/large-tree-pair.js';
 import { sweepStaleScratch } from '../helpers/stale-scratch.js';
 import { ROOT, run } from '../helpers/tools.js';
@@ -19,7 +20,8 @@ import { tempDir } from './images.js';
  * an unbounded run's, its checkout (the CLI in a 24 MiB V8 heap) equals the image byte for
  * byte (cmp), and the diff of
  * two versions (1% of the files edited, removed or added) equals what rsync finds between
- * the two kernel-mounted trees.
+ * the two kernel-mounted trees; and the versions deploy (plain, differential, --compare) in
+ * a 24 MiB V8 heap (test/deploy/large-deploy.ts).
  */
 const ENTRIES = 200_000;
 const MiB = 2 ** 20;
@@ -300,6 +302,9 @@ test('check-in of 200,000 entries in 64 MiB: bounded RSS, the unbounded run`s ma
     }
     // and it is the diff checked against rsync above
     assert.deepEqual(JSON.parse(diffJson).files, JSON.parse(JSON.stringify(d.files)));
+
+    // deploy in every form (plain, the differential, --compare) reads the layout a part at a time
+    await deploysInSmallHeap(bounded, b1.ref, base, b2.ref, changed, dir);
   } finally {
     await lib.close();
     await ulib.close();
