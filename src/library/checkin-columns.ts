@@ -131,6 +131,106 @@ export class ChunkRecords {
   }
 }
 
+/** A chunk number in a key of ChunkIndex: below 2^26 (the Builder's table slots hold no more). */
+const KEY_NUMBER = 2 ** 26;
+/** Keys per block of the sorted index file (1 KiB: one pread per lookup, one fence per block). */
+const KEYS_PER_BLOCK = 128;
+/** Keys read and written at once while merging (512 KiB each way). */
+const MERGE_KEYS = 65536;
+
+/** The first 27 bits of a digest: with a chunk number below 2^26, a key exact in a float64. */
+export const digestPrefix = (digest: Uint8Array): number =>
+  ((digest[0] << 19) | (digest[1] << 11) | (digest[2] << 3) | (digest[3] >>> 5)) >>> 0;
+
+/**
+ * The chunks of a check-in by digest, off the heap (issue 22): a sorted file of keys
+ * (`digestPrefix(digest) * 2^26 + chunk number`, float64), in memory only the first key of
+ * each 1 KiB block (~0.06 bytes a chunk). A lookup reads one block (a key's prefix rarely
+ * spans two) and names the chunks whose digests share the prefix; the caller compares the
+ * whole digest (from ChunkRecords). New chunks come in batches (the Builder's hash table when
+ * full), merged with the file into the other of two files, so a batch costs a sequential pass.
+ */
+export class ChunkIndex {
+  private readonly fds: number[] = [];
+  /** Which of `fds` holds the index. */
+  private cur = 0;
+  count = 0;
+  private fences = new Float64Array(0);
+  private readonly block = new Float64Array(KEYS_PER_BLOCK);
+  private readonly blockBytes = new Uint8Array(this.block.buffer);
+
+  constructor(private readonly scratch: Scratch) {}
+
+  /** The chunk number among those with `prefix` that `same` accepts, or -1. */
+  find(prefix: number, same: (chunk: number) => boolean): number {
+    if (this.count === 0) return -1;
+    const lo = prefix * KEY_NUMBER;
+    const hi = lo + KEY_NUMBER;
+    const f = this.fences;
+    // the last block whose first key is at most lo (keys in the blocks before are below lo)
+    let a = 0;
+    let z = f.length - 1;
+    while (a < z) {
+      const m = (a + z + 1) >>> 1;
+      if (f[m] <= lo) a = m;
+      else z = m - 1;
+    }
+    for (let b = a; b < f.length && (b === a || f[b] < hi); b++) {
+      const n = Math.min(KEYS_PER_BLOCK, this.count - b * KEYS_PER_BLOCK);
+      readFully(this.fds[this.cur], this.blockBytes, n * 8, b * KEYS_PER_BLOCK * 8);
+      for (let i = 0; i < n; i++) {
+        const k = this.block[i];
+        if (k < lo) continue;
+        if (k >= hi) return -1;
+        if (same(k - lo)) return k - lo;
+      }
+    }
+    return -1;
+  }
+
+  /** Add `keys` (sorted ascending, not yet in the index): merged with the file into the other one. */
+  merge(keys: Float64Array): void {
+    if (keys.length === 0) return;
+    if (this.fds.length === 0) this.fds.push(this.scratch.open('index-a'), this.scratch.open('index-b'));
+    const from = this.fds[this.cur];
+    const to = this.fds[1 - this.cur];
+    const total = this.count + keys.length;
+    const fences = new Float64Array(Math.ceil(total / KEYS_PER_BLOCK));
+    const inBuf = new Float64Array(Math.min(MERGE_KEYS, Math.max(1, this.count)));
+    const inBytes = new Uint8Array(inBuf.buffer);
+    const outBuf = new Float64Array(Math.min(MERGE_KEYS, total));
+    const outBytes = new Uint8Array(outBuf.buffer);
+    let inN = 0;
+    let inAt = 0;
+    let read = 0;
+    let k = 0;
+    let out = 0;
+    let written = 0;
+    for (let o = 0; o < total; o++) {
+      if (inAt === inN && read < this.count) {
+        inN = Math.min(inBuf.length, this.count - read);
+        readFully(from, inBytes, inN * 8, read * 8);
+        read += inN;
+        inAt = 0;
+      }
+      let v: number;
+      if (inAt < inN && (k === keys.length || inBuf[inAt] < keys[k])) v = inBuf[inAt++];
+      else v = keys[k++];
+      if (o % KEYS_PER_BLOCK === 0) fences[o / KEYS_PER_BLOCK] = v;
+      outBuf[out++] = v;
+      if (out === outBuf.length) {
+        writeFully(to, outBytes, out * 8, written * 8);
+        written += out;
+        out = 0;
+      }
+    }
+    if (out > 0) writeFully(to, outBytes, out * 8, written * 8);
+    this.cur = 1 - this.cur;
+    this.count = total;
+    this.fences = fences;
+  }
+}
+
 /** A sorted stream of ranges. */
 export interface RangeCursor {
   disk: number;

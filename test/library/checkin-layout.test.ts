@@ -326,3 +326,107 @@ test('a check-in whose fixed shares exceed its memory budget is a LIMIT error; a
     return true;
   });
 });
+
+/**
+ * Issue 22: the Builder's hash table holds only the newest chunks; full, they are merged into a
+ * sorted index file (ChunkIndex), so dedup of a chunk seen long before is a lookup in that
+ * file. The index alone: digests in batches, every one found with its own number (prefix
+ * shared by many: the whole digest decides), digests never added not found, in order or not.
+ */
+test('ChunkIndex: chunks merged in batches are found by digest, and only those', async () => {
+  const { ChunkIndex, Scratch, digestPrefix } = await import('../../src/library/checkin-columns.js');
+  const scratch = new Scratch();
+  try {
+    const index = new ChunkIndex(scratch);
+    const digest = (i: number) => {
+      const d = createHash('sha256').update(`chunk ${i}`).digest();
+      if (i % 7 === 0) d.fill(0xab, 0, 4); // many chunks share a prefix (and one block holds them)
+      return d;
+    };
+    const n = 3000; // 24 blocks of the index file
+    const digests = Array.from({ length: n }, (_, i) => digest(i));
+    for (let from = 0; from < n; ) {
+      const to = Math.min(n, from + 1 + ((from * 37) % 611));
+      const keys = new Float64Array(to - from);
+      for (let i = from; i < to; i++) keys[i - from] = digestPrefix(digests[i]) * 2 ** 26 + i;
+      keys.sort();
+      index.merge(keys);
+      from = to;
+      assert.equal(index.count, from);
+    }
+    for (let i = n - 1; i >= 0; i--) {
+      const d = digests[i];
+      assert.equal(
+        index.find(digestPrefix(d), (c) => digests[c].equals(d)),
+        i,
+      );
+    }
+    for (let i = n; i < n + 200; i++) {
+      const d = digest(i);
+      assert.equal(
+        index.find(digestPrefix(d), (c) => digests[c].equals(d)),
+        -1,
+      );
+    }
+  } finally {
+    scratch.close();
+  }
+});
+
+/**
+ * The Builder's index in a check-in: a tree whose files repeat 3 contents far apart (each
+ * repeat dozens of chunks after the last), cut with a hash table of 3 chunks (so nearly every
+ * repeat is found in the sorted index file, not the table) gives the same layout manifest as
+ * the default table, and every chunk is given to the sink once.
+ */
+test('chunks seen long before are found in the sorted index: same layout, each chunk stored once', async () => {
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  const { run } = await import('../helpers/tools.js');
+  const { bytesOf } = await import('../helpers/ext-tree.js');
+  const dir = tempDir('checkin-layout-repeats');
+  const tree = path.join(dir, 'tree');
+  for (let d = 0; d < 6; d++) {
+    mkdirSync(path.join(tree, `d${d}`), { recursive: true });
+    for (let f = 0; f < 20; f++) {
+      const body = f % 5 === 0 ? bytesOf(`repeat ${f % 3}`, 6000) : bytesOf(`unique ${d} ${f}`, 3000 + f * 100);
+      writeFileSync(path.join(tree, `d${d}`, `f${f}`), body);
+    }
+  }
+  const image = path.join(dir, 'repeats.img');
+  await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, image, '16M']);
+  class CountingSink extends MemorySink {
+    readonly puts = new Map<string, number>();
+    override async put(type: 'data' | 'tree', plain: Uint8Array, digest?: string) {
+      const r = await super.put(type, plain, digest);
+      if (type === 'data') this.puts.set(r.digest, (this.puts.get(r.digest) ?? 0) + 1);
+      return r;
+    }
+  }
+  const cut = async (spillEntries?: number) => {
+    const img = await openImage(image);
+    const sink = new CountingSink();
+    try {
+      return { cut: await cutImage(img, image, sink, { spillEntries }), sink };
+    } finally {
+      await closeChain(img);
+    }
+  };
+  const whole = await cut();
+  const small = await cut(3);
+  assert.ok(whole.sink.puts.size > 0);
+  assert.ok(whole.cut.layout.chunks.length > 60, `${whole.cut.layout.chunks.length} chunks`);
+  assert.ok(Buffer.from(encodeManifest(small.cut.layout)).equals(Buffer.from(encodeManifest(whole.cut.layout))));
+  assert.equal(new Set(small.cut.layout.chunks).size, small.cut.layout.chunks.length, 'each digest once in the layout');
+  for (const [d, n] of small.sink.puts) assert.equal(n, 1, `chunk ${d} given to the sink ${n} times`);
+  // the repeats (each file one extent): 12, 6 and 6 files of one chunk each
+  const uses = (r: number) => {
+    const k = small.cut.layout.chunks.indexOf(
+      createHash('sha256')
+        .update(bytesOf(`repeat ${r}`, 6000))
+        .digest('hex'),
+    );
+    assert.ok(k >= 0, `repeat ${r} in the layout`);
+    return small.cut.layout.ranges.chunk.filter((c) => c === k).length;
+  };
+  assert.deepEqual([uses(0), uses(1), uses(2)], [12, 6, 6]);
+});
