@@ -11,6 +11,7 @@ import { trimHeap } from '../io/native.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import { writeLimits } from '../store/packer.js';
+import { digestKey, digestPrefix, SortedDigestIndex } from '../store/sorted-index.js';
 import type { PutResult } from '../store/store.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
@@ -20,16 +21,7 @@ import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
 import { parseLibraryBacking, versionImage } from './backing.js';
-import {
-  ChunkIndex,
-  ChunkRecords,
-  ClippedRanges,
-  digestPrefix,
-  grown,
-  type RangeCursor,
-  RangeRuns,
-  Scratch,
-} from './checkin-columns.js';
+import { ChunkRecords, ClippedRanges, grown, type RangeCursor, RangeRuns, Scratch } from './checkin-columns.js';
 import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
 import { isoTime, volumeDiskOffset } from './listing.js';
@@ -165,7 +157,7 @@ export interface CanonicalLayout {
  * Accumulates chunks and ranges; stores each chunk once. What grows with the image stays off
  * the heap (issue 22, checkin-columns.ts): a chunk's digest and length are a record in a
  * scratch file; the chunks by digest are a hash table of at most `tableEntries` chunks (the
- * newest), merged into a sorted index file (ChunkIndex) when full, so the table is the same
+ * newest), merged into a sorted index file (SortedDigestIndex) when full, so the table is the same
  * size at 200,000 files and at 5,000,000; in memory per chunk only its "added" bit and the
  * index's fences (~0.2 bytes), ~8 more with the canonical order at the end. Ranges go in
  * sorted runs of `runEntries` to the scratch file, merged when the layout is written.
@@ -189,7 +181,7 @@ class Builder {
   private readonly maxSlots: number;
   private tableFrom = 0;
   /** The chunks below `tableFrom`, sorted by digest in a scratch file. */
-  private readonly index: ChunkIndex;
+  private readonly index: SortedDigestIndex;
   chunkCount = 0;
   private readonly runs: RangeRuns;
   /** File manifests (tree blobs) this check-in added to the store. */
@@ -210,7 +202,7 @@ class Builder {
     tableEntries = BUILDER_TABLE_ENTRIES,
   ) {
     this.records = new ChunkRecords(this.scratch, recordsInMemory);
-    this.index = new ChunkIndex(this.scratch);
+    this.index = new SortedDigestIndex(() => this.scratch.open('index'));
     this.tableEntries = Math.max(1, tableEntries);
     this.maxSlots = 16;
     while (this.maxSlots * BUILDER_LOAD < this.tableEntries) this.maxSlots *= 2;
@@ -293,7 +285,7 @@ class Builder {
   private spillTable(): void {
     const keys = new Float64Array(this.chunkCount - this.tableFrom);
     for (let i = this.tableFrom; i < this.chunkCount; i++) {
-      keys[i - this.tableFrom] = digestPrefix(this.records.record(i)) * 2 ** 26 + i;
+      keys[i - this.tableFrom] = digestKey(digestPrefix(this.records.record(i)), i);
     }
     keys.sort();
     this.index.merge(keys);

@@ -328,52 +328,6 @@ test('a check-in whose fixed shares exceed its memory budget is a LIMIT error; a
 });
 
 /**
- * Issue 22: the Builder's hash table holds only the newest chunks; full, they are merged into a
- * sorted index file (ChunkIndex), so dedup of a chunk seen long before is a lookup in that
- * file. The index alone: digests in batches, every one found with its own number (prefix
- * shared by many: the whole digest decides), digests never added not found, in order or not.
- */
-test('ChunkIndex: chunks merged in batches are found by digest, and only those', async () => {
-  const { ChunkIndex, Scratch, digestPrefix } = await import('../../src/library/checkin-columns.js');
-  const scratch = new Scratch();
-  try {
-    const index = new ChunkIndex(scratch);
-    const digest = (i: number) => {
-      const d = createHash('sha256').update(`chunk ${i}`).digest();
-      if (i % 7 === 0) d.fill(0xab, 0, 4); // many chunks share a prefix (and one block holds them)
-      return d;
-    };
-    const n = 3000; // 24 blocks of the index file
-    const digests = Array.from({ length: n }, (_, i) => digest(i));
-    for (let from = 0; from < n; ) {
-      const to = Math.min(n, from + 1 + ((from * 37) % 611));
-      const keys = new Float64Array(to - from);
-      for (let i = from; i < to; i++) keys[i - from] = digestPrefix(digests[i]) * 2 ** 26 + i;
-      keys.sort();
-      index.merge(keys);
-      from = to;
-      assert.equal(index.count, from);
-    }
-    for (let i = n - 1; i >= 0; i--) {
-      const d = digests[i];
-      assert.equal(
-        index.find(digestPrefix(d), (c) => digests[c].equals(d)),
-        i,
-      );
-    }
-    for (let i = n; i < n + 200; i++) {
-      const d = digest(i);
-      assert.equal(
-        index.find(digestPrefix(d), (c) => digests[c].equals(d)),
-        -1,
-      );
-    }
-  } finally {
-    scratch.close();
-  }
-});
-
-/**
  * The Builder's index in a check-in: a tree whose files repeat 3 contents far apart (each
  * repeat dozens of chunks after the last), cut with a hash table of 3 chunks (so nearly every
  * repeat is found in the sorted index file, not the table) gives the same layout manifest as
