@@ -11,6 +11,7 @@ import { trimHeap } from '../io/native.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import { writeLimits } from '../store/packer.js';
+import { digestKey, digestPrefix, SortedDigestIndex } from '../store/sorted-index.js';
 import type { PutResult } from '../store/store.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
@@ -110,7 +111,11 @@ export interface CheckinOptions {
    * the manifest's digest depends on it.
    */
   layoutPartEntries?: number;
-  /** Ranges per sorted run and chunk records held before they go to the scratch file (default from the memory budget; tests set a small one). */
+  /**
+   * Ranges per sorted run, chunk records held before they go to the scratch file and chunks in
+   * the hash table before it is merged into the sorted index (defaults from the memory budget
+   * and BUILDER_TABLE_ENTRIES; tests set a small one).
+   */
   spillEntries?: number;
 }
 
@@ -151,26 +156,32 @@ export interface CanonicalLayout {
 /**
  * Accumulates chunks and ranges; stores each chunk once. What grows with the image stays off
  * the heap (issue 22, checkin-columns.ts): a chunk's digest and length are a record in a
- * scratch file, in memory only its 8-byte fingerprint (the digest's first bytes), an "added"
- * flag and a slot of an open-addressing table (~30 bytes in all, ~40 with the canonical
- * order at the end); ranges go in sorted runs of `runEntries` to the scratch file, merged
- * when the layout is written. As JS strings, arrays and a Map (before typed arrays) a chunk
- * cost ~250 bytes and a range ~40; in typed arrays ~45 and ~24, plus a sorted copy at the end.
+ * scratch file; the chunks by digest are a hash table of at most `tableEntries` chunks (the
+ * newest), merged into a sorted index file (SortedDigestIndex) when full, so the table is the same
+ * size at 200,000 files and at 5,000,000; in memory per chunk only its "added" bit and the
+ * index's fences (~0.2 bytes), ~8 more with the canonical order at the end. Ranges go in
+ * sorted runs of `runEntries` to the scratch file, merged when the layout is written.
  */
 class Builder {
   private readonly scratch = new Scratch();
   private readonly records: ChunkRecords;
-  /** 1 where this check-in added the chunk to the store. */
-  private addedFlag = new Uint8Array(1024);
+  /** Bit i set where this check-in added chunk i to the store. */
+  private addedBits = new Uint8Array(128);
   /**
-   * Open addressing (linear probing, a power of two of slots, at most BUILDER_LOAD full) over
-   * chunk numbers: a slot is 0 (empty) or (chunk number + 1) << 6 | 6 bits of the digest,
-   * placed by the digest's first 4 bytes. A lookup reads a record back (the scratch file's
-   * window, or one pread) only where those 6 bits match: for ~1 probe in 64 of a new chunk,
-   * once for a chunk seen before. 4 bytes a slot, ~5.7-11.4 a chunk (before: 8-byte
-   * fingerprints beside a table of half the load, ~17-34).
+   * Open addressing (linear probing, a power of two of slots, at most `tableEntries` full,
+   * at most BUILDER_LOAD) over the chunks numbered from `tableFrom`: a slot is 0 (empty) or
+   * (chunk number + 1) << 6 | 6 bits of the digest, placed by the digest's first 4 bytes.
+   * A lookup reads a record back (the scratch file's window, or one pread) only where those 6
+   * bits match. Full, its chunks go to `index` and it is cleared (before: the table held
+   * every chunk and doubled, ~5.7-11.4 bytes a chunk, 16 MiB at 2,000,000 files).
    */
-  private table = new Uint32Array(4096);
+  private table: Uint32Array;
+  private readonly tableEntries: number;
+  /** Slots of the table once it has grown to hold `tableEntries` (it starts small, for small images). */
+  private readonly maxSlots: number;
+  private tableFrom = 0;
+  /** The chunks below `tableFrom`, sorted by digest in a scratch file. */
+  private readonly index: SortedDigestIndex;
   chunkCount = 0;
   private readonly runs: RangeRuns;
   /** File manifests (tree blobs) this check-in added to the store. */
@@ -188,8 +199,14 @@ class Builder {
     private readonly progress?: () => void,
     runEntries = 1 << 16,
     recordsInMemory = 16384,
+    tableEntries = BUILDER_TABLE_ENTRIES,
   ) {
     this.records = new ChunkRecords(this.scratch, recordsInMemory);
+    this.index = new SortedDigestIndex(() => this.scratch.open('index'));
+    this.tableEntries = Math.max(1, tableEntries);
+    this.maxSlots = 16;
+    while (this.maxSlots * BUILDER_LOAD < this.tableEntries) this.maxSlots *= 2;
+    this.table = new Uint32Array(Math.min(4096, this.maxSlots));
     this.runs = new RangeRuns(
       this.scratch,
       (d1, c1, a1, d2, c2, a2) => d1 - d2 || (c1 === c2 ? 0 : this.cmpChunks(c1, c2)) || a1 - a2,
@@ -199,6 +216,11 @@ class Builder {
 
   get rangeCount(): number {
     return this.runs.count;
+  }
+
+  /** Bytes held whatever the image's size: the hash table. */
+  get tableBytes(): number {
+    return this.table.byteLength;
   }
 
   /** The hex digest of chunk `i` (readers in roughly ascending order read through a window). */
@@ -211,7 +233,7 @@ class Builder {
   }
 
   added(i: number): boolean {
-    return this.addedFlag[i] === 1;
+    return (this.addedBits[i >>> 3] & (1 << (i & 7))) !== 0;
   }
 
   /** The chunk number of `digest` (32 bytes), inserting it when new (`inserted` then true). */
@@ -221,6 +243,8 @@ class Builder {
     for (let h = digest.readUInt32BE(0) & mask; ; h = (h + 1) & mask) {
       const t = this.table[h];
       if (t === 0) {
+        const old = this.index.find(digestPrefix(digest), (i) => digest.compare(this.records.exact(i), 0, 32) === 0);
+        if (old >= 0) return { idx: old, inserted: false };
         if (this.chunkCount >= MAX_CHUNKS) {
           throw new StrataError('LIMIT', `a check-in holds at most ${MAX_CHUNKS} chunks`, {
             structure: 'check-in chunk table',
@@ -228,9 +252,12 @@ class Builder {
         }
         const idx = this.records.push(digest, length);
         this.chunkCount++;
-        this.addedFlag = grown(this.addedFlag, this.chunkCount);
+        if (this.chunkCount > this.addedBits.length * 8)
+          this.addedBits = grown(this.addedBits, this.addedBits.length * 2);
         this.table[h] = (((idx + 1) << SLOT_FP_BITS) | fp) >>> 0;
-        if (this.chunkCount > this.table.length * BUILDER_LOAD) this.rehash();
+        const live = this.chunkCount - this.tableFrom;
+        if (live >= this.tableEntries) this.spillTable();
+        else if (live > this.table.length * BUILDER_LOAD) this.rehash(this.table.length * 2);
         return { idx, inserted: true };
       }
       if ((t & SLOT_FP_MASK) === fp) {
@@ -240,18 +267,30 @@ class Builder {
     }
   }
 
-  /** The table at twice the size, from the records (read back in order). */
-  private rehash(): void {
-    const table = new Uint32Array(this.table.length * 2);
+  /** The table at `slots` slots, from the records of its chunks (read back in order). */
+  private rehash(slots: number): void {
+    const table = new Uint32Array(slots);
     this.table = new Uint32Array(0); // the old one is garbage while the new one fills
-    const mask = table.length - 1;
-    for (let i = 0; i < this.chunkCount; i++) {
+    const mask = slots - 1;
+    for (let i = this.tableFrom; i < this.chunkCount; i++) {
       const r = this.records.record(i);
       let h = r.readUInt32BE(0) & mask;
       while (table[h] !== 0) h = (h + 1) & mask;
       table[h] = (((i + 1) << SLOT_FP_BITS) | (r[4] & SLOT_FP_MASK)) >>> 0;
     }
     this.table = table;
+  }
+
+  /** The table's chunks into the sorted index (their records read back in order), the table cleared. */
+  private spillTable(): void {
+    const keys = new Float64Array(this.chunkCount - this.tableFrom);
+    for (let i = this.tableFrom; i < this.chunkCount; i++) {
+      keys[i - this.tableFrom] = digestKey(digestPrefix(this.records.record(i)), i);
+    }
+    keys.sort();
+    this.index.merge(keys);
+    this.table.fill(0);
+    this.tableFrom = this.chunkCount;
   }
 
   /** Store `buf` (unless all zeros) and map `pieces` ([disk offset, length, offset in buf]) to it. */
@@ -270,7 +309,7 @@ class Builder {
     if (inserted) {
       const r = await this.sink.put('data', buf, digest, { solo });
       if (r.added) {
-        this.addedFlag[idx] = 1;
+        this.addedBits[idx >>> 3] |= 1 << (idx & 7);
         this.newChunks++;
       }
     }
@@ -327,8 +366,14 @@ const SLOT_FP_BITS = 6;
 const SLOT_FP_MASK = (1 << SLOT_FP_BITS) - 1;
 /** Chunk numbers + 1 fit the slot's other 26 bits. */
 const MAX_CHUNKS = 2 ** (32 - SLOT_FP_BITS) - 2;
-/** Slots in use at most (then the table doubles). */
+/** Slots in use at most. */
 const BUILDER_LOAD = 0.7;
+/**
+ * Chunks in the Builder's hash table before they are merged into its sorted index: 2^18 slots
+ * (1 MiB), a merge every ~183,000 new chunks (~5 at 1,000,000 files, each a sequential pass over
+ * 8 bytes a chunk), and a lookup that misses the table reads one 1 KiB block of the index.
+ */
+const BUILDER_TABLE_ENTRIES = Math.floor((1 << 18) * BUILDER_LOAD);
 
 interface FsWindow {
   volume: Volume;
@@ -846,11 +891,12 @@ class MemoryBudget {
   ) {}
 
   /**
-   * Bytes per chunk held (table slots at a load of 0.35-0.7, the "added" flag, both grown by doubling; the canonical
-   * order and renumbering at the end add 8), per span, per linked inode. Ranges are held in
-   * one run of `runEntries` (24 bytes each with the sort order), the rest spilled.
+   * Bytes per chunk held (the "added" bit and the sorted index's fences, grown by doubling;
+   * the canonical order and renumbering at the end add 8; the hash table is counted whole),
+   * per span, per linked inode. Ranges are held in one run of `runEntries` (24 bytes each
+   * with the sort order), the rest spilled.
    */
-  static readonly PER_CHUNK = 24;
+  static readonly PER_CHUNK = 9;
   static readonly PER_RANGE = 24;
   static readonly PER_SPAN = 56;
   static readonly PER_LINKED = 200;
@@ -863,6 +909,7 @@ class MemoryBudget {
   held(b: Builder, spans: number, linked: number): number {
     return (
       b.chunkCount * MemoryBudget.PER_CHUNK +
+      b.tableBytes +
       Math.min(b.rangeCount, this.runEntries) * MemoryBudget.PER_RANGE +
       spans * MemoryBudget.PER_SPAN +
       linked * MemoryBudget.PER_LINKED +
@@ -900,7 +947,7 @@ export interface CutOptions {
   onProgress?: (done: number, total: number) => void;
   /** What the cut may hold that grows with the image (default DEFAULT_MEMORY_BYTES); over it, a LIMIT error. */
   memoryBytes?: number;
-  /** Ranges per sorted run and chunk records held before they go to the scratch file (default from the memory budget). */
+  /** Ranges per sorted run, chunk records held and chunks in the hash table before they go to the scratch file (default from the memory budget). */
   spillEntries?: number;
   /** Write every file manifest as one version 1 blob (a remote library's commit takes those). */
   inlineFileManifests?: boolean;
@@ -959,6 +1006,7 @@ async function cutCompact(
     sink,
     opts.onProgress ? () => opts.onProgress?.(Math.min(b.done, total), total) : undefined,
     opts.spillEntries ?? budget.runEntries,
+    opts.spillEntries,
     opts.spillEntries,
   );
   const found = img.size >= 512 ? await discoverVolumes(img) : { scheme: 'none', volumes: [], warnings: [] };

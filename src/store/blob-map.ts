@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { StrataError } from '../util/errors.js';
 import type { BlobType } from './pack.js';
+import { digestKey, digestPrefix, SortedDigestIndex } from './sorted-index.js';
 
 export interface IndexEntry {
   pack: string;
@@ -47,6 +48,16 @@ const SCAN_BLOCKS = 256;
  * The test of the spill path lowers it (BlobMap's constructor).
  */
 export const SPILL_AFTER = 65_536;
+
+/**
+ * Live entries in the slot table at most (the newest): past it they move to a sorted index
+ * file (SortedDigestIndex) and the table starts again, so a store of 5,000,000 blobs holds
+ * about what one of 1,000,000 does (~7 MiB of slots at most, ~0.06 bytes a blob of fences).
+ * Lookups of the older entries read a 1 KiB block of that file. The tests lower it.
+ */
+export const TABLE_ENTRIES = 1 << 20;
+/** Entries sorted and merged into the index at once when the table is full (8 bytes each). */
+const MERGE_BATCH = 1 << 17;
 
 /** Slot values: 0 empty, 1 deleted, else (entry number + 1) << 6 | 6 bits of fingerprint. */
 const EMPTY = 0;
@@ -220,10 +231,13 @@ class Records {
  * and one Uint32Array of slots (open addressing, linear probing; digests are uniform, so
  * their first bytes place them) holding the record's number and 6 more bits of the digest.
  * Past SPILL_AFTER blobs the records move to a scratch file (see Records): what stays
- * resident is the slots, 4 bytes a slot at a load of 0.6-0.75, ~5.3-6.7 bytes a blob, so a
- * store of 5,000,000 blobs holds ~32 MB here (before: ~80 bytes a blob, all in memory, ~400
- * MB). A lookup compares the fingerprint in memory, and reads a record only where it
- * matches: a miss (check-in's "is this chunk new?") reads one for ~1 probe in 64, a hit one.
+ * resident is the slots, 4 bytes a slot at a load of 0.6-0.75, ~5.3-6.7 bytes a blob, for the
+ * newest TABLE_ENTRIES blobs; older ones are in a sorted index file (SortedDigestIndex, ~0.06
+ * bytes a blob resident), so a store of 5,000,000 blobs holds ~7 MiB here, not ~32 MB (and
+ * before the records spilled, ~80 bytes a blob, ~400 MB). A lookup compares the fingerprint in
+ * memory, and reads a record only where it matches: a miss (check-in's "is this chunk new?")
+ * reads one for ~1 probe in 64, a hit one; past TABLE_ENTRIES blobs a miss in the table reads
+ * one 1 KiB block of the index file too.
  *
  * It behaves as a Map for what the store does with it: get/has/set/delete, size, and
  * iteration in insertion order (prune copies blobs in index order).
@@ -234,6 +248,13 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   private table = new Uint32Array(16);
   /** Slots not empty (live or deleted). */
   private used = 0;
+  /** Entries numbered below this are in `older`, not in the table. */
+  private tableFrom = 0;
+  /** Live entries in the table. */
+  private tableLive = 0;
+  private readonly tableEntries: number;
+  /** The entries numbered below `tableFrom` (deleted ones too: their records say so), sorted by digest. */
+  private readonly older = new SortedDigestIndex();
   private readonly packIds: string[] = [];
   private readonly packNo = new Map<string, number>();
   private readonly key = Buffer.alloc(32);
@@ -241,9 +262,12 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
 
   /** The spill point of maps made without one (tests lower it to run a store's paths on the spill file). */
   static spillAfter = SPILL_AFTER;
+  /** The table's most entries for maps made without one (tests lower it to run a store's paths on the sorted index). */
+  static tableEntries = TABLE_ENTRIES;
 
-  constructor(opts: { spillAfter?: number } = {}) {
+  constructor(opts: { spillAfter?: number; tableEntries?: number } = {}) {
     this.recs = new Records(opts.spillAfter ?? BlobMap.spillAfter);
+    this.tableEntries = Math.max(1, opts.tableEntries ?? BlobMap.tableEntries);
   }
 
   get size(): number {
@@ -285,18 +309,56 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     }
   }
 
-  /** Rebuild the slots for the live entries (grown, or cleared of tombstones). */
+  /** The number of the live entry of `k` in the sorted index of older entries, or -1. */
+  private findOlder(k: Buffer): number {
+    if (this.older.count === 0) return -1;
+    return this.older.find(digestPrefix(k), (e) => {
+      const [b, at] = this.recs.at(e);
+      return b[at + R_DEAD] === 0 && b.compare(k, 0, 32, at, at + 32) === 0;
+    });
+  }
+
+  /** The number of `k`'s live entry (the table's, else the sorted index's), or -1. */
+  private entryOf(k: Buffer): number {
+    const s = this.find(k);
+    return s >= 0 ? (this.table[s] >>> FP_BITS) - 1 : this.findOlder(k);
+  }
+
+  /** Rebuild the slots for the table's live entries (grown, or cleared of tombstones). */
   private rehash(): void {
-    const size = Math.max(16, Math.ceil((this.live + 1) / GROW_LOAD));
+    const size = Math.max(16, Math.ceil((this.tableLive + 1) / GROW_LOAD));
     const table = new Uint32Array(size);
+    this.table = new Uint32Array(0); // the old one is garbage while the new one fills
     this.recs.each((buf, at, e) => {
       if (buf[at + R_DEAD]) return;
       let i = Math.floor(((buf.readUInt32BE(at) >>> 11) * size) / 2097152);
       while (table[i] !== EMPTY) i = i + 1 === size ? 0 : i + 1;
       table[i] = (((e + 1) << FP_BITS) | (buf[at + 4] & FP_MASK)) >>> 0;
-    });
+    }, this.tableFrom);
     this.table = table;
-    this.used = this.live;
+    this.used = this.tableLive;
+  }
+
+  /** The table's live entries into the sorted index (in sorted batches), the table emptied. */
+  private spillTable(): void {
+    const keys = new Float64Array(Math.min(MERGE_BATCH, this.tableLive));
+    let n = 0;
+    const flush = () => {
+      const batch = keys.subarray(0, n);
+      batch.sort();
+      this.older.merge(batch);
+      n = 0;
+    };
+    this.recs.each((buf, at, e) => {
+      if (buf[at + R_DEAD]) return;
+      keys[n++] = digestKey(digestPrefix(buf, at), e);
+      if (n === keys.length) flush();
+    }, this.tableFrom);
+    if (n > 0) flush();
+    this.tableFrom = this.recs.count;
+    this.table.fill(EMPTY);
+    this.used = 0;
+    this.tableLive = 0;
   }
 
   private entryAt(e: number): IndexEntry {
@@ -338,13 +400,13 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   get(digest: string): IndexEntry | undefined {
     const k = this.parse(digest);
     if (!k) return undefined;
-    const s = this.find(k);
-    return s < 0 ? undefined : this.entryAt((this.table[s] >>> FP_BITS) - 1);
+    const e = this.entryOf(k);
+    return e < 0 ? undefined : this.entryAt(e);
   }
 
   has(digest: string): boolean {
     const k = this.parse(digest);
-    return k !== undefined && this.find(k) >= 0;
+    return k !== undefined && this.entryOf(k) >= 0;
   }
 
   set(digest: string, v: IndexEntry): this {
@@ -361,9 +423,10 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     const k = this.parse(digest);
     if (!k || digest !== digest.toLowerCase()) throw new Error(`BlobMap: not a sha256 digest: ${digest}`);
     const s = this.find(k);
-    if (s >= 0) {
+    const was = s >= 0 ? (this.table[s] >>> FP_BITS) - 1 : this.findOlder(k);
+    if (was >= 0) {
       if (!replace) return false;
-      const e = (this.table[s] >>> FP_BITS) - 1;
+      const e = was;
       const [b, at] = this.recs.at(e);
       this.write(b, at, v);
       this.recs.written(e, b, at);
@@ -383,7 +446,9 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     if (this.table[slot] === EMPTY) this.used++;
     this.table[slot] = (((e + 1) << FP_BITS) | fp) >>> 0;
     this.live++;
-    if (this.used > this.table.length * MAX_LOAD) this.rehash();
+    this.tableLive++;
+    if (this.tableLive >= this.tableEntries) this.spillTable();
+    else if (this.used > this.table.length * MAX_LOAD) this.rehash();
     return true;
   }
 
@@ -391,12 +456,15 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
     const k = this.parse(digest);
     if (!k) return false;
     const s = this.find(k);
-    if (s < 0) return false;
-    const e = (this.table[s] >>> FP_BITS) - 1;
+    const e = s >= 0 ? (this.table[s] >>> FP_BITS) - 1 : this.findOlder(k);
+    if (e < 0) return false;
     const [b, at] = this.recs.at(e);
     b[at + R_DEAD] = 1;
     this.recs.written(e, b, at);
-    this.table[s] = TOMBSTONE;
+    if (s >= 0) {
+      this.table[s] = TOMBSTONE;
+      this.tableLive--;
+    }
     this.live--;
     return true;
   }
@@ -418,8 +486,7 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   numberOf(digest: string): number {
     const k = this.parse(digest);
     if (!k) return -1;
-    const s = this.find(k);
-    return s < 0 ? -1 : (this.table[s] >>> FP_BITS) - 1;
+    return this.entryOf(k);
   }
 
   /** The pack id of a pack number (as eachPackEntry gives them). */
@@ -465,8 +532,11 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
   clear(): void {
     this.gen++;
     this.recs.close();
+    this.older.close();
     this.live = 0;
     this.used = 0;
+    this.tableFrom = 0;
+    this.tableLive = 0;
     this.table = new Uint32Array(16);
     this.packIds.length = 0;
     this.packNo.clear();
@@ -479,7 +549,7 @@ export class BlobMap implements ReadonlyMap<string, IndexEntry> {
 
   /** Resident bytes that grow with the blobs: the slots, and the records while in memory. */
   get residentBytes(): number {
-    return this.table.byteLength + this.recs.memBytes;
+    return this.table.byteLength + this.recs.memBytes + this.older.residentBytes;
   }
 
   *entries(): MapIterator<[string, IndexEntry]> {

@@ -326,3 +326,61 @@ test('a check-in whose fixed shares exceed its memory budget is a LIMIT error; a
     return true;
   });
 });
+
+/**
+ * The Builder's index in a check-in: a tree whose files repeat 3 contents far apart (each
+ * repeat dozens of chunks after the last), cut with a hash table of 3 chunks (so nearly every
+ * repeat is found in the sorted index file, not the table) gives the same layout manifest as
+ * the default table, and every chunk is given to the sink once.
+ */
+test('chunks seen long before are found in the sorted index: same layout, each chunk stored once', async () => {
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  const { run } = await import('../helpers/tools.js');
+  const { bytesOf } = await import('../helpers/ext-tree.js');
+  const dir = tempDir('checkin-layout-repeats');
+  const tree = path.join(dir, 'tree');
+  for (let d = 0; d < 6; d++) {
+    mkdirSync(path.join(tree, `d${d}`), { recursive: true });
+    for (let f = 0; f < 20; f++) {
+      const body = f % 5 === 0 ? bytesOf(`repeat ${f % 3}`, 6000) : bytesOf(`unique ${d} ${f}`, 3000 + f * 100);
+      writeFileSync(path.join(tree, `d${d}`, `f${f}`), body);
+    }
+  }
+  const image = path.join(dir, 'repeats.img');
+  await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, image, '16M']);
+  class CountingSink extends MemorySink {
+    readonly puts = new Map<string, number>();
+    override async put(type: 'data' | 'tree', plain: Uint8Array, digest?: string) {
+      const r = await super.put(type, plain, digest);
+      if (type === 'data') this.puts.set(r.digest, (this.puts.get(r.digest) ?? 0) + 1);
+      return r;
+    }
+  }
+  const cut = async (spillEntries?: number) => {
+    const img = await openImage(image);
+    const sink = new CountingSink();
+    try {
+      return { cut: await cutImage(img, image, sink, { spillEntries }), sink };
+    } finally {
+      await closeChain(img);
+    }
+  };
+  const whole = await cut();
+  const small = await cut(3);
+  assert.ok(whole.sink.puts.size > 0);
+  assert.ok(whole.cut.layout.chunks.length > 60, `${whole.cut.layout.chunks.length} chunks`);
+  assert.ok(Buffer.from(encodeManifest(small.cut.layout)).equals(Buffer.from(encodeManifest(whole.cut.layout))));
+  assert.equal(new Set(small.cut.layout.chunks).size, small.cut.layout.chunks.length, 'each digest once in the layout');
+  for (const [d, n] of small.sink.puts) assert.equal(n, 1, `chunk ${d} given to the sink ${n} times`);
+  // the repeats (each file one extent): 12, 6 and 6 files of one chunk each
+  const uses = (r: number) => {
+    const k = small.cut.layout.chunks.indexOf(
+      createHash('sha256')
+        .update(bytesOf(`repeat ${r}`, 6000))
+        .digest('hex'),
+    );
+    assert.ok(k >= 0, `repeat ${r} in the layout`);
+    return small.cut.layout.ranges.chunk.filter((c) => c === k).length;
+  };
+  assert.deepEqual([uses(0), uses(1), uses(2)], [12, 6, 6]);
+});

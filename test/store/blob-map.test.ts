@@ -21,8 +21,16 @@ const entry = (i: number): IndexEntry => ({
 });
 
 test('BlobMap past its spill point behaves as a Map: set, overwrite, delete, re-add, iteration order, clear', () => {
-  for (const spillAfter of [1_000_000, 300, 57]) {
-    const m = new BlobMap({ spillAfter });
+  // tableEntries: the older entries in the sorted index file (issue 22), from every 1 to every 700
+  for (const [spillAfter, tableEntries] of [
+    [1_000_000, undefined],
+    [300, undefined],
+    [57, undefined],
+    [1_000_000, 700],
+    [300, 33],
+    [57, 1],
+  ]) {
+    const m = new BlobMap({ spillAfter, tableEntries });
     const oracle = new Map<string, IndexEntry>();
     let x = 7;
     const rand = (n: number) => {
@@ -49,7 +57,7 @@ test('BlobMap past its spill point behaves as a Map: set, overwrite, delete, re-
         assert.deepEqual(
           [...m.entries()],
           [...oracle.entries()],
-          `spillAfter ${spillAfter}: iteration at step ${step}`,
+          `spillAfter ${spillAfter}, tableEntries ${tableEntries}: iteration at step ${step}`,
         );
       }
     }
