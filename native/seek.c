@@ -17,6 +17,9 @@ void strata_register_extract(napi_env env, napi_value exports); /* extract.c */
 void strata_register_inflate(napi_env env, napi_value exports); /* inflate.c */
 void strata_register_dirplus(napi_env env, napi_value exports); /* dirplus.c */
 void strata_register_heap(napi_env env, napi_value exports);    /* heap.c */
+#ifdef STRATA_ZSTD
+void strata_register_zstd(napi_env env, napi_value exports); /* zstd.c (when zstd-napi's zstd sources are there) */
+#endif
 
 static napi_value Seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -55,5 +58,8 @@ NAPI_MODULE_INIT() {
   strata_register_inflate(env, exports);
   strata_register_dirplus(env, exports);
   strata_register_heap(env, exports);
+#ifdef STRATA_ZSTD
+  strata_register_zstd(env, exports);
+#endif
   return exports;
 }

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = path.join(root, 'native');
 const out = path.join(dir, 'build', 'Release', 'strata_native.node');
-const sources = ['seek.c', 'copy.c', 'extract.c', 'inflate.c', 'dirplus.c', 'heap.c', 'napi-job.h', 'binding.gyp'].map((f) => path.join(dir, f));
+const sources = ['seek.c', 'copy.c', 'extract.c', 'inflate.c', 'dirplus.c', 'heap.c', 'zstd.c', 'zstd-lib.c', 'napi-job.h', 'binding.gyp'].map((f) => path.join(dir, f));
 if (existsSync(out) && sources.every((s) => statSync(s).mtimeMs <= statSync(out).mtimeMs)) process.exit(0);
 
 function nodeGyp() {
@@ -41,6 +41,8 @@ if (!gyp || !existsSync(path.join(nodedir, 'include', 'node', 'node_api.h'))) {
 }
 const r = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '--loglevel=warn'], {
   cwd: dir,
+  // binding.gyp runs `node` to find zstd-napi's zstd sources (native/zstd.c): this Node first on PATH
+  env: { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` },
   stdio: ['ignore', 'ignore', 'inherit'],
 });
 if (r.status !== 0) {

@@ -22,6 +22,22 @@ interface Native {
   extDirPlus?: NativeExtDirPlus;
   /** native/heap.c: see trimHeap. */
   trimHeap?: () => number;
+  /** native/zstd.c (built where zstd-napi's zstd sources are): see NativeZstd. */
+  zstdCompress?: NativeZstd['compress'];
+  zstdRelease?: () => void;
+  zstdVersion?: number;
+}
+
+/**
+ * zstd on a thread of libuv's pool (native/zstd.c), the same zstd as zstd-napi's (the frames
+ * are byte for byte zstd-napi's): `compress(src, level, windowLog)` (windowLog 0: the level's
+ * own) resolves with the frame, or null when it is not smaller than `src`, which must stay
+ * untouched until then; `release()` frees the contexts kept for reuse.
+ */
+export interface NativeZstd {
+  compress(src: Uint8Array, level: number, windowLog: number): Promise<ArrayBuffer | null>;
+  release(): void;
+  version: number;
 }
 
 /**
@@ -214,6 +230,14 @@ export function nativeWriteFiles(): NativeWriteFiles | undefined {
 export function nativeExtDirPlus(): NativeExtDirPlus | undefined {
   if (process.env.STRATA_NO_NATIVE_DIRPLUS === '1') return undefined;
   return native()?.extDirPlus;
+}
+
+/** The native zstd compressor, or undefined when the addon is built without it (or STRATA_NO_NATIVE_ZSTD=1). */
+export function nativeZstd(): NativeZstd | undefined {
+  if (process.env.STRATA_NO_NATIVE_ZSTD === '1') return undefined;
+  const n = native();
+  if (!n?.zstdCompress || !n.zstdRelease) return undefined;
+  return { compress: n.zstdCompress, release: n.zstdRelease, version: n.zstdVersion ?? 0 };
 }
 
 /**
