@@ -8,7 +8,7 @@
       "sources": ["seek.c", "copy.c", "extract.c", "inflate.c", "dirplus.c", "heap.c"],
       "cflags": ["-O2", "-Wall", "-fvisibility=hidden"],
       "conditions": [
-        ["zstd_lib!=''", {
+        ["zstd_lib!='' and zstd_lib!='none'", {
           "sources": ["zstd.c"],
           "dependencies": ["strata_zstd"],
           "include_dirs": ["<(zstd_lib)"],
@@ -18,7 +18,7 @@
     }
   ],
   "conditions": [
-    ["zstd_lib!=''", {
+    ["zstd_lib!='' and zstd_lib!='none'", {
       "targets": [
         {
           "target_name": "strata_zstd",
