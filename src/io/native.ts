@@ -22,6 +22,8 @@ interface Native {
   extDirPlus?: NativeExtDirPlus;
   /** native/heap.c: see trimHeap. */
   trimHeap?: () => number;
+  /** native/heap.c: see mmapLargeAllocations. */
+  mmapFrom?: (bytes: number) => number;
   /** native/zstd.c (built where zstd-napi's zstd sources are): see NativeZstd. */
   zstdCompress?: NativeZstd['compress'];
   zstdRelease?: () => void;
@@ -248,6 +250,17 @@ export function nativeZstd(): NativeZstd | undefined {
 export function trimHeap(): boolean {
   const t = native()?.trimHeap;
   return t !== undefined && t() >= 0;
+}
+
+/**
+ * From now on every C allocation of at least `bytes` (Node's large ArrayBuffers) gets its own
+ * mapping, handed back to the system when freed (native/heap.c: glibc's M_MMAP_THRESHOLD, which
+ * otherwise rises to the largest buffer freed, up to 32 MiB, so that later buffers fill holes
+ * in the main heap that only a trim returns). Process-wide and kept; false when not set here.
+ */
+export function mmapLargeAllocations(bytes: number): boolean {
+  const f = native()?.mmapFrom;
+  return f !== undefined && f(bytes) === 1;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */
