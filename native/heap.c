@@ -20,16 +20,19 @@
 #include <malloc.h>
 #endif
 
-static napi_value TrimHeap(napi_env env, napi_callback_info info) {
-  (void)info;
-#ifdef __GLIBC__
-  int r = malloc_trim(0);
-#else
-  int r = -1;
-#endif
+static napi_value Int(napi_env env, int r) {
   napi_value out;
   napi_create_int32(env, r, &out);
   return out;
+}
+
+static napi_value TrimHeap(napi_env env, napi_callback_info info) {
+  (void)info;
+#ifdef __GLIBC__
+  return Int(env, malloc_trim(0));
+#else
+  return Int(env, -1);
+#endif
 }
 
 static napi_value MmapFrom(napi_env env, napi_callback_info info) {
@@ -42,13 +45,10 @@ static napi_value MmapFrom(napi_env env, napi_callback_info info) {
     return NULL;
   }
 #ifdef __GLIBC__
-  int r = mallopt(M_MMAP_THRESHOLD, (int)bytes) == 1 ? 1 : 0;
+  return Int(env, mallopt(M_MMAP_THRESHOLD, (int)bytes) == 1 ? 1 : 0);
 #else
-  int r = -1;
+  return Int(env, -1);
 #endif
-  napi_value out;
-  napi_create_int32(env, r, &out);
-  return out;
 }
 
 void strata_register_heap(napi_env env, napi_value exports) {
