@@ -18,6 +18,9 @@ void strata_register_inflate(napi_env env, napi_value exports); /* inflate.c */
 void strata_register_dirplus(napi_env env, napi_value exports); /* dirplus.c */
 void strata_register_heap(napi_env env, napi_value exports);    /* heap.c */
 void strata_register_fuseread(napi_env env, napi_value exports); /* fuseread.c */
+#ifdef STRATA_ZSTD
+void strata_register_zstd(napi_env env, napi_value exports); /* zstd.c (when zstd-napi's zstd sources are there) */
+#endif
 
 static napi_value Seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -57,5 +60,8 @@ NAPI_MODULE_INIT() {
   strata_register_dirplus(env, exports);
   strata_register_heap(env, exports);
   strata_register_fuseread(env, exports);
+#ifdef STRATA_ZSTD
+  strata_register_zstd(env, exports);
+#endif
   return exports;
 }

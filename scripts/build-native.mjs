@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = path.join(root, 'native');
 const out = path.join(dir, 'build', 'Release', 'strata_native.node');
-const sources = ['seek.c', 'copy.c', 'extract.c', 'inflate.c', 'dirplus.c', 'heap.c', 'fuseread.c', 'napi-job.h', 'binding.gyp'].map((f) => path.join(dir, f));
+const sources = ['seek.c', 'copy.c', 'extract.c', 'inflate.c', 'dirplus.c', 'heap.c', 'fuseread.c', 'zstd.c', 'zstd-lib.c', 'napi-job.h', 'binding.gyp'].map((f) => path.join(dir, f));
 if (existsSync(out) && sources.every((s) => statSync(s).mtimeMs <= statSync(out).mtimeMs)) process.exit(0);
 
 function nodeGyp() {
@@ -39,10 +39,21 @@ if (!gyp || !existsSync(path.join(nodedir, 'include', 'node', 'node_api.h'))) {
   console.warn('strata: node-gyp or the Node headers are missing: sparse files will not show their holes');
   process.exit(0);
 }
-const r = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '--loglevel=warn'], {
-  cwd: dir,
-  stdio: ['ignore', 'ignore', 'inherit'],
-});
+/** node-gyp rebuild; `extra` becomes gyp variables (node-gyp hands unknown options to config.gypi). */
+const rebuild = (...extra) =>
+  spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '--loglevel=warn', ...extra], {
+    cwd: dir,
+    // binding.gyp runs `node` to find zstd-napi's zstd sources (native/zstd.c): this Node first on PATH
+    env: { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+let r = rebuild();
+if (r.status !== 0) {
+  // zstd's sources are the largest part: without them the rest of the addon still helps
+  // (the store then compresses on a worker isolate, as before native/zstd.c)
+  console.warn('strata: building native/strata_native.node with zstd failed: trying without it');
+  r = rebuild('--zstd_lib=none');
+}
 if (r.status !== 0) {
   console.warn('strata: building native/strata_native.node failed: sparse files will not show their holes');
 }

@@ -26,6 +26,24 @@ interface Native {
   fuseRead?: NativeFuseRead;
   /** native/heap.c: see trimHeap. */
   trimHeap?: () => number;
+  /** native/heap.c: see mmapLargeAllocations. */
+  mmapFrom?: (bytes: number) => number;
+  /** native/zstd.c (built where zstd-napi's zstd sources are): see NativeZstd. */
+  zstdCompress?: NativeZstd['compress'];
+  zstdRelease?: () => void;
+  zstdVersion?: number;
+}
+
+/**
+ * zstd on a thread of libuv's pool (native/zstd.c), the same zstd as zstd-napi's (the frames
+ * are byte for byte zstd-napi's): `compress(src, level, windowLog)` (windowLog 0: the level's
+ * own) resolves with the frame, or null when it is not smaller than `src`, which must stay
+ * untouched until then; `release()` frees the contexts kept for reuse.
+ */
+export interface NativeZstd {
+  compress(src: Uint8Array, level: number, windowLog: number): Promise<ArrayBuffer | null>;
+  release(): void;
+  version: number;
 }
 
 /**
@@ -255,6 +273,14 @@ export function nativeFuseRead(): NativeFuseRead | undefined {
   return native()?.fuseRead;
 }
 
+/** The native zstd compressor, or undefined when the addon is built without it (or STRATA_NO_NATIVE_ZSTD=1). */
+export function nativeZstd(): NativeZstd | undefined {
+  if (process.env.STRATA_NO_NATIVE_ZSTD === '1') return undefined;
+  const n = native();
+  if (!n?.zstdCompress || !n.zstdRelease) return undefined;
+  return { compress: n.zstdCompress, release: n.zstdRelease, version: n.zstdVersion ?? 0 };
+}
+
 /**
  * Hand the C heap's free pages back to the system (native/heap.c: glibc's malloc_trim), for
  * long runs whose large buffers come and go: false when the addon is not built or the C
@@ -263,6 +289,17 @@ export function nativeFuseRead(): NativeFuseRead | undefined {
 export function trimHeap(): boolean {
   const t = native()?.trimHeap;
   return t !== undefined && t() >= 0;
+}
+
+/**
+ * From now on every C allocation of at least `bytes` (Node's large ArrayBuffers) gets its own
+ * mapping, handed back to the system when freed (native/heap.c: glibc's M_MMAP_THRESHOLD, which
+ * otherwise rises to the largest buffer freed, up to 32 MiB, so that later buffers fill holes
+ * in the main heap that only a trim returns). Process-wide and kept; false when not set here.
+ */
+export function mmapLargeAllocations(bytes: number): boolean {
+  const f = native()?.mmapFrom;
+  return f !== undefined && f(bytes) === 1;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */

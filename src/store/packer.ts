@@ -4,8 +4,8 @@ import type { Backend } from './backend.js';
 import { type BlobIndex, MAX_BLOB } from './blob-index.js';
 import { checked, decodeWith } from './blob-reader.js';
 import { type BlobType, encodePackHeader, FLAG_ZSTD, type PackEntry, packKey } from './pack.js';
-import { type BufferPool, compressBound, compressInto } from './zstd-into.js';
-import { ZSTD_THREADS, ZstdOffload } from './zstd-offload.js';
+import { BufferPool, compressBound, compressInto } from './zstd-into.js';
+import { startZstdThreads, ZSTD_THREADS, type ZstdThreads } from './zstd-offload.js';
 
 /**
  * The write side of the store: blobs are encoded with zstd (or kept plain when zstd does
@@ -138,10 +138,12 @@ export class Packer {
   private arenaUsed = 0;
   /** Arenas whose pack is written, ready for reuse. */
   private readonly spareArenas: Buffer[] = [];
-  /** Frames being compressed on the zstd thread live here (shared memory, nothing copied). */
+  /** Frames being compressed on a zstd worker isolate live here (shared memory, nothing copied). */
   private readonly sharedPool: BufferPool;
+  /** ... and here on the addon's zstd threads (ordinary buffers: V8 counts them, collections see them). */
+  private readonly framePool = new BufferPool(64, false);
   /** The zstd thread, started by the first write (undefined: not yet, null: compress inline). */
-  private offload?: ZstdOffload | null;
+  private offload?: ZstdThreads | null;
   /** Frames handed to the zstd thread and not yet back, oldest first. */
   private readonly compressing: Frame[] = [];
   private compressingBytes = 0;
@@ -201,7 +203,7 @@ export class Packer {
       if (this.offloader() && plain.length <= ARENA_BLOB) {
         await this.roomToCompress(plain.length);
         if (this.has(digest)) return { digest, added: false }; // a concurrent put of the same bytes won
-        const copy = this.sharedPool.take(plain.length);
+        const copy = this.frames().take(plain.length);
         copy.set(plain);
         const ref: BlobRef = { digest, type, at: 0, plainLength: plain.length };
         const f: Frame = { blobs: [ref], buf: copy, used: plain.length, flags: 0, offset: 0 };
@@ -228,7 +230,7 @@ export class Packer {
         await this.roomToCompress(frameBytes);
       }
       if (!this.frame) {
-        const buf = this.offloader() ? this.sharedPool.take(frameBytes) : this.pool.take(frameBytes);
+        const buf = this.offloader() ? this.frames().take(frameBytes) : this.pool.take(frameBytes);
         this.frame = { blobs: [], buf, used: 0, flags: 0, offset: 0 };
       }
       const f = this.frame;
@@ -325,9 +327,14 @@ export class Packer {
   }
 
   /** The zstd thread (started on first use), or null when compression stays inline. */
-  private offloader(): ZstdOffload | null {
-    if (this.offload === undefined) this.offload = ZstdOffload.start(this.limits.zstdThreads) ?? null;
+  private offloader(): ZstdThreads | null {
+    if (this.offload === undefined) this.offload = startZstdThreads(this.limits.zstdThreads) ?? null;
     return this.offload;
+  }
+
+  /** The pool of the frames handed to the zstd threads (shared memory for worker isolates). */
+  private frames(): BufferPool {
+    return this.offload?.shared === false ? this.framePool : this.sharedPool;
   }
 
   /**
@@ -336,7 +343,8 @@ export class Packer {
    * `f.buf` stays readable (unflushed reads) until `enc` is set; then it returns to the pool.
    */
   private async compressAway(f: Frame, level: number, windowLog?: number): Promise<void> {
-    const z = this.offloader() as ZstdOffload;
+    const z = this.offloader() as ZstdThreads;
+    const pool = this.frames();
     const buf = f.buf as Buffer;
     const plain = buf.subarray(0, f.used);
     f.encP = z.compress(plain, level, windowLog).then(({ enc }) => {
@@ -348,7 +356,7 @@ export class Packer {
         f.flags = 0;
       }
       f.buf = undefined;
-      this.sharedPool.give(buf);
+      pool.give(buf);
     });
     f.encP.catch(() => {}); // reported by the pack write that awaits it
     this.pending.push(f);
@@ -393,6 +401,7 @@ export class Packer {
   async releaseBuffers(): Promise<void> {
     this.spareArenas.length = 0;
     this.sharedPool.clear();
+    this.framePool.clear();
     // frames compressed since the last put are still listed (only a put trims the list):
     // with them counted as busy the thread was never stopped, and at the end of a
     // 1,000,000-file check-in ~87 MiB of frames and both threads stayed through the inspection

@@ -1,14 +1,78 @@
 import { Worker } from 'node:worker_threads';
+import { type NativeZstd, nativeZstd } from '../io/native.js';
 
 /**
  * zstd on other threads, so a check-in reads, hashes and cuts the next chunks while the
  * previous frame compresses (zstd is ~40% of a check-in's CPU; this VM has two cores).
- * Inputs must live in a SharedArrayBuffer and stay untouched until the promise settles.
- * `start()` returns undefined where no worker can run; callers then compress inline.
+ * Inputs stay untouched until the promise settles. Two ways: the addon's zstd on libuv's
+ * pool (NativeZstdThreads: no second V8 isolate), else worker isolates (ZstdOffload; inputs
+ * then live in SharedArrayBuffers). `startZstdThreads()` returns undefined where neither can
+ * run; callers then compress inline.
  */
 export interface Offloaded {
   /** The zstd frame, or undefined when it would not be smaller than the input. */
   enc?: Uint8Array;
+}
+
+/** What the store's write side compresses its frames with, off its own thread. */
+export interface ZstdThreads {
+  /** Inputs must be views of a SharedArrayBuffer (another isolate reads them). */
+  readonly shared: boolean;
+  /** Compress `plain` at `level`, optionally with a wider window. */
+  compress(plain: Uint8Array, level: number, windowLog?: number): Promise<Offloaded>;
+  /** Stop: frames in flight are rejected (worker) or finish (native); nothing is kept. */
+  close(): Promise<void>;
+}
+
+/**
+ * `threads` compression threads: the addon's (native/zstd.c) where it is built, unless
+ * STRATA_NO_NATIVE_ZSTD=1 (or STRATA_NO_NATIVE=1); else worker isolates; undefined when none.
+ * Both make the same frames (the same zstd, zstd-napi's; test/store/zstd-threads.test.ts).
+ */
+export function startZstdThreads(threads = ZSTD_THREADS): ZstdThreads | undefined {
+  const n = nativeZstd();
+  if (n) return new NativeZstdThreads(n, threads);
+  return ZstdOffload.start(threads);
+}
+
+/**
+ * The addon's zstd on libuv's pool, at most `threads` frames at once (more would take more
+ * of the pool's 4 threads from file reads, and a zstd context each, ~10-20 MiB at level 7):
+ * issue 22, the worker isolate it replaces was ~30 MiB of a 1,000,000-file check-in's peak.
+ * Inputs may be any buffers (nothing crosses an isolate); each answer is a fresh ArrayBuffer
+ * of the frame's length.
+ */
+export class NativeZstdThreads implements ZstdThreads {
+  readonly shared = false;
+  private running = 0;
+  /** Jobs waiting for a slot, oldest first (a finishing job hands its slot to the next). */
+  private readonly queue: Array<() => void> = [];
+  private closed = false;
+
+  constructor(
+    private readonly z: NativeZstd,
+    private readonly threads: number,
+  ) {}
+
+  async compress(plain: Uint8Array, level: number, windowLog?: number): Promise<Offloaded> {
+    if (this.closed) throw new Error('zstd thread closed');
+    if (this.running < this.threads) this.running++;
+    else await new Promise<void>((r) => this.queue.push(r));
+    try {
+      const ab = await this.z.compress(plain, level, windowLog ?? 0);
+      return ab ? { enc: new Uint8Array(ab) } : {};
+    } finally {
+      const next = this.queue.shift();
+      if (next) next();
+      else this.running--;
+    }
+  }
+
+  /** Frees the zstd contexts kept for reuse (those of frames still in flight once they finish). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.z.release();
+  }
 }
 
 /**
@@ -35,7 +99,8 @@ interface Thread {
   jobs: number;
 }
 
-export class ZstdOffload {
+export class ZstdOffload implements ZstdThreads {
+  readonly shared = true;
   private threads: Thread[] = [];
   private next = 1;
   private readonly waiting = new Map<number, Waiting>();
