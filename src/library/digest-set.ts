@@ -26,6 +26,11 @@ export class DigestSet implements ReadonlySet<string> {
     return this.digests.length + this.table.byteLength + this.other.size * 100;
   }
 
+  /** What `byteLength` will be once trimmed: the bytes a growing set weighs as a cache's entry. */
+  get usedBytes(): number {
+    return this.n * 32 + this.table.byteLength + this.other.size * 100;
+  }
+
   /** Give back the digests' buffer beyond what is used (a set done growing, kept for long). */
   trim(): this {
     if (this.digests.length > this.n * 32) this.digests = Buffer.from(this.digests.subarray(0, this.n * 32));

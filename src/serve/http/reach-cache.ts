@@ -6,17 +6,18 @@ import { memoryShare } from '../../util/memory.js';
 /**
  * The blobs each version's manifest reaches (its layout, parts, chunks and file manifests),
  * as the service asks for them: which blobs a caller holds (through the versions it may
- * read), what a commit adds that no other version needs, the storage figures. A manifest is
- * content-addressed, so its set never goes stale; what bounds the cache is memory: sets
- * are kept least recently used first out, weighed by their bytes (~40 a blob), within
- * `maxBytes` (by default a quarter of the memory budget, 8 MiB to 512 MiB). A set larger
- * than the whole cache is computed for the request that asked and not kept. A miss walks
- * the manifest again (`reachable`); callers asking for the same manifest meanwhile share
- * that walk.
+ * read), what a commit adds that no other version needs, the storage figures. Callers take
+ * them one at a time (`each`), never as a set of their own: a manifest is content-addressed,
+ * so its set never goes stale, and what bounds the cache is memory: sets are kept least
+ * recently used first out, weighed by their bytes (~40 a blob), within `maxBytes` (by default
+ * a quarter of the memory budget, 8 MiB to 512 MiB). A miss walks the manifest again
+ * (`reachable`), handing each blob to the caller as it is found and collecting them only
+ * while the set still fits the cache: a version whose set is larger than the whole cache (2M
+ * files: ~76 MB) is streamed, never held, so a request's memory does not grow with the
+ * number of blobs.
  */
 export class ReachCache {
   private readonly map = new Map<string, DigestSet>();
-  private readonly pending = new Map<string, Promise<DigestSet>>();
   private held = 0;
   /** Counters for /metrics (and the tests). */
   hits = 0;
@@ -37,30 +38,33 @@ export class ReachCache {
     return this.map.size;
   }
 
-  /** The blobs `manifest` reaches (a set callers only read). */
-  get(manifest: string): Promise<DigestSet> {
-    const s = this.map.get(manifest);
-    if (s) {
+  /**
+   * Calls `f` with each blob `manifest` reaches: each once from a kept set; on a walk, as
+   * `reachable` finds them (a blob named twice, e.g. a chunk two files share, comes twice).
+   */
+  async each(manifest: string, f: (digest: string) => void): Promise<void> {
+    const kept = this.map.get(manifest);
+    if (kept) {
       this.hits++;
       this.map.delete(manifest);
-      this.map.set(manifest, s); // most recent last
-      return Promise.resolve(s);
+      this.map.set(manifest, kept); // most recent last
+      for (const d of kept) f(d);
+      return;
     }
-    let p = this.pending.get(manifest);
-    if (!p) {
-      this.misses++;
-      p = this.walk(manifest).finally(() => this.pending.delete(manifest));
-      this.pending.set(manifest, p);
-    }
-    return p;
-  }
-
-  private async walk(manifest: string): Promise<DigestSet> {
-    const s = new DigestSet();
-    await reachable(this.lib, manifest, s);
+    this.misses++;
+    let s: DigestSet | undefined = new DigestSet();
+    await reachable(this.lib, manifest, {
+      add: (d: string) => {
+        f(d);
+        if (!s) return;
+        s.add(d);
+        if (s.usedBytes > this.maxBytes) s = undefined; // too large to keep: stream the rest
+      },
+    });
+    if (!s || this.map.has(manifest)) return;
     s.trim();
     const n = s.byteLength;
-    if (n > this.maxBytes) return s;
+    if (n > this.maxBytes) return;
     for (const [k, v] of this.map) {
       if (this.held + n <= this.maxBytes) break;
       this.map.delete(k);
@@ -69,7 +73,6 @@ export class ReachCache {
     }
     this.map.set(manifest, s);
     this.held += n;
-    return s;
   }
 
   metricLines(): string[] {

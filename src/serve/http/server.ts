@@ -15,7 +15,6 @@ import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfil
 import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import type { BlobCacheOptions } from '../../library/blob-cache.js';
-import type { DigestSet } from '../../library/digest-set.js';
 import { applyChanges } from '../../library/edit/apply.js';
 import { type Change, changeFromWire } from '../../library/edit/changes.js';
 import { contentChunks } from '../../library/edit/content.js';
@@ -592,8 +591,6 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     }
   };
 
-  const blobsOf = (manifest: string): Promise<DigestSet> => reach.get(manifest);
-
   /** Blobs the caller holds: those its project uploaded, and those of versions it may read. */
   const heldFilter = async (policy: Policy, digests: string[]): Promise<Set<string>> => {
     const out = new Set<string>();
@@ -608,8 +605,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     for (const v of await lib.catalog.activeVersions()) {
       if (out.size === want.size) break;
       if (!(await policy.canRead(v.image))) continue;
-      const s = await blobsOf(v.manifest);
-      for (const d of want) if (s.has(d)) out.add(d);
+      await reach.each(v.manifest, (d) => {
+        if (want.has(d)) out.add(d);
+      });
     }
     return out;
   };
@@ -1157,8 +1155,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
           const alone = new Set([...mine, m.digest]);
           for (const manifest of new Set((await lib.catalog.activeVersions()).map((v) => v.manifest))) {
             if (alone.size === 0) break;
-            const s = await blobsOf(manifest);
-            for (const d of alone) if (s.has(d)) alone.delete(d);
+            await reach.each(manifest, (d) => alone.delete(d));
           }
           let storedBytes = lib.store.storedSize(m.digest);
           let newBytes = 0;
@@ -2105,14 +2102,16 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
             acc.logicalBytes += v.virtualSize;
             acc.usedBytes += v.usedBytes;
           }
-          const s = await blobsOf(v.manifest);
-          if (index.generation !== generation) throw new IndexReloaded();
-          for (const d of s) {
+          // the version's blobs are marked as they come (a set too large for the reach cache
+          // is never built: memory stays flat in the number of blobs)
+          await reach.each(v.manifest, (d) => {
+            if (index.generation !== generation) throw new IndexReloaded();
             for (const acc of [a, pp, total]) {
               // a blob the index does not hold (missing; verify says so) counts 0, as storedSize does
               if (!acc.marks.has(d) && acc.marks.mark(d)) acc.storedBytes += lib.store.storedSize(d);
             }
-          }
+          });
+          if (index.generation !== generation) throw new IndexReloaded();
         }
         perImage.set(img.name, out(a));
       }
