@@ -1,5 +1,5 @@
 import { getHeapSpaceStatistics } from 'node:v8';
-import { trimHeap } from '../io/native.js';
+import { mmapLargeAllocations, trimHeap } from '../io/native.js';
 import { collectNow, memoryBudget, stopYoungGrowth } from '../util/memory.js';
 
 /**
@@ -29,6 +29,9 @@ export const keptStats = { collections: 0, trims: 0, youngStopped: false };
 /** Start pacing this process's memory (once; the timer does not keep the process alive). */
 export function keepServiceMemory(): void {
   if (timer) return;
+  // freed large buffers (download pieces, frames, replies) go straight back to the system
+  // instead of leaving holes in glibc's main heap between trims (as a check-in does)
+  mmapLargeAllocations(1 << 20);
   let collectAbove = 0;
   let sinceTrim = 0;
   timer = setInterval(() => {
