@@ -13,6 +13,11 @@
  * goes back to the system at once instead of leaving a hole in the main heap until the next
  * trim: a 200,000-file check-in peaked 16 MiB lower with 1 MiB (issue 22). Returns 1 when
  * set, 0 when refused, -1 where the C library has no such call.
+ *
+ * release(arrayBuffer): detach it (napi_detach_arraybuffer), which drops V8's hold on its
+ * memory at once: freed now (a mapping of its own goes back to the system) instead of at a
+ * collection. For a pool's buffer nobody holds any more (a view left on it reads as empty).
+ * Returns 1 when detached, 0 when it cannot be (not detachable, e.g. a WebAssembly memory's).
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -51,8 +56,22 @@ static napi_value MmapFrom(napi_env env, napi_callback_info info) {
 #endif
 }
 
+static napi_value Release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool is = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_is_arraybuffer(env, argv[0], &is) != napi_ok || !is) {
+    napi_throw_type_error(env, NULL, "release(arrayBuffer)");
+    return NULL;
+  }
+  return Int(env, napi_detach_arraybuffer(env, argv[0]) == napi_ok ? 1 : 0);
+}
+
 void strata_register_heap(napi_env env, napi_value exports) {
-  napi_value fn0, fn;
+  napi_value fn0, fn, fn2;
+  napi_create_function(env, "release", NAPI_AUTO_LENGTH, Release, NULL, &fn2);
+  napi_set_named_property(env, exports, "release", fn2);
   napi_create_function(env, "mmapFrom", NAPI_AUTO_LENGTH, MmapFrom, NULL, &fn0);
   napi_set_named_property(env, exports, "mmapFrom", fn0);
   napi_create_function(env, "trimHeap", NAPI_AUTO_LENGTH, TrimHeap, NULL, &fn);

@@ -28,6 +28,8 @@ interface Native {
   trimHeap?: () => number;
   /** native/heap.c: see mmapLargeAllocations. */
   mmapFrom?: (bytes: number) => number;
+  /** native/heap.c: see releaseBuffer. */
+  release?: (b: ArrayBuffer) => number;
   /** native/zstd.c (built where zstd-napi's zstd sources are): see NativeZstd. */
   zstdCompress?: NativeZstd['compress'];
   zstdRelease?: () => void;
@@ -300,6 +302,20 @@ export function trimHeap(): boolean {
 export function mmapLargeAllocations(bytes: number): boolean {
   const f = native()?.mmapFrom;
   return f !== undefined && f(bytes) === 1;
+}
+
+/**
+ * Free a pooled buffer's memory now instead of at the next collection (native/heap.c:
+ * detaches its ArrayBuffer): for a buffer a pool drops past its bound. Only a buffer that is
+ * the whole of its own ArrayBuffer (not a slice of Node's small-buffer pool, not shared) is
+ * released; any view left on it reads as empty afterwards. False when it was left to the
+ * collector.
+ */
+export function releaseBuffer(b: Uint8Array): boolean {
+  const ab = b.buffer;
+  if (b.byteOffset !== 0 || ab.byteLength !== b.byteLength || !(ab instanceof ArrayBuffer)) return false;
+  const f = native()?.release;
+  return f !== undefined && f(ab) === 1;
 }
 
 /** Whether local files can report their holes here (the addon is built and the OS has SEEK_DATA). */

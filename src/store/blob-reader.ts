@@ -1,5 +1,5 @@
 import { StrataError } from '../util/errors.js';
-import { memoryShare } from '../util/memory.js';
+import { shareOf } from '../util/memory.js';
 import type { Backend } from './backend.js';
 import { type IndexEntry, sha256hex } from './blob-index.js';
 import { FLAG_ZSTD, packKey } from './pack.js';
@@ -20,9 +20,9 @@ import { type BufferPool, decompressInto } from './zstd-into.js';
  * with its 8 MiB windows decoded its frames 81 times with six kept, 89 with four, 152 with
  * three and 465 with two, and `strata nbd` of the 1,000,000-entry version under nbdcopy (four
  * connections, each reading its own stretch of the disk) took ~3x the CPU with four. A frame
- * being read stays until its reads are done, whatever this says.
+ * being read stays until its reads are done, whatever this says. Sized in memory.ts SHARES.
  */
-const frameCacheBytes = () => memoryShare(1 / 3, 16 << 20, 48 << 20);
+const frameCacheBytes = () => shareOf('frames');
 
 /**
  * Bytes of read scratch (an encoded frame and what it decodes to) in flight at most: 1/8 of
@@ -30,9 +30,9 @@ const frameCacheBytes = () => memoryShare(1 / 3, 16 << 20, 48 << 20);
  * Nothing bounded them: `strata nbd` serving a whole read (nbdcopy: 4 connections, up to 16
  * MiB of 256 KiB requests each, every request's chunks read 8 at a time) had hundreds of
  * chunk reads in flight, each with its pooled scratch, most of it dropped past the pool's
- * bound as garbage: 100-200 MiB of ArrayBuffers waiting for a collection.
+ * bound as garbage: 100-200 MiB of ArrayBuffers waiting for a collection. (memory.ts SHARES.)
  */
-const scratchBytes = () => memoryShare(1 / 8, 16 << 20, 64 << 20);
+const scratchBytes = () => shareOf('readScratch');
 
 interface CachedFrame {
   plain: Promise<Buffer>;

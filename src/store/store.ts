@@ -1,5 +1,6 @@
+import { releaseBuffer } from '../io/native.js';
 import { StrataError } from '../util/errors.js';
-import { checkMemory, memoryShare } from '../util/memory.js';
+import { checkMemory, shareOf } from '../util/memory.js';
 import type { Backend } from './backend.js';
 import { BlobIndex, type IndexEntry, type IndexFile, sha256hex, tuple } from './blob-index.js';
 import { BlobMarks } from './blob-map.js';
@@ -67,9 +68,11 @@ export class Store {
    * Read scratch (and inline compression's frames). Bounded in bytes: a check-in's inspection
    * reads its layout manifest back, one frame of ~100 MB at a million files, and the pool kept
    * that scratch and its encoded input (pow2 classes: 128 + 64 MiB) for the rest of the process.
-   * At most 64 MiB, and 1/8 of the memory budget (20 MiB at the CLI's default).
+   * Its bytes are memory.ts SHARES.storePool (1/16 of the budget, 8-64 MiB: ~10 MiB at the CLI's
+   * default, one spare 8 MiB frame; 1/8 kept two idle beside the six cached). What it does not
+   * keep is freed at once (an evicted 8 MiB frame was garbage until the next collection).
    */
-  private readonly pool = new BufferPool(32, false, { maxBytes: memoryShare(1 / 8, 8 << 20, 64 << 20) });
+  private readonly pool = new BufferPool(32, false, { maxBytes: shareOf('storePool'), release: releaseBuffer });
   private readonly packer: Packer;
   private readonly reader: BlobReader;
 

@@ -9,6 +9,12 @@ export interface BufferPoolOptions {
   poolFrom?: number;
   /** Total bytes kept for reuse (default: unbounded; `keepPerClass` still holds). */
   maxBytes?: number;
+  /**
+   * Called with a buffer given back that is not kept (past the bounds): io/native.ts
+   * releaseBuffer frees it now. Without it the buffer is garbage awaiting a collection, and V8
+   * lets megabytes of those pile up (8 MiB decoded frames, under a whole-disk read).
+   */
+  release?: (b: Buffer) => void;
 }
 
 const MIN_CLASS = 65536;
@@ -26,6 +32,7 @@ export class BufferPool {
   private readonly classes: 'pow2' | 'step';
   private readonly poolFrom: number;
   private readonly maxBytes: number;
+  private readonly release?: (b: Buffer) => void;
 
   /**
    * @param keepPerClass buffers kept per size class
@@ -39,6 +46,7 @@ export class BufferPool {
     this.classes = opts.classes ?? 'pow2';
     this.poolFrom = opts.poolFrom ?? 0;
     this.maxBytes = opts.maxBytes ?? Number.POSITIVE_INFINITY;
+    this.release = opts.release;
   }
 
   /** The class (buffer size) a request of `n` bytes gets. */
@@ -61,13 +69,19 @@ export class BufferPool {
     return this.alloc(c);
   }
 
-  /** Give back a buffer from `take` (one that is not of a class size is left to the collector). */
+  /**
+   * Give back a buffer from `take` (one that is not of a class size is left to the collector);
+   * the caller holds no view on it any more (it is reused, or freed at once: see `release`).
+   */
   give(b: Buffer): void {
     const c = b.length;
-    if (c < this.poolFrom || c < MIN_CLASS || this.classOf(c) !== c || this.kept + c > this.maxBytes) return;
+    if (c < this.poolFrom || c < MIN_CLASS || this.classOf(c) !== c) return;
     let l = this.free.get(c);
+    if (this.kept + c > this.maxBytes || (l !== undefined && l.length >= this.keepPerClass)) {
+      this.release?.(b);
+      return;
+    }
     if (!l) this.free.set(c, (l = []));
-    if (l.length >= this.keepPerClass) return;
     l.push(b);
     this.kept += c;
   }

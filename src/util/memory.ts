@@ -108,6 +108,51 @@ export function memoryShare(fraction: number, min: number, max: number): number 
   return Math.max(min, Math.min(max, Math.floor(budget * fraction)));
 }
 
+/**
+ * The one division of the data budget among the caches and buffers of the store and the
+ * servers, side by side so that what can be full at once sums within the budget with room
+ * left for V8's heap (a service's 20-40 MiB used). Each was sized on its own before and a
+ * server reading a whole version (`strata nbd` under nbdcopy: every one of these full at
+ * once, plus 8 MiB of chunk lists) summed to ~0.88 of the budget in buffers alone: ~140 MiB
+ * of ArrayBuffers at the peak beside a 40-60 MiB heap, ~250-270 MiB resident at the CLI's
+ * default (bench/README "nbd within 256 MiB", nbdmem). At that default (~158 MiB of data):
+ *
+ *   frames 48 + readScratch 20 + storePool 10 + blockCache 10 + nbdRequests 10 + nbdReplies 10
+ *   = 108 MiB, with the chunk lists ~116: three quarters of the budget, the heap the rest.
+ *
+ * [fraction of the budget, least bytes, most bytes].
+ */
+export const SHARES = {
+  /**
+   * The store's decoded shared frames (blob-reader.ts). Not less at the default: with four
+   * 8 MiB frames (32 MiB) nbdcopy's four connections, each in its own stretch of the disk,
+   * thrashed them (~3x the CPU); with five the same CPU as six.
+   */
+  frames: [1 / 3, 16 << 20, 48 << 20],
+  /** The store's read scratch in flight (an encoded frame and what it decodes to). */
+  readScratch: [1 / 8, 16 << 20, 64 << 20],
+  /**
+   * Spare read buffers the store keeps for reuse (an evicted frame's, decoded into by the next
+   * one): one 8 MiB frame and change at the default (was 1/8: two frames idle beside six cached).
+   */
+  storePool: [1 / 16, 8 << 20, 64 << 20],
+  /**
+   * A library version's NBD block cache: the small reads (a guest's); a copy's reads of 256 KiB
+   * and more pass it, and the decoded frames behind it hold the small files anyway (was 1/8).
+   */
+  blockCache: [1 / 16, 8 << 20, 64 << 20],
+  /** NBD requests and their replies in flight over all connections. */
+  nbdRequests: [1 / 16, 8 << 20, 64 << 20],
+  /** Spare NBD reply buffers kept (up to what may be in flight). */
+  nbdReplies: [1 / 16, 8 << 20, 16 << 20],
+} as const satisfies Record<string, readonly [number, number, number]>;
+
+/** What one of SHARES may hold under the present budget. */
+export function shareOf(name: keyof typeof SHARES): number {
+  const [fraction, min, max] = SHARES[name];
+  return memoryShare(fraction, min, max);
+}
+
 function formatMiB(n: number): string {
   return `${Math.round(n / (1 << 20))} MiB`;
 }

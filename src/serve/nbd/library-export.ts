@@ -6,7 +6,7 @@ import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import { holeStatus, libraryBackingName } from '../../library/backing.js';
 import type { Library } from '../../library/library.js';
 import type { RangedSource } from '../../library/version-source.js';
-import { memoryShare } from '../../util/memory.js';
+import { shareOf } from '../../util/memory.js';
 import { type ExportCacheOptions, openExportCache } from './cache.js';
 import type { NbdExport } from './export.js';
 import { statsOf } from './image-export.js';
@@ -20,7 +20,7 @@ export interface LibraryExportOptions {
    * library/backing.ts): Strata resolves it back, `strata checkin OVERLAY --parent REF`.
    */
   overlay?: string;
-  /** Bytes of block cache in front of the version (default an eighth of the memory budget, 16-64 MiB: chunks are decompressed on each miss). */
+  /** Bytes of block cache in front of the version (default memory.ts SHARES.blockCache, 8-64 MiB: chunks are decompressed on each miss). */
   cacheSize?: number;
   /** A live cache by policy (issue 27) instead of the plain block cache; its size is `cacheSize`. */
   cache?: ExportCacheOptions;
@@ -28,13 +28,13 @@ export interface LibraryExportOptions {
 
 export const DEFAULT_LIBRARY_CACHE = 64 << 20;
 /**
- * The block cache a version gets by default: an eighth of the memory budget, 16 MiB to
- * DEFAULT_LIBRARY_CACHE (~20 MiB at a service's default budget). It takes the small reads
- * (a guest's); the store's decoded frames behind it (up to 48 MiB) hold the small files'
- * chunks anyway. With 64 MiB `strata nbd` of the 1,000,000-entry version peaked at ~340 MiB
- * resident over a whole read, with a quarter (~40 MiB) at 330 MiB.
+ * The block cache a version gets by default: memory.ts SHARES.blockCache, a sixteenth of the
+ * memory budget, 8 MiB to DEFAULT_LIBRARY_CACHE (~10 MiB at a service's default budget). It
+ * takes the small reads (a guest's); the store's decoded frames behind it (up to 48 MiB) hold
+ * the small files' chunks anyway. With 64 MiB `strata nbd` of the 1,000,000-entry version
+ * peaked at ~340 MiB resident over a whole read, with a quarter (~40 MiB) at 330 MiB.
  */
-const libraryCacheSize = () => memoryShare(1 / 8, 16 << 20, DEFAULT_LIBRARY_CACHE);
+const libraryCacheSize = () => shareOf('blockCache');
 /** Reads at least this long bypass the block cache. */
 const DIRECT_READ = 256 << 10;
 

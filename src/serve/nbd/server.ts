@@ -1,8 +1,9 @@
 import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { releaseBuffer } from '../../io/native.js';
 import { BufferPool } from '../../util/buffer-pool.js';
 import { StrataError } from '../../util/errors.js';
-import { memoryShare } from '../../util/memory.js';
+import { shareOf } from '../../util/memory.js';
 import { Budget } from './budget.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import type { NbdExport } from './export.js';
@@ -18,7 +19,7 @@ export interface NbdServerOptions {
   /** Bytes of requests and replies in flight per connection before we stop reading it (default 16 MiB). */
   connectionBudget?: number;
   /**
-   * The same, over all connections (default 1/16 of the memory budget, 8-64 MiB: ~10 MiB at a
+   * The same, over all connections (default memory.ts SHARES.nbdRequests, 1/16 of the memory budget, 8-64 MiB: ~10 MiB at a
    * service's default, forty 256 KiB reads; with 1/8, nbdcopy's four connections kept ~20 MiB
    * of replies in flight for no more speed: the reads are CPU-bound on one thread).
    */
@@ -73,11 +74,12 @@ export class NbdServer implements ConnectionHost {
     }
     this.maxRequest = opts.maxRequest ?? 32 << 20;
     this.connectionBudget = opts.connectionBudget ?? 16 << 20;
-    this.budget = new Budget(opts.totalBudget ?? memoryShare(1 / 16, 8 << 20, 64 << 20));
+    this.budget = new Budget(opts.totalBudget ?? shareOf('nbdRequests'));
     this.pool = new BufferPool(Number.POSITIVE_INFINITY, false, {
       classes: 'step',
       poolFrom: 65536,
-      maxBytes: Math.min(16 << 20, this.budget.limit),
+      maxBytes: Math.min(shareOf('nbdReplies'), this.budget.limit),
+      release: releaseBuffer,
     });
     this.maxConnections = opts.maxConnections ?? 256;
     this.handshakeTimeout = opts.handshakeTimeout ?? 30_000;
