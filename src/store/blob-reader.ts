@@ -136,6 +136,13 @@ export class BlobReader {
   private readonly frames = new Map<string, CachedFrame>();
   /** Plain bytes of the frames in `frames`. */
   private frameBytes = 0;
+  /**
+   * One evicted frame's buffer kept for the next frame's decode, inside the frames' share (five
+   * cached and this one at the CLI's default): left to the store's pool, whose small share the
+   * encoded frames and solo blobs' scratch fill, it was freed and the next decode faulted in a
+   * fresh 8 MiB.
+   */
+  private spare: Buffer | undefined;
   /** Read scratch in flight (see scratchBytes) and the reads waiting for room. */
   private scratch = 0;
   private waiting: Array<() => void> = [];
@@ -203,7 +210,7 @@ export class BlobReader {
     } finally {
       c.pins--;
       if (this.frames.get(ck) !== c && c.pins === 0 && c.buf) {
-        this.pool.give(c.buf); // evicted while pinned: nobody holds it any more
+        this.retire(c.buf); // evicted while pinned: nobody holds it any more
         c.buf = undefined;
       }
     }
@@ -249,6 +256,7 @@ export class BlobReader {
   clearCache(): void {
     this.frames.clear();
     this.frameBytes = 0;
+    this.spare = undefined;
   }
 
   /** Drop `c` from the cache if it is there as `ck`. */
@@ -261,15 +269,21 @@ export class BlobReader {
 
   /** The least recently used frames out while the cache holds more than its bytes (the newest one stays). */
   private evictFrames(): void {
-    const max = frameCacheBytes();
+    const max = frameCacheBytes() - (this.spare?.length ?? 0);
     for (const [k, c] of this.frames) {
       if (this.frameBytes <= max || this.frames.size <= 1) break;
       this.forget(k, c);
       if (c.pins === 0 && c.buf) {
-        this.pool.give(c.buf);
+        this.retire(c.buf);
         c.buf = undefined;
       }
     }
+  }
+
+  /** An evicted frame's buffer: the spare when there is none, else back to the pool. */
+  private retire(b: Buffer): void {
+    if (!this.spare && b.length <= frameCacheBytes() / 4) this.spare = b;
+    else this.pool.give(b);
   }
 
   private async readFrame(key: string, e: IndexEntry, encBuf: Buffer): Promise<Uint8Array> {
@@ -322,7 +336,11 @@ export class BlobReader {
     const encBuf = this.pool.take(e.encLength);
     try {
       const enc = await this.readFrame(key, e, encBuf);
-      const out = this.pool.take(e.framePlain);
+      let out: Buffer;
+      if (this.spare && this.spare.length >= e.framePlain) {
+        out = this.spare;
+        this.spare = undefined;
+      } else out = this.pool.take(e.framePlain);
       try {
         decodeInto(out, enc, e.flags, e.framePlain, `${this.name}/${key}`, e.offset);
       } catch (err) {

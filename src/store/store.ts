@@ -68,8 +68,8 @@ export class Store {
    * Read scratch (and inline compression's frames). Bounded in bytes: a check-in's inspection
    * reads its layout manifest back, one frame of ~100 MB at a million files, and the pool kept
    * that scratch and its encoded input (pow2 classes: 128 + 64 MiB) for the rest of the process.
-   * Its bytes are memory.ts SHARES.storePool (1/16 of the budget, 8-64 MiB: ~10 MiB at the CLI's
-   * default, one spare 8 MiB frame; 1/8 kept two idle beside the six cached). What it does not
+   * Its bytes are memory.ts SHARES.storePool (3/32 of the budget, 8-64 MiB: ~15 MiB at the CLI's
+   * default; 1/8 kept two 8 MiB frames idle beside the six cached). What it does not
    * keep is freed at once (an evicted 8 MiB frame was garbage until the next collection).
    */
   private readonly pool = new BufferPool(32, false, { maxBytes: shareOf('storePool'), release: releaseBuffer });
