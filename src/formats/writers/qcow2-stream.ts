@@ -204,7 +204,8 @@ export function qcow2MetadataCluster(plan: Qcow2StreamPlan, h: number): Uint8Arr
 
 /**
  * Bytes [start, end) of the planned file. `read(offset, out)` fills `out` with the virtual
- * disk's bytes at `offset` (past the disk's end: zeros).
+ * disk's bytes at `offset` (past the disk's end: zeros). A run of data clusters is read into
+ * `alloc(n)` (contents need not be zero; a server hands out reused pieces) and yielded whole.
  */
 export async function* qcow2StreamBytes(
   plan: Qcow2StreamPlan,
@@ -212,6 +213,7 @@ export async function* qcow2StreamBytes(
   start = 0,
   end = plan.size,
   batch = 4 * 1024 * 1024,
+  alloc: (n: number) => Uint8Array | Promise<Uint8Array> = (n) => new Uint8Array(n),
 ): AsyncGenerator<Uint8Array> {
   const cs = plan.clusterSize;
   end = Math.min(end, plan.size);
@@ -235,10 +237,11 @@ export async function* qcow2StreamBytes(
       (plan.dataStart + k) * cs < end
     )
       k++;
-    const out = new Uint8Array((k - k0) * cs);
+    const out = await alloc((k - k0) * cs);
     const voff = plan.clusters[k0] * cs;
     const inDisk = Math.max(0, Math.min(out.length, plan.virtualSize - voff));
     if (inDisk > 0) await read(voff, out.subarray(0, inDisk));
+    if (inDisk < out.length) out.fill(0, inDisk);
     const from = skip;
     const to = Math.min(out.length, end - h * cs);
     yield out.subarray(from, to);
