@@ -31,8 +31,9 @@ export const freshPiece: TakePiece = async (n) => Buffer.allocUnsafe(n);
 
 class PiecePool {
   private free: Buffer[] = [];
-  /** Answers streaming now. */
+  /** Answers streaming now, and those waiting for one of their pieces to be written. */
   active = 0;
+  waiting = 0;
   /** Pieces allocated so far, and pieces taken again from the free list. */
   readonly stats = { made: 0, reused: 0 };
 
@@ -50,6 +51,11 @@ class PiecePool {
   /** A piece back: kept when the socket wrote it, while answers stream, up to KEEP. */
   give(b: Buffer, written: boolean): void {
     if (written && this.active > 0 && this.free.length < KEEP) this.free.push(b);
+  }
+
+  /** Free pieces kept now. */
+  get kept(): number {
+    return this.free.length;
   }
 
   /** No answer streams any more: nothing is kept between answers. */
@@ -92,9 +98,14 @@ export class PiecedBody extends Readable {
     if (!this.piped || n < POOL_FROM || n > PIECE) return Buffer.allocUnsafe(n);
     while (this.lent.size >= PER_BODY) {
       if (this.destroyed) throw new Error('the answer was closed');
-      await new Promise<void>((r) => {
-        this.wake = r;
-      });
+      piecePool.waiting++;
+      try {
+        await new Promise<void>((r) => {
+          this.wake = r;
+        });
+      } finally {
+        piecePool.waiting--;
+      }
     }
     if (this.destroyed) throw new Error('the answer was closed');
     const b = piecePool.take();
