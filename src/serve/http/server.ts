@@ -12,7 +12,7 @@ import { Access, ANONYMOUS, type Principal, type Visibility } from '../../catalo
 import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfile } from '../../catalog/profiles.js';
-import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
+import { planQcow2StreamOf, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import type { BlobCacheOptions } from '../../library/blob-cache.js';
 import { applyChanges } from '../../library/edit/apply.js';
@@ -1916,9 +1916,7 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         diskCaches.noteDownload(ref, hit, out.length - hit);
       };
       if (format === 'qcow2') {
-        const spans: Array<readonly [number, number]> = [];
-        for await (const [a, b] of src.dataSpans()) spans.push([a, b - a]);
-        const plan = planQcow2Stream(src.size, spans);
+        const plan = await planQcow2StreamOf(src.size, src.dataSpans());
         const readDisk = async (off: number, out: Uint8Array) => {
           const n = Math.max(0, Math.min(out.length, src.size - off));
           if (n > 0) await readAt(off, out.subarray(0, n));
