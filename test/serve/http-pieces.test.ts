@@ -25,6 +25,7 @@ import { serve } from './http-helpers.js';
 let dir: string;
 let tree: string;
 let img: string;
+let odd: string;
 let lib: Library;
 let server: RunningServer;
 const NAME = 'own/pieces';
@@ -46,6 +47,10 @@ before(async () => {
   await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, img, '96M']);
   lib = await Library.open(path.join(dir, 'lib'));
   await checkin(lib, img, { name: NAME });
+  // a disk whose size is no multiple of 512: its qcow2 ends in a sector partly past it
+  odd = path.join(dir, 'odd.raw');
+  writeFileSync(odd, bytesOf('odd', 5 * 1024 * 1024 + 333));
+  await checkin(lib, odd, { name: 'own/odd' });
   server = await serve(lib, { defaultVisibility: 'public' });
 });
 
@@ -107,6 +112,23 @@ test('the whole disk, raw and qcow2, is the image that was checked in', async ()
   await qemuCompare(img, 'raw', q, 'qcow2');
   await until('the answers ended', () => piecePool.active === 0);
   assert.equal(piecePool.kept, 0, 'pieces kept with no answer streaming');
+});
+
+test('a qcow2 of a disk of odd size ends in zeros, not in what a reused piece held', async () => {
+  // the big disk streams beside it: free pieces that held its bytes are what the qcow2 takes
+  const q = path.join(dir, 'odd.qcow2');
+  const pad = path.join(dir, 'odd-padded.raw');
+  const big = fetch(disk()).then((x) => x.arrayBuffer());
+  const r = await fetch(`${server.url}/v1/images/own%2Fodd/versions/1/disk?format=qcow2`);
+  assert.equal(r.status, 200);
+  await pipeline(r.body as unknown as NodeJS.ReadableStream, createWriteStream(q));
+  assert.equal(sha(Buffer.from(await big)), sha(readFileSync(img)));
+  await qemuCheck(q);
+  // the oracle: the raw file padded with zeros to the qcow2's 512-byte sectors
+  const want = Buffer.alloc(Math.ceil((5 * 1024 * 1024 + 333) / 512) * 512);
+  readFileSync(odd).copy(want);
+  writeFileSync(pad, want);
+  await qemuCompare(pad, 'raw', q, 'qcow2');
 });
 
 test('a client that stops reading holds its answer at PER_BODY pieces: the pool does not grow', async () => {

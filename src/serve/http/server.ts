@@ -1920,6 +1920,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         const readDisk = async (off: number, out: Uint8Array) => {
           const n = Math.max(0, Math.min(out.length, src.size - off));
           if (n > 0) await readAt(off, out.subarray(0, n));
+          // the last 512-byte sector past a disk of odd size: zeros (a reused piece holds old bytes)
+          if (n < out.length) out.fill(0, n);
         };
         async function* q(start: number, end: number, take: TakePiece) {
           try {
