@@ -291,17 +291,25 @@ export class Library {
    * Shared with the cache: read it, never change it.
    */
   async fileChunk(e: FileEntry, i: number): Promise<Uint8Array> {
+    return this.withFileChunk(e, i, (plain) => (this.blobCache ? plain : Buffer.from(plain)));
+  }
+
+  /**
+   * Chunk `i` of a regular file handed to `use` without a copy of its own: the store's pooled
+   * buffer (reused once `use` returns) or the blob cache's bytes (read them, never change them).
+   */
+  async withFileChunk<T>(e: FileEntry, i: number, use: (plain: Uint8Array) => T): Promise<T> {
     const d = e.chunks?.[i];
     if (!d) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
     const c = this.blobCache;
-    if (!c) return this.store.get(d);
+    if (!c) return this.store.withBlob(d, use);
     const next: string[] = [];
     const list = e.chunks!;
     for (let j = i + 1; j < list.length && next.length < 256; j++) {
       const x = list[j];
       if (x) next.push(x);
     }
-    return c.get(d, { class: 'data', kind: 'file', next });
+    return use(await c.get(d, { class: 'data', kind: 'file', next }));
   }
 
   /** Decoded manifests kept by digest (they never change), most recently used last; off unless asked. */

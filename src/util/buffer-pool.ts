@@ -7,7 +7,10 @@ export interface BufferPoolOptions {
   classes?: 'pow2' | 'step';
   /** Requests below this many bytes get an exact, unpooled buffer (default 0: all pooled). */
   poolFrom?: number;
-  /** Total bytes kept for reuse (default: unbounded; `keepPerClass` still holds). */
+  /**
+   * Total bytes kept for reuse (default: unbounded; `keepPerClass` still holds). A buffer
+   * given back past it makes room by dropping the buffers kept longest unused, of any class.
+   */
   maxBytes?: number;
   /**
    * Called with a buffer given back that is not kept (past the bounds): io/native.ts
@@ -27,8 +30,11 @@ const MIN_CLASS = 65536;
  * takes back buffers of a class size and drops the rest (and anything past the bounds).
  */
 export class BufferPool {
-  private readonly free = new Map<number, Buffer[]>();
+  /** Free buffers by class, each stack oldest first (take reuses the newest). */
+  private readonly free = new Map<number, Array<{ b: Buffer; at: number }>>();
   private kept = 0;
+  /** Gives so far: when each kept buffer came back. */
+  private gives = 0;
   private readonly classes: 'pow2' | 'step';
   private readonly poolFrom: number;
   private readonly maxBytes: number;
@@ -61,10 +67,10 @@ export class BufferPool {
   take(n: number): Buffer {
     if (n < this.poolFrom) return this.alloc(n);
     const c = this.classOf(n);
-    const b = this.free.get(c)?.pop();
-    if (b) {
+    const f = this.free.get(c)?.pop();
+    if (f) {
       this.kept -= c;
-      return b;
+      return f.b;
     }
     return this.alloc(c);
   }
@@ -76,14 +82,44 @@ export class BufferPool {
   give(b: Buffer): void {
     const c = b.length;
     if (c < this.poolFrom || c < MIN_CLASS || this.classOf(c) !== c) return;
-    let l = this.free.get(c);
-    if (this.kept + c > this.maxBytes || (l !== undefined && l.length >= this.keepPerClass)) {
+    if (c > this.maxBytes) {
       this.release?.(b);
       return;
     }
+    let l = this.free.get(c);
     if (!l) this.free.set(c, (l = []));
-    l.push(b);
+    if (l.length >= this.keepPerClass) {
+      this.release?.(b);
+      return;
+    }
+    // past the bound, the buffers kept longest unused go (not the one given back): a reader
+    // whose 8 MiB frames came back while smaller classes sat unused had every frame dropped
+    // and made anew (bench/README, dlpool)
+    while (this.kept + c > this.maxBytes) {
+      if (!this.dropOldest()) {
+        this.release?.(b);
+        return;
+      }
+    }
+    l.push({ b, at: this.gives++ });
     this.kept += c;
+  }
+
+  /** Drop the kept buffer given back longest ago (false: none kept). */
+  private dropOldest(): boolean {
+    let oldest: number | undefined;
+    let at = Number.POSITIVE_INFINITY;
+    for (const [c, l] of this.free) {
+      if (l.length > 0 && l[0].at < at) {
+        at = l[0].at;
+        oldest = c;
+      }
+    }
+    if (oldest === undefined) return false;
+    const dropped = this.free.get(oldest)?.shift();
+    this.kept -= oldest;
+    if (dropped) this.release?.(dropped.b);
+    return true;
   }
 
   /** Drop every kept buffer (after a burst of work whose buffers would otherwise stay resident). */

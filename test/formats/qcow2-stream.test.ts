@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, openSync, readSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { planQcow2Stream, qcow2StreamBytes } from '../../src/formats/writers/qcow2-stream.js';
+import { planQcow2Stream, planQcow2StreamOf, qcow2StreamBytes } from '../../src/formats/writers/qcow2-stream.js';
 import { run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
 
@@ -86,4 +86,31 @@ test('64 KiB clusters on a 6 GiB disk: data past 4 GiB, last partial cluster', a
 test('an empty disk is a valid qcow2 with nothing allocated', async () => {
   const plan = await roundTrip('empty', 10 << 20, [], 65536);
   assert.equal(plan.clusters.length, 0);
+});
+
+test('a plan from spans merged a cluster at a time is the plan from every span', async () => {
+  // many small spans, several in one cluster, some across boundaries, a short last cluster
+  const size = 40 * 65536 + 3000;
+  const spans: Array<[number, number]> = [];
+  let at = 100;
+  for (let i = 0; at < size - 5000; i++) {
+    const len = 1 + ((i * 7919) % 90000);
+    spans.push([at, Math.min(size, at + len)]);
+    at += len + ((i * 104729) % 200000);
+  }
+  spans.push([size - 10, size]);
+  const each = planQcow2Stream(
+    size,
+    spans.map(([a, b]) => [a, b - a] as const),
+  );
+  async function* gen() {
+    yield* spans;
+  }
+  assert.deepEqual(await planQcow2StreamOf(size, gen()), each);
+  assert.ok(each.clusters.length > 10 && each.clusters.length < 41);
+  // a span past the disk is still refused
+  async function* past() {
+    yield [size - 10, size + 100] as const; // past the last 512-byte sector too
+  }
+  await assert.rejects(planQcow2StreamOf(size, past()), /outside the disk/);
 });

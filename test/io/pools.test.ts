@@ -29,8 +29,22 @@ test('buffer pool: power-of-two and 64 KiB-step classes, exact small buffers, bo
   assert.equal(s.take(4 * 65536), c);
   const d = [s.take(196608), s.take(196608)];
   for (const x of d) s.give(x);
-  assert.equal(s.take(196608), d[0], 'the second one went over maxBytes and was dropped');
-  assert.notEqual(s.take(196608), d[1]);
+  assert.equal(s.take(196608), d[1], 'the second one went over maxBytes: the first, kept longer, was dropped');
+  assert.ok(!d.includes(s.take(196608)));
+
+  // a large buffer given back past maxBytes drops smaller ones kept longer unused, not itself
+  const m = new BufferPool(8, false, { maxBytes: 1 << 20 });
+  const small = [m.take(256 << 10), m.take(256 << 10), m.take(128 << 10)];
+  const large = m.take(1 << 20);
+  for (const x of small) m.give(x);
+  m.give(large);
+  assert.equal(m.take(1 << 20), large, 'the large buffer was kept');
+  assert.ok(!small.includes(m.take(256 << 10)), 'the small ones were dropped to make room');
+  assert.ok(!small.includes(m.take(128 << 10)));
+  const twice = m.take(1 << 20);
+  m.give(twice);
+  m.give(m.take(2 << 20)); // past maxBytes on its own: dropped, what is kept stays
+  assert.equal(m.take(1 << 20), twice);
 
   const sh = new BufferPool(1, true);
   assert.ok(sh.take(1).buffer instanceof SharedArrayBuffer);

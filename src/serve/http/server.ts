@@ -12,7 +12,7 @@ import { Access, ANONYMOUS, type Principal, type Visibility } from '../../catalo
 import type { VersionRow } from '../../catalog/catalog.js';
 import { checkImageName, checkTag } from '../../catalog/catalog.js';
 import { type BootProfile, checkProfile, loadProfile, nearestProfile, saveProfile } from '../../catalog/profiles.js';
-import { planQcow2Stream, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
+import { planQcow2StreamOf, qcow2StreamBytes } from '../../formats/writers/qcow2-stream.js';
 import type { IntrospectiveCache } from '../../io/introspective-cache.js';
 import type { BlobCacheOptions } from '../../library/blob-cache.js';
 import { applyChanges } from '../../library/edit/apply.js';
@@ -42,6 +42,7 @@ import { StrataError } from '../../util/errors.js';
 import { type ExportCacheOptions, openExportCache } from '../nbd/cache.js';
 import { registerAccountRoutes } from './accounts.js';
 import { Metrics } from './metrics.js';
+import { freshPiece, PIECE, PiecedBody, type PieceSource, type TakePiece } from './pieces.js';
 import { notFound, noVersion, Policy } from './policy.js';
 import { HttpProblem, PROBLEM_TYPE, toProblem } from './problem.js';
 import { BatchedLog, RateLimiter } from './rate-limit.js';
@@ -193,13 +194,7 @@ function parseRange(header: string | undefined, size: number): [number, number] 
 }
 
 /** Send [start, end) of something `size` long as a (partial) octet stream. */
-function sendBytes(
-  req: FastifyRequest,
-  reply: FastifyReply,
-  size: number,
-  read: (start: number, end: number) => AsyncGenerator<Uint8Array>,
-  filename?: string,
-) {
+function sendBytes(req: FastifyRequest, reply: FastifyReply, size: number, read: PieceSource, filename?: string) {
   let r: [number, number] | null;
   try {
     r = parseRange(req.headers.range, size);
@@ -225,11 +220,12 @@ function sendBytes(
     // a small whole file in one buffer: one write, and the answer cache can keep it
     return (async () => {
       const parts: Uint8Array[] = [];
-      for await (const b of read(start, end)) parts.push(b);
-      return reply.send(Buffer.concat(parts));
+      for await (const b of read(start, end, freshPiece)) parts.push(b);
+      return reply.send(parts.length === 1 && Buffer.isBuffer(parts[0]) ? parts[0] : Buffer.concat(parts));
     })();
   }
-  return reply.send(Readable.from(read(start, end), { objectMode: false }));
+  // pieces reused once the socket has written them (pieces.ts): bounded, paced by the client
+  return reply.send(new PiecedBody(read, start, end));
 }
 
 /** Files up to this size are read whole and sent as one buffer (cacheable). */
@@ -623,16 +619,31 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     return { ...rest, xattrs: xattrs ? Object.keys(xattrs) : [] };
   };
 
-  async function* fileBytes(files: FilesManifest, e: ManifestEntry, start: number, end: number) {
+  /** Bytes [start, end) of a file, up to a piece at a time, each piece filled from the chunks it spans. */
+  async function* fileBytes(files: FilesManifest, e: ManifestEntry, start: number, end: number, take: TakePiece) {
     const C = files.fileChunkSize;
     const chunks = e.chunks ?? [];
-    for (let i = Math.floor(start / C); i * C < end; i++) {
-      const off = i * C;
-      const n = Math.min(C, e.size - off);
-      const d = chunks[i];
-      if (d === undefined) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
-      const b = d === null ? new Uint8Array(n) : await lib.fileChunk(e, i);
-      yield b.subarray(Math.max(0, start - off), Math.min(n, end - off));
+    for (let o = start; o < end; ) {
+      const out = await take(Math.min(PIECE, end - o));
+      const pieceEnd = o + out.length;
+      for (let i = Math.floor(o / C); i * C < pieceEnd; i++) {
+        const off = i * C;
+        const s = Math.max(o, off);
+        const t = Math.min(pieceEnd, off + C, e.size);
+        const d = chunks[i];
+        if (d === undefined) throw new StrataError('CORRUPT', `file manifest lacks chunk ${i} of ${e.path}`);
+        if (d === null) out.fill(0, s - o, t - o);
+        else
+          await lib.withFileChunk(e, i, (c) => {
+            if (c.length < t - off)
+              throw new StrataError('CORRUPT', `chunk ${i} of ${e.path} holds ${c.length} bytes, not ${t - off}`, {
+                structure: `blob ${d}`,
+              });
+            out.set(c.subarray(s - off, t - off), s - o);
+          });
+      }
+      yield out;
+      o = pieceEnd;
     }
   }
 
@@ -1814,7 +1825,13 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
       const e = findEntry(files, checkImagePath(q.path), true);
       if (e.type !== 'file') throw new HttpProblem(400, `not a regular file: ${q.path}`, 'not-a-file');
-      return sendBytes(req, reply, e.size, (s, t) => fileBytes(files, e, s, t), path.posix.basename(e.path));
+      return sendBytes(
+        req,
+        reply,
+        e.size,
+        (s, t, take) => fileBytes(files, e, s, t, take),
+        path.posix.basename(e.path),
+      );
     },
   );
 
@@ -1862,9 +1879,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
       if (format === 'raw' && range && diskCaches.enabled) {
         // a range of the raw disk through the version's live cache (shared by its requests)
         const cache = await diskCaches.get(v.manifest, `${v.image}@${v.number}`);
-        async function* cached(start: number, end: number) {
-          for (let o = start; o < end; o += 4 * ONE_MIB) {
-            const buf = Buffer.allocUnsafe(Math.min(4 * ONE_MIB, end - o));
+        async function* cached(start: number, end: number, take: TakePiece) {
+          for (let o = start; o < end; o += PIECE) {
+            const buf = await take(Math.min(PIECE, end - o));
             await cache.readInto(o, buf);
             yield buf;
           }
@@ -1899,26 +1916,26 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
         diskCaches.noteDownload(ref, hit, out.length - hit);
       };
       if (format === 'qcow2') {
-        const spans: Array<readonly [number, number]> = [];
-        for await (const [a, b] of src.dataSpans()) spans.push([a, b - a]);
-        const plan = planQcow2Stream(src.size, spans);
+        const plan = await planQcow2StreamOf(src.size, src.dataSpans());
         const readDisk = async (off: number, out: Uint8Array) => {
           const n = Math.max(0, Math.min(out.length, src.size - off));
           if (n > 0) await readAt(off, out.subarray(0, n));
+          // the last 512-byte sector past a disk of odd size: zeros (a reused piece holds old bytes)
+          if (n < out.length) out.fill(0, n);
         };
-        async function* q(start: number, end: number) {
+        async function* q(start: number, end: number, take: TakePiece) {
           try {
-            yield* qcow2StreamBytes(plan, readDisk, start, end);
+            yield* qcow2StreamBytes(plan, readDisk, start, end, PIECE, take);
           } finally {
             await src.close();
           }
         }
         return sendBytes(req, reply, plan.size, q, `${base}.qcow2`);
       }
-      async function* read(start: number, end: number) {
+      async function* read(start: number, end: number, take: TakePiece) {
         try {
-          for (let o = start; o < end; o += 4 * ONE_MIB) {
-            const buf = Buffer.allocUnsafe(Math.min(4 * ONE_MIB, end - o));
+          for (let o = start; o < end; o += PIECE) {
+            const buf = await take(Math.min(PIECE, end - o));
             await readAt(o, buf);
             yield buf;
           }
@@ -2214,9 +2231,10 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     async (req, reply) => {
       const { digest } = req.params as { digest: string };
       if (!(await heldFilter(req.policy, [digest])).has(digest)) throw new HttpProblem(404, `no such chunk: ${digest}`);
-      const b = Buffer.from(await lib.store.get(digest));
+      // store.get's bytes are a fresh copy already (a layout part, a chunk): sent as they are
+      const b = await lib.store.get(digest);
       reply.type('application/octet-stream');
-      return b;
+      return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.length);
     },
   );
 
