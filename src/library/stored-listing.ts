@@ -1,7 +1,7 @@
 import type { FileType } from '../fs/types.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import { findEntry, layoutFilesDigest, ROOT_ENTRY } from './library-verbs.js';
+import { findEntry, layoutFilesDigest, resolvePath } from './library-verbs.js';
 import { compareNames, imagePath, type LsRecord } from './listing.js';
 import { compareTreePaths, type FileEntry, type FilesHead, type FilesManifest } from './manifest.js';
 import { openTargetLibrary, type RefTarget, resolveTargetVersion } from './target.js';
@@ -130,51 +130,14 @@ async function lookupStored(sf: StoredFiles, paths: string[], into: Map<string, 
  */
 export async function findStoredEntry(sf: StoredFiles, p: string, followLast = false): Promise<FileEntry> {
   const known = new Map<string, FileEntry | null>();
-  const get = async (stack: string[], todo: string[], name: string): Promise<FileEntry | null> => {
-    const path = `/${[...stack, name].join('/')}`;
-    if (!known.has(path)) {
-      const rest = [...stack, name, ...[...todo].reverse()].filter((x) => x !== '..');
-      const prefixes = rest.map((_, i) => `/${rest.slice(0, i + 1).join('/')}`);
-      await lookupStored(sf, [path, ...prefixes], known);
-    }
-    return known.get(path) ?? null;
-  };
-  const todo = p
-    .split('/')
-    .filter((x) => x && x !== '.')
-    .reverse();
-  const stack: string[] = [];
-  const trail: FileEntry[] = [];
-  let links = 0;
-  let cur = ROOT_ENTRY;
-  while (todo.length > 0) {
-    const name = todo.pop() as string;
-    if (name === '..') {
-      stack.pop();
-      trail.pop();
-      cur = trail.at(-1) ?? ROOT_ENTRY;
-      continue;
-    }
-    if (cur.type !== 'dir') throw new StrataError('NOT_FOUND', `not a directory on the way to ${p}`);
-    const e = await get(stack, todo, name);
-    if (!e) throw new StrataError('NOT_FOUND', `no such file or directory: ${p}`, { structure: 'file manifest' });
-    if (e.type === 'symlink' && e.target !== undefined && (todo.length > 0 || followLast)) {
-      if (++links > 40)
-        throw new StrataError('LOOP', `symbolic link loop: more than 40 links followed while resolving ${p}`);
-      if (e.target.startsWith('/')) {
-        stack.length = 0;
-        trail.length = 0;
-      }
-      const parts = e.target.split('/').filter((x) => x && x !== '.');
-      for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]);
-      cur = trail.at(-1) ?? ROOT_ENTRY;
-      continue;
-    }
-    stack.push(name);
-    trail.push(e);
-    cur = e;
+  const walk = resolvePath(p, followLast);
+  let step = walk.next();
+  while (!step.done) {
+    const { path, ahead } = step.value;
+    if (!known.has(path)) await lookupStored(sf, [path, ...ahead], known);
+    step = walk.next(known.get(path) ?? null);
   }
-  return cur;
+  return step.value;
 }
 
 /** storedFile over a streamed manifest. */
