@@ -163,11 +163,14 @@ export {
 // A listing of a stored version, as `ls` and `cat` read it without a checkout.
 export {
   entryRecord,
+  findStoredEntry,
   listStored,
+  listStoredStreamed,
   openStoredFiles,
   type StoredFiles,
   type StoredListOptions,
   storedFile,
+  storedFileStreamed,
 } from './stored-listing.js';
 export { tarOfStored } from './tar-export.js';
 // A command's TARGET: an image file, an http(s) URL or a library version (NAME, NAME:TAG, NAME@N, ref:NAME).

@@ -252,33 +252,58 @@ export function findEntry(files: FilesManifest, p: string, followLast = false): 
     byPath = new Map(files.entries.map((e) => [e.path, e]));
     pathIndex.set(files, byPath);
   }
+  const walk = resolvePath(p, followLast);
+  let step = walk.next();
+  while (!step.done) step = walk.next(byPath.get(step.value.path) ?? null);
+  return step.value;
+}
+
+/**
+ * The walk of findEntry, for any lookup: yields each path it needs (with every path the rest
+ * of the walk may need, for a reader that looks several up at once) and takes its entry (null:
+ * absent); returns the entry `p` names, symlinks on the way followed (a final one with `followLast`).
+ */
+export function* resolvePath(
+  p: string,
+  followLast = false,
+): Generator<{ path: string; ahead: string[] }, FileEntry, FileEntry | null> {
   const todo = p
     .split('/')
     .filter((x) => x && x !== '.')
     .reverse();
   const stack: string[] = [];
+  const trail: FileEntry[] = [];
   let links = 0;
   let cur = ROOT_ENTRY;
   while (todo.length > 0) {
     const name = todo.pop() as string;
     if (name === '..') {
       stack.pop();
-      cur = stack.length === 0 ? ROOT_ENTRY : (byPath.get(`/${stack.join('/')}`) ?? ROOT_ENTRY);
+      trail.pop();
+      cur = trail.at(-1) ?? ROOT_ENTRY;
       continue;
     }
     if (cur.type !== 'dir') throw new StrataError('NOT_FOUND', `not a directory on the way to ${p}`);
-    const e = byPath.get(`/${[...stack, name].join('/')}`);
+    const rest = [...stack, name, ...[...todo].reverse()].filter((x) => x !== '..');
+    const e = yield {
+      path: `/${[...stack, name].join('/')}`,
+      ahead: rest.map((_, i) => `/${rest.slice(0, i + 1).join('/')}`),
+    };
     if (!e) throw new StrataError('NOT_FOUND', `no such file or directory: ${p}`, { structure: 'file manifest' });
     if (e.type === 'symlink' && e.target !== undefined && (todo.length > 0 || followLast)) {
       if (++links > 40)
         throw new StrataError('LOOP', `symbolic link loop: more than 40 links followed while resolving ${p}`);
-      if (e.target.startsWith('/')) stack.length = 0;
+      if (e.target.startsWith('/')) {
+        stack.length = 0;
+        trail.length = 0;
+      }
       const parts = e.target.split('/').filter((x) => x && x !== '.');
       for (let i = parts.length - 1; i >= 0; i--) todo.push(parts[i]);
-      cur = stack.length === 0 ? ROOT_ENTRY : (byPath.get(`/${stack.join('/')}`) ?? ROOT_ENTRY);
+      cur = trail.at(-1) ?? ROOT_ENTRY;
       continue;
     }
     stack.push(name);
+    trail.push(e);
     cur = e;
   }
   return cur;

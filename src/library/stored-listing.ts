@@ -1,9 +1,9 @@
 import type { FileType } from '../fs/types.js';
 import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
-import { findEntry, layoutFiles } from './library-verbs.js';
+import { findEntry, layoutFilesDigest, resolvePath } from './library-verbs.js';
 import { compareNames, imagePath, type LsRecord } from './listing.js';
-import type { FileEntry, FilesManifest } from './manifest.js';
+import { compareTreePaths, type FileEntry, type FilesHead, type FilesManifest } from './manifest.js';
 import { openTargetLibrary, type RefTarget, resolveTargetVersion } from './target.js';
 
 /**
@@ -82,6 +82,10 @@ export function storedFile(files: FilesManifest, p: string, follow = true): File
 
 export interface StoredFiles {
   lib: Library;
+  /** The file manifest's digest and head (its entries are streamed, never all held). */
+  digest: string;
+  head: FilesHead;
+  /** The head's facts with no entries: what fileContent needs (fileChunkSize). */
   files: FilesManifest;
   /** NAME@N */
   name: string;
@@ -93,10 +97,99 @@ export async function openStoredFiles(target: RefTarget, part?: string): Promise
   const lib = await openTargetLibrary(target);
   try {
     const v = await resolveTargetVersion(lib, target);
-    const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), part);
-    return { lib, files, name: `${v.image}@${v.number}`, close: () => lib.close() };
+    const digest = await layoutFilesDigest(lib, v, await lib.layoutHead(v.manifest), part);
+    const head = await lib.filesHead(digest);
+    const { kind, volume, fsKind, fileChunkSize } = head;
+    const files: FilesManifest = { kind, version: 1, volume, fsKind, fileChunkSize, entries: [] };
+    return { lib, digest, head, files, name: `${v.image}@${v.number}`, close: () => lib.close() };
   } catch (e) {
     await lib.close();
     throw e;
   }
+}
+
+/**
+ * The entries at `paths` (absent: null), from one scan of the manifest that stops past the
+ * last of them (entries are in walk order, compareTreePaths).
+ */
+async function lookupStored(sf: StoredFiles, paths: string[], into: Map<string, FileEntry | null>): Promise<void> {
+  const want = new Set(paths.filter((x) => !into.has(x)));
+  if (want.size === 0) return;
+  const last = [...want].reduce((a, b) => (compareTreePaths(a, b) >= 0 ? a : b));
+  for (const x of want) into.set(x, null);
+  for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+    if (want.has(e.path)) into.set(e.path, e);
+    if (compareTreePaths(e.path, last) >= 0) break;
+  }
+}
+
+/**
+ * findEntry over a streamed manifest: the entry `p` names (symlinks on the way followed, a
+ * final one too with `followLast`), each missing path looked up with every prefix of what is
+ * left to walk in one scan.
+ */
+export async function findStoredEntry(sf: StoredFiles, p: string, followLast = false): Promise<FileEntry> {
+  const known = new Map<string, FileEntry | null>();
+  const walk = resolvePath(p, followLast);
+  let step = walk.next();
+  while (!step.done) {
+    const { path, ahead } = step.value;
+    if (!known.has(path)) await lookupStored(sf, [path, ...ahead], known);
+    step = walk.next(known.get(path) ?? null);
+  }
+  return step.value;
+}
+
+/** storedFile over a streamed manifest. */
+export async function storedFileStreamed(sf: StoredFiles, p: string, follow = true): Promise<FileEntry> {
+  const e = await findStoredEntry(sf, imagePath(p), follow);
+  if (e.type !== 'file') {
+    throw new StrataError('USAGE', `${imagePath(p)} is a ${e.type}, not a regular file`);
+  }
+  return e;
+}
+
+/** A name the walk's code-unit order and ls's byte order may place differently. */
+const beyondBmpOrder = (s: string): boolean => {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) >= 0xd800) return true;
+  return false;
+};
+
+/**
+ * listStored over a streamed manifest, in the same order: the manifest's walk order (code
+ * units) is ls's byte order until the first path holding a code unit >= 0xD800 (an entry
+ * before it sorts before everything after it in both orders), so entries are yielded as read
+ * until then and only the rest is gathered and sorted.
+ */
+export async function listStoredStreamed(
+  sf: StoredFiles,
+  p: string,
+  opts: StoredListOptions = {},
+): Promise<{ single: boolean; records: AsyncGenerator<LsRecord> }> {
+  const top = await findStoredEntry(sf, imagePath(p));
+  if (top.type !== 'dir' || opts.directory) {
+    const one = { ...entryRecord(top), path: imagePath(p) };
+    return {
+      single: true,
+      records: (async function* () {
+        yield one;
+      })(),
+    };
+  }
+  const prefix = top.path === '/' ? '/' : `${top.path}/`;
+  async function* records(): AsyncGenerator<LsRecord> {
+    let rest: FileEntry[] | undefined;
+    for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+      if (!e.path.startsWith(prefix) || e.path === top.path) continue;
+      if (!opts.recursive && e.path.slice(prefix.length).includes('/')) continue;
+      if (!rest && beyondBmpOrder(e.path)) rest = [];
+      if (rest) rest.push(e);
+      else yield entryRecord(e);
+    }
+    if (rest) {
+      rest.sort((a, b) => comparePaths(a.path, b.path));
+      for (const e of rest) yield entryRecord(e);
+    }
+  }
+  return { single: false, records: records() };
 }

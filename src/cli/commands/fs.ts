@@ -10,7 +10,7 @@ import {
   imagePath,
   isoTime,
   type LsRecord,
-  listStored,
+  listStoredStreamed,
   longLine,
   lookupPath,
   lsRecordWith,
@@ -22,7 +22,7 @@ import {
   REF_PREFIX,
   StrataError,
   statRecord,
-  storedFile,
+  storedFileStreamed,
   type WalkItem,
   walkBatches,
   walkNameLines,
@@ -169,8 +169,11 @@ export function registerFsCommands(program: Command): void {
       // straight from the version's file manifest: the same records, order and format
       const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
       try {
-        const { records, single } = listStored(stored.files, path, { recursive, directory: Boolean(o.directory) });
-        for (const r of records) {
+        const { records, single } = await listStoredStreamed(stored, path, {
+          recursive,
+          directory: Boolean(o.directory),
+        });
+        for await (const r of records) {
           line(r, single || recursive ? r.path : r.path.slice(r.path.lastIndexOf('/') + 1));
           await out.maybeFlush();
         }
@@ -234,7 +237,7 @@ export function registerFsCommands(program: Command): void {
       noSubvolForStored(o);
       const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
       try {
-        const e = storedFile(stored.files, path, follow);
+        const e = await storedFileStreamed(stored, path, follow);
         for await (const b of fileContent(stored.lib, stored.files, e)) await writeOut(b);
       } finally {
         await stored.close();
