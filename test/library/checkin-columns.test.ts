@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  FirstUseNumbered,
+  InverseColumn,
+  type RangeCursor,
+  Scratch,
+  SpilledColumn,
+} from '../../src/library/checkin-columns.js';
+
+/** A range stream over an array of chunk numbers (disk = index). */
+function streamOf(chunks: Uint32Array): RangeCursor {
+  let i = -1;
+  const c: RangeCursor = {
+    disk: 0,
+    length: 0,
+    chunk: 0,
+    at: 0,
+    next() {
+      if (++i >= chunks.length) return false;
+      c.disk = i * 4096;
+      c.length = 4096;
+      c.chunk = chunks[i];
+      c.at = i % 7;
+      return true;
+    },
+  };
+  return c;
+}
+
+/** A deterministic pseudo-random sequence (xorshift32). */
+function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+/**
+ * Issue 22: the check-in's canonical order lives in the scratch file (SpilledColumn), and a
+ * range that uses a chunk again finds the chunk's layout number in the order's inverse
+ * (InverseColumn, built a slice of 2^18 chunks at a time) instead of in an Int32Array of every
+ * chunk. Over 700,000 chunks (three slices, many 16,384-entry blocks), mostly in order with
+ * jumps back (a chunk used again: 1 range in 5) and some chunks no range uses (numbered last),
+ * the order and the numbers equal an in-memory renumbering by first use computed here.
+ */
+test('the canonical order from the scratch file numbers chunks as an in-memory first-use renumbering does', () => {
+  const chunks = 700_000;
+  const next = rng(22);
+  const stream: number[] = [];
+  let fresh = 0;
+  while (fresh < chunks - 5000) {
+    if (fresh > 0 && next() % 5 === 0)
+      stream.push(next() % fresh); // used again, anywhere before
+    else stream.push(fresh++);
+  }
+  // builder numbers differ from first-use order: swap neighbours in blocks
+  const perm = new Uint32Array(chunks);
+  for (let i = 0; i < chunks; i++) perm[i] = i;
+  for (let i = 0; i + 1 < chunks; i += 2) if (next() % 2 === 0) [perm[i], perm[i + 1]] = [perm[i + 1], perm[i]];
+  const ranges = Uint32Array.from(stream, (c) => perm[c]);
+
+  // the oracle: renumbering in memory, as check-in did before
+  const renumber = new Int32Array(chunks).fill(-1);
+  const expectOrder: number[] = [];
+  for (const c of ranges) if (renumber[c] === -1) renumber[c] = expectOrder.push(c) - 1;
+  const usedCount = expectOrder.length;
+  for (let i = 0; i < chunks; i++) if (renumber[i] === -1) expectOrder.push(i);
+  assert.ok(usedCount < chunks && usedCount > 600_000, `${usedCount} chunks used`);
+
+  const scratch = new Scratch();
+  try {
+    const seen = new Uint8Array(chunks);
+    const order = new SpilledColumn(scratch, 'order');
+    for (const c of ranges) {
+      if (!seen[c]) {
+        seen[c] = 1;
+        order.push(c);
+      }
+    }
+    for (let i = 0; i < chunks; i++) if (!seen[i]) order.push(i);
+    assert.equal(order.count, chunks);
+    const got = order.reader().take(chunks);
+    assert.deepEqual(Array.from(got), expectOrder);
+    assert.throws(() => {
+      const r = order.reader();
+      r.take(chunks);
+      r.next();
+    }, /past its end/);
+
+    let asked = 0;
+    let inverse: InverseColumn | undefined;
+    const numbered = new FirstUseNumbered(streamOf(ranges), chunks, (c) => {
+      asked++;
+      inverse ??= new InverseColumn(scratch, order, chunks, usedCount);
+      return inverse.get(c);
+    });
+    let i = 0;
+    let wrong = 0;
+    while (numbered.next()) {
+      if (numbered.chunk !== renumber[ranges[i]] || numbered.disk !== i * 4096 || numbered.at !== i % 7) wrong++;
+      i++;
+    }
+    assert.equal(i, ranges.length);
+    assert.equal(wrong, 0, `${wrong} ranges numbered differently`);
+    assert.equal(asked, ranges.length - usedCount, 'only ranges that use a chunk again ask for its number');
+    // a chunk no range uses has no number in the inverse
+    const unusedChunk = expectOrder[usedCount];
+    assert.throws(() => inverse?.get(unusedChunk), /has no inverse/);
+  } finally {
+    scratch.close();
+  }
+});
