@@ -53,7 +53,7 @@ import {
   type LayoutVolume,
 } from './manifest.js';
 import { openDeviceTargets } from './target.js';
-import { mergeSpans, otherUsed, type Span, subtractSpans } from './used-regions.js';
+import { MergedSpans, mergeSpans, type Span, subtractSpans } from './used-regions.js';
 
 /**
  * Check an image into the library, cut along its structure (DESIGN.md "Stored image"):
@@ -759,7 +759,9 @@ async function cutFileSystem(
 ): Promise<LayoutVolume['fs']> {
   const { fs } = w;
   const { usedBytes } = allocation;
+  /** The file data's disk spans: this batch's, then merged into `fileDataSpans` (16 bytes a span). */
   let fileData: Span[] = [];
+  const fileDataSpans = new MergedSpans();
   let fileDataBytes = 0;
   const writer = new FilesWriter(sink, b, { volume: w.volume.id, fsKind: fs.kind, fileChunkSize: C }, inline);
   /** Cuts of inodes with more than one link, for their other paths in later batches. */
@@ -847,8 +849,9 @@ async function cutFileSystem(
     });
     await writer.add(entries);
     // the file data spans of neighbouring files touch: merged, they stay few
-    if (fileData.length > 4096) fileData = mergeSpans(fileData);
-    budget.check(b, fileData.length, linked.size);
+    fileDataSpans.add(fileData);
+    fileData = [];
+    budget.check(b, fileDataSpans.count, linked.size);
     // the work of a batch: its file data read and cut, ~2 KiB per item walked (batchSize)
     trimFreedMemory(batchBytes + items.length * 2048);
   };
@@ -869,8 +872,7 @@ async function cutFileSystem(
   }
   await cutBatch(batch);
   const filesDigest = await writer.finish();
-  const other = otherUsed(allocation.spans, mergeSpans(fileData));
-  fileData = []; // not held through the cut of the rest
+  const other = fileDataSpans.subtractFrom(mergeSpans(allocation.spans));
   await cutSpans(b, img, other, W, budget.bytes);
   return {
     kind: fs.kind,
@@ -939,7 +941,7 @@ class MemoryBudget {
    */
   static readonly PER_CHUNK = 1;
   static readonly PER_RANGE = 24;
-  static readonly PER_SPAN = 56;
+  static readonly PER_SPAN = 16;
   static readonly PER_LINKED = 200;
 
   /** Ranges per sorted run (then spilled to the scratch file): 1/32 of the budget. */

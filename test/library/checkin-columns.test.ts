@@ -7,6 +7,7 @@ import {
   Scratch,
   SpilledColumn,
 } from '../../src/library/checkin-columns.js';
+import { MergedSpans, mergeSpans, type Span, subtractSpans } from '../../src/library/used-regions.js';
 
 /** A range stream over an array of chunk numbers (disk = index). */
 function streamOf(chunks: Uint32Array): RangeCursor {
@@ -114,5 +115,36 @@ test('the canonical order from the scratch file numbers chunks as an in-memory f
     assert.throws(() => inverse?.get(unusedChunk), /has no inverse/);
   } finally {
     scratch.close();
+  }
+});
+
+/**
+ * Issue 22: the walk's file data spans are merged batch by batch into two Float64Arrays
+ * (MergedSpans) instead of a growing array of [start, end] arrays; what the rest of the used
+ * bytes is cut from must be what `subtractSpans(used, mergeSpans(every span))` gives. Random
+ * batches (touching, overlapping, nested and empty spans, any order) against that.
+ */
+test('file data spans merged batch by batch subtract as the whole list merged at once does', () => {
+  const next = rng(7);
+  for (let round = 0; round < 20; round++) {
+    const all: Span[] = [];
+    const merged = new MergedSpans();
+    for (let batch = 0; batch < 1 + (next() % 12); batch++) {
+      const spans: Span[] = [];
+      for (let i = 0; i < next() % 300; i++) {
+        const s = (next() % 100_000) * 512;
+        spans.push([s, s + (next() % 9) * 512]); // empty ones too
+      }
+      all.push(...spans.map((x): Span => [x[0], x[1]]));
+      merged.add(spans);
+    }
+    const used = mergeSpans([
+      [0, 20_000 * 512],
+      [30_000 * 512, 100_100 * 512],
+      [100_200 * 512, 100_300 * 512],
+    ]);
+    const expected = mergeSpans(all.map((x): Span => [x[0], x[1]]));
+    assert.equal(merged.count, expected.length, `round ${round}`);
+    assert.deepEqual(merged.subtractFrom(used), subtractSpans(used, expected), `round ${round}`);
   }
 });
