@@ -514,12 +514,10 @@ export class InverseColumn {
  * layout's numbering, as Builder.canonical's pass over the same stream counted it.
  */
 export class FirstUseNumbered implements RangeCursor {
-  disk = 0;
-  length = 0;
-  chunk = 0;
-  at = 0;
   private readonly seen: Uint8Array;
   private k = 0;
+  /** The current range's chunk, renumbered (the rest is the source's). */
+  private num = 0;
 
   constructor(
     private readonly src: RangeCursor,
@@ -529,18 +527,28 @@ export class FirstUseNumbered implements RangeCursor {
     this.seen = new Uint8Array(Math.ceil(chunks / 8));
   }
 
+  get disk(): number {
+    return this.src.disk;
+  }
+  get length(): number {
+    return this.src.length;
+  }
+  get at(): number {
+    return this.src.at;
+  }
+  get chunk(): number {
+    return this.num;
+  }
+
   next(): boolean {
     const s = this.src;
     if (!s.next()) return false;
-    this.disk = s.disk;
-    this.length = s.length;
-    this.at = s.at;
     const c = s.chunk;
     const bit = 1 << (c & 7);
     if ((this.seen[c >>> 3] & bit) === 0) {
       this.seen[c >>> 3] |= bit;
-      this.chunk = this.k++;
-    } else this.chunk = this.numberOf(c);
+      this.num = this.k++;
+    } else this.num = this.numberOf(c);
     return true;
   }
 }

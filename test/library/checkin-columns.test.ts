@@ -8,6 +8,7 @@ import {
   SpilledColumn,
 } from '../../src/library/checkin-columns.js';
 import { MergedSpans, mergeSpans, type Span, subtractSpans } from '../../src/library/used-regions.js';
+import { xorshift32 } from '../../src/util/prng.js';
 
 /** A range stream over an array of chunk numbers (disk = index). */
 function streamOf(chunks: Uint32Array): RangeCursor {
@@ -29,19 +30,6 @@ function streamOf(chunks: Uint32Array): RangeCursor {
   return c;
 }
 
-/** A deterministic pseudo-random sequence (xorshift32). */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
 /**
  * Issue 22: the check-in's canonical order lives in the scratch file (SpilledColumn), and a
  * range that uses a chunk again finds the chunk's layout number in the order's inverse
@@ -52,7 +40,7 @@ function rng(seed: number): () => number {
  */
 test('the canonical order from the scratch file numbers chunks as an in-memory first-use renumbering does', () => {
   const chunks = 700_000;
-  const next = rng(22);
+  const next = xorshift32(22);
   const stream: number[] = [];
   let fresh = 0;
   while (fresh < chunks - 5000) {
@@ -125,7 +113,7 @@ test('the canonical order from the scratch file numbers chunks as an in-memory f
  * batches (touching, overlapping, nested and empty spans, any order) against that.
  */
 test('file data spans merged batch by batch subtract as the whole list merged at once does', () => {
-  const next = rng(7);
+  const next = xorshift32(7);
   for (let round = 0; round < 20; round++) {
     const all: Span[] = [];
     const merged = new MergedSpans();
