@@ -371,4 +371,186 @@ export class ClippedRanges implements RangeCursor {
   }
 }
 
+/** Entries of a uint32 column read or written at once (64 KiB). */
+const COLUMN_BLOCK = 16384;
+
+/**
+ * A column of uint32 values appended in order to a scratch file and read back in order: the
+ * layout's chunk order (4 bytes a chunk on disk, a 64 KiB buffer in memory; before, a
+ * Uint32Array of every chunk beside an Int32Array of the renumbering, 8 bytes a chunk in
+ * memory: 37 MiB at 5,000,000 files).
+ */
+export class SpilledColumn {
+  private fd = -1;
+  private readonly buf = new Uint32Array(COLUMN_BLOCK);
+  private n = 0;
+  count = 0;
+
+  constructor(
+    private readonly scratch: Scratch,
+    private readonly name: string,
+  ) {}
+
+  push(v: number): void {
+    if (this.n === this.buf.length) this.flush();
+    this.buf[this.n++] = v;
+    this.count++;
+  }
+
+  /** Everything pushed to the file (before reading). */
+  flush(): void {
+    if (this.n === 0) return;
+    if (this.fd < 0) this.fd = this.scratch.open(this.name);
+    writeFully(this.fd, new Uint8Array(this.buf.buffer, 0, this.n * 4), this.n * 4, (this.count - this.n) * 4);
+    this.n = 0;
+  }
+
+  /** Values [from, from + n) into `into` (pushed before: flush() first). */
+  readInto(from: number, n: number, into: Uint32Array): void {
+    readFully(this.fd, new Uint8Array(into.buffer, into.byteOffset, n * 4), n * 4, from * 4);
+  }
+
+  /** A reader from the first value. */
+  reader(): ColumnReader {
+    this.flush();
+    return new ColumnReader(this);
+  }
+}
+
+/** Reads a SpilledColumn in order, a block at a time. */
+export class ColumnReader {
+  private readonly buf: Uint32Array;
+  private at = 0;
+  private inBuf = 0;
+  private read = 0;
+
+  constructor(private readonly col: SpilledColumn) {
+    this.buf = new Uint32Array(Math.min(COLUMN_BLOCK, Math.max(1, col.count)));
+  }
+
+  /** The next value (past the end: an error). */
+  next(): number {
+    if (this.at === this.inBuf) {
+      const n = Math.min(this.buf.length, this.col.count - this.read);
+      if (n <= 0) throw new Error('check-in scratch column: read past its end');
+      this.col.readInto(this.read, n, this.buf);
+      this.read += n;
+      this.inBuf = n;
+      this.at = 0;
+    }
+    return this.buf[this.at++];
+  }
+
+  /** The next `n` values. */
+  take(n: number): Uint32Array {
+    const out = new Uint32Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.next();
+    return out;
+  }
+}
+
+/** Entries of an InverseColumn built per pass over the column (1 MiB), and per cached block (4 KiB), and blocks cached. */
+const INVERSE_SLICE = 1 << 18;
+const INVERSE_BLOCK = 1024;
+const INVERSE_CACHED = 64;
+
+/**
+ * The inverse of the first `upto` values of a column of distinct values below `size`: for a
+ * value v, the k with column[k] = v (the layout number of a builder chunk). A file of int32
+ * by value, built a slice of values at a time (a sequential pass over the column per 2^18
+ * values: 20 passes of 20 MB of page cache at 5,000,000 chunks), read through a small
+ * direct-mapped cache of 4 KiB blocks (256 KiB): what reads it asks only for the chunks a
+ * range uses again (the first use of a chunk takes the next number, FirstUseNumbered).
+ */
+export class InverseColumn {
+  private readonly fd: number;
+  private readonly cache = new Int32Array(INVERSE_BLOCK * INVERSE_CACHED);
+  private readonly cacheBytes = new Uint8Array(this.cache.buffer);
+  private readonly cached = new Float64Array(INVERSE_CACHED).fill(-1);
+
+  constructor(
+    scratch: Scratch,
+    col: SpilledColumn,
+    private readonly size: number,
+    upto: number,
+  ) {
+    this.fd = scratch.open('inverse');
+    col.flush();
+    const slice = new Int32Array(Math.min(INVERSE_SLICE, Math.max(1, size)));
+    const block = new Uint32Array(Math.min(COLUMN_BLOCK, Math.max(1, upto)));
+    for (let s = 0; s < size; s += slice.length) {
+      const n = Math.min(slice.length, size - s);
+      slice.fill(-1);
+      for (let k0 = 0; k0 < upto; k0 += block.length) {
+        const m = Math.min(block.length, upto - k0);
+        col.readInto(k0, m, block);
+        for (let j = 0; j < m; j++) {
+          const v = block[j] - s;
+          if (v >= 0 && v < n) slice[v] = k0 + j;
+        }
+      }
+      writeFully(this.fd, new Uint8Array(slice.buffer, 0, n * 4), n * 4, s * 4);
+    }
+  }
+
+  get(v: number): number {
+    const b = Math.floor(v / INVERSE_BLOCK);
+    const slot = b % INVERSE_CACHED;
+    if (this.cached[slot] !== b) {
+      this.cached[slot] = -1;
+      const n = Math.min(INVERSE_BLOCK, this.size - b * INVERSE_BLOCK);
+      readFully(this.fd, this.cacheBytes.subarray(slot * INVERSE_BLOCK * 4), n * 4, b * INVERSE_BLOCK * 4);
+      this.cached[slot] = b;
+    }
+    const k = this.cache[slot * INVERSE_BLOCK + (v - b * INVERSE_BLOCK)];
+    if (k < 0) throw new Error(`check-in scratch column: ${v} has no inverse`);
+    return k;
+  }
+}
+
+/**
+ * A sorted range stream with its chunks renumbered by first use: a chunk's first range gives
+ * it the next number, a later range the number it got (`numberOf`, asked only then). The
+ * layout's numbering, as Builder.canonical's pass over the same stream counted it.
+ */
+export class FirstUseNumbered implements RangeCursor {
+  private readonly seen: Uint8Array;
+  private k = 0;
+  /** The current range's chunk, renumbered (the rest is the source's). */
+  private num = 0;
+
+  constructor(
+    private readonly src: RangeCursor,
+    chunks: number,
+    private readonly numberOf: (chunk: number) => number,
+  ) {
+    this.seen = new Uint8Array(Math.ceil(chunks / 8));
+  }
+
+  get disk(): number {
+    return this.src.disk;
+  }
+  get length(): number {
+    return this.src.length;
+  }
+  get at(): number {
+    return this.src.at;
+  }
+  get chunk(): number {
+    return this.num;
+  }
+
+  next(): boolean {
+    const s = this.src;
+    if (!s.next()) return false;
+    const c = s.chunk;
+    const bit = 1 << (c & 7);
+    if ((this.seen[c >>> 3] & bit) === 0) {
+      this.seen[c >>> 3] |= bit;
+      this.num = this.k++;
+    } else this.num = this.numberOf(c);
+    return true;
+  }
+}
+
 export { Scratch };

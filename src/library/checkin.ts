@@ -15,13 +15,24 @@ import { digestKey, digestPrefix, SortedDigestIndex } from '../store/sorted-inde
 import type { PutResult } from '../store/store.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { StrataError } from '../util/errors.js';
-import { mapLimit } from '../util/map-limit.js';
+import { eachLimit, mapLimit } from '../util/map-limit.js';
 import { collectGarbage, memoryBudget } from '../util/memory.js';
 import { discoverVolumes } from '../volumes/discover.js';
 import type { Volume } from '../volumes/types.js';
 import { holdsFileSystem } from './address.js';
 import { parseLibraryBacking, versionImage } from './backing.js';
-import { ChunkRecords, ClippedRanges, grown, type RangeCursor, RangeRuns, Scratch } from './checkin-columns.js';
+import {
+  ChunkRecords,
+  ClippedRanges,
+  type ColumnReader,
+  FirstUseNumbered,
+  grown,
+  InverseColumn,
+  type RangeCursor,
+  RangeRuns,
+  Scratch,
+  SpilledColumn,
+} from './checkin-columns.js';
 import { inspectAfterCheckin } from './inspection.js';
 import type { Library } from './library.js';
 import { isoTime, volumeDiskOffset } from './listing.js';
@@ -42,7 +53,7 @@ import {
   type LayoutVolume,
 } from './manifest.js';
 import { openDeviceTargets } from './target.js';
-import { mergeSpans, otherUsed, type Span, subtractSpans } from './used-regions.js';
+import { MergedSpans, mergeSpans, type Span, subtractSpans } from './used-regions.js';
 
 /**
  * Check an image into the library, cut along its structure (DESIGN.md "Stored image"):
@@ -140,16 +151,16 @@ export interface CheckinResult {
 }
 
 /**
- * The layout's chunk list and ranges in canonical order (Builder.canonical): chunk `k` of the
- * layout is the builder's chunk `chunkOrder[k]` (and builder chunk `i` is layout chunk
- * `renumber[i]`); `ranges()` streams the layout's ranges (chunk numbers the builder's),
- * `rangeCount` of them, covering `usedBytes`.
+ * The layout's chunk list and ranges in canonical order (Builder.canonical): `order()` reads
+ * the builder's chunk numbers in layout order (layout chunk `k` is builder chunk
+ * `order()`'s k-th), `ranges()` streams the layout's ranges, chunks numbered as in the layout,
+ * `rangeCount` of them, covering `usedBytes`. Both come from the scratch file (issue 22).
  */
 export interface CanonicalLayout {
-  chunkOrder: Uint32Array;
-  renumber: Int32Array;
+  chunkCount: number;
   rangeCount: number;
   usedBytes: number;
+  order(): ColumnReader;
   ranges(): RangeCursor;
 }
 
@@ -159,8 +170,9 @@ export interface CanonicalLayout {
  * scratch file; the chunks by digest are a hash table of at most `tableEntries` chunks (the
  * newest), merged into a sorted index file (SortedDigestIndex) when full, so the table is the same
  * size at 200,000 files and at 5,000,000; in memory per chunk only its "added" bit and the
- * index's fences (~0.2 bytes), ~8 more with the canonical order at the end. Ranges go in
- * sorted runs of `runEntries` to the scratch file, merged when the layout is written.
+ * index's fences (~0.2 bytes), and at the end a bit or two more for the canonical order
+ * (itself in the scratch file). Ranges go in sorted runs of `runEntries` to the scratch
+ * file, merged when the layout is written.
  */
 class Builder {
   private readonly scratch = new Scratch();
@@ -327,32 +339,49 @@ class Builder {
    * cutting added them in (so the same image gives the same manifest digest): ranges by
    * disk offset (overlaps from two inodes claiming one block clipped), chunks numbered by
    * first use, chunks no range uses (inline file data) last, by digest. Called once, when
-   * cutting is over; the hash table is dropped (at a million chunks 8 MB).
+   * cutting is over; the hash table is dropped. One pass over the ranges numbers the chunks:
+   * a bit a chunk in memory, the order itself written to the scratch file; the layout's
+   * ranges (FirstUseNumbered) count the numbers again as they pass, and read the number of a
+   * chunk used before from the order's inverse (InverseColumn), a file too. Before, an
+   * Int32Array and a Uint32Array of every chunk: 8 bytes a chunk, 37 MiB at 5,000,000 files.
    */
   canonical(): CanonicalLayout {
     this.table = new Uint32Array(0);
-    const renumber = new Int32Array(this.chunkCount).fill(-1);
-    const chunkOrder = new Uint32Array(this.chunkCount);
-    let numbered = 0;
+    const chunkCount = this.chunkCount;
+    // a bit a chunk: numbered yet (the numbers themselves go to the scratch file in order)
+    const used = new Uint8Array(Math.ceil(chunkCount / 8));
+    const order = new SpilledColumn(this.scratch, 'order');
     let rangeCount = 0;
     let usedBytes = 0;
     const ranges = () => new ClippedRanges(this.runs.sorted());
     for (const r = ranges(); r.next(); ) {
-      if (renumber[r.chunk] === -1) {
-        renumber[r.chunk] = numbered;
-        chunkOrder[numbered++] = r.chunk;
+      const c = r.chunk;
+      if ((used[c >>> 3] & (1 << (c & 7))) === 0) {
+        used[c >>> 3] |= 1 << (c & 7);
+        order.push(c);
       }
       rangeCount++;
       usedBytes += r.length;
     }
+    const numbered = order.count;
     const unused: number[] = [];
-    for (let i = 0; i < this.chunkCount; i++) if (renumber[i] === -1) unused.push(i);
+    for (let i = 0; i < chunkCount; i++) if ((used[i >>> 3] & (1 << (i & 7))) === 0) unused.push(i);
     unused.sort((a, b) => this.cmpChunks(a, b));
-    for (const i of unused) {
-      renumber[i] = numbered;
-      chunkOrder[numbered++] = i;
-    }
-    return { chunkOrder, renumber, rangeCount, usedBytes, ranges };
+    for (const i of unused) order.push(i);
+    order.flush();
+    // a chunk's layout number, for its ranges after the first (made when one is first asked for)
+    let renumber: InverseColumn | undefined;
+    const numberOf = (c: number) => {
+      renumber ??= new InverseColumn(this.scratch, order, chunkCount, numbered);
+      return renumber.get(c);
+    };
+    return {
+      chunkCount,
+      rangeCount,
+      usedBytes,
+      order: () => order.reader(),
+      ranges: () => new FirstUseNumbered(ranges(), chunkCount, numberOf),
+    };
   }
 
   /** Remove the scratch files. */
@@ -465,6 +494,28 @@ function plannedWindow(budgetBytes: number): number {
 }
 const PLANNED_KEEP = 4;
 
+/**
+ * Disk spans (absolute, merged) as W-aligned windows, each the pieces of the spans inside
+ * one window, made as they are asked for (at 1,000,000 files the metadata's ~15,500 windows
+ * as arrays held ~2 MB, issue 22).
+ */
+function* spanWindows(spans: Span[], W: number): Generator<Span[]> {
+  let cur: Span[] = [];
+  for (const [s0, e] of spans) {
+    let s = s0;
+    while (s < e) {
+      const t = Math.min(e, (Math.floor(s / W) + 1) * W);
+      if (cur.length > 0 && Math.floor(cur[0][0] / W) !== Math.floor(s / W)) {
+        yield cur;
+        cur = [];
+      }
+      cur.push([s, t]);
+      s = t;
+    }
+  }
+  if (cur.length > 0) yield cur;
+}
+
 /** Cut disk spans (absolute, merged) by disk offset into W-aligned windows. */
 async function cutSpans(
   b: Builder,
@@ -474,20 +525,8 @@ async function cutSpans(
   budgetBytes: number,
   solo = false,
 ): Promise<void> {
-  const windows: Array<Span[]> = [];
-  for (const [s0, e] of spans) {
-    let s = s0;
-    while (s < e) {
-      const wEnd = (Math.floor(s / W) + 1) * W;
-      const t = Math.min(e, wEnd);
-      const last = windows[windows.length - 1];
-      if (last && Math.floor(last[0][0] / W) === Math.floor(s / W)) last.push([s, t]);
-      else windows.push([[s, t]]);
-      s = t;
-    }
-  }
   const src = new PlannedSource(img, spans, plannedWindow(budgetBytes), undefined, PLANNED_KEEP);
-  await mapLimit(windows, CONCURRENCY, async (pieces) => {
+  await eachLimit(spanWindows(spans, W), CONCURRENCY, async (pieces) => {
     const from = pieces[0][0];
     const to = pieces[pieces.length - 1][1];
     trimFreedMemory(to - from);
@@ -720,7 +759,9 @@ async function cutFileSystem(
 ): Promise<LayoutVolume['fs']> {
   const { fs } = w;
   const { usedBytes } = allocation;
+  /** The file data's disk spans: this batch's, then merged into `fileDataSpans` (16 bytes a span). */
   let fileData: Span[] = [];
+  const fileDataSpans = new MergedSpans();
   let fileDataBytes = 0;
   const writer = new FilesWriter(sink, b, { volume: w.volume.id, fsKind: fs.kind, fileChunkSize: C }, inline);
   /** Cuts of inodes with more than one link, for their other paths in later batches. */
@@ -808,8 +849,9 @@ async function cutFileSystem(
     });
     await writer.add(entries);
     // the file data spans of neighbouring files touch: merged, they stay few
-    if (fileData.length > 4096) fileData = mergeSpans(fileData);
-    budget.check(b, fileData.length, linked.size);
+    fileDataSpans.add(fileData);
+    fileData = [];
+    budget.check(b, fileDataSpans.count, linked.size);
     // the work of a batch: its file data read and cut, ~2 KiB per item walked (batchSize)
     trimFreedMemory(batchBytes + items.length * 2048);
   };
@@ -830,7 +872,8 @@ async function cutFileSystem(
   }
   await cutBatch(batch);
   const filesDigest = await writer.finish();
-  await cutSpans(b, img, otherUsed(allocation.spans, mergeSpans(fileData)), W, budget.bytes);
+  const other = fileDataSpans.subtractFrom(mergeSpans(allocation.spans));
+  await cutSpans(b, img, other, W, budget.bytes);
   return {
     kind: fs.kind,
     blockSize: fs.blockSize,
@@ -892,13 +935,13 @@ class MemoryBudget {
 
   /**
    * Bytes per chunk held (the "added" bit and the sorted index's fences, grown by doubling;
-   * the canonical order and renumbering at the end add 8; the hash table is counted whole),
+   * the canonical order's bits at the end; the hash table is counted whole),
    * per span, per linked inode. Ranges are held in one run of `runEntries` (24 bytes each
    * with the sort order), the rest spilled.
    */
-  static readonly PER_CHUNK = 9;
+  static readonly PER_CHUNK = 1;
   static readonly PER_RANGE = 24;
-  static readonly PER_SPAN = 56;
+  static readonly PER_SPAN = 16;
   static readonly PER_LINKED = 200;
 
   /** Ranges per sorted run (then spilled to the scratch file): 1/32 of the budget. */
@@ -1110,11 +1153,12 @@ interface CompactCut {
 /** The layout manifest as an object (the remote library's commit sends it as JSON). */
 function layoutOf(c: CompactCut): LayoutManifest {
   const { head, canon, b } = c;
-  const r = rangeColumns(c, canon.ranges(), canon.rangeCount);
+  const r = rangeColumns(canon.ranges(), canon.rangeCount);
+  const order = canon.order().take(canon.chunkCount);
   return {
     ...head,
-    chunks: Array.from(canon.chunkOrder, (i) => b.hex(i)),
-    chunkLengths: Array.from(canon.chunkOrder, (i) => b.chunkLength(i)),
+    chunks: Array.from(order, (i) => b.hex(i)),
+    chunkLengths: Array.from(order, (i) => b.chunkLength(i)),
     ranges: {
       disk: Array.from(r.disk),
       length: Array.from(r.length),
@@ -1125,20 +1169,19 @@ function layoutOf(c: CompactCut): LayoutManifest {
   };
 }
 
-/** The next `n` ranges of `from` as columns (chunks numbered as in the layout). */
-function rangeColumns(c: CompactCut, from: RangeCursor, n: number): RangeColumns {
+/** The next `n` ranges of `from` (CanonicalLayout.ranges) as columns. */
+function rangeColumns(from: RangeCursor, n: number): RangeColumns {
   const out = {
     disk: new Float64Array(n),
     length: new Float64Array(n),
     chunk: new Uint32Array(n),
     at: new Uint32Array(n),
   };
-  const { renumber } = c.canon;
   for (let i = 0; i < n; i++) {
     if (!from.next()) throw new Error(`check-in: ${i} ranges where ${n} were counted`);
     out.disk[i] = from.disk;
     out.length[i] = from.length;
-    out.chunk[i] = renumber[from.chunk];
+    out.chunk[i] = from.chunk;
     out.at[i] = from.at;
   }
   return out;
@@ -1159,25 +1202,25 @@ interface RangeColumns {
  */
 function encodeLayout(c: CompactCut): Uint8Array {
   const { head, canon } = c;
-  const w = new ByteWriter(canon.chunkOrder.length * 80 + canon.rangeCount * 40 + 4096);
+  const w = new ByteWriter(canon.chunkCount * 80 + canon.rangeCount * 40 + 4096);
   const pre = JSON.stringify(head);
   w.text(pre.slice(0, -1)); // without its closing brace
   w.text(',');
-  writeColumns(w, c, 0, canon.chunkOrder.length, rangeColumns(c, canon.ranges(), canon.rangeCount));
+  writeColumns(w, c, canon.order().take(canon.chunkCount), rangeColumns(canon.ranges(), canon.rangeCount));
   w.text(`,"warnings":${JSON.stringify(c.warnings.slice(0, 1000))}}`);
   return w.bytes();
 }
 
-/** `"chunks":[..],"chunkLengths":[..],"ranges":{..}` of chunks [c0, c1) and ranges `r`. */
-function writeColumns(w: ByteWriter, c: CompactCut, c0: number, c1: number, r: RangeColumns): void {
-  const { canon, b } = c;
+/** `"chunks":[..],"chunkLengths":[..],"ranges":{..}` of the chunks `order` (builder numbers) and ranges `r`. */
+function writeColumns(w: ByteWriter, c: CompactCut, order: Uint32Array, r: RangeColumns): void {
+  const { b } = c;
   w.text('"chunks":[');
-  for (let k = c0; k < c1; k++) {
-    const hex = b.hex(canon.chunkOrder[k]);
-    w.text(k === c0 ? `"${hex}"` : `,"${hex}"`);
+  for (let k = 0; k < order.length; k++) {
+    const hex = b.hex(order[k]);
+    w.text(k === 0 ? `"${hex}"` : `,"${hex}"`);
   }
   w.text('],"chunkLengths":');
-  w.numbers(Array.from(canon.chunkOrder.subarray(c0, c1), (i) => b.chunkLength(i)));
+  w.numbers(Array.from(order, (i) => b.chunkLength(i)));
   w.text(',"ranges":{"disk":');
   w.numbers(r.disk);
   w.text(',"length":');
@@ -1200,20 +1243,21 @@ async function putLayout(
   c: CompactCut,
   P: number,
 ): Promise<{ manifest: PutResult; parts: PutResult[] }> {
-  const chunks = c.canon.chunkOrder.length;
+  const chunks = c.canon.chunkCount;
   const ranges = c.canon.rangeCount;
   if (chunks <= P && ranges <= P) return { manifest: await sink.put('tree', encodeLayout(c)), parts: [] };
   const parts: PutResult[] = [];
   const partDisk: number[] = [];
   const from = c.canon.ranges();
+  const order = c.canon.order();
   for (let i = 0; i * P < Math.max(chunks, ranges); i++) {
     const w = new ByteWriter(P * 120);
     w.text(`{"kind":"${LAYOUT_PART_KIND}","version":1,`);
     const c0 = Math.min(chunks, i * P);
     const r0 = Math.min(ranges, i * P);
-    const r = rangeColumns(c, from, Math.min(ranges, r0 + P) - r0);
+    const r = rangeColumns(from, Math.min(ranges, r0 + P) - r0);
     partDisk.push(r.disk.length > 0 ? r.disk[0] : c.head.virtualSize);
-    writeColumns(w, c, c0, Math.min(chunks, c0 + P), r);
+    writeColumns(w, c, order.take(Math.min(chunks, c0 + P) - c0), r);
     w.text('}');
     parts.push(await sink.put('tree', w.bytes()));
   }

@@ -15,3 +15,23 @@ export async function mapLimit<T, R>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return out;
 }
+
+/**
+ * Run `fn` over what `items` yields with at most `limit` in flight, taking items only as
+ * workers are free (a generator's items are made as they are needed, never all held).
+ */
+export async function eachLimit<T>(items: Iterable<T>, limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  const it = items[Symbol.iterator]();
+  let done = false;
+  const worker = async () => {
+    while (!done) {
+      const r = it.next();
+      if (r.done) {
+        done = true;
+        return;
+      }
+      await fn(r.value);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, limit) }, worker));
+}
