@@ -118,19 +118,24 @@ export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
     );
   }
   let at = base;
-  const take = <T>(make: (b: ArrayBuffer) => T, width: number): T => {
-    // a fresh, aligned copy (a Node Buffer's slice() would be a view into a shared pool)
-    const copy = new Uint8Array(count * width);
-    copy.set(bytes.subarray(at, at + count * width));
+  // The columns are views into BYTES when it is a whole buffer of its own at an 8-byte
+  // boundary (a large file read: no second copy of a map of millions of records, issue 22);
+  // else fresh, aligned copies (a small Node Buffer is a view into a shared pool).
+  const own = bytes.byteOffset % 8 === 0 && bytes.byteLength === bytes.buffer.byteLength;
+  const take = <T>(make: (b: ArrayBufferLike, at: number) => T, width: number): T => {
+    const from = at;
     at += count * width;
-    return make(copy.buffer);
+    if (own) return make(bytes.buffer, bytes.byteOffset + from);
+    const copy = new Uint8Array(count * width);
+    copy.set(bytes.subarray(from, from + count * width));
+    return make(copy.buffer, 0);
   };
-  const start = take((b) => new Float64Array(b), 8);
-  const ino = take((b) => new Float64Array(b), 8);
-  const objectOffset = take((b) => new Float64Array(b), 8);
-  const name = take((b) => new Int32Array(b), 4);
-  const volume = take((b) => new Uint16Array(b), 2);
-  const kind = take((b) => new Uint8Array(b), 1);
+  const start = take((b, o) => new Float64Array(b, o, count), 8);
+  const ino = take((b, o) => new Float64Array(b, o, count), 8);
+  const objectOffset = take((b, o) => new Float64Array(b, o, count), 8);
+  const name = take((b, o) => new Int32Array(b, o, count), 4);
+  const volume = take((b, o) => new Uint16Array(b, o, count), 2);
+  const kind = take((b, o) => new Uint8Array(b, o, count), 1);
   let strings: string[] = [];
   if (stringCount > 0) {
     try {
