@@ -26,7 +26,7 @@ export const MAGIC = 'STRBMAP\0';
 export const VERSION = 1;
 const MAX_HEADER = 16 << 20;
 
-interface Header {
+export interface Header {
   diskSize: number;
   count: number;
   stringCount: number;
@@ -38,26 +38,19 @@ interface Header {
 const pad8 = (n: number) => (n + 7) & ~7;
 
 export function saveBlockMap(map: BlockMap): Uint8Array {
-  const enc = new TextEncoder();
-  const strings = enc.encode(map.strings.join('\0'));
-  const header: Header = {
+  const strings = new TextEncoder().encode(map.strings.join('\0'));
+  const head = headerBytes({
     diskSize: map.diskSize,
     count: map.count,
     stringCount: map.strings.length,
     stringBytes: strings.length,
     volumes: [...map.volumes],
     warnings: map.warnings,
-  };
-  const hj = enc.encode(JSON.stringify(header));
+  });
   const n = map.count;
-  const base = pad8(16 + hj.length);
-  const total = base + n * 31 + strings.length;
-  const out = new Uint8Array(total);
-  const dv = new DataView(out.buffer);
-  for (let i = 0; i < 8; i++) out[i] = MAGIC.charCodeAt(i);
-  dv.setUint32(8, VERSION, true);
-  dv.setUint32(12, hj.length, true);
-  out.set(hj, 16);
+  const base = head.length;
+  const out = new Uint8Array(base + n * 31 + strings.length);
+  out.set(head, 0);
   let at = base;
   const put = (a: ArrayBufferView) => {
     out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at);
@@ -70,6 +63,18 @@ export function saveBlockMap(map: BlockMap): Uint8Array {
   put(map.volume.subarray(0, n));
   put(map.kind.subarray(0, n));
   out.set(strings, at);
+  return out;
+}
+
+/** Magic, version, header length and the header's JSON, zero-padded to a multiple of 8: what precedes the columns. */
+export function headerBytes(header: Header): Uint8Array {
+  const hj = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(pad8(16 + hj.length));
+  const dv = new DataView(out.buffer);
+  for (let i = 0; i < 8; i++) out[i] = MAGIC.charCodeAt(i);
+  dv.setUint32(8, VERSION, true);
+  dv.setUint32(12, hj.length, true);
+  out.set(hj, 16);
   return out;
 }
 

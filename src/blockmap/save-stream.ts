@@ -2,7 +2,7 @@ import { closeSync, mkdtempSync, openSync, readSync, renameSync, rmSync, writeSy
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { StreamedMap } from './build.js';
-import { MAGIC, VERSION } from './codec.js';
+import { headerBytes } from './codec.js';
 
 /** Records buffered per column before they go to the column's scratch file. */
 const BATCH = 1 << 14;
@@ -70,7 +70,6 @@ export class BlockMapWriter {
   finish(m: StreamedMap, warnings: readonly string[] = m.warnings): void {
     const nameCount = m.nameCount();
     this.flush();
-    const enc = new TextEncoder();
     // the names first, into their own scratch file: their byte count goes in the header
     const sfd = openSync(path.join(this.dir, 'strings'), 'w+');
     this.fds.push(sfd);
@@ -92,22 +91,15 @@ export class BlockMapWriter {
       at += buf.write(s, at, 'utf8');
     }
     out(sfd, buf.subarray(0, at));
-    const header = {
+    const head = headerBytes({
       diskSize: m.diskSize,
       count: this.count,
       stringCount: nameCount,
       stringBytes,
       volumes: [...m.volumes],
       warnings: [...warnings],
-    };
-    const hj = enc.encode(JSON.stringify(header));
-    const base = (16 + hj.length + 7) & ~7;
-    const head = new Uint8Array(base);
-    const dv = new DataView(head.buffer);
-    for (let i = 0; i < 8; i++) head[i] = MAGIC.charCodeAt(i);
-    dv.setUint32(8, VERSION, true);
-    dv.setUint32(12, hj.length, true);
-    head.set(hj, 16);
+    });
+    const base = head.length;
     const tmp = `${this.file}.tmp-${process.pid}`;
     const fd = openSync(tmp, 'w');
     try {
