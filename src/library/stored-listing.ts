@@ -95,12 +95,6 @@ export interface StoredFiles {
  * the memory budget, ~1 KiB an entry: the caller reads the version's file system through its
  * image instead, issue 22).
  */
-export async function openStoredFiles(target: RefTarget, part?: string): Promise<StoredFiles>;
-export async function openStoredFiles(
-  target: RefTarget,
-  part: string | undefined,
-  maxEntries: number,
-): Promise<StoredFiles | undefined>;
 export async function openStoredFiles(
   target: RefTarget,
   part?: string,
@@ -123,7 +117,7 @@ export async function openStoredFiles(
   }
 }
 
-/** The most manifest entries `cat` of a version holds at once: a quarter of the budget. */
+/** The most manifest entries `ls` and `cat` of a version hold at once: a quarter of the budget. */
 export function storedEntriesWithinBudget(): number {
   return Math.floor(memoryBudget() / 4 / 1024);
 }

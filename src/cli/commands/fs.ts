@@ -165,11 +165,14 @@ export function registerFsCommands(program: Command): void {
       return;
     }
     const target = classifyTarget(image, targetOptionsFrom(o));
-    if (target.kind === 'ref') {
-      noSubvolForStored(o);
-      // straight from the version's file manifest: the same records, order and format (held
-      // whole: ~1 KiB an entry; the image's walk of a version passes a small budget instead)
-      const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
+    if (target.kind === 'ref') noSubvolForStored(o);
+    // straight from the version's file manifest (the same records, order and format), unless
+    // it is too large to hold: then through the version's image, as for an image file
+    const stored =
+      target.kind === 'ref'
+        ? await openStoredFiles(target, (o.part ?? o.lv) as string | undefined, storedEntriesWithinBudget())
+        : undefined;
+    if (stored) {
       try {
         const { records, single } = listStored(stored.files, path, { recursive, directory: Boolean(o.directory) });
         for (const r of records) {
@@ -233,8 +236,6 @@ export function registerFsCommands(program: Command): void {
     }
     const target = classifyTarget(image, targetOptionsFrom(o));
     if (target.kind === 'ref') noSubvolForStored(o);
-    // from the version's file manifest, unless it is too large to hold: then the file is
-    // looked up and read through the version's image, as for an image file
     const stored =
       target.kind === 'ref'
         ? await openStoredFiles(target, (o.part ?? o.lv) as string | undefined, storedEntriesWithinBudget())
