@@ -168,7 +168,6 @@ export {
   openStoredFiles,
   type StoredFiles,
   type StoredListOptions,
-  storedEntriesWithinBudget,
   storedFile,
 } from './stored-listing.js';
 export { tarOfStored } from './tar-export.js';

@@ -1,8 +1,7 @@
 import type { FileType } from '../fs/types.js';
 import { StrataError } from '../util/errors.js';
-import { memoryBudget } from '../util/memory.js';
 import type { Library } from './library.js';
-import { findEntry, layoutFilesDigest } from './library-verbs.js';
+import { findEntry, layoutFiles } from './library-verbs.js';
 import { compareNames, imagePath, type LsRecord } from './listing.js';
 import type { FileEntry, FilesManifest } from './manifest.js';
 import { openTargetLibrary, type RefTarget, resolveTargetVersion } from './target.js';
@@ -89,35 +88,15 @@ export interface StoredFiles {
   close(): Promise<void>;
 }
 
-/**
- * The file manifest of one volume (`part`, else the only one or the OS root) of a version
- * target; undefined when it lists more than `maxEntries` entries (held at once they would pass
- * the memory budget, ~1 KiB an entry: the caller reads the version's file system through its
- * image instead, issue 22).
- */
-export async function openStoredFiles(
-  target: RefTarget,
-  part?: string,
-  maxEntries = Number.POSITIVE_INFINITY,
-): Promise<StoredFiles | undefined> {
+/** The file manifest of one volume (`part`, else the only one or the OS root) of a version target. */
+export async function openStoredFiles(target: RefTarget, part?: string): Promise<StoredFiles> {
   const lib = await openTargetLibrary(target);
   try {
     const v = await resolveTargetVersion(lib, target);
-    const head = await lib.layoutHead(v.manifest);
-    const digest = await layoutFilesDigest(lib, v, head, part);
-    if ((head.volumes.find((x) => x.fs?.files === digest)?.fs?.fileCount ?? 0) > maxEntries) {
-      await lib.close();
-      return undefined;
-    }
-    const files = await lib.files(digest);
+    const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), part);
     return { lib, files, name: `${v.image}@${v.number}`, close: () => lib.close() };
   } catch (e) {
     await lib.close();
     throw e;
   }
-}
-
-/** The most manifest entries `ls` and `cat` of a version hold at once: a quarter of the budget. */
-export function storedEntriesWithinBudget(): number {
-  return Math.floor(memoryBudget() / 4 / 1024);
 }

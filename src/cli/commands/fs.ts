@@ -22,7 +22,6 @@ import {
   REF_PREFIX,
   StrataError,
   statRecord,
-  storedEntriesWithinBudget,
   storedFile,
   type WalkItem,
   walkBatches,
@@ -165,14 +164,10 @@ export function registerFsCommands(program: Command): void {
       return;
     }
     const target = classifyTarget(image, targetOptionsFrom(o));
-    if (target.kind === 'ref') noSubvolForStored(o);
-    // straight from the version's file manifest (the same records, order and format), unless
-    // it is too large to hold: then through the version's image, as for an image file
-    const stored =
-      target.kind === 'ref'
-        ? await openStoredFiles(target, (o.part ?? o.lv) as string | undefined, storedEntriesWithinBudget())
-        : undefined;
-    if (stored) {
+    if (target.kind === 'ref') {
+      noSubvolForStored(o);
+      // straight from the version's file manifest: the same records, order and format
+      const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
       try {
         const { records, single } = listStored(stored.files, path, { recursive, directory: Boolean(o.directory) });
         for (const r of records) {
@@ -235,12 +230,9 @@ export function registerFsCommands(program: Command): void {
       return pipeBody(res, writeOut);
     }
     const target = classifyTarget(image, targetOptionsFrom(o));
-    if (target.kind === 'ref') noSubvolForStored(o);
-    const stored =
-      target.kind === 'ref'
-        ? await openStoredFiles(target, (o.part ?? o.lv) as string | undefined, storedEntriesWithinBudget())
-        : undefined;
-    if (stored) {
+    if (target.kind === 'ref') {
+      noSubvolForStored(o);
+      const stored = await openStoredFiles(target, (o.part ?? o.lv) as string | undefined);
       try {
         const e = storedFile(stored.files, path, follow);
         for await (const b of fileContent(stored.lib, stored.files, e)) await writeOut(b);
