@@ -51,6 +51,8 @@ export interface StreamedMap {
   warnings: string[];
   /** The name (path or detail) of an id a record carries. */
   name(id: number): string;
+  /** How many names there are (ids 0 .. nameCount-1; the saved form lists them all). */
+  nameCount(): number;
 }
 
 /**
@@ -68,6 +70,8 @@ export async function streamBlockMap(
   sink: RecordSink,
   opts: BuildOptions & {
     drain?: () => Promise<void>;
+    /** Called after the last record, while `name` still answers (blockmap --save writes the names then). */
+    end?: (m: StreamedMap) => void | Promise<void>;
     /** Claims held before a run is spilled, name bytes kept in memory (default: a tenth of the budget each). */
     maxClaims?: number;
     maxNameBytes?: number;
@@ -81,12 +85,19 @@ export async function streamBlockMap(
   });
   try {
     const volumes = await gatherClaims(disk, opts, claims, warnings);
-    const m: StreamedMap = { diskSize: disk.size, volumes, warnings, name: (id) => claims.names.get(id) };
+    const m: StreamedMap = {
+      diskSize: disk.size,
+      volumes,
+      warnings,
+      name: (id) => claims.names.get(id),
+      nameCount: () => claims.names.count,
+    };
     begin(m);
     for (const _ of sweepInSteps(claims, warnings, sink, 4096)) {
       checkMemory('writing the block map');
       if (opts.drain) await opts.drain();
     }
+    await opts.end?.(m);
     return m;
   } finally {
     claims.dispose();

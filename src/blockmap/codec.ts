@@ -26,7 +26,7 @@ export const MAGIC = 'STRBMAP\0';
 export const VERSION = 1;
 const MAX_HEADER = 16 << 20;
 
-interface Header {
+export interface Header {
   diskSize: number;
   count: number;
   stringCount: number;
@@ -38,26 +38,19 @@ interface Header {
 const pad8 = (n: number) => (n + 7) & ~7;
 
 export function saveBlockMap(map: BlockMap): Uint8Array {
-  const enc = new TextEncoder();
-  const strings = enc.encode(map.strings.join('\0'));
-  const header: Header = {
+  const strings = new TextEncoder().encode(map.strings.join('\0'));
+  const head = headerBytes({
     diskSize: map.diskSize,
     count: map.count,
     stringCount: map.strings.length,
     stringBytes: strings.length,
     volumes: [...map.volumes],
     warnings: map.warnings,
-  };
-  const hj = enc.encode(JSON.stringify(header));
+  });
   const n = map.count;
-  const base = pad8(16 + hj.length);
-  const total = base + n * 31 + strings.length;
-  const out = new Uint8Array(total);
-  const dv = new DataView(out.buffer);
-  for (let i = 0; i < 8; i++) out[i] = MAGIC.charCodeAt(i);
-  dv.setUint32(8, VERSION, true);
-  dv.setUint32(12, hj.length, true);
-  out.set(hj, 16);
+  const base = head.length;
+  const out = new Uint8Array(base + n * 31 + strings.length);
+  out.set(head, 0);
   let at = base;
   const put = (a: ArrayBufferView) => {
     out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at);
@@ -70,6 +63,18 @@ export function saveBlockMap(map: BlockMap): Uint8Array {
   put(map.volume.subarray(0, n));
   put(map.kind.subarray(0, n));
   out.set(strings, at);
+  return out;
+}
+
+/** Magic, version, header length and the header's JSON, zero-padded to a multiple of 8: what precedes the columns. */
+export function headerBytes(header: Header): Uint8Array {
+  const hj = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(pad8(16 + hj.length));
+  const dv = new DataView(out.buffer);
+  for (let i = 0; i < 8; i++) out[i] = MAGIC.charCodeAt(i);
+  dv.setUint32(8, VERSION, true);
+  dv.setUint32(12, hj.length, true);
+  out.set(hj, 16);
   return out;
 }
 
@@ -118,19 +123,24 @@ export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
     );
   }
   let at = base;
-  const take = <T>(make: (b: ArrayBuffer) => T, width: number): T => {
-    // a fresh, aligned copy (a Node Buffer's slice() would be a view into a shared pool)
-    const copy = new Uint8Array(count * width);
-    copy.set(bytes.subarray(at, at + count * width));
+  // The columns are views into BYTES when it is a whole buffer of its own at an 8-byte
+  // boundary (a large file read: no second copy of a map of millions of records, issue 22);
+  // else fresh, aligned copies (a small Node Buffer is a view into a shared pool).
+  const own = bytes.byteOffset % 8 === 0 && bytes.byteLength === bytes.buffer.byteLength;
+  const take = <T>(make: (b: ArrayBufferLike, at: number) => T, width: number): T => {
+    const from = at;
     at += count * width;
-    return make(copy.buffer);
+    if (own) return make(bytes.buffer, bytes.byteOffset + from);
+    const copy = new Uint8Array(count * width);
+    copy.set(bytes.subarray(from, from + count * width));
+    return make(copy.buffer, 0);
   };
-  const start = take((b) => new Float64Array(b), 8);
-  const ino = take((b) => new Float64Array(b), 8);
-  const objectOffset = take((b) => new Float64Array(b), 8);
-  const name = take((b) => new Int32Array(b), 4);
-  const volume = take((b) => new Uint16Array(b), 2);
-  const kind = take((b) => new Uint8Array(b), 1);
+  const start = take((b, o) => new Float64Array(b, o, count), 8);
+  const ino = take((b, o) => new Float64Array(b, o, count), 8);
+  const objectOffset = take((b, o) => new Float64Array(b, o, count), 8);
+  const name = take((b, o) => new Int32Array(b, o, count), 4);
+  const volume = take((b, o) => new Uint16Array(b, o, count), 2);
+  const kind = take((b, o) => new Uint8Array(b, o, count), 1);
   let strings: string[] = [];
   if (stringCount > 0) {
     try {

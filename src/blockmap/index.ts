@@ -9,6 +9,7 @@ export { loadBlockMap, saveBlockMap } from './codec.js';
 export { classOf, KINDS, type Kind, type KindClass } from './kinds.js';
 export { blockMapOfImage } from './of-image.js';
 export type { MapColumns, RecordSink } from './resolve.js';
+export { BlockMapWriter } from './save-stream.js';
 export {
   parseTraceLine,
   type ResolvedAccess,

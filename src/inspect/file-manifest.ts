@@ -30,6 +30,29 @@ export interface FileTree {
   /** The content digest of a regular file record (computed on demand when not stored). */
   digest(r: FileRecord): Promise<string>;
   readonly warnings: string[];
+  /**
+   * records() comes in walk order (parent before children, the names of each directory
+   * sorted as strings: see comparePaths), so two such trees diff as a merge, holding
+   * neither (issue 22).
+   */
+  readonly walkOrder?: boolean;
+}
+
+/**
+ * The order of a walk (fs/walk.ts) as a comparison of two paths: component by component,
+ * each as JS strings compare, a directory before what it holds.
+ */
+export function comparePaths(p: string, q: string): number {
+  const n = Math.min(p.length, q.length);
+  for (let i = 0; i < n; i++) {
+    const c = p.charCodeAt(i);
+    const d = q.charCodeAt(i);
+    if (c === d) continue;
+    if (c === 47) return -1; // p's component ends first: a prefix of q's
+    if (d === 47) return 1;
+    return c < d ? -1 : 1;
+  }
+  return p.length - q.length;
 }
 
 const CHUNK = 1024 * 1024;
@@ -38,10 +61,12 @@ const sha256hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex'
 
 /** A FileTree over a mounted file system: walks it, reads xattrs and link targets, hashes content on demand. */
 export function fileSystemTree(fs: FileSystem): FileTree {
-  const inodes = new Map<string, Inode>();
+  // a file's inode while its record lives (a diff holds few: not one per file of the tree)
+  const inodes = new WeakMap<FileRecord, Inode>();
   const warnings: string[] = [];
   return {
     warnings,
+    walkOrder: true,
     async *records() {
       const root = await fs.root();
       for await (const item of walk(fs, root, '/', {
@@ -70,13 +95,13 @@ export function fileSystemTree(fs: FileSystem): FileTree {
           if (!(e instanceof StrataError)) throw e;
           if (warnings.length < 1000) warnings.push(`${item.path}: ${e.message}`);
         }
-        if (ino.type === 'file') inodes.set(item.path, ino);
+        if (ino.type === 'file') inodes.set(r, ino);
         yield r;
       }
     },
     async digest(r: FileRecord): Promise<string> {
       if (r.digest) return r.digest;
-      const ino = inodes.get(r.path) ?? (await fs.lookup(r.path));
+      const ino = inodes.get(r) ?? (await fs.lookup(r.path));
       const h = createHash('sha256');
       for (let off = 0; off < ino.size; off += CHUNK) {
         h.update(await fs.read(ino, off, Math.min(CHUNK, ino.size - off)));

@@ -1,6 +1,6 @@
 /** The inspect layer's API: OS facts from a disk, and comparisons of trees, packages and blocks. */
 export { type BlockDiff, type BlockDigests, diffBlocks, volumeBlockDigests } from './block-diff.js';
-export { type FileRecord, type FileTree, fileSystemTree } from './file-manifest.js';
+export { comparePaths, type FileRecord, type FileTree, fileSystemTree } from './file-manifest.js';
 export { Hive, type HiveKey, type HiveValue, valueNumber, valueText } from './hive.js';
 export { type DiskInspection, inspectImage, inspectVolumes } from './inspect.js';
 export { diffPackages, type PackageChange, type PackageDiff } from './package-diff.js';

@@ -1,5 +1,6 @@
 import type { FileType } from '../fs/types.js';
-import type { FileRecord, FileTree } from './file-manifest.js';
+import { StrataError } from '../util/errors.js';
+import { comparePaths, type FileRecord, type FileTree } from './file-manifest.js';
 
 export interface DiffItem {
   path: string;
@@ -63,15 +64,14 @@ const byPath = <T extends { path: string }>(x: T[]) =>
  * whose content differs or whose type changed (changed), and paths whose content is the same
  * but mode, owner, mtime, xattrs or symlink target differ (metadata). Content is compared by
  * digest, and only for regular files of equal size (a size change is a content change).
- * Holds one record per path of A in memory.
+ * Holds one record per path of A in memory, unless both trees come in walk order (then it
+ * holds only the files being compared).
  */
 export async function diffTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
+  if (a.walkOrder && b.walkOrder) return mergeTrees(a, b);
   const inA = new Map<string, FileRecord>();
   for await (const r of a.records()) inA.set(r.path, r);
-  const d = { added: [] as DiffItem[], removed: [] as DiffItem[], changed: [] as ContentChange[] };
-  const metadata: MetadataChange[] = [];
-  const pending: Array<Promise<void>> = [];
-  const LIMIT = 32; // files hashed at once: keeps the I/O thread pool busy on small files
+  const d = new Comparer(a, b);
   for await (const rb of b.records()) {
     const ra = inA.get(rb.path);
     if (!ra) {
@@ -79,28 +79,90 @@ export async function diffTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
       continue;
     }
     inA.delete(rb.path);
+    await d.both(ra, rb);
+  }
+  for (const ra of inA.values()) d.removed.push({ path: ra.path, type: ra.type, size: ra.size });
+  return d.finish();
+}
+
+/**
+ * diffTrees of two trees in walk order: both walked at once, each path taken from the tree
+ * whose next one comes first (comparePaths), so memory holds the files being hashed, not a
+ * tree (issue 22: two images of a million files each). The same lists as the Map's way.
+ */
+async function mergeTrees(a: FileTree, b: FileTree): Promise<TreeDiff> {
+  const d = new Comparer(a, b);
+  const ia = a.records()[Symbol.asyncIterator]();
+  const ib = b.records()[Symbol.asyncIterator]();
+  const next = async (it: AsyncIterator<FileRecord>, last: FileRecord | undefined, side: string) => {
+    const r = await it.next();
+    if (r.done) return undefined;
+    if (last && comparePaths(last.path, r.value.path) >= 0) {
+      throw new StrataError('CORRUPT', `tree ${side} is not in walk order: ${r.value.path} after ${last.path}`);
+    }
+    return r.value;
+  };
+  let ra = await next(ia, undefined, 'A');
+  let rb = await next(ib, undefined, 'B');
+  while (ra || rb) {
+    const c = !ra ? 1 : !rb ? -1 : comparePaths(ra.path, rb.path);
+    if (c < 0 && ra) {
+      d.removed.push({ path: ra.path, type: ra.type, size: ra.size });
+      ra = await next(ia, ra, 'A');
+    } else if (c > 0 && rb) {
+      d.added.push({ path: rb.path, type: rb.type, size: rb.size });
+      rb = await next(ib, rb, 'B');
+    } else if (ra && rb) {
+      await d.both(ra, rb);
+      [ra, rb] = await Promise.all([next(ia, ra, 'A'), next(ib, rb, 'B')]);
+    }
+  }
+  return d.finish();
+}
+
+/** The lists of a diff being made: paths in both compared (content hashed a few files at a time). */
+class Comparer {
+  readonly added: DiffItem[] = [];
+  readonly removed: DiffItem[] = [];
+  readonly changed: ContentChange[] = [];
+  readonly metadata: MetadataChange[] = [];
+  private readonly pending: Array<Promise<void>> = [];
+
+  constructor(
+    private readonly a: FileTree,
+    private readonly b: FileTree,
+  ) {}
+
+  /** A path in both trees. */
+  async both(ra: FileRecord, rb: FileRecord): Promise<void> {
     if (ra.type !== rb.type) {
-      d.changed.push({ path: rb.path, type: `${ra.type}->${rb.type}`, sizeA: ra.size, sizeB: rb.size });
-      continue;
+      this.changed.push({ path: rb.path, type: `${ra.type}->${rb.type}`, sizeA: ra.size, sizeB: rb.size });
+      return;
     }
     const meta = metadataFields(ra, rb);
     const compare = async () => {
       let same = true;
       if (ra.type === 'file' && ra.size !== rb.size) same = false;
       else if (ra.type === 'file') {
-        const [da, db] = await Promise.all([a.digest(ra), b.digest(rb)]);
+        const [da, db] = await Promise.all([this.a.digest(ra), this.b.digest(rb)]);
         same = da === db;
       }
-      if (!same) d.changed.push({ path: rb.path, type: rb.type, sizeA: ra.size, sizeB: rb.size });
-      else if (meta.length > 0) metadata.push({ path: rb.path, type: rb.type, size: rb.size, fields: meta });
+      if (!same) this.changed.push({ path: rb.path, type: rb.type, sizeA: ra.size, sizeB: rb.size });
+      else if (meta.length > 0) this.metadata.push({ path: rb.path, type: rb.type, size: rb.size, fields: meta });
     };
-    pending.push(compare());
-    if (pending.length >= LIMIT) await Promise.all(pending.splice(0));
+    this.pending.push(compare());
+    if (this.pending.length >= LIMIT) await Promise.all(this.pending.splice(0));
   }
-  await Promise.all(pending);
-  for (const ra of inA.values()) d.removed.push({ path: ra.path, type: ra.type, size: ra.size });
-  return finishTreeDiff(d.added, d.removed, d.changed, metadata, [...a.warnings, ...b.warnings]);
+
+  async finish(): Promise<TreeDiff> {
+    await Promise.all(this.pending.splice(0));
+    const w = [...this.a.warnings, ...this.b.warnings];
+    return finishTreeDiff(this.added, this.removed, this.changed, this.metadata, w);
+  }
 }
+
+/** Files hashed at once: keeps the I/O thread pool busy on small files. */
+const LIMIT = 32;
 
 /**
  * The TreeDiff of these lists (any order; sorted by path here, in place), with its summary:

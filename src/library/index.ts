@@ -18,6 +18,7 @@ export { loadBlockMap, saveBlockMap } from '../blockmap/codec.js';
 export { classOf, KINDS } from '../blockmap/kinds.js';
 export { blockMapOfImage } from '../blockmap/of-image.js';
 export type { RecordSink } from '../blockmap/resolve.js';
+export { BlockMapWriter } from '../blockmap/save-stream.js';
 export {
   type ResolvedAccess,
   readTraceBatches,
@@ -36,7 +37,7 @@ export type { DirEntry, FileExtent, FileSystem, FileType, FsInfo, Inode, Timesta
 export { listDirectory, resolvePath, walk } from '../fs/walk.js';
 // Inspection: the operating systems on a disk, and comparisons of trees, packages and blocks.
 export { type BlockDiff, type BlockDigests, diffBlocks, volumeBlockDigests } from '../inspect/block-diff.js';
-export { type FileRecord, type FileTree, fileSystemTree } from '../inspect/file-manifest.js';
+export { comparePaths, type FileRecord, type FileTree, fileSystemTree } from '../inspect/file-manifest.js';
 export { type DiskInspection, inspectImage, inspectVolumes } from '../inspect/inspect.js';
 export { diffPackages, type PackageChange, type PackageDiff } from '../inspect/package-diff.js';
 export {

@@ -50,11 +50,12 @@ export async function streamBlockMapOfTarget(
   begin: (m: StreamedMap) => void,
   sink: RecordSink,
   drain?: () => Promise<void>,
+  end?: (m: StreamedMap) => void | Promise<void>,
 ): Promise<StreamedMap> {
   const t = await openTargetImage(arg, openOptions, opts);
   try {
     opts.onTarget?.(t.target);
-    return await streamBlockMap(t.image, begin, sink, { drain, fsOptions: t.fsOptions });
+    return await streamBlockMap(t.image, begin, sink, { drain, end, fsOptions: t.fsOptions });
   } finally {
     await closeTarget(t);
   }

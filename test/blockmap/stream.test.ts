@@ -7,11 +7,22 @@
  * spilled merge is taken.
  */
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { test } from 'node:test';
-import { buildBlockMap, type Owner, ownerOf, type StreamedMap, streamBlockMap } from '../../src/blockmap/index.js';
+import {
+  BlockMapWriter,
+  buildBlockMap,
+  loadBlockMap,
+  type Owner,
+  ownerOf,
+  type StreamedMap,
+  saveBlockMap,
+  streamBlockMap,
+} from '../../src/blockmap/index.js';
 import { openImage } from '../../src/formats/open.js';
+import { scratch } from '../helpers/tools.js';
 import { gptBlockmapDisk, mbrBlockmapDisk } from './images.js';
 
 async function both(file: string, caps: { maxClaims?: number; maxNameBytes?: number }) {
@@ -61,3 +72,42 @@ for (const [name, disk] of [
     assert.equal(scratchDirs(), before);
   });
 }
+
+test('blockmap --save as the map streams: the same bytes as saveBlockMap of the map built whole', async () => {
+  const dir = scratch('bm-save-stream');
+  const saves = () => readdirSync(tmpdir()).filter((n) => n.startsWith('strata-mapsave-')).length;
+  const before = saves();
+  for (const [name, disk] of [
+    ['mbr', mbrBlockmapDisk],
+    ['gpt', gptBlockmapDisk],
+  ] as const) {
+    const img = await openImage((await disk()).disk);
+    try {
+      const want = saveBlockMap(await buildBlockMap(img));
+      for (const caps of [{}, { maxClaims: 64, maxNameBytes: 1 }]) {
+        const file = path.join(dir, `${name}-${caps.maxClaims ?? 0}.bm`);
+        const w = new BlockMapWriter(file);
+        try {
+          await streamBlockMap(
+            img,
+            () => {},
+            (s, _e, k, v, ino, nm, off) => w.add(s, k, v, ino, nm, off),
+            {
+              ...caps,
+              end: (m) => w.finish(m),
+            },
+          );
+        } finally {
+          w.dispose();
+        }
+        const got = readFileSync(file);
+        assert.ok(got.length > 10_000, `${got.length} bytes`);
+        assert.ok(Buffer.from(want).equals(got), `${name} ${JSON.stringify(caps)}: saved bytes differ`);
+        assert.equal(loadBlockMap(got, file).count, loadBlockMap(want).count);
+      }
+    } finally {
+      await img.close();
+    }
+  }
+  assert.equal(saves(), before);
+});

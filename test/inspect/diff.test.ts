@@ -11,12 +11,39 @@ import { createHash } from 'node:crypto';
 import { lstatSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
+import { comparePaths, diffTrees, type FileTree, fileSystemTree, openAddress } from '../../src/library/index.js';
 import { diffOutput } from '../helpers/cli.js';
 import { expectedDiff, hostTree } from '../helpers/host-tree.js';
 import { inspectPair, notLostFound, usedBlocks } from '../helpers/inspect-pair.js';
 import { run } from '../helpers/tools.js';
 
 describe('strata diff', { timeout: 600_000 }, () => {
+  test('two images diff as a merge of their walks (issue 22): walk order is comparePaths order, same lists as holding A', async () => {
+    const pair = await inspectPair();
+    const [a, b] = [await openAddress(pair.a), await openAddress(pair.b)];
+    try {
+      const ta = fileSystemTree(a.fs);
+      assert.equal(ta.walkOrder, true);
+      // every name of the tree ('-', '.', '+', '_', digits, case) walks in comparePaths order
+      let last: string | undefined;
+      let n = 0;
+      for await (const r of ta.records()) {
+        if (last !== undefined) assert.ok(comparePaths(last, r.path) < 0, `${r.path} after ${last}`);
+        last = r.path;
+        n++;
+      }
+      assert.ok(n > 500, `${n} paths`);
+      const unordered = (t: FileTree): FileTree => ({ ...t, walkOrder: false, records: () => t.records() });
+      const merged = await diffTrees(fileSystemTree(a.fs), fileSystemTree(b.fs));
+      const held = await diffTrees(unordered(fileSystemTree(a.fs)), fileSystemTree(b.fs));
+      assert.ok(merged.added.length > 0 && merged.removed.length > 0 && merged.changed.length > 0);
+      assert.deepEqual(merged, held);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test('files added, removed, changed and changed in metadata only match the trees', async () => {
     const pair = await inspectPair();
     const want = expectedDiff(await hostTree(pair.base), await hostTree(pair.derived));

@@ -1,7 +1,14 @@
 import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { type BlockMap, type KindSummary, type Owner, StrataError, type StreamedMap } from '../../library/index.js';
+import {
+  type BlockMap,
+  type BlockMapWriter,
+  type KindSummary,
+  type Owner,
+  StrataError,
+  type StreamedMap,
+} from '../../library/index.js';
 import {
   addDeviceOption,
   addLibraryOption,
@@ -63,7 +70,7 @@ export function registerBlockmapCommands(program: Command): void {
       ),
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
-    if (typeof o.map !== 'string' && typeof o.save !== 'string') return streamMap(image, o);
+    if (typeof o.map !== 'string') return streamMap(image, o);
     const map = await obtainMap(image, o);
     if (typeof o.save === 'string') {
       const { saveBlockMap } = await import('../../library/index.js');
@@ -135,10 +142,21 @@ export function registerBlockmapCommands(program: Command): void {
 }
 
 /**
- * `blockmap [--summary] [--json]` of an image, the map streamed record by record (issue 22:
- * memory bounded by --memory, not by the tree; the same output as the map built whole).
+ * `blockmap [--summary] [--json] [--save FILE]` of an image, the map streamed record by
+ * record (issue 22: memory bounded by --memory, not by the tree; the same output, and the
+ * same saved file, as the map built whole).
  */
 async function streamMap(image: string, o: Record<string, unknown>): Promise<void> {
+  const { BlockMapWriter } = await import('../../library/index.js');
+  const save = typeof o.save === 'string' ? new BlockMapWriter(o.save) : undefined;
+  try {
+    await streamMapTo(image, o, save);
+  } finally {
+    save?.dispose();
+  }
+}
+
+async function streamMapTo(image: string, o: Record<string, unknown>, save?: BlockMapWriter): Promise<void> {
   const { streamBlockMapOfTarget, ownerOf, KINDS, classOf } = await import('../../library/index.js');
   const line = o.json ? (r: Owner) => JSON.stringify(r) : ownerLine;
   const bytes = new Float64Array(KINDS.length);
@@ -147,16 +165,22 @@ async function streamMap(image: string, o: Record<string, unknown>): Promise<voi
   let buf = '';
   let m: StreamedMap | undefined;
   const summary = Boolean(o.summary);
+  // the warnings shown before the listing, kept for the saved map's header
+  const early: string[] = [];
   const done = await streamBlockMapOfTarget(
     image,
     openOptionsFrom(o),
     { ...targetOptionsFrom(o), onTarget: noteTarget },
     (x) => {
       m = x;
-      if (!summary) warnAll(x.warnings.splice(0));
+      if (summary) return;
+      const w = x.warnings.splice(0);
+      early.push(...w);
+      warnAll(w);
     },
     (s, e, k, v, ino, nm, off) => {
       count++;
+      save?.add(s, k, v, ino, nm, off);
       if (summary) {
         bytes[k] += e - s;
         recs[k]++;
@@ -171,6 +195,7 @@ async function streamMap(image: string, o: Record<string, unknown>): Promise<voi
         buf = '';
       }
     },
+    save && ((x) => save.finish(x, [...early, ...x.warnings])),
   );
   await write(buf);
   warnAll(done.warnings);
