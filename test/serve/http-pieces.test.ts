@@ -29,6 +29,7 @@ let odd: string;
 let lib: Library;
 let server: RunningServer;
 const NAME = 'own/pieces';
+const ODD = (PER_BODY + 1) * PIECE + 1024 * 1024 + 333;
 const disk = () => `${server.url}/v1/images/${encodeURIComponent(NAME)}/versions/1/disk`;
 
 before(async () => {
@@ -47,9 +48,11 @@ before(async () => {
   await run('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, img, '96M']);
   lib = await Library.open(path.join(dir, 'lib'));
   await checkin(lib, img, { name: NAME });
-  // a disk whose size is no multiple of 512: its qcow2 ends in a sector partly past it
+  // a disk whose size is no multiple of 512: its qcow2 ends in a sector partly past it. Past
+  // PER_BODY pieces, so the piece that holds its end is one this answer already filled with the
+  // disk's own (random) bytes at the same place: without the zero fill the tail is not zeros
   odd = path.join(dir, 'odd.raw');
-  writeFileSync(odd, bytesOf('odd', 5 * 1024 * 1024 + 333));
+  writeFileSync(odd, bytesOf('odd', ODD));
   await checkin(lib, odd, { name: 'own/odd' });
   server = await serve(lib, { defaultVisibility: 'public' });
 });
@@ -125,7 +128,7 @@ test('a qcow2 of a disk of odd size ends in zeros, not in what a reused piece he
   assert.equal(sha(Buffer.from(await big)), sha(readFileSync(img)));
   await qemuCheck(q);
   // the oracle: the raw file padded with zeros to the qcow2's 512-byte sectors
-  const want = Buffer.alloc(Math.ceil((5 * 1024 * 1024 + 333) / 512) * 512);
+  const want = Buffer.alloc(Math.ceil(ODD / 512) * 512);
   readFileSync(odd).copy(want);
   writeFileSync(pad, want);
   await qemuCompare(pad, 'raw', q, 'qcow2');
