@@ -128,8 +128,9 @@ async function lookupStored(sf: StoredFiles, paths: string[], into: Map<string, 
   const want = new Set(paths.filter((x) => !into.has(x)));
   if (want.size === 0) return;
   const last = [...want].reduce((a, b) => (compareTreePaths(a, b) >= 0 ? a : b));
+  const first = [...want].reduce((a, b) => (compareTreePaths(a, b) <= 0 ? a : b));
   for (const x of want) into.set(x, null);
-  for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+  for await (const e of sf.lib.fileEntries(sf.digest, sf.head, first)) {
     if (want.has(e.path)) into.set(e.path, e);
     if (compareTreePaths(e.path, last) >= 0) break;
   }
@@ -191,7 +192,7 @@ export async function listStoredStreamed(
   const prefix = top.path === '/' ? '/' : `${top.path}/`;
   async function* records(): AsyncGenerator<LsRecord> {
     let rest: FileEntry[] | undefined;
-    for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+    for await (const e of sf.lib.fileEntries(sf.digest, sf.head, top.path)) {
       if (!e.path.startsWith(prefix) || e.path === top.path) continue;
       if (!opts.recursive && e.path.slice(prefix.length).includes('/')) continue;
       if (!rest && beyondBmpOrder(e.path)) rest = [];
@@ -213,7 +214,7 @@ export async function listStoredStreamed(
  */
 export async function* storedBelow(sf: StoredFiles, top: FileEntry, recursive: boolean): AsyncGenerator<FileEntry> {
   const prefix = top.path === '/' ? '/' : `${top.path}/`;
-  for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+  for await (const e of sf.lib.fileEntries(sf.digest, sf.head, top.path)) {
     if (!e.path.startsWith(prefix) || e.path === top.path) {
       if (top.path !== '/' && compareTreePaths(e.path, top.path) > 0) return;
       continue;
