@@ -188,5 +188,5 @@ export {
   type TargetOptions,
 } from './target.js';
 export { blockMapOfTarget, inspectTarget, streamBlockMapOfTarget } from './target-map.js';
-export { diffManifests, diffVersions, type VersionDiff } from './version-diff.js';
+export { diffManifests, diffStoredTree, diffVersions, type VersionDiff } from './version-diff.js';
 export { VersionSource } from './version-source.js';

@@ -13,6 +13,7 @@ import { StrataError } from '../util/errors.js';
 import { BlobCache, type BlobCacheOptions } from './blob-cache.js';
 import { libraryLocation, MARKER } from './location.js';
 import {
+  compareTreePaths,
   decodeFilesHead,
   decodeFilesPart,
   decodeLayoutHead,
@@ -432,27 +433,52 @@ export class Library {
   }
 
   /**
-   * The entries of a file manifest in walk order, one part in memory at a time (a version
-   * 1 manifest is one part).
+   * The first path of each part (of those read so far from the first) of the version 2 file
+   * manifests read lately (a few hundred paths for a million files): where a reader of one
+   * path may start (fileEntries' `from`).
    */
-  async *fileEntries(digest: string, head?: FilesHead): AsyncGenerator<FileEntry> {
+  private partFirsts = new Map<string, string[]>();
+
+  /**
+   * The entries of a file manifest in walk order, one part in memory at a time (a version
+   * 1 manifest is one part). With `from`, they may start at a later part, the last whose
+   * first path is known (from an earlier read) and not after `from` in walk order: for a
+   * reader that skips every entry before `from` anyway.
+   */
+  async *fileEntries(digest: string, head?: FilesHead, from?: string): AsyncGenerator<FileEntry> {
     const h = head ?? (await this.filesHead(digest));
     if (!h.parts) {
       yield* h.entries ?? [];
       return;
     }
+    const firsts = this.partFirsts.get(digest) ?? [];
+    let start = 0;
+    if (from !== undefined) while (start + 1 < firsts.length && compareTreePaths(firsts[start + 1], from) <= 0) start++;
+    const seen: string[] = [];
     let n = 0;
-    for (const [i, part] of h.parts.entries()) {
-      const where = `file manifest ${digest} part ${i} (${part})`;
-      const entries = await this.metaBlob(part, 'files-part', (plain) => decodeFilesPart(plain, where));
-      n += entries.length;
-      if (n > (h.count ?? 0))
-        throw new StrataError('CORRUPT', 'parts hold more entries than the head counts', {
-          file: where,
-          structure: 'file manifest',
-        });
-      yield* entries;
+    try {
+      for (let i = start; i < h.parts.length; i++) {
+        const part = h.parts[i];
+        const where = `file manifest ${digest} part ${i} (${part})`;
+        const entries = await this.metaBlob(part, 'files-part', (plain) => decodeFilesPart(plain, where));
+        n += entries.length;
+        if (n > (h.count ?? 0))
+          throw new StrataError('CORRUPT', 'parts hold more entries than the head counts', {
+            file: where,
+            structure: 'file manifest',
+          });
+        if (start === 0 && entries.length > 0) seen.push(entries[0].path);
+        yield* entries;
+      }
+    } finally {
+      // what this read learnt of where parts start, for the next reader (also when it stopped early)
+      if (seen.length > firsts.length) {
+        this.partFirsts.delete(digest);
+        this.partFirsts.set(digest, seen);
+        if (this.partFirsts.size > 16) this.partFirsts.delete(this.partFirsts.keys().next().value as string);
+      }
     }
+    if (start > 0) return;
     if (n !== h.count) {
       throw new StrataError('CORRUPT', `parts hold ${n} entries, the head counts ${h.count}`, {
         file: `file manifest ${digest}`,

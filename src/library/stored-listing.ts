@@ -96,16 +96,28 @@ export interface StoredFiles {
 export async function openStoredFiles(target: RefTarget, part?: string): Promise<StoredFiles> {
   const lib = await openTargetLibrary(target);
   try {
-    const v = await resolveTargetVersion(lib, target);
-    const digest = await layoutFilesDigest(lib, v, await lib.layoutHead(v.manifest), part);
-    const head = await lib.filesHead(digest);
-    const { kind, volume, fsKind, fileChunkSize } = head;
-    const files: FilesManifest = { kind, version: 1, volume, fsKind, fileChunkSize, entries: [] };
-    return { lib, digest, head, files, name: `${v.image}@${v.number}`, close: () => lib.close() };
+    const sf = await versionStoredFiles(lib, await resolveTargetVersion(lib, target), part);
+    return { ...sf, close: () => lib.close() };
   } catch (e) {
     await lib.close();
     throw e;
   }
+}
+
+/**
+ * openStoredFiles of a version of an open library (the service's): its close leaves the
+ * library open.
+ */
+export async function versionStoredFiles(
+  lib: Library,
+  v: { image: string; number: number; manifest: string },
+  part?: string,
+): Promise<StoredFiles> {
+  const digest = await layoutFilesDigest(lib, v, await lib.layoutHead(v.manifest), part);
+  const head = await lib.filesHead(digest);
+  const { kind, volume, fsKind, fileChunkSize } = head;
+  const files: FilesManifest = { kind, version: 1, volume, fsKind, fileChunkSize, entries: [] };
+  return { lib, digest, head, files, name: `${v.image}@${v.number}`, close: async () => {} };
 }
 
 /**
@@ -116,8 +128,9 @@ async function lookupStored(sf: StoredFiles, paths: string[], into: Map<string, 
   const want = new Set(paths.filter((x) => !into.has(x)));
   if (want.size === 0) return;
   const last = [...want].reduce((a, b) => (compareTreePaths(a, b) >= 0 ? a : b));
+  const first = [...want].reduce((a, b) => (compareTreePaths(a, b) <= 0 ? a : b));
   for (const x of want) into.set(x, null);
-  for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+  for await (const e of sf.lib.fileEntries(sf.digest, sf.head, first)) {
     if (want.has(e.path)) into.set(e.path, e);
     if (compareTreePaths(e.path, last) >= 0) break;
   }
@@ -179,7 +192,7 @@ export async function listStoredStreamed(
   const prefix = top.path === '/' ? '/' : `${top.path}/`;
   async function* records(): AsyncGenerator<LsRecord> {
     let rest: FileEntry[] | undefined;
-    for await (const e of sf.lib.fileEntries(sf.digest, sf.head)) {
+    for await (const e of sf.lib.fileEntries(sf.digest, sf.head, top.path)) {
       if (!e.path.startsWith(prefix) || e.path === top.path) continue;
       if (!opts.recursive && e.path.slice(prefix.length).includes('/')) continue;
       if (!rest && beyondBmpOrder(e.path)) rest = [];
@@ -192,4 +205,42 @@ export async function listStoredStreamed(
     }
   }
   return { single: false, records: records() };
+}
+
+/**
+ * The entries below the directory `top` of a streamed manifest (only its children unless
+ * `recursive`), in the manifest's order (listEntries' order): the scan ends at the first
+ * entry past the directory's subtree (walk order keeps a subtree together).
+ */
+export async function* storedBelow(sf: StoredFiles, top: FileEntry, recursive: boolean): AsyncGenerator<FileEntry> {
+  const prefix = top.path === '/' ? '/' : `${top.path}/`;
+  for await (const e of sf.lib.fileEntries(sf.digest, sf.head, top.path)) {
+    if (!e.path.startsWith(prefix) || e.path === top.path) {
+      if (top.path !== '/' && compareTreePaths(e.path, top.path) > 0) return;
+      continue;
+    }
+    if (recursive || !e.path.slice(prefix.length).includes('/')) yield e;
+  }
+}
+
+/**
+ * listEntries over a streamed manifest, one page of it: entries [offset, offset + limit) of
+ * what listEntries gives for `dir`, and how many it gives; only the page is held.
+ */
+export async function listStoredPage(
+  sf: StoredFiles,
+  dir: string,
+  recursive: boolean,
+  offset: number,
+  limit: number,
+): Promise<{ items: FileEntry[]; total: number }> {
+  const d = await findStoredEntry(sf, dir);
+  if (d.type !== 'dir') return { items: [d].slice(offset, offset + limit), total: 1 };
+  const items: FileEntry[] = [];
+  let total = 0;
+  for await (const e of storedBelow(sf, d, recursive)) {
+    if (total >= offset && total < offset + limit) items.push(e);
+    total++;
+  }
+  return { items, total };
 }

@@ -2,6 +2,7 @@ import { StrataError } from '../util/errors.js';
 import type { Library } from './library.js';
 import { fileContent, findEntry, listEntries } from './library-verbs.js';
 import type { FileEntry, FilesManifest } from './manifest.js';
+import { type StoredFiles, storedBelow } from './stored-listing.js';
 
 /**
  * A folder of a stored version as a POSIX tar stream (pax interchange format, what GNU tar
@@ -14,11 +15,32 @@ import type { FileEntry, FilesManifest } from './manifest.js';
  */
 export async function* tarOfStored(lib: Library, files: FilesManifest, dir: string): AsyncGenerator<Uint8Array> {
   const d = findEntry(files, dir);
-  const entries: FileEntry[] = d.path === '/' ? [] : [d];
-  if (d.type === 'dir') entries.push(...listEntries(files, d.path, true));
+  yield* tarOfEntries(lib, files, d, d.type === 'dir' ? listEntries(files, d.path, true) : []);
+}
+
+/**
+ * tarOfStored of a streamed manifest (stored-listing.ts): the entry `d` (found by
+ * findStoredEntry, so that a missing path fails before any byte is sent) and everything
+ * below it, read a part of the manifest at a time.
+ */
+export function tarOfStoredStreamed(sf: StoredFiles, d: FileEntry): AsyncGenerator<Uint8Array> {
+  return tarOfEntries(sf.lib, sf.files, d, d.type === 'dir' ? storedBelow(sf, d, true) : []);
+}
+
+/** The tar of `d` and `below` (every entry under it, in the manifest's order). */
+async function* tarOfEntries(
+  lib: Library,
+  files: FilesManifest,
+  d: FileEntry,
+  below: Iterable<FileEntry> | AsyncIterable<FileEntry>,
+): AsyncGenerator<Uint8Array> {
   const base = d.path === '/' ? '/' : d.path.slice(0, d.path.lastIndexOf('/') + 1);
   const firstOfInode = new Map<number, string>();
-  for (const e of entries) {
+  async function* all(): AsyncGenerator<FileEntry> {
+    if (d.path !== '/') yield d;
+    yield* below;
+  }
+  for await (const e of all()) {
     const name = e.path.slice(base.length) + (e.type === 'dir' ? '/' : '');
     let type: string;
     let linkpath: string | undefined;

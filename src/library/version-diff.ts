@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { versionFileSets } from '../catalog/inspection.js';
 import type { FileType, Timestamp } from '../fs/types.js';
 import type { BlockDiff } from '../inspect/block-diff.js';
@@ -6,6 +7,7 @@ import type { PackageDiff } from '../inspect/package-diff.js';
 import {
   type ContentChange,
   type DiffItem,
+  diffTrees,
   finishTreeDiff,
   type MetadataChange,
   type TreeDiff,
@@ -14,7 +16,7 @@ import type { OsInspection } from '../inspect/types.js';
 import { DigestSet } from './digest-set.js';
 import { xattrDigest } from './inspection.js';
 import type { Library } from './library.js';
-import { layoutFilesDigest } from './library-verbs.js';
+import { fileContent, layoutFilesDigest } from './library-verbs.js';
 import {
   compareTreePaths,
   type FileEntry,
@@ -22,6 +24,7 @@ import {
   type LayoutManifest,
   type LayoutVolume,
 } from './manifest.js';
+import type { StoredFiles } from './stored-listing.js';
 import type { PlacedRanges, RangedSource } from './version-source.js';
 
 /**
@@ -38,6 +41,27 @@ function parseTime(s: string | null | undefined): Timestamp | undefined {
   return { sec: Math.floor(ms / 1000), nsec: m ? Number(m[2]) : 0 };
 }
 
+/** A stored entry as the FileRecord an image's walk gives for the same file (fileSystemTree). */
+function entryFileRecord(e: FileEntry): FileRecord {
+  const r: FileRecord = {
+    path: e.path,
+    type: e.type as FileType,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    size: e.type === 'dir' ? 0 : e.size,
+  };
+  const t = parseTime(e.mtime);
+  if (t) r.mtime = t;
+  if (e.target !== undefined) r.target = e.target;
+  if (e.xattrs && Object.keys(e.xattrs).length > 0) {
+    r.xattrs = {};
+    for (const k of Object.keys(e.xattrs).sort()) r.xattrs[k] = xattrDigest(e.xattrs[k]);
+  }
+  if (e.digest) r.digest = e.digest;
+  return r;
+}
+
 /**
  * A FileTree over a stored file manifest: every record and digest is already there. It lets
  * diffTrees compare a stored version with anything else that is a FileTree (an image's file
@@ -47,32 +71,60 @@ export function manifestTree(files: FilesManifest): FileTree {
   return {
     warnings: [],
     async *records() {
-      for (const e of files.entries) {
-        if (e.path === '/') continue;
-        const r: FileRecord = {
-          path: e.path,
-          type: e.type as FileType,
-          mode: e.mode,
-          uid: e.uid,
-          gid: e.gid,
-          size: e.type === 'dir' ? 0 : e.size,
-        };
-        const t = parseTime(e.mtime);
-        if (t) r.mtime = t;
-        if (e.target !== undefined) r.target = e.target;
-        if (e.xattrs && Object.keys(e.xattrs).length > 0) {
-          r.xattrs = {};
-          for (const k of Object.keys(e.xattrs).sort()) r.xattrs[k] = xattrDigest(e.xattrs[k]);
-        }
-        if (e.digest) r.digest = e.digest;
-        yield r;
-      }
+      for (const e of files.entries) if (e.path !== '/') yield entryFileRecord(e);
     },
     async digest(r: FileRecord): Promise<string> {
       // a file with no stored digest (none recorded) compares unequal to anything but itself
       return r.digest ?? `none:${r.path}`;
     },
   };
+}
+
+/**
+ * manifestTree over a stored manifest read a part at a time, in walk order (as check-in
+ * writes it), so that diffTrees merges it with an image's walk holding neither (issue 22:
+ * `diff NAME@N IMAGE` of a million files). Throws NotInOrder before the first entry out of
+ * walk order. A file with no stored digest is hashed from its chunks, as the walk of the
+ * version's disk would.
+ */
+function streamedManifestTree(sf: StoredFiles): FileTree {
+  const entries = new WeakMap<FileRecord, FileEntry>();
+  return {
+    warnings: [],
+    walkOrder: true,
+    async *records() {
+      for await (const e of ordered(sf.lib.fileEntries(sf.digest, sf.head))) {
+        const r = entryFileRecord(e);
+        if (!r.digest && e.type === 'file') entries.set(r, e);
+        yield r;
+      }
+    },
+    async digest(r: FileRecord): Promise<string> {
+      if (r.digest) return r.digest;
+      const e = entries.get(r);
+      if (!e) return `none:${r.path}`;
+      const h = createHash('sha256');
+      for await (const b of fileContent(sf.lib, sf.files, e)) h.update(b);
+      r.digest = h.digest('hex');
+      return r.digest;
+    },
+  };
+}
+
+/**
+ * diffTrees of a stored version and another tree (an image's file system), the version A
+ * (`versionFirst`) or B: the version's manifest streamed and merged with the other's walk
+ * (no block of the version's disk read, no list of either held); a manifest not in walk
+ * order is held whole instead.
+ */
+export async function diffStoredTree(sf: StoredFiles, other: FileTree, versionFirst: boolean): Promise<TreeDiff> {
+  const pair = (t: FileTree) => (versionFirst ? diffTrees(t, other) : diffTrees(other, t));
+  try {
+    return await pair(streamedManifestTree(sf));
+  } catch (e) {
+    if (!(e instanceof NotInOrder)) throw e;
+    return pair(manifestTree(await sf.lib.files(sf.digest)));
+  }
 }
 
 const entrySize = (e: FileEntry) => (e.type === 'dir' ? 0 : e.size);

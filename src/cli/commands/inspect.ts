@@ -8,6 +8,7 @@ import {
   type OsInspection,
   type PackageDiff,
   REF_PREFIX,
+  type RefTarget,
   type SearchHit,
   StrataError,
   type Target,
@@ -221,6 +222,36 @@ async function diffOpened(a: string, b: string, targets: Target[], o: Record<str
   const addr: Address = addressFrom(o);
   const addrB: Address = typeof o.subvolB === 'string' ? { ...addr, subvol: o.subvolB } : addr;
   const oo = openOptionsFrom(o);
+  const stored = targets.findIndex((t) => t.kind === 'ref');
+  if (
+    stored >= 0 &&
+    targets[1 - stored].kind !== 'ref' &&
+    !o.packages &&
+    !o.blocks &&
+    o.lv === undefined &&
+    o.subvol === undefined &&
+    o.subvolB === undefined
+  ) {
+    // a version against an image: the version's file manifest, streamed beside the image's walk
+    const { openStoredFiles, diffStoredTree } = await import('../../library/index.js');
+    const openOther = () =>
+      stored === 0 ? openAddress(b, addrB, oo, targetOptionsB(o)) : openAddress(a, addr, oo, targetOptionsFrom(o));
+    let other: OpenedAddress | undefined;
+    if (stored === 1) other = await openOther();
+    try {
+      const sf = await openStoredFiles(targets[stored] as RefTarget, o.part as string | undefined);
+      try {
+        other ??= await openOther();
+        noteTarget(other.target);
+        const files = await diffStoredTree(sf, fileSystemTree(other.fs), stored === 0);
+        return { files, warnings: [...other.warnings, ...files.warnings] };
+      } finally {
+        await sf.close();
+      }
+    } finally {
+      await other?.close();
+    }
+  }
   const at: OpenedAddress[] = [];
   try {
     at.push(await openAddress(a, addr, oo, targetOptionsFrom(o)));

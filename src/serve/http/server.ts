@@ -22,7 +22,7 @@ import { versionLog } from '../../library/edit/log.js';
 import { rebaseJson, rebaseVersion, type Take } from '../../library/edit/rebase.js';
 import { inspectAfterCheckin, versionInspection } from '../../library/inspection.js';
 import type { Library } from '../../library/library.js';
-import { findEntry, layoutFiles, layoutSummary, listEntries } from '../../library/library-verbs.js';
+import { layoutSummary } from '../../library/library-verbs.js';
 import {
   decodeManifest,
   encodeManifest,
@@ -34,7 +34,8 @@ import {
 } from '../../library/manifest.js';
 import { recordVersionProfile } from '../../library/profile-record.js';
 import { searchPage } from '../../library/search.js';
-import { tarOfStored } from '../../library/tar-export.js';
+import { findStoredEntry, listStoredPage, versionStoredFiles } from '../../library/stored-listing.js';
+import { tarOfStoredStreamed } from '../../library/tar-export.js';
 import { diffVersions } from '../../library/version-diff.js';
 import { versionStat } from '../../library/version-stat.js';
 import { RepoLock } from '../../store/lock.js';
@@ -608,10 +609,10 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     return out;
   };
 
+  /** The version's file manifest, streamed (a part at a time: a million-file manifest held was ~830 MiB). */
   const parseFilesQuery = async (policy: Policy, p: { name: string; version: string }, part?: string) => {
     const v = await versionIn(policy, p.name, p.version);
-    const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), part);
-    return { v, files };
+    return { v, sf: await versionStoredFiles(lib, v, part) };
   };
 
   const lsEntry = (e: ManifestEntry) => {
@@ -1748,14 +1749,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req) => {
       const q = req.query as { path: string; recursive?: boolean; part?: string; limit: number; offset: number };
-      const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
-      const rows = listEntries(files, checkImagePath(q.path), q.recursive ?? false);
-      return {
-        items: rows.slice(q.offset, q.offset + q.limit).map(lsEntry),
-        total: rows.length,
-        limit: q.limit,
-        offset: q.offset,
-      };
+      const { sf } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      const page = await listStoredPage(sf, checkImagePath(q.path), q.recursive ?? false, q.offset, q.limit);
+      return { items: page.items.map(lsEntry), total: page.total, limit: q.limit, offset: q.offset };
     },
   );
 
@@ -1771,8 +1767,8 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req) => {
       const q = req.query as { path: string; part?: string; follow?: boolean };
-      const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
-      return lsEntry(findEntry(files, checkImagePath(q.path), q.follow ?? false));
+      const { sf } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      return lsEntry(await findStoredEntry(sf, checkImagePath(q.path), q.follow ?? false));
     },
   );
 
@@ -1822,8 +1818,9 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req, reply) => {
       const q = req.query as { path: string; part?: string };
-      const { files } = await parseFilesQuery(req.policy, req.params as never, q.part);
-      const e = findEntry(files, checkImagePath(q.path), true);
+      const { sf } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      const files = sf.files;
+      const e = await findStoredEntry(sf, checkImagePath(q.path), true);
       if (e.type !== 'file') throw new HttpProblem(400, `not a regular file: ${q.path}`, 'not-a-file');
       return sendBytes(
         req,
@@ -1847,12 +1844,12 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
     },
     async (req, reply) => {
       const q = req.query as { path: string; part?: string };
-      const { v, files } = await parseFilesQuery(req.policy, req.params as never, q.part);
-      const e = findEntry(files, checkImagePath(q.path), false);
+      const { v, sf } = await parseFilesQuery(req.policy, req.params as never, q.part);
+      const e = await findStoredEntry(sf, checkImagePath(q.path), false);
       const base = e.path === '/' ? `${v.image}-${v.number}` : path.posix.basename(e.path);
       reply.type('application/x-tar');
       reply.header('content-disposition', `attachment; filename="${base.replace(/[^A-Za-z0-9._-]/g, '_')}.tar"`);
-      return reply.send(Readable.from(tarOfStored(lib, files, e.path), { objectMode: false }));
+      return reply.send(Readable.from(tarOfStoredStreamed(sf, e), { objectMode: false }));
     },
   );
 
