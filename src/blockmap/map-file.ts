@@ -1,6 +1,6 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { StrataError } from '../util/errors.js';
-import { type MapVolume, type Owner, ownerOf } from './block-map.js';
+import { lastAtMost, type MapVolume, type Owner, ownerOf } from './block-map.js';
 import { checkRecords, type MapLayout, parseMapHeader } from './codec.js';
 
 /**
@@ -263,24 +263,8 @@ export class MapFile implements MapRecords {
 
   indexOf(offset: number): number {
     if (!(offset >= 0 && offset < this.diskSize)) return -1;
-    const f = this.firstOfPage;
-    let lo = 0;
-    let hi = f.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (f[mid] <= offset) lo = mid;
-      else hi = mid - 1;
-    }
-    const from = lo * PAGE;
-    const s = this.slot(from, START).start;
-    let a = 0;
-    let b = Math.min(PAGE, this.count - from) - 1;
-    while (a < b) {
-      const mid = (a + b + 1) >>> 1;
-      if (s[mid] <= offset) a = mid;
-      else b = mid - 1;
-    }
-    return from + a;
+    const from = lastAtMost(this.firstOfPage, offset, 0, this.firstOfPage.length - 1) * PAGE;
+    return from + lastAtMost(this.slot(from, START).start, offset, 0, Math.min(PAGE, this.count - from) - 1);
   }
 
   startOf(i: number): number {

@@ -1,6 +1,7 @@
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { siftDown } from '../util/heap.js';
 import { checkMemory, memoryShare } from '../util/memory.js';
 import { NO_INODE, NO_VOLUME } from './claims.js';
 import { KINDS, type Kind } from './kinds.js';
@@ -322,18 +323,7 @@ function* merge(m: MapRecords, readers: RunReader[], last: Entry[]): Generator<F
   };
   const heap = [...readers, tail].filter((r) => r.head !== undefined);
   const less = (a: { head?: Entry }, b: { head?: Entry }) => before(a.head as Entry, b.head as Entry) < 0;
-  const down = (i0: number) => {
-    let i = i0;
-    for (;;) {
-      const l = 2 * i + 1;
-      if (l >= heap.length) return;
-      const r = l + 1;
-      const c = r < heap.length && less(heap[r], heap[l]) ? r : l;
-      if (!less(heap[c], heap[i])) return;
-      [heap[i], heap[c]] = [heap[c], heap[i]];
-      i = c;
-    }
-  };
+  const down = (i: number) => siftDown(heap, i, less);
   for (let i = (heap.length >> 1) - 1; i >= 0; i--) down(i);
   while (heap.length > 0) {
     const top = heap[0];
