@@ -82,6 +82,18 @@ export function ownerOf(
   return o;
 }
 
+/** The last index in [lo, hi] of sorted `a` whose value is at most `x` (lo when none is). */
+export function lastAtMost(a: Float64Array, x: number, lo0: number, hi0: number): number {
+  let lo = lo0;
+  let hi = hi0;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >>> 1;
+    if (a[mid] <= x) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 /**
  * The block map of a virtual disk: sorted, non-overlapping records that cover
  * [0, diskSize) exactly once, in columns (typed arrays). Record i spans
@@ -123,15 +135,7 @@ export class BlockMap {
   /** Index of the record holding disk byte `offset` (-1 outside the disk). */
   indexOf(offset: number): number {
     if (!(offset >= 0 && offset < this.diskSize)) return -1;
-    const s = this.start;
-    let lo = 0;
-    let hi = this.count - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (s[mid] <= offset) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
+    return lastAtMost(this.start, offset, 0, this.count - 1);
   }
 
   /** The kind of the record holding `offset` (undefined outside the disk). */

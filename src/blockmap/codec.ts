@@ -2,6 +2,7 @@ import { StrataError } from '../util/errors.js';
 import { BlockMap, type MapVolume } from './block-map.js';
 import { NO_INODE, NO_NAME, NO_VOLUME } from './claims.js';
 import { KINDS } from './kinds.js';
+import type { MapColumns } from './resolve.js';
 
 /**
  * The saved form of a block map, little-endian:
@@ -78,14 +79,32 @@ export function headerBytes(header: Header): Uint8Array {
   return out;
 }
 
-export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
+/** Where the parts of a saved map lie (byte offsets in the file), from its header. */
+export interface MapLayout {
+  header: Header;
+  /** The first column (start). */
+  base: number;
+  /** The string table. */
+  stringsAt: number;
+}
+
+/**
+ * Magic, version and header of a saved map of `size` bytes, read through `read(at, length)`
+ * (the bytes in memory, or a file read on demand), checked against the size.
+ */
+export function parseMapHeader(
+  read: (at: number, length: number) => Uint8Array,
+  size: number,
+  file: string,
+): MapLayout {
   const bad = (msg: string, structure: string, offset: number) =>
     new StrataError('CORRUPT', msg, { file, structure, offset });
-  if (bytes.length < 16) throw bad(`${bytes.length} bytes is too short for a block map`, 'block map header', 0);
+  if (size < 16) throw bad(`${size} bytes is too short for a block map`, 'block map header', 0);
+  const first = read(0, 16);
   for (let i = 0; i < 8; i++) {
-    if (bytes[i] !== MAGIC.charCodeAt(i)) throw bad('not a Strata block map (bad magic)', 'block map header', 0);
+    if (first[i] !== MAGIC.charCodeAt(i)) throw bad('not a Strata block map (bad magic)', 'block map header', 0);
   }
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const dv = new DataView(first.buffer, first.byteOffset, first.byteLength);
   const version = dv.getUint32(8, true);
   if (version !== VERSION) {
     throw new StrataError('UNSUPPORTED', `block map version ${version} (this Strata reads ${VERSION})`, {
@@ -95,10 +114,10 @@ export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
     });
   }
   const hl = dv.getUint32(12, true);
-  if (hl > MAX_HEADER || 16 + hl > bytes.length) throw bad(`header length ${hl} out of bounds`, 'block map header', 12);
+  if (hl > MAX_HEADER || 16 + hl > size) throw bad(`header length ${hl} out of bounds`, 'block map header', 12);
   let h: Header;
   try {
-    h = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(16, 16 + hl))) as Header;
+    h = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(read(16, hl))) as Header;
   } catch {
     throw bad('header is not valid JSON', 'block map header', 16);
   }
@@ -115,14 +134,63 @@ export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
     throw bad('bad warnings list', 'block map header', 16);
   }
   const base = pad8(16 + hl);
-  if (base + count * 31 + stringBytes !== bytes.length) {
-    throw bad(
-      `size ${bytes.length} does not match ${count} records and ${stringBytes} string bytes`,
-      'block map header',
-      16,
-    );
+  if (base + count * 31 + stringBytes !== size) {
+    throw bad(`size ${size} does not match ${count} records and ${stringBytes} string bytes`, 'block map header', 16);
   }
-  let at = base;
+  return { header: h, base, stringsAt: base + count * 31 };
+}
+
+/**
+ * Check records [from, from + n) of a saved map, given in `cols` (index 0 is record
+ * `from`), against the rest: order, bounds, kind codes, volume and string indexes, inodes,
+ * object offsets. CORRUPT names the first bad field and its file offset. `prevStart` is
+ * the start of record from-1 (ignored for from = 0).
+ */
+export function checkRecords(
+  cols: Omit<MapColumns, 'count'>,
+  from: number,
+  n: number,
+  prevStart: number,
+  layout: MapLayout,
+  file: string,
+): void {
+  const { start, ino, objectOffset, name, volume, kind } = cols;
+  const { diskSize, count, stringCount, volumes } = layout.header;
+  const base = layout.base;
+  const bad = (msg: string, i: number, offset: number) =>
+    new StrataError('CORRUPT', msg, { file, structure: `block map record ${i}`, offset });
+  const col = (k: number, i: number) => base + k * count * 8 + i * 8;
+  for (let j = 0; j < n; j++) {
+    const i = from + j;
+    if (i === 0 && start[j] !== 0) {
+      throw new StrataError('CORRUPT', 'the first record does not start at 0', {
+        file,
+        structure: 'block map record 0',
+        offset: col(0, 0),
+      });
+    }
+    if (i > 0 && !(start[j] > (j > 0 ? start[j - 1] : prevStart))) throw bad('records out of order', i, col(0, i));
+    if (!(start[j] < diskSize)) throw bad('record starts past the disk end', i, col(0, i));
+    if (kind[j] >= KINDS.length) throw bad(`unknown kind code ${kind[j]}`, i, base + count * 30 + i);
+    if (volume[j] !== NO_VOLUME && volume[j] >= volumes.length) {
+      throw bad(`volume index ${volume[j]} out of range`, i, base + count * 28 + i * 2);
+    }
+    if (name[j] !== NO_NAME && (name[j] < 0 || name[j] >= stringCount)) {
+      throw bad(`string index ${name[j]} out of range`, i, base + count * 24 + i * 4);
+    }
+    if (!(ino[j] === NO_INODE || (Number.isSafeInteger(ino[j]) && ino[j] >= 0))) {
+      throw bad(`bad inode ${ino[j]}`, i, col(1, i));
+    }
+    if (!(Number.isSafeInteger(objectOffset[j]) && objectOffset[j] >= 0)) {
+      throw bad(`bad object offset ${objectOffset[j]}`, i, col(2, i));
+    }
+  }
+}
+
+export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
+  const layout = parseMapHeader((at, length) => bytes.subarray(at, at + length), bytes.length, file);
+  const { diskSize, count, stringCount, stringBytes, volumes, warnings } = layout.header;
+  let at = layout.base;
   // The columns are views into BYTES when it is a whole buffer of its own at an 8-byte
   // boundary (a large file read: no second copy of a map of millions of records, issue 22);
   // else fresh, aligned copies (a small Node Buffer is a view into a shared pool).
@@ -146,31 +214,21 @@ export function loadBlockMap(bytes: Uint8Array, file = 'block map'): BlockMap {
     try {
       strings = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(at, at + stringBytes)).split('\0');
     } catch {
-      throw bad('string table is not valid UTF-8', 'block map strings', at);
+      throw new StrataError('CORRUPT', 'string table is not valid UTF-8', {
+        file,
+        structure: 'block map strings',
+        offset: at,
+      });
     }
   }
   if (strings.length !== stringCount) {
-    throw bad(`string table holds ${strings.length} strings, header says ${stringCount}`, 'block map strings', at);
+    throw new StrataError('CORRUPT', `string table holds ${strings.length} strings, header says ${stringCount}`, {
+      file,
+      structure: 'block map strings',
+      offset: at,
+    });
   }
-  const col = (k: number, i: number) => base + k * count * 8 + i * 8;
-  if (start[0] !== 0) throw bad('the first record does not start at 0', 'block map record 0', col(0, 0));
-  for (let i = 0; i < count; i++) {
-    if (i > 0 && !(start[i] > start[i - 1])) throw bad('records out of order', `block map record ${i}`, col(0, i));
-    if (!(start[i] < diskSize)) throw bad('record starts past the disk end', `block map record ${i}`, col(0, i));
-    if (kind[i] >= KINDS.length) throw bad(`unknown kind code ${kind[i]}`, `block map record ${i}`, at - stringBytes);
-    if (volume[i] !== NO_VOLUME && volume[i] >= volumes.length) {
-      throw bad(`volume index ${volume[i]} out of range`, `block map record ${i}`, base + count * 28 + i * 2);
-    }
-    if (name[i] !== NO_NAME && (name[i] < 0 || name[i] >= strings.length)) {
-      throw bad(`string index ${name[i]} out of range`, `block map record ${i}`, base + count * 24 + i * 4);
-    }
-    if (!(ino[i] === NO_INODE || (Number.isSafeInteger(ino[i]) && ino[i] >= 0))) {
-      throw bad(`bad inode ${ino[i]}`, `block map record ${i}`, col(1, i));
-    }
-    if (!(Number.isSafeInteger(objectOffset[i]) && objectOffset[i] >= 0)) {
-      throw bad(`bad object offset ${objectOffset[i]}`, `block map record ${i}`, col(2, i));
-    }
-  }
+  checkRecords({ start, ino, objectOffset, name, volume, kind }, 0, count, 0, layout, file);
   return new BlockMap(diskSize, { count, start, kind, volume, ino, name, objectOffset }, strings, volumes, warnings);
 }
 

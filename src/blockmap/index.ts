@@ -7,6 +7,7 @@ export { BlockMap, type KindSummary, type MapVolume, type Owner, ownerOf } from 
 export { type BuildOptions, buildBlockMap, type StreamedMap, streamBlockMap } from './build.js';
 export { loadBlockMap, saveBlockMap } from './codec.js';
 export { classOf, KINDS, type Kind, type KindClass } from './kinds.js';
+export { MapFile, type MapRecords } from './map-file.js';
 export { blockMapOfImage } from './of-image.js';
 export type { MapColumns, RecordSink } from './resolve.js';
 export { BlockMapWriter } from './save-stream.js';
@@ -19,4 +20,6 @@ export {
   TraceBatch,
   TraceResolver,
   type TraceSummary,
+  type TraceTotals,
 } from './trace.js';
+export type { FileRow } from './trace-files.js';

@@ -1,5 +1,6 @@
 import { readSync } from 'node:fs';
 import { StrataError } from '../util/errors.js';
+import { siftDown } from '../util/heap.js';
 import { CLAIM_BYTES, type Claims, NO_INODE, NO_NAME } from './claims.js';
 import { KIND_CODE, KINDS, OWNER_PRIORITY, PRIORITY } from './kinds.js';
 
@@ -148,18 +149,7 @@ function runsSource(c: Claims): ClaimSource {
     return d < 0 || (d === 0 && seqOf(a) < seqOf(b));
   };
   const heap: R[] = readers.filter(fill);
-  const down = (i0: number) => {
-    let i = i0;
-    for (;;) {
-      const l = 2 * i + 1;
-      if (l >= heap.length) return;
-      const r = l + 1;
-      const m = r < heap.length && less(heap[r], heap[l]) ? r : l;
-      if (!less(heap[m], heap[i])) return;
-      [heap[i], heap[m]] = [heap[m], heap[i]];
-      i = m;
-    }
-  };
+  const down = (i: number) => siftDown(heap, i, less);
   for (let i = (heap.length >> 1) - 1; i >= 0; i--) down(i);
   return (p, slot) => {
     if (heap.length === 0) return false;

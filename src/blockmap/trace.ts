@@ -1,7 +1,10 @@
 import { StrataError } from '../util/errors.js';
-import type { BlockMap, Owner } from './block-map.js';
-import { NO_INODE, NO_NAME, NO_VOLUME } from './claims.js';
+import { checkMemory } from '../util/memory.js';
+import { BlockMap, type MapVolume, type Owner } from './block-map.js';
+import { NO_NAME } from './claims.js';
 import { classOf, KIND_CODE, KINDS, type Kind, type KindClass } from './kinds.js';
+import type { MapRecords } from './map-file.js';
+import { FileCounters, type FileRow, sortedRows } from './trace-files.js';
 
 /** One block-level access of a trace: bytes [offset, offset+length) of the virtual disk. */
 export interface TraceAccess {
@@ -24,7 +27,7 @@ export interface TraceSummary {
   byClass: Record<KindClass, { accesses: number; bytes: number }>;
   byKind: Array<{ kind: Kind; class: KindClass; accesses: number; bytes: number }>;
   /** Files and directories touched, most bytes first. */
-  byFile: Array<{ kind: Kind; volume?: string; inode?: number; path: string; accesses: number; bytes: number }>;
+  byFile: FileRow[];
 }
 
 /** Most bytes a trace line may hold (a longer one is not a trace). */
@@ -244,10 +247,58 @@ function parseLines(b: Uint8Array, end: number, lineNo: number, file: string, ou
   return lineNo;
 }
 
+/** A held map (BlockMap) seen through MapRecords. */
+class HeldMap implements MapRecords {
+  readonly diskSize: number;
+  readonly count: number;
+  readonly volumes: readonly MapVolume[];
+  readonly nameCount: number;
+  constructor(private readonly m: BlockMap) {
+    this.diskSize = m.diskSize;
+    this.count = m.count;
+    this.volumes = m.volumes;
+    this.nameCount = m.strings.length;
+  }
+  indexOf(offset: number): number {
+    return this.m.indexOf(offset);
+  }
+  startOf(i: number): number {
+    return this.m.start[i];
+  }
+  endOf(i: number): number {
+    return this.m.end(i);
+  }
+  kindOf(i: number): number {
+    return this.m.kind[i];
+  }
+  volumeOf(i: number): number {
+    return this.m.volume[i];
+  }
+  inoOf(i: number): number {
+    return this.m.ino[i];
+  }
+  nameOf(i: number): number {
+    return this.m.name[i];
+  }
+  name(id: number): string {
+    return this.m.strings[id];
+  }
+  owner(i: number, from: number, to: number): Owner {
+    return this.m.owner(i, from, to);
+  }
+}
+
+/** A summary without its files (they come from TraceResolver.files, sorted, one at a time). */
+export type TraceTotals = Omit<TraceSummary, 'byFile'>;
+
 /**
  * Resolves accesses against a map and keeps the summary: bytes and accesses per kind, per
  * class (data / metadata / unused) and per file. Counting works on the map's columns
- * (no objects per access); `resolve` builds the owner list only when asked.
+ * (no objects per access); `resolve` builds the owner list only when asked. The map is a
+ * BlockMap held in memory or a MapFile read on demand; the per-file counters are typed
+ * arrays by name id (FileCounters), and the files come out sorted through a bounded
+ * external sort (`files`), so a trace over millions of files needs neither the map nor an
+ * object per file in memory (issue 22).
  */
 export class TraceResolver {
   private accesses = 0;
@@ -256,15 +307,17 @@ export class TraceResolver {
   private readonly kindBytes = new Float64Array(KINDS.length);
   private readonly kindAccesses = new Float64Array(KINDS.length);
   private readonly kindSeen = new Float64Array(KINDS.length);
-  /** Per (volume, path): bytes, accesses, the last access that counted, and a record holding it. */
-  private readonly files = new Map<number, { bytes: number; accesses: number; seen: number; record: number }>();
+  private readonly counters = new FileCounters();
+  readonly map: MapRecords;
 
-  constructor(readonly map: BlockMap) {
+  constructor(map: BlockMap | MapRecords) {
+    this.map = map instanceof BlockMap ? new HeldMap(map) : map;
     this.kindSeen.fill(-1);
   }
 
   /** Count every access of a batch. */
   countBatch(b: TraceBatch): void {
+    checkMemory('resolving a trace');
     for (let i = 0; i < b.count; i++) this.countRange(b.offset[i], b.length[i]);
   }
 
@@ -297,26 +350,22 @@ export class TraceResolver {
     let i = first;
     const fileKind = KIND_CODE.file;
     const dirKind = KIND_CODE.directory;
-    for (; i < m.count && m.start[i] < to; i++) {
-      const s = Math.max(offset, m.start[i]);
-      const e = Math.min(to, i + 1 < m.count ? m.start[i + 1] : m.diskSize);
-      const k = m.kind[i];
+    const count = m.count;
+    for (let start = m.startOf(i); i < count && start < to; i++) {
+      const end = m.endOf(i);
+      const s = Math.max(offset, start);
+      const e = Math.min(to, end);
+      const k = m.kindOf(i);
       this.kindBytes[k] += e - s;
       if (this.kindSeen[k] !== id) {
         this.kindSeen[k] = id;
         this.kindAccesses[k]++;
       }
-      const nm = m.name[i];
-      if ((k === fileKind || k === dirKind) && nm !== NO_NAME) {
-        const key = m.volume[i] * 2 ** 31 + nm;
-        let f = this.files.get(key);
-        if (!f) this.files.set(key, (f = { bytes: 0, accesses: 0, seen: -1, record: i }));
-        f.bytes += e - s;
-        if (f.seen !== id) {
-          f.seen = id;
-          f.accesses++;
-        }
+      if (k === fileKind || k === dirKind) {
+        const nm = m.nameOf(i);
+        if (nm !== NO_NAME) this.counters.touch(nm, m.volumeOf(i), i, e - s, id);
       }
+      start = end;
     }
     this.first = first;
     this.last = length === 0 ? first : i;
@@ -324,6 +373,7 @@ export class TraceResolver {
 
   /** Count one access and list its owners. */
   resolve(a: TraceAccess): ResolvedAccess {
+    checkMemory('resolving a trace');
     const [i0, i1] = this.count(a);
     const to = Math.min(a.offset + a.length, this.map.diskSize);
     const owners: Owner[] = [];
@@ -331,8 +381,8 @@ export class TraceResolver {
     return { ...a, owners };
   }
 
-  summary(): TraceSummary {
-    const m = this.map;
+  /** The summary's totals, by class and by kind. */
+  totals(): TraceTotals {
     const byClass: TraceSummary['byClass'] = {
       data: { accesses: 0, bytes: 0 },
       metadata: { accesses: 0, bytes: 0 },
@@ -347,20 +397,21 @@ export class TraceResolver {
       // an access touching two kinds of one class counts once per kind: an upper bound, documented
       byClass[cls].accesses += this.kindAccesses[k];
     }
-    const byFile: TraceSummary['byFile'] = [];
-    for (const f of this.files.values()) {
-      const i = f.record;
-      const row: TraceSummary['byFile'][number] = {
-        kind: KINDS[m.kind[i]],
-        path: m.strings[m.name[i]],
-        accesses: f.accesses,
-        bytes: f.bytes,
-      };
-      if (m.volume[i] !== NO_VOLUME) row.volume = m.volumes[m.volume[i]].id;
-      if (m.ino[i] !== NO_INODE) row.inode = m.ino[i];
-      byFile.push(row);
-    }
-    byFile.sort((a, b) => b.bytes - a.bytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-    return { accesses: this.accesses, bytes: this.bytes, outside: this.outside, byClass, byKind, byFile };
+    return { accesses: this.accesses, bytes: this.bytes, outside: this.outside, byClass, byKind };
+  }
+
+  /**
+   * The files and directories touched, most bytes first (then by path, then in the order
+   * the trace first touched them), one at a time: memory bounded by the budget whatever
+   * their number (sorted in runs spilled to a scratch file when they do not fit; `maxHeld`
+   * entries a run, by default a tenth of the budget's worth).
+   */
+  fileRows(maxHeld?: number): Generator<FileRow> {
+    return sortedRows(this.map, this.counters.entries(this.map), maxHeld);
+  }
+
+  /** The whole summary, files included (in memory: for a bounded listing use totals and fileRows). */
+  summary(): TraceSummary {
+    return { ...this.totals(), byFile: [...this.fileRows()] };
   }
 }

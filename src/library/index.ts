@@ -16,6 +16,7 @@ export { BlockMap, ownerOf } from '../blockmap/block-map.js';
 export { type BuildOptions, buildBlockMap, type StreamedMap } from '../blockmap/build.js';
 export { loadBlockMap, saveBlockMap } from '../blockmap/codec.js';
 export { classOf, KINDS } from '../blockmap/kinds.js';
+export { MapFile, type MapRecords } from '../blockmap/map-file.js';
 export { blockMapOfImage } from '../blockmap/of-image.js';
 export type { RecordSink } from '../blockmap/resolve.js';
 export { BlockMapWriter } from '../blockmap/save-stream.js';
@@ -25,7 +26,9 @@ export {
   type TraceAccess,
   TraceResolver,
   type TraceSummary,
+  type TraceTotals,
 } from '../blockmap/trace.js';
+export type { FileRow } from '../blockmap/trace-files.js';
 // The library: a content-addressed store of versions with a catalog.
 export type { ImageRow, VersionRow } from '../catalog/catalog.js';
 // Images: open any container (raw, qcow2, VHD, VHDX, VMDK, VDI; a path or an http(s) URL).
@@ -188,5 +191,6 @@ export {
   type TargetOptions,
 } from './target.js';
 export { blockMapOfTarget, inspectTarget, streamBlockMapOfTarget } from './target-map.js';
+export { mapFileOfTarget } from './target-map-file.js';
 export { diffManifests, diffStoredTree, diffVersions, type VersionDiff } from './version-diff.js';
 export { VersionSource } from './version-source.js';

@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { type BlockMap, buildBlockMap, loadBlockMap, saveBlockMap } from '../../src/blockmap/index.js';
+import { type BlockMap, buildBlockMap, loadBlockMap, MapFile, saveBlockMap } from '../../src/blockmap/index.js';
 import { openImage } from '../../src/formats/open.js';
 import { StrataError } from '../../src/util/errors.js';
 import { prng } from '../helpers/fuzz.js';
 import { fixture, run, scratch } from '../helpers/tools.js';
-import { buildBlockmapTree, mbrBlockmapDisk } from './images.js';
+import { buildBlockmapTree, gptBlockmapDisk, mbrBlockmapDisk } from './images.js';
 
 async function mapOf(file: string): Promise<BlockMap> {
   const img = await openImage(file);
@@ -80,6 +80,115 @@ test('load rejects damaged maps with CORRUPT (or UNSUPPORTED for another version
       assert.equal(m.start[0], 0);
     } catch (e) {
       assert.ok(e instanceof StrataError, String(e));
+    }
+  }
+});
+
+/** A saved map opened with MapFile (read on demand), from a file written with `bytes`. */
+function mapFileOf(bytes: Uint8Array, name = 'map.bm'): MapFile {
+  const file = path.join(scratch('bm-mapfile'), name);
+  writeFileSync(file, bytes);
+  return MapFile.open(file);
+}
+
+test('a saved map read on demand (MapFile) answers every record, lookup and name as the loaded map', async () => {
+  for (const disk of [await mbrBlockmapDisk(), await gptBlockmapDisk()]) {
+    const map = await mapOf(disk.disk);
+    const mf = mapFileOf(saveBlockMap(map));
+    try {
+      assert.equal(mf.count, map.count);
+      assert.equal(mf.diskSize, map.diskSize);
+      assert.deepEqual(mf.volumes, map.volumes);
+      assert.deepEqual(mf.warnings, map.warnings);
+      assert.equal(mf.nameCount, map.strings.length);
+      // every record, in order and then backwards (pages read again after others took their slots)
+      const whole = [...map.records()];
+      const owners = (order: number[]) => order.map((i) => mf.owner(i, mf.startOf(i), mf.endOf(i)));
+      const idx = [...Array(map.count).keys()];
+      assert.deepEqual(owners(idx), whole);
+      assert.deepEqual(owners([...idx].reverse()), [...whole].reverse());
+      // names: in id order, backwards, and at random
+      const rnd = prng(11);
+      const ids = [...map.strings.keys()];
+      for (const order of [ids, [...ids].reverse(), ids.map(() => rnd() % ids.length)]) {
+        for (const id of order) assert.equal(mf.name(id), map.strings[id], `name ${id}`);
+      }
+      // lookups at random offsets, record starts and the bytes just before them, and the disk's ends
+      const offsets = [0, map.diskSize - 1, map.diskSize, -1];
+      for (let k = 0; k < 2000; k++) offsets.push(Math.floor((rnd() / 2 ** 32) * map.diskSize));
+      for (let i = 0; i < map.count; i += 7) offsets.push(map.start[i], Math.max(0, map.start[i] - 1));
+      for (const o of offsets) assert.equal(mf.indexOf(o), map.indexOf(o), `offset ${o}`);
+    } finally {
+      mf.close();
+    }
+  }
+});
+
+test('MapFile rejects the damaged maps load rejects, with CORRUPT naming the file (or UNSUPPORTED), never anything else', async () => {
+  const map = await mapOf((await mbrBlockmapDisk()).disk);
+  const good = saveBlockMap(map);
+  const dv = new DataView(good.buffer, good.byteOffset, good.byteLength);
+  const base = (16 + dv.getUint32(12, true) + 7) & ~7;
+  const n = map.count;
+  const damaged: Array<[string, Uint8Array]> = [
+    ['short', good.subarray(0, 10)],
+    ['truncated', good.subarray(0, good.length - 1)],
+  ];
+  const edit = (why: string, f: (b: Uint8Array, v: DataView) => void) => {
+    const b = good.slice();
+    f(b, new DataView(b.buffer));
+    damaged.push([why, b]);
+  };
+  edit('magic', (b) => {
+    b[0] ^= 1;
+  });
+  edit('version', (b) => {
+    b[8] = 9;
+  });
+  edit('order', (_, v) => v.setFloat64(base + 8, 1e15, true));
+  edit('kind', (b) => {
+    b[base + n * 30 + n - 1] = 250;
+  });
+  edit('volume', (_, v) => v.setUint16(base + n * 28, 999, true));
+  edit('name', (_, v) => v.setInt32(base + n * 24 + 4 * (n - 1), map.strings.length, true));
+  edit('inode', (_, v) => v.setFloat64(base + n * 8 + 8, 0.5, true));
+  edit('utf-8', (b) => {
+    b[b.length - 1] = 0xff;
+  });
+  edit('string count', (b) => {
+    b[b.length - 1] = 0;
+  });
+  for (const [why, b] of damaged) {
+    for (const open of [(x: Uint8Array) => loadBlockMap(x, 'x.bm'), (x: Uint8Array) => mapFileOf(x, 'x.bm')]) {
+      assert.throws(
+        () => open(b),
+        (e: unknown) =>
+          e instanceof StrataError && (e.code === 'CORRUPT' || e.code === 'UNSUPPORTED') && /x\.bm$/.test(e.file ?? ''),
+        why,
+      );
+    }
+  }
+  // random damage: opens (and every record and name reads) or fails cleanly, as load does
+  const rnd = prng(8);
+  for (let i = 0; i < 100; i++) {
+    const b = good.slice();
+    for (let k = 0; k < 3; k++) b[rnd() % b.length] ^= 1 << (rnd() % 8);
+    let loaded: BlockMap | undefined;
+    try {
+      loaded = loadBlockMap(b);
+    } catch (e) {
+      assert.ok(e instanceof StrataError, String(e));
+    }
+    let mf: MapFile | undefined;
+    try {
+      mf = mapFileOf(b);
+    } catch (e) {
+      assert.ok(e instanceof StrataError, String(e));
+    }
+    assert.equal(mf !== undefined, loaded !== undefined, `damage ${i}: opened by one and not the other`);
+    if (mf && loaded) {
+      for (let r = 0; r < mf.count; r++) assert.deepEqual(mf.owner(r, mf.startOf(r), mf.endOf(r)), loaded.owner(r));
+      mf.close();
     }
   }
 });

@@ -1,12 +1,29 @@
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { test } from 'node:test';
-import { buildBlockMap, parseTraceLine, readTrace, readTraceBatches, TraceResolver } from '../../src/blockmap/index.js';
+import {
+  BlockMap,
+  buildBlockMap,
+  MapFile,
+  type MapRecords,
+  type Owner,
+  parseTraceLine,
+  readTrace,
+  readTraceBatches,
+  saveBlockMap,
+  type TraceAccess,
+  TraceResolver,
+  type TraceSummary,
+} from '../../src/blockmap/index.js';
+import { KIND_CODE } from '../../src/blockmap/kinds.js';
 import { openImage } from '../../src/formats/open.js';
 import { openFileSystem } from '../../src/fs/open.js';
 import type { ByteSource } from '../../src/io/byte-source.js';
 import { StrataError } from '../../src/util/errors.js';
 import { discoverVolumes } from '../../src/volumes/discover.js';
-import { run } from '../helpers/tools.js';
+import { prng } from '../helpers/fuzz.js';
+import { run, scratch } from '../helpers/tools.js';
 import { gptBlockmapDisk } from './images.js';
 
 /** A ByteSource wrapper that records every read (offset, length) while `on`: a block trace. */
@@ -194,4 +211,149 @@ test('batched trace reading over split chunks agrees with the line parser (CSV f
     },
     (e: unknown) => e instanceof StrataError && e.code === 'CORRUPT' && /line 2/.test(e.message),
   );
+});
+
+/**
+ * The per-file summary as the trace resolve command defines it, computed from the owners
+ * each access resolves to: a file is a (volume, path) of kind file or directory, its bytes
+ * the owners' lengths, its accesses the accesses that touched it; most bytes first, then by
+ * path, ties in the order the trace first touched them.
+ */
+function modelByFile(resolved: Array<{ owners: Owner[] }>): TraceSummary['byFile'] {
+  const files = new Map<string, TraceSummary['byFile'][number]>();
+  for (const r of resolved) {
+    const seen = new Set<string>();
+    for (const o of r.owners) {
+      if ((o.kind !== 'file' && o.kind !== 'directory') || o.path === undefined) continue;
+      const key = `${o.volume}\0${o.path}`;
+      let f = files.get(key);
+      if (!f) {
+        f = { kind: o.kind, path: o.path, accesses: 0, bytes: 0 };
+        if (o.volume !== undefined) f.volume = o.volume;
+        if (o.inode !== undefined) f.inode = o.inode;
+        files.set(key, f);
+      }
+      f.bytes += o.length;
+      if (!seen.has(key)) f.accesses++;
+      seen.add(key);
+    }
+  }
+  return [...files.values()].sort((a, b) => b.bytes - a.bytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/**
+ * Resolve `trace` against each map: every resolution and summary must agree; and, without
+ * its empty accesses (an empty access inside a record counts as an access of it, with no
+ * owner to show), the files must be the model's, also when sorted in spilled runs.
+ */
+function resolveAlike(maps: Array<MapRecords | BlockMap>, trace: TraceAccess[]): void {
+  const results = maps.map((m) => {
+    const r = new TraceResolver(m);
+    const resolved = trace.map((a) => r.resolve(a));
+    return { resolved, summary: r.summary() };
+  });
+  for (const x of results.slice(1)) {
+    assert.deepEqual(x.resolved, results[0].resolved);
+    assert.deepEqual(x.summary, results[0].summary);
+  }
+  const nonEmpty = trace.filter((a) => a.length > 0);
+  for (const m of maps) {
+    const r = new TraceResolver(m);
+    const want = modelByFile(nonEmpty.map((a) => r.resolve(a)));
+    assert.ok(want.length > 0);
+    assert.deepEqual(r.summary().byFile, want);
+    // sorted in runs of 1, 2 and 7 spilled to a scratch file and merged: the same order
+    for (const held of [1, 2, 7]) assert.deepEqual([...r.fileRows(held)], want, `runs of ${held}`);
+  }
+}
+
+test('a trace resolved against the saved map read on demand (MapFile) gives what the held map gives; files sorted in spilled runs as one sort', async () => {
+  const disk = await gptBlockmapDisk();
+  const img = await openImage(disk.disk);
+  let map: BlockMap;
+  try {
+    map = await buildBlockMap(img);
+  } finally {
+    await img.close();
+  }
+  const file = path.join(scratch('bm-trace-file'), 'map.bm');
+  writeFileSync(file, saveBlockMap(map));
+  const mf = MapFile.open(file);
+  try {
+    // 100 bytes at the start of every file and directory record, last record first: the two
+    // file systems hold the same tree, so a path of each touched as much in both volumes, the
+    // later volume first (the tie goes to the first touched, not the first on disk)
+    const heads: TraceAccess[] = [];
+    for (let i = map.count - 1; i >= 0; i--) {
+      if (map.kind[i] === KIND_CODE.file || map.kind[i] === KIND_CODE.directory) {
+        heads.push({ offset: map.start[i], length: Math.min(100, map.end(i) - map.start[i]) });
+      }
+    }
+    const tied = modelByFile(heads.map((a) => new TraceResolver(map).resolve(a)));
+    // each tie listed in the order first touched: its record nearest the disk's end first
+    const lastRecord = new Map<string, number>();
+    for (let i = 0; i < map.count; i++) {
+      if (map.kind[i] !== KIND_CODE.file && map.kind[i] !== KIND_CODE.directory) continue;
+      lastRecord.set(`${map.volumes[map.volume[i]].id}\0${map.strings[map.name[i]]}`, i);
+    }
+    const at = (f: (typeof tied)[number]) => lastRecord.get(`${f.volume}\0${f.path}`) as number;
+    let ties = 0;
+    for (let i = 1; i < tied.length; i++) {
+      if (tied[i].path !== tied[i - 1].path || tied[i].bytes !== tied[i - 1].bytes) continue;
+      ties++;
+      assert.ok(at(tied[i - 1]) > at(tied[i]), `${tied[i].path}: tie not in first-touch order`);
+    }
+    assert.ok(ties > 10, `${ties} paths tied across the volumes`);
+    resolveAlike([map, mf], heads);
+    // random accesses (some empty, some past the disk's end), then the whole disk in 64 KiB reads
+    const rnd = prng(5);
+    const mixed: TraceAccess[] = [];
+    for (let k = 0; k < 3000; k++) {
+      const offset = Math.floor((rnd() / 2 ** 32) * (map.diskSize + 100_000));
+      mixed.push({ offset, length: k % 100 === 0 ? 0 : 1 + (rnd() % 200_000), time: k, op: 'R' });
+    }
+    for (let o = 0; o < map.diskSize; o += 65536) mixed.push({ offset: o, length: 65536 });
+    resolveAlike([map, mf], mixed);
+  } finally {
+    mf.close();
+  }
+});
+
+test('one name in two volumes (a detail two file systems share) is two files, as (volume, path) pairs', async () => {
+  // records: unpartitioned, a directory region of volume 0 named by detail 0, a file of
+  // volume 0, the same detail in volume 1 (a second id-sharing record), free
+  const vol = (id: string) => ({ id, scheme: 'gpt', type: 'linux', fs: 'vfat', blockSize: 512 });
+  const cols = {
+    count: 6,
+    start: Float64Array.from([0, 1000, 2000, 3000, 4000, 5000]),
+    kind: Uint8Array.from(
+      ['unpartitioned', 'directory', 'file', 'directory', 'directory', 'free'].map((k) => KIND_CODE[k as 'file']),
+    ),
+    volume: Uint16Array.from([0xffff, 0, 0, 1, 0, 1]),
+    ino: Float64Array.from([-1, 1, 12, 1, 1, -1]),
+    name: Int32Array.from([-1, 0, 1, 0, 0, -1]),
+    objectOffset: Float64Array.from([0, 0, 0, 0, 1000, 0]),
+  };
+  const map = new BlockMap(6000, cols, ['root directory region', '/a'], [vol('1'), vol('2')]);
+  const file = path.join(scratch('bm-trace-names'), 'map.bm');
+  writeFileSync(file, saveBlockMap(map));
+  const mf = MapFile.open(file);
+  try {
+    const trace: TraceAccess[] = [
+      { offset: 3500, length: 10 },
+      { offset: 1500, length: 10 },
+      { offset: 900, length: 4000 },
+      { offset: 3990, length: 20 },
+      { offset: 2100, length: 0 },
+    ];
+    resolveAlike([map, mf], trace);
+    const s = new TraceResolver(mf);
+    for (const a of trace) s.count(a);
+    const rows = s.summary().byFile.map((f) => `${f.volume} ${f.path} ${f.bytes} ${f.accesses}`);
+    // by hand: (1, detail) 10 + 1000 + 900 + 10 bytes in accesses 2, 3, 4; (2, detail) 10 + 1000 + 10 in 1, 3, 4;
+    // /a 1000 bytes in 3, and the empty access 5 inside it counts as one more
+    assert.deepEqual(rows, ['1 root directory region 1920 3', '2 root directory region 1020 3', '1 /a 1000 2']);
+  } finally {
+    mf.close();
+  }
 });

@@ -4,7 +4,9 @@ import type { Command } from 'commander';
 import {
   type BlockMap,
   type BlockMapWriter,
+  type FileRow,
   type KindSummary,
+  type MapRecords,
   type Owner,
   StrataError,
   type StreamedMap,
@@ -18,7 +20,7 @@ import {
   TARGET_HELP,
   targetOptionsFrom,
 } from '../common.js';
-import { humanSize, printJson, printJsonLine, printJsonLines, warnAll, writeOut } from '../output.js';
+import { humanSize, printJson, printJsonLines, warnAll, writeOut } from '../output.js';
 
 /**
  * Introspection verbs: `whatis` (who owns a disk range), `blockmap` (the whole map, or
@@ -96,34 +98,62 @@ export function registerBlockmapCommands(program: Command): void {
       ),
     ),
   ).action(async (image: string, tracePath: string, o: Record<string, unknown>) => {
-    const { readTraceBatches, TraceResolver } = await import('../../library/index.js');
-    const map = await obtainMap(image, o);
-    const resolver = new TraceResolver(map);
-    const input = tracePath === '-' ? process.stdin : createReadStream(tracePath);
-    const name = tracePath === '-' ? 'stdin' : tracePath;
-    let buf = '';
-    for await (const batch of readTraceBatches(input, name)) {
-      if (o.summary) {
-        resolver.countBatch(batch);
-        continue;
-      }
-      for (let i = 0; i < batch.count; i++) {
-        const a = batch.access(i);
-        const r = resolver.resolve(a);
-        if (o.json) buf += `${JSON.stringify(r)}\n`;
-        else {
-          const head = `${a.time !== undefined ? `${a.time} ` : ''}${a.op ? `${a.op} ` : ''}${a.offset}+${a.length}`;
-          buf += `${head}\n${r.owners.map((w) => `  ${ownerLine(w)}`).join('\n')}\n`;
-        }
-      }
-      if (buf.length > 1 << 16) {
-        await write(buf);
-        buf = '';
+    const { MapFile, mapFileOfTarget } = await import('../../library/index.js');
+    // the map read from its file on demand: the saved one, or one built into a scratch file (issue 22)
+    const map =
+      typeof o.map === 'string'
+        ? MapFile.open(o.map)
+        : await mapFileOfTarget(image, openOptionsFrom(o), { ...targetOptionsFrom(o), onTarget: noteTarget });
+    try {
+      await resolveTrace(map, tracePath, o);
+    } finally {
+      map.close();
+    }
+  });
+}
+
+/** `trace resolve` against a map: each access (unless --summary), then the summary, written as they come. */
+async function resolveTrace(map: MapRecords, tracePath: string, o: Record<string, unknown>): Promise<void> {
+  const { readTraceBatches, TraceResolver } = await import('../../library/index.js');
+  const resolver = new TraceResolver(map);
+  const input = tracePath === '-' ? process.stdin : createReadStream(tracePath);
+  const name = tracePath === '-' ? 'stdin' : tracePath;
+  let buf = '';
+  for await (const batch of readTraceBatches(input, name)) {
+    if (o.summary) {
+      resolver.countBatch(batch);
+      continue;
+    }
+    for (let i = 0; i < batch.count; i++) {
+      const a = batch.access(i);
+      const r = resolver.resolve(a);
+      if (o.json) buf += `${JSON.stringify(r)}\n`;
+      else {
+        const head = `${a.time !== undefined ? `${a.time} ` : ''}${a.op ? `${a.op} ` : ''}${a.offset}+${a.length}`;
+        buf += `${head}\n${r.owners.map((w) => `  ${ownerLine(w)}`).join('\n')}\n`;
       }
     }
-    await write(buf);
-    const s = resolver.summary();
-    if (o.json) return printJsonLine({ summary: s });
+    if (buf.length > 1 << 16) {
+      await write(buf);
+      buf = '';
+    }
+  }
+  await write(buf);
+  buf = '';
+  const s = resolver.totals();
+  // the files stream out sorted, one line (or JSON element) each: the text JSON.stringify or
+  // the lines joined would give for the whole summary, without holding it
+  let row: (f: FileRow) => string;
+  let sep = '';
+  if (o.json) {
+    const whole = JSON.stringify({ summary: { ...s, byFile: [] } });
+    buf = whole.slice(0, -3); // up to and including '"byFile":['
+    row = (f) => {
+      const line = `${sep}${JSON.stringify(f)}`;
+      sep = ',';
+      return line;
+    };
+  } else {
     const lines = [
       `accesses: ${s.accesses}  bytes: ${s.bytes}${s.outside ? `  outside the disk: ${s.outside}` : ''}`,
       `by class: ${Object.entries(s.byClass)
@@ -132,13 +162,20 @@ export function registerBlockmapCommands(program: Command): void {
       'by kind:',
       ...s.byKind.map((k) => `  ${k.kind.padEnd(16)} ${String(k.accesses).padStart(9)} accesses  ${k.bytes} bytes`),
       'by file:',
-      ...s.byFile.map(
-        (f) =>
-          `  ${String(f.accesses).padStart(9)} ${String(f.bytes).padStart(12)}  ${f.volume ? `[${f.volume}] ` : ''}${f.path}`,
-      ),
     ];
-    await writeOut(`${lines.join('\n')}\n`);
-  });
+    buf = `${lines.join('\n')}\n`;
+    row = (f) =>
+      `  ${String(f.accesses).padStart(9)} ${String(f.bytes).padStart(12)}  ${f.volume ? `[${f.volume}] ` : ''}${f.path}\n`;
+  }
+  for (const f of resolver.fileRows()) {
+    buf += row(f);
+    if (buf.length > 1 << 16) {
+      await write(buf);
+      buf = '';
+    }
+  }
+  buf += o.json ? ']}}\n' : '';
+  await write(buf);
 }
 
 /**
