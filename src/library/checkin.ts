@@ -7,7 +7,7 @@ import { openVolumeFileSystem } from '../fs/open.js';
 import type { FileExtent, FileSystem, FsOpenOptions, Inode } from '../fs/types.js';
 import { walk } from '../fs/walk.js';
 import { isZero } from '../io/byte-source.js';
-import { mmapLargeAllocations, trimHeap } from '../io/native.js';
+import { mmapLargeAllocations, releaseBuffer, trimHeap } from '../io/native.js';
 import { PlannedSource } from '../io/planned-source.js';
 import { RepoLock } from '../store/lock.js';
 import { writeLimits } from '../store/packer.js';
@@ -387,6 +387,7 @@ class Builder {
   /** Remove the scratch files. */
   close(): void {
     this.scratch.close();
+    this.pool.clear(); // its chunk buffers and planned windows: nothing reads them after the cut
   }
 }
 
@@ -486,8 +487,8 @@ async function cutFile(
 }
 
 /**
- * Planned reads' windows: a 64th of the budget, 256 KiB-2 MiB (a batch's files are a few MiB,
- * and each batch's windows are garbage after it), PLANNED_KEEP of them kept.
+ * Planned reads' windows: a 64th of the budget, 256 KiB-2 MiB (a batch's files are a few MiB),
+ * PLANNED_KEEP of them kept; the builder's pool keeps them from one batch to the next.
  */
 function plannedWindow(budgetBytes: number): number {
   return Math.max(256 << 10, Math.min(2 << 20, Math.floor(budgetBytes / 64)));
@@ -525,7 +526,7 @@ async function cutSpans(
   budgetBytes: number,
   solo = false,
 ): Promise<void> {
-  const src = new PlannedSource(img, spans, plannedWindow(budgetBytes), undefined, PLANNED_KEEP);
+  const src = new PlannedSource(img, spans, plannedWindow(budgetBytes), undefined, PLANNED_KEEP, b.pool);
   await eachLimit(spanWindows(spans, W), CONCURRENCY, async (pieces) => {
     const from = pieces[0][0];
     const to = pieces[pieces.length - 1][1];
@@ -541,6 +542,7 @@ async function cutSpans(
       b.pool.give(packed);
     }
   });
+  await src.close();
 }
 
 /** Cut one window of `cutSpans`: its bytes less the all-zero granules, one chunk (`spare`: room for it). */
@@ -694,6 +696,8 @@ class FilesWriter {
   private async put(encoded: Uint8Array, keep: boolean): Promise<string> {
     const r = await this.sink.put('tree', encoded);
     if (keep) this.b.trees.set(r.digest, encoded);
+    // a part (~1-2 MB of JSON) the store has copied or compressed: freed now, not at a collection
+    else releaseBuffer(encoded);
     if (r.added) this.b.addedTrees.push(r.digest);
     return r.digest;
   }
@@ -798,7 +802,8 @@ async function cutFileSystem(
         plan.push([s, s + Math.ceil(e.length / bs) * bs]); // with the tail of the last block
       }
     }
-    const src = new PlannedSource(img, plan, plannedWindow(budget.bytes), undefined, PLANNED_KEEP);
+    // its windows from the builder's pool, back there after the batch (they were garbage)
+    const src = new PlannedSource(img, plan, plannedWindow(budget.bytes), undefined, PLANNED_KEEP, b.pool);
     const ordered = [...jobs.values()].sort((x, y) => x.first - y.first || x.inode.ino - y.inode.ino);
     const cut = new Map<number, CutFile>();
     await mapLimit(ordered, CONCURRENCY, async (job) => {
@@ -814,6 +819,7 @@ async function cutFileSystem(
       cut.set(job.inode.ino, r);
       if (job.inode.nlink > 1) linked.set(job.inode.ino, r);
     });
+    await src.close();
     const entries = await mapLimit(items, CONCURRENCY, async ({ path, inode }): Promise<FileEntry> => {
       const e: FileEntry = {
         path,
@@ -976,7 +982,8 @@ class MemoryBudget {
 /**
  * Where a check-in puts what it cuts: the local store, or a remote library (the serve
  * layer's client asks the server which chunks it lacks and uploads only those). `put`
- * may keep a reference to `plain` only until it returns (the cutter reuses its buffers).
+ * may keep a reference to `plain` only until it returns (the cutter reuses its buffers, and
+ * frees an encoded file manifest part at once).
  */
 export interface BlobSink {
   put(type: 'data' | 'tree', plain: Uint8Array, digest?: string, opts?: { solo?: boolean }): Promise<PutResult>;

@@ -10,6 +10,7 @@ import { FilterSource, fileView, offsetIn } from '../../src/io/filter-source.js'
 import { HttpSource } from '../../src/io/http-source.js';
 import { PlannedSource } from '../../src/io/planned-source.js';
 import { SliceSource } from '../../src/io/slice-source.js';
+import { BufferPool } from '../../src/util/buffer-pool.js';
 import { StrataError } from '../../src/util/errors.js';
 import { LIMITS } from '../../src/util/limits.js';
 import { ConcatSource } from '../../src/volumes/concat-source.js';
@@ -184,6 +185,45 @@ test('planned source: reads inside and outside the plan; status forwarded', asyn
   assert.ok(p.windowReads > 0 && p.served > 0, 'some requests were served from windows');
   await p.close();
   assert.equal(m.closed, 0, 'a plan leaves the caller its source');
+});
+
+test('planned source with a pool: windows taken from it, given back on close, reused by the next plan', async () => {
+  const m = new Model(bytes, MAP);
+  const pool = new BufferPool(8);
+  const given: Buffer[] = [];
+  const give = pool.give.bind(pool);
+  pool.give = (b: Buffer) => {
+    given.push(b);
+    give(b);
+  };
+  const read = async (p: PlannedSource) => {
+    // small reads in two 64 KiB windows of the one planned run, each checked against the bytes
+    for (const off of [0, 1000, 70_000, 5000, 90_000]) {
+      const out = Buffer.alloc(4096);
+      await p.readInto(off, out);
+      assert.deepEqual(out, Buffer.from(bytes.subarray(off, off + 4096)), `bytes at ${off}`);
+    }
+  };
+  const a = new PlannedSource(m, [[0, SIZE]], 65536, 1024, 4, pool);
+  await read(a);
+  assert.equal(a.windowReads, 2);
+  assert.equal(given.length, 0, 'nothing given back while the plan is open');
+  await a.close();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(given.length, 2, 'both windows went back to the pool on close');
+  const b = new PlannedSource(m, [[0, SIZE]], 65536, 1024, 4, pool);
+  const taken: Buffer[] = [];
+  const take = pool.take.bind(pool);
+  pool.take = (n: number) => {
+    const t = take(n);
+    taken.push(t);
+    return t;
+  };
+  await read(b);
+  assert.equal(taken.length, 2);
+  for (const t of taken) assert.ok(given.includes(t), 'the next plan reads into the windows given back');
+  await b.close();
+  assert.equal(m.closed, 0);
 });
 
 test('concat: parts back to back, short parts read as zeros, one part unwraps', async () => {
