@@ -120,6 +120,12 @@ const MAX_PAGES = 256; // reads of up to 1 MiB
  * entries without a node kept for each.
  */
 export const STABLE_ID_BASE = 2 ** 32;
+/**
+ * Read-only mounts of trees with stable keys: how many files (every node but directories) are
+ * kept, least recently used dropped. The kernel's lookups of them are not counted: it may hold
+ * millions (it forgets only under memory pressure), and any of them is found again by its key.
+ */
+const RECENT_FILES = 4096;
 const MAX_WRITE = 128 << 10;
 const BUFFER = (MAX_PAGES + 1) * 4096 + IN_HEADER;
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -192,6 +198,8 @@ export class FuseSession {
   private worker?: Worker;
   private readonly byId = new Map<number, Held>();
   private readonly byKey = new Map<number, Held>();
+  /** Stable trees: files (not directories) by node id, at most RECENT_FILES, least recently used first. */
+  private readonly recent = new Map<number, Held>();
   private nextId = 2;
   private readonly files = new Map<number, FileHandle>();
   private readonly dirs = new Map<number, DirHandle>();
@@ -428,6 +436,7 @@ export class FuseSession {
     }
     this.byId.clear();
     this.byKey.clear();
+    this.recent.clear();
     this.cache.clear();
     await this.tree.close();
   }
@@ -514,8 +523,28 @@ export class FuseSession {
   }
 
   private held(id: number): Held {
-    const h = this.byId.get(id);
+    const h = this.byId.get(id) ?? this.recentGet(id);
     if (!h) throw Errno.ENOENT; // a node id the kernel should no longer use
+    return h;
+  }
+
+  /** A file of a stable tree kept in `recent`, made the most recently used. */
+  private recentGet(id: number): Held | undefined {
+    const h = this.recent.get(id);
+    if (h) {
+      this.recent.delete(id);
+      this.recent.set(id, h);
+    }
+    return h;
+  }
+
+  /** Keep a file of a stable tree (its node id is its key plus STABLE_ID_BASE) among the recent ones. */
+  private keepRecent(id: number, node: MountNode): Held {
+    const have = this.recentGet(id);
+    if (have) return have;
+    const h: Held = { id, node, lookups: 1 };
+    this.recent.set(id, h);
+    if (this.recent.size > RECENT_FILES) this.recent.delete(this.recent.keys().next().value as number);
     return h;
   }
 
@@ -525,6 +554,10 @@ export class FuseSession {
    * them) or the root met again is refused: undefined.
    */
   private give(parent: Held, name: string, node: MountNode, stub = false): Held | undefined {
+    // a key too large to carry in a safe integer gets a counted id (below 2^32, never recalled)
+    const stable = this.stable && node.key >= 0 && Number.isSafeInteger(node.key + STABLE_ID_BASE);
+    // files of a stable tree: not counted, kept among the recent ones (found again by key when dropped)
+    if (stable && node.type !== 'dir') return this.keepRecent(node.key + STABLE_ID_BASE, node);
     const have = this.byKey.get(node.key);
     if (have) {
       if (have.id === FUSE_ROOT_ID) return undefined;
@@ -537,8 +570,6 @@ export class FuseSession {
       have.lookups++;
       return have;
     }
-    // a key too large to carry in a safe integer gets a counted id (below 2^32, never recalled)
-    const stable = this.stable && node.key >= 0 && Number.isSafeInteger(node.key + STABLE_ID_BASE);
     const h: Held = { id: stable ? node.key + STABLE_ID_BASE : this.nextId++, node, lookups: 1 };
     if (stub) h.stub = true;
     if (node.type === 'dir') {
@@ -563,13 +594,12 @@ export class FuseSession {
     if (!Number.isSafeInteger(key) || key < 0 || key === root?.node.key) return;
     const node = await tree.nodeByKey(key).catch(() => undefined);
     if (!node || node.type === 'dir' || this.byId.has(id)) return;
-    const held: Held = { id, node, lookups: 1 };
-    this.byId.set(id, held);
-    if (!this.byKey.has(key)) this.byKey.set(key, held);
+    this.keepRecent(id, node);
   }
 
   private async handle(op: number, nodeid: number, body: Buffer, h: InHeader): Promise<Buffer | undefined> {
-    if (this.stable && nodeid >= STABLE_ID_BASE && !this.byId.has(nodeid)) await this.recall(nodeid);
+    if (this.stable && nodeid >= STABLE_ID_BASE && !this.byId.has(nodeid) && !this.recent.has(nodeid))
+      await this.recall(nodeid);
     // a directory handed out natively is loaded by the first request that needs it (its own READDIRPLUS may not)
     const stub = this.byId.get(nodeid);
     if (stub?.stub && op !== Op.READDIRPLUS) await this.materialize(stub);
