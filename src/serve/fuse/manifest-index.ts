@@ -2,6 +2,7 @@ import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeSyn
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { FileType, Timestamp } from '../../fs/types.js';
+import { ROOT_ENTRY } from '../../library/library-verbs.js';
 import { compareTreePaths, type FileEntry } from '../../library/manifest.js';
 import { StrataError } from '../../util/errors.js';
 import type { Attr } from './protocol.js';
@@ -243,17 +244,7 @@ class Builder {
     this.heap = new AppendFile(fds[1]);
     this.kids = new AppendFile(fds[2]);
     // slot 0: the root, as shown when the manifest keeps no entry for it
-    const root: FileEntry = {
-      path: '/',
-      type: 'dir',
-      mode: 0o755,
-      uid: 0,
-      gid: 0,
-      size: 0,
-      nlink: 2,
-      ino: 0,
-      mtime: null,
-    };
+    const root: FileEntry = { ...ROOT_ENTRY, nlink: 2 };
     this.writeRecord(root, DIR, 0, NO_PARENT);
     this.stack.push({ slot: 0, path: '/', prefix: '/', kids: new Kids() });
   }
