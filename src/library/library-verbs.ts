@@ -229,7 +229,7 @@ export async function layoutFilesDigest(
   return vol.fs!.files;
 }
 
-const ROOT_ENTRY: FileEntry = {
+export const ROOT_ENTRY: FileEntry = {
   path: '/',
   type: 'dir',
   mode: 0o755,

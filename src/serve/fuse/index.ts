@@ -1,16 +1,17 @@
 import { openAddress } from '../../library/address.js';
-import { layoutFiles } from '../../library/library-verbs.js';
-import { classifyTarget, openTargetLibrary, resolveTargetVersion } from '../../library/target.js';
+import { openStoredFiles } from '../../library/stored-listing.js';
+import { classifyTarget } from '../../library/target.js';
 import { FsTree } from './fs-tree.js';
 import { ManifestTree } from './manifest-tree.js';
 import type { OpenMountOptions } from './mount-options.js';
 import type { MountTree } from './tree.js';
 
 export { FsTree } from './fs-tree.js';
-export { type BlobGetter, ManifestTree } from './manifest-tree.js';
+export { type BlobGetter, type ManifestSource, ManifestTree } from './manifest-tree.js';
 export type { OpenMountOptions } from './mount-options.js';
 export { isWritable, OverlayTree, type WritableTree } from './overlay.js';
 export {
+  fileEntriesFromBlobs,
   filesFromBlobs,
   type LocalChunkCache,
   openRemoteMountTree,
@@ -38,19 +39,19 @@ export async function openMountTree(
 }> {
   const target = classifyTarget(arg, opts.target);
   if (target.kind === 'ref') {
-    const lib = await openTargetLibrary(target);
+    // the file manifest streamed into the mount's index (never all of it in memory)
+    const sf = await openStoredFiles(target, opts.address?.part ?? opts.address?.lv);
     try {
-      const v = await resolveTargetVersion(lib, target);
-      const files = await layoutFiles(lib, v, await lib.layoutHead(v.manifest), opts.address?.part ?? opts.address?.lv);
-      const tree = new ManifestTree(lib.store, files, `${v.image}@${v.number}`, () => lib.close());
-      return {
-        tree,
-        warnings: [],
-        kind: 'version',
-        version: { library: target.library, ref: `${v.image}@${v.number}` },
-      };
+      const { lib, digest, head } = sf;
+      const tree = await ManifestTree.open(
+        lib.store,
+        { fileChunkSize: head.fileChunkSize, entries: () => lib.fileEntries(digest, head) },
+        sf.name,
+        () => sf.close(),
+      );
+      return { tree, warnings: [], kind: 'version', version: { library: target.library, ref: sf.name } };
     } catch (e) {
-      await lib.close();
+      await sf.close();
       throw e;
     }
   }

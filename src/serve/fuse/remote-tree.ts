@@ -1,4 +1,4 @@
-import type { FileEntry, FilesManifest, LayoutManifest } from '../../library/manifest.js';
+import type { FileEntry, FilesHead, FilesManifest, LayoutManifest } from '../../library/manifest.js';
 import { decodeFilesHead, decodeFilesPart, decodeLayoutHead, FILE_PART_ENTRIES } from '../../library/manifest.js';
 import { StrataError } from '../../util/errors.js';
 import type { RemoteLibrary, RemoteVersion } from '../http/client.js';
@@ -62,55 +62,92 @@ export class RemoteBlobs implements BlobGetter {
   }
 }
 
-/** A file manifest (version 1, or a version 2 head and its parts) read through `blobs`, every entry in memory. */
-export async function filesFromBlobs(blobs: BlobGetter, digest: string, where: string): Promise<FilesManifest> {
-  const head = decodeFilesHead(await blobs.get(digest), `${where} file manifest ${digest}`);
-  if (!head.parts) return head as FilesManifest;
-  const count = head.count ?? 0;
-  const entries: FileEntry[] = [];
-  for (const [i, part] of head.parts.entries()) {
+/**
+ * The entries of a file manifest (version 1, or a version 2 head and its parts) read through
+ * `blobs`, in order, one part in memory at a time.
+ */
+export async function* fileEntriesFromBlobs(
+  blobs: BlobGetter,
+  digest: string,
+  where: string,
+  head?: FilesHead,
+): AsyncGenerator<FileEntry> {
+  const h = head ?? decodeFilesHead(await blobs.get(digest), `${where} file manifest ${digest}`);
+  if (!h.parts) {
+    yield* h.entries ?? [];
+    return;
+  }
+  const count = h.count ?? 0;
+  let n = 0;
+  for (const [i, part] of h.parts.entries()) {
     const at = `${where} file manifest ${digest} part ${i} (${part})`;
     const got = decodeFilesPart(await blobs.get(part), at);
-    if (entries.length + got.length > count || got.length > FILE_PART_ENTRIES) {
+    n += got.length;
+    if (n > count || got.length > FILE_PART_ENTRIES) {
       throw new StrataError('CORRUPT', 'parts hold more entries than the head counts', {
         file: at,
         structure: 'file manifest',
       });
     }
-    for (const e of got) entries.push(e);
+    yield* got;
   }
-  if (entries.length !== count) {
-    throw new StrataError('CORRUPT', `parts hold ${entries.length} entries, the head counts ${count}`, {
+  if (n !== count) {
+    throw new StrataError('CORRUPT', `parts hold ${n} entries, the head counts ${count}`, {
       file: `${where} file manifest ${digest}`,
       structure: 'file manifest',
     });
   }
+}
+
+/** A file manifest (version 1, or a version 2 head and its parts) read through `blobs`, every entry in memory. */
+export async function filesFromBlobs(blobs: BlobGetter, digest: string, where: string): Promise<FilesManifest> {
+  const head = decodeFilesHead(await blobs.get(digest), `${where} file manifest ${digest}`);
+  if (!head.parts) return head as FilesManifest;
+  const entries: FileEntry[] = [];
+  for await (const e of fileEntriesFromBlobs(blobs, digest, where, head)) entries.push(e);
   const { kind, volume, fsKind, fileChunkSize } = head;
   return { kind, version: 1, volume, fsKind, fileChunkSize, entries };
 }
 
+/** A file manifest to stream: its digest and head. */
+interface ChosenFiles {
+  digest: string;
+  head: FilesHead;
+}
+
 /**
  * The file manifest of one volume of a layout: `part` names it; without it the only volume
- * with a file system, or of several the one holding /etc and /usr (the OS root).
+ * with a file system, or of several the one holding /etc and /usr (the OS root), each
+ * candidate streamed.
  */
 async function chooseFiles(
   blobs: BlobGetter,
   layout: Pick<LayoutManifest, 'volumes'>,
   ref: string,
   part: string | undefined,
-): Promise<FilesManifest> {
+): Promise<ChosenFiles> {
   const withFs = layout.volumes.filter((x) => x.fs);
+  const chosen = async (digest: string): Promise<ChosenFiles> => ({
+    digest,
+    head: decodeFilesHead(await blobs.get(digest), `${ref} file manifest ${digest}`),
+  });
   if (part !== undefined) {
     const vol = withFs.find((x) => x.id === part);
     if (!vol?.fs) throw new StrataError('NOT_FOUND', `version ${ref} has no file system on volume ${part}`);
-    return filesFromBlobs(blobs, vol.fs.files, ref);
+    return chosen(vol.fs.files);
   }
-  if (withFs.length === 1 && withFs[0].fs) return filesFromBlobs(blobs, withFs[0].fs.files, ref);
+  if (withFs.length === 1 && withFs[0].fs) return chosen(withFs[0].fs.files);
   for (const c of withFs) {
     if (!c.fs) continue;
-    const f = await filesFromBlobs(blobs, c.fs.files, ref);
-    const dirs = new Set(f.entries.filter((e) => e.type === 'dir').map((e) => e.path));
-    if (dirs.has('/etc') && dirs.has('/usr')) return f;
+    const f = await chosen(c.fs.files);
+    let etc = false;
+    let usr = false;
+    for await (const e of fileEntriesFromBlobs(blobs, f.digest, ref, f.head)) {
+      if (e.type !== 'dir') continue;
+      if (e.path === '/etc') etc = true;
+      else if (e.path === '/usr') usr = true;
+    }
+    if (etc && usr) return f;
   }
   throw new StrataError(
     'USAGE',
@@ -136,6 +173,13 @@ export async function openRemoteMountTree(
   const blobs = new RemoteBlobs(remote, opts.cache, opts.onWarning);
   // its volumes only (a layout in parts: the head; version 1: its columns stepped over)
   const layout = decodeLayoutHead(await blobs.get(v.manifest), `${remote.url} manifest ${v.manifest}`);
-  const files = await chooseFiles(blobs, layout, `${remote.url}#${name}`, opts.part);
-  return { tree: new ManifestTree(blobs, files, name), version: v, blobs };
+  const where = `${remote.url}#${name}`;
+  const { digest, head } = await chooseFiles(blobs, layout, where, opts.part);
+  // streamed into the mount's index, one part at a time
+  const tree = await ManifestTree.open(
+    blobs,
+    { fileChunkSize: head.fileChunkSize, entries: () => fileEntriesFromBlobs(blobs, digest, where, head) },
+    name,
+  );
+  return { tree, version: v, blobs };
 }
