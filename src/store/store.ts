@@ -106,6 +106,15 @@ export class Store {
     return s;
   }
 
+  /** Keep at most `bytes` of decoded shared frames (BlobReader.limitFrames); how many were decoded so far. */
+  limitFrames(bytes: number): void {
+    this.reader.limitFrames(bytes);
+  }
+
+  get framesDecoded(): number {
+    return this.reader.framesDecoded;
+  }
+
   /** Whether the index may be stale (loaded from a remembered listing, not listed since). */
   get indexFromRemembered(): boolean {
     return this.ix.fromRemembered;
