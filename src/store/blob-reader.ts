@@ -148,8 +148,6 @@ export class BlobReader {
   private waiting: Array<() => void> = [];
   /** Bytes of decoded frames this reader keeps at most, below the frames' share (limitFrames). */
   private frameLimit = Number.POSITIVE_INFINITY;
-  /** Shared frames decoded (a measure of how well the cache serves a reader). */
-  framesDecoded = 0;
 
   constructor(
     private readonly backend: Backend,
@@ -351,7 +349,6 @@ export class BlobReader {
   }
 
   private async decodeFrameNow(key: string, e: IndexEntry): Promise<Buffer> {
-    this.framesDecoded++;
     const encBuf = this.pool.take(e.encLength);
     try {
       const enc = await this.readFrame(key, e, encBuf);

@@ -106,13 +106,9 @@ export class Store {
     return s;
   }
 
-  /** Keep at most `bytes` of decoded shared frames (BlobReader.limitFrames); how many were decoded so far. */
+  /** Keep at most `bytes` of decoded shared frames (BlobReader.limitFrames). */
   limitFrames(bytes: number): void {
     this.reader.limitFrames(bytes);
-  }
-
-  get framesDecoded(): number {
-    return this.reader.framesDecoded;
   }
 
   /** Whether the index may be stale (loaded from a remembered listing, not listed since). */
