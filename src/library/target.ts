@@ -35,6 +35,11 @@ export interface TargetOptions {
    * Opened with the target, handed to the file-system readers as `fsOptions.devices`.
    */
   devices?: string[];
+  /**
+   * A library version: bytes of decoded frames its store keeps at most (Store.limitFrames),
+   * for a reader that visits them in order (a block map's walk).
+   */
+  storeFrameBytes?: number;
 }
 
 export type Target =
@@ -157,6 +162,7 @@ async function openTargetAlone(
   if (target.kind === 'url') return { image: await openImage(target.url, openOptions), target, name: target.url };
   const lib = await openTargetLibrary(target);
   try {
+    if (opts.storeFrameBytes !== undefined) lib.store.limitFrames(opts.storeFrameBytes);
     const v = await resolveTargetVersion(lib, target);
     const image = versionDiskImage(lib, v, await lib.versionSource(v.manifest, `${v.image}@${v.number}`));
     return { image, target, name: image.name };

@@ -146,6 +146,8 @@ export class BlobReader {
   /** Read scratch in flight (see scratchBytes) and the reads waiting for room. */
   private scratch = 0;
   private waiting: Array<() => void> = [];
+  /** Bytes of decoded frames this reader keeps at most, below the frames' share (limitFrames). */
+  private frameLimit = Number.POSITIVE_INFINITY;
 
   constructor(
     private readonly backend: Backend,
@@ -252,6 +254,16 @@ export class BlobReader {
     }
   }
 
+  /**
+   * Keep at most `bytes` of decoded frames (never fewer than one), below the frames' share:
+   * for a reader that visits the frames in order, such as a block map's walk of a version's
+   * metadata, where the share's six frames are memory the budget needs elsewhere.
+   */
+  limitFrames(bytes: number): void {
+    this.frameLimit = bytes;
+    this.evictFrames();
+  }
+
   /** Forget the decoded frames (after prune deleted packs). */
   clearCache(): void {
     this.frames.clear();
@@ -269,7 +281,7 @@ export class BlobReader {
 
   /** The least recently used frames out while the cache holds more than its bytes (the newest one stays). */
   private evictFrames(): void {
-    const max = frameCacheBytes() - (this.spare?.length ?? 0);
+    const max = this.frameBytesMax() - (this.spare?.length ?? 0);
     for (const [k, c] of this.frames) {
       if (this.frameBytes <= max || this.frames.size <= 1) break;
       this.forget(k, c);
@@ -282,8 +294,12 @@ export class BlobReader {
 
   /** An evicted frame's buffer: the spare when there is none, else back to the pool. */
   private retire(b: Buffer): void {
-    if (!this.spare && b.length <= frameCacheBytes() / 4) this.spare = b;
+    if (!this.spare && b.length <= this.frameBytesMax() / 4) this.spare = b;
     else this.pool.give(b);
+  }
+
+  private frameBytesMax(): number {
+    return Math.min(frameCacheBytes(), this.frameLimit);
   }
 
   private async readFrame(key: string, e: IndexEntry, encBuf: Buffer): Promise<Uint8Array> {

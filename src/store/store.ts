@@ -106,6 +106,11 @@ export class Store {
     return s;
   }
 
+  /** Keep at most `bytes` of decoded shared frames (BlobReader.limitFrames). */
+  limitFrames(bytes: number): void {
+    this.reader.limitFrames(bytes);
+  }
+
   /** Whether the index may be stale (loaded from a remembered listing, not listed since). */
   get indexFromRemembered(): boolean {
     return this.ix.fromRemembered;
