@@ -310,6 +310,7 @@ export function registerFsCommands(program: Command): void {
       if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new StrataError('USAGE', `bad --jobs ${o.jobs}`);
       const r = await extractTree(at.fs, path, dest, {
         concurrency: jobs,
+        sourceCached: at.target.kind === 'ref',
         onWarning: warn,
         follow: o.follow !== false,
         existing: o.force ? 'replace' : o.clobber === false ? 'skip' : 'keep',
