@@ -25,7 +25,24 @@ export class RateLimiter {
     readonly perMinute: number,
     private readonly syncMs = 1000,
     private readonly now = () => Date.now(),
+    private readonly onError: (e: unknown) => void = () => {},
   ) {}
+
+  /**
+   * A sync after `syncMs`, once. One that fails (the catalog restarting: a connection lost
+   * during COMMIT is not retried, as it may have committed) is told to `onError` and tried
+   * again later with the counts kept: a rejection here has no caller to go to, and unhandled
+   * it ended the server process (a PostgreSQL restart under load, test/serve/scale-faults).
+   */
+  private schedule(): void {
+    if (this.syncMs <= 0 || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.sync().catch((e) => {
+        this.onError(e);
+        this.schedule();
+      });
+    }, this.syncMs).unref();
+  }
 
   /** Count one request of `key`: false when the key is past its limit this minute (not counted then). */
   async take(key: string): Promise<boolean> {
@@ -43,12 +60,12 @@ export class RateLimiter {
     }
     w.touched = true;
     if (w.known + w.pending >= this.perMinute) {
-      this.timer ??= this.syncMs > 0 ? setTimeout(() => void this.sync(), this.syncMs).unref() : undefined;
+      this.schedule();
       return false;
     }
     w.pending++;
     if (this.syncMs <= 0) await this.sync();
-    else this.timer ??= setTimeout(() => void this.sync(), this.syncMs).unref();
+    else this.schedule();
     return true;
   }
 
@@ -62,7 +79,14 @@ export class RateLimiter {
         if (w.pending > 0) {
           const n = w.pending;
           w.pending = 0;
-          w.known = await this.access.addRequests(key, w.minute, n);
+          try {
+            w.known = await this.access.addRequests(key, w.minute, n);
+          } catch (e) {
+            // counted again at the next sync (twice at worst, if the lost COMMIT had landed:
+            // a brake a little early, never a request let through uncounted)
+            w.pending += n;
+            throw e;
+          }
         } else if (w.touched) {
           // refused here meanwhile: learn whether the others' counts moved (they do not go down within a minute)
           w.known = await this.access.requestCount(key, w.minute);
@@ -85,7 +109,7 @@ export class RateLimiter {
   async close(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    await this.sync();
+    await this.sync().catch((e) => this.onError(e));
   }
 }
 

@@ -317,7 +317,12 @@ export async function buildServer(lib: Library, opts: ServeOptions = {}): Promis
   const diskCaches = new DiskCaches(lib, opts.diskCache);
   const blobCache = opts.blobCache ? lib.useBlobCache(opts.blobCache) : undefined;
   const perMinute = opts.rateLimit ?? 6000;
-  const limiter = perMinute > 0 ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000) : undefined;
+  const limiter =
+    perMinute > 0
+      ? new RateLimiter(access, perMinute, opts.rateSyncMs ?? 1000, undefined, (e) =>
+          app.log.error({ err: e }, 'rate limit counts'),
+        )
+      : undefined;
   const reach = new ReachCache(lib, opts.reachCache);
   const answerBytes = opts.answerCache ?? 32 * ONE_MIB;
   const answers = answerBytes > 0 && lib.catalog.db.changeStamp ? new AnswerCache(answerBytes) : undefined;
