@@ -89,14 +89,21 @@ for (const onReader of [true, false]) {
         // the big directory (20,000 names) takes several replies; every other directory one
         assert.ok(main < dirs + 100, `no second request per directory (${main} for ${dirs})`);
 
-        // a second walk: the kernel keeps the listings cached (it may drop some under memory
-        // pressure: the big directory's 37 replies were asked again once in eight runs), and a
-        // listing asked again still has its end answered by the reader thread
+        // a second walk: the kernel keeps the listings cached, and a listing asked again still
+        // has its end answered by the reader thread. Counted in directories, not replies: the
+        // kernel may drop a listing under memory pressure, and the big directory alone is 37
+        // replies (dropped, it made 38 of 73 replies asked again with every other listing kept,
+        // beside a 2,000,000-file mount on the same machine). Without the kept listings every
+        // directory is listed again, each ending with one end the reader thread answers.
         const answered = s.readerAnswered;
         assert.equal(await listing(mnt), want, 'the second walk');
         const again = count(s, Op.READDIR, Op.READDIRPLUS) - main;
-        assert.ok(again < main / 2, `listings kept by the kernel (${again} asked again of ${main})`);
-        assert.ok(s.readerAnswered - answered <= again, 'at most one end per listing asked again');
+        const relisted = s.readerAnswered - answered;
+        assert.ok(
+          relisted < dirs / 2,
+          `listings kept by the kernel (${relisted} of ${dirs} directories listed again, ${again} replies)`,
+        );
+        assert.ok(relisted <= again, 'at most one end per listing asked again');
       });
 
       await withSession(img, onReader, async (s, mnt) => {
