@@ -164,13 +164,7 @@ export class BlockMap {
 
   /** Every owner of disk bytes [offset, offset+length), clipped to that range. */
   whatis(offset: number, length = 1): Owner[] {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 1) {
-      throw new StrataError('USAGE', `bad range ${offset}+${length}`);
-    }
-    if (offset >= this.diskSize) {
-      throw new StrataError('USAGE', `offset ${offset} lies past the disk end (${this.diskSize})`);
-    }
-    const to = Math.min(offset + length, this.diskSize);
+    const to = rangeEnd(offset, length, this.diskSize);
     const out: Owner[] = [];
     for (let i = this.indexOf(offset); i < this.count && this.start[i] < to; i++) out.push(this.owner(i, offset, to));
     return out;
@@ -203,10 +197,26 @@ export class BlockMap {
       bytes[this.kind[i]] += this.end(i) - this.start[i];
       recs[this.kind[i]]++;
     }
-    const out: KindSummary[] = [];
-    for (let k = 0; k < KINDS.length; k++) {
-      if (recs[k] > 0) out.push({ kind: KINDS[k], class: classOf(KINDS[k]), bytes: bytes[k], records: recs[k] });
-    }
-    return out;
+    return kindRows(bytes, recs);
   }
+}
+
+/** The end of a whatis range [offset, offset + length) on a disk of `diskSize` bytes (clipped to it), or a USAGE error. */
+export function rangeEnd(offset: number, length: number, diskSize: number): number {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 1) {
+    throw new StrataError('USAGE', `bad range ${offset}+${length}`);
+  }
+  if (offset >= diskSize) {
+    throw new StrataError('USAGE', `offset ${offset} lies past the disk end (${diskSize})`);
+  }
+  return Math.min(offset + length, diskSize);
+}
+
+/** Bytes and records per kind code as KindSummary rows (kinds with none left out), in vocabulary order. */
+export function kindRows(bytes: Float64Array, recs: Float64Array): KindSummary[] {
+  const out: KindSummary[] = [];
+  for (let k = 0; k < KINDS.length; k++) {
+    if (recs[k] > 0) out.push({ kind: KINDS[k], class: classOf(KINDS[k]), bytes: bytes[k], records: recs[k] });
+  }
+  return out;
 }

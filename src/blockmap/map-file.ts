@@ -1,6 +1,7 @@
+import { isUtf8 } from 'node:buffer';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { StrataError } from '../util/errors.js';
-import { lastAtMost, type MapVolume, type Owner, ownerOf } from './block-map.js';
+import { type KindSummary, kindRows, lastAtMost, type MapVolume, type Owner, ownerOf, rangeEnd } from './block-map.js';
 import { checkRecords, type MapLayout, parseMapHeader } from './codec.js';
 
 /**
@@ -172,41 +173,46 @@ export class MapFile implements MapRecords {
     const { stringBytes, stringCount } = this.layout.header;
     const at0 = this.layout.stringsAt;
     if (stringCount === 0) return;
+    const notUtf8 = () =>
+      new StrataError('CORRUPT', 'string table is not valid UTF-8', {
+        file: this.file,
+        structure: 'block map strings',
+        offset: at0,
+      });
+    // checked a window of whole names at a time with isUtf8 (no string made: decoding each
+    // window into a discarded string left ~60 MiB of external strings for a collection to
+    // find at 1,000,000 names); a NUL never sits inside a UTF-8 sequence, so a window cut
+    // after its last NUL holds whole sequences. A window without one (a name of 1 MiB and
+    // more) goes through a streaming decoder.
     const decoder = trusted ? undefined : new TextDecoder('utf-8', { fatal: true });
+    /** The last window ended inside a name: the decoder holds its unfinished sequence. */
+    let midName = false;
     const buf = Buffer.allocUnsafe(1 << 20);
     let id = 0;
     this.nameAt[0] = 0;
     for (let done = 0; done < stringBytes; ) {
       const n = Math.min(buf.length, stringBytes - done);
       this.readAt(at0 + done, n, buf);
-      const chunk = buf.subarray(0, n);
+      let chunk = buf.subarray(0, n);
+      const final = done + n === stringBytes;
+      const last = chunk.lastIndexOf(0);
+      if (!final && last >= 0) chunk = chunk.subarray(0, last + 1);
+      const endsClean = final || last >= 0;
       if (decoder) {
         try {
-          decoder.decode(chunk, { stream: true });
+          if (midName || !endsClean) {
+            decoder.decode(chunk, { stream: !endsClean });
+            midName = !endsClean;
+          } else if (!isUtf8(chunk)) throw notUtf8();
         } catch {
-          throw new StrataError('CORRUPT', 'string table is not valid UTF-8', {
-            file: this.file,
-            structure: 'block map strings',
-            offset: at0,
-          });
+          throw notUtf8();
         }
       }
       for (let k = chunk.indexOf(0); k >= 0; k = chunk.indexOf(0, k + 1)) {
         id++;
         if (id < stringCount && id % NAME_STEP === 0) this.nameAt[id / NAME_STEP] = done + k + 1;
       }
-      done += n;
-    }
-    if (decoder) {
-      try {
-        decoder.decode();
-      } catch {
-        throw new StrataError('CORRUPT', 'string table is not valid UTF-8', {
-          file: this.file,
-          structure: 'block map strings',
-          offset: at0,
-        });
-      }
+      done += chunk.length;
     }
     if (id + 1 !== stringCount) {
       throw new StrataError('CORRUPT', `string table holds ${id + 1} strings, header says ${stringCount}`, {
@@ -311,6 +317,31 @@ export class MapFile implements MapRecords {
       this.nameOf(i),
       into,
     );
+  }
+
+  /** Every owner of disk bytes [offset, offset+length), clipped to that range (BlockMap.whatis). */
+  whatis(offset: number, length = 1): Owner[] {
+    const to = rangeEnd(offset, length, this.diskSize);
+    const out: Owner[] = [];
+    for (let i = this.indexOf(offset); i < this.count && this.startOf(i) < to; i++) out.push(this.owner(i, offset, to));
+    return out;
+  }
+
+  /** Every record, in disk order, read a page at a time (BlockMap.records). */
+  *records(): Generator<Owner> {
+    for (let i = 0; i < this.count; i++) yield this.owner(i, this.startOf(i), this.endOf(i));
+  }
+
+  /** Bytes and records per kind (BlockMap.summary), from the kind and start columns alone. */
+  summary(): KindSummary[] {
+    const bytes = new Float64Array(256);
+    const recs = new Float64Array(256);
+    for (let i = 0; i < this.count; i++) {
+      const k = this.kindOf(i);
+      bytes[k] += this.endOf(i) - this.startOf(i);
+      recs[k]++;
+    }
+    return kindRows(bytes, recs);
   }
 
   /**

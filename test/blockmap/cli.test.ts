@@ -65,6 +65,15 @@ test('whatis names the file debugfs places at an offset; --map answers the same 
   assert.match(past.stderr, /lies past the disk end/);
   const pastSaved = await strata(['whatis', disk.disk, String(summary.diskSize), '--map', saved]);
   assert.deepEqual([pastSaved.code, pastSaved.stderr], [past.code, past.stderr]);
+  // blockmap --map reads the saved map from its file: the built map's records and summary, both forms
+  for (const form of [['--json'], [], ['--summary', '--json'], ['--summary']]) {
+    const built = await strata(['blockmap', disk.disk, ...form]);
+    assert.equal(built.code, 0, built.stderr);
+    const fromFile = await strata(['blockmap', disk.disk, ...form, '--map', saved]);
+    assert.equal(fromFile.code, 0, fromFile.stderr);
+    assert.equal(fromFile.stdout, built.stdout, `blockmap ${form.join(' ')} --map`);
+    assert.ok(built.stdout.split('\n').length > 3, built.stdout);
+  }
   // bad input: one line on stderr, non-zero exit
   const bad = await strata(['whatis', disk.disk, 'nonsense']);
   assert.notEqual(bad.code, 0);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { type BlockMap, buildBlockMap, loadBlockMap, MapFile, saveBlockMap } from '../../src/blockmap/index.js';
+import { BlockMap, buildBlockMap, loadBlockMap, MapFile, saveBlockMap } from '../../src/blockmap/index.js';
 import { openImage } from '../../src/formats/open.js';
 import { StrataError } from '../../src/util/errors.js';
 import { prng } from '../helpers/fuzz.js';
@@ -189,6 +189,51 @@ test('MapFile rejects the damaged maps load rejects, with CORRUPT naming the fil
     if (mf && loaded) {
       for (let r = 0; r < mf.count; r++) assert.deepEqual(mf.owner(r, mf.startOf(r), mf.endOf(r)), loaded.owner(r));
       mf.close();
+    }
+  }
+});
+
+test('MapFile checks names across its 1 MiB windows: multi-byte characters at the cuts, a name longer than a window', async () => {
+  const map = await mapOf((await mbrBlockmapDisk()).disk);
+  // the same records with longer names: two-, three- and four-byte characters, so that window
+  // cuts fall inside names and sequences, and one name of ~1.5 MiB (no NUL in a whole window)
+  const strings = map.strings.map((s, i) =>
+    i === 1 ? `${s}/${'€'.repeat(500_000)}` : `${s}-${'é'.repeat(i % 7)}${'日本'.repeat(9000)}${'𝄞'.repeat(i % 3)}`,
+  );
+  const wide = new BlockMap(
+    map.diskSize,
+    {
+      count: map.count,
+      start: map.start,
+      kind: map.kind,
+      volume: map.volume,
+      ino: map.ino,
+      name: map.name,
+      objectOffset: map.objectOffset,
+    },
+    strings,
+    map.volumes,
+    map.warnings,
+  );
+  const good = saveBlockMap(wide);
+  assert.ok(good.length > 3 << 20, `${good.length} bytes: several windows`);
+  const mf = mapFileOf(good);
+  try {
+    for (let id = 0; id < strings.length; id++) assert.equal(mf.name(id), strings[id], `name ${id}`);
+  } finally {
+    mf.close();
+  }
+  // a byte inside the long name's characters, past its first window, and one in a name after it: rejected by both
+  const at = Buffer.from(good).indexOf(Buffer.from('€'.repeat(4))) + (1 << 20) + 300;
+  for (const off of [at, good.length - 5000]) {
+    const b = good.slice();
+    b[off] = 0xff;
+    for (const open of [(x: Uint8Array) => loadBlockMap(x, 'x.bm'), (x: Uint8Array) => mapFileOf(x, 'x.bm')]) {
+      assert.throws(
+        () => open(b),
+        (e: unknown) => e instanceof StrataError && e.code === 'CORRUPT' && /UTF-8/.test(e.message),
+        `0xff at ${off}`,
+      );
     }
   }
 });

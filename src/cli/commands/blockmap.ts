@@ -6,6 +6,7 @@ import {
   type BlockMapWriter,
   type FileRow,
   type KindSummary,
+  type MapFile,
   type MapRecords,
   type Owner,
   StrataError,
@@ -49,7 +50,7 @@ export function registerBlockmapCommands(program: Command): void {
     const [offset, length] = parseRange(range);
     const owners =
       typeof o.map === 'string'
-        ? (await obtainMap(image, o)).whatis(offset, length)
+        ? await withMapFile(o.map, (m) => m.whatis(offset, length))
         : await streamWhatis(image, offset, length, o);
     if (o.json) return printJsonLines(owners);
     await writeOut(`${owners.map(ownerLine).join('\n')}\n`);
@@ -73,14 +74,21 @@ export function registerBlockmapCommands(program: Command): void {
     ),
   ).action(async (image: string, o: Record<string, unknown>) => {
     if (typeof o.map !== 'string') return streamMap(image, o);
-    const map = await obtainMap(image, o);
     if (typeof o.save === 'string') {
+      // a saved map saved again: loaded whole, as it always was
+      const map = await obtainMap(image, o);
       const { saveBlockMap } = await import('../../library/index.js');
       await writeFile(o.save, saveBlockMap(map));
+      warnAll(map.warnings);
+      if (o.summary) return printSummary(map.diskSize, map.count, map.summary(), Boolean(o.json));
+      return writeLines(map.records(), o.json ? (r) => JSON.stringify(r) : ownerLine);
     }
-    warnAll(map.warnings);
-    if (o.summary) return printSummary(map.diskSize, map.count, map.summary(), Boolean(o.json));
-    await writeLines(map, o.json ? (r) => JSON.stringify(r) : ownerLine);
+    // read from its file a page at a time, not loaded whole (issue 22: a map of millions of records)
+    await withMapFile(o.map, async (map) => {
+      warnAll(map.warnings);
+      if (o.summary) return printSummary(map.diskSize, map.count, map.summary(), Boolean(o.json));
+      await writeLines(map.records(), o.json ? (r) => JSON.stringify(r) : ownerLine);
+    });
   });
 
   const trace = program.command('trace').description('block-level access traces');
@@ -330,9 +338,20 @@ function ownerLine(r: Owner): string {
   return parts.join(' ');
 }
 
-async function writeLines(map: BlockMap, line: (r: Owner) => string): Promise<void> {
+/** A saved map opened from its file (checked whole on opening, held a page at a time) for `fn`, closed after. */
+async function withMapFile<T>(file: string, fn: (m: MapFile) => T | Promise<T>): Promise<T> {
+  const { MapFile } = await import('../../library/index.js');
+  const m = MapFile.open(file);
+  try {
+    return await fn(m);
+  } finally {
+    m.close();
+  }
+}
+
+async function writeLines(records: Iterable<Owner>, line: (r: Owner) => string): Promise<void> {
   let buf = '';
-  for (const r of map.records()) {
+  for (const r of records) {
     buf += `${line(r)}\n`;
     if (buf.length > 1 << 16) {
       await write(buf);
