@@ -10,24 +10,15 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  closeSync,
-  lstatSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { StrataError } from '../../src/util/errors.js';
 import { checkMemory, parseMemorySize, resetMemoryBudget, setMemoryBudget } from '../../src/util/memory.js';
 import { LARGE_TREE_TIME, largeTreeImage, largeTreePaths } from '../helpers/large-tree-pair.js';
-import { FIXTURES, have, ROOT, scratch } from '../helpers/tools.js';
+import { measured } from '../helpers/measured.js';
+import { FIXTURES, have, scratch } from '../helpers/tools.js';
 
-const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 const ENTRIES = 200_000;
 /**
  * Peak RSS allowed with --memory 64M: the budget (heap and buffers), Node's own ~52 MiB (the
@@ -36,6 +27,13 @@ const ENTRIES = 200_000;
  * /usr-shaped tree this test used before; 114 MiB (`ls -R -l --json`) on this one.
  */
 const CEILING_64M = 176 * 1024 * 1024;
+/**
+ * Peak RSS allowed reading a saved map of this tree (11 MiB on disk) with --memory 40M: Node's
+ * own ~52 MiB and a few MiB of column pages and name offsets (measured 82-86 MiB). This tree's
+ * map loaded whole fits as well (84 MiB); the 1,000,000-entry one shows the difference
+ * (bench/README, "blockmap --map and whatis --map").
+ */
+const CEILING_40M_MAP = 100 * 1024 * 1024;
 
 for (const [cmd, pkg] of [
   ['mkfs.ext4', 'e2fsprogs'],
@@ -49,28 +47,6 @@ for (const [cmd, pkg] of [
 const image = () => largeTreeImage(ENTRIES);
 /** What `ls -R /` lists: the generated paths and mkfs's /lost+found. */
 const LISTED = largeTreePaths(ENTRIES) + 1;
-
-/** Run the CLI under GNU time with stdout into `outFile`; the exit status and the peak RSS in bytes. */
-function measured(args: string[], outFile: string): Promise<{ code: number; maxRss: number; stderr: string }> {
-  const rssFile = `${outFile}.rss`;
-  const fd = openSync(outFile, 'w');
-  return new Promise((resolve, reject) => {
-    const c = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, process.execPath, CLI, ...args], {
-      stdio: ['ignore', fd, 'pipe'],
-    });
-    let stderr = '';
-    c.stderr?.on('data', (b: Buffer) => {
-      stderr += b;
-    });
-    c.on('error', reject);
-    c.on('close', (code) => {
-      closeSync(fd);
-      const kb = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-      rmSync(rssFile, { force: true });
-      resolve({ code: code ?? -1, maxRss: kb * 1024, stderr });
-    });
-  });
-}
 
 function fileSha(p: string): string {
   return createHash('sha256').update(readFileSync(p)).digest('hex');
@@ -214,6 +190,18 @@ test('blockmap of 200,000 entries: --memory 64M (claims and names spilled) equal
       `peak RSS ${(small.maxRss / 2 ** 20).toFixed(1)} MiB with --memory 64M (ceiling ${CEILING_64M / 2 ** 20} MiB)`,
     );
     assert.ok(small.maxRss < big.maxRss, `64M run ${small.maxRss} B, 4G run ${big.maxRss} B`);
+    // the saved map read back from its file a page at a time (not loaded whole) in 40M, where
+    // the map kept whole does not fit (next test): the same records, and whatis the same owners
+    const fromFile = await measured(
+      ['blockmap', '--json', '--memory', '40M', '--map', path.join(dir, 'map.bm'), img],
+      path.join(dir, 'from-file'),
+    );
+    assert.equal(fromFile.code, 0, fromFile.stderr);
+    assert.equal(fileSha(path.join(dir, 'from-file')), fileSha(path.join(dir, 'big')));
+    assert.ok(
+      fromFile.maxRss < CEILING_40M_MAP,
+      `blockmap --map at 40M: peak RSS ${(fromFile.maxRss / 2 ** 20).toFixed(1)} MiB (ceiling ${CEILING_40M_MAP / 2 ** 20} MiB)`,
+    );
     // --summary streamed in the small budget: its counts are those of the records listed
     const sum = await measured(['blockmap', '--summary', '--json', '--memory', '64M', img], path.join(dir, 'sum'));
     assert.equal(sum.code, 0, sum.stderr);
@@ -253,6 +241,22 @@ test('blockmap of 200,000 entries: --memory 64M (claims and names spilled) equal
       [clip(r0, r0.start + 1, r0.length - 1), clip(r1, r1.start, r1.length - 1)],
     );
     assert.ok(w.maxRss < CEILING_64M, `whatis --memory 64M: peak RSS ${(w.maxRss / 2 ** 20).toFixed(1)} MiB`);
+    const wm = await measured(
+      [
+        'whatis',
+        '--memory',
+        '40M',
+        '--map',
+        path.join(dir, 'map.bm'),
+        img,
+        `${r0.start + 1}+${r0.length + r1.length - 2}`,
+        '--json',
+      ],
+      path.join(dir, 'whatis-map'),
+    );
+    assert.equal(wm.code, 0, wm.stderr);
+    assert.equal(readFileSync(path.join(dir, 'whatis-map'), 'utf8'), readFileSync(path.join(dir, 'whatis'), 'utf8'));
+    assert.ok(wm.maxRss < CEILING_40M_MAP, `whatis --map at 40M: peak RSS ${(wm.maxRss / 2 ** 20).toFixed(1)} MiB`);
     for (const k of s.kinds) {
       const mine = records.filter((r) => r.kind === k.kind);
       assert.equal(mine.length, k.records, k.kind);

@@ -10,14 +10,13 @@
  */
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { largeTreeImage } from '../helpers/large-tree-pair.js';
-import { have, ROOT, scratch } from '../helpers/tools.js';
+import { measured } from '../helpers/measured.js';
+import { have, scratch } from '../helpers/tools.js';
 
-const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
 const ENTRIES = 200_000;
 /** As large-memory.test.ts: the 64 MiB budget, Node's own ~52 MiB, V8's young generation, allocator slack. */
 const CEILING_64M = 176 * 1024 * 1024;
@@ -27,28 +26,6 @@ for (const [cmd, pkg] of [
   ['/usr/bin/time', 'time'],
 ]) {
   if (!have(cmd)) throw new Error(`${cmd} is needed (apt-get install ${pkg})`);
-}
-
-/** Run the CLI under GNU time with stdout into `outFile`: exit status, peak RSS in bytes, stderr. */
-function measured(args: string[], outFile: string): Promise<{ code: number; maxRss: number; stderr: string }> {
-  const rssFile = `${outFile}.rss`;
-  const fd = openSync(outFile, 'w');
-  return new Promise((resolve, reject) => {
-    const c = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, process.execPath, CLI, ...args], {
-      stdio: ['ignore', fd, 'pipe'],
-    });
-    let stderr = '';
-    c.stderr?.on('data', (b: Buffer) => {
-      stderr += b;
-    });
-    c.on('error', reject);
-    c.on('close', (code) => {
-      closeSync(fd);
-      const kb = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-      rmSync(rssFile, { force: true });
-      resolve({ code: code ?? -1, maxRss: kb * 1024, stderr });
-    });
-  });
 }
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
