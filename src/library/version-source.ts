@@ -1,5 +1,6 @@
 import { type ByteSource, clampRead, clampStatus, type Extent, pushExtent } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { memoryBudget } from '../util/memory.js';
 import {
   decodeLayoutPart,
   decodeLayoutV2Head,
@@ -288,6 +289,12 @@ const PARTS_KEPT = 8;
  * (32 were 16 MiB of a server's ~330 MiB peak serving the 1,000,000-entry version).
  */
 const CHUNK_LISTS_KEPT = 16;
+/**
+ * The lists kept under the present budget: CHUNK_LISTS_KEPT at the CLI's default, fewer in a
+ * small one (a sixteenth of it: 8 at --memory 64M, where 16 lists were 8 of the 64 MiB the
+ * block map of a 200,000-entry version stopped at).
+ */
+const chunkListsKept = () => Math.max(4, Math.min(CHUNK_LISTS_KEPT, Math.floor(memoryBudget() / 16 / (512 << 10))));
 
 interface PartRanges {
   disk: Float64Array;
@@ -360,7 +367,7 @@ export class PartedVersionSource extends RangedSource {
     return lru(this.rangeParts, i, PARTS_KEPT, async () => {
       const p = await this.part(i);
       // its chunk list too, while it is decoded (the reads of these ranges name its chunks)
-      if (!this.chunkLists.has(i)) lru(this.chunkLists, i, CHUNK_LISTS_KEPT, async () => this.digestsOf(p, i));
+      if (!this.chunkLists.has(i)) lru(this.chunkLists, i, chunkListsKept(), async () => this.digestsOf(p, i));
       const r = p.ranges;
       return {
         disk: Float64Array.from(r.disk),
@@ -372,7 +379,7 @@ export class PartedVersionSource extends RangedSource {
   }
 
   private chunkList(i: number): Promise<Buffer> {
-    return lru(this.chunkLists, i, CHUNK_LISTS_KEPT, async () => this.digestsOf(await this.part(i), i));
+    return lru(this.chunkLists, i, chunkListsKept(), async () => this.digestsOf(await this.part(i), i));
   }
 
   /** A part's chunk digests as 32 bytes each. */
