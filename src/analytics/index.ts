@@ -17,7 +17,7 @@ export {
   type CacheSimResult,
   simulateCache,
 } from './cache-sim.js';
-export { GENERATE_DEFAULTS, type GenerateOptions, generateLog, Rng, Zipf } from './generate.js';
+export { GENERATE_DEFAULTS, type GenerateOptions, generateLog, generateRequests, Rng, Zipf } from './generate.js';
 export { dedupFromLibrary, type SimilarityReport, similarity } from './library-reports.js';
 export { dedupSvg, lifespanSvg, orgsSvg, popularitySvg, similaritySvg, workingSetSvg } from './plots.js';
 export {
@@ -42,12 +42,14 @@ export {
   formatJsonl,
   type ImageRequest,
   type LogFilter,
+  openRequestLog,
   parseRequestLog,
   parseTime,
   readCatalogLog,
   readRequestLog,
   type TraceOptions,
 } from './request-log.js';
+export { RequestRuns } from './request-runs.js';
 export {
   type PreloadPlanEntry,
   type PreloadPlanOptions,
