@@ -42,14 +42,13 @@ export {
   formatJsonl,
   type ImageRequest,
   type LogFilter,
-  openRequestLog,
   parseRequestLog,
   parseTime,
   readCatalogLog,
   readRequestLog,
   type TraceOptions,
 } from './request-log.js';
-export { RequestRuns } from './request-runs.js';
+export { openRequestLog, RequestRuns } from './request-runs.js';
 export {
   type PreloadPlanEntry,
   type PreloadPlanOptions,

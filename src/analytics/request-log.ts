@@ -1,7 +1,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import type { Db } from '../catalog/db.js';
 import { StrataError } from '../util/errors.js';
-import { RequestRuns } from './request-runs.js';
 
 /**
  * The request-log model the analytics read: one normalised record per image request,
@@ -637,41 +636,8 @@ export function readRequestLog(file: string, filter: LogFilter = {}, opts: Trace
     : applyFilter(rs, filter);
 }
 
-/**
- * Request log files (see {@link parseRequestLog}), read as one (the files in turn), the
- * records that pass `filter` in time order (stable: the same millisecond in the files' and
- * lines' order, as readRequestLog and a sort of their concatenation make it), held as
- * {@link RequestRuns}: memory by the budget, not by the log. Close it when done.
- */
-export function openRequestLog(
-  files: readonly string[],
-  filter: LogFilter = {},
-  opts: TraceOptions & { bufferBytes?: number } = {},
-): RequestRuns {
-  const runs = new RequestRuns({ bufferBytes: opts.bufferBytes });
-  const ops = filter.ops ? new Set(filter.ops) : undefined;
-  const keep = (r: ImageRequest) =>
-    (filter.since === undefined || r.at >= filter.since) &&
-    (filter.until === undefined || r.at < filter.until) &&
-    (ops === undefined || ops.has(r.op));
-  try {
-    for (const f of files)
-      scanRequestLog(
-        f,
-        (r) => {
-          if (keep(r)) runs.add(r);
-        },
-        opts,
-      );
-    return runs.finish();
-  } catch (e) {
-    runs.close();
-    throw e;
-  }
-}
-
 /** Every record of a log file to `out`, in the file's order (a trace's sessions at its end). */
-function scanRequestLog(file: string, out: (r: ImageRequest) => void, opts: TraceOptions): void {
+export function scanRequestLog(file: string, out: (r: ImageRequest) => void, opts: TraceOptions): void {
   let fd: number;
   try {
     fd = openSync(file, 'r');

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { StrataError } from '../util/errors.js';
 import { siftDown } from '../util/heap.js';
 import { checkMemory, memoryShare } from '../util/memory.js';
-import type { ImageRequest } from './request-log.js';
+import { type ImageRequest, type LogFilter, scanRequestLog, type TraceOptions } from './request-log.js';
 
 /**
  * A request log held in time order without holding its records (issue 22: a million
@@ -304,5 +304,38 @@ export class RequestRuns implements Iterable<ImageRequest> {
       if ((++n & (CHECK_EVERY - 1)) === 0) checkMemory('reporting on the request log');
       yield rec;
     }
+  }
+}
+
+/**
+ * Request log files (JSONL, CSV or NBD traces, as parseRequestLog reads them), read as one (the files in turn), the
+ * records that pass `filter` in time order (stable: the same millisecond in the files' and
+ * lines' order, as readRequestLog and a sort of their concatenation make it), held as
+ * {@link RequestRuns}: memory by the budget, not by the log. Close it when done.
+ */
+export function openRequestLog(
+  files: readonly string[],
+  filter: LogFilter = {},
+  opts: TraceOptions & { bufferBytes?: number } = {},
+): RequestRuns {
+  const runs = new RequestRuns({ bufferBytes: opts.bufferBytes });
+  const ops = filter.ops ? new Set(filter.ops) : undefined;
+  const keep = (r: ImageRequest) =>
+    (filter.since === undefined || r.at >= filter.since) &&
+    (filter.until === undefined || r.at < filter.until) &&
+    (ops === undefined || ops.has(r.op));
+  try {
+    for (const f of files)
+      scanRequestLog(
+        f,
+        (r) => {
+          if (keep(r)) runs.add(r);
+        },
+        opts,
+      );
+    return runs.finish();
+  } catch (e) {
+    runs.close();
+    throw e;
   }
 }
