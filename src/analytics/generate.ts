@@ -143,8 +143,19 @@ function check(name: string, v: number, min: number, max: number, integer = true
     throw new StrataError('USAGE', `--${name} must be ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
 }
 
-/** The synthetic log, sorted by time. */
+/** The synthetic log, sorted by time (stable: requests of the same millisecond in the order drawn). */
 export function generateLog(opts: GenerateOptions): ImageRequest[] {
+  const out: ImageRequest[] = [];
+  for (const r of generateRequests(opts)) out.push(r);
+  return out.sort((a, b) => a.at - b.at);
+}
+
+/**
+ * The synthetic log's requests in the order they are drawn (not by time): generateLog sorts
+ * them; `strata analytics generate` puts them through RequestRuns, which orders them the
+ * same way without holding them.
+ */
+export function* generateRequests(opts: GenerateOptions): Generator<ImageRequest> {
   const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined));
   const o = { ...GENERATE_DEFAULTS, ...given } as Required<GenerateOptions>;
   check('requests', o.requests, 0, 50_000_000);
@@ -206,7 +217,6 @@ export function generateLog(opts: GenerateOptions): ImageRequest[] {
   const uRank = shuffle([...user]);
   const fz = new Zipf(fRank.length, o.facilityExponent);
   const uz = new Zipf(uRank.length, o.userExponent);
-  const out: ImageRequest[] = new Array(o.requests);
   for (let n = 0; n < o.requests; n++) {
     const fac = rng.next() < o.facilityShare;
     const img = fac ? fRank[fz.draw(rng)] : uRank[uz.draw(rng)];
@@ -232,7 +242,6 @@ export function generateLog(opts: GenerateOptions): ImageRequest[] {
       r.base = img.base;
       r.changed = img.changed;
     }
-    out[n] = r;
+    yield r;
   }
-  return out.sort((a, b) => a.at - b.at);
 }

@@ -17,7 +17,7 @@ export {
   type CacheSimResult,
   simulateCache,
 } from './cache-sim.js';
-export { GENERATE_DEFAULTS, type GenerateOptions, generateLog, Rng, Zipf } from './generate.js';
+export { GENERATE_DEFAULTS, type GenerateOptions, generateLog, generateRequests, Rng, Zipf } from './generate.js';
 export { dedupFromLibrary, type SimilarityReport, similarity } from './library-reports.js';
 export { dedupSvg, lifespanSvg, orgsSvg, popularitySvg, similaritySvg, workingSetSvg } from './plots.js';
 export {
@@ -48,6 +48,7 @@ export {
   readRequestLog,
   type TraceOptions,
 } from './request-log.js';
+export { openRequestLog, RequestRuns } from './request-runs.js';
 export {
   type PreloadPlanEntry,
   type PreloadPlanOptions,

@@ -88,13 +88,15 @@ export interface PopularityReport {
 }
 
 export function popularity(
-  log: readonly ImageRequest[],
+  log: Iterable<ImageRequest>,
   opts: { facility?: FacilityRule; minCount?: number; top?: number } = {},
 ): PopularityReport {
   const rule = opts.facility ?? DEFAULT_FACILITY;
   const minCount = opts.minCount ?? 3;
   const by = new Map<string, RankedImage>();
+  let n = 0;
   for (const r of log) {
+    n++;
     let e = by.get(r.image);
     if (!e) {
       e = { image: r.image, requests: 0, facility: isFacility(r, rule) };
@@ -106,7 +108,6 @@ export function popularity(
   const fac = ranked.filter((x) => x.facility);
   const usr = ranked.filter((x) => !x.facility);
   const sum = (xs: RankedImage[]) => xs.reduce((s, x) => s + x.requests, 0);
-  const n = log.length;
   const fr = sum(fac);
   const ur = sum(usr);
   return {
@@ -164,7 +165,7 @@ export interface WorkingSetReport {
 }
 
 /** UTC days, and weeks starting on Monday (1970-01-01 was a Thursday: day + 3). */
-export function workingSet(log: readonly ImageRequest[], opts: { emptyWindows?: boolean } = {}): WorkingSetReport {
+export function workingSet(log: Iterable<ImageRequest>, opts: { emptyWindows?: boolean } = {}): WorkingSetReport {
   // per image, its versions' largest bytes: image -> version -> bytes (no `image@version`
   // string made per request: three maps of a million requests each)
   type Seen = Map<string, Map<number | null, number>>;
@@ -268,7 +269,7 @@ const median = (xs: number[]) => {
 };
 
 export function lifespan(
-  log: readonly ImageRequest[],
+  log: Iterable<ImageRequest>,
   opts: { facility?: FacilityRule; idleDays?: number } = {},
 ): LifespanReport {
   const rule = opts.facility ?? DEFAULT_FACILITY;
@@ -338,9 +339,11 @@ export interface OrgRow {
   bytes: number;
 }
 
-export function orgs(log: readonly ImageRequest[]): { orgs: OrgRow[]; requests: number } {
+export function orgs(log: Iterable<ImageRequest>): { orgs: OrgRow[]; requests: number } {
   const by = new Map<string, { n: number; users: Set<string>; images: Set<string>; bytes: number }>();
+  let n = 0;
   for (const r of log) {
+    n++;
     let e = by.get(r.project);
     if (!e) {
       e = { n: 0, users: new Set(), images: new Set(), bytes: 0 };
@@ -351,7 +354,6 @@ export function orgs(log: readonly ImageRequest[]): { orgs: OrgRow[]; requests: 
     e.images.add(r.image);
     e.bytes += r.bytes;
   }
-  const n = log.length;
   return {
     requests: n,
     orgs: [...by.entries()]
@@ -387,7 +389,7 @@ export interface DedupReport {
  * version counted once at its largest size; one with a `base` and a `changed` share stores
  * changed × bytes, others their bytes.
  */
-export function dedupFromLog(log: readonly ImageRequest[]): DedupReport {
+export function dedupFromLog(log: Iterable<ImageRequest>): DedupReport {
   // image -> version -> its largest bytes and changed share (no `image@version` string per request)
   const by = new Map<string, Map<number | null, { bytes: number; changed?: number }>>();
   for (const r of log) {

@@ -167,7 +167,6 @@ function traceRequests(sessions: Session[]): ImageRequest[] {
  * straight from its bytes ({@link fastRecord}), anything else through JSON.parse.
  */
 class LogParser {
-  readonly out: ImageRequest[] = [];
   private readonly gap: number;
   private trace: boolean | undefined;
   private readonly open = new Map<string, Session>();
@@ -177,9 +176,11 @@ class LogParser {
   private line = 0;
   private readonly strings = new Interner();
 
+  /** `out`: takes each record in the log's order (a trace's sessions at finish). */
   constructor(
     private readonly file: string,
     opts: TraceOptions,
+    private readonly out: (r: ImageRequest) => void,
   ) {
     this.gap = opts.sessionGapMs ?? 30 * 60_000;
   }
@@ -199,7 +200,7 @@ class LogParser {
     if (this.trace === false && buf[first] === 123) {
       const r = fastRecord(buf, first, end, this.strings);
       if (r) {
-        this.out.push(r);
+        this.out(r);
         return;
       }
     }
@@ -214,7 +215,7 @@ class LogParser {
     const rec = o as Record<string, unknown>;
     this.trace ??= isTraceRecord(rec);
     if (this.trace) this.traceLine(rec, offset);
-    else this.out.push(record(rec, this.file, this.line, offset));
+    else this.out(record(rec, this.file, this.line, offset));
   }
 
   private traceLine(rec: Record<string, unknown>, at: number): void {
@@ -257,12 +258,12 @@ class LogParser {
       throw bad(this.file, this.line, at, `${cells.length} cells, the header names ${this.header.length}`);
     const o: Record<string, unknown> = {};
     for (let i = 0; i < this.header.length; i++) o[this.header[i]] = cells[i];
-    this.out.push(record(o, this.file, this.line, at));
+    this.out(record(o, this.file, this.line, at));
   }
 
-  finish(): ImageRequest[] {
-    if (this.trace) return sortByTime(traceRequests([...this.closed, ...this.open.values()]));
-    return sortByTime(this.out);
+  /** The end of the log: a trace's sessions go out (the order they were opened or closed in). */
+  finish(): void {
+    if (this.trace) for (const r of traceRequests([...this.closed, ...this.open.values()])) this.out(r);
   }
 }
 
@@ -609,7 +610,8 @@ export function parseRequestLog(
 ): ImageRequest[] {
   const buf =
     typeof text === 'string' ? Buffer.from(text, 'utf8') : Buffer.from(text.buffer, text.byteOffset, text.byteLength);
-  const p = new LogParser(file, opts);
+  const out: ImageRequest[] = [];
+  const p = new LogParser(file, opts, (r) => out.push(r));
   let offset = 0;
   while (offset < buf.length) {
     let end = buf.indexOf(10, offset);
@@ -617,7 +619,8 @@ export function parseRequestLog(
     p.take(buf, offset, end, offset);
     offset = end + 1;
   }
-  return p.finish();
+  p.finish();
+  return sortByTime(out);
 }
 
 /**
@@ -625,13 +628,23 @@ export function parseRequestLog(
  * one string, and a line longer than 16 MiB is an error, not an allocation.
  */
 export function readRequestLog(file: string, filter: LogFilter = {}, opts: TraceOptions = {}): ImageRequest[] {
+  const rs: ImageRequest[] = [];
+  scanRequestLog(file, (r) => rs.push(r), opts);
+  sortByTime(rs);
+  return filter.since === undefined && filter.until === undefined && filter.ops === undefined
+    ? rs
+    : applyFilter(rs, filter);
+}
+
+/** Every record of a log file to `out`, in the file's order (a trace's sessions at its end). */
+export function scanRequestLog(file: string, out: (r: ImageRequest) => void, opts: TraceOptions): void {
   let fd: number;
   try {
     fd = openSync(file, 'r');
   } catch (e) {
     throw new StrataError('NOT_FOUND', `cannot read the request log: ${(e as Error).message}`, { file });
   }
-  const p = new LogParser(file, opts);
+  const p = new LogParser(file, opts, out);
   try {
     let buf = Buffer.allocUnsafe(8 << 20);
     let have = 0; // valid bytes in buf
@@ -676,10 +689,7 @@ export function readRequestLog(file: string, filter: LogFilter = {}, opts: Trace
   } finally {
     closeSync(fd);
   }
-  const rs = p.finish();
-  return filter.since === undefined && filter.until === undefined && filter.ops === undefined
-    ? rs
-    : applyFilter(rs, filter);
+  p.finish();
 }
 
 /** Records as JSONL (the generator's output and what parseRequestLog reads back). */

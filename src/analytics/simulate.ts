@@ -426,7 +426,7 @@ export function piecesOf(
   return out;
 }
 
-export function simulate(log: readonly ImageRequest[], o: SimulateOptions): SimulateResult {
+export function simulate(log: Iterable<ImageRequest>, o: SimulateOptions): SimulateResult {
   if (!Number.isSafeInteger(o.cacheBytes) || o.cacheBytes < 0)
     throw new StrataError('USAGE', 'the cache size must be a whole number of bytes');
   const level = o.level ?? 'image';
@@ -591,7 +591,7 @@ export interface PreloadPlanEntry {
  * what fits.
  */
 export function planPreload(
-  log: readonly ImageRequest[],
+  log: Iterable<ImageRequest>,
   o: PreloadPlanOptions,
 ): { chosen: PreloadPlanEntry[]; ranked: PreloadPlanEntry[]; windowDays: number; since: number; until: number } {
   const windowDays = o.windowDays ?? 7;

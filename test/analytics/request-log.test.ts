@@ -5,8 +5,11 @@ import { describe, test } from 'node:test';
 import {
   formatJsonl,
   generateLog,
+  generateRequests,
   type ImageRequest,
+  openRequestLog,
   parseRequestLog,
+  RequestRuns,
   readRequestLog,
 } from '../../src/analytics/index.js';
 import { StrataError } from '../../src/util/errors.js';
@@ -239,5 +242,61 @@ describe('request log reading', () => {
     }
     // both outcomes were exercised
     assert.ok(agreedRecords > 50 && agreedErrors > 50, `${agreedRecords} ${agreedErrors}`);
+  });
+
+  test('openRequestLog: several files of shuffled lines with many ties, through small runs: the model of their concatenation, filtered, stable by time; walked twice', () => {
+    const rand = prng(91);
+    const recs = generateLog({ requests: 20_000, seed: 5, days: 20 }).map((r, i) => {
+      // whole hours: ~40 requests a tie
+      const x: ImageRequest = { ...r, at: Math.floor(r.at / 3600e3) * 3600e3 };
+      if (i % 7 === 0) {
+        x.version = null;
+        delete x.owner;
+      }
+      if (i % 11 === 0) x.public = false;
+      if (i % 13 === 0) x.op = 'versions.get';
+      return x;
+    });
+    for (let i = recs.length - 1; i > 0; i--) {
+      const j = rand() % (i + 1);
+      [recs[i], recs[j]] = [recs[j], recs[i]];
+    }
+    const texts = [recs.slice(0, 7000), recs.slice(7000, 7001), recs.slice(7001)].map(
+      (xs) => `${xs.map(formatJsonl).join('\n')}\n`,
+    );
+    const files = texts.map((t) => put(t));
+    const all = model(Buffer.from(texts.join('')));
+    assert.ok(Array.isArray(all) && all.length === 20_000);
+    const since = all[3000].at;
+    const until = all[17_000].at;
+    const cases = [
+      { filter: {}, want: all },
+      {
+        filter: { since, until, ops: ['versions.download'] },
+        want: all.filter((r) => r.at >= since && r.at < until && r.op === 'versions.download'),
+      },
+    ];
+    for (const { filter, want } of cases)
+      for (const bufferBytes of [64 * 100, 64 * 1000, 64 << 20]) {
+        const runs = openRequestLog(files, filter, { bufferBytes });
+        try {
+          assert.equal(runs.total, want.length);
+          assert.deepEqual([...runs], want, `${JSON.stringify(filter)} ${bufferBytes}`);
+          assert.deepEqual([...runs], want, 'a second walk');
+        } finally {
+          runs.close();
+        }
+      }
+  });
+
+  test('RequestRuns orders the generator as generateLog does (a stable sort by time)', () => {
+    const o = { requests: 30_000, seed: 11, days: 3 };
+    const runs = new RequestRuns({ bufferBytes: 64 * 777 });
+    try {
+      for (const r of generateRequests(o)) runs.add(r);
+      assert.deepEqual([...runs], generateLog(o));
+    } finally {
+      runs.close();
+    }
   });
 });

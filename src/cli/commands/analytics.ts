@@ -48,8 +48,12 @@ function facilityRule(o: Record<string, unknown>): FacilityRule {
   return { projects, public: o.public !== false };
 }
 
-async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
-  const { parseTime, readCatalogLog, readRequestLog } = await import('../../analytics/index.js');
+/**
+ * The request log in time order: log files streamed into RequestRuns (memory by the budget,
+ * not by the log; `done` closes its scratch file), a library's catalog as an array.
+ */
+async function loadLog(o: Record<string, unknown>): Promise<{ log: Iterable<ImageRequest>; done: () => void }> {
+  const { openRequestLog, parseTime, readCatalogLog } = await import('../../analytics/index.js');
   const filter = {
     since: typeof o.since === 'string' ? parseTime(o.since, '--since') : undefined,
     until: typeof o.until === 'string' ? parseTime(o.until, '--until') : undefined,
@@ -63,15 +67,14 @@ async function loadLog(o: Record<string, unknown>): Promise<ImageRequest[]> {
   };
   const files = logFiles(o);
   if (files.length > 0) {
-    // (one file: its array as read; flatMap would copy a million records)
-    if (files.length === 1) return readRequestLog(files[0], filter);
     // several sources (a service's log, hosts' deploy logs, NBD traces) read as one
-    return files.flatMap((f) => readRequestLog(f, filter)).sort((a, b) => a.at - b.at);
+    const runs = openRequestLog(files, filter);
+    return { log: runs, done: () => runs.close() };
   }
   const { Library } = await import('../../library/index.js');
   const lib = await Library.open(o.library as string | undefined, { create: false, ...placesFrom(o) });
   try {
-    return await readCatalogLog(lib.catalog.db, filter);
+    return { log: await readCatalogLog(lib.catalog.db, filter), done: () => {} };
   } finally {
     await lib.close();
   }
@@ -129,7 +132,7 @@ export function registerAnalyticsCommands(program: Command): void {
       const seed = int(o.seed, 'seed');
       if (requests === undefined || seed === undefined)
         throw new StrataError('USAGE', 'analytics generate needs --requests N and --seed S');
-      const log = A.generateLog({
+      const opts = {
         requests,
         seed,
         images: int(o.images, 'images'),
@@ -141,16 +144,23 @@ export function registerAnalyticsCommands(program: Command): void {
         facilityShare: num(o.facilityShare, 'facility-share'),
         facilityExponent: num(o.facilityExponent, 'facility-exponent'),
         userExponent: num(o.userExponent, 'user-exponent'),
-      });
-      let buf = '';
-      for (const r of log) {
-        buf += `${A.formatJsonl(r)}\n`;
-        if (buf.length >= 1 << 20) {
-          await writeOut(buf);
-          buf = '';
+      };
+      // drawn in one order, printed by time: through RequestRuns (runs on disk), not an array
+      const runs = new A.RequestRuns();
+      try {
+        for (const r of A.generateRequests(opts)) runs.add(r);
+        let buf = '';
+        for (const r of runs) {
+          buf += `${A.formatJsonl(r)}\n`;
+          if (buf.length >= 1 << 20) {
+            await writeOut(buf);
+            buf = '';
+          }
         }
+        if (buf) await writeOut(buf);
+      } finally {
+        runs.close();
       }
-      if (buf) await writeOut(buf);
       return;
     }
     if (!(REPORTS as readonly string[]).includes(report))
@@ -193,62 +203,72 @@ export function registerAnalyticsCommands(program: Command): void {
             await lib.close();
           }
         }
-        const r = A.dedupFromLog(await loadLog(o));
+        const { log, done } = await loadLog(o);
+        let r: ReturnType<typeof A.dedupFromLog>;
+        try {
+          r = A.dedupFromLog(log);
+        } finally {
+          done();
+        }
         svg(A.dedupSvg(r));
         if (o.json) return printJson(r);
         return writeOut(dedupText(r));
       }
       default:
     }
-    const log = await loadLog(o);
-    switch (report as Report) {
-      case 'popularity': {
-        const r = A.popularity(log, { facility: rule });
-        svg(A.popularitySvg(r));
-        if (o.json) return printJson(r);
-        const fit = (f: { exponent: number; r2: number; points: number } | null) =>
-          f
-            ? `tail exponent ${f.exponent.toFixed(2)} (r² ${f.r2.toFixed(2)}, ${f.points} ranks)`
-            : 'too few images to fit';
-        let t = `${r.requests} requests of ${r.images} images; top image ${pct(r.topShare)} of requests\n`;
-        t += `facility images: ${r.facility.images}, ${pct(r.facility.share)} of requests, ${fit(r.facility.fit)}\n`;
-        t += `user images: ${r.user.images}, ${pct(r.user.share)} of requests, ${fit(r.user.fit)}\n`;
-        t += `fit: ${r.method}\n`;
-        for (const x of r.top)
-          t += `  ${x.image}${x.facility ? ' (facility)' : ''}: ${x.requests} (${pct(x.requests / r.requests)})\n`;
-        return writeOut(t);
+    const { log, done } = await loadLog(o);
+    try {
+      switch (report as Report) {
+        case 'popularity': {
+          const r = A.popularity(log, { facility: rule });
+          svg(A.popularitySvg(r));
+          if (o.json) return printJson(r);
+          const fit = (f: { exponent: number; r2: number; points: number } | null) =>
+            f
+              ? `tail exponent ${f.exponent.toFixed(2)} (r² ${f.r2.toFixed(2)}, ${f.points} ranks)`
+              : 'too few images to fit';
+          let t = `${r.requests} requests of ${r.images} images; top image ${pct(r.topShare)} of requests\n`;
+          t += `facility images: ${r.facility.images}, ${pct(r.facility.share)} of requests, ${fit(r.facility.fit)}\n`;
+          t += `user images: ${r.user.images}, ${pct(r.user.share)} of requests, ${fit(r.user.fit)}\n`;
+          t += `fit: ${r.method}\n`;
+          for (const x of r.top)
+            t += `  ${x.image}${x.facility ? ' (facility)' : ''}: ${x.requests} (${pct(x.requests / r.requests)})\n`;
+          return writeOut(t);
+        }
+        case 'working-set': {
+          const r = A.workingSet(log);
+          svg(A.workingSetSvg(r, o.weekly ? 'weekly' : 'daily'));
+          if (o.json) return printJson(r);
+          const s = r.summary;
+          return writeOut(
+            `daily: ${s.daily.meanImages.toFixed(1)} images (max ${s.daily.maxImages}), ${humanSize(s.daily.meanBytes)} (max ${humanSize(s.daily.maxBytes)}) over ${r.daily.length} days with requests\n` +
+              `weekly: ${s.weekly.meanImages.toFixed(1)} images (max ${s.weekly.maxImages}), ${humanSize(s.weekly.meanBytes)} (max ${humanSize(s.weekly.maxBytes)}) over ${r.weekly.length} weeks\n` +
+              `all: ${s.totalImages} images, ${humanSize(s.totalBytes)}\n`,
+          );
+        }
+        case 'lifespan': {
+          const r = A.lifespan(log, { facility: rule, idleDays: num(o.idleDays, 'idle-days') });
+          svg(A.lifespanSvg(r));
+          if (o.json) return printJson(r);
+          let t = `user images: ${r.user.images}, median span ${r.user.medianSpanDays.toFixed(1)} days, ${r.user.withinDays3} within 3 days, ${r.user.withinDays7} within 7\n`;
+          t += `facility images: ${r.facility.images}, median span ${r.facility.medianSpanDays.toFixed(1)} days\n`;
+          for (const h of r.histogram)
+            t += `  ${h.from}${h.to === null ? '+' : `-${h.to}`} days: ${h.user} user, ${h.facility} facility\n`;
+          return writeOut(t);
+        }
+        case 'orgs': {
+          const r = A.orgs(log);
+          svg(A.orgsSvg(r));
+          if (o.json) return printJson(r);
+          let t = '';
+          for (const x of r.orgs)
+            t += `${x.project}: ${x.requests} requests (${pct(x.share)}), ${x.users} users, ${x.images} images, ${humanSize(x.bytes)}\n`;
+          return writeOut(t);
+        }
+        default:
       }
-      case 'working-set': {
-        const r = A.workingSet(log);
-        svg(A.workingSetSvg(r, o.weekly ? 'weekly' : 'daily'));
-        if (o.json) return printJson(r);
-        const s = r.summary;
-        return writeOut(
-          `daily: ${s.daily.meanImages.toFixed(1)} images (max ${s.daily.maxImages}), ${humanSize(s.daily.meanBytes)} (max ${humanSize(s.daily.maxBytes)}) over ${r.daily.length} days with requests\n` +
-            `weekly: ${s.weekly.meanImages.toFixed(1)} images (max ${s.weekly.maxImages}), ${humanSize(s.weekly.meanBytes)} (max ${humanSize(s.weekly.maxBytes)}) over ${r.weekly.length} weeks\n` +
-            `all: ${s.totalImages} images, ${humanSize(s.totalBytes)}\n`,
-        );
-      }
-      case 'lifespan': {
-        const r = A.lifespan(log, { facility: rule, idleDays: num(o.idleDays, 'idle-days') });
-        svg(A.lifespanSvg(r));
-        if (o.json) return printJson(r);
-        let t = `user images: ${r.user.images}, median span ${r.user.medianSpanDays.toFixed(1)} days, ${r.user.withinDays3} within 3 days, ${r.user.withinDays7} within 7\n`;
-        t += `facility images: ${r.facility.images}, median span ${r.facility.medianSpanDays.toFixed(1)} days\n`;
-        for (const h of r.histogram)
-          t += `  ${h.from}${h.to === null ? '+' : `-${h.to}`} days: ${h.user} user, ${h.facility} facility\n`;
-        return writeOut(t);
-      }
-      case 'orgs': {
-        const r = A.orgs(log);
-        svg(A.orgsSvg(r));
-        if (o.json) return printJson(r);
-        let t = '';
-        for (const x of r.orgs)
-          t += `${x.project}: ${x.requests} requests (${pct(x.share)}), ${x.users} users, ${x.images} images, ${humanSize(x.bytes)}\n`;
-        return writeOut(t);
-      }
-      default:
+    } finally {
+      done();
     }
   });
 
@@ -280,37 +300,52 @@ export function registerAnalyticsCommands(program: Command): void {
         throw new StrataError('USAGE', `unknown policy ${JSON.stringify(policy)} (${A.SIM_POLICIES.join(', ')})`);
       const level = String(o.level);
       if (level !== 'image' && level !== 'chunk') throw new StrataError('USAGE', '--level is image or chunk');
-      const log = await loadLog({ log: o.log, since: o.since, until: o.until });
-      const cacheBytes = parseBytes(String(o.cache), 'cache size');
-      const base = {
-        cacheBytes,
-        policy: policy as SimPolicy,
-        level: level as 'image' | 'chunk',
-        chunkBytes: o.chunk === undefined ? undefined : parseBytes(String(o.chunk), 'chunk size'),
-        facility: facilityRule(o),
-        protectedShare: num(o.protectedShare, 'protected-share'),
-      };
-      const plain = A.simulate(log, base);
-      const line = (r: typeof plain) =>
-        `${r.policy}${r.preload ? ' + pre-load' : ''}: ${pct(r.hitRate)} of ${r.requests} requests hit (facility ${pct(r.facility.hits / Math.max(1, r.facility.requests))}, user ${pct(r.user.hits / Math.max(1, r.user.requests))}), ${humanSize(r.fetchedBytes)} fetched on demand of ${humanSize(r.requestedBytes)} requested\n`;
-      if (!o.preload) {
-        if (o.json) return printJson(plain);
-        return writeOut(line(plain));
+      const { log, done } = await loadLog({ log: o.log, since: o.since, until: o.until });
+      try {
+        await simulateReport(A, log, o, policy as SimPolicy, level);
+      } finally {
+        done();
       }
-      const idleBytes = o.idleCapacity === undefined ? cacheBytes : parseBytes(String(o.idleCapacity), 'idle capacity');
-      const pre = A.simulate(log, { ...base, preload: { idleBytes, windowDays: int(o.window, 'window') } });
-      const saved = {
-        hitRate: pre.hitRate - plain.hitRate,
-        onDemandBytes: plain.fetchedBytes - pre.fetchedBytes,
-        preloadBytes: pre.preload?.bytes ?? 0,
-      };
-      if (o.json) return printJson({ without: plain, with: pre, saved });
-      return writeOut(
-        line(plain) +
-          line(pre) +
-          `pre-load saved ${humanSize(Math.max(0, saved.onDemandBytes))} fetched on demand (${(saved.hitRate * 100).toFixed(1)} points of hit rate) for ${humanSize(saved.preloadBytes)} fetched while idle\n`,
-      );
     });
+}
+
+/** `simulate`'s replays (without, and with --preload) and what it prints. */
+async function simulateReport(
+  A: typeof import('../../analytics/index.js'),
+  log: Iterable<ImageRequest>,
+  o: Record<string, unknown>,
+  policy: SimPolicy,
+  level: 'image' | 'chunk',
+): Promise<void> {
+  const cacheBytes = parseBytes(String(o.cache), 'cache size');
+  const base = {
+    cacheBytes,
+    policy: policy as SimPolicy,
+    level: level as 'image' | 'chunk',
+    chunkBytes: o.chunk === undefined ? undefined : parseBytes(String(o.chunk), 'chunk size'),
+    facility: facilityRule(o),
+    protectedShare: num(o.protectedShare, 'protected-share'),
+  };
+  const plain = A.simulate(log, base);
+  const line = (r: typeof plain) =>
+    `${r.policy}${r.preload ? ' + pre-load' : ''}: ${pct(r.hitRate)} of ${r.requests} requests hit (facility ${pct(r.facility.hits / Math.max(1, r.facility.requests))}, user ${pct(r.user.hits / Math.max(1, r.user.requests))}), ${humanSize(r.fetchedBytes)} fetched on demand of ${humanSize(r.requestedBytes)} requested\n`;
+  if (!o.preload) {
+    if (o.json) return printJson(plain);
+    return writeOut(line(plain));
+  }
+  const idleBytes = o.idleCapacity === undefined ? cacheBytes : parseBytes(String(o.idleCapacity), 'idle capacity');
+  const pre = A.simulate(log, { ...base, preload: { idleBytes, windowDays: int(o.window, 'window') } });
+  const saved = {
+    hitRate: pre.hitRate - plain.hitRate,
+    onDemandBytes: plain.fetchedBytes - pre.fetchedBytes,
+    preloadBytes: pre.preload?.bytes ?? 0,
+  };
+  if (o.json) return printJson({ without: plain, with: pre, saved });
+  return writeOut(
+    line(plain) +
+      line(pre) +
+      `pre-load saved ${humanSize(Math.max(0, saved.onDemandBytes))} fetched on demand (${(saved.hitRate * 100).toFixed(1)} points of hit rate) for ${humanSize(saved.preloadBytes)} fetched while idle\n`,
+  );
 }
 
 /** `bench run FILE.wml --remote URL`: a workload (src/analytics/wml.ts) against a library service. */

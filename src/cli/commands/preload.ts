@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
+import type { ImageRequest } from '../../analytics/index.js';
 import { StrataError } from '../../library/index.js';
 import { parseSize } from './convert.js';
 
@@ -49,10 +50,18 @@ export function registerPreloadCommands(program: Command): void {
         // the host's own log; a host that has deployed nothing yet has none (nothing to choose)
         const own = cacheRequestLog(String(o.cache));
         const logs = (o.log as string[]).length > 0 ? (o.log as string[]) : existsSync(own) ? [own] : [];
-        const log = logs.flatMap((f) => A.readRequestLog(f)).sort((a, b) => a.at - b.at);
         const total = cacheBytes ?? CACHE_DEFAULT_BYTES;
         const idle = o.idleCapacity === undefined ? total : parseSize(String(o.idleCapacity), 'idle capacity');
         const window = o.window === undefined ? undefined : Number(o.window);
+        const now = Date.now();
+        // only the window's requests count (planPreload): only they are held, in time order, not the whole log
+        const runs = A.openRequestLog(logs, { since: now - (window ?? 7) * 86400e3, until: now });
+        let log: ImageRequest[];
+        try {
+          log = [...runs];
+        } finally {
+          runs.close();
+        }
         const facility = {
           projects:
             typeof o.facility === 'string'
@@ -63,7 +72,6 @@ export function registerPreloadCommands(program: Command): void {
               : ['facility', 'system'],
           public: o.public !== false,
         };
-        const now = Date.now();
         // every candidate's real size and what of it the cache lacks, from its manifest
         const first = A.planPreload(log, { cacheBytes: total, idleBytes: idle, windowDays: window, facility, now });
         const sizes = new Map<string, { bytes: number; missing: number }>();
