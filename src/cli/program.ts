@@ -26,6 +26,8 @@ const VERSION: string =
 const SERVICES = new Set(['serve', 'mount', 'virtiofs', 'nbd', 'deploy']);
 /** One-shot commands whose young generation may grow under the default budget (see preAction). */
 const YOUNG_MAY_GROW = new Set(['convert', 'extract', 'ls', 'blockmap']);
+/** Of those, the ones whose young generation grows only to YOUNG_GROWS_TO (memory.ts), not V8's 32 MiB. */
+const YOUNG_UP_TO = new Set(['extract', 'blockmap']);
 
 /** A program with the commands of `groups` for `verb` (all of them when `verb` is not one they know). */
 export async function buildProgramWith(groups: readonly CommandGroup[], verb?: string): Promise<Command> {
@@ -40,7 +42,9 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     )
     .exitOverride();
   program.hook('preAction', async (cmd, action) => {
-    const { budgetWithinRss, DEFAULT_MEMORY, parseMemorySize, setMemoryBudget } = await import('../library/index.js');
+    const { budgetWithinRss, DEFAULT_MEMORY, parseMemorySize, setMemoryBudget, YOUNG_GROWS_TO } = await import(
+      '../library/index.js'
+    );
     const given = cmd.opts().memory as string | undefined;
     // long-running services keep their own footprint unless a budget is asked for
     let verb: Command = action;
@@ -55,9 +59,13 @@ export async function buildProgramWith(groups: readonly CommandGroup[], verb?: s
     // scavenged ~900 times over 200,000 entries, 100 when it may grow, ~20% of its user CPU
     // for at most 32 MiB more, see bench/README "large trees"; ls and blockmap likewise:
     // 2 MiB scavenged 3,215 times in a 200,000-entry blockmap, 90 in a 1M names-only ls,
-    // growth took 17% of blockmap's CPU and 10-15% of ls -R's for ~25-40 MiB of RSS)
+    // growth took 17% of blockmap's CPU and 10-15% of ls -R's for ~25-40 MiB of RSS; extract's
+    // and blockmap's grow to 8 MiB, not 32: most of the CPU back for ~14-20 MiB, issue 22)
     else if (enforce)
-      setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, { keepYoungSmall: !YOUNG_MAY_GROW.has(verb.name()) });
+      setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), true, {
+        keepYoungSmall: !YOUNG_MAY_GROW.has(verb.name()),
+        youngUpTo: YOUNG_UP_TO.has(verb.name()) ? YOUNG_GROWS_TO : undefined,
+      });
     // a service sizes its caches the same way (its process near 256 MiB too), without the guard
     else setMemoryBudget(budgetWithinRss(DEFAULT_MEMORY), false);
     // and paces what a long run leaves resident: its young generation, garbage buffers, the C heap

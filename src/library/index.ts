@@ -62,6 +62,7 @@ export {
   memoryBudget,
   parseMemorySize,
   setMemoryBudget,
+  YOUNG_GROWS_TO,
 } from '../util/memory.js';
 export type { DiscoverResult } from '../volumes/discover.js';
 export type { Volume } from '../volumes/types.js';
@@ -189,6 +190,7 @@ export {
   resolveTargetVersion,
   type Target,
   type TargetOptions,
+  versionPassOptions,
 } from './target.js';
 export { blockMapOfTarget, inspectTarget, streamBlockMapOfTarget } from './target-map.js';
 export { mapFileOfTarget } from './target-map-file.js';

@@ -6,6 +6,7 @@ import type { DiskImage, OpenOptions } from '../formats/types.js';
 import type { FsOpenOptions } from '../fs/types.js';
 import type { ByteSource } from '../io/byte-source.js';
 import { StrataError } from '../util/errors.js';
+import { memoryBudget, memoryShare, SMALL_BUDGET } from '../util/memory.js';
 import { holeStatus } from './backing.js';
 import type { Library } from './library.js';
 import { libraryLocation, MARKER } from './location.js';
@@ -40,6 +41,42 @@ export interface TargetOptions {
    * for a reader that visits them in order (a block map's walk).
    */
   storeFrameBytes?: number;
+  /**
+   * A library version: what its file-system readers are opened with besides `--device`'s
+   * (small caches for a reader of the whole version: versionPassOptions).
+   */
+  versionFsOptions?: FsOpenOptions;
+}
+
+/**
+ * How a reader that goes once through a whole library version (a block map's walk, an
+ * extract of its tree) opens it. The version is read through the store, whose read caches
+ * take their own shares of the budget (decoded frames a third up to 48 MiB, read scratch an
+ * eighth, spare buffers 3/32: memory.ts SHARES) beside the file system's (metadata 3/16,
+ * inode tables 1/16), which together asked for more than the budget (issue 22: the
+ * 1,000,000-entry version's map stopped at 160 MiB of data where the image's took ~125, its
+ * extract finished at 271 MiB peak RSS, and the 200,000-entry version's extract stopped with
+ * the memory error at `--memory 64M`). So the file system's caches are small (1/64 of the
+ * budget each: the walk reads each directory block and inode once, and a miss is served from
+ * the decoded frames behind them; the 200,000-entry version's extract peaked 24 MiB lower at
+ * the same CPU).
+ *
+ * And the decoded frames the store keeps (Store.limitFrames): at a budget of 128 MiB and
+ * more, the frames' share (a third, up to 48 MiB): a map's walk goes back and forth between
+ * directory blocks and inode tables, and fewer frames thrash at scale (the 1,000,000-entry
+ * version with 16 MiB of frames: 183 MiB peak RSS, but 22 GB read from the packs and over 10
+ * minutes, load 15-20, where the share took ~3). In a smaller budget, where memory is what
+ * was asked for, a quarter of it (8-16 MiB): at the 200,000-entry version and the default
+ * budget, 191 frame decodes with the share, 591 with 16 MiB, 3,170 with 8 MiB.
+ */
+export function versionPassOptions(): Pick<TargetOptions, 'storeFrameBytes' | 'versionFsOptions'> {
+  return {
+    storeFrameBytes: memoryBudget() <= SMALL_BUDGET ? memoryShare(1 / 4, 8 << 20, 16 << 20) : undefined,
+    versionFsOptions: {
+      metadataCacheBytes: memoryShare(1 / 64, 1 << 20, 8 << 20),
+      inodeCacheBytes: memoryShare(1 / 64, 1 << 20, 4 << 20),
+    },
+  };
 }
 
 export type Target =
@@ -142,10 +179,11 @@ export async function openTargetImage(
   opts: TargetOptions = {},
 ): Promise<OpenedTarget> {
   const t = await openTargetAlone(arg, openOptions, opts);
-  if (!opts.devices || opts.devices.length === 0) return { ...t, fsOptions: {}, deviceImages: [] };
+  const fsOptions: FsOpenOptions = t.target.kind === 'ref' ? { ...opts.versionFsOptions } : {};
+  if (!opts.devices || opts.devices.length === 0) return { ...t, fsOptions, deviceImages: [] };
   try {
     const d = await openDeviceTargets(opts.devices, openOptions, opts);
-    return { ...t, fsOptions: { devices: d.devices }, deviceImages: d.images };
+    return { ...t, fsOptions: { ...fsOptions, devices: d.devices }, deviceImages: d.images };
   } catch (e) {
     await closeChain(t.image);
     throw e;

@@ -59,10 +59,56 @@ export function parseMemorySize(s: string): number {
  * Set the budget. `enforce` turns the guard on (the CLI does; a library embedding Strata
  * keeps its own process's policy and only gets the cache sizes).
  */
-export function setMemoryBudget(bytes: number, enforce = true, opts: { keepYoungSmall?: boolean } = {}): void {
+export function setMemoryBudget(
+  bytes: number,
+  enforce = true,
+  opts: { keepYoungSmall?: boolean; youngUpTo?: number } = {},
+): void {
   budget = bytes;
   enforced = enforce;
+  youngCap = 0;
   if (enforce && (bytes <= SMALL_BUDGET || opts.keepYoungSmall)) keepYoungGenerationSmall();
+  else if (enforce && opts.youngUpTo !== undefined) {
+    youngCap = opts.youngUpTo;
+    // looked at from a timer too: a command's first steps (opening a large version) may fill it before any checkMemory
+    const t = setInterval(() => {
+      if (youngCap > 0) capYoung(performance.now());
+      if (youngCap === 0) clearInterval(t);
+    }, 10);
+    t.unref();
+  }
+}
+
+/**
+ * The young generation's size (V8's new space, both semi-spaces) at which a one-shot command
+ * whose young generation may grow (the CLI's extract and blockmap) stops its growth: 8 MiB,
+ * not V8's 32. Kept at its starting 2 MiB the young generation scavenged thousands of times
+ * (~20% of those commands' CPU, program.ts), grown whole it was 30 MiB of the 256 MiB a
+ * 1,000,000-entry version's extract and block map were over (issue 22, bench/README "verext").
+ * At 8 MiB the 200,000-entry version's `blockmap --summary` peaked 14 MiB lower than at 32
+ * with the same user CPU within noise (5.5 against 5.2 s, three runs each at load 9-10).
+ * Looked at by checkMemory and by a 10 ms timer (unref'd, gone once growth is stopped): the
+ * 1,000,000-entry version's block map had grown it to 32 MiB before its walk's first check.
+ */
+export const YOUNG_GROWS_TO = 8 << 20;
+
+/** Young-generation size at which checkMemory stops its growth (0: not watched). */
+let youngCap = 0;
+let lastYoungLook = 0;
+
+/** Stop the young generation's growth once it has reached youngCap (looked at every 10 ms at most). */
+function capYoung(now: number): void {
+  if (now - lastYoungLook < 10) return;
+  lastYoungLook = now;
+  for (const s of v8().getHeapSpaceStatistics()) {
+    if (s.space_name !== 'new_space') continue;
+    if (s.space_size >= youngCap) {
+      youngCap = 0;
+      keepYoungGenerationSmall();
+    }
+    return;
+  }
+  youngCap = 0; // a runtime that does not tell: its own policy
 }
 
 /**
@@ -196,6 +242,7 @@ export function collectGarbage(): void {
 export function checkMemory(what: string): void {
   if (!enforced) return;
   const now = performance.now();
+  if (youngCap > 0) capYoung(now);
   if (now - lastCheck < 200) return;
   lastCheck = now;
   let u = process.memoryUsage();
@@ -243,6 +290,7 @@ export function isMemoryLimit(e: unknown): boolean {
 export function resetMemoryBudget(): void {
   budget = DEFAULT_MEMORY;
   enforced = false;
+  youngCap = 0;
   lastCheck = 0;
   collectAbove = 0;
 }

@@ -23,6 +23,8 @@ import {
   StrataError,
   statRecord,
   storedFileStreamed,
+  type TargetOptions,
+  versionPassOptions,
   type WalkItem,
   walkBatches,
   walkNameLines,
@@ -305,27 +307,33 @@ export function registerFsCommands(program: Command): void {
       .option('--json', 'print the summary as JSON'),
   ).action(async (image: string, path: string, dest: string, o: Record<string, unknown>) => {
     if (o.force && o.clobber === false) throw new StrataError('USAGE', 'use --force or --no-clobber, not both');
-    await withFs(image, o, async (at) => {
-      const jobs = Number(o.jobs);
-      if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new StrataError('USAGE', `bad --jobs ${o.jobs}`);
-      const r = await extractTree(at.fs, path, dest, {
-        concurrency: jobs,
-        sourceCached: at.target.kind === 'ref',
-        onWarning: warn,
-        follow: o.follow !== false,
-        existing: o.force ? 'replace' : o.clobber === false ? 'skip' : 'keep',
-      });
-      const { warnings, ...counts } = r;
-      if (o.json) return printJson({ ...counts, warnings });
-      if (r.existing > 0 && !(o.clobber === false)) {
-        warn(
-          `${r.existing} entries were already in ${dest} and were kept as they are (--force replaces them, --no-clobber keeps them without this warning)`,
+    await withFs(
+      image,
+      o,
+      async (at) => {
+        const jobs = Number(o.jobs);
+        if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new StrataError('USAGE', `bad --jobs ${o.jobs}`);
+        const r = await extractTree(at.fs, path, dest, {
+          concurrency: jobs,
+          sourceCached: at.target.kind === 'ref',
+          onWarning: warn,
+          follow: o.follow !== false,
+          existing: o.force ? 'replace' : o.clobber === false ? 'skip' : 'keep',
+        });
+        const { warnings, ...counts } = r;
+        if (o.json) return printJson({ ...counts, warnings });
+        if (r.existing > 0 && !(o.clobber === false)) {
+          warn(
+            `${r.existing} entries were already in ${dest} and were kept as they are (--force replaces them, --no-clobber keeps them without this warning)`,
+          );
+        }
+        process.stderr.write(
+          `extracted ${r.files} files, ${r.dirs} directories, ${r.symlinks} symlinks, ${r.hardlinks} hard links, ${r.fifos} fifos, ${r.devices} devices (${r.bytes} bytes); ${r.skipped} skipped${r.existing ? `, ${r.existing} already there` : ''}${r.replaced ? `, ${r.replaced} replaced` : ''}\n`,
         );
-      }
-      process.stderr.write(
-        `extracted ${r.files} files, ${r.dirs} directories, ${r.symlinks} symlinks, ${r.hardlinks} hard links, ${r.fifos} fifos, ${r.devices} devices (${r.bytes} bytes); ${r.skipped} skipped${r.existing ? `, ${r.existing} already there` : ''}${r.replaced ? `, ${r.replaced} replaced` : ''}\n`,
-      );
-    });
+        // a version is read once through: small file-system caches, the store's frames beside them (issue 22)
+      },
+      versionPassOptions(),
+    );
   });
 }
 
@@ -357,8 +365,13 @@ function addressed(cmd: Command): Command {
   return addAddressOptions(cmd);
 }
 
-async function withFs(image: string, o: Record<string, unknown>, fn: (at: OpenedAddress) => Promise<void>) {
-  const at = await openAddress(image, addressFrom(o), openOptionsFrom(o), targetOptionsFrom(o));
+async function withFs(
+  image: string,
+  o: Record<string, unknown>,
+  fn: (at: OpenedAddress) => Promise<void>,
+  more: TargetOptions = {},
+) {
+  const at = await openAddress(image, addressFrom(o), openOptionsFrom(o), { ...targetOptionsFrom(o), ...more });
   try {
     noteTarget(at.target);
     warnAll(at.warnings);
