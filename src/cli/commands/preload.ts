@@ -31,16 +31,17 @@ export function registerPreloadCommands(program: Command): void {
     .option('--dry-run', '--auto: print the choice, fetch nothing')
     .option('--json', 'machine-readable output')
     .action(async (refs: string[], o: Record<string, unknown>) => {
-      const { openDeploySource, ManifestSource, cacheRequestLog, CACHE_DEFAULT_BYTES } = await import(
+      const { openDeploySource, ManifestSource, cacheRequestLog, CACHE_DEFAULT_BYTES, ChunkCache } = await import(
         '../../deploy/index.js'
       );
       const cacheBytes = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
+      // one cache for every version named: pinned while they are fetched (none evicts another's chunks)
+      const chunkCache = await ChunkCache.open(String(o.cache), cacheBytes ?? CACHE_DEFAULT_BYTES);
       const open = (ref: string) =>
         openDeploySource(ref, {
           library: o.library as string | undefined,
           remote: o.remote as string | undefined,
-          cache: String(o.cache),
-          cacheBytes,
+          chunkCache,
         });
       let auto: Record<string, unknown> | undefined;
       if (o.auto) {
@@ -124,6 +125,7 @@ export function registerPreloadCommands(program: Command): void {
         }
       } else if (refs.length === 0) throw new StrataError('USAGE', 'name the versions to preload, or --auto');
       const out: Array<{ ref: string; chunks: number; originBytes: number }> = [];
+      await chunkCache.pin();
       for (const ref of refs) {
         const src = await open(ref);
         try {
