@@ -208,7 +208,8 @@ export class ManifestSource implements DeploySource {
               failed ??= e;
               return;
             }
-            onChunk?.(++done, total);
+            done++;
+            onChunk?.(done, total);
           }
         };
         await Promise.all(Array.from({ length: Math.min(8, all.length) }, worker));
