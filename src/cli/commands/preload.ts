@@ -16,7 +16,10 @@ export function registerPreloadCommands(program: Command): void {
     .description("fill a host's chunk cache with library versions (deploy --cache uses it); --auto chooses them")
     .argument('[refs...]', 'library REFs (NAME, NAME:TAG, NAME@N, digest prefix)')
     .requiredOption('--cache <dir>', 'the chunk cache folder')
-    .option('--cache-size <size>', 'bound of the cache (default 10G)')
+    .option(
+      '--cache-size <size>',
+      "bound of the cache folder's size on disk (default 10G); a version that does not fit fails",
+    )
     .option('--library <dir>', 'a library folder, or its URL on a web server')
     .option('--remote <url>', 'a library service (strata serve); token from $STRATA_TOKEN')
     .option(
