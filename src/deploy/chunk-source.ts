@@ -111,8 +111,9 @@ export class ManifestSource implements DeploySource {
     return p;
   }
 
-  private async load(digest: string, at?: number): Promise<Uint8Array> {
-    const cached = await this.opts.cache?.get(digest);
+  /** `fill`: for the cache only (a preload that found it missing): not looked up there, not kept in memory. */
+  private async load(digest: string, at?: number, fill = false): Promise<Uint8Array> {
+    const cached = fill ? undefined : await this.opts.cache?.get(digest);
     if (cached) return this.remember(digest, cached);
     if (!isUrgent())
       while (this.running >= (this.opts.concurrency ?? 8)) await new Promise<void>((r) => this.waiting.push(r));
@@ -134,7 +135,7 @@ export class ManifestSource implements DeploySource {
     this.originBytes += b.length;
     this.originChunks++;
     await this.opts.cache?.put(digest, b);
-    return this.remember(digest, b);
+    return fill ? b : this.remember(digest, b);
   }
 
   private remember(digest: string, b: Uint8Array): Uint8Array {
@@ -175,28 +176,71 @@ export class ManifestSource implements DeploySource {
     return { dataBytes, missingBytes };
   }
 
-  /** Fetch every chunk of the version into the cache (strata preload); returns bytes fetched from the origin. */
+  /**
+   * Fetch every chunk of the version into the cache (strata preload); returns bytes fetched
+   * from the origin. The chunks it finds there are marked used, and the cache is pinned
+   * meanwhile (unless the caller pinned it already, for several versions): nothing this
+   * preload holds is evicted for the rest of it, and a version that does not fit fails with
+   * LIMIT once the cache is full of it, rather than evicting its own first chunks. Chunks go
+   * straight to the cache, none is kept in memory.
+   */
   async preload(onChunk?: (done: number, total: number) => void): Promise<{ chunks: number; originBytes: number }> {
     const cache = this.opts.cache;
     if (!cache) throw new StrataError('USAGE', 'preload needs a cache (--cache DIR)');
+    const pinHere = !cache.pinned;
+    if (pinHere) await cache.pin();
     const before = this.originBytes;
     const seen = new DigestSet();
     const total = this.layout.chunkCount;
     let done = 0;
-    // the chunk list a part at a time, a few fetches in flight
-    for await (const sl of this.layout.slices()) {
-      const all = sl.chunks.filter((d) => !seen.has(d) && seen.add(d));
-      let next = 0;
-      const worker = async () => {
-        while (next < all.length) {
-          const d = all[next++];
-          if (!(await cache.has(d))) await this.chunk(d);
-          onChunk?.(++done, total);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(8, all.length) }, worker));
+    let failed: unknown;
+    try {
+      // the chunk list a part at a time, a few fetches in flight
+      for await (const sl of this.layout.slices()) {
+        const all = sl.chunks.filter((d) => !seen.has(d) && seen.add(d));
+        let next = 0;
+        const worker = async () => {
+          while (next < all.length && failed === undefined) {
+            const d = all[next++];
+            try {
+              if (!(await cache.touch(d))) await this.fill(d);
+            } catch (e) {
+              failed ??= e;
+              return;
+            }
+            done++;
+            onChunk?.(done, total);
+          }
+        };
+        await Promise.all(Array.from({ length: Math.min(8, all.length) }, worker));
+        if (failed !== undefined) break;
+      }
+    } finally {
+      if (pinHere) cache.unpin();
+    }
+    if (failed !== undefined) {
+      const e = failed as StrataError;
+      if (e.code !== 'LIMIT') throw e;
+      throw new StrataError(
+        'LIMIT',
+        `${this.name} does not fit in the chunk cache: ${done} of its ${seen.size}+ distinct chunks are there, the next would take ${cache.dir} past its bound of ${cache.maxBytes} bytes on disk (--cache-size) with nothing older left to evict`,
+        { file: cache.dir },
+        { cause: e },
+      );
     }
     return { chunks: seen.size, originBytes: this.originBytes - before };
+  }
+
+  /** A chunk the cache lacks, from the origin into the cache (one fetch for concurrent asks). */
+  private fill(digest: string): Promise<unknown> {
+    if (this.memory.has(digest))
+      return this.opts.cache?.put(digest, this.memory.get(digest) as Uint8Array) ?? Promise.resolve();
+    let p = this.inflight.get(digest);
+    if (!p) {
+      p = this.load(digest, undefined, true).finally(() => this.inflight.delete(digest));
+      this.inflight.set(digest, p);
+    }
+    return p;
   }
 
   async close(): Promise<void> {

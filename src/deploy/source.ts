@@ -299,6 +299,8 @@ export interface DeploySourceOptions {
   /** A chunk cache folder shared by the deploys of this host. */
   cache?: string;
   cacheBytes?: number;
+  /** The chunk cache already open (several sources sharing one, a preload's pin): `cache` and `cacheBytes` unused. */
+  chunkCache?: ChunkCache;
   open?: OpenOptions;
 }
 
@@ -313,10 +315,13 @@ export async function openDeploySource(source: string, opts: DeploySourceOptions
   const remoteUrl = opts.remote;
   const libUrl = opts.library ?? process.env.STRATA_LIBRARY;
   if (!remoteUrl && (existsSync(source) || isUrl(source))) {
-    if (opts.cache) throw new StrataError('USAGE', '--cache holds library chunks: SOURCE is an image, not a REF');
+    if (opts.cache || opts.chunkCache)
+      throw new StrataError('USAGE', '--cache holds library chunks: SOURCE is an image, not a REF');
     return imageDeploySource(source, opts.open);
   }
-  const cache = opts.cache ? await ChunkCache.open(opts.cache, opts.cacheBytes ?? CACHE_DEFAULT_BYTES) : undefined;
+  const cache =
+    opts.chunkCache ??
+    (opts.cache ? await ChunkCache.open(opts.cache, opts.cacheBytes ?? CACHE_DEFAULT_BYTES) : undefined);
   if (remoteUrl) {
     if (!isUrl(remoteUrl)) throw new StrataError('USAGE', `--remote wants an http(s) URL, not ${remoteUrl}`);
     const token = opts.token ?? (process.env.STRATA_TOKEN || undefined);

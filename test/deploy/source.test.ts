@@ -13,7 +13,7 @@ import { parseStaticIndex, resolveStatic } from '../../src/library/static-index.
 import { startServer } from '../../src/serve/http/server.js';
 import { HttpBackend } from '../../src/store/http-backend.js';
 import { StrataError } from '../../src/util/errors.js';
-import { CLI } from '../helpers/cli.js';
+import { CLI, strata } from '../helpers/cli.js';
 import { mutate, prng } from '../helpers/fuzz.js';
 import { run } from '../helpers/tools.js';
 import { tempDir } from '../library/images.js';
@@ -335,8 +335,13 @@ describe('deploy --cache and strata preload', () => {
     const [L, all] = [...byLen].sort((a, b) => b[1].length - a[1].length)[0];
     assert.ok(all.length >= 8, `${all.length} chunks of ${L} bytes`);
     const ds = all.slice(0, 6);
-    const c = await ChunkCache.open(path.join(dir, 'cache-lru'), 5 * L);
     const l = await Library.open(lib, { create: false });
+    // the bound counts the folder on disk as du does (files' blocks and folders'): what five
+    // of these chunks take in a cache folder of their own, and less than one chunk more
+    const five = await ChunkCache.open(path.join(dir, 'cache-lru-5'), 1 << 30);
+    for (let i = 0; i < 5; i++) await five.put(ds[i], await l.store.get(ds[i]));
+    const bound = Number((await run('du', ['-sB1', five.dir])).split(/\s/)[0]) + 1024;
+    const c = await ChunkCache.open(path.join(dir, 'cache-lru'), bound);
     const pause = () => new Promise((r) => setTimeout(r, 20));
     try {
       for (let i = 0; i < 4; i++) {
@@ -347,8 +352,10 @@ describe('deploy --cache and strata preload', () => {
       await pause();
       await c.put(ds[4], await l.store.get(ds[4]));
       await pause();
-      await c.put(ds[5], await l.store.get(ds[5])); // 6 L: evicted down to 90% of 5 L
-      assert.ok((await c.size()) <= 5 * L, `cache holds ${await c.size()} bytes`);
+      await c.put(ds[5], await l.store.get(ds[5])); // 6 chunks: evicted down to 90% of 5
+      assert.ok((await c.size()) <= bound, `cache holds ${await c.size()} bytes, bound ${bound}, L ${L}`);
+      const used = Number((await run('du', ['-sB1', c.dir])).split(/\s/)[0]);
+      assert.ok(used <= bound, `du: ${used} bytes, bound ${bound}`);
       assert.deepEqual(
         await Promise.all(ds.map((d) => c.has(d))),
         [true, false, false, true, true, true],
@@ -365,6 +372,92 @@ describe('deploy --cache and strata preload', () => {
     } finally {
       await l.close();
     }
+  });
+});
+
+describe('preload within --cache-size, counted on disk (issue 22)', () => {
+  // the oracle of a folder's size: coreutils du (allocated blocks of files and folders)
+  const du = async (d: string) => Number((await run('du', ['-sB1', d])).split(/\s/)[0]);
+  const preload = (ref: string, cache: string, size?: number) =>
+    strata([
+      'preload',
+      ref,
+      '--library',
+      libUrl,
+      '--cache',
+      cache,
+      ...(size === undefined ? [] : ['--cache-size', String(size)]),
+      '--json',
+    ]);
+  /** Distinct chunks of a version and the sum of their lengths. */
+  const lengths = async (ref: string) => {
+    const m = await layoutOf(ref);
+    const by = new Map<string, number>();
+    for (let i = 0; i < m.chunks.length; i++) by.set(m.chunks[i], m.chunkLengths[i]);
+    return { digests: [...by.keys()], bytes: [...by.values()].reduce((a, b) => a + b, 0) };
+  };
+
+  test("a version whose chunks' lengths fit the bound but not their blocks: preload stops at the bound, du never over it", async () => {
+    const full = path.join(dir, 'size-full');
+    assert.equal((await preload('disk@1', full)).code, 0);
+    const onDisk = await du(full);
+    const { bytes } = await lengths('disk@1');
+    assert.ok(onDisk > bytes * 1.05, `disk@1 takes ${onDisk} bytes on disk for ${bytes} bytes of chunks`);
+    // a bound the chunks' lengths fit in and their files do not
+    const bound = Math.floor((bytes + onDisk) / 2);
+    const cache = path.join(dir, 'size-half');
+    const r = await preload('disk@1', cache, bound);
+    const used = await du(cache);
+    assert.ok(used <= bound, `the cache takes ${used} bytes on disk, its bound is ${bound}`);
+    // what did not fit is said, not hidden
+    assert.notEqual(r.code, 0, r.stdout);
+    assert.match(r.stderr, /does not fit in the chunk cache/);
+    // what is there is sound
+    const c = await ChunkCache.open(cache, bound);
+    let held = 0;
+    for (const d of (await lengths('disk@1')).digests) if ((await c.has(d)) && (await c.get(d))) held++;
+    assert.ok(held > 0);
+  });
+
+  test('preload of a second version evicts the first, keeps every chunk of its own: du within the bound, a deploy fetches nothing', async () => {
+    // disk@2's files alone, and disk@2's and then disk@1's together, on disk (disk@1 is disk@2
+    // less a 3 MiB file, with some metadata blocks of its own)
+    const two = path.join(dir, 'size-two');
+    assert.equal((await preload('disk@2', two)).code, 0);
+    const both = path.join(dir, 'size-both');
+    assert.equal((await preload('disk@2', both)).code, 0);
+    assert.equal((await preload('disk@1', both)).code, 0);
+    const [d2, d21] = [await du(two), await du(both)];
+    assert.ok(d21 - d2 >= 16384, `disk@1's own chunks take ${d21 - d2} bytes on disk`);
+    const bound = d2 + Math.floor((d21 - d2) / 2);
+    const cache = path.join(dir, 'size-evict');
+    const a = await preload('disk@2', cache, bound);
+    assert.equal(a.code, 0, a.stderr);
+    assert.ok((await du(cache)) <= bound, `after disk@2: ${await du(cache)} bytes on disk, bound ${bound}`);
+    const b = await preload('disk@1', cache, bound);
+    assert.equal(b.code, 0, b.stderr);
+    const used = await du(cache);
+    assert.ok(used <= bound, `after disk@1: ${used} bytes on disk, bound ${bound}`);
+    // what preload promises: disk@1 is there whole, a deploy with this cache reads nothing from the source
+    const seen = (await web.settledLog()).length;
+    const target = path.join(dir, 'size-evict.raw');
+    const d = await startDeploy([
+      'disk@1',
+      '--library',
+      libUrl,
+      '--cache',
+      cache,
+      '--cache-size',
+      String(bound),
+      '--to',
+      target,
+      '--exit-when-complete',
+    ]);
+    assert.equal(await d.exited, 0, d.stderr());
+    assert.equal(await sameAs(v1, target), true, 'qemu-img compare: TARGET holds disk@1');
+    assert.equal(exitOf(d.events).originBytes, 0);
+    assert.deepEqual(packRequests((await web.settledLog()).slice(seen)), []);
+    assert.ok((await du(cache)) <= bound);
   });
 });
 

@@ -25,7 +25,10 @@ export function registerDeployCommand(program: Command): void {
       )
       .option('--remote <url>', 'deploy a REF from a library service (strata serve); token from $STRATA_TOKEN')
       .option('--cache <dir>', 'chunk cache shared by the deploys of this host (strata preload fills it)')
-      .option('--cache-size <size>', 'bound of the chunk cache, least recently used chunks go first (default 10G)')
+      .option(
+        '--cache-size <size>',
+        'bound of the chunk cache folder on disk, least recently used chunks go first (default 10G)',
+      )
       .option('--compare', 'TARGET holds something unknown: hash it along the chunks, fetch only what differs')
       .option('--resume', 'continue the deploy that TARGET.strata-deploy records')
       .option('--bandwidth <rate>', 'cap of the background copy in bytes per second (64M, 1G ...)')

@@ -17,7 +17,10 @@ export function registerPreloadCommands(program: Command): void {
     .description("fill a host's chunk cache with library versions (deploy --cache uses it); --auto chooses them")
     .argument('[refs...]', 'library REFs (NAME, NAME:TAG, NAME@N, digest prefix)')
     .requiredOption('--cache <dir>', 'the chunk cache folder')
-    .option('--cache-size <size>', 'bound of the cache (default 10G)')
+    .option(
+      '--cache-size <size>',
+      "bound of the cache folder's size on disk (default 10G); a version that does not fit fails",
+    )
     .option('--library <dir>', 'a library folder, or its URL on a web server')
     .option('--remote <url>', 'a library service (strata serve); token from $STRATA_TOKEN')
     .option(
@@ -32,16 +35,17 @@ export function registerPreloadCommands(program: Command): void {
     .option('--dry-run', '--auto: print the choice, fetch nothing')
     .option('--json', 'machine-readable output')
     .action(async (refs: string[], o: Record<string, unknown>) => {
-      const { openDeploySource, ManifestSource, cacheRequestLog, CACHE_DEFAULT_BYTES } = await import(
+      const { openDeploySource, ManifestSource, cacheRequestLog, CACHE_DEFAULT_BYTES, ChunkCache } = await import(
         '../../deploy/index.js'
       );
       const cacheBytes = o.cacheSize === undefined ? undefined : parseSize(String(o.cacheSize), 'cache size');
+      // one cache for every version named: pinned while they are fetched (none evicts another's chunks)
+      const chunkCache = await ChunkCache.open(String(o.cache), cacheBytes ?? CACHE_DEFAULT_BYTES);
       const open = (ref: string) =>
         openDeploySource(ref, {
           library: o.library as string | undefined,
           remote: o.remote as string | undefined,
-          cache: String(o.cache),
-          cacheBytes,
+          chunkCache,
         });
       let auto: Record<string, unknown> | undefined;
       if (o.auto) {
@@ -132,6 +136,7 @@ export function registerPreloadCommands(program: Command): void {
         }
       } else if (refs.length === 0) throw new StrataError('USAGE', 'name the versions to preload, or --auto');
       const out: Array<{ ref: string; chunks: number; originBytes: number }> = [];
+      await chunkCache.pin();
       for (const ref of refs) {
         const src = await open(ref);
         try {
