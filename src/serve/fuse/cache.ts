@@ -17,9 +17,11 @@ export class BlockCache {
   constructor(
     private readonly tree: MountTree,
     private readonly maxBytes = 64 << 20,
-    private readonly maxAhead = 8 << 20,
+    private maxAhead = 8 << 20,
   ) {
     this.block = tree.readBlock;
+    // read ahead no more than a quarter of the cache: what is loaded ahead is not evicted before it is read
+    this.maxAhead = Math.max(this.block, Math.min(maxAhead, Math.floor(maxBytes / 4)));
   }
 
   private load(node: MountNode, i: number): Promise<Uint8Array> {
@@ -33,7 +35,9 @@ export class BlockCache {
     }
     this.misses++;
     const p = this.tree.read(node, i * this.block, this.block);
-    const entry = { p, cost: this.block };
+    // what the block holds (a small file's one block is its size, not a whole block): the
+    // bound is on the bytes kept, and a cache of small files holds as many as fit
+    const entry = { p, cost: Math.max(64, Math.min(this.block, node.attr.size - i * this.block)) };
     this.map.set(k, entry);
     this.total += entry.cost;
     p.catch(() => {

@@ -4,7 +4,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { type ErrorCode, isStrataError, StrataError } from '../../util/errors.js';
-import { memoryBudget } from '../../util/memory.js';
+import { memoryBudget, shareOf } from '../../util/memory.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
 import type { PlusReply, PlusRequest } from './ext-plus.js';
 import { ListingEndsView, readRequestPastEnds } from './listing-ends.js';
@@ -44,9 +44,9 @@ import {
 import type { MountChild, MountNode, MountTree } from './tree.js';
 
 export interface FuseMountOptions {
-  /** Block cache bytes (default 64 MiB). */
+  /** Block cache bytes (default: the memory budget's share, util/memory.ts SHARES.fuseBlocks). */
   cacheBytes?: number;
-  /** Read-ahead window for sequential readers (default 8 MiB). */
+  /** Read-ahead window for sequential readers (default 8 MiB, at most a quarter of the block cache). */
   readAhead?: number;
   /** How long the kernel may keep names and attributes (s; default 3600: the tree never changes). */
   ttl?: number;
@@ -241,7 +241,8 @@ export class FuseSession {
       this.served = tree;
       this.tree = unopened(tree);
     } else this.tree = tree;
-    this.cache = new BlockCache(this.tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
+    // sized where it serves: on the serving thread of an image mount, from the budget it was given
+    this.cache = new BlockCache(this.tree, opts.cacheBytes ?? shareOf('fuseBlocks'), opts.readAhead ?? 8 << 20);
     this.opCounts = new Int32Array(shared?.counts ?? new SharedArrayBuffer(4 * OPS));
     if (isWritable(this.tree)) this.rw = this.tree;
     else this.ends = shared?.ends ? new ListingEndsView(shared.ends) : ListingEndsView.create();
