@@ -54,8 +54,12 @@ export class BlockCache {
     return p;
   }
 
-  /** Bytes [offset, offset+length) of a file, clipped to its size; `ra` is the handle's read-ahead state. */
-  async read(node: MountNode, offset: number, length: number, ra?: ReadAhead): Promise<Uint8Array> {
+  /**
+   * Bytes [offset, offset+length) of a file, clipped to its size; `ra` is the handle's read-ahead
+   * state. A read of more than one block is copied into `into` when it fits (the caller's reply
+   * buffer, reused: it must be done with the last one), else into a new buffer.
+   */
+  async read(node: MountNode, offset: number, length: number, ra?: ReadAhead, into?: Uint8Array): Promise<Uint8Array> {
     const size = node.attr.size;
     const end = Math.min(size, offset + length);
     if (end <= offset) return new Uint8Array(0);
@@ -70,8 +74,8 @@ export class BlockCache {
     }
     const parts: Promise<Uint8Array>[] = [];
     for (let i = first; i <= last; i++) parts.push(this.load(node, i));
-    const out = new Uint8Array(end - offset);
     const got = await Promise.all(parts);
+    const out = into && into.length >= end - offset ? into.subarray(0, end - offset) : new Uint8Array(end - offset);
     for (let i = first; i <= last; i++) {
       const b = got[i - first];
       const from = Math.max(offset, i * B);
