@@ -189,6 +189,14 @@ export const SHARES = {
    * and more pass it, and the decoded frames behind it hold the small files anyway (was 1/8).
    */
   blockCache: [1 / 16, 8 << 20, 64 << 20],
+  /**
+   * A FUSE mount's block cache of file reads (serve/fuse/cache.ts; `mount --cache-size` overrides):
+   * was a fixed 64 MiB whatever the budget. The kernel keeps what it read in its page cache (the
+   * mount's files keep their cache), so this holds the read-ahead in flight and a file re-read
+   * soon, not every file read: 10 MiB at the CLI's default, 8 MiB at `--memory 64M`. A mount
+   * serves no store and no NBD, so it sums with the file system reader's own shares only.
+   */
+  fuseBlocks: [1 / 16, 8 << 20, 64 << 20],
   /** NBD requests and their replies in flight over all connections. */
   nbdRequests: [1 / 16, 8 << 20, 64 << 20],
   /** Spare NBD reply buffers kept (up to what may be in flight). */

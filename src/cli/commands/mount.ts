@@ -534,7 +534,10 @@ export function registerMountCommands(program: Command): void {
       .description('mount an image file system or a library version read-only with FUSE (as root), until unmounted')
       .argument('<target>', TARGET_HELP)
       .argument('<mountpoint>', 'an existing directory')
-      .option('--cache-size <size>', 'block cache for file reads (default 64M)')
+      .option(
+        '--cache-size <size>',
+        'block cache for file reads (default: a sixteenth of the memory budget, 8M to 64M)',
+      )
       .option(
         '--rw',
         'writable: changes go to an upper folder (the version is never changed); strata commit makes them a version',
@@ -638,7 +641,10 @@ export function registerMountCommands(program: Command): void {
       .option('--mountpoint <dir>', 'where the Strata mount goes (default: a fresh temporary folder)')
       .option('--virtiofsd <path>', 'virtiofsd program', '/usr/lib/qemu/virtiofsd')
       .option('--memory <size>', 'guest memory size, for the printed qemu arguments', '1G')
-      .option('--cache-size <size>', 'block cache for file reads (default 64M)')
+      .option(
+        '--cache-size <size>',
+        'block cache for file reads (default: a sixteenth of the memory budget, 8M to 64M)',
+      )
       .option(
         '--rw',
         "writable: the guest's changes go to an upper folder (as mount --rw); strata commit UPPER makes them a version",

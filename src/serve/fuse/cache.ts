@@ -17,9 +17,11 @@ export class BlockCache {
   constructor(
     private readonly tree: MountTree,
     private readonly maxBytes = 64 << 20,
-    private readonly maxAhead = 8 << 20,
+    private maxAhead = 8 << 20,
   ) {
     this.block = tree.readBlock;
+    // read ahead no more than a quarter of the cache: what is loaded ahead is not evicted before it is read
+    this.maxAhead = Math.max(this.block, Math.min(maxAhead, Math.floor(maxBytes / 4)));
   }
 
   private load(node: MountNode, i: number): Promise<Uint8Array> {
@@ -33,7 +35,9 @@ export class BlockCache {
     }
     this.misses++;
     const p = this.tree.read(node, i * this.block, this.block);
-    const entry = { p, cost: this.block };
+    // what the block holds (a small file's one block is its size, not a whole block): the
+    // bound is on the bytes kept, and a cache of small files holds as many as fit
+    const entry = { p, cost: Math.max(64, Math.min(this.block, node.attr.size - i * this.block)) };
     this.map.set(k, entry);
     this.total += entry.cost;
     p.catch(() => {
@@ -50,8 +54,12 @@ export class BlockCache {
     return p;
   }
 
-  /** Bytes [offset, offset+length) of a file, clipped to its size; `ra` is the handle's read-ahead state. */
-  async read(node: MountNode, offset: number, length: number, ra?: ReadAhead): Promise<Uint8Array> {
+  /**
+   * Bytes [offset, offset+length) of a file, clipped to its size; `ra` is the handle's read-ahead
+   * state. A read of more than one block is copied into `into` when it fits (the caller's reply
+   * buffer, reused: it must be done with the last one), else into a new buffer.
+   */
+  async read(node: MountNode, offset: number, length: number, ra?: ReadAhead, into?: Uint8Array): Promise<Uint8Array> {
     const size = node.attr.size;
     const end = Math.min(size, offset + length);
     if (end <= offset) return new Uint8Array(0);
@@ -66,8 +74,8 @@ export class BlockCache {
     }
     const parts: Promise<Uint8Array>[] = [];
     for (let i = first; i <= last; i++) parts.push(this.load(node, i));
-    const out = new Uint8Array(end - offset);
     const got = await Promise.all(parts);
+    const out = into && into.length >= end - offset ? into.subarray(0, end - offset) : new Uint8Array(end - offset);
     for (let i = first; i <= last; i++) {
       const b = got[i - first];
       const from = Math.max(offset, i * B);

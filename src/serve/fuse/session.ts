@@ -4,7 +4,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { type ErrorCode, isStrataError, StrataError } from '../../util/errors.js';
-import { memoryBudget } from '../../util/memory.js';
+import { memoryBudget, shareOf } from '../../util/memory.js';
 import { BlockCache, newReadAhead, type ReadAhead } from './cache.js';
 import type { PlusReply, PlusRequest } from './ext-plus.js';
 import { ListingEndsView, readRequestPastEnds } from './listing-ends.js';
@@ -44,9 +44,9 @@ import {
 import type { MountChild, MountNode, MountTree } from './tree.js';
 
 export interface FuseMountOptions {
-  /** Block cache bytes (default 64 MiB). */
+  /** Block cache bytes (default: the memory budget's share, util/memory.ts SHARES.fuseBlocks). */
   cacheBytes?: number;
-  /** Read-ahead window for sequential readers (default 8 MiB). */
+  /** Read-ahead window for sequential readers (default 8 MiB, at most a quarter of the block cache). */
   readAhead?: number;
   /** How long the kernel may keep names and attributes (s; default 3600: the tree never changes). */
   ttl?: number;
@@ -133,23 +133,34 @@ const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 const ZERO_TIME = { sec: 0, nsec: 0 };
 
+/**
+ * What every stub directory's node carries as attributes (one object for all: a directory held
+ * as a stub costs its Held, node and map entries only, ~20,000 of them at 2,000,000 files): never
+ * answered (a stub is loaded first), its inode number is its key (inoOf).
+ */
+const STUB_ATTR: MountNode['attr'] = Object.freeze({
+  ino: 0,
+  size: 0,
+  blocks: 0,
+  atime: ZERO_TIME,
+  mtime: ZERO_TIME,
+  ctime: ZERO_TIME,
+  mode: TYPE_BITS.dir.ifmt,
+  nlink: 0,
+  uid: 0,
+  gid: 0,
+  rdev: 0,
+  blksize: 0,
+});
+
 /** A directory known by its key only (a stub Held's node): its attributes are never answered. */
 function stubDir(key: number): MountNode {
-  const attr = {
-    ino: key,
-    size: 0,
-    blocks: 0,
-    atime: ZERO_TIME,
-    mtime: ZERO_TIME,
-    ctime: ZERO_TIME,
-    mode: TYPE_BITS.dir.ifmt,
-    nlink: 0,
-    uid: 0,
-    gid: 0,
-    rdev: 0,
-    blksize: 0,
-  };
-  return { key, type: 'dir', attr };
+  return { key, type: 'dir', attr: STUB_ATTR };
+}
+
+/** A held node's inode number (a stub's is its key: the native READDIRPLUS names directories by inode). */
+function inoOf(h: Held): number {
+  return h.stub ? h.node.key : h.node.attr.ino;
 }
 
 /** Run a command; resolves with its status and stderr. `fd` is passed to it as descriptor 3. */
@@ -227,6 +238,13 @@ export class FuseSession {
   private readonly stable: boolean;
   /** The out header of a reply written on the serving loop's fast path (serveOn). */
   private readonly head = Buffer.alloc(OUT_HEADER);
+  /**
+   * The serving loop's (serveOn) reply buffer for reads of more than one block: it answers one
+   * request at a time and writes each reply before reading the next, so one buffer serves them
+   * all. A new 1 MiB buffer per READ of a large file was garbage until a collection, with the
+   * cache's evicted blocks ~40 MiB of the serving thread's buffers during tar at 1,000,000 files.
+   */
+  private readScratch?: Uint8Array;
   /** The node id whose READDIRPLUS plusReplyNow just declined (the slow path does not ask it again). */
   private nowDeclined = -1;
 
@@ -241,7 +259,8 @@ export class FuseSession {
       this.served = tree;
       this.tree = unopened(tree);
     } else this.tree = tree;
-    this.cache = new BlockCache(this.tree, opts.cacheBytes ?? 64 << 20, opts.readAhead ?? 8 << 20);
+    // sized where it serves: on the serving thread of an image mount, from the budget it was given
+    this.cache = new BlockCache(this.tree, opts.cacheBytes ?? shareOf('fuseBlocks'), opts.readAhead ?? 8 << 20);
     this.opCounts = new Int32Array(shared?.counts ?? new SharedArrayBuffer(4 * OPS));
     if (isWritable(this.tree)) this.rw = this.tree;
     else this.ends = shared?.ends ? new ListingEndsView(shared.ends) : ListingEndsView.create();
@@ -372,6 +391,7 @@ export class FuseSession {
     this.adopt(root);
     this.initDone = onInit;
     const buf = Buffer.allocUnsafe(BUFFER);
+    this.readScratch = new Uint8Array(MAX_PAGES * 4096);
     for (;;) {
       // listing ends are answered inside (natively where the addon is)
       const n = readRequestPastEnds(fd, buf, this.ends);
@@ -654,7 +674,7 @@ export class FuseSession {
           const d = await this.rw.read(held.node, offset, Math.min(size, MAX_PAGES * 4096));
           return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
         }
-        const data = await this.cache.read(held.node, offset, Math.min(size, MAX_PAGES * 4096), ra);
+        const data = await this.cache.read(held.node, offset, Math.min(size, MAX_PAGES * 4096), ra, this.readScratch);
         return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       }
       case Op.RELEASE: {
@@ -890,6 +910,22 @@ export class FuseSession {
     return entries;
   }
 
+  /**
+   * A directory whose listing the kernel now has whole, back to a stub (its node dropped, loaded
+   * again by the next request that needs it: the kernel keeps its attributes for the TTL). Every
+   * directory the kernel knows is held, and one read past its first READDIRPLUS reply (over ~30
+   * entries) was loaded and kept whole: at 2,000,000 files the serving thread's live heap grew
+   * through `find` by ~2 KiB a directory (~40 MiB), its peak RSS with it. Stable trees only, and
+   * only where the node's inode number is its key (what a stub answers: inoOf); not the root.
+   */
+  private demote(held: Held): void {
+    if (held.stub || !this.stable || held.id === FUSE_ROOT_ID) return;
+    const node = held.node;
+    if (node.type !== 'dir' || node.attr.ino !== node.key) return;
+    held.node = stubDir(node.key);
+    held.stub = true;
+  }
+
   /** A stub directory's node loaded by its key (see Held.stub). */
   private async materialize(held: Held): Promise<void> {
     if (!held.stub || !this.tree.nodeByKey) return;
@@ -906,8 +942,8 @@ export class FuseSession {
     const parent = held.parent !== undefined ? this.byId.get(held.parent) : undefined;
     return {
       size,
-      self: held.node.attr.ino,
-      parent: (parent ?? held).node.attr.ino,
+      self: inoOf(held),
+      parent: inoOf(parent ?? held),
       root: root.node.key,
       valid: this.valid,
       idBase: STABLE_ID_BASE,
@@ -929,6 +965,7 @@ export class FuseSession {
     }
     if (r.written >= r.total) {
       held.listing = undefined;
+      this.demote(held);
       this.ends?.set(BigInt(nodeid), r.total);
     }
     return r.out;
@@ -1020,6 +1057,7 @@ export class FuseSession {
     // the end: the kernel has it all (and caches it), the listing is not kept here
     if (end >= d.entries.length && !this.rw) {
       d.held.listing = undefined;
+      this.demote(d.held);
       // the kernel asks once more to learn the end: the reader thread answers that (written before our reply)
       this.ends?.set(BigInt(nodeid), d.entries.length);
     }
@@ -1035,7 +1073,7 @@ export class FuseSession {
       if (!e.child) {
         // '.' and '..'
         const other = i + offset === 1 && dir.parent !== undefined ? this.byId.get(dir.parent) : undefined;
-        ino = (other ?? dir).node.attr.ino;
+        ino = inoOf(other ?? dir);
         dtype = TYPE_BITS.dir.dt;
         if (plus) {
           writeEntry(u, at, 0, undefined, this.valid);
