@@ -10,9 +10,9 @@
  */
 
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
 import {
@@ -27,7 +27,8 @@ import {
   simulate,
   workingSet,
 } from '../../src/analytics/index.js';
-import { CLI } from '../helpers/cli.js';
+import { fileSha } from '../helpers/files.js';
+import { measured } from '../helpers/measured.js';
 import { tempDir } from '../library/images.js';
 
 const N = 1_000_000;
@@ -41,38 +42,6 @@ const CEILING_64M = 160 * 1024 * 1024;
 
 if (spawnSync('/usr/bin/time', ['-f', '%M', 'true']).status !== 0)
   throw new Error('/usr/bin/time is needed (apt-get install time)');
-
-/** Run the CLI under GNU time with stdout into `outFile`; the exit status, the peak RSS in bytes and stderr. */
-function measured(args: string[], outFile: string): Promise<{ code: number; maxRss: number; stderr: string }> {
-  const rssFile = `${outFile}.rss`;
-  const fd = openSync(outFile, 'w');
-  return new Promise((resolve, reject) => {
-    const c = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, process.execPath, CLI, ...args], {
-      stdio: ['ignore', fd, 'pipe'],
-    });
-    let stderr = '';
-    c.stderr?.on('data', (b: Buffer) => {
-      stderr += b;
-    });
-    c.on('error', reject);
-    c.on('close', (code) => {
-      closeSync(fd);
-      const kb = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-      rmSync(rssFile, { force: true });
-      resolve({ code: code ?? -1, maxRss: kb * 1024, stderr });
-    });
-  });
-}
-
-function fileSha(p: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(p)
-      .on('data', (b) => h.update(b))
-      .on('error', reject)
-      .on('end', () => resolve(h.digest('hex')));
-  });
-}
 
 /** A value as JSON makes it (what --json prints, read back). */
 const viaJson = (v: unknown) => JSON.parse(JSON.stringify(v));

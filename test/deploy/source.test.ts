@@ -276,6 +276,9 @@ describe('deploy from a library over plain HTTP', () => {
   });
 });
 
+/** The oracle of a folder's size on disk: coreutils du (allocated blocks of files and folders). */
+const du = async (d: string) => Number((await run('du', ['-sB1', d])).split(/\s/)[0]);
+
 describe('deploy --cache and strata preload', () => {
   test('preload fills the cache; a deploy with the warm cache fetches nothing from the source', async () => {
     const cache = path.join(dir, 'cache-warm');
@@ -340,7 +343,7 @@ describe('deploy --cache and strata preload', () => {
     // of these chunks take in a cache folder of their own, and less than one chunk more
     const five = await ChunkCache.open(path.join(dir, 'cache-lru-5'), 1 << 30);
     for (let i = 0; i < 5; i++) await five.put(ds[i], await l.store.get(ds[i]));
-    const bound = Number((await run('du', ['-sB1', five.dir])).split(/\s/)[0]) + 1024;
+    const bound = (await du(five.dir)) + 1024;
     const c = await ChunkCache.open(path.join(dir, 'cache-lru'), bound);
     const pause = () => new Promise((r) => setTimeout(r, 20));
     try {
@@ -354,7 +357,7 @@ describe('deploy --cache and strata preload', () => {
       await pause();
       await c.put(ds[5], await l.store.get(ds[5])); // 6 chunks: evicted down to 90% of 5
       assert.ok((await c.size()) <= bound, `cache holds ${await c.size()} bytes, bound ${bound}, L ${L}`);
-      const used = Number((await run('du', ['-sB1', c.dir])).split(/\s/)[0]);
+      const used = await du(c.dir);
       assert.ok(used <= bound, `du: ${used} bytes, bound ${bound}`);
       assert.deepEqual(
         await Promise.all(ds.map((d) => c.has(d))),
@@ -376,8 +379,6 @@ describe('deploy --cache and strata preload', () => {
 });
 
 describe('preload within --cache-size, counted on disk (issue 22)', () => {
-  // the oracle of a folder's size: coreutils du (allocated blocks of files and folders)
-  const du = async (d: string) => Number((await run('du', ['-sB1', d])).split(/\s/)[0]);
   const preload = (ref: string, cache: string, size?: number) =>
     strata([
       'preload',

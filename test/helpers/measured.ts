@@ -1,9 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
-import { ROOT } from './tools.js';
-
-const CLI = path.join(ROOT, 'dist', 'cli', 'strata.cjs');
+import { CLI } from './cli.js';
 
 /**
  * How long one measured command may run (STRATA_TEST_COMMAND_SECONDS, default 420 s: the

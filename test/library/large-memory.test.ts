@@ -10,11 +10,12 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { StrataError } from '../../src/util/errors.js';
 import { checkMemory, parseMemorySize, resetMemoryBudget, setMemoryBudget } from '../../src/util/memory.js';
+import { outDir, treeManifest } from '../helpers/files.js';
 import { LARGE_TREE_TIME, largeTreeImage, largeTreePaths } from '../helpers/large-tree-pair.js';
 import { measured } from '../helpers/measured.js';
 import { FIXTURES, have, scratch } from '../helpers/tools.js';
@@ -50,37 +51,6 @@ const LISTED = largeTreePaths(ENTRIES) + 1;
 
 function fileSha(p: string): string {
   return createHash('sha256').update(readFileSync(p)).digest('hex');
-}
-
-/** Every entry below `root`: path, type, mode, size, mtime (ns), symlink target or content hash; sorted. */
-function treeManifest(root: string): string {
-  const lines: string[] = [];
-  const visit = (dir: string, rel: string) => {
-    for (const n of readdirSync(dir)) {
-      const p = path.join(dir, n);
-      const r = `${rel}/${n}`;
-      const st = lstatSync(p, { bigint: true });
-      const head = `${r} ${st.mode.toString(8)} ${st.size} ${st.mtimeNs}`;
-      if (st.isDirectory()) {
-        lines.push(head);
-        visit(p, r);
-      } else if (st.isSymbolicLink()) lines.push(`${head} -> ${readlinkSync(p)}`);
-      else lines.push(`${head} ${fileSha(p)}`);
-    }
-  };
-  visit(root, '');
-  return lines.sort().join('\n');
-}
-
-/** A scratch directory on tmpfs when there is one (200,000 small files), else in the fixture cache. */
-function outDir(name: string): string {
-  try {
-    readdirSync('/dev/shm');
-    const d = path.join('/dev/shm', `${name}-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`);
-    return d;
-  } catch {
-    return scratch(name);
-  }
 }
 
 test('ls -R -l --json of 200,000 entries: --memory 64M equals the unbounded run, under the RSS ceiling, and every fls path; ls -R the same paths', async () => {

@@ -12,9 +12,10 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { fileSha } from '../helpers/files.js';
 import { largeTreeImage } from '../helpers/large-tree-pair.js';
 import { have, ROOT, run, scratch } from '../helpers/tools.js';
 
@@ -35,16 +36,6 @@ for (const [cmd, pkg] of [
   ['/usr/bin/time', 'time'],
 ]) {
   if (!have(cmd)) throw new Error(`${cmd} is needed (apt-get install ${pkg})`);
-}
-
-function fileSha(p: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(p)
-      .on('data', (b) => h.update(b))
-      .on('error', reject)
-      .on('end', () => resolve(h.digest('hex')));
-  });
 }
 
 test('nbd of a 200,000-entry version under nbdcopy: --memory 64M serves the image byte for byte under the RSS ceiling', async () => {
