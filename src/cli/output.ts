@@ -15,10 +15,15 @@ export function printJsonLine(value: unknown): void {
 }
 
 /** Records as JSON Lines, waiting for the pipe to drain. */
-export async function printJsonLines(values: Iterable<unknown>): Promise<void> {
+export function printJsonLines(values: Iterable<unknown>): Promise<void> {
+  return printLines(values, (v) => JSON.stringify(v));
+}
+
+/** One line per value as `line` makes it, written in 64 KiB batches, waiting for the pipe to drain. */
+export async function printLines<T>(values: Iterable<T>, line: (v: T) => string): Promise<void> {
   let buf = '';
   for (const v of values) {
-    buf += `${JSON.stringify(v)}\n`;
+    buf += `${line(v)}\n`;
     if (buf.length >= 1 << 16) {
       await writeOut(buf);
       buf = '';

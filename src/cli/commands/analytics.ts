@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import type { Command } from 'commander';
 import type { FacilityRule, ImageRequest, SimPolicy } from '../../analytics/index.js';
 import { StrataError } from '../../library/index.js';
-import { humanSize, printJson, writeOut } from '../output.js';
+import { humanSize, printJson, printLines, writeOut } from '../output.js';
 import { addPlaceOptions, placesFrom } from '../places.js';
 
 /**
@@ -149,15 +149,7 @@ export function registerAnalyticsCommands(program: Command): void {
       const runs = new A.RequestRuns();
       try {
         for (const r of A.generateRequests(opts)) runs.add(r);
-        let buf = '';
-        for (const r of runs) {
-          buf += `${A.formatJsonl(r)}\n`;
-          if (buf.length >= 1 << 20) {
-            await writeOut(buf);
-            buf = '';
-          }
-        }
-        if (buf) await writeOut(buf);
+        await printLines(runs, A.formatJsonl);
       } finally {
         runs.close();
       }

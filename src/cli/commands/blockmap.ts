@@ -21,7 +21,7 @@ import {
   TARGET_HELP,
   targetOptionsFrom,
 } from '../common.js';
-import { humanSize, printJson, printJsonLines, warnAll, writeOut } from '../output.js';
+import { humanSize, printJson, printJsonLines, printLines, warnAll, writeOut } from '../output.js';
 
 /**
  * Introspection verbs: `whatis` (who owns a disk range), `blockmap` (the whole map, or
@@ -81,13 +81,13 @@ export function registerBlockmapCommands(program: Command): void {
       await writeFile(o.save, saveBlockMap(map));
       warnAll(map.warnings);
       if (o.summary) return printSummary(map.diskSize, map.count, map.summary(), Boolean(o.json));
-      return writeLines(map.records(), o.json ? (r) => JSON.stringify(r) : ownerLine);
+      return printLines(map.records(), o.json ? (r) => JSON.stringify(r) : ownerLine);
     }
     // read from its file a page at a time, not loaded whole (issue 22: a map of millions of records)
     await withMapFile(o.map, async (map) => {
       warnAll(map.warnings);
       if (o.summary) return printSummary(map.diskSize, map.count, map.summary(), Boolean(o.json));
-      await writeLines(map.records(), o.json ? (r) => JSON.stringify(r) : ownerLine);
+      await printLines(map.records(), o.json ? (r) => JSON.stringify(r) : ownerLine);
     });
   });
 
@@ -347,18 +347,6 @@ async function withMapFile<T>(file: string, fn: (m: MapFile) => T | Promise<T>):
   } finally {
     m.close();
   }
-}
-
-async function writeLines(records: Iterable<Owner>, line: (r: Owner) => string): Promise<void> {
-  let buf = '';
-  for (const r of records) {
-    buf += `${line(r)}\n`;
-    if (buf.length > 1 << 16) {
-      await write(buf);
-      buf = '';
-    }
-  }
-  await write(buf);
 }
 
 /** Write to stdout, waiting for it to drain when it is full (pipes to `head`, slow terminals). */
